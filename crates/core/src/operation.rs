@@ -1,0 +1,262 @@
+//! What is being asked: one operation in protocol-neutral terms, as the policy, approvals and the
+//! audit log see it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::shell::ShellCommand;
+
+/// One operation a caller asks a target to perform.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Operation {
+    /// SQL text (one or several statements) sent to PostgreSQL.
+    Sql(SqlOperation),
+    /// An SSH channel request.
+    Ssh(SshOperation),
+    /// An HTTP request.
+    Http(HttpOperation),
+    /// A Kubernetes API request (exec/attach/portforward included).
+    Kubernetes(KubeOperation),
+}
+
+impl Operation {
+    /// A short human-readable summary for notices, logs and approval prompts. Never truncated
+    /// silently: long texts end with `…(N bytes)`.
+    pub fn summary(&self) -> String {
+        fn cap(s: &str) -> String {
+            const MAX: usize = 200;
+            if s.len() <= MAX {
+                return s.to_string();
+            }
+            let mut end = MAX;
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            format!("{}…({} bytes)", &s[..end], s.len())
+        }
+        match self {
+            Operation::Sql(op) => cap(&op.text),
+            Operation::Ssh(SshOperation::Exec(cmd)) => format!("exec {}", cap(&cmd.command_line)),
+            Operation::Ssh(SshOperation::Shell { pty }) => {
+                if *pty {
+                    "shell (pty)".into()
+                } else {
+                    "shell".into()
+                }
+            }
+            Operation::Ssh(SshOperation::Subsystem { name }) => format!("subsystem {name}"),
+            Operation::Ssh(SshOperation::DirectTcpip { host, port }) => {
+                format!("direct-tcpip {host}:{port}")
+            }
+            Operation::Ssh(SshOperation::TcpipForward { address, port }) => {
+                format!("tcpip-forward {address}:{port}")
+            }
+            Operation::Ssh(SshOperation::AgentForward) => "agent forwarding".into(),
+            Operation::Http(op) => match &op.query {
+                Some(q) => format!("{} {}?{}", op.method, op.path, cap(q)),
+                None => format!("{} {}", op.method, op.path),
+            },
+            Operation::Kubernetes(op) => op.summary(),
+        }
+    }
+}
+
+/// Which PostgreSQL sub-protocol carried the SQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum SqlProtocol {
+    /// A simple `Query` message (may hold several statements).
+    Simple,
+    /// Extended protocol: the `Parse` text, with parameters from `Bind`.
+    Extended,
+    /// A `FunctionCall` message (the text names the function OID).
+    FunctionCall,
+}
+
+/// Session settings that change how PostgreSQL itself splits and reads statements. The classifier
+/// takes them as input; anything it cannot be sure of under them is unparseable, never guessed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SqlSessionSettings {
+    /// `standard_conforming_strings` (on by default since PostgreSQL 9.1).
+    pub standard_conforming_strings: bool,
+    /// `client_encoding`, as reported in ParameterStatus (e.g. `UTF8`).
+    pub client_encoding: String,
+}
+
+impl Default for SqlSessionSettings {
+    fn default() -> Self {
+        Self {
+            standard_conforming_strings: true,
+            client_encoding: "UTF8".into(),
+        }
+    }
+}
+
+/// SQL sent to a PostgreSQL target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SqlOperation {
+    /// The statement text exactly as the client sent it.
+    pub text: String,
+    /// Bound parameters (extended protocol) in text form; binary values as `\x`-prefixed hex;
+    /// `None` is SQL NULL. Part of the approval hash.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parameters: Vec<Option<String>>,
+    /// The sub-protocol that carried it.
+    pub protocol: SqlProtocol,
+    /// Settings in effect when it was sent.
+    #[serde(default)]
+    pub settings: SqlSessionSettings,
+}
+
+impl SqlOperation {
+    /// A simple-protocol query under default settings.
+    pub fn simple(text: impl Into<String>) -> Self {
+        Self {
+            text: text.into(),
+            parameters: Vec::new(),
+            protocol: SqlProtocol::Simple,
+            settings: SqlSessionSettings::default(),
+        }
+    }
+}
+
+/// An SSH `exec` command line, parsed by [`crate::shell`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecCommand {
+    /// The command line exactly as the client sent it.
+    pub command_line: String,
+    /// The parsed command; if it was `sh -c '…'` / `bash -c '…'`, unwrapped one level.
+    pub parsed: ShellCommand,
+}
+
+impl ExecCommand {
+    /// Parses a command line with [`crate::shell::parse`] and unwraps one `sh -c` level.
+    pub fn parse(command_line: impl Into<String>) -> Self {
+        let command_line = command_line.into();
+        let parsed = crate::shell::parse(&command_line).unwrap_shell();
+        Self {
+            command_line,
+            parsed,
+        }
+    }
+
+    /// The program (first argv word), if any.
+    pub fn program(&self) -> Option<&str> {
+        self.parsed.argv.first().map(String::as_str)
+    }
+}
+
+/// One SSH channel request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum SshOperation {
+    /// `exec` of a command line.
+    Exec(ExecCommand),
+    /// An interactive shell.
+    Shell {
+        /// Whether a pty was requested.
+        pty: bool,
+    },
+    /// A subsystem such as `sftp`.
+    Subsystem {
+        /// Subsystem name.
+        name: String,
+    },
+    /// Local port forwarding (`ssh -L`): the gateway side connects to `host:port`.
+    DirectTcpip {
+        /// Destination host.
+        host: String,
+        /// Destination port.
+        port: u32,
+    },
+    /// Remote port forwarding (`ssh -R`).
+    TcpipForward {
+        /// Bind address.
+        address: String,
+        /// Bind port.
+        port: u32,
+    },
+    /// SSH agent forwarding.
+    AgentForward,
+}
+
+/// An HTTP request, with the path in canonical form ([`crate::http_path`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpOperation {
+    /// Upper-case method, e.g. `GET`.
+    pub method: String,
+    /// Canonical path: what the policy saw is what the upstream receives.
+    pub path: String,
+    /// Raw query string without `?`, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// Hex SHA-256 of the request body, when there is one (part of the approval hash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_sha256: Option<String>,
+}
+
+/// A Kubernetes API request.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct KubeOperation {
+    /// get, list, watch, create, update, patch, delete, deletecollection, exec, attach,
+    /// portforward, proxy, log — or the lower-case HTTP method for non-resource URLs.
+    pub verb: String,
+    /// API group (`""` for core).
+    #[serde(default)]
+    pub group: String,
+    /// API version, e.g. `v1`.
+    #[serde(default)]
+    pub version: String,
+    /// Resource, e.g. `pods`; empty for non-resource URLs.
+    #[serde(default)]
+    pub resource: String,
+    /// Subresource, e.g. `exec`, `log`, `status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subresource: Option<String>,
+    /// Namespace, for namespaced requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Object name, when the request names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Canonical path for non-resource URLs (`/healthz`, `/version`, discovery).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// For exec: the `command=` parameters, parsed like an SSH exec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<ExecCommand>,
+}
+
+impl KubeOperation {
+    /// `verb group/version resource/subresource ns/name`, compactly.
+    pub fn summary(&self) -> String {
+        let mut s = self.verb.clone();
+        if self.resource.is_empty() {
+            if let Some(p) = &self.path {
+                s.push(' ');
+                s.push_str(p);
+            }
+            return s;
+        }
+        s.push(' ');
+        s.push_str(&self.resource);
+        if let Some(sub) = &self.subresource {
+            s.push('/');
+            s.push_str(sub);
+        }
+        match (&self.namespace, &self.name) {
+            (Some(ns), Some(n)) => s.push_str(&format!(" {ns}/{n}")),
+            (Some(ns), None) => s.push_str(&format!(" -n {ns}")),
+            (None, Some(n)) => s.push_str(&format!(" {n}")),
+            (None, None) => {}
+        }
+        if let Some(cmd) = &self.command {
+            s.push_str(" -- ");
+            s.push_str(&cmd.command_line);
+        }
+        s
+    }
+}
