@@ -1,0 +1,584 @@
+//! The approval broker: the [`Approvals`] implementation over a store, a recorder and a notifier.
+//!
+//! Rules it enforces (each has a test):
+//! - **Bound to the exact operation**: a request carries the canonical hash of its operation
+//!   ([`crate::operation_hash`]); a grant window covers only that hash.
+//! - **Separation of duties**: the requester never decides their own request (same principal, or
+//!   the same subject under another issuer); only members of the rule's approver groups decide;
+//!   each approver votes once; `approvals_required` distinct approvers must approve (at least
+//!   one, whatever the rule says); one deny closes the request; a justification is required.
+//! - **Grant window**: an approval also covers a later request with the same operation hash, by the
+//!   same principal, on the same target, from the same rule, while `closed_at + window` lies in the
+//!   future — the window is the smaller of the approving rule's and the new rule's, never wider.
+//! - **Timeouts**: nothing is approved after the request's own timeout; the first to notice (a
+//!   waiter, or an approver trying to decide) closes it as timed out.
+//! - **Abandonment**: dropping a [`Approvals::wait`] future before it resolves closes the request
+//!   as abandoned, and that is recorded.
+//! - **Fail closed on audit**: every state change is recorded through the optional [`Recorder`]
+//!   *before* it takes effect (open, vote) or before the wait reports it (resolution). If the
+//!   recorder fails, the call fails and nothing was opened, counted or reported as approved.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gatehouse_core::{
+    ApprovalDecision, ApprovalError, ApprovalFilter, ApprovalId, ApprovalOutcome, ApprovalRecord,
+    ApprovalRequest, ApprovalState, ApprovalTicket, Approvals, ApproverVote, BoxFuture, Event,
+    EventBody, Identity, Recorder, Timestamp,
+};
+use tokio::sync::broadcast;
+
+use crate::hash::operation_hash;
+use crate::notify::{ApprovalNotice, ApprovalNotifier};
+use crate::store::{ApprovalStore, StoredApproval, state_name};
+
+/// Longest justification kept (bytes); longer ones are refused rather than cut.
+pub const MAX_JUSTIFICATION_BYTES: usize = 4096;
+
+/// How often a write is retried after losing a compare-and-swap race before giving up.
+const MAX_WRITE_RACES: usize = 32;
+
+/// Holds `Review` operations until enough approvers decide, the request times out, or the caller
+/// goes away. Cheap to clone; clones share everything.
+#[derive(Debug, Clone)]
+pub struct ApprovalBroker {
+    inner: Arc<BrokerInner>,
+}
+
+struct BrokerInner {
+    store: Arc<dyn ApprovalStore>,
+    recorder: Option<Arc<dyn Recorder + Send + Sync>>,
+    notifier: Option<Arc<dyn ApprovalNotifier>>,
+}
+
+impl std::fmt::Debug for BrokerInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerInner")
+            .field("store", &self.store)
+            .field("recorder", &self.recorder.is_some())
+            .field("notifier", &self.notifier)
+            .finish()
+    }
+}
+
+/// Builds an [`ApprovalBroker`].
+#[derive(Debug)]
+pub struct ApprovalBrokerBuilder {
+    inner: BrokerInner,
+}
+
+impl ApprovalBrokerBuilder {
+    /// Records every state change as an audit event; a failing recorder fails the operation.
+    pub fn recorder(mut self, recorder: Arc<dyn Recorder + Send + Sync>) -> Self {
+        self.inner.recorder = Some(recorder);
+        self
+    }
+
+    /// Tells approvers about opened and decided requests.
+    pub fn notifier(mut self, notifier: Arc<dyn ApprovalNotifier>) -> Self {
+        self.inner.notifier = Some(notifier);
+        self
+    }
+
+    /// The broker.
+    pub fn build(self) -> ApprovalBroker {
+        ApprovalBroker {
+            inner: Arc::new(self.inner),
+        }
+    }
+}
+
+impl ApprovalBroker {
+    /// A builder over `store`, with no recorder and no notifier yet.
+    pub fn builder(store: Arc<dyn ApprovalStore>) -> ApprovalBrokerBuilder {
+        ApprovalBrokerBuilder {
+            inner: BrokerInner {
+                store,
+                recorder: None,
+                notifier: None,
+            },
+        }
+    }
+
+    /// The store behind the broker.
+    pub fn store(&self) -> &Arc<dyn ApprovalStore> {
+        &self.inner.store
+    }
+
+    /// Closes a pending request as abandoned (what dropping a wait does), recording it.
+    /// Returns whether this call closed it.
+    pub async fn abandon(&self, id: &ApprovalId) -> Result<bool, ApprovalError> {
+        self.inner.abandon(id).await
+    }
+}
+
+fn store_err(e: crate::BrokerError) -> ApprovalError {
+    e.into()
+}
+
+fn deadline_of(record: &ApprovalRecord) -> Timestamp {
+    let ms = i64::try_from(record.request.requirement.timeout_ms).unwrap_or(i64::MAX);
+    record
+        .opened_at
+        .checked_add(time::Duration::milliseconds(ms))
+        .unwrap_or(Timestamp::new_utc(time::Date::MAX, time::Time::MIDNIGHT))
+}
+
+/// The wait outcome of a closed record; `None` while it is pending.
+fn outcome_of(record: &ApprovalRecord) -> Option<Result<ApprovalOutcome, ApprovalError>> {
+    match record.state {
+        ApprovalState::Pending => None,
+        ApprovalState::Approved => Some(Ok(ApprovalOutcome::Approved {
+            approvers: record
+                .votes
+                .iter()
+                .filter(|v| v.decision == ApprovalDecision::Approve)
+                .map(|v| v.approver.clone())
+                .collect(),
+        })),
+        ApprovalState::Denied => {
+            let deny = record
+                .votes
+                .iter()
+                .find(|v| v.decision == ApprovalDecision::Deny);
+            Some(Ok(ApprovalOutcome::Denied {
+                by: deny.map(|v| v.approver.clone()).unwrap_or_default(),
+                justification: deny.map(|v| v.justification.clone()).unwrap_or_default(),
+            }))
+        }
+        ApprovalState::TimedOut => Some(Ok(ApprovalOutcome::TimedOut)),
+        other => Some(Err(ApprovalError::AlreadyClosed(
+            record.id.0.clone(),
+            state_name(other).to_string(),
+        ))),
+    }
+}
+
+impl BrokerInner {
+    async fn record(
+        &self,
+        record: &ApprovalRecord,
+        identity: &Identity,
+        body: EventBody,
+    ) -> Result<(), ApprovalError> {
+        let Some(recorder) = &self.recorder else {
+            return Ok(());
+        };
+        let event = Event::now(
+            record.request.session.clone(),
+            Some(identity.clone()),
+            Some(record.request.target.clone()),
+            body,
+        );
+        recorder
+            .record(event)
+            .await
+            .map(|_| ())
+            .map_err(|e| ApprovalError::Store(format!("audit record failed: {e}")))
+    }
+
+    fn notify(&self, notice: ApprovalNotice) {
+        if let Some(n) = &self.notifier {
+            n.notify(notice);
+        }
+    }
+
+    async fn open(&self, request: ApprovalRequest) -> Result<ApprovalTicket, ApprovalError> {
+        let hash = operation_hash(&request.operation);
+        let now = gatehouse_core::now();
+        if let Some(grant) = self.covering_grant(&request, &hash, now).await? {
+            // The audit shows this session ran under an earlier approval, and which one.
+            let probe = ApprovalRecord {
+                id: grant.id.clone(),
+                request,
+                operation_hash: hash.clone(),
+                state: ApprovalState::Approved,
+                votes: Vec::new(),
+                opened_at: now,
+                closed_at: None,
+            };
+            self.record(
+                &probe,
+                &probe.request.requester,
+                EventBody::ApprovalRequested {
+                    // The broker does not know the session's operation index.
+                    index: 0,
+                    id: grant.id.clone(),
+                    operation_hash: hash.clone(),
+                },
+            )
+            .await?;
+            return Ok(ApprovalTicket {
+                id: grant.id,
+                operation_hash: hash,
+                already_granted: true,
+            });
+        }
+        let record = ApprovalRecord {
+            id: ApprovalId(uuid::Uuid::now_v7().to_string()),
+            request,
+            operation_hash: hash.clone(),
+            state: ApprovalState::Pending,
+            votes: Vec::new(),
+            opened_at: now,
+            closed_at: None,
+        };
+        self.record(
+            &record,
+            &record.request.requester,
+            EventBody::ApprovalRequested {
+                index: 0,
+                id: record.id.clone(),
+                operation_hash: hash.clone(),
+            },
+        )
+        .await?;
+        let stored = self.store.insert(record).await.map_err(store_err)?;
+        self.notify(ApprovalNotice::Opened(stored.record.clone()));
+        Ok(ApprovalTicket {
+            id: stored.record.id,
+            operation_hash: hash,
+            already_granted: false,
+        })
+    }
+
+    async fn covering_grant(
+        &self,
+        request: &ApprovalRequest,
+        hash: &str,
+        now: Timestamp,
+    ) -> Result<Option<ApprovalRecord>, ApprovalError> {
+        let Some(new_window) = request.requirement.grant_window_ms else {
+            return Ok(None);
+        };
+        let principal = request.requester.principal();
+        let candidates = self
+            .store
+            .grants(&principal, &request.target.name, hash, now)
+            .await
+            .map_err(store_err)?;
+        Ok(candidates.into_iter().find(|g| {
+            let Some(old_window) = g.request.requirement.grant_window_ms else {
+                return false;
+            };
+            let window = i64::try_from(old_window.min(new_window)).unwrap_or(i64::MAX);
+            g.state == ApprovalState::Approved
+                && g.operation_hash == hash
+                && g.request.rule_id == request.rule_id
+                && g.request.target.name == request.target.name
+                && g.request.requester.principal() == principal
+                && g.closed_at
+                    .and_then(|c| c.checked_add(time::Duration::milliseconds(window)))
+                    .is_some_and(|until| until > now)
+        }))
+    }
+
+    async fn wait(
+        self: &Arc<Self>,
+        id: &ApprovalId,
+        max_wait: Duration,
+    ) -> Result<ApprovalOutcome, ApprovalError> {
+        let mut guard = AbandonGuard {
+            inner: Arc::clone(self),
+            id: Some(id.clone()),
+        };
+        let started = Instant::now();
+        // Subscribe before the first read so that no write between read and sleep is missed.
+        let mut changes = self.store.subscribe();
+        loop {
+            let stored = match self.store.get(id).await {
+                Ok(s) => s,
+                Err(crate::BrokerError::NotFound(id)) => {
+                    guard.disarm();
+                    return Err(ApprovalError::NotFound(id));
+                }
+                Err(e) => return Err(store_err(e)),
+            };
+            if let Some(outcome) = outcome_of(&stored.record) {
+                guard.disarm();
+                let outcome = outcome?;
+                self.record(
+                    &stored.record,
+                    &stored.record.request.requester,
+                    EventBody::ApprovalResolved {
+                        index: 0,
+                        id: id.clone(),
+                        outcome: outcome.clone(),
+                    },
+                )
+                .await?;
+                return Ok(outcome);
+            }
+            let now = gatehouse_core::now();
+            let deadline = deadline_of(&stored.record);
+            if now >= deadline {
+                self.close_unvoted(stored, ApprovalState::TimedOut).await?;
+                continue;
+            }
+            let elapsed = started.elapsed();
+            let Some(left) = max_wait.checked_sub(elapsed).filter(|d| !d.is_zero()) else {
+                guard.disarm();
+                return Ok(ApprovalOutcome::StillPending);
+            };
+            let to_deadline = Duration::try_from(deadline - now).unwrap_or(Duration::ZERO);
+            let nap = left.min(to_deadline).min(self.store.poll_interval());
+            tokio::select! {
+                () = tokio::time::sleep(nap) => {}
+                () = changed(&mut changes, id) => {}
+            }
+        }
+    }
+
+    /// Closes a pending request without a vote (timed out or abandoned). `Ok(true)` if this call
+    /// closed it; `Ok(false)` if someone else changed it first (the caller re-reads).
+    async fn close_unvoted(
+        &self,
+        stored: StoredApproval,
+        state: ApprovalState,
+    ) -> Result<bool, ApprovalError> {
+        let mut record = stored.record;
+        record.state = state;
+        record.closed_at = Some(gatehouse_core::now());
+        match self
+            .store
+            .replace(record, stored.revision)
+            .await
+            .map_err(store_err)?
+        {
+            Some(s) => {
+                self.notify(ApprovalNotice::Closed(s.record));
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn abandon(&self, id: &ApprovalId) -> Result<bool, ApprovalError> {
+        for _ in 0..MAX_WRITE_RACES {
+            let stored = self.store.get(id).await.map_err(store_err)?;
+            if stored.record.state != ApprovalState::Pending {
+                return Ok(false);
+            }
+            let record = stored.record.clone();
+            if self.close_unvoted(stored, ApprovalState::Abandoned).await? {
+                self.record(
+                    &record,
+                    &record.request.requester,
+                    EventBody::ApprovalAbandoned { id: id.clone() },
+                )
+                .await?;
+                return Ok(true);
+            }
+        }
+        Err(ApprovalError::Store(format!(
+            "approval request {id} kept changing; could not abandon it"
+        )))
+    }
+
+    async fn decide(
+        &self,
+        id: &ApprovalId,
+        approver: &Identity,
+        decision: ApprovalDecision,
+        justification: &str,
+    ) -> Result<ApprovalRecord, ApprovalError> {
+        let justification = justification.trim();
+        if justification.is_empty() || justification.len() > MAX_JUSTIFICATION_BYTES {
+            return Err(ApprovalError::JustificationRequired);
+        }
+        let mut recorded = false;
+        for _ in 0..MAX_WRITE_RACES {
+            let stored = self.store.get(id).await.map_err(store_err)?;
+            let record = &stored.record;
+            if record.state != ApprovalState::Pending {
+                return Err(ApprovalError::AlreadyClosed(
+                    id.0.clone(),
+                    state_name(record.state).into(),
+                ));
+            }
+            let requester = &record.request.requester;
+            if approver.principal() == requester.principal()
+                || approver.subject == requester.subject
+            {
+                return Err(ApprovalError::SelfApproval);
+            }
+            let is_approver = record
+                .request
+                .requirement
+                .approver_groups
+                .iter()
+                .any(|g| approver.in_group(g));
+            if !is_approver {
+                return Err(ApprovalError::NotAnApprover(approver.subject.clone()));
+            }
+            if record.votes.iter().any(|v| v.approver == approver.subject) {
+                return Err(ApprovalError::DuplicateVote(approver.subject.clone()));
+            }
+            let now = gatehouse_core::now();
+            if now >= deadline_of(record) {
+                let snapshot = record.clone();
+                if self.close_unvoted(stored, ApprovalState::TimedOut).await? {
+                    self.record(
+                        &snapshot,
+                        &snapshot.request.requester,
+                        EventBody::ApprovalResolved {
+                            index: 0,
+                            id: id.clone(),
+                            outcome: ApprovalOutcome::TimedOut,
+                        },
+                    )
+                    .await?;
+                }
+                return Err(ApprovalError::AlreadyClosed(
+                    id.0.clone(),
+                    "timed_out".into(),
+                ));
+            }
+            let vote = ApproverVote {
+                approver: approver.subject.clone(),
+                decision,
+                justification: justification.to_string(),
+                at: now,
+            };
+            if !recorded {
+                // Recorded before it counts: an unrecorded vote never approves anything.
+                self.record(
+                    record,
+                    approver,
+                    EventBody::ApprovalDecided {
+                        id: id.clone(),
+                        approver: approver.subject.clone(),
+                        decision,
+                        justification: vote.justification.clone(),
+                    },
+                )
+                .await?;
+                recorded = true;
+            }
+            let mut next = record.clone();
+            next.votes.push(vote.clone());
+            let approvals = next
+                .votes
+                .iter()
+                .filter(|v| v.decision == ApprovalDecision::Approve)
+                .count();
+            let required = usize::try_from(next.request.requirement.approvals_required.max(1))
+                .unwrap_or(usize::MAX);
+            if decision == ApprovalDecision::Deny {
+                next.state = ApprovalState::Denied;
+                next.closed_at = Some(now);
+            } else if approvals >= required {
+                next.state = ApprovalState::Approved;
+                next.closed_at = Some(now);
+            }
+            if let Some(s) = self
+                .store
+                .replace(next, stored.revision)
+                .await
+                .map_err(store_err)?
+            {
+                self.notify(ApprovalNotice::Decided {
+                    record: s.record.clone(),
+                    vote,
+                });
+                return Ok(s.record);
+            }
+        }
+        Err(ApprovalError::Store(format!(
+            "approval request {id} kept changing; vote not applied"
+        )))
+    }
+}
+
+/// Resolves when `id` is announced (or announcements were lost, so a re-read is due).
+async fn changed(changes: &mut broadcast::Receiver<ApprovalId>, id: &ApprovalId) {
+    loop {
+        match changes.recv().await {
+            Ok(changed) if &changed == id => return,
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(_)) => return,
+            Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+        }
+    }
+}
+
+/// Abandons the request if the wait future is dropped before it resolves.
+struct AbandonGuard {
+    inner: Arc<BrokerInner>,
+    id: Option<ApprovalId>,
+}
+
+impl AbandonGuard {
+    fn disarm(&mut self) {
+        self.id = None;
+    }
+}
+
+impl Drop for AbandonGuard {
+    fn drop(&mut self) {
+        let Some(id) = self.id.take() else {
+            return;
+        };
+        let inner = Arc::clone(&self.inner);
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move {
+                    if let Err(e) = inner.abandon(&id).await {
+                        tracing::error!(%id, error = %e, "could not abandon approval request");
+                    }
+                });
+            }
+            Err(_) => {
+                tracing::error!(%id, "wait dropped outside a runtime; request left pending until it times out");
+            }
+        }
+    }
+}
+
+impl Approvals for ApprovalBroker {
+    fn open(
+        &self,
+        request: ApprovalRequest,
+    ) -> BoxFuture<'_, Result<ApprovalTicket, ApprovalError>> {
+        Box::pin(self.inner.open(request))
+    }
+
+    fn wait<'a>(
+        &'a self,
+        id: &'a ApprovalId,
+        max_wait: Duration,
+    ) -> BoxFuture<'a, Result<ApprovalOutcome, ApprovalError>> {
+        Box::pin(self.inner.wait(id, max_wait))
+    }
+
+    fn list<'a>(
+        &'a self,
+        filter: &'a ApprovalFilter,
+    ) -> BoxFuture<'a, Result<Vec<ApprovalRecord>, ApprovalError>> {
+        Box::pin(async move { self.inner.store.list(filter).await.map_err(store_err) })
+    }
+
+    fn get<'a>(
+        &'a self,
+        id: &'a ApprovalId,
+    ) -> BoxFuture<'a, Result<ApprovalRecord, ApprovalError>> {
+        Box::pin(async move {
+            self.inner
+                .store
+                .get(id)
+                .await
+                .map(|s| s.record)
+                .map_err(store_err)
+        })
+    }
+
+    fn decide<'a>(
+        &'a self,
+        id: &'a ApprovalId,
+        approver: &'a Identity,
+        decision: ApprovalDecision,
+        justification: &'a str,
+    ) -> BoxFuture<'a, Result<ApprovalRecord, ApprovalError>> {
+        Box::pin(self.inner.decide(id, approver, decision, justification))
+    }
+}
