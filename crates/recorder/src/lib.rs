@@ -1,4 +1,40 @@
 //! The Gatehouse recorder: an append-only, hash-chained, ed25519-checkpointed audit log that anyone
-//! can verify offline, per-session recordings, and their replay formats.
+//! can verify offline, plus per-session recordings and their replay formats.
+//!
+//! - [`AuditRecorder`] implements [`gatehouse_core::Recorder`]: control events are group-committed
+//!   to the local audit log at the configured [`Durability`]; recordings go to per-session sinks
+//!   that never wait per chunk. Any failure is an error, and the caller fails closed.
+//! - [`format`] defines the stored line and exactly what its hash covers; [`verify`] checks a set
+//!   of logs from their bytes alone (plus trusted keys and witness checkpoints) and names the first
+//!   bad record. Both are pure: no I/O, no tokio.
+//! - [`read`] and [`replay`] turn logs and recordings into session lists, exports, asciicast v2,
+//!   SQL transcripts and HTTP exchange lists.
+//! - [`objstore`] ships closed segments and writes recordings to S3-compatible object storage.
+//!
+//! The schema is documented in `docs/audit-schema.md`.
 
 #![forbid(unsafe_code)]
+
+pub mod checkpoint;
+pub mod error;
+pub mod format;
+pub mod log;
+pub mod objstore;
+pub mod read;
+pub mod recorder;
+pub mod recording;
+pub mod replay;
+pub mod storage;
+pub mod verify;
+pub mod witness;
+
+pub use checkpoint::{Checkpoint, CheckpointSigner, RetentionCut, TrustedKeys};
+pub use error::RecorderError;
+pub use log::{AuditLog, AuditLogConfig, Durability, LogHooks};
+pub use recorder::{AuditRecorder, RecorderConfig};
+pub use recording::{RecordingConfig, RecordingStore, SessionRecording};
+pub use storage::{LocalSegmentStore, SegmentFile, SegmentStore};
+pub use verify::{
+    LogData, LogVerdict, Problem, ProblemKind, SegmentData, VerifyOptions, VerifyReport, verify,
+};
+pub use witness::{FileWitness, WebhookWitness, Witness};

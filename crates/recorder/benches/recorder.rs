@@ -1,0 +1,1 @@
+fn main() {} // placeholder so the workspace parses; the owner replaces it

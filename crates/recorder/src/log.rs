@@ -1,0 +1,843 @@
+//! The audit log writer: one thread owns the current segment and group-commits every control
+//! event waiting in its queue with a single write (and, at `fsync` durability, a single
+//! `fdatasync`), then answers every waiting caller.
+//!
+//! Promises:
+//! - `append` resolves `Ok` only once the record reached the configured durability level;
+//! - on any store failure the batch is cut back to where it began (no partial record remains) and
+//!   every caller of the batch gets an error; if even the cut fails, or an fsync fails, the log
+//!   refuses everything from then on (fail closed);
+//! - on open, a torn final line left by a crash is cut and the cut is recorded;
+//! - a checkpoint is signed every N records or T of activity, written into the chain and
+//!   published to witnesses; segments rotate by size or age and each links to the previous one.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gatehouse_core::{Event, EventReceipt, RecordError};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use time::format_description::well_known::Rfc3339;
+use tokio::sync::{Semaphore, oneshot, watch};
+
+use crate::RecorderError;
+use crate::checkpoint::{Checkpoint, CheckpointSigner, RetentionCut};
+use crate::format::{self, GENESIS, RecordKind, encode_line, hex32, parse_line};
+use crate::storage::{SegmentFile, SegmentStore, segment_name};
+
+/// How far a record must get before `append` resolves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum Durability {
+    /// Handed to the operating system (`write`): survives a gateway crash, not a power loss.
+    OsWrite,
+    /// On disk (`fdatasync`), group-committed: survives a power loss.
+    Fsync,
+}
+
+/// Settings of one audit log.
+#[derive(Debug, Clone)]
+pub struct AuditLogConfig {
+    /// This gateway instance's log id (see [`format::valid_log_id`]).
+    pub log_id: String,
+    /// When `append` resolves.
+    pub durability: Durability,
+    /// Rotate after a segment reaches this many bytes.
+    pub segment_max_bytes: u64,
+    /// Rotate a non-empty segment after this long.
+    pub segment_max_age: Duration,
+    /// Sign a checkpoint after this many records.
+    pub checkpoint_every_records: u64,
+    /// Sign a checkpoint when records are pending and this much time has passed since the last.
+    pub checkpoint_interval: Duration,
+    /// Most events in one group commit.
+    pub max_batch: usize,
+    /// Most events queued or in flight; further callers wait for room.
+    pub queue_capacity: usize,
+    /// Most closed segments waiting to be shipped to object storage before `append` fails with
+    /// [`RecordError::BacklogFull`].
+    pub ship_backlog: usize,
+}
+
+impl AuditLogConfig {
+    /// Defaults: fsync durability, 64 MiB / 1 h segments, a checkpoint every 10 000 records or 1 s.
+    pub fn new(log_id: impl Into<String>) -> Self {
+        Self {
+            log_id: log_id.into(),
+            durability: Durability::Fsync,
+            segment_max_bytes: 64 << 20,
+            segment_max_age: Duration::from_secs(3600),
+            checkpoint_every_records: 10_000,
+            checkpoint_interval: Duration::from_secs(1),
+            max_batch: 4096,
+            queue_capacity: 65_536,
+            ship_backlog: 64,
+        }
+    }
+}
+
+/// The body of a recovery-cut record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryCut {
+    /// Segment whose tail was cut.
+    pub segment: String,
+    /// Offset the segment was cut to.
+    pub offset: u64,
+    /// How many torn bytes were removed.
+    pub torn_bytes: u64,
+    /// Hex SHA-256 of the removed bytes (the bytes themselves are not kept).
+    pub torn_sha256: String,
+}
+
+/// Things that happen beside the log: witnesses and shipping.
+#[derive(Debug, Clone, Default)]
+pub struct LogHooks {
+    /// Every new checkpoint is pushed to each witness (latest wins; pushes never delay `append`).
+    pub witnesses: Vec<Arc<dyn crate::witness::Witness>>,
+    /// Closed segments are copied here, asynchronously.
+    pub shipper: Option<crate::objstore::SegmentShipper>,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, RecordError>>;
+
+enum Command {
+    Append {
+        payload: Vec<u8>,
+        reply: Reply<EventReceipt>,
+    },
+    Checkpoint {
+        reply: Reply<Option<Checkpoint>>,
+    },
+    Retain {
+        older_than: time::OffsetDateTime,
+        reply: Reply<Option<RetentionCut>>,
+    },
+    Rotate {
+        reply: Reply<()>,
+    },
+    Close {
+        reply: Reply<()>,
+    },
+}
+
+/// A hash-chained audit log (one writer thread per log).
+#[derive(Debug)]
+pub struct AuditLog {
+    log_id: String,
+    tx: Mutex<Option<Sender<Command>>>,
+    room: Arc<Semaphore>,
+    latest: watch::Receiver<Option<Checkpoint>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+fn now_text() -> String {
+    gatehouse_core::now()
+        .format(&Rfc3339)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
+}
+
+/// The payload members of an event record: the event's JSON object without its braces.
+pub fn event_payload(event: &Event) -> Result<Vec<u8>, RecordError> {
+    let mut v = serde_json::to_vec(event)
+        .map_err(|e| RecordError::Store(format!("serialise event: {e}")))?;
+    if v.len() < 2 || v.first() != Some(&b'{') || v.last() != Some(&b'}') {
+        return Err(RecordError::Store(
+            "event did not serialise to an object".into(),
+        ));
+    }
+    v.pop();
+    v.remove(0);
+    Ok(v)
+}
+
+fn kind_payload<T: Serialize>(time: &str, body: &T) -> Vec<u8> {
+    // Serialising our own plain structs cannot fail; an empty body would still hash and verify.
+    let body = serde_json::to_string(body).unwrap_or_else(|_| "null".into());
+    format!("\"time\":\"{time}\",\"body\":{body}").into_bytes()
+}
+
+impl AuditLog {
+    /// Opens (or creates) the log in `store`: recovers a torn tail, then starts the writer.
+    pub async fn open(
+        store: Arc<dyn SegmentStore>,
+        config: AuditLogConfig,
+        signer: CheckpointSigner,
+        hooks: LogHooks,
+    ) -> Result<Self, RecorderError> {
+        if !format::valid_log_id(&config.log_id) {
+            return Err(RecorderError::Config(format!(
+                "log id {:?} must be 1-64 of [A-Za-z0-9._-], not starting with '.'",
+                config.log_id
+            )));
+        }
+        if config.max_batch == 0
+            || config.queue_capacity == 0
+            || config.checkpoint_every_records == 0
+        {
+            return Err(RecorderError::Config(
+                "batch, queue and checkpoint sizes must be positive".into(),
+            ));
+        }
+        let (latest_tx, latest) = watch::channel(None);
+        let backlog = Arc::new(AtomicUsize::new(0));
+        let ship_tx = hooks
+            .shipper
+            .as_ref()
+            .map(|s| s.start(store.clone(), backlog.clone()));
+        if !hooks.witnesses.is_empty() {
+            crate::witness::spawn_pusher(hooks.witnesses.clone(), latest.clone());
+        }
+        let log_id = config.log_id.clone();
+        let writer = tokio::task::spawn_blocking(move || {
+            Writer::recover(store, config, signer, latest_tx, backlog, ship_tx)
+        })
+        .await
+        .map_err(|e| RecorderError::Config(format!("recovery task failed: {e}")))??;
+        let room = Arc::new(Semaphore::new(writer.config.queue_capacity));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name(format!("audit-{log_id}"))
+            .spawn(move || writer.run(rx))
+            .map_err(|e| RecorderError::io("spawn audit writer", e))?;
+        Ok(Self {
+            log_id,
+            tx: Mutex::new(Some(tx)),
+            room,
+            latest,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// This log's id.
+    pub fn log_id(&self) -> &str {
+        &self.log_id
+    }
+
+    /// The latest checkpoint written.
+    pub fn latest_checkpoint(&self) -> Option<Checkpoint> {
+        self.latest.borrow().clone()
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, RecordError> {
+        let _permit = self.room.acquire().await.map_err(|_| RecordError::Closed)?;
+        let (reply, rx) = oneshot::channel();
+        {
+            let guard = self.tx.lock().map_err(|_| RecordError::Closed)?;
+            let tx = guard.as_ref().ok_or(RecordError::Closed)?;
+            tx.send(make(reply)).map_err(|_| RecordError::Closed)?;
+        }
+        rx.await.map_err(|_| RecordError::Closed)?
+    }
+
+    /// Appends an event.
+    pub async fn append(&self, event: &Event) -> Result<EventReceipt, RecordError> {
+        let payload = event_payload(event)?;
+        self.append_payload(payload).await
+    }
+
+    /// Appends an event given as payload members (see [`event_payload`]).
+    pub async fn append_payload(&self, payload: Vec<u8>) -> Result<EventReceipt, RecordError> {
+        self.call(|reply| Command::Append { payload, reply }).await
+    }
+
+    /// Signs a checkpoint now if records are pending; returns the latest checkpoint.
+    pub async fn checkpoint(&self) -> Result<Option<Checkpoint>, RecordError> {
+        self.call(|reply| Command::Checkpoint { reply }).await
+    }
+
+    /// Closes the current segment and starts a new one.
+    pub async fn rotate(&self) -> Result<(), RecordError> {
+        self.call(|reply| Command::Rotate { reply }).await
+    }
+
+    /// Drops closed segments whose last record is older than `older_than`, after writing a
+    /// signed retention cut that names where the retained chain starts.
+    pub async fn retain(
+        &self,
+        older_than: time::OffsetDateTime,
+    ) -> Result<Option<RetentionCut>, RecordError> {
+        self.call(|reply| Command::Retain { older_than, reply })
+            .await
+    }
+
+    /// Writes a final checkpoint, syncs and stops the writer. Later calls fail with `Closed`.
+    pub async fn close(&self) -> Result<(), RecordError> {
+        let result = self.call(|reply| Command::Close { reply }).await;
+        if let Ok(mut tx) = self.tx.lock() {
+            tx.take();
+        }
+        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(t) = thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        result
+    }
+}
+
+impl Drop for AuditLog {
+    fn drop(&mut self) {
+        // Dropping the sender lets the writer finish its queue, checkpoint and exit on its own.
+        if let Ok(mut tx) = self.tx.lock() {
+            tx.take();
+        }
+    }
+}
+
+struct Writer {
+    store: Arc<dyn SegmentStore>,
+    config: AuditLogConfig,
+    signer: CheckpointSigner,
+    file: Box<dyn SegmentFile>,
+    segment: String,
+    len: u64,
+    opened: Instant,
+    next_sequence: u64,
+    head: [u8; 32],
+    since_checkpoint: u64,
+    last_checkpoint: Instant,
+    poisoned: Option<String>,
+    latest: watch::Sender<Option<Checkpoint>>,
+    backlog: Arc<AtomicUsize>,
+    ship: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    buf: Vec<u8>,
+}
+
+fn damaged(segment: &str, line: u64, detail: impl Into<String>) -> RecorderError {
+    RecorderError::Damaged {
+        segment: segment.to_owned(),
+        line,
+        detail: detail.into(),
+    }
+}
+
+/// The last complete line's (sequence, hash) after checking every complete line of the segment.
+fn scan_segment(
+    name: &str,
+    log: &str,
+    bytes: &[u8],
+) -> Result<(Option<(u64, [u8; 32])>, usize), RecorderError> {
+    let mut pos = 0usize;
+    let mut last: Option<(u64, [u8; 32])> = None;
+    let mut line_no = 0u64;
+    while let Some(nl) = bytes.get(pos..).and_then(|r| memchr::memchr(b'\n', r)) {
+        line_no += 1;
+        let line = bytes.get(pos..pos + nl).unwrap_or_default();
+        let p = parse_line(line).map_err(|e| damaged(name, line_no, e.to_string()))?;
+        if p.log != log {
+            return Err(damaged(name, line_no, format!("record of log {:?}", p.log)));
+        }
+        if p.computed_hash != p.stored_hash {
+            return Err(damaged(name, line_no, "hash mismatch"));
+        }
+        if let Some((seq, hash)) = last
+            && (p.sequence != seq + 1 || p.prev != hash)
+        {
+            return Err(damaged(name, line_no, "broken chain"));
+        }
+        last = Some((p.sequence, p.stored_hash));
+        pos += nl + 1;
+    }
+    Ok((last, pos))
+}
+
+impl Writer {
+    fn recover(
+        store: Arc<dyn SegmentStore>,
+        config: AuditLogConfig,
+        signer: CheckpointSigner,
+        latest: watch::Sender<Option<Checkpoint>>,
+        backlog: Arc<AtomicUsize>,
+        ship: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    ) -> Result<Self, RecorderError> {
+        let io = |what: &str, e| RecorderError::io(what.to_owned(), e);
+        let names = store.list().map_err(|e| io("list segments", e))?;
+        let mut next_sequence = 1;
+        let mut head = GENESIS;
+        let mut torn: Option<RecoveryCut> = None;
+        let segment = match names.last() {
+            None => {
+                let name = segment_name(1);
+                store
+                    .open_append(&name)
+                    .map_err(|e| io("create segment", e))?;
+                store.sync_dir().map_err(|e| io("sync log directory", e))?;
+                name
+            }
+            Some(last) => {
+                let bytes = store.read(last).map_err(|e| io("read segment", e))?;
+                let (tail, good) = scan_segment(last, &config.log_id, &bytes)?;
+                match tail {
+                    Some((seq, hash)) => {
+                        next_sequence = seq + 1;
+                        head = hash;
+                    }
+                    None => {
+                        // An empty last segment: continue from the one before it.
+                        if let Some(prev_name) = names.iter().rev().nth(1) {
+                            let prev = store.read(prev_name).map_err(|e| io("read segment", e))?;
+                            let (tail, good_prev) = scan_segment(prev_name, &config.log_id, &prev)?;
+                            if good_prev != prev.len() {
+                                return Err(damaged(
+                                    prev_name,
+                                    0,
+                                    "a closed segment ends with a partial line",
+                                ));
+                            }
+                            let (seq, hash) =
+                                tail.ok_or_else(|| damaged(prev_name, 0, "empty closed segment"))?;
+                            next_sequence = seq + 1;
+                            head = hash;
+                        } else if *last != segment_name(1) {
+                            return Err(damaged(
+                                last,
+                                0,
+                                "the only segment is empty but does not start the log",
+                            ));
+                        }
+                    }
+                }
+                if good < bytes.len() {
+                    let removed = bytes.get(good..).unwrap_or_default();
+                    torn = Some(RecoveryCut {
+                        segment: last.clone(),
+                        offset: good as u64,
+                        torn_bytes: removed.len() as u64,
+                        torn_sha256: hex::encode(Sha256::digest(removed)),
+                    });
+                }
+                last.clone()
+            }
+        };
+        let mut file = store
+            .open_append(&segment)
+            .map_err(|e| io("open segment", e))?;
+        if let Some(cut) = &torn {
+            file.truncate(cut.offset)
+                .map_err(|e| io("cut torn tail", e))?;
+            file.sync_data().map_err(|e| io("sync cut", e))?;
+            tracing::warn!(segment = %cut.segment, bytes = cut.torn_bytes, "audit log: cut a torn final record");
+        }
+        let len = file.len().map_err(|e| io("segment length", e))?;
+        let mut w = Writer {
+            store,
+            config,
+            signer,
+            file,
+            segment,
+            len,
+            opened: Instant::now(),
+            next_sequence,
+            head,
+            since_checkpoint: 0,
+            last_checkpoint: Instant::now(),
+            poisoned: None,
+            latest,
+            backlog,
+            ship,
+            buf: Vec::with_capacity(1 << 20),
+        };
+        if let Some(cut) = torn {
+            let mut buf = std::mem::take(&mut w.buf);
+            buf.clear();
+            let payload = kind_payload(&now_text(), &cut);
+            let hash = encode_line(
+                &mut buf,
+                &w.config.log_id,
+                w.next_sequence,
+                RecordKind::RecoveryCut,
+                &w.head,
+                &payload,
+            );
+            w.write(&buf, true)
+                .map_err(|e| RecorderError::Record(RecordError::Store(e)))?;
+            w.next_sequence += 1;
+            w.head = hash;
+            w.since_checkpoint += 1;
+            w.buf = buf;
+        }
+        Ok(w)
+    }
+
+    fn deadline(&self) -> Instant {
+        let far = Instant::now() + Duration::from_secs(3600);
+        let mut d = far;
+        if self.since_checkpoint > 0 {
+            d = d.min(self.last_checkpoint + self.config.checkpoint_interval);
+        }
+        if self.len > 0 {
+            d = d.min(self.opened + self.config.segment_max_age);
+        }
+        d
+    }
+
+    fn run(mut self, rx: Receiver<Command>) {
+        let mut appends: Vec<(Vec<u8>, Reply<EventReceipt>)> = Vec::new();
+        loop {
+            let wait = self.deadline().saturating_duration_since(Instant::now());
+            let first = match rx.recv_timeout(wait) {
+                Ok(c) => c,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.on_timer();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.shutdown();
+                    return;
+                }
+            };
+            let mut next = Some(first);
+            while let Some(cmd) = next.take() {
+                match cmd {
+                    Command::Append { payload, reply } => appends.push((payload, reply)),
+                    Command::Close { reply } => {
+                        self.commit(&mut appends);
+                        self.shutdown();
+                        let _ = reply.send(match &self.poisoned {
+                            None => Ok(()),
+                            Some(p) => Err(RecordError::Store(p.clone())),
+                        });
+                        return;
+                    }
+                    other => {
+                        self.commit(&mut appends);
+                        self.control(other);
+                    }
+                }
+                if appends.len() >= self.config.max_batch {
+                    break;
+                }
+                next = rx.try_recv().ok();
+            }
+            self.commit(&mut appends);
+            self.maybe_rotate(false);
+        }
+    }
+
+    fn on_timer(&mut self) {
+        if self.since_checkpoint > 0
+            && self.last_checkpoint.elapsed() >= self.config.checkpoint_interval
+        {
+            let _ = self.write_checkpoint();
+        }
+        self.maybe_rotate(false);
+    }
+
+    fn shutdown(&mut self) {
+        if self.since_checkpoint > 0 {
+            let _ = self.write_checkpoint();
+        }
+        if self.poisoned.is_none()
+            && let Err(e) = self.file.sync_data()
+        {
+            tracing::error!(error = %e, "audit log: final sync failed");
+        }
+    }
+
+    fn control(&mut self, cmd: Command) {
+        match cmd {
+            Command::Checkpoint { reply } => {
+                let r = if self.since_checkpoint > 0 {
+                    self.write_checkpoint().map(|_| ())
+                } else {
+                    Ok(())
+                };
+                let _ = reply.send(r.map(|()| self.latest.borrow().clone()));
+            }
+            Command::Rotate { reply } => {
+                let r = if self.maybe_rotate(true) {
+                    Ok(())
+                } else {
+                    Err(RecordError::Store("rotation failed".into()))
+                };
+                let _ = reply.send(r);
+            }
+            Command::Retain { older_than, reply } => {
+                let _ = reply.send(self.retain(older_than));
+            }
+            Command::Append { .. } | Command::Close { .. } => {}
+        }
+    }
+
+    /// Appends `data` to the current segment; on failure cuts back to where it began.
+    fn write(&mut self, data: &[u8], sync: bool) -> Result<(), String> {
+        if let Some(p) = &self.poisoned {
+            return Err(p.clone());
+        }
+        let start = self.len;
+        if let Err(e) = self.file.append(data) {
+            let msg = format!("write to {}: {e}", self.segment);
+            if let Err(e2) = self.file.truncate(start) {
+                self.poison(format!("{msg}; cutting the partial write failed too: {e2}"));
+            }
+            return Err(msg);
+        }
+        if sync && let Err(e) = self.file.sync_data() {
+            // After a failed fsync the page cache can no longer be trusted: stop for good.
+            let msg = format!("fdatasync {}: {e}", self.segment);
+            let _ = self.file.truncate(start);
+            self.poison(msg.clone());
+            return Err(msg);
+        }
+        self.len = start + data.len() as u64;
+        Ok(())
+    }
+
+    fn poison(&mut self, reason: String) {
+        tracing::error!(%reason, "audit log disabled: every further record is refused");
+        self.poisoned = Some(format!("audit log disabled after: {reason}"));
+    }
+
+    fn sync_level(&self) -> bool {
+        self.config.durability == Durability::Fsync
+    }
+
+    fn commit(&mut self, appends: &mut Vec<(Vec<u8>, Reply<EventReceipt>)>) {
+        if appends.is_empty() {
+            return;
+        }
+        let refuse = if let Some(p) = &self.poisoned {
+            Some(RecordError::Store(p.clone()))
+        } else if self.ship.is_some()
+            && self.backlog.load(Ordering::Acquire) >= self.config.ship_backlog
+        {
+            Some(RecordError::BacklogFull)
+        } else {
+            None
+        };
+        if let Some(err) = refuse {
+            for (_, reply) in appends.drain(..) {
+                let _ = reply.send(Err(err.clone()));
+            }
+            return;
+        }
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        let (seq0, head0) = (self.next_sequence, self.head);
+        let mut receipts = Vec::with_capacity(appends.len());
+        for (payload, _) in appends.iter() {
+            let hash = encode_line(
+                &mut buf,
+                &self.config.log_id,
+                self.next_sequence,
+                RecordKind::Event,
+                &self.head,
+                payload,
+            );
+            receipts.push(EventReceipt {
+                sequence: self.next_sequence,
+                hash: hex32(&hash),
+            });
+            self.next_sequence += 1;
+            self.head = hash;
+        }
+        let pending = self.since_checkpoint + appends.len() as u64;
+        let checkpoint = (pending >= self.config.checkpoint_every_records)
+            .then(|| self.encode_checkpoint(&mut buf));
+        match self.write(&buf, self.sync_level()) {
+            Ok(()) => {
+                for ((_, reply), receipt) in appends.drain(..).zip(receipts) {
+                    let _ = reply.send(Ok(receipt));
+                }
+                match checkpoint {
+                    Some(cp) => self.published(cp),
+                    None => self.since_checkpoint = pending,
+                }
+            }
+            Err(e) => {
+                self.next_sequence = seq0;
+                self.head = head0;
+                for (_, reply) in appends.drain(..) {
+                    let _ = reply.send(Err(RecordError::Store(e.clone())));
+                }
+            }
+        }
+        self.buf = buf;
+    }
+
+    /// Encodes a checkpoint over the current head into `buf` and advances the chain past it.
+    fn encode_checkpoint(&mut self, buf: &mut Vec<u8>) -> Checkpoint {
+        let time = now_text();
+        let cp = self.signer.checkpoint(
+            &self.config.log_id,
+            self.next_sequence - 1,
+            &self.head,
+            time.clone(),
+        );
+        let payload = kind_payload(&time, &cp);
+        self.head = encode_line(
+            buf,
+            &self.config.log_id,
+            self.next_sequence,
+            RecordKind::Checkpoint,
+            &self.head,
+            &payload,
+        );
+        self.next_sequence += 1;
+        cp
+    }
+
+    fn published(&mut self, cp: Checkpoint) {
+        self.since_checkpoint = 0;
+        self.last_checkpoint = Instant::now();
+        self.latest.send_replace(Some(cp));
+    }
+
+    fn write_checkpoint(&mut self) -> Result<Checkpoint, RecordError> {
+        if self.next_sequence == 1 {
+            return Err(RecordError::Store("nothing to checkpoint".into()));
+        }
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        let (seq0, head0) = (self.next_sequence, self.head);
+        let cp = self.encode_checkpoint(&mut buf);
+        let r = self.write(&buf, self.sync_level());
+        self.buf = buf;
+        match r {
+            Ok(()) => {
+                self.published(cp.clone());
+                Ok(cp)
+            }
+            Err(e) => {
+                self.next_sequence = seq0;
+                self.head = head0;
+                Err(RecordError::Store(e))
+            }
+        }
+    }
+
+    /// Rotates when the segment is full or old (or when `force`d and non-empty). Returns whether
+    /// the current segment is now a fresh one (or needed no rotation).
+    fn maybe_rotate(&mut self, force: bool) -> bool {
+        if self.poisoned.is_some() {
+            return false;
+        }
+        let due = self.len >= self.config.segment_max_bytes
+            || (self.len > 0 && self.opened.elapsed() >= self.config.segment_max_age);
+        if self.len == 0 || !(due || force) {
+            return true;
+        }
+        // Closing a segment makes it durable whatever the level, so shipping copies final bytes.
+        if let Err(e) = self.file.sync_data() {
+            self.poison(format!("fdatasync {} at rotation: {e}", self.segment));
+            return false;
+        }
+        let name = segment_name(self.next_sequence);
+        let file = match self.store.open_append(&name).and_then(|f| {
+            self.store.sync_dir()?;
+            Ok(f)
+        }) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "audit log: rotation failed; staying on the current segment");
+                return false;
+            }
+        };
+        let closed = std::mem::replace(&mut self.segment, name);
+        self.file = file;
+        self.len = 0;
+        self.opened = Instant::now();
+        if let Some(ship) = &self.ship {
+            self.backlog.fetch_add(1, Ordering::AcqRel);
+            if ship.send(closed).is_err() {
+                self.backlog.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        true
+    }
+
+    fn retain(
+        &mut self,
+        older_than: time::OffsetDateTime,
+    ) -> Result<Option<RetentionCut>, RecordError> {
+        let store_err = |what: &str, e: std::io::Error| RecordError::Store(format!("{what}: {e}"));
+        let names = self
+            .store
+            .list()
+            .map_err(|e| store_err("list segments", e))?;
+        let mut dropped = Vec::new();
+        let mut first_retained: Option<(u64, [u8; 32])> = None;
+        for name in &names {
+            if *name == self.segment {
+                break;
+            }
+            let bytes = self
+                .store
+                .read(name)
+                .map_err(|e| store_err("read segment", e))?;
+            let last_time = last_record_time(&bytes);
+            if last_time.is_some_and(|t| t < older_than) {
+                dropped.push(name.clone());
+            } else {
+                break;
+            }
+        }
+        if dropped.is_empty() {
+            return Ok(None);
+        }
+        // Where the retained chain starts: the first record of the first kept segment.
+        if let Some(kept) = names.get(dropped.len()) {
+            let bytes = if *kept == self.segment && self.len == 0 {
+                Vec::new()
+            } else {
+                self.store
+                    .read(kept)
+                    .map_err(|e| store_err("read segment", e))?
+            };
+            if let Some(line) = bytes.split(|b| *b == b'\n').next()
+                && let Ok(p) = parse_line(line)
+            {
+                first_retained = Some((p.sequence, p.prev));
+            }
+        }
+        // The current segment is empty: the retained chain starts with the cut record itself.
+        let (seq, prev) = first_retained.unwrap_or((self.next_sequence, self.head));
+        let time = now_text();
+        let cut = self.signer.retention_cut(
+            &self.config.log_id,
+            seq,
+            &prev,
+            dropped.clone(),
+            time.clone(),
+        );
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        let payload = kind_payload(&time, &cut);
+        let hash = encode_line(
+            &mut buf,
+            &self.config.log_id,
+            self.next_sequence,
+            RecordKind::RetentionCut,
+            &self.head,
+            &payload,
+        );
+        let r = self.write(&buf, true);
+        self.buf = buf;
+        r.map_err(RecordError::Store)?;
+        self.next_sequence += 1;
+        self.head = hash;
+        self.since_checkpoint += 1;
+        for name in &dropped {
+            self.store
+                .remove(name)
+                .map_err(|e| store_err("remove segment", e))?;
+        }
+        self.store
+            .sync_dir()
+            .map_err(|e| store_err("sync log directory", e))?;
+        Ok(Some(cut))
+    }
+}
+
+/// The `time` member of a segment's last complete record.
+fn last_record_time(bytes: &[u8]) -> Option<time::OffsetDateTime> {
+    let trimmed = bytes.strip_suffix(b"\n")?;
+    let start = memchr::memrchr(b'\n', trimmed).map_or(0, |p| p + 1);
+    let p = parse_line(trimmed.get(start..)?).ok()?;
+    let rest = p.payload.strip_prefix(b"\"time\":\"")?;
+    let end = memchr::memchr(b'"', rest)?;
+    let text = std::str::from_utf8(rest.get(..end)?).ok()?;
+    time::OffsetDateTime::parse(text, &Rfc3339).ok()
+}

@@ -1,0 +1,166 @@
+//! Where segments live: a small file-like interface over the durability point, so that the writer
+//! can be tested against a store that fails on purpose, and a local-directory implementation.
+
+use std::fmt::Debug;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
+
+/// Prefix of segment names; the rest is the first sequence, zero-padded so names sort in order.
+pub const SEGMENT_PREFIX: &str = "seg-";
+/// Suffix of segment names.
+pub const SEGMENT_SUFFIX: &str = ".jsonl";
+
+/// The name of the segment whose first record is `first_sequence`.
+pub fn segment_name(first_sequence: u64) -> String {
+    format!("{SEGMENT_PREFIX}{first_sequence:020}{SEGMENT_SUFFIX}")
+}
+
+/// Whether `name` looks like a segment name.
+pub fn is_segment_name(name: &str) -> bool {
+    name.strip_prefix(SEGMENT_PREFIX)
+        .and_then(|r| r.strip_suffix(SEGMENT_SUFFIX))
+        .is_some_and(|d| d.len() == 20 && d.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The directory of one log's segments.
+pub trait SegmentStore: Send + Sync + Debug {
+    /// Segment names, sorted.
+    fn list(&self) -> io::Result<Vec<String>>;
+    /// A segment's bytes.
+    fn read(&self, name: &str) -> io::Result<Vec<u8>>;
+    /// Opens a segment for appending, creating it if needed.
+    fn open_append(&self, name: &str) -> io::Result<Box<dyn SegmentFile>>;
+    /// Deletes a segment.
+    fn remove(&self, name: &str) -> io::Result<()>;
+    /// Makes creations and deletions durable (fsync of the directory).
+    fn sync_dir(&self) -> io::Result<()>;
+}
+
+/// One segment open for appending.
+pub trait SegmentFile: Send + Debug {
+    /// Appends all of `data`. On error an unknown prefix of `data` may have been written: the
+    /// caller truncates back.
+    fn append(&mut self, data: &[u8]) -> io::Result<()>;
+    /// Makes appended data durable (fdatasync).
+    fn sync_data(&mut self) -> io::Result<()>;
+    /// Cuts the file to `len` bytes.
+    fn truncate(&mut self, len: u64) -> io::Result<()>;
+    /// Current length.
+    fn len(&self) -> io::Result<u64>;
+}
+
+/// Segments in a local directory.
+#[derive(Debug, Clone)]
+pub struct LocalSegmentStore {
+    dir: PathBuf,
+}
+
+impl LocalSegmentStore {
+    /// A store in `dir` (created if missing).
+    pub fn new(dir: impl Into<PathBuf>) -> io::Result<Self> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self { dir })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, name: &str) -> io::Result<PathBuf> {
+        if !is_segment_name(name) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("not a segment name: {name:?}"),
+            ));
+        }
+        Ok(self.dir.join(name))
+    }
+}
+
+impl SegmentStore for LocalSegmentStore {
+    fn list(&self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            if let Some(name) = entry.file_name().to_str()
+                && is_segment_name(name)
+            {
+                names.push(name.to_owned());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn read(&self, name: &str) -> io::Result<Vec<u8>> {
+        std::fs::read(self.path(name)?)
+    }
+
+    fn open_append(&self, name: &str) -> io::Result<Box<dyn SegmentFile>> {
+        let file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(self.path(name)?)?;
+        Ok(Box::new(LocalSegmentFile { file }))
+    }
+
+    fn remove(&self, name: &str) -> io::Result<()> {
+        std::fs::remove_file(self.path(name)?)
+    }
+
+    fn sync_dir(&self) -> io::Result<()> {
+        File::open(&self.dir)?.sync_all()
+    }
+}
+
+#[derive(Debug)]
+struct LocalSegmentFile {
+    file: File,
+}
+
+impl SegmentFile for LocalSegmentFile {
+    fn append(&mut self, data: &[u8]) -> io::Result<()> {
+        self.file.write_all(data)
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn truncate(&mut self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_sort_by_sequence() {
+        assert!(segment_name(9) < segment_name(10));
+        assert!(is_segment_name(&segment_name(1)));
+        assert!(!is_segment_name("seg-1.jsonl"));
+        assert!(!is_segment_name("../seg-00000000000000000001.jsonl"));
+    }
+
+    #[test]
+    fn local_store_rejects_foreign_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalSegmentStore::new(dir.path()).unwrap();
+        assert!(store.open_append("../../etc/passwd").is_err());
+        let mut f = store.open_append(&segment_name(1)).unwrap();
+        f.append(b"abc").unwrap();
+        f.truncate(1).unwrap();
+        f.append(b"z").unwrap();
+        assert_eq!(store.read(&segment_name(1)).unwrap(), b"az");
+        assert_eq!(store.list().unwrap(), vec![segment_name(1)]);
+    }
+}

@@ -1,0 +1,580 @@
+//! Offline verification of audit logs: a pure function of the stored bytes, the trusted public
+//! keys and (optionally) the checkpoints held by witnesses.
+//!
+//! Checks, per log: every line's hash over its exact bytes, the `prev` link (across segments
+//! too), sequence continuity, the log id, every in-chain checkpoint (its head must be the hash of
+//! the record before it and its signature must verify), retention cuts (a chain that does not
+//! start at the genesis must be explained by a signed cut), and every witness checkpoint (the
+//! chain must reach its sequence with the same hash). The first problem found is reported with its
+//! segment, line and sequence; nothing after it is trusted.
+//!
+//! [`ChainVerifier`] takes one segment at a time so that a log larger than memory verifies in
+//! constant space; [`verify`] is the convenience over in-memory logs.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{Checkpoint, RetentionCut, SignatureProblem, TrustedKeys};
+use crate::format::{self, GENESIS, RecordKind, SCHEMA_VERSION, hex32, parse_line};
+use crate::log::RecoveryCut;
+
+/// One stored segment: its name (which orders it) and its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentData {
+    /// File or object name, e.g. `seg-00000000000000000001.jsonl`.
+    pub name: String,
+    /// The bytes as stored.
+    pub bytes: Vec<u8>,
+}
+
+/// All stored segments of one log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogData {
+    /// Log id.
+    pub log: String,
+    /// Segments, in any order (they are ordered by name).
+    pub segments: Vec<SegmentData>,
+}
+
+/// What verification trusts.
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    /// Public keys whose signatures are accepted.
+    pub keys: TrustedKeys,
+    /// Checkpoints held by witnesses (they catch a truncated tail or a rewritten chain).
+    pub witnesses: Vec<Checkpoint>,
+    /// Also check that every line is well-formed JSON (costs some speed; the hash chain does not
+    /// need it).
+    pub check_json: bool,
+}
+
+impl Default for VerifyOptions {
+    fn default() -> Self {
+        Self {
+            keys: TrustedKeys::new(),
+            witnesses: Vec::new(),
+            check_json: true,
+        }
+    }
+}
+
+/// What is wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ProblemKind {
+    /// A line is not a well-formed record.
+    Malformed,
+    /// A schema version this verifier does not know.
+    UnsupportedSchema,
+    /// A record names another log.
+    WrongLog,
+    /// The stored hash does not match the line's bytes (an edit).
+    HashMismatch,
+    /// `prev` is not the hash of the record before (a deletion, insertion or reorder).
+    BrokenLink,
+    /// The sequence does not continue (a deletion, insertion or reorder).
+    SequenceGap,
+    /// A checkpoint's head is not the chain's hash at that point (a rewrite).
+    CheckpointMismatch,
+    /// A checkpoint or retention cut signature does not verify.
+    BadSignature,
+    /// A signature by a key that is not trusted.
+    UnknownKey,
+    /// A witness checkpoint disagrees with the chain (a rewrite with recomputed hashes).
+    WitnessMismatch,
+    /// The chain ends before a witness checkpoint (a truncated tail).
+    TruncatedTail,
+    /// The final line is incomplete (a crash before recovery ran).
+    TornTail,
+    /// The chain does not start at the genesis and no signed retention cut explains it.
+    MissingStart,
+    /// The log has no records at all.
+    Empty,
+}
+
+/// The first problem in a log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// What is wrong.
+    pub kind: ProblemKind,
+    /// Segment name.
+    pub segment: String,
+    /// 1-based line within the segment (0 when the problem is not on a line).
+    pub line: u64,
+    /// Sequence of the bad record (as stored, or as expected when the line is unreadable).
+    pub sequence: Option<u64>,
+    /// Human-readable detail.
+    pub detail: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?} in {} line {}", self.kind, self.segment, self.line)?;
+        if let Some(s) = self.sequence {
+            write!(f, " (sequence {s})")?;
+        }
+        write!(f, ": {}", self.detail)
+    }
+}
+
+/// The verdict on one log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogVerdict {
+    /// Log id.
+    pub log: String,
+    /// Segments read.
+    pub segments: u64,
+    /// Records verified (up to the first problem).
+    pub records: u64,
+    /// First sequence.
+    pub first_sequence: Option<u64>,
+    /// Last verified sequence.
+    pub last_sequence: Option<u64>,
+    /// Hex hash of the last verified record.
+    pub head: Option<String>,
+    /// In-chain checkpoints whose signature verified.
+    pub checkpoints: u64,
+    /// Sequence of the last verified checkpoint record.
+    pub last_checkpoint: Option<u64>,
+    /// Witness checkpoints matched.
+    pub witnesses_matched: u64,
+    /// Recovery cuts found (each is a crash whose torn tail was cut).
+    pub recovery_cuts: u64,
+    /// Retention cuts found.
+    pub retention_cuts: u64,
+    /// The first problem, if any.
+    pub problem: Option<Problem>,
+}
+
+impl LogVerdict {
+    /// No problem found.
+    pub fn ok(&self) -> bool {
+        self.problem.is_none()
+    }
+}
+
+/// The verdict on a set of logs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    /// One verdict per log.
+    pub logs: Vec<LogVerdict>,
+}
+
+impl VerifyReport {
+    /// Every log verified.
+    pub fn ok(&self) -> bool {
+        !self.logs.is_empty() && self.logs.iter().all(LogVerdict::ok)
+    }
+
+    /// The first problem, across logs.
+    pub fn first_problem(&self) -> Option<&Problem> {
+        self.logs.iter().find_map(|l| l.problem.as_ref())
+    }
+}
+
+/// Verifies a set of logs.
+pub fn verify(logs: &[LogData], options: &VerifyOptions) -> VerifyReport {
+    VerifyReport {
+        logs: logs.iter().map(|l| verify_log(l, options)).collect(),
+    }
+}
+
+/// Verifies one log held in memory.
+pub fn verify_log(log: &LogData, options: &VerifyOptions) -> LogVerdict {
+    let mut order: Vec<&SegmentData> = log.segments.iter().collect();
+    order.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut v = ChainVerifier::new(&log.log, options);
+    let last = order.len().saturating_sub(1);
+    for (i, seg) in order.into_iter().enumerate() {
+        if !v.segment(&seg.name, &seg.bytes, i == last) {
+            break;
+        }
+    }
+    v.finish()
+}
+
+#[derive(Deserialize)]
+struct Envelope<T> {
+    body: T,
+}
+
+/// Verifies one log segment by segment (feed segments in name order).
+#[derive(Debug)]
+pub struct ChainVerifier<'o> {
+    options: &'o VerifyOptions,
+    verdict: LogVerdict,
+    expected_sequence: Option<u64>,
+    prev: Option<[u8; 32]>,
+    /// (segment, sequence, prev) of the first record when it is not the genesis.
+    start_needing_cut: Option<(String, u64, [u8; 32])>,
+    retention_cuts: Vec<RetentionCut>,
+    witness_heads: HashMap<u64, Vec<[u8; 32]>>,
+    last_segment: String,
+}
+
+impl<'o> ChainVerifier<'o> {
+    /// Starts verifying log `log`.
+    pub fn new(log: &str, options: &'o VerifyOptions) -> Self {
+        let mut verdict = LogVerdict {
+            log: log.to_owned(),
+            segments: 0,
+            records: 0,
+            first_sequence: None,
+            last_sequence: None,
+            head: None,
+            checkpoints: 0,
+            last_checkpoint: None,
+            witnesses_matched: 0,
+            recovery_cuts: 0,
+            retention_cuts: 0,
+            problem: None,
+        };
+        let mut witness_heads: HashMap<u64, Vec<[u8; 32]>> = HashMap::new();
+        for w in options.witnesses.iter().filter(|w| w.log == log) {
+            let problem = match w.verify(&options.keys) {
+                Ok(()) => match format::parse_hex32(w.head.as_bytes()) {
+                    Some(h) => {
+                        witness_heads.entry(w.sequence).or_default().push(h);
+                        None
+                    }
+                    None => Some("witness checkpoint head is not a hash".to_owned()),
+                },
+                Err(SignatureProblem::UnknownKey) => Some(format!(
+                    "witness checkpoint at sequence {} is signed by untrusted key {}",
+                    w.sequence, w.key_id
+                )),
+                Err(SignatureProblem::Invalid) => Some(format!(
+                    "witness checkpoint at sequence {} has a bad signature",
+                    w.sequence
+                )),
+            };
+            if let Some(detail) = problem {
+                verdict.problem.get_or_insert(Problem {
+                    kind: ProblemKind::BadSignature,
+                    segment: "(witness)".into(),
+                    line: 0,
+                    sequence: Some(w.sequence),
+                    detail,
+                });
+            }
+        }
+        Self {
+            options,
+            verdict,
+            expected_sequence: None,
+            prev: None,
+            start_needing_cut: None,
+            retention_cuts: Vec::new(),
+            witness_heads,
+            last_segment: String::new(),
+        }
+    }
+
+    fn fail(
+        &mut self,
+        kind: ProblemKind,
+        segment: &str,
+        line: u64,
+        sequence: Option<u64>,
+        detail: String,
+    ) -> bool {
+        self.verdict.problem.get_or_insert(Problem {
+            kind,
+            segment: segment.to_owned(),
+            line,
+            sequence,
+            detail,
+        });
+        false
+    }
+
+    /// Verifies the next segment. `is_last` allows nothing different except that a torn final
+    /// line is reported as such. Returns `false` once a problem was found (stop feeding).
+    pub fn segment(&mut self, name: &str, bytes: &[u8], is_last: bool) -> bool {
+        if self.verdict.problem.is_some() {
+            return false;
+        }
+        self.verdict.segments += 1;
+        self.last_segment = name.to_owned();
+        let mut pos = 0usize;
+        let mut line_no = 0u64;
+        while pos < bytes.len() {
+            line_no += 1;
+            let rest = bytes.get(pos..).unwrap_or_default();
+            let Some(nl) = memchr::memchr(b'\n', rest) else {
+                let kind = if is_last {
+                    ProblemKind::TornTail
+                } else {
+                    ProblemKind::Malformed
+                };
+                return self.fail(
+                    kind,
+                    name,
+                    line_no,
+                    self.expected_sequence,
+                    format!("{} bytes after the last complete line", rest.len()),
+                );
+            };
+            let line = rest.get(..nl).unwrap_or_default();
+            pos += nl + 1;
+            if !self.line(name, line_no, line) {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn line(&mut self, segment: &str, line_no: u64, line: &[u8]) -> bool {
+        let p = match parse_line(line) {
+            Ok(p) => p,
+            Err(e) => {
+                let seq = self.expected_sequence;
+                return self.fail(ProblemKind::Malformed, segment, line_no, seq, e.to_string());
+            }
+        };
+        let seq = Some(p.sequence);
+        if p.schema_version != SCHEMA_VERSION {
+            return self.fail(
+                ProblemKind::UnsupportedSchema,
+                segment,
+                line_no,
+                seq,
+                format!("schema_version {}", p.schema_version),
+            );
+        }
+        if p.log != self.verdict.log {
+            let detail = format!("record of log {:?} in log {:?}", p.log, self.verdict.log);
+            return self.fail(ProblemKind::WrongLog, segment, line_no, seq, detail);
+        }
+        if p.computed_hash != p.stored_hash {
+            return self.fail(
+                ProblemKind::HashMismatch,
+                segment,
+                line_no,
+                seq,
+                "the record's bytes do not match its hash (edited)".into(),
+            );
+        }
+        if let Some(expected) = self.expected_sequence
+            && p.sequence != expected
+        {
+            let detail = format!("expected sequence {expected}, found {}", p.sequence);
+            return self.fail(ProblemKind::SequenceGap, segment, line_no, seq, detail);
+        }
+        match self.prev {
+            Some(prev) if p.prev != prev => {
+                return self.fail(
+                    ProblemKind::BrokenLink,
+                    segment,
+                    line_no,
+                    seq,
+                    format!(
+                        "prev {} is not the hash of the record before ({})",
+                        hex32(&p.prev),
+                        hex32(&prev)
+                    ),
+                );
+            }
+            Some(_) => {}
+            None => {
+                if p.sequence != 1 || p.prev != GENESIS {
+                    self.start_needing_cut = Some((segment.to_owned(), p.sequence, p.prev));
+                }
+                self.verdict.first_sequence = Some(p.sequence);
+            }
+        }
+        if self.options.check_json && serde_json::from_slice::<serde::de::IgnoredAny>(line).is_err()
+        {
+            return self.fail(
+                ProblemKind::Malformed,
+                segment,
+                line_no,
+                seq,
+                "not valid JSON".into(),
+            );
+        }
+        match p.kind {
+            RecordKind::Event => {}
+            RecordKind::Checkpoint => {
+                let cp = match serde_json::from_slice::<Envelope<Checkpoint>>(&p.payload_object()) {
+                    Ok(e) => e.body,
+                    Err(e) => {
+                        return self.fail(
+                            ProblemKind::Malformed,
+                            segment,
+                            line_no,
+                            seq,
+                            format!("checkpoint body: {e}"),
+                        );
+                    }
+                };
+                if cp.log != p.log
+                    || cp.sequence.checked_add(1) != Some(p.sequence)
+                    || cp.head != hex32(&p.prev)
+                {
+                    return self.fail(
+                        ProblemKind::CheckpointMismatch,
+                        segment,
+                        line_no,
+                        seq,
+                        format!(
+                            "checkpoint names sequence {} head {}, the chain has {}",
+                            cp.sequence,
+                            cp.head,
+                            hex32(&p.prev)
+                        ),
+                    );
+                }
+                if let Err(e) = cp.verify(&self.options.keys) {
+                    return self.signature_problem(
+                        e,
+                        segment,
+                        line_no,
+                        seq,
+                        "checkpoint",
+                        &cp.key_id,
+                    );
+                }
+                self.verdict.checkpoints += 1;
+                self.verdict.last_checkpoint = Some(p.sequence);
+            }
+            RecordKind::RetentionCut => {
+                let cut =
+                    match serde_json::from_slice::<Envelope<RetentionCut>>(&p.payload_object()) {
+                        Ok(e) => e.body,
+                        Err(e) => {
+                            return self.fail(
+                                ProblemKind::Malformed,
+                                segment,
+                                line_no,
+                                seq,
+                                format!("retention cut body: {e}"),
+                            );
+                        }
+                    };
+                if let Err(e) = cut.verify(&self.options.keys) {
+                    return self.signature_problem(
+                        e,
+                        segment,
+                        line_no,
+                        seq,
+                        "retention cut",
+                        &cut.key_id,
+                    );
+                }
+                if cut.log != p.log {
+                    let detail = "retention cut names another log".to_owned();
+                    return self.fail(ProblemKind::WrongLog, segment, line_no, seq, detail);
+                }
+                self.verdict.retention_cuts += 1;
+                self.retention_cuts.push(cut);
+            }
+            RecordKind::RecoveryCut => {
+                if let Err(e) = serde_json::from_slice::<Envelope<RecoveryCut>>(&p.payload_object())
+                {
+                    return self.fail(
+                        ProblemKind::Malformed,
+                        segment,
+                        line_no,
+                        seq,
+                        format!("recovery cut body: {e}"),
+                    );
+                }
+                self.verdict.recovery_cuts += 1;
+            }
+        }
+        if let Some(heads) = self.witness_heads.remove(&p.sequence) {
+            if heads.iter().any(|h| *h != p.stored_hash) {
+                return self.fail(
+                    ProblemKind::WitnessMismatch,
+                    segment,
+                    line_no,
+                    seq,
+                    "a witness checkpoint holds a different hash for this record (chain rewritten)"
+                        .into(),
+                );
+            }
+            self.verdict.witnesses_matched += heads.len() as u64;
+        }
+        self.prev = Some(p.stored_hash);
+        self.expected_sequence = p.sequence.checked_add(1);
+        self.verdict.records += 1;
+        self.verdict.last_sequence = Some(p.sequence);
+        true
+    }
+
+    fn signature_problem(
+        &mut self,
+        e: SignatureProblem,
+        segment: &str,
+        line_no: u64,
+        seq: Option<u64>,
+        what: &str,
+        key: &str,
+    ) -> bool {
+        let (kind, detail) = match e {
+            SignatureProblem::UnknownKey => (
+                ProblemKind::UnknownKey,
+                format!("{what} signed by untrusted key {key}"),
+            ),
+            SignatureProblem::Invalid => (
+                ProblemKind::BadSignature,
+                format!("{what} signature does not verify"),
+            ),
+        };
+        self.fail(kind, segment, line_no, seq, detail)
+    }
+
+    /// Ends verification and returns the verdict.
+    pub fn finish(mut self) -> LogVerdict {
+        if self.verdict.problem.is_none() && self.verdict.records == 0 {
+            let seg = self.last_segment.clone();
+            self.fail(ProblemKind::Empty, &seg, 0, None, "no records".into());
+        }
+        if self.verdict.problem.is_none()
+            && let Some((segment, sequence, prev)) = self.start_needing_cut.take()
+        {
+            let prev_hex = hex32(&prev);
+            let explained = self.retention_cuts.iter().any(|c| {
+                c.first_retained_sequence == sequence && c.first_retained_prev == prev_hex
+            });
+            if !explained {
+                self.fail(
+                    ProblemKind::MissingStart,
+                    &segment,
+                    1,
+                    Some(sequence),
+                    format!("the chain starts at sequence {sequence}; no signed retention cut explains the missing records"),
+                );
+            }
+        }
+        if self.verdict.problem.is_none() {
+            let first = self.verdict.first_sequence.unwrap_or(0);
+            let last = self.verdict.last_sequence.unwrap_or(0);
+            let beyond = self
+                .witness_heads
+                .keys()
+                .filter(|s| **s > last)
+                .min()
+                .copied();
+            if let Some(s) = beyond {
+                let seg = self.last_segment.clone();
+                self.fail(
+                    ProblemKind::TruncatedTail,
+                    &seg,
+                    0,
+                    Some(last + 1),
+                    format!("a witness checkpoint covers sequence {s}, the log ends at {last}"),
+                );
+            }
+            // Witness checkpoints before `first` were dropped by a (verified) retention cut.
+            let _ = first;
+        }
+        if let Some(prev) = self.prev {
+            self.verdict.head = Some(hex32(&prev));
+        }
+        self.verdict
+    }
+}
