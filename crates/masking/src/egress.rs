@@ -1,0 +1,312 @@
+//! The egress guard: the last line of defence for "credentials never leave".
+//!
+//! One aho-corasick automaton over every secret the gateway holds and the forms it could leave
+//! in: raw; hex (lower and upper case); base64, standard and URL-safe alphabets, at all three
+//! byte alignments (the part of the encoding that does not depend on neighbouring bytes, so the
+//! secret is caught inside any larger base64 blob, e.g. a `Basic` header); and percent-encoded
+//! (upper and lower case hex, with and without the unreserved characters left alone). Counters
+//! per site record bytes checked and hits: the signed evidence statement is derived from them.
+//! Hits say where (offset, site), never what.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use aho_corasick::AhoCorasick;
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+use gatehouse_core::{EgressBlocked, EgressCounters, EgressGuard, EgressSite, EgressStream};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_encode};
+
+use crate::error::MaskingError;
+
+/// Shortest secret the guard accepts: shorter ones would block ordinary traffic.
+pub const MIN_SECRET_LEN: usize = 6;
+
+/// Shortest encoded fragment worth watching.
+const MIN_FRAGMENT: usize = 6;
+
+/// RFC 3986 unreserved characters stay as they are.
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+const SITES: usize = 5;
+
+fn site_index(site: EgressSite) -> usize {
+    match site {
+        EgressSite::Client => 0,
+        EgressSite::Recording => 1,
+        EgressSite::Audit => 2,
+        EgressSite::Log => 3,
+        _ => 4,
+    }
+}
+
+const SITE_NAMES: [&str; SITES] = ["client", "recording", "audit", "log", "other"];
+
+/// Collects held secrets, then builds the guard.
+#[derive(Default)]
+pub struct EgressGuardBuilder {
+    secrets: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for EgressGuardBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secrets.
+        f.debug_struct("EgressGuardBuilder")
+            .field("secrets", &self.secrets.len())
+            .finish()
+    }
+}
+
+impl EgressGuardBuilder {
+    /// An empty builder.
+    pub fn new() -> EgressGuardBuilder {
+        EgressGuardBuilder::default()
+    }
+
+    /// Watches `secret` and its encoded forms. Refuses secrets shorter than
+    /// [`MIN_SECRET_LEN`].
+    pub fn add_secret(&mut self, secret: &[u8]) -> Result<&mut EgressGuardBuilder, MaskingError> {
+        if secret.len() < MIN_SECRET_LEN {
+            return Err(MaskingError::SecretTooShort {
+                min: MIN_SECRET_LEN,
+                len: secret.len(),
+            });
+        }
+        self.secrets.push(secret.to_vec());
+        Ok(self)
+    }
+
+    /// Builds the guard.
+    pub fn build(&self) -> Result<SecretEgressGuard, MaskingError> {
+        let mut forms: BTreeSet<Vec<u8>> = BTreeSet::new();
+        for s in &self.secrets {
+            for f in encoded_forms(s) {
+                if f.len() >= MIN_FRAGMENT {
+                    forms.insert(f);
+                }
+            }
+        }
+        let patterns: Vec<Vec<u8>> = forms.into_iter().collect();
+        let longest = patterns.iter().map(Vec::len).max().unwrap_or(0);
+        let ac = if patterns.is_empty() {
+            None
+        } else {
+            Some(AhoCorasick::new(&patterns).map_err(|e| MaskingError::EgressBuild(e.to_string()))?)
+        };
+        Ok(SecretEgressGuard {
+            inner: Arc::new(Inner {
+                ac,
+                patterns: patterns.len(),
+                longest,
+                bytes: Default::default(),
+                hits: Default::default(),
+            }),
+        })
+    }
+}
+
+/// Every form of `secret` the guard watches.
+fn encoded_forms(secret: &[u8]) -> Vec<Vec<u8>> {
+    let mut forms = vec![
+        secret.to_vec(),
+        hex::encode(secret).into_bytes(),
+        hex::encode_upper(secret).into_bytes(),
+    ];
+    for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
+        for k in 0..3usize {
+            let mut padded = vec![0u8; k];
+            padded.extend_from_slice(secret);
+            let enc = engine.encode(&padded).into_bytes();
+            // Characters fully determined by the secret's bytes at this alignment.
+            let first = (k * 8).div_ceil(6);
+            let last = ((k + secret.len()) * 8) / 6;
+            if let Some(frag) = enc.get(first..last) {
+                forms.push(frag.to_vec());
+            }
+        }
+    }
+    for set in [NON_ALPHANUMERIC, COMPONENT] {
+        let upper = percent_encode(secret, set).to_string().into_bytes();
+        let mut lower = upper.clone();
+        let mut i = 0;
+        while i < lower.len() {
+            if lower.get(i) == Some(&b'%') {
+                for b in lower.iter_mut().skip(i + 1).take(2) {
+                    b.make_ascii_lowercase();
+                }
+                i += 3;
+            } else {
+                i += 1;
+            }
+        }
+        if secret.contains(&b' ') {
+            let plus: Vec<u8> = String::from_utf8_lossy(&upper).replace("%20", "+").into_bytes();
+            forms.push(plus);
+        }
+        forms.push(upper);
+        forms.push(lower);
+    }
+    forms
+}
+
+struct Inner {
+    ac: Option<AhoCorasick>,
+    patterns: usize,
+    longest: usize,
+    bytes: [AtomicU64; SITES],
+    hits: [AtomicU64; SITES],
+}
+
+impl Inner {
+    /// Hits in `data` that end after `from`: (count, offset of the first).
+    fn scan(&self, data: &[u8], from: usize) -> (u64, usize) {
+        let Some(ac) = &self.ac else {
+            return (0, 0);
+        };
+        let mut count = 0u64;
+        let mut first = None;
+        for m in ac.find_overlapping_iter(data) {
+            if m.end() > from {
+                count += 1;
+                first.get_or_insert(m.start());
+            }
+        }
+        (count, first.unwrap_or(0))
+    }
+
+    fn record(&self, site: EgressSite, bytes: usize, hits: u64) {
+        let i = site_index(site);
+        if let Some(c) = self.bytes.get(i) {
+            c.fetch_add(bytes as u64, Ordering::Relaxed);
+        }
+        if hits > 0 {
+            if let Some(c) = self.hits.get(i) {
+                c.fetch_add(hits, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The egress guard over a fixed set of held secrets. Cheap to clone.
+#[derive(Clone)]
+pub struct SecretEgressGuard {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SecretEgressGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretEgressGuard")
+            .field("patterns", &self.inner.patterns)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EgressGuard for SecretEgressGuard {
+    fn check(&self, site: EgressSite, data: &[u8]) -> Result<(), EgressBlocked> {
+        let (hits, first) = self.inner.scan(data, 0);
+        self.inner.record(site, data.len(), hits);
+        if hits == 0 {
+            Ok(())
+        } else {
+            Err(EgressBlocked {
+                site,
+                hits,
+                first_offset: first as u64,
+            })
+        }
+    }
+
+    fn stream(&self, site: EgressSite) -> Box<dyn EgressStream> {
+        Box::new(SecretEgressStream {
+            inner: Arc::clone(&self.inner),
+            site,
+            window: Vec::new(),
+            tail: 0,
+            sent: 0,
+        })
+    }
+
+    fn counters(&self) -> EgressCounters {
+        let mut bytes_checked = BTreeMap::new();
+        let mut hits = BTreeMap::new();
+        for (i, name) in SITE_NAMES.iter().enumerate() {
+            let b = self.inner.bytes.get(i).map_or(0, |c| c.load(Ordering::Relaxed));
+            let h = self.inner.hits.get(i).map_or(0, |c| c.load(Ordering::Relaxed));
+            if b > 0 || h > 0 {
+                bytes_checked.insert((*name).to_string(), b);
+                hits.insert((*name).to_string(), h);
+            }
+        }
+        EgressCounters {
+            patterns: self.inner.patterns as u64,
+            bytes_checked,
+            hits,
+        }
+    }
+}
+
+/// Egress checking for one stream: keeps the last `longest - 1` bytes that were let through, so
+/// a secret split across chunks is still caught.
+struct SecretEgressStream {
+    inner: Arc<Inner>,
+    site: EgressSite,
+    window: Vec<u8>,
+    tail: usize,
+    sent: u64,
+}
+
+impl EgressStream for SecretEgressStream {
+    fn check(&mut self, chunk: &[u8]) -> Result<(), EgressBlocked> {
+        self.window.truncate(self.tail);
+        self.window.extend_from_slice(chunk);
+        let (hits, first) = self.inner.scan(&self.window, self.tail);
+        self.inner.record(self.site, chunk.len(), hits);
+        if hits > 0 {
+            // The chunk is not sent, so it does not become part of the tail.
+            let first_offset = (self.sent + first as u64).saturating_sub(self.tail as u64);
+            self.window.truncate(self.tail);
+            return Err(EgressBlocked {
+                site: self.site,
+                hits,
+                first_offset,
+            });
+        }
+        self.sent += chunk.len() as u64;
+        let keep = self.inner.longest.saturating_sub(1).min(self.window.len());
+        let drop = self.window.len() - keep;
+        self.window.drain(..drop);
+        self.tail = keep;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_fragments_are_found_in_every_alignment() {
+        let secret = b"correct horse battery";
+        let forms = encoded_forms(secret);
+        for prefix in [&b""[..], b"x", b"xy", b"xyz"] {
+            let mut data = prefix.to_vec();
+            data.extend_from_slice(secret);
+            data.extend_from_slice(b"tail");
+            for enc in [
+                STANDARD_NO_PAD.encode(&data),
+                URL_SAFE_NO_PAD.encode(&data),
+                base64::engine::general_purpose::STANDARD.encode(&data),
+            ] {
+                assert!(
+                    forms.iter().any(|f| enc.as_bytes().windows(f.len()).any(|w| w == f.as_slice())),
+                    "prefix {prefix:?}: {enc}"
+                );
+            }
+        }
+    }
+}
