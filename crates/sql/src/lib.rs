@@ -1,5 +1,74 @@
 //! Pure SQL understanding for Gatehouse: classifies every statement of a PostgreSQL string (kind,
 //! tables, functions, risky forms) and traces output-column lineage, so the policy can decide and
 //! the PostgreSQL proxy can mask derived columns. No I/O.
+//!
+//! Two entry points, both taking the session's [`SqlSessionSettings`] because
+//! `standard_conforming_strings` and `client_encoding` change where PostgreSQL itself splits a
+//! string:
+//!
+//! - [`classify`] → a [`Classification`]: one [`StatementInfo`] per statement PostgreSQL would
+//!   run, in order. What cannot be read with certainty is [`StatementKind::Unparseable`] with a
+//!   reason — never a guess.
+//! - [`lineage`] → a [`Lineage`]: for each output column of a query (or `… RETURNING`), the
+//!   source columns its value derives from. Give it a [`Catalog`] (any
+//!   `Fn(&str) -> Option<Vec<String>>`) to expand `*`; without one, `*` and whole-row references
+//!   are reported as [`Source::AllColumns`].
+//!
+//! How: a PostgreSQL-faithful lexical pass (quotes, `E''` and backslashes under
+//! `standard_conforming_strings = off`, dollar quoting, nested comments, string continuation)
+//! splits the text and rewrites every literal into the one spelling all readers agree on; then
+//! `sqlparser` (PostgreSQL dialect) parses each statement, and must find exactly one.
+//!
+//! ```
+//! use gatehouse_core::SqlSessionSettings;
+//! use gatehouse_sql::{classify, lineage, NoCatalog, Risk, Source, StatementKind};
+//!
+//! let settings = SqlSessionSettings::default();
+//! let c = classify("BEGIN; DELETE FROM Accounts; COMMIT", &settings);
+//! assert_eq!(c.statements.len(), 3);
+//! assert_eq!(c.statements[1].kind, StatementKind::Delete);
+//! assert!(c.statements[1].tables.contains("accounts"));
+//! assert!(c.statements[1].has(Risk::WriteWithoutWhere));
+//!
+//! // Under standard_conforming_strings = off, the backslash hides the quote: one statement.
+//! let off = SqlSessionSettings { standard_conforming_strings: false, ..settings.clone() };
+//! let c = classify(r"SELECT 'x\'; DROP TABLE t; --'", &off);
+//! assert_eq!(c.statements.len(), 1);
+//! assert_eq!(c.statements[0].kind, StatementKind::Select);
+//!
+//! let l = lineage("SELECT lower(u.email) AS e FROM users u", &settings, &NoCatalog).unwrap();
+//! assert_eq!(l.columns[0].name, "e");
+//! assert!(l.columns[0].sources.contains(&Source::Column {
+//!     table: "users".into(),
+//!     column: "email".into(),
+//! }));
+//! ```
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![deny(clippy::indexing_slicing, clippy::panic)]
+
+mod classify;
+mod lex;
+mod lineage;
+
+pub use classify::{Classification, Risk, StatementInfo, StatementKind, classify};
+pub use lineage::{Catalog, Lineage, NoCatalog, OutputColumn, Source, lineage};
+
+/// Why [`lineage`] could not trace a text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SqlError {
+    /// The statement cannot be read with certainty (the reason says why).
+    #[error("unparseable SQL: {0}")]
+    Unparseable(String),
+    /// Lineage needs exactly one statement; the text has this many.
+    #[error("expected exactly one statement, found {0}")]
+    NotOneStatement(usize),
+}
+
+/// Whether PostgreSQL's scanner splits text the same way under `client_encoding` as under UTF-8
+/// (false for `SJIS`, `BIG5`, `GBK`, `UHC`, `GB18030`, `JOHAB` and unknown names).
+pub fn encoding_is_supported(client_encoding: &str) -> bool {
+    lex::encoding_is_ascii_safe(client_encoding)
+}

@@ -1,0 +1,697 @@
+//! A PostgreSQL-faithful lexical pass: splits a query string into statements exactly where
+//! PostgreSQL's own scanner would, and rewrites each statement into a form that `sqlparser` reads
+//! the same way PostgreSQL does.
+//!
+//! Why this exists: `sqlparser` does not implement `standard_conforming_strings = off` (where
+//! `'a\''` is one literal), string continuation across newlines, or the exact dollar-quote and
+//! identifier rules. Here every string literal (standard, `E''`, dollar-quoted, continued) is
+//! decoded with PostgreSQL's rules and re-emitted as a plain `'…'` literal with doubled quotes —
+//! the one spelling every reader agrees on — and comments become a space. Anything whose reading
+//! could differ between PostgreSQL and `sqlparser` is reported as a problem, never guessed.
+
+use std::ops::Range;
+
+use gatehouse_core::SqlSessionSettings;
+
+/// One statement as PostgreSQL's scanner splits it.
+#[derive(Debug, Clone)]
+pub(crate) struct LexedStatement {
+    /// Byte range in the original text (without the terminating `;`).
+    pub span: Range<usize>,
+    /// The statement rewritten for `sqlparser` (literals normalised, comments removed).
+    pub rewritten: String,
+    /// The first few bare words, lower-cased (keyword fallback for statements `sqlparser` lacks).
+    pub leading_words: Vec<String>,
+    /// Why this statement cannot be read with certainty, if it cannot.
+    pub problem: Option<String>,
+    /// Only whitespace and comments: PostgreSQL skips it.
+    pub is_empty: bool,
+}
+
+/// Client encodings whose multi-byte characters never contain an ASCII byte, so the scanner's
+/// view of quotes, backslashes and semicolons is the same as in UTF-8.
+const ASCII_SAFE_ENCODINGS: &[&str] = &[
+    "UTF8", "UNICODE", "SQLASCII", "LATIN1", "LATIN2", "LATIN3", "LATIN4", "LATIN5", "LATIN6",
+    "LATIN7", "LATIN8", "LATIN9", "LATIN10", "ISO88591", "ISO88592", "ISO88593", "ISO88594",
+    "ISO88595", "ISO88596", "ISO88597", "ISO88598", "ISO88599", "ISO885910", "ISO885913",
+    "ISO885914", "ISO885915", "ISO885916", "WIN866", "WIN874", "WIN1250", "WIN1251", "WIN1252",
+    "WIN1253", "WIN1254", "WIN1255", "WIN1256", "WIN1257", "WIN1258", "WINDOWS866", "WINDOWS874",
+    "WINDOWS1250", "WINDOWS1251", "WINDOWS1252", "WINDOWS1253", "WINDOWS1254", "WINDOWS1255",
+    "WINDOWS1256", "WINDOWS1257", "WINDOWS1258", "KOI8", "KOI8R", "KOI8U", "EUCJP", "EUCCN",
+    "EUCKR", "EUCTW", "EUCJIS2004", "MULEINTERNAL", "ALT", "TCVN", "TCVN5712", "VSCII", "ABC",
+    "MSKANJI",
+];
+
+/// Whether the scanner can be trusted under `encoding` (PostgreSQL accepts aliases and ignores
+/// case, `-` and `_`). `SJIS`, `BIG5`, `GBK`, `UHC`, `GB18030` and `JOHAB` put ASCII bytes such
+/// as `\` and `'` inside multi-byte characters: not safe. Unknown names are not safe either.
+pub(crate) fn encoding_is_ascii_safe(encoding: &str) -> bool {
+    let norm: String = encoding
+        .chars()
+        .filter(|c| !matches!(c, '-' | '_' | ' '))
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
+    // MSKANJI is an alias of SJIS: listed above only to be excluded here explicitly.
+    norm != "MSKANJI" && ASCII_SAFE_ENCODINGS.contains(&norm.as_str())
+}
+
+/// Splits `text` into statements. `Err` means the whole string cannot be read (PostgreSQL would
+/// reject all of it, or we cannot be sure how it splits).
+pub(crate) fn split(
+    text: &str,
+    settings: &SqlSessionSettings,
+) -> Result<Vec<LexedStatement>, String> {
+    if !encoding_is_ascii_safe(&settings.client_encoding) {
+        return Err(format!(
+            "client_encoding {:?} is not supported: statement boundaries cannot be determined",
+            settings.client_encoding
+        ));
+    }
+    if text.contains('\0') {
+        return Err("the query text contains a NUL byte".into());
+    }
+    let mut lexer = Lexer {
+        text,
+        bytes: text.as_bytes(),
+        pos: 0,
+        scs: settings.standard_conforming_strings,
+        out: Vec::new(),
+        current: StatementBuilder::new(0),
+    };
+    lexer.run()?;
+    Ok(lexer.out)
+}
+
+struct StatementBuilder {
+    start: usize,
+    rewritten: String,
+    leading_words: Vec<String>,
+    /// Still collecting leading words (no non-word token seen yet).
+    collecting_words: bool,
+    problem: Option<String>,
+    has_code: bool,
+}
+
+impl StatementBuilder {
+    fn new(start: usize) -> Self {
+        Self {
+            start,
+            rewritten: String::new(),
+            leading_words: Vec::new(),
+            collecting_words: true,
+            problem: None,
+            has_code: false,
+        }
+    }
+
+    fn problem(&mut self, why: impl Into<String>) {
+        if self.problem.is_none() {
+            self.problem = Some(why.into());
+        }
+    }
+
+    fn non_word(&mut self) {
+        self.collecting_words = false;
+        self.has_code = true;
+    }
+}
+
+struct Lexer<'a> {
+    text: &'a str,
+    bytes: &'a [u8],
+    pos: usize,
+    scs: bool,
+    out: Vec<LexedStatement>,
+    current: StatementBuilder,
+}
+
+/// How a quoted literal treats backslashes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum QuoteStyle {
+    /// `'…'` under `standard_conforming_strings = on`, `N'…'`: only `''` is special.
+    Standard,
+    /// `E'…'`, or `'…'` under `standard_conforming_strings = off`: backslash escapes.
+    Escape,
+    /// `B'…'` / `X'…'`: no escapes at all; a `''` ends one literal and starts the next.
+    Bits,
+    /// `U&'…'`: like standard, but with Unicode escapes we do not decode.
+    Unicode,
+}
+
+fn is_ident_start(b: u8) -> bool {
+    b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
+}
+
+fn is_ident_cont(b: u8) -> bool {
+    is_ident_start(b) || b.is_ascii_digit() || b == b'$'
+}
+
+impl<'a> Lexer<'a> {
+    fn peek(&self, offset: usize) -> Option<u8> {
+        self.bytes.get(self.pos + offset).copied()
+    }
+
+    fn slice(&self, range: Range<usize>) -> &'a str {
+        self.text.get(range).unwrap_or("")
+    }
+
+    fn finish_statement(&mut self, end: usize) {
+        let builder = std::mem::replace(&mut self.current, StatementBuilder::new(end + 1));
+        let span = builder.start..end;
+        self.out.push(LexedStatement {
+            span,
+            is_empty: !builder.has_code,
+            rewritten: builder.rewritten,
+            leading_words: builder.leading_words,
+            problem: builder.problem,
+        });
+    }
+
+    fn run(&mut self) -> Result<(), String> {
+        while let Some(b) = self.peek(0) {
+            match b {
+                b';' => {
+                    self.finish_statement(self.pos);
+                    self.pos += 1;
+                }
+                b' ' | b'\t' | b'\n' | b'\r' => {
+                    self.current.rewritten.push(char::from(b));
+                    self.pos += 1;
+                }
+                0x0c => {
+                    // Form feed is whitespace to PostgreSQL; sqlparser does not know it.
+                    self.current.rewritten.push(' ');
+                    self.pos += 1;
+                }
+                0x0b => {
+                    self.current.problem(
+                        "vertical tab outside a literal (read differently by PostgreSQL versions)",
+                    );
+                    self.current.rewritten.push(' ');
+                    self.pos += 1;
+                }
+                b'-' if self.peek(1) == Some(b'-') => self.line_comment(),
+                b'/' if self.peek(1) == Some(b'*') => self.block_comment()?,
+                b'\'' => {
+                    let style = if self.scs {
+                        QuoteStyle::Standard
+                    } else {
+                        QuoteStyle::Escape
+                    };
+                    self.pos += 1;
+                    self.literal(style)?;
+                }
+                b'"' => self.quoted_identifier(false)?,
+                b'$' => self.dollar()?,
+                b if b.is_ascii_digit()
+                    || (b == b'.' && self.peek(1).is_some_and(|n| n.is_ascii_digit())) =>
+                {
+                    self.number()
+                }
+                b if is_ident_start(b) => self.word()?,
+                _ => {
+                    // Operators and punctuation: copied verbatim. A non-ASCII byte cannot get
+                    // here (it starts a word).
+                    self.current.non_word();
+                    self.current.rewritten.push(char::from(b));
+                    self.pos += 1;
+                }
+            }
+        }
+        let end = self.bytes.len();
+        self.finish_statement(end);
+        // The last piece after a final `;` is empty unless it has code: drop empty tails.
+        Ok(())
+    }
+
+    fn line_comment(&mut self) {
+        while let Some(b) = self.peek(0) {
+            if b == b'\n' || b == b'\r' {
+                break;
+            }
+            self.pos += 1;
+        }
+        self.current.rewritten.push(' ');
+    }
+
+    fn block_comment(&mut self) -> Result<(), String> {
+        let start = self.pos;
+        self.pos += 2;
+        let mut depth = 1usize;
+        while depth > 0 {
+            match (self.peek(0), self.peek(1)) {
+                (Some(b'/'), Some(b'*')) => {
+                    depth += 1;
+                    self.pos += 2;
+                }
+                (Some(b'*'), Some(b'/')) => {
+                    depth -= 1;
+                    self.pos += 2;
+                }
+                (Some(_), _) => self.pos += 1,
+                (None, _) => {
+                    return Err(format!("unterminated /* comment at byte {start}"));
+                }
+            }
+        }
+        self.current.rewritten.push(' ');
+        Ok(())
+    }
+
+    /// Scans a quoted literal whose opening quote was just consumed; handles continuation across
+    /// newlines; emits the decoded value as a standard literal.
+    fn literal(&mut self, style: QuoteStyle) -> Result<(), String> {
+        let start = self.pos.saturating_sub(1);
+        let mut value: Vec<u8> = Vec::new();
+        loop {
+            let Some(b) = self.peek(0) else {
+                return Err(format!("unterminated quoted string at byte {start}"));
+            };
+            match b {
+                b'\'' => {
+                    if self.peek(1) == Some(b'\'') && style != QuoteStyle::Bits {
+                        value.push(b'\'');
+                        self.pos += 2;
+                        continue;
+                    }
+                    self.pos += 1;
+                    if let Some(next_quote) = self.continuation() {
+                        self.pos = next_quote + 1;
+                        continue;
+                    }
+                    break;
+                }
+                b'\\' if style == QuoteStyle::Escape => {
+                    self.pos += 1;
+                    self.escape(&mut value, start)?;
+                }
+                _ => {
+                    value.push(b);
+                    self.pos += 1;
+                }
+            }
+        }
+        match style {
+            QuoteStyle::Unicode => {
+                self.current.problem("U&'…' literals are not supported");
+            }
+            QuoteStyle::Bits => {
+                if !value.iter().all(u8::is_ascii_hexdigit) {
+                    self.current
+                        .problem("bit-string literal with characters other than digits");
+                }
+            }
+            QuoteStyle::Standard | QuoteStyle::Escape => {}
+        }
+        match String::from_utf8(value) {
+            Ok(v) if !v.contains('\0') => self.emit_literal(&v, style),
+            _ => {
+                self.current
+                    .problem("string literal decodes to invalid UTF-8 or a NUL character");
+                self.emit_literal("", style);
+            }
+        }
+        Ok(())
+    }
+
+    fn emit_literal(&mut self, value: &str, style: QuoteStyle) {
+        self.current.non_word();
+        let out = &mut self.current.rewritten;
+        // Keep a boundary so the literal never fuses with what precedes it.
+        out.push(' ');
+        if style == QuoteStyle::Bits {
+            out.push('X');
+        }
+        out.push('\'');
+        for ch in value.chars() {
+            if ch == '\'' {
+                out.push('\'');
+            }
+            out.push(ch);
+        }
+        out.push('\'');
+    }
+
+    /// After a closing quote: PostgreSQL joins `'a'<newline>'b'` into one literal (whitespace
+    /// with at least one newline, `--` comments allowed). Returns the position of the quote that
+    /// continues the literal.
+    fn continuation(&self) -> Option<usize> {
+        let mut i = self.pos;
+        while matches!(self.bytes.get(i), Some(b' ' | b'\t' | 0x0c)) {
+            i += 1;
+        }
+        if !matches!(self.bytes.get(i), Some(b'\n' | b'\r')) {
+            return None;
+        }
+        loop {
+            match self.bytes.get(i) {
+                Some(b' ' | b'\t' | b'\n' | b'\r' | 0x0c) => i += 1,
+                Some(b'-') if self.bytes.get(i + 1) == Some(&b'-') => {
+                    // A comment must end with a newline to count.
+                    while let Some(&c) = self.bytes.get(i) {
+                        if c == b'\n' || c == b'\r' {
+                            break;
+                        }
+                        i += 1;
+                    }
+                    if self.bytes.get(i).is_none() {
+                        return None;
+                    }
+                }
+                Some(b'\'') => return Some(i),
+                _ => return None,
+            }
+        }
+    }
+
+    /// Decodes one backslash escape of an escape-string literal (the `\` is consumed).
+    fn escape(&mut self, value: &mut Vec<u8>, start: usize) -> Result<(), String> {
+        let Some(b) = self.peek(0) else {
+            return Err(format!("unterminated quoted string at byte {start}"));
+        };
+        match b {
+            b'b' => {
+                value.push(0x08);
+                self.pos += 1;
+            }
+            b'f' => {
+                value.push(0x0c);
+                self.pos += 1;
+            }
+            b'n' => {
+                value.push(b'\n');
+                self.pos += 1;
+            }
+            b'r' => {
+                value.push(b'\r');
+                self.pos += 1;
+            }
+            b't' => {
+                value.push(b'\t');
+                self.pos += 1;
+            }
+            b'0'..=b'7' => {
+                let mut v: u32 = 0;
+                let mut n = 0;
+                while n < 3 {
+                    match self.peek(0) {
+                        Some(d @ b'0'..=b'7') => {
+                            v = v * 8 + u32::from(d - b'0');
+                            self.pos += 1;
+                            n += 1;
+                        }
+                        _ => break,
+                    }
+                }
+                value.push((v & 0xff) as u8);
+            }
+            b'x' if self.peek(1).is_some_and(|d| d.is_ascii_hexdigit()) => {
+                self.pos += 1;
+                let mut v: u32 = 0;
+                let mut n = 0;
+                while n < 2 {
+                    match self.peek(0).and_then(|d| char::from(d).to_digit(16)) {
+                        Some(d) => {
+                            v = v * 16 + d;
+                            self.pos += 1;
+                            n += 1;
+                        }
+                        None => break,
+                    }
+                }
+                value.push((v & 0xff) as u8);
+            }
+            b'u' | b'U' => {
+                let digits = if b == b'u' { 4 } else { 8 };
+                let hex = self.bytes.get(self.pos + 1..self.pos + 1 + digits);
+                let code = hex
+                    .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u32::from_str_radix(h, 16).ok());
+                match code.and_then(char::from_u32) {
+                    Some(ch) => {
+                        let mut buf = [0u8; 4];
+                        value.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+                        self.pos += 1 + digits;
+                    }
+                    None => {
+                        // PostgreSQL rejects these (bad digits, surrogates): so do we, but the
+                        // literal's extent is still clear, so only this statement is affected.
+                        self.current
+                            .problem("invalid or surrogate Unicode escape in a string literal");
+                        self.pos += 1;
+                    }
+                }
+            }
+            _ => {
+                // `\` + any other character is that character (a whole UTF-8 sequence).
+                let ch_len = self
+                    .text
+                    .get(self.pos..)
+                    .and_then(|s| s.chars().next())
+                    .map_or(1, char::len_utf8);
+                value.extend_from_slice(self.bytes.get(self.pos..self.pos + ch_len).unwrap_or(&[]));
+                self.pos += ch_len;
+            }
+        }
+        Ok(())
+    }
+
+    fn quoted_identifier(&mut self, unicode: bool) -> Result<(), String> {
+        let start = self.pos;
+        self.pos += 1;
+        loop {
+            match self.peek(0) {
+                None => return Err(format!("unterminated quoted identifier at byte {start}")),
+                Some(b'"') if self.peek(1) == Some(b'"') => self.pos += 2,
+                Some(b'"') => {
+                    self.pos += 1;
+                    break;
+                }
+                Some(_) => self.pos += 1,
+            }
+        }
+        if self.pos - start == 2 {
+            self.current.problem("zero-length quoted identifier");
+        }
+        if unicode {
+            self.current.problem("U&\"…\" identifiers are not supported");
+        }
+        self.current.non_word();
+        let raw = self.slice(start..self.pos);
+        self.current.rewritten.push_str(raw);
+        Ok(())
+    }
+
+    fn dollar(&mut self) -> Result<(), String> {
+        let start = self.pos;
+        // `$1`: a parameter.
+        if self.peek(1).is_some_and(|d| d.is_ascii_digit()) {
+            self.pos += 1;
+            while self.peek(0).is_some_and(|d| d.is_ascii_digit()) {
+                self.pos += 1;
+            }
+            if self.peek(0).is_some_and(is_ident_cont) {
+                self.current
+                    .problem("parameter followed directly by identifier characters");
+            }
+            self.current.non_word();
+            let raw = self.slice(start..self.pos);
+            self.current.rewritten.push_str(raw);
+            return Ok(());
+        }
+        // `$tag$` or `$$`.
+        let mut i = start + 1;
+        if self.bytes.get(i).is_some_and(|&b| is_ident_start(b)) {
+            i += 1;
+            while self
+                .bytes
+                .get(i)
+                .is_some_and(|&b| is_ident_start(b) || b.is_ascii_digit())
+            {
+                i += 1;
+            }
+        }
+        if self.bytes.get(i) != Some(&b'$') {
+            self.current.problem("a lone '$' outside a literal");
+            self.current.non_word();
+            self.current.rewritten.push('$');
+            self.pos += 1;
+            return Ok(());
+        }
+        let delimiter = self.slice(start..i + 1);
+        let body_start = i + 1;
+        let Some(rel_end) = self.text.get(body_start..).and_then(|s| s.find(delimiter)) else {
+            return Err(format!("unterminated dollar-quoted string at byte {start}"));
+        };
+        let body = self.slice(body_start..body_start + rel_end).to_string();
+        self.pos = body_start + rel_end + delimiter.len();
+        // PostgreSQL ends the delimiter scan greedily; `$a$b` right after the closing delimiter
+        // would be read as an identifier continuation by some readers.
+        self.emit_literal(&body, QuoteStyle::Standard);
+        Ok(())
+    }
+
+    fn number(&mut self) {
+        let start = self.pos;
+        while self
+            .peek(0)
+            .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+        {
+            // `1..2` is not a number; stop before a second consecutive dot.
+            if self.peek(0) == Some(b'.') && self.peek(1) == Some(b'.') {
+                break;
+            }
+            self.pos += 1;
+        }
+        if matches!(self.peek(0), Some(b'\'' | b'"' | b'$')) {
+            self.current.problem(
+                "numeric literal followed directly by a quote or '$' (read differently by PostgreSQL versions)",
+            );
+        }
+        self.current.non_word();
+        let raw = self.slice(start..self.pos);
+        self.current.rewritten.push_str(raw);
+    }
+
+    fn word(&mut self) -> Result<(), String> {
+        let b0 = self.peek(0).unwrap_or(0);
+        let b1 = self.peek(1);
+        // Literal prefixes only count at the start of a token.
+        match (b0.to_ascii_lowercase(), b1) {
+            (b'e', Some(b'\'')) => {
+                self.pos += 2;
+                return self.literal(QuoteStyle::Escape);
+            }
+            (b'n', Some(b'\'')) => {
+                // NCHAR literal: the string itself follows the session's rules.
+                self.pos += 2;
+                let style = if self.scs {
+                    QuoteStyle::Standard
+                } else {
+                    QuoteStyle::Escape
+                };
+                return self.literal(style);
+            }
+            (b'b' | b'x', Some(b'\'')) => {
+                self.pos += 2;
+                if b0.eq_ignore_ascii_case(&b'b') {
+                    self.current.problem("bit-string literals are not supported");
+                }
+                return self.literal(QuoteStyle::Bits);
+            }
+            (b'u', Some(b'&')) => match self.peek(2) {
+                Some(b'\'') => {
+                    self.pos += 3;
+                    return self.literal(QuoteStyle::Unicode);
+                }
+                Some(b'"') => {
+                    self.pos += 2;
+                    return self.quoted_identifier(true);
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+        let start = self.pos;
+        while self.peek(0).is_some_and(is_ident_cont) {
+            self.pos += 1;
+        }
+        let raw = self.slice(start..self.pos);
+        if raw.contains('$') {
+            self.current
+                .problem("'$' inside an identifier (ambiguous with dollar quoting)");
+        }
+        for ch in raw.chars() {
+            if !ch.is_ascii() && !ch.is_alphabetic() {
+                self.current.problem(
+                    "non-alphabetic non-ASCII character outside a literal (PostgreSQL reads it as part of an identifier)",
+                );
+                break;
+            }
+        }
+        if self.current.collecting_words && self.current.leading_words.len() < 4 {
+            self.current.leading_words.push(raw.to_ascii_lowercase());
+        }
+        self.current.has_code = true;
+        self.current.rewritten.push_str(raw);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scs(on: bool) -> SqlSessionSettings {
+        SqlSessionSettings {
+            standard_conforming_strings: on,
+            ..SqlSessionSettings::default()
+        }
+    }
+
+    fn pieces(text: &str, on: bool) -> Vec<String> {
+        split(text, &scs(on))
+            .unwrap()
+            .into_iter()
+            .filter(|s| !s.is_empty)
+            .map(|s| s.rewritten.trim().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn backslash_quote_depends_on_scs() {
+        let text = r"SELECT 'a\'' ; SELECT 'b'; -- '";
+        // scs on: `''` after the backslash is a quote, so the literal runs on to `'b`, and
+        // `b'; -- '` is a bit-string literal: one (broken) statement, as PostgreSQL sees it.
+        assert_eq!(pieces(text, true), ["SELECT  'a\\'' ; SELECT ' X'; -- '"]);
+        // scs off: `\'` is an escaped quote and the literal ends right after: two statements.
+        assert_eq!(pieces(text, false), ["SELECT  'a'''", "SELECT  'b'"]);
+        // The classic: the backslash hides the closing quote only under scs=off.
+        let text = r"SELECT 'x\'; DROP TABLE t; --'";
+        assert_eq!(pieces(text, true), ["SELECT  'x\\'", "DROP TABLE t"]);
+        assert_eq!(pieces(text, false), ["SELECT  'x''; DROP TABLE t; --'"]);
+    }
+
+    #[test]
+    fn comments_dollar_quotes_and_continuation() {
+        assert_eq!(
+            pieces("SELECT /* a /* nested ; */ ; */ 1; SELECT 2 -- ;", true),
+            ["SELECT   1", "SELECT 2"]
+        );
+        assert_eq!(
+            pieces("SELECT $x$ ; ' $$ $x$, $$;$$", true),
+            ["SELECT  ' ; '' $$ ',  ';'"]
+        );
+        assert_eq!(pieces("SELECT 'a'\n  -- c\n 'b'", true), ["SELECT  'ab'"]);
+        assert_eq!(pieces("SELECT 'a' 'b'", true), ["SELECT  'a'  'b'"]);
+        assert_eq!(pieces(r"SELECT E'\x41\101\u0041\n'", true), ["SELECT  'AAA\n'"]);
+        assert!(split("SELECT 'abc", &scs(true)).is_err());
+        assert!(split("SELECT /* abc", &scs(true)).is_err());
+        assert!(split("SELECT $a$ abc $b$", &scs(true)).is_err());
+        assert!(split("SELECT \"abc", &scs(true)).is_err());
+    }
+
+    #[test]
+    fn problems() {
+        let p = |t: &str| split(t, &scs(true)).unwrap()[0].problem.clone();
+        assert!(p("SELECT a$b FROM t").is_some());
+        assert!(p("SELECT $1 FROM t").is_none());
+        assert!(p("SELECT\u{a0}1").is_some());
+        assert!(p("SELECT U&'\\0041'").is_some());
+        assert!(p("SELECT E'\\000'").is_some());
+        assert!(p("SELECT 1e'x'").is_some());
+        assert!(p("SELECT café FROM t").is_none());
+    }
+
+    #[test]
+    fn encodings() {
+        assert!(encoding_is_ascii_safe("UTF8"));
+        assert!(encoding_is_ascii_safe("utf-8"));
+        assert!(encoding_is_ascii_safe("latin1"));
+        assert!(!encoding_is_ascii_safe("SJIS"));
+        assert!(!encoding_is_ascii_safe("big5"));
+        assert!(!encoding_is_ascii_safe("GBK"));
+        assert!(!encoding_is_ascii_safe("whatever"));
+    }
+}

@@ -1,0 +1,866 @@
+//! Output-column lineage: for each column a query returns, the source columns its value derives
+//! from, through aliases, expressions, casts, function calls, aggregates, CTEs, subqueries,
+//! set operations, `*` and whole-row references such as `row_to_json(t)`.
+//!
+//! Promise: conservative. A value that *may* come from a column lists that column; a reference
+//! that cannot be tied to a table is [`Source::Unresolved`] (callers mask when in doubt); an
+//! unexpanded `*` or whole-row reference is [`Source::AllColumns`]. Filters (`WHERE`, `JOIN ON`)
+//! are not lineage: they decide which rows come back, not what a value is.
+
+use std::collections::BTreeSet;
+use std::ops::ControlFlow;
+
+use gatehouse_core::SqlSessionSettings;
+use serde::{Deserialize, Serialize};
+use sqlparser::ast::{
+    Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, ObjectName, Query, Select,
+    SelectItem, SelectItemQualifiedWildcardKind, SetExpr, Statement, TableAlias, TableFactor,
+    TableWithJoins, Visit, Visitor,
+};
+
+use crate::classify::{normalise_ident, normalise_name, parse_piece};
+use crate::{SqlError, lex};
+
+/// Column names of a table, for expanding `*` and resolving unqualified names. `None`: unknown
+/// (lineage then reports [`Source::AllColumns`] for `*` and every candidate table for a name).
+///
+/// Any `Fn(&str) -> Option<Vec<String>>` is a catalog; [`NoCatalog`] knows nothing.
+pub trait Catalog {
+    /// Columns of `table` (a normalised name as written in the query, e.g. `users` or
+    /// `public.users`), in table order.
+    fn columns(&self, table: &str) -> Option<Vec<String>>;
+}
+
+impl<F: Fn(&str) -> Option<Vec<String>>> Catalog for F {
+    fn columns(&self, table: &str) -> Option<Vec<String>> {
+        self(table)
+    }
+}
+
+/// A catalog that knows no table.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoCatalog;
+
+impl Catalog for NoCatalog {
+    fn columns(&self, _table: &str) -> Option<Vec<String>> {
+        None
+    }
+}
+
+/// Where an output value may come from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "source", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Source {
+    /// One column of one table (table name normalised as written: `users`, `public.users`).
+    Column {
+        /// Table.
+        table: String,
+        /// Column.
+        column: String,
+    },
+    /// Every column of a table: an unexpanded `*`, `t.*`, or a whole-row reference such as
+    /// `row_to_json(t)`.
+    AllColumns {
+        /// Table.
+        table: String,
+    },
+    /// A name that could not be tied to a table (mask when in doubt).
+    Unresolved {
+        /// The name as written (normalised).
+        name: String,
+    },
+}
+
+/// One output column.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputColumn {
+    /// The name PostgreSQL gives the column (alias, column name, function name, `?column?`).
+    pub name: String,
+    /// Where its value may come from; empty for constants.
+    pub sources: BTreeSet<Source>,
+    /// This entry stands for an unexpanded `*` (several output columns, count unknown without a
+    /// catalog).
+    pub star: bool,
+}
+
+/// The lineage of a query's output.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Lineage {
+    /// Output columns in order.
+    pub columns: Vec<OutputColumn>,
+}
+
+impl Lineage {
+    /// Whether every output position is known (no unexpanded `*`), so `columns[i]` is field `i`
+    /// of the result.
+    pub fn is_positional(&self) -> bool {
+        !self.columns.iter().any(|c| c.star)
+    }
+
+    /// Every source of every output column.
+    pub fn all_sources(&self) -> BTreeSet<Source> {
+        self.columns
+            .iter()
+            .flat_map(|c| c.sources.iter().cloned())
+            .collect()
+    }
+}
+
+/// Traces the output columns of one statement: a query, or `INSERT`/`UPDATE`/`DELETE …
+/// RETURNING`. Other statements return no rows and yield an empty lineage.
+pub fn lineage(
+    text: &str,
+    settings: &SqlSessionSettings,
+    catalog: &dyn Catalog,
+) -> Result<Lineage, SqlError> {
+    let pieces: Vec<_> = lex::split(text, settings)
+        .map_err(SqlError::Unparseable)?
+        .into_iter()
+        .filter(|p| !p.is_empty)
+        .collect();
+    let [piece] = pieces.as_slice() else {
+        return Err(SqlError::NotOneStatement(pieces.len()));
+    };
+    let statement = parse_piece(piece).map_err(SqlError::Unparseable)?;
+    let ctx = Ctx { catalog };
+    let root = Scope::root();
+    let columns = ctx.statement(&statement, &root);
+    Ok(Lineage { columns })
+}
+
+struct Ctx<'c> {
+    catalog: &'c dyn Catalog,
+}
+
+/// What a FROM item provides.
+#[derive(Clone)]
+enum Relation {
+    /// A base table; `renamed` are column aliases from `AS t(a, b)`.
+    Table { name: String, renamed: Vec<String> },
+    /// A subquery or CTE with known output columns.
+    Derived { columns: Vec<OutputColumn> },
+    /// A table function: any of its columns derives from its arguments.
+    Opaque { sources: BTreeSet<Source> },
+}
+
+#[derive(Clone)]
+struct ScopeItem {
+    /// The name the item is referenced by (alias, or the table's last name part).
+    alias: String,
+    relation: Relation,
+}
+
+struct Scope<'p> {
+    items: Vec<ScopeItem>,
+    ctes: Vec<(String, Vec<OutputColumn>)>,
+    parent: Option<&'p Scope<'p>>,
+}
+
+impl<'p> Scope<'p> {
+    fn root() -> Scope<'static> {
+        Scope {
+            items: Vec::new(),
+            ctes: Vec::new(),
+            parent: None,
+        }
+    }
+
+    fn child(&'p self) -> Scope<'p> {
+        Scope {
+            items: Vec::new(),
+            ctes: Vec::new(),
+            parent: Some(self),
+        }
+    }
+
+    fn cte(&self, name: &str) -> Option<&Vec<OutputColumn>> {
+        self.ctes
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| c)
+            .or_else(|| self.parent.and_then(|p| p.cte(name)))
+    }
+
+    fn item(&self, alias: &str) -> Option<&ScopeItem> {
+        self.items
+            .iter()
+            .find(|i| i.alias == alias)
+            .or_else(|| self.parent.and_then(|p| p.item(alias)))
+    }
+
+    /// An item by qualified table name (`public.users.email` → item for `public.users`).
+    fn item_by_table(&self, name: &str) -> Option<&ScopeItem> {
+        self.items
+            .iter()
+            .find(|i| matches!(&i.relation, Relation::Table { name: n, .. } if n == name))
+            .or_else(|| self.parent.and_then(|p| p.item_by_table(name)))
+    }
+}
+
+fn union_sources(columns: &[OutputColumn]) -> BTreeSet<Source> {
+    columns
+        .iter()
+        .flat_map(|c| c.sources.iter().cloned())
+        .collect()
+}
+
+fn column(name: impl Into<String>, sources: BTreeSet<Source>) -> OutputColumn {
+    OutputColumn {
+        name: name.into(),
+        sources,
+        star: false,
+    }
+}
+
+impl Ctx<'_> {
+    fn statement(&self, statement: &Statement, scope: &Scope<'_>) -> Vec<OutputColumn> {
+        match statement {
+            Statement::Query(q) => self.query(q, scope),
+            Statement::Insert(insert) => {
+                let Some(returning) = &insert.returning else {
+                    return Vec::new();
+                };
+                let mut inner = scope.child();
+                let table = match &insert.table {
+                    sqlparser::ast::TableObject::TableName(n) => normalise_name(n),
+                    other => other.to_string().to_ascii_lowercase(),
+                };
+                let alias = insert
+                    .table_alias
+                    .as_ref()
+                    .map(|a| normalise_ident(&a.alias))
+                    .unwrap_or_else(|| last_part(&table));
+                inner.items.push(ScopeItem {
+                    alias,
+                    relation: Relation::Table {
+                        name: table,
+                        renamed: Vec::new(),
+                    },
+                });
+                self.projection(returning, &inner)
+            }
+            Statement::Update(update) => {
+                let Some(returning) = &update.returning else {
+                    return Vec::new();
+                };
+                let mut inner = scope.child();
+                self.from_item(&update.table, &mut inner);
+                if let Some(from) = &update.from {
+                    let tables = match from {
+                        sqlparser::ast::UpdateTableFromKind::BeforeSet(t)
+                        | sqlparser::ast::UpdateTableFromKind::AfterSet(t) => t,
+                    };
+                    for t in tables {
+                        self.from_item(t, &mut inner);
+                    }
+                }
+                self.projection(returning, &inner)
+            }
+            Statement::Delete(delete) => {
+                let Some(returning) = &delete.returning else {
+                    return Vec::new();
+                };
+                let mut inner = scope.child();
+                let from = match &delete.from {
+                    sqlparser::ast::FromTable::WithFromKeyword(t)
+                    | sqlparser::ast::FromTable::WithoutKeyword(t) => t,
+                };
+                for t in from {
+                    self.from_item(t, &mut inner);
+                }
+                for t in delete.using.iter().flatten() {
+                    self.from_item(t, &mut inner);
+                }
+                self.projection(returning, &inner)
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn query(&self, query: &Query, scope: &Scope<'_>) -> Vec<OutputColumn> {
+        let mut with_scope = scope.child();
+        if let Some(with) = &query.with {
+            for cte in &with.cte_tables {
+                let name = normalise_ident(&cte.alias.name);
+                if with.recursive {
+                    // First pass without the self-reference, second pass with it.
+                    with_scope.ctes.push((name.clone(), Vec::new()));
+                    let first = self.query(&cte.query, &with_scope);
+                    with_scope.ctes.pop();
+                    with_scope.ctes.push((name.clone(), rename(first, &cte.alias)));
+                    let second = self.query(&cte.query, &with_scope);
+                    with_scope.ctes.pop();
+                    with_scope.ctes.push((name, rename(second, &cte.alias)));
+                } else {
+                    let columns = self.query(&cte.query, &with_scope);
+                    with_scope.ctes.push((name, rename(columns, &cte.alias)));
+                }
+            }
+        }
+        self.set_expr(&query.body, &with_scope)
+    }
+
+    fn set_expr(&self, body: &SetExpr, scope: &Scope<'_>) -> Vec<OutputColumn> {
+        match body {
+            SetExpr::Select(select) => self.select(select, scope),
+            SetExpr::Query(q) => self.query(q, scope),
+            SetExpr::SetOperation { left, right, .. } => {
+                let left = self.set_expr(left, scope);
+                let right = self.set_expr(right, scope);
+                combine_positional(left, right)
+            }
+            SetExpr::Values(values) => {
+                let mut out: Vec<OutputColumn> = Vec::new();
+                for row in &values.rows {
+                    for (i, expr) in row.content.iter().enumerate() {
+                        let sources = self.expr_sources(expr, scope);
+                        match out.get_mut(i) {
+                            Some(col) => col.sources.extend(sources),
+                            None => out.push(column(format!("column{}", i + 1), sources)),
+                        }
+                    }
+                }
+                out
+            }
+            SetExpr::Table(table) => {
+                let name = match (&table.schema_name, &table.table_name) {
+                    (Some(s), Some(t)) => format!("{s}.{t}").to_ascii_lowercase(),
+                    (None, Some(t)) => t.to_ascii_lowercase(),
+                    _ => return Vec::new(),
+                };
+                let mut inner = scope.child();
+                inner.items.push(self.table_item(&name, None, scope));
+                self.star(&inner.items)
+            }
+            SetExpr::Insert(s) | SetExpr::Update(s) | SetExpr::Delete(s) | SetExpr::Merge(s) => {
+                self.statement(s, scope)
+            }
+            #[allow(unreachable_patterns)]
+            _ => Vec::new(),
+        }
+    }
+
+    fn select(&self, select: &Select, scope: &Scope<'_>) -> Vec<OutputColumn> {
+        let mut inner = scope.child();
+        for twj in &select.from {
+            self.from_item(twj, &mut inner);
+        }
+        self.projection(&select.projection, &inner)
+    }
+
+    fn projection(&self, items: &[SelectItem], scope: &Scope<'_>) -> Vec<OutputColumn> {
+        let mut out = Vec::new();
+        for item in items {
+            match item {
+                SelectItem::UnnamedExpr(expr) => {
+                    out.push(column(figure_name(expr), self.expr_sources(expr, scope)));
+                }
+                SelectItem::ExprWithAlias { expr, alias } => {
+                    out.push(column(normalise_ident(alias), self.expr_sources(expr, scope)));
+                }
+                SelectItem::ExprWithAliases { expr, aliases } => {
+                    let sources = self.expr_sources(expr, scope);
+                    for alias in aliases {
+                        out.push(column(normalise_ident(alias), sources.clone()));
+                    }
+                }
+                SelectItem::Wildcard(_) => out.extend(self.star(&scope.items)),
+                SelectItem::QualifiedWildcard(kind, _) => match kind {
+                    SelectItemQualifiedWildcardKind::ObjectName(name) => {
+                        out.extend(self.qualified_star(name, scope));
+                    }
+                    SelectItemQualifiedWildcardKind::Expr(expr) => {
+                        out.push(OutputColumn {
+                            name: "*".into(),
+                            sources: self.expr_sources(expr, scope),
+                            star: true,
+                        });
+                    }
+                },
+            }
+        }
+        out
+    }
+
+    fn qualified_star(&self, name: &ObjectName, scope: &Scope<'_>) -> Vec<OutputColumn> {
+        let full = normalise_name(name);
+        match scope.item(&full).or_else(|| scope.item_by_table(&full)) {
+            Some(item) => self.star(std::slice::from_ref(item)),
+            None => vec![OutputColumn {
+                name: "*".into(),
+                sources: [Source::AllColumns { table: full }].into(),
+                star: true,
+            }],
+        }
+    }
+
+    /// Output columns of `*` over `items`.
+    fn star(&self, items: &[ScopeItem]) -> Vec<OutputColumn> {
+        let mut out = Vec::new();
+        for item in items {
+            match &item.relation {
+                Relation::Table { name, renamed } => match self.catalog.columns(name) {
+                    Some(cols) => {
+                        for (i, col) in cols.iter().enumerate() {
+                            let out_name = renamed.get(i).unwrap_or(col).clone();
+                            out.push(column(
+                                out_name,
+                                [Source::Column {
+                                    table: name.clone(),
+                                    column: col.clone(),
+                                }]
+                                .into(),
+                            ));
+                        }
+                    }
+                    None => out.push(OutputColumn {
+                        name: "*".into(),
+                        sources: [Source::AllColumns {
+                            table: name.clone(),
+                        }]
+                        .into(),
+                        star: true,
+                    }),
+                },
+                Relation::Derived { columns } => out.extend(columns.iter().cloned()),
+                Relation::Opaque { sources } => out.push(OutputColumn {
+                    name: "*".into(),
+                    sources: sources.clone(),
+                    star: true,
+                }),
+            }
+        }
+        out
+    }
+
+    fn table_item(&self, name: &str, alias: Option<&TableAlias>, scope: &Scope<'_>) -> ScopeItem {
+        let alias_name = alias.map(|a| normalise_ident(&a.name));
+        let renamed: Vec<String> = alias
+            .map(|a| a.columns.iter().map(|c| normalise_ident(&c.name)).collect())
+            .unwrap_or_default();
+        if !name.contains('.') {
+            if let Some(columns) = scope.cte(name) {
+                let mut columns = columns.clone();
+                for (col, new) in columns.iter_mut().zip(renamed.iter()) {
+                    col.name = new.clone();
+                }
+                return ScopeItem {
+                    alias: alias_name.unwrap_or_else(|| name.to_string()),
+                    relation: Relation::Derived { columns },
+                };
+            }
+        }
+        ScopeItem {
+            alias: alias_name.unwrap_or_else(|| last_part(name)),
+            relation: Relation::Table {
+                name: name.to_string(),
+                renamed,
+            },
+        }
+    }
+
+    fn from_item(&self, twj: &TableWithJoins, scope: &mut Scope<'_>) {
+        self.table_factor(&twj.relation, scope);
+        for join in &twj.joins {
+            self.table_factor(&join.relation, scope);
+        }
+    }
+
+    fn table_factor(&self, factor: &TableFactor, scope: &mut Scope<'_>) {
+        match factor {
+            TableFactor::Table {
+                name,
+                alias,
+                args: None,
+                ..
+            } => {
+                let item = self.table_item(&normalise_name(name), alias.as_ref(), scope);
+                scope.items.push(item);
+            }
+            TableFactor::Table {
+                name,
+                alias,
+                args: Some(args),
+                ..
+            } => {
+                let mut sources = BTreeSet::new();
+                for arg in &args.args {
+                    sources.extend(self.function_arg_sources(arg, scope));
+                }
+                self.push_opaque(normalise_name(name), alias.as_ref(), sources, scope);
+            }
+            TableFactor::Function {
+                name, args, alias, ..
+            } => {
+                let mut sources = BTreeSet::new();
+                for arg in args {
+                    sources.extend(self.function_arg_sources(arg, scope));
+                }
+                self.push_opaque(normalise_name(name), alias.as_ref(), sources, scope);
+            }
+            TableFactor::TableFunction { expr, alias } => {
+                let sources = self.expr_sources(expr, scope);
+                self.push_opaque(figure_name(expr), alias.as_ref(), sources, scope);
+            }
+            TableFactor::UNNEST {
+                alias, array_exprs, ..
+            } => {
+                let mut sources = BTreeSet::new();
+                for e in array_exprs {
+                    sources.extend(self.expr_sources(e, scope));
+                }
+                self.push_opaque("unnest".into(), alias.as_ref(), sources, scope);
+            }
+            TableFactor::Derived {
+                subquery, alias, ..
+            } => {
+                let columns = self.query(subquery, scope);
+                let columns = match alias {
+                    Some(a) => rename(columns, a),
+                    None => columns,
+                };
+                scope.items.push(ScopeItem {
+                    alias: alias
+                        .as_ref()
+                        .map(|a| normalise_ident(&a.name))
+                        .unwrap_or_default(),
+                    relation: Relation::Derived { columns },
+                });
+            }
+            TableFactor::NestedJoin {
+                table_with_joins, ..
+            } => self.from_item(table_with_joins, scope),
+            other => {
+                // Anything else: everything it references, as an opaque relation.
+                let sources = self.any_sources(other, scope);
+                scope.items.push(ScopeItem {
+                    alias: String::new(),
+                    relation: Relation::Opaque { sources },
+                });
+            }
+        }
+    }
+
+    fn push_opaque(
+        &self,
+        name: String,
+        alias: Option<&TableAlias>,
+        sources: BTreeSet<Source>,
+        scope: &mut Scope<'_>,
+    ) {
+        scope.items.push(ScopeItem {
+            alias: alias
+                .map(|a| normalise_ident(&a.name))
+                .unwrap_or_else(|| last_part(&name)),
+            relation: Relation::Opaque { sources },
+        });
+    }
+
+    fn function_arg_sources(&self, arg: &FunctionArg, scope: &Scope<'_>) -> BTreeSet<Source> {
+        let arg_expr = match arg {
+            FunctionArg::Named { arg, .. }
+            | FunctionArg::ExprNamed { arg, .. }
+            | FunctionArg::Unnamed(arg) => arg,
+        };
+        match arg_expr {
+            FunctionArgExpr::Expr(e) => self.expr_sources(e, scope),
+            FunctionArgExpr::QualifiedWildcard(name) => {
+                union_sources(&self.qualified_star(name, scope))
+            }
+            // `count(*)`: no column's value flows out.
+            _ => BTreeSet::new(),
+        }
+    }
+
+    fn expr_sources<V: Visit>(&self, expr: &V, scope: &Scope<'_>) -> BTreeSet<Source> {
+        let mut walker = ExprWalker {
+            ctx: self,
+            scope,
+            depth: 0,
+            out: BTreeSet::new(),
+        };
+        let _ = expr.visit(&mut walker);
+        walker.out
+    }
+
+    fn any_sources<V: Visit>(&self, node: &V, scope: &Scope<'_>) -> BTreeSet<Source> {
+        self.expr_sources(node, scope)
+    }
+
+    /// Resolves `name` (unqualified) to sources.
+    fn resolve_name(&self, name: &str, scope: &Scope<'_>) -> BTreeSet<Source> {
+        let mut level = Some(scope);
+        while let Some(s) = level {
+            let mut definite = BTreeSet::new();
+            let mut possible = BTreeSet::new();
+            for item in &s.items {
+                match &item.relation {
+                    Relation::Derived { columns } => {
+                        for c in columns.iter().filter(|c| c.name == name) {
+                            definite.extend(c.sources.iter().cloned());
+                        }
+                        // An unexpanded `*` inside may hold the name too.
+                        for c in columns.iter().filter(|c| c.star) {
+                            possible.extend(c.sources.iter().cloned());
+                        }
+                    }
+                    Relation::Table {
+                        name: table,
+                        renamed,
+                    } => match self.table_column(table, renamed, name) {
+                        Resolution::Definite(src) => {
+                            definite.insert(src);
+                        }
+                        Resolution::Possible(src) => {
+                            possible.insert(src);
+                        }
+                        Resolution::Absent => {}
+                    },
+                    Relation::Opaque { sources } => possible.extend(sources.iter().cloned()),
+                }
+                // A whole-row reference (`SELECT t FROM t`, `row_to_json(t)`).
+                if item.alias == name {
+                    possible.extend(self.whole_row(item));
+                }
+            }
+            if !definite.is_empty() {
+                return definite;
+            }
+            if !possible.is_empty() {
+                return possible;
+            }
+            level = s.parent;
+        }
+        [Source::Unresolved {
+            name: name.to_string(),
+        }]
+        .into()
+    }
+
+    fn whole_row(&self, item: &ScopeItem) -> BTreeSet<Source> {
+        match &item.relation {
+            Relation::Table { name, .. } => [Source::AllColumns {
+                table: name.clone(),
+            }]
+            .into(),
+            Relation::Derived { columns } => union_sources(columns),
+            Relation::Opaque { sources } => sources.clone(),
+        }
+    }
+
+    fn table_column(&self, table: &str, renamed: &[String], name: &str) -> Resolution {
+        let cols = self.catalog.columns(table);
+        if let Some(pos) = renamed.iter().position(|r| r == name) {
+            return match cols.as_ref().and_then(|c| c.get(pos)) {
+                Some(real) => Resolution::Definite(Source::Column {
+                    table: table.to_string(),
+                    column: real.clone(),
+                }),
+                None => Resolution::Definite(Source::AllColumns {
+                    table: table.to_string(),
+                }),
+            };
+        }
+        match cols {
+            Some(cols) => {
+                // Columns hidden by a rename are not reachable under their old names.
+                let visible = cols.iter().skip(renamed.len()).any(|c| c == name);
+                if visible {
+                    Resolution::Definite(Source::Column {
+                        table: table.to_string(),
+                        column: name.to_string(),
+                    })
+                } else {
+                    Resolution::Absent
+                }
+            }
+            None => Resolution::Possible(Source::Column {
+                table: table.to_string(),
+                column: name.to_string(),
+            }),
+        }
+    }
+
+    /// Resolves `a.b`, `s.t.c`, … to sources.
+    fn resolve_qualified(&self, parts: &[Ident], scope: &Scope<'_>) -> BTreeSet<Source> {
+        let names: Vec<String> = parts.iter().map(normalise_ident).collect();
+        let Some((column_name, qualifier)) = names.split_last() else {
+            return BTreeSet::new();
+        };
+        if qualifier.is_empty() {
+            return self.resolve_name(column_name, scope);
+        }
+        let qual = qualifier.join(".");
+        let item = scope.item(&qual).or_else(|| scope.item_by_table(&qual));
+        match item {
+            Some(item) => match &item.relation {
+                Relation::Table { name, renamed } => {
+                    match self.table_column(name, renamed, column_name) {
+                        Resolution::Definite(s) | Resolution::Possible(s) => [s].into(),
+                        Resolution::Absent => [Source::Unresolved {
+                            name: format!("{qual}.{column_name}"),
+                        }]
+                        .into(),
+                    }
+                }
+                Relation::Derived { columns } => {
+                    let hits: BTreeSet<Source> = columns
+                        .iter()
+                        .filter(|c| c.name == *column_name || c.star)
+                        .flat_map(|c| c.sources.iter().cloned())
+                        .collect();
+                    if hits.is_empty() {
+                        [Source::Unresolved {
+                            name: format!("{qual}.{column_name}"),
+                        }]
+                        .into()
+                    } else {
+                        hits
+                    }
+                }
+                Relation::Opaque { sources } => sources.clone(),
+            },
+            // `(composite).field` spelled `a.b`: the root is a column or row.
+            None => match qualifier.first() {
+                Some(first) => self.resolve_name(first, scope),
+                None => BTreeSet::new(),
+            },
+        }
+    }
+}
+
+enum Resolution {
+    Definite(Source),
+    Possible(Source),
+    Absent,
+}
+
+/// Collects sources from an expression tree; nested queries are traced as a whole.
+struct ExprWalker<'a, 'c, 's> {
+    ctx: &'a Ctx<'c>,
+    scope: &'a Scope<'s>,
+    /// Depth inside nested queries (those are handled when first met).
+    depth: usize,
+    out: BTreeSet<Source>,
+}
+
+impl Visitor for ExprWalker<'_, '_, '_> {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+        if self.depth == 0 {
+            let columns = self.ctx.query(query, self.scope);
+            self.out.extend(union_sources(&columns));
+        }
+        self.depth += 1;
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_query(&mut self, _query: &Query) -> ControlFlow<()> {
+        self.depth = self.depth.saturating_sub(1);
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+        if self.depth > 0 {
+            return ControlFlow::Continue(());
+        }
+        match expr {
+            Expr::Identifier(ident) => {
+                let name = normalise_ident(ident);
+                self.out.extend(self.ctx.resolve_name(&name, self.scope));
+            }
+            Expr::CompoundIdentifier(parts) => {
+                self.out
+                    .extend(self.ctx.resolve_qualified(parts, self.scope));
+            }
+            Expr::QualifiedWildcard(name, _) => {
+                self.out
+                    .extend(union_sources(&self.ctx.qualified_star(name, self.scope)));
+            }
+            Expr::Function(f) => {
+                if let FunctionArguments::List(list) = &f.args {
+                    for arg in &list.args {
+                        let arg_expr = match arg {
+                            FunctionArg::Named { arg, .. }
+                            | FunctionArg::ExprNamed { arg, .. }
+                            | FunctionArg::Unnamed(arg) => arg,
+                        };
+                        if let FunctionArgExpr::QualifiedWildcard(name) = arg_expr {
+                            self.out
+                                .extend(union_sources(&self.ctx.qualified_star(name, self.scope)));
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+fn last_part(name: &str) -> String {
+    name.rsplit('.').next().unwrap_or(name).to_string()
+}
+
+/// Applies `AS alias(a, b, …)` column names.
+fn rename(mut columns: Vec<OutputColumn>, alias: &TableAlias) -> Vec<OutputColumn> {
+    for (col, new) in columns.iter_mut().zip(alias.columns.iter()) {
+        col.name = normalise_ident(&new.name);
+    }
+    columns
+}
+
+/// `UNION`/`INTERSECT`/`EXCEPT`: names from the left, sources from both sides by position (or,
+/// when an unexpanded `*` makes positions unknown, every right source on every column).
+fn combine_positional(mut left: Vec<OutputColumn>, right: Vec<OutputColumn>) -> Vec<OutputColumn> {
+    let positional = left.len() == right.len()
+        && !left.iter().any(|c| c.star)
+        && !right.iter().any(|c| c.star);
+    if positional {
+        for (l, r) in left.iter_mut().zip(right) {
+            l.sources.extend(r.sources);
+        }
+    } else {
+        let all = union_sources(&right);
+        for l in &mut left {
+            l.sources.extend(all.iter().cloned());
+        }
+        if left.is_empty() {
+            return right;
+        }
+    }
+    left
+}
+
+/// The column name PostgreSQL would give an unaliased expression (FigureColname).
+fn figure_name(expr: &Expr) -> String {
+    match expr {
+        Expr::Identifier(ident) => normalise_ident(ident),
+        Expr::CompoundIdentifier(parts) => parts.last().map(normalise_ident).unwrap_or_default(),
+        Expr::Function(f) => f
+            .name
+            .0
+            .last()
+            .and_then(|p| p.as_ident())
+            .map(normalise_ident)
+            .unwrap_or_else(|| "?column?".into()),
+        Expr::Cast { expr, .. } | Expr::Nested(expr) => {
+            let inner = figure_name(expr);
+            if inner == "?column?" {
+                match &**expr {
+                    Expr::Cast { .. } | Expr::Nested(_) => inner,
+                    _ => inner,
+                }
+            } else {
+                inner
+            }
+        }
+        Expr::Case { .. } => "case".into(),
+        Expr::Array(_) => "array".into(),
+        Expr::Exists { .. } => "exists".into(),
+        _ => "?column?".into(),
+    }
+}
