@@ -1,5 +1,193 @@
 //! Gatehouse's PostgreSQL wire-protocol proxy: authenticates agents, holds the upstream
 //! credentials, decides every statement, masks results before the client sees them, records it all.
 //! Layers arrive as traits in a [`gatehouse_core::Pipeline`].
+//!
+//! ```text
+//! client ──startup(database=TARGET, password=token)──▶ PgProxy
+//!   SSLRequest → TLS (rustls) · password → Authenticator · upstream login (SCRAM/md5/trust, TLS)
+//!   Query / Parse / Bind → StatementAnalyzer → Policy → (Approvals) → Recorder → upstream
+//!   RowDescription → catalog + lineage → Masker::plan ; DataRow / CopyData / notices masked
+//!   every byte to the client → EgressGuard
+//! ```
+//!
+//! A refused statement is replaced upstream by one certain to fail, so PostgreSQL's own
+//! transaction and pipeline state matches what the client is told; the error is rewritten to
+//! SQLSTATE 42501 naming the rule. See [`PgProxy`] to run a listener and [`PgHooks`] to observe or
+//! tighten each phase.
 
 #![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod cancel;
+mod catalog;
+pub mod config;
+mod error;
+pub mod frame;
+pub mod hooks;
+pub mod rowmask;
+pub mod scram;
+mod session;
+pub mod statements;
+mod upstream;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use gatehouse_core::Pipeline;
+
+pub use config::{
+    Limits, NonTextMasking, PgProxyConfig, PgTarget, Secret, UpstreamAddress, UpstreamConfig,
+    UpstreamTls,
+};
+pub use error::PgProxyError;
+pub use hooks::{DefaultHooks, PgHooks, SessionContext};
+pub use statements::{LexicalAnalyzer, StatementAnalyzer, StatementInfo, StatementKind};
+pub use upstream::{AsyncStream, BoxStream};
+
+/// A PostgreSQL listener's shared state.
+pub(crate) struct ProxyInner {
+    pub(crate) config: Arc<PgProxyConfig>,
+    pub(crate) pipeline: Pipeline,
+    pub(crate) hooks: Arc<dyn PgHooks>,
+    pub(crate) analyzer: Arc<dyn StatementAnalyzer>,
+    pub(crate) cancels: cancel::CancelRegistry,
+    catalogs: HashMap<String, catalog::Catalog>,
+    secrets: Vec<String>,
+}
+
+impl ProxyInner {
+    /// Replaces any held secret in gateway-generated text (error messages) before it goes out.
+    pub(crate) fn scrub(&self, text: &str) -> String {
+        let mut s = text.to_string();
+        for secret in &self.secrets {
+            if !secret.is_empty() && s.contains(secret.as_str()) {
+                s = s.replace(secret.as_str(), "[redacted]");
+            }
+        }
+        s
+    }
+
+    /// Catalog sources of each column (empty for expressions). If the catalog cannot be read,
+    /// table-backed columns get a source naming the unresolved column, which a masker with any
+    /// column rule should treat as unknown.
+    pub(crate) async fn resolve_sources(
+        &self,
+        target: &str,
+        columns: &[wire::ColumnDesc],
+    ) -> Vec<Vec<String>> {
+        if columns.iter().all(|c| c.table_oid == 0) {
+            return vec![Vec::new(); columns.len()];
+        }
+        match self.catalogs.get(target) {
+            Some(cat) => match cat.resolve(columns).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(target = %target, error = %e, "catalog lookup failed");
+                    columns
+                        .iter()
+                        .map(|c| {
+                            if c.table_oid == 0 {
+                                Vec::new()
+                            } else {
+                                vec![format!("?.{}.{}", c.table_oid, c.attnum)]
+                            }
+                        })
+                        .collect()
+                }
+            },
+            None => vec![Vec::new(); columns.len()],
+        }
+    }
+
+    pub(crate) fn catalog_invalidate(&self, target: &str) {
+        if let Some(c) = self.catalogs.get(target) {
+            c.invalidate();
+        }
+    }
+}
+
+/// A PostgreSQL listener: accepts clients and runs each session through the pipeline.
+#[derive(Clone)]
+pub struct PgProxy {
+    inner: Arc<ProxyInner>,
+}
+
+impl std::fmt::Debug for PgProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgProxy")
+            .field("targets", &self.inner.config.targets.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgProxy {
+    /// A proxy with default hooks and the built-in statement analyzer.
+    pub fn new(config: PgProxyConfig, pipeline: Pipeline) -> Self {
+        Self::with_parts(
+            config,
+            pipeline,
+            Arc::new(DefaultHooks),
+            Arc::new(LexicalAnalyzer),
+        )
+    }
+
+    /// A proxy with custom hooks and statement analyzer.
+    pub fn with_parts(
+        config: PgProxyConfig,
+        pipeline: Pipeline,
+        hooks: Arc<dyn PgHooks>,
+        analyzer: Arc<dyn StatementAnalyzer>,
+    ) -> Self {
+        // rustls needs one process-wide provider; aws-lc-rs is the only one built in.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let secrets = config.held_secrets();
+        let catalogs = config
+            .targets
+            .iter()
+            .map(|(name, t)| (name.clone(), catalog::Catalog::new(t.upstream.clone())))
+            .collect();
+        Self {
+            inner: Arc::new(ProxyInner {
+                config: Arc::new(config),
+                pipeline,
+                hooks,
+                analyzer,
+                cancels: cancel::CancelRegistry::default(),
+                catalogs,
+                secrets,
+            }),
+        }
+    }
+
+    /// Serves clients from `listener` until the task is dropped. Each connection runs on its own
+    /// task; a failing session never affects the others.
+    pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) if is_transient_accept_error(&e) => continue,
+                Err(e) => return Err(e),
+            };
+            let _ = stream.set_nodelay(true);
+            let inner = self.inner.clone();
+            tokio::spawn(async move {
+                session::run(inner, Box::new(stream), peer.to_string()).await;
+            });
+        }
+    }
+
+    /// Runs one session over an already accepted stream (any transport).
+    pub async fn handle<S: AsyncStream + 'static>(&self, stream: S, client_addr: String) {
+        session::run(self.inner.clone(), Box::new(stream), client_addr).await;
+    }
+}
+
+fn is_transient_accept_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::Interrupted
+    ) || e.raw_os_error().is_some_and(|c| c == 24 || c == 23)
+}

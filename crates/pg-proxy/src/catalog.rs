@@ -1,0 +1,187 @@
+//! Catalog resolution: RowDescription's (table OID, attribute number) → `schema.table.column`,
+//! with views and materialized views followed to the base columns they read, so a masking rule on
+//! a column survives aliases and views.
+//!
+//! One lazily opened upstream connection per target, used only for these lookups; answers are
+//! cached until a DDL statement is seen on the target.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+
+use crate::PgProxyError;
+use crate::config::UpstreamConfig;
+use crate::upstream::{BoxStream, FrameReader, ReadError};
+use crate::wire::{self, ColumnDesc, ErrorFields};
+
+/// Column → qualified source names (its own name first, then base columns behind views).
+type Cache = HashMap<(u32, i16), Vec<String>>;
+
+/// Lookups for one target.
+pub(crate) struct Catalog {
+    upstream: UpstreamConfig,
+    conn: tokio::sync::Mutex<Option<FrameReader<BoxStream>>>,
+    cache: Mutex<Cache>,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog").finish_non_exhaustive()
+    }
+}
+
+fn lock(m: &Mutex<Cache>) -> std::sync::MutexGuard<'_, Cache> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Catalog {
+    pub(crate) fn new(upstream: UpstreamConfig) -> Self {
+        Self {
+            upstream,
+            conn: tokio::sync::Mutex::new(None),
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn invalidate(&self) {
+        lock(&self.cache).clear();
+    }
+
+    /// Sources per column; columns without a table (expressions) get none. If the lookup fails,
+    /// every table-backed column is marked with a source the masker cannot mistake for safe
+    /// (`?.<oid>.<attnum>`), and the failure is returned for the caller to decide.
+    pub(crate) async fn resolve(&self, columns: &[ColumnDesc]) -> Result<Vec<Vec<String>>, PgProxyError> {
+        let missing: Vec<(u32, i16)> = {
+            let cache = lock(&self.cache);
+            let mut m: Vec<(u32, i16)> = columns
+                .iter()
+                .filter(|c| c.table_oid != 0 && c.attnum > 0)
+                .map(|c| (c.table_oid, c.attnum))
+                .filter(|k| !cache.contains_key(k))
+                .collect();
+            m.sort_unstable();
+            m.dedup();
+            m
+        };
+        if !missing.is_empty() {
+            let found = self.lookup(&missing).await?;
+            let mut cache = lock(&self.cache);
+            for k in &missing {
+                let names = found.get(k).cloned().unwrap_or_default();
+                cache.insert(*k, names);
+            }
+        }
+        let cache = lock(&self.cache);
+        Ok(columns
+            .iter()
+            .map(|c| {
+                cache
+                    .get(&(c.table_oid, c.attnum))
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect())
+    }
+
+    async fn lookup(&self, keys: &[(u32, i16)]) -> Result<Cache, PgProxyError> {
+        let values: Vec<String> = keys
+            .iter()
+            .map(|(oid, att)| format!("({oid}::oid,{att}::int2)"))
+            .collect();
+        let sql = format!(
+            "WITH RECURSIVE cols(relid, attnum) AS (VALUES {}), \
+             deps(root_rel, root_att, relid, attnum, depth) AS ( \
+               SELECT relid, attnum, relid, attnum, 0 FROM cols \
+               UNION \
+               SELECT d0.root_rel, d0.root_att, d.refobjid, d.refobjsubid::int2, d0.depth + 1 \
+               FROM deps d0 \
+               JOIN pg_catalog.pg_rewrite r ON r.ev_class = d0.relid \
+               JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass \
+                 AND d.objid = r.oid AND d.refclassid = 'pg_catalog.pg_class'::regclass \
+                 AND d.refobjsubid > 0 AND d.refobjid <> d0.relid \
+               WHERE d0.depth < 8) \
+             SELECT deps.root_rel::text, deps.root_att::text, \
+               n.nspname || '.' || c.relname || '.' || a.attname, deps.depth::text \
+             FROM deps \
+             JOIN pg_catalog.pg_class c ON c.oid = deps.relid \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = deps.relid AND a.attnum = deps.attnum \
+             ORDER BY 1, 2, 4, 3",
+            values.join(",")
+        );
+        let mut guard = self.conn.lock().await;
+        if guard.is_none() {
+            let conn = crate::upstream::connect(&self.upstream, &[("application_name".into(), "gatehouse-catalog".into())]).await?;
+            *guard = Some(FrameReader::new(conn.stream, conn.leftover, 64 << 20));
+        }
+        let Some(reader) = guard.as_mut() else {
+            return Err(PgProxyError::Gateway("catalog connection unavailable".into()));
+        };
+        let result = query(reader, &sql).await;
+        if result.is_err() {
+            // A broken catalog connection is reopened on the next lookup.
+            *guard = None;
+        }
+        let rows = result?;
+        let mut out: Cache = HashMap::new();
+        for row in rows {
+            let [Some(rel), Some(att), Some(name), _] = row.as_slice() else {
+                continue;
+            };
+            let (Ok(rel), Ok(att)) = (rel.parse::<u32>(), att.parse::<i16>()) else {
+                continue;
+            };
+            let entry = out.entry((rel, att)).or_default();
+            if !entry.contains(name) {
+                entry.push(name.clone());
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Runs one simple query on a gateway-owned connection; returns text rows.
+async fn query(reader: &mut FrameReader<BoxStream>, sql: &str) -> Result<Vec<Vec<Option<String>>>, PgProxyError> {
+    let mut out = BytesMut::new();
+    wire::encode_query(sql, &mut out)?;
+    reader
+        .inner
+        .write_all(&out)
+        .await
+        .map_err(PgProxyError::upstream_io)?;
+    let mut rows = Vec::new();
+    let mut error = None;
+    loop {
+        let frame = match reader.next().await {
+            Ok(Some(f)) => f,
+            Ok(None) => return Err(PgProxyError::UpstreamConnect("catalog connection closed".into())),
+            Err(ReadError::Io(e)) => return Err(PgProxyError::upstream_io(e)),
+            Err(ReadError::Frame(e)) => return Err(PgProxyError::UpstreamProtocol(e.to_string())),
+        };
+        match frame.tag {
+            b'D' => {
+                let values = wire::parse_data_row(&frame.body)
+                    .map_err(|e| PgProxyError::UpstreamProtocol(e.to_string()))?;
+                rows.push(
+                    values
+                        .into_iter()
+                        .map(|v| v.map(|b| String::from_utf8_lossy(&b).into_owned()))
+                        .collect(),
+                );
+            }
+            b'E' => {
+                let e = ErrorFields::parse(frame.body)
+                    .map_err(|e| PgProxyError::UpstreamProtocol(e.to_string()))?;
+                error = Some(e.get(b'M').unwrap_or("catalog query failed").to_string());
+            }
+            b'Z' => break,
+            _ => {}
+        }
+    }
+    match error {
+        Some(e) => Err(PgProxyError::Gateway(format!("catalog lookup failed: {e}"))),
+        None => Ok(rows),
+    }
+}

@@ -1,0 +1,1918 @@
+//! One client connection from accept to close: startup (TLS, password → Authenticator), upstream
+//! login, then the relay with its per-statement decisions (frontend half) and per-row masking
+//! (backend half).
+//!
+//! The two halves run concurrently and share an ordered queue of what the upstream server is
+//! expected to answer ([`Expect`]), so every response is matched to the statement (and masking
+//! plan) it belongs to even when the client pipelines.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use gatehouse_core::{
+    ApprovalOutcome, ApprovalRequest, Credential, Decision, EgressSite, EgressStream, Event,
+    EventBody, FieldDesc, Finding, Identity, Operation, OperationResult, RecordingFrame,
+    RecordingKind, RecordingSink, SessionId, SqlOperation, SqlProtocol, SqlSessionSettings,
+    StreamContext, StreamMasker, Verdict,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::Notify;
+
+use crate::PgProxyError;
+use crate::cancel::CancelTarget;
+use crate::config::{NonTextMasking, PgTarget};
+use crate::frame::{Frame, StartupPacket, decode_startup, encode_frame};
+use crate::hooks::SessionContext;
+use crate::rowmask::{RowOutcome, RowScratch, ShapePlan};
+use crate::statements::{StatementInfo, StatementKind};
+use crate::upstream::{BoxStream, FrameReader, ReadError, UpstreamConn};
+use crate::wire::{self, ColumnDesc, ErrorFields};
+use crate::ProxyInner;
+
+/// Startup parameters passed through to the upstream server; everything else (notably
+/// `options`, which can set any GUC, and `replication`) stays at the gateway.
+const PASSTHROUGH_PARAMS: &[&str] = &[
+    "application_name",
+    "client_encoding",
+    "datestyle",
+    "timezone",
+    "extra_float_digits",
+    "intervalstyle",
+];
+
+type ClientWriter = Arc<tokio::sync::Mutex<WriteHalf<BoxStream>>>;
+
+/// Handles one accepted connection to the end. Never panics on client input; errors end only
+/// this session.
+pub(crate) async fn run(proxy: Arc<ProxyInner>, stream: BoxStream, client_addr: String) {
+    let session = SessionId::generate();
+    let limit = proxy.config.limits.startup_timeout;
+    let started = tokio::time::timeout(limit, startup(&proxy, stream, &client_addr, &session)).await;
+    let ready = match started {
+        Ok(Ok(Some(ready))) => ready,
+        Ok(Ok(None)) => return,
+        Ok(Err((Some(mut stream), err))) => {
+            let _ = send_fatal(&proxy, &mut stream, &err).await;
+            return;
+        }
+        Ok(Err((None, _))) => return,
+        Err(_) => return,
+    };
+    relay(proxy, ready, client_addr, session).await;
+}
+
+/// What the startup phase hands the relay.
+struct Ready {
+    client: BoxStream,
+    client_buf: BytesMut,
+    upstream: UpstreamConn,
+    identity: Identity,
+    target: PgTarget,
+    application_name: Option<String>,
+}
+
+type StartupResult = Result<Option<Ready>, (Option<BoxStream>, PgProxyError)>;
+
+async fn read_startup_packet(
+    stream: &mut BoxStream,
+    buf: &mut BytesMut,
+) -> Result<Option<StartupPacket>, PgProxyError> {
+    loop {
+        if let Some(p) = decode_startup(buf)? {
+            return Ok(Some(p));
+        }
+        let n = stream
+            .read_buf(buf)
+            .await
+            .map_err(PgProxyError::client_io)?;
+        if n == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+async fn startup(
+    proxy: &Arc<ProxyInner>,
+    mut stream: BoxStream,
+    client_addr: &str,
+    session: &SessionId,
+) -> StartupResult {
+    let mut buf = BytesMut::with_capacity(1024);
+    let mut tls = false;
+    let (minor, parameters) = loop {
+        let packet = match read_startup_packet(&mut stream, &mut buf).await {
+            Ok(Some(p)) => p,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err((Some(stream), e)),
+        };
+        match packet {
+            StartupPacket::SslRequest => {
+                if !buf.is_empty() {
+                    // Bytes after SSLRequest would be read as if they came through TLS.
+                    return Err((
+                        Some(stream),
+                        PgProxyError::ClientProtocol("data received before the TLS handshake".into()),
+                    ));
+                }
+                match (&proxy.config.tls, tls) {
+                    (Some(cfg), false) => {
+                        if stream.write_all(b"S").await.is_err() {
+                            return Ok(None);
+                        }
+                        let acceptor = tokio_rustls::TlsAcceptor::from(cfg.clone());
+                        match acceptor.accept(stream).await {
+                            Ok(s) => {
+                                stream = Box::new(s);
+                                tls = true;
+                            }
+                            // TLS garbage: rustls has answered with an alert; nothing to say in SQL.
+                            Err(_) => return Ok(None),
+                        }
+                    }
+                    _ => {
+                        if stream.write_all(b"N").await.is_err() {
+                            return Ok(None);
+                        }
+                    }
+                }
+            }
+            StartupPacket::GssEncRequest => {
+                if stream.write_all(b"N").await.is_err() {
+                    return Ok(None);
+                }
+            }
+            StartupPacket::CancelRequest { pid, secret } => {
+                if let Some(t) = proxy.cancels.lookup(pid, &secret) {
+                    t.notify.notify_waiters();
+                    let _ = crate::upstream::send_cancel(&t.address, t.upstream_pid, &t.upstream_secret).await;
+                }
+                return Ok(None);
+            }
+            StartupPacket::Startup {
+                minor, parameters, ..
+            } => break (minor, parameters),
+        }
+    };
+
+    let mut out = BytesMut::new();
+    let unsupported: Vec<String> = parameters
+        .iter()
+        .filter(|(k, _)| k.starts_with("_pq_."))
+        .map(|(k, _)| k.clone())
+        .collect();
+    if minor > 0 || !unsupported.is_empty() {
+        let npv = pgwire::messages::startup::NegotiateProtocolVersion::new(0, unsupported);
+        if let Err(e) = wire::put(&npv, &mut out) {
+            return Err((Some(stream), e));
+        }
+    }
+    let param = |name: &str| {
+        parameters
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    if param("replication").is_some_and(|v| !v.eq_ignore_ascii_case("false") && v != "0" && !v.eq_ignore_ascii_case("off")) {
+        return Err((
+            Some(stream),
+            PgProxyError::Refused("replication connections are not served by the gateway".into()),
+        ));
+    }
+    let Some(database) = param("database").filter(|d| !d.is_empty()) else {
+        return Err((
+            Some(stream),
+            PgProxyError::UnknownTarget(
+                "no target named: set the database to the name of a gateway target".into(),
+            ),
+        ));
+    };
+    let Some(target) = proxy.config.targets.get(&database).cloned() else {
+        return Err((
+            Some(stream),
+            PgProxyError::UnknownTarget(format!("target \"{database}\" does not exist")),
+        ));
+    };
+    if !tls && !proxy.config.allow_plaintext_password {
+        return Err((
+            Some(stream),
+            PgProxyError::Refused("this gateway requires TLS (sslmode=require)".into()),
+        ));
+    }
+
+    // Ask for the token as a cleartext password (inside TLS, or on an allowed loopback listener).
+    let _ = wire::put(&pgwire::messages::startup::Authentication::CleartextPassword, &mut out);
+    if stream.write_all(&out).await.is_err() {
+        return Ok(None);
+    }
+    let mut reader = FrameReader::new(stream, buf, 16 * 1024);
+    let frame = match reader.next().await {
+        Ok(Some(f)) => f,
+        // psql's flow: connect, learn a password is needed, disconnect, prompt, reconnect.
+        // Not a failed login.
+        Ok(None) | Err(ReadError::Io(_)) => return Ok(None),
+        Err(ReadError::Frame(e)) => return Err((Some(reader.inner), e.into())),
+    };
+    let stream_back = |r: FrameReader<BoxStream>| r.inner;
+    if frame.tag != b'p' {
+        return Err((
+            Some(stream_back(reader)),
+            PgProxyError::ClientProtocol(format!(
+                "expected a password message, got {:?}",
+                char::from(frame.tag)
+            )),
+        ));
+    }
+    let password = match crate::frame::BodyReader::new(frame.body, "PasswordMessage").cstring() {
+        Ok(p) => p,
+        Err(e) => return Err((Some(stream_back(reader)), e.into())),
+    };
+    let credential = Credential::Password(password);
+    let identity = match proxy.pipeline.authenticator.authenticate(&credential).await {
+        Ok(id) => id,
+        Err(e) => {
+            let event = Event::now(
+                session.clone(),
+                None,
+                Some(target.target.clone()),
+                EventBody::LoginFailed {
+                    client_addr: client_addr.to_string(),
+                    reason: e.kind,
+                },
+            );
+            let _ = proxy.pipeline.recorder.record(event).await;
+            return Err((Some(stream_back(reader)), PgProxyError::Auth(e)));
+        }
+    };
+    drop(credential);
+    if identity.is_expired_at(gatehouse_core::now()) {
+        return Err((Some(stream_back(reader)), PgProxyError::TokenExpired));
+    }
+    let ctx = SessionContext {
+        session: session.clone(),
+        identity: identity.clone(),
+        target: target.target.clone(),
+        client_addr: client_addr.to_string(),
+    };
+    if let Err(e) = proxy.hooks.on_startup(&ctx).await {
+        return Err((Some(stream_back(reader)), e));
+    }
+    let extra: Vec<(String, String)> = parameters
+        .iter()
+        .filter(|(k, _)| PASSTHROUGH_PARAMS.iter().any(|p| k.eq_ignore_ascii_case(p)))
+        .cloned()
+        .collect();
+    let upstream = match crate::upstream::connect(&target.upstream, &extra).await {
+        Ok(u) => u,
+        Err(e) => {
+            let event = Event::now(
+                session.clone(),
+                Some(identity.clone()),
+                Some(target.target.clone()),
+                EventBody::Error {
+                    side: e.side(),
+                    message: proxy.scrub(&e.to_string()),
+                },
+            );
+            let _ = proxy.pipeline.recorder.record(event).await;
+            return Err((Some(stream_back(reader)), e));
+        }
+    };
+    let client_buf = std::mem::take(&mut reader.buf);
+    Ok(Some(Ready {
+        client: reader.inner,
+        client_buf,
+        upstream,
+        identity,
+        target,
+        application_name: param("application_name"),
+    }))
+}
+
+/// Writes a FATAL for `err` (text passed through the egress guard).
+async fn send_fatal(
+    proxy: &ProxyInner,
+    stream: &mut BoxStream,
+    err: &PgProxyError,
+) -> std::io::Result<()> {
+    let msg = match err {
+        PgProxyError::Auth(a) => format!("password authentication failed: {}", a.kind),
+        other => other.to_string(),
+    };
+    let fields = ErrorFields::new("FATAL", err.sqlstate(), proxy.scrub(&msg));
+    let mut out = BytesMut::new();
+    if fields.encode(b'E', &mut out).is_ok() {
+        stream.write_all(&out).await?;
+        stream.flush().await?;
+    }
+    let _ = stream.shutdown().await;
+    Ok(())
+}
+
+/// Why the upstream statement failed when the gateway refused it.
+#[derive(Debug, Clone)]
+struct DenyInfo {
+    code: &'static str,
+    message: String,
+    detail: Option<String>,
+}
+
+/// What the upstream server owes, in order.
+#[derive(Debug)]
+enum Expect {
+    /// A simple Query (or a refused FunctionCall): results per statement, then ReadyForQuery.
+    Query { statements: VecDeque<Arc<StmtCtx>> },
+    /// FunctionCallResponse, then ReadyForQuery.
+    FunctionCall { statement: Arc<StmtCtx> },
+    Parse { name: String, statement: Arc<StmtCtx> },
+    Bind { portal: String, statement: String, result_formats: Vec<i16> },
+    DescribeStatement { name: String, swallow: bool, saw_parameters: bool },
+    DescribePortal { name: String, swallow: bool },
+    Execute { portal: String },
+    Close,
+    Sync,
+}
+
+impl Expect {
+    fn is_extended(&self) -> bool {
+        !matches!(
+            self,
+            Expect::Query { .. } | Expect::FunctionCall { .. } | Expect::Sync
+        )
+    }
+}
+
+/// A decided statement, as the backend half needs it.
+#[derive(Debug)]
+struct StmtCtx {
+    index: u64,
+    text: String,
+    profile: Option<String>,
+    lineage: Option<Vec<Vec<String>>>,
+    started: Instant,
+}
+
+/// State shared by the two halves.
+struct Shared {
+    expect: Mutex<VecDeque<Expect>>,
+    denials: Mutex<HashMap<u64, DenyInfo>>,
+    settings: Mutex<SqlSessionSettings>,
+    /// Random per session: marks the gateway's substituted statements so their errors can be
+    /// recognised and rewritten; never shown to the client.
+    nonce: String,
+    operations: AtomicU64,
+    /// Woken when either half ends.
+    done: Notify,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    fn push(&self, e: Expect) {
+        lock(&self.expect).push_back(e);
+    }
+
+    fn marker(&self, index: u64) -> String {
+        format!("gatehouse-denied:{}:{index}", self.nonce)
+    }
+
+    /// The operation index named by a substituted statement's error text, if any.
+    fn denied_index(&self, message: &str) -> Option<u64> {
+        let prefix = format!("gatehouse-denied:{}:", self.nonce);
+        let at = message.find(&prefix)? + prefix.len();
+        let digits: String = message[at..].chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    }
+}
+
+async fn relay(proxy: Arc<ProxyInner>, ready: Ready, client_addr: String, session: SessionId) {
+    let Ready {
+        client,
+        client_buf,
+        upstream,
+        identity,
+        target,
+        application_name,
+    } = ready;
+    let ctx = SessionContext {
+        session: session.clone(),
+        identity: identity.clone(),
+        target: target.target.clone(),
+        client_addr: client_addr.clone(),
+    };
+    let (client_read, client_write) = tokio::io::split(client);
+    let client_writer: ClientWriter = Arc::new(tokio::sync::Mutex::new(client_write));
+
+    // Control event first: nothing runs unrecorded.
+    let start = Event::now(
+        session.clone(),
+        Some(identity.clone()),
+        Some(target.target.clone()),
+        EventBody::SessionStart {
+            client_addr: client_addr.clone(),
+            details: serde_json::json!({
+                "application_name": application_name,
+                "upstream_user": target.upstream.user,
+                "upstream_database": target.upstream.database,
+            }),
+        },
+    );
+    let sink = match proxy.pipeline.recorder.record(start).await {
+        Ok(_) => proxy
+            .pipeline
+            .recorder
+            .open_recording(&session, RecordingKind::Sql)
+            .await,
+        Err(e) => Err(e),
+    };
+    let sink = match sink {
+        Ok(s) => s,
+        Err(e) => {
+            let mut w = client_writer.lock().await;
+            let err = PgProxyError::Recorder(e);
+            let fields = ErrorFields::new("FATAL", err.sqlstate(), err.to_string());
+            let mut out = BytesMut::new();
+            if fields.encode(b'E', &mut out).is_ok() {
+                let _ = w.write_all(&out).await;
+            }
+            let _ = w.shutdown().await;
+            return;
+        }
+    };
+
+    let UpstreamConn {
+        stream: up_stream,
+        leftover,
+        parameters,
+        key,
+    } = upstream;
+    let notify = Arc::new(Notify::new());
+    let gateway_key = key.map(|(pid, secret)| {
+        proxy.cancels.register(CancelTarget {
+            address: target.upstream.address.clone(),
+            upstream_pid: pid,
+            upstream_secret: secret,
+            notify: notify.clone(),
+        })
+    });
+
+    let mut settings = SqlSessionSettings::default();
+    let mut hello = BytesMut::new();
+    let _ = wire::put(&pgwire::messages::startup::Authentication::Ok, &mut hello);
+    for (k, v) in &parameters {
+        track_setting(&mut settings, k, v);
+        let _ = wire::put(
+            &pgwire::messages::startup::ParameterStatus::new(k.clone(), v.clone()),
+            &mut hello,
+        );
+    }
+    let (pid, secret) = gateway_key.unwrap_or((0, [0; 4]));
+    let mut key_body = Vec::with_capacity(8);
+    key_body.extend_from_slice(&pid.to_be_bytes());
+    key_body.extend_from_slice(&secret);
+    encode_frame(b'K', &key_body, &mut hello);
+    wire::encode_ready(b'I', &mut hello);
+
+    let mut egress = proxy.pipeline.egress.stream(EgressSite::Client);
+    let hello_ok = egress.check(&hello).is_ok()
+        && client_writer.lock().await.write_all(&hello).await.is_ok();
+
+    let shared = Arc::new(Shared {
+        expect: Mutex::new(VecDeque::new()),
+        denials: Mutex::new(HashMap::new()),
+        settings: Mutex::new(settings),
+        nonce: format!("{:016x}", rand::random::<u64>()),
+        operations: AtomicU64::new(0),
+        done: Notify::new(),
+    });
+
+    let (up_read, up_write) = tokio::io::split(up_stream);
+    let backend = Backend {
+        proxy: proxy.clone(),
+        ctx: ctx.clone(),
+        shared: shared.clone(),
+        reader: FrameReader::new(up_read, leftover, proxy.config.limits.max_upstream_message),
+        client: client_writer.clone(),
+        egress,
+        sink,
+        statements: HashMap::new(),
+        portals: HashMap::new(),
+        running: None,
+        copy_masker: None,
+        out: BytesMut::with_capacity(16 * 1024),
+        scratch: RowScratch::default(),
+        notice_plan: None,
+        plan_cache: HashMap::new(),
+    };
+    let backend_task = tokio::spawn(backend.run());
+
+    let mut frontend = Frontend {
+        proxy: proxy.clone(),
+        ctx: ctx.clone(),
+        shared: shared.clone(),
+        reader: FrameReader::new(client_read, client_buf, proxy.config.limits.max_client_message),
+        upstream: up_write,
+        client: client_writer.clone(),
+        cancel: notify,
+        statements: HashMap::new(),
+        portals: HashMap::new(),
+        out: BytesMut::with_capacity(4096),
+    };
+    let reason = if hello_ok {
+        frontend.run().await
+    } else {
+        "egress guard blocked the startup parameters".to_string()
+    };
+    let _ = frontend.upstream.shutdown().await;
+    shared.done.notify_waiters();
+    let (backend_reason, sink) = match tokio::time::timeout(Duration::from_secs(10), backend_task).await {
+        Ok(Ok((r, s))) => (r, s),
+        _ => (None, None),
+    };
+    let reason = backend_reason.unwrap_or(reason);
+    if let Some(k) = gateway_key {
+        proxy.cancels.remove(k);
+    }
+    let recording = match sink {
+        Some(s) => s.seal().await.ok(),
+        None => None,
+    };
+    proxy.hooks.on_end(&ctx, &reason);
+    let end = Event::now(
+        session,
+        Some(identity),
+        Some(target.target),
+        EventBody::SessionEnd {
+            reason,
+            recording,
+            operations: shared.operations.load(Ordering::Relaxed),
+        },
+    );
+    let _ = proxy.pipeline.recorder.record(end).await;
+    let mut w = client_writer.lock().await;
+    let _ = w.shutdown().await;
+}
+
+fn track_setting(settings: &mut SqlSessionSettings, name: &str, value: &str) {
+    if name.eq_ignore_ascii_case("standard_conforming_strings") {
+        settings.standard_conforming_strings = value.eq_ignore_ascii_case("on");
+    } else if name.eq_ignore_ascii_case("client_encoding") {
+        settings.client_encoding = value.to_string();
+    }
+}
+
+/// Frontend-side knowledge of a prepared statement.
+#[derive(Debug, Clone)]
+struct FeStatement {
+    text: String,
+    info: Option<StatementInfo>,
+    /// The Parse was allowed pending approval: each Bind opens a request bound to its parameters.
+    review: Option<Decision>,
+    index: u64,
+    described: bool,
+}
+
+/// The client → upstream half.
+struct Frontend {
+    proxy: Arc<ProxyInner>,
+    ctx: SessionContext,
+    shared: Arc<Shared>,
+    reader: FrameReader<ReadHalf<BoxStream>>,
+    upstream: WriteHalf<BoxStream>,
+    client: ClientWriter,
+    cancel: Arc<Notify>,
+    statements: HashMap<String, FeStatement>,
+    /// Portal → whether its row shape will be known to the backend half.
+    portals: HashMap<String, bool>,
+    out: BytesMut,
+}
+
+/// A statement's verdict after policy, hooks, recording and (for reviews) approvals.
+enum Verdicted {
+    Allowed(Decision),
+    Review(Decision),
+    Denied(DenyInfo),
+}
+
+impl Frontend {
+    /// Runs until the client leaves or the session must end; returns the reason.
+    async fn run(&mut self) -> String {
+        let idle = self.proxy.config.limits.idle_timeout;
+        let expiry = self
+            .ctx
+            .identity
+            .expires_at
+            .filter(|_| self.proxy.config.limits.end_at_token_expiry)
+            .map(|exp| {
+                let left = exp - gatehouse_core::now();
+                let secs = left.as_seconds_f64().max(0.0);
+                tokio::time::Instant::now() + Duration::from_secs_f64(secs)
+            });
+        let expiry_sleep = async move {
+            match expiry {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expiry_sleep);
+        let shared = self.shared.clone();
+        loop {
+            let next = async {
+                match idle {
+                    Some(d) => tokio::time::timeout(d, self.reader.next())
+                        .await
+                        .unwrap_or(Err(ReadError::Io(std::io::ErrorKind::TimedOut.into()))),
+                    None => self.reader.next().await,
+                }
+            };
+            let frame = tokio::select! {
+                f = next => f,
+                _ = shared.done.notified() => return "upstream closed".into(),
+                _ = &mut expiry_sleep => {
+                    self.fatal(&PgProxyError::TokenExpired).await;
+                    return "token expired".into();
+                }
+            };
+            let frame = match frame {
+                Ok(Some(f)) => f,
+                Ok(None) => return "client closed".into(),
+                Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    self.fatal(&PgProxyError::IdleTimeout).await;
+                    return "idle timeout".into();
+                }
+                Err(ReadError::Io(_)) => return "client connection lost".into(),
+                Err(ReadError::Frame(e)) => {
+                    let err: PgProxyError = e.into();
+                    self.fatal(&err).await;
+                    return format!("client protocol error: {err}");
+                }
+            };
+            let terminate = frame.tag == b'X';
+            if let Err(err) = self.handle(frame).await {
+                self.fatal(&err).await;
+                return format!("{:?} error: {err}", err.side());
+            }
+            if self.out.len() > 64 * 1024 || !self.reader.has_buffered_frame() {
+                if let Err(e) = self.flush().await {
+                    return format!("upstream write failed: {e}");
+                }
+            }
+            if terminate {
+                return "client closed".into();
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            self.upstream.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    async fn fatal(&mut self, err: &PgProxyError) {
+        let fields = ErrorFields::new("FATAL", err.sqlstate(), self.proxy.scrub(&err.to_string()));
+        let mut buf = BytesMut::new();
+        if fields.encode(b'E', &mut buf).is_ok() {
+            let mut w = self.client.lock().await;
+            let _ = w.write_all(&buf).await;
+        }
+    }
+
+    async fn notice(&mut self, message: String) {
+        let fields = ErrorFields::new("NOTICE", "00000", self.proxy.scrub(&message));
+        let mut buf = BytesMut::new();
+        if fields.encode(b'N', &mut buf).is_ok()
+            && self.proxy.pipeline.egress.check(EgressSite::Client, &buf).is_ok()
+        {
+            let mut w = self.client.lock().await;
+            let _ = w.write_all(&buf).await;
+            let _ = w.flush().await;
+        }
+    }
+
+    fn next_index(&self) -> u64 {
+        self.shared.operations.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn settings(&self) -> SqlSessionSettings {
+        lock(&self.shared.settings).clone()
+    }
+
+    async fn handle(&mut self, frame: Frame) -> Result<(), PgProxyError> {
+        match frame.tag {
+            b'Q' => self.on_query(frame.body).await,
+            b'P' => self.on_parse(frame).await,
+            b'B' => self.on_bind(frame).await,
+            b'D' => {
+                let (kind, name) = wire::parse_target(frame.body.clone(), "Describe")?;
+                if kind == b'S' {
+                    if let Some(s) = self.statements.get_mut(&name) {
+                        s.described = true;
+                    }
+                    self.shared.push(Expect::DescribeStatement {
+                        name,
+                        swallow: false,
+                        saw_parameters: false,
+                    });
+                } else {
+                    self.portals.insert(name.clone(), true);
+                    self.shared.push(Expect::DescribePortal {
+                        name,
+                        swallow: false,
+                    });
+                }
+                frame.encode_into(&mut self.out);
+                Ok(())
+            }
+            b'E' => {
+                let (portal, _) = wire::parse_execute(frame.body.clone())?;
+                if !self.portals.get(&portal).copied().unwrap_or(false) {
+                    // The client never asked for the row shape: ask ourselves and keep the answer,
+                    // so every row is masked with a plan.
+                    wire::encode_describe(b'P', &portal, &mut self.out)?;
+                    self.shared.push(Expect::DescribePortal {
+                        name: portal.clone(),
+                        swallow: true,
+                    });
+                    self.portals.insert(portal.clone(), true);
+                }
+                self.shared.push(Expect::Execute { portal });
+                frame.encode_into(&mut self.out);
+                Ok(())
+            }
+            b'C' => {
+                let (kind, name) = wire::parse_target(frame.body.clone(), "Close")?;
+                if kind == b'S' {
+                    self.statements.remove(&name);
+                } else {
+                    self.portals.remove(&name);
+                }
+                self.shared.push(Expect::Close);
+                frame.encode_into(&mut self.out);
+                Ok(())
+            }
+            b'S' => {
+                self.shared.push(Expect::Sync);
+                frame.encode_into(&mut self.out);
+                Ok(())
+            }
+            b'H' | b'd' | b'c' | b'f' | b'X' => {
+                frame.encode_into(&mut self.out);
+                Ok(())
+            }
+            b'F' => self.on_function_call(frame).await,
+            other => Err(PgProxyError::ClientProtocol(format!(
+                "unexpected message type {:?}",
+                char::from(other)
+            ))),
+        }
+    }
+
+    /// Policy → hook → record; a review is returned for the caller to run (at once for simple
+    /// queries, at Bind for prepared statements).
+    async fn evaluate(
+        &mut self,
+        index: u64,
+        op: &SqlOperation,
+        info: Option<&StatementInfo>,
+    ) -> Verdicted {
+        let operation = Operation::Sql(op.clone());
+        let decision = self.proxy.pipeline.policy.decide(
+            &self.ctx.identity,
+            &self.ctx.target,
+            &operation,
+        );
+        let decision = self.proxy.hooks.on_statement(&self.ctx, op, info, decision);
+        let decision = self.builtin_checks(info, decision);
+        let event = self.event(EventBody::Operation {
+            index,
+            operation,
+            decision: decision.clone(),
+        });
+        if let Err(e) = self.proxy.pipeline.recorder.record(event).await {
+            return Verdicted::Denied(DenyInfo {
+                code: "58030",
+                message: format!("statement refused: audit recorder unavailable ({e})"),
+                detail: None,
+            });
+        }
+        match decision.verdict {
+            Verdict::Allow => Verdicted::Allowed(decision),
+            Verdict::Review => Verdicted::Review(decision),
+            Verdict::Deny => Verdicted::Denied(deny_info(&decision)),
+        }
+    }
+
+    /// Refusals the gateway applies whatever the policy says.
+    fn builtin_checks(&self, info: Option<&StatementInfo>, decision: Decision) -> Decision {
+        let _ = info;
+        decision
+    }
+
+    fn event(&self, body: EventBody) -> Event {
+        Event::now(
+            self.ctx.session.clone(),
+            Some(self.ctx.identity.clone()),
+            Some(self.ctx.target.clone()),
+            body,
+        )
+    }
+
+    /// Opens an approval request and waits; a client cancel abandons it.
+    async fn review(&mut self, index: u64, op: SqlOperation, decision: &Decision) -> Verdicted {
+        let Some(requirement) = decision.review.clone() else {
+            return Verdicted::Denied(DenyInfo {
+                code: "42501",
+                message: format!(
+                    "permission denied by policy rule \"{}\": review without approvers",
+                    decision.rule_id
+                ),
+                detail: None,
+            });
+        };
+        let timeout = Duration::from_millis(requirement.timeout_ms);
+        let request = ApprovalRequest {
+            requester: self.ctx.identity.clone(),
+            session: self.ctx.session.clone(),
+            target: self.ctx.target.clone(),
+            operation: Operation::Sql(op),
+            rule_id: decision.rule_id.clone(),
+            reason: decision.reason.clone(),
+            requirement,
+        };
+        let approvals = self.proxy.pipeline.approvals.clone();
+        let ticket = match approvals.open(request).await {
+            Ok(t) => t,
+            Err(e) => {
+                return Verdicted::Denied(DenyInfo {
+                    code: "42501",
+                    message: format!("statement refused: approvals unavailable ({e})"),
+                    detail: None,
+                });
+            }
+        };
+        if let Err(e) = self
+            .proxy
+            .pipeline
+            .recorder
+            .record(self.event(EventBody::ApprovalRequested {
+                index,
+                id: ticket.id.clone(),
+                operation_hash: ticket.operation_hash.clone(),
+            }))
+            .await
+        {
+            return Verdicted::Denied(DenyInfo {
+                code: "58030",
+                message: format!("statement refused: audit recorder unavailable ({e})"),
+                detail: None,
+            });
+        }
+        if !ticket.already_granted {
+            self.notice(format!(
+                "waiting for approval {} (rule \"{}\": {})",
+                ticket.id, decision.rule_id, decision.reason
+            ))
+            .await;
+        }
+        let cancel = self.cancel.clone();
+        let outcome = tokio::select! {
+            o = approvals.wait(&ticket.id, timeout) => Some(o),
+            _ = cancel.notified() => None,
+            _ = self.shared.done.notified() => None,
+        };
+        let Some(outcome) = outcome else {
+            let _ = self
+                .proxy
+                .pipeline
+                .recorder
+                .record(self.event(EventBody::ApprovalAbandoned {
+                    id: ticket.id.clone(),
+                }))
+                .await;
+            return Verdicted::Denied(DenyInfo {
+                code: "57014",
+                message: format!(
+                    "canceling statement due to user request (approval {} abandoned)",
+                    ticket.id
+                ),
+                detail: None,
+            });
+        };
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                return Verdicted::Denied(DenyInfo {
+                    code: "42501",
+                    message: format!("statement refused: approvals failed ({e})"),
+                    detail: None,
+                });
+            }
+        };
+        let recorded = self
+            .proxy
+            .pipeline
+            .recorder
+            .record(self.event(EventBody::ApprovalResolved {
+                index,
+                id: ticket.id.clone(),
+                outcome: outcome.clone(),
+            }))
+            .await;
+        if let Err(e) = recorded {
+            return Verdicted::Denied(DenyInfo {
+                code: "58030",
+                message: format!("statement refused: audit recorder unavailable ({e})"),
+                detail: None,
+            });
+        }
+        match outcome {
+            ApprovalOutcome::Approved { .. } => Verdicted::Allowed(decision.clone()),
+            ApprovalOutcome::Denied { by, justification } => Verdicted::Denied(DenyInfo {
+                code: "42501",
+                message: format!("approval {} denied by {by}: {justification}", ticket.id),
+                detail: Some(format!("rule \"{}\": {}", decision.rule_id, decision.reason)),
+            }),
+            _ => Verdicted::Denied(DenyInfo {
+                code: "42501",
+                message: format!("approval {} timed out", ticket.id),
+                detail: Some(format!("rule \"{}\": {}", decision.rule_id, decision.reason)),
+            }),
+        }
+    }
+
+    fn stmt_ctx(&self, index: u64, text: &str, decision: Option<&Decision>, info: Option<&StatementInfo>) -> Arc<StmtCtx> {
+        Arc::new(StmtCtx {
+            index,
+            text: cap_text(text),
+            profile: decision.and_then(|d| d.masking_profile.clone()),
+            lineage: info.and_then(|i| i.lineage.clone()),
+            started: Instant::now(),
+        })
+    }
+
+    fn record_denial(&self, index: u64, deny: DenyInfo) {
+        lock(&self.shared.denials).insert(index, deny);
+    }
+
+    async fn on_query(&mut self, body: Bytes) -> Result<(), PgProxyError> {
+        let raw = wire::parse_query(body)?;
+        let settings = self.settings();
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let analyzed = if std::str::from_utf8(&raw).is_err() {
+            Err(crate::statements::AnalyzeError::Encoding)
+        } else {
+            self.proxy.analyzer.analyze(&text, &settings)
+        };
+        let statements = match analyzed {
+            Ok(s) => s,
+            Err(e) => {
+                // Unparseable text is decided as one operation; the policy sees it, and the
+                // gateway refuses it unless the policy explicitly allows the unknown.
+                let index = self.next_index();
+                let op = SqlOperation {
+                    text: text.clone(),
+                    parameters: Vec::new(),
+                    protocol: SqlProtocol::Simple,
+                    settings,
+                };
+                let verdict = self.evaluate(index, &op, None).await;
+                let ctx = self.stmt_ctx(index, &text, None, None);
+                let deny = match verdict {
+                    Verdicted::Denied(d) => d,
+                    _ => DenyInfo {
+                        code: "42601",
+                        message: format!("statement refused: the gateway cannot parse it ({e})"),
+                        detail: None,
+                    },
+                };
+                self.record_denial(index, deny);
+                self.shared.push(Expect::Query {
+                    statements: VecDeque::from([ctx]),
+                });
+                let sql = deny_sql(&self.shared.marker(index));
+                return wire::encode_query(&sql, &mut self.out);
+            }
+        };
+        let mut ctxs = VecDeque::new();
+        let mut cut: Option<(usize, u64)> = None;
+        for info in &statements {
+            let Some(stmt_text) = text.get(info.span.clone()) else {
+                continue;
+            };
+            let index = self.next_index();
+            let op = SqlOperation {
+                text: stmt_text.to_string(),
+                parameters: Vec::new(),
+                protocol: SqlProtocol::Simple,
+                settings: settings.clone(),
+            };
+            let mut verdict = self.evaluate(index, &op, Some(info)).await;
+            if let Verdicted::Review(decision) = &verdict {
+                let decision = decision.clone();
+                verdict = self.review(index, op, &decision).await;
+            }
+            if info.kind == StatementKind::Ddl {
+                self.proxy.catalog_invalidate(&self.ctx.target.name);
+            }
+            match verdict {
+                Verdicted::Allowed(d) => ctxs.push_back(self.stmt_ctx(index, stmt_text, Some(&d), Some(info))),
+                Verdicted::Review(_) | Verdicted::Denied(_) => {
+                    let deny = verdict_deny(verdict);
+                    ctxs.push_back(self.stmt_ctx(index, stmt_text, None, Some(info)));
+                    self.record_denial(index, deny);
+                    cut = Some((info.span.start, index));
+                    break;
+                }
+            }
+        }
+        self.shared.push(Expect::Query { statements: ctxs });
+        match cut {
+            None => {
+                let mut body = raw.to_vec();
+                body.push(0);
+                encode_frame(b'Q', &body, &mut self.out);
+                Ok(())
+            }
+            Some((start, index)) => {
+                // Statements before the refused one run as sent; the refused one is replaced by a
+                // statement certain to fail, so PostgreSQL's transaction state (aborted block,
+                // skipped remainder) is exactly what the client is told.
+                let prefix = text.get(..start).unwrap_or("");
+                let sql = format!("{prefix}{}", deny_sql(&self.shared.marker(index)));
+                wire::encode_query(&sql, &mut self.out)
+            }
+        }
+    }
+
+    async fn on_parse(&mut self, frame: Frame) -> Result<(), PgProxyError> {
+        let parse = wire::parse_parse(frame.body.clone())?;
+        let settings = self.settings();
+        let text = String::from_utf8_lossy(&parse.query).into_owned();
+        let index = self.next_index();
+        let info = if std::str::from_utf8(&parse.query).is_ok() {
+            self.proxy
+                .analyzer
+                .analyze(&text, &settings)
+                .ok()
+                .and_then(|v| v.into_iter().next())
+        } else {
+            None
+        };
+        if info.as_ref().is_some_and(|i| i.kind == StatementKind::Ddl) {
+            self.proxy.catalog_invalidate(&self.ctx.target.name);
+        }
+        let op = SqlOperation {
+            text: text.clone(),
+            parameters: Vec::new(),
+            protocol: SqlProtocol::Extended,
+            settings,
+        };
+        let verdict = self.evaluate(index, &op, info.as_ref()).await;
+        let (decision, review, deny) = match verdict {
+            Verdicted::Allowed(d) => (Some(d), None, None),
+            Verdicted::Review(d) => (Some(d.clone()), Some(d), None),
+            Verdicted::Denied(deny) => (None, None, Some(deny)),
+        };
+        let ctx = self.stmt_ctx(index, &text, decision.as_ref(), info.as_ref());
+        self.statements.insert(
+            parse.name.clone(),
+            FeStatement {
+                text,
+                info,
+                review,
+                index,
+                described: false,
+            },
+        );
+        self.shared.push(Expect::Parse {
+            name: parse.name.clone(),
+            statement: ctx,
+        });
+        match deny {
+            None => {
+                frame.encode_into(&mut self.out);
+                Ok(())
+            }
+            Some(deny) => {
+                self.record_denial(index, deny);
+                let sql = deny_sql(&self.shared.marker(index));
+                wire::encode_parse(&parse.name, &sql, &[], &mut self.out)
+            }
+        }
+    }
+
+    async fn on_bind(&mut self, frame: Frame) -> Result<(), PgProxyError> {
+        let bind = wire::parse_bind(frame.body.clone())?;
+        let stmt = self.statements.get(&bind.statement).cloned();
+        let described = stmt.as_ref().is_some_and(|s| s.described);
+        self.portals.insert(bind.portal.clone(), described);
+        self.shared.push(Expect::Bind {
+            portal: bind.portal.clone(),
+            statement: bind.statement.clone(),
+            result_formats: bind.result_formats.clone(),
+        });
+        if let Some(FeStatement {
+            text,
+            info,
+            review: Some(decision),
+            index,
+            ..
+        }) = stmt
+        {
+            // Approvals bind to the exact text and parameters.
+            let _ = info;
+            let op = SqlOperation {
+                text,
+                parameters: bind.params_as_text(),
+                protocol: SqlProtocol::Extended,
+                settings: self.settings(),
+            };
+            match self.review(index, op, &decision).await {
+                Verdicted::Allowed(_) => {}
+                other => {
+                    let deny = verdict_deny(other);
+                    self.record_denial(index, deny);
+                    // A Bind of a statement that cannot exist fails upstream and skips to Sync.
+                    return wire::encode_bare_bind(&bind.portal, &self.shared.marker(index), &mut self.out);
+                }
+            }
+        }
+        frame.encode_into(&mut self.out);
+        Ok(())
+    }
+
+    async fn on_function_call(&mut self, frame: Frame) -> Result<(), PgProxyError> {
+        let mut r = crate::frame::BodyReader::new(frame.body.clone(), "FunctionCall");
+        let oid = r.u32()?;
+        let index = self.next_index();
+        let op = SqlOperation {
+            text: format!("-- FunctionCall oid={oid}"),
+            parameters: Vec::new(),
+            protocol: SqlProtocol::FunctionCall,
+            settings: self.settings(),
+        };
+        let mut verdict = self.evaluate(index, &op, None).await;
+        if let Verdicted::Review(d) = &verdict {
+            let d = d.clone();
+            verdict = self.review(index, op.clone(), &d).await;
+        }
+        let ctx = self.stmt_ctx(index, &op.text, None, None);
+        match verdict {
+            Verdicted::Allowed(_) => {
+                self.shared.push(Expect::FunctionCall { statement: ctx });
+                frame.encode_into(&mut self.out);
+                Ok(())
+            }
+            other => {
+                self.record_denial(index, verdict_deny(other));
+                self.shared.push(Expect::Query {
+                    statements: VecDeque::from([ctx]),
+                });
+                wire::encode_query(&deny_sql(&self.shared.marker(index)), &mut self.out)
+            }
+        }
+    }
+}
+
+/// The refusal carried by a verdict; a `Review` still unresolved at this point is refused.
+fn verdict_deny(v: Verdicted) -> DenyInfo {
+    match v {
+        Verdicted::Denied(d) => d,
+        Verdicted::Review(d) | Verdicted::Allowed(d) => DenyInfo {
+            code: "42501",
+            message: format!(
+                "permission denied by policy rule \"{}\": approval could not be obtained",
+                d.rule_id
+            ),
+            detail: None,
+        },
+    }
+}
+
+fn deny_info(decision: &Decision) -> DenyInfo {
+    DenyInfo {
+        code: "42501",
+        message: format!(
+            "permission denied by policy rule \"{}\": {}",
+            decision.rule_id, decision.reason
+        ),
+        detail: None,
+    }
+}
+
+/// A statement certain to fail at parse analysis (so also at Parse in the extended protocol),
+/// with no side effect, whose error text carries the marker.
+fn deny_sql(marker: &str) -> String {
+    format!("SELECT CAST('{marker}' AS integer)")
+}
+
+fn cap_text(s: &str) -> String {
+    const MAX: usize = 4096;
+    if s.len() <= MAX {
+        return s.to_string();
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…({} bytes)", &s[..end], s.len())
+}
+
+/// Backend-side knowledge of a prepared statement.
+struct BeStatement {
+    ctx: Arc<StmtCtx>,
+    columns: Option<Vec<ColumnDesc>>,
+}
+
+/// Backend-side knowledge of a portal.
+struct BePortal {
+    ctx: Option<Arc<StmtCtx>>,
+    columns: Option<Vec<ColumnDesc>>,
+    plan: Option<Arc<ShapePlan>>,
+}
+
+/// The statement whose results are streaming.
+struct Running {
+    ctx: Arc<StmtCtx>,
+    plan: Option<Arc<ShapePlan>>,
+    rows: u64,
+    bytes_out: u64,
+    findings: Vec<Finding>,
+    recorded: Vec<serde_json::Value>,
+}
+
+const MAX_FINDINGS_PER_STATEMENT: usize = 1000;
+
+/// The upstream → client half.
+struct Backend {
+    proxy: Arc<ProxyInner>,
+    ctx: SessionContext,
+    shared: Arc<Shared>,
+    reader: FrameReader<ReadHalf<BoxStream>>,
+    client: ClientWriter,
+    egress: Box<dyn EgressStream>,
+    sink: Box<dyn RecordingSink>,
+    statements: HashMap<String, BeStatement>,
+    portals: HashMap<String, BePortal>,
+    running: Option<Running>,
+    copy_masker: Option<Box<dyn StreamMasker>>,
+    out: BytesMut,
+    scratch: RowScratch,
+    notice_plan: Option<ShapePlan>,
+    plan_cache: HashMap<(Bytes, Option<String>, Option<Vec<Vec<String>>>), Arc<ShapePlan>>,
+}
+
+impl Backend {
+    async fn run(mut self) -> (Option<String>, Option<Box<dyn RecordingSink>>) {
+        let reason = loop {
+            let frame = tokio::select! {
+                f = self.reader.next() => f,
+                _ = self.shared.done.notified() => break None,
+            };
+            let frame = match frame {
+                Ok(Some(f)) => f,
+                Ok(None) => break Some("upstream closed".to_string()),
+                Err(ReadError::Io(e)) => break Some(format!("upstream connection lost: {e}")),
+                Err(ReadError::Frame(e)) => {
+                    let err = PgProxyError::UpstreamProtocol(e.to_string());
+                    self.fatal(&err).await;
+                    break Some(err.to_string());
+                }
+            };
+            if let Err(err) = self.handle(frame).await {
+                let _ = self.flush().await;
+                self.fatal(&err).await;
+                break Some(format!("{:?} error: {err}", err.side()));
+            }
+            if self.out.len() > 64 * 1024 || !self.reader.has_buffered_frame() {
+                if let Err(err) = self.flush().await {
+                    if matches!(err, PgProxyError::EgressBlocked) {
+                        self.fatal(&err).await;
+                    }
+                    break Some(err.to_string());
+                }
+            }
+        };
+        self.shared.done.notify_waiters();
+        (reason, Some(self.sink))
+    }
+
+    async fn flush(&mut self) -> Result<(), PgProxyError> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        if let Err(blocked) = self.egress.check(&self.out) {
+            self.out.clear();
+            let _ = self
+                .proxy
+                .pipeline
+                .recorder
+                .record(Event::now(
+                    self.ctx.session.clone(),
+                    Some(self.ctx.identity.clone()),
+                    Some(self.ctx.target.clone()),
+                    EventBody::EgressBlocked {
+                        site: "client".into(),
+                        hits: blocked.hits,
+                    },
+                ))
+                .await;
+            return Err(PgProxyError::EgressBlocked);
+        }
+        let mut w = self.client.lock().await;
+        w.write_all(&self.out)
+            .await
+            .map_err(PgProxyError::client_io)?;
+        drop(w);
+        self.out.clear();
+        Ok(())
+    }
+
+    async fn fatal(&mut self, err: &PgProxyError) {
+        let fields = ErrorFields::new("FATAL", err.sqlstate(), self.proxy.scrub(&err.to_string()));
+        let mut buf = BytesMut::new();
+        if fields.encode(b'E', &mut buf).is_ok() {
+            let mut w = self.client.lock().await;
+            let _ = w.write_all(&buf).await;
+        }
+    }
+
+    fn front_is_extended(&self) -> bool {
+        lock(&self.shared.expect).front().is_some_and(Expect::is_extended)
+    }
+
+    fn pop(&self) -> Option<Expect> {
+        lock(&self.shared.expect).pop_front()
+    }
+
+    async fn handle(&mut self, frame: Frame) -> Result<(), PgProxyError> {
+        match frame.tag {
+            b'D' => self.on_data_row(frame),
+            b'T' => self.on_row_description(frame).await,
+            b'C' | b'I' => {
+                let status = if frame.tag == b'C' {
+                    wire_tag(&frame.body)
+                } else {
+                    "EMPTY".to_string()
+                };
+                self.finish_statement(status).await?;
+                frame.encode_into(&mut self.out);
+                Ok(())
+            }
+            b's' => {
+                // PortalSuspended: the Execute is done for now; its statement continues later.
+                if let Some(r) = self.running.take() {
+                    self.record_rows(&r).await;
+                }
+                self.pop();
+                frame.encode_into(&mut self.out);
+                Ok(())
+            }
+            b'E' => self.on_error(frame).await,
+            b'N' => {
+                let masked = self.mask_error_text(frame.body)?;
+                masked.encode(b'N', &mut self.out)
+            }
+            b'Z' => {
+                if let Some(r) = self.running.take() {
+                    self.record_rows(&r).await;
+                }
+                // Pop through the Sync/Query this answers (drops anything an error skipped).
+                loop {
+                    match self.pop() {
+                        Some(Expect::Sync | Expect::Query { .. } | Expect::FunctionCall { .. }) | None => break,
+                        Some(_) => {}
+                    }
+                }
+                frame.encode_into(&mut self.out);
+                Ok(())
+            }
+            b'1' => {
+                if let Some(Expect::Parse { name, statement }) = self.pop() {
+                    self.statements.insert(
+                        name,
+                        BeStatement {
+                            ctx: statement,
+                            columns: None,
+                        },
+                    );
+                }
+                frame.encode_into(&mut self.out);
+                Ok(())
+            }
+            b'2' => {
+                if let Some(Expect::Bind {
+                    portal,
+                    statement,
+                    result_formats,
+                }) = self.pop()
+                {
+                    let st = self.statements.get(&statement);
+                    let columns = st.and_then(|s| s.columns.clone()).map(|cols| {
+                        cols.into_iter()
+                            .enumerate()
+                            .map(|(i, mut c)| {
+                                c.format = wire::format_for(&result_formats, i);
+                                c
+                            })
+                            .collect()
+                    });
+                    self.portals.insert(
+                        portal,
+                        BePortal {
+                            ctx: st.map(|s| s.ctx.clone()),
+                            columns,
+                            plan: None,
+                        },
+                    );
+                }
+                frame.encode_into(&mut self.out);
+                Ok(())
+            }
+            b't' => {
+                let swallow = {
+                    let mut q = lock(&self.shared.expect);
+                    match q.front_mut() {
+                        Some(Expect::DescribeStatement {
+                            swallow,
+                            saw_parameters,
+                            ..
+                        }) => {
+                            *saw_parameters = true;
+                            *swallow
+                        }
+                        _ => false,
+                    }
+                };
+                if !swallow {
+                    frame.encode_into(&mut self.out);
+                }
+                Ok(())
+            }
+            b'n' => {
+                let swallow = match self.pop() {
+                    Some(Expect::DescribeStatement { name, swallow, .. }) => {
+                        if let Some(s) = self.statements.get_mut(&name) {
+                            s.columns = Some(Vec::new());
+                        }
+                        swallow
+                    }
+                    Some(Expect::DescribePortal { name, swallow }) => {
+                        if let Some(p) = self.portals.get_mut(&name) {
+                            p.columns = Some(Vec::new());
+                        }
+                        swallow
+                    }
+                    _ => false,
+                };
+                if !swallow {
+                    frame.encode_into(&mut self.out);
+                }
+                Ok(())
+            }
+            b'3' => {
+                self.pop();
+                frame.encode_into(&mut self.out);
+                Ok(())
+            }
+            b'S' => {
+                let (k, v) = wire::parse_parameter_status(frame.body.clone())
+                    .map_err(|e| PgProxyError::UpstreamProtocol(e.to_string()))?;
+                track_setting(&mut lock(&self.shared.settings), &k, &v);
+                frame.encode_into(&mut self.out);
+                Ok(())
+            }
+            b'H' => {
+                self.copy_masker = Some(self.proxy.pipeline.masker.stream(&StreamContext {
+                    profile: self.running_ctx().and_then(|c| c.profile.clone()),
+                    field: Some("copy".into()),
+                    json: false,
+                }));
+                frame.encode_into(&mut self.out);
+                Ok(())
+            }
+            b'd' => {
+                let mut masked = Vec::with_capacity(frame.body.len());
+                match self.copy_masker.as_mut() {
+                    Some(m) => m.push(&frame.body, &mut masked),
+                    None => {
+                        return Err(PgProxyError::UpstreamProtocol(
+                            "CopyData outside COPY OUT".into(),
+                        ));
+                    }
+                }
+                self.copy_findings();
+                if !masked.is_empty() {
+                    encode_frame(b'd', &masked, &mut self.out);
+                }
+                Ok(())
+            }
+            b'c' => {
+                if let Some(mut m) = self.copy_masker.take() {
+                    let mut rest = Vec::new();
+                    m.finish(&mut rest);
+                    let f = m.take_findings();
+                    self.add_findings(f);
+                    if !rest.is_empty() {
+                        encode_frame(b'd', &rest, &mut self.out);
+                    }
+                }
+                frame.encode_into(&mut self.out);
+                Ok(())
+            }
+            b'A' | b'G' | b'W' | b'V' => {
+                frame.encode_into(&mut self.out);
+                Ok(())
+            }
+            b'K' | b'v' => Ok(()),
+            other => Err(PgProxyError::UpstreamProtocol(format!(
+                "unexpected message type {:?}",
+                char::from(other)
+            ))),
+        }
+    }
+
+    fn copy_findings(&mut self) {
+        if let Some(m) = self.copy_masker.as_mut() {
+            let f = m.take_findings();
+            self.add_findings(f);
+        }
+    }
+
+    fn add_findings(&mut self, f: Vec<Finding>) {
+        if let Some(r) = self.running.as_mut() {
+            let room = MAX_FINDINGS_PER_STATEMENT.saturating_sub(r.findings.len());
+            r.findings.extend(f.into_iter().take(room));
+        }
+    }
+
+    /// The statement context results currently belong to.
+    fn running_ctx(&self) -> Option<Arc<StmtCtx>> {
+        if let Some(r) = &self.running {
+            return Some(r.ctx.clone());
+        }
+        let q = lock(&self.shared.expect);
+        match q.front() {
+            Some(Expect::Query { statements }) => statements.front().cloned(),
+            Some(Expect::FunctionCall { statement }) => Some(statement.clone()),
+            Some(Expect::Execute { portal }) => {
+                self.portals.get(portal).and_then(|p| p.ctx.clone())
+            }
+            _ => None,
+        }
+    }
+
+    fn ensure_running(&mut self) {
+        if self.running.is_none() {
+            if let Some(ctx) = self.running_ctx() {
+                let plan = {
+                    let q = lock(&self.shared.expect);
+                    match q.front() {
+                        Some(Expect::Execute { portal }) => {
+                            self.portals.get(portal).and_then(|p| p.plan.clone())
+                        }
+                        _ => None,
+                    }
+                };
+                self.running = Some(Running {
+                    ctx,
+                    plan,
+                    rows: 0,
+                    bytes_out: 0,
+                    findings: Vec::new(),
+                    recorded: Vec::new(),
+                });
+            }
+        }
+    }
+
+    async fn plan_for(
+        &mut self,
+        rowdesc_body: &Bytes,
+        columns: &[ColumnDesc],
+        ctx: Option<&StmtCtx>,
+    ) -> Arc<ShapePlan> {
+        let profile = ctx.and_then(|c| c.profile.clone());
+        let lineage = ctx.and_then(|c| c.lineage.clone());
+        let key = (rowdesc_body.clone(), profile.clone(), lineage.clone());
+        if let Some(p) = self.plan_cache.get(&key) {
+            return p.clone();
+        }
+        let mut sources = self
+            .proxy
+            .resolve_sources(&self.ctx.target.name, columns)
+            .await;
+        if let Some(lineage) = &lineage {
+            for (i, s) in sources.iter_mut().enumerate() {
+                if let Some(extra) = lineage.get(i) {
+                    for e in extra {
+                        if !s.contains(e) {
+                            s.push(e.clone());
+                        }
+                    }
+                }
+            }
+        }
+        let hooks = self.proxy.hooks.clone();
+        let session = self.ctx.clone();
+        let plan = Arc::new(ShapePlan::new(
+            self.proxy.pipeline.masker.as_ref(),
+            columns,
+            sources,
+            profile.as_deref(),
+            self.proxy.config.non_text_masking,
+            |fields: &mut [FieldDesc]| hooks.on_row_description(&session, fields),
+        ));
+        if self.plan_cache.len() > 256 {
+            self.plan_cache.clear();
+        }
+        self.plan_cache.insert(key, plan.clone());
+        plan
+    }
+
+    async fn on_row_description(&mut self, frame: Frame) -> Result<(), PgProxyError> {
+        let columns = wire::parse_row_description(frame.body.clone())
+            .map_err(|e| PgProxyError::UpstreamProtocol(e.to_string()))?;
+        enum Owner {
+            Statement(String, bool),
+            Portal(String, bool),
+            Results,
+        }
+        let owner = {
+            let q = lock(&self.shared.expect);
+            match q.front() {
+                Some(Expect::DescribeStatement { name, swallow, .. }) => {
+                    Owner::Statement(name.clone(), *swallow)
+                }
+                Some(Expect::DescribePortal { name, swallow }) => {
+                    Owner::Portal(name.clone(), *swallow)
+                }
+                _ => Owner::Results,
+            }
+        };
+        match owner {
+            Owner::Statement(name, swallow) => {
+                self.pop();
+                if let Some(s) = self.statements.get_mut(&name) {
+                    s.columns = Some(columns);
+                }
+                if !swallow {
+                    frame.encode_into(&mut self.out);
+                }
+            }
+            Owner::Portal(name, swallow) => {
+                self.pop();
+                let ctx = self.portals.get(&name).and_then(|p| p.ctx.clone());
+                let plan = self.plan_for(&frame.body, &columns, ctx.as_deref()).await;
+                let entry = self.portals.entry(name).or_insert(BePortal {
+                    ctx,
+                    columns: None,
+                    plan: None,
+                });
+                entry.columns = Some(columns);
+                entry.plan = Some(plan);
+                if !swallow {
+                    frame.encode_into(&mut self.out);
+                }
+            }
+            Owner::Results => {
+                self.ensure_running();
+                let ctx = self.running.as_ref().map(|r| r.ctx.clone());
+                let plan = self.plan_for(&frame.body, &columns, ctx.as_deref()).await;
+                if let Some(r) = self.running.as_mut() {
+                    r.plan = Some(plan);
+                }
+                frame.encode_into(&mut self.out);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_data_row(&mut self, frame: Frame) -> Result<(), PgProxyError> {
+        self.ensure_running();
+        // Extended protocol: the plan comes from the portal being executed.
+        if self.running.as_ref().is_some_and(|r| r.plan.is_none()) {
+            let plan = {
+                let q = lock(&self.shared.expect);
+                match q.front() {
+                    Some(Expect::Execute { portal }) => {
+                        self.portals.get(portal).and_then(|p| p.plan.clone())
+                    }
+                    _ => None,
+                }
+            };
+            if let Some(r) = self.running.as_mut() {
+                r.plan = plan;
+            }
+        }
+        let Some(running) = self.running.as_mut() else {
+            return Err(PgProxyError::UpstreamProtocol("DataRow outside a result".into()));
+        };
+        let Some(plan) = running.plan.clone() else {
+            // Never forward a row the gateway could not plan masking for.
+            return Err(PgProxyError::UpstreamProtocol(
+                "DataRow without a known row description".into(),
+            ));
+        };
+        let before = self.out.len();
+        let mut findings = Vec::new();
+        let outcome = plan
+            .mask_row(&frame.body, &mut self.out, &mut self.scratch, &mut findings)
+            .map_err(|e| PgProxyError::UpstreamProtocol(e.to_string()))?;
+        if let RowOutcome::Refused(col) = outcome {
+            return Err(PgProxyError::Refused(format!(
+                "column \"{}\" must be masked but is not text; the statement is refused",
+                plan.column_names().get(col).map(String::as_str).unwrap_or("?")
+            )));
+        }
+        running.rows += 1;
+        running.bytes_out += (self.out.len() - before) as u64;
+        let room = MAX_FINDINGS_PER_STATEMENT.saturating_sub(running.findings.len());
+        running.findings.extend(findings.into_iter().take(room));
+        if running.recorded.len() < self.proxy.config.limits.recording_rows_per_statement {
+            if let Some(sent) = self.out.get(before + 5..) {
+                if let Ok(values) = wire::parse_data_row(&Bytes::copy_from_slice(sent)) {
+                    let hooks_view: Vec<Option<&[u8]>> = values.iter().map(|v| v.as_deref()).collect();
+                    self.proxy.hooks.on_data_row(&self.ctx, &hooks_view);
+                    running.recorded.push(serde_json::Value::Array(
+                        values
+                            .iter()
+                            .map(|v| match v {
+                                Some(b) => serde_json::Value::String(String::from_utf8_lossy(b).into_owned()),
+                                None => serde_json::Value::Null,
+                            })
+                            .collect(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn record_rows(&mut self, r: &Running) {
+        if r.recorded.is_empty() {
+            return;
+        }
+        let frame = RecordingFrame::Entry {
+            label: "rows".into(),
+            body: serde_json::json!({
+                "index": r.ctx.index,
+                "columns": r.plan.as_ref().map(|p| p.column_names().to_vec()).unwrap_or_default(),
+                "rows": r.recorded,
+            }),
+        };
+        let _ = self.sink.write(frame).await;
+    }
+
+    async fn finish_statement(&mut self, status: String) -> Result<(), PgProxyError> {
+        self.ensure_running();
+        let running = self.running.take();
+        // Advance the expectation this completion belongs to.
+        {
+            let mut q = lock(&self.shared.expect);
+            match q.front_mut() {
+                Some(Expect::Query { statements }) => {
+                    statements.pop_front();
+                }
+                Some(Expect::Execute { .. }) => {
+                    q.pop_front();
+                }
+                _ => {}
+            }
+        }
+        if let Some(r) = running {
+            self.record_rows(&r).await;
+            let rows = status
+                .rsplit(' ')
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+                .or(Some(r.rows));
+            let _ = self
+                .sink
+                .write(RecordingFrame::Entry {
+                    label: "statement".into(),
+                    body: serde_json::json!({
+                        "index": r.ctx.index,
+                        "text": self.proxy.scrub(&r.ctx.text),
+                        "status": status,
+                    }),
+                })
+                .await;
+            let result = OperationResult {
+                index: r.ctx.index,
+                status,
+                rows,
+                bytes_out: r.bytes_out,
+                duration_us: u64::try_from(r.ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                findings: r.findings,
+            };
+            self.proxy
+                .pipeline
+                .recorder
+                .record(Event::now(
+                    self.ctx.session.clone(),
+                    Some(self.ctx.identity.clone()),
+                    Some(self.ctx.target.clone()),
+                    EventBody::OperationResult(result),
+                ))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn on_error(&mut self, frame: Frame) -> Result<(), PgProxyError> {
+        let mut fields = self.mask_error_text(frame.body)?;
+        let denied = fields
+            .get(b'M')
+            .and_then(|m| self.shared.denied_index(m))
+            .and_then(|i| lock(&self.shared.denials).remove(&i));
+        if let Some(deny) = denied {
+            fields = ErrorFields::new("ERROR", deny.code, deny.message);
+            if let Some(d) = deny.detail {
+                fields = fields.with(b'D', d);
+            }
+        }
+        let status = fields.code().unwrap_or("XX000").to_string();
+        let fatal = matches!(fields.get(b'S'), Some("FATAL" | "PANIC"));
+        if self.front_is_extended() {
+            self.ensure_running();
+            if let Some(r) = self.running.take() {
+                self.running = Some(r);
+                self.finish_statement(status).await?;
+            }
+            // The server skips everything up to the next Sync.
+            let mut q = lock(&self.shared.expect);
+            while q.front().is_some_and(Expect::is_extended) {
+                q.pop_front();
+            }
+        } else {
+            self.finish_statement(status).await?;
+            // The rest of a simple query string is skipped by the server.
+            let mut q = lock(&self.shared.expect);
+            if let Some(Expect::Query { statements }) = q.front_mut() {
+                statements.clear();
+            }
+        }
+        fields.encode(b'E', &mut self.out)?;
+        if fatal {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Masks the human-readable fields of an error or notice (PostgreSQL echoes values in
+    /// DETAIL lines, e.g. on a unique violation).
+    fn mask_error_text(&mut self, body: Bytes) -> Result<ErrorFields, PgProxyError> {
+        let mut fields =
+            ErrorFields::parse(body).map_err(|e| PgProxyError::UpstreamProtocol(e.to_string()))?;
+        if self.notice_plan.is_none() {
+            let cols: Vec<ColumnDesc> = ["message", "detail", "hint", "context"]
+                .iter()
+                .map(|n| ColumnDesc {
+                    name: (*n).to_string(),
+                    table_oid: 0,
+                    attnum: 0,
+                    type_oid: 25,
+                    format: 0,
+                })
+                .collect();
+            self.notice_plan = Some(ShapePlan::new(
+                self.proxy.pipeline.masker.as_ref(),
+                &cols,
+                Vec::new(),
+                None,
+                NonTextMasking::Null,
+                |_| {},
+            ));
+        }
+        let mut findings = Vec::new();
+        if let Some(plan) = &self.notice_plan {
+            for (code, value) in fields.fields.iter_mut() {
+                let idx = match code {
+                    b'M' => 0,
+                    b'D' => 1,
+                    b'H' => 2,
+                    b'W' => 3,
+                    _ => continue,
+                };
+                if let Some(masked) = plan.mask_value(idx, value.as_bytes(), &mut findings) {
+                    *value = String::from_utf8_lossy(&masked).into_owned();
+                }
+            }
+        }
+        self.add_findings(findings);
+        Ok(fields)
+    }
+}
+
+fn wire_tag(body: &Bytes) -> String {
+    let end = memchr::memchr(0, body).unwrap_or(body.len());
+    String::from_utf8_lossy(body.get(..end).unwrap_or_default()).into_owned()
+}

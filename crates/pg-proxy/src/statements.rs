@@ -1,0 +1,320 @@
+//! The seam between the proxy and SQL understanding: split a simple-query string into its
+//! statements and say what each one is and where its output columns come from.
+//!
+//! [`StatementAnalyzer`] is what the session calls; [`LexicalAnalyzer`] is the built-in
+//! implementation (a PostgreSQL-aware lexer: quotes, `E''` strings, dollar quotes, nested comments,
+//! `standard_conforming_strings`). A richer analyzer (gatehouse-sql: full classification and
+//! output-column lineage) plugs in through the same trait.
+
+use std::ops::Range;
+
+use gatehouse_core::SqlSessionSettings;
+
+/// What a statement does, as far as the proxy needs to know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StatementKind {
+    /// Returns rows and changes nothing (`SELECT`, `VALUES`, `TABLE`, `SHOW`, `EXPLAIN`).
+    Read,
+    /// `INSERT`, `UPDATE`, `DELETE`, `MERGE`.
+    Write,
+    /// `COPY`.
+    Copy,
+    /// Data definition (`CREATE`, `ALTER`, `DROP`, `TRUNCATE`, …).
+    Ddl,
+    /// Transaction control (`BEGIN`, `COMMIT`, `ROLLBACK`, `SAVEPOINT`, …).
+    Transaction,
+    /// Anything else (`SET`, `DO`, `CALL`, …).
+    Other,
+}
+
+/// One statement of a query string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatementInfo {
+    /// Byte range of the statement in the original string (without the `;`).
+    pub span: Range<usize>,
+    /// Kind.
+    pub kind: StatementKind,
+    /// Per output column, the fully qualified source columns it derives from, when known.
+    /// `None`: the analyzer does not trace lineage for this statement.
+    pub lineage: Option<Vec<Vec<String>>>,
+}
+
+/// Why a string could not be analyzed. The proxy treats it as unparseable and refuses it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AnalyzeError {
+    /// A quote, identifier, dollar quote or comment is never closed.
+    #[error("unterminated {0}")]
+    Unterminated(&'static str),
+    /// The text is not valid in the session's client encoding.
+    #[error("statement text is not valid UTF-8")]
+    Encoding,
+}
+
+/// Splits and classifies SQL text under the session's settings.
+pub trait StatementAnalyzer: Send + Sync {
+    /// The statements of `text`, in order. Empty statements (`;;`) are left out.
+    fn analyze(
+        &self,
+        text: &str,
+        settings: &SqlSessionSettings,
+    ) -> Result<Vec<StatementInfo>, AnalyzeError>;
+}
+
+/// The built-in analyzer: exact statement boundaries, kind from the leading keyword, no lineage.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LexicalAnalyzer;
+
+impl StatementAnalyzer for LexicalAnalyzer {
+    fn analyze(
+        &self,
+        text: &str,
+        settings: &SqlSessionSettings,
+    ) -> Result<Vec<StatementInfo>, AnalyzeError> {
+        Ok(split(text, settings.standard_conforming_strings)?
+            .into_iter()
+            .filter_map(|span| {
+                let stmt = text.get(span.clone())?;
+                let kind = classify_leading(stmt)?;
+                Some(StatementInfo {
+                    span,
+                    kind,
+                    lineage: None,
+                })
+            })
+            .collect())
+    }
+}
+
+/// Byte ranges of the statements of `text`, split on top-level `;` the way PostgreSQL's own
+/// lexer sees them. Ranges are trimmed of surrounding whitespace; empty ones are kept out by the
+/// caller (`classify_leading` returns `None` for them).
+pub fn split(text: &str, standard_conforming_strings: bool) -> Result<Vec<Range<usize>>, AnalyzeError> {
+    let b = text.as_bytes();
+    let mut out = Vec::new();
+    let mut start = 0usize;
+    let mut i = 0usize;
+    let mut depth = 0i32; // parentheses, so `BEGIN ATOMIC … END` bodies inside parens stay whole
+    let mut atomic = false;
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b'\'' => {
+                let escapes = !standard_conforming_strings
+                    || (i > 0 && matches!(b[i - 1], b'e' | b'E') && !is_ident_byte_before(b, i - 1));
+                i = skip_quoted(b, i + 1, b'\'', escapes).ok_or(AnalyzeError::Unterminated("string"))?;
+            }
+            b'"' => {
+                i = skip_quoted(b, i + 1, b'"', false).ok_or(AnalyzeError::Unterminated("quoted identifier"))?;
+            }
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                i = memchr::memchr(b'\n', &b[i..]).map_or(b.len(), |p| i + p + 1);
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                let mut nest = 1;
+                i += 2;
+                while nest > 0 {
+                    match (b.get(i), b.get(i + 1)) {
+                        (Some(b'/'), Some(b'*')) => {
+                            nest += 1;
+                            i += 2;
+                        }
+                        (Some(b'*'), Some(b'/')) => {
+                            nest -= 1;
+                            i += 2;
+                        }
+                        (Some(_), _) => i += 1,
+                        (None, _) => return Err(AnalyzeError::Unterminated("comment")),
+                    }
+                }
+            }
+            b'$' if i == 0 || !is_ident_byte(b[i - 1]) => {
+                // $tag$ … $tag$ (tag may be empty); `$1` is a parameter, not a quote.
+                let tag_end = b[i + 1..]
+                    .iter()
+                    .position(|&x| !(x.is_ascii_alphanumeric() || x == b'_' || x >= 0x80))
+                    .map(|p| i + 1 + p);
+                match tag_end {
+                    Some(e) if b[e] == b'$' && !b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+                        let tag = &b[i..=e];
+                        let body_start = e + 1;
+                        let close = memchr::memmem::find(&b[body_start..], tag)
+                            .ok_or(AnalyzeError::Unterminated("dollar-quoted string"))?;
+                        i = body_start + close + tag.len();
+                    }
+                    _ => i += 1,
+                }
+            }
+            b'(' => {
+                depth += 1;
+                i += 1;
+            }
+            b')' => {
+                depth -= 1;
+                i += 1;
+            }
+            b';' if depth <= 0 && !atomic => {
+                out.push(trim(text, start..i));
+                i += 1;
+                start = i;
+            }
+            _ if c.is_ascii_alphabetic() && (i == 0 || !is_ident_byte(b[i - 1])) => {
+                let end = b[i..]
+                    .iter()
+                    .position(|&x| !is_ident_byte(x))
+                    .map_or(b.len(), |p| i + p);
+                let word = &text[i..end];
+                if word.eq_ignore_ascii_case("atomic") && prev_word_is_begin(text, i) {
+                    atomic = true;
+                } else if atomic && word.eq_ignore_ascii_case("end") {
+                    atomic = false;
+                }
+                i = end;
+            }
+            _ => i += 1,
+        }
+    }
+    out.push(trim(text, start..b.len()));
+    Ok(out.into_iter().filter(|r| !r.is_empty()).collect())
+}
+
+fn prev_word_is_begin(text: &str, i: usize) -> bool {
+    let before = text[..i].trim_end();
+    before.len() >= 5
+        && before[before.len() - 5..].eq_ignore_ascii_case("begin")
+        && !before[..before.len() - 5]
+            .as_bytes()
+            .last()
+            .is_some_and(|&c| is_ident_byte(c))
+}
+
+fn is_ident_byte(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
+}
+
+fn is_ident_byte_before(b: &[u8], i: usize) -> bool {
+    i > 0 && is_ident_byte(b[i - 1])
+}
+
+/// Index just past the closing quote, or `None` if unterminated. Doubled quotes escape.
+fn skip_quoted(b: &[u8], mut i: usize, quote: u8, backslash_escapes: bool) -> Option<usize> {
+    while i < b.len() {
+        let c = b[i];
+        if backslash_escapes && c == b'\\' {
+            i += 2;
+            continue;
+        }
+        if c == quote {
+            if b.get(i + 1) == Some(&quote) {
+                i += 2;
+                continue;
+            }
+            return Some(i + 1);
+        }
+        i += 1;
+    }
+    None
+}
+
+fn trim(text: &str, r: Range<usize>) -> Range<usize> {
+    let s = &text[r.clone()];
+    let lead = s.len() - s.trim_start().len();
+    let trail = s.len() - s.trim_end().len();
+    r.start + lead..r.end - trail
+}
+
+/// Kind from the first keyword (after comments and parentheses); `None` for an empty statement.
+pub fn classify_leading(stmt: &str) -> Option<StatementKind> {
+    let word = first_keyword(stmt)?;
+    let w = word.to_ascii_lowercase();
+    Some(match w.as_str() {
+        "select" | "values" | "table" | "show" | "explain" | "with" | "fetch" | "declare" => {
+            StatementKind::Read
+        }
+        "insert" | "update" | "delete" | "merge" => StatementKind::Write,
+        "copy" => StatementKind::Copy,
+        "create" | "alter" | "drop" | "truncate" | "grant" | "revoke" | "comment" | "reindex"
+        | "cluster" | "vacuum" | "security" | "refresh" | "import" => StatementKind::Ddl,
+        "begin" | "start" | "commit" | "end" | "rollback" | "abort" | "savepoint" | "release"
+        | "prepare" => StatementKind::Transaction,
+        _ => StatementKind::Other,
+    })
+}
+
+/// The first keyword of a statement, skipping whitespace, comments and opening parentheses.
+pub fn first_keyword(stmt: &str) -> Option<&str> {
+    let b = stmt.as_bytes();
+    let mut i = 0;
+    loop {
+        while i < b.len() && (b[i].is_ascii_whitespace() || b[i] == b'(') {
+            i += 1;
+        }
+        if b.get(i..i + 2) == Some(b"--") {
+            i = memchr::memchr(b'\n', &b[i..]).map_or(b.len(), |p| i + p + 1);
+            continue;
+        }
+        if b.get(i..i + 2) == Some(b"/*") {
+            i = memchr::memmem::find(&b[i..], b"*/").map_or(b.len(), |p| i + p + 2);
+            continue;
+        }
+        break;
+    }
+    let end = b[i..]
+        .iter()
+        .position(|c| !c.is_ascii_alphabetic())
+        .map_or(b.len(), |p| i + p);
+    if end == i { None } else { stmt.get(i..end) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(text: &str) -> Vec<&str> {
+        split(text, true).unwrap().into_iter().map(|r| &text[r]).collect()
+    }
+
+    #[test]
+    fn splits_on_top_level_semicolons_only() {
+        assert_eq!(parts("select 1; select 2"), vec!["select 1", "select 2"]);
+        assert_eq!(parts("select ';'; select \"a;b\""), vec!["select ';'", "select \"a;b\""]);
+        assert_eq!(parts("select $$;$$; select $x$ $$; $x$"), vec!["select $$;$$", "select $x$ $$; $x$"]);
+        assert_eq!(parts("select 1 -- ;\n; /* ; /* ; */ */ select 2"), vec!["select 1 -- ;", "/* ; /* ; */ */ select 2"]);
+        assert_eq!(parts("select E'\\';'; drop table t"), vec!["select E'\\';'", "drop table t"]);
+        assert_eq!(parts(";; select 1;;"), vec!["select 1"]);
+        assert_eq!(parts("select $1; select 2"), vec!["select $1", "select 2"]);
+        assert_eq!(
+            parts("create function f() returns int begin atomic select 1; select 2; end; drop table t"),
+            vec!["create function f() returns int begin atomic select 1; select 2; end", "drop table t"]
+        );
+    }
+
+    #[test]
+    fn backslash_escapes_follow_standard_conforming_strings() {
+        let t = "select 'a\\'; drop table t; --'";
+        let on = SqlSessionSettings::default();
+        let stmts = LexicalAnalyzer.analyze(t, &on).unwrap();
+        assert_eq!(stmts.len(), 2, "a trailing comment is not a statement");
+        assert_eq!(stmts[1].kind, StatementKind::Ddl);
+        // With standard_conforming_strings off, the backslash escapes the quote: one statement
+        // whose string runs to the end — unterminated, so refused rather than guessed.
+        assert!(split(t, false).is_err());
+    }
+
+    #[test]
+    fn unterminated_constructs_are_errors() {
+        for t in ["select 'x", "select \"x", "select $$x", "select /* x", "select /* /* */"] {
+            assert!(split(t, true).is_err(), "{t}");
+        }
+    }
+
+    #[test]
+    fn kinds_from_leading_keyword() {
+        assert_eq!(classify_leading("  (SELECT 1)"), Some(StatementKind::Read));
+        assert_eq!(classify_leading("/* x */ DROP TABLE t"), Some(StatementKind::Ddl));
+        assert_eq!(classify_leading("-- c\ndelete from t"), Some(StatementKind::Write));
+        assert_eq!(classify_leading("BEGIN"), Some(StatementKind::Transaction));
+        assert_eq!(classify_leading("  "), None);
+    }
+}
