@@ -70,12 +70,13 @@ impl ShellCommand {
                 idx += 1;
                 break;
             }
-            if let Some(opts) = word.strip_prefix('-').filter(|o| !o.is_empty()) {
-                if opts.chars().all(|c| c.is_ascii_alphabetic()) {
-                    saw_c |= opts.contains('c');
-                    idx += 1;
-                    continue;
-                }
+            if let Some(opts) = word
+                .strip_prefix('-')
+                .filter(|o| !o.is_empty() && o.chars().all(|c| c.is_ascii_alphabetic()))
+            {
+                saw_c |= opts.contains('c');
+                idx += 1;
+                continue;
             }
             break;
         }

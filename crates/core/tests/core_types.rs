@@ -1,6 +1,8 @@
 //! Serde round trips for everything that goes into the audit log, and property tests for the two
 //! canonicalisers.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use gatehouse_core::http_path::{self, canonicalize};
 use gatehouse_core::shell::{self, parse};
 use gatehouse_core::*;

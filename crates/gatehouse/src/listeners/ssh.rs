@@ -1,0 +1,1 @@
+//! The SSH (gatehouse-ssh) listener. Wired in by the issue that lands its protocol crate.
