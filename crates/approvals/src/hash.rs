@@ -309,12 +309,10 @@ mod tests {
         expected.extend_from_slice(&10u64.to_be_bytes());
         expected.extend_from_slice(b"parameters");
         expected.extend_from_slice(&0u64.to_be_bytes());
-        for (k, v) in [("protocol", "simple")] {
-            expected.extend_from_slice(&(k.len() as u64).to_be_bytes());
-            expected.extend_from_slice(k.as_bytes());
-            expected.extend_from_slice(&(v.len() as u64).to_be_bytes());
-            expected.extend_from_slice(v.as_bytes());
-        }
+        expected.extend_from_slice(&8u64.to_be_bytes());
+        expected.extend_from_slice(b"protocol");
+        expected.extend_from_slice(&6u64.to_be_bytes());
+        expected.extend_from_slice(b"simple");
         expected.extend_from_slice(&27u64.to_be_bytes());
         expected.extend_from_slice(b"standard_conforming_strings");
         expected.push(1);
