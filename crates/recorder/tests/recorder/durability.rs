@@ -1,0 +1,406 @@
+//! Durability and failure: group commit, rotation, torn-tail recovery, fail closed on a
+//! fault-injecting store and on a real full filesystem, retention, backlog, egress.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use gatehouse_core::{RecordError, Recorder as _, SessionId};
+use gatehouse_recorder::format::parse_line;
+use gatehouse_recorder::storage::{SegmentFile, SegmentStore};
+use gatehouse_recorder::verify::verify_log;
+use gatehouse_recorder::{
+    AuditLog, AuditRecorder, Durability, LocalSegmentStore, LogHooks, ProblemKind, RecorderConfig,
+};
+
+use crate::common::*;
+
+const LOG: &str = "gw-dur";
+
+/// Every receipt names a record that is in the log with that hash.
+fn assert_all_present(data: &gatehouse_recorder::LogData, receipts: &[gatehouse_core::EventReceipt]) {
+    let mut stored = std::collections::HashMap::new();
+    for r in gatehouse_recorder::read::records(data) {
+        stored.insert(r.sequence, r.hash);
+    }
+    for r in receipts {
+        assert_eq!(stored.get(&r.sequence), Some(&r.hash), "acknowledged record {} missing or different", r.sequence);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_are_group_committed_and_all_present() {
+    for durability in [Durability::OsWrite, Durability::Fsync] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(LOG);
+        c.durability = durability;
+        let log = Arc::new(open_log(dir.path(), c).await);
+        let mut tasks = Vec::new();
+        for t in 0..32u64 {
+            let log = log.clone();
+            tasks.push(tokio::spawn(async move {
+                let s = SessionId::generate();
+                let mut r = Vec::new();
+                for i in 0..50 {
+                    r.push(log.append(&sql_event(&s, i, &format!("select {t}, {i}"))).await.unwrap());
+                }
+                r
+            }));
+        }
+        let mut receipts = Vec::new();
+        for t in tasks {
+            receipts.extend(within(60, t).await.unwrap());
+        }
+        log.close().await.unwrap();
+        let mut seqs: Vec<u64> = receipts.iter().map(|r| r.sequence).collect();
+        seqs.sort();
+        seqs.dedup();
+        assert_eq!(seqs.len(), 1600, "every append got its own sequence");
+        let data = load(dir.path(), LOG);
+        assert_all_present(&data, &receipts);
+        let v = verify_log(&data, &options());
+        assert!(v.ok(), "{:?}", v.problem);
+        assert!(v.checkpoints >= 16, "a checkpoint every 100 records: {}", v.checkpoints);
+        // After close, appends are refused.
+        assert_eq!(log.append(&sql_event(&SessionId::generate(), 0, "x")).await, Err(RecordError::Closed));
+    }
+}
+
+#[tokio::test]
+async fn segments_rotate_and_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(LOG);
+    c.segment_max_bytes = 4096;
+    let receipts = write_log(dir.path(), c.clone(), 200).await;
+    let data = load(dir.path(), LOG);
+    assert!(data.segments.len() > 5);
+    for pair in data.segments.windows(2) {
+        let last = pair[0].bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()).last().unwrap();
+        let first = pair[1].bytes.split(|b| *b == b'\n').next().unwrap();
+        let (last, first) = (parse_line(last).unwrap(), parse_line(first).unwrap());
+        assert_eq!(first.prev, last.stored_hash, "segment starts from the previous segment's last hash");
+        assert_eq!(first.sequence, last.sequence + 1);
+    }
+    assert!(verify_log(&data, &options()).ok());
+    assert_all_present(&data, &receipts);
+    // Reopening continues the chain.
+    let more = write_log(dir.path(), c, 10).await;
+    assert!(more[0].sequence > receipts.last().unwrap().sequence);
+    let data = load(dir.path(), LOG);
+    assert!(verify_log(&data, &options()).ok());
+}
+
+#[tokio::test]
+async fn a_torn_tail_is_cut_and_the_cut_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let receipts = write_log(dir.path(), config(LOG), 20).await;
+    // A crash in the middle of a write leaves half a record.
+    let data = load(dir.path(), LOG);
+    let last = data.segments.last().unwrap();
+    let path = dir.path().join(&last.name);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let half = b"{\"schema_version\":1,\"log\":\"gw-dur\",\"sequence\":99,\"kind\":\"ev";
+    bytes.extend_from_slice(half);
+    std::fs::write(&path, &bytes).unwrap();
+    assert_eq!(verify_log(&load(dir.path(), LOG), &options()).problem.unwrap().kind, ProblemKind::TornTail);
+
+    let after = write_log(dir.path(), config(LOG), 1).await;
+    let data = load(dir.path(), LOG);
+    let v = verify_log(&data, &options());
+    assert!(v.ok(), "{:?}", v.problem);
+    assert_eq!(v.recovery_cuts, 1);
+    assert_all_present(&data, &receipts);
+    assert_all_present(&data, &after);
+    let cut = gatehouse_recorder::read::records(&data)
+        .into_iter()
+        .find(|r| r.kind == gatehouse_recorder::format::RecordKind::RecoveryCut)
+        .unwrap();
+    let text = String::from_utf8(cut.line).unwrap();
+    assert!(text.contains(&format!("\"torn_bytes\":{}", half.len())), "{text}");
+}
+
+#[tokio::test]
+async fn a_damaged_middle_refuses_to_open() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), config(LOG), 20).await;
+    let data = load(dir.path(), LOG);
+    let path = dir.path().join(&data.segments[0].name);
+    let text = std::fs::read_to_string(&path).unwrap().replacen("select 3 ", "select 4 ", 1);
+    std::fs::write(&path, text).unwrap();
+    let store = Arc::new(LocalSegmentStore::new(dir.path()).unwrap());
+    let err = AuditLog::open(store, config(LOG), signer(), LogHooks::default()).await.unwrap_err();
+    assert!(err.to_string().contains("damaged"), "{err}");
+}
+
+/// A segment store that fails on demand: a write stores only part of its bytes and then fails
+/// (like ENOSPC mid-write); a sync fails (like EIO).
+#[derive(Debug)]
+struct FaultyStore {
+    inner: LocalSegmentStore,
+    fail_writes: Arc<AtomicBool>,
+    fail_syncs: Arc<AtomicBool>,
+    partial: Arc<AtomicU64>,
+}
+
+#[derive(Debug)]
+struct FaultyFile {
+    inner: Box<dyn SegmentFile>,
+    fail_writes: Arc<AtomicBool>,
+    fail_syncs: Arc<AtomicBool>,
+    partial: Arc<AtomicU64>,
+}
+
+impl SegmentStore for FaultyStore {
+    fn list(&self) -> io::Result<Vec<String>> {
+        self.inner.list()
+    }
+    fn read(&self, name: &str) -> io::Result<Vec<u8>> {
+        self.inner.read(name)
+    }
+    fn open_append(&self, name: &str) -> io::Result<Box<dyn SegmentFile>> {
+        Ok(Box::new(FaultyFile {
+            inner: self.inner.open_append(name)?,
+            fail_writes: self.fail_writes.clone(),
+            fail_syncs: self.fail_syncs.clone(),
+            partial: self.partial.clone(),
+        }))
+    }
+    fn remove(&self, name: &str) -> io::Result<()> {
+        self.inner.remove(name)
+    }
+    fn sync_dir(&self) -> io::Result<()> {
+        self.inner.sync_dir()
+    }
+}
+
+impl SegmentFile for FaultyFile {
+    fn append(&mut self, data: &[u8]) -> io::Result<()> {
+        if self.fail_writes.load(Ordering::SeqCst) {
+            let n = (self.partial.load(Ordering::SeqCst) as usize).min(data.len());
+            self.inner.append(&data[..n])?;
+            return Err(io::Error::from_raw_os_error(28)); // ENOSPC
+        }
+        self.inner.append(data)
+    }
+    fn sync_data(&mut self) -> io::Result<()> {
+        if self.fail_syncs.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(5)); // EIO
+        }
+        self.inner.sync_data()
+    }
+    fn truncate(&mut self, len: u64) -> io::Result<()> {
+        self.inner.truncate(len)
+    }
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+}
+
+fn faulty(dir: &std::path::Path) -> (Arc<FaultyStore>, Arc<AtomicBool>, Arc<AtomicBool>) {
+    let fail_writes = Arc::new(AtomicBool::new(false));
+    let fail_syncs = Arc::new(AtomicBool::new(false));
+    let store = Arc::new(FaultyStore {
+        inner: LocalSegmentStore::new(dir).unwrap(),
+        fail_writes: fail_writes.clone(),
+        fail_syncs: fail_syncs.clone(),
+        partial: Arc::new(AtomicU64::new(57)),
+    });
+    (store, fail_writes, fail_syncs)
+}
+
+#[tokio::test]
+async fn a_failed_write_fails_closed_and_leaves_no_partial_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, fail_writes, _) = faulty(dir.path());
+    let log = AuditLog::open(store, config(LOG), signer(), LogHooks::default()).await.unwrap();
+    let s = SessionId::generate();
+    let mut receipts = Vec::new();
+    for i in 0..10 {
+        receipts.push(log.append(&sql_event(&s, i, "select 1")).await.unwrap());
+    }
+    fail_writes.store(true, Ordering::SeqCst);
+    for i in 10..15 {
+        let err = log.append(&sql_event(&s, i, "select 2")).await.unwrap_err();
+        assert!(matches!(err, RecordError::Store(ref m) if m.contains("No space left")), "{err:?}");
+    }
+    // What is on disk right now holds no partial record.
+    let v = verify_log(&load(dir.path(), LOG), &options());
+    assert!(v.ok(), "{:?}", v.problem);
+    assert_eq!(v.last_sequence, Some(10));
+    // Once space is back, the chain continues where it was.
+    fail_writes.store(false, Ordering::SeqCst);
+    let r = log.append(&sql_event(&s, 15, "select 3")).await.unwrap();
+    assert_eq!(r.sequence, 11);
+    receipts.push(r);
+    log.close().await.unwrap();
+    let data = load(dir.path(), LOG);
+    assert!(verify_log(&data, &options()).ok());
+    assert_all_present(&data, &receipts);
+}
+
+#[tokio::test]
+async fn a_failed_fsync_disables_the_log_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _, fail_syncs) = faulty(dir.path());
+    let log = AuditLog::open(store, config(LOG), signer(), LogHooks::default()).await.unwrap();
+    let s = SessionId::generate();
+    let ok = log.append(&sql_event(&s, 0, "select 1")).await.unwrap();
+    fail_syncs.store(true, Ordering::SeqCst);
+    assert!(matches!(log.append(&sql_event(&s, 1, "x")).await, Err(RecordError::Store(_))));
+    fail_syncs.store(false, Ordering::SeqCst);
+    // The page cache can no longer be trusted: everything is refused from now on.
+    assert!(matches!(log.append(&sql_event(&s, 2, "x")).await, Err(RecordError::Store(m)) if m.contains("disabled")));
+    drop(log);
+    let data = load(dir.path(), LOG);
+    assert_all_present(&data, &[ok]);
+}
+
+/// A real full filesystem: a 64 KiB tmpfs mounted by the test (CI runs as root).
+#[tokio::test]
+async fn a_full_filesystem_fails_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .expect("run mount");
+    assert!(status.success(), "mounting a tmpfs needs root (CI runs as root)");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.clone());
+
+    let mut c = config(LOG);
+    c.segment_max_bytes = 1 << 30;
+    let log = open_log(&mnt, c.clone()).await;
+    let s = SessionId::generate();
+    let mut receipts = Vec::new();
+    let mut failure = None;
+    for i in 0..10_000 {
+        match log.append(&sql_event(&s, i, &format!("select {i}, 'padding padding padding'"))).await {
+            Ok(r) => receipts.push(r),
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    let failure = failure.expect("a 64 KiB filesystem fills up");
+    assert!(matches!(&failure, RecordError::Store(m) if m.contains("No space left")), "{failure:?}");
+    assert!(receipts.len() > 20);
+    // Still refused while the disk is full; nothing partial on disk.
+    assert!(log.append(&sql_event(&s, 0, "again")).await.is_err());
+    let data = load(&mnt, LOG);
+    let v = verify_log(&data, &options());
+    assert!(v.ok(), "{:?}", v.problem);
+    assert_all_present(&data, &receipts);
+    drop(log);
+    // A restart on the full disk keeps every acknowledged record.
+    let data = load(&mnt, LOG);
+    assert_all_present(&data, &receipts);
+}
+
+#[tokio::test]
+async fn retention_drops_old_segments_and_leaves_a_signed_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(LOG);
+    c.segment_max_bytes = 4096;
+    c.max_batch = 1;
+    let log = open_log(dir.path(), c).await;
+    let s = SessionId::generate();
+    let old = time::macros::datetime!(2020-01-01 0:00 UTC);
+    for i in 0..60 {
+        let mut e = sql_event(&s, i, "select old");
+        e.time = old;
+        log.append(&e).await.unwrap();
+    }
+    log.rotate().await.unwrap();
+    let mut kept = Vec::new();
+    for i in 0..20 {
+        kept.push(log.append(&sql_event(&s, i, "select new")).await.unwrap());
+    }
+    let before = load(dir.path(), LOG).segments.len();
+    let cut = log
+        .retain(gatehouse_core::now() - time::Duration::days(30))
+        .await
+        .unwrap()
+        .expect("old segments dropped");
+    assert!(!cut.dropped_segments.is_empty());
+    log.close().await.unwrap();
+    let data = load(dir.path(), LOG);
+    assert_eq!(data.segments.len(), before - cut.dropped_segments.len());
+    let v = verify_log(&data, &options());
+    assert!(v.ok(), "{:?}", v.problem);
+    assert_eq!(v.retention_cuts, 1);
+    assert_eq!(v.first_sequence, Some(cut.first_retained_sequence));
+    assert_all_present(&data, &kept);
+    // Dropping one segment more than the cut says is still caught.
+    let mut more = data.clone();
+    more.segments.remove(0);
+    assert_eq!(verify_log(&more, &options()).problem.unwrap().kind, ProblemKind::MissingStart);
+}
+
+#[tokio::test]
+async fn a_full_shipping_backlog_fails_closed() {
+    use object_store::aws::AmazonS3Builder;
+    // An S3 endpoint that accepts connections and never answers: shipments stay pending.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let store = AmazonS3Builder::new()
+        .with_endpoint(format!("http://127.0.0.1:{port}"))
+        .with_allow_http(true)
+        .with_bucket_name("audit")
+        .with_region("us-east-1")
+        .with_access_key_id("k")
+        .with_secret_access_key("s")
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(LOG);
+    c.ship_backlog = 2;
+    let hooks = LogHooks {
+        witnesses: vec![],
+        shipper: Some(gatehouse_recorder::objstore::SegmentShipper::new(Arc::new(store), "audit/gw-dur")),
+    };
+    let log = open_log_with(dir.path(), c, hooks).await;
+    let s = SessionId::generate();
+    for i in 0..2 {
+        log.append(&sql_event(&s, i, "select 1")).await.unwrap();
+        log.rotate().await.unwrap();
+    }
+    assert_eq!(log.append(&sql_event(&s, 9, "select 1")).await, Err(RecordError::BacklogFull));
+    drop(listener);
+}
+
+#[tokio::test]
+async fn the_egress_guard_refuses_records_with_held_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "hunter2-canary-9f8e7d";
+    let guard = Arc::new(LiteralGuard {
+        secret: secret.as_bytes().to_vec(),
+    });
+    let rec = AuditRecorder::open(dir.path(), RecorderConfig::new(LOG), signer(), Some(guard))
+        .await
+        .unwrap();
+    let s = SessionId::generate();
+    rec.record(sql_event(&s, 0, "select 1")).await.unwrap();
+    let err = rec
+        .record(sql_event(&s, 1, &format!("alter role app password '{secret}'")))
+        .await
+        .unwrap_err();
+    assert_eq!(err, RecordError::EgressBlocked);
+    rec.log().close().await.unwrap();
+    let logs = gatehouse_recorder::read::load_local_logs(&dir.path().join("audit")).unwrap();
+    for seg in &logs[0].segments {
+        let text = String::from_utf8_lossy(&seg.bytes);
+        assert!(!text.contains(secret), "the secret reached the audit log");
+    }
+    let events = gatehouse_recorder::read::session_events(&logs, &s);
+    assert!(events.iter().any(|e| matches!(e.body, gatehouse_core::EventBody::EgressBlocked { hits: 1, .. })));
+    assert!(gatehouse_recorder::verify(&logs, &options()).ok());
+}

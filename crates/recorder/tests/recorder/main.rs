@@ -1,0 +1,10 @@
+//! Integration tests of gatehouse-recorder, one binary: real files, a real tmpfs, a real
+//! S3-compatible server (moto), real child processes killed with SIGKILL.
+
+mod common;
+
+mod crash;
+mod durability;
+mod object_store;
+mod recordings;
+mod tamper;
