@@ -96,7 +96,10 @@ impl EgressGuardBuilder {
         let ac = if patterns.is_empty() {
             None
         } else {
-            Some(AhoCorasick::new(&patterns).map_err(|e| MaskingError::EgressBuild(e.to_string()))?)
+            Some(
+                AhoCorasick::new(&patterns)
+                    .map_err(|e| MaskingError::EgressBuild(e.to_string()))?,
+            )
         };
         Ok(SecretEgressGuard {
             inner: Arc::new(Inner {
@@ -145,7 +148,9 @@ fn encoded_forms(secret: &[u8]) -> Vec<Vec<u8>> {
             }
         }
         if secret.contains(&b' ') {
-            let plus: Vec<u8> = String::from_utf8_lossy(&upper).replace("%20", "+").into_bytes();
+            let plus: Vec<u8> = String::from_utf8_lossy(&upper)
+                .replace("%20", "+")
+                .into_bytes();
             forms.push(plus);
         }
         forms.push(upper);
@@ -184,10 +189,10 @@ impl Inner {
         if let Some(c) = self.bytes.get(i) {
             c.fetch_add(bytes as u64, Ordering::Relaxed);
         }
-        if hits > 0 {
-            if let Some(c) = self.hits.get(i) {
-                c.fetch_add(hits, Ordering::Relaxed);
-            }
+        if hits > 0
+            && let Some(c) = self.hits.get(i)
+        {
+            c.fetch_add(hits, Ordering::Relaxed);
         }
     }
 }
@@ -235,8 +240,16 @@ impl EgressGuard for SecretEgressGuard {
         let mut bytes_checked = BTreeMap::new();
         let mut hits = BTreeMap::new();
         for (i, name) in SITE_NAMES.iter().enumerate() {
-            let b = self.inner.bytes.get(i).map_or(0, |c| c.load(Ordering::Relaxed));
-            let h = self.inner.hits.get(i).map_or(0, |c| c.load(Ordering::Relaxed));
+            let b = self
+                .inner
+                .bytes
+                .get(i)
+                .map_or(0, |c| c.load(Ordering::Relaxed));
+            let h = self
+                .inner
+                .hits
+                .get(i)
+                .map_or(0, |c| c.load(Ordering::Relaxed));
             if b > 0 || h > 0 {
                 bytes_checked.insert((*name).to_string(), b);
                 hits.insert((*name).to_string(), h);
@@ -303,7 +316,9 @@ mod tests {
                 base64::engine::general_purpose::STANDARD.encode(&data),
             ] {
                 assert!(
-                    forms.iter().any(|f| enc.as_bytes().windows(f.len()).any(|w| w == f.as_slice())),
+                    forms
+                        .iter()
+                        .any(|f| enc.as_bytes().windows(f.len()).any(|w| w == f.as_slice())),
                     "prefix {prefix:?}: {enc}"
                 );
             }

@@ -57,7 +57,8 @@ impl MaskingEngine {
     /// The profile called `name`; `None` or an unknown name gives the default profile (which
     /// masks with every default detector: an unknown name never means "mask nothing").
     pub fn profile(&self, name: Option<&str>) -> &Arc<MaskingProfile> {
-        name.and_then(|n| self.profiles.get(n)).unwrap_or(&self.default)
+        name.and_then(|n| self.profiles.get(n))
+            .unwrap_or(&self.default)
     }
 
     /// Masks `input` in one shot with the default profile.

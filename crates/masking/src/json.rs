@@ -119,7 +119,12 @@ impl JsonStreamMasker {
                     }
                 })
                 .collect();
-            if let Some(i) = self.profile.json_paths.iter().position(|(p, _)| p.matches(&path)) {
+            if let Some(i) = self
+                .profile
+                .json_paths
+                .iter()
+                .position(|(p, _)| p.matches(&path))
+            {
                 return Some(RuleRef::Path(i));
             }
         }
@@ -181,7 +186,8 @@ impl JsonStreamMasker {
         if self.is_key && !self.key_set {
             if let Some(f) = self.frames.last_mut() {
                 f.key.clear();
-                f.key.extend_from_slice(part.get(..part.len().min(MAX_KEY)).unwrap_or(&[]));
+                f.key
+                    .extend_from_slice(part.get(..part.len().min(MAX_KEY)).unwrap_or(&[]));
             }
             self.key_set = true;
         }
@@ -237,7 +243,12 @@ impl JsonStreamMasker {
             } else {
                 out.extend_from_slice(b"null");
                 for s in &r.spans {
-                    if let Some(name) = self.profile.rules.get(usize::from(s.rule)).map(|x| x.name.clone()) {
+                    if let Some(name) = self
+                        .profile
+                        .rules
+                        .get(usize::from(s.rule))
+                        .map(|x| x.name.clone())
+                    {
                         self.finding(&name, base + s.start as u64, s.end - s.start);
                     }
                 }
@@ -252,7 +263,8 @@ impl JsonStreamMasker {
     /// Switches the rest of the stream to text masking, starting with the unfinished token.
     fn fall_back(&mut self, rest: &[u8], out: &mut Vec<u8>) {
         let start = self.tok_offset;
-        let mut fb = TextStreamMasker::starting_at(Arc::clone(&self.profile), self.field.clone(), start);
+        let mut fb =
+            TextStreamMasker::starting_at(Arc::clone(&self.profile), self.field.clone(), start);
         let tok = std::mem::take(&mut self.tok);
         if self.state == State::Str && self.whole.is_some() && self.token_emitted {
             // The token for this string is already out; the rest of it stays hidden.
@@ -275,7 +287,11 @@ impl JsonStreamMasker {
                 _ => 1,
             };
         }
-        if i <= want.min(self.tok.len()) { i } else { last_ok }
+        if i <= want.min(self.tok.len()) {
+            i
+        } else {
+            last_ok
+        }
     }
 
     fn push_inner(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
@@ -350,15 +366,9 @@ impl JsonStreamMasker {
                             });
                             out.push(b);
                         }
-                        b'}' | b']' => {
-                            if self.frames.last().is_some_and(|f| f.obj == (b == b'}')) {
-                                self.frames.pop();
-                                out.push(b);
-                            } else {
-                                self.tok_offset = here;
-                                self.fall_back(chunk.get(i..).unwrap_or(&[]), out);
-                                break;
-                            }
+                        b'}' | b']' if self.frames.last().is_some_and(|f| f.obj == (b == b'}')) => {
+                            self.frames.pop();
+                            out.push(b);
                         }
                         b',' => match self.frames.last_mut() {
                             Some(f) => {

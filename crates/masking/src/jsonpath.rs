@@ -100,11 +100,15 @@ fn matches_steps(steps: &[Step], path: &[PathElem<'_>]) -> bool {
         return path.is_empty();
     };
     match step {
-        Step::Child(name) => matches!(path.first(), Some(PathElem::Key(k)) if *k == name.as_slice())
-            && matches_steps(rest, path.get(1..).unwrap_or(&[])),
+        Step::Child(name) => {
+            matches!(path.first(), Some(PathElem::Key(k)) if *k == name.as_slice())
+                && matches_steps(rest, path.get(1..).unwrap_or(&[]))
+        }
         Step::AnyChild => !path.is_empty() && matches_steps(rest, path.get(1..).unwrap_or(&[])),
-        Step::Index(n) => matches!(path.first(), Some(PathElem::Index(i)) if i == n)
-            && matches_steps(rest, path.get(1..).unwrap_or(&[])),
+        Step::Index(n) => {
+            matches!(path.first(), Some(PathElem::Index(i)) if i == n)
+                && matches_steps(rest, path.get(1..).unwrap_or(&[]))
+        }
         Step::Descendant(name) => (0..path.len()).any(|k| {
             matches!(path.get(k), Some(PathElem::Key(key)) if *key == name.as_slice())
                 && matches_steps(rest, path.get(k + 1..).unwrap_or(&[]))
@@ -132,7 +136,11 @@ mod tests {
         assert!(!d.matches(&[Key(b"token"), Key(b"x")]));
         let q = JsonPath::parse("$['a b'][1]").unwrap();
         assert!(q.matches(&[Key(b"a b"), Index(1)]));
-        assert!(JsonPath::parse("$..*").unwrap().matches(&[Key(b"x"), Index(1)]));
+        assert!(
+            JsonPath::parse("$..*")
+                .unwrap()
+                .matches(&[Key(b"x"), Index(1)])
+        );
         for bad in ["users", "$.", "$[", "$[x]", "$.a..", "$!"] {
             assert!(JsonPath::parse(bad).is_err(), "{bad}");
         }

@@ -39,8 +39,8 @@ pub mod json;
 mod jsonpath;
 pub mod plan;
 pub mod profile;
-pub mod stream;
 mod strategy;
+pub mod stream;
 
 pub use config::{
     ColumnRule, DetectorConfig, DetectorSetting, DictionaryConfig, JsonPathRule, MaskingConfig,

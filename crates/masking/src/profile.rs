@@ -97,14 +97,20 @@ impl MaskingProfile {
                     .filter(|d| d.case_insensitive == want_ci && d.whole_words == whole)
                 {
                     if !valid_rule_name(&d.name) {
-                        return Err(bad(format!("dictionary name {:?} must be [A-Za-z0-9_-]+", d.name)));
+                        return Err(bad(format!(
+                            "dictionary name {:?} must be [A-Za-z0-9_-]+",
+                            d.name
+                        )));
                     }
                     let rule = u16::try_from(rules.len())
                         .map_err(|_| bad("too many rules".to_string()))?;
                     rules.push(Rule {
                         name: format!("dictionary:{}", d.name),
                         label: d.name.clone(),
-                        strategy: d.strategy.clone().unwrap_or_else(|| default_strategy.clone()),
+                        strategy: d
+                            .strategy
+                            .clone()
+                            .unwrap_or_else(|| default_strategy.clone()),
                     });
                     for w in &d.words {
                         if w.is_empty() || w.contains(['\n', '\r']) {
@@ -136,7 +142,10 @@ impl MaskingProfile {
         let mut regexes = Vec::new();
         for r in &config.regexes {
             if !valid_rule_name(&r.name) {
-                return Err(bad(format!("regex name {:?} must be [A-Za-z0-9_-]+", r.name)));
+                return Err(bad(format!(
+                    "regex name {:?} must be [A-Za-z0-9_-]+",
+                    r.name
+                )));
             }
             let re = RegexBuilder::new(&r.pattern)
                 .size_limit(1 << 22)
@@ -150,7 +159,10 @@ impl MaskingProfile {
             rules.push(Rule {
                 name: format!("regex:{}", r.name),
                 label: r.name.clone(),
-                strategy: r.strategy.clone().unwrap_or_else(|| default_strategy.clone()),
+                strategy: r
+                    .strategy
+                    .clone()
+                    .unwrap_or_else(|| default_strategy.clone()),
             });
             regexes.push(UserRegex {
                 re,
@@ -175,7 +187,10 @@ impl MaskingProfile {
                 Rule {
                     name: format!("column:{}", c.pattern),
                     label: "masked".to_string(),
-                    strategy: c.strategy.clone().unwrap_or_else(|| default_strategy.clone()),
+                    strategy: c
+                        .strategy
+                        .clone()
+                        .unwrap_or_else(|| default_strategy.clone()),
                 },
             ));
         }
@@ -191,7 +206,10 @@ impl MaskingProfile {
                 Rule {
                     name: format!("json_path:{}", p.path),
                     label: "masked".to_string(),
-                    strategy: p.strategy.clone().unwrap_or_else(|| default_strategy.clone()),
+                    strategy: p
+                        .strategy
+                        .clone()
+                        .unwrap_or_else(|| default_strategy.clone()),
                 },
             ));
         }
@@ -233,9 +251,13 @@ impl MaskingProfile {
                 return Err(refuse("longer than 64 bytes"));
             }
             if p.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
-                return Err(refuse("quotes, backslashes and control characters break JSON"));
+                return Err(refuse(
+                    "quotes, backslashes and control characters break JSON",
+                ));
             }
-            if p.bytes().any(|b| b.is_ascii_digit() || matches!(b, b'@' | b'=' | b':')) {
+            if p.bytes()
+                .any(|b| b.is_ascii_digit() || matches!(b, b'@' | b'=' | b':'))
+            {
                 return Err(refuse("digits, `@`, `=` and `:` could start a new match"));
             }
             if !profile.scanner.scan(p.as_bytes(), true).spans.is_empty() {

@@ -92,7 +92,10 @@ mod tests {
     #[test]
     fn strategies() {
         assert_eq!(rep(&Strategy::Redact, "4111111111111111"), "[card]");
-        assert_eq!(rep(&Strategy::Partial, "4111111111111111"), "************1111");
+        assert_eq!(
+            rep(&Strategy::Partial, "4111111111111111"),
+            "************1111"
+        );
         assert_eq!(rep(&Strategy::Partial, "abc"), "***");
         assert_eq!(rep(&Strategy::Partial, "žluťoučký"), "*****učký");
         assert_eq!(rep(&Strategy::Placeholder("XX".into()), "a"), "XX");

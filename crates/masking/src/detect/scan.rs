@@ -189,6 +189,19 @@ fn is_word(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_'
 }
 
+/// A byte that blocks a match from starting right after it. `]` counts: it ends every redact
+/// token, and treating it like the word byte it replaced keeps masking idempotent.
+#[inline(always)]
+fn left_blocked(b: u8) -> bool {
+    is_word(b) || b == b']'
+}
+
+/// A byte that blocks a match from ending right before it (`[` starts every token).
+#[inline(always)]
+fn right_blocked(b: u8) -> bool {
+    is_word(b) || b == b'['
+}
+
 #[inline(always)]
 fn is_b64url(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
@@ -334,7 +347,9 @@ impl Scanner {
         }
         for d in &self.dicts {
             for m in d.ac.find_iter(t) {
-                if d.whole_words && (is_word(before(t, m.start())) || is_word(at(t, m.end()))) {
+                if d.whole_words
+                    && (left_blocked(before(t, m.start())) || right_blocked(at(t, m.end())))
+                {
                     continue;
                 }
                 if let Some(&rule) = d.rules.get(m.pattern().as_usize()) {
@@ -422,7 +437,7 @@ impl Scanner {
         match lit {
             Lit::PemBegin => None,
             Lit::Jwt => {
-                if is_b64url(before(t, p)) {
+                if is_b64url(before(t, p)) || before(t, p) == b']' {
                     return None;
                 }
                 let lim = p.saturating_add(max);
@@ -440,14 +455,24 @@ impl Scanner {
             Lit::Github => token(t, p, 4, alnum, 30, max, false),
             Lit::GithubPat => token(t, p, 11, is_word, 22, max, false),
             Lit::Gitlab => {
-                let plen = if starts_with_at(t, p, b"glptt-") { 6 } else { 5 };
-                let plen = if starts_with_at(t, p, b"glpat-") { 6 } else { plen };
+                let plen = if starts_with_at(t, p, b"glptt-") {
+                    6
+                } else {
+                    5
+                };
+                let plen = if starts_with_at(t, p, b"glpat-") {
+                    6
+                } else {
+                    plen
+                };
                 token(t, p, plen, is_b64url, 20, max, false)
             }
             Lit::Slack => token(t, p, 5, |b| alnum(b) || b == b'-', 10, max, false),
             Lit::SlackHook => {
                 let plen = 25;
-                let e = run(t, p + plen, p.saturating_add(max), |b| alnum(b) || b == b'/');
+                let e = run(t, p + plen, p.saturating_add(max), |b| {
+                    alnum(b) || b == b'/'
+                });
                 (e - p - plen >= 20).then_some((p, e))
             }
             Lit::Stripe => token(t, p, 8, alnum, 16, max, false),
@@ -472,12 +497,14 @@ impl Scanner {
         let body = label_end + 5;
         let cap_end = p.saturating_add(self.max[rule.index()].max(body - p));
         let limit = t.len().min(cap_end);
-        let capped = || PemHit::Span(Span {
-            start: p,
-            end: cap_end,
-            rule: rule.index() as u16,
-            kind: SpanKind::PemCapped,
-        });
+        let capped = || {
+            PemHit::Span(Span {
+                start: p,
+                end: cap_end,
+                rule: rule.index() as u16,
+                kind: SpanKind::PemCapped,
+            })
+        };
         let window = t.get(body..limit).unwrap_or(&[]);
         if let Some(rel) = memmem::find(window, b"-----END ") {
             let after = body + rel + 9;
@@ -531,10 +558,12 @@ impl Scanner {
     fn numeric(&self, t: &[u8], p: usize, out: &mut Vec<Span>) -> usize {
         if self.on[Detector::Iban.index()] && p >= 2 {
             let (c0, c1) = (at(t, p - 2), at(t, p - 1));
-            if c0.is_ascii_uppercase() && c1.is_ascii_uppercase() && !is_word(before(t, p - 2)) {
-                if let Some(e) = iban(t, p - 2) {
-                    out.push(span(p - 2, e, Detector::Iban));
-                }
+            if c0.is_ascii_uppercase()
+                && c1.is_ascii_uppercase()
+                && !left_blocked(before(t, p - 2))
+                && let Some(e) = iban(t, p - 2)
+            {
+                out.push(span(p - 2, e, Detector::Iban));
             }
         }
         let (card, ssn, phone) = (
@@ -592,7 +621,7 @@ impl Scanner {
             let left_ok = if gi == 0 {
                 let s = if plus || paren { p - 1 } else { p };
                 let b = before(t, s);
-                !is_word(b)
+                !left_blocked(b)
                     && b != b'.'
                     && !(b == b'-' && s >= 1 && is_digit(before(t, s - 1)))
             } else {
@@ -605,7 +634,7 @@ impl Scanner {
                         let e = groups.get(gj).map_or(0, |g| g.1);
                         let b = at(t, e);
                         !overflow
-                            && !is_word(b)
+                            && !right_blocked(b)
                             && !((b == b'.' || b == b'-') && is_digit(at(t, e + 1)))
                     } else {
                         seps.get(gj) == Some(&b' ')
@@ -721,21 +750,23 @@ impl Scanner {
 
     /// `@` anchor: the password of a URL's user-info, else an e-mail address.
     fn at_sign(&self, t: &[u8], p: usize, out: &mut Vec<Span>) {
-        if self.on[Detector::UrlPassword.index()] {
-            if let Some(s) = url_password(t, p, self.max[Detector::UrlPassword.index()]) {
-                out.push(span(s, p, Detector::UrlPassword));
-                return;
-            }
+        if self.on[Detector::UrlPassword.index()]
+            && let Some(s) = url_password(t, p, self.max[Detector::UrlPassword.index()])
+        {
+            out.push(span(s, p, Detector::UrlPassword));
+            return;
         }
         if !self.on[Detector::Email.index()] {
             return;
         }
-        let local = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-' | b'\'');
+        let local = |b: u8| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-' | b'\'')
+        };
         let mut s = p;
         while s > 0 && p - s < 64 && local(before(t, s)) {
             s -= 1;
         }
-        if s > 0 && local(before(t, s)) {
+        if (s > 0 && local(before(t, s))) || before(t, s) == b']' {
             return;
         }
         while s < p && matches!(at(t, s), b'.' | b'\'' | b'-' | b'+') {
@@ -747,6 +778,9 @@ impl Scanner {
         let max = self.max[Detector::Email.index()];
         let dom = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'.';
         let mut e = run(t, p + 1, (p + 1).saturating_add(255), dom);
+        if at(t, e) == b'[' {
+            return;
+        }
         while e > p + 1 && matches!(at(t, e - 1), b'.' | b'-') {
             e -= 1;
         }
@@ -834,7 +868,10 @@ impl Scanner {
             None => {
                 let e = run(t, v, v.saturating_add(max), |b| {
                     !(b.is_ascii_whitespace()
-                        || matches!(b, b',' | b';' | b'&' | b'"' | b'\'' | b'<' | b'>' | b'|' | b'`'))
+                        || matches!(
+                            b,
+                            b',' | b';' | b'&' | b'"' | b'\'' | b'<' | b'>' | b'|' | b'`'
+                        ))
                 });
                 (v, e)
             }
@@ -845,7 +882,9 @@ impl Scanner {
         }
         let aws = kind == KeyKind::AwsSecret
             && val.len() == 40
-            && val.iter().all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'+' | b'='));
+            && val
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'+' | b'='));
         if aws && self.on[Detector::AwsSecretAccessKey.index()] {
             out.push(span(vs, ve, Detector::AwsSecretAccessKey));
         } else if self.on[Detector::SecretAssignment.index()] {
@@ -880,13 +919,17 @@ fn token(
     max: usize,
     exact: bool,
 ) -> Option<(usize, usize)> {
-    if is_word(before(t, p)) {
+    if left_blocked(before(t, p)) {
         return None;
     }
-    let lim = if exact { p + plen + min_body + 1 } else { p.saturating_add(max) };
+    let lim = if exact {
+        p + plen + min_body + 1
+    } else {
+        p.saturating_add(max)
+    };
     let e = run(t, p + plen, lim, pred);
     let body = e - (p + plen);
-    if body < min_body || (exact && (body != min_body || at(t, e).is_ascii_alphanumeric())) {
+    if body < min_body || (exact && (body != min_body || right_blocked(at(t, e)))) {
         return None;
     }
     Some((p, e))
@@ -902,7 +945,7 @@ fn iban(t: &[u8], s: usize) -> Option<usize> {
     while n < want {
         let b = at(t, i);
         if b.is_ascii_uppercase() || b.is_ascii_digit() {
-            if n >= 2 && n < 4 && !b.is_ascii_digit() {
+            if (2..4).contains(&n) && !b.is_ascii_digit() {
                 return None;
             }
             *compact.get_mut(n)? = b;
@@ -914,7 +957,7 @@ fn iban(t: &[u8], s: usize) -> Option<usize> {
             return None;
         }
     }
-    if is_word(at(t, i)) {
+    if right_blocked(at(t, i)) {
         return None;
     }
     validate::iban_mod97(compact.get(..n)?).then_some(i)
@@ -922,7 +965,10 @@ fn iban(t: &[u8], s: usize) -> Option<usize> {
 
 /// Start of the password in `scheme://user:PASSWORD@` ending at the `@` at `p`.
 fn url_password(t: &[u8], p: usize, max: usize) -> Option<usize> {
-    let pw = |b: u8| b.is_ascii_graphic() && !matches!(b, b'/' | b'@' | b':' | b'"' | b'\'' | b'<' | b'>' | b'\\');
+    let pw = |b: u8| {
+        b.is_ascii_graphic()
+            && !matches!(b, b'/' | b'@' | b':' | b'"' | b'\'' | b'<' | b'>' | b'\\')
+    };
     let mut i = p;
     while i > 0 && p - i < max && pw(before(t, i)) {
         i -= 1;
@@ -931,7 +977,10 @@ fn url_password(t: &[u8], p: usize, max: usize) -> Option<usize> {
         return None;
     }
     let colon = i - 1;
-    let user = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'%' | b'+' | b'!' | b'$');
+    let user = |b: u8| {
+        b.is_ascii_alphanumeric()
+            || matches!(b, b'-' | b'.' | b'_' | b'~' | b'%' | b'+' | b'!' | b'$')
+    };
     let mut u = colon;
     while u > 0 && colon - u < 256 && user(before(t, u)) {
         u -= 1;
@@ -1038,12 +1087,20 @@ fn plausible_secret_value(v: &[u8]) -> bool {
         return false;
     }
     const NOT_SECRETS: &[&[u8]] = &[
-        b"true", b"false", b"null", b"none", b"nil", b"undefined", b"yes", b"no",
+        b"true",
+        b"false",
+        b"null",
+        b"none",
+        b"nil",
+        b"undefined",
+        b"yes",
+        b"no",
     ];
     !NOT_SECRETS.iter().any(|n| v.eq_ignore_ascii_case(n))
 }
 
-/// Leftmost-first, longest-first selection; PEM blocks win over anything that overlaps them; a
+/// Leftmost-first, longest-first selection (later overlapping matches keep only the part that
+/// sticks out); PEM blocks win over anything that overlaps them; a
 /// held PEM start cuts everything after it.
 fn select(mut c: Vec<Span>, hold: Option<usize>) -> ScanOutcome {
     if c.is_empty() {
@@ -1057,11 +1114,35 @@ fn select(mut c: Vec<Span>, hold: Option<usize>) -> ScanOutcome {
             .filter(|s| s.kind != SpanKind::Plain)
             .map(|s| (s.start, s.end))
             .collect();
-        c.retain(|s| {
-            if hold.is_some_and(|h| s.end > h || s.start >= h) {
-                return false;
+        // A match running into a PEM block (or the held start of one) is cut where the block
+        // starts, not dropped: the bytes before the block are masked either way, and a second
+        // pass over the output finds nothing new.
+        let cut_at = |s: &Span| -> Option<usize> {
+            let mut end = s.end;
+            if let Some(h) = hold {
+                if s.start >= h {
+                    return None;
+                }
+                end = end.min(h);
             }
-            s.kind != SpanKind::Plain || !pems.iter().any(|&(a, b)| s.start < b && a < s.end)
+            if s.kind == SpanKind::Plain {
+                for &(a, b) in &pems {
+                    if s.start >= a && s.start < b {
+                        return None;
+                    }
+                    if s.start < a && a < end {
+                        end = a;
+                    }
+                }
+            }
+            Some(end)
+        };
+        c.retain_mut(|s| match cut_at(s) {
+            Some(end) if end > s.start => {
+                s.end = end;
+                true
+            }
+            _ => false,
         });
     }
     c.sort_unstable_by_key(|s| (s.start, Reverse(s.end), s.rule));
@@ -1069,9 +1150,14 @@ fn select(mut c: Vec<Span>, hold: Option<usize>) -> ScanOutcome {
     let mut kept = 0;
     let mut stop = hold.map_or(Stop::End, Stop::Hold);
     for k in 0..c.len() {
-        let Some(&s) = c.get(k) else { break };
-        if s.start < last_end || (kept > 0 && s.start == last_end && s.end == last_end) {
-            continue;
+        let Some(&(mut s)) = c.get(k) else { break };
+        if s.start < last_end {
+            // Overlaps the previous match: keep what sticks out (fail safe: every byte some
+            // detector claimed is masked), drop it if nothing does.
+            if s.end <= last_end || s.kind != SpanKind::Plain {
+                continue;
+            }
+            s.start = last_end;
         }
         if let Some(slot) = c.get_mut(kept) {
             *slot = s;
@@ -1109,10 +1195,24 @@ mod tests {
 
     #[test]
     fn secret_key_names() {
-        for k in ["password", "DB_PASSWORD", "x-api-key", "clientSecret", "Authorization", "access_token"] {
+        for k in [
+            "password",
+            "DB_PASSWORD",
+            "x-api-key",
+            "clientSecret",
+            "Authorization",
+            "access_token",
+        ] {
             assert!(is_secret_key_name(k.as_bytes()), "{k}");
         }
-        for k in ["PWD", "OLDPWD", "max_tokens", "password_changed", "user", "token_count"] {
+        for k in [
+            "PWD",
+            "OLDPWD",
+            "max_tokens",
+            "password_changed",
+            "user",
+            "token_count",
+        ] {
             assert!(!is_secret_key_name(k.as_bytes()), "{k}");
         }
     }

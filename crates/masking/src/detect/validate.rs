@@ -18,7 +18,7 @@ pub(crate) fn luhn(digits: impl DoubleEndedIterator<Item = u8>) -> bool {
         sum += d;
         n += 1;
     }
-    n > 0 && sum % 10 == 0
+    n > 0 && sum.is_multiple_of(10)
 }
 
 /// Whether the nine SSN digits (area, group, serial) are an issuable number.

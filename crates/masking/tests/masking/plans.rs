@@ -1,0 +1,133 @@
+//! Field plans: resolved once per shape, applied per value into a caller buffer.
+
+use gatehouse_core::{FieldDesc, FieldKind, MaskOutcome, Masker};
+use gatehouse_masking::{ColumnRule, MaskingConfig, MaskingEngine, ProfileConfig, Strategy};
+
+fn engine() -> MaskingEngine {
+    let mut p = ProfileConfig::default();
+    p.columns.push(ColumnRule {
+        pattern: "email".into(),
+        strategy: None,
+    });
+    p.columns.push(ColumnRule {
+        pattern: "public.customers.ssn".into(),
+        strategy: Some(Strategy::Partial),
+    });
+    p.columns.push(ColumnRule {
+        pattern: "*.salary".into(),
+        strategy: None,
+    });
+    let mut c = MaskingConfig::default();
+    c.profiles.insert("pii".into(), p);
+    MaskingEngine::new(&c).unwrap()
+}
+
+#[test]
+fn columns_by_name_source_and_glob() {
+    let e = engine();
+    let fields = vec![
+        FieldDesc::text("EMAIL"),
+        FieldDesc {
+            name: "x".into(),
+            sources: vec!["public.customers.ssn".into()],
+            kind: FieldKind::Text,
+        },
+        FieldDesc {
+            name: "s".into(),
+            sources: vec!["hr.staff.salary".into()],
+            kind: FieldKind::NonText,
+        },
+        FieldDesc::text("notes"),
+        FieldDesc {
+            name: "n".into(),
+            sources: vec![],
+            kind: FieldKind::NonText,
+        },
+        FieldDesc::text("db_password"),
+        FieldDesc {
+            name: "doc".into(),
+            sources: vec![],
+            kind: FieldKind::Json,
+        },
+    ];
+    let plan = e.plan(&fields, Some("pii"));
+    assert!(
+        plan.masks_whole(0) && plan.masks_whole(1) && plan.masks_whole(2) && plan.masks_whole(5)
+    );
+    assert!(!plan.masks_whole(3) && !plan.masks_whole(4) && !plan.masks_whole(6));
+
+    let mut out = b"garbage".to_vec();
+    let mut f = Vec::new();
+    assert_eq!(
+        plan.apply(0, b"not even an email", &mut out, &mut f),
+        MaskOutcome::Masked
+    );
+    assert_eq!(out, b"[masked]");
+    assert_eq!(
+        plan.apply(1, b"536-22-1234", &mut out, &mut f),
+        MaskOutcome::Masked
+    );
+    assert_eq!(out, b"*******1234");
+    assert_eq!(
+        plan.apply(2, b"120000", &mut out, &mut f),
+        MaskOutcome::MustNull
+    );
+    assert_eq!(
+        plan.apply(5, b"hunter2", &mut out, &mut f),
+        MaskOutcome::Masked
+    );
+    assert_eq!(out, b"[secret]");
+
+    // Content detection; untouched buffer when nothing matches.
+    let mut untouched = b"sentinel".to_vec();
+    assert_eq!(
+        plan.apply(3, b"just a note", &mut untouched, &mut f),
+        MaskOutcome::Unchanged
+    );
+    assert_eq!(untouched, b"sentinel");
+    assert_eq!(
+        plan.apply(3, b"ring 415-555-2671", &mut out, &mut f),
+        MaskOutcome::Masked
+    );
+    assert_eq!(out, b"ring [phone]");
+    // A non-text value holding a card number must be nulled, not turned into a string.
+    assert_eq!(
+        plan.apply(4, b"4111111111111111", &mut untouched, &mut f),
+        MaskOutcome::MustNull
+    );
+    assert_eq!(
+        plan.apply(4, b"42", &mut untouched, &mut f),
+        MaskOutcome::Unchanged
+    );
+    assert_eq!(untouched, b"sentinel");
+    // JSON column.
+    assert_eq!(
+        plan.apply(6, br#"{"a":"a@b.co"}"#, &mut out, &mut f),
+        MaskOutcome::Masked
+    );
+    assert_eq!(out, br#"{"a":"[email]"}"#);
+    assert_eq!(
+        plan.apply(6, br#"{"a":1}"#, &mut untouched, &mut f),
+        MaskOutcome::Unchanged
+    );
+    // An index outside the shape still gets detection.
+    assert_eq!(
+        plan.apply(99, b"a@b.co", &mut out, &mut f),
+        MaskOutcome::Masked
+    );
+    assert!(f.iter().all(|f| f.field.is_some() || f.rule == "email"));
+    assert_eq!(f[0].rule, "column:email");
+    assert_eq!(f[0].field.as_deref(), Some("EMAIL"));
+}
+
+#[test]
+fn unknown_profile_falls_back_to_the_default_detectors() {
+    let e = engine();
+    let plan = e.plan(&[FieldDesc::text("c")], Some("no-such-profile"));
+    let (mut out, mut f) = (Vec::new(), Vec::new());
+    assert_eq!(
+        plan.apply(0, b"a@b.co", &mut out, &mut f),
+        MaskOutcome::Masked
+    );
+    assert!(!e.has_profile("no-such-profile"));
+}
