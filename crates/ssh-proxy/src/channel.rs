@@ -1,0 +1,1087 @@
+//! One session channel, end to end: collect `pty-req` / `env`, decide the `exec` / `shell` /
+//! `subsystem` request, then pump both directions until either side closes.
+//!
+//! Two tasks per channel. The *input pump* reads the agent's side (stdin, EOF, resizes, signals,
+//! close) and writes upstream; the *output pump* reads the target's side, runs stdout and stderr
+//! through their stream maskers (flushed on an idle timer) and the egress guard, writes the
+//! recording, then the agent. Every write waits for the peer's SSH window, and every russh channel
+//! is read until it ends — a slow reader stalls its writer, never fills memory.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use gatehouse_core::{
+    ApprovalOutcome, ApprovalRequest, Decision, EgressSite, EgressStream, EventBody, ExecCommand,
+    Finding, Operation, OperationResult, RecordingFrame, RecordingKind, RecordingSink,
+    SshOperation, StreamContext, StreamMasker, Verdict,
+};
+use russh::server::Msg;
+use russh::{Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
+use tokio::sync::{Mutex, watch};
+
+use crate::session::ChannelContext;
+use crate::{EXIT_DENIED, EXIT_GATEWAY_ERROR};
+
+/// Stdin bytes held while a command waits for approval; beyond this the agent's side is simply
+/// not read (backpressure) until the decision.
+const MAX_EARLY_INPUT: usize = 1024 * 1024;
+/// Findings kept per operation result (the rest are counted in the message only).
+const MAX_FINDINGS: usize = 1000;
+
+type SharedSink = Arc<Mutex<Option<Box<dyn RecordingSink>>>>;
+
+#[derive(Debug, Clone)]
+struct PtyRequest {
+    term: String,
+    cols: u32,
+    rows: u32,
+    pix_width: u32,
+    pix_height: u32,
+    modes: Vec<(russh::Pty, u32)>,
+}
+
+enum StartRequest {
+    Exec(Vec<u8>),
+    Shell,
+    Subsystem(String),
+}
+
+#[derive(Default)]
+struct Setup {
+    pty: Option<PtyRequest>,
+    env: Vec<(String, String)>,
+    early_input: Vec<Bytes>,
+    early_len: usize,
+    early_eof: bool,
+}
+
+impl Setup {
+    fn newline(&self) -> &'static str {
+        if self.pty.is_some() { "\r\n" } else { "\n" }
+    }
+}
+
+/// Runs a session channel to its end.
+pub(crate) async fn run_session_channel(
+    ctx: Arc<ChannelContext>,
+    channel: Channel<Msg>,
+    handle: russh::server::Handle,
+) {
+    let (mut from_client, to_client) = channel.split();
+    let mut setup = Setup::default();
+    let start = loop {
+        let Some(msg) = from_client.wait().await else {
+            return;
+        };
+        match msg {
+            ChannelMsg::RequestPty {
+                term,
+                col_width,
+                row_height,
+                pix_width,
+                pix_height,
+                terminal_modes,
+                ..
+            } => {
+                setup.pty = Some(PtyRequest {
+                    term,
+                    cols: col_width,
+                    rows: row_height,
+                    pix_width,
+                    pix_height,
+                    modes: terminal_modes,
+                });
+            }
+            ChannelMsg::SetEnv {
+                variable_name,
+                variable_value,
+                ..
+            } => {
+                if ctx.conn.proxy.config.env_allowed(&variable_name) && setup.env.len() < 64 {
+                    setup.env.push((variable_name, variable_value));
+                }
+            }
+            ChannelMsg::WindowChange {
+                col_width,
+                row_height,
+                ..
+            } => {
+                if let Some(p) = setup.pty.as_mut() {
+                    p.cols = col_width;
+                    p.rows = row_height;
+                }
+            }
+            ChannelMsg::Data { data } => {
+                if setup.early_len + data.len() <= MAX_EARLY_INPUT {
+                    setup.early_len += data.len();
+                    setup.early_input.push(data);
+                }
+            }
+            ChannelMsg::Eof => setup.early_eof = true,
+            ChannelMsg::Exec { command, .. } => break StartRequest::Exec(command),
+            ChannelMsg::RequestShell { .. } => break StartRequest::Shell,
+            ChannelMsg::RequestSubsystem { name, .. } => break StartRequest::Subsystem(name),
+            ChannelMsg::Close => return,
+            _ => {}
+        }
+    };
+
+    let conn = &ctx.conn;
+    let pipeline = &conn.proxy.pipeline;
+    let nl = setup.newline();
+    let (operation, pre_decision, raw) = match &start {
+        StartRequest::Exec(bytes) => match std::str::from_utf8(bytes) {
+            Ok(line) => (
+                Operation::Ssh(SshOperation::Exec(ExecCommand::parse(line))),
+                None,
+                false,
+            ),
+            Err(_) => (
+                Operation::Ssh(SshOperation::Exec(ExecCommand::parse(
+                    String::from_utf8_lossy(bytes).into_owned(),
+                ))),
+                Some(Decision::deny(
+                    "gateway:invalid-command",
+                    "the command line is not valid UTF-8",
+                )),
+                false,
+            ),
+        },
+        StartRequest::Shell => (
+            Operation::Ssh(SshOperation::Shell {
+                pty: setup.pty.is_some(),
+            }),
+            None,
+            false,
+        ),
+        // A subsystem speaks a binary protocol: masking would corrupt it. It is egress-guarded
+        // and recorded by size.
+        StartRequest::Subsystem(name) => (
+            Operation::Ssh(SshOperation::Subsystem { name: name.clone() }),
+            None,
+            true,
+        ),
+    };
+    let decision = pre_decision.unwrap_or_else(|| {
+        pipeline
+            .policy
+            .decide(&ctx.identity, &ctx.target, &operation)
+    });
+    let index = conn.next_operation();
+    let started_at = Instant::now();
+    let refusal = Refusal {
+        to_client: &to_client,
+        newline: nl,
+    };
+    if let Err(e) = ctx
+        .record(EventBody::Operation {
+            index,
+            operation: operation.clone(),
+            decision: decision.clone(),
+        })
+        .await
+    {
+        tracing::error!(error = %e, "could not record operation");
+        refusal
+            .send(
+                "gatehouse: the audit log is unavailable; refusing to run unrecorded",
+                EXIT_GATEWAY_ERROR,
+            )
+            .await;
+        return;
+    }
+
+    match decision.verdict {
+        Verdict::Allow => {}
+        Verdict::Deny => {
+            if matches!(start, StartRequest::Subsystem(_)) {
+                // The request was already refused (and explained) in the session loop.
+                let _ = to_client.close().await;
+            } else {
+                refusal
+                    .send(
+                        &format!(
+                            "gatehouse: denied by rule '{}': {}",
+                            decision.rule_id, decision.reason
+                        ),
+                        EXIT_DENIED,
+                    )
+                    .await;
+            }
+            ctx.record_result(index, "denied", 0, started_at, Vec::new())
+                .await;
+            return;
+        }
+        Verdict::Review => {
+            match review(
+                &ctx,
+                index,
+                &operation,
+                &decision,
+                &mut from_client,
+                &mut setup,
+                &refusal,
+            )
+            .await
+            {
+                ReviewEnd::Approved => {}
+                ReviewEnd::Refused(status) => {
+                    ctx.record_result(index, &status, 0, started_at, Vec::new())
+                        .await;
+                    return;
+                }
+                ReviewEnd::ClientGone => {
+                    ctx.record_result(index, "abandoned", 0, started_at, Vec::new())
+                        .await;
+                    return;
+                }
+            }
+        }
+    }
+
+    let upstream = match &ctx.upstream {
+        Ok(u) => u.clone(),
+        Err(reason) => {
+            refusal.send(reason, EXIT_GATEWAY_ERROR).await;
+            ctx.record_result(index, "upstream unavailable", 0, started_at, Vec::new())
+                .await;
+            return;
+        }
+    };
+    let up_channel = match upstream.channel_open_session().await {
+        Ok(c) => c,
+        Err(e) => {
+            let msg = format!(
+                "gatehouse: target '{}' refused a session channel: {e}",
+                ctx.target.name
+            );
+            refusal.send(&msg, EXIT_GATEWAY_ERROR).await;
+            ctx.record_result(index, "upstream refused", 0, started_at, Vec::new())
+                .await;
+            return;
+        }
+    };
+    let (from_upstream, to_upstream) = up_channel.split();
+    if let Err(e) = start_upstream(&to_upstream, &setup, &start).await {
+        let msg = format!("gatehouse: target '{}' failed: {e}", ctx.target.name);
+        refusal.send(&msg, EXIT_GATEWAY_ERROR).await;
+        ctx.record_result(index, "upstream failed", 0, started_at, Vec::new())
+            .await;
+        return;
+    }
+
+    // Recording: terminals replay as asciicast; exec output as a transcript; subsystems by size.
+    let kind = match (&setup.pty, &start) {
+        (_, StartRequest::Subsystem(_)) => None,
+        (Some(p), _) => Some(RecordingKind::Terminal {
+            cols: clamp_u16(p.cols),
+            rows: clamp_u16(p.rows),
+        }),
+        (None, _) => Some(RecordingKind::Exec),
+    };
+    let terminal = matches!(kind, Some(RecordingKind::Terminal { .. }));
+    let sink: SharedSink = Arc::new(Mutex::new(None));
+    if let Some(kind) = kind {
+        match pipeline
+            .recorder
+            .open_recording(&conn.session, kind)
+            .await
+        {
+            Ok(s) => *sink.lock().await = Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, "could not open recording");
+                let _ = to_upstream.close().await;
+                refusal
+                    .send(
+                        "gatehouse: the session recording is unavailable; refusing (fail closed)",
+                        EXIT_GATEWAY_ERROR,
+                    )
+                    .await;
+                ctx.record_result(index, "recording unavailable", 0, started_at, Vec::new())
+                    .await;
+                return;
+            }
+        }
+    }
+
+    for chunk in std::mem::take(&mut setup.early_input) {
+        if to_upstream.data_bytes(chunk).await.is_err() {
+            break;
+        }
+    }
+    if setup.early_eof {
+        let _ = to_upstream.eof().await;
+    }
+
+    let (done_tx, done_rx) = watch::channel(false);
+    let output = OutputPump {
+        ctx: ctx.clone(),
+        to_client,
+        handle,
+        sink: sink.clone(),
+        idle_flush: conn.proxy.config.idle_flush(),
+        newline: nl,
+        profile: decision.masking_profile.clone(),
+        raw,
+    };
+    let output_task = tokio::spawn(output.run(from_upstream, done_tx));
+    input_pump(&mut from_client, &to_upstream, &sink, terminal, done_rx).await;
+    drop(from_client);
+    let summary = match output_task.await {
+        Ok(s) => s,
+        Err(_) => OutputSummary {
+            status: "gateway error".into(),
+            ..OutputSummary::default()
+        },
+    };
+    let _ = to_upstream.close().await;
+
+    if let Some(sink) = sink.lock().await.take() {
+        match sink.seal().await {
+            Ok(seal) => {
+                let details = serde_json::json!({ "index": index, "seal": seal });
+                let _ = ctx
+                    .record(EventBody::Other {
+                        name: "ssh_recording_sealed".into(),
+                        details,
+                    })
+                    .await;
+                conn.add_seal(seal);
+            }
+            Err(e) => {
+                let _ = ctx
+                    .record(EventBody::Error {
+                        side: gatehouse_core::Side::Gateway,
+                        message: format!("recording could not be sealed: {e}"),
+                    })
+                    .await;
+            }
+        }
+    }
+    ctx.record_result(
+        index,
+        &summary.status,
+        summary.bytes_out,
+        started_at,
+        summary.findings,
+    )
+    .await;
+}
+
+impl ChannelContext {
+    async fn record(&self, body: EventBody) -> Result<(), gatehouse_core::RecordError> {
+        self.conn
+            .record(Some(&self.identity), Some(&self.target), body)
+            .await
+    }
+
+    async fn record_result(
+        &self,
+        index: u64,
+        status: &str,
+        bytes_out: u64,
+        started_at: Instant,
+        findings: Vec<Finding>,
+    ) {
+        let body = EventBody::OperationResult(OperationResult {
+            index,
+            status: status.to_string(),
+            rows: None,
+            bytes_out,
+            duration_us: u64::try_from(started_at.elapsed().as_micros()).unwrap_or(u64::MAX),
+            findings,
+        });
+        if let Err(e) = self.record(body).await {
+            tracing::error!(error = %e, "could not record operation result");
+        }
+    }
+}
+
+fn clamp_u16(v: u32) -> u16 {
+    u16::try_from(v).unwrap_or(u16::MAX)
+}
+
+/// Writes the gateway's own refusal: one stderr line, an exit status, EOF, close.
+struct Refusal<'a> {
+    to_client: &'a ChannelWriteHalf<Msg>,
+    newline: &'static str,
+}
+
+impl Refusal<'_> {
+    async fn line(&self, text: &str) {
+        let msg = format!("{text}{}", self.newline);
+        let _ = self.to_client.extended_data_bytes(1, msg.into_bytes()).await;
+    }
+
+    async fn send(&self, text: &str, status: u32) {
+        self.line(text).await;
+        let _ = self.to_client.exit_status(status).await;
+        let _ = self.to_client.eof().await;
+        let _ = self.to_client.close().await;
+    }
+}
+
+enum ReviewEnd {
+    Approved,
+    Refused(String),
+    ClientGone,
+}
+
+/// Opens an approval request, tells the agent its id, waits (still reading the agent's side so the
+/// connection never wedges), and records every step.
+async fn review(
+    ctx: &ChannelContext,
+    index: u64,
+    operation: &Operation,
+    decision: &Decision,
+    from_client: &mut ChannelReadHalf,
+    setup: &mut Setup,
+    refusal: &Refusal<'_>,
+) -> ReviewEnd {
+    let approvals = &ctx.conn.proxy.pipeline.approvals;
+    let Some(requirement) = decision.review.clone() else {
+        refusal
+            .send(
+                &format!(
+                    "gatehouse: rule '{}' asks for review but names no approvers; refusing",
+                    decision.rule_id
+                ),
+                EXIT_DENIED,
+            )
+            .await;
+        return ReviewEnd::Refused("review misconfigured".into());
+    };
+    let timeout = Duration::from_millis(requirement.timeout_ms);
+    let request = ApprovalRequest {
+        requester: ctx.identity.clone(),
+        session: ctx.conn.session.clone(),
+        target: ctx.target.clone(),
+        operation: operation.clone(),
+        rule_id: decision.rule_id.clone(),
+        reason: decision.reason.clone(),
+        requirement,
+    };
+    let ticket = match approvals.open(request).await {
+        Ok(t) => t,
+        Err(e) => {
+            refusal
+                .send(
+                    &format!("gatehouse: approvals unavailable ({e}); refusing"),
+                    EXIT_DENIED,
+                )
+                .await;
+            return ReviewEnd::Refused("approvals unavailable".into());
+        }
+    };
+    if ctx
+        .record(EventBody::ApprovalRequested {
+            index,
+            id: ticket.id.clone(),
+            operation_hash: ticket.operation_hash.clone(),
+        })
+        .await
+        .is_err()
+    {
+        refusal
+            .send(
+                "gatehouse: the audit log is unavailable; refusing to run unrecorded",
+                EXIT_GATEWAY_ERROR,
+            )
+            .await;
+        return ReviewEnd::Refused("audit unavailable".into());
+    }
+    refusal
+        .line(&format!(
+            "gatehouse: waiting for approval {} (rule '{}': {})",
+            ticket.id, decision.rule_id, decision.reason
+        ))
+        .await;
+    let outcome = {
+        let wait = approvals.wait(&ticket.id, timeout);
+        tokio::pin!(wait);
+        loop {
+            let room = setup.early_len < MAX_EARLY_INPUT;
+            tokio::select! {
+                outcome = &mut wait => break outcome,
+                msg = from_client.wait(), if room => match msg {
+                    Some(ChannelMsg::Data { data }) => {
+                        setup.early_len += data.len();
+                        setup.early_input.push(data);
+                    }
+                    Some(ChannelMsg::Eof) => setup.early_eof = true,
+                    Some(ChannelMsg::WindowChange { col_width, row_height, .. }) => {
+                        if let Some(p) = setup.pty.as_mut() {
+                            p.cols = col_width;
+                            p.rows = row_height;
+                        }
+                    }
+                    Some(ChannelMsg::Close) | None => {
+                        // Dropping `wait` abandons the request (the broker records that too).
+                        drop(wait);
+                        let _ = ctx
+                            .record(EventBody::ApprovalAbandoned { id: ticket.id.clone() })
+                            .await;
+                        return ReviewEnd::ClientGone;
+                    }
+                    Some(_) => {}
+                },
+            }
+        }
+    };
+    let outcome = match outcome {
+        Ok(ApprovalOutcome::StillPending) => ApprovalOutcome::TimedOut,
+        Ok(o) => o,
+        Err(e) => {
+            refusal
+                .send(
+                    &format!("gatehouse: approval {} failed ({e}); refusing", ticket.id),
+                    EXIT_DENIED,
+                )
+                .await;
+            return ReviewEnd::Refused("approval failed".into());
+        }
+    };
+    let recorded = ctx
+        .record(EventBody::ApprovalResolved {
+            index,
+            id: ticket.id.clone(),
+            outcome: outcome.clone(),
+        })
+        .await;
+    if recorded.is_err() {
+        refusal
+            .send(
+                "gatehouse: the audit log is unavailable; refusing to run unrecorded",
+                EXIT_GATEWAY_ERROR,
+            )
+            .await;
+        return ReviewEnd::Refused("audit unavailable".into());
+    }
+    match outcome {
+        ApprovalOutcome::Approved { approvers } => {
+            refusal
+                .line(&format!(
+                    "gatehouse: approval {} granted by {}",
+                    ticket.id,
+                    approvers.join(", ")
+                ))
+                .await;
+            ReviewEnd::Approved
+        }
+        ApprovalOutcome::Denied { by, justification } => {
+            refusal
+                .send(
+                    &format!(
+                        "gatehouse: approval {} denied by {by}: {justification}",
+                        ticket.id
+                    ),
+                    EXIT_DENIED,
+                )
+                .await;
+            ReviewEnd::Refused("approval denied".into())
+        }
+        _ => {
+            refusal
+                .send(
+                    &format!("gatehouse: approval {} timed out; refusing", ticket.id),
+                    EXIT_DENIED,
+                )
+                .await;
+            ReviewEnd::Refused("approval timed out".into())
+        }
+    }
+}
+
+/// Sends pty, env and the start request to the target. Only the start request wants a reply;
+/// the output pump turns a refusal into an error for the agent.
+async fn start_upstream(
+    to_upstream: &ChannelWriteHalf<russh::client::Msg>,
+    setup: &Setup,
+    start: &StartRequest,
+) -> Result<(), russh::Error> {
+    if let Some(p) = &setup.pty {
+        to_upstream
+            .request_pty(
+                false,
+                &p.term,
+                p.cols,
+                p.rows,
+                p.pix_width,
+                p.pix_height,
+                &p.modes,
+            )
+            .await?;
+    }
+    for (name, value) in &setup.env {
+        to_upstream.set_env(false, name, value).await?;
+    }
+    match start {
+        StartRequest::Exec(command) => to_upstream.exec(true, command.clone()).await,
+        StartRequest::Shell => to_upstream.request_shell(true).await,
+        StartRequest::Subsystem(name) => to_upstream.request_subsystem(true, name).await,
+    }
+}
+
+/// Agent → target: stdin, EOF, resizes, signals, close. Ends when the agent closes or the output
+/// side finished (then nothing the agent sends can matter).
+async fn input_pump(
+    from_client: &mut ChannelReadHalf,
+    to_upstream: &ChannelWriteHalf<russh::client::Msg>,
+    sink: &SharedSink,
+    terminal: bool,
+    mut done: watch::Receiver<bool>,
+) {
+    loop {
+        let msg = tokio::select! {
+            m = from_client.wait() => m,
+            _ = async { done.wait_for(|d| *d).await.is_ok() } => return,
+        };
+        match msg {
+            Some(ChannelMsg::Data { data }) => {
+                if terminal && let Some(s) = sink.lock().await.as_mut() {
+                    let _ = s
+                        .write(RecordingFrame::Input {
+                            data: data.to_vec(),
+                        })
+                        .await;
+                }
+                tokio::select! {
+                    r = to_upstream.data_bytes(data) => if r.is_err() { return },
+                    _ = async { done.wait_for(|d| *d).await.is_ok() } => return,
+                }
+            }
+            Some(ChannelMsg::Eof) => {
+                let _ = to_upstream.eof().await;
+            }
+            Some(ChannelMsg::WindowChange {
+                col_width,
+                row_height,
+                pix_width,
+                pix_height,
+            }) => {
+                let _ = to_upstream
+                    .window_change(col_width, row_height, pix_width, pix_height)
+                    .await;
+                if terminal && let Some(s) = sink.lock().await.as_mut() {
+                    let _ = s
+                        .write(RecordingFrame::Resize {
+                            cols: clamp_u16(col_width),
+                            rows: clamp_u16(row_height),
+                        })
+                        .await;
+                }
+            }
+            Some(ChannelMsg::Signal { signal }) => {
+                let _ = to_upstream.signal(signal).await;
+            }
+            Some(ChannelMsg::Close) | None => {
+                let _ = to_upstream.close().await;
+                return;
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+#[derive(Default)]
+struct OutputSummary {
+    status: String,
+    bytes_out: u64,
+    findings: Vec<Finding>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Target → agent: masked, egress-checked, recorded, window-respecting.
+struct OutputPump {
+    ctx: Arc<ChannelContext>,
+    to_client: ChannelWriteHalf<Msg>,
+    handle: russh::server::Handle,
+    sink: SharedSink,
+    idle_flush: Duration,
+    newline: &'static str,
+    profile: Option<String>,
+    raw: bool,
+}
+
+struct StreamState {
+    masker: Option<Box<dyn StreamMasker>>,
+    egress: Box<dyn EgressStream>,
+    finished: bool,
+}
+
+/// Why output stopped early.
+enum Stop {
+    /// The agent went away.
+    ClientGone,
+    /// The egress guard or the recorder refused the bytes; message for the agent.
+    Refused(String, &'static str),
+}
+
+impl OutputPump {
+    fn stream_state(&self, field: &str) -> StreamState {
+        let pipeline = &self.ctx.conn.proxy.pipeline;
+        let masker = (!self.raw).then(|| {
+            pipeline.masker.stream(&StreamContext {
+                profile: self.profile.clone(),
+                field: Some(field.to_string()),
+                json: false,
+            })
+        });
+        StreamState {
+            masker,
+            egress: pipeline.egress.stream(EgressSite::Client),
+            finished: false,
+        }
+    }
+
+    async fn run(
+        self,
+        mut from_upstream: ChannelReadHalf,
+        done: watch::Sender<bool>,
+    ) -> OutputSummary {
+        let mut streams = [self.stream_state("stdout"), self.stream_state("stderr")];
+        let mut summary = OutputSummary {
+            status: "closed".into(),
+            ..OutputSummary::default()
+        };
+        let mut total_findings = 0usize;
+        let mut flush_at: Option<tokio::time::Instant> = None;
+        let mut confirmed = false;
+        let mut buf = Vec::with_capacity(64 * 1024);
+        let result: Result<(), Stop> = async {
+            loop {
+                let idle = async {
+                    match flush_at {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let msg = tokio::select! {
+                    m = from_upstream.wait() => m,
+                    _ = idle => {
+                        flush_at = None;
+                        for which in [Stream::Stdout, Stream::Stderr] {
+                            self.drain(&mut streams, which, Drain::Flush, &mut buf, &mut summary, &mut total_findings).await?;
+                        }
+                        continue;
+                    }
+                };
+                match msg {
+                    Some(ChannelMsg::Data { data }) => {
+                        self.emit(&mut streams, Stream::Stdout, &data, &mut buf, &mut summary, &mut total_findings).await?;
+                        flush_at = Some(tokio::time::Instant::now() + self.idle_flush);
+                    }
+                    Some(ChannelMsg::ExtendedData { data, ext }) => {
+                        if ext == 1 {
+                            self.emit(&mut streams, Stream::Stderr, &data, &mut buf, &mut summary, &mut total_findings).await?;
+                            flush_at = Some(tokio::time::Instant::now() + self.idle_flush);
+                        }
+                    }
+                    Some(ChannelMsg::Eof) => {
+                        for which in [Stream::Stdout, Stream::Stderr] {
+                            self.drain(&mut streams, which, Drain::Finish, &mut buf, &mut summary, &mut total_findings).await?;
+                        }
+                        let _ = self.to_client.eof().await;
+                    }
+                    Some(ChannelMsg::ExitStatus { exit_status }) => {
+                        for which in [Stream::Stdout, Stream::Stderr] {
+                            self.drain(&mut streams, which, Drain::Flush, &mut buf, &mut summary, &mut total_findings).await?;
+                        }
+                        summary.status = exit_status.to_string();
+                        let _ = self.to_client.exit_status(exit_status).await;
+                    }
+                    Some(ChannelMsg::ExitSignal { signal_name, core_dumped, error_message, lang_tag }) => {
+                        for which in [Stream::Stdout, Stream::Stderr] {
+                            self.drain(&mut streams, which, Drain::Flush, &mut buf, &mut summary, &mut total_findings).await?;
+                        }
+                        summary.status = format!("signal {signal_name:?}");
+                        let _ = self
+                            .handle
+                            .exit_signal_request(self.to_client.id(), signal_name, core_dumped, error_message, lang_tag)
+                            .await;
+                    }
+                    Some(ChannelMsg::Success) => confirmed = true,
+                    Some(ChannelMsg::Failure) if !confirmed => {
+                        return Err(Stop::Refused(
+                            format!("gatehouse: target '{}' refused the request", self.ctx.target.name),
+                            "upstream refused",
+                        ));
+                    }
+                    Some(ChannelMsg::Close) | None => break,
+                    Some(_) => {}
+                }
+            }
+            for which in [Stream::Stdout, Stream::Stderr] {
+                self.drain(&mut streams, which, Drain::Finish, &mut buf, &mut summary, &mut total_findings).await?;
+            }
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => {}
+            Err(Stop::ClientGone) => summary.status = "client gone".into(),
+            Err(Stop::Refused(message, status)) => {
+                summary.status = status.into();
+                let msg = format!("{message}{}", self.newline);
+                let _ = self
+                    .to_client
+                    .extended_data_bytes(1, msg.into_bytes())
+                    .await;
+                let _ = self.to_client.exit_status(EXIT_GATEWAY_ERROR).await;
+                let _ = self.to_client.eof().await;
+            }
+        }
+        if total_findings > summary.findings.len() {
+            tracing::info!(
+                findings = total_findings,
+                kept = summary.findings.len(),
+                "masking findings capped in the operation result"
+            );
+        }
+        let _ = self.to_client.close().await;
+        let _ = done.send(true);
+        // Keep reading until the target confirms the close, so russh never wedges on this
+        // channel; bounded by the target closing its side (or the connection ending).
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(m) = from_upstream.wait().await {
+                if matches!(m, ChannelMsg::Close) {
+                    break;
+                }
+            }
+        })
+        .await;
+        summary
+    }
+
+    /// Masks `data` from `which`, then sends what the masker released.
+    async fn emit(
+        &self,
+        streams: &mut [StreamState; 2],
+        which: Stream,
+        data: &[u8],
+        buf: &mut Vec<u8>,
+        summary: &mut OutputSummary,
+        total_findings: &mut usize,
+    ) -> Result<(), Stop> {
+        let state = &mut streams[which as usize];
+        if state.finished {
+            return Ok(());
+        }
+        buf.clear();
+        match state.masker.as_mut() {
+            Some(m) => {
+                m.push(data, buf);
+                collect(m.as_mut(), summary, total_findings);
+            }
+            None => buf.extend_from_slice(data),
+        }
+        self.send(state, which, buf, summary).await
+    }
+
+    async fn drain(
+        &self,
+        streams: &mut [StreamState; 2],
+        which: Stream,
+        how: Drain,
+        buf: &mut Vec<u8>,
+        summary: &mut OutputSummary,
+        total_findings: &mut usize,
+    ) -> Result<(), Stop> {
+        let state = &mut streams[which as usize];
+        if state.finished {
+            return Ok(());
+        }
+        buf.clear();
+        if let Some(m) = state.masker.as_mut() {
+            match how {
+                Drain::Flush => m.flush(buf),
+                Drain::Finish => m.finish(buf),
+            }
+            collect(m.as_mut(), summary, total_findings);
+        }
+        if how == Drain::Finish {
+            state.finished = true;
+        }
+        self.send(state, which, buf, summary).await
+    }
+
+    /// Egress check, recording, then the agent (waiting for its window).
+    async fn send(
+        &self,
+        state: &mut StreamState,
+        which: Stream,
+        out: &[u8],
+        summary: &mut OutputSummary,
+    ) -> Result<(), Stop> {
+        if out.is_empty() {
+            return Ok(());
+        }
+        if let Err(blocked) = state.egress.check(out) {
+            let _ = self
+                .ctx
+                .record(EventBody::EgressBlocked {
+                    site: "client".into(),
+                    hits: blocked.hits,
+                })
+                .await;
+            return Err(Stop::Refused(
+                "gatehouse: output withheld: it contained credential material the gateway holds"
+                    .into(),
+                "egress blocked",
+            ));
+        }
+        if let Some(sink) = self.sink.lock().await.as_mut() {
+            let frame = match which {
+                Stream::Stdout => RecordingFrame::Output { data: out.to_vec() },
+                Stream::Stderr => RecordingFrame::ErrorOutput { data: out.to_vec() },
+            };
+            if let Err(e) = sink.write(frame).await {
+                tracing::error!(error = %e, "recording write failed");
+                return Err(Stop::Refused(
+                    "gatehouse: the session recording failed; stopping (fail closed)".into(),
+                    "recording failed",
+                ));
+            }
+        }
+        let bytes = Bytes::copy_from_slice(out);
+        let sent = match which {
+            Stream::Stdout => self.to_client.data_bytes(bytes).await,
+            Stream::Stderr => self.to_client.extended_data_bytes(1, bytes).await,
+        };
+        if sent.is_err() {
+            return Err(Stop::ClientGone);
+        }
+        summary.bytes_out += out.len() as u64;
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Drain {
+    Flush,
+    Finish,
+}
+
+fn collect(masker: &mut dyn StreamMasker, summary: &mut OutputSummary, total: &mut usize) {
+    let found = masker.take_findings();
+    *total += found.len();
+    let room = MAX_FINDINGS.saturating_sub(summary.findings.len());
+    summary.findings.extend(found.into_iter().take(room));
+}
+
+/// A `direct-tcpip` (local forwarding) request.
+pub(crate) struct ForwardRequest {
+    pub(crate) host: String,
+    pub(crate) port: u32,
+    pub(crate) originator_address: String,
+    pub(crate) originator_port: u32,
+}
+
+/// Local port forwarding: decided by policy (deny unless a rule allows it), recorded, then the
+/// bytes are relayed through the target's own `direct-tcpip` (egress-guarded, counted, not
+/// masked: the payload is an arbitrary protocol).
+pub(crate) async fn run_direct_tcpip(
+    ctx: Arc<ChannelContext>,
+    channel: Channel<Msg>,
+    reply: russh::server::ChannelOpenHandle,
+    request: ForwardRequest,
+) {
+    let operation = Operation::Ssh(SshOperation::DirectTcpip {
+        host: request.host.clone(),
+        port: request.port,
+    });
+    let decision = ctx
+        .conn
+        .proxy
+        .pipeline
+        .policy
+        .decide(&ctx.identity, &ctx.target, &operation);
+    let index = ctx.conn.next_operation();
+    let started_at = Instant::now();
+    let recorded = ctx
+        .record(EventBody::Operation {
+            index,
+            operation,
+            decision: decision.clone(),
+        })
+        .await;
+    let upstream = match (&ctx.upstream, recorded, decision.verdict) {
+        (Ok(u), Ok(()), Verdict::Allow) => u.clone(),
+        _ => {
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            ctx.record_result(index, "denied", 0, started_at, Vec::new())
+                .await;
+            return;
+        }
+    };
+    let up = match upstream
+        .channel_open_direct_tcpip(
+            request.host,
+            request.port,
+            request.originator_address,
+            request.originator_port,
+        )
+        .await
+    {
+        Ok(c) => c,
+        Err(_) => {
+            reply
+                .reject(russh::ChannelOpenFailure::ConnectFailed)
+                .await;
+            ctx.record_result(index, "connect failed", 0, started_at, Vec::new())
+                .await;
+            return;
+        }
+    };
+    reply.accept().await;
+    let (mut from_client, to_client) = channel.split();
+    let (mut from_upstream, to_upstream) = up.split();
+    let mut egress = ctx.conn.proxy.pipeline.egress.stream(EgressSite::Client);
+    let mut bytes_out = 0u64;
+    let mut status = "closed".to_string();
+    let ctx2 = ctx.clone();
+    let (done_tx, done_rx) = watch::channel(false);
+    let input = tokio::spawn(async move {
+        let sink: SharedSink = Arc::new(Mutex::new(None));
+        input_pump(&mut from_client, &to_upstream, &sink, false, done_rx).await;
+        let _ = to_upstream.close().await;
+    });
+    while let Some(msg) = from_upstream.wait().await {
+        match msg {
+            ChannelMsg::Data { data } => {
+                if let Err(blocked) = egress.check(&data) {
+                    let _ = ctx2
+                        .record(EventBody::EgressBlocked {
+                            site: "client".into(),
+                            hits: blocked.hits,
+                        })
+                        .await;
+                    status = "egress blocked".into();
+                    break;
+                }
+                bytes_out += data.len() as u64;
+                if to_client.data_bytes(data).await.is_err() {
+                    break;
+                }
+            }
+            ChannelMsg::Eof => {
+                let _ = to_client.eof().await;
+            }
+            ChannelMsg::Close => break,
+            _ => {}
+        }
+    }
+    let _ = to_client.close().await;
+    let _ = done_tx.send(true);
+    let _ = input.await;
+    ctx.record_result(index, &status, bytes_out, started_at, Vec::new())
+        .await;
+}
