@@ -1,0 +1,668 @@
+//! The decision procedure: split the operation into items (SQL statements, simple commands of an
+//! exec line, or the one request), decide each item by the first matching rule (or the target's
+//! default), raise it to any built-in floor (unparseable SQL, non-plain exec, ambiguous HTTP
+//! path, `COPY … PROGRAM`, encoding changes), and return the strictest item's decision.
+
+use globset::GlobMatcher;
+use serde::Serialize;
+
+use gatehouse_core::http_path;
+use gatehouse_core::{
+    Decision, ExecCommand, Identity, KubeOperation, Operation, Policy, Protocol,
+    ReviewRequirement, SqlOperation, SshOperation, Target, Verdict,
+};
+use gatehouse_sql::{Risk, StatementKind, classify};
+
+use crate::file::Verdicts;
+use crate::rules::{Rule, Subject};
+
+/// Verdicts with every default filled in.
+#[derive(Debug, Clone)]
+pub(crate) struct ResolvedVerdicts {
+    pub default: Verdict,
+    pub unparseable_sql: Verdict,
+    pub non_plain_exec: Verdict,
+    pub ambiguous_http_path: Verdict,
+    pub copy_program: Verdict,
+    pub encoding_change: Verdict,
+    pub masking: Option<String>,
+}
+
+impl ResolvedVerdicts {
+    fn overlay(&self, v: &Verdicts) -> ResolvedVerdicts {
+        ResolvedVerdicts {
+            default: v.default.unwrap_or(self.default),
+            unparseable_sql: v.unparseable_sql.unwrap_or(self.unparseable_sql),
+            non_plain_exec: v.non_plain_exec.unwrap_or(self.non_plain_exec),
+            ambiguous_http_path: v.ambiguous_http_path.unwrap_or(self.ambiguous_http_path),
+            copy_program: v.copy_program.unwrap_or(self.copy_program),
+            encoding_change: v.encoding_change.unwrap_or(self.encoding_change),
+            masking: v.masking.clone().or_else(|| self.masking.clone()),
+        }
+    }
+}
+
+/// A `[[targets]]` block.
+#[derive(Debug)]
+pub(crate) struct TargetOverride {
+    pub name: Option<GlobMatcher>,
+    pub tags: Vec<String>,
+    pub verdicts: Verdicts,
+}
+
+impl TargetOverride {
+    fn matches(&self, target: &Target) -> bool {
+        let name_ok = self.name.as_ref().is_none_or(|g| g.is_match(&target.name));
+        let tags_ok = self.tags.is_empty() || self.tags.iter().any(|t| target.tags.contains(t));
+        name_ok && tags_ok
+    }
+}
+
+/// A built-in verdict that applies regardless of rules (as a floor: the result is never more
+/// permissive than it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Floor {
+    UnparseableSql,
+    NonPlainExec,
+    AmbiguousHttpPath,
+    CopyProgram,
+    EncodingChange,
+    InvalidHttpPath,
+    EmptyQuery,
+    Unsupported,
+}
+
+impl Floor {
+    fn id(self) -> &'static str {
+        match self {
+            Floor::UnparseableSql => "unparseable-sql",
+            Floor::NonPlainExec => "non-plain-exec",
+            Floor::AmbiguousHttpPath => "ambiguous-http-path",
+            Floor::CopyProgram => "copy-program",
+            Floor::EncodingChange => "encoding-change",
+            Floor::InvalidHttpPath => "invalid-http-path",
+            Floor::EmptyQuery => "empty-query",
+            Floor::Unsupported => "unsupported-operation",
+        }
+    }
+
+    fn reason(self) -> &'static str {
+        match self {
+            Floor::UnparseableSql => "the SQL could not be read with certainty",
+            Floor::NonPlainExec => {
+                "the command line has shell expansions, metacharacters, assignments or a nested shell: what runs is not what the policy sees"
+            }
+            Floor::AmbiguousHttpPath => "the path contains an encoded separator (%2F or %5C)",
+            Floor::CopyProgram => "COPY … PROGRAM runs a shell command on the database server",
+            Floor::EncodingChange => {
+                "changing standard_conforming_strings or client_encoding changes how later statements are read"
+            }
+            Floor::InvalidHttpPath => "the request path is not valid",
+            Floor::EmptyQuery => "empty query",
+            Floor::Unsupported => "operation type not supported by this policy engine",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum DecidedBy<'p> {
+    Rule(&'p Rule),
+    Default,
+    Floor(Floor),
+}
+
+#[derive(Debug, Clone)]
+struct ItemOutcome<'p> {
+    verdict: Verdict,
+    by: DecidedBy<'p>,
+    /// Extra detail for the reason (e.g. why SQL was unparseable).
+    detail: Option<String>,
+    /// The rule (if any) that matched before floors were applied (for masking).
+    rule: Option<&'p Rule>,
+}
+
+impl<'p> ItemOutcome<'p> {
+    fn from_rule(rule: Option<&'p Rule>, default: Verdict) -> Self {
+        match rule {
+            Some(r) => ItemOutcome {
+                verdict: r.verdict,
+                by: DecidedBy::Rule(r),
+                detail: None,
+                rule: Some(r),
+            },
+            None => ItemOutcome {
+                verdict: default,
+                by: DecidedBy::Default,
+                detail: None,
+                rule: None,
+            },
+        }
+    }
+
+    fn floor(verdict: Verdict, floor: Floor, detail: Option<String>) -> Self {
+        ItemOutcome {
+            verdict,
+            by: DecidedBy::Floor(floor),
+            detail,
+            rule: None,
+        }
+    }
+
+    /// Raises the outcome to `floor` if that is stricter.
+    fn raise(&mut self, verdict: Verdict, floor: Floor, detail: Option<String>) {
+        if verdict > self.verdict {
+            self.verdict = verdict;
+            self.by = DecidedBy::Floor(floor);
+            self.detail = detail;
+        }
+    }
+}
+
+/// One rule's result for one item, as [`Explanation`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuleTrace {
+    /// Rule id.
+    pub rule_id: String,
+    /// Line of the rule in the policy file.
+    pub line: usize,
+    /// Whether the rule matched.
+    pub matched: bool,
+    /// Why not (the first matcher that failed), or `matched`.
+    pub note: String,
+}
+
+/// How one item (a SQL statement, a simple command, a request) was decided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ItemExplanation {
+    /// What the item is (statement text, command words, method and path).
+    pub item: String,
+    /// Its verdict.
+    pub verdict: Verdict,
+    /// The rule or built-in that decided it.
+    pub decided_by: String,
+    /// Why.
+    pub reason: String,
+    /// Every rule's result, in file order.
+    pub trace: Vec<RuleTrace>,
+}
+
+/// `explain`: the decision and how every item and rule contributed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Explanation {
+    /// The decision `decide` returns.
+    pub decision: Decision,
+    /// Per item.
+    pub items: Vec<ItemExplanation>,
+}
+
+impl std::fmt::Display for Explanation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{:?} by {}: {}",
+            self.decision.verdict, self.decision.rule_id, self.decision.reason
+        )?;
+        for (i, item) in self.items.iter().enumerate() {
+            writeln!(
+                f,
+                "  [{}] {} -> {:?} by {}: {}",
+                i + 1,
+                item.item,
+                item.verdict,
+                item.decided_by,
+                item.reason
+            )?;
+            for t in &item.trace {
+                writeln!(
+                    f,
+                    "      {} (line {}): {}",
+                    t.rule_id,
+                    t.line,
+                    if t.matched { "matched" } else { t.note.as_str() }
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A loaded, compiled policy. Immutable; share it behind an `Arc` (see
+/// [`crate::PolicyHandle`] for swapping).
+#[derive(Debug)]
+pub struct CompiledPolicy {
+    file: String,
+    defaults: ResolvedVerdicts,
+    default_review: ReviewRequirement,
+    targets: Vec<TargetOverride>,
+    rules: Vec<Rule>,
+    /// Indices of rules that can apply, per protocol (postgres, ssh, http, kubernetes).
+    by_protocol: [Vec<usize>; 4],
+}
+
+fn protocol_index(p: Protocol) -> Option<usize> {
+    match p {
+        Protocol::Postgres => Some(0),
+        Protocol::Ssh => Some(1),
+        Protocol::Http => Some(2),
+        Protocol::Kubernetes => Some(3),
+        _ => None,
+    }
+}
+
+const SHELLS: &[&str] = &["sh", "bash", "dash", "zsh", "ksh", "ash", "mksh", "busybox"];
+
+/// A shell still asked to run a script after one level of unwrapping (`sh -c "sh -c '…'"`).
+fn nested_shell(argv: &[String]) -> bool {
+    let Some((program, args)) = argv.split_first() else {
+        return false;
+    };
+    let base = program.rsplit('/').next().unwrap_or(program);
+    SHELLS.contains(&base)
+        && args
+            .iter()
+            .any(|a| a.starts_with('-') && !a.starts_with("--") && a.contains('c'))
+}
+
+impl CompiledPolicy {
+    pub(crate) fn new(
+        file: String,
+        defaults: ResolvedVerdicts,
+        default_review: ReviewRequirement,
+        targets: Vec<TargetOverride>,
+        rules: Vec<Rule>,
+    ) -> Self {
+        let mut by_protocol: [Vec<usize>; 4] = Default::default();
+        for (i, rule) in rules.iter().enumerate() {
+            for p in [
+                Protocol::Postgres,
+                Protocol::Ssh,
+                Protocol::Http,
+                Protocol::Kubernetes,
+            ] {
+                if rule.applies_to(p) {
+                    if let Some(list) = protocol_index(p).and_then(|idx| by_protocol.get_mut(idx)) {
+                        list.push(i);
+                    }
+                }
+            }
+        }
+        Self {
+            file,
+            defaults,
+            default_review,
+            targets,
+            rules,
+            by_protocol,
+        }
+    }
+
+    /// Parses and compiles a policy from TOML text; `file` names it in errors.
+    pub fn from_toml(text: &str, file: &str) -> Result<Self, crate::PolicyError> {
+        crate::compile::compile(text, file)
+    }
+
+    /// Reads and compiles a policy file.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, crate::PolicyError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| crate::PolicyError::Io {
+            file: file.clone(),
+            message: e.to_string(),
+        })?;
+        Self::from_toml(&text, &file)
+    }
+
+    /// The file name the policy was loaded from.
+    pub fn source(&self) -> &str {
+        &self.file
+    }
+
+    /// Number of rules.
+    pub fn rule_count(&self) -> usize {
+        self.rules.len()
+    }
+
+    fn verdicts_for(&self, target: &Target) -> ResolvedVerdicts {
+        match self.targets.iter().find(|t| t.matches(target)) {
+            Some(t) => self.defaults.overlay(&t.verdicts),
+            None => self.defaults.clone(),
+        }
+    }
+
+    /// Rules that apply to this target and identity, in order.
+    fn candidates(&self, identity: &Identity, target: &Target) -> Vec<&Rule> {
+        let Some(list) = protocol_index(target.protocol).and_then(|i| self.by_protocol.get(i))
+        else {
+            return Vec::new();
+        };
+        list.iter()
+            .filter_map(|&i| self.rules.get(i))
+            .filter(|r| r.match_context(identity, target).is_ok())
+            .collect()
+    }
+
+    fn first_match<'p>(&'p self, candidates: &[&'p Rule], subject: &Subject<'_>) -> Option<&'p Rule> {
+        candidates
+            .iter()
+            .copied()
+            .find(|r| r.match_subject(subject).is_ok())
+    }
+
+    fn trace(&self, identity: &Identity, target: &Target, subject: &Subject<'_>) -> Vec<RuleTrace> {
+        self.rules
+            .iter()
+            .map(|r| {
+                let result = if !r.applies_to(target.protocol) {
+                    Err("rule is for another protocol")
+                } else {
+                    r.match_context(identity, target)
+                        .and_then(|()| r.match_subject(subject))
+                };
+                RuleTrace {
+                    rule_id: r.id.clone(),
+                    line: r.line,
+                    matched: result.is_ok(),
+                    note: match result {
+                        Ok(()) => "matched".into(),
+                        Err(why) => why.into(),
+                    },
+                }
+            })
+            .collect()
+    }
+
+    /// Decides every item; `explain` also collects traces.
+    fn evaluate<'p>(
+        &'p self,
+        identity: &Identity,
+        target: &Target,
+        operation: &Operation,
+        mut explain: Option<&mut Vec<ItemExplanation>>,
+    ) -> Decision {
+        let verdicts = self.verdicts_for(target);
+        let candidates = self.candidates(identity, target);
+        let mut items: Vec<(String, ItemOutcome<'p>)> = Vec::new();
+        let want_labels = explain.is_some();
+
+        let mut push = |label: &dyn Fn() -> String,
+                        outcome: ItemOutcome<'p>,
+                        subject: Option<&Subject<'_>>,
+                        items: &mut Vec<(String, ItemOutcome<'p>)>| {
+            if let Some(out) = explain.as_deref_mut() {
+                let trace = subject.map_or_else(Vec::new, |s| self.trace(identity, target, s));
+                let (decided_by, reason) = self.describe(&outcome, target, &verdicts);
+                out.push(ItemExplanation {
+                    item: label(),
+                    verdict: outcome.verdict,
+                    decided_by,
+                    reason,
+                    trace,
+                });
+            }
+            let label = if want_labels { label() } else { String::new() };
+            items.push((label, outcome));
+        };
+
+        match operation {
+            Operation::Sql(op) => {
+                self.sql_items(op, &candidates, &verdicts, &mut items, &mut push);
+            }
+            Operation::Ssh(SshOperation::Exec(cmd)) => {
+                self.exec_items(cmd, None, &candidates, &verdicts, &mut items, &mut push);
+            }
+            Operation::Ssh(other) => {
+                let (channel, subsystem, destination) = match other {
+                    SshOperation::Shell { .. } => ("shell", None, None),
+                    SshOperation::Subsystem { name } => ("subsystem", Some(name.as_str()), None),
+                    SshOperation::DirectTcpip { host, port } => {
+                        ("direct_tcpip", None, Some(format!("{host}:{port}")))
+                    }
+                    SshOperation::TcpipForward { address, port } => {
+                        ("tcpip_forward", None, Some(format!("{address}:{port}")))
+                    }
+                    SshOperation::AgentForward => ("agent_forward", None, None),
+                    _ => ("unknown", None, None),
+                };
+                let subject = Subject::Ssh {
+                    channel,
+                    subsystem,
+                    destination,
+                };
+                let outcome = if channel == "unknown" {
+                    ItemOutcome::floor(Verdict::Deny, Floor::Unsupported, None)
+                } else {
+                    ItemOutcome::from_rule(self.first_match(&candidates, &subject), verdicts.default)
+                };
+                push(&|| channel.to_string(), outcome, Some(&subject), &mut items);
+            }
+            Operation::Http(op) => {
+                let method = op.method.to_ascii_uppercase();
+                match http_path::canonicalize(&op.path) {
+                    Ok(canonical) => {
+                        let subject = Subject::Http {
+                            method: &method,
+                            path: &canonical.path,
+                        };
+                        let mut outcome = ItemOutcome::from_rule(
+                            self.first_match(&candidates, &subject),
+                            verdicts.default,
+                        );
+                        if canonical.encoded_separator {
+                            outcome.raise(verdicts.ambiguous_http_path, Floor::AmbiguousHttpPath, None);
+                        }
+                        let label = || format!("{method} {}", canonical.path);
+                        push(&label, outcome, Some(&subject), &mut items);
+                    }
+                    Err(e) => {
+                        let outcome =
+                            ItemOutcome::floor(Verdict::Deny, Floor::InvalidHttpPath, Some(e.to_string()));
+                        push(&|| format!("{method} {}", op.path), outcome, None, &mut items);
+                    }
+                }
+            }
+            Operation::Kubernetes(op) => match &op.command {
+                Some(cmd) => {
+                    self.exec_items(cmd, Some(op), &candidates, &verdicts, &mut items, &mut push);
+                }
+                None => {
+                    let subject = Subject::Kube(op);
+                    let outcome = ItemOutcome::from_rule(
+                        self.first_match(&candidates, &subject),
+                        verdicts.default,
+                    );
+                    push(&|| op.summary(), outcome, Some(&subject), &mut items);
+                }
+            },
+            _ => {
+                let outcome = ItemOutcome::floor(Verdict::Deny, Floor::Unsupported, None);
+                push(&|| "unsupported operation".into(), outcome, None, &mut items);
+            }
+        }
+        self.combine(&items, target, &verdicts)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn sql_items<'p>(
+        &'p self,
+        op: &SqlOperation,
+        candidates: &[&'p Rule],
+        verdicts: &ResolvedVerdicts,
+        items: &mut Vec<(String, ItemOutcome<'p>)>,
+        push: &mut dyn FnMut(
+            &dyn Fn() -> String,
+            ItemOutcome<'p>,
+            Option<&Subject<'_>>,
+            &mut Vec<(String, ItemOutcome<'p>)>,
+        ),
+    ) {
+        let classification = classify(&op.text, &op.settings);
+        if classification.statements.is_empty() {
+            let outcome = ItemOutcome::floor(Verdict::Allow, Floor::EmptyQuery, None);
+            push(&|| "(empty)".into(), outcome, None, items);
+            return;
+        }
+        for stmt in &classification.statements {
+            let subject = Subject::Sql(stmt);
+            let mut outcome =
+                ItemOutcome::from_rule(self.first_match(candidates, &subject), verdicts.default);
+            if stmt.kind == StatementKind::Unparseable {
+                outcome.raise(
+                    verdicts.unparseable_sql,
+                    Floor::UnparseableSql,
+                    stmt.unparseable_reason.clone(),
+                );
+            }
+            if stmt.has(Risk::CopyProgram) {
+                outcome.raise(verdicts.copy_program, Floor::CopyProgram, None);
+            }
+            if stmt.has(Risk::EncodingChange) {
+                outcome.raise(verdicts.encoding_change, Floor::EncodingChange, None);
+            }
+            let label = || {
+                let text = op.text.get(stmt.span.clone()).unwrap_or("").trim();
+                let mut s: String = text.chars().take(120).collect();
+                if s.len() < text.len() {
+                    s.push('…');
+                }
+                s
+            };
+            push(&label, outcome, Some(&subject), items);
+        }
+    }
+
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
+    fn exec_items<'p>(
+        &'p self,
+        cmd: &ExecCommand,
+        kube: Option<&KubeOperation>,
+        candidates: &[&'p Rule],
+        verdicts: &ResolvedVerdicts,
+        items: &mut Vec<(String, ItemOutcome<'p>)>,
+        push: &mut dyn FnMut(
+            &dyn Fn() -> String,
+            ItemOutcome<'p>,
+            Option<&Subject<'_>>,
+            &mut Vec<(String, ItemOutcome<'p>)>,
+        ),
+    ) {
+        // Re-derive the parse from the raw line: what the policy sees must be what the shell
+        // would run, whatever the caller put in `parsed`.
+        let parsed = ExecCommand::parse(cmd.command_line.clone()).parsed;
+        let plain = parsed.is_plain();
+        let empty: Vec<String> = Vec::new();
+        let commands: Vec<&Vec<String>> = if parsed.commands.is_empty() {
+            vec![&empty]
+        } else {
+            parsed.commands.iter().collect()
+        };
+        for argv in commands {
+            let subject = Subject::Exec {
+                argv,
+                plain,
+                kube,
+            };
+            let mut outcome =
+                ItemOutcome::from_rule(self.first_match(candidates, &subject), verdicts.default);
+            if !plain || nested_shell(argv) {
+                outcome.raise(verdicts.non_plain_exec, Floor::NonPlainExec, None);
+            }
+            let label = || gatehouse_core::shell::join(argv);
+            push(&label, outcome, Some(&subject), items);
+        }
+    }
+
+    fn describe(
+        &self,
+        outcome: &ItemOutcome<'_>,
+        target: &Target,
+        verdicts: &ResolvedVerdicts,
+    ) -> (String, String) {
+        match outcome.by {
+            DecidedBy::Rule(r) => (r.id.clone(), r.reason.clone()),
+            DecidedBy::Default => (
+                "default".into(),
+                format!(
+                    "no rule matched; the default for target {} is {}",
+                    target.name,
+                    verdict_name(verdicts.default)
+                ),
+            ),
+            DecidedBy::Floor(f) => (
+                f.id().into(),
+                match &outcome.detail {
+                    Some(d) => format!("{} ({d})", f.reason()),
+                    None => f.reason().into(),
+                },
+            ),
+        }
+    }
+
+    fn combine(
+        &self,
+        items: &[(String, ItemOutcome<'_>)],
+        target: &Target,
+        verdicts: &ResolvedVerdicts,
+    ) -> Decision {
+        let mut chosen: Option<(usize, &ItemOutcome<'_>)> = None;
+        for (i, (_, o)) in items.iter().enumerate() {
+            if chosen.is_none_or(|(_, c)| o.verdict > c.verdict) {
+                chosen = Some((i, o));
+            }
+        }
+        let Some((index, outcome)) = chosen else {
+            return Decision::deny("unsupported-operation", "nothing to decide");
+        };
+        let (rule_id, mut reason) = self.describe(outcome, target, verdicts);
+        if items.len() > 1 {
+            reason = format!("part {} of {}: {reason}", index + 1, items.len());
+        }
+        let masking = if outcome.verdict == Verdict::Deny {
+            None
+        } else {
+            items
+                .iter()
+                .find_map(|(_, o)| o.rule.and_then(|r| r.masking.clone()))
+                .or_else(|| verdicts.masking.clone())
+        };
+        let review = if outcome.verdict == Verdict::Review {
+            Some(match outcome.by {
+                DecidedBy::Rule(r) => r.review.clone().unwrap_or_else(|| self.default_review.clone()),
+                _ => self.default_review.clone(),
+            })
+        } else {
+            None
+        };
+        Decision {
+            verdict: outcome.verdict,
+            rule_id,
+            reason,
+            masking_profile: masking,
+            review,
+        }
+    }
+
+    /// Decides, and says which rule decided each item and why every other rule did not.
+    pub fn explain(
+        &self,
+        identity: &Identity,
+        target: &Target,
+        operation: &Operation,
+    ) -> Explanation {
+        let mut items = Vec::new();
+        let decision = self.evaluate(identity, target, operation, Some(&mut items));
+        Explanation { decision, items }
+    }
+}
+
+fn verdict_name(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Allow => "allow",
+        Verdict::Review => "review",
+        Verdict::Deny => "deny",
+    }
+}
+
+impl Policy for CompiledPolicy {
+    fn decide(&self, identity: &Identity, target: &Target, operation: &Operation) -> Decision {
+        self.evaluate(identity, target, operation, None)
+    }
+}

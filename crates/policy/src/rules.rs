@@ -1,0 +1,550 @@
+//! Compiled rules and their matchers.
+//!
+//! The one idea to remember: **a matcher over the things an operation touches leans toward the
+//! stricter outcome.** In an `allow` rule, a list must cover *everything* the statement or
+//! command does (all kinds, all tables, all functions, all risks; an unqualified program name
+//! never matches a path); in a `deny` or `review` rule, *anything* in the list is enough (and an
+//! absent value, such as a cluster-wide Kubernetes request against a `namespaces` list, counts
+//! as a match). So an allow-list cannot be widened by adding a second statement, a writable CTE,
+//! a join, or a path to a program, and a deny-list is not dodged by omitting a name.
+
+use std::collections::BTreeSet;
+
+use globset::{Glob, GlobBuilder, GlobMatcher, GlobSet, GlobSetBuilder};
+
+use gatehouse_core::{Identity, KubeOperation, Protocol, ReviewRequirement, Target, Verdict};
+use gatehouse_sql::{Risk, StatementInfo, StatementKind};
+
+/// Why a rule did not match (static: tracing costs nothing on the hot path).
+pub(crate) type Miss = &'static str;
+
+/// What a rule is evaluated on.
+pub(crate) enum Subject<'a> {
+    /// One SQL statement.
+    Sql(&'a StatementInfo),
+    /// One simple command of an exec command line (SSH exec, or Kubernetes exec/attach).
+    Exec {
+        argv: &'a [String],
+        plain: bool,
+        kube: Option<&'a KubeOperation>,
+    },
+    /// An HTTP request with its canonical path.
+    Http { method: &'a str, path: &'a str },
+    /// A Kubernetes request without a command.
+    Kube(&'a KubeOperation),
+    /// An SSH channel request other than exec: channel kind and detail.
+    Ssh {
+        channel: &'static str,
+        subsystem: Option<&'a str>,
+        destination: Option<String>,
+    },
+}
+
+#[derive(Debug)]
+pub(crate) struct Rule {
+    pub id: String,
+    pub reason: String,
+    pub verdict: Verdict,
+    pub review: Option<ReviewRequirement>,
+    pub masking: Option<String>,
+    pub line: usize,
+    pub protocols: Option<Vec<Protocol>>,
+    pub targets: Option<GlobSet>,
+    pub target_tags: Option<Vec<String>>,
+    pub subjects: Option<GlobSet>,
+    pub groups: Option<Vec<String>>,
+    pub sql: Option<SqlMatcher>,
+    pub exec: Option<ExecMatcher>,
+    pub http: Option<HttpMatcher>,
+    pub kube: Option<KubeMatcher>,
+    pub ssh: Option<SshMatcher>,
+}
+
+impl Rule {
+    /// Deny and review rules match loosely (anything listed is enough); allow rules strictly.
+    fn loose(&self) -> bool {
+        self.verdict != Verdict::Allow
+    }
+
+    /// Whether the rule can apply to this protocol at all (cheap pre-filter).
+    pub fn applies_to(&self, protocol: Protocol) -> bool {
+        if let Some(protocols) = &self.protocols {
+            if !protocols.contains(&protocol) {
+                return false;
+            }
+        }
+        let sections = [
+            (self.sql.is_some(), Protocol::Postgres),
+            (self.http.is_some(), Protocol::Http),
+            (self.ssh.is_some(), Protocol::Ssh),
+        ];
+        for (present, p) in sections {
+            if present && p != protocol {
+                return false;
+            }
+        }
+        if self.kube.is_some() && protocol != Protocol::Kubernetes {
+            return false;
+        }
+        if self.exec.is_some() && !matches!(protocol, Protocol::Ssh | Protocol::Kubernetes) {
+            return false;
+        }
+        true
+    }
+
+    /// Matches the who/where part.
+    pub fn match_context(&self, identity: &Identity, target: &Target) -> Result<(), Miss> {
+        if let Some(protocols) = &self.protocols {
+            if !protocols.contains(&target.protocol) {
+                return Err("protocol not listed");
+            }
+        }
+        if let Some(globs) = &self.targets {
+            if !globs.is_match(&target.name) {
+                return Err("target name not matched");
+            }
+        }
+        if let Some(tags) = &self.target_tags {
+            if !tags.iter().any(|t| target.tags.contains(t)) {
+                return Err("target has none of the tags");
+            }
+        }
+        if let Some(globs) = &self.subjects {
+            if !globs.is_match(&identity.subject) {
+                return Err("subject not matched");
+            }
+        }
+        if let Some(groups) = &self.groups {
+            if !groups.iter().any(|g| identity.in_group(g)) {
+                return Err("identity in none of the groups");
+            }
+        }
+        Ok(())
+    }
+
+    /// Matches the operation part.
+    pub fn match_subject(&self, subject: &Subject<'_>) -> Result<(), Miss> {
+        let loose = self.loose();
+        match subject {
+            Subject::Sql(stmt) => {
+                if self.exec.is_some()
+                    || self.http.is_some()
+                    || self.kube.is_some()
+                    || self.ssh.is_some()
+                {
+                    return Err("rule is for another protocol");
+                }
+                match &self.sql {
+                    Some(m) => m.matches(stmt, loose),
+                    None => Ok(()),
+                }
+            }
+            Subject::Exec { argv, plain, kube } => {
+                if self.sql.is_some() || self.http.is_some() {
+                    return Err("rule is for another protocol");
+                }
+                match kube {
+                    Some(op) => {
+                        if self.ssh.is_some() {
+                            return Err("rule is for ssh");
+                        }
+                        if let Some(m) = &self.kube {
+                            m.matches(op, loose)?;
+                        }
+                    }
+                    None => {
+                        if self.kube.is_some() {
+                            return Err("rule is for kubernetes");
+                        }
+                        if let Some(m) = &self.ssh {
+                            m.matches("exec", None, None, loose)?;
+                        }
+                    }
+                }
+                match &self.exec {
+                    Some(m) => m.matches(argv, *plain, loose),
+                    None => Ok(()),
+                }
+            }
+            Subject::Http { method, path } => {
+                if self.sql.is_some()
+                    || self.exec.is_some()
+                    || self.kube.is_some()
+                    || self.ssh.is_some()
+                {
+                    return Err("rule is for another protocol");
+                }
+                match &self.http {
+                    Some(m) => m.matches(method, path),
+                    None => Ok(()),
+                }
+            }
+            Subject::Kube(op) => {
+                if self.sql.is_some() || self.http.is_some() || self.ssh.is_some() {
+                    return Err("rule is for another protocol");
+                }
+                if self.exec.is_some() {
+                    return Err("rule needs an exec command");
+                }
+                match &self.kube {
+                    Some(m) => m.matches(op, loose),
+                    None => Ok(()),
+                }
+            }
+            Subject::Ssh {
+                channel,
+                subsystem,
+                destination,
+            } => {
+                if self.sql.is_some()
+                    || self.http.is_some()
+                    || self.kube.is_some()
+                    || self.exec.is_some()
+                {
+                    return Err("rule is for another protocol");
+                }
+                match &self.ssh {
+                    Some(m) => m.matches(channel, *subsystem, destination.as_deref(), loose),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+/// Builds one glob. `literal_separator`: `*` stops at `/` (paths).
+pub(crate) fn glob(
+    pattern: &str,
+    literal_separator: bool,
+    case_insensitive: bool,
+) -> Result<Glob, String> {
+    GlobBuilder::new(pattern)
+        .literal_separator(literal_separator)
+        .case_insensitive(case_insensitive)
+        .backslash_escape(true)
+        .build()
+        .map_err(|e| format!("bad pattern {pattern:?}: {e}"))
+}
+
+pub(crate) fn glob_set(
+    patterns: &[String],
+    literal_separator: bool,
+    case_insensitive: bool,
+) -> Result<GlobSet, String> {
+    let mut builder = GlobSetBuilder::new();
+    for p in patterns {
+        builder.add(glob(p, literal_separator, case_insensitive)?);
+    }
+    builder.build().map_err(|e| e.to_string())
+}
+
+/// A table or function name pattern (see the module docs for qualified vs unqualified).
+#[derive(Debug)]
+pub(crate) struct NamePattern {
+    full: GlobMatcher,
+    /// The pattern's last part, for matching unqualified names loosely.
+    last: GlobMatcher,
+    qualified: bool,
+}
+
+impl NamePattern {
+    pub fn new(pattern: &str) -> Result<Self, String> {
+        let qualified = pattern.contains('.');
+        let last_part = pattern.rsplit('.').next().unwrap_or(pattern);
+        Ok(Self {
+            full: glob(pattern, false, false)?.compile_matcher(),
+            last: glob(last_part, false, false)?.compile_matcher(),
+            qualified,
+        })
+    }
+
+    /// `name` is normalised (`schema.table` or `table`; a catalog prefix is dropped here,
+    /// PostgreSQL requires it to be the current database anyway).
+    fn matches(&self, name: &str, loose: bool) -> bool {
+        let parts: Vec<&str> = name.split('.').collect();
+        let (schema, base) = match parts.as_slice() {
+            [.., s, b] => (Some(*s), *b),
+            [b] => (None, *b),
+            [] => (None, name),
+        };
+        if !self.qualified {
+            return self.last.is_match(base);
+        }
+        match schema {
+            Some(s) => self.full.is_match(format!("{s}.{base}")),
+            // Unqualified reference vs `schema.table` pattern: it may resolve there through
+            // search_path. A deny rule counts it; an allow rule does not.
+            None => loose && self.last.is_match(base),
+        }
+    }
+}
+
+fn names_match(
+    patterns: &[NamePattern],
+    names: &BTreeSet<String>,
+    loose: bool,
+) -> bool {
+    let hit = |n: &String| patterns.iter().any(|p| p.matches(n, loose));
+    if loose {
+        names.iter().any(hit)
+    } else {
+        names.iter().all(hit)
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct SqlMatcher {
+    pub kinds: Option<BTreeSet<StatementKind>>,
+    pub tables: Option<Vec<NamePattern>>,
+    pub functions: Option<Vec<NamePattern>>,
+    pub risks: Option<BTreeSet<Risk>>,
+    pub no_where: Option<bool>,
+}
+
+impl SqlMatcher {
+    fn matches(&self, stmt: &StatementInfo, loose: bool) -> Result<(), Miss> {
+        if stmt.kind == StatementKind::Unparseable {
+            // Rules cannot judge what was not read, except rules written for it.
+            let for_unparseable = self
+                .kinds
+                .as_ref()
+                .is_some_and(|k| k.contains(&StatementKind::Unparseable));
+            let content_free = self.tables.is_none()
+                && self.functions.is_none()
+                && self.risks.is_none()
+                && self.no_where.is_none();
+            return if for_unparseable && content_free {
+                Ok(())
+            } else {
+                Err("statement could not be read")
+            };
+        }
+        if let Some(kinds) = &self.kinds {
+            let ok = if loose {
+                stmt.kinds.iter().any(|k| kinds.contains(k))
+            } else {
+                stmt.kinds.iter().all(|k| kinds.contains(k))
+            };
+            if !ok {
+                return Err("sql kinds");
+            }
+        }
+        if let Some(tables) = &self.tables {
+            if loose && stmt.tables.is_empty() {
+                return Err("sql tables (none touched)");
+            }
+            if !names_match(tables, &stmt.tables, loose) {
+                return Err("sql tables");
+            }
+        }
+        if let Some(functions) = &self.functions {
+            if loose && stmt.functions.is_empty() {
+                return Err("sql functions (none called)");
+            }
+            if !names_match(functions, &stmt.functions, loose) {
+                return Err("sql functions");
+            }
+        }
+        if let Some(risks) = &self.risks {
+            let ok = if loose {
+                stmt.risks.iter().any(|r| risks.contains(r))
+            } else {
+                stmt.risks.iter().all(|r| risks.contains(r))
+            };
+            if !ok {
+                return Err("sql risks");
+            }
+        }
+        if let Some(no_where) = self.no_where {
+            if stmt.has(Risk::WriteWithoutWhere) != no_where {
+                return Err("sql no_where");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct ProgramPattern {
+    glob: GlobMatcher,
+    has_slash: bool,
+}
+
+impl ProgramPattern {
+    pub fn new(pattern: &str) -> Result<Self, String> {
+        Ok(Self {
+            glob: glob(pattern, false, false)?.compile_matcher(),
+            has_slash: pattern.contains('/'),
+        })
+    }
+
+    fn matches(&self, program: &str, loose: bool) -> bool {
+        if self.has_slash {
+            return self.glob.is_match(program);
+        }
+        if loose {
+            let base = program.rsplit('/').next().unwrap_or(program);
+            self.glob.is_match(base)
+        } else {
+            !program.contains('/') && self.glob.is_match(program)
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct ExecMatcher {
+    pub program: Option<Vec<ProgramPattern>>,
+    /// Positional globs for argv[1..]; `rest`: the list ended with `"**"`.
+    pub args: Option<(Vec<GlobMatcher>, bool)>,
+    pub any_arg: Option<GlobSet>,
+    pub no_arg: Option<GlobSet>,
+    pub plain: Option<bool>,
+}
+
+impl ExecMatcher {
+    fn matches(&self, argv: &[String], plain: bool, loose: bool) -> Result<(), Miss> {
+        if let Some(p) = self.plain {
+            if p != plain {
+                return Err("exec plain");
+            }
+        }
+        let (program, args) = match argv.split_first() {
+            Some((p, a)) => (p.as_str(), a),
+            None => ("", &[][..]),
+        };
+        if let Some(programs) = &self.program {
+            if !programs.iter().any(|p| p.matches(program, loose)) {
+                return Err("exec program");
+            }
+        }
+        if let Some((patterns, rest)) = &self.args {
+            let len_ok = if *rest {
+                args.len() >= patterns.len()
+            } else {
+                args.len() == patterns.len()
+            };
+            if !len_ok || !patterns.iter().zip(args).all(|(p, a)| p.is_match(a)) {
+                return Err("exec args");
+            }
+        }
+        if let Some(set) = &self.any_arg {
+            if !args.iter().any(|a| set.is_match(a)) {
+                return Err("exec any_arg");
+            }
+        }
+        if let Some(set) = &self.no_arg {
+            if args.iter().any(|a| set.is_match(a)) {
+                return Err("exec no_arg");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct HttpMatcher {
+    /// Upper-case methods; `*` is any.
+    pub methods: Option<Vec<String>>,
+    pub paths: Option<GlobSet>,
+}
+
+impl HttpMatcher {
+    fn matches(&self, method: &str, path: &str) -> Result<(), Miss> {
+        if let Some(methods) = &self.methods {
+            if !methods
+                .iter()
+                .any(|m| m == "*" || m.eq_ignore_ascii_case(method))
+            {
+                return Err("http method");
+            }
+        }
+        if let Some(paths) = &self.paths {
+            if !paths.is_match(path) {
+                return Err("http path");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct KubeMatcher {
+    pub verbs: Option<GlobSet>,
+    pub api_groups: Option<GlobSet>,
+    pub resources: Option<GlobSet>,
+    pub subresources: Option<GlobSet>,
+    pub namespaces: Option<GlobSet>,
+    pub names: Option<GlobSet>,
+}
+
+/// An optional value against an optional glob list: an absent value is "could be anything",
+/// which matches loosely and fails strictly.
+fn optional_match(set: Option<&GlobSet>, value: Option<&str>, loose: bool) -> bool {
+    match (set, value) {
+        (None, _) => true,
+        (Some(set), Some(v)) => set.is_match(v),
+        (Some(_), None) => loose,
+    }
+}
+
+impl KubeMatcher {
+    fn matches(&self, op: &KubeOperation, loose: bool) -> Result<(), Miss> {
+        if !optional_match(self.verbs.as_ref(), Some(&op.verb), loose) {
+            return Err("kubernetes verb");
+        }
+        if !optional_match(self.api_groups.as_ref(), Some(&op.group), loose) {
+            return Err("kubernetes api group");
+        }
+        if !optional_match(self.resources.as_ref(), Some(&op.resource), loose) {
+            return Err("kubernetes resource");
+        }
+        // No subresource is a definite value (the object itself), not an unknown.
+        if let Some(set) = &self.subresources {
+            match &op.subresource {
+                Some(s) if set.is_match(s) => {}
+                _ => return Err("kubernetes subresource"),
+            }
+        }
+        if !optional_match(self.namespaces.as_ref(), op.namespace.as_deref(), loose) {
+            return Err("kubernetes namespace");
+        }
+        if !optional_match(self.names.as_ref(), op.name.as_deref(), loose) {
+            return Err("kubernetes name");
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct SshMatcher {
+    pub channels: Option<Vec<String>>,
+    pub subsystems: Option<GlobSet>,
+    pub destinations: Option<GlobSet>,
+}
+
+impl SshMatcher {
+    fn matches(
+        &self,
+        channel: &str,
+        subsystem: Option<&str>,
+        destination: Option<&str>,
+        loose: bool,
+    ) -> Result<(), Miss> {
+        if let Some(channels) = &self.channels {
+            if !channels.iter().any(|c| c == channel) {
+                return Err("ssh channel");
+            }
+        }
+        if self.subsystems.is_some() && channel == "subsystem" {
+            if !optional_match(self.subsystems.as_ref(), subsystem, loose) {
+                return Err("ssh subsystem");
+            }
+        }
+        if self.destinations.is_some() && matches!(channel, "direct_tcpip" | "tcpip_forward") {
+            if !optional_match(self.destinations.as_ref(), destination, loose) {
+                return Err("ssh destination");
+            }
+        }
+        Ok(())
+    }
+}
