@@ -10,6 +10,7 @@
 use std::cmp::Reverse;
 
 use aho_corasick::AhoCorasick;
+use aho_corasick::packed;
 use memchr::memmem;
 use regex::bytes::Regex;
 
@@ -74,6 +75,48 @@ pub(crate) struct UserRegex {
     pub re: Regex,
     pub rule: u16,
     pub max_len: usize,
+}
+
+/// The literal-anchor searcher: Teddy (SIMD) when the CPU has it, else an aho-corasick automaton.
+/// (With this many patterns and start bytes, `AhoCorasick` itself would pick no prefilter and
+/// walk the automaton byte by byte: four times slower on prose.)
+#[derive(Debug)]
+enum LiteralSearcher {
+    Teddy(packed::Searcher),
+    Automaton(AhoCorasick),
+}
+
+impl LiteralSearcher {
+    fn new(pats: &[&str]) -> Result<LiteralSearcher, String> {
+        let teddy = packed::Config::new()
+            .match_kind(packed::MatchKind::LeftmostFirst)
+            .builder()
+            .extend(pats)
+            .build();
+        match teddy {
+            Some(t) => Ok(LiteralSearcher::Teddy(t)),
+            None => AhoCorasick::new(pats)
+                .map(LiteralSearcher::Automaton)
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Calls `f(pattern, start)` for each non-overlapping match, leftmost first.
+    #[inline]
+    fn for_each(&self, t: &[u8], mut f: impl FnMut(usize, usize)) {
+        match self {
+            LiteralSearcher::Teddy(s) => {
+                for m in s.find_iter(t) {
+                    f(m.pattern().as_usize(), m.start());
+                }
+            }
+            LiteralSearcher::Automaton(a) => {
+                for m in a.find_iter(t) {
+                    f(m.pattern().as_usize(), m.start());
+                }
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,21 +195,35 @@ const LO: u64 = 0x0101_0101_0101_0101;
 const HI: u64 = 0x8080_8080_8080_8080;
 
 /// High bit set in some byte iff `x` has a zero byte (exact as a yes/no answer).
-#[inline(always)]
+#[cfg(test)]
 fn zero_bytes(x: u64) -> u64 {
     x.wrapping_sub(LO) & !x & HI
 }
 
-#[inline(always)]
+#[cfg(test)]
 fn eq_bytes(x: u64, b: u8) -> u64 {
     zero_bytes(x ^ (LO * u64::from(b)))
 }
 
-/// High bit set in some byte iff `x` has an ASCII digit (exact: bit-hacks `hasbetween(x, 47, 58)`).
+/// High bit set in some byte iff `x` has a byte `m < b < n` (exact; bit-hacks `hasbetween`,
+/// valid for `m <= 127`, `n <= 128`).
 #[inline(always)]
-fn digit_bytes(x: u64) -> u64 {
+fn between_bytes(x: u64, m: u64, n: u64) -> u64 {
     let low7 = x & (LO * 127);
-    (LO * (127 + 58)).wrapping_sub(low7) & !x & low7.wrapping_add(LO * (127 - 47)) & HI
+    (LO * (127 + n)).wrapping_sub(low7) & !x & low7.wrapping_add(LO * (127 - m)) & HI
+}
+
+/// High bit set in some byte iff `x` has an ASCII digit.
+#[cfg(test)]
+fn digit_bytes(x: u64) -> u64 {
+    between_bytes(x, 0x2f, 0x3a)
+}
+
+/// High bit set in some byte iff `x` has a byte in `0x30..=0x40`: digits, `:`, `;`, `<`, `=`,
+/// `>`, `?`, `@`. One test covers every byte anchor; the class table drops the extras.
+#[inline(always)]
+fn anchor_range_bytes(x: u64) -> u64 {
+    between_bytes(x, 0x2f, 0x41)
 }
 
 #[inline(always)]
@@ -227,11 +284,9 @@ fn starts_with_at(t: &[u8], i: usize, lit: &[u8]) -> bool {
 pub(crate) struct Scanner {
     on: [bool; Detector::COUNT],
     max: [usize; Detector::COUNT],
-    literals: Option<(AhoCorasick, Vec<Lit>)>,
+    literals: Option<(LiteralSearcher, Vec<Lit>)>,
     class: [u8; 256],
-    want_digits: u64,
-    want_at: u64,
-    want_assign: u64,
+    any_class: bool,
     dicts: Vec<DictMatcher>,
     regexes: Vec<UserRegex>,
 }
@@ -257,7 +312,7 @@ impl Scanner {
         let literals = if pats.is_empty() {
             None
         } else {
-            Some((AhoCorasick::new(&pats).map_err(|e| e.to_string())?, kinds))
+            Some((LiteralSearcher::new(&pats)?, kinds))
         };
         let digits = is_on(Detector::Iban)
             || is_on(Detector::PaymentCard)
@@ -278,15 +333,12 @@ impl Scanner {
             class[usize::from(b'=')] = C_ASSIGN;
             class[usize::from(b':')] = C_ASSIGN;
         }
-        let mask = |yes: bool| if yes { u64::MAX } else { 0 };
         Ok(Scanner {
             on,
             max,
             literals,
             class,
-            want_digits: mask(digits),
-            want_at: mask(at_sign),
-            want_assign: mask(assign),
+            any_class: digits || at_sign || assign,
             dicts,
             regexes,
         })
@@ -323,12 +375,11 @@ impl Scanner {
     pub(crate) fn scan(&self, t: &[u8], at_eof: bool) -> ScanOutcome {
         let mut cands: Vec<Span> = Vec::new();
         let mut hold: Option<usize> = None;
-        if let Some((ac, kinds)) = &self.literals {
-            for m in ac.find_iter(t) {
-                let Some(&lit) = kinds.get(m.pattern().as_usize()) else {
-                    continue;
+        if let Some((searcher, kinds)) = &self.literals {
+            searcher.for_each(t, |pattern, p| {
+                let Some(&lit) = kinds.get(pattern) else {
+                    return;
                 };
-                let p = m.start();
                 if lit == Lit::PemBegin {
                     match self.pem(t, p, at_eof) {
                         PemHit::None => {}
@@ -340,9 +391,9 @@ impl Scanner {
                 } else if let Some((s, e)) = self.literal(t, p, lit) {
                     cands.push(span(s, e, lit.detector()));
                 }
-            }
+            });
         }
-        if self.want_digits | self.want_at | self.want_assign != 0 {
+        if self.any_class {
             self.class_pass(t, &mut cands);
         }
         for d in &self.dicts {
@@ -403,26 +454,23 @@ impl Scanner {
         }
     }
 
-    #[inline(always)]
-    fn word_hit(&self, x: u64) -> bool {
-        let d = digit_bytes(x) & self.want_digits;
-        let a = eq_bytes(x, b'@') & self.want_at;
-        let e = (eq_bytes(x, b'=') | eq_bytes(x, b':')) & self.want_assign;
-        (d | a | e) != 0
-    }
-
-    /// Next byte anchor at or after `from`, eight bytes at a time.
+    /// Next byte anchor at or after `from`: 32 bytes per step (four words, one branch), then the
+    /// class table on the block that hit.
     fn next_anchor(&self, t: &[u8], from: usize) -> Option<usize> {
         let rest = t.get(from..)?;
         let mut base = 0;
-        for c in rest.chunks_exact(8) {
-            let Ok(a) = <[u8; 8]>::try_from(c) else {
-                break;
-            };
-            if self.word_hit(u64::from_le_bytes(a)) {
-                break;
+        let word = |c: &[u8]| <[u8; 8]>::try_from(c).map_or(0, u64::from_le_bytes);
+        for c in rest.chunks_exact(32) {
+            let hit = anchor_range_bytes(word(c.get(0..8).unwrap_or(&[])))
+                | anchor_range_bytes(word(c.get(8..16).unwrap_or(&[])))
+                | anchor_range_bytes(word(c.get(16..24).unwrap_or(&[])))
+                | anchor_range_bytes(word(c.get(24..32).unwrap_or(&[])));
+            if hit != 0
+                && let Some(k) = c.iter().position(|&b| self.class[usize::from(b)] != 0)
+            {
+                return Some(from + base + k);
             }
-            base += 8;
+            base += 32;
         }
         rest.get(base..)?
             .iter()
@@ -573,6 +621,29 @@ impl Scanner {
         );
         if !(card || ssn || phone) {
             return run(t, p, t.len(), is_digit);
+        }
+        // Fast path: most digit runs (years, counts, versions, times) hold fewer digits than the
+        // shortest numeric detector needs (7), grouped or not.
+        let mut i = p;
+        let mut digits = 0;
+        loop {
+            let b = at(t, i);
+            if is_digit(b) {
+                digits += 1;
+                i += 1;
+            } else if matches!(b, b' ' | b'-' | b'.' | b')') && is_digit(at(t, i + 1)) {
+                i += 1;
+            } else if b == b')' && at(t, i + 1) == b' ' && is_digit(at(t, i + 2)) {
+                i += 2;
+            } else {
+                break;
+            }
+            if digits >= 7 {
+                break;
+            }
+        }
+        if digits < 7 {
+            return i;
         }
         let prefix = before(t, p);
         let plus = prefix == b'+';
@@ -1017,8 +1088,20 @@ const SECRET_KEY_SUFFIXES: &[&[u8]] = &[
 /// Whether the identifier ending at `key_end` names a secret (`db_password`, `x-api-key`,
 /// `clientSecret`, `AWS_SECRET_ACCESS_KEY`, `Authorization`).
 fn secret_key_kind_before(t: &[u8], key_end: usize) -> Option<KeyKind> {
-    let last = before(t, key_end).to_ascii_lowercase();
-    if !matches!(last, b'd' | b't' | b'n' | b'y' | b'e' | b's' | b'l') {
+    // Cheap filter on the last three characters before normalising the whole name: the tails
+    // of every suffix in SECRET_KEY_SUFFIXES.
+    if key_end < 3 {
+        return None;
+    }
+    let tail = [
+        at(t, key_end - 3).to_ascii_lowercase(),
+        at(t, key_end - 2).to_ascii_lowercase(),
+        at(t, key_end - 1).to_ascii_lowercase(),
+    ];
+    if !matches!(
+        &tail,
+        b"ord" | b"swd" | b"pwd" | b"ase" | b"ret" | b"ken" | b"key" | b"ion" | b"ial" | b"als"
+    ) {
         return None;
     }
     let mut buf = [0u8; 32];
@@ -1189,6 +1272,11 @@ mod tests {
         for b in 0u8..=255 {
             let x = u64::from_le_bytes([b, b'a', b'b', b'c', 0xff, 0x80, b'z', b' ']);
             assert_eq!(digit_bytes(x) != 0, b.is_ascii_digit(), "byte {b}");
+            assert_eq!(
+                anchor_range_bytes(x) != 0,
+                (0x30..=0x40).contains(&b),
+                "byte {b}"
+            );
             assert_eq!(eq_bytes(x, b'@') != 0, b == b'@', "byte {b}");
         }
     }
