@@ -38,6 +38,8 @@ struct Frame {
     obj: bool,
     index: usize,
     key: Vec<u8>,
+    /// `key` names a secret (`password`, `api_key`, …): computed once per key.
+    key_is_secret: bool,
     expect_key: bool,
     masked: Option<RuleRef>,
 }
@@ -128,9 +130,7 @@ impl JsonStreamMasker {
                 return Some(RuleRef::Path(i));
             }
         }
-        if self.profile.detector_enabled(Detector::SecretAssignment)
-            && top.is_some_and(|f| f.obj && is_secret_key_name(&f.key))
-        {
+        if top.is_some_and(|f| f.obj && f.key_is_secret) {
             return Some(RuleRef::Detector(Detector::SecretAssignment));
         }
         None
@@ -180,14 +180,30 @@ impl JsonStreamMasker {
 
     /// Emits `tok[..cut]` of the current string (a piece, or all of it at the end).
     fn emit_string_part(&mut self, cut: usize, out: &mut Vec<u8>) {
-        let part: Vec<u8> = self.tok.drain(..cut.min(self.tok.len())).collect();
+        // The whole token (the common case) is taken without copying; its buffer is given back.
+        let whole_token = cut >= self.tok.len();
+        let part: Vec<u8> = if whole_token {
+            std::mem::take(&mut self.tok)
+        } else {
+            self.tok.drain(..cut).collect()
+        };
+        self.emit_part(&part, out);
+        if whole_token {
+            self.tok = part;
+            self.tok.clear();
+        }
+    }
+
+    fn emit_part(&mut self, part: &[u8], out: &mut Vec<u8>) {
         let base = self.tok_offset;
         self.tok_offset += part.len() as u64;
         if self.is_key && !self.key_set {
+            let secret_names = self.profile.detector_enabled(Detector::SecretAssignment);
             if let Some(f) = self.frames.last_mut() {
                 f.key.clear();
                 f.key
                     .extend_from_slice(part.get(..part.len().min(MAX_KEY)).unwrap_or(&[]));
+                f.key_is_secret = secret_names && is_secret_key_name(&f.key);
             }
             self.key_set = true;
         }
@@ -198,11 +214,11 @@ impl JsonStreamMasker {
                     let Some(rule) = self.rule(r).cloned() else {
                         return;
                     };
-                    self.profile.replace(&rule, &part, true, out);
+                    self.profile.replace(&rule, part, true, out);
                     self.finding(&rule.name, base, part.len());
                 }
             }
-            None => self.detect_string(&part, base, out),
+            None => self.detect_string(part, base, out),
         }
     }
 
@@ -361,6 +377,7 @@ impl JsonStreamMasker {
                                 obj,
                                 index: 0,
                                 key: Vec::new(),
+                                key_is_secret: false,
                                 expect_key: obj,
                                 masked,
                             });
@@ -375,6 +392,7 @@ impl JsonStreamMasker {
                                 if f.obj {
                                     f.expect_key = true;
                                     f.key.clear();
+                                    f.key_is_secret = false;
                                 } else {
                                     f.index += 1;
                                 }

@@ -82,9 +82,43 @@ pub(crate) struct UserRegex {
 /// walk the automaton byte by byte: four times slower on prose.)
 #[derive(Debug)]
 enum LiteralSearcher {
-    Teddy(packed::Searcher),
+    /// Teddy for long haystacks, the automaton for short ones (Teddy's own short-haystack
+    /// fallback, Rabin-Karp, costs more per call on JSON-string-sized inputs).
+    Teddy(packed::Searcher, AhoCorasick, Box<PairSet>),
     Automaton(AhoCorasick),
 }
+
+/// The first two bytes of every literal, as a 65,536-bit set: a short haystack without any of
+/// these pairs cannot hold a literal, and skips the automaton.
+#[derive(Debug)]
+struct PairSet([u64; 1024]);
+
+impl PairSet {
+    fn new(pats: &[&str]) -> PairSet {
+        let mut bits = [0u64; 1024];
+        for p in pats {
+            if let [a, b, ..] = p.as_bytes() {
+                let i = usize::from(*a) << 8 | usize::from(*b);
+                if let Some(w) = bits.get_mut(i >> 6) {
+                    *w |= 1 << (i & 63);
+                }
+            }
+        }
+        PairSet(bits)
+    }
+
+    #[inline]
+    fn any_in(&self, t: &[u8]) -> bool {
+        t.windows(2).any(|w| {
+            let i = usize::from(w.first().copied().unwrap_or(0)) << 8
+                | usize::from(w.get(1).copied().unwrap_or(0));
+            self.0.get(i >> 6).is_some_and(|x| x & (1 << (i & 63)) != 0)
+        })
+    }
+}
+
+/// Below this many bytes the automaton beats Teddy's setup.
+const SHORT_HAYSTACK: usize = 64;
 
 impl LiteralSearcher {
     fn new(pats: &[&str]) -> Result<LiteralSearcher, String> {
@@ -93,24 +127,27 @@ impl LiteralSearcher {
             .builder()
             .extend(pats)
             .build();
-        match teddy {
-            Some(t) => Ok(LiteralSearcher::Teddy(t)),
-            None => AhoCorasick::new(pats)
-                .map(LiteralSearcher::Automaton)
-                .map_err(|e| e.to_string()),
-        }
+        let automaton = AhoCorasick::builder()
+            .kind(Some(aho_corasick::AhoCorasickKind::DFA))
+            .build(pats)
+            .map_err(|e| e.to_string())?;
+        Ok(match teddy {
+            Some(t) => LiteralSearcher::Teddy(t, automaton, Box::new(PairSet::new(pats))),
+            None => LiteralSearcher::Automaton(automaton),
+        })
     }
 
     /// Calls `f(pattern, start)` for each non-overlapping match, leftmost first.
     #[inline]
     fn for_each(&self, t: &[u8], mut f: impl FnMut(usize, usize)) {
         match self {
-            LiteralSearcher::Teddy(s) => {
+            LiteralSearcher::Teddy(s, _, _) if t.len() >= SHORT_HAYSTACK => {
                 for m in s.find_iter(t) {
                     f(m.pattern().as_usize(), m.start());
                 }
             }
-            LiteralSearcher::Automaton(a) => {
+            LiteralSearcher::Teddy(_, _, pairs) if !pairs.any_in(t) => {}
+            LiteralSearcher::Teddy(_, a, _) | LiteralSearcher::Automaton(a) => {
                 for m in a.find_iter(t) {
                     f(m.pattern().as_usize(), m.start());
                 }
