@@ -1,4 +1,59 @@
 //! Gatehouse's HTTP(S) reverse proxy: strips the caller's token, injects the target's credential,
 //! decides each request on its canonical path, masks responses and records the exchange.
+//!
+//! An agent calls `https://gateway/<prefix>/…` (or a host name routed to a target) with
+//! `Authorization: Bearer <JWT or gateway key>`. For every request the proxy
+//!
+//! 1. verifies the bearer token with the pipeline's [`gatehouse_core::Authenticator`] (cached per
+//!    connection for 30 s) and starts the connection's audit session on first use;
+//! 2. routes by host, then by the longest whole-segment path prefix, on the path canonicalised by
+//!    [`gatehouse_core::http_path`]: what the policy sees is exactly what the upstream receives
+//!    (`%2F`/`%5C` stay opaque, or are refused by configuration);
+//! 3. asks the [`gatehouse_core::Policy`] about `(method, canonical path, query)`; a WebSocket
+//!    upgrade is decided as method [`WEBSOCKET_METHOD`]. Deny → `403` JSON naming the rule.
+//!    Review → the request (bound to its body hash) is held up to `review_hold_ms`; past that the
+//!    caller gets `409` + `Retry-After` + the approval id, and the retried request goes through
+//!    once approved (the rule's grant window);
+//! 4. records the operation and decision before anything is forwarded (fail closed);
+//! 5. forwards with hop-by-hop headers removed, the caller's token replaced by the target's
+//!    credential (bearer, basic, header or query), `Accept-Encoding` narrowed to gzip/deflate;
+//! 6. decodes, masks (JSON token-level; text and NDJSON as streams; server-sent events per event,
+//!    `data:` lines joined as a client joins them) with an idle flush so streams keep streaming,
+//!    and runs every byte through the egress guard — response headers too;
+//! 7. records the exchange (masked, capped bodies; `authorization`, `cookie`, `set-cookie`
+//!    redacted) and the result.
+//!
+//! Errors are JSON (`{"error", "message", "side", …}`) with the status that fits
+//! ([`HttpProxyError`]). Conflicting `Content-Length`/`Transfer-Encoding` is refused
+//! ([`framing`]).
+//!
+//! ```no_run
+//! # async fn run(pipeline: gatehouse_core::Pipeline, config: gatehouse_http::HttpProxyConfig)
+//! # -> Result<(), gatehouse_http::HttpProxyError> {
+//! let proxy = gatehouse_http::HttpProxy::new(config, pipeline)?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8443").await
+//!     .map_err(|e| gatehouse_http::HttpProxyError::Listener(e.to_string()))?;
+//! proxy.serve(listener, None, async { let _ = tokio::signal::ctrl_c().await; }).await
+//! # }
+//! ```
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod body;
+pub mod config;
+pub mod error;
+pub mod framing;
+mod headers;
+mod proxy;
+mod sse;
+mod upstream;
+mod websocket;
+
+pub use config::{
+    EncodedSeparatorPolicy, HttpProxyConfig, HttpTargetConfig, InjectedCredential, Limits,
+    OtherContentPolicy, Timeouts,
+};
+pub use error::HttpProxyError;
+pub use proxy::HttpProxy;
+pub use websocket::WEBSOCKET_METHOD;

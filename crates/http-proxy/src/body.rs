@@ -1,0 +1,342 @@
+//! Response bodies on their way to the caller: decoded (gzip, deflate), masked by content type
+//! (JSON, text/NDJSON, server-sent events), checked by the egress guard, and captured (capped)
+//! for the recording. Sans-IO: [`BodyProcessor`] is fed upstream bytes and returns bytes that are
+//! safe to send; the async pump in `proxy.rs` drives it and its idle flush.
+
+use std::io::Write as _;
+
+use gatehouse_core::{EgressSite, EgressStream, Finding, Masker, StreamContext, StreamMasker};
+use http::HeaderMap;
+use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
+use sha2::{Digest, Sha256};
+
+use crate::config::OtherContentPolicy;
+use crate::error::HttpProxyError;
+use crate::sse::SseMasker;
+
+/// How a body is masked, from its `Content-Type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ContentKind {
+    /// `application/json`, `*/*+json`, JSON lines: the token-level JSON masker.
+    Json,
+    /// `text/*` (but event streams), XML, form data: the text stream masker.
+    Text,
+    /// `text/event-stream`.
+    EventStream,
+    /// Anything else (binary): not maskable.
+    Other,
+}
+
+impl ContentKind {
+    pub(crate) fn of(headers: &HeaderMap) -> ContentKind {
+        let Some(ct) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+            return ContentKind::Other;
+        };
+        let essence = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        match essence.as_str() {
+            "text/event-stream" => ContentKind::EventStream,
+            "application/json"
+            | "application/x-ndjson"
+            | "application/ndjson"
+            | "application/jsonl"
+            | "application/json-seq"
+            | "application/x-json-stream" => ContentKind::Json,
+            e if e.ends_with("+json") => ContentKind::Json,
+            e if e.starts_with("text/") => ContentKind::Text,
+            "application/xml"
+            | "application/x-www-form-urlencoded"
+            | "application/javascript"
+            | "application/yaml"
+            | "application/x-yaml"
+            | "application/graphql" => ContentKind::Text,
+            e if e.ends_with("+xml") => ContentKind::Text,
+            _ => ContentKind::Other,
+        }
+    }
+}
+
+/// The encodings the gateway can decode, and so may accept from an upstream.
+pub(crate) const DECODABLE: &[&str] = &["gzip", "deflate"];
+
+/// Streaming decompression of one `Content-Encoding`.
+enum Decoder {
+    Identity,
+    Gzip(flate2::write::GzDecoder<Vec<u8>>),
+    Deflate(flate2::write::ZlibDecoder<Vec<u8>>),
+}
+
+impl Decoder {
+    fn for_headers(headers: &HeaderMap) -> Result<Decoder, HttpProxyError> {
+        let mut codings = Vec::new();
+        for v in headers.get_all(CONTENT_ENCODING) {
+            let v = v.to_str().map_err(|_| {
+                HttpProxyError::UpstreamRefused("unreadable Content-Encoding".into())
+            })?;
+            codings.extend(
+                v.split(',')
+                    .map(|c| c.trim().to_ascii_lowercase())
+                    .filter(|c| !c.is_empty() && c != "identity"),
+            );
+        }
+        match codings.as_slice() {
+            [] => Ok(Decoder::Identity),
+            [c] if c == "gzip" || c == "x-gzip" => {
+                Ok(Decoder::Gzip(flate2::write::GzDecoder::new(Vec::new())))
+            }
+            [c] if c == "deflate" => Ok(Decoder::Deflate(flate2::write::ZlibDecoder::new(
+                Vec::new(),
+            ))),
+            _ => Err(HttpProxyError::UpstreamRefused(format!(
+                "content encoding {:?} cannot be decoded for masking",
+                codings.join(", ")
+            ))),
+        }
+    }
+
+    /// Decodes `chunk`; returns the decoded bytes (borrowing for identity).
+    fn decode<'a>(&'a mut self, chunk: &'a [u8]) -> Result<&'a [u8], HttpProxyError> {
+        let bad = |e: std::io::Error| {
+            HttpProxyError::UpstreamRefused(format!("bad compressed body: {e}"))
+        };
+        match self {
+            Decoder::Identity => Ok(chunk),
+            Decoder::Gzip(d) => {
+                d.get_mut().clear();
+                d.write_all(chunk).map_err(bad)?;
+                Ok(d.get_ref())
+            }
+            Decoder::Deflate(d) => {
+                d.get_mut().clear();
+                d.write_all(chunk).map_err(bad)?;
+                Ok(d.get_ref())
+            }
+        }
+    }
+
+    fn finish(&mut self) -> Result<Vec<u8>, HttpProxyError> {
+        let bad = |e: std::io::Error| {
+            HttpProxyError::UpstreamRefused(format!("bad compressed body: {e}"))
+        };
+        match self {
+            Decoder::Identity => Ok(Vec::new()),
+            Decoder::Gzip(d) => {
+                d.get_mut().clear();
+                d.try_finish().map_err(bad)?;
+                Ok(std::mem::take(d.get_mut()))
+            }
+            Decoder::Deflate(d) => {
+                d.get_mut().clear();
+                d.try_finish().map_err(bad)?;
+                Ok(std::mem::take(d.get_mut()))
+            }
+        }
+    }
+
+    fn is_identity(&self) -> bool {
+        matches!(self, Decoder::Identity)
+    }
+}
+
+enum Masking {
+    Stream(Box<dyn StreamMasker>),
+    EventStream(SseMasker),
+    /// Not maskable: passed through (egress-checked), hashed for the record.
+    Pass(Box<Sha256>),
+}
+
+/// What the recording keeps of a body.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct BodyCapture {
+    /// Masked bytes, at most the cap.
+    pub bytes: Vec<u8>,
+    /// Total (masked) bytes sent.
+    pub total: u64,
+    /// For unmaskable content: the SHA-256 of what passed, instead of its bytes.
+    pub sha256: Option<String>,
+}
+
+/// Decodes, masks, egress-checks and captures one response body.
+pub(crate) struct BodyProcessor {
+    decoder: Decoder,
+    masking: Masking,
+    egress: Box<dyn EgressStream>,
+    capture: BodyCapture,
+    cap: usize,
+    max_decoded: u64,
+    decoded: u64,
+    findings: Vec<Finding>,
+    /// Bytes pushed since the last flush: the idle timer only flushes when this is set.
+    dirty: bool,
+}
+
+impl std::fmt::Debug for BodyProcessor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BodyProcessor")
+            .field("sent", &self.capture.total)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Settings for one body.
+pub(crate) struct BodySettings<'a> {
+    pub masker: &'a dyn Masker,
+    pub egress: &'a dyn gatehouse_core::EgressGuard,
+    pub profile: Option<String>,
+    pub other: OtherContentPolicy,
+    pub record_cap: usize,
+    pub max_decoded: u64,
+}
+
+impl BodyProcessor {
+    /// Prepares for a response with `headers`. Refuses encodings it cannot decode and, when so
+    /// configured, content it cannot mask.
+    pub(crate) fn new(headers: &HeaderMap, s: &BodySettings<'_>) -> Result<Self, HttpProxyError> {
+        let decoder = Decoder::for_headers(headers)?;
+        let kind = ContentKind::of(headers);
+        let masking = match kind {
+            ContentKind::Json | ContentKind::Text => {
+                Masking::Stream(s.masker.stream(&StreamContext {
+                    profile: s.profile.clone(),
+                    field: Some("body".into()),
+                    json: kind == ContentKind::Json,
+                }))
+            }
+            ContentKind::EventStream => Masking::EventStream(SseMasker::new(s.profile.clone())),
+            ContentKind::Other => match s.other {
+                OtherContentPolicy::Refuse => {
+                    return Err(HttpProxyError::UpstreamRefused(
+                        "content type cannot be masked and is refused by configuration".into(),
+                    ));
+                }
+                _ => Masking::Pass(Box::new(Sha256::new())),
+            },
+        };
+        Ok(Self {
+            decoder,
+            masking,
+            egress: s.egress.stream(EgressSite::Client),
+            capture: BodyCapture::default(),
+            cap: s.record_cap,
+            max_decoded: s.max_decoded,
+            decoded: 0,
+            findings: Vec::new(),
+            dirty: false,
+        })
+    }
+
+    /// Whether the body leaves the gateway in a different length or encoding than it came
+    /// (then `Content-Length` and `Content-Encoding` must go).
+    pub(crate) fn transforms(&self) -> bool {
+        !self.decoder.is_identity() || !matches!(self.masking, Masking::Pass(_))
+    }
+
+    /// Feeds an upstream chunk; appends what is safe to send to `out`.
+    pub(crate) fn push(
+        &mut self,
+        masker: &dyn Masker,
+        chunk: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), HttpProxyError> {
+        let start = out.len();
+        let decoded = self.decoder.decode(chunk)?;
+        self.decoded += decoded.len() as u64;
+        if self.decoded > self.max_decoded {
+            return Err(HttpProxyError::UpstreamRefused(format!(
+                "response body larger than {} bytes",
+                self.max_decoded
+            )));
+        }
+        match &mut self.masking {
+            Masking::Stream(m) => m.push(decoded, out),
+            Masking::EventStream(m) => m.push(masker, decoded, out),
+            Masking::Pass(h) => {
+                h.update(decoded);
+                out.extend_from_slice(decoded);
+            }
+        }
+        self.dirty = !decoded.is_empty() || self.dirty;
+        self.check_and_capture(out, start)
+    }
+
+    /// Whether the masker may hold bytes back (the idle timer is only armed then).
+    pub(crate) fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// The idle timer fired: emit what the masker holds back (masked as it stands).
+    pub(crate) fn idle_flush(&mut self, out: &mut Vec<u8>) -> Result<(), HttpProxyError> {
+        if !self.dirty {
+            return Ok(());
+        }
+        self.dirty = false;
+        let start = out.len();
+        if let Masking::Stream(m) = &mut self.masking {
+            m.flush(out);
+        }
+        self.check_and_capture(out, start)
+    }
+
+    /// End of the upstream body: emit everything left.
+    pub(crate) fn finish(
+        &mut self,
+        masker: &dyn Masker,
+        out: &mut Vec<u8>,
+    ) -> Result<(), HttpProxyError> {
+        let start = out.len();
+        let rest = self.decoder.finish()?;
+        match &mut self.masking {
+            Masking::Stream(m) => {
+                m.push(&rest, out);
+                m.finish(out);
+            }
+            Masking::EventStream(m) => {
+                m.push(masker, &rest, out);
+                m.finish(masker, out);
+            }
+            Masking::Pass(h) => {
+                h.update(&rest);
+                out.extend_from_slice(&rest);
+                self.capture.sha256 = Some(hex::encode(h.clone().finalize()));
+            }
+        }
+        self.check_and_capture(out, start)
+    }
+
+    fn check_and_capture(&mut self, out: &[u8], start: usize) -> Result<(), HttpProxyError> {
+        let new = out.get(start..).unwrap_or(&[]);
+        if new.is_empty() {
+            return Ok(());
+        }
+        self.egress
+            .check(new)
+            .map_err(|_| HttpProxyError::EgressBlocked)?;
+        self.capture.total += new.len() as u64;
+        if !matches!(self.masking, Masking::Pass(_)) {
+            let room = self.cap.saturating_sub(self.capture.bytes.len());
+            self.capture
+                .bytes
+                .extend_from_slice(new.get(..room.min(new.len())).unwrap_or(&[]));
+        }
+        self.collect_findings();
+        Ok(())
+    }
+
+    fn collect_findings(&mut self) {
+        match &mut self.masking {
+            Masking::Stream(m) => self.findings.extend(m.take_findings()),
+            Masking::EventStream(m) => self.findings.extend(m.take_findings()),
+            Masking::Pass(_) => {}
+        }
+    }
+
+    /// What was sent, for the recording, and the masking findings.
+    pub(crate) fn into_parts(mut self) -> (BodyCapture, Vec<Finding>) {
+        self.collect_findings();
+        (self.capture, self.findings)
+    }
+}

@@ -1,0 +1,1315 @@
+//! [`HttpProxy`]: the listener, the per-connection session, and the request path through the
+//! layers (authenticate → route → canonicalise → decide → approve → record → forward → mask →
+//! record).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use gatehouse_core::http_path;
+use gatehouse_core::{
+    ApprovalFilter, ApprovalOutcome, ApprovalRequest, ApprovalState, AuthErrorKind, Credential,
+    Decision, EgressSite, Event, EventBody, HttpOperation, Identity, Operation, OperationResult,
+    Pipeline, Protocol, RecordingFrame, RecordingKind, RecordingSink, SessionId, Target, Verdict,
+};
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Body, Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{Mutex, mpsc, watch};
+
+use crate::body::{BodyCapture, BodyProcessor, BodySettings};
+use crate::config::{EncodedSeparatorPolicy, HttpProxyConfig, InjectedCredential, ms};
+use crate::error::HttpProxyError;
+use crate::framing::{FramingGuard, FramingVerdicts};
+use crate::headers;
+use crate::upstream::{self, BoxError, UpstreamClient, UpstreamConnector, UpstreamUrl};
+
+/// The body of every response the gateway sends.
+pub(crate) type ResBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// How long an authenticated bearer token is trusted on one connection before it is verified
+/// again (bounded by the identity's own expiry). Saves a signature check per request on
+/// keep-alive connections while still noticing revocation quickly.
+const REAUTH_AFTER: Duration = Duration::from_secs(30);
+
+/// The HTTP(S) API proxy. Cheap to clone; build once, serve on any number of listeners.
+#[derive(Clone)]
+pub struct HttpProxy {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for HttpProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpProxy")
+            .field("targets", &self.inner.targets.len())
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: HttpProxyConfig,
+    pub(crate) pipeline: Pipeline,
+    pub(crate) targets: Vec<RoutedTarget>,
+}
+
+/// A configured target, ready to route to.
+pub(crate) struct RoutedTarget {
+    pub(crate) target: Target,
+    host: Option<String>,
+    /// Canonical prefix without trailing slash (`""` for `/`).
+    prefix: Option<String>,
+    pub(crate) url: UpstreamUrl,
+    client: UpstreamClient,
+    pub(crate) connector: UpstreamConnector,
+    pub(crate) credential: Option<InjectedCredential>,
+}
+
+impl HttpProxy {
+    /// Checks the configuration and prepares one pooled upstream client per target. The
+    /// pipeline's egress guard should watch [`HttpProxyConfig::held_secrets`].
+    pub fn new(config: HttpProxyConfig, pipeline: Pipeline) -> Result<HttpProxy, HttpProxyError> {
+        config.validate()?;
+        let mut targets = Vec::with_capacity(config.targets.len());
+        for t in &config.targets {
+            let url = UpstreamUrl::parse(&t.upstream).map_err(HttpProxyError::Config)?;
+            let tls = if url.tls {
+                Some(upstream::tls_client_config(
+                    t.ca_file.as_deref(),
+                    &[b"http/1.1"],
+                )?)
+            } else {
+                None
+            };
+            let connector =
+                UpstreamConnector::new(url.clone(), tls, ms(config.timeouts.connect_ms));
+            let client = upstream::client(connector.clone(), ms(config.timeouts.pool_idle_ms));
+            let prefix = match &t.path_prefix {
+                Some(p) => {
+                    let c = http_path::canonicalize(p)
+                        .map_err(|e| HttpProxyError::Config(format!("target {:?}: {e}", t.name)))?;
+                    Some(c.path.trim_end_matches('/').to_string())
+                }
+                None => None,
+            };
+            let mut target = Target::new(t.name.clone(), Protocol::Http);
+            for tag in &t.tags {
+                target = target.with_tag(tag.clone());
+            }
+            targets.push(RoutedTarget {
+                target,
+                host: t.host.as_ref().map(|h| h.to_ascii_lowercase()),
+                prefix,
+                url,
+                client,
+                connector,
+                credential: t.credential.clone(),
+            });
+        }
+        Ok(HttpProxy {
+            inner: Arc::new(Inner {
+                config,
+                pipeline,
+                targets,
+            }),
+        })
+    }
+
+    /// Serves `listener` until `shutdown` resolves, then lets open requests finish (at most 10 s).
+    /// With `tls`, connections are TLS-terminated and offer HTTP/2 and HTTP/1.1 by ALPN;
+    /// without, HTTP/1.1 and HTTP/2 with prior knowledge (h2c) are both accepted.
+    pub async fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        tls: Option<rustls::ServerConfig>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), HttpProxyError> {
+        let acceptor = tls.map(|mut cfg| {
+            if cfg.alpn_protocols.is_empty() {
+                cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            }
+            tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+        });
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = tokio::task::JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            let accepted = tokio::select! {
+                () = &mut shutdown => break,
+                a = listener.accept() => a,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: keep serving the others.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let proxy = self.inner.clone();
+            let acceptor = acceptor.clone();
+            let stop = stop_rx.clone();
+            tasks.spawn(async move {
+                let header_timeout = ms(proxy.config.timeouts.header_read_ms);
+                match acceptor {
+                    None => serve_connection(proxy, tcp, peer, stop).await,
+                    Some(acceptor) => {
+                        match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
+                            Ok(Ok(tls)) => serve_connection(proxy, tls, peer, stop).await,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed")
+                            }
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        }
+                    }
+                }
+            });
+            // Reap finished connections so the set does not grow without bound.
+            while tasks.try_join_next().is_some() {}
+        }
+        let _ = stop_tx.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        tasks.abort_all();
+        Ok(())
+    }
+}
+
+/// Serves one client connection (HTTP/1.1 or HTTP/2) and closes its session at the end.
+async fn serve_connection<I>(
+    proxy: Arc<Inner>,
+    io: I,
+    peer: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let verdicts = FramingVerdicts::default();
+    let io = FramingGuard::new(io, verdicts.clone(), proxy.config.limits.max_header_bytes);
+    let conn = Arc::new(ConnCtx {
+        proxy: proxy.clone(),
+        peer,
+        session: Mutex::new(None),
+        framing: verdicts,
+        h1_requests: AtomicU64::new(0),
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let limits = &proxy.config.limits;
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(ms(proxy.config.timeouts.header_read_ms))
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(limits.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    let svc_conn = conn.clone();
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let c = svc_conn.clone();
+        async move { Ok::<_, Infallible>(c.handle(req).await) }
+    });
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            r = connection.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            changed = stop.changed(), if !stopping => {
+                stopping = true;
+                if changed.is_ok() {
+                    connection.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+    conn.end_session("connection closed").await;
+}
+
+/// One client connection: its peer, its (lazily started) session, its framing verdicts.
+pub(crate) struct ConnCtx {
+    pub(crate) proxy: Arc<Inner>,
+    peer: SocketAddr,
+    session: Mutex<Option<Arc<SessionState>>>,
+    framing: FramingVerdicts,
+    /// HTTP/1 requests seen so far (to match the framing guard's per-request verdicts).
+    h1_requests: AtomicU64,
+}
+
+/// An authenticated session on one connection.
+pub(crate) struct SessionState {
+    pub(crate) id: SessionId,
+    pub(crate) identity: Identity,
+    token_hash: [u8; 32],
+    verified_at: Instant,
+    next_index: AtomicU64,
+    pub(crate) recording: Mutex<Option<Box<dyn RecordingSink>>>,
+}
+
+impl SessionState {
+    fn next_index(&self) -> u64 {
+        self.next_index.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// One operation in flight: what recording its outcome needs.
+#[derive(Clone)]
+pub(crate) struct OpCtx {
+    pub(crate) session: Arc<SessionState>,
+    pub(crate) target: Target,
+    pub(crate) index: u64,
+    pub(crate) started: Instant,
+}
+
+pub(crate) fn full(body: impl Into<Bytes>) -> ResBody {
+    Full::new(body.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed_unsync()
+}
+
+pub(crate) fn error_response(e: &HttpProxyError) -> Response<ResBody> {
+    e.to_response().map(full)
+}
+
+impl ConnCtx {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<ResBody> {
+        let started = Instant::now();
+        let seq = if req.version() < http::Version::HTTP_2 {
+            Some(self.h1_requests.fetch_add(1, Ordering::SeqCst))
+        } else {
+            None
+        };
+        if let Some(seq) = seq
+            && let Some(reason) = self.framing.take(seq)
+        {
+            let mut resp = error_response(&HttpProxyError::ConflictingFraming(reason));
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return resp;
+        }
+        match self.clone().handle_inner(req, started).await {
+            Ok(resp) => resp,
+            Err(e) => error_response(&e),
+        }
+    }
+
+    /// Stage one: everything before the operation is recorded.
+    async fn handle_inner(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        started: Instant,
+    ) -> Result<Response<ResBody>, HttpProxyError> {
+        let session = self.authenticate(req.headers()).await?;
+        let (target, rel_path, query) = self.route(&req)?;
+        let upgrade = crate::websocket::is_upgrade(&req);
+        let method = if upgrade {
+            crate::websocket::WEBSOCKET_METHOD.to_string()
+        } else {
+            req.method().as_str().to_ascii_uppercase()
+        };
+        let operation = HttpOperation {
+            method,
+            path: rel_path,
+            query,
+            body_sha256: None,
+        };
+        let ctx = OpCtx {
+            session: session.clone(),
+            target: target.target.clone(),
+            index: session.next_index(),
+            started,
+        };
+        match self
+            .clone()
+            .operate(req, target, operation, &ctx, upgrade)
+            .await
+        {
+            Ok(resp) => Ok(resp),
+            Err(e) => {
+                self.record_result(&ctx, &e.status(), Some(e.code()), 0, Vec::new())
+                    .await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Verifies the bearer token (cached per connection for [`REAUTH_AFTER`]) and makes sure the
+    /// session is started and recorded.
+    async fn authenticate(
+        &self,
+        headers: &http::HeaderMap,
+    ) -> Result<Arc<SessionState>, HttpProxyError> {
+        let pipeline = &self.proxy.pipeline;
+        let Some(token) = headers::bearer_token(headers) else {
+            self.login_failed(AuthErrorKind::Malformed).await;
+            return Err(HttpProxyError::Unauthenticated(AuthErrorKind::Malformed));
+        };
+        let token_hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let mut slot = self.session.lock().await;
+        if let Some(s) = slot.as_ref()
+            && s.token_hash == token_hash
+            && s.verified_at.elapsed() < REAUTH_AFTER
+            && !s.identity.is_expired_at(gatehouse_core::now())
+        {
+            return Ok(s.clone());
+        }
+        let credential = Credential::Bearer(token.to_string());
+        let identity = match pipeline.authenticator.authenticate(&credential).await {
+            Ok(id) => id,
+            Err(e) => {
+                self.login_failed(e.kind).await;
+                return Err(if e.kind == AuthErrorKind::ProviderUnavailable {
+                    HttpProxyError::AuthUnavailable
+                } else {
+                    HttpProxyError::Unauthenticated(e.kind)
+                });
+            }
+        };
+        // Same token, re-verified: keep the session.
+        if let Some(s) = slot.as_ref()
+            && s.token_hash == token_hash
+            && s.identity.principal() == identity.principal()
+        {
+            let renewed = Arc::new(SessionState {
+                id: s.id.clone(),
+                identity,
+                token_hash,
+                verified_at: Instant::now(),
+                next_index: AtomicU64::new(s.next_index.load(Ordering::Relaxed)),
+                recording: Mutex::new(s.recording.lock().await.take()),
+            });
+            *slot = Some(renewed.clone());
+            return Ok(renewed);
+        }
+        if let Some(old) = slot.take() {
+            self.close_session(&old, "caller changed token").await;
+        }
+        let id = SessionId::generate();
+        let start = Event::now(
+            id.clone(),
+            Some(identity.clone()),
+            None,
+            EventBody::SessionStart {
+                client_addr: self.peer.to_string(),
+                details: serde_json::json!({ "protocol": "http" }),
+            },
+        );
+        pipeline
+            .recorder
+            .record(start)
+            .await
+            .map_err(|e| HttpProxyError::Recorder(e.to_string()))?;
+        let sink = pipeline
+            .recorder
+            .open_recording(&id, RecordingKind::Http)
+            .await
+            .map_err(|e| HttpProxyError::Recorder(e.to_string()))?;
+        let state = Arc::new(SessionState {
+            id,
+            identity,
+            token_hash,
+            verified_at: Instant::now(),
+            next_index: AtomicU64::new(0),
+            recording: Mutex::new(Some(sink)),
+        });
+        *slot = Some(state.clone());
+        Ok(state)
+    }
+
+    async fn login_failed(&self, reason: AuthErrorKind) {
+        let event = Event::now(
+            SessionId::generate(),
+            None,
+            None,
+            EventBody::LoginFailed {
+                client_addr: self.peer.to_string(),
+                reason,
+            },
+        );
+        // The caller is refused either way; a failed audit write is logged, not retried.
+        if let Err(e) = self.proxy.pipeline.recorder.record(event).await {
+            tracing::warn!(error = %e, "could not record a failed login");
+        }
+    }
+
+    async fn end_session(&self, reason: &str) {
+        let s = self.session.lock().await.take();
+        if let Some(s) = s {
+            self.close_session(&s, reason).await;
+        }
+    }
+
+    async fn close_session(&self, s: &SessionState, reason: &str) {
+        let sink = s.recording.lock().await.take();
+        let seal = match sink {
+            Some(sink) => match sink.seal().await {
+                Ok(seal) => Some(seal),
+                Err(e) => {
+                    tracing::warn!(error = %e, "sealing the recording failed");
+                    None
+                }
+            },
+            None => None,
+        };
+        let event = Event::now(
+            s.id.clone(),
+            Some(s.identity.clone()),
+            None,
+            EventBody::SessionEnd {
+                reason: reason.to_string(),
+                recording: seal,
+                operations: s.next_index.load(Ordering::Relaxed),
+            },
+        );
+        if let Err(e) = self.proxy.pipeline.recorder.record(event).await {
+            tracing::warn!(error = %e, "could not record the end of a session");
+        }
+    }
+
+    /// Finds the target (host first, then the longest path prefix) and the canonical path the
+    /// policy sees and the upstream gets.
+    fn route(
+        &self,
+        req: &Request<Incoming>,
+    ) -> Result<(&RoutedTarget, String, Option<String>), HttpProxyError> {
+        let raw_path = req.uri().path();
+        let query = req.uri().query().map(str::to_string);
+        let canonical = http_path::canonicalize(raw_path)
+            .map_err(|e| HttpProxyError::PathRefused(e.to_string()))?;
+        if canonical.encoded_separator
+            && self.proxy.config.encoded_separators == EncodedSeparatorPolicy::Reject
+        {
+            return Err(HttpProxyError::PathRefused(
+                "encoded '/' or '\\' in the path is refused by configuration".into(),
+            ));
+        }
+        let host = req
+            .uri()
+            .host()
+            .map(str::to_string)
+            .or_else(|| {
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(|h| strip_port(h).to_string())
+            })
+            .map(|h| h.to_ascii_lowercase());
+        let targets = &self.proxy.targets;
+        if let Some(host) = &host
+            && let Some(t) = targets.iter().find(|t| t.host.as_deref() == Some(host))
+        {
+            return Ok((t, canonical.path, query));
+        }
+        let path = canonical.path.as_str();
+        let mut best: Option<(&RoutedTarget, usize)> = None;
+        for t in targets {
+            let Some(prefix) = &t.prefix else { continue };
+            let matches = path == prefix
+                || path
+                    .strip_prefix(prefix.as_str())
+                    .is_some_and(|rest| rest.starts_with('/'));
+            if matches && best.is_none_or(|(_, len)| prefix.len() > len) {
+                best = Some((t, prefix.len()));
+            }
+        }
+        let (t, len) = best.ok_or(HttpProxyError::NoTarget)?;
+        let rest = path.get(len..).unwrap_or("");
+        let rel = if rest.is_empty() { "/" } else { rest };
+        Ok((t, rel.to_string(), query))
+    }
+
+    /// Stage two: decide, hold for approval, record, forward, mask.
+    async fn operate(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        target: &RoutedTarget,
+        mut operation: HttpOperation,
+        ctx: &OpCtx,
+        upgrade: bool,
+    ) -> Result<Response<ResBody>, HttpProxyError> {
+        let pipeline = &self.proxy.pipeline;
+        let config = &self.proxy.config;
+        let identity = &ctx.session.identity;
+        let decision = pipeline.policy.decide(
+            identity,
+            &target.target,
+            &Operation::Http(operation.clone()),
+        );
+        let (parts, body) = req.into_parts();
+        // A reviewed request is bound to its exact body: read it (capped) before asking.
+        if decision.verdict == Verdict::Review && !upgrade {
+            let bytes = read_capped(body, config.limits.max_request_body).await?;
+            if !bytes.is_empty() {
+                operation.body_sha256 = Some(hex::encode(Sha256::digest(&bytes)));
+            }
+            return self
+                .reviewed(parts, bytes, target, operation, decision, ctx)
+                .await;
+        }
+        self.record_operation(ctx, &operation, &decision).await?;
+        match decision.verdict {
+            Verdict::Deny => Err(HttpProxyError::Denied {
+                rule: decision.rule_id,
+                reason: decision.reason,
+            }),
+            Verdict::Review => {
+                // Upgrades are not held (a held handshake would time out in most clients).
+                Err(HttpProxyError::Denied {
+                    rule: decision.rule_id,
+                    reason: "WebSocket upgrades cannot wait for approval".into(),
+                })
+            }
+            Verdict::Allow if upgrade => {
+                crate::websocket::proxy_upgrade(
+                    self.clone(),
+                    Request::from_parts(parts, body),
+                    target,
+                    &operation,
+                    ctx.clone(),
+                    decision.masking_profile,
+                )
+                .await
+            }
+            Verdict::Allow => {
+                self.forward(
+                    parts,
+                    RequestBody::Stream(body),
+                    target,
+                    &operation,
+                    &decision,
+                    ctx,
+                )
+                .await
+            }
+        }
+    }
+
+    async fn reviewed(
+        self: Arc<Self>,
+        parts: http::request::Parts,
+        body: Bytes,
+        target: &RoutedTarget,
+        operation: HttpOperation,
+        decision: Decision,
+        ctx: &OpCtx,
+    ) -> Result<Response<ResBody>, HttpProxyError> {
+        let pipeline = &self.proxy.pipeline;
+        let config = &self.proxy.config;
+        self.record_operation(ctx, &operation, &decision).await?;
+        let identity = &ctx.session.identity;
+        let op = Operation::Http(operation.clone());
+        let rule = decision.rule_id.clone();
+        let approvals_err =
+            |e: gatehouse_core::ApprovalError| HttpProxyError::Approvals(e.to_string());
+        let Some(requirement) = decision.review.clone() else {
+            // A review without a requirement cannot be approved by anyone: refuse.
+            return Err(HttpProxyError::Denied {
+                rule,
+                reason: "review required but no approvers configured".into(),
+            });
+        };
+        // A retried request waits on its own pending approval instead of opening another.
+        let filter = ApprovalFilter {
+            state: Some(ApprovalState::Pending),
+            requester: Some(identity.subject.clone()),
+            target: Some(target.target.name.clone()),
+        };
+        let pending = pipeline
+            .approvals
+            .list(&filter)
+            .await
+            .map_err(approvals_err)?
+            .into_iter()
+            .find(|r| {
+                r.request.operation == op && r.request.requester.principal() == identity.principal()
+            });
+        let (id, granted) = match pending {
+            Some(r) => (r.id, false),
+            None => {
+                let ticket = pipeline
+                    .approvals
+                    .open(ApprovalRequest {
+                        requester: identity.clone(),
+                        session: ctx.session.id.clone(),
+                        target: target.target.clone(),
+                        operation: op.clone(),
+                        rule_id: rule.clone(),
+                        reason: decision.reason.clone(),
+                        requirement,
+                    })
+                    .await
+                    .map_err(approvals_err)?;
+                (ticket.id, ticket.already_granted)
+            }
+        };
+        let outcome = if granted {
+            ApprovalOutcome::Approved { approvers: vec![] }
+        } else {
+            pipeline
+                .approvals
+                .wait(&id, ms(config.review_hold_ms))
+                .await
+                .map_err(approvals_err)?
+        };
+        let resolved = Event::now(
+            ctx.session.id.clone(),
+            Some(identity.clone()),
+            Some(target.target.clone()),
+            EventBody::ApprovalResolved {
+                index: ctx.index,
+                id: id.clone(),
+                outcome: outcome.clone(),
+            },
+        );
+        if !matches!(outcome, ApprovalOutcome::StillPending) {
+            pipeline
+                .recorder
+                .record(resolved)
+                .await
+                .map_err(|e| HttpProxyError::Recorder(e.to_string()))?;
+        }
+        match outcome {
+            ApprovalOutcome::Approved { .. } => {
+                self.forward(
+                    parts,
+                    RequestBody::Buffered(body),
+                    target,
+                    &operation,
+                    &decision,
+                    ctx,
+                )
+                .await
+            }
+            ApprovalOutcome::Denied { .. } => {
+                Err(HttpProxyError::ApprovalDenied { id: id.0, rule })
+            }
+            ApprovalOutcome::StillPending => Err(HttpProxyError::ApprovalPending {
+                id: id.0,
+                rule,
+                retry_after_s: config.retry_after_s,
+            }),
+            _ => Err(HttpProxyError::ApprovalTimedOut { id: id.0, rule }),
+        }
+    }
+
+    async fn record_operation(
+        &self,
+        ctx: &OpCtx,
+        operation: &HttpOperation,
+        decision: &Decision,
+    ) -> Result<(), HttpProxyError> {
+        let event = Event::now(
+            ctx.session.id.clone(),
+            Some(ctx.session.identity.clone()),
+            Some(ctx.target.clone()),
+            EventBody::Operation {
+                index: ctx.index,
+                operation: Operation::Http(operation.clone()),
+                decision: decision.clone(),
+            },
+        );
+        self.proxy
+            .pipeline
+            .recorder
+            .record(event)
+            .await
+            .map(|_| ())
+            .map_err(|e| HttpProxyError::Recorder(e.to_string()))
+    }
+
+    async fn record_result(
+        &self,
+        ctx: &OpCtx,
+        status: &StatusCode,
+        code: Option<&str>,
+        bytes_out: u64,
+        findings: Vec<gatehouse_core::Finding>,
+    ) {
+        let status = match code {
+            Some(c) => format!("{} {c}", status.as_u16()),
+            None => status.as_u16().to_string(),
+        };
+        let event = Event::now(
+            ctx.session.id.clone(),
+            Some(ctx.session.identity.clone()),
+            Some(ctx.target.clone()),
+            EventBody::OperationResult(OperationResult {
+                index: ctx.index,
+                status,
+                rows: None,
+                bytes_out,
+                duration_us: u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                findings,
+            }),
+        );
+        if let Err(e) = self.proxy.pipeline.recorder.record(event).await {
+            tracing::warn!(error = %e, "could not record an operation result");
+        }
+    }
+
+    /// Sends the request upstream with the target's credential and streams the masked response.
+    async fn forward(
+        self: Arc<Self>,
+        parts: http::request::Parts,
+        body: RequestBody,
+        target: &RoutedTarget,
+        operation: &HttpOperation,
+        decision: &Decision,
+        ctx: &OpCtx,
+    ) -> Result<Response<ResBody>, HttpProxyError> {
+        let config = &self.proxy.config;
+        let pipeline = &self.proxy.pipeline;
+        let max_body = config.limits.max_request_body;
+        if let Some(len) = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            && len > max_body
+        {
+            return Err(HttpProxyError::BodyTooLarge(max_body));
+        }
+        let recorded_request_headers =
+            headers::recorded_headers(&parts.headers, injected_header(target));
+        let (upstream_req, capture) =
+            self.upstream_request(parts, body, target, operation, decision)?;
+        let response = match tokio::time::timeout(
+            ms(config.timeouts.response_head_ms),
+            target.client.request(upstream_req),
+        )
+        .await
+        {
+            Err(_) => return Err(HttpProxyError::UpstreamTimeout),
+            Ok(Err(e)) => {
+                if capture.lock().await.too_large {
+                    return Err(HttpProxyError::BodyTooLarge(max_body));
+                }
+                return Err(if e.is_connect() {
+                    HttpProxyError::UpstreamUnavailable(source_text(&e))
+                } else {
+                    HttpProxyError::UpstreamRefused(source_text(&e))
+                });
+            }
+            Ok(Ok(r)) => r,
+        };
+        let (mut rparts, rbody) = response.into_parts();
+        headers::strip_hop_by_hop(&mut rparts.headers);
+        for value in rparts.headers.values() {
+            if pipeline
+                .egress
+                .check(EgressSite::Client, value.as_bytes())
+                .is_err()
+            {
+                self.record_block(&ctx.session, &ctx.target, "client").await;
+                return Err(HttpProxyError::EgressBlocked);
+            }
+        }
+        let processor = BodyProcessor::new(
+            &rparts.headers,
+            &BodySettings {
+                masker: &*pipeline.masker,
+                egress: &*pipeline.egress,
+                profile: decision.masking_profile.clone(),
+                other: config.other_content,
+                record_cap: config.record_body_cap,
+                max_decoded: config.limits.max_response_body,
+            },
+        )?;
+        if processor.transforms() {
+            rparts.headers.remove(header::CONTENT_LENGTH);
+            rparts.headers.remove(header::CONTENT_ENCODING);
+        }
+        let (tx, mut rx) = mpsc::channel::<Result<Bytes, HttpProxyError>>(8);
+        let exchange = Exchange {
+            conn: self.clone(),
+            session: ctx.session.clone(),
+            target: ctx.target.clone(),
+            index: ctx.index,
+            started: ctx.started,
+            method: operation.method.clone(),
+            path: operation.path.clone(),
+            query: operation.query.clone(),
+            request_headers: recorded_request_headers,
+            request_capture: capture,
+            status: rparts.status,
+            response_headers: headers::recorded_headers(&rparts.headers, None),
+        };
+        let idle = ms(config.idle_flush_ms).max(Duration::from_millis(1));
+        tokio::spawn(pump(
+            rbody,
+            processor,
+            pipeline.masker.clone(),
+            idle,
+            tx,
+            exchange,
+        ));
+        // Wait briefly for the first safe bytes, so a response the egress guard blocks at once
+        // becomes a clean 502 rather than a cut stream.
+        let first =
+            match tokio::time::timeout(idle.max(Duration::from_millis(100)), rx.recv()).await {
+                Ok(Some(Err(e))) => return Err(e),
+                Ok(Some(Ok(b))) => Some(b),
+                Ok(None) => None,
+                Err(_) => None,
+            };
+        let body = ChannelBody { first, rx }.boxed_unsync();
+        Ok(Response::from_parts(rparts, body))
+    }
+
+    /// The request as the upstream gets it.
+    fn upstream_request(
+        &self,
+        parts: http::request::Parts,
+        body: RequestBody,
+        target: &RoutedTarget,
+        operation: &HttpOperation,
+        decision: &Decision,
+    ) -> Result<(Request<upstream::UpstreamBody>, Arc<Mutex<RequestCapture>>), HttpProxyError> {
+        let mut h = parts.headers;
+        headers::strip_hop_by_hop(&mut h);
+        h.remove(header::HOST);
+        h.remove(header::CONTENT_LENGTH);
+        headers::restrict_accept_encoding(&mut h);
+        h.remove(header::AUTHORIZATION);
+        let query_cred = target
+            .credential
+            .as_ref()
+            .and_then(|c| headers::inject_credential(c, &mut h));
+        let query = match &query_cred {
+            Some(param) => Some(headers::query_with_credential(
+                operation.query.as_deref(),
+                param,
+            )),
+            None => operation.query.clone(),
+        };
+        let authority = target.url.authority();
+        let mut uri = format!(
+            "{}://{}{}{}",
+            target.url.scheme(),
+            authority,
+            target.url.base_path,
+            operation.path
+        );
+        if let Some(q) = &query {
+            uri.push('?');
+            uri.push_str(q);
+        }
+        let uri: http::Uri = uri
+            .parse()
+            .map_err(|_| HttpProxyError::BadRequest("request target cannot be forwarded".into()))?;
+        if let Ok(v) = HeaderValue::from_str(&authority) {
+            h.insert(header::HOST, v);
+        }
+        let capture = Arc::new(Mutex::new(RequestCapture::new(
+            &*self.proxy.pipeline.masker,
+            decision.masking_profile.clone(),
+            &h,
+            self.proxy.config.record_body_cap,
+        )));
+        let max = self.proxy.config.limits.max_request_body;
+        let body: upstream::UpstreamBody = match body {
+            RequestBody::Buffered(bytes) => {
+                if let Ok(mut c) = capture.try_lock() {
+                    c.push(&bytes);
+                    c.finish();
+                }
+                Full::new(bytes)
+                    .map_err(|never: Infallible| match never {})
+                    .boxed_unsync()
+            }
+            RequestBody::Stream(incoming) => RequestTee {
+                inner: Limited::new(incoming, usize::try_from(max).unwrap_or(usize::MAX)),
+                capture: capture.clone(),
+            }
+            .boxed_unsync(),
+        };
+        let mut req = Request::new(body);
+        *req.method_mut() = parts.method;
+        *req.uri_mut() = uri;
+        *req.headers_mut() = h;
+        Ok((req, capture))
+    }
+}
+
+fn injected_header(target: &RoutedTarget) -> Option<&str> {
+    match &target.credential {
+        Some(InjectedCredential::Header { name, .. }) => Some(name.as_str()),
+        _ => None,
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+/// The text of an error chain, caller-safe (hyper and io errors carry no URL or header).
+fn source_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}
+
+/// Reads a whole request body, refusing it above `max` bytes.
+async fn read_capped(body: Incoming, max: u64) -> Result<Bytes, HttpProxyError> {
+    let limited = Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX));
+    match limited.collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(HttpProxyError::BodyTooLarge(max))
+        }
+        Err(e) => Err(HttpProxyError::BadRequest(format!("request body: {e}"))),
+    }
+}
+
+enum RequestBody {
+    Stream(Incoming),
+    Buffered(Bytes),
+}
+
+/// The masked, capped copy of a request body kept for the recording.
+pub(crate) struct RequestCapture {
+    masker: Option<Box<dyn gatehouse_core::StreamMasker>>,
+    bytes: Vec<u8>,
+    total: u64,
+    cap: usize,
+    too_large: bool,
+    findings: Vec<gatehouse_core::Finding>,
+}
+
+impl RequestCapture {
+    fn new(
+        masker: &dyn gatehouse_core::Masker,
+        profile: Option<String>,
+        headers: &http::HeaderMap,
+        cap: usize,
+    ) -> Self {
+        let kind = crate::body::ContentKind::of(headers);
+        let masker = match kind {
+            crate::body::ContentKind::Other => None,
+            k => Some(masker.stream(&gatehouse_core::StreamContext {
+                profile,
+                field: Some("request_body".into()),
+                json: k == crate::body::ContentKind::Json,
+            })),
+        };
+        Self {
+            masker,
+            bytes: Vec::new(),
+            total: 0,
+            cap,
+            too_large: false,
+            findings: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, chunk: &[u8]) {
+        self.total += chunk.len() as u64;
+        if self.bytes.len() >= self.cap {
+            return;
+        }
+        if let Some(m) = &mut self.masker {
+            m.push(chunk, &mut self.bytes);
+        }
+        self.bytes.truncate(self.cap);
+    }
+
+    fn finish(&mut self) {
+        if let Some(mut m) = self.masker.take() {
+            if self.bytes.len() < self.cap {
+                m.finish(&mut self.bytes);
+                self.bytes.truncate(self.cap);
+            }
+            self.findings.extend(m.take_findings());
+        }
+    }
+}
+
+/// Passes the caller's body upstream while keeping a masked copy for the recording.
+struct RequestTee {
+    inner: Limited<Incoming>,
+    capture: Arc<Mutex<RequestCapture>>,
+}
+
+impl Body for RequestTee {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Ok(mut c)) = (frame.data_ref(), self.capture.try_lock()) {
+                    c.push(data);
+                }
+            }
+            Poll::Ready(Some(Err(e))) => {
+                if e.is::<http_body_util::LengthLimitError>()
+                    && let Ok(mut c) = self.capture.try_lock()
+                {
+                    c.too_large = true;
+                }
+            }
+            Poll::Ready(None) => {
+                if let Ok(mut c) = self.capture.try_lock() {
+                    c.finish();
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response body fed by the pump task.
+struct ChannelBody {
+    first: Option<Bytes>,
+    rx: mpsc::Receiver<Result<Bytes, HttpProxyError>>,
+}
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(first) = self.first.take() {
+            return Poll::Ready(Some(Ok(Frame::data(first))));
+        }
+        self.rx
+            .poll_recv(cx)
+            .map(|item| item.map(|r| r.map(Frame::data).map_err(|e| Box::new(e) as BoxError)))
+    }
+}
+
+/// What the pump records when the response is done.
+struct Exchange {
+    conn: Arc<ConnCtx>,
+    session: Arc<SessionState>,
+    target: Target,
+    index: u64,
+    started: Instant,
+    method: String,
+    path: String,
+    query: Option<String>,
+    request_headers: serde_json::Value,
+    request_capture: Arc<Mutex<RequestCapture>>,
+    status: StatusCode,
+    response_headers: serde_json::Value,
+}
+
+/// Drives one response body: upstream frames → decode → mask → egress → caller, with the idle
+/// flush; then records the exchange.
+async fn pump(
+    mut upstream: Incoming,
+    mut processor: BodyProcessor,
+    masker: Arc<dyn gatehouse_core::Masker + Send + Sync>,
+    idle: Duration,
+    tx: mpsc::Sender<Result<Bytes, HttpProxyError>>,
+    exchange: Exchange,
+) {
+    let mut outcome: Result<(), HttpProxyError> = Ok(());
+    let mut client_gone = false;
+    loop {
+        let mut out = Vec::new();
+        let step = if processor.is_dirty() {
+            tokio::time::timeout(idle, upstream.frame()).await.ok()
+        } else {
+            Some(upstream.frame().await)
+        };
+        let mut done = false;
+        let result = match step {
+            None => processor.idle_flush(&mut out),
+            Some(None) => {
+                done = true;
+                processor.finish(&*masker, &mut out)
+            }
+            Some(Some(Err(e))) => Err(HttpProxyError::UpstreamRefused(format!(
+                "upstream body: {}",
+                source_text(&e)
+            ))),
+            Some(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => processor.push(&*masker, &data, &mut out),
+                Err(_trailers) => Ok(()),
+            },
+        };
+        if let Err(e) = result {
+            outcome = Err(e.clone());
+            let _ = tx.send(Err(e)).await;
+            break;
+        }
+        if !out.is_empty() && tx.send(Ok(Bytes::from(out))).await.is_err() {
+            client_gone = true;
+            break;
+        }
+        if done {
+            break;
+        }
+    }
+    drop(tx);
+    let (capture, findings) = processor.into_parts();
+    exchange
+        .finish(capture, findings, outcome, client_gone)
+        .await;
+}
+
+impl Exchange {
+    async fn finish(
+        self,
+        response: BodyCapture,
+        mut findings: Vec<gatehouse_core::Finding>,
+        outcome: Result<(), HttpProxyError>,
+        client_gone: bool,
+    ) {
+        let pipeline = &self.conn.proxy.pipeline;
+        let (request_body, request_total, request_findings) = {
+            let mut c = self.request_capture.lock().await;
+            c.finish();
+            (
+                String::from_utf8_lossy(&c.bytes).into_owned(),
+                c.total,
+                std::mem::take(&mut c.findings),
+            )
+        };
+        findings.extend(request_findings);
+        let error = match &outcome {
+            Err(e) => Some(e.code()),
+            Ok(()) if client_gone => Some("client_gone"),
+            Ok(()) => None,
+        };
+        let entry = serde_json::json!({
+            "index": self.index,
+            "method": self.method,
+            "path": self.path,
+            "query": self.query,
+            "request_headers": self.request_headers,
+            "request_body": request_body,
+            "request_body_bytes": request_total,
+            "status": self.status.as_u16(),
+            "response_headers": self.response_headers,
+            "response_body": String::from_utf8_lossy(&response.bytes),
+            "response_body_bytes": response.total,
+            "response_body_sha256": response.sha256,
+            "error": error,
+            "duration_us": u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        });
+        let serialized = entry.to_string();
+        if pipeline
+            .egress
+            .check(EgressSite::Recording, serialized.as_bytes())
+            .is_ok()
+        {
+            let frame = RecordingFrame::Entry {
+                label: "http_exchange".into(),
+                body: entry,
+            };
+            let mut sink = self.session.recording.lock().await;
+            if let Some(sink) = sink.as_mut()
+                && let Err(e) = sink.write(frame).await
+            {
+                tracing::warn!(error = %e, "recording write failed");
+            }
+        } else {
+            self.conn
+                .record_block(&self.session, &self.target, "recording")
+                .await;
+        }
+        if matches!(outcome, Err(HttpProxyError::EgressBlocked)) {
+            self.conn
+                .record_block(&self.session, &self.target, "client")
+                .await;
+        }
+        let ctx = OpCtx {
+            session: self.session.clone(),
+            target: self.target.clone(),
+            index: self.index,
+            started: self.started,
+        };
+        self.conn
+            .record_result(&ctx, &self.status, error, response.total, findings)
+            .await;
+    }
+}
+
+impl ConnCtx {
+    pub(crate) async fn record_block(&self, session: &SessionState, target: &Target, site: &str) {
+        let event = Event::now(
+            session.id.clone(),
+            Some(session.identity.clone()),
+            Some(target.clone()),
+            EventBody::EgressBlocked {
+                site: site.to_string(),
+                hits: 1,
+            },
+        );
+        if let Err(e) = self.proxy.pipeline.recorder.record(event).await {
+            tracing::warn!(error = %e, "could not record an egress block");
+        }
+    }
+
+    /// Records how a WebSocket relay ended.
+    pub(crate) async fn record_ws_result(
+        &self,
+        ctx: &OpCtx,
+        status: String,
+        bytes_out: u64,
+        findings: Vec<gatehouse_core::Finding>,
+    ) {
+        let event = Event::now(
+            ctx.session.id.clone(),
+            Some(ctx.session.identity.clone()),
+            Some(ctx.target.clone()),
+            EventBody::OperationResult(OperationResult {
+                index: ctx.index,
+                status,
+                rows: None,
+                bytes_out,
+                duration_us: u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                findings,
+            }),
+        );
+        if let Err(e) = self.proxy.pipeline.recorder.record(event).await {
+            tracing::warn!(error = %e, "could not record a websocket result");
+        }
+    }
+}
