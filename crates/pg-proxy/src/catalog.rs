@@ -24,6 +24,8 @@ pub(crate) struct Catalog {
     upstream: UpstreamConfig,
     conn: tokio::sync::Mutex<Option<FrameReader<BoxStream>>>,
     cache: Mutex<Cache>,
+    /// Relation name as written in SQL → its columns (oid, attnum, name).
+    relations: Mutex<HashMap<String, Vec<(u32, i16, String)>>>,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -42,11 +44,114 @@ impl Catalog {
             upstream,
             conn: tokio::sync::Mutex::new(None),
             cache: Mutex::new(HashMap::new()),
+            relations: Mutex::new(HashMap::new()),
         }
     }
 
     pub(crate) fn invalidate(&self) {
         lock(&self.cache).clear();
+        self.relations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// Qualified sources for SQL-level lineage names: `table.column`, `table.*` (every column)
+    /// or `?.column` (that column in any of `tables`). Each resolves through views to base
+    /// columns. Names that resolve to nothing are kept as written.
+    pub(crate) async fn expand(&self, names: &[String], tables: &[String]) -> Result<Vec<String>, PgProxyError> {
+        let mut keys: Vec<(u32, i16)> = Vec::new();
+        let mut unresolved = Vec::new();
+        for name in names {
+            let (table, column) = match name.rsplit_once('.') {
+                Some((t, c)) => (t, c),
+                None => ("?", name.as_str()),
+            };
+            let candidates: Vec<&str> = if table == "?" {
+                tables.iter().map(String::as_str).collect()
+            } else {
+                vec![table]
+            };
+            let mut found = false;
+            for t in candidates {
+                for (oid, att, col) in self.relation(t).await? {
+                    if column == "*" || col == column {
+                        keys.push((oid, att));
+                        found = true;
+                    }
+                }
+            }
+            if !found {
+                unresolved.push(name.clone());
+            }
+        }
+        let columns: Vec<ColumnDesc> = keys
+            .iter()
+            .map(|(oid, att)| ColumnDesc {
+                name: String::new(),
+                table_oid: *oid,
+                attnum: *att,
+                type_oid: 0,
+                format: 0,
+            })
+            .collect();
+        let mut out = unresolved;
+        for sources in self.resolve(&columns).await? {
+            for s in sources {
+                if !out.contains(&s) {
+                    out.push(s);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Columns of a relation named as in SQL (resolved with the upstream's search_path).
+    async fn relation(&self, name: &str) -> Result<Vec<(u32, i16, String)>, PgProxyError> {
+        if let Some(r) = self
+            .relations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            return Ok(r.clone());
+        }
+        let literal = name.replace('\'', "''");
+        let sql = format!(
+            "SELECT a.attrelid::oid::int8::text, a.attnum::text, a.attname::text              FROM pg_catalog.pg_attribute a              WHERE a.attrelid = pg_catalog.to_regclass('{literal}') AND a.attnum > 0              AND NOT a.attisdropped ORDER BY a.attnum"
+        );
+        let rows = self.run(&sql).await?;
+        let cols: Vec<(u32, i16, String)> = rows
+            .into_iter()
+            .filter_map(|r| match r.as_slice() {
+                [Some(oid), Some(att), Some(n)] => {
+                    Some((oid.parse().ok()?, att.parse().ok()?, n.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        self.relations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), cols.clone());
+        Ok(cols)
+    }
+
+    async fn run(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>, PgProxyError> {
+        let mut guard = self.conn.lock().await;
+        if guard.is_none() {
+            let conn = crate::upstream::connect(&self.upstream, &[("application_name".into(), "gatehouse-catalog".into())]).await?;
+            *guard = Some(FrameReader::new(conn.stream, conn.leftover, 64 << 20));
+        }
+        let Some(reader) = guard.as_mut() else {
+            return Err(PgProxyError::Gateway("catalog connection unavailable".into()));
+        };
+        let result = query(reader, sql).await;
+        if result.is_err() {
+            // A broken catalog connection is reopened on the next lookup.
+            *guard = None;
+        }
+        result
     }
 
     /// Sources per column; columns without a table (expressions) get none. If the lookup fails,
@@ -111,20 +216,7 @@ impl Catalog {
              ORDER BY 1, 2, 4, 3",
             values.join(",")
         );
-        let mut guard = self.conn.lock().await;
-        if guard.is_none() {
-            let conn = crate::upstream::connect(&self.upstream, &[("application_name".into(), "gatehouse-catalog".into())]).await?;
-            *guard = Some(FrameReader::new(conn.stream, conn.leftover, 64 << 20));
-        }
-        let Some(reader) = guard.as_mut() else {
-            return Err(PgProxyError::Gateway("catalog connection unavailable".into()));
-        };
-        let result = query(reader, &sql).await;
-        if result.is_err() {
-            // A broken catalog connection is reopened on the next lookup.
-            *guard = None;
-        }
-        let rows = result?;
+        let rows = self.run(&sql).await?;
         let mut out: Cache = HashMap::new();
         for row in rows {
             let [Some(rel), Some(att), Some(name), _] = row.as_slice() else {

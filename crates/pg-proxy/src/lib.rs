@@ -42,7 +42,9 @@ pub use config::{
 };
 pub use error::PgProxyError;
 pub use hooks::{DefaultHooks, PgHooks, SessionContext};
-pub use statements::{LexicalAnalyzer, StatementAnalyzer, StatementInfo, StatementKind};
+pub use statements::{
+    ColumnLineage, LexicalAnalyzer, SqlAnalyzer, StatementAnalyzer, StatementInfo, StatementKind,
+};
 pub use upstream::{AsyncStream, BoxStream};
 
 /// A PostgreSQL listener's shared state.
@@ -100,6 +102,32 @@ impl ProxyInner {
         }
     }
 
+    /// Expands SQL-level lineage names to qualified catalog sources (through views). On a
+    /// catalog failure the names are kept as written (a masker rule on the bare column name still
+    /// matches them).
+    pub(crate) async fn expand_sources(&self, target: &str, names: &[String], tables: &[String]) -> Vec<String> {
+        if names.is_empty() {
+            return Vec::new();
+        }
+        match self.catalogs.get(target) {
+            Some(cat) => match cat.expand(names, tables).await {
+                Ok(mut s) => {
+                    for n in names {
+                        if !s.contains(n) {
+                            s.push(n.clone());
+                        }
+                    }
+                    s
+                }
+                Err(e) => {
+                    tracing::warn!(target = %target, error = %e, "catalog expansion failed");
+                    names.to_vec()
+                }
+            },
+            None => names.to_vec(),
+        }
+    }
+
     pub(crate) fn catalog_invalidate(&self, target: &str) {
         if let Some(c) = self.catalogs.get(target) {
             c.invalidate();
@@ -122,14 +150,9 @@ impl std::fmt::Debug for PgProxy {
 }
 
 impl PgProxy {
-    /// A proxy with default hooks and the built-in statement analyzer.
+    /// A proxy with default hooks and the gatehouse-sql analyzer (classification + lineage).
     pub fn new(config: PgProxyConfig, pipeline: Pipeline) -> Self {
-        Self::with_parts(
-            config,
-            pipeline,
-            Arc::new(DefaultHooks),
-            Arc::new(LexicalAnalyzer),
-        )
+        Self::with_parts(config, pipeline, Arc::new(DefaultHooks), Arc::new(SqlAnalyzer))
     }
 
     /// A proxy with custom hooks and statement analyzer.

@@ -350,7 +350,8 @@ struct StmtCtx {
     index: u64,
     text: String,
     profile: Option<String>,
-    lineage: Option<Vec<Vec<String>>>,
+    lineage: Option<crate::statements::ColumnLineage>,
+    tables: Vec<String>,
     started: Instant,
 }
 
@@ -789,7 +790,10 @@ impl Frontend {
             &operation,
         );
         let decision = self.proxy.hooks.on_statement(&self.ctx, op, info, decision);
-        let decision = self.builtin_checks(info, decision);
+        let decision = match self.masked_copy_check(info, &decision).await {
+            Some(d) => d,
+            None => decision,
+        };
         let event = self.event(EventBody::Operation {
             index,
             operation,
@@ -809,10 +813,41 @@ impl Frontend {
         }
     }
 
-    /// Refusals the gateway applies whatever the policy says.
-    fn builtin_checks(&self, info: Option<&StatementInfo>, decision: Decision) -> Decision {
-        let _ = info;
-        decision
+    /// Refuses, unless configured otherwise, statements that copy a masked column somewhere the
+    /// masking boundary does not reach (`CREATE TABLE AS`, `INSERT … SELECT`, `COPY … TO`,
+    /// `CREATE VIEW/FUNCTION`).
+    async fn masked_copy_check(&mut self, info: Option<&StatementInfo>, decision: &Decision) -> Option<Decision> {
+        let info = info?;
+        if !info.copies_data
+            || self.proxy.config.allow_masked_column_copies
+            || decision.verdict == Verdict::Deny
+        {
+            return None;
+        }
+        let names: Vec<String> = info.tables.iter().map(|t| format!("{t}.*")).collect();
+        let sources = self
+            .proxy
+            .expand_sources(&self.ctx.target.name, &names, &info.tables)
+            .await;
+        let fields: Vec<FieldDesc> = sources
+            .iter()
+            .map(|s| FieldDesc {
+                name: s.rsplit('.').next().unwrap_or(s).to_string(),
+                sources: vec![s.clone()],
+                kind: gatehouse_core::FieldKind::Text,
+            })
+            .collect();
+        let plan = self
+            .proxy
+            .pipeline
+            .masker
+            .plan(&fields, decision.masking_profile.as_deref());
+        let masked = (0..fields.len()).find(|&i| plan.masks_whole(i))?;
+        let column = sources.get(masked).cloned().unwrap_or_default();
+        Some(Decision::deny(
+            "masked-column-copy",
+            format!("the statement would copy masked column {column} out of the masking boundary"),
+        ))
     }
 
     fn event(&self, body: EventBody) -> Event {
@@ -953,6 +988,7 @@ impl Frontend {
             text: cap_text(text),
             profile: decision.and_then(|d| d.masking_profile.clone()),
             lineage: info.and_then(|i| i.lineage.clone()),
+            tables: info.map(|i| i.tables.clone()).unwrap_or_default(),
             started: Instant::now(),
         })
     }
@@ -1266,7 +1302,7 @@ struct Backend {
     out: BytesMut,
     scratch: RowScratch,
     notice_plan: Option<ShapePlan>,
-    plan_cache: HashMap<(Bytes, Option<String>, Option<Vec<Vec<String>>>), Arc<ShapePlan>>,
+    plan_cache: HashMap<(Bytes, Option<String>, Option<crate::statements::ColumnLineage>), Arc<ShapePlan>>,
 }
 
 impl Backend {
@@ -1609,12 +1645,28 @@ impl Backend {
             .proxy
             .resolve_sources(&self.ctx.target.name, columns)
             .await;
+        // Expression columns (no table OID) take their sources from SQL lineage: `lower(email)`,
+        // concatenations, CTE outputs, `row_to_json(t)`… Direct columns are exact from the catalog.
         if let Some(lineage) = &lineage {
-            for (i, s) in sources.iter_mut().enumerate() {
-                if let Some(extra) = lineage.get(i) {
-                    for e in extra {
-                        if !s.contains(e) {
-                            s.push(e.clone());
+            let tables = ctx.map(|c| c.tables.clone()).unwrap_or_default();
+            for (i, col) in columns.iter().enumerate() {
+                if col.table_oid != 0 {
+                    continue;
+                }
+                let names: Vec<String> = match lineage {
+                    crate::statements::ColumnLineage::Positional(cols) => {
+                        cols.get(i).cloned().unwrap_or_default()
+                    }
+                    crate::statements::ColumnLineage::Union(all) => all.clone(),
+                };
+                let expanded = self
+                    .proxy
+                    .expand_sources(&self.ctx.target.name, &names, &tables)
+                    .await;
+                if let Some(s) = sources.get_mut(i) {
+                    for e in expanded {
+                        if !s.contains(&e) {
+                            s.push(e);
                         }
                     }
                 }

@@ -35,9 +35,25 @@ pub struct StatementInfo {
     pub span: Range<usize>,
     /// Kind.
     pub kind: StatementKind,
-    /// Per output column, the fully qualified source columns it derives from, when known.
-    /// `None`: the analyzer does not trace lineage for this statement.
-    pub lineage: Option<Vec<Vec<String>>>,
+    /// Output-column lineage, when traced.
+    pub lineage: Option<ColumnLineage>,
+    /// Relations the statement names (normalised, as written: `users`, `public.users`).
+    pub tables: Vec<String>,
+    /// The statement copies data it reads somewhere else (`CREATE TABLE AS`, `SELECT INTO`,
+    /// `INSERT … SELECT`, `COPY … TO`, `CREATE VIEW`, `CREATE FUNCTION`): masked columns among
+    /// what it reads would leave the masking boundary.
+    pub copies_data: bool,
+}
+
+/// Where each output column's value may come from. Sources are `table.column` (table as
+/// written), `table.*` for a whole row or unexpanded star, `?.name` for a name not tied to a
+/// table.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ColumnLineage {
+    /// `columns[i]` are the sources of output field `i`.
+    Positional(Vec<Vec<String>>),
+    /// Output positions are not known (an unexpanded `*`): every source may feed any field.
+    Union(Vec<String>),
 }
 
 /// Why a string could not be analyzed. The proxy treats it as unparseable and refuses it.
@@ -50,6 +66,9 @@ pub enum AnalyzeError {
     /// The text is not valid in the session's client encoding.
     #[error("statement text is not valid UTF-8")]
     Encoding,
+    /// The classifier could not read a statement with certainty.
+    #[error("{0}")]
+    Unparseable(String),
 }
 
 /// Splits and classifies SQL text under the session's settings.
@@ -81,10 +100,107 @@ impl StatementAnalyzer for LexicalAnalyzer {
                     span,
                     kind,
                     lineage: None,
+                    tables: Vec::new(),
+                    copies_data: false,
                 })
             })
             .collect())
     }
+}
+
+/// The analyzer backed by gatehouse-sql: PostgreSQL-faithful splitting, full classification
+/// (tables, risks) and output-column lineage.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SqlAnalyzer;
+
+impl StatementAnalyzer for SqlAnalyzer {
+    fn analyze(
+        &self,
+        text: &str,
+        settings: &SqlSessionSettings,
+    ) -> Result<Vec<StatementInfo>, AnalyzeError> {
+        use gatehouse_sql::StatementKind as K;
+        let classification = gatehouse_sql::classify(text, settings);
+        let mut out = Vec::with_capacity(classification.statements.len());
+        for st in classification.statements {
+            if st.kind == K::Unparseable {
+                return Err(AnalyzeError::Unparseable(
+                    st.unparseable_reason.unwrap_or_else(|| "unparseable".into()),
+                ));
+            }
+            let kind = match st.kind {
+                K::Select | K::Show | K::Explain | K::Cursor => StatementKind::Read,
+                K::Insert | K::Update | K::Delete | K::Merge => StatementKind::Write,
+                K::Copy => StatementKind::Copy,
+                K::Ddl | K::Drop | K::Truncate | K::Grant | K::Revoke | K::AlterSystem
+                | K::Maintenance => StatementKind::Ddl,
+                K::Transaction | K::Prepare | K::Execute | K::Deallocate => {
+                    StatementKind::Transaction
+                }
+                _ => StatementKind::Other,
+            };
+            let stmt_text = text.get(st.span.clone()).unwrap_or("");
+            let reads_into_elsewhere = st.has(gatehouse_sql::Risk::CreateTableAs)
+                || st.has(gatehouse_sql::Risk::SelectInto)
+                || (st.kinds.contains(&K::Insert) && st.tables.len() > 1)
+                || (st.kind == K::Copy && !copy_is_from(stmt_text))
+                || (st.kind == K::Ddl && !st.tables.is_empty() && creates_view_or_function(stmt_text));
+            let lineage = match st.kind {
+                K::Select | K::Insert | K::Update | K::Delete | K::Merge => {
+                    gatehouse_sql::lineage(stmt_text, settings, &gatehouse_sql::NoCatalog)
+                        .ok()
+                        .map(convert_lineage)
+                }
+                _ => None,
+            };
+            out.push(StatementInfo {
+                span: st.span,
+                kind,
+                lineage,
+                tables: st.tables.into_iter().collect(),
+                copies_data: reads_into_elsewhere,
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn source_name(s: &gatehouse_sql::Source) -> String {
+    match s {
+        gatehouse_sql::Source::Column { table, column } => format!("{table}.{column}"),
+        gatehouse_sql::Source::AllColumns { table } => format!("{table}.*"),
+        gatehouse_sql::Source::Unresolved { name } => format!("?.{name}"),
+        _ => "?.?".to_string(),
+    }
+}
+
+fn convert_lineage(l: gatehouse_sql::Lineage) -> ColumnLineage {
+    if l.is_positional() {
+        ColumnLineage::Positional(
+            l.columns
+                .iter()
+                .map(|c| c.sources.iter().map(source_name).collect())
+                .collect(),
+        )
+    } else {
+        ColumnLineage::Union(l.all_sources().iter().map(source_name).collect())
+    }
+}
+
+fn copy_is_from(stmt: &str) -> bool {
+    // `COPY t (cols) FROM STDIN` writes into the table; anything else (`TO`) reads out of it.
+    let lower = stmt.to_ascii_lowercase();
+    let words: Vec<&str> = lower.split(|c: char| c.is_whitespace() || c == '(' || c == ')').collect();
+    words.contains(&"from") && !words.contains(&"to") && !lower.trim_start().starts_with("copy (")
+}
+
+fn creates_view_or_function(stmt: &str) -> bool {
+    let lower = stmt.to_ascii_lowercase();
+    let head: Vec<&str> = lower.split_whitespace().take(8).collect();
+    head.first() == Some(&"create")
+        && head
+            .iter()
+            .any(|w| matches!(*w, "view" | "function" | "procedure" | "rule" | "trigger"))
 }
 
 /// Byte ranges of the statements of `text`, split on top-level `;` the way PostgreSQL's own

@@ -1,0 +1,11 @@
+//! End-to-end tests of the PostgreSQL proxy against a real PostgreSQL (gatehouse-testkit), with
+//! real clients: tokio-postgres, the psql binary, and raw sockets for hostile input.
+
+mod common;
+
+mod auth;
+mod hostile;
+mod masking;
+mod psql;
+mod review;
+mod statements;

@@ -1,0 +1,200 @@
+//! Per-statement decisions over the simple and extended protocols, transactions, pipelining,
+//! binary results and cancel.
+
+use std::time::Duration;
+
+use gatehouse_core::{EventBody, Operation, Verdict};
+use tokio_postgres::SimpleQueryMessage;
+
+use crate::common::*;
+
+const SETUP: &str = "CREATE TABLE items (id int primary key, name text, price numeric); \
+                     INSERT INTO items VALUES (1, 'apple', 1.5), (2, 'pear', 2.25);";
+
+fn opts() -> Options {
+    Options {
+        policy: keyword_policy(&["drop ", "truncate"], &[], 1000),
+        setup_sql: SETUP,
+        ..Options::default()
+    }
+}
+
+#[tokio::test]
+async fn extended_protocol_prepared_binary_and_pipelined() {
+    gatehouse_testkit::within(T, async {
+        let h = start(opts()).await;
+        let c = h.connect().await;
+        let stmt = c.prepare("select id, name, price::float8 from items where id = $1").await.unwrap();
+        let row = c.query_one(&stmt, &[&1i32]).await.unwrap();
+        // tokio-postgres asks for binary results: int4 and float8 come back binary, intact.
+        assert_eq!(row.get::<_, i32>(0), 1);
+        assert_eq!(row.get::<_, &str>(1), "apple");
+        assert_eq!(row.get::<_, f64>(2), 1.5);
+        // Pipelining: several queries in flight at once.
+        let (a, b, d) = futures::join!(
+            c.query_one(&stmt, &[&1i32]),
+            c.query_one(&stmt, &[&2i32]),
+            c.query("select name from items order by id", &[])
+        );
+        assert_eq!(a.unwrap().get::<_, &str>(1), "apple");
+        assert_eq!(b.unwrap().get::<_, &str>(1), "pear");
+        assert_eq!(d.unwrap().len(), 2);
+        // Unnamed statements with parameters, many times.
+        for i in 0..20 {
+            let n: i64 = c.query_one("select $1::int8 + 1", &[&(i as i64)]).await.unwrap().get(0);
+            assert_eq!(n, i + 1);
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn denied_statement_in_a_transaction_does_not_commit_earlier_work() {
+    gatehouse_testkit::within(T, async {
+        let h = start(opts()).await;
+        let c = h.connect().await;
+        let err = c
+            .simple_query("BEGIN; INSERT INTO items VALUES (3, 'plum', 3); DROP TABLE items; COMMIT")
+            .await
+            .err()
+            .expect("denied");
+        let (code, msg) = db_error(&err);
+        assert_eq!(code, "42501");
+        assert!(msg.contains("no-ddl"), "{msg}");
+        assert!(msg.contains("schema changes are not allowed"), "{msg}");
+        // PostgreSQL's own state: the transaction is aborted, the COMMIT never ran.
+        let err = c.simple_query("select 1").await.err().unwrap();
+        assert_eq!(db_error(&err).0, "25P02");
+        c.simple_query("ROLLBACK").await.unwrap();
+        let n: i64 = c.query_one("select count(*) from items", &[]).await.unwrap().get(0);
+        assert_eq!(n, 2, "the INSERT before the denied statement was not committed");
+        assert!(h.db.psql("select count(*) from items").unwrap() == "2");
+        // The table still exists and the session is usable.
+        c.simple_query("select * from items").await.unwrap();
+        // Both statements were decided and recorded.
+        let ops: Vec<_> = h
+            .tp
+            .recorder
+            .events()
+            .into_iter()
+            .filter_map(|e| match e.body {
+                EventBody::Operation { operation: Operation::Sql(s), decision, .. } => Some((s.text, decision.verdict)),
+                _ => None,
+            })
+            .collect();
+        assert!(ops.contains(&("DROP TABLE items".to_string(), Verdict::Deny)));
+        assert!(ops.iter().any(|(t, v)| t.starts_with("INSERT") && *v == Verdict::Allow));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn denied_statement_in_extended_transaction_and_pipeline() {
+    gatehouse_testkit::within(T, async {
+        let h = start(opts()).await;
+        let mut c = h.connect().await;
+        let tx = c.transaction().await.unwrap();
+        tx.execute("insert into items values (4, 'fig', 4)", &[]).await.unwrap();
+        let err = tx.execute("drop table items", &[]).await.err().unwrap();
+        let (code, msg) = db_error(&err);
+        assert_eq!(code, "42501");
+        assert!(msg.contains("no-ddl"));
+        // The transaction is aborted upstream, exactly as the client was told.
+        let err = tx.execute("select 1", &[]).await.err().unwrap();
+        assert_eq!(db_error(&err).0, "25P02");
+        drop(tx);
+        let n: i64 = c.query_one("select count(*) from items", &[]).await.unwrap().get(0);
+        assert_eq!(n, 2);
+        // Pipelined: an allowed query after a denied one in flight at the same time.
+        let (bad, good) = futures::join!(c.execute("truncate items", &[]), c.query("select id from items", &[]));
+        assert_eq!(db_error(&bad.err().unwrap()).0, "42501");
+        assert_eq!(good.unwrap().len(), 2);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn multi_statement_simple_query_returns_every_result() {
+    gatehouse_testkit::within(T, async {
+        let h = start(opts()).await;
+        let c = h.connect().await;
+        let msgs = c.simple_query("select 1; select 'a;b' as x; ; select name from items order by id").await.unwrap();
+        let rows: Vec<String> = msgs
+            .iter()
+            .filter_map(|m| match m {
+                SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap().to_string()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(rows, vec!["1", "a;b", "apple", "pear"]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn cancel_of_pg_sleep_reaches_the_upstream() {
+    gatehouse_testkit::within(T, async {
+        let h = start(opts()).await;
+        let c = h.connect().await;
+        let token = c.cancel_token();
+        let sleeper = tokio::spawn(async move {
+            let r = c.simple_query("select pg_sleep(30)").await;
+            (r, c)
+        });
+        // Cancel once the statement is running upstream.
+        loop {
+            let running = h
+                .db
+                .psql("select count(*) from pg_stat_activity where query = 'select pg_sleep(30)' and state = 'active'")
+                .unwrap();
+            if running == "1" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+        let (r, c) = sleeper.await.unwrap();
+        let (code, _) = db_error(&r.err().unwrap());
+        assert_eq!(code, "57014");
+        c.simple_query("select 1").await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn recorder_failure_refuses_the_statement_and_nothing_runs() {
+    gatehouse_testkit::within(T, async {
+        let h = start(opts()).await;
+        let c = h.connect().await;
+        h.tp.recorder.set_failing(true);
+        let err = c.simple_query("insert into items values (9, 'x', 1)").await.err().unwrap();
+        assert_eq!(db_error(&err).0, "58030");
+        h.tp.recorder.set_failing(false);
+        assert_eq!(h.db.psql("select count(*) from items where id = 9").unwrap(), "0");
+        c.simple_query("select 1").await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn results_are_recorded_with_status_and_rows() {
+    gatehouse_testkit::within(T, async {
+        let h = start(opts()).await;
+        let c = h.connect().await;
+        c.simple_query("select * from items").await.unwrap();
+        let results: Vec<_> = h
+            .tp
+            .recorder
+            .events()
+            .into_iter()
+            .filter_map(|e| match e.body {
+                EventBody::OperationResult(r) => Some(r),
+                _ => None,
+            })
+            .collect();
+        let r = results.iter().find(|r| r.status == "SELECT 2").expect("SELECT recorded");
+        assert_eq!(r.rows, Some(2));
+        assert!(r.bytes_out > 0);
+    })
+    .await;
+}
