@@ -731,7 +731,7 @@ impl Scanner {
                 let b = before(t, s);
                 !left_blocked(b)
                     && b != b'.'
-                    && !(b == b'-' && s >= 1 && is_digit(before(t, s - 1)))
+                    && !(b == b'-' && s >= 1 && matches!(before(t, s - 1), b'0'..=b'9' | b']'))
             } else {
                 seps.get(gi - 1) == Some(&b' ')
             };
@@ -743,7 +743,8 @@ impl Scanner {
                         let b = at(t, e);
                         !overflow
                             && !right_blocked(b)
-                            && !((b == b'.' || b == b'-') && is_digit(at(t, e + 1)))
+                            && !((b == b'.' || b == b'-')
+                                && matches!(at(t, e + 1), b'0'..=b'9' | b'['))
                     } else {
                         seps.get(gj) == Some(&b' ')
                     };
@@ -796,6 +797,7 @@ impl Scanner {
         if plus {
             let ok = phone
                 && (8..=15).contains(&digits)
+                && groups.len() <= 6
                 && d0 != b'0'
                 && seps.iter().all(|&s| s != b')');
             return ok.then_some((Detector::Phone, start, end));
@@ -823,11 +825,16 @@ impl Scanner {
             && (13..=19).contains(&digits)
             && (b'2'..=b'6').contains(&d0)
         {
+            // Printed layouts: 4-4-4-4(-3), 4-6-5, 4-6-4: lead groups of 4-6 digits, at most five
+            // groups (so a card always fits the six-group window of long digit runs).
+            let last = groups.len() - 1;
             let layout = groups.len() == 1
                 || (len(0) == 4
+                    && groups.len() <= 5
                     && uniform
                     && matches!(seps.first(), Some(b' ' | b'-'))
-                    && (0..groups.len()).all(|k| (1..=6).contains(&len(k))));
+                    && (0..last).all(|k| (4..=6).contains(&len(k)))
+                    && (2..=6).contains(&len(last)));
             if layout {
                 let ds = groups
                     .iter()
@@ -1081,7 +1088,8 @@ fn url_password(t: &[u8], p: usize, max: usize) -> Option<usize> {
     while i > 0 && p - i < max && pw(before(t, i)) {
         i -= 1;
     }
-    if i == p || before(t, i) != b':' {
+    // An already-masked password (`[secret]`) is left as it is: masking stays idempotent.
+    if i == p || before(t, i) != b':' || at(t, i) == b'[' {
         return None;
     }
     let colon = i - 1;
