@@ -8,7 +8,12 @@
 #![forbid(unsafe_code)]
 
 mod commands;
+mod config;
+mod duration;
+mod gateway;
 mod listeners;
+mod metrics;
+mod pipeline;
 
 use std::process::ExitCode;
 

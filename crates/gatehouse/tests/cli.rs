@@ -5,14 +5,20 @@
 use std::process::Command;
 
 fn gatehouse(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_gatehouse")).args(args).output().expect("run gatehouse")
+    Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(args)
+        .output()
+        .expect("run gatehouse")
 }
 
 #[test]
 fn version_prints_the_package_version() {
     let out = gatehouse(&["--version"]);
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("gatehouse {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("gatehouse {}", env!("CARGO_PKG_VERSION"))
+    );
 }
 
 #[test]
@@ -42,7 +48,10 @@ fn every_command_has_help() {
         args.push("--help");
         let out = gatehouse(&args);
         assert!(out.status.success(), "{args:?}");
-        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: gatehouse"), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage: gatehouse"),
+            "{args:?}"
+        );
     }
 }
 

@@ -1,8 +1,10 @@
-//! `gatehouse check-config FILE`: parse and validate a config; errors carry line numbers.
+//! `gatehouse check-config FILE`: parse and validate a config without starting anything; every
+//! error names file, line and column.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
-use super::{CommandError, CommandResult};
+use super::CommandResult;
 
 /// Arguments of `check-config`.
 #[derive(Debug, clap::Args)]
@@ -12,6 +14,9 @@ pub struct Args {
 }
 
 /// Runs the command.
-pub fn run(_args: Args) -> CommandResult {
-    Err(CommandError::NotYetAvailable("check-config"))
+pub fn run(args: Args) -> CommandResult {
+    let loaded = crate::config::LoadedConfig::load(&args.file)?;
+    let summary = crate::pipeline::check(&loaded)?;
+    println!("{}: OK ({summary})", args.file.display());
+    Ok(ExitCode::SUCCESS)
 }

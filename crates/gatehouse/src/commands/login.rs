@@ -9,7 +9,11 @@ pub struct Args {
     #[arg(long, env = "GATEHOUSE_TOKEN", hide_env_values = true)]
     pub token: String,
     /// The admin API base URL.
-    #[arg(long, env = "GATEHOUSE_ADMIN_URL", default_value = "https://127.0.0.1:8443")]
+    #[arg(
+        long,
+        env = "GATEHOUSE_ADMIN_URL",
+        default_value = "https://127.0.0.1:8443"
+    )]
     pub admin_url: String,
 }
 

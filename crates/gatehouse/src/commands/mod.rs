@@ -21,4 +21,13 @@ pub enum CommandError {
     /// The command is part of the CLI's shape but its implementation has not landed yet.
     #[error("`gatehouse {0}` is not available in this build yet")]
     NotYetAvailable(&'static str),
+    /// The arguments are wrong.
+    #[error("{0}")]
+    Usage(String),
+    /// The config file is wrong (the message carries file, line and column).
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    /// The command ran and failed.
+    #[error("{0}")]
+    Failed(String),
 }

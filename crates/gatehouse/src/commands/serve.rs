@@ -2,6 +2,7 @@
 //! the audit log; SIGHUP reloads the policy atomically.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use super::{CommandError, CommandResult};
 
@@ -14,6 +15,10 @@ pub struct Args {
 }
 
 /// Runs the command.
-pub fn run(_args: Args) -> CommandResult {
-    Err(CommandError::NotYetAvailable("serve"))
+pub fn run(args: Args) -> CommandResult {
+    let loaded = crate::config::LoadedConfig::load(&args.config)?;
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(|e| CommandError::Failed(format!("tokio runtime: {e}")))?;
+    runtime.block_on(crate::gateway::run(loaded, None))?;
+    Ok(ExitCode::SUCCESS)
 }

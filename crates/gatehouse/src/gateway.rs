@@ -1,0 +1,279 @@
+//! `serve`'s core: builds every layer from the config, wires them into one [`Pipeline`], runs the
+//! listeners, and handles signals — SIGTERM/ctrl-c stop accepting, drain sessions (bounded by
+//! `gateway.shutdown_grace_secs`) and close the audit log; SIGHUP reloads the policy atomically
+//! (a bad policy file is reported and the running policy kept).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gatehouse_core::{Authenticator, EgressGuard, Event, EventBody, Pipeline, Recorder, SessionId};
+use gatehouse_identity::{
+    CompositeAuthenticator, DevIssuer, GatewayKeyIssuer, OidcAuthenticator, ServiceAccountKeys,
+};
+use gatehouse_masking::{EgressGuardBuilder, MaskingEngine};
+use gatehouse_policy::{CompiledPolicy, PolicyHandle};
+use gatehouse_recorder::{
+    AuditRecorder, CheckpointSigner, Durability, FileWitness, RecorderConfig,
+};
+use tokio::sync::watch;
+
+use crate::commands::CommandError;
+use crate::config::LoadedConfig;
+use crate::listeners;
+use crate::metrics::{CountingRecorder, Metrics};
+
+fn failed(what: &str, e: impl std::fmt::Display) -> CommandError {
+    CommandError::Failed(format!("{what}: {e}"))
+}
+
+/// Everything `serve` runs with.
+pub struct Gateway {
+    /// The layers.
+    pub pipeline: Pipeline,
+    /// The policy, swappable on SIGHUP.
+    pub policy: Arc<PolicyHandle>,
+    /// The policy file.
+    pub policy_path: PathBuf,
+    /// The audit recorder (closed on shutdown).
+    pub audit: Arc<AuditRecorder>,
+    /// The recorder root (`<root>/audit/<log id>`, `<root>/recordings`).
+    pub audit_root: PathBuf,
+    /// Counters for /metrics.
+    pub metrics: Arc<Metrics>,
+    /// Token exchange, when a JWT issuer is configured.
+    pub exchange: Option<(Arc<GatewayKeyIssuer>, Arc<dyn Authenticator + Send + Sync>)>,
+    /// The approvals broker (also in the pipeline).
+    pub approvals: Arc<gatehouse_approvals::ApprovalBroker>,
+}
+
+/// Builds the gateway's layers from a loaded config.
+pub async fn build(loaded: &LoadedConfig) -> Result<Gateway, CommandError> {
+    let c = &loaded.config;
+    let data_dir = loaded.data_dir();
+    std::fs::create_dir_all(&data_dir)
+        .map_err(|e| failed(&format!("data dir {}", data_dir.display()), e))?;
+
+    // Egress guard over every held secret, first: the recorder checks records against it.
+    let mut egress = EgressGuardBuilder::new();
+    for t in &c.targets {
+        if let Some(secret) = &t.get_ref().password {
+            let value = loaded.resolve_secret(secret)?;
+            egress
+                .add_secret(value.expose().as_bytes())
+                .map_err(|e| failed("egress guard", e))?;
+        }
+    }
+    let egress: Arc<dyn EgressGuard + Send + Sync> =
+        Arc::new(egress.build().map_err(|e| failed("egress guard", e))?);
+
+    // Recorder.
+    let audit_root = match &c.audit.dir {
+        Some(d) => loaded.resolve_path(d),
+        None => data_dir.clone(),
+    };
+    let signing_key = match &c.audit.signing_key {
+        Some(k) => loaded.resolve_path(k),
+        None => data_dir.join("audit-signing.key"),
+    };
+    let signer = CheckpointSigner::load_or_create(&signing_key)
+        .map_err(|e| failed(&format!("audit signing key {}", signing_key.display()), e))?;
+    let mut rc = RecorderConfig::new(c.audit.log_id.clone());
+    rc.log.durability = if c.audit.durability == "os" {
+        Durability::OsWrite
+    } else {
+        Durability::Fsync
+    };
+    rc.log.checkpoint_every_records = c.audit.checkpoint_every_records.max(1);
+    rc.log.checkpoint_interval = Duration::from_millis(c.audit.checkpoint_interval_ms.max(10));
+    rc.log.segment_max_bytes = c.audit.segment_max_bytes.max(4096);
+    if let Some(w) = &c.audit.witness_dir {
+        let w = loaded.resolve_path(w);
+        rc.witnesses.push(Arc::new(
+            FileWitness::new(&w).map_err(|e| failed("witness dir", e))?,
+        ));
+    }
+    let audit = Arc::new(
+        AuditRecorder::open(&audit_root, rc, signer, Some(egress.clone()))
+            .await
+            .map_err(|e| failed(&format!("audit log in {}", audit_root.display()), e))?,
+    );
+    let metrics = Arc::new(Metrics::default());
+    let recorder: Arc<dyn Recorder + Send + Sync> =
+        Arc::new(CountingRecorder::new(audit.clone(), metrics.clone()));
+
+    // Identity.
+    let mut oidc_providers = c.identity.oidc.clone();
+    let dev = match &c.identity.dev_issuer {
+        Some(d) => {
+            let key = loaded.resolve_path(&d.key);
+            Some(
+                DevIssuer::load_or_create(&key, d.issuer.clone(), d.audience.clone())
+                    .map_err(|e| failed(&format!("dev issuer key {}", key.display()), e))?,
+            )
+        }
+        None => None,
+    };
+    if let Some(dev) = &dev {
+        oidc_providers.push(dev.provider_config().map_err(|e| failed("dev issuer", e))?);
+    }
+    let gateway_keys = Arc::new(GatewayKeyIssuer::new(Duration::from_secs(
+        c.identity.gateway_key_max_ttl_secs.max(60),
+    )));
+    let mut composite = CompositeAuthenticator::new().with_gateway_keys(gateway_keys.clone());
+    let mut exchange = None;
+    if !oidc_providers.is_empty() {
+        let oidc =
+            Arc::new(OidcAuthenticator::new(oidc_providers).map_err(|e| failed("[identity]", e))?);
+        composite = composite.with_oidc(oidc.clone());
+        exchange = Some((
+            gateway_keys.clone(),
+            oidc as Arc<dyn Authenticator + Send + Sync>,
+        ));
+    }
+    if !c.identity.service_accounts.is_empty() {
+        let keys = ServiceAccountKeys::new(c.identity.service_accounts.clone())
+            .map_err(|e| failed("[identity.service_accounts]", e))?;
+        composite = composite.with_service_accounts(Arc::new(keys));
+    }
+    let authenticator: Arc<dyn Authenticator + Send + Sync> = Arc::new(composite);
+
+    // Policy.
+    let policy_path = loaded.resolve_path(&c.policy.file);
+    let compiled =
+        CompiledPolicy::from_file(&policy_path).map_err(|e| CommandError::Failed(e.to_string()))?;
+    let policy = Arc::new(PolicyHandle::new(compiled));
+
+    // Masking.
+    let masker = Arc::new(MaskingEngine::new(&c.masking).map_err(|e| failed("[masking]", e))?);
+
+    // Approvals.
+    let approvals_config = match &c.approvals {
+        Some(a) => a.clone(),
+        None => gatehouse_approvals::ApprovalsConfig {
+            store: gatehouse_approvals::StoreConfig::Journal {
+                path: data_dir.join("approvals.journal"),
+            },
+            webhook: None,
+        },
+    };
+    let approvals = Arc::new(
+        approvals_config
+            .build(Some(recorder.clone()))
+            .await
+            .map_err(|e| failed("[approvals]", e))?,
+    );
+
+    let pipeline = Pipeline {
+        authenticator,
+        policy: policy.clone(),
+        approvals: approvals.clone(),
+        masker,
+        egress,
+        recorder,
+    };
+    Ok(Gateway {
+        pipeline,
+        policy,
+        policy_path,
+        audit,
+        audit_root,
+        metrics,
+        exchange,
+        approvals,
+    })
+}
+
+/// Records a gateway-level event (startup, reload, shutdown) in the audit log.
+async fn record_gateway_event(
+    pipeline: &Pipeline,
+    session: &SessionId,
+    name: &str,
+    details: serde_json::Value,
+) {
+    let event = Event::now(
+        session.clone(),
+        None,
+        None,
+        EventBody::Other {
+            name: name.into(),
+            details,
+        },
+    );
+    if let Err(e) = pipeline.recorder.record(event).await {
+        eprintln!("gatehouse: audit log refused the `{name}` event: {e}");
+    }
+}
+
+/// Runs the gateway until SIGTERM/ctrl-c. `ready` receives the bound addresses once listening.
+pub async fn run(
+    loaded: LoadedConfig,
+    ready: Option<tokio::sync::oneshot::Sender<listeners::Bound>>,
+) -> Result<(), CommandError> {
+    let gateway = build(&loaded).await?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let gateway_session = SessionId::generate();
+    let bound = listeners::start(&loaded, &gateway, shutdown_rx.clone()).await?;
+    record_gateway_event(
+        &gateway.pipeline,
+        &gateway_session,
+        "gateway_started",
+        serde_json::json!({ "version": env!("CARGO_PKG_VERSION"), "listeners": bound.describe() }),
+    )
+    .await;
+    eprintln!(
+        "gatehouse {}: listening: {}",
+        env!("CARGO_PKG_VERSION"),
+        bound.describe().join(", ")
+    );
+    if let Some(ready) = ready {
+        let _ = ready.send(bound.clone());
+    }
+
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| failed("SIGHUP handler", e))?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| failed("SIGTERM handler", e))?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                let path = gateway.policy_path.clone();
+                let result = tokio::task::spawn_blocking(move || CompiledPolicy::from_file(&path)).await;
+                match result {
+                    Ok(Ok(p)) => {
+                        let rules = p.rule_count();
+                        gateway.policy.swap(p);
+                        eprintln!("gatehouse: policy reloaded ({rules} rules)");
+                        record_gateway_event(&gateway.pipeline, &gateway_session, "policy_reloaded", serde_json::json!({ "rules": rules })).await;
+                    }
+                    Ok(Err(e)) => {
+                        eprintln!("gatehouse: policy NOT reloaded, keeping the running one: {e}");
+                        record_gateway_event(&gateway.pipeline, &gateway_session, "policy_reload_failed", serde_json::json!({ "error": e.to_string() })).await;
+                    }
+                    Err(e) => eprintln!("gatehouse: policy reload task failed: {e}"),
+                }
+            }
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    eprintln!("gatehouse: shutting down: draining sessions");
+    let _ = shutdown_tx.send(true);
+    let grace = Duration::from_secs(loaded.config.gateway.shutdown_grace_secs);
+    bound.drain(grace).await;
+    record_gateway_event(
+        &gateway.pipeline,
+        &gateway_session,
+        "gateway_stopped",
+        serde_json::Value::Null,
+    )
+    .await;
+    gateway
+        .audit
+        .log()
+        .close()
+        .await
+        .map_err(|e| failed("closing the audit log", e))?;
+    eprintln!("gatehouse: audit log flushed; bye");
+    Ok(())
+}
