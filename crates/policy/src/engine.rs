@@ -148,12 +148,24 @@ impl<'p> ItemOutcome<'p> {
         }
     }
 
-    /// Raises the outcome to `floor` if that is stricter.
+    /// Raises the outcome to `floor` if that is stricter (or as strict, when only the target
+    /// default had decided: the built-in is the more precise reason).
     fn raise(&mut self, verdict: Verdict, floor: Floor, detail: Option<String>) {
-        if verdict > self.verdict {
+        let by_default = matches!(self.by, DecidedBy::Default);
+        if verdict > self.verdict || (by_default && verdict == self.verdict) {
             self.verdict = verdict;
             self.by = DecidedBy::Floor(floor);
             self.detail = detail;
+        }
+    }
+
+    /// For forms with their own verdict (unparseable SQL, non-plain exec): when no rule
+    /// matched, that verdict replaces the target default; when a rule matched, it is a floor.
+    fn own_verdict(&mut self, verdict: Verdict, floor: Floor, detail: Option<String>) {
+        if matches!(self.by, DecidedBy::Default) {
+            *self = ItemOutcome::floor(verdict, floor, detail);
+        } else {
+            self.raise(verdict, floor, detail);
         }
     }
 }
@@ -505,7 +517,7 @@ impl CompiledPolicy {
             let mut outcome =
                 ItemOutcome::from_rule(self.first_match(candidates, &subject), verdicts.default);
             if stmt.kind == StatementKind::Unparseable {
-                outcome.raise(
+                outcome.own_verdict(
                     verdicts.unparseable_sql,
                     Floor::UnparseableSql,
                     stmt.unparseable_reason.clone(),
@@ -563,7 +575,7 @@ impl CompiledPolicy {
             let mut outcome =
                 ItemOutcome::from_rule(self.first_match(candidates, &subject), verdicts.default);
             if !plain || nested_shell(argv) {
-                outcome.raise(verdicts.non_plain_exec, Floor::NonPlainExec, None);
+                outcome.own_verdict(verdicts.non_plain_exec, Floor::NonPlainExec, None);
             }
             let label = || gatehouse_core::shell::join(argv);
             push(&label, outcome, Some(&subject), items);

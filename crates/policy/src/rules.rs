@@ -426,6 +426,11 @@ impl ExecMatcher {
             if !len_ok || !patterns.iter().zip(args).all(|(p, a)| p.is_match(a)) {
                 return Err("exec args");
             }
+            // `/var/log/*` must not allow `/var/log/../../etc/shadow`: arguments are not
+            // canonical paths, so an allow rule never matches a `..` segment.
+            if !loose && args.iter().any(|a| has_dot_dot_segment(a)) {
+                return Err("exec args (`..` path segment)");
+            }
         }
         if let Some(set) = &self.any_arg {
             if !args.iter().any(|a| set.is_match(a)) {
@@ -439,6 +444,10 @@ impl ExecMatcher {
         }
         Ok(())
     }
+}
+
+fn has_dot_dot_segment(arg: &str) -> bool {
+    arg.split('/').any(|seg| seg == "..")
 }
 
 #[derive(Debug)]

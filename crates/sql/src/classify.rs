@@ -306,22 +306,23 @@ impl Classification {
 
 /// Classifies every statement of `text` as PostgreSQL would split it under `settings`.
 ///
-/// Never fails: what cannot be read is reported as [`StatementKind::Unparseable`] with a reason
-/// (when the whole string is unreadable, one unparseable entry spans all of it).
+/// Never fails: what cannot be read is reported as [`StatementKind::Unparseable`] with a reason.
+/// When the text stops being readable part-way (an unterminated quote or comment), the statements
+/// before that point are still listed — PostgreSQL would reject the whole string, but a policy
+/// should see what was attempted — followed by one unparseable entry spanning the rest.
 pub fn classify(text: &str, settings: &SqlSessionSettings) -> Classification {
-    let pieces = match lex::split(text, settings) {
-        Ok(pieces) => pieces,
-        Err(reason) => {
-            return Classification {
-                statements: vec![StatementInfo::unparseable(0..text.len(), reason)],
-            };
-        }
+    let (pieces, failure) = match lex::split(text, settings) {
+        Ok(pieces) => (pieces, None),
+        Err((pieces, failure)) => (pieces, Some(failure)),
     };
-    let statements = pieces
+    let mut statements: Vec<StatementInfo> = pieces
         .into_iter()
         .filter(|p| !p.is_empty)
         .map(classify_piece)
         .collect();
+    if let Some(failure) = failure {
+        statements.push(StatementInfo::unparseable(failure.span, failure.reason));
+    }
     Classification { statements }
 }
 

@@ -55,20 +55,39 @@ pub(crate) fn encoding_is_ascii_safe(encoding: &str) -> bool {
     norm != "MSKANJI" && ASCII_SAFE_ENCODINGS.contains(&norm.as_str())
 }
 
-/// Splits `text` into statements. `Err` means the whole string cannot be read (PostgreSQL would
-/// reject all of it, or we cannot be sure how it splits).
+/// Where and why a string stopped being readable.
+#[derive(Debug, Clone)]
+pub(crate) struct LexFailure {
+    /// From the start of the statement that could not be read to the end of the text.
+    pub span: Range<usize>,
+    /// Why.
+    pub reason: String,
+}
+
+/// Splits `text` into statements. On failure, the statements completed before the unreadable
+/// one are returned too (PostgreSQL would run none of them: it rejects the whole string; they
+/// are kept so a policy can still see what was attempted).
 pub(crate) fn split(
     text: &str,
     settings: &SqlSessionSettings,
-) -> Result<Vec<LexedStatement>, String> {
+) -> Result<Vec<LexedStatement>, (Vec<LexedStatement>, LexFailure)> {
+    let whole = |reason: String| {
+        Err((
+            Vec::new(),
+            LexFailure {
+                span: 0..text.len(),
+                reason,
+            },
+        ))
+    };
     if !encoding_is_ascii_safe(&settings.client_encoding) {
-        return Err(format!(
+        return whole(format!(
             "client_encoding {:?} is not supported: statement boundaries cannot be determined",
             settings.client_encoding
         ));
     }
     if text.contains('\0') {
-        return Err("the query text contains a NUL byte".into());
+        return whole("the query text contains a NUL byte".into());
     }
     let mut lexer = Lexer {
         text,
@@ -78,8 +97,14 @@ pub(crate) fn split(
         out: Vec::new(),
         current: StatementBuilder::new(0),
     };
-    lexer.run()?;
-    Ok(lexer.out)
+    match lexer.run() {
+        Ok(()) => Ok(lexer.out),
+        Err(reason) => {
+            let span = lexer.current.start.min(text.len())..text.len();
+            let done = lexer.out.into_iter().filter(|p| !p.is_empty).collect();
+            Err((done, LexFailure { span, reason }))
+        }
+    }
 }
 
 struct StatementBuilder {
@@ -632,6 +657,7 @@ mod tests {
 
     fn pieces(text: &str, on: bool) -> Vec<String> {
         split(text, &scs(on))
+            .map_err(|(_, f)| f.reason)
             .unwrap()
             .into_iter()
             .filter(|s| !s.is_empty)

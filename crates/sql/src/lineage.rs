@@ -115,7 +115,7 @@ pub fn lineage(
     catalog: &dyn Catalog,
 ) -> Result<Lineage, SqlError> {
     let pieces: Vec<_> = lex::split(text, settings)
-        .map_err(SqlError::Unparseable)?
+        .map_err(|(_, failure)| SqlError::Unparseable(failure.reason))?
         .into_iter()
         .filter(|p| !p.is_empty)
         .collect();
