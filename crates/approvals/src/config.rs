@@ -8,7 +8,9 @@ use gatehouse_core::Recorder;
 use serde::{Deserialize, Serialize};
 
 use crate::notify::{WebhookConfig, WebhookNotifier};
-use crate::store::{ApprovalStore, JournalStore, MemoryStore, PostgresStore, PostgresStoreOptions};
+use crate::store::{
+    ApprovalStore, JournalStore, MemoryStore, PgTls, PostgresStore, PostgresStoreOptions,
+};
 use crate::{ApprovalBroker, BrokerError};
 
 /// Approvals configuration. Unknown keys are refused, so a typo never silently disables something.
@@ -51,9 +53,22 @@ pub enum StoreConfig {
         /// LISTEN for other replicas' writes (turn off only where NOTIFY is unavailable).
         #[serde(default = "default_true")]
         listen: bool,
+        /// Verified TLS to the database (put `sslmode=require` in `url` too). Absent: plaintext,
+        /// fit only for a Unix socket or loopback.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tls: Option<PostgresTlsConfig>,
     },
     /// In memory: lost on restart. Tests and demos only.
     Memory,
+}
+
+/// TLS settings of the PostgreSQL store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresTlsConfig {
+    /// PEM file of the CA(s) that sign the database's certificate; absent: public web PKI roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_poll_interval_ms() -> u64 {
@@ -93,6 +108,7 @@ impl ApprovalsConfig {
                 poll_interval_ms,
                 statement_timeout_ms,
                 listen,
+                tls,
             } => {
                 let mut config: tokio_postgres::Config =
                     url.parse().map_err(|e: tokio_postgres::Error| {
@@ -114,6 +130,10 @@ impl ApprovalsConfig {
                     poll_interval: Duration::from_millis((*poll_interval_ms).max(10)),
                     statement_timeout: Duration::from_millis((*statement_timeout_ms).max(10)),
                     listen: *listen,
+                    tls: match tls {
+                        Some(t) => Some(PgTls::new(t.ca_file.as_deref())?),
+                        None => None,
+                    },
                 };
                 Arc::new(PostgresStore::with_config(config, options).await?)
             }

@@ -23,10 +23,11 @@ mod notify;
 pub mod store;
 
 pub use broker::{ApprovalBroker, ApprovalBrokerBuilder, MAX_JUSTIFICATION_BYTES};
-pub use config::{ApprovalsConfig, StoreConfig};
+pub use config::{ApprovalsConfig, PostgresTlsConfig, StoreConfig};
 pub use error::BrokerError;
 pub use hash::{DOMAIN_TAG, canonical_encoding, operation_hash};
 pub use notify::{ApprovalNotice, ApprovalNotifier, WebhookConfig, WebhookNotifier, WebhookStats};
 pub use store::{
-    ApprovalStore, JournalStore, MemoryStore, PostgresStore, PostgresStoreOptions, StoredApproval,
+    ApprovalStore, JournalReload, JournalStore, MemoryStore, PgTls, PostgresStore,
+    PostgresStoreOptions, StoredApproval,
 };

@@ -85,13 +85,21 @@ pub trait ApprovalNotifier: Send + Sync + std::fmt::Debug {
     fn notify(&self, notice: ApprovalNotice);
 }
 
-/// Webhook settings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Webhook settings. A Slack incoming-webhook URL is itself a credential: prefer `url_env` or
+/// `url_file` to a literal `url`, and note that `Debug` never prints the URL's path or query.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     /// `http://` or `https://` URL that receives `POST {"text": …}` (a Slack incoming webhook or
-    /// anything compatible).
-    pub url: String,
+    /// anything compatible). Exactly one of `url`, `url_env`, `url_file` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Read the URL from this environment variable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_env: Option<String>,
+    /// Read the URL from this file (surrounding whitespace ignored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_file: Option<std::path::PathBuf>,
     /// First retry delay.
     #[serde(default = "default_initial_backoff_ms")]
     pub initial_backoff_ms: u64,
@@ -101,6 +109,27 @@ pub struct WebhookConfig {
     /// Deadline of one delivery attempt (connect + request + response head).
     #[serde(default = "default_attempt_timeout_ms")]
     pub attempt_timeout_ms: u64,
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = self.url.as_deref().map(|u| match u.parse::<http::Uri>() {
+            Ok(uri) => format!(
+                "{}://{}/<redacted>",
+                uri.scheme_str().unwrap_or("?"),
+                uri.authority().map_or("?", |a| a.as_str())
+            ),
+            Err(_) => "<redacted>".to_string(),
+        });
+        f.debug_struct("WebhookConfig")
+            .field("url", &url)
+            .field("url_env", &self.url_env)
+            .field("url_file", &self.url_file)
+            .field("initial_backoff_ms", &self.initial_backoff_ms)
+            .field("max_backoff_ms", &self.max_backoff_ms)
+            .field("attempt_timeout_ms", &self.attempt_timeout_ms)
+            .finish()
+    }
 }
 
 fn default_initial_backoff_ms() -> u64 {
@@ -117,10 +146,29 @@ impl WebhookConfig {
     /// Settings with default backoff for `url`.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
-            url: url.into(),
+            url: Some(url.into()),
+            url_env: None,
+            url_file: None,
             initial_backoff_ms: default_initial_backoff_ms(),
             max_backoff_ms: default_max_backoff_ms(),
             attempt_timeout_ms: default_attempt_timeout_ms(),
+        }
+    }
+}
+
+impl WebhookConfig {
+    /// The URL from whichever of `url`, `url_env`, `url_file` is set (exactly one must be).
+    pub fn resolve_url(&self) -> Result<String, BrokerError> {
+        let bad = |why: String| BrokerError::Config(format!("webhook: {why}"));
+        match (&self.url, &self.url_env, &self.url_file) {
+            (Some(url), None, None) => Ok(url.clone()),
+            (None, Some(var), None) => std::env::var(var)
+                .map(|v| v.trim().to_string())
+                .map_err(|_| bad(format!("environment variable {var} is not set"))),
+            (None, None, Some(path)) => std::fs::read_to_string(path)
+                .map(|v| v.trim().to_string())
+                .map_err(|e| bad(format!("url file {}: {e}", path.display()))),
+            _ => Err(bad("set exactly one of url, url_env, url_file".into())),
         }
     }
 }
@@ -181,9 +229,9 @@ impl Drop for WebhookNotifier {
 }
 
 impl WebhookNotifier {
-    /// Validates the URL and starts the delivery task (needs a tokio runtime).
+    /// Resolves and validates the URL and starts the delivery task (needs a tokio runtime).
     pub fn spawn(config: WebhookConfig) -> Result<Self, BrokerError> {
-        let endpoint = endpoint(&config.url)?;
+        let endpoint = endpoint(&config.resolve_url()?)?;
         let (queue, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(WebhookStats::default());
         let worker = tokio::spawn(deliver_forever(config, endpoint, rx, Arc::clone(&stats)));

@@ -7,6 +7,7 @@
 //! announcement is missed.
 
 mod journal;
+mod pg_tls;
 mod postgres;
 mod table;
 
@@ -17,7 +18,8 @@ use gatehouse_core::{
 };
 use tokio::sync::broadcast;
 
-pub use journal::JournalStore;
+pub use journal::{JournalReload, JournalStore};
+pub use pg_tls::PgTls;
 pub use postgres::{PostgresStore, PostgresStoreOptions};
 pub use table::MemoryStore;
 

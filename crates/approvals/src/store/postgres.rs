@@ -10,10 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gatehouse_core::{ApprovalFilter, ApprovalId, ApprovalRecord, BoxFuture, Timestamp};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Mutex, broadcast};
 use tokio::task::JoinHandle;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{AsyncMessage, Client, NoTls, Socket};
 
+use super::pg_tls::PgTls;
 use super::{ApprovalStore, StoredApproval, grant_until, state_name};
 use crate::BrokerError;
 
@@ -47,6 +50,9 @@ pub struct PostgresStoreOptions {
     pub statement_timeout: Duration,
     /// Whether to LISTEN for other replicas' writes (off: polling only).
     pub listen: bool,
+    /// Verified TLS (`None`: plaintext, fit only for a Unix socket or loopback). With TLS set, use
+    /// `sslmode=require` in the connection string so that a server without TLS is refused.
+    pub tls: Option<PgTls>,
 }
 
 impl Default for PostgresStoreOptions {
@@ -55,6 +61,7 @@ impl Default for PostgresStoreOptions {
             poll_interval: Duration::from_secs(2),
             statement_timeout: Duration::from_secs(10),
             listen: true,
+            tls: None,
         }
     }
 }
@@ -113,6 +120,7 @@ impl PostgresStore {
         if store.options.listen {
             store.listener = Some(tokio::spawn(listen_forever(
                 store.config.clone(),
+                store.options.tls.clone(),
                 store.changes.clone(),
             )));
         }
@@ -125,12 +133,18 @@ impl PostgresStore {
         if let Some(client) = slot.as_ref().filter(|c| !c.is_closed()) {
             return Ok(Arc::clone(client));
         }
-        let (client, connection) = self.deadline(self.config.connect(NoTls)).await?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(error = %e, "approval store connection ended");
+        let client = match &self.options.tls {
+            None => {
+                let (client, connection) = self.deadline(self.config.connect(NoTls)).await?;
+                tokio::spawn(drive(connection));
+                client
             }
-        });
+            Some(tls) => {
+                let (client, connection) = self.deadline(self.config.connect(tls.clone())).await?;
+                tokio::spawn(drive(connection));
+                client
+            }
+        };
         let client = Arc::new(client);
         *slot = Some(Arc::clone(&client));
         Ok(client)
@@ -147,6 +161,15 @@ impl PostgresStore {
                 self.options.statement_timeout.as_millis()
             ))),
         }
+    }
+}
+
+async fn drive<T>(connection: tokio_postgres::Connection<tokio_postgres::Socket, T>)
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    if let Err(e) = connection.await {
+        tracing::warn!(error = %e, "approval store connection ended");
     }
 }
 
@@ -327,10 +350,18 @@ impl ApprovalStore for PostgresStore {
 }
 
 /// Keeps a LISTEN connection up and forwards every notification; reconnects with backoff.
-async fn listen_forever(config: tokio_postgres::Config, changes: broadcast::Sender<ApprovalId>) {
+async fn listen_forever(
+    config: tokio_postgres::Config,
+    tls: Option<PgTls>,
+    changes: broadcast::Sender<ApprovalId>,
+) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match listen_once(&config, &changes).await {
+        let listened = match &tls {
+            None => listen_once(&config, NoTls, &changes).await,
+            Some(tls) => listen_once(&config, tls.clone(), &changes).await,
+        };
+        match listened {
             Ok(()) => backoff = Duration::from_millis(100),
             Err(e) => {
                 tracing::warn!(error = %e, "approval store listener failed; waiters poll meanwhile");
@@ -341,11 +372,16 @@ async fn listen_forever(config: tokio_postgres::Config, changes: broadcast::Send
     }
 }
 
-async fn listen_once(
+async fn listen_once<T>(
     config: &tokio_postgres::Config,
+    tls: T,
     changes: &broadcast::Sender<ApprovalId>,
-) -> Result<(), BrokerError> {
-    let (client, mut connection) = config.connect(NoTls).await?;
+) -> Result<(), BrokerError>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + Unpin,
+{
+    let (client, mut connection) = config.connect(tls).await?;
     let forward = changes.clone();
     let pump = async move {
         loop {

@@ -16,6 +16,7 @@ fn options(poll: Duration, listen: bool) -> PostgresStoreOptions {
         poll_interval: poll,
         statement_timeout: Duration::from_secs(10),
         listen,
+        tls: None,
     }
 }
 
@@ -274,4 +275,70 @@ async fn unreachable_database_fails_closed() {
     let result = within(LIMIT, PostgresStore::connect(&conn, opts)).await;
     assert!(result.is_err());
     drop(listener);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verified_tls_over_tcp_with_a_scram_role() {
+    let db = fresh_db("approvals_tls").await;
+    let (port, ca) = tokio::task::spawn_blocking(|| {
+        let cluster = PgCluster::shared();
+        cluster.create_role("approvals_tls_role", "s3cret-approvals");
+        (
+            cluster.port(),
+            cluster.ca_cert_path().map(|p| p.to_path_buf()),
+        )
+    })
+    .await
+    .unwrap();
+    db.psql("GRANT ALL ON SCHEMA public TO approvals_tls_role")
+        .unwrap();
+    let ca = ca.expect("the shared cluster serves TLS");
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "s3cret-approvals\n").unwrap();
+    let text = format!(
+        "[store]\nkind = \"postgres\"\nurl = \"host=127.0.0.1 port={port} user=approvals_tls_role dbname={} sslmode=require\"\npassword_file = {:?}\npoll_interval_ms = 200\n[store.tls]\nca_file = {:?}\n",
+        db.name,
+        pw.display().to_string(),
+        ca.display().to_string(),
+    );
+    let config = gatehouse_approvals::ApprovalsConfig::from_toml(&text).unwrap();
+    assert!(
+        !format!("{config:?}").contains("s3cret"),
+        "no password in config debug output"
+    );
+    let broker = within(LIMIT, config.build(None)).await.unwrap();
+    let ticket = broker
+        .open(request(
+            agent(),
+            delete_users("42"),
+            requirement(1, 600_000, None),
+        ))
+        .await
+        .unwrap();
+    let waiter = {
+        let broker = broker.clone();
+        let id = ticket.id.clone();
+        tokio::spawn(async move { broker.wait(&id, Duration::from_secs(60)).await })
+    };
+    broker
+        .decide(
+            &ticket.id,
+            &person("alice", &["dba"]),
+            ApprovalDecision::Approve,
+            "over tls",
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        within(LIMIT, waiter).await.unwrap().unwrap(),
+        ApprovalOutcome::Approved { .. }
+    ));
+
+    // The same server with only the public roots trusted: refused, not downgraded.
+    let untrusted = text.replace(&format!("ca_file = {:?}\n", ca.display().to_string()), "");
+    assert_ne!(untrusted, text);
+    let config = gatehouse_approvals::ApprovalsConfig::from_toml(&untrusted).unwrap();
+    let refused = within(LIMIT, config.build(None)).await;
+    assert!(refused.is_err());
 }

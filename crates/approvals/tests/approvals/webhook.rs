@@ -82,10 +82,10 @@ async fn serve(listener: tokio::net::TcpListener, receiver: Arc<Receiver>) {
 
 fn fast_retry(url: String) -> WebhookConfig {
     WebhookConfig {
-        url,
         initial_backoff_ms: 20,
         max_backoff_ms: 100,
         attempt_timeout_ms: 2_000,
+        ..WebhookConfig::new(url)
     }
 }
 
@@ -231,6 +231,10 @@ fn config_parses_and_refuses_unknown_keys() {
         }
     );
     assert_eq!(cfg.webhook.as_ref().unwrap().initial_backoff_ms, 250);
+    assert_eq!(
+        cfg.webhook.as_ref().unwrap().url.as_deref(),
+        Some("https://hooks.example.com/services/T/B/x")
+    );
     assert_eq!(cfg.webhook.as_ref().unwrap().max_backoff_ms, 60_000);
 
     let pg = ApprovalsConfig::from_toml(
