@@ -11,6 +11,39 @@
 //!   with backoff in the background.
 //! - [`ApprovalsConfig`] is the config-file section; the admin API and CLI use the trait methods
 //!   and the core serde types ([`gatehouse_core::ApprovalRecord`], [`gatehouse_core::ApprovalFilter`]).
+//!
+//! ```
+//! use std::{sync::Arc, time::Duration};
+//! use gatehouse_approvals::{ApprovalBroker, MemoryStore};
+//! use gatehouse_core::*;
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let broker = ApprovalBroker::builder(Arc::new(MemoryStore::new())).build();
+//! let agent = Identity::new("agent-7", "https://idp.example", AuthMethod::Test);
+//! let ticket = broker
+//!     .open(ApprovalRequest {
+//!         requester: agent,
+//!         session: SessionId::generate(),
+//!         target: Target::new("orders-db", Protocol::Postgres),
+//!         operation: Operation::Sql(SqlOperation::simple("DELETE FROM orders WHERE id = 7")),
+//!         rule_id: "prod-writes".into(),
+//!         reason: "writes to prod need a second pair of eyes".into(),
+//!         requirement: ReviewRequirement {
+//!             approver_groups: vec!["dba".into()],
+//!             approvals_required: 1,
+//!             timeout_ms: 60_000,
+//!             grant_window_ms: None,
+//!         },
+//!     })
+//!     .await?;
+//! // A member of `dba` (never the requester) approves, with a justification.
+//! let alice = Identity::new("alice", "https://idp.example", AuthMethod::Test).with_group("dba");
+//! broker.decide(&ticket.id, &alice, ApprovalDecision::Approve, "ticket OPS-12").await?;
+//! let outcome = broker.wait(&ticket.id, Duration::from_secs(5)).await?;
+//! assert_eq!(outcome, ApprovalOutcome::Approved { approvers: vec!["alice".into()] });
+//! # Ok::<(), ApprovalError>(())
+//! # }).unwrap();
+//! ```
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
