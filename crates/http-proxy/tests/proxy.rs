@@ -1,0 +1,885 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The gateway end to end: the real `curl` binary and a hyper client, through the proxy, to a
+//! real HTTP server started by the test, with the real masking, egress guard and approvals
+//! layers.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt as _, StreamExt as _};
+use gatehouse_core::{ApprovalDecision, Approvals as _, EventBody};
+use gatehouse_testkit::within;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use support::*;
+
+const T: Duration = Duration::from_secs(60);
+
+fn json_body(body: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
+}
+
+#[tokio::test]
+async fn credential_is_injected_and_the_callers_token_is_not_forwarded() {
+    within(T, async {
+        let up = start_upstream().await;
+        let gw = Gateway::start(config(up.addr, dead_addr()), None).await;
+        let (status, _, body) = curl(&[&gw.url("/api/users"), "-H", &bearer(AGENT_TOKEN)]).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let seen = up.last();
+        assert_eq!(seen.path_and_query, "/users");
+        assert_eq!(
+            seen.headers["authorization"],
+            format!("Bearer {SECRET}").as_str()
+        );
+        assert!(!format!("{:?}", seen.headers).contains(AGENT_TOKEN));
+
+        // Header, query and basic kinds.
+        curl(&[
+            &gw.url("/hdr/users"),
+            "-H",
+            &bearer(AGENT_TOKEN),
+            "-H",
+            "X-Api-Key: mine",
+        ])
+        .await;
+        let seen = up.last();
+        assert_eq!(seen.headers.get_all("x-api-key").iter().count(), 1);
+        assert_eq!(seen.headers["x-api-key"], SECRET);
+        assert!(seen.headers.get("authorization").is_none());
+
+        curl(&[
+            &gw.url("/qry/users?x=1&api_key=mine"),
+            "-H",
+            &bearer(AGENT_TOKEN),
+        ])
+        .await;
+        assert_eq!(
+            up.last().path_and_query,
+            format!("/users?x=1&api_key={SECRET}")
+        );
+
+        curl(&[&gw.url("/basic/users"), "-H", &bearer(AGENT_TOKEN)]).await;
+        let auth = up.last().headers["authorization"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        use base64::Engine as _;
+        let expected = base64::engine::general_purpose::STANDARD.encode(format!("svc:{SECRET}"));
+        assert_eq!(auth, format!("Basic {expected}"));
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_reflected_credential_never_reaches_the_caller_or_the_record() {
+    within(T, async {
+        let up = start_upstream().await;
+        let gw = Gateway::start(config(up.addr, dead_addr()), None).await;
+        let mut every_byte = Vec::new();
+        // The upstream echoes every header (or the query) back: each credential kind, with curl.
+        for path in [
+            "/api/echo-raw",
+            "/hdr/echo-raw",
+            "/basic/echo-raw",
+            "/qry/echo-raw?a=1",
+        ] {
+            let (status, head, body) = curl(&[&gw.url(path), "-H", &bearer(AGENT_TOKEN)]).await;
+            assert_eq!(status, 502, "{path}: {}", String::from_utf8_lossy(&body));
+            assert_eq!(json_body(&body)["error"], "egress_blocked");
+            every_byte.extend_from_slice(head.as_bytes());
+            every_byte.extend_from_slice(&body);
+        }
+        // As JSON, the masker already hides secret-looking keys; whatever the outcome, no secret.
+        for path in ["/api/echo", "/qry/echo?a=1"] {
+            let (status, head, body) = curl(&[&gw.url(path), "-H", &bearer(AGENT_TOKEN)]).await;
+            assert!(status == 200 || status == 502, "{path}: {status}");
+            every_byte.extend_from_slice(head.as_bytes());
+            every_byte.extend_from_slice(&body);
+        }
+        // A header carrying the secret, and a redirect whose Location carries the query credential.
+        for path in ["/api/leak-header", "/qry/redirect"] {
+            let (status, head, body) = curl(&[&gw.url(path), "-H", &bearer(AGENT_TOKEN)]).await;
+            assert_eq!(status, 502, "{path}");
+            every_byte.extend_from_slice(head.as_bytes());
+            every_byte.extend_from_slice(&body);
+        }
+        // The same with a Rust client.
+        let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+        let req = http::Request::get(gw.url("/api/echo-raw"))
+            .header("authorization", format!("Bearer {AGENT_TOKEN}"))
+            .body(Empty::new())
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.status(), 502);
+        every_byte.extend_from_slice(&resp.into_body().collect().await.unwrap().to_bytes());
+
+        assert_no_secret("responses", &every_byte);
+        let layers = gw.shutdown().await;
+        let dump = layers.recorder.dump();
+        assert_no_secret("audit log and recordings", dump.as_bytes());
+        let blocks = layers
+            .recorder
+            .events()
+            .iter()
+            .filter(|e| matches!(e.body, EventBody::EgressBlocked { .. }))
+            .count();
+        assert!(blocks >= 6, "every block is recorded, got {blocks}");
+        // The upstream did get the credential every time (it was injected, then withheld).
+        assert!(up.seen().len() >= 9);
+        assert!(up.seen().iter().all(|s| s.method == "GET"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn denied_path_gets_403_json_naming_the_rule_and_never_reaches_upstream() {
+    within(T, async {
+        let up = start_upstream().await;
+        let gw = Gateway::start(config(up.addr, dead_addr()), None).await;
+        for path in ["/api/admin/users", "/api/users/../admin/x", "/api/%61dmin", "/api//admin/"] {
+            let (status, head, body) = curl(&[
+                "--path-as-is",
+                &gw.url(path),
+                "-H",
+                &bearer(AGENT_TOKEN),
+            ])
+            .await;
+            assert_eq!(status, 403, "{path}");
+            assert!(head.to_ascii_lowercase().contains("content-type: application/json"));
+            let v = json_body(&body);
+            assert_eq!(v["error"], "denied");
+            assert_eq!(v["rule"], "no-admin");
+        }
+        assert!(up.seen().is_empty(), "nothing denied reached the upstream");
+        let layers = gw.shutdown().await;
+        let denied = layers
+            .recorder
+            .events()
+            .iter()
+            .filter(|e| matches!(&e.body, EventBody::Operation { decision, .. } if decision.rule_id == "no-admin"))
+            .count();
+        assert_eq!(denied, 4);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unauthenticated_and_unknown_targets_get_json_errors() {
+    within(T, async {
+        let up = start_upstream().await;
+        let gw = Gateway::start(config(up.addr, dead_addr()), None).await;
+        let (status, head, body) = curl(&[&gw.url("/api/users")]).await;
+        assert_eq!(status, 401);
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("www-authenticate: bearer")
+        );
+        assert_eq!(json_body(&body)["error"], "unauthenticated");
+        let (status, _, _) = curl(&[&gw.url("/api/users"), "-H", &bearer("wrong")]).await;
+        assert_eq!(status, 401);
+        let (status, _, body) = curl(&[&gw.url("/nothing/here"), "-H", &bearer(AGENT_TOKEN)]).await;
+        assert_eq!(status, 404);
+        assert_eq!(json_body(&body)["error"], "no_target");
+        assert!(up.seen().is_empty());
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn recorder_failure_fails_closed() {
+    within(T, async {
+        let up = start_upstream().await;
+        let gw = Gateway::start(config(up.addr, dead_addr()), None).await;
+        gw.layers.recorder.set_failing(true);
+        let (status, _, body) = curl(&[&gw.url("/api/users"), "-H", &bearer(AGENT_TOKEN)]).await;
+        assert_eq!(status, 503);
+        assert_eq!(json_body(&body)["error"], "audit_unavailable");
+        assert!(up.seen().is_empty(), "nothing runs unrecorded");
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn reviewed_delete_is_held_then_runs_once_approved() {
+    within(T, async {
+        let up = start_upstream().await;
+        let gw = Gateway::start(config(up.addr, dead_addr()), None).await;
+        let approvals = gw.layers.approvals.clone();
+        let approver = tokio::spawn(async move {
+            loop {
+                let pending = approvals
+                    .list(&gatehouse_core::ApprovalFilter::default())
+                    .await
+                    .unwrap();
+                if let Some(r) = pending.first() {
+                    assert_eq!(r.request.rule_id, "review-delete");
+                    approvals
+                        .decide(
+                            &r.id,
+                            &approver(),
+                            ApprovalDecision::Approve,
+                            "ticket OPS-1",
+                        )
+                        .await
+                        .unwrap();
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        let (status, _, body) = curl(&[
+            "-X",
+            "DELETE",
+            &gw.url("/api/users/42"),
+            "-H",
+            &bearer(AGENT_TOKEN),
+        ])
+        .await;
+        approver.await.unwrap();
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        assert_eq!(up.deletes.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let layers = gw.shutdown().await;
+        assert!(layers.recorder.events().iter().any(|e| matches!(
+            &e.body,
+            EventBody::ApprovalResolved {
+                outcome: gatehouse_core::ApprovalOutcome::Approved { .. },
+                ..
+            }
+        )));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn reviewed_delete_gets_409_then_the_retry_passes_once_approved() {
+    within(T, async {
+        let up = start_upstream().await;
+        let mut cfg = config(up.addr, dead_addr());
+        cfg.review_hold_ms = 0;
+        cfg.retry_after_s = 3;
+        let gw = Gateway::start(cfg, None).await;
+        let del = || async {
+            curl(&[
+                "-X",
+                "DELETE",
+                &gw.url("/api/users/7"),
+                "-H",
+                &bearer(AGENT_TOKEN),
+            ])
+            .await
+        };
+        let (status, head, body) = del().await;
+        assert_eq!(status, 409, "{}", String::from_utf8_lossy(&body));
+        assert!(head.to_ascii_lowercase().contains("retry-after: 3"));
+        let v = json_body(&body);
+        assert_eq!(v["error"], "approval_pending");
+        let id = v["approval_id"].as_str().unwrap().to_string();
+
+        // Retrying before anyone decided waits on the same request, not a new one.
+        let (status, _, body) = del().await;
+        assert_eq!(status, 409);
+        assert_eq!(json_body(&body)["approval_id"], id.as_str());
+        assert_eq!(up.deletes.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+        let approvals = gw.layers.approvals.clone();
+        approvals
+            .decide(
+                &gatehouse_core::ApprovalId(id.clone()),
+                &approver(),
+                ApprovalDecision::Approve,
+                "looks right",
+            )
+            .await
+            .unwrap();
+        let (status, _, body) = del().await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        assert_eq!(up.deletes.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+        // A different DELETE is not covered by that approval.
+        let (status, _, _) = curl(&[
+            "-X",
+            "DELETE",
+            &gw.url("/api/users/8"),
+            "-H",
+            &bearer(AGENT_TOKEN),
+        ])
+        .await;
+        assert_eq!(status, 409);
+        assert_eq!(up.deletes.load(std::sync::atomic::Ordering::SeqCst), 1);
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn denied_approval_gets_403() {
+    within(T, async {
+        let up = start_upstream().await;
+        let mut cfg = config(up.addr, dead_addr());
+        cfg.review_hold_ms = 0;
+        let gw = Gateway::start(cfg, None).await;
+        let (status, _, body) = curl(&[
+            "-X",
+            "DELETE",
+            &gw.url("/api/users/9"),
+            "-H",
+            &bearer(AGENT_TOKEN),
+        ])
+        .await;
+        assert_eq!(status, 409);
+        let id = json_body(&body)["approval_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        gw.layers
+            .approvals
+            .decide(
+                &gatehouse_core::ApprovalId(id),
+                &approver(),
+                ApprovalDecision::Deny,
+                "no",
+            )
+            .await
+            .unwrap();
+        let (status, _, body) = curl(&[
+            "-X",
+            "DELETE",
+            &gw.url("/api/users/9"),
+            "-H",
+            &bearer(AGENT_TOKEN),
+        ])
+        .await;
+        // The denied request is closed; the retry opens a new one (still pending) — never runs.
+        assert!(
+            status == 409 || status == 403,
+            "{status}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        assert_eq!(up.deletes.load(std::sync::atomic::Ordering::SeqCst), 0);
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn json_fields_are_masked_for_the_caller_and_the_recording() {
+    within(T, async {
+        let up = start_upstream().await;
+        let gw = Gateway::start(config(up.addr, dead_addr()), None).await;
+        let (status, head, body) = curl(&[&gw.url("/api/users"), "-H", &bearer(AGENT_TOKEN)]).await;
+        assert_eq!(status, 200);
+        let text = String::from_utf8_lossy(&body).into_owned();
+        assert!(!text.contains("jane@example.com"), "{text}");
+        assert!(!text.contains("4111 1111 1111 1111"), "{text}");
+        let v = json_body(&body);
+        assert_eq!(v["users"][0]["email"], "[email]");
+        assert_eq!(v["users"][0]["note"], "ok");
+        // Hop-by-hop headers the upstream named in Connection do not reach the caller.
+        assert!(!head.to_ascii_lowercase().contains("x-upstream-hop"));
+        let layers = gw.shutdown().await;
+        let dump = layers.recorder.dump();
+        assert!(!dump.contains("jane@example.com"));
+        assert!(dump.contains("[email]"));
+        assert!(dump.contains("http_exchange"));
+        // Cookies and the caller's token are redacted in the recording.
+        assert!(!dump.contains("session=abc"));
+        assert!(!dump.contains(AGENT_TOKEN));
+        assert!(layers.recorder.events().iter().any(|e| matches!(
+            &e.body,
+            EventBody::OperationResult(r) if r.status == "200" && !r.findings.is_empty()
+        )));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn gzip_responses_are_decoded_masked_and_sent_identity() {
+    within(T, async {
+        let up = start_upstream().await;
+        let gw = Gateway::start(config(up.addr, dead_addr()), None).await;
+        let (status, head, body) = curl(&[
+            &gw.url("/api/gzip"),
+            "-H",
+            &bearer(AGENT_TOKEN),
+            "-H",
+            "Accept-Encoding: br, gzip",
+        ])
+        .await;
+        assert_eq!(status, 200);
+        assert!(!head.to_ascii_lowercase().contains("content-encoding"));
+        assert_eq!(json_body(&body)["users"][0]["email"], "[email]");
+        // Upstream was only offered what the gateway can decode.
+        assert_eq!(up.last().headers["accept-encoding"], "gzip");
+        // An encoding the gateway cannot decode is never passed through unmasked.
+        let (status, _, body) = curl(&[&gw.url("/api/brotli"), "-H", &bearer(AGENT_TOKEN)]).await;
+        assert_eq!(status, 502);
+        assert_eq!(json_body(&body)["error"], "upstream_refused");
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sse_is_masked_per_event_and_arrives_incrementally() {
+    within(T, async {
+        let up = start_upstream().await;
+        let gw = Gateway::start(config(up.addr, dead_addr()), None).await;
+        let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+        let req = http::Request::get(gw.url("/api/sse"))
+            .header("authorization", format!("Bearer {AGENT_TOKEN}"))
+            .body(Empty::new())
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        let mut got = Vec::new();
+        // The first event arrives while the upstream is still holding the second one back.
+        while !String::from_utf8_lossy(&got).contains("\n\n") {
+            let frame = body.frame().await.unwrap().unwrap();
+            got.extend_from_slice(frame.data_ref().unwrap());
+        }
+        let first = String::from_utf8_lossy(&got).into_owned();
+        assert_eq!(first, "event: msg\ndata: {\"to\": \"[email]\"}\n\n");
+        up.go.notify_one();
+        let rest = body.collect().await.unwrap().to_bytes();
+        assert_eq!(String::from_utf8_lossy(&rest), "data: second [email]\n\n");
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn text_stream_idle_flush_releases_a_prompt_without_newline() {
+    within(T, async {
+        let up = start_upstream().await;
+        let gw = Gateway::start(config(up.addr, dead_addr()), None).await;
+        let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+        let req = http::Request::get(gw.url("/api/prompt"))
+            .header("authorization", format!("Bearer {AGENT_TOKEN}"))
+            .body(Empty::new())
+            .unwrap();
+        let mut body = client.request(req).await.unwrap().into_body();
+        let mut got = Vec::new();
+        // "password> " has no newline: only the idle flush can release it while the upstream waits.
+        while !String::from_utf8_lossy(&got).ends_with("password> ") {
+            let frame = body.frame().await.unwrap().unwrap();
+            got.extend_from_slice(frame.data_ref().unwrap());
+        }
+        assert_eq!(String::from_utf8_lossy(&got), "contact [email]\npassword> ");
+        up.go.notify_one();
+        let rest = body.collect().await.unwrap().to_bytes();
+        assert_eq!(String::from_utf8_lossy(&rest), "done\n");
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn upstream_down_is_502_json() {
+    within(T, async {
+        let up = start_upstream().await;
+        let gw = Gateway::start(config(up.addr, dead_addr()), None).await;
+        let (status, _, body) = curl(&[&gw.url("/down/users"), "-H", &bearer(AGENT_TOKEN)]).await;
+        assert_eq!(status, 502);
+        let v = json_body(&body);
+        assert_eq!(v["error"], "upstream_unavailable");
+        assert_eq!(v["side"], "upstream");
+        assert_no_secret("502 body", &body);
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+/// What the gateway must do with one raw request target.
+enum Verdict {
+    /// Forwarded; the upstream receives exactly this path (and query).
+    Upstream(&'static str),
+    /// Refused by policy (the admin rule).
+    Denied,
+    /// Refused as malformed or ambiguous.
+    BadRequest,
+}
+
+#[tokio::test]
+async fn path_normalisation_corpus() {
+    use Verdict::*;
+    let corpus: &[(&str, Verdict)] = &[
+        ("/api/users", Upstream("/users")),
+        ("/api/users/", Upstream("/users/")),
+        ("/api", Upstream("/")),
+        ("/api/", Upstream("/")),
+        ("/api/a/./b", Upstream("/a/b")),
+        ("/api/a/b/../c", Upstream("/a/c")),
+        ("/api//users", Upstream("/users")),
+        ("/api/%75sers", Upstream("/users")),
+        ("/api/users?q=a%2Fb&x", Upstream("/users?q=a%2Fb&x")),
+        ("/api/a%2fb", Upstream("/a%2Fb")),
+        ("/api/a%5Cb", Upstream("/a%5Cb")),
+        ("/api/caf%c3%a9", Upstream("/caf%C3%A9")),
+        ("/api/a%20b", Upstream("/a%20b")),
+        ("/api/../api/users", Upstream("/users")),
+        ("/api/%2e%2e/api/x", Upstream("/x")),
+        ("/api/Admin", Upstream("/Admin")),
+        ("/api/admin", Denied),
+        ("/api/admin/", Denied),
+        ("/api/x/../admin", Denied),
+        ("/api/x/%2e%2e/admin", Denied),
+        ("/api/x/.%2E/admin/y", Denied),
+        ("/api//admin", Denied),
+        ("/api/%61dmin", Denied),
+        ("/api/./admin", Denied),
+        ("/api/..;/admin", BadRequest),
+        ("/api/a%00b", BadRequest),
+        ("/api/a%zz", BadRequest),
+        ("/api/a%2", BadRequest),
+    ];
+    within(T, async {
+        let up = start_upstream().await;
+        let gw = Gateway::start(config(up.addr, dead_addr()), None).await;
+        for (raw, verdict) in corpus {
+            let before = up.seen().len();
+            let req = format!(
+                "GET {raw} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {AGENT_TOKEN}\r\nConnection: close\r\n\r\n"
+            );
+            let out = raw_exchange(gw.addr, req.as_bytes()).await;
+            let (status, _, body) = split_response(&out);
+            let seen = up.seen();
+            match verdict {
+                Upstream(expected) => {
+                    assert_eq!(status, 200, "{raw}: {}", String::from_utf8_lossy(&body));
+                    assert_eq!(seen.len(), before + 1, "{raw}");
+                    assert_eq!(seen.last().unwrap().path_and_query, *expected, "{raw}");
+                }
+                Denied => {
+                    assert_eq!(status, 403, "{raw}");
+                    assert_eq!(json_body(&body)["rule"], "no-admin", "{raw}");
+                    assert_eq!(seen.len(), before, "{raw}");
+                }
+                BadRequest => {
+                    assert_eq!(status, 400, "{raw}: {}", String::from_utf8_lossy(&body));
+                    assert_eq!(seen.len(), before, "{raw}");
+                }
+            }
+        }
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn encoded_separators_can_be_refused_by_configuration() {
+    within(T, async {
+        let up = start_upstream().await;
+        let mut cfg = config(up.addr, dead_addr());
+        cfg.encoded_separators = gatehouse_http::EncodedSeparatorPolicy::Reject;
+        let gw = Gateway::start(cfg, None).await;
+        let (status, _, body) = curl(&[
+            "--path-as-is",
+            &gw.url("/api/users%2F..%2Fadmin"),
+            "-H",
+            &bearer(AGENT_TOKEN),
+        ])
+        .await;
+        assert_eq!(status, 400);
+        assert_eq!(json_body(&body)["error"], "path_refused");
+        assert!(up.seen().is_empty());
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn conflicting_content_length_and_transfer_encoding_are_refused() {
+    within(T, async {
+        let up = start_upstream().await;
+        let gw = Gateway::start(config(up.addr, dead_addr()), None).await;
+        let cases: [&str; 3] = [
+            "POST /api/upload HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {T}\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /api/admin HTTP/1.1\r\nHost: gw\r\n\r\n",
+            "POST /api/upload HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {T}\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            "POST /api/upload HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {T}\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 3\r\n\r\nabc",
+        ];
+        for case in cases {
+            let req = case.replace("{T}", AGENT_TOKEN);
+            let out = raw_exchange(gw.addr, req.as_bytes()).await;
+            let (status, _, body) = split_response(&out);
+            assert_eq!(status, 400, "{case}");
+            assert_eq!(json_body(&body)["error"], "conflicting_framing", "{case}");
+        }
+        // A clean pipelined pair on one connection still works.
+        let ok = format!(
+            "POST /api/upload HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {AGENT_TOKEN}\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello\
+GET /api/users HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {AGENT_TOKEN}\r\nConnection: close\r\n\r\n"
+        );
+        let out = raw_exchange(gw.addr, ok.as_bytes()).await;
+        let text = String::from_utf8_lossy(&out);
+        assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
+        assert!(up.seen().iter().all(|s| s.path_and_query != "/admin"));
+        assert_eq!(
+            up.seen().iter().filter(|s| s.path_and_query == "/upload").count(),
+            1
+        );
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_stop_at_the_gateway() {
+    within(T, async {
+        let up = start_upstream().await;
+        let gw = Gateway::start(config(up.addr, dead_addr()), None).await;
+        let (status, _, _) = curl(&[
+            &gw.url("/api/users"),
+            "-H",
+            &bearer(AGENT_TOKEN),
+            "-H",
+            "Connection: x-client-hop",
+            "-H",
+            "X-Client-Hop: 1",
+            "-H",
+            "Keep-Alive: timeout=5",
+            "-H",
+            "Proxy-Authorization: Basic Zm9vOmJhcg==",
+            "-H",
+            "TE: trailers",
+            "-H",
+            "X-End-To-End: kept",
+        ])
+        .await;
+        assert_eq!(status, 200);
+        let h = up.last().headers;
+        for hop in ["x-client-hop", "keep-alive", "proxy-authorization", "te"] {
+            assert!(h.get(hop).is_none(), "{hop} was forwarded");
+        }
+        assert_eq!(h["x-end-to-end"], "kept");
+        assert_eq!(h["host"], up.addr.to_string().as_str());
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn request_body_limit_is_413() {
+    within(T, async {
+        let up = start_upstream().await;
+        let mut cfg = config(up.addr, dead_addr());
+        cfg.limits.max_request_body = 16;
+        let gw = Gateway::start(cfg, None).await;
+        let (status, _, body) = curl(&[
+            &gw.url("/api/upload"),
+            "-H",
+            &bearer(AGENT_TOKEN),
+            "--data-binary",
+            "0123456789abcdefghijklmnopqrstuvwxyz",
+        ])
+        .await;
+        assert_eq!(status, 413);
+        assert_eq!(json_body(&body)["error"], "body_too_large");
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn http2_via_alpn_on_tls_and_h2c_prior_knowledge() {
+    within(T, async {
+        let up = start_upstream().await;
+        let ca = gatehouse_testkit::tls::TestCa::new("gatehouse test CA");
+        let (cert, key) = ca.issue_server(&["localhost", "127.0.0.1"]);
+        let dir = tempfile::tempdir().unwrap();
+        let ca_path = dir.path().join("ca.pem");
+        std::fs::write(&ca_path, ca.cert_pem()).unwrap();
+        let certs = rustls_pemfile::certs(&mut cert.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls_pemfile::private_key(&mut key.as_bytes())
+            .unwrap()
+            .unwrap();
+        let tls = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        let gw = Gateway::start(config(up.addr, dead_addr()), Some(tls)).await;
+        let url = format!("https://localhost:{}/api/users", gw.addr.port());
+        let resolve = format!("localhost:{}:127.0.0.1", gw.addr.port());
+        let (status, head, body) = curl(&[
+            "--http2",
+            "--cacert",
+            ca_path.to_str().unwrap(),
+            "--resolve",
+            &resolve,
+            &url,
+            "-H",
+            &bearer(AGENT_TOKEN),
+        ])
+        .await;
+        assert_eq!(status, 200);
+        assert!(head.starts_with("HTTP/2 200"), "{head}");
+        assert_eq!(json_body(&body)["users"][0]["email"], "[email]");
+        gw.shutdown().await;
+
+        let gw = Gateway::start(config(up.addr, dead_addr()), None).await;
+        let (status, head, body) = curl(&[
+            "--http2-prior-knowledge",
+            &gw.url("/api/users"),
+            "-H",
+            &bearer(AGENT_TOKEN),
+        ])
+        .await;
+        assert_eq!(status, 200);
+        assert!(head.starts_with("HTTP/2 200"), "{head}");
+        assert_eq!(json_body(&body)["users"][0]["email"], "[email]");
+        let (status, _, body) = curl(&[
+            "--http2-prior-knowledge",
+            &gw.url("/api/admin"),
+            "-H",
+            &bearer(AGENT_TOKEN),
+        ])
+        .await;
+        assert_eq!(status, 403);
+        assert_eq!(json_body(&body)["rule"], "no-admin");
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn websocket_upgrade_per_policy_with_compression_stripped_and_frames_masked() {
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    within(T, async {
+        let up = start_upstream().await;
+        let gw = Gateway::start(config(up.addr, dead_addr()), None).await;
+        let mut req = format!("ws://{}/api/ws", gw.addr)
+            .into_client_request()
+            .unwrap();
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {AGENT_TOKEN}").parse().unwrap(),
+        );
+        req.headers_mut().insert(
+            "sec-websocket-extensions",
+            "permessage-deflate; client_max_window_bits"
+                .parse()
+                .unwrap(),
+        );
+        let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let (mut ws, resp) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+        assert!(resp.headers().get("sec-websocket-extensions").is_none());
+        let seen = up.last();
+        assert_eq!(seen.path_and_query, "/ws");
+        assert!(seen.headers.get("sec-websocket-extensions").is_none());
+        assert_eq!(
+            seen.headers["authorization"],
+            format!("Bearer {SECRET}").as_str()
+        );
+
+        let first = ws.next().await.unwrap().unwrap();
+        assert_eq!(first, Message::text("hello [email]"));
+        ws.send(Message::text("ping jane@example.com"))
+            .await
+            .unwrap();
+        let echo = ws.next().await.unwrap().unwrap();
+        assert_eq!(echo, Message::text("echo: ping [email]"));
+        ws.close(None).await.unwrap();
+
+        // Policy decides upgrades as WEBSOCKET: elsewhere it is denied.
+        let mut req = format!("ws://{}/api/other", gw.addr)
+            .into_client_request()
+            .unwrap();
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {AGENT_TOKEN}").parse().unwrap(),
+        );
+        let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let err = tokio_tungstenite::client_async(req, tcp).await.unwrap_err();
+        match err {
+            tokio_tungstenite::tungstenite::Error::Http(resp) => assert_eq!(resp.status(), 403),
+            other => panic!("expected a 403, got {other}"),
+        }
+        let layers = gw.shutdown().await;
+        let dump = layers.recorder.dump();
+        assert!(!dump.contains("jane@example.com"));
+        assert_no_secret("recording", dump.as_bytes());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn identity_provider_down_fails_closed_with_503() {
+    within(T, async {
+        let up = start_upstream().await;
+        let gw = Gateway::start(config(up.addr, dead_addr()), None).await;
+        gw.layers.authenticator.set_unavailable(true);
+        let (status, _, body) = curl(&[&gw.url("/api/users"), "-H", &bearer(AGENT_TOKEN)]).await;
+        assert_eq!(status, 503);
+        assert_eq!(json_body(&body)["error"], "auth_unavailable");
+        assert!(up.seen().is_empty());
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sessions_are_recorded_per_connection_and_sealed() {
+    within(T, async {
+        let up = start_upstream().await;
+        let gw = Gateway::start(config(up.addr, dead_addr()), None).await;
+        // Two requests on one keep-alive connection (curl reuses it), then another caller.
+        let u = gw.url("/api/users");
+        curl(&[
+            &u,
+            "-H",
+            &bearer(AGENT_TOKEN),
+            "--next",
+            &u,
+            "-H",
+            &bearer(AGENT_TOKEN),
+        ])
+        .await;
+        curl(&[&u, "-H", &bearer(OTHER_TOKEN)]).await;
+        let layers = gw.shutdown().await;
+        let events = layers.recorder.events();
+        let starts = events
+            .iter()
+            .filter(|e| matches!(e.body, EventBody::SessionStart { .. }))
+            .count();
+        let ends: Vec<_> = events
+            .iter()
+            .filter_map(|e| match &e.body {
+                EventBody::SessionEnd {
+                    operations,
+                    recording,
+                    ..
+                } => Some((*operations, recording.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(starts, 2);
+        assert_eq!(ends.len(), 2);
+        assert!(ends.iter().any(|(ops, _)| *ops == 2));
+        assert!(
+            ends.iter()
+                .all(|(_, seal)| seal.as_ref().is_some_and(|s| s.frames >= 1))
+        );
+        let subjects: Vec<_> = events
+            .iter()
+            .filter(|e| matches!(e.body, EventBody::Operation { .. }))
+            .map(|e| e.identity.as_ref().unwrap().subject.clone())
+            .collect();
+        assert_eq!(subjects, ["agent-7", "agent-7", "agent-8"]);
+    })
+    .await;
+}

@@ -1,0 +1,570 @@
+//! Test harness: a real upstream HTTP server (hyper, on a bound loopback listener) that logs what
+//! it receives, and a gateway built around real masking, egress guard and approvals layers.
+
+use std::convert::Infallible;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt as _, StreamExt as _};
+use gatehouse_approvals::{ApprovalBroker, MemoryStore};
+use gatehouse_core::*;
+use gatehouse_http::{HttpProxy, HttpProxyConfig, HttpTargetConfig, InjectedCredential};
+use gatehouse_masking::{EgressGuardBuilder, MaskingEngine};
+use gatehouse_testkit::layers::{FnPolicy, MemoryRecorder, StaticAuthenticator};
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::sync::Notify;
+
+/// The target credential the gateway holds. It must appear in no response byte and no record.
+pub const SECRET: &str = "UPSTREAM-CANARY-7f3a9c2e5b1d";
+/// The agent's token.
+pub const AGENT_TOKEN: &str = "agent-token-0001";
+/// A second agent.
+pub const OTHER_TOKEN: &str = "agent-token-0002";
+
+/// One request as the upstream saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+}
+
+/// A real HTTP server standing in for an internal API.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub log: Arc<Mutex<Vec<Seen>>>,
+    pub deletes: Arc<AtomicU64>,
+    /// Lets a streaming endpoint continue (the test proves it received the earlier part first).
+    pub go: Arc<Notify>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    pub fn seen(&self) -> Vec<Seen> {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen().last().cloned().expect("upstream saw a request")
+    }
+}
+
+type UpBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+fn json(status: StatusCode, v: serde_json::Value) -> Response<UpBody> {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())).boxed());
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    r
+}
+
+fn streaming(
+    content_type: &str,
+    first: &'static str,
+    second: &'static str,
+    go: Arc<Notify>,
+) -> Response<UpBody> {
+    let stream = futures::stream::unfold(0u8, move |state| {
+        let go = go.clone();
+        async move {
+            match state {
+                0 => Some((Ok::<_, Infallible>(Frame::data(Bytes::from(first))), 1)),
+                1 => {
+                    go.notified().await;
+                    Some((Ok(Frame::data(Bytes::from(second))), 2))
+                }
+                _ => None,
+            }
+        }
+    });
+    let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    r.headers_mut()
+        .insert("content-type", content_type.parse().unwrap());
+    r
+}
+
+pub const USERS: &str = r#"{"users":[{"name":"Jane Doe","email":"jane@example.com","card":"4111 1111 1111 1111","note":"ok"}]}"#;
+
+async fn upstream_service(
+    mut req: Request<Incoming>,
+    log: Arc<Mutex<Vec<Seen>>>,
+    deletes: Arc<AtomicU64>,
+    go: Arc<Notify>,
+) -> Result<Response<UpBody>, Infallible> {
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    log.lock().unwrap().push(Seen {
+        method: req.method().to_string(),
+        path_and_query: path_and_query.clone(),
+        headers: req.headers().clone(),
+    });
+    let path = req.uri().path().to_string();
+    if path == "/ws" {
+        return Ok(websocket_upstream(&mut req));
+    }
+    let resp = match (req.method().as_str(), path.as_str()) {
+        (_, "/echo") => {
+            // Echoes every header back, as a misbehaving API might.
+            let headers: serde_json::Map<String, serde_json::Value> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+                .collect();
+            json(
+                StatusCode::OK,
+                serde_json::json!({"path": path_and_query, "headers": headers}),
+            )
+        }
+        (_, "/echo-raw") => {
+            // The same, as opaque bytes: nothing but the egress guard stands in the way.
+            let mut text = format!("{path_and_query}\n");
+            for (k, v) in req.headers() {
+                text.push_str(&format!("{k}={}\n", String::from_utf8_lossy(v.as_bytes())));
+            }
+            let mut r = Response::new(Full::new(Bytes::from(text)).boxed());
+            r.headers_mut()
+                .insert("content-type", "application/octet-stream".parse().unwrap());
+            r
+        }
+        ("GET", "/users") => {
+            let mut r = json(StatusCode::OK, serde_json::from_str(USERS).unwrap());
+            r.headers_mut()
+                .insert("connection", "x-upstream-hop".parse().unwrap());
+            r.headers_mut()
+                .insert("x-upstream-hop", "1".parse().unwrap());
+            r.headers_mut()
+                .insert("set-cookie", "session=abc".parse().unwrap());
+            r
+        }
+        ("DELETE", p) if p.starts_with("/users/") => {
+            deletes.fetch_add(1, Ordering::SeqCst);
+            json(StatusCode::OK, serde_json::json!({"deleted": p}))
+        }
+        ("GET", "/gzip") => {
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            enc.write_all(USERS.as_bytes()).unwrap();
+            let body = enc.finish().unwrap();
+            let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
+            r.headers_mut()
+                .insert("content-type", "application/json".parse().unwrap());
+            r.headers_mut()
+                .insert("content-encoding", "gzip".parse().unwrap());
+            r
+        }
+        ("GET", "/brotli") => {
+            let mut r = Response::new(Full::new(Bytes::from_static(b"\x0b\x02\x80hi\x03")).boxed());
+            r.headers_mut()
+                .insert("content-type", "application/json".parse().unwrap());
+            r.headers_mut()
+                .insert("content-encoding", "br".parse().unwrap());
+            r
+        }
+        ("GET", "/sse") => streaming(
+            "text/event-stream",
+            "event: msg\ndata: {\"to\": \"jane@example.com\"}\n\n",
+            "data: second jane@example.com\n\n",
+            go,
+        ),
+        ("GET", "/prompt") => streaming(
+            "text/plain",
+            "contact jane@example.com\npassword> ",
+            "done\n",
+            go,
+        ),
+        ("GET", "/leak-header") => {
+            let mut r = json(StatusCode::OK, serde_json::json!({"ok": true}));
+            r.headers_mut()
+                .insert("x-debug-token", SECRET.parse().unwrap());
+            r
+        }
+        ("GET", "/redirect") => {
+            let mut r = json(StatusCode::FOUND, serde_json::json!({}));
+            let loc = format!("https://elsewhere.example{path_and_query}");
+            r.headers_mut().insert("location", loc.parse().unwrap());
+            r
+        }
+        ("POST", "/upload") => {
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            json(StatusCode::OK, serde_json::json!({"received": body.len()}))
+        }
+        _ => json(StatusCode::OK, serde_json::json!({"path": path_and_query})),
+    };
+    Ok(resp)
+}
+
+/// Accepts a WebSocket (recording the handshake headers through the log), sends a message with
+/// an e-mail address, then echoes text back.
+fn websocket_upstream(req: &mut Request<Incoming>) -> Response<UpBody> {
+    let key = req
+        .headers()
+        .get("sec-websocket-key")
+        .cloned()
+        .unwrap_or_else(|| "x".parse().unwrap());
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let upgraded = upgrade.await.unwrap();
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            tokio_tungstenite::tungstenite::protocol::Role::Server,
+            None,
+        )
+        .await;
+        use tokio_tungstenite::tungstenite::Message;
+        ws.send(Message::text("hello jane@example.com"))
+            .await
+            .unwrap();
+        while let Some(Ok(msg)) = ws.next().await {
+            match msg {
+                Message::Text(t) => ws
+                    .send(Message::text(format!("echo: {}", t.as_str())))
+                    .await
+                    .unwrap(),
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+    });
+    let mut r = Response::new(Full::new(Bytes::new()).boxed());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    r.headers_mut()
+        .insert("upgrade", "websocket".parse().unwrap());
+    r.headers_mut()
+        .insert("connection", "Upgrade".parse().unwrap());
+    r.headers_mut()
+        .insert("sec-websocket-accept", accept.parse().unwrap());
+    r
+}
+
+/// Starts the upstream on a bound loopback listener.
+pub async fn start_upstream() -> Upstream {
+    let listener = gatehouse_testkit::net::bind_loopback_tokio().await;
+    let addr = listener.local_addr().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let deletes = Arc::new(AtomicU64::new(0));
+    let go = Arc::new(Notify::new());
+    let (l2, d2, g2) = (log.clone(), deletes.clone(), go.clone());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (log, deletes, go) = (l2.clone(), d2.clone(), g2.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    upstream_service(req, log.clone(), deletes.clone(), go.clone())
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    Upstream {
+        addr,
+        log,
+        deletes,
+        go,
+        _task: task,
+    }
+}
+
+/// The layers of a gateway under test, with handles on what tests inspect.
+pub struct Layers {
+    pub pipeline: Pipeline,
+    pub recorder: Arc<MemoryRecorder>,
+    pub approvals: Arc<ApprovalBroker>,
+    pub authenticator: Arc<StaticAuthenticator>,
+}
+
+pub fn agent() -> Identity {
+    Identity::new("agent-7", "https://idp.test", AuthMethod::Test).with_group("agents")
+}
+
+pub fn approver() -> Identity {
+    Identity::new("alice", "https://idp.test", AuthMethod::Test).with_group("approvers")
+}
+
+/// The test policy: `/admin` denied, DELETE reviewed (grant window 60 s), `WEBSOCKET /ws`
+/// allowed, other WebSocket paths denied, everything else allowed.
+pub fn policy() -> FnPolicy {
+    FnPolicy::new(|_id, _target, op| {
+        let Operation::Http(op) = op else {
+            return Decision::deny("not-http", "only HTTP here");
+        };
+        if op.path == "/admin" || op.path.starts_with("/admin/") {
+            return Decision::deny("no-admin", "the admin API is off limits to agents");
+        }
+        if op.method == "DELETE" {
+            return Decision::review(
+                "review-delete",
+                "deletions need a human",
+                ReviewRequirement {
+                    approver_groups: vec!["approvers".into()],
+                    approvals_required: 1,
+                    timeout_ms: 60_000,
+                    grant_window_ms: Some(60_000),
+                },
+            );
+        }
+        if op.method == gatehouse_http::WEBSOCKET_METHOD && op.path != "/ws" {
+            return Decision::deny("ws-only-on-ws", "websockets only on /ws");
+        }
+        Decision::allow("default-allow", "allowed")
+    })
+}
+
+pub fn layers(secrets: &[String]) -> Layers {
+    let recorder = Arc::new(MemoryRecorder::new());
+    let approvals = Arc::new(
+        ApprovalBroker::builder(Arc::new(MemoryStore::new()))
+            .recorder(recorder.clone())
+            .build(),
+    );
+    let authenticator = Arc::new(
+        StaticAuthenticator::new()
+            .with_token(AGENT_TOKEN, agent())
+            .with_token(
+                OTHER_TOKEN,
+                Identity::new("agent-8", "https://idp.test", AuthMethod::Test),
+            ),
+    );
+    let mut egress = EgressGuardBuilder::new();
+    for s in secrets {
+        egress.add_secret(s.as_bytes()).unwrap();
+    }
+    let pipeline = Pipeline {
+        authenticator: authenticator.clone(),
+        policy: Arc::new(policy()),
+        approvals: approvals.clone(),
+        masker: Arc::new(MaskingEngine::with_defaults().unwrap()),
+        egress: Arc::new(egress.build().unwrap()),
+        recorder: recorder.clone(),
+    };
+    Layers {
+        pipeline,
+        recorder,
+        approvals,
+        authenticator,
+    }
+}
+
+pub fn target(
+    name: &str,
+    prefix: &str,
+    upstream: &str,
+    cred: InjectedCredential,
+) -> HttpTargetConfig {
+    HttpTargetConfig {
+        name: name.into(),
+        tags: vec![],
+        host: None,
+        path_prefix: Some(prefix.into()),
+        upstream: upstream.into(),
+        ca_file: None,
+        credential: Some(cred),
+    }
+}
+
+/// The standard config: `/api` → upstream with a bearer credential, `/hdr` with a header
+/// credential, `/qry` with a query credential, `/basic` with basic auth, `/down` → a dead port.
+pub fn config(upstream: SocketAddr, dead: SocketAddr) -> HttpProxyConfig {
+    let url = format!("http://{upstream}");
+    let mut cfg = HttpProxyConfig::with_targets(vec![
+        target(
+            "api",
+            "/api",
+            &url,
+            InjectedCredential::Bearer {
+                secret: SECRET.into(),
+            },
+        ),
+        target(
+            "hdr",
+            "/hdr",
+            &url,
+            InjectedCredential::Header {
+                name: "X-Api-Key".into(),
+                secret: SECRET.into(),
+            },
+        ),
+        target(
+            "qry",
+            "/qry",
+            &url,
+            InjectedCredential::Query {
+                param: "api_key".into(),
+                secret: SECRET.into(),
+            },
+        ),
+        target(
+            "basic",
+            "/basic",
+            &url,
+            InjectedCredential::Basic {
+                username: "svc".into(),
+                secret: SECRET.into(),
+            },
+        ),
+        target(
+            "down",
+            "/down",
+            &format!("http://{dead}"),
+            InjectedCredential::Bearer {
+                secret: SECRET.into(),
+            },
+        ),
+    ]);
+    cfg.review_hold_ms = 20_000;
+    cfg.idle_flush_ms = 30;
+    cfg
+}
+
+/// A running gateway.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub layers: Layers,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Gateway {
+    pub async fn start(config: HttpProxyConfig, tls: Option<rustls::ServerConfig>) -> Gateway {
+        let layers = layers(&config.held_secrets());
+        let proxy = HttpProxy::new(config, layers.pipeline.clone()).unwrap();
+        let listener = gatehouse_testkit::net::bind_loopback_tokio().await;
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            proxy
+                .serve(listener, tls, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        Gateway {
+            addr,
+            layers,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Stops serving and waits until every connection's session is closed.
+    pub async fn shutdown(mut self) -> Layers {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            gatehouse_testkit::within(Duration::from_secs(15), t)
+                .await
+                .unwrap();
+        }
+        let Gateway { layers, .. } = self;
+        layers
+    }
+}
+
+/// A dead address: a port that was bound a moment ago and is now closed.
+pub fn dead_addr() -> SocketAddr {
+    let l = gatehouse_testkit::net::bind_loopback();
+    gatehouse_testkit::net::addr_of(&l)
+}
+
+/// Runs the real `curl` with a deadline; returns (status, headers text, body).
+pub async fn curl(args: &[&str]) -> (u16, String, Vec<u8>) {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-sS", "-i", "--max-time", "20"]).args(args);
+    let out = tokio::task::spawn_blocking(move || {
+        gatehouse_testkit::process::run_with_timeout(cmd, Duration::from_secs(30))
+    })
+    .await
+    .unwrap()
+    .expect("curl runs");
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    split_response(&out.stdout)
+}
+
+/// Splits a raw HTTP/1 or curl `-i` output into (status, head, body); skips `1xx` heads.
+pub fn split_response(raw: &[u8]) -> (u16, String, Vec<u8>) {
+    let mut rest = raw;
+    loop {
+        let pos = rest
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a complete head");
+        let head = String::from_utf8_lossy(&rest[..pos]).into_owned();
+        let body = &rest[pos + 4..];
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status code");
+        if (100..200).contains(&status) && status != 101 {
+            rest = body;
+            continue;
+        }
+        return (status, head, body.to_vec());
+    }
+}
+
+/// Sends raw bytes on a fresh connection and reads until the server closes (or 10 s).
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    out
+}
+
+/// Every encoded form of the secret a leak could take.
+pub fn secret_forms() -> Vec<String> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    vec![
+        SECRET.to_string(),
+        b64.encode(SECRET),
+        b64.encode(format!("svc:{SECRET}")),
+        hex_lower(SECRET.as_bytes()),
+    ]
+}
+
+fn hex_lower(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub fn assert_no_secret(what: &str, bytes: &[u8]) {
+    let text = String::from_utf8_lossy(bytes);
+    for form in secret_forms() {
+        assert!(
+            !text.contains(&form),
+            "{what} contains the target credential (form {form:?})"
+        );
+    }
+}
+
+/// A bearer header value for curl.
+pub fn bearer(token: &str) -> String {
+    format!("Authorization: Bearer {token}")
+}
