@@ -59,7 +59,11 @@ impl Catalog {
     /// Qualified sources for SQL-level lineage names: `table.column`, `table.*` (every column)
     /// or `?.column` (that column in any of `tables`). Each resolves through views to base
     /// columns. Names that resolve to nothing are kept as written.
-    pub(crate) async fn expand(&self, names: &[String], tables: &[String]) -> Result<Vec<String>, PgProxyError> {
+    pub(crate) async fn expand(
+        &self,
+        names: &[String],
+        tables: &[String],
+    ) -> Result<Vec<String>, PgProxyError> {
         let mut keys: Vec<(u32, i16)> = Vec::new();
         let mut unresolved = Vec::new();
         for name in names {
@@ -140,11 +144,17 @@ impl Catalog {
     async fn run(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>, PgProxyError> {
         let mut guard = self.conn.lock().await;
         if guard.is_none() {
-            let conn = crate::upstream::connect(&self.upstream, &[("application_name".into(), "gatehouse-catalog".into())]).await?;
+            let conn = crate::upstream::connect(
+                &self.upstream,
+                &[("application_name".into(), "gatehouse-catalog".into())],
+            )
+            .await?;
             *guard = Some(FrameReader::new(conn.stream, conn.leftover, 64 << 20));
         }
         let Some(reader) = guard.as_mut() else {
-            return Err(PgProxyError::Gateway("catalog connection unavailable".into()));
+            return Err(PgProxyError::Gateway(
+                "catalog connection unavailable".into(),
+            ));
         };
         let result = query(reader, sql).await;
         if result.is_err() {
@@ -157,7 +167,10 @@ impl Catalog {
     /// Sources per column; columns without a table (expressions) get none. If the lookup fails,
     /// every table-backed column is marked with a source the masker cannot mistake for safe
     /// (`?.<oid>.<attnum>`), and the failure is returned for the caller to decide.
-    pub(crate) async fn resolve(&self, columns: &[ColumnDesc]) -> Result<Vec<Vec<String>>, PgProxyError> {
+    pub(crate) async fn resolve(
+        &self,
+        columns: &[ColumnDesc],
+    ) -> Result<Vec<Vec<String>>, PgProxyError> {
         let missing: Vec<(u32, i16)> = {
             let cache = lock(&self.cache);
             let mut m: Vec<(u32, i16)> = columns
@@ -235,7 +248,10 @@ impl Catalog {
 }
 
 /// Runs one simple query on a gateway-owned connection; returns text rows.
-async fn query(reader: &mut FrameReader<BoxStream>, sql: &str) -> Result<Vec<Vec<Option<String>>>, PgProxyError> {
+async fn query(
+    reader: &mut FrameReader<BoxStream>,
+    sql: &str,
+) -> Result<Vec<Vec<Option<String>>>, PgProxyError> {
     let mut out = BytesMut::new();
     wire::encode_query(sql, &mut out)?;
     reader
@@ -248,7 +264,11 @@ async fn query(reader: &mut FrameReader<BoxStream>, sql: &str) -> Result<Vec<Vec
     loop {
         let frame = match reader.next().await {
             Ok(Some(f)) => f,
-            Ok(None) => return Err(PgProxyError::UpstreamConnect("catalog connection closed".into())),
+            Ok(None) => {
+                return Err(PgProxyError::UpstreamConnect(
+                    "catalog connection closed".into(),
+                ));
+            }
             Err(ReadError::Io(e)) => return Err(PgProxyError::upstream_io(e)),
             Err(ReadError::Frame(e)) => return Err(PgProxyError::UpstreamProtocol(e.to_string())),
         };

@@ -105,7 +105,12 @@ impl ProxyInner {
     /// Expands SQL-level lineage names to qualified catalog sources (through views). On a
     /// catalog failure the names are kept as written (a masker rule on the bare column name still
     /// matches them).
-    pub(crate) async fn expand_sources(&self, target: &str, names: &[String], tables: &[String]) -> Vec<String> {
+    pub(crate) async fn expand_sources(
+        &self,
+        target: &str,
+        names: &[String],
+        tables: &[String],
+    ) -> Vec<String> {
         if names.is_empty() {
             return Vec::new();
         }
@@ -144,7 +149,10 @@ pub struct PgProxy {
 impl std::fmt::Debug for PgProxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgProxy")
-            .field("targets", &self.inner.config.targets.keys().collect::<Vec<_>>())
+            .field(
+                "targets",
+                &self.inner.config.targets.keys().collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -152,7 +160,12 @@ impl std::fmt::Debug for PgProxy {
 impl PgProxy {
     /// A proxy with default hooks and the gatehouse-sql analyzer (classification + lineage).
     pub fn new(config: PgProxyConfig, pipeline: Pipeline) -> Self {
-        Self::with_parts(config, pipeline, Arc::new(DefaultHooks), Arc::new(SqlAnalyzer))
+        Self::with_parts(
+            config,
+            pipeline,
+            Arc::new(DefaultHooks),
+            Arc::new(SqlAnalyzer),
+        )
     }
 
     /// A proxy with custom hooks and statement analyzer.

@@ -146,7 +146,9 @@ impl ShapePlan {
     ) -> Result<RowOutcome, FrameError> {
         split_row(body, &mut scratch.values)?;
         if scratch.values.len() != self.forms.len() {
-            return Err(FrameError::Malformed("DataRow (column count differs from RowDescription)"));
+            return Err(FrameError::Malformed(
+                "DataRow (column count differs from RowDescription)",
+            ));
         }
         scratch.masked.clear();
         let mut changed = false;
@@ -155,7 +157,11 @@ impl ShapePlan {
                 scratch.masked.push(Slot::Keep);
                 continue;
             };
-            let form = self.forms.get(i).copied().unwrap_or(ValueForm::OpaqueBinary);
+            let form = self
+                .forms
+                .get(i)
+                .copied()
+                .unwrap_or(ValueForm::OpaqueBinary);
             let kind = self.kinds.get(i).copied().unwrap_or(FieldKind::NonText);
             let outcome = match form {
                 ValueForm::OpaqueBinary => {
@@ -225,7 +231,12 @@ impl ShapePlan {
 
     /// Masks one text value of column `index` (CopyData lines, notices): returns the masked bytes
     /// or `None` when unchanged.
-    pub fn mask_value(&self, index: usize, value: &[u8], findings: &mut Vec<Finding>) -> Option<Vec<u8>> {
+    pub fn mask_value(
+        &self,
+        index: usize,
+        value: &[u8],
+        findings: &mut Vec<Finding>,
+    ) -> Option<Vec<u8>> {
         let mut buf = Vec::new();
         match self.plan.apply(index, value, &mut buf, findings) {
             MaskOutcome::Unchanged => None,

@@ -227,7 +227,12 @@ mod tests {
     // RFC 7677 test vector (user "user", password "pencil"). PostgreSQL ignores the user name,
     // so the client-first-bare differs; we recompute the vector's flow with `n=user` semantics
     // by checking our own server-side computation instead.
-    fn server_side(password: &str, salt: &[u8], iters: u32, auth_message: &str) -> (Vec<u8>, Vec<u8>) {
+    fn server_side(
+        password: &str,
+        salt: &[u8],
+        iters: u32,
+        auth_message: &str,
+    ) -> (Vec<u8>, Vec<u8>) {
         let mut salted = [0u8; 32];
         pbkdf2::pbkdf2_hmac::<Sha256>(password.as_bytes(), salt, iters, &mut salted);
         let client_key = hmac(&salted, b"Client Key");
@@ -241,9 +246,13 @@ mod tests {
         let mut c = ScramClient::with_nonce("pencil", ChannelBinding::None, "rOprNGfwEbeRWgbNEkqO");
         assert_eq!(c.client_first(), b"n,,n=,r=rOprNGfwEbeRWgbNEkqO");
         let server_first = "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
-        let final_msg = String::from_utf8(c.client_final(server_first.as_bytes()).unwrap()).unwrap();
+        let final_msg =
+            String::from_utf8(c.client_final(server_first.as_bytes()).unwrap()).unwrap();
         let (without_proof, proof_b64) = final_msg.rsplit_once(",p=").unwrap();
-        assert_eq!(without_proof, "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0");
+        assert_eq!(
+            without_proof,
+            "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0"
+        );
         let auth = format!("n=,r=rOprNGfwEbeRWgbNEkqO,{server_first},{without_proof}");
         let salt = B64.decode("W22ZaJ0SNY7soEsUEjb6gQ==").unwrap();
         let (stored_key, server_sig) = server_side("pencil", &salt, 4096, &auth);
@@ -255,29 +264,61 @@ mod tests {
         let server_final = format!("v={}", B64.encode(&server_sig));
         assert!(c.verify_server_final(server_final.as_bytes()).is_ok());
         let forged = format!("v={}", B64.encode([0u8; 32]));
-        assert_eq!(c.verify_server_final(forged.as_bytes()), Err(ScramError::ServerSignature));
+        assert_eq!(
+            c.verify_server_final(forged.as_bytes()),
+            Err(ScramError::ServerSignature)
+        );
     }
 
     #[test]
     fn channel_binding_goes_into_the_c_attribute() {
-        let mut c = ScramClient::with_nonce("pw", ChannelBinding::TlsServerEndPoint(vec![1, 2, 3]), "abc");
+        let mut c = ScramClient::with_nonce(
+            "pw",
+            ChannelBinding::TlsServerEndPoint(vec![1, 2, 3]),
+            "abc",
+        );
         assert_eq!(c.mechanism(), "SCRAM-SHA-256-PLUS");
-        assert!(c.client_first().starts_with(b"p=tls-server-end-point,,n=,r=abc"));
+        assert!(
+            c.client_first()
+                .starts_with(b"p=tls-server-end-point,,n=,r=abc")
+        );
         let out = c.client_final(b"r=abcdef,s=AAAA,i=1").unwrap();
         let expected_c = B64.encode(b"p=tls-server-end-point,,\x01\x02\x03");
-        assert!(String::from_utf8(out).unwrap().starts_with(&format!("c={expected_c},r=abcdef")));
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .starts_with(&format!("c={expected_c},r=abcdef"))
+        );
     }
 
     #[test]
     fn hostile_server_first_is_refused() {
         let mut c = ScramClient::with_nonce("pw", ChannelBinding::None, "abc");
-        assert_eq!(c.client_final(b"r=xyz,s=AAAA,i=1"), Err(ScramError::NonceMismatch));
-        assert_eq!(c.client_final(b"r=abc,s=AAAA,i=1"), Err(ScramError::NonceMismatch));
-        assert_eq!(c.client_final(b"r=abcd,s=AAAA,i=0"), Err(ScramError::Iterations));
-        assert_eq!(c.client_final(b"r=abcd,s=AAAA,i=99999999"), Err(ScramError::Iterations));
-        assert_eq!(c.client_final(b"r=abcd,s=!!!,i=1"), Err(ScramError::Malformed));
+        assert_eq!(
+            c.client_final(b"r=xyz,s=AAAA,i=1"),
+            Err(ScramError::NonceMismatch)
+        );
+        assert_eq!(
+            c.client_final(b"r=abc,s=AAAA,i=1"),
+            Err(ScramError::NonceMismatch)
+        );
+        assert_eq!(
+            c.client_final(b"r=abcd,s=AAAA,i=0"),
+            Err(ScramError::Iterations)
+        );
+        assert_eq!(
+            c.client_final(b"r=abcd,s=AAAA,i=99999999"),
+            Err(ScramError::Iterations)
+        );
+        assert_eq!(
+            c.client_final(b"r=abcd,s=!!!,i=1"),
+            Err(ScramError::Malformed)
+        );
         assert_eq!(c.client_final(b"\xff"), Err(ScramError::Malformed));
-        assert!(matches!(c.client_final(b"e=invalid-proof"), Err(ScramError::Server(_))));
+        assert!(matches!(
+            c.client_final(b"e=invalid-proof"),
+            Err(ScramError::Server(_))
+        ));
         // verify before client_final: no expected signature, never Ok.
         assert!(c.verify_server_final(b"v=AAAA").is_err());
     }

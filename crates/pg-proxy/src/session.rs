@@ -22,6 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::Notify;
 
 use crate::PgProxyError;
+use crate::ProxyInner;
 use crate::cancel::CancelTarget;
 use crate::config::{NonTextMasking, PgTarget};
 use crate::frame::{Frame, StartupPacket, decode_startup, encode_frame};
@@ -30,7 +31,6 @@ use crate::rowmask::{RowOutcome, RowScratch, ShapePlan};
 use crate::statements::{StatementInfo, StatementKind};
 use crate::upstream::{BoxStream, FrameReader, ReadError, UpstreamConn};
 use crate::wire::{self, ColumnDesc, ErrorFields};
-use crate::ProxyInner;
 
 /// Startup parameters passed through to the upstream server; everything else (notably
 /// `options`, which can set any GUC, and `replication`) stays at the gateway.
@@ -50,7 +50,8 @@ type ClientWriter = Arc<tokio::sync::Mutex<WriteHalf<BoxStream>>>;
 pub(crate) async fn run(proxy: Arc<ProxyInner>, stream: BoxStream, client_addr: String) {
     let session = SessionId::generate();
     let limit = proxy.config.limits.startup_timeout;
-    let started = tokio::time::timeout(limit, startup(&proxy, stream, &client_addr, &session)).await;
+    let started =
+        tokio::time::timeout(limit, startup(&proxy, stream, &client_addr, &session)).await;
     let ready = match started {
         Ok(Ok(Some(ready))) => ready,
         Ok(Ok(None)) => return,
@@ -114,7 +115,9 @@ async fn startup(
                     // Bytes after SSLRequest would be read as if they came through TLS.
                     return Err((
                         Some(stream),
-                        PgProxyError::ClientProtocol("data received before the TLS handshake".into()),
+                        PgProxyError::ClientProtocol(
+                            "data received before the TLS handshake".into(),
+                        ),
                     ));
                 }
                 match (&proxy.config.tls, tls) {
@@ -147,7 +150,12 @@ async fn startup(
             StartupPacket::CancelRequest { pid, secret } => {
                 if let Some(t) = proxy.cancels.lookup(pid, &secret) {
                     t.notify.notify_waiters();
-                    let _ = crate::upstream::send_cancel(&t.address, t.upstream_pid, &t.upstream_secret).await;
+                    let _ = crate::upstream::send_cancel(
+                        &t.address,
+                        t.upstream_pid,
+                        &t.upstream_secret,
+                    )
+                    .await;
                 }
                 return Ok(None);
             }
@@ -175,7 +183,9 @@ async fn startup(
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.clone())
     };
-    if param("replication").is_some_and(|v| !v.eq_ignore_ascii_case("false") && v != "0" && !v.eq_ignore_ascii_case("off")) {
+    if param("replication").is_some_and(|v| {
+        !v.eq_ignore_ascii_case("false") && v != "0" && !v.eq_ignore_ascii_case("off")
+    }) {
         return Err((
             Some(stream),
             PgProxyError::Refused("replication connections are not served by the gateway".into()),
@@ -203,7 +213,10 @@ async fn startup(
     }
 
     // Ask for the token as a cleartext password (inside TLS, or on an allowed loopback listener).
-    let _ = wire::put(&pgwire::messages::startup::Authentication::CleartextPassword, &mut out);
+    let _ = wire::put(
+        &pgwire::messages::startup::Authentication::CleartextPassword,
+        &mut out,
+    );
     if stream.write_all(&out).await.is_err() {
         return Ok(None);
     }
@@ -323,14 +336,34 @@ struct DenyInfo {
 #[derive(Debug)]
 enum Expect {
     /// A simple Query (or a refused FunctionCall): results per statement, then ReadyForQuery.
-    Query { statements: VecDeque<Arc<StmtCtx>> },
+    Query {
+        statements: VecDeque<Arc<StmtCtx>>,
+    },
     /// FunctionCallResponse, then ReadyForQuery.
-    FunctionCall { statement: Arc<StmtCtx> },
-    Parse { name: String, statement: Arc<StmtCtx> },
-    Bind { portal: String, statement: String, result_formats: Vec<i16> },
-    DescribeStatement { name: String, swallow: bool, saw_parameters: bool },
-    DescribePortal { name: String, swallow: bool },
-    Execute { portal: String },
+    FunctionCall {
+        statement: Arc<StmtCtx>,
+    },
+    Parse {
+        name: String,
+        statement: Arc<StmtCtx>,
+    },
+    Bind {
+        portal: String,
+        statement: String,
+        result_formats: Vec<i16>,
+    },
+    DescribeStatement {
+        name: String,
+        swallow: bool,
+        saw_parameters: bool,
+    },
+    DescribePortal {
+        name: String,
+        swallow: bool,
+    },
+    Execute {
+        portal: String,
+    },
     Close,
     Sync,
 }
@@ -385,7 +418,10 @@ impl Shared {
     fn denied_index(&self, message: &str) -> Option<u64> {
         let prefix = format!("gatehouse-denied:{}:", self.nonce);
         let at = message.find(&prefix)? + prefix.len();
-        let digits: String = message[at..].chars().take_while(char::is_ascii_digit).collect();
+        let digits: String = message[at..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
         digits.parse().ok()
     }
 }
@@ -423,11 +459,13 @@ async fn relay(proxy: Arc<ProxyInner>, ready: Ready, client_addr: String, sessio
         },
     );
     let sink = match proxy.pipeline.recorder.record(start).await {
-        Ok(_) => proxy
-            .pipeline
-            .recorder
-            .open_recording(&session, RecordingKind::Sql)
-            .await,
+        Ok(_) => {
+            proxy
+                .pipeline
+                .recorder
+                .open_recording(&session, RecordingKind::Sql)
+                .await
+        }
         Err(e) => Err(e),
     };
     let sink = match sink {
@@ -479,8 +517,8 @@ async fn relay(proxy: Arc<ProxyInner>, ready: Ready, client_addr: String, sessio
     wire::encode_ready(b'I', &mut hello);
 
     let mut egress = proxy.pipeline.egress.stream(EgressSite::Client);
-    let hello_ok = egress.check(&hello).is_ok()
-        && client_writer.lock().await.write_all(&hello).await.is_ok();
+    let hello_ok =
+        egress.check(&hello).is_ok() && client_writer.lock().await.write_all(&hello).await.is_ok();
 
     let shared = Arc::new(Shared {
         expect: Mutex::new(VecDeque::new()),
@@ -515,7 +553,11 @@ async fn relay(proxy: Arc<ProxyInner>, ready: Ready, client_addr: String, sessio
         proxy: proxy.clone(),
         ctx: ctx.clone(),
         shared: shared.clone(),
-        reader: FrameReader::new(client_read, client_buf, proxy.config.limits.max_client_message),
+        reader: FrameReader::new(
+            client_read,
+            client_buf,
+            proxy.config.limits.max_client_message,
+        ),
         upstream: up_write,
         client: client_writer.clone(),
         cancel: notify,
@@ -530,10 +572,11 @@ async fn relay(proxy: Arc<ProxyInner>, ready: Ready, client_addr: String, sessio
     };
     let _ = frontend.upstream.shutdown().await;
     shared.done.notify_waiters();
-    let (backend_reason, sink) = match tokio::time::timeout(Duration::from_secs(10), backend_task).await {
-        Ok(Ok((r, s))) => (r, s),
-        _ => (None, None),
-    };
+    let (backend_reason, sink) =
+        match tokio::time::timeout(Duration::from_secs(10), backend_task).await {
+            Ok(Ok((r, s))) => (r, s),
+            _ => (None, None),
+        };
     let reason = backend_reason.unwrap_or(reason);
     if let Some(k) = gateway_key {
         proxy.cancels.remove(k);
@@ -689,7 +732,12 @@ impl Frontend {
         let fields = ErrorFields::new("NOTICE", "00000", self.proxy.scrub(&message));
         let mut buf = BytesMut::new();
         if fields.encode(b'N', &mut buf).is_ok()
-            && self.proxy.pipeline.egress.check(EgressSite::Client, &buf).is_ok()
+            && self
+                .proxy
+                .pipeline
+                .egress
+                .check(EgressSite::Client, &buf)
+                .is_ok()
         {
             let mut w = self.client.lock().await;
             let _ = w.write_all(&buf).await;
@@ -784,11 +832,11 @@ impl Frontend {
         info: Option<&StatementInfo>,
     ) -> Verdicted {
         let operation = Operation::Sql(op.clone());
-        let decision = self.proxy.pipeline.policy.decide(
-            &self.ctx.identity,
-            &self.ctx.target,
-            &operation,
-        );
+        let decision =
+            self.proxy
+                .pipeline
+                .policy
+                .decide(&self.ctx.identity, &self.ctx.target, &operation);
         let decision = self.proxy.hooks.on_statement(&self.ctx, op, info, decision);
         let decision = match self.masked_copy_check(info, &decision).await {
             Some(d) => d,
@@ -816,7 +864,11 @@ impl Frontend {
     /// Refuses, unless configured otherwise, statements that copy a masked column somewhere the
     /// masking boundary does not reach (`CREATE TABLE AS`, `INSERT … SELECT`, `COPY … TO`,
     /// `CREATE VIEW/FUNCTION`).
-    async fn masked_copy_check(&mut self, info: Option<&StatementInfo>, decision: &Decision) -> Option<Decision> {
+    async fn masked_copy_check(
+        &mut self,
+        info: Option<&StatementInfo>,
+        decision: &Decision,
+    ) -> Option<Decision> {
         let info = info?;
         if !info.copies_data
             || self.proxy.config.allow_masked_column_copies
@@ -824,7 +876,10 @@ impl Frontend {
         {
             return None;
         }
-        let names: Vec<String> = info.tables.iter().map(|t| format!("{t}.*")).collect();
+        let names: Vec<String> = match &info.reads {
+            Some(reads) => reads.clone(),
+            None => info.tables.iter().map(|t| format!("{t}.*")).collect(),
+        };
         let sources = self
             .proxy
             .expand_sources(&self.ctx.target.name, &names, &info.tables)
@@ -972,17 +1027,29 @@ impl Frontend {
             ApprovalOutcome::Denied { by, justification } => Verdicted::Denied(DenyInfo {
                 code: "42501",
                 message: format!("approval {} denied by {by}: {justification}", ticket.id),
-                detail: Some(format!("rule \"{}\": {}", decision.rule_id, decision.reason)),
+                detail: Some(format!(
+                    "rule \"{}\": {}",
+                    decision.rule_id, decision.reason
+                )),
             }),
             _ => Verdicted::Denied(DenyInfo {
                 code: "42501",
                 message: format!("approval {} timed out", ticket.id),
-                detail: Some(format!("rule \"{}\": {}", decision.rule_id, decision.reason)),
+                detail: Some(format!(
+                    "rule \"{}\": {}",
+                    decision.rule_id, decision.reason
+                )),
             }),
         }
     }
 
-    fn stmt_ctx(&self, index: u64, text: &str, decision: Option<&Decision>, info: Option<&StatementInfo>) -> Arc<StmtCtx> {
+    fn stmt_ctx(
+        &self,
+        index: u64,
+        text: &str,
+        decision: Option<&Decision>,
+        info: Option<&StatementInfo>,
+    ) -> Arc<StmtCtx> {
         Arc::new(StmtCtx {
             index,
             text: cap_text(text),
@@ -1058,7 +1125,9 @@ impl Frontend {
                 self.proxy.catalog_invalidate(&self.ctx.target.name);
             }
             match verdict {
-                Verdicted::Allowed(d) => ctxs.push_back(self.stmt_ctx(index, stmt_text, Some(&d), Some(info))),
+                Verdicted::Allowed(d) => {
+                    ctxs.push_back(self.stmt_ctx(index, stmt_text, Some(&d), Some(info)))
+                }
                 Verdicted::Review(_) | Verdicted::Denied(_) => {
                     let deny = verdict_deny(verdict);
                     ctxs.push_back(self.stmt_ctx(index, stmt_text, None, Some(info)));
@@ -1176,7 +1245,11 @@ impl Frontend {
                     let deny = verdict_deny(other);
                     self.record_denial(index, deny);
                     // A Bind of a statement that cannot exist fails upstream and skips to Sync.
-                    return wire::encode_bare_bind(&bind.portal, &self.shared.marker(index), &mut self.out);
+                    return wire::encode_bare_bind(
+                        &bind.portal,
+                        &self.shared.marker(index),
+                        &mut self.out,
+                    );
                 }
             }
         }
@@ -1302,7 +1375,14 @@ struct Backend {
     out: BytesMut,
     scratch: RowScratch,
     notice_plan: Option<ShapePlan>,
-    plan_cache: HashMap<(Bytes, Option<String>, Option<crate::statements::ColumnLineage>), Arc<ShapePlan>>,
+    plan_cache: HashMap<
+        (
+            Bytes,
+            Option<String>,
+            Option<crate::statements::ColumnLineage>,
+        ),
+        Arc<ShapePlan>,
+    >,
 }
 
 impl Backend {
@@ -1381,7 +1461,9 @@ impl Backend {
     }
 
     fn front_is_extended(&self) -> bool {
-        lock(&self.shared.expect).front().is_some_and(Expect::is_extended)
+        lock(&self.shared.expect)
+            .front()
+            .is_some_and(Expect::is_extended)
     }
 
     fn pop(&self) -> Option<Expect> {
@@ -1390,7 +1472,7 @@ impl Backend {
 
     async fn handle(&mut self, frame: Frame) -> Result<(), PgProxyError> {
         match frame.tag {
-            b'D' => self.on_data_row(frame),
+            b'D' => self.on_data_row(frame).await,
             b'T' => self.on_row_description(frame).await,
             b'C' | b'I' => {
                 let status = if frame.tag == b'C' {
@@ -1423,7 +1505,8 @@ impl Backend {
                 // Pop through the Sync/Query this answers (drops anything an error skipped).
                 loop {
                     match self.pop() {
-                        Some(Expect::Sync | Expect::Query { .. } | Expect::FunctionCall { .. }) | None => break,
+                        Some(Expect::Sync | Expect::Query { .. } | Expect::FunctionCall { .. })
+                        | None => break,
                         Some(_) => {}
                     }
                 }
@@ -1747,25 +1830,45 @@ impl Backend {
         Ok(())
     }
 
-    fn on_data_row(&mut self, frame: Frame) -> Result<(), PgProxyError> {
+    async fn on_data_row(&mut self, frame: Frame) -> Result<(), PgProxyError> {
         self.ensure_running();
-        // Extended protocol: the plan comes from the portal being executed.
+        // Extended protocol: the plan comes from the portal being executed; a portal bound from
+        // a described statement gets its plan on first use.
         if self.running.as_ref().is_some_and(|r| r.plan.is_none()) {
-            let plan = {
+            let portal = {
                 let q = lock(&self.shared.expect);
                 match q.front() {
-                    Some(Expect::Execute { portal }) => {
-                        self.portals.get(portal).and_then(|p| p.plan.clone())
-                    }
+                    Some(Expect::Execute { portal }) => Some(portal.clone()),
                     _ => None,
                 }
             };
+            let mut plan = None;
+            if let Some(name) = portal {
+                let known = self
+                    .portals
+                    .get(&name)
+                    .map(|p| (p.plan.clone(), p.columns.clone(), p.ctx.clone()));
+                plan = match known {
+                    Some((Some(p), _, _)) => Some(p),
+                    Some((None, Some(columns), ctx)) => {
+                        let key = row_description_key(&columns);
+                        let p = self.plan_for(&key, &columns, ctx.as_deref()).await;
+                        if let Some(entry) = self.portals.get_mut(&name) {
+                            entry.plan = Some(p.clone());
+                        }
+                        Some(p)
+                    }
+                    _ => None,
+                };
+            }
             if let Some(r) = self.running.as_mut() {
                 r.plan = plan;
             }
         }
         let Some(running) = self.running.as_mut() else {
-            return Err(PgProxyError::UpstreamProtocol("DataRow outside a result".into()));
+            return Err(PgProxyError::UpstreamProtocol(
+                "DataRow outside a result".into(),
+            ));
         };
         let Some(plan) = running.plan.clone() else {
             // Never forward a row the gateway could not plan masking for.
@@ -1781,7 +1884,10 @@ impl Backend {
         if let RowOutcome::Refused(col) = outcome {
             return Err(PgProxyError::Refused(format!(
                 "column \"{}\" must be masked but is not text; the statement is refused",
-                plan.column_names().get(col).map(String::as_str).unwrap_or("?")
+                plan.column_names()
+                    .get(col)
+                    .map(String::as_str)
+                    .unwrap_or("?")
             )));
         }
         running.rows += 1;
@@ -1791,13 +1897,16 @@ impl Backend {
         if running.recorded.len() < self.proxy.config.limits.recording_rows_per_statement {
             if let Some(sent) = self.out.get(before + 5..) {
                 if let Ok(values) = wire::parse_data_row(&Bytes::copy_from_slice(sent)) {
-                    let hooks_view: Vec<Option<&[u8]>> = values.iter().map(|v| v.as_deref()).collect();
+                    let hooks_view: Vec<Option<&[u8]>> =
+                        values.iter().map(|v| v.as_deref()).collect();
                     self.proxy.hooks.on_data_row(&self.ctx, &hooks_view);
                     running.recorded.push(serde_json::Value::Array(
                         values
                             .iter()
                             .map(|v| match v {
-                                Some(b) => serde_json::Value::String(String::from_utf8_lossy(b).into_owned()),
+                                Some(b) => serde_json::Value::String(
+                                    String::from_utf8_lossy(b).into_owned(),
+                                ),
                                 None => serde_json::Value::Null,
                             })
                             .collect(),
@@ -1820,6 +1929,35 @@ impl Backend {
                 "rows": r.recorded,
             }),
         };
+        self.write_recording(frame).await;
+    }
+
+    /// Writes a recording frame after the egress guard has seen it; a blocked frame is dropped
+    /// and the block recorded.
+    async fn write_recording(&mut self, frame: RecordingFrame) {
+        let bytes = serde_json::to_vec(&frame).unwrap_or_default();
+        if let Err(blocked) = self
+            .proxy
+            .pipeline
+            .egress
+            .check(EgressSite::Recording, &bytes)
+        {
+            let _ = self
+                .proxy
+                .pipeline
+                .recorder
+                .record(Event::now(
+                    self.ctx.session.clone(),
+                    Some(self.ctx.identity.clone()),
+                    Some(self.ctx.target.clone()),
+                    EventBody::EgressBlocked {
+                        site: "recording".into(),
+                        hits: blocked.hits,
+                    },
+                ))
+                .await;
+            return;
+        }
         let _ = self.sink.write(frame).await;
     }
 
@@ -1846,17 +1984,15 @@ impl Backend {
                 .next()
                 .and_then(|n| n.parse::<u64>().ok())
                 .or(Some(r.rows));
-            let _ = self
-                .sink
-                .write(RecordingFrame::Entry {
-                    label: "statement".into(),
-                    body: serde_json::json!({
-                        "index": r.ctx.index,
-                        "text": self.proxy.scrub(&r.ctx.text),
-                        "status": status,
-                    }),
-                })
-                .await;
+            self.write_recording(RecordingFrame::Entry {
+                label: "statement".into(),
+                body: serde_json::json!({
+                    "index": r.ctx.index,
+                    "text": self.proxy.scrub(&r.ctx.text),
+                    "status": status,
+                }),
+            })
+            .await;
             let result = OperationResult {
                 index: r.ctx.index,
                 status,
@@ -1865,7 +2001,11 @@ impl Backend {
                 duration_us: u64::try_from(r.ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX),
                 findings: r.findings,
             };
-            self.proxy
+            // The operation was recorded (and decided) before it ran; a result summary that cannot
+            // be written is logged, and the next statement's control event fails closed if the
+            // recorder is still down.
+            if let Err(e) = self
+                .proxy
                 .pipeline
                 .recorder
                 .record(Event::now(
@@ -1874,7 +2014,10 @@ impl Backend {
                     Some(self.ctx.target.clone()),
                     EventBody::OperationResult(result),
                 ))
-                .await?;
+                .await
+            {
+                tracing::warn!(session = %self.ctx.session, error = %e, "result summary not recorded");
+            }
         }
         Ok(())
     }
@@ -1962,6 +2105,20 @@ impl Backend {
         self.add_findings(findings);
         Ok(fields)
     }
+}
+
+/// A cache key standing for a row shape known from a statement Describe plus Bind formats.
+fn row_description_key(columns: &[ColumnDesc]) -> Bytes {
+    let mut b = Vec::new();
+    for c in columns {
+        b.extend_from_slice(c.name.as_bytes());
+        b.push(0);
+        b.extend_from_slice(&c.table_oid.to_be_bytes());
+        b.extend_from_slice(&c.attnum.to_be_bytes());
+        b.extend_from_slice(&c.type_oid.to_be_bytes());
+        b.extend_from_slice(&c.format.to_be_bytes());
+    }
+    Bytes::from(b)
 }
 
 fn wire_tag(body: &Bytes) -> String {

@@ -43,6 +43,9 @@ pub struct StatementInfo {
     /// `INSERT … SELECT`, `COPY … TO`, `CREATE VIEW`, `CREATE FUNCTION`): masked columns among
     /// what it reads would leave the masking boundary.
     pub copies_data: bool,
+    /// The source columns a copying statement reads, when known exactly (`COPY (query) TO`,
+    /// `COPY t (a, b) TO`), as `table.column` / `table.*`. `None`: every column of `tables`.
+    pub reads: Option<Vec<String>>,
 }
 
 /// Where each output column's value may come from. Sources are `table.column` (table as
@@ -102,6 +105,7 @@ impl StatementAnalyzer for LexicalAnalyzer {
                     lineage: None,
                     tables: Vec::new(),
                     copies_data: false,
+                    reads: None,
                 })
             })
             .collect())
@@ -125,14 +129,20 @@ impl StatementAnalyzer for SqlAnalyzer {
         for st in classification.statements {
             if st.kind == K::Unparseable {
                 return Err(AnalyzeError::Unparseable(
-                    st.unparseable_reason.unwrap_or_else(|| "unparseable".into()),
+                    st.unparseable_reason
+                        .unwrap_or_else(|| "unparseable".into()),
                 ));
             }
             let kind = match st.kind {
                 K::Select | K::Show | K::Explain | K::Cursor => StatementKind::Read,
                 K::Insert | K::Update | K::Delete | K::Merge => StatementKind::Write,
                 K::Copy => StatementKind::Copy,
-                K::Ddl | K::Drop | K::Truncate | K::Grant | K::Revoke | K::AlterSystem
+                K::Ddl
+                | K::Drop
+                | K::Truncate
+                | K::Grant
+                | K::Revoke
+                | K::AlterSystem
                 | K::Maintenance => StatementKind::Ddl,
                 K::Transaction | K::Prepare | K::Execute | K::Deallocate => {
                     StatementKind::Transaction
@@ -144,7 +154,9 @@ impl StatementAnalyzer for SqlAnalyzer {
                 || st.has(gatehouse_sql::Risk::SelectInto)
                 || (st.kinds.contains(&K::Insert) && st.tables.len() > 1)
                 || (st.kind == K::Copy && !copy_is_from(stmt_text))
-                || (st.kind == K::Ddl && !st.tables.is_empty() && creates_view_or_function(stmt_text));
+                || (st.kind == K::Ddl
+                    && !st.tables.is_empty()
+                    && creates_view_or_function(stmt_text));
             let lineage = match st.kind {
                 K::Select | K::Insert | K::Update | K::Delete | K::Merge => {
                     gatehouse_sql::lineage(stmt_text, settings, &gatehouse_sql::NoCatalog)
@@ -153,12 +165,18 @@ impl StatementAnalyzer for SqlAnalyzer {
                 }
                 _ => None,
             };
+            let reads = if st.kind == K::Copy {
+                copy_reads(stmt_text, settings)
+            } else {
+                None
+            };
             out.push(StatementInfo {
-                span: st.span,
+                span: trim(text, st.span),
                 kind,
                 lineage,
                 tables: st.tables.into_iter().collect(),
                 copies_data: reads_into_elsewhere,
+                reads,
             });
         }
         Ok(out)
@@ -187,10 +205,71 @@ fn convert_lineage(l: gatehouse_sql::Lineage) -> ColumnLineage {
     }
 }
 
+/// Exactly which columns a `COPY … TO` reads: the lineage of `COPY (query)`, or the listed
+/// columns of `COPY table (a, b)`, or `table.*`.
+fn copy_reads(stmt: &str, settings: &SqlSessionSettings) -> Option<Vec<String>> {
+    let rest = stmt.trim_start().get(4..)?.trim_start();
+    if let Some(inner) = rest.strip_prefix('(') {
+        let end = matching_paren(inner)?;
+        let query = inner.get(..end)?;
+        let lineage = gatehouse_sql::lineage(query, settings, &gatehouse_sql::NoCatalog).ok()?;
+        return Some(lineage.all_sources().iter().map(source_name).collect());
+    }
+    let name_end = rest
+        .find(|c: char| c.is_whitespace() || c == '(')
+        .unwrap_or(rest.len());
+    let table = rest.get(..name_end)?;
+    if table.contains('"') {
+        return None;
+    }
+    let table = table.to_ascii_lowercase();
+    let after = rest.get(name_end..)?.trim_start();
+    if let Some(cols) = after.strip_prefix('(') {
+        let end = cols.find(')')?;
+        let list = cols.get(..end)?;
+        if list.contains('"') {
+            return None;
+        }
+        return Some(
+            list.split(',')
+                .map(|c| format!("{table}.{}", c.trim().to_ascii_lowercase()))
+                .collect(),
+        );
+    }
+    Some(vec![format!("{table}.*")])
+}
+
+/// Index of the `)` closing an already opened parenthesis, skipping quoted text.
+fn matching_paren(s: &str) -> Option<usize> {
+    let b = s.as_bytes();
+    let mut depth = 1i32;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            q @ (b'\'' | b'"') => {
+                i = skip_quoted(b, i + 1, q, false)?;
+                continue;
+            }
+            b'(' => depth += 1,
+            b')' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
 fn copy_is_from(stmt: &str) -> bool {
     // `COPY t (cols) FROM STDIN` writes into the table; anything else (`TO`) reads out of it.
     let lower = stmt.to_ascii_lowercase();
-    let words: Vec<&str> = lower.split(|c: char| c.is_whitespace() || c == '(' || c == ')').collect();
+    let words: Vec<&str> = lower
+        .split(|c: char| c.is_whitespace() || c == '(' || c == ')')
+        .collect();
     words.contains(&"from") && !words.contains(&"to") && !lower.trim_start().starts_with("copy (")
 }
 
@@ -206,7 +285,10 @@ fn creates_view_or_function(stmt: &str) -> bool {
 /// Byte ranges of the statements of `text`, split on top-level `;` the way PostgreSQL's own
 /// lexer sees them. Ranges are trimmed of surrounding whitespace; empty ones are kept out by the
 /// caller (`classify_leading` returns `None` for them).
-pub fn split(text: &str, standard_conforming_strings: bool) -> Result<Vec<Range<usize>>, AnalyzeError> {
+pub fn split(
+    text: &str,
+    standard_conforming_strings: bool,
+) -> Result<Vec<Range<usize>>, AnalyzeError> {
     let b = text.as_bytes();
     let mut out = Vec::new();
     let mut start = 0usize;
@@ -218,11 +300,15 @@ pub fn split(text: &str, standard_conforming_strings: bool) -> Result<Vec<Range<
         match c {
             b'\'' => {
                 let escapes = !standard_conforming_strings
-                    || (i > 0 && matches!(b[i - 1], b'e' | b'E') && !is_ident_byte_before(b, i - 1));
-                i = skip_quoted(b, i + 1, b'\'', escapes).ok_or(AnalyzeError::Unterminated("string"))?;
+                    || (i > 0
+                        && matches!(b[i - 1], b'e' | b'E')
+                        && !is_ident_byte_before(b, i - 1));
+                i = skip_quoted(b, i + 1, b'\'', escapes)
+                    .ok_or(AnalyzeError::Unterminated("string"))?;
             }
             b'"' => {
-                i = skip_quoted(b, i + 1, b'"', false).ok_or(AnalyzeError::Unterminated("quoted identifier"))?;
+                i = skip_quoted(b, i + 1, b'"', false)
+                    .ok_or(AnalyzeError::Unterminated("quoted identifier"))?;
             }
             b'-' if b.get(i + 1) == Some(&b'-') => {
                 i = memchr::memchr(b'\n', &b[i..]).map_or(b.len(), |p| i + p + 1);
@@ -388,21 +474,42 @@ mod tests {
     use super::*;
 
     fn parts(text: &str) -> Vec<&str> {
-        split(text, true).unwrap().into_iter().map(|r| &text[r]).collect()
+        split(text, true)
+            .unwrap()
+            .into_iter()
+            .map(|r| &text[r])
+            .collect()
     }
 
     #[test]
     fn splits_on_top_level_semicolons_only() {
         assert_eq!(parts("select 1; select 2"), vec!["select 1", "select 2"]);
-        assert_eq!(parts("select ';'; select \"a;b\""), vec!["select ';'", "select \"a;b\""]);
-        assert_eq!(parts("select $$;$$; select $x$ $$; $x$"), vec!["select $$;$$", "select $x$ $$; $x$"]);
-        assert_eq!(parts("select 1 -- ;\n; /* ; /* ; */ */ select 2"), vec!["select 1 -- ;", "/* ; /* ; */ */ select 2"]);
-        assert_eq!(parts("select E'\\';'; drop table t"), vec!["select E'\\';'", "drop table t"]);
+        assert_eq!(
+            parts("select ';'; select \"a;b\""),
+            vec!["select ';'", "select \"a;b\""]
+        );
+        assert_eq!(
+            parts("select $$;$$; select $x$ $$; $x$"),
+            vec!["select $$;$$", "select $x$ $$; $x$"]
+        );
+        assert_eq!(
+            parts("select 1 -- ;\n; /* ; /* ; */ */ select 2"),
+            vec!["select 1 -- ;", "/* ; /* ; */ */ select 2"]
+        );
+        assert_eq!(
+            parts("select E'\\';'; drop table t"),
+            vec!["select E'\\';'", "drop table t"]
+        );
         assert_eq!(parts(";; select 1;;"), vec!["select 1"]);
         assert_eq!(parts("select $1; select 2"), vec!["select $1", "select 2"]);
         assert_eq!(
-            parts("create function f() returns int begin atomic select 1; select 2; end; drop table t"),
-            vec!["create function f() returns int begin atomic select 1; select 2; end", "drop table t"]
+            parts(
+                "create function f() returns int begin atomic select 1; select 2; end; drop table t"
+            ),
+            vec![
+                "create function f() returns int begin atomic select 1; select 2; end",
+                "drop table t"
+            ]
         );
     }
 
@@ -414,13 +521,20 @@ mod tests {
         assert_eq!(stmts.len(), 2, "a trailing comment is not a statement");
         assert_eq!(stmts[1].kind, StatementKind::Ddl);
         // With standard_conforming_strings off, the backslash escapes the quote: one statement
-        // whose string runs to the end — unterminated, so refused rather than guessed.
-        assert!(split(t, false).is_err());
+        // whose string runs to the final quote.
+        assert_eq!(split(t, false).unwrap().len(), 1);
+        assert!(split("select 'a\\'; drop table t", false).is_err());
     }
 
     #[test]
     fn unterminated_constructs_are_errors() {
-        for t in ["select 'x", "select \"x", "select $$x", "select /* x", "select /* /* */"] {
+        for t in [
+            "select 'x",
+            "select \"x",
+            "select $$x",
+            "select /* x",
+            "select /* /* */",
+        ] {
             assert!(split(t, true).is_err(), "{t}");
         }
     }
@@ -428,8 +542,14 @@ mod tests {
     #[test]
     fn kinds_from_leading_keyword() {
         assert_eq!(classify_leading("  (SELECT 1)"), Some(StatementKind::Read));
-        assert_eq!(classify_leading("/* x */ DROP TABLE t"), Some(StatementKind::Ddl));
-        assert_eq!(classify_leading("-- c\ndelete from t"), Some(StatementKind::Write));
+        assert_eq!(
+            classify_leading("/* x */ DROP TABLE t"),
+            Some(StatementKind::Ddl)
+        );
+        assert_eq!(
+            classify_leading("-- c\ndelete from t"),
+            Some(StatementKind::Write)
+        );
         assert_eq!(classify_leading("BEGIN"), Some(StatementKind::Transaction));
         assert_eq!(classify_leading("  "), None);
     }

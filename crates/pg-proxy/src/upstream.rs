@@ -4,11 +4,11 @@
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::PgProxyError;
 use crate::config::{UpstreamAddress, UpstreamConfig, UpstreamTls};
 use crate::frame::{BodyReader, Frame, decode_frame, encode_frame};
 use crate::scram::{ChannelBinding, ScramClient, md5_response, tls_server_end_point};
 use crate::wire::ErrorFields;
-use crate::PgProxyError;
 
 /// A duplex byte stream (TCP, Unix socket, TLS over either).
 pub trait AsyncStream: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -38,7 +38,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if self.buf.capacity() - self.buf.len() < 8192 {
                 self.buf.reserve(16384);
             }
-            let n = self.inner.read_buf(&mut self.buf).await.map_err(ReadError::Io)?;
+            let n = self
+                .inner
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(ReadError::Io)?;
             if n == 0 {
                 if self.buf.is_empty() {
                     return Ok(None);
@@ -168,7 +172,11 @@ async fn connect_inner(
     }
     body.extend_from_slice(&[0]);
     let mut startup = BytesMut::new();
-    startup.extend_from_slice(&u32::try_from(body.len() + 4).unwrap_or(u32::MAX).to_be_bytes());
+    startup.extend_from_slice(
+        &u32::try_from(body.len() + 4)
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
     startup.extend_from_slice(&body);
     stream
         .write_all(&startup)
@@ -320,10 +328,9 @@ async fn connect_inner(
 }
 
 fn password(cfg: &UpstreamConfig) -> Result<&str, PgProxyError> {
-    cfg.password
-        .as_ref()
-        .map(|s| s.expose())
-        .ok_or_else(|| PgProxyError::UpstreamAuth("server asks for a password; none is configured".into()))
+    cfg.password.as_ref().map(|s| s.expose()).ok_or_else(|| {
+        PgProxyError::UpstreamAuth("server asks for a password; none is configured".into())
+    })
 }
 
 fn up_proto(e: crate::frame::FrameError) -> PgProxyError {
@@ -332,10 +339,18 @@ fn up_proto(e: crate::frame::FrameError) -> PgProxyError {
 
 /// Sends a CancelRequest for `pid`/`secret` to the upstream server (plain transport, as libpq
 /// does when the server accepts it).
-pub(crate) async fn send_cancel(address: &UpstreamAddress, pid: i32, secret: &[u8]) -> Result<(), PgProxyError> {
+pub(crate) async fn send_cancel(
+    address: &UpstreamAddress,
+    pid: i32,
+    secret: &[u8],
+) -> Result<(), PgProxyError> {
     let mut stream = open_transport(address).await?;
     let mut pkt = BytesMut::new();
-    pkt.extend_from_slice(&u32::try_from(12 + secret.len()).unwrap_or(u32::MAX).to_be_bytes());
+    pkt.extend_from_slice(
+        &u32::try_from(12 + secret.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
     pkt.extend_from_slice(&80_877_102u32.to_be_bytes());
     pkt.extend_from_slice(&pid.to_be_bytes());
     pkt.extend_from_slice(secret);

@@ -152,8 +152,16 @@ pub fn encode_data_row(values: &[Option<&[u8]>], out: &mut BytesMut) {
         .sum::<usize>();
     out.reserve(1 + 4 + body_len);
     out.extend_from_slice(b"D");
-    out.extend_from_slice(&u32::try_from(body_len + 4).unwrap_or(u32::MAX).to_be_bytes());
-    out.extend_from_slice(&u16::try_from(values.len()).unwrap_or(u16::MAX).to_be_bytes());
+    out.extend_from_slice(
+        &u32::try_from(body_len + 4)
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
+    out.extend_from_slice(
+        &u16::try_from(values.len())
+            .unwrap_or(u16::MAX)
+            .to_be_bytes(),
+    );
     for v in values {
         match v {
             None => out.extend_from_slice(&(-1i32).to_be_bytes()),
@@ -322,7 +330,12 @@ pub fn parse_parameter_status(body: Bytes) -> Result<(String, String), FrameErro
 }
 
 /// Appends a Parse message.
-pub fn encode_parse(name: &str, query: &str, type_oids: &[u32], out: &mut BytesMut) -> Result<(), crate::PgProxyError> {
+pub fn encode_parse(
+    name: &str,
+    query: &str,
+    type_oids: &[u32],
+    out: &mut BytesMut,
+) -> Result<(), crate::PgProxyError> {
     put(
         &pgwire::messages::extendedquery::Parse::new(
             Some(name.to_string()),
@@ -342,7 +355,11 @@ pub fn encode_query(query: &str, out: &mut BytesMut) -> Result<(), crate::PgProx
 }
 
 /// Appends a Describe message.
-pub fn encode_describe(kind: u8, name: &str, out: &mut BytesMut) -> Result<(), crate::PgProxyError> {
+pub fn encode_describe(
+    kind: u8,
+    name: &str,
+    out: &mut BytesMut,
+) -> Result<(), crate::PgProxyError> {
     put(
         &pgwire::messages::extendedquery::Describe::new(kind, Some(name.to_string())),
         out,
@@ -350,7 +367,11 @@ pub fn encode_describe(kind: u8, name: &str, out: &mut BytesMut) -> Result<(), c
 }
 
 /// Appends a Bind of statement `statement` into the unnamed portal, without parameters.
-pub fn encode_bare_bind(portal: &str, statement: &str, out: &mut BytesMut) -> Result<(), crate::PgProxyError> {
+pub fn encode_bare_bind(
+    portal: &str,
+    statement: &str,
+    out: &mut BytesMut,
+) -> Result<(), crate::PgProxyError> {
     put(
         &pgwire::messages::extendedquery::Bind::new(
             Some(portal.to_string()),
@@ -391,7 +412,10 @@ mod tests {
         encode_data_row(&[Some(b"ab"), None, Some(b"")], &mut out);
         let body = Bytes::copy_from_slice(&out[5..]);
         let vals = parse_data_row(&body).unwrap();
-        assert_eq!(vals, vec![Some(Bytes::from_static(b"ab")), None, Some(Bytes::new())]);
+        assert_eq!(
+            vals,
+            vec![Some(Bytes::from_static(b"ab")), None, Some(Bytes::new())]
+        );
         assert!(parse_data_row(&Bytes::from_static(&[0x7f, 0xff])).is_err());
         assert!(parse_data_row(&Bytes::from_static(&[0, 1, 0, 0, 0, 9, 1])).is_err());
         assert!(parse_data_row(&Bytes::from_static(&[0])).is_err());
@@ -410,7 +434,11 @@ mod tests {
             portal: String::new(),
             statement: "s".into(),
             param_formats: vec![0, 1],
-            params: vec![Some(Bytes::from_static(b"42")), Some(Bytes::from_static(&[1, 255])), None],
+            params: vec![
+                Some(Bytes::from_static(b"42")),
+                Some(Bytes::from_static(&[1, 255])),
+                None,
+            ],
             result_formats: vec![],
         };
         assert_eq!(

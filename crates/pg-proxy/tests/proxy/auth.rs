@@ -9,17 +9,28 @@ async fn tokio_postgres_connects_through_scram_plus_and_runs_queries() {
     gatehouse_testkit::within(T, async {
         let h = start(Options::default()).await;
         let c = h.connect().await;
-        let who: String = c.query_one("select current_user::text", &[]).await.unwrap().get(0);
+        let who: String = c
+            .query_one("select current_user::text", &[])
+            .await
+            .unwrap()
+            .get(0);
         assert_eq!(who, h.role, "upstream user comes from the target config");
         // Over TLS to the upstream the gateway must have used channel binding.
         let ssl: bool = c
-            .query_one("select ssl from pg_stat_ssl where pid = pg_backend_pid()", &[])
+            .query_one(
+                "select ssl from pg_stat_ssl where pid = pg_backend_pid()",
+                &[],
+            )
             .await
             .unwrap()
             .get(0);
         assert!(ssl, "upstream connection is TLS");
         let events = h.tp.recorder.events();
-        assert!(events.iter().any(|e| matches!(e.body, EventBody::SessionStart { .. })));
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e.body, EventBody::SessionStart { .. }))
+        );
     })
     .await;
 }
@@ -27,10 +38,17 @@ async fn tokio_postgres_connects_through_scram_plus_and_runs_queries() {
 #[tokio::test]
 async fn plain_upstream_scram_works_too() {
     gatehouse_testkit::within(T, async {
-        let h = start(Options { tls_upstream: false, ..Options::default() }).await;
+        let h = start(Options {
+            tls_upstream: false,
+            ..Options::default()
+        })
+        .await;
         let c = h.connect().await;
         let ssl: bool = c
-            .query_one("select ssl from pg_stat_ssl where pid = pg_backend_pid()", &[])
+            .query_one(
+                "select ssl from pg_stat_ssl where pid = pg_backend_pid()",
+                &[],
+            )
             .await
             .unwrap()
             .get(0);
@@ -49,13 +67,12 @@ async fn bad_token_is_28p01_with_the_reason_and_never_the_token() {
         assert_eq!(code, "28P01");
         assert!(msg.contains("unknown or revoked key"), "{msg}");
         assert!(!msg.contains(bad));
-        let failed: Vec<_> = h
-            .tp
-            .recorder
-            .events()
-            .into_iter()
-            .filter(|e| matches!(e.body, EventBody::LoginFailed { .. }))
-            .collect();
+        let failed: Vec<_> =
+            h.tp.recorder
+                .events()
+                .into_iter()
+                .filter(|e| matches!(e.body, EventBody::LoginFailed { .. }))
+                .collect();
         assert_eq!(failed.len(), 1);
         assert!(!h.audit_dump().contains(bad), "the token is never recorded");
     })
@@ -66,8 +83,14 @@ async fn bad_token_is_28p01_with_the_reason_and_never_the_token() {
 async fn unknown_target_and_missing_database_are_3d000() {
     gatehouse_testkit::within(T, async {
         let h = start(Options::default()).await;
-        let s = format!("host=127.0.0.1 port={} user=agent dbname=nope password={TOKEN}", h.port);
-        let err = tokio_postgres::connect(&s, tokio_postgres::NoTls).await.err().unwrap();
+        let s = format!(
+            "host=127.0.0.1 port={} user=agent dbname=nope password={TOKEN}",
+            h.port
+        );
+        let err = tokio_postgres::connect(&s, tokio_postgres::NoTls)
+            .await
+            .err()
+            .unwrap();
         let (code, msg) = db_error(&err);
         assert_eq!(code, "3D000");
         assert!(msg.contains("nope"));
@@ -107,7 +130,10 @@ async fn identity_provider_down_fails_closed() {
         let err = {
             let cluster = gatehouse_testkit::pg::PgCluster::shared();
             let upstream = gatehouse_pg::UpstreamConfig {
-                address: gatehouse_pg::UpstreamAddress::Tcp { host: "127.0.0.1".into(), port: cluster.port() },
+                address: gatehouse_pg::UpstreamAddress::Tcp {
+                    host: "127.0.0.1".into(),
+                    port: cluster.port(),
+                },
                 user: h.role.clone(),
                 database: h.db.name.clone(),
                 password: Some(gatehouse_pg::Secret::new(h.password.clone())),
@@ -151,7 +177,7 @@ async fn recorder_down_at_start_refuses_the_session() {
 async fn expired_token_ends_the_session() {
     gatehouse_testkit::within(T, async {
         let h = start(Options {
-            identity_expiry: Some(time::OffsetDateTime::now_utc() + time::Duration::seconds(2)),
+            identity_expiry: Some(time::OffsetDateTime::now_utc() + time::Duration::seconds(8)),
             ..Options::default()
         })
         .await;

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use gatehouse_core::{AuthMethod, Decision, Identity, Masker, Operation, Policy, Protocol, Target};
-use gatehouse_pg::{PgProxy, PgProxyConfig, PgTarget, Secret, UpstreamAddress, UpstreamConfig, UpstreamTls};
+use gatehouse_pg::{
+    PgProxy, PgProxyConfig, PgTarget, Secret, UpstreamAddress, UpstreamConfig, UpstreamTls,
+};
 use gatehouse_testkit::layers::{FnPolicy, LiteralMasker, StaticAuthenticator, TestPipeline};
 use gatehouse_testkit::pg::{PgCluster, TestDb};
 
@@ -95,12 +97,18 @@ pub async fn start(opts: Options) -> Harness {
     ))
     .unwrap();
     if !opts.setup_sql.is_empty() {
-        db.psql(&format!("SET ROLE \"{role}\"; {}", opts.setup_sql)).unwrap();
+        db.psql(&format!("SET ROLE \"{role}\"; {}", opts.setup_sql))
+            .unwrap();
     }
     let mut identity = agent();
     identity.expires_at = opts.identity_expiry;
     let auth = StaticAuthenticator::new().with_token(TOKEN, identity);
-    let tp = TestPipeline::new(auth, PolicyRef(opts.policy), opts.masker, &[password.as_str()]);
+    let tp = TestPipeline::new(
+        auth,
+        PolicyRef(opts.policy),
+        opts.masker,
+        &[password.as_str()],
+    );
     let upstream = UpstreamConfig {
         address: UpstreamAddress::Tcp {
             host: "127.0.0.1".into(),
@@ -139,7 +147,13 @@ pub async fn start(opts: Options) -> Harness {
 }
 
 fn rand_suffix() -> String {
-    format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos())
+    format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
 }
 
 struct PolicyRef(Arc<dyn Policy + Send + Sync>);
@@ -159,11 +173,17 @@ impl Harness {
     }
 
     pub async fn connect(&self) -> tokio_postgres::Client {
-        self.try_connect(TOKEN).await.expect("connect through the proxy")
+        self.try_connect(TOKEN)
+            .await
+            .expect("connect through the proxy")
     }
 
-    pub async fn try_connect(&self, token: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-        let (client, conn) = tokio_postgres::connect(&self.conn_str(token), tokio_postgres::NoTls).await?;
+    pub async fn try_connect(
+        &self,
+        token: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, conn) =
+            tokio_postgres::connect(&self.conn_str(token), tokio_postgres::NoTls).await?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -177,7 +197,11 @@ impl Harness {
 }
 
 /// SQL-based policy for tests: deny statements matching `deny`, review those matching `review`.
-pub fn keyword_policy(deny: &'static [&'static str], review: &'static [&'static str], review_timeout_ms: u64) -> Arc<dyn Policy + Send + Sync> {
+pub fn keyword_policy(
+    deny: &'static [&'static str],
+    review: &'static [&'static str],
+    review_timeout_ms: u64,
+) -> Arc<dyn Policy + Send + Sync> {
     Arc::new(FnPolicy::new(move |_, _, op| {
         let Operation::Sql(sql) = op else {
             return Decision::deny("not-sql", "only SQL here");
@@ -203,7 +227,9 @@ pub fn keyword_policy(deny: &'static [&'static str], review: &'static [&'static 
 }
 
 pub fn db_error(e: &tokio_postgres::Error) -> (String, String) {
-    let db = e.as_db_error().unwrap_or_else(|| panic!("expected a database error, got {e:?}"));
+    let db = e
+        .as_db_error()
+        .unwrap_or_else(|| panic!("expected a database error, got {e:?}"));
     (db.code().code().to_string(), db.message().to_string())
 }
 

@@ -42,8 +42,15 @@ async fn read_all(s: &mut TcpStream) -> Vec<u8> {
 async fn read_until(s: &mut TcpStream, got: &mut Vec<u8>, needle: &[u8]) {
     let mut buf = [0u8; 4096];
     while !got.windows(needle.len()).any(|w| w == needle) {
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.unwrap().unwrap();
-        assert!(n > 0, "closed early; got {:?}", String::from_utf8_lossy(got));
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed early; got {:?}",
+            String::from_utf8_lossy(got)
+        );
         got.extend_from_slice(&buf[..n]);
     }
 }
@@ -52,7 +59,9 @@ async fn read_until(s: &mut TcpStream, got: &mut Vec<u8>, needle: &[u8]) {
 /// received so far.
 async fn logged_in(port: u16) -> (TcpStream, Vec<u8>) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    s.write_all(&startup_packet(&[("user", "agent"), ("database", "app")])).await.unwrap();
+    s.write_all(&startup_packet(&[("user", "agent"), ("database", "app")]))
+        .await
+        .unwrap();
     let mut got = Vec::new();
     read_until(&mut s, &mut got, &[b'R', 0, 0, 0, 8, 0, 0, 0, 3]).await;
     let mut pw = TOKEN.as_bytes().to_vec();
@@ -63,7 +72,9 @@ async fn logged_in(port: u16) -> (TcpStream, Vec<u8>) {
 }
 
 fn error_code(bytes: &[u8]) -> Option<String> {
-    let at = bytes.windows(2).position(|w| w == b"\0C" || (w[0] == b'E' && false))?;
+    let at = bytes
+        .windows(2)
+        .position(|w| w == b"\0C" || (w[0] == b'E' && false))?;
     let rest = &bytes[at + 2..];
     let end = rest.iter().position(|&b| b == 0)?;
     Some(String::from_utf8_lossy(&rest[..end]).into_owned())
@@ -82,11 +93,23 @@ async fn malformed_frames_end_only_their_session() {
         let bystander = h.connect().await;
         let cases: Vec<(&str, Vec<u8>, &str)> = vec![
             ("length below four", vec![b'Q', 0, 0, 0, 2], "08P01"),
-            ("negative length", vec![b'Q', 0xff, 0xff, 0xff, 0xff], "08P01"),
-            ("2 GB length prefix", vec![b'Q', 0x7f, 0xff, 0xff, 0xf0], "54000"),
+            (
+                "negative length",
+                vec![b'Q', 0xff, 0xff, 0xff, 0xff],
+                "08P01",
+            ),
+            (
+                "2 GB length prefix",
+                vec![b'Q', 0x7f, 0xff, 0xff, 0xf0],
+                "54000",
+            ),
             ("query without terminator", msg(b'Q', b"select 1"), "08P01"),
             ("unknown message type", msg(b'@', b"x"), "08P01"),
-            ("bind with lying counts", msg(b'B', &[0, 0, 0x7f, 0xff]), "08P01"),
+            (
+                "bind with lying counts",
+                msg(b'B', &[0, 0, 0x7f, 0xff]),
+                "08P01",
+            ),
             ("execute truncated", msg(b'E', b"\0\0"), "08P01"),
             ("password message after login", msg(b'p', b"x\0"), "08P01"),
         ];
@@ -94,7 +117,12 @@ async fn malformed_frames_end_only_their_session() {
             let (mut s, _) = logged_in(h.port).await;
             s.write_all(&bytes).await.unwrap();
             let got = read_all(&mut s).await;
-            assert_eq!(error_code(&got).as_deref(), Some(code), "{name}: {:?}", String::from_utf8_lossy(&got));
+            assert_eq!(
+                error_code(&got).as_deref(),
+                Some(code),
+                "{name}: {:?}",
+                String::from_utf8_lossy(&got)
+            );
             assert!(got.windows(5).any(|w| w == b"FATAL"), "{name}");
             // The other session never noticed.
             let v: i32 = bystander.query_one("select 1", &[]).await.unwrap().get(0);
@@ -116,7 +144,9 @@ async fn malformed_startup_gets_a_clean_fatal() {
         let h = start(Options::default()).await;
         // Startup without a database.
         let mut s = TcpStream::connect(("127.0.0.1", h.port)).await.unwrap();
-        s.write_all(&startup_packet(&[("user", "agent")])).await.unwrap();
+        s.write_all(&startup_packet(&[("user", "agent")]))
+            .await
+            .unwrap();
         let got = read_all(&mut s).await;
         assert_eq!(error_code(&got).as_deref(), Some("3D000"));
         // Oversized startup, wrong protocol, random bytes, password with length < 4 (pgwire panics
@@ -126,17 +156,25 @@ async fn malformed_startup_gets_a_clean_fatal() {
         let cases: Vec<Vec<u8>> = vec![
             huge,
             vec![0, 0, 0, 8, 0, 2, 0, 0],
-            (0..200u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect(),
+            (0..200u32)
+                .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+                .collect(),
             vec![0, 0, 0, 3],
         ];
         for bytes in cases {
             let mut s = TcpStream::connect(("127.0.0.1", h.port)).await.unwrap();
             s.write_all(&bytes).await.unwrap();
             let got = read_all(&mut s).await;
-            assert!(got.is_empty() || got.first() == Some(&b'E'), "{:?}", String::from_utf8_lossy(&got));
+            assert!(
+                got.is_empty() || got.first() == Some(&b'E'),
+                "{:?}",
+                String::from_utf8_lossy(&got)
+            );
         }
         let mut s = TcpStream::connect(("127.0.0.1", h.port)).await.unwrap();
-        s.write_all(&startup_packet(&[("user", "agent"), ("database", "app")])).await.unwrap();
+        s.write_all(&startup_packet(&[("user", "agent"), ("database", "app")]))
+            .await
+            .unwrap();
         let mut got = Vec::new();
         read_until(&mut s, &mut got, &[b'R', 0, 0, 0, 8, 0, 0, 0, 3]).await;
         s.write_all(&[b'p', 0, 0, 0, 2]).await.unwrap();
@@ -144,7 +182,9 @@ async fn malformed_startup_gets_a_clean_fatal() {
         assert_eq!(error_code(&got).as_deref(), Some("08P01"));
         // A token far over the auth message cap.
         let mut s = TcpStream::connect(("127.0.0.1", h.port)).await.unwrap();
-        s.write_all(&startup_packet(&[("user", "agent"), ("database", "app")])).await.unwrap();
+        s.write_all(&startup_packet(&[("user", "agent"), ("database", "app")]))
+            .await
+            .unwrap();
         let mut got = Vec::new();
         read_until(&mut s, &mut got, &[b'R', 0, 0, 0, 8, 0, 0, 0, 3]).await;
         let mut big = vec![b'a'; 100_000];
@@ -162,8 +202,12 @@ async fn tls_garbage_and_gss_requests_are_handled() {
     gatehouse_testkit::within(T, async {
         let ca = gatehouse_testkit::tls::TestCa::new("gw");
         let (cert, key) = ca.issue_server(&["localhost"]);
-        let certs: Vec<_> = rustls_pemfile::certs(&mut cert.as_bytes()).map(|c| c.unwrap()).collect();
-        let key = rustls_pemfile::private_key(&mut key.as_bytes()).unwrap().unwrap();
+        let certs: Vec<_> = rustls_pemfile::certs(&mut cert.as_bytes())
+            .map(|c| c.unwrap())
+            .collect();
+        let key = rustls_pemfile::private_key(&mut key.as_bytes())
+            .unwrap()
+            .unwrap();
         let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let server = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -178,11 +222,15 @@ async fn tls_garbage_and_gss_requests_are_handled() {
         .await;
         // SSLRequest, then garbage instead of a ClientHello.
         let mut s = TcpStream::connect(("127.0.0.1", h.port)).await.unwrap();
-        s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await.unwrap();
+        s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+            .await
+            .unwrap();
         let mut answer = [0u8; 1];
         s.read_exact(&mut answer).await.unwrap();
         assert_eq!(&answer, b"S");
-        s.write_all(b"this is not a TLS record at all, not even close.......").await.unwrap();
+        s.write_all(b"this is not a TLS record at all, not even close.......")
+            .await
+            .unwrap();
         let _ = read_all(&mut s).await;
         // SSLRequest with bytes pipelined behind it (would be read as if inside TLS): refused.
         let mut s = TcpStream::connect(("127.0.0.1", h.port)).await.unwrap();
@@ -193,10 +241,14 @@ async fn tls_garbage_and_gss_requests_are_handled() {
         assert_eq!(error_code(&got).as_deref(), Some("08P01"));
         // GSSENCRequest is declined with 'N' and the client may continue in plaintext.
         let mut s = TcpStream::connect(("127.0.0.1", h.port)).await.unwrap();
-        s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30]).await.unwrap();
+        s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30])
+            .await
+            .unwrap();
         s.read_exact(&mut answer).await.unwrap();
         assert_eq!(&answer, b"N");
-        s.write_all(&startup_packet(&[("user", "agent"), ("database", "app")])).await.unwrap();
+        s.write_all(&startup_packet(&[("user", "agent"), ("database", "app")]))
+            .await
+            .unwrap();
         let mut got = Vec::new();
         read_until(&mut s, &mut got, &[b'R', 0, 0, 0, 8, 0, 0, 0, 3]).await;
         healthy(&h).await;

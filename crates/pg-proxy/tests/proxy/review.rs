@@ -30,16 +30,29 @@ async fn approved_delete_runs_after_the_wait() {
                 .unwrap();
             id
         });
-        let n = c.execute("delete from jobs where id <= 3", &[]).await.unwrap();
+        let n = c
+            .execute("delete from jobs where id <= 3", &[])
+            .await
+            .unwrap();
         assert_eq!(n, 3);
         let id = approver.await.unwrap();
         assert_eq!(h.db.psql("select count(*) from jobs").unwrap(), "7");
         let events = h.tp.recorder.events();
-        assert!(events.iter().any(|e| matches!(&e.body, EventBody::ApprovalRequested { id: i, .. } if *i == id)));
-        assert!(events.iter().any(|e| matches!(&e.body, EventBody::ApprovalResolved { id: i, .. } if *i == id)));
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(&e.body, EventBody::ApprovalRequested { id: i, .. } if *i == id))
+        );
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(&e.body, EventBody::ApprovalResolved { id: i, .. } if *i == id))
+        );
         // The request was bound to the text and the parameters.
         let rec = h.tp.approvals.get(&id).await.unwrap();
-        let gatehouse_core::Operation::Sql(op) = rec.request.operation else { panic!() };
+        let gatehouse_core::Operation::Sql(op) = rec.request.operation else {
+            panic!()
+        };
         assert_eq!(op.text, "delete from jobs where id <= 3");
     })
     .await;
@@ -54,7 +67,12 @@ async fn denied_delete_is_refused_and_the_session_stays_usable() {
         tokio::spawn(async move {
             let id = approvals.next_pending().await;
             approvals
-                .decide(&id, &approver(), ApprovalDecision::Deny, "not during business hours")
+                .decide(
+                    &id,
+                    &approver(),
+                    ApprovalDecision::Deny,
+                    "not during business hours",
+                )
                 .await
                 .unwrap();
         });
@@ -74,13 +92,21 @@ async fn unanswered_review_times_out() {
     gatehouse_testkit::within(T, async {
         let h = start(opts(300)).await;
         let c = h.connect().await;
-        let err = c.execute("delete from jobs where id = $1", &[&1i32]).await.err().unwrap();
+        let err = c
+            .execute("delete from jobs where id = $1", &[&1i32])
+            .await
+            .err()
+            .unwrap();
         let (code, msg) = db_error(&err);
         assert_eq!(code, "42501");
         assert!(msg.contains("timed out"), "{msg}");
         assert_eq!(h.db.psql("select count(*) from jobs").unwrap(), "10");
         // Extended protocol state is intact: the next prepared statement works.
-        let n: i64 = c.query_one("select count(*) from jobs where id > $1", &[&0i32]).await.unwrap().get(0);
+        let n: i64 = c
+            .query_one("select count(*) from jobs where id > $1", &[&0i32])
+            .await
+            .unwrap()
+            .get(0);
         assert_eq!(n, 10);
     })
     .await;
@@ -104,12 +130,12 @@ async fn cancel_during_the_wait_abandons_the_request() {
         assert_eq!(db_error(&err).0, "57014");
         let rec = h.tp.approvals.get(&id).await.unwrap();
         assert_eq!(rec.state, gatehouse_core::ApprovalState::Abandoned);
-        assert!(h
-            .tp
-            .recorder
-            .events()
-            .iter()
-            .any(|e| matches!(&e.body, EventBody::ApprovalAbandoned { id: i } if *i == id)));
+        assert!(
+            h.tp.recorder
+                .events()
+                .iter()
+                .any(|e| matches!(&e.body, EventBody::ApprovalAbandoned { id: i } if *i == id))
+        );
         assert_eq!(h.db.psql("select count(*) from jobs").unwrap(), "10");
     })
     .await;

@@ -24,7 +24,10 @@ async fn extended_protocol_prepared_binary_and_pipelined() {
     gatehouse_testkit::within(T, async {
         let h = start(opts()).await;
         let c = h.connect().await;
-        let stmt = c.prepare("select id, name, price::float8 from items where id = $1").await.unwrap();
+        let stmt = c
+            .prepare("select id, name, price::float8 from items where id = $1")
+            .await
+            .unwrap();
         let row = c.query_one(&stmt, &[&1i32]).await.unwrap();
         // tokio-postgres asks for binary results: int4 and float8 come back binary, intact.
         assert_eq!(row.get::<_, i32>(0), 1);
@@ -41,7 +44,11 @@ async fn extended_protocol_prepared_binary_and_pipelined() {
         assert_eq!(d.unwrap().len(), 2);
         // Unnamed statements with parameters, many times.
         for i in 0..20 {
-            let n: i64 = c.query_one("select $1::int8 + 1", &[&(i as i64)]).await.unwrap().get(0);
+            let n: i64 = c
+                .query_one("select $1::int8 + 1", &[&(i as i64)])
+                .await
+                .unwrap()
+                .get(0);
             assert_eq!(n, i + 1);
         }
     })
@@ -54,7 +61,9 @@ async fn denied_statement_in_a_transaction_does_not_commit_earlier_work() {
         let h = start(opts()).await;
         let c = h.connect().await;
         let err = c
-            .simple_query("BEGIN; INSERT INTO items VALUES (3, 'plum', 3); DROP TABLE items; COMMIT")
+            .simple_query(
+                "BEGIN; INSERT INTO items VALUES (3, 'plum', 3); DROP TABLE items; COMMIT",
+            )
             .await
             .err()
             .expect("denied");
@@ -66,24 +75,40 @@ async fn denied_statement_in_a_transaction_does_not_commit_earlier_work() {
         let err = c.simple_query("select 1").await.err().unwrap();
         assert_eq!(db_error(&err).0, "25P02");
         c.simple_query("ROLLBACK").await.unwrap();
-        let n: i64 = c.query_one("select count(*) from items", &[]).await.unwrap().get(0);
-        assert_eq!(n, 2, "the INSERT before the denied statement was not committed");
+        let n: i64 = c
+            .query_one("select count(*) from items", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            n, 2,
+            "the INSERT before the denied statement was not committed"
+        );
         assert!(h.db.psql("select count(*) from items").unwrap() == "2");
         // The table still exists and the session is usable.
         c.simple_query("select * from items").await.unwrap();
         // Both statements were decided and recorded.
-        let ops: Vec<_> = h
-            .tp
-            .recorder
-            .events()
-            .into_iter()
-            .filter_map(|e| match e.body {
-                EventBody::Operation { operation: Operation::Sql(s), decision, .. } => Some((s.text, decision.verdict)),
-                _ => None,
-            })
-            .collect();
-        assert!(ops.contains(&("DROP TABLE items".to_string(), Verdict::Deny)));
-        assert!(ops.iter().any(|(t, v)| t.starts_with("INSERT") && *v == Verdict::Allow));
+        let ops: Vec<_> =
+            h.tp.recorder
+                .events()
+                .into_iter()
+                .filter_map(|e| match e.body {
+                    EventBody::Operation {
+                        operation: Operation::Sql(s),
+                        decision,
+                        ..
+                    } => Some((s.text, decision.verdict)),
+                    _ => None,
+                })
+                .collect();
+        assert!(
+            ops.contains(&("DROP TABLE items".to_string(), Verdict::Deny)),
+            "{ops:?}"
+        );
+        assert!(
+            ops.iter()
+                .any(|(t, v)| t.starts_with("INSERT") && *v == Verdict::Allow)
+        );
     })
     .await;
 }
@@ -94,7 +119,9 @@ async fn denied_statement_in_extended_transaction_and_pipeline() {
         let h = start(opts()).await;
         let mut c = h.connect().await;
         let tx = c.transaction().await.unwrap();
-        tx.execute("insert into items values (4, 'fig', 4)", &[]).await.unwrap();
+        tx.execute("insert into items values (4, 'fig', 4)", &[])
+            .await
+            .unwrap();
         let err = tx.execute("drop table items", &[]).await.err().unwrap();
         let (code, msg) = db_error(&err);
         assert_eq!(code, "42501");
@@ -103,10 +130,17 @@ async fn denied_statement_in_extended_transaction_and_pipeline() {
         let err = tx.execute("select 1", &[]).await.err().unwrap();
         assert_eq!(db_error(&err).0, "25P02");
         drop(tx);
-        let n: i64 = c.query_one("select count(*) from items", &[]).await.unwrap().get(0);
+        let n: i64 = c
+            .query_one("select count(*) from items", &[])
+            .await
+            .unwrap()
+            .get(0);
         assert_eq!(n, 2);
         // Pipelined: an allowed query after a denied one in flight at the same time.
-        let (bad, good) = futures::join!(c.execute("truncate items", &[]), c.query("select id from items", &[]));
+        let (bad, good) = futures::join!(
+            c.execute("truncate items", &[]),
+            c.query("select id from items", &[])
+        );
         assert_eq!(db_error(&bad.err().unwrap()).0, "42501");
         assert_eq!(good.unwrap().len(), 2);
     })
@@ -118,7 +152,10 @@ async fn multi_statement_simple_query_returns_every_result() {
     gatehouse_testkit::within(T, async {
         let h = start(opts()).await;
         let c = h.connect().await;
-        let msgs = c.simple_query("select 1; select 'a;b' as x; ; select name from items order by id").await.unwrap();
+        let msgs = c
+            .simple_query("select 1; select 'a;b' as x; ; select name from items order by id")
+            .await
+            .unwrap();
         let rows: Vec<String> = msgs
             .iter()
             .filter_map(|m| match m {
@@ -167,10 +204,18 @@ async fn recorder_failure_refuses_the_statement_and_nothing_runs() {
         let h = start(opts()).await;
         let c = h.connect().await;
         h.tp.recorder.set_failing(true);
-        let err = c.simple_query("insert into items values (9, 'x', 1)").await.err().unwrap();
+        let err = c
+            .simple_query("insert into items values (9, 'x', 1)")
+            .await
+            .err()
+            .unwrap();
         assert_eq!(db_error(&err).0, "58030");
         h.tp.recorder.set_failing(false);
-        assert_eq!(h.db.psql("select count(*) from items where id = 9").unwrap(), "0");
+        assert_eq!(
+            h.db.psql("select count(*) from items where id = 9")
+                .unwrap(),
+            "0"
+        );
         c.simple_query("select 1").await.unwrap();
     })
     .await;
@@ -182,17 +227,19 @@ async fn results_are_recorded_with_status_and_rows() {
         let h = start(opts()).await;
         let c = h.connect().await;
         c.simple_query("select * from items").await.unwrap();
-        let results: Vec<_> = h
-            .tp
-            .recorder
-            .events()
-            .into_iter()
-            .filter_map(|e| match e.body {
-                EventBody::OperationResult(r) => Some(r),
-                _ => None,
-            })
-            .collect();
-        let r = results.iter().find(|r| r.status == "SELECT 2").expect("SELECT recorded");
+        let results: Vec<_> =
+            h.tp.recorder
+                .events()
+                .into_iter()
+                .filter_map(|e| match e.body {
+                    EventBody::OperationResult(r) => Some(r),
+                    _ => None,
+                })
+                .collect();
+        let r = results
+            .iter()
+            .find(|r| r.status == "SELECT 2")
+            .expect("SELECT recorded");
         assert_eq!(r.rows, Some(2));
         assert!(r.bytes_out > 0);
     })
