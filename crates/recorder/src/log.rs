@@ -313,12 +313,11 @@ fn damaged(segment: &str, line: u64, detail: impl Into<String>) -> RecorderError
     }
 }
 
+/// The last complete line's (sequence, hash), if any, and the offset just past it.
+type ScannedSegment = (Option<(u64, [u8; 32])>, usize);
+
 /// The last complete line's (sequence, hash) after checking every complete line of the segment.
-fn scan_segment(
-    name: &str,
-    log: &str,
-    bytes: &[u8],
-) -> Result<(Option<(u64, [u8; 32])>, usize), RecorderError> {
+fn scan_segment(name: &str, log: &str, bytes: &[u8]) -> Result<ScannedSegment, RecorderError> {
     let mut pos = 0usize;
     let mut last: Option<(u64, [u8; 32])> = None;
     let mut line_no = 0u64;
@@ -420,7 +419,7 @@ impl Writer {
             file.sync_data().map_err(|e| io("sync cut", e))?;
             tracing::warn!(segment = %cut.segment, bytes = cut.torn_bytes, "audit log: cut a torn final record");
         }
-        let len = file.len().map_err(|e| io("segment length", e))?;
+        let len = file.size().map_err(|e| io("segment length", e))?;
         let mut w = Writer {
             store,
             config,

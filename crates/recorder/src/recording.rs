@@ -52,7 +52,8 @@ pub enum RecordingStore {
 pub struct RecordingConfig {
     /// Frames buffered before writers wait.
     pub buffer_frames: usize,
-    /// How long a writer waits for room before the recording fails with `BacklogFull`.
+    /// How long a writer waits for room before the recording fails with `BacklogFull` (zero:
+    /// never wait).
     pub backpressure_timeout: Duration,
     /// Bytes gathered before a write to the store.
     pub write_chunk: usize,
@@ -199,6 +200,9 @@ impl RecordingSink for SessionRecording {
             Ok(()) => Box::pin(std::future::ready(Ok(()))),
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 Box::pin(std::future::ready(Err(stopped())))
+            }
+            Err(mpsc::error::TrySendError::Full(_)) if self.backpressure_timeout.is_zero() => {
+                Box::pin(std::future::ready(Err(RecordError::BacklogFull)))
             }
             Err(mpsc::error::TrySendError::Full(item)) => {
                 let timeout = self.backpressure_timeout;

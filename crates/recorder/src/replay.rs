@@ -173,10 +173,8 @@ pub fn sql_transcript(
                 ..Default::default()
             });
             match label.as_str() {
-                "statement" => {
-                    if it.text.is_none() {
-                        it.text = body.get("text").and_then(|t| t.as_str()).map(str::to_owned);
-                    }
+                "statement" if it.text.is_none() => {
+                    it.text = body.get("text").and_then(|t| t.as_str()).map(str::to_owned);
                 }
                 "rows" => {
                     if let Some(cols) = body.get("columns").and_then(|c| c.as_array()) {

@@ -46,8 +46,8 @@ pub trait SegmentFile: Send + Debug {
     fn sync_data(&mut self) -> io::Result<()>;
     /// Cuts the file to `len` bytes.
     fn truncate(&mut self, len: u64) -> io::Result<()>;
-    /// Current length.
-    fn len(&self) -> io::Result<u64>;
+    /// Current size in bytes.
+    fn size(&self) -> io::Result<u64>;
 }
 
 /// Segments in a local directory.
@@ -134,7 +134,7 @@ impl SegmentFile for LocalSegmentFile {
         self.file.set_len(len)
     }
 
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
     }
 }

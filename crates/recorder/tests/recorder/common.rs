@@ -73,7 +73,9 @@ pub async fn open_log(dir: &Path, config: AuditLogConfig) -> AuditLog {
 
 pub async fn open_log_with(dir: &Path, config: AuditLogConfig, hooks: LogHooks) -> AuditLog {
     let store = Arc::new(LocalSegmentStore::new(dir).unwrap());
-    AuditLog::open(store, config, signer(), hooks).await.unwrap()
+    AuditLog::open(store, config, signer(), hooks)
+        .await
+        .unwrap()
 }
 
 pub fn load(dir: &Path, log: &str) -> LogData {
@@ -81,7 +83,11 @@ pub fn load(dir: &Path, log: &str) -> LogData {
 }
 
 /// Writes `n` events in one session and closes the log.
-pub async fn write_log(dir: &Path, config: AuditLogConfig, n: u64) -> Vec<gatehouse_core::EventReceipt> {
+pub async fn write_log(
+    dir: &Path,
+    config: AuditLogConfig,
+    n: u64,
+) -> Vec<gatehouse_core::EventReceipt> {
     let log = open_log(dir, config).await;
     let session = SessionId::generate();
     let mut receipts = Vec::new();

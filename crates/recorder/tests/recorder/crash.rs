@@ -21,7 +21,11 @@ const DURABILITY_ENV: &str = "GATEHOUSE_RECORDER_CRASH_FSYNC";
 
 fn crash_config(fsync: bool) -> gatehouse_recorder::AuditLogConfig {
     let mut c = config(LOG);
-    c.durability = if fsync { Durability::Fsync } else { Durability::OsWrite };
+    c.durability = if fsync {
+        Durability::Fsync
+    } else {
+        Durability::OsWrite
+    };
     c.segment_max_bytes = 32 * 1024;
     c.checkpoint_every_records = 50;
     c
@@ -35,7 +39,11 @@ fn crash_child() {
         return;
     };
     let fsync = std::env::var(DURABILITY_ENV).is_ok();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         let log = Arc::new(open_log(std::path::Path::new(&dir), crash_config(fsync)).await);
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -46,7 +54,10 @@ fn crash_child() {
                 let s = SessionId::generate();
                 let mut i = 0u64;
                 while Instant::now() < deadline {
-                    let r = log.append(&sql_event(&s, i, &format!("select {t}, {i}"))).await.unwrap();
+                    let r = log
+                        .append(&sql_event(&s, i, &format!("select {t}, {i}")))
+                        .await
+                        .unwrap();
                     println!("ACK {} {}", r.sequence, r.hash);
                     i += 1;
                 }
@@ -91,7 +102,14 @@ async fn crash_at_random_points() {
         let kill_after = 1 + rng.next() % 1500;
         let extra_spin = rng.next() % 20_000;
         let mut child = Command::new(&exe)
-            .args(["--exact", "crash::crash_child", "--ignored", "--nocapture", "--test-threads", "1"])
+            .args([
+                "--exact",
+                "crash::crash_child",
+                "--ignored",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
             .env(DIR_ENV, dir.path())
             .envs(fsync.then_some((DURABILITY_ENV, "1")))
             .stdin(Stdio::null())
@@ -123,7 +141,10 @@ async fn crash_at_random_points() {
                     acked.push(a);
                     seen += 1;
                 }
-                Err(_) => assert!(Instant::now() < deadline, "child made no progress (seed {seed})"),
+                Err(_) => assert!(
+                    Instant::now() < deadline,
+                    "child made no progress (seed {seed})"
+                ),
             }
         }
         // Land somewhere in the middle of the next writes.
@@ -141,17 +162,30 @@ async fn crash_at_random_points() {
 
         // Restart: recovery, one more event, and every acknowledged event is there.
         let log = open_log(dir.path(), crash_config(fsync)).await;
-        log.append(&sql_event(&SessionId::generate(), 0, "after restart")).await.unwrap();
+        log.append(&sql_event(&SessionId::generate(), 0, "after restart"))
+            .await
+            .unwrap();
         log.close().await.unwrap();
         let data = load(dir.path(), LOG);
         let v = verify_log(&data, &options());
         assert!(v.ok(), "seed {seed} round {round}: {:?}", v.problem);
-        let stored: std::collections::HashMap<u64, String> = gatehouse_recorder::read::records(&data)
-            .into_iter()
-            .map(|r| (r.sequence, r.hash))
-            .collect();
+        eprintln!(
+            "round {round}: {} acknowledged so far, log has {} records, {} torn tails cut so far",
+            acked.len(),
+            v.records,
+            v.recovery_cuts
+        );
+        let stored: std::collections::HashMap<u64, String> =
+            gatehouse_recorder::read::records(&data)
+                .into_iter()
+                .map(|r| (r.sequence, r.hash))
+                .collect();
         for (seq, hash) in &acked {
-            assert_eq!(stored.get(seq), Some(hash), "seed {seed} round {round}: acknowledged record {seq} lost");
+            assert_eq!(
+                stored.get(seq),
+                Some(hash),
+                "seed {seed} round {round}: acknowledged record {seq} lost"
+            );
         }
     }
 }

@@ -18,13 +18,21 @@ use crate::common::*;
 const LOG: &str = "gw-dur";
 
 /// Every receipt names a record that is in the log with that hash.
-fn assert_all_present(data: &gatehouse_recorder::LogData, receipts: &[gatehouse_core::EventReceipt]) {
+fn assert_all_present(
+    data: &gatehouse_recorder::LogData,
+    receipts: &[gatehouse_core::EventReceipt],
+) {
     let mut stored = std::collections::HashMap::new();
     for r in gatehouse_recorder::read::records(data) {
         stored.insert(r.sequence, r.hash);
     }
     for r in receipts {
-        assert_eq!(stored.get(&r.sequence), Some(&r.hash), "acknowledged record {} missing or different", r.sequence);
+        assert_eq!(
+            stored.get(&r.sequence),
+            Some(&r.hash),
+            "acknowledged record {} missing or different",
+            r.sequence
+        );
     }
 }
 
@@ -42,7 +50,11 @@ async fn concurrent_appends_are_group_committed_and_all_present() {
                 let s = SessionId::generate();
                 let mut r = Vec::new();
                 for i in 0..50 {
-                    r.push(log.append(&sql_event(&s, i, &format!("select {t}, {i}"))).await.unwrap());
+                    r.push(
+                        log.append(&sql_event(&s, i, &format!("select {t}, {i}")))
+                            .await
+                            .unwrap(),
+                    );
                 }
                 r
             }));
@@ -60,9 +72,27 @@ async fn concurrent_appends_are_group_committed_and_all_present() {
         assert_all_present(&data, &receipts);
         let v = verify_log(&data, &options());
         assert!(v.ok(), "{:?}", v.problem);
-        assert!(v.checkpoints >= 16, "a checkpoint every 100 records: {}", v.checkpoints);
+        // A checkpoint at the end of the batch that reaches 100 records (batches hold at most one
+        // event per writer here: 32).
+        let kinds: Vec<_> = gatehouse_recorder::read::records(&data)
+            .into_iter()
+            .map(|r| r.kind)
+            .collect();
+        let mut since = 0;
+        for k in kinds {
+            if k == gatehouse_recorder::format::RecordKind::Checkpoint {
+                since = 0;
+            } else {
+                since += 1;
+                assert!(since <= 100 + 32, "no checkpoint for {since} records");
+            }
+        }
+        assert!(v.checkpoints >= 12, "checkpoints: {}", v.checkpoints);
         // After close, appends are refused.
-        assert_eq!(log.append(&sql_event(&SessionId::generate(), 0, "x")).await, Err(RecordError::Closed));
+        assert_eq!(
+            log.append(&sql_event(&SessionId::generate(), 0, "x")).await,
+            Err(RecordError::Closed)
+        );
     }
 }
 
@@ -75,10 +105,17 @@ async fn segments_rotate_and_link() {
     let data = load(dir.path(), LOG);
     assert!(data.segments.len() > 5);
     for pair in data.segments.windows(2) {
-        let last = pair[0].bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()).last().unwrap();
+        let last = pair[0]
+            .bytes
+            .split(|b| *b == b'\n')
+            .rfind(|l| !l.is_empty())
+            .unwrap();
         let first = pair[1].bytes.split(|b| *b == b'\n').next().unwrap();
         let (last, first) = (parse_line(last).unwrap(), parse_line(first).unwrap());
-        assert_eq!(first.prev, last.stored_hash, "segment starts from the previous segment's last hash");
+        assert_eq!(
+            first.prev, last.stored_hash,
+            "segment starts from the previous segment's last hash"
+        );
         assert_eq!(first.sequence, last.sequence + 1);
     }
     assert!(verify_log(&data, &options()).ok());
@@ -102,7 +139,13 @@ async fn a_torn_tail_is_cut_and_the_cut_recorded() {
     let half = b"{\"schema_version\":1,\"log\":\"gw-dur\",\"sequence\":99,\"kind\":\"ev";
     bytes.extend_from_slice(half);
     std::fs::write(&path, &bytes).unwrap();
-    assert_eq!(verify_log(&load(dir.path(), LOG), &options()).problem.unwrap().kind, ProblemKind::TornTail);
+    assert_eq!(
+        verify_log(&load(dir.path(), LOG), &options())
+            .problem
+            .unwrap()
+            .kind,
+        ProblemKind::TornTail
+    );
 
     let after = write_log(dir.path(), config(LOG), 1).await;
     let data = load(dir.path(), LOG);
@@ -116,7 +159,10 @@ async fn a_torn_tail_is_cut_and_the_cut_recorded() {
         .find(|r| r.kind == gatehouse_recorder::format::RecordKind::RecoveryCut)
         .unwrap();
     let text = String::from_utf8(cut.line).unwrap();
-    assert!(text.contains(&format!("\"torn_bytes\":{}", half.len())), "{text}");
+    assert!(
+        text.contains(&format!("\"torn_bytes\":{}", half.len())),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -125,10 +171,14 @@ async fn a_damaged_middle_refuses_to_open() {
     write_log(dir.path(), config(LOG), 20).await;
     let data = load(dir.path(), LOG);
     let path = dir.path().join(&data.segments[0].name);
-    let text = std::fs::read_to_string(&path).unwrap().replacen("select 3 ", "select 4 ", 1);
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replacen("select 3 ", "select 4 ", 1);
     std::fs::write(&path, text).unwrap();
     let store = Arc::new(LocalSegmentStore::new(dir.path()).unwrap());
-    let err = AuditLog::open(store, config(LOG), signer(), LogHooks::default()).await.unwrap_err();
+    let err = AuditLog::open(store, config(LOG), signer(), LogHooks::default())
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("damaged"), "{err}");
 }
 
@@ -191,8 +241,8 @@ impl SegmentFile for FaultyFile {
     fn truncate(&mut self, len: u64) -> io::Result<()> {
         self.inner.truncate(len)
     }
-    fn len(&self) -> io::Result<u64> {
-        self.inner.len()
+    fn size(&self) -> io::Result<u64> {
+        self.inner.size()
     }
 }
 
@@ -212,7 +262,9 @@ fn faulty(dir: &std::path::Path) -> (Arc<FaultyStore>, Arc<AtomicBool>, Arc<Atom
 async fn a_failed_write_fails_closed_and_leaves_no_partial_record() {
     let dir = tempfile::tempdir().unwrap();
     let (store, fail_writes, _) = faulty(dir.path());
-    let log = AuditLog::open(store, config(LOG), signer(), LogHooks::default()).await.unwrap();
+    let log = AuditLog::open(store, config(LOG), signer(), LogHooks::default())
+        .await
+        .unwrap();
     let s = SessionId::generate();
     let mut receipts = Vec::new();
     for i in 0..10 {
@@ -221,7 +273,10 @@ async fn a_failed_write_fails_closed_and_leaves_no_partial_record() {
     fail_writes.store(true, Ordering::SeqCst);
     for i in 10..15 {
         let err = log.append(&sql_event(&s, i, "select 2")).await.unwrap_err();
-        assert!(matches!(err, RecordError::Store(ref m) if m.contains("No space left")), "{err:?}");
+        assert!(
+            matches!(err, RecordError::Store(ref m) if m.contains("No space left")),
+            "{err:?}"
+        );
     }
     // What is on disk right now holds no partial record.
     let v = verify_log(&load(dir.path(), LOG), &options());
@@ -242,14 +297,21 @@ async fn a_failed_write_fails_closed_and_leaves_no_partial_record() {
 async fn a_failed_fsync_disables_the_log_for_good() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _, fail_syncs) = faulty(dir.path());
-    let log = AuditLog::open(store, config(LOG), signer(), LogHooks::default()).await.unwrap();
+    let log = AuditLog::open(store, config(LOG), signer(), LogHooks::default())
+        .await
+        .unwrap();
     let s = SessionId::generate();
     let ok = log.append(&sql_event(&s, 0, "select 1")).await.unwrap();
     fail_syncs.store(true, Ordering::SeqCst);
-    assert!(matches!(log.append(&sql_event(&s, 1, "x")).await, Err(RecordError::Store(_))));
+    assert!(matches!(
+        log.append(&sql_event(&s, 1, "x")).await,
+        Err(RecordError::Store(_))
+    ));
     fail_syncs.store(false, Ordering::SeqCst);
     // The page cache can no longer be trusted: everything is refused from now on.
-    assert!(matches!(log.append(&sql_event(&s, 2, "x")).await, Err(RecordError::Store(m)) if m.contains("disabled")));
+    assert!(
+        matches!(log.append(&sql_event(&s, 2, "x")).await, Err(RecordError::Store(m)) if m.contains("disabled"))
+    );
     drop(log);
     let data = load(dir.path(), LOG);
     assert_all_present(&data, &[ok]);
@@ -266,11 +328,17 @@ async fn a_full_filesystem_fails_closed() {
         .arg(&mnt)
         .status()
         .expect("run mount");
-    assert!(status.success(), "mounting a tmpfs needs root (CI runs as root)");
+    assert!(
+        status.success(),
+        "mounting a tmpfs needs root (CI runs as root)"
+    );
     struct Unmount(std::path::PathBuf);
     impl Drop for Unmount {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
         }
     }
     let _unmount = Unmount(mnt.clone());
@@ -282,7 +350,14 @@ async fn a_full_filesystem_fails_closed() {
     let mut receipts = Vec::new();
     let mut failure = None;
     for i in 0..10_000 {
-        match log.append(&sql_event(&s, i, &format!("select {i}, 'padding padding padding'"))).await {
+        match log
+            .append(&sql_event(
+                &s,
+                i,
+                &format!("select {i}, 'padding padding padding'"),
+            ))
+            .await
+        {
             Ok(r) => receipts.push(r),
             Err(e) => {
                 failure = Some(e);
@@ -291,7 +366,10 @@ async fn a_full_filesystem_fails_closed() {
         }
     }
     let failure = failure.expect("a 64 KiB filesystem fills up");
-    assert!(matches!(&failure, RecordError::Store(m) if m.contains("No space left")), "{failure:?}");
+    assert!(
+        matches!(&failure, RecordError::Store(m) if m.contains("No space left")),
+        "{failure:?}"
+    );
     assert!(receipts.len() > 20);
     // Still refused while the disk is full; nothing partial on disk.
     assert!(log.append(&sql_event(&s, 0, "again")).await.is_err());
@@ -342,7 +420,10 @@ async fn retention_drops_old_segments_and_leaves_a_signed_cut() {
     // Dropping one segment more than the cut says is still caught.
     let mut more = data.clone();
     more.segments.remove(0);
-    assert_eq!(verify_log(&more, &options()).problem.unwrap().kind, ProblemKind::MissingStart);
+    assert_eq!(
+        verify_log(&more, &options()).problem.unwrap().kind,
+        ProblemKind::MissingStart
+    );
 }
 
 #[tokio::test]
@@ -365,7 +446,10 @@ async fn a_full_shipping_backlog_fails_closed() {
     c.ship_backlog = 2;
     let hooks = LogHooks {
         witnesses: vec![],
-        shipper: Some(gatehouse_recorder::objstore::SegmentShipper::new(Arc::new(store), "audit/gw-dur")),
+        shipper: Some(gatehouse_recorder::objstore::SegmentShipper::new(
+            Arc::new(store),
+            "audit/gw-dur",
+        )),
     };
     let log = open_log_with(dir.path(), c, hooks).await;
     let s = SessionId::generate();
@@ -373,7 +457,10 @@ async fn a_full_shipping_backlog_fails_closed() {
         log.append(&sql_event(&s, i, "select 1")).await.unwrap();
         log.rotate().await.unwrap();
     }
-    assert_eq!(log.append(&sql_event(&s, 9, "select 1")).await, Err(RecordError::BacklogFull));
+    assert_eq!(
+        log.append(&sql_event(&s, 9, "select 1")).await,
+        Err(RecordError::BacklogFull)
+    );
     drop(listener);
 }
 
@@ -390,7 +477,11 @@ async fn the_egress_guard_refuses_records_with_held_secrets() {
     let s = SessionId::generate();
     rec.record(sql_event(&s, 0, "select 1")).await.unwrap();
     let err = rec
-        .record(sql_event(&s, 1, &format!("alter role app password '{secret}'")))
+        .record(sql_event(
+            &s,
+            1,
+            &format!("alter role app password '{secret}'"),
+        ))
         .await
         .unwrap_err();
     assert_eq!(err, RecordError::EgressBlocked);
@@ -401,6 +492,9 @@ async fn the_egress_guard_refuses_records_with_held_secrets() {
         assert!(!text.contains(secret), "the secret reached the audit log");
     }
     let events = gatehouse_recorder::read::session_events(&logs, &s);
-    assert!(events.iter().any(|e| matches!(e.body, gatehouse_core::EventBody::EgressBlocked { hits: 1, .. })));
+    assert!(events.iter().any(|e| matches!(
+        e.body,
+        gatehouse_core::EventBody::EgressBlocked { hits: 1, .. }
+    )));
     assert!(gatehouse_recorder::verify(&logs, &options()).ok());
 }

@@ -50,7 +50,12 @@ fn venv() -> PathBuf {
         .status()
         .is_ok_and(|s| s.success())
         && Command::new(venv.join("bin/pip"))
-            .args(["install", "-q", "--disable-pip-version-check", "moto[server]"])
+            .args([
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                "moto[server]",
+            ])
             .stdin(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
@@ -116,7 +121,9 @@ async fn hyper_util_put(endpoint: &str, path: &str) -> bool {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let addr = endpoint.trim_start_matches("http://");
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!("PUT {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let req = format!(
+        "PUT {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut resp = Vec::new();
     s.read_to_end(&mut resp).await.unwrap();
@@ -131,30 +138,46 @@ async fn segments_and_recordings_go_to_s3_and_verify_from_there() {
     let mut config = RecorderConfig::new(LOG);
     config.log.segment_max_bytes = 8 * 1024;
     config.object_store = Some(store.clone());
-    let rec = AuditRecorder::open(dir.path(), config, signer(), None).await.unwrap();
+    let rec = AuditRecorder::open(dir.path(), config, signer(), None)
+        .await
+        .unwrap();
     let s = SessionId::generate();
     for i in 0..200 {
-        rec.record(sql_event(&s, i, "select * from orders")).await.unwrap();
+        rec.record(sql_event(&s, i, "select * from orders"))
+            .await
+            .unwrap();
     }
-    let mut sink = rec.open_recording(&s, RecordingKind::Terminal { cols: 80, rows: 24 }).await.unwrap();
+    let mut sink = rec
+        .open_recording(&s, RecordingKind::Terminal { cols: 80, rows: 24 })
+        .await
+        .unwrap();
     let chunk = vec![b'x'; 100 * 1024];
     for _ in 0..80 {
         // 8 MB: a multipart upload.
-        sink.write(RecordingFrame::Output { data: chunk.clone() }).await.unwrap();
+        sink.write(RecordingFrame::Output {
+            data: chunk.clone(),
+        })
+        .await
+        .unwrap();
     }
     let seal = within(120, sink.seal()).await.unwrap();
     assert!(seal.location.starts_with("recordings/"));
     rec.log().rotate().await.unwrap();
-    let local = gatehouse_recorder::read::load_local_log(&dir.path().join("audit").join(LOG), LOG).unwrap();
+    let local =
+        gatehouse_recorder::read::load_local_log(&dir.path().join("audit").join(LOG), LOG).unwrap();
     let closed = local.segments.len() - 1;
     assert!(closed >= 3);
 
     // Shipping is asynchronous: wait until every closed segment is in the bucket.
     let remote = within(60, async {
         loop {
-            let remote = gatehouse_recorder::objstore::load_log(store.as_ref(), &format!("audit/{LOG}"), LOG)
-                .await
-                .unwrap();
+            let remote = gatehouse_recorder::objstore::load_log(
+                store.as_ref(),
+                &format!("audit/{LOG}"),
+                LOG,
+            )
+            .await
+            .unwrap();
             if remote.segments.len() >= closed {
                 return remote;
             }
@@ -169,7 +192,9 @@ async fn segments_and_recordings_go_to_s3_and_verify_from_there() {
     let v = gatehouse_recorder::verify::verify_log(&remote, &options());
     assert!(v.ok(), "{:?}", v.problem);
 
-    let bytes = read_recording_bytes(rec.recording_store(), &seal.location).await.unwrap();
+    let bytes = read_recording_bytes(rec.recording_store(), &seal.location)
+        .await
+        .unwrap();
     assert!(check_seal(&bytes, &seal));
     let replay = parse_recording(&bytes).unwrap();
     assert_eq!(replay.frames.len(), 80);

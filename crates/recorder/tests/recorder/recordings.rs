@@ -8,8 +8,12 @@ use gatehouse_core::{
     RecordingKind, SessionId,
 };
 use gatehouse_recorder::recording::{check_seal, parse_recording, read_recording_bytes};
-use gatehouse_recorder::replay::{http_exchanges, render_sql_transcript, sql_transcript, to_asciicast};
-use gatehouse_recorder::{AuditRecorder, RecorderConfig, RecordingConfig, RecordingStore, SessionRecording};
+use gatehouse_recorder::replay::{
+    http_exchanges, render_sql_transcript, sql_transcript, to_asciicast,
+};
+use gatehouse_recorder::{
+    AuditRecorder, RecorderConfig, RecordingConfig, RecordingStore, SessionRecording,
+};
 
 use crate::common::*;
 
@@ -22,7 +26,9 @@ fn out(s: &[u8]) -> RecordingFrame {
 #[tokio::test]
 async fn a_terminal_session_replays_as_asciicast_and_its_seal_is_in_session_end() {
     let dir = tempfile::tempdir().unwrap();
-    let rec = AuditRecorder::open(dir.path(), RecorderConfig::new(LOG), signer(), None).await.unwrap();
+    let rec = AuditRecorder::open(dir.path(), RecorderConfig::new(LOG), signer(), None)
+        .await
+        .unwrap();
     let s = SessionId::generate();
     rec.record(Event::now(
         s.clone(),
@@ -35,14 +41,40 @@ async fn a_terminal_session_replays_as_asciicast_and_its_seal_is_in_session_end(
     ))
     .await
     .unwrap();
-    let mut sink = rec.open_recording(&s, RecordingKind::Terminal { cols: 100, rows: 30 }).await.unwrap();
+    let mut sink = rec
+        .open_recording(
+            &s,
+            RecordingKind::Terminal {
+                cols: 100,
+                rows: 30,
+            },
+        )
+        .await
+        .unwrap();
     let e_acute = "é".as_bytes();
     sink.write(out(b"$ ls\r\n")).await.unwrap();
-    sink.write(RecordingFrame::Input { data: b"ls\r".to_vec() }).await.unwrap();
-    sink.write(out(&[b"caf", &e_acute[..1]].concat())).await.unwrap();
-    sink.write(out(&[&e_acute[1..], b"\r\n"].concat())).await.unwrap();
-    sink.write(RecordingFrame::Resize { cols: 120, rows: 40 }).await.unwrap();
-    sink.write(RecordingFrame::ErrorOutput { data: b"oops\n".to_vec() }).await.unwrap();
+    sink.write(RecordingFrame::Input {
+        data: b"ls\r".to_vec(),
+    })
+    .await
+    .unwrap();
+    sink.write(out(&[b"caf", &e_acute[..1]].concat()))
+        .await
+        .unwrap();
+    sink.write(out(&[&e_acute[1..], b"\r\n"].concat()))
+        .await
+        .unwrap();
+    sink.write(RecordingFrame::Resize {
+        cols: 120,
+        rows: 40,
+    })
+    .await
+    .unwrap();
+    sink.write(RecordingFrame::ErrorOutput {
+        data: b"oops\n".to_vec(),
+    })
+    .await
+    .unwrap();
     let seal = sink.seal().await.unwrap();
     assert_eq!(seal.frames, 6);
     rec.record(Event::now(
@@ -66,7 +98,9 @@ async fn a_terminal_session_replays_as_asciicast_and_its_seal_is_in_session_end(
     assert_eq!(sessions[0].recording.as_ref(), Some(&seal));
     assert_eq!(sessions[0].end_reason.as_deref(), Some("client closed"));
 
-    let bytes = read_recording_bytes(rec.recording_store(), &seal.location).await.unwrap();
+    let bytes = read_recording_bytes(rec.recording_store(), &seal.location)
+        .await
+        .unwrap();
     assert!(check_seal(&bytes, &seal));
     let mut tampered = bytes.clone();
     let n = tampered.len();
@@ -80,29 +114,79 @@ async fn a_terminal_session_replays_as_asciicast_and_its_seal_is_in_session_end(
     assert_eq!(header["version"], 2);
     assert_eq!(header["width"], 100);
     assert_eq!(header["height"], 30);
-    let events: Vec<(f64, String, String)> = lines.map(|l| serde_json::from_str(l).unwrap()).collect();
-    let output: String = events.iter().filter(|e| e.1 == "o").map(|e| e.2.as_str()).collect();
-    assert_eq!(output, "$ ls\r\ncafé\r\noops\n", "a character split across frames is kept whole");
+    let events: Vec<(f64, String, String)> =
+        lines.map(|l| serde_json::from_str(l).unwrap()).collect();
+    let output: String = events
+        .iter()
+        .filter(|e| e.1 == "o")
+        .map(|e| e.2.as_str())
+        .collect();
+    assert_eq!(
+        output, "$ ls\r\ncafé\r\noops\n",
+        "a character split across frames is kept whole"
+    );
     assert!(events.iter().any(|e| e.1 == "i" && e.2 == "ls\r"));
     assert!(events.iter().any(|e| e.1 == "r" && e.2 == "120x40"));
-    assert!(events.windows(2).all(|w| w[0].0 <= w[1].0), "times never go backwards");
+    assert!(
+        events.windows(2).all(|w| w[0].0 <= w[1].0),
+        "times never go backwards"
+    );
 }
 
 #[tokio::test]
 async fn a_full_buffer_applies_backpressure_then_fails_closed() {
     let dir = tempfile::tempdir().unwrap();
-    let config = RecordingConfig {
+    let store = RecordingStore::Local(dir.path().to_owned());
+    use gatehouse_core::RecordingSink as _;
+    // Current-thread runtime: the writer task cannot run until this test yields, so the buffer
+    // state below is deterministic.
+    let waiting = RecordingConfig {
+        buffer_frames: 1,
+        backpressure_timeout: Duration::from_secs(30),
+        ..Default::default()
+    };
+    let mut sink = SessionRecording::open(
+        &store,
+        &SessionId::generate(),
+        RecordingKind::Exec,
+        &waiting,
+        None,
+    )
+    .await
+    .unwrap();
+    let mut first = sink.write(out(b"one"));
+    assert!(
+        futures::poll!(&mut first).is_ready(),
+        "a write with room resolves at once"
+    );
+    drop(first);
+    let mut second = sink.write(out(b"two"));
+    assert!(
+        futures::poll!(&mut second).is_pending(),
+        "a full buffer makes the writer wait"
+    );
+    assert_eq!(
+        within(10, second).await,
+        Ok(()),
+        "and it goes through once there is room"
+    );
+    let seal = Box::new(sink).seal().await.unwrap();
+    assert_eq!(seal.frames, 2);
+
+    let never_wait = RecordingConfig {
         buffer_frames: 1,
         backpressure_timeout: Duration::ZERO,
         ..Default::default()
     };
-    let store = RecordingStore::Local(dir.path().to_owned());
-    let mut sink = SessionRecording::open(&store, &SessionId::generate(), RecordingKind::Exec, &config, None)
-        .await
-        .unwrap();
-    // Current-thread runtime: the writer task cannot run between these two writes, so the second
-    // finds the one-frame buffer full, waits for room (zero time here) and fails.
-    use gatehouse_core::RecordingSink as _;
+    let mut sink = SessionRecording::open(
+        &store,
+        &SessionId::generate(),
+        RecordingKind::Exec,
+        &never_wait,
+        None,
+    )
+    .await
+    .unwrap();
     sink.write(out(b"one")).await.unwrap();
     assert_eq!(sink.write(out(b"two")).await, Err(RecordError::BacklogFull));
 
@@ -111,9 +195,15 @@ async fn a_full_buffer_applies_backpressure_then_fails_closed() {
         buffer_frames: 64,
         ..Default::default()
     };
-    let mut sink = SessionRecording::open(&store, &SessionId::generate(), RecordingKind::Exec, &config, None)
-        .await
-        .unwrap();
+    let mut sink = SessionRecording::open(
+        &store,
+        &SessionId::generate(),
+        RecordingKind::Exec,
+        &config,
+        None,
+    )
+    .await
+    .unwrap();
     let mut total = 0u64;
     for i in 0..5000u32 {
         let data = format!("line {i}\n").into_bytes();
@@ -140,8 +230,12 @@ async fn a_full_buffer_applies_backpressure_then_fails_closed() {
 async fn a_recording_with_a_held_secret_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let secret = b"pg-password-canary-1234";
-    let guard = Arc::new(LiteralGuard { secret: secret.to_vec() });
-    let rec = AuditRecorder::open(dir.path(), RecorderConfig::new(LOG), signer(), Some(guard)).await.unwrap();
+    let guard = Arc::new(LiteralGuard {
+        secret: secret.to_vec(),
+    });
+    let rec = AuditRecorder::open(dir.path(), RecorderConfig::new(LOG), signer(), Some(guard))
+        .await
+        .unwrap();
     let s = SessionId::generate();
     let mut sink = rec.open_recording(&s, RecordingKind::Exec).await.unwrap();
     sink.write(out(b"hello ")).await.unwrap();
@@ -175,18 +269,29 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[tokio::test]
 async fn hostile_session_ids_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let rec = AuditRecorder::open(dir.path(), RecorderConfig::new(LOG), signer(), None).await.unwrap();
+    let rec = AuditRecorder::open(dir.path(), RecorderConfig::new(LOG), signer(), None)
+        .await
+        .unwrap();
     for bad in ["../../etc", "", ".hidden", "a/b"] {
-        assert!(rec.open_recording(&SessionId(bad.into()), RecordingKind::Sql).await.is_err(), "{bad}");
+        assert!(
+            rec.open_recording(&SessionId(bad.into()), RecordingKind::Sql)
+                .await
+                .is_err(),
+            "{bad}"
+        );
     }
 }
 
 #[tokio::test]
 async fn a_sql_session_replays_as_a_transcript() {
     let dir = tempfile::tempdir().unwrap();
-    let rec = AuditRecorder::open(dir.path(), RecorderConfig::new(LOG), signer(), None).await.unwrap();
+    let rec = AuditRecorder::open(dir.path(), RecorderConfig::new(LOG), signer(), None)
+        .await
+        .unwrap();
     let s = SessionId::generate();
-    rec.record(sql_event(&s, 0, "select id, email from customers")).await.unwrap();
+    rec.record(sql_event(&s, 0, "select id, email from customers"))
+        .await
+        .unwrap();
     let mut deny = sql_event(&s, 1, "drop table customers");
     if let EventBody::Operation { decision, .. } = &mut deny.body {
         *decision = Decision::deny("no-ddl", "DDL is not allowed");
@@ -219,11 +324,16 @@ async fn a_sql_session_replays_as_a_transcript() {
     rec.log().close().await.unwrap();
     let logs = gatehouse_recorder::read::load_local_logs(&dir.path().join("audit")).unwrap();
     let events = gatehouse_recorder::read::session_events(&logs, &s);
-    let bytes = read_recording_bytes(rec.recording_store(), &seal.location).await.unwrap();
+    let bytes = read_recording_bytes(rec.recording_store(), &seal.location)
+        .await
+        .unwrap();
     let recording = parse_recording(&bytes).unwrap();
     let t = sql_transcript(Some(&recording), &events, 3);
     assert_eq!(t.len(), 2);
-    assert_eq!(t[0].text.as_deref(), Some("select id, email from customers"));
+    assert_eq!(
+        t[0].text.as_deref(),
+        Some("select id, email from customers")
+    );
     assert_eq!(t[0].rows.len(), 3);
     assert_eq!(t[0].rows_omitted, 7);
     assert_eq!(t[0].row_count, Some(10));
@@ -239,25 +349,46 @@ async fn a_sql_session_replays_as_a_transcript() {
 async fn an_http_session_replays_as_a_list() {
     let dir = tempfile::tempdir().unwrap();
     let store = RecordingStore::Local(dir.path().to_owned());
-    let mut sink = SessionRecording::open(&store, &SessionId::generate(), RecordingKind::Http, &Default::default(), None)
-        .await
-        .unwrap();
+    let mut sink = SessionRecording::open(
+        &store,
+        &SessionId::generate(),
+        RecordingKind::Http,
+        &Default::default(),
+        None,
+    )
+    .await
+    .unwrap();
     use gatehouse_core::RecordingSink as _;
     for (label, body) in [
-        ("http_request", serde_json::json!({"method": "GET", "path": "/v1/users"})),
+        (
+            "http_request",
+            serde_json::json!({"method": "GET", "path": "/v1/users"}),
+        ),
         ("http_response", serde_json::json!({"status": 200})),
-        ("http_request", serde_json::json!({"method": "DELETE", "path": "/v1/users/7"})),
+        (
+            "http_request",
+            serde_json::json!({"method": "DELETE", "path": "/v1/users/7"}),
+        ),
         ("http_response", serde_json::json!({"status": 403})),
     ] {
-        sink.write(RecordingFrame::Entry { label: label.into(), body }).await.unwrap();
+        sink.write(RecordingFrame::Entry {
+            label: label.into(),
+            body,
+        })
+        .await
+        .unwrap();
     }
     let seal = Box::new(sink).seal().await.unwrap();
-    let rec = parse_recording(&read_recording_bytes(&store, &seal.location).await.unwrap()).unwrap();
+    let rec =
+        parse_recording(&read_recording_bytes(&store, &seal.location).await.unwrap()).unwrap();
     let x = http_exchanges(&rec);
     assert_eq!(x.len(), 2);
     assert_eq!(x[1].request.as_ref().unwrap()["method"], "DELETE");
     assert_eq!(x[1].response.as_ref().unwrap()["status"], 403);
-    assert!(to_asciicast(&rec).is_err(), "HTTP recordings are not terminals");
+    assert!(
+        to_asciicast(&rec).is_err(),
+        "HTTP recordings are not terminals"
+    );
 }
 
 #[test]

@@ -29,7 +29,11 @@ async fn sample() -> (tempfile::TempDir, LogData, Checkpoint) {
     log.close().await.unwrap();
     let cp = log.latest_checkpoint().expect("close writes a checkpoint");
     let data = load(dir.path(), LOG);
-    assert!(data.segments.len() >= 4, "want several segments, got {}", data.segments.len());
+    assert!(
+        data.segments.len() >= 4,
+        "want several segments, got {}",
+        data.segments.len()
+    );
     (dir, data, cp)
 }
 
@@ -125,8 +129,13 @@ async fn reordered_records_are_found() {
     let (a, b) = (l[i].1.clone(), l[i + 1].1.clone());
     l[i].1 = b;
     l[i + 1].1 = a;
-    let p = verify_log(&rebuild(&data, &l), &options()).problem.expect("reorder detected");
-    assert!(matches!(p.kind, ProblemKind::SequenceGap | ProblemKind::BrokenLink), "{p:?}");
+    let p = verify_log(&rebuild(&data, &l), &options())
+        .problem
+        .expect("reorder detected");
+    assert!(
+        matches!(p.kind, ProblemKind::SequenceGap | ProblemKind::BrokenLink),
+        "{p:?}"
+    );
     assert_eq!(p.sequence, Some(first_seq + 1), "{p}");
 }
 
@@ -136,7 +145,9 @@ async fn a_deleted_record_is_found() {
     let mut l = lines(&data);
     let removed = seq_of(&l[77].1);
     l.remove(77);
-    let p = verify_log(&rebuild(&data, &l), &options()).problem.expect("deletion detected");
+    let p = verify_log(&rebuild(&data, &l), &options())
+        .problem
+        .expect("deletion detected");
     assert_eq!(p.kind, ProblemKind::SequenceGap);
     assert_eq!(p.sequence, Some(removed + 1));
 }
@@ -148,7 +159,9 @@ async fn inserted_records_are_found() {
     let mut l = lines(&data);
     let dup = l[40].clone();
     l.insert(41, dup);
-    let p = verify_log(&rebuild(&data, &l), &options()).problem.expect("duplicate detected");
+    let p = verify_log(&rebuild(&data, &l), &options())
+        .problem
+        .expect("duplicate detected");
     assert_eq!(p.kind, ProblemKind::SequenceGap);
 
     // A forged record that links correctly to its predecessor: the next one no longer does.
@@ -167,7 +180,9 @@ async fn inserted_records_are_found() {
     forged.pop();
     let seg = l[40].0;
     l.insert(41, (seg, forged));
-    let p = verify_log(&rebuild(&data, &l), &options()).problem.expect("insertion detected");
+    let p = verify_log(&rebuild(&data, &l), &options())
+        .problem
+        .expect("insertion detected");
     assert_eq!(p.kind, ProblemKind::SequenceGap);
     assert_eq!(p.sequence, Some(before.sequence + 1));
 }
@@ -181,14 +196,18 @@ async fn a_truncated_tail_is_found_against_the_witness() {
     // Without a witness a clean cut at a line boundary looks like a shorter log: that is what
     // witnesses are for.
     assert!(verify_log(&cut, &options()).ok());
-    let p = verify_log(&cut, &with_witness(&cp)).problem.expect("truncation detected");
+    let p = verify_log(&cut, &with_witness(&cp))
+        .problem
+        .expect("truncation detected");
     assert_eq!(p.kind, ProblemKind::TruncatedTail);
 
     // Dropping whole segments at the end is the same.
     let mut short = data.clone();
     short.segments.pop();
     short.segments.pop();
-    let p = verify_log(&short, &with_witness(&cp)).problem.expect("truncation detected");
+    let p = verify_log(&short, &with_witness(&cp))
+        .problem
+        .expect("truncation detected");
     assert_eq!(p.kind, ProblemKind::TruncatedTail);
 }
 
@@ -243,7 +262,9 @@ async fn missing_segments_are_found() {
     // The first segment, with no retention cut to explain it.
     let mut head = data.clone();
     head.segments.remove(0);
-    let p = verify_log(&head, &options()).problem.expect("missing start detected");
+    let p = verify_log(&head, &options())
+        .problem
+        .expect("missing start detected");
     assert_eq!(p.kind, ProblemKind::MissingStart);
     assert_eq!(p.segment, data.segments[1].name);
 }
@@ -257,7 +278,9 @@ async fn a_rewrite_with_recomputed_hashes_is_found() {
     l[target].1 = text.replace("from orders", "from orderz").into_bytes();
     rechain(&mut l, target, false);
     // Every hash and link is consistent again; the next checkpoint is not.
-    let p = verify_log(&rebuild(&data, &l), &options()).problem.expect("rewrite detected");
+    let p = verify_log(&rebuild(&data, &l), &options())
+        .problem
+        .expect("rewrite detected");
     assert_eq!(p.kind, ProblemKind::CheckpointMismatch, "{p}");
 
     // An attacker who also removes every checkpoint and renumbers gets past the chain checks,
@@ -269,8 +292,16 @@ async fn a_rewrite_with_recomputed_hashes_is_found() {
     rechain(&mut l, target, true);
     let forged = rebuild(&data, &l);
     assert!(verify_log(&forged, &options()).ok());
-    let p = verify_log(&forged, &with_witness(&cp)).problem.expect("rewrite detected");
-    assert!(matches!(p.kind, ProblemKind::TruncatedTail | ProblemKind::WitnessMismatch), "{p}");
+    let p = verify_log(&forged, &with_witness(&cp))
+        .problem
+        .expect("rewrite detected");
+    assert!(
+        matches!(
+            p.kind,
+            ProblemKind::TruncatedTail | ProblemKind::WitnessMismatch
+        ),
+        "{p}"
+    );
 }
 
 #[tokio::test]
@@ -282,10 +313,16 @@ async fn checkpoint_signatures_are_checked() {
         keys: other.clone(),
         ..Default::default()
     };
-    assert_eq!(verify_log(&data, &opts).problem.unwrap().kind, ProblemKind::UnknownKey);
+    assert_eq!(
+        verify_log(&data, &opts).problem.unwrap().kind,
+        ProblemKind::UnknownKey
+    );
     // No key at all is not a pass either.
     assert_eq!(
-        verify_log(&data, &VerifyOptions::default()).problem.unwrap().kind,
+        verify_log(&data, &VerifyOptions::default())
+            .problem
+            .unwrap()
+            .kind,
         ProblemKind::UnknownKey
     );
     // A checkpoint re-signed by an attacker's key over a rewritten chain.
@@ -352,7 +389,9 @@ async fn verify_a_million_records() {
         tasks.push(tokio::spawn(async move {
             let s = gatehouse_core::SessionId::generate();
             for i in 0..(1_000_000 / 64 + 1) {
-                log.append(&sql_event(&s, i, &format!("select {t} {i}"))).await.unwrap();
+                log.append(&sql_event(&s, i, &format!("select {t} {i}")))
+                    .await
+                    .unwrap();
             }
         }));
     }
@@ -366,5 +405,10 @@ async fn verify_a_million_records() {
     let took = start.elapsed();
     assert!(v.ok(), "{:?}", v.problem);
     assert!(v.records >= 1_000_000);
-    eprintln!("verified {} records in {:?} ({:.0} records/s)", v.records, took, v.records as f64 / took.as_secs_f64());
+    eprintln!(
+        "verified {} records in {:?} ({:.0} records/s)",
+        v.records,
+        took,
+        v.records as f64 / took.as_secs_f64()
+    );
 }
