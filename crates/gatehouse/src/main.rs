@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+mod admin_client;
 mod commands;
 mod config;
 mod duration;
@@ -43,8 +44,7 @@ enum Command {
     #[command(subcommand)]
     Policy(commands::policy::Command),
     /// List and decide approval requests through the admin API.
-    #[command(subcommand)]
-    Approvals(commands::approvals::Command),
+    Approvals(commands::approvals::Args),
     /// The masking core as a Unix filter (stdin to stdout).
     Mask(commands::mask::Args),
     /// Audit log tools: verify, sessions, replay.
@@ -64,7 +64,7 @@ fn main() -> ExitCode {
         Command::Token(args) => commands::token::run(args),
         Command::Login(args) => commands::login::run(args),
         Command::Policy(cmd) => commands::policy::run(cmd),
-        Command::Approvals(cmd) => commands::approvals::run(cmd),
+        Command::Approvals(args) => commands::approvals::run(args),
         Command::Mask(args) => commands::mask::run(args),
         Command::Audit(cmd) => commands::audit::run(cmd),
         Command::Evidence(cmd) => commands::evidence::run(cmd),

@@ -1,6 +1,13 @@
-//! `gatehouse audit verify|sessions|replay`.
+//! `gatehouse audit verify|sessions|replay`: offline tools over an audit directory (the gateway's
+//! data directory holding `audit/<log id>/` and `recordings/`, or the `audit/` directory itself).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use gatehouse_core::{RecordingKind, SessionId};
+use gatehouse_recorder::read::{list_sessions, load_local_logs, session_events};
+use gatehouse_recorder::verify::{LogData, VerifyOptions, VerifyReport, verify};
+use gatehouse_recorder::{FileWitness, TrustedKeys};
 
 use super::{CommandError, CommandResult};
 
@@ -11,19 +18,32 @@ pub enum Command {
     Verify {
         /// The audit directory.
         dir: PathBuf,
+        /// Trusted checkpoint public key (hex), repeatable. Without it the keys stored beside each
+        /// log are used, which cannot detect a rewrite by someone who also replaced the key.
+        #[arg(long = "key")]
+        keys: Vec<String>,
+        /// A witness directory holding copies of the signed checkpoints (detects a cut-off tail).
+        #[arg(long)]
+        witness: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// List sessions.
     Sessions {
         /// The audit directory.
         dir: PathBuf,
-        /// Only this identity.
+        /// Only sessions of this identity (subject, or `issuer|subject`).
         #[arg(long)]
         identity: Option<String>,
-        /// Only since this time (RFC 3339).
+        /// Only sessions that started at or after this time (RFC 3339).
         #[arg(long)]
         since: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
-    /// Replay a session (SQL transcript; asciicast v2 for terminals).
+    /// Replay a session: SQL transcript, asciicast v2 for terminals, exchange list for HTTP.
     Replay {
         /// Session id.
         session: String,
@@ -36,7 +56,232 @@ pub enum Command {
     },
 }
 
+fn failed(msg: impl Into<String>) -> CommandError {
+    CommandError::Failed(msg.into())
+}
+
+/// (audit dir with one sub-directory per log, recordings dir).
+pub fn roots(dir: &Path) -> (PathBuf, PathBuf) {
+    if dir.join("audit").is_dir() {
+        (dir.join("audit"), dir.join("recordings"))
+    } else {
+        (
+            dir.to_path_buf(),
+            dir.parent().unwrap_or(Path::new(".")).join("recordings"),
+        )
+    }
+}
+
+/// Loads every log under `dir`.
+pub fn load_logs(dir: &Path) -> Result<(Vec<LogData>, PathBuf, PathBuf), CommandError> {
+    let (audit, recordings) = roots(dir);
+    let logs = load_local_logs(&audit).map_err(|e| failed(format!("{}: {e}", audit.display())))?;
+    if logs.is_empty() {
+        return Err(failed(format!("{}: no audit log found", audit.display())));
+    }
+    Ok((logs, audit, recordings))
+}
+
+/// Verifies the logs under `dir` with the given trust anchors.
+pub fn verify_dir(
+    dir: &Path,
+    keys: &[String],
+    witness: Option<&Path>,
+) -> Result<(VerifyReport, bool), CommandError> {
+    let (logs, audit, _) = load_logs(dir)?;
+    let mut trusted = TrustedKeys::new();
+    let pinned = !keys.is_empty();
+    for k in keys {
+        trusted = trusted.with(
+            TrustedKeys::parse_public_key(k)
+                .map_err(|e| CommandError::Usage(format!("--key {k}: {e}")))?,
+        );
+    }
+    if !pinned {
+        for log in &logs {
+            let path = audit.join(&log.log).join("checkpoint-key.pub");
+            let hex = std::fs::read_to_string(&path)
+                .map_err(|e| failed(format!("{}: {e}", path.display())))?;
+            trusted = trusted.with(
+                TrustedKeys::parse_public_key(hex.trim())
+                    .map_err(|e| failed(format!("{}: {e}", path.display())))?,
+            );
+        }
+    }
+    let mut options = VerifyOptions {
+        keys: trusted,
+        ..VerifyOptions::default()
+    };
+    if let Some(w) = witness {
+        options.witnesses = FileWitness::read_all(w)
+            .map_err(|e| failed(format!("witness {}: {e}", w.display())))?;
+    }
+    Ok((verify(&logs, &options), pinned))
+}
+
 /// Runs the command.
-pub fn run(_command: Command) -> CommandResult {
-    Err(CommandError::NotYetAvailable("audit"))
+pub fn run(command: Command) -> CommandResult {
+    match command {
+        Command::Verify {
+            dir,
+            keys,
+            witness,
+            json,
+        } => {
+            let (report, pinned) = verify_dir(&dir, &keys, witness.as_deref())?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                );
+            } else {
+                for l in &report.logs {
+                    match &l.problem {
+                        None => println!(
+                            "log {}: OK — {} records in {} segment(s), sequence {}..{}, {} signed checkpoint(s), head {}",
+                            l.log,
+                            l.records,
+                            l.segments,
+                            l.first_sequence
+                                .map(|s| s.to_string())
+                                .unwrap_or_else(|| "-".into()),
+                            l.last_sequence
+                                .map(|s| s.to_string())
+                                .unwrap_or_else(|| "-".into()),
+                            l.checkpoints,
+                            l.head.as_deref().unwrap_or("-"),
+                        ),
+                        Some(p) => println!("log {}: FAILED — {p}", l.log),
+                    }
+                }
+                if !pinned {
+                    eprintln!(
+                        "note: checkpoint keys were read from the log directory; pass --key <hex> to pin them"
+                    );
+                }
+            }
+            if report.ok() {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                if let Some(p) = report.first_problem() {
+                    eprintln!("gatehouse: audit log verification failed: {p}");
+                }
+                Ok(ExitCode::from(1))
+            }
+        }
+        Command::Sessions {
+            dir,
+            identity,
+            since,
+            json,
+        } => {
+            let (logs, _, _) = load_logs(&dir)?;
+            let since = since
+                .map(|s| {
+                    time::OffsetDateTime::parse(&s, &time::format_description::well_known::Rfc3339)
+                        .map_err(|e| {
+                            CommandError::Usage(format!(
+                                "--since {s}: {e} (use RFC 3339, e.g. 2026-11-23T00:00:00Z)"
+                            ))
+                        })
+                })
+                .transpose()?;
+            let sessions: Vec<_> = list_sessions(&logs)
+                .into_iter()
+                .filter(|s| {
+                    identity.as_ref().is_none_or(|want| {
+                        s.principal.as_ref().is_some_and(|p| {
+                            p == want || p.rsplit('|').next() == Some(want.as_str())
+                        })
+                    })
+                })
+                .filter(|s| since.is_none_or(|t| s.first_event.is_some_and(|f| f >= t)))
+                .collect();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&sessions).unwrap_or_default()
+                );
+            } else {
+                for s in &sessions {
+                    let fmt = |t: Option<time::OffsetDateTime>| {
+                        t.and_then(|t| {
+                            t.format(&time::format_description::well_known::Rfc3339)
+                                .ok()
+                        })
+                        .unwrap_or_else(|| "-".into())
+                    };
+                    println!(
+                        "{}  {}  {}  target={}  ops={} denied={} reviewed={}  started={} ended={}",
+                        s.session,
+                        s.principal.as_deref().unwrap_or("(not authenticated)"),
+                        s.end_reason.as_deref().unwrap_or("open"),
+                        s.target.as_deref().unwrap_or("-"),
+                        s.operations,
+                        s.denied,
+                        s.reviewed,
+                        fmt(s.first_event),
+                        fmt(s.ended),
+                    );
+                }
+                if sessions.is_empty() {
+                    println!("no sessions");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay { session, dir, out } => {
+            let (logs, _, recordings) = load_logs(&dir)?;
+            let id = SessionId(session.clone());
+            let events = session_events(&logs, &id);
+            if events.is_empty() {
+                return Err(failed(format!("no session {session} in {}", dir.display())));
+            }
+            let summary = list_sessions(&logs).into_iter().find(|s| s.session == id);
+            let recording = match summary.as_ref().and_then(|s| s.recording.as_ref()) {
+                Some(seal) => {
+                    let path = recordings.join(&seal.location);
+                    let bytes = std::fs::read(&path)
+                        .map_err(|e| failed(format!("recording {}: {e}", path.display())))?;
+                    if !gatehouse_recorder::recording::check_seal(&bytes, seal) {
+                        return Err(failed(format!(
+                            "recording {} does not match the hash sealed in the audit log: it was altered",
+                            path.display()
+                        )));
+                    }
+                    Some(
+                        gatehouse_recorder::recording::parse_recording(&bytes)
+                            .map_err(|e| failed(e.to_string()))?,
+                    )
+                }
+                None => None,
+            };
+            let text = match recording.as_ref().map(|r| r.header.kind) {
+                Some(RecordingKind::Terminal { .. }) | Some(RecordingKind::Exec) => {
+                    let r = recording.as_ref().ok_or_else(|| failed("no recording"))?;
+                    gatehouse_recorder::replay::to_asciicast(r)
+                        .map_err(|e| failed(e.to_string()))?
+                }
+                Some(RecordingKind::Http) => {
+                    let r = recording.as_ref().ok_or_else(|| failed("no recording"))?;
+                    serde_json::to_string_pretty(&gatehouse_recorder::replay::http_exchanges(r))
+                        .unwrap_or_default()
+                }
+                _ => {
+                    let statements = gatehouse_recorder::replay::sql_transcript(
+                        recording.as_ref(),
+                        &events,
+                        100,
+                    );
+                    gatehouse_recorder::replay::render_sql_transcript(&statements)
+                }
+            };
+            match out {
+                Some(path) => std::fs::write(&path, text)
+                    .map_err(|e| failed(format!("{}: {e}", path.display())))?,
+                None => print!("{text}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }

@@ -1,0 +1,217 @@
+//! The quickstart's files: seeded database, TLS material, policy and config. Existing keys,
+//! certificates, passwords and policy are kept on re-runs; the config is rewritten (ports change).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use super::postgres::LocalPostgres;
+use crate::commands::CommandError;
+
+fn failed(msg: impl Into<String>) -> CommandError {
+    CommandError::Failed(msg.into())
+}
+
+fn write_private(path: &Path, contents: &str) -> Result<(), CommandError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| failed(format!("{}: {e}", path.display())))?;
+    f.write_all(contents.as_bytes())
+        .map_err(|e| failed(format!("{}: {e}", path.display())))
+}
+
+fn random_hex(bytes: usize) -> Result<String, CommandError> {
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf))
+        .map_err(|e| failed(format!("/dev/urandom: {e}")))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+const SEED: &str = "
+CREATE TABLE IF NOT EXISTS customers (
+    id          integer PRIMARY KEY,
+    name        text NOT NULL,
+    email       text NOT NULL,
+    card_number text NOT NULL,
+    phone       text NOT NULL,
+    notes       text
+);
+INSERT INTO customers VALUES
+  (1, 'Ada Lovelace',   'ada@example.com',      '4111 1111 1111 1111', '+44 20 7946 0958', 'prefers email'),
+  (2, 'Grace Hopper',   'grace@example.org',    '5500 0000 0000 0004', '+1 202 555 0143',  'card on file: 4012 8888 8888 1881'),
+  (3, 'Alan Turing',    'alan@example.net',     '3400 000000 00009',   '+44 161 496 0123', 'VIP'),
+  (4, 'Katherine Johnson', 'kj@example.com',    '6011 0000 0000 0004', '+1 757 555 0199',  'call after 5pm'),
+  (5, 'Linus Torvalds', 'linus@example.fi',     '3530 1113 3330 0000', '+358 40 123 4567', 'reach me at linus.t@example.fi')
+ON CONFLICT (id) DO NOTHING;
+";
+
+/// Creates the `demo` database, the gateway's role (its password kept in
+/// `secrets/demo-db-password`, readable only by the owner) and the seeded `customers` table.
+pub fn seed_database(dir: &Path, pg: &LocalPostgres) -> Result<String, CommandError> {
+    let secrets = dir.join("secrets");
+    std::fs::create_dir_all(&secrets).map_err(|e| failed(e.to_string()))?;
+    let pw_path = secrets.join("demo-db-password");
+    let password = match std::fs::read_to_string(&pw_path) {
+        Ok(p) if !p.trim().is_empty() => p.trim().to_string(),
+        _ => {
+            let p = random_hex(24)?;
+            write_private(&pw_path, &p)?;
+            p
+        }
+    };
+    if pg.psql(
+        "postgres",
+        "SELECT 1 FROM pg_database WHERE datname = 'demo'",
+    )? != "1"
+    {
+        pg.psql("postgres", "CREATE DATABASE demo")?;
+    }
+    let role_exists = pg.psql(
+        "postgres",
+        "SELECT 1 FROM pg_roles WHERE rolname = 'gatehouse_app'",
+    )? == "1";
+    let verb = if role_exists { "ALTER" } else { "CREATE" };
+    pg.psql(
+        "postgres",
+        &format!("{verb} ROLE gatehouse_app LOGIN PASSWORD '{password}'"),
+    )?;
+    pg.psql("demo", SEED)?;
+    pg.psql(
+        "demo",
+        "GRANT ALL ON ALL TABLES IN SCHEMA public TO gatehouse_app; GRANT CREATE, USAGE ON SCHEMA public TO gatehouse_app",
+    )?;
+    Ok(password)
+}
+
+/// A CA and a server certificate for `localhost` / `127.0.0.1` in `tls/`.
+pub fn write_tls(dir: &Path) -> Result<(), CommandError> {
+    let tls = dir.join("tls");
+    if tls.join("server.key").exists() && tls.join("ca.crt").exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&tls).map_err(|e| failed(e.to_string()))?;
+    let err = |e: rcgen::Error| failed(format!("certificate: {e}"));
+    let ca_key = rcgen::KeyPair::generate().map_err(err)?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Gatehouse quickstart CA");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let ca_cert = ca_params.self_signed(&ca_key).map_err(err)?;
+    let ca_pem = ca_cert.pem();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().map_err(err)?;
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).map_err(err)?;
+    params
+        .subject_alt_names
+        .push(rcgen::SanType::IpAddress(std::net::IpAddr::from([
+            127, 0, 0, 1,
+        ])));
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "localhost");
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = params.signed_by(&key, &issuer).map_err(err)?;
+    std::fs::write(tls.join("ca.crt"), ca_pem).map_err(|e| failed(e.to_string()))?;
+    std::fs::write(tls.join("server.crt"), cert.pem()).map_err(|e| failed(e.to_string()))?;
+    write_private(&tls.join("server.key"), &key.serialize_pem())
+}
+
+const POLICY: &str = r#"# Quickstart policy (written by `gatehouse quickstart`; edit freely, then send SIGHUP to reload).
+# Rules are ordered: the first rule that matches a statement decides it; the strictest statement
+# of a multi-statement string decides the whole string.
+
+[defaults]
+default = "allow"
+masking = "pii"
+
+[[rules]]
+id = "no-drop"
+reason = "DROP and TRUNCATE are forbidden on the demo database"
+verdict = "deny"
+sql = { kinds = ["drop", "truncate"] }
+
+[[rules]]
+id = "review-delete"
+reason = "DELETE needs a human approval"
+verdict = "review"
+approvers = ["approvers"]
+approvals = 1
+timeout = "10m"
+sql = { kinds = ["delete"] }
+"#;
+
+/// Writes `policy.toml` unless it exists.
+pub fn write_policy(dir: &Path) -> Result<(), CommandError> {
+    let path = dir.join("policy.toml");
+    if !path.exists() {
+        std::fs::write(&path, POLICY).map_err(|e| failed(format!("{}: {e}", path.display())))?;
+    }
+    Ok(())
+}
+
+/// Writes `gatehouse.toml` for this run and returns its path.
+pub fn write_config(
+    dir: &Path,
+    pg_listen: &SocketAddr,
+    admin_listen: &SocketAddr,
+    upstream_port: u16,
+) -> Result<PathBuf, CommandError> {
+    let config = format!(
+        r#"# Written by `gatehouse quickstart` on each run. Paths are relative to this file.
+
+[gateway]
+data_dir = "data"
+
+[admin]
+listen = "{admin_listen}"
+tls = {{ cert = "tls/server.crt", key = "tls/server.key" }}
+operator_groups = ["approvers"]
+
+[identity.dev_issuer]
+key = "dev-issuer.key"
+
+[policy]
+file = "policy.toml"
+
+[masking]
+default_profile = "pii"
+
+[masking.profiles.pii]
+strategy = "redact"
+columns = [{{ pattern = "email" }}, {{ pattern = "card_number" }}, {{ pattern = "phone" }}]
+
+[audit]
+durability = "fsync"
+checkpoint_every_records = 100
+checkpoint_interval_ms = 1000
+
+[[listeners.postgres]]
+listen = "{pg_listen}"
+tls = {{ cert = "tls/server.crt", key = "tls/server.key" }}
+
+[[targets]]
+name = "demo"
+protocol = "postgres"
+address = "127.0.0.1:{upstream_port}"
+user = "gatehouse_app"
+database = "demo"
+password = {{ file = "secrets/demo-db-password" }}
+tls = "disable"
+tags = ["demo", "pii"]
+"#
+    );
+    let path = dir.join("gatehouse.toml");
+    std::fs::write(&path, config).map_err(|e| failed(format!("{}: {e}", path.display())))?;
+    Ok(path)
+}

@@ -1,0 +1,180 @@
+//! `gatehouse quickstart [--dir DIR]`: a complete local demo on a fresh machine — a dev issuer key,
+//! a TLS CA and certificate, a throwaway PostgreSQL seeded with a `customers` table (names, emails,
+//! card numbers, phone numbers), a policy that denies DROP/TRUNCATE, reviews DELETE and masks PII —
+//! and the gateway in the foreground, with ready-to-paste client commands. Re-running re-uses the
+//! directory (keys, database, audit log); ctrl-c stops everything and flushes the audit log.
+
+mod files;
+mod postgres;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use super::{CommandError, CommandResult};
+
+/// Arguments of `quickstart`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Where to keep keys, certificates, the database and the audit log.
+    #[arg(long, default_value = "gatehouse-quickstart")]
+    pub dir: PathBuf,
+    /// Address of the gateway's PostgreSQL listener.
+    #[arg(long, default_value = "127.0.0.1:6432")]
+    pub pg_listen: SocketAddr,
+    /// Address of the admin API (approvals, metrics, token exchange).
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    pub admin_listen: SocketAddr,
+    /// Lifetime of the printed tokens.
+    #[arg(long, default_value = "8h")]
+    pub token_ttl: String,
+}
+
+fn failed(msg: impl Into<String>) -> CommandError {
+    CommandError::Failed(msg.into())
+}
+
+/// Where the quickstart's PostgreSQL lives: inside the quickstart directory, except as root, where
+/// the `postgres` user must be able to reach it (home directories are often private).
+fn postgres_root(dir: &Path) -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in dir.as_os_str().as_encoded_bytes() {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+        }
+        std::env::temp_dir().join(format!("gatehouse-quickstart-pg-{h:016x}"))
+    } else {
+        dir.join("postgres")
+    }
+}
+
+/// Runs the command.
+pub fn run(args: Args) -> CommandResult {
+    let ttl = crate::duration::parse_duration(&args.token_ttl).map_err(CommandError::Usage)?;
+    std::fs::create_dir_all(&args.dir)
+        .map_err(|e| failed(format!("{}: {e}", args.dir.display())))?;
+    let dir = args
+        .dir
+        .canonicalize()
+        .map_err(|e| failed(format!("{}: {e}", args.dir.display())))?;
+    eprintln!("gatehouse quickstart: setting up in {}", dir.display());
+
+    let pg_root = postgres_root(&dir);
+    std::fs::create_dir_all(&pg_root).map_err(|e| failed(format!("{}: {e}", pg_root.display())))?;
+    let pg = postgres::LocalPostgres::start(&pg_root)?;
+    let db_password = files::seed_database(&dir, &pg)?;
+    files::write_tls(&dir)?;
+    files::write_policy(&dir)?;
+    let config_path = files::write_config(&dir, &args.pg_listen, &args.admin_listen, pg.port)?;
+    let _ = db_password;
+
+    let loaded = crate::config::LoadedConfig::load(&config_path)?;
+    let issuer_section = loaded
+        .config
+        .identity
+        .dev_issuer
+        .as_ref()
+        .ok_or_else(|| failed("quickstart config lacks [identity.dev_issuer]"))?;
+    let issuer = gatehouse_identity::DevIssuer::load_or_create(
+        &loaded.resolve_path(&issuer_section.key),
+        issuer_section.issuer.clone(),
+        issuer_section.audience.clone(),
+    )
+    .map_err(|e| failed(format!("dev issuer: {e}")))?;
+    let agent_token = issuer
+        .mint("agent-1", &["agents".to_string()], ttl)
+        .map_err(|e| failed(format!("minting: {e}")))?;
+    let approver_token = issuer
+        .mint("alice", &["approvers".to_string()], ttl)
+        .map_err(|e| failed(format!("minting: {e}")))?;
+
+    let runtime =
+        tokio::runtime::Runtime::new().map_err(|e| failed(format!("tokio runtime: {e}")))?;
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "gatehouse".into());
+    let data_dir = loaded.data_dir();
+    runtime.block_on(async move {
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let gateway = tokio::spawn(crate::gateway::run(loaded, Some(ready_tx)));
+        let bound = match tokio::time::timeout(Duration::from_secs(60), ready_rx).await {
+            Ok(Ok(bound)) => bound,
+            _ => {
+                return match gateway.await {
+                    Ok(Err(e)) => Err(e),
+                    _ => Err(failed("the gateway did not start")),
+                };
+            }
+        };
+        let pg_addr = bound.postgres.first().copied().unwrap_or(args.pg_listen);
+        let admin_addr = bound.admin.unwrap_or(args.admin_listen);
+        print_instructions(&Instructions {
+            exe: &exe,
+            dir: &dir,
+            data_dir: &data_dir,
+            pg_port: pg_addr.port(),
+            admin_port: admin_addr.port(),
+            agent_token: &agent_token,
+            approver_token: &approver_token,
+        });
+        match gateway.await {
+            Ok(result) => result,
+            Err(e) => Err(failed(format!("gateway task: {e}"))),
+        }
+    })?;
+    drop(pg);
+    Ok(ExitCode::SUCCESS)
+}
+
+struct Instructions<'a> {
+    exe: &'a str,
+    dir: &'a Path,
+    data_dir: &'a Path,
+    pg_port: u16,
+    admin_port: u16,
+    agent_token: &'a str,
+    approver_token: &'a str,
+}
+
+fn print_instructions(i: &Instructions<'_>) {
+    let ca = i.dir.join("tls").join("ca.crt");
+    let evidence = i.dir.join("evidence");
+    println!(
+        "\n\
+Gatehouse quickstart is running (ctrl-c to stop).\n\
+PostgreSQL target `demo` is behind the gateway on 127.0.0.1:{pg_port} (TLS; the agent never sees the\n\
+database password). Audit log: {data}\n\
+\n\
+1. As the agent (group `agents`), paste:\n\
+\n\
+PGPASSWORD='{agent}' psql \"host=localhost port={pg_port} dbname=demo user=agent sslmode=verify-full sslrootcert={ca}\"\n\
+\n\
+   then try:\n\
+     SELECT * FROM customers;             -- email, card_number and phone come back masked\n\
+     DROP TABLE customers;                -- denied by rule `no-drop` (SQLSTATE 42501)\n\
+     DELETE FROM customers WHERE id = 3;  -- waits for a human approval\n\
+\n\
+2. As the approver (group `approvers`), in another terminal:\n\
+\n\
+export GATEHOUSE_ADMIN_URL=https://localhost:{admin_port} GATEHOUSE_CA={ca} GATEHOUSE_TOKEN='{approver}'\n\
+{exe} approvals list\n\
+{exe} approvals approve <ID> --reason \"checked with the data owner\"\n\
+\n\
+3. Check the audit trail:\n\
+\n\
+{exe} audit verify {data}\n\
+{exe} evidence export --dir {data} --out {evidence}\n\
+{exe} evidence verify {evidence}\n",
+        pg_port = i.pg_port,
+        admin_port = i.admin_port,
+        data = i.data_dir.display(),
+        agent = i.agent_token,
+        approver = i.approver_token,
+        ca = ca.display(),
+        exe = i.exe,
+        evidence = evidence.display(),
+    );
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+}

@@ -1,0 +1,249 @@
+//! The quickstart's own PostgreSQL: a persistent cluster under the quickstart directory (re-used on
+//! the next run), listening on 127.0.0.1 only with SCRAM passwords. PostgreSQL refuses to run as
+//! root, so as root the server runs as the `postgres` user (`runuser`) in a directory it owns.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::commands::CommandError;
+
+fn failed(msg: impl Into<String>) -> CommandError {
+    CommandError::Failed(msg.into())
+}
+
+/// A running quickstart PostgreSQL; stopped (fast shutdown) on drop.
+pub struct LocalPostgres {
+    child: Option<Child>,
+    /// TCP port on 127.0.0.1.
+    pub port: u16,
+    /// Directory of the Unix socket (superuser access for setup).
+    pub socket_dir: PathBuf,
+    bin_dir: PathBuf,
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Finds `initdb`/`postgres`: `/usr/lib/postgresql/<major>/bin` (Debian), `pg_config`, or PATH.
+pub fn find_bin_dir() -> Result<PathBuf, CommandError> {
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let bin = e.path().join("bin");
+            let major = e.file_name().to_string_lossy().parse().unwrap_or(0);
+            bin.join("initdb").exists().then_some((major, bin))
+        })
+        .collect();
+    found.sort();
+    if let Some((_, bin)) = found.pop() {
+        return Ok(bin);
+    }
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if dir.join("initdb").exists() {
+            return Ok(dir);
+        }
+    }
+    Err(failed(
+        "PostgreSQL server binaries (initdb, postgres) not found: install the `postgresql` package \
+         (e.g. `apt-get install -y postgresql`)",
+    ))
+}
+
+fn as_server_user(bin: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin);
+        c
+    } else {
+        Command::new(bin)
+    }
+}
+
+fn chown_to_postgres(path: &Path) -> Result<(), CommandError> {
+    if !is_root() {
+        return Ok(());
+    }
+    let user = nix::unistd::User::from_name("postgres")
+        .ok()
+        .flatten()
+        .ok_or_else(|| {
+            failed("running as root needs the `postgres` system user (from the postgresql package)")
+        })?;
+    let walk = |p: &Path| nix::unistd::chown(p, Some(user.uid), Some(user.gid));
+    walk(path).map_err(|e| failed(format!("chown {}: {e}", path.display())))?;
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path)
+            .map_err(|e| failed(e.to_string()))?
+            .flatten()
+        {
+            chown_to_postgres(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), CommandError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| failed(format!("chmod {}: {e}", path.display())))
+}
+
+impl LocalPostgres {
+    /// Starts (initialising on first use) the cluster in `root`.
+    pub fn start(root: &Path) -> Result<LocalPostgres, CommandError> {
+        let bin_dir = find_bin_dir()?;
+        let data = root.join("data");
+        let socket_dir = root.join("sock");
+        std::fs::create_dir_all(&socket_dir).map_err(|e| failed(e.to_string()))?;
+        set_mode(root, 0o755)?;
+        set_mode(&socket_dir, 0o755)?;
+        if !data.join("PG_VERSION").exists() {
+            std::fs::create_dir_all(&data).map_err(|e| failed(e.to_string()))?;
+            set_mode(&data, 0o700)?;
+            chown_to_postgres(&data)?;
+            let out = as_server_user(&bin_dir.join("initdb"))
+                .arg("-D")
+                .arg(&data)
+                .args([
+                    "-U",
+                    "postgres",
+                    "-A",
+                    "trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                ])
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| failed(format!("initdb: {e}")))?;
+            if !out.status.success() {
+                return Err(failed(format!(
+                    "initdb failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )));
+            }
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\nhost all all ::1/128 scram-sha-256\n",
+            )
+            .map_err(|e| failed(e.to_string()))?;
+        }
+        chown_to_postgres(&socket_dir)?;
+        chown_to_postgres(&data)?;
+        let port = {
+            let l =
+                std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| failed(e.to_string()))?;
+            l.local_addr().map_err(|e| failed(e.to_string()))?.port()
+        };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(root.join("server.log"))
+            .map_err(|e| failed(e.to_string()))?;
+        let log2 = log.try_clone().map_err(|e| failed(e.to_string()))?;
+        let child = {
+            use std::os::unix::process::CommandExt;
+            as_server_user(&bin_dir.join("postgres"))
+                .arg("-D")
+                .arg(&data)
+                .args([
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    &format!("port={port}"),
+                ])
+                .arg("-c")
+                .arg(format!("unix_socket_directories={}", socket_dir.display()))
+                .args(["-c", "password_encryption=scram-sha-256"])
+                .stdin(Stdio::null())
+                .stdout(log)
+                .stderr(log2)
+                .process_group(0)
+                .spawn()
+                .map_err(|e| failed(format!("starting postgres: {e}")))?
+        };
+        let mut pg = LocalPostgres {
+            child: Some(child),
+            port,
+            socket_dir,
+            bin_dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if pg.psql("postgres", "SELECT 1").is_ok() {
+                return Ok(pg);
+            }
+            if let Some(c) = pg.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                let log = std::fs::read_to_string(root.join("server.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(10).collect();
+                return Err(failed(format!(
+                    "postgres exited ({status}):\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(failed("postgres did not become ready within 60 s"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Runs SQL as the superuser over the Unix socket.
+    pub fn psql(&self, db: &str, sql: &str) -> Result<String, CommandError> {
+        let psql = if self.bin_dir.join("psql").exists() {
+            self.bin_dir.join("psql")
+        } else {
+            PathBuf::from("psql")
+        };
+        let out = Command::new(psql)
+            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(&self.socket_dir)
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                db,
+                "-c",
+                sql,
+            ])
+            .env("PGCONNECT_TIMEOUT", "5")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| failed(format!("psql: {e}")))?;
+        if !out.status.success() {
+            return Err(failed(format!(
+                "psql: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+}
+
+impl Drop for LocalPostgres {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pgid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGINT);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+}
