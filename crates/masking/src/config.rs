@@ -52,7 +52,7 @@ pub enum Strategy {
 }
 
 /// One profile: which detectors run, how matches are replaced, and which fields are masked whole.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProfileConfig {
     /// Strategy for every rule that does not name its own.
@@ -77,6 +77,21 @@ pub struct ProfileConfig {
     /// Key for the keyed-hash strategy. Required when any rule uses it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hmac_key: Option<String>,
+}
+
+impl std::fmt::Debug for ProfileConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The HMAC key is a secret: show only whether it is set.
+        f.debug_struct("ProfileConfig")
+            .field("strategy", &self.strategy)
+            .field("detectors", &self.detectors)
+            .field("columns", &self.columns)
+            .field("json_paths", &self.json_paths)
+            .field("dictionaries", &self.dictionaries)
+            .field("regexes", &self.regexes)
+            .field("hmac_key", &self.hmac_key.as_ref().map(|_| "<set>"))
+            .finish()
+    }
 }
 
 /// A detector's switch: `email = false`, or a table with settings.

@@ -52,7 +52,6 @@ enum State {
 }
 
 /// Masks a JSON stream (a document, or several: JSON lines work too).
-#[derive(Debug)]
 pub struct JsonStreamMasker {
     profile: Arc<MaskingProfile>,
     field: Option<String>,
@@ -68,6 +67,18 @@ pub struct JsonStreamMasker {
     token_emitted: bool,
     findings: Vec<Finding>,
     fallback: Option<TextStreamMasker>,
+}
+
+impl std::fmt::Debug for JsonStreamMasker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token being read and the keys are unmasked input: never shown.
+        f.debug_struct("JsonStreamMasker")
+            .field("profile", &self.profile.name())
+            .field("depth", &self.frames.len())
+            .field("held", &self.tok.len())
+            .field("fell_back", &self.fallback.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl JsonStreamMasker {

@@ -26,7 +26,6 @@ pub(crate) struct Rule {
 }
 
 /// A compiled profile. Cheap to share (`Arc`); immutable.
-#[derive(Debug)]
 pub struct MaskingProfile {
     name: String,
     pub(crate) scanner: Scanner,
@@ -34,6 +33,18 @@ pub struct MaskingProfile {
     pub(crate) columns: Vec<(GlobMatcher, Rule)>,
     pub(crate) json_paths: Vec<(JsonPath, Rule)>,
     hmac_key: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for MaskingProfile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the HMAC key.
+        f.debug_struct("MaskingProfile")
+            .field("name", &self.name)
+            .field("rules", &self.rules.len())
+            .field("columns", &self.columns.len())
+            .field("json_paths", &self.json_paths.len())
+            .finish_non_exhaustive()
+    }
 }
 
 fn valid_rule_name(name: &str) -> bool {

@@ -29,7 +29,6 @@ enum Mode {
 }
 
 /// Masks a text stream chunk by chunk. See the module docs for what it promises.
-#[derive(Debug)]
 pub struct TextStreamMasker {
     profile: Arc<MaskingProfile>,
     field: Option<String>,
@@ -39,6 +38,17 @@ pub struct TextStreamMasker {
     pem_budget: Option<usize>,
     hold_max: usize,
     max_match: usize,
+}
+
+impl std::fmt::Debug for TextStreamMasker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Held bytes are not masked yet: show how many, never what.
+        f.debug_struct("TextStreamMasker")
+            .field("profile", &self.profile.name())
+            .field("held", &self.pending.len())
+            .field("offset", &self.offset)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TextStreamMasker {

@@ -111,3 +111,31 @@ fn json_context_selects_the_json_masker() {
     s.finish(&mut out);
     assert_eq!(out, br#"{"password": "[secret]", "n": 1}"#);
 }
+
+#[test]
+fn debug_output_never_shows_held_input_or_keys() {
+    let mut p = gatehouse_masking::ProfileConfig {
+        strategy: gatehouse_masking::Strategy::KeyedHash,
+        hmac_key: Some("super-secret-hmac-key".into()),
+        ..Default::default()
+    };
+    p.detectors.clear();
+    let dbg_cfg = format!("{p:?}");
+    assert!(!dbg_cfg.contains("super-secret-hmac-key"), "{dbg_cfg}");
+    let mut c = gatehouse_masking::MaskingConfig::default();
+    c.profiles.insert("default".into(), p);
+    let e = MaskingEngine::new(&c).unwrap();
+    assert!(!format!("{:?}", e.profile(None)).contains("super-secret-hmac-key"));
+    let mut s = e.text_stream(None, None);
+    let mut j = e.json_stream(None, None);
+    let mut out = Vec::new();
+    s.push(b"held: jane.doe@exam", &mut out);
+    j.push(b"{\"k\": \"jane.doe@exam", &mut out);
+    assert!(
+        out.iter().all(|&b| b != b'j'),
+        "nothing of the value was emitted"
+    );
+    for d in [format!("{s:?}"), format!("{j:?}")] {
+        assert!(!d.contains("jane") && !d.contains("106, 97"), "{d}");
+    }
+}
