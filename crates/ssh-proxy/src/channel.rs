@@ -97,10 +97,8 @@ pub(crate) async fn run_session_channel(
                 variable_name,
                 variable_value,
                 ..
-            } => {
-                if ctx.conn.proxy.config.env_allowed(&variable_name) && setup.env.len() < 64 {
-                    setup.env.push((variable_name, variable_value));
-                }
+            } if ctx.conn.proxy.config.env_allowed(&variable_name) && setup.env.len() < 64 => {
+                setup.env.push((variable_name, variable_value));
             }
             ChannelMsg::WindowChange {
                 col_width,
@@ -112,11 +110,9 @@ pub(crate) async fn run_session_channel(
                     p.rows = row_height;
                 }
             }
-            ChannelMsg::Data { data } => {
-                if setup.early_len + data.len() <= MAX_EARLY_INPUT {
-                    setup.early_len += data.len();
-                    setup.early_input.push(data);
-                }
+            ChannelMsg::Data { data } if setup.early_len + data.len() <= MAX_EARLY_INPUT => {
+                setup.early_len += data.len();
+                setup.early_input.push(data);
             }
             ChannelMsg::Eof => setup.early_eof = true,
             ChannelMsg::Exec { command, .. } => break StartRequest::Exec(command),
@@ -283,11 +279,7 @@ pub(crate) async fn run_session_channel(
     let terminal = matches!(kind, Some(RecordingKind::Terminal { .. }));
     let sink: SharedSink = Arc::new(Mutex::new(None));
     if let Some(kind) = kind {
-        match pipeline
-            .recorder
-            .open_recording(&conn.session, kind)
-            .await
-        {
+        match pipeline.recorder.open_recording(&conn.session, kind).await {
             Ok(s) => *sink.lock().await = Some(s),
             Err(e) => {
                 tracing::error!(error = %e, "could not open recording");
@@ -411,7 +403,10 @@ struct Refusal<'a> {
 impl Refusal<'_> {
     async fn line(&self, text: &str) {
         let msg = format!("{text}{}", self.newline);
-        let _ = self.to_client.extended_data_bytes(1, msg.into_bytes()).await;
+        let _ = self
+            .to_client
+            .extended_data_bytes(1, msg.into_bytes())
+            .await;
     }
 
     async fn send(&self, text: &str, status: u32) {
@@ -498,8 +493,8 @@ async fn review(
         ))
         .await;
     let outcome = {
-        let wait = approvals.wait(&ticket.id, timeout);
-        tokio::pin!(wait);
+        // A boxed future: dropping it abandons the request.
+        let mut wait = approvals.wait(&ticket.id, timeout);
         loop {
             let room = setup.early_len < MAX_EARLY_INPUT;
             tokio::select! {
@@ -1033,9 +1028,7 @@ pub(crate) async fn run_direct_tcpip(
     {
         Ok(c) => c,
         Err(_) => {
-            reply
-                .reject(russh::ChannelOpenFailure::ConnectFailed)
-                .await;
+            reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
             ctx.record_result(index, "connect failed", 0, started_at, Vec::new())
                 .await;
             return;

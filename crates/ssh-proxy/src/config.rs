@@ -132,10 +132,12 @@ impl SshProxyConfig {
 
     /// Whether a client may set environment variable `name`.
     pub fn env_allowed(&self, name: &str) -> bool {
-        self.env_allow.iter().any(|pattern| match pattern.strip_suffix('*') {
-            Some(prefix) => name.starts_with(prefix),
-            None => pattern == name,
-        })
+        self.env_allow
+            .iter()
+            .any(|pattern| match pattern.strip_suffix('*') {
+                Some(prefix) => name.starts_with(prefix),
+                None => pattern == name,
+            })
     }
 
     /// Every secret the gateway holds for SSH targets, for the egress guard: passwords, private

@@ -33,10 +33,7 @@ pub fn load_or_generate(path: &Path) -> Result<PrivateKey, SshProxyError> {
             file.write_all(text.as_bytes())
                 .map_err(|e| err(e.to_string()))?;
             if let Ok(public) = key.public_key().to_openssh() {
-                let _ = std::fs::write(
-                    path.with_extension("pub"),
-                    format!("{public} gatehouse\n"),
-                );
+                let _ = std::fs::write(path.with_extension("pub"), format!("{public} gatehouse\n"));
             }
             Ok(key)
         }

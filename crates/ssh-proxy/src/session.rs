@@ -196,7 +196,9 @@ impl ClientHandler {
     }
 
     async fn login_failed(&self, target: Option<&Target>, reason: AuthErrorKind) {
-        self.proxy().limiter.record_failure(self.conn.client_addr.ip());
+        self.proxy()
+            .limiter
+            .record_failure(self.conn.client_addr.ip());
         let body = EventBody::LoginFailed {
             client_addr: self.conn.client_addr.to_string(),
             reason,
@@ -233,7 +235,9 @@ impl ClientHandler {
             }
         };
         let (Some(name), Some(target_cfg)) = (name, target_cfg) else {
-            self.proxy().limiter.record_failure(self.conn.client_addr.ip());
+            self.proxy()
+                .limiter
+                .record_failure(self.conn.client_addr.ip());
             let body = EventBody::Error {
                 side: Side::Client,
                 message: format!("login name {user:?} names no SSH target"),
@@ -243,7 +247,9 @@ impl ClientHandler {
         };
         let login = name.login.unwrap_or_else(|| target_cfg.login.clone());
         if !target_cfg.allows_login(&login) {
-            self.proxy().limiter.record_failure(self.conn.client_addr.ip());
+            self.proxy()
+                .limiter
+                .record_failure(self.conn.client_addr.ip());
             let body = EventBody::Error {
                 side: Side::Client,
                 message: format!(
@@ -271,11 +277,10 @@ impl ClientHandler {
             return;
         };
         let target = p.target.target();
-        let upstream =
-            match upstream::connect(&self.proxy().config, &p.target, &p.login).await {
-                Ok(h) => Ok(Arc::new(h)),
-                Err(e) => Err(e),
-            };
+        let upstream = match upstream::connect(&self.proxy().config, &p.target, &p.login).await {
+            Ok(h) => Ok(Arc::new(h)),
+            Err(e) => Err(e),
+        };
         let client_version = String::from_utf8_lossy(session.remote_sshid()).into_owned();
         let start_body = EventBody::SessionStart {
             client_addr: self.conn.client_addr.to_string(),
@@ -307,7 +312,10 @@ impl ClientHandler {
                 side: Side::Upstream,
                 message: reason.trim_start_matches("gatehouse: ").to_string(),
             };
-            let _ = self.conn.record(Some(&p.identity), Some(&target), err).await;
+            let _ = self
+                .conn
+                .record(Some(&p.identity), Some(&target), err)
+                .await;
         }
         if self.proxy().config.end_session_on_identity_expiry
             && let Some(expires) = p.identity.expires_at

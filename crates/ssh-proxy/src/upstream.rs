@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex};
 use russh::client;
 use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey};
 
+use crate::SshProxyError;
 use crate::config::{SshProxyConfig, SshTargetConfig, UpstreamCredential, UpstreamHostKey};
 use crate::hostkey::fingerprint;
-use crate::SshProxyError;
 
 /// A logged-in connection to a target.
 pub(crate) type UpstreamHandle = client::Handle<UpstreamHandler>;
@@ -122,18 +122,24 @@ pub(crate) fn split_address(address: &str) -> Result<(String, u16), SshProxyErro
 pub(crate) fn load_key(credential: &UpstreamCredential) -> Result<Option<PrivateKey>, String> {
     match credential {
         UpstreamCredential::Password { .. } => Ok(None),
-        UpstreamCredential::PrivateKey { openssh } => PrivateKey::from_openssh(openssh.expose().trim())
-            .map(Some)
-            .map_err(|_| "the configured private key is not an unencrypted OpenSSH key".to_string()),
+        UpstreamCredential::PrivateKey { openssh } => {
+            PrivateKey::from_openssh(openssh.expose().trim())
+                .map(Some)
+                .map_err(|_| {
+                    "the configured private key is not an unencrypted OpenSSH key".to_string()
+                })
+        }
         UpstreamCredential::PrivateKeyFile { path } => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read private key file {}: {e}", path.display()))?;
-            PrivateKey::from_openssh(text.trim()).map(Some).map_err(|_| {
-                format!(
-                    "{} is not an unencrypted OpenSSH private key",
-                    path.display()
-                )
-            })
+            PrivateKey::from_openssh(text.trim())
+                .map(Some)
+                .map_err(|_| {
+                    format!(
+                        "{} is not an unencrypted OpenSSH private key",
+                        path.display()
+                    )
+                })
         }
     }
 }

@@ -27,7 +27,12 @@ async fn exec_output_and_exit_statuses_propagate() {
     // `login@TARGET` works for the configured login; another login is refused.
     let login = gw.sshd.user().to_string();
     let run = gw
-        .ssh_with(&["-l", &format!("{login}@{TARGET}")], "127.0.0.1", "id -un", b"")
+        .ssh_with(
+            &["-l", &format!("{login}@{TARGET}")],
+            "127.0.0.1",
+            "id -un",
+            b"",
+        )
         .await;
     assert_eq!(run.status, Some(0), "{run:?}");
     assert_eq!(run.stdout_text().trim(), login);
@@ -99,7 +104,10 @@ async fn a_100_mb_cat_arrives_intact() {
         .arg(format!("cat {}", path.display()));
     let run = run_client(&gw, cmd, b"").await;
     assert_eq!(run.status, Some(0), "{}", run.stderr);
-    assert_eq!(run.stdout.len() as u64, std::fs::metadata(&path).unwrap().len());
+    assert_eq!(
+        run.stdout.len() as u64,
+        std::fs::metadata(&path).unwrap().len()
+    );
     assert_eq!(hex::encode(Sha256::digest(&run.stdout)), expected);
 }
 
@@ -164,7 +172,12 @@ async fn reviewed_command_waits_for_approval_then_runs() {
     let approver_task = tokio::spawn(async move {
         let id = approvals.next_pending().await;
         approvals
-            .decide(&id, &approver(), ApprovalDecision::Approve, "planned restart")
+            .decide(
+                &id,
+                &approver(),
+                ApprovalDecision::Approve,
+                "planned restart",
+            )
             .await
             .unwrap();
         id
@@ -187,14 +200,23 @@ async fn reviewed_command_waits_for_approval_then_runs() {
     let denier = tokio::spawn(async move {
         let id = approvals.next_pending().await;
         approvals
-            .decide(&id, &approver(), ApprovalDecision::Deny, "not during business hours")
+            .decide(
+                &id,
+                &approver(),
+                ApprovalDecision::Deny,
+                "not during business hours",
+            )
             .await
             .unwrap();
     });
     let run = gw.ssh(&format!("{systemctl} restart x"), b"").await;
     within(LIMIT, denier).await.unwrap();
     assert_eq!(run.status, Some(126), "{run:?}");
-    assert!(run.stderr.contains("not during business hours"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("not during business hours"),
+        "{}",
+        run.stderr
+    );
     assert!(!marker.exists());
 
     let recorder = gw.shutdown().await;
@@ -223,15 +245,16 @@ async fn sftp_is_refused_by_default() {
     let mut cmd = tokio::process::Command::new("sftp");
     let mut opts = gw.ssh_options();
     opts[0] = "-P".into(); // sftp spells the port option differently
-    cmd.args(opts)
-        .arg(format!("{TARGET}@127.0.0.1"));
+    cmd.args(opts).arg(format!("{TARGET}@127.0.0.1"));
     let run = run_client(&gw, cmd, b"").await;
     assert_ne!(run.status, Some(0), "{run:?}");
     assert!(
         // OpenSSH exits at the failed request, usually before it prints the gateway's
         // explanation (sent on the channel's stderr just before the failure reply).
         run.stderr.contains("subsystem request failed")
-            || run.stderr.contains("subsystem 'sftp' denied by rule 'no-subsystems'"),
+            || run
+                .stderr
+                .contains("subsystem 'sftp' denied by rule 'no-subsystems'"),
         "{}",
         run.stderr
     );
@@ -250,7 +273,8 @@ async fn upstream_host_key_mismatch_is_refused_and_recorded() {
     let gw = start(Options {
         config: Box::new(|config, _| {
             // Pin some other key: the gateway must refuse the real one.
-            let other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+            let other =
+                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
             config.targets[0].host_key = UpstreamHostKey::PublicKey {
                 openssh: other.into(),
             };
@@ -332,14 +356,23 @@ async fn canary_the_gateways_key_never_reaches_client_or_audit() {
         let run = gw.ssh(&command, b"").await;
         let out = run.stdout_text();
         for line in &body_lines {
-            assert!(!out.contains(line), "{command}: key material reached the client");
+            assert!(
+                !out.contains(line),
+                "{command}: key material reached the client"
+            );
             assert!(!run.stderr.contains(line));
         }
         let first_hex = hex::encode(body_lines[0]);
-        assert!(!out.contains(&first_hex), "{command}: key material (hex) reached the client");
+        assert!(
+            !out.contains(&first_hex),
+            "{command}: key material (hex) reached the client"
+        );
         if command.starts_with("cat") {
             // The masker recognises a PEM private key first.
-            assert!(out.contains("[private-key]") || run.stderr.contains("output withheld"), "{out}");
+            assert!(
+                out.contains("[private-key]") || run.stderr.contains("output withheld"),
+                "{out}"
+            );
         } else {
             // Without its armour only the egress guard knows it: the output is withheld.
             assert!(
@@ -353,7 +386,10 @@ async fn canary_the_gateways_key_never_reaches_client_or_audit() {
     let recorder = gw.shutdown().await;
     let dump = recorder.dump();
     for secret in &gw_secrets_text(&key_text) {
-        assert!(!dump.contains(secret.as_str()), "key material in the audit log");
+        assert!(
+            !dump.contains(secret.as_str()),
+            "key material in the audit log"
+        );
     }
     assert!(recorder.events().iter().any(|e| matches!(
         e.body,
@@ -407,9 +443,12 @@ async fn failed_logins_are_recorded_and_rate_limited() {
             _ => None,
         })
         .collect();
-    assert!(reasons.contains(&AuthErrorKind::UnknownCredential), "{reasons:?}");
+    assert!(
+        reasons.contains(&AuthErrorKind::UnknownCredential),
+        "{reasons:?}"
+    );
     assert!(reasons.contains(&AuthErrorKind::RateLimited), "{reasons:?}");
-    assert!(!reasons.iter().any(|r| *r == AuthErrorKind::Expired));
+    assert!(!reasons.contains(&AuthErrorKind::Expired));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -424,7 +463,11 @@ async fn recorder_failure_fails_closed() {
     let marker = gw.dir.path().join("ran");
     let run = gw.ssh(&format!("touch {}", marker.display()), b"").await;
     assert_eq!(run.status, Some(255), "{run:?}");
-    assert!(run.stderr.contains("audit log is unavailable"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("audit log is unavailable"),
+        "{}",
+        run.stderr
+    );
     assert!(!marker.exists(), "a command ran unrecorded");
     gw.shutdown().await;
 }
@@ -476,12 +519,14 @@ async fn rsync_over_the_gateway_copies_a_directory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rsync_is_refused_when_no_rule_allows_it() {
     let gw = start(Options {
-        policy: Some(gatehouse_testkit::layers::FnPolicy::new(|_, _, op| match op {
-            Operation::Ssh(SshOperation::Exec(c)) if c.program() == Some("rsync") => {
-                Decision::deny("no-rsync", "file transfer is not allowed here")
-            }
-            _ => Decision::allow("default", "allowed"),
-        })),
+        policy: Some(gatehouse_testkit::layers::FnPolicy::new(
+            |_, _, op| match op {
+                Operation::Ssh(SshOperation::Exec(c)) if c.program() == Some("rsync") => {
+                    Decision::deny("no-rsync", "file transfer is not allowed here")
+                }
+                _ => Decision::allow("default", "allowed"),
+            },
+        )),
         ..Options::default()
     })
     .await;
@@ -497,7 +542,11 @@ async fn rsync_is_refused_when_no_rule_allows_it() {
         .arg(format!("{TARGET}@127.0.0.1:{}/", dst.display()));
     let run = run_client(&gw, cmd, b"").await;
     assert_ne!(run.status, Some(0));
-    assert!(run.stderr.contains("denied by rule 'no-rsync'"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("denied by rule 'no-rsync'"),
+        "{}",
+        run.stderr
+    );
     assert!(!dst.exists());
     gw.shutdown().await;
 }
@@ -512,11 +561,18 @@ async fn env_allow_list_and_several_channels_per_connection() {
         let ch = client.channel_open_session().await.unwrap();
         tasks.push(tokio::spawn(async move {
             let mut ch = ch;
-            ch.set_env(true, "LC_GATEHOUSE", format!("v{i}")).await.unwrap();
-            ch.set_env(true, "LD_PRELOAD", "/tmp/evil.so").await.unwrap();
-            ch.exec(true, format!("echo $LC_GATEHOUSE-${{LD_PRELOAD:-unset}}; exit {i}"))
+            ch.set_env(true, "LC_GATEHOUSE", format!("v{i}"))
                 .await
                 .unwrap();
+            ch.set_env(true, "LD_PRELOAD", "/tmp/evil.so")
+                .await
+                .unwrap();
+            ch.exec(
+                true,
+                format!("echo $LC_GATEHOUSE-${{LD_PRELOAD:-unset}}; exit {i}"),
+            )
+            .await
+            .unwrap();
             let mut out = Vec::new();
             let mut status = None;
             let mut replies = Vec::new();
@@ -530,7 +586,12 @@ async fn env_allow_list_and_several_channels_per_connection() {
                     _ => {}
                 }
             }
-            (i, String::from_utf8_lossy(&out).into_owned(), status, replies)
+            (
+                i,
+                String::from_utf8_lossy(&out).into_owned(),
+                status,
+                replies,
+            )
         }));
     }
     for t in tasks {
@@ -543,7 +604,9 @@ async fn env_allow_list_and_several_channels_per_connection() {
     // A plain command on a fresh channel sees the allowed variable only.
     let mut ch = client.channel_open_session().await.unwrap();
     ch.set_env(false, "LC_GATEHOUSE", "yes").await.unwrap();
-    ch.set_env(false, "LD_PRELOAD", "/tmp/evil.so").await.unwrap();
+    ch.set_env(false, "LD_PRELOAD", "/tmp/evil.so")
+        .await
+        .unwrap();
     ch.exec(true, "env").await.unwrap();
     let mut out = Vec::new();
     while let Some(msg) = within(LIMIT, ch.wait()).await {
@@ -572,9 +635,7 @@ async fn read_until(
         while !pred(&String::from_utf8_lossy(seen)) {
             match ch.wait().await {
                 Some(russh::ChannelMsg::Data { data }) => seen.extend_from_slice(&data),
-                Some(russh::ChannelMsg::ExtendedData { data, .. }) => {
-                    seen.extend_from_slice(&data)
-                }
+                Some(russh::ChannelMsg::ExtendedData { data, .. }) => seen.extend_from_slice(&data),
                 Some(_) => {}
                 None => panic!("channel ended; saw {:?}", String::from_utf8_lossy(seen)),
             }
@@ -603,7 +664,9 @@ async fn pty_shell_prompt_resize_exit_and_asciicast_replay() {
     .await;
     let client = russh_login(&gw, TARGET).await;
     let mut ch = client.channel_open_session().await.unwrap();
-    ch.request_pty(true, "xterm", 80, 24, 0, 0, &[]).await.unwrap();
+    ch.request_pty(true, "xterm", 80, 24, 0, 0, &[])
+        .await
+        .unwrap();
     ch.set_env(true, "LC_PS1_MARK", "x").await.unwrap();
     // A shell with a known prompt and no rc files, so the test can wait for it.
     ch.exec(true, "env PS1='gh-prompt> ' sh -i").await.unwrap();
@@ -637,8 +700,18 @@ async fn pty_shell_prompt_resize_exit_and_asciicast_replay() {
 
     // The recording replays as asciicast v2 with the same screen output, the input and the resize.
     let rec_dir = root.path().join("recordings");
-    let session_dir = std::fs::read_dir(&rec_dir).unwrap().next().unwrap().unwrap().path();
-    let file = std::fs::read_dir(&session_dir).unwrap().next().unwrap().unwrap().path();
+    let session_dir = std::fs::read_dir(&rec_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let file = std::fs::read_dir(&session_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let recording =
         gatehouse_recorder::recording::parse_recording(&std::fs::read(file).unwrap()).unwrap();
     assert!(matches!(

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Harness for the SSH bastion tests: a real OpenSSH sshd (testkit) as the target, the gateway on
 //! a bound loopback listener, the real `ssh` client (askpass with the token) and a russh client.
 
@@ -11,7 +12,9 @@ use std::time::Duration;
 
 use gatehouse_core::*;
 use gatehouse_masking::{EgressGuardBuilder, MaskingEngine};
-use gatehouse_ssh::{SshProxy, SshProxyConfig, SshTargetConfig, UpstreamCredential, UpstreamHostKey};
+use gatehouse_ssh::{
+    SshProxy, SshProxyConfig, SshTargetConfig, UpstreamCredential, UpstreamHostKey,
+};
 use gatehouse_testkit::layers::{FnPolicy, MemoryApprovals, MemoryRecorder, StaticAuthenticator};
 use gatehouse_testkit::sshd::{Sshd, SshdOptions};
 
@@ -69,8 +72,10 @@ pub fn test_policy() -> FnPolicy {
     })
 }
 
+pub type ConfigEdit = Box<dyn FnOnce(&mut SshProxyConfig, &Sshd)>;
+
 pub struct Options {
-    pub config: Box<dyn FnOnce(&mut SshProxyConfig, &Sshd)>,
+    pub config: ConfigEdit,
     pub recorder: Option<Arc<dyn Recorder + Send + Sync>>,
     pub authenticator: Option<StaticAuthenticator>,
     pub policy: Option<FnPolicy>,
@@ -258,7 +263,10 @@ impl Gateway {
 
     pub async fn ssh_with(&self, extra: &[&str], dest: &str, command: &str, stdin: &[u8]) -> Run {
         let mut cmd = tokio::process::Command::new("ssh");
-        cmd.args(self.ssh_options()).args(extra).arg(dest).arg(command);
+        cmd.args(self.ssh_options())
+            .args(extra)
+            .arg(dest)
+            .arg(command);
         run_client(self, cmd, stdin).await
     }
 }
