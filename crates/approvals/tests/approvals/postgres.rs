@@ -342,3 +342,94 @@ async fn verified_tls_over_tcp_with_a_scram_role() {
     let refused = within(LIMIT, config.build(None)).await;
     assert!(refused.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_and_client_reconnect_after_the_database_drops_them() {
+    let db = fresh_db("approvals_reconnect").await;
+    // Polling slowed to a minute: only a re-established LISTEN can wake the waiter in time.
+    let slow_poll = options(Duration::from_secs(60), true);
+    let a = ApprovalBroker::builder(Arc::new(
+        within(
+            LIMIT,
+            PostgresStore::connect(&db.conn_str(), slow_poll.clone()),
+        )
+        .await
+        .unwrap(),
+    ))
+    .build();
+    let b = ApprovalBroker::builder(Arc::new(
+        within(LIMIT, PostgresStore::connect(&db.conn_str(), slow_poll))
+            .await
+            .unwrap(),
+    ))
+    .build();
+    let ticket = a
+        .open(request(
+            agent(),
+            delete_users("42"),
+            requirement(1, 600_000, None),
+        ))
+        .await
+        .unwrap();
+    // The database drops every session of this database (failover, restart, admin kill).
+    let killed = db
+        .psql(&format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = '{}' AND pid <> pg_backend_pid()",
+            db.name
+        ))
+        .unwrap();
+    assert!(
+        killed.trim().parse::<u32>().unwrap() >= 4,
+        "killed {killed}"
+    );
+    // Operations fail closed while a connection is dead, then the store reconnects.
+    within(LIMIT, async {
+        while a.get(&ticket.id).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    // Wait for both listeners to be back (they show up in pg_stat_activity as LISTEN sessions).
+    within(LIMIT, async {
+        loop {
+            let listening = db
+                .psql(&format!(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND query LIKE 'LISTEN%'",
+                    db.name
+                ))
+                .unwrap();
+            if listening.trim() == "2" {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let waiter = {
+        let a = a.clone();
+        let id = ticket.id.clone();
+        tokio::spawn(async move { a.wait(&id, Duration::from_secs(120)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    within(LIMIT, async {
+        while b
+            .decide(
+                &ticket.id,
+                &person("alice", &["dba"]),
+                ApprovalDecision::Approve,
+                "after failover",
+            )
+            .await
+            .is_err()
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let outcome = within(Duration::from_secs(5), waiter)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(outcome, ApprovalOutcome::Approved { .. }));
+}
