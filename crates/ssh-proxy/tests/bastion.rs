@@ -738,3 +738,40 @@ async fn pty_shell_prompt_resize_exit_and_asciicast_replay() {
     assert!(inputs.contains("stty size\n"), "{inputs}");
     assert_eq!(resizes, ["100x40"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_expiry_ends_the_session() {
+    let mut short_lived = agent();
+    short_lived.expires_at = Some(now() + time::Duration::seconds(2));
+    let gw = start(Options {
+        authenticator: Some(
+            gatehouse_testkit::layers::StaticAuthenticator::new().with_token(TOKEN, short_lived),
+        ),
+        ..Options::default()
+    })
+    .await;
+    let client = russh_login(&gw, TARGET).await;
+    let mut ch = client.channel_open_session().await.unwrap();
+    ch.exec(true, "sleep 50").await.unwrap();
+    // The channel ends long before `sleep 50` would, because the identity expires.
+    within(Duration::from_secs(30), async {
+        while ch.wait().await.is_some() {}
+    })
+    .await;
+    within(Duration::from_secs(10), async {
+        while !client.is_closed() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let recorder = gw.shutdown().await;
+    let reasons: Vec<String> = recorder
+        .events()
+        .into_iter()
+        .filter_map(|e| match e.body {
+            EventBody::SessionEnd { reason, .. } => Some(reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reasons, ["token expired"]);
+}
