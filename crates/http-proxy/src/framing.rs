@@ -430,3 +430,58 @@ POST /d HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
         assert!(s.is_watching());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn verdicts_of(data: &[u8], cuts: &[usize]) -> Vec<(u64, String)> {
+        let v = FramingVerdicts::default();
+        let mut s = FramingScanner::new(v.clone(), 4096);
+        let mut start = 0;
+        for &c in cuts {
+            let end = c.min(data.len()).max(start);
+            s.observe(&data[start..end]);
+            start = end;
+        }
+        s.observe(&data[start..]);
+        let mut out: Vec<_> = v.0.lock().unwrap().drain().collect();
+        out.sort();
+        out
+    }
+
+    fn http_like() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            Just(b"POST / HTTP/1.1\r\n".to_vec()),
+            Just(b"GET /x HTTP/1.1\r\n".to_vec()),
+            Just(b"Content-Length: 3\r\n".to_vec()),
+            Just(b"Content-Length: 5\r\n".to_vec()),
+            Just(b"Transfer-Encoding: chunked\r\n".to_vec()),
+            Just(b"Upgrade: websocket\r\n".to_vec()),
+            Just(b"\r\n".to_vec()),
+            Just(b"3\r\nabc\r\n".to_vec()),
+            Just(b"0\r\n\r\n".to_vec()),
+            proptest::collection::vec(any::<u8>(), 0..8),
+        ];
+        proptest::collection::vec(piece, 0..24).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        /// Hostile bytes never panic the scanner, and how the bytes are cut into reads never
+        /// changes a verdict.
+        #[test]
+        fn chunking_never_changes_verdicts(
+            data in http_like(),
+            mut cuts in proptest::collection::vec(0usize..600, 0..12),
+        ) {
+            cuts.sort_unstable();
+            prop_assert_eq!(verdicts_of(&data, &[]), verdicts_of(&data, &cuts));
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = verdicts_of(&data, &[7, 64, 500]);
+        }
+    }
+}

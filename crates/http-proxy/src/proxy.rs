@@ -262,8 +262,10 @@ pub(crate) struct SessionState {
     pub(crate) identity: Identity,
     token_hash: [u8; 32],
     verified_at: Instant,
-    next_index: AtomicU64,
-    pub(crate) recording: Mutex<Option<Box<dyn RecordingSink>>>,
+    /// Shared with a re-verified successor of this state, so in-flight requests count and
+    /// record into the same session.
+    next_index: Arc<AtomicU64>,
+    pub(crate) recording: Arc<Mutex<Option<Box<dyn RecordingSink>>>>,
 }
 
 impl SessionState {
@@ -395,8 +397,8 @@ impl ConnCtx {
                 identity,
                 token_hash,
                 verified_at: Instant::now(),
-                next_index: AtomicU64::new(s.next_index.load(Ordering::Relaxed)),
-                recording: Mutex::new(s.recording.lock().await.take()),
+                next_index: s.next_index.clone(),
+                recording: s.recording.clone(),
             });
             *slot = Some(renewed.clone());
             return Ok(renewed);
@@ -429,8 +431,8 @@ impl ConnCtx {
             identity,
             token_hash,
             verified_at: Instant::now(),
-            next_index: AtomicU64::new(0),
-            recording: Mutex::new(Some(sink)),
+            next_index: Arc::new(AtomicU64::new(0)),
+            recording: Arc::new(Mutex::new(Some(sink))),
         });
         *slot = Some(state.clone());
         Ok(state)

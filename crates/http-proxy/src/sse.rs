@@ -254,3 +254,57 @@ mod tests {
         assert_eq!(run(&[b"data\ndata\n\n"]), "data: \ndata: \n\n");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn run(masker: &dyn Masker, data: &[u8], cuts: &[usize]) -> Vec<u8> {
+        let mut m = SseMasker::new(None);
+        let mut out = Vec::new();
+        let mut start = 0;
+        for &c in cuts {
+            let end = c.min(data.len()).max(start);
+            m.push(masker, &data[start..end], &mut out);
+            start = end;
+        }
+        m.push(masker, &data[start..], &mut out);
+        m.finish(masker, &mut out);
+        out
+    }
+
+    fn event_stream() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            Just(b"data: ".to_vec()),
+            Just(b"event: update\n".to_vec()),
+            Just(b"id: 7\r\n".to_vec()),
+            Just(b": comment\n".to_vec()),
+            Just(b" jane@example.com ".to_vec()),
+            Just(b"{\"email\": \"bob@example.org\"}".to_vec()),
+            Just(b" 4111 1111 1111 1111 ".to_vec()),
+            Just(b"\n".to_vec()),
+            Just(b"\r".to_vec()),
+            Just(b"\n\n".to_vec()),
+            "[a-z ]{0,12}".prop_map(String::into_bytes),
+        ];
+        proptest::collection::vec(piece, 0..40).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        /// The real masker, any chunking: same output, and no e-mail address survives.
+        #[test]
+        fn chunking_invariant_and_masked(
+            data in event_stream(),
+            mut cuts in proptest::collection::vec(0usize..800, 0..10),
+        ) {
+            cuts.sort_unstable();
+            let engine = gatehouse_masking::MaskingEngine::with_defaults().unwrap();
+            let whole = run(&engine, &data, &[]);
+            prop_assert_eq!(&whole, &run(&engine, &data, &cuts));
+            let text = String::from_utf8_lossy(&whole);
+            prop_assert!(!text.contains("jane@example.com"), "{}", text);
+            prop_assert!(!text.contains("bob@example.org"), "{}", text);
+        }
+    }
+}
