@@ -633,8 +633,10 @@ impl Writer {
             self.head = hash;
         }
         let pending = self.since_checkpoint + appends.len() as u64;
-        let checkpoint = (pending >= self.config.checkpoint_every_records)
-            .then(|| self.encode_checkpoint(&mut buf));
+        // By count, or by time even under a steady load that never lets the queue time out.
+        let due = pending >= self.config.checkpoint_every_records
+            || self.last_checkpoint.elapsed() >= self.config.checkpoint_interval;
+        let checkpoint = due.then(|| self.encode_checkpoint(&mut buf));
         match self.write(&buf, self.sync_level()) {
             Ok(()) => {
                 for ((_, reply), receipt) in appends.drain(..).zip(receipts) {

@@ -16,7 +16,9 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{Checkpoint, RetentionCut, SignatureProblem, TrustedKeys};
-use crate::format::{self, GENESIS, RecordKind, SCHEMA_VERSION, hex32, parse_line};
+use crate::format::{
+    self, GENESIS, LineError, ParsedLine, RecordKind, SCHEMA_VERSION, hex32, parse_line,
+};
 use crate::log::RecoveryCut;
 
 /// One stored segment: its name (which orders it) and its bytes.
@@ -47,6 +49,9 @@ pub struct VerifyOptions {
     /// Also check that every line is well-formed JSON (costs some speed; the hash chain does not
     /// need it).
     pub check_json: bool,
+    /// Threads hashing lines in parallel (0: one per CPU). Links and signatures are checked in
+    /// order afterwards; the result does not depend on this.
+    pub threads: usize,
 }
 
 impl Default for VerifyOptions {
@@ -55,6 +60,7 @@ impl Default for VerifyOptions {
             keys: TrustedKeys::new(),
             witnesses: Vec::new(),
             check_json: true,
+            threads: 0,
         }
     }
 }
@@ -172,6 +178,49 @@ impl VerifyReport {
     pub fn first_problem(&self) -> Option<&Problem> {
         self.logs.iter().find_map(|l| l.problem.as_ref())
     }
+}
+
+/// Lines hashed per parallel block (bounds the memory of parsed lines).
+const BLOCK_LINES: usize = 1 << 16;
+
+type CheckedLine<'a> = (Result<ParsedLine<'a>, LineError>, bool);
+
+fn check_one(line: &[u8], check_json: bool) -> CheckedLine<'_> {
+    let parsed = parse_line(line);
+    let json_ok = !check_json || serde_json::from_slice::<serde::de::IgnoredAny>(line).is_ok();
+    (parsed, json_ok)
+}
+
+/// Parses and hashes `lines` (the expensive, independent part of verification) on up to
+/// `threads` threads, returning one result per line, in order.
+fn check_lines<'a>(lines: &[&'a [u8]], threads: usize, check_json: bool) -> Vec<CheckedLine<'a>> {
+    if threads <= 1 || lines.len() < 2048 {
+        return lines.iter().map(|l| check_one(l, check_json)).collect();
+    }
+    let per = lines.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = lines
+            .chunks(per)
+            .map(|chunk| {
+                let handle = scope.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|l| check_one(l, check_json))
+                        .collect::<Vec<_>>()
+                });
+                (chunk.len(), handle)
+            })
+            .collect();
+        let mut out = Vec::with_capacity(lines.len());
+        for (len, handle) in handles {
+            match handle.join() {
+                Ok(v) if v.len() == len => out.extend(v),
+                // Never expected; but a lost result must never read as a good line.
+                _ => out.extend((0..len).map(|_| (Err(LineError::BadPrefix), false))),
+            }
+        }
+        out
+    })
 }
 
 /// Verifies a set of logs.
@@ -298,36 +347,62 @@ impl<'o> ChainVerifier<'o> {
         }
         self.verdict.segments += 1;
         self.last_segment = name.to_owned();
+        let mut lines: Vec<&[u8]> = Vec::new();
         let mut pos = 0usize;
-        let mut line_no = 0u64;
+        let mut torn: Option<usize> = None;
         while pos < bytes.len() {
-            line_no += 1;
             let rest = bytes.get(pos..).unwrap_or_default();
-            let Some(nl) = memchr::memchr(b'\n', rest) else {
-                let kind = if is_last {
-                    ProblemKind::TornTail
-                } else {
-                    ProblemKind::Malformed
-                };
-                return self.fail(
-                    kind,
-                    name,
-                    line_no,
-                    self.expected_sequence,
-                    format!("{} bytes after the last complete line", rest.len()),
-                );
-            };
-            let line = rest.get(..nl).unwrap_or_default();
-            pos += nl + 1;
-            if !self.line(name, line_no, line) {
-                return false;
+            match memchr::memchr(b'\n', rest) {
+                Some(nl) => {
+                    lines.push(rest.get(..nl).unwrap_or_default());
+                    pos += nl + 1;
+                }
+                None => {
+                    torn = Some(rest.len());
+                    break;
+                }
             }
+        }
+        let threads = match self.options.threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
+        let mut line_no = 0u64;
+        for block in lines.chunks(BLOCK_LINES) {
+            let checked = check_lines(block, threads, self.options.check_json);
+            for (line, (parsed, json_ok)) in block.iter().zip(checked) {
+                line_no += 1;
+                if !self.line(name, line_no, line, parsed, json_ok) {
+                    return false;
+                }
+            }
+        }
+        if let Some(n) = torn {
+            let kind = if is_last {
+                ProblemKind::TornTail
+            } else {
+                ProblemKind::Malformed
+            };
+            return self.fail(
+                kind,
+                name,
+                line_no + 1,
+                self.expected_sequence,
+                format!("{n} bytes after the last complete line"),
+            );
         }
         true
     }
 
-    fn line(&mut self, segment: &str, line_no: u64, line: &[u8]) -> bool {
-        let p = match parse_line(line) {
+    fn line(
+        &mut self,
+        segment: &str,
+        line_no: u64,
+        line: &[u8],
+        parsed: Result<ParsedLine<'_>, LineError>,
+        json_ok: bool,
+    ) -> bool {
+        let p = match parsed {
             Ok(p) => p,
             Err(e) => {
                 let seq = self.expected_sequence;
@@ -385,8 +460,7 @@ impl<'o> ChainVerifier<'o> {
                 self.verdict.first_sequence = Some(p.sequence);
             }
         }
-        if self.options.check_json && serde_json::from_slice::<serde::de::IgnoredAny>(line).is_err()
-        {
+        if !json_ok {
             return self.fail(
                 ProblemKind::Malformed,
                 segment,

@@ -498,3 +498,38 @@ async fn the_egress_guard_refuses_records_with_held_secrets() {
     )));
     assert!(gatehouse_recorder::verify(&logs, &options()).ok());
 }
+
+#[tokio::test]
+async fn checkpoints_also_come_by_time() {
+    // Under load: with a zero interval every group commit carries a checkpoint.
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(LOG);
+    c.checkpoint_interval = std::time::Duration::ZERO;
+    let log = open_log(dir.path(), c).await;
+    let s = SessionId::generate();
+    for i in 0..3 {
+        log.append(&sql_event(&s, i, "select 1")).await.unwrap();
+    }
+    let data = load(dir.path(), LOG);
+    assert_eq!(verify_log(&data, &options()).checkpoints, 3);
+    drop(log);
+
+    // Idle: a pending record gets its checkpoint from the timer, without further appends.
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(LOG);
+    c.checkpoint_interval = std::time::Duration::from_millis(20);
+    let log = open_log(dir.path(), c).await;
+    let r = log.append(&sql_event(&s, 0, "select 1")).await.unwrap();
+    let cp = within(10, async {
+        loop {
+            if let Some(cp) = log.latest_checkpoint() {
+                return cp;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(cp.sequence, r.sequence);
+    assert_eq!(cp.head, r.hash);
+    log.close().await.unwrap();
+}

@@ -11,3 +11,4 @@ mod durability;
 mod object_store;
 mod recordings;
 mod tamper;
+mod witness;

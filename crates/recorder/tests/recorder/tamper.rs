@@ -412,3 +412,47 @@ async fn verify_a_million_records() {
         v.records as f64 / took.as_secs_f64()
     );
 }
+
+#[tokio::test]
+async fn parallel_and_sequential_verification_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(LOG);
+    c.durability = gatehouse_recorder::Durability::OsWrite;
+    c.checkpoint_every_records = 1000;
+    write_log(dir.path(), c, 6000).await;
+    let data = load(dir.path(), LOG);
+    let mut l = lines(&data);
+    let text = String::from_utf8(l[4321].1.clone()).unwrap();
+    l[4321].1 = text.replace("from orders", "from orderz").into_bytes();
+    let bad = rebuild(&data, &l);
+    for log in [&data, &bad] {
+        let one = verify_log(
+            log,
+            &VerifyOptions {
+                threads: 1,
+                ..options()
+            },
+        );
+        let two = verify_log(
+            log,
+            &VerifyOptions {
+                threads: 2,
+                ..options()
+            },
+        );
+        let four = verify_log(
+            log,
+            &VerifyOptions {
+                threads: 4,
+                ..options()
+            },
+        );
+        assert_eq!(one, two);
+        assert_eq!(one, four);
+    }
+    assert!(verify_log(&data, &options()).ok());
+    assert_eq!(
+        verify_log(&bad, &options()).problem.unwrap().sequence,
+        Some(seq_of(&l[4321].1))
+    );
+}
