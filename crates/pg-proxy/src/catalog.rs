@@ -19,13 +19,15 @@ use crate::wire::{self, ColumnDesc, ErrorFields};
 /// Column → qualified source names (its own name first, then base columns behind views).
 type Cache = HashMap<(u32, i16), Vec<String>>;
 
+/// Relation name as written in SQL → its columns (table OID, attnum, name).
+type Relations = HashMap<String, Vec<(u32, i16, String)>>;
+
 /// Lookups for one target.
 pub(crate) struct Catalog {
     upstream: UpstreamConfig,
     conn: tokio::sync::Mutex<Option<FrameReader<BoxStream>>>,
     cache: Mutex<Cache>,
-    /// Relation name as written in SQL → its columns (oid, attnum, name).
-    relations: Mutex<HashMap<String, Vec<(u32, i16, String)>>>,
+    relations: Mutex<Relations>,
 }
 
 impl std::fmt::Debug for Catalog {

@@ -320,7 +320,7 @@ mod tests {
     fn rejects_lengths_below_four_and_negative() {
         for len in [0i32, 1, 3, -1, i32::MIN] {
             let mut buf = BytesMut::new();
-            buf.extend_from_slice(&[b'p']);
+            buf.extend_from_slice(b"p");
             buf.extend_from_slice(&len.to_be_bytes());
             assert!(matches!(
                 decode_frame(&mut buf, 1024),
@@ -332,7 +332,7 @@ mod tests {
     #[test]
     fn rejects_a_two_gigabyte_length_prefix_before_buffering_it() {
         let mut buf = BytesMut::new();
-        buf.extend_from_slice(&[b'Q']);
+        buf.extend_from_slice(b"Q");
         buf.extend_from_slice(&0x7fff_fff0_i32.to_be_bytes());
         assert_eq!(
             decode_frame(&mut buf, 1 << 20),

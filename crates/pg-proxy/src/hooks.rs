@@ -49,7 +49,14 @@ pub trait PgHooks: Send + Sync {
     /// before [`gatehouse_core::Masker::plan`] sees them.
     fn on_row_description(&self, _session: &SessionContext, _fields: &mut [FieldDesc]) {}
 
-    /// For each row, after masking: the values exactly as the client will receive them.
+    /// Whether [`PgHooks::on_data_row`] should be called. Off by default: observing rows costs
+    /// a second walk over each one.
+    fn wants_data_rows(&self) -> bool {
+        false
+    }
+
+    /// For each row, after masking: the values exactly as the client will receive them. Called
+    /// only when [`PgHooks::wants_data_rows`] is true.
     fn on_data_row(&self, _session: &SessionContext, _values: &[Option<&[u8]>]) {}
 
     /// When the session ends, with the reason recorded in `SessionEnd`.

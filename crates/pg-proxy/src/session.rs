@@ -700,10 +700,10 @@ impl Frontend {
                 self.fatal(&err).await;
                 return format!("{:?} error: {err}", err.side());
             }
-            if self.out.len() > 64 * 1024 || !self.reader.has_buffered_frame() {
-                if let Err(e) = self.flush().await {
-                    return format!("upstream write failed: {e}");
-                }
+            if (self.out.len() > 64 * 1024 || !self.reader.has_buffered_frame())
+                && let Err(e) = self.flush().await
+            {
+                return format!("upstream write failed: {e}");
             }
             if terminate {
                 return "client closed".into();
@@ -1407,8 +1407,10 @@ impl Backend {
                 self.fatal(&err).await;
                 break Some(format!("{:?} error: {err}", err.side()));
             }
-            if self.out.len() > 64 * 1024 || !self.reader.has_buffered_frame() {
-                if let Err(err) = self.flush().await {
+            if (self.out.len() > 64 * 1024 || !self.reader.has_buffered_frame())
+                && let Err(err) = self.flush().await
+            {
+                {
                     if matches!(err, PgProxyError::EgressBlocked) {
                         self.fatal(&err).await;
                     }
@@ -1689,8 +1691,10 @@ impl Backend {
     }
 
     fn ensure_running(&mut self) {
-        if self.running.is_none() {
-            if let Some(ctx) = self.running_ctx() {
+        if self.running.is_none()
+            && let Some(ctx) = self.running_ctx()
+        {
+            {
                 let plan = {
                     let q = lock(&self.shared.expect);
                     match q.front() {
@@ -1894,24 +1898,28 @@ impl Backend {
         running.bytes_out += (self.out.len() - before) as u64;
         let room = MAX_FINDINGS_PER_STATEMENT.saturating_sub(running.findings.len());
         running.findings.extend(findings.into_iter().take(room));
-        if running.recorded.len() < self.proxy.config.limits.recording_rows_per_statement {
-            if let Some(sent) = self.out.get(before + 5..) {
-                if let Ok(values) = wire::parse_data_row(&Bytes::copy_from_slice(sent)) {
-                    let hooks_view: Vec<Option<&[u8]>> =
-                        values.iter().map(|v| v.as_deref()).collect();
-                    self.proxy.hooks.on_data_row(&self.ctx, &hooks_view);
-                    running.recorded.push(serde_json::Value::Array(
-                        values
-                            .iter()
-                            .map(|v| match v {
-                                Some(b) => serde_json::Value::String(
-                                    String::from_utf8_lossy(b).into_owned(),
-                                ),
-                                None => serde_json::Value::Null,
-                            })
-                            .collect(),
-                    ));
-                }
+        let record = running.recorded.len() < self.proxy.config.limits.recording_rows_per_statement;
+        let observe = self.proxy.hooks.wants_data_rows();
+        if (record || observe)
+            && let Some(sent) = self.out.get(before + 5..)
+            && let Ok(values) = wire::parse_data_row(&Bytes::copy_from_slice(sent))
+        {
+            if observe {
+                let view: Vec<Option<&[u8]>> = values.iter().map(|v| v.as_deref()).collect();
+                self.proxy.hooks.on_data_row(&self.ctx, &view);
+            }
+            if record {
+                running.recorded.push(serde_json::Value::Array(
+                    values
+                        .iter()
+                        .map(|v| match v {
+                            Some(b) => {
+                                serde_json::Value::String(String::from_utf8_lossy(b).into_owned())
+                            }
+                            None => serde_json::Value::Null,
+                        })
+                        .collect(),
+                ));
             }
         }
         Ok(())

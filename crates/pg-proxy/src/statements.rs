@@ -385,8 +385,7 @@ fn prev_word_is_begin(text: &str, i: usize) -> bool {
     let before = text[..i].trim_end();
     before.len() >= 5
         && before[before.len() - 5..].eq_ignore_ascii_case("begin")
-        && !before[..before.len() - 5]
-            .as_bytes()
+        && !before.as_bytes()[..before.len() - 5]
             .last()
             .is_some_and(|&c| is_ident_byte(c))
 }

@@ -62,7 +62,11 @@ async fn bad_token_is_28p01_with_the_reason_and_never_the_token() {
     gatehouse_testkit::within(T, async {
         let h = start(Options::default()).await;
         let bad = "not-a-valid-token-0xdeadbeef";
-        let err = h.try_connect(bad).await.err().expect("refused");
+        let err = h
+            .try_connect(bad)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("refused"));
         let (code, msg) = db_error(&err);
         assert_eq!(code, "28P01");
         assert!(msg.contains("unknown or revoked key"), "{msg}");
@@ -118,42 +122,37 @@ async fn plaintext_password_without_tls_is_refused_unless_allowed() {
 async fn identity_provider_down_fails_closed() {
     gatehouse_testkit::within(T, async {
         let h = start(Options::default()).await;
-        // The authenticator is inside the pipeline; a fresh one that is unavailable:
+        // A second listener on the same target whose identity provider is down.
         let auth = gatehouse_testkit::layers::StaticAuthenticator::new();
         auth.set_unavailable(true);
         let mut pipeline = h.tp.pipeline.clone();
         pipeline.authenticator = std::sync::Arc::new(auth);
-        let mut config = gatehouse_pg::PgProxyConfig::new([]);
-        config.allow_plaintext_password = true;
-        // Reuse the harness's target by connecting to a second proxy with the same target.
-        let _ = config;
-        let err = {
-            let cluster = gatehouse_testkit::pg::PgCluster::shared();
-            let upstream = gatehouse_pg::UpstreamConfig {
-                address: gatehouse_pg::UpstreamAddress::Tcp {
-                    host: "127.0.0.1".into(),
-                    port: cluster.port(),
-                },
-                user: h.role.clone(),
-                database: h.db.name.clone(),
-                password: Some(gatehouse_pg::Secret::new(h.password.clone())),
-                tls: gatehouse_pg::UpstreamTls::Disable,
-                connect_timeout: std::time::Duration::from_secs(5),
-            };
-            let mut config = gatehouse_pg::PgProxyConfig::new([gatehouse_pg::PgTarget {
-                target: gatehouse_core::Target::new("app", gatehouse_core::Protocol::Postgres),
-                upstream,
-            }]);
-            config.allow_plaintext_password = true;
-            let proxy = gatehouse_pg::PgProxy::new(config, pipeline);
-            let listener = gatehouse_testkit::net::bind_loopback_tokio().await;
-            let port = listener.local_addr().unwrap().port();
-            let task = tokio::spawn(proxy.serve(listener));
-            let s = format!("host=127.0.0.1 port={port} user=agent dbname=app password={TOKEN}");
-            let r = tokio_postgres::connect(&s, tokio_postgres::NoTls).await;
-            task.abort();
-            r.err().unwrap()
+        let upstream = gatehouse_pg::UpstreamConfig {
+            address: gatehouse_pg::UpstreamAddress::Tcp {
+                host: "127.0.0.1".into(),
+                port: gatehouse_testkit::pg::PgCluster::shared().port(),
+            },
+            user: h.role.clone(),
+            database: h.db.name.clone(),
+            password: Some(gatehouse_pg::Secret::new(h.password.clone())),
+            tls: gatehouse_pg::UpstreamTls::Disable,
+            connect_timeout: std::time::Duration::from_secs(5),
         };
+        let mut config = gatehouse_pg::PgProxyConfig::new([gatehouse_pg::PgTarget {
+            target: gatehouse_core::Target::new("app", gatehouse_core::Protocol::Postgres),
+            upstream,
+        }]);
+        config.allow_plaintext_password = true;
+        let proxy = gatehouse_pg::PgProxy::new(config, pipeline);
+        let listener = gatehouse_testkit::net::bind_loopback_tokio().await;
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(proxy.serve(listener));
+        let s = format!("host=127.0.0.1 port={port} user=agent dbname=app password={TOKEN}");
+        let err = tokio_postgres::connect(&s, tokio_postgres::NoTls)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("refused"));
+        task.abort();
         let (code, msg) = db_error(&err);
         assert_eq!(code, "28P01");
         assert!(msg.contains("identity provider unavailable"), "{msg}");
@@ -166,7 +165,11 @@ async fn recorder_down_at_start_refuses_the_session() {
     gatehouse_testkit::within(T, async {
         let h = start(Options::default()).await;
         h.tp.recorder.set_failing(true);
-        let err = h.try_connect(TOKEN).await.err().expect("refused");
+        let err = h
+            .try_connect(TOKEN)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("refused"));
         let (code, _) = db_error(&err);
         assert_eq!(code, "58030");
     })

@@ -72,9 +72,7 @@ async fn logged_in(port: u16) -> (TcpStream, Vec<u8>) {
 }
 
 fn error_code(bytes: &[u8]) -> Option<String> {
-    let at = bytes
-        .windows(2)
-        .position(|w| w == b"\0C" || (w[0] == b'E' && false))?;
+    let at = bytes.windows(2).position(|w| w == b"\0C")?;
     let rest = &bytes[at + 2..];
     let end = rest.iter().position(|&b| b == 0)?;
     Some(String::from_utf8_lossy(&rest[..end]).into_owned())

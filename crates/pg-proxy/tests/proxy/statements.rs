@@ -43,9 +43,9 @@ async fn extended_protocol_prepared_binary_and_pipelined() {
         assert_eq!(b.unwrap().get::<_, &str>(1), "pear");
         assert_eq!(d.unwrap().len(), 2);
         // Unnamed statements with parameters, many times.
-        for i in 0..20 {
+        for i in 0..20i64 {
             let n: i64 = c
-                .query_one("select $1::int8 + 1", &[&(i as i64)])
+                .query_one("select $1::int8 + 1", &[&i])
                 .await
                 .unwrap()
                 .get(0);
@@ -66,7 +66,7 @@ async fn denied_statement_in_a_transaction_does_not_commit_earlier_work() {
             )
             .await
             .err()
-            .expect("denied");
+            .unwrap_or_else(|| panic!("denied"));
         let (code, msg) = db_error(&err);
         assert_eq!(code, "42501");
         assert!(msg.contains("no-ddl"), "{msg}");
