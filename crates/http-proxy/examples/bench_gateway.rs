@@ -1,0 +1,85 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! A gateway for the whole-system benchmark (`benches/http/run.sh`): the real layers — dev-issuer
+//! JWT verification, a policy, the default JSON masking profile, the egress guard and the audit
+//! recorder (group-committed fsync) — in front of one upstream.
+//!
+//! Usage: `bench_gateway <listen addr> <upstream url> <state dir>`; writes a fresh JWT to
+//! `<state dir>/token` and serves until killed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gatehouse_core::{Decision, Pipeline};
+use gatehouse_http::{HttpProxy, HttpProxyConfig, HttpTargetConfig, InjectedCredential};
+use gatehouse_identity::{DevIssuer, OidcAuthenticator};
+use gatehouse_masking::{EgressGuardBuilder, MaskingEngine};
+use gatehouse_recorder::{AuditRecorder, CheckpointSigner, RecorderConfig};
+use gatehouse_testkit::layers::{FnPolicy, MemoryApprovals};
+
+const SECRET: &str = "bench-upstream-secret-4c1d9e";
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let (listen, upstream, dir) = match args.as_slice() {
+        [_, l, u, d] => (l.clone(), u.clone(), std::path::PathBuf::from(d)),
+        _ => {
+            eprintln!("usage: bench_gateway <listen addr> <upstream url> <state dir>");
+            std::process::exit(2);
+        }
+    };
+    std::fs::create_dir_all(&dir).unwrap();
+    let issuer = DevIssuer::load_or_create(&dir.join("dev-issuer.pem"), "https://bench.local", "gatehouse")
+        .unwrap();
+    let token = issuer
+        .mint("bench-agent", &["agents".to_string()], Duration::from_secs(3600))
+        .unwrap();
+    std::fs::write(dir.join("token"), &token).unwrap();
+    let authenticator = OidcAuthenticator::new(vec![issuer.provider_config().unwrap()]).unwrap();
+
+    let config = HttpProxyConfig::with_targets(vec![HttpTargetConfig {
+        name: "bench".into(),
+        tags: vec![],
+        host: None,
+        path_prefix: Some("/".into()),
+        upstream,
+        ca_file: None,
+        credential: Some(InjectedCredential::Bearer {
+            secret: SECRET.into(),
+        }),
+    }]);
+    let mut egress = EgressGuardBuilder::new();
+    for s in config.held_secrets() {
+        egress.add_secret(s.as_bytes()).unwrap();
+    }
+    let egress = Arc::new(egress.build().unwrap());
+    let recorder = AuditRecorder::open(
+        &dir.join("audit"),
+        RecorderConfig::new("bench"),
+        CheckpointSigner::generate().unwrap(),
+        Some(egress.clone()),
+    )
+    .await
+    .unwrap();
+    let policy = FnPolicy::new(|_, _, op| match op {
+        gatehouse_core::Operation::Http(h) if h.path.starts_with("/admin") => {
+            Decision::deny("no-admin", "admin is off limits")
+        }
+        _ => Decision::allow("default", "allowed"),
+    });
+    let pipeline = Pipeline {
+        authenticator: Arc::new(authenticator),
+        policy: Arc::new(policy),
+        approvals: Arc::new(MemoryApprovals::new()),
+        masker: Arc::new(MaskingEngine::with_defaults().unwrap()),
+        egress,
+        recorder: Arc::new(recorder),
+    };
+    let proxy = HttpProxy::new(config, pipeline).unwrap();
+    let listener = tokio::net::TcpListener::bind(&listen).await.unwrap();
+    eprintln!("bench gateway on {listen}");
+    proxy
+        .serve(listener, None, std::future::pending())
+        .await
+        .unwrap();
+}
