@@ -370,9 +370,9 @@ impl<'o> ChainVerifier<'o> {
         let mut line_no = 0u64;
         for block in lines.chunks(BLOCK_LINES) {
             let checked = check_lines(block, threads, self.options.check_json);
-            for (line, (parsed, json_ok)) in block.iter().zip(checked) {
+            for (parsed, json_ok) in checked {
                 line_no += 1;
-                if !self.line(name, line_no, line, parsed, json_ok) {
+                if !self.line(name, line_no, parsed, json_ok) {
                     return false;
                 }
             }
@@ -398,7 +398,6 @@ impl<'o> ChainVerifier<'o> {
         &mut self,
         segment: &str,
         line_no: u64,
-        line: &[u8],
         parsed: Result<ParsedLine<'_>, LineError>,
         json_ok: bool,
     ) -> bool {
