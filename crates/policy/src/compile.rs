@@ -36,10 +36,13 @@ pub(crate) fn compile(text: &str, file: &str) -> Result<CompiledPolicy, PolicyEr
         line,
         message,
     };
-    if let Some(v) = parsed.version {
-        if v != 1 {
-            return Err(invalid(1, format!("unsupported policy version {v} (expected 1)")));
-        }
+    if let Some(v) = parsed.version
+        && v != 1
+    {
+        return Err(invalid(
+            1,
+            format!("unsupported policy version {v} (expected 1)"),
+        ));
     }
 
     let d = parsed.defaults.verdicts();
@@ -129,7 +132,9 @@ fn review_requirement(
         return Err("approvals must be at least 1".into());
     }
     Ok(ReviewRequirement {
-        approver_groups: approvers.cloned().unwrap_or_else(|| base.approver_groups.clone()),
+        approver_groups: approvers
+            .cloned()
+            .unwrap_or_else(|| base.approver_groups.clone()),
         approvals_required,
         timeout_ms: match timeout {
             Some(t) => t.to_millis()?,
@@ -154,7 +159,10 @@ fn protocol(name: &str) -> Result<Protocol, String> {
     }
 }
 
-fn non_empty<'a>(field: &str, list: &'a Option<Vec<String>>) -> Result<Option<&'a Vec<String>>, String> {
+fn non_empty<'a>(
+    field: &str,
+    list: &'a Option<Vec<String>>,
+) -> Result<Option<&'a Vec<String>>, String> {
     match list {
         Some(l) if l.is_empty() => Err(format!(
             "{field} is an empty list: it would never match; remove it or list something"
@@ -184,12 +192,18 @@ fn compile_rule(
             default_review,
         )?)
     } else if has_review_fields {
-        return Err("approvers/approvals/timeout/grant_window only apply to verdict = \"review\"".into());
+        return Err(
+            "approvers/approvals/timeout/grant_window only apply to verdict = \"review\"".into(),
+        );
     } else {
         None
     };
     let protocols = match non_empty("protocols", &r.protocols)? {
-        Some(list) => Some(list.iter().map(|p| protocol(p)).collect::<Result<Vec<_>, _>>()?),
+        Some(list) => Some(
+            list.iter()
+                .map(|p| protocol(p))
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
         None => None,
     };
     let targets = non_empty("targets", &r.targets)?
@@ -202,10 +216,7 @@ fn compile_rule(
     let groups = non_empty("groups", &r.groups)?.cloned();
     let rule = Rule {
         id: r.id.clone(),
-        reason: r
-            .reason
-            .clone()
-            .unwrap_or_else(|| format!("rule {}", r.id)),
+        reason: r.reason.clone().unwrap_or_else(|| format!("rule {}", r.id)),
         verdict: r.verdict,
         review,
         masking: r.masking.clone(),
@@ -215,7 +226,11 @@ fn compile_rule(
         target_tags,
         subjects,
         groups,
-        sql: r.sql.as_ref().map(|s| sql_matcher(s, r.verdict)).transpose()?,
+        sql: r
+            .sql
+            .as_ref()
+            .map(|s| sql_matcher(s, r.verdict))
+            .transpose()?,
         exec: r.exec.as_ref().map(exec_matcher).transpose()?,
         http: r.http.as_ref().map(http_matcher).transpose()?,
         kube: r.kubernetes.as_ref().map(kube_matcher).transpose()?,
@@ -283,16 +298,17 @@ fn sql_matcher(s: &SqlSection, verdict: Verdict) -> Result<SqlMatcher, String> {
         }
         None => None,
     };
-    let names = |field: &str, list: &Option<Vec<String>>| -> Result<Option<Vec<NamePattern>>, String> {
-        match non_empty(field, list)? {
-            Some(l) => Ok(Some(
-                l.iter()
-                    .map(|p| NamePattern::new(p).map_err(|m| format!("{field}: {m}")))
-                    .collect::<Result<Vec<_>, _>>()?,
-            )),
-            None => Ok(None),
-        }
-    };
+    let names =
+        |field: &str, list: &Option<Vec<String>>| -> Result<Option<Vec<NamePattern>>, String> {
+            match non_empty(field, list)? {
+                Some(l) => Ok(Some(
+                    l.iter()
+                        .map(|p| NamePattern::new(p).map_err(|m| format!("{field}: {m}")))
+                        .collect::<Result<Vec<_>, _>>()?,
+                )),
+                None => Ok(None),
+            }
+        };
     Ok(SqlMatcher {
         kinds,
         tables: names("sql.tables", &s.tables)?,
@@ -401,4 +417,3 @@ fn ssh_matcher(s: &SshSection) -> Result<SshMatcher, String> {
             .transpose()?,
     })
 }
-

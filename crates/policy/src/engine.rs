@@ -8,8 +8,8 @@ use serde::Serialize;
 
 use gatehouse_core::http_path;
 use gatehouse_core::{
-    Decision, ExecCommand, Identity, KubeOperation, Operation, Policy, Protocol,
-    ReviewRequirement, SqlOperation, SshOperation, Target, Verdict,
+    Decision, ExecCommand, Identity, KubeOperation, Operation, Policy, Protocol, ReviewRequirement,
+    SqlOperation, SshOperation, Target, Verdict,
 };
 use gatehouse_sql::{Risk, StatementKind, classify};
 
@@ -230,7 +230,11 @@ impl std::fmt::Display for Explanation {
                     "      {} (line {}): {}",
                     t.rule_id,
                     t.line,
-                    if t.matched { "matched" } else { t.note.as_str() }
+                    if t.matched {
+                        "matched"
+                    } else {
+                        t.note.as_str()
+                    }
                 )?;
             }
         }
@@ -291,10 +295,10 @@ impl CompiledPolicy {
                 Protocol::Http,
                 Protocol::Kubernetes,
             ] {
-                if rule.applies_to(p) {
-                    if let Some(list) = protocol_index(p).and_then(|idx| by_protocol.get_mut(idx)) {
-                        list.push(i);
-                    }
+                if rule.applies_to(p)
+                    && let Some(list) = protocol_index(p).and_then(|idx| by_protocol.get_mut(idx))
+                {
+                    list.push(i);
                 }
             }
         }
@@ -352,7 +356,11 @@ impl CompiledPolicy {
             .collect()
     }
 
-    fn first_match<'p>(&'p self, candidates: &[&'p Rule], subject: &Subject<'_>) -> Option<&'p Rule> {
+    fn first_match<'p>(
+        &'p self,
+        candidates: &[&'p Rule],
+        subject: &Subject<'_>,
+    ) -> Option<&'p Rule> {
         candidates
             .iter()
             .copied()
@@ -442,7 +450,10 @@ impl CompiledPolicy {
                 let outcome = if channel == "unknown" {
                     ItemOutcome::floor(Verdict::Deny, Floor::Unsupported, None)
                 } else {
-                    ItemOutcome::from_rule(self.first_match(&candidates, &subject), verdicts.default)
+                    ItemOutcome::from_rule(
+                        self.first_match(&candidates, &subject),
+                        verdicts.default,
+                    )
                 };
                 push(&|| channel.to_string(), outcome, Some(&subject), &mut items);
             }
@@ -459,15 +470,27 @@ impl CompiledPolicy {
                             verdicts.default,
                         );
                         if canonical.encoded_separator {
-                            outcome.raise(verdicts.ambiguous_http_path, Floor::AmbiguousHttpPath, None);
+                            outcome.raise(
+                                verdicts.ambiguous_http_path,
+                                Floor::AmbiguousHttpPath,
+                                None,
+                            );
                         }
                         let label = || format!("{method} {}", canonical.path);
                         push(&label, outcome, Some(&subject), &mut items);
                     }
                     Err(e) => {
-                        let outcome =
-                            ItemOutcome::floor(Verdict::Deny, Floor::InvalidHttpPath, Some(e.to_string()));
-                        push(&|| format!("{method} {}", op.path), outcome, None, &mut items);
+                        let outcome = ItemOutcome::floor(
+                            Verdict::Deny,
+                            Floor::InvalidHttpPath,
+                            Some(e.to_string()),
+                        );
+                        push(
+                            &|| format!("{method} {}", op.path),
+                            outcome,
+                            None,
+                            &mut items,
+                        );
                     }
                 }
             }
@@ -486,7 +509,12 @@ impl CompiledPolicy {
             },
             _ => {
                 let outcome = ItemOutcome::floor(Verdict::Deny, Floor::Unsupported, None);
-                push(&|| "unsupported operation".into(), outcome, None, &mut items);
+                push(
+                    &|| "unsupported operation".into(),
+                    outcome,
+                    None,
+                    &mut items,
+                );
             }
         }
         self.combine(&items, target, &verdicts)
@@ -567,11 +595,7 @@ impl CompiledPolicy {
             parsed.commands.iter().collect()
         };
         for argv in commands {
-            let subject = Subject::Exec {
-                argv,
-                plain,
-                kube,
-            };
+            let subject = Subject::Exec { argv, plain, kube };
             let mut outcome =
                 ItemOutcome::from_rule(self.first_match(candidates, &subject), verdicts.default);
             if !plain || nested_shell(argv) {
@@ -637,7 +661,10 @@ impl CompiledPolicy {
         };
         let review = if outcome.verdict == Verdict::Review {
             Some(match outcome.by {
-                DecidedBy::Rule(r) => r.review.clone().unwrap_or_else(|| self.default_review.clone()),
+                DecidedBy::Rule(r) => r
+                    .review
+                    .clone()
+                    .unwrap_or_else(|| self.default_review.clone()),
                 _ => self.default_review.clone(),
             })
         } else {

@@ -131,13 +131,11 @@ impl DurationValue {
                 .ok_or_else(|| "duration too large".to_string()),
             DurationValue::Text(t) => {
                 let t = t.trim();
-                let split = t
-                    .find(|c: char| !c.is_ascii_digit())
-                    .unwrap_or(t.len());
+                let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
                 let (num, unit) = t.split_at(split);
-                let n: u64 = num
-                    .parse()
-                    .map_err(|_| format!("bad duration {t:?} (use e.g. \"30s\", \"15m\", \"2h\")"))?;
+                let n: u64 = num.parse().map_err(|_| {
+                    format!("bad duration {t:?} (use e.g. \"30s\", \"15m\", \"2h\")")
+                })?;
                 let factor = match unit {
                     "" | "s" => 1_000,
                     "ms" => 1,
@@ -145,9 +143,7 @@ impl DurationValue {
                     "h" => 3_600_000,
                     "d" => 86_400_000,
                     _ => {
-                        return Err(format!(
-                            "bad duration unit in {t:?} (use ms, s, m, h or d)"
-                        ));
+                        return Err(format!("bad duration unit in {t:?} (use ms, s, m, h or d)"));
                     }
                 };
                 n.checked_mul(factor)

@@ -50,7 +50,12 @@ impl PolicyHandle {
     }
 
     /// [`CompiledPolicy::explain`] on the current policy.
-    pub fn explain(&self, identity: &Identity, target: &Target, operation: &Operation) -> Explanation {
+    pub fn explain(
+        &self,
+        identity: &Identity,
+        target: &Target,
+        operation: &Operation,
+    ) -> Explanation {
         self.load().explain(identity, target, operation)
     }
 }

@@ -68,10 +68,10 @@ impl Rule {
 
     /// Whether the rule can apply to this protocol at all (cheap pre-filter).
     pub fn applies_to(&self, protocol: Protocol) -> bool {
-        if let Some(protocols) = &self.protocols {
-            if !protocols.contains(&protocol) {
-                return false;
-            }
+        if let Some(protocols) = &self.protocols
+            && !protocols.contains(&protocol)
+        {
+            return false;
         }
         let sections = [
             (self.sql.is_some(), Protocol::Postgres),
@@ -94,30 +94,30 @@ impl Rule {
 
     /// Matches the who/where part.
     pub fn match_context(&self, identity: &Identity, target: &Target) -> Result<(), Miss> {
-        if let Some(protocols) = &self.protocols {
-            if !protocols.contains(&target.protocol) {
-                return Err("protocol not listed");
-            }
+        if let Some(protocols) = &self.protocols
+            && !protocols.contains(&target.protocol)
+        {
+            return Err("protocol not listed");
         }
-        if let Some(globs) = &self.targets {
-            if !globs.is_match(&target.name) {
-                return Err("target name not matched");
-            }
+        if let Some(globs) = &self.targets
+            && !globs.is_match(&target.name)
+        {
+            return Err("target name not matched");
         }
-        if let Some(tags) = &self.target_tags {
-            if !tags.iter().any(|t| target.tags.contains(t)) {
-                return Err("target has none of the tags");
-            }
+        if let Some(tags) = &self.target_tags
+            && !tags.iter().any(|t| target.tags.contains(t))
+        {
+            return Err("target has none of the tags");
         }
-        if let Some(globs) = &self.subjects {
-            if !globs.is_match(&identity.subject) {
-                return Err("subject not matched");
-            }
+        if let Some(globs) = &self.subjects
+            && !globs.is_match(&identity.subject)
+        {
+            return Err("subject not matched");
         }
-        if let Some(groups) = &self.groups {
-            if !groups.iter().any(|g| identity.in_group(g)) {
-                return Err("identity in none of the groups");
-            }
+        if let Some(groups) = &self.groups
+            && !groups.iter().any(|g| identity.in_group(g))
+        {
+            return Err("identity in none of the groups");
         }
         Ok(())
     }
@@ -279,11 +279,7 @@ impl NamePattern {
     }
 }
 
-fn names_match(
-    patterns: &[NamePattern],
-    names: &BTreeSet<String>,
-    loose: bool,
-) -> bool {
+fn names_match(patterns: &[NamePattern], names: &BTreeSet<String>, loose: bool) -> bool {
     let hit = |n: &String| patterns.iter().any(|p| p.matches(n, loose));
     if loose {
         names.iter().any(hit)
@@ -355,10 +351,10 @@ impl SqlMatcher {
                 return Err("sql risks");
             }
         }
-        if let Some(no_where) = self.no_where {
-            if stmt.has(Risk::WriteWithoutWhere) != no_where {
-                return Err("sql no_where");
-            }
+        if let Some(no_where) = self.no_where
+            && stmt.has(Risk::WriteWithoutWhere) != no_where
+        {
+            return Err("sql no_where");
         }
         Ok(())
     }
@@ -403,19 +399,19 @@ pub(crate) struct ExecMatcher {
 
 impl ExecMatcher {
     fn matches(&self, argv: &[String], plain: bool, loose: bool) -> Result<(), Miss> {
-        if let Some(p) = self.plain {
-            if p != plain {
-                return Err("exec plain");
-            }
+        if let Some(p) = self.plain
+            && p != plain
+        {
+            return Err("exec plain");
         }
         let (program, args) = match argv.split_first() {
             Some((p, a)) => (p.as_str(), a),
             None => ("", &[][..]),
         };
-        if let Some(programs) = &self.program {
-            if !programs.iter().any(|p| p.matches(program, loose)) {
-                return Err("exec program");
-            }
+        if let Some(programs) = &self.program
+            && !programs.iter().any(|p| p.matches(program, loose))
+        {
+            return Err("exec program");
         }
         if let Some((patterns, rest)) = &self.args {
             let len_ok = if *rest {
@@ -432,15 +428,15 @@ impl ExecMatcher {
                 return Err("exec args (`..` path segment)");
             }
         }
-        if let Some(set) = &self.any_arg {
-            if !args.iter().any(|a| set.is_match(a)) {
-                return Err("exec any_arg");
-            }
+        if let Some(set) = &self.any_arg
+            && !args.iter().any(|a| set.is_match(a))
+        {
+            return Err("exec any_arg");
         }
-        if let Some(set) = &self.no_arg {
-            if args.iter().any(|a| set.is_match(a)) {
-                return Err("exec no_arg");
-            }
+        if let Some(set) = &self.no_arg
+            && args.iter().any(|a| set.is_match(a))
+        {
+            return Err("exec no_arg");
         }
         Ok(())
     }
@@ -459,18 +455,17 @@ pub(crate) struct HttpMatcher {
 
 impl HttpMatcher {
     fn matches(&self, method: &str, path: &str) -> Result<(), Miss> {
-        if let Some(methods) = &self.methods {
-            if !methods
+        if let Some(methods) = &self.methods
+            && !methods
                 .iter()
                 .any(|m| m == "*" || m.eq_ignore_ascii_case(method))
-            {
-                return Err("http method");
-            }
+        {
+            return Err("http method");
         }
-        if let Some(paths) = &self.paths {
-            if !paths.is_match(path) {
-                return Err("http path");
-            }
+        if let Some(paths) = &self.paths
+            && !paths.is_match(path)
+        {
+            return Err("http path");
         }
         Ok(())
     }
@@ -539,20 +534,22 @@ impl SshMatcher {
         destination: Option<&str>,
         loose: bool,
     ) -> Result<(), Miss> {
-        if let Some(channels) = &self.channels {
-            if !channels.iter().any(|c| c == channel) {
-                return Err("ssh channel");
-            }
+        if let Some(channels) = &self.channels
+            && !channels.iter().any(|c| c == channel)
+        {
+            return Err("ssh channel");
         }
-        if self.subsystems.is_some() && channel == "subsystem" {
-            if !optional_match(self.subsystems.as_ref(), subsystem, loose) {
-                return Err("ssh subsystem");
-            }
+        if self.subsystems.is_some()
+            && channel == "subsystem"
+            && !optional_match(self.subsystems.as_ref(), subsystem, loose)
+        {
+            return Err("ssh subsystem");
         }
-        if self.destinations.is_some() && matches!(channel, "direct_tcpip" | "tcpip_forward") {
-            if !optional_match(self.destinations.as_ref(), destination, loose) {
-                return Err("ssh destination");
-            }
+        if self.destinations.is_some()
+            && matches!(channel, "direct_tcpip" | "tcpip_forward")
+            && !optional_match(self.destinations.as_ref(), destination, loose)
+        {
+            return Err("ssh destination");
         }
         Ok(())
     }

@@ -147,7 +147,10 @@ impl StatementKind {
 
     /// The kind with this policy-file name.
     pub fn from_name(name: &str) -> Option<StatementKind> {
-        StatementKind::ALL.iter().copied().find(|k| k.as_str() == name)
+        StatementKind::ALL
+            .iter()
+            .copied()
+            .find(|k| k.as_str() == name)
     }
 }
 
@@ -350,10 +353,10 @@ fn classify_piece(piece: lex::LexedStatement) -> StatementInfo {
     match parse_piece(&piece) {
         Ok(statement) => classify_statement(span, &statement, &piece.leading_words),
         Err(reason) => {
-            if piece.problem.is_none() {
-                if let Some(info) = keyword_fallback(span.clone(), &piece.leading_words) {
-                    return info;
-                }
+            if piece.problem.is_none()
+                && let Some(info) = keyword_fallback(span.clone(), &piece.leading_words)
+            {
+                return info;
             }
             StatementInfo::unparseable(span, reason)
         }
@@ -371,7 +374,9 @@ fn keyword_fallback(span: Range<usize>, words: &[String]) -> Option<StatementInf
             info.risks.insert(Risk::OpaqueCode);
             Some(info)
         }
-        (Some("alter"), Some("system")) => Some(StatementInfo::new(span, StatementKind::AlterSystem)),
+        (Some("alter"), Some("system")) => {
+            Some(StatementInfo::new(span, StatementKind::AlterSystem))
+        }
         _ => None,
     }
 }
@@ -449,9 +454,7 @@ fn statement_kind(statement: &Statement) -> StatementKind {
         Statement::LISTEN { .. } | Statement::UNLISTEN { .. } | Statement::NOTIFY { .. } => {
             K::Notify
         }
-        Statement::Declare { .. } | Statement::Fetch { .. } | Statement::Close { .. } => {
-            K::Cursor
-        }
+        Statement::Declare { .. } | Statement::Fetch { .. } | Statement::Close { .. } => K::Cursor,
         Statement::Drop { .. }
         | Statement::DropFunction(_)
         | Statement::DropDomain(_)
@@ -521,7 +524,11 @@ fn is_role_setting(name: &str) -> bool {
     matches!(name, "role" | "session_authorization" | "*")
 }
 
-fn classify_statement(span: Range<usize>, statement: &Statement, words: &[String]) -> StatementInfo {
+fn classify_statement(
+    span: Range<usize>,
+    statement: &Statement,
+    words: &[String],
+) -> StatementInfo {
     let mut info = StatementInfo::new(span, statement_kind(statement));
     let mut collector = Collector {
         info: &mut info,
@@ -570,15 +577,11 @@ impl Collector<'_> {
         let kind = statement_kind(statement);
         self.info.kinds.insert(kind);
         match statement {
-            Statement::Update(u) => {
-                if u.selection.is_none() {
-                    self.info.risks.insert(Risk::WriteWithoutWhere);
-                }
+            Statement::Update(u) if u.selection.is_none() => {
+                self.info.risks.insert(Risk::WriteWithoutWhere);
             }
-            Statement::Delete(d) => {
-                if d.selection.is_none() {
-                    self.info.risks.insert(Risk::WriteWithoutWhere);
-                }
+            Statement::Delete(d) if d.selection.is_none() => {
+                self.info.risks.insert(Risk::WriteWithoutWhere);
             }
             Statement::Copy { source, target, .. } => {
                 match target {
@@ -725,18 +728,21 @@ impl Collector<'_> {
             for cte in &with.cte_tables {
                 if matches!(
                     *cte.query.body,
-                    SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_)
+                    SetExpr::Insert(_)
+                        | SetExpr::Update(_)
+                        | SetExpr::Delete(_)
+                        | SetExpr::Merge(_)
                 ) {
                     self.info.risks.insert(Risk::WritableCte);
                 }
             }
         }
-        if let SetExpr::Select(select) = &*query.body {
-            if select.into.is_some() {
-                self.info.risks.insert(Risk::SelectInto);
-                self.info.kinds.insert(StatementKind::Ddl);
-                self.info.kinds.insert(StatementKind::Insert);
-            }
+        if let SetExpr::Select(select) = &*query.body
+            && select.into.is_some()
+        {
+            self.info.risks.insert(Risk::SelectInto);
+            self.info.kinds.insert(StatementKind::Ddl);
+            self.info.kinds.insert(StatementKind::Insert);
         }
     }
 }

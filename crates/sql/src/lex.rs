@@ -31,14 +31,69 @@ pub(crate) struct LexedStatement {
 /// Client encodings whose multi-byte characters never contain an ASCII byte, so the scanner's
 /// view of quotes, backslashes and semicolons is the same as in UTF-8.
 const ASCII_SAFE_ENCODINGS: &[&str] = &[
-    "UTF8", "UNICODE", "SQLASCII", "LATIN1", "LATIN2", "LATIN3", "LATIN4", "LATIN5", "LATIN6",
-    "LATIN7", "LATIN8", "LATIN9", "LATIN10", "ISO88591", "ISO88592", "ISO88593", "ISO88594",
-    "ISO88595", "ISO88596", "ISO88597", "ISO88598", "ISO88599", "ISO885910", "ISO885913",
-    "ISO885914", "ISO885915", "ISO885916", "WIN866", "WIN874", "WIN1250", "WIN1251", "WIN1252",
-    "WIN1253", "WIN1254", "WIN1255", "WIN1256", "WIN1257", "WIN1258", "WINDOWS866", "WINDOWS874",
-    "WINDOWS1250", "WINDOWS1251", "WINDOWS1252", "WINDOWS1253", "WINDOWS1254", "WINDOWS1255",
-    "WINDOWS1256", "WINDOWS1257", "WINDOWS1258", "KOI8", "KOI8R", "KOI8U", "EUCJP", "EUCCN",
-    "EUCKR", "EUCTW", "EUCJIS2004", "MULEINTERNAL", "ALT", "TCVN", "TCVN5712", "VSCII", "ABC",
+    "UTF8",
+    "UNICODE",
+    "SQLASCII",
+    "LATIN1",
+    "LATIN2",
+    "LATIN3",
+    "LATIN4",
+    "LATIN5",
+    "LATIN6",
+    "LATIN7",
+    "LATIN8",
+    "LATIN9",
+    "LATIN10",
+    "ISO88591",
+    "ISO88592",
+    "ISO88593",
+    "ISO88594",
+    "ISO88595",
+    "ISO88596",
+    "ISO88597",
+    "ISO88598",
+    "ISO88599",
+    "ISO885910",
+    "ISO885913",
+    "ISO885914",
+    "ISO885915",
+    "ISO885916",
+    "WIN866",
+    "WIN874",
+    "WIN1250",
+    "WIN1251",
+    "WIN1252",
+    "WIN1253",
+    "WIN1254",
+    "WIN1255",
+    "WIN1256",
+    "WIN1257",
+    "WIN1258",
+    "WINDOWS866",
+    "WINDOWS874",
+    "WINDOWS1250",
+    "WINDOWS1251",
+    "WINDOWS1252",
+    "WINDOWS1253",
+    "WINDOWS1254",
+    "WINDOWS1255",
+    "WINDOWS1256",
+    "WINDOWS1257",
+    "WINDOWS1258",
+    "KOI8",
+    "KOI8R",
+    "KOI8U",
+    "EUCJP",
+    "EUCCN",
+    "EUCKR",
+    "EUCTW",
+    "EUCJIS2004",
+    "MULEINTERNAL",
+    "ALT",
+    "TCVN",
+    "TCVN5712",
+    "VSCII",
+    "ABC",
     "MSKANJI",
 ];
 
@@ -379,9 +434,7 @@ impl<'a> Lexer<'a> {
                         }
                         i += 1;
                     }
-                    if self.bytes.get(i).is_none() {
-                        return None;
-                    }
+                    self.bytes.get(i)?;
                 }
                 Some(b'\'') => return Some(i),
                 _ => return None,
@@ -500,7 +553,8 @@ impl<'a> Lexer<'a> {
             self.current.problem("zero-length quoted identifier");
         }
         if unicode {
-            self.current.problem("U&\"…\" identifiers are not supported");
+            self.current
+                .problem("U&\"…\" identifiers are not supported");
         }
         self.current.non_word();
         let raw = self.slice(start..self.pos);
@@ -601,7 +655,8 @@ impl<'a> Lexer<'a> {
             (b'b' | b'x', Some(b'\'')) => {
                 self.pos += 2;
                 if b0.eq_ignore_ascii_case(&b'b') {
-                    self.current.problem("bit-string literals are not supported");
+                    self.current
+                        .problem("bit-string literals are not supported");
                 }
                 return self.literal(QuoteStyle::Bits);
             }
@@ -691,7 +746,10 @@ mod tests {
         );
         assert_eq!(pieces("SELECT 'a'\n  -- c\n 'b'", true), ["SELECT  'ab'"]);
         assert_eq!(pieces("SELECT 'a' 'b'", true), ["SELECT  'a'  'b'"]);
-        assert_eq!(pieces(r"SELECT E'\x41\101\u0041\n'", true), ["SELECT  'AAA\n'"]);
+        assert_eq!(
+            pieces(r"SELECT E'\x41\101\u0041\n'", true),
+            ["SELECT  'AAA\n'"]
+        );
         assert!(split("SELECT 'abc", &scs(true)).is_err());
         assert!(split("SELECT /* abc", &scs(true)).is_err());
         assert!(split("SELECT $a$ abc $b$", &scs(true)).is_err());

@@ -246,14 +246,14 @@ impl Ctx<'_> {
                     return Vec::new();
                 };
                 let mut inner = scope.child();
-                self.from_item(&update.table, &mut inner);
+                self.add_from_item(&update.table, &mut inner);
                 if let Some(from) = &update.from {
                     let tables = match from {
                         sqlparser::ast::UpdateTableFromKind::BeforeSet(t)
                         | sqlparser::ast::UpdateTableFromKind::AfterSet(t) => t,
                     };
                     for t in tables {
-                        self.from_item(t, &mut inner);
+                        self.add_from_item(t, &mut inner);
                     }
                 }
                 self.projection(returning, &inner)
@@ -268,10 +268,10 @@ impl Ctx<'_> {
                     | sqlparser::ast::FromTable::WithoutKeyword(t) => t,
                 };
                 for t in from {
-                    self.from_item(t, &mut inner);
+                    self.add_from_item(t, &mut inner);
                 }
                 for t in delete.using.iter().flatten() {
-                    self.from_item(t, &mut inner);
+                    self.add_from_item(t, &mut inner);
                 }
                 self.projection(returning, &inner)
             }
@@ -289,7 +289,9 @@ impl Ctx<'_> {
                     with_scope.ctes.push((name.clone(), Vec::new()));
                     let first = self.query(&cte.query, &with_scope);
                     with_scope.ctes.pop();
-                    with_scope.ctes.push((name.clone(), rename(first, &cte.alias)));
+                    with_scope
+                        .ctes
+                        .push((name.clone(), rename(first, &cte.alias)));
                     let second = self.query(&cte.query, &with_scope);
                     with_scope.ctes.pop();
                     with_scope.ctes.push((name, rename(second, &cte.alias)));
@@ -345,7 +347,7 @@ impl Ctx<'_> {
     fn select(&self, select: &Select, scope: &Scope<'_>) -> Vec<OutputColumn> {
         let mut inner = scope.child();
         for twj in &select.from {
-            self.from_item(twj, &mut inner);
+            self.add_from_item(twj, &mut inner);
         }
         self.projection(&select.projection, &inner)
     }
@@ -358,7 +360,10 @@ impl Ctx<'_> {
                     out.push(column(figure_name(expr), self.expr_sources(expr, scope)));
                 }
                 SelectItem::ExprWithAlias { expr, alias } => {
-                    out.push(column(normalise_ident(alias), self.expr_sources(expr, scope)));
+                    out.push(column(
+                        normalise_ident(alias),
+                        self.expr_sources(expr, scope),
+                    ));
                 }
                 SelectItem::ExprWithAliases { expr, aliases } => {
                     let sources = self.expr_sources(expr, scope);
@@ -440,17 +445,17 @@ impl Ctx<'_> {
         let renamed: Vec<String> = alias
             .map(|a| a.columns.iter().map(|c| normalise_ident(&c.name)).collect())
             .unwrap_or_default();
-        if !name.contains('.') {
-            if let Some(columns) = scope.cte(name) {
-                let mut columns = columns.clone();
-                for (col, new) in columns.iter_mut().zip(renamed.iter()) {
-                    col.name = new.clone();
-                }
-                return ScopeItem {
-                    alias: alias_name.unwrap_or_else(|| name.to_string()),
-                    relation: Relation::Derived { columns },
-                };
+        if !name.contains('.')
+            && let Some(columns) = scope.cte(name)
+        {
+            let mut columns = columns.clone();
+            for (col, new) in columns.iter_mut().zip(renamed.iter()) {
+                col.name = new.clone();
             }
+            return ScopeItem {
+                alias: alias_name.unwrap_or_else(|| name.to_string()),
+                relation: Relation::Derived { columns },
+            };
         }
         ScopeItem {
             alias: alias_name.unwrap_or_else(|| last_part(name)),
@@ -461,7 +466,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn from_item(&self, twj: &TableWithJoins, scope: &mut Scope<'_>) {
+    fn add_from_item(&self, twj: &TableWithJoins, scope: &mut Scope<'_>) {
         self.table_factor(&twj.relation, scope);
         for join in &twj.joins {
             self.table_factor(&join.relation, scope);
@@ -531,7 +536,7 @@ impl Ctx<'_> {
             }
             TableFactor::NestedJoin {
                 table_with_joins, ..
-            } => self.from_item(table_with_joins, scope),
+            } => self.add_from_item(table_with_joins, scope),
             other => {
                 // Anything else: everything it references, as an opaque relation.
                 let sources = self.any_sources(other, scope);
@@ -816,9 +821,8 @@ fn rename(mut columns: Vec<OutputColumn>, alias: &TableAlias) -> Vec<OutputColum
 /// `UNION`/`INTERSECT`/`EXCEPT`: names from the left, sources from both sides by position (or,
 /// when an unexpanded `*` makes positions unknown, every right source on every column).
 fn combine_positional(mut left: Vec<OutputColumn>, right: Vec<OutputColumn>) -> Vec<OutputColumn> {
-    let positional = left.len() == right.len()
-        && !left.iter().any(|c| c.star)
-        && !right.iter().any(|c| c.star);
+    let positional =
+        left.len() == right.len() && !left.iter().any(|c| c.star) && !right.iter().any(|c| c.star);
     if positional {
         for (l, r) in left.iter_mut().zip(right) {
             l.sources.extend(r.sources);

@@ -41,13 +41,18 @@ fn semantic_errors_name_the_rule_and_line() {
     let e = err(text);
     assert!(matches!(e, PolicyError::Invalid { line: 8, .. }), "{e:?}");
     let msg = e.to_string();
-    assert!(msg.contains("bad-kind") && msg.contains("selet") && msg.contains("select"), "{msg}");
+    assert!(
+        msg.contains("bad-kind") && msg.contains("selet") && msg.contains("select"),
+        "{msg}"
+    );
 
     let e = err("[[rules]]\nid = \"g\"\nverdict = \"deny\"\nhttp = { paths = [\"/a/[\"] }\n");
     assert!(e.to_string().contains("bad pattern"), "{e}");
     let e = err("[[rules]]\nid = \"p\"\nverdict = \"deny\"\nhttp = { paths = [\"admin\"] }\n");
     assert!(e.to_string().contains("must start with '/'"), "{e}");
-    let e = err("[[rules]]\nid = \"d\"\nverdict = \"deny\"\n[[rules]]\nid = \"d\"\nverdict = \"allow\"\n");
+    let e = err(
+        "[[rules]]\nid = \"d\"\nverdict = \"deny\"\n[[rules]]\nid = \"d\"\nverdict = \"allow\"\n",
+    );
     assert!(matches!(e, PolicyError::Invalid { line: 4, .. }), "{e:?}");
     assert!(e.to_string().contains("duplicate"), "{e}");
     let e = err("[[rules]]\nid = \"r\"\nverdict = \"allow\"\napprovers = [\"x\"]\n");
@@ -56,7 +61,9 @@ fn semantic_errors_name_the_rule_and_line() {
     assert!(e.to_string().contains("duration"), "{e}");
     let e = err("[[rules]]\nid = \"e\"\nverdict = \"deny\"\ntargets = []\n");
     assert!(e.to_string().contains("empty list"), "{e}");
-    let e = err("[[rules]]\nid = \"m\"\nverdict = \"deny\"\nsql = { kinds = [\"select\"] }\nhttp = { methods = [\"GET\"] }\n");
+    let e = err(
+        "[[rules]]\nid = \"m\"\nverdict = \"deny\"\nsql = { kinds = [\"select\"] }\nhttp = { methods = [\"GET\"] }\n",
+    );
     assert!(e.to_string().contains("one protocol"), "{e}");
     let e = err("version = 2\n");
     assert!(e.to_string().contains("version"), "{e}");
@@ -71,7 +78,9 @@ fn from_file_reports_missing_file() {
 
 #[test]
 fn empty_policy_denies_everything() {
-    use gatehouse_core::{AuthMethod, Identity, Operation, Policy, Protocol, SqlOperation, Target, Verdict};
+    use gatehouse_core::{
+        AuthMethod, Identity, Operation, Policy, Protocol, SqlOperation, Target, Verdict,
+    };
     let p = CompiledPolicy::from_toml("", "empty.toml").unwrap();
     let d = p.decide(
         &Identity::new("x", "y", AuthMethod::Test),

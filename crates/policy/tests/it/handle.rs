@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use gatehouse_core::{AuthMethod, Identity, Operation, Policy, Protocol, SqlOperation, Target, Verdict};
+use gatehouse_core::{
+    AuthMethod, Identity, Operation, Policy, Protocol, SqlOperation, Target, Verdict,
+};
 use gatehouse_policy::{CompiledPolicy, PolicyHandle};
 
 const ALLOW_ALL: &str = "[defaults]\ndefault = \"allow\"\n";
@@ -61,7 +63,11 @@ fn swaps_under_concurrent_decisions_see_only_whole_policies() {
         })
         .collect();
     for i in 0..200 {
-        let (text, name) = if i % 2 == 0 { (DENY_ALL, "b.toml") } else { (ALLOW_ALL, "a.toml") };
+        let (text, name) = if i % 2 == 0 {
+            (DENY_ALL, "b.toml")
+        } else {
+            (ALLOW_ALL, "a.toml")
+        };
         handle.reload(text, name).unwrap();
     }
     stop.store(true, Ordering::Relaxed);

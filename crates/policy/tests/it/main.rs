@@ -1,6 +1,9 @@
 //! gatehouse-policy integration tests (one binary): the bypass corpus, policy-file errors,
 //! atomic swaps, and property tests.
 
+// Test helpers outside #[test] fns panic on purpose, like the tests themselves.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod corpus;
 mod file_errors;
 mod handle;

@@ -1,7 +1,7 @@
 //! Property tests: decide never panics and is total, whatever the input.
 
 use gatehouse_core::{
-    ExecCommand, HttpOperation, Identity, AuthMethod, KubeOperation, Operation, Policy, Protocol,
+    AuthMethod, ExecCommand, HttpOperation, Identity, KubeOperation, Operation, Policy, Protocol,
     SqlOperation, SqlProtocol, SqlSessionSettings, SshOperation, Target, Verdict,
 };
 use proptest::prelude::*;

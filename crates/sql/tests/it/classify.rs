@@ -6,7 +6,7 @@ use gatehouse_sql::{Risk, StatementInfo, StatementKind as K, classify, encoding_
 fn one(sql: &str) -> StatementInfo {
     let c = classify(sql, &SqlSessionSettings::default());
     assert_eq!(c.statements.len(), 1, "{sql}: {:?}", c.statements);
-    c.statements.into_iter().next().unwrap()
+    c.statements.into_iter().next().expect("one statement")
 }
 
 #[test]
@@ -17,7 +17,10 @@ fn kinds() {
         ("INSERT INTO t VALUES (1)", K::Insert),
         ("UPDATE t SET a = 1 WHERE b", K::Update),
         ("DELETE FROM t WHERE b", K::Delete),
-        ("MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE", K::Merge),
+        (
+            "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE",
+            K::Merge,
+        ),
         ("CREATE TABLE t (a int)", K::Ddl),
         ("ALTER TABLE t ADD COLUMN b int", K::Ddl),
         ("DROP TABLE t", K::Drop),
@@ -51,9 +54,13 @@ fn kinds() {
 
 #[test]
 fn tables_functions_and_risks() {
-    let s = one("SELECT a.x, pg_catalog.lower(b.y) FROM Public.A a JOIN \"B\" b ON true WHERE f(1)");
+    let s =
+        one("SELECT a.x, pg_catalog.lower(b.y) FROM Public.A a JOIN \"B\" b ON true WHERE f(1)");
     assert_eq!(s.tables.iter().collect::<Vec<_>>(), ["B", "public.a"]);
-    assert_eq!(s.functions.iter().collect::<Vec<_>>(), ["f", "pg_catalog.lower"]);
+    assert_eq!(
+        s.functions.iter().collect::<Vec<_>>(),
+        ["f", "pg_catalog.lower"]
+    );
 
     // PostgreSQL truncates identifiers to 63 bytes: so do we.
     let long = "s".repeat(70);
@@ -83,11 +90,18 @@ fn tables_functions_and_risks() {
     let f = one("CREATE FUNCTION f() RETURNS int LANGUAGE plpython3u AS $$ return 1 $$");
     assert!(f.has(Risk::UntrustedLanguage));
     assert!(f.languages.contains("plpython3u"));
-    assert!(!one("CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $$ select 1 $$").has(Risk::UntrustedLanguage));
+    assert!(
+        !one("CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $$ select 1 $$")
+            .has(Risk::UntrustedLanguage)
+    );
     assert!(one("DO $$ BEGIN END $$").has(Risk::OpaqueCode));
     let p = one("PREPARE p AS DELETE FROM t");
     assert!(p.kinds.contains(&K::Delete) && p.has(Risk::WriteWithoutWhere));
-    assert!(one("EXPLAIN ANALYZE DELETE FROM t").kinds.contains(&K::Delete));
+    assert!(
+        one("EXPLAIN ANALYZE DELETE FROM t")
+            .kinds
+            .contains(&K::Delete)
+    );
 }
 
 #[test]
@@ -96,7 +110,10 @@ fn splitting() {
     let c = classify("BEGIN; DROP TABLE t; COMMIT;", &s);
     let kinds: Vec<K> = c.statements.iter().map(|s| s.kind).collect();
     assert_eq!(kinds, [K::Transaction, K::Drop, K::Transaction]);
-    assert_eq!(&"BEGIN; DROP TABLE t; COMMIT;"[c.statements[1].span.clone()], " DROP TABLE t");
+    assert_eq!(
+        &"BEGIN; DROP TABLE t; COMMIT;"[c.statements[1].span.clone()],
+        " DROP TABLE t"
+    );
 
     // A lexing failure keeps what came before and marks the rest.
     let c = classify("DROP TABLE t; SELECT 'open", &s);
@@ -106,16 +123,34 @@ fn splitting() {
     assert!(!c.is_fully_parsed());
 
     // Unsafe client encodings: nothing can be trusted.
-    let sjis = SqlSessionSettings { client_encoding: "SJIS".into(), ..s.clone() };
+    let sjis = SqlSessionSettings {
+        client_encoding: "SJIS".into(),
+        ..s.clone()
+    };
     let c = classify("SELECT 1", &sjis);
     assert_eq!(c.statements[0].kind, K::Unparseable);
-    assert!(c.statements[0].unparseable_reason.as_deref().unwrap().contains("SJIS"));
+    assert!(
+        c.statements[0]
+            .unparseable_reason
+            .as_deref()
+            .unwrap()
+            .contains("SJIS")
+    );
     assert!(encoding_is_supported("utf-8") && !encoding_is_supported("GB18030"));
 
     // Where sqlparser and PostgreSQL could read differently: unparseable, with a reason.
-    for sql in ["SELECT a$b FROM t", "SELECT\u{a0}1", "SELECT U&'\\0041'", "SELECT 1e'x'", "SELECT 1; SELECT 2 SELECT 3"] {
+    for sql in [
+        "SELECT a$b FROM t",
+        "SELECT\u{a0}1",
+        "SELECT U&'\\0041'",
+        "SELECT 1e'x'",
+        "SELECT 1; SELECT 2 SELECT 3",
+    ] {
         let c = classify(sql, &s);
         assert!(!c.is_fully_parsed(), "{sql}");
-        assert!(c.statements.iter().any(|s| s.unparseable_reason.is_some()), "{sql}");
+        assert!(
+            c.statements.iter().any(|s| s.unparseable_reason.is_some()),
+            "{sql}"
+        );
     }
 }

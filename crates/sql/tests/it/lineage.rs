@@ -111,7 +111,11 @@ fn every_bypass_form_is_attributed() {
             failures.push(format!("{sql}: {:?}", l.columns));
         }
     }
-    assert!(failures.is_empty(), "not attributed:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "not attributed:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -130,13 +134,18 @@ fn dml_returning_is_attributed() {
 
 #[test]
 fn names_and_positions() {
-    let l = trace("SELECT id, email AS e, lower(name), 1, email::text, CASE WHEN true THEN 1 END FROM users");
+    let l = trace(
+        "SELECT id, email AS e, lower(name), 1, email::text, CASE WHEN true THEN 1 END FROM users",
+    );
     let names: Vec<&str> = l.columns.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["id", "e", "lower", "?column?", "email", "case"]);
     assert!(l.columns[3].sources.is_empty(), "a constant has no source");
     assert_eq!(
         l.columns[0].sources,
-        BTreeSet::from([Source::Column { table: "users".into(), column: "id".into() }])
+        BTreeSet::from([Source::Column {
+            table: "users".into(),
+            column: "id".into()
+        }])
     );
     // A column that does not derive from email is not attributed to it.
     assert!(!carries_email(&l, 0));
@@ -163,7 +172,10 @@ fn catalog_expands_star_and_disambiguates() {
     let l = trace_with_catalog("SELECT total FROM users u JOIN orders o ON o.user_id = u.id");
     assert_eq!(
         l.columns[0].sources,
-        BTreeSet::from([Source::Column { table: "orders".into(), column: "total".into() }])
+        BTreeSet::from([Source::Column {
+            table: "orders".into(),
+            column: "total".into()
+        }])
     );
     // Without a catalog, an unqualified name in a join may come from either table.
     let l = trace("SELECT total FROM users u JOIN orders o ON o.user_id = u.id");
@@ -178,7 +190,9 @@ fn unresolved_names_are_reported_not_dropped() {
     let l = trace("SELECT nosuch FROM (SELECT 1 AS a) s");
     assert_eq!(
         l.columns[0].sources,
-        BTreeSet::from([Source::Unresolved { name: "nosuch".into() }])
+        BTreeSet::from([Source::Unresolved {
+            name: "nosuch".into()
+        }])
     );
 }
 
@@ -190,7 +204,10 @@ fn errors() {
     assert!(lineage("SELECT 'abc", &s, &NoCatalog).is_err());
     assert!(lineage("SELEC email FROM users", &s, &NoCatalog).is_err());
     // Under scs=off the literal swallows the rest: one statement, and no email in it.
-    let off = SqlSessionSettings { standard_conforming_strings: false, ..s.clone() };
+    let off = SqlSessionSettings {
+        standard_conforming_strings: false,
+        ..s.clone()
+    };
     let l = lineage(r"SELECT 'a\', email FROM users --'", &off, &NoCatalog).unwrap();
     assert_eq!(l.columns.len(), 1);
     assert!(l.columns[0].sources.is_empty());
