@@ -158,7 +158,13 @@ impl JsonStreamMasker {
 
     /// Masks raw string content by detection, widening matches to whole escape sequences.
     fn detect_string(&mut self, content: &[u8], base: u64, out: &mut Vec<u8>) {
-        let profile = Arc::clone(&self.profile);
+        // Disjoint borrows of the fields: no reference-count traffic per string.
+        let JsonStreamMasker {
+            profile,
+            field,
+            findings,
+            ..
+        } = self;
         let mut pos = 0;
         loop {
             let seg = content.get(pos..).unwrap_or(&[]);
@@ -176,10 +182,10 @@ impl JsonStreamMasker {
                     seg,
                     &spans,
                     base + pos as u64,
-                    self.field.as_deref(),
+                    field.as_deref(),
                     true,
                     out,
-                    &mut self.findings,
+                    findings,
                 );
             }
             if end <= pos || end >= content.len() {

@@ -131,3 +131,22 @@ fn unknown_profile_falls_back_to_the_default_detectors() {
     );
     assert!(!e.has_profile("no-such-profile"));
 }
+
+#[test]
+fn engine_and_guard_plug_into_the_pipeline_as_trait_objects() {
+    use std::sync::Arc;
+
+    use gatehouse_core::{EgressGuard, EgressSite, StreamContext};
+    let masker: Arc<dyn Masker + Send + Sync> = Arc::new(engine());
+    let mut b = gatehouse_masking::EgressGuardBuilder::new();
+    b.add_secret(b"upstream-db-password").unwrap();
+    let egress: Arc<dyn EgressGuard + Send + Sync> = Arc::new(b.build().unwrap());
+    // Mask first, then the egress guard: a held secret that no detector knows is still blocked.
+    let mut s = masker.stream(&StreamContext::default());
+    let mut out = Vec::new();
+    s.push(b"ok a@b.co\nleaked upstream-db-password\n", &mut out);
+    s.finish(&mut out);
+    assert!(egress.check(EgressSite::Client, &out).is_err());
+    assert!(egress.check(EgressSite::Client, b"ok [email]\n").is_ok());
+    assert_eq!(egress.counters().hits["client"], 1);
+}
