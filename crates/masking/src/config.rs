@@ -97,6 +97,7 @@ impl std::fmt::Debug for ProfileConfig {
 /// A detector's switch: `email = false`, or a table with settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
+#[non_exhaustive]
 pub enum DetectorSetting {
     /// On or off with default settings.
     Switch(bool),
