@@ -297,28 +297,35 @@ fn main() {
         direct.as_secs_f64() / through_full.as_secs_f64()
     );
 
-    println!("`ssh HOST true`, {rounds} sequential connections:");
-    let run = |make: &dyn Fn() -> Command| -> Duration {
-        let mut total = Duration::ZERO;
-        for _ in 0..rounds {
-            total += timed(make());
-        }
-        total / rounds.max(1)
-    };
-    let d = run(&|| direct_command(&sshd, "true"));
-    let r = run(&|| gateway_command(&relay, "true"));
-    let f = run(&|| gateway_command(&full, "true"));
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    println!("  direct        {:7.1} ms per connection", ms(d));
     println!(
-        "  gateway relay {:7.1} ms per connection  (+{:.1} ms)",
-        ms(r),
-        ms(r) - ms(d)
+        "`ssh HOST true`, {rounds} sequential connections each (interleaved: direct, relay, full):"
+    );
+    let (mut d, mut r, mut f) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        d.push(timed(direct_command(&sshd, "true")));
+        r.push(timed(gateway_command(&relay, "true")));
+        f.push(timed(gateway_command(&full, "true")));
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let stats = |v: &mut Vec<Duration>| {
+        v.sort();
+        let mean = v.iter().sum::<Duration>() / (v.len().max(1) as u32);
+        (
+            ms(mean),
+            ms(v.get(v.len() / 2).copied().unwrap_or_default()),
+        )
+    };
+    let (dm, dmed) = stats(&mut d);
+    let (rm, rmed) = stats(&mut r);
+    let (fm, fmed) = stats(&mut f);
+    println!("  direct        mean {dm:7.1} ms  median {dmed:7.1} ms");
+    println!(
+        "  gateway relay mean {rm:7.1} ms  median {rmed:7.1} ms  (median {:+.1} ms vs direct)",
+        rmed - dmed
     );
     println!(
-        "  gateway full  {:7.1} ms per connection  (+{:.1} ms)",
-        ms(f),
-        ms(f) - ms(d)
+        "  gateway full  mean {fm:7.1} ms  median {fmed:7.1} ms  (median {:+.1} ms vs direct)",
+        fmed - dmed
     );
     drop(full);
     drop(relay);

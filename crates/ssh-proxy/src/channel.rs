@@ -320,6 +320,8 @@ pub(crate) async fn run_session_channel(
     let output_task = tokio::spawn(output.run(from_upstream, done_tx));
     input_pump(&mut from_client, &to_upstream, &sink, terminal, done_rx).await;
     drop(from_client);
+    // Either side is done: close the target's channel now, so the output pump sees its close.
+    let _ = to_upstream.close().await;
     let summary = match output_task.await {
         Ok(s) => s,
         Err(_) => OutputSummary {
@@ -327,7 +329,6 @@ pub(crate) async fn run_session_channel(
             ..OutputSummary::default()
         },
     };
-    let _ = to_upstream.close().await;
 
     if let Some(sink) = sink.lock().await.take() {
         match sink.seal().await {

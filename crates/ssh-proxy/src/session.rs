@@ -111,6 +111,7 @@ pub(crate) async fn run_connection(
     let handler = ClientHandler {
         conn: conn.clone(),
         pending: None,
+        offering_key: false,
         started: HashSet::new(),
     };
     let running = match server::run_stream(proxy.server_config.clone(), stream, handler).await {
@@ -179,6 +180,8 @@ struct PendingLogin {
 pub(crate) struct ClientHandler {
     conn: Arc<Connection>,
     pending: Option<PendingLogin>,
+    /// The attempt being checked is a public key (see [`ClientHandler::count_failure`]).
+    offering_key: bool,
     /// Channels whose exec / shell / subsystem already started (a second one is refused).
     started: HashSet<ChannelId>,
 }
@@ -196,9 +199,7 @@ impl ClientHandler {
     }
 
     async fn login_failed(&self, target: Option<&Target>, reason: AuthErrorKind) {
-        self.proxy()
-            .limiter
-            .record_failure(self.conn.client_addr.ip());
+        self.count_failure(reason);
         let body = EventBody::LoginFailed {
             client_addr: self.conn.client_addr.to_string(),
             reason,
@@ -206,6 +207,23 @@ impl ClientHandler {
         if let Err(e) = self.conn.record(None, target, body).await {
             tracing::error!(error = %e, "could not record failed login");
         }
+    }
+
+    /// Counts a failure against the source's limit. An SSH client offers every key it has
+    /// before it tries a token; a key that is simply not registered is not a guess at a secret,
+    /// so it is recorded but not counted (russh's per-connection attempt limit still applies).
+    fn count_failure(&self, reason: AuthErrorKind) {
+        if self.offering_key
+            && matches!(
+                reason,
+                AuthErrorKind::UnknownCredential | AuthErrorKind::Unsupported
+            )
+        {
+            return;
+        }
+        self.proxy()
+            .limiter
+            .record_failure(self.conn.client_addr.ip());
     }
 
     /// Verifies `credential` for the login name `user`; on success remembers who and where.
@@ -443,7 +461,10 @@ impl server::Handler for ClientHandler {
             algorithm: key.public_key.algorithm().as_str().to_string(),
             fingerprint: crate::hostkey::fingerprint(key.public_key),
         };
-        Ok(self.authenticate(user, credential).await)
+        self.offering_key = true;
+        let auth = self.authenticate(user, credential).await;
+        self.offering_key = false;
+        Ok(auth)
     }
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {

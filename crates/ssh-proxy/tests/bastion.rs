@@ -775,3 +775,43 @@ async fn identity_expiry_ends_the_session() {
         .collect();
     assert_eq!(reasons, ["token expired"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unregistered_keys_offered_first_do_not_use_up_the_login_limit() {
+    let gw = start(Options {
+        config: Box::new(|config, _| {
+            config.login_rate_limit = LoginRateLimit {
+                max_failures: 2,
+                window_secs: 3600,
+            };
+        }),
+        ..Options::default()
+    })
+    .await;
+    // Like an agent whose ssh-agent holds several keys: each is offered (and signed) first.
+    let key = russh::keys::load_secret_key(gw.sshd.client_key_path(), None).unwrap();
+    for _ in 0..3 {
+        let config = Arc::new(russh::client::Config::default());
+        let mut handle = russh::client::connect(config, gw.addr, RusshClient)
+            .await
+            .unwrap();
+        let r = handle
+            .authenticate_publickey(
+                TARGET,
+                russh::keys::PrivateKeyWithHashAlg::new(Arc::new(key.clone()), None),
+            )
+            .await
+            .unwrap();
+        assert!(!r.success());
+        let r = handle.authenticate_password(TARGET, TOKEN).await.unwrap();
+        assert!(r.success(), "the token was refused after key offers");
+    }
+    let recorder = gw.shutdown().await;
+    assert!(recorder.events().iter().any(|e| matches!(
+        e.body,
+        EventBody::LoginFailed {
+            reason: AuthErrorKind::Unsupported,
+            ..
+        }
+    )));
+}
