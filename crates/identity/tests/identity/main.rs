@@ -9,3 +9,4 @@ mod properties;
 mod provider;
 mod refusals;
 mod support;
+mod tls;

@@ -22,10 +22,9 @@ pub struct TestKey {
 }
 
 fn openssl(args: &[&str]) -> Vec<u8> {
-    let out = Command::new("openssl")
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
+    let mut cmd = Command::new("openssl");
+    cmd.args(args);
+    let out = gatehouse_testkit::process::run_with_timeout(cmd, std::time::Duration::from_secs(60))
         .expect("openssl runs");
     assert!(
         out.status.success(),

@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use gatehouse_testkit::process::ChildGuard;
+use gatehouse_testkit::process::{ChildGuard, run_with_timeout};
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
@@ -34,28 +34,35 @@ fn ensure_installed() {
         .write(true)
         .open(&lock_path)
         .unwrap();
-    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| e)
-        .unwrap();
+    // Bounded wait for the lock: a stuck holder must fail this test, not hang it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(360);
+    let mut file = lock_file;
+    let _lock = loop {
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => break lock,
+            Err((f, _)) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "npm ci lock not released"
+                );
+                file = f;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    };
     if dir.join("node_modules/oidc-provider/package.json").exists() {
         return;
     }
     let mut cmd = Command::new("npm");
     cmd.args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut guard = ChildGuard::spawn("npm ci", cmd).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(300);
-    while !guard.has_exited() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "npm ci did not finish in 300 s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let status = guard.child_mut().wait().unwrap();
-    assert!(status.success(), "npm ci failed in {}", dir.display());
+        .current_dir(&dir);
+    let out = run_with_timeout(cmd, Duration::from_secs(300)).unwrap();
+    assert!(
+        out.status.success(),
+        "npm ci failed in {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A running provider.
@@ -78,9 +85,11 @@ fn node(args: &[&str]) -> Command {
 }
 
 fn generate_jwks(path: &Path) -> String {
-    let out = node(&["gen-jwks", path.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = run_with_timeout(
+        node(&["gen-jwks", path.to_str().unwrap()]),
+        Duration::from_secs(60),
+    )
+    .unwrap();
     assert!(
         out.status.success(),
         "gen-jwks: {}",
