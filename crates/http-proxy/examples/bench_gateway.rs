@@ -53,14 +53,26 @@ async fn main() {
         egress.add_secret(s.as_bytes()).unwrap();
     }
     let egress = Arc::new(egress.build().unwrap());
-    let recorder = AuditRecorder::open(
-        &dir.join("audit"),
-        RecorderConfig::new("bench"),
-        CheckpointSigner::generate().unwrap(),
-        Some(egress.clone()),
-    )
-    .await
-    .unwrap();
+    // BENCH_RECORDER=fsync (default) | os | memory: attributes the cost of durability.
+    let mode = std::env::var("BENCH_RECORDER").unwrap_or_else(|_| "fsync".into());
+    let recorder: Arc<dyn gatehouse_core::Recorder + Send + Sync> = if mode == "memory" {
+        Arc::new(gatehouse_testkit::layers::MemoryRecorder::new())
+    } else {
+        let mut rc = RecorderConfig::new("bench");
+        if mode == "os" {
+            rc.log.durability = gatehouse_recorder::Durability::OsWrite;
+        }
+        Arc::new(
+            AuditRecorder::open(
+                &dir.join("audit"),
+                rc,
+                CheckpointSigner::generate().unwrap(),
+                Some(egress.clone()),
+            )
+            .await
+            .unwrap(),
+        )
+    };
     let policy = FnPolicy::new(|_, _, op| match op {
         gatehouse_core::Operation::Http(h) if h.path.starts_with("/admin") => {
             Decision::deny("no-admin", "admin is off limits")
@@ -73,7 +85,7 @@ async fn main() {
         approvals: Arc::new(MemoryApprovals::new()),
         masker: Arc::new(MaskingEngine::with_defaults().unwrap()),
         egress,
-        recorder: Arc::new(recorder),
+        recorder,
     };
     let proxy = HttpProxy::new(config, pipeline).unwrap();
     let listener = tokio::net::TcpListener::bind(&listen).await.unwrap();

@@ -29,8 +29,9 @@ pub(crate) enum ContentKind {
 
 impl ContentKind {
     pub(crate) fn of(headers: &HeaderMap) -> ContentKind {
+        // No declared type: mask as text rather than let an undeclared JSON body through raw.
         let Some(ct) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
-            return ContentKind::Other;
+            return ContentKind::Text;
         };
         let essence = ct
             .split(';')
@@ -338,5 +339,39 @@ impl BodyProcessor {
     pub(crate) fn into_parts(mut self) -> (BodyCapture, Vec<Finding>) {
         self.collect_findings();
         (self.capture, self.findings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(ct: Option<&str>) -> ContentKind {
+        let mut h = HeaderMap::new();
+        if let Some(ct) = ct {
+            h.insert(CONTENT_TYPE, ct.parse().unwrap());
+        }
+        ContentKind::of(&h)
+    }
+
+    #[test]
+    fn content_kinds() {
+        assert_eq!(kind(Some("application/json; charset=utf-8")), ContentKind::Json);
+        assert_eq!(kind(Some("application/problem+json")), ContentKind::Json);
+        assert_eq!(kind(Some("application/x-ndjson")), ContentKind::Json);
+        assert_eq!(kind(Some("Text/Event-Stream")), ContentKind::EventStream);
+        assert_eq!(kind(Some("text/html")), ContentKind::Text);
+        assert_eq!(kind(None), ContentKind::Text);
+        assert_eq!(kind(Some("image/png")), ContentKind::Other);
+        assert_eq!(kind(Some("application/octet-stream")), ContentKind::Other);
+    }
+
+    #[test]
+    fn unknown_or_stacked_encodings_are_refused() {
+        for enc in ["br", "zstd", "gzip, gzip", "compress"] {
+            let mut h = HeaderMap::new();
+            h.insert(CONTENT_ENCODING, enc.parse().unwrap());
+            assert!(Decoder::for_headers(&h).is_err(), "{enc}");
+        }
     }
 }

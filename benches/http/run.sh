@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Whole-system HTTP benchmark (not in CI): wrk against a small JSON upstream (nginx serving a
+# fixed 1 KiB body with e-mail addresses), three ways, in one run:
+#   direct  : wrk -> upstream
+#   nginx   : wrk -> nginx proxy_pass (upstream keepalive, injected Authorization) -> upstream
+#   gateway : wrk -> Gatehouse (JWT + policy + JSON masking + egress guard + fsync audit log)
+#             -> upstream
+# Prints req/s, p50/p99 latency, the gateway/nginx throughput ratio and the gateway's added
+# p50/p99 latency over direct.
+#
+# Usage: benches/http/run.sh [duration=15s] [connections=32] [threads=2]
+# Needs: nginx, wrk (apt-get install -y nginx wrk), a release build of the bench gateway.
+set -euo pipefail
+
+DURATION=${1:-15s}
+CONNS=${2:-32}
+THREADS=${3:-2}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+WORK=$(mktemp -d /tmp/gatehouse-http-bench.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+for tool in nginx wrk; do
+    command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y nginx wrk" >&2; exit 1; }
+done
+
+# Free loopback ports, chosen by the kernel (bound and released just before use).
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+UP=$(port); NGX=$(port); GW=$(port)
+
+BODY=$(python3 -c 'import json; print(json.dumps({"users":[{"id":i,"name":"User %d"%i,"email":"user%d@example.com"%i,"plan":"pro","active":True} for i in range(12)]}))')
+mkdir -p "$WORK/nginx"
+cat > "$WORK/nginx.conf" <<NGINX
+worker_processes 1;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $WORK/nginx; proxy_temp_path $WORK/nginx;
+    fastcgi_temp_path $WORK/nginx; uwsgi_temp_path $WORK/nginx; scgi_temp_path $WORK/nginx;
+    keepalive_requests 100000;
+    upstream api { server 127.0.0.1:$UP; keepalive 64; }
+    server {
+        listen 127.0.0.1:$UP;
+        location / { default_type application/json; return 200 '$BODY'; }
+    }
+    server {
+        listen 127.0.0.1:$NGX;
+        location / {
+            proxy_pass http://api;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Authorization "Bearer bench-upstream-secret-4c1d9e";
+        }
+    }
+}
+NGINX
+nginx -c "$WORK/nginx.conf"
+
+(cd "$ROOT" && cargo build --release -q -p gatehouse-http --example bench_gateway)
+"$ROOT/target/release/examples/bench_gateway" "127.0.0.1:$GW" "http://127.0.0.1:$UP" "$WORK/gw" 2>"$WORK/gw.log" &
+PIDS+=($!)
+for _ in $(seq 100); do [ -s "$WORK/gw/token" ] && curl -fs -o /dev/null -H "Authorization: Bearer $(cat "$WORK/gw/token")" "http://127.0.0.1:$GW/users" && break; sleep 0.1; done
+TOKEN=$(cat "$WORK/gw/token")
+curl -fs -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$GW/users" | grep -q '\[email\]' || { echo "gateway does not mask" >&2; exit 1; }
+
+run() { # name url [header]
+    local name=$1 url=$2; shift 2
+    wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$@" "$url" > "$WORK/$name.txt"
+    local rps p50 p99
+    rps=$(awk '/Requests\/sec/ {print $2}' "$WORK/$name.txt")
+    p50=$(awk '$1=="50%" {print $2}' "$WORK/$name.txt")
+    p99=$(awk '$1=="99%" {print $2}' "$WORK/$name.txt")
+    printf '%-8s %12s req/s   p50 %-9s p99 %-9s\n' "$name" "$rps" "$p50" "$p99"
+    echo "$name $rps $p50 $p99" >> "$WORK/summary"
+}
+echo "wrk -t$THREADS -c$CONNS -d$DURATION --latency, $(nproc) vCPU"
+run direct  "http://127.0.0.1:$UP/users"
+run nginx   "http://127.0.0.1:$NGX/users"
+run gateway "http://127.0.0.1:$GW/users" -H "Authorization: Bearer $TOKEN"
+
+python3 - "$WORK/summary" <<'PY'
+import sys
+def ms(v):
+    for unit, f in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
+        if v.endswith(unit) and (unit != "s" or not v.endswith(("us","ms"))):
+            return float(v[:-len(unit)]) * f
+    return float(v)
+rows = {l.split()[0]: l.split()[1:] for l in open(sys.argv[1])}
+d, n, g = rows["direct"], rows["nginx"], rows["gateway"]
+print(f"gateway / nginx throughput: {float(g[0]) / float(n[0]):.2f}x (target >= 0.8x)")
+print(f"gateway / direct throughput: {float(g[0]) / float(d[0]):.2f}x")
+print(f"added latency over direct: p50 {ms(g[1]) - ms(d[1]):.3f} ms, p99 {ms(g[2]) - ms(d[2]):.3f} ms")
+print(f"nginx added latency over direct: p50 {ms(n[1]) - ms(d[1]):.3f} ms, p99 {ms(n[2]) - ms(d[2]):.3f} ms")
+PY
