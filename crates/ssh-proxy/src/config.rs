@@ -298,3 +298,40 @@ pub enum UpstreamHostKey {
         path: PathBuf,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_from_toml_and_refuses_unknown_fields() {
+        let text = r#"
+            host_key_path = "/var/lib/gatehouse/ssh_host_ed25519"
+            env_allow = ["LANG", "LC_*"]
+            auth_rejection_time_ms = 50
+            login_rate_limit = { max_failures = 3, window_secs = 30 }
+
+            [[targets]]
+            name = "web-1"
+            address = "10.0.0.5:22"
+            login = "deploy"
+            credential = { kind = "password", password = "hunter2-upstream" }
+            host_key = { kind = "fingerprint", sha256 = "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU" }
+            tags = ["prod"]
+        "#;
+        let config: SshProxyConfig = toml::from_str(text).unwrap();
+        assert_eq!(config.targets[0].login, "deploy");
+        assert!(config.env_allowed("LC_ALL"));
+        assert!(!config.env_allowed("LD_PRELOAD"));
+        assert_eq!(config.idle_flush_ms, 15);
+        assert!(config.end_session_on_identity_expiry);
+        assert_eq!(config.held_secrets(), vec![b"hunter2-upstream".to_vec()]);
+        // Debug never shows the password.
+        assert!(!format!("{config:?}").contains("hunter2-upstream"));
+
+        let typo = text.replace("env_allow", "env_alow");
+        assert!(toml::from_str::<SshProxyConfig>(&typo).is_err());
+        let bad_cred = text.replace("kind = \"password\", password", "kind = \"password\", pasword");
+        assert!(toml::from_str::<SshProxyConfig>(&bad_cred).is_err());
+    }
+}

@@ -144,6 +144,17 @@ pub(crate) fn load_key(credential: &UpstreamCredential) -> Result<Option<Private
     }
 }
 
+/// The gateway chooses the cipher on its upstream leg: AES-GCM first, because aws-lc's
+/// hardware AES is cheaper per byte than russh's ChaCha20-Poly1305, and the gateway pays for two
+/// legs.
+const UPSTREAM_CIPHERS: &[russh::cipher::Name] = &[
+    russh::cipher::AES_256_GCM,
+    russh::cipher::CHACHA20_POLY1305,
+    russh::cipher::AES_256_CTR,
+    russh::cipher::AES_192_CTR,
+    russh::cipher::AES_128_CTR,
+];
+
 /// Connects to `target`, verifies its host key and logs in as `login`.
 pub(crate) async fn connect(
     config: &SshProxyConfig,
@@ -169,6 +180,10 @@ pub(crate) async fn connect(
         maximum_packet_size: config.maximum_packet_size,
         nodelay: true,
         inactivity_timeout: None,
+        preferred: russh::Preferred {
+            cipher: std::borrow::Cow::Borrowed(UPSTREAM_CIPHERS),
+            ..Default::default()
+        },
         ..Default::default()
     });
     let work = async {
