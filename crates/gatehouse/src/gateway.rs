@@ -230,6 +230,21 @@ pub async fn run(
         let _ = ready.send(bound.clone());
     }
 
+    // The egress guard's counters go into the audit log periodically and at shutdown: the evidence
+    // export derives the "credentials never exposed" statement from them.
+    let counters_task = {
+        let pipeline = gateway.pipeline.clone();
+        let session = gateway_session.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let counters = serde_json::to_value(pipeline.egress.counters()).unwrap_or_default();
+                record_gateway_event(&pipeline, &session, "egress_counters", counters).await;
+            }
+        })
+    };
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| failed("SIGHUP handler", e))?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -261,6 +276,9 @@ pub async fn run(
     let _ = shutdown_tx.send(true);
     let grace = Duration::from_secs(loaded.config.gateway.shutdown_grace_secs);
     bound.drain(grace).await;
+    counters_task.abort();
+    let counters = serde_json::to_value(gateway.pipeline.egress.counters()).unwrap_or_default();
+    record_gateway_event(&gateway.pipeline, &gateway_session, "egress_counters", counters).await;
     record_gateway_event(
         &gateway.pipeline,
         &gateway_session,

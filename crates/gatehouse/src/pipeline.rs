@@ -19,6 +19,9 @@ pub fn check(loaded: &LoadedConfig) -> Result<String, CommandError> {
             policy_path.display()
         )));
     }
+    let policy = gatehouse_policy::CompiledPolicy::from_file(&policy_path)
+        .map_err(|e| CommandError::Failed(e.to_string()))?;
+    let _ = policy.rule_count();
     for l in &c.listeners.postgres {
         if let Some(tls) = &l.get_ref().tls {
             for p in [&tls.cert, &tls.key] {

@@ -63,10 +63,3 @@ fn bad_arguments_are_refused_with_usage() {
     let out = gatehouse(&["no-such-command"]);
     assert_eq!(out.status.code(), Some(2));
 }
-
-#[test]
-fn quickstart_runs() {
-    let out = gatehouse(&["quickstart"]);
-    assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("gatehouse --help"));
-}

@@ -140,41 +140,47 @@ struct Instructions<'a> {
 fn print_instructions(i: &Instructions<'_>) {
     let ca = i.dir.join("tls").join("ca.crt");
     let evidence = i.dir.join("evidence");
-    println!(
-        "\n\
-Gatehouse quickstart is running (ctrl-c to stop).\n\
-PostgreSQL target `demo` is behind the gateway on 127.0.0.1:{pg_port} (TLS; the agent never sees the\n\
-database password). Audit log: {data}\n\
-\n\
-1. As the agent (group `agents`), paste:\n\
-\n\
-PGPASSWORD='{agent}' psql \"host=localhost port={pg_port} dbname=demo user=agent sslmode=verify-full sslrootcert={ca}\"\n\
-\n\
-   then try:\n\
-     SELECT * FROM customers;             -- email, card_number and phone come back masked\n\
-     DROP TABLE customers;                -- denied by rule `no-drop` (SQLSTATE 42501)\n\
-     DELETE FROM customers WHERE id = 3;  -- waits for a human approval\n\
-\n\
-2. As the approver (group `approvers`), in another terminal:\n\
-\n\
-export GATEHOUSE_ADMIN_URL=https://localhost:{admin_port} GATEHOUSE_CA={ca} GATEHOUSE_TOKEN='{approver}'\n\
-{exe} approvals list\n\
-{exe} approvals approve <ID> --reason \"checked with the data owner\"\n\
-\n\
-3. Check the audit trail:\n\
-\n\
-{exe} audit verify {data}\n\
-{exe} evidence export --dir {data} --out {evidence}\n\
-{exe} evidence verify {evidence}\n",
-        pg_port = i.pg_port,
-        admin_port = i.admin_port,
-        data = i.data_dir.display(),
-        agent = i.agent_token,
-        approver = i.approver_token,
-        ca = ca.display(),
-        exe = i.exe,
-        evidence = evidence.display(),
-    );
+    let (pg_port, admin_port, exe) = (i.pg_port, i.admin_port, i.exe);
+    let data = i.data_dir.display();
+    let lines = [
+        String::new(),
+        "Gatehouse quickstart is running (ctrl-c to stop).".to_string(),
+        format!("PostgreSQL target `demo` is behind the gateway on 127.0.0.1:{pg_port} (TLS; the agent never sees the"),
+        format!("database password). Audit log: {data}"),
+        String::new(),
+        "1. As the agent (group `agents`), paste:".to_string(),
+        String::new(),
+        format!(
+            "PGPASSWORD='{}' psql \"host=localhost port={pg_port} dbname=demo user=agent sslmode=verify-full sslrootcert={}\"",
+            i.agent_token,
+            ca.display()
+        ),
+        String::new(),
+        "   then try:".to_string(),
+        "     SELECT * FROM customers;             -- email, card_number and phone come back masked".to_string(),
+        "     DROP TABLE customers;                -- denied by rule `no-drop` (SQLSTATE 42501)".to_string(),
+        "     DELETE FROM customers WHERE id = 3;  -- waits for a human approval".to_string(),
+        String::new(),
+        "2. As the approver (group `approvers`), in another terminal:".to_string(),
+        String::new(),
+        format!(
+            "export GATEHOUSE_ADMIN_URL=https://localhost:{admin_port} GATEHOUSE_CA={} GATEHOUSE_TOKEN='{}'",
+            ca.display(),
+            i.approver_token
+        ),
+        format!("{exe} approvals list"),
+        format!("{exe} approvals approve <ID> --reason \"checked with the data owner\""),
+        String::new(),
+        "3. Check the audit trail:".to_string(),
+        String::new(),
+        format!("{exe} audit verify {data}"),
+        format!("{exe} evidence export --dir {data} --out {}", evidence.display()),
+        format!("{exe} evidence verify {}", evidence.display()),
+    ];
     use std::io::Write;
-    let _ = std::io::stdout().flush();
+    let mut out = std::io::stdout().lock();
+    for line in lines {
+        let _ = writeln!(out, "{line}");
+    }
+    let _ = out.flush();
 }

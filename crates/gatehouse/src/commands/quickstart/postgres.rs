@@ -54,6 +54,33 @@ pub fn find_bin_dir() -> Result<PathBuf, CommandError> {
     ))
 }
 
+/// On a fresh Debian machine, as root, installs the PostgreSQL server package (the quickstart's
+/// one system dependency) and says so; otherwise explains what to install.
+fn install_postgres() -> Result<(), CommandError> {
+    let apt = Path::new("/usr/bin/apt-get");
+    if !is_root() || !apt.exists() {
+        return Err(failed(
+            "PostgreSQL server binaries (initdb, postgres) not found: install the `postgresql` package \
+             (e.g. `sudo apt-get install -y postgresql`) and run the quickstart again",
+        ));
+    }
+    eprintln!("gatehouse quickstart: PostgreSQL is not installed; installing it: apt-get install -y postgresql");
+    let run = |args: &[&str]| {
+        Command::new(apt)
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null())
+            .status()
+            .map_err(|e| failed(format!("apt-get: {e}")))
+    };
+    let updated = run(&["update", "-q"])?;
+    let installed = run(&["install", "-y", "-q", "--no-install-recommends", "postgresql"])?;
+    if !updated.success() || !installed.success() {
+        return Err(failed("installing PostgreSQL with apt-get failed (see above)"));
+    }
+    Ok(())
+}
+
 fn as_server_user(bin: &Path) -> Command {
     if is_root() {
         let mut c = Command::new("runuser");
@@ -96,7 +123,13 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), CommandError> {
 impl LocalPostgres {
     /// Starts (initialising on first use) the cluster in `root`.
     pub fn start(root: &Path) -> Result<LocalPostgres, CommandError> {
-        let bin_dir = find_bin_dir()?;
+        let bin_dir = match find_bin_dir() {
+            Ok(dir) => dir,
+            Err(e) => {
+                install_postgres()?;
+                find_bin_dir().map_err(|_| e)?
+            }
+        };
         let data = root.join("data");
         let socket_dir = root.join("sock");
         std::fs::create_dir_all(&socket_dir).map_err(|e| failed(e.to_string()))?;
@@ -147,20 +180,25 @@ impl LocalPostgres {
             .open(root.join("server.log"))
             .map_err(|e| failed(e.to_string()))?;
         let log2 = log.try_clone().map_err(|e| failed(e.to_string()))?;
+        // A small watchdog shell owns the server: if this process dies without cleaning up (even
+        // SIGKILL), the server is stopped too instead of lingering.
+        let run_as = if is_root() { "runuser -u postgres -- " } else { "" };
+        let script = format!(
+            "{run_as}\"$1\" -D \"$2\" -c listen_addresses=127.0.0.1 -c port={port} \
+             -c unix_socket_directories=\"$3\" -c password_encryption=scram-sha-256 &\n\
+             while kill -0 {parent} 2>/dev/null; do sleep 0.5; done\n\
+             kill -INT 0\n",
+            parent = std::process::id()
+        );
         let child = {
             use std::os::unix::process::CommandExt;
-            as_server_user(&bin_dir.join("postgres"))
-                .arg("-D")
-                .arg(&data)
-                .args([
-                    "-c",
-                    "listen_addresses=127.0.0.1",
-                    "-c",
-                    &format!("port={port}"),
-                ])
+            Command::new("sh")
                 .arg("-c")
-                .arg(format!("unix_socket_directories={}", socket_dir.display()))
-                .args(["-c", "password_encryption=scram-sha-256"])
+                .arg(script)
+                .arg("gatehouse-quickstart-postgres")
+                .arg(bin_dir.join("postgres"))
+                .arg(&data)
+                .arg(&socket_dir)
                 .stdin(Stdio::null())
                 .stdout(log)
                 .stderr(log2)
