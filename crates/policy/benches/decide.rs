@@ -24,7 +24,7 @@ fn thousand_rules() -> String {
     let mut text = String::from("[defaults]\ndefault = \"deny\"\n");
     for i in 0..996 {
         let body = match i % 4 {
-            0 => format!("sql = {{ tables = [\"secret_{i}\", \"audit_{i}.*\"] }}"),
+            0 => format!("sql = {{ tables = [\"secret_{i}\", \"audit_{i}.log_*\"] }}"),
             1 => format!("http = {{ paths = [\"/internal/{i}/**\"] }}"),
             2 => format!("exec = {{ program = [\"tool{i}\"] }}"),
             _ => format!("kubernetes = {{ namespaces = [\"team-{i}\"], verbs = [\"delete\"] }}"),
