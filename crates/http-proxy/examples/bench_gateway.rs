@@ -29,10 +29,18 @@ async fn main() {
         }
     };
     std::fs::create_dir_all(&dir).unwrap();
-    let issuer = DevIssuer::load_or_create(&dir.join("dev-issuer.pem"), "https://bench.local", "gatehouse")
-        .unwrap();
+    let issuer = DevIssuer::load_or_create(
+        &dir.join("dev-issuer.pem"),
+        "https://bench.local",
+        "gatehouse",
+    )
+    .unwrap();
     let token = issuer
-        .mint("bench-agent", &["agents".to_string()], Duration::from_secs(3600))
+        .mint(
+            "bench-agent",
+            &["agents".to_string()],
+            Duration::from_secs(3600),
+        )
         .unwrap();
     std::fs::write(dir.join("token"), &token).unwrap();
     let authenticator = OidcAuthenticator::new(vec![issuer.provider_config().unwrap()]).unwrap();

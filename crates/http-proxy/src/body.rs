@@ -356,7 +356,10 @@ mod tests {
 
     #[test]
     fn content_kinds() {
-        assert_eq!(kind(Some("application/json; charset=utf-8")), ContentKind::Json);
+        assert_eq!(
+            kind(Some("application/json; charset=utf-8")),
+            ContentKind::Json
+        );
         assert_eq!(kind(Some("application/problem+json")), ContentKind::Json);
         assert_eq!(kind(Some("application/x-ndjson")), ContentKind::Json);
         assert_eq!(kind(Some("Text/Event-Stream")), ContentKind::EventStream);
