@@ -331,7 +331,10 @@ mod tests {
 
         let typo = text.replace("env_allow", "env_alow");
         assert!(toml::from_str::<SshProxyConfig>(&typo).is_err());
-        let bad_cred = text.replace("kind = \"password\", password", "kind = \"password\", pasword");
+        let bad_cred = text.replace(
+            "kind = \"password\", password",
+            "kind = \"password\", pasword",
+        );
         assert!(toml::from_str::<SshProxyConfig>(&bad_cred).is_err());
     }
 }
