@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Whole-system PostgreSQL benchmark: pgbench select-only and TPC-B-like, 1 and 8 clients, against
+#   direct      PostgreSQL itself (TCP 127.0.0.1)
+#   relay       a bare TCP relay (tokio copy_bidirectional): the floor of any proxy
+#   pgbouncer   PgBouncer, session mode (Debian package; skipped if not installed)
+#   gatehouse   the PostgreSQL proxy with policy + masking + egress guard + audit recording on
+# all in one run, printing TPS, average latency and each ratio against direct.
+# Not part of CI. Usage: benches/pg/run.sh [seconds-per-run (default 20)] [scale (default 10)]
+set -euo pipefail
+
+DURATION="${1:-20}"
+SCALE="${2:-10}"
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+BIN_DIR="${GATEHOUSE_PG_BINDIR:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)}"
+WORK="$(mktemp -d /tmp/gatehouse-pgbench-XXXXXX)"
+chmod 1777 "$WORK"  # the postgres user writes its log and socket here
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  if [ -f "$WORK/data/postmaster.pid" ]; then as_pg "$BIN_DIR/pg_ctl" -D "$WORK/data" -m fast stop >/dev/null 2>&1 || true; fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+PG_PORT=$(free_port); GW_PORT=$(free_port); RELAY_PORT=$(free_port); BOUNCER_PORT=$(free_port)
+PASSWORD="bench-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+TOKEN="bench-token"
+
+echo "== building the gateway (release)"
+(cd "$ROOT" && cargo build --release -q -p gatehouse-pg --example bench_gateway)
+GATEWAY="$ROOT/target/release/examples/bench_gateway"
+
+echo "== starting PostgreSQL ($BIN_DIR) on 127.0.0.1:$PG_PORT"
+mkdir -p "$WORK/data"; [ "$(id -u)" = 0 ] && chown postgres "$WORK/data"
+as_pg "$BIN_DIR/initdb" -D "$WORK/data" -U postgres --auth=trust -E UTF8 --locale=C >/dev/null
+cat >> "$WORK/data/postgresql.conf" <<CONF
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = '$WORK'
+max_connections = 100
+shared_buffers = 256MB
+password_encryption = 'scram-sha-256'
+CONF
+cat > "$WORK/data/pg_hba.conf" <<HBA
+local all all trust
+host all postgres 127.0.0.1/32 trust
+host all all 127.0.0.1/32 scram-sha-256
+HBA
+as_pg "$BIN_DIR/pg_ctl" -D "$WORK/data" -l "$WORK/pg.log" -w start >/dev/null
+psql -X -q -h "$WORK" -p "$PG_PORT" -U postgres -c "CREATE ROLE bench LOGIN PASSWORD '$PASSWORD'" -c "CREATE DATABASE bench OWNER bench"
+PGPASSWORD="$PASSWORD" pgbench -q -i -s "$SCALE" -h 127.0.0.1 -p "$PG_PORT" -U bench bench >/dev/null 2>&1
+
+echo "== starting relay :$RELAY_PORT and gateway :$GW_PORT"
+"$GATEWAY" --relay --listen "127.0.0.1:$RELAY_PORT" --upstream "127.0.0.1:$PG_PORT" & PIDS+=($!)
+"$GATEWAY" --listen "127.0.0.1:$GW_PORT" --upstream "127.0.0.1:$PG_PORT" --user bench \
+  --password "$PASSWORD" --database bench --token "$TOKEN" 2>"$WORK/gateway.log" & PIDS+=($!)
+
+HAVE_BOUNCER=0
+if command -v pgbouncer >/dev/null 2>&1; then
+  HAVE_BOUNCER=1
+  cat > "$WORK/pgbouncer.ini" <<INI
+[databases]
+bench = host=127.0.0.1 port=$PG_PORT dbname=bench
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BOUNCER_PORT
+auth_type = plain
+auth_file = $WORK/userlist.txt
+pool_mode = session
+max_client_conn = 100
+default_pool_size = 20
+unix_socket_dir =
+logfile = $WORK/pgbouncer.log
+INI
+  echo "\"bench\" \"$PASSWORD\"" > "$WORK/userlist.txt"
+  chmod 644 "$WORK/pgbouncer.ini" "$WORK/userlist.txt"
+  if [ "$(id -u)" = 0 ]; then chown postgres "$WORK/pgbouncer.ini" "$WORK/userlist.txt"; fi
+  as_pg pgbouncer "$WORK/pgbouncer.ini" 2>/dev/null & PIDS+=($!)
+else
+  echo "   (pgbouncer not installed: apt-get install pgbouncer to include it)"
+fi
+for p in $RELAY_PORT $GW_PORT $([ $HAVE_BOUNCER = 1 ] && echo $BOUNCER_PORT); do
+  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
+done
+
+run() { # mode port password workload clients
+  local flags=""; [ "$4" = select-only ] && flags="-S"
+  local out
+  out=$(PGPASSWORD="$3" pgbench -n $flags -T "$DURATION" -c "$5" -j "$5" -h 127.0.0.1 -p "$2" -U bench bench 2>&1)
+  local tps lat
+  tps=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\) (without initial.*/\1/p')
+  lat=$(echo "$out" | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p')
+  echo "$tps $lat"
+}
+
+echo
+printf "%-12s %-8s %-10s %12s %12s %10s\n" workload clients mode tps "lat avg ms" "vs direct"
+for workload in select-only tpcb; do
+  for clients in 1 8; do
+    read -r dtps dlat < <(run direct "$PG_PORT" "$PASSWORD" $workload $clients)
+    printf "%-12s %-8s %-10s %12s %12s %10s\n" $workload $clients direct "$dtps" "$dlat" "1.00"
+    modes="relay:$RELAY_PORT:$PASSWORD gatehouse:$GW_PORT:$TOKEN"
+    [ $HAVE_BOUNCER = 1 ] && modes="relay:$RELAY_PORT:$PASSWORD pgbouncer:$BOUNCER_PORT:$PASSWORD gatehouse:$GW_PORT:$TOKEN"
+    for m in $modes; do
+      IFS=: read -r name port pw <<< "$m"
+      read -r tps lat < <(run "$name" "$port" "$pw" $workload $clients)
+      ratio=$(python3 -c "print(f'{float(\"$tps\")/float(\"$dtps\"):.2f}')" 2>/dev/null || echo "?")
+      printf "%-12s %-8s %-10s %12s %12s %10s\n" $workload $clients "$name" "$tps" "$lat" "$ratio"
+    done
+  done
+done
+echo
+echo "machine: $(nproc) vCPU, $(free -g | awk '/Mem:/{print $2}') GiB; postgres $("$BIN_DIR/postgres" --version | awk '{print $3}'); duration ${DURATION}s per run, scale $SCALE"
