@@ -17,9 +17,13 @@
 //! ```
 //!
 //! The binary builds an [`SshProxyConfig`], resolves target secrets, hands the layers over as a
-//! [`gatehouse_core::Pipeline`], and calls [`SshProxy::serve`] with a bound listener. Flow control
-//! is end to end: each channel is pumped by its own tasks writing into russh channels that wait for
-//! the peer's window, so a slow reader stalls its writer instead of filling memory.
+//! [`gatehouse_core::Pipeline`], and calls [`SshProxy::serve`] with a bound listener.
+//!
+//! Flow control: each channel is pumped by its own tasks, and every write waits for the peer's
+//! SSH window, so a slow reader stalls its writer instead of filling memory. russh grants window
+//! on receipt rather than on consumption; the bound then comes from russh's per-channel message
+//! buffers, which, when full, pause reading that whole connection (other channels of the same
+//! connection wait too) until the slow side catches up.
 
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
