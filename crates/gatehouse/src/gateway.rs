@@ -43,8 +43,6 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     /// Token exchange, when a JWT issuer is configured.
     pub exchange: Option<(Arc<GatewayKeyIssuer>, Arc<dyn Authenticator + Send + Sync>)>,
-    /// The approvals broker (also in the pipeline).
-    pub approvals: Arc<gatehouse_approvals::ApprovalBroker>,
 }
 
 /// Builds the gateway's layers from a loaded config.
@@ -157,7 +155,7 @@ pub async fn build(loaded: &LoadedConfig) -> Result<Gateway, CommandError> {
             webhook: None,
         },
     };
-    let approvals = Arc::new(
+    let approvals: Arc<dyn gatehouse_core::Approvals + Send + Sync> = Arc::new(
         approvals_config
             .build(Some(recorder.clone()))
             .await
@@ -167,7 +165,7 @@ pub async fn build(loaded: &LoadedConfig) -> Result<Gateway, CommandError> {
     let pipeline = Pipeline {
         authenticator,
         policy: policy.clone(),
-        approvals: approvals.clone(),
+        approvals,
         masker,
         egress,
         recorder,
@@ -180,7 +178,6 @@ pub async fn build(loaded: &LoadedConfig) -> Result<Gateway, CommandError> {
         audit_root,
         metrics,
         exchange,
-        approvals,
     })
 }
 
@@ -278,7 +275,13 @@ pub async fn run(
     bound.drain(grace).await;
     counters_task.abort();
     let counters = serde_json::to_value(gateway.pipeline.egress.counters()).unwrap_or_default();
-    record_gateway_event(&gateway.pipeline, &gateway_session, "egress_counters", counters).await;
+    record_gateway_event(
+        &gateway.pipeline,
+        &gateway_session,
+        "egress_counters",
+        counters,
+    )
+    .await;
     record_gateway_event(
         &gateway.pipeline,
         &gateway_session,

@@ -26,7 +26,10 @@ impl StaticAuthenticator {
 
     /// Accepts `token` as `identity`.
     pub fn with_token(self, token: &str, identity: Identity) -> Self {
-        self.tokens.lock().unwrap().insert(token.to_string(), identity);
+        self.tokens
+            .lock()
+            .unwrap()
+            .insert(token.to_string(), identity);
         self
     }
 
@@ -71,7 +74,9 @@ impl std::fmt::Debug for FnPolicy {
 
 impl FnPolicy {
     /// Wraps a closure.
-    pub fn new(f: impl Fn(&Identity, &Target, &Operation) -> Decision + Send + Sync + 'static) -> Self {
+    pub fn new(
+        f: impl Fn(&Identity, &Target, &Operation) -> Decision + Send + Sync + 'static,
+    ) -> Self {
         FnPolicy(Arc::new(f))
     }
 
@@ -154,7 +159,10 @@ impl Drop for AbandonOnDrop<'_> {
 }
 
 impl Approvals for MemoryApprovals {
-    fn open(&self, request: ApprovalRequest) -> BoxFuture<'_, Result<ApprovalTicket, ApprovalError>> {
+    fn open(
+        &self,
+        request: ApprovalRequest,
+    ) -> BoxFuture<'_, Result<ApprovalTicket, ApprovalError>> {
         Box::pin(async move {
             let n = self.next.fetch_add(1, Ordering::SeqCst) + 1;
             let id = ApprovalId(format!("apr-{n}"));
@@ -170,7 +178,11 @@ impl Approvals for MemoryApprovals {
             };
             self.records.lock().unwrap().insert(id.clone(), record);
             self.changed.notify_waiters();
-            Ok(ApprovalTicket { id, operation_hash, already_granted: false })
+            Ok(ApprovalTicket {
+                id,
+                operation_hash,
+                already_granted: false,
+            })
         })
     }
 
@@ -180,22 +192,35 @@ impl Approvals for MemoryApprovals {
         max_wait: Duration,
     ) -> BoxFuture<'a, Result<ApprovalOutcome, ApprovalError>> {
         Box::pin(async move {
-            let record = self.state(id).ok_or_else(|| ApprovalError::NotFound(id.0.clone()))?;
+            let record = self
+                .state(id)
+                .ok_or_else(|| ApprovalError::NotFound(id.0.clone()))?;
             let timeout = Duration::from_millis(record.request.requirement.timeout_ms);
             let opened = Instant::now();
-            let mut guard = AbandonOnDrop { approvals: self, id, armed: true };
+            let mut guard = AbandonOnDrop {
+                approvals: self,
+                id,
+                armed: true,
+            };
             loop {
                 let notified = self.changed.notified();
-                let record = self.state(id).ok_or_else(|| ApprovalError::NotFound(id.0.clone()))?;
+                let record = self
+                    .state(id)
+                    .ok_or_else(|| ApprovalError::NotFound(id.0.clone()))?;
                 let outcome = match record.state {
                     ApprovalState::Approved => Some(ApprovalOutcome::Approved {
                         approvers: record.votes.iter().map(|v| v.approver.clone()).collect(),
                     }),
                     ApprovalState::Denied => {
-                        let vote = record.votes.iter().find(|v| v.decision == ApprovalDecision::Deny);
+                        let vote = record
+                            .votes
+                            .iter()
+                            .find(|v| v.decision == ApprovalDecision::Deny);
                         Some(ApprovalOutcome::Denied {
                             by: vote.map(|v| v.approver.clone()).unwrap_or_default(),
-                            justification: vote.map(|v| v.justification.clone()).unwrap_or_default(),
+                            justification: vote
+                                .map(|v| v.justification.clone())
+                                .unwrap_or_default(),
                         })
                     }
                     ApprovalState::TimedOut => Some(ApprovalOutcome::TimedOut),
@@ -230,8 +255,18 @@ impl Approvals for MemoryApprovals {
             let mut out: Vec<_> = records
                 .values()
                 .filter(|r| filter.state.is_none_or(|s| s == r.state))
-                .filter(|r| filter.requester.as_ref().is_none_or(|s| *s == r.request.requester.subject))
-                .filter(|r| filter.target.as_ref().is_none_or(|t| *t == r.request.target.name))
+                .filter(|r| {
+                    filter
+                        .requester
+                        .as_ref()
+                        .is_none_or(|s| *s == r.request.requester.subject)
+                })
+                .filter(|r| {
+                    filter
+                        .target
+                        .as_ref()
+                        .is_none_or(|t| *t == r.request.target.name)
+                })
                 .cloned()
                 .collect();
             out.sort_by(|a, b| a.id.cmp(&b.id));
@@ -239,8 +274,14 @@ impl Approvals for MemoryApprovals {
         })
     }
 
-    fn get<'a>(&'a self, id: &'a ApprovalId) -> BoxFuture<'a, Result<ApprovalRecord, ApprovalError>> {
-        Box::pin(async move { self.state(id).ok_or_else(|| ApprovalError::NotFound(id.0.clone())) })
+    fn get<'a>(
+        &'a self,
+        id: &'a ApprovalId,
+    ) -> BoxFuture<'a, Result<ApprovalRecord, ApprovalError>> {
+        Box::pin(async move {
+            self.state(id)
+                .ok_or_else(|| ApprovalError::NotFound(id.0.clone()))
+        })
     }
 
     fn decide<'a>(
@@ -256,9 +297,14 @@ impl Approvals for MemoryApprovals {
             }
             let updated = {
                 let mut records = self.records.lock().unwrap();
-                let r = records.get_mut(id).ok_or_else(|| ApprovalError::NotFound(id.0.clone()))?;
+                let r = records
+                    .get_mut(id)
+                    .ok_or_else(|| ApprovalError::NotFound(id.0.clone()))?;
                 if r.state != ApprovalState::Pending {
-                    return Err(ApprovalError::AlreadyClosed(id.0.clone(), format!("{:?}", r.state)));
+                    return Err(ApprovalError::AlreadyClosed(
+                        id.0.clone(),
+                        format!("{:?}", r.state),
+                    ));
                 }
                 if r.request.requester.principal() == approver.principal() {
                     return Err(ApprovalError::SelfApproval);
@@ -276,8 +322,11 @@ impl Approvals for MemoryApprovals {
                     justification: justification.to_string(),
                     at: now(),
                 });
-                let approvals =
-                    r.votes.iter().filter(|v| v.decision == ApprovalDecision::Approve).count();
+                let approvals = r
+                    .votes
+                    .iter()
+                    .filter(|v| v.decision == ApprovalDecision::Approve)
+                    .count();
                 if decision == ApprovalDecision::Deny {
                     r.state = ApprovalState::Denied;
                     r.closed_at = Some(now());
@@ -310,7 +359,8 @@ impl LiteralMasker {
 
     /// Replaces every occurrence of `literal` with `replacement`.
     pub fn literal(mut self, literal: &str, replacement: &str) -> Self {
-        self.literals.push((literal.as_bytes().to_vec(), replacement.as_bytes().to_vec()));
+        self.literals
+            .push((literal.as_bytes().to_vec(), replacement.as_bytes().to_vec()));
         self
     }
 
@@ -320,14 +370,25 @@ impl LiteralMasker {
         self
     }
 
-    fn replace_all(&self, input: &[u8], out: &mut Vec<u8>, findings: &mut Vec<Finding>, base: u64) -> bool {
+    fn replace_all(
+        &self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        findings: &mut Vec<Finding>,
+        base: u64,
+    ) -> bool {
         let mut changed = false;
         let mut i = 0;
         'outer: while i < input.len() {
             for (lit, rep) in &self.literals {
                 if !lit.is_empty() && input[i..].starts_with(lit) {
                     out.extend_from_slice(rep);
-                    findings.push(Finding { rule: "literal".into(), field: None, offset: base + i as u64, length: lit.len() as u64 });
+                    findings.push(Finding {
+                        rule: "literal".into(),
+                        field: None,
+                        offset: base + i as u64,
+                        length: lit.len() as u64,
+                    });
                     i += lit.len();
                     changed = true;
                     continue 'outer;
@@ -347,9 +408,20 @@ struct LiteralPlan {
 }
 
 impl FieldPlan for LiteralPlan {
-    fn apply(&self, index: usize, value: &[u8], out: &mut Vec<u8>, findings: &mut Vec<Finding>) -> MaskOutcome {
+    fn apply(
+        &self,
+        index: usize,
+        value: &[u8],
+        out: &mut Vec<u8>,
+        findings: &mut Vec<Finding>,
+    ) -> MaskOutcome {
         if self.whole.get(index).copied().unwrap_or(false) {
-            findings.push(Finding { rule: "column".into(), field: None, offset: 0, length: value.len() as u64 });
+            findings.push(Finding {
+                rule: "column".into(),
+                field: None,
+                offset: 0,
+                length: value.len() as u64,
+            });
             if self.kinds.get(index) == Some(&FieldKind::NonText) {
                 return MaskOutcome::MustNull;
             }
@@ -381,7 +453,13 @@ struct LiteralStream {
 
 impl LiteralStream {
     fn hold_back(&self) -> usize {
-        self.masker.literals.iter().map(|(l, _)| l.len()).max().unwrap_or(1).saturating_sub(1)
+        self.masker
+            .literals
+            .iter()
+            .map(|(l, _)| l.len())
+            .max()
+            .unwrap_or(1)
+            .saturating_sub(1)
     }
 }
 
@@ -401,13 +479,15 @@ impl StreamMasker for LiteralStream {
             }
         }
         let head: Vec<u8> = self.pending.drain(..cut).collect();
-        self.masker.replace_all(&head, out, &mut self.findings, self.offset);
+        self.masker
+            .replace_all(&head, out, &mut self.findings, self.offset);
         self.offset += head.len() as u64;
     }
 
     fn flush(&mut self, out: &mut Vec<u8>) {
         let rest = std::mem::take(&mut self.pending);
-        self.masker.replace_all(&rest, out, &mut self.findings, self.offset);
+        self.masker
+            .replace_all(&rest, out, &mut self.findings, self.offset);
         self.offset += rest.len() as u64;
     }
 
@@ -426,16 +506,28 @@ impl Masker for LiteralMasker {
             .iter()
             .map(|f| {
                 self.columns.iter().any(|c| {
-                    f.name == *c || f.sources.iter().any(|s| s == c || s.ends_with(&format!(".{c}")))
+                    f.name == *c
+                        || f.sources
+                            .iter()
+                            .any(|s| s == c || s.ends_with(&format!(".{c}")))
                 })
             })
             .collect();
         let kinds = fields.iter().map(|f| f.kind).collect();
-        Box::new(LiteralPlan { masker: self.clone(), whole, kinds })
+        Box::new(LiteralPlan {
+            masker: self.clone(),
+            whole,
+            kinds,
+        })
     }
 
     fn stream(&self, _context: &StreamContext) -> Box<dyn StreamMasker> {
-        Box::new(LiteralStream { masker: self.clone(), pending: Vec::new(), offset: 0, findings: Vec::new() })
+        Box::new(LiteralStream {
+            masker: self.clone(),
+            pending: Vec::new(),
+            offset: 0,
+            findings: Vec::new(),
+        })
     }
 }
 
@@ -457,7 +549,12 @@ impl LiteralEgressGuard {
         guard
     }
 
-    fn scan(secrets: &[Vec<u8>], counters: &Mutex<EgressCounters>, site: EgressSite, data: &[u8]) -> Result<(), EgressBlocked> {
+    fn scan(
+        secrets: &[Vec<u8>],
+        counters: &Mutex<EgressCounters>,
+        site: EgressSite,
+        data: &[u8],
+    ) -> Result<(), EgressBlocked> {
         let key = format!("{site:?}").to_lowercase();
         let mut hits = 0u64;
         let mut first = None;
@@ -476,7 +573,11 @@ impl LiteralEgressGuard {
         *c.bytes_checked.entry(key.clone()).or_default() += data.len() as u64;
         if hits > 0 {
             *c.hits.entry(key).or_default() += hits;
-            return Err(EgressBlocked { site, hits, first_offset: first.unwrap_or(0) as u64 });
+            return Err(EgressBlocked {
+                site,
+                hits,
+                first_offset: first.unwrap_or(0) as u64,
+            });
         }
         Ok(())
     }
@@ -502,7 +603,13 @@ impl EgressStream for LiteralEgressStream {
                 *v -= tail_len as u64;
             }
         }
-        let keep = self.secrets.iter().map(Vec::len).max().unwrap_or(1).saturating_sub(1);
+        let keep = self
+            .secrets
+            .iter()
+            .map(Vec::len)
+            .max()
+            .unwrap_or(1)
+            .saturating_sub(1);
         let start = window.len().saturating_sub(keep);
         self.tail = window[start..].to_vec();
         result
@@ -515,7 +622,12 @@ impl EgressGuard for LiteralEgressGuard {
     }
 
     fn stream(&self, site: EgressSite) -> Box<dyn EgressStream> {
-        Box::new(LiteralEgressStream { secrets: self.secrets.clone(), counters: self.counters.clone(), site, tail: Vec::new() })
+        Box::new(LiteralEgressStream {
+            secrets: self.secrets.clone(),
+            counters: self.counters.clone(),
+            site,
+            tail: Vec::new(),
+        })
     }
 
     fn counters(&self) -> EgressCounters {
@@ -549,7 +661,12 @@ impl MemoryRecorder {
 
     /// Frames recorded for `session`.
     pub fn recording(&self, session: &SessionId) -> Vec<RecordingFrame> {
-        self.recordings.lock().unwrap().get(session).cloned().unwrap_or_default()
+        self.recordings
+            .lock()
+            .unwrap()
+            .get(session)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Every event and recording frame, serialised as JSON (for canary scans).
@@ -560,7 +677,9 @@ impl MemoryRecorder {
         for frames in recs.values() {
             for f in frames {
                 match f {
-                    RecordingFrame::Output { data } | RecordingFrame::ErrorOutput { data } | RecordingFrame::Input { data } => {
+                    RecordingFrame::Output { data }
+                    | RecordingFrame::ErrorOutput { data }
+                    | RecordingFrame::Input { data } => {
                         out.push_str(&String::from_utf8_lossy(data));
                     }
                     other => out.push_str(&serde_json::to_string(other).unwrap_or_default()),
@@ -582,8 +701,15 @@ impl RecordingSink for MemorySink {
     fn write(&mut self, frame: RecordingFrame) -> BoxFuture<'_, Result<(), RecordError>> {
         Box::pin(async move {
             self.frames += 1;
-            self.bytes += serde_json::to_vec(&frame).map(|v| v.len() as u64).unwrap_or(0);
-            self.recordings.lock().unwrap().entry(self.session.clone()).or_default().push(frame);
+            self.bytes += serde_json::to_vec(&frame)
+                .map(|v| v.len() as u64)
+                .unwrap_or(0);
+            self.recordings
+                .lock()
+                .unwrap()
+                .entry(self.session.clone())
+                .or_default()
+                .push(frame);
             Ok(())
         })
     }
@@ -608,7 +734,10 @@ impl Recorder for MemoryRecorder {
             }
             let mut events = self.events.lock().unwrap();
             events.push(event);
-            Ok(EventReceipt { sequence: events.len() as u64, hash: String::new() })
+            Ok(EventReceipt {
+                sequence: events.len() as u64,
+                hash: String::new(),
+            })
         })
     }
 
@@ -664,6 +793,11 @@ impl TestPipeline {
             egress: egress.clone(),
             recorder: recorder.clone(),
         };
-        Self { pipeline, recorder, approvals, egress }
+        Self {
+            pipeline,
+            recorder,
+            approvals,
+            egress,
+        }
     }
 }

@@ -10,7 +10,9 @@ pub fn bind_loopback() -> TcpListener {
 
 /// A tokio listener on `127.0.0.1:0`.
 pub async fn bind_loopback_tokio() -> tokio::net::TcpListener {
-    tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0")
+    tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1:0")
 }
 
 /// The address a std listener is bound to.

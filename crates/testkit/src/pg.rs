@@ -66,9 +66,14 @@ impl PgCluster {
     /// the reason if PostgreSQL cannot start (missing packages, …): a test that needs a real
     /// database must not silently pass without one.
     pub fn shared() -> &'static PgCluster {
-        SHARED.get_or_init(|| match PgCluster::start(PgOptions { tls: true, ..PgOptions::default() }) {
-            Ok(cluster) => cluster,
-            Err(e) => panic!("cannot start the throwaway PostgreSQL: {e}"),
+        SHARED.get_or_init(|| {
+            match PgCluster::start(PgOptions {
+                tls: true,
+                ..PgOptions::default()
+            }) {
+                Ok(cluster) => cluster,
+                Err(e) => panic!("cannot start the throwaway PostgreSQL: {e}"),
+            }
         })
     }
 
@@ -145,7 +150,11 @@ impl PgCluster {
             }
         }
         Err(last_err.unwrap_or_else(|| {
-            TestkitError::NotReady("postgres".into(), Duration::from_secs(60), "no attempt".into())
+            TestkitError::NotReady(
+                "postgres".into(),
+                Duration::from_secs(60),
+                "no attempt".into(),
+            )
         }))
     }
 
@@ -155,13 +164,21 @@ impl PgCluster {
             if let Some(g) = self.guard.as_mut()
                 && g.has_exited()
             {
-                return Err(TestkitError::NotReady("postgres".into(), limit, self.server_log_tail()));
+                return Err(TestkitError::NotReady(
+                    "postgres".into(),
+                    limit,
+                    self.server_log_tail(),
+                ));
             }
             if self.psql_in("postgres", "SELECT 1").is_ok() {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                return Err(TestkitError::NotReady("postgres".into(), limit, self.server_log_tail()));
+                return Err(TestkitError::NotReady(
+                    "postgres".into(),
+                    limit,
+                    self.server_log_tail(),
+                ));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -204,14 +221,24 @@ impl PgCluster {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let clean: String = prefix
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
             .take(40)
             .collect();
         let name = format!("{clean}_{n}_{}", std::process::id());
         if let Err(e) = self.psql_in("postgres", &format!("CREATE DATABASE \"{name}\"")) {
             panic!("CREATE DATABASE {name}: {e}");
         }
-        TestDb { name, socket_dir: self.socket_dir.clone(), port: self.port }
+        TestDb {
+            name,
+            socket_dir: self.socket_dir.clone(),
+            port: self.port,
+        }
     }
 
     /// Creates a LOGIN role with a SCRAM-SHA-256 password.
@@ -295,7 +322,16 @@ fn psql(socket_dir: &Path, port: u16, db: &str, sql: &str) -> Result<String, Tes
     cmd.arg("-X")
         .args(["-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
         .arg(socket_dir)
-        .args(["-p", &port.to_string(), "-U", "postgres", "-d", db, "-c", sql])
+        .args([
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            db,
+            "-c",
+            sql,
+        ])
         .env("PGCONNECT_TIMEOUT", "5")
         .env_remove("PGPASSWORD");
     let out = run_with_timeout(cmd, PSQL_TIMEOUT)?;
@@ -325,7 +361,11 @@ pub fn find_bin_dir() -> Result<PathBuf, TestkitError> {
     if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
         for entry in entries.flatten() {
             let bin = entry.path().join("bin");
-            let major = entry.file_name().to_string_lossy().parse::<u32>().unwrap_or(0);
+            let major = entry
+                .file_name()
+                .to_string_lossy()
+                .parse::<u32>()
+                .unwrap_or(0);
             if bin.join("postgres").exists() && bin.join("initdb").exists() {
                 candidates.push((major, bin));
             }
@@ -350,7 +390,8 @@ pub fn find_bin_dir() -> Result<PathBuf, TestkitError> {
 fn server_command(bin_dir: &Path, program: &str, as_root: bool) -> Command {
     if as_root {
         let mut cmd = Command::new("runuser");
-        cmd.args(["-u", "postgres", "--"]).arg(bin_dir.join(program));
+        cmd.args(["-u", "postgres", "--"])
+            .arg(bin_dir.join(program));
         cmd
     } else {
         Command::new(bin_dir.join(program))
@@ -365,7 +406,11 @@ fn spawn_server(
 ) -> Result<ChildGuard, TestkitError> {
     // The watchdog: start postgres in the background; when the test process is gone, send SIGINT
     // (fast shutdown) to the whole process group, postgres and this shell included.
-    let run_as = if as_root { "runuser -u postgres -- " } else { "" };
+    let run_as = if as_root {
+        "runuser -u postgres -- "
+    } else {
+        ""
+    };
     let script = format!(
         "{run_as}\"$1\" -D \"$2\" >> \"$3\" 2>&1 &\n\
          while kill -0 {test_pid} 2>/dev/null; do sleep 0.3; done\n\
@@ -450,13 +495,16 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), TestkitError> {
 }
 
 fn postgres_user() -> Result<nix::unistd::User, TestkitError> {
-    nix::unistd::User::from_name("postgres").ok().flatten().ok_or_else(|| {
-        TestkitError::Missing(
+    nix::unistd::User::from_name("postgres")
+        .ok()
+        .flatten()
+        .ok_or_else(|| {
+            TestkitError::Missing(
             "user 'postgres'".into(),
             "running as root needs the postgres system user (the postgresql package creates it)"
                 .into(),
         )
-    })
+        })
 }
 
 fn chown_postgres(path: &Path) -> Result<(), TestkitError> {

@@ -22,7 +22,11 @@ impl ChildGuard {
         cmd.process_group(0).stdin(std::process::Stdio::null());
         let child = cmd.spawn()?;
         let pgid = i32::try_from(child.id()).unwrap_or(i32::MAX);
-        Ok(ChildGuard { child: Some(child), pgid, name: name.to_string() })
+        Ok(ChildGuard {
+            child: Some(child),
+            pgid,
+            name: name.to_string(),
+        })
     }
 
     /// Spawns `cmd` in a new process group, keeping the stdio the caller configured.
@@ -31,7 +35,11 @@ impl ChildGuard {
         cmd.process_group(0);
         let child = cmd.spawn()?;
         let pgid = i32::try_from(child.id()).unwrap_or(i32::MAX);
-        Ok(ChildGuard { child: Some(child), pgid, name: name.to_string() })
+        Ok(ChildGuard {
+            child: Some(child),
+            pgid,
+            name: name.to_string(),
+        })
     }
 
     /// The process group id (= the child's pid).
@@ -127,7 +135,11 @@ pub fn run_with_timeout(
     };
     let stdout = out_thread.join().unwrap_or_default();
     let stderr = err_thread.join().unwrap_or_default();
-    Ok(std::process::Output { status, stdout, stderr })
+    Ok(std::process::Output {
+        status,
+        stdout,
+        stderr,
+    })
 }
 
 fn read_all<R: std::io::Read>(r: Option<R>) -> Vec<u8> {

@@ -7,7 +7,6 @@
 //! (`root` in CI, with `PermitRootLogin prohibit-password`); authentication is by the generated
 //! client key.
 
-
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -58,13 +57,18 @@ impl Sshd {
     /// Starts sshd behind `listener`.
     pub fn start_on(listener: TcpListener, options: SshdOptions) -> Result<Sshd, TestkitError> {
         let sshd = sshd_path()?;
-        let dir = tempfile::Builder::new().prefix("gatehouse-sshd-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("gatehouse-sshd-")
+            .tempdir()?;
         if crate::running_as_root() {
             std::fs::create_dir_all("/run/sshd")?;
         }
         keygen(&dir.path().join("host_ed25519"))?;
         keygen(&dir.path().join("client_ed25519"))?;
-        std::fs::copy(dir.path().join("client_ed25519.pub"), dir.path().join("authorized_keys"))?;
+        std::fs::copy(
+            dir.path().join("client_ed25519.pub"),
+            dir.path().join("authorized_keys"),
+        )?;
         let user = nix::unistd::User::from_uid(nix::unistd::geteuid())
             .ok()
             .flatten()
@@ -95,7 +99,10 @@ impl Sshd {
         std::fs::write(dir.path().join("sshd_config"), config)?;
         // Validate the config once, so a bad one fails here with sshd's own message.
         let mut check = Command::new(&sshd);
-        check.arg("-t").arg("-f").arg(dir.path().join("sshd_config"));
+        check
+            .arg("-t")
+            .arg("-f")
+            .arg(dir.path().join("sshd_config"));
         let out = run_with_timeout(check, Duration::from_secs(20))?;
         if !out.status.success() {
             return Err(TestkitError::Command {
@@ -114,7 +121,14 @@ impl Sshd {
             let log = dir.path().join("sshd.log");
             std::thread::spawn(move || accept_loop(listener, sshd, config, log, stop, children))
         };
-        Ok(Sshd { dir, addr, user, stop, children, accept_thread: Some(accept_thread) })
+        Ok(Sshd {
+            dir,
+            addr,
+            user,
+            stop,
+            children,
+            accept_thread: Some(accept_thread),
+        })
     }
 
     /// Where sshd is reachable.
@@ -141,7 +155,12 @@ impl Sshd {
 
     /// A `known_hosts` line for this server (`[127.0.0.1]:port ssh-ed25519 AAAA…`).
     pub fn known_hosts_line(&self) -> String {
-        format!("[{}]:{} {}", self.addr.ip(), self.addr.port(), self.host_public_key())
+        format!(
+            "[{}]:{} {}",
+            self.addr.ip(),
+            self.addr.port(),
+            self.host_public_key()
+        )
     }
 
     /// Writes a known_hosts file for this server and returns its path.
@@ -196,7 +215,17 @@ impl Drop for Sshd {
 
 fn keygen(path: &Path) -> Result<(), TestkitError> {
     let mut cmd = Command::new("ssh-keygen");
-    cmd.args(["-q", "-t", "ed25519", "-N", "", "-C", "gatehouse-test", "-f"]).arg(path);
+    cmd.args([
+        "-q",
+        "-t",
+        "ed25519",
+        "-N",
+        "",
+        "-C",
+        "gatehouse-test",
+        "-f",
+    ])
+    .arg(path);
     let out = run_with_timeout(cmd, Duration::from_secs(20))
         .map_err(|e| TestkitError::Missing("ssh-keygen".into(), e.to_string()))?;
     if !out.status.success() {
@@ -223,8 +252,13 @@ fn accept_loop(
         }
         let Ok(stream) = stream else { continue };
         let _ = stream.set_nodelay(true);
-        let (Ok(input), Ok(output)) = (stream.try_clone(), stream.try_clone()) else { continue };
-        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log);
+        let (Ok(input), Ok(output)) = (stream.try_clone(), stream.try_clone()) else {
+            continue;
+        };
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log);
         let mut cmd = Command::new(&sshd);
         cmd.arg("-i").arg("-e").arg("-f").arg(&config);
         cmd.stdin(Stdio::from(std::os::fd::OwnedFd::from(input)));

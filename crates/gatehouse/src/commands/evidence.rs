@@ -56,7 +56,10 @@ fn failed(msg: impl Into<String>) -> CommandError {
     CommandError::Failed(msg.into())
 }
 
-fn parse_time(s: &Option<String>, flag: &str) -> Result<Option<time::OffsetDateTime>, CommandError> {
+fn parse_time(
+    s: &Option<String>,
+    flag: &str,
+) -> Result<Option<time::OffsetDateTime>, CommandError> {
     s.as_ref()
         .map(|s| {
             time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
@@ -66,11 +69,16 @@ fn parse_time(s: &Option<String>, flag: &str) -> Result<Option<time::OffsetDateT
 }
 
 fn load_signing_key(path: &Path) -> Result<SigningKey, CommandError> {
-    let text = std::fs::read_to_string(path).map_err(|e| failed(format!("signing key {}: {e}", path.display())))?;
-    let bytes = hex::decode(text.trim()).map_err(|e| failed(format!("signing key {}: {e}", path.display())))?;
-    let seed: [u8; 32] = bytes
-        .try_into()
-        .map_err(|_| failed(format!("signing key {}: expected 32 bytes of hex", path.display())))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| failed(format!("signing key {}: {e}", path.display())))?;
+    let bytes = hex::decode(text.trim())
+        .map_err(|e| failed(format!("signing key {}: {e}", path.display())))?;
+    let seed: [u8; 32] = bytes.try_into().map_err(|_| {
+        failed(format!(
+            "signing key {}: expected 32 bytes of hex",
+            path.display()
+        ))
+    })?;
     Ok(SigningKey::from_bytes(&seed))
 }
 
@@ -95,7 +103,13 @@ which is signed (ed25519) by the gateway's audit key in `manifest.sig`.
 /// Runs the command.
 pub fn run(command: Command) -> CommandResult {
     match command {
-        Command::Export { dir, out, since, until, key } => export(&dir, &out, since, until, key),
+        Command::Export {
+            dir,
+            out,
+            since,
+            until,
+            key,
+        } => export(&dir, &out, since, until, key),
         Command::Verify { bundle, key } => verify_bundle(&bundle, key.as_deref()),
     }
 }
@@ -125,13 +139,23 @@ fn export(
     let signing = load_signing_key(&key_path)?;
     let (report, _) = super::audit::verify_dir(dir, &[], None)?;
     let (logs, _, _) = super::audit::load_logs(dir)?;
-    if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(false) {
+    if out.exists()
+        && std::fs::read_dir(out)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false)
+    {
         return Err(failed(format!("{} exists and is not empty", out.display())));
     }
     std::fs::create_dir_all(out).map_err(|e| failed(format!("{}: {e}", out.display())))?;
 
-    let in_range = |e: &Event| since.is_none_or(|t| e.time >= t) && until.is_none_or(|t| e.time < t);
-    let events: Vec<Event> = logs.iter().flat_map(records).filter_map(|r| r.event).filter(in_range).collect();
+    let in_range =
+        |e: &Event| since.is_none_or(|t| e.time >= t) && until.is_none_or(|t| e.time < t);
+    let events: Vec<Event> = logs
+        .iter()
+        .flat_map(records)
+        .filter_map(|r| r.event)
+        .filter(in_range)
+        .collect();
 
     // Access summary per identity, sessions with recording hashes.
     let sessions: Vec<_> = list_sessions(&logs)
@@ -159,22 +183,32 @@ fn export(
     let mut egress_total: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
     let mut egress_current = serde_json::Value::Null;
     let mut egress_blocked_events = 0u64;
-    let mut add_counters = |v: &serde_json::Value, total: &mut BTreeMap<String, BTreeMap<String, u64>>| {
-        for field in ["bytes_checked", "hits"] {
-            if let Some(map) = v.get(field).and_then(|m| m.as_object()) {
-                for (site, n) in map {
-                    *total.entry(field.into()).or_default().entry(site.clone()).or_default() += n.as_u64().unwrap_or(0);
+    let add_counters =
+        |v: &serde_json::Value, total: &mut BTreeMap<String, BTreeMap<String, u64>>| {
+            for field in ["bytes_checked", "hits"] {
+                if let Some(map) = v.get(field).and_then(|m| m.as_object()) {
+                    for (site, n) in map {
+                        *total
+                            .entry(field.into())
+                            .or_default()
+                            .entry(site.clone())
+                            .or_default() += n.as_u64().unwrap_or(0);
+                    }
                 }
             }
-        }
-    };
+        };
     for e in &events {
         let who = e.identity.as_ref().map(|i| i.principal());
         match &e.body {
             EventBody::LoginFailed { .. } => {
-                access.entry(who.unwrap_or_else(|| "(unauthenticated)".into())).or_default().login_failures += 1;
+                access
+                    .entry(who.unwrap_or_else(|| "(unauthenticated)".into()))
+                    .or_default()
+                    .login_failures += 1;
             }
-            EventBody::ApprovalRequested { .. } | EventBody::ApprovalDecided { .. } | EventBody::ApprovalAbandoned { .. } => {
+            EventBody::ApprovalRequested { .. }
+            | EventBody::ApprovalDecided { .. }
+            | EventBody::ApprovalAbandoned { .. } => {
                 approvals.push(json!({ "time": e.time.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(), "session": e.session, "identity": who, "target": e.target.as_ref().map(|t| t.name.clone()), "event": e.body }));
             }
             EventBody::ApprovalResolved { outcome, .. } => {
@@ -188,11 +222,15 @@ fn export(
             EventBody::Operation { decision, .. } if decision.verdict == Verdict::Review => {}
             EventBody::OperationResult(r) => {
                 for f in &r.findings {
-                    *masking.entry((f.rule.clone(), f.field.clone().unwrap_or_default())).or_default() += 1;
+                    *masking
+                        .entry((f.rule.clone(), f.field.clone().unwrap_or_default()))
+                        .or_default() += 1;
                 }
             }
             EventBody::EgressBlocked { hits, .. } => egress_blocked_events += hits,
-            EventBody::Other { name, details } if name == "egress_counters" => egress_current = details.clone(),
+            EventBody::Other { name, details } if name == "egress_counters" => {
+                egress_current = details.clone()
+            }
             EventBody::Other { name, .. } if name == "gateway_started" => {
                 add_counters(&egress_current, &mut egress_total);
                 egress_current = serde_json::Value::Null;
@@ -201,8 +239,14 @@ fn export(
         }
     }
     add_counters(&egress_current, &mut egress_total);
-    let hits: u64 = egress_total.get("hits").map(|m| m.values().sum()).unwrap_or(0);
-    let checked: u64 = egress_total.get("bytes_checked").map(|m| m.values().sum()).unwrap_or(0);
+    let hits: u64 = egress_total
+        .get("hits")
+        .map(|m| m.values().sum())
+        .unwrap_or(0);
+    let checked: u64 = egress_total
+        .get("bytes_checked")
+        .map(|m| m.values().sum())
+        .unwrap_or(0);
     let established = !egress_total.is_empty();
     let statement = json!({
         "established": established,
@@ -219,29 +263,56 @@ fn export(
         "bytes_checked_total": checked,
         "source": "egress_counters events in the audit log (recorded every 60 s and at shutdown)",
     });
-    let masking: Vec<_> = masking.into_iter().map(|((rule, field), count)| json!({ "rule": rule, "field": field, "count": count })).collect();
+    let masking: Vec<_> = masking
+        .into_iter()
+        .map(|((rule, field), count)| json!({ "rule": rule, "field": field, "count": count }))
+        .collect();
     let period = json!({
         "since": since.and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()),
         "until": until.and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()),
     });
 
     let write = |name: &str, bytes: &[u8]| -> Result<(), CommandError> {
-        std::fs::write(out.join(name), bytes).map_err(|e| failed(format!("{}: {e}", out.join(name).display())))
+        std::fs::write(out.join(name), bytes)
+            .map_err(|e| failed(format!("{}: {e}", out.join(name).display())))
     };
     let pretty = |v: serde_json::Value| serde_json::to_vec_pretty(&v).unwrap_or_default();
     write("README.md", README.as_bytes())?;
-    write("access-summary.json", &pretty(json!({ "period": period, "identities": access })))?;
-    write("sessions.json", &pretty(json!({ "period": period, "sessions": sessions })))?;
-    write("approvals.json", &pretty(json!({ "period": period, "approvals": approvals })))?;
-    write("masking.json", &pretty(json!({ "period": period, "findings": masking })))?;
+    write(
+        "access-summary.json",
+        &pretty(json!({ "period": period, "identities": access })),
+    )?;
+    write(
+        "sessions.json",
+        &pretty(json!({ "period": period, "sessions": sessions })),
+    )?;
+    write(
+        "approvals.json",
+        &pretty(json!({ "period": period, "approvals": approvals })),
+    )?;
+    write(
+        "masking.json",
+        &pretty(json!({ "period": period, "findings": masking })),
+    )?;
     write("credentials-statement.json", &pretty(statement))?;
-    write("audit-verify.json", &pretty(json!({ "ok": report.ok(), "report": report })))?;
-    let filter = ExportFilter { since, until, include_signed_records: true, ..Default::default() };
+    write(
+        "audit-verify.json",
+        &pretty(json!({ "ok": report.ok(), "report": report })),
+    )?;
+    let filter = ExportFilter {
+        since,
+        until,
+        include_signed_records: true,
+        ..Default::default()
+    };
     write("audit-events.jsonl", &export_lines(&logs, &filter))?;
 
     // Manifest over every file, signed.
     let mut files = BTreeMap::new();
-    for entry in std::fs::read_dir(out).map_err(|e| failed(e.to_string()))?.flatten() {
+    for entry in std::fs::read_dir(out)
+        .map_err(|e| failed(e.to_string()))?
+        .flatten()
+    {
         let name = entry.file_name().to_string_lossy().to_string();
         let bytes = std::fs::read(entry.path()).map_err(|e| failed(e.to_string()))?;
         files.insert(name, hex::encode(Sha256::digest(&bytes)));
@@ -258,68 +329,110 @@ fn export(
     .unwrap_or_default();
     write("manifest.json", &manifest)?;
     let sig = signing.sign(&manifest);
-    write("manifest.sig", base64::engine::general_purpose::STANDARD.encode(sig.to_bytes()).as_bytes())?;
+    write(
+        "manifest.sig",
+        base64::engine::general_purpose::STANDARD
+            .encode(sig.to_bytes())
+            .as_bytes(),
+    )?;
     println!(
         "evidence bundle written to {} ({} files; audit log {}; signed by key {public})",
         out.display(),
         files.len() + 2,
-        if report.ok() { "verified" } else { "FAILED verification — see audit-verify.json" }
+        if report.ok() {
+            "verified"
+        } else {
+            "FAILED verification — see audit-verify.json"
+        }
     );
-    Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn verify_bundle(bundle: &Path, pinned: Option<&str>) -> CommandResult {
-    let read = |name: &str| std::fs::read(bundle.join(name)).map_err(|e| failed(format!("{}: {e}", bundle.join(name).display())));
+    let read = |name: &str| {
+        std::fs::read(bundle.join(name))
+            .map_err(|e| failed(format!("{}: {e}", bundle.join(name).display())))
+    };
     let manifest_bytes = read("manifest.json")?;
     let sig_text = read("manifest.sig")?;
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&manifest_bytes).map_err(|e| failed(format!("manifest.json: {e}")))?;
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest_bytes)
+        .map_err(|e| failed(format!("manifest.json: {e}")))?;
     let key_hex = pinned
         .map(str::to_string)
-        .or_else(|| manifest.get("signing_key").and_then(|k| k.as_str()).map(str::to_string))
+        .or_else(|| {
+            manifest
+                .get("signing_key")
+                .and_then(|k| k.as_str())
+                .map(str::to_string)
+        })
         .ok_or_else(|| failed("manifest.json names no signing key"))?;
     if let Some(named) = manifest.get("signing_key").and_then(|k| k.as_str())
         && named != key_hex
     {
-        return Err(failed(format!("bundle was signed by key {named}, not the expected {key_hex}")));
+        return Err(failed(format!(
+            "bundle was signed by key {named}, not the expected {key_hex}"
+        )));
     }
     let key_bytes: [u8; 32] = hex::decode(&key_hex)
         .ok()
         .and_then(|b| b.try_into().ok())
         .ok_or_else(|| failed(format!("signing key {key_hex} is not 32 bytes of hex")))?;
-    let key = VerifyingKey::from_bytes(&key_bytes).map_err(|e| failed(format!("signing key: {e}")))?;
+    let key =
+        VerifyingKey::from_bytes(&key_bytes).map_err(|e| failed(format!("signing key: {e}")))?;
     let sig_bytes = base64::engine::general_purpose::STANDARD
         .decode(String::from_utf8_lossy(&sig_text).trim())
         .map_err(|e| failed(format!("manifest.sig: {e}")))?;
-    let sig = ed25519_dalek::Signature::from_slice(&sig_bytes).map_err(|e| failed(format!("manifest.sig: {e}")))?;
+    let sig = ed25519_dalek::Signature::from_slice(&sig_bytes)
+        .map_err(|e| failed(format!("manifest.sig: {e}")))?;
     if key.verify(&manifest_bytes, &sig).is_err() {
         println!("FAILED: manifest.json signature does not verify");
         return Ok(ExitCode::from(1));
     }
-    let files = manifest.get("files").and_then(|f| f.as_object()).ok_or_else(|| failed("manifest.json lists no files"))?;
+    let files = manifest
+        .get("files")
+        .and_then(|f| f.as_object())
+        .ok_or_else(|| failed("manifest.json lists no files"))?;
     let mut problems = Vec::new();
     for (name, want) in files {
         match std::fs::read(bundle.join(name)) {
             Ok(bytes) => {
                 if Some(hex::encode(Sha256::digest(&bytes)).as_str()) != want.as_str() {
-                    problems.push(format!("{name}: SHA-256 does not match the manifest (altered)"));
+                    problems.push(format!(
+                        "{name}: SHA-256 does not match the manifest (altered)"
+                    ));
                 }
             }
             Err(e) => problems.push(format!("{name}: {e}")),
         }
     }
-    for entry in std::fs::read_dir(bundle).map_err(|e| failed(e.to_string()))?.flatten() {
+    for entry in std::fs::read_dir(bundle)
+        .map_err(|e| failed(e.to_string()))?
+        .flatten()
+    {
         let name = entry.file_name().to_string_lossy().to_string();
         if name != "manifest.json" && name != "manifest.sig" && !files.contains_key(&name) {
             problems.push(format!("{name}: not listed in the manifest (added)"));
         }
     }
-    let audit_ok = manifest.get("audit_log_verified").and_then(|v| v.as_bool()).unwrap_or(false);
+    let audit_ok = manifest
+        .get("audit_log_verified")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
     if !audit_ok {
-        problems.push("the audit log did not verify when the bundle was made (see audit-verify.json)".into());
+        problems.push(
+            "the audit log did not verify when the bundle was made (see audit-verify.json)".into(),
+        );
     }
     if problems.is_empty() {
-        println!("evidence bundle {}: OK ({} files, signature by {key_hex})", bundle.display(), files.len());
+        println!(
+            "evidence bundle {}: OK ({} files, signature by {key_hex})",
+            bundle.display(),
+            files.len()
+        );
         Ok(ExitCode::SUCCESS)
     } else {
         for p in &problems {

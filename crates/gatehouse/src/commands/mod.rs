@@ -18,9 +18,6 @@ pub type CommandResult = Result<std::process::ExitCode, CommandError>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CommandError {
-    /// The command is part of the CLI's shape but its implementation has not landed yet.
-    #[error("`gatehouse {0}` is not available in this build yet")]
-    NotYetAvailable(&'static str),
     /// The arguments are wrong.
     #[error("{0}")]
     Usage(String),

@@ -47,17 +47,32 @@ pub enum Command {
 
 /// Runs the command.
 pub fn run(command: Command) -> CommandResult {
-    let Command::Explain { config, subject, groups, target, sql, exec, http, json } = command;
+    let Command::Explain {
+        config,
+        subject,
+        groups,
+        target,
+        sql,
+        exec,
+        http,
+        json,
+    } = command;
     let loaded = crate::config::LoadedConfig::load(&config)?;
     let policy_path = loaded.resolve_path(&loaded.config.policy.file);
-    let policy = CompiledPolicy::from_file(&policy_path).map_err(|e| CommandError::Failed(e.to_string()))?;
+    let policy =
+        CompiledPolicy::from_file(&policy_path).map_err(|e| CommandError::Failed(e.to_string()))?;
     let section = loaded
         .config
         .targets
         .iter()
         .map(|t| t.get_ref())
         .find(|t| t.name == target)
-        .ok_or_else(|| CommandError::Usage(format!("no target named `{target}` in {}", config.display())))?;
+        .ok_or_else(|| {
+            CommandError::Usage(format!(
+                "no target named `{target}` in {}",
+                config.display()
+            ))
+        })?;
     let protocol = match section.protocol.as_str() {
         "postgres" => Protocol::Postgres,
         "ssh" => Protocol::Ssh,
@@ -72,7 +87,10 @@ pub fn run(command: Command) -> CommandResult {
         (Some(sql), None, None) => Operation::Sql(SqlOperation::simple(sql)),
         (None, Some(line), None) => Operation::Ssh(SshOperation::Exec(ExecCommand::parse(line))),
         (None, None, Some(mh)) => {
-            let (method, raw) = (mh.first().cloned().unwrap_or_default(), mh.get(1).cloned().unwrap_or_default());
+            let (method, raw) = (
+                mh.first().cloned().unwrap_or_default(),
+                mh.get(1).cloned().unwrap_or_default(),
+            );
             let (path, query) = gatehouse_core::http_path::split_target(&raw);
             let canonical = gatehouse_core::http_path::canonicalize(path)
                 .map_err(|e| CommandError::Usage(format!("--http path `{path}`: {e}")))?;
@@ -83,11 +101,18 @@ pub fn run(command: Command) -> CommandResult {
                 body_sha256: None,
             })
         }
-        _ => return Err(CommandError::Usage("give exactly one of --sql, --exec or --http METHOD PATH".into())),
+        _ => {
+            return Err(CommandError::Usage(
+                "give exactly one of --sql, --exec or --http METHOD PATH".into(),
+            ));
+        }
     };
     let explanation = policy.explain(&who, &t, &operation);
     if json {
-        println!("{}", serde_json::to_string_pretty(&explanation.decision).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&explanation.decision).unwrap_or_default()
+        );
     } else {
         print!("{explanation}");
     }

@@ -64,7 +64,9 @@ fn install_postgres() -> Result<(), CommandError> {
              (e.g. `sudo apt-get install -y postgresql`) and run the quickstart again",
         ));
     }
-    eprintln!("gatehouse quickstart: PostgreSQL is not installed; installing it: apt-get install -y postgresql");
+    eprintln!(
+        "gatehouse quickstart: PostgreSQL is not installed; installing it: apt-get install -y postgresql"
+    );
     let run = |args: &[&str]| {
         Command::new(apt)
             .args(args)
@@ -74,9 +76,17 @@ fn install_postgres() -> Result<(), CommandError> {
             .map_err(|e| failed(format!("apt-get: {e}")))
     };
     let updated = run(&["update", "-q"])?;
-    let installed = run(&["install", "-y", "-q", "--no-install-recommends", "postgresql"])?;
+    let installed = run(&[
+        "install",
+        "-y",
+        "-q",
+        "--no-install-recommends",
+        "postgresql",
+    ])?;
     if !updated.success() || !installed.success() {
-        return Err(failed("installing PostgreSQL with apt-get failed (see above)"));
+        return Err(failed(
+            "installing PostgreSQL with apt-get failed (see above)",
+        ));
     }
     Ok(())
 }
@@ -182,7 +192,11 @@ impl LocalPostgres {
         let log2 = log.try_clone().map_err(|e| failed(e.to_string()))?;
         // A small watchdog shell owns the server: if this process dies without cleaning up (even
         // SIGKILL), the server is stopped too instead of lingering.
-        let run_as = if is_root() { "runuser -u postgres -- " } else { "" };
+        let run_as = if is_root() {
+            "runuser -u postgres -- "
+        } else {
+            ""
+        };
         let script = format!(
             "{run_as}\"$1\" -D \"$2\" -c listen_addresses=127.0.0.1 -c port={port} \
              -c unix_socket_directories=\"$3\" -c password_encryption=scram-sha-256 &\n\
