@@ -249,6 +249,43 @@ fn quickstart_as_a_new_user() {
         "an agent may not read metrics"
     );
 
+    // SIGHUP reloads the policy atomically: a broken file keeps the running policy; a fixed one
+    // takes effect for the next statement.
+    let policy_path = qs_dir.join("policy.toml");
+    let original = std::fs::read_to_string(&policy_path).unwrap();
+    std::fs::write(&policy_path, "[[rules]]\nverdict = \"sometimes\"\n").unwrap();
+    qs.signal(nix::sys::signal::Signal::SIGHUP);
+    std::thread::sleep(Duration::from_millis(500));
+    let out = sh(
+        &format!("{psql_line} -XAt -c 'SELECT count(*) FROM customers'"),
+        &[],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "4",
+        "a broken policy must not replace the running one: {}",
+        text(&out)
+    );
+    std::fs::write(
+        &policy_path,
+        format!("{original}\n[[rules]]\nid = \"no-count\"\nreason = \"counting is off today\"\nverdict = \"deny\"\nsql = {{ functions = [\"count\"] }}\n"),
+    )
+    .unwrap();
+    qs.signal(nix::sys::signal::Signal::SIGHUP);
+    let mut reloaded = false;
+    for _ in 0..50 {
+        let out = sh(
+            &format!("{psql_line} -XAt -c 'SELECT count(*) FROM customers'"),
+            &[],
+        );
+        if text(&out).contains("no-count") {
+            reloaded = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(reloaded, "SIGHUP did not load the new policy");
+
     // Stop the gateway (SIGTERM drains and flushes the audit log).
     qs.stop(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(30));
 
