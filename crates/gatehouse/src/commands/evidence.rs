@@ -126,6 +126,17 @@ struct AccessSummary {
     login_failures: u64,
 }
 
+/// One approval-related audit event as the bundle lists it.
+fn approval_entry(e: &Event) -> serde_json::Value {
+    json!({
+        "time": e.time.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+        "session": e.session,
+        "identity": e.identity.as_ref().map(|i| i.principal()),
+        "target": e.target.as_ref().map(|t| t.name.clone()),
+        "event": e.body,
+    })
+}
+
 fn export(
     dir: &Path,
     out: &Path,
@@ -209,7 +220,7 @@ fn export(
             EventBody::ApprovalRequested { .. }
             | EventBody::ApprovalDecided { .. }
             | EventBody::ApprovalAbandoned { .. } => {
-                approvals.push(json!({ "time": e.time.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(), "session": e.session, "identity": who, "target": e.target.as_ref().map(|t| t.name.clone()), "event": e.body }));
+                approvals.push(approval_entry(e));
             }
             EventBody::ApprovalResolved { outcome, .. } => {
                 if matches!(outcome, ApprovalOutcome::Approved { .. })
@@ -217,7 +228,7 @@ fn export(
                 {
                     access.entry(p.clone()).or_default().approved += 1;
                 }
-                approvals.push(json!({ "time": e.time.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(), "session": e.session, "identity": who, "target": e.target.as_ref().map(|t| t.name.clone()), "event": e.body }));
+                approvals.push(approval_entry(e));
             }
             EventBody::Operation { decision, .. } if decision.verdict == Verdict::Review => {}
             EventBody::OperationResult(r) => {
