@@ -3,12 +3,15 @@
 # fixed 1 KiB body with e-mail addresses), three ways, in one run:
 #   direct  : wrk -> upstream
 #   nginx   : wrk -> nginx proxy_pass (upstream keepalive, injected Authorization) -> upstream
-#   gateway : wrk -> Gatehouse (JWT + policy + JSON masking + egress guard + fsync audit log)
-#             -> upstream
-# Prints req/s, p50/p99 latency, the gateway/nginx throughput ratio and the gateway's added
+#   gw-fsync: wrk -> Gatehouse (JWT + policy + JSON masking + egress guard + audit log with
+#             group-committed fdatasync) -> upstream
+#   gw-os   : the same gateway, audit log durable to the OS write (no fdatasync)
+# Prints req/s, p50/p99 latency, each gateway's throughput ratio against nginx and its added
 # p50/p99 latency over direct.
 #
 # Usage: benches/http/run.sh [duration=15s] [connections=32] [threads=2]
+# Env: CARGO_TARGET_DIR (where the release build goes), BENCH_WORKERS (gateway tokio workers),
+#      BENCH_MODES (default "fsync os"; "memory" is an in-memory recorder).
 # Needs: nginx, wrk (apt-get install -y nginx wrk), a release build of the bench gateway.
 set -euo pipefail
 
@@ -64,11 +67,22 @@ NGINX
 nginx -c "$WORK/nginx.conf"
 
 (cd "$ROOT" && cargo build --release -q -p gatehouse-http --example bench_gateway)
-"$ROOT/target/release/examples/bench_gateway" "127.0.0.1:$GW" "http://127.0.0.1:$UP" "$WORK/gw" 2>"$WORK/gw.log" &
-PIDS+=($!)
-for _ in $(seq 100); do [ -s "$WORK/gw/token" ] && curl -fs -o /dev/null -H "Authorization: Bearer $(cat "$WORK/gw/token")" "http://127.0.0.1:$GW/users" && break; sleep 0.1; done
-TOKEN=$(cat "$WORK/gw/token")
-curl -fs -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$GW/users" | grep -q '\[email\]' || { echo "gateway does not mask" >&2; exit 1; }
+GATEWAY_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/bench_gateway"
+MODES=${BENCH_MODES:-fsync os}
+
+start_gateway() { # mode
+    rm -rf "$WORK/gw"
+    BENCH_RECORDER=$1 "$GATEWAY_BIN" "127.0.0.1:$GW" "http://127.0.0.1:$UP" "$WORK/gw" 2>"$WORK/gw-$1.log" &
+    GW_PID=$!
+    PIDS+=("$GW_PID")
+    for _ in $(seq 100); do [ -s "$WORK/gw/token" ] && curl -fs -o /dev/null -H "Authorization: Bearer $(cat "$WORK/gw/token")" "http://127.0.0.1:$GW/users" && break; sleep 0.1; done
+    TOKEN=$(cat "$WORK/gw/token")
+    curl -fs -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$GW/users" | grep -q '\[email\]' || { echo "gateway does not mask" >&2; exit 1; }
+}
+stop_gateway() {
+    kill "$GW_PID" 2>/dev/null || true
+    wait "$GW_PID" 2>/dev/null || true
+}
 
 run() { # name url [header]
     local name=$1 url=$2; shift 2
@@ -80,10 +94,14 @@ run() { # name url [header]
     printf '%-8s %12s req/s   p50 %-9s p99 %-9s\n' "$name" "$rps" "$p50" "$p99"
     echo "$name $rps $p50 $p99" >> "$WORK/summary"
 }
-echo "wrk -t$THREADS -c$CONNS -d$DURATION --latency, $(nproc) vCPU"
+echo "wrk -t$THREADS -c$CONNS -d$DURATION --latency, $(nproc) vCPU, load: $(cut -d' ' -f1-3 /proc/loadavg)"
 run direct  "http://127.0.0.1:$UP/users"
 run nginx   "http://127.0.0.1:$NGX/users"
-run gateway "http://127.0.0.1:$GW/users" -H "Authorization: Bearer $TOKEN"
+for mode in $MODES; do
+    start_gateway "$mode"
+    run "gw-$mode" "http://127.0.0.1:$GW/users" -H "Authorization: Bearer $TOKEN"
+    stop_gateway
+done
 
 python3 - "$WORK/summary" <<'PY'
 import sys
@@ -93,9 +111,12 @@ def ms(v):
             return float(v[:-len(unit)]) * f
     return float(v)
 rows = {l.split()[0]: l.split()[1:] for l in open(sys.argv[1])}
-d, n, g = rows["direct"], rows["nginx"], rows["gateway"]
-print(f"gateway / nginx throughput: {float(g[0]) / float(n[0]):.2f}x (target >= 0.8x)")
-print(f"gateway / direct throughput: {float(g[0]) / float(d[0]):.2f}x")
-print(f"added latency over direct: p50 {ms(g[1]) - ms(d[1]):.3f} ms, p99 {ms(g[2]) - ms(d[2]):.3f} ms")
+d, n = rows["direct"], rows["nginx"]
 print(f"nginx added latency over direct: p50 {ms(n[1]) - ms(d[1]):.3f} ms, p99 {ms(n[2]) - ms(d[2]):.3f} ms")
+for name, g in rows.items():
+    if not name.startswith("gw-"):
+        continue
+    print(f"{name} / nginx throughput: {float(g[0]) / float(n[0]):.2f}x (target >= 0.8x); "
+          f"/ direct: {float(g[0]) / float(d[0]):.2f}x; "
+          f"added latency over direct: p50 {ms(g[1]) - ms(d[1]):.3f} ms, p99 {ms(g[2]) - ms(d[2]):.3f} ms")
 PY

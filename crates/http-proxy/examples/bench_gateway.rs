@@ -4,7 +4,8 @@
 //! recorder (group-committed fsync) — in front of one upstream.
 //!
 //! Usage: `bench_gateway <listen addr> <upstream url> <state dir>`; writes a fresh JWT to
-//! `<state dir>/token` and serves until killed.
+//! `<state dir>/token` and serves until killed. `BENCH_RECORDER=fsync|os|memory` picks the audit
+//! log's durability (or an in-memory recorder); `BENCH_WORKERS=n` the tokio worker threads.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,8 +19,19 @@ use gatehouse_testkit::layers::{FnPolicy, MemoryApprovals};
 
 const SECRET: &str = "bench-upstream-secret-4c1d9e";
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    // BENCH_WORKERS=n: tokio worker threads (default: one per core, tokio's own default).
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = std::env::var("BENCH_WORKERS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        runtime.worker_threads(n);
+    }
+    runtime.enable_all().build().unwrap().block_on(run());
+}
+
+async fn run() {
     let args: Vec<String> = std::env::args().collect();
     let (listen, upstream, dir) = match args.as_slice() {
         [_, l, u, d] => (l.clone(), u.clone(), std::path::PathBuf::from(d)),

@@ -1,7 +1,8 @@
 //! Response bodies on their way to the caller: decoded (gzip, deflate), masked by content type
 //! (JSON, text/NDJSON, server-sent events), checked by the egress guard, and captured (capped)
 //! for the recording. Sans-IO: [`BodyProcessor`] is fed upstream bytes and returns bytes that are
-//! safe to send; the async pump in `proxy.rs` drives it and its idle flush.
+//! safe to send; the response body in `proxy.rs` (`MaskedBody`) drives it from hyper's
+//! own polling, with its idle flush.
 
 use std::io::Write as _;
 
@@ -335,10 +336,14 @@ impl BodyProcessor {
         }
     }
 
-    /// What was sent, for the recording, and the masking findings.
-    pub(crate) fn into_parts(mut self) -> (BodyCapture, Vec<Finding>) {
+    /// What was sent, for the recording, and the masking findings (taken: a second call gets
+    /// empty parts).
+    pub(crate) fn take_parts(&mut self) -> (BodyCapture, Vec<Finding>) {
         self.collect_findings();
-        (self.capture, self.findings)
+        (
+            std::mem::take(&mut self.capture),
+            std::mem::take(&mut self.findings),
+        )
     }
 }
 

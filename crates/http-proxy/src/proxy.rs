@@ -26,7 +26,7 @@ use hyper::body::{Body, Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{Mutex, mpsc, watch};
+use tokio::sync::{Mutex, watch};
 
 use crate::body::{BodyCapture, BodyProcessor, BodySettings};
 use crate::config::{EncodedSeparatorPolicy, HttpProxyConfig, InjectedCredential, ms};
@@ -206,6 +206,7 @@ async fn serve_connection<I>(
         session: Mutex::new(None),
         framing: verdicts,
         h1_requests: AtomicU64::new(0),
+        recordings: std::sync::Mutex::new(tokio::task::JoinSet::new()),
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let limits = &proxy.config.limits;
@@ -243,6 +244,7 @@ async fn serve_connection<I>(
             }
         }
     }
+    conn.drain_recordings().await;
     conn.end_session("connection closed").await;
 }
 
@@ -254,6 +256,9 @@ pub(crate) struct ConnCtx {
     framing: FramingVerdicts,
     /// HTTP/1 requests seen so far (to match the framing guard's per-request verdicts).
     h1_requests: AtomicU64,
+    /// Finished exchanges still being recorded, off the response path; the session ends after
+    /// them.
+    recordings: std::sync::Mutex<tokio::task::JoinSet<()>>,
 }
 
 /// An authenticated session on one connection.
@@ -294,6 +299,28 @@ pub(crate) fn error_response(e: &HttpProxyError) -> Response<ResBody> {
 }
 
 impl ConnCtx {
+    /// Records a finished exchange in the background: the caller already has its response, and
+    /// the operation itself was recorded before it was forwarded.
+    fn spawn_recording(&self, recording: impl Future<Output = ()> + Send + 'static) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!("no runtime left to record a finished exchange");
+            return;
+        };
+        if let Ok(mut set) = self.recordings.lock() {
+            while set.try_join_next().is_some() {}
+            set.spawn_on(recording, &runtime);
+        }
+    }
+
+    /// Waits for the background recordings of this connection.
+    async fn drain_recordings(&self) {
+        let mut set = match self.recordings.lock() {
+            Ok(mut set) => std::mem::take(&mut *set),
+            Err(_) => return,
+        };
+        while set.join_next().await.is_some() {}
+    }
+
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<ResBody> {
         let started = Instant::now();
         let seq = if req.version() < http::Version::HTTP_2 {
@@ -841,7 +868,6 @@ impl ConnCtx {
             rparts.headers.remove(header::CONTENT_LENGTH);
             rparts.headers.remove(header::CONTENT_ENCODING);
         }
-        let (tx, mut rx) = mpsc::channel::<Result<Bytes, HttpProxyError>>(8);
         let exchange = Exchange {
             conn: self.clone(),
             session: ctx.session.clone(),
@@ -854,28 +880,38 @@ impl ConnCtx {
             request_headers: recorded_request_headers,
             request_capture: capture,
             status: rparts.status,
-            response_headers: headers::recorded_headers(&rparts.headers, None),
+            response_headers: rparts.headers.clone(),
         };
         let idle = ms(config.idle_flush_ms).max(Duration::from_millis(1));
-        tokio::spawn(pump(
-            rbody,
+        let mut body = MaskedBody {
+            upstream: rbody,
             processor,
-            pipeline.masker.clone(),
+            masker: pipeline.masker.clone(),
             idle,
-            tx,
-            exchange,
-        ));
+            timer: None,
+            ready: None,
+            exchange: Some(exchange),
+        };
         // Wait briefly for the first safe bytes, so a response the egress guard blocks at once
-        // becomes a clean 502 rather than a cut stream.
-        let first =
-            match tokio::time::timeout(idle.max(Duration::from_millis(100)), rx.recv()).await {
-                Ok(Some(Err(e))) => return Err(e),
-                Ok(Some(Ok(b))) => Some(b),
-                Ok(None) => None,
-                Err(_) => None,
-            };
-        let body = ChannelBody { first, rx }.boxed_unsync();
-        Ok(Response::from_parts(rparts, body))
+        // becomes a clean 502 rather than a cut stream. What is already there after them is
+        // taken too: a small response then leaves whole, with a `Content-Length`.
+        let first = std::future::poll_fn(|cx| body.poll_next(cx));
+        match tokio::time::timeout(idle.max(Duration::from_millis(100)), first).await {
+            Ok(Some(Err(e))) => return Err(e),
+            Ok(Some(Ok(mut chunk))) => {
+                while !body.is_done() {
+                    let more = std::future::poll_fn(|cx| body.poll_next(cx));
+                    match futures::FutureExt::now_or_never(more) {
+                        Some(Some(Ok(next))) => chunk.extend_from_slice(&next),
+                        Some(Some(Err(e))) => return Err(e),
+                        Some(None) | None => break,
+                    }
+                }
+                body.ready = Some(Bytes::from(chunk));
+            }
+            Ok(None) | Err(_) => {}
+        }
+        Ok(Response::from_parts(rparts, body.boxed_unsync()))
     }
 
     /// The request as the upstream gets it.
@@ -1101,30 +1137,139 @@ impl Body for RequestTee {
     }
 }
 
-/// A response body fed by the pump task.
-struct ChannelBody {
-    first: Option<Bytes>,
-    rx: mpsc::Receiver<Result<Bytes, HttpProxyError>>,
+/// A response body driven by hyper's own polling (no task, no channel): upstream frames →
+/// decode → mask → egress → caller, with the idle flush armed only while the masker holds bytes
+/// back. When it ends, fails, or is dropped early (the caller went away), the exchange is handed
+/// to the connection's recording tasks.
+struct MaskedBody {
+    upstream: Incoming,
+    processor: BodyProcessor,
+    masker: Arc<dyn gatehouse_core::Masker + Send + Sync>,
+    idle: Duration,
+    /// Armed while the masker holds bytes back and the upstream is quiet.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Safe bytes produced before the response head left (see `forward`).
+    ready: Option<Bytes>,
+    /// `None` once the body has ended and the exchange has been handed over.
+    exchange: Option<Exchange>,
 }
 
-impl Body for ChannelBody {
+impl MaskedBody {
+    fn is_done(&self) -> bool {
+        self.exchange.is_none()
+    }
+
+    /// The next safe bytes (never empty), `None` at the end. After an error or the end, the
+    /// exchange has been handed to the recording and later polls return `None`.
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Vec<u8>, HttpProxyError>>> {
+        if self.exchange.is_none() {
+            return Poll::Ready(None);
+        }
+        loop {
+            let step = match Pin::new(&mut self.upstream).poll_frame(cx) {
+                Poll::Ready(frame) => {
+                    self.timer = None;
+                    Some(frame)
+                }
+                Poll::Pending => {
+                    if !self.processor.is_dirty() {
+                        return Poll::Pending;
+                    }
+                    let idle = self.idle;
+                    let timer = self
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                    if timer.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    self.timer = None;
+                    None
+                }
+            };
+            let mut out = Vec::new();
+            let mut done = false;
+            let result = match step {
+                None => self.processor.idle_flush(&mut out),
+                Some(None) => {
+                    done = true;
+                    self.processor.finish(&*self.masker, &mut out)
+                }
+                Some(Some(Err(e))) => Err(HttpProxyError::UpstreamRefused(format!(
+                    "upstream body: {}",
+                    source_text(&e)
+                ))),
+                Some(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => self.processor.push(&*self.masker, &data, &mut out),
+                    Err(_trailers) => Ok(()),
+                },
+            };
+            if let Err(e) = result {
+                self.complete(Err(e.clone()), false);
+                return Poll::Ready(Some(Err(e)));
+            }
+            if done {
+                self.complete(Ok(()), false);
+                return Poll::Ready((!out.is_empty()).then_some(Ok(out)));
+            }
+            if !out.is_empty() {
+                return Poll::Ready(Some(Ok(out)));
+            }
+        }
+    }
+
+    /// Hands the exchange to the connection's recording tasks (once).
+    fn complete(&mut self, outcome: Result<(), HttpProxyError>, client_gone: bool) {
+        let Some(exchange) = self.exchange.take() else {
+            return;
+        };
+        self.timer = None;
+        let (capture, findings) = self.processor.take_parts();
+        let conn = exchange.conn.clone();
+        conn.spawn_recording(exchange.finish(capture, findings, outcome, client_gone));
+    }
+}
+
+impl Body for MaskedBody {
     type Data = Bytes;
     type Error = BoxError;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(first) = self.first.take() {
-            return Poll::Ready(Some(Ok(Frame::data(first))));
+        let this = self.get_mut();
+        if let Some(ready) = this.ready.take() {
+            return Poll::Ready(Some(Ok(Frame::data(ready))));
         }
-        self.rx
-            .poll_recv(cx)
-            .map(|item| item.map(|r| r.map(Frame::data).map_err(|e| Box::new(e) as BoxError)))
+        this.poll_next(cx).map(|item| {
+            item.map(|r| {
+                r.map(|data| Frame::data(Bytes::from(data)))
+                    .map_err(|e| Box::new(e) as BoxError)
+            })
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ready.is_none() && self.exchange.is_none()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match (&self.ready, &self.exchange) {
+            (Some(ready), None) => hyper::body::SizeHint::with_exact(ready.len() as u64),
+            (None, None) => hyper::body::SizeHint::with_exact(0),
+            _ => hyper::body::SizeHint::default(),
+        }
     }
 }
 
-/// What the pump records when the response is done.
+impl Drop for MaskedBody {
+    fn drop(&mut self) {
+        // Dropped before its end: the caller (or its connection) went away.
+        self.complete(Ok(()), true);
+    }
+}
+
+/// What is recorded when a response is done.
 struct Exchange {
     conn: Arc<ConnCtx>,
     session: Arc<SessionState>,
@@ -1137,62 +1282,8 @@ struct Exchange {
     request_headers: serde_json::Value,
     request_capture: Arc<Mutex<RequestCapture>>,
     status: StatusCode,
-    response_headers: serde_json::Value,
-}
-
-/// Drives one response body: upstream frames → decode → mask → egress → caller, with the idle
-/// flush; then records the exchange.
-async fn pump(
-    mut upstream: Incoming,
-    mut processor: BodyProcessor,
-    masker: Arc<dyn gatehouse_core::Masker + Send + Sync>,
-    idle: Duration,
-    tx: mpsc::Sender<Result<Bytes, HttpProxyError>>,
-    exchange: Exchange,
-) {
-    let mut outcome: Result<(), HttpProxyError> = Ok(());
-    let mut client_gone = false;
-    loop {
-        let mut out = Vec::new();
-        let step = if processor.is_dirty() {
-            tokio::time::timeout(idle, upstream.frame()).await.ok()
-        } else {
-            Some(upstream.frame().await)
-        };
-        let mut done = false;
-        let result = match step {
-            None => processor.idle_flush(&mut out),
-            Some(None) => {
-                done = true;
-                processor.finish(&*masker, &mut out)
-            }
-            Some(Some(Err(e))) => Err(HttpProxyError::UpstreamRefused(format!(
-                "upstream body: {}",
-                source_text(&e)
-            ))),
-            Some(Some(Ok(frame))) => match frame.into_data() {
-                Ok(data) => processor.push(&*masker, &data, &mut out),
-                Err(_trailers) => Ok(()),
-            },
-        };
-        if let Err(e) = result {
-            outcome = Err(e.clone());
-            let _ = tx.send(Err(e)).await;
-            break;
-        }
-        if !out.is_empty() && tx.send(Ok(Bytes::from(out))).await.is_err() {
-            client_gone = true;
-            break;
-        }
-        if done {
-            break;
-        }
-    }
-    drop(tx);
-    let (capture, findings) = processor.into_parts();
-    exchange
-        .finish(capture, findings, outcome, client_gone)
-        .await;
+    /// Redacted when the entry is built, off the response path.
+    response_headers: http::HeaderMap,
 }
 
 impl Exchange {
@@ -1228,7 +1319,7 @@ impl Exchange {
             "request_body": request_body,
             "request_body_bytes": request_total,
             "status": self.status.as_u16(),
-            "response_headers": self.response_headers,
+            "response_headers": headers::recorded_headers(&self.response_headers, None),
             "response_body": String::from_utf8_lossy(&response.bytes),
             "response_body_bytes": response.total,
             "response_body_sha256": response.sha256,
