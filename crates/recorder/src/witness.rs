@@ -13,7 +13,9 @@ use gatehouse_core::BoxFuture;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::sync::watch;
 
 use crate::RecorderError;
@@ -94,32 +96,187 @@ fn write_atomically(dir: &Path, cp: &Checkpoint) -> Result<(), RecorderError> {
     Ok(())
 }
 
-/// An HTTP endpoint that receives each checkpoint as a JSON `POST` (plain `http://`; put a TLS
-/// terminator or the witness service itself on loopback or a private network).
+/// An HTTP(S) endpoint that receives each checkpoint as a JSON `POST`.
+///
+/// `http://` URLs use a pooled plain client (for a witness on loopback or a private network).
+/// `https://` URLs need [`WebhookWitness::with_pinned_ca`]: the server's certificate must chain to
+/// the CA given there and nothing else (no system or web roots), so a witness cannot be swapped by
+/// anyone holding some public certificate for its name. TLS is rustls on the aws-lc-rs provider;
+/// each push opens one connection (pushes come once per checkpoint, not per record).
 #[derive(Debug, Clone)]
 pub struct WebhookWitness {
     uri: http::Uri,
-    client: Client<HttpConnector, Full<Bytes>>,
+    transport: Transport,
     timeout: Duration,
 }
 
+#[derive(Clone)]
+enum Transport {
+    Http(Box<Client<HttpConnector, Full<Bytes>>>),
+    Https(Box<HttpsTarget>),
+}
+
+#[derive(Clone)]
+struct HttpsTarget {
+    tls: tokio_rustls::TlsConnector,
+    server_name: ServerName<'static>,
+    host: String,
+    port: u16,
+}
+
+impl Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Transport::Http(_) => f.write_str("Http"),
+            Transport::Https(t) => write!(f, "Https({}:{}, pinned CA)", t.host, t.port),
+        }
+    }
+}
+
+fn parse_url(url: &str) -> Result<http::Uri, RecorderError> {
+    url.parse()
+        .map_err(|e| RecorderError::Config(format!("witness url {url:?}: {e}")))
+}
+
 impl WebhookWitness {
-    /// A webhook witness at `url`.
+    /// A webhook witness at an `http://` URL. For `https://`, use
+    /// [`WebhookWitness::with_pinned_ca`].
     pub fn new(url: &str) -> Result<Self, RecorderError> {
-        let uri: http::Uri = url
-            .parse()
-            .map_err(|e| RecorderError::Config(format!("witness url {url:?}: {e}")))?;
-        if uri.scheme_str() != Some("http") {
-            return Err(RecorderError::Config(
-                "webhook witness urls are http:// only".into(),
-            ));
+        let uri = parse_url(url)?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return Err(RecorderError::Config(
+                    "an https:// webhook witness needs a pinned CA (WebhookWitness::with_pinned_ca)"
+                        .into(),
+                ));
+            }
+            _ => {
+                return Err(RecorderError::Config(
+                    "webhook witness urls are http:// or https://".into(),
+                ));
+            }
         }
         let client = Client::builder(TokioExecutor::new()).build_http();
         Ok(Self {
             uri,
-            client,
+            transport: Transport::Http(Box::new(client)),
             timeout: Duration::from_secs(5),
         })
+    }
+
+    /// A webhook witness at an `https://` URL whose server certificate must chain to one of the
+    /// CA certificates in `ca_pem` (PEM, one or more `CERTIFICATE` blocks) and name the URL's host.
+    pub fn with_pinned_ca(url: &str, ca_pem: &[u8]) -> Result<Self, RecorderError> {
+        let uri = parse_url(url)?;
+        if uri.scheme_str() != Some("https") {
+            return Err(RecorderError::Config(
+                "a pinned CA applies to https:// witness urls only".into(),
+            ));
+        }
+        let host = uri
+            .host()
+            .ok_or_else(|| RecorderError::Config(format!("witness url {url:?} has no host")))?;
+        // `http::Uri` keeps IPv6 literals in brackets; names and addresses are checked bare.
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = uri.port_u16().unwrap_or(443);
+        let server_name = ServerName::try_from(host.clone())
+            .map_err(|e| RecorderError::Config(format!("witness host {host:?}: {e}")))?;
+
+        let mut roots = rustls::RootCertStore::empty();
+        let mut found = 0usize;
+        for cert in CertificateDer::pem_slice_iter(ca_pem) {
+            let cert =
+                cert.map_err(|e| RecorderError::Config(format!("witness CA: not PEM: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| RecorderError::Config(format!("witness CA: {e}")))?;
+            found += 1;
+        }
+        if found == 0 {
+            return Err(RecorderError::Config(
+                "witness CA: no CERTIFICATE block in the PEM".into(),
+            ));
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| RecorderError::Config(format!("witness TLS: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Self {
+            uri,
+            transport: Transport::Https(Box::new(HttpsTarget {
+                tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
+                server_name,
+                host,
+                port,
+            })),
+            timeout: Duration::from_secs(5),
+        })
+    }
+
+    /// How long one push may take (connect, TLS, request, answer); 5 s unless set.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    async fn send(
+        &self,
+        req: http::Request<Full<Bytes>>,
+    ) -> Result<http::StatusCode, RecorderError> {
+        let failed = |what: &str, e: &dyn std::fmt::Display| {
+            RecorderError::Witness(format!("webhook {what}: {e}"))
+        };
+        let resp = match &self.transport {
+            Transport::Http(client) => client
+                .request(req)
+                .await
+                .map_err(|e| failed("request", &e))?,
+            Transport::Https(t) => {
+                let HttpsTarget {
+                    tls,
+                    server_name,
+                    host,
+                    port,
+                } = &**t;
+                let tcp = tokio::net::TcpStream::connect((host.as_str(), *port))
+                    .await
+                    .map_err(|e| failed("connect", &e))?;
+                let _ = tcp.set_nodelay(true);
+                let stream = tls
+                    .connect(server_name.clone(), tcp)
+                    .await
+                    .map_err(|e| failed("TLS", &e))?;
+                // The connection-level client sends the URI as given: use the origin form.
+                let path = self
+                    .uri
+                    .path_and_query()
+                    .map_or("/", http::uri::PathAndQuery::as_str);
+                let mut req = req;
+                *req.uri_mut() = http::Uri::try_from(path).map_err(|e| failed("path", &e))?;
+                let (mut sender, conn) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                        .await
+                        .map_err(|e| failed("handshake", &e))?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                sender
+                    .send_request(req)
+                    .await
+                    .map_err(|e| failed("request", &e))?
+            }
+        };
+        let status = resp.status();
+        // Drain the body so the connection can be reused (or closed cleanly).
+        let _ = resp.into_body().collect().await;
+        Ok(status)
     }
 }
 
@@ -128,17 +285,18 @@ impl Witness for WebhookWitness {
         Box::pin(async move {
             let body =
                 serde_json::to_vec(checkpoint).map_err(|e| RecorderError::Config(e.to_string()))?;
-            let req = http::Request::post(self.uri.clone())
-                .header(http::header::CONTENT_TYPE, "application/json")
+            let mut req = http::Request::post(self.uri.clone())
+                .header(http::header::CONTENT_TYPE, "application/json");
+            if let Some(authority) = self.uri.authority() {
+                // hyper's connection-level client does not add Host by itself.
+                req = req.header(http::header::HOST, authority.as_str());
+            }
+            let req = req
                 .body(Full::new(Bytes::from(body)))
                 .map_err(|e| RecorderError::Witness(e.to_string()))?;
-            let resp = tokio::time::timeout(self.timeout, self.client.request(req))
+            let status = tokio::time::timeout(self.timeout, self.send(req))
                 .await
-                .map_err(|_| RecorderError::Witness("webhook timed out".into()))?
-                .map_err(|e| RecorderError::Witness(e.to_string()))?;
-            let status = resp.status();
-            // Drain the body so the connection can be reused.
-            let _ = resp.into_body().collect().await;
+                .map_err(|_| RecorderError::Witness("webhook timed out".into()))??;
             if status.is_success() {
                 Ok(())
             } else {

@@ -1,5 +1,6 @@
 //! Durability and failure: group commit, rotation, torn-tail recovery, fail closed on a
-//! fault-injecting store and on a real full filesystem, retention, backlog, egress.
+//! fault-injecting store, on a real full filesystem and under a real file size limit, retention,
+//! backlog, egress.
 
 use std::io;
 use std::sync::Arc;
@@ -380,6 +381,135 @@ async fn a_full_filesystem_fails_closed() {
     drop(log);
     // A restart on the full disk keeps every acknowledged record.
     let data = load(&mnt, LOG);
+    assert_all_present(&data, &receipts);
+}
+
+const FSIZE_DIR_ENV: &str = "GATEHOUSE_RECORDER_FSIZE_DIR";
+/// The file size limit the child runs under.
+const FSIZE_LIMIT: u64 = 48 * 1024;
+
+/// The child side of [`a_file_size_limit_fails_closed`]: under `RLIMIT_FSIZE`, appends until
+/// the log refuses, printing `ACK <sequence> <hash>` per acknowledged event and `ERR <message>`
+/// per refusal. Ignored so that it only runs when the parent re-executes it.
+#[test]
+#[ignore = "child process of a_file_size_limit_fails_closed"]
+fn fsize_child() {
+    use nix::sys::resource::{Resource, setrlimit};
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+    let Ok(dir) = std::env::var(FSIZE_DIR_ENV) else {
+        return;
+    };
+    // Blocked (before any thread starts, so every thread inherits it), SIGXFSZ stays pending
+    // instead of killing the process, and the write that crosses the limit fails with EFBIG.
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGXFSZ);
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None).unwrap();
+    setrlimit(Resource::RLIMIT_FSIZE, FSIZE_LIMIT, FSIZE_LIMIT).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let mut c = config(LOG);
+        c.segment_max_bytes = 1 << 30;
+        let log = open_log(std::path::Path::new(&dir), c).await;
+        let s = SessionId::generate();
+        let mut refused = 0;
+        for i in 0..100_000 {
+            match log
+                .append(&sql_event(&s, i, &format!("select {i}, 'padding padding'")))
+                .await
+            {
+                Ok(r) => println!("ACK {} {}", r.sequence, r.hash),
+                Err(e) => {
+                    println!("ERR {e}");
+                    refused += 1;
+                    if refused == 2 {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// A real limit the kernel enforces on root too (unlike chmod): `RLIMIT_FSIZE` in a child
+/// process. The write that crosses the limit is partial (the kernel writes up to the limit, then
+/// fails with EFBIG); the log must cut that partial record, refuse from then on, and keep every
+/// acknowledged event.
+#[tokio::test]
+async fn a_file_size_limit_fails_closed() {
+    use std::io::{BufRead as _, BufReader};
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "durability::fsize_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(FSIZE_DIR_ENV, dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let output = within(
+        60,
+        tokio::task::spawn_blocking(move || child.wait_with_output()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(output.status.success(), "child failed: {:?}", output.status);
+    let mut receipts = Vec::new();
+    let mut refusals = Vec::new();
+    for line in BufReader::new(&output.stdout[..]).lines() {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("ACK ") {
+            let (seq, hash) = rest.split_once(' ').unwrap();
+            receipts.push(gatehouse_core::EventReceipt {
+                sequence: seq.parse().unwrap(),
+                hash: hash.to_owned(),
+            });
+        } else if let Some(msg) = line.strip_prefix("ERR ") {
+            refusals.push(msg.to_owned());
+        }
+    }
+    assert_eq!(refusals.len(), 2, "the child stops after two refusals");
+    assert!(
+        refusals[0].contains("File too large"),
+        "EFBIG expected: {}",
+        refusals[0]
+    );
+    assert!(receipts.len() > 20, "{} acknowledged", receipts.len());
+    // The file stopped at or below the limit, and holds whole records only.
+    let store = LocalSegmentStore::new(dir.path()).unwrap();
+    let mut total = 0u64;
+    for name in store.list().unwrap() {
+        let len = std::fs::metadata(dir.path().join(&name)).unwrap().len();
+        assert!(len <= FSIZE_LIMIT, "{name} is {len} bytes");
+        total += len;
+    }
+    assert!(total > FSIZE_LIMIT / 2);
+    let data = load(dir.path(), LOG);
+    let v = verify_log(&data, &options());
+    assert!(v.ok(), "{:?}", v.problem);
+    assert_eq!(v.recovery_cuts, 0, "nothing partial was left behind");
+    assert_all_present(&data, &receipts);
+    // Without the limit, the log reopens and continues the same chain.
+    let log = open_log(dir.path(), config(LOG)).await;
+    let s = SessionId::generate();
+    log.append(&sql_event(&s, 0, "after")).await.unwrap();
+    log.close().await.unwrap();
+    let data = load(dir.path(), LOG);
+    let v = verify_log(&data, &options());
+    assert!(v.ok(), "{:?}", v.problem);
+    assert_eq!(v.recovery_cuts, 0);
     assert_all_present(&data, &receipts);
 }
 
