@@ -1,7 +1,8 @@
 #![no_main]
 //! `verify` and the recording parser never panic, whatever the bytes. Half the inputs are raw
 //! segments; the other half are edits (xor at offsets) applied to a small valid log, which
-//! reaches the deeper checks (links, checkpoints, signatures).
+//! reaches the deeper checks (links, checkpoints, signatures). Differentially: verify's fast
+//! JSON check accepts exactly what serde_json accepts, on the raw bytes and on every line.
 
 use gatehouse_recorder::format::{RecordKind, encode_line};
 use gatehouse_recorder::verify::verify_log;
@@ -14,14 +15,28 @@ fn valid_log(signer: &CheckpointSigner) -> Vec<u8> {
         let payload = format!(
             "\"time\":\"2026-01-01T00:00:00Z\",\"session\":\"s\",\"body\":{{\"type\":\"other\",\"name\":\"n{seq}\",\"details\":null}}"
         );
-        prev = encode_line(&mut out, "fz", seq, RecordKind::Event, &prev, payload.as_bytes());
+        prev = encode_line(
+            &mut out,
+            "fz",
+            seq,
+            RecordKind::Event,
+            &prev,
+            payload.as_bytes(),
+        );
     }
     let cp = signer.checkpoint("fz", 8, &prev, "2026-01-01T00:00:00Z".into());
     let payload = format!(
         "\"time\":\"2026-01-01T00:00:00Z\",\"body\":{}",
         serde_json::to_string(&cp).unwrap_or_default()
     );
-    encode_line(&mut out, "fz", 9, RecordKind::Checkpoint, &prev, payload.as_bytes());
+    encode_line(
+        &mut out,
+        "fz",
+        9,
+        RecordKind::Checkpoint,
+        &prev,
+        payload.as_bytes(),
+    );
     out
 }
 
@@ -46,12 +61,23 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         }
         log
     };
+    use gatehouse_recorder::json_check::{is_valid_json, reference_is_valid_json};
+    assert_eq!(is_valid_json(&bytes), reference_is_valid_json(&bytes));
+    for line in bytes.split(|b| *b == b'\n') {
+        assert_eq!(is_valid_json(line), reference_is_valid_json(line));
+    }
     let split = bytes.len() / 2;
     let log = LogData {
         log: "fz".into(),
         segments: vec![
-            SegmentData { name: "seg-00000000000000000001.jsonl".into(), bytes: bytes[..split].to_vec() },
-            SegmentData { name: "seg-00000000000000000002.jsonl".into(), bytes: bytes[split..].to_vec() },
+            SegmentData {
+                name: "seg-00000000000000000001.jsonl".into(),
+                bytes: bytes[..split].to_vec(),
+            },
+            SegmentData {
+                name: "seg-00000000000000000002.jsonl".into(),
+                bytes: bytes[split..].to_vec(),
+            },
         ],
     };
     let _ = verify_log(&log, &options);

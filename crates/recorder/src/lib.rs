@@ -18,6 +18,7 @@
 pub mod checkpoint;
 pub mod error;
 pub mod format;
+pub mod json_check;
 pub mod log;
 pub mod objstore;
 pub mod read;

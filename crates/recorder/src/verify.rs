@@ -187,7 +187,7 @@ type CheckedLine<'a> = (Result<ParsedLine<'a>, LineError>, bool);
 
 fn check_one(line: &[u8], check_json: bool) -> CheckedLine<'_> {
     let parsed = parse_line(line);
-    let json_ok = !check_json || serde_json::from_slice::<serde::de::IgnoredAny>(line).is_ok();
+    let json_ok = !check_json || crate::json_check::is_valid_json(line);
     (parsed, json_ok)
 }
 

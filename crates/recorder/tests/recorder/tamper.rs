@@ -373,8 +373,9 @@ async fn verify_takes_a_set_of_logs() {
     assert_eq!(report.first_problem().unwrap().kind, ProblemKind::TornTail);
 }
 
-/// The 1M-record verify of the issue. Debug builds take a while: run with
-/// `cargo nextest run -p gatehouse-recorder --release --run-ignored all verify_a_million`.
+/// The 1M-record verify of the issue, with baselines over the same bytes. Debug builds take a
+/// while: run with `cargo nextest run -p gatehouse-recorder --release --run-ignored ignored-only
+/// -E 'test(verify_a_million)' --no-capture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "1M records: run in release (see docs/BENCHMARKS.md)"]
 async fn verify_a_million_records() {
@@ -405,11 +406,39 @@ async fn verify_a_million_records() {
     let took = start.elapsed();
     assert!(v.ok(), "{:?}", v.problem);
     assert!(v.records >= 1_000_000);
+    let rate = v.records as f64 / took.as_secs_f64();
+    // Baselines over the same bytes, in the same run: a bare line count, and SHA-256 of every
+    // line on one thread (what any verifier must at least do).
+    let start = std::time::Instant::now();
+    let mut lines = 0u64;
+    for seg in &data.segments {
+        lines += memchr::memchr_iter(b'\n', &seg.bytes).count() as u64;
+    }
+    let count_took = start.elapsed();
+    let start = std::time::Instant::now();
+    let mut acc = 0u8;
+    for seg in &data.segments {
+        for line in seg.bytes.split(|b| *b == b'\n') {
+            acc ^= <sha2::Sha256 as sha2::Digest>::digest(line)[0];
+        }
+    }
+    let sha_took = start.elapsed();
+    let bytes: usize = data.segments.iter().map(|s| s.bytes.len()).sum();
+    let sha_rate = lines as f64 / sha_took.as_secs_f64();
     eprintln!(
-        "verified {} records in {:?} ({:.0} records/s)",
+        "verified {} records ({} bytes, {} segments) in {:?}: {:.0} records/s; \
+         baselines: line count {:?} ({:.0} lines/s), SHA-256 per line on 1 thread {:?} \
+         ({:.0} lines/s, {acc}); verify / sha256 = {:.2}",
         v.records,
+        bytes,
+        data.segments.len(),
         took,
-        v.records as f64 / took.as_secs_f64()
+        rate,
+        count_took,
+        lines as f64 / count_took.as_secs_f64(),
+        sha_took,
+        sha_rate,
+        rate / sha_rate,
     );
 }
 
