@@ -1,0 +1,211 @@
+//! The crate's one error type. Every variant says which side failed and maps to a Kubernetes
+//! `Status` object with the HTTP code kubectl and client-go expect, so the caller sees
+//! `Error from server (Forbidden): …` naturally. Messages never carry a token or a masked value.
+
+use gatehouse_core::{AuthErrorKind, Side};
+use http::StatusCode;
+
+/// A refusal or failure, as the caller sees it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum K8sProxyError {
+    /// Bad configuration (startup only).
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The listener failed.
+    #[error("listener: {0}")]
+    Listener(String),
+    /// No or an invalid bearer token.
+    #[error("Unauthorized: {0}")]
+    Unauthenticated(AuthErrorKind),
+    /// The identity provider cannot be reached (fail closed).
+    #[error("identity provider unavailable")]
+    AuthUnavailable,
+    /// The path names no configured target.
+    #[error("no Kubernetes target at this path")]
+    NoTarget,
+    /// The request could not be read.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The policy (or a built-in floor) denied the operation.
+    #[error("denied by gatehouse rule {rule}: {reason}")]
+    Denied {
+        /// Rule id.
+        rule: String,
+        /// Why.
+        reason: String,
+    },
+    /// The operation awaits approval; retry later.
+    #[error("waiting for approval {id} (rule {rule}); retry in {retry_after_s}s")]
+    ApprovalPending {
+        /// Approval id.
+        id: String,
+        /// Rule id.
+        rule: String,
+        /// Seconds.
+        retry_after_s: u64,
+    },
+    /// An approver denied, or nobody decided in time.
+    #[error("approval {id} {outcome} (rule {rule})")]
+    ApprovalRefused {
+        /// Approval id.
+        id: String,
+        /// `denied` / `timed out`.
+        outcome: String,
+        /// Rule id.
+        rule: String,
+    },
+    /// SPDY streams are never relayed.
+    #[error(
+        "SPDY/3.1 streams are not relayed by gatehouse; use a client with WebSocket streaming \
+         (v5.channel.k8s.io or v4.channel.k8s.io, kubectl 1.30 or later)"
+    )]
+    SpdyRefused,
+    /// The request body is over the limit.
+    #[error("request body over {0} bytes")]
+    BodyTooLarge(u64),
+    /// The upstream cannot be reached.
+    #[error("upstream API server unavailable: {0}")]
+    UpstreamUnavailable(String),
+    /// The upstream answered something the gateway cannot pass on safely.
+    #[error("upstream API server response refused: {0}")]
+    UpstreamRefused(String),
+    /// The upstream took too long.
+    #[error("upstream API server timed out")]
+    UpstreamTimeout,
+    /// The egress guard found held secret material.
+    #[error("response blocked: it contained gateway-held credential material")]
+    EgressBlocked,
+    /// The recorder failed (fail closed).
+    #[error("audit recorder unavailable: {0}")]
+    Recorder(String),
+    /// The approvals broker failed (fail closed).
+    #[error("approvals unavailable: {0}")]
+    Approvals(String),
+}
+
+impl K8sProxyError {
+    /// Which side failed.
+    pub fn side(&self) -> Side {
+        match self {
+            K8sProxyError::Unauthenticated(_)
+            | K8sProxyError::NoTarget
+            | K8sProxyError::BadRequest(_)
+            | K8sProxyError::Denied { .. }
+            | K8sProxyError::ApprovalPending { .. }
+            | K8sProxyError::ApprovalRefused { .. }
+            | K8sProxyError::SpdyRefused
+            | K8sProxyError::BodyTooLarge(_) => Side::Client,
+            K8sProxyError::UpstreamUnavailable(_)
+            | K8sProxyError::UpstreamRefused(_)
+            | K8sProxyError::UpstreamTimeout => Side::Upstream,
+            _ => Side::Gateway,
+        }
+    }
+
+    /// HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            K8sProxyError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            K8sProxyError::NoTarget => StatusCode::NOT_FOUND,
+            K8sProxyError::BadRequest(_) | K8sProxyError::SpdyRefused => StatusCode::BAD_REQUEST,
+            K8sProxyError::Denied { .. } | K8sProxyError::ApprovalRefused { .. } => {
+                StatusCode::FORBIDDEN
+            }
+            // client-go retries 429 with Retry-After by itself: kubectl waits transparently.
+            K8sProxyError::ApprovalPending { .. } => StatusCode::TOO_MANY_REQUESTS,
+            K8sProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            K8sProxyError::UpstreamUnavailable(_)
+            | K8sProxyError::UpstreamRefused(_)
+            | K8sProxyError::EgressBlocked => StatusCode::BAD_GATEWAY,
+            K8sProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            K8sProxyError::AuthUnavailable
+            | K8sProxyError::Recorder(_)
+            | K8sProxyError::Approvals(_) => StatusCode::SERVICE_UNAVAILABLE,
+            K8sProxyError::Config(_) | K8sProxyError::Listener(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+
+    /// The `Status.reason` (a Kubernetes `StatusReason`).
+    pub fn reason(&self) -> &'static str {
+        match self.status() {
+            StatusCode::UNAUTHORIZED => "Unauthorized",
+            StatusCode::FORBIDDEN => "Forbidden",
+            StatusCode::NOT_FOUND => "NotFound",
+            StatusCode::BAD_REQUEST => "BadRequest",
+            StatusCode::TOO_MANY_REQUESTS => "TooManyRequests",
+            StatusCode::PAYLOAD_TOO_LARGE => "RequestEntityTooLarge",
+            StatusCode::GATEWAY_TIMEOUT => "Timeout",
+            StatusCode::SERVICE_UNAVAILABLE => "ServiceUnavailable",
+            _ => "InternalError",
+        }
+    }
+
+    /// A short stable code for audit records.
+    pub fn code(&self) -> &'static str {
+        match self {
+            K8sProxyError::Config(_) => "config",
+            K8sProxyError::Listener(_) => "listener",
+            K8sProxyError::Unauthenticated(_) => "unauthenticated",
+            K8sProxyError::AuthUnavailable => "auth_unavailable",
+            K8sProxyError::NoTarget => "no_target",
+            K8sProxyError::BadRequest(_) => "bad_request",
+            K8sProxyError::Denied { .. } => "denied",
+            K8sProxyError::ApprovalPending { .. } => "approval_pending",
+            K8sProxyError::ApprovalRefused { .. } => "approval_refused",
+            K8sProxyError::SpdyRefused => "spdy_refused",
+            K8sProxyError::BodyTooLarge(_) => "body_too_large",
+            K8sProxyError::UpstreamUnavailable(_) => "upstream_unavailable",
+            K8sProxyError::UpstreamRefused(_) => "upstream_refused",
+            K8sProxyError::UpstreamTimeout => "upstream_timeout",
+            K8sProxyError::EgressBlocked => "egress_blocked",
+            K8sProxyError::Recorder(_) => "recorder",
+            K8sProxyError::Approvals(_) => "approvals",
+        }
+    }
+
+    /// The Kubernetes `Status` object for this error.
+    pub fn to_status(&self) -> serde_json::Value {
+        status_object(self.status().as_u16(), self.reason(), &self.to_string())
+    }
+}
+
+/// A `Status` object (`kind: Status`, `status: Failure`).
+pub fn status_object(code: u16, reason: &str, message: &str) -> serde_json::Value {
+    serde_json::json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_read_naturally() {
+        let e = K8sProxyError::Denied {
+            rule: "no-delete".into(),
+            reason: "pods are not deleted by agents".into(),
+        };
+        let s = e.to_status();
+        assert_eq!(s["code"], 403);
+        assert_eq!(s["reason"], "Forbidden");
+        assert_eq!(
+            s["message"],
+            "denied by gatehouse rule no-delete: pods are not deleted by agents"
+        );
+        assert_eq!(
+            K8sProxyError::Unauthenticated(AuthErrorKind::Expired).status(),
+            401
+        );
+        assert_eq!(K8sProxyError::SpdyRefused.side(), Side::Client);
+    }
+}
