@@ -61,6 +61,12 @@ pub enum K8sProxyError {
          (v5.channel.k8s.io or v4.channel.k8s.io, kubectl 1.30 or later)"
     )]
     SpdyRefused,
+    /// A request body the gateway cannot inspect (protobuf, CBOR): JSON or YAML only.
+    #[error(
+        "request body of type {0:?} cannot be inspected by gatehouse: send JSON or YAML \
+         (e.g. `kubectl create -f file.yaml` or `kubectl apply -f`)"
+    )]
+    UnsupportedBody(String),
     /// The request body is over the limit.
     #[error("request body over {0} bytes")]
     BodyTooLarge(u64),
@@ -95,6 +101,7 @@ impl K8sProxyError {
             | K8sProxyError::ApprovalPending { .. }
             | K8sProxyError::ApprovalRefused { .. }
             | K8sProxyError::SpdyRefused
+            | K8sProxyError::UnsupportedBody(_)
             | K8sProxyError::BodyTooLarge(_) => Side::Client,
             K8sProxyError::UpstreamUnavailable(_)
             | K8sProxyError::UpstreamRefused(_)
@@ -115,6 +122,7 @@ impl K8sProxyError {
             // client-go retries 429 with Retry-After by itself: kubectl waits transparently.
             K8sProxyError::ApprovalPending { .. } => StatusCode::TOO_MANY_REQUESTS,
             K8sProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            K8sProxyError::UnsupportedBody(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             K8sProxyError::UpstreamUnavailable(_)
             | K8sProxyError::UpstreamRefused(_)
             | K8sProxyError::EgressBlocked => StatusCode::BAD_GATEWAY,
@@ -137,6 +145,7 @@ impl K8sProxyError {
             StatusCode::BAD_REQUEST => "BadRequest",
             StatusCode::TOO_MANY_REQUESTS => "TooManyRequests",
             StatusCode::PAYLOAD_TOO_LARGE => "RequestEntityTooLarge",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "UnsupportedMediaType",
             StatusCode::GATEWAY_TIMEOUT => "Timeout",
             StatusCode::SERVICE_UNAVAILABLE => "ServiceUnavailable",
             _ => "InternalError",
@@ -157,6 +166,7 @@ impl K8sProxyError {
             K8sProxyError::ApprovalRefused { .. } => "approval_refused",
             K8sProxyError::SpdyRefused => "spdy_refused",
             K8sProxyError::BodyTooLarge(_) => "body_too_large",
+            K8sProxyError::UnsupportedBody(_) => "unsupported_body",
             K8sProxyError::UpstreamUnavailable(_) => "upstream_unavailable",
             K8sProxyError::UpstreamRefused(_) => "upstream_refused",
             K8sProxyError::UpstreamTimeout => "upstream_timeout",

@@ -28,7 +28,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 
 use crate::config::ms;
 use crate::error::{K8sProxyError, status_object};
@@ -166,6 +167,15 @@ async fn upgrade_client(
             None
         }
     }
+}
+
+/// A normal closure (1000): client-go reports any other close code, even an absent one, as a
+/// stream error after the final `Status`.
+fn normal_close() -> Message {
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    }))
 }
 
 fn channel_message(channel: u8, data: &[u8]) -> Message {
@@ -348,6 +358,7 @@ impl ExecCtx {
         {
             let _ = client.send(channel_message(ERROR, text.as_bytes())).await;
         }
+        let _ = client.send(normal_close()).await;
         let _ = client.close(None).await;
         self.conn
             .record_status(&self.ctx, format!("101 {code} {reason}"), 0, Vec::new())
@@ -524,13 +535,16 @@ impl ExecCtx {
                 }
                 msg = up_rx.next() => {
                     let Some(Ok(msg)) = msg else {
-                        status = "101 upstream_closed".into();
+                        if !status.starts_with("101 exit") {
+                            status = "101 upstream_closed".into();
+                        }
                         let mut o = Vec::new();
                         out_masker.finish(&mut o);
                         emit!(STDOUT, o);
                         let mut e = Vec::new();
                         err_masker.finish(&mut e);
                         emit!(STDERR, e);
+                        let _ = client_tx.send(normal_close()).await;
                         break;
                     };
                     match msg {
@@ -588,7 +602,11 @@ impl ExecCtx {
                             let mut e = Vec::new();
                             err_masker.finish(&mut e);
                             emit!(STDERR, e);
-                            let _ = client_tx.send(Message::Close(frame)).await;
+                            let close = match frame {
+                                Some(f) => Message::Close(Some(f)),
+                                None => normal_close(),
+                            };
+                            let _ = client_tx.send(close).await;
                             break;
                         }
                         // Text frames belong to the old base64 protocols, never negotiated here.

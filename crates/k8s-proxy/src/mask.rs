@@ -25,8 +25,12 @@ pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration
 
 /// Masks Secret material in `doc` in place. `secrets_context`: the request was about resource
 /// `secrets`, so objects without a `kind` are Secrets.
-pub fn mask_document(doc: &mut Value, secrets_context: bool, findings: &mut Vec<Finding>) {
+/// Returns whether any Secret was found (its `data` must be restored to [`MASKED_DATA`] after
+/// a masking profile ran over the document, so that typed clients can still decode it).
+pub fn mask_document(doc: &mut Value, secrets_context: bool, findings: &mut Vec<Finding>) -> bool {
+    let before = findings.len();
     walk(doc, secrets_context, "$", findings, 0);
+    findings.len() > before
 }
 
 fn kind_of(v: &Value) -> Option<&str> {

@@ -564,9 +564,28 @@ impl ConnCtx {
         }
         let (parts, body) = req.into_parts();
         let body = read_capped(body, proxy.config.limits.max_request_body).await?;
-        let body_json = parse_body(&parts.headers, &body);
+        let inspectable = body.is_empty() || inspectable_body(&parts.headers);
+        let body_json = if inspectable {
+            parse_body(&parts.headers, &body)
+        } else {
+            None
+        };
         let mut operation = parsed.operation.clone();
         let decision = self.decide(identity, &target.target, &operation, body_json.as_ref());
+        if !inspectable && decision.verdict != Verdict::Deny {
+            let ct = parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let refusal = Decision::deny(
+                "k8s-uninspectable-body",
+                format!("request body of type {ct:?} cannot be inspected"),
+            );
+            self.record_operation(ctx, &operation, &refusal).await?;
+            return Err(K8sProxyError::UnsupportedBody(ct));
+        }
         self.record_operation(ctx, &operation, &decision).await?;
         match decision.verdict {
             Verdict::Deny => {
@@ -1081,9 +1100,10 @@ pub fn mask_json_with(
     profile: Option<String>,
     findings: &mut Vec<Finding>,
 ) -> Vec<u8> {
+    let mut had_secrets = false;
     let (input, json) = match serde_json::from_slice::<serde_json::Value>(bytes) {
         Ok(mut v) => {
-            mask_document(&mut v, secrets_ctx, findings);
+            had_secrets = mask_document(&mut v, secrets_ctx, findings);
             (serde_json::to_vec(&v).unwrap_or_default(), true)
         }
         Err(_) if bytes.iter().all(u8::is_ascii_whitespace) => (Vec::new(), false),
@@ -1098,6 +1118,14 @@ pub fn mask_json_with(
     m.push(&input, &mut out);
     m.finish(&mut out);
     findings.extend(m.take_findings());
+    // The profile may have replaced the placeholders (e.g. a `password` key rule): put valid
+    // base64 placeholders back so typed clients still decode Secret data.
+    if had_secrets && let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&out) {
+        mask_document(&mut v, secrets_ctx, &mut Vec::new());
+        if let Ok(restored) = serde_json::to_vec(&v) {
+            out = restored;
+        }
+    }
     out
 }
 
@@ -1143,6 +1171,22 @@ fn is_hop_by_hop(n: &str) -> bool {
 fn cap(bytes: &[u8], cap: usize) -> String {
     let slice = bytes.get(..cap.min(bytes.len())).unwrap_or(bytes);
     String::from_utf8_lossy(slice).into_owned()
+}
+
+/// Whether a request body is JSON or YAML (the only bodies the gateway can inspect: the
+/// privileged-spec check and the recording read them; protobuf and CBOR are refused).
+fn inspectable_body(headers: &HeaderMap) -> bool {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let media = ct.split(';').next().unwrap_or("").trim();
+    media.is_empty()
+        || media == "application/json"
+        || media.ends_with("+json")
+        || media == "application/yaml"
+        || media.ends_with("+yaml")
 }
 
 fn parse_body(headers: &HeaderMap, body: &[u8]) -> Option<serde_json::Value> {

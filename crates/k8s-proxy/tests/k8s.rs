@@ -1,0 +1,664 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! gatehouse-k8s against the API-server stand-in, driven by the real kubectl and kube-rs.
+
+mod support;
+
+use std::time::Duration;
+
+use gatehouse_core::{Approvals as _, EventBody, RecordingFrame, Verdict};
+use support::apiserver::{LOG_LINE_1, LOG_LINE_2, SECRET_PASSWORD};
+use support::*;
+use tokio::io::AsyncReadExt as _;
+
+fn b64(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// The stand-in is faithful enough for the real kubectl before the gateway is in the way.
+#[tokio::test]
+async fn kubectl_works_directly_against_the_stand_in() {
+    let api = ApiServer::start(UPSTREAM_TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("direct.kubeconfig");
+    write_kubeconfig(&kc, &api.url, UPSTREAM_TOKEN, Some(&api.ca_file));
+    let run = |args: &'static [&'static str]| {
+        let kc = kc.clone();
+        let home = dir.path().to_path_buf();
+        async move { kubectl(&kc, &home, args).await }
+    };
+    let v = run(&["version", "-o", "json"]).await;
+    assert!(v.stdout.contains("v1.32.0-standin"), "{v:#?}");
+    let pods = run(&["get", "pods"]).await;
+    pods.ok();
+    assert!(pods.stdout.contains("web-0") && pods.stdout.contains("Running"), "{pods:#?}");
+    let secret = run(&["get", "secret", "db-creds", "-o", "yaml"]).await;
+    secret.ok();
+    assert!(secret.stdout.contains(&b64(SECRET_PASSWORD)), "the stand-in itself does not mask");
+    let ns = run(&["get", "namespaces"]).await;
+    assert!(ns.ok().stdout.contains("kube-system"));
+    let missing = run(&["get", "pod", "nope"]).await;
+    assert_ne!(missing.code, Some(0));
+    assert!(missing.stderr.contains("NotFound") && missing.stderr.contains("\"nope\" not found"), "{missing:#?}");
+    let exec = run(&["exec", "web-0", "--", "sh", "-c", "echo direct-$((40+2))"]).await;
+    exec.ok();
+    assert!(exec.stdout.contains("direct-42"), "{exec:#?}");
+    let failing = run(&["exec", "web-0", "--", "sh", "-c", "echo oops >&2; exit 3"]).await;
+    assert_eq!(failing.code, Some(3), "{failing:#?}");
+    assert!(failing.stderr.contains("oops"));
+    let logs = run(&["logs", "web-0"]).await;
+    assert!(logs.ok().stdout.contains(LOG_LINE_1));
+    // kubectl's typed create sends protobuf, which the stand-in (like the gateway) refuses;
+    // manifests go as JSON.
+    let typed = run(&["create", "configmap", "typed", "--from-literal=a=b"]).await;
+    assert!(typed.stderr.contains("unknown format"), "{typed:#?}");
+    let manifest = dir.path().join("cm.json");
+    std::fs::write(
+        &manifest,
+        r#"{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "direct"}, "data": {"a": "b"}}"#,
+    )
+    .unwrap();
+    let manifest = Box::leak(manifest.to_string_lossy().into_owned().into_boxed_str());
+    let cm = kubectl(&kc, dir.path(), &["create", "--validate=false", "-f", manifest]).await;
+    cm.ok();
+    let del = run(&["delete", "configmap", "direct"]).await;
+    del.ok();
+    assert_eq!(api.state.spdy_requests.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn get_pods_through_the_gateway() {
+    let rig = Rig::start().await;
+    let out = rig.kubectl(&["get", "pods"]).await;
+    out.ok();
+    assert!(out.stdout.contains("web-0") && out.stdout.contains("web-1"), "{out:#?}");
+    let ops = rig.operations();
+    let list = ops
+        .iter()
+        .find(|(op, _)| op.verb == "list" && op.resource == "pods")
+        .expect("pod list recorded");
+    assert_eq!(list.0.namespace.as_deref(), Some("default"));
+    assert_eq!(list.1.rule_id, "agents-read");
+    // Discovery went through as a built-in allowance or a rule, and was recorded.
+    assert!(ops.iter().all(|(op, d)| !op.resource.is_empty() || d.verdict == Verdict::Allow));
+    // The API server saw the gateway's credential, never the agent's.
+    for seen in rig.api.state.seen() {
+        let auth = seen.headers.get("authorization").unwrap().to_str().unwrap();
+        assert_eq!(auth, format!("Bearer {UPSTREAM_TOKEN}"));
+        assert_eq!(seen.headers.get("accept-encoding").unwrap(), "identity");
+    }
+}
+
+#[tokio::test]
+async fn secrets_are_masked_in_get_yaml_and_tables() {
+    let rig = Rig::start().await;
+    let out = rig.kubectl(&["get", "secret", "db-creds", "-o", "yaml"]).await;
+    out.ok();
+    assert!(!out.stdout.contains(&b64(SECRET_PASSWORD)), "{}", out.stdout);
+    assert!(!out.stdout.contains(SECRET_PASSWORD));
+    assert!(out.stdout.contains("password: W21hc2tlZF0="), "{}", out.stdout);
+    assert!(out.stdout.contains("name: db-creds"));
+    assert!(!out.stdout.contains("hunter2"));
+    let table = rig.kubectl(&["get", "secret", "db-creds"]).await;
+    assert!(table.ok().stdout.contains("Opaque"));
+    let json = rig.kubectl(&["get", "secret", "db-creds", "-o", "json"]).await;
+    assert!(!json.ok().stdout.contains(&b64(SECRET_PASSWORD)));
+    // Profile masking applies to other objects: the config map's e-mail address.
+    let cm = rig.kubectl(&["get", "configmap", "settings", "-o", "yaml"]).await;
+    cm.ok();
+    assert!(!cm.stdout.contains("ops-lead@example.com"), "{}", cm.stdout);
+    assert!(cm.stdout.contains("mode: fast"));
+    // The recording holds masked bodies only.
+    assert!(!rig.layers.recorder.dump().contains(&b64(SECRET_PASSWORD)));
+    let findings: usize = rig.results().iter().map(|r| r.findings.len()).sum();
+    assert!(findings >= 2);
+}
+
+#[tokio::test]
+async fn delete_pod_is_denied_with_a_readable_message() {
+    let rig = Rig::start().await;
+    let out = rig.kubectl(&["delete", "pod", "web-0"]).await;
+    assert_ne!(out.code, Some(0));
+    assert!(
+        out.stderr.contains("Error from server (Forbidden)")
+            && out.stderr.contains("denied by gatehouse rule no-pod-delete: agents never delete pods"),
+        "{out:#?}"
+    );
+    assert!(rig.api.state.get("pods", "default", "web-0").is_some());
+    assert!(!rig.api.state.seen().iter().any(|s| s.method == "DELETE"));
+    // Config maps may be created and deleted.
+    let manifest = rig.dir.path().join("cm.json");
+    std::fs::write(
+        &manifest,
+        r#"{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "agent-made"}, "data": {"k": "v"}}"#,
+    )
+    .unwrap();
+    rig.kubectl(&["create", "--validate=false", "-f", manifest.to_str().unwrap()])
+        .await
+        .ok();
+    // A typed create sends protobuf: refused with a message saying what to do.
+    let typed = rig.kubectl(&["create", "configmap", "typed", "--from-literal=k=v"]).await;
+    assert!(typed.stderr.contains("cannot be inspected by gatehouse"), "{typed:#?}");
+    assert!(rig.api.state.get("configmaps", "default", "agent-made").is_some());
+    rig.kubectl(&["delete", "configmap", "agent-made"]).await.ok();
+}
+
+#[tokio::test]
+async fn exec_through_the_gateway() {
+    let rig = Rig::start().await;
+    let out = rig
+        .kubectl(&["exec", "web-0", "--", "sh", "-c", "echo hello from the pod"])
+        .await;
+    out.ok();
+    assert_eq!(out.stdout.trim(), "hello from the pod", "{out:#?}");
+    let (op, decision) = rig
+        .operations()
+        .into_iter()
+        .find(|(op, _)| op.verb == "exec")
+        .unwrap();
+    assert_eq!(decision.rule_id, "exec-web-0");
+    assert_eq!(
+        op.command.unwrap().command_line,
+        "sh -c 'echo hello from the pod'"
+    );
+    let result = rig
+        .results()
+        .into_iter()
+        .find(|r| r.status.starts_with("101"))
+        .unwrap();
+    assert_eq!(result.status, "101 exit 0");
+    // The exec stream has its own recording, linked to the API session.
+    let events = rig.layers.recorder.events();
+    let exec_session = events
+        .iter()
+        .find_map(|e| match &e.body {
+            EventBody::SessionStart { details, .. } if details["stream"] == "exec" => {
+                Some(e.session.clone())
+            }
+            _ => None,
+        })
+        .unwrap();
+    let frames = rig.layers.recorder.recording(&exec_session);
+    assert!(frames.iter().any(|f| matches!(f, RecordingFrame::Output { data } if String::from_utf8_lossy(data).contains("hello from the pod"))));
+    assert_eq!(rig.api.state.spdy_requests.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn exec_output_is_masked() {
+    let rig = Rig::start().await;
+    let out = rig
+        .kubectl(&["exec", "web-0", "--", "echo", "mail", "jane.doe@example.com", "now"])
+        .await;
+    out.ok();
+    assert!(!out.stdout.contains("jane.doe@example.com"), "{out:#?}");
+    assert!(out.stdout.contains("mail") && out.stdout.contains("now"));
+}
+
+#[tokio::test]
+async fn exec_interactive_with_a_tty() {
+    let rig = Rig::start().await;
+    // kubectl only asks for a tty when its stdin is a terminal: `script` gives it one.
+    let line = format!(
+        "stty rows 40 cols 100; {KUBECTL} --request-timeout=30s exec -it web-0 -- tty; echo kubectl-exit=$?",
+    );
+    let mut cmd = tokio::process::Command::new("script");
+    cmd.args(["-q", "-e", "-c", &line, "/dev/null"])
+        .env("KUBECONFIG", &rig.kubeconfig)
+        .env("HOME", rig.dir.path())
+        .env("KUBECACHEDIR", rig.dir.path().join("cache"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .process_group(0);
+    let child = cmd.spawn().unwrap();
+    let out = gatehouse_testkit::within(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("/dev/pts/"), "the command ran on a pty: {stdout:?} {:?}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("kubectl-exit=0"), "{stdout:?}");
+    let (op, _) = rig
+        .operations()
+        .into_iter()
+        .find(|(op, _)| op.verb == "exec")
+        .unwrap();
+    assert_eq!(op.command.unwrap().command_line, "tty");
+    // A terminal recording with the caller's window size.
+    let events = rig.layers.recorder.events();
+    let exec_session = events
+        .iter()
+        .find_map(|e| match &e.body {
+            EventBody::SessionStart { details, .. } if details["tty"] == true => Some(e.session.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let frames = rig.layers.recorder.recording(&exec_session);
+    assert!(frames.iter().any(|f| matches!(f, RecordingFrame::Resize { .. })), "{frames:?}");
+    assert!(!rig.api.state.resizes.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn reviewed_exec_is_approved_then_runs() {
+    let rig = Rig::start().await;
+    let kubeconfig = rig.kubeconfig.clone();
+    let home = rig.dir.path().to_path_buf();
+    let run = tokio::spawn(async move {
+        kubectl(&kubeconfig, &home, &["exec", "web-1", "--", "echo", "approved-run"]).await
+    });
+    let id = rig.approve_next().await;
+    let out = gatehouse_testkit::within(Duration::from_secs(60), run).await.unwrap();
+    out.ok();
+    assert!(out.stdout.contains("approved-run"), "{out:#?}");
+    assert!(
+        out.stderr.contains(&format!("waiting for approval {id}")),
+        "the notice arrived on stderr: {out:#?}"
+    );
+    let state = &rig.api.state;
+    assert_eq!(state.exec_requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(state.spdy_requests.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let resolved = rig.layers.recorder.events().into_iter().any(|e| {
+        matches!(e.body, EventBody::ApprovalResolved { outcome: gatehouse_core::ApprovalOutcome::Approved { .. }, .. })
+    });
+    assert!(resolved);
+}
+
+#[tokio::test]
+async fn reviewed_exec_denied_by_an_approver() {
+    let rig = Rig::start().await;
+    let kubeconfig = rig.kubeconfig.clone();
+    let home = rig.dir.path().to_path_buf();
+    let run = tokio::spawn(async move {
+        kubectl(&kubeconfig, &home, &["exec", "web-1", "--", "echo", "never"]).await
+    });
+    let id = gatehouse_testkit::within(Duration::from_secs(30), rig.layers.approvals.next_pending()).await;
+    rig.layers
+        .approvals
+        .decide(&id, &approver(), gatehouse_core::ApprovalDecision::Deny, "not now")
+        .await
+        .unwrap();
+    let out = gatehouse_testkit::within(Duration::from_secs(60), run).await.unwrap();
+    assert_ne!(out.code, Some(0));
+    assert!(out.stderr.contains("was denied by alice"), "{out:#?}");
+    assert!(!out.stdout.contains("never"));
+    assert_eq!(rig.api.state.exec_requests.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn denied_exec_does_not_fall_back_to_spdy() {
+    let rig = Rig::start().await;
+    let out = rig.kubectl(&["exec", "web-0", "--", "rm", "-rf", "/data"]).await;
+    assert_ne!(out.code, Some(0));
+    assert!(
+        out.stderr.contains("denied by gatehouse rule no-rm: no file deletion in pods"),
+        "{out:#?}"
+    );
+    // Exactly one exec request reached the gateway (no SPDY retry), none the API server.
+    let execs: Vec<_> = rig
+        .operations()
+        .into_iter()
+        .filter(|(op, _)| op.verb == "exec")
+        .collect();
+    assert_eq!(execs.len(), 1, "{execs:?}");
+    assert_eq!(execs[0].1.verdict, Verdict::Deny);
+    let state = &rig.api.state;
+    assert_eq!(state.exec_requests.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(state.spdy_requests.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn spdy_upgrades_are_refused_not_relayed() {
+    let rig = Rig::start().await;
+    let (status, _, body) = raw(
+        &rig.base(),
+        "POST",
+        "/k8s/dev/api/v1/namespaces/default/pods/web-0/exec?command=echo&command=hi&stdout=true",
+        &[
+            ("authorization", &bearer()),
+            ("connection", "Upgrade"),
+            ("upgrade", "SPDY/3.1"),
+            ("x-stream-protocol-version", "v4.channel.k8s.io"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["kind"], "Status");
+    assert!(v["message"].as_str().unwrap().contains("SPDY"));
+    assert_eq!(rig.api.state.exec_requests.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert!(rig.api.state.seen().is_empty());
+}
+
+#[tokio::test]
+async fn logs_follow_streams_without_buffering() {
+    let rig = Rig::start().await;
+    let mut child = kubectl_command(&rig.kubeconfig, rig.dir.path(), &["logs", "-f", "web-0"])
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    gatehouse_testkit::within(Duration::from_secs(30), async {
+        let mut buf = [0u8; 1024];
+        while !String::from_utf8_lossy(&seen).contains(LOG_LINE_1) {
+            let n = stdout.read(&mut buf).await.unwrap();
+            assert!(n > 0, "kubectl ended early");
+            seen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    // The first line arrived while the API server still holds the second one.
+    assert!(!String::from_utf8_lossy(&seen).contains("request from"));
+    rig.api.state.release_logs();
+    gatehouse_testkit::within(Duration::from_secs(30), async {
+        stdout.read_to_end(&mut seen).await.unwrap();
+    })
+    .await;
+    let all = String::from_utf8_lossy(&seen).into_owned();
+    assert!(all.contains("request from"), "{all}");
+    assert!(!all.contains("jane.doe@example.com"), "log output is masked: {all}");
+    assert_ne!(LOG_LINE_2, all.lines().nth(1).unwrap_or(""));
+    let status = gatehouse_testkit::within(Duration::from_secs(30), child.wait()).await.unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn watch_streams_events_and_masks_secrets() {
+    let rig = Rig::start().await;
+    let mut child = kubectl_command(
+        &rig.kubeconfig,
+        rig.dir.path(),
+        &["get", "configmaps", "--watch", "-o", "json"],
+    )
+    .spawn()
+    .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    gatehouse_testkit::within(Duration::from_secs(30), async {
+        while !String::from_utf8_lossy(&seen).contains("\"settings\"") {
+            let n = stdout.read(&mut buf).await.unwrap();
+            if n == 0 {
+                let mut err = String::new();
+                let _ = child.stderr.take().unwrap().read_to_string(&mut err).await;
+                panic!("kubectl ended: {err} {:?}", rig.api.state.seen().iter().map(|s| format!("{} {}?{}", s.method, s.path, s.query)).collect::<Vec<_>>());
+            }
+            seen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    // A new object shows up while the watch is open.
+    rig.api.state.insert(
+        "configmaps",
+        "default",
+        serde_json::json!({"kind": "ConfigMap", "apiVersion": "v1",
+            "metadata": {"name": "late-arrival"}, "data": {"k": "v"}}),
+    );
+    gatehouse_testkit::within(Duration::from_secs(30), async {
+        while !String::from_utf8_lossy(&seen).contains("late-arrival") {
+            let n = stdout.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            seen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    let _ = child.start_kill();
+    assert!(!String::from_utf8_lossy(&seen).contains("ops-lead@example.com"));
+    // Watching secrets is denied by rule; fetching one secret through a raw watch of a single
+    // object still masks it.
+    let (code, _, body) = raw(
+        &rig.base(),
+        "GET",
+        "/api/v1/namespaces/default/secrets?watch=true",
+        &[("authorization", &bearer())],
+    )
+    .await;
+    assert_eq!(code, 403, "{body}");
+}
+
+#[tokio::test]
+async fn kube_rs_client_through_the_gateway() {
+    use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+    use kube::api::{Api, ListParams, PostParams};
+    let rig = Rig::start().await;
+    let mut config = kube::Config::new(format!("{}/k8s/dev", rig.base()).parse().unwrap());
+    config.default_namespace = "default".into();
+    config.auth_info.token = Some(AGENT_TOKEN.to_string().into());
+    let client = kube::Client::try_from(config).unwrap();
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let list = pods.list(&ListParams::default()).await.unwrap();
+    let names: Vec<_> = list.items.iter().filter_map(|p| p.metadata.name.clone()).collect();
+    assert_eq!(names, vec!["web-0", "web-1"]);
+    let secrets: Api<Secret> = Api::default_namespaced(client.clone());
+    let s = secrets.get("db-creds").await.unwrap();
+    let data = s.data.unwrap();
+    assert_eq!(data["password"].0, b"[masked]");
+    let denied = secrets.list(&ListParams::default()).await.unwrap_err();
+    let text = denied.to_string();
+    assert!(text.contains("no-secret-list"), "{text}");
+    let cms: Api<ConfigMap> = Api::default_namespaced(client);
+    let mut cm = ConfigMap::default();
+    cm.metadata.name = Some("from-kube-rs".into());
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+    assert!(rig.api.state.get("configmaps", "default", "from-kube-rs").is_some());
+}
+
+#[tokio::test]
+async fn upstream_token_never_leaves_the_gateway() {
+    let rig = Rig::start().await;
+    // A config map that (wrongly) holds the gateway's own token: the egress guard stops it.
+    rig.api.state.insert(
+        "configmaps",
+        "default",
+        serde_json::json!({"kind": "ConfigMap", "apiVersion": "v1",
+            "metadata": {"name": "leaky"}, "data": {"token": UPSTREAM_TOKEN}}),
+    );
+    let mut outputs = String::new();
+    for args in [
+        &["get", "configmap", "leaky", "-o", "yaml"][..],
+        &["get", "configmaps", "-o", "yaml"][..],
+        &["get", "pods", "-o", "yaml"][..],
+        &["get", "secret", "db-creds", "-o", "yaml"][..],
+        &["exec", "web-0", "--", "printenv", "LEAKY_TOKEN"][..],
+        &["logs", "web-0"][..],
+        &["config", "view", "--raw"][..],
+    ] {
+        let out = rig.kubectl(args).await;
+        outputs.push_str(&out.stdout);
+        outputs.push_str(&out.stderr);
+    }
+    let (_, headers, body) = raw(
+        &rig.base(),
+        "GET",
+        "/api/v1/namespaces/default/configmaps/leaky",
+        &[("authorization", &bearer())],
+    )
+    .await;
+    outputs.push_str(&body);
+    outputs.push_str(&format!("{headers:?}"));
+    assert!(!outputs.contains(UPSTREAM_TOKEN), "{outputs}");
+    assert!(!rig.layers.recorder.dump().contains(UPSTREAM_TOKEN));
+    let blocks = rig
+        .layers
+        .recorder
+        .events()
+        .into_iter()
+        .filter(|e| matches!(e.body, EventBody::EgressBlocked { .. }))
+        .count();
+    assert!(blocks >= 2, "the leaky config map and the echoed token were blocked");
+}
+
+#[tokio::test]
+async fn path_tricks_decide_like_the_plain_path() {
+    let rig = Rig::start().await;
+    let auth = bearer();
+    for trick in [
+        "/k8s/dev/api/v1/namespaces/default/secrets",
+        "/k8s/dev/api/v1/namespaces/default/pods/../secrets",
+        "/k8s/dev/api/v1/namespaces/default/pods%2F..%2Fsecrets",
+        "/k8s/dev/api/v1/namespaces/default/pods/%2e%2e/secrets",
+        "/k8s/dev/api/v1/namespaces/default%2Fsecrets",
+        "/k8s/dev/api/v1/namespaces//default/secrets",
+    ] {
+        let (code, _, body) = raw(&rig.base(), "GET", trick, &[("authorization", &auth)]).await;
+        assert_eq!(code, 403, "{trick}: {body}");
+        assert!(body.contains("no-secret-list"), "{trick}: {body}");
+    }
+    assert!(!rig
+        .api
+        .state
+        .seen()
+        .iter()
+        .any(|s| s.path.contains("secrets") && !s.path.ends_with("db-creds")));
+    let (code, _, _) = raw(
+        &rig.base(),
+        "GET",
+        "/k8s/dev/api/v1/namespaces/default/pods/web-0/..%2F..%2Fpods",
+        &[("authorization", &auth)],
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        rig.api.state.seen().last().unwrap().path,
+        "/api/v1/namespaces/default/pods",
+        "the decided path is the forwarded path"
+    );
+}
+
+#[tokio::test]
+async fn caller_impersonation_headers_have_no_effect() {
+    let rig = Rig::start().await;
+    let auth = bearer();
+    let (code, _, _) = raw(
+        &rig.base(),
+        "GET",
+        "/k8s/dev/api/v1/namespaces/default/pods",
+        &[
+            ("authorization", &auth),
+            ("impersonate-user", "system:admin"),
+            ("impersonate-group", "system:masters"),
+            ("x-remote-user", "system:admin"),
+        ],
+    )
+    .await;
+    assert_eq!(code, 200);
+    let seen = rig.api.state.seen();
+    let last = seen.last().unwrap();
+    assert!(last.headers.get("impersonate-user").is_none());
+    assert!(last.headers.get("impersonate-group").is_none());
+    assert!(last.headers.get("x-remote-user").is_none());
+    // A target configured to impersonate names the caller's identity instead.
+    let (code, _, _) = raw(
+        &rig.base(),
+        "GET",
+        "/k8s/imp/api/v1/namespaces/default/pods",
+        &[("authorization", &auth), ("impersonate-user", "system:admin")],
+    )
+    .await;
+    assert_eq!(code, 200);
+    let seen = rig.api.state.seen();
+    let last = seen.last().unwrap();
+    assert_eq!(last.headers.get("impersonate-user").unwrap(), "agent-7");
+    assert_eq!(last.headers.get("impersonate-group").unwrap(), "agents");
+}
+
+#[tokio::test]
+async fn protobuf_accept_still_yields_masked_json() {
+    let rig = Rig::start().await;
+    let (code, headers, body) = raw(
+        &rig.base(),
+        "GET",
+        "/api/v1/namespaces/default/secrets/db-creds",
+        &[
+            ("authorization", &bearer()),
+            ("accept", "application/vnd.kubernetes.protobuf, */*"),
+            ("accept-encoding", "gzip"),
+        ],
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(headers.get("content-type").unwrap(), "application/json");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["data"]["password"], "W21hc2tlZF0=");
+    let seen = rig.api.state.seen();
+    let last = seen.last().unwrap();
+    assert_eq!(last.headers.get("accept").unwrap(), "application/json");
+    assert_eq!(last.headers.get("accept-encoding").unwrap(), "identity");
+}
+
+#[tokio::test]
+async fn unauthenticated_callers_get_a_status() {
+    let rig = Rig::start().await;
+    let (code, _, body) = raw(&rig.base(), "GET", "/api/v1/namespaces/default/pods", &[]).await;
+    assert_eq!(code, 401);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((v["kind"].as_str(), v["reason"].as_str()), (Some("Status"), Some("Unauthorized")));
+    let bad = rig.dir.path().join("bad.kubeconfig");
+    write_kubeconfig(
+        &bad,
+        &format!("https://{}/k8s/dev", rig.tls_addr),
+        "wrong-token",
+        Some(&rig.ca_file),
+    );
+    let out = kubectl(&bad, rig.dir.path(), &["get", "pods"]).await;
+    assert_ne!(out.code, Some(0));
+    assert!(out.stderr.contains("provide credentials"), "{out:#?}");
+    assert!(rig.api.state.seen().is_empty());
+}
+
+#[tokio::test]
+async fn sensitive_operations_need_an_explicit_rule() {
+    let allow_all = r#"
+[defaults]
+default = "allow"
+"#;
+    let rig = Rig::start_with(allow_all, |_| {}).await;
+    let auth = bearer();
+    // Port forwarding and ephemeral containers are denied although the default allows.
+    let (code, _, body) = raw(
+        &rig.base(),
+        "GET",
+        "/api/v1/namespaces/default/pods/web-0/portforward?ports=80",
+        &[("authorization", &auth)],
+    )
+    .await;
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("k8s-sensitive"));
+    let pod = |name: &str, spec: &str| {
+        let path = rig.dir.path().join(format!("{name}.json"));
+        std::fs::write(
+            &path,
+            format!(r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "{name}"}}, "spec": {spec}}}"#),
+        )
+        .unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let privileged = pod("privileged-pod", r#"{"hostPID": true, "containers": [{"name": "a", "image": "busybox"}]}"#);
+    let out = rig.kubectl(&["create", "--validate=false", "-f", &privileged]).await;
+    assert_ne!(out.code, Some(0));
+    assert!(out.stderr.contains("privileged pod spec (hostPID)"), "{out:#?}");
+    let plain = pod("plain-pod", r#"{"containers": [{"name": "a", "image": "busybox"}]}"#);
+    rig.kubectl(&["create", "--validate=false", "-f", &plain]).await.ok();
+    assert!(rig.api.state.get("pods", "default", "plain-pod").is_some());
+    assert!(rig.api.state.get("pods", "default", "privileged-pod").is_none());
+    // An explicit rule allows it.
+    let explicit = r#"
+[defaults]
+default = "deny"
+
+[[rules]]
+id = "break-glass-portforward"
+verdict = "allow"
+kubernetes = { verbs = ["portforward"] }
+"#;
+    let rig = Rig::start_with(explicit, |_| {}).await;
+    let (code, _, body) = raw(
+        &rig.base(),
+        "GET",
+        "/api/v1/namespaces/default/pods/web-0/portforward?ports=80",
+        &[("authorization", &auth)],
+    )
+    .await;
+    // The stand-in itself wants an upgrade: the gateway let it through.
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("Upgrade request required"));
+}
