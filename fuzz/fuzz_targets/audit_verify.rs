@@ -64,7 +64,15 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     use gatehouse_recorder::json_check::{is_valid_json, reference_is_valid_json};
     assert_eq!(is_valid_json(&bytes), reference_is_valid_json(&bytes));
     for line in bytes.split(|b| *b == b'\n') {
-        assert_eq!(is_valid_json(line), reference_is_valid_json(line));
+        let reference = reference_is_valid_json(line);
+        assert_eq!(is_valid_json(line), reference);
+        // What verify runs on a parsed record: the payload only.
+        if let Ok(p) = gatehouse_recorder::format::parse_line(line) {
+            assert_eq!(
+                gatehouse_recorder::json_check::record_is_json(line, &p),
+                reference
+            );
+        }
     }
     let split = bytes.len() / 2;
     let log = LogData {

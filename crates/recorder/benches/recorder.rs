@@ -211,6 +211,7 @@ fn verify(c: &mut Criterion) {
     g.sample_size(20);
     for (name, check_json, threads) in [
         ("verify_hash_chain_1_thread", false, 1),
+        ("verify_hash_chain_and_json_1_thread", true, 1),
         ("verify_hash_chain_2_threads", false, 2),
         ("verify_hash_chain_and_json_2_threads", true, 2),
     ] {
@@ -240,6 +241,28 @@ fn verify(c: &mut Criterion) {
             n
         })
     });
+    // The JSON well-formedness check alone: verify's scanner against serde_json skipping a value.
+    for (name, check) in [
+        (
+            "json_check_lines_1_thread",
+            gatehouse_recorder::json_check::is_valid_json as fn(&[u8]) -> bool,
+        ),
+        (
+            "serde_json_ignored_any_lines_1_thread",
+            gatehouse_recorder::json_check::reference_is_valid_json,
+        ),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let bytes = &log.segments[0].bytes;
+                let mut ok = 0u64;
+                for line in bytes.split(|b| *b == b'\n') {
+                    ok += u64::from(check(line));
+                }
+                ok
+            })
+        });
+    }
     g.finish();
 }
 

@@ -126,18 +126,35 @@ pub fn hex32(bytes: &[u8; 32]) -> String {
     hex::encode(bytes)
 }
 
+/// Value of each byte as a lower-case hex digit, or 0xFF.
+const HEX_VALUE: [u8; 256] = {
+    let mut t = [0xFFu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
 /// Parses 64 lower-case hex digits.
 pub fn parse_hex32(s: &[u8]) -> Option<[u8; 32]> {
-    if s.len() != 64
-        || !s
-            .iter()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
-    {
-        return None;
-    }
+    let s: &[u8; 64] = s.try_into().ok()?;
     let mut out = [0u8; 32];
-    hex::decode_to_slice(s, &mut out).ok()?;
-    Some(out)
+    // Branch-free: any non-digit sets a high bit in `bad` (verify decodes two per record).
+    let mut bad = 0u8;
+    for (o, pair) in out.iter_mut().zip(s.as_chunks::<2>().0) {
+        let hi = HEX_VALUE[usize::from(pair[0])];
+        let lo = HEX_VALUE[usize::from(pair[1])];
+        bad |= hi | lo;
+        *o = (hi << 4) | (lo & 0x0f);
+    }
+    (bad & 0xf0 == 0).then_some(out)
 }
 
 /// One record line, read back without a general JSON parser.
@@ -371,6 +388,33 @@ mod tests {
             b"{\"schema_version\":1,\"log\":\"l\",\"sequence\":99999999999999999999,\"kind\":\"event\",\"prev\":\"0000000000000000000000000000000000000000000000000000000000000000\",\"hash\":\"0000000000000000000000000000000000000000000000000000000000000000\"}",
         ] {
             assert!(parse_line(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn hex_digits() {
+        let h: [u8; 32] = std::array::from_fn(|i| (i as u8).wrapping_mul(37));
+        assert_eq!(parse_hex32(hex32(&h).as_bytes()), Some(h));
+        let good = hex32(&h).into_bytes();
+        for (at, bad) in [
+            (0, b'A'),
+            (5, b'g'),
+            (63, b'/'),
+            (10, b':'),
+            (1, 0x80),
+            (2, b' '),
+        ] {
+            let mut v = good.clone();
+            v[at] = bad;
+            assert_eq!(parse_hex32(&v), None, "{at} {bad}");
+        }
+        assert_eq!(parse_hex32(&good[..63]), None);
+        assert_eq!(parse_hex32(&[good.clone(), b"0".to_vec()].concat()), None);
+        for b in 0..=255u8 {
+            let mut v = good.clone();
+            v[7] = b;
+            let ok = b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+            assert_eq!(parse_hex32(&v).is_some(), ok, "{b}");
         }
     }
 

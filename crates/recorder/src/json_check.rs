@@ -7,6 +7,8 @@
 //! taken as they are), with nesting tracked in a fixed bit stack. Inputs nested deeper than the
 //! stack (never written by the recorder) are handed to serde_json, so the answer is the same for
 //! every input; the `audit_verify` fuzz target checks that equivalence differentially.
+//! [`is_valid_json_members`] does the same for the inside of an object, so that verify scans
+//! only a record's payload once its fixed members have been parsed.
 
 /// Nesting levels tracked in the bit stack (deeper inputs go to serde_json).
 const MAX_DEPTH: usize = 256;
@@ -72,16 +74,38 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
 const ONES: u64 = u64::MAX / 255;
 const HIGHS: u64 = ONES << 7;
 
-/// Whether any byte of the word may be `"`, `\` or below 0x20 (a SWAR test: it never misses one;
-/// a borrow can make it report a plain byte next to a hit, which the byte loop then sorts out).
+/// The bytes of the word that may be `"`, `\` or below 0x20, as their high bits (a SWAR test).
+/// A borrow can flag a plain byte above a real hit, never below one: the lowest flagged byte is
+/// always a real hit.
 #[inline]
-fn has_special(w: u64) -> bool {
+fn special_mask(w: u64) -> u64 {
     let ctrl = w.wrapping_sub(ONES * 0x20) & !w;
     let q = w ^ (ONES * u64::from(b'"'));
     let quote = q.wrapping_sub(ONES) & !q;
     let s = w ^ (ONES * u64::from(b'\\'));
     let slash = s.wrapping_sub(ONES) & !s;
-    (ctrl | quote | slash) & HIGHS != 0
+    (ctrl | quote | slash) & HIGHS
+}
+
+/// The index of the first `"`, `\` or control byte at or after `i` (or `b.len()`).
+#[inline]
+fn next_special(b: &[u8], mut i: usize) -> usize {
+    while let Some(chunk) = b.get(i..i + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let m = special_mask(u64::from_le_bytes(word));
+        if m != 0 {
+            return i + (m.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while let Some(&c) = b.get(i) {
+        if c == b'"' || c == b'\\' || c < 0x20 {
+            break;
+        }
+        i += 1;
+    }
+    i
 }
 
 /// Scans a string body starting just after its opening quote; returns the index after the
@@ -89,15 +113,7 @@ fn has_special(w: u64) -> bool {
 #[inline]
 fn string(b: &[u8], mut i: usize) -> Option<usize> {
     loop {
-        // Skip eight plain bytes at a time.
-        while let Some(chunk) = b.get(i..i + 8) {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            if has_special(u64::from_le_bytes(word)) {
-                break;
-            }
-            i += 8;
-        }
+        i = next_special(b, i);
         match *b.get(i)? {
             b'"' => return Some(i + 1),
             b'\\' => {
@@ -113,8 +129,7 @@ fn string(b: &[u8], mut i: usize) -> Option<usize> {
                     _ => return None,
                 };
             }
-            c if c < 0x20 => return None,
-            _ => i += 1,
+            _ => return None, // a control character
         }
     }
 }
@@ -176,21 +191,59 @@ fn key(b: &[u8], i: usize) -> Option<usize> {
     (b.get(i) == Some(&b':')).then_some(i + 1)
 }
 
+/// Whether `{` + `members` + `}` is well-formed JSON, without building it: verify checks a
+/// record's payload members this way once the fixed members around them have been parsed.
+pub fn is_valid_json_members(members: &[u8]) -> bool {
+    match scan_inner(members, true) {
+        Ok(true) => true,
+        Err(()) => false,
+        Ok(false) => {
+            let mut object = Vec::with_capacity(members.len() + 2);
+            object.push(b'{');
+            object.extend_from_slice(members);
+            object.push(b'}');
+            reference_is_valid_json(&object)
+        }
+    }
+}
+
+/// Whether a record `line` (without its `\n`), already parsed as `parsed`, is well-formed JSON;
+/// the same answer as [`is_valid_json`]`(line)`, scanning only the payload. The fixed members
+/// and the hash member that [`crate::format::parse_line`] accepted are valid JSON by
+/// construction, so the line is valid exactly when its payload is a valid member list.
+pub fn record_is_json(line: &[u8], parsed: &crate::format::ParsedLine<'_>) -> bool {
+    if parsed.payload.is_empty() {
+        // No payload, or a stray `,` before the hash member: rare, so scan it all.
+        is_valid_json(line)
+    } else {
+        is_valid_json_members(parsed.payload)
+    }
+}
+
 fn scan(b: &[u8]) -> Scan {
-    match scan_inner(b) {
+    match scan_inner(b, false) {
         Ok(true) => Scan::Valid,
         Ok(false) => Scan::TooDeep,
         Err(()) => Scan::Invalid,
     }
 }
 
-/// `Ok(true)`: valid; `Ok(false)`: too deep to tell here; `Err`: invalid.
-fn scan_inner(b: &[u8]) -> Result<bool, ()> {
+/// `Ok(true)`: valid; `Ok(false)`: too deep to tell here; `Err`: invalid. With `members`, `b`
+/// is read as the inside of an object whose braces are implied.
+fn scan_inner(b: &[u8], members: bool) -> Result<bool, ()> {
     let mut nest = Nesting {
         bits: [0; MAX_DEPTH / 64],
         depth: 0,
     };
     let mut i = 0usize;
+    if members {
+        nest.push(true);
+        i = skip_ws(b, 0);
+        if i == b.len() {
+            return Ok(true);
+        }
+        i = key(b, i).ok_or(())?;
+    }
     'value: loop {
         i = skip_ws(b, i);
         let c = *b.get(i).ok_or(())?;
@@ -224,6 +277,9 @@ fn scan_inner(b: &[u8]) -> Result<bool, ()> {
         // After a value: commas, closers, or the end.
         loop {
             i = skip_ws(b, i);
+            if members && nest.depth == 1 && i == b.len() {
+                return Ok(true); // the implied `}`
+            }
             let Some(object) = nest.top_is_object() else {
                 return if i == b.len() { Ok(true) } else { Err(()) };
             };
@@ -237,6 +293,9 @@ fn scan_inner(b: &[u8]) -> Result<bool, ()> {
                     continue 'value;
                 }
                 (Some(b'}'), true) | (Some(b']'), false) => {
+                    if members && nest.depth == 1 {
+                        return Err(()); // would close the implied object early
+                    }
                     nest.depth -= 1;
                     i += 1;
                 }
@@ -306,6 +365,38 @@ mod tests {
                 "{:?}",
                 String::from_utf8_lossy(s)
             );
+            assert_members_agree(s);
+        }
+    }
+
+    fn assert_members_agree(m: &[u8]) {
+        let object = [&b"{"[..], m, b"}"].concat();
+        assert_eq!(
+            is_valid_json_members(m),
+            serde_ok(&object),
+            "members {:?}",
+            String::from_utf8_lossy(m)
+        );
+    }
+
+    #[test]
+    fn members_agree_with_serde_json() {
+        for m in [
+            &b""[..],
+            b" ",
+            b"\"a\":1",
+            b" \"a\" : 1 , \"b\":[{}] ",
+            b"\"a\":1,",
+            b",\"a\":1",
+            b"\"a\":1}",
+            b"\"a\":1},{\"b\":2",
+            b"\"a\":{\"b\":1}}",
+            b"\"a\"",
+            b"1:2",
+            b"\"a\":1 \"b\":2",
+            b"\"a\":[1,{\"x\":null}],\"t\":\"2026\"",
+        ] {
+            assert_members_agree(m);
         }
     }
 
@@ -327,9 +418,36 @@ mod tests {
                     v.extend_from_slice(close);
                 }
                 assert_eq!(is_valid_json(&v), serde_ok(&v), "depth {depth}");
+                let inner = [&b"\"k\":"[..], &v].concat();
+                assert_members_agree(&inner);
                 v.pop();
                 assert_eq!(is_valid_json(&v), serde_ok(&v), "depth {depth}, unclosed");
             }
+        }
+    }
+
+    #[test]
+    fn record_lines_agree_with_serde_json() {
+        use crate::format::{GENESIS, RecordKind, encode_line, parse_line};
+        for payload in [
+            &b""[..],
+            b",",
+            b"\"time\":\"t\",\"body\":{\"a\":[1,2]}",
+            b"\"time\":\"t\",",
+            b" \"a\" : null ",
+            b"\"a\":1},{\"b\":2",
+            b"\"a\":\"\x01\"",
+        ] {
+            let mut out = Vec::new();
+            encode_line(&mut out, "l", 1, RecordKind::Event, &GENESIS, payload);
+            let line = &out[..out.len() - 1];
+            let p = parse_line(line).unwrap();
+            assert_eq!(
+                record_is_json(line, &p),
+                serde_ok(line),
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
         }
     }
 
@@ -350,6 +468,8 @@ mod tests {
         ) {
             let bytes: Vec<u8> = parts.concat();
             prop_assert_eq!(is_valid_json(&bytes), serde_ok(&bytes));
+            let object = [&b"{"[..], &bytes, b"}"].concat();
+            prop_assert_eq!(is_valid_json_members(&bytes), serde_ok(&object));
         }
 
         #[test]

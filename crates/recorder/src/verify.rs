@@ -183,40 +183,73 @@ impl VerifyReport {
 /// Lines hashed per parallel block (bounds the memory of parsed lines).
 const BLOCK_LINES: usize = 1 << 16;
 
-type CheckedLine<'a> = (Result<ParsedLine<'a>, LineError>, bool);
+/// What the parallel pass found out about one line. Everything that needs the line's bytes is
+/// decided here, while they are in cache; the in-order pass then reads only these results.
+struct CheckedLine<'a> {
+    parsed: Result<ParsedLine<'a>, LineError>,
+    /// The line is well-formed JSON (or the check is off).
+    json_ok: bool,
+    /// The record names the log being verified.
+    log_ok: bool,
+}
 
-fn check_one(line: &[u8], check_json: bool) -> CheckedLine<'_> {
-    let parsed = parse_line(line);
-    let json_ok = !check_json || crate::json_check::is_valid_json(line);
-    (parsed, json_ok)
+/// The per-line checks, shared by the threads of the parallel pass.
+struct LineCheck<'l> {
+    log: &'l str,
+    check_json: bool,
+}
+
+impl LineCheck<'_> {
+    fn one<'a>(&self, line: &'a [u8]) -> CheckedLine<'a> {
+        let parsed = parse_line(line);
+        let (json_ok, log_ok) = match &parsed {
+            Ok(p) => (
+                !self.check_json || crate::json_check::record_is_json(line, p),
+                p.log == self.log,
+            ),
+            // A line that does not parse is reported as malformed, whatever else is true.
+            Err(_) => (false, false),
+        };
+        CheckedLine {
+            parsed,
+            json_ok,
+            log_ok,
+        }
+    }
 }
 
 /// Parses and hashes `lines` (the expensive, independent part of verification) on up to
-/// `threads` threads, returning one result per line, in order.
-fn check_lines<'a>(lines: &[&'a [u8]], threads: usize, check_json: bool) -> Vec<CheckedLine<'a>> {
+/// `threads` threads (this one included), returning one result per line, in order.
+fn check_lines<'a>(
+    lines: &[&'a [u8]],
+    threads: usize,
+    check: &LineCheck<'_>,
+) -> Vec<CheckedLine<'a>> {
     if threads <= 1 || lines.len() < 2048 {
-        return lines.iter().map(|l| check_one(l, check_json)).collect();
+        return lines.iter().map(|l| check.one(l)).collect();
     }
     let per = lines.len().div_ceil(threads);
+    let mut chunks = lines.chunks(per);
+    let own = chunks.next().unwrap_or_default();
     std::thread::scope(|scope| {
-        let handles: Vec<_> = lines
-            .chunks(per)
+        let handles: Vec<_> = chunks
             .map(|chunk| {
-                let handle = scope.spawn(move || {
-                    chunk
-                        .iter()
-                        .map(|l| check_one(l, check_json))
-                        .collect::<Vec<_>>()
-                });
+                let handle =
+                    scope.spawn(move || chunk.iter().map(|l| check.one(l)).collect::<Vec<_>>());
                 (chunk.len(), handle)
             })
             .collect();
         let mut out = Vec::with_capacity(lines.len());
+        out.extend(own.iter().map(|l| check.one(l)));
         for (len, handle) in handles {
             match handle.join() {
                 Ok(v) if v.len() == len => out.extend(v),
                 // Never expected; but a lost result must never read as a good line.
-                _ => out.extend((0..len).map(|_| (Err(LineError::BadPrefix), false))),
+                _ => out.extend((0..len).map(|_| CheckedLine {
+                    parsed: Err(LineError::BadPrefix),
+                    json_ok: false,
+                    log_ok: false,
+                })),
             }
         }
         out
@@ -369,10 +402,13 @@ impl<'o> ChainVerifier<'o> {
         };
         let mut line_no = 0u64;
         for block in lines.chunks(BLOCK_LINES) {
-            let checked = check_lines(block, threads, self.options.check_json);
-            for (parsed, json_ok) in checked {
+            let check = LineCheck {
+                log: &self.verdict.log,
+                check_json: self.options.check_json,
+            };
+            for checked in check_lines(block, threads, &check) {
                 line_no += 1;
-                if !self.line(name, line_no, parsed, json_ok) {
+                if !self.line(name, line_no, checked) {
                     return false;
                 }
             }
@@ -394,13 +430,12 @@ impl<'o> ChainVerifier<'o> {
         true
     }
 
-    fn line(
-        &mut self,
-        segment: &str,
-        line_no: u64,
-        parsed: Result<ParsedLine<'_>, LineError>,
-        json_ok: bool,
-    ) -> bool {
+    fn line(&mut self, segment: &str, line_no: u64, checked: CheckedLine<'_>) -> bool {
+        let CheckedLine {
+            parsed,
+            json_ok,
+            log_ok,
+        } = checked;
         let p = match parsed {
             Ok(p) => p,
             Err(e) => {
@@ -418,7 +453,7 @@ impl<'o> ChainVerifier<'o> {
                 format!("schema_version {}", p.schema_version),
             );
         }
-        if p.log != self.verdict.log {
+        if !log_ok {
             let detail = format!("record of log {:?} in log {:?}", p.log, self.verdict.log);
             return self.fail(ProblemKind::WrongLog, segment, line_no, seq, detail);
         }
