@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
-# Whole-system PostgreSQL benchmark: pgbench select-only and TPC-B-like, 1 and 8 clients, against
-#   direct      PostgreSQL itself (TCP 127.0.0.1)
-#   relay       a bare TCP relay (tokio copy_bidirectional): the floor of any proxy
-#   pgbouncer   PgBouncer, session mode (Debian package; skipped if not installed)
-#   gatehouse   the PostgreSQL proxy with policy + masking + egress guard + audit recording on
-# all in one run, printing TPS, average latency and each ratio against direct.
-# Not part of CI. Usage: benches/pg/run.sh [seconds-per-run (default 20)] [scale (default 10)]
+# Whole-system PostgreSQL benchmark: pgbench select-only and TPC-B-like, 1 and 8 clients, simple and
+# prepared (extended) protocol, against
+#   direct       PostgreSQL itself (TCP 127.0.0.1)
+#   relay        a bare TCP relay (tokio copy_bidirectional): the floor of any proxy
+#   pgbouncer    PgBouncer, session mode (Debian package; skipped if not installed)
+#   gh-fsync     the PostgreSQL proxy with policy + masking + egress guard + audit recording on,
+#                audit control events durable at fdatasync (group-committed) — the default
+#   gh-oswrite   the same gateway with audit durability "os-write" (survives a gateway crash,
+#                not a power loss)
+# all in one run, printing TPS, average and median latency, each ratio against direct, and the
+# median latency added per statement (median transaction latency difference / statements per
+# transaction).
+# Not part of CI. Usage:
+#   benches/pg/run.sh [seconds-per-run (default 20)] [scale (default 10)] [protocols (default "simple prepared")]
 set -euo pipefail
 
 DURATION="${1:-20}"
 SCALE="${2:-10}"
+PROTOCOLS="${3:-simple prepared}"
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 BIN_DIR="${GATEHOUSE_PG_BINDIR:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)}"
 WORK="$(mktemp -d /tmp/gatehouse-pgbench-XXXXXX)"
@@ -25,13 +33,13 @@ trap cleanup EXIT
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-PG_PORT=$(free_port); GW_PORT=$(free_port); RELAY_PORT=$(free_port); BOUNCER_PORT=$(free_port)
+PG_PORT=$(free_port); GW_PORT=$(free_port); GW2_PORT=$(free_port); RELAY_PORT=$(free_port); BOUNCER_PORT=$(free_port)
 PASSWORD="bench-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 TOKEN="bench-token"
 
 echo "== building the gateway (release)"
 (cd "$ROOT" && cargo build --release -q -p gatehouse-pg --example bench_gateway)
-GATEWAY="$ROOT/target/release/examples/bench_gateway"
+GATEWAY="${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/bench_gateway"
 
 echo "== starting PostgreSQL ($BIN_DIR) on 127.0.0.1:$PG_PORT"
 mkdir -p "$WORK/data"; [ "$(id -u)" = 0 ] && chown postgres "$WORK/data"
@@ -53,10 +61,14 @@ as_pg "$BIN_DIR/pg_ctl" -D "$WORK/data" -l "$WORK/pg.log" -w start >/dev/null
 psql -X -q -h "$WORK" -p "$PG_PORT" -U postgres -c "CREATE ROLE bench LOGIN PASSWORD '$PASSWORD'" -c "CREATE DATABASE bench OWNER bench"
 PGPASSWORD="$PASSWORD" pgbench -q -i -s "$SCALE" -h 127.0.0.1 -p "$PG_PORT" -U bench bench >/dev/null 2>&1
 
-echo "== starting relay :$RELAY_PORT and gateway :$GW_PORT"
+echo "== starting relay :$RELAY_PORT and gateways :$GW_PORT (fsync) :$GW2_PORT (os-write)"
 "$GATEWAY" --relay --listen "127.0.0.1:$RELAY_PORT" --upstream "127.0.0.1:$PG_PORT" & PIDS+=($!)
 "$GATEWAY" --listen "127.0.0.1:$GW_PORT" --upstream "127.0.0.1:$PG_PORT" --user bench \
-  --password "$PASSWORD" --database bench --token "$TOKEN" 2>"$WORK/gateway.log" & PIDS+=($!)
+  --password "$PASSWORD" --database bench --token "$TOKEN" --durability fsync \
+  --audit-dir "$WORK/audit-fsync" 2>"$WORK/gateway.log" & PIDS+=($!)
+"$GATEWAY" --listen "127.0.0.1:$GW2_PORT" --upstream "127.0.0.1:$PG_PORT" --user bench \
+  --password "$PASSWORD" --database bench --token "$TOKEN" --durability os-write \
+  --audit-dir "$WORK/audit-oswrite" 2>"$WORK/gateway2.log" & PIDS+=($!)
 
 HAVE_BOUNCER=0
 if command -v pgbouncer >/dev/null 2>&1; then
@@ -82,35 +94,58 @@ INI
 else
   echo "   (pgbouncer not installed: apt-get install pgbouncer to include it)"
 fi
-for p in $RELAY_PORT $GW_PORT $([ $HAVE_BOUNCER = 1 ] && echo $BOUNCER_PORT); do
+for p in $RELAY_PORT $GW_PORT $GW2_PORT $([ $HAVE_BOUNCER = 1 ] && echo $BOUNCER_PORT); do
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
 done
 
-run() { # mode port password workload clients
-  local flags=""; [ "$4" = select-only ] && flags="-S"
+median() { # median of column 3 (latency, µs) of pgbench per-transaction logs in $1
+  python3 - "$1" <<'PY'
+import glob, sys
+v = []
+for f in glob.glob(sys.argv[1] + "/pgbench_log.*"):
+    with open(f) as fh:
+        for line in fh:
+            parts = line.split()
+            if len(parts) >= 3:
+                v.append(int(parts[2]))
+v.sort()
+print(v[len(v) // 2] if v else 0)
+PY
+}
+
+run() { # port password workload clients protocol
+  local flags=""; [ "$3" = select-only ] && flags="-S"
+  local logdir; logdir=$(mktemp -d "$WORK/log-XXXXXX"); chmod 777 "$logdir"
   local out
-  out=$(PGPASSWORD="$3" pgbench -n $flags -T "$DURATION" -c "$5" -j "$5" -h 127.0.0.1 -p "$2" -U bench bench 2>&1)
-  local tps lat
+  out=$(cd "$logdir" && PGPASSWORD="$2" pgbench -n $flags -M "$5" -l -T "$DURATION" -c "$4" -j "$4" -h 127.0.0.1 -p "$1" -U bench bench 2>&1)
+  local tps lat p50
   tps=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\) (without initial.*/\1/p')
   lat=$(echo "$out" | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p')
-  echo "$tps $lat"
+  p50=$(median "$logdir")
+  rm -rf "$logdir"
+  echo "${tps:-0} ${lat:-0} $p50"
 }
 
 echo
-printf "%-12s %-8s %-10s %12s %12s %10s\n" workload clients mode tps "lat avg ms" "vs direct"
-for workload in select-only tpcb; do
-  for clients in 1 8; do
-    read -r dtps dlat < <(run direct "$PG_PORT" "$PASSWORD" $workload $clients)
-    printf "%-12s %-8s %-10s %12s %12s %10s\n" $workload $clients direct "$dtps" "$dlat" "1.00"
-    modes="relay:$RELAY_PORT:$PASSWORD gatehouse:$GW_PORT:$TOKEN"
-    [ $HAVE_BOUNCER = 1 ] && modes="relay:$RELAY_PORT:$PASSWORD pgbouncer:$BOUNCER_PORT:$PASSWORD gatehouse:$GW_PORT:$TOKEN"
-    for m in $modes; do
-      IFS=: read -r name port pw <<< "$m"
-      read -r tps lat < <(run "$name" "$port" "$pw" $workload $clients)
-      ratio=$(python3 -c "print(f'{float(\"$tps\")/float(\"$dtps\"):.2f}')" 2>/dev/null || echo "?")
-      printf "%-12s %-8s %-10s %12s %12s %10s\n" $workload $clients "$name" "$tps" "$lat" "$ratio"
+printf "%-11s %-8s %-3s %-11s %10s %9s %9s %8s %12s\n" workload protocol cl mode tps "avg ms" "p50 µs" "vs dir" "+p50/stmt µs"
+for protocol in $PROTOCOLS; do
+  for workload in select-only tpcb; do
+    stmts=1; [ "$workload" = tpcb ] && stmts=7
+    for clients in 1 8; do
+      read -r dtps dlat dp50 < <(run "$PG_PORT" "$PASSWORD" $workload $clients "$protocol")
+      printf "%-11s %-8s %-3s %-11s %10s %9s %9s %8s %12s\n" $workload "$protocol" $clients direct "$dtps" "$dlat" "$dp50" "1.00" "-"
+      modes="relay:$RELAY_PORT:$PASSWORD"
+      [ $HAVE_BOUNCER = 1 ] && modes="$modes pgbouncer:$BOUNCER_PORT:$PASSWORD"
+      modes="$modes gh-fsync:$GW_PORT:$TOKEN gh-oswrite:$GW2_PORT:$TOKEN"
+      for m in $modes; do
+        IFS=: read -r name port pw <<< "$m"
+        read -r tps lat p50 < <(run "$port" "$pw" $workload $clients "$protocol")
+        ratio=$(python3 -c "print(f'{$tps/$dtps:.2f}')" 2>/dev/null || echo "?")
+        added=$(python3 -c "print(f'{($p50-$dp50)/$stmts:.0f}')" 2>/dev/null || echo "?")
+        printf "%-11s %-8s %-3s %-11s %10s %9s %9s %8s %12s\n" $workload "$protocol" $clients "$name" "$tps" "$lat" "$p50" "$ratio" "$added"
+      done
     done
   done
 done
 echo
-echo "machine: $(nproc) vCPU, $(free -g | awk '/Mem:/{print $2}') GiB; postgres $("$BIN_DIR/postgres" --version | awk '{print $3}'); duration ${DURATION}s per run, scale $SCALE"
+echo "machine: $(nproc) vCPU, $(free -g | awk '/Mem:/{print $2}') GiB; load average before the summary: $(cut -d' ' -f1-3 /proc/loadavg); postgres $("$BIN_DIR/postgres" --version | awk '{print $3}'); duration ${DURATION}s per run, scale $SCALE"

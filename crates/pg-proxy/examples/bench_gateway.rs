@@ -6,8 +6,12 @@
 //!
 //! ```text
 //! bench_gateway --listen 127.0.0.1:6433 --upstream 127.0.0.1:5432 --user bench --password pw \
-//!     --database bench --token bench-token [--relay]
+//!     --database bench --token bench-token [--durability fsync|os-write] [--audit-dir DIR] [--relay]
 //! ```
+//!
+//! `--durability` is the audit log's level for control events: `fsync` (the default: each
+//! awaited event is on disk, group-committed) or `os-write` (handed to the kernel: survives a
+//! gateway crash, not a power loss).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -124,10 +128,18 @@ async fn main() {
     }
     let egress: Arc<dyn gatehouse_core::EgressGuard + Send + Sync> =
         Arc::new(egress.build().unwrap());
-    let dir = tempfile::tempdir().unwrap();
+    let durability = match arg(&args, "--durability").as_deref() {
+        None | Some("fsync") => gatehouse_recorder::Durability::Fsync,
+        Some("os-write") => gatehouse_recorder::Durability::OsWrite,
+        Some(other) => panic!("--durability: fsync or os-write, not {other}"),
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = arg(&args, "--audit-dir").map_or_else(|| tmp.path().to_owned(), Into::into);
+    let mut recorder_config = gatehouse_recorder::recorder::RecorderConfig::new("pg-bench");
+    recorder_config.log.durability = durability;
     let recorder = gatehouse_recorder::recorder::AuditRecorder::open(
-        dir.path(),
-        gatehouse_recorder::recorder::RecorderConfig::new("pg-bench"),
+        &dir,
+        recorder_config,
         gatehouse_recorder::checkpoint::CheckpointSigner::generate().unwrap(),
         Some(egress.clone()),
     )
@@ -157,7 +169,10 @@ async fn main() {
     }]);
     config.allow_plaintext_password = true;
     let listener = tokio::net::TcpListener::bind(&listen).await.unwrap();
-    eprintln!("gateway on {listen}, audit in {}", dir.path().display());
+    eprintln!(
+        "gateway on {listen}, audit in {} ({durability:?})",
+        dir.display()
+    );
     PgProxy::new(config, pipeline)
         .serve(listener)
         .await

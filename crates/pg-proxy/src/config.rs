@@ -161,6 +161,12 @@ pub struct PgProxyConfig {
     /// Statements that copy a masked column elsewhere (CREATE TABLE AS, INSERT … SELECT, COPY,
     /// CREATE VIEW/FUNCTION) are denied unless this is set.
     pub allow_masked_column_copies: bool,
+    /// Serve the legacy fast-path `FunctionCall` message. Off by default: a function called by
+    /// OID can return any column's value, out of reach of column masking rules, so the gateway
+    /// refuses it with an ErrorResponse (SQLSTATE 42501, the session stays usable). When on, the
+    /// policy decides it (its text is `-- FunctionCall oid=N`) and the result runs through the
+    /// content detectors as raw bytes.
+    pub allow_function_call: bool,
 }
 
 impl PgProxyConfig {
@@ -176,6 +182,7 @@ impl PgProxyConfig {
             limits: Limits::default(),
             non_text_masking: NonTextMasking::default(),
             allow_masked_column_copies: false,
+            allow_function_call: false,
         }
     }
 

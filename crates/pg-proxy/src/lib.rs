@@ -14,6 +14,17 @@
 //! transaction and pipeline state matches what the client is told; the error is rewritten to
 //! SQLSTATE 42501 naming the rule. See [`PgProxy`] to run a listener and [`PgHooks`] to observe or
 //! tighten each phase.
+//!
+//! Audit: each statement's `Operation` control event is recorded — at the recorder's durability,
+//! OS write or fsync — *before* the statement goes upstream (a statement whose record cannot be
+//! written is refused with 58030); its `OperationResult` summary is queued to a per-session task
+//! and recorded in order without holding back the results (a lost summary is logged and counted
+//! in `SessionEnd`).
+//!
+//! The legacy fast-path `FunctionCall` message is refused by default with an ErrorResponse
+//! (42501, rule `function-call`; the session stays usable): a function called by OID can return
+//! any column's value outside column masking. [`PgProxyConfig::allow_function_call`] serves it,
+//! decided by the policy, with the result run through the content detectors.
 
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -43,7 +54,8 @@ pub use config::{
 pub use error::PgProxyError;
 pub use hooks::{DefaultHooks, PgHooks, SessionContext};
 pub use statements::{
-    ColumnLineage, LexicalAnalyzer, SqlAnalyzer, StatementAnalyzer, StatementInfo, StatementKind,
+    CachedAnalyzer, ColumnLineage, LexicalAnalyzer, SqlAnalyzer, StatementAnalyzer, StatementInfo,
+    StatementKind,
 };
 pub use upstream::{AsyncStream, BoxStream};
 
@@ -158,13 +170,14 @@ impl std::fmt::Debug for PgProxy {
 }
 
 impl PgProxy {
-    /// A proxy with default hooks and the gatehouse-sql analyzer (classification + lineage).
+    /// A proxy with default hooks and the gatehouse-sql analyzer (classification + lineage)
+    /// behind a memo of 1024 statement texts.
     pub fn new(config: PgProxyConfig, pipeline: Pipeline) -> Self {
         Self::with_parts(
             config,
             pipeline,
             Arc::new(DefaultHooks),
-            Arc::new(SqlAnalyzer),
+            Arc::new(CachedAnalyzer::new(SqlAnalyzer, 1024)),
         )
     }
 

@@ -397,6 +397,9 @@ struct Shared {
     /// recognised and rewritten; never shown to the client.
     nonce: String,
     operations: AtomicU64,
+    /// Result summaries that could not be recorded (named in SessionEnd). The operations
+    /// themselves were recorded before they ran; a recorder that is down refuses the next one.
+    results_lost: AtomicU64,
     /// Woken when either half ends.
     done: Notify,
 }
@@ -526,8 +529,13 @@ async fn relay(proxy: Arc<ProxyInner>, ready: Ready, client_addr: String, sessio
         settings: Mutex::new(settings),
         nonce: format!("{:016x}", rand::random::<u64>()),
         operations: AtomicU64::new(0),
+        results_lost: AtomicU64::new(0),
         done: Notify::new(),
     });
+    // Result summaries are recorded in order by their own task, so no statement's results wait
+    // for the audit log's fsync; the operation itself was recorded (awaited) before it ran.
+    let (results, results_rx) = tokio::sync::mpsc::channel(RESULT_QUEUE);
+    let results_task = tokio::spawn(record_results(proxy.clone(), shared.clone(), results_rx));
 
     let (up_read, up_write) = tokio::io::split(up_stream);
     let backend = Backend {
@@ -546,6 +554,7 @@ async fn relay(proxy: Arc<ProxyInner>, ready: Ready, client_addr: String, sessio
         scratch: RowScratch::default(),
         notice_plan: None,
         plan_cache: HashMap::new(),
+        results,
     };
     let backend_task = tokio::spawn(backend.run());
 
@@ -577,7 +586,14 @@ async fn relay(proxy: Arc<ProxyInner>, ready: Ready, client_addr: String, sessio
             Ok(Ok((r, s))) => (r, s),
             _ => (None, None),
         };
-    let reason = backend_reason.unwrap_or(reason);
+    let mut reason = backend_reason.unwrap_or(reason);
+    // The backend half (and with it the results queue's sender) is gone: drain the queue so
+    // every result summary precedes SessionEnd.
+    let _ = tokio::time::timeout(Duration::from_secs(10), results_task).await;
+    let lost = shared.results_lost.load(Ordering::Relaxed);
+    if lost > 0 {
+        reason = format!("{reason}; {lost} result summaries not recorded");
+    }
     if let Some(k) = gateway_key {
         proxy.cancels.remove(k);
     }
@@ -599,6 +615,29 @@ async fn relay(proxy: Arc<ProxyInner>, ready: Ready, client_addr: String, sessio
     let _ = proxy.pipeline.recorder.record(end).await;
     let mut w = client_writer.lock().await;
     let _ = w.shutdown().await;
+}
+
+/// Result summaries queued per session before the backend half waits for room.
+const RESULT_QUEUE: usize = 1024;
+
+/// Records queued result summaries in order, several per group commit. A failure is logged and
+/// counted (SessionEnd names the count).
+async fn record_results(
+    proxy: Arc<ProxyInner>,
+    shared: Arc<Shared>,
+    mut rx: tokio::sync::mpsc::Receiver<Event>,
+) {
+    let mut batch = Vec::with_capacity(64);
+    while rx.recv_many(&mut batch, 64).await > 0 {
+        let recorder = &proxy.pipeline.recorder;
+        // join_all polls in order, so the events reach the log in the order they were queued.
+        let outcomes =
+            futures::future::join_all(batch.drain(..).map(|event| recorder.record(event))).await;
+        for e in outcomes.into_iter().filter_map(Result::err) {
+            tracing::warn!(error = %e, "result summary not recorded");
+            shared.results_lost.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 fn track_setting(settings: &mut SqlSessionSettings, name: &str, value: &str) {
@@ -838,6 +877,16 @@ impl Frontend {
                 .policy
                 .decide(&self.ctx.identity, &self.ctx.target, &operation);
         let decision = self.proxy.hooks.on_statement(&self.ctx, op, info, decision);
+        let decision = if op.protocol == SqlProtocol::FunctionCall
+            && !self.proxy.config.allow_function_call
+        {
+            Decision::deny(
+                "function-call",
+                "the fast-path FunctionCall interface is not served (its results escape column masking)",
+            )
+        } else {
+            decision
+        };
         let decision = match self.masked_copy_check(info, &decision).await {
             Some(d) => d,
             None => decision,
@@ -1383,6 +1432,8 @@ struct Backend {
         ),
         Arc<ShapePlan>,
     >,
+    /// Result summaries to the audit log (see [`record_results`]).
+    results: tokio::sync::mpsc::Sender<Event>,
 }
 
 impl Backend {
@@ -1648,7 +1699,8 @@ impl Backend {
                 frame.encode_into(&mut self.out);
                 Ok(())
             }
-            b'A' | b'G' | b'W' | b'V' => {
+            b'V' => self.on_function_result(frame),
+            b'A' | b'G' | b'W' => {
                 frame.encode_into(&mut self.out);
                 Ok(())
             }
@@ -1658,6 +1710,51 @@ impl Backend {
                 char::from(other)
             ))),
         }
+    }
+
+    /// A FunctionCallResponse (only when FunctionCall is allowed): the value, whatever its
+    /// format, runs through the content detectors as raw bytes.
+    fn on_function_result(&mut self, frame: Frame) -> Result<(), PgProxyError> {
+        let mut r = crate::frame::BodyReader::new(frame.body.clone(), "FunctionCallResponse");
+        let value = r
+            .value()
+            .and_then(|v| r.finish().map(|()| v))
+            .map_err(|e| PgProxyError::UpstreamProtocol(e.to_string()))?;
+        let Some(value) = value else {
+            frame.encode_into(&mut self.out);
+            return Ok(());
+        };
+        let profile = self.running_ctx().and_then(|c| c.profile.clone());
+        let column = ColumnDesc {
+            name: "function_result".into(),
+            table_oid: 0,
+            attnum: 0,
+            type_oid: 25,
+            format: 0,
+        };
+        let plan = ShapePlan::new(
+            self.proxy.pipeline.masker.as_ref(),
+            &[column],
+            Vec::new(),
+            profile.as_deref(),
+            NonTextMasking::Null,
+            |_| {},
+        );
+        let mut findings = Vec::new();
+        match plan.mask_value(0, &value, &mut findings) {
+            None => frame.encode_into(&mut self.out),
+            Some(masked) => {
+                let len = i32::try_from(masked.len()).map_err(|_| {
+                    PgProxyError::UpstreamProtocol("function result too large".into())
+                })?;
+                let mut body = Vec::with_capacity(masked.len() + 4);
+                body.extend_from_slice(&len.to_be_bytes());
+                body.extend_from_slice(&masked);
+                encode_frame(b'V', &body, &mut self.out);
+            }
+        }
+        self.add_findings(findings);
+        Ok(())
     }
 
     fn copy_findings(&mut self) {
@@ -2009,22 +2106,16 @@ impl Backend {
                 duration_us: u64::try_from(r.ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX),
                 findings: r.findings,
             };
-            // The operation was recorded (and decided) before it ran; a result summary that cannot
-            // be written is logged, and the next statement's control event fails closed if the
-            // recorder is still down.
-            if let Err(e) = self
-                .proxy
-                .pipeline
-                .recorder
-                .record(Event::now(
-                    self.ctx.session.clone(),
-                    Some(self.ctx.identity.clone()),
-                    Some(self.ctx.target.clone()),
-                    EventBody::OperationResult(result),
-                ))
-                .await
-            {
-                tracing::warn!(session = %self.ctx.session, error = %e, "result summary not recorded");
+            // The operation was recorded (and decided) before it ran; its result summary is
+            // queued, not awaited: results reach the client without waiting for an fsync.
+            let event = Event::now(
+                self.ctx.session.clone(),
+                Some(self.ctx.identity.clone()),
+                Some(self.ctx.target.clone()),
+                EventBody::OperationResult(result),
+            );
+            if self.results.send(event).await.is_err() {
+                self.shared.results_lost.fetch_add(1, Ordering::Relaxed);
             }
         }
         Ok(())

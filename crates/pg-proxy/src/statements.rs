@@ -183,6 +183,87 @@ impl StatementAnalyzer for SqlAnalyzer {
     }
 }
 
+/// A bounded memo in front of another analyzer, keyed by the exact text and the settings that
+/// change how it lexes. Clients that send the same text again (drivers re-preparing an unnamed
+/// statement per call, applications repeating a query) skip the parse.
+///
+/// Promise: the answer is exactly the inner analyzer's for that text and settings (the inner
+/// analyzer is pure); only texts up to [`CachedAnalyzer::MAX_TEXT`] bytes are kept; when the
+/// memo is full, the older half of it is dropped.
+pub struct CachedAnalyzer<A> {
+    inner: A,
+    capacity: usize,
+    memo: std::sync::Mutex<Memo>,
+}
+
+type AnalyzeResult = Result<Vec<StatementInfo>, AnalyzeError>;
+
+#[derive(Default)]
+struct Memo {
+    /// The current generation and the previous one; a hit in `old` is promoted.
+    new: std::collections::HashMap<(String, bool, String), std::sync::Arc<AnalyzeResult>>,
+    old: std::collections::HashMap<(String, bool, String), std::sync::Arc<AnalyzeResult>>,
+}
+
+impl<A> std::fmt::Debug for CachedAnalyzer<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedAnalyzer")
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A: StatementAnalyzer> CachedAnalyzer<A> {
+    /// Longest text kept.
+    pub const MAX_TEXT: usize = 4096;
+
+    /// A memo of about `capacity` texts in front of `inner`.
+    pub fn new(inner: A, capacity: usize) -> Self {
+        Self {
+            inner,
+            capacity: capacity.max(2),
+            memo: std::sync::Mutex::new(Memo::default()),
+        }
+    }
+
+    fn memo(&self) -> std::sync::MutexGuard<'_, Memo> {
+        self.memo
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl<A: StatementAnalyzer> StatementAnalyzer for CachedAnalyzer<A> {
+    fn analyze(&self, text: &str, settings: &SqlSessionSettings) -> AnalyzeResult {
+        if text.len() > Self::MAX_TEXT {
+            return self.inner.analyze(text, settings);
+        }
+        let key = (
+            text.to_string(),
+            settings.standard_conforming_strings,
+            settings.client_encoding.clone(),
+        );
+        {
+            let mut memo = self.memo();
+            if let Some(hit) = memo.new.get(&key) {
+                return (**hit).clone();
+            }
+            if let Some(hit) = memo.old.remove(&key) {
+                let answer = (*hit).clone();
+                memo.new.insert(key, hit);
+                return answer;
+            }
+        }
+        let answer = self.inner.analyze(text, settings);
+        let mut memo = self.memo();
+        if memo.new.len() >= self.capacity / 2 {
+            memo.old = std::mem::take(&mut memo.new);
+        }
+        memo.new.insert(key, std::sync::Arc::new(answer.clone()));
+        answer
+    }
+}
+
 fn source_name(s: &gatehouse_sql::Source) -> String {
     match s {
         gatehouse_sql::Source::Column { table, column } => format!("{table}.{column}"),
@@ -470,6 +551,33 @@ pub fn first_keyword(stmt: &str) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cached_analyzer_answers_like_the_inner_one() {
+        let cached = CachedAnalyzer::new(SqlAnalyzer, 4);
+        let on = SqlSessionSettings::default();
+        let off = SqlSessionSettings {
+            standard_conforming_strings: false,
+            ..SqlSessionSettings::default()
+        };
+        let texts = [
+            "select 1; select email from users",
+            "select 'a\\'; drop table t; --'",
+            "select (",
+            "insert into t select * from u",
+            "select 2",
+            "select 3",
+        ];
+        for _ in 0..3 {
+            for t in texts {
+                for s in [&on, &off] {
+                    assert_eq!(cached.analyze(t, s), SqlAnalyzer.analyze(t, s), "{t}");
+                }
+            }
+        }
+        let memo = cached.memo();
+        assert!(memo.new.len() + memo.old.len() <= 4);
+    }
+
     use super::*;
 
     fn parts(text: &str) -> Vec<&str> {

@@ -319,3 +319,92 @@ async fn canary_upstream_password_never_reaches_the_client_or_the_audit_log() {
     })
     .await;
 }
+
+/// A FunctionCall message calling `btrim(text)` (OID 885) with one text argument.
+fn function_call_btrim(arg: &str) -> Vec<u8> {
+    let mut body = 885u32.to_be_bytes().to_vec();
+    body.extend_from_slice(&1i16.to_be_bytes()); // one argument format code
+    body.extend_from_slice(&0i16.to_be_bytes()); // text
+    body.extend_from_slice(&1i16.to_be_bytes()); // one argument
+    body.extend_from_slice(&(arg.len() as i32).to_be_bytes());
+    body.extend_from_slice(arg.as_bytes());
+    body.extend_from_slice(&0i16.to_be_bytes()); // text result
+    msg(b'F', &body)
+}
+
+#[tokio::test]
+async fn function_call_is_refused_by_default_and_the_session_stays_usable() {
+    gatehouse_testkit::within(T, async {
+        let h = start(Options::default()).await;
+        let (mut s, _) = logged_in(h.port).await;
+        s.write_all(&function_call_btrim("  abc  ")).await.unwrap();
+        let mut got = Vec::new();
+        read_until(&mut s, &mut got, &[b'Z', 0, 0, 0, 5]).await;
+        assert_eq!(error_code(&got).as_deref(), Some("42501"), "{got:?}");
+        let text = String::from_utf8_lossy(&got).into_owned();
+        assert!(
+            !text.contains("\0\0\0\x03abc"),
+            "no FunctionCallResponse reaches the client: {text}"
+        );
+        assert!(text.contains("function-call"), "{text}");
+        // The session is still usable.
+        s.write_all(&msg(b'Q', b"select 'still here'\0"))
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        read_until(&mut s, &mut got, b"still here").await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn allowed_function_call_results_are_masked() {
+    gatehouse_testkit::within(T, async {
+        let h = start(Options {
+            masker: gatehouse_testkit::layers::LiteralMasker::new()
+                .literal("4111111111111111", "[card]"),
+            configure: Box::new(|c| c.allow_function_call = true),
+            ..Options::default()
+        })
+        .await;
+        let (mut s, _) = logged_in(h.port).await;
+        s.write_all(&function_call_btrim(" paid 4111111111111111 "))
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        read_until(&mut s, &mut got, &[b'Z', 0, 0, 0, 5]).await;
+        let text = String::from_utf8_lossy(&got).into_owned();
+        assert!(text.contains("paid [card]"), "{text}");
+        assert!(!text.contains("4111111111111111"), "{text}");
+        assert_eq!(error_code(&got), None, "{text}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_idle_session_is_ended_with_a_fatal_and_recorded() {
+    gatehouse_testkit::within(T, async {
+        let h = start(Options {
+            configure: Box::new(|c| c.limits.idle_timeout = Some(Duration::from_millis(300))),
+            ..Options::default()
+        })
+        .await;
+        let (mut s, _) = logged_in(h.port).await;
+        // Say nothing: the gateway ends the session.
+        let got = read_all(&mut s).await;
+        assert_eq!(error_code(&got).as_deref(), Some("57P05"), "{got:?}");
+        assert!(got.windows(5).any(|w| w == b"FATAL"));
+        // SessionEnd names the reason.
+        loop {
+            let ended = h.tp.recorder.events().into_iter().any(|e| {
+                matches!(&e.body, gatehouse_core::EventBody::SessionEnd { reason, .. }
+                    if reason == "idle timeout")
+            });
+            if ended {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}

@@ -9,5 +9,6 @@ mod auth;
 mod hostile;
 mod masking;
 mod psql;
+mod real_layers;
 mod review;
 mod statements;

@@ -227,19 +227,21 @@ async fn results_are_recorded_with_status_and_rows() {
         let h = start(opts()).await;
         let c = h.connect().await;
         c.simple_query("select * from items").await.unwrap();
-        let results: Vec<_> =
-            h.tp.recorder
-                .events()
-                .into_iter()
-                .filter_map(|e| match e.body {
-                    EventBody::OperationResult(r) => Some(r),
-                    _ => None,
-                })
-                .collect();
-        let r = results
-            .iter()
-            .find(|r| r.status == "SELECT 2")
-            .expect("SELECT recorded");
+        // Result summaries are recorded off the client's path: wait for it.
+        let r = loop {
+            let found =
+                h.tp.recorder
+                    .events()
+                    .into_iter()
+                    .find_map(|e| match e.body {
+                        EventBody::OperationResult(r) if r.status == "SELECT 2" => Some(r),
+                        _ => None,
+                    });
+            if let Some(r) = found {
+                break r;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        };
         assert_eq!(r.rows, Some(2));
         assert!(r.bytes_out > 0);
     })
