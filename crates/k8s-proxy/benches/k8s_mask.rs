@@ -23,8 +23,10 @@ fn pod_list(n: usize) -> Vec<u8> {
               "status": {"phase": "Running", "podIP": format!("10.1.{}.{}", i / 250, i % 250)}})
         })
         .collect();
-    serde_json::to_vec(&json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}))
-        .unwrap()
+    serde_json::to_vec(
+        &json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}),
+    )
+    .unwrap()
 }
 
 fn secret_list(n: usize) -> Vec<u8> {
@@ -34,8 +36,10 @@ fn secret_list(n: usize) -> Vec<u8> {
               "data": {"password": "aHVudGVyMi1kYi1wYXNzd29yZA==", "username": "YXBw"}, "type": "Opaque"})
         })
         .collect();
-    serde_json::to_vec(&json!({"kind": "SecretList", "apiVersion": "v1", "metadata": {}, "items": items}))
-        .unwrap()
+    serde_json::to_vec(
+        &json!({"kind": "SecretList", "apiVersion": "v1", "metadata": {}, "items": items}),
+    )
+    .unwrap()
 }
 
 fn bench(c: &mut Criterion) {

@@ -143,7 +143,12 @@ impl std::fmt::Debug for UpstreamCredential {
             UpstreamCredential::ClientCert {
                 cert_file,
                 key_file,
-            } => write!(f, "ClientCert({}, {})", cert_file.display(), key_file.display()),
+            } => write!(
+                f,
+                "ClientCert({}, {})",
+                cert_file.display(),
+                key_file.display()
+            ),
             UpstreamCredential::Kubeconfig { path, context } => {
                 write!(f, "Kubeconfig({}, {context:?})", path.display())
             }
@@ -263,7 +268,8 @@ impl K8sTargetConfig {
     /// Reads credential, CA and kubeconfig files.
     pub(crate) fn resolve(&self) -> Result<ResolvedTarget, K8sProxyError> {
         let cfg_err = |m: String| K8sProxyError::Config(format!("target {:?}: {m}", self.name));
-        let read = |p: &Path| std::fs::read(p).map_err(|e| cfg_err(format!("{}: {e}", p.display())));
+        let read =
+            |p: &Path| std::fs::read(p).map_err(|e| cfg_err(format!("{}: {e}", p.display())));
         let mut resolved = match &self.credential {
             UpstreamCredential::Bearer { secret } => {
                 if secret.is_empty() {
@@ -297,7 +303,9 @@ impl K8sTargetConfig {
             resolved.ca_pem = Some(read(ca)?);
         }
         if resolved.server.is_empty() {
-            return Err(cfg_err("no server URL (set `server` or use a kubeconfig)".into()));
+            return Err(cfg_err(
+                "no server URL (set `server` or use a kubeconfig)".into(),
+            ));
         }
         let url = crate::upstream::UpstreamUrl::parse(&resolved.server).map_err(cfg_err)?;
         if url.tls && resolved.ca_pem.is_none() {

@@ -137,7 +137,10 @@ pub(crate) async fn handle(
                 };
                 exec.reviewed(client, first).await;
             });
-            Ok(switching(&accept, &offered.first().cloned().unwrap_or_default()))
+            Ok(switching(
+                &accept,
+                &offered.first().cloned().unwrap_or_default(),
+            ))
         }
     }
 }
@@ -161,7 +164,9 @@ async fn upgrade_client(
     upgrade: hyper::upgrade::OnUpgrade,
 ) -> Option<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>> {
     match upgrade.await {
-        Ok(io) => Some(WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, None).await),
+        Ok(io) => {
+            Some(WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, None).await)
+        }
         Err(e) => {
             tracing::debug!(error = %e, "client websocket upgrade failed");
             None
@@ -246,11 +251,9 @@ impl ExecCtx {
                 tracing::debug!(error = %e, "upstream exec connection ended");
             }
         });
-        let mut h = self.conn.upstream_headers(
-            &self.caller_headers,
-            target,
-            &self.ctx.session.identity,
-        );
+        let mut h =
+            self.conn
+                .upstream_headers(&self.caller_headers, target, &self.ctx.session.identity);
         let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
         h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
@@ -384,7 +387,9 @@ impl ExecCtx {
             "gatehouse: waiting for approval {id} (rule {rule}: {})\r\n",
             self.decision.reason
         );
-        let _ = client.send(channel_message(STDERR, notice.as_bytes())).await;
+        let _ = client
+            .send(channel_message(STDERR, notice.as_bytes()))
+            .await;
         let timeout = self
             .decision
             .review
@@ -436,9 +441,7 @@ impl ExecCtx {
                 self.refuse(client, status).await
             }
             Ok(_) => {
-                let status = refuse(format!(
-                    "approval {id} timed out (gatehouse rule {rule})"
-                ));
+                let status = refuse(format!("approval {id} timed out (gatehouse rule {rule})"));
                 self.refuse(client, status).await
             }
             Err(e) => self.refuse(client, e.to_status()).await,
@@ -483,7 +486,10 @@ impl ExecCtx {
                         .unwrap_or(0)
                 };
                 recording
-                    .write(RecordingFrame::Resize { cols: dim("Width"), rows: dim("Height") })
+                    .write(RecordingFrame::Resize {
+                        cols: dim("Width"),
+                        rows: dim("Height"),
+                    })
                     .await;
             }
             if up_tx.send(Message::Binary(b)).await.is_err() {
@@ -508,7 +514,11 @@ impl ExecCtx {
                             RecordingFrame::ErrorOutput { data: data.clone() }
                         })
                         .await;
-                    if client_tx.send(channel_message($channel, &data)).await.is_err() {
+                    if client_tx
+                        .send(channel_message($channel, &data))
+                        .await
+                        .is_err()
+                    {
                         status = "101 client_gone".into();
                         break;
                     }
@@ -659,6 +669,14 @@ impl ExecCtx {
         }
         findings.extend(out_masker.take_findings());
         findings.extend(err_masker.take_findings());
+        if status == "101 egress_blocked" {
+            // Say why the stream ends, in the form client-go prints.
+            let blocked = K8sProxyError::EgressBlocked.to_status().to_string();
+            let _ = client_tx
+                .send(channel_message(ERROR, blocked.as_bytes()))
+                .await;
+            let _ = client_tx.send(normal_close()).await;
+        }
         let _ = up_tx.close().await;
         let _ = client_tx.close().await;
         recording.close(&status).await;

@@ -70,8 +70,8 @@ pub(crate) fn resolve(
     context: Option<&str>,
 ) -> Result<ResolvedTarget, String> {
     let text = std::str::from_utf8(text).map_err(|_| "kubeconfig is not UTF-8".to_string())?;
-    let kc: Kubeconfig = serde_saphyr::from_str(text)
-        .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?;
+    let kc: Kubeconfig =
+        serde_saphyr::from_str(text).map_err(|e| format!("kubeconfig {}: {e}", path.display()))?;
     let ctx_name = context
         .map(str::to_string)
         .or(kc.current_context.clone())
@@ -95,7 +95,9 @@ pub(crate) fn resolve(
         .and_then(|c| c.value.as_ref())
         .ok_or_else(|| format!("kubeconfig has no user {:?}", ctx.user))?;
     if user.exec.is_some() || user.auth_provider.is_some() {
-        return Err("kubeconfig users with exec plugins or auth providers are not supported".into());
+        return Err(
+            "kubeconfig users with exec plugins or auth providers are not supported".into(),
+        );
     }
     let base = path.parent().unwrap_or(Path::new("."));
     let read = |p: &str| -> Result<Vec<u8>, String> {

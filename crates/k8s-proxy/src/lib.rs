@@ -84,6 +84,4 @@ mod upstream;
 pub use config::{K8sProxyConfig, K8sTargetConfig, Limits, Timeouts, UpstreamCredential};
 pub use error::K8sProxyError;
 pub use exec::SUBPROTOCOLS;
-pub use proxy::{
-    DISCOVERY_RULE, K8sProxy, SENSITIVE_RULE, SPDY_RULE, json_accept, mask_json_with,
-};
+pub use proxy::{DISCOVERY_RULE, K8sProxy, SENSITIVE_RULE, SPDY_RULE, json_accept, mask_json_with};

@@ -50,7 +50,13 @@ fn walk(v: &mut Value, secrets: bool, path: &str, findings: &mut Vec<Finding>, d
             if let Some(Value::Array(rows)) = v.get_mut("rows") {
                 for (i, row) in rows.iter_mut().enumerate() {
                     if let Some(obj) = row.get_mut("object") {
-                        walk(obj, secrets, &format!("{path}.rows[{i}].object"), findings, depth + 1);
+                        walk(
+                            obj,
+                            secrets,
+                            &format!("{path}.rows[{i}].object"),
+                            findings,
+                            depth + 1,
+                        );
                     }
                 }
             }

@@ -88,9 +88,8 @@ impl K8sProxy {
             let url = UpstreamUrl::parse(&resolved.server).map_err(K8sProxyError::Config)?;
             let tls = match (&resolved.ca_pem, url.tls) {
                 (Some(ca), true) => Some(
-                    upstream::tls_client_config(ca, resolved.client_cert.as_ref()).map_err(
-                        |e| K8sProxyError::Config(format!("target {:?}: {e}", t.name)),
-                    )?,
+                    upstream::tls_client_config(ca, resolved.client_cert.as_ref())
+                        .map_err(|e| K8sProxyError::Config(format!("target {:?}: {e}", t.name)))?,
                 ),
                 _ => None,
             };
@@ -207,7 +206,9 @@ async fn serve_connection<I>(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(proxy.config.limits.max_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(
+            u32::try_from(proxy.config.limits.max_header_bytes).unwrap_or(u32::MAX),
+        );
     let svc_conn = conn.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let c = svc_conn.clone();
@@ -513,11 +514,11 @@ impl ConnCtx {
         op: &KubeOperation,
         body: Option<&serde_json::Value>,
     ) -> Decision {
-        let decision = self.proxy.pipeline.policy.decide(
-            identity,
-            target,
-            &Operation::Kubernetes(op.clone()),
-        );
+        let decision =
+            self.proxy
+                .pipeline
+                .policy
+                .decide(identity, target, &Operation::Kubernetes(op.clone()));
         let by_default = decision.rule_id == "default";
         if by_default
             && decision.verdict != Verdict::Allow
@@ -559,8 +560,15 @@ impl ConnCtx {
         }
         if matches!(parsed.operation.verb.as_str(), "exec" | "attach") && is_websocket(&req) {
             let decision = self.decide(identity, &target.target, &parsed.operation, None);
-            return crate::exec::handle(self.clone(), req, target_idx, parsed, decision, ctx.clone())
-                .await;
+            return crate::exec::handle(
+                self.clone(),
+                req,
+                target_idx,
+                parsed,
+                decision,
+                ctx.clone(),
+            )
+            .await;
         }
         let (parts, body) = req.into_parts();
         let body = read_capped(body, proxy.config.limits.max_request_body).await?;
@@ -864,7 +872,12 @@ impl ConnCtx {
 
     /// The headers the API server gets: the caller's minus hop-by-hop, credentials and
     /// impersonation; the cluster's credential; JSON only, no compression.
-    pub(crate) fn upstream_headers(&self, caller: &HeaderMap, target: &Cluster, identity: &Identity) -> HeaderMap {
+    pub(crate) fn upstream_headers(
+        &self,
+        caller: &HeaderMap,
+        target: &Cluster,
+        identity: &Identity,
+    ) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (name, value) in caller {
             let n = name.as_str();
@@ -885,7 +898,10 @@ impl ConnCtx {
             h.append(name.clone(), value.clone());
         }
         h.insert(header::ACCEPT, json_accept(caller));
-        h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        h.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
         if let Some(token) = &target.bearer
             && let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {token}"))
         {
@@ -1051,7 +1067,10 @@ impl ConnCtx {
             record_cap: config.record_body_cap,
         };
         tokio::spawn(stream.run(rbody, tx, exchange));
-        Ok(Response::from_parts(rparts, ChannelBody { rx }.boxed_unsync()))
+        Ok(Response::from_parts(
+            rparts,
+            ChannelBody { rx }.boxed_unsync(),
+        ))
     }
 
     /// Masks a JSON document: Secret material first (structurally), then the masking profile.
@@ -1139,13 +1158,21 @@ pub fn json_accept(caller: &HeaderMap) -> HeaderValue {
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .filter(|r| {
-            let media = r.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            let media = r
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
             media == "application/json"
         })
         .map(str::to_string)
         .collect();
     let mut value = kept.join(",");
-    if !kept.iter().any(|r| r.eq_ignore_ascii_case("application/json")) {
+    if !kept
+        .iter()
+        .any(|r| r.eq_ignore_ascii_case("application/json"))
+    {
         if !value.is_empty() {
             value.push(',');
         }
@@ -1221,7 +1248,9 @@ async fn read_capped(body: Incoming, max: u64) -> Result<Bytes, K8sProxyError> {
     let limited = Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX));
     match limited.collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(K8sProxyError::BodyTooLarge(max)),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(K8sProxyError::BodyTooLarge(max))
+        }
         Err(e) => Err(K8sProxyError::BadRequest(format!("request body: {e}"))),
     }
 }
@@ -1233,7 +1262,9 @@ async fn read_upstream(body: Incoming, max: u64) -> Result<Bytes, K8sProxyError>
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(
             K8sProxyError::UpstreamRefused(format!("response over {max} bytes")),
         ),
-        Err(e) => Err(K8sProxyError::UpstreamRefused(format!("response body: {e}"))),
+        Err(e) => Err(K8sProxyError::UpstreamRefused(format!(
+            "response body: {e}"
+        ))),
     }
 }
 
@@ -1418,7 +1449,12 @@ impl StreamPump {
         }
         drop(tx);
         exchange
-            .finish(String::from_utf8_lossy(&record).into_owned(), total, findings, error)
+            .finish(
+                String::from_utf8_lossy(&record).into_owned(),
+                total,
+                findings,
+                error,
+            )
             .await;
     }
 }

@@ -360,7 +360,8 @@ pub fn privileged_spec(v: &serde_json::Value) -> Option<&'static str> {
                     return Some("hostPath volume");
                 }
                 // JSON patch: {"op": "add", "path": "/spec/hostPID", "value": true}
-                if let (Some(Value::String(path)), Some(value)) = (map.get("path"), map.get("value"))
+                if let (Some(Value::String(path)), Some(value)) =
+                    (map.get("path"), map.get("value"))
                 {
                     for (key, label) in HOST_FLAGS {
                         if path.ends_with(&format!("/{key}")) && value == &Value::Bool(true) {
@@ -409,7 +410,11 @@ mod tests {
         assert_eq!(o.verb, "create");
         let o = op("PUT", "/api/v1/namespaces/default/configmaps/c", None);
         assert_eq!(o.verb, "update");
-        let o = op("PATCH", "/apis/apps/v1/namespaces/prod/deployments/api", None);
+        let o = op(
+            "PATCH",
+            "/apis/apps/v1/namespaces/prod/deployments/api",
+            None,
+        );
         assert_eq!(
             (o.verb.as_str(), o.group.as_str(), o.resource.as_str()),
             ("patch", "apps", "deployments")
@@ -446,7 +451,11 @@ mod tests {
         assert_eq!(o.verb, "watch");
         let o = op("GET", "/api/v1/namespaces/default/pods", Some("watch=1"));
         assert_eq!(o.verb, "watch");
-        let o = op("GET", "/api/v1/namespaces/default/pods", Some("watch=false"));
+        let o = op(
+            "GET",
+            "/api/v1/namespaces/default/pods",
+            Some("watch=false"),
+        );
         assert_eq!(o.verb, "list");
         let o = op("GET", "/api/v1/watch/namespaces/default/pods", None);
         assert_eq!((o.verb.as_str(), o.resource.as_str()), ("watch", "pods"));
@@ -462,8 +471,12 @@ mod tests {
     fn exec_attach_portforward_whatever_the_method() {
         let q = "command=sh&command=-c&command=echo+hello+world&container=app&stdin=true&stdout=true&tty=true";
         for method in ["GET", "POST"] {
-            let p = parse_request(method, "/api/v1/namespaces/default/pods/web-0/exec", Some(q))
-                .unwrap();
+            let p = parse_request(
+                method,
+                "/api/v1/namespaces/default/pods/web-0/exec",
+                Some(q),
+            )
+            .unwrap();
             assert_eq!(p.operation.verb, "exec");
             assert_eq!(p.operation.subresource.as_deref(), Some("exec"));
             let cmd = p.operation.command.as_ref().unwrap();
@@ -476,11 +489,23 @@ mod tests {
         let o = op("POST", "/api/v1/namespaces/default/pods/web-0/attach", None);
         assert_eq!(o.verb, "attach");
         assert!(o.command.is_none());
-        let o = op("GET", "/api/v1/namespaces/default/pods/web-0/portforward", None);
+        let o = op(
+            "GET",
+            "/api/v1/namespaces/default/pods/web-0/portforward",
+            None,
+        );
         assert_eq!(o.verb, "portforward");
-        let o = op("GET", "/api/v1/namespaces/default/pods/web-0/log", Some("follow=true"));
+        let o = op(
+            "GET",
+            "/api/v1/namespaces/default/pods/web-0/log",
+            Some("follow=true"),
+        );
         assert_eq!(o.verb, "log");
-        let o = op("GET", "/api/v1/namespaces/default/pods/web-0/proxy/metrics", None);
+        let o = op(
+            "GET",
+            "/api/v1/namespaces/default/pods/web-0/proxy/metrics",
+            None,
+        );
         assert_eq!(o.verb, "proxy");
         let o = op("GET", "/api/v1/proxy/namespaces/default/pods/web-0", None);
         assert_eq!(o.verb, "proxy");
@@ -539,7 +564,11 @@ mod tests {
     fn sensitive_operations() {
         let pf = op("GET", "/api/v1/namespaces/d/pods/p/portforward", None);
         assert!(sensitive_reason(&pf, None).is_some());
-        let eph = op("PATCH", "/api/v1/namespaces/d/pods/p/ephemeralcontainers", None);
+        let eph = op(
+            "PATCH",
+            "/api/v1/namespaces/d/pods/p/ephemeralcontainers",
+            None,
+        );
         assert!(sensitive_reason(&eph, None).is_some());
         let create = op("POST", "/api/v1/namespaces/d/pods", None);
         let plain = serde_json::json!({"spec": {"containers": [{"name": "a", "image": "x"}]}});

@@ -75,10 +75,10 @@ impl State {
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
         obj["metadata"]["uid"] = json!(format!("uid-{resource}-{name}"));
         obj["metadata"]["creationTimestamp"] = json!("2026-11-23T10:00:00Z");
-        self.objects.lock().unwrap().insert(
-            (resource.to_string(), ns.to_string(), name),
-            obj.clone(),
-        );
+        self.objects
+            .lock()
+            .unwrap()
+            .insert((resource.to_string(), ns.to_string(), name), obj.clone());
         let _ = self.events.send((
             resource.to_string(),
             ns.to_string(),
@@ -258,7 +258,16 @@ const KINDS: &[(&str, &str, bool, &[&str])] = &[
 ];
 
 fn resource_list() -> Value {
-    let verbs = json!(["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]);
+    let verbs = json!([
+        "create",
+        "delete",
+        "deletecollection",
+        "get",
+        "list",
+        "patch",
+        "update",
+        "watch"
+    ]);
     let mut resources: Vec<Value> = KINDS
         .iter()
         .map(|(name, kind, namespaced, short)| {
@@ -270,8 +279,16 @@ fn resource_list() -> Value {
         ("pods/exec", "PodExecOptions", json!(["create", "get"])),
         ("pods/attach", "PodAttachOptions", json!(["create", "get"])),
         ("pods/log", "Pod", json!(["get"])),
-        ("pods/portforward", "PodPortForwardOptions", json!(["create", "get"])),
-        ("pods/ephemeralcontainers", "Pod", json!(["get", "patch", "update"])),
+        (
+            "pods/portforward",
+            "PodPortForwardOptions",
+            json!(["create", "get"]),
+        ),
+        (
+            "pods/ephemeralcontainers",
+            "Pod",
+            json!(["get", "patch", "update"]),
+        ),
     ] {
         resources.push(json!({"name": sub, "singularName": "", "namespaced": true, "kind": kind, "verbs": verbs}));
     }
@@ -279,21 +296,41 @@ fn resource_list() -> Value {
 }
 
 fn table(resource: &str, objs: &[Value], include: Option<&str>) -> Value {
-    let col = |name: &str, format: &str| {
-        json!({"name": name, "type": "string", "format": format, "description": name, "priority": 0})
-    };
+    let col = |name: &str, format: &str| json!({"name": name, "type": "string", "format": format, "description": name, "priority": 0});
     let (cols, cells): (Vec<Value>, Box<dyn Fn(&Value) -> Vec<Value>>) = match resource {
         "pods" => (
-            vec![col("Name", "name"), col("Ready", ""), col("Status", ""), col("Restarts", ""), col("Age", "")],
+            vec![
+                col("Name", "name"),
+                col("Ready", ""),
+                col("Status", ""),
+                col("Restarts", ""),
+                col("Age", ""),
+            ],
             Box::new(|o: &Value| {
-                vec![o["metadata"]["name"].clone(), json!("1/1"), o["status"]["phase"].clone(), json!(0), json!("5m")]
+                vec![
+                    o["metadata"]["name"].clone(),
+                    json!("1/1"),
+                    o["status"]["phase"].clone(),
+                    json!(0),
+                    json!("5m"),
+                ]
             }),
         ),
         "secrets" => (
-            vec![col("Name", "name"), col("Type", ""), col("Data", ""), col("Age", "")],
+            vec![
+                col("Name", "name"),
+                col("Type", ""),
+                col("Data", ""),
+                col("Age", ""),
+            ],
             Box::new(|o: &Value| {
                 let n = o["data"].as_object().map_or(0, |m| m.len());
-                vec![o["metadata"]["name"].clone(), o["type"].clone(), json!(n), json!("5m")]
+                vec![
+                    o["metadata"]["name"].clone(),
+                    o["type"].clone(),
+                    json!(n),
+                    json!("5m"),
+                ]
             }),
         ),
         "configmaps" => (
@@ -408,7 +445,13 @@ async fn handle(st: Arc<State>, mut req: Request<Incoming>) -> Response<Body> {
     // Resource paths.
     let rest: Vec<&str> = match seg.as_slice() {
         ["api", "v1", rest @ ..] => rest.to_vec(),
-        _ => return status(404, "NotFound", "the server could not find the requested resource"),
+        _ => {
+            return status(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            );
+        }
     };
     let (ns, rest): (Option<&str>, Vec<&str>) = match rest.as_slice() {
         ["namespaces"] => (None, vec!["namespaces"]),
@@ -420,16 +463,34 @@ async fn handle(st: Arc<State>, mut req: Request<Incoming>) -> Response<Body> {
         [r] => (*r, None, None),
         [r, n] => (*r, Some(*n), None),
         [r, n, s] => (*r, Some(*n), Some(*s)),
-        _ => return status(404, "NotFound", "the server could not find the requested resource"),
+        _ => {
+            return status(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            );
+        }
     };
     if !KINDS.iter().any(|k| k.0 == resource) {
-        return status(404, "NotFound", "the server could not find the requested resource");
+        return status(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        );
     }
-    let ns_key = if resource == "namespaces" { "" } else { ns.unwrap_or("") };
+    let ns_key = if resource == "namespaces" {
+        ""
+    } else {
+        ns.unwrap_or("")
+    };
     if let Some(sub) = sub {
         let name = name.unwrap_or_default();
         if resource != "pods" {
-            return status(404, "NotFound", "the server could not find the requested resource");
+            return status(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            );
         }
         if st.get("pods", ns_key, name).is_none() {
             return status(404, "NotFound", &format!("pods \"{name}\" not found"));
@@ -438,7 +499,11 @@ async fn handle(st: Arc<State>, mut req: Request<Incoming>) -> Response<Body> {
             "log" => logs(st, &q),
             "exec" => exec(st, req, &q).await,
             "attach" | "portforward" => status(400, "BadRequest", "Upgrade request required"),
-            _ => status(404, "NotFound", "the server could not find the requested resource"),
+            _ => status(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            ),
         };
     }
     match (method.as_str(), name) {
@@ -464,13 +529,27 @@ async fn handle(st: Arc<State>, mut req: Request<Incoming>) -> Response<Body> {
                 .map(str::to_string);
             let objs: Vec<Value> = objs
                 .into_iter()
-                .filter(|o| field_name.as_deref().is_none_or(|n| o["metadata"]["name"] == n))
+                .filter(|o| {
+                    field_name
+                        .as_deref()
+                        .is_none_or(|n| o["metadata"]["name"] == n)
+                })
                 .collect();
             if matches!(param(&q, "watch"), Some("true" | "1")) {
-                return watch(st, resource, ns.map(str::to_string), &q, objs, wants_table(req.headers()));
+                return watch(
+                    st,
+                    resource,
+                    ns.map(str::to_string),
+                    &q,
+                    objs,
+                    wants_table(req.headers()),
+                );
             }
             if wants_table(req.headers()) {
-                return json_resp(StatusCode::OK, &table(resource, &objs, param(&q, "includeObject")));
+                return json_resp(
+                    StatusCode::OK,
+                    &table(resource, &objs, param(&q, "includeObject")),
+                );
             }
             json_resp(
                 StatusCode::OK,
@@ -491,10 +570,17 @@ async fn handle(st: Arc<State>, mut req: Request<Incoming>) -> Response<Body> {
                 return status(
                     415,
                     "UnsupportedMediaType",
-                    &format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {ct:?})"),
+                    &format!(
+                        "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {ct:?})"
+                    ),
                 );
             }
-            let body = req.body_mut().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+            let body = req
+                .body_mut()
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
             let Ok(mut obj) = serde_json::from_slice::<Value>(&body) else {
                 return status(400, "BadRequest", "invalid JSON body");
             };
@@ -502,7 +588,11 @@ async fn handle(st: Arc<State>, mut req: Request<Incoming>) -> Response<Body> {
                 return status(422, "Invalid", "metadata.name: Required value");
             };
             if st.get(resource, ns_key, &n).is_some() {
-                return status(409, "AlreadyExists", &format!("{resource} \"{n}\" already exists"));
+                return status(
+                    409,
+                    "AlreadyExists",
+                    &format!("{resource} \"{n}\" already exists"),
+                );
             }
             obj["kind"] = json!(kind_of(resource));
             obj["apiVersion"] = json!("v1");
@@ -528,7 +618,11 @@ async fn handle(st: Arc<State>, mut req: Request<Incoming>) -> Response<Body> {
                 None => not_found(resource, name),
             }
         }
-        _ => status(405, "MethodNotAllowed", "the server does not allow this method on the requested resource"),
+        _ => status(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+        ),
     }
 }
 
@@ -565,7 +659,11 @@ fn watch(
         if send_initial {
             for obj in initial {
                 let ev = json!({"type": "ADDED", "object": obj});
-                if tx.send(Ok(Frame::data(render(&resource, ev)))).await.is_err() {
+                if tx
+                    .send(Ok(Frame::data(render(&resource, ev))))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -605,11 +703,15 @@ fn logs(st: Arc<State>, q: &[(String, String)]) -> Response<Body> {
     let follow = matches!(param(q, "follow"), Some("true" | "1"));
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
     tokio::spawn(async move {
-        let _ = tx.send(Ok(Frame::data(Bytes::from(format!("{LOG_LINE_1}\n"))))).await;
+        let _ = tx
+            .send(Ok(Frame::data(Bytes::from(format!("{LOG_LINE_1}\n")))))
+            .await;
         if follow {
             st.log_gate.notified().await;
         }
-        let _ = tx.send(Ok(Frame::data(Bytes::from(format!("{LOG_LINE_2}\n"))))).await;
+        let _ = tx
+            .send(Ok(Frame::data(Bytes::from(format!("{LOG_LINE_2}\n")))))
+            .await;
     });
     let mut r = Response::new(BodyExt::boxed(StreamBody::new(tokio_stream_from(rx))));
     r.headers_mut()
@@ -617,7 +719,11 @@ fn logs(st: Arc<State>, q: &[(String, String)]) -> Response<Body> {
     r
 }
 
-async fn exec(st: Arc<State>, mut req: Request<Incoming>, q: &[(String, String)]) -> Response<Body> {
+async fn exec(
+    st: Arc<State>,
+    mut req: Request<Incoming>,
+    q: &[(String, String)],
+) -> Response<Body> {
     st.exec_requests.fetch_add(1, Ordering::SeqCst);
     let is_ws = req
         .headers()
@@ -692,7 +798,14 @@ async fn run_exec<S>(
     let mut cmd = if tty {
         // `script` gives the command a pty, as the kubelet's container runtime would.
         let mut c = tokio::process::Command::new("script");
-        c.args(["-q", "-e", "-f", "-c", &gatehouse_core::shell::join(&argv), "/dev/null"]);
+        c.args([
+            "-q",
+            "-e",
+            "-f",
+            "-c",
+            &gatehouse_core::shell::join(&argv),
+            "/dev/null",
+        ]);
         c
     } else {
         let mut c = tokio::process::Command::new(&argv[0]);
@@ -702,17 +815,41 @@ async fn run_exec<S>(
     // The pod's environment holds a copy of the gateway's token (a leak the egress guard must
     // catch on the way out).
     cmd.env("LEAKY_TOKEN", &st.token);
-    cmd.stdin(if stdin || tty { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .process_group(0);
+    cmd.stdin(if stdin || tty {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true)
+    .process_group(0);
     let (mut tx, mut rx) = ws.split();
-    let send_status = |v: Value| Message::Binary({
-        let mut b = vec![3u8];
-        b.extend_from_slice(v.to_string().as_bytes());
-        b.into()
-    });
+    // With a tty, wait (briefly) for the caller's first window size before starting, as a
+    // runtime sizes the terminal before the process runs.
+    if tty {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), async {
+            while let Some(Ok(Message::Binary(b))) = rx.next().await {
+                if b.first() == Some(&4) {
+                    if let Ok(v) = serde_json::from_slice::<Value>(&b[1..]) {
+                        st.resizes.lock().unwrap().push((
+                            v["Width"].as_u64().unwrap_or(0),
+                            v["Height"].as_u64().unwrap_or(0),
+                        ));
+                    }
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    let send_status = |v: Value| {
+        Message::Binary({
+            let mut b = vec![3u8];
+            b.extend_from_slice(v.to_string().as_bytes());
+            b.into()
+        })
+    };
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {

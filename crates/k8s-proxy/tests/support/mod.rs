@@ -118,7 +118,8 @@ impl Rig {
             },
             impersonate,
         };
-        let mut config = K8sProxyConfig::with_targets(vec![target("dev", false), target("imp", true)]);
+        let mut config =
+            K8sProxyConfig::with_targets(vec![target("dev", false), target("imp", true)]);
         config.default_target = Some("dev".into());
         config.review_hold_ms = 500;
         tweak(&mut config);
@@ -144,7 +145,9 @@ impl Rig {
         let certs = rustls_pemfile::certs(&mut cert.as_bytes())
             .collect::<Result<Vec<_>, _>>()
             .unwrap();
-        let key = rustls_pemfile::private_key(&mut key.as_bytes()).unwrap().unwrap();
+        let key = rustls_pemfile::private_key(&mut key.as_bytes())
+            .unwrap()
+            .unwrap();
         let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::aws_lc_rs::default_provider(),
         ))
@@ -228,7 +231,11 @@ impl Rig {
 
     /// Approves the next pending request as `alice`.
     pub async fn approve_next(&self) -> ApprovalId {
-        let id = gatehouse_testkit::within(Duration::from_secs(30), self.layers.approvals.next_pending()).await;
+        let id = gatehouse_testkit::within(
+            Duration::from_secs(30),
+            self.layers.approvals.next_pending(),
+        )
+        .await;
         self.layers
             .approvals
             .decide(&id, &approver(), ApprovalDecision::Approve, "looked at it")
@@ -308,7 +315,9 @@ pub async fn raw(
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let req = req.body(http_body_util::Full::new(bytes::Bytes::new())).unwrap();
+    let req = req
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
     let resp = gatehouse_testkit::within(Duration::from_secs(30), client.request(req))
         .await
         .unwrap();
