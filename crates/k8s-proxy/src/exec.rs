@@ -404,11 +404,7 @@ impl ExecCtx {
             tokio::select! {
                 o = &mut wait => break o,
                 m = client.next() => match m {
-                    Some(Ok(Message::Binary(b))) => {
-                        if early.len() < 1024 {
-                            early.push(b);
-                        }
-                    }
+                    Some(Ok(Message::Binary(b))) if early.len() < 1024 => early.push(b),
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
                         drop(wait);
                         self.conn

@@ -297,7 +297,8 @@ fn resource_list() -> Value {
 
 fn table(resource: &str, objs: &[Value], include: Option<&str>) -> Value {
     let col = |name: &str, format: &str| json!({"name": name, "type": "string", "format": format, "description": name, "priority": 0});
-    let (cols, cells): (Vec<Value>, Box<dyn Fn(&Value) -> Vec<Value>>) = match resource {
+    type Cells = Box<dyn Fn(&Value) -> Vec<Value>>;
+    let (cols, cells): (Vec<Value>, Cells) = match resource {
         "pods" => (
             vec![
                 col("Name", "name"),
