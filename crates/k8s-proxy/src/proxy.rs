@@ -39,6 +39,13 @@ pub(crate) type ResBody = UnsyncBoxBody<Bytes, BoxError>;
 /// How long a verified bearer token is trusted on one connection before it is verified again.
 const REAUTH_AFTER: Duration = Duration::from_secs(30);
 
+/// How long a decided approval still answers the caller's retry of the same request.
+const RETRY_DECISION_MINUTES: i64 = 10;
+
+fn time_minutes(m: i64) -> std::time::Duration {
+    std::time::Duration::from_secs(u64::try_from(m.max(0)).unwrap_or(0) * 60)
+}
+
 /// Rule id of the built-in allowance for discovery and non-resource `GET`s.
 pub const DISCOVERY_RULE: &str = "k8s-discovery";
 /// Rule id of the built-in refusal of sensitive operations that no explicit rule allowed.
@@ -65,6 +72,9 @@ pub(crate) struct Inner {
     pub(crate) pipeline: Pipeline,
     pub(crate) targets: Vec<Cluster>,
     default_target: Option<usize>,
+    /// Decided approval requests whose outcome a retried request already used: each decision
+    /// lets exactly one retry through (or refuses it), later attempts open a new request.
+    consumed: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// A configured cluster, ready to forward to.
@@ -118,6 +128,7 @@ impl K8sProxy {
                 pipeline,
                 targets,
                 default_target,
+                consumed: std::sync::Mutex::new(std::collections::HashSet::new()),
             }),
         })
     }
@@ -678,21 +689,41 @@ impl ConnCtx {
                 reason: "review required but no approvers configured".into(),
             });
         };
+        // A retried request (client-go retries a 429 by itself) picks up its own earlier
+        // request: still pending, or decided and not yet used by a retry.
         let filter = ApprovalFilter {
-            state: Some(ApprovalState::Pending),
+            state: None,
             requester: Some(identity.subject.clone()),
             target: Some(ctx.target.name.clone()),
         };
-        let pending = pipeline
+        let mut earlier: Vec<_> = pipeline
             .approvals
             .list(&filter)
             .await
             .map_err(approvals_err)?
             .into_iter()
-            .find(|r| {
+            .filter(|r| {
                 r.request.operation == op && r.request.requester.principal() == identity.principal()
-            });
-        if let Some(r) = pending {
+            })
+            .collect();
+        earlier.sort_by(|a, b| b.opened_at.cmp(&a.opened_at));
+        if let Some(r) = earlier.into_iter().find(|r| match r.state {
+            ApprovalState::Pending => true,
+            ApprovalState::Approved | ApprovalState::Denied | ApprovalState::TimedOut => {
+                // Only a decision from the last ten minutes answers a retry.
+                let fresh = r.closed_at.is_some_and(|t| {
+                    gatehouse_core::now() - t < time_minutes(RETRY_DECISION_MINUTES)
+                });
+                fresh
+                    && self
+                        .proxy
+                        .consumed
+                        .lock()
+                        .map(|c| !c.contains(&r.id.0))
+                        .unwrap_or(false)
+            }
+            _ => false,
+        }) {
             return Ok((r.id, false));
         }
         let ticket = pipeline
@@ -745,6 +776,12 @@ impl ConnCtx {
                 .map_err(|e| K8sProxyError::Approvals(e.to_string()))?
         };
         if !matches!(outcome, ApprovalOutcome::StillPending) {
+            if let Ok(mut consumed) = self.proxy.consumed.lock() {
+                if consumed.len() > 100_000 {
+                    consumed.clear();
+                }
+                consumed.insert(id.0.clone());
+            }
             let resolved = Event::now(
                 ctx.session.id.clone(),
                 Some(ctx.session.identity.clone()),

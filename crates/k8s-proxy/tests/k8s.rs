@@ -857,3 +857,90 @@ kubernetes = { verbs = ["portforward"] }
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("Upgrade request required"));
 }
+
+#[tokio::test]
+async fn kubeconfig_credential_reaches_the_cluster() {
+    // The gateway's credential given as a kubeconfig file (server, pinned CA, token).
+    let keep = tempfile::tempdir().unwrap();
+    let path = keep.path().join("cluster.kubeconfig");
+    let written = path.clone();
+    let rig = Rig::start_with(POLICY, move |config| {
+        for t in &mut config.targets {
+            write_kubeconfig(
+                &written,
+                t.server.as_deref().unwrap(),
+                UPSTREAM_TOKEN,
+                t.ca_file.as_deref(),
+            );
+            t.server = None;
+            t.ca_file = None;
+            t.credential = gatehouse_k8s::UpstreamCredential::Kubeconfig {
+                path: written.clone(),
+                context: None,
+            };
+        }
+    })
+    .await;
+    let out = rig.kubectl(&["get", "pods", "-o", "name"]).await;
+    out.ok();
+    assert_eq!(out.stdout.trim(), "pod/web-0\npod/web-1");
+    // The token read from the kubeconfig is a held secret like any other.
+    let leaky = rig
+        .kubectl(&["exec", "web-0", "--", "printenv", "LEAKY_TOKEN"])
+        .await;
+    assert!(!leaky.stdout.contains(UPSTREAM_TOKEN));
+    assert!(
+        leaky.stderr.contains("gateway-held credential"),
+        "{leaky:#?}"
+    );
+}
+
+#[tokio::test]
+async fn reviewed_request_waits_and_client_go_retries_until_approved() {
+    let policy = r#"
+[defaults]
+default = "allow"
+
+[[rules]]
+id = "review-cm-delete"
+reason = "config maps feed production"
+verdict = "review"
+approvers = ["admins"]
+timeout = "60s"
+kubernetes = { verbs = ["delete"], resources = ["configmaps"] }
+"#;
+    // No hold at all: every attempt before the approval is answered 429 + Retry-After.
+    let rig = Rig::start_with(policy, |c| c.review_hold_ms = 0).await;
+    let kubeconfig = rig.kubeconfig.clone();
+    let home = rig.dir.path().to_path_buf();
+    let run = tokio::spawn(async move {
+        kubectl(&kubeconfig, &home, &["delete", "configmap", "settings"]).await
+    });
+    let id = rig.approve_next().await;
+    let out = gatehouse_testkit::within(Duration::from_secs(60), run)
+        .await
+        .unwrap();
+    out.ok();
+    assert!(out.stdout.contains("deleted"), "{out:#?}");
+    assert!(
+        rig.api
+            .state
+            .get("configmaps", "default", "settings")
+            .is_none()
+    );
+    // One approval for all the retries.
+    let requested = rig
+        .layers
+        .recorder
+        .events()
+        .into_iter()
+        .filter(|e| matches!(&e.body, EventBody::ApprovalRequested { id: i, .. } if *i == id))
+        .count();
+    assert_eq!(requested, 1);
+    assert!(
+        rig.results()
+            .iter()
+            .any(|r| r.status == "429 approval_pending"),
+        "client-go was told to retry"
+    );
+}
