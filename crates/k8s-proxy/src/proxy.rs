@@ -706,7 +706,7 @@ impl ConnCtx {
                 r.request.operation == op && r.request.requester.principal() == identity.principal()
             })
             .collect();
-        earlier.sort_by(|a, b| b.opened_at.cmp(&a.opened_at));
+        earlier.sort_by_key(|r| std::cmp::Reverse(r.opened_at));
         if let Some(r) = earlier.into_iter().find(|r| match r.state {
             ApprovalState::Pending => true,
             ApprovalState::Approved | ApprovalState::Denied | ApprovalState::TimedOut => {
