@@ -37,7 +37,8 @@
 //!    ([`SENSITIVE_RULE`]). A deny is a `403 Forbidden` `Status` naming the rule, which kubectl
 //!    prints as `Error from server (Forbidden): denied by gatehouse rule …`;
 //! 4. for a review, holds the request up to `review_hold_ms`, then answers `429` +
-//!    `Retry-After` (client-go retries it by itself) until the approval is decided;
+//!    `Retry-After` (client-go retries it by itself, up to ten times); the retry picks up its
+//!    own request, and a decision answers exactly one retry (within ten minutes);
 //! 5. records the operation and decision before anything is forwarded (fail closed);
 //! 6. forwards with the caller's `Authorization`, `Impersonate-*` and `X-Remote-*` headers
 //!    removed, the cluster's credential added (and, with `impersonate = true`, the caller's
@@ -66,8 +67,15 @@
 //! # }
 //! ```
 //!
+//! Request bodies must be JSON or YAML (`415` otherwise): the privileged-spec check and the
+//! recording read them, and protobuf would carry a pod spec past both. kubectl's typed
+//! generators (`kubectl create configmap …`, `kubectl run`) send protobuf; manifests
+//! (`kubectl create -f`, `kubectl apply -f`) go as JSON.
+//!
 //! Known limits: JSON responses (not watches) are buffered up to `limits.max_response_body` to
-//! be masked as a document; SPDY-only clients (kubectl before 1.30 by default) cannot exec.
+//! be masked as a document (no streaming JSON masker for huge lists yet); SPDY-only clients
+//! (kubectl before 1.30 by default) cannot exec; an allowed `portforward` is forwarded as a
+//! plain request, not relayed as a stream.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
