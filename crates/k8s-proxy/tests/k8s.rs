@@ -944,3 +944,32 @@ kubernetes = { verbs = ["delete"], resources = ["configmaps"] }
         "client-go was told to retry"
     );
 }
+
+#[tokio::test]
+async fn client_certificate_credential_reaches_the_cluster() {
+    let rig = Rig::start_with(POLICY, |config| {
+        for t in &mut config.targets {
+            let dir = t.ca_file.as_ref().unwrap().parent().unwrap().to_path_buf();
+            t.credential = gatehouse_k8s::UpstreamCredential::ClientCert {
+                cert_file: dir.join("client.pem"),
+                key_file: dir.join("client-key.pem"),
+            };
+        }
+    })
+    .await;
+    let out = rig.kubectl(&["get", "pods", "-o", "name"]).await;
+    out.ok();
+    assert_eq!(out.stdout.trim(), "pod/web-0\npod/web-1");
+    let exec = rig
+        .kubectl(&["exec", "web-0", "--", "echo", "via-cert"])
+        .await;
+    assert_eq!(exec.ok().stdout.trim(), "via-cert");
+    // No token travelled: the TLS client certificate authenticated the gateway.
+    assert!(
+        rig.api
+            .state
+            .seen()
+            .iter()
+            .all(|s| s.headers.get("authorization").is_none())
+    );
+}

@@ -119,6 +119,14 @@ impl ApiServer {
         let (cert, key) = ca.issue_server(&["127.0.0.1", "localhost"]);
         let ca_file = dir.path().join("ca.pem");
         std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+        // A client certificate the gateway may use instead of the token (next to ca.pem).
+        let (client_cert, client_key) = ca.issue_client("gatehouse");
+        std::fs::write(dir.path().join("client.pem"), client_cert).unwrap();
+        std::fs::write(dir.path().join("client-key.pem"), client_key).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pemfile::certs(&mut ca.cert_pem().as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
         let certs = rustls_pemfile::certs(&mut cert.as_bytes())
             .collect::<Result<Vec<_>, _>>()
             .unwrap();
@@ -126,10 +134,17 @@ impl ApiServer {
             .unwrap()
             .unwrap();
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .allow_unauthenticated()
+        .build()
+        .unwrap();
         let mut tls = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
-            .with_no_client_auth()
+            .with_client_cert_verifier(verifier)
             .with_single_cert(certs, key)
             .unwrap();
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -192,9 +207,15 @@ impl ApiServer {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
+                    // A verified client certificate authenticates like the token.
+                    let has_cert = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .is_some_and(|c| !c.is_empty());
                     let svc = hyper::service::service_fn(move |req| {
                         let st = st.clone();
-                        async move { Ok::<_, Infallible>(handle(st, req).await) }
+                        async move { Ok::<_, Infallible>(handle(st, req, has_cert).await) }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(tls), svc)
@@ -378,7 +399,7 @@ fn kind_of(resource: &str) -> &'static str {
         .map_or("Unknown", |k| k.1)
 }
 
-async fn handle(st: Arc<State>, mut req: Request<Incoming>) -> Response<Body> {
+async fn handle(st: Arc<State>, mut req: Request<Incoming>, has_cert: bool) -> Response<Body> {
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     st.log.lock().unwrap().push(Seen {
@@ -392,7 +413,7 @@ async fn handle(st: Arc<State>, mut req: Request<Incoming>) -> Response<Body> {
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         == Some(format!("Bearer {}", st.token).as_str());
-    if !authorized {
+    if !authorized && !has_cert {
         return status(401, "Unauthorized", "Unauthorized");
     }
     let upgrade = req
