@@ -973,3 +973,39 @@ async fn client_certificate_credential_reaches_the_cluster() {
             .all(|s| s.headers.get("authorization").is_none())
     );
 }
+
+#[tokio::test]
+async fn exec_with_stdin_relays_input_and_its_end() {
+    use tokio::io::AsyncWriteExt as _;
+    let rig = Rig::start().await;
+    let mut cmd = kubectl_command(
+        &rig.kubeconfig,
+        rig.dir.path(),
+        &["exec", "-i", "web-0", "--", "cat"],
+    );
+    cmd.stdin(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"line one\nline two\n").await.unwrap();
+    drop(stdin);
+    let out = gatehouse_testkit::within(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "line one\nline two\n");
+    // The input is in the exec recording.
+    let events = rig.layers.recorder.events();
+    let exec_session = events
+        .iter()
+        .find_map(|e| match &e.body {
+            EventBody::SessionStart { details, .. } if details["stream"] == "exec" => {
+                Some(e.session.clone())
+            }
+            _ => None,
+        })
+        .unwrap();
+    let frames = rig.layers.recorder.recording(&exec_session);
+    assert!(frames.iter().any(
+        |f| matches!(f, RecordingFrame::Input { data } if String::from_utf8_lossy(data).contains("line one"))
+    ));
+}
