@@ -11,7 +11,8 @@
 #
 # Usage: benches/http/run.sh [duration=15s] [connections=32] [threads=2]
 # Env: CARGO_TARGET_DIR (where the release build goes), BENCH_WORKERS (gateway tokio workers),
-#      BENCH_MODES (default "fsync os"; "memory" is an in-memory recorder).
+#      BENCH_MODES (default "fsync os"; "memory" is an in-memory recorder), BENCH_PERF (a
+#      directory: profile the gateway runs with perf record -g).
 # Needs: nginx, wrk (apt-get install -y nginx wrk), a release build of the bench gateway.
 set -euo pipefail
 
@@ -72,7 +73,11 @@ MODES=${BENCH_MODES:-fsync os}
 
 start_gateway() { # mode
     rm -rf "$WORK/gw"
-    BENCH_RECORDER=$1 "$GATEWAY_BIN" "127.0.0.1:$GW" "http://127.0.0.1:$UP" "$WORK/gw" 2>"$WORK/gw-$1.log" &
+    local wrap=()
+    # BENCH_PERF=<dir>: profile each gateway run (perf record -g) into <dir>/perf-<mode>.data.
+    # shellcheck disable=SC2206
+    [ -n "${BENCH_PERF:-}" ] && wrap=(perf record -q ${BENCH_PERF_ARGS:--g} -o "$BENCH_PERF/perf-$1.data" --)
+    BENCH_RECORDER=$1 "${wrap[@]}" "$GATEWAY_BIN" "127.0.0.1:$GW" "http://127.0.0.1:$UP" "$WORK/gw" 2>"$WORK/gw-$1.log" &
     GW_PID=$!
     PIDS+=("$GW_PID")
     for _ in $(seq 100); do [ -s "$WORK/gw/token" ] && curl -fs -o /dev/null -H "Authorization: Bearer $(cat "$WORK/gw/token")" "http://127.0.0.1:$GW/users" && break; sleep 0.1; done

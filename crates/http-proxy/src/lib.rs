@@ -23,6 +23,26 @@
 //! 7. records the exchange (masked, capped bodies; `authorization`, `cookie`, `set-cookie`
 //!    redacted) and the result.
 //!
+//! # What is recorded when (fail closed, without a second durable write per request)
+//!
+//! The invariant is *nothing runs unrecorded*: the upstream must never see a request whose
+//! operation and decision are not in the audit log. So the `Operation` event (identity, target,
+//! method, canonical path, query, body hash for reviewed requests, decision, rule) is awaited —
+//! durable to the recorder's configured level — before a single byte goes upstream; if that
+//! fails the caller gets `503 audit_unavailable` and the upstream sees nothing.
+//!
+//! What happens *after* the response exists is evidence about an operation that is already on
+//! record: the `OperationResult` event and the `http_exchange` recording entry are written by a
+//! background task of the connection once the response body has ended (or the caller went
+//! away), so the caller never waits on their durability. They stay attributable (same session,
+//! same operation index), the connection's `SessionEnd` is only written after them, and if one
+//! of them fails the connection refuses its later requests with `503` (fail closed), as if the
+//! recorder had failed on their own operation.
+//!
+//! The response body is driven by hyper's own polling (decode → mask → egress → caller in
+//! `poll_frame`, an idle timer only while the masker holds bytes back): no task or channel per
+//! response.
+//!
 //! Errors are JSON (`{"error", "message", "side", …}`) with the status that fits
 //! ([`HttpProxyError`]). Conflicting `Content-Length`/`Transfer-Encoding` is refused
 //! ([`framing`]).

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -207,6 +207,7 @@ async fn serve_connection<I>(
         framing: verdicts,
         h1_requests: AtomicU64::new(0),
         recordings: std::sync::Mutex::new(tokio::task::JoinSet::new()),
+        recording_failed: AtomicBool::new(false),
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let limits = &proxy.config.limits;
@@ -259,6 +260,9 @@ pub(crate) struct ConnCtx {
     /// Finished exchanges still being recorded, off the response path; the session ends after
     /// them.
     recordings: std::sync::Mutex<tokio::task::JoinSet<()>>,
+    /// A background recording failed: the connection's later requests are refused (fail
+    /// closed), as if the recorder had failed on their own operation.
+    recording_failed: AtomicBool,
 }
 
 /// An authenticated session on one connection.
@@ -348,6 +352,11 @@ impl ConnCtx {
         req: Request<Incoming>,
         started: Instant,
     ) -> Result<Response<ResBody>, HttpProxyError> {
+        if self.recording_failed.load(Ordering::Relaxed) {
+            return Err(HttpProxyError::Recorder(
+                "an earlier exchange on this connection could not be recorded".into(),
+            ));
+        }
         let session = self.authenticate(req.headers()).await?;
         let (target, rel_path, query) = self.route(&req)?;
         let upgrade = crate::websocket::is_upgrade(&req);
@@ -375,7 +384,8 @@ impl ConnCtx {
         {
             Ok(resp) => Ok(resp),
             Err(e) => {
-                self.record_result(&ctx, &e.status(), Some(e.code()), 0, Vec::new())
+                let _ = self
+                    .record_result(&ctx, &e.status(), Some(e.code()), 0, Vec::new())
                     .await;
                 Err(e)
             }
@@ -773,7 +783,7 @@ impl ConnCtx {
         code: Option<&str>,
         bytes_out: u64,
         findings: Vec<gatehouse_core::Finding>,
-    ) {
+    ) -> bool {
         let status = match code {
             Some(c) => format!("{} {c}", status.as_u16()),
             None => status.as_u16().to_string(),
@@ -791,8 +801,12 @@ impl ConnCtx {
                 findings,
             }),
         );
-        if let Err(e) = self.proxy.pipeline.recorder.record(event).await {
-            tracing::warn!(error = %e, "could not record an operation result");
+        match self.proxy.pipeline.recorder.record(event).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not record an operation result");
+                false
+            }
         }
     }
 
@@ -1326,12 +1340,7 @@ impl Exchange {
             "error": error,
             "duration_us": u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX),
         });
-        let serialized = entry.to_string();
-        if pipeline
-            .egress
-            .check(EgressSite::Recording, serialized.as_bytes())
-            .is_ok()
-        {
+        if recording_entry_is_clean(&*pipeline.egress, &entry) {
             let frame = RecordingFrame::Entry {
                 label: "http_exchange".into(),
                 body: entry,
@@ -1341,6 +1350,7 @@ impl Exchange {
                 && let Err(e) = sink.write(frame).await
             {
                 tracing::warn!(error = %e, "recording write failed");
+                self.conn.recording_failed.store(true, Ordering::Relaxed);
             }
         } else {
             self.conn
@@ -1358,9 +1368,40 @@ impl Exchange {
             index: self.index,
             started: self.started,
         };
-        self.conn
+        if !self
+            .conn
             .record_result(&ctx, &self.status, error, response.total, findings)
-            .await;
+            .await
+        {
+            self.conn.recording_failed.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Runs every string of a recording entry (keys and values) through the egress guard, without
+/// serialising the entry a second time (the recorder serialises it once). The response body is
+/// the exception: its bytes are a prefix of what the caller's egress stream already passed.
+/// Checking the raw strings is stricter than checking their JSON form: JSON escaping can only
+/// hide a secret, never reveal one.
+fn recording_entry_is_clean(
+    egress: &dyn gatehouse_core::EgressGuard,
+    entry: &serde_json::Value,
+) -> bool {
+    fn clean(egress: &dyn gatehouse_core::EgressGuard, v: &serde_json::Value) -> bool {
+        let check = |s: &str| egress.check(EgressSite::Recording, s.as_bytes()).is_ok();
+        match v {
+            serde_json::Value::String(s) => check(s),
+            serde_json::Value::Array(a) => a.iter().all(|v| clean(egress, v)),
+            serde_json::Value::Object(m) => m.iter().all(|(k, v)| check(k) && clean(egress, v)),
+            _ => true,
+        }
+    }
+    match entry {
+        serde_json::Value::Object(m) => m
+            .iter()
+            .filter(|(k, _)| k.as_str() != "response_body")
+            .all(|(_, v)| clean(egress, v)),
+        other => clean(egress, other),
     }
 }
 

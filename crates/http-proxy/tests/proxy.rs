@@ -883,3 +883,110 @@ async fn sessions_are_recorded_per_connection_and_sealed() {
     })
     .await;
 }
+
+/// Passes every event to the memory recorder, but fails `OperationResult` events on demand: the
+/// result of an exchange is recorded in the background, after the caller has its response.
+struct FailingResults {
+    inner: std::sync::Arc<gatehouse_testkit::layers::MemoryRecorder>,
+    fail: std::sync::atomic::AtomicBool,
+    failed: std::sync::atomic::AtomicU64,
+}
+
+impl gatehouse_core::Recorder for FailingResults {
+    fn record(
+        &self,
+        event: gatehouse_core::Event,
+    ) -> gatehouse_core::BoxFuture<
+        '_,
+        Result<gatehouse_core::EventReceipt, gatehouse_core::RecordError>,
+    > {
+        use std::sync::atomic::Ordering;
+        if matches!(event.body, EventBody::OperationResult(_)) && self.fail.load(Ordering::SeqCst) {
+            self.failed.fetch_add(1, Ordering::SeqCst);
+            return Box::pin(async { Err(gatehouse_core::RecordError::Store("disk full".into())) });
+        }
+        self.inner.record(event)
+    }
+
+    fn open_recording<'a>(
+        &'a self,
+        session: &'a gatehouse_core::SessionId,
+        kind: gatehouse_core::RecordingKind,
+    ) -> gatehouse_core::BoxFuture<
+        'a,
+        Result<Box<dyn gatehouse_core::RecordingSink>, gatehouse_core::RecordError>,
+    > {
+        self.inner.open_recording(session, kind)
+    }
+}
+
+#[tokio::test]
+async fn a_failed_background_result_record_fails_the_connection_closed() {
+    use std::sync::atomic::Ordering;
+    within(T, async {
+        let up = start_upstream().await;
+        let config = config(up.addr, dead_addr());
+        let layers = layers(&config.held_secrets());
+        let recorder = std::sync::Arc::new(FailingResults {
+            inner: layers.recorder.clone(),
+            fail: std::sync::atomic::AtomicBool::new(true),
+            failed: std::sync::atomic::AtomicU64::new(0),
+        });
+        let mut pipeline = layers.pipeline.clone();
+        pipeline.recorder = recorder.clone();
+        let gw = Gateway::start_with(config, None, layers, pipeline).await;
+        // One keep-alive connection, two requests.
+        let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let get = || {
+            http::Request::get("/api/users")
+                .header("host", "gw")
+                .header("authorization", format!("Bearer {AGENT_TOKEN}"))
+                .body(Empty::<Bytes>::new())
+                .unwrap()
+        };
+        // The first caller gets its response: its operation was recorded before it was
+        // forwarded; only the result record (written afterwards) fails.
+        let first = send.send_request(get()).await.unwrap();
+        assert_eq!(first.status(), 200);
+        let body = first.into_body().collect().await.unwrap().to_bytes();
+        assert!(!String::from_utf8_lossy(&body).contains("jane@example.com"));
+        while recorder.failed.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Every later request on that connection is refused before it reaches the upstream.
+        let second = send.send_request(get()).await.unwrap();
+        assert_eq!(second.status(), 503);
+        let body = second.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(json_body(&body)["error"], "audit_unavailable");
+        assert_eq!(up.seen().len(), 1, "the refused request never ran");
+        drop(send);
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_small_masked_response_leaves_whole_with_a_content_length() {
+    within(T, async {
+        let up = start_upstream().await;
+        let gw = Gateway::start(config(up.addr, dead_addr()), None).await;
+        let (status, head, body) = curl(&[&gw.url("/api/users"), "-H", &bearer(AGENT_TOKEN)]).await;
+        assert_eq!(status, 200);
+        let head = head.to_ascii_lowercase();
+        // Masking changed the length: the upstream's Content-Length is gone, the gateway's own
+        // is exact.
+        assert!(!head.contains("transfer-encoding"), "{head}");
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{head}"
+        );
+        assert_eq!(json_body(&body)["users"][0]["email"], "[email]");
+        gw.shutdown().await;
+    })
+    .await;
+}

@@ -442,7 +442,18 @@ pub struct Gateway {
 impl Gateway {
     pub async fn start(config: HttpProxyConfig, tls: Option<rustls::ServerConfig>) -> Gateway {
         let layers = layers(&config.held_secrets());
-        let proxy = HttpProxy::new(config, layers.pipeline.clone()).unwrap();
+        let pipeline = layers.pipeline.clone();
+        Self::start_with(config, tls, layers, pipeline).await
+    }
+
+    /// Like [`Gateway::start`], with the pipeline given (built from `layers`, some replaced).
+    pub async fn start_with(
+        config: HttpProxyConfig,
+        tls: Option<rustls::ServerConfig>,
+        layers: Layers,
+        pipeline: Pipeline,
+    ) -> Gateway {
+        let proxy = HttpProxy::new(config, pipeline).unwrap();
         let listener = gatehouse_testkit::net::bind_loopback_tokio().await;
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
