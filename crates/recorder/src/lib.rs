@@ -4,12 +4,16 @@
 //! - [`AuditRecorder`] implements [`gatehouse_core::Recorder`]: control events are group-committed
 //!   to the local audit log at the configured [`Durability`]; recordings go to per-session sinks
 //!   that never wait per chunk. Any failure is an error, and the caller fails closed.
-//! - [`format`] defines the stored line and exactly what its hash covers; [`verify`] checks a set
-//!   of logs from their bytes alone (plus trusted keys and witness checkpoints) and names the first
-//!   bad record. Both are pure: no I/O, no tokio.
+//! - [`format`](mod@format) defines the stored line and exactly what its hash covers;
+//!   [`verify`](mod@verify) checks a set of logs from their bytes alone (plus trusted keys and
+//!   witness checkpoints) and names the first bad record. Both are pure: no I/O, no tokio.
+//!   [`json_check`] is verify's allocation-free JSON check (equivalent to serde_json's, fuzzed
+//!   differentially in `fuzz/fuzz_targets/audit_verify.rs`).
 //! - [`read`] and [`replay`] turn logs and recordings into session lists, exports, asciicast v2,
 //!   SQL transcripts and HTTP exchange lists.
 //! - [`objstore`] ships closed segments and writes recordings to S3-compatible object storage.
+//! - [`witness`] pushes the latest checkpoint to a directory on other storage or to a webhook
+//!   (`http://`, or `https://` with a pinned CA).
 //!
 //! The schema is documented in `docs/audit-schema.md`.
 

@@ -1,7 +1,7 @@
 //! Reading logs back for people: loading local logs, listing sessions, one session's events, and
 //! exporting the exact stored lines (which stay verifiable one by one).
 //!
-//! These helpers read, they do not judge: run [`crate::verify`] first; records that do not parse
+//! These helpers read, they do not judge: run [`verify`](fn@crate::verify) first; records that do not parse
 //! are skipped here.
 
 use std::collections::BTreeMap;

@@ -9,7 +9,7 @@
 //! segment, line and sequence; nothing after it is trusted.
 //!
 //! [`ChainVerifier`] takes one segment at a time so that a log larger than memory verifies in
-//! constant space; [`verify`] is the convenience over in-memory logs.
+//! constant space; [`verify`](fn@verify) is the convenience over in-memory logs.
 
 use std::collections::HashMap;
 
