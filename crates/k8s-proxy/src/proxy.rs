@@ -1073,6 +1073,11 @@ impl ConnCtx {
             status: rparts.status,
             request: request_record,
         };
+        let kind = if kind == BodyKind::Json && !may_hold_secrets(&parsed.operation) {
+            BodyKind::JsonStream
+        } else {
+            kind
+        };
         if kind == BodyKind::Json {
             let bytes = read_upstream(rbody, config.limits.max_response_body).await?;
             let mut findings = Vec::new();
@@ -1104,9 +1109,23 @@ impl ConnCtx {
             record_cap: config.record_body_cap,
         };
         tokio::spawn(stream.run(rbody, tx, exchange));
+        let mut rx = rx;
+        let mut first = Vec::new();
+        if kind == BodyKind::JsonStream {
+            // Most documents are small: take up to 1 MiB before answering, so that an egress
+            // block there is a clean 502 `Status` rather than a cut stream.
+            while first.len() < FIRST_CHUNK_BYTES {
+                match rx.recv().await {
+                    Some(Ok(b)) => first.extend_from_slice(&b),
+                    Some(Err(e)) => return Err(e),
+                    None => break,
+                }
+            }
+        }
+        let first = (!first.is_empty()).then(|| Bytes::from(first));
         Ok(Response::from_parts(
             rparts,
-            ChannelBody { rx }.boxed_unsync(),
+            ChannelBody { first, rx }.boxed_unsync(),
         ))
     }
 
@@ -1183,6 +1202,34 @@ pub fn mask_json_with(
         }
     }
     out
+}
+
+/// Whether a response to `op` can contain Secret objects (and so must be parsed whole to mask
+/// them structurally): requests on `secrets`, and anything outside the core and `apps`-like
+/// resource paths that the gateway cannot vouch for (non-resource URLs, unknown kinds go the
+/// careful way too).
+fn may_hold_secrets(op: &KubeOperation) -> bool {
+    const NEVER: &[&str] = &[
+        "pods",
+        "configmaps",
+        "namespaces",
+        "services",
+        "endpoints",
+        "events",
+        "nodes",
+        "deployments",
+        "replicasets",
+        "statefulsets",
+        "daemonsets",
+        "jobs",
+        "cronjobs",
+        "ingresses",
+        "persistentvolumeclaims",
+        "persistentvolumes",
+        "serviceaccounts",
+        "endpointslices",
+    ];
+    !(NEVER.contains(&op.resource.as_str()) && op.subresource.is_none())
 }
 
 /// The `Accept` header sent upstream: the caller's JSON media ranges (Table included), and
@@ -1307,7 +1354,11 @@ async fn read_upstream(body: Incoming, max: u64) -> Result<Bytes, K8sProxyError>
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum BodyKind {
+    /// A JSON document that may hold Secrets: parsed whole, Secrets masked structurally.
     Json,
+    /// A JSON document of a resource that never holds Secrets: streamed through the JSON
+    /// stream masker (large lists are never buffered whole).
+    JsonStream,
     WatchEvents,
     Text,
 }
@@ -1375,11 +1426,15 @@ impl StreamPump {
         exchange: Exchange,
     ) {
         let pipeline = self.conn.proxy.pipeline.clone();
-        let mut text = (self.kind == BodyKind::Text).then(|| {
+        // Text (logs) and whole JSON documents of resources that never hold Secrets go through
+        // one stream masker each; only text is flushed on idle (a JSON value is never emitted
+        // half-read).
+        let json_stream = self.kind == BodyKind::JsonStream;
+        let mut text = matches!(self.kind, BodyKind::Text | BodyKind::JsonStream).then(|| {
             pipeline.masker.stream(&StreamContext {
                 profile: self.profile.clone(),
-                field: Some("log".into()),
-                json: false,
+                field: Some(if json_stream { "body" } else { "log" }.into()),
+                json: json_stream,
             })
         });
         let mut egress = pipeline.egress.stream(EgressSite::Client);
@@ -1429,7 +1484,7 @@ impl StreamPump {
                         match text.as_mut() {
                             Some(m) => {
                                 m.push(&data, &mut out);
-                                dirty = true;
+                                dirty = !json_stream;
                             }
                             None => {
                                 let mut rest: &[u8] = &data;
@@ -1498,8 +1553,12 @@ impl StreamPump {
 
 /// A response body fed by a pump task.
 struct ChannelBody {
+    first: Option<Bytes>,
     rx: mpsc::Receiver<Result<Bytes, K8sProxyError>>,
 }
+
+/// How much of a streamed JSON document is collected before the response head is sent.
+const FIRST_CHUNK_BYTES: usize = 1024 * 1024;
 
 impl Body for ChannelBody {
     type Data = Bytes;
@@ -1509,6 +1568,9 @@ impl Body for ChannelBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(first) = self.first.take() {
+            return Poll::Ready(Some(Ok(Frame::data(first))));
+        }
         self.rx
             .poll_recv(cx)
             .map(|item| item.map(|r| r.map(Frame::data).map_err(|e| Box::new(e) as BoxError)))
