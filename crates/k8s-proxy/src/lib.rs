@@ -72,8 +72,12 @@
 //! generators (`kubectl create configmap …`, `kubectl run`) send protobuf; manifests
 //! (`kubectl create -f`, `kubectl apply -f`) go as JSON.
 //!
-//! Known limits: JSON responses (not watches) are buffered up to `limits.max_response_body` to
-//! be masked as a document (no streaming JSON masker for huge lists yet); SPDY-only clients
+//! Large lists stream: JSON responses of resources that never hold Secrets (pods, config maps,
+//! workloads, …) go through the masking profile's JSON stream masker chunk by chunk (the first
+//! MiB is collected before the response head, so an egress block there is a clean `502`).
+//!
+//! Known limits: responses that may hold Secrets (resource `secrets`, unknown resources,
+//! subresources) are parsed whole, up to `limits.max_response_body`; SPDY-only clients
 //! (kubectl before 1.30 by default) cannot exec; an allowed `portforward` is forwarded as a
 //! plain request, not relayed as a stream.
 
