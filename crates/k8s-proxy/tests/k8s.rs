@@ -1009,3 +1009,33 @@ async fn exec_with_stdin_relays_input_and_its_end() {
         |f| matches!(f, RecordingFrame::Input { data } if String::from_utf8_lossy(data).contains("line one"))
     ));
 }
+
+#[tokio::test]
+async fn large_lists_stream_through_the_json_masker() {
+    let rig = Rig::start().await;
+    for i in 0..6000 {
+        rig.api.state.insert(
+            "configmaps",
+            "default",
+            serde_json::json!({"kind": "ConfigMap", "apiVersion": "v1",
+                "metadata": {"name": format!("bulk-{i:05}")},
+                "data": {"owner": format!("person{i}@example.com"), "padding": "x".repeat(200)}}),
+        );
+    }
+    let (code, _, body) = raw(
+        &rig.base(),
+        "GET",
+        "/api/v1/namespaces/default/configmaps",
+        &[("authorization", &bearer())],
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert!(
+        body.len() > 1024 * 1024,
+        "bigger than the collected first MiB"
+    );
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["items"].as_array().unwrap().len(), 6001);
+    assert!(!body.contains("@example.com"), "every address masked");
+    assert_eq!(v["items"][5999]["metadata"]["name"], "bulk-05999");
+}
