@@ -89,22 +89,37 @@ stop_gateway() {
     wait "$GW_PID" 2>/dev/null || true
 }
 
-run() { # name url [header]
-    local name=$1 url=$2; shift 2
+# CPU time (clock ticks) of processes and their direct children: on a shared machine, CPU per
+# request is steadier than req/s.
+ticks() { local t=0 p; for p in "$@" $(pgrep -P "$(echo "$@" | tr ' ' ',')" || true); do
+    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo "$t"; }
+HZ=$(getconf CLK_TCK)
+run() { # name "pids to charge" url [header]
+    local name=$1 pids=$2 url=$3; shift 3
+    local t0 t1 n
+    # shellcheck disable=SC2086
+    t0=$(ticks $pids)
     wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$@" "$url" > "$WORK/$name.txt"
-    local rps p50 p99
+    # shellcheck disable=SC2086
+    t1=$(ticks $pids)
+    local rps p50 p99 cpu
     rps=$(awk '/Requests\/sec/ {print $2}' "$WORK/$name.txt")
+    n=$(awk '/requests in/ {print $1}' "$WORK/$name.txt")
     p50=$(awk '$1=="50%" {print $2}' "$WORK/$name.txt")
     p99=$(awk '$1=="99%" {print $2}' "$WORK/$name.txt")
-    printf '%-8s %12s req/s   p50 %-9s p99 %-9s\n' "$name" "$rps" "$p50" "$p99"
-    echo "$name $rps $p50 $p99" >> "$WORK/summary"
+    cpu=$(( (t1 - t0) * 1000000 / HZ / n ))
+    printf "%-9s %12s req/s   p50 %-9s p99 %-9s  %4s us CPU/request\n" "$name" "$rps" "$p50" "$p99" "$cpu"
+    echo "$name $rps $p50 $p99 $cpu" >> "$WORK/summary"
 }
 echo "wrk -t$THREADS -c$CONNS -d$DURATION --latency, $(nproc) vCPU, load: $(cut -d' ' -f1-3 /proc/loadavg)"
-run direct  "http://127.0.0.1:$UP/users"
-run nginx   "http://127.0.0.1:$NGX/users"
+NGINX_WORKERS=$(pgrep -P "$(cat "$WORK/nginx.pid")" | tr '\n' ' ')
+# direct and nginx: CPU of the nginx worker (upstream and proxy share it; the proxy's own share
+# is nginx minus direct). gw-*: CPU of the gateway process.
+run direct  "$NGINX_WORKERS" "http://127.0.0.1:$UP/users"
+run nginx   "$NGINX_WORKERS" "http://127.0.0.1:$NGX/users"
 for mode in $MODES; do
     start_gateway "$mode"
-    run "gw-$mode" "http://127.0.0.1:$GW/users" -H "Authorization: Bearer $TOKEN"
+    run "gw-$mode" "$GW_PID" "http://127.0.0.1:$GW/users" -H "Authorization: Bearer $TOKEN"
     stop_gateway
 done
 
@@ -117,11 +132,13 @@ def ms(v):
     return float(v)
 rows = {l.split()[0]: l.split()[1:] for l in open(sys.argv[1])}
 d, n = rows["direct"], rows["nginx"]
-print(f"nginx added latency over direct: p50 {ms(n[1]) - ms(d[1]):.3f} ms, p99 {ms(n[2]) - ms(d[2]):.3f} ms")
+print(f"nginx added latency over direct: p50 {ms(n[1]) - ms(d[1]):.3f} ms, p99 {ms(n[2]) - ms(d[2]):.3f} ms; "
+      f"proxy CPU per request (nginx - direct): {int(n[3]) - int(d[3])} us")
 for name, g in rows.items():
     if not name.startswith("gw-"):
         continue
     print(f"{name} / nginx throughput: {float(g[0]) / float(n[0]):.2f}x (target >= 0.8x); "
           f"/ direct: {float(g[0]) / float(d[0]):.2f}x; "
-          f"added latency over direct: p50 {ms(g[1]) - ms(d[1]):.3f} ms, p99 {ms(g[2]) - ms(d[2]):.3f} ms")
+          f"added latency over direct: p50 {ms(g[1]) - ms(d[1]):.3f} ms, p99 {ms(g[2]) - ms(d[2]):.3f} ms; "
+          f"CPU per request {g[3]} us")
 PY
