@@ -1117,7 +1117,8 @@ impl ConnCtx {
             while first.len() < FIRST_CHUNK_BYTES {
                 match rx.recv().await {
                     Some(Ok(b)) => first.extend_from_slice(&b),
-                    Some(Err(e)) => return Err(e),
+                    // The pump has recorded the outcome already.
+                    Some(Err(e)) => return Ok(error_response(&e)),
                     None => break,
                 }
             }
