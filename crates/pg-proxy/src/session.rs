@@ -555,6 +555,7 @@ async fn relay(proxy: Arc<ProxyInner>, ready: Ready, client_addr: String, sessio
         notice_plan: None,
         plan_cache: HashMap::new(),
         results,
+        recording: Vec::new(),
     };
     let backend_task = tokio::spawn(backend.run());
 
@@ -619,6 +620,10 @@ async fn relay(proxy: Arc<ProxyInner>, ready: Ready, client_addr: String, sessio
 
 /// Result summaries queued per session before the backend half waits for room.
 const RESULT_QUEUE: usize = 1024;
+/// Most result summaries recorded together.
+const RESULT_BATCH: usize = 256;
+/// Longest a result summary waits for others to share its group commit.
+const RESULT_LINGER: Duration = Duration::from_millis(5);
 
 /// Records queued result summaries in order, several per group commit. A failure is logged and
 /// counted (SessionEnd names the count).
@@ -627,8 +632,19 @@ async fn record_results(
     shared: Arc<Shared>,
     mut rx: tokio::sync::mpsc::Receiver<Event>,
 ) {
-    let mut batch = Vec::with_capacity(64);
-    while rx.recv_many(&mut batch, 64).await > 0 {
+    let mut batch = Vec::with_capacity(RESULT_BATCH);
+    while rx.recv_many(&mut batch, RESULT_BATCH).await > 0 {
+        // Linger a little so that one group commit (one wake of the audit writer) covers the
+        // results of several statements.
+        let linger = tokio::time::sleep(RESULT_LINGER);
+        tokio::pin!(linger);
+        while batch.len() < RESULT_BATCH {
+            let room = RESULT_BATCH - batch.len();
+            tokio::select! {
+                n = rx.recv_many(&mut batch, room) => if n == 0 { break },
+                _ = &mut linger => break,
+            }
+        }
         let recorder = &proxy.pipeline.recorder;
         // join_all polls in order, so the events reach the log in the order they were queued.
         let outcomes =
@@ -1114,7 +1130,7 @@ impl Frontend {
     }
 
     async fn on_query(&mut self, body: Bytes) -> Result<(), PgProxyError> {
-        let raw = wire::parse_query(body)?;
+        let raw = wire::parse_query(body.clone())?;
         let settings = self.settings();
         let text = String::from_utf8_lossy(&raw).into_owned();
         let analyzed = if std::str::from_utf8(&raw).is_err() {
@@ -1189,8 +1205,7 @@ impl Frontend {
         self.shared.push(Expect::Query { statements: ctxs });
         match cut {
             None => {
-                let mut body = raw.to_vec();
-                body.push(0);
+                // Every statement allowed: the message goes on exactly as received.
                 encode_frame(b'Q', &body, &mut self.out);
                 Ok(())
             }
@@ -1434,14 +1449,28 @@ struct Backend {
     >,
     /// Result summaries to the audit log (see [`record_results`]).
     results: tokio::sync::mpsc::Sender<Event>,
+    /// Recording frames (already through the egress guard) not yet handed to the sink: they go
+    /// in batches, so the recording writer wakes once per batch rather than once per statement.
+    recording: Vec<RecordingFrame>,
 }
+
+/// Recording frames held before they are handed to the sink.
+const RECORDING_BATCH: usize = 64;
+/// Longest a held recording frame waits for its batch.
+const RECORDING_LINGER: Duration = Duration::from_millis(50);
 
 impl Backend {
     async fn run(mut self) -> (Option<String>, Option<Box<dyn RecordingSink>>) {
+        let mut linger = tokio::time::interval(RECORDING_LINGER);
+        linger.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let reason = loop {
             let frame = tokio::select! {
                 f = self.reader.next() => f,
                 _ = self.shared.done.notified() => break None,
+                _ = linger.tick() => {
+                    self.flush_recording().await;
+                    continue;
+                }
             };
             let frame = match frame {
                 Ok(Some(f)) => f,
@@ -1469,8 +1498,16 @@ impl Backend {
                 }
             }
         };
+        self.flush_recording().await;
         self.shared.done.notify_waiters();
         (reason, Some(self.sink))
+    }
+
+    /// Hands the held recording frames to the sink.
+    async fn flush_recording(&mut self) {
+        for frame in std::mem::take(&mut self.recording) {
+            let _ = self.sink.write(frame).await;
+        }
     }
 
     async fn flush(&mut self) -> Result<(), PgProxyError> {
@@ -2063,7 +2100,10 @@ impl Backend {
                 .await;
             return;
         }
-        let _ = self.sink.write(frame).await;
+        self.recording.push(frame);
+        if self.recording.len() >= RECORDING_BATCH {
+            self.flush_recording().await;
+        }
     }
 
     async fn finish_statement(&mut self, status: String) -> Result<(), PgProxyError> {
