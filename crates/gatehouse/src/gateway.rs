@@ -54,13 +54,10 @@ pub async fn build(loaded: &LoadedConfig) -> Result<Gateway, CommandError> {
 
     // Egress guard over every held secret, first: the recorder checks records against it.
     let mut egress = EgressGuardBuilder::new();
-    for t in &c.targets {
-        if let Some(secret) = &t.get_ref().password {
-            let value = loaded.resolve_secret(secret)?;
-            egress
-                .add_secret(value.expose().as_bytes())
-                .map_err(|e| failed("egress guard", e))?;
-        }
+    for secret in listeners::held_secrets(loaded)? {
+        egress
+            .add_secret(&secret)
+            .map_err(|e| failed("egress guard", e))?;
     }
     let egress: Arc<dyn EgressGuard + Send + Sync> =
         Arc::new(egress.build().map_err(|e| failed("egress guard", e))?);

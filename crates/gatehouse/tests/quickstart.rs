@@ -43,6 +43,10 @@ fn quickstart_as_a_new_user() {
             "127.0.0.1:0",
             "--admin-listen",
             "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--ssh-listen",
+            "127.0.0.1:0",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -249,6 +253,150 @@ fn quickstart_as_a_new_user() {
         "an agent may not read metrics"
     );
 
+    // The HTTP target: the printed curl command returns users with PII masked; the gateway
+    // injected the API key the agent never saw; a DELETE answers 409 until approved.
+    let curl_line = printed
+        .iter()
+        .find(|l| l.starts_with("curl "))
+        .expect("curl command")
+        .clone();
+    let curl = |extra: &str, path_suffix: &str| {
+        let line = curl_line.replacen("curl ", &format!("curl -sS --max-time 20 {extra} "), 1);
+        let line = line.replace("/demo-api/users", &format!("/demo-api/users{path_suffix}"));
+        let out = sh(&line, &[]);
+        text(&out)
+    };
+    let users = curl("", "");
+    assert!(users.contains("Ada Lovelace"), "{users}");
+    for leaked in [
+        "grace@example.org",
+        "4111 1111 1111 1111",
+        "4012 8888 8888 1881",
+        "+1 202 555 0143",
+    ] {
+        assert!(
+            !users.contains(leaked),
+            "{leaked} leaked through the HTTP target: {users}"
+        );
+    }
+    assert!(users.contains("card on file: "), "{users}");
+    let no_token = sh(
+        &format!(
+            "curl -sS --max-time 20 --cacert {} https://localhost:{}/demo-api/users",
+            qs_dir.join("tls/ca.crt").display(),
+            curl_line
+                .split("https://localhost:")
+                .nth(1)
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap()
+        ),
+        &[],
+    );
+    assert!(
+        text(&no_token).contains("401") || text(&no_token).contains("unauthorized"),
+        "{}",
+        text(&no_token)
+    );
+    let held = curl("-X DELETE", "/3");
+    assert!(
+        held.contains("approval_pending") && held.contains("review-api-delete"),
+        "{held}"
+    );
+    let http_id = held
+        .split("\"approval_id\":\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("approval id in the 409 body")
+        .to_string();
+    let out = sh(
+        &approver_env(&format!(
+            "{EXE} approvals approve {http_id} --reason 'ok to delete'"
+        )),
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let deleted = curl("-X DELETE", "/3");
+    assert!(
+        deleted.contains("\"deleted\":3"),
+        "the approved retry did not go through: {deleted}"
+    );
+    let users = curl("", "");
+    assert!(!users.contains("Alan Turing"), "{users}");
+
+    // The SSH target (when sshd is installed, as in CI): the printed login works; `rm -rf` is
+    // denied with exit 126; output is masked; systemctl is held for an approval.
+    let sshd_installed = ["/usr/sbin/sshd", "/usr/local/sbin/sshd", "/sbin/sshd"]
+        .iter()
+        .any(|p| std::path::Path::new(p).exists());
+    let key_line = printed
+        .iter()
+        .find(|l| l.starts_with("export GATEHOUSE_KEY="));
+    let ssh_line = printed.iter().find(|l| l.starts_with("SSH_ASKPASS="));
+    assert_eq!(
+        sshd_installed,
+        ssh_line.is_some(),
+        "SSH target printed iff sshd is installed: {printed:?}"
+    );
+    if let (Some(key_line), Some(ssh_line)) = (key_line, ssh_line) {
+        let ssh = |remote: &str| {
+            let line = ssh_line.replace("'uname -n'", &format!("'{remote}'"));
+            sh(&format!("{key_line} && {line} </dev/null"), &[])
+        };
+        let out = ssh("uname -n");
+        let host =
+            String::from_utf8_lossy(&Command::new("uname").arg("-n").output().unwrap().stdout)
+                .trim()
+                .to_string();
+        assert!(out.status.success(), "{}", text(&out));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            host,
+            "{}",
+            text(&out)
+        );
+        let out = ssh("rm -rf /tmp/gatehouse-qs-nothing");
+        assert_eq!(out.status.code(), Some(126), "{}", text(&out));
+        assert!(text(&out).contains("no-rm-rf"), "{}", text(&out));
+        let out = ssh("echo 4111 1111 1111 1111 AKIAIOSFODNN7EXAMPLE");
+        let t = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            !t.contains("4111 1111 1111 1111") && !t.contains("AKIAIOSFODNN7EXAMPLE"),
+            "{t}"
+        );
+        assert!(t.contains("[card]"), "{t}");
+        let held = {
+            let key_line = key_line.clone();
+            let line = ssh_line.replace("'uname -n'", "'systemctl --version'");
+            std::thread::spawn(move || sh(&format!("{key_line} && {line} </dev/null"), &[]))
+        };
+        let mut ssh_id = None;
+        for _ in 0..100 {
+            let out = sh(&approver_env(&format!("{EXE} approvals list")), &[]);
+            if let Some(line) = text(&out).lines().find(|l| l.contains("review-systemctl")) {
+                ssh_id = line.split_whitespace().next().map(str::to_string);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let ssh_id = ssh_id.expect("systemctl shows up as a pending approval");
+        let out = sh(
+            &approver_env(&format!(
+                "{EXE} approvals approve {ssh_id} --reason 'read-only'"
+            )),
+            &[],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        let out = held.join().unwrap();
+        let t = text(&out);
+        assert!(t.contains("waiting for approval"), "{t}");
+        assert!(
+            !matches!(out.status.code(), Some(126 | 255)),
+            "the approved command did not run: {t}"
+        );
+    }
+
     // SIGHUP reloads the policy atomically: a broken file keeps the running policy; a fixed one
     // takes effect for the next statement.
     let policy_path = qs_dir.join("policy.toml");
@@ -315,17 +463,34 @@ fn quickstart_as_a_new_user() {
     );
     let statement = std::fs::read_to_string(evidence.join("credentials-statement.json")).unwrap();
     assert!(statement.contains("\"established\": true"), "{statement}");
-    // The database password never reached the caller-visible outputs or the audit log.
-    let password = std::fs::read_to_string(qs_dir.join("secrets/demo-db-password")).unwrap();
+    // No upstream credential (database password, API key, the SSH key the gateway logs in with)
+    // reached the audit log or the evidence.
+    let mut secrets = vec![
+        std::fs::read_to_string(qs_dir.join("secrets/demo-db-password"))
+            .unwrap()
+            .trim()
+            .to_string(),
+        std::fs::read_to_string(qs_dir.join("secrets/demo-api-key"))
+            .unwrap()
+            .trim()
+            .to_string(),
+    ];
+    if let Ok(key) = std::fs::read_to_string(qs_dir.join("ssh/gateway_to_box_ed25519")) {
+        secrets.extend(
+            key.lines()
+                .filter(|l| !l.starts_with("-----") && l.len() >= 16)
+                .map(str::to_string),
+        );
+    }
     for entry in walk(&data).into_iter().chain(walk(&evidence)) {
         let bytes = std::fs::read(&entry).unwrap();
-        assert!(
-            !bytes
-                .windows(password.trim().len())
-                .any(|w| w == password.trim().as_bytes()),
-            "the upstream password appears in {}",
-            entry.display()
-        );
+        for secret in &secrets {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "an upstream credential appears in {}",
+                entry.display()
+            );
+        }
     }
 
     // Flip one byte of the audit log: verify fails and names the record.

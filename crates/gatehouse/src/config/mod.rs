@@ -219,6 +219,56 @@ pub struct ListenersSection {
     /// PostgreSQL listeners.
     #[serde(default)]
     pub postgres: Vec<Spanned<PgListenerSection>>,
+    /// HTTP(S) API listeners.
+    #[serde(default)]
+    pub http: Vec<Spanned<HttpListenerSection>>,
+    /// SSH listeners.
+    #[serde(default)]
+    pub ssh: Vec<Spanned<SshListenerSection>>,
+}
+
+/// `[[listeners.http]]`: serves every `http` target, routed by `path_prefix` or `host`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpListenerSection {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// TLS for clients (HTTP/2 and HTTP/1.1 by ALPN). Plain HTTP only on loopback.
+    pub tls: Option<TlsFiles>,
+    /// How long a reviewed request is held waiting for approval before `409` + `Retry-After`.
+    pub review_hold_ms: Option<u64>,
+    /// `Retry-After` seconds sent with a `409` for a pending approval.
+    pub retry_after_s: Option<u64>,
+    /// Bytes of each masked body kept in the session recording.
+    pub record_body_cap: Option<usize>,
+    /// `%2F`/`%5C` in paths: `opaque` (default) or `reject`.
+    pub encoded_separators: Option<gatehouse_http::EncodedSeparatorPolicy>,
+    /// Bodies the gateway cannot mask: see the gatehouse-http docs (default `pass_and_hash`).
+    pub other_content: Option<gatehouse_http::OtherContentPolicy>,
+    /// Header and body size limits (defaults in the gatehouse-http docs).
+    pub limits: Option<gatehouse_http::Limits>,
+    /// Timeouts (defaults in the gatehouse-http docs).
+    pub timeouts: Option<gatehouse_http::Timeouts>,
+}
+
+/// `[[listeners.ssh]]`: serves every `ssh` target (`ssh TARGET@gateway`, `ssh login@TARGET@gateway`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshListenerSection {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// The gateway's host key (default `<data_dir>/ssh_host_ed25519_key`, generated if absent).
+    pub host_key: Option<PathBuf>,
+    /// Environment variables clients may set (default `LANG`, `LC_*`, `TERM`).
+    pub env_allow: Option<Vec<String>>,
+    /// Failed logins allowed per source address within a window.
+    pub login_rate_limit: Option<gatehouse_ssh::LoginRateLimit>,
+    /// How long a rejected login takes, milliseconds (default 1000).
+    pub auth_rejection_time_ms: Option<u64>,
+    /// End the connection when the caller's identity expires (default true).
+    pub end_session_on_identity_expiry: Option<bool>,
+    /// Close idle connections after this many seconds (0: never; default 3600).
+    pub inactivity_timeout_secs: Option<u64>,
 }
 
 /// `[[listeners.postgres]]`.
@@ -247,25 +297,124 @@ pub struct PgListenerSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TargetSection {
-    /// Unique name (psql `database`, ssh `user@TARGET`, …).
+    /// Unique name (psql `database`, ssh `TARGET@gateway`, HTTP route, …).
     pub name: String,
-    /// `postgres` (more protocols arrive with their crates).
+    /// `postgres`, `http` or `ssh`.
     pub protocol: String,
-    /// `host:port`, or a Unix socket directory for PostgreSQL (`/path/to/dir:5432`).
-    pub address: String,
+    /// `host:port` (postgres, ssh), or a Unix socket directory for PostgreSQL
+    /// (`/path/to/dir:5432`).
+    pub address: Option<String>,
     /// Tags for policy matching.
     #[serde(default)]
     pub tags: Vec<String>,
-    /// Upstream user.
+    /// Upstream user (postgres role; ssh login).
     pub user: Option<String>,
-    /// Upstream database (PostgreSQL).
+    /// Upstream database (postgres).
     pub database: Option<String>,
-    /// Upstream password.
+    /// Upstream password (postgres, ssh).
     pub password: Option<Spanned<SecretRef>>,
-    /// Upstream TLS: `disable` or `verify-full` (default `verify-full` for TCP).
+    /// Upstream TLS: `disable` or `verify-full` (postgres; default `verify-full` for TCP).
     pub tls: Option<String>,
-    /// CA file for upstream TLS (default: system roots).
+    /// CA file for upstream TLS (postgres, http; default: system roots).
     pub ca_file: Option<PathBuf>,
+    /// `http://host:port[/base]` or `https://…` (http).
+    pub upstream: Option<String>,
+    /// Route requests whose path starts with this prefix; the prefix is removed (http).
+    pub path_prefix: Option<String>,
+    /// Route requests whose `Host` is this name (http).
+    pub host: Option<String>,
+    /// The credential the gateway injects upstream (http).
+    pub credential: Option<Spanned<CredentialSection>>,
+    /// The OpenSSH private key the gateway logs in with (ssh).
+    pub private_key: Option<Spanned<SecretRef>>,
+    /// How the target's host key is verified (ssh): `{ kind = "fingerprint", sha256 = "SHA256:…" }`,
+    /// `{ kind = "public_key", openssh = "ssh-ed25519 …" }` or `{ kind = "known_hosts", path = "…" }`.
+    pub host_key: Option<gatehouse_ssh::UpstreamHostKey>,
+}
+
+/// An HTTP target's injected credential; the secret comes from an env var or a file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum CredentialSection {
+    /// `Authorization: Bearer <secret>`.
+    Bearer {
+        /// The token.
+        secret: SecretRef,
+    },
+    /// `Authorization: Basic base64(username:secret)`.
+    Basic {
+        /// The user name.
+        username: String,
+        /// The password.
+        secret: SecretRef,
+    },
+    /// `<name>: <secret>`.
+    Header {
+        /// Header name.
+        name: String,
+        /// Header value.
+        secret: SecretRef,
+    },
+    /// `?<param>=<secret>`.
+    Query {
+        /// Query parameter.
+        param: String,
+        /// Parameter value.
+        secret: SecretRef,
+    },
+}
+
+impl CredentialSection {
+    /// The secret reference.
+    pub fn secret(&self) -> &SecretRef {
+        match self {
+            CredentialSection::Bearer { secret }
+            | CredentialSection::Basic { secret, .. }
+            | CredentialSection::Header { secret, .. }
+            | CredentialSection::Query { secret, .. } => secret,
+        }
+    }
+}
+
+/// The fields each protocol's targets use (everything else is an error, so a typo'd or misplaced
+/// setting is never silently ignored).
+const TARGET_FIELDS: &[(&str, &[&str])] = &[
+    ("address", &["postgres", "ssh"]),
+    ("user", &["postgres", "ssh"]),
+    ("database", &["postgres"]),
+    ("password", &["postgres", "ssh"]),
+    ("tls", &["postgres"]),
+    ("ca_file", &["postgres", "http"]),
+    ("upstream", &["http"]),
+    ("path_prefix", &["http"]),
+    ("host", &["http"]),
+    ("credential", &["http"]),
+    ("private_key", &["ssh"]),
+    ("host_key", &["ssh"]),
+];
+
+impl TargetSection {
+    fn present_fields(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        let mut check = |present: bool, name: &'static str| {
+            if present {
+                out.push(name);
+            }
+        };
+        check(self.address.is_some(), "address");
+        check(self.user.is_some(), "user");
+        check(self.database.is_some(), "database");
+        check(self.password.is_some(), "password");
+        check(self.tls.is_some(), "tls");
+        check(self.ca_file.is_some(), "ca_file");
+        check(self.upstream.is_some(), "upstream");
+        check(self.path_prefix.is_some(), "path_prefix");
+        check(self.host.is_some(), "host");
+        check(self.credential.is_some(), "credential");
+        check(self.private_key.is_some(), "private_key");
+        check(self.host_key.is_some(), "host_key");
+        out
+    }
 }
 
 /// A config error with its location.
@@ -381,8 +530,41 @@ impl LoadedConfig {
             if !names.insert(target.name.clone()) {
                 return Err(self.error_at(span, format!("duplicate target name `{}`", target.name)));
             }
+            if !matches!(target.protocol.as_str(), "postgres" | "http" | "ssh") {
+                return Err(self.error_at(
+                    span,
+                    format!(
+                        "target `{}`: unknown protocol `{}` (known: postgres, http, ssh)",
+                        target.name, target.protocol
+                    ),
+                ));
+            }
+            for field in target.present_fields() {
+                let allowed = TARGET_FIELDS
+                    .iter()
+                    .find(|(f, _)| *f == field)
+                    .map(|(_, p)| *p)
+                    .unwrap_or(&[]);
+                if !allowed.contains(&target.protocol.as_str()) {
+                    return Err(self.error_at(
+                        span,
+                        format!(
+                            "target `{}`: `{field}` is not used by {} targets (it applies to: {})",
+                            target.name,
+                            target.protocol,
+                            allowed.join(", ")
+                        ),
+                    ));
+                }
+            }
             match target.protocol.as_str() {
                 "postgres" => {
+                    if target.address.is_none() {
+                        return Err(self.error_at(
+                            span,
+                            format!("postgres target `{}` needs `address`", target.name),
+                        ));
+                    }
                     if target.database.is_none() || target.user.is_none() {
                         return Err(self.error_at(
                             span,
@@ -404,14 +586,65 @@ impl LoadedConfig {
                         ));
                     }
                 }
-                other => {
-                    return Err(self.error_at(
-                        span,
-                        format!(
-                            "target `{}`: unknown protocol `{other}` (known: postgres)",
-                            target.name
-                        ),
-                    ));
+                "http" => {
+                    if target.upstream.is_none() {
+                        return Err(self.error_at(
+                            span,
+                            format!(
+                                "http target `{}` needs `upstream` (http://host:port or https://…)",
+                                target.name
+                            ),
+                        ));
+                    }
+                    if target.path_prefix.is_none() && target.host.is_none() {
+                        return Err(self.error_at(
+                            span,
+                            format!(
+                                "http target `{}` needs `path_prefix` or `host` (how requests are routed to it)",
+                                target.name
+                            ),
+                        ));
+                    }
+                    if let Some(c) = &target.credential {
+                        let secret = c.get_ref().secret();
+                        secret
+                            .resolve(self.config.gateway.allow_inline_secrets, |p| {
+                                self.resolve_path(p)
+                            })
+                            .map_err(|message| self.error_at(c.span().start, message))?;
+                    }
+                }
+                _ => {
+                    if target.address.is_none() || target.user.is_none() {
+                        return Err(self.error_at(
+                            span,
+                            format!(
+                                "ssh target `{}` needs `address` (host:port) and `user` (the login the gateway uses)",
+                                target.name
+                            ),
+                        ));
+                    }
+                    if target.password.is_none() == target.private_key.is_none() {
+                        return Err(self.error_at(
+                            span,
+                            format!(
+                                "ssh target `{}` needs exactly one of `private_key` or `password`",
+                                target.name
+                            ),
+                        ));
+                    }
+                    if target.host_key.is_none() {
+                        return Err(self.error_at(
+                            span,
+                            format!(
+                                "ssh target `{}` needs `host_key` (a pinned fingerprint, public key or known_hosts file): host keys are never trusted on first use",
+                                target.name
+                            ),
+                        ));
+                    }
+                    if let Some(secret) = &target.private_key {
+                        self.resolve_secret(secret)?;
+                    }
                 }
             }
             if let Some(secret) = &target.password {

@@ -26,6 +26,10 @@ pub struct Bound {
     pub admin: Option<SocketAddr>,
     /// PostgreSQL listener addresses.
     pub postgres: Vec<SocketAddr>,
+    /// HTTP listener addresses.
+    pub http: Vec<SocketAddr>,
+    /// SSH listeners and their host keys.
+    pub ssh: Vec<ssh::SshBound>,
     /// Running sessions.
     pub sessions: TaskTracker,
 }
@@ -39,6 +43,12 @@ impl Bound {
         }
         for a in &self.postgres {
             out.push(format!("postgres {a}"));
+        }
+        for a in &self.http {
+            out.push(format!("http {a}"));
+        }
+        for s in &self.ssh {
+            out.push(format!("ssh {} (host key {})", s.addr, s.fingerprint));
         }
         out
     }
@@ -61,6 +71,8 @@ pub async fn start(
     let mut bound = Bound {
         admin: None,
         postgres: Vec::new(),
+        http: Vec::new(),
+        ssh: Vec::new(),
         sessions: sessions.clone(),
     };
     if let Some(admin) = &loaded.config.admin {
@@ -99,5 +111,35 @@ pub async fn start(
         let addr = pg::start(loaded, section, gateway, sessions.clone(), shutdown.clone()).await?;
         bound.postgres.push(addr);
     }
+    for section in &loaded.config.listeners.http {
+        let addr =
+            http::start(loaded, section, gateway, sessions.clone(), shutdown.clone()).await?;
+        bound.http.push(addr);
+    }
+    for section in &loaded.config.listeners.ssh {
+        let b = ssh::start(loaded, section, gateway, sessions.clone(), shutdown.clone()).await?;
+        bound.ssh.push(b);
+    }
     Ok(bound)
+}
+
+/// Every secret the gateway holds for its targets, in every form the protocol crates send it
+/// upstream: the egress guard blocks them in responses, output and records.
+pub fn held_secrets(loaded: &LoadedConfig) -> Result<Vec<Vec<u8>>, CommandError> {
+    let mut out = Vec::new();
+    for t in &loaded.config.targets {
+        let t = t.get_ref();
+        if t.protocol == "postgres"
+            && let Some(secret) = &t.password
+        {
+            out.push(loaded.resolve_secret(secret)?.expose().as_bytes().to_vec());
+        }
+    }
+    let http = http::proxy_config(loaded, None)?;
+    out.extend(http.held_secrets().into_iter().map(String::into_bytes));
+    let ssh = ssh::proxy_config(loaded, None)?;
+    out.extend(ssh.held_secrets());
+    out.sort();
+    out.dedup();
+    Ok(out)
 }

@@ -25,7 +25,8 @@ pub fn pg_target(
 ) -> Result<PgTarget, CommandError> {
     let section = t.get_ref();
     let at = |msg: String| CommandError::from(loaded.error_at(t.span().start, msg));
-    let (host, port) = section.address.rsplit_once(':').ok_or_else(|| {
+    let address = section.address.as_deref().unwrap_or_default();
+    let (host, port) = address.rsplit_once(':').ok_or_else(|| {
         at(format!(
             "target `{}`: address must be host:port or /socket/dir:port",
             section.name
@@ -34,7 +35,7 @@ pub fn pg_target(
     let port: u16 = port.parse().map_err(|_| {
         at(format!(
             "target `{}`: invalid port in `{}`",
-            section.name, section.address
+            section.name, address
         ))
     })?;
     let host = host.trim_start_matches('[').trim_end_matches(']');

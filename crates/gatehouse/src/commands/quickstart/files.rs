@@ -149,6 +149,34 @@ approvers = ["approvers"]
 approvals = 1
 timeout = "10m"
 sql = { kinds = ["delete"] }
+
+# The HTTP target `demo-api`: JSON responses are masked by the `pii` profile (e-mail, card and
+# phone fields, and card numbers in free text); deleting a user needs a human approval.
+[[rules]]
+id = "review-api-delete"
+reason = "deleting through the API needs a human approval"
+verdict = "review"
+approvers = ["approvers"]
+approvals = 1
+timeout = "10m"
+http = { methods = ["DELETE"] }
+
+# The SSH target `box`. A deny-list of shell commands is a tripwire, not a boundary (see
+# docs/policy.md): production policies allow-list programs with `default = "deny"`.
+[[rules]]
+id = "no-rm-rf"
+reason = "recursive deletes are forbidden on the demo host"
+verdict = "deny"
+exec = { program = ["rm"], any_arg = ["-r", "-R", "--recursive", "-r*", "-R*", "-f*r*", "-f*R*", "-v*r*", "-v*R*"] }
+
+[[rules]]
+id = "review-systemctl"
+reason = "service changes need a human approval"
+verdict = "review"
+approvers = ["approvers"]
+approvals = 1
+timeout = "10m"
+exec = { program = ["systemctl"] }
 "#;
 
 /// Writes `policy.toml` unless it exists.
@@ -161,12 +189,74 @@ pub fn write_policy(dir: &Path) -> Result<(), CommandError> {
 }
 
 /// Writes `gatehouse.toml` for this run and returns its path.
-pub fn write_config(
-    dir: &Path,
-    pg_listen: &SocketAddr,
-    admin_listen: &SocketAddr,
-    upstream_port: u16,
-) -> Result<PathBuf, CommandError> {
+/// The listeners and upstreams a quickstart config wires together.
+pub struct ConfigPorts<'a> {
+    /// The gateway's PostgreSQL listener.
+    pub pg_listen: &'a SocketAddr,
+    /// The admin API.
+    pub admin_listen: &'a SocketAddr,
+    /// The gateway's HTTP listener.
+    pub http_listen: &'a SocketAddr,
+    /// The gateway's SSH listener (when sshd is installed).
+    pub ssh_listen: &'a SocketAddr,
+    /// The quickstart PostgreSQL's port.
+    pub upstream_port: u16,
+    /// The demo API's address.
+    pub demo_api: SocketAddr,
+    /// The quickstart sshd, when running.
+    pub sshd: Option<&'a super::sshd::LocalSshd>,
+}
+
+/// The demo API's key (kept in `secrets/demo-api-key`): only the gateway holds it.
+pub fn demo_api_key(dir: &Path) -> Result<String, CommandError> {
+    let path = dir.join("secrets").join("demo-api-key");
+    std::fs::create_dir_all(dir.join("secrets")).map_err(|e| failed(e.to_string()))?;
+    match std::fs::read_to_string(&path) {
+        Ok(k) if !k.trim().is_empty() => Ok(k.trim().to_string()),
+        _ => {
+            let k = format!("demo-{}", random_hex(20)?);
+            write_private(&path, &k)?;
+            Ok(k)
+        }
+    }
+}
+
+/// Writes `gatehouse.toml` for this run and returns its path.
+pub fn write_config(dir: &Path, ports: &ConfigPorts<'_>) -> Result<PathBuf, CommandError> {
+    let ConfigPorts {
+        pg_listen,
+        admin_listen,
+        http_listen,
+        ssh_listen,
+        upstream_port,
+        demo_api,
+        sshd,
+    } = ports;
+    let ssh = match sshd {
+        Some(sshd) => format!(
+            r#"
+[[listeners.ssh]]
+listen = "{ssh_listen}"
+host_key = "ssh/gateway_host_ed25519"
+# Every test and demo login comes from 127.0.0.1: allow more failures before refusing.
+login_rate_limit = {{ max_failures = 50, window_secs = 60 }}
+
+[[targets]]
+name = "box"
+protocol = "ssh"
+address = "127.0.0.1:{port}"
+user = "{user}"
+private_key = {{ file = "{key}" }}
+host_key = {{ kind = "known_hosts", path = "{known}" }}
+tags = ["demo"]
+"#,
+            port = sshd.port,
+            user = sshd.user,
+            key = sshd.client_key.display(),
+            known = sshd.known_hosts.display(),
+        ),
+        None => String::new(),
+    };
     let config = format!(
         r#"# Written by `gatehouse quickstart` on each run. Paths are relative to this file.
 
@@ -209,7 +299,20 @@ database = "demo"
 password = {{ file = "secrets/demo-db-password" }}
 tls = "disable"
 tags = ["demo", "pii"]
-"#
+
+[[listeners.http]]
+listen = "{http_listen}"
+tls = {{ cert = "tls/server.crt", key = "tls/server.key" }}
+review_hold_ms = 0
+
+[[targets]]
+name = "demo-api"
+protocol = "http"
+path_prefix = "/demo-api"
+upstream = "http://{demo_api}"
+credential = {{ kind = "header", name = "X-Api-Key", secret = {{ file = "secrets/demo-api-key" }} }}
+tags = ["demo", "pii"]
+{ssh}"#
     );
     let path = dir.join("gatehouse.toml");
     std::fs::write(&path, config).map_err(|e| failed(format!("{}: {e}", path.display())))?;

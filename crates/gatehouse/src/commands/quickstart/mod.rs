@@ -4,8 +4,10 @@
 //! and the gateway in the foreground, with ready-to-paste client commands. Re-running re-uses the
 //! directory (keys, database, audit log); ctrl-c stops everything and flushes the audit log.
 
+mod demo_api;
 mod files;
 mod postgres;
+mod sshd;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -26,6 +28,15 @@ pub struct Args {
     /// Address of the admin API (approvals, metrics, token exchange).
     #[arg(long, default_value = "127.0.0.1:8443")]
     pub admin_listen: SocketAddr,
+    /// Address of the gateway's HTTPS listener (the `demo-api` target).
+    #[arg(long, default_value = "127.0.0.1:8444")]
+    pub http_listen: SocketAddr,
+    /// Address of the gateway's SSH listener (the `box` target, when sshd is installed).
+    #[arg(long, default_value = "127.0.0.1:2222")]
+    pub ssh_listen: SocketAddr,
+    /// Do not start the SSH target even when sshd is installed.
+    #[arg(long)]
+    pub no_ssh: bool,
     /// Lifetime of the printed tokens.
     #[arg(long, default_value = "8h")]
     pub token_ttl: String,
@@ -63,11 +74,36 @@ pub fn run(args: Args) -> CommandResult {
     let pg_root = postgres_root(&dir);
     std::fs::create_dir_all(&pg_root).map_err(|e| failed(format!("{}: {e}", pg_root.display())))?;
     let pg = postgres::LocalPostgres::start(&pg_root)?;
-    let db_password = files::seed_database(&dir, &pg)?;
+    files::seed_database(&dir, &pg)?;
     files::write_tls(&dir)?;
     files::write_policy(&dir)?;
-    let config_path = files::write_config(&dir, &args.pg_listen, &args.admin_listen, pg.port)?;
-    let _ = db_password;
+    let runtime =
+        tokio::runtime::Runtime::new().map_err(|e| failed(format!("tokio runtime: {e}")))?;
+    let api_key = files::demo_api_key(&dir)?;
+    let demo_api = runtime.block_on(demo_api::start(api_key))?;
+    let sshd = match sshd::find_sshd() {
+        Some(bin) if !args.no_ssh => Some(sshd::LocalSshd::start(&dir, &bin)?),
+        Some(_) => None,
+        None => {
+            eprintln!(
+                "gatehouse quickstart: OpenSSH's sshd is not installed, so there is no SSH target \
+                 (install openssh-server and run again to get one)"
+            );
+            None
+        }
+    };
+    let config_path = files::write_config(
+        &dir,
+        &files::ConfigPorts {
+            pg_listen: &args.pg_listen,
+            admin_listen: &args.admin_listen,
+            http_listen: &args.http_listen,
+            ssh_listen: &args.ssh_listen,
+            upstream_port: pg.port,
+            demo_api,
+            sshd: sshd.as_ref(),
+        },
+    )?;
 
     let loaded = crate::config::LoadedConfig::load(&config_path)?;
     let issuer_section = loaded
@@ -89,8 +125,6 @@ pub fn run(args: Args) -> CommandResult {
         .mint("alice", &["approvers".to_string()], ttl)
         .map_err(|e| failed(format!("minting: {e}")))?;
 
-    let runtime =
-        tokio::runtime::Runtime::new().map_err(|e| failed(format!("tokio runtime: {e}")))?;
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "gatehouse".into());
@@ -109,12 +143,19 @@ pub fn run(args: Args) -> CommandResult {
         };
         let pg_addr = bound.postgres.first().copied().unwrap_or(args.pg_listen);
         let admin_addr = bound.admin.unwrap_or(args.admin_listen);
+        let http_addr = bound.http.first().copied().unwrap_or(args.http_listen);
+        let ssh = match bound.ssh.first() {
+            Some(s) => Some(write_ssh_client_files(&dir, s)?),
+            None => None,
+        };
         print_instructions(&Instructions {
             exe: &exe,
             dir: &dir,
             data_dir: &data_dir,
             pg_port: pg_addr.port(),
             admin_port: admin_addr.port(),
+            http_port: http_addr.port(),
+            ssh: ssh.as_ref(),
             agent_token: &agent_token,
             approver_token: &approver_token,
         });
@@ -123,8 +164,52 @@ pub fn run(args: Args) -> CommandResult {
             Err(e) => Err(failed(format!("gateway task: {e}"))),
         }
     })?;
+    drop(sshd);
     drop(pg);
     Ok(ExitCode::SUCCESS)
+}
+
+/// What an agent needs to reach the SSH target through the gateway.
+struct SshClient {
+    port: u16,
+    known_hosts: PathBuf,
+    askpass: PathBuf,
+    fingerprint: String,
+}
+
+/// A known_hosts file pinning the gateway's SSH host key, and an askpass script that hands
+/// `$GATEHOUSE_KEY` (a gateway key from `gatehouse login`) to ssh as the password.
+fn write_ssh_client_files(
+    dir: &Path,
+    bound: &crate::listeners::ssh::SshBound,
+) -> Result<SshClient, CommandError> {
+    use std::os::unix::fs::PermissionsExt;
+    let ssh_dir = dir.join("ssh");
+    std::fs::create_dir_all(&ssh_dir).map_err(|e| failed(e.to_string()))?;
+    let port = bound.addr.port();
+    let known_hosts = ssh_dir.join("gateway_known_hosts");
+    let key = bound.public_key.trim();
+    std::fs::write(
+        &known_hosts,
+        format!("[localhost]:{port} {key}\n[127.0.0.1]:{port} {key}\n"),
+    )
+    .map_err(|e| failed(format!("{}: {e}", known_hosts.display())))?;
+    let askpass = ssh_dir.join("askpass");
+    std::fs::write(
+        &askpass,
+        "#!/bin/sh\n# ssh asks for a password: hand it the gateway key from `gatehouse login`.\n\
+         if [ -z \"$GATEHOUSE_KEY\" ]; then echo 'askpass: GATEHOUSE_KEY is not set (run gatehouse login)' >&2; exit 1; fi\n\
+         printf '%s\\n' \"$GATEHOUSE_KEY\"\n",
+    )
+    .map_err(|e| failed(format!("{}: {e}", askpass.display())))?;
+    std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| failed(format!("{}: {e}", askpass.display())))?;
+    Ok(SshClient {
+        port,
+        known_hosts,
+        askpass,
+        fingerprint: bound.fingerprint.clone(),
+    })
 }
 
 struct Instructions<'a> {
@@ -133,6 +218,8 @@ struct Instructions<'a> {
     data_dir: &'a Path,
     pg_port: u16,
     admin_port: u16,
+    http_port: u16,
+    ssh: Option<&'a SshClient>,
     agent_token: &'a str,
     approver_token: &'a str,
 }
@@ -140,9 +227,9 @@ struct Instructions<'a> {
 fn print_instructions(i: &Instructions<'_>) {
     let ca = i.dir.join("tls").join("ca.crt");
     let evidence = i.dir.join("evidence");
-    let (pg_port, admin_port, exe) = (i.pg_port, i.admin_port, i.exe);
+    let (pg_port, admin_port, http_port, exe) = (i.pg_port, i.admin_port, i.http_port, i.exe);
     let data = i.data_dir.display();
-    let lines = [
+    let mut lines = vec![
         String::new(),
         "Gatehouse quickstart is running (ctrl-c to stop).".to_string(),
         format!("PostgreSQL target `demo` is behind the gateway on 127.0.0.1:{pg_port} (TLS; the agent never sees the"),
@@ -161,6 +248,42 @@ fn print_instructions(i: &Instructions<'_>) {
         "     DROP TABLE customers;                -- denied by rule `no-drop` (SQLSTATE 42501)".to_string(),
         "     DELETE FROM customers WHERE id = 3;  -- waits for a human approval".to_string(),
         String::new(),
+        "   The HTTP target `demo-api` (a JSON API holding users; only the gateway has its API key):".to_string(),
+        String::new(),
+        format!(
+            "curl --cacert {} -H 'Authorization: Bearer {}' https://localhost:{http_port}/demo-api/users",
+            ca.display(),
+            i.agent_token
+        ),
+        String::new(),
+        "   e-mail, card and phone fields come back masked; `curl -X DELETE …/demo-api/users/3` answers".to_string(),
+        "   409 with an approval id — approve it (step 2), then repeat the DELETE.".to_string(),
+        String::new(),
+    ];
+    if let Some(ssh) = i.ssh {
+        lines.extend([
+            format!(
+                "   The SSH target `box` (sshd on this machine; host key {}). Log in with a gateway key:",
+                ssh.fingerprint
+            ),
+            String::new(),
+            format!(
+                "export GATEHOUSE_KEY=$(GATEHOUSE_ADMIN_URL=https://localhost:{admin_port} GATEHOUSE_CA={} GATEHOUSE_TOKEN='{}' {exe} login)",
+                ca.display(),
+                i.agent_token
+            ),
+            format!(
+                "SSH_ASKPASS={} SSH_ASKPASS_REQUIRE=force ssh -p {} -o UserKnownHostsFile={} -o PreferredAuthentications=keyboard-interactive,password box@localhost 'uname -n'",
+                ssh.askpass.display(),
+                ssh.port,
+                ssh.known_hosts.display()
+            ),
+            String::new(),
+            "   `rm -rf /tmp/x` is denied (exit 126); `systemctl restart cron` waits for an approval.".to_string(),
+            String::new(),
+        ]);
+    }
+    lines.extend([
         "2. As the approver (group `approvers`), in another terminal:".to_string(),
         String::new(),
         format!(
@@ -176,7 +299,7 @@ fn print_instructions(i: &Instructions<'_>) {
         format!("{exe} audit verify {data}"),
         format!("{exe} evidence export --dir {data} --out {}", evidence.display()),
         format!("{exe} evidence verify {}", evidence.display()),
-    ];
+    ]);
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     for line in lines {
