@@ -129,6 +129,38 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "unknown protocol",
         ),
         (
+            "kubernetes target without a credential",
+            base(
+                "\n[[targets]]\nname = \"k\"\nprotocol = \"kubernetes\"\nserver = \"https://127.0.0.1:6443\"\n",
+            ),
+            "@second-targets",
+            "needs `credential`",
+        ),
+        (
+            "http credential kind on a kubernetes target",
+            base(
+                "\n[[targets]]\nname = \"k\"\nprotocol = \"kubernetes\"\nserver = \"https://127.0.0.1:6443\"\ncredential = { kind = \"header\", name = \"X-Key\", secret = { env = \"GATEHOUSE_TEST_DB_PASSWORD\" } }\n",
+            ),
+            "credential = {",
+            "is for http targets",
+        ),
+        (
+            "kubernetes target without a server",
+            base(
+                "\n[[targets]]\nname = \"k\"\nprotocol = \"kubernetes\"\ncredential = { kind = \"bearer\", secret = { env = \"GATEHOUSE_TEST_DB_PASSWORD\" } }\n",
+            ),
+            "@second-targets",
+            "needs `server`",
+        ),
+        (
+            "ssh field on a kubernetes target",
+            base(
+                "\n[[targets]]\nname = \"k\"\nprotocol = \"kubernetes\"\nserver = \"https://127.0.0.1:6443\"\nhost_key = { kind = \"fingerprint\", sha256 = \"SHA256:x\" }\ncredential = { kind = \"bearer\", secret = { env = \"GATEHOUSE_TEST_DB_PASSWORD\" } }\n",
+            ),
+            "@second-targets",
+            "`host_key` is not used by kubernetes targets",
+        ),
+        (
             "missing policy section",
             base("").replace("[policy]\nfile = \"policy.toml\"\n", ""),
             "@line-1",

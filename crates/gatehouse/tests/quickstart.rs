@@ -282,7 +282,7 @@ fn quickstart_as_a_new_user() {
     assert!(users.contains("card on file: "), "{users}");
     let no_token = sh(
         &format!(
-            "curl -sS --max-time 20 --cacert {} https://localhost:{}/demo-api/users",
+            "curl -sS --max-time 20 -w ' status=%{{http_code}}' --cacert {} https://localhost:{}/demo-api/users",
             qs_dir.join("tls/ca.crt").display(),
             curl_line
                 .split("https://localhost:")
@@ -295,7 +295,7 @@ fn quickstart_as_a_new_user() {
         &[],
     );
     assert!(
-        text(&no_token).contains("401") || text(&no_token).contains("unauthorized"),
+        text(&no_token).contains("status=401") && text(&no_token).contains("\"unauthenticated\""),
         "{}",
         text(&no_token)
     );

@@ -225,6 +225,35 @@ pub struct ListenersSection {
     /// SSH listeners.
     #[serde(default)]
     pub ssh: Vec<Spanned<SshListenerSection>>,
+    /// Kubernetes API listeners.
+    #[serde(default)]
+    pub kubernetes: Vec<Spanned<K8sListenerSection>>,
+}
+
+/// `[[listeners.kubernetes]]`: serves every `kubernetes` target; `/k8s/<target>/…` picks one,
+/// other paths go to `default_target` (or the only target).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct K8sListenerSection {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// TLS for clients (kubectl requires it unless the kubeconfig says `insecure`; plain HTTP is
+    /// only allowed on loopback).
+    pub tls: Option<TlsFiles>,
+    /// The target paths without a `/k8s/<name>` prefix go to.
+    pub default_target: Option<String>,
+    /// How long a reviewed request is held before `429` + `Retry-After` (client-go retries).
+    pub review_hold_ms: Option<u64>,
+    /// `Retry-After` seconds of a pending approval.
+    pub retry_after_s: Option<u64>,
+    /// Bytes of each masked body kept in the session recording.
+    pub record_body_cap: Option<usize>,
+    /// Idle time after which log and exec stream maskers emit their held-back tail, ms.
+    pub idle_flush_ms: Option<u64>,
+    /// Size limits (defaults in the gatehouse-k8s docs).
+    pub limits: Option<gatehouse_k8s::Limits>,
+    /// Timeouts (defaults in the gatehouse-k8s docs).
+    pub timeouts: Option<gatehouse_k8s::Timeouts>,
 }
 
 /// `[[listeners.http]]`: serves every `http` target, routed by `path_prefix` or `host`.
@@ -299,7 +328,7 @@ pub struct PgListenerSection {
 pub struct TargetSection {
     /// Unique name (psql `database`, ssh `TARGET@gateway`, HTTP route, …).
     pub name: String,
-    /// `postgres`, `http` or `ssh`.
+    /// `postgres`, `http`, `ssh` or `kubernetes`.
     pub protocol: String,
     /// `host:port` (postgres, ssh), or a Unix socket directory for PostgreSQL
     /// (`/path/to/dir:5432`).
@@ -330,6 +359,10 @@ pub struct TargetSection {
     /// How the target's host key is verified (ssh): `{ kind = "fingerprint", sha256 = "SHA256:…" }`,
     /// `{ kind = "public_key", openssh = "ssh-ed25519 …" }` or `{ kind = "known_hosts", path = "…" }`.
     pub host_key: Option<gatehouse_ssh::UpstreamHostKey>,
+    /// The API server URL, `https://host:port` (kubernetes; optional with a kubeconfig credential).
+    pub server: Option<String>,
+    /// Send the caller's identity as `Impersonate-User`/`Impersonate-Group` (kubernetes).
+    pub impersonate: Option<bool>,
 }
 
 /// An HTTP target's injected credential; the secret comes from an env var or a file.
@@ -362,16 +395,43 @@ pub enum CredentialSection {
         /// Parameter value.
         secret: SecretRef,
     },
+    /// A TLS client certificate (kubernetes).
+    ClientCert {
+        /// PEM certificate chain.
+        cert_file: PathBuf,
+        /// PEM private key.
+        key_file: PathBuf,
+    },
+    /// One context of a kubeconfig file: server, CA and user credential (kubernetes).
+    Kubeconfig {
+        /// The kubeconfig file.
+        path: PathBuf,
+        /// The context (default: the file's `current-context`).
+        context: Option<String>,
+    },
 }
 
 impl CredentialSection {
-    /// The secret reference.
-    pub fn secret(&self) -> &SecretRef {
+    /// The secret reference (file-based credentials have none).
+    pub fn secret(&self) -> Option<&SecretRef> {
         match self {
             CredentialSection::Bearer { secret }
             | CredentialSection::Basic { secret, .. }
             | CredentialSection::Header { secret, .. }
-            | CredentialSection::Query { secret, .. } => secret,
+            | CredentialSection::Query { secret, .. } => Some(secret),
+            CredentialSection::ClientCert { .. } | CredentialSection::Kubeconfig { .. } => None,
+        }
+    }
+
+    /// The `kind` as written in the config.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CredentialSection::Bearer { .. } => "bearer",
+            CredentialSection::Basic { .. } => "basic",
+            CredentialSection::Header { .. } => "header",
+            CredentialSection::Query { .. } => "query",
+            CredentialSection::ClientCert { .. } => "client_cert",
+            CredentialSection::Kubeconfig { .. } => "kubeconfig",
         }
     }
 }
@@ -384,13 +444,15 @@ const TARGET_FIELDS: &[(&str, &[&str])] = &[
     ("database", &["postgres"]),
     ("password", &["postgres", "ssh"]),
     ("tls", &["postgres"]),
-    ("ca_file", &["postgres", "http"]),
+    ("ca_file", &["postgres", "http", "kubernetes"]),
     ("upstream", &["http"]),
     ("path_prefix", &["http"]),
     ("host", &["http"]),
-    ("credential", &["http"]),
+    ("credential", &["http", "kubernetes"]),
     ("private_key", &["ssh"]),
     ("host_key", &["ssh"]),
+    ("server", &["kubernetes"]),
+    ("impersonate", &["kubernetes"]),
 ];
 
 impl TargetSection {
@@ -413,6 +475,8 @@ impl TargetSection {
         check(self.credential.is_some(), "credential");
         check(self.private_key.is_some(), "private_key");
         check(self.host_key.is_some(), "host_key");
+        check(self.server.is_some(), "server");
+        check(self.impersonate.is_some(), "impersonate");
         out
     }
 }
@@ -518,6 +582,18 @@ impl LoadedConfig {
 
     /// Checks what serde cannot: unique target names, known protocols and values, secrets
     /// resolvable, listener/target consistency.
+    /// Resolves a credential's secret (env var or file), so a missing one is a config error.
+    fn resolve_credential_secret(&self, c: &Spanned<CredentialSection>) -> Result<(), ConfigError> {
+        if let Some(secret) = c.get_ref().secret() {
+            secret
+                .resolve(self.config.gateway.allow_inline_secrets, |p| {
+                    self.resolve_path(p)
+                })
+                .map_err(|message| self.error_at(c.span().start, message))?;
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let c = &self.config;
         let mut names = std::collections::BTreeSet::new();
@@ -530,11 +606,14 @@ impl LoadedConfig {
             if !names.insert(target.name.clone()) {
                 return Err(self.error_at(span, format!("duplicate target name `{}`", target.name)));
             }
-            if !matches!(target.protocol.as_str(), "postgres" | "http" | "ssh") {
+            if !matches!(
+                target.protocol.as_str(),
+                "postgres" | "http" | "ssh" | "kubernetes"
+            ) {
                 return Err(self.error_at(
                     span,
                     format!(
-                        "target `{}`: unknown protocol `{}` (known: postgres, http, ssh)",
+                        "target `{}`: unknown protocol `{}` (known: postgres, http, ssh, kubernetes)",
                         target.name, target.protocol
                     ),
                 ));
@@ -606,12 +685,61 @@ impl LoadedConfig {
                         ));
                     }
                     if let Some(c) = &target.credential {
-                        let secret = c.get_ref().secret();
-                        secret
-                            .resolve(self.config.gateway.allow_inline_secrets, |p| {
-                                self.resolve_path(p)
-                            })
-                            .map_err(|message| self.error_at(c.span().start, message))?;
+                        if !matches!(
+                            c.get_ref(),
+                            CredentialSection::Bearer { .. }
+                                | CredentialSection::Basic { .. }
+                                | CredentialSection::Header { .. }
+                                | CredentialSection::Query { .. }
+                        ) {
+                            return Err(self.error_at(
+                                c.span().start,
+                                format!(
+                                    "http target `{}`: credential kind `{}` is for kubernetes targets (http: bearer, basic, header, query)",
+                                    target.name,
+                                    c.get_ref().kind()
+                                ),
+                            ));
+                        }
+                        self.resolve_credential_secret(c)?;
+                    }
+                }
+                "kubernetes" => {
+                    let Some(c) = &target.credential else {
+                        return Err(self.error_at(
+                            span,
+                            format!(
+                                "kubernetes target `{}` needs `credential` (kind = \"bearer\", \"client_cert\" or \"kubeconfig\")",
+                                target.name
+                            ),
+                        ));
+                    };
+                    if !matches!(
+                        c.get_ref(),
+                        CredentialSection::Bearer { .. }
+                            | CredentialSection::ClientCert { .. }
+                            | CredentialSection::Kubeconfig { .. }
+                    ) {
+                        return Err(self.error_at(
+                            c.span().start,
+                            format!(
+                                "kubernetes target `{}`: credential kind `{}` is for http targets (kubernetes: bearer, client_cert, kubeconfig)",
+                                target.name,
+                                c.get_ref().kind()
+                            ),
+                        ));
+                    }
+                    self.resolve_credential_secret(c)?;
+                    if target.server.is_none()
+                        && !matches!(c.get_ref(), CredentialSection::Kubeconfig { .. })
+                    {
+                        return Err(self.error_at(
+                            span,
+                            format!(
+                                "kubernetes target `{}` needs `server` (https://host:port of the API server)",
+                                target.name
+                            ),
+                        ));
                     }
                 }
                 _ => {

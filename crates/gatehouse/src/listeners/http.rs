@@ -63,15 +63,7 @@ fn http_target(
     let section = t.get_ref();
     let credential = match &section.credential {
         Some(c) => {
-            let secret = c
-                .get_ref()
-                .secret()
-                .resolve(loaded.config.gateway.allow_inline_secrets, |p| {
-                    loaded.resolve_path(p)
-                })
-                .map_err(|m| CommandError::from(loaded.error_at(c.span().start, m)))?
-                .expose()
-                .to_string();
+            let secret = super::credential_secret(loaded, c)?;
             Some(match c.get_ref() {
                 CredentialSection::Bearer { .. } => InjectedCredential::Bearer { secret },
                 CredentialSection::Basic { username, .. } => InjectedCredential::Basic {
@@ -86,6 +78,18 @@ fn http_target(
                     param: param.clone(),
                     secret,
                 },
+                other => {
+                    return Err(loaded
+                        .error_at(
+                            c.span().start,
+                            format!(
+                                "http target `{}`: credential kind `{}` is not for http targets",
+                                section.name,
+                                other.kind()
+                            ),
+                        )
+                        .into());
+                }
             })
         }
         None => None,

@@ -30,6 +30,8 @@ pub struct Bound {
     pub http: Vec<SocketAddr>,
     /// SSH listeners and their host keys.
     pub ssh: Vec<ssh::SshBound>,
+    /// Kubernetes API listener addresses.
+    pub kubernetes: Vec<SocketAddr>,
     /// Running sessions.
     pub sessions: TaskTracker,
 }
@@ -49,6 +51,9 @@ impl Bound {
         }
         for s in &self.ssh {
             out.push(format!("ssh {} (host key {})", s.addr, s.fingerprint));
+        }
+        for a in &self.kubernetes {
+            out.push(format!("kubernetes {a}"));
         }
         out
     }
@@ -73,6 +78,7 @@ pub async fn start(
         postgres: Vec::new(),
         http: Vec::new(),
         ssh: Vec::new(),
+        kubernetes: Vec::new(),
         sessions: sessions.clone(),
     };
     if let Some(admin) = &loaded.config.admin {
@@ -120,6 +126,10 @@ pub async fn start(
         let b = ssh::start(loaded, section, gateway, sessions.clone(), shutdown.clone()).await?;
         bound.ssh.push(b);
     }
+    for section in &loaded.config.listeners.kubernetes {
+        let addr = k8s::start(loaded, section, gateway, sessions.clone(), shutdown.clone()).await?;
+        bound.kubernetes.push(addr);
+    }
     Ok(bound)
 }
 
@@ -139,7 +149,31 @@ pub fn held_secrets(loaded: &LoadedConfig) -> Result<Vec<Vec<u8>>, CommandError>
     out.extend(http.held_secrets().into_iter().map(String::into_bytes));
     let ssh = ssh::proxy_config(loaded, None)?;
     out.extend(ssh.held_secrets());
+    let k8s = k8s::proxy_config(loaded, None)?;
+    out.extend(k8s.held_secrets().into_iter().map(String::into_bytes));
     out.sort();
     out.dedup();
     Ok(out)
+}
+
+/// A credential's secret value (env var or file), for protocol crates that take it resolved.
+fn credential_secret(
+    loaded: &LoadedConfig,
+    c: &toml::Spanned<crate::config::CredentialSection>,
+) -> Result<String, CommandError> {
+    let Some(secret) = c.get_ref().secret() else {
+        return Err(loaded
+            .error_at(
+                c.span().start,
+                format!("credential kind `{}` holds no secret", c.get_ref().kind()),
+            )
+            .into());
+    };
+    Ok(secret
+        .resolve(loaded.config.gateway.allow_inline_secrets, |p| {
+            loaded.resolve_path(p)
+        })
+        .map_err(|m| CommandError::from(loaded.error_at(c.span().start, m)))?
+        .expose()
+        .to_string())
 }
