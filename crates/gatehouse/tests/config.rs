@@ -161,6 +161,36 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "`host_key` is not used by kubernetes targets",
         ),
         (
+            "http listener on a public address without TLS",
+            base("\n[[listeners.http]]\nlisten = \"0.0.0.0:18080\"\n"),
+            "[[listeners.http]]",
+            "plain HTTP is only allowed on loopback",
+        ),
+        (
+            "a target's CA file is missing",
+            base(
+                "\n[[targets]]\nname = \"api\"\nprotocol = \"http\"\nupstream = \"https://127.0.0.1:1\"\npath_prefix = \"/api\"\nca_file = \"no-such-ca.crt\"\n",
+            ),
+            "@second-targets",
+            "ca_file",
+        ),
+        (
+            "an ssh target's known_hosts is missing",
+            base(
+                "\n[[targets]]\nname = \"box\"\nprotocol = \"ssh\"\naddress = \"127.0.0.1:22\"\nuser = \"u\"\npassword = { env = \"GATEHOUSE_TEST_DB_PASSWORD\" }\nhost_key = { kind = \"known_hosts\", path = \"no-such-known-hosts\" }\n",
+            ),
+            "@second-targets",
+            "no-such-known-hosts",
+        ),
+        (
+            "a listener certificate that is not PEM",
+            base(
+                "\n[[listeners.http]]\nlisten = \"127.0.0.1:0\"\ntls = { cert = \"policy.toml\", key = \"policy.toml\" }\n",
+            ),
+            "[[listeners.http]]",
+            "no certificate found",
+        ),
+        (
             "missing policy section",
             base("").replace("[policy]\nfile = \"policy.toml\"\n", ""),
             "@line-1",
@@ -233,41 +263,91 @@ fn a_bad_policy_file_names_its_line() {
     );
 }
 
-#[test]
-fn the_postgres_example_is_valid() {
-    let example = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../examples/postgres/gatehouse.toml"
-    );
+/// Copies `examples/<name>` into a temp dir where every file it names exists (absolute paths of
+/// a real installation made relative; certificates from a test CA, secrets in files and the
+/// environment), then runs `check-config` on it.
+fn check_example(name: &str, env: &[(&str, &str)]) -> std::process::Output {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
     let dir = tempfile::tempdir().unwrap();
-    // The example names absolute paths of a real installation; check it from a copy whose
-    // relative files exist, with the secret in the environment as the example expects.
-    let text = std::fs::read_to_string(example).unwrap();
+    let d = dir.path();
+    let text = std::fs::read_to_string(root.join(name).join("gatehouse.toml")).unwrap();
+    let text = text
+        .replace("\"/run/secrets/", "\"secrets/")
+        .replace("\"/etc/gatehouse/", "\"")
+        .replace("\"/var/lib/gatehouse\"", "\"data\"")
+        .replace("\"/mnt/audit-witness\"", "\"witness\"");
+    std::fs::write(d.join("gatehouse.toml"), &text).unwrap();
+    std::fs::copy(root.join(name).join("policy.toml"), d.join("policy.toml")).unwrap();
+    let ca = gatehouse_testkit::tls::TestCa::new("example CA");
+    let (cert, key) = ca.issue_server(&["localhost"]);
+    for dir in ["tls", "secrets", "ssh"] {
+        std::fs::create_dir_all(d.join(dir)).unwrap();
+    }
+    std::fs::write(d.join("tls/gateway.crt"), cert).unwrap();
+    std::fs::write(d.join("tls/gateway.key"), key).unwrap();
+    for f in ["tls/db-ca.crt", "tls/internal-ca.crt", "tls/cluster-ca.crt"] {
+        std::fs::write(d.join(f), ca.cert_pem()).unwrap();
+    }
+    std::fs::write(d.join("secrets/crm-api-key"), "crm-key-for-the-example\n").unwrap();
+    std::fs::write(d.join("secrets/build1_ed25519"), "an OpenSSH key\n").unwrap();
+    std::fs::write(d.join("ssh/known_hosts"), "").unwrap();
     std::fs::write(
-        dir.path().join("gatehouse.toml"),
-        text.replace(
-            "\ntls = { cert = \"tls/gateway.crt\", key = \"tls/gateway.key\" }",
-            "",
-        ),
+        d.join("staging.kubeconfig"),
+        "apiVersion: v1\nkind: Config\ncurrent-context: gatehouse\nclusters:\n- name: staging\n  cluster:\n    server: https://kube.staging.internal:6443\n    certificate-authority: tls/cluster-ca.crt\ncontexts:\n- name: gatehouse\n  context:\n    cluster: staging\n    user: gatehouse\nusers:\n- name: gatehouse\n  user:\n    token: staging-token-for-the-example\n",
     )
     .unwrap();
-    std::fs::copy(
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../examples/postgres/policy.toml"
-        ),
-        dir.path().join("policy.toml"),
-    )
-    .unwrap();
-    let out = Command::new(EXE)
-        .arg("check-config")
-        .arg(dir.path().join("gatehouse.toml"))
-        .env("ORDERS_DB_PASSWORD", "an-example-password")
-        .output()
-        .unwrap();
+    let mut cmd = Command::new(EXE);
+    cmd.arg("check-config").arg(d.join("gatehouse.toml"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn assert_ok(name: &str, out: &std::process::Output, summary: &str) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "{}",
+        "{name}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert!(stdout.contains(summary), "{name}: {stdout}");
+}
+
+#[test]
+fn the_examples_are_valid() {
+    let out = check_example("postgres", &[("ORDERS_DB_PASSWORD", "an-example-password")]);
+    assert_ok(
+        "postgres",
+        &out,
+        "1 target(s) (1 postgres), listener(s): 1 postgres",
+    );
+    let out = check_example("http", &[("BILLING_API_TOKEN", "an-example-token")]);
+    assert_ok("http", &out, "2 target(s) (2 http), listener(s): 1 http");
+    let out = check_example("ssh", &[("WEB1_SSH_KEY", "an OpenSSH key")]);
+    assert_ok("ssh", &out, "2 target(s) (2 ssh), listener(s): 1 ssh");
+    let out = check_example("kubernetes", &[("PROD_CLUSTER_TOKEN", "an-example-token")]);
+    assert_ok(
+        "kubernetes",
+        &out,
+        "2 target(s) (2 kubernetes), listener(s): 1 kubernetes",
+    );
+}
+
+#[test]
+fn an_example_without_its_secret_names_the_variable() {
+    for (name, var) in [
+        ("postgres", "ORDERS_DB_PASSWORD"),
+        ("http", "BILLING_API_TOKEN"),
+        ("ssh", "WEB1_SSH_KEY"),
+        ("kubernetes", "PROD_CLUSTER_TOKEN"),
+    ] {
+        let out = check_example(name, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}");
+        assert!(
+            stderr.contains(var) && stderr.contains("gatehouse.toml:"),
+            "{name}: {stderr}"
+        );
+    }
 }
