@@ -102,6 +102,64 @@ fn control_events(c: &mut Criterion) {
     g.finish();
 }
 
+/// One session's worth of control events: a single task appending one event at a time, each
+/// awaited before the next (what a proxy does per statement or request). Measures the latency
+/// of one append, where group commit cannot help: the inline os-write path against the writer
+/// thread hand-off (`inline_os_write = false`, the baseline) in the same run.
+fn control_events_one_writer(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut g = c.benchmark_group("control_events_one_writer");
+    g.throughput(Throughput::Elements(1));
+    g.measurement_time(Duration::from_secs(6));
+    for (name, durability, inline) in [
+        ("os_write_inline", Durability::OsWrite, true),
+        ("os_write_thread_baseline", Durability::OsWrite, false),
+        ("fsync", Durability::Fsync, false),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = AuditLogConfig::new("bench");
+        config.durability = durability;
+        config.inline_os_write = inline;
+        let log = rt.block_on(async {
+            let store = Arc::new(LocalSegmentStore::new(dir.path()).expect("store"));
+            Arc::new(
+                AuditLog::open(
+                    store,
+                    config,
+                    CheckpointSigner::from_seed(&[1; 32]),
+                    LogHooks::default(),
+                )
+                .await
+                .expect("open"),
+            )
+        });
+        let s = SessionId::generate();
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let log = log.clone();
+                let s = s.clone();
+                rt.block_on(async move {
+                    tokio::spawn(async move {
+                        let start = Instant::now();
+                        for i in 0..iters {
+                            log.append(&event(&s, i)).await.expect("append");
+                        }
+                        start.elapsed()
+                    })
+                    .await
+                    .expect("task")
+                })
+            })
+        });
+        rt.block_on(log.close()).expect("close");
+    }
+    g.finish();
+}
+
 fn recording(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -266,5 +324,11 @@ fn verify(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, control_events, recording, verify);
+criterion_group!(
+    benches,
+    control_events,
+    control_events_one_writer,
+    recording,
+    verify
+);
 criterion_main!(benches);

@@ -1,6 +1,9 @@
-//! The audit log writer: one thread owns the current segment and group-commits every control
-//! event waiting in its queue with a single write (and, at `fsync` durability, a single
-//! `fdatasync`), then answers every waiting caller.
+//! The audit log writer: the current segment sits behind one lock. A writer thread
+//! group-commits every control event waiting in its queue with a single write (and, at `fsync`
+//! durability, a single `fdatasync`), then answers every waiting caller; it also runs the
+//! checkpoint and rotation timers. At `os-write` durability a caller that finds the lock free
+//! writes its own event in place (no thread hand-off: the record is in the OS when `append`
+//! returns, exactly as through the thread); a caller that finds it busy queues for the thread.
 //!
 //! Promises:
 //! - `append` resolves `Ok` only once the record reached the configured durability level;
@@ -60,6 +63,9 @@ pub struct AuditLogConfig {
     /// Most closed segments waiting to be shipped to object storage before `append` fails with
     /// [`RecordError::BacklogFull`].
     pub ship_backlog: usize,
+    /// At `os-write` durability, let an append that finds the writer idle write itself instead
+    /// of waking the writer thread (default true; false always queues, as `fsync` does).
+    pub inline_os_write: bool,
 }
 
 impl AuditLogConfig {
@@ -75,6 +81,7 @@ impl AuditLogConfig {
             max_batch: 4096,
             queue_capacity: 65_536,
             ship_backlog: 64,
+            inline_os_write: true,
         }
     }
 }
@@ -124,9 +131,11 @@ enum Command {
 }
 
 /// A hash-chained audit log (one writer thread per log).
-#[derive(Debug)]
 pub struct AuditLog {
     log_id: String,
+    /// Appends may write in the caller (see [`AuditLog::append_payload`]).
+    inline: bool,
+    writer: Arc<Mutex<Writer>>,
     tx: Mutex<Option<Sender<Command>>>,
     room: Arc<Semaphore>,
     latest: watch::Receiver<Option<Checkpoint>>,
@@ -197,13 +206,19 @@ impl AuditLog {
         .await
         .map_err(|e| RecorderError::Config(format!("recovery task failed: {e}")))??;
         let room = Arc::new(Semaphore::new(writer.config.queue_capacity));
+        let inline =
+            writer.config.durability == Durability::OsWrite && writer.config.inline_os_write;
+        let writer = Arc::new(Mutex::new(writer));
         let (tx, rx) = std::sync::mpsc::channel();
+        let shared = writer.clone();
         let thread = std::thread::Builder::new()
             .name(format!("audit-{log_id}"))
-            .spawn(move || writer.run(rx))
+            .spawn(move || run(&shared, rx))
             .map_err(|e| RecorderError::io("spawn audit writer", e))?;
         Ok(Self {
             log_id,
+            inline,
+            writer,
             tx: Mutex::new(Some(tx)),
             room,
             latest,
@@ -239,7 +254,27 @@ impl AuditLog {
     }
 
     /// Appends an event given as payload members (see [`event_payload`]).
+    ///
+    /// At `os-write` durability an uncontended append is written by the caller itself (one
+    /// `write` under the writer's lock, no thread hand-off); when the writer is busy the event
+    /// joins the writer thread's next group commit. At `fsync` durability every append goes
+    /// through the writer thread, whose group commit shares one `fdatasync` among the events
+    /// waiting.
     pub async fn append_payload(&self, payload: Vec<u8>) -> Result<EventReceipt, RecordError> {
+        if self.inline {
+            match self.writer.try_lock() {
+                Ok(mut w) => {
+                    if w.closed {
+                        return Err(RecordError::Closed);
+                    }
+                    let receipt = w.commit_one(&payload);
+                    w.maybe_rotate(false);
+                    return receipt;
+                }
+                Err(std::sync::TryLockError::Poisoned(_)) => return Err(RecordError::Closed),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+        }
         self.call(|reply| Command::Append { payload, reply }).await
     }
 
@@ -277,6 +312,15 @@ impl AuditLog {
     }
 }
 
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("log_id", &self.log_id)
+            .field("inline", &self.inline)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Drop for AuditLog {
     fn drop(&mut self) {
         // Dropping the sender lets the writer finish its queue, checkpoint and exit on its own.
@@ -303,6 +347,8 @@ struct Writer {
     backlog: Arc<AtomicUsize>,
     ship: Option<tokio::sync::mpsc::UnboundedSender<String>>,
     buf: Vec<u8>,
+    /// Set once the log is closed: no further record is accepted.
+    closed: bool,
 }
 
 fn damaged(segment: &str, line: u64, detail: impl Into<String>) -> RecorderError {
@@ -340,6 +386,60 @@ fn scan_segment(name: &str, log: &str, bytes: &[u8]) -> Result<ScannedSegment, R
         pos += nl + 1;
     }
     Ok((last, pos))
+}
+
+/// The writer thread: waits for commands or the next timer, then takes the writer's lock and
+/// group-commits every append queued meanwhile. A poisoned lock (a panic while writing) stops the
+/// thread: every queued caller then gets `Closed`, and so does every later one.
+fn run(shared: &Mutex<Writer>, rx: Receiver<Command>) {
+    let mut appends: Vec<(Vec<u8>, Reply<EventReceipt>)> = Vec::new();
+    loop {
+        let Ok(deadline) = shared.lock().map(|w| w.deadline()) else {
+            return;
+        };
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let first = match rx.recv_timeout(wait) {
+            Ok(c) => c,
+            Err(RecvTimeoutError::Timeout) => {
+                let Ok(mut w) = shared.lock() else { return };
+                w.on_timer();
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                if let Ok(mut w) = shared.lock() {
+                    w.shutdown();
+                }
+                return;
+            }
+        };
+        let Ok(mut w) = shared.lock() else { return };
+        let mut next = Some(first);
+        while let Some(cmd) = next.take() {
+            match cmd {
+                Command::Append { payload, reply } => appends.push((payload, reply)),
+                Command::Close { reply } => {
+                    w.commit(&mut appends);
+                    w.shutdown();
+                    let _ = reply.send(match &w.poisoned {
+                        None => Ok(()),
+                        Some(p) => Err(RecordError::Store(p.clone())),
+                    });
+                    // Later commands find the channel gone and get `Closed`.
+                    return;
+                }
+                other => {
+                    w.commit(&mut appends);
+                    w.control(other);
+                }
+            }
+            if appends.len() >= w.config.max_batch {
+                break;
+            }
+            next = rx.try_recv().ok();
+        }
+        w.commit(&mut appends);
+        w.maybe_rotate(false);
+    }
 }
 
 impl Writer {
@@ -437,6 +537,7 @@ impl Writer {
             backlog,
             ship,
             buf: Vec::with_capacity(1 << 20),
+            closed: false,
         };
         if let Some(cut) = torn {
             let mut buf = std::mem::take(&mut w.buf);
@@ -472,49 +573,6 @@ impl Writer {
         d
     }
 
-    fn run(mut self, rx: Receiver<Command>) {
-        let mut appends: Vec<(Vec<u8>, Reply<EventReceipt>)> = Vec::new();
-        loop {
-            let wait = self.deadline().saturating_duration_since(Instant::now());
-            let first = match rx.recv_timeout(wait) {
-                Ok(c) => c,
-                Err(RecvTimeoutError::Timeout) => {
-                    self.on_timer();
-                    continue;
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    self.shutdown();
-                    return;
-                }
-            };
-            let mut next = Some(first);
-            while let Some(cmd) = next.take() {
-                match cmd {
-                    Command::Append { payload, reply } => appends.push((payload, reply)),
-                    Command::Close { reply } => {
-                        self.commit(&mut appends);
-                        self.shutdown();
-                        let _ = reply.send(match &self.poisoned {
-                            None => Ok(()),
-                            Some(p) => Err(RecordError::Store(p.clone())),
-                        });
-                        return;
-                    }
-                    other => {
-                        self.commit(&mut appends);
-                        self.control(other);
-                    }
-                }
-                if appends.len() >= self.config.max_batch {
-                    break;
-                }
-                next = rx.try_recv().ok();
-            }
-            self.commit(&mut appends);
-            self.maybe_rotate(false);
-        }
-    }
-
     fn on_timer(&mut self) {
         if self.since_checkpoint > 0
             && self.last_checkpoint.elapsed() >= self.config.checkpoint_interval
@@ -525,6 +583,10 @@ impl Writer {
     }
 
     fn shutdown(&mut self) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
         if self.since_checkpoint > 0 {
             let _ = self.write_checkpoint();
         }
@@ -593,30 +655,54 @@ impl Writer {
         self.config.durability == Durability::Fsync
     }
 
+    /// Group-commits the queued appends and answers each caller.
     fn commit(&mut self, appends: &mut Vec<(Vec<u8>, Reply<EventReceipt>)>) {
         if appends.is_empty() {
             return;
         }
-        let refuse = if let Some(p) = &self.poisoned {
-            Some(RecordError::Store(p.clone()))
-        } else if self.ship.is_some()
-            && self.backlog.load(Ordering::Acquire) >= self.config.ship_backlog
-        {
-            Some(RecordError::BacklogFull)
+        let result = if self.closed {
+            Err(RecordError::Closed)
         } else {
-            None
+            self.commit_batch(appends.iter().map(|(p, _)| p.as_slice()))
         };
-        if let Some(err) = refuse {
-            for (_, reply) in appends.drain(..) {
-                let _ = reply.send(Err(err.clone()));
+        match result {
+            Ok(receipts) => {
+                for ((_, reply), receipt) in appends.drain(..).zip(receipts) {
+                    let _ = reply.send(Ok(receipt));
+                }
             }
-            return;
+            Err(e) => {
+                for (_, reply) in appends.drain(..) {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// Commits one event (the caller's own write at `os-write` durability).
+    fn commit_one(&mut self, payload: &[u8]) -> Result<EventReceipt, RecordError> {
+        let mut receipts = self.commit_batch(std::iter::once(payload))?;
+        receipts.pop().ok_or(RecordError::Closed)
+    }
+
+    /// Encodes `payloads` (and a checkpoint when one is due) and writes them with one write (and
+    /// one fdatasync at `fsync` durability). All or nothing: on failure the chain is left where
+    /// it was and no byte of the batch remains in the segment.
+    fn commit_batch<'p>(
+        &mut self,
+        payloads: impl ExactSizeIterator<Item = &'p [u8]>,
+    ) -> Result<Vec<EventReceipt>, RecordError> {
+        if let Some(p) = &self.poisoned {
+            return Err(RecordError::Store(p.clone()));
+        }
+        if self.ship.is_some() && self.backlog.load(Ordering::Acquire) >= self.config.ship_backlog {
+            return Err(RecordError::BacklogFull);
         }
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
         let (seq0, head0) = (self.next_sequence, self.head);
-        let mut receipts = Vec::with_capacity(appends.len());
-        for (payload, _) in appends.iter() {
+        let mut receipts = Vec::with_capacity(payloads.len());
+        for payload in payloads {
             let hash = encode_line(
                 &mut buf,
                 &self.config.log_id,
@@ -632,30 +718,27 @@ impl Writer {
             self.next_sequence += 1;
             self.head = hash;
         }
-        let pending = self.since_checkpoint + appends.len() as u64;
+        let pending = self.since_checkpoint + receipts.len() as u64;
         // By count, or by time even under a steady load that never lets the queue time out.
         let due = pending >= self.config.checkpoint_every_records
             || self.last_checkpoint.elapsed() >= self.config.checkpoint_interval;
         let checkpoint = due.then(|| self.encode_checkpoint(&mut buf));
-        match self.write(&buf, self.sync_level()) {
+        let written = self.write(&buf, self.sync_level());
+        self.buf = buf;
+        match written {
             Ok(()) => {
-                for ((_, reply), receipt) in appends.drain(..).zip(receipts) {
-                    let _ = reply.send(Ok(receipt));
-                }
                 match checkpoint {
                     Some(cp) => self.published(cp),
                     None => self.since_checkpoint = pending,
                 }
+                Ok(receipts)
             }
             Err(e) => {
                 self.next_sequence = seq0;
                 self.head = head0;
-                for (_, reply) in appends.drain(..) {
-                    let _ = reply.send(Err(RecordError::Store(e.clone())));
-                }
+                Err(RecordError::Store(e))
             }
         }
-        self.buf = buf;
     }
 
     /// Encodes a checkpoint over the current head into `buf` and advances the chain past it.
