@@ -20,6 +20,7 @@ use gatehouse_core::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::PgProxyError;
 use crate::ProxyInner;
@@ -400,8 +401,9 @@ struct Shared {
     /// Result summaries that could not be recorded (named in SessionEnd). The operations
     /// themselves were recorded before they ran; a recorder that is down refuses the next one.
     results_lost: AtomicU64,
-    /// Woken when either half ends.
-    done: Notify,
+    /// Cancelled when either half ends. A token, not a `Notify`: a half that is busy when the
+    /// other ends still sees it at its next wait.
+    done: CancellationToken,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -530,7 +532,7 @@ async fn relay(proxy: Arc<ProxyInner>, ready: Ready, client_addr: String, sessio
         nonce: format!("{:016x}", rand::random::<u64>()),
         operations: AtomicU64::new(0),
         results_lost: AtomicU64::new(0),
-        done: Notify::new(),
+        done: CancellationToken::new(),
     });
     // Result summaries are recorded in order by their own task, so no statement's results wait
     // for the audit log's fsync; the operation itself was recorded (awaited) before it ran.
@@ -580,8 +582,10 @@ async fn relay(proxy: Arc<ProxyInner>, ready: Ready, client_addr: String, sessio
     } else {
         "egress guard blocked the startup parameters".to_string()
     };
+    // Cancel first: the backend then takes the upstream's EOF that follows the shutdown as this
+    // half's ending, so the session keeps the frontend's reason (e.g. "idle timeout").
+    shared.done.cancel();
     let _ = frontend.upstream.shutdown().await;
-    shared.done.notify_waiters();
     let (backend_reason, sink) =
         match tokio::time::timeout(Duration::from_secs(10), backend_task).await {
             Ok(Ok((r, s))) => (r, s),
@@ -730,7 +734,7 @@ impl Frontend {
             };
             let frame = tokio::select! {
                 f = next => f,
-                _ = shared.done.notified() => return "upstream closed".into(),
+                _ = shared.done.cancelled() => return "upstream closed".into(),
                 _ = &mut expiry_sleep => {
                     self.fatal(&PgProxyError::TokenExpired).await;
                     return "token expired".into();
@@ -1040,7 +1044,7 @@ impl Frontend {
         let outcome = tokio::select! {
             o = approvals.wait(&ticket.id, timeout) => Some(o),
             _ = cancel.notified() => None,
-            _ = self.shared.done.notified() => None,
+            _ = self.shared.done.cancelled() => None,
         };
         let Some(outcome) = outcome else {
             let _ = self
@@ -1465,8 +1469,9 @@ impl Backend {
         linger.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let reason = loop {
             let frame = tokio::select! {
+                biased;
+                _ = self.shared.done.cancelled() => break None,
                 f = self.reader.next() => f,
-                _ = self.shared.done.notified() => break None,
                 _ = linger.tick() => {
                     self.flush_recording().await;
                     continue;
@@ -1474,6 +1479,8 @@ impl Backend {
             };
             let frame = match frame {
                 Ok(Some(f)) => f,
+                // The frontend ended and shut the upstream down: its reason stands.
+                Ok(None) | Err(ReadError::Io(_)) if self.shared.done.is_cancelled() => break None,
                 Ok(None) => break Some("upstream closed".to_string()),
                 Err(ReadError::Io(e)) => break Some(format!("upstream connection lost: {e}")),
                 Err(ReadError::Frame(e)) => {
@@ -1499,7 +1506,7 @@ impl Backend {
             }
         };
         self.flush_recording().await;
-        self.shared.done.notify_waiters();
+        self.shared.done.cancel();
         (reason, Some(self.sink))
     }
 

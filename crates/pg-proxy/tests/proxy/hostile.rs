@@ -394,17 +394,28 @@ async fn an_idle_session_is_ended_with_a_fatal_and_recorded() {
         let got = read_all(&mut s).await;
         assert_eq!(error_code(&got).as_deref(), Some("57P05"), "{got:?}");
         assert!(got.windows(5).any(|w| w == b"FATAL"));
-        // SessionEnd names the reason.
-        loop {
-            let ended = h.tp.recorder.events().into_iter().any(|e| {
-                matches!(&e.body, gatehouse_core::EventBody::SessionEnd { reason, .. }
-                    if reason == "idle timeout")
-            });
-            if ended {
-                break;
+        // SessionEnd names the reason: the idle timeout, not the upstream EOF that follows the
+        // gateway's own shutdown of the upstream connection.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let reason = loop {
+            let reason =
+                h.tp.recorder
+                    .events()
+                    .into_iter()
+                    .find_map(|e| match e.body {
+                        gatehouse_core::EventBody::SessionEnd { reason, .. } => Some(reason),
+                        _ => None,
+                    });
+            if let Some(r) = reason {
+                break r;
             }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no SessionEnd recorded"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        };
+        assert_eq!(reason, "idle timeout");
     })
     .await;
 }
