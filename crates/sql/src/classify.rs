@@ -329,14 +329,53 @@ pub fn classify(text: &str, settings: &SqlSessionSettings) -> Classification {
     Classification { statements }
 }
 
+/// Statements parsed most recently on this thread, kept by their rewritten text.
+const PARSE_MEMO: usize = 4;
+/// Longest rewritten text the memo keeps.
+const PARSE_MEMO_MAX_TEXT: usize = 8 * 1024;
+
+thread_local! {
+    /// The last [`PARSE_MEMO`] successful parses on this thread, newest last. The layers of one
+    /// request each read the same statement on the same thread — the proxy's analyzer
+    /// ([`crate::classify`] and [`crate::lineage`]), then the policy — so a statement is parsed
+    /// once rather than three times. A parse depends on the rewritten text alone, so a hit is
+    /// exactly what parsing again would give.
+    static RECENT: std::cell::RefCell<std::collections::VecDeque<(String, std::rc::Rc<Statement>)>> =
+        const { std::cell::RefCell::new(std::collections::VecDeque::new()) };
+}
+
 /// Parses one lexed statement with `sqlparser`; exactly one statement is required.
-pub(crate) fn parse_piece(piece: &lex::LexedStatement) -> Result<Statement, String> {
+pub(crate) fn parse_piece(piece: &lex::LexedStatement) -> Result<std::rc::Rc<Statement>, String> {
     if let Some(problem) = &piece.problem {
         return Err(problem.clone());
     }
+    let text = piece.rewritten.as_str();
+    let hit = RECENT.with_borrow(|recent| {
+        recent
+            .iter()
+            .rev()
+            .find(|(t, _)| t == text)
+            .map(|(_, st)| st.clone())
+    });
+    if let Some(statement) = hit {
+        return Ok(statement);
+    }
+    let statement = std::rc::Rc::new(parse_text(text)?);
+    if text.len() <= PARSE_MEMO_MAX_TEXT {
+        RECENT.with_borrow_mut(|recent| {
+            if recent.len() >= PARSE_MEMO {
+                recent.pop_front();
+            }
+            recent.push_back((text.to_string(), statement.clone()));
+        });
+    }
+    Ok(statement)
+}
+
+fn parse_text(text: &str) -> Result<Statement, String> {
     let dialect = PostgreSqlDialect {};
     let mut parsed = Parser::new(&dialect)
-        .try_with_sql(&piece.rewritten)
+        .try_with_sql(text)
         .and_then(|mut p| p.parse_statements())
         .map_err(|e| format!("not understood: {e}"))?;
     if parsed.len() != 1 {
@@ -791,5 +830,59 @@ impl Visitor for Collector<'_> {
             self.function_call(f);
         }
         ControlFlow::Continue(())
+    }
+}
+
+#[cfg(test)]
+mod memo_tests {
+    use super::*;
+
+    fn cold<T>(f: impl FnOnce() -> T) -> T {
+        RECENT.with_borrow_mut(|r| r.clear());
+        f()
+    }
+
+    /// The per-thread parse memo never changes an answer: each text classified (and traced)
+    /// right after the memo was emptied, after itself, and after texts that evicted it, gives
+    /// the same result. Texts that lex to nearly the same rewritten form must not collide.
+    #[test]
+    fn the_parse_memo_gives_what_parsing_gives() {
+        let settings = SqlSessionSettings::default();
+        let texts = [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 1",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 2",
+            "select email from users",
+            "SELECT email FROM users; DROP TABLE users",
+            "DELETE FROM users WHERE id = 1 RETURNING email",
+            "UPDATE t SET a = 'x' WHERE b = $$y$$",
+            "COPY (SELECT * FROM users) TO PROGRAM 'sh'",
+            "SELECT lower(email) AS e FROM users u JOIN orders o ON o.uid = u.id",
+            "not sql at all",
+            "BEGIN; INSERT INTO t VALUES (1); COMMIT",
+        ];
+        let fresh: Vec<_> = texts
+            .iter()
+            .map(|t| {
+                cold(|| {
+                    (
+                        classify(t, &settings),
+                        crate::lineage(t, &settings, &crate::NoCatalog).ok(),
+                    )
+                })
+            })
+            .collect();
+        for round in 0..3 {
+            for (i, t) in texts.iter().enumerate() {
+                let again = (
+                    classify(t, &settings),
+                    crate::lineage(t, &settings, &crate::NoCatalog).ok(),
+                );
+                assert_eq!(again, fresh[i], "round {round}: {t}");
+            }
+        }
+        // A hit really is served from the memo (it holds the statement just parsed).
+        cold(|| classify(texts[2], &settings));
+        let held = RECENT.with_borrow(|r| r.len());
+        assert_eq!(held, 1);
     }
 }
