@@ -57,6 +57,11 @@ pub struct RecordingConfig {
     pub backpressure_timeout: Duration,
     /// Bytes gathered before a write to the store.
     pub write_chunk: usize,
+    /// Longest a frame waits in memory for others to share its write (a write to a local file
+    /// is a hop to tokio's blocking pool, so frames that trickle in one at a time are written
+    /// together). Frames are not durable before the seal in any case; this bounds how far the
+    /// file lags behind the session. Zero: write whenever the queue runs empty.
+    pub write_linger: Duration,
 }
 
 impl Default for RecordingConfig {
@@ -65,6 +70,7 @@ impl Default for RecordingConfig {
             buffer_frames: 1024,
             backpressure_timeout: Duration::from_secs(10),
             write_chunk: 256 << 10,
+            write_linger: Duration::from_millis(100),
         }
     }
 }
@@ -178,6 +184,7 @@ impl SessionRecording {
             location,
             header_line,
             config.write_chunk,
+            config.write_linger,
             egress,
         ));
         Ok(Self {
@@ -275,12 +282,15 @@ pub fn encode_frame(out: &mut Vec<u8>, t: u64, frame: &RecordingFrame) {
     };
 }
 
-fn frame_bytes(frame: &RecordingFrame) -> Vec<u8> {
+/// The bytes of a frame the egress guard checks: a byte payload as it is (its stored form is
+/// base64, which would hide a secret from the scan); any other frame as its stored line, whose
+/// JSON is exactly what a reader of the recording sees.
+fn checked_bytes<'a>(frame: &'a RecordingFrame, line: &'a [u8]) -> &'a [u8] {
     match frame {
         RecordingFrame::Output { data }
         | RecordingFrame::ErrorOutput { data }
-        | RecordingFrame::Input { data } => data.clone(),
-        other => serde_json::to_vec(other).unwrap_or_default(),
+        | RecordingFrame::Input { data } => data,
+        _ => line,
     }
 }
 
@@ -290,6 +300,7 @@ async fn write_task(
     location: String,
     header: Vec<u8>,
     chunk: usize,
+    linger: Duration,
     egress: Option<Arc<dyn EgressGuard + Send + Sync>>,
 ) -> Result<RecordingSeal, RecordError> {
     let mut hasher = Sha256::new();
@@ -300,20 +311,40 @@ async fn write_task(
     let mut guard = egress.as_ref().map(|g| g.stream(EgressSite::Recording));
     let result: Result<(), RecordError> =
         async {
+            // When the bytes in `buf` must be written at the latest.
+            let mut due: Option<tokio::time::Instant> = None;
             loop {
-                let n = rx.recv_many(&mut batch, 256).await;
+                let n = match due {
+                    // `recv_many` is cancel-safe: a timeout loses no frame.
+                    Some(at) => tokio::time::timeout_at(at, rx.recv_many(&mut batch, 256))
+                        .await
+                        .ok(),
+                    None => Some(rx.recv_many(&mut batch, 256).await),
+                };
                 for (t, frame) in batch.drain(..) {
-                    if let Some(g) = guard.as_mut() {
-                        let raw = frame_bytes(&frame);
-                        g.check(&raw).map_err(|_| RecordError::EgressBlocked)?;
-                    }
+                    let start = buf.len();
                     encode_frame(&mut buf, t, &frame);
+                    if let Some(g) = guard.as_mut() {
+                        let line = buf.get(start..).unwrap_or_default();
+                        if g.check(checked_bytes(&frame, line)).is_err() {
+                            buf.truncate(start);
+                            return Err(RecordError::EgressBlocked);
+                        }
+                    }
                     frames += 1;
                 }
-                if buf.len() >= chunk
-                    || (n == 0 && !buf.is_empty())
-                    || (rx.is_empty() && !buf.is_empty())
-                {
+                let lingered = n.is_none();
+                let closed = n == Some(0);
+                let write = !buf.is_empty()
+                    && (buf.len() >= chunk
+                        || closed
+                        || lingered
+                        || (rx.is_empty() && linger.is_zero()));
+                if !buf.is_empty() && !write && due.is_none() {
+                    due = Some(tokio::time::Instant::now() + linger);
+                }
+                if write {
+                    due = None;
                     output.writer().write_all(&buf).await.map_err(|e| {
                         RecordError::Store(format!("write recording {location}: {e}"))
                     })?;
@@ -321,7 +352,7 @@ async fn write_task(
                     bytes += buf.len() as u64;
                     buf.clear();
                 }
-                if n == 0 {
+                if closed {
                     break;
                 }
             }

@@ -403,3 +403,48 @@ fn hostile_recording_bytes_are_errors_not_panics() {
         assert!(parse_recording(bad).is_err());
     }
 }
+
+/// Frames that trickle in share writes, yet the file never lags the session by much more than
+/// the linger: a lone frame reaches the file without the sink being sealed.
+#[tokio::test]
+async fn a_lone_frame_reaches_the_file_within_the_linger() {
+    use gatehouse_core::RecordingSink as _;
+    let dir = tempfile::tempdir().unwrap();
+    let store = RecordingStore::Local(dir.path().to_owned());
+    let config = RecordingConfig {
+        write_linger: Duration::from_millis(50),
+        ..Default::default()
+    };
+    let session = SessionId::generate();
+    let mut sink = SessionRecording::open(&store, &session, RecordingKind::Exec, &config, None)
+        .await
+        .unwrap();
+    sink.write(out(b"first line\n")).await.unwrap();
+    sink.write(out(b"second line\n")).await.unwrap();
+    let session_dir = dir.path().join(&session.0);
+    let stored = within(10, async {
+        loop {
+            let mut found = Vec::new();
+            if let Ok(entries) = std::fs::read_dir(&session_dir) {
+                for e in entries.flatten() {
+                    found = std::fs::read(e.path()).unwrap_or_default();
+                }
+            }
+            if found.iter().filter(|&&b| b == b'\n').count() >= 3 {
+                break found;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let text = String::from_utf8(stored).unwrap();
+    // Header plus both frames, still unsealed.
+    assert_eq!(text.lines().count(), 3, "{text}");
+    sink.write(out(b"third line\n")).await.unwrap();
+    let seal = Box::new(sink).seal().await.unwrap();
+    assert_eq!(seal.frames, 3);
+    let bytes = read_recording_bytes(&store, &seal.location).await.unwrap();
+    assert!(check_seal(&bytes, &seal));
+    let rec = parse_recording(&bytes).unwrap();
+    assert_eq!(rec.frames.len(), 3);
+}
