@@ -25,6 +25,8 @@ chmod 1777 "$WORK"  # the postgres user writes its log and socket here
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  # PgBouncer runs under runuser: its own pid, not runuser's, ends it.
+  if [ -f "$WORK/pgbouncer.pid" ]; then kill "$(cat "$WORK/pgbouncer.pid")" 2>/dev/null || true; fi
   if [ -f "$WORK/data/postmaster.pid" ]; then as_pg "$BIN_DIR/pg_ctl" -D "$WORK/data" -m fast stop >/dev/null 2>&1 || true; fi
   rm -rf "$WORK"
 }
@@ -86,6 +88,7 @@ max_client_conn = 100
 default_pool_size = 20
 unix_socket_dir =
 logfile = $WORK/pgbouncer.log
+pidfile = $WORK/pgbouncer.pid
 INI
   echo "\"bench\" \"$PASSWORD\"" > "$WORK/userlist.txt"
   chmod 644 "$WORK/pgbouncer.ini" "$WORK/userlist.txt"
