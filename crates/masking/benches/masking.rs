@@ -422,5 +422,44 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+/// The egress guard's check of clean data (the path every response, audit payload and
+/// recording takes), against the overlapping scan it ran before the is-match fast path.
+fn egress(c: &mut Criterion) {
+    use gatehouse_core::{EgressGuard as _, EgressSite};
+    let secrets: [&[u8]; 3] = [
+        b"upstream-password-0f3a9c1e",
+        b"sk_live_51Hc8Yz2eZvKYlo2C0aBcDeFg",
+        b"ghp_16C7e42F292c6912E7710c838347Ae178B4a",
+    ];
+    let mut builder = gatehouse_masking::egress::EgressGuardBuilder::new();
+    for s in secrets {
+        builder.add_secret(s).unwrap();
+    }
+    let guard = builder.build().unwrap();
+    // The baseline: the guard's own automaton (same patterns, same builder), iterated
+    // overlapping over the whole input as the guard did before its is-match fast path.
+    let baseline = aho_corasick::AhoCorasick::new(builder.patterns()).unwrap();
+    let mut rng = Lcg(7);
+    let mut g = c.benchmark_group("egress_check");
+    for (name, data) in [
+        ("json_1k", json(&mut rng)),
+        ("prose_64k", prose(&mut rng, None)),
+    ] {
+        let data = if name == "json_1k" {
+            data.get(..1024).unwrap_or(&data).to_vec()
+        } else {
+            data.get(..64 * 1024).unwrap_or(&data).to_vec()
+        };
+        g.throughput(Throughput::Bytes(data.len() as u64));
+        g.bench_function(format!("guard/{name}"), |b| {
+            b.iter(|| guard.check(EgressSite::Client, black_box(&data)).is_ok())
+        });
+        g.bench_function(format!("overlapping_baseline/{name}"), |b| {
+            b.iter(|| baseline.find_overlapping_iter(black_box(&data)).count())
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, egress);
 criterion_main!(benches);

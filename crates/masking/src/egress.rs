@@ -81,8 +81,9 @@ impl EgressGuardBuilder {
         Ok(self)
     }
 
-    /// Builds the guard.
-    pub fn build(&self) -> Result<SecretEgressGuard, MaskingError> {
+    /// The byte strings the guard will search for: every secret in each of its encoded forms
+    /// (raw, hex, base64 at each alignment), deduplicated, shortest fragments left out.
+    pub fn patterns(&self) -> Vec<Vec<u8>> {
         let mut forms: BTreeSet<Vec<u8>> = BTreeSet::new();
         for s in &self.secrets {
             for f in encoded_forms(s) {
@@ -91,15 +92,26 @@ impl EgressGuardBuilder {
                 }
             }
         }
-        let patterns: Vec<Vec<u8>> = forms.into_iter().collect();
+        forms.into_iter().collect()
+    }
+
+    /// Builds the guard.
+    pub fn build(&self) -> Result<SecretEgressGuard, MaskingError> {
+        let patterns = self.patterns();
         let longest = patterns.iter().map(Vec::len).max().unwrap_or(0);
         let ac = if patterns.is_empty() {
             None
         } else {
-            Some(
-                AhoCorasick::new(&patterns)
-                    .map_err(|e| MaskingError::EgressBuild(e.to_string()))?,
-            )
+            let build = |kind| {
+                AhoCorasick::builder()
+                    .match_kind(kind)
+                    .build(&patterns)
+                    .map_err(|e| MaskingError::EgressBuild(e.to_string()))
+            };
+            Some(Automata {
+                any: build(aho_corasick::MatchKind::LeftmostFirst)?,
+                all: build(aho_corasick::MatchKind::Standard)?,
+            })
         };
         Ok(SecretEgressGuard {
             inner: Arc::new(Inner {
@@ -160,11 +172,18 @@ fn encoded_forms(secret: &[u8]) -> Vec<Vec<u8>> {
 }
 
 struct Inner {
-    ac: Option<AhoCorasick>,
+    ac: Option<Automata>,
     patterns: usize,
     longest: usize,
     bytes: [AtomicU64; SITES],
     hits: [AtomicU64; SITES],
+}
+
+/// The held patterns, twice: `any` answers "does any occur" fast; `all` finds every occurrence,
+/// overlapping, to count the hits once something was found.
+struct Automata {
+    any: AhoCorasick,
+    all: AhoCorasick,
 }
 
 impl Inner {
@@ -173,9 +192,16 @@ impl Inner {
         let Some(ac) = &self.ac else {
             return (0, 0);
         };
+        // Fast path for the common case, no secret at all: a leftmost search says whether any
+        // pattern occurs, and it runs on the SIMD (Teddy) searcher, which overlapping search
+        // cannot use. A match cannot lie wholly before `from`: those bytes are the tail of a
+        // stream chunk that was let through, so any secret in them was blocked then.
+        if !ac.any.is_match(data) {
+            return (0, 0);
+        }
         let mut count = 0u64;
         let mut first = None;
-        for m in ac.find_overlapping_iter(data) {
+        for m in ac.all.find_overlapping_iter(data) {
             if m.end() > from {
                 count += 1;
                 first.get_or_insert(m.start());
