@@ -423,8 +423,14 @@ fn spawn_server(
         .arg("gatehouse-pg-watchdog")
         .arg(bin_dir.join("postgres"))
         .arg(data)
-        .arg(dir.join("server.log"));
-    Ok(ChildGuard::spawn("postgres", cmd)?)
+        .arg(dir.join("server.log"))
+        // The watchdog outlives the test by up to one poll; holding the test's stdout/stderr
+        // would make the test runner wait for it (and report the test as leaking a process).
+        // postgres writes to its own log file.
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    Ok(ChildGuard::spawn_with_stdio("postgres", cmd)?)
 }
 
 fn write_conf(
