@@ -333,14 +333,14 @@ async fn write_task(
                     }
                     frames += 1;
                 }
-                let lingered = n.is_none();
+                // `None`: the linger ran out; `Some(0)`: every sender is gone.
                 let closed = n == Some(0);
                 let write = !buf.is_empty()
                     && (buf.len() >= chunk
+                        || n.is_none()
                         || closed
-                        || lingered
-                        || (rx.is_empty() && linger.is_zero()));
-                if !buf.is_empty() && !write && due.is_none() {
+                        || (linger.is_zero() && rx.is_empty()));
+                if !write && !buf.is_empty() && due.is_none() {
                     due = Some(tokio::time::Instant::now() + linger);
                 }
                 if write {

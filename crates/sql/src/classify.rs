@@ -880,7 +880,7 @@ mod memo_tests {
                 assert_eq!(again, fresh[i], "round {round}: {t}");
             }
         }
-        // A hit really is served from the memo (it holds the statement just parsed).
+        // The memo is filled by a parse (one text, one statement: one entry).
         cold(|| classify(texts[2], &settings));
         let held = RECENT.with_borrow(|r| r.len());
         assert_eq!(held, 1);

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use gatehouse_core::{AuthMethod, Decision, Identity, Masker, Operation, Policy, Protocol, Target};
+use gatehouse_core::{
+    AuthMethod, Decision, Event, Identity, Masker, Operation, Policy, Protocol, Target,
+};
 use gatehouse_pg::{
     PgProxy, PgProxyConfig, PgTarget, Secret, UpstreamAddress, UpstreamConfig, UpstreamTls,
 };
@@ -193,6 +195,19 @@ impl Harness {
     /// Everything recorded so far (events + recordings), for canary scans.
     pub fn audit_dump(&self) -> String {
         self.tp.recorder.dump()
+    }
+
+    /// Waits (at most 10 s) for the first recorded event `pick` accepts; some events (result
+    /// summaries, session end) are recorded off the client's path.
+    pub async fn wait_for_event<R>(&self, what: &str, pick: impl Fn(Event) -> Option<R>) -> R {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(r) = self.tp.recorder.events().into_iter().find_map(&pick) {
+                return r;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no {what} recorded");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 

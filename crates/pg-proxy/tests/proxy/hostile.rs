@@ -396,25 +396,12 @@ async fn an_idle_session_is_ended_with_a_fatal_and_recorded() {
         assert!(got.windows(5).any(|w| w == b"FATAL"));
         // SessionEnd names the reason: the idle timeout, not the upstream EOF that follows the
         // gateway's own shutdown of the upstream connection.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        let reason = loop {
-            let reason =
-                h.tp.recorder
-                    .events()
-                    .into_iter()
-                    .find_map(|e| match e.body {
-                        gatehouse_core::EventBody::SessionEnd { reason, .. } => Some(reason),
-                        _ => None,
-                    });
-            if let Some(r) = reason {
-                break r;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no SessionEnd recorded"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let reason = h
+            .wait_for_event("SessionEnd", |e| match e.body {
+                gatehouse_core::EventBody::SessionEnd { reason, .. } => Some(reason),
+                _ => None,
+            })
+            .await;
         assert_eq!(reason, "idle timeout");
     })
     .await;

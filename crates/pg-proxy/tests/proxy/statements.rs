@@ -228,20 +228,12 @@ async fn results_are_recorded_with_status_and_rows() {
         let c = h.connect().await;
         c.simple_query("select * from items").await.unwrap();
         // Result summaries are recorded off the client's path: wait for it.
-        let r = loop {
-            let found =
-                h.tp.recorder
-                    .events()
-                    .into_iter()
-                    .find_map(|e| match e.body {
-                        EventBody::OperationResult(r) if r.status == "SELECT 2" => Some(r),
-                        _ => None,
-                    });
-            if let Some(r) = found {
-                break r;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        };
+        let r = h
+            .wait_for_event("result summary", |e| match e.body {
+                EventBody::OperationResult(r) if r.status == "SELECT 2" => Some(r),
+                _ => None,
+            })
+            .await;
         assert_eq!(r.rows, Some(2));
         assert!(r.bytes_out > 0);
     })
