@@ -559,7 +559,6 @@ async fn relay(proxy: Arc<ProxyInner>, ready: Ready, client_addr: String, sessio
         results,
         recording: Vec::new(),
     };
-    let backend_task = tokio::spawn(backend.run());
 
     let mut frontend = Frontend {
         proxy: proxy.clone(),
@@ -577,20 +576,35 @@ async fn relay(proxy: Arc<ProxyInner>, ready: Ready, client_addr: String, sessio
         portals: HashMap::new(),
         out: BytesMut::with_capacity(4096),
     };
-    let reason = if hello_ok {
-        frontend.run().await
-    } else {
-        "egress guard blocked the startup parameters".to_string()
-    };
-    // Cancel first: the backend then takes the upstream's EOF that follows the shutdown as this
-    // half's ending, so the session keeps the frontend's reason (e.g. "idle timeout").
-    shared.done.cancel();
-    let _ = frontend.upstream.shutdown().await;
-    let (backend_reason, sink) =
-        match tokio::time::timeout(Duration::from_secs(10), backend_task).await {
-            Ok(Ok((r, s))) => (r, s),
-            _ => (None, None),
+    // Both halves run in this one task, as a relay's two copy directions do: a statement's
+    // round trip then wakes one task, not two that may sit on different workers.
+    let front = async {
+        let reason = if hello_ok {
+            frontend.run().await
+        } else {
+            "egress guard blocked the startup parameters".to_string()
         };
+        // Cancel first: the backend then takes the upstream's EOF that follows the shutdown as
+        // this half's ending, so the session keeps the frontend's reason (e.g. "idle timeout").
+        shared.done.cancel();
+        let _ = frontend.upstream.shutdown().await;
+        reason
+    };
+    let back = async {
+        let run = backend.run();
+        tokio::pin!(run);
+        // Once the session is ending, a backend stuck writing to a client that reads nothing
+        // gets ten seconds, then is dropped.
+        let grace = async {
+            shared.done.cancelled().await;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        };
+        tokio::select! {
+            r = &mut run => r,
+            _ = grace => (None, None),
+        }
+    };
+    let (reason, (backend_reason, sink)) = tokio::join!(front, back);
     let mut reason = backend_reason.unwrap_or(reason);
     // The backend half (and with it the results queue's sender) is gone: drain the queue so
     // every result summary precedes SessionEnd.
