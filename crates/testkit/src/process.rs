@@ -18,15 +18,8 @@ pub struct ChildGuard {
 impl ChildGuard {
     /// Spawns `cmd` in a new process group. Standard input is closed: nothing may wait on a prompt.
     pub fn spawn(name: &str, mut cmd: Command) -> std::io::Result<ChildGuard> {
-        use std::os::unix::process::CommandExt;
-        cmd.process_group(0).stdin(std::process::Stdio::null());
-        let child = cmd.spawn()?;
-        let pgid = i32::try_from(child.id()).unwrap_or(i32::MAX);
-        Ok(ChildGuard {
-            child: Some(child),
-            pgid,
-            name: name.to_string(),
-        })
+        cmd.stdin(std::process::Stdio::null());
+        Self::spawn_with_stdio(name, cmd)
     }
 
     /// Spawns `cmd` in a new process group, keeping the stdio the caller configured.
