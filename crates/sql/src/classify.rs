@@ -334,13 +334,23 @@ const PARSE_MEMO: usize = 4;
 /// Longest rewritten text the memo keeps.
 const PARSE_MEMO_MAX_TEXT: usize = 8 * 1024;
 
+/// One memo entry: a parse, and the classification made from it once asked for.
+struct Parsed {
+    rewritten: String,
+    statement: std::rc::Rc<Statement>,
+    /// `classify_statement` of this parse with these leading words (span left at 0..0).
+    info: Option<(Vec<String>, StatementInfo)>,
+}
+
 thread_local! {
     /// The last [`PARSE_MEMO`] successful parses on this thread, newest last. The layers of one
     /// request each read the same statement on the same thread — the proxy's analyzer
     /// ([`crate::classify`] and [`crate::lineage`]), then the policy — so a statement is parsed
-    /// once rather than three times. A parse depends on the rewritten text alone, so a hit is
-    /// exactly what parsing again would give.
-    static RECENT: std::cell::RefCell<std::collections::VecDeque<(String, std::rc::Rc<Statement>)>> =
+    /// and classified once rather than three times; and since integer literals are zeroed in the
+    /// rewritten text, statements differing only in them (a driver's or a benchmark's stream)
+    /// share one entry. A parse depends on the rewritten text alone, and a classification on
+    /// the parse and the leading words, so a hit is exactly what doing the work again would give.
+    static RECENT: std::cell::RefCell<std::collections::VecDeque<Parsed>> =
         const { std::cell::RefCell::new(std::collections::VecDeque::new()) };
 }
 
@@ -354,8 +364,8 @@ pub(crate) fn parse_piece(piece: &lex::LexedStatement) -> Result<std::rc::Rc<Sta
         recent
             .iter()
             .rev()
-            .find(|(t, _)| t == text)
-            .map(|(_, st)| st.clone())
+            .find(|p| p.rewritten == text)
+            .map(|p| p.statement.clone())
     });
     if let Some(statement) = hit {
         return Ok(statement);
@@ -366,10 +376,43 @@ pub(crate) fn parse_piece(piece: &lex::LexedStatement) -> Result<std::rc::Rc<Sta
             if recent.len() >= PARSE_MEMO {
                 recent.pop_front();
             }
-            recent.push_back((text.to_string(), statement.clone()));
+            recent.push_back(Parsed {
+                rewritten: text.to_string(),
+                statement: statement.clone(),
+                info: None,
+            });
         });
     }
     Ok(statement)
+}
+
+/// [`classify_statement`] through the memo entry of `piece`'s parse, if it has one.
+fn classify_parsed(piece: &lex::LexedStatement, statement: &Statement) -> StatementInfo {
+    let span = piece.span.clone();
+    let memo = RECENT.with_borrow(|recent| {
+        recent
+            .iter()
+            .rev()
+            .find(|p| p.rewritten == piece.rewritten)
+            .and_then(|p| p.info.as_ref())
+            .filter(|(words, _)| *words == piece.leading_words)
+            .map(|(_, info)| info.clone())
+    });
+    if let Some(mut info) = memo {
+        info.span = span;
+        return info;
+    }
+    let info = classify_statement(0..0, statement, &piece.leading_words);
+    RECENT.with_borrow_mut(|recent| {
+        if let Some(p) = recent
+            .iter_mut()
+            .rev()
+            .find(|p| p.rewritten == piece.rewritten)
+        {
+            p.info = Some((piece.leading_words.clone(), info.clone()));
+        }
+    });
+    StatementInfo { span, ..info }
 }
 
 fn parse_text(text: &str) -> Result<Statement, String> {
@@ -390,7 +433,7 @@ fn parse_text(text: &str) -> Result<Statement, String> {
 fn classify_piece(piece: lex::LexedStatement) -> StatementInfo {
     let span = piece.span.clone();
     match parse_piece(&piece) {
-        Ok(statement) => classify_statement(span, &statement, &piece.leading_words),
+        Ok(statement) => classify_parsed(&piece, &statement),
         Err(reason) => {
             if piece.problem.is_none()
                 && let Some(info) = keyword_fallback(span.clone(), &piece.leading_words)
@@ -884,5 +927,136 @@ mod memo_tests {
         cold(|| classify(texts[2], &settings));
         let held = RECENT.with_borrow(|r| r.len());
         assert_eq!(held, 1);
+    }
+
+    /// Every place an integer literal can stand, for the zeroing in the lexer.
+    const INTEGER_CORPUS: &[&str] = &[
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 8123456",
+        "UPDATE pgbench_accounts SET abalance = abalance + -4321 WHERE aid = 77",
+        "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (3, 1, 27, 55, CURRENT_TIMESTAMP)",
+        "SELECT 1",
+        "SELECT 1 AS one, 2 two, 3",
+        "SELECT email FROM users ORDER BY 2 DESC LIMIT 10 OFFSET 20",
+        "SELECT email, count(*) FROM users GROUP BY 1 HAVING count(*) > 5",
+        "SELECT email FROM users FETCH FIRST 3 ROWS ONLY",
+        "SELECT tags[1], tags[2:3] FROM users",
+        "SELECT (ARRAY[1, 2, 3])[2]",
+        "SELECT substr(email, 1, 3) FROM users",
+        "SELECT encode(convert_to(email, 'UTF8'), 'hex') FROM users WHERE id IN (1, 2, 3)",
+        "SELECT CAST(id AS varchar(12)), id::numeric(10, 2), now()::timestamp(3) FROM users",
+        "SELECT interval '1 day' * 3, make_interval(days => 4)",
+        "SELECT * FROM generate_series(1, 100) g(i)",
+        "SELECT row_to_json(u) FROM users u LIMIT 1",
+        "SELECT string_agg(email, ',') FROM (SELECT email FROM users LIMIT 5) s",
+        "WITH x AS (SELECT email FROM users WHERE id > 10) SELECT lower(email) FROM x",
+        "DELETE FROM users WHERE id = 42 RETURNING email, 7",
+        "DELETE FROM users",
+        "UPDATE users SET score = 0",
+        "SELECT pg_sleep(5)",
+        "SELECT set_config('statement_timeout', '5000', false)",
+        "SET statement_timeout = 5000",
+        "SET extra_float_digits = 3",
+        "SET LOCAL lock_timeout TO 100",
+        "PREPARE p (int) AS SELECT email FROM users WHERE id = $1 + 1",
+        "EXECUTE p(5)",
+        "DECLARE c CURSOR FOR SELECT email FROM users",
+        "FETCH 10 FROM c",
+        "MOVE 5 IN c",
+        "CREATE TABLE t2 (a int DEFAULT 5, b varchar(40), c numeric(12, 3))",
+        "CREATE TABLE copy9 AS SELECT email FROM users LIMIT 10",
+        "CREATE SEQUENCE s3 START 5 INCREMENT 2",
+        "ALTER TABLE users ALTER COLUMN email TYPE varchar(300)",
+        "CREATE INDEX ON users (id) WITH (fillfactor = 70)",
+        "COPY (SELECT email FROM users LIMIT 7) TO STDOUT",
+        "COPY users (id, email) FROM STDIN",
+        "VALUES (1, 'a'), (2, 'b')",
+        "SELECT email FROM users u1 JOIN orders o2 ON o2.uid = u1.id WHERE o2.total > 100",
+        "SELECT CASE WHEN id > 5 THEN email ELSE 'x' END FROM users",
+        "SELECT id % 2, id / 3, id << 1, 2 ^ 10 FROM users",
+        "SELECT 00012, 0, 999999999999999999",
+        "SELECT 9999999999999999999999999999, 1e5, 1.5, .5, 0x1F, 1_000",
+        "SELECT CAST(id AS varchar(99999999999999999999)) FROM users",
+        "LOCK TABLE users IN ACCESS EXCLUSIVE MODE NOWAIT",
+        "VACUUM (PARALLEL 2) users",
+        "SELECT email FROM users TABLESAMPLE SYSTEM (10) REPEATABLE (42)",
+        "SELECT lag(email, 2) OVER (ORDER BY id ROWS BETWEEN 3 PRECEDING AND 1 FOLLOWING) FROM users",
+        "BEGIN; INSERT INTO t VALUES (1); DROP TABLE users; COMMIT",
+    ];
+
+    fn answers(text: &str, keep_integers: bool) -> impl PartialEq + std::fmt::Debug {
+        crate::lex::KEEP_INTEGERS.set(keep_integers);
+        let catalog = |table: &str| {
+            (table == "users").then(|| vec!["id".to_string(), "email".into(), "tags".into()])
+        };
+        let settings = SqlSessionSettings::default();
+        let answer = cold(|| {
+            (
+                classify(text, &settings),
+                crate::lineage(text, &settings, &crate::NoCatalog),
+                crate::lineage(text, &settings, &catalog),
+            )
+        });
+        crate::lex::KEEP_INTEGERS.set(false);
+        answer
+    }
+
+    /// The lexer writes integer literals as zeros so that statements differing only in them
+    /// share a parse. That is sound only if no answer depends on an integer's value: here each
+    /// text of a corpus covering every place an integer can stand is classified and traced with
+    /// its integers as written and as zeros, and the answers must be equal.
+    #[test]
+    fn integer_values_never_change_an_answer() {
+        let settings = SqlSessionSettings::default();
+        let mut zeroed = 0;
+        for text in INTEGER_CORPUS {
+            assert_eq!(answers(text, true), answers(text, false), "{text}");
+            let as_written = {
+                crate::lex::KEEP_INTEGERS.set(true);
+                let pieces = crate::lex::split(text, &settings)
+                    .map(|p| p.into_iter().map(|p| p.rewritten).collect::<Vec<_>>());
+                crate::lex::KEEP_INTEGERS.set(false);
+                pieces.ok()
+            };
+            let rewritten = crate::lex::split(text, &settings)
+                .ok()
+                .map(|p| p.into_iter().map(|p| p.rewritten).collect::<Vec<_>>());
+            if as_written != rewritten {
+                zeroed += 1;
+            }
+        }
+        // Not vacuous: most texts of the corpus had integers to zero.
+        assert!(zeroed >= 40, "only {zeroed} texts zeroed");
+    }
+
+    /// Statements differing only in integer literals share one parse and one classification,
+    /// and each still gets its own span.
+    #[test]
+    fn statements_differing_in_integers_share_a_memo_entry() {
+        let settings = SqlSessionSettings::default();
+        cold(|| {
+            classify(
+                "SELECT abalance FROM pgbench_accounts WHERE aid = 1",
+                &settings,
+            )
+        });
+        let c = classify(
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 123456",
+            &settings,
+        );
+        assert_eq!(RECENT.with_borrow(|r| r.len()), 1);
+        assert_eq!(c.statements.len(), 1);
+        assert_eq!(c.statements[0].span, 0..56);
+        let second = classify(
+            "BEGIN;SELECT abalance FROM pgbench_accounts WHERE aid = 9",
+            &settings,
+        );
+        assert_eq!(
+            RECENT.with_borrow(|r| r.len()),
+            2,
+            "BEGIN, and the shared entry"
+        );
+        let long = &second.statements[1];
+        assert_eq!(long.span, 6..57);
+        assert_eq!(long.tables, c.statements[0].tables);
     }
 }
