@@ -983,21 +983,34 @@ mod memo_tests {
         "BEGIN; INSERT INTO t VALUES (1); DROP TABLE users; COMMIT",
     ];
 
+    /// `f` with the lexer keeping integers as written (`keep`) or zeroing them.
+    fn integers_kept<T>(keep: bool, f: impl FnOnce() -> T) -> T {
+        crate::lex::KEEP_INTEGERS.set(keep);
+        let out = f();
+        crate::lex::KEEP_INTEGERS.set(false);
+        out
+    }
+
     fn answers(text: &str, keep_integers: bool) -> impl PartialEq + std::fmt::Debug {
-        crate::lex::KEEP_INTEGERS.set(keep_integers);
         let catalog = |table: &str| {
             (table == "users").then(|| vec!["id".to_string(), "email".into(), "tags".into()])
         };
         let settings = SqlSessionSettings::default();
-        let answer = cold(|| {
-            (
-                classify(text, &settings),
-                crate::lineage(text, &settings, &crate::NoCatalog),
-                crate::lineage(text, &settings, &catalog),
-            )
-        });
-        crate::lex::KEEP_INTEGERS.set(false);
-        answer
+        integers_kept(keep_integers, || {
+            cold(|| {
+                (
+                    classify(text, &settings),
+                    crate::lineage(text, &settings, &crate::NoCatalog),
+                    crate::lineage(text, &settings, &catalog),
+                )
+            })
+        })
+    }
+
+    fn rewritten(text: &str, keep_integers: bool) -> Option<Vec<String>> {
+        let settings = SqlSessionSettings::default();
+        integers_kept(keep_integers, || crate::lex::split(text, &settings).ok())
+            .map(|p| p.into_iter().map(|p| p.rewritten).collect())
     }
 
     /// The lexer writes integer literals as zeros so that statements differing only in them
@@ -1006,21 +1019,10 @@ mod memo_tests {
     /// its integers as written and as zeros, and the answers must be equal.
     #[test]
     fn integer_values_never_change_an_answer() {
-        let settings = SqlSessionSettings::default();
         let mut zeroed = 0;
         for text in INTEGER_CORPUS {
             assert_eq!(answers(text, true), answers(text, false), "{text}");
-            let as_written = {
-                crate::lex::KEEP_INTEGERS.set(true);
-                let pieces = crate::lex::split(text, &settings)
-                    .map(|p| p.into_iter().map(|p| p.rewritten).collect::<Vec<_>>());
-                crate::lex::KEEP_INTEGERS.set(false);
-                pieces.ok()
-            };
-            let rewritten = crate::lex::split(text, &settings)
-                .ok()
-                .map(|p| p.into_iter().map(|p| p.rewritten).collect::<Vec<_>>());
-            if as_written != rewritten {
+            if rewritten(text, true) != rewritten(text, false) {
                 zeroed += 1;
             }
         }
