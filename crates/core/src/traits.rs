@@ -170,6 +170,23 @@ pub trait Recorder: Send + Sync {
     /// Appends a control event; awaited before the operation proceeds.
     fn record(&self, event: Event) -> BoxFuture<'_, Result<EventReceipt, RecordError>>;
 
+    /// Appends several control events, in order, answering each; what `record` promises holds
+    /// for each event. For events that need not be awaited one by one (result summaries queued
+    /// behind their operation), so that a recorder can store them together. The default records
+    /// them one after the other.
+    fn record_all(
+        &self,
+        events: Vec<Event>,
+    ) -> BoxFuture<'_, Vec<Result<EventReceipt, RecordError>>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(events.len());
+            for event in events {
+                out.push(self.record(event).await);
+            }
+            out
+        })
+    }
+
     /// Opens the recording sink of a session.
     fn open_recording<'a>(
         &'a self,

@@ -170,28 +170,51 @@ impl CountingRecorder {
     }
 }
 
+impl CountingRecorder {
+    fn count(&self, result: &Result<EventReceipt, RecordError>, started: Instant) {
+        let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        match result {
+            Ok(_) => {
+                self.metrics.audit_records.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .audit_lag_us_total
+                    .fetch_add(us, Ordering::Relaxed);
+                self.metrics
+                    .audit_lag_us_max
+                    .fetch_max(us, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.metrics.audit_failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
 impl Recorder for CountingRecorder {
     fn record(&self, event: Event) -> BoxFuture<'_, Result<EventReceipt, RecordError>> {
         Box::pin(async move {
             self.metrics.observe(&event);
             let started = Instant::now();
             let result = self.inner.record(event).await;
-            let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-            match &result {
-                Ok(_) => {
-                    self.metrics.audit_records.fetch_add(1, Ordering::Relaxed);
-                    self.metrics
-                        .audit_lag_us_total
-                        .fetch_add(us, Ordering::Relaxed);
-                    self.metrics
-                        .audit_lag_us_max
-                        .fetch_max(us, Ordering::Relaxed);
-                }
-                Err(_) => {
-                    self.metrics.audit_failures.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+            self.count(&result, started);
             result
+        })
+    }
+
+    fn record_all(
+        &self,
+        events: Vec<Event>,
+    ) -> BoxFuture<'_, Vec<Result<EventReceipt, RecordError>>> {
+        Box::pin(async move {
+            for event in &events {
+                self.metrics.observe(event);
+            }
+            let started = Instant::now();
+            let results = self.inner.record_all(events).await;
+            for result in &results {
+                self.count(result, started);
+            }
+            results
         })
     }
 

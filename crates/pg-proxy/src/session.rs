@@ -652,21 +652,28 @@ async fn record_results(
 ) {
     let mut batch = Vec::with_capacity(RESULT_BATCH);
     while rx.recv_many(&mut batch, RESULT_BATCH).await > 0 {
-        // Linger a little so that one group commit (one wake of the audit writer) covers the
-        // results of several statements.
-        let linger = tokio::time::sleep(RESULT_LINGER);
-        tokio::pin!(linger);
-        while batch.len() < RESULT_BATCH {
-            let room = RESULT_BATCH - batch.len();
+        // Linger a little so that one write (one group commit) covers the results of several
+        // statements; the queue is not watched meanwhile, so the statements that follow do not
+        // wake this task one by one.
+        if batch.len() < RESULT_BATCH {
             tokio::select! {
-                n = rx.recv_many(&mut batch, room) => if n == 0 { break },
-                _ = &mut linger => break,
+                _ = tokio::time::sleep(RESULT_LINGER) => {}
+                // The session is ending: no more results worth waiting for.
+                _ = shared.done.cancelled() => {}
+            }
+            while batch.len() < RESULT_BATCH {
+                match rx.try_recv() {
+                    Ok(event) => batch.push(event),
+                    Err(_) => break,
+                }
             }
         }
-        let recorder = &proxy.pipeline.recorder;
-        // join_all polls in order, so the events reach the log in the order they were queued.
-        let outcomes =
-            futures::future::join_all(batch.drain(..).map(|event| recorder.record(event))).await;
+        // In the order they were queued.
+        let outcomes = proxy
+            .pipeline
+            .recorder
+            .record_all(std::mem::take(&mut batch))
+            .await;
         for e in outcomes.into_iter().filter_map(Result::err) {
             tracing::warn!(error = %e, "result summary not recorded");
             shared.results_lost.fetch_add(1, Ordering::Relaxed);

@@ -278,6 +278,45 @@ impl AuditLog {
         self.call(|reply| Command::Append { payload, reply }).await
     }
 
+    /// Appends several events given as payload members, in order. At `os-write` durability, when
+    /// the writer is free, they are written by the caller with one `write`, all or nothing;
+    /// otherwise each joins the writer thread's group commits. Answers one result per payload.
+    pub async fn append_payloads(
+        &self,
+        payloads: Vec<Vec<u8>>,
+    ) -> Vec<Result<EventReceipt, RecordError>> {
+        if payloads.is_empty() {
+            return Vec::new();
+        }
+        if self.inline {
+            match self.writer.try_lock() {
+                Ok(mut w) => {
+                    let receipts = if w.closed {
+                        Err(RecordError::Closed)
+                    } else {
+                        w.commit_batch(payloads.iter().map(Vec::as_slice))
+                    };
+                    w.maybe_rotate(false);
+                    return match receipts {
+                        Ok(r) => r.into_iter().map(Ok).collect(),
+                        Err(e) => payloads.iter().map(|_| Err(e.clone())).collect(),
+                    };
+                }
+                Err(std::sync::TryLockError::Poisoned(_)) => {
+                    return payloads.iter().map(|_| Err(RecordError::Closed)).collect();
+                }
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+        }
+        // join_all polls in order, so the payloads reach the writer's queue in order.
+        futures::future::join_all(
+            payloads
+                .into_iter()
+                .map(|payload| self.call(|reply| Command::Append { payload, reply })),
+        )
+        .await
+    }
+
     /// Signs a checkpoint now if records are pending; returns the latest checkpoint.
     pub async fn checkpoint(&self) -> Result<Option<Checkpoint>, RecordError> {
         self.call(|reply| Command::Checkpoint { reply }).await

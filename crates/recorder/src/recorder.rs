@@ -132,32 +132,92 @@ impl AuditRecorder {
     }
 
     async fn record_event(&self, event: Event) -> Result<EventReceipt, RecordError> {
-        let payload = event_payload(&event)?;
-        if let Some(guard) = &self.egress
-            && let Err(blocked) = guard.check(EgressSite::Audit, &payload)
-        {
-            // The record itself is refused; the block is recorded without the offending bytes.
-            let note = Event::now(
-                event.session.clone(),
-                event.identity.clone(),
-                event.target.clone(),
-                EventBody::EgressBlocked {
-                    site: "audit".into(),
-                    hits: blocked.hits,
-                },
-            );
-            if let Ok(p) = event_payload(&note) {
-                let _ = self.log.append_payload(p).await;
+        match self.payload_or_note(&event) {
+            (Some(payload), None) => self.log.append_payload(payload).await,
+            (note, Some(refused)) => {
+                // The record itself is refused; the block is recorded without the offending bytes.
+                if let Some(note) = note {
+                    let _ = self.log.append_payload(note).await;
+                }
+                Err(refused)
             }
-            return Err(RecordError::EgressBlocked);
+            (None, None) => Err(RecordError::Store("event not serialised".into())),
         }
-        self.log.append_payload(payload).await
+    }
+
+    /// The payload to append for `event`: its own, or, when the egress guard blocks it, the
+    /// note recording the block (the event itself is then answered `EgressBlocked`).
+    fn payload_or_note(&self, event: &Event) -> (Option<Vec<u8>>, Option<RecordError>) {
+        let payload = match event_payload(event) {
+            Ok(p) => p,
+            Err(e) => return (None, Some(e)),
+        };
+        let Some(guard) = &self.egress else {
+            return (Some(payload), None);
+        };
+        match guard.check(EgressSite::Audit, &payload) {
+            Ok(()) => (Some(payload), None),
+            Err(blocked) => {
+                let note = Event::now(
+                    event.session.clone(),
+                    event.identity.clone(),
+                    event.target.clone(),
+                    EventBody::EgressBlocked {
+                        site: "audit".into(),
+                        hits: blocked.hits,
+                    },
+                );
+                (event_payload(&note).ok(), Some(RecordError::EgressBlocked))
+            }
+        }
+    }
+
+    async fn record_events(&self, events: Vec<Event>) -> Vec<Result<EventReceipt, RecordError>> {
+        let mut payloads = Vec::with_capacity(events.len());
+        // Per event: `Ok(position in payloads)` or its error.
+        let mut slots = Vec::with_capacity(events.len());
+        for event in &events {
+            let (payload, refused) = self.payload_or_note(event);
+            let position = payload.map(|p| {
+                payloads.push(p);
+                payloads.len() - 1
+            });
+            slots.push(match (refused, position) {
+                (Some(e), _) => Err(e),
+                (None, Some(at)) => Ok(at),
+                (None, None) => Err(RecordError::Store("event not serialised".into())),
+            });
+        }
+        let mut appended: Vec<Option<Result<EventReceipt, RecordError>>> = self
+            .log
+            .append_payloads(payloads)
+            .await
+            .into_iter()
+            .map(Some)
+            .collect();
+        slots
+            .into_iter()
+            .map(|slot| {
+                let at = slot?;
+                appended
+                    .get_mut(at)
+                    .and_then(Option::take)
+                    .unwrap_or(Err(RecordError::Closed))
+            })
+            .collect()
     }
 }
 
 impl Recorder for AuditRecorder {
     fn record(&self, event: Event) -> BoxFuture<'_, Result<EventReceipt, RecordError>> {
         Box::pin(self.record_event(event))
+    }
+
+    fn record_all(
+        &self,
+        events: Vec<Event>,
+    ) -> BoxFuture<'_, Vec<Result<EventReceipt, RecordError>>> {
+        Box::pin(self.record_events(events))
     }
 
     fn open_recording<'a>(

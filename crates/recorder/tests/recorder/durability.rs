@@ -663,3 +663,108 @@ async fn checkpoints_also_come_by_time() {
     assert_eq!(cp.head, r.hash);
     log.close().await.unwrap();
 }
+
+/// `record_all` answers each event in order; an event the egress guard blocks is answered
+/// `EgressBlocked` and replaced in the chain by the note of the block, the others are stored
+/// around it; at both durability levels.
+#[tokio::test]
+async fn record_all_stores_a_batch_in_order_and_refuses_only_the_blocked_event() {
+    for durability in [Durability::OsWrite, Durability::Fsync] {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = "hunter2-canary-batch";
+        let guard = Arc::new(LiteralGuard {
+            secret: secret.as_bytes().to_vec(),
+        });
+        let mut cfg = RecorderConfig::new(LOG);
+        cfg.log.durability = durability;
+        let rec = AuditRecorder::open(dir.path(), cfg, signer(), Some(guard))
+            .await
+            .unwrap();
+        let s = SessionId::generate();
+        let events = (0..5)
+            .map(|i| {
+                let text = if i == 2 {
+                    format!("alter role app password '{secret}'")
+                } else {
+                    format!("select {i}")
+                };
+                sql_event(&s, i, &text)
+            })
+            .collect();
+        let results = rec.record_all(events).await;
+        assert_eq!(results.len(), 5, "{durability:?}");
+        assert_eq!(
+            results[2],
+            Err(RecordError::EgressBlocked),
+            "{durability:?}"
+        );
+        let sequences: Vec<u64> = [0, 1, 3, 4]
+            .iter()
+            .map(|&i| results[i].as_ref().unwrap().sequence)
+            .collect();
+        assert!(
+            sequences.windows(2).all(|w| w[0] < w[1]),
+            "{durability:?}: {sequences:?}"
+        );
+        rec.log().close().await.unwrap();
+        let logs = gatehouse_recorder::read::load_local_logs(&dir.path().join("audit")).unwrap();
+        let text: String = logs[0]
+            .segments
+            .iter()
+            .map(|seg| String::from_utf8_lossy(&seg.bytes).into_owned())
+            .collect();
+        assert!(!text.contains(secret), "the secret reached the audit log");
+        let order: Vec<String> = gatehouse_recorder::read::session_events(&logs, &s)
+            .iter()
+            .map(|e| match &e.body {
+                gatehouse_core::EventBody::Operation { index, .. } => index.to_string(),
+                gatehouse_core::EventBody::EgressBlocked { .. } => "blocked".into(),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(order, ["0", "1", "blocked", "3", "4"], "{durability:?}");
+        assert!(gatehouse_recorder::verify(&logs, &options()).ok());
+    }
+}
+
+/// A batch is all or nothing: when its write fails, every event of it is answered with the
+/// error and no byte of it stays in the segment; the chain continues afterwards.
+#[tokio::test]
+async fn a_failed_batch_write_fails_every_event_and_leaves_no_partial_record() {
+    for durability in [Durability::OsWrite, Durability::Fsync] {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, fail_writes, _) = faulty(dir.path());
+        let mut cfg = config(LOG);
+        cfg.durability = durability;
+        let log = AuditLog::open(store, cfg, signer(), LogHooks::default())
+            .await
+            .unwrap();
+        let s = SessionId::generate();
+        let payload =
+            |i: u64| gatehouse_recorder::log::event_payload(&sql_event(&s, i, "select 1"));
+        let ok = log
+            .append_payloads((0..3).map(|i| payload(i).unwrap()).collect())
+            .await;
+        assert!(ok.iter().all(Result::is_ok), "{durability:?}: {ok:?}");
+        fail_writes.store(true, Ordering::SeqCst);
+        let failed = log
+            .append_payloads((3..7).map(|i| payload(i).unwrap()).collect())
+            .await;
+        assert_eq!(failed.len(), 4);
+        assert!(
+            failed
+                .iter()
+                .all(|r| matches!(r, Err(RecordError::Store(m)) if m.contains("No space left"))),
+            "{durability:?}: {failed:?}"
+        );
+        let v = verify_log(&load(dir.path(), LOG), &options());
+        assert!(v.ok(), "{durability:?}: {:?}", v.problem);
+        assert_eq!(v.last_sequence, Some(3), "{durability:?}");
+        fail_writes.store(false, Ordering::SeqCst);
+        let after = log.append_payloads(vec![payload(7).unwrap()]).await;
+        assert_eq!(after[0].as_ref().unwrap().sequence, 4, "{durability:?}");
+        assert!(log.append_payloads(Vec::new()).await.is_empty());
+        log.close().await.unwrap();
+        assert!(verify_log(&load(dir.path(), LOG), &options()).ok());
+    }
+}
