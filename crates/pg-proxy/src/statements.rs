@@ -82,6 +82,13 @@ pub trait StatementAnalyzer: Send + Sync {
         text: &str,
         settings: &SqlSessionSettings,
     ) -> Result<Vec<StatementInfo>, AnalyzeError>;
+
+    /// Whether no answer depends on the value of an integer literal (see `gatehouse_sql::shape`),
+    /// so that [`CachedAnalyzer`] may serve texts differing only in integers from one entry,
+    /// each with its own spans. `false` unless the analyzer promises it.
+    fn integer_invariant(&self) -> bool {
+        false
+    }
 }
 
 /// The built-in analyzer: exact statement boundaries, kind from the leading keyword, no lineage.
@@ -181,11 +188,21 @@ impl StatementAnalyzer for SqlAnalyzer {
         }
         Ok(out)
     }
+
+    /// Every answer comes from gatehouse-sql's classification and lineage (which promise it, see
+    /// `gatehouse_sql::shape`) and from word tests on the statement text that no digit changes.
+    fn integer_invariant(&self) -> bool {
+        true
+    }
 }
 
-/// A bounded memo in front of another analyzer, keyed by the exact text and the settings that
-/// change how it lexes. Clients that send the same text again (drivers re-preparing an unnamed
-/// statement per call, applications repeating a query) skip the parse.
+/// A bounded memo in front of another analyzer, keyed by the text and the settings that change
+/// how it lexes. Clients that send the same text again (drivers re-preparing an unnamed
+/// statement per call, applications repeating a query) skip the analysis. When the inner
+/// analyzer is [integer-invariant](StatementAnalyzer::integer_invariant), the key is the text's
+/// `gatehouse_sql::shape` (integer literals written as `0`), so texts differing only in inlined
+/// ids or limits (`… WHERE aid = 4711`, pgbench's stream) share one entry, and each answer gets
+/// the spans of its own text.
 ///
 /// Promise: the answer is exactly the inner analyzer's for that text and settings (the inner
 /// analyzer is pure); only texts up to [`CachedAnalyzer::MAX_TEXT`] bytes are kept; when the
@@ -198,11 +215,14 @@ pub struct CachedAnalyzer<A> {
 
 type AnalyzeResult = Result<Vec<StatementInfo>, AnalyzeError>;
 
+/// (text or shape, whether it is a shape, standard_conforming_strings, client_encoding).
+type MemoKey = (String, bool, bool, String);
+
 #[derive(Default)]
 struct Memo {
     /// The current generation and the previous one; a hit in `old` is promoted.
-    new: std::collections::HashMap<(String, bool, String), std::sync::Arc<AnalyzeResult>>,
-    old: std::collections::HashMap<(String, bool, String), std::sync::Arc<AnalyzeResult>>,
+    new: std::collections::HashMap<MemoKey, std::sync::Arc<AnalyzeResult>>,
+    old: std::collections::HashMap<MemoKey, std::sync::Arc<AnalyzeResult>>,
 }
 
 impl<A> std::fmt::Debug for CachedAnalyzer<A> {
@@ -231,6 +251,32 @@ impl<A: StatementAnalyzer> CachedAnalyzer<A> {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+
+    fn lookup(&self, key: &MemoKey) -> Option<AnalyzeResult> {
+        let mut memo = self.memo();
+        if let Some(hit) = memo.new.get(key) {
+            return Some((**hit).clone());
+        }
+        let hit = memo.old.remove(key)?;
+        let answer = (*hit).clone();
+        memo.new.insert(key.clone(), hit);
+        Some(answer)
+    }
+}
+
+/// `answer`, made for another text of the same shape, with the spans of `text`'s statements;
+/// `None` if the statement counts differ (never expected: the shape fixes them).
+fn with_spans(answer: AnalyzeResult, text: &str, spans: &[Range<usize>]) -> Option<AnalyzeResult> {
+    let Ok(mut infos) = answer else {
+        return Some(answer);
+    };
+    if infos.len() != spans.len() {
+        return None;
+    }
+    for (info, span) in infos.iter_mut().zip(spans) {
+        info.span = trim(text, span.clone());
+    }
+    Some(Ok(infos))
 }
 
 impl<A: StatementAnalyzer> StatementAnalyzer for CachedAnalyzer<A> {
@@ -238,29 +284,48 @@ impl<A: StatementAnalyzer> StatementAnalyzer for CachedAnalyzer<A> {
         if text.len() > Self::MAX_TEXT {
             return self.inner.analyze(text, settings);
         }
+        let shape = if self.inner.integer_invariant() {
+            gatehouse_sql::shape(text, settings)
+        } else {
+            None
+        };
+        let (key_text, spans) = match shape {
+            Some(s) => (s.text, Some(s.spans)),
+            None => (text.to_string(), None),
+        };
         let key = (
-            text.to_string(),
+            key_text,
+            spans.is_some(),
             settings.standard_conforming_strings,
             settings.client_encoding.clone(),
         );
-        {
-            let mut memo = self.memo();
-            if let Some(hit) = memo.new.get(&key) {
-                return (**hit).clone();
-            }
-            if let Some(hit) = memo.old.remove(&key) {
-                let answer = (*hit).clone();
-                memo.new.insert(key, hit);
-                return answer;
+        if let Some(hit) = self.lookup(&key) {
+            match &spans {
+                None => return hit,
+                Some(spans) => {
+                    if let Some(answer) = with_spans(hit, text, spans) {
+                        return answer;
+                    }
+                }
             }
         }
         let answer = self.inner.analyze(text, settings);
+        if let (Some(spans), Ok(infos)) = (&spans, &answer)
+            && infos.len() != spans.len()
+        {
+            // Not what the shape promised: answer without keeping it.
+            return answer;
+        }
         let mut memo = self.memo();
         if memo.new.len() >= self.capacity / 2 {
             memo.old = std::mem::take(&mut memo.new);
         }
         memo.new.insert(key, std::sync::Arc::new(answer.clone()));
         answer
+    }
+
+    fn integer_invariant(&self) -> bool {
+        self.inner.integer_invariant()
     }
 }
 
@@ -576,6 +641,79 @@ mod tests {
         }
         let memo = cached.memo();
         assert!(memo.new.len() + memo.old.len() <= 4);
+    }
+
+    /// Texts that differ only in integer literals share one memo entry when the analyzer is
+    /// integer-invariant, and each gets exactly what the analyzer gives it alone (its own spans,
+    /// tables, lineage); digits in names, strings, comments and over-long integers keep texts
+    /// apart.
+    #[test]
+    fn texts_differing_in_integers_share_an_entry_and_keep_their_own_answers() {
+        let templates = [
+            "select abalance from pgbench_accounts where aid = {};",
+            "  select {} ;  select email from users where id = {}  ;",
+            "BEGIN; UPDATE pgbench_accounts SET abalance = abalance + {} WHERE aid = {}; \
+             SELECT abalance FROM pgbench_accounts WHERE aid = {}; END;",
+            "copy (select email from users limit {}) to stdout",
+            "copy users (id, email) to stdout -- first {} rows",
+            "insert into archive select * from users where id > {}",
+            "select substr(email, {}, {}) from users order by {} limit {} offset {}",
+            "select 'x{}', email from users",
+            "select * from users where id = {}::int8 and name = E'a\\'{}'",
+            "create function f() returns int as $$ select {} $$ language sql",
+            "create view v as select email from users where id < {}",
+            "select email from t{} where a = {}",
+            "select ({}",
+            "fetch {} from c; select {}",
+            "select email from users limit {}; drop table t{}",
+        ];
+        let values = ["1", "42", "123456789", "007", "999999999999999999"];
+        let on = SqlSessionSettings::default();
+        let off = SqlSessionSettings {
+            standard_conforming_strings: false,
+            ..SqlSessionSettings::default()
+        };
+        for template in templates {
+            for settings in [&on, &off] {
+                let cached = CachedAnalyzer::new(SqlAnalyzer, 64);
+                let texts: Vec<String> = values
+                    .iter()
+                    .enumerate()
+                    .map(|(i, _)| {
+                        // Different values in one text too, so spans shift by different amounts.
+                        let mut t = template.to_string();
+                        let mut k = i;
+                        while let Some(at) = t.find("{}") {
+                            t.replace_range(at..at + 2, values[k % values.len()]);
+                            k += 1;
+                        }
+                        t
+                    })
+                    .collect();
+                for t in &texts {
+                    assert_eq!(
+                        cached.analyze(t, settings),
+                        SqlAnalyzer.analyze(t, settings),
+                        "{t}"
+                    );
+                }
+                let memo = cached.memo();
+                let entries = memo.new.len() + memo.old.len();
+                let digits_elsewhere = ["t{}", "'x{}'", "\\'{}'", "-- ", "$$ select {}"];
+                if digits_elsewhere.iter().any(|d| template.contains(d)) {
+                    assert!(entries > 1, "{template}: digits outside integers were merged");
+                } else {
+                    assert_eq!(entries, 1, "{template}: not shared");
+                }
+            }
+        }
+        // Over 18 digits an integer is kept as written: its own entry.
+        let cached = CachedAnalyzer::new(SqlAnalyzer, 64);
+        for t in ["select 1", "select 1234567890123456789", "select 2"] {
+            assert_eq!(cached.analyze(t, &on), SqlAnalyzer.analyze(t, &on), "{t}");
+        }
+        let memo = cached.memo();
+        assert_eq!(memo.new.len() + memo.old.len(), 2);
     }
 
     use super::*;

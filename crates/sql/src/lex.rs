@@ -127,6 +127,43 @@ pub(crate) fn split(
     text: &str,
     settings: &SqlSessionSettings,
 ) -> Result<Vec<LexedStatement>, (Vec<LexedStatement>, LexFailure)> {
+    lex(text, settings).map(|(pieces, _)| pieces)
+}
+
+/// The text with every integer literal the lexer writes as `0` written so, everything else as
+/// written, and the spans of its non-empty statements; `None` when the text cannot be split or
+/// one of its statements cannot be read with certainty.
+pub(crate) fn shape(
+    text: &str,
+    settings: &SqlSessionSettings,
+) -> Option<(String, Vec<Range<usize>>)> {
+    let (pieces, integers) = lex(text, settings).ok()?;
+    if pieces.iter().any(|p| p.problem.is_some()) {
+        return None;
+    }
+    let mut shaped = String::with_capacity(text.len());
+    let mut at = 0;
+    for r in integers {
+        shaped.push_str(text.get(at..r.start)?);
+        shaped.push('0');
+        at = r.end;
+    }
+    shaped.push_str(text.get(at..)?);
+    let spans = pieces
+        .into_iter()
+        .filter(|p| !p.is_empty)
+        .map(|p| p.span)
+        .collect();
+    Some((shaped, spans))
+}
+
+type Lexed = (Vec<LexedStatement>, Vec<Range<usize>>);
+
+/// [`split`], plus the ranges of the integer literals written as `0`, in order.
+fn lex(
+    text: &str,
+    settings: &SqlSessionSettings,
+) -> Result<Lexed, (Vec<LexedStatement>, LexFailure)> {
     let whole = |reason: String| {
         Err((
             Vec::new(),
@@ -152,9 +189,10 @@ pub(crate) fn split(
         scs: settings.standard_conforming_strings,
         out: Vec::new(),
         current: StatementBuilder::new(0),
+        zeroed: Vec::new(),
     };
     match lexer.run() {
-        Ok(()) => Ok(lexer.out),
+        Ok(()) => Ok((lexer.out, lexer.zeroed)),
         Err(reason) => {
             let span = lexer.current.start.min(text.len())..text.len();
             let done = lexer.out.into_iter().filter(|p| !p.is_empty).collect();
@@ -204,6 +242,8 @@ struct Lexer<'a> {
     scs: bool,
     out: Vec<LexedStatement>,
     current: StatementBuilder,
+    /// Ranges of the integer literals written as `0`.
+    zeroed: Vec<Range<usize>>,
 }
 
 /// How a quoted literal treats backslashes.
@@ -662,6 +702,7 @@ impl<'a> Lexer<'a> {
             // original text, never from the rewritten one. At most 18 digits: a longer one may
             // overflow where `0` would not (sqlparser reads type modifiers as u64).
             self.current.rewritten.push('0');
+            self.zeroed.push(start..self.pos);
         } else {
             self.current.rewritten.push_str(raw);
         }
@@ -766,6 +807,25 @@ mod tests {
         let text = r"SELECT 'x\'; DROP TABLE t; --'";
         assert_eq!(pieces(text, true), ["SELECT  'x\\'", "DROP TABLE t"]);
         assert_eq!(pieces(text, false), ["SELECT  'x''; DROP TABLE t; --'"]);
+    }
+
+    /// The shape zeroes exactly the integers the parse sees zeroed and keeps everything else
+    /// (comments, strings, names, over-long integers) as written; spans are the original text's.
+    #[test]
+    fn shape_zeroes_integers_only() {
+        let text = "select 12 ; -- 34\nselect 'x5', t6 + 78, 1234567890123456789;;";
+        let (shaped, spans) = shape(text, &scs(true)).unwrap();
+        assert_eq!(
+            shaped,
+            "select 0 ; -- 34\nselect 'x5', t6 + 0, 1234567890123456789;;"
+        );
+        let statements: Vec<&str> = spans.iter().map(|r| &text[r.clone()]).collect();
+        assert_eq!(
+            statements,
+            ["select 12 ", " -- 34\nselect 'x5', t6 + 78, 1234567890123456789"]
+        );
+        assert_eq!(shape("select 'open", &scs(true)), None);
+        assert_eq!(shape("select 1'x'", &scs(true)), None);
     }
 
     /// Only integer literals become `0`: not decimals, exponents, other radixes, parameters,

@@ -48,12 +48,36 @@
 #![warn(missing_docs)]
 #![deny(clippy::indexing_slicing, clippy::panic)]
 
+use gatehouse_core::SqlSessionSettings;
+
 mod classify;
 mod lex;
 mod lineage;
 
 pub use classify::{Classification, Risk, StatementInfo, StatementKind, classify};
 pub use lineage::{Catalog, Lineage, NoCatalog, OutputColumn, Source, lineage};
+
+/// A text up to the values of its integer literals: see [`shape`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Shape {
+    /// The text with every integer literal of up to 18 digits written as `0`; everything else
+    /// (comments, other literals, whitespace) as written.
+    pub text: String,
+    /// Byte ranges, in the original text, of the statements PostgreSQL would run (without the
+    /// `;`; empty statements left out).
+    pub spans: Vec<std::ops::Range<usize>>,
+}
+
+/// The text's [`Shape`] under `settings`, or `None` when the text cannot be split or one of its
+/// statements cannot be read with certainty.
+///
+/// Promise: no answer of [`classify`] or [`lineage`] depends on the value of an integer literal
+/// of up to 18 digits, so two texts with the same `shape().text` under the same settings get the
+/// same answers, apart from spans (each text's own are in its `spans`). A caller can keep
+/// answers by shape: statements differing only in inlined ids (`… WHERE id = 42`) share one.
+pub fn shape(text: &str, settings: &SqlSessionSettings) -> Option<Shape> {
+    lex::shape(text, settings).map(|(text, spans)| Shape { text, spans })
+}
 
 /// Why [`lineage`] could not trace a text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
