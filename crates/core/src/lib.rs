@@ -53,7 +53,7 @@ pub use pipeline::Pipeline;
 pub use target::{Protocol, Target};
 pub use traits::{
     Approvals, Authenticator, BoxFuture, EgressGuard, EgressStream, FieldPlan, Masker, Policy,
-    Recorder, RecordingSink, StreamContext, StreamMasker,
+    Recorder, RecordingSink, StreamContext, StreamMasker, json_check,
 };
 
 /// Timestamps in Gatehouse are UTC, serialised as RFC 3339.

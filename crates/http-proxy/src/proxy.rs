@@ -1379,29 +1379,20 @@ impl Exchange {
 }
 
 /// Runs every string of a recording entry (keys and values) through the egress guard, without
-/// serialising the entry a second time (the recorder serialises it once). The response body is
-/// the exception: its bytes are a prefix of what the caller's egress stream already passed.
-/// Checking the raw strings is stricter than checking their JSON form: JSON escaping can only
-/// hide a secret, never reveal one.
+/// serialising the entry a second time (the recorder serialises it once), see
+/// [`gatehouse_core::json_check`]. The response body is the exception: its bytes are a prefix of
+/// what the caller's egress stream already passed.
 fn recording_entry_is_clean(
     egress: &dyn gatehouse_core::EgressGuard,
     entry: &serde_json::Value,
 ) -> bool {
-    fn clean(egress: &dyn gatehouse_core::EgressGuard, v: &serde_json::Value) -> bool {
-        let check = |s: &str| egress.check(EgressSite::Recording, s.as_bytes()).is_ok();
-        match v {
-            serde_json::Value::String(s) => check(s),
-            serde_json::Value::Array(a) => a.iter().all(|v| clean(egress, v)),
-            serde_json::Value::Object(m) => m.iter().all(|(k, v)| check(k) && clean(egress, v)),
-            _ => true,
-        }
-    }
+    let clean = |v| gatehouse_core::json_check(egress, EgressSite::Recording, v).is_ok();
     match entry {
         serde_json::Value::Object(m) => m
             .iter()
             .filter(|(k, _)| k.as_str() != "response_body")
-            .all(|(_, v)| clean(egress, v)),
-        other => clean(egress, other),
+            .all(|(_, v)| clean(v)),
+        other => clean(other),
     }
 }
 

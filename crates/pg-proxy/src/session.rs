@@ -2105,13 +2105,19 @@ impl Backend {
     /// Writes a recording frame after the egress guard has seen it; a blocked frame is dropped
     /// and the block recorded.
     async fn write_recording(&mut self, frame: RecordingFrame) {
-        let bytes = serde_json::to_vec(&frame).unwrap_or_default();
-        if let Err(blocked) = self
-            .proxy
-            .pipeline
-            .egress
-            .check(EgressSite::Recording, &bytes)
-        {
+        let egress = &*self.proxy.pipeline.egress;
+        let checked = match &frame {
+            // Entries are checked string by string, without serialising them here too (the
+            // recording sink serialises and checks them once more).
+            RecordingFrame::Entry { label, body } => egress
+                .check(EgressSite::Recording, label.as_bytes())
+                .and_then(|()| gatehouse_core::json_check(egress, EgressSite::Recording, body)),
+            other => egress.check(
+                EgressSite::Recording,
+                &serde_json::to_vec(other).unwrap_or_default(),
+            ),
+        };
+        if let Err(blocked) = checked {
             let _ = self
                 .proxy
                 .pipeline

@@ -701,7 +701,10 @@ mod tests {
                 let entries = memo.new.len() + memo.old.len();
                 let digits_elsewhere = ["t{}", "'x{}'", "\\'{}'", "-- ", "$$ select {}"];
                 if digits_elsewhere.iter().any(|d| template.contains(d)) {
-                    assert!(entries > 1, "{template}: digits outside integers were merged");
+                    assert!(
+                        entries > 1,
+                        "{template}: digits outside integers were merged"
+                    );
                 } else {
                     assert_eq!(entries, 1, "{template}: not shared");
                 }
