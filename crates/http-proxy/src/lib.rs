@@ -66,6 +66,7 @@ pub mod error;
 pub mod framing;
 mod headers;
 mod proxy;
+mod results;
 mod sse;
 mod upstream;
 mod websocket;
