@@ -66,7 +66,6 @@ pub mod error;
 pub mod framing;
 mod headers;
 mod proxy;
-mod results;
 mod sse;
 mod upstream;
 mod websocket;

@@ -61,8 +61,6 @@ pub(crate) struct Inner {
     pub(crate) config: HttpProxyConfig,
     pub(crate) pipeline: Pipeline,
     pub(crate) targets: Vec<RoutedTarget>,
-    /// Result summaries of all connections, recorded in batches.
-    results: crate::results::ResultQueue,
 }
 
 /// A configured target, ready to route to.
@@ -123,7 +121,6 @@ impl HttpProxy {
                 config,
                 pipeline,
                 targets,
-                results: Default::default(),
             }),
         })
     }
@@ -388,7 +385,7 @@ impl ConnCtx {
             Ok(resp) => Ok(resp),
             Err(e) => {
                 let _ = self
-                    .record_result(&ctx, &e.status(), Some(e.code()), 0, Vec::new(), false)
+                    .record_result(&ctx, &e.status(), Some(e.code()), 0, Vec::new())
                     .await;
                 Err(e)
             }
@@ -779,9 +776,6 @@ impl ConnCtx {
             .map_err(|e| HttpProxyError::Recorder(e.to_string()))
     }
 
-    /// Records an exchange's result summary: `batched` (a finished exchange, recorded in the
-    /// background) joins the proxy's next batch of summaries; otherwise (an error answered now)
-    /// it is recorded on its own, without waiting for others.
     async fn record_result(
         &self,
         ctx: &OpCtx,
@@ -789,7 +783,6 @@ impl ConnCtx {
         code: Option<&str>,
         bytes_out: u64,
         findings: Vec<gatehouse_core::Finding>,
-        batched: bool,
     ) -> bool {
         let status = match code {
             Some(c) => format!("{} {c}", status.as_u16()),
@@ -808,13 +801,6 @@ impl ConnCtx {
                 findings,
             }),
         );
-        if batched {
-            return self
-                .proxy
-                .results
-                .record(&self.proxy.pipeline.recorder, event)
-                .await;
-        }
         match self.proxy.pipeline.recorder.record(event).await {
             Ok(_) => true,
             Err(e) => {
@@ -1384,7 +1370,7 @@ impl Exchange {
         };
         if !self
             .conn
-            .record_result(&ctx, &self.status, error, response.total, findings, true)
+            .record_result(&ctx, &self.status, error, response.total, findings)
             .await
         {
             self.conn.recording_failed.store(true, Ordering::Relaxed);

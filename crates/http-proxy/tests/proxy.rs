@@ -958,9 +958,6 @@ async fn a_failed_background_result_record_fails_the_connection_closed() {
         while recorder.failed.load(Ordering::SeqCst) == 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        // The connection learns of the failure once the recorder's answer reaches the exchange's
-        // background task (batched with other summaries): let that hand-off happen.
-        tokio::time::sleep(Duration::from_millis(200)).await;
         // Every later request on that connection is refused before it reaches the upstream.
         let second = send.send_request(get()).await.unwrap();
         assert_eq!(second.status(), 503);
