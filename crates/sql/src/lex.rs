@@ -822,7 +822,10 @@ mod tests {
         let statements: Vec<&str> = spans.iter().map(|r| &text[r.clone()]).collect();
         assert_eq!(
             statements,
-            ["select 12 ", " -- 34\nselect 'x5', t6 + 78, 1234567890123456789"]
+            [
+                "select 12 ",
+                " -- 34\nselect 'x5', t6 + 78, 1234567890123456789"
+            ]
         );
         assert_eq!(shape("select 'open", &scs(true)), None);
         assert_eq!(shape("select 1'x'", &scs(true)), None);
