@@ -261,21 +261,31 @@ impl AuditLog {
     /// through the writer thread, whose group commit shares one `fdatasync` among the events
     /// waiting.
     pub async fn append_payload(&self, payload: Vec<u8>) -> Result<EventReceipt, RecordError> {
-        if self.inline {
-            match self.writer.try_lock() {
-                Ok(mut w) => {
-                    if w.closed {
-                        return Err(RecordError::Closed);
-                    }
-                    let receipt = w.commit_one(&payload);
-                    w.maybe_rotate(false);
-                    return receipt;
-                }
-                Err(std::sync::TryLockError::Poisoned(_)) => return Err(RecordError::Closed),
-                Err(std::sync::TryLockError::WouldBlock) => {}
-            }
+        if let Some(written) = self.try_inline(std::slice::from_ref(&payload)) {
+            return written.and_then(|mut r| r.pop().ok_or(RecordError::Closed));
         }
         self.call(|reply| Command::Append { payload, reply }).await
+    }
+
+    /// At `os-write` durability with the writer free: writes `payloads` in the caller with one
+    /// `write`, all or nothing. `None`: the writer thread must take them.
+    fn try_inline(&self, payloads: &[Vec<u8>]) -> Option<Result<Vec<EventReceipt>, RecordError>> {
+        if !self.inline {
+            return None;
+        }
+        match self.writer.try_lock() {
+            Ok(mut w) => {
+                let receipts = if w.closed {
+                    Err(RecordError::Closed)
+                } else {
+                    w.commit_batch(payloads.iter().map(Vec::as_slice))
+                };
+                w.maybe_rotate(false);
+                Some(receipts)
+            }
+            Err(std::sync::TryLockError::Poisoned(_)) => Some(Err(RecordError::Closed)),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
     }
 
     /// Appends several events given as payload members, in order. At `os-write` durability, when
@@ -288,25 +298,11 @@ impl AuditLog {
         if payloads.is_empty() {
             return Vec::new();
         }
-        if self.inline {
-            match self.writer.try_lock() {
-                Ok(mut w) => {
-                    let receipts = if w.closed {
-                        Err(RecordError::Closed)
-                    } else {
-                        w.commit_batch(payloads.iter().map(Vec::as_slice))
-                    };
-                    w.maybe_rotate(false);
-                    return match receipts {
-                        Ok(r) => r.into_iter().map(Ok).collect(),
-                        Err(e) => payloads.iter().map(|_| Err(e.clone())).collect(),
-                    };
-                }
-                Err(std::sync::TryLockError::Poisoned(_)) => {
-                    return payloads.iter().map(|_| Err(RecordError::Closed)).collect();
-                }
-                Err(std::sync::TryLockError::WouldBlock) => {}
-            }
+        if let Some(written) = self.try_inline(&payloads) {
+            return match written {
+                Ok(r) => r.into_iter().map(Ok).collect(),
+                Err(e) => payloads.iter().map(|_| Err(e.clone())).collect(),
+            };
         }
         // join_all polls in order, so the payloads reach the writer's queue in order.
         futures::future::join_all(
@@ -716,12 +712,6 @@ impl Writer {
                 }
             }
         }
-    }
-
-    /// Commits one event (the caller's own write at `os-write` durability).
-    fn commit_one(&mut self, payload: &[u8]) -> Result<EventReceipt, RecordError> {
-        let mut receipts = self.commit_batch(std::iter::once(payload))?;
-        receipts.pop().ok_or(RecordError::Closed)
     }
 
     /// Encodes `payloads` (and a checkpoint when one is due) and writes them with one write (and
