@@ -20,6 +20,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of the system allocator: the data path allocates per message (events,
+/// masked buffers, headers), and glibc's malloc cost about 13% of the HTTP gateway's CPU per
+/// request more than mimalloc in an A/B run (docs/BENCHMARKS.md). Libraries leave the choice to
+/// the binary that embeds them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Gatehouse: an identity-aware, protocol-aware access gateway for AI agents and automation.
 #[derive(Debug, Parser)]
 #[command(name = "gatehouse", version, about, long_about = None, propagate_version = true)]

@@ -6,6 +6,9 @@
 //! Usage: `bench_gateway <listen addr> <upstream url> <state dir>`; writes a fresh JWT to
 //! `<state dir>/token` and serves until killed. `BENCH_RECORDER=fsync|os|memory` picks the audit
 //! log's durability (or an in-memory recorder); `BENCH_WORKERS=n` the tokio worker threads.
+//! `BENCH_RECORDER=relay` runs none of the layers: a bare hyper reverse proxy (the same hyper
+//! HTTP/1 server and pooled hyper-util client, the same injected header), the floor any
+//! hyper-based gateway starts from on the machine.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +19,10 @@ use gatehouse_identity::{DevIssuer, OidcAuthenticator};
 use gatehouse_masking::{EgressGuardBuilder, MaskingEngine};
 use gatehouse_recorder::{AuditRecorder, CheckpointSigner, RecorderConfig};
 use gatehouse_testkit::layers::{FnPolicy, MemoryApprovals};
+
+/// The allocator of the `gatehouse` binary, so the benchmark measures what ships.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const SECRET: &str = "bench-upstream-secret-4c1d9e";
 
@@ -41,6 +48,10 @@ async fn run() {
         }
     };
     std::fs::create_dir_all(&dir).unwrap();
+    if std::env::var("BENCH_RECORDER").as_deref() == Ok("relay") {
+        std::fs::write(dir.join("token"), "relay").unwrap();
+        return relay(&listen, &upstream).await;
+    }
     let issuer = DevIssuer::load_or_create(
         &dir.join("dev-issuer.pem"),
         "https://bench.local",
@@ -114,4 +125,46 @@ async fn run() {
         .serve(listener, None, std::future::pending())
         .await
         .unwrap();
+}
+
+/// The bare relay: accept, rewrite the URI to the upstream, inject the credential, forward, and
+/// stream the response back. No authentication, policy, masking or recording.
+async fn relay(listen: &str, upstream: &str) {
+    use http_body_util::BodyExt;
+    use hyper_util::client::legacy::{Client, connect::HttpConnector};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let upstream: http::Uri = upstream.parse().unwrap();
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: Client<_, hyper::body::Incoming> =
+        Client::builder(TokioExecutor::new()).build(connector);
+    let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
+    eprintln!("bench relay on {listen}");
+    loop {
+        let (stream, _) = listener.accept().await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let client = client.clone();
+        let upstream = upstream.clone();
+        tokio::spawn(async move {
+            let service =
+                hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                    let client = client.clone();
+                    let mut parts = upstream.clone().into_parts();
+                    parts.path_and_query = req.uri().path_and_query().cloned();
+                    *req.uri_mut() = http::Uri::from_parts(parts).unwrap();
+                    req.headers_mut().insert(
+                        http::header::AUTHORIZATION,
+                        http::HeaderValue::from_str(&format!("Bearer {SECRET}")).unwrap(),
+                    );
+                    async move {
+                        let resp = client.request(req).await?;
+                        Ok::<_, hyper_util::client::legacy::Error>(resp.map(|b| b.boxed()))
+                    }
+                });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
 }
