@@ -457,5 +457,36 @@ fn egress(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench, egress);
+/// One small API response per masker, as the HTTP proxy masks it: the 1 KiB listing
+/// `benches/http/run.sh` serves (12 users with e-mail addresses), a fresh JSON masker each time,
+/// findings taken.
+fn small_response(c: &mut Criterion) {
+    let engine = MaskingEngine::with_defaults().unwrap();
+    let users: Vec<String> = (0..12)
+        .map(|i| {
+            format!(
+                r#"{{"id": {i}, "name": "User {i}", "email": "user{i}@example.com", "plan": "pro", "active": true}}"#
+            )
+        })
+        .collect();
+    let body = format!(r#"{{"users": [{}]}}"#, users.join(", ")).into_bytes();
+    let mut g = c.benchmark_group("json_response_1k");
+    g.throughput(Throughput::Bytes(body.len() as u64));
+    g.sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    let mut out = Vec::with_capacity(2 * body.len());
+    g.bench_function("gatehouse_json_masker", |b| {
+        b.iter(|| {
+            let mut s = engine.json_stream(None, None);
+            out.clear();
+            s.push(black_box(&body), &mut out);
+            s.finish(&mut out);
+            black_box(s.take_findings().len())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, egress, small_response);
 criterion_main!(benches);
