@@ -241,6 +241,11 @@ impl JsonStreamMasker {
 
     fn end_string(&mut self, out: &mut Vec<u8>) {
         self.emit_string_part(self.tok.len(), out);
+        self.close_string(out);
+    }
+
+    /// Ends the current string once its last part is out.
+    fn close_string(&mut self, out: &mut Vec<u8>) {
         out.push(b'"');
         if self.is_key {
             if let Some(f) = self.frames.last_mut() {
@@ -269,6 +274,12 @@ impl JsonStreamMasker {
                     self.finding(&name, base, lit.len());
                 }
             }
+        } else if matches!(lit.as_slice(), b"true" | b"false" | b"null")
+            && !self.profile.scanner.has_word_rules()
+        {
+            // No built-in detector matches a keyword (none has a letters-only anchor); only an
+            // operator's word list or regex could.
+            out.extend_from_slice(&lit);
         } else {
             let r = self.profile.scanner.scan(&lit, true);
             if r.spans.is_empty() {
@@ -345,6 +356,14 @@ impl JsonStreamMasker {
                             None => {
                                 self.tok.extend_from_slice(rest);
                                 i = chunk.len();
+                            }
+                            Some(k) if self.tok.is_empty() && rest.get(k) == Some(&b'"') => {
+                                // The rest of the string lies in this chunk: masked from the
+                                // chunk, without a copy into the token buffer.
+                                self.emit_part(rest.get(..k).unwrap_or(&[]), out);
+                                self.close_string(out);
+                                i += k + 1;
+                                continue;
                             }
                             Some(k) => {
                                 self.tok.extend_from_slice(rest.get(..k).unwrap_or(&[]));

@@ -108,6 +108,12 @@ impl PairSet {
     }
 
     #[inline]
+    fn contains(&self, a: u8, b: u8) -> bool {
+        let i = usize::from(a) << 8 | usize::from(b);
+        self.0.get(i >> 6).is_some_and(|x| x & (1 << (i & 63)) != 0)
+    }
+
+    #[inline]
     fn any_in(&self, t: &[u8]) -> bool {
         t.windows(2).any(|w| {
             let i = usize::from(w.first().copied().unwrap_or(0)) << 8
@@ -404,12 +410,29 @@ impl Scanner {
         }
     }
 
+    /// Whether an operator's word list or regex is compiled in (they may match any text,
+    /// keywords included).
+    pub(crate) fn has_word_rules(&self) -> bool {
+        !self.dicts.is_empty() || !self.regexes.is_empty()
+    }
+
     pub(crate) fn is_on(&self, d: Detector) -> bool {
         self.on[d.index()]
     }
 
     /// Scans `t`. `at_eof` says whether more bytes may follow (only PEM blocks care).
     pub(crate) fn scan(&self, t: &[u8], at_eof: bool) -> ScanOutcome {
+        if self.short_and_clean(t) {
+            return ScanOutcome {
+                spans: Vec::new(),
+                stop: Stop::End,
+            };
+        }
+        self.scan_full(t, at_eof)
+    }
+
+    /// [`Scanner::scan`] without the short-haystack shortcut.
+    fn scan_full(&self, t: &[u8], at_eof: bool) -> ScanOutcome {
         let mut cands: Vec<Span> = Vec::new();
         let mut hold: Option<usize> = None;
         if let Some((searcher, kinds)) = &self.literals {
@@ -471,6 +494,36 @@ impl Scanner {
             }
         }
         select(cands, hold)
+    }
+
+    /// One pass over a short haystack (a JSON string, a column value): no anchor byte of the
+    /// class pass and no first byte pair of a literal means no built-in detector can match,
+    /// so the full scan (two passes plus its set-up) is skipped. Word lists and regexes may
+    /// match anything: with them, never clean.
+    #[inline]
+    fn short_and_clean(&self, t: &[u8]) -> bool {
+        if t.len() >= SHORT_HAYSTACK || self.has_word_rules() {
+            return false;
+        }
+        let pairs = match &self.literals {
+            Some((LiteralSearcher::Teddy(_, _, pairs), _)) => Some(pairs),
+            // No pair set to rule literals out: let the full scan decide.
+            Some((LiteralSearcher::Automaton(_), _)) => return false,
+            None => None,
+        };
+        let mut prev: Option<u8> = None;
+        for &b in t {
+            if self.class[usize::from(b)] != 0 {
+                return false;
+            }
+            if let (Some(p), Some(a)) = (pairs, prev)
+                && p.contains(a, b)
+            {
+                return false;
+            }
+            prev = Some(b);
+        }
+        true
     }
 
     fn class_pass(&self, t: &[u8], out: &mut Vec<Span>) {
@@ -1324,6 +1377,98 @@ mod tests {
             );
             assert_eq!(eq_bytes(x, b'@') != 0, b == b'@', "byte {b}");
         }
+    }
+
+    /// The shortcut never hides a match: every short text it calls clean, the full scan finds
+    /// nothing in either. Texts: every sequence of up to three pieces (anchor bytes, literal
+    /// prefixes, near misses, escapes), then random sequences of up to eight.
+    #[test]
+    fn short_clean_texts_hold_no_match() {
+        use proptest::prelude::*;
+        const PIECES: &[&str] = &[
+            "a",
+            "Z",
+            " ",
+            "-",
+            "_",
+            ".",
+            "/",
+            "+",
+            "0",
+            "7",
+            "@",
+            "=",
+            ":",
+            "eyJ",
+            "ey",
+            "AKIA",
+            "AKI",
+            "ghp_",
+            "gh",
+            "glpat-",
+            "xoxb-",
+            "sk_live_",
+            "sk_",
+            "AIza",
+            "-----",
+            "-----BEGIN ",
+            "hooks.slack.com",
+            "user",
+            "example.com",
+            "true",
+            "\\n",
+            "\\u00e9",
+            "é",
+            "\u{7f}",
+            "n@x.io",
+            "a.b@c.de",
+            "password=",
+            "api_key:",
+            "password:",
+            "hunter-two-horse",
+        ];
+        let engine = crate::MaskingEngine::with_defaults().expect("default profile");
+        let scanner = &engine.profile(None).scanner;
+        let clean = std::cell::Cell::new(0u32);
+        let check = |t: &[u8]| -> Result<(), String> {
+            if scanner.short_and_clean(t) {
+                clean.set(clean.get() + 1);
+                for eof in [true, false] {
+                    let full = scanner.scan_full(t, eof);
+                    if !full.spans.is_empty() || full.stop != Stop::End {
+                        return Err(format!("{:?}", String::from_utf8_lossy(t)));
+                    }
+                }
+            }
+            Ok(())
+        };
+        for a in PIECES {
+            for b in PIECES {
+                for c in PIECES {
+                    for t in [a.to_string(), format!("{a}{b}"), format!("{a}{b}{c}")] {
+                        if let Err(t) = check(t.as_bytes()) {
+                            panic!("clean by the shortcut, not by the full scan: {t}");
+                        }
+                    }
+                }
+            }
+        }
+        let text =
+            prop::collection::vec(prop::sample::select(PIECES), 0..8).prop_map(|v| v.concat());
+        proptest::test_runner::TestRunner::new(ProptestConfig {
+            cases: 20_000,
+            ..ProptestConfig::default()
+        })
+        .run(&text, |t| {
+            check(t.as_bytes()).map_err(proptest::test_runner::TestCaseError::fail)
+        })
+        .expect("shortcut agrees with the full scan");
+        // The shortcut must also fire, or the test proves nothing.
+        let clean = clean.get();
+        assert!(clean > 1_000, "only {clean} texts were clean");
+        assert!(scanner.short_and_clean(b"plan"));
+        assert!(!scanner.short_and_clean(b"user0@example.com"));
+        assert!(!scanner.short_and_clean(b"ghp_x"));
     }
 
     #[test]
