@@ -13,7 +13,9 @@
 # Usage: benches/http/run.sh [duration=15s] [connections=32] [threads=2]
 # Env: CARGO_TARGET_DIR (where the release build goes), BENCH_WORKERS (gateway tokio workers),
 #      BENCH_MODES (default "fsync os"; "memory" is an in-memory recorder, "relay" the bare
-#      hyper relay), BENCH_PERF (a
+#      hyper relay, "null" a recorder that keeps nothing; a "-nomask" suffix, e.g. "null-nomask",
+#      swaps the masker for one that masks nothing: together they attribute the cost of each
+#      layer), BENCH_PERF (a
 #      directory: profile the gateway runs with perf record -g).
 # Needs: nginx, wrk (apt-get install -y nginx wrk), a release build of the bench gateway.
 set -euo pipefail
@@ -79,12 +81,14 @@ start_gateway() { # mode
     # BENCH_PERF=<dir>: profile each gateway run (perf record -g) into <dir>/perf-<mode>.data.
     # shellcheck disable=SC2206
     [ -n "${BENCH_PERF:-}" ] && wrap=(perf record -q ${BENCH_PERF_ARGS:--g} -o "$BENCH_PERF/perf-$1.data" --)
-    BENCH_RECORDER=$1 "${wrap[@]}" "$GATEWAY_BIN" "127.0.0.1:$GW" "http://127.0.0.1:$UP" "$WORK/gw" 2>"$WORK/gw-$1.log" &
+    local recorder=${1%-nomask} masker=default
+    [ "$recorder" != "$1" ] && masker=none
+    BENCH_RECORDER=$recorder BENCH_MASKER=$masker "${wrap[@]}" "$GATEWAY_BIN" "127.0.0.1:$GW" "http://127.0.0.1:$UP" "$WORK/gw" 2>"$WORK/gw-$1.log" &
     GW_PID=$!
     PIDS+=("$GW_PID")
     for _ in $(seq 100); do [ -s "$WORK/gw/token" ] && curl -fs -o /dev/null -H "Authorization: Bearer $(cat "$WORK/gw/token")" "http://127.0.0.1:$GW/users" && break; sleep 0.1; done
     TOKEN=$(cat "$WORK/gw/token")
-    [ "$1" = relay ] && return 0
+    [ "$1" = relay ] || [ "$masker" = none ] && return 0
     curl -fs -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$GW/users" | grep -q '\[email\]' || { echo "gateway does not mask" >&2; exit 1; }
 }
 stop_gateway() {

@@ -6,6 +6,8 @@
 //! Usage: `bench_gateway <listen addr> <upstream url> <state dir>`; writes a fresh JWT to
 //! `<state dir>/token` and serves until killed. `BENCH_RECORDER=fsync|os|memory` picks the audit
 //! log's durability (or an in-memory recorder); `BENCH_WORKERS=n` the tokio worker threads.
+//! `BENCH_RECORDER=null` discards every event and recording frame (attributes the recorder's
+//! cost; not a configuration a gateway may run), `BENCH_MASKER=none` masks nothing.
 //! `BENCH_RECORDER=relay` runs none of the layers: a bare hyper reverse proxy (the same hyper
 //! HTTP/1 server and pooled hyper-util client, the same injected header), the floor any
 //! hyper-based gateway starts from on the machine.
@@ -88,6 +90,8 @@ async fn run() {
     let mode = std::env::var("BENCH_RECORDER").unwrap_or_else(|_| "fsync".into());
     let recorder: Arc<dyn gatehouse_core::Recorder + Send + Sync> = if mode == "memory" {
         Arc::new(gatehouse_testkit::layers::MemoryRecorder::new())
+    } else if mode == "null" {
+        Arc::new(NullRecorder)
     } else {
         let mut rc = RecorderConfig::new("bench");
         if mode == "os" {
@@ -114,7 +118,12 @@ async fn run() {
         authenticator: Arc::new(authenticator),
         policy: Arc::new(policy),
         approvals: Arc::new(MemoryApprovals::new()),
-        masker: Arc::new(MaskingEngine::with_defaults().unwrap()),
+        // BENCH_MASKER=none: a masker that masks nothing (attributes the masking cost).
+        masker: if std::env::var("BENCH_MASKER").as_deref() == Ok("none") {
+            Arc::new(gatehouse_testkit::layers::LiteralMasker::new())
+        } else {
+            Arc::new(MaskingEngine::with_defaults().unwrap())
+        },
         egress,
         recorder,
     };
@@ -166,5 +175,64 @@ async fn relay(listen: &str, upstream: &str) {
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
+    }
+}
+
+/// Accepts every event and recording frame and keeps none: the cost of the layers without the
+/// recorder's.
+struct NullRecorder;
+
+struct NullSink;
+
+impl gatehouse_core::RecordingSink for NullSink {
+    fn write(
+        &mut self,
+        _frame: gatehouse_core::RecordingFrame,
+    ) -> futures::future::BoxFuture<'_, Result<(), gatehouse_core::RecordError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn seal(
+        self: Box<Self>,
+    ) -> futures::future::BoxFuture<
+        'static,
+        Result<gatehouse_core::RecordingSeal, gatehouse_core::RecordError>,
+    > {
+        Box::pin(async {
+            Ok(gatehouse_core::RecordingSeal {
+                location: "null".into(),
+                sha256: String::new(),
+                bytes: 0,
+                frames: 0,
+            })
+        })
+    }
+}
+
+impl gatehouse_core::Recorder for NullRecorder {
+    fn record(
+        &self,
+        _event: gatehouse_core::Event,
+    ) -> futures::future::BoxFuture<
+        '_,
+        Result<gatehouse_core::EventReceipt, gatehouse_core::RecordError>,
+    > {
+        Box::pin(async {
+            Ok(gatehouse_core::EventReceipt {
+                sequence: 0,
+                hash: String::new(),
+            })
+        })
+    }
+
+    fn open_recording<'a>(
+        &'a self,
+        _session: &'a gatehouse_core::SessionId,
+        _kind: gatehouse_core::RecordingKind,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<Box<dyn gatehouse_core::RecordingSink>, gatehouse_core::RecordError>,
+    > {
+        Box::pin(async { Ok(Box::new(NullSink) as Box<dyn gatehouse_core::RecordingSink>) })
     }
 }
