@@ -600,11 +600,13 @@ async fn relay(proxy: Arc<ProxyInner>, ready: Ready, client_addr: String, sessio
             tokio::time::sleep(Duration::from_secs(10)).await;
         };
         tokio::select! {
+            biased;
             r = &mut run => r,
             _ = grace => (None, None),
         }
     };
-    let (reason, (backend_reason, sink)) = tokio::join!(front, back);
+    // Biased: no random start per poll (the halves are polled in turn either way).
+    let (reason, (backend_reason, sink)) = tokio::join!(biased; front, back);
     let mut reason = backend_reason.unwrap_or(reason);
     // The backend half (and with it the results queue's sender) is gone: drain the queue so
     // every result summary precedes SessionEnd.
@@ -743,23 +745,31 @@ impl Frontend {
             }
         };
         tokio::pin!(expiry_sleep);
+        // One idle timer for the session, pushed back before each read (extending a timer's
+        // deadline is an atomic update, not a timer-wheel insert and removal per message), and
+        // one registration on the end-of-session token: per message, the loop costs a poll.
+        let idle_sleep = tokio::time::sleep(idle.unwrap_or(Duration::MAX / 4));
+        tokio::pin!(idle_sleep);
         let shared = self.shared.clone();
+        let done = shared.done.cancelled();
+        tokio::pin!(done);
         loop {
-            let next = async {
-                match idle {
-                    Some(d) => tokio::time::timeout(d, self.reader.next())
-                        .await
-                        .unwrap_or(Err(ReadError::Io(std::io::ErrorKind::TimedOut.into()))),
-                    None => self.reader.next().await,
-                }
-            };
+            if let Some(d) = idle {
+                idle_sleep.as_mut().reset(tokio::time::Instant::now() + d);
+            }
+            // Biased: the session's end, its token's expiry and the idle limit are checked
+            // before each read, so a client that never stops sending cannot outrun them.
             let frame = tokio::select! {
-                f = next => f,
-                _ = shared.done.cancelled() => return "upstream closed".into(),
+                biased;
+                _ = &mut done => return "upstream closed".into(),
                 _ = &mut expiry_sleep => {
                     self.fatal(&PgProxyError::TokenExpired).await;
                     return "token expired".into();
                 }
+                _ = &mut idle_sleep, if idle.is_some() => {
+                    Err(ReadError::Io(std::io::ErrorKind::TimedOut.into()))
+                }
+                f = self.reader.next() => f,
             };
             let frame = match frame {
                 Ok(Some(f)) => f,
@@ -1488,10 +1498,13 @@ impl Backend {
     async fn run(mut self) -> (Option<String>, Option<Box<dyn RecordingSink>>) {
         let mut linger = tokio::time::interval(RECORDING_LINGER);
         linger.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let shared = self.shared.clone();
+        let done = shared.done.cancelled();
+        tokio::pin!(done);
         let reason = loop {
             let frame = tokio::select! {
                 biased;
-                _ = self.shared.done.cancelled() => break None,
+                _ = &mut done => break None,
                 f = self.reader.next() => f,
                 _ = linger.tick() => {
                     self.flush_recording().await;
