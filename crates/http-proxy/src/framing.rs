@@ -179,18 +179,38 @@ impl FramingScanner {
         }
     }
 
-    /// Accumulates head bytes; returns how many of `data` were consumed.
+    /// Accumulates head bytes; returns how many of `data` were consumed. Works a line at a
+    /// time (`memchr` to each line feed), with the verdicts of a byte-at-a-time reading: a head
+    /// ends at the first empty line, and one that grows past `max_head` before its end is not
+    /// judged (hyper refuses it).
     fn observe_head_bytes(&mut self, data: &[u8]) -> usize {
-        for (i, &b) in data.iter().enumerate() {
+        let mut i = 0;
+        if self.head.is_empty() {
             // Empty lines before a request line are skipped (as hyper does).
-            if self.head.is_empty() && (b == b'\r' || b == b'\n') {
-                continue;
+            i = data
+                .iter()
+                .position(|&b| b != b'\r' && b != b'\n')
+                .unwrap_or(data.len());
+        }
+        while let Some(rest) = data.get(i..).filter(|r| !r.is_empty()) {
+            let Some(nl) = memchr::memchr(b'\n', rest) else {
+                self.head.extend_from_slice(rest);
+                if self.head.len() > self.max_head {
+                    self.state = State::Passthrough;
+                }
+                return data.len();
+            };
+            self.head.extend_from_slice(rest.get(..=nl).unwrap_or(rest));
+            i += nl + 1;
+            // Every byte before this line feed was within the limit, or the head is too big.
+            if self.head.len() - 1 > self.max_head {
+                self.state = State::Passthrough;
+                return data.len();
             }
-            self.head.push(b);
-            if b == b'\n' && (self.head.ends_with(b"\r\n\r\n") || self.head.ends_with(b"\n\n")) {
+            if self.head.ends_with(b"\r\n\r\n") || self.head.ends_with(b"\n\n") {
                 let head = std::mem::take(&mut self.head);
                 self.end_of_head(&head);
-                return i + 1;
+                return i;
             }
             if self.head.len() > self.max_head {
                 self.state = State::Passthrough;
@@ -437,8 +457,17 @@ mod properties {
     use proptest::prelude::*;
 
     fn verdicts_of(data: &[u8], cuts: &[usize]) -> Vec<(u64, String)> {
+        verdicts_with(data, cuts, 4096).0
+    }
+
+    /// The verdicts, how many request heads were read, and whether the scanner still watches.
+    fn verdicts_with(
+        data: &[u8],
+        cuts: &[usize],
+        max_head: usize,
+    ) -> (Vec<(u64, String)>, u64, bool) {
         let v = FramingVerdicts::default();
-        let mut s = FramingScanner::new(v.clone(), 4096);
+        let mut s = FramingScanner::new(v.clone(), max_head);
         let mut start = 0;
         for &c in cuts {
             let end = c.min(data.len()).max(start);
@@ -448,7 +477,7 @@ mod properties {
         s.observe(&data[start..]);
         let mut out: Vec<_> = v.0.lock().unwrap().drain().collect();
         out.sort();
-        out
+        (out, s.requests, s.is_watching())
     }
 
     fn http_like() -> impl Strategy<Value = Vec<u8>> {
@@ -477,6 +506,17 @@ mod properties {
         ) {
             cuts.sort_unstable();
             prop_assert_eq!(verdicts_of(&data, &[]), verdicts_of(&data, &cuts));
+        }
+
+        /// Heads read a line at a time judge exactly as heads read a byte at a time, the
+        /// head-size limit included (small limits, so heads cross it at every position).
+        #[test]
+        fn line_reading_equals_byte_reading(data in http_like(), max_head in 8usize..80) {
+            let every_byte: Vec<usize> = (1..data.len()).collect();
+            prop_assert_eq!(
+                verdicts_with(&data, &[], max_head),
+                verdicts_with(&data, &every_byte, max_head)
+            );
         }
 
         #[test]
