@@ -97,6 +97,12 @@ async fn run() {
         if mode == "os" {
             rc.log.durability = gatehouse_recorder::Durability::OsWrite;
         }
+        if let Some(mb) = std::env::var("BENCH_SEGMENT_MB").ok().and_then(|v| v.parse::<u64>().ok()) {
+            rc.log.segment_max_bytes = mb << 20;
+        }
+        if let Some(ms) = std::env::var("BENCH_LINGER_MS").ok().and_then(|v| v.parse().ok()) {
+            rc.recording.write_linger = Duration::from_millis(ms);
+        }
         Arc::new(
             AuditRecorder::open(
                 &dir.join("audit"),

@@ -48,6 +48,24 @@ pub trait SegmentFile: Send + Debug {
     fn truncate(&mut self, len: u64) -> io::Result<()>;
     /// Current size in bytes.
     fn size(&self) -> io::Result<u64>;
+    /// A handle that makes this segment's appended data durable from another thread while
+    /// appends go on (the writer's background sync at `os-write` durability). `None`: the store
+    /// has no such handle, and every sync happens under the writer's lock.
+    fn sync_handle(&self) -> io::Result<Option<Box<dyn SegmentSync>>> {
+        Ok(None)
+    }
+}
+
+/// Makes a segment's data durable (fdatasync) without holding its [`SegmentFile`].
+pub trait SegmentSync: Send {
+    /// fdatasync of everything appended so far.
+    fn sync_data(&self) -> io::Result<()>;
+}
+
+impl SegmentSync for File {
+    fn sync_data(&self) -> io::Result<()> {
+        File::sync_data(self)
+    }
 }
 
 /// Segments in a local directory.
@@ -136,6 +154,11 @@ impl SegmentFile for LocalSegmentFile {
 
     fn size(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
+    }
+
+    fn sync_handle(&self) -> io::Result<Option<Box<dyn SegmentSync>>> {
+        // A second descriptor of the same open file: fdatasync through it covers every append.
+        Ok(Some(Box::new(self.file.try_clone()?)))
     }
 }
 

@@ -768,3 +768,170 @@ async fn a_failed_batch_write_fails_every_event_and_leaves_no_partial_record() {
         assert!(verify_log(&load(dir.path(), LOG), &options()).ok());
     }
 }
+
+/// A segment store whose background sync handles stall until the test opens the gate; the
+/// files' own syncs (under the writer's lock) do not.
+#[derive(Debug)]
+struct StallingStore {
+    inner: LocalSegmentStore,
+    gate: Arc<Gate>,
+}
+
+#[derive(Debug, Default)]
+struct Gate {
+    open: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+    /// Background sync handles handed out (each marks a sync about to start).
+    handles: AtomicU64,
+    entered: AtomicU64,
+    /// Segments opened while a handed-out sync was not through.
+    opened_during_sync: AtomicU64,
+}
+
+impl Gate {
+    fn pass(&self) {
+        self.entered.fetch_add(1, Ordering::SeqCst);
+        let mut open = self.open.lock().unwrap();
+        while !*open {
+            open = self.opened.wait(open).unwrap();
+        }
+    }
+    fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.opened.notify_all();
+    }
+}
+
+#[derive(Debug)]
+struct StallingFile {
+    inner: Box<dyn SegmentFile>,
+    gate: Arc<Gate>,
+}
+
+struct StallingSync {
+    inner: Box<dyn gatehouse_recorder::storage::SegmentSync>,
+    gate: Arc<Gate>,
+}
+
+impl gatehouse_recorder::storage::SegmentSync for StallingSync {
+    fn sync_data(&self) -> io::Result<()> {
+        self.gate.pass();
+        self.inner.sync_data()
+    }
+}
+
+impl SegmentStore for StallingStore {
+    fn list(&self) -> io::Result<Vec<String>> {
+        self.inner.list()
+    }
+    fn read(&self, name: &str) -> io::Result<Vec<u8>> {
+        self.inner.read(name)
+    }
+    fn open_append(&self, name: &str) -> io::Result<Box<dyn SegmentFile>> {
+        if self.gate.handles.load(Ordering::SeqCst) > 0 && !*self.gate.open.lock().unwrap() {
+            self.gate.opened_during_sync.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(Box::new(StallingFile {
+            inner: self.inner.open_append(name)?,
+            gate: self.gate.clone(),
+        }))
+    }
+    fn remove(&self, name: &str) -> io::Result<()> {
+        self.inner.remove(name)
+    }
+    fn sync_dir(&self) -> io::Result<()> {
+        self.inner.sync_dir()
+    }
+}
+
+impl SegmentFile for StallingFile {
+    fn append(&mut self, data: &[u8]) -> io::Result<()> {
+        self.inner.append(data)
+    }
+    fn sync_data(&mut self) -> io::Result<()> {
+        self.inner.sync_data()
+    }
+    fn truncate(&mut self, len: u64) -> io::Result<()> {
+        self.inner.truncate(len)
+    }
+    fn size(&self) -> io::Result<u64> {
+        self.inner.size()
+    }
+    fn sync_handle(&self) -> io::Result<Option<Box<dyn gatehouse_recorder::storage::SegmentSync>>> {
+        self.gate.handles.fetch_add(1, Ordering::SeqCst);
+        Ok(self.inner.sync_handle()?.map(|inner| {
+            Box::new(StallingSync {
+                inner,
+                gate: self.gate.clone(),
+            }) as Box<dyn gatehouse_recorder::storage::SegmentSync>
+        }))
+    }
+}
+
+/// At `os-write`, a full segment is synced by the writer thread outside the writer's lock:
+/// while that sync is stuck (a slow disk), appends go on, written by their callers, and the
+/// segment is closed once the sync is through. (Before, the rotation's fdatasync of the whole
+/// segment ran under the lock in whichever append found the segment full, and every append
+/// waited for it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_segment_sync_holds_up_no_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Arc::new(Gate::default());
+    let store = Arc::new(StallingStore {
+        inner: LocalSegmentStore::new(dir.path()).unwrap(),
+        gate: gate.clone(),
+    });
+    let mut c = config(LOG);
+    c.durability = Durability::OsWrite;
+    c.segment_max_bytes = 1 << 20;
+    let log = AuditLog::open(store, c, signer(), LogHooks::default())
+        .await
+        .unwrap();
+    let s = SessionId::generate();
+    let text = "select ".to_string() + &"x".repeat(900);
+    let mut receipts = Vec::new();
+    let mut i = 0;
+    // Fill the first segment until the writer thread takes its sync over, and stalls in it.
+    while gate.entered.load(Ordering::SeqCst) == 0 {
+        receipts.push(log.append(&sql_event(&s, i, &text)).await.unwrap());
+        i += 1;
+        assert!(i < 100_000, "no background sync started");
+        if i % 64 == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+    let stalled_at = load(dir.path(), LOG).segments.len();
+    // While it stalls, 3 000 more appends (about 3 MB) complete.
+    let during = tokio::time::timeout(std::time::Duration::from_secs(120), async {
+        let mut r = Vec::new();
+        for j in 0..3000 {
+            r.push(log.append(&sql_event(&s, i + j, &text)).await.unwrap());
+        }
+        r
+    })
+    .await
+    .expect("appends waited for the stalled segment sync");
+    assert_eq!(
+        gate.entered.load(Ordering::SeqCst),
+        1,
+        "one sync, still stalled"
+    );
+    // A rotation now would fdatasync behind the stalled sync's writeback, under the lock.
+    assert_eq!(
+        gate.opened_during_sync.load(Ordering::SeqCst),
+        0,
+        "a segment was closed while its background sync was not through"
+    );
+    assert_eq!(load(dir.path(), LOG).segments.len(), stalled_at);
+    receipts.extend(during);
+    gate.open();
+    log.close().await.unwrap();
+    let data = load(dir.path(), LOG);
+    assert!(
+        data.segments.len() > stalled_at,
+        "the full segment was closed after its sync"
+    );
+    let v = verify_log(&data, &options());
+    assert!(v.ok(), "{:?}", v.problem);
+    assert_all_present(&data, &receipts);
+}
