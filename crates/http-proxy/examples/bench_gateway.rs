@@ -8,6 +8,8 @@
 //! log's durability (or an in-memory recorder); `BENCH_WORKERS=n` the tokio worker threads.
 //! `BENCH_RECORDER=null` discards every event and recording frame (attributes the recorder's
 //! cost; not a configuration a gateway may run), `BENCH_MASKER=none` masks nothing.
+//! `BENCH_SEGMENT_MB=n` sets the audit log's segment size (default 64), `BENCH_LINGER_MS=n` the
+//! recording write linger (default 100).
 //! `BENCH_RECORDER=relay` runs none of the layers: a bare hyper reverse proxy (the same hyper
 //! HTTP/1 server and pooled hyper-util client, the same injected header), the floor any
 //! hyper-based gateway starts from on the machine.
@@ -97,10 +99,16 @@ async fn run() {
         if mode == "os" {
             rc.log.durability = gatehouse_recorder::Durability::OsWrite;
         }
-        if let Some(mb) = std::env::var("BENCH_SEGMENT_MB").ok().and_then(|v| v.parse::<u64>().ok()) {
+        if let Some(mb) = std::env::var("BENCH_SEGMENT_MB")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
             rc.log.segment_max_bytes = mb << 20;
         }
-        if let Some(ms) = std::env::var("BENCH_LINGER_MS").ok().and_then(|v| v.parse().ok()) {
+        if let Some(ms) = std::env::var("BENCH_LINGER_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
             rc.recording.write_linger = Duration::from_millis(ms);
         }
         Arc::new(

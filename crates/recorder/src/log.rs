@@ -139,9 +139,6 @@ enum Command {
 /// large fdatasync: with 64 MiB segments that wait was ~100 ms on every rotation, for every
 /// request in flight.
 const BACKGROUND_SYNC_BYTES: u64 = 4 << 20;
-/// A due rotation with at most this much unsynced data is done by whoever finds it due (the
-/// sync is short); with more, the writer thread first syncs outside the lock.
-const INLINE_ROTATION_SYNC_BYTES: u64 = 256 << 10;
 
 /// A hash-chained audit log (one writer thread per log).
 pub struct AuditLog {
@@ -551,8 +548,19 @@ fn maintain(shared: &Mutex<Writer>) -> bool {
     let Ok(mut w) = shared.lock() else {
         return false;
     };
-    w.syncing.store(false, Ordering::Release);
-    w.maybe_rotate(false);
+    let defer = w.config.durability == Durability::OsWrite;
+    let (_, dir_sync) = w.rotate(false, defer);
+    let store = dir_sync.then(|| w.store.clone());
+    let syncing = w.syncing.clone();
+    drop(w);
+    if let Some(store) = store
+        && let Err(e) = store.sync_dir()
+    {
+        tracing::warn!(error = %e, "audit log: syncing the directory after a rotation failed");
+    }
+    // Until here an append that finds the lock taken waits for the lock rather than queueing
+    // for this thread.
+    syncing.store(false, Ordering::Release);
     true
 }
 
@@ -775,24 +783,14 @@ impl Writer {
                 || self.opened.elapsed() >= self.config.segment_max_age)
     }
 
-    /// After an inline append: rotates here when that is cheap, or reports that the writer
-    /// thread should take over (many unsynced bytes, or a rotation that would sync many). Asks
-    /// once until the writer thread has run.
+    /// After an inline append: whether the writer thread should take over (many unsynced
+    /// bytes, or a due rotation: its syncs never run in an appending caller). Asks once until
+    /// the writer thread has run.
     fn after_inline_append(&mut self) -> bool {
-        let rotation = self.rotation_due();
-        // Not while a background sync runs: this rotation's fdatasync would wait for its
-        // writeback.
-        if rotation
-            && self.unsynced <= INLINE_ROTATION_SYNC_BYTES
-            && !self.syncing.load(Ordering::Acquire)
-        {
-            self.maybe_rotate(false);
-            return false;
-        }
         if self.maintenance_asked || self.poisoned.is_some() {
             return false;
         }
-        self.maintenance_asked = rotation || self.unsynced >= BACKGROUND_SYNC_BYTES;
+        self.maintenance_asked = self.rotation_due() || self.unsynced >= BACKGROUND_SYNC_BYTES;
         self.maintenance_asked
     }
 
@@ -960,27 +958,37 @@ impl Writer {
     /// Rotates when the segment is full or old (or when `force`d and non-empty). Returns whether
     /// the current segment is now a fresh one (or needed no rotation).
     fn maybe_rotate(&mut self, force: bool) -> bool {
+        self.rotate(force, false).0
+    }
+
+    /// Rotates when due (or forced); answers whether all went well and whether the new
+    /// segment's directory entry still needs its sync: with `defer_dir_sync` (`os-write` only,
+    /// where nothing of the new segment is promised durable yet) the caller syncs the directory
+    /// after releasing the writer's lock, so appends go on meanwhile.
+    fn rotate(&mut self, force: bool, defer_dir_sync: bool) -> (bool, bool) {
         if self.poisoned.is_some() {
-            return false;
+            return (false, false);
         }
         if self.len == 0 || !(self.rotation_due() || force) {
-            return true;
+            return (true, false);
         }
         // Closing a segment makes it durable whatever the level, so shipping copies final bytes.
         if let Err(e) = self.file.sync_data() {
             self.poison(format!("fdatasync {} at rotation: {e}", self.segment));
-            return false;
+            return (false, false);
         }
         self.unsynced = 0;
         let name = segment_name(self.next_sequence);
         let file = match self.store.open_append(&name).and_then(|f| {
-            self.store.sync_dir()?;
+            if !defer_dir_sync {
+                self.store.sync_dir()?;
+            }
             Ok(f)
         }) {
             Ok(f) => f,
             Err(e) => {
                 tracing::warn!(error = %e, "audit log: rotation failed; staying on the current segment");
-                return false;
+                return (false, false);
             }
         };
         let closed = std::mem::replace(&mut self.segment, name);
@@ -993,7 +1001,7 @@ impl Writer {
                 self.backlog.fetch_sub(1, Ordering::AcqRel);
             }
         }
-        true
+        (true, defer_dir_sync)
     }
 
     fn retain(
