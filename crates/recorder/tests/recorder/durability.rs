@@ -183,14 +183,54 @@ async fn a_damaged_middle_refuses_to_open() {
     assert!(err.to_string().contains("damaged"), "{err}");
 }
 
-/// A segment store that fails on demand: a write stores only part of its bytes and then fails
-/// (like ENOSPC mid-write); a sync fails (like EIO).
+/// What a [`WrappingStore`] does to each segment file it opens.
+trait FileWrapper: Send + Sync + std::fmt::Debug {
+    fn wrap(&self, file: Box<dyn SegmentFile>) -> Box<dyn SegmentFile>;
+}
+
+/// The local store with every segment file it opens wrapped: fault injection, stalls.
 #[derive(Debug)]
-struct FaultyStore {
+struct WrappingStore<W> {
     inner: LocalSegmentStore,
+    wrapper: W,
+}
+
+impl<W: FileWrapper> SegmentStore for WrappingStore<W> {
+    fn list(&self) -> io::Result<Vec<String>> {
+        self.inner.list()
+    }
+    fn read(&self, name: &str) -> io::Result<Vec<u8>> {
+        self.inner.read(name)
+    }
+    fn open_append(&self, name: &str) -> io::Result<Box<dyn SegmentFile>> {
+        Ok(self.wrapper.wrap(self.inner.open_append(name)?))
+    }
+    fn remove(&self, name: &str) -> io::Result<()> {
+        self.inner.remove(name)
+    }
+    fn sync_dir(&self) -> io::Result<()> {
+        self.inner.sync_dir()
+    }
+}
+
+/// Faults on demand: a write stores only part of its bytes and then fails (like ENOSPC
+/// mid-write); a sync fails (like EIO).
+#[derive(Debug)]
+struct Faults {
     fail_writes: Arc<AtomicBool>,
     fail_syncs: Arc<AtomicBool>,
     partial: Arc<AtomicU64>,
+}
+
+impl FileWrapper for Faults {
+    fn wrap(&self, inner: Box<dyn SegmentFile>) -> Box<dyn SegmentFile> {
+        Box::new(FaultyFile {
+            inner,
+            fail_writes: self.fail_writes.clone(),
+            fail_syncs: self.fail_syncs.clone(),
+            partial: self.partial.clone(),
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -199,29 +239,6 @@ struct FaultyFile {
     fail_writes: Arc<AtomicBool>,
     fail_syncs: Arc<AtomicBool>,
     partial: Arc<AtomicU64>,
-}
-
-impl SegmentStore for FaultyStore {
-    fn list(&self) -> io::Result<Vec<String>> {
-        self.inner.list()
-    }
-    fn read(&self, name: &str) -> io::Result<Vec<u8>> {
-        self.inner.read(name)
-    }
-    fn open_append(&self, name: &str) -> io::Result<Box<dyn SegmentFile>> {
-        Ok(Box::new(FaultyFile {
-            inner: self.inner.open_append(name)?,
-            fail_writes: self.fail_writes.clone(),
-            fail_syncs: self.fail_syncs.clone(),
-            partial: self.partial.clone(),
-        }))
-    }
-    fn remove(&self, name: &str) -> io::Result<()> {
-        self.inner.remove(name)
-    }
-    fn sync_dir(&self) -> io::Result<()> {
-        self.inner.sync_dir()
-    }
 }
 
 impl SegmentFile for FaultyFile {
@@ -247,14 +264,18 @@ impl SegmentFile for FaultyFile {
     }
 }
 
+type FaultyStore = WrappingStore<Faults>;
+
 fn faulty(dir: &std::path::Path) -> (Arc<FaultyStore>, Arc<AtomicBool>, Arc<AtomicBool>) {
     let fail_writes = Arc::new(AtomicBool::new(false));
     let fail_syncs = Arc::new(AtomicBool::new(false));
-    let store = Arc::new(FaultyStore {
+    let store = Arc::new(WrappingStore {
         inner: LocalSegmentStore::new(dir).unwrap(),
-        fail_writes: fail_writes.clone(),
-        fail_syncs: fail_syncs.clone(),
-        partial: Arc::new(AtomicU64::new(57)),
+        wrapper: Faults {
+            fail_writes: fail_writes.clone(),
+            fail_syncs: fail_syncs.clone(),
+            partial: Arc::new(AtomicU64::new(57)),
+        },
     });
     (store, fail_writes, fail_syncs)
 }
@@ -769,14 +790,6 @@ async fn a_failed_batch_write_fails_every_event_and_leaves_no_partial_record() {
     }
 }
 
-/// A segment store whose background sync handles stall until the test opens the gate; the
-/// files' own syncs (under the writer's lock) do not.
-#[derive(Debug)]
-struct StallingStore {
-    inner: LocalSegmentStore,
-    gate: Arc<Gate>,
-}
-
 #[derive(Debug, Default)]
 struct Gate {
     open: std::sync::Mutex<bool>,
@@ -820,27 +833,17 @@ impl gatehouse_recorder::storage::SegmentSync for StallingSync {
     }
 }
 
-impl SegmentStore for StallingStore {
-    fn list(&self) -> io::Result<Vec<String>> {
-        self.inner.list()
-    }
-    fn read(&self, name: &str) -> io::Result<Vec<u8>> {
-        self.inner.read(name)
-    }
-    fn open_append(&self, name: &str) -> io::Result<Box<dyn SegmentFile>> {
-        if self.gate.handles.load(Ordering::SeqCst) > 0 && !*self.gate.open.lock().unwrap() {
-            self.gate.opened_during_sync.fetch_add(1, Ordering::SeqCst);
+/// Segment files whose background sync handles stall until the test opens the gate; the
+/// files' own syncs (under the writer's lock) do not.
+impl FileWrapper for Arc<Gate> {
+    fn wrap(&self, inner: Box<dyn SegmentFile>) -> Box<dyn SegmentFile> {
+        if self.handles.load(Ordering::SeqCst) > 0 && !*self.open.lock().unwrap() {
+            self.opened_during_sync.fetch_add(1, Ordering::SeqCst);
         }
-        Ok(Box::new(StallingFile {
-            inner: self.inner.open_append(name)?,
-            gate: self.gate.clone(),
-        }))
-    }
-    fn remove(&self, name: &str) -> io::Result<()> {
-        self.inner.remove(name)
-    }
-    fn sync_dir(&self) -> io::Result<()> {
-        self.inner.sync_dir()
+        Box::new(StallingFile {
+            inner,
+            gate: self.clone(),
+        })
     }
 }
 
@@ -877,9 +880,9 @@ impl SegmentFile for StallingFile {
 async fn a_stalled_segment_sync_holds_up_no_append() {
     let dir = tempfile::tempdir().unwrap();
     let gate = Arc::new(Gate::default());
-    let store = Arc::new(StallingStore {
+    let store = Arc::new(WrappingStore {
         inner: LocalSegmentStore::new(dir.path()).unwrap(),
-        gate: gate.clone(),
+        wrapper: gate.clone(),
     });
     let mut c = config(LOG);
     c.durability = Durability::OsWrite;
