@@ -135,6 +135,9 @@ pub fn check(loaded: &LoadedConfig) -> Result<String, CommandError> {
             None => {}
         }
     }
+    for l in &c.listeners.http {
+        crate::listeners::http::threads(loaded, l)?;
+    }
     if let Some(admin) = &c.admin
         && let Some(files) = &admin.tls
     {

@@ -191,6 +191,12 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "no certificate found",
         ),
         (
+            "an http listener with no serving thread",
+            base("\n[[listeners.http]]\nlisten = \"127.0.0.1:0\"\nthreads = 0\n"),
+            "[[listeners.http]]",
+            "threads = 0: must be 1 to 256",
+        ),
+        (
             "missing policy section",
             base("").replace("[policy]\nfile = \"policy.toml\"\n", ""),
             "@line-1",

@@ -134,12 +134,7 @@ impl HttpProxy {
         tls: Option<rustls::ServerConfig>,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), HttpProxyError> {
-        let acceptor = tls.map(|mut cfg| {
-            if cfg.alpn_protocols.is_empty() {
-                cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-            }
-            tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
-        });
+        let acceptor = tls_acceptor(tls);
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
@@ -161,31 +156,180 @@ impl HttpProxy {
             let proxy = self.inner.clone();
             let acceptor = acceptor.clone();
             let stop = stop_rx.clone();
-            tasks.spawn(async move {
-                let header_timeout = ms(proxy.config.timeouts.header_read_ms);
-                match acceptor {
-                    None => serve_connection(proxy, tcp, peer, stop).await,
-                    Some(acceptor) => {
-                        match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
-                            Ok(Ok(tls)) => serve_connection(proxy, tls, peer, stop).await,
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed")
-                            }
-                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                        }
-                    }
-                }
-            });
+            tasks.spawn(accept_connection(proxy, tcp, peer, acceptor, stop));
             // Reap finished connections so the set does not grow without bound.
             while tasks.try_join_next().is_some() {}
         }
         let _ = stop_tx.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(10), async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
-        tasks.abort_all();
+        drain(tasks).await;
         Ok(())
+    }
+
+    /// Like [`HttpProxy::serve`], with the connections spread over `threads` threads, each
+    /// running its own single-threaded tokio runtime and its own upstream connection pools.
+    /// Accepted connections are handed round-robin to the threads, and a connection's tasks
+    /// (its requests, their upstream connections, their recording) then stay on its thread.
+    /// On the multi-threaded runtime they migrate between workers, and on two cores that cost
+    /// a third of the gateway's CPU per request (docs/BENCHMARKS.md). The pipeline is shared;
+    /// its parts must not depend on one runtime (the gatehouse layers do not). `threads <= 1`
+    /// is [`HttpProxy::serve`].
+    pub async fn serve_threaded(
+        &self,
+        listener: tokio::net::TcpListener,
+        threads: usize,
+        tls: Option<rustls::ServerConfig>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), HttpProxyError> {
+        if threads <= 1 {
+            return self.serve(listener, tls, shutdown).await;
+        }
+        let acceptor = tls_acceptor(tls);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut shards = Vec::with_capacity(threads);
+        for i in 0..threads {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+            let config = self.inner.config.clone();
+            let pipeline = self.inner.pipeline.clone();
+            let (acceptor, stop) = (acceptor.clone(), stop_rx.clone());
+            std::thread::Builder::new()
+                .name(format!("gatehouse-http-{i}"))
+                .spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::error!(error = %e, "http serving thread: no runtime");
+                            return;
+                        }
+                    };
+                    runtime.block_on(async move {
+                        // Its own upstream clients, bound to this thread's runtime.
+                        match HttpProxy::new(config, pipeline) {
+                            Ok(p) => serve_handed(p.inner, rx, acceptor, stop).await,
+                            Err(e) => tracing::error!(error = %e, "http serving thread"),
+                        }
+                    });
+                    drop(done_tx);
+                })
+                .map_err(|e| HttpProxyError::Config(format!("starting a serving thread: {e}")))?;
+            shards.push((tx, done_rx));
+        }
+        tokio::pin!(shutdown);
+        let mut next = 0usize;
+        loop {
+            let accepted = tokio::select! {
+                () = &mut shutdown => break,
+                a = listener.accept() => a,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            // Deregistered here, registered again with the serving thread's runtime.
+            let Ok(tcp) = tcp.into_std() else {
+                continue;
+            };
+            // A thread that is gone (it failed to start) passes its turn to the next.
+            let mut handed = Some((tcp, peer));
+            for _ in 0..shards.len() {
+                let Some((tx, _)) = shards.get(next % shards.len()) else {
+                    break;
+                };
+                next = next.wrapping_add(1);
+                match handed.take().map(|c| tx.send(c)) {
+                    Some(Err(tokio::sync::mpsc::error::SendError(c))) => handed = Some(c),
+                    _ => break,
+                }
+            }
+            if handed.is_some() {
+                tracing::error!(%peer, "no http serving thread left; connection dropped");
+            }
+        }
+        let _ = stop_tx.send(true);
+        let mut done = Vec::with_capacity(shards.len());
+        for (tx, done_rx) in shards {
+            drop(tx);
+            done.push(done_rx);
+        }
+        // Each thread lets its open requests finish (at most 10 s) and then stops.
+        for d in done {
+            let _ = tokio::time::timeout(Duration::from_secs(15), d).await;
+        }
+        Ok(())
+    }
+}
+
+fn tls_acceptor(tls: Option<rustls::ServerConfig>) -> Option<tokio_rustls::TlsAcceptor> {
+    tls.map(|mut cfg| {
+        if cfg.alpn_protocols.is_empty() {
+            cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        }
+        tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+    })
+}
+
+/// Lets open connections finish (at most 10 s), then drops the rest.
+async fn drain(mut tasks: tokio::task::JoinSet<()>) {
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    tasks.abort_all();
+}
+
+/// One serving thread of [`HttpProxy::serve_threaded`]: serves the connections handed to it
+/// until the acceptor closes the channel (shutdown), then drains.
+async fn serve_handed(
+    proxy: Arc<Inner>,
+    mut handed: tokio::sync::mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    stop: watch::Receiver<bool>,
+) {
+    let mut tasks = tokio::task::JoinSet::new();
+    while let Some((tcp, peer)) = handed.recv().await {
+        let tcp = match tokio::net::TcpStream::from_std(tcp) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "connection could not join its thread");
+                continue;
+            }
+        };
+        tasks.spawn(accept_connection(
+            proxy.clone(),
+            tcp,
+            peer,
+            acceptor.clone(),
+            stop.clone(),
+        ));
+        while tasks.try_join_next().is_some() {}
+    }
+    drain(tasks).await;
+}
+
+/// Terminates TLS (within the header timeout) if configured, then serves the connection.
+async fn accept_connection(
+    proxy: Arc<Inner>,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    stop: watch::Receiver<bool>,
+) {
+    let header_timeout = ms(proxy.config.timeouts.header_read_ms);
+    match acceptor {
+        None => serve_connection(proxy, tcp, peer, stop).await,
+        Some(acceptor) => match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => serve_connection(proxy, tls, peer, stop).await,
+            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+        },
     }
 }
 

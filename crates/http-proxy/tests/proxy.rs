@@ -369,6 +369,69 @@ async fn denied_approval_gets_403() {
     .await;
 }
 
+/// Connections spread over serving threads (each its own runtime and upstream pool) keep every
+/// guarantee: the credential injected, bodies masked, policy applied, each session recorded and
+/// ended at shutdown, nothing unmasked in the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serving_threads_keep_every_guarantee_and_end_every_session() {
+    within(T, async {
+        let up = start_upstream().await;
+        let gw = Gateway::start_threaded(config(up.addr, dead_addr()), 3).await;
+        // Twelve callers at once: twelve connections, handed round-robin to the threads.
+        let url = gw.url("/api/users");
+        let calls = (0..12).map(|_| {
+            let url = url.clone();
+            async move { curl(&[&url, "-H", &bearer(AGENT_TOKEN)]).await }
+        });
+        for (status, _, body) in futures::future::join_all(calls).await {
+            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+            let v = json_body(&body);
+            assert_eq!(v["users"][0]["email"], "[email]");
+        }
+        assert_eq!(up.seen().len(), 12);
+        for seen in up.seen() {
+            assert_eq!(
+                seen.headers["authorization"],
+                format!("Bearer {SECRET}").as_str()
+            );
+        }
+        let (status, _, body) = curl(&[&gw.url("/api/admin/x"), "-H", &bearer(AGENT_TOKEN)]).await;
+        assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
+        assert_eq!(
+            up.seen().len(),
+            12,
+            "a denied request never reaches the upstream"
+        );
+        // Two keep-alive connections still open at shutdown: their sessions end before
+        // `serve_threaded` returns.
+        let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+        let requests = (0..2).map(|_| {
+            let req = http::Request::get(gw.url("/api/users"))
+                .header("authorization", format!("Bearer {AGENT_TOKEN}"))
+                .body(Empty::new())
+                .unwrap();
+            client.request(req)
+        });
+        for resp in futures::future::join_all(requests).await {
+            let resp = resp.unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.into_body().collect().await.unwrap();
+        }
+        let layers = gw.shutdown().await;
+        let events = layers.recorder.events();
+        let count = |f: fn(&EventBody) -> bool| events.iter().filter(|e| f(&e.body)).count();
+        let starts = count(|b| matches!(b, EventBody::SessionStart { .. }));
+        assert!((14..=15).contains(&starts), "{starts} sessions");
+        assert_eq!(count(|b| matches!(b, EventBody::SessionEnd { .. })), starts);
+        assert_eq!(count(|b| matches!(b, EventBody::OperationResult(_))), 15);
+        let dump = layers.recorder.dump();
+        assert!(!dump.contains("jane@example.com"));
+        assert!(!dump.contains(AGENT_TOKEN));
+        assert_no_secret("record", dump.as_bytes());
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn json_fields_are_masked_for_the_caller_and_the_recording() {
     within(T, async {

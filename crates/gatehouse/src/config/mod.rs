@@ -278,6 +278,9 @@ pub struct HttpListenerSection {
     pub limits: Option<gatehouse_http::Limits>,
     /// Timeouts (defaults in the gatehouse-http docs).
     pub timeouts: Option<gatehouse_http::Timeouts>,
+    /// Serving threads, each with its own runtime and upstream pools (1-256; default: one per
+    /// CPU). 1 serves on the gateway's shared runtime.
+    pub threads: Option<usize>,
 }
 
 /// `[[listeners.ssh]]`: serves every `ssh` target (`ssh TARGET@gateway`, `ssh login@TARGET@gateway`).

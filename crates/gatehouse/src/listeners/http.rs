@@ -105,6 +105,27 @@ fn http_target(
     })
 }
 
+/// The listener's serving threads: `threads` (1-256), by default one per CPU.
+pub fn threads(
+    loaded: &LoadedConfig,
+    section: &Spanned<HttpListenerSection>,
+) -> Result<usize, CommandError> {
+    let l = section.get_ref();
+    match l.threads {
+        Some(n) if (1..=256).contains(&n) => Ok(n),
+        Some(n) => Err(loaded
+            .error_at(
+                section.span().start,
+                format!(
+                    "http listener {}: threads = {n}: must be 1 to 256",
+                    l.listen
+                ),
+            )
+            .into()),
+        None => Ok(std::thread::available_parallelism().map_or(1, usize::from)),
+    }
+}
+
 /// Binds one HTTP listener and serves it until shutdown (open requests finish first).
 pub async fn start(
     loaded: &LoadedConfig,
@@ -136,6 +157,7 @@ pub async fn start(
             None
         }
     };
+    let threads = threads(loaded, section)?;
     let proxy = HttpProxy::new(config, gateway.pipeline.clone())
         .map_err(|e| CommandError::Failed(format!("http listener {}: {e}", l.listen)))?;
     let listener = tokio::net::TcpListener::bind(l.listen)
@@ -148,7 +170,7 @@ pub async fn start(
         let stop = async move {
             let _ = shutdown.wait_for(|stop| *stop).await;
         };
-        if let Err(e) = proxy.serve(listener, tls, stop).await {
+        if let Err(e) = proxy.serve_threaded(listener, threads, tls, stop).await {
             eprintln!("gatehouse: http listener {addr} failed: {e}");
         }
     });

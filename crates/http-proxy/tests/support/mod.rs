@@ -446,6 +446,30 @@ impl Gateway {
         Self::start_with(config, tls, layers, pipeline).await
     }
 
+    /// Like [`Gateway::start`], serving with [`HttpProxy::serve_threaded`] on `threads`
+    /// threads.
+    pub async fn start_threaded(config: HttpProxyConfig, threads: usize) -> Gateway {
+        let layers = layers(&config.held_secrets());
+        let proxy = HttpProxy::new(config, layers.pipeline.clone()).unwrap();
+        let listener = gatehouse_testkit::net::bind_loopback_tokio().await;
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            proxy
+                .serve_threaded(listener, threads, None, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        Gateway {
+            addr,
+            layers,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
     /// Like [`Gateway::start`], with the pipeline given (built from `layers`, some replaced).
     pub async fn start_with(
         config: HttpProxyConfig,
