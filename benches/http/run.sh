@@ -11,7 +11,9 @@
 # p50/p99 latency over direct.
 #
 # Usage: benches/http/run.sh [duration=15s] [connections=32] [threads=2]
-# Env: CARGO_TARGET_DIR (where the release build goes), BENCH_WORKERS (gateway tokio workers),
+# Env: CARGO_TARGET_DIR (where the release build goes), BENCH_THREADS (gateway serving threads,
+#      default one per CPU as the binary; 1: one multi-threaded runtime), BENCH_WORKERS (tokio
+#      workers of that runtime),
 #      BENCH_MODES (default "fsync os"; "memory" is an in-memory recorder, "relay" the bare
 #      hyper relay, "null" a recorder that keeps nothing; a "-nomask" suffix, e.g. "null-nomask",
 #      swaps the masker for one that masks nothing: together they attribute the cost of each

@@ -8,8 +8,8 @@
 //! log's durability (or an in-memory recorder); `BENCH_WORKERS=n` the tokio worker threads.
 //! `BENCH_RECORDER=null` discards every event and recording frame (attributes the recorder's
 //! cost; not a configuration a gateway may run), `BENCH_MASKER=none` masks nothing.
-//! `BENCH_THREADS=n` serves with `HttpProxy::serve_threaded` on n threads (default 1: `serve`
-//! on the multi-threaded runtime).
+//! `BENCH_THREADS=n` serves with `HttpProxy::serve_threaded` on n threads (default: one per CPU,
+//! as the `gatehouse` binary does; 1 is `serve` on the multi-threaded runtime).
 //! `BENCH_SEGMENT_MB=n` sets the audit log's segment size (default 64), `BENCH_LINGER_MS=n` the
 //! recording write linger (default 100).
 //! `BENCH_RECORDER=relay` runs none of the layers: a bare hyper reverse proxy (the same hyper
@@ -146,7 +146,7 @@ async fn run() {
     let threads = std::env::var("BENCH_THREADS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(1);
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
     let proxy = HttpProxy::new(config, pipeline).unwrap();
     let listener = tokio::net::TcpListener::bind(&listen).await.unwrap();
     eprintln!("bench gateway on {listen}, {threads} serving thread(s)");
