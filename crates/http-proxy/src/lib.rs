@@ -43,6 +43,10 @@
 //! `poll_frame`, an idle timer only while the masker holds bytes back): no task or channel per
 //! response.
 //!
+//! [`HttpProxy::serve_threaded`] serves from several threads, each with its own single-threaded
+//! runtime and upstream pools, so a connection's tasks never migrate between cores (on two
+//! cores that cut the CPU per request by a third; docs/BENCHMARKS.md).
+//!
 //! Errors are JSON (`{"error", "message", "side", …}`) with the status that fits
 //! ([`HttpProxyError`]). Conflicting `Content-Length`/`Transfer-Encoding` is refused
 //! ([`framing`]).

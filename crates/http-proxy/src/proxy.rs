@@ -214,7 +214,7 @@ impl HttpProxy {
                     });
                     drop(done_tx);
                 })
-                .map_err(|e| HttpProxyError::Config(format!("starting a serving thread: {e}")))?;
+                .map_err(|e| HttpProxyError::Listener(format!("starting a serving thread: {e}")))?;
             shards.push((tx, done_rx));
         }
         tokio::pin!(shutdown);
