@@ -12,6 +12,7 @@
 //! `--durability` is the audit log's level for control events: `fsync` (the default: each
 //! awaited event is on disk, group-committed) or `os-write` (handed to the kernel: survives a
 //! gateway crash, not a power loss).
+//! `BENCH_WORKERS=n` sets the tokio worker threads (default: one per core).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -107,8 +108,19 @@ async fn relay(listen: &str, upstream: &str) {
     }
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    // BENCH_WORKERS=n: tokio worker threads (default: one per core, tokio's own default).
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = std::env::var("BENCH_WORKERS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        runtime.worker_threads(n);
+    }
+    runtime.enable_all().build().unwrap().block_on(run());
+}
+
+async fn run() {
     let args: Vec<String> = std::env::args().collect();
     let listen = arg(&args, "--listen").unwrap_or_else(|| "127.0.0.1:6433".into());
     let upstream = arg(&args, "--upstream").unwrap_or_else(|| "127.0.0.1:5432".into());
