@@ -138,21 +138,7 @@ impl HttpProxy {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
-        loop {
-            let accepted = tokio::select! {
-                () = &mut shutdown => break,
-                a = listener.accept() => a,
-            };
-            let (tcp, peer) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: keep serving the others.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
+        while let Some((tcp, peer)) = next_connection(&listener, shutdown.as_mut()).await {
             let proxy = self.inner.clone();
             let acceptor = acceptor.clone();
             let stop = stop_rx.clone();
@@ -219,20 +205,7 @@ impl HttpProxy {
         }
         tokio::pin!(shutdown);
         let mut next = 0usize;
-        loop {
-            let accepted = tokio::select! {
-                () = &mut shutdown => break,
-                a = listener.accept() => a,
-            };
-            let (tcp, peer) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
+        while let Some((tcp, peer)) = next_connection(&listener, shutdown.as_mut()).await {
             // Deregistered here, registered again with the serving thread's runtime.
             let Ok(tcp) = tcp.into_std() else {
                 continue;
@@ -264,6 +237,31 @@ impl HttpProxy {
             let _ = tokio::time::timeout(Duration::from_secs(15), d).await;
         }
         Ok(())
+    }
+}
+
+/// The next accepted connection (TCP_NODELAY set), or `None` once `shutdown` resolves. A failed
+/// accept (out of file descriptors and the like) is logged and retried: the others keep being
+/// served.
+async fn next_connection(
+    listener: &tokio::net::TcpListener,
+    mut shutdown: Pin<&mut impl Future<Output = ()>>,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.as_mut() => return None,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                let _ = tcp.set_nodelay(true);
+                return Some((tcp, peer));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
 }
 

@@ -450,24 +450,8 @@ impl Gateway {
     /// threads.
     pub async fn start_threaded(config: HttpProxyConfig, threads: usize) -> Gateway {
         let layers = layers(&config.held_secrets());
-        let proxy = HttpProxy::new(config, layers.pipeline.clone()).unwrap();
-        let listener = gatehouse_testkit::net::bind_loopback_tokio().await;
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            proxy
-                .serve_threaded(listener, threads, None, async {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
-        });
-        Gateway {
-            addr,
-            layers,
-            stop: Some(stop),
-            task: Some(task),
-        }
+        let pipeline = layers.pipeline.clone();
+        Self::launch(config, None, layers, pipeline, threads).await
     }
 
     /// Like [`Gateway::start`], with the pipeline given (built from `layers`, some replaced).
@@ -477,13 +461,24 @@ impl Gateway {
         layers: Layers,
         pipeline: Pipeline,
     ) -> Gateway {
+        Self::launch(config, tls, layers, pipeline, 1).await
+    }
+
+    async fn launch(
+        config: HttpProxyConfig,
+        tls: Option<rustls::ServerConfig>,
+        layers: Layers,
+        pipeline: Pipeline,
+        threads: usize,
+    ) -> Gateway {
         let proxy = HttpProxy::new(config, pipeline).unwrap();
         let listener = gatehouse_testkit::net::bind_loopback_tokio().await;
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        // One thread is `serve` on the test's runtime (see `serve_threaded`).
         let task = tokio::spawn(async move {
             proxy
-                .serve(listener, tls, async {
+                .serve_threaded(listener, threads, tls, async {
                     let _ = stopped.await;
                 })
                 .await
