@@ -790,18 +790,20 @@ impl Writer {
         if self.maintenance_asked || self.poisoned.is_some() {
             return false;
         }
-        self.maintenance_asked = self.rotation_due() || self.unsynced >= BACKGROUND_SYNC_BYTES;
+        self.maintenance_asked = self.sync_wanted();
         self.maintenance_asked
+    }
+
+    /// Enough is unsynced for a background sync, or a due rotation waits on it.
+    fn sync_wanted(&self) -> bool {
+        self.unsynced >= BACKGROUND_SYNC_BYTES || self.rotation_due()
     }
 
     /// A handle to sync the segment outside the lock, when enough is unsynced or a rotation
     /// waits on it. Everything appended before the handle's fdatasync is covered by it.
     fn take_background_sync(&mut self) -> Option<(Box<dyn SegmentSync>, String)> {
         self.maintenance_asked = false;
-        if self.poisoned.is_some()
-            || self.unsynced == 0
-            || (self.unsynced < BACKGROUND_SYNC_BYTES && !self.rotation_due())
-        {
+        if self.poisoned.is_some() || self.unsynced == 0 || !self.sync_wanted() {
             return None;
         }
         match self.file.sync_handle() {

@@ -116,9 +116,10 @@ impl PairSet {
     #[inline]
     fn any_in(&self, t: &[u8]) -> bool {
         t.windows(2).any(|w| {
-            let i = usize::from(w.first().copied().unwrap_or(0)) << 8
-                | usize::from(w.get(1).copied().unwrap_or(0));
-            self.0.get(i >> 6).is_some_and(|x| x & (1 << (i & 63)) != 0)
+            self.contains(
+                w.first().copied().unwrap_or(0),
+                w.get(1).copied().unwrap_or(0),
+            )
         })
     }
 }
