@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Whole-system HTTP benchmark (not in CI): wrk against a small JSON upstream (nginx serving a
-# fixed 1 KiB body with e-mail addresses), three ways, in one run:
+# fixed 1 KiB body with e-mail addresses), in one run:
 #   direct  : wrk -> upstream
 #   nginx   : wrk -> nginx proxy_pass (upstream keepalive, injected Authorization) -> upstream
 #   gw-fsync: wrk -> Gatehouse (JWT + policy + JSON masking + egress guard + audit log with
 #             group-committed fdatasync) -> upstream
 #   gw-os   : the same gateway, audit log durable to the OS write (no fdatasync)
-#   gw-relay: (BENCH_MODES=relay) a bare hyper reverse proxy, no layers: the floor of the stack
+#   gw-relay: a bare hyper reverse proxy, no layers: the floor of the stack (what any gateway
+#             built on hyper spends before its first layer)
 # Prints req/s, p50/p99 latency, each gateway's throughput ratio against nginx and its added
 # p50/p99 latency over direct.
 #
@@ -14,7 +15,7 @@
 # Env: CARGO_TARGET_DIR (where the release build goes), BENCH_THREADS (gateway serving threads,
 #      default one per CPU as the binary; 1: one multi-threaded runtime), BENCH_WORKERS (tokio
 #      workers of that runtime),
-#      BENCH_MODES (default "fsync os"; "memory" is an in-memory recorder, "relay" the bare
+#      BENCH_MODES (default "relay fsync os"; "memory" is an in-memory recorder, "relay" the bare
 #      hyper relay, "null" a recorder that keeps nothing; a "-nomask" suffix, e.g. "null-nomask",
 #      swaps the masker for one that masks nothing: together they attribute the cost of each
 #      layer), BENCH_PERF (a
@@ -75,7 +76,7 @@ nginx -c "$WORK/nginx.conf"
 
 (cd "$ROOT" && cargo build --release -q -p gatehouse-http --example bench_gateway)
 GATEWAY_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/bench_gateway"
-MODES=${BENCH_MODES:-fsync os}
+MODES=${BENCH_MODES:-relay fsync os}
 
 start_gateway() { # mode
     rm -rf "$WORK/gw"

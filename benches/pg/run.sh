@@ -10,7 +10,9 @@
 #                not a power loss)
 # all in one run, printing TPS, average and median latency, each ratio against direct, and the
 # median latency added per statement (median transaction latency difference / statements per
-# transaction).
+# transaction), each proxy's TPS against PgBouncer's in the same row group, and each proxy's CPU
+# time per transaction (utime+stime of the proxy process, from /proc): with PostgreSQL, pgbench
+# and the proxy sharing the cores, the proxy's CPU per transaction is what sets its throughput.
 # Not part of CI. Usage:
 #   benches/pg/run.sh [seconds-per-run (default 20)] [scale (default 10)] [protocols (default "simple prepared")]
 set -euo pipefail
@@ -116,36 +118,49 @@ print(v[len(v) // 2] if v else 0)
 PY
 }
 
-run() { # port password workload clients protocol
+# CPU time (clock ticks, utime+stime, all threads) of one process; "-" for none.
+ticks() { if [ "$1" = - ]; then echo 0; else awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; fi; }
+HZ=$(getconf CLK_TCK)
+
+run() { # port password workload clients protocol [proxy pid: its CPU per transaction is measured]
   local flags=""; [ "$3" = select-only ] && flags="-S"
+  local pid=${6:--} t0; t0=$(ticks "$pid")
   local logdir; logdir=$(mktemp -d "$WORK/log-XXXXXX"); chmod 777 "$logdir"
   local out
   out=$(cd "$logdir" && PGPASSWORD="$2" pgbench -n $flags -M "$5" -l -T "$DURATION" -c "$4" -j "$4" -h 127.0.0.1 -p "$1" -U bench bench 2>&1)
-  local tps lat p50
+  local t1; t1=$(ticks "$pid")
+  local tps lat p50 n cpu=-
   tps=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\) (without initial.*/\1/p')
+  n=$(echo "$out" | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')
+  [ "$pid" != - ] && [ "${n:-0}" -gt 0 ] && cpu=$(( (t1 - t0) * 1000000 / HZ / n ))
   lat=$(echo "$out" | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p')
   p50=$(median "$logdir")
   rm -rf "$logdir"
-  echo "${tps:-0} ${lat:-0} $p50"
+  echo "${tps:-0} ${lat:-0} $p50 $cpu"
 }
 
 echo
-printf "%-11s %-8s %-3s %-11s %10s %9s %9s %8s %12s\n" workload protocol cl mode tps "avg ms" "p50 µs" "vs dir" "+p50/stmt µs"
+printf "%-11s %-8s %-3s %-11s %10s %9s %9s %8s %12s %9s %11s\n" workload protocol cl mode tps "avg ms" "p50 µs" "vs dir" "+p50/stmt µs" "vs bouncer" "CPU µs/tx"
 for protocol in $PROTOCOLS; do
   for workload in select-only tpcb; do
     stmts=1; [ "$workload" = tpcb ] && stmts=7
     for clients in 1 8; do
-      read -r dtps dlat dp50 < <(run "$PG_PORT" "$PASSWORD" $workload $clients "$protocol")
-      printf "%-11s %-8s %-3s %-11s %10s %9s %9s %8s %12s\n" $workload "$protocol" $clients direct "$dtps" "$dlat" "$dp50" "1.00" "-"
-      modes="relay:$RELAY_PORT:$PASSWORD"
-      [ $HAVE_BOUNCER = 1 ] && modes="$modes pgbouncer:$BOUNCER_PORT:$PASSWORD"
-      modes="$modes gh-fsync:$GW_PORT:$TOKEN gh-oswrite:$GW2_PORT:$TOKEN"
+      read -r dtps dlat dp50 _ < <(run "$PG_PORT" "$PASSWORD" $workload $clients "$protocol")
+      printf "%-11s %-8s %-3s %-11s %10s %9s %9s %8s %12s %9s %11s\n" $workload "$protocol" $clients direct "$dtps" "$dlat" "$dp50" "1.00" "-" "-" "-"
+      # PgBouncer runs before the others so that each row can be set against it.
+      modes=""
+      [ $HAVE_BOUNCER = 1 ] && modes="pgbouncer:$BOUNCER_PORT:$PASSWORD:$(cat "$WORK/pgbouncer.pid" 2>/dev/null || echo -)"
+      modes="$modes relay:$RELAY_PORT:$PASSWORD:${PIDS[0]}"
+      modes="$modes gh-fsync:$GW_PORT:$TOKEN:${PIDS[1]} gh-oswrite:$GW2_PORT:$TOKEN:${PIDS[2]}"
+      btps=""
       for m in $modes; do
-        IFS=: read -r name port pw <<< "$m"
-        read -r tps lat p50 < <(run "$port" "$pw" $workload $clients "$protocol")
+        IFS=: read -r name port pw pid <<< "$m"
+        read -r tps lat p50 cpu < <(run "$port" "$pw" $workload $clients "$protocol" "$pid")
+        [ "$name" = pgbouncer ] && btps=$tps
         ratio=$(python3 -c "print(f'{$tps/$dtps:.2f}')" 2>/dev/null || echo "?")
         added=$(python3 -c "print(f'{($p50-$dp50)/$stmts:.0f}')" 2>/dev/null || echo "?")
-        printf "%-11s %-8s %-3s %-11s %10s %9s %9s %8s %12s\n" $workload "$protocol" $clients "$name" "$tps" "$lat" "$p50" "$ratio" "$added"
+        vsb=$(python3 -c "print(f'{$tps/$btps:.2f}')" 2>/dev/null || echo "-")
+        printf "%-11s %-8s %-3s %-11s %10s %9s %9s %8s %12s %9s %11s\n" $workload "$protocol" $clients "$name" "$tps" "$lat" "$p50" "$ratio" "$added" "$vsb" "$cpu"
       done
     done
   done
