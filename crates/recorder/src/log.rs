@@ -4,6 +4,8 @@
 //! checkpoint and rotation timers. At `os-write` durability a caller that finds the lock free
 //! writes its own event in place (no thread hand-off: the record is in the OS when `append`
 //! returns, exactly as through the thread); a caller that finds it busy queues for the thread.
+//! At `os-write` an upkeep thread runs the background syncs (and the rotations that wait on
+//! them), so neither the writer thread nor an append queued for it waits behind such a sync.
 //!
 //! Promises:
 //! - `append` resolves `Ok` only once the record reached the configured durability level;
@@ -14,8 +16,8 @@
 //! - a checkpoint is signed every N records or T of activity, written into the chain and
 //!   published to witnesses; segments rotate by size or age and each links to the previous one.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -129,25 +131,23 @@ enum Command {
         reply: Reply<()>,
     },
     /// From an inline append: unsynced bytes have piled up or a rotation waits on them; the
-    /// writer thread syncs them outside the lock (see [`BACKGROUND_SYNC_BYTES`]).
+    /// writer thread wakes the upkeep thread, which syncs them outside the lock (see
+    /// [`BACKGROUND_SYNC_BYTES`]).
     Maintain,
 }
 
-/// At `os-write` durability, once this many appended bytes are unsynced, the writer thread
+/// At `os-write` durability, once this many appended bytes are unsynced, the upkeep thread
 /// fdatasyncs them in the background, outside the writer's lock, while appends go on. Dirty
 /// data stays bounded, so closing a segment (which syncs it) never makes an append wait for a
 /// large fdatasync: with 64 MiB segments that wait was ~100 ms on every rotation, for every
 /// request in flight.
 const BACKGROUND_SYNC_BYTES: u64 = 4 << 20;
 
-/// A hash-chained audit log (one writer thread per log).
+/// A hash-chained audit log (one writer thread and one upkeep thread per log).
 pub struct AuditLog {
     log_id: String,
     /// Appends may write in the caller (see [`AuditLog::append_payload`]).
     inline: bool,
-    /// The writer thread is in a background sync: an inline append that finds the lock taken
-    /// waits for the lock (held for one write) rather than queueing behind that sync.
-    syncing: Arc<AtomicBool>,
     writer: Arc<Mutex<Writer>>,
     tx: Mutex<Option<Sender<Command>>>,
     room: Arc<Semaphore>,
@@ -221,18 +221,17 @@ impl AuditLog {
         let room = Arc::new(Semaphore::new(writer.config.queue_capacity));
         let inline =
             writer.config.durability == Durability::OsWrite && writer.config.inline_os_write;
-        let syncing = writer.syncing.clone();
         let writer = Arc::new(Mutex::new(writer));
         let (tx, rx) = std::sync::mpsc::channel();
+        let upkeep = Upkeep::start(writer.clone(), &log_id)?;
         let shared = writer.clone();
         let thread = std::thread::Builder::new()
             .name(format!("audit-{log_id}"))
-            .spawn(move || run(&shared, rx))
+            .spawn(move || run(&shared, rx, upkeep))
             .map_err(|e| RecorderError::io("spawn audit writer", e))?;
         Ok(Self {
             log_id,
             inline,
-            syncing,
             writer,
             tx: Mutex::new(Some(tx)),
             room,
@@ -288,34 +287,29 @@ impl AuditLog {
         if !self.inline {
             return None;
         }
-        let locked = match self.writer.try_lock() {
-            Err(std::sync::TryLockError::WouldBlock) if self.syncing.load(Ordering::Acquire) => {
-                self.writer.lock().map_err(|_| ())
-            }
-            Ok(w) => Ok(w),
-            Err(std::sync::TryLockError::Poisoned(_)) => Err(()),
+        // The lock is held for one write at a time (never across a sync at this level): a
+        // caller that finds it taken queues for the writer thread, which is never held up by
+        // the disk either (the upkeep thread syncs).
+        let mut w = match self.writer.try_lock() {
+            Ok(w) => w,
             Err(std::sync::TryLockError::WouldBlock) => return None,
+            Err(std::sync::TryLockError::Poisoned(_)) => return Some(Err(RecordError::Closed)),
         };
-        match locked {
-            Ok(mut w) => {
-                let receipts = if w.closed {
-                    Err(RecordError::Closed)
-                } else {
-                    w.commit_batch(payloads.iter().map(Vec::as_slice))
-                };
-                let handover = w.after_inline_append();
-                drop(w);
-                if handover
-                    && let Ok(tx) = self.tx.lock()
-                    && let Some(tx) = tx.as_ref()
-                {
-                    // The writer thread gone means the log is closing: it syncs at close.
-                    let _ = tx.send(Command::Maintain);
-                }
-                Some(receipts)
-            }
-            Err(()) => Some(Err(RecordError::Closed)),
+        let receipts = if w.closed {
+            Err(RecordError::Closed)
+        } else {
+            w.commit_batch(payloads.iter().map(Vec::as_slice))
+        };
+        let handover = w.after_inline_append();
+        drop(w);
+        if handover
+            && let Ok(tx) = self.tx.lock()
+            && let Some(tx) = tx.as_ref()
+        {
+            // The writer thread gone means the log is closing: it syncs at close.
+            let _ = tx.send(Command::Maintain);
         }
+        Some(receipts)
     }
 
     /// Appends several events given as payload members, in order. At `os-write` durability, when
@@ -416,11 +410,14 @@ struct Writer {
     closed: bool,
     /// Bytes appended since the segment was last synced (always 0 at `fsync` durability).
     unsynced: u64,
-    /// An inline append asked the writer thread for a background sync it has not run yet.
+    /// An inline append asked for upkeep the writer thread has not looked at yet.
     maintenance_asked: bool,
-    /// The writer thread is in a background sync (shared with [`AuditLog`], read without the
-    /// lock).
-    syncing: Arc<AtomicBool>,
+    /// The upkeep thread holds a sync handle and has not finished its sync: no rotation until
+    /// it has (the rotation's own sync would wait behind that writeback, under the lock).
+    sync_in_flight: bool,
+    /// The segment file hands out sync handles (see [`SegmentFile::sync_handle`]); without
+    /// them every sync runs under the lock, on the writer thread.
+    file_syncs_apart: bool,
 }
 
 fn damaged(segment: &str, line: u64, detail: impl Into<String>) -> RecorderError {
@@ -460,10 +457,47 @@ fn scan_segment(name: &str, log: &str, bytes: &[u8]) -> Result<ScannedSegment, R
     Ok((last, pos))
 }
 
+/// The upkeep thread of a log: runs [`maintain`] (background syncs, due rotations) when the
+/// writer thread wakes it, so that neither the writer thread nor an append queued for it ever
+/// waits for a background sync.
+struct Upkeep {
+    wake: SyncSender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Upkeep {
+    fn start(shared: Arc<Mutex<Writer>>, log_id: &str) -> Result<Self, RecorderError> {
+        // One pending wake is enough: each pass looks at the writer's state afresh.
+        let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name(format!("audit-{log_id}-sync"))
+            .spawn(move || {
+                while woken.recv().is_ok() {
+                    if !maintain(&shared) {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| RecorderError::io("spawn audit upkeep", e))?;
+        Ok(Self { wake, thread })
+    }
+
+    fn wake(&self) {
+        // Full: a wake is already pending. Gone: the lock is poisoned, the log is closing.
+        let _ = self.wake.try_send(());
+    }
+
+    /// Lets the upkeep thread finish its pass (a sync, a due rotation) and waits for it to stop.
+    fn finish(self) {
+        drop(self.wake);
+        let _ = self.thread.join();
+    }
+}
+
 /// The writer thread: waits for commands or the next timer, then takes the writer's lock and
 /// group-commits every append queued meanwhile. A poisoned lock (a panic while writing) stops the
 /// thread: every queued caller then gets `Closed`, and so does every later one.
-fn run(shared: &Mutex<Writer>, rx: Receiver<Command>) {
+fn run(shared: &Mutex<Writer>, rx: Receiver<Command>, upkeep: Upkeep) {
     let mut appends: Vec<(Vec<u8>, Reply<EventReceipt>)> = Vec::new();
     loop {
         let Ok(deadline) = shared.lock().map(|w| w.deadline()) else {
@@ -476,12 +510,13 @@ fn run(shared: &Mutex<Writer>, rx: Receiver<Command>) {
                 let Ok(mut w) = shared.lock() else { return };
                 w.on_timer();
                 drop(w);
-                if !maintain(shared) {
+                if !after_round(shared, &upkeep) {
                     return;
                 }
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) => {
+                upkeep.finish();
                 if let Ok(mut w) = shared.lock() {
                     w.shutdown();
                 }
@@ -495,6 +530,10 @@ fn run(shared: &Mutex<Writer>, rx: Receiver<Command>) {
                 Command::Append { payload, reply } => appends.push((payload, reply)),
                 Command::Close { reply } => {
                     w.commit(&mut appends);
+                    drop(w);
+                    // A sync or rotation under way completes first; the final sync is then short.
+                    upkeep.finish();
+                    let Ok(mut w) = shared.lock() else { return };
                     w.shutdown();
                     let _ = reply.send(match &w.poisoned {
                         None => Ok(()),
@@ -516,15 +555,15 @@ fn run(shared: &Mutex<Writer>, rx: Receiver<Command>) {
         }
         w.commit(&mut appends);
         drop(w);
-        if !maintain(shared) {
+        if !after_round(shared, &upkeep) {
             return;
         }
     }
 }
 
-/// The writer thread's upkeep after each round: a background sync outside the lock when
-/// unsynced bytes have piled up or a rotation waits on them, then the rotation if due (its own
-/// sync is then short). `false`: the lock is poisoned, the thread stops.
+/// One pass of the upkeep thread: a background sync outside the lock when unsynced bytes have
+/// piled up or a rotation waits on them, then the rotation if due (its own sync is then short).
+/// `false`: the lock is poisoned, the thread stops.
 fn maintain(shared: &Mutex<Writer>) -> bool {
     // What piles up during one background sync is synced by the next, so the sync left to the
     // rotation under the lock is small; three passes at most.
@@ -535,32 +574,56 @@ fn maintain(shared: &Mutex<Writer>) -> bool {
         let Some((handle, segment)) = handle else {
             break;
         };
-        if let Err(e) = handle.sync_data() {
+        let synced = handle.sync_data();
+        let Ok(mut w) = shared.lock() else {
+            return false;
+        };
+        w.sync_in_flight = false;
+        if let Err(e) = synced {
             // As for any failed fsync: the page cache can no longer be trusted.
-            let Ok(mut w) = shared.lock() else {
-                return false;
-            };
             w.poison(format!("fdatasync {segment} in the background: {e}"));
-            w.syncing.store(false, Ordering::Release);
             break;
         }
     }
+    rotate_if_due(shared)
+}
+
+/// After a round of the writer thread: hands a background sync to the upkeep thread when one
+/// is wanted (the rotation then follows there, after it), waits for the upkeep thread's pass
+/// when one is under way, and otherwise rotates here if due (its sync is short: nothing, or
+/// little, is unsynced). `false`: the lock is poisoned.
+fn after_round(shared: &Mutex<Writer>, upkeep: &Upkeep) -> bool {
+    let Ok(mut w) = shared.lock() else {
+        return false;
+    };
+    w.maintenance_asked = false;
+    if w.sync_in_flight {
+        return true;
+    }
+    if w.unsynced > 0 && w.sync_wanted() && w.file_syncs_apart {
+        drop(w);
+        upkeep.wake();
+        return true;
+    }
+    drop(w);
+    rotate_if_due(shared)
+}
+
+/// Rotates the segment if due; at `os-write` the new segment's directory entry is synced after
+/// the lock is released. `false`: the lock is poisoned.
+fn rotate_if_due(shared: &Mutex<Writer>) -> bool {
     let Ok(mut w) = shared.lock() else {
         return false;
     };
     let defer = w.config.durability == Durability::OsWrite;
     let (_, dir_sync) = w.rotate(false, defer);
     let store = dir_sync.then(|| w.store.clone());
-    let syncing = w.syncing.clone();
     drop(w);
     if let Some(store) = store
         && let Err(e) = store.sync_dir()
     {
         tracing::warn!(error = %e, "audit log: syncing the directory after a rotation failed");
     }
-    // Until here an append that finds the lock taken waits for the lock rather than queueing
-    // for this thread.
-    syncing.store(false, Ordering::Release);
     true
 }
 
@@ -663,7 +726,8 @@ impl Writer {
             // A previous run at `os-write` may have left the tail unsynced.
             unsynced: len,
             maintenance_asked: false,
-            syncing: Arc::new(AtomicBool::new(false)),
+            sync_in_flight: false,
+            file_syncs_apart: true,
         };
         if let Some(cut) = torn {
             let mut buf = std::mem::take(&mut w.buf);
@@ -783,9 +847,9 @@ impl Writer {
                 || self.opened.elapsed() >= self.config.segment_max_age)
     }
 
-    /// After an inline append: whether the writer thread should take over (many unsynced
-    /// bytes, or a due rotation: its syncs never run in an appending caller). Asks once until
-    /// the writer thread has run.
+    /// After an inline append: whether the writer thread should look at the segment (many
+    /// unsynced bytes, or a due rotation: their syncs never run in an appending caller). Asks
+    /// once until the writer thread has looked.
     fn after_inline_append(&mut self) -> bool {
         if self.maintenance_asked || self.poisoned.is_some() {
             return false;
@@ -803,17 +867,26 @@ impl Writer {
     /// waits on it. Everything appended before the handle's fdatasync is covered by it.
     fn take_background_sync(&mut self) -> Option<(Box<dyn SegmentSync>, String)> {
         self.maintenance_asked = false;
-        if self.poisoned.is_some() || self.unsynced == 0 || !self.sync_wanted() {
+        if self.poisoned.is_some()
+            || self.closed
+            || self.sync_in_flight
+            || self.unsynced == 0
+            || !self.sync_wanted()
+        {
             return None;
         }
         match self.file.sync_handle() {
             Ok(Some(h)) => {
                 self.unsynced = 0;
-                self.syncing.store(true, Ordering::Release);
+                self.sync_in_flight = true;
                 Some((h, self.segment.clone()))
             }
             // No handle: the rotation syncs under the lock, as it would anyway.
-            Ok(None) | Err(_) => None,
+            Ok(None) => {
+                self.file_syncs_apart = false;
+                None
+            }
+            Err(_) => None,
         }
     }
 
@@ -968,7 +1041,7 @@ impl Writer {
     /// where nothing of the new segment is promised durable yet) the caller syncs the directory
     /// after releasing the writer's lock, so appends go on meanwhile.
     fn rotate(&mut self, force: bool, defer_dir_sync: bool) -> (bool, bool) {
-        if self.poisoned.is_some() {
+        if self.poisoned.is_some() || self.closed {
             return (false, false);
         }
         if self.len == 0 || !(self.rotation_due() || force) {
@@ -995,6 +1068,7 @@ impl Writer {
         };
         let closed = std::mem::replace(&mut self.segment, name);
         self.file = file;
+        self.file_syncs_apart = true;
         self.len = 0;
         self.opened = Instant::now();
         if let Some(ship) = &self.ship {

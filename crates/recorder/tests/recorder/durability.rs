@@ -871,41 +871,59 @@ impl SegmentFile for StallingFile {
     }
 }
 
-/// At `os-write`, a full segment is synced by the writer thread outside the writer's lock:
-/// while that sync is stuck (a slow disk), appends go on, written by their callers, and the
-/// segment is closed once the sync is through. (Before, the rotation's fdatasync of the whole
-/// segment ran under the lock in whichever append found the segment full, and every append
-/// waited for it.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_segment_sync_holds_up_no_append() {
+/// Opens the gate when dropped, so a failing assertion never leaves the upkeep thread stalled
+/// and the test hanging in it.
+struct OpenOnDrop(Arc<Gate>);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.open();
+    }
+}
+
+/// At `os-write`, a full segment is synced by the log's upkeep thread outside the writer's
+/// lock: while that sync is stuck (a slow disk), appends go on, whether written by their
+/// callers (`inline`) or queued for the writer thread, and the segment is closed once the sync
+/// is through. (Before, the rotation's fdatasync of the whole segment ran under the lock in
+/// whichever append found the segment full, and every append waited for it; then the sync ran
+/// on the writer thread, and an append queued for it waited for the whole sync.)
+async fn stalled_segment_sync_holds_up_no_append(inline: bool) {
     let dir = tempfile::tempdir().unwrap();
     let gate = Arc::new(Gate::default());
+    let _release = OpenOnDrop(gate.clone());
     let store = Arc::new(WrappingStore {
         inner: LocalSegmentStore::new(dir.path()).unwrap(),
         wrapper: gate.clone(),
     });
     let mut c = config(LOG);
     c.durability = Durability::OsWrite;
+    c.inline_os_write = inline;
     c.segment_max_bytes = 1 << 20;
     let log = AuditLog::open(store, c, signer(), LogHooks::default())
         .await
         .unwrap();
     let s = SessionId::generate();
     let text = "select ".to_string() + &"x".repeat(900);
-    let mut receipts = Vec::new();
-    let mut i = 0;
-    // Fill the first segment until the writer thread takes its sync over, and stalls in it.
-    while gate.entered.load(Ordering::SeqCst) == 0 {
-        receipts.push(log.append(&sql_event(&s, i, &text)).await.unwrap());
-        i += 1;
-        assert!(i < 100_000, "no background sync started");
-        if i % 64 == 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    let limit = std::time::Duration::from_secs(120);
+    // Fill the first segment until the upkeep thread takes its sync over, and stalls in it.
+    let (mut receipts, i) = tokio::time::timeout(limit, async {
+        let mut r = Vec::new();
+        let mut i = 0;
+        while gate.entered.load(Ordering::SeqCst) == 0 {
+            r.push(log.append(&sql_event(&s, i, &text)).await.unwrap());
+            i += 1;
+            assert!(i < 100_000, "no background sync started");
+            if i % 64 == 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
         }
-    }
+        (r, i)
+    })
+    .await
+    .expect("appends waited for the stalled segment sync as it began");
     let stalled_at = load(dir.path(), LOG).segments.len();
     // While it stalls, 3 000 more appends (about 3 MB) complete.
-    let during = tokio::time::timeout(std::time::Duration::from_secs(120), async {
+    let during = tokio::time::timeout(limit, async {
         let mut r = Vec::new();
         for j in 0..3000 {
             r.push(log.append(&sql_event(&s, i + j, &text)).await.unwrap());
@@ -937,4 +955,14 @@ async fn a_stalled_segment_sync_holds_up_no_append() {
     let v = verify_log(&data, &options());
     assert!(v.ok(), "{:?}", v.problem);
     assert_all_present(&data, &receipts);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_segment_sync_holds_up_no_append() {
+    stalled_segment_sync_holds_up_no_append(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_segment_sync_holds_up_no_queued_append() {
+    stalled_segment_sync_holds_up_no_append(false).await;
 }
