@@ -18,7 +18,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use gatehouse_core::{Event, EventReceipt, RecordError};
@@ -509,10 +509,7 @@ fn run(shared: &Mutex<Writer>, rx: Receiver<Command>, upkeep: Upkeep) {
             Err(RecvTimeoutError::Timeout) => {
                 let Ok(mut w) = shared.lock() else { return };
                 w.on_timer();
-                drop(w);
-                if !after_round(shared, &upkeep) {
-                    return;
-                }
+                after_round(w, &upkeep);
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) => {
@@ -554,10 +551,7 @@ fn run(shared: &Mutex<Writer>, rx: Receiver<Command>, upkeep: Upkeep) {
             next = rx.try_recv().ok();
         }
         w.commit(&mut appends);
-        drop(w);
-        if !after_round(shared, &upkeep) {
-            return;
-        }
+        after_round(w, &upkeep);
     }
 }
 
@@ -565,18 +559,20 @@ fn run(shared: &Mutex<Writer>, rx: Receiver<Command>, upkeep: Upkeep) {
 /// piled up or a rotation waits on them, then the rotation if due (its own sync is then short).
 /// `false`: the lock is poisoned, the thread stops.
 fn maintain(shared: &Mutex<Writer>) -> bool {
+    let Ok(mut w) = shared.lock() else {
+        return false;
+    };
     // What piles up during one background sync is synced by the next, so the sync left to the
     // rotation under the lock is small; three passes at most.
     for _ in 0..3 {
-        let Ok(handle) = shared.lock().map(|mut w| w.take_background_sync()) else {
-            return false;
-        };
-        let Some((handle, segment)) = handle else {
+        let Some((handle, segment)) = w.take_background_sync() else {
             break;
         };
+        drop(w);
         let synced = handle.sync_data();
-        let Ok(mut w) = shared.lock() else {
-            return false;
+        w = match shared.lock() {
+            Ok(w) => w,
+            Err(_) => return false,
         };
         w.sync_in_flight = false;
         if let Err(e) = synced {
@@ -585,36 +581,30 @@ fn maintain(shared: &Mutex<Writer>) -> bool {
             break;
         }
     }
-    rotate_if_due(shared)
+    rotate_if_due(w);
+    true
 }
 
-/// After a round of the writer thread: hands a background sync to the upkeep thread when one
-/// is wanted (the rotation then follows there, after it), waits for the upkeep thread's pass
-/// when one is under way, and otherwise rotates here if due (its sync is short: nothing, or
-/// little, is unsynced). `false`: the lock is poisoned.
-fn after_round(shared: &Mutex<Writer>, upkeep: &Upkeep) -> bool {
-    let Ok(mut w) = shared.lock() else {
-        return false;
-    };
+/// After a round of the writer thread (with its lock): hands a background sync to the upkeep
+/// thread when one is wanted (the rotation then follows there, after it), leaves the rotation
+/// to the upkeep thread's pass when one is under way, and otherwise rotates here if due (its
+/// sync is short: nothing, or little, is unsynced).
+fn after_round(mut w: MutexGuard<'_, Writer>, upkeep: &Upkeep) {
     w.maintenance_asked = false;
     if w.sync_in_flight {
-        return true;
+        return;
     }
     if w.unsynced > 0 && w.sync_wanted() && w.file_syncs_apart {
         drop(w);
         upkeep.wake();
-        return true;
+        return;
     }
-    drop(w);
-    rotate_if_due(shared)
+    rotate_if_due(w);
 }
 
-/// Rotates the segment if due; at `os-write` the new segment's directory entry is synced after
-/// the lock is released. `false`: the lock is poisoned.
-fn rotate_if_due(shared: &Mutex<Writer>) -> bool {
-    let Ok(mut w) = shared.lock() else {
-        return false;
-    };
+/// Rotates the segment if due, then releases the lock; at `os-write` the new segment's
+/// directory entry is synced after that.
+fn rotate_if_due(mut w: MutexGuard<'_, Writer>) {
     let defer = w.config.durability == Durability::OsWrite;
     let (_, dir_sync) = w.rotate(false, defer);
     let store = dir_sync.then(|| w.store.clone());
@@ -624,7 +614,6 @@ fn rotate_if_due(shared: &Mutex<Writer>) -> bool {
     {
         tracing::warn!(error = %e, "audit log: syncing the directory after a rotation failed");
     }
-    true
 }
 
 impl Writer {
@@ -866,7 +855,6 @@ impl Writer {
     /// A handle to sync the segment outside the lock, when enough is unsynced or a rotation
     /// waits on it. Everything appended before the handle's fdatasync is covered by it.
     fn take_background_sync(&mut self) -> Option<(Box<dyn SegmentSync>, String)> {
-        self.maintenance_asked = false;
         if self.poisoned.is_some()
             || self.closed
             || self.sync_in_flight
