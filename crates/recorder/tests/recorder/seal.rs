@@ -410,6 +410,7 @@ proptest! {
     #[test]
     fn any_truncation_of_a_sealed_log_is_detected(frac in 0.0f64..1.0, keep_empty in any::<bool>()) {
         let (data, held, first_seal_end) = two_runs();
+        prop_assert_eq!(verify_log(data, &with(held)).status(), LogStatus::Sealed);
         let total: usize = data.segments.iter().map(|s| s.bytes.len()).sum();
         let cut = ((total as f64) * frac) as usize;
         prop_assume!(cut < total);
@@ -427,6 +428,7 @@ proptest! {
     #[test]
     fn any_extension_of_a_sealed_log_is_detected(kinds in proptest::collection::vec(0u8..4, 1..6), new_segment in any::<bool>()) {
         let (data, held, _) = two_runs();
+        prop_assert_eq!(verify_log(data, &with(held)).status(), LogStatus::Sealed);
         let all = lines(data);
         let last = parse_line(&all.last().unwrap().1).unwrap();
         let mut out = data.clone();
