@@ -229,6 +229,13 @@ pub async fn run(
     ready: Option<tokio::sync::oneshot::Sender<listeners::Bound>>,
 ) -> Result<(), CommandError> {
     let gateway = build(&loaded).await?;
+    // Before anything is announced: a SIGTERM right after "listening" must still seal the log.
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| failed("SIGHUP handler", e))?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| failed("SIGTERM handler", e))?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| failed("SIGINT handler", e))?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let gateway_session = SessionId::generate();
     let bound = listeners::start(&loaded, &gateway, shutdown_rx.clone()).await?;
@@ -269,10 +276,6 @@ pub async fn run(
             }
         })
     };
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(|e| failed("SIGHUP handler", e))?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| failed("SIGTERM handler", e))?;
     loop {
         tokio::select! {
             _ = hup.recv() => {
@@ -293,7 +296,7 @@ pub async fn run(
                 }
             }
             _ = term.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
+            _ = int.recv() => break,
         }
     }
     eprintln!("gatehouse: shutting down: draining sessions");

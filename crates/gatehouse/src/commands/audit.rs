@@ -171,12 +171,21 @@ pub fn describe(l: &LogVerdict, witnessed: bool) -> Vec<String> {
             l.seals,
             l.head.as_deref().unwrap_or("-"),
         ),
-        LogStatus::Unsealed => format!(
-            "log {}: NOT SEALED — verified {range} up to {}; {} record(s) after it are UNSIGNED: nothing vouches for them (a running gateway has not signed them yet, the gateway crashed, or the end of the log was cut or extended)",
-            l.log,
-            signed_head(l),
-            l.unsigned_after,
-        ),
+        LogStatus::Unsealed => {
+            let why = "nothing vouches for them (a running gateway has not signed them yet, the gateway crashed, or the end of the log was cut or extended)";
+            match &l.last_signed {
+                Some(_) => format!(
+                    "log {}: NOT SEALED — verified {range} up to {}; {} record(s) after it are UNSIGNED: {why}",
+                    l.log,
+                    signed_head(l),
+                    l.unsigned_after,
+                ),
+                None => format!(
+                    "log {}: NOT SEALED — verified {range}, but no signed checkpoint yet: all {} record(s) are UNSIGNED: {why}",
+                    l.log, l.unsigned_after,
+                ),
+            }
+        }
         LogStatus::Failed => {
             let p = l
                 .problem
