@@ -34,7 +34,7 @@ pub trait Witness: Send + Sync + Debug {
 ///
 /// It protects against someone who can write the audit directory but not this one. Whoever can
 /// write here too can delete checkpoints: production deployments use a [`WebhookWitness`] to a
-/// separate system, or object storage whose bucket enforces retention.
+/// separate system that keeps what it is sent (see `docs/audit-schema.md`).
 #[derive(Debug, Clone)]
 pub struct FileWitness {
     dir: PathBuf,

@@ -497,8 +497,15 @@ fn verify_bundle(bundle: &Path, pinned: Option<&str>) -> CommandResult {
         );
     }
     if problems.is_empty() {
+        let state = match manifest.get("audit_log_status").and_then(|v| v.as_str()) {
+            Some("sealed") => "the audit log was sealed when it was exported",
+            Some("unsealed") => {
+                "the audit log was live (not sealed) when it was exported: see audit-verify.json for its last signed checkpoint and the unsigned records after it"
+            }
+            _ => "the audit log's state is not stated (a bundle of an earlier version)",
+        };
         println!(
-            "evidence bundle {}: OK ({} files, signature by {key_hex})",
+            "evidence bundle {}: OK ({} files, signature by {key_hex}); {state}",
             bundle.display(),
             files.len()
         );
