@@ -570,9 +570,13 @@ fn an_export_from_a_running_gateway_covers_up_to_the_export() {
     // `evidence verify` says which it was.
     for (bundle, said) in [("now", "was live (not sealed)"), ("after", "was sealed")] {
         let mut cmd = Command::new(EXE);
-        cmd.args(["evidence", "verify"]).arg(outs.path().join(bundle));
+        cmd.args(["evidence", "verify"])
+            .arg(outs.path().join(bundle));
         let out = run_with_timeout(cmd, Duration::from_secs(60)).unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success() && text.contains(said), "{bundle}: {text}");
+        assert!(
+            out.status.success() && text.contains(said),
+            "{bundle}: {text}"
+        );
     }
 }
