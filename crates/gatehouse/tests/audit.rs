@@ -421,6 +421,18 @@ fn a_crash_is_reported_as_the_recovery_cut_it_is() {
         text.contains("crash recovery at sequence") && text.contains("torn byte(s)"),
         "{text}"
     );
+
+    // Killed between two writes: no torn line; not sealed until the next start records it.
+    let mut gw = start(&config);
+    gw.knock(3);
+    gw.guard.stop(Signal::SIGKILL, Duration::from_secs(10));
+    let (code, text) = verify(&data, Some(&witness), &key);
+    assert_eq!(code, 3, "{text}");
+    let gw = start(&config);
+    let _ = gw.stop();
+    let (code, text) = verify(&data, Some(&witness), &key);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("unsealed end before sequence"), "{text}");
 }
 
 #[test]

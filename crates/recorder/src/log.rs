@@ -12,7 +12,8 @@
 //! - on any store failure the batch is cut back to where it began (no partial record remains) and
 //!   every caller of the batch gets an error; if even the cut fails, or an fsync fails, the log
 //!   refuses everything from then on (fail closed);
-//! - on open, a torn final line left by a crash is cut and the cut is recorded;
+//! - on open, a torn final line left by a crash is cut and the cut is recorded; a previous run
+//!   that ended without a seal is recorded the same way (with nothing cut);
 //! - a checkpoint is signed every N records or T of activity, written into the chain and
 //!   published to witnesses (every one, in order); segments rotate by size or age and each links
 //!   to the previous one;
@@ -757,6 +758,17 @@ impl Writer {
             tracing::warn!(segment = %cut.segment, bytes = cut.torn_bytes, "audit log: cut a torn final record");
         }
         let len = file.size().map_err(|e| io("segment length", e))?;
+        if torn.is_none() && next_sequence > 1 && last_kind != Some(RecordKind::Seal) {
+            // The previous run ended between two writes without a seal (killed, crashed, or
+            // dropped without `close`): nothing torn to cut, but the chain says so.
+            tracing::warn!(segment = %segment, "audit log: the previous run ended without a seal");
+            torn = Some(RecoveryCut {
+                segment: segment.clone(),
+                offset: len,
+                torn_bytes: 0,
+                torn_sha256: hex::encode(Sha256::digest(b"")),
+            });
+        }
         let mut w = Writer {
             store,
             config,

@@ -201,10 +201,17 @@ pub fn describe(l: &LogVerdict, witnessed: bool) -> Vec<String> {
         ));
     }
     for r in &l.recoveries {
-        lines.push(format!(
-            "  crash recovery at sequence {}: a crash mid-write left {} torn byte(s) at the end of {}; the restart cut them and recorded the cut",
-            r.sequence, r.torn_bytes, r.segment
-        ));
+        lines.push(if r.torn_bytes > 0 {
+            format!(
+                "  crash recovery at sequence {}: a crash mid-write left {} torn byte(s) at the end of {}; the restart cut them and recorded the cut",
+                r.sequence, r.torn_bytes, r.segment
+            )
+        } else {
+            format!(
+                "  unsealed end before sequence {}: the run before ended without a seal (killed or crashed between writes); the restart recorded it",
+                r.sequence
+            )
+        });
     }
     if witnessed {
         lines.push(format!(

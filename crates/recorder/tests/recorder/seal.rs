@@ -458,3 +458,31 @@ proptest! {
         prop_assert_eq!(verify_log(&out, &with(held)).status(), LogStatus::Failed);
     }
 }
+
+#[tokio::test]
+async fn a_run_that_ended_without_a_seal_is_recorded_at_the_next_start() {
+    let live = tempfile::tempdir().unwrap();
+    let log = open_log(live.path(), small_segments()).await;
+    let s = SessionId::generate();
+    for i in 0..30 {
+        log.append(&sql_event(&s, i, "select 1")).await.unwrap();
+    }
+    // What a gateway killed between two writes leaves: the files as they are now.
+    let dir = tempfile::tempdir().unwrap();
+    for seg in load(live.path(), LOG).segments {
+        std::fs::write(dir.path().join(&seg.name), &seg.bytes).unwrap();
+    }
+    log.close().await.unwrap();
+    let data = load(dir.path(), LOG);
+    let before = verify_log(&data, &options());
+    assert_eq!(status(&before), LogStatus::Unsealed);
+    run(dir.path(), None, 5).await;
+    let v = verify_log(&load(dir.path(), LOG), &options());
+    assert_eq!(status(&v), LogStatus::Sealed, "{:?}", v.problem);
+    assert_eq!(v.recoveries.len(), 1, "{:?}", v.recoveries);
+    assert_eq!(v.recoveries[0].torn_bytes, 0);
+    assert_eq!(
+        Some(v.recoveries[0].sequence),
+        before.last_sequence.map(|s| s + 1)
+    );
+}
