@@ -82,6 +82,10 @@ pub async fn build(loaded: &LoadedConfig) -> Result<Gateway, CommandError> {
     }
     let signer = CheckpointSigner::load_or_create(&signing_key)
         .map_err(|e| failed(&format!("audit signing key {}", signing_key.display()), e))?;
+    eprintln!(
+        "gatehouse: audit checkpoints are signed by public key {} (pin it: gatehouse audit verify --key <it>)",
+        hex::encode(signer.verifying_key().as_bytes())
+    );
     let mut rc = RecorderConfig::new(c.audit.log_id.clone());
     rc.log.durability = if c.audit.durability == "os" {
         Durability::OsWrite

@@ -277,6 +277,12 @@ fn a_closed_log_is_sealed_and_every_edit_of_its_end_fails() {
     let data = dir.path().join("data");
     let witness = dir.path().join("witness");
     let key = public_key(dir.path());
+    assert!(
+        stderr
+            .iter()
+            .any(|l| l.contains("signed by public key") && l.contains(&key)),
+        "serve names the key to pin: {stderr:?}"
+    );
     // The key lives apart from the log, readable by its owner only.
     use std::os::unix::fs::PermissionsExt as _;
     let mode = std::fs::metadata(dir.path().join("keys/audit-signing.key"))

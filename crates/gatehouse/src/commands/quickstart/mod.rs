@@ -2,7 +2,7 @@
 //! a TLS CA and certificate, a throwaway PostgreSQL seeded with a `customers` table (names, emails,
 //! card numbers, phone numbers), a policy that denies DROP/TRUNCATE, reviews DELETE and masks PII —
 //! and the gateway in the foreground, with ready-to-paste client commands. Re-running re-uses the
-//! directory (keys, database, audit log); ctrl-c stops everything and flushes the audit log.
+//! directory (keys, database, audit log); ctrl-c stops everything and seals the audit log.
 
 mod demo_api;
 mod files;
