@@ -214,10 +214,11 @@ pub fn describe(l: &LogVerdict, witnessed: bool) -> Vec<String> {
         });
     }
     if witnessed {
-        lines.push(format!(
-            "  witness: {} checkpoint(s) matched",
-            l.witnesses_matched
-        ));
+        lines.push(if l.witnesses_matched == 0 && l.last_signed.is_some() {
+            "  witness: holds no checkpoint of this log (a witness of another gateway, or not configured for it?): it protected nothing here".to_string()
+        } else {
+            format!("  witness: {} checkpoint(s) matched", l.witnesses_matched)
+        });
     }
     lines
 }
