@@ -174,6 +174,11 @@ pub fn describe(l: &LogVerdict, witnessed: bool) -> Vec<String> {
         LogStatus::Unsealed => {
             let why = "nothing vouches for them (a running gateway has not signed them yet, the gateway crashed, or the end of the log was cut or extended)";
             match &l.last_signed {
+                Some(_) if l.unsigned_after == 0 => format!(
+                    "log {}: NOT SEALED — verified {range} up to {}, the last record: every record is signed, but the log does not end with a seal (a running gateway, one that was killed or crashed, or a seal that was cut off)",
+                    l.log,
+                    signed_head(l),
+                ),
                 Some(_) => format!(
                     "log {}: NOT SEALED — verified {range} up to {}; {} record(s) after it are UNSIGNED: {why}",
                     l.log,
