@@ -14,7 +14,7 @@ use gatehouse_identity::{
 use gatehouse_masking::{EgressGuardBuilder, MaskingEngine};
 use gatehouse_policy::{CompiledPolicy, PolicyHandle};
 use gatehouse_recorder::{
-    AuditRecorder, CheckpointSigner, Durability, FileWitness, RecorderConfig,
+    AuditRecorder, CheckpointSigner, Durability, FileWitness, RecorderConfig, WebhookWitness,
 };
 use tokio::sync::watch;
 
@@ -62,17 +62,30 @@ pub async fn build(loaded: &LoadedConfig) -> Result<Gateway, CommandError> {
     let egress: Arc<dyn EgressGuard + Send + Sync> =
         Arc::new(egress.build().map_err(|e| failed("egress guard", e))?);
 
-    // Recorder.
-    let audit_root = match &c.audit.dir {
-        Some(d) => loaded.resolve_path(d),
-        None => data_dir.clone(),
-    };
-    let signing_key = match &c.audit.signing_key {
-        Some(k) => loaded.resolve_path(k),
-        None => data_dir.join("audit-signing.key"),
-    };
+    // Recorder: the key and the witness live apart from the log (checked by `audit_paths`).
+    let paths = loaded.audit_paths()?;
+    for w in &paths.warnings {
+        eprintln!("gatehouse: warning: {w}");
+    }
+    let audit_root = paths.root.clone();
+    let signing_key = paths.signing_key.clone();
+    if let Some(parent) = signing_key.parent()
+        && !parent.as_os_str().is_empty()
+        && !parent.exists()
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(|e| failed(&format!("audit key directory {}", parent.display()), e))?;
+    }
     let signer = CheckpointSigner::load_or_create(&signing_key)
         .map_err(|e| failed(&format!("audit signing key {}", signing_key.display()), e))?;
+    eprintln!(
+        "gatehouse: audit checkpoints are signed by public key {} (pin it: gatehouse audit verify --key <it>)",
+        hex::encode(signer.verifying_key().as_bytes())
+    );
     let mut rc = RecorderConfig::new(c.audit.log_id.clone());
     rc.log.durability = if c.audit.durability == "os" {
         Durability::OsWrite
@@ -82,11 +95,23 @@ pub async fn build(loaded: &LoadedConfig) -> Result<Gateway, CommandError> {
     rc.log.checkpoint_every_records = c.audit.checkpoint_every_records.max(1);
     rc.log.checkpoint_interval = Duration::from_millis(c.audit.checkpoint_interval_ms.max(10));
     rc.log.segment_max_bytes = c.audit.segment_max_bytes.max(4096);
-    if let Some(w) = &c.audit.witness_dir {
-        let w = loaded.resolve_path(w);
+    if let Some(w) = &paths.witness_dir {
         rc.witnesses.push(Arc::new(
-            FileWitness::new(&w).map_err(|e| failed("witness dir", e))?,
+            FileWitness::new(w).map_err(|e| failed("audit.witness_dir", e))?,
         ));
+    }
+    if let Some(url) = &c.audit.witness_url {
+        let witness = match &c.audit.witness_ca {
+            Some(ca) => {
+                let ca = loaded.resolve_path(ca);
+                let pem = std::fs::read(&ca)
+                    .map_err(|e| failed(&format!("audit.witness_ca {}", ca.display()), e))?;
+                WebhookWitness::with_pinned_ca(url, &pem)
+            }
+            None => WebhookWitness::new(url),
+        }
+        .map_err(|e| failed("audit.witness_url", e))?;
+        rc.witnesses.push(Arc::new(witness));
     }
     let audit = Arc::new(
         AuditRecorder::open(&audit_root, rc, signer, Some(egress.clone()))
@@ -178,6 +203,9 @@ pub async fn build(loaded: &LoadedConfig) -> Result<Gateway, CommandError> {
     })
 }
 
+/// How often the egress guard's counters are looked at (and recorded when they changed).
+const COUNTERS_EVERY: Duration = Duration::from_secs(1);
+
 /// Records a gateway-level event (startup, reload, shutdown) in the audit log.
 async fn record_gateway_event(
     pipeline: &Pipeline,
@@ -205,6 +233,13 @@ pub async fn run(
     ready: Option<tokio::sync::oneshot::Sender<listeners::Bound>>,
 ) -> Result<(), CommandError> {
     let gateway = build(&loaded).await?;
+    // Before anything is announced: a SIGTERM right after "listening" must still seal the log.
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| failed("SIGHUP handler", e))?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| failed("SIGTERM handler", e))?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| failed("SIGINT handler", e))?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let gateway_session = SessionId::generate();
     let bound = listeners::start(&loaded, &gateway, shutdown_rx.clone()).await?;
@@ -224,25 +259,27 @@ pub async fn run(
         let _ = ready.send(bound.clone());
     }
 
-    // The egress guard's counters go into the audit log periodically and at shutdown: the evidence
-    // export derives the "credentials never exposed" statement from them.
+    // The egress guard's counters go into the audit log at start, within a second of every
+    // change, and at shutdown: the evidence export derives the "credentials never exposed"
+    // statement from them, so an export covers the guard's work up to about a second before it.
     let counters_task = {
         let pipeline = gateway.pipeline.clone();
         let session = gateway_session.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
-            tick.tick().await;
+            let mut tick = tokio::time::interval(COUNTERS_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut recorded = serde_json::Value::Null;
             loop {
                 tick.tick().await;
                 let counters = serde_json::to_value(pipeline.egress.counters()).unwrap_or_default();
-                record_gateway_event(&pipeline, &session, "egress_counters", counters).await;
+                if counters != recorded {
+                    record_gateway_event(&pipeline, &session, "egress_counters", counters.clone())
+                        .await;
+                    recorded = counters;
+                }
             }
         })
     };
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(|e| failed("SIGHUP handler", e))?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| failed("SIGTERM handler", e))?;
     loop {
         tokio::select! {
             _ = hup.recv() => {
@@ -263,7 +300,7 @@ pub async fn run(
                 }
             }
             _ = term.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
+            _ = int.recv() => break,
         }
     }
     eprintln!("gatehouse: shutting down: draining sessions");
@@ -271,6 +308,13 @@ pub async fn run(
     let grace = Duration::from_secs(loaded.config.gateway.shutdown_grace_secs);
     bound.drain(grace).await;
     counters_task.abort();
+    // Held operations: a session ended by the drain drops its approval wait, and the broker
+    // closes that request as abandoned and records it on a task of its own. The broker offers no
+    // way yet to abandon every pending request of this gateway and await the records, so an
+    // abandonment still in flight when the log is sealed is refused (the request then stays
+    // pending until it times out). Give those tasks a moment before sealing.
+    tokio::task::yield_now().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let counters = serde_json::to_value(gateway.pipeline.egress.counters()).unwrap_or_default();
     record_gateway_event(
         &gateway.pipeline,
@@ -291,7 +335,14 @@ pub async fn run(
         .log()
         .close()
         .await
-        .map_err(|e| failed("closing the audit log", e))?;
-    eprintln!("gatehouse: audit log flushed; bye");
+        .map_err(|e| failed("sealing the audit log", e))?;
+    match gateway.audit.log().latest_checkpoint() {
+        Some(seal) if seal.sealed => eprintln!(
+            "gatehouse: audit log sealed at sequence {} ({}); bye",
+            seal.sequence + 1,
+            seal.time
+        ),
+        _ => eprintln!("gatehouse: audit log closed (empty, nothing to seal); bye"),
+    }
     Ok(())
 }

@@ -318,6 +318,9 @@ fn assert_ok(name: &str, out: &std::process::Output, summary: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains(summary), "{name}: {stdout}");
+    // The audit key and the witness are configured apart from the data directory.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("warning"), "{name}: {stderr}");
 }
 
 #[test]

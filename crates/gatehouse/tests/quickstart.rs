@@ -437,20 +437,30 @@ fn quickstart_as_a_new_user() {
     // Stop the gateway (SIGTERM drains and flushes the audit log).
     qs.stop(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(30));
 
+    // The printed verify command (witness and pinned key) finds the log sealed: exit 0.
     let data = qs_dir.join("data");
-    let out = sh(&format!("{EXE} audit verify {}", data.display()), &[]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("OK"));
-    let evidence = dir.path().join("evidence");
-    let out = sh(
-        &format!(
-            "{EXE} evidence export --dir {} --out {}",
-            data.display(),
-            evidence.display()
-        ),
-        &[],
+    let verify_line = printed
+        .iter()
+        .find(|l| l.contains(" audit verify "))
+        .expect("verify command")
+        .clone();
+    assert!(
+        verify_line.contains(" --witness ") && verify_line.contains(" --key "),
+        "{verify_line}"
     );
+    let out = sh(&verify_line, &[]);
     assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(": SEALED"), "{}", text(&out));
+    let export_line = printed
+        .iter()
+        .find(|l| l.contains(" evidence export "))
+        .expect("export command")
+        .clone();
+    let evidence = qs_dir.join("evidence");
+    let out = sh(&export_line, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let held = std::fs::read_to_string(evidence.join("witness-checkpoint.json")).unwrap();
+    assert!(held.contains("\"sealed\": true"), "{held}");
     let out = sh(
         &format!("{EXE} evidence verify {}", evidence.display()),
         &[],
@@ -506,7 +516,7 @@ fn quickstart_as_a_new_user() {
     let at = bytes.windows(6).position(|w| w == b"DELETE").unwrap();
     bytes[at] = b'X';
     std::fs::write(&segment, bytes).unwrap();
-    let out = sh(&format!("{EXE} audit verify {}", data.display()), &[]);
+    let out = sh(&verify_line, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("FAILED"), "{}", text(&out));
 }

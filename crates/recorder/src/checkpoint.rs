@@ -3,6 +3,8 @@
 //!
 //! A checkpoint is both a record inside the chain (so later hashes cover it) and a standalone
 //! document pushed to witnesses (so that cutting off a whole tail of segments is detectable).
+//! A **seal** is the checkpoint a log ends with when it is closed on purpose; its signature is over
+//! a different message (`gatehouse-audit-seal-v1`), so a checkpoint cannot pass for a seal.
 //! The signature covers a fixed text message built from the fields, never a JSON serialisation.
 
 use std::path::Path;
@@ -51,10 +53,23 @@ impl CheckpointSigner {
     }
 
     /// Loads the seed (64 hex digits) from `path`, or creates the file with a fresh key (mode
-    /// 0600) when it does not exist.
+    /// 0600) when it does not exist. An existing key file that its group or others may read or
+    /// write is refused: whoever holds the key can sign checkpoints (see `docs/audit-schema.md`).
     pub fn load_or_create(path: &Path) -> Result<Self, RecorderError> {
         match std::fs::read_to_string(path) {
             Ok(text) => {
+                use std::os::unix::fs::PermissionsExt as _;
+                let mode = std::fs::metadata(path)
+                    .map_err(|e| RecorderError::io(format!("stat {}", path.display()), e))?
+                    .permissions()
+                    .mode();
+                if mode & 0o077 != 0 {
+                    return Err(RecorderError::Key(format!(
+                        "{} is accessible to other users (mode {:o}): the audit signing key must be readable only by the gateway's user (chmod 600)",
+                        path.display(),
+                        mode & 0o777
+                    )));
+                }
                 let seed = crate::format::parse_hex32(text.trim().as_bytes()).ok_or_else(|| {
                     RecorderError::Key(format!(
                         "{} must hold a 32-byte ed25519 seed as 64 lower-case hex digits",
@@ -105,6 +120,23 @@ impl CheckpointSigner {
         head: &[u8; 32],
         time: String,
     ) -> Checkpoint {
+        self.sign_head(log, sequence, head, time, false)
+    }
+
+    /// Signs a seal over `head` (the hash of record `sequence`, the log's final checkpoint):
+    /// "the log was closed here".
+    pub fn seal(&self, log: &str, sequence: u64, head: &[u8; 32], time: String) -> Checkpoint {
+        self.sign_head(log, sequence, head, time, true)
+    }
+
+    fn sign_head(
+        &self,
+        log: &str,
+        sequence: u64,
+        head: &[u8; 32],
+        time: String,
+        sealed: bool,
+    ) -> Checkpoint {
         let mut cp = Checkpoint {
             log: log.to_owned(),
             sequence,
@@ -112,6 +144,7 @@ impl CheckpointSigner {
             time,
             key_id: self.key_id.clone(),
             signature: String::new(),
+            sealed,
         };
         cp.signature = self.sign_message(&cp.signed_message());
         cp
@@ -200,7 +233,8 @@ pub enum SignatureProblem {
     Invalid,
 }
 
-/// A signed checkpoint: "log `log` had record `sequence` with hash `head` at `time`".
+/// A signed checkpoint: "log `log` had record `sequence` with hash `head` at `time`" — or, with
+/// `sealed`, a seal: "… and was closed there".
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
     /// Log id.
@@ -215,13 +249,17 @@ pub struct Checkpoint {
     pub key_id: String,
     /// Base64 ed25519 signature over [`Checkpoint::signed_message`].
     pub signature: String,
+    /// A seal (the log was closed after record `sequence`), signed over a different message.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sealed: bool,
 }
 
 impl Checkpoint {
     /// The exact bytes the signature covers.
     pub fn signed_message(&self) -> Vec<u8> {
+        let what = if self.sealed { "seal" } else { "checkpoint" };
         format!(
-            "gatehouse-audit-checkpoint-v1\nlog={}\nsequence={}\nhead={}\ntime={}\n",
+            "gatehouse-audit-{what}-v1\nlog={}\nsequence={}\nhead={}\ntime={}\n",
             self.log, self.sequence, self.head, self.time
         )
         .into_bytes()
@@ -295,6 +333,15 @@ mod tests {
         let mut bad = cp.clone();
         bad.signature = "!!".into();
         assert_eq!(bad.verify(&keys), Err(SignatureProblem::Invalid));
+        // A checkpoint cannot pass for a seal, nor a seal for a checkpoint.
+        let mut bad = cp.clone();
+        bad.sealed = true;
+        assert_eq!(bad.verify(&keys), Err(SignatureProblem::Invalid));
+        let seal = signer.seal("gw", 10, &[9u8; 32], "2026-01-01T00:00:00Z".into());
+        assert_eq!(seal.verify(&keys), Ok(()));
+        let mut bad = seal.clone();
+        bad.sealed = false;
+        assert_eq!(bad.verify(&keys), Err(SignatureProblem::Invalid));
         let other = CheckpointSigner::from_seed(&[4u8; 32]);
         let keys2 = TrustedKeys::new().with(other.verifying_key());
         assert_eq!(cp.verify(&keys2), Err(SignatureProblem::UnknownKey));
@@ -307,6 +354,16 @@ mod tests {
         let a = CheckpointSigner::load_or_create(&path).unwrap();
         let b = CheckpointSigner::load_or_create(&path).unwrap();
         assert_eq!(a.verifying_key(), b.verifying_key());
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // A key others may read is refused.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = CheckpointSigner::load_or_create(&path).unwrap_err();
+        assert!(e.to_string().contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         std::fs::write(&path, "not a key").unwrap();
         assert!(CheckpointSigner::load_or_create(&path).is_err());
     }

@@ -39,6 +39,9 @@ pub enum RecordKind {
     RecoveryCut,
     /// Retention dropped old segments; this signed record says where the retained chain starts.
     RetentionCut,
+    /// The log was closed: a signed seal over the final checkpoint. A later run continues the
+    /// chain with a signed checkpoint right after it.
+    Seal,
 }
 
 impl RecordKind {
@@ -49,6 +52,7 @@ impl RecordKind {
             RecordKind::Checkpoint => "checkpoint",
             RecordKind::RecoveryCut => "recovery_cut",
             RecordKind::RetentionCut => "retention_cut",
+            RecordKind::Seal => "seal",
         }
     }
 
@@ -58,6 +62,7 @@ impl RecordKind {
             b"checkpoint" => RecordKind::Checkpoint,
             b"recovery_cut" => RecordKind::RecoveryCut,
             b"retention_cut" => RecordKind::RetentionCut,
+            b"seal" => RecordKind::Seal,
             _ => return None,
         })
     }

@@ -12,8 +12,8 @@
 //! - [`read`] and [`replay`] turn logs and recordings into session lists, exports, asciicast v2,
 //!   SQL transcripts and HTTP exchange lists.
 //! - [`objstore`] ships closed segments and writes recordings to S3-compatible object storage.
-//! - [`witness`] pushes the latest checkpoint to a directory on other storage or to a webhook
-//!   (`http://`, or `https://` with a pinned CA).
+//! - [`witness`] pushes every checkpoint and the seal to a directory on other storage or to a
+//!   webhook (`http://`, or `https://` with a pinned CA).
 //!
 //! The schema is documented in `docs/audit-schema.md`.
 
@@ -40,6 +40,7 @@ pub use recorder::{AuditRecorder, RecorderConfig};
 pub use recording::{RecordingConfig, RecordingStore, SessionRecording};
 pub use storage::{LocalSegmentStore, SegmentFile, SegmentStore};
 pub use verify::{
-    LogData, LogVerdict, Problem, ProblemKind, SegmentData, VerifyOptions, VerifyReport, verify,
+    LogData, LogStatus, LogVerdict, Problem, ProblemKind, RecoveryNote, SegmentData, SignedHead,
+    VerifyOptions, VerifyReport, verify,
 };
 pub use witness::{FileWitness, WebhookWitness, Witness};

@@ -12,9 +12,15 @@
 //! - on any store failure the batch is cut back to where it began (no partial record remains) and
 //!   every caller of the batch gets an error; if even the cut fails, or an fsync fails, the log
 //!   refuses everything from then on (fail closed);
-//! - on open, a torn final line left by a crash is cut and the cut is recorded;
+//! - on open, a torn final line left by a crash is cut and the cut is recorded; a previous run
+//!   that ended without a seal is recorded the same way (with nothing cut);
 //! - a checkpoint is signed every N records or T of activity, written into the chain and
-//!   published to witnesses; segments rotate by size or age and each links to the previous one.
+//!   published to witnesses (every one, in order); segments rotate by size or age and each links
+//!   to the previous one;
+//! - [`AuditLog::close`] writes a final checkpoint, then a signed **seal**, and returns once the
+//!   seal has been pushed to the witnesses (bounded wait); a later run continues a sealed chain
+//!   with a signed checkpoint right after the seal, so records appended after a seal by someone
+//!   without the key are detected.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
@@ -104,7 +110,8 @@ pub struct RecoveryCut {
 /// Things that happen beside the log: witnesses and shipping.
 #[derive(Debug, Clone, Default)]
 pub struct LogHooks {
-    /// Every new checkpoint is pushed to each witness (latest wins; pushes never delay `append`).
+    /// Every checkpoint and the seal are pushed to each witness, in order (pushes never delay
+    /// `append`; [`AuditLog::close`] waits for the seal's push).
     pub witnesses: Vec<Arc<dyn crate::witness::Witness>>,
     /// Closed segments are copied here, asynchronously.
     pub shipper: Option<crate::objstore::SegmentShipper>,
@@ -153,7 +160,12 @@ pub struct AuditLog {
     room: Arc<Semaphore>,
     latest: watch::Receiver<Option<Checkpoint>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The task pushing checkpoints to witnesses (none without witnesses).
+    pusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
+
+/// How long [`AuditLog::close`] waits for the witnesses to take the last checkpoints and the seal.
+const WITNESS_DRAIN: Duration = Duration::from_secs(20);
 
 fn now_text() -> String {
     gatehouse_core::now()
@@ -209,12 +221,20 @@ impl AuditLog {
             .shipper
             .as_ref()
             .map(|s| s.start(store.clone(), backlog.clone()));
-        if !hooks.witnesses.is_empty() {
-            crate::witness::spawn_pusher(hooks.witnesses.clone(), latest.clone());
-        }
+        let (witness_tx, pusher) = if hooks.witnesses.is_empty() {
+            (None, None)
+        } else {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            (
+                Some(tx),
+                Some(crate::witness::spawn_pusher(hooks.witnesses.clone(), rx)),
+            )
+        };
         let log_id = config.log_id.clone();
         let writer = tokio::task::spawn_blocking(move || {
-            Writer::recover(store, config, signer, latest_tx, backlog, ship_tx)
+            Writer::recover(
+                store, config, signer, latest_tx, witness_tx, backlog, ship_tx,
+            )
         })
         .await
         .map_err(|e| RecorderError::Config(format!("recovery task failed: {e}")))??;
@@ -237,6 +257,7 @@ impl AuditLog {
             room,
             latest,
             thread: Mutex::new(Some(thread)),
+            pusher: Mutex::new(pusher),
         })
     }
 
@@ -357,7 +378,9 @@ impl AuditLog {
             .await
     }
 
-    /// Writes a final checkpoint, syncs and stops the writer. Later calls fail with `Closed`.
+    /// Writes a final checkpoint and a signed seal, syncs, stops the writer, and waits (at most
+    /// 20 s) until the witnesses have taken every checkpoint and the seal. Later calls fail with
+    /// `Closed`. Dropping the log without `close` writes a final checkpoint but no seal.
     pub async fn close(&self) -> Result<(), RecordError> {
         let result = self.call(|reply| Command::Close { reply }).await;
         if let Ok(mut tx) = self.tx.lock() {
@@ -366,6 +389,19 @@ impl AuditLog {
         let thread = self.thread.lock().ok().and_then(|mut t| t.take());
         if let Some(t) = thread {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        // Dropping the queue's sender lets the pusher finish what is queued, the seal last.
+        if let Ok(mut w) = self.writer.lock() {
+            w.witness.take();
+        }
+        let pusher = self.pusher.lock().ok().and_then(|mut p| p.take());
+        if let Some(pusher) = pusher
+            && tokio::time::timeout(WITNESS_DRAIN, pusher).await.is_err()
+        {
+            tracing::error!(
+                log = %self.log_id,
+                "audit log closed, but the witnesses did not take the seal within {WITNESS_DRAIN:?}"
+            );
         }
         result
     }
@@ -403,6 +439,8 @@ struct Writer {
     last_checkpoint: Instant,
     poisoned: Option<String>,
     latest: watch::Sender<Option<Checkpoint>>,
+    /// Every checkpoint goes to the witness pusher (none without witnesses).
+    witness: Option<tokio::sync::mpsc::UnboundedSender<Checkpoint>>,
     backlog: Arc<AtomicUsize>,
     ship: Option<tokio::sync::mpsc::UnboundedSender<String>>,
     buf: Vec<u8>,
@@ -428,13 +466,19 @@ fn damaged(segment: &str, line: u64, detail: impl Into<String>) -> RecorderError
     }
 }
 
-/// The last complete line's (sequence, hash), if any, and the offset just past it.
-type ScannedSegment = (Option<(u64, [u8; 32])>, usize);
+/// The last complete line's (sequence, hash, kind), if any, and the offset just past it.
+type ScannedSegment = (Option<(u64, [u8; 32], RecordKind)>, usize);
 
-/// The last complete line's (sequence, hash) after checking every complete line of the segment.
-fn scan_segment(name: &str, log: &str, bytes: &[u8]) -> Result<ScannedSegment, RecorderError> {
+/// The last complete line's (sequence, hash, kind) after checking every complete line of the
+/// segment. `before` is the kind of the previous segment's last record, if known.
+fn scan_segment(
+    name: &str,
+    log: &str,
+    bytes: &[u8],
+    before: Option<RecordKind>,
+) -> Result<ScannedSegment, RecorderError> {
     let mut pos = 0usize;
-    let mut last: Option<(u64, [u8; 32])> = None;
+    let mut last: Option<(u64, [u8; 32], RecordKind)> = None;
     let mut line_no = 0u64;
     while let Some(nl) = bytes.get(pos..).and_then(|r| memchr::memchr(b'\n', r)) {
         line_no += 1;
@@ -446,12 +490,21 @@ fn scan_segment(name: &str, log: &str, bytes: &[u8]) -> Result<ScannedSegment, R
         if p.computed_hash != p.stored_hash {
             return Err(damaged(name, line_no, "hash mismatch"));
         }
-        if let Some((seq, hash)) = last
+        if let Some((seq, hash, _)) = last
             && (p.sequence != seq + 1 || p.prev != hash)
         {
             return Err(damaged(name, line_no, "broken chain"));
         }
-        last = Some((p.sequence, p.stored_hash));
+        // Each run continues a sealed chain with a signed checkpoint first.
+        let prev_kind = last.map(|(_, _, k)| k).or(before);
+        if prev_kind == Some(RecordKind::Seal) && p.kind != RecordKind::Checkpoint {
+            return Err(damaged(
+                name,
+                line_no,
+                "a record follows the seal without a signed checkpoint (appended by someone else)",
+            ));
+        }
+        last = Some((p.sequence, p.stored_hash, p.kind));
         pos += nl + 1;
     }
     Ok((last, pos))
@@ -515,7 +568,8 @@ fn run(shared: &Mutex<Writer>, rx: Receiver<Command>, upkeep: Upkeep) {
             Err(RecvTimeoutError::Disconnected) => {
                 upkeep.finish();
                 if let Ok(mut w) = shared.lock() {
-                    w.shutdown();
+                    // Dropped without `close`: a final checkpoint, no seal.
+                    let _ = w.shutdown(false);
                 }
                 return;
             }
@@ -531,11 +585,7 @@ fn run(shared: &Mutex<Writer>, rx: Receiver<Command>, upkeep: Upkeep) {
                     // A sync or rotation under way completes first; the final sync is then short.
                     upkeep.finish();
                     let Ok(mut w) = shared.lock() else { return };
-                    w.shutdown();
-                    let _ = reply.send(match &w.poisoned {
-                        None => Ok(()),
-                        Some(p) => Err(RecordError::Store(p.clone())),
-                    });
+                    let _ = reply.send(w.shutdown(true));
                     // Later commands find the channel gone and get `Closed`.
                     return;
                 }
@@ -622,6 +672,7 @@ impl Writer {
         config: AuditLogConfig,
         signer: CheckpointSigner,
         latest: watch::Sender<Option<Checkpoint>>,
+        witness: Option<tokio::sync::mpsc::UnboundedSender<Checkpoint>>,
         backlog: Arc<AtomicUsize>,
         ship: Option<tokio::sync::mpsc::UnboundedSender<String>>,
     ) -> Result<Self, RecorderError> {
@@ -630,6 +681,7 @@ impl Writer {
         let mut next_sequence = 1;
         let mut head = GENESIS;
         let mut torn: Option<RecoveryCut> = None;
+        let mut last_kind: Option<RecordKind> = None;
         let segment = match names.last() {
             None => {
                 let name = segment_name(1);
@@ -641,17 +693,28 @@ impl Writer {
             }
             Some(last) => {
                 let bytes = store.read(last).map_err(|e| io("read segment", e))?;
-                let (tail, good) = scan_segment(last, &config.log_id, &bytes)?;
+                // Whether the previous segment ends with a seal (then this one must start with
+                // a signed checkpoint).
+                let before = match names.iter().rev().nth(1) {
+                    Some(prev_name) => {
+                        let prev = store.read(prev_name).map_err(|e| io("read segment", e))?;
+                        last_record_kind(&prev)
+                    }
+                    None => None,
+                };
+                let (tail, good) = scan_segment(last, &config.log_id, &bytes, before)?;
                 match tail {
-                    Some((seq, hash)) => {
+                    Some((seq, hash, kind)) => {
                         next_sequence = seq + 1;
                         head = hash;
+                        last_kind = Some(kind);
                     }
                     None => {
                         // An empty last segment: continue from the one before it.
                         if let Some(prev_name) = names.iter().rev().nth(1) {
                             let prev = store.read(prev_name).map_err(|e| io("read segment", e))?;
-                            let (tail, good_prev) = scan_segment(prev_name, &config.log_id, &prev)?;
+                            let (tail, good_prev) =
+                                scan_segment(prev_name, &config.log_id, &prev, None)?;
                             if good_prev != prev.len() {
                                 return Err(damaged(
                                     prev_name,
@@ -659,10 +722,11 @@ impl Writer {
                                     "a closed segment ends with a partial line",
                                 ));
                             }
-                            let (seq, hash) =
+                            let (seq, hash, kind) =
                                 tail.ok_or_else(|| damaged(prev_name, 0, "empty closed segment"))?;
                             next_sequence = seq + 1;
                             head = hash;
+                            last_kind = Some(kind);
                         } else if *last != segment_name(1) {
                             return Err(damaged(
                                 last,
@@ -694,6 +758,17 @@ impl Writer {
             tracing::warn!(segment = %cut.segment, bytes = cut.torn_bytes, "audit log: cut a torn final record");
         }
         let len = file.size().map_err(|e| io("segment length", e))?;
+        if torn.is_none() && next_sequence > 1 && last_kind != Some(RecordKind::Seal) {
+            // The previous run ended between two writes without a seal (killed, crashed, or
+            // dropped without `close`): nothing torn to cut, but the chain says so.
+            tracing::warn!(segment = %segment, "audit log: the previous run ended without a seal");
+            torn = Some(RecoveryCut {
+                segment: segment.clone(),
+                offset: len,
+                torn_bytes: 0,
+                torn_sha256: hex::encode(Sha256::digest(b"")),
+            });
+        }
         let mut w = Writer {
             store,
             config,
@@ -708,6 +783,7 @@ impl Writer {
             last_checkpoint: Instant::now(),
             poisoned: None,
             latest,
+            witness,
             backlog,
             ship,
             buf: Vec::with_capacity(1 << 20),
@@ -718,6 +794,11 @@ impl Writer {
             sync_in_flight: false,
             file_syncs_apart: true,
         };
+        if last_kind == Some(RecordKind::Seal) {
+            // A new run of a sealed log: a signed checkpoint over the seal comes first, so that
+            // records appended after the seal without the key never pass for this run's.
+            w.write_checkpoint().map_err(RecorderError::Record)?;
+        }
         if let Some(cut) = torn {
             let mut buf = std::mem::take(&mut w.buf);
             buf.clear();
@@ -761,19 +842,59 @@ impl Writer {
         // A due rotation follows in `maintain`, after any background sync.
     }
 
-    fn shutdown(&mut self) {
+    /// Stops accepting records: a final checkpoint when records are pending, then (with `seal`)
+    /// the signed seal over it, then a final sync.
+    fn shutdown(&mut self, seal: bool) -> Result<(), RecordError> {
         if self.closed {
-            return;
+            return Err(RecordError::Closed);
         }
         self.closed = true;
+        let mut result = Ok(());
         if self.since_checkpoint > 0 {
-            let _ = self.write_checkpoint();
+            result = self.write_checkpoint().map(|_| ());
+        }
+        if seal && result.is_ok() && self.next_sequence > 1 {
+            result = self.write_seal();
         }
         if self.poisoned.is_none()
             && let Err(e) = self.file.sync_data()
         {
             tracing::error!(error = %e, "audit log: final sync failed");
+            self.poison(format!("final fdatasync {}: {e}", self.segment));
         }
+        if let Some(p) = &self.poisoned {
+            return Err(RecordError::Store(p.clone()));
+        }
+        result
+    }
+
+    /// Writes the signed seal over the current head (the final checkpoint) and publishes it.
+    fn write_seal(&mut self) -> Result<(), RecordError> {
+        let time = now_text();
+        let seal = self.signer.seal(
+            &self.config.log_id,
+            self.next_sequence - 1,
+            &self.head,
+            time.clone(),
+        );
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        let payload = kind_payload(&time, &seal);
+        let hash = encode_line(
+            &mut buf,
+            &self.config.log_id,
+            self.next_sequence,
+            RecordKind::Seal,
+            &self.head,
+            &payload,
+        );
+        let r = self.write(&buf, true);
+        self.buf = buf;
+        r.map_err(RecordError::Store)?;
+        self.next_sequence += 1;
+        self.head = hash;
+        self.published(seal);
+        Ok(())
     }
 
     fn control(&mut self, cmd: Command) {
@@ -992,6 +1113,10 @@ impl Writer {
     fn published(&mut self, cp: Checkpoint) {
         self.since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
+        if let Some(w) = &self.witness {
+            // The pusher gone means the log is closing; the checkpoint stays in the chain.
+            let _ = w.send(cp.clone());
+        }
         self.latest.send_replace(Some(cp));
     }
 
@@ -1149,6 +1274,13 @@ impl Writer {
             .map_err(|e| store_err("sync log directory", e))?;
         Ok(Some(cut))
     }
+}
+
+/// The kind of a segment's last complete record.
+fn last_record_kind(bytes: &[u8]) -> Option<RecordKind> {
+    let trimmed = bytes.strip_suffix(b"\n")?;
+    let start = memchr::memrchr(b'\n', trimmed).map_or(0, |p| p + 1);
+    parse_line(trimmed.get(start..)?).ok().map(|p| p.kind)
 }
 
 /// The `time` member of a segment's last complete record.

@@ -4,9 +4,17 @@
 //! Checks, per log: every line's hash over its exact bytes, the `prev` link (across segments
 //! too), sequence continuity, the log id, every in-chain checkpoint (its head must be the hash of
 //! the record before it and its signature must verify), retention cuts (a chain that does not
-//! start at the genesis must be explained by a signed cut), and every witness checkpoint (the
-//! chain must reach its sequence with the same hash). The first problem found is reported with its
-//! segment, line and sequence; nothing after it is trusted.
+//! start at the genesis must be explained by a signed cut), seals (signed like checkpoints, over
+//! a different message; a later run must continue with a signed checkpoint right after a seal),
+//! and every witness checkpoint (the chain must reach its sequence with the same hash, and hold
+//! the checkpoint or seal record itself). The first problem found is reported with its segment,
+//! line and sequence; nothing after it is trusted.
+//!
+//! A log without problems is not necessarily complete: only signed records vouch for what came
+//! before them. The verdict says where the last signature is ([`LogVerdict::last_signed`]), how
+//! many records follow it ([`LogVerdict::unsigned_after`]) and whether the log ends with a seal
+//! ([`LogVerdict::status`]). Without witnesses, a log cut back exactly to an earlier run's seal
+//! cannot be told from a log that ended there.
 //!
 //! [`ChainVerifier`] takes one segment at a time so that a log larger than memory verifies in
 //! constant space; [`verify`](fn@verify) is the convenience over in-memory logs.
@@ -98,6 +106,9 @@ pub enum ProblemKind {
     MissingStart,
     /// The log has no records at all.
     Empty,
+    /// Records follow a seal without the signed checkpoint a new run writes first (appended by
+    /// someone without the signing key).
+    UnsignedAfterSeal,
 }
 
 /// The first problem in a log.
@@ -150,14 +161,78 @@ pub struct LogVerdict {
     pub recovery_cuts: u64,
     /// Retention cuts found.
     pub retention_cuts: u64,
+    /// Seals found (one per run that was closed).
+    #[serde(default)]
+    pub seals: u64,
+    /// The last checkpoint or seal record whose signature verified.
+    #[serde(default)]
+    pub last_signed: Option<SignedHead>,
+    /// Verified records after the last signed record: nothing vouches for them (they may be
+    /// records a running gateway has not checkpointed yet, or made up).
+    #[serde(default)]
+    pub unsigned_after: u64,
+    /// The log ends with a seal: it was closed, and nothing was appended after.
+    #[serde(default)]
+    pub sealed: bool,
+    /// Crash recoveries found: where a torn final line was cut on restart.
+    #[serde(default)]
+    pub recoveries: Vec<RecoveryNote>,
     /// The first problem, if any.
     pub problem: Option<Problem>,
 }
 
+/// Where a log's last signature is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedHead {
+    /// Sequence of the checkpoint or seal record.
+    pub sequence: u64,
+    /// The record it signs (the one before it).
+    pub covers: u64,
+    /// When it was signed (RFC 3339, as signed).
+    pub time: String,
+    /// It is a seal.
+    pub seal: bool,
+}
+
+/// A crash recovery found in the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryNote {
+    /// Sequence of the `recovery_cut` record.
+    pub sequence: u64,
+    /// The segment whose torn tail was cut.
+    pub segment: String,
+    /// How many torn bytes were cut.
+    pub torn_bytes: u64,
+}
+
+/// What a verdict amounts to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogStatus {
+    /// Verified, and the log ends with a valid seal.
+    Sealed,
+    /// Verified up to the last signed record; the log is not sealed (a running gateway, a crash,
+    /// or an end that was cut or extended) and `unsigned_after` records follow the signature.
+    Unsealed,
+    /// A problem was found.
+    Failed,
+}
+
 impl LogVerdict {
-    /// No problem found.
+    /// No problem found (the log may still be unsealed: see [`LogVerdict::status`]).
     pub fn ok(&self) -> bool {
         self.problem.is_none()
+    }
+
+    /// Sealed, unsealed (with unsigned records) or failed.
+    pub fn status(&self) -> LogStatus {
+        if self.problem.is_some() {
+            LogStatus::Failed
+        } else if self.sealed {
+            LogStatus::Sealed
+        } else {
+            LogStatus::Unsealed
+        }
     }
 }
 
@@ -172,6 +247,15 @@ impl VerifyReport {
     /// Every log verified.
     pub fn ok(&self) -> bool {
         !self.logs.is_empty() && self.logs.iter().all(LogVerdict::ok)
+    }
+
+    /// The worst status across logs (`Failed` when there are no logs).
+    pub fn status(&self) -> LogStatus {
+        self.logs
+            .iter()
+            .map(LogVerdict::status)
+            .max()
+            .unwrap_or(LogStatus::Failed)
     }
 
     /// The first problem, across logs.
@@ -293,6 +377,9 @@ pub struct ChainVerifier<'o> {
     start_needing_cut: Option<(String, u64, [u8; 32])>,
     retention_cuts: Vec<RetentionCut>,
     witness_heads: HashMap<u64, Vec<[u8; 32]>>,
+    /// Per witness checkpoint over record `s`: record `s + 1` must be that checkpoint (or seal).
+    witness_records: HashMap<u64, Vec<bool>>,
+    last_kind: Option<RecordKind>,
     last_segment: String,
 }
 
@@ -311,14 +398,24 @@ impl<'o> ChainVerifier<'o> {
             witnesses_matched: 0,
             recovery_cuts: 0,
             retention_cuts: 0,
+            seals: 0,
+            last_signed: None,
+            unsigned_after: 0,
+            sealed: false,
+            recoveries: Vec::new(),
             problem: None,
         };
         let mut witness_heads: HashMap<u64, Vec<[u8; 32]>> = HashMap::new();
+        let mut witness_records: HashMap<u64, Vec<bool>> = HashMap::new();
         for w in options.witnesses.iter().filter(|w| w.log == log) {
             let problem = match w.verify(&options.keys) {
                 Ok(()) => match format::parse_hex32(w.head.as_bytes()) {
                     Some(h) => {
                         witness_heads.entry(w.sequence).or_default().push(h);
+                        witness_records
+                            .entry(w.sequence.saturating_add(1))
+                            .or_default()
+                            .push(w.sealed);
                         None
                     }
                     None => Some("witness checkpoint head is not a hash".to_owned()),
@@ -350,6 +447,8 @@ impl<'o> ChainVerifier<'o> {
             start_needing_cut: None,
             retention_cuts: Vec::new(),
             witness_heads,
+            witness_records,
+            last_kind: None,
             last_segment: String::new(),
         }
     }
@@ -424,7 +523,13 @@ impl<'o> ChainVerifier<'o> {
                 name,
                 line_no + 1,
                 self.expected_sequence,
-                format!("{n} bytes after the last complete line"),
+                if is_last {
+                    format!(
+                        "{n} bytes after the last complete line: a crash mid-write (the next start cuts them and records a recovery cut) or a cut segment"
+                    )
+                } else {
+                    format!("{n} bytes after the last complete line of a closed segment")
+                },
             );
         }
         true
@@ -503,9 +608,46 @@ impl<'o> ChainVerifier<'o> {
                 "not valid JSON".into(),
             );
         }
+        if self.last_kind == Some(RecordKind::Seal) && p.kind != RecordKind::Checkpoint {
+            let sealed_at = p.sequence.saturating_sub(1);
+            return self.fail(
+                ProblemKind::UnsignedAfterSeal,
+                segment,
+                line_no,
+                seq,
+                format!(
+                    "a {} record follows the seal at sequence {sealed_at}; a new run starts with a signed checkpoint (records appended after the seal by someone without the signing key)",
+                    p.kind.as_str()
+                ),
+            );
+        }
+        if let Some(sealed) = self.witness_records.remove(&p.sequence) {
+            let want_seal = sealed.iter().any(|s| *s);
+            let want_checkpoint = sealed.iter().any(|s| !*s);
+            let fits = match p.kind {
+                RecordKind::Seal => !want_checkpoint,
+                RecordKind::Checkpoint => !want_seal,
+                _ => false,
+            };
+            if !fits {
+                let what = if want_seal { "seal" } else { "checkpoint" };
+                return self.fail(
+                    ProblemKind::WitnessMismatch,
+                    segment,
+                    line_no,
+                    seq,
+                    format!(
+                        "a witness holds the {what} written as this record, but the log has a {} record here",
+                        p.kind.as_str()
+                    ),
+                );
+            }
+        }
         match p.kind {
             RecordKind::Event => {}
-            RecordKind::Checkpoint => {
+            RecordKind::Checkpoint | RecordKind::Seal => {
+                let is_seal = p.kind == RecordKind::Seal;
+                let what = if is_seal { "seal" } else { "checkpoint" };
                 let cp = match serde_json::from_slice::<Envelope<Checkpoint>>(&p.payload_object()) {
                     Ok(e) => e.body,
                     Err(e) => {
@@ -514,13 +656,14 @@ impl<'o> ChainVerifier<'o> {
                             segment,
                             line_no,
                             seq,
-                            format!("checkpoint body: {e}"),
+                            format!("{what} body: {e}"),
                         );
                     }
                 };
                 if cp.log != p.log
                     || cp.sequence.checked_add(1) != Some(p.sequence)
                     || cp.head != hex32(&p.prev)
+                    || cp.sealed != is_seal
                 {
                     return self.fail(
                         ProblemKind::CheckpointMismatch,
@@ -528,25 +671,29 @@ impl<'o> ChainVerifier<'o> {
                         line_no,
                         seq,
                         format!(
-                            "checkpoint names sequence {} head {}, the chain has {}",
+                            "{what} names sequence {} head {}{}, the chain has {}",
                             cp.sequence,
                             cp.head,
+                            if cp.sealed { " (sealed)" } else { "" },
                             hex32(&p.prev)
                         ),
                     );
                 }
                 if let Err(e) = cp.verify(&self.options.keys) {
-                    return self.signature_problem(
-                        e,
-                        segment,
-                        line_no,
-                        seq,
-                        "checkpoint",
-                        &cp.key_id,
-                    );
+                    return self.signature_problem(e, segment, line_no, seq, what, &cp.key_id);
                 }
-                self.verdict.checkpoints += 1;
-                self.verdict.last_checkpoint = Some(p.sequence);
+                if is_seal {
+                    self.verdict.seals += 1;
+                } else {
+                    self.verdict.checkpoints += 1;
+                    self.verdict.last_checkpoint = Some(p.sequence);
+                }
+                self.verdict.last_signed = Some(SignedHead {
+                    sequence: p.sequence,
+                    covers: cp.sequence,
+                    time: cp.time,
+                    seal: is_seal,
+                });
             }
             RecordKind::RetentionCut => {
                 let cut =
@@ -580,17 +727,25 @@ impl<'o> ChainVerifier<'o> {
                 self.retention_cuts.push(cut);
             }
             RecordKind::RecoveryCut => {
-                if let Err(e) = serde_json::from_slice::<Envelope<RecoveryCut>>(&p.payload_object())
+                let cut = match serde_json::from_slice::<Envelope<RecoveryCut>>(&p.payload_object())
                 {
-                    return self.fail(
-                        ProblemKind::Malformed,
-                        segment,
-                        line_no,
-                        seq,
-                        format!("recovery cut body: {e}"),
-                    );
-                }
+                    Ok(e) => e.body,
+                    Err(e) => {
+                        return self.fail(
+                            ProblemKind::Malformed,
+                            segment,
+                            line_no,
+                            seq,
+                            format!("recovery cut body: {e}"),
+                        );
+                    }
+                };
                 self.verdict.recovery_cuts += 1;
+                self.verdict.recoveries.push(RecoveryNote {
+                    sequence: p.sequence,
+                    segment: cut.segment,
+                    torn_bytes: cut.torn_bytes,
+                });
             }
         }
         if let Some(heads) = self.witness_heads.remove(&p.sequence) {
@@ -607,6 +762,7 @@ impl<'o> ChainVerifier<'o> {
             self.verdict.witnesses_matched += heads.len() as u64;
         }
         self.prev = Some(p.stored_hash);
+        self.last_kind = Some(p.kind);
         self.expected_sequence = p.sequence.checked_add(1);
         self.verdict.records += 1;
         self.verdict.last_sequence = Some(p.sequence);
@@ -661,20 +817,30 @@ impl<'o> ChainVerifier<'o> {
         if self.verdict.problem.is_none() {
             let first = self.verdict.first_sequence.unwrap_or(0);
             let last = self.verdict.last_sequence.unwrap_or(0);
+            // A witness checkpoint over record `s` was written as record `s + 1`: both must be
+            // there.
             let beyond = self
-                .witness_heads
+                .witness_records
                 .keys()
                 .filter(|s| **s > last)
                 .min()
                 .copied();
             if let Some(s) = beyond {
                 let seg = self.last_segment.clone();
+                let sealed = self
+                    .witness_records
+                    .get(&s)
+                    .is_some_and(|v| v.iter().any(|x| *x));
+                let what = if sealed { "seal" } else { "checkpoint" };
                 self.fail(
                     ProblemKind::TruncatedTail,
                     &seg,
                     0,
                     Some(last + 1),
-                    format!("a witness checkpoint covers sequence {s}, the log ends at {last}"),
+                    format!(
+                        "a witness holds the {what} written as record {s} (over record {}), the log ends at {last}: its end was cut",
+                        s - 1
+                    ),
                 );
             }
             // Witness checkpoints before `first` were dropped by a (verified) retention cut.
@@ -683,6 +849,14 @@ impl<'o> ChainVerifier<'o> {
         if let Some(prev) = self.prev {
             self.verdict.head = Some(hex32(&prev));
         }
+        let last = self.verdict.last_sequence.unwrap_or(0);
+        self.verdict.unsigned_after = match &self.verdict.last_signed {
+            Some(h) => last.saturating_sub(h.sequence),
+            None => self.verdict.records,
+        };
+        self.verdict.sealed = self.verdict.problem.is_none()
+            && self.last_kind == Some(RecordKind::Seal)
+            && self.verdict.unsigned_after == 0;
         self.verdict
     }
 }

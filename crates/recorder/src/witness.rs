@@ -1,7 +1,9 @@
-//! Witnesses: places outside the log's own storage that hold the latest signed checkpoint, so that
-//! deleting a whole tail of segments (checkpoints included) is still detected by `verify`.
+//! Witnesses: places outside the log's own storage that keep every signed checkpoint (and the
+//! seal), so that deleting a whole tail of segments (checkpoints included), or rewriting the chain,
+//! is still detected by `verify`.
 //!
-//! Pushes happen on a background task, latest wins, and never delay `append`.
+//! Pushes happen in order on a background task and never delay `append`; closing the log waits
+//! (bounded) until the seal has been pushed.
 
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
@@ -16,21 +18,31 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::sync::watch;
+use tokio::sync::mpsc;
 
 use crate::RecorderError;
 use crate::checkpoint::Checkpoint;
 
 /// Somewhere to push checkpoints.
 pub trait Witness: Send + Sync + Debug {
-    /// Stores `checkpoint` as the latest for its log.
+    /// Stores `checkpoint` (every checkpoint is pushed, in order, the seal last).
     fn push<'a>(&'a self, checkpoint: &'a Checkpoint) -> BoxFuture<'a, Result<(), RecorderError>>;
 }
 
-/// A directory (ideally on other storage) holding `<log>.checkpoint.json` per log.
+/// A directory (on other storage than the audit log) keeping every checkpoint as its own file,
+/// `<log>/<sequence, 20 digits>.checkpoint.json`; a file once written is never replaced.
+///
+/// It protects against someone who can write the audit directory but not this one. Whoever can
+/// write here too can delete checkpoints: production deployments use a [`WebhookWitness`] to a
+/// separate system that keeps what it is sent (see `docs/audit-schema.md`).
 #[derive(Debug, Clone)]
 pub struct FileWitness {
     dir: PathBuf,
+}
+
+/// Name of the file holding the checkpoint over record `sequence`.
+pub fn witness_file_name(sequence: u64) -> String {
+    format!("{sequence:020}.checkpoint.json")
 }
 
 impl FileWitness {
@@ -42,18 +54,29 @@ impl FileWitness {
         Ok(Self { dir })
     }
 
-    /// Reads every checkpoint a file witness directory holds.
+    /// Reads every checkpoint a file witness directory holds: the per-log sub-directories, and
+    /// `<log>.checkpoint.json` files at the top (the layout of earlier versions, latest only).
     pub fn read_all(dir: &Path) -> Result<Vec<Checkpoint>, RecorderError> {
         let mut out = Vec::new();
+        Self::read_dir_into(dir, true, &mut out)?;
+        Ok(out)
+    }
+
+    fn read_dir_into(
+        dir: &Path,
+        descend: bool,
+        out: &mut Vec<Checkpoint>,
+    ) -> Result<(), RecorderError> {
         let entries = std::fs::read_dir(dir)
             .map_err(|e| RecorderError::io(format!("read {}", dir.display()), e))?;
         for entry in entries {
             let entry = entry.map_err(|e| RecorderError::io("read witness directory", e))?;
             let path = entry.path();
-            if path
-                .to_str()
-                .is_some_and(|p| p.ends_with(".checkpoint.json"))
-            {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if descend && crate::format::valid_log_id(name) && path.is_dir() {
+                Self::read_dir_into(&path, false, out)?;
+            } else if name.ends_with(".checkpoint.json") && !name.starts_with('.') {
                 let bytes = std::fs::read(&path)
                     .map_err(|e| RecorderError::io(format!("read {}", path.display()), e))?;
                 let cp = serde_json::from_slice(&bytes).map_err(|e| {
@@ -62,7 +85,21 @@ impl FileWitness {
                 out.push(cp);
             }
         }
-        Ok(out)
+        Ok(())
+    }
+
+    /// The latest checkpoint (highest sequence) a witness directory holds for each log.
+    pub fn latest(dir: &Path) -> Result<Vec<Checkpoint>, RecorderError> {
+        let mut latest: std::collections::BTreeMap<String, Checkpoint> = Default::default();
+        for cp in Self::read_all(dir)? {
+            match latest.get(&cp.log) {
+                Some(have) if have.sequence >= cp.sequence => {}
+                _ => {
+                    latest.insert(cp.log.clone(), cp);
+                }
+            }
+        }
+        Ok(latest.into_values().collect())
     }
 }
 
@@ -78,19 +115,39 @@ impl Witness for FileWitness {
     }
 }
 
+/// Writes the checkpoint's own file durably; never replaces a file already there (the same
+/// checkpoint pushed again is fine, a different one for the same sequence is an error).
 fn write_atomically(dir: &Path, cp: &Checkpoint) -> Result<(), RecorderError> {
     use std::io::Write as _;
     if !crate::format::valid_log_id(&cp.log) {
         return Err(RecorderError::Config("invalid log id in checkpoint".into()));
     }
-    let path = dir.join(format!("{}.checkpoint.json", cp.log));
-    let tmp = dir.join(format!(".{}.checkpoint.json.tmp", cp.log));
+    let log_dir = dir.join(&cp.log);
+    let path = log_dir.join(witness_file_name(cp.sequence));
+    let tmp = log_dir.join(format!(".{}.tmp", witness_file_name(cp.sequence)));
     let body = serde_json::to_vec_pretty(cp).map_err(|e| RecorderError::Config(e.to_string()))?;
     let io = |e| RecorderError::io(format!("write {}", path.display()), e);
+    std::fs::create_dir_all(&log_dir).map_err(io)?;
     let mut f = std::fs::File::create(&tmp).map_err(io)?;
     f.write_all(&body).and_then(|()| f.sync_all()).map_err(io)?;
-    std::fs::rename(&tmp, &path).map_err(io)?;
-    std::fs::File::open(dir)
+    // A hard link fails when the name exists: a witnessed checkpoint is never overwritten.
+    let linked = std::fs::hard_link(&tmp, &path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let have = std::fs::read(&path).map_err(io)?;
+            let same = serde_json::from_slice::<Checkpoint>(&have).is_ok_and(|h| h == *cp);
+            if !same {
+                return Err(RecorderError::Witness(format!(
+                    "{} already holds a different checkpoint",
+                    path.display()
+                )));
+            }
+        }
+        Err(e) => return Err(io(e)),
+    }
+    std::fs::File::open(&log_dir)
         .and_then(|d| d.sync_all())
         .map_err(io)?;
     Ok(())
@@ -306,29 +363,29 @@ impl Witness for WebhookWitness {
     }
 }
 
-/// Pushes each new checkpoint to every witness until the log closes.
+/// Pushes every checkpoint, in order, to every witness until the log closes (the sender is
+/// dropped) and the queue is empty.
 pub(crate) fn spawn_pusher(
     witnesses: Vec<Arc<dyn Witness>>,
-    mut latest: watch::Receiver<Option<Checkpoint>>,
-) {
+    mut queue: mpsc::UnboundedReceiver<Checkpoint>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        while latest.changed().await.is_ok() {
-            let Some(cp) = latest.borrow_and_update().clone() else {
-                continue;
-            };
+        while let Some(cp) = queue.recv().await {
             for w in &witnesses {
                 let mut delay = Duration::from_millis(50);
                 for attempt in 0..4 {
                     match w.push(&cp).await {
                         Ok(()) => break,
                         Err(e) => {
-                            tracing::warn!(witness = ?w, attempt, error = %e, "checkpoint push failed");
-                            tokio::time::sleep(delay).await;
-                            delay *= 4;
+                            tracing::warn!(witness = ?w, attempt, sequence = cp.sequence, error = %e, "checkpoint push failed");
+                            if attempt < 3 {
+                                tokio::time::sleep(delay).await;
+                                delay *= 4;
+                            }
                         }
                     }
                 }
             }
         }
-    });
+    })
 }

@@ -6,15 +6,23 @@ use std::process::ExitCode;
 
 use gatehouse_core::{RecordingKind, SessionId};
 use gatehouse_recorder::read::{list_sessions, load_local_logs, session_events};
-use gatehouse_recorder::verify::{LogData, VerifyOptions, VerifyReport, verify};
+use gatehouse_recorder::verify::{
+    LogData, LogStatus, LogVerdict, VerifyOptions, VerifyReport, verify,
+};
 use gatehouse_recorder::{FileWitness, TrustedKeys};
+
+/// Exit status of `audit verify` for a log that verified up to its last signed checkpoint but is
+/// not sealed (a running gateway, a crash, or an end that was cut or extended).
+pub const EXIT_UNSEALED: u8 = 3;
 
 use super::{CommandError, CommandResult};
 
 /// Audit subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    /// Verify the audit log: exit 0 when intact, non-zero naming the first bad record.
+    /// Verify the audit log. Exit 0: verified and sealed (closed, nothing after the seal);
+    /// 3: verified up to the last signed checkpoint, not sealed, the records after it unsigned;
+    /// 1: verification failed (the first bad record is named); 2: could not run.
     Verify {
         /// The audit directory.
         dir: PathBuf,
@@ -22,7 +30,8 @@ pub enum Command {
         /// log are used, which cannot detect a rewrite by someone who also replaced the key.
         #[arg(long = "key")]
         keys: Vec<String>,
-        /// A witness directory holding copies of the signed checkpoints (detects a cut-off tail).
+        /// A witness directory holding copies of the signed checkpoints: detects a cut-off tail
+        /// (also one cut back exactly to an earlier run's seal) and a rewritten chain.
         #[arg(long)]
         witness: Option<PathBuf>,
         /// Print the report as JSON.
@@ -119,6 +128,106 @@ pub fn verify_dir(
     Ok((verify(&logs, &options), pinned))
 }
 
+/// The exit status for a verification report.
+pub fn exit_status(report: &VerifyReport) -> ExitCode {
+    match report.status() {
+        LogStatus::Sealed => ExitCode::SUCCESS,
+        LogStatus::Unsealed => ExitCode::from(EXIT_UNSEALED),
+        LogStatus::Failed => ExitCode::from(1),
+    }
+}
+
+/// Where the last signature is, in words.
+fn signed_head(l: &LogVerdict) -> String {
+    match &l.last_signed {
+        Some(h) => format!(
+            "the {} at sequence {} (over record {}, signed {})",
+            if h.seal { "seal" } else { "checkpoint" },
+            h.sequence,
+            h.covers,
+            h.time
+        ),
+        None => "no signed checkpoint".into(),
+    }
+}
+
+/// One log's verdict as the lines `audit verify` prints.
+pub fn describe(l: &LogVerdict, witnessed: bool) -> Vec<String> {
+    let range = format!(
+        "{} record(s) in {} segment(s), sequence {}..{}",
+        l.records,
+        l.segments,
+        l.first_sequence
+            .map_or_else(|| "-".into(), |s| s.to_string()),
+        l.last_sequence
+            .map_or_else(|| "-".into(), |s| s.to_string()),
+    );
+    let mut lines = vec![match l.status() {
+        LogStatus::Sealed => format!(
+            "log {}: SEALED — verified {range}; ends with {}; {} checkpoint(s), {} seal(s); head {}",
+            l.log,
+            signed_head(l),
+            l.checkpoints,
+            l.seals,
+            l.head.as_deref().unwrap_or("-"),
+        ),
+        LogStatus::Unsealed => {
+            let why = "nothing vouches for them (a running gateway has not signed them yet, the gateway crashed, or the end of the log was cut or extended)";
+            match &l.last_signed {
+                Some(_) if l.unsigned_after == 0 => format!(
+                    "log {}: NOT SEALED — verified {range} up to {}, the last record: every record is signed, but the log does not end with a seal (a running gateway, one that was killed or crashed, or a seal that was cut off)",
+                    l.log,
+                    signed_head(l),
+                ),
+                Some(_) => format!(
+                    "log {}: NOT SEALED — verified {range} up to {}; {} record(s) after it are UNSIGNED: {why}",
+                    l.log,
+                    signed_head(l),
+                    l.unsigned_after,
+                ),
+                None => format!(
+                    "log {}: NOT SEALED — verified {range}, but no signed checkpoint yet: all {} record(s) are UNSIGNED: {why}",
+                    l.log, l.unsigned_after,
+                ),
+            }
+        }
+        LogStatus::Failed => {
+            let p = l
+                .problem
+                .as_ref()
+                .map_or_else(String::new, ToString::to_string);
+            format!("log {}: FAILED — {p}", l.log)
+        }
+    }];
+    if l.status() == LogStatus::Failed && l.records > 0 {
+        lines.push(format!(
+            "  before the problem: {range}; last signature: {}",
+            signed_head(l)
+        ));
+    }
+    for r in &l.recoveries {
+        lines.push(if r.torn_bytes > 0 {
+            format!(
+                "  crash recovery at sequence {}: a crash mid-write left {} torn byte(s) at the end of {}; the restart cut them and recorded the cut",
+                r.sequence, r.torn_bytes, r.segment
+            )
+        } else {
+            format!(
+                "  unsealed end before sequence {}: the run before ended without a seal (killed or crashed between writes); the restart recorded it",
+                r.sequence
+            )
+        });
+    }
+    if witnessed {
+        lines.push(if l.witnesses_matched == 0 && l.last_signed.is_some() {
+            "  witness: holds no checkpoint of this log (a witness of another gateway, or not configured for it?): it protected nothing here".to_string()
+        } else {
+            format!("  witness: {} checkpoint(s) matched", l.witnesses_matched)
+        });
+    }
+    lines
+}
+
 /// Runs the command.
 pub fn run(command: Command) -> CommandResult {
     match command {
@@ -130,28 +239,19 @@ pub fn run(command: Command) -> CommandResult {
         } => {
             let (report, pinned) = verify_dir(&dir, &keys, witness.as_deref())?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).unwrap_or_default()
-                );
+                let mut v = serde_json::to_value(&report).unwrap_or_default();
+                if let Some(o) = v.as_object_mut() {
+                    o.insert(
+                        "status".into(),
+                        serde_json::to_value(report.status()).unwrap_or_default(),
+                    );
+                    o.insert("witness".into(), serde_json::json!(witness.is_some()));
+                }
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else {
                 for l in &report.logs {
-                    match &l.problem {
-                        None => println!(
-                            "log {}: OK — {} records in {} segment(s), sequence {}..{}, {} signed checkpoint(s), head {}",
-                            l.log,
-                            l.records,
-                            l.segments,
-                            l.first_sequence
-                                .map(|s| s.to_string())
-                                .unwrap_or_else(|| "-".into()),
-                            l.last_sequence
-                                .map(|s| s.to_string())
-                                .unwrap_or_else(|| "-".into()),
-                            l.checkpoints,
-                            l.head.as_deref().unwrap_or("-"),
-                        ),
-                        Some(p) => println!("log {}: FAILED — {p}", l.log),
+                    for line in describe(l, witness.is_some()) {
+                        println!("{line}");
                     }
                 }
                 if !pinned {
@@ -159,15 +259,24 @@ pub fn run(command: Command) -> CommandResult {
                         "note: checkpoint keys were read from the log directory; pass --key <hex> to pin them"
                     );
                 }
-            }
-            if report.ok() {
-                Ok(ExitCode::SUCCESS)
-            } else {
-                if let Some(p) = report.first_problem() {
-                    eprintln!("gatehouse: audit log verification failed: {p}");
+                if witness.is_none() {
+                    eprintln!(
+                        "note: without --witness, a log cut back exactly to an earlier checkpoint or an earlier run's seal cannot be told from one that ended there; pass --witness <dir> to detect it"
+                    );
                 }
-                Ok(ExitCode::from(1))
             }
+            match report.status() {
+                LogStatus::Failed => {
+                    if let Some(p) = report.first_problem() {
+                        eprintln!("gatehouse: audit log verification failed: {p}");
+                    }
+                }
+                LogStatus::Unsealed => eprintln!(
+                    "gatehouse: audit log verified up to its last signed checkpoint only; it is not sealed (exit {EXIT_UNSEALED})"
+                ),
+                LogStatus::Sealed => {}
+            }
+            Ok(exit_status(&report))
         }
         Command::Sessions {
             dir,

@@ -17,6 +17,11 @@ pub struct Args {
 pub fn run(args: Args) -> CommandResult {
     let loaded = crate::config::LoadedConfig::load(&args.file)?;
     let summary = crate::pipeline::check(&loaded)?;
+    // The audit key and witness must not lie inside the audit log directory (an error); other
+    // doubtful places are warnings.
+    for w in loaded.audit_paths()?.warnings {
+        eprintln!("{}: warning: {w}", args.file.display());
+    }
     println!("{}: OK ({summary})", args.file.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -2,7 +2,8 @@
 //! offline from the audit directory, and its offline check.
 //!
 //! The bundle: access summary per identity, approval records, masking records (rule and field,
-//! never values), the session list with recording hashes, the audit-log verification result, a
+//! never values), the session list with recording hashes, the audit-log verification result (with
+//! the witness, when given, and the latest checkpoint it holds), the exact period covered, a
 //! statement derived from the egress guard's counters that no held credential reached a caller or
 //! a record, the exported audit lines themselves, a README mapping each artefact to Annex A
 //! controls, and `manifest.json` (SHA-256 of every file) signed with the gateway's audit key
@@ -41,6 +42,10 @@ pub enum Command {
         /// The gateway's signing key (default: `<dir>/audit-signing.key`).
         #[arg(long)]
         key: Option<PathBuf>,
+        /// The audit witness directory: the log is verified against it, and the bundle carries
+        /// the latest checkpoint it holds for each log.
+        #[arg(long)]
+        witness: Option<PathBuf>,
     },
     /// Verify a bundle offline.
     Verify {
@@ -95,7 +100,8 @@ which is signed (ed25519) by the gateway's audit key in `manifest.sig`.
 | `approvals.json` | just-in-time approvals: who asked, for which exact operation, who decided, when, why | 5.18 access rights, 8.2 privileged access rights |
 | `masking.json` | masking findings per rule and field (counts only, never values) | 8.11 data masking, 8.12 data leakage prevention |
 | `credentials-statement.json` | egress-guard counters: held target credentials never reached a caller or a record | 5.17 authentication information, 8.5 secure authentication, 8.12 data leakage prevention |
-| `audit-verify.json` | hash chain, sequence and checkpoint-signature verification of the audit log | 8.15 logging |
+| `audit-verify.json` | hash chain, sequence and checkpoint-signature verification of the audit log: sealed (closed), or verified up to its last signed checkpoint with the number of unsigned records after it; checked against the witness when one was given | 8.15 logging |
+| `witness-checkpoint.json` | the latest signed checkpoint (or seal) the witness holds for each log, if a witness was given | 8.15 logging |
 | `audit-events.jsonl` | the exported audit records, byte-for-byte as stored (hash-chained) | 8.15 logging |
 | `manifest.json`, `manifest.sig` | integrity and origin of this bundle | 8.15 logging |
 ";
@@ -109,7 +115,8 @@ pub fn run(command: Command) -> CommandResult {
             since,
             until,
             key,
-        } => export(&dir, &out, since, until, key),
+            witness,
+        } => export(&dir, &out, since, until, key, witness.as_deref()),
         Command::Verify { bundle, key } => verify_bundle(&bundle, key.as_deref()),
     }
 }
@@ -143,13 +150,23 @@ fn export(
     since: Option<String>,
     until: Option<String>,
     key: Option<PathBuf>,
+    witness: Option<&Path>,
 ) -> CommandResult {
     let since = parse_time(&since, "--since")?;
     let until = parse_time(&until, "--until")?;
     let key_path = key.unwrap_or_else(|| dir.join("audit-signing.key"));
     let signing = load_signing_key(&key_path)?;
-    let (report, _) = super::audit::verify_dir(dir, &[], None)?;
+    // The moment the log is read: nothing after it is in the bundle.
+    let read_at = gatehouse_core::now();
+    let (report, _) = super::audit::verify_dir(dir, &[], witness)?;
     let (logs, _, _) = super::audit::load_logs(dir)?;
+    let witnessed = match witness {
+        Some(w) => Some(
+            gatehouse_recorder::FileWitness::latest(w)
+                .map_err(|e| failed(format!("witness {}: {e}", w.display())))?,
+        ),
+        None => None,
+    };
     if out.exists()
         && std::fs::read_dir(out)
             .map(|mut d| d.next().is_some())
@@ -193,6 +210,7 @@ fn export(
     let mut masking: BTreeMap<(String, String), u64> = BTreeMap::new();
     let mut egress_total: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
     let mut egress_current = serde_json::Value::Null;
+    let mut counters_as_of: Option<time::OffsetDateTime> = None;
     let mut egress_blocked_events = 0u64;
     let add_counters =
         |v: &serde_json::Value, total: &mut BTreeMap<String, BTreeMap<String, u64>>| {
@@ -240,7 +258,8 @@ fn export(
             }
             EventBody::EgressBlocked { hits, .. } => egress_blocked_events += hits,
             EventBody::Other { name, details } if name == "egress_counters" => {
-                egress_current = details.clone()
+                egress_current = details.clone();
+                counters_as_of = Some(e.time);
             }
             EventBody::Other { name, .. } if name == "gateway_started" => {
                 add_counters(&egress_current, &mut egress_total);
@@ -272,15 +291,33 @@ fn export(
         "blocked_occurrences_per_site": egress_total.get("hits").cloned().unwrap_or_default(),
         "blocked_occurrences_recorded": egress_blocked_events,
         "bytes_checked_total": checked,
-        "source": "egress_counters events in the audit log (recorded every 60 s and at shutdown)",
+        "source": "egress_counters events in the audit log (recorded at start, within a second of each change, and at shutdown)",
     });
     let masking: Vec<_> = masking
         .into_iter()
         .map(|((rule, field), count)| json!({ "rule": rule, "field": field, "count": count }))
         .collect();
+    let rfc3339 = |t: Option<time::OffsetDateTime>| {
+        t.and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+    };
+    // The exact period: what was asked for, and what the log held when it was read.
     let period = json!({
-        "since": since.and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()),
-        "until": until.and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()),
+        "since": rfc3339(since),
+        "until": rfc3339(until),
+        "log_read_at": rfc3339(Some(read_at)),
+        "first_event": rfc3339(events.iter().map(|e| e.time).min()),
+        "last_event": rfc3339(events.iter().map(|e| e.time).max()),
+        "egress_counters_as_of": rfc3339(counters_as_of),
+        "logs": report.logs.iter().map(|l| json!({
+            "log": l.log,
+            "status": l.status(),
+            "last_signed": l.last_signed,
+            "unsigned_records_at_end": l.unsigned_after,
+        })).collect::<Vec<_>>(),
+        "note": "Events are counted up to the moment the log was read (log_read_at). A running gateway records egress counters within a second of each change; records after a log's last signed checkpoint are included but not yet vouched for by a signature.",
     });
 
     let write = |name: &str, bytes: &[u8]| -> Result<(), CommandError> {
@@ -308,7 +345,26 @@ fn export(
     write("credentials-statement.json", &pretty(statement))?;
     write(
         "audit-verify.json",
-        &pretty(json!({ "ok": report.ok(), "report": report })),
+        &pretty(json!({
+            "ok": report.ok(),
+            "status": report.status(),
+            "witness": witness.map(|w| w.display().to_string()),
+            "period": period,
+            "report": report,
+        })),
+    )?;
+    write(
+        "witness-checkpoint.json",
+        &pretty(match &witnessed {
+            Some(latest) => {
+                json!({ "witness": witness.map(|w| w.display().to_string()), "latest": latest })
+            }
+            None => json!({
+                "witness": null,
+                "latest": [],
+                "note": "No witness was given to the export: a cut-off end of the log could not be checked.",
+            }),
+        }),
     )?;
     let filter = ExportFilter {
         since,
@@ -335,6 +391,7 @@ fn export(
         "gatehouse_version": env!("CARGO_PKG_VERSION"),
         "signing_key": public,
         "audit_log_verified": report.ok(),
+        "audit_log_status": report.status(),
         "files": files,
     }))
     .unwrap_or_default();
@@ -350,10 +407,11 @@ fn export(
         "evidence bundle written to {} ({} files; audit log {}; signed by key {public})",
         out.display(),
         files.len() + 2,
-        if report.ok() {
-            "verified"
-        } else {
-            "FAILED verification — see audit-verify.json"
+        match report.status() {
+            gatehouse_recorder::LogStatus::Sealed => "verified and sealed",
+            gatehouse_recorder::LogStatus::Unsealed =>
+                "verified up to its last signed checkpoint, not sealed — see audit-verify.json",
+            gatehouse_recorder::LogStatus::Failed => "FAILED verification — see audit-verify.json",
         }
     );
     Ok(if report.ok() {
@@ -439,8 +497,15 @@ fn verify_bundle(bundle: &Path, pinned: Option<&str>) -> CommandResult {
         );
     }
     if problems.is_empty() {
+        let state = match manifest.get("audit_log_status").and_then(|v| v.as_str()) {
+            Some("sealed") => "the audit log was sealed when it was exported",
+            Some("unsealed") => {
+                "the audit log was live (not sealed) when it was exported: see audit-verify.json for its last signed checkpoint and the unsigned records after it"
+            }
+            _ => "the audit log's state is not stated (a bundle of an earlier version)",
+        };
         println!(
-            "evidence bundle {}: OK ({} files, signature by {key_hex})",
+            "evidence bundle {}: OK ({} files, signature by {key_hex}); {state}",
             bundle.display(),
             files.len()
         );

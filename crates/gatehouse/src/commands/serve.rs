@@ -1,5 +1,6 @@
-//! `gatehouse serve --config FILE`: run the listeners; SIGTERM/ctrl-c drains sessions and flushes
-//! the audit log; SIGHUP reloads the policy atomically.
+//! `gatehouse serve --config FILE`: run the listeners; SIGTERM/ctrl-c drains sessions, records the
+//! final egress counters, then seals the audit log (a final checkpoint and a signed seal, pushed
+//! to the witnesses); SIGHUP reloads the policy atomically.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

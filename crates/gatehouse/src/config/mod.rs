@@ -162,7 +162,10 @@ pub struct AuditSection {
     /// `os` (written to the OS) or `fsync` (group-committed fdatasync).
     #[serde(default = "default_durability")]
     pub durability: String,
-    /// Checkpoint signing key (ed25519, created if absent; default `<data_dir>/audit-signing.key`).
+    /// Checkpoint signing key (ed25519, created mode 0600 if absent; default
+    /// `<data_dir>/audit-signing.key`). Keep it outside the data directory: whoever holds it can
+    /// sign checkpoints. A key inside the audit log directory is refused; a key in the data
+    /// directory is warned about; a key file others may read is refused.
     pub signing_key: Option<PathBuf>,
     /// Sign a checkpoint every N records.
     #[serde(default = "default_checkpoint_records")]
@@ -170,9 +173,16 @@ pub struct AuditSection {
     /// …or every T milliseconds.
     #[serde(default = "default_checkpoint_ms")]
     pub checkpoint_interval_ms: u64,
-    /// Copy each checkpoint into this directory too (on other storage), so that cutting off a
-    /// whole tail of segments is detectable.
+    /// Keep every signed checkpoint and the seal in this directory too, one file each (on other
+    /// storage than the audit log), so that cutting off the end of the log is detectable
+    /// (`gatehouse audit verify --witness <dir>`). Refused inside the audit log directory.
     pub witness_dir: Option<PathBuf>,
+    /// POST every signed checkpoint and the seal to this URL (a witness on a separate system):
+    /// `http://` on loopback or a private network, or `https://` with `witness_ca`.
+    pub witness_url: Option<String>,
+    /// CA certificate(s) (PEM) an `https://` witness's certificate must chain to (no other roots
+    /// are trusted).
+    pub witness_ca: Option<PathBuf>,
     /// This gateway instance's log id (each instance writes its own chain).
     #[serde(default = "default_log_id")]
     pub log_id: String,
@@ -190,6 +200,8 @@ impl Default for AuditSection {
             checkpoint_every_records: default_checkpoint_records(),
             checkpoint_interval_ms: default_checkpoint_ms(),
             witness_dir: None,
+            witness_url: None,
+            witness_ca: None,
             log_id: default_log_id(),
             segment_max_bytes: default_segment_bytes(),
         }
@@ -570,6 +582,86 @@ impl LoadedConfig {
         self.resolve_path(&self.config.gateway.data_dir)
     }
 
+    /// Where the audit log, its signing key and its witness directory are, checked: the key and
+    /// the witness directory must not lie inside the audit log directory (refused), and should
+    /// not lie inside the data directory (a warning each).
+    pub fn audit_paths(&self) -> Result<AuditPaths, ConfigError> {
+        let a = &self.config.audit;
+        let data_dir = normalize(&self.data_dir());
+        let root = match &a.dir {
+            Some(d) => normalize(&self.resolve_path(d)),
+            None => data_dir.clone(),
+        };
+        let log_dir = root.join("audit");
+        let signing_key = match &a.signing_key {
+            Some(k) => normalize(&self.resolve_path(k)),
+            None => data_dir.join("audit-signing.key"),
+        };
+        let witness_dir = a
+            .witness_dir
+            .as_ref()
+            .map(|w| normalize(&self.resolve_path(w)));
+        let offset = |key: &str| self.text.find(&format!("\n{key}")).map_or(0, |at| at + 1);
+        if signing_key.starts_with(&log_dir) {
+            return Err(self.error_at(
+                offset("signing_key"),
+                format!(
+                    "audit.signing_key {} lies inside the audit log directory {}: whoever can write the log could also sign it; keep the key elsewhere (readable only by the gateway's user)",
+                    signing_key.display(),
+                    log_dir.display()
+                ),
+            ));
+        }
+        if let Some(w) = &witness_dir
+            && (w.starts_with(&log_dir) || log_dir.starts_with(w))
+        {
+            return Err(self.error_at(
+                offset("witness_dir"),
+                format!(
+                    "audit.witness_dir {} overlaps the audit log directory {}: a witness must be on other storage",
+                    w.display(),
+                    log_dir.display()
+                ),
+            ));
+        }
+        let mut warnings = Vec::new();
+        for (what, path) in [
+            ("signing key", Some(&signing_key)),
+            ("witness directory", witness_dir.as_ref()),
+        ] {
+            if let Some(path) = path
+                && (path.starts_with(&root) || path.starts_with(&data_dir))
+            {
+                warnings.push(format!(
+                    "the audit {what} {} lies inside the data directory {}: someone who can write that directory can also {}; set audit.{} to a path outside it",
+                    path.display(),
+                    root.display(),
+                    if what == "signing key" {
+                        "sign checkpoints"
+                    } else {
+                        "cut the witness with the log"
+                    },
+                    if what == "signing key" {
+                        "signing_key"
+                    } else {
+                        "witness_dir"
+                    }
+                ));
+            }
+        }
+        if witness_dir.is_none() && a.witness_url.is_none() {
+            warnings.push(
+                "no audit witness configured (audit.witness_dir or audit.witness_url): a cut-off end of the audit log cannot be detected".into(),
+            );
+        }
+        Ok(AuditPaths {
+            root,
+            signing_key,
+            witness_dir,
+            warnings,
+        })
+    }
+
     /// Resolves a secret reference (env var, file, or inline when allowed).
     pub fn resolve_secret(
         &self,
@@ -809,6 +901,35 @@ impl LoadedConfig {
         }
         Ok(())
     }
+}
+
+/// The audit log's locations, resolved and checked ([`LoadedConfig::audit_paths`]).
+#[derive(Debug, Clone)]
+pub struct AuditPaths {
+    /// The recorder root (`<root>/audit/<log id>/`, `<root>/recordings/`).
+    pub root: PathBuf,
+    /// The checkpoint signing key.
+    pub signing_key: PathBuf,
+    /// The witness directory, if any.
+    pub witness_dir: Option<PathBuf>,
+    /// What the operator should fix (printed at startup and by `check-config`).
+    pub warnings: Vec<String>,
+}
+
+/// A path with `.` and `..` resolved lexically (the files need not exist yet).
+fn normalize(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
 }
 
 /// Parses config text; on error returns (byte offset, message).

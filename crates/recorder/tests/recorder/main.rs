@@ -10,5 +10,6 @@ mod crash;
 mod durability;
 mod object_store;
 mod recordings;
+mod seal;
 mod tamper;
 mod witness;

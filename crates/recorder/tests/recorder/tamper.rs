@@ -101,7 +101,9 @@ async fn untouched_log_verifies() {
     assert_eq!(v.last_sequence, Some(v.records));
     assert!(v.checkpoints >= 3, "checkpoints: {}", v.checkpoints);
     assert_eq!(v.witnesses_matched, 1);
-    assert_eq!(v.records, 250 + v.checkpoints);
+    assert_eq!(v.seals, 1, "close seals the log");
+    assert_eq!(v.records, 250 + v.checkpoints + v.seals);
+    assert_eq!(v.status(), gatehouse_recorder::LogStatus::Sealed);
 }
 
 #[tokio::test]
@@ -196,6 +198,11 @@ async fn a_truncated_tail_is_found_against_the_witness() {
     // Without a witness a clean cut at a line boundary looks like a shorter log: that is what
     // witnesses are for.
     assert!(verify_log(&cut, &options()).ok());
+    assert_eq!(
+        verify_log(&cut, &options()).status(),
+        gatehouse_recorder::LogStatus::Unsealed,
+        "but never sealed"
+    );
     let p = verify_log(&cut, &with_witness(&cp))
         .problem
         .expect("truncation detected");
@@ -212,7 +219,7 @@ async fn a_truncated_tail_is_found_against_the_witness() {
 }
 
 #[tokio::test]
-async fn the_file_witness_holds_the_latest_checkpoint() {
+async fn the_file_witness_catches_a_cut_tail() {
     let dir = tempfile::tempdir().unwrap();
     let wdir = tempfile::tempdir().unwrap();
     let witness = std::sync::Arc::new(FileWitness::new(wdir.path()).unwrap());
@@ -288,7 +295,12 @@ async fn a_rewrite_with_recomputed_hashes_is_found() {
     let mut l = lines(&data);
     let text = String::from_utf8(l[target].1.clone()).unwrap();
     l[target].1 = text.replace("from orders", "from orderz").into_bytes();
-    l.retain(|(_, line)| parse_line(line).unwrap().kind != RecordKind::Checkpoint);
+    l.retain(|(_, line)| {
+        !matches!(
+            parse_line(line).unwrap().kind,
+            RecordKind::Checkpoint | RecordKind::Seal
+        )
+    });
     rechain(&mut l, target, true);
     let forged = rebuild(&data, &l);
     assert!(verify_log(&forged, &options()).ok());

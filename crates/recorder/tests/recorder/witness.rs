@@ -235,6 +235,10 @@ async fn checkpoints_reach_an_https_witness_through_its_pinned_ca() {
     })
     .await;
     log.close().await.unwrap();
+    // `close` returned once the seal was pushed: it is waiting in the channel.
+    let seal: Checkpoint = serde_json::from_slice(&rx.try_recv().unwrap()).unwrap();
+    assert!(seal.sealed);
+    held.push(seal);
     let opts = VerifyOptions {
         witnesses: held,
         ..options()
@@ -242,7 +246,8 @@ async fn checkpoints_reach_an_https_witness_through_its_pinned_ca() {
     let data = load(dir.path(), LOG);
     let v = verify_log(&data, &opts);
     assert!(v.ok(), "{:?}", v.problem);
-    assert!(v.witnesses_matched >= 1);
+    assert_eq!(v.status(), gatehouse_recorder::LogStatus::Sealed);
+    assert!(v.witnesses_matched >= 2);
 
     // An IP address URL works too when the certificate names it.
     let ip = WebhookWitness::with_pinned_ca(

@@ -224,6 +224,24 @@ pub fn demo_api_key(dir: &Path) -> Result<String, CommandError> {
     }
 }
 
+/// Moves the audit signing key of an earlier quickstart (`data/audit-signing.key`, beside the
+/// log) to `keys/`, where the config now expects it, so the existing log keeps verifying.
+pub fn move_old_audit_key(dir: &Path) -> Result<(), CommandError> {
+    let old = dir.join("data").join("audit-signing.key");
+    let keys = dir.join("keys");
+    let new = keys.join("audit-signing.key");
+    if old.exists() && !new.exists() {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&keys)
+            .map_err(|e| failed(format!("{}: {e}", keys.display())))?;
+        std::fs::rename(&old, &new).map_err(|e| failed(format!("{}: {e}", old.display())))?;
+    }
+    Ok(())
+}
+
 /// Writes `gatehouse.toml` for this run and returns its path.
 pub fn write_config(dir: &Path, ports: &ConfigPorts<'_>) -> Result<PathBuf, CommandError> {
     let ConfigPorts {
@@ -288,6 +306,11 @@ columns = [{{ pattern = "email" }}, {{ pattern = "card_number" }}, {{ pattern = 
 durability = "fsync"
 checkpoint_every_records = 100
 checkpoint_interval_ms = 1000
+# Kept apart from the audit log in data/: the signing key (mode 0600), and a witness that keeps
+# every signed checkpoint and the seal. Production: a witness on other storage or a separate
+# system (witness_url), see docs/audit-schema.md.
+signing_key = "keys/audit-signing.key"
+witness_dir = "witness"
 
 [[listeners.postgres]]
 listen = "{pg_listen}"

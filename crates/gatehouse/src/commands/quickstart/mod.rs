@@ -2,7 +2,7 @@
 //! a TLS CA and certificate, a throwaway PostgreSQL seeded with a `customers` table (names, emails,
 //! card numbers, phone numbers), a policy that denies DROP/TRUNCATE, reviews DELETE and masks PII —
 //! and the gateway in the foreground, with ready-to-paste client commands. Re-running re-uses the
-//! directory (keys, database, audit log); ctrl-c stops everything and flushes the audit log.
+//! directory (keys, database, audit log); ctrl-c stops everything and seals the audit log.
 
 mod demo_api;
 mod files;
@@ -106,6 +106,20 @@ pub fn run(args: Args) -> CommandResult {
     )?;
 
     let loaded = crate::config::LoadedConfig::load(&config_path)?;
+    files::move_old_audit_key(&dir)?;
+    let audit = loaded.audit_paths()?;
+    let audit_key = {
+        use std::os::unix::fs::DirBuilderExt as _;
+        if let Some(parent) = audit.signing_key.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(|e| failed(format!("{}: {e}", parent.display())))?;
+        }
+        gatehouse_recorder::CheckpointSigner::load_or_create(&audit.signing_key)
+            .map_err(|e| failed(format!("audit signing key: {e}")))?
+    };
     let issuer_section = loaded
         .config
         .identity
@@ -158,6 +172,9 @@ pub fn run(args: Args) -> CommandResult {
             ssh: ssh.as_ref(),
             agent_token: &agent_token,
             approver_token: &approver_token,
+            audit_key: &audit.signing_key,
+            audit_public_key: &hex::encode(audit_key.verifying_key().as_bytes()),
+            witness: audit.witness_dir.as_deref(),
         });
         match gateway.await {
             Ok(result) => result,
@@ -222,6 +239,9 @@ struct Instructions<'a> {
     ssh: Option<&'a SshClient>,
     agent_token: &'a str,
     approver_token: &'a str,
+    audit_key: &'a Path,
+    audit_public_key: &'a str,
+    witness: Option<&'a Path>,
 }
 
 fn print_instructions(i: &Instructions<'_>) {
@@ -229,6 +249,10 @@ fn print_instructions(i: &Instructions<'_>) {
     let evidence = i.dir.join("evidence");
     let (pg_port, admin_port, http_port, exe) = (i.pg_port, i.admin_port, i.http_port, i.exe);
     let data = i.data_dir.display();
+    let witness = i
+        .witness
+        .map(|w| format!(" --witness {}", w.display()))
+        .unwrap_or_default();
     let mut lines = vec![
         String::new(),
         "Gatehouse quickstart is running (ctrl-c to stop).".to_string(),
@@ -294,10 +318,15 @@ fn print_instructions(i: &Instructions<'_>) {
         format!("{exe} approvals list"),
         format!("{exe} approvals approve <ID> --reason \"checked with the data owner\""),
         String::new(),
-        "3. Check the audit trail:".to_string(),
+        "3. Check the audit trail (exit 0: sealed after ctrl-c; 3 while running: the records after the".to_string(),
+        "   last signed checkpoint are unsigned; 1: tampered):".to_string(),
         String::new(),
-        format!("{exe} audit verify {data}"),
-        format!("{exe} evidence export --dir {data} --out {}", evidence.display()),
+        format!("{exe} audit verify {data}{witness} --key {}", i.audit_public_key),
+        format!(
+            "{exe} evidence export --dir {data}{witness} --key {} --out {}",
+            i.audit_key.display(),
+            evidence.display()
+        ),
         format!("{exe} evidence verify {}", evidence.display()),
     ]);
     use std::io::Write;

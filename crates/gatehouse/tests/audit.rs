@@ -1,0 +1,602 @@
+//! The end of the audit log, through the real binary: `gatehouse serve` seals the log on SIGTERM;
+//! `gatehouse audit verify --witness … --key …` (the command the quickstart prints) answers 0 for
+//! the untouched closed log, and fails naming what it found for every edit of its end; on a live
+//! log it reports the records after the last signature as unsigned (exit 3, never a bare OK), a
+//! cut behind a witnessed checkpoint fails, and made-up records fail once the gateway signs on.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use gatehouse_recorder::format::{RecordKind, encode_line, parse_line};
+use gatehouse_testkit::process::{ChildGuard, run_with_timeout};
+use nix::sys::signal::Signal;
+
+const EXE: &str = env!("CARGO_BIN_EXE_gatehouse");
+
+/// Writes a gateway config (an HTTP listener on loopback; every unauthenticated request is a
+/// recorded failed login) with the key and the witness apart from `data/`, as the quickstart does.
+fn setup(dir: &Path) -> PathBuf {
+    std::fs::write(dir.join("policy.toml"), "[defaults]\ndefault = \"allow\"\n").unwrap();
+    let config = dir.join("gatehouse.toml");
+    std::fs::write(
+        &config,
+        r#"[gateway]
+data_dir = "data"
+shutdown_grace_secs = 2
+
+[identity.dev_issuer]
+key = "dev.key"
+
+[policy]
+file = "policy.toml"
+
+[audit]
+durability = "fsync"
+checkpoint_every_records = 20
+checkpoint_interval_ms = 200
+segment_max_bytes = 4096
+signing_key = "keys/audit-signing.key"
+witness_dir = "witness"
+
+[[listeners.http]]
+listen = "127.0.0.1:0"
+review_hold_ms = 0
+threads = 1
+
+[[targets]]
+name = "api"
+protocol = "http"
+path_prefix = "/api"
+upstream = "http://127.0.0.1:9"
+"#,
+    )
+    .unwrap();
+    config
+}
+
+struct Gateway {
+    guard: ChildGuard,
+    http: SocketAddr,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+fn start(config: &Path) -> Gateway {
+    let mut cmd = Command::new(EXE);
+    cmd.args(["serve", "--config"])
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut guard = ChildGuard::spawn_with_stdio("gatehouse serve", cmd).unwrap();
+    let stderr = guard.child_mut().stderr.take().unwrap();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = mpsc::channel::<String>();
+    {
+        let lines = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let http = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("gateway did not start: {:?}", lines.lock().unwrap()));
+        if let Some(rest) = line.split("http ").nth(1)
+            && line.contains("listening:")
+        {
+            let addr = rest.split([',', ' ']).next().unwrap();
+            break addr.parse().unwrap();
+        }
+    };
+    Gateway {
+        guard,
+        http,
+        stderr: lines,
+    }
+}
+
+impl Gateway {
+    /// `n` requests without a token: each is refused and recorded as a failed login.
+    fn knock(&self, n: usize) {
+        for _ in 0..n {
+            let mut s = TcpStream::connect(self.http).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(b"GET /api/x HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+                .unwrap();
+            let mut resp = String::new();
+            let _ = s.read_to_string(&mut resp);
+            assert!(resp.starts_with("HTTP/1.1 401"), "{resp}");
+        }
+    }
+
+    fn stop(mut self) -> Vec<String> {
+        self.guard.stop(Signal::SIGTERM, Duration::from_secs(30));
+        self.stderr.lock().unwrap().clone()
+    }
+}
+
+fn public_key(dir: &Path) -> String {
+    let signer =
+        gatehouse_recorder::CheckpointSigner::load_or_create(&dir.join("keys/audit-signing.key"))
+            .unwrap();
+    hex::encode(signer.verifying_key().as_bytes())
+}
+
+/// `gatehouse audit verify <data> [--witness <dir>] --key <hex>`: (exit code, stdout + stderr).
+fn verify(data: &Path, witness: Option<&Path>, key: &str) -> (i32, String) {
+    let mut cmd = Command::new(EXE);
+    cmd.args(["audit", "verify"]).arg(data);
+    if let Some(w) = witness {
+        cmd.arg("--witness").arg(w);
+    }
+    cmd.args(["--key", key]);
+    let out = run_with_timeout(cmd, Duration::from_secs(60)).unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+/// The segment files of the only log, in order.
+fn segments(data: &Path) -> Vec<PathBuf> {
+    let log = data.join("audit/gw1");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&log)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn all_lines(data: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for seg in segments(data) {
+        for l in std::fs::read(&seg).unwrap().split(|b| *b == b'\n') {
+            if !l.is_empty() {
+                out.push((seg.clone(), l.to_vec()));
+            }
+        }
+    }
+    out
+}
+
+/// Removes the last `n` records (rewriting the segments they are in; files stay, maybe empty).
+fn remove_last(data: &Path, n: usize) {
+    let lines = all_lines(data);
+    let keep = lines.len() - n;
+    for seg in segments(data) {
+        let mut bytes = Vec::new();
+        for (s, l) in lines.iter().take(keep) {
+            if *s == seg {
+                bytes.extend_from_slice(l);
+                bytes.push(b'\n');
+            }
+        }
+        std::fs::write(&seg, bytes).unwrap();
+    }
+}
+
+/// Appends `n` made-up event records with valid hashes after the last record.
+fn forge(data: &Path, n: u64) {
+    let lines = all_lines(data);
+    let (seg, last) = lines.last().unwrap();
+    let last = parse_line(last).unwrap();
+    let mut bytes = std::fs::read(seg).unwrap();
+    let mut prev = last.stored_hash;
+    for k in 1..=n {
+        let payload = format!(
+            "\"time\":\"2026-12-06T00:00:0{k}Z\",\"session\":\"forged\",\"body\":{{\"type\":\"other\",\"name\":\"forged\",\"details\":null}}"
+        );
+        prev = encode_line(
+            &mut bytes,
+            "gw1",
+            last.sequence + k,
+            RecordKind::Event,
+            &prev,
+            payload.as_bytes(),
+        );
+    }
+    std::fs::write(seg, bytes).unwrap();
+}
+
+/// The last record is a checkpoint the witness holds.
+fn witnessed_to_the_end(data: &Path, witness: &Path) -> bool {
+    let lines = all_lines(data);
+    let Some((_, last)) = lines.last() else {
+        return false;
+    };
+    let last = parse_line(last).unwrap();
+    last.kind == RecordKind::Checkpoint
+        && gatehouse_recorder::FileWitness::read_all(witness)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.sequence + 1 == last.sequence)
+}
+
+/// Polls `verify` until `done` holds for its answer (the gateway signs and witnesses in the
+/// background); panics with the last answer after 60 s.
+fn verify_until(
+    data: &Path,
+    witness: &Path,
+    key: &str,
+    done: impl Fn(i32, &str) -> bool,
+) -> (i32, String) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, text) = verify(data, Some(witness), key);
+        if done(code, &text) {
+            return (code, text);
+        }
+        assert!(Instant::now() < deadline, "gave up waiting: {code} {text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_closed_log_is_sealed_and_every_edit_of_its_end_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let gw = start(&config);
+    gw.knock(80);
+    let stderr = gw.stop();
+    assert!(
+        stderr
+            .iter()
+            .any(|l| l.contains("audit log sealed at sequence")),
+        "{stderr:?}"
+    );
+    let data = dir.path().join("data");
+    let witness = dir.path().join("witness");
+    let key = public_key(dir.path());
+    assert!(
+        stderr
+            .iter()
+            .any(|l| l.contains("signed by public key") && l.contains(&key)),
+        "serve names the key to pin: {stderr:?}"
+    );
+    // The key lives apart from the log, readable by its owner only.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(dir.path().join("keys/audit-signing.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(!data.join("audit-signing.key").exists());
+
+    let (code, text) = verify(&data, Some(&witness), &key);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("SEALED") && !text.contains("NOT SEALED"),
+        "{text}"
+    );
+    assert!(segments(&data).len() >= 3, "{:?}", segments(&data));
+
+    type Edit = fn(&Path);
+    let edits: [(&str, Edit, &[&str]); 5] = [
+        (
+            "the last record removed",
+            |d| remove_last(d, 1),
+            &["TruncatedTail"],
+        ),
+        (
+            "the last 50 records removed",
+            |d| remove_last(d, 50),
+            &["TruncatedTail"],
+        ),
+        (
+            "the newest segment deleted",
+            |d| std::fs::remove_file(segments(d).pop().unwrap()).unwrap(),
+            &["TruncatedTail"],
+        ),
+        (
+            "the newest segment emptied",
+            |d| std::fs::write(segments(d).pop().unwrap(), b"").unwrap(),
+            &["TruncatedTail"],
+        ),
+        (
+            "the newest segment cut to its first half",
+            |d| {
+                let seg = segments(d).pop().unwrap();
+                let bytes = std::fs::read(&seg).unwrap();
+                std::fs::write(&seg, &bytes[..bytes.len() / 2]).unwrap();
+            },
+            &["TruncatedTail", "TornTail"],
+        ),
+    ];
+    for (what, edit, found) in edits {
+        let copy = tempfile::tempdir().unwrap();
+        copy_dir(&data, copy.path());
+        edit(copy.path());
+        // With the witness (the quickstart's command): a failure naming what it found.
+        let (code, text) = verify(copy.path(), Some(&witness), &key);
+        assert_eq!(code, 1, "{what}: {text}");
+        assert!(text.contains("FAILED"), "{what}: {text}");
+        assert!(found.iter().any(|f| text.contains(f)), "{what}: {text}");
+        // Without it: never sealed, never exit 0.
+        let (code, text) = verify(copy.path(), None, &key);
+        assert!(code == 1 || code == 3, "{what}: {code} {text}");
+        assert!(!text.contains(": SEALED"), "{what}: {text}");
+    }
+
+    // Three made-up records after the seal, with valid hashes: found with and without a witness.
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(&data, copy.path());
+    forge(copy.path(), 3);
+    for w in [Some(witness.as_path()), None] {
+        let (code, text) = verify(copy.path(), w, &key);
+        assert_eq!(code, 1, "{text}");
+        assert!(text.contains("UnsignedAfterSeal"), "{text}");
+    }
+}
+
+#[test]
+fn a_live_log_is_never_reported_clean_past_its_last_signature() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let gw = start(&config);
+    let data = dir.path().join("data");
+    let witness = dir.path().join("witness");
+    let key = public_key(dir.path());
+    gw.knock(30);
+    // Running: exit 3 and the unsigned count, never exit 0; wait until everything is signed and
+    // witnessed (the gateway checkpoints every 200 ms of activity).
+    let (code, text) = verify_until(&data, &witness, &key, |code, text| {
+        code == 3
+            && text.contains("every record is signed")
+            && witnessed_to_the_end(&data, &witness)
+    });
+    assert!(
+        text.contains("NOT SEALED") && !text.contains(" OK"),
+        "{code} {text}"
+    );
+
+    // A cut behind the last witnessed checkpoint fails (on a copy: the gateway keeps writing).
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(&data, copy.path());
+    remove_last(copy.path(), 3);
+    let (code, text) = verify(copy.path(), Some(&witness), &key);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("TruncatedTail"), "{text}");
+
+    // Three made-up records after the last signature: reported unsigned, never OK.
+    forge(&data, 3);
+    let (code, text) = verify(&data, Some(&witness), &key);
+    assert_eq!(code, 3, "{text}");
+    assert!(text.contains("3 record(s) after it are UNSIGNED"), "{text}");
+    // Records keep flowing: the writer's next records and its witnessed checkpoint no longer fit.
+    gw.knock(5);
+    let (_, text) = verify_until(&data, &witness, &key, |code, _| code == 1);
+    assert!(text.contains("FAILED"), "{text}");
+    let _ = gw.stop();
+}
+
+#[test]
+fn a_crash_is_reported_as_the_recovery_cut_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let mut gw = start(&config);
+    let data = dir.path().join("data");
+    let witness = dir.path().join("witness");
+    let key = public_key(dir.path());
+    gw.knock(10);
+    // SIGKILL, and the half-written record a crash mid-write leaves behind.
+    gw.guard.stop(Signal::SIGKILL, Duration::from_secs(10));
+    let seg = segments(&data).pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes.extend_from_slice(b"{\"schema_version\":1,\"log\":\"gw1\",\"sequence\":9");
+    std::fs::write(&seg, bytes).unwrap();
+    let (code, text) = verify(&data, Some(&witness), &key);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("TornTail") && text.contains("crash"),
+        "{text}"
+    );
+    // The next start cuts the torn line and records the cut; verify names it.
+    let gw = start(&config);
+    let _ = gw.stop();
+    let (code, text) = verify(&data, Some(&witness), &key);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("crash recovery at sequence") && text.contains("torn byte(s)"),
+        "{text}"
+    );
+
+    // Killed between two writes: no torn line; not sealed until the next start records it.
+    let mut gw = start(&config);
+    gw.knock(3);
+    gw.guard.stop(Signal::SIGKILL, Duration::from_secs(10));
+    let (code, text) = verify(&data, Some(&witness), &key);
+    assert_eq!(code, 3, "{text}");
+    let gw = start(&config);
+    let _ = gw.stop();
+    let (code, text) = verify(&data, Some(&witness), &key);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("unsealed end before sequence"), "{text}");
+}
+
+#[test]
+fn the_key_and_the_witness_are_kept_apart_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let text = std::fs::read_to_string(&config).unwrap();
+    let check = |text: &str| {
+        std::fs::write(&config, text).unwrap();
+        let mut cmd = Command::new(EXE);
+        cmd.arg("check-config").arg(&config);
+        let out = run_with_timeout(cmd, Duration::from_secs(60)).unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    // As configured: no warning.
+    let (code, stderr) = check(&text);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+    // A key inside the audit log directory, or a witness there, is refused.
+    let (code, stderr) =
+        check(&text.replace("keys/audit-signing.key", "data/audit/gw1/audit-signing.key"));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("inside the audit log directory"),
+        "{stderr}"
+    );
+    let (code, stderr) = check(&text.replace(
+        "witness_dir = \"witness\"",
+        "witness_dir = \"data/audit/witness\"",
+    ));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("overlaps the audit log directory"),
+        "{stderr}"
+    );
+    // The old default (beside the log in the data directory) and no witness: warnings.
+    let (code, stderr) = check(
+        &text
+            .replace("signing_key = \"keys/audit-signing.key\"\n", "")
+            .replace("witness_dir = \"witness\"\n", ""),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("signing key") && stderr.contains("no audit witness configured"),
+        "{stderr}"
+    );
+    // A key file others may read is refused at start.
+    std::fs::write(&config, &text).unwrap();
+    std::fs::create_dir_all(dir.path().join("keys")).unwrap();
+    std::fs::write(dir.path().join("keys/audit-signing.key"), "11".repeat(32)).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(
+        dir.path().join("keys/audit-signing.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let mut cmd = Command::new(EXE);
+    cmd.args(["serve", "--config"]).arg(&config);
+    let out = run_with_timeout(cmd, Duration::from_secs(60)).unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("chmod 600"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `gatehouse evidence export` as the quickstart prints it, into `out`.
+fn export(dir: &Path, out: &Path) -> serde_json::Map<String, serde_json::Value> {
+    let mut cmd = Command::new(EXE);
+    cmd.args(["evidence", "export", "--dir"])
+        .arg(dir.join("data"))
+        .arg("--witness")
+        .arg(dir.join("witness"))
+        .arg("--key")
+        .arg(dir.join("keys/audit-signing.key"))
+        .arg("--out")
+        .arg(out);
+    let res = run_with_timeout(cmd, Duration::from_secs(60)).unwrap();
+    assert!(
+        res.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&res.stdout),
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let mut files = serde_json::Map::new();
+    for name in [
+        "access-summary.json",
+        "audit-verify.json",
+        "credentials-statement.json",
+        "witness-checkpoint.json",
+    ] {
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join(name)).unwrap()).unwrap();
+        files.insert(name.into(), v);
+    }
+    files
+}
+
+#[test]
+fn an_export_from_a_running_gateway_covers_up_to_the_export() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let gw = start(&config);
+    gw.knock(7);
+    let outs = tempfile::tempdir().unwrap();
+    // Taken right away: every failed login is there (each is recorded before it is answered),
+    // and the bundle says the log is live and where its last signature is.
+    let e = export(dir.path(), &outs.path().join("now"));
+    assert_eq!(
+        e["access-summary.json"]["identities"]["(unauthenticated)"]["login_failures"], 7,
+        "{e:?}"
+    );
+    let verified = &e["audit-verify.json"];
+    assert_eq!(verified["status"], "unsealed", "{verified}");
+    let period = &verified["period"];
+    assert!(period["log_read_at"].is_string(), "{period}");
+    assert!(
+        period["logs"][0]["unsigned_records_at_end"].is_u64(),
+        "{period}"
+    );
+    assert_eq!(
+        e["credentials-statement.json"]["established"], true,
+        "{e:?}"
+    );
+    // The egress counters follow within a second of the last change: an export soon after
+    // covers them up to its last event; it carries the witness's latest checkpoint.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for i in 0.. {
+        let e = export(dir.path(), &outs.path().join(format!("later-{i}")));
+        let period = &e["audit-verify.json"]["period"];
+        let witnessed = &e["witness-checkpoint.json"]["latest"][0];
+        if period["egress_counters_as_of"] == period["last_event"] && witnessed["log"] == "gw1" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{e:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // After the stop, the bundle says sealed and carries the witnessed seal.
+    let _ = gw.stop();
+    let e = export(dir.path(), &outs.path().join("after"));
+    assert_eq!(e["audit-verify.json"]["status"], "sealed");
+    assert_eq!(e["witness-checkpoint.json"]["latest"][0]["sealed"], true);
+    // `evidence verify` says which it was.
+    for (bundle, said) in [("now", "was live (not sealed)"), ("after", "was sealed")] {
+        let mut cmd = Command::new(EXE);
+        cmd.args(["evidence", "verify"])
+            .arg(outs.path().join(bundle));
+        let out = run_with_timeout(cmd, Duration::from_secs(60)).unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains(said),
+            "{bundle}: {text}"
+        );
+    }
+}
