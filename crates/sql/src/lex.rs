@@ -21,12 +21,16 @@ pub(crate) struct LexedStatement {
     /// The statement rewritten for `sqlparser` (literals normalised, integer literals of up to
     /// 18 digits written as `0`, comments removed).
     pub rewritten: String,
-    /// The first few bare words, lower-cased (keyword fallback for statements `sqlparser` lacks).
-    pub leading_words: Vec<String>,
     /// Why this statement cannot be read with certainty, if it cannot.
     pub problem: Option<String>,
     /// Only whitespace and comments: PostgreSQL skips it.
     pub is_empty: bool,
+    /// Where the first token starts, relative to `span.start` (`0` when empty).
+    pub code_start: usize,
+    /// The statement as written, except that every integer literal written as `0` in
+    /// `rewritten` is written as `1` (what PostgreSQL's parser reads; `1` rather than `0` because
+    /// a few places of the grammar refuse `0`, e.g. `float(0)`, and none refuses `1`).
+    pub parse_text: String,
 }
 
 /// Client encodings whose multi-byte characters never contain an ASCII byte, so the scanner's
@@ -192,32 +196,63 @@ fn lex(
         zeroed: Vec::new(),
     };
     match lexer.run() {
-        Ok(()) => Ok((lexer.out, lexer.zeroed)),
+        Ok(()) => {
+            let mut pieces = lexer.out;
+            fill_parse_texts(text, &mut pieces, &lexer.zeroed);
+            Ok((pieces, lexer.zeroed))
+        }
         Err(reason) => {
             let span = lexer.current.start.min(text.len())..text.len();
-            let done = lexer.out.into_iter().filter(|p| !p.is_empty).collect();
+            let mut done: Vec<_> = lexer.out.into_iter().filter(|p| !p.is_empty).collect();
+            fill_parse_texts(text, &mut done, &lexer.zeroed);
             Err((done, LexFailure { span, reason }))
         }
     }
 }
 
+/// Sets each piece's `parse_text` (pieces and `zeroed` both in text order).
+fn fill_parse_texts(text: &str, pieces: &mut [LexedStatement], zeroed: &[Range<usize>]) {
+    let mut rest = zeroed;
+    for piece in pieces {
+        let before = rest.partition_point(|r| r.start < piece.span.start);
+        rest = rest.get(before..).unwrap_or(&[]);
+        let inside = rest.partition_point(|r| r.end <= piece.span.end);
+        let (mine, after) = rest.split_at(inside);
+        piece.parse_text = parse_text(text, &piece.span, mine);
+        rest = after;
+    }
+}
+
+/// The text of `span` with the integers of `zeroed` inside it written as `1`.
+fn parse_text(text: &str, span: &Range<usize>, zeroed: &[Range<usize>]) -> String {
+    let mut out = String::with_capacity(span.len());
+    let mut at = span.start;
+    for r in zeroed
+        .iter()
+        .filter(|r| r.start >= span.start && r.end <= span.end)
+    {
+        out.push_str(text.get(at..r.start).unwrap_or(""));
+        out.push('1');
+        at = r.end;
+    }
+    out.push_str(text.get(at..span.end).unwrap_or(""));
+    out
+}
+
 struct StatementBuilder {
     start: usize,
     rewritten: String,
-    leading_words: Vec<String>,
-    /// Still collecting leading words (no non-word token seen yet).
-    collecting_words: bool,
     problem: Option<String>,
     has_code: bool,
+    code_start: Option<usize>,
 }
 
 impl StatementBuilder {
     fn new(start: usize) -> Self {
         Self {
+            code_start: None,
             start,
             rewritten: String::new(),
-            leading_words: Vec::new(),
-            collecting_words: true,
             problem: None,
             has_code: false,
         }
@@ -230,7 +265,6 @@ impl StatementBuilder {
     }
 
     fn non_word(&mut self) {
-        self.collecting_words = false;
         self.has_code = true;
     }
 }
@@ -303,13 +337,23 @@ impl<'a> Lexer<'a> {
             span,
             is_empty: !builder.has_code,
             rewritten: builder.rewritten,
-            leading_words: builder.leading_words,
             problem: builder.problem,
+            code_start: builder
+                .code_start
+                .map_or(0, |c| c.saturating_sub(builder.start)),
+            parse_text: String::new(),
         });
     }
 
     fn run(&mut self) -> Result<(), String> {
         while let Some(b) = self.peek(0) {
+            let trivia = matches!(b, b';' | b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
+                || (b == b'-' && self.peek(1) == Some(b'-'))
+                || (b == b'/' && self.peek(1) == Some(b'*'));
+            let starts_code = !trivia;
+            if starts_code && self.current.code_start.is_none() {
+                self.current.code_start = Some(self.pos);
+            }
             match b {
                 b';' => {
                     self.finish_statement(self.pos);
@@ -764,9 +808,6 @@ impl<'a> Lexer<'a> {
                 );
                 break;
             }
-        }
-        if self.current.collecting_words && self.current.leading_words.len() < 4 {
-            self.current.leading_words.push(raw.to_ascii_lowercase());
         }
         self.current.has_code = true;
         self.current.rewritten.push_str(raw);

@@ -122,7 +122,30 @@ pub fn lineage(
     let [piece] = pieces.as_slice() else {
         return Err(SqlError::NotOneStatement(pieces.len()));
     };
-    let statement = parse_piece(piece).map_err(SqlError::Unparseable)?;
+    let statement = match parse_piece(piece) {
+        Ok(statement) => statement,
+        Err(reason) => {
+            // `sqlparser` cannot read it. If PostgreSQL's parser can (the statement is valid),
+            // answer conservatively: one unexpanded output entry that may derive from every
+            // column of every table the statement names.
+            let info = crate::classify::classify_piece(piece, settings);
+            if !info.is_parsed() {
+                return Err(SqlError::Unparseable(reason));
+            }
+            let sources = info
+                .tables
+                .into_iter()
+                .map(|table| Source::AllColumns { table })
+                .collect();
+            return Ok(Lineage {
+                columns: vec![OutputColumn {
+                    name: "*".into(),
+                    sources,
+                    star: true,
+                }],
+            });
+        }
+    };
     let ctx = Ctx { catalog };
     let root = Scope::root();
     let columns = ctx.statement(&statement, &root);

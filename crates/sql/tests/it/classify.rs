@@ -45,7 +45,7 @@ fn kinds() {
         ("LISTEN x", K::Notify),
         ("DECLARE c CURSOR FOR SELECT 1", K::Cursor),
         ("ALTER SYSTEM SET work_mem = '1GB'", K::AlterSystem),
-        ("CHECKPOINT", K::Unparseable),
+        ("CHECKPOINT", K::Maintenance),
     ];
     for (sql, kind) in cases {
         assert_eq!(one(sql).kind, *kind, "{sql}");

@@ -215,3 +215,14 @@ fn errors() {
     assert_eq!(l.columns.len(), 2);
     assert!(carries_email(&l, 1));
 }
+
+/// A statement PostgreSQL reads but the lineage parser does not: every output may derive from
+/// every column of every table it names (the proxy then masks as for an unexpanded `*`).
+#[test]
+fn statements_only_postgresql_reads_get_conservative_lineage() {
+    let l = trace("TABLE users");
+    assert!(!l.is_positional());
+    assert!(carries_email(&l, 0), "{:?}", l.columns);
+    let l = trace("SELECT lower(email) FROM users FOR UPDATE OF users SKIP LOCKED");
+    assert!(carries_email(&l, 0), "{:?}", l.columns);
+}
