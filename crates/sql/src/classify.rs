@@ -439,7 +439,8 @@ fn classify_tree(tree: &serde_json::Value) -> StatementInfo {
             info.risks.insert(Risk::RoleChange);
         }
     }
-    if kind == StatementKind::Set || kind == StatementKind::Select {
+    // `ALTER ROLE … SET` (ddl) records defaults of later sessions: not a change of this one.
+    if kind != StatementKind::Ddl {
         for name in info.settings_changed.clone() {
             if crate::tree::OPAQUE_SETTINGS.contains(&name.as_str()) {
                 info.risks.insert(Risk::OpaqueCode);

@@ -406,7 +406,11 @@ impl Walker<'_> {
             _ => {}
         }
         match tag {
-            "ExecuteStmt" | "PrepareStmt" | "DeallocateStmt" if parent.is_none() => {
+            // An EXECUTE may be nested (`EXPLAIN ANALYZE EXECUTE p`, `CREATE TABLE t AS
+            // EXECUTE p`); its name is what the proxy must resolve.
+            "ExecuteStmt" | "PrepareStmt" | "DeallocateStmt"
+                if parent.is_none() || tag == "ExecuteStmt" =>
+            {
                 let name = s(body, "name");
                 if !name.is_empty() {
                     self.info.prepared_name = Some(name.to_string());

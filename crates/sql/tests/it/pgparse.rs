@@ -325,6 +325,17 @@ fn opaque_constructs_are_marked_with_a_reason() {
         Some("S3")
     );
     assert_eq!(one("DEALLOCATE ALL").prepared_name, None);
+    for sql in [
+        "EXPLAIN ANALYZE EXECUTE q1(1)",
+        "CREATE TABLE t2 AS EXECUTE q1(1)",
+    ] {
+        let s = one(sql);
+        assert_eq!(s.prepared_name.as_deref(), Some("q1"), "{sql}");
+        assert!(
+            s.kinds.contains(&K::Execute) && s.has(Risk::OpaqueCode),
+            "{sql}"
+        );
+    }
 
     assert!(is_safe_function("pg_catalog.lower") && is_safe_function("lower"));
     assert!(!is_safe_function("public.lower") && !is_safe_function("x.pg_catalog.lower"));
