@@ -93,6 +93,13 @@ fn valid_sql_that_was_refused_is_read_with_its_kind() {
         ("GRANT SELECT ON t TO bob", K::Grant),
         ("REVOKE bob FROM alice", K::Revoke),
         ("DROP ROLE bob", K::Drop),
+        ("(SELECT 1) UNION (SELECT 2)", K::Select),
+        ("/* lead */ -- more\n  (VALUES (1))", K::Select),
+        (
+            "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT n FROM r",
+            K::Select,
+        ),
+        ("SELECT $1::int, $2 FROM t WHERE a = ANY($3)", K::Select),
     ];
     let mut failures = Vec::new();
     for (sql, kind) in cases {
