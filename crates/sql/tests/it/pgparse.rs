@@ -407,6 +407,10 @@ fn the_splitter_and_the_parser_must_agree() {
 #[test]
 fn deep_statements_fail_closed() {
     let s = SqlSessionSettings::default();
+    // Up to 40 chained operators are read; 60 are beyond the tree decoder's nesting limit.
+    let chain = |n: usize| format!("SELECT {}", vec!["a"; n].join(" || "));
+    assert!(classify(&chain(40), &s).is_fully_parsed());
+    assert!(!classify(&chain(60), &s).is_fully_parsed());
     for depth in [10usize, 200, 5000] {
         let sum = format!("SELECT {}", vec!["1"; depth].join(" + "));
         let c = classify(&sum, &s);
