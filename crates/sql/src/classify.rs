@@ -475,7 +475,7 @@ thread_local! {
 
 /// Parses one lexed statement with `sqlparser` (for lineage); exactly one statement is required.
 pub(crate) fn parse_piece(piece: &lex::LexedStatement) -> Result<std::rc::Rc<Statement>, String> {
-    if let Some(problem) = &piece.problem {
+    if let Some(problem) = piece.problem.as_ref().or(piece.rewrite_problem.as_ref()) {
         return Err(problem.clone());
     }
     let text = piece.rewritten.as_str();

@@ -23,6 +23,9 @@ pub(crate) struct LexedStatement {
     pub rewritten: String,
     /// Why this statement cannot be read with certainty, if it cannot.
     pub problem: Option<String>,
+    /// Why the rewritten text cannot stand for the statement (it is still read with certainty
+    /// by PostgreSQL's parser from the original text).
+    pub rewrite_problem: Option<String>,
     /// Only whitespace and comments: PostgreSQL skips it.
     pub is_empty: bool,
     /// Where the first token starts, relative to `span.start` (`0` when empty).
@@ -142,7 +145,10 @@ pub(crate) fn shape(
     settings: &SqlSessionSettings,
 ) -> Option<(String, Vec<Range<usize>>)> {
     let (pieces, integers) = lex(text, settings).ok()?;
-    if pieces.iter().any(|p| p.problem.is_some()) {
+    if pieces
+        .iter()
+        .any(|p| p.problem.is_some() || p.rewrite_problem.is_some())
+    {
         return None;
     }
     let mut shaped = String::with_capacity(text.len());
@@ -243,6 +249,7 @@ struct StatementBuilder {
     start: usize,
     rewritten: String,
     problem: Option<String>,
+    rewrite_problem: Option<String>,
     has_code: bool,
     code_start: Option<usize>,
 }
@@ -254,6 +261,7 @@ impl StatementBuilder {
             start,
             rewritten: String::new(),
             problem: None,
+            rewrite_problem: None,
             has_code: false,
         }
     }
@@ -261,6 +269,14 @@ impl StatementBuilder {
     fn problem(&mut self, why: impl Into<String>) {
         if self.problem.is_none() {
             self.problem = Some(why.into());
+        }
+    }
+
+    /// Something only the rewritten text (for `sqlparser`, in lineage) cannot carry; PostgreSQL's
+    /// parser reads the statement as written, and the split is certain.
+    fn rewrite_problem(&mut self, why: impl Into<String>) {
+        if self.rewrite_problem.is_none() {
+            self.rewrite_problem = Some(why.into());
         }
     }
 
@@ -338,6 +354,7 @@ impl<'a> Lexer<'a> {
             is_empty: !builder.has_code,
             rewritten: builder.rewritten,
             problem: builder.problem,
+            rewrite_problem: builder.rewrite_problem,
             code_start: builder
                 .code_start
                 .map_or(0, |c| c.saturating_sub(builder.start)),
@@ -478,12 +495,13 @@ impl<'a> Lexer<'a> {
         }
         match style {
             QuoteStyle::Unicode => {
-                self.current.problem("U&'…' literals are not supported");
+                self.current
+                    .rewrite_problem("U&'…' literals are not supported");
             }
             QuoteStyle::Bits => {
                 if !value.iter().all(u8::is_ascii_hexdigit) {
                     self.current
-                        .problem("bit-string literal with characters other than digits");
+                        .rewrite_problem("bit-string literal with characters other than digits");
                 }
             }
             QuoteStyle::Standard | QuoteStyle::Escape => {}
@@ -659,7 +677,7 @@ impl<'a> Lexer<'a> {
         }
         if unicode {
             self.current
-                .problem("U&\"…\" identifiers are not supported");
+                .rewrite_problem("U&\"…\" identifiers are not supported");
         }
         self.current.non_word();
         let raw = self.slice(start..self.pos);
@@ -775,7 +793,7 @@ impl<'a> Lexer<'a> {
                 self.pos += 2;
                 if b0.eq_ignore_ascii_case(&b'b') {
                     self.current
-                        .problem("bit-string literals are not supported");
+                        .rewrite_problem("bit-string literals are not supported");
                 }
                 return self.literal(QuoteStyle::Bits);
             }
@@ -799,7 +817,7 @@ impl<'a> Lexer<'a> {
         let raw = self.slice(start..self.pos);
         if raw.contains('$') {
             self.current
-                .problem("'$' inside an identifier (ambiguous with dollar quoting)");
+                .rewrite_problem("'$' inside an identifier (ambiguous with dollar quoting)");
         }
         for ch in raw.chars() {
             if !ch.is_ascii() && !ch.is_alphabetic() {
@@ -911,7 +929,10 @@ mod tests {
 
     #[test]
     fn problems() {
-        let p = |t: &str| split(t, &scs(true)).unwrap()[0].problem.clone();
+        let p = |t: &str| {
+            let piece = &split(t, &scs(true)).unwrap()[0];
+            piece.problem.clone().or(piece.rewrite_problem.clone())
+        };
         assert!(p("SELECT a$b FROM t").is_some());
         assert!(p("SELECT $1 FROM t").is_none());
         assert!(p("SELECT\u{a0}1").is_some());

@@ -100,6 +100,11 @@ fn valid_sql_that_was_refused_is_read_with_its_kind() {
             K::Select,
         ),
         ("SELECT $1::int, $2 FROM t WHERE a = ANY($3)", K::Select),
+        (
+            "SELECT B'0101', X'1F', U&'d\\0061t' UESCAPE '\\', U&\"c\" FROM t",
+            K::Select,
+        ),
+        ("SELECT a$b FROM t", K::Select),
     ];
     let mut failures = Vec::new();
     for (sql, kind) in cases {
