@@ -214,11 +214,38 @@ fn opaque_form(tag: &str, body: &Value) -> Option<String> {
                 .into()
         }
         "DefineStmt"
-            if [ObjectType::ObjectOperator, ObjectType::ObjectAggregate]
-                .into_iter()
-                .any(|k| is(i(body, "kind"), k)) =>
+            if [
+                ObjectType::ObjectOperator,
+                ObjectType::ObjectAggregate,
+                ObjectType::ObjectType,
+                ObjectType::ObjectTsparser,
+                ObjectType::ObjectTstemplate,
+            ]
+            .into_iter()
+            .any(|k| is(i(body, "kind"), k)) =>
         {
-            "defines an operator or aggregate: code that later statements run implicitly".into()
+            "defines an operator, aggregate, base type or text search parser or template: code \
+             that later statements run implicitly"
+                .into()
+        }
+        "CreatePlangStmt" | "CreateAmStmt" | "CreateFdwStmt" | "AlterFdwStmt" => {
+            "defines a language, access method or foreign-data wrapper: handler code that later \
+             statements run"
+                .into()
+        }
+        "AlterOwnerStmt"
+            if [
+                ObjectType::ObjectFunction,
+                ObjectType::ObjectProcedure,
+                ObjectType::ObjectRoutine,
+                ObjectType::ObjectAggregate,
+            ]
+            .into_iter()
+            .any(|k| is(i(body, "object_type"), k)) =>
+        {
+            "changes a function's owner: a SECURITY DEFINER function then runs with the new \
+             owner's rights"
+                .into()
         }
         "AlterTableCmd" => {
             let sub = i(body, "subtype");

@@ -249,6 +249,13 @@ fn opaque_constructs_are_marked_with_a_reason() {
         "ALTER TABLE t DISABLE TRIGGER ALL",
         "ALTER TABLE t ENABLE RULE r",
         "CREATE EXTENSION dblink",
+        "ALTER FUNCTION f() OWNER TO postgres",
+        "ALTER PROCEDURE p() OWNER TO postgres",
+        "CREATE OPERATOR === (LEFTARG = int, RIGHTARG = int, FUNCTION = f)",
+        "CREATE AGGREGATE agg(int) (SFUNC = f, STYPE = int)",
+        "CREATE LANGUAGE plsample HANDLER plsample_call_handler",
+        "CREATE ACCESS METHOD am TYPE TABLE HANDLER h",
+        "CREATE FOREIGN DATA WRAPPER w HANDLER h",
         "LOAD 'plugin'",
         "EXECUTE p(1)",
         "CREATE TABLE x AS EXECUTE p",
@@ -312,6 +319,9 @@ fn opaque_constructs_are_marked_with_a_reason() {
         "BEGIN",
         "CREATE TABLE t (a int DEFAULT 0, b text)",
         "DELETE FROM t WHERE id = 1",
+        "ALTER TABLE t OWNER TO bob",
+        "CREATE TYPE mood AS ENUM ('sad', 'ok')",
+        "CREATE VIEW v AS SELECT lower(email) FROM users",
     ];
     for sql in clear {
         let s = one(sql);
