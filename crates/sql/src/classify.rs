@@ -6,14 +6,11 @@
 //! `EXPLAIN …`) add their kinds and risks to the outer statement.
 
 use std::collections::BTreeSet;
-use std::ops::{ControlFlow, Range};
+use std::ops::Range;
 
 use gatehouse_core::SqlSessionSettings;
 use serde::{Deserialize, Serialize};
-use sqlparser::ast::{
-    CopySource, CopyTarget, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, ObjectName,
-    ObjectNamePart, Query, Reset, Set, SetExpr, Statement, TableFactor, Value, Visit, Visitor,
-};
+use sqlparser::ast::{ObjectName, ObjectNamePart, Statement};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
@@ -184,7 +181,12 @@ pub enum Risk {
     RoleChange,
     /// A function or procedure in a language other than `sql`/`plpgsql` (e.g. `plpython3u`, `c`).
     UntrustedLanguage,
-    /// Code the classifier cannot see into (a `DO` block body).
+    /// An effect the classifier cannot see from the text: a `DO` block, `CALL`, `LOAD`,
+    /// `EXECUTE` of a prepared statement, creating or changing functions, procedures, triggers,
+    /// rules, event triggers, policies, extensions, casts, operators or aggregates, a call of any
+    /// function that is not a known side-effect-free built-in, or a change of a setting that
+    /// changes what later statements run or how they are read (`search_path`, `role`, …). See
+    /// [`StatementInfo::opaque_reasons`].
     OpaqueCode,
 }
 
@@ -256,6 +258,16 @@ pub struct StatementInfo {
     pub languages: BTreeSet<String>,
     /// Why the statement could not be read, when `kind` is `Unparseable`.
     pub unparseable_reason: Option<String>,
+    /// Why the statement is opaque ([`Risk::OpaqueCode`]): one entry per construct whose
+    /// effect cannot be seen from the text (a `DO` block, a call of a function that is not a
+    /// known side-effect-free built-in, `EXECUTE` of a prepared statement, …).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub opaque_reasons: BTreeSet<String>,
+    /// The prepared statement named by `PREPARE`, `EXECUTE` or `DEALLOCATE` (as PostgreSQL
+    /// reads the name; `None` for `DEALLOCATE ALL`), so the proxy can resolve what an `EXECUTE`
+    /// runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prepared_name: Option<String>,
 }
 
 impl StatementInfo {
@@ -272,6 +284,8 @@ impl StatementInfo {
             settings_changed: BTreeSet::new(),
             languages: BTreeSet::new(),
             unparseable_reason: None,
+            opaque_reasons: BTreeSet::new(),
+            prepared_name: None,
         }
     }
 
@@ -313,6 +327,11 @@ impl Classification {
 /// When the text stops being readable part-way (an unterminated quote or comment), the statements
 /// before that point are still listed — PostgreSQL would reject the whole string, but a policy
 /// should see what was attempted — followed by one unparseable entry spanning the rest.
+///
+/// Each statement is read by PostgreSQL's own parser (libpg_query) under the session's
+/// `standard_conforming_strings`, after the splitter in this crate cut the text as the server's
+/// scanner does under the session's `client_encoding`; the two must agree on every boundary, or
+/// the statement is unparseable.
 pub fn classify(text: &str, settings: &SqlSessionSettings) -> Classification {
     let (pieces, failure) = match lex::split(text, settings) {
         Ok(pieces) => (pieces, None),
@@ -321,7 +340,7 @@ pub fn classify(text: &str, settings: &SqlSessionSettings) -> Classification {
     let mut statements: Vec<StatementInfo> = pieces
         .into_iter()
         .filter(|p| !p.is_empty)
-        .map(classify_piece)
+        .map(|p| classify_piece(&p, settings))
         .collect();
     if let Some(failure) = failure {
         statements.push(StatementInfo::unparseable(failure.span, failure.reason));
@@ -329,34 +348,134 @@ pub fn classify(text: &str, settings: &SqlSessionSettings) -> Classification {
     Classification { statements }
 }
 
-/// Statements parsed most recently on this thread, kept by their rewritten text.
+/// Classifications made most recently on this thread.
+const CLASSIFY_MEMO: usize = 8;
+/// Longest statement text the classification memo keeps.
+const CLASSIFY_MEMO_MAX_TEXT: usize = 8 * 1024;
+
+/// One classification memo entry: the parser's input, the setting it was read under, and the
+/// answer (span left at 0..0).
+struct Classified {
+    parse_text: String,
+    standard_conforming_strings: bool,
+    info: StatementInfo,
+}
+
+thread_local! {
+    /// The last [`CLASSIFY_MEMO`] classifications on this thread, newest last. The layers of one
+    /// request each classify the same statement on the same thread (the proxy's analyzer, then
+    /// the policy), so it is parsed once; since integer literals are rewritten in the parser's
+    /// input, statements differing only in them share one entry. A classification depends on
+    /// the parser's input and the lexer setting alone, so a hit is exactly what parsing again
+    /// would give.
+    static CLASSIFIED: std::cell::RefCell<std::collections::VecDeque<Classified>> =
+        const { std::cell::RefCell::new(std::collections::VecDeque::new()) };
+}
+
+pub(crate) fn classify_piece(
+    piece: &lex::LexedStatement,
+    settings: &SqlSessionSettings,
+) -> StatementInfo {
+    let span = piece.span.clone();
+    if let Some(problem) = &piece.problem {
+        return StatementInfo::unparseable(span, problem.clone());
+    }
+    let scs = settings.standard_conforming_strings;
+    let hit = CLASSIFIED.with_borrow(|memo| {
+        memo.iter()
+            .rev()
+            .find(|c| c.standard_conforming_strings == scs && c.parse_text == piece.parse_text)
+            .map(|c| c.info.clone())
+    });
+    if let Some(info) = hit {
+        return StatementInfo { span, ..info };
+    }
+    let info = match crate::pg::parse_one(&piece.parse_text, settings, piece.code_start) {
+        Ok(tree) => classify_tree(&tree),
+        Err(reason) => StatementInfo::unparseable(0..0, reason),
+    };
+    if piece.parse_text.len() <= CLASSIFY_MEMO_MAX_TEXT {
+        CLASSIFIED.with_borrow_mut(|memo| {
+            if memo.len() >= CLASSIFY_MEMO {
+                memo.pop_front();
+            }
+            memo.push_back(Classified {
+                parse_text: piece.parse_text.clone(),
+                standard_conforming_strings: scs,
+                info: info.clone(),
+            });
+        });
+    }
+    StatementInfo { span, ..info }
+}
+
+/// Settings whose change alters how later statements are split (see the lexer).
+fn is_encoding_setting(name: &str) -> bool {
+    matches!(
+        name,
+        "standard_conforming_strings" | "client_encoding" | "names" | "all" | "*"
+    )
+}
+
+fn is_role_setting(name: &str) -> bool {
+    matches!(name, "role" | "session_authorization" | "*")
+}
+
+/// The classification of one parsed statement (`{"SelectStmt": {…}}`), span left at 0..0.
+fn classify_tree(tree: &serde_json::Value) -> StatementInfo {
+    let kind = tree
+        .as_object()
+        .and_then(|m| m.iter().next())
+        .map_or(StatementKind::Other, |(tag, body)| {
+            crate::tree::kind_of(tag, body)
+        });
+    let mut info = StatementInfo::new(0..0, kind);
+    crate::tree::classify_tree(tree, &mut info);
+    for name in info.settings_changed.clone() {
+        if is_encoding_setting(&name) {
+            info.risks.insert(Risk::EncodingChange);
+        }
+        if is_role_setting(&name) {
+            info.risks.insert(Risk::RoleChange);
+        }
+    }
+    // `ALTER ROLE … SET` (ddl) records defaults of later sessions: not a change of this one.
+    if kind != StatementKind::Ddl {
+        for name in info.settings_changed.clone() {
+            if crate::tree::OPAQUE_SETTINGS.contains(&name.as_str()) {
+                info.risks.insert(Risk::OpaqueCode);
+                info.opaque_reasons.insert(format!(
+                    "changes {name}, which changes what later statements run or how they are read"
+                ));
+            }
+        }
+    }
+    info
+}
+
+/// Statements parsed by `sqlparser` most recently on this thread, kept by their rewritten text
+/// (for [`crate::lineage`]).
 const PARSE_MEMO: usize = 4;
 /// Longest rewritten text the memo keeps.
 const PARSE_MEMO_MAX_TEXT: usize = 8 * 1024;
 
-/// One memo entry: a parse, and the classification made from it once asked for.
+/// One memo entry: a parse.
 struct Parsed {
     rewritten: String,
     statement: std::rc::Rc<Statement>,
-    /// `classify_statement` of this parse with these leading words (span left at 0..0).
-    info: Option<(Vec<String>, StatementInfo)>,
 }
 
 thread_local! {
-    /// The last [`PARSE_MEMO`] successful parses on this thread, newest last. The layers of one
-    /// request each read the same statement on the same thread — the proxy's analyzer
-    /// ([`crate::classify`] and [`crate::lineage`]), then the policy — so a statement is parsed
-    /// and classified once rather than three times; and since integer literals are zeroed in the
-    /// rewritten text, statements differing only in them (a driver's or a benchmark's stream)
-    /// share one entry. A parse depends on the rewritten text alone, and a classification on
-    /// the parse and the leading words, so a hit is exactly what doing the work again would give.
+    /// The last [`PARSE_MEMO`] successful `sqlparser` parses on this thread, newest last: the
+    /// proxy traces lineage of a statement more than once per request. A parse depends on the
+    /// rewritten text alone, so a hit is exactly what parsing again would give.
     static RECENT: std::cell::RefCell<std::collections::VecDeque<Parsed>> =
         const { std::cell::RefCell::new(std::collections::VecDeque::new()) };
 }
 
-/// Parses one lexed statement with `sqlparser`; exactly one statement is required.
+/// Parses one lexed statement with `sqlparser` (for lineage); exactly one statement is required.
 pub(crate) fn parse_piece(piece: &lex::LexedStatement) -> Result<std::rc::Rc<Statement>, String> {
-    if let Some(problem) = &piece.problem {
+    if let Some(problem) = piece.problem.as_ref().or(piece.rewrite_problem.as_ref()) {
         return Err(problem.clone());
     }
     let text = piece.rewritten.as_str();
@@ -379,40 +498,10 @@ pub(crate) fn parse_piece(piece: &lex::LexedStatement) -> Result<std::rc::Rc<Sta
             recent.push_back(Parsed {
                 rewritten: text.to_string(),
                 statement: statement.clone(),
-                info: None,
             });
         });
     }
     Ok(statement)
-}
-
-/// [`classify_statement`] through the memo entry of `piece`'s parse, if it has one.
-fn classify_parsed(piece: &lex::LexedStatement, statement: &Statement) -> StatementInfo {
-    let span = piece.span.clone();
-    let memo = RECENT.with_borrow(|recent| {
-        recent
-            .iter()
-            .rev()
-            .find(|p| p.rewritten == piece.rewritten)
-            .and_then(|p| p.info.as_ref())
-            .filter(|(words, _)| *words == piece.leading_words)
-            .map(|(_, info)| info.clone())
-    });
-    if let Some(mut info) = memo {
-        info.span = span;
-        return info;
-    }
-    let info = classify_statement(0..0, statement, &piece.leading_words);
-    RECENT.with_borrow_mut(|recent| {
-        if let Some(p) = recent
-            .iter_mut()
-            .rev()
-            .find(|p| p.rewritten == piece.rewritten)
-        {
-            p.info = Some((piece.leading_words.clone(), info.clone()));
-        }
-    });
-    StatementInfo { span, ..info }
 }
 
 fn parse_text(text: &str) -> Result<Statement, String> {
@@ -428,39 +517,6 @@ fn parse_text(text: &str) -> Result<Statement, String> {
         ));
     }
     parsed.pop().ok_or_else(|| "no statement".to_string())
-}
-
-fn classify_piece(piece: lex::LexedStatement) -> StatementInfo {
-    let span = piece.span.clone();
-    match parse_piece(&piece) {
-        Ok(statement) => classify_parsed(&piece, &statement),
-        Err(reason) => {
-            if piece.problem.is_none()
-                && let Some(info) = keyword_fallback(span.clone(), &piece.leading_words)
-            {
-                return info;
-            }
-            StatementInfo::unparseable(span, reason)
-        }
-    }
-}
-
-/// Statements `sqlparser` does not parse but whose kind PostgreSQL's grammar fixes by their first
-/// keywords. Only kinds whose policy meaning needs nothing more than the kind are listed.
-fn keyword_fallback(span: Range<usize>, words: &[String]) -> Option<StatementInfo> {
-    let first = words.first().map(String::as_str);
-    let second = words.get(1).map(String::as_str);
-    match (first, second) {
-        (Some("do"), _) => {
-            let mut info = StatementInfo::new(span, StatementKind::DoBlock);
-            info.risks.insert(Risk::OpaqueCode);
-            Some(info)
-        }
-        (Some("alter"), Some("system")) => {
-            Some(StatementInfo::new(span, StatementKind::AlterSystem))
-        }
-        _ => None,
-    }
 }
 
 /// Normalises an identifier as PostgreSQL does: unquoted → ASCII lower case; cut to 63 bytes.
@@ -492,396 +548,13 @@ pub(crate) fn normalise_name(name: &ObjectName) -> String {
         .join(".")
 }
 
-/// The last part of a normalised name (`pg_catalog.set_config` → `set_config`).
-fn base_name(name: &str) -> &str {
-    name.rsplit('.').next().unwrap_or(name)
-}
-
-fn statement_kind(statement: &Statement) -> StatementKind {
-    use StatementKind as K;
-    match statement {
-        Statement::Query(_) => K::Select,
-        Statement::Insert(_) => K::Insert,
-        Statement::Update(_) => K::Update,
-        Statement::Delete(_) => K::Delete,
-        Statement::Merge(_) => K::Merge,
-        Statement::Truncate(_) => K::Truncate,
-        Statement::Copy { .. } => K::Copy,
-        Statement::Grant(_) | Statement::Deny(_) => K::Grant,
-        Statement::Revoke(_) => K::Revoke,
-        Statement::Set(_) | Statement::Reset(_) | Statement::Discard { .. } => K::Set,
-        Statement::ShowVariable { .. }
-        | Statement::ShowVariables { .. }
-        | Statement::ShowStatus { .. }
-        | Statement::ShowTables { .. }
-        | Statement::ShowColumns { .. }
-        | Statement::ShowFunctions { .. }
-        | Statement::ShowDatabases { .. }
-        | Statement::ShowSchemas { .. }
-        | Statement::ShowCreate { .. }
-        | Statement::ShowViews { .. }
-        | Statement::ShowCollation { .. } => K::Show,
-        Statement::Call(_) => K::Call,
-        Statement::Prepare { .. } => K::Prepare,
-        Statement::Execute { .. } => K::Execute,
-        Statement::Deallocate { .. } => K::Deallocate,
-        Statement::StartTransaction { .. }
-        | Statement::Commit { .. }
-        | Statement::Rollback { .. }
-        | Statement::Savepoint { .. }
-        | Statement::ReleaseSavepoint { .. } => K::Transaction,
-        Statement::Explain { .. } | Statement::ExplainTable { .. } => K::Explain,
-        Statement::Lock(_) | Statement::LockTables { .. } | Statement::UnlockTables => K::Lock,
-        Statement::Vacuum(_) | Statement::Analyze(_) => K::Maintenance,
-        Statement::LISTEN { .. } | Statement::UNLISTEN { .. } | Statement::NOTIFY { .. } => {
-            K::Notify
-        }
-        Statement::Declare { .. } | Statement::Fetch { .. } | Statement::Close { .. } => K::Cursor,
-        Statement::Drop { .. }
-        | Statement::DropFunction(_)
-        | Statement::DropDomain(_)
-        | Statement::DropProcedure { .. }
-        | Statement::DropSecret { .. }
-        | Statement::DropPolicy(_)
-        | Statement::DropConnector { .. }
-        | Statement::DropExtension(_)
-        | Statement::DropOperator(_)
-        | Statement::DropOperatorFamily(_)
-        | Statement::DropOperatorClass(_)
-        | Statement::DropTrigger(_) => K::Drop,
-        Statement::CreateView(_)
-        | Statement::CreateTable(_)
-        | Statement::CreateVirtualTable { .. }
-        | Statement::CreateIndex(_)
-        | Statement::CreateRole(_)
-        | Statement::CreateSecret { .. }
-        | Statement::CreateServer(_)
-        | Statement::CreatePolicy(_)
-        | Statement::CreateConnector(_)
-        | Statement::CreateOperator(_)
-        | Statement::CreateOperatorFamily(_)
-        | Statement::CreateOperatorClass(_)
-        | Statement::CreateTextSearch(_)
-        | Statement::AlterTable(_)
-        | Statement::AlterSchema(_)
-        | Statement::AlterIndex { .. }
-        | Statement::AlterView { .. }
-        | Statement::AlterFunction(_)
-        | Statement::AlterType(_)
-        | Statement::AlterCollation(_)
-        | Statement::AlterOperator(_)
-        | Statement::AlterOperatorFamily(_)
-        | Statement::AlterOperatorClass(_)
-        | Statement::AlterTextSearch(_)
-        | Statement::AlterRole { .. }
-        | Statement::AlterPolicy(_)
-        | Statement::AlterConnector { .. }
-        | Statement::CreateExtension(_)
-        | Statement::CreateCollation(_)
-        | Statement::CreateSchema { .. }
-        | Statement::CreateDatabase { .. }
-        | Statement::CreateFunction(_)
-        | Statement::CreateTrigger(_)
-        | Statement::CreateProcedure { .. }
-        | Statement::CreateSequence { .. }
-        | Statement::CreateDomain(_)
-        | Statement::CreateType { .. }
-        | Statement::CreateUser(_)
-        | Statement::AlterUser(_)
-        | Statement::Comment { .. }
-        | Statement::RenameTable(_) => K::Ddl,
-        _ => K::Other,
-    }
-}
-
-/// Settings whose change alters how later statements are split (see the lexer).
-fn is_encoding_setting(name: &str) -> bool {
-    matches!(
-        name,
-        "standard_conforming_strings" | "client_encoding" | "names" | "all" | "*"
-    )
-}
-
-fn is_role_setting(name: &str) -> bool {
-    matches!(name, "role" | "session_authorization" | "*")
-}
-
-fn classify_statement(
-    span: Range<usize>,
-    statement: &Statement,
-    words: &[String],
-) -> StatementInfo {
-    let mut info = StatementInfo::new(span, statement_kind(statement));
-    let mut collector = Collector {
-        info: &mut info,
-        skip_next_relation: false,
-    };
-    let _ = statement.visit(&mut collector);
-    // ALTER ROLE/USER/DATABASE … SET name: sqlparser does not expose every form uniformly, so
-    // look for the two names in the statement's text (conservative).
-    if words.first().map(String::as_str) == Some("alter")
-        && matches!(
-            words.get(1).map(String::as_str),
-            Some("role" | "user" | "database")
-        )
-    {
-        let text = statement.to_string().to_ascii_lowercase();
-        for name in ["standard_conforming_strings", "client_encoding"] {
-            if text.contains(name) {
-                info.settings_changed.insert(name.to_string());
-            }
-        }
-    }
-    for name in info.settings_changed.clone() {
-        if is_encoding_setting(&name) {
-            info.risks.insert(Risk::EncodingChange);
-        }
-        if is_role_setting(&name) {
-            info.risks.insert(Risk::RoleChange);
-        }
-    }
-    info
-}
-
-/// Walks the whole statement (nested statements and queries included).
-struct Collector<'a> {
-    info: &'a mut StatementInfo,
-    /// The next relation visited is the name of a table function, not a table.
-    skip_next_relation: bool,
-}
-
-impl Collector<'_> {
-    fn setting(&mut self, name: &ObjectName) {
-        self.info.settings_changed.insert(normalise_name(name));
-    }
-
-    fn statement(&mut self, statement: &Statement) {
-        let kind = statement_kind(statement);
-        self.info.kinds.insert(kind);
-        match statement {
-            Statement::Update(u) if u.selection.is_none() => {
-                self.info.risks.insert(Risk::WriteWithoutWhere);
-            }
-            Statement::Delete(d) if d.selection.is_none() => {
-                self.info.risks.insert(Risk::WriteWithoutWhere);
-            }
-            Statement::Copy { source, target, .. } => {
-                match target {
-                    CopyTarget::Program { .. } => {
-                        self.info.risks.insert(Risk::CopyProgram);
-                    }
-                    CopyTarget::File { .. } => {
-                        self.info.risks.insert(Risk::CopyFile);
-                    }
-                    CopyTarget::Stdin | CopyTarget::Stdout => {}
-                }
-                match source {
-                    CopySource::Table { table_name, .. } => {
-                        self.info.tables.insert(normalise_name(table_name));
-                    }
-                    CopySource::Query(_) => {
-                        self.info.kinds.insert(StatementKind::Select);
-                    }
-                }
-            }
-            Statement::CreateTable(ct) => {
-                self.info.tables.insert(normalise_name(&ct.name));
-                if ct.query.is_some() {
-                    self.info.risks.insert(Risk::CreateTableAs);
-                    self.info.kinds.insert(StatementKind::Select);
-                }
-            }
-            Statement::CreateView(v) => {
-                self.info.tables.insert(normalise_name(&v.name));
-                if v.materialized {
-                    self.info.risks.insert(Risk::CreateTableAs);
-                    self.info.kinds.insert(StatementKind::Select);
-                }
-            }
-            Statement::CreateFunction(f) => {
-                self.language(f.language.as_ref());
-                self.info.functions.insert(normalise_name(&f.name));
-            }
-            Statement::CreateProcedure { language, name, .. } => {
-                self.language(language.as_ref());
-                self.info.functions.insert(normalise_name(name));
-            }
-            Statement::Drop { names, .. } => {
-                for n in names {
-                    self.info.tables.insert(normalise_name(n));
-                }
-            }
-            Statement::Call(f) => {
-                self.info.functions.insert(normalise_name(&f.name));
-            }
-            Statement::Set(set) => self.set(set),
-            Statement::Reset(r) => match &r.reset {
-                Reset::ALL => {
-                    self.info.settings_changed.insert("all".into());
-                }
-                Reset::SessionAuthorization => {
-                    self.info
-                        .settings_changed
-                        .insert("session_authorization".into());
-                }
-                Reset::ConfigurationParameter(name) => self.setting(name),
-            },
-            Statement::Discard { object_type } => {
-                let what = object_type.to_string().to_ascii_lowercase();
-                if what == "all" {
-                    self.info.settings_changed.insert("all".into());
-                    self.info
-                        .settings_changed
-                        .insert("session_authorization".into());
-                }
-            }
-            _ => {}
-        }
-    }
-
-    fn language(&mut self, language: Option<&sqlparser::ast::Ident>) {
-        let lang = language.map_or_else(|| "sql".to_string(), normalise_ident);
-        if !matches!(lang.as_str(), "sql" | "plpgsql") {
-            self.info.risks.insert(Risk::UntrustedLanguage);
-        }
-        self.info.languages.insert(lang);
-    }
-
-    fn set(&mut self, set: &Set) {
-        match set {
-            Set::SingleAssignment { variable, .. } => self.setting(variable),
-            Set::ParenthesizedAssignments { variables, .. } => {
-                for v in variables {
-                    self.setting(v);
-                }
-            }
-            Set::MultipleAssignments { assignments } => {
-                for a in assignments {
-                    self.setting(&a.name);
-                }
-            }
-            Set::SetSessionAuthorization(_) => {
-                self.info
-                    .settings_changed
-                    .insert("session_authorization".into());
-            }
-            Set::SetRole { .. } => {
-                self.info.settings_changed.insert("role".into());
-            }
-            Set::SetTimeZone { .. } => {
-                self.info.settings_changed.insert("timezone".into());
-            }
-            Set::SetNames { .. } | Set::SetNamesDefault {} => {
-                self.info.settings_changed.insert("names".into());
-            }
-            Set::SetTransaction { .. } => {}
-            _ => {
-                self.info.settings_changed.insert("*".into());
-            }
-        }
-    }
-
-    fn function_call(&mut self, f: &sqlparser::ast::Function) {
-        let name = normalise_name(&f.name);
-        if matches!(base_name(&name), "set_config") {
-            // set_config('name', value, is_local): the first argument names the setting.
-            let first = match &f.args {
-                FunctionArguments::List(list) => list.args.first(),
-                _ => None,
-            };
-            let literal = match first {
-                Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v)))) => {
-                    match &v.value {
-                        Value::SingleQuotedString(s) => Some(s.to_ascii_lowercase()),
-                        _ => None,
-                    }
-                }
-                _ => None,
-            };
-            self.info
-                .settings_changed
-                .insert(literal.unwrap_or_else(|| "*".into()));
-        }
-        self.info.functions.insert(name);
-    }
-
-    fn query(&mut self, query: &Query) {
-        if let Some(with) = &query.with {
-            for cte in &with.cte_tables {
-                if matches!(
-                    *cte.query.body,
-                    SetExpr::Insert(_)
-                        | SetExpr::Update(_)
-                        | SetExpr::Delete(_)
-                        | SetExpr::Merge(_)
-                ) {
-                    self.info.risks.insert(Risk::WritableCte);
-                }
-            }
-        }
-        if let SetExpr::Select(select) = &*query.body
-            && select.into.is_some()
-        {
-            self.info.risks.insert(Risk::SelectInto);
-            self.info.kinds.insert(StatementKind::Ddl);
-            self.info.kinds.insert(StatementKind::Insert);
-        }
-    }
-}
-
-impl Visitor for Collector<'_> {
-    type Break = ();
-
-    fn pre_visit_statement(&mut self, statement: &Statement) -> ControlFlow<()> {
-        self.statement(statement);
-        ControlFlow::Continue(())
-    }
-
-    fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
-        self.query(query);
-        ControlFlow::Continue(())
-    }
-
-    fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
-        match factor {
-            TableFactor::Table {
-                name,
-                args: Some(_),
-                ..
-            } => {
-                self.info.functions.insert(normalise_name(name));
-                self.skip_next_relation = true;
-            }
-            TableFactor::Function { name, .. } => {
-                self.info.functions.insert(normalise_name(name));
-            }
-            _ => {}
-        }
-        ControlFlow::Continue(())
-    }
-
-    fn pre_visit_relation(&mut self, relation: &ObjectName) -> ControlFlow<()> {
-        if std::mem::take(&mut self.skip_next_relation) {
-            return ControlFlow::Continue(());
-        }
-        self.info.tables.insert(normalise_name(relation));
-        ControlFlow::Continue(())
-    }
-
-    fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
-        if let Expr::Function(f) = expr {
-            self.function_call(f);
-        }
-        ControlFlow::Continue(())
-    }
-}
-
 #[cfg(test)]
 mod memo_tests {
     use super::*;
 
     fn cold<T>(f: impl FnOnce() -> T) -> T {
         RECENT.with_borrow_mut(|r| r.clear());
+        CLASSIFIED.with_borrow_mut(|r| r.clear());
         f()
     }
 
@@ -923,9 +596,9 @@ mod memo_tests {
                 assert_eq!(again, fresh[i], "round {round}: {t}");
             }
         }
-        // The memo is filled by a parse (one text, one statement: one entry).
+        // The memo is filled by a classification (one text, one statement: one entry).
         cold(|| classify(texts[2], &settings));
-        let held = RECENT.with_borrow(|r| r.len());
+        let held = CLASSIFIED.with_borrow(|r| r.len());
         assert_eq!(held, 1);
     }
 
@@ -1045,7 +718,7 @@ mod memo_tests {
             "SELECT abalance FROM pgbench_accounts WHERE aid = 123456",
             &settings,
         );
-        assert_eq!(RECENT.with_borrow(|r| r.len()), 1);
+        assert_eq!(CLASSIFIED.with_borrow(|r| r.len()), 1);
         assert_eq!(c.statements.len(), 1);
         assert_eq!(c.statements[0].span, 0..56);
         let second = classify(
@@ -1053,7 +726,7 @@ mod memo_tests {
             &settings,
         );
         assert_eq!(
-            RECENT.with_borrow(|r| r.len()),
+            CLASSIFIED.with_borrow(|r| r.len()),
             2,
             "BEGIN, and the shared entry"
         );

@@ -21,12 +21,19 @@ pub(crate) struct LexedStatement {
     /// The statement rewritten for `sqlparser` (literals normalised, integer literals of up to
     /// 18 digits written as `0`, comments removed).
     pub rewritten: String,
-    /// The first few bare words, lower-cased (keyword fallback for statements `sqlparser` lacks).
-    pub leading_words: Vec<String>,
     /// Why this statement cannot be read with certainty, if it cannot.
     pub problem: Option<String>,
+    /// Why the rewritten text cannot stand for the statement (it is still read with certainty
+    /// by PostgreSQL's parser from the original text).
+    pub rewrite_problem: Option<String>,
     /// Only whitespace and comments: PostgreSQL skips it.
     pub is_empty: bool,
+    /// Where the first token starts, relative to `span.start` (`0` when empty).
+    pub code_start: usize,
+    /// The statement as written, except that every integer literal written as `0` in
+    /// `rewritten` is written as `1` (what PostgreSQL's parser reads; `1` rather than `0` because
+    /// a few places of the grammar refuse `0`, e.g. `float(0)`, and none refuses `1`).
+    pub parse_text: String,
 }
 
 /// Client encodings whose multi-byte characters never contain an ASCII byte, so the scanner's
@@ -138,7 +145,10 @@ pub(crate) fn shape(
     settings: &SqlSessionSettings,
 ) -> Option<(String, Vec<Range<usize>>)> {
     let (pieces, integers) = lex(text, settings).ok()?;
-    if pieces.iter().any(|p| p.problem.is_some()) {
+    if pieces
+        .iter()
+        .any(|p| p.problem.is_some() || p.rewrite_problem.is_some())
+    {
         return None;
     }
     let mut shaped = String::with_capacity(text.len());
@@ -192,33 +202,66 @@ fn lex(
         zeroed: Vec::new(),
     };
     match lexer.run() {
-        Ok(()) => Ok((lexer.out, lexer.zeroed)),
+        Ok(()) => {
+            let mut pieces = lexer.out;
+            fill_parse_texts(text, &mut pieces, &lexer.zeroed);
+            Ok((pieces, lexer.zeroed))
+        }
         Err(reason) => {
             let span = lexer.current.start.min(text.len())..text.len();
-            let done = lexer.out.into_iter().filter(|p| !p.is_empty).collect();
+            let mut done: Vec<_> = lexer.out.into_iter().filter(|p| !p.is_empty).collect();
+            fill_parse_texts(text, &mut done, &lexer.zeroed);
             Err((done, LexFailure { span, reason }))
         }
     }
 }
 
+/// Sets each piece's `parse_text` (pieces and `zeroed` both in text order).
+fn fill_parse_texts(text: &str, pieces: &mut [LexedStatement], zeroed: &[Range<usize>]) {
+    let mut rest = zeroed;
+    for piece in pieces {
+        let before = rest.partition_point(|r| r.start < piece.span.start);
+        rest = rest.get(before..).unwrap_or(&[]);
+        let inside = rest.partition_point(|r| r.end <= piece.span.end);
+        let (mine, after) = rest.split_at(inside);
+        piece.parse_text = parse_text(text, &piece.span, mine);
+        rest = after;
+    }
+}
+
+/// The text of `span` with the integers of `zeroed` inside it written as `1`.
+fn parse_text(text: &str, span: &Range<usize>, zeroed: &[Range<usize>]) -> String {
+    let mut out = String::with_capacity(span.len());
+    let mut at = span.start;
+    for r in zeroed
+        .iter()
+        .filter(|r| r.start >= span.start && r.end <= span.end)
+    {
+        out.push_str(text.get(at..r.start).unwrap_or(""));
+        out.push('1');
+        at = r.end;
+    }
+    out.push_str(text.get(at..span.end).unwrap_or(""));
+    out
+}
+
 struct StatementBuilder {
     start: usize,
     rewritten: String,
-    leading_words: Vec<String>,
-    /// Still collecting leading words (no non-word token seen yet).
-    collecting_words: bool,
     problem: Option<String>,
+    rewrite_problem: Option<String>,
     has_code: bool,
+    code_start: Option<usize>,
 }
 
 impl StatementBuilder {
     fn new(start: usize) -> Self {
         Self {
+            code_start: None,
             start,
             rewritten: String::new(),
-            leading_words: Vec::new(),
-            collecting_words: true,
             problem: None,
+            rewrite_problem: None,
             has_code: false,
         }
     }
@@ -229,8 +272,15 @@ impl StatementBuilder {
         }
     }
 
+    /// Something only the rewritten text (for `sqlparser`, in lineage) cannot carry; PostgreSQL's
+    /// parser reads the statement as written, and the split is certain.
+    fn rewrite_problem(&mut self, why: impl Into<String>) {
+        if self.rewrite_problem.is_none() {
+            self.rewrite_problem = Some(why.into());
+        }
+    }
+
     fn non_word(&mut self) {
-        self.collecting_words = false;
         self.has_code = true;
     }
 }
@@ -303,13 +353,24 @@ impl<'a> Lexer<'a> {
             span,
             is_empty: !builder.has_code,
             rewritten: builder.rewritten,
-            leading_words: builder.leading_words,
             problem: builder.problem,
+            rewrite_problem: builder.rewrite_problem,
+            code_start: builder
+                .code_start
+                .map_or(0, |c| c.saturating_sub(builder.start)),
+            parse_text: String::new(),
         });
     }
 
     fn run(&mut self) -> Result<(), String> {
         while let Some(b) = self.peek(0) {
+            let trivia = matches!(b, b';' | b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
+                || (b == b'-' && self.peek(1) == Some(b'-'))
+                || (b == b'/' && self.peek(1) == Some(b'*'));
+            let starts_code = !trivia;
+            if starts_code && self.current.code_start.is_none() {
+                self.current.code_start = Some(self.pos);
+            }
             match b {
                 b';' => {
                     self.finish_statement(self.pos);
@@ -434,12 +495,13 @@ impl<'a> Lexer<'a> {
         }
         match style {
             QuoteStyle::Unicode => {
-                self.current.problem("U&'…' literals are not supported");
+                self.current
+                    .rewrite_problem("U&'…' literals are not supported");
             }
             QuoteStyle::Bits => {
                 if !value.iter().all(u8::is_ascii_hexdigit) {
                     self.current
-                        .problem("bit-string literal with characters other than digits");
+                        .rewrite_problem("bit-string literal with characters other than digits");
                 }
             }
             QuoteStyle::Standard | QuoteStyle::Escape => {}
@@ -615,7 +677,7 @@ impl<'a> Lexer<'a> {
         }
         if unicode {
             self.current
-                .problem("U&\"…\" identifiers are not supported");
+                .rewrite_problem("U&\"…\" identifiers are not supported");
         }
         self.current.non_word();
         let raw = self.slice(start..self.pos);
@@ -731,7 +793,7 @@ impl<'a> Lexer<'a> {
                 self.pos += 2;
                 if b0.eq_ignore_ascii_case(&b'b') {
                     self.current
-                        .problem("bit-string literals are not supported");
+                        .rewrite_problem("bit-string literals are not supported");
                 }
                 return self.literal(QuoteStyle::Bits);
             }
@@ -755,7 +817,7 @@ impl<'a> Lexer<'a> {
         let raw = self.slice(start..self.pos);
         if raw.contains('$') {
             self.current
-                .problem("'$' inside an identifier (ambiguous with dollar quoting)");
+                .rewrite_problem("'$' inside an identifier (ambiguous with dollar quoting)");
         }
         for ch in raw.chars() {
             if !ch.is_ascii() && !ch.is_alphabetic() {
@@ -764,9 +826,6 @@ impl<'a> Lexer<'a> {
                 );
                 break;
             }
-        }
-        if self.current.collecting_words && self.current.leading_words.len() < 4 {
-            self.current.leading_words.push(raw.to_ascii_lowercase());
         }
         self.current.has_code = true;
         self.current.rewritten.push_str(raw);
@@ -870,7 +929,10 @@ mod tests {
 
     #[test]
     fn problems() {
-        let p = |t: &str| split(t, &scs(true)).unwrap()[0].problem.clone();
+        let p = |t: &str| {
+            let piece = &split(t, &scs(true)).unwrap()[0];
+            piece.problem.clone().or(piece.rewrite_problem.clone())
+        };
         assert!(p("SELECT a$b FROM t").is_some());
         assert!(p("SELECT $1 FROM t").is_none());
         assert!(p("SELECT\u{a0}1").is_some());

@@ -15,9 +15,12 @@
 //!   are reported as [`Source::AllColumns`].
 //!
 //! How: a PostgreSQL-faithful lexical pass (quotes, `E''` and backslashes under
-//! `standard_conforming_strings = off`, dollar quoting, nested comments, string continuation)
-//! splits the text and rewrites every literal into the one spelling all readers agree on; then
-//! `sqlparser` (PostgreSQL dialect) parses each statement, and must find exactly one.
+//! `standard_conforming_strings = off`, dollar quoting, nested comments, string continuation,
+//! client encodings) splits the text; PostgreSQL's own parser (libpg_query, via `pg_query`)
+//! then reads each statement under the session's settings for classification, and must agree
+//! with the split exactly (one statement, same start, same end). Lineage still reads each
+//! statement with `sqlparser` (PostgreSQL dialect), from a rewritten text in which every literal
+//! has the one spelling all readers agree on.
 //!
 //! ```
 //! use gatehouse_core::SqlSessionSettings;
@@ -53,9 +56,12 @@ use gatehouse_core::SqlSessionSettings;
 mod classify;
 mod lex;
 mod lineage;
+mod pg;
+mod tree;
 
 pub use classify::{Classification, Risk, StatementInfo, StatementKind, classify};
 pub use lineage::{Catalog, Lineage, NoCatalog, OutputColumn, Source, lineage};
+pub use tree::{OPAQUE_SETTINGS, is_safe_function};
 
 /// A text up to the values of its integer literals: see [`shape`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -82,6 +82,12 @@ pub struct OutputColumn {
     /// This entry stands for an unexpanded `*` (several output columns, count unknown without a
     /// catalog).
     pub star: bool,
+    /// The value is computed from its sources (an expression, a whole row, a table function's
+    /// output, a set operation mixing columns, or a reference that could not be tied to one
+    /// column): mask it as a whole. `false`: the value is one source column itself, unchanged
+    /// (through aliases, subqueries and CTEs), so a column-level mask of that source applies.
+    #[serde(default)]
+    pub derived: bool,
 }
 
 /// The lineage of a query's output.
@@ -122,7 +128,31 @@ pub fn lineage(
     let [piece] = pieces.as_slice() else {
         return Err(SqlError::NotOneStatement(pieces.len()));
     };
-    let statement = parse_piece(piece).map_err(SqlError::Unparseable)?;
+    let statement = match parse_piece(piece) {
+        Ok(statement) => statement,
+        Err(reason) => {
+            // `sqlparser` cannot read it. If PostgreSQL's parser can (the statement is valid),
+            // answer conservatively: one unexpanded output entry that may derive from every
+            // column of every table the statement names.
+            let info = crate::classify::classify_piece(piece, settings);
+            if !info.is_parsed() {
+                return Err(SqlError::Unparseable(reason));
+            }
+            let sources = info
+                .tables
+                .into_iter()
+                .map(|table| Source::AllColumns { table })
+                .collect();
+            return Ok(Lineage {
+                columns: vec![OutputColumn {
+                    name: "*".into(),
+                    sources,
+                    star: true,
+                    derived: true,
+                }],
+            });
+        }
+    };
     let ctx = Ctx { catalog };
     let root = Scope::root();
     let columns = ctx.statement(&statement, &root);
@@ -206,11 +236,13 @@ fn union_sources(columns: &[OutputColumn]) -> BTreeSet<Source> {
         .collect()
 }
 
+/// An output column computed from `sources` (derived: see [`OutputColumn::derived`]).
 fn column(name: impl Into<String>, sources: BTreeSet<Source>) -> OutputColumn {
     OutputColumn {
         name: name.into(),
         sources,
         star: false,
+        derived: true,
     }
 }
 
@@ -357,18 +389,22 @@ impl Ctx<'_> {
         for item in items {
             match item {
                 SelectItem::UnnamedExpr(expr) => {
-                    out.push(column(figure_name(expr), self.expr_sources(expr, scope)));
+                    let mut col = column(figure_name(expr), self.expr_sources(expr, scope));
+                    col.derived = self.expr_derived(expr, &col.sources, scope);
+                    out.push(col);
                 }
                 SelectItem::ExprWithAlias { expr, alias } => {
-                    out.push(column(
-                        normalise_ident(alias),
-                        self.expr_sources(expr, scope),
-                    ));
+                    let mut col = column(normalise_ident(alias), self.expr_sources(expr, scope));
+                    col.derived = self.expr_derived(expr, &col.sources, scope);
+                    out.push(col);
                 }
                 SelectItem::ExprWithAliases { expr, aliases } => {
                     let sources = self.expr_sources(expr, scope);
+                    let derived = self.expr_derived(expr, &sources, scope);
                     for alias in aliases {
-                        out.push(column(normalise_ident(alias), sources.clone()));
+                        let mut col = column(normalise_ident(alias), sources.clone());
+                        col.derived = derived;
+                        out.push(col);
                     }
                 }
                 SelectItem::Wildcard(_) => out.extend(self.star(&scope.items)),
@@ -381,12 +417,75 @@ impl Ctx<'_> {
                             name: "*".into(),
                             sources: self.expr_sources(expr, scope),
                             star: true,
+                            derived: true,
                         });
                     }
                 },
             }
         }
         out
+    }
+
+    /// Whether an output expression computes its value (see [`OutputColumn::derived`]): only a
+    /// plain reference to one column, resolved to a base table's column or to a column that is
+    /// itself not derived, is not.
+    fn expr_derived(&self, expr: &Expr, sources: &BTreeSet<Source>, scope: &Scope<'_>) -> bool {
+        if sources.is_empty() || !sources.iter().all(|s| matches!(s, Source::Column { .. })) {
+            // Constants, whole rows, unresolved names: nothing to keep column-level.
+            return true;
+        }
+        match expr {
+            Expr::Nested(inner) => self.expr_derived(inner, sources, scope),
+            Expr::Identifier(ident) => self.ref_derived(None, &normalise_ident(ident), scope),
+            Expr::CompoundIdentifier(parts) => {
+                let names: Vec<String> = parts.iter().map(normalise_ident).collect();
+                match names.split_last() {
+                    Some((column, [])) => self.ref_derived(None, column, scope),
+                    Some((column, qualifier)) => {
+                        self.ref_derived(Some(&qualifier.join(".")), column, scope)
+                    }
+                    None => true,
+                }
+            }
+            _ => true,
+        }
+    }
+
+    /// Whether the column `name` (of the item `qualifier`, if given) is derived where it is
+    /// found; `true` when it is not found.
+    fn ref_derived(&self, qualifier: Option<&str>, name: &str, scope: &Scope<'_>) -> bool {
+        let mut level = Some(scope);
+        while let Some(s) = level {
+            let mut found = false;
+            let mut derived = false;
+            for item in &s.items {
+                if let Some(q) = qualifier {
+                    let table_named =
+                        matches!(&item.relation, Relation::Table { name: n, .. } if n == q);
+                    if item.alias != q && !table_named {
+                        continue;
+                    }
+                }
+                match &item.relation {
+                    Relation::Table { .. } => found = true,
+                    Relation::Derived { columns } => {
+                        for c in columns.iter().filter(|c| c.name == name || c.star) {
+                            found = true;
+                            derived |= c.derived;
+                        }
+                    }
+                    Relation::Opaque { .. } => {
+                        found = true;
+                        derived = true;
+                    }
+                }
+            }
+            if found {
+                return derived;
+            }
+            level = s.parent;
+        }
+        true
     }
 
     fn qualified_star(&self, name: &ObjectName, scope: &Scope<'_>) -> Vec<OutputColumn> {
@@ -397,6 +496,7 @@ impl Ctx<'_> {
                 name: "*".into(),
                 sources: [Source::AllColumns { table: full }].into(),
                 star: true,
+                derived: true,
             }],
         }
     }
@@ -410,16 +510,19 @@ impl Ctx<'_> {
                     Some(cols) => {
                         for (i, col) in cols.iter().enumerate() {
                             let out_name = renamed.get(i).unwrap_or(col).clone();
-                            out.push(column(
+                            let mut c = column(
                                 out_name,
                                 [Source::Column {
                                     table: name.clone(),
                                     column: col.clone(),
                                 }]
                                 .into(),
-                            ));
+                            );
+                            c.derived = false;
+                            out.push(c);
                         }
                     }
+                    // Each column of the table, itself.
                     None => out.push(OutputColumn {
                         name: "*".into(),
                         sources: [Source::AllColumns {
@@ -427,6 +530,7 @@ impl Ctx<'_> {
                         }]
                         .into(),
                         star: true,
+                        derived: false,
                     }),
                 },
                 Relation::Derived { columns } => out.extend(columns.iter().cloned()),
@@ -434,6 +538,7 @@ impl Ctx<'_> {
                     name: "*".into(),
                     sources: sources.clone(),
                     star: true,
+                    derived: true,
                 }),
             }
         }
@@ -826,11 +931,13 @@ fn combine_positional(mut left: Vec<OutputColumn>, right: Vec<OutputColumn>) -> 
     if positional {
         for (l, r) in left.iter_mut().zip(right) {
             l.sources.extend(r.sources);
+            l.derived |= r.derived;
         }
     } else {
         let all = union_sources(&right);
         for l in &mut left {
             l.sources.extend(all.iter().cloned());
+            l.derived = true;
         }
         if left.is_empty() {
             return right;

@@ -215,3 +215,62 @@ fn errors() {
     assert_eq!(l.columns.len(), 2);
     assert!(carries_email(&l, 1));
 }
+
+/// A statement PostgreSQL reads but the lineage parser does not: every output may derive from
+/// every column of every table it names (the proxy then masks as for an unexpanded `*`).
+#[test]
+fn statements_only_postgresql_reads_get_conservative_lineage() {
+    let l = trace("TABLE users");
+    assert!(!l.is_positional());
+    assert!(carries_email(&l, 0), "{:?}", l.columns);
+    let l = trace("SELECT lower(email) FROM users FOR UPDATE OF users SKIP LOCKED");
+    assert!(carries_email(&l, 0), "{:?}", l.columns);
+}
+
+/// An output that is a column itself is not derived; one computed from it is, through any
+/// number of aliases, subqueries, CTEs and set operations.
+#[test]
+fn derived_outputs_are_marked() {
+    let plain = [
+        "SELECT email FROM users",
+        "SELECT u.email AS e FROM users u",
+        "SELECT (email) FROM users",
+        "SELECT public.users.email FROM public.users",
+        "SELECT x FROM (SELECT email AS x FROM users) s",
+        "SELECT s.x FROM (SELECT u.email AS x FROM users u) AS s",
+        "WITH c AS (SELECT email FROM users) SELECT email FROM c",
+        "WITH c(a) AS (SELECT email FROM users) SELECT c.a FROM c",
+        "SELECT email FROM users UNION SELECT name FROM users",
+        "SELECT * FROM users",
+        "DELETE FROM users WHERE id = 1 RETURNING email",
+    ];
+    for sql in plain {
+        let l = trace(sql);
+        assert!(carries_email(&l, 0), "{sql}: {:?}", l.columns);
+        assert!(!l.columns[0].derived, "{sql}: {:?}", l.columns);
+    }
+    let derived = [
+        "SELECT lower(email) FROM users",
+        "SELECT email || '' FROM users",
+        "SELECT email::text FROM users",
+        "SELECT substr(email, 1, 3) AS e FROM users",
+        "SELECT x FROM (SELECT lower(email) AS x FROM users) s",
+        "WITH c AS (SELECT md5(email) AS email FROM users) SELECT email FROM c",
+        "SELECT * FROM (SELECT lower(email) AS e FROM users) s",
+        "SELECT email FROM users UNION SELECT lower(name) FROM users",
+        "SELECT u FROM users u",
+        "SELECT row_to_json(u) FROM users u",
+        "SELECT e FROM unnest(ARRAY(SELECT email FROM users)) AS t(e)",
+        "SELECT CASE WHEN id > 0 THEN email END FROM users",
+        "TABLE users",
+    ];
+    for sql in derived {
+        let l = trace(sql);
+        assert!(carries_email(&l, 0), "{sql}: {:?}", l.columns);
+        assert!(l.columns[0].derived, "{sql}: {:?}", l.columns);
+    }
+    let l = trace_with_catalog("SELECT * FROM users u JOIN orders o ON o.user_id = u.id");
+    assert!(l.columns.iter().all(|c| !c.derived));
+    let l = trace("SELECT 1");
+    assert!(l.columns[0].derived, "a constant is computed");
+}

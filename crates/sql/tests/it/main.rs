@@ -5,4 +5,5 @@
 
 mod classify;
 mod lineage;
+mod pgparse;
 mod props;

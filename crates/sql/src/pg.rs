@@ -1,0 +1,78 @@
+//! PostgreSQL's own parser (libpg_query, through the `pg_query` crate), cross-checked against the
+//! splitter in [`crate::lex`].
+//!
+//! Each statement the splitter found is parsed on its own, with the session's lexer settings.
+//! The two readers must agree exactly: PostgreSQL's parser must find exactly one statement, with
+//! no `;` after it (the splitter ended the statement where the parser did) and starting at the
+//! splitter's first token. Anything else is an error, and the statement is unparseable — never a
+//! guess. Because the scanners read the same bytes left to right, the first place where they
+//! disagree always shows up as one of these errors in the statement that contains it.
+
+use std::sync::Mutex;
+
+use gatehouse_core::SqlSessionSettings;
+use serde_json::Value;
+
+/// libpg_query redirects the process's standard error (a `dup2` of fd 2) while it parses, to
+/// capture warnings. Two parses at once on different threads would restore each other's pipe and
+/// leave fd 2 pointing at a closed pipe, so parses run one at a time.
+static PARSER: Mutex<()> = Mutex::new(());
+
+/// The parse tree of the one statement in `text` (a statement as the splitter cut it, with its
+/// integer literals possibly rewritten), as JSON (`{"SelectStmt": {…}}`); `code_start`: where
+/// the splitter saw its first token, relative to `text`.
+pub(crate) fn parse_one(
+    text: &str,
+    settings: &SqlSessionSettings,
+    code_start: usize,
+) -> Result<Value, String> {
+    // The server's default `backslash_quote` (safe_encoding) is `on` for every client encoding
+    // the splitter accepts (see `lex::encoding_is_ascii_safe`). Escape-string warnings are off:
+    // libpg_query writes them to a pipe it reads only after the parse, and many of them could
+    // fill it.
+    let mut options = pg_query::ParserOptions::DISABLE_ESCAPE_STRING_WARNING;
+    if !settings.standard_conforming_strings {
+        options |= pg_query::ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS;
+    }
+    let _one_at_a_time = PARSER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // On a stack of its own: decoding and walking the tree recurse once per nesting level
+    // (at most about 100: the decoder refuses deeper trees), and libpg_query's own stack check
+    // allows it up to 2 MB more; a proxy's worker thread may have only 2 MB in all.
+    std::panic::catch_unwind(|| {
+        stacker::grow(PARSER_STACK, || parse_and_read(text, options, code_start))
+    })
+    .unwrap_or_else(|_| Err("PostgreSQL's parser failed on this statement".into()))
+}
+
+/// Stack for one parse (see [`parse_one`]).
+const PARSER_STACK: usize = 16 << 20;
+
+fn parse_and_read(
+    text: &str,
+    options: pg_query::ParserOptions,
+    code_start: usize,
+) -> Result<Value, String> {
+    let parsed = pg_query::parse(text, options)
+        .map_err(|e| format!("not understood by PostgreSQL's parser: {e}"))?;
+    let stmts = &parsed.protobuf.stmts;
+    let [one] = stmts.as_slice() else {
+        return Err(format!(
+            "PostgreSQL's parser reads {} statements where the splitter sees one",
+            stmts.len()
+        ));
+    };
+    if one.stmt_len != 0 {
+        return Err("PostgreSQL's parser ends the statement before the splitter does".into());
+    }
+    if usize::try_from(one.stmt_location).ok() != Some(code_start) {
+        return Err("PostgreSQL's parser starts the statement where the splitter does not".into());
+    }
+    let node = one
+        .stmt
+        .as_ref()
+        .and_then(|n| n.node.as_ref())
+        .ok_or_else(|| "PostgreSQL's parser returned an empty statement".to_string())?;
+    serde_json::to_value(node).map_err(|e| format!("parse tree not readable: {e}"))
+}

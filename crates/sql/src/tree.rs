@@ -1,0 +1,543 @@
+//! Classification from PostgreSQL's own parse tree (see [`crate::pg`]).
+//!
+//! The tree comes as JSON (the `pg_query` protobuf messages serialised field by field), so the
+//! walk reaches every node whatever statement holds it: relations are found by shape (every
+//! object with a `relname` is a `RangeVar`), function calls likewise (`funcname` +
+//! `funcformat`), and statements nested anywhere (writable CTEs, `PREPARE … AS`, `EXPLAIN`,
+//! `COPY (…)`, `CREATE TABLE … AS`, rule actions) add their kinds.
+
+use std::collections::BTreeSet;
+
+use pg_query::protobuf::{AlterTableType, CmdType, DiscardMode, ObjectType, VariableSetKind};
+use serde_json::{Map, Value};
+
+use crate::classify::{Risk, StatementInfo, StatementKind as K};
+
+/// Built-in functions reviewed as side-effect-free (see the file for what is left out, and why).
+const SAFE_FUNCTIONS: &str = include_str!("data/safe_functions.txt");
+
+static SAFE: std::sync::LazyLock<BTreeSet<&'static str>> = std::sync::LazyLock::new(|| {
+    SAFE_FUNCTIONS
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect()
+});
+
+/// Whether `name` (a normalised, possibly qualified name) is a reviewed side-effect-free built-in.
+pub fn is_safe_function(name: &str) -> bool {
+    let base = match name.split_once('.') {
+        None => name,
+        Some(("pg_catalog", rest)) if !rest.contains('.') => rest,
+        Some(_) => return false,
+    };
+    SAFE.contains(base)
+}
+
+/// Settings whose change alters what later statements run or how their text is read. Changing
+/// one makes the statement opaque (the gateway cannot know what follows runs as it reads it).
+pub const OPAQUE_SETTINGS: &[&str] = &[
+    "search_path",
+    "role",
+    "session_authorization",
+    "session_replication_role",
+    "standard_conforming_strings",
+    "client_encoding",
+    "backslash_quote",
+    "local_preload_libraries",
+    "session_preload_libraries",
+    "all",
+    "*",
+];
+
+fn i(v: &Value, key: &str) -> i64 {
+    v.get(key).and_then(Value::as_i64).unwrap_or(0)
+}
+
+fn b(v: &Value, key: &str) -> bool {
+    v.get(key).and_then(Value::as_bool).unwrap_or(false)
+}
+
+fn s<'v>(v: &'v Value, key: &str) -> &'v str {
+    v.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+fn present(v: &Value, key: &str) -> bool {
+    v.get(key).is_some_and(|x| !x.is_null())
+}
+
+/// The single `{"Tag": body}` of a `Node`, however it is wrapped (`{"node": {...}}` or bare).
+fn tagged(v: &Value) -> Option<(&str, &Value)> {
+    let v = match v.get("node") {
+        Some(inner) => inner,
+        None => v,
+    };
+    let obj = v.as_object()?;
+    let mut it = obj.iter();
+    let (tag, body) = it.next()?;
+    if it.next().is_some() || !tag.starts_with(|c: char| c.is_ascii_uppercase()) {
+        return None;
+    }
+    Some((tag.as_str(), body))
+}
+
+/// `[{"String": {"sval": "a"}}, …]` → `a.b`; `None` if any part is not a string.
+fn name_list(v: &Value) -> Option<String> {
+    let items = match v.as_array() {
+        Some(a) => a,
+        None => tagged(v)
+            .filter(|(t, _)| *t == "List")
+            .and_then(|(_, body)| body.get("items"))?
+            .as_array()?,
+    };
+    let mut parts = Vec::with_capacity(items.len());
+    for item in items {
+        match tagged(item) {
+            Some(("String", body)) => parts.push(s(body, "sval").to_string()),
+            _ => return None,
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join("."))
+}
+
+fn range_var_name(body: &Map<String, Value>) -> String {
+    let part = |k: &str| body.get(k).and_then(Value::as_str).unwrap_or("");
+    [part("catalogname"), part("schemaname"), part("relname")]
+        .into_iter()
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+fn is(v: i64, e: impl Into<i32>) -> bool {
+    v == i64::from(e.into())
+}
+
+/// The kind of a statement node by its tag.
+pub fn kind_of(tag: &str, body: &Value) -> K {
+    match tag {
+        "SelectStmt" => K::Select,
+        "InsertStmt" => K::Insert,
+        "UpdateStmt" => K::Update,
+        "DeleteStmt" => K::Delete,
+        "MergeStmt" => K::Merge,
+        "TruncateStmt" => K::Truncate,
+        "CopyStmt" => K::Copy,
+        "GrantStmt" | "GrantRoleStmt" => {
+            if b(body, "is_grant") {
+                K::Grant
+            } else {
+                K::Revoke
+            }
+        }
+        "AlterDefaultPrivilegesStmt" => match body.get("action") {
+            Some(action) if !b(action, "is_grant") => K::Revoke,
+            _ => K::Grant,
+        },
+        "VariableSetStmt" | "DiscardStmt" | "ConstraintsSetStmt" => K::Set,
+        "VariableShowStmt" => K::Show,
+        "DoStmt" => K::DoBlock,
+        "CallStmt" => K::Call,
+        "PrepareStmt" => K::Prepare,
+        "ExecuteStmt" => K::Execute,
+        "DeallocateStmt" => K::Deallocate,
+        "TransactionStmt" => K::Transaction,
+        "ExplainStmt" => K::Explain,
+        "LockStmt" => K::Lock,
+        "VacuumStmt" | "ReindexStmt" | "ClusterStmt" | "CheckPointStmt" | "RefreshMatViewStmt" => {
+            K::Maintenance
+        }
+        "ListenStmt" | "UnlistenStmt" | "NotifyStmt" => K::Notify,
+        "DeclareCursorStmt" | "FetchStmt" | "ClosePortalStmt" => K::Cursor,
+        "AlterSystemStmt" => K::AlterSystem,
+        "CreateTableAsStmt" => K::Ddl,
+        "DropStmt"
+        | "DropRoleStmt"
+        | "DropdbStmt"
+        | "DropTableSpaceStmt"
+        | "DropUserMappingStmt"
+        | "DropSubscriptionStmt"
+        | "DropOwnedStmt" => K::Drop,
+        "LoadStmt" => K::Other,
+        t if t.starts_with("Create")
+            || t.starts_with("Alter")
+            || t.starts_with("Define")
+            || t.starts_with("Comment")
+            || t.starts_with("Rename")
+            || t.starts_with("Composite")
+            || t.starts_with("Import")
+            || t.starts_with("Reassign")
+            || t.starts_with("SecLabel")
+            || t == "IndexStmt"
+            || t == "ViewStmt"
+            || t == "RuleStmt" =>
+        {
+            K::Ddl
+        }
+        _ => K::Other,
+    }
+}
+
+/// What a statement node is opaque for, if its own form makes it so.
+fn opaque_form(tag: &str, body: &Value) -> Option<String> {
+    let why = match tag {
+        "DoStmt" => "a DO block runs code that is not in the statement's text".to_string(),
+        "CallStmt" => "CALL runs a procedure whose body is not in the statement's text".into(),
+        "LoadStmt" => "LOAD loads a shared library into the server".into(),
+        "ExecuteStmt" => format!(
+            "EXECUTE runs prepared statement {:?}, whose text is not in this statement",
+            s(body, "name")
+        ),
+        "CreateFunctionStmt" => {
+            let what = if b(body, "is_procedure") {
+                "procedure"
+            } else {
+                "function"
+            };
+            format!("creates or replaces a {what}: code that later statements run")
+        }
+        "AlterFunctionStmt" => "changes how a function or procedure runs".into(),
+        "CreateTrigStmt" => "creates a trigger: code that runs on later writes".into(),
+        "RuleStmt" => "creates a rule: it rewrites later statements".into(),
+        "CreateEventTrigStmt" | "AlterEventTrigStmt" => {
+            "creates or changes an event trigger: code that runs on later DDL".into()
+        }
+        "CreatePolicyStmt" | "AlterPolicyStmt" => {
+            "creates or changes a row security policy: expressions that run on later statements"
+                .into()
+        }
+        "CreateExtensionStmt" | "AlterExtensionStmt" => {
+            "creates or updates an extension: runs its installation scripts".into()
+        }
+        "CreateCastStmt" | "CreateConversionStmt" | "CreateTransformStmt" => {
+            "defines a cast, conversion or transform: code that later statements run implicitly"
+                .into()
+        }
+        "DefineStmt"
+            if [
+                ObjectType::ObjectOperator,
+                ObjectType::ObjectAggregate,
+                ObjectType::ObjectType,
+                ObjectType::ObjectTsparser,
+                ObjectType::ObjectTstemplate,
+            ]
+            .into_iter()
+            .any(|k| is(i(body, "kind"), k)) =>
+        {
+            "defines an operator, aggregate, base type or text search parser or template: code \
+             that later statements run implicitly"
+                .into()
+        }
+        "CreatePlangStmt" | "CreateAmStmt" | "CreateFdwStmt" | "AlterFdwStmt" => {
+            "defines a language, access method or foreign-data wrapper: handler code that later \
+             statements run"
+                .into()
+        }
+        "AlterOwnerStmt"
+            if [
+                ObjectType::ObjectFunction,
+                ObjectType::ObjectProcedure,
+                ObjectType::ObjectRoutine,
+                ObjectType::ObjectAggregate,
+            ]
+            .into_iter()
+            .any(|k| is(i(body, "object_type"), k)) =>
+        {
+            "changes a function's owner: a SECURITY DEFINER function then runs with the new \
+             owner's rights"
+                .into()
+        }
+        "AlterTableCmd" => {
+            let sub = i(body, "subtype");
+            let toggles = [
+                AlterTableType::AtEnableTrig,
+                AlterTableType::AtEnableAlwaysTrig,
+                AlterTableType::AtEnableReplicaTrig,
+                AlterTableType::AtDisableTrig,
+                AlterTableType::AtEnableTrigAll,
+                AlterTableType::AtDisableTrigAll,
+                AlterTableType::AtEnableTrigUser,
+                AlterTableType::AtDisableTrigUser,
+                AlterTableType::AtEnableRule,
+                AlterTableType::AtEnableAlwaysRule,
+                AlterTableType::AtEnableReplicaRule,
+                AlterTableType::AtDisableRule,
+            ];
+            if toggles.into_iter().any(|t| is(sub, t)) {
+                "enables or disables a trigger or rule".into()
+            } else {
+                return None;
+            }
+        }
+        _ => return None,
+    };
+    Some(why)
+}
+
+/// Fills `info` from the statement node `stmt` (`{"SelectStmt": {…}}`).
+pub fn classify_tree(stmt: &Value, info: &mut StatementInfo) {
+    let mut w = Walker { info };
+    w.node(stmt, None);
+}
+
+struct Walker<'a> {
+    info: &'a mut StatementInfo,
+}
+
+impl Walker<'_> {
+    fn opaque(&mut self, why: String) {
+        self.info.risks.insert(Risk::OpaqueCode);
+        self.info.opaque_reasons.insert(why);
+    }
+
+    fn setting(&mut self, name: &str) {
+        let name = if name.is_empty() { "*" } else { name };
+        self.info.settings_changed.insert(name.to_ascii_lowercase());
+    }
+
+    /// Walks any JSON value; `parent` is the tag of the nearest enclosing tagged node.
+    fn node(&mut self, v: &Value, parent: Option<&str>) {
+        match v {
+            Value::Array(items) => {
+                for item in items {
+                    self.node(item, parent);
+                }
+            }
+            Value::Object(map) => {
+                if map.len() == 1
+                    && let Some(inner) = map.get("node")
+                {
+                    // A `Node` wrapper.
+                    self.node(inner, parent);
+                } else if let Some((tag, body)) = tagged(v).filter(|_| map.len() == 1) {
+                    self.tagged_node(tag, body, parent);
+                    self.fields(body, Some(tag));
+                } else {
+                    self.untagged(map);
+                    for child in map.values() {
+                        self.node(child, parent);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn fields(&mut self, body: &Value, tag: Option<&str>) {
+        match body.as_object() {
+            Some(map) => {
+                self.untagged(map);
+                for child in map.values() {
+                    self.node(child, tag);
+                }
+            }
+            None => self.node(body, tag),
+        }
+    }
+
+    /// Messages held directly in a field (not as a tagged `Node`) are recognised by shape.
+    fn untagged(&mut self, map: &Map<String, Value>) {
+        if map.contains_key("relname") && map.contains_key("inh") {
+            self.info.tables.insert(range_var_name(map));
+        }
+        if let Some(funcname) = map.get("funcname")
+            && let Some(name) = name_list(funcname)
+        {
+            if map.contains_key("funcformat") {
+                self.call(&name, map.get("args"));
+            }
+            self.info.functions.insert(name);
+        }
+    }
+
+    fn call(&mut self, name: &str, args: Option<&Value>) {
+        let base = name.rsplit('.').next().unwrap_or(name);
+        if base == "set_config" {
+            // set_config('name', value, is_local): the first argument names the setting.
+            let first = args.and_then(Value::as_array).and_then(|a| a.first());
+            let literal = first
+                .and_then(tagged)
+                .filter(|(t, _)| *t == "AConst")
+                .and_then(|(_, c)| c.get("val"))
+                .and_then(|val| val.get("Sval"))
+                .and_then(|sv| sv.get("sval"))
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            self.setting(&literal.unwrap_or_default());
+        }
+        if !is_safe_function(name) {
+            self.opaque(format!(
+                "calls {name}, which is not a known side-effect-free built-in"
+            ));
+        }
+    }
+
+    fn nested_kind(&mut self, kind: K) {
+        self.info.kinds.insert(kind);
+    }
+
+    fn tagged_node(&mut self, tag: &str, body: &Value, parent: Option<&str>) {
+        if let Some(why) = opaque_form(tag, body) {
+            self.opaque(why);
+        }
+        match tag {
+            "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt" => {
+                self.nested_kind(kind_of(tag, body));
+                if matches!(tag, "UpdateStmt" | "DeleteStmt") && !present(body, "where_clause") {
+                    self.info.risks.insert(Risk::WriteWithoutWhere);
+                }
+                if parent == Some("CommonTableExpr") {
+                    self.info.risks.insert(Risk::WritableCte);
+                }
+            }
+            "MergeWhenClause" => {
+                let cmd = i(body, "command_type");
+                for (c, k) in [
+                    (CmdType::CmdInsert, K::Insert),
+                    (CmdType::CmdUpdate, K::Update),
+                    (CmdType::CmdDelete, K::Delete),
+                ] {
+                    if is(cmd, c) {
+                        self.nested_kind(k);
+                    }
+                }
+            }
+            "SelectStmt" => {
+                if present(body, "into_clause") {
+                    self.info.risks.insert(Risk::SelectInto);
+                    self.nested_kind(K::Ddl);
+                    self.nested_kind(K::Insert);
+                }
+                // A query that is a statement of its own inside another: it runs.
+                if matches!(
+                    parent,
+                    Some(
+                        "PrepareStmt"
+                            | "ExplainStmt"
+                            | "CreateTableAsStmt"
+                            | "CopyStmt"
+                            | "RuleStmt"
+                    )
+                ) {
+                    self.nested_kind(K::Select);
+                }
+            }
+            "ExecuteStmt" | "CallStmt" | "DoStmt" | "PrepareStmt" | "ExplainStmt"
+            | "TruncateStmt" | "CopyStmt" | "NotifyStmt" | "LockStmt" | "DeclareCursorStmt" => {
+                self.nested_kind(kind_of(tag, body));
+            }
+            "CreateTableAsStmt" => {
+                self.info.risks.insert(Risk::CreateTableAs);
+                self.nested_kind(K::Ddl);
+            }
+            _ => {}
+        }
+        match tag {
+            // An EXECUTE may be nested (`EXPLAIN ANALYZE EXECUTE p`, `CREATE TABLE t AS
+            // EXECUTE p`); its name is what the proxy must resolve.
+            "ExecuteStmt" | "PrepareStmt" | "DeallocateStmt"
+                if parent.is_none() || tag == "ExecuteStmt" =>
+            {
+                let name = s(body, "name");
+                if !name.is_empty() {
+                    self.info.prepared_name = Some(name.to_string());
+                }
+            }
+            "CopyStmt" => {
+                if b(body, "is_program") {
+                    self.info.risks.insert(Risk::CopyProgram);
+                } else if !s(body, "filename").is_empty() {
+                    self.info.risks.insert(Risk::CopyFile);
+                }
+            }
+            "VariableSetStmt" if parent.is_none() => {
+                let kind = i(body, "kind");
+                let name = s(body, "name");
+                if is(kind, VariableSetKind::VarResetAll) {
+                    self.setting("all");
+                } else if is(kind, VariableSetKind::VarSetMulti) {
+                    // SET TRANSACTION …, SET SESSION CHARACTERISTICS: no setting by name.
+                } else {
+                    self.setting(name);
+                }
+            }
+            "DiscardStmt" if is(i(body, "target"), DiscardMode::DiscardAll) => {
+                self.setting("all");
+                self.setting("session_authorization");
+            }
+            "AlterRoleSetStmt" | "AlterDatabaseSetStmt" => {
+                // Defaults for later sessions, recorded so a policy can see them.
+                if let Some(set) = body.get("setstmt") {
+                    let name = s(set, "name");
+                    if matches!(name, "standard_conforming_strings" | "client_encoding") {
+                        self.setting(name);
+                    }
+                }
+            }
+            "DropStmt" => self.drop(body),
+            "CreateFunctionStmt" => self.language(body),
+            _ => {}
+        }
+    }
+
+    fn language(&mut self, body: &Value) {
+        let mut lang = "sql".to_string();
+        for opt in body
+            .get("options")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(("DefElem", d)) = tagged(opt)
+                && s(d, "defname") == "language"
+                && let Some(("String", sv)) = d.get("arg").and_then(tagged)
+            {
+                lang = s(sv, "sval").to_ascii_lowercase();
+            }
+        }
+        if !matches!(lang.as_str(), "sql" | "plpgsql") {
+            self.info.risks.insert(Risk::UntrustedLanguage);
+        }
+        self.info.languages.insert(lang);
+    }
+
+    fn drop(&mut self, body: &Value) {
+        let kind = i(body, "remove_type");
+        let relation = [
+            ObjectType::ObjectTable,
+            ObjectType::ObjectView,
+            ObjectType::ObjectMatview,
+            ObjectType::ObjectSequence,
+            ObjectType::ObjectIndex,
+            ObjectType::ObjectForeignTable,
+        ]
+        .into_iter()
+        .any(|t| is(kind, t));
+        let on_table = [
+            ObjectType::ObjectRule,
+            ObjectType::ObjectTrigger,
+            ObjectType::ObjectPolicy,
+        ]
+        .into_iter()
+        .any(|t| is(kind, t));
+        for object in body
+            .get("objects")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if relation {
+                if let Some(name) = name_list(object) {
+                    self.info.tables.insert(name);
+                }
+            } else if on_table {
+                // [schema., table, name]: the table is all but the last part.
+                if let Some(name) = name_list(object)
+                    && let Some((table, _)) = name.rsplit_once('.')
+                {
+                    self.info.tables.insert(table.to_string());
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,441 @@
+//! PostgreSQL's own grammar: every statement sqlparser refused is read with its proper kind;
+//! tables and functions are found wherever they are written; MERGE counts every action it can
+//! take; and every construct whose effect cannot be seen from the text is opaque, with a reason.
+
+use gatehouse_core::SqlSessionSettings;
+use gatehouse_sql::{Risk, StatementInfo, StatementKind as K, classify, is_safe_function};
+
+fn one(sql: &str) -> StatementInfo {
+    let c = classify(sql, &SqlSessionSettings::default());
+    assert_eq!(c.statements.len(), 1, "{sql}: {:?}", c.statements);
+    c.statements.into_iter().next().expect("one statement")
+}
+
+/// The statements the sqlparser-based classifier refused (psycopg's test suite, pgbench).
+#[test]
+fn valid_sql_that_was_refused_is_read_with_its_kind() {
+    let cases: &[(&str, K)] = &[
+        ("PREPARE TRANSACTION 'tx1'", K::Transaction),
+        ("COMMIT PREPARED 'tx1'", K::Transaction),
+        ("ROLLBACK PREPARED 'tx1'", K::Transaction),
+        ("MOVE 5 IN c", K::Cursor),
+        ("MOVE FORWARD ALL FROM c", K::Cursor),
+        (
+            "BEGIN ISOLATION LEVEL SERIALIZABLE, READ ONLY, DEFERRABLE",
+            K::Transaction,
+        ),
+        (
+            "BEGIN TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+            K::Transaction,
+        ),
+        (
+            "START TRANSACTION READ WRITE, NOT DEFERRABLE",
+            K::Transaction,
+        ),
+        ("SAVEPOINT s1", K::Transaction),
+        ("ROLLBACK TO SAVEPOINT s1", K::Transaction),
+        ("RELEASE s1", K::Transaction),
+        ("SELECT", K::Select),
+        ("VACUUM ANALYZE", K::Maintenance),
+        ("vacuum analyze pgbench_branches", K::Maintenance),
+        ("VACUUM (ANALYZE, VERBOSE) t", K::Maintenance),
+        ("ANALYZE t", K::Maintenance),
+        ("REINDEX TABLE t", K::Maintenance),
+        ("REINDEX INDEX CONCURRENTLY i", K::Maintenance),
+        ("CLUSTER t USING i", K::Maintenance),
+        ("CLUSTER", K::Maintenance),
+        ("REFRESH MATERIALIZED VIEW CONCURRENTLY mv", K::Maintenance),
+        ("CHECKPOINT", K::Maintenance),
+        ("TABLE t", K::Select),
+        ("copy pgbench_accounts from stdin with (freeze on)", K::Copy),
+        ("COPY t FROM STDIN (FORMAT csv, FREEZE ON)", K::Copy),
+        ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", K::Set),
+        (
+            "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+            K::Set,
+        ),
+        ("SET CONSTRAINTS ALL DEFERRED", K::Set),
+        ("SHOW ALL", K::Show),
+        ("NOTIFY ch, 'payload'", K::Notify),
+        ("UNLISTEN *", K::Notify),
+        ("DECLARE c BINARY CURSOR WITH HOLD FOR SELECT 1", K::Cursor),
+        ("FETCH ALL FROM c", K::Cursor),
+        ("CLOSE ALL", K::Cursor),
+        ("DEALLOCATE ALL", K::Deallocate),
+        (
+            "drop table if exists pgbench_accounts, pgbench_branches, pgbench_history, pgbench_tellers",
+            K::Drop,
+        ),
+        (
+            "create table pgbench_history(tid int,bid int,aid    int,delta int,mtime timestamp,filler char(22))",
+            K::Ddl,
+        ),
+        (
+            "create unlogged table t (a int) with (fillfactor=100)",
+            K::Ddl,
+        ),
+        (
+            "truncate table pgbench_accounts, pgbench_branches, pgbench_history, pgbench_tellers",
+            K::Truncate,
+        ),
+        ("alter table pgbench_branches add primary key (bid)", K::Ddl),
+        (
+            "insert into pgbench_branches(bid,bbalance) select bid, 0 from generate_series(1, 1) as bid",
+            K::Insert,
+        ),
+        ("EXPLAIN (ANALYZE, BUFFERS) SELECT 1", K::Explain),
+        ("LOCK TABLE t IN SHARE ROW EXCLUSIVE MODE", K::Lock),
+        ("SELECT 1::float(24), 2::numeric(10, 2)", K::Select),
+        ("SELECT * FROM t FOR UPDATE SKIP LOCKED", K::Select),
+        ("CREATE TEMP TABLE x (a int) ON COMMIT DROP", K::Ddl),
+        ("ALTER SYSTEM SET work_mem = '1GB'", K::AlterSystem),
+        ("COMMENT ON TABLE t IS 'x'", K::Ddl),
+        ("GRANT SELECT ON t TO bob", K::Grant),
+        ("REVOKE bob FROM alice", K::Revoke),
+        ("DROP ROLE bob", K::Drop),
+        ("(SELECT 1) UNION (SELECT 2)", K::Select),
+        ("/* lead */ -- more\n  (VALUES (1))", K::Select),
+        (
+            "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT n FROM r",
+            K::Select,
+        ),
+        ("SELECT $1::int, $2 FROM t WHERE a = ANY($3)", K::Select),
+        (
+            "SELECT B'0101', X'1F', U&'d\\0061t' UESCAPE '\\', U&\"c\" FROM t",
+            K::Select,
+        ),
+        ("SELECT a$b FROM t", K::Select),
+    ];
+    let mut failures = Vec::new();
+    for (sql, kind) in cases {
+        let c = classify(sql, &SqlSessionSettings::default());
+        let got: Vec<_> = c.statements.iter().map(|s| s.kind).collect();
+        if got != [*kind] {
+            failures.push(format!(
+                "{sql}: {got:?} {:?}",
+                c.statements[0].unparseable_reason
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn tables_and_functions_are_found_wherever_written() {
+    let cases: &[(&str, &[&str], &[&str])] = &[
+        (
+            "WITH a AS (SELECT x FROM Public.Src WHERE lower(y) = 'z') SELECT * FROM a",
+            &["a", "public.src"],
+            &["lower"],
+        ),
+        (
+            "SELECT (SELECT max(v) FROM \"Inner\") FROM outer_t WHERE id IN (SELECT id FROM s.deep)",
+            &["Inner", "outer_t", "s.deep"],
+            &["max"],
+        ),
+        (
+            "MERGE INTO target t USING source s ON t.id = s.id WHEN MATCHED THEN UPDATE SET v = upper(s.v)",
+            &["source", "target"],
+            &["upper"],
+        ),
+        (
+            "WITH d AS (DELETE FROM gone RETURNING *) INSERT INTO archive SELECT * FROM d",
+            &["archive", "d", "gone"],
+            &[],
+        ),
+        (
+            "EXPLAIN ANALYZE UPDATE acc SET b = abs(b) WHERE id = 1",
+            &["acc"],
+            &["abs"],
+        ),
+        (
+            "PREPARE p (int) AS DELETE FROM users WHERE id = $1",
+            &["users"],
+            &[],
+        ),
+        (
+            "CREATE TABLE copy1 AS SELECT md5(email) FROM users",
+            &["copy1", "users"],
+            &["md5"],
+        ),
+        ("COPY (SELECT email FROM users) TO STDOUT", &["users"], &[]),
+        (
+            "SELECT * FROM a JOIN b USING (id) LEFT JOIN LATERAL generate_series(1, a.n) g ON true",
+            &["a", "b"],
+            &["generate_series"],
+        ),
+        ("TRUNCATE one, two.three", &["one", "two.three"], &[]),
+        ("DROP TABLE x, s.y", &["s.y", "x"], &[]),
+        ("DROP TRIGGER tr ON s.t", &["s.t"], &[]),
+    ];
+    for (sql, tables, functions) in cases {
+        let s = one(sql);
+        assert!(s.is_parsed(), "{sql}: {:?}", s.unparseable_reason);
+        let t: Vec<&str> = s.tables.iter().map(String::as_str).collect();
+        assert_eq!(t, *tables, "{sql}");
+        let f: Vec<&str> = s.functions.iter().map(String::as_str).collect();
+        assert_eq!(f, *functions, "{sql}");
+    }
+    // Nested statements add their kinds.
+    assert!(
+        one("WITH d AS (DELETE FROM gone RETURNING *) INSERT INTO archive SELECT * FROM d")
+            .kinds
+            .contains(&K::Delete)
+    );
+    assert!(
+        one("EXPLAIN ANALYZE UPDATE acc SET b = 1 WHERE id = 1")
+            .kinds
+            .contains(&K::Update)
+    );
+    assert!(
+        one("PREPARE p (int) AS DELETE FROM users WHERE id = $1")
+            .kinds
+            .contains(&K::Delete)
+    );
+    assert!(
+        one("COPY (DELETE FROM users RETURNING *) TO STDOUT")
+            .kinds
+            .contains(&K::Delete)
+    );
+    let ctas = one("CREATE TABLE copy1 AS SELECT 1");
+    assert!(ctas.kinds.contains(&K::Select) && ctas.has(Risk::CreateTableAs));
+    // A subquery is not a statement of its own: an allow rule for deletes keeps matching.
+    let d = one("DELETE FROM t WHERE id IN (SELECT id FROM s)");
+    assert_eq!(d.kinds.iter().copied().collect::<Vec<_>>(), [K::Delete]);
+}
+
+/// MERGE is classified by every action it can take, so a rule on `delete` sees the delete.
+#[test]
+fn merge_reports_every_action() {
+    let m = one("MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE");
+    assert_eq!(m.kind, K::Merge);
+    assert!(m.kinds.contains(&K::Delete), "{:?}", m.kinds);
+    assert!(!m.kinds.contains(&K::Update) && !m.kinds.contains(&K::Insert));
+    let m = one("MERGE INTO t USING s ON t.id = s.id \
+         WHEN MATCHED AND s.gone THEN DELETE \
+         WHEN MATCHED THEN UPDATE SET v = s.v \
+         WHEN NOT MATCHED THEN INSERT (id, v) VALUES (s.id, s.v)");
+    for k in [K::Merge, K::Delete, K::Update, K::Insert] {
+        assert!(m.kinds.contains(&k), "{k}: {:?}", m.kinds);
+    }
+    let m = one("MERGE INTO t USING s ON t.id = s.id WHEN NOT MATCHED BY SOURCE THEN DELETE");
+    assert!(m.kinds.contains(&K::Delete));
+    let m = one("MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DO NOTHING");
+    assert_eq!(m.kinds.iter().copied().collect::<Vec<_>>(), [K::Merge]);
+    // Nested in a CTE (PostgreSQL 17+) and behind PREPARE/EXPLAIN, too.
+    for sql in [
+        "WITH m AS (MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE RETURNING *) SELECT * FROM m",
+        "PREPARE p AS MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE",
+        "EXPLAIN ANALYZE MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE",
+    ] {
+        let m = one(sql);
+        assert!(m.kinds.contains(&K::Delete), "{sql}: {:?}", m.kinds);
+    }
+}
+
+#[test]
+fn opaque_constructs_are_marked_with_a_reason() {
+    let opaque = [
+        "DO $$ BEGIN EXECUTE 'TRUNC' || 'ATE customers'; END $$",
+        "CALL p()",
+        "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $$ DELETE FROM t RETURNING 1 $$",
+        "CREATE OR REPLACE PROCEDURE p() LANGUAGE plpgsql AS $$ BEGIN END $$",
+        "CREATE TRIGGER tr AFTER UPDATE ON t FOR EACH ROW EXECUTE FUNCTION f()",
+        "CREATE RULE r AS ON UPDATE TO t DO INSTEAD DELETE FROM t",
+        "CREATE EVENT TRIGGER et ON ddl_command_start EXECUTE FUNCTION f()",
+        "CREATE POLICY pol ON t USING (f(owner))",
+        "ALTER FUNCTION f() SECURITY DEFINER",
+        "ALTER POLICY pol ON t USING (true)",
+        "ALTER TABLE t DISABLE TRIGGER ALL",
+        "ALTER TABLE t ENABLE RULE r",
+        "CREATE EXTENSION dblink",
+        "ALTER FUNCTION f() OWNER TO postgres",
+        "ALTER PROCEDURE p() OWNER TO postgres",
+        "CREATE OPERATOR === (LEFTARG = int, RIGHTARG = int, FUNCTION = f)",
+        "CREATE AGGREGATE agg(int) (SFUNC = f, STYPE = int)",
+        "CREATE LANGUAGE plsample HANDLER plsample_call_handler",
+        "CREATE ACCESS METHOD am TYPE TABLE HANDLER h",
+        "CREATE FOREIGN DATA WRAPPER w HANDLER h",
+        "LOAD 'plugin'",
+        "EXECUTE p(1)",
+        "CREATE TABLE x AS EXECUTE p",
+        "SELECT f()",
+        "SELECT public.lower('x')",
+        "SELECT * FROM f()",
+        "INSERT INTO t VALUES (f())",
+        "WITH x AS (SELECT f()) SELECT 1",
+        "EXPLAIN ANALYZE SELECT f()",
+        "PREPARE q AS SELECT f()",
+        "CREATE INDEX ON t (f(a))",
+        "SELECT query_to_xml('select * from secrets', true, false, '')",
+        "SELECT cursor_to_xml('c', 1, true, false, '')",
+        "SELECT table_to_xml('secrets', true, false, '')",
+        "SELECT dblink_exec('x', 'delete from t')",
+        "SELECT set_config('standard_conforming_strings', 'off', false)",
+        "SELECT pg_advisory_lock(1)",
+        "SELECT lo_import('/etc/passwd')",
+        "SELECT pg_read_file('/etc/passwd')",
+        "SELECT nextval('s')",
+        "SELECT setval('s', 1)",
+        "SET search_path = evil, public",
+        "SET LOCAL search_path TO evil",
+        "RESET search_path",
+        "SET ROLE admin",
+        "RESET ROLE",
+        "SET SESSION AUTHORIZATION admin",
+        "SET session_replication_role = replica",
+        "SET standard_conforming_strings = off",
+        "SET client_encoding = 'SJIS'",
+        "SET NAMES 'SJIS'",
+        "SET backslash_quote = on",
+        "RESET ALL",
+        "DISCARD ALL",
+    ];
+    let mut failures = Vec::new();
+    for sql in opaque {
+        let c = classify(sql, &SqlSessionSettings::default());
+        let s = &c.statements[0];
+        if c.statements.len() != 1
+            || !s.is_parsed()
+            || !s.has(Risk::OpaqueCode)
+            || s.opaque_reasons.is_empty()
+        {
+            failures.push(format!("{sql}: {:?}", s));
+        }
+    }
+    assert!(failures.is_empty(), "not opaque:\n{}", failures.join("\n"));
+
+    let clear = [
+        "SELECT lower(email), count(*), now(), pg_catalog.upper('x') FROM users",
+        "SELECT EXTRACT(year FROM now()), substring('abc' FROM 1 FOR 2), trim(both ' ' FROM 'x')",
+        "SELECT coalesce(a, 1), greatest(a, b), nullif(a, b), a IS NULL FROM t",
+        "SELECT row_to_json(u), json_agg(u.email) FROM users u GROUP BY u",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 1",
+        "UPDATE pgbench_accounts SET abalance = abalance + 5 WHERE aid = 7",
+        "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 1, 1, 1, CURRENT_TIMESTAMP)",
+        "SET statement_timeout = 5000",
+        "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+        "SHOW search_path",
+        "BEGIN",
+        "CREATE TABLE t (a int DEFAULT 0, b text)",
+        "DELETE FROM t WHERE id = 1",
+        "ALTER TABLE t OWNER TO bob",
+        "CREATE TYPE mood AS ENUM ('sad', 'ok')",
+        "CREATE VIEW v AS SELECT lower(email) FROM users",
+    ];
+    for sql in clear {
+        let s = one(sql);
+        assert!(s.is_parsed(), "{sql}: {:?}", s.unparseable_reason);
+        assert!(!s.has(Risk::OpaqueCode), "{sql}: {:?}", s.opaque_reasons);
+    }
+
+    // The reason names the construct.
+    let s = one("SELECT query_to_xml('select 1', true, false, '')");
+    assert!(
+        s.opaque_reasons.iter().any(|r| r.contains("query_to_xml")),
+        "{:?}",
+        s.opaque_reasons
+    );
+    let s = one("EXECUTE stmt_1(5)");
+    assert_eq!(s.prepared_name.as_deref(), Some("stmt_1"));
+    assert_eq!(
+        one("PREPARE Stmt_2 AS SELECT 1").prepared_name.as_deref(),
+        Some("stmt_2")
+    );
+    assert_eq!(
+        one("DEALLOCATE \"S3\"").prepared_name.as_deref(),
+        Some("S3")
+    );
+    assert_eq!(one("DEALLOCATE ALL").prepared_name, None);
+    for sql in [
+        "EXPLAIN ANALYZE EXECUTE q1(1)",
+        "CREATE TABLE t2 AS EXECUTE q1(1)",
+    ] {
+        let s = one(sql);
+        assert_eq!(s.prepared_name.as_deref(), Some("q1"), "{sql}");
+        assert!(
+            s.kinds.contains(&K::Execute) && s.has(Risk::OpaqueCode),
+            "{sql}"
+        );
+    }
+
+    assert!(is_safe_function("pg_catalog.lower") && is_safe_function("lower"));
+    assert!(!is_safe_function("public.lower") && !is_safe_function("x.pg_catalog.lower"));
+}
+
+/// Settings are read as PostgreSQL reads them, including `set_config` and `SET NAMES`.
+#[test]
+fn settings_changed() {
+    let s = one("SELECT set_config('Search_Path', 'x', false)");
+    assert!(
+        s.settings_changed.contains("search_path"),
+        "{:?}",
+        s.settings_changed
+    );
+    let s = one("SET NAMES 'LATIN1'");
+    assert!(s.settings_changed.contains("client_encoding") && s.has(Risk::EncodingChange));
+    let s = one("DISCARD ALL");
+    assert!(s.settings_changed.contains("all") && s.has(Risk::RoleChange));
+    let s = one("ALTER ROLE bob SET standard_conforming_strings = off");
+    assert!(s.has(Risk::EncodingChange));
+    // A function's own SET clause changes nothing in the session.
+    let s = one("CREATE FUNCTION f() RETURNS int LANGUAGE sql SET search_path = x AS 'select 1'");
+    assert!(s.settings_changed.is_empty(), "{:?}", s.settings_changed);
+}
+
+/// Where the splitter and PostgreSQL's parser would disagree, the statement is unparseable.
+#[test]
+fn the_splitter_and_the_parser_must_agree() {
+    let s = SqlSessionSettings::default();
+    // A multi-action rule has `;` inside parentheses: the splitter cuts there, the parser does
+    // not. Refused, not guessed.
+    let c = classify(
+        "CREATE RULE r AS ON INSERT TO t DO ALSO (INSERT INTO a VALUES (1); DELETE FROM b)",
+        &s,
+    );
+    assert!(!c.is_fully_parsed());
+    // Syntax errors are unparseable with PostgreSQL's message.
+    let c = classify("SELEC 1", &s);
+    assert!(
+        c.statements[0]
+            .unparseable_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("syntax error"))
+    );
+    // The classic: the backslash hides the closing quote only under scs=off.
+    let off = SqlSessionSettings {
+        standard_conforming_strings: false,
+        ..s.clone()
+    };
+    let c = classify(r"SELECT 'x\'; DROP TABLE t; --'", &off);
+    assert_eq!(c.statements.len(), 1);
+    assert_eq!(c.statements[0].kind, K::Select);
+    let c = classify(r"SELECT 'x\'; DROP TABLE t; --'", &s);
+    assert_eq!(
+        c.statements.iter().map(|s| s.kind).collect::<Vec<_>>(),
+        [K::Select, K::Drop]
+    );
+}
+
+/// Deeply nested statements are refused (unparseable), never a crash: the parse tree's depth is
+/// bounded before it is walked.
+#[test]
+fn deep_statements_fail_closed() {
+    let s = SqlSessionSettings::default();
+    // Up to 40 chained operators are read; 60 are beyond the tree decoder's nesting limit.
+    let chain = |n: usize| format!("SELECT {}", vec!["a"; n].join(" || "));
+    assert!(classify(&chain(40), &s).is_fully_parsed());
+    assert!(!classify(&chain(60), &s).is_fully_parsed());
+    for depth in [10usize, 200, 5000] {
+        let sum = format!("SELECT {}", vec!["1"; depth].join(" + "));
+        let c = classify(&sum, &s);
+        assert_eq!(c.statements.len(), 1, "{depth}");
+        if depth == 10 {
+            assert!(c.is_fully_parsed());
+        }
+        let parens = format!("SELECT {}1{}", "(".repeat(depth), ")".repeat(depth));
+        assert_eq!(classify(&parens, &s).statements.len(), 1, "{depth}");
+        let sub = format!("SELECT {}1{}", "(SELECT ".repeat(depth), ")".repeat(depth));
+        assert_eq!(classify(&sub, &s).statements.len(), 1, "{depth}");
+    }
+}
