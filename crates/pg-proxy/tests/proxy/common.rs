@@ -253,3 +253,48 @@ pub const T: Duration = Duration::from_secs(60);
 pub fn masker_ref(m: &LiteralMasker) -> &dyn Masker {
     m
 }
+
+/// A policy that reads SQL as the gateway's classifier does (under the operation's settings):
+/// statements of a `deny` kind are denied, of a `review` kind reviewed, the rest allowed.
+pub fn kind_policy(
+    deny: &'static [gatehouse_sql::StatementKind],
+    review: &'static [gatehouse_sql::StatementKind],
+    review_timeout_ms: u64,
+) -> Arc<dyn Policy + Send + Sync> {
+    Arc::new(FnPolicy::new(move |_, _, op| {
+        let Operation::Sql(sql) = op else {
+            return Decision::deny("not-sql", "only SQL here");
+        };
+        let c = gatehouse_sql::classify(&sql.text, &sql.settings);
+        let has = |kinds: &[gatehouse_sql::StatementKind]| {
+            c.statements
+                .iter()
+                .any(|s| s.kinds.iter().any(|k| kinds.contains(k)))
+        };
+        if has(deny) {
+            return Decision::deny("no-truncate", "agents do not empty tables");
+        }
+        if has(review) {
+            return Decision::review(
+                "review-deletes",
+                "deletes need a human",
+                gatehouse_core::ReviewRequirement {
+                    approver_groups: vec!["dba".into()],
+                    approvals_required: 1,
+                    timeout_ms: review_timeout_ms,
+                    grant_window_ms: None,
+                },
+            );
+        }
+        Decision::allow("default", "allowed")
+    }))
+}
+
+/// Polls `check` (at most 10 s) until it holds.
+pub async fn eventually(what: &str, check: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
