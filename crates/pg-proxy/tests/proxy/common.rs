@@ -45,6 +45,8 @@ pub struct Options {
     pub configure: Box<dyn FnOnce(&mut PgProxyConfig) + Send>,
     pub setup_sql: &'static str,
     pub identity_expiry: Option<time::OffsetDateTime>,
+    /// Approvals in place of the testkit's (e.g. the real broker).
+    pub approvals: Option<Arc<dyn gatehouse_core::Approvals + Send + Sync>>,
 }
 
 impl Default for Options {
@@ -56,6 +58,7 @@ impl Default for Options {
             configure: Box::new(|_| {}),
             setup_sql: "",
             identity_expiry: None,
+            approvals: None,
         }
     }
 }
@@ -105,12 +108,15 @@ pub async fn start(opts: Options) -> Harness {
     let mut identity = agent();
     identity.expires_at = opts.identity_expiry;
     let auth = StaticAuthenticator::new().with_token(TOKEN, identity);
-    let tp = TestPipeline::new(
+    let mut tp = TestPipeline::new(
         auth,
         PolicyRef(opts.policy),
         opts.masker,
         &[password.as_str()],
     );
+    if let Some(a) = opts.approvals {
+        tp.pipeline.approvals = a;
+    }
     let upstream = UpstreamConfig {
         address: UpstreamAddress::Tcp {
             host: "127.0.0.1".into(),
