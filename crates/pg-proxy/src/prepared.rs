@@ -50,6 +50,8 @@ pub(crate) struct Prepared {
 pub(crate) struct Bound {
     pub(crate) statement: Arc<Prepared>,
     pub(crate) parameters: Vec<Option<String>>,
+    /// For a portal of `EXECUTE name`: what `name` ran when the portal was bound.
+    pub(crate) runs: Option<Arc<Prepared>>,
 }
 
 /// Which namespace a change is in.

@@ -361,6 +361,9 @@ enum Expect {
         statement: String,
         result_formats: Vec<i16>,
         change: Option<PendingChange>,
+        /// What the portal's rows are masked as, when not its statement's own text (a portal
+        /// of `EXECUTE name` returns the rows of the statement `name` runs).
+        ctx: Option<Arc<StmtCtx>>,
     },
     DescribeStatement {
         name: String,
@@ -930,6 +933,7 @@ impl Frontend {
                     statement: marker.clone(),
                     result_formats: Vec::new(),
                     change: None,
+                    ctx: None,
                 });
                 wire::encode_bare_bind("", &marker, &mut self.out)
             }
@@ -1502,8 +1506,22 @@ impl Frontend {
             .as_deref()
             .is_none_or(|a| self.plain_args(a, &written.settings));
         if nested || !plain {
+            // What the statement as written touches includes what the prepared statement reads
+            // (`CREATE TABLE t AS EXECUTE p` copies p's columns out of the masking boundary).
+            let merged = written_info.map(|w| {
+                let mut m = w.clone();
+                if let Some(inner) = &p.info {
+                    for t in &inner.tables {
+                        if !m.tables.contains(t) {
+                            m.tables.push(t.clone());
+                        }
+                    }
+                    m.reads = None;
+                }
+                m
+            });
             let wi = self.next_index();
-            match self.evaluate(wi, written, written_info).await {
+            match self.evaluate(wi, written, merged.as_ref()).await {
                 Verdicted::Allowed(_) => {}
                 Verdicted::Review(d) => {
                     let r = self.review(wi, written.clone(), &d).await;
@@ -1930,6 +1948,33 @@ impl Frontend {
         self.portals.insert(bind.portal.clone(), described);
         let stmt = self.resolve_statement(&bind.statement).await?;
         let parameters = bind.params_as_text();
+        // A portal of `EXECUTE name` returns the rows of what `name` runs: mask them as that
+        // statement's (its lineage, the profile the policy gives it). The Execute is refused if
+        // `name` runs something else by then.
+        let mut runs = None;
+        let mut shown = None;
+        if let Some(NameOp::Execute {
+            name,
+            nested: false,
+            ..
+        }) = stmt.as_ref().and_then(|p| p.name_op.clone())
+            && let Some(target) = self.resolve_statement(&name).await?
+        {
+            let op = Operation::Sql(SqlOperation {
+                text: target.text.clone(),
+                parameters: parameters.clone(),
+                protocol: SqlProtocol::Extended,
+                settings: self.settings(),
+            });
+            let decision =
+                self.proxy
+                    .pipeline
+                    .policy
+                    .decide(&self.ctx.identity, &self.ctx.target, &op);
+            let index = stmt.as_ref().map_or(0, |p| p.index);
+            shown = Some(self.stmt_ctx(index, &target.text, Some(&decision), target.info.as_ref()));
+            runs = Some(target);
+        }
         let refusal = match &stmt {
             None => {
                 let index = self.next_index();
@@ -1994,6 +2039,7 @@ impl Frontend {
                 Arc::new(Bound {
                     statement: p.clone(),
                     parameters,
+                    runs,
                 }),
             ))),
             _ => None,
@@ -2003,6 +2049,7 @@ impl Frontend {
             statement: bind.statement.clone(),
             result_formats: bind.result_formats.clone(),
             change,
+            ctx: shown,
         });
         if let Some((index, deny)) = refusal {
             self.record_denial(index, deny);
@@ -2010,6 +2057,22 @@ impl Frontend {
             return wire::encode_bare_bind(&bind.portal, &self.shared.marker(index), &mut self.out);
         }
         frame.encode_into(&mut self.out);
+        Ok(())
+    }
+
+    /// Sends, in place of a refused Execute, an Execute of a portal that cannot exist: it fails
+    /// upstream (its error names the marker) and the server skips to Sync.
+    fn refuse_execute(&mut self, index: u64) -> Result<(), PgProxyError> {
+        let marker = self.shared.marker(index);
+        let mut body = Vec::with_capacity(marker.len() + 5);
+        body.extend_from_slice(marker.as_bytes());
+        body.push(0);
+        body.extend_from_slice(&0i32.to_be_bytes());
+        self.shared.push(Expect::Execute {
+            portal: marker,
+            change: None,
+        });
+        encode_frame(b'E', &body, &mut self.out);
         Ok(())
     }
 
@@ -2029,6 +2092,26 @@ impl Frontend {
             }
             if let Some(name_op) = &p.name_op {
                 let index = self.next_index();
+                let changed = match (name_op, &b.runs) {
+                    (NameOp::Execute { name, .. }, Some(runs)) => !self
+                        .resolve_statement(name)
+                        .await?
+                        .is_some_and(|now| Arc::ptr_eq(&now, runs)),
+                    _ => false,
+                };
+                if changed {
+                    self.record_denial(
+                        index,
+                        DenyInfo {
+                            code: "26000",
+                            message: "the prepared statement this portal executes changed after \
+                                      Bind; bind it again"
+                                .into(),
+                            detail: None,
+                        },
+                    );
+                    return self.refuse_execute(index);
+                }
                 let op = SqlOperation {
                     text: p.text.clone(),
                     parameters: b.parameters.clone(),
@@ -2040,18 +2123,7 @@ impl Frontend {
                     .await?;
                 if !matches!(verdict, Verdicted::Allowed(_)) {
                     self.record_denial(index, verdict_deny(verdict));
-                    // Executing a portal that cannot exist fails upstream and skips to Sync.
-                    let marker = self.shared.marker(index);
-                    let mut body = Vec::with_capacity(marker.len() + 5);
-                    body.extend_from_slice(marker.as_bytes());
-                    body.push(0);
-                    body.extend_from_slice(&0i32.to_be_bytes());
-                    self.shared.push(Expect::Execute {
-                        portal: marker,
-                        change: None,
-                    });
-                    encode_frame(b'E', &body, &mut self.out);
-                    return Ok(());
+                    return self.refuse_execute(index);
                 }
                 change = c.map(|c| self.send_change(c));
             }
@@ -2400,6 +2472,7 @@ impl Backend {
                     statement,
                     result_formats,
                     change,
+                    ctx,
                 }) = self.pop()
                 {
                     if let Some(c) = change {
@@ -2418,7 +2491,7 @@ impl Backend {
                     self.portals.insert(
                         portal,
                         BePortal {
-                            ctx: st.map(|s| s.ctx.clone()),
+                            ctx: ctx.or_else(|| st.map(|s| s.ctx.clone())),
                             columns,
                             plan: None,
                         },

@@ -187,3 +187,48 @@ async fn execute_of_a_name_the_gateway_never_saw_prepared_is_refused() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn rows_of_an_executed_prepared_statement_are_masked_as_that_statement() {
+    gatehouse_testkit::within(T, async {
+        let h = start(Options {
+            masker: gatehouse_testkit::layers::LiteralMasker::new()
+                .column("public.customers.email"),
+            policy: kind_policy(&[], &[], 1_000),
+            setup_sql: "CREATE TABLE customers (id int, email text);
+                INSERT INTO customers VALUES (1, 'ann@example.com');",
+            ..Options::default()
+        })
+        .await;
+        let c = h.connect().await;
+        let rows = c
+            .simple_query("prepare pe as select upper(email) as e from customers; execute pe")
+            .await
+            .unwrap();
+        let values: Vec<String> = rows
+            .iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(values.len(), 1);
+        assert!(!values[0].contains('@'), "{values:?}");
+        // The same through the extended protocol (a portal of `EXECUTE pe`).
+        let rows = c.query("execute pe", &[]).await.unwrap();
+        let v: String = rows[0].get(0);
+        assert!(!v.contains('@'), "{v}");
+        // Copying its rows out of the masking boundary is refused.
+        assert!(
+            c.simple_query("create table leak as execute pe")
+                .await
+                .is_err()
+        );
+        assert_eq!(
+            h.db.psql("select count(*) from pg_class where relname = 'leak'")
+                .unwrap(),
+            "0"
+        );
+    })
+    .await;
+}
