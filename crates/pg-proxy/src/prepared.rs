@@ -171,6 +171,12 @@ impl Names {
             || (space == Space::Statement && g.pending_all > 0)
     }
 
+    /// Forgets every confirmed portal (the server drops them all when a transaction ends; a
+    /// portal bound later is confirmed later).
+    pub(crate) fn forget_portals(&self) {
+        lock(&self.inner).portals.clear();
+    }
+
     pub(crate) fn statement(&self, name: &str) -> Option<Arc<Prepared>> {
         lock(&self.inner).statements.get(name).cloned()
     }

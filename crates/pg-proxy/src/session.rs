@@ -2441,6 +2441,10 @@ impl Backend {
                         Some(_) => {}
                     }
                 }
+                // Outside a transaction block no protocol portal survives.
+                if frame.body.first() == Some(&b'I') {
+                    self.shared.names.forget_portals();
+                }
                 self.shared.progress.notify_waiters();
                 frame.encode_into(&mut self.out);
                 Ok(())
