@@ -730,6 +730,63 @@ mod tests {
         assert_eq!(&s[args.unwrap()], "'a\\'', ')'");
     }
 
+    fn stmt(text: &str) -> Arc<Prepared> {
+        Arc::new(Prepared {
+            text: text.into(),
+            info: None,
+            review: None,
+            index: 0,
+            name_op: None,
+            sql_prepared: false,
+        })
+    }
+
+    fn text_of(r: Resolved<Arc<Prepared>>) -> Option<String> {
+        match r {
+            Resolved::Known(p) => p.map(|p| p.text.clone()),
+            Resolved::Wait => Some("<wait>".into()),
+        }
+    }
+
+    #[test]
+    fn names_follow_what_the_server_accepted() {
+        let names = Arc::new(Names::default());
+        let mut local = LocalNames::default();
+        // Group 1 defines s1 as a DELETE; the server accepts it.
+        let c = Change::DefineStatement("s1".into(), stmt("delete"));
+        local.note(&c, 1);
+        let first = names.send(c);
+        // Group 2 tries to redefine it; until the server answers, a use in group 3 waits.
+        let c = Change::DefineStatement("s1".into(), stmt("select"));
+        local.note(&c, 2);
+        let second = names.send(c);
+        assert_eq!(
+            text_of(local.statement(&names, "s1", 3)).as_deref(),
+            Some("<wait>")
+        );
+        // In the group of the redefinition, a use runs the redefinition or nothing.
+        assert_eq!(
+            text_of(local.statement(&names, "s1", 2)).as_deref(),
+            Some("select")
+        );
+        first.confirm();
+        drop(second); // refused by the server (42P05)
+        assert_eq!(
+            text_of(local.statement(&names, "s1", 3)).as_deref(),
+            Some("delete")
+        );
+        // DEALLOCATE ALL in the current group hides every statement.
+        local.note(&Change::RemoveAllStatements, 4);
+        let all = names.send(Change::RemoveAllStatements);
+        assert_eq!(text_of(local.statement(&names, "s1", 4)), None);
+        assert_eq!(
+            text_of(local.statement(&names, "s1", 5)).as_deref(),
+            Some("<wait>")
+        );
+        all.confirm();
+        assert_eq!(text_of(local.statement(&names, "s1", 5)), None);
+    }
+
     #[test]
     fn long_names_are_truncated_like_the_server() {
         let long = "p".repeat(80);
