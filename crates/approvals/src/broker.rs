@@ -14,6 +14,14 @@
 //!   waiter, or an approver trying to decide) closes it as timed out.
 //! - **Abandonment**: dropping a [`Approvals::wait`] future before it resolves closes the request
 //!   as abandoned, and that is recorded.
+//! - **Bounded holds**: at most [`HoldLimits::per_identity`] pending requests per requester and
+//!   [`HoldLimits::per_target`] per target, counted in the store (so replicas sharing a store
+//!   share the count; two replicas opening at the same instant may each admit one more). Past
+//!   the cap, `open` fails with [`ApprovalError::TooManyPending`] and nothing is held.
+//! - **Holds end with their client**: a protocol drops its wait when the client goes away, which
+//!   abandons the request; [`ApprovalBroker::abandon_held`] abandons every request this broker
+//!   opened that is still pending (the gateway calls it at shutdown, before the audit log closes),
+//!   so a later approval runs nothing.
 //! - **Fail closed on audit**: every state change is recorded through the optional [`Recorder`]
 //!   *before* it takes effect (open, vote) or before the wait reports it (resolution). If the
 //!   recorder fails, the call fails and nothing was opened, counted or reported as approved.
@@ -49,6 +57,29 @@ struct BrokerInner {
     store: Arc<dyn ApprovalStore>,
     recorder: Option<Arc<dyn Recorder + Send + Sync>>,
     notifier: Option<Arc<dyn ApprovalNotifier>>,
+    limits: HoldLimits,
+    /// Requests this broker opened that may still be pending (abandoned at shutdown).
+    held: std::sync::Mutex<std::collections::HashSet<ApprovalId>>,
+}
+
+/// Caps on concurrent holds, so that one identity cannot tie up a target (each held operation
+/// keeps its client's session — and its upstream connection — open).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HoldLimits {
+    /// Most pending requests per requester (principal). Default 10.
+    pub per_identity: usize,
+    /// Most pending requests per target. Default 50.
+    pub per_target: usize,
+}
+
+impl Default for HoldLimits {
+    fn default() -> Self {
+        Self {
+            per_identity: 10,
+            per_target: 50,
+        }
+    }
 }
 
 impl std::fmt::Debug for BrokerInner {
@@ -74,6 +105,12 @@ impl ApprovalBrokerBuilder {
         self
     }
 
+    /// Caps on concurrent holds (default [`HoldLimits::default`]).
+    pub fn limits(mut self, limits: HoldLimits) -> Self {
+        self.inner.limits = limits;
+        self
+    }
+
     /// Tells approvers about opened and decided requests.
     pub fn notifier(mut self, notifier: Arc<dyn ApprovalNotifier>) -> Self {
         self.inner.notifier = Some(notifier);
@@ -96,6 +133,8 @@ impl ApprovalBroker {
                 store,
                 recorder: None,
                 notifier: None,
+                limits: HoldLimits::default(),
+                held: std::sync::Mutex::new(std::collections::HashSet::new()),
             },
         }
     }
@@ -109,6 +148,28 @@ impl ApprovalBroker {
     /// Returns whether this call closed it.
     pub async fn abandon(&self, id: &ApprovalId) -> Result<bool, ApprovalError> {
         self.inner.abandon(id).await
+    }
+
+    /// Closes every request this broker opened that is still pending as abandoned, recording
+    /// each: their clients are going away with this process, and an approval given later must
+    /// run nothing. Returns how many it closed. Call it at shutdown, before the audit log closes.
+    pub async fn abandon_held(&self) -> Result<usize, ApprovalError> {
+        let ids: Vec<ApprovalId> = self.inner.held().drain().collect();
+        let mut closed = 0;
+        let mut first_error = None;
+        for id in ids {
+            match self.inner.abandon(&id).await {
+                Ok(true) => closed += 1,
+                Ok(false) | Err(ApprovalError::NotFound(_)) => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(closed),
+        }
     }
 }
 
@@ -155,6 +216,52 @@ fn outcome_of(record: &ApprovalRecord) -> Option<Result<ApprovalOutcome, Approva
 }
 
 impl BrokerInner {
+    fn held(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<ApprovalId>> {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Refuses a new hold past the caps, counting pending requests in the store.
+    async fn check_limits(&self, request: &ApprovalRequest) -> Result<(), ApprovalError> {
+        let principal = request.requester.principal();
+        let mine = self
+            .store
+            .list(&ApprovalFilter {
+                state: Some(ApprovalState::Pending),
+                requester: Some(request.requester.subject.clone()),
+                target: None,
+            })
+            .await
+            .map_err(store_err)?
+            .iter()
+            .filter(|r| r.request.requester.principal() == principal)
+            .count();
+        if mine >= self.limits.per_identity {
+            return Err(ApprovalError::TooManyPending(format!(
+                "{principal} already has {mine} operations waiting for approval (the limit is {})",
+                self.limits.per_identity
+            )));
+        }
+        let on_target = self
+            .store
+            .list(&ApprovalFilter {
+                state: Some(ApprovalState::Pending),
+                requester: None,
+                target: Some(request.target.name.clone()),
+            })
+            .await
+            .map_err(store_err)?
+            .len();
+        if on_target >= self.limits.per_target {
+            return Err(ApprovalError::TooManyPending(format!(
+                "target {} already has {on_target} operations waiting for approval (the limit is {})",
+                request.target.name, self.limits.per_target
+            )));
+        }
+        Ok(())
+    }
+
     async fn record(
         &self,
         record: &ApprovalRecord,
@@ -214,6 +321,7 @@ impl BrokerInner {
                 already_granted: true,
             });
         }
+        self.check_limits(&request).await?;
         let record = ApprovalRecord {
             id: ApprovalId(uuid::Uuid::now_v7().to_string()),
             request,
@@ -234,6 +342,7 @@ impl BrokerInner {
         )
         .await?;
         let stored = self.store.insert(record).await.map_err(store_err)?;
+        self.held().insert(stored.record.id.clone());
         self.notify(ApprovalNotice::Opened(stored.record.clone()));
         Ok(ApprovalTicket {
             id: stored.record.id,
@@ -296,6 +405,7 @@ impl BrokerInner {
             };
             if let Some(outcome) = outcome_of(&stored.record) {
                 guard.disarm();
+                self.held().remove(id);
                 let outcome = outcome?;
                 self.record(
                     &stored.record,

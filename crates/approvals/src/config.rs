@@ -22,6 +22,9 @@ pub struct ApprovalsConfig {
     /// Optional Slack-compatible webhook, notified on open and on every decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<WebhookConfig>,
+    /// Caps on concurrent holds per identity and per target (`[approvals.limits]`).
+    #[serde(default)]
+    pub limits: crate::HoldLimits,
 }
 
 /// Which store.
@@ -139,7 +142,7 @@ impl ApprovalsConfig {
             }
             StoreConfig::Memory => Arc::new(MemoryStore::new()),
         };
-        let mut builder = ApprovalBroker::builder(store);
+        let mut builder = ApprovalBroker::builder(store).limits(self.limits);
         if let Some(recorder) = recorder {
             builder = builder.recorder(recorder);
         }

@@ -55,7 +55,7 @@ mod hash;
 mod notify;
 pub mod store;
 
-pub use broker::{ApprovalBroker, ApprovalBrokerBuilder, MAX_JUSTIFICATION_BYTES};
+pub use broker::{ApprovalBroker, ApprovalBrokerBuilder, HoldLimits, MAX_JUSTIFICATION_BYTES};
 pub use config::{ApprovalsConfig, PostgresTlsConfig, StoreConfig};
 pub use error::BrokerError;
 pub use hash::{DOMAIN_TAG, canonical_encoding, operation_hash};

@@ -132,6 +132,9 @@ pub enum ApprovalError {
     /// The store failed (fail closed).
     #[error("approval store failed: {0}")]
     Store(String),
+    /// Too many operations of this identity or on this target are already held for approval.
+    #[error("too many operations waiting for approval: {0}")]
+    TooManyPending(String),
 }
 
 /// A recorder failure. Any error makes the caller refuse the operation or end the session:

@@ -43,6 +43,8 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     /// Token exchange, when a JWT issuer is configured.
     pub exchange: Option<(Arc<GatewayKeyIssuer>, Arc<dyn Authenticator + Send + Sync>)>,
+    /// The approvals broker (its held requests are abandoned at shutdown).
+    pub broker: gatehouse_approvals::ApprovalBroker,
 }
 
 /// Builds the gateway's layers from a loaded config.
@@ -175,14 +177,14 @@ pub async fn build(loaded: &LoadedConfig) -> Result<Gateway, CommandError> {
                 path: data_dir.join("approvals.journal"),
             },
             webhook: None,
+            limits: Default::default(),
         },
     };
-    let approvals: Arc<dyn gatehouse_core::Approvals + Send + Sync> = Arc::new(
-        approvals_config
-            .build(Some(recorder.clone()))
-            .await
-            .map_err(|e| failed("[approvals]", e))?,
-    );
+    let broker = approvals_config
+        .build(Some(recorder.clone()))
+        .await
+        .map_err(|e| failed("[approvals]", e))?;
+    let approvals: Arc<dyn gatehouse_core::Approvals + Send + Sync> = Arc::new(broker.clone());
 
     let pipeline = Pipeline {
         authenticator,
@@ -200,6 +202,7 @@ pub async fn build(loaded: &LoadedConfig) -> Result<Gateway, CommandError> {
         audit_root,
         metrics,
         exchange,
+        broker,
     })
 }
 
@@ -307,6 +310,11 @@ pub async fn run(
     let _ = shutdown_tx.send(true);
     let grace = Duration::from_secs(loaded.config.gateway.shutdown_grace_secs);
     bound.drain(grace).await;
+    // Operations still held for approval lose their clients now: close them as abandoned
+    // (recorded), so an approval given later runs nothing.
+    if let Err(e) = gateway.broker.abandon_held().await {
+        eprintln!("gatehouse: could not abandon held approval requests: {e}");
+    }
     counters_task.abort();
     // Held operations: a session ended by the drain drops its approval wait, and the broker
     // closes that request as abandoned and records it on a task of its own. The broker offers no

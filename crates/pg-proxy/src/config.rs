@@ -118,8 +118,13 @@ pub enum NonTextMasking {
 /// Session limits.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Largest client message accepted, in bytes; a larger one ends the session with FATAL.
+    /// Largest client message accepted, in bytes. A larger Query, Parse, Bind or CopyData is
+    /// read past and refused with an ErrorResponse (54000), the session stays usable; any other
+    /// larger message ends the session with FATAL 54000.
     pub max_client_message: usize,
+    /// Most statements in one simple-protocol Query message; a longer one is refused whole
+    /// (54000, one audit record) instead of deciding and recording each statement.
+    pub max_statements_per_query: usize,
     /// Largest upstream message accepted, in bytes.
     pub max_upstream_message: usize,
     /// Time allowed from accept to an authenticated session.
@@ -136,6 +141,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_client_message: 64 << 20,
+            max_statements_per_query: 1000,
             max_upstream_message: 1 << 30,
             startup_timeout: Duration::from_secs(30),
             idle_timeout: None,

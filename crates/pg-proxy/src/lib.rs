@@ -35,9 +35,11 @@ pub mod config;
 mod error;
 pub mod frame;
 pub mod hooks;
+mod prepared;
 pub mod rowmask;
 pub mod scram;
 mod session;
+mod settings;
 pub mod statements;
 mod upstream;
 pub mod wire;
@@ -54,8 +56,8 @@ pub use config::{
 pub use error::PgProxyError;
 pub use hooks::{DefaultHooks, PgHooks, SessionContext};
 pub use statements::{
-    CachedAnalyzer, ColumnLineage, LexicalAnalyzer, SqlAnalyzer, StatementAnalyzer, StatementInfo,
-    StatementKind,
+    CachedAnalyzer, ColumnLineage, LexicalAnalyzer, SessionEffect, SqlAnalyzer, StatementAnalyzer,
+    StatementInfo, StatementKind,
 };
 pub use upstream::{AsyncStream, BoxStream};
 

@@ -28,8 +28,11 @@ use crate::cancel::CancelTarget;
 use crate::config::{NonTextMasking, PgTarget};
 use crate::frame::{Frame, StartupPacket, decode_startup, encode_frame};
 use crate::hooks::SessionContext;
+use crate::prepared::{
+    Bound, Change, LocalNames, NameOp, Names, PendingChange, Prepared, Resolved, Space,
+};
 use crate::rowmask::{RowOutcome, RowScratch, ShapePlan};
-use crate::statements::{StatementInfo, StatementKind};
+use crate::statements::{SessionEffect, StatementInfo, StatementKind};
 use crate::upstream::{BoxStream, FrameReader, ReadError, UpstreamConn};
 use crate::wire::{self, ColumnDesc, ErrorFields};
 
@@ -339,6 +342,10 @@ enum Expect {
     /// A simple Query (or a refused FunctionCall): results per statement, then ReadyForQuery.
     Query {
         statements: VecDeque<Arc<StmtCtx>>,
+        /// Name changes its statements make if the server completes them (by operation index).
+        changes: VecDeque<(u64, PendingChange)>,
+        /// A statement in it may change the lexer settings (a ParameterStatus is expected).
+        may_change: bool,
     },
     /// FunctionCallResponse, then ReadyForQuery.
     FunctionCall {
@@ -347,11 +354,16 @@ enum Expect {
     Parse {
         name: String,
         statement: Arc<StmtCtx>,
+        change: Option<PendingChange>,
     },
     Bind {
         portal: String,
         statement: String,
         result_formats: Vec<i16>,
+        change: Option<PendingChange>,
+        /// What the portal's rows are masked as, when not its statement's own text (a portal
+        /// of `EXECUTE name` returns the rows of the statement `name` runs).
+        ctx: Option<Arc<StmtCtx>>,
     },
     DescribeStatement {
         name: String,
@@ -364,17 +376,36 @@ enum Expect {
     },
     Execute {
         portal: String,
+        /// A name change made by the SQL it runs (`PREPARE`, `DEALLOCATE`).
+        change: Option<PendingChange>,
     },
-    Close,
-    Sync,
+    Close {
+        change: Option<PendingChange>,
+    },
+    Sync {
+        /// An Execute since the previous Sync may change the lexer settings.
+        may_change: bool,
+    },
 }
 
 impl Expect {
     fn is_extended(&self) -> bool {
         !matches!(
             self,
-            Expect::Query { .. } | Expect::FunctionCall { .. } | Expect::Sync
+            Expect::Query { .. } | Expect::FunctionCall { .. } | Expect::Sync { .. }
         )
+    }
+
+    /// Ends a sync group: the server answers it with ReadyForQuery.
+    fn is_synced(&self) -> bool {
+        !self.is_extended()
+    }
+
+    fn may_change(&self) -> bool {
+        match self {
+            Expect::Query { may_change, .. } | Expect::Sync { may_change } => *may_change,
+            _ => false,
+        }
     }
 }
 
@@ -404,6 +435,10 @@ struct Shared {
     /// Cancelled when either half ends. A token, not a `Notify`: a half that is busy when the
     /// other ends still sees it at its next wait.
     done: CancellationToken,
+    /// Prepared-statement and portal names as the server accepted them.
+    names: Arc<Names>,
+    /// Woken when the backend half has answered a sync group (ReadyForQuery).
+    progress: Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -413,6 +448,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Shared {
     fn push(&self, e: Expect) {
         lock(&self.expect).push_back(e);
+    }
+
+    /// Whether the sync group being answered was marked as possibly changing the lexer
+    /// settings.
+    fn setting_change_expected(&self) -> bool {
+        let q = lock(&self.expect);
+        for e in q.iter() {
+            if e.may_change() {
+                return true;
+            }
+            if e.is_synced() {
+                return false;
+            }
+        }
+        false
     }
 
     fn marker(&self, index: u64) -> String {
@@ -533,6 +583,8 @@ async fn relay(proxy: Arc<ProxyInner>, ready: Ready, client_addr: String, sessio
         operations: AtomicU64::new(0),
         results_lost: AtomicU64::new(0),
         done: CancellationToken::new(),
+        names: Arc::new(Names::default()),
+        progress: Notify::new(),
     });
     // Result summaries are recorded in order by their own task, so no statement's results wait
     // for the audit log's fsync; the operation itself was recorded (awaited) before it ran.
@@ -575,6 +627,10 @@ async fn relay(proxy: Arc<ProxyInner>, ready: Ready, client_addr: String, sessio
         statements: HashMap::new(),
         portals: HashMap::new(),
         out: BytesMut::with_capacity(4096),
+        local: LocalNames::default(),
+        group: 0,
+        unsynced_exec: false,
+        group_may_change: false,
     };
     // Both halves run in this one task, as a relay's two copy directions do: a statement's
     // round trip then wakes one task, not two that may sit on different workers.
@@ -694,11 +750,6 @@ fn track_setting(settings: &mut SqlSessionSettings, name: &str, value: &str) {
 /// Frontend-side knowledge of a prepared statement.
 #[derive(Debug, Clone)]
 struct FeStatement {
-    text: String,
-    info: Option<StatementInfo>,
-    /// The Parse was allowed pending approval: each Bind opens a request bound to its parameters.
-    review: Option<Decision>,
-    index: u64,
     described: bool,
 }
 
@@ -715,6 +766,15 @@ struct Frontend {
     /// Portal → whether its row shape will be known to the backend half.
     portals: HashMap<String, bool>,
     out: BytesMut,
+    /// What the client sent per name, by sync group (see [`crate::prepared`]).
+    local: LocalNames,
+    /// The current sync group: bumped by Sync, Query and FunctionCall.
+    group: u64,
+    /// A Bind or Execute was sent since the last Sync: the server may be running code whose
+    /// setting changes cannot be reported before that Sync.
+    unsynced_exec: bool,
+    /// An Execute since the last Sync may change the lexer settings.
+    group_may_change: bool,
 }
 
 /// A statement's verdict after policy, hooks, recording and (for reviews) approvals.
@@ -779,6 +839,38 @@ impl Frontend {
                     return "idle timeout".into();
                 }
                 Err(ReadError::Io(_)) => return "client connection lost".into(),
+                // A statement message over the limit (but within what PostgreSQL itself
+                // would accept, 1 GB) is read past and refused; anything else ends the session.
+                Err(ReadError::Frame(crate::frame::FrameError::TooLarge { len, max }))
+                    if len < (1 << 30)
+                        && self
+                            .reader
+                            .buf
+                            .first()
+                            .is_some_and(|t| matches!(t, b'Q' | b'P' | b'B' | b'd')) =>
+                {
+                    let discarded = match idle {
+                        Some(d) => tokio::time::timeout(d, self.reader.discard_head())
+                            .await
+                            .unwrap_or(Ok(None)),
+                        None => self.reader.discard_head().await,
+                    };
+                    match discarded {
+                        Ok(Some(tag)) => {
+                            if let Err(err) = self.refuse_oversized(tag, len, max) {
+                                self.fatal(&err).await;
+                                return format!("{:?} error: {err}", err.side());
+                            }
+                            if !self.reader.has_buffered_frame()
+                                && let Err(e) = self.flush().await
+                            {
+                                return format!("upstream write failed: {e}");
+                            }
+                            continue;
+                        }
+                        _ => return "client connection lost".into(),
+                    }
+                }
                 Err(ReadError::Frame(e)) => {
                     let err: PgProxyError = e.into();
                     self.fatal(&err).await;
@@ -797,6 +889,61 @@ impl Frontend {
             }
             if terminate {
                 return "client closed".into();
+            }
+        }
+    }
+
+    /// Answers a message over the size limit that was read past: the server is sent a message
+    /// certain to fail in its place (a failing Query, Parse or Bind, or CopyFail), so the client
+    /// gets an ErrorResponse (54000) in protocol order and the session stays usable.
+    fn refuse_oversized(&mut self, tag: u8, len: usize, max: usize) -> Result<(), PgProxyError> {
+        let index = self.next_index();
+        let deny = DenyInfo {
+            code: "54000",
+            message: format!(
+                "message of {len} bytes exceeds the gateway's limit of {max} bytes; it was not run"
+            ),
+            detail: None,
+        };
+        let marker = self.shared.marker(index);
+        self.record_denial(index, deny);
+        let ctx = self.stmt_ctx(index, "-- oversized message", None, None);
+        match tag {
+            b'Q' => {
+                self.end_group();
+                self.shared.push(Expect::Query {
+                    statements: VecDeque::from([ctx]),
+                    changes: VecDeque::new(),
+                    may_change: false,
+                });
+                self.end_group();
+                wire::encode_query(&deny_sql(&marker), &mut self.out)
+            }
+            b'P' => {
+                self.shared.push(Expect::Parse {
+                    name: String::new(),
+                    statement: ctx,
+                    change: None,
+                });
+                wire::encode_parse("", &deny_sql(&marker), &[], &mut self.out)
+            }
+            b'B' => {
+                self.shared.push(Expect::Bind {
+                    portal: String::new(),
+                    statement: marker.clone(),
+                    result_formats: Vec::new(),
+                    change: None,
+                    ctx: None,
+                });
+                wire::encode_bare_bind("", &marker, &mut self.out)
+            }
+            _ => {
+                // CopyData: fail the COPY; the server answers with an ErrorResponse naming the
+                // marker, then ReadyForQuery.
+                let mut body = marker.into_bytes();
+                body.push(0);
+                encode_frame(b'f', &body, &mut self.out);
+                Ok(())
             }
         }
     }
@@ -869,35 +1016,28 @@ impl Frontend {
                 frame.encode_into(&mut self.out);
                 Ok(())
             }
-            b'E' => {
-                let (portal, _) = wire::parse_execute(frame.body.clone())?;
-                if !self.portals.get(&portal).copied().unwrap_or(false) {
-                    // The client never asked for the row shape: ask ourselves and keep the answer,
-                    // so every row is masked with a plan.
-                    wire::encode_describe(b'P', &portal, &mut self.out)?;
-                    self.shared.push(Expect::DescribePortal {
-                        name: portal.clone(),
-                        swallow: true,
-                    });
-                    self.portals.insert(portal.clone(), true);
-                }
-                self.shared.push(Expect::Execute { portal });
-                frame.encode_into(&mut self.out);
-                Ok(())
-            }
+            b'E' => self.on_execute(frame).await,
             b'C' => {
                 let (kind, name) = wire::parse_target(frame.body.clone(), "Close")?;
-                if kind == b'S' {
+                let space = if kind == b'S' {
                     self.statements.remove(&name);
+                    Space::Statement
                 } else {
                     self.portals.remove(&name);
-                }
-                self.shared.push(Expect::Close);
+                    Space::Portal
+                };
+                let change = self.send_change(Change::Remove(space, name));
+                self.shared.push(Expect::Close {
+                    change: Some(change),
+                });
                 frame.encode_into(&mut self.out);
                 Ok(())
             }
             b'S' => {
-                self.shared.push(Expect::Sync);
+                self.shared.push(Expect::Sync {
+                    may_change: self.group_may_change,
+                });
+                self.end_group();
                 frame.encode_into(&mut self.out);
                 Ok(())
             }
@@ -1039,6 +1179,16 @@ impl Frontend {
         let approvals = self.proxy.pipeline.approvals.clone();
         let ticket = match approvals.open(request).await {
             Ok(t) => t,
+            Err(e @ gatehouse_core::ApprovalError::TooManyPending(_)) => {
+                return Verdicted::Denied(DenyInfo {
+                    code: "53400",
+                    message: format!("statement refused: {e}"),
+                    detail: Some(format!(
+                        "rule \"{}\": {}",
+                        decision.rule_id, decision.reason
+                    )),
+                });
+            }
             Err(e) => {
                 return Verdicted::Denied(DenyInfo {
                     code: "42501",
@@ -1072,10 +1222,19 @@ impl Frontend {
             .await;
         }
         let cancel = self.cancel.clone();
+        // Nothing of this statement has gone upstream. If the client goes away meanwhile, the
+        // wait is dropped, which abandons the request: a later approval runs nothing.
+        let watch_limit = self
+            .proxy
+            .config
+            .limits
+            .max_client_message
+            .saturating_add(1 << 16);
         let outcome = tokio::select! {
             o = approvals.wait(&ticket.id, timeout) => Some(o),
             _ = cancel.notified() => None,
             _ = self.shared.done.cancelled() => None,
+            () = self.reader.gone(watch_limit) => None,
         };
         let Some(outcome) = outcome else {
             let _ = self
@@ -1164,10 +1323,350 @@ impl Frontend {
         lock(&self.shared.denials).insert(index, deny);
     }
 
+    fn send_change(&mut self, change: Change) -> PendingChange {
+        self.local.note(&change, self.group);
+        self.shared.names.send(change)
+    }
+
+    /// Starts a new sync group (after Sync, and around each Query and FunctionCall).
+    fn end_group(&mut self) {
+        self.group += 1;
+        self.unsynced_exec = false;
+        self.group_may_change = false;
+    }
+
+    /// Writes everything held for the upstream, then waits until `ready` holds, checking again
+    /// whenever the backend half answers a sync group or settles a name.
+    async fn wait_for(&mut self, ready: impl Fn(&Shared) -> bool) -> Result<(), PgProxyError> {
+        self.flush().await.map_err(PgProxyError::upstream_io)?;
+        let shared = self.shared.clone();
+        loop {
+            let progressed = shared.progress.notified();
+            let settled = shared.names.settled.notified();
+            tokio::pin!(progressed);
+            tokio::pin!(settled);
+            progressed.as_mut().enable();
+            settled.as_mut().enable();
+            if ready(&shared) {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = progressed => {}
+                _ = settled => {}
+                _ = shared.done.cancelled() => {
+                    return Err(PgProxyError::UpstreamProtocol(
+                        "the session ended while waiting for the server".into(),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Holds a text until the settings it is read under are known exactly (see
+    /// [`crate::settings`]); a refusal when they cannot be known before it runs.
+    async fn lexer_gate(&mut self, text: &[u8]) -> Result<Option<DenyInfo>, PgProxyError> {
+        let depends = crate::settings::depends_on_lexer(text);
+        if depends && self.unsynced_exec {
+            return Ok(Some(DenyInfo {
+                code: "0A000",
+                message: "statement refused: its text has backslashes or non-ASCII characters and \
+                          follows a Bind/Execute whose setting changes cannot be known before Sync; \
+                          send Sync first"
+                    .into(),
+                detail: None,
+            }));
+        }
+        let blocked = move |sh: &Shared| {
+            lock(&sh.expect)
+                .iter()
+                .any(|e| e.is_synced() && (depends || e.may_change()))
+        };
+        if blocked(&self.shared) {
+            self.wait_for(move |sh| !blocked(sh)).await?;
+        }
+        Ok(None)
+    }
+
+    /// What the statement `name` runs, as the server will see it at this point of the stream.
+    async fn resolve_statement(
+        &mut self,
+        name: &str,
+    ) -> Result<Option<Arc<Prepared>>, PgProxyError> {
+        loop {
+            match self.local.statement(&self.shared.names, name, self.group) {
+                Resolved::Known(v) => return Ok(v),
+                Resolved::Wait => {
+                    let n = name.to_string();
+                    self.wait_for(move |sh| !sh.names.in_flight(Space::Statement, &n))
+                        .await?;
+                }
+            }
+        }
+    }
+
+    /// What the portal `name` runs, as the server will see it at this point of the stream.
+    async fn resolve_portal(&mut self, name: &str) -> Result<Option<Arc<Bound>>, PgProxyError> {
+        loop {
+            match self.local.portal(&self.shared.names, name, self.group) {
+                Resolved::Known(v) => return Ok(v),
+                Resolved::Wait => {
+                    let n = name.to_string();
+                    self.wait_for(move |sh| !sh.names.in_flight(Space::Portal, &n))
+                        .await?;
+                }
+            }
+        }
+    }
+
+    /// Records `op` as refused by the gateway itself (rule `rule`), and returns the refusal.
+    async fn refuse_recorded(
+        &mut self,
+        index: u64,
+        op: &SqlOperation,
+        rule: &str,
+        code: &'static str,
+        reason: String,
+    ) -> Verdicted {
+        let decision = Decision::deny(rule, reason.clone());
+        let event = self.event(EventBody::Operation {
+            index,
+            operation: Operation::Sql(op.clone()),
+            decision,
+        });
+        if let Err(e) = self.proxy.pipeline.recorder.record(event).await {
+            return Verdicted::Denied(DenyInfo {
+                code: "58030",
+                message: format!("statement refused: audit recorder unavailable ({e})"),
+                detail: None,
+            });
+        }
+        Verdicted::Denied(DenyInfo {
+            code,
+            message: format!("statement refused by the gateway (rule \"{rule}\"): {reason}"),
+            detail: None,
+        })
+    }
+
+    /// A statement as the server holds it after `PREPARE … AS inner`.
+    fn sql_prepared(&self, inner: &str, index: u64, settings: &SqlSessionSettings) -> Prepared {
+        let info = self
+            .proxy
+            .analyzer
+            .analyze(inner, settings)
+            .ok()
+            .and_then(|v| v.into_iter().next());
+        Prepared {
+            text: inner.to_string(),
+            info,
+            review: None,
+            index,
+            name_op: None,
+            sql_prepared: true,
+        }
+    }
+
+    /// Whether `EXECUTE` arguments only carry values (no relation, no function that may run
+    /// code): then the execution is decided by the prepared statement with these values.
+    fn plain_args(&self, args: &str, settings: &SqlSessionSettings) -> bool {
+        match self
+            .proxy
+            .analyzer
+            .analyze(&format!("SELECT {args}"), settings)
+        {
+            Ok(v) => {
+                v.len() == 1
+                    && v.iter().all(|i| {
+                        i.kind == StatementKind::Read
+                            && i.tables.is_empty()
+                            && i.effect == SessionEffect::None
+                            && !i.copies_data
+                    })
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Decides one execution of the prepared statement `p`: the policy sees the statement it
+    /// runs with exactly the values bound to it (`EXECUTE` arguments as written, then protocol
+    /// parameters), and a review holds this execution alone. When the statement as written does
+    /// more (arguments that are not plain values, `EXPLAIN`/`CREATE TABLE AS` around it), it is
+    /// decided too, and the stricter verdict stands.
+    #[allow(clippy::too_many_arguments)]
+    async fn decide_execution(
+        &mut self,
+        index: u64,
+        written: &SqlOperation,
+        written_info: Option<&StatementInfo>,
+        p: &Prepared,
+        args: Option<String>,
+        bound: &[Option<String>],
+        nested: bool,
+    ) -> Verdicted {
+        let plain = args
+            .as_deref()
+            .is_none_or(|a| self.plain_args(a, &written.settings));
+        if nested || !plain {
+            // What the statement as written touches includes what the prepared statement reads
+            // (`CREATE TABLE t AS EXECUTE p` copies p's columns out of the masking boundary).
+            let merged = written_info.map(|w| {
+                let mut m = w.clone();
+                if let Some(inner) = &p.info {
+                    for t in &inner.tables {
+                        if !m.tables.contains(t) {
+                            m.tables.push(t.clone());
+                        }
+                    }
+                    m.reads = None;
+                }
+                m
+            });
+            let wi = self.next_index();
+            match self.evaluate(wi, written, merged.as_ref()).await {
+                Verdicted::Allowed(_) => {}
+                Verdicted::Review(d) => {
+                    let r = self.review(wi, written.clone(), &d).await;
+                    if !matches!(r, Verdicted::Allowed(_)) {
+                        return r;
+                    }
+                }
+                denied => return denied,
+            }
+        }
+        let mut parameters = Vec::with_capacity(bound.len() + 1);
+        if let Some(a) = args {
+            parameters.push(Some(a));
+        }
+        parameters.extend(bound.iter().cloned());
+        let op = SqlOperation {
+            text: p.text.clone(),
+            parameters,
+            protocol: written.protocol,
+            settings: written.settings.clone(),
+        };
+        match self.evaluate(index, &op, p.info.as_ref()).await {
+            Verdicted::Review(d) => self.review(index, op, &d).await,
+            other => other,
+        }
+    }
+
+    /// Decides a `PREPARE`/`EXECUTE`/`DEALLOCATE`/`DISCARD ALL` about to run; returns the
+    /// verdict, the name change it makes if it completes, and the statement whose output it
+    /// returns (for masking).
+    async fn decide_name_op(
+        &mut self,
+        index: u64,
+        op: &SqlOperation,
+        info: Option<&StatementInfo>,
+        name_op: &NameOp,
+        bound: &[Option<String>],
+    ) -> Result<(Verdicted, Option<Change>, Option<StatementInfo>), PgProxyError> {
+        let out = match name_op {
+            NameOp::Prepare { name, statement } => match self.evaluate(index, op, info).await {
+                Verdicted::Allowed(d) | Verdicted::Review(d) => {
+                    // PREPARE runs nothing: a review applies to each execution instead.
+                    let inner = op.text.get(statement.clone()).unwrap_or("");
+                    let prepared = self.sql_prepared(inner, index, &op.settings);
+                    (
+                        Verdicted::Allowed(d),
+                        Some(Change::DefineStatement(name.clone(), Arc::new(prepared))),
+                        info.cloned(),
+                    )
+                }
+                denied => (denied, None, info.cloned()),
+            },
+            NameOp::Execute { name, args, nested } => match self.resolve_statement(name).await? {
+                None => {
+                    let v = self
+                        .refuse_recorded(
+                            index,
+                            op,
+                            "unknown-prepared-statement",
+                            "26000",
+                            format!(
+                                "EXECUTE of \"{name}\": the gateway did not see this statement \
+                                 prepared"
+                            ),
+                        )
+                        .await;
+                    (v, None, info.cloned())
+                }
+                Some(p) => {
+                    let args = args
+                        .clone()
+                        .and_then(|r| op.text.get(r))
+                        .map(str::to_string);
+                    let v = self
+                        .decide_execution(index, op, info, &p, args, bound, *nested)
+                        .await;
+                    let shown = if *nested {
+                        info.cloned()
+                    } else {
+                        p.info.clone()
+                    };
+                    (v, None, shown)
+                }
+            },
+            NameOp::Deallocate { name } => {
+                let change = Change::Remove(Space::Statement, name.clone());
+                (
+                    self.evaluate(index, op, info).await,
+                    Some(change),
+                    info.cloned(),
+                )
+            }
+            NameOp::DeallocateAll => (
+                self.evaluate(index, op, info).await,
+                Some(Change::RemoveAllStatements),
+                info.cloned(),
+            ),
+        };
+        let (verdict, change, shown) = out;
+        let verdict = match verdict {
+            Verdicted::Review(d) => self.review(index, op.clone(), &d).await,
+            other => other,
+        };
+        Ok((verdict, change, shown))
+    }
+
+    /// Refuses a whole Query message (one recorded operation) with `deny`.
+    fn refuse_query(&mut self, index: u64, text: &str, deny: DenyInfo) -> Result<(), PgProxyError> {
+        let ctx = self.stmt_ctx(index, text, None, None);
+        self.record_denial(index, deny);
+        self.shared.push(Expect::Query {
+            statements: VecDeque::from([ctx]),
+            changes: VecDeque::new(),
+            may_change: false,
+        });
+        let sql = deny_sql(&self.shared.marker(index));
+        wire::encode_query(&sql, &mut self.out)
+    }
+
     async fn on_query(&mut self, body: Bytes) -> Result<(), PgProxyError> {
         let raw = wire::parse_query(body.clone())?;
+        // A Query is a sync group of its own.
+        self.end_group();
+        let result = self.query_group(body, raw).await;
+        self.end_group();
+        result
+    }
+
+    async fn query_group(&mut self, body: Bytes, raw: Bytes) -> Result<(), PgProxyError> {
+        let gate = self.lexer_gate(&raw).await?;
         let settings = self.settings();
         let text = String::from_utf8_lossy(&raw).into_owned();
+        let whole = SqlOperation {
+            text: cap_text(&text),
+            parameters: Vec::new(),
+            protocol: SqlProtocol::Simple,
+            settings: settings.clone(),
+        };
+        if let Some(deny) = gate {
+            let index = self.next_index();
+            let v = self
+                .refuse_recorded(index, &whole, "settings-unknown", deny.code, deny.message)
+                .await;
+            return self.refuse_query(index, &text, verdict_deny(v));
+        }
         let analyzed = if std::str::from_utf8(&raw).is_err() {
             Err(crate::statements::AnalyzeError::Encoding)
         } else {
@@ -1186,7 +1685,6 @@ impl Frontend {
                     settings,
                 };
                 let verdict = self.evaluate(index, &op, None).await;
-                let ctx = self.stmt_ctx(index, &text, None, None);
                 let deny = match verdict {
                     Verdicted::Denied(d) => d,
                     _ => DenyInfo {
@@ -1195,15 +1693,30 @@ impl Frontend {
                         detail: None,
                     },
                 };
-                self.record_denial(index, deny);
-                self.shared.push(Expect::Query {
-                    statements: VecDeque::from([ctx]),
-                });
-                let sql = deny_sql(&self.shared.marker(index));
-                return wire::encode_query(&sql, &mut self.out);
+                return self.refuse_query(index, &text, deny);
             }
         };
+        let max = self.proxy.config.limits.max_statements_per_query;
+        if statements.len() > max {
+            let index = self.next_index();
+            let v = self
+                .refuse_recorded(
+                    index,
+                    &whole,
+                    "statement-limit",
+                    "54000",
+                    format!(
+                        "the query string holds {} statements; the gateway serves at most {max} \
+                         in one message",
+                        statements.len()
+                    ),
+                )
+                .await;
+            return self.refuse_query(index, &text, verdict_deny(v));
+        }
         let mut ctxs = VecDeque::new();
+        let mut changes = VecDeque::new();
+        let mut may_change = false;
         let mut cut: Option<(usize, u64)> = None;
         for info in &statements {
             let Some(stmt_text) = text.get(info.span.clone()) else {
@@ -1216,17 +1729,61 @@ impl Frontend {
                 protocol: SqlProtocol::Simple,
                 settings: settings.clone(),
             };
-            let mut verdict = self.evaluate(index, &op, Some(info)).await;
-            if let Verdicted::Review(decision) = &verdict {
-                let decision = decision.clone();
-                verdict = self.review(index, op, &decision).await;
+            if info.effect != SessionEffect::None {
+                may_change = true;
             }
+            let mut change = None;
+            let mut shown = Some(info.clone());
+            let verdict = if info.effect == SessionEffect::BackslashQuote {
+                self.refuse_recorded(
+                    index,
+                    &op,
+                    "backslash-quote",
+                    "0A000",
+                    BACKSLASH_QUOTE.into(),
+                )
+                .await
+            } else {
+                match crate::prepared::name_op(stmt_text, settings.standard_conforming_strings) {
+                    Err(()) => {
+                        self.refuse_recorded(
+                            index,
+                            &op,
+                            "unreadable-prepared-statement",
+                            "42601",
+                            "the gateway cannot read this PREPARE/EXECUTE/DEALLOCATE".into(),
+                        )
+                        .await
+                    }
+                    Ok(Some(name_op)) => {
+                        let (v, c, s) = self
+                            .decide_name_op(index, &op, Some(info), &name_op, &[])
+                            .await?;
+                        change = c;
+                        shown = s;
+                        v
+                    }
+                    Ok(None) => {
+                        let mut verdict = self.evaluate(index, &op, Some(info)).await;
+                        if let Verdicted::Review(decision) = &verdict {
+                            let decision = decision.clone();
+                            verdict = self.review(index, op, &decision).await;
+                        }
+                        verdict
+                    }
+                }
+            };
             if info.kind == StatementKind::Ddl {
                 self.proxy.catalog_invalidate(&self.ctx.target.name);
             }
             match verdict {
                 Verdicted::Allowed(d) => {
-                    ctxs.push_back(self.stmt_ctx(index, stmt_text, Some(&d), Some(info)))
+                    ctxs.push_back(self.stmt_ctx(index, stmt_text, Some(&d), shown.as_ref()));
+                    if let Some(c) = change {
+                        // Statements after this one in the same message see the change.
+                        let pending = self.send_change(c);
+                        changes.push_back((index, pending));
+                    }
                 }
                 Verdicted::Review(_) | Verdicted::Denied(_) => {
                     let deny = verdict_deny(verdict);
@@ -1237,7 +1794,11 @@ impl Frontend {
                 }
             }
         }
-        self.shared.push(Expect::Query { statements: ctxs });
+        self.shared.push(Expect::Query {
+            statements: ctxs,
+            changes,
+            may_change,
+        });
         match cut {
             None => {
                 // Every statement allowed: the message goes on exactly as received.
@@ -1257,47 +1818,111 @@ impl Frontend {
 
     async fn on_parse(&mut self, frame: Frame) -> Result<(), PgProxyError> {
         let parse = wire::parse_parse(frame.body.clone())?;
+        let gate = self.lexer_gate(&parse.query).await?;
         let settings = self.settings();
         let text = String::from_utf8_lossy(&parse.query).into_owned();
         let index = self.next_index();
-        let info = if std::str::from_utf8(&parse.query).is_ok() {
-            self.proxy
-                .analyzer
-                .analyze(&text, &settings)
-                .ok()
-                .and_then(|v| v.into_iter().next())
-        } else {
-            None
-        };
-        if info.as_ref().is_some_and(|i| i.kind == StatementKind::Ddl) {
-            self.proxy.catalog_invalidate(&self.ctx.target.name);
-        }
         let op = SqlOperation {
             text: text.clone(),
             parameters: Vec::new(),
             protocol: SqlProtocol::Extended,
-            settings,
+            settings: settings.clone(),
         };
-        let verdict = self.evaluate(index, &op, info.as_ref()).await;
+        let analyzed = if std::str::from_utf8(&parse.query).is_err() {
+            Err(crate::statements::AnalyzeError::Encoding)
+        } else {
+            self.proxy.analyzer.analyze(&text, &settings)
+        };
+        let info = analyzed.as_ref().ok().and_then(|v| v.first().cloned());
+        if info.as_ref().is_some_and(|i| i.kind == StatementKind::Ddl) {
+            self.proxy.catalog_invalidate(&self.ctx.target.name);
+        }
+        let mut name_op = None;
+        let verdict = if let Some(deny) = gate {
+            self.refuse_recorded(index, &op, "settings-unknown", deny.code, deny.message)
+                .await
+        } else {
+            match &analyzed {
+                // Decided exactly as in a simple Query: the policy sees it, and the gateway
+                // refuses it unless the policy refuses it first.
+                Err(e) => match self.evaluate(index, &op, None).await {
+                    Verdicted::Denied(d) => Verdicted::Denied(d),
+                    _ => Verdicted::Denied(DenyInfo {
+                        code: "42601",
+                        message: format!("statement refused: the gateway cannot parse it ({e})"),
+                        detail: None,
+                    }),
+                },
+                // The server refuses several commands in one Parse; so does the gateway.
+                Ok(v) if v.len() > 1 => {
+                    self.refuse_recorded(
+                        index,
+                        &op,
+                        "one-statement-per-parse",
+                        "42601",
+                        "cannot insert multiple commands into a prepared statement".into(),
+                    )
+                    .await
+                }
+                Ok(_) if info.as_ref().map(|i| i.effect) == Some(SessionEffect::BackslashQuote) => {
+                    self.refuse_recorded(
+                        index,
+                        &op,
+                        "backslash-quote",
+                        "0A000",
+                        BACKSLASH_QUOTE.into(),
+                    )
+                    .await
+                }
+                Ok(_) => {
+                    match crate::prepared::name_op(&text, settings.standard_conforming_strings) {
+                        Err(()) => {
+                            self.refuse_recorded(
+                                index,
+                                &op,
+                                "unreadable-prepared-statement",
+                                "42601",
+                                "the gateway cannot read this PREPARE/EXECUTE/DEALLOCATE".into(),
+                            )
+                            .await
+                        }
+                        // Decided when executed, with what the names hold then.
+                        Ok(Some(n)) => {
+                            name_op = Some(n);
+                            Verdicted::Allowed(Decision::allow(
+                                "decided-at-execute",
+                                "PREPARE/EXECUTE/DEALLOCATE are decided when executed",
+                            ))
+                        }
+                        Ok(None) => self.evaluate(index, &op, info.as_ref()).await,
+                    }
+                }
+            }
+        };
         let (decision, review, deny) = match verdict {
             Verdicted::Allowed(d) => (Some(d), None, None),
             Verdicted::Review(d) => (Some(d.clone()), Some(d), None),
             Verdicted::Denied(deny) => (None, None, Some(deny)),
         };
         let ctx = self.stmt_ctx(index, &text, decision.as_ref(), info.as_ref());
-        self.statements.insert(
+        let prepared = Prepared {
+            text,
+            info,
+            review,
+            index,
+            name_op,
+            sql_prepared: false,
+        };
+        let change = self.send_change(Change::DefineStatement(
             parse.name.clone(),
-            FeStatement {
-                text,
-                info,
-                review,
-                index,
-                described: false,
-            },
-        );
+            Arc::new(prepared),
+        ));
+        self.statements
+            .insert(parse.name.clone(), FeStatement { described: false });
         self.shared.push(Expect::Parse {
             name: parse.name.clone(),
             statement: ctx,
+            change: Some(change),
         });
         match deny {
             None => {
@@ -1314,44 +1939,206 @@ impl Frontend {
 
     async fn on_bind(&mut self, frame: Frame) -> Result<(), PgProxyError> {
         let bind = wire::parse_bind(frame.body.clone())?;
-        let stmt = self.statements.get(&bind.statement).cloned();
-        let described = stmt.as_ref().is_some_and(|s| s.described);
+        // Binding plans the statement, and planning may run functions.
+        self.unsynced_exec = true;
+        let described = self
+            .statements
+            .get(&bind.statement)
+            .is_some_and(|s| s.described);
         self.portals.insert(bind.portal.clone(), described);
+        let stmt = self.resolve_statement(&bind.statement).await?;
+        let parameters = bind.params_as_text();
+        // A portal of `EXECUTE name` returns the rows of what `name` runs: mask them as that
+        // statement's (its lineage, the profile the policy gives it). The Execute is refused if
+        // `name` runs something else by then.
+        let mut runs = None;
+        let mut shown = None;
+        if let Some(NameOp::Execute {
+            name,
+            nested: false,
+            ..
+        }) = stmt.as_ref().and_then(|p| p.name_op.clone())
+            && let Some(target) = self.resolve_statement(&name).await?
+        {
+            let op = Operation::Sql(SqlOperation {
+                text: target.text.clone(),
+                parameters: parameters.clone(),
+                protocol: SqlProtocol::Extended,
+                settings: self.settings(),
+            });
+            let decision =
+                self.proxy
+                    .pipeline
+                    .policy
+                    .decide(&self.ctx.identity, &self.ctx.target, &op);
+            let index = stmt.as_ref().map_or(0, |p| p.index);
+            shown = Some(self.stmt_ctx(index, &target.text, Some(&decision), target.info.as_ref()));
+            runs = Some(target);
+        }
+        let refusal = match &stmt {
+            None => {
+                let index = self.next_index();
+                Some((
+                    index,
+                    DenyInfo {
+                        code: "26000",
+                        message: format!(
+                            "prepared statement \"{}\" is not known to the gateway",
+                            bind.statement
+                        ),
+                        detail: None,
+                    },
+                ))
+            }
+            // Decided at Execute, with what the names hold then.
+            Some(p) if p.name_op.is_some() => None,
+            Some(p) if p.sql_prepared => {
+                let index = self.next_index();
+                let written = SqlOperation {
+                    text: p.text.clone(),
+                    parameters: parameters.clone(),
+                    protocol: SqlProtocol::Extended,
+                    settings: self.settings(),
+                };
+                match self
+                    .decide_execution(
+                        index,
+                        &written,
+                        p.info.as_ref(),
+                        p,
+                        None,
+                        &parameters,
+                        false,
+                    )
+                    .await
+                {
+                    Verdicted::Allowed(_) => None,
+                    other => Some((index, verdict_deny(other))),
+                }
+            }
+            Some(p) => match &p.review {
+                // Approvals bind to the exact text and parameters of this execution.
+                Some(decision) => {
+                    let op = SqlOperation {
+                        text: p.text.clone(),
+                        parameters: parameters.clone(),
+                        protocol: SqlProtocol::Extended,
+                        settings: self.settings(),
+                    };
+                    match self.review(p.index, op, decision).await {
+                        Verdicted::Allowed(_) => None,
+                        other => Some((p.index, verdict_deny(other))),
+                    }
+                }
+                None => None,
+            },
+        };
+        let change = match (&stmt, &refusal) {
+            (Some(p), None) => Some(self.send_change(Change::DefinePortal(
+                bind.portal.clone(),
+                Arc::new(Bound {
+                    statement: p.clone(),
+                    parameters,
+                    runs,
+                }),
+            ))),
+            _ => None,
+        };
         self.shared.push(Expect::Bind {
             portal: bind.portal.clone(),
             statement: bind.statement.clone(),
             result_formats: bind.result_formats.clone(),
+            change,
+            ctx: shown,
         });
-        if let Some(FeStatement {
-            text,
-            info,
-            review: Some(decision),
-            index,
-            ..
-        }) = stmt
-        {
-            // Approvals bind to the exact text and parameters.
-            let _ = info;
-            let op = SqlOperation {
-                text,
-                parameters: bind.params_as_text(),
-                protocol: SqlProtocol::Extended,
-                settings: self.settings(),
-            };
-            match self.review(index, op, &decision).await {
-                Verdicted::Allowed(_) => {}
-                other => {
-                    let deny = verdict_deny(other);
-                    self.record_denial(index, deny);
-                    // A Bind of a statement that cannot exist fails upstream and skips to Sync.
-                    return wire::encode_bare_bind(
-                        &bind.portal,
-                        &self.shared.marker(index),
-                        &mut self.out,
+        if let Some((index, deny)) = refusal {
+            self.record_denial(index, deny);
+            // A Bind of a statement that cannot exist fails upstream and skips to Sync.
+            return wire::encode_bare_bind(&bind.portal, &self.shared.marker(index), &mut self.out);
+        }
+        frame.encode_into(&mut self.out);
+        Ok(())
+    }
+
+    /// Sends, in place of a refused Execute, an Execute of a portal that cannot exist: it fails
+    /// upstream (its error names the marker) and the server skips to Sync.
+    fn refuse_execute(&mut self, index: u64) -> Result<(), PgProxyError> {
+        let marker = self.shared.marker(index);
+        let mut body = Vec::with_capacity(marker.len() + 5);
+        body.extend_from_slice(marker.as_bytes());
+        body.push(0);
+        body.extend_from_slice(&0i32.to_be_bytes());
+        self.shared.push(Expect::Execute {
+            portal: marker,
+            change: None,
+        });
+        encode_frame(b'E', &body, &mut self.out);
+        Ok(())
+    }
+
+    async fn on_execute(&mut self, frame: Frame) -> Result<(), PgProxyError> {
+        let (portal, _) = wire::parse_execute(frame.body.clone())?;
+        self.unsynced_exec = true;
+        let bound = self.resolve_portal(&portal).await?;
+        let mut change = None;
+        if let Some(b) = &bound {
+            let p = &b.statement;
+            if p.name_op.is_some()
+                || p.info
+                    .as_ref()
+                    .is_none_or(|i| i.effect != SessionEffect::None)
+            {
+                self.group_may_change = true;
+            }
+            if let Some(name_op) = &p.name_op {
+                let index = self.next_index();
+                let changed = match (name_op, &b.runs) {
+                    (NameOp::Execute { name, .. }, Some(runs)) => !self
+                        .resolve_statement(name)
+                        .await?
+                        .is_some_and(|now| Arc::ptr_eq(&now, runs)),
+                    _ => false,
+                };
+                if changed {
+                    self.record_denial(
+                        index,
+                        DenyInfo {
+                            code: "26000",
+                            message: "the prepared statement this portal executes changed after \
+                                      Bind; bind it again"
+                                .into(),
+                            detail: None,
+                        },
                     );
+                    return self.refuse_execute(index);
                 }
+                let op = SqlOperation {
+                    text: p.text.clone(),
+                    parameters: b.parameters.clone(),
+                    protocol: SqlProtocol::Extended,
+                    settings: self.settings(),
+                };
+                let (verdict, c, _) = self
+                    .decide_name_op(index, &op, p.info.as_ref(), name_op, &b.parameters)
+                    .await?;
+                if !matches!(verdict, Verdicted::Allowed(_)) {
+                    self.record_denial(index, verdict_deny(verdict));
+                    return self.refuse_execute(index);
+                }
+                change = c.map(|c| self.send_change(c));
             }
         }
+        if !self.portals.get(&portal).copied().unwrap_or(false) {
+            // The client never asked for the row shape: ask ourselves and keep the answer,
+            // so every row is masked with a plan.
+            wire::encode_describe(b'P', &portal, &mut self.out)?;
+            self.shared.push(Expect::DescribePortal {
+                name: portal.clone(),
+                swallow: true,
+            });
+            self.portals.insert(portal.clone(), true);
+        }
+        self.shared.push(Expect::Execute { portal, change });
         frame.encode_into(&mut self.out);
         Ok(())
     }
@@ -1375,6 +2162,7 @@ impl Frontend {
         match verdict {
             Verdicted::Allowed(_) => {
                 self.shared.push(Expect::FunctionCall { statement: ctx });
+                self.end_group();
                 frame.encode_into(&mut self.out);
                 Ok(())
             }
@@ -1382,12 +2170,19 @@ impl Frontend {
                 self.record_denial(index, verdict_deny(other));
                 self.shared.push(Expect::Query {
                     statements: VecDeque::from([ctx]),
+                    changes: VecDeque::new(),
+                    may_change: false,
                 });
+                self.end_group();
                 wire::encode_query(&deny_sql(&self.shared.marker(index)), &mut self.out)
             }
         }
     }
 }
+
+/// Why a statement that changes `backslash_quote` is refused.
+const BACKSLASH_QUOTE: &str = "backslash_quote cannot be changed through the gateway: the server \
+     never reports it, so the gateway could not read later statements as the server does";
 
 /// The refusal carried by a verdict; a `Review` still unresolved at this point is refused.
 fn verdict_deny(v: Verdicted) -> DenyInfo {
@@ -1633,19 +2428,37 @@ impl Backend {
                 if let Some(r) = self.running.take() {
                     self.record_rows(&r).await;
                 }
-                // Pop through the Sync/Query this answers (drops anything an error skipped).
+                // Pop through the Sync/Query this answers (drops anything an error skipped; their
+                // name changes settle as refused).
                 loop {
                     match self.pop() {
-                        Some(Expect::Sync | Expect::Query { .. } | Expect::FunctionCall { .. })
+                        Some(
+                            Expect::Sync { .. }
+                            | Expect::Query { .. }
+                            | Expect::FunctionCall { .. },
+                        )
                         | None => break,
                         Some(_) => {}
                     }
                 }
+                // Outside a transaction block no protocol portal survives.
+                if frame.body.first() == Some(&b'I') {
+                    self.shared.names.forget_portals();
+                }
+                self.shared.progress.notify_waiters();
                 frame.encode_into(&mut self.out);
                 Ok(())
             }
             b'1' => {
-                if let Some(Expect::Parse { name, statement }) = self.pop() {
+                if let Some(Expect::Parse {
+                    name,
+                    statement,
+                    change,
+                }) = self.pop()
+                {
+                    if let Some(c) = change {
+                        c.confirm();
+                    }
                     self.statements.insert(
                         name,
                         BeStatement {
@@ -1662,8 +2475,13 @@ impl Backend {
                     portal,
                     statement,
                     result_formats,
+                    change,
+                    ctx,
                 }) = self.pop()
                 {
+                    if let Some(c) = change {
+                        c.confirm();
+                    }
                     let st = self.statements.get(&statement);
                     let columns = st.and_then(|s| s.columns.clone()).map(|cols| {
                         cols.into_iter()
@@ -1677,7 +2495,7 @@ impl Backend {
                     self.portals.insert(
                         portal,
                         BePortal {
-                            ctx: st.map(|s| s.ctx.clone()),
+                            ctx: ctx.or_else(|| st.map(|s| s.ctx.clone())),
                             columns,
                             plan: None,
                         },
@@ -1728,13 +2546,24 @@ impl Backend {
                 Ok(())
             }
             b'3' => {
-                self.pop();
+                if let Some(Expect::Close { change: Some(c) }) = self.pop() {
+                    c.confirm();
+                }
                 frame.encode_into(&mut self.out);
                 Ok(())
             }
             b'S' => {
                 let (k, v) = wire::parse_parameter_status(frame.body.clone())
                     .map_err(|e| PgProxyError::UpstreamProtocol(e.to_string()))?;
+                if crate::settings::changes_lexer(&lock(&self.shared.settings), &k, &v)
+                    && !self.shared.setting_change_expected()
+                {
+                    // Something the gateway did not see coming changed how SQL is read: the
+                    // statements it decided since may have been read otherwise. Fail closed.
+                    return Err(PgProxyError::UpstreamProtocol(format!(
+                        "the server reported an unexpected change of {k}; the session is ended"
+                    )));
+                }
                 track_setting(&mut lock(&self.shared.settings), &k, &v);
                 frame.encode_into(&mut self.out);
                 Ok(())
@@ -1856,9 +2685,9 @@ impl Backend {
         }
         let q = lock(&self.shared.expect);
         match q.front() {
-            Some(Expect::Query { statements }) => statements.front().cloned(),
+            Some(Expect::Query { statements, .. }) => statements.front().cloned(),
             Some(Expect::FunctionCall { statement }) => Some(statement.clone()),
-            Some(Expect::Execute { portal }) => {
+            Some(Expect::Execute { portal, .. }) => {
                 self.portals.get(portal).and_then(|p| p.ctx.clone())
             }
             _ => None,
@@ -1873,7 +2702,7 @@ impl Backend {
                 let plan = {
                     let q = lock(&self.shared.expect);
                     match q.front() {
-                        Some(Expect::Execute { portal }) => {
+                        Some(Expect::Execute { portal, .. }) => {
                             self.portals.get(portal).and_then(|p| p.plan.clone())
                         }
                         _ => None,
@@ -2017,7 +2846,7 @@ impl Backend {
             let portal = {
                 let q = lock(&self.shared.expect);
                 match q.front() {
-                    Some(Expect::Execute { portal }) => Some(portal.clone()),
+                    Some(Expect::Execute { portal, .. }) => Some(portal.clone()),
                     _ => None,
                 }
             };
@@ -2160,11 +2989,23 @@ impl Backend {
         {
             let mut q = lock(&self.shared.expect);
             match q.front_mut() {
-                Some(Expect::Query { statements }) => {
-                    statements.pop_front();
+                Some(Expect::Query {
+                    statements,
+                    changes,
+                    ..
+                }) => {
+                    if let Some(done) = statements.pop_front() {
+                        confirm_change(changes, done.index, &status);
+                    }
                 }
                 Some(Expect::Execute { .. }) => {
-                    q.pop_front();
+                    if let Some(Expect::Execute {
+                        change: Some(c), ..
+                    }) = q.pop_front()
+                        && c.change().is_some_and(|c| c.confirmed_by_tag(&status))
+                    {
+                        c.confirm();
+                    }
                 }
                 _ => {}
             }
@@ -2237,7 +3078,7 @@ impl Backend {
             self.finish_statement(status).await?;
             // The rest of a simple query string is skipped by the server.
             let mut q = lock(&self.shared.expect);
-            if let Some(Expect::Query { statements }) = q.front_mut() {
+            if let Some(Expect::Query { statements, .. }) = q.front_mut() {
                 statements.clear();
             }
         }
@@ -2310,4 +3151,18 @@ fn row_description_key(columns: &[ColumnDesc]) -> Bytes {
 fn wire_tag(body: &Bytes) -> String {
     let end = memchr::memchr(0, body).unwrap_or(body.len());
     String::from_utf8_lossy(body.get(..end).unwrap_or_default()).into_owned()
+}
+
+/// Confirms the name change of the statement with operation index `index`, if the server's
+/// command tag says it was made.
+fn confirm_change(changes: &mut VecDeque<(u64, PendingChange)>, index: u64, tag: &str) {
+    while changes.front().is_some_and(|(i, _)| *i < index) {
+        changes.pop_front();
+    }
+    if changes.front().is_some_and(|(i, _)| *i == index)
+        && let Some((_, c)) = changes.pop_front()
+        && c.change().is_some_and(|c| c.confirmed_by_tag(tag))
+    {
+        c.confirm();
+    }
 }

@@ -46,6 +46,24 @@ pub struct StatementInfo {
     /// The source columns a copying statement reads, when known exactly (`COPY (query) TO`,
     /// `COPY t (a, b) TO`), as `table.column` / `table.*`. `None`: every column of `tables`.
     pub reads: Option<Vec<String>>,
+    /// Whether running the statement may change how the server reads the SQL that follows.
+    pub effect: SessionEffect,
+}
+
+/// What a statement may do to the session state that SQL text is read and resolved under
+/// (`standard_conforming_strings`, `client_encoding`, `backslash_quote`, `search_path`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum SessionEffect {
+    /// Nothing the gateway needs to follow.
+    #[default]
+    None,
+    /// May change `standard_conforming_strings`, `client_encoding` or `search_path`: `SET`,
+    /// `RESET`, `set_config`, `DISCARD`, transaction end, `ROLLBACK TO`, or code the gateway
+    /// cannot see into (`DO`, `CALL`, functions other than well-known built-ins).
+    Lexer,
+    /// Changes `backslash_quote`, which the server never reports: refused.
+    BackslashQuote,
 }
 
 /// Where each output column's value may come from. Sources are `table.column` (table as
@@ -113,6 +131,7 @@ impl StatementAnalyzer for LexicalAnalyzer {
                     tables: Vec::new(),
                     copies_data: false,
                     reads: None,
+                    effect: lexical_effect(stmt, kind),
                 })
             })
             .collect())
@@ -177,7 +196,9 @@ impl StatementAnalyzer for SqlAnalyzer {
             } else {
                 None
             };
+            let effect = session_effect(&st, stmt_text);
             out.push(StatementInfo {
+                effect,
                 span: trim(text, st.span),
                 kind,
                 lineage,
@@ -348,6 +369,137 @@ fn convert_lineage(l: gatehouse_sql::Lineage) -> ColumnLineage {
         )
     } else {
         ColumnLineage::Union(l.all_sources().iter().map(source_name).collect())
+    }
+}
+
+/// Built-in functions that cannot change a setting (and that a session cannot shadow without
+/// changing `search_path`, which is itself followed). Any other function may run code that does.
+const PURE_FUNCTIONS: &[&str] = &[
+    "abs",
+    "array_agg",
+    "array_length",
+    "avg",
+    "btrim",
+    "ceil",
+    "char_length",
+    "coalesce",
+    "concat",
+    "concat_ws",
+    "count",
+    "current_date",
+    "current_setting",
+    "current_timestamp",
+    "current_user",
+    "date_part",
+    "date_trunc",
+    "encode",
+    "decode",
+    "exists",
+    "extract",
+    "floor",
+    "format",
+    "generate_series",
+    "greatest",
+    "json_agg",
+    "json_build_object",
+    "jsonb_agg",
+    "jsonb_build_object",
+    "least",
+    "left",
+    "length",
+    "localtimestamp",
+    "lower",
+    "ltrim",
+    "max",
+    "md5",
+    "min",
+    "mod",
+    "now",
+    "nullif",
+    "octet_length",
+    "position",
+    "random",
+    "replace",
+    "right",
+    "round",
+    "row_number",
+    "row_to_json",
+    "rtrim",
+    "session_user",
+    "split_part",
+    "string_agg",
+    "strpos",
+    "substr",
+    "substring",
+    "sum",
+    "to_char",
+    "to_json",
+    "to_jsonb",
+    "to_number",
+    "to_timestamp",
+    "trim",
+    "trunc",
+    "upper",
+    "version",
+];
+
+fn pure_function(name: &str) -> bool {
+    let bare = name.strip_prefix("pg_catalog.").unwrap_or(name);
+    PURE_FUNCTIONS.contains(&bare)
+}
+
+/// Whether the statement names `backslash_quote` anywhere (a `SET`, `RESET` or `set_config`).
+fn names_backslash_quote(stmt: &str) -> bool {
+    memchr::memmem::find(stmt.to_ascii_lowercase().as_bytes(), b"backslash_quote").is_some()
+}
+
+/// The session effect of a statement classified by gatehouse-sql.
+fn session_effect(st: &gatehouse_sql::StatementInfo, stmt: &str) -> SessionEffect {
+    use gatehouse_sql::StatementKind as K;
+    if st.settings_changed.contains("backslash_quote")
+        || (!st.settings_changed.is_empty() && names_backslash_quote(stmt))
+    {
+        return SessionEffect::BackslashQuote;
+    }
+    let ends_transaction = st.kind == K::Transaction
+        && first_keyword(stmt).is_some_and(|w| {
+            let w = w.to_ascii_lowercase();
+            matches!(
+                w.as_str(),
+                "commit" | "end" | "rollback" | "abort" | "prepare"
+            )
+        });
+    let opaque = st.kinds.iter().any(|k| {
+        matches!(
+            k,
+            K::Set | K::DoBlock | K::Call | K::Execute | K::Unparseable | K::Other
+        )
+    }) || st.has(gatehouse_sql::Risk::OpaqueCode)
+        || st.has(gatehouse_sql::Risk::EncodingChange)
+        || !st.settings_changed.is_empty()
+        || st.functions.iter().any(|f| !pure_function(f));
+    if opaque || ends_transaction {
+        SessionEffect::Lexer
+    } else {
+        SessionEffect::None
+    }
+}
+
+/// The session effect of a statement known only by its leading keyword: anything but plain
+/// transaction starts may change settings.
+fn lexical_effect(stmt: &str, kind: StatementKind) -> SessionEffect {
+    if names_backslash_quote(stmt) {
+        return SessionEffect::BackslashQuote;
+    }
+    let begins = kind == StatementKind::Transaction
+        && first_keyword(stmt).is_some_and(|w| {
+            let w = w.to_ascii_lowercase();
+            matches!(w.as_str(), "begin" | "start" | "savepoint" | "release")
+        });
+    if begins {
+        SessionEffect::None
+    } else {
+        SessionEffect::Lexer
     }
 }
 

@@ -52,6 +52,54 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// Reads past the message at the head of the buffer (one whose declared length the framer
+    /// refused as too large) without keeping it. Returns its tag; `Ok(None)` if the head is not
+    /// a complete header.
+    pub(crate) async fn discard_head(&mut self) -> Result<Option<u8>, ReadError> {
+        let Some(head) = self.buf.get(..5) else {
+            return Ok(None);
+        };
+        let tag = head[0];
+        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        let mut left = len.saturating_add(1);
+        loop {
+            let take = left.min(self.buf.len());
+            let _ = self.buf.split_to(take);
+            left -= take;
+            if left == 0 {
+                return Ok(Some(tag));
+            }
+            self.buf.clear();
+            self.buf.reserve(64 * 1024);
+            let n = self
+                .inner
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(ReadError::Io)?;
+            if n == 0 {
+                return Err(ReadError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+    }
+
+    /// Resolves when the peer has gone (end of stream or a read error), buffering whatever it
+    /// sends meanwhile for [`FrameReader::next`]; past `max_buffered` bytes it stops reading
+    /// (and so stops watching).
+    pub(crate) async fn gone(&mut self, max_buffered: usize) {
+        loop {
+            if self.buf.len() >= max_buffered {
+                return std::future::pending().await;
+            }
+            if self.buf.capacity() - self.buf.len() < 8192 {
+                self.buf.reserve(16384);
+            }
+            match self.inner.read_buf(&mut self.buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    }
+
     /// Whether a complete frame is already buffered (lets callers batch writes).
     pub(crate) fn has_buffered_frame(&self) -> bool {
         let Some(len) = self.buf.get(1..5) else {

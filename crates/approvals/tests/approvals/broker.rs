@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use gatehouse_approvals::{ApprovalStore, JournalStore, MemoryStore};
+use gatehouse_approvals::{ApprovalBroker, ApprovalStore, JournalStore, MemoryStore};
 use gatehouse_core::{
     ApprovalDecision, ApprovalError, ApprovalFilter, ApprovalOutcome, ApprovalState, Approvals,
     EventBody,
@@ -764,6 +764,101 @@ pub async fn list_and_get(store: Arc<dyn ApprovalStore>) {
     ));
 }
 
+/// Concurrent holds are capped per identity and per target, counted in the store, so two
+/// brokers sharing it share the caps; past a cap nothing is opened.
+pub async fn hold_limits(store: Arc<dyn ApprovalStore>) {
+    let limits = gatehouse_approvals::HoldLimits {
+        per_identity: 2,
+        per_target: 3,
+    };
+    let a = ApprovalBroker::builder(store.clone())
+        .limits(limits)
+        .build();
+    let b = ApprovalBroker::builder(store).limits(limits).build();
+    let open = |broker: &ApprovalBroker, who: gatehouse_core::Identity, n: &str| {
+        let broker = broker.clone();
+        let op = delete_users(n);
+        async move {
+            broker
+                .open(request(who, op, requirement(1, 60_000, None)))
+                .await
+        }
+    };
+    open(&a, agent(), "1").await.unwrap();
+    open(&b, agent(), "2").await.unwrap();
+    let err = open(&a, agent(), "3").await.unwrap_err();
+    assert!(
+        matches!(&err, ApprovalError::TooManyPending(m) if m.contains("agent-7")),
+        "{err:?}"
+    );
+    let other = person("agent-8", &["agents"]);
+    open(&b, other.clone(), "4").await.unwrap();
+    let err = open(&a, other, "5").await.unwrap_err();
+    assert!(
+        matches!(&err, ApprovalError::TooManyPending(m) if m.contains("orders-db")),
+        "{err:?}"
+    );
+    let pending = a
+        .list(&ApprovalFilter {
+            state: Some(ApprovalState::Pending),
+            requester: None,
+            target: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(pending.len(), 3);
+}
+
+/// At shutdown every request this broker holds is closed as abandoned (recorded), and a later
+/// approval is refused; requests of another broker on the same store are left alone.
+pub async fn abandon_held(store: Arc<dyn ApprovalStore>) {
+    let (broker, recorder) = broker_with(store.clone());
+    let other = ApprovalBroker::builder(store).build();
+    let mine = broker
+        .open(request(
+            agent(),
+            delete_users("1"),
+            requirement(1, 60_000, None),
+        ))
+        .await
+        .unwrap();
+    let theirs = other
+        .open(request(
+            agent(),
+            delete_users("2"),
+            requirement(1, 60_000, None),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(broker.abandon_held().await.unwrap(), 1);
+    assert_eq!(
+        broker.get(&mine.id).await.unwrap().state,
+        ApprovalState::Abandoned
+    );
+    assert_eq!(
+        broker.get(&theirs.id).await.unwrap().state,
+        ApprovalState::Pending
+    );
+    assert!(
+        recorder
+            .bodies()
+            .iter()
+            .any(|b| matches!(b, EventBody::ApprovalAbandoned { id } if *id == mine.id))
+    );
+    let late = broker
+        .decide(
+            &mine.id,
+            &person("alice", &["dba"]),
+            ApprovalDecision::Approve,
+            "late",
+        )
+        .await;
+    assert!(
+        matches!(late, Err(ApprovalError::AlreadyClosed(..))),
+        "{late:?}"
+    );
+}
+
 macro_rules! scenarios {
     ($module:ident, $make:expr) => {
         mod $module {
@@ -840,6 +935,16 @@ macro_rules! scenarios {
             async fn list_and_get() {
                 let (s, _g) = $make;
                 super::list_and_get(s).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn hold_limits() {
+                let (s, _g) = $make;
+                super::hold_limits(s).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn abandon_held() {
+                let (s, _g) = $make;
+                super::abandon_held(s).await
             }
         }
     };

@@ -328,6 +328,8 @@ pub struct PgListenerSection {
     pub allow_plaintext_password: bool,
     /// Largest client message accepted, bytes.
     pub max_message_bytes: Option<usize>,
+    /// Most statements in one simple-protocol Query message (default 1000).
+    pub max_statements_per_query: Option<usize>,
     /// Idle timeout, seconds.
     pub idle_timeout_secs: Option<u64>,
     /// Masked non-text values become NULL (`null`, default) or the statement is refused (`refuse`).

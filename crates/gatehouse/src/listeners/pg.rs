@@ -123,6 +123,9 @@ pub async fn start(
     if let Some(max) = l.max_message_bytes {
         limits.max_client_message = max;
     }
+    if let Some(max) = l.max_statements_per_query {
+        limits.max_statements_per_query = max.max(1);
+    }
     limits.idle_timeout = l.idle_timeout_secs.map(Duration::from_secs);
     if let Some(end) = l.end_at_token_expiry {
         limits.end_at_token_expiry = end;

@@ -45,6 +45,8 @@ pub struct Options {
     pub configure: Box<dyn FnOnce(&mut PgProxyConfig) + Send>,
     pub setup_sql: &'static str,
     pub identity_expiry: Option<time::OffsetDateTime>,
+    /// Approvals in place of the testkit's (e.g. the real broker).
+    pub approvals: Option<Arc<dyn gatehouse_core::Approvals + Send + Sync>>,
 }
 
 impl Default for Options {
@@ -56,6 +58,7 @@ impl Default for Options {
             configure: Box::new(|_| {}),
             setup_sql: "",
             identity_expiry: None,
+            approvals: None,
         }
     }
 }
@@ -105,12 +108,15 @@ pub async fn start(opts: Options) -> Harness {
     let mut identity = agent();
     identity.expires_at = opts.identity_expiry;
     let auth = StaticAuthenticator::new().with_token(TOKEN, identity);
-    let tp = TestPipeline::new(
+    let mut tp = TestPipeline::new(
         auth,
         PolicyRef(opts.policy),
         opts.masker,
         &[password.as_str()],
     );
+    if let Some(a) = opts.approvals {
+        tp.pipeline.approvals = a;
+    }
     let upstream = UpstreamConfig {
         address: UpstreamAddress::Tcp {
             host: "127.0.0.1".into(),
@@ -252,4 +258,49 @@ pub const T: Duration = Duration::from_secs(60);
 
 pub fn masker_ref(m: &LiteralMasker) -> &dyn Masker {
     m
+}
+
+/// A policy that reads SQL as the gateway's classifier does (under the operation's settings):
+/// statements of a `deny` kind are denied, of a `review` kind reviewed, the rest allowed.
+pub fn kind_policy(
+    deny: &'static [gatehouse_sql::StatementKind],
+    review: &'static [gatehouse_sql::StatementKind],
+    review_timeout_ms: u64,
+) -> Arc<dyn Policy + Send + Sync> {
+    Arc::new(FnPolicy::new(move |_, _, op| {
+        let Operation::Sql(sql) = op else {
+            return Decision::deny("not-sql", "only SQL here");
+        };
+        let c = gatehouse_sql::classify(&sql.text, &sql.settings);
+        let has = |kinds: &[gatehouse_sql::StatementKind]| {
+            c.statements
+                .iter()
+                .any(|s| s.kinds.iter().any(|k| kinds.contains(k)))
+        };
+        if has(deny) {
+            return Decision::deny("no-truncate", "agents do not empty tables");
+        }
+        if has(review) {
+            return Decision::review(
+                "review-deletes",
+                "deletes need a human",
+                gatehouse_core::ReviewRequirement {
+                    approver_groups: vec!["dba".into()],
+                    approvals_required: 1,
+                    timeout_ms: review_timeout_ms,
+                    grant_window_ms: None,
+                },
+            );
+        }
+        Decision::allow("default", "allowed")
+    }))
+}
+
+/// Polls `check` (at most 10 s) until it holds.
+pub async fn eventually(what: &str, check: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -6,9 +6,14 @@
 mod common;
 
 mod auth;
+mod execution;
+mod holds;
 mod hostile;
+mod lexer_state;
+mod limits;
 mod masking;
 mod psql;
+mod raw;
 mod real_layers;
 mod review;
 mod statements;

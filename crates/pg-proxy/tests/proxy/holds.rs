@@ -1,0 +1,100 @@
+//! Holds end with their client: a held statement whose client goes away is abandoned, and
+//! approving it later runs nothing; nothing of it reaches the server while it is held.
+
+use std::sync::Arc;
+
+use gatehouse_approvals::{ApprovalBroker, HoldLimits, MemoryStore};
+use gatehouse_core::{ApprovalDecision, ApprovalFilter, ApprovalState, Approvals, EventBody};
+use gatehouse_sql::StatementKind as K;
+
+use crate::common::*;
+use crate::raw::*;
+
+const SETUP: &str = "CREATE TABLE jobs (id int); INSERT INTO jobs SELECT generate_series(1, 10);";
+
+#[tokio::test]
+async fn a_held_statement_whose_client_leaves_is_abandoned_and_never_runs() {
+    gatehouse_testkit::within(T, async {
+        let h = start(Options {
+            policy: kind_policy(&[], &[K::Delete], 60_000),
+            setup_sql: SETUP,
+            ..Options::default()
+        })
+        .await;
+        let mut c = RawClient::connect(h.port).await;
+        c.send(&query("begin; delete from jobs")).await;
+        let id = h.tp.approvals.next_pending().await;
+        // While it is held nothing of the message has reached the server: its backend is idle,
+        // not inside the transaction the message opens.
+        let busy =
+            h.db.psql(&format!(
+                "select count(*) from pg_stat_activity where usename = '{}' and state <> 'idle'",
+                h.role
+            ))
+            .unwrap();
+        assert_eq!(busy, "0");
+        drop(c);
+        let approvals = h.tp.approvals.clone();
+        let probe = id.clone();
+        eventually("the request is abandoned", move || {
+            futures::executor::block_on(approvals.get(&probe))
+                .is_ok_and(|r| r.state == ApprovalState::Abandoned)
+        })
+        .await;
+        assert!(
+            h.tp.approvals
+                .decide(&id, &approver(), ApprovalDecision::Approve, "late")
+                .await
+                .is_err()
+        );
+        h.wait_for_event("the abandonment", |e| match e.body {
+            EventBody::ApprovalAbandoned { id: i } if i == id => Some(()),
+            _ => None,
+        })
+        .await;
+        assert_eq!(h.db.psql("select count(*) from jobs").unwrap(), "10");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn holds_past_the_cap_are_refused_at_once() {
+    gatehouse_testkit::within(T, async {
+        let broker = ApprovalBroker::builder(Arc::new(MemoryStore::new()))
+            .limits(HoldLimits {
+                per_identity: 1,
+                per_target: 50,
+            })
+            .build();
+        let h = start(Options {
+            policy: kind_policy(&[], &[K::Delete], 60_000),
+            setup_sql: SETUP,
+            approvals: Some(Arc::new(broker.clone())),
+            ..Options::default()
+        })
+        .await;
+        let a = h.connect().await;
+        let held = tokio::spawn(async move { a.simple_query("delete from jobs").await });
+        let pending = ApprovalFilter {
+            state: Some(ApprovalState::Pending),
+            requester: None,
+            target: None,
+        };
+        let probe = broker.clone();
+        eventually("one request is held", move || {
+            futures::executor::block_on(probe.list(&pending)).is_ok_and(|l| l.len() == 1)
+        })
+        .await;
+        let b = h.connect().await;
+        let Err(err) = b.simple_query("delete from jobs where id = 1").await else {
+            panic!("refused past the cap")
+        };
+        let (code, msg) = db_error(&err);
+        assert_eq!(code, "53400", "{msg}");
+        assert!(msg.contains("waiting for approval"), "{msg}");
+        b.simple_query("select 1").await.unwrap();
+        assert_eq!(h.db.psql("select count(*) from jobs").unwrap(), "10");
+        held.abort();
+    })
+    .await;
+}

@@ -1,0 +1,77 @@
+//! Large inputs get clear answers: a message over the size limit gets an ErrorResponse (54000)
+//! in protocol order and the session stays usable; a Query of too many statements is refused
+//! whole, with one audit record.
+
+use gatehouse_core::EventBody;
+
+use crate::common::*;
+use crate::raw::*;
+
+fn opts() -> Options {
+    Options {
+        setup_sql: "CREATE TABLE jobs (id int); INSERT INTO jobs SELECT generate_series(1, 10);",
+        configure: Box::new(|c| {
+            c.limits.max_client_message = 64 * 1024;
+            c.limits.max_statements_per_query = 10;
+        }),
+        ..Options::default()
+    }
+}
+
+#[tokio::test]
+async fn an_oversized_message_gets_an_error_and_the_session_stays_usable() {
+    gatehouse_testkit::within(T, async {
+        let h = start(opts()).await;
+        let mut c = RawClient::connect(h.port).await;
+        let big = format!("select '{}'", "x".repeat(100 * 1024));
+        c.send(&[query(&big), query("select 1")].concat()).await;
+        let answers = c.until_ready_n(2).await;
+        assert_eq!(errors(&answers), ["54000"], "{answers:?}");
+        assert_eq!(tags(&answers), ["SELECT 1"]);
+        // Extended protocol: an oversized Bind fails its sync group only.
+        c.send(
+            &[
+                parse("s", "select $1::text"),
+                bind("", "s", &[&"y".repeat(100 * 1024)]),
+                execute(""),
+                sync(),
+                parse("", "select count(*) from jobs"),
+                bind("", "", &[]),
+                describe_portal(""),
+                execute(""),
+                sync(),
+            ]
+            .concat(),
+        )
+        .await;
+        let answers = c.until_ready_n(2).await;
+        assert_eq!(errors(&answers), ["54000"], "{answers:?}");
+        assert_eq!(tags(&answers), ["SELECT 1"]);
+        let e = answers.iter().find(|m| m.tag == b'E').unwrap();
+        assert!(e.field(b'M').unwrap().contains("exceeds"), "{e:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_query_of_too_many_statements_is_refused_with_one_record() {
+    gatehouse_testkit::within(T, async {
+        let h = start(opts()).await;
+        let c = h.connect().await;
+        let before = h.tp.recorder.events().len();
+        let many = "delete from jobs where id = 1;".repeat(11);
+        let err = c.simple_query(&many).await.err().unwrap();
+        let (code, msg) = db_error(&err);
+        assert_eq!(code, "54000", "{msg}");
+        assert!(msg.contains("11 statements"), "{msg}");
+        let ops = h.tp.recorder.events()[before..]
+            .iter()
+            .filter(|e| matches!(e.body, EventBody::Operation { .. }))
+            .count();
+        assert_eq!(ops, 1);
+        assert_eq!(h.db.psql("select count(*) from jobs").unwrap(), "10");
+        // At the limit it runs.
+        c.simple_query(&"select 1;".repeat(10)).await.unwrap();
+    })
+    .await;
+}
