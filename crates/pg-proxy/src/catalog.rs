@@ -12,6 +12,7 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
 use crate::PgProxyError;
+use crate::binvalue::{TypeForm, TypeForms, builtin_form, form_from_send};
 use crate::config::UpstreamConfig;
 use crate::upstream::{BoxStream, FrameReader, ReadError};
 use crate::wire::{self, ColumnDesc, ErrorFields};
@@ -28,6 +29,8 @@ pub(crate) struct Catalog {
     conn: tokio::sync::Mutex<Option<FrameReader<BoxStream>>>,
     cache: Mutex<Cache>,
     relations: Mutex<Relations>,
+    /// Binary layouts of non-built-in types seen so far.
+    types: Mutex<TypeForms>,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -47,6 +50,7 @@ impl Catalog {
             conn: tokio::sync::Mutex::new(None),
             cache: Mutex::new(HashMap::new()),
             relations: Mutex::new(HashMap::new()),
+            types: Mutex::new(HashMap::new()),
         }
     }
 
@@ -56,6 +60,71 @@ impl Catalog {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        self.types.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// Binary layouts of `oids` that are not built-in types, with those of the types they
+    /// contain (composite fields, array elements, a few levels deep). A type the catalog does
+    /// not describe is [`TypeForm::Unknown`].
+    pub(crate) async fn type_forms(&self, oids: &[u32]) -> Result<TypeForms, PgProxyError> {
+        let mut want: Vec<u32> = oids
+            .iter()
+            .copied()
+            .filter(|o| builtin_form(*o).is_none())
+            .collect();
+        for _round in 0..4 {
+            want.sort_unstable();
+            want.dedup();
+            {
+                let known = self.types.lock().unwrap_or_else(|p| p.into_inner());
+                want.retain(|o| !known.contains_key(o));
+            }
+            if want.is_empty() {
+                break;
+            }
+            let list: Vec<String> = want.iter().map(u32::to_string).collect();
+            let sql = format!(
+                "SELECT t.oid::int8::text, t.typsend::regproc::text, \
+                   COALESCE(r.rngsubtype, 0)::int8::text, t.typelem::int8::text, \
+                   COALESCE((SELECT string_agg(a.atttypid::int8::text, ',') \
+                     FROM pg_catalog.pg_attribute a WHERE a.attrelid = t.typrelid \
+                     AND a.attnum > 0 AND NOT a.attisdropped), '') \
+                 FROM pg_catalog.pg_type t \
+                 LEFT JOIN pg_catalog.pg_range r ON r.rngtypid = t.oid \
+                 WHERE t.oid IN ({})",
+                list.join(",")
+            );
+            let rows = self.run(&sql).await?;
+            let mut next = Vec::new();
+            let mut found: TypeForms = HashMap::new();
+            for row in rows {
+                let [Some(oid), Some(send), Some(sub), Some(elem), Some(fields)] = row.as_slice()
+                else {
+                    continue;
+                };
+                let Ok(oid) = oid.parse::<u32>() else {
+                    continue;
+                };
+                let send = send.rsplit('.').next().unwrap_or(send);
+                let form = form_from_send(send, sub.parse().unwrap_or(0));
+                found.insert(oid, form);
+                let contained = std::iter::once(elem.as_str())
+                    .chain(fields.split(','))
+                    .chain(std::iter::once(sub.as_str()))
+                    .filter_map(|o| o.parse::<u32>().ok())
+                    .filter(|o| *o != 0 && builtin_form(*o).is_none());
+                next.extend(contained);
+            }
+            let mut known = self.types.lock().unwrap_or_else(|p| p.into_inner());
+            for o in &want {
+                known
+                    .entry(*o)
+                    .or_insert_with(|| found.get(o).copied().unwrap_or(TypeForm::Unknown));
+            }
+            drop(known);
+            want = next;
+        }
+        Ok(self.types.lock().unwrap_or_else(|p| p.into_inner()).clone())
     }
 
     /// Qualified sources for SQL-level lineage names: `table.column`, `table.*` (every column)

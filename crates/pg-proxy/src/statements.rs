@@ -46,6 +46,10 @@ pub struct StatementInfo {
     /// The source columns a copying statement reads, when known exactly (`COPY (query) TO`,
     /// `COPY t (a, b) TO`), as `table.column` / `table.*`. `None`: every column of `tables`.
     pub reads: Option<Vec<String>>,
+    /// What the statement reads cannot be known from its text (a `DO` block, `CALL`, code the
+    /// classifier cannot see into, or an analyzer that does not trace reads): server messages
+    /// about it are treated as if it read masked columns.
+    pub opaque: bool,
 }
 
 /// Where each output column's value may come from. Sources are `table.column` (table as
@@ -113,6 +117,8 @@ impl StatementAnalyzer for LexicalAnalyzer {
                     tables: Vec::new(),
                     copies_data: false,
                     reads: None,
+                    // No tables, no lineage: what it reads is unknown.
+                    opaque: true,
                 })
             })
             .collect())
@@ -177,6 +183,9 @@ impl StatementAnalyzer for SqlAnalyzer {
             } else {
                 None
             };
+            let opaque = st.has(gatehouse_sql::Risk::OpaqueCode)
+                || matches!(st.kind, K::DoBlock | K::Call)
+                || st.kinds.iter().any(|k| matches!(k, K::DoBlock | K::Call));
             out.push(StatementInfo {
                 span: trim(text, st.span),
                 kind,
@@ -184,6 +193,7 @@ impl StatementAnalyzer for SqlAnalyzer {
                 tables: st.tables.into_iter().collect(),
                 copies_data: reads_into_elsewhere,
                 reads,
+                opaque,
             });
         }
         Ok(out)

@@ -7,6 +7,7 @@ mod common;
 
 mod auth;
 mod hostile;
+mod leaks;
 mod masking;
 mod psql;
 mod real_layers;
