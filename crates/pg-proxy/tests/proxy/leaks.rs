@@ -64,6 +64,10 @@ const LINEAGE: &[&str] = &[
     "SELECT regexp_replace(email, '(.)', '\\1 ', 'g') FROM customers",
     "SELECT i, substr(email, i, 1) FROM customers, generate_series(1, 40) i ORDER BY id, i",
     "SELECT substr(card_number, i, 1) FROM customers, generate_series(1, 16) i ORDER BY id, i",
+    // Windows whose last four characters (what a partial strategy keeps) tile the value.
+    "SELECT substr('x' || email || 'yyyy', i, 5) FROM customers, generate_series(1, 33, 4) i ORDER BY id, i",
+    "SELECT substr('x' || card_number || 'yyyy', i, 5) FROM customers, generate_series(1, 17, 4) i ORDER BY id, i",
+    "SELECT substr('x' || phone || 'yyyy', i, 5) FROM customers, generate_series(1, 17, 4) i ORDER BY id, i",
     "SELECT array_agg(reverse(email)) FROM customers",
     "SELECT array_agg(substr(email, i, 1) ORDER BY i) FROM customers, generate_series(1, 40) i GROUP BY id",
     "SELECT string_agg(email, ',') FROM customers",
@@ -627,7 +631,6 @@ async fn no_pii_reaches_a_client_or_the_audit_log() {
         ];
         for (family, statements, binary) in families {
             let from = captured.lock().unwrap().len();
-            let audit_before = gw.tp.recorder.dump().len();
             let p = port;
             let list: Vec<&'static str> = statements.to_vec();
             let psql_out = tokio::task::spawn_blocking(move || run_psql(p, &list))
@@ -642,9 +645,7 @@ async fn no_pii_reaches_a_client_or_the_audit_log() {
                 run_raw(port, statements, true).await;
                 attempts += statements.len();
             }
-            let audit = gw.tp.recorder.dump();
             let mut extra = psql_out.clone();
-            extra.extend_from_slice(audit.get(audit_before..).unwrap_or("").as_bytes());
             for line in &driver {
                 extra.extend_from_slice(line.as_bytes());
                 extra.push(b'\n');
@@ -659,6 +660,11 @@ async fn no_pii_reaches_a_client_or_the_audit_log() {
             if !found.is_empty() {
                 report.push(format!("{family}: {found:?}"));
             }
+        }
+        // The audit log and the session recordings (rows, statements, results) of every family.
+        let found = leaks_in(gw.tp.recorder.dump().as_bytes());
+        if !found.is_empty() {
+            report.push(format!("audit log and recordings: {found:?}"));
         }
         assert!(attempts >= 100, "corpus too small: {attempts}");
         assert!(report.is_empty(), "leaks:\n{}", report.join("\n"));
