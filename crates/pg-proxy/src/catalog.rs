@@ -6,7 +6,7 @@
 //! cached until a DDL statement is seen on the target.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
@@ -31,6 +31,10 @@ pub(crate) struct Catalog {
     relations: Mutex<Relations>,
     /// Binary layouts of non-built-in types seen so far.
     types: Mutex<TypeForms>,
+    /// Every column of the database, once listed.
+    all_columns: Mutex<Option<Arc<Vec<String>>>>,
+    /// Function name → defined outside `pg_catalog`.
+    user_functions: Mutex<HashMap<String, bool>>,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -51,7 +55,90 @@ impl Catalog {
             cache: Mutex::new(HashMap::new()),
             relations: Mutex::new(HashMap::new()),
             types: Mutex::new(HashMap::new()),
+            all_columns: Mutex::new(None),
+            user_functions: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Every column of every table, view, materialized view and foreign table, as
+    /// `schema.table.column`.
+    pub(crate) async fn all_columns(&self) -> Result<Arc<Vec<String>>, PgProxyError> {
+        if let Some(c) = self
+            .all_columns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Ok(c);
+        }
+        let rows = self
+            .run(
+                "SELECT n.nspname || '.' || c.relname || '.' || a.attname \
+                 FROM pg_catalog.pg_attribute a \
+                 JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE a.attnum > 0 AND NOT a.attisdropped \
+                 AND c.relkind IN ('r', 'v', 'm', 'f', 'p') \
+                 AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                 AND n.nspname NOT LIKE 'pg\\_toast%'",
+            )
+            .await?;
+        let all: Arc<Vec<String>> = Arc::new(
+            rows.into_iter()
+                .filter_map(|r| r.into_iter().next().flatten())
+                .collect(),
+        );
+        *self.all_columns.lock().unwrap_or_else(|p| p.into_inner()) = Some(all.clone());
+        Ok(all)
+    }
+
+    /// Whether any of `names` (as written: `f`, `schema.f`) names a function defined outside
+    /// `pg_catalog` (any schema's function of that name counts, whatever the search path).
+    pub(crate) async fn user_functions(&self, names: &[String]) -> Result<bool, PgProxyError> {
+        let mut missing = Vec::new();
+        {
+            let known = self
+                .user_functions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            for n in names {
+                match known.get(n) {
+                    Some(true) => return Ok(true),
+                    Some(false) => {}
+                    None => missing.push(n.clone()),
+                }
+            }
+        }
+        for name in missing {
+            let (schema, func) = match name.rsplit_once('.') {
+                Some((s, f)) => (Some(s), f),
+                None => (None, name.as_str()),
+            };
+            let lit = |v: &str| v.replace('\'', "''");
+            let schema_filter = match schema {
+                Some(s) => format!("n.nspname = '{}'", lit(s)),
+                None => "n.nspname <> 'pg_catalog'".to_string(),
+            };
+            let sql = format!(
+                "SELECT count(*)::text FROM pg_catalog.pg_proc p \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+                 WHERE p.proname = '{}' AND {schema_filter} AND n.nspname <> 'pg_catalog'",
+                lit(func)
+            );
+            let rows = self.run(&sql).await?;
+            let user = rows
+                .first()
+                .and_then(|r| r.first().cloned().flatten())
+                .is_none_or(|c| c != "0");
+            self.user_functions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(name.clone(), user);
+            if user {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     pub(crate) fn invalidate(&self) {
@@ -61,6 +148,11 @@ impl Catalog {
             .unwrap_or_else(|p| p.into_inner())
             .clear();
         self.types.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        *self.all_columns.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.user_functions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     /// Binary layouts of `oids` that are not built-in types, with those of the types they

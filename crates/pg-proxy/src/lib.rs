@@ -164,6 +164,30 @@ impl ProxyInner {
         }
     }
 
+    /// Every column of every relation of the target (`schema.table.column`). When the lookup
+    /// fails, a source no rule can take for safe: `?.*`.
+    pub(crate) async fn all_columns(&self, target: &str) -> Arc<Vec<String>> {
+        match self.catalogs.get(target) {
+            Some(cat) => match cat.all_columns().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(target = %target, error = %e, "column listing failed");
+                    Arc::new(vec!["?.*".to_string()])
+                }
+            },
+            None => Arc::new(Vec::new()),
+        }
+    }
+
+    /// Whether any of `functions` is defined outside `pg_catalog` (a lookup failure counts as
+    /// yes).
+    pub(crate) async fn user_functions(&self, target: &str, functions: &[String]) -> bool {
+        match self.catalogs.get(target) {
+            Some(cat) => cat.user_functions(functions).await.unwrap_or(true),
+            None => false,
+        }
+    }
+
     pub(crate) fn catalog_invalidate(&self, target: &str) {
         if let Some(c) = self.catalogs.get(target) {
             c.invalidate();

@@ -388,6 +388,8 @@ struct StmtCtx {
     tables: Vec<String>,
     /// What it reads is unknown (unparseable, `DO`, `CALL`, opaque code).
     opaque: bool,
+    /// Functions it calls.
+    functions: Vec<String>,
     started: Instant,
 }
 
@@ -1163,6 +1165,7 @@ impl Frontend {
             lineage: info.and_then(|i| i.lineage.clone()),
             tables: info.map(|i| i.tables.clone()).unwrap_or_default(),
             opaque: info.is_none_or(|i| i.opaque),
+            functions: info.map(|i| i.functions.clone()).unwrap_or_default(),
             started: Instant::now(),
         })
     }
@@ -1491,20 +1494,22 @@ struct Backend {
     notice_plan: Option<Arc<ShapePlan>>,
     /// The last answer of [`Backend::withholds`]: (operation index, answer).
     withheld_cache: Option<(u64, bool)>,
-    plan_cache: HashMap<
-        (
-            Bytes,
-            Option<String>,
-            Option<crate::statements::ColumnLineage>,
-        ),
-        Arc<ShapePlan>,
-    >,
+    plan_cache: HashMap<PlanKey, Arc<ShapePlan>>,
     /// Result summaries to the audit log (see [`record_results`]).
     results: tokio::sync::mpsc::Sender<Event>,
     /// Recording frames (already through the egress guard) not yet handed to the sink: they go
     /// in batches, so the recording writer wakes once per batch rather than once per statement.
     recording: Vec<RecordingFrame>,
 }
+
+/// What a result's masking plan depends on besides the RowDescription: the profile, the
+/// statement's lineage, and whether its expressions' origin is untraced.
+type PlanKey = (
+    Bytes,
+    Option<String>,
+    Option<crate::statements::ColumnLineage>,
+    bool,
+);
 
 /// Recording frames held before they are handed to the sink.
 const RECORDING_BATCH: usize = 64;
@@ -2014,7 +2019,16 @@ impl Backend {
     ) -> Arc<ShapePlan> {
         let profile = ctx.and_then(|c| c.profile.clone());
         let lineage = ctx.and_then(|c| c.lineage.clone());
-        let key = (rowdesc_body.clone(), profile.clone(), lineage.clone());
+        let untraced = match ctx {
+            None => true,
+            Some(c) => c.opaque || c.lineage.is_none() || self.runs_own_queries(c).await,
+        };
+        let key = (
+            rowdesc_body.clone(),
+            profile.clone(),
+            lineage.clone(),
+            untraced,
+        );
         if let Some(p) = self.plan_cache.get(&key) {
             return p.clone();
         }
@@ -2022,6 +2036,19 @@ impl Backend {
             .proxy
             .resolve_sources(&self.ctx.target.name, columns)
             .await;
+        // An expression whose origin the statement's text does not show (a prepared statement
+        // run by name, a cursor, a function running a query of its own) may derive from any
+        // column: it is masked whole when any column of the database is.
+        if untraced && columns.iter().any(|c| c.table_oid == 0) {
+            let every = self.proxy.all_columns(&self.ctx.target.name).await;
+            for (i, col) in columns.iter().enumerate() {
+                if col.table_oid == 0
+                    && let Some(s) = sources.get_mut(i)
+                {
+                    s.extend(every.iter().cloned());
+                }
+            }
+        }
         // Expression columns (no table OID) take their sources from SQL lineage: `lower(email)`,
         // concatenations, CTE outputs, `row_to_json(t)`… Direct columns are exact from the catalog.
         if let Some(lineage) = &lineage {
@@ -2074,6 +2101,23 @@ impl Backend {
         }
         self.plan_cache.insert(key, plan.clone());
         plan
+    }
+
+    /// Whether the statement calls a function that runs a query of its own: one of the
+    /// built-ins that take SQL text, or any function defined outside `pg_catalog`.
+    async fn runs_own_queries(&mut self, ctx: &StmtCtx) -> bool {
+        if ctx.functions.is_empty() {
+            return false;
+        }
+        if ctx.functions.iter().any(|f| {
+            let name = f.rsplit('.').next().unwrap_or(f);
+            SQL_TEXT_FUNCTIONS.contains(&name)
+        }) {
+            return true;
+        }
+        self.proxy
+            .user_functions(&self.ctx.target.name, &ctx.functions)
+            .await
     }
 
     async fn on_row_description(&mut self, frame: Frame) -> Result<(), PgProxyError> {
@@ -2523,6 +2567,29 @@ impl Backend {
         answer
     }
 }
+
+/// Built-in functions that run a query given as text, or return what a session stored
+/// (`current_setting`): their output's origin is not in the statement's text.
+const SQL_TEXT_FUNCTIONS: &[&str] = &[
+    "query_to_xml",
+    "query_to_xmlschema",
+    "query_to_xml_and_xmlschema",
+    "cursor_to_xml",
+    "cursor_to_xmlschema",
+    "table_to_xml",
+    "table_to_xmlschema",
+    "table_to_xml_and_xmlschema",
+    "schema_to_xml",
+    "schema_to_xmlschema",
+    "schema_to_xml_and_xmlschema",
+    "database_to_xml",
+    "database_to_xmlschema",
+    "database_to_xml_and_xmlschema",
+    "ts_stat",
+    "current_setting",
+    "dblink",
+    "dblink_exec",
+];
 
 /// What a notification payload or a free-text setting shows in place of a withheld value.
 const WITHHELD_VALUE: &str = "[withheld by the gateway]";

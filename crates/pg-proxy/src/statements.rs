@@ -50,6 +50,10 @@ pub struct StatementInfo {
     /// classifier cannot see into, or an analyzer that does not trace reads): server messages
     /// about it are treated as if it read masked columns.
     pub opaque: bool,
+    /// Functions the statement calls (normalised as written: `lower`, `public.f`). A function
+    /// that runs a query of its own (`query_to_xml`, a user-defined function) makes what the
+    /// output derives from untraceable from this text.
+    pub functions: Vec<String>,
 }
 
 /// Where each output column's value may come from. Sources are `table.column` (table as
@@ -119,6 +123,7 @@ impl StatementAnalyzer for LexicalAnalyzer {
                     reads: None,
                     // No tables, no lineage: what it reads is unknown.
                     opaque: true,
+                    functions: Vec::new(),
                 })
             })
             .collect())
@@ -176,6 +181,8 @@ impl StatementAnalyzer for SqlAnalyzer {
                         .ok()
                         .map(convert_lineage)
                 }
+                // Settings and plans: no column of any table.
+                K::Show | K::Explain => Some(ColumnLineage::Positional(Vec::new())),
                 _ => None,
             };
             let reads = if st.kind == K::Copy {
@@ -194,6 +201,7 @@ impl StatementAnalyzer for SqlAnalyzer {
                 copies_data: reads_into_elsewhere,
                 reads,
                 opaque,
+                functions: st.functions.into_iter().collect(),
             });
         }
         Ok(out)
