@@ -702,6 +702,17 @@ async fn no_pii_reaches_a_client_or_the_audit_log() {
             .unwrap();
         assert_eq!(row.get::<_, String>(0), "harmless");
         assert_eq!(row.get::<_, Vec<String>>(1), vec!["harmless".to_string()]);
+        // Counting rows reveals no value; filtering on a masked column is the documented open
+        // channel (the rows come back, their masked columns masked).
+        let row = client
+            .query_one(
+                "SELECT count(*), max(id) FROM customers WHERE email LIKE 'zq%'",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, Option<i64>>(0), Some(1));
+        assert_eq!(row.get::<_, Option<i32>>(1), Some(1));
         let err = client
             .simple_query("SELECT CAST(label AS int) FROM plain")
             .await
