@@ -31,6 +31,8 @@ struct ColumnPlan {
     derived: bool,
     /// Masked whole by the plan.
     whole: bool,
+    /// Masked whole by the caller ([`ShapePlan::withhold`]): always NULL.
+    forced: bool,
 }
 
 /// Per-shape masking plan.
@@ -165,6 +167,7 @@ impl ShapePlan {
                 type_oid: c.type_oid,
                 derived: c.table_oid == 0,
                 whole: plan.masks_whole(i),
+                forced: false,
             })
             .collect();
         Self {
@@ -174,6 +177,16 @@ impl ShapePlan {
             names: fields.into_iter().map(|f| f.name).collect(),
             types,
             non_text,
+        }
+    }
+
+    /// Masks column `index` whole as an untraceable expression (NULL, or the row refused,
+    /// per the non-text setting), whatever the masker decided.
+    pub fn withhold(&mut self, index: usize) {
+        if let Some(c) = self.columns.get_mut(index) {
+            c.whole = true;
+            c.derived = true;
+            c.forced = true;
         }
     }
 
@@ -283,6 +296,9 @@ impl ShapePlan {
         findings: &mut Vec<Finding>,
     ) -> MaskOutcome {
         let _ = self.plan.apply(i, value, buf, findings);
+        if col.forced {
+            return MaskOutcome::MustNull;
+        }
         let plain_text = kind == FieldKind::Text
             && if col.binary {
                 builtin_form(col.type_oid) == Some(TypeForm::Text) && col.type_oid != XML
@@ -414,4 +430,51 @@ fn split_row(body: &Bytes, values: &mut Vec<Option<Bytes>>) -> Result<(), FrameE
         values.push(r.value()?);
     }
     r.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+    use gatehouse_testkit::layers::LiteralMasker;
+
+    fn text_column(table_oid: u32) -> ColumnDesc {
+        ColumnDesc {
+            name: "x".into(),
+            table_oid,
+            attnum: 1,
+            type_oid: 25,
+            format: 0,
+        }
+    }
+
+    fn row_body(values: &[Option<&[u8]>]) -> Bytes {
+        let mut framed = BytesMut::new();
+        encode_data_row(values, &mut framed);
+        Bytes::copy_from_slice(&framed[5..])
+    }
+
+    #[test]
+    fn a_withheld_column_goes_out_as_null_whatever_the_masker_says() {
+        let masker = LiteralMasker::new();
+        let cols = [text_column(0), text_column(0)];
+        let mut plan = ShapePlan::new(
+            &masker,
+            &cols,
+            Vec::new(),
+            None,
+            NonTextMasking::Null,
+            |_| {},
+        );
+        plan.withhold(1);
+        let body = row_body(&[Some(b"kept"), Some(b"secret")]);
+        let mut out = BytesMut::new();
+        let outcome = plan
+            .mask_row(&body, &mut out, &mut RowScratch::default(), &mut Vec::new())
+            .unwrap();
+        assert_eq!(outcome, RowOutcome::Masked);
+        let values = crate::wire::parse_data_row(&Bytes::copy_from_slice(&out[5..])).unwrap();
+        assert_eq!(values[0].as_deref(), Some(&b"kept"[..]));
+        assert_eq!(values[1], None);
+    }
 }

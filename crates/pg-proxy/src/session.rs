@@ -564,6 +564,7 @@ async fn relay(proxy: Arc<ProxyInner>, ready: Ready, client_addr: String, sessio
         notice_plan: None,
         withheld_cache: None,
         plan_cache: HashMap::new(),
+        masked_columns: HashMap::new(),
         results,
         recording: Vec::new(),
     };
@@ -1495,12 +1496,17 @@ struct Backend {
     /// The last answer of [`Backend::withholds`]: (operation index, answer).
     withheld_cache: Option<(u64, bool)>,
     plan_cache: HashMap<PlanKey, Arc<ShapePlan>>,
+    /// Per masking profile: the database's columns it masks (see [`Backend::masked_columns`]).
+    masked_columns: HashMap<Option<String>, (ColumnList, ColumnList)>,
     /// Result summaries to the audit log (see [`record_results`]).
     results: tokio::sync::mpsc::Sender<Event>,
     /// Recording frames (already through the egress guard) not yet handed to the sink: they go
     /// in batches, so the recording writer wakes once per batch rather than once per statement.
     recording: Vec<RecordingFrame>,
 }
+
+/// Qualified column names (`schema.table.column`), shared.
+type ColumnList = Arc<Vec<String>>;
 
 /// What a result's masking plan depends on besides the RowDescription: the profile, the
 /// statement's lineage, and whether its expressions' origin is untraced.
@@ -2039,13 +2045,17 @@ impl Backend {
         // An expression whose origin the statement's text does not show (a prepared statement
         // run by name, a cursor, a function running a query of its own) may derive from any
         // column: it is masked whole when any column of the database is.
+        let mut withhold = Vec::new();
         if untraced && columns.iter().any(|c| c.table_oid == 0) {
-            let every = self.proxy.all_columns(&self.ctx.target.name).await;
+            let masked = self.masked_columns(profile.as_deref()).await;
             for (i, col) in columns.iter().enumerate() {
-                if col.table_oid == 0
-                    && let Some(s) = sources.get_mut(i)
-                {
-                    s.extend(every.iter().cloned());
+                if col.table_oid != 0 {
+                    continue;
+                }
+                match (&masked, sources.get_mut(i)) {
+                    (Some(m), Some(s)) => s.extend(m.iter().cloned()),
+                    // The columns could not be listed: nothing says this value is safe.
+                    _ => withhold.push(i),
                 }
             }
         }
@@ -2087,7 +2097,7 @@ impl Backend {
             .await;
         let hooks = self.proxy.hooks.clone();
         let session = self.ctx.clone();
-        let plan = Arc::new(ShapePlan::build(
+        let mut plan = ShapePlan::build(
             self.proxy.pipeline.masker.as_ref(),
             columns,
             sources,
@@ -2095,12 +2105,54 @@ impl Backend {
             self.proxy.config.non_text_masking,
             Arc::new(types),
             |fields: &mut [FieldDesc]| hooks.on_row_description(&session, fields),
-        ));
+        );
+        for i in withhold {
+            plan.withhold(i);
+        }
+        let plan = Arc::new(plan);
         if self.plan_cache.len() > 256 {
             self.plan_cache.clear();
         }
         self.plan_cache.insert(key, plan.clone());
         plan
+    }
+
+    /// The columns of the database that `profile` masks (computed once per profile and
+    /// session); `None` when the columns cannot be listed.
+    async fn masked_columns(&mut self, profile: Option<&str>) -> Option<Arc<Vec<String>>> {
+        let key = profile.map(str::to_string);
+        let every = self.proxy.all_columns(&self.ctx.target.name).await;
+        if every.iter().any(|c| c == "?.*") {
+            return None;
+        }
+        // Kept while the catalog's listing is the same (a DDL statement renews it).
+        if let Some((listing, m)) = self.masked_columns.get(&key)
+            && Arc::ptr_eq(listing, &every)
+        {
+            return Some(m.clone());
+        }
+        let fields: Vec<FieldDesc> = every
+            .iter()
+            .map(|s| FieldDesc {
+                name: s.rsplit('.').next().unwrap_or(s).to_string(),
+                sources: vec![s.clone()],
+                kind: gatehouse_core::FieldKind::Text,
+            })
+            .collect();
+        let plan = self.proxy.pipeline.masker.plan(&fields, profile);
+        let masked: Arc<Vec<String>> = Arc::new(
+            every
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| plan.masks_whole(*i))
+                .map(|(_, s)| s.clone())
+                .collect(),
+        );
+        if self.masked_columns.len() > 16 {
+            self.masked_columns.clear();
+        }
+        self.masked_columns.insert(key, (every, masked.clone()));
+        Some(masked)
     }
 
     /// Whether the statement calls a function that runs a query of its own: one of the

@@ -184,6 +184,7 @@ const UNTRACED: &[&str] = &[
     "PREPARE leakp AS SELECT translate(email, '@.', '  '), reverse(card_number) FROM customers; EXECUTE leakp",
     "BEGIN; DECLARE leakc CURSOR FOR SELECT reverse(card_number), translate(email, '@.', '  ') FROM customers; FETCH ALL leakc; COMMIT",
     "SELECT query_to_xml('SELECT reverse(card_number) AS e, translate(email, ''@.'', ''  '') AS f FROM customers', true, false, '')",
+    "BEGIN; DECLARE bc BINARY CURSOR FOR SELECT email, note, ARRAY[note], ROW(note, email), reverse(card_number) FROM customers; FETCH ALL bc; COMMIT",
     "SELECT customer_dump()",
     "SELECT * FROM customer_dump()",
     "SELECT set_config('application_name', (SELECT string_agg(reverse(card_number), ',') FROM customers), false); SELECT current_setting('application_name')",
