@@ -1904,7 +1904,7 @@ impl Backend {
             if withhold {
                 break;
             }
-            withhold = self.withholds(Some(ctx.as_ref())).await;
+            withhold = self.withholds(Some(ctx.as_ref()), false).await;
         }
         let value = if withhold {
             WITHHELD_VALUE.to_string()
@@ -2498,7 +2498,7 @@ impl Backend {
     /// there that no detector would recognise); otherwise they pass the detectors.
     async fn mask_error_fields(&mut self, mut fields: ErrorFields) -> ErrorFields {
         let ctx = self.message_ctx();
-        if self.withholds(ctx.as_deref()).await {
+        if self.withholds(ctx.as_deref(), true).await {
             let severity = fields.get(b'S').unwrap_or("ERROR").to_string();
             let code = fields.code().unwrap_or("XX000").to_string();
             fields
@@ -2572,13 +2572,22 @@ impl Backend {
 
     /// Whether server text about `ctx` is withheld: the statement is unknown or opaque, or a
     /// table it names has a column the masking profile masks (its filters and casts read those
-    /// columns as much as its output does).
-    async fn withholds(&mut self, ctx: Option<&StmtCtx>) -> bool {
+    /// columns as much as its output does), or — while any column is masked — it calls a
+    /// function that runs a query of its own, or (`strict`, for errors and notices) its reads
+    /// are not traced from its text (`EXECUTE`, `FETCH`: the error of a prepared cast carries
+    /// the value).
+    async fn withholds(&mut self, ctx: Option<&StmtCtx>, strict: bool) -> bool {
         let Some(ctx) = ctx else {
             return true;
         };
         if ctx.opaque {
             return true;
+        }
+        if (strict && ctx.lineage.is_none()) || self.runs_own_queries(ctx).await {
+            match self.masked_columns(ctx.profile.as_deref()).await {
+                Some(m) if m.is_empty() => {}
+                _ => return true,
+            }
         }
         if ctx.tables.is_empty() {
             return false;

@@ -166,6 +166,9 @@ const ERRORS: &[&str] = &[
      RAISE WARNING USING MESSAGE = e, ERRCODE = '22000'; END $$",
     "DO $$ DECLARE e text; BEGIN SELECT string_agg(reverse(email), ',') INTO e FROM customers; \
      EXECUTE format('SELECT %L::int', e); END $$",
+    "SELECT CAST(customer_dump() AS int)",
+    "PREPARE leakcast AS SELECT CAST(reverse(card_number) AS int) FROM customers; EXECUTE leakcast",
+    "SELECT set_config('application_name', customer_dump(), false); SELECT CAST(current_setting('application_name') AS int)",
 ];
 
 /// Notifications and settings the server reports back.
