@@ -120,6 +120,27 @@ fn quickstart_as_a_new_user() {
     assert!(rows.contains("card on file: "), "{rows}");
     assert_eq!(rows.lines().count(), 5, "{rows}");
 
+    // The leak families an agent would try next: a masked column through an expression, in an
+    // error's text, and in a notification's payload. None shows the data, not even reversed.
+    let out = sh(
+        &format!(
+            "{psql_line} -XAt -c \"SELECT reverse(email), card_number || 'x' FROM customers\" \
+             -c \"SELECT CAST(reverse(card_number) AS int) FROM customers\" \
+             -c \"LISTEN q\" \
+             -c \"SELECT pg_notify('q', string_agg(reverse(card_number), ',')) FROM customers\""
+        ),
+        &[],
+    );
+    let rows = text(&out);
+    for reversed in [
+        "gro.elpmaxe@ecarg",
+        "1111 1111 1111 1114",
+        "4000 0000 0000 0055",
+    ] {
+        assert!(!rows.contains(reversed), "{reversed} leaked: {rows}");
+    }
+    assert!(rows.contains("withheld"), "{rows}");
+
     // A DROP is denied with the rule named; the session stays usable afterwards.
     let out = sh(
         &format!(

@@ -184,7 +184,10 @@ impl MaskingProfile {
 
         let mut columns = Vec::new();
         for c in &config.columns {
-            let glob = GlobBuilder::new(&c.pattern)
+            // Quotes are how SQL writes identifiers, not part of them: `"Customers"."Email"` names
+            // the column the catalog reports as `customers.email` (matching ignores case).
+            let pattern = c.pattern.replace('"', "");
+            let glob = GlobBuilder::new(&pattern)
                 .case_insensitive(true)
                 .literal_separator(false)
                 .build()
@@ -402,10 +405,48 @@ impl MaskingProfile {
     }
 
     /// The column rule that masks a field with this name or one of these sources, if any.
+    ///
+    /// A source is matched however the rule writes it: `public.customers.email` (the catalog's
+    /// `schema.table.column`) is tried as written and as each of its dotted suffixes
+    /// (`customers.email`, `email`), so a rule naming the column, the table and column, or the
+    /// qualified column all match the same source.
     pub(crate) fn column_rule(&self, name: &str, sources: &[String]) -> Option<&Rule> {
         self.columns
             .iter()
-            .find(|(g, _)| g.is_match(name) || sources.iter().any(|s| g.is_match(s)))
+            .find(|(g, _)| {
+                g.is_match(name)
+                    || sources
+                        .iter()
+                        .any(|s| source_forms(s).any(|form| g.is_match(form)))
+            })
             .map(|(_, r)| r)
+    }
+}
+
+/// A qualified source and its dotted suffixes: `a.b.c`, `b.c`, `c` (`?.c`, `c` for a name not
+/// tied to a table).
+fn source_forms(source: &str) -> impl Iterator<Item = &str> {
+    let suffixes = source
+        .char_indices()
+        .filter(|&(_, c)| c == '.')
+        .filter_map(move |(i, _)| source.get(i + 1..));
+    std::iter::once(source).chain(suffixes)
+}
+
+#[cfg(test)]
+mod source_form_tests {
+    use super::source_forms;
+
+    #[test]
+    fn every_dotted_suffix_is_a_form() {
+        let forms: Vec<&str> = source_forms("public.customers.email").collect();
+        assert_eq!(
+            forms,
+            ["public.customers.email", "customers.email", "email"]
+        );
+        let forms: Vec<&str> = source_forms("?.email").collect();
+        assert_eq!(forms, ["?.email", "email"]);
+        let forms: Vec<&str> = source_forms("email").collect();
+        assert_eq!(forms, ["email"]);
     }
 }

@@ -6,12 +6,13 @@
 //! cached until a DDL statement is seen on the target.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
 use crate::PgProxyError;
+use crate::binvalue::{TypeForm, TypeForms, builtin_form, form_from_send};
 use crate::config::UpstreamConfig;
 use crate::upstream::{BoxStream, FrameReader, ReadError};
 use crate::wire::{self, ColumnDesc, ErrorFields};
@@ -28,6 +29,12 @@ pub(crate) struct Catalog {
     conn: tokio::sync::Mutex<Option<FrameReader<BoxStream>>>,
     cache: Mutex<Cache>,
     relations: Mutex<Relations>,
+    /// Binary layouts of non-built-in types seen so far.
+    types: Mutex<TypeForms>,
+    /// Every column of the database, once listed.
+    all_columns: Mutex<Option<Arc<Vec<String>>>>,
+    /// Function name → defined outside `pg_catalog`.
+    user_functions: Mutex<HashMap<String, bool>>,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -47,7 +54,91 @@ impl Catalog {
             conn: tokio::sync::Mutex::new(None),
             cache: Mutex::new(HashMap::new()),
             relations: Mutex::new(HashMap::new()),
+            types: Mutex::new(HashMap::new()),
+            all_columns: Mutex::new(None),
+            user_functions: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Every column of every table, view, materialized view and foreign table, as
+    /// `schema.table.column`.
+    pub(crate) async fn all_columns(&self) -> Result<Arc<Vec<String>>, PgProxyError> {
+        if let Some(c) = self
+            .all_columns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Ok(c);
+        }
+        let rows = self
+            .run(
+                "SELECT n.nspname || '.' || c.relname || '.' || a.attname \
+                 FROM pg_catalog.pg_attribute a \
+                 JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE a.attnum > 0 AND NOT a.attisdropped \
+                 AND c.relkind IN ('r', 'v', 'm', 'f', 'p') \
+                 AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                 AND n.nspname NOT LIKE 'pg\\_toast%'",
+            )
+            .await?;
+        let all: Arc<Vec<String>> = Arc::new(
+            rows.into_iter()
+                .filter_map(|r| r.into_iter().next().flatten())
+                .collect(),
+        );
+        *self.all_columns.lock().unwrap_or_else(|p| p.into_inner()) = Some(all.clone());
+        Ok(all)
+    }
+
+    /// Whether any of `names` (as written: `f`, `schema.f`) names a function defined outside
+    /// `pg_catalog` (any schema's function of that name counts, whatever the search path).
+    pub(crate) async fn user_functions(&self, names: &[String]) -> Result<bool, PgProxyError> {
+        let mut missing = Vec::new();
+        {
+            let known = self
+                .user_functions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            for n in names {
+                match known.get(n) {
+                    Some(true) => return Ok(true),
+                    Some(false) => {}
+                    None => missing.push(n.clone()),
+                }
+            }
+        }
+        for name in missing {
+            let (schema, func) = match name.rsplit_once('.') {
+                Some((s, f)) => (Some(s), f),
+                None => (None, name.as_str()),
+            };
+            let lit = |v: &str| v.replace('\'', "''");
+            let schema_filter = match schema {
+                Some(s) => format!("n.nspname = '{}'", lit(s)),
+                None => "n.nspname <> 'pg_catalog'".to_string(),
+            };
+            let sql = format!(
+                "SELECT count(*)::text FROM pg_catalog.pg_proc p \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+                 WHERE p.proname = '{}' AND {schema_filter} AND n.nspname <> 'pg_catalog'",
+                lit(func)
+            );
+            let rows = self.run(&sql).await?;
+            let user = rows
+                .first()
+                .and_then(|r| r.first().cloned().flatten())
+                .is_none_or(|c| c != "0");
+            self.user_functions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(name.clone(), user);
+            if user {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     pub(crate) fn invalidate(&self) {
@@ -56,6 +147,76 @@ impl Catalog {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        self.types.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        *self.all_columns.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.user_functions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// Binary layouts of `oids` that are not built-in types, with those of the types they
+    /// contain (composite fields, array elements, a few levels deep). A type the catalog does
+    /// not describe is [`TypeForm::Unknown`].
+    pub(crate) async fn type_forms(&self, oids: &[u32]) -> Result<TypeForms, PgProxyError> {
+        let mut want: Vec<u32> = oids
+            .iter()
+            .copied()
+            .filter(|o| builtin_form(*o).is_none())
+            .collect();
+        for _round in 0..4 {
+            want.sort_unstable();
+            want.dedup();
+            {
+                let known = self.types.lock().unwrap_or_else(|p| p.into_inner());
+                want.retain(|o| !known.contains_key(o));
+            }
+            if want.is_empty() {
+                break;
+            }
+            let list: Vec<String> = want.iter().map(u32::to_string).collect();
+            let sql = format!(
+                "SELECT t.oid::int8::text, t.typsend::regproc::text, \
+                   COALESCE(r.rngsubtype, 0)::int8::text, t.typelem::int8::text, \
+                   COALESCE((SELECT string_agg(a.atttypid::int8::text, ',') \
+                     FROM pg_catalog.pg_attribute a WHERE a.attrelid = t.typrelid \
+                     AND a.attnum > 0 AND NOT a.attisdropped), '') \
+                 FROM pg_catalog.pg_type t \
+                 LEFT JOIN pg_catalog.pg_range r ON r.rngtypid = t.oid \
+                 WHERE t.oid IN ({})",
+                list.join(",")
+            );
+            let rows = self.run(&sql).await?;
+            let mut next = Vec::new();
+            let mut found: TypeForms = HashMap::new();
+            for row in rows {
+                let [Some(oid), Some(send), Some(sub), Some(elem), Some(fields)] = row.as_slice()
+                else {
+                    continue;
+                };
+                let Ok(oid) = oid.parse::<u32>() else {
+                    continue;
+                };
+                let send = send.rsplit('.').next().unwrap_or(send);
+                let form = form_from_send(send, sub.parse().unwrap_or(0));
+                found.insert(oid, form);
+                let contained = std::iter::once(elem.as_str())
+                    .chain(fields.split(','))
+                    .chain(std::iter::once(sub.as_str()))
+                    .filter_map(|o| o.parse::<u32>().ok())
+                    .filter(|o| *o != 0 && builtin_form(*o).is_none());
+                next.extend(contained);
+            }
+            let mut known = self.types.lock().unwrap_or_else(|p| p.into_inner());
+            for o in &want {
+                known
+                    .entry(*o)
+                    .or_insert_with(|| found.get(o).copied().unwrap_or(TypeForm::Unknown));
+            }
+            drop(known);
+            want = next;
+        }
+        Ok(self.types.lock().unwrap_or_else(|p| p.into_inner()).clone())
     }
 
     /// Qualified sources for SQL-level lineage names: `table.column`, `table.*` (every column)

@@ -48,6 +48,10 @@ pub enum PgProxyError {
     /// The egress guard found held secret material in bytes bound for the client.
     #[error("egress guard blocked output")]
     EgressBlocked,
+    /// A result value the gateway must check for masked data but cannot read (the binary format
+    /// of an extension's type, in an expression column): the session ends rather than pass it.
+    #[error("{0}")]
+    Unmaskable(String),
     /// A gateway-side failure (configuration, TLS setup).
     #[error("gateway error: {0}")]
     Gateway(String),
@@ -79,9 +83,10 @@ impl PgProxyError {
             PgProxyError::UpstreamProtocol(_)
             | PgProxyError::UpstreamAuth(_)
             | PgProxyError::UpstreamConnect(_) => Side::Upstream,
-            PgProxyError::Recorder(_) | PgProxyError::EgressBlocked | PgProxyError::Gateway(_) => {
-                Side::Gateway
-            }
+            PgProxyError::Recorder(_)
+            | PgProxyError::EgressBlocked
+            | PgProxyError::Gateway(_)
+            | PgProxyError::Unmaskable(_) => Side::Gateway,
             PgProxyError::Io { side, .. } => *side,
         }
     }
@@ -100,6 +105,7 @@ impl PgProxyError {
             PgProxyError::Recorder(_) => "58030",
             PgProxyError::EgressBlocked => "42501",
             PgProxyError::Gateway(_) => "XX000",
+            PgProxyError::Unmaskable(_) => "0A000",
             PgProxyError::TokenExpired => "28P01",
             PgProxyError::Io { .. } => "08006",
         }

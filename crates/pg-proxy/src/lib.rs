@@ -29,6 +29,7 @@
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod binvalue;
 mod cancel;
 mod catalog;
 pub mod config;
@@ -144,6 +145,48 @@ impl ProxyInner {
                 }
             },
             None => names.to_vec(),
+        }
+    }
+
+    /// Binary layouts of the non-built-in types among `oids` (empty when all are built-in or
+    /// the lookup fails: such types are then unknown, and an expression of one is refused).
+    pub(crate) async fn type_forms(&self, target: &str, oids: &[u32]) -> binvalue::TypeForms {
+        if oids.iter().all(|o| binvalue::builtin_form(*o).is_some()) {
+            return binvalue::TypeForms::new();
+        }
+        match self.catalogs.get(target) {
+            Some(cat) => match cat.type_forms(oids).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(target = %target, error = %e, "type lookup failed");
+                    binvalue::TypeForms::new()
+                }
+            },
+            None => binvalue::TypeForms::new(),
+        }
+    }
+
+    /// Every column of every relation of the target (`schema.table.column`). When the lookup
+    /// fails, a source no rule can take for safe: `?.*`.
+    pub(crate) async fn all_columns(&self, target: &str) -> Arc<Vec<String>> {
+        match self.catalogs.get(target) {
+            Some(cat) => match cat.all_columns().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(target = %target, error = %e, "column listing failed");
+                    Arc::new(vec!["?.*".to_string()])
+                }
+            },
+            None => Arc::new(Vec::new()),
+        }
+    }
+
+    /// Whether any of `functions` is defined outside `pg_catalog` (a lookup failure counts as
+    /// yes).
+    pub(crate) async fn user_functions(&self, target: &str, functions: &[String]) -> bool {
+        match self.catalogs.get(target) {
+            Some(cat) => cat.user_functions(functions).await.unwrap_or(true),
+            None => false,
         }
     }
 

@@ -6,30 +6,43 @@
 //! lengths. Text-format values of any type and binary values of textual types go through the
 //! plan; a value that must be masked but cannot become a string is NULLed or the row is refused.
 
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
 use gatehouse_core::{FieldDesc, FieldKind, FieldPlan, Finding, MaskOutcome, Masker};
 
+use crate::binvalue::{
+    Leaf, LeafKind, TypeForm, TypeForms, WalkError, Walked, builtin_form, form_of, walk,
+};
 use crate::config::NonTextMasking;
 use crate::frame::{BodyReader, FrameError, encode_frame};
 use crate::wire::{ColumnDesc, encode_data_row};
 
-/// How a column's values reach the plan.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ValueForm {
-    /// Text bytes (text format, or binary of a textual type).
-    Text,
-    /// jsonb binary: a version byte, then text.
-    JsonbBinary,
-    /// Binary of a non-textual type: only whole-value masking applies.
-    OpaqueBinary,
+/// How one column's values reach the plan.
+#[derive(Debug, Clone, Copy)]
+struct ColumnPlan {
+    /// Binary format (else text).
+    binary: bool,
+    type_oid: u32,
+    /// An expression, not a plain column reference (no table OID in RowDescription): when its
+    /// lineage reaches a masked column, the whole value is replaced by a constant, whatever
+    /// the rule's strategy (a partial or keyed-hash form of `reverse(card)` or `substr(email,
+    /// i, 1)` would reveal what the rule hides).
+    derived: bool,
+    /// Masked whole by the plan.
+    whole: bool,
+    /// Masked whole by the caller ([`ShapePlan::withhold`]): always NULL.
+    forced: bool,
 }
 
 /// Per-shape masking plan.
 pub struct ShapePlan {
     plan: Box<dyn FieldPlan>,
-    forms: Vec<ValueForm>,
+    columns: Vec<ColumnPlan>,
     kinds: Vec<FieldKind>,
     names: Vec<String>,
+    /// Binary layouts of types beyond the built-ins (from the catalog).
+    types: Arc<TypeForms>,
     /// What to do with a masked non-text value.
     non_text: NonTextMasking,
 }
@@ -54,11 +67,22 @@ pub fn field_kind(type_oid: u32) -> FieldKind {
     }
 }
 
-fn is_textual_binary(type_oid: u32) -> Option<ValueForm> {
-    match type_oid {
-        25 | 1043 | 1042 | 19 | 18 | 705 | 142 | 114 => Some(ValueForm::Text),
-        3802 => Some(ValueForm::JsonbBinary),
-        _ => None,
+/// The kind the plan sees for a column: binary values whose textual leaves the gateway rewrites
+/// in place (arrays, records, tsvector, bytea, enums, domains over text) are text to the plan;
+/// numbers stay non-text (a matching number is dropped, never rewritten).
+fn column_kind(c: &ColumnDesc, types: &TypeForms) -> FieldKind {
+    let kind = field_kind(c.type_oid);
+    if c.format == 0 || kind != FieldKind::NonText {
+        return kind;
+    }
+    match form_of(c.type_oid, types) {
+        TypeForm::Text
+        | TypeForm::Bytea
+        | TypeForm::Array
+        | TypeForm::Record
+        | TypeForm::TsVector => FieldKind::Text,
+        TypeForm::Jsonb => FieldKind::Json,
+        _ => FieldKind::NonText,
     }
 }
 
@@ -71,6 +95,9 @@ pub enum RowOutcome {
     Masked,
     /// A masked non-text value and the configuration refuses: column index.
     Refused(usize),
+    /// A binary value of a type the gateway cannot read, in a column whose value it must check
+    /// (an expression): column index and type OID.
+    Undecodable(usize, u32),
 }
 
 /// What goes out for one value.
@@ -100,33 +127,66 @@ impl ShapePlan {
         non_text: NonTextMasking,
         adjust: impl FnOnce(&mut [FieldDesc]),
     ) -> Self {
+        Self::build(
+            masker,
+            columns,
+            sources,
+            profile,
+            non_text,
+            Arc::new(TypeForms::new()),
+            adjust,
+        )
+    }
+
+    /// [`ShapePlan::new`] with the binary layouts of non-built-in types (`types`).
+    pub fn build(
+        masker: &dyn Masker,
+        columns: &[ColumnDesc],
+        sources: Vec<Vec<String>>,
+        profile: Option<&str>,
+        non_text: NonTextMasking,
+        types: Arc<TypeForms>,
+        adjust: impl FnOnce(&mut [FieldDesc]),
+    ) -> Self {
         let mut fields: Vec<FieldDesc> = columns
             .iter()
             .enumerate()
             .map(|(i, c)| FieldDesc {
                 name: c.name.clone(),
                 sources: sources.get(i).cloned().unwrap_or_default(),
-                kind: field_kind(c.type_oid),
+                kind: column_kind(c, &types),
             })
             .collect();
         adjust(&mut fields);
         let plan = masker.plan(&fields, profile);
-        let forms = columns
+        let columns = columns
             .iter()
-            .map(|c| {
-                if c.format == 0 {
-                    ValueForm::Text
-                } else {
-                    is_textual_binary(c.type_oid).unwrap_or(ValueForm::OpaqueBinary)
-                }
+            .enumerate()
+            .map(|(i, c)| ColumnPlan {
+                binary: c.format != 0,
+                type_oid: c.type_oid,
+                derived: c.table_oid == 0,
+                whole: plan.masks_whole(i),
+                forced: false,
             })
             .collect();
         Self {
             plan,
-            forms,
+            columns,
             kinds: fields.iter().map(|f| f.kind).collect(),
             names: fields.into_iter().map(|f| f.name).collect(),
+            types,
             non_text,
+        }
+    }
+
+    /// Masks column `index` whole as an untraceable expression (NULL, or the row refused,
+    /// per the non-text setting), whatever the masker decided.
+    pub fn withhold(&mut self, index: usize) {
+        if let Some(c) = self.columns.get_mut(index) {
+            c.whole = true;
+            c.derived = true;
+            c.forced = true;
         }
     }
 
@@ -135,8 +195,13 @@ impl ShapePlan {
         &self.names
     }
 
+    /// Whether any column of this shape is masked whole.
+    pub fn masks_any(&self) -> bool {
+        self.columns.iter().any(|c| c.whole)
+    }
+
     /// Masks one DataRow body. Appends the (possibly rewritten) DataRow message to `out`;
-    /// appends findings. On `Refused`, nothing is appended.
+    /// appends findings. On `Refused` or `Undecodable`, nothing is appended.
     pub fn mask_row(
         &self,
         body: &Bytes,
@@ -145,7 +210,7 @@ impl ShapePlan {
         findings: &mut Vec<Finding>,
     ) -> Result<RowOutcome, FrameError> {
         split_row(body, &mut scratch.values)?;
-        if scratch.values.len() != self.forms.len() {
+        if scratch.values.len() != self.columns.len() {
             return Err(FrameError::Malformed(
                 "DataRow (column count differs from RowDescription)",
             ));
@@ -157,31 +222,21 @@ impl ShapePlan {
                 scratch.masked.push(Slot::Keep);
                 continue;
             };
-            let form = self
-                .forms
-                .get(i)
-                .copied()
-                .unwrap_or(ValueForm::OpaqueBinary);
+            let Some(col) = self.columns.get(i).copied() else {
+                return Err(FrameError::Malformed("DataRow"));
+            };
             let kind = self.kinds.get(i).copied().unwrap_or(FieldKind::NonText);
-            let outcome = match form {
-                ValueForm::OpaqueBinary => {
-                    if self.plan.masks_whole(i) {
-                        MaskOutcome::MustNull
-                    } else {
-                        MaskOutcome::Unchanged
-                    }
+            let outcome = if col.whole && col.derived {
+                self.mask_derived(i, col, kind, v, &mut scratch.buf, findings)
+            } else if col.binary {
+                match self.mask_binary(i, col, v, &mut scratch.buf, findings)? {
+                    Some(o) => o,
+                    None => return Ok(RowOutcome::Undecodable(i, col.type_oid)),
                 }
-                ValueForm::Text => self.plan.apply(i, v, &mut scratch.buf, findings),
-                ValueForm::JsonbBinary => match v.split_first() {
-                    Some((ver, rest)) => {
-                        let o = self.plan.apply(i, rest, &mut scratch.buf, findings);
-                        if o == MaskOutcome::Masked {
-                            scratch.buf.insert(0, *ver);
-                        }
-                        o
-                    }
-                    None => MaskOutcome::Unchanged,
-                },
+            } else if col.type_oid == BYTEA && !col.whole {
+                self.mask_bytea_text(i, v, &mut scratch.buf, findings)
+            } else {
+                self.plan.apply(i, v, &mut scratch.buf, findings)
             };
             let outcome = if kind == FieldKind::NonText && outcome == MaskOutcome::Masked {
                 // A masked string in place of a number or date would break the client's parser.
@@ -229,6 +284,116 @@ impl ShapePlan {
         Ok(RowOutcome::Masked)
     }
 
+    /// A masked column reached through an expression: the findings come from the real value,
+    /// the output is a constant (the rule's replacement of the empty string) or NULL.
+    fn mask_derived(
+        &self,
+        i: usize,
+        col: ColumnPlan,
+        kind: FieldKind,
+        value: &[u8],
+        buf: &mut Vec<u8>,
+        findings: &mut Vec<Finding>,
+    ) -> MaskOutcome {
+        let _ = self.plan.apply(i, value, buf, findings);
+        if col.forced {
+            return MaskOutcome::MustNull;
+        }
+        let plain_text = kind == FieldKind::Text
+            && if col.binary {
+                builtin_form(col.type_oid) == Some(TypeForm::Text) && col.type_oid != XML
+            } else {
+                !is_array_type(col.type_oid)
+            };
+        if !plain_text {
+            return MaskOutcome::MustNull;
+        }
+        let mut ignored = Vec::new();
+        match self.plan.apply(i, b"", buf, &mut ignored) {
+            MaskOutcome::Masked => MaskOutcome::Masked,
+            _ => MaskOutcome::MustNull,
+        }
+    }
+
+    /// A binary value: every leaf that can carry data is checked as text; textual leaves are
+    /// rewritten in place. `None`: a type the gateway cannot read in a column it must check.
+    fn mask_binary(
+        &self,
+        i: usize,
+        col: ColumnPlan,
+        value: &[u8],
+        buf: &mut Vec<u8>,
+        findings: &mut Vec<Finding>,
+    ) -> Result<Option<MaskOutcome>, FrameError> {
+        let form = form_of(col.type_oid, &self.types);
+        if col.whole {
+            // Masked whole: a replacement string only where the binary value is that string.
+            return Ok(Some(match form {
+                TypeForm::Text | TypeForm::Bytea if col.type_oid != XML => {
+                    self.plan.apply(i, value, buf, findings)
+                }
+                _ => {
+                    let _ = self.plan.apply(i, value, buf, findings);
+                    MaskOutcome::MustNull
+                }
+            }));
+        }
+        let mut visit = |kind: LeafKind, leaf: &[u8]| {
+            let mut out = Vec::new();
+            match (self.plan.apply(i, leaf, &mut out, findings), kind) {
+                (MaskOutcome::Unchanged, _) => Leaf::Keep,
+                (MaskOutcome::Masked, LeafKind::Text) => Leaf::Replace(out),
+                _ => Leaf::Drop,
+            }
+        };
+        match walk(form, value, &self.types, &mut visit) {
+            Ok(Walked::Unchanged) => Ok(Some(MaskOutcome::Unchanged)),
+            Ok(Walked::Rewritten(b)) => {
+                *buf = b;
+                Ok(Some(MaskOutcome::Masked))
+            }
+            Ok(Walked::Drop) => Ok(Some(MaskOutcome::MustNull)),
+            // A plain column from a source no rule masks is what text format would show as
+            // the type's own text, which the detectors could not read either; an expression
+            // could be anything.
+            Err(WalkError::Unknown(_)) if !col.derived => Ok(Some(MaskOutcome::Unchanged)),
+            Err(WalkError::Unknown(_)) => Ok(None),
+            Err(WalkError::Malformed) => Err(FrameError::Malformed("DataRow (binary value)")),
+        }
+    }
+
+    /// A text-format bytea (`\x` hex): the detectors read the decoded bytes, as they would in
+    /// binary format; a match drops the value.
+    fn mask_bytea_text(
+        &self,
+        i: usize,
+        value: &[u8],
+        buf: &mut Vec<u8>,
+        findings: &mut Vec<Finding>,
+    ) -> MaskOutcome {
+        let direct = self.plan.apply(i, value, buf, findings);
+        if direct != MaskOutcome::Unchanged {
+            return MaskOutcome::MustNull;
+        }
+        let Some(hex) = value.strip_prefix(b"\\x") else {
+            return MaskOutcome::Unchanged;
+        };
+        let decoded: Option<Vec<u8>> = hex
+            .chunks(2)
+            .map(|p| {
+                let s = std::str::from_utf8(p).ok()?;
+                u8::from_str_radix(s, 16).ok()
+            })
+            .collect();
+        match decoded {
+            Some(bytes) => match self.plan.apply(i, &bytes, buf, findings) {
+                MaskOutcome::Unchanged => MaskOutcome::Unchanged,
+                _ => MaskOutcome::MustNull,
+            },
+            None => MaskOutcome::Unchanged,
+        }
+    }
+
     /// Masks one text value of column `index` (CopyData lines, notices): returns the masked bytes
     /// or `None` when unchanged.
     pub fn mask_value(
@@ -246,6 +411,14 @@ impl ShapePlan {
     }
 }
 
+const BYTEA: u32 = 17;
+const XML: u32 = 142;
+
+/// Whether a type OID is a built-in array type (whose text form a constant would break).
+fn is_array_type(oid: u32) -> bool {
+    builtin_form(oid) == Some(TypeForm::Array)
+}
+
 fn split_row(body: &Bytes, values: &mut Vec<Option<Bytes>>) -> Result<(), FrameError> {
     values.clear();
     let mut r = BodyReader::new(body.clone(), "DataRow");
@@ -257,4 +430,51 @@ fn split_row(body: &Bytes, values: &mut Vec<Option<Bytes>>) -> Result<(), FrameE
         values.push(r.value()?);
     }
     r.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+    use gatehouse_testkit::layers::LiteralMasker;
+
+    fn text_column(table_oid: u32) -> ColumnDesc {
+        ColumnDesc {
+            name: "x".into(),
+            table_oid,
+            attnum: 1,
+            type_oid: 25,
+            format: 0,
+        }
+    }
+
+    fn row_body(values: &[Option<&[u8]>]) -> Bytes {
+        let mut framed = BytesMut::new();
+        encode_data_row(values, &mut framed);
+        Bytes::copy_from_slice(&framed[5..])
+    }
+
+    #[test]
+    fn a_withheld_column_goes_out_as_null_whatever_the_masker_says() {
+        let masker = LiteralMasker::new();
+        let cols = [text_column(0), text_column(0)];
+        let mut plan = ShapePlan::new(
+            &masker,
+            &cols,
+            Vec::new(),
+            None,
+            NonTextMasking::Null,
+            |_| {},
+        );
+        plan.withhold(1);
+        let body = row_body(&[Some(b"kept"), Some(b"secret")]);
+        let mut out = BytesMut::new();
+        let outcome = plan
+            .mask_row(&body, &mut out, &mut RowScratch::default(), &mut Vec::new())
+            .unwrap();
+        assert_eq!(outcome, RowOutcome::Masked);
+        let values = crate::wire::parse_data_row(&Bytes::copy_from_slice(&out[5..])).unwrap();
+        assert_eq!(values[0].as_deref(), Some(&b"kept"[..]));
+        assert_eq!(values[1], None);
+    }
 }

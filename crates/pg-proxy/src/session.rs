@@ -417,6 +417,10 @@ struct StmtCtx {
     profile: Option<String>,
     lineage: Option<crate::statements::ColumnLineage>,
     tables: Vec<String>,
+    /// What it reads is unknown (unparseable, `DO`, `CALL`, opaque code).
+    opaque: bool,
+    /// Functions it calls.
+    functions: Vec<String>,
     started: Instant,
 }
 
@@ -604,10 +608,15 @@ async fn relay(proxy: Arc<ProxyInner>, ready: Ready, client_addr: String, sessio
         portals: HashMap::new(),
         running: None,
         copy_masker: None,
+        copy_binary: false,
+        cycle: Vec::new(),
+        cycle_overflow: false,
         out: BytesMut::with_capacity(16 * 1024),
         scratch: RowScratch::default(),
         notice_plan: None,
+        withheld_cache: None,
         plan_cache: HashMap::new(),
+        masked_columns: HashMap::new(),
         results,
         recording: Vec::new(),
     };
@@ -1315,6 +1324,8 @@ impl Frontend {
             profile: decision.and_then(|d| d.masking_profile.clone()),
             lineage: info.and_then(|i| i.lineage.clone()),
             tables: info.map(|i| i.tables.clone()).unwrap_or_default(),
+            opaque: info.is_none_or(|i| i.opaque),
+            functions: info.map(|i| i.functions.clone()).unwrap_or_default(),
             started: Instant::now(),
         })
     }
@@ -2252,6 +2263,8 @@ struct Running {
 }
 
 const MAX_FINDINGS_PER_STATEMENT: usize = 1000;
+/// Statements remembered per query or Sync for the settings they may change.
+const MAX_CYCLE_STATEMENTS: usize = 64;
 
 /// The upstream → client half.
 struct Backend {
@@ -2266,23 +2279,38 @@ struct Backend {
     portals: HashMap<String, BePortal>,
     running: Option<Running>,
     copy_masker: Option<Box<dyn StreamMasker>>,
+    /// The COPY OUT in progress is in binary format.
+    copy_binary: bool,
+    /// Statements finished since the last ReadyForQuery (settings they changed are reported
+    /// just before it), at most [`MAX_CYCLE_STATEMENTS`]; `cycle_overflow` when there were more.
+    cycle: Vec<Arc<StmtCtx>>,
+    cycle_overflow: bool,
     out: BytesMut,
     scratch: RowScratch,
-    notice_plan: Option<ShapePlan>,
-    plan_cache: HashMap<
-        (
-            Bytes,
-            Option<String>,
-            Option<crate::statements::ColumnLineage>,
-        ),
-        Arc<ShapePlan>,
-    >,
+    notice_plan: Option<Arc<ShapePlan>>,
+    /// The last answer of [`Backend::withholds`]: (operation index, answer).
+    withheld_cache: Option<(u64, bool)>,
+    plan_cache: HashMap<PlanKey, Arc<ShapePlan>>,
+    /// Per masking profile: the database's columns it masks (see [`Backend::masked_columns`]).
+    masked_columns: HashMap<Option<String>, (ColumnList, ColumnList)>,
     /// Result summaries to the audit log (see [`record_results`]).
     results: tokio::sync::mpsc::Sender<Event>,
     /// Recording frames (already through the egress guard) not yet handed to the sink: they go
     /// in batches, so the recording writer wakes once per batch rather than once per statement.
     recording: Vec<RecordingFrame>,
 }
+
+/// Qualified column names (`schema.table.column`), shared.
+type ColumnList = Arc<Vec<String>>;
+
+/// What a result's masking plan depends on besides the RowDescription: the profile, the
+/// statement's lineage, and whether its expressions' origin is untraced.
+type PlanKey = (
+    Bytes,
+    Option<String>,
+    Option<crate::statements::ColumnLineage>,
+    bool,
+);
 
 /// Recording frames held before they are handed to the sink.
 const RECORDING_BATCH: usize = 64;
@@ -2421,13 +2449,17 @@ impl Backend {
             }
             b'E' => self.on_error(frame).await,
             b'N' => {
-                let masked = self.mask_error_text(frame.body)?;
+                let raw = ErrorFields::parse(frame.body)
+                    .map_err(|e| PgProxyError::UpstreamProtocol(e.to_string()))?;
+                let masked = self.mask_error_fields(raw).await;
                 masked.encode(b'N', &mut self.out)
             }
             b'Z' => {
                 if let Some(r) = self.running.take() {
                     self.record_rows(&r).await;
                 }
+                self.cycle.clear();
+                self.cycle_overflow = false;
                 // Pop through the Sync/Query this answers (drops anything an error skipped; their
                 // name changes settle as refused).
                 loop {
@@ -2552,23 +2584,10 @@ impl Backend {
                 frame.encode_into(&mut self.out);
                 Ok(())
             }
-            b'S' => {
-                let (k, v) = wire::parse_parameter_status(frame.body.clone())
-                    .map_err(|e| PgProxyError::UpstreamProtocol(e.to_string()))?;
-                if crate::settings::changes_lexer(&lock(&self.shared.settings), &k, &v)
-                    && !self.shared.setting_change_expected()
-                {
-                    // Something the gateway did not see coming changed how SQL is read: the
-                    // statements it decided since may have been read otherwise. Fail closed.
-                    return Err(PgProxyError::UpstreamProtocol(format!(
-                        "the server reported an unexpected change of {k}; the session is ended"
-                    )));
-                }
-                track_setting(&mut lock(&self.shared.settings), &k, &v);
-                frame.encode_into(&mut self.out);
-                Ok(())
-            }
+            b'S' => self.on_parameter_status(frame).await,
             b'H' => {
+                // Overall format 1: binary rows, whose lengths a masked value would break.
+                self.copy_binary = frame.body.first() == Some(&1);
                 self.copy_masker = Some(self.proxy.pipeline.masker.stream(&StreamContext {
                     profile: self.running_ctx().and_then(|c| c.profile.clone()),
                     field: Some("copy".into()),
@@ -2587,7 +2606,7 @@ impl Backend {
                         ));
                     }
                 }
-                self.copy_findings();
+                self.copy_findings()?;
                 if !masked.is_empty() {
                     encode_frame(b'd', &masked, &mut self.out);
                 }
@@ -2598,6 +2617,9 @@ impl Backend {
                     let mut rest = Vec::new();
                     m.finish(&mut rest);
                     let f = m.take_findings();
+                    if self.copy_binary && !f.is_empty() {
+                        return Err(binary_copy_refused());
+                    }
                     self.add_findings(f);
                     if !rest.is_empty() {
                         encode_frame(b'd', &rest, &mut self.out);
@@ -2607,7 +2629,8 @@ impl Backend {
                 Ok(())
             }
             b'V' => self.on_function_result(frame),
-            b'A' | b'G' | b'W' => {
+            b'A' => self.on_notification(frame),
+            b'G' | b'W' => {
                 frame.encode_into(&mut self.out);
                 Ok(())
             }
@@ -2664,11 +2687,114 @@ impl Backend {
         Ok(())
     }
 
-    fn copy_findings(&mut self) {
+    fn copy_findings(&mut self) -> Result<(), PgProxyError> {
         if let Some(m) = self.copy_masker.as_mut() {
             let f = m.take_findings();
+            // In binary COPY, the masker's output equals its input until something matches;
+            // a match cannot be rewritten without breaking the row's lengths.
+            if self.copy_binary && !f.is_empty() {
+                return Err(binary_copy_refused());
+            }
             self.add_findings(f);
         }
+        Ok(())
+    }
+
+    /// ParameterStatus: settings whose values the server validates into a fixed form pass as
+    /// they are; free-text ones (`application_name`, `search_path`, anything unlisted) are set
+    /// by statements (`set_config`) that may have read any column, so they pass the detectors,
+    /// and are withheld when that statement read a masked column or is opaque.
+    async fn on_parameter_status(&mut self, frame: Frame) -> Result<(), PgProxyError> {
+        let (k, v) = wire::parse_parameter_status(frame.body.clone())
+            .map_err(|e| PgProxyError::UpstreamProtocol(e.to_string()))?;
+        if crate::settings::changes_lexer(&lock(&self.shared.settings), &k, &v)
+            && !self.shared.setting_change_expected()
+        {
+            // Something the gateway did not see coming changed how SQL is read: the
+            // statements it decided since may have been read otherwise. Fail closed.
+            return Err(PgProxyError::UpstreamProtocol(format!(
+                "the server reported an unexpected change of {k}; the session is ended"
+            )));
+        }
+        track_setting(&mut lock(&self.shared.settings), &k, &v);
+        if FIXED_FORM_PARAMETERS
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case(&k))
+        {
+            frame.encode_into(&mut self.out);
+            return Ok(());
+        }
+        // The server reports changed settings at the end of the query or Sync: any statement
+        // since the last ReadyForQuery may have set it.
+        let mut ctxs: Vec<Arc<StmtCtx>> = self.cycle.clone();
+        ctxs.extend(self.running_ctx());
+        let mut withhold = self.cycle_overflow;
+        for ctx in &ctxs {
+            if withhold {
+                break;
+            }
+            withhold = self.withholds(Some(ctx.as_ref()), false).await;
+        }
+        let value = if withhold {
+            WITHHELD_VALUE.to_string()
+        } else {
+            let mut findings = Vec::new();
+            let masked = self.text_plan().mask_value(0, v.as_bytes(), &mut findings);
+            self.add_findings(findings);
+            match masked {
+                Some(m) => String::from_utf8_lossy(&m).into_owned(),
+                None => v,
+            }
+        };
+        let key = match self
+            .text_plan()
+            .mask_value(0, k.as_bytes(), &mut Vec::new())
+        {
+            Some(m) => String::from_utf8_lossy(&m).into_owned(),
+            None => k,
+        };
+        wire::put(
+            &pgwire::messages::startup::ParameterStatus::new(key, value),
+            &mut self.out,
+        )
+    }
+
+    /// NotificationResponse: the channel name passes the detectors; the payload is withheld
+    /// (any session may build it from any row with `pg_notify`, beyond what the gateway can
+    /// trace), keeping only whether there was one.
+    fn on_notification(&mut self, frame: Frame) -> Result<(), PgProxyError> {
+        let mut r = crate::frame::BodyReader::new(frame.body, "NotificationResponse");
+        let parsed = (|| {
+            let pid = r.u32()?;
+            let channel = r.cstring()?;
+            let payload = r.cstring()?;
+            r.finish()?;
+            Ok::<_, crate::frame::FrameError>((pid, channel, payload))
+        })();
+        let (pid, channel, payload) =
+            parsed.map_err(|e| PgProxyError::UpstreamProtocol(e.to_string()))?;
+        let mut findings = Vec::new();
+        let channel = match self
+            .text_plan()
+            .mask_value(0, channel.as_bytes(), &mut findings)
+        {
+            Some(m) => String::from_utf8_lossy(&m).into_owned(),
+            None => channel,
+        };
+        self.add_findings(findings);
+        let payload = if payload.is_empty() {
+            ""
+        } else {
+            WITHHELD_VALUE
+        };
+        let mut body = Vec::with_capacity(channel.len() + payload.len() + 6);
+        body.extend_from_slice(&pid.to_be_bytes());
+        for s in [channel.as_str(), payload] {
+            body.extend_from_slice(s.replace('\0', "").as_bytes());
+            body.push(0);
+        }
+        encode_frame(b'A', &body, &mut self.out);
+        Ok(())
     }
 
     fn add_findings(&mut self, f: Vec<Finding>) {
@@ -2728,7 +2854,16 @@ impl Backend {
     ) -> Arc<ShapePlan> {
         let profile = ctx.and_then(|c| c.profile.clone());
         let lineage = ctx.and_then(|c| c.lineage.clone());
-        let key = (rowdesc_body.clone(), profile.clone(), lineage.clone());
+        let untraced = match ctx {
+            None => true,
+            Some(c) => c.opaque || c.lineage.is_none() || self.runs_own_queries(c).await,
+        };
+        let key = (
+            rowdesc_body.clone(),
+            profile.clone(),
+            lineage.clone(),
+            untraced,
+        );
         if let Some(p) = self.plan_cache.get(&key) {
             return p.clone();
         }
@@ -2736,6 +2871,23 @@ impl Backend {
             .proxy
             .resolve_sources(&self.ctx.target.name, columns)
             .await;
+        // An expression whose origin the statement's text does not show (a prepared statement
+        // run by name, a cursor, a function running a query of its own) may derive from any
+        // column: it is masked whole when any column of the database is.
+        let mut withhold = Vec::new();
+        if untraced && columns.iter().any(|c| c.table_oid == 0) {
+            let masked = self.masked_columns(profile.as_deref()).await;
+            for (i, col) in columns.iter().enumerate() {
+                if col.table_oid != 0 {
+                    continue;
+                }
+                match (&masked, sources.get_mut(i)) {
+                    (Some(m), Some(s)) => s.extend(m.iter().cloned()),
+                    // The columns could not be listed: nothing says this value is safe.
+                    _ => withhold.push(i),
+                }
+            }
+        }
         // Expression columns (no table OID) take their sources from SQL lineage: `lower(email)`,
         // concatenations, CTE outputs, `row_to_json(t)`… Direct columns are exact from the catalog.
         if let Some(lineage) = &lineage {
@@ -2763,21 +2915,90 @@ impl Backend {
                 }
             }
         }
+        let binary_types: Vec<u32> = columns
+            .iter()
+            .filter(|c| c.format != 0)
+            .map(|c| c.type_oid)
+            .collect();
+        let types = self
+            .proxy
+            .type_forms(&self.ctx.target.name, &binary_types)
+            .await;
         let hooks = self.proxy.hooks.clone();
         let session = self.ctx.clone();
-        let plan = Arc::new(ShapePlan::new(
+        let mut plan = ShapePlan::build(
             self.proxy.pipeline.masker.as_ref(),
             columns,
             sources,
             profile.as_deref(),
             self.proxy.config.non_text_masking,
+            Arc::new(types),
             |fields: &mut [FieldDesc]| hooks.on_row_description(&session, fields),
-        ));
+        );
+        for i in withhold {
+            plan.withhold(i);
+        }
+        let plan = Arc::new(plan);
         if self.plan_cache.len() > 256 {
             self.plan_cache.clear();
         }
         self.plan_cache.insert(key, plan.clone());
         plan
+    }
+
+    /// The columns of the database that `profile` masks (computed once per profile and
+    /// session); `None` when the columns cannot be listed.
+    async fn masked_columns(&mut self, profile: Option<&str>) -> Option<Arc<Vec<String>>> {
+        let key = profile.map(str::to_string);
+        let every = self.proxy.all_columns(&self.ctx.target.name).await;
+        if every.iter().any(|c| c == "?.*") {
+            return None;
+        }
+        // Kept while the catalog's listing is the same (a DDL statement renews it).
+        if let Some((listing, m)) = self.masked_columns.get(&key)
+            && Arc::ptr_eq(listing, &every)
+        {
+            return Some(m.clone());
+        }
+        let fields: Vec<FieldDesc> = every
+            .iter()
+            .map(|s| FieldDesc {
+                name: s.rsplit('.').next().unwrap_or(s).to_string(),
+                sources: vec![s.clone()],
+                kind: gatehouse_core::FieldKind::Text,
+            })
+            .collect();
+        let plan = self.proxy.pipeline.masker.plan(&fields, profile);
+        let masked: Arc<Vec<String>> = Arc::new(
+            every
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| plan.masks_whole(*i))
+                .map(|(_, s)| s.clone())
+                .collect(),
+        );
+        if self.masked_columns.len() > 16 {
+            self.masked_columns.clear();
+        }
+        self.masked_columns.insert(key, (every, masked.clone()));
+        Some(masked)
+    }
+
+    /// Whether the statement calls a function that runs a query of its own: one of the
+    /// built-ins that take SQL text, or any function defined outside `pg_catalog`.
+    async fn runs_own_queries(&mut self, ctx: &StmtCtx) -> bool {
+        if ctx.functions.is_empty() {
+            return false;
+        }
+        if ctx.functions.iter().any(|f| {
+            let name = f.rsplit('.').next().unwrap_or(f);
+            SQL_TEXT_FUNCTIONS.contains(&name)
+        }) {
+            return true;
+        }
+        self.proxy
+            .user_functions(&self.ctx.target.name, &ctx.functions)
+            .await
     }
 
     async fn on_row_description(&mut self, frame: Frame) -> Result<(), PgProxyError> {
@@ -2889,13 +3110,24 @@ impl Backend {
         let outcome = plan
             .mask_row(&frame.body, &mut self.out, &mut self.scratch, &mut findings)
             .map_err(|e| PgProxyError::UpstreamProtocol(e.to_string()))?;
+        let column_name = |col: usize| {
+            plan.column_names()
+                .get(col)
+                .map(String::as_str)
+                .unwrap_or("?")
+                .to_string()
+        };
         if let RowOutcome::Refused(col) = outcome {
             return Err(PgProxyError::Refused(format!(
                 "column \"{}\" must be masked but is not text; the statement is refused",
-                plan.column_names()
-                    .get(col)
-                    .map(String::as_str)
-                    .unwrap_or("?")
+                column_name(col)
+            )));
+        }
+        if let RowOutcome::Undecodable(col, oid) = outcome {
+            return Err(PgProxyError::Unmaskable(format!(
+                "column \"{}\" is an expression of type OID {oid}, whose binary format the \
+                 gateway cannot check for masked data; request it in text format",
+                column_name(col)
             )));
         }
         running.rows += 1;
@@ -3011,6 +3243,11 @@ impl Backend {
             }
         }
         if let Some(r) = running {
+            if self.cycle.len() < MAX_CYCLE_STATEMENTS {
+                self.cycle.push(r.ctx.clone());
+            } else {
+                self.cycle_overflow = true;
+            }
             self.record_rows(&r).await;
             let rows = status
                 .rsplit(' ')
@@ -3050,17 +3287,22 @@ impl Backend {
     }
 
     async fn on_error(&mut self, frame: Frame) -> Result<(), PgProxyError> {
-        let mut fields = self.mask_error_text(frame.body)?;
-        let denied = fields
+        let raw = ErrorFields::parse(frame.body)
+            .map_err(|e| PgProxyError::UpstreamProtocol(e.to_string()))?;
+        let denied = raw
             .get(b'M')
             .and_then(|m| self.shared.denied_index(m))
             .and_then(|i| lock(&self.shared.denials).remove(&i));
-        if let Some(deny) = denied {
-            fields = ErrorFields::new("ERROR", deny.code, deny.message);
-            if let Some(d) = deny.detail {
-                fields = fields.with(b'D', d);
+        let fields = match denied {
+            Some(deny) => {
+                let mut fields = ErrorFields::new("ERROR", deny.code, deny.message);
+                if let Some(d) = deny.detail {
+                    fields = fields.with(b'D', d);
+                }
+                fields
             }
-        }
+            None => self.mask_error_fields(raw).await,
+        };
         let status = fields.code().unwrap_or("XX000").to_string();
         let fatal = matches!(fields.get(b'S'), Some("FATAL" | "PANIC"));
         if self.front_is_extended() {
@@ -3089,49 +3331,206 @@ impl Backend {
         Ok(())
     }
 
-    /// Masks the human-readable fields of an error or notice (PostgreSQL echoes values in
-    /// DETAIL lines, e.g. on a unique violation).
-    fn mask_error_text(&mut self, body: Bytes) -> Result<ErrorFields, PgProxyError> {
-        let mut fields =
-            ErrorFields::parse(body).map_err(|e| PgProxyError::UpstreamProtocol(e.to_string()))?;
-        if self.notice_plan.is_none() {
-            let cols: Vec<ColumnDesc> = ["message", "detail", "hint", "context"]
-                .iter()
-                .map(|n| ColumnDesc {
-                    name: (*n).to_string(),
-                    table_oid: 0,
-                    attnum: 0,
-                    type_oid: 25,
-                    format: 0,
-                })
-                .collect();
-            self.notice_plan = Some(ShapePlan::new(
-                self.proxy.pipeline.masker.as_ref(),
-                &cols,
-                Vec::new(),
-                None,
-                NonTextMasking::Null,
-                |_| {},
-            ));
+    /// Masks every field of an error or notice that can carry data. The fixed fields (severity,
+    /// SQLSTATE, the server's source file, line and routine, the position in the client's own
+    /// text) pass as they are. When the statement the message belongs to read a masked column,
+    /// or what it read is unknown, the fields that can carry data are withheld (a value cast to
+    /// the wrong type, an internal query built from rows, `RAISE … USING TABLE = …` put values
+    /// there that no detector would recognise); otherwise they pass the detectors.
+    async fn mask_error_fields(&mut self, mut fields: ErrorFields) -> ErrorFields {
+        let ctx = self.message_ctx();
+        if self.withholds(ctx.as_deref(), true).await {
+            let severity = fields.get(b'S').unwrap_or("ERROR").to_string();
+            let code = fields.code().unwrap_or("XX000").to_string();
+            fields
+                .fields
+                .retain(|(c, _)| is_fixed_error_field(*c) && *c != b'M');
+            let mut out = ErrorFields::new(&severity, &code, WITHHELD_MESSAGE);
+            out.fields.extend(
+                fields
+                    .fields
+                    .into_iter()
+                    .filter(|(c, _)| !matches!(c, b'S' | b'V' | b'C')),
+            );
+            return out;
         }
         let mut findings = Vec::new();
-        if let Some(plan) = &self.notice_plan {
-            for (code, value) in fields.fields.iter_mut() {
-                let idx = match code {
-                    b'M' => 0,
-                    b'D' => 1,
-                    b'H' => 2,
-                    b'W' => 3,
-                    _ => continue,
-                };
-                if let Some(masked) = plan.mask_value(idx, value.as_bytes(), &mut findings) {
-                    *value = String::from_utf8_lossy(&masked).into_owned();
-                }
+        let plan = self.text_plan();
+        for (code, value) in fields.fields.iter_mut() {
+            if is_fixed_error_field(*code) {
+                continue;
+            }
+            if let Some(masked) = plan.mask_value(0, value.as_bytes(), &mut findings) {
+                *value = String::from_utf8_lossy(&masked).into_owned();
             }
         }
         self.add_findings(findings);
-        Ok(fields)
+        fields
     }
+
+    /// A one-column text plan (detectors only) for server text outside result rows.
+    fn text_plan(&mut self) -> Arc<ShapePlan> {
+        if let Some(p) = &self.notice_plan {
+            return p.clone();
+        }
+        let cols = [ColumnDesc {
+            name: "message".to_string(),
+            table_oid: 0,
+            attnum: 0,
+            type_oid: 25,
+            format: 0,
+        }];
+        let plan = Arc::new(ShapePlan::new(
+            self.proxy.pipeline.masker.as_ref(),
+            &cols,
+            Vec::new(),
+            None,
+            NonTextMasking::Null,
+            |_| {},
+        ));
+        self.notice_plan = Some(plan.clone());
+        plan
+    }
+
+    /// The statement a server message (error, notice) belongs to, if known.
+    fn message_ctx(&self) -> Option<Arc<StmtCtx>> {
+        if let Some(ctx) = self.running_ctx() {
+            return Some(ctx);
+        }
+        let q = lock(&self.shared.expect);
+        match q.front() {
+            Some(Expect::Parse { statement, .. }) => Some(statement.clone()),
+            Some(Expect::Bind { statement, .. })
+            | Some(Expect::DescribeStatement {
+                name: statement, ..
+            }) => self.statements.get(statement).map(|s| s.ctx.clone()),
+            Some(Expect::DescribePortal { name, .. }) => {
+                self.portals.get(name).and_then(|p| p.ctx.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether server text about `ctx` is withheld: the statement is unknown or opaque, or a
+    /// table it names has a column the masking profile masks (its filters and casts read those
+    /// columns as much as its output does), or — while any column is masked — it calls a
+    /// function that runs a query of its own, or (`strict`, for errors and notices) its reads
+    /// are not traced from its text (`EXECUTE`, `FETCH`: the error of a prepared cast carries
+    /// the value).
+    async fn withholds(&mut self, ctx: Option<&StmtCtx>, strict: bool) -> bool {
+        let Some(ctx) = ctx else {
+            return true;
+        };
+        if ctx.opaque {
+            return true;
+        }
+        if (strict && ctx.lineage.is_none()) || self.runs_own_queries(ctx).await {
+            match self.masked_columns(ctx.profile.as_deref()).await {
+                Some(m) if m.is_empty() => {}
+                _ => return true,
+            }
+        }
+        if ctx.tables.is_empty() {
+            return false;
+        }
+        if let Some((index, answer)) = self.withheld_cache
+            && index == ctx.index
+        {
+            return answer;
+        }
+        let mut sources = Vec::new();
+        let mut unlisted = false;
+        for table in &ctx.tables {
+            let names = [format!("{table}.*")];
+            let found = self
+                .proxy
+                .expand_sources(&self.ctx.target.name, &names, &ctx.tables)
+                .await;
+            // A relation the catalog cannot list (a temporary table, a CTE name, a failed
+            // lookup) may hold anything.
+            unlisted |= !found.iter().any(|s| !s.ends_with(".*"));
+            sources.extend(found);
+        }
+        let fields: Vec<FieldDesc> = sources
+            .iter()
+            .map(|s| FieldDesc {
+                name: String::new(),
+                sources: vec![s.clone()],
+                kind: gatehouse_core::FieldKind::Text,
+            })
+            .collect();
+        let plan = self
+            .proxy
+            .pipeline
+            .masker
+            .plan(&fields, ctx.profile.as_deref());
+        let answer = unlisted || (0..fields.len()).any(|i| plan.masks_whole(i));
+        self.withheld_cache = Some((ctx.index, answer));
+        answer
+    }
+}
+
+/// Built-in functions that run a query given as text, or return what a session stored
+/// (`current_setting`): their output's origin is not in the statement's text.
+const SQL_TEXT_FUNCTIONS: &[&str] = &[
+    "query_to_xml",
+    "query_to_xmlschema",
+    "query_to_xml_and_xmlschema",
+    "cursor_to_xml",
+    "cursor_to_xmlschema",
+    "table_to_xml",
+    "table_to_xmlschema",
+    "table_to_xml_and_xmlschema",
+    "schema_to_xml",
+    "schema_to_xmlschema",
+    "schema_to_xml_and_xmlschema",
+    "database_to_xml",
+    "database_to_xmlschema",
+    "database_to_xml_and_xmlschema",
+    "ts_stat",
+    "current_setting",
+    "dblink",
+    "dblink_exec",
+];
+
+/// What a notification payload or a free-text setting shows in place of a withheld value.
+const WITHHELD_VALUE: &str = "[withheld by the gateway]";
+
+/// ParameterStatus settings the server only accepts in a fixed form (no free text).
+const FIXED_FORM_PARAMETERS: &[&str] = &[
+    "server_version",
+    "server_encoding",
+    "client_encoding",
+    "DateStyle",
+    "IntervalStyle",
+    "TimeZone",
+    "integer_datetimes",
+    "standard_conforming_strings",
+    "is_superuser",
+    "session_authorization",
+    "default_transaction_read_only",
+    "in_hot_standby",
+    "scram_iterations",
+];
+
+fn binary_copy_refused() -> PgProxyError {
+    PgProxyError::Unmaskable(
+        "binary COPY output holds a value the masking profile hides, and binary rows cannot be \
+         rewritten; use text format"
+            .into(),
+    )
+}
+
+/// What an error or notice says in place of text the gateway withholds.
+const WITHHELD_MESSAGE: &str = "the gateway withholds this message's text: the statement reads \
+    masked columns or runs code the gateway cannot see into (the SQLSTATE is PostgreSQL's)";
+
+/// Error and notice fields that carry no data: severity (localised and not), SQLSTATE, the
+/// server's source file, line and routine, and positions in the client's own statement text.
+/// Everything else (message, detail, hint, context, internal query, schema, table, column,
+/// datatype, constraint, and codes added later) can carry values.
+fn is_fixed_error_field(code: u8) -> bool {
+    matches!(code, b'S' | b'V' | b'C' | b'F' | b'L' | b'R' | b'P')
 }
 
 /// A cache key standing for a row shape known from a statement Describe plus Bind formats.

@@ -48,6 +48,14 @@ pub struct StatementInfo {
     pub reads: Option<Vec<String>>,
     /// Whether running the statement may change how the server reads the SQL that follows.
     pub effect: SessionEffect,
+    /// What the statement reads cannot be known from its text (a `DO` block, `CALL`, code the
+    /// classifier cannot see into, or an analyzer that does not trace reads): server messages
+    /// about it are treated as if it read masked columns.
+    pub opaque: bool,
+    /// Functions the statement calls (normalised as written: `lower`, `public.f`). A function
+    /// that runs a query of its own (`query_to_xml`, a user-defined function) makes what the
+    /// output derives from untraceable from this text.
+    pub functions: Vec<String>,
 }
 
 /// What a statement may do to the session state that SQL text is read and resolved under
@@ -132,6 +140,9 @@ impl StatementAnalyzer for LexicalAnalyzer {
                     copies_data: false,
                     reads: None,
                     effect: lexical_effect(stmt, kind),
+                    // No tables, no lineage: what it reads is unknown.
+                    opaque: true,
+                    functions: Vec::new(),
                 })
             })
             .collect())
@@ -189,6 +200,8 @@ impl StatementAnalyzer for SqlAnalyzer {
                         .ok()
                         .map(convert_lineage)
                 }
+                // Settings and plans: no column of any table.
+                K::Show | K::Explain => Some(ColumnLineage::Positional(Vec::new())),
                 _ => None,
             };
             let reads = if st.kind == K::Copy {
@@ -197,6 +210,9 @@ impl StatementAnalyzer for SqlAnalyzer {
                 None
             };
             let effect = session_effect(&st, stmt_text);
+            let opaque = st.has(gatehouse_sql::Risk::OpaqueCode)
+                || matches!(st.kind, K::DoBlock | K::Call)
+                || st.kinds.iter().any(|k| matches!(k, K::DoBlock | K::Call));
             out.push(StatementInfo {
                 effect,
                 span: trim(text, st.span),
@@ -205,6 +221,8 @@ impl StatementAnalyzer for SqlAnalyzer {
                 tables: st.tables.into_iter().collect(),
                 copies_data: reads_into_elsewhere,
                 reads,
+                opaque,
+                functions: st.functions.into_iter().collect(),
             });
         }
         Ok(out)

@@ -150,3 +150,42 @@ fn engine_and_guard_plug_into_the_pipeline_as_trait_objects() {
     assert!(egress.check(EgressSite::Client, b"ok [email]\n").is_ok());
     assert_eq!(egress.counters().hits["client"], 1);
 }
+
+/// A rule matches a source however either side writes it: the column alone, `table.column`, or
+/// the catalog's `schema.table.column`, quoted or not (the quickstart's `email` rule never
+/// matched `public.customers.email` before).
+#[test]
+fn column_rules_match_qualified_sources_by_suffix_and_ignore_quotes() {
+    let mut p = ProfileConfig::default();
+    for pattern in [
+        "email",
+        "customers.card_number",
+        "\"Public\".\"Staff\".\"Phone\"",
+    ] {
+        p.columns.push(ColumnRule {
+            pattern: pattern.into(),
+            strategy: None,
+        });
+    }
+    let mut c = MaskingConfig::default();
+    c.profiles.insert("pii".into(), p);
+    let e = MaskingEngine::new(&c).unwrap();
+    let derived = |source: &str| FieldDesc {
+        name: "?column?".into(),
+        sources: vec![source.into()],
+        kind: FieldKind::Text,
+    };
+    let fields = vec![
+        derived("public.customers.email"),
+        derived("?.email"),
+        derived("public.customers.card_number"),
+        derived("public.staff.phone"),
+        derived("public.customers.emailx"),
+        derived("public.orders.card_number_hint"),
+    ];
+    let plan = e.plan(&fields, Some("pii"));
+    for i in 0..4 {
+        assert!(plan.masks_whole(i), "field {i} must be masked");
+    }
+    assert!(!plan.masks_whole(4) && !plan.masks_whole(5));
+}

@@ -9,6 +9,7 @@ mod auth;
 mod execution;
 mod holds;
 mod hostile;
+mod leaks;
 mod lexer_state;
 mod limits;
 mod masking;
