@@ -92,3 +92,80 @@ async fn exec_corpus_every_refused_spelling_leaves_the_directory() {
     );
     gw.shutdown().await;
 }
+
+/// Opens a pty shell channel and types `input`; returns (exit status, everything seen).
+async fn typed_shell(gw: &Gateway, input: &str) -> (Option<u32>, String) {
+    let client = russh_login(gw, TARGET).await;
+    let mut ch = client.channel_open_session().await.unwrap();
+    ch.request_pty(true, "xterm", 80, 24, 0, 0, &[])
+        .await
+        .unwrap();
+    ch.request_shell(true).await.unwrap();
+    ch.data(input.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut status = None;
+    gatehouse_testkit::within(Duration::from_secs(30), async {
+        while let Some(msg) = ch.wait().await {
+            match msg {
+                russh::ChannelMsg::Data { data } | russh::ChannelMsg::ExtendedData { data, .. } => {
+                    seen.extend_from_slice(&data)
+                }
+                russh::ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
+                russh::ChannelMsg::Close | russh::ChannelMsg::Eof if status.is_some() => break,
+                russh::ChannelMsg::Close => break,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    let _ = client
+        .disconnect(russh::Disconnect::ByApplication, "", "en")
+        .await;
+    (status, String::from_utf8_lossy(&seen).into_owned())
+}
+
+/// docs/policy.md, "Interactive shells": a shell is opaque (refused here, where opaque is
+/// denied); where a rule allows shells, typed lines are recorded but not decided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interactive_shells_are_opaque_and_typed_lines_are_not_decided() {
+    let root = tempfile::tempdir().unwrap();
+    let d = dir_for(root.path(), 0);
+    let compiled =
+        gatehouse_policy::CompiledPolicy::from_toml(exec_corpus::POLICY, "corpus.toml").unwrap();
+    let gw = start(Options {
+        policy: Some(FnPolicy::new(move |i, t, op| compiled.decide(i, t, op))),
+        ..Options::default()
+    })
+    .await;
+    let (status, seen) = typed_shell(&gw, &format!("rm -rf {d}; exit 0\n")).await;
+    assert_eq!(status, Some(126), "{seen}");
+    assert!(Path::new(&d).exists());
+    let recorder = gw.shutdown().await;
+    assert!(
+        operations(&recorder).iter().any(|(op, dec)| matches!(
+            op,
+            gatehouse_core::Operation::Ssh(gatehouse_core::SshOperation::Shell { pty: true })
+        ) && dec.rule_id == "opaque"),
+        "the shell was decided as opaque"
+    );
+
+    let allowing = format!(
+        "{}\n[[rules]]\nid = \"shells\"\nreason = \"this caller may use a shell\"\nverdict = \"allow\"\nssh = {{ channels = [\"shell\"] }}\n",
+        exec_corpus::POLICY
+    );
+    let compiled = gatehouse_policy::CompiledPolicy::from_toml(&allowing, "corpus.toml").unwrap();
+    let gw = start(Options {
+        policy: Some(FnPolicy::new(move |i, t, op| compiled.decide(i, t, op))),
+        ..Options::default()
+    })
+    .await;
+    let (status, seen) = typed_shell(&gw, &format!("rm -rf {d}; exit 0\n")).await;
+    assert_eq!(status, Some(0), "{seen}");
+    assert!(!Path::new(&d).exists(), "a typed line is not decided");
+    let recorder = gw.shutdown().await;
+    let recorded = String::from_utf8_lossy(&recorded_output(&recorder)).into_owned();
+    assert!(
+        recorded.contains("rm -rf"),
+        "typed lines are recorded: {recorded:?}"
+    );
+}
