@@ -1909,4 +1909,113 @@ mod tests {
         // chmod -r is a mode, not recursion.
         assert_eq!(uses("chmod -r f", "-R"), (false, false));
     }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn wrapper() -> impl Strategy<Value = &'static str> {
+            prop::sample::select(vec![
+                "env",
+                "env -i",
+                "env --",
+                "env LANG=C",
+                "nice",
+                "nice -n 3",
+                "nohup",
+                "timeout 5",
+                "timeout -s KILL 9",
+                "command",
+                "exec",
+                "stdbuf -o0",
+                "setsid -w",
+                "ionice -c3",
+                "time",
+                "sudo",
+                "sudo -u root --",
+                "doas",
+                "busybox",
+                "chroot /",
+                "unshare",
+                "/usr/bin/env",
+            ])
+        }
+
+        /// One way of spelling an option set for rm: clusters, long forms, abbreviations.
+        fn rm_option(recursive: bool) -> impl Strategy<Value = String> {
+            let r = prop::sample::select(vec![
+                "-r",
+                "-R",
+                "--recursive",
+                "--recursiv",
+                "--recur",
+                "--rec",
+                "--re",
+                "-fr",
+                "-rf",
+                "-dr",
+                "-vR",
+                "-fRv",
+            ]);
+            let other = prop::sample::select(vec![
+                "-f",
+                "-v",
+                "-d",
+                "--force",
+                "--verbose",
+                "--verb",
+                "-fv",
+                "-i",
+            ]);
+            if recursive {
+                r.prop_map(String::from).boxed()
+            } else {
+                other.prop_map(String::from).boxed()
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(
+                std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256)
+            ))]
+
+            /// Total on hostile input: never panics, never empty.
+            #[test]
+            fn analyse_is_total(line in any::<String>(), name in "[A-Z_]{1,8}") {
+                let items = analyse(&line, &[(name, "x".into())]);
+                prop_assert!(!items.is_empty());
+            }
+
+            /// Any chain of wrappers runs the same final command.
+            #[test]
+            fn wrappers_unwrap_to_what_they_run(chain in prop::collection::vec(wrapper(), 0..5), args in prop::collection::vec("[a-z/]{1,6}", 0..3)) {
+                let inner = format!("rm -rf {}", args.join(" "));
+                let line = format!("{} {inner}", chain.join(" "));
+                let items = analyse(&line, &[]);
+                let last = items.last().unwrap();
+                prop_assert!(last.opaque.is_none(), "{line}: {items:?}");
+                prop_assert_eq!(&last.argv, &shell::parse(&inner).argv, "{}", line);
+                prop_assert_eq!(items.iter().filter(|i| i.wrapper).count() + 1, items.len());
+            }
+
+            /// The option is found however it is spelled and wherever it stands; without it
+            /// (or after `--`) it is not.
+            #[test]
+            fn options_read_as_getopt_long_does(before in prop::collection::vec(rm_option(false), 0..3), r in rm_option(true), after in prop::collection::vec(rm_option(false), 0..3), operand_first in any::<bool>()) {
+                let mut args: Vec<String> = before.clone();
+                if operand_first { args.insert(0, "D".into()); }
+                args.push(r.clone());
+                args.extend(after.iter().cloned());
+                let reading = read_options("rm", &args);
+                prop_assert!(reading.uses("rm", "-r", false), "{args:?}");
+                prop_assert!(reading.uses("rm", "--recursive", true), "{args:?}");
+                let mut without: Vec<String> = before.clone();
+                without.extend(after.iter().cloned());
+                without.push("--".into());
+                without.push(r);
+                let reading = read_options("rm", &without);
+                prop_assert!(!reading.uses("rm", "-r", true), "{without:?}");
+            }
+        }
+    }
 }
