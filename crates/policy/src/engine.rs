@@ -513,10 +513,17 @@ impl CompiledPolicy {
                 }
                 None => {
                     let subject = Subject::Kube(op);
-                    let outcome = ItemOutcome::from_rule(
+                    let mut outcome = ItemOutcome::from_rule(
                         self.first_match(&candidates, &subject),
                         verdicts.default,
                     );
+                    if subject.is_opaque() {
+                        outcome.opaque(
+                            &subject,
+                            verdicts.opaque_exec.unwrap_or(verdicts.opaque),
+                            Some("attach sends input to whatever the container runs".into()),
+                        );
+                    }
                     push(&|| op.summary(), outcome, Some(&subject), &mut items);
                 }
             },

@@ -61,7 +61,10 @@ impl Subject<'_> {
             Subject::Sql(stmt) => sql_is_opaque(stmt),
             Subject::Exec { opaque, .. } => *opaque,
             Subject::Ssh { channel, .. } => *channel == "shell",
-            Subject::Http { .. } | Subject::Kube(_) => false,
+            // `attach` feeds input to whatever the container runs (often a shell): like an
+            // interactive shell, its effect is not in the request.
+            Subject::Kube(op) => op.verb == "attach",
+            Subject::Http { .. } => false,
         }
     }
 }
@@ -174,6 +177,14 @@ impl Rule {
                         m.channels
                             .as_ref()
                             .is_some_and(|c| c.iter().any(|c| c == "shell"))
+                    })
+            }
+            Subject::Kube(op) => {
+                op.verb == "attach"
+                    && self.kube.as_ref().is_some_and(|m| {
+                        m.verbs.as_ref().is_some_and(|v| {
+                            v.is_match("attach") && !v.is_match("attach-not-a-verb")
+                        })
                     })
             }
             _ => false,

@@ -208,6 +208,47 @@ exec = { program = ["env", "ps", "cat", "ls", "df"] }
 }
 
 #[test]
+fn kubernetes_attach_is_opaque_unless_a_rule_names_it() {
+    let attach = Operation::Kubernetes(KubeOperation {
+        verb: "attach".into(),
+        version: "v1".into(),
+        resource: "pods".into(),
+        subresource: Some("attach".into()),
+        namespace: Some("apps".into()),
+        name: Some("api-0".into()),
+        ..KubeOperation::default()
+    });
+    let k = Target::new("k", Protocol::Kubernetes);
+    let p = policy(
+        r#"
+[defaults]
+default = "allow"
+
+[[rules]]
+id = "pods"
+reason = "everything on pods"
+verdict = "allow"
+kubernetes = { resources = ["pods"] }
+"#,
+    );
+    let d = p.decide(&who(), &k, &attach);
+    assert_eq!((d.verdict, d.rule_id.as_str()), (Verdict::Review, "opaque"));
+    let p = policy(
+        r#"
+[defaults]
+default = "deny"
+
+[[rules]]
+id = "attach"
+reason = "attach to app pods"
+verdict = "allow"
+kubernetes = { verbs = ["attach"], namespaces = ["apps"] }
+"#,
+    );
+    assert_eq!(p.decide(&who(), &k, &attach).verdict, Verdict::Allow);
+}
+
+#[test]
 fn rules_written_for_opaque_decide_it() {
     let p = policy(
         r#"
