@@ -1626,21 +1626,19 @@ pub fn read_options(program: &str, args: &[String]) -> ArgsReading {
             .first()
             .filter(|f| !f.starts_with('-') && !f.is_empty())
     {
-        {
-            owned = Vec::new();
-            let mut next = 1;
-            for c in first.chars() {
-                owned.push(format!("-{c}"));
-                if table.short(c).is_some_and(|s| s.arg == ArgKind::Required)
-                    && let Some(v) = args.get(next)
-                {
-                    owned.push(v.clone());
-                    next += 1;
-                }
+        owned = Vec::new();
+        let mut next = 1;
+        for c in first.chars() {
+            owned.push(format!("-{c}"));
+            if table.short(c).is_some_and(|s| s.arg == ArgKind::Required)
+                && let Some(v) = args.get(next)
+            {
+                owned.push(v.clone());
+                next += 1;
             }
-            owned.extend(args.get(next..).unwrap_or(&[]).iter().cloned());
-            args = &owned;
         }
+        owned.extend(args.get(next..).unwrap_or(&[]).iter().cloned());
+        args = &owned;
     }
     let mut reading;
     if matches!(base, "kill" | "pkill" | "pgrep" | "killall") {
