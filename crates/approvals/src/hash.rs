@@ -237,6 +237,14 @@ impl Encoder<'_> {
         self.bool_field("has_assignments", *has_assignments);
         self.bool_field("incomplete", *incomplete);
         self.bool_field("unwrapped", *unwrapped);
+        // Only when present, so that every earlier hash stays what it was.
+        if !cmd.env.is_empty() {
+            self.name("env");
+            self.len(cmd.env.len());
+            for (name, value) in &cmd.env {
+                self.strings(&[name.clone(), value.clone()]);
+            }
+        }
     }
 
     fn http(&mut self, op: &HttpOperation) {

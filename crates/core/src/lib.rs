@@ -19,6 +19,7 @@
 #![warn(missing_docs)]
 
 pub mod approval;
+pub mod command;
 pub mod decision;
 pub mod error;
 pub mod event;

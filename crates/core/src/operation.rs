@@ -129,6 +129,11 @@ pub struct ExecCommand {
     pub command_line: String,
     /// The parsed command; if it was `sh -c '…'` / `bash -c '…'`, unwrapped one level.
     pub parsed: ShellCommand,
+    /// Environment variables the request itself sets for the command (SSH `env` requests),
+    /// in order. Part of what runs: the policy reads them ([`crate::command::analyse`]) and
+    /// the approval hash covers them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<(String, String)>,
 }
 
 impl ExecCommand {
@@ -139,7 +144,19 @@ impl ExecCommand {
         Self {
             command_line,
             parsed,
+            env: Vec::new(),
         }
+    }
+
+    /// The same command with the variables the request sets for it.
+    pub fn with_env(mut self, env: Vec<(String, String)>) -> Self {
+        self.env = env;
+        self
+    }
+
+    /// What the command runs, as the policy reads it ([`crate::command::analyse`]).
+    pub fn analyse(&self) -> Vec<crate::command::ExecItem> {
+        crate::command::analyse(&self.command_line, &self.env)
     }
 
     /// The program (first argv word), if any.
@@ -222,7 +239,9 @@ pub struct KubeOperation {
     /// Object name, when the request names one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// Canonical path for non-resource URLs (`/healthz`, `/version`, discovery).
+    /// Canonical path for non-resource URLs (`/healthz`, `/version`, discovery). For a
+    /// resource request held for review: the whole request as the approval binds it
+    /// (`METHOD /path?query content-type=… body-sha256=…`), shown in [`Self::summary`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// For exec: the `command=` parameters, parsed like an SSH exec.
@@ -256,6 +275,11 @@ impl KubeOperation {
         if let Some(cmd) = &self.command {
             s.push_str(" -- ");
             s.push_str(&cmd.command_line);
+        }
+        if let Some(p) = &self.path {
+            s.push_str(" [");
+            s.push_str(p);
+            s.push(']');
         }
         s
     }

@@ -164,6 +164,9 @@ pub async fn build(loaded: &LoadedConfig) -> Result<Gateway, CommandError> {
     let policy_path = loaded.resolve_path(&c.policy.file);
     let compiled =
         CompiledPolicy::from_file(&policy_path).map_err(|e| CommandError::Failed(e.to_string()))?;
+    for note in compiled.warnings() {
+        tracing::warn!("{note}");
+    }
     let policy = Arc::new(PolicyHandle::new(compiled));
 
     // Masking.

@@ -22,6 +22,9 @@ pub fn check(loaded: &LoadedConfig) -> Result<String, CommandError> {
     let policy = gatehouse_policy::CompiledPolicy::from_file(&policy_path)
         .map_err(|e| CommandError::Failed(e.to_string()))?;
     let _ = policy.rule_count();
+    for note in policy.warnings() {
+        eprintln!("warning: {note}");
+    }
     // Files targets name (CAs, client certificates, kubeconfigs, known_hosts) are readable, then
     // every target as its protocol crate will take it: secrets resolved, addresses parsed, the
     // per-listener knobs applied (`serve` would stop on the same errors).

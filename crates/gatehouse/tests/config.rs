@@ -360,3 +360,30 @@ fn an_example_without_its_secret_names_the_variable() {
         );
     }
 }
+
+#[test]
+fn a_policy_with_the_old_floors_loads_with_a_deprecation_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("policy.toml"),
+        "[defaults]\ndefault = \"deny\"\nnon_plain_exec = \"review\"\nunparseable_sql = \"review\"\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("gatehouse.toml"), base("")).unwrap();
+    let out = Command::new(EXE)
+        .arg("check-config")
+        .arg(dir.path().join("gatehouse.toml"))
+        .env("GATEHOUSE_TEST_DB_PASSWORD", "s3cret-value")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("warning:") && stderr.contains("`non_plain_exec` is deprecated"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("`unparseable_sql` is deprecated"),
+        "{stderr}"
+    );
+}

@@ -375,9 +375,18 @@ impl ExecCtx {
     {
         let refuse = |msg: String| status_object(403, "Forbidden", &msg);
         let rule = self.decision.rule_id.clone();
+        // The approval binds the whole request (container, stdin, tty and every command word
+        // are in the query), not only the pod and the command.
+        let mut operation = self.parsed.operation.clone();
+        operation.path = Some(crate::request::review_binding(
+            "GET",
+            &self.parsed,
+            None,
+            &[],
+        ));
         let (id, granted) = match self
             .conn
-            .open_approval(&self.ctx, &self.parsed.operation, &self.decision)
+            .open_approval(&self.ctx, &operation, &self.decision)
             .await
         {
             Ok(x) => x,

@@ -614,13 +614,19 @@ impl ConnCtx {
                 });
             }
             Verdict::Review => {
-                if !body.is_empty() {
-                    operation.path = Some(format!(
-                        "{} body-sha256:{}",
-                        parsed.path,
-                        hex::encode(Sha256::digest(&body))
-                    ));
-                }
+                // The approval binds everything that changes the request's effect, and the
+                // approver sees it: method, path, query (dryRun, fieldManager, force, …),
+                // content type (the patch type) and the body's digest.
+                let content_type = parts
+                    .headers
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok());
+                operation.path = Some(crate::request::review_binding(
+                    parts.method.as_str(),
+                    &parsed,
+                    content_type,
+                    &body,
+                ));
                 let hold = ms(proxy.config.review_hold_ms);
                 let outcome = self
                     .wait_for_approval(ctx, &operation, &decision, hold)

@@ -314,6 +314,33 @@ pub fn parse_request(
     })
 }
 
+/// What an approval of a reviewed request binds, as one line the approver reads:
+/// `METHOD /path?query content-type=… body-sha256=…`. A request that differs in any of them
+/// (another `dryRun`, `fieldManager`, `force`, patch type or body) is another operation and
+/// opens its own approval.
+pub fn review_binding(
+    method: &str,
+    parsed: &ParsedRequest,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> String {
+    use sha2::Digest;
+    let mut s = format!("{} {}", method.to_ascii_uppercase(), parsed.path);
+    if let Some(q) = parsed.query.as_deref().filter(|q| !q.is_empty()) {
+        s.push('?');
+        s.push_str(q);
+    }
+    if let Some(ct) = content_type {
+        s.push_str(" content-type=");
+        s.push_str(ct.trim());
+    }
+    if !body.is_empty() {
+        s.push_str(" body-sha256=");
+        s.push_str(&hex::encode(sha2::Sha256::digest(body)));
+    }
+    s
+}
+
 /// Why an operation is sensitive enough that only an explicit rule may allow it (the policy's
 /// default verdict never does): port forwarding, ephemeral containers (`kubectl debug`), node
 /// and service proxies, and privileged pod specs.

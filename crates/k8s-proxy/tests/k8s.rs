@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! gatehouse-k8s against the API-server stand-in, driven by the real kubectl and kube-rs.
 
+mod corpus;
 mod support;
 
 use std::time::Duration;
@@ -1038,4 +1039,111 @@ async fn large_lists_stream_through_the_json_masker() {
     assert_eq!(v["items"].as_array().unwrap().len(), 6001);
     assert!(!body.contains("@example.com"), "every address masked");
     assert_eq!(v["items"][5999]["metadata"]["name"], "bulk-05999");
+}
+
+/// A request with a body to the gateway's plain listener; (status, body).
+async fn send(
+    rig: &Rig,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &str,
+) -> (u16, String) {
+    use http_body_util::BodyExt as _;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let req = http::Request::builder()
+        .method(method)
+        .uri(format!("{}{path}", rig.base()))
+        .header("authorization", bearer())
+        .header("content-type", content_type)
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_string(),
+        )))
+        .unwrap();
+    let resp = gatehouse_testkit::within(Duration::from_secs(30), client.request(req))
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn an_approval_binds_query_patch_type_and_body() {
+    let policy = r#"
+[defaults]
+default = "allow"
+
+[[rules]]
+id = "review-cm-patch"
+reason = "config maps feed production"
+verdict = "review"
+approvers = ["admins"]
+timeout = "60s"
+kubernetes = { verbs = ["patch"], resources = ["configmaps"] }
+"#;
+    let rig = Rig::start_with(policy, |c| c.review_hold_ms = 0).await;
+    let path = "/k8s/dev/api/v1/namespaces/default/configmaps/settings";
+    let merge = "application/merge-patch+json";
+    let body = r#"{"data":{"mode":"on"}}"#;
+    let dry = format!("{path}?dryRun=All&fieldManager=agent");
+    let requested = |rig: &Rig| {
+        rig.layers
+            .recorder
+            .events()
+            .into_iter()
+            .filter(|e| matches!(&e.body, EventBody::ApprovalRequested { .. }))
+            .count()
+    };
+
+    // The dry run waits for an approval; the approver sees the query and the patch type.
+    let (code, _) = send(&rig, "PATCH", &dry, merge, body).await;
+    assert_eq!(code, 429);
+    let id = rig.approve_next().await;
+    let pending = rig
+        .layers
+        .approvals
+        .list(&gatehouse_core::ApprovalFilter::default())
+        .await
+        .unwrap();
+    let shown = pending
+        .iter()
+        .find(|r| r.id == id)
+        .map(|r| r.request.operation.summary())
+        .unwrap();
+    assert!(shown.contains("PATCH "), "{shown}");
+    assert!(shown.contains("dryRun=All&fieldManager=agent"), "{shown}");
+    assert!(
+        shown.contains("content-type=application/merge-patch+json"),
+        "{shown}"
+    );
+    assert!(shown.contains("body-sha256="), "{shown}");
+    // The approved request itself goes through.
+    let (code, _) = send(&rig, "PATCH", &dry, merge, body).await;
+    assert_ne!(code, 429);
+    assert_eq!(requested(&rig), 1);
+
+    // Anything that changes the effect is another operation with its own approval.
+    let variants = [
+        (format!("{path}?fieldManager=agent"), merge, body),
+        (dry.clone(), "application/strategic-merge-patch+json", body),
+        (
+            dry.clone(),
+            "application/json-patch+json",
+            r#"[{"op":"add","path":"/data/mode","value":"on"}]"#,
+        ),
+        (format!("{path}?dryRun=All&fieldManager=other"), merge, body),
+        (
+            format!("{path}?dryRun=All&fieldManager=agent&force=true"),
+            "application/apply-patch+yaml",
+            body,
+        ),
+        (dry.clone(), merge, r#"{"data":{"mode":"off"}}"#),
+    ];
+    for (n, (p, ct, b)) in variants.iter().enumerate() {
+        let (code, answer) = send(&rig, "PATCH", p, ct, b).await;
+        assert_eq!(code, 429, "{p} {ct}: {answer}");
+        assert_eq!(requested(&rig), n + 2, "{p} {ct} opens its own approval");
+    }
 }

@@ -46,10 +46,29 @@ pub(crate) fn compile(text: &str, file: &str) -> Result<CompiledPolicy, PolicyEr
     }
 
     let d = parsed.defaults.verdicts();
+    let mut warnings = Vec::new();
+    let deprecated = |warnings: &mut Vec<String>, place: &str, v: &crate::file::Verdicts| {
+        for (key, set, case) in [
+            ("unparseable_sql", v.unparseable_sql.is_some(), "SQL"),
+            (
+                "non_plain_exec",
+                v.non_plain_exec.is_some(),
+                "exec commands",
+            ),
+        ] {
+            if set {
+                warnings.push(format!(
+                    "{file}: {place}: `{key}` is deprecated: it is the `opaque` verdict for {case} only; write `opaque = ...` (see docs/policy.md)"
+                ));
+            }
+        }
+    };
+    deprecated(&mut warnings, "[defaults]", &d);
     let defaults = ResolvedVerdicts {
         default: d.default.unwrap_or(Verdict::Deny),
-        unparseable_sql: d.unparseable_sql.unwrap_or(Verdict::Review),
-        non_plain_exec: d.non_plain_exec.unwrap_or(Verdict::Review),
+        opaque: d.opaque.unwrap_or(Verdict::Review),
+        opaque_sql: d.unparseable_sql,
+        opaque_exec: d.non_plain_exec,
         ambiguous_http_path: d.ambiguous_http_path.unwrap_or(Verdict::Review),
         copy_program: d.copy_program.unwrap_or(Verdict::Deny),
         encoding_change: d.encoding_change.unwrap_or(Verdict::Deny),
@@ -91,10 +110,16 @@ pub(crate) fn compile(text: &str, file: &str) -> Result<CompiledPolicy, PolicyEr
                 "[[targets]] needs a name glob or tags (use [defaults] for all targets)".into(),
             ));
         }
+        let verdicts = section.verdicts();
+        deprecated(
+            &mut warnings,
+            &format!("line {line}: [[targets]]"),
+            &verdicts,
+        );
         targets.push(TargetOverride {
             name,
             tags: section.tags.clone(),
-            verdicts: section.verdicts(),
+            verdicts,
         });
     }
 
@@ -117,6 +142,7 @@ pub(crate) fn compile(text: &str, file: &str) -> Result<CompiledPolicy, PolicyEr
         default_review,
         targets,
         rules,
+        warnings,
     ))
 }
 
@@ -226,6 +252,7 @@ fn compile_rule(
         target_tags,
         subjects,
         groups,
+        opaque: r.opaque,
         sql: r
             .sql
             .as_ref()
@@ -350,6 +377,24 @@ fn exec_matcher(e: &ExecSection) -> Result<ExecMatcher, String> {
         no_arg: non_empty("exec.no_arg", &e.no_arg)?
             .map(|l| glob_set(l, false, false))
             .transpose()?,
+        options: match non_empty("exec.options", &e.options)? {
+            Some(list) => {
+                for o in list {
+                    let valid = o.len() > 1
+                        && o.starts_with('-')
+                        && o != "--"
+                        && !o.contains('=')
+                        && (o.starts_with("--") || o.chars().count() == 2 || !o.contains(' '));
+                    if !valid {
+                        return Err(format!(
+                            "exec.options: {o:?} is not an option (write `-r` or `--recursive`, one per entry)"
+                        ));
+                    }
+                }
+                Some(list.clone())
+            }
+            None => None,
+        },
         plain: e.plain,
     })
 }

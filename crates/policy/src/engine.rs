@@ -1,7 +1,8 @@
-//! The decision procedure: split the operation into items (SQL statements, simple commands of an
-//! exec line, or the one request), decide each item by the first matching rule (or the target's
-//! default), raise it to any built-in floor (unparseable SQL, non-plain exec, ambiguous HTTP
-//! path, `COPY … PROGRAM`, encoding changes), and return the strictest item's decision.
+//! The decision procedure: split the operation into items (SQL statements, the programs an exec
+//! line runs, or the one request), decide each item by the first matching rule (or the target's
+//! default), give opaque items their own verdict (never the default), raise items to any
+//! built-in floor (ambiguous HTTP path, `COPY … PROGRAM`, encoding changes), and return the
+//! strictest item's decision.
 
 use globset::GlobMatcher;
 use serde::Serialize;
@@ -20,8 +21,12 @@ use crate::rules::{Rule, Subject};
 #[derive(Debug, Clone)]
 pub(crate) struct ResolvedVerdicts {
     pub default: Verdict,
-    pub unparseable_sql: Verdict,
-    pub non_plain_exec: Verdict,
+    /// Operations whose effect the gateway cannot determine.
+    pub opaque: Verdict,
+    /// Deprecated `unparseable_sql`: the opaque verdict for SQL, when set.
+    pub opaque_sql: Option<Verdict>,
+    /// Deprecated `non_plain_exec`: the opaque verdict for exec commands, when set.
+    pub opaque_exec: Option<Verdict>,
     pub ambiguous_http_path: Verdict,
     pub copy_program: Verdict,
     pub encoding_change: Verdict,
@@ -32,8 +37,18 @@ impl ResolvedVerdicts {
     fn overlay(&self, v: &Verdicts) -> ResolvedVerdicts {
         ResolvedVerdicts {
             default: v.default.unwrap_or(self.default),
-            unparseable_sql: v.unparseable_sql.unwrap_or(self.unparseable_sql),
-            non_plain_exec: v.non_plain_exec.unwrap_or(self.non_plain_exec),
+            opaque: v.opaque.unwrap_or(self.opaque),
+            // A block that sets `opaque` overrides the per-protocol aliases it does not set.
+            opaque_sql: v.unparseable_sql.or(if v.opaque.is_some() {
+                None
+            } else {
+                self.opaque_sql
+            }),
+            opaque_exec: v.non_plain_exec.or(if v.opaque.is_some() {
+                None
+            } else {
+                self.opaque_exec
+            }),
             ambiguous_http_path: v.ambiguous_http_path.unwrap_or(self.ambiguous_http_path),
             copy_program: v.copy_program.unwrap_or(self.copy_program),
             encoding_change: v.encoding_change.unwrap_or(self.encoding_change),
@@ -62,8 +77,7 @@ impl TargetOverride {
 /// permissive than it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Floor {
-    UnparseableSql,
-    NonPlainExec,
+    Opaque,
     AmbiguousHttpPath,
     CopyProgram,
     EncodingChange,
@@ -75,8 +89,7 @@ enum Floor {
 impl Floor {
     fn id(self) -> &'static str {
         match self {
-            Floor::UnparseableSql => "unparseable-sql",
-            Floor::NonPlainExec => "non-plain-exec",
+            Floor::Opaque => "opaque",
             Floor::AmbiguousHttpPath => "ambiguous-http-path",
             Floor::CopyProgram => "copy-program",
             Floor::EncodingChange => "encoding-change",
@@ -88,10 +101,7 @@ impl Floor {
 
     fn reason(self) -> &'static str {
         match self {
-            Floor::UnparseableSql => "the SQL could not be read with certainty",
-            Floor::NonPlainExec => {
-                "the command line has shell expansions, metacharacters, assignments or a nested shell: what runs is not what the policy sees"
-            }
+            Floor::Opaque => "the gateway cannot determine what this operation does",
             Floor::AmbiguousHttpPath => "the path contains an encoded separator (%2F or %5C)",
             Floor::CopyProgram => "COPY … PROGRAM runs a shell command on the database server",
             Floor::EncodingChange => {
@@ -159,13 +169,14 @@ impl<'p> ItemOutcome<'p> {
         }
     }
 
-    /// For forms with their own verdict (unparseable SQL, non-plain exec): when no rule
-    /// matched, that verdict replaces the target default; when a rule matched, it is a floor.
-    fn own_verdict(&mut self, verdict: Verdict, floor: Floor, detail: Option<String>) {
-        if matches!(self.by, DecidedBy::Default) {
-            *self = ItemOutcome::floor(verdict, floor, detail);
-        } else {
-            self.raise(verdict, floor, detail);
+    /// For an opaque item: a rule written for it decides. Otherwise, when no rule matched, the
+    /// opaque verdict replaces the target default (the item is attributed to `opaque`, never to
+    /// `default`), and when another rule matched, it is a floor over that rule.
+    fn opaque(&mut self, subject: &Subject<'_>, verdict: Verdict, detail: Option<String>) {
+        match self.by {
+            DecidedBy::Rule(r) if r.written_for_opaque(subject) => {}
+            DecidedBy::Default => *self = ItemOutcome::floor(verdict, Floor::Opaque, detail),
+            _ => self.raise(verdict, Floor::Opaque, detail),
         }
     }
 }
@@ -251,6 +262,7 @@ pub struct CompiledPolicy {
     default_review: ReviewRequirement,
     targets: Vec<TargetOverride>,
     rules: Vec<Rule>,
+    warnings: Vec<String>,
     /// Indices of rules that can apply, per protocol (postgres, ssh, http, kubernetes).
     by_protocol: [Vec<usize>; 4],
 }
@@ -265,20 +277,6 @@ fn protocol_index(p: Protocol) -> Option<usize> {
     }
 }
 
-const SHELLS: &[&str] = &["sh", "bash", "dash", "zsh", "ksh", "ash", "mksh", "busybox"];
-
-/// A shell still asked to run a script after one level of unwrapping (`sh -c "sh -c '…'"`).
-fn nested_shell(argv: &[String]) -> bool {
-    let Some((program, args)) = argv.split_first() else {
-        return false;
-    };
-    let base = program.rsplit('/').next().unwrap_or(program);
-    SHELLS.contains(&base)
-        && args
-            .iter()
-            .any(|a| a.starts_with('-') && !a.starts_with("--") && a.contains('c'))
-}
-
 impl CompiledPolicy {
     pub(crate) fn new(
         file: String,
@@ -286,6 +284,7 @@ impl CompiledPolicy {
         default_review: ReviewRequirement,
         targets: Vec<TargetOverride>,
         rules: Vec<Rule>,
+        warnings: Vec<String>,
     ) -> Self {
         let mut by_protocol: [Vec<usize>; 4] = Default::default();
         for (i, rule) in rules.iter().enumerate() {
@@ -308,8 +307,15 @@ impl CompiledPolicy {
             default_review,
             targets,
             rules,
+            warnings,
             by_protocol,
         }
+    }
+
+    /// Deprecation notes about the file (e.g. `unparseable_sql`, `non_plain_exec`): it loaded
+    /// and works, but should be updated. `check-config` prints them; the gateway logs them.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// Parses and compiles a policy from TOML text; `file` names it in errors.
@@ -447,7 +453,7 @@ impl CompiledPolicy {
                     subsystem,
                     destination,
                 };
-                let outcome = if channel == "unknown" {
+                let mut outcome = if channel == "unknown" {
                     ItemOutcome::floor(Verdict::Deny, Floor::Unsupported, None)
                 } else {
                     ItemOutcome::from_rule(
@@ -455,6 +461,13 @@ impl CompiledPolicy {
                         verdicts.default,
                     )
                 };
+                if subject.is_opaque() {
+                    outcome.opaque(
+                        &subject,
+                        verdicts.opaque,
+                        Some("an interactive shell: what is typed is recorded, not decided".into()),
+                    );
+                }
                 push(&|| channel.to_string(), outcome, Some(&subject), &mut items);
             }
             Operation::Http(op) => {
@@ -500,10 +513,17 @@ impl CompiledPolicy {
                 }
                 None => {
                     let subject = Subject::Kube(op);
-                    let outcome = ItemOutcome::from_rule(
+                    let mut outcome = ItemOutcome::from_rule(
                         self.first_match(&candidates, &subject),
                         verdicts.default,
                     );
+                    if subject.is_opaque() {
+                        outcome.opaque(
+                            &subject,
+                            verdicts.opaque_exec.unwrap_or(verdicts.opaque),
+                            Some("attach sends input to whatever the container runs".into()),
+                        );
+                    }
                     push(&|| op.summary(), outcome, Some(&subject), &mut items);
                 }
             },
@@ -544,11 +564,20 @@ impl CompiledPolicy {
             let subject = Subject::Sql(stmt);
             let mut outcome =
                 ItemOutcome::from_rule(self.first_match(candidates, &subject), verdicts.default);
-            if stmt.kind == StatementKind::Unparseable {
-                outcome.own_verdict(
-                    verdicts.unparseable_sql,
-                    Floor::UnparseableSql,
-                    stmt.unparseable_reason.clone(),
+            if subject.is_opaque() {
+                let detail = match (&stmt.unparseable_reason, stmt.kind) {
+                    (Some(r), _) => format!("the SQL could not be read with certainty: {r}"),
+                    (None, StatementKind::Unparseable) => {
+                        "the SQL could not be read with certainty".to_string()
+                    }
+                    (None, kind) => {
+                        format!("{} runs code the gateway cannot see into", kind.as_str())
+                    }
+                };
+                outcome.opaque(
+                    &subject,
+                    verdicts.opaque_sql.unwrap_or(verdicts.opaque),
+                    Some(detail),
                 );
             }
             if stmt.has(Risk::CopyProgram) {
@@ -584,24 +613,37 @@ impl CompiledPolicy {
             &mut Vec<(String, ItemOutcome<'p>)>,
         ),
     ) {
-        // Re-derive the parse from the raw line: what the policy sees must be what the shell
+        // Re-derive the reading from the raw line: what the policy sees must be what the shell
         // would run, whatever the caller put in `parsed`.
-        let parsed = ExecCommand::parse(cmd.command_line.clone()).parsed;
-        let plain = parsed.is_plain();
-        let empty: Vec<String> = Vec::new();
-        let commands: Vec<&Vec<String>> = if parsed.commands.is_empty() {
-            vec![&empty]
-        } else {
-            parsed.commands.iter().collect()
-        };
-        for argv in commands {
-            let subject = Subject::Exec { argv, plain, kube };
+        let plain = gatehouse_core::shell::parse(&cmd.command_line).is_plain();
+        let analysed = gatehouse_core::command::analyse(&cmd.command_line, &cmd.env);
+        for item in &analysed {
+            let subject = Subject::Exec {
+                argv: &item.argv,
+                plain,
+                kube,
+                extra_args: item.extra_args,
+                opaque: item.opaque.is_some(),
+            };
             let mut outcome =
                 ItemOutcome::from_rule(self.first_match(candidates, &subject), verdicts.default);
-            if !plain || nested_shell(argv) {
-                outcome.own_verdict(verdicts.non_plain_exec, Floor::NonPlainExec, None);
+            if let Some(reason) = &item.opaque {
+                outcome.opaque(
+                    &subject,
+                    verdicts.opaque_exec.unwrap_or(verdicts.opaque),
+                    Some(reason.clone()),
+                );
             }
-            let label = || gatehouse_core::shell::join(argv);
+            let label = || {
+                let mut l = gatehouse_core::shell::join(&item.argv);
+                if item.wrapper {
+                    l.push_str(" (wrapper)");
+                }
+                if item.extra_args {
+                    l.push_str(" …(arguments read at run time)");
+                }
+                l
+            };
             push(&label, outcome, Some(&subject), items);
         }
     }
@@ -624,9 +666,10 @@ impl CompiledPolicy {
             ),
             DecidedBy::Floor(f) => (
                 f.id().into(),
-                match &outcome.detail {
-                    Some(d) => format!("{} ({d})", f.reason()),
-                    None => f.reason().into(),
+                match (&outcome.detail, f) {
+                    (Some(d), Floor::Opaque) => format!("opaque: {d}"),
+                    (Some(d), _) => format!("{} ({d})", f.reason()),
+                    (None, _) => f.reason().into(),
                 },
             ),
         }
@@ -639,8 +682,16 @@ impl CompiledPolicy {
         verdicts: &ResolvedVerdicts,
     ) -> Decision {
         let mut chosen: Option<(usize, &ItemOutcome<'_>)> = None;
+        // The strictest item decides; among equally strict ones, a rule names the reason
+        // better than a built-in or the default.
         for (i, (_, o)) in items.iter().enumerate() {
-            if chosen.is_none_or(|(_, c)| o.verdict > c.verdict) {
+            let better = chosen.is_none_or(|(_, c)| {
+                o.verdict > c.verdict
+                    || (o.verdict == c.verdict
+                        && matches!(o.by, DecidedBy::Rule(_))
+                        && !matches!(c.by, DecidedBy::Rule(_)))
+            });
+            if better {
                 chosen = Some((i, o));
             }
         }

@@ -26,9 +26,11 @@ pub(crate) struct PolicyFile {
 pub(crate) struct Verdicts {
     /// When no rule matches.
     pub default: Option<Verdict>,
-    /// SQL that cannot be read with certainty.
+    /// Operations whose effect the gateway cannot determine (never the `default`).
+    pub opaque: Option<Verdict>,
+    /// Deprecated: the `opaque` verdict for SQL only.
     pub unparseable_sql: Option<Verdict>,
-    /// Exec command lines with expansions, metacharacters or assignments.
+    /// Deprecated: the `opaque` verdict for exec commands only.
     pub non_plain_exec: Option<Verdict>,
     /// HTTP paths with encoded separators (`%2F`, `%5C`).
     pub ambiguous_http_path: Option<Verdict>,
@@ -45,6 +47,7 @@ pub(crate) struct Verdicts {
 #[serde(deny_unknown_fields)]
 pub(crate) struct DefaultsSection {
     pub default: Option<Verdict>,
+    pub opaque: Option<Verdict>,
     pub unparseable_sql: Option<Verdict>,
     pub non_plain_exec: Option<Verdict>,
     pub ambiguous_http_path: Option<Verdict>,
@@ -66,6 +69,7 @@ pub(crate) struct TargetSection {
     #[serde(default)]
     pub tags: Vec<String>,
     pub default: Option<Verdict>,
+    pub opaque: Option<Verdict>,
     pub unparseable_sql: Option<Verdict>,
     pub non_plain_exec: Option<Verdict>,
     pub ambiguous_http_path: Option<Verdict>,
@@ -78,6 +82,7 @@ impl DefaultsSection {
     pub fn verdicts(&self) -> Verdicts {
         Verdicts {
             default: self.default,
+            opaque: self.opaque,
             unparseable_sql: self.unparseable_sql,
             non_plain_exec: self.non_plain_exec,
             ambiguous_http_path: self.ambiguous_http_path,
@@ -92,6 +97,7 @@ impl TargetSection {
     pub fn verdicts(&self) -> Verdicts {
         Verdicts {
             default: self.default,
+            opaque: self.opaque,
             unparseable_sql: self.unparseable_sql,
             non_plain_exec: self.non_plain_exec,
             ambiguous_http_path: self.ambiguous_http_path,
@@ -172,6 +178,11 @@ pub(crate) struct RuleSection {
     pub timeout: Option<DurationValue>,
     #[serde(default)]
     pub grant_window: Option<DurationValue>,
+    /// `true`: the rule is for opaque operations only (and may allow them); `false`: for
+    /// understood operations only; absent: allow rules never match an opaque operation, deny
+    /// and review rules match both.
+    #[serde(default)]
+    pub opaque: Option<bool>,
     // Where and who.
     #[serde(default)]
     pub protocols: Option<Vec<String>>,
@@ -222,6 +233,9 @@ pub(crate) struct ExecSection {
     pub any_arg: Option<Vec<String>>,
     #[serde(default)]
     pub no_arg: Option<Vec<String>>,
+    /// Options as the program reads them (`-r`, `--recursive`).
+    #[serde(default)]
+    pub options: Option<Vec<String>>,
     #[serde(default)]
     pub plain: Option<bool>,
 }

@@ -27,6 +27,10 @@ pub(crate) enum Subject<'a> {
         argv: &'a [String],
         plain: bool,
         kube: Option<&'a KubeOperation>,
+        /// More arguments are added at run time (`xargs`).
+        extra_args: bool,
+        /// The gateway cannot determine what this command does.
+        opaque: bool,
     },
     /// An HTTP request with its canonical path.
     Http { method: &'a str, path: &'a str },
@@ -38,6 +42,31 @@ pub(crate) enum Subject<'a> {
         subsystem: Option<&'a str>,
         destination: Option<String>,
     },
+}
+
+/// Whether a SQL statement is opaque: its effect cannot be read from its text (unreadable,
+/// or code the classifier cannot see into: `DO`, `CALL`, and whatever gatehouse-sql marks
+/// with [`Risk::OpaqueCode`]).
+pub(crate) fn sql_is_opaque(stmt: &StatementInfo) -> bool {
+    matches!(
+        stmt.kind,
+        StatementKind::Unparseable | StatementKind::DoBlock | StatementKind::Call
+    ) || stmt.has(Risk::OpaqueCode)
+}
+
+impl Subject<'_> {
+    /// Whether the item is opaque (see docs/policy.md).
+    pub fn is_opaque(&self) -> bool {
+        match self {
+            Subject::Sql(stmt) => sql_is_opaque(stmt),
+            Subject::Exec { opaque, .. } => *opaque,
+            Subject::Ssh { channel, .. } => *channel == "shell",
+            // `attach` feeds input to whatever the container runs (often a shell): like an
+            // interactive shell, its effect is not in the request.
+            Subject::Kube(op) => op.verb == "attach",
+            Subject::Http { .. } => false,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -53,6 +82,8 @@ pub(crate) struct Rule {
     pub target_tags: Option<Vec<String>>,
     pub subjects: Option<GlobSet>,
     pub groups: Option<Vec<String>>,
+    /// `opaque = true|false` (see [`crate::file::RuleSection::opaque`]).
+    pub opaque: Option<bool>,
     pub sql: Option<SqlMatcher>,
     pub exec: Option<ExecMatcher>,
     pub http: Option<HttpMatcher>,
@@ -122,9 +153,56 @@ impl Rule {
         Ok(())
     }
 
+    /// Whether this rule is written for the opaque item `subject`: `opaque = true`, or a
+    /// section that names the opaque form itself (`sql.kinds` with `unparseable` for an
+    /// unreadable statement, `ssh.channels` with `shell` for an interactive shell). Such a
+    /// rule's verdict is final; any other rule that matches an opaque item is raised to the
+    /// `opaque` verdict.
+    pub fn written_for_opaque(&self, subject: &Subject<'_>) -> bool {
+        if self.opaque == Some(true) {
+            return true;
+        }
+        match subject {
+            Subject::Sql(stmt) => {
+                stmt.kind == StatementKind::Unparseable
+                    && self.sql.as_ref().is_some_and(|m| {
+                        m.kinds
+                            .as_ref()
+                            .is_some_and(|k| k.contains(&StatementKind::Unparseable))
+                    })
+            }
+            Subject::Ssh { channel, .. } => {
+                *channel == "shell"
+                    && self.ssh.as_ref().is_some_and(|m| {
+                        m.channels
+                            .as_ref()
+                            .is_some_and(|c| c.iter().any(|c| c == "shell"))
+                    })
+            }
+            Subject::Kube(op) => {
+                op.verb == "attach"
+                    && self.kube.as_ref().is_some_and(|m| {
+                        m.verbs.as_ref().is_some_and(|v| {
+                            v.is_match("attach") && !v.is_match("attach-not-a-verb")
+                        })
+                    })
+            }
+            _ => false,
+        }
+    }
+
     /// Matches the operation part.
     pub fn match_subject(&self, subject: &Subject<'_>) -> Result<(), Miss> {
         let loose = self.loose();
+        let opaque = subject.is_opaque();
+        match self.opaque {
+            Some(true) if !opaque => return Err("rule is for opaque operations"),
+            Some(false) if opaque => return Err("operation is opaque"),
+            None if opaque && !loose && !self.written_for_opaque(subject) => {
+                return Err("operation is opaque: only a rule with opaque = true allows it");
+            }
+            _ => {}
+        }
         match subject {
             Subject::Sql(stmt) => {
                 if self.exec.is_some()
@@ -139,7 +217,13 @@ impl Rule {
                     None => Ok(()),
                 }
             }
-            Subject::Exec { argv, plain, kube } => {
+            Subject::Exec {
+                argv,
+                plain,
+                kube,
+                extra_args,
+                ..
+            } => {
                 if self.sql.is_some() || self.http.is_some() {
                     return Err("rule is for another protocol");
                 }
@@ -162,7 +246,7 @@ impl Rule {
                     }
                 }
                 match &self.exec {
-                    Some(m) => m.matches(argv, *plain, loose),
+                    Some(m) => m.matches(argv, *plain, *extra_args, loose),
                     None => Ok(()),
                 }
             }
@@ -394,11 +478,19 @@ pub(crate) struct ExecMatcher {
     pub args: Option<(Vec<GlobMatcher>, bool)>,
     pub any_arg: Option<GlobSet>,
     pub no_arg: Option<GlobSet>,
+    /// Options as the program reads them (`gatehouse_core::command::read_options`).
+    pub options: Option<Vec<String>>,
     pub plain: Option<bool>,
 }
 
 impl ExecMatcher {
-    fn matches(&self, argv: &[String], plain: bool, loose: bool) -> Result<(), Miss> {
+    fn matches(
+        &self,
+        argv: &[String],
+        plain: bool,
+        extra_args: bool,
+        loose: bool,
+    ) -> Result<(), Miss> {
         if let Some(p) = self.plain
             && p != plain
         {
@@ -412,6 +504,30 @@ impl ExecMatcher {
             && !programs.iter().any(|p| p.matches(program, loose))
         {
             return Err("exec program");
+        }
+        let constrains_args = self.args.is_some()
+            || self.any_arg.is_some()
+            || self.no_arg.is_some()
+            || self.options.is_some();
+        if extra_args && constrains_args {
+            // Arguments read at run time (`xargs`) could be anything: a deny rule on them
+            // matches, an allow rule does not.
+            return if loose {
+                Ok(())
+            } else {
+                Err("exec args (more are read at run time)")
+            };
+        }
+        if let Some(options) = &self.options {
+            let reading = gatehouse_core::command::read_options(program, args);
+            let ok = if loose {
+                options.iter().any(|o| reading.uses(program, o, true))
+            } else {
+                reading.only_uses(program, options)
+            };
+            if !ok {
+                return Err("exec options");
+            }
         }
         if let Some((patterns, rest)) = &self.args {
             let len_ok = if *rest {

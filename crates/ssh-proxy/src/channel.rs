@@ -128,8 +128,11 @@ pub(crate) async fn run_session_channel(
     let nl = setup.newline();
     let (operation, pre_decision, raw) = match &start {
         StartRequest::Exec(bytes) => match std::str::from_utf8(bytes) {
+            // The variables the client set for this channel are part of what runs.
             Ok(line) => (
-                Operation::Ssh(SshOperation::Exec(ExecCommand::parse(line))),
+                Operation::Ssh(SshOperation::Exec(
+                    ExecCommand::parse(line).with_env(setup.env.clone()),
+                )),
                 None,
                 false,
             ),

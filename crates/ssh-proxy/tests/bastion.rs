@@ -3,6 +3,7 @@
 //! clients and by a russh client.
 
 mod common;
+mod corpus;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod exec_corpus;
 pub mod layers;
 pub mod net;
 pub mod pg;

@@ -436,15 +436,15 @@ fn cases() -> Vec<Case> {
             dev(),
             sql("SELECT 'abc"),
             Review,
-            "unparseable-sql",
+            "opaque",
         ),
         case(
-            "unparseable gets its own verdict on prod too",
+            "unparseable gets the opaque verdict on prod too",
             a(),
             s(),
             sql("SELECT 1 FROM orders WHERE a = U&'\\0041'"),
             Review,
-            "unparseable-sql",
+            "opaque",
         ),
         // ---- SQL: dangerous statement forms ----
         case(
@@ -585,7 +585,7 @@ fn cases() -> Vec<Case> {
             Deny,
             "encoding-change",
         ),
-        case("CALL", a(), s(), sql("CALL do_things()"), Deny, "default"),
+        case("CALL", a(), s(), sql("CALL do_things()"), Review, "opaque"),
         // ---- SQL: identity-dependent ----
         case(
             "app single-row delete",
@@ -690,7 +690,7 @@ fn cases() -> Vec<Case> {
             web(),
             exec("$(echo rm) -rf /"),
             Review,
-            "non-plain-exec",
+            "opaque",
         ),
         case(
             "backticks",
@@ -698,7 +698,7 @@ fn cases() -> Vec<Case> {
             web(),
             exec("`echo rm` -rf /"),
             Review,
-            "non-plain-exec",
+            "opaque",
         ),
         case(
             "bash -c",
@@ -713,17 +713,24 @@ fn cases() -> Vec<Case> {
             ops(),
             web(),
             exec("sh -c 'sh -c \"rm -rf /\"'"),
-            Review,
-            "non-plain-exec",
+            Deny,
+            "no-rm",
         ),
-        case("eval", ops(), web(), exec("eval rm -rf /"), Deny, "default"),
+        case(
+            "eval",
+            ops(),
+            web(),
+            exec("eval rm -rf /"),
+            Review,
+            "opaque",
+        ),
         case(
             "find -exec",
             ops(),
             web(),
             exec("find / -exec rm {} +"),
-            Deny,
-            "default",
+            Review,
+            "opaque",
         ),
         case(
             "find without actions",
@@ -747,8 +754,8 @@ fn cases() -> Vec<Case> {
             ops(),
             web(),
             exec("ls | xargs rm"),
-            Review,
-            "non-plain-exec",
+            Deny,
+            "no-rm",
         ),
         case(
             "log read",
@@ -780,7 +787,7 @@ fn cases() -> Vec<Case> {
             web(),
             exec("LD_PRELOAD=/tmp/x.so ls"),
             Review,
-            "non-plain-exec",
+            "opaque",
         ),
         case(
             "redirection",
@@ -788,7 +795,7 @@ fn cases() -> Vec<Case> {
             web(),
             exec("ls > /etc/passwd"),
             Review,
-            "non-plain-exec",
+            "opaque",
         ),
         case(
             "wrapper program",
@@ -796,15 +803,15 @@ fn cases() -> Vec<Case> {
             web(),
             exec("busybox rm -rf /"),
             Deny,
-            "default",
+            "no-rm",
         ),
         case(
             "allowed program by path is not allowed",
             ops(),
             web(),
             exec("/tmp/ls"),
-            Deny,
-            "default",
+            Review,
+            "opaque",
         ),
         // ---- HTTP ----
         case(
@@ -1045,7 +1052,7 @@ fn decisions_carry_masking_and_review() {
     // Built-in review verdicts use [defaults.review].
     let d = policy.decide(
         &ops(),
-        &Target::new("web1", Protocol::Ssh),
+        &Target::new("dev-web1", Protocol::Ssh),
         &exec("ls | wc -l"),
     );
     assert_eq!(d.verdict, Review);

@@ -7,4 +7,5 @@
 mod corpus;
 mod file_errors;
 mod handle;
+mod opaque;
 mod props;

@@ -133,7 +133,17 @@ const POLICY: &str = r#"# Quickstart policy (written by `gatehouse quickstart`; 
 
 [defaults]
 default = "allow"
+# What the gateway cannot see into (a DO block, a function it cannot vet, `sh -c "$X"`,
+# `python3 -c …`, `find -exec`, an interactive shell, …) is held for a human, never allowed by
+# the default. See docs/policy.md, "Opaque operations".
+opaque = "review"
 masking = "pii"
+review = { approvers = ["approvers"], approvals = 1, timeout = "10m" }
+
+# The SSH target `box`: commands outside the allow-list below wait for an approval.
+[[targets]]
+name = "box"
+default = "review"
 
 [[rules]]
 id = "no-drop"
@@ -164,13 +174,14 @@ timeout = "10m"
 grant_window = "10m"
 http = { methods = ["DELETE"] }
 
-# The SSH target `box`. A deny-list of shell commands is a tripwire, not a boundary (see
-# docs/policy.md): production policies allow-list programs with `default = "deny"`.
+# The SSH target `box`. Commands are read as the programs read them (`rm --recur`, `rm -dr`,
+# `env rm -rf`, `timeout 5 rm -rf` are all `rm -r`). A deny rule is still a tripwire, not a
+# boundary: the boundary is the allow-list below, with everything else reviewed.
 [[rules]]
 id = "no-rm-rf"
 reason = "recursive deletes are forbidden on the demo host"
 verdict = "deny"
-exec = { program = ["rm"], any_arg = ["-r", "-R", "--recursive", "-r*", "-R*", "-f*r*", "-f*R*", "-v*r*", "-v*R*"] }
+exec = { program = ["rm"], options = ["-r"] }
 
 [[rules]]
 id = "review-systemctl"
@@ -180,6 +191,13 @@ approvers = ["approvers"]
 approvals = 1
 timeout = "10m"
 exec = { program = ["systemctl"] }
+
+[[rules]]
+id = "box-inspect"
+reason = "read-only inspection of the demo host"
+verdict = "allow"
+targets = ["box"]
+exec = { program = ["uname", "hostname", "uptime", "whoami", "id", "date", "echo", "ls", "df", "free", "ps", "cat", "head", "tail", "wc", "grep"] }
 "#;
 
 /// Writes `policy.toml` unless it exists.
@@ -343,4 +361,55 @@ tags = ["demo", "pii"]
     let path = dir.join("gatehouse.toml");
     std::fs::write(&path, config).map_err(|e| failed(format!("{}: {e}", path.display())))?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use gatehouse_core::{
+        AuthMethod, ExecCommand, Identity, Operation, Policy, Protocol, SshOperation, Target,
+        Verdict,
+    };
+    use gatehouse_policy::CompiledPolicy;
+
+    fn decide(op: Operation) -> (Verdict, String) {
+        let policy = CompiledPolicy::from_toml(super::POLICY, "policy.toml").unwrap();
+        let agent = Identity::new("agent", "quickstart", AuthMethod::Test).with_group("agents");
+        let d = policy.decide(&agent, &Target::new("box", Protocol::Ssh), &op);
+        (d.verdict, d.rule_id)
+    }
+
+    fn exec(line: &str) -> (Verdict, String) {
+        decide(Operation::Ssh(SshOperation::Exec(ExecCommand::parse(line))))
+    }
+
+    /// What the banner and the policy comments claim about the SSH target.
+    #[test]
+    fn the_quickstart_policy_does_what_the_banner_says() {
+        for line in [
+            "rm -rf /tmp/x",
+            "rm --recur /tmp/x",
+            "rm -dr /tmp/x",
+            "env rm -rf /tmp/x",
+            "timeout 5 rm -rf /tmp/x",
+            "sudo rm -rf /tmp/x",
+        ] {
+            assert_eq!(exec(line), (Verdict::Deny, "no-rm-rf".into()), "{line}");
+        }
+        assert_eq!(exec("systemctl restart cron").0, Verdict::Review);
+        assert_eq!(exec("uname -n"), (Verdict::Allow, "box-inspect".into()));
+        assert_eq!(exec("echo hi"), (Verdict::Allow, "box-inspect".into()));
+        // Anything else, what the gateway cannot see into, and interactive shells wait for
+        // an approval.
+        assert_eq!(exec("touch /tmp/x"), (Verdict::Review, "default".into()));
+        for line in [
+            "python3 -c 'import shutil'",
+            "find /tmp/x -delete",
+            "sh -c \"$X\"",
+            "bash",
+        ] {
+            assert_eq!(exec(line), (Verdict::Review, "opaque".into()), "{line}");
+        }
+        let shell = decide(Operation::Ssh(SshOperation::Shell { pty: true }));
+        assert_eq!(shell, (Verdict::Review, "opaque".into()));
+    }
 }

@@ -303,7 +303,9 @@ fn print_instructions(i: &Instructions<'_>) {
                 ssh.known_hosts.display()
             ),
             String::new(),
-            "   `rm -rf /tmp/x` is denied (exit 126); `systemctl restart cron` waits for an approval.".to_string(),
+            "   `rm -rf /tmp/x` (in any spelling rm reads as -r) is denied (exit 126); `systemctl restart cron`,".to_string(),
+            "   commands outside the inspection allow-list, what the gateway cannot see into (`python3 -c …`,".to_string(),
+            "   `find -exec`) and interactive shells wait for an approval (typed lines are recorded, not decided).".to_string(),
             String::new(),
         ]);
     }
