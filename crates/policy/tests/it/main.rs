@@ -8,3 +8,4 @@ mod corpus;
 mod file_errors;
 mod handle;
 mod props;
+mod ssh_channels;
