@@ -180,6 +180,17 @@ approvers = ["approvers"]
 approvals = 1
 timeout = "10m"
 exec = { program = ["systemctl"] }
+
+# ---- SSH channels --------------------------------------------------------------------------
+# A shell, sftp/scp, rsync, git, port forwards (`ssh -L`/`-D`) and env requests are refused
+# unless a rule names them, whatever `default` says; `ssh -R`, `-A` and X11 always are. To let
+# the `agents` group use sftp (and scp), uncomment (more in examples/ssh/policy.toml):
+# [[rules]]
+# id = "agents-sftp"
+# reason = "agents may copy files over sftp"
+# verdict = "allow"
+# groups = ["agents"]
+# ssh = { channels = ["subsystem"], subsystems = ["sftp"] }
 "#;
 
 /// Writes `policy.toml` unless it exists.
