@@ -210,6 +210,19 @@ impl Encoder<'_> {
             SshOperation::AgentForward => {
                 self.str_field("kind", "ssh.agent_forward");
             }
+            SshOperation::FileTransfer { tool, command } => {
+                self.str_field("kind", "ssh.file_transfer");
+                self.str_field("tool", tool);
+                self.name("command");
+                self.command(command);
+            }
+            SshOperation::Env { name } => {
+                self.str_field("kind", "ssh.env");
+                self.str_field("name", name);
+            }
+            SshOperation::X11 => {
+                self.str_field("kind", "ssh.x11");
+            }
             other => self.other(other),
         }
     }

@@ -53,6 +53,11 @@ impl Operation {
                 format!("tcpip-forward {address}:{port}")
             }
             Operation::Ssh(SshOperation::AgentForward) => "agent forwarding".into(),
+            Operation::Ssh(SshOperation::FileTransfer { tool, command }) => {
+                format!("{tool} transfer: {}", cap(&command.command_line))
+            }
+            Operation::Ssh(SshOperation::Env { name }) => format!("env {}", cap(name)),
+            Operation::Ssh(SshOperation::X11) => "x11 forwarding".into(),
             Operation::Http(op) => match &op.query {
                 Some(q) => format!("{} {}?{}", op.method, op.path, cap(q)),
                 None => format!("{} {}", op.method, op.path),
@@ -163,6 +168,48 @@ impl ExecCommand {
     pub fn program(&self) -> Option<&str> {
         self.parsed.argv.first().map(String::as_str)
     }
+
+    /// The file transfer tool whose server side this line starts, if any: `scp`, `rsync`,
+    /// `git` (`git-upload-pack`, `git-receive-pack`, `git-upload-archive`, or `git` with one of
+    /// those as its subcommand) or `sftp` (`sftp-server` run directly). Every simple command of
+    /// the line is looked at, past common wrappers (`env`, `nice`, `timeout`, `exec`, …) and
+    /// their options, so `true; env rsync --server …` is a transfer too.
+    pub fn file_transfer_tool(&self) -> Option<&'static str> {
+        const WRAPPERS: &[&str] = &[
+            "env", "nice", "nohup", "timeout", "stdbuf", "ionice", "setsid", "exec", "command",
+            "time", "sudo", "doas", "chrt", "taskset", "builtin",
+        ];
+        let tool_of = |words: &[String]| -> Option<&'static str> {
+            let mut words = words.iter().map(|w| w.rsplit('/').next().unwrap_or(w));
+            while let Some(word) = words.next() {
+                let starts_option = word.starts_with('-');
+                let assignment = word.contains('=');
+                let number = !word.is_empty()
+                    && word
+                        .chars()
+                        .all(|c| c.is_ascii_digit() || c == '.' || c == 's');
+                if WRAPPERS.contains(&word) || starts_option || assignment || number {
+                    continue;
+                }
+                return match word {
+                    "scp" => Some("scp"),
+                    "rsync" => Some("rsync"),
+                    "git-upload-pack" | "git-receive-pack" | "git-upload-archive" => Some("git"),
+                    "git" => words
+                        .any(|w| matches!(w, "upload-pack" | "receive-pack" | "upload-archive"))
+                        .then_some("git"),
+                    "sftp-server" | "internal-sftp" => Some("sftp"),
+                    _ => None,
+                };
+            }
+            None
+        };
+        self.parsed
+            .commands
+            .iter()
+            .chain(std::iter::once(&self.parsed.argv))
+            .find_map(|c| tool_of(c))
+    }
 }
 
 /// One SSH channel request.
@@ -198,6 +245,21 @@ pub enum SshOperation {
     },
     /// SSH agent forwarding.
     AgentForward,
+    /// A file transfer tool's server side started by `exec` (`scp -t`/`-f`, `rsync --server`,
+    /// `git-upload-pack` and friends): an operation kind of its own, not a plain command.
+    FileTransfer {
+        /// `scp`, `rsync` or `git`.
+        tool: String,
+        /// The command line the client sent.
+        command: ExecCommand,
+    },
+    /// An `env` request: set `name` for the session's command.
+    Env {
+        /// Variable name.
+        name: String,
+    },
+    /// X11 forwarding (`ssh -X`/`-Y`).
+    X11,
 }
 
 /// An HTTP request, with the path in canonical form ([`crate::http_path`]).
@@ -282,5 +344,43 @@ impl KubeOperation {
             s.push(']');
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod file_transfer_tests {
+    use super::ExecCommand;
+
+    #[test]
+    fn transfer_tools_are_recognised_past_wrappers() {
+        let cases = [
+            ("scp -f /etc/passwd", Some("scp")),
+            ("scp -t .", Some("scp")),
+            ("/usr/bin/scp -f x", Some("scp")),
+            (
+                "rsync --server --sender -logDtpre.iLsfxCIvu . /srv/",
+                Some("rsync"),
+            ),
+            ("git-upload-pack '/srv/repo.git'", Some("git")),
+            ("git-receive-pack 'repo'", Some("git")),
+            ("git -C /srv upload-pack repo", Some("git")),
+            ("/usr/lib/openssh/sftp-server", Some("sftp")),
+            (
+                "env LANG=C nice -n 5 timeout 10s rsync --server . x",
+                Some("rsync"),
+            ),
+            ("true; scp -f x", Some("scp")),
+            ("sh -c 'scp -f x'", Some("scp")),
+            ("ls -la", None),
+            ("git status", None),
+            ("echo rsync", None),
+        ];
+        for (line, want) in cases {
+            assert_eq!(
+                ExecCommand::parse(line).file_transfer_tool(),
+                want,
+                "{line}"
+            );
+        }
     }
 }

@@ -362,7 +362,9 @@ fn quickstart_as_a_new_user() {
     );
     if let (Some(key_line), Some(ssh_line)) = (key_line, ssh_line) {
         let ssh = |remote: &str| {
-            let line = ssh_line.replace("'uname -n'", &format!("'{remote}'"));
+            let line = ssh_line
+                .replace(" ssh -p ", " ssh -o ConnectTimeout=10 -p ")
+                .replace("'uname -n'", &format!("'{remote}'"));
             sh(&format!("{key_line} && {line} </dev/null"), &[])
         };
         let out = ssh("uname -n");
@@ -416,6 +418,73 @@ fn quickstart_as_a_new_user() {
             !matches!(out.status.code(), Some(126 | 255)),
             "the approved command did not run: {t}"
         );
+
+        // The target never shares a trust domain with the gateway: as root, the gateway logs in
+        // as an unprivileged user of the target's own, which can read none of the gateway's
+        // files, in any form, by any tool; nor reach the quickstart's PostgreSQL directly.
+        if nix::unistd::geteuid().is_root() {
+            let out = ssh("id -un");
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                "gatehouse-box",
+                "{}",
+                text(&out)
+            );
+            let out = ssh(&format!("ls -la {}", qs_dir.display()));
+            assert!(
+                out.stdout.is_empty() && text(&out).contains("Permission denied"),
+                "{}",
+                text(&out)
+            );
+            let policy_path = qs_dir.join("policy.toml");
+            let before = std::fs::read_to_string(&policy_path).unwrap();
+            allow_sftp_for_agents(&policy_path, &qs);
+            let sftp_get = |remote: &std::path::Path, local: &std::path::Path| {
+                let line = sftp_line(ssh_line);
+                sh(
+                    &format!(
+                        "{key_line} && echo 'get {} {}' | {line}",
+                        remote.display(),
+                        local.display()
+                    ),
+                    &[],
+                )
+            };
+            // sftp works for files the target may read...
+            let scratch = dir.path().join("scratch");
+            std::fs::create_dir_all(&scratch).unwrap();
+            let mut reloaded = false;
+            for _ in 0..50 {
+                let out = sftp_get(
+                    std::path::Path::new("/etc/hostname"),
+                    &scratch.join("hostname"),
+                );
+                if out.status.success() {
+                    reloaded = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            assert!(
+                reloaded,
+                "sftp not allowed after the policy reload: {}",
+                text(&sftp_get(
+                    std::path::Path::new("/etc/hostname"),
+                    &scratch.join("hostname")
+                ))
+            );
+            // ...and for none of the gateway's.
+            assert_target_reads_no_secret(&qs_dir, &ssh, &sftp_get, &scratch);
+            let port = local_pg_port(&qs_dir);
+            let out = ssh(&format!(
+                "psql -X -w -h 127.0.0.1 -p {port} -U postgres -d demo -c \"SELECT 1\""
+            ));
+            assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+            assert!(!text(&out).contains("gatehouse: "), "{}", text(&out));
+            assert_local_postgres_refuses("gatehouse-box", &root_pg_socket_dir(port), port);
+            assert_local_postgres_refuses("nobody", &root_pg_socket_dir(port), port);
+            std::fs::write(&policy_path, before).unwrap();
+        }
     }
 
     // SIGHUP reloads the policy atomically: a broken file keeps the running policy; a fixed one
@@ -494,6 +563,29 @@ fn quickstart_as_a_new_user() {
     );
     let statement = std::fs::read_to_string(evidence.join("credentials-statement.json")).unwrap();
     assert!(statement.contains("\"established\": true"), "{statement}");
+    // It says what was checked and what it cannot see, and claims no more.
+    let parsed: serde_json::Value = serde_json::from_str(&statement).unwrap();
+    let text_of = |k: &str| parsed[k].as_str().unwrap_or_default().to_string();
+    assert!(
+        text_of("statement").starts_with("The egress guard checked the bytes bound for: ")
+            && text_of("statement").contains("transformed before sending it")
+            && !text_of("statement").contains("checked every outbound path")
+            && !text_of("statement").contains("Nothing it found left"),
+        "{statement}"
+    );
+    assert!(
+        parsed["what_was_checked"]["patterns_watched"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "{statement}"
+    );
+    assert!(
+        parsed["what_it_cannot_see"].as_array().is_some_and(|a| a
+            .iter()
+            .any(|s| s.as_str().unwrap_or("").contains("reversed"))),
+        "{statement}"
+    );
     // No upstream credential (database password, API key, the SSH key the gateway logs in with)
     // reached the audit log or the evidence.
     let mut secrets = vec![
@@ -555,4 +647,445 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// Appends a rule letting group `agents` use sftp to the quickstart policy and reloads it.
+fn allow_sftp_for_agents(policy_path: &std::path::Path, qs: &ChildGuard) {
+    let policy = std::fs::read_to_string(policy_path).unwrap();
+    std::fs::write(
+        policy_path,
+        format!(
+            "{policy}\n[[rules]]\nid = \"test-agents-sftp\"\nreason = \"the test fetches files\"\nverdict = \"allow\"\ngroups = [\"agents\"]\nssh = {{ channels = [\"subsystem\"], subsystems = [\"sftp\"] }}\n"
+        ),
+    )
+    .unwrap();
+    qs.signal(nix::sys::signal::Signal::SIGHUP);
+}
+
+/// The printed `ssh … 'uname -n'` line as an `sftp -b -` batch run.
+fn sftp_line(ssh_line: &str) -> String {
+    ssh_line
+        // sftp -b turns on ssh's BatchMode (no askpass) unless told otherwise first.
+        .replace(
+            " ssh -p ",
+            " sftp -o BatchMode=no -b - -o ConnectTimeout=10 -P ",
+        )
+        .replace(" 'uname -n'", "")
+}
+
+/// The gateway's secret files in a quickstart directory: keys, held secrets, TLS key, and the
+/// audit log and approvals journal under `data/`.
+fn secret_files(qs_dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<std::path::PathBuf> = [
+        "dev-issuer.key",
+        "secrets/demo-db-password",
+        "secrets/demo-api-key",
+        "ssh/gateway_to_box_ed25519",
+        "ssh/gateway_host_ed25519",
+        "tls/server.key",
+    ]
+    .iter()
+    .map(|f| qs_dir.join(f))
+    .filter(|p| p.exists())
+    .collect();
+    files.extend(walk(&qs_dir.join("data")));
+    assert!(files.len() >= 7, "{files:?}");
+    files
+}
+
+/// Every 16-byte window of `secret`'s whitespace-free form, of its reverse and of its base64.
+fn pieces(secret: &[u8]) -> std::collections::HashSet<Vec<u8>> {
+    use base64::Engine as _;
+    let squash = |b: &[u8]| -> Vec<u8> {
+        b.iter()
+            .copied()
+            .filter(|c| !c.is_ascii_whitespace())
+            .collect()
+    };
+    let plain = squash(secret);
+    let reversed: Vec<u8> = plain.iter().rev().copied().collect();
+    let b64 = base64::engine::general_purpose::STANDARD
+        .encode(secret)
+        .into_bytes();
+    let mut out = std::collections::HashSet::new();
+    for form in [plain, reversed, b64] {
+        for w in form.windows(16) {
+            out.insert(w.to_vec());
+        }
+    }
+    out
+}
+
+/// Reads every secret file of a running quickstart through the gateway's SSH target with
+/// `cat`, `rev`, `base64`, `od -c`, `cut` (two halves) and `sftp get`: nothing comes back (no
+/// stdout at all; no 16-byte piece of a key or held secret, plain, reversed or base64, anywhere
+/// in the output), and the target cannot even list the quickstart directory.
+fn assert_target_reads_no_secret(
+    qs_dir: &std::path::Path,
+    ssh: &dyn Fn(&str) -> std::process::Output,
+    sftp_get: &dyn Fn(&std::path::Path, &std::path::Path) -> std::process::Output,
+    scratch: &std::path::Path,
+) {
+    let files = secret_files(qs_dir);
+    let mut forbidden = std::collections::HashSet::new();
+    for f in &files {
+        let name = f.to_string_lossy();
+        if !name.contains("/data/") {
+            forbidden.extend(pieces(&std::fs::read(f).unwrap()));
+        }
+    }
+    let list: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    let all = list.join(" ");
+    let mut commands = vec![
+        format!("cat {all}"),
+        format!("rev {all}"),
+        format!("od -c {all}"),
+        format!("cut -c1-20 {all}"),
+        format!("cut -c21- {all}"),
+    ];
+    commands.extend(list.iter().map(|f| format!("base64 {f}")));
+    let check = |what: &str, out: &[u8]| {
+        let squashed: Vec<u8> = out
+            .iter()
+            .copied()
+            .filter(|c| !c.is_ascii_whitespace())
+            .collect();
+        assert!(
+            !squashed.windows(16).any(|w| forbidden.contains(w)),
+            "{what}: a piece of a gateway secret came back: {}",
+            String::from_utf8_lossy(out)
+        );
+    };
+    for command in &commands {
+        let out = ssh(command);
+        let t = text(&out);
+        assert!(
+            out.stdout.is_empty(),
+            "`{command}` through the gateway printed something: {t}"
+        );
+        // ("Permission denied" after a path ending in `password` comes back masked.)
+        assert!(
+            t.contains(" denied") || t.contains("No such file"),
+            "`{command}`: {t}"
+        );
+        assert!(
+            !t.contains("gatehouse: "),
+            "`{command}` was refused by the gateway, not the target: {t}"
+        );
+        check(command, &out.stdout);
+        check(command, &out.stderr);
+    }
+    std::fs::create_dir_all(scratch).unwrap();
+    for (i, f) in files.iter().enumerate() {
+        let local = scratch.join(format!("got-{i}"));
+        let out = sftp_get(f, &local);
+        let t = text(&out);
+        assert_ne!(out.status.code(), Some(0), "sftp get {}: {t}", f.display());
+        assert!(
+            !t.contains("denied by rule"),
+            "sftp was refused by policy, not the target: {t}"
+        );
+        if let Ok(got) = std::fs::read(&local) {
+            assert!(
+                got.is_empty(),
+                "sftp get {} copied {} bytes",
+                f.display(),
+                got.len()
+            );
+        }
+        check("sftp get", &out.stdout);
+        check("sftp get", &out.stderr);
+    }
+}
+
+/// The quickstart's PostgreSQL port, from its config.
+fn local_pg_port(qs_dir: &std::path::Path) -> u16 {
+    let config = std::fs::read_to_string(qs_dir.join("gatehouse.toml")).unwrap();
+    let start = config.find("name = \"demo\"").unwrap();
+    config[start..]
+        .split("address = \"127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .and_then(|p| p.parse().ok())
+        .expect("demo target address")
+}
+
+/// A local user other than the gateway's cannot connect to the quickstart's PostgreSQL: not
+/// over its Unix socket (as the superuser or any role), not over TCP without the password.
+fn assert_local_postgres_refuses(user: &str, socket_dir: &std::path::Path, port: u16) {
+    assert!(
+        socket_dir.join(format!(".s.PGSQL.{port}")).exists(),
+        "no socket in {}",
+        socket_dir.display()
+    );
+    for (host, role) in [
+        (socket_dir.display().to_string(), "postgres"),
+        (socket_dir.display().to_string(), "gatehouse_app"),
+        ("127.0.0.1".to_string(), "postgres"),
+        ("127.0.0.1".to_string(), "gatehouse_app"),
+    ] {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", user, "--", "psql", "-X", "-w", "-h", &host])
+            .args([
+                "-p",
+                &port.to_string(),
+                "-U",
+                role,
+                "-d",
+                "demo",
+                "-c",
+                "SELECT 1",
+            ])
+            .env("PGCONNECT_TIMEOUT", "10")
+            .env_remove("PGPASSWORD")
+            .current_dir("/");
+        let out = run_with_timeout(cmd, Duration::from_secs(30)).unwrap();
+        assert_ne!(
+            out.status.code(),
+            Some(0),
+            "{user} connected to the quickstart's PostgreSQL as {role} via {host}: {}",
+            text(&out)
+        );
+    }
+}
+
+/// The quickstart's PostgreSQL socket directory as root (under the temp dir).
+fn root_pg_socket_dir(port: u16) -> std::path::PathBuf {
+    std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("sock"))
+        .find(|p| {
+            p.parent()
+                .and_then(|d| d.file_name())
+                .is_some_and(|n| n.to_string_lossy().starts_with("gatehouse-quickstart-pg-"))
+                && p.join(format!(".s.PGSQL.{port}")).exists()
+        })
+        .expect("the quickstart PostgreSQL's socket directory")
+}
+
+/// A local user created for one test, removed (with its home) on drop.
+struct TempUser {
+    name: String,
+    home: std::path::PathBuf,
+    uid: u32,
+    gid: u32,
+}
+
+impl TempUser {
+    fn create() -> TempUser {
+        let name = format!("ghqs{}", std::process::id());
+        let out = Command::new("useradd")
+            .args(["--create-home", "--shell", "/bin/sh", &name])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "useradd: {}", text(&out));
+        let user = nix::unistd::User::from_name(&name).unwrap().unwrap();
+        TempUser {
+            name,
+            home: user.dir,
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+        }
+    }
+}
+
+impl Drop for TempUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel")
+            .args(["--force", "--remove", &self.name])
+            .output();
+    }
+}
+
+/// Starts `cmd` (a quickstart) and reads its printed instructions.
+fn start_quickstart(
+    cmd: Command,
+) -> (
+    ChildGuard,
+    Vec<String>,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let mut cmd = cmd;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut qs = ChildGuard::spawn_with_stdio("quickstart", cmd).unwrap();
+    let stdout = qs.child_mut().stdout.take().unwrap();
+    let stderr = qs.child_mut().stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let stderr_lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    {
+        let lines = stderr_lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        });
+    }
+    let mut printed = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !printed
+        .iter()
+        .any(|l: &String| l.contains("evidence verify"))
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => printed.push(line),
+            Err(_) => panic!(
+                "quickstart did not print its instructions; stdout: {printed:?}\nstderr: {:?}",
+                stderr_lines.lock().unwrap()
+            ),
+        }
+    }
+    (qs, printed, stderr_lines)
+}
+
+/// Run as a normal user, the quickstart runs every SSH target session (and the sftp server) in
+/// a sandbox that cannot see the gateway's directory; its PostgreSQL refuses other local users.
+#[test]
+fn quickstart_as_a_normal_user_sandboxes_the_ssh_target() {
+    if !nix::unistd::geteuid().is_root() {
+        // CI runs as root and creates the normal user below; as a normal user this is what
+        // `quickstart_as_a_new_user` already runs as.
+        eprintln!("skipped: needs root to create a normal user");
+        return;
+    }
+    let user = TempUser::create();
+    // A copy of the binary the user can run, and a quickstart directory in its home.
+    let exe = user.home.join("gatehouse");
+    std::fs::copy(EXE, &exe).unwrap();
+    let qs_dir = user.home.join("qs");
+    std::fs::create_dir_all(&qs_dir).unwrap();
+    for p in [&exe, &qs_dir] {
+        nix::unistd::chown(
+            p.as_path(),
+            Some(nix::unistd::Uid::from_raw(user.uid)),
+            Some(nix::unistd::Gid::from_raw(user.gid)),
+        )
+        .unwrap();
+    }
+    let mut cmd = Command::new("setpriv");
+    cmd.arg(format!("--reuid={}", user.uid))
+        .arg(format!("--regid={}", user.gid))
+        .args(["--clear-groups", "--"])
+        .arg(&exe)
+        .args(["quickstart", "--dir"])
+        .arg(&qs_dir)
+        .args([
+            "--pg-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--ssh-listen",
+            "127.0.0.1:0",
+        ])
+        .env("HOME", &user.home)
+        .env("USER", &user.name)
+        .env("LOGNAME", &user.name)
+        .current_dir(&user.home);
+    let (mut qs, printed, stderr_lines) = start_quickstart(cmd);
+    let said = stderr_lines.lock().unwrap().join("\n");
+    assert!(
+        said.contains("runs in a bwrap sandbox (user and mount namespaces)"),
+        "{said}"
+    );
+    let key_line = printed
+        .iter()
+        .find(|l| l.starts_with("export GATEHOUSE_KEY="))
+        .expect("gateway key line")
+        .clone();
+    let ssh_line = printed
+        .iter()
+        .find(|l| l.starts_with("SSH_ASKPASS="))
+        .expect("ssh line")
+        .clone();
+    let ssh = |remote: &str| {
+        let line = ssh_line
+            .replace(" ssh -p ", " ssh -o ConnectTimeout=10 -p ")
+            .replace("'uname -n'", &format!("'{remote}'"));
+        sh(&format!("{key_line} && {line} </dev/null"), &[])
+    };
+    let out = ssh("id -un");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        user.name,
+        "{}",
+        text(&out)
+    );
+    // The target sees an empty directory where the gateway's is, and no other process.
+    let out = ssh(&format!("ls -a {}", qs_dir.display()));
+    let listing = text(&out);
+    assert!(
+        !listing.contains("secrets") && !listing.contains("dev-issuer.key"),
+        "{listing}"
+    );
+    let out = ssh("ls /proc");
+    let pids = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter(|w| w.chars().all(|c| c.is_ascii_digit()))
+        .count();
+    assert!(
+        pids <= 8,
+        "the sandbox sees other processes: {}",
+        text(&out)
+    );
+    allow_sftp_for_agents(&qs_dir.join("policy.toml"), &qs);
+    let scratch = user.home.join("scratch");
+    let sftp_get = |remote: &std::path::Path, local: &std::path::Path| {
+        let line = sftp_line(&ssh_line);
+        sh(
+            &format!(
+                "{key_line} && echo 'get {} {}' | {line}",
+                remote.display(),
+                local.display()
+            ),
+            &[],
+        )
+    };
+    std::fs::create_dir_all(&scratch).unwrap();
+    let mut reloaded = false;
+    for _ in 0..50 {
+        if sftp_get(
+            std::path::Path::new("/etc/hostname"),
+            &scratch.join("hostname"),
+        )
+        .status
+        .success()
+        {
+            reloaded = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        reloaded,
+        "sftp not allowed after the policy reload: {}",
+        text(&sftp_get(
+            std::path::Path::new("/etc/hostname"),
+            &scratch.join("hostname")
+        ))
+    );
+    assert_target_reads_no_secret(&qs_dir, &ssh, &sftp_get, &scratch);
+    let port = local_pg_port(&qs_dir);
+    assert_local_postgres_refuses("nobody", &qs_dir.join("postgres/sock"), port);
+    // The gateway's files are its own: no group or other bits anywhere in its directory.
+    for f in walk(&qs_dir) {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::symlink_metadata(&f).unwrap().permissions().mode();
+        let path = f.to_string_lossy();
+        if !path.contains("/box-home/") && !path.contains("/postgres/sock/") {
+            assert_eq!(mode & 0o077, 0, "{} is {:o}", f.display(), mode & 0o777);
+        }
+    }
+    qs.stop(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(30));
 }

@@ -263,6 +263,21 @@ fn compile_rule(
         kube: r.kubernetes.as_ref().map(kube_matcher).transpose()?,
         ssh: r.ssh.as_ref().map(ssh_matcher).transpose()?,
     };
+    // Forwarding is decided per destination: a rule that lets `direct_tcpip` through must say
+    // where to.
+    if let Some(ssh) = &rule.ssh
+        && rule.verdict != Verdict::Deny
+        && ssh.destinations.is_none()
+        && ssh
+            .channels
+            .as_ref()
+            .is_some_and(|c| c.iter().any(|c| c == "direct_tcpip"))
+    {
+        return Err(
+            "a rule that allows or reviews ssh channel direct_tcpip must list ssh.destinations (host:port)"
+                .into(),
+        );
+    }
     let op_sections = [
         rule.sql.is_some(),
         rule.http.is_some(),
@@ -436,9 +451,15 @@ const SSH_CHANNELS: &[&str] = &[
     "shell",
     "exec",
     "subsystem",
+    "scp",
+    "rsync",
+    "git",
     "direct_tcpip",
+    "env",
+    // Accepted so deny rules can name them; the engine refuses them whatever a rule says.
     "tcpip_forward",
     "agent_forward",
+    "x11",
 ];
 
 fn ssh_matcher(s: &SshSection) -> Result<SshMatcher, String> {
@@ -458,6 +479,9 @@ fn ssh_matcher(s: &SshSection) -> Result<SshMatcher, String> {
             .map(|l| glob_set(l, false, false))
             .transpose()?,
         destinations: non_empty("ssh.destinations", &s.destinations)?
+            .map(|l| glob_set(l, false, false))
+            .transpose()?,
+        env: non_empty("ssh.env", &s.env)?
             .map(|l| glob_set(l, false, false))
             .transpose()?,
     })

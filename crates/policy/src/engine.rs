@@ -84,6 +84,8 @@ enum Floor {
     InvalidHttpPath,
     EmptyQuery,
     Unsupported,
+    SshChannelNotAllowed,
+    SshNeverAllowed,
 }
 
 impl Floor {
@@ -96,6 +98,8 @@ impl Floor {
             Floor::InvalidHttpPath => "invalid-http-path",
             Floor::EmptyQuery => "empty-query",
             Floor::Unsupported => "unsupported-operation",
+            Floor::SshChannelNotAllowed => "ssh-channel-not-allowed",
+            Floor::SshNeverAllowed => "ssh-never-allowed",
         }
     }
 
@@ -110,6 +114,12 @@ impl Floor {
             Floor::InvalidHttpPath => "the request path is not valid",
             Floor::EmptyQuery => "empty query",
             Floor::Unsupported => "operation type not supported by this policy engine",
+            Floor::SshChannelNotAllowed => {
+                "SSH channels and requests other than exec (shell, subsystems such as sftp, scp, rsync, git, port forwarding, environment variables) are refused unless a rule allows them"
+            }
+            Floor::SshNeverAllowed => {
+                "remote port forwarding, agent forwarding and X11 forwarding are never allowed through the gateway"
+            }
         }
     }
 }
@@ -439,13 +449,25 @@ impl CompiledPolicy {
                 let (channel, subsystem, destination) = match other {
                     SshOperation::Shell { .. } => ("shell", None, None),
                     SshOperation::Subsystem { name } => ("subsystem", Some(name.as_str()), None),
+                    // `sftp-server` run directly is the sftp subsystem by another door.
+                    SshOperation::FileTransfer { tool, .. } if tool == "sftp" => {
+                        ("subsystem", Some("sftp"), None)
+                    }
+                    SshOperation::FileTransfer { tool, .. } => match tool.as_str() {
+                        "scp" => ("scp", None, None),
+                        "rsync" => ("rsync", None, None),
+                        "git" => ("git", None, None),
+                        _ => ("unknown", None, None),
+                    },
                     SshOperation::DirectTcpip { host, port } => {
                         ("direct_tcpip", None, Some(format!("{host}:{port}")))
                     }
+                    SshOperation::Env { name } => ("env", Some(name.as_str()), None),
                     SshOperation::TcpipForward { address, port } => {
                         ("tcpip_forward", None, Some(format!("{address}:{port}")))
                     }
                     SshOperation::AgentForward => ("agent_forward", None, None),
+                    SshOperation::X11 => ("x11", None, None),
                     _ => ("unknown", None, None),
                 };
                 let subject = Subject::Ssh {
@@ -453,13 +475,21 @@ impl CompiledPolicy {
                     subsystem,
                     destination,
                 };
-                let mut outcome = if channel == "unknown" {
-                    ItemOutcome::floor(Verdict::Deny, Floor::Unsupported, None)
-                } else {
-                    ItemOutcome::from_rule(
-                        self.first_match(&candidates, &subject),
-                        verdicts.default,
-                    )
+                let mut outcome = match channel {
+                    "unknown" => ItemOutcome::floor(Verdict::Deny, Floor::Unsupported, None),
+                    "tcpip_forward" | "agent_forward" | "x11" => {
+                        ItemOutcome::floor(Verdict::Deny, Floor::SshNeverAllowed, None)
+                    }
+                    // Every channel and request type other than exec is its own operation,
+                    // refused unless a rule names it, whatever the default says.
+                    _ => match self.first_match(&candidates, &subject) {
+                        Some(rule) => ItemOutcome::from_rule(Some(rule), verdicts.default),
+                        None => ItemOutcome::floor(
+                            Verdict::Deny,
+                            Floor::SshChannelNotAllowed,
+                            Some(format!("no rule allows ssh {channel}")),
+                        ),
+                    },
                 };
                 if subject.is_opaque() {
                     outcome.opaque(
@@ -469,6 +499,21 @@ impl CompiledPolicy {
                     );
                 }
                 push(&|| channel.to_string(), outcome, Some(&subject), &mut items);
+                // A transfer inside a longer line (`rm -rf x; scp -f y`, `sh -c '…'`): every
+                // command of the line is also decided as exec, so allowing scp allows no more.
+                if let SshOperation::FileTransfer { command, .. } = other {
+                    let p = &command.parsed;
+                    if !p.is_plain() || p.unwrapped || p.commands.len() > 1 {
+                        self.exec_items(
+                            command,
+                            None,
+                            &candidates,
+                            &verdicts,
+                            &mut items,
+                            &mut push,
+                        );
+                    }
+                }
             }
             Operation::Http(op) => {
                 let method = op.method.to_ascii_uppercase();

@@ -271,7 +271,8 @@ pub(crate) struct KubeSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SshSection {
-    /// `shell`, `exec`, `subsystem`, `direct_tcpip`, `tcpip_forward`, `agent_forward`.
+    /// `shell`, `exec`, `subsystem`, `scp`, `rsync`, `git`, `direct_tcpip`, `env` (and the
+    /// never-allowed `tcpip_forward`, `agent_forward`, `x11`).
     #[serde(default)]
     pub channels: Option<Vec<String>>,
     /// Subsystem names (e.g. `sftp`).
@@ -280,4 +281,7 @@ pub(crate) struct SshSection {
     /// `host:port` globs for forwarding.
     #[serde(default)]
     pub destinations: Option<Vec<String>>,
+    /// Variable name globs for `env` requests.
+    #[serde(default)]
+    pub env: Option<Vec<String>>,
 }

@@ -7,7 +7,9 @@
 //! verdict does. Built-in floors then raise an item's verdict (never lower it): unparseable SQL
 //! and non-plain exec lines (default `review`), ambiguous HTTP paths (default `review`),
 //! `COPY … PROGRAM` and changes to `standard_conforming_strings`/`client_encoding` (default
-//! `deny`). The strictest item decides the operation.
+//! `deny`). The strictest item decides the operation. SSH channels and requests other than exec
+//! (shell, sftp, scp, rsync, git, port forwarding, env) are denied unless a rule names them,
+//! whatever the default; remote forwarding, agent forwarding and X11 are always denied.
 //!
 //! **Allow rules match strictly, deny and review rules loosely.** A list in an `allow` rule
 //! (SQL kinds, tables, functions, risks) must cover *everything* the statement does; in a

@@ -39,6 +39,7 @@ pub(crate) enum Subject<'a> {
     /// An SSH channel request other than exec: channel kind and detail.
     Ssh {
         channel: &'static str,
+        /// The subsystem name, or the variable name of an `env` request.
         subsystem: Option<&'a str>,
         destination: Option<String>,
     },
@@ -289,7 +290,9 @@ impl Rule {
                 }
                 match &self.ssh {
                     Some(m) => m.matches(channel, *subsystem, destination.as_deref(), loose),
-                    None => Ok(()),
+                    // A channel other than exec is allowed only by a rule that names it.
+                    None if loose => Ok(()),
+                    None => Err("allowing an ssh channel needs ssh.channels naming it"),
                 }
             }
         }
@@ -640,6 +643,8 @@ pub(crate) struct SshMatcher {
     pub channels: Option<Vec<String>>,
     pub subsystems: Option<GlobSet>,
     pub destinations: Option<GlobSet>,
+    /// Variable names an `env` request may set.
+    pub env: Option<GlobSet>,
 }
 
 impl SshMatcher {
@@ -650,16 +655,27 @@ impl SshMatcher {
         destination: Option<&str>,
         loose: bool,
     ) -> Result<(), Miss> {
-        if let Some(channels) = &self.channels
-            && !channels.iter().any(|c| c == channel)
-        {
-            return Err("ssh channel");
+        match &self.channels {
+            Some(channels) if !channels.iter().any(|c| c == channel) => {
+                return Err("ssh channel");
+            }
+            // An allow rule must name a channel other than exec: `ssh = {}` allows nothing new.
+            None if !loose && channel != "exec" => {
+                return Err("allowing an ssh channel needs ssh.channels naming it");
+            }
+            _ => {}
         }
         if self.subsystems.is_some()
             && channel == "subsystem"
             && !optional_match(self.subsystems.as_ref(), subsystem, loose)
         {
             return Err("ssh subsystem");
+        }
+        if self.env.is_some()
+            && channel == "env"
+            && !optional_match(self.env.as_ref(), subsystem, loose)
+        {
+            return Err("ssh env variable");
         }
         if self.destinations.is_some()
             && matches!(channel, "direct_tcpip" | "tcpip_forward")

@@ -93,11 +93,13 @@ pub(crate) async fn run_session_channel(
                     modes: terminal_modes,
                 });
             }
+            // The session loop replied and recorded the decision; policy is pure, so this is
+            // the same decision.
             ChannelMsg::SetEnv {
                 variable_name,
                 variable_value,
                 ..
-            } if ctx.conn.proxy.config.env_allowed(&variable_name) && setup.env.len() < 64 => {
+            } if setup.env.len() < 64 && env_allowed(&ctx, &variable_name) => {
                 setup.env.push((variable_name, variable_value));
             }
             ChannelMsg::WindowChange {
@@ -128,14 +130,24 @@ pub(crate) async fn run_session_channel(
     let nl = setup.newline();
     let (operation, pre_decision, raw) = match &start {
         StartRequest::Exec(bytes) => match std::str::from_utf8(bytes) {
-            // The variables the client set for this channel are part of what runs.
-            Ok(line) => (
-                Operation::Ssh(SshOperation::Exec(
-                    ExecCommand::parse(line).with_env(setup.env.clone()),
-                )),
-                None,
-                false,
-            ),
+            Ok(line) => {
+                // The variables the client set for this channel are part of what runs.
+                let command = ExecCommand::parse(line).with_env(setup.env.clone());
+                match command.file_transfer_tool() {
+                    // scp, rsync, git and sftp-server speak their own protocols on stdin and
+                    // stdout: an operation kind of their own, never masked (masking would
+                    // corrupt the stream); egress-guarded and recorded by size.
+                    Some(tool) => (
+                        Operation::Ssh(SshOperation::FileTransfer {
+                            tool: tool.to_string(),
+                            command,
+                        }),
+                        None,
+                        true,
+                    ),
+                    None => (Operation::Ssh(SshOperation::Exec(command)), None, false),
+                }
+            }
             Err(_) => (
                 Operation::Ssh(SshOperation::Exec(ExecCommand::parse(
                     String::from_utf8_lossy(bytes).into_owned(),
@@ -194,20 +206,19 @@ pub(crate) async fn run_session_channel(
     match decision.verdict {
         Verdict::Allow => {}
         Verdict::Deny => {
-            if matches!(start, StartRequest::Subsystem(_)) {
-                // The request was already refused (and explained) in the session loop.
-                let _ = to_client.close().await;
-            } else {
-                refusal
-                    .send(
-                        &format!(
-                            "gatehouse: denied by rule '{}': {}",
-                            decision.rule_id, decision.reason
-                        ),
-                        EXIT_DENIED,
-                    )
-                    .await;
-            }
+            // The request itself was accepted (see the session loop): the reason goes to
+            // stderr, then an exit status, so `sftp`, `scp` and `rsync` show it.
+            refusal
+                .send(
+                    &format!(
+                        "gatehouse: {}denied by rule '{}': {}",
+                        operation_kind(&operation),
+                        decision.rule_id,
+                        decision.reason
+                    ),
+                    EXIT_DENIED,
+                )
+                .await;
             ctx.record_result(index, "denied", 0, started_at, Vec::new())
                 .await;
             return;
@@ -363,6 +374,37 @@ pub(crate) async fn run_session_channel(
         summary.findings,
     )
     .await;
+}
+
+/// Whether an `env` request may set `name`: the listener's allow-list and a policy rule.
+fn env_allowed(ctx: &ChannelContext, name: &str) -> bool {
+    ctx.conn.proxy.config.env_allowed(name)
+        && ctx
+            .conn
+            .proxy
+            .pipeline
+            .policy
+            .decide(
+                &ctx.identity,
+                &ctx.target,
+                &Operation::Ssh(SshOperation::Env {
+                    name: name.to_string(),
+                }),
+            )
+            .verdict
+            == Verdict::Allow
+}
+
+/// What a refusal names (with a trailing space), nothing for a plain command: `shell `,
+/// `subsystem 'sftp' `, `scp transfer `.
+fn operation_kind(operation: &Operation) -> String {
+    match operation {
+        Operation::Ssh(SshOperation::Exec(_)) => String::new(),
+        Operation::Ssh(SshOperation::Shell { .. }) => "shell ".into(),
+        Operation::Ssh(SshOperation::Subsystem { name }) => format!("subsystem '{name}' "),
+        Operation::Ssh(SshOperation::FileTransfer { tool, .. }) => format!("{tool} transfer "),
+        _ => "request ".into(),
+    }
 }
 
 impl ChannelContext {
@@ -1010,11 +1052,27 @@ pub(crate) async fn run_direct_tcpip(
             decision: decision.clone(),
         })
         .await;
-    let upstream = match (&ctx.upstream, recorded, decision.verdict) {
-        (Ok(u), Ok(()), Verdict::Allow) => u.clone(),
-        _ => {
+    let destination = format!("{}:{}", request.host, request.port);
+    let refused = match (&ctx.upstream, recorded, decision.verdict) {
+        (Ok(u), Ok(()), Verdict::Allow) => Ok(u.clone()),
+        (_, Ok(()), Verdict::Deny | Verdict::Review) => Err(format!(
+            "gatehouse: forwarding to {destination} denied by rule '{}': {}",
+            decision.rule_id, decision.reason
+        )),
+        (_, Err(_), _) => {
+            Err("gatehouse: the audit log is unavailable; refusing to forward unrecorded".into())
+        }
+        (Err(reason), Ok(()), _) => Err(reason.clone()),
+    };
+    let upstream = match refused {
+        Ok(u) => u,
+        Err(reason) => {
+            // The channel-open failure's description is what `ssh -L`/`-D` print.
             reply
-                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .reject(russh::ChannelOpenFailure::Other {
+                    code: 1, // SSH_OPEN_ADMINISTRATIVELY_PROHIBITED
+                    reason,
+                })
                 .await;
             ctx.record_result(index, "denied", 0, started_at, Vec::new())
                 .await;
@@ -1031,8 +1089,16 @@ pub(crate) async fn run_direct_tcpip(
         .await
     {
         Ok(c) => c,
-        Err(_) => {
-            reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
+        Err(e) => {
+            reply
+                .reject(russh::ChannelOpenFailure::Other {
+                    code: 2, // SSH_OPEN_CONNECT_FAILED
+                    reason: format!(
+                        "gatehouse: target '{}' could not connect to {destination}: {e}",
+                        ctx.target.name
+                    ),
+                })
+                .await;
             ctx.record_result(index, "connect failed", 0, started_at, Vec::new())
                 .await;
             return;

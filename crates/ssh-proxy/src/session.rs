@@ -550,7 +550,43 @@ impl server::Handler for ClientHandler {
         _variable_value: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if !self.started.contains(&channel) && self.proxy().config.env_allowed(variable_name) {
+        // An env request is an operation of its own: recorded with its decision (OpenSSH asks
+        // for no reply, so the record is where a refusal's reason shows). Allowed only when the
+        // listener's allow-list and a policy rule both allow it.
+        let operation = Operation::Ssh(SshOperation::Env {
+            name: variable_name.to_string(),
+        });
+        let Some((identity, target, mut decision)) = self.decide(&operation) else {
+            session.channel_failure(channel)?;
+            return Ok(());
+        };
+        if self.started.contains(&channel) {
+            decision = Decision::deny(
+                "gateway:env-after-start",
+                "environment variables must be set before the command starts",
+            );
+        } else if decision.verdict == Verdict::Allow
+            && !self.proxy().config.env_allowed(variable_name)
+        {
+            decision = Decision::deny(
+                "gateway:env-not-accepted",
+                format!("the SSH listener does not accept {variable_name} (accept_env)"),
+            );
+        } else if decision.verdict == Verdict::Review {
+            decision = Decision::deny(
+                "gateway:env-review",
+                "an env request cannot wait for a review; allow or deny it",
+            );
+        }
+        let allowed = decision.verdict == Verdict::Allow;
+        let index = self.conn.next_operation();
+        let body = EventBody::Operation {
+            index,
+            operation,
+            decision,
+        };
+        let recorded = self.conn.record(Some(&identity), Some(&target), body).await;
+        if allowed && recorded.is_ok() {
             session.channel_success(channel)?;
         } else {
             session.channel_failure(channel)?;
@@ -590,29 +626,16 @@ impl server::Handler for ClientHandler {
     async fn subsystem_request(
         &mut self,
         channel: ChannelId,
-        name: &str,
+        _name: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if !self.started.insert(channel) {
+        // Accepted here like exec: a refusal is written to the channel's stderr with an exit
+        // status (subsystem clients such as sftp print that, where a failed request would only
+        // say "subsystem request failed").
+        if self.started.insert(channel) {
+            session.channel_success(channel)?;
+        } else {
             session.channel_failure(channel)?;
-            return Ok(());
-        }
-        // Subsystem clients (sftp) stop at a failed request, so a denial is answered here; the
-        // channel task records it. Policy is pure, so both see the same decision.
-        let operation = Operation::Ssh(SshOperation::Subsystem {
-            name: name.to_string(),
-        });
-        match self.decide(&operation) {
-            Some((_, _, d)) if d.verdict != Verdict::Deny => session.channel_success(channel)?,
-            Some((_, _, d)) => {
-                let msg = format!(
-                    "gatehouse: subsystem '{name}' denied by rule '{}': {}\n",
-                    d.rule_id, d.reason
-                );
-                session.extended_data(channel, 1, bytes::Bytes::from(msg))?;
-                session.channel_failure(channel)?;
-            }
-            None => session.channel_failure(channel)?,
         }
         Ok(())
     }
@@ -639,6 +662,8 @@ impl server::Handler for ClientHandler {
         _x11_screen_number: u32,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        self.refuse_request(Operation::Ssh(SshOperation::X11), "X11 forwarding")
+            .await;
         session.channel_failure(channel)?;
         Ok(())
     }

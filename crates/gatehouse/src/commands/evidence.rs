@@ -4,8 +4,9 @@
 //! The bundle: access summary per identity, approval records, masking records (rule and field,
 //! never values), the session list with recording hashes, the audit-log verification result (with
 //! the witness, when given, and the latest checkpoint it holds), the exact period covered, a
-//! statement derived from the egress guard's counters that no held credential reached a caller or
-//! a record, the exported audit lines themselves, a README mapping each artefact to Annex A
+//! statement of what the egress guard checked (its patterns, sites and counters), what it found,
+//! and what it cannot see, the exported audit lines themselves, a README mapping each artefact to
+//! Annex A
 //! controls, and `manifest.json` (SHA-256 of every file) signed with the gateway's audit key
 //! (`manifest.sig`, ed25519).
 
@@ -99,7 +100,7 @@ which is signed (ed25519) by the gateway's audit key in `manifest.sig`.
 | `sessions.json` | every session with identity, target, start/end, and its recording's sealed SHA-256 | 8.15 logging, 8.16 monitoring activities |
 | `approvals.json` | just-in-time approvals: who asked, for which exact operation, who decided, when, why | 5.18 access rights, 8.2 privileged access rights |
 | `masking.json` | masking findings per rule and field (counts only, never values) | 8.11 data masking, 8.12 data leakage prevention |
-| `credentials-statement.json` | egress-guard counters: held target credentials never reached a caller or a record | 5.17 authentication information, 8.5 secure authentication, 8.12 data leakage prevention |
+| `credentials-statement.json` | what the egress guard checked (patterns, sites, byte counts), what it found and blocked, and what it cannot see (credentials a target transformed) | 5.17 authentication information, 8.5 secure authentication, 8.12 data leakage prevention |
 | `audit-verify.json` | hash chain, sequence and checkpoint-signature verification of the audit log: sealed (closed), or verified up to its last signed checkpoint with the number of unsigned records after it; checked against the witness when one was given | 8.15 logging |
 | `witness-checkpoint.json` | the latest signed checkpoint (or seal) the witness holds for each log, if a witness was given | 8.15 logging |
 | `audit-events.jsonl` | the exported audit records, byte-for-byte as stored (hash-chained) | 8.15 logging |
@@ -278,15 +279,25 @@ fn export(
         .map(|m| m.values().sum())
         .unwrap_or(0);
     let established = !egress_total.is_empty();
+    let patterns = egress_patterns(&events);
+    let sites: Vec<String> = egress_total
+        .get("bytes_checked")
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
     let statement = json!({
         "established": established,
-        "statement": if !established {
-            "No egress-guard counters were recorded in this period, so no statement about held credentials can be made from this log."
-        } else if hits == 0 && egress_blocked_events == 0 {
-            "No held target credential (nor its base64, hex or URL-encoded form) was found in any byte sent to a caller or written to a record; the egress guard checked every outbound path."
-        } else {
-            "The egress guard found held target credential material bound for a caller or a record and BLOCKED it; every occurrence was refused and recorded (see blocked_occurrences). Nothing it found left the gateway."
+        "statement": credentials_statement(established, hits, egress_blocked_events, &sites),
+        "what_was_checked": {
+            "mechanism": "the gateway's egress guard: every byte the gateway sends to a caller (SQL results and errors, HTTP responses, SSH output, subsystems, file transfers and forwarded ports) or writes to a session recording, an audit record or a log line is searched for the target credentials the gateway holds",
+            "patterns": "each held credential (database passwords, API keys and tokens, the SSH keys and passwords the gateway logs in to targets with) in its raw form, lower and upper-case hex, standard and URL-safe base64 at each of the three alignments, and percent-encoded",
+            "patterns_watched": patterns,
+            "sites_checked": sites,
         },
+        "what_it_cannot_see": [
+            "a credential a target transformed before sending it (reversed, split into pieces, re-encoded, compressed or encrypted): the guard recognises only the forms listed above",
+            "anything that left by a path that does not cross the gateway, for example a target that can itself read a credential and send it elsewhere",
+            "credentials the gateway does not hold (for example the agent's own tokens)"
+        ],
         "bytes_checked_per_site": egress_total.get("bytes_checked").cloned().unwrap_or_default(),
         "blocked_occurrences_per_site": egress_total.get("hits").cloned().unwrap_or_default(),
         "blocked_occurrences_recorded": egress_blocked_events,
@@ -516,4 +527,41 @@ fn verify_bundle(bundle: &Path, pinned: Option<&str>) -> CommandResult {
         }
         Ok(ExitCode::from(1))
     }
+}
+
+/// The largest number of patterns the egress guard reported watching in the period.
+fn egress_patterns(events: &[Event]) -> u64 {
+    events
+        .iter()
+        .filter_map(|e| match &e.body {
+            EventBody::Other { name, details } if name == "egress_counters" => {
+                details.get("patterns").and_then(serde_json::Value::as_u64)
+            }
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// The statement: what the egress guard checked and found, never more.
+fn credentials_statement(established: bool, hits: u64, blocked: u64, sites: &[String]) -> String {
+    if !established {
+        return "No egress-guard counters were recorded in this period, so no statement about held credentials can be made from this log.".into();
+    }
+    let over = if sites.is_empty() {
+        "no outbound bytes".to_string()
+    } else {
+        format!("the bytes bound for: {}", sites.join(", "))
+    };
+    let found = if hits == 0 && blocked == 0 {
+        "It found none of the held target credentials in any of the forms it knows (see what_was_checked).".to_string()
+    } else {
+        format!(
+            "It found held credential material {} time(s) and blocked each occurrence; every block is recorded in the audit log.",
+            hits.max(blocked)
+        )
+    };
+    format!(
+        "The egress guard checked {over}. {found} It cannot recognise a credential a target transformed before sending it (reversed, split, re-encoded) or one that left without crossing the gateway, so this is a statement about those checks, not proof that no credential was exposed (see what_it_cannot_see)."
+    )
 }

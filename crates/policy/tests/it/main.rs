@@ -9,3 +9,4 @@ mod file_errors;
 mod handle;
 mod opaque;
 mod props;
+mod ssh_channels;

@@ -36,7 +36,7 @@ fn basename(word: &str) -> &str {
 
 /// The policy the tests run under: no `rm` anywhere in a command line (any word, any simple
 /// command, after one level of `sh -c`), no expansions, `systemctl` reviewed by `ops`,
-/// subsystems and forwarding denied, everything else allowed.
+/// subsystems and forwarding denied, transfers and env allowed, other exec allowed.
 pub fn test_policy() -> FnPolicy {
     FnPolicy::new(|_, _, op| match op {
         Operation::Ssh(SshOperation::Exec(cmd)) => {
@@ -65,6 +65,11 @@ pub fn test_policy() -> FnPolicy {
             Decision::allow("default-allow", "allowed")
         }
         Operation::Ssh(SshOperation::Shell { .. }) => Decision::allow("shell", "shells allowed"),
+        Operation::Ssh(SshOperation::FileTransfer { .. }) => {
+            Decision::allow("transfers", "file transfers allowed")
+        }
+        // The listener's allow-list decides which variables.
+        Operation::Ssh(SshOperation::Env { .. }) => Decision::allow("env", "env allowed"),
         Operation::Ssh(SshOperation::Subsystem { name }) => {
             Decision::deny("no-subsystems", format!("subsystem {name} is not allowed"))
         }
@@ -273,6 +278,11 @@ impl Gateway {
 
 pub async fn run_client(gw: &Gateway, mut cmd: tokio::process::Command, stdin: &[u8]) -> Run {
     gw.askpass_env(&mut cmd);
+    run_prepared(cmd, stdin).await
+}
+
+/// Runs a client whose askpass the caller already set.
+pub async fn run_prepared(mut cmd: tokio::process::Command, stdin: &[u8]) -> Run {
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -198,6 +198,17 @@ reason = "read-only inspection of the demo host"
 verdict = "allow"
 targets = ["box"]
 exec = { program = ["uname", "hostname", "uptime", "whoami", "id", "date", "echo", "ls", "df", "free", "ps", "cat", "head", "tail", "wc", "grep"] }
+
+# ---- SSH channels --------------------------------------------------------------------------
+# A shell, sftp/scp, rsync, git, port forwards (`ssh -L`/`-D`) and env requests are refused
+# unless a rule names them, whatever `default` says; `ssh -R`, `-A` and X11 always are. To let
+# the `agents` group use sftp (and scp), uncomment (more in examples/ssh/policy.toml):
+# [[rules]]
+# id = "agents-sftp"
+# reason = "agents may copy files over sftp"
+# verdict = "allow"
+# groups = ["agents"]
+# ssh = { channels = ["subsystem"], subsystems = ["sftp"] }
 "#;
 
 /// Writes `policy.toml` unless it exists.

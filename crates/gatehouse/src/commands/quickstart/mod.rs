@@ -60,9 +60,37 @@ fn postgres_root(dir: &Path) -> PathBuf {
     }
 }
 
+/// Makes `dir` and everything in it the gateway's alone: no group or other permission bits
+/// (directories 0700, files 0600 at most), also for files an earlier run wrote.
+fn make_private(dir: &Path) -> Result<(), CommandError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta =
+        std::fs::symlink_metadata(dir).map_err(|e| failed(format!("{}: {e}", dir.display())))?;
+    if meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o700))
+            .map_err(|e| failed(format!("chmod {}: {e}", dir.display())))?;
+    }
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(dir)
+            .map_err(|e| failed(format!("{}: {e}", dir.display())))?
+            .flatten()
+        {
+            make_private(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
 /// Runs the command.
 pub fn run(args: Args) -> CommandResult {
     let ttl = crate::duration::parse_duration(&args.token_ttl).map_err(CommandError::Usage)?;
+    // Everything the gateway writes (keys, secrets, audit log, approvals journal, TLS key) is
+    // its own: files 0600, directories 0700, whatever the caller's umask.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     std::fs::create_dir_all(&args.dir)
         .map_err(|e| failed(format!("{}: {e}", args.dir.display())))?;
     let dir = args
@@ -70,6 +98,7 @@ pub fn run(args: Args) -> CommandResult {
         .canonicalize()
         .map_err(|e| failed(format!("{}: {e}", args.dir.display())))?;
     eprintln!("gatehouse quickstart: setting up in {}", dir.display());
+    make_private(&dir)?;
 
     let pg_root = postgres_root(&dir);
     std::fs::create_dir_all(&pg_root).map_err(|e| failed(format!("{}: {e}", pg_root.display())))?;
@@ -82,7 +111,29 @@ pub fn run(args: Args) -> CommandResult {
     let api_key = files::demo_api_key(&dir)?;
     let demo_api = runtime.block_on(demo_api::start(api_key))?;
     let sshd = match sshd::find_sshd() {
-        Some(bin) if !args.no_ssh => Some(sshd::LocalSshd::start(&dir, &bin)?),
+        Some(bin) if !args.no_ssh => match sshd::isolation(&dir) {
+            Ok(isolation) => {
+                let sshd = sshd::LocalSshd::start(&dir, &bin, isolation)?;
+                match &sshd.isolation {
+                    sshd::Isolation::DedicatedUser { name, home } => eprintln!(
+                        "gatehouse quickstart: the SSH target `box` logs the gateway in as the \
+                         unprivileged user {name} (home {}), which cannot read {}",
+                        home.display(),
+                        dir.display()
+                    ),
+                    sshd::Isolation::Sandbox { tool, .. } => eprintln!(
+                        "gatehouse quickstart: every session of the SSH target `box` runs in a \
+                         {tool} sandbox (user and mount namespaces) that cannot see {}",
+                        dir.display()
+                    ),
+                }
+                Some(sshd)
+            }
+            Err(why) => {
+                eprintln!("gatehouse quickstart: no SSH target: {why}");
+                None
+            }
+        },
         Some(_) => None,
         None => {
             eprintln!(

@@ -1,6 +1,10 @@
 //! The quickstart's own PostgreSQL: a persistent cluster under the quickstart directory (re-used on
 //! the next run), listening on 127.0.0.1 only with SCRAM passwords. PostgreSQL refuses to run as
 //! root, so as root the server runs as the `postgres` user (`runuser`) in a directory it owns.
+//!
+//! No local user other than the gateway's reaches it: the socket directory is 0700, the
+//! superuser logs in over the socket by peer authentication mapped from the gateway's user only,
+//! and TCP accepts only the gateway's role with its SCRAM password (no `trust` anywhere).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -130,6 +134,29 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), CommandError> {
         .map_err(|e| failed(format!("chmod {}: {e}", path.display())))
 }
 
+/// `pg_hba.conf` and `pg_ident.conf`, rewritten on every start (an older quickstart trusted
+/// every local connection): the superuser only by peer authentication from the gateway's own
+/// user, the gateway's role only with its SCRAM password over loopback, nothing else.
+fn write_auth_config(data: &Path) -> Result<(), CommandError> {
+    let me = nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .ok_or_else(|| failed("the current user has no name in the user database"))?;
+    let hba = "# Written by `gatehouse quickstart` on every start.\n\
+               local all postgres peer map=gateway\n\
+               host all gatehouse_app 127.0.0.1/32 scram-sha-256\n\
+               host all gatehouse_app ::1/128 scram-sha-256\n";
+    let ident =
+        format!("# Written by `gatehouse quickstart` on every start.\ngateway {me} postgres\n");
+    for (name, body) in [("pg_hba.conf", hba.to_string()), ("pg_ident.conf", ident)] {
+        let path = data.join(name);
+        std::fs::write(&path, body).map_err(|e| failed(format!("{}: {e}", path.display())))?;
+        set_mode(&path, 0o600)?;
+    }
+    Ok(())
+}
+
 impl LocalPostgres {
     /// Starts (initialising on first use) the cluster in `root`.
     pub fn start(root: &Path) -> Result<LocalPostgres, CommandError> {
@@ -143,8 +170,9 @@ impl LocalPostgres {
         let data = root.join("data");
         let socket_dir = root.join("sock");
         std::fs::create_dir_all(&socket_dir).map_err(|e| failed(e.to_string()))?;
-        set_mode(root, 0o755)?;
-        set_mode(&socket_dir, 0o755)?;
+        // The server user (as root: `postgres`) must traverse `root`; nobody else needs to list it.
+        set_mode(root, if is_root() { 0o711 } else { 0o700 })?;
+        set_mode(&socket_dir, 0o700)?;
         if !data.join("PG_VERSION").exists() {
             std::fs::create_dir_all(&data).map_err(|e| failed(e.to_string()))?;
             set_mode(&data, 0o700)?;
@@ -171,12 +199,8 @@ impl LocalPostgres {
                     String::from_utf8_lossy(&out.stderr)
                 )));
             }
-            std::fs::write(
-                data.join("pg_hba.conf"),
-                "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\nhost all all ::1/128 scram-sha-256\n",
-            )
-            .map_err(|e| failed(e.to_string()))?;
         }
+        write_auth_config(&data)?;
         chown_to_postgres(&socket_dir)?;
         chown_to_postgres(&data)?;
         let port = {

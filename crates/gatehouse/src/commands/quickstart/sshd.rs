@@ -1,7 +1,12 @@
 //! The quickstart's SSH target: when OpenSSH's `sshd` is installed, a throwaway sshd (its own
 //! config and keys under `<dir>/ssh`, listening on a free loopback port) that accepts only the
-//! key the gateway holds. The caller's login is the current user. A watchdog shell stops sshd if
-//! the quickstart dies without cleaning up.
+//! key the gateway holds. A watchdog shell stops sshd if the quickstart dies without cleaning up.
+//!
+//! The target never shares a trust domain with the gateway ([`Isolation`]): as root, the gateway
+//! logs in as a dedicated unprivileged system user (`gatehouse-box`) with its own home, and the
+//! quickstart directory is the gateway's alone (0700); as a normal user, every session (and the
+//! sftp server) runs in a user, pid, ipc, network and mount namespace where the gateway's
+//! directory, `/home`, `/tmp` and `/run` are empty. When neither is possible no target starts.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -21,6 +26,192 @@ pub fn find_sshd() -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
+/// The account the quickstart's target gives the gateway when the quickstart runs as root.
+pub const BOX_USER: &str = "gatehouse-box";
+const BOX_HOME: &str = "/var/lib/gatehouse-box";
+
+/// How the SSH target is kept apart from the gateway.
+#[derive(Debug, Clone)]
+pub enum Isolation {
+    /// Running as root: the gateway logs in as this unprivileged system user.
+    DedicatedUser {
+        /// Account name.
+        name: String,
+        /// Its home directory.
+        home: PathBuf,
+    },
+    /// Running as a normal user: every session runs through this script (sshd's
+    /// `ForceCommand`), which enters a sandbox that cannot see the gateway's directory.
+    Sandbox {
+        /// The sandbox tool (`bwrap`).
+        tool: &'static str,
+        /// The sandbox script.
+        script: PathBuf,
+    },
+}
+
+fn first_existing(paths: &[&str]) -> Option<PathBuf> {
+    paths.iter().map(PathBuf::from).find(|p| p.exists())
+}
+
+/// Single-quotes `s` for sh.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// Decides how to isolate the target, creating the dedicated user or the sandbox script.
+/// `Err` says why no SSH target can be started safely.
+pub fn isolation(dir: &Path) -> Result<Isolation, String> {
+    if nix::unistd::geteuid().is_root() {
+        dedicated_user().map(|(name, home)| Isolation::DedicatedUser { name, home })
+    } else {
+        sandbox(dir)
+    }
+}
+
+fn dedicated_user() -> Result<(String, PathBuf), String> {
+    let lookup = || nix::unistd::User::from_name(BOX_USER).ok().flatten();
+    let user = match lookup() {
+        Some(u) => u,
+        None => {
+            let useradd = first_existing(&["/usr/sbin/useradd", "/sbin/useradd"])
+                .ok_or("`useradd` (package passwd) is not installed, so the target cannot get a user of its own")?;
+            let out = Command::new(useradd)
+                .args([
+                    "--system",
+                    "--user-group",
+                    "--create-home",
+                    "--home-dir",
+                    BOX_HOME,
+                ])
+                .args([
+                    "--shell",
+                    "/bin/sh",
+                    "--comment",
+                    "Gatehouse quickstart SSH target",
+                ])
+                // No password, but not locked: sshd without PAM refuses locked (`!`) accounts.
+                .args(["--password", "*"])
+                .arg(BOX_USER)
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| format!("useradd: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "useradd {BOX_USER} failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+            lookup().ok_or_else(|| format!("useradd created no user {BOX_USER}"))?
+        }
+    };
+    if user.uid.is_root() || user.gid.as_raw() == 0 {
+        return Err(format!(
+            "the account {BOX_USER} is privileged (uid or gid 0); refusing to use it"
+        ));
+    }
+    let home = user.dir.clone();
+    if !home.is_dir() {
+        std::fs::create_dir_all(&home).map_err(|e| format!("{}: {e}", home.display()))?;
+        nix::unistd::chown(&home, Some(user.uid), Some(user.gid))
+            .map_err(|e| format!("chown {}: {e}", home.display()))?;
+    }
+    set_mode(&home, 0o700).map_err(|e| e.to_string())?;
+    Ok((user.name, home))
+}
+
+/// Writes the bubblewrap sandbox script and checks that it isolates.
+fn sandbox(dir: &Path) -> Result<Isolation, String> {
+    let ssh_dir = dir.join("ssh");
+    std::fs::create_dir_all(&ssh_dir).map_err(|e| format!("{}: {e}", ssh_dir.display()))?;
+    let box_home = dir.join("box-home");
+    std::fs::create_dir_all(&box_home).map_err(|e| format!("{}: {e}", box_home.display()))?;
+    let script = ssh_dir.join("box-session");
+    let d = sh_quote(&dir.display().to_string());
+    let h = sh_quote(&box_home.display().to_string());
+    // The caller's own home may hold the gateway's directory or other secrets of theirs.
+    let own_home = std::env::var("HOME")
+        .ok()
+        .filter(|h| {
+            h.starts_with('/') && h != "/" && !h.starts_with("/home/") && !h.starts_with("/tmp/")
+        })
+        .map(|h| format!(" --tmpfs {}", sh_quote(&h)))
+        .unwrap_or_default();
+    let run = "${SSH_ORIGINAL_COMMAND:-exec /bin/sh -l}";
+    let header = "#!/bin/sh\n# Written by `gatehouse quickstart`: sshd runs every session of the `box` target through\n\
+                  # this script (ForceCommand; sftp too), in its own user, pid, ipc, network and mount\n\
+                  # namespaces, where the gateway's directory, /home, /tmp and /run are empty.\n";
+    let mut errors = Vec::new();
+    if let Some(bwrap) = first_existing(&["/usr/bin/bwrap", "/usr/local/bin/bwrap"]) {
+        let args = format!(
+            "--unshare-user --unshare-pid --unshare-ipc --unshare-net --unshare-cgroup-try \
+             --die-with-parent --ro-bind / / --dev /dev --proc /proc --tmpfs /tmp --tmpfs /var/tmp \
+             --tmpfs /run --tmpfs /home{own_home} --tmpfs {d} --bind {h} /home/box \
+             --setenv HOME /home/box --chdir /home/box"
+        );
+        let body = format!(
+            "{header}exec {} {args} -- /bin/sh -c \"{run}\"\n",
+            sh_quote(&bwrap.display().to_string())
+        );
+        match install_and_probe(&script, &body, dir) {
+            Ok(()) => {
+                return Ok(Isolation::Sandbox {
+                    tool: "bwrap",
+                    script,
+                });
+            }
+            Err(e) => errors.push(format!("bubblewrap: {e}")),
+        }
+    } else {
+        errors.push("bubblewrap (bwrap) is not installed".into());
+    }
+    let _ = std::fs::remove_file(&script);
+    Err(format!(
+        "running as a normal user, the SSH target must run in a user and mount namespace that \
+         cannot see {}, and none could be made ({}); install bubblewrap (Debian: bubblewrap) and \
+         allow unprivileged user namespaces, or run the quickstart as root (the target then gets \
+         a user of its own)",
+        dir.display(),
+        errors.join("; ")
+    ))
+}
+
+/// Writes the sandbox script and checks, by running it, that the gateway's directory is not
+/// visible inside.
+fn install_and_probe(script: &Path, body: &str, dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(script, body).map_err(|e| format!("{}: {e}", script.display()))?;
+    std::fs::set_permissions(script, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| format!("{}: {e}", script.display()))?;
+    let probe = dir.join("ssh").join(".sandbox-probe");
+    std::fs::write(&probe, "visible").map_err(|e| e.to_string())?;
+    let check = format!(
+        "test ! -e {} && test ! -e /proc/1/root{} && echo isolated",
+        sh_quote(&probe.display().to_string()),
+        sh_quote(&probe.display().to_string()),
+    );
+    let out = Command::new(script)
+        .env("SSH_ORIGINAL_COMMAND", check)
+        .stdin(Stdio::null())
+        .output();
+    let _ = std::fs::remove_file(&probe);
+    let out = out.map_err(|e| e.to_string())?;
+    if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "isolated" {
+        Ok(())
+    } else {
+        Err(format!(
+            "the sandbox did not start or could see the gateway's directory ({})",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), CommandError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| failed(format!("chmod {}: {e}", path.display())))
+}
+
 /// A running quickstart sshd; stopped on drop.
 pub struct LocalSshd {
     child: Option<Child>,
@@ -32,6 +223,8 @@ pub struct LocalSshd {
     pub client_key: PathBuf,
     /// A known_hosts file pinning this sshd's host key (relative to the quickstart dir).
     pub known_hosts: PathBuf,
+    /// How the target is kept apart from the gateway.
+    pub isolation: Isolation,
 }
 
 fn keygen(path: &Path, comment: &str) -> Result<(), CommandError> {
@@ -58,27 +251,73 @@ fn read(path: &Path) -> Result<String, CommandError> {
 }
 
 impl LocalSshd {
-    /// Starts sshd from `sshd_bin` with keys and config in `<dir>/ssh`.
-    pub fn start(dir: &Path, sshd_bin: &Path) -> Result<LocalSshd, CommandError> {
+    /// Starts sshd from `sshd_bin` with keys and config in `<dir>/ssh`, isolated by `isolation`.
+    pub fn start(
+        dir: &Path,
+        sshd_bin: &Path,
+        isolation: Isolation,
+    ) -> Result<LocalSshd, CommandError> {
         let ssh_dir = dir.join("ssh");
         std::fs::create_dir_all(&ssh_dir)
             .map_err(|e| failed(format!("{}: {e}", ssh_dir.display())))?;
         if nix::unistd::geteuid().is_root() {
             // Privilege separation needs it; Debian creates it only when the service runs.
             std::fs::create_dir_all("/run/sshd").map_err(|e| failed(format!("/run/sshd: {e}")))?;
+            set_mode(Path::new("/run/sshd"), 0o755)?;
         }
         let host_key = ssh_dir.join("upstream_host_ed25519");
         let client_key = ssh_dir.join("gateway_to_box_ed25519");
         keygen(&host_key, "gatehouse-quickstart-box")?;
         keygen(&client_key, "gatehouse-quickstart-gateway")?;
-        let authorized = ssh_dir.join("authorized_keys");
-        std::fs::write(&authorized, read(&client_key.with_extension("pub"))?)
-            .map_err(|e| failed(format!("{}: {e}", authorized.display())))?;
-        let user = nix::unistd::User::from_uid(nix::unistd::geteuid())
-            .ok()
-            .flatten()
-            .map(|u| u.name)
-            .unwrap_or_else(|| "root".into());
+        let client_pub = read(&client_key.with_extension("pub"))?;
+        let sftp_server = first_existing(&[
+            "/usr/lib/openssh/sftp-server",
+            "/usr/libexec/openssh/sftp-server",
+            "/usr/libexec/sftp-server",
+            "/usr/lib/ssh/sftp-server",
+        ]);
+        // Where sshd finds the gateway's key, who may log in, and what runs a session.
+        let (user, authorized, session_lines) = match &isolation {
+            Isolation::DedicatedUser { name, home } => {
+                // Read by sshd as the target user: root-owned, world-readable, outside the
+                // gateway's directory.
+                let dot_ssh = home.join(".ssh");
+                std::fs::create_dir_all(&dot_ssh)
+                    .map_err(|e| failed(format!("{}: {e}", dot_ssh.display())))?;
+                set_mode(&dot_ssh, 0o755)?;
+                let authorized = dot_ssh.join("authorized_keys");
+                std::fs::write(&authorized, &client_pub)
+                    .map_err(|e| failed(format!("{}: {e}", authorized.display())))?;
+                set_mode(&authorized, 0o644)?;
+                (
+                    name.clone(),
+                    authorized,
+                    "PermitRootLogin no\nSubsystem sftp internal-sftp\n".to_string(),
+                )
+            }
+            Isolation::Sandbox { script, .. } => {
+                let authorized = ssh_dir.join("authorized_keys");
+                std::fs::write(&authorized, &client_pub)
+                    .map_err(|e| failed(format!("{}: {e}", authorized.display())))?;
+                let sftp = sftp_server.ok_or_else(|| {
+                    failed("OpenSSH's sftp-server is not installed (it runs inside the sandbox)")
+                })?;
+                let user = nix::unistd::User::from_uid(nix::unistd::geteuid())
+                    .ok()
+                    .flatten()
+                    .map(|u| u.name)
+                    .ok_or_else(|| failed("the current user has no name in the user database"))?;
+                (
+                    user,
+                    authorized,
+                    format!(
+                        "ForceCommand {}\nSubsystem sftp {}\n",
+                        sh_quote(&script.display().to_string()),
+                        sftp.display()
+                    ),
+                )
+            }
+        };
         let port = {
             let l =
                 std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| failed(e.to_string()))?;
@@ -96,23 +335,27 @@ impl LocalSshd {
         std::fs::write(&known_hosts, format!("[127.0.0.1]:{port} {kind} {key}\n"))
             .map_err(|e| failed(format!("{}: {e}", known_hosts.display())))?;
         let d = ssh_dir.display();
+        let a = authorized.display();
         let config = format!(
             "# Written by `gatehouse quickstart`: a throwaway sshd on loopback for the `box` target.\n\
              ListenAddress 127.0.0.1:{port}\n\
              HostKey {d}/upstream_host_ed25519\n\
              PidFile none\n\
-             AuthorizedKeysFile {d}/authorized_keys\n\
+             AuthorizedKeysFile {a}\n\
              AllowUsers {user}\n\
              StrictModes no\n\
-             PermitRootLogin prohibit-password\n\
              PubkeyAuthentication yes\n\
              PasswordAuthentication no\n\
              KbdInteractiveAuthentication no\n\
              UsePAM no\n\
              X11Forwarding no\n\
+             AllowAgentForwarding no\n\
+             AllowStreamLocalForwarding no\n\
+             PermitTunnel no\n\
+             PermitUserEnvironment no\n\
              PrintMotd no\n\
              AcceptEnv LANG LC_*\n\
-             Subsystem sftp internal-sftp\n"
+             {session_lines}"
         );
         let config_path = ssh_dir.join("sshd_config");
         std::fs::write(&config_path, config)
@@ -164,6 +407,7 @@ impl LocalSshd {
             user,
             client_key: PathBuf::from("ssh/gateway_to_box_ed25519"),
             known_hosts: PathBuf::from("ssh/upstream_known_hosts"),
+            isolation,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
