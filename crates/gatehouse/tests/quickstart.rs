@@ -120,14 +120,14 @@ fn quickstart_as_a_new_user() {
     assert!(rows.contains("card on file: "), "{rows}");
     assert_eq!(rows.lines().count(), 5, "{rows}");
 
-    // The leak families an agent would try next: a masked column through an expression, in an
-    // error's text, and in a notification's payload. None shows the data, not even reversed.
+    // The leak families an agent would try next: a masked column through an expression, and in
+    // an error's text. None shows the data, not even reversed. (A notification's payload is
+    // built with pg_notify or code, which the quickstart holds for review as opaque; the proxy's
+    // own tests cover notifications under a policy that allows them.)
     let out = sh(
         &format!(
             "{psql_line} -XAt -c \"SELECT reverse(email), card_number || 'x' FROM customers\" \
-             -c \"SELECT CAST(reverse(card_number) AS int) FROM customers\" \
-             -c \"LISTEN q\" \
-             -c \"SELECT pg_notify('q', string_agg(reverse(card_number), ',')) FROM customers\""
+             -c \"SELECT CAST(reverse(card_number) AS int) FROM customers\""
         ),
         &[],
     );
@@ -139,7 +139,10 @@ fn quickstart_as_a_new_user() {
     ] {
         assert!(!rows.contains(reversed), "{reversed} leaked: {rows}");
     }
-    assert!(rows.contains("withheld"), "{rows}");
+    assert!(
+        rows.contains("the gateway withholds this message"),
+        "{rows}"
+    );
 
     // A DROP is denied with the rule named; the session stays usable afterwards.
     let out = sh(
@@ -616,6 +619,53 @@ fn quickstart_as_a_new_user() {
         }
     }
 
+    // The printed verify command also checks each sealed session recording: one extended by a
+    // forged line, or removed, fails verification (exit 1) and is named; restored, it passes.
+    let out = sh(&verify_line, &[]);
+    assert!(
+        text(&out).contains("sealed recording(s), each matches"),
+        "{}",
+        text(&out)
+    );
+    let recordings: Vec<_> = walk(&data.join("recordings"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            (p, bytes)
+        })
+        .collect();
+    assert!(!recordings.is_empty(), "no session recording");
+    for (path, original) in &recordings {
+        let mut forged = original.clone();
+        forged.extend_from_slice(b"{\"t\":1,\"frame\":\"note\",\"data\":\"forged\"}\n");
+        std::fs::write(path, &forged).unwrap();
+    }
+    let out = sh(&verify_line, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("was altered"), "{}", text(&out));
+    for (path, _) in &recordings {
+        std::fs::remove_file(path).unwrap();
+    }
+    let out = sh(&verify_line, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("cannot be read"), "{}", text(&out));
+    for (path, original) in &recordings {
+        std::fs::write(path, original).unwrap();
+    }
+    let out = sh(&verify_line, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    // The whole log removed while the witness holds its checkpoints: a failure (exit 1).
+    let audit_dir = data.join("audit");
+    let moved = qs_dir.join("audit-moved");
+    std::fs::rename(&audit_dir, &moved).unwrap();
+    std::fs::create_dir(&audit_dir).unwrap();
+    let out = sh(&verify_line, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("the log was removed"), "{}", text(&out));
+    std::fs::remove_dir(&audit_dir).unwrap();
+    std::fs::rename(&moved, &audit_dir).unwrap();
+
     // Flip one byte of the audit log: verify fails and names the record.
     let segment = walk(&data.join("audit"))
         .into_iter()
@@ -655,7 +705,7 @@ fn allow_sftp_for_agents(policy_path: &std::path::Path, qs: &ChildGuard) {
     std::fs::write(
         policy_path,
         format!(
-            "{policy}\n[[rules]]\nid = \"test-agents-sftp\"\nreason = \"the test fetches files\"\nverdict = \"allow\"\ngroups = [\"agents\"]\nssh = {{ channels = [\"subsystem\"], subsystems = [\"sftp\"] }}\n"
+            "{policy}\n[[rules]]\nid = \"test-agents-sftp\"\nreason = \"the test fetches files\"\nverdict = \"allow\"\ngroups = [\"agents\"]\nssh = {{ channels = [\"subsystem\"], subsystems = [\"sftp\"] }}\n\n[[rules]]\nid = \"test-agents-psql\"\nreason = \"the test tries the quickstart's PostgreSQL from the target\"\nverdict = \"allow\"\ngroups = [\"agents\"]\nopaque = true\nexec = {{ program = [\"psql\"] }}\n"
         ),
     )
     .unwrap();

@@ -188,6 +188,7 @@ impl StatementAnalyzer for SqlAnalyzer {
             };
             let stmt_text = text.get(st.span.clone()).unwrap_or("");
             let reads_into_elsewhere = st.has(gatehouse_sql::Risk::CreateTableAs)
+                || st.has(gatehouse_sql::Risk::WriteFromColumns)
                 || st.has(gatehouse_sql::Risk::SelectInto)
                 || (st.kinds.contains(&K::Insert) && st.tables.len() > 1)
                 || (st.kind == K::Copy && !copy_is_from(stmt_text))

@@ -188,6 +188,10 @@ pub enum Risk {
     /// changes what later statements run or how they are read (`search_path`, `role`, …). See
     /// [`StatementInfo::opaque_reasons`].
     OpaqueCode,
+    /// An `UPDATE` (or the update of a `MERGE` or `ON CONFLICT`) that sets columns from other
+    /// columns or subqueries (`SET notes = encode(phone, …)`): it can copy one column's content
+    /// into another.
+    WriteFromColumns,
 }
 
 impl Risk {
@@ -203,6 +207,7 @@ impl Risk {
         Risk::RoleChange,
         Risk::UntrustedLanguage,
         Risk::OpaqueCode,
+        Risk::WriteFromColumns,
     ];
 
     /// The name used in policy files and audit records.
@@ -218,6 +223,7 @@ impl Risk {
             Risk::RoleChange => "role_change",
             Risk::UntrustedLanguage => "untrusted_language",
             Risk::OpaqueCode => "opaque_code",
+            Risk::WriteFromColumns => "write_from_columns",
         }
     }
 

@@ -197,6 +197,17 @@ fn opaque_form(tag: &str, body: &Value) -> Option<String> {
             format!("creates or replaces a {what}: code that later statements run")
         }
         "AlterFunctionStmt" => "changes how a function or procedure runs".into(),
+        // Roles and their passwords: `ALTER ROLE current_user PASSWORD …` changes the very
+        // credential the gateway holds for the target (locking every session out, and handing
+        // the caller a login that bypasses the gateway); new roles and memberships change who
+        // may do what outside the gateway's view.
+        "CreateRoleStmt" | "AlterRoleStmt" | "AlterRoleSetStmt" | "DropRoleStmt"
+        | "GrantRoleStmt" | "RenameStmt"
+            if tag != "RenameStmt" || is(i(body, "rename_type"), ObjectType::ObjectRole) =>
+        {
+            "creates, changes or drops a role or its membership (a password change would change              the credential the gateway holds for this target)"
+                .into()
+        }
         "CreateTrigStmt" => "creates a trigger: code that runs on later writes".into(),
         "RuleStmt" => "creates a rule: it rewrites later statements".into(),
         "CreateEventTrigStmt" | "AlterEventTrigStmt" => {
@@ -272,6 +283,22 @@ fn opaque_form(tag: &str, body: &Value) -> Option<String> {
         _ => return None,
     };
     Some(why)
+}
+
+/// Whether an update's `SET` list (`target_list` of an `UpdateStmt`, `OnConflictClause` or
+/// `MergeWhenClause`) takes a value from a column or a subquery rather than from constants and
+/// parameters alone.
+fn sets_from_columns(body: &Value) -> bool {
+    fn reads(v: &Value) -> bool {
+        match v {
+            Value::Array(items) => items.iter().any(reads),
+            Value::Object(map) => map
+                .iter()
+                .any(|(k, child)| k == "ColumnRef" || k == "SubLink" || reads(child)),
+            _ => false,
+        }
+    }
+    body.get("target_list").is_some_and(reads)
 }
 
 /// Fills `info` from the statement node `stmt` (`{"SelectStmt": {…}}`).
@@ -383,6 +410,12 @@ impl Walker<'_> {
         match tag {
             "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt" => {
                 self.nested_kind(kind_of(tag, body));
+                let on_conflict = body.get("on_conflict_clause");
+                if (tag == "UpdateStmt" && sets_from_columns(body))
+                    || on_conflict.is_some_and(sets_from_columns)
+                {
+                    self.info.risks.insert(Risk::WriteFromColumns);
+                }
                 if matches!(tag, "UpdateStmt" | "DeleteStmt") && !present(body, "where_clause") {
                     self.info.risks.insert(Risk::WriteWithoutWhere);
                 }
@@ -391,6 +424,9 @@ impl Walker<'_> {
                 }
             }
             "MergeWhenClause" => {
+                if sets_from_columns(body) {
+                    self.info.risks.insert(Risk::WriteFromColumns);
+                }
                 let cmd = i(body, "command_type");
                 for (c, k) in [
                     (CmdType::CmdInsert, K::Insert),

@@ -22,7 +22,8 @@ use super::{CommandError, CommandResult};
 pub enum Command {
     /// Verify the audit log. Exit 0: verified and sealed (closed, nothing after the seal);
     /// 3: verified up to the last signed checkpoint, not sealed, the records after it unsigned;
-    /// 1: verification failed (the first bad record is named); 2: could not run.
+    /// 1: verification failed (the first bad record is named), or a recording sealed in the log
+    /// is missing or does not match its sealed hash; 2: could not run.
     Verify {
         /// The audit directory.
         dir: PathBuf,
@@ -126,6 +127,36 @@ pub fn verify_dir(
             .map_err(|e| failed(format!("witness {}: {e}", w.display())))?;
     }
     Ok((verify(&logs, &options), pinned))
+}
+
+/// Checks every recording whose hash a session-end record seals against its file: the problems
+/// found (a missing, cut, extended or edited recording), and how many recordings were checked.
+/// Sessions still open have no seal yet and are not counted.
+pub fn check_recordings(dir: &Path) -> Result<(usize, Vec<String>), CommandError> {
+    let (logs, _, recordings) = load_logs(dir)?;
+    let mut checked = 0;
+    let mut problems = Vec::new();
+    for s in list_sessions(&logs) {
+        let Some(seal) = s.recording.as_ref() else {
+            continue;
+        };
+        checked += 1;
+        let path = recordings.join(&seal.location);
+        match std::fs::read(&path) {
+            Ok(bytes) if gatehouse_recorder::recording::check_seal(&bytes, seal) => {}
+            Ok(_) => problems.push(format!(
+                "recording {} of session {} does not match the hash sealed in the audit log: it was altered",
+                path.display(),
+                s.session.0
+            )),
+            Err(e) => problems.push(format!(
+                "recording {} of session {} is sealed in the audit log but cannot be read: {e}",
+                path.display(),
+                s.session.0
+            )),
+        }
+    }
+    Ok((checked, problems))
 }
 
 /// The exit status for a verification report.
@@ -237,7 +268,24 @@ pub fn run(command: Command) -> CommandResult {
             witness,
             json,
         } => {
+            // A witness that holds checkpoints of a log that is gone: the log was removed, which
+            // is a failed verification (exit 1), not a command that could not run.
+            if let Some(w) = witness.as_deref() {
+                let (audit, _) = roots(&dir);
+                let none = load_local_logs(&audit)
+                    .map(|l| l.is_empty())
+                    .unwrap_or(true);
+                let held = FileWitness::read_all(w).map(|c| c.len()).unwrap_or(0);
+                if none && held > 0 {
+                    eprintln!(
+                        "gatehouse: audit verification failed: {}: no audit log found, but the witness holds {held} signed checkpoint(s) of one: the log was removed",
+                        audit.display()
+                    );
+                    return Ok(ExitCode::from(1));
+                }
+            }
             let (report, pinned) = verify_dir(&dir, &keys, witness.as_deref())?;
+            let (recordings_checked, recording_problems) = check_recordings(&dir)?;
             if json {
                 let mut v = serde_json::to_value(&report).unwrap_or_default();
                 if let Some(o) = v.as_object_mut() {
@@ -246,12 +294,31 @@ pub fn run(command: Command) -> CommandResult {
                         serde_json::to_value(report.status()).unwrap_or_default(),
                     );
                     o.insert("witness".into(), serde_json::json!(witness.is_some()));
+                    o.insert(
+                        "recordings".into(),
+                        serde_json::json!({
+                            "checked": recordings_checked,
+                            "problems": recording_problems,
+                        }),
+                    );
+                    if !recording_problems.is_empty() {
+                        o.insert("status".into(), serde_json::json!("failed"));
+                    }
                 }
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else {
                 for l in &report.logs {
                     for line in describe(l, witness.is_some()) {
                         println!("{line}");
+                    }
+                }
+                if recording_problems.is_empty() {
+                    println!(
+                        "recordings: {recordings_checked} sealed recording(s), each matches the hash sealed in the audit log"
+                    );
+                } else {
+                    for p in &recording_problems {
+                        println!("recordings: FAILED: {p}");
                     }
                 }
                 if !pinned {
@@ -264,6 +331,10 @@ pub fn run(command: Command) -> CommandResult {
                         "note: without --witness, a log cut back exactly to an earlier checkpoint or an earlier run's seal cannot be told from one that ended there; pass --witness <dir> to detect it"
                     );
                 }
+            }
+            if let Some(p) = recording_problems.first() {
+                eprintln!("gatehouse: audit verification failed: {p}");
+                return Ok(ExitCode::from(1));
             }
             match report.status() {
                 LogStatus::Failed => {

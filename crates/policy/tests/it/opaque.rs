@@ -309,10 +309,14 @@ sql = { kinds = ["select", "do_block", "call"] }
         &Operation::Sql(SqlOperation::simple("SELECT 1")),
     );
     assert_eq!(d.verdict, Verdict::Allow);
-    // Interactive shells are opaque: reviewed or denied, never the default.
+    // Interactive shells are opaque, and like every SSH channel other than exec refused unless a
+    // rule names them: never the default.
     let shell = Operation::Ssh(SshOperation::Shell { pty: true });
     let d = p.decide(&who(), &ssh(), &shell);
-    assert_eq!((d.verdict, d.rule_id.as_str()), (Verdict::Deny, "opaque"));
+    assert_eq!(
+        (d.verdict, d.rule_id.as_str()),
+        (Verdict::Deny, "ssh-channel-not-allowed")
+    );
 }
 
 #[test]

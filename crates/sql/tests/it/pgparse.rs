@@ -257,6 +257,14 @@ fn opaque_constructs_are_marked_with_a_reason() {
         "CREATE ACCESS METHOD am TYPE TABLE HANDLER h",
         "CREATE FOREIGN DATA WRAPPER w HANDLER h",
         "LOAD 'plugin'",
+        // The target's own credential and who may do what (the gateway's login among them).
+        "ALTER ROLE current_user PASSWORD 'x'",
+        "ALTER USER gatehouse_app WITH ENCRYPTED PASSWORD 'x'",
+        "CREATE ROLE r LOGIN PASSWORD 'y'",
+        "DROP ROLE r",
+        "GRANT pg_write_all_data TO current_user",
+        "ALTER ROLE r SET search_path = evil",
+        "ALTER ROLE r RENAME TO s",
         "EXECUTE p(1)",
         "CREATE TABLE x AS EXECUTE p",
         "SELECT f()",
@@ -312,6 +320,7 @@ fn opaque_constructs_are_marked_with_a_reason() {
         "SELECT row_to_json(u), json_agg(u.email) FROM users u GROUP BY u",
         "SELECT abalance FROM pgbench_accounts WHERE aid = 1",
         "UPDATE pgbench_accounts SET abalance = abalance + 5 WHERE aid = 7",
+        "ALTER TABLE t RENAME TO u",
         "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 1, 1, 1, CURRENT_TIMESTAMP)",
         "SET statement_timeout = 5000",
         "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
@@ -361,6 +370,33 @@ fn opaque_constructs_are_marked_with_a_reason() {
 
     assert!(is_safe_function("pg_catalog.lower") && is_safe_function("lower"));
     assert!(!is_safe_function("public.lower") && !is_safe_function("x.pg_catalog.lower"));
+}
+
+/// An update whose SET list takes values from columns or subqueries can copy one column into
+/// another (the proxy refuses it over masked columns); one that sets constants cannot.
+#[test]
+fn updates_that_set_from_columns_are_marked() {
+    let settings = SqlSessionSettings::default();
+    for sql in [
+        "UPDATE customers SET notes = encode(convert_to(phone, 'UTF8'), 'hex') WHERE id = 3",
+        "UPDATE t SET a = (SELECT email FROM customers LIMIT 1)",
+        "UPDATE t SET a = b",
+        "INSERT INTO t (id, a) VALUES (1, 'x') ON CONFLICT (id) DO UPDATE SET a = t.b",
+        "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN UPDATE SET a = s.email",
+        "WITH u AS (UPDATE t SET a = b RETURNING 1) SELECT 1",
+    ] {
+        let c = classify(sql, &settings);
+        assert!(c.statements[0].has(Risk::WriteFromColumns), "{sql}");
+    }
+    for sql in [
+        "UPDATE t SET a = 1, b = 'x' WHERE id = 7",
+        "UPDATE t SET a = $1 WHERE id = $2",
+        "INSERT INTO t (id, a) VALUES (1, 'x') ON CONFLICT (id) DO UPDATE SET a = 'y'",
+        "DELETE FROM t WHERE a = b",
+    ] {
+        let c = classify(sql, &settings);
+        assert!(!c.statements[0].has(Risk::WriteFromColumns), "{sql}");
+    }
 }
 
 /// Settings are read as PostgreSQL reads them, including `set_config` and `SET NAMES`.

@@ -124,8 +124,8 @@ async fn typed_shell(gw: &Gateway, input: &str) -> (Option<u32>, String) {
     (status, String::from_utf8_lossy(&seen).into_owned())
 }
 
-/// docs/policy.md, "Interactive shells": a shell is opaque (refused here, where opaque is
-/// denied); where a rule allows shells, typed lines are recorded but not decided.
+/// docs/policy.md, "Interactive shells": a shell is refused unless a rule names the shell
+/// channel; where a rule allows shells, typed lines are recorded but not decided.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interactive_shells_are_opaque_and_typed_lines_are_not_decided() {
     let root = tempfile::tempdir().unwrap();
@@ -145,8 +145,8 @@ async fn interactive_shells_are_opaque_and_typed_lines_are_not_decided() {
         operations(&recorder).iter().any(|(op, dec)| matches!(
             op,
             gatehouse_core::Operation::Ssh(gatehouse_core::SshOperation::Shell { pty: true })
-        ) && dec.rule_id == "opaque"),
-        "the shell was decided as opaque"
+        ) && dec.rule_id == "ssh-channel-not-allowed"),
+        "the shell was refused: no rule names the shell channel"
     );
 
     let allowing = format!(

@@ -197,7 +197,7 @@ id = "box-inspect"
 reason = "read-only inspection of the demo host"
 verdict = "allow"
 targets = ["box"]
-exec = { program = ["uname", "hostname", "uptime", "whoami", "id", "date", "echo", "ls", "df", "free", "ps", "cat", "head", "tail", "wc", "grep"] }
+exec = { program = ["uname", "hostname", "uptime", "whoami", "id", "date", "echo", "ls", "df", "free", "ps", "cat", "head", "tail", "wc", "grep", "rev", "cut", "od", "base64"] }
 
 # ---- SSH channels --------------------------------------------------------------------------
 # A shell, sftp/scp, rsync, git, port forwards (`ssh -L`/`-D`) and env requests are refused
@@ -409,8 +409,8 @@ mod tests {
         assert_eq!(exec("systemctl restart cron").0, Verdict::Review);
         assert_eq!(exec("uname -n"), (Verdict::Allow, "box-inspect".into()));
         assert_eq!(exec("echo hi"), (Verdict::Allow, "box-inspect".into()));
-        // Anything else, what the gateway cannot see into, and interactive shells wait for
-        // an approval.
+        // Anything else and what the gateway cannot see into wait for an approval; interactive
+        // shells are refused (no rule names the shell channel).
         assert_eq!(exec("touch /tmp/x"), (Verdict::Review, "default".into()));
         for line in [
             "python3 -c 'import shutil'",
@@ -421,6 +421,6 @@ mod tests {
             assert_eq!(exec(line), (Verdict::Review, "opaque".into()), "{line}");
         }
         let shell = decide(Operation::Ssh(SshOperation::Shell { pty: true }));
-        assert_eq!(shell, (Verdict::Review, "opaque".into()));
+        assert_eq!(shell, (Verdict::Deny, "ssh-channel-not-allowed".into()));
     }
 }

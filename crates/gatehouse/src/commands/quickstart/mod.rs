@@ -356,7 +356,7 @@ fn print_instructions(i: &Instructions<'_>) {
             String::new(),
             "   `rm -rf /tmp/x` (in any spelling rm reads as -r) is denied (exit 126); `systemctl restart cron`,".to_string(),
             "   commands outside the inspection allow-list, what the gateway cannot see into (`python3 -c …`,".to_string(),
-            "   `find -exec`) and interactive shells wait for an approval (typed lines are recorded, not decided).".to_string(),
+            "   `find -exec`) wait for an approval; interactive shells, sftp/scp and port forwards are refused.".to_string(),
             String::new(),
         ]);
     }
