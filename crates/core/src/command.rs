@@ -594,6 +594,28 @@ fn shell_step(base: &str, args: &[String]) -> Step {
     if has(&reading.options, "rcfile") || has(&reading.options, "init-file") {
         return opaque(format!("{base} --rcfile runs a file"));
     }
+    // Only options that change nothing about what the script runs keep it readable. Others
+    // change how the script is read or what runs first: `-k` (every NAME=value word becomes
+    // an environment variable, so `ENV=$(…)` reaches `sh -i`), `-i`/`-l` (read ENV, rc and
+    // profile files), `-a`, `-o keyword`, `-s`, `+…`, …
+    const PLAIN_OPTIONS: &[&str] = &["c", "e", "u", "x", "v", "f", "n", "noprofile", "norc"];
+    const PLAIN_SET_OPTIONS: &[&str] = &[
+        "errexit", "nounset", "xtrace", "verbose", "noglob", "noexec", "pipefail",
+    ];
+    if let Some(o) = reading.options.iter().find(|o| {
+        if o.name == "o" {
+            !o.value
+                .as_deref()
+                .is_some_and(|v| PLAIN_SET_OPTIONS.contains(&v))
+        } else {
+            !PLAIN_OPTIONS.contains(&o.name.as_str())
+        }
+    }) {
+        return opaque(format!(
+            "{base} option {} changes how the script is read or what runs before it",
+            o.name
+        ));
+    }
     if !has(&reading.options, "c") {
         return opaque(format!(
             "{base} reads its script from a file or from its input: the gateway cannot see it"

@@ -30,8 +30,16 @@ async fn exec_corpus_through_kubectl_exec() {
         };
         let mut args: Vec<&str> = vec!["exec", "web-0", "--"];
         args.extend(words.iter().map(String::as_str));
-        let before = rig.operations().len();
-        let out = rig.kubectl(&args).await;
+        let mut before = rig.operations().len();
+        let mut out = rig.kubectl(&args).await;
+        // kubectl v1.32 sometimes tears down a finished websocket exec with "Unknown stream id 3
+        // … closed all streams" (seen once under heavy load, on a control line that ran). The
+        // corpus is about decisions, so a control line gets one more try; a second failure is
+        // reported as any other.
+        if !line.deletes && out.code != Some(0) && out.stderr.contains("closed all streams") {
+            before = rig.operations().len();
+            out = rig.kubectl(&args).await;
+        }
         let present = Path::new(&d).exists();
         let decided: Vec<Verdict> = rig
             .operations()
