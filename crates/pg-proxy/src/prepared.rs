@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use gatehouse_core::Decision;
 use tokio::sync::Notify;
 
-use crate::statements::StatementInfo;
+use crate::statements::{StatementInfo, skip_quoted};
 
 /// A statement the server holds under a name.
 #[derive(Debug, Clone)]
@@ -506,26 +506,6 @@ fn tokenize(text: &str, scs: bool, limit: usize) -> Option<Vec<Token>> {
         }
     }
     Some(out)
-}
-
-/// Index just past the closing quote; doubled quotes (and, if asked, backslashes) escape.
-fn skip_quoted(b: &[u8], mut i: usize, quote: u8, backslash_escapes: bool) -> Option<usize> {
-    while i < b.len() {
-        let c = b[i];
-        if backslash_escapes && c == b'\\' {
-            i += 2;
-            continue;
-        }
-        if c == quote {
-            if b.get(i + 1) == Some(&quote) {
-                i += 2;
-                continue;
-            }
-            return Some(i + 1);
-        }
-        i += 1;
-    }
-    None
 }
 
 fn keyword(t: Option<&Token>, kw: &str) -> bool {

@@ -716,7 +716,12 @@ fn is_ident_byte_before(b: &[u8], i: usize) -> bool {
 }
 
 /// Index just past the closing quote, or `None` if unterminated. Doubled quotes escape.
-fn skip_quoted(b: &[u8], mut i: usize, quote: u8, backslash_escapes: bool) -> Option<usize> {
+pub(crate) fn skip_quoted(
+    b: &[u8],
+    mut i: usize,
+    quote: u8,
+    backslash_escapes: bool,
+) -> Option<usize> {
     while i < b.len() {
         let c = b[i];
         if backslash_escapes && c == b'\\' {
