@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use gatehouse_core::Decision;
 use tokio::sync::Notify;
 
-use crate::statements::{StatementInfo, skip_quoted};
+use crate::statements::{StatementInfo, skip_block_comment, skip_quoted};
 
 /// A statement the server holds under a name.
 #[derive(Debug, Clone)]
@@ -394,22 +394,7 @@ fn tokenize(text: &str, scs: bool, limit: usize) -> Option<Vec<Token>> {
                 continue;
             }
             b'/' if b.get(i + 1) == Some(&b'*') => {
-                let mut nest = 1;
-                i += 2;
-                while nest > 0 {
-                    match (b.get(i), b.get(i + 1)) {
-                        (Some(b'/'), Some(b'*')) => {
-                            nest += 1;
-                            i += 2;
-                        }
-                        (Some(b'*'), Some(b'/')) => {
-                            nest -= 1;
-                            i += 2;
-                        }
-                        (Some(_), _) => i += 1,
-                        (None, _) => return None,
-                    }
-                }
+                i = skip_block_comment(b, i)?;
                 continue;
             }
             b'\'' => {

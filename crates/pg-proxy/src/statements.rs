@@ -631,22 +631,7 @@ pub fn split(
                 i = memchr::memchr(b'\n', &b[i..]).map_or(b.len(), |p| i + p + 1);
             }
             b'/' if b.get(i + 1) == Some(&b'*') => {
-                let mut nest = 1;
-                i += 2;
-                while nest > 0 {
-                    match (b.get(i), b.get(i + 1)) {
-                        (Some(b'/'), Some(b'*')) => {
-                            nest += 1;
-                            i += 2;
-                        }
-                        (Some(b'*'), Some(b'/')) => {
-                            nest -= 1;
-                            i += 2;
-                        }
-                        (Some(_), _) => i += 1,
-                        (None, _) => return Err(AnalyzeError::Unterminated("comment")),
-                    }
-                }
+                i = skip_block_comment(b, i).ok_or(AnalyzeError::Unterminated("comment"))?;
             }
             b'$' if i == 0 || !is_ident_byte(b[i - 1]) => {
                 // $tag$ … $tag$ (tag may be empty); `$1` is a parameter, not a quote.
@@ -716,6 +701,27 @@ fn is_ident_byte_before(b: &[u8], i: usize) -> bool {
 }
 
 /// Index just past the closing quote, or `None` if unterminated. Doubled quotes escape.
+/// Index just past a (nested) block comment that starts at `i` (`/*`), or `None` if unterminated.
+pub(crate) fn skip_block_comment(b: &[u8], mut i: usize) -> Option<usize> {
+    let mut nest = 1;
+    i += 2;
+    while nest > 0 {
+        match (b.get(i), b.get(i + 1)) {
+            (Some(b'/'), Some(b'*')) => {
+                nest += 1;
+                i += 2;
+            }
+            (Some(b'*'), Some(b'/')) => {
+                nest -= 1;
+                i += 2;
+            }
+            (Some(_), _) => i += 1,
+            (None, _) => return None,
+        }
+    }
+    Some(i)
+}
+
 pub(crate) fn skip_quoted(
     b: &[u8],
     mut i: usize,
