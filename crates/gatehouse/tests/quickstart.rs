@@ -95,11 +95,7 @@ fn quickstart_as_a_new_user() {
         .find(|l| l.starts_with("PGPASSWORD="))
         .expect("psql command")
         .clone();
-    let export_line = printed
-        .iter()
-        .find(|l| l.starts_with("export GATEHOUSE_ADMIN_URL="))
-        .expect("approver env")
-        .clone();
+    let approver = approver_credentials(&printed, &stderr_lines.lock().unwrap(), &qs_dir);
     assert!(psql_line.contains("sslmode=verify-full"), "{psql_line}");
 
     // The agent reads: PII columns masked, a card number inside free text masked.
@@ -168,8 +164,7 @@ fn quickstart_as_a_new_user() {
             )
         })
     };
-    let env_line = export_line.trim_start_matches("export ");
-    let approver_env = |cmd: &str| format!("env {env_line} {cmd}");
+    let approver_env = |cmd: &str| format!(". {} && {cmd}", approver.file.display());
     let mut id = None;
     for _ in 0..100 {
         let out = sh(&approver_env(&format!("{EXE} approvals list")), &[]);
@@ -190,9 +185,9 @@ fn quickstart_as_a_new_user() {
         .unwrap()
         .to_string();
     let out = sh(
-        &format!(
-            "env {env_line} GATEHOUSE_TOKEN=\"$T\" {EXE} approvals approve {id} --reason mine"
-        ),
+        &approver_env(&format!(
+            "GATEHOUSE_TOKEN=\"$T\" {EXE} approvals approve {id} --reason mine"
+        )),
         &[("T", agent_token.as_str())],
     );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
@@ -218,22 +213,9 @@ fn quickstart_as_a_new_user() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "4");
 
     // The admin API: health without a token, metrics only with an operator's token.
-    let admin_url = env_line
-        .split_whitespace()
-        .find_map(|kv| kv.strip_prefix("GATEHOUSE_ADMIN_URL="))
-        .unwrap()
-        .to_string();
-    let ca = env_line
-        .split_whitespace()
-        .find_map(|kv| kv.strip_prefix("GATEHOUSE_CA="))
-        .unwrap()
-        .to_string();
-    let approver_token = env_line
-        .split("GATEHOUSE_TOKEN='")
-        .nth(1)
-        .unwrap()
-        .trim_end_matches('\'')
-        .to_string();
+    let admin_url = approver.admin_url.clone();
+    let ca = approver.ca.clone();
+    let approver_token = approver.token.clone();
     let out = sh(
         &format!("curl -sS --max-time 20 --cacert {ca} {admin_url}/healthz"),
         &[],
@@ -276,6 +258,49 @@ fn quickstart_as_a_new_user() {
         "403",
         "an agent may not read metrics"
     );
+
+    // An explicit table lock (which, held in an open transaction, blocks every other session)
+    // waits for a human; while it waits the table stays usable, and denied, it never runs.
+    let lock = {
+        let line = psql_line.clone();
+        std::thread::spawn(move || {
+            sh(
+                &format!(
+                    "{line} -XAt -v ON_ERROR_STOP=1 -c 'BEGIN' -c 'LOCK TABLE customers IN ACCESS EXCLUSIVE MODE' -c 'SELECT pg_backend_pid()' -c 'COMMIT'"
+                ),
+                &[],
+            )
+        })
+    };
+    let lock_id = pending_approval(&approver_env, "LOCK TABLE customers")
+        .expect("LOCK TABLE shows up as a pending approval");
+    assert!(
+        lock_id.1.contains("review-lock"),
+        "held by another rule: {}",
+        lock_id.1
+    );
+    let out = sh(
+        &format!("{psql_line} -XAt -c 'SELECT count(*) FROM customers'"),
+        &[],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "4",
+        "{}",
+        text(&out)
+    );
+    let out = sh(
+        &approver_env(&format!(
+            "{EXE} approvals deny {} --reason 'no locks today'",
+            lock_id.0
+        )),
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let locked = lock.join().unwrap();
+    let t = text(&locked);
+    assert_ne!(locked.status.code(), Some(0), "{t}");
+    assert!(t.contains("denied") && t.contains("no locks today"), "{t}");
 
     // The HTTP target: the printed curl command returns users with PII masked; the gateway
     // injected the API key the agent never saw; a DELETE answers 409 until approved.
@@ -392,6 +417,7 @@ fn quickstart_as_a_new_user() {
             "{t}"
         );
         assert!(t.contains("[card]"), "{t}");
+        masking_holds_with_the_default_allow_list(&qs_dir, &ssh, &approver_env);
         let held = {
             let key_line = key_line.clone();
             let line = ssh_line.replace("'uname -n'", "'systemctl --version'");
@@ -684,6 +710,137 @@ fn quickstart_as_a_new_user() {
     assert!(text(&out).contains("FAILED"), "{}", text(&out));
 }
 
+/// With the quickstart's default allow-list, a file on the target holding a card number and an
+/// AWS key comes back masked through `cat`; the transforms that would carry it past the masking
+/// (`rev`, `base64`, `od`, `cut`) are not on the list: each waits for an approval, and denied,
+/// prints nothing.
+fn masking_holds_with_the_default_allow_list(
+    qs_dir: &std::path::Path,
+    ssh: &(dyn Fn(&str) -> std::process::Output + Sync),
+    approver_env: &dyn Fn(&str) -> String,
+) {
+    use std::os::unix::fs::PermissionsExt as _;
+    // The target's home: the dedicated user's as root, the sandbox's otherwise.
+    let home = if nix::unistd::geteuid().is_root() {
+        std::path::PathBuf::from("/var/lib/gatehouse-box")
+    } else {
+        qs_dir.join("box-home")
+    };
+    let probe = home.join("masking-probe.txt");
+    std::fs::write(
+        &probe,
+        "card 4111 1111 1111 1111 key AKIAIOSFODNN7EXAMPLE\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&probe, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = ssh("cat masking-probe.txt");
+    let t = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        t.contains("[card]")
+            && !t.contains("4111 1111 1111 1111")
+            && !t.contains("AKIAIOSFODNN7EXAMPLE"),
+        "{t}"
+    );
+    for command in [
+        "rev masking-probe.txt",
+        "base64 masking-probe.txt",
+        "od -c masking-probe.txt",
+        "cut -c1-12 masking-probe.txt",
+    ] {
+        let held = std::thread::scope(|scope| {
+            let run = scope.spawn(|| ssh(command));
+            let (id, line) = pending_approval(approver_env, command)
+                .unwrap_or_else(|| panic!("`{command}` is not held for an approval"));
+            assert!(line.contains("rule default"), "{line}");
+            let out = sh(
+                &approver_env(&format!(
+                    "{EXE} approvals deny {id} --reason 'no transforms'"
+                )),
+                &[],
+            );
+            assert!(out.status.success(), "{}", text(&out));
+            run.join().unwrap()
+        });
+        assert!(
+            held.stdout.is_empty() && !held.status.success(),
+            "`{command}` ran: {}",
+            text(&held)
+        );
+    }
+    std::fs::remove_file(&probe).unwrap();
+}
+
+/// The first pending approval whose line contains `needle` (its id and line), polled for up to
+/// 20 s through `gatehouse approvals list`.
+fn pending_approval(
+    approver_env: &dyn Fn(&str) -> String,
+    needle: &str,
+) -> Option<(String, String)> {
+    for _ in 0..100 {
+        let out = sh(&approver_env(&format!("{EXE} approvals list")), &[]);
+        assert!(out.status.success(), "{}", text(&out));
+        if let Some(line) = text(&out).lines().find(|l| l.contains(needle)) {
+            let id = line.split_whitespace().next()?.to_string();
+            return Some((id, line.to_string()));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    None
+}
+
+/// The approver's credentials, as the quickstart hands them to the operator.
+struct ApproverCredentials {
+    file: std::path::PathBuf,
+    admin_url: String,
+    ca: String,
+    token: String,
+}
+
+/// The approver's credentials are in a file only the operator's user can read (0600, in the
+/// quickstart directory), whose path the instructions print: what the quickstart prints (which
+/// an agent reads) holds no approver token.
+fn approver_credentials(
+    printed: &[String],
+    stderr: &[String],
+    qs_dir: &std::path::Path,
+) -> ApproverCredentials {
+    use std::os::unix::fs::MetadataExt as _;
+    let file = qs_dir.canonicalize().unwrap().join("approver.env");
+    let source_line = format!(". {}", file.display());
+    assert!(
+        printed.iter().any(|l| l.trim() == source_line),
+        "the instructions do not say `{source_line}`: {printed:?}"
+    );
+    let meta = std::fs::symlink_metadata(&file)
+        .unwrap_or_else(|e| panic!("{}: {e}; printed: {printed:?}", file.display()));
+    assert!(meta.file_type().is_file());
+    assert_eq!(meta.mode() & 0o777, 0o600, "{} mode", file.display());
+    assert_eq!(meta.uid(), nix::unistd::geteuid().as_raw());
+    let body = std::fs::read_to_string(&file).unwrap();
+    let value = |key: &str| {
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("export {key}=")))
+            .unwrap_or_else(|| panic!("{key} missing from {body}"))
+            .trim_matches('\'')
+            .to_string()
+    };
+    let token = value("GATEHOUSE_TOKEN");
+    assert!(token.len() > 40, "{body}");
+    for line in printed.iter().chain(stderr) {
+        assert!(
+            !line.contains(&token),
+            "the approver's token is printed where the agent reads: {line}"
+        );
+    }
+    ApproverCredentials {
+        admin_url: value("GATEHOUSE_ADMIN_URL"),
+        ca: value("GATEHOUSE_CA"),
+        file,
+        token,
+    }
+}
+
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     if let Ok(entries) = std::fs::read_dir(dir) {
@@ -699,13 +856,15 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-/// Appends a rule letting group `agents` use sftp to the quickstart policy and reloads it.
+/// Appends rules letting group `agents` use sftp, psql and the transforms the quickstart's
+/// allow-list leaves out (`rev`, `cut`, `od`, `base64`: the test reads the gateway's files
+/// with them) to the quickstart policy and reloads it.
 fn allow_sftp_for_agents(policy_path: &std::path::Path, qs: &ChildGuard) {
     let policy = std::fs::read_to_string(policy_path).unwrap();
     std::fs::write(
         policy_path,
         format!(
-            "{policy}\n[[rules]]\nid = \"test-agents-sftp\"\nreason = \"the test fetches files\"\nverdict = \"allow\"\ngroups = [\"agents\"]\nssh = {{ channels = [\"subsystem\"], subsystems = [\"sftp\"] }}\n\n[[rules]]\nid = \"test-agents-psql\"\nreason = \"the test tries the quickstart's PostgreSQL from the target\"\nverdict = \"allow\"\ngroups = [\"agents\"]\nopaque = true\nexec = {{ program = [\"psql\"] }}\n"
+            "{policy}\n[[rules]]\nid = \"test-agents-transforms\"\nreason = \"the test reads files in every form\"\nverdict = \"allow\"\ngroups = [\"agents\"]\nexec = {{ program = [\"rev\", \"cut\", \"od\", \"base64\"] }}\n\n[[rules]]\nid = \"test-agents-sftp\"\nreason = \"the test fetches files\"\nverdict = \"allow\"\ngroups = [\"agents\"]\nssh = {{ channels = [\"subsystem\"], subsystems = [\"sftp\"] }}\n\n[[rules]]\nid = \"test-agents-psql\"\nreason = \"the test tries the quickstart's PostgreSQL from the target\"\nverdict = \"allow\"\ngroups = [\"agents\"]\nopaque = true\nexec = {{ program = [\"psql\"] }}\n"
         ),
     )
     .unwrap();
@@ -1138,4 +1297,173 @@ fn quickstart_as_a_normal_user_sandboxes_the_ssh_target() {
         }
     }
     qs.stop(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(30));
+}
+
+/// The `box` target's sshd port, from a quickstart's config.
+fn box_port(qs_dir: &std::path::Path) -> u16 {
+    let config = std::fs::read_to_string(qs_dir.join("gatehouse.toml")).unwrap();
+    let start = config.find("name = \"box\"").expect("a box target");
+    config[start..]
+        .split("address = \"127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .and_then(|p| p.parse().ok())
+        .expect("box target address")
+}
+
+/// The quickstart command (all listeners on free ports) for `qs_dir`.
+fn quickstart_command(qs_dir: &std::path::Path) -> Command {
+    let mut cmd = Command::new(EXE);
+    cmd.args(["quickstart", "--dir"]).arg(qs_dir).args([
+        "--pg-listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--ssh-listen",
+        "127.0.0.1:0",
+    ]);
+    cmd
+}
+
+/// Two quickstarts started at the same time as root share the `gatehouse-box` user, never the
+/// keys its targets trust: each target accepts its own gateway's key and refuses the other's
+/// (real OpenSSH client straight to each sshd), both gateways still reach their own target,
+/// and the target user can change neither keys file.
+#[test]
+fn two_quickstarts_as_root_trust_only_their_own_keys() {
+    let sshd_installed = ["/usr/sbin/sshd", "/usr/local/sbin/sshd", "/sbin/sshd"]
+        .iter()
+        .any(|p| std::path::Path::new(p).exists());
+    if !nix::unistd::geteuid().is_root() || !sshd_installed {
+        eprintln!("skipped: needs root (the dedicated target user) and sshd");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let dirs = [dir.path().join("qs-a"), dir.path().join("qs-b")];
+    let [(mut qs_a, printed_a, _), (mut qs_b, printed_b, _)] = std::thread::scope(|scope| {
+        let started: Vec<_> = dirs
+            .iter()
+            .map(|d| scope.spawn(|| start_quickstart(quickstart_command(d))))
+            .collect();
+        let mut started = started.into_iter().map(|h| h.join().unwrap());
+        [started.next().unwrap(), started.next().unwrap()]
+    });
+    // Straight to each target's sshd with each gateway's key.
+    let direct = |key_of: &std::path::Path, target: &std::path::Path| {
+        let mut cmd = Command::new("ssh");
+        cmd.arg("-i")
+            .arg(key_of.join("ssh/gateway_to_box_ed25519"))
+            .args([
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ConnectTimeout=10",
+                "-o",
+                "StrictHostKeyChecking=yes",
+                "-F",
+                "/dev/null",
+            ])
+            .arg("-o")
+            .arg(format!(
+                "UserKnownHostsFile={}",
+                target.join("ssh/upstream_known_hosts").display()
+            ))
+            .args(["-p", &box_port(target).to_string()])
+            .args(["gatehouse-box@127.0.0.1", "id -un"])
+            .stdin(Stdio::null());
+        run_with_timeout(cmd, Duration::from_secs(60)).unwrap()
+    };
+    for (own, other) in [(&dirs[0], &dirs[1]), (&dirs[1], &dirs[0])] {
+        let out = direct(own, own);
+        assert!(
+            out.status.success(),
+            "{}'s target refuses its own gateway's key: {}",
+            own.display(),
+            text(&out)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "gatehouse-box");
+        let out = direct(other, own);
+        assert_ne!(
+            out.status.code(),
+            Some(0),
+            "{}'s target accepts {}'s key: {}",
+            own.display(),
+            other.display(),
+            text(&out)
+        );
+        assert!(text(&out).contains("Permission denied"), "{}", text(&out));
+    }
+    // Each keys file is its own quickstart's, and the target user cannot write it.
+    let keys_file = |qs_dir: &std::path::Path| {
+        let config = std::fs::read_to_string(qs_dir.join("ssh/sshd_config")).unwrap();
+        config
+            .lines()
+            .find_map(|l| l.strip_prefix("AuthorizedKeysFile "))
+            .expect("AuthorizedKeysFile")
+            .trim()
+            .to_string()
+    };
+    let (file_a, file_b) = (keys_file(&dirs[0]), keys_file(&dirs[1]));
+    assert_ne!(file_a, file_b);
+    for (file, qs_dir) in [(&file_a, &dirs[0]), (&file_b, &dirs[1])] {
+        let trusted = std::fs::read_to_string(file).unwrap();
+        let own = std::fs::read_to_string(qs_dir.join("ssh/gateway_to_box_ed25519.pub")).unwrap();
+        assert_eq!(trusted.trim(), own.trim(), "{file}");
+        let parent = std::path::Path::new(file)
+            .parent()
+            .unwrap()
+            .display()
+            .to_string();
+        for attempt in [
+            format!("echo x >> {file}"),
+            format!("rm -f {file}"),
+            format!("mv {parent} {parent}.moved"),
+            format!("touch {parent}/other"),
+        ] {
+            let mut cmd = Command::new("runuser");
+            cmd.args(["-u", "gatehouse-box", "--", "sh", "-c", &attempt])
+                .current_dir("/");
+            let out = run_with_timeout(cmd, Duration::from_secs(30)).unwrap();
+            assert_ne!(out.status.code(), Some(0), "`{attempt}`: {}", text(&out));
+        }
+        assert_eq!(std::fs::read_to_string(file).unwrap(), trusted);
+    }
+    // Both gateways still reach their own target through their printed commands.
+    for printed in [&printed_a, &printed_b] {
+        let key_line = printed
+            .iter()
+            .find(|l| l.starts_with("export GATEHOUSE_KEY="))
+            .unwrap();
+        let ssh_line = printed
+            .iter()
+            .find(|l| l.starts_with("SSH_ASKPASS="))
+            .unwrap()
+            .replace(" ssh -p ", " ssh -o ConnectTimeout=10 -p ")
+            .replace("'uname -n'", "'id -un'");
+        let out = sh(&format!("{key_line} && {ssh_line} </dev/null"), &[]);
+        assert!(out.status.success(), "{}", text(&out));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "gatehouse-box",
+            "{}",
+            text(&out)
+        );
+    }
+    // A stopped quickstart leaves no key trusted behind; the other's target is unaffected.
+    qs_a.stop(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(30));
+    assert!(
+        !std::path::Path::new(&file_a).exists(),
+        "{file_a} left behind"
+    );
+    let out = direct(&dirs[1], &dirs[1]);
+    assert!(out.status.success(), "{}", text(&out));
+    qs_b.stop(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(30));
+    assert!(
+        !std::path::Path::new(&file_b).exists(),
+        "{file_b} left behind"
+    );
 }

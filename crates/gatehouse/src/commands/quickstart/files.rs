@@ -160,6 +160,17 @@ approvals = 1
 timeout = "10m"
 sql = { kinds = ["delete"] }
 
+# An explicit lock (`LOCK TABLE`, in any mode) held in an open transaction blocks every other
+# session's reads or writes of the table for as long as the agent keeps it: a human decides.
+[[rules]]
+id = "review-lock"
+reason = "an explicit table lock can block every other session; it needs a human approval"
+verdict = "review"
+approvers = ["approvers"]
+approvals = 1
+timeout = "10m"
+sql = { kinds = ["lock"] }
+
 # The HTTP target `demo-api`: JSON responses are masked by the `pii` profile (e-mail, card and
 # phone fields, and card numbers in free text); deleting a user needs a human approval.
 [[rules]]
@@ -197,7 +208,10 @@ id = "box-inspect"
 reason = "read-only inspection of the demo host"
 verdict = "allow"
 targets = ["box"]
-exec = { program = ["uname", "hostname", "uptime", "whoami", "id", "date", "echo", "ls", "df", "free", "ps", "cat", "head", "tail", "wc", "grep", "rev", "cut", "od", "base64"] }
+exec = { program = ["uname", "hostname", "uptime", "whoami", "id", "date", "echo", "ls", "df", "free", "ps", "cat", "head", "tail", "wc", "grep"] }
+# Deliberately absent: transforms that turn content into a form the output masking cannot
+# recognise (`rev`, `base64`, `base32`, `od`, `xxd`, `hexdump`, `cut`, `tr`, `sed`, `awk`, …).
+# They wait for an approval like any other command outside the list.
 
 # ---- SSH channels --------------------------------------------------------------------------
 # A shell, sftp/scp, rsync, git, port forwards (`ssh -L`/`-D`) and env requests are refused
@@ -377,15 +391,19 @@ tags = ["demo", "pii"]
 #[cfg(test)]
 mod tests {
     use gatehouse_core::{
-        AuthMethod, ExecCommand, Identity, Operation, Policy, Protocol, SshOperation, Target,
-        Verdict,
+        AuthMethod, ExecCommand, Identity, Operation, Policy, Protocol, SqlOperation, SshOperation,
+        Target, Verdict,
     };
     use gatehouse_policy::CompiledPolicy;
 
     fn decide(op: Operation) -> (Verdict, String) {
         let policy = CompiledPolicy::from_toml(super::POLICY, "policy.toml").unwrap();
         let agent = Identity::new("agent", "quickstart", AuthMethod::Test).with_group("agents");
-        let d = policy.decide(&agent, &Target::new("box", Protocol::Ssh), &op);
+        let target = match &op {
+            Operation::Sql(_) => Target::new("demo", Protocol::Postgres),
+            _ => Target::new("box", Protocol::Ssh),
+        };
+        let d = policy.decide(&agent, &target, &op);
         (d.verdict, d.rule_id)
     }
 
@@ -412,6 +430,15 @@ mod tests {
         // Anything else and what the gateway cannot see into wait for an approval; interactive
         // shells are refused (no rule names the shell channel).
         assert_eq!(exec("touch /tmp/x"), (Verdict::Review, "default".into()));
+        // Transforms that defeat output masking are not on the allow-list.
+        for line in [
+            "rev /etc/hostname",
+            "base64 /etc/hostname",
+            "od -c /etc/hostname",
+            "cut -c1-20 /etc/hostname",
+        ] {
+            assert_eq!(exec(line), (Verdict::Review, "default".into()), "{line}");
+        }
         for line in [
             "python3 -c 'import shutil'",
             "find /tmp/x -delete",
@@ -419,6 +446,19 @@ mod tests {
             "bash",
         ] {
             assert_eq!(exec(line), (Verdict::Review, "opaque".into()), "{line}");
+        }
+        // An explicit table lock waits for an approval, in every spelling and mode.
+        for sql in [
+            "LOCK TABLE customers",
+            "lock customers in access exclusive mode",
+            "LOCK TABLE ONLY customers IN SHARE MODE NOWAIT",
+            "BEGIN; LOCK TABLE customers IN ROW EXCLUSIVE MODE",
+        ] {
+            assert_eq!(
+                decide(Operation::Sql(SqlOperation::simple(sql))),
+                (Verdict::Review, "review-lock".into()),
+                "{sql}"
+            );
         }
         let shell = decide(Operation::Ssh(SshOperation::Shell { pty: true }));
         assert_eq!(shell, (Verdict::Deny, "ssh-channel-not-allowed".into()));

@@ -50,14 +50,20 @@ fn failed(msg: impl Into<String>) -> CommandError {
 /// the `postgres` user must be able to reach it (home directories are often private).
 fn postgres_root(dir: &Path) -> PathBuf {
     if nix::unistd::geteuid().is_root() {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in dir.as_os_str().as_encoded_bytes() {
-            h = (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
-        }
-        std::env::temp_dir().join(format!("gatehouse-quickstart-pg-{h:016x}"))
+        std::env::temp_dir().join(format!("gatehouse-quickstart-pg-{}", dir_id(dir)))
     } else {
         dir.join("postgres")
     }
+}
+
+/// A short name for a quickstart directory (FNV-1a of its canonical path), for what must live
+/// outside it: one quickstart's files never collide with another's.
+fn dir_id(dir: &Path) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in dir.as_os_str().as_encoded_bytes() {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+    }
+    format!("{h:016x}")
 }
 
 /// Makes `dir` and everything in it the gateway's alone: no group or other permission bits
@@ -213,6 +219,8 @@ pub fn run(args: Args) -> CommandResult {
             Some(s) => Some(write_ssh_client_files(&dir, s)?),
             None => None,
         };
+        let approver_env =
+            write_approver_env(&dir, admin_addr.port(), &approver_token, &operator_name())?;
         print_instructions(&Instructions {
             exe: &exe,
             dir: &dir,
@@ -222,7 +230,7 @@ pub fn run(args: Args) -> CommandResult {
             http_port: http_addr.port(),
             ssh: ssh.as_ref(),
             agent_token: &agent_token,
-            approver_token: &approver_token,
+            approver_env: &approver_env,
             audit_key: &audit.signing_key,
             audit_public_key: &hex::encode(audit_key.verifying_key().as_bytes()),
             witness: audit.witness_dir.as_deref(),
@@ -235,6 +243,58 @@ pub fn run(args: Args) -> CommandResult {
     drop(sshd);
     drop(pg);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The name of the user running the quickstart (for the banner), or its uid.
+fn operator_name() -> String {
+    let uid = nix::unistd::geteuid();
+    nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| format!("uid {uid}"))
+}
+
+/// Writes the approver's credentials (admin URL, CA, token) as a shell file to source, mode 0600
+/// in the quickstart directory, so that the printed instructions — which an agent reads — never
+/// hold a token that can approve the agent's own held operations.
+fn write_approver_env(
+    dir: &Path,
+    admin_port: u16,
+    approver_token: &str,
+    operator: &str,
+) -> Result<PathBuf, CommandError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let path = dir.join("approver.env");
+    // A fresh file each run (never through a link an earlier run or someone else left).
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(failed(format!("{}: {e}", path.display()))),
+    }
+    let ca = dir.join("tls").join("ca.crt");
+    let body = format!(
+        "# Written by `gatehouse quickstart` on each run: the approver's credentials (group\n\
+         # `approvers`; they can approve every held operation). Mode 0600, readable by {operator}\n\
+         # only. Keep them from the agent: `. {path}` in the approver's own terminal.\n\
+         export GATEHOUSE_ADMIN_URL=https://localhost:{admin_port}\n\
+         export GATEHOUSE_CA='{ca}'\n\
+         export GATEHOUSE_TOKEN='{approver_token}'\n",
+        path = path.display(),
+        ca = ca.display().to_string().replace('\'', "'\\''"),
+    );
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| failed(format!("{}: {e}", path.display())))?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| failed(format!("chmod {}: {e}", path.display())))?;
+    f.write_all(body.as_bytes())
+        .map_err(|e| failed(format!("{}: {e}", path.display())))?;
+    Ok(path)
 }
 
 /// What an agent needs to reach the SSH target through the gateway.
@@ -289,7 +349,7 @@ struct Instructions<'a> {
     http_port: u16,
     ssh: Option<&'a SshClient>,
     agent_token: &'a str,
-    approver_token: &'a str,
+    approver_env: &'a Path,
     audit_key: &'a Path,
     audit_public_key: &'a str,
     witness: Option<&'a Path>,
@@ -361,13 +421,13 @@ fn print_instructions(i: &Instructions<'_>) {
         ]);
     }
     lines.extend([
-        "2. As the approver (group `approvers`), in another terminal:".to_string(),
-        String::new(),
+        "2. As the approver (group `approvers`), in another terminal. The approver's token is not".to_string(),
         format!(
-            "export GATEHOUSE_ADMIN_URL=https://localhost:{admin_port} GATEHOUSE_CA={} GATEHOUSE_TOKEN='{}'",
-            ca.display(),
-            i.approver_token
+            "   printed here, where an agent reads: it is in {} (mode 0600, this user's alone):",
+            i.approver_env.display()
         ),
+        String::new(),
+        format!(". {}", i.approver_env.display()),
         format!("{exe} approvals list"),
         format!("{exe} approvals approve <ID> --reason \"checked with the data owner\""),
         String::new(),

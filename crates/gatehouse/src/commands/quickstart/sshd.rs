@@ -7,6 +7,11 @@
 //! quickstart directory is the gateway's alone (0700); as a normal user, every session (and the
 //! sftp server) runs in a user, pid, ipc, network and mount namespace where the gateway's
 //! directory, `/home`, `/tmp` and `/run` are empty. When neither is possible no target starts.
+//!
+//! Each quickstart's target trusts its own gateway's key only: the keys file named by its sshd
+//! config is the quickstart's own (in its directory as a normal user; as root, in a root-owned
+//! directory per quickstart, since all of them share `gatehouse-box`), and the target user
+//! cannot write it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -29,6 +34,8 @@ pub fn find_sshd() -> Option<PathBuf> {
 /// The account the quickstart's target gives the gateway when the quickstart runs as root.
 pub const BOX_USER: &str = "gatehouse-box";
 const BOX_HOME: &str = "/var/lib/gatehouse-box";
+/// Root's directory of per-quickstart keys files the target trusts (see [`own_authorized_keys`]).
+pub const BOX_KEYS: &str = "/var/lib/gatehouse-box-keys";
 
 /// How the SSH target is kept apart from the gateway.
 #[derive(Debug, Clone)]
@@ -76,33 +83,42 @@ fn dedicated_user() -> Result<(String, PathBuf), String> {
         None => {
             let useradd = first_existing(&["/usr/sbin/useradd", "/sbin/useradd"])
                 .ok_or("`useradd` (package passwd) is not installed, so the target cannot get a user of its own")?;
-            let out = Command::new(useradd)
-                .args([
-                    "--system",
-                    "--user-group",
-                    "--create-home",
-                    "--home-dir",
-                    BOX_HOME,
-                ])
-                .args([
-                    "--shell",
-                    "/bin/sh",
-                    "--comment",
-                    "Gatehouse quickstart SSH target",
-                ])
-                // No password, but not locked: sshd without PAM refuses locked (`!`) accounts.
-                .args(["--password", "*"])
-                .arg(BOX_USER)
-                .stdin(Stdio::null())
-                .output()
-                .map_err(|e| format!("useradd: {e}"))?;
-            if !out.status.success() {
-                return Err(format!(
-                    "useradd {BOX_USER} failed: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ));
+            // Another quickstart starting at the same time may be creating it (useradd then
+            // fails, or cannot lock /etc/passwd): look again, and retry a few times.
+            let mut attempt = 0;
+            loop {
+                let out = Command::new(&useradd)
+                    .args([
+                        "--system",
+                        "--user-group",
+                        "--create-home",
+                        "--home-dir",
+                        BOX_HOME,
+                    ])
+                    .args([
+                        "--shell",
+                        "/bin/sh",
+                        "--comment",
+                        "Gatehouse quickstart SSH target",
+                    ])
+                    // No password, but not locked: sshd without PAM refuses locked (`!`) accounts.
+                    .args(["--password", "*"])
+                    .arg(BOX_USER)
+                    .stdin(Stdio::null())
+                    .output()
+                    .map_err(|e| format!("useradd: {e}"))?;
+                if let Some(u) = lookup() {
+                    break u;
+                }
+                attempt += 1;
+                if out.status.success() || attempt == 5 {
+                    return Err(format!(
+                        "useradd {BOX_USER} created no user: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(500));
             }
-            lookup().ok_or_else(|| format!("useradd created no user {BOX_USER}"))?
         }
     };
     if user.uid.is_root() || user.gid.as_raw() == 0 {
@@ -206,6 +222,77 @@ fn install_and_probe(script: &Path, body: &str, dir: &Path) -> Result<(), String
     }
 }
 
+/// Where the target trusts the gateway's key of the quickstart in `dir` as root, and nothing
+/// else: `/var/lib/gatehouse-box-keys/<id of dir>/authorized_keys`. sshd reads it as the target
+/// user, so it cannot sit in the gateway's directory (0700); it is root's, read-only to
+/// others, in root's directories, so neither the target user nor another quickstart can
+/// change what a target trusts. Two quickstarts share the user, never the keys file.
+fn own_authorized_keys(dir: &Path, client_pub: &str) -> Result<PathBuf, CommandError> {
+    let base = Path::new(BOX_KEYS);
+    let own = base.join(super::dir_id(dir));
+    for d in [base, own.as_path()] {
+        root_only_dir(d)?;
+    }
+    let authorized = own.join("authorized_keys");
+    match std::fs::remove_file(&authorized) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(failed(format!("{}: {e}", authorized.display()))),
+    }
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&authorized)
+            .map_err(|e| failed(format!("{}: {e}", authorized.display())))?;
+        f.write_all(client_pub.as_bytes())
+            .map_err(|e| failed(format!("{}: {e}", authorized.display())))?;
+    }
+    // The process umask (077) took the read bits: the target user must read it.
+    set_mode(&authorized, 0o644)?;
+    Ok(authorized)
+}
+
+/// Creates `d` (0755) when missing and checks that it is a real directory that only root owns
+/// and writes.
+fn root_only_dir(d: &Path) -> Result<(), CommandError> {
+    use std::os::unix::fs::MetadataExt as _;
+    match std::fs::create_dir(d) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(failed(format!("{}: {e}", d.display()))),
+    }
+    let meta = std::fs::symlink_metadata(d).map_err(|e| failed(format!("{}: {e}", d.display())))?;
+    if !meta.file_type().is_dir() || meta.uid() != 0 {
+        return Err(failed(format!(
+            "{} is not a directory owned by root; refusing to keep the SSH target's trusted keys there",
+            d.display()
+        )));
+    }
+    set_mode(d, 0o755)
+}
+
+/// Removes `~gatehouse-box/.ssh/authorized_keys` when an earlier quickstart wrote it (every key
+/// in it is a quickstart gateway's): every quickstart's target shared it, and the machine's own
+/// sshd would honour it too.
+fn forget_shared_authorized_keys(home: &Path) {
+    let shared = home.join(".ssh").join("authorized_keys");
+    if let Ok(text) = std::fs::read_to_string(&shared) {
+        let ours = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .all(|l| l.trim_end().ends_with(" gatehouse-quickstart-gateway"));
+        if ours {
+            let _ = std::fs::remove_file(&shared);
+        }
+    }
+    // Root's `.ssh` an earlier quickstart made, once empty.
+    let _ = std::fs::remove_dir(home.join(".ssh"));
+}
+
 fn set_mode(path: &Path, mode: u32) -> Result<(), CommandError> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
@@ -225,6 +312,9 @@ pub struct LocalSshd {
     pub known_hosts: PathBuf,
     /// How the target is kept apart from the gateway.
     pub isolation: Isolation,
+    /// The keys file the target trusts, when it lives outside the quickstart directory
+    /// (removed, with its directory, when the target stops).
+    own_keys: Option<PathBuf>,
 }
 
 fn keygen(path: &Path, comment: &str) -> Result<(), CommandError> {
@@ -279,20 +369,15 @@ impl LocalSshd {
         // Where sshd finds the gateway's key, who may log in, and what runs a session.
         let (user, authorized, session_lines) = match &isolation {
             Isolation::DedicatedUser { name, home } => {
-                // Read by sshd as the target user: root-owned, world-readable, outside the
-                // gateway's directory.
-                let dot_ssh = home.join(".ssh");
-                std::fs::create_dir_all(&dot_ssh)
-                    .map_err(|e| failed(format!("{}: {e}", dot_ssh.display())))?;
-                set_mode(&dot_ssh, 0o755)?;
-                let authorized = dot_ssh.join("authorized_keys");
-                std::fs::write(&authorized, &client_pub)
-                    .map_err(|e| failed(format!("{}: {e}", authorized.display())))?;
-                set_mode(&authorized, 0o644)?;
+                forget_shared_authorized_keys(home);
+                let authorized = own_authorized_keys(dir, &client_pub)?;
                 (
                     name.clone(),
                     authorized,
-                    "PermitRootLogin no\nSubsystem sftp internal-sftp\n".to_string(),
+                    // The keys file and every directory above it are root's and written by
+                    // nobody else: sshd checks it (StrictModes) before trusting the key.
+                    "PermitRootLogin no\nStrictModes yes\nSubsystem sftp internal-sftp\n"
+                        .to_string(),
                 )
             }
             Isolation::Sandbox { script, .. } => {
@@ -311,7 +396,7 @@ impl LocalSshd {
                     user,
                     authorized,
                     format!(
-                        "ForceCommand {}\nSubsystem sftp {}\n",
+                        "StrictModes no\nForceCommand {}\nSubsystem sftp {}\n",
                         sh_quote(&script.display().to_string()),
                         sftp.display()
                     ),
@@ -343,7 +428,6 @@ impl LocalSshd {
              PidFile none\n\
              AuthorizedKeysFile {a}\n\
              AllowUsers {user}\n\
-             StrictModes no\n\
              PubkeyAuthentication yes\n\
              PasswordAuthentication no\n\
              KbdInteractiveAuthentication no\n\
@@ -407,6 +491,7 @@ impl LocalSshd {
             user,
             client_key: PathBuf::from("ssh/gateway_to_box_ed25519"),
             known_hosts: PathBuf::from("ssh/upstream_known_hosts"),
+            own_keys: matches!(isolation, Isolation::DedicatedUser { .. }).then_some(authorized),
             isolation,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -435,6 +520,19 @@ impl LocalSshd {
 
 impl Drop for LocalSshd {
     fn drop(&mut self) {
+        self.stop();
+        // Nothing trusts this quickstart's key once its target is gone.
+        if let Some(keys) = self.own_keys.take() {
+            let _ = std::fs::remove_file(&keys);
+            if let Some(dir) = keys.parent() {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+    }
+}
+
+impl LocalSshd {
+    fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let pgid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
             let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGTERM);
