@@ -712,7 +712,8 @@ fn quickstart_as_a_new_user() {
 
 /// With the quickstart's default allow-list, a file on the target holding a card number and an
 /// AWS key comes back masked through `cat`; the transforms that would carry it past the masking
-/// (`rev`, `base64`, `od`, `cut`) are not on the list: each waits for an approval, and denied,
+/// (`rev`, `base64`, `od`, `cut`) are not on the list, and the listed readers' slicing options
+/// (`head -c`, `tail --bytes`, `grep -o`) are held: each waits for an approval, and denied,
 /// prints nothing.
 fn masking_holds_with_the_default_allow_list(
     qs_dir: &std::path::Path,
@@ -742,17 +743,20 @@ fn masking_holds_with_the_default_allow_list(
             && !t.contains("AKIAIOSFODNN7EXAMPLE"),
         "{t}"
     );
-    for command in [
-        "rev masking-probe.txt",
-        "base64 masking-probe.txt",
-        "od -c masking-probe.txt",
-        "cut -c1-12 masking-probe.txt",
+    for (command, rule) in [
+        ("rev masking-probe.txt", "default"),
+        ("base64 masking-probe.txt", "default"),
+        ("od -c masking-probe.txt", "default"),
+        ("cut -c1-12 masking-probe.txt", "default"),
+        ("head -c 14 masking-probe.txt", "review-slicing-bytes"),
+        ("tail --bytes=30 masking-probe.txt", "review-slicing-bytes"),
+        ("grep -o 4111 masking-probe.txt", "review-slicing-matches"),
     ] {
         let held = std::thread::scope(|scope| {
             let run = scope.spawn(|| ssh(command));
             let (id, line) = pending_approval(approver_env, command)
                 .unwrap_or_else(|| panic!("`{command}` is not held for an approval"));
-            assert!(line.contains("rule default"), "{line}");
+            assert!(line.contains(&format!("rule {rule} ")), "{line}");
             let out = sh(
                 &approver_env(&format!(
                     "{EXE} approvals deny {id} --reason 'no transforms'"

@@ -203,6 +203,38 @@ approvals = 1
 timeout = "10m"
 exec = { program = ["systemctl"] }
 
+# Allow-listed readers can still cut output into pieces the masking cannot recognise (a card
+# number a few bytes at a time): those options wait for an approval, in any spelling.
+[[rules]]
+id = "review-slicing-bytes"
+reason = "output cut into byte ranges can carry data past the masking; it needs a human approval"
+verdict = "review"
+approvers = ["approvers"]
+approvals = 1
+timeout = "10m"
+targets = ["box"]
+exec = { program = ["head", "tail"], options = ["-c"] }
+
+[[rules]]
+id = "review-slicing-matches"
+reason = "printing only the matched parts can carry data past the masking; it needs a human approval"
+verdict = "review"
+approvers = ["approvers"]
+approvals = 1
+timeout = "10m"
+targets = ["box"]
+exec = { program = ["grep"], options = ["-o"] }
+
+[[rules]]
+id = "review-escaping"
+reason = "escaped output can carry data past the masking; it needs a human approval"
+verdict = "review"
+approvers = ["approvers"]
+approvals = 1
+timeout = "10m"
+targets = ["box"]
+exec = { program = ["cat"], options = ["-A", "-v", "-e", "-t", "-T"] }
+
 [[rules]]
 id = "box-inspect"
 reason = "read-only inspection of the demo host"
@@ -211,7 +243,9 @@ targets = ["box"]
 exec = { program = ["uname", "hostname", "uptime", "whoami", "id", "date", "echo", "ls", "df", "free", "ps", "cat", "head", "tail", "wc", "grep"] }
 # Deliberately absent: transforms that turn content into a form the output masking cannot
 # recognise (`rev`, `base64`, `base32`, `od`, `xxd`, `hexdump`, `cut`, `tr`, `sed`, `awk`, …).
-# They wait for an approval like any other command outside the list.
+# They wait for an approval like any other command outside the list. Masking hides values, not
+# whether a file matches a pattern: `grep`'s exit status and counts answer that for any pattern
+# the agent picks. Remove `grep` from the list where that matters.
 
 # ---- SSH channels --------------------------------------------------------------------------
 # A shell, sftp/scp, rsync, git, port forwards (`ssh -L`/`-D`) and env requests are refused
@@ -438,6 +472,26 @@ mod tests {
             "cut -c1-20 /etc/hostname",
         ] {
             assert_eq!(exec(line), (Verdict::Review, "default".into()), "{line}");
+        }
+        for (line, rule) in [
+            ("head -c 12 /etc/hostname", "review-slicing-bytes"),
+            ("head --bytes=12 /etc/hostname", "review-slicing-bytes"),
+            ("tail -qc5 /etc/hostname", "review-slicing-bytes"),
+            ("grep -o 1 /etc/hostname", "review-slicing-matches"),
+            ("grep --only 1 /etc/hostname", "review-slicing-matches"),
+            ("grep -io 1 /etc/hostname", "review-slicing-matches"),
+            ("cat -A /etc/hostname", "review-escaping"),
+            ("cat --show-nonprinting /etc/hostname", "review-escaping"),
+        ] {
+            assert_eq!(exec(line), (Verdict::Review, rule.into()), "{line}");
+        }
+        for line in [
+            "head -n 3 /etc/hostname",
+            "tail -n 3 /etc/hostname",
+            "grep -n x /etc/hostname",
+            "cat -n /etc/hostname",
+        ] {
+            assert_eq!(exec(line), (Verdict::Allow, "box-inspect".into()), "{line}");
         }
         for line in [
             "python3 -c 'import shutil'",
