@@ -301,6 +301,18 @@ fn quickstart_as_a_new_user() {
     let t = text(&locked);
     assert_ne!(locked.status.code(), Some(0), "{t}");
     assert!(t.contains("denied") && t.contains("no locks today"), "{t}");
+    // Locks the policy lets through (row locks of an UPDATE left in an open transaction) end
+    // with the transaction, which the database ends once left idle.
+    let out = sh(
+        &format!("{psql_line} -XAt -c 'SHOW idle_in_transaction_session_timeout'"),
+        &[],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "15min",
+        "{}",
+        text(&out)
+    );
 
     // The HTTP target: the printed curl command returns users with PII masked; the gateway
     // injected the API key the agent never saw; a DELETE answers 409 until approved.

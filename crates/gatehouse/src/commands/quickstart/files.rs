@@ -81,6 +81,13 @@ pub fn seed_database(dir: &Path, pg: &LocalPostgres) -> Result<String, CommandEr
         "postgres",
         &format!("{verb} ROLE gatehouse_app LOGIN PASSWORD '{password}'"),
     )?;
+    // A backstop for locks the policy lets through (an approved LOCK, the row locks of an
+    // UPDATE or SELECT … FOR UPDATE): a transaction the agent leaves open ends after 15
+    // minutes, longer than a review waits (10 minutes), so a held statement is not cut off.
+    pg.psql(
+        "postgres",
+        "ALTER ROLE gatehouse_app SET idle_in_transaction_session_timeout = '15min'",
+    )?;
     pg.psql("demo", SEED)?;
     pg.psql(
         "demo",
