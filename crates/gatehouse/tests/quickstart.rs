@@ -813,10 +813,23 @@ struct ApproverCredentials {
     token: String,
 }
 
+/// [`approver_credentials_of`] a quickstart run by this test's own user (who owns the file).
+fn approver_credentials(
+    printed: &[String],
+    stderr: &[String],
+    qs_dir: &std::path::Path,
+) -> ApproverCredentials {
+    use std::os::unix::fs::MetadataExt as _;
+    let approver = approver_credentials_of(printed, stderr, qs_dir);
+    let meta = std::fs::symlink_metadata(&approver.file).unwrap();
+    assert_eq!(meta.uid(), nix::unistd::geteuid().as_raw());
+    approver
+}
+
 /// The approver's credentials are in a file only the operator's user can read (0600, in the
 /// quickstart directory), whose path the instructions print: what the quickstart prints (which
-/// an agent reads) holds no approver token.
-fn approver_credentials(
+/// an agent reads) holds no approver token. The caller checks who owns the file.
+fn approver_credentials_of(
     printed: &[String],
     stderr: &[String],
     qs_dir: &std::path::Path,
@@ -832,7 +845,6 @@ fn approver_credentials(
         .unwrap_or_else(|e| panic!("{}: {e}; printed: {printed:?}", file.display()));
     assert!(meta.file_type().is_file());
     assert_eq!(meta.mode() & 0o777, 0o600, "{} mode", file.display());
-    assert_eq!(meta.uid(), nix::unistd::geteuid().as_raw());
     let body = std::fs::read_to_string(&file).unwrap();
     let value = |key: &str| {
         body.lines()
@@ -1219,6 +1231,13 @@ fn quickstart_as_a_normal_user_sandboxes_the_ssh_target() {
         .env("LOGNAME", &user.name)
         .current_dir(&user.home);
     let (mut qs, printed, stderr_lines) = start_quickstart(cmd);
+    // The approver's token: in a 0600 file of the quickstart's user, not in the output.
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        let approver = approver_credentials_of(&printed, &stderr_lines.lock().unwrap(), &qs_dir);
+        let meta = std::fs::metadata(&approver.file).unwrap();
+        assert_eq!(meta.uid(), user.uid, "{}", approver.file.display());
+    }
     let said = stderr_lines.lock().unwrap().join("\n");
     assert!(
         said.contains("runs in a bwrap sandbox (user and mount namespaces)"),
