@@ -460,3 +460,86 @@ async fn query(
         None => Ok(rows),
     }
 }
+
+impl Catalog {
+    /// The output columns of `sql`, from a Parse and a Describe of it on the catalog connection
+    /// (never executed). Fails when the server cannot parse it there (a temporary table of the
+    /// client's session, a setting the session changed) or it returns no rows.
+    pub(crate) async fn describe(&self, sql: &str) -> Result<Vec<ColumnDesc>, PgProxyError> {
+        let mut guard = self.conn.lock().await;
+        if guard.is_none() {
+            let conn = crate::upstream::connect(
+                &self.upstream,
+                &[("application_name".into(), "gatehouse-catalog".into())],
+            )
+            .await?;
+            *guard = Some(FrameReader::new(conn.stream, conn.leftover, 64 << 20));
+        }
+        let Some(reader) = guard.as_mut() else {
+            return Err(PgProxyError::Gateway(
+                "catalog connection unavailable".into(),
+            ));
+        };
+        let result = describe(reader, sql).await;
+        if matches!(
+            result,
+            Err(PgProxyError::UpstreamConnect(_) | PgProxyError::UpstreamProtocol(_))
+        ) {
+            *guard = None;
+        }
+        result
+    }
+}
+
+async fn describe(
+    reader: &mut FrameReader<BoxStream>,
+    sql: &str,
+) -> Result<Vec<ColumnDesc>, PgProxyError> {
+    let mut out = BytesMut::new();
+    wire::encode_parse("", sql, &[], &mut out)?;
+    wire::encode_describe(b'S', "", &mut out)?;
+    crate::frame::encode_frame(b'S', &[], &mut out);
+    reader
+        .inner
+        .write_all(&out)
+        .await
+        .map_err(PgProxyError::upstream_io)?;
+    let mut columns = None;
+    let mut error = None;
+    loop {
+        let frame = match reader.next().await {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                return Err(PgProxyError::UpstreamConnect(
+                    "catalog connection closed".into(),
+                ));
+            }
+            Err(ReadError::Io(e)) => return Err(PgProxyError::upstream_io(e)),
+            Err(ReadError::Frame(e)) => return Err(PgProxyError::UpstreamProtocol(e.to_string())),
+        };
+        match frame.tag {
+            b'T' => {
+                columns = Some(
+                    wire::parse_row_description(frame.body)
+                        .map_err(|e| PgProxyError::UpstreamProtocol(e.to_string()))?,
+                );
+            }
+            b'E' => {
+                let e = ErrorFields::parse(frame.body)
+                    .map_err(|e| PgProxyError::UpstreamProtocol(e.to_string()))?;
+                error = Some(e.get(b'M').unwrap_or("describe failed").to_string());
+            }
+            b'Z' => break,
+            _ => {}
+        }
+    }
+    match (error, columns) {
+        (Some(e), _) => Err(PgProxyError::Gateway(format!(
+            "catalog describe failed: {e}"
+        ))),
+        (None, Some(c)) => Ok(c),
+        (None, None) => Err(PgProxyError::Gateway(
+            "catalog describe: the statement returns no rows".into(),
+        )),
+    }
+}

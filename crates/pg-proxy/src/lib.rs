@@ -190,6 +190,20 @@ impl ProxyInner {
         }
     }
 
+    /// The output columns of `sql`, described on the target's catalog connection.
+    pub(crate) async fn describe(
+        &self,
+        target: &str,
+        sql: &str,
+    ) -> Result<Vec<wire::ColumnDesc>, PgProxyError> {
+        match self.catalogs.get(target) {
+            Some(cat) => cat.describe(sql).await,
+            None => Err(PgProxyError::Gateway(
+                "no catalog connection for this target".into(),
+            )),
+        }
+    }
+
     pub(crate) fn catalog_invalidate(&self, target: &str) {
         if let Some(c) = self.catalogs.get(target) {
             c.invalidate();

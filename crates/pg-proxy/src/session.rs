@@ -16,7 +16,7 @@ use gatehouse_core::{
     ApprovalOutcome, ApprovalRequest, Credential, Decision, EgressSite, EgressStream, Event,
     EventBody, FieldDesc, Finding, Identity, Operation, OperationResult, RecordingFrame,
     RecordingKind, RecordingSink, SessionId, SqlOperation, SqlProtocol, SqlSessionSettings,
-    StreamContext, StreamMasker, Verdict,
+    Verdict,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::Notify;
@@ -421,6 +421,8 @@ struct StmtCtx {
     opaque: bool,
     /// Functions it calls.
     functions: Vec<String>,
+    /// A binary `COPY … TO STDOUT`: its columns, described before it ran.
+    copy_columns: Option<Arc<Vec<ColumnDesc>>>,
     started: Instant,
 }
 
@@ -607,8 +609,7 @@ async fn relay(proxy: Arc<ProxyInner>, ready: Ready, client_addr: String, sessio
         statements: HashMap::new(),
         portals: HashMap::new(),
         running: None,
-        copy_masker: None,
-        copy_binary: false,
+        copy: None,
         cycle: Vec::new(),
         cycle_overflow: false,
         out: BytesMut::with_capacity(16 * 1024),
@@ -640,6 +641,7 @@ async fn relay(proxy: Arc<ProxyInner>, ready: Ready, client_addr: String, sessio
         group: 0,
         unsynced_exec: false,
         group_may_change: false,
+        copy_columns: HashMap::new(),
     };
     // Both halves run in this one task, as a relay's two copy directions do: a statement's
     // round trip then wakes one task, not two that may sit on different workers.
@@ -784,6 +786,9 @@ struct Frontend {
     unsynced_exec: bool,
     /// An Execute since the last Sync may change the lexer settings.
     group_may_change: bool,
+    /// Binary `COPY … TO STDOUT` statements by operation index: their columns (see
+    /// [`Frontend::describe_binary_copy`]).
+    copy_columns: HashMap<u64, Arc<Vec<ColumnDesc>>>,
 }
 
 /// A statement's verdict after policy, hooks, recording and (for reviews) approvals.
@@ -1091,6 +1096,10 @@ impl Frontend {
             Some(d) => d,
             None => decision,
         };
+        let decision = match self.describe_binary_copy(index, op, &decision).await {
+            Some(d) => d,
+            None => decision,
+        };
         let event = self.event(EventBody::Operation {
             index,
             operation,
@@ -1152,6 +1161,41 @@ impl Frontend {
             "masked-column-copy",
             format!("the statement would copy masked column {column} out of the masking boundary"),
         ))
+    }
+
+    /// A binary `COPY … TO STDOUT` is masked per column, and its output says nothing about
+    /// types: its query is described (never run) on the catalog connection first. When that
+    /// fails (a temporary table of this session, for one), the statement is refused.
+    async fn describe_binary_copy(
+        &mut self,
+        index: u64,
+        op: &SqlOperation,
+        decision: &Decision,
+    ) -> Option<Decision> {
+        if decision.verdict == Verdict::Deny {
+            return None;
+        }
+        let settings = lock(&self.shared.settings).clone();
+        let (query, binary) = gatehouse_sql::copy_out_query(&op.text, &settings)?;
+        if !binary {
+            return None;
+        }
+        match self.proxy.describe(&self.ctx.target.name, &query).await {
+            Ok(columns) => {
+                if self.copy_columns.len() >= 64 {
+                    self.copy_columns.clear();
+                }
+                self.copy_columns.insert(index, Arc::new(columns));
+                None
+            }
+            Err(e) => Some(Decision::deny(
+                "binary-copy",
+                format!(
+                    "binary COPY output is masked per column and the gateway could not learn \
+                     this COPY's column types ({e}); use text format"
+                ),
+            )),
+        }
     }
 
     fn event(&self, body: EventBody) -> Event {
@@ -1326,6 +1370,7 @@ impl Frontend {
             tables: info.map(|i| i.tables.clone()).unwrap_or_default(),
             opaque: info.is_none_or(|i| i.opaque),
             functions: info.map(|i| i.functions.clone()).unwrap_or_default(),
+            copy_columns: self.copy_columns.get(&index).cloned(),
             started: Instant::now(),
         })
     }
@@ -2278,9 +2323,8 @@ struct Backend {
     statements: HashMap<String, BeStatement>,
     portals: HashMap<String, BePortal>,
     running: Option<Running>,
-    copy_masker: Option<Box<dyn StreamMasker>>,
-    /// The COPY OUT in progress is in binary format.
-    copy_binary: bool,
+    /// The COPY OUT in progress.
+    copy: Option<CopyOut>,
     /// Statements finished since the last ReadyForQuery (settings they changed are reported
     /// just before it), at most [`MAX_CYCLE_STATEMENTS`]; `cycle_overflow` when there were more.
     cycle: Vec<Arc<StmtCtx>>,
@@ -2585,45 +2629,16 @@ impl Backend {
                 Ok(())
             }
             b'S' => self.on_parameter_status(frame).await,
-            b'H' => {
-                // Overall format 1: binary rows, whose lengths a masked value would break.
-                self.copy_binary = frame.body.first() == Some(&1);
-                self.copy_masker = Some(self.proxy.pipeline.masker.stream(&StreamContext {
-                    profile: self.running_ctx().and_then(|c| c.profile.clone()),
-                    field: Some("copy".into()),
-                    json: false,
-                }));
-                frame.encode_into(&mut self.out);
-                Ok(())
-            }
-            b'd' => {
-                let mut masked = Vec::with_capacity(frame.body.len());
-                match self.copy_masker.as_mut() {
-                    Some(m) => m.push(&frame.body, &mut masked),
-                    None => {
-                        return Err(PgProxyError::UpstreamProtocol(
-                            "CopyData outside COPY OUT".into(),
-                        ));
-                    }
-                }
-                self.copy_findings()?;
-                if !masked.is_empty() {
-                    encode_frame(b'd', &masked, &mut self.out);
-                }
-                Ok(())
-            }
+            b'H' => self.on_copy_out_response(frame).await,
+            b'd' => self.on_copy_data(frame),
             b'c' => {
-                if let Some(mut m) = self.copy_masker.take() {
-                    let mut rest = Vec::new();
-                    m.finish(&mut rest);
-                    let f = m.take_findings();
-                    if self.copy_binary && !f.is_empty() {
-                        return Err(binary_copy_refused());
-                    }
-                    self.add_findings(f);
-                    if !rest.is_empty() {
-                        encode_frame(b'd', &rest, &mut self.out);
-                    }
+                if let Some(copy) = self.copy.take()
+                    && let Some(b) = copy.binary
+                    && !b.trailer_seen
+                {
+                    return Err(PgProxyError::UpstreamProtocol(
+                        "binary COPY ended without its trailer".into(),
+                    ));
                 }
                 frame.encode_into(&mut self.out);
                 Ok(())
@@ -2687,17 +2702,107 @@ impl Backend {
         Ok(())
     }
 
-    fn copy_findings(&mut self) -> Result<(), PgProxyError> {
-        if let Some(m) = self.copy_masker.as_mut() {
-            let f = m.take_findings();
-            // In binary COPY, the masker's output equals its input until something matches;
-            // a match cannot be rewritten without breaking the row's lengths.
-            if self.copy_binary && !f.is_empty() {
-                return Err(binary_copy_refused());
+    /// CopyOutResponse: a COPY TO STDOUT starts. Text and CSV rows are masked as text, one
+    /// CopyData per row as the server sends them; binary rows are masked per column (types from
+    /// the Describe done before the statement ran), with tuple and field lengths rewritten.
+    async fn on_copy_out_response(&mut self, frame: Frame) -> Result<(), PgProxyError> {
+        let mut r = crate::frame::BodyReader::new(frame.body.clone(), "CopyOutResponse");
+        let format = r
+            .u8()
+            .map_err(|e| PgProxyError::UpstreamProtocol(e.to_string()))?;
+        let ncols = r
+            .i16()
+            .map_err(|e| PgProxyError::UpstreamProtocol(e.to_string()))?;
+        let ctx = self.running_ctx();
+        let profile = ctx.as_ref().and_then(|c| c.profile.clone());
+        let copy = if format == 1 {
+            let Some(columns) = ctx.as_ref().and_then(|c| c.copy_columns.clone()) else {
+                return Err(binary_copy_refused(
+                    "the gateway did not learn the column types of this COPY",
+                ));
+            };
+            if usize::try_from(ncols).ok() != Some(columns.len()) {
+                return Err(binary_copy_refused(
+                    "the COPY's columns differ from the ones the gateway described",
+                ));
             }
-            self.add_findings(f);
-        }
+            let columns: Vec<ColumnDesc> = columns
+                .iter()
+                .map(|c| ColumnDesc {
+                    format: 1,
+                    ..c.clone()
+                })
+                .collect();
+            let mut key = BytesMut::from(&b"copy-binary"[..]);
+            for c in &columns {
+                key.extend_from_slice(&c.table_oid.to_be_bytes());
+                key.extend_from_slice(&c.attnum.to_be_bytes());
+                key.extend_from_slice(&c.type_oid.to_be_bytes());
+            }
+            let plan = self.plan_for(&key.freeze(), &columns, ctx.as_deref()).await;
+            CopyOut {
+                plan,
+                binary: Some(BinaryCopy::default()),
+            }
+        } else {
+            CopyOut {
+                plan: Arc::new(ShapePlan::new(
+                    self.proxy.pipeline.masker.as_ref(),
+                    &[ColumnDesc {
+                        name: "copy".into(),
+                        table_oid: 0,
+                        attnum: 0,
+                        type_oid: 25,
+                        format: 0,
+                    }],
+                    Vec::new(),
+                    profile.as_deref(),
+                    NonTextMasking::Null,
+                    |_| {},
+                )),
+                binary: None,
+            }
+        };
+        self.copy = Some(copy);
+        frame.encode_into(&mut self.out);
         Ok(())
+    }
+
+    /// One CopyData of a COPY OUT: one CopyData goes out for it, masked.
+    fn on_copy_data(&mut self, frame: Frame) -> Result<(), PgProxyError> {
+        let Some(mut copy) = self.copy.take() else {
+            return Err(PgProxyError::UpstreamProtocol(
+                "CopyData outside COPY OUT".into(),
+            ));
+        };
+        let mut findings = Vec::new();
+        let result = match copy.binary.as_mut() {
+            None => {
+                match copy.plan.mask_value(0, &frame.body, &mut findings) {
+                    None => frame.encode_into(&mut self.out),
+                    Some(masked) => encode_frame(b'd', &masked, &mut self.out),
+                }
+                Ok(())
+            }
+            Some(state) => {
+                let mut body = BytesMut::with_capacity(frame.body.len());
+                let r = mask_binary_copy(
+                    &copy.plan,
+                    state,
+                    &frame.body,
+                    &mut body,
+                    &mut self.scratch,
+                    &mut findings,
+                );
+                if r.is_ok() {
+                    encode_frame(b'd', &body, &mut self.out);
+                }
+                r
+            }
+        };
+        self.add_findings(findings);
+        self.copy = Some(copy);
+        result
     }
 
     /// ParameterStatus: settings whose values the server validates into a fixed form pass as
@@ -3513,12 +3618,113 @@ const FIXED_FORM_PARAMETERS: &[&str] = &[
     "scram_iterations",
 ];
 
-fn binary_copy_refused() -> PgProxyError {
-    PgProxyError::Unmaskable(
-        "binary COPY output holds a value the masking profile hides, and binary rows cannot be \
-         rewritten; use text format"
-            .into(),
-    )
+fn binary_copy_refused(why: &str) -> PgProxyError {
+    PgProxyError::Unmaskable(format!(
+        "binary COPY output cannot be masked: {why}; use text format"
+    ))
+}
+
+/// A COPY OUT in progress.
+struct CopyOut {
+    /// Text formats: one text column (the whole row through the detectors). Binary: the COPY's
+    /// columns, as for a DataRow.
+    plan: Arc<ShapePlan>,
+    /// Binary format state; `None` for text and CSV.
+    binary: Option<BinaryCopy>,
+}
+
+#[derive(Debug, Default)]
+struct BinaryCopy {
+    header_seen: bool,
+    trailer_seen: bool,
+}
+
+/// The signature that starts binary COPY data.
+const BINARY_COPY_SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
+
+/// Masks one CopyData of binary COPY output into `out`: the header (first message) as the server
+/// sent it, each tuple — a tuple has a DataRow's layout — through the plan with fresh lengths,
+/// the trailer as it is. A tuple split across messages, data after the trailer or a tuple the
+/// plan refuses fails the COPY (the session ends: the output cannot be cut short cleanly).
+fn mask_binary_copy(
+    plan: &ShapePlan,
+    state: &mut BinaryCopy,
+    body: &Bytes,
+    out: &mut BytesMut,
+    scratch: &mut RowScratch,
+    findings: &mut Vec<Finding>,
+) -> Result<(), PgProxyError> {
+    let bad = |what: &str| PgProxyError::UpstreamProtocol(format!("binary COPY data: {what}"));
+    let mut pos = 0usize;
+    let be32 = |at: usize| -> Option<i32> {
+        body.get(at..at + 4)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(i32::from_be_bytes)
+    };
+    if !state.header_seen {
+        if !body.starts_with(BINARY_COPY_SIGNATURE) {
+            return Err(bad("no signature"));
+        }
+        pos = BINARY_COPY_SIGNATURE.len() + 4;
+        let ext = be32(pos).ok_or_else(|| bad("short header"))?;
+        let ext = usize::try_from(ext).map_err(|_| bad("header extension length"))?;
+        pos = pos
+            .checked_add(4 + ext)
+            .filter(|p| *p <= body.len())
+            .ok_or_else(|| bad("short header"))?;
+        out.extend_from_slice(&body[..pos]);
+        state.header_seen = true;
+    }
+    let mut row = BytesMut::new();
+    while pos < body.len() {
+        if state.trailer_seen {
+            return Err(bad("data after the trailer"));
+        }
+        let count = body
+            .get(pos..pos + 2)
+            .map(|b| i16::from_be_bytes([b[0], b[1]]))
+            .ok_or_else(|| bad("short tuple"))?;
+        if count == -1 {
+            out.extend_from_slice(&body[pos..pos + 2]);
+            pos += 2;
+            state.trailer_seen = true;
+            continue;
+        }
+        let n = usize::try_from(count).map_err(|_| bad("negative field count"))?;
+        let start = pos;
+        pos += 2;
+        for _ in 0..n {
+            let len = be32(pos).ok_or_else(|| bad("tuple split across messages"))?;
+            pos += 4;
+            if len >= 0 {
+                pos = usize::try_from(len)
+                    .ok()
+                    .and_then(|l| pos.checked_add(l))
+                    .filter(|p| *p <= body.len())
+                    .ok_or_else(|| bad("tuple split across messages"))?;
+            }
+        }
+        let tuple = body.slice(start..pos);
+        row.clear();
+        match plan.mask_row(&tuple, &mut row, scratch, findings) {
+            Ok(RowOutcome::Unchanged) => out.extend_from_slice(&tuple),
+            Ok(RowOutcome::Masked) => out.extend_from_slice(row.get(5..).unwrap_or_default()),
+            Ok(RowOutcome::Refused(i)) => {
+                return Err(binary_copy_refused(&format!(
+                    "column {} holds a masked value that cannot be replaced",
+                    i + 1
+                )));
+            }
+            Ok(RowOutcome::Undecodable(i, oid)) => {
+                return Err(binary_copy_refused(&format!(
+                    "column {} is of type OID {oid}, whose binary format the gateway cannot check",
+                    i + 1
+                )));
+            }
+            Err(e) => return Err(bad(&e.to_string())),
+        }
+    }
+    Ok(())
 }
 
 /// What an error or notice says in place of text the gateway withholds.

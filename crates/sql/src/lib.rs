@@ -85,6 +85,13 @@ pub fn shape(text: &str, settings: &SqlSessionSettings) -> Option<Shape> {
     lex::shape(text, settings).map(|(text, spans)| Shape { text, spans })
 }
 
+/// For a text that is one `COPY … TO STDOUT`, a query with the same output columns (to be
+/// described, never run), and whether its format is binary: see the binary COPY masking in
+/// gatehouse-pg.
+pub fn copy_out_query(text: &str, settings: &SqlSessionSettings) -> Option<(String, bool)> {
+    pg::copy_out_query(text, settings)
+}
+
 /// Why [`lineage`] could not trace a text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -76,3 +76,73 @@ fn parse_and_read(
         .ok_or_else(|| "PostgreSQL's parser returned an empty statement".to_string())?;
     serde_json::to_value(node).map_err(|e| format!("parse tree not readable: {e}"))
 }
+
+/// For a statement that is exactly one `COPY … TO STDOUT` (a table, optionally with a column
+/// list, or a query), a query whose result has the same columns with the same types: the COPY's
+/// own query, written back by PostgreSQL's deparser, or `SELECT <columns> FROM <table>`. It is
+/// only ever described (Parse and Describe), never run. `None` for anything else.
+pub(crate) fn copy_out_query(text: &str, settings: &SqlSessionSettings) -> Option<(String, bool)> {
+    use pg_query::NodeEnum;
+    let mut options = pg_query::ParserOptions::DISABLE_ESCAPE_STRING_WARNING;
+    if !settings.standard_conforming_strings {
+        options |= pg_query::ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS;
+    }
+    let _one_at_a_time = PARSER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    std::panic::catch_unwind(|| {
+        stacker::grow(PARSER_STACK, || {
+            let parsed = pg_query::parse(text, options).ok()?;
+            let [one] = parsed.protobuf.stmts.as_slice() else {
+                return None;
+            };
+            let Some(NodeEnum::CopyStmt(copy)) = one.stmt.as_ref()?.node.as_ref() else {
+                return None;
+            };
+            if copy.is_from || copy.is_program || !copy.filename.is_empty() {
+                return None;
+            }
+            let binary = copy.options.iter().any(|o| {
+                matches!(o.node.as_ref(), Some(NodeEnum::DefElem(d))
+                    if d.defname == "format"
+                        && matches!(d.arg.as_ref().and_then(|a| a.node.as_ref()),
+                            Some(NodeEnum::String(v)) if v.sval.eq_ignore_ascii_case("binary")))
+            });
+            if let Some(query) = copy.query.as_ref().and_then(|q| q.node.as_ref()) {
+                return Some((
+                    query.deparse(pg_query::DeparseOptions::default()).ok()?,
+                    binary,
+                ));
+            }
+            let rel = copy.relation.as_ref()?;
+            let mut columns = Vec::new();
+            for a in &copy.attlist {
+                let Some(NodeEnum::String(s)) = a.node.as_ref() else {
+                    return None;
+                };
+                columns.push(quote_ident(&s.sval));
+            }
+            let columns = if columns.is_empty() {
+                "*".to_string()
+            } else {
+                columns.join(", ")
+            };
+            let mut name = String::new();
+            for part in [&rel.catalogname, &rel.schemaname] {
+                if !part.is_empty() {
+                    name.push_str(&quote_ident(part));
+                    name.push('.');
+                }
+            }
+            name.push_str(&quote_ident(&rel.relname));
+            // `ONLY`: COPY reads the table itself, not its inheritance children.
+            Some((format!("SELECT {columns} FROM ONLY {name}"), binary))
+        })
+    })
+    .ok()
+    .flatten()
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}

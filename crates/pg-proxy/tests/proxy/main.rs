@@ -6,6 +6,7 @@
 mod common;
 
 mod auth;
+mod copy;
 mod execution;
 mod holds;
 mod hostile;

@@ -1,0 +1,208 @@
+//! COPY keeps its framing: one CopyData per row in every format, binary header and trailer as
+//! the server sent them; masked values in binary COPY get fresh tuple and field lengths, so the
+//! output loads back with `COPY … FROM STDIN (FORMAT binary)`.
+
+use bytes::Bytes;
+use futures::{SinkExt as _, StreamExt as _};
+use gatehouse_testkit::layers::LiteralMasker;
+
+use crate::common::*;
+
+const CARD: &str = "4111 1111 1111 1111";
+
+const SETUP: &str = "CREATE TABLE notes (id int, t text, n numeric, tags text[], doc jsonb); \
+     INSERT INTO notes VALUES \
+       (1, 'paid with 4111 1111 1111 1111 yesterday', 12.5, ARRAY['a', 'card 4111 1111 1111 1111'], '{\"k\": \"4111 1111 1111 1111\"}'), \
+       (2, 'nothing to see', NULL, NULL, '{}'), \
+       (3, E'tab\\there and a \\\\ backslash', -1, ARRAY[]::text[], '[1, 2]'); \
+     CREATE TABLE people (id int, email text); INSERT INTO people VALUES (1, 'ann@example.com');";
+
+fn opts() -> Options {
+    Options {
+        masker: LiteralMasker::new()
+            .column("public.people.email")
+            .literal(CARD, "[card]"),
+        setup_sql: SETUP,
+        ..Options::default()
+    }
+}
+
+async fn copy_chunks(c: &tokio_postgres::Client, sql: &str) -> Vec<Bytes> {
+    let stream = c
+        .copy_out(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    stream.map(|c| c.unwrap()).collect().await
+}
+
+const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
+
+/// The tuples of binary COPY chunks, each checked to hold exactly one tuple (the header with the
+/// first), and the trailer alone in the last chunk.
+fn binary_tuples(chunks: &[Bytes]) -> Vec<Vec<Option<Vec<u8>>>> {
+    let (last, rows) = chunks.split_last().expect("at least the trailer");
+    assert_eq!(&last[..], b"\xff\xff", "the trailer goes out on its own");
+    let mut out = Vec::new();
+    for (i, chunk) in rows.iter().enumerate() {
+        let mut b = &chunk[..];
+        if i == 0 {
+            assert!(b.starts_with(SIGNATURE), "header first: {b:?}");
+            let ext = u32::from_be_bytes(b[15..19].try_into().unwrap()) as usize;
+            b = &b[19 + ext..];
+        }
+        let n = i16::from_be_bytes([b[0], b[1]]);
+        b = &b[2..];
+        let mut fields = Vec::new();
+        for _ in 0..n {
+            let len = i32::from_be_bytes(b[..4].try_into().unwrap());
+            b = &b[4..];
+            if len < 0 {
+                fields.push(None);
+            } else {
+                fields.push(Some(b[..len as usize].to_vec()));
+                b = &b[len as usize..];
+            }
+        }
+        assert!(b.is_empty(), "chunk {i} holds exactly one tuple");
+        out.push(fields);
+    }
+    out
+}
+
+#[tokio::test]
+async fn copy_out_sends_one_copydata_per_row_in_every_format() {
+    gatehouse_testkit::within(T, async {
+        let h = start(opts()).await;
+        let c = h.connect().await;
+        for format in ["text", "csv"] {
+            let chunks = copy_chunks(
+                &c,
+                &format!("copy (select id, t from notes order by id) to stdout (format {format})"),
+            )
+            .await;
+            assert_eq!(
+                chunks.len(),
+                3,
+                "{format}: one CopyData per row: {chunks:?}"
+            );
+            assert!(chunks.iter().all(|c| c.ends_with(b"\n")), "{chunks:?}");
+            let all: Vec<u8> = chunks.concat();
+            let all = String::from_utf8(all).unwrap();
+            assert!(all.contains("[card]") && !all.contains(CARD), "{all}");
+        }
+        // Binary, nothing to mask: byte for byte what the server sent, framing included.
+        let chunks = copy_chunks(
+            &c,
+            "copy (select id, n from notes order by id) to stdout (format binary)",
+        )
+        .await;
+        let tuples = binary_tuples(&chunks);
+        assert_eq!(tuples.len(), 3);
+        assert_eq!(tuples[0][0].as_deref(), Some(&1i32.to_be_bytes()[..]));
+        assert_eq!(tuples[1][1], None);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn masked_binary_copy_keeps_lengths_right_and_loads_back() {
+    gatehouse_testkit::within(T, async {
+        let h = start(opts()).await;
+        let c = h.connect().await;
+        for sql in [
+            "copy notes to stdout (format binary)",
+            "copy notes (id, t, tags, doc) to stdout with binary",
+            "copy (select * from notes order by id) to stdout (format binary)",
+        ] {
+            let chunks = copy_chunks(&c, sql).await;
+            let raw: Vec<u8> = chunks.concat();
+            assert!(
+                !raw.windows(CARD.len()).any(|w| w == CARD.as_bytes()),
+                "{sql}: the card number left in binary COPY"
+            );
+            let tuples = binary_tuples(&chunks);
+            assert_eq!(tuples.len(), 3, "{sql}");
+            // The masked text value, with its new length.
+            let t = tuples
+                .iter()
+                .find(|t| t[0].as_deref() == Some(&1i32.to_be_bytes()[..]))
+                .unwrap();
+            assert_eq!(
+                t[1].as_deref(),
+                Some(&b"paid with [card] yesterday"[..]),
+                "{sql}"
+            );
+            // Loads back: every length is consistent.
+            c.simple_query("drop table if exists back; create table back (like notes)")
+                .await
+                .unwrap();
+            if sql.contains("(id, t, tags, doc)") {
+                c.simple_query("alter table back drop column n")
+                    .await
+                    .unwrap();
+            }
+            let sink = c
+                .copy_in::<_, Bytes>("copy back from stdin (format binary)")
+                .await
+                .unwrap();
+            futures::pin_mut!(sink);
+            sink.send(Bytes::from(raw)).await.unwrap();
+            let n = sink
+                .finish()
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: load back: {e:?}"));
+            assert_eq!(n, 3, "{sql}");
+            let row = c
+                .query_one(
+                    "select t, tags::text, doc::text from back where id = 1",
+                    &[],
+                )
+                .await
+                .unwrap();
+            assert_eq!(row.get::<_, &str>(0), "paid with [card] yesterday");
+            assert_eq!(row.get::<_, &str>(1), "{a,\"card [card]\"}");
+            assert_eq!(row.get::<_, &str>(2), "{\"k\": \"[card]\"}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn binary_copy_the_gateway_cannot_describe_is_refused_and_the_session_goes_on() {
+    gatehouse_testkit::within(T, async {
+        let h = start(opts()).await;
+        let c = h.connect().await;
+        c.simple_query("create temp table scratch as select t from notes")
+            .await
+            .unwrap();
+        let err = c
+            .copy_out("copy scratch to stdout (format binary)")
+            .await
+            .err()
+            .expect("refused");
+        let msg = err
+            .as_db_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or_default();
+        assert!(
+            msg.contains("binary COPY") && msg.contains("text format"),
+            "{msg}"
+        );
+        // The same data in text format, masked.
+        let chunks = copy_chunks(&c, "copy scratch to stdout").await;
+        let all = String::from_utf8(chunks.concat()).unwrap();
+        assert!(all.contains("[card]") && !all.contains(CARD), "{all}");
+        // A masked column stays out of COPY in any format.
+        let err = c
+            .copy_out("copy people to stdout (format binary)")
+            .await
+            .err()
+            .expect("refused");
+        let msg = err
+            .as_db_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or_default();
+        assert!(msg.contains("masked-column-copy"), "{msg}");
+    })
+    .await;
+}
