@@ -1,5 +1,7 @@
-//! Cancel keys: each client gets the gateway's own BackendKeyData, which maps to the upstream
-//! session's key. A client never learns the upstream process id or secret.
+//! Cancel keys: each client gets the upstream session's real process id (clients look themselves
+//! up in `pg_stat_activity`, match notifications' pids, terminate their own backend) with a
+//! secret of the gateway's own, which maps to the upstream session's key. A client never learns
+//! the upstream secret, so a cancel can only go through the gateway.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,12 +28,13 @@ pub(crate) struct CancelRegistry {
 }
 
 impl CancelRegistry {
-    /// Registers a session; returns the gateway key (pid, secret) to hand the client.
+    /// Registers a session; returns the key (the upstream pid, a fresh gateway secret) to hand
+    /// the client.
     pub(crate) fn register(&self, target: CancelTarget) -> (i32, [u8; 4]) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let pid = target.upstream_pid;
         loop {
-            // Positive pids, like PostgreSQL's; the secret is what protects the key.
-            let pid = (rand::random::<u32>() >> 1) as i32;
+            // The secret is what protects the key (two targets' servers may share a pid).
             let secret: [u8; 4] = rand::random();
             if let std::collections::hash_map::Entry::Vacant(v) = entries.entry((pid, secret)) {
                 v.insert(target);
@@ -75,8 +78,14 @@ mod tests {
             upstream_secret: Bytes::from_static(&[1, 2, 3, 4]),
             notify: Arc::new(Notify::new()),
         };
-        let (pid, secret) = r.register(t);
+        let (pid, secret) = r.register(t.clone());
+        assert_eq!(pid, 42, "the client sees the server's process id");
+        assert_ne!(&secret[..], &[1, 2, 3, 4], "but never its secret");
         assert_eq!(r.lookup(pid, &secret).map(|t| t.upstream_pid), Some(42));
+        // A second session of another server with the same pid gets its own secret.
+        let (pid2, secret2) = r.register(t);
+        assert_eq!(pid2, 42);
+        assert!(r.lookup(pid2, &secret2).is_some() && secret2 != secret);
         let mut wrong = secret;
         wrong[0] ^= 1;
         assert!(r.lookup(pid, &wrong).is_none());

@@ -127,6 +127,8 @@ impl Message {
 pub struct RawClient {
     pub stream: TcpStream,
     buf: Vec<u8>,
+    /// What the gateway sent after the password, up to the first ReadyForQuery.
+    pub startup: Vec<Message>,
 }
 
 impl RawClient {
@@ -140,13 +142,14 @@ impl RawClient {
         let mut c = Self {
             stream,
             buf: Vec::new(),
+            startup: Vec::new(),
         };
         let m = c.next().await.expect("authentication request");
         assert_eq!(m.tag, b'R');
         let mut pw = TOKEN.as_bytes().to_vec();
         pw.push(0);
         c.stream.write_all(&msg(b'p', &pw)).await.unwrap();
-        c.until_ready().await;
+        c.startup = c.until_ready().await;
         c
     }
 

@@ -239,3 +239,48 @@ async fn results_are_recorded_with_status_and_rows() {
     })
     .await;
 }
+
+/// The client sees the server's real process id (it finds itself in `pg_stat_activity`, matches
+/// notifications, ends its own backend), while the cancel secret stays the gateway's.
+#[tokio::test]
+async fn the_client_sees_its_backend_pid_and_can_terminate_its_own_backend() {
+    use crate::raw::{RawClient, query};
+    gatehouse_testkit::within(T, async {
+        let h = start(Options::default()).await;
+        let mut raw = RawClient::connect(h.port).await;
+        let key = raw
+            .startup
+            .iter()
+            .find(|m| m.tag == b'K')
+            .expect("BackendKeyData")
+            .body
+            .clone();
+        let pid = i32::from_be_bytes(key[..4].try_into().unwrap());
+        raw.send(&query(
+            "select pg_backend_pid(), (select count(*) from pg_stat_activity where pid = pg_backend_pid())",
+        ))
+        .await;
+        let got = raw.until_ready().await;
+        let row = got.iter().find(|m| m.tag == b'D').expect("a row");
+        let text = String::from_utf8_lossy(&row.body).into_owned();
+        assert!(text.contains(&pid.to_string()), "pid {pid} vs row {text:?}");
+        // LISTEN/NOTIFY: the notification carries the same pid.
+        raw.send(&query("listen chan; notify chan, 'hi'")).await;
+        let got = raw.until_ready().await;
+        let note = got.iter().find(|m| m.tag == b'A').expect("a notification");
+        assert_eq!(i32::from_be_bytes(note.body[..4].try_into().unwrap()), pid);
+        // (The secret is the gateway's own: cancel_of_pg_sleep_reaches_the_upstream shows a
+        // cancel with it still reaches the server; cancel::tests that it never is the server's.)
+        assert_eq!(key.len(), 8);
+        // Ending its own backend ends the session with the server's FATAL.
+        raw.send(&query("select pg_terminate_backend(pg_backend_pid())")).await;
+        let mut fatal = None;
+        while let Some(m) = raw.next().await {
+            if m.tag == b'E' {
+                fatal = m.code();
+            }
+        }
+        assert_eq!(fatal.as_deref(), Some("57P01"), "the session ends as the server ended it");
+    })
+    .await;
+}
