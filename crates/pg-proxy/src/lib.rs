@@ -33,6 +33,7 @@ pub mod binvalue;
 mod cancel;
 mod catalog;
 pub mod config;
+mod encoding;
 mod error;
 pub mod frame;
 pub mod hooks;

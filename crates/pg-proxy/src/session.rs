@@ -195,6 +195,9 @@ async fn startup(
             PgProxyError::Refused("replication connections are not served by the gateway".into()),
         ));
     }
+    if let Some(e) = param("client_encoding").and_then(|v| unsupported_encoding(&v)) {
+        return Err((Some(stream), PgProxyError::Refused(e)));
+    }
     let Some(database) = param("database").filter(|d| !d.is_empty()) else {
         return Err((
             Some(stream),
@@ -451,7 +454,28 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Why the gateway cannot serve a session in `client_encoding`, if it cannot.
+fn unsupported_encoding(client_encoding: &str) -> Option<String> {
+    if client_encoding.eq_ignore_ascii_case("auto")
+        || crate::encoding::Codec::for_name(client_encoding).is_some()
+    {
+        return None;
+    }
+    Some(format!(
+        "client_encoding \"{client_encoding}\" is not supported by the gateway: it cannot decode \
+         statements in it exactly; use UTF8 (or one of LATIN1-4, LATIN6-10, ISO_8859_5-8, \
+         WIN866, WIN874, WIN1250-1258, KOI8R, KOI8U, EUC_JP, EUC_KR, EUC_CN, SJIS, BIG5, GBK, UHC, \
+         GB18030)"
+    ))
+}
+
 impl Shared {
+    /// How text is encoded in this session now.
+    fn codec(&self) -> crate::encoding::Codec {
+        crate::encoding::Codec::for_name(&lock(&self.settings).client_encoding)
+            .unwrap_or(crate::encoding::Codec::Utf8)
+    }
+
     fn push(&self, e: Expect) {
         lock(&self.expect).push_back(e);
     }
@@ -578,8 +602,24 @@ async fn relay(proxy: Arc<ProxyInner>, ready: Ready, client_addr: String, sessio
     wire::encode_ready(b'I', &mut hello);
 
     let mut egress = proxy.pipeline.egress.stream(EgressSite::Client);
-    let hello_ok =
-        egress.check(&hello).is_ok() && client_writer.lock().await.write_all(&hello).await.is_ok();
+    // The server's default client encoding is the database's: refused like a client's choice
+    // when the gateway cannot decode it exactly.
+    let hello_ok = match unsupported_encoding(&settings.client_encoding) {
+        Some(e) => {
+            let fields = ErrorFields::new("FATAL", "0A000", e.clone());
+            let mut out = BytesMut::new();
+            if fields.encode(b'E', &mut out).is_ok() {
+                let _ = client_writer.lock().await.write_all(&out).await;
+            }
+            Err(e)
+        }
+        None if egress.check(&hello).is_ok()
+            && client_writer.lock().await.write_all(&hello).await.is_ok() =>
+        {
+            Ok(())
+        }
+        None => Err("egress guard blocked the startup parameters".to_string()),
+    };
 
     let shared = Arc::new(Shared {
         expect: Mutex::new(VecDeque::new()),
@@ -646,10 +686,9 @@ async fn relay(proxy: Arc<ProxyInner>, ready: Ready, client_addr: String, sessio
     // Both halves run in this one task, as a relay's two copy directions do: a statement's
     // round trip then wakes one task, not two that may sit on different workers.
     let front = async {
-        let reason = if hello_ok {
-            frontend.run().await
-        } else {
-            "egress guard blocked the startup parameters".to_string()
+        let reason = match hello_ok {
+            Ok(()) => frontend.run().await,
+            Err(e) => e,
         };
         // Cancel first: the backend then takes the upstream's EOF that follows the shutdown as
         // this half's ending, so the session keeps the frontend's reason (e.g. "idle timeout").
@@ -973,7 +1012,10 @@ impl Frontend {
     async fn fatal(&mut self, err: &PgProxyError) {
         let fields = ErrorFields::new("FATAL", err.sqlstate(), self.proxy.scrub(&err.to_string()));
         let mut buf = BytesMut::new();
-        if fields.encode(b'E', &mut buf).is_ok() {
+        if fields
+            .encode_in(b'E', &mut buf, self.shared.codec())
+            .is_ok()
+        {
             let mut w = self.client.lock().await;
             let _ = w.write_all(&buf).await;
         }
@@ -982,7 +1024,9 @@ impl Frontend {
     async fn notice(&mut self, message: String) {
         let fields = ErrorFields::new("NOTICE", "00000", self.proxy.scrub(&message));
         let mut buf = BytesMut::new();
-        if fields.encode(b'N', &mut buf).is_ok()
+        if fields
+            .encode_in(b'N', &mut buf, self.shared.codec())
+            .is_ok()
             && self
                 .proxy
                 .pipeline
@@ -1002,6 +1046,25 @@ impl Frontend {
 
     fn settings(&self) -> SqlSessionSettings {
         lock(&self.shared.settings).clone()
+    }
+
+    /// A statement's text as the server reads it: decoded from the client encoding into UTF-8
+    /// (PostgreSQL converts before it reads a token), with the settings to read that text under
+    /// (UTF-8 from then on) and the session's codec. `false` when the bytes are not valid in the
+    /// client encoding (the text is then a lossy rendering, for the record only).
+    fn decode_statement(
+        &self,
+        raw: &[u8],
+    ) -> (String, SqlSessionSettings, crate::encoding::Codec, bool) {
+        let mut settings = self.settings();
+        let codec = self.shared.codec();
+        match codec.decode(raw) {
+            Some(text) => {
+                settings.client_encoding = "UTF8".into();
+                (text.into_owned(), settings, codec, true)
+            }
+            None => (codec.decode_lossy(raw).into_owned(), settings, codec, false),
+        }
     }
 
     async fn handle(&mut self, frame: Frame) -> Result<(), PgProxyError> {
@@ -1708,8 +1771,7 @@ impl Frontend {
 
     async fn query_group(&mut self, body: Bytes, raw: Bytes) -> Result<(), PgProxyError> {
         let gate = self.lexer_gate(&raw).await?;
-        let settings = self.settings();
-        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (text, settings, codec, valid) = self.decode_statement(&raw);
         let whole = SqlOperation {
             text: cap_text(&text),
             parameters: Vec::new(),
@@ -1723,10 +1785,10 @@ impl Frontend {
                 .await;
             return self.refuse_query(index, &text, verdict_deny(v));
         }
-        let analyzed = if std::str::from_utf8(&raw).is_err() {
-            Err(crate::statements::AnalyzeError::Encoding)
-        } else {
+        let analyzed = if valid {
             self.proxy.analyzer.analyze(&text, &settings)
+        } else {
+            Err(crate::statements::AnalyzeError::Encoding)
         };
         let statements = match analyzed {
             Ok(s) => s,
@@ -1867,7 +1929,10 @@ impl Frontend {
                 // skipped remainder) is exactly what the client is told.
                 let prefix = text.get(..start).unwrap_or("");
                 let sql = format!("{prefix}{}", deny_sql(&self.shared.marker(index)));
-                wire::encode_query(&sql, &mut self.out)
+                let mut body = codec.encode(&sql).into_owned();
+                body.push(0);
+                encode_frame(b'Q', &body, &mut self.out);
+                Ok(())
             }
         }
     }
@@ -1875,8 +1940,7 @@ impl Frontend {
     async fn on_parse(&mut self, frame: Frame) -> Result<(), PgProxyError> {
         let parse = wire::parse_parse(frame.body.clone())?;
         let gate = self.lexer_gate(&parse.query).await?;
-        let settings = self.settings();
-        let text = String::from_utf8_lossy(&parse.query).into_owned();
+        let (text, settings, _, valid) = self.decode_statement(&parse.query);
         let index = self.next_index();
         let op = SqlOperation {
             text: text.clone(),
@@ -1884,10 +1948,10 @@ impl Frontend {
             protocol: SqlProtocol::Extended,
             settings: settings.clone(),
         };
-        let analyzed = if std::str::from_utf8(&parse.query).is_err() {
-            Err(crate::statements::AnalyzeError::Encoding)
-        } else {
+        let analyzed = if valid {
             self.proxy.analyzer.analyze(&text, &settings)
+        } else {
+            Err(crate::statements::AnalyzeError::Encoding)
         };
         let info = analyzed.as_ref().ok().and_then(|v| v.first().cloned());
         if info.as_ref().is_some_and(|i| i.kind == StatementKind::Ddl) {
@@ -2452,7 +2516,10 @@ impl Backend {
     async fn fatal(&mut self, err: &PgProxyError) {
         let fields = ErrorFields::new("FATAL", err.sqlstate(), self.proxy.scrub(&err.to_string()));
         let mut buf = BytesMut::new();
-        if fields.encode(b'E', &mut buf).is_ok() {
+        if fields
+            .encode_in(b'E', &mut buf, self.shared.codec())
+            .is_ok()
+        {
             let mut w = self.client.lock().await;
             let _ = w.write_all(&buf).await;
         }
@@ -2493,10 +2560,11 @@ impl Backend {
             }
             b'E' => self.on_error(frame).await,
             b'N' => {
-                let raw = ErrorFields::parse(frame.body)
+                let codec = self.shared.codec();
+                let raw = ErrorFields::parse_in(frame.body, codec)
                     .map_err(|e| PgProxyError::UpstreamProtocol(e.to_string()))?;
                 let masked = self.mask_error_fields(raw).await;
-                masked.encode(b'N', &mut self.out)
+                masked.encode_in(b'N', &mut self.out, codec)
             }
             b'Z' => {
                 if let Some(r) = self.running.take() {
@@ -2820,6 +2888,11 @@ impl Backend {
             return Err(PgProxyError::UpstreamProtocol(format!(
                 "the server reported an unexpected change of {k}; the session is ended"
             )));
+        }
+        if k.eq_ignore_ascii_case("client_encoding")
+            && let Some(e) = unsupported_encoding(&v)
+        {
+            return Err(PgProxyError::Refused(e));
         }
         track_setting(&mut lock(&self.shared.settings), &k, &v);
         if FIXED_FORM_PARAMETERS
@@ -3392,7 +3465,8 @@ impl Backend {
     }
 
     async fn on_error(&mut self, frame: Frame) -> Result<(), PgProxyError> {
-        let raw = ErrorFields::parse(frame.body)
+        let codec = self.shared.codec();
+        let raw = ErrorFields::parse_in(frame.body, codec)
             .map_err(|e| PgProxyError::UpstreamProtocol(e.to_string()))?;
         let denied = raw
             .get(b'M')
@@ -3429,7 +3503,7 @@ impl Backend {
                 statements.clear();
             }
         }
-        fields.encode(b'E', &mut self.out)?;
+        fields.encode_in(b'E', &mut self.out, codec)?;
         if fatal {
             self.flush().await?;
         }

@@ -93,7 +93,7 @@ pub enum AnalyzeError {
     #[error("unterminated {0}")]
     Unterminated(&'static str),
     /// The text is not valid in the session's client encoding.
-    #[error("statement text is not valid UTF-8")]
+    #[error("statement text is not valid in the session's client_encoding")]
     Encoding,
     /// The classifier could not read a statement with certainty.
     #[error("{0}")]

@@ -67,6 +67,46 @@ impl ErrorFields {
         self.get(b'C')
     }
 
+    /// Parses an ErrorResponse/NoticeResponse body whose text is in `codec`'s encoding.
+    pub(crate) fn parse_in(body: Bytes, codec: crate::encoding::Codec) -> Result<Self, FrameError> {
+        if codec.is_utf8() {
+            return Self::parse(body);
+        }
+        let mut r = BodyReader::new(body, "ErrorResponse");
+        let mut fields = Vec::new();
+        loop {
+            let code = r.u8()?;
+            if code == 0 {
+                break;
+            }
+            let value = r.cstr()?;
+            fields.push((code, codec.decode_lossy(&value).into_owned()));
+        }
+        Ok(Self { fields })
+    }
+
+    /// Encodes as ErrorResponse (`E`) or NoticeResponse (`N`) with text in `codec`'s encoding.
+    pub(crate) fn encode_in(
+        &self,
+        tag: u8,
+        out: &mut BytesMut,
+        codec: crate::encoding::Codec,
+    ) -> Result<(), crate::PgProxyError> {
+        if codec.is_utf8() {
+            return self.encode(tag, out);
+        }
+        let mut body = Vec::new();
+        for (code, value) in &self.fields {
+            body.push(*code);
+            // A NUL would end the field early: PostgreSQL's own text never holds one.
+            body.extend(codec.encode(value).iter().filter(|b| **b != 0));
+            body.push(0);
+        }
+        body.push(0);
+        crate::frame::encode_frame(tag, &body, out);
+        Ok(())
+    }
+
     /// Encodes as ErrorResponse (`E`) or NoticeResponse (`N`).
     pub fn encode(&self, tag: u8, out: &mut BytesMut) -> Result<(), crate::PgProxyError> {
         if tag == b'N' {

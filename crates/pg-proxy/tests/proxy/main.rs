@@ -7,6 +7,7 @@ mod common;
 
 mod auth;
 mod copy;
+mod encodings;
 mod execution;
 mod holds;
 mod hostile;
