@@ -117,6 +117,61 @@ impl ProxyInner {
         }
     }
 
+    /// Indices of the columns that are view columns computed by an expression (to be masked
+    /// whole like any expression). When the catalog cannot tell, every table-backed column.
+    pub(crate) async fn view_expressions(
+        &self,
+        target: &str,
+        columns: &[wire::ColumnDesc],
+    ) -> Vec<usize> {
+        if columns.iter().all(|c| c.table_oid == 0) {
+            return Vec::new();
+        }
+        let flags = match self.catalogs.get(target) {
+            Some(cat) => match cat.view_expressions(columns).await {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(target = %target, error = %e, "view lookup failed");
+                    columns.iter().map(|c| c.table_oid != 0).collect()
+                }
+            },
+            None => return Vec::new(),
+        };
+        flags
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| **d)
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// Of the columns whose nullness alone an output shows (`table.column` names, see
+    /// [`statements::NULLNESS_PREFIX`]), those that must count as sources after all: view
+    /// columns computed by an expression (their nullness may be a predicate on a masked value),
+    /// and any the catalog cannot place.
+    pub(crate) async fn nullness_sources(
+        &self,
+        target: &str,
+        names: &[String],
+        tables: &[String],
+    ) -> Vec<String> {
+        let Some(cat) = self.catalogs.get(target) else {
+            return names.to_vec();
+        };
+        let mut out = Vec::new();
+        for n in names {
+            match cat.computed_by_view(n, tables).await {
+                Ok(false) => {}
+                Ok(true) => out.push(n.clone()),
+                Err(e) => {
+                    tracing::warn!(target = %target, error = %e, "view lookup failed");
+                    out.push(n.clone());
+                }
+            }
+        }
+        out
+    }
+
     /// Expands SQL-level lineage names to qualified catalog sources (through views). On a
     /// catalog failure the names are kept as written (a masker rule on the bare column name still
     /// matches them).
@@ -188,6 +243,11 @@ impl ProxyInner {
             Some(cat) => cat.user_functions(functions).await.unwrap_or(true),
             None => false,
         }
+    }
+
+    /// The target catalog's generation (see [`catalog::Catalog::generation`]).
+    pub(crate) fn catalog_generation(&self, target: &str) -> u64 {
+        self.catalogs.get(target).map_or(0, |c| c.generation())
     }
 
     pub(crate) fn catalog_invalidate(&self, target: &str) {

@@ -616,6 +616,7 @@ async fn relay(proxy: Arc<ProxyInner>, ready: Ready, client_addr: String, sessio
         notice_plan: None,
         withheld_cache: None,
         plan_cache: HashMap::new(),
+        plan_generation: 0,
         masked_columns: HashMap::new(),
         results,
         recording: Vec::new(),
@@ -2291,6 +2292,8 @@ struct Backend {
     /// The last answer of [`Backend::withholds`]: (operation index, answer).
     withheld_cache: Option<(u64, bool)>,
     plan_cache: HashMap<PlanKey, Arc<ShapePlan>>,
+    /// The catalog generation the cached plans were made under.
+    plan_generation: u64,
     /// Per masking profile: the database's columns it masks (see [`Backend::masked_columns`]).
     masked_columns: HashMap<Option<String>, (ColumnList, ColumnList)>,
     /// Result summaries to the audit log (see [`record_results`]).
@@ -2628,7 +2631,7 @@ impl Backend {
                 frame.encode_into(&mut self.out);
                 Ok(())
             }
-            b'V' => self.on_function_result(frame),
+            b'V' => self.on_function_result(frame).await,
             b'A' => self.on_notification(frame),
             b'G' | b'W' => {
                 frame.encode_into(&mut self.out);
@@ -2642,9 +2645,13 @@ impl Backend {
         }
     }
 
-    /// A FunctionCallResponse (only when FunctionCall is allowed): the value, whatever its
-    /// format, runs through the content detectors as raw bytes.
-    fn on_function_result(&mut self, frame: Frame) -> Result<(), PgProxyError> {
+    /// A FunctionCallResponse (only when FunctionCall is allowed). The fastpath interface is
+    /// how clients read large objects (`lo_open`/`loread`), which may hold anything written
+    /// from a masked column, transformed past the detectors: while the profile masks any
+    /// column of the database (or the columns cannot be listed), every result is withheld
+    /// (NULL). Otherwise the value, whatever its format, runs through the content detectors
+    /// as raw bytes.
+    async fn on_function_result(&mut self, frame: Frame) -> Result<(), PgProxyError> {
         let mut r = crate::frame::BodyReader::new(frame.body.clone(), "FunctionCallResponse");
         let value = r
             .value()
@@ -2655,6 +2662,13 @@ impl Backend {
             return Ok(());
         };
         let profile = self.running_ctx().and_then(|c| c.profile.clone());
+        match self.masked_columns(profile.as_deref()).await {
+            Some(m) if m.is_empty() => {}
+            _ => {
+                encode_frame(b'V', &(-1i32).to_be_bytes(), &mut self.out);
+                return Ok(());
+            }
+        }
         let column = ColumnDesc {
             name: "function_result".into(),
             table_oid: 0,
@@ -2864,6 +2878,12 @@ impl Backend {
             lineage.clone(),
             untraced,
         );
+        // A replaced view keeps its RowDescription: no cached plan outlives a catalog change.
+        let generation = self.proxy.catalog_generation(&self.ctx.target.name);
+        if generation != self.plan_generation {
+            self.plan_cache.clear();
+            self.plan_generation = generation;
+        }
         if let Some(p) = self.plan_cache.get(&key) {
             return p.clone();
         }
@@ -2902,6 +2922,23 @@ impl Backend {
                     }
                     crate::statements::ColumnLineage::Union(all) => all.clone(),
                 };
+                // `count(col)`, `col IS NULL`: the column's nullness only, unless the column
+                // is a view's expression.
+                let (nullness, mut names): (Vec<String>, Vec<String>) = names
+                    .into_iter()
+                    .partition(|n| n.starts_with(crate::statements::NULLNESS_PREFIX));
+                if !nullness.is_empty() {
+                    let stripped: Vec<String> = nullness
+                        .iter()
+                        .filter_map(|n| n.strip_prefix(crate::statements::NULLNESS_PREFIX))
+                        .map(str::to_string)
+                        .collect();
+                    names.extend(
+                        self.proxy
+                            .nullness_sources(&self.ctx.target.name, &stripped, &tables)
+                            .await,
+                    );
+                }
                 let expanded = self
                     .proxy
                     .expand_sources(&self.ctx.target.name, &names, &tables)
@@ -2937,6 +2974,15 @@ impl Backend {
         );
         for i in withhold {
             plan.withhold(i);
+        }
+        // View columns computed by an expression of the view are masked whole, like the
+        // client's own expressions.
+        for i in self
+            .proxy
+            .view_expressions(&self.ctx.target.name, columns)
+            .await
+        {
+            plan.mark_derived(i);
         }
         let plan = Arc::new(plan);
         if self.plan_cache.len() > 256 {

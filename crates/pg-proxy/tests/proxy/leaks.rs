@@ -33,6 +33,13 @@ CREATE FUNCTION customer_dump() RETURNS text LANGUAGE sql
     AS $$ SELECT string_agg(reverse(card_number) || translate(email, '@.', '  '), ',') FROM customers $$;
 CREATE TABLE plain (id int, label text);
 INSERT INTO plain VALUES (1, 'harmless');
+CREATE VIEW v_cards AS SELECT id, card_number, card_number || 'x' AS cx, reverse(card_number) AS rc,
+    upper(email) AS ue, email, phone FROM customers;
+CREATE VIEW v_nested AS SELECT id, cx, rc AS rc2, card_number AS card FROM v_cards;
+CREATE VIEW v_sub AS SELECT s.id, s.k FROM (SELECT id, reverse(card_number) AS k FROM customers) s;
+CREATE VIEW v_union AS SELECT id, card_number AS u FROM customers
+    UNION ALL SELECT id, reverse(card_number) FROM customers;
+CREATE MATERIALIZED VIEW m_cards AS SELECT id, card_number, reverse(card_number) AS rc FROM customers;
 ";
 
 /// Every value that must never be seen: the masked columns, and the PII inside `note` that
@@ -191,6 +198,37 @@ const UNTRACED: &[&str] = &[
     "SELECT customer_dump()",
     "SELECT * FROM customer_dump()",
     "SELECT set_config('application_name', (SELECT string_agg(reverse(card_number), ',') FROM customers), false); SELECT current_setting('application_name')",
+];
+
+/// Views whose columns are expressions over masked columns, under a partial strategy: the
+/// view's expression columns are masked whole, not as if they were the card number itself.
+const VIEWS: &[&str] = &[
+    "SELECT cx, rc, ue FROM v_cards",
+    "SELECT * FROM v_cards",
+    "SELECT rc2, cx FROM v_nested",
+    "SELECT k FROM v_sub",
+    "SELECT u FROM v_union",
+    "SELECT rc FROM m_cards",
+    "SELECT string_agg(rc, ',') FROM v_cards",
+    "SELECT v.rc || v.cx FROM v_cards v",
+];
+
+/// Large objects: data copied into one (from a masked column, transformed past the detectors)
+/// and read back through any large-object function, the fastpath interface or server files.
+const LARGE_OBJECTS: &[&str] = &[
+    "SELECT lo_from_bytea(424242, convert_to((SELECT string_agg(reverse(email) || reverse(card_number), ',') FROM customers), 'UTF8'))",
+    "SELECT lo_get(424242)",
+    "SELECT lo_get(424242, 0, 1000)",
+    "SELECT convert_from(lo_get(424242), 'UTF8')",
+    "SELECT encode(lo_get(424242), 'escape')",
+    "SELECT encode(lo_get(424242), 'base64')",
+    "BEGIN; SELECT loread(lo_open(424242, 262144), 100000); COMMIT",
+    "BEGIN; SELECT lo_lseek(lo_open(424242, 262144), 0, 0); COMMIT",
+    "SELECT data FROM pg_largeobject",
+    "SELECT lo_export(424242, '/tmp/gatehouse-leaks-lo')",
+    "SELECT pg_read_file('/tmp/gatehouse-leaks-lo')",
+    "SELECT pg_read_binary_file('/tmp/gatehouse-leaks-lo')",
+    "SELECT lo_put(424242, 0, convert_to((SELECT min(reverse(phone)) FROM customers), 'UTF8')); SELECT lo_get(424242)",
 ];
 
 /// What the tap saw from the gateway, per client connection.
@@ -538,6 +576,54 @@ impl RawClient {
     }
 }
 
+impl RawClient {
+    /// A fastpath FunctionCall with binary int4 arguments and a binary result: the value of
+    /// the FunctionCallResponse (`None` for NULL, for an error or a closed session).
+    async fn function_call(&mut self, oid: u32, args: &[i32]) -> Option<Vec<u8>> {
+        let mut body = oid.to_be_bytes().to_vec();
+        body.extend_from_slice(&1u16.to_be_bytes());
+        body.extend_from_slice(&1u16.to_be_bytes());
+        body.extend_from_slice(&(args.len() as u16).to_be_bytes());
+        for a in args {
+            body.extend_from_slice(&4i32.to_be_bytes());
+            body.extend_from_slice(&a.to_be_bytes());
+        }
+        body.extend_from_slice(&1u16.to_be_bytes());
+        self.send(b'F', &body).await;
+        let mut value = None;
+        loop {
+            match self.read().await {
+                Some((b'V', v)) => {
+                    let len = i32::from_be_bytes(v.get(..4)?.try_into().ok()?);
+                    if len >= 0 {
+                        value = Some(v.get(4..)?.to_vec());
+                    }
+                }
+                Some((b'Z', _)) => return value,
+                Some(_) => {}
+                None => return None,
+            }
+        }
+    }
+}
+
+/// Reads large object 424242 through the fastpath interface (`lo_open`, then `loread`), as
+/// libpq's large-object functions do.
+async fn run_fastpath(port: u16) -> Vec<u8> {
+    const LO_OPEN: u32 = 952;
+    const LOREAD: u32 = 954;
+    const INV_READ: i32 = 0x40000;
+    let mut c = RawClient::connect(port).await;
+    assert!(c.simple("BEGIN").await);
+    let fd = c.function_call(LO_OPEN, &[424242, INV_READ]).await;
+    let fd = fd
+        .and_then(|v| Some(i32::from_be_bytes(v.get(..4)?.try_into().ok()?)))
+        .unwrap_or(0);
+    let data = c.function_call(LOREAD, &[fd, 100_000]).await;
+    let _ = c.simple("COMMIT").await;
+    data.unwrap_or_default()
+}
+
 async fn run_raw(port: u16, statements: &[&str], binary: bool) {
     let mut c = RawClient::connect(port).await;
     for s in statements {
@@ -640,8 +726,10 @@ async fn no_pii_reaches_a_client_or_the_audit_log() {
         assert!(!leaks_in(b"x enEubGVha3Rlc3QxQGNvcnAtZXhhbXBsZS5vcmc= y").is_empty());
         let mut attempts = 0usize;
         let mut report = Vec::new();
-        let families: [(&str, &[&str], bool); 5] = [
+        let families: [(&str, &[&str], bool); 7] = [
             ("lineage", LINEAGE, true),
+            ("views", VIEWS, true),
+            ("large objects", LARGE_OBJECTS, true),
             ("detectors in binary values", DETECTORS, true),
             ("error and notice fields", ERRORS, false),
             ("notifications and parameter status", SIDE_CHANNELS, false),
@@ -678,6 +766,27 @@ async fn no_pii_reaches_a_client_or_the_audit_log() {
             if !found.is_empty() {
                 report.push(format!("{family}: {found:?}"));
             }
+        }
+        // Large objects through the fastpath interface: a raw FunctionCall client, and psql's
+        // \lo_export (libpq's lo_open/loread) into a client-side file.
+        let from = captured.lock().unwrap().len();
+        let mut extra = run_fastpath(port).await;
+        attempts += 1;
+        let exported = std::env::temp_dir().join(format!("gh-leaks-lo-{}", std::process::id()));
+        let _ = std::fs::remove_file(&exported);
+        let script = format!("\\lo_export 424242 {}\nSELECT 1", exported.display());
+        let psql_out = tokio::task::spawn_blocking(move || run_psql(port, &[script.as_str()]))
+            .await
+            .unwrap();
+        attempts += 1;
+        extra.extend_from_slice(&psql_out);
+        if let Ok(file) = std::fs::read(&exported) {
+            extra.extend_from_slice(&file);
+        }
+        let _ = std::fs::remove_file(&exported);
+        let found = scan(&captured, from, &extra);
+        if !found.is_empty() {
+            report.push(format!("large objects through the fastpath: {found:?}"));
         }
         // The audit log and the session recordings (rows, statements, results) of every family.
         let found = leaks_in(gw.tp.recorder.dump().as_bytes());
@@ -725,6 +834,144 @@ async fn no_pii_reaches_a_client_or_the_audit_log() {
             err.as_db_error().unwrap().message().contains("harmless"),
             "errors about unmasked data keep their text: {err}"
         );
+    })
+    .await;
+}
+
+/// Runs `sql` in text (simple query) and binary (prepared) format; the first row's values as
+/// text (binary values decoded by type: text, int8, bool).
+async fn first_row(client: &tokio_postgres::Client, sql: &str) -> [Vec<Option<String>>; 2] {
+    let text = match client.simple_query(sql).await {
+        Ok(msgs) => msgs
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                    (0..r.len())
+                        .map(|i| r.get(i).map(str::to_string))
+                        .collect::<Vec<_>>(),
+                ),
+                _ => None,
+            })
+            .unwrap_or_default(),
+        Err(e) => vec![Some(format!("error: {e}"))],
+    };
+    let binary = match client.query(sql, &[]).await {
+        Ok(rows) => match rows.first() {
+            Some(row) => (0..row.len())
+                .map(|i| {
+                    let ty = row.columns()[i].type_().clone();
+                    if ty == tokio_postgres::types::Type::INT8 {
+                        row.get::<_, Option<i64>>(i).map(|v| v.to_string())
+                    } else if ty == tokio_postgres::types::Type::BOOL {
+                        row.get::<_, Option<bool>>(i)
+                            .map(|v| if v { "t" } else { "f" }.to_string())
+                    } else if ty == tokio_postgres::types::Type::INT4 {
+                        row.get::<_, Option<i32>>(i).map(|v| v.to_string())
+                    } else {
+                        row.get::<_, Option<String>>(i)
+                    }
+                })
+                .collect(),
+            None => Vec::new(),
+        },
+        Err(e) => vec![Some(format!("error: {e}"))],
+    };
+    [text, binary]
+}
+
+/// Views under a partial strategy: a view column that is a plain column keeps the rule's
+/// partial form; one computed by the view (`reverse(card_number)`, `card_number || 'x'`, through
+/// nested views, subqueries, set operations, materialized views) is masked whole — a partial form
+/// of the reversed card would show its first four digits. And the reviewed list of derivations
+/// that reveal nothing (`count(col)`, `col IS [NOT] NULL`) passes unmasked while everything
+/// else derived from a masked column stays masked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn view_expressions_are_masked_whole_and_the_reveals_nothing_list_passes() {
+    gatehouse_testkit::within(Duration::from_secs(120), async {
+        let gw = gateway().await;
+        let (client, conn) = tokio_postgres::connect(
+            &format!(
+                "host=127.0.0.1 port={} user=agent dbname=app password={TOKEN} connect_timeout=10",
+                gw.port
+            ),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        for sql in [
+            "SELECT card_number FROM v_cards WHERE id = 1",
+            "SELECT card FROM v_nested WHERE id = 1",
+            "SELECT card_number FROM m_cards WHERE id = 1",
+        ] {
+            for row in first_row(&client, sql).await {
+                assert_eq!(
+                    row,
+                    vec![Some("************1111".to_string())],
+                    "{sql}: a plain view column keeps its rule's partial form"
+                );
+            }
+        }
+        for sql in [
+            "SELECT cx, rc, ue FROM v_cards WHERE id = 1",
+            "SELECT cx, rc2 FROM v_nested WHERE id = 1",
+            "SELECT k FROM v_sub WHERE id = 1",
+            "SELECT u FROM v_union WHERE id = 1",
+            "SELECT rc FROM m_cards WHERE id = 1",
+        ] {
+            for row in first_row(&client, sql).await {
+                assert!(!row.is_empty(), "{sql}: no row");
+                for v in row.iter().flatten() {
+                    assert!(
+                        !v.bytes().any(|b| b.is_ascii_alphanumeric()),
+                        "{sql}: a view's expression column is masked whole, got {v:?}"
+                    );
+                }
+            }
+        }
+        let s = |v: &str| Some(v.to_string());
+        for (sql, want) in [
+            (
+                "SELECT count(email), count(ALL card_number), pg_catalog.count(c.phone) \
+                 FROM customers c",
+                vec![s("2"), s("2"), s("2")],
+            ),
+            (
+                "SELECT email IS NULL, card_number IS NOT NULL, (c.phone) IS NULL \
+                 FROM customers c WHERE id = 1",
+                vec![s("f"), s("t"), s("f")],
+            ),
+            (
+                "SELECT count(email) FROM v_cards",
+                vec![s("2")],
+            ),
+        ] {
+            for row in first_row(&client, sql).await {
+                assert_eq!(row, want, "{sql}: on the reveals-nothing list");
+            }
+        }
+        // Everything else derived from a masked column is masked whole (NULL for a number).
+        for sql in [
+            "SELECT count(DISTINCT email) FROM customers",
+            "SELECT length(email) FROM customers WHERE id = 1",
+            "SELECT octet_length(card_number) FROM customers WHERE id = 1",
+            "SELECT count(email) FILTER (WHERE email LIKE 'zq%') FROM customers",
+            "SELECT count(email) OVER (ORDER BY email) FROM customers WHERE id = 1",
+            "SELECT count(NULLIF(email, 'zq.leaktest1@corp-example.org')) FROM customers",
+            "SELECT count(CASE WHEN email LIKE 'zq%' THEN 1 END) FROM customers",
+            "WITH x AS (SELECT CASE WHEN email LIKE 'zq%' THEN 1 END AS e FROM customers) \
+             SELECT count(e) FROM x",
+            "SELECT count(e) FROM (SELECT NULLIF(card_number, '4111111111111111') e FROM customers) s",
+            "SELECT reverse(email) IS NULL FROM customers WHERE id = 1",
+            "SELECT NULLIF(email, 'zq.leaktest1@corp-example.org') IS NULL FROM customers WHERE id = 1",
+            "SELECT count(customers) FROM customers",
+            "SELECT count(cx) FROM v_cards",
+            "SELECT count(email || '') FROM customers",
+        ] {
+            for row in first_row(&client, sql).await {
+                assert_eq!(row, vec![None], "{sql}: not on the reveals-nothing list");
+            }
+        }
     })
     .await;
 }
