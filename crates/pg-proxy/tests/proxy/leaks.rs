@@ -689,6 +689,8 @@ async fn gateway() -> Gateway {
         upstream,
     }]);
     config.allow_plaintext_password = true;
+    // Served here so that its results' masking is what the corpus tests (it is off by default).
+    config.allow_function_call = true;
     let proxy = PgProxy::new(config, tp.pipeline.clone());
     let listener = gatehouse_testkit::net::bind_loopback_tokio().await;
     let port = listener.local_addr().unwrap().port();
