@@ -85,6 +85,64 @@ impl ProxyInner {
         s
     }
 
+    /// `op` as the audit log and recordings keep it: its text and its bound parameter values
+    /// pass the masking profile's detectors, so literal PII (`WHERE email = 'bob@x.org'`,
+    /// `INSERT … VALUES ('4111 1111 1111 1111')`) is recorded masked while the statement's
+    /// structure stays readable. A binary parameter (recorded as `\x` hex) is decoded first; one
+    /// in which anything matched is recorded as `[masked]`.
+    pub(crate) fn recorded_operation(
+        &self,
+        op: &gatehouse_core::SqlOperation,
+        profile: Option<&str>,
+    ) -> gatehouse_core::SqlOperation {
+        let mut out = op.clone();
+        out.text = self.recorded_text(&op.text, profile);
+        for p in out.parameters.iter_mut().flatten() {
+            let hex = p.strip_prefix("\\x").and_then(|h| {
+                h.as_bytes()
+                    .chunks(2)
+                    .map(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 16).ok())
+                    .collect::<Option<Vec<u8>>>()
+            });
+            match hex {
+                Some(bytes) => {
+                    if self.mask_text(&bytes, profile).is_some() {
+                        *p = "[masked]".to_string();
+                    }
+                }
+                None => *p = self.recorded_text(p, profile),
+            }
+        }
+        out
+    }
+
+    /// Statement text as recorded: through the profile's detectors (see
+    /// [`ProxyInner::recorded_operation`]).
+    pub(crate) fn recorded_text(&self, text: &str, profile: Option<&str>) -> String {
+        match self.mask_text(text.as_bytes(), profile) {
+            Some(m) => String::from_utf8_lossy(&m).into_owned(),
+            None => text.to_string(),
+        }
+    }
+
+    /// `value` through the profile's detectors: the masked bytes, or `None` when nothing
+    /// matched.
+    fn mask_text(&self, value: &[u8], profile: Option<&str>) -> Option<Vec<u8>> {
+        let fields = [gatehouse_core::FieldDesc {
+            name: String::new(),
+            sources: Vec::new(),
+            kind: gatehouse_core::FieldKind::Text,
+        }];
+        let plan = self.pipeline.masker.plan(&fields, profile);
+        let mut out = Vec::new();
+        let mut findings = Vec::new();
+        match plan.apply(0, value, &mut out, &mut findings) {
+            gatehouse_core::MaskOutcome::Unchanged => None,
+            gatehouse_core::MaskOutcome::Masked => Some(out),
+            _ => Some(b"[masked]".to_vec()),
+        }
+    }
+
     /// Catalog sources of each column (empty for expressions). If the catalog cannot be read,
     /// table-backed columns get a source naming the unresolved column, which a masker with any
     /// column rule should treat as unknown.

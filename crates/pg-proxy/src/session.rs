@@ -1092,9 +1092,17 @@ impl Frontend {
             Some(d) => d,
             None => decision,
         };
+        // The audit log keeps the statement with its literals and parameters masked.
+        let recorded = match &operation {
+            Operation::Sql(op) => Operation::Sql(
+                self.proxy
+                    .recorded_operation(op, decision.masking_profile.as_deref()),
+            ),
+            other => other.clone(),
+        };
         let event = self.event(EventBody::Operation {
             index,
-            operation,
+            operation: recorded,
             decision: decision.clone(),
         });
         if let Err(e) = self.proxy.pipeline.recorder.record(event).await {
@@ -1442,7 +1450,7 @@ impl Frontend {
         let decision = Decision::deny(rule, reason.clone());
         let event = self.event(EventBody::Operation {
             index,
-            operation: Operation::Sql(op.clone()),
+            operation: Operation::Sql(self.proxy.recorded_operation(op, None)),
             decision,
         });
         if let Err(e) = self.proxy.pipeline.recorder.record(event).await {
@@ -3304,7 +3312,9 @@ impl Backend {
                 label: "statement".into(),
                 body: serde_json::json!({
                     "index": r.ctx.index,
-                    "text": self.proxy.scrub(&r.ctx.text),
+                    "text": self.proxy.scrub(
+                        &self.proxy.recorded_text(&r.ctx.text, r.ctx.profile.as_deref())
+                    ),
                     "status": status,
                 }),
             })

@@ -231,6 +231,23 @@ const LARGE_OBJECTS: &[&str] = &[
     "SELECT lo_put(424242, 0, convert_to((SELECT min(reverse(phone)) FROM customers), 'UTF8')); SELECT lo_get(424242)",
 ];
 
+/// Statements whose own text carries PII as literals: the audit log and the recordings keep
+/// them masked (and nothing echoes them back raw).
+const STATEMENT_TEXT: &[&str] = &[
+    "SELECT id FROM customers WHERE email = 'zq.leaktest1@corp-example.org'",
+    "SELECT id FROM customers WHERE card_number = '4111111111111111' OR phone = '+1 202 555 0143'",
+    "SELECT id FROM customers WHERE email LIKE 'yx.leaktest2@corp-example.org%'",
+    "INSERT INTO plain VALUES (7, 'wq.notetest3@corp-example.org') RETURNING id",
+    "UPDATE plain SET label = 'yx.leaktest2@corp-example.org' WHERE id = 7",
+    "DELETE FROM plain WHERE id = 7 OR label = '5555555555554444'",
+    "SELECT 1 WHERE '4012 8888 8888 1881' IS NOT NULL",
+    "SELECT count(*) FROM customers WHERE phone IN ('+1 202 555 0178', '+1 202 555 0143')",
+    "SELECT CAST('zq.leaktest1@corp-example.org' AS int)",
+    "PREPARE pq(text) AS SELECT id FROM customers WHERE email = $1; EXECUTE pq('zq.leaktest1@corp-example.org')",
+    "DO $$ BEGIN PERFORM 1 WHERE 'yx.leaktest2@corp-example.org' <> ''; END $$",
+    "SELECT id FROM customers WHERE card_number = E'4111111111111111' AND email = $q$zq.leaktest1@corp-example.org$q$",
+];
+
 /// What the tap saw from the gateway, per client connection.
 type Captured = Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>;
 
@@ -728,8 +745,9 @@ async fn no_pii_reaches_a_client_or_the_audit_log() {
         assert!(!leaks_in(b"x enEubGVha3Rlc3QxQGNvcnAtZXhhbXBsZS5vcmc= y").is_empty());
         let mut attempts = 0usize;
         let mut report = Vec::new();
-        let families: [(&str, &[&str], bool); 7] = [
+        let families: [(&str, &[&str], bool); 8] = [
             ("lineage", LINEAGE, true),
+            ("statement text", STATEMENT_TEXT, true),
             ("views", VIEWS, true),
             ("large objects", LARGE_OBJECTS, true),
             ("detectors in binary values", DETECTORS, true),
@@ -753,9 +771,14 @@ async fn no_pii_reaches_a_client_or_the_audit_log() {
                 run_raw(port, statements, true).await;
                 attempts += statements.len();
             }
-            let mut extra = psql_out.clone();
-            for line in &driver {
-                extra.extend_from_slice(line.as_bytes());
+            // What the clients printed, without the statements they echo themselves (psql's
+            // `LINE 1:` context, the driver's outcome lines): those are the client's own text.
+            let mut extra = Vec::new();
+            if family != "statement text" {
+                extra.extend_from_slice(&psql_out);
+            }
+            for (line, s) in driver.iter().zip(statements) {
+                extra.extend_from_slice(line.strip_prefix(s).unwrap_or(line).as_bytes());
                 extra.push(b'\n');
             }
             if std::env::var_os("LEAKS_DEBUG").is_some() {
@@ -768,6 +791,36 @@ async fn no_pii_reaches_a_client_or_the_audit_log() {
             if !found.is_empty() {
                 report.push(format!("{family}: {found:?}"));
             }
+        }
+        // Bound parameter values (extended protocol; tokio-postgres sends them in binary).
+        {
+            let (client, conn) = tokio_postgres::connect(
+                &format!(
+                    "host=127.0.0.1 port={port} user=agent dbname=app password={TOKEN} connect_timeout=10"
+                ),
+                tokio_postgres::NoTls,
+            )
+            .await
+            .unwrap();
+            tokio::spawn(conn);
+            for (sql, value) in [
+                ("SELECT id FROM customers WHERE email = $1", "zq.leaktest1@corp-example.org"),
+                ("SELECT id FROM customers WHERE card_number = $1", "5555555555554444"),
+                ("SELECT id FROM customers WHERE phone = $1::text", "+1 202 555 0178"),
+                ("SELECT $1::text IS NULL", "wq.notetest3@corp-example.org"),
+            ] {
+                let rows = client.query(sql, &[&value]).await;
+                assert!(rows.is_ok(), "{sql}: {rows:?}");
+                attempts += 1;
+            }
+            let rows = client
+                .query(
+                    "SELECT id FROM customers WHERE email = $1",
+                    &[&"yx.leaktest2@corp-example.org".to_string()],
+                )
+                .await
+                .unwrap();
+            assert_eq!(rows.len(), 1, "the parameter reached PostgreSQL unmasked");
         }
         // Large objects through the fastpath interface: a raw FunctionCall client, and psql's
         // \lo_export (libpq's lo_open/loread) into a client-side file.
