@@ -346,7 +346,7 @@ impl Catalog {
     /// Sources per column; columns without a table (expressions) get none. If the lookup fails,
     /// every table-backed column is marked with a source the masker cannot mistake for safe
     /// (`?.<oid>.<attnum>`), and the failure is returned for the caller to decide.
-    pub(crate) async fn resolve(
+    async fn resolve_dependencies(
         &self,
         columns: &[ColumnDesc],
     ) -> Result<Vec<Vec<String>>, PgProxyError> {

@@ -22,25 +22,44 @@ use crate::wire::ColumnDesc;
 /// How deep views over views are followed before a column counts as derived.
 const MAX_DEPTH: usize = 8;
 
+/// One view column: computed by the view (`None`), or passing through these stored columns
+/// (table OID, attnum) unchanged — one, or several for a set operation of plain columns.
+type ViewColumn = Option<Vec<(u32, i16)>>;
+
 /// What a relation's columns are.
 #[derive(Debug)]
 pub(crate) enum RelationKind {
     /// Not a view: its columns are stored values.
     Stored,
-    /// A view: whether each column (attnum - 1) is derived; columns beyond the list are.
-    View(Vec<bool>),
+    /// A view: each column (attnum - 1); columns beyond the list are computed.
+    View(Vec<ViewColumn>),
 }
 
 impl RelationKind {
+    /// Whether column `attnum` is computed by the view.
     fn derived(&self, attnum: i16) -> bool {
         match self {
             RelationKind::Stored => false,
-            RelationKind::View(cols) => usize::try_from(attnum - 1)
-                .ok()
-                .and_then(|i| cols.get(i).copied())
-                .unwrap_or(true),
+            RelationKind::View(cols) => view_column(cols, attnum).is_none(),
         }
     }
+
+    /// The stored columns column `attnum` (of this relation, `oid`) passes through unchanged:
+    /// itself for a stored relation; `None` when the view computes it.
+    fn column(&self, oid: u32, attnum: i16) -> ViewColumn {
+        match self {
+            RelationKind::Stored => Some(vec![(oid, attnum)]),
+            RelationKind::View(cols) => view_column(cols, attnum).cloned(),
+        }
+    }
+}
+
+fn view_column(cols: &[ViewColumn], attnum: i16) -> Option<&Vec<(u32, i16)>> {
+    usize::try_from(attnum)
+        .ok()
+        .and_then(|a| a.checked_sub(1))
+        .and_then(|i| cols.get(i))
+        .and_then(Option::as_ref)
 }
 
 /// Relation OID → what its columns are (cleared with the rest of the catalog on DDL).
@@ -148,8 +167,8 @@ impl Catalog {
         Ok(kind)
     }
 
-    /// Whether each output column of a view definition is derived.
-    async fn view_columns(&self, def: &str, depth: usize) -> Result<Vec<bool>, PgProxyError> {
+    /// Each output column of a view definition: computed, or the stored columns it passes.
+    async fn view_columns(&self, def: &str, depth: usize) -> Result<Vec<ViewColumn>, PgProxyError> {
         let Ok(lineage) = gatehouse_sql::lineage(
             def,
             &SqlSessionSettings::default(),
@@ -162,29 +181,86 @@ impl Catalog {
         }
         let mut out = Vec::with_capacity(lineage.columns.len());
         for col in &lineage.columns {
-            let mut derived = col.derived || col.sources.is_empty();
+            let mut bases = Vec::new();
+            let mut computed = col.derived || col.sources.is_empty();
             for source in &col.sources {
-                if derived {
+                if computed {
                     break;
                 }
-                derived = match source {
-                    gatehouse_sql::Source::Column { table, column } => {
-                        let found = self
-                            .relation(table)
+                let gatehouse_sql::Source::Column { table, column } = source else {
+                    computed = true;
+                    break;
+                };
+                let found = self
+                    .relation(table)
+                    .await?
+                    .into_iter()
+                    .find(|(_, _, name)| name == column);
+                match found {
+                    Some((oid, attnum, _)) => {
+                        match Box::pin(self.relation_kind(oid, depth + 1))
                             .await?
-                            .into_iter()
-                            .find(|(_, _, name)| name == column);
-                        match found {
-                            Some((oid, attnum, _)) => Box::pin(self.relation_kind(oid, depth + 1))
-                                .await?
-                                .derived(attnum),
-                            None => true,
+                            .column(oid, attnum)
+                        {
+                            Some(b) => bases.extend(b),
+                            None => computed = true,
                         }
                     }
-                    _ => true,
-                };
+                    None => computed = true,
+                }
             }
-            out.push(derived);
+            out.push(if computed { None } else { Some(bases) });
+        }
+        Ok(out)
+    }
+
+    /// Sources per column (see [`Catalog::resolve_dependencies`]), made exact for view columns
+    /// that pass a column through unchanged: the view column's own name and its base columns'
+    /// sources, not every column the view reads (a plain `id` of a view that also reads
+    /// `card_number` follows `id`'s rule, not the card's). Computed view columns keep every
+    /// column the view reads.
+    pub(crate) async fn resolve(
+        &self,
+        columns: &[ColumnDesc],
+    ) -> Result<Vec<Vec<String>>, PgProxyError> {
+        let mut out = self.resolve_dependencies(columns).await?;
+        for (i, c) in columns.iter().enumerate() {
+            if c.table_oid == 0 || c.attnum <= 0 {
+                continue;
+            }
+            let kind = self.relation_kind(c.table_oid, 0).await?;
+            if !matches!(*kind, RelationKind::View(_)) {
+                continue;
+            }
+            let Some(bases) = kind.column(c.table_oid, c.attnum) else {
+                continue;
+            };
+            let base_columns: Vec<ColumnDesc> = bases
+                .iter()
+                .map(|(oid, attnum)| ColumnDesc {
+                    name: String::new(),
+                    table_oid: *oid,
+                    attnum: *attnum,
+                    type_oid: 0,
+                    format: 0,
+                })
+                .collect();
+            let base_sources = self.resolve_dependencies(&base_columns).await?;
+            if base_sources.iter().any(Vec::is_empty) {
+                // A base the catalog cannot name: keep every column the view reads.
+                continue;
+            }
+            let Some(slot) = out.get_mut(i) else {
+                continue;
+            };
+            let own = slot.first().cloned();
+            let mut exact: Vec<String> = own.into_iter().collect();
+            for s in base_sources.into_iter().flatten() {
+                if !exact.contains(&s) {
+                    exact.push(s);
+                }
+            }
+            *slot = exact;
         }
         Ok(out)
     }

@@ -967,6 +967,19 @@ async fn view_expressions_are_masked_whole_and_the_reveals_nothing_list_passes()
                 );
             }
         }
+        // A plain view column of an unmasked base column follows that column, not every
+        // column the view reads.
+        for sql in [
+            "SELECT id FROM v_cards WHERE id = 1",
+            "SELECT id::text FROM v_cards WHERE id = 1",
+            "SELECT id FROM v_nested WHERE id = 1",
+            "SELECT id FROM v_union WHERE id = 1 LIMIT 1",
+            "SELECT id FROM m_cards WHERE id = 1",
+        ] {
+            for row in first_row(&client, sql).await {
+                assert_eq!(row, vec![Some("1".to_string())], "{sql}");
+            }
+        }
         for sql in [
             "SELECT cx, rc, ue FROM v_cards WHERE id = 1",
             "SELECT cx, rc2 FROM v_nested WHERE id = 1",
