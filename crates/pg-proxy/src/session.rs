@@ -2960,6 +2960,19 @@ impl Backend {
                 }
             }
         }
+        // Large-object pages hold whatever a statement wrote into them, masked data included
+        // (readable by superusers only): withheld while any column is masked.
+        const LO_PAGES: &str = "pg_catalog.pg_largeobject.";
+        if sources.iter().flatten().any(|s| s.starts_with(LO_PAGES)) {
+            let masked = self.masked_columns(profile.as_deref()).await;
+            if !masked.is_some_and(|m| m.is_empty()) {
+                for (i, s) in sources.iter().enumerate() {
+                    if s.iter().any(|n| n.starts_with(LO_PAGES)) {
+                        withhold.push(i);
+                    }
+                }
+            }
+        }
         let binary_types: Vec<u32> = columns
             .iter()
             .filter(|c| c.format != 0)

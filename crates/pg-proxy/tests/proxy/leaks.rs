@@ -664,6 +664,11 @@ struct Gateway {
 }
 
 async fn gateway() -> Gateway {
+    gateway_as(false).await
+}
+
+/// The gateway, connecting upstream as a superuser when `superuser`.
+async fn gateway_as(superuser: bool) -> Gateway {
     let cluster = PgCluster::shared();
     let role = format!("gh_leaks_{}", std::process::id());
     let password = format!("{CANARY_PREFIX}leaks-{}", std::process::id());
@@ -675,6 +680,10 @@ async fn gateway() -> Gateway {
     ))
     .unwrap();
     db.psql(&format!("SET ROLE \"{role}\"; {SETUP}")).unwrap();
+    if superuser {
+        db.psql(&format!("ALTER ROLE \"{role}\" SUPERUSER"))
+            .unwrap();
+    }
     // The quickstart's rules: bare column names, which must match the catalog's qualified
     // sources.
     let mut pii = gatehouse_masking::ProfileConfig::default();
@@ -1040,6 +1049,63 @@ async fn view_expressions_are_masked_whole_and_the_reveals_nothing_list_passes()
                 assert_eq!(row, vec![None], "{sql}: not on the reveals-nothing list");
             }
         }
+    })
+    .await;
+}
+
+/// Large-object pages (`pg_largeobject`, readable by a superuser) hold whatever a statement
+/// copied into them: with a gateway connected as a superuser, their data is withheld while any
+/// column is masked, read directly or through an expression, in text and binary format.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_object_pages_are_withheld_from_a_superuser_gateway() {
+    gatehouse_testkit::within(Duration::from_secs(120), async {
+        let gw = gateway_as(true).await;
+        let (client, conn) = tokio_postgres::connect(
+            &format!(
+                "host=127.0.0.1 port={} user=agent dbname=app password={TOKEN} connect_timeout=10",
+                gw.port
+            ),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        client
+            .simple_query(
+                "SELECT lo_from_bytea(515151, convert_to((SELECT string_agg(reverse(email), ',') \
+                 FROM customers), 'UTF8'))",
+            )
+            .await
+            .unwrap();
+        for sql in [
+            "SELECT encode(data, 'escape') FROM pg_largeobject WHERE loid = 515151",
+            "SELECT convert_from(data, 'UTF8') FROM pg_largeobject WHERE loid = 515151",
+            "SELECT data::text FROM pg_largeobject WHERE loid = 515151",
+        ] {
+            for row in first_row(&client, sql).await {
+                assert_eq!(row, vec![None], "{sql}: large-object pages are withheld");
+            }
+        }
+        for sql in [
+            "SELECT data FROM pg_largeobject WHERE loid = 515151",
+            "SELECT p.data FROM pg_catalog.pg_largeobject p WHERE loid = 515151",
+        ] {
+            let text = client.simple_query(sql).await.unwrap();
+            let value = text.iter().find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).map(str::to_string)),
+                _ => None,
+            });
+            assert_eq!(value, Some(None), "{sql} (text)");
+            let rows = client.query(sql, &[]).await.unwrap();
+            assert_eq!(rows.len(), 1, "{sql}");
+            assert_eq!(rows[0].get::<_, Option<Vec<u8>>>(0), None, "{sql} (binary)");
+        }
+        // Ordinary columns still pass for a superuser gateway.
+        let row = client
+            .query_one("SELECT label FROM plain", &[])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), "harmless");
     })
     .await;
 }
