@@ -17,6 +17,8 @@ use crate::config::UpstreamConfig;
 use crate::upstream::{BoxStream, FrameReader, ReadError};
 use crate::wire::{self, ColumnDesc, ErrorFields};
 
+mod views;
+
 /// Column → qualified source names (its own name first, then base columns behind views).
 type Cache = HashMap<(u32, i16), Vec<String>>;
 
@@ -35,6 +37,10 @@ pub(crate) struct Catalog {
     all_columns: Mutex<Option<Arc<Vec<String>>>>,
     /// Function name → defined outside `pg_catalog`.
     user_functions: Mutex<HashMap<String, bool>>,
+    /// Which view columns are computed by an expression (see [`views`]).
+    views: views::ViewCache,
+    /// Bumped on every invalidation: plans cached by sessions are dropped when it changes.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -57,6 +63,8 @@ impl Catalog {
             types: Mutex::new(HashMap::new()),
             all_columns: Mutex::new(None),
             user_functions: Mutex::new(HashMap::new()),
+            views: views::ViewCache::default(),
+            generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -153,6 +161,14 @@ impl Catalog {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        self.views.clear();
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// How many times the cached answers were dropped.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Binary layouts of `oids` that are not built-in types, with those of the types they
@@ -330,7 +346,7 @@ impl Catalog {
     /// Sources per column; columns without a table (expressions) get none. If the lookup fails,
     /// every table-backed column is marked with a source the masker cannot mistake for safe
     /// (`?.<oid>.<attnum>`), and the failure is returned for the caller to decide.
-    pub(crate) async fn resolve(
+    async fn resolve_dependencies(
         &self,
         columns: &[ColumnDesc],
     ) -> Result<Vec<Vec<String>>, PgProxyError> {

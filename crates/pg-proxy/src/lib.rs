@@ -86,6 +86,64 @@ impl ProxyInner {
         s
     }
 
+    /// `op` as the audit log and recordings keep it: its text and its bound parameter values
+    /// pass the masking profile's detectors, so literal PII (`WHERE email = 'bob@x.org'`,
+    /// `INSERT … VALUES ('4111 1111 1111 1111')`) is recorded masked while the statement's
+    /// structure stays readable. A binary parameter (recorded as `\x` hex) is decoded first; one
+    /// in which anything matched is recorded as `[masked]`.
+    pub(crate) fn recorded_operation(
+        &self,
+        op: &gatehouse_core::SqlOperation,
+        profile: Option<&str>,
+    ) -> gatehouse_core::SqlOperation {
+        let mut out = op.clone();
+        out.text = self.recorded_text(&op.text, profile);
+        for p in out.parameters.iter_mut().flatten() {
+            let hex = p.strip_prefix("\\x").and_then(|h| {
+                h.as_bytes()
+                    .chunks(2)
+                    .map(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 16).ok())
+                    .collect::<Option<Vec<u8>>>()
+            });
+            match hex {
+                Some(bytes) => {
+                    if self.mask_text(&bytes, profile).is_some() {
+                        *p = "[masked]".to_string();
+                    }
+                }
+                None => *p = self.recorded_text(p, profile),
+            }
+        }
+        out
+    }
+
+    /// Statement text as recorded: through the profile's detectors (see
+    /// [`ProxyInner::recorded_operation`]).
+    pub(crate) fn recorded_text(&self, text: &str, profile: Option<&str>) -> String {
+        match self.mask_text(text.as_bytes(), profile) {
+            Some(m) => String::from_utf8_lossy(&m).into_owned(),
+            None => text.to_string(),
+        }
+    }
+
+    /// `value` through the profile's detectors: the masked bytes, or `None` when nothing
+    /// matched.
+    fn mask_text(&self, value: &[u8], profile: Option<&str>) -> Option<Vec<u8>> {
+        let fields = [gatehouse_core::FieldDesc {
+            name: String::new(),
+            sources: Vec::new(),
+            kind: gatehouse_core::FieldKind::Text,
+        }];
+        let plan = self.pipeline.masker.plan(&fields, profile);
+        let mut out = Vec::new();
+        let mut findings = Vec::new();
+        match plan.apply(0, value, &mut out, &mut findings) {
+            gatehouse_core::MaskOutcome::Unchanged => None,
+            gatehouse_core::MaskOutcome::Masked => Some(out),
+            _ => Some(b"[masked]".to_vec()),
+        }
+    }
+
     /// Catalog sources of each column (empty for expressions). If the catalog cannot be read,
     /// table-backed columns get a source naming the unresolved column, which a masker with any
     /// column rule should treat as unknown.
@@ -116,6 +174,61 @@ impl ProxyInner {
             },
             None => vec![Vec::new(); columns.len()],
         }
+    }
+
+    /// Indices of the columns that are view columns computed by an expression (to be masked
+    /// whole like any expression). When the catalog cannot tell, every table-backed column.
+    pub(crate) async fn view_expressions(
+        &self,
+        target: &str,
+        columns: &[wire::ColumnDesc],
+    ) -> Vec<usize> {
+        if columns.iter().all(|c| c.table_oid == 0) {
+            return Vec::new();
+        }
+        let flags = match self.catalogs.get(target) {
+            Some(cat) => match cat.view_expressions(columns).await {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(target = %target, error = %e, "view lookup failed");
+                    columns.iter().map(|c| c.table_oid != 0).collect()
+                }
+            },
+            None => return Vec::new(),
+        };
+        flags
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| **d)
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// Of the columns whose nullness alone an output shows (`table.column` names, see
+    /// [`statements::NULLNESS_PREFIX`]), those that must count as sources after all: view
+    /// columns computed by an expression (their nullness may be a predicate on a masked value),
+    /// and any the catalog cannot place.
+    pub(crate) async fn nullness_sources(
+        &self,
+        target: &str,
+        names: &[String],
+        tables: &[String],
+    ) -> Vec<String> {
+        let Some(cat) = self.catalogs.get(target) else {
+            return names.to_vec();
+        };
+        let mut out = Vec::new();
+        for n in names {
+            match cat.computed_by_view(n, tables).await {
+                Ok(false) => {}
+                Ok(true) => out.push(n.clone()),
+                Err(e) => {
+                    tracing::warn!(target = %target, error = %e, "view lookup failed");
+                    out.push(n.clone());
+                }
+            }
+        }
+        out
     }
 
     /// Expands SQL-level lineage names to qualified catalog sources (through views). On a
@@ -203,6 +316,11 @@ impl ProxyInner {
                 "no catalog connection for this target".into(),
             )),
         }
+    }
+
+    /// The target catalog's generation (see [`catalog::Catalog::generation`]).
+    pub(crate) fn catalog_generation(&self, target: &str) -> u64 {
+        self.catalogs.get(target).map_or(0, |c| c.generation())
     }
 
     pub(crate) fn catalog_invalidate(&self, target: &str) {

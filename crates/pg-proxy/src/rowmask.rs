@@ -190,6 +190,14 @@ impl ShapePlan {
         }
     }
 
+    /// Treats column `index` as an expression (a view column computed from its sources): when
+    /// the masker masks it whole, its value is replaced by a constant whatever the strategy.
+    pub fn mark_derived(&mut self, index: usize) {
+        if let Some(c) = self.columns.get_mut(index) {
+            c.derived = true;
+        }
+    }
+
     /// Output column names.
     pub fn column_names(&self) -> &[String] {
         &self.names

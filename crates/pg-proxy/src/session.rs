@@ -657,6 +657,7 @@ async fn relay(proxy: Arc<ProxyInner>, ready: Ready, client_addr: String, sessio
         notice_plan: None,
         withheld_cache: None,
         plan_cache: HashMap::new(),
+        plan_generation: 0,
         masked_columns: HashMap::new(),
         results,
         recording: Vec::new(),
@@ -1163,9 +1164,17 @@ impl Frontend {
             Some(d) => d,
             None => decision,
         };
+        // The audit log keeps the statement with its literals and parameters masked.
+        let recorded = match &operation {
+            Operation::Sql(op) => Operation::Sql(
+                self.proxy
+                    .recorded_operation(op, decision.masking_profile.as_deref()),
+            ),
+            other => other.clone(),
+        };
         let event = self.event(EventBody::Operation {
             index,
-            operation,
+            operation: recorded,
             decision: decision.clone(),
         });
         if let Err(e) = self.proxy.pipeline.recorder.record(event).await {
@@ -1549,7 +1558,7 @@ impl Frontend {
         let decision = Decision::deny(rule, reason.clone());
         let event = self.event(EventBody::Operation {
             index,
-            operation: Operation::Sql(op.clone()),
+            operation: Operation::Sql(self.proxy.recorded_operation(op, None)),
             decision,
         });
         if let Err(e) = self.proxy.pipeline.recorder.record(event).await {
@@ -2399,6 +2408,8 @@ struct Backend {
     /// The last answer of [`Backend::withholds`]: (operation index, answer).
     withheld_cache: Option<(u64, bool)>,
     plan_cache: HashMap<PlanKey, Arc<ShapePlan>>,
+    /// The catalog generation the cached plans were made under.
+    plan_generation: u64,
     /// Per masking profile: the database's columns it masks (see [`Backend::masked_columns`]).
     masked_columns: HashMap<Option<String>, (ColumnList, ColumnList)>,
     /// Result summaries to the audit log (see [`record_results`]).
@@ -2711,7 +2722,7 @@ impl Backend {
                 frame.encode_into(&mut self.out);
                 Ok(())
             }
-            b'V' => self.on_function_result(frame),
+            b'V' => self.on_function_result(frame).await,
             b'A' => self.on_notification(frame),
             b'G' | b'W' => {
                 frame.encode_into(&mut self.out);
@@ -2725,9 +2736,13 @@ impl Backend {
         }
     }
 
-    /// A FunctionCallResponse (only when FunctionCall is allowed): the value, whatever its
-    /// format, runs through the content detectors as raw bytes.
-    fn on_function_result(&mut self, frame: Frame) -> Result<(), PgProxyError> {
+    /// A FunctionCallResponse (only when FunctionCall is allowed). The fastpath interface is
+    /// how clients read large objects (`lo_open`/`loread`), which may hold anything written
+    /// from a masked column, transformed past the detectors: while the profile masks any
+    /// column of the database (or the columns cannot be listed), every result is withheld
+    /// (NULL). Otherwise the value, whatever its format, runs through the content detectors
+    /// as raw bytes.
+    async fn on_function_result(&mut self, frame: Frame) -> Result<(), PgProxyError> {
         let mut r = crate::frame::BodyReader::new(frame.body.clone(), "FunctionCallResponse");
         let value = r
             .value()
@@ -2738,6 +2753,13 @@ impl Backend {
             return Ok(());
         };
         let profile = self.running_ctx().and_then(|c| c.profile.clone());
+        match self.masked_columns(profile.as_deref()).await {
+            Some(m) if m.is_empty() => {}
+            _ => {
+                encode_frame(b'V', &(-1i32).to_be_bytes(), &mut self.out);
+                return Ok(());
+            }
+        }
         let column = ColumnDesc {
             name: "function_result".into(),
             table_oid: 0,
@@ -3042,6 +3064,12 @@ impl Backend {
             lineage.clone(),
             untraced,
         );
+        // A replaced view keeps its RowDescription: no cached plan outlives a catalog change.
+        let generation = self.proxy.catalog_generation(&self.ctx.target.name);
+        if generation != self.plan_generation {
+            self.plan_cache.clear();
+            self.plan_generation = generation;
+        }
         if let Some(p) = self.plan_cache.get(&key) {
             return p.clone();
         }
@@ -3080,6 +3108,23 @@ impl Backend {
                     }
                     crate::statements::ColumnLineage::Union(all) => all.clone(),
                 };
+                // `count(col)`, `col IS NULL`: the column's nullness only, unless the column
+                // is a view's expression.
+                let (nullness, mut names): (Vec<String>, Vec<String>) = names
+                    .into_iter()
+                    .partition(|n| n.starts_with(crate::statements::NULLNESS_PREFIX));
+                if !nullness.is_empty() {
+                    let stripped: Vec<String> = nullness
+                        .iter()
+                        .filter_map(|n| n.strip_prefix(crate::statements::NULLNESS_PREFIX))
+                        .map(str::to_string)
+                        .collect();
+                    names.extend(
+                        self.proxy
+                            .nullness_sources(&self.ctx.target.name, &stripped, &tables)
+                            .await,
+                    );
+                }
                 let expanded = self
                     .proxy
                     .expand_sources(&self.ctx.target.name, &names, &tables)
@@ -3089,6 +3134,19 @@ impl Backend {
                         if !s.contains(&e) {
                             s.push(e);
                         }
+                    }
+                }
+            }
+        }
+        // Large-object pages hold whatever a statement wrote into them, masked data included
+        // (readable by superusers only): withheld while any column is masked.
+        const LO_PAGES: &str = "pg_catalog.pg_largeobject.";
+        if sources.iter().flatten().any(|s| s.starts_with(LO_PAGES)) {
+            let masked = self.masked_columns(profile.as_deref()).await;
+            if !masked.is_some_and(|m| m.is_empty()) {
+                for (i, s) in sources.iter().enumerate() {
+                    if s.iter().any(|n| n.starts_with(LO_PAGES)) {
+                        withhold.push(i);
                     }
                 }
             }
@@ -3115,6 +3173,15 @@ impl Backend {
         );
         for i in withhold {
             plan.withhold(i);
+        }
+        // View columns computed by an expression of the view are masked whole, like the
+        // client's own expressions.
+        for i in self
+            .proxy
+            .view_expressions(&self.ctx.target.name, columns)
+            .await
+        {
+            plan.mark_derived(i);
         }
         let plan = Arc::new(plan);
         if self.plan_cache.len() > 256 {
@@ -3436,7 +3503,9 @@ impl Backend {
                 label: "statement".into(),
                 body: serde_json::json!({
                     "index": r.ctx.index,
-                    "text": self.proxy.scrub(&r.ctx.text),
+                    "text": self.proxy.scrub(
+                        &self.proxy.recorded_text(&r.ctx.text, r.ctx.profile.as_deref())
+                    ),
                     "status": status,
                 }),
             })

@@ -374,9 +374,17 @@ fn source_name(s: &gatehouse_sql::Source) -> String {
         gatehouse_sql::Source::Column { table, column } => format!("{table}.{column}"),
         gatehouse_sql::Source::AllColumns { table } => format!("{table}.*"),
         gatehouse_sql::Source::Unresolved { name } => format!("?.{name}"),
+        gatehouse_sql::Source::Nullness { table, column } => {
+            format!("{NULLNESS_PREFIX}{table}.{column}")
+        }
         _ => "?.?".to_string(),
     }
 }
+
+/// Marks a lineage name whose value shows only whether the column is NULL (`count(col)`,
+/// `col IS NULL`): `=null:table.column`. It counts as a source only when the column turns out to
+/// be a view's expression column.
+pub(crate) const NULLNESS_PREFIX: &str = "=null:";
 
 fn convert_lineage(l: gatehouse_sql::Lineage) -> ColumnLineage {
     if l.is_positional() {
@@ -530,7 +538,20 @@ fn copy_reads(stmt: &str, settings: &SqlSessionSettings) -> Option<Vec<String>> 
         let end = matching_paren(inner)?;
         let query = inner.get(..end)?;
         let lineage = gatehouse_sql::lineage(query, settings, &gatehouse_sql::NoCatalog).ok()?;
-        return Some(lineage.all_sources().iter().map(source_name).collect());
+        // Conservative: a column whose nullness alone is read counts as read.
+        return Some(
+            lineage
+                .all_sources()
+                .into_iter()
+                .map(|s| match s {
+                    gatehouse_sql::Source::Nullness { table, column } => {
+                        gatehouse_sql::Source::Column { table, column }
+                    }
+                    other => other,
+                })
+                .map(|s| source_name(&s))
+                .collect(),
+        );
     }
     let name_end = rest
         .find(|c: char| c.is_whitespace() || c == '(')

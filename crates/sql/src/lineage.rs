@@ -70,6 +70,17 @@ pub enum Source {
         /// The name as written (normalised).
         name: String,
     },
+    /// The value reveals only whether this column is NULL (`count(col)`, `col IS NULL`: see
+    /// the reveals-nothing list in the crate's lineage documentation). A masked column shows
+    /// that anyway, so such a source does not make the output masked — unless the caller finds
+    /// the column is itself computed (a view's expression column, whose nullness may be a
+    /// predicate on a masked value), in which case it counts as [`Source::Column`].
+    Nullness {
+        /// Table (as for [`Source::Column`]).
+        table: String,
+        /// Column.
+        column: String,
+    },
 }
 
 /// One output column.
@@ -451,6 +462,44 @@ impl Ctx<'_> {
         }
     }
 
+    /// Whether `expr` is on the list of derivations that reveal nothing about the value of the
+    /// column they read, so that its output carries no lineage from it. The list is deliberately
+    /// short: each entry reveals only whether the column is NULL, which a masked column shows
+    /// anyway (NULL stays NULL under every strategy).
+    ///
+    /// - `col IS NULL`, `col IS NOT NULL`;
+    /// - `count(col)` (also `count(ALL col)`, `pg_catalog.count(col)`), without `FILTER`,
+    ///   `OVER`, `WITHIN GROUP` or an argument clause.
+    ///
+    /// `col` must be a plain reference to a column that is not itself derived (a CTE or
+    /// subquery column computed as `CASE WHEN email LIKE 'a%' THEN 1 END` is derived, and its
+    /// nullness is that predicate); whether a table named in the query is a view computing that
+    /// column is for the caller to check ([`Source::Nullness`]). Deliberately not listed: `count(DISTINCT col)` (reveals which
+    /// values are equal), `length`/`octet_length`/`bit_length` (the value's length), `min`/`max`,
+    /// comparisons, `md5`/hashes (joinable, and brute-forceable for short values), window
+    /// functions (`count(col) OVER (ORDER BY col)` reveals the order), `FILTER (WHERE …)` (a
+    /// predicate on any column), `num_nulls`/`num_nonnulls` and `IS DISTINCT FROM NULL`
+    /// (harmless, but not needed). A user-defined function named `count` is caught by the proxy
+    /// (any function outside `pg_catalog` makes the output's origin untraced).
+    ///
+    /// Returns the operand's sources (each becomes a [`Source::Nullness`]), or `None` when
+    /// `expr` is not on the list.
+    fn reveals_nothing(&self, expr: &Expr, scope: &Scope<'_>) -> Option<BTreeSet<Source>> {
+        let mut operand = match expr {
+            Expr::IsNull(e) | Expr::IsNotNull(e) => &**e,
+            Expr::Function(f) => plain_count_argument(f)?,
+            _ => return None,
+        };
+        while let Expr::Nested(inner) = operand {
+            operand = inner;
+        }
+        if !matches!(operand, Expr::Identifier(_) | Expr::CompoundIdentifier(_)) {
+            return None;
+        }
+        let sources = self.expr_sources(operand, scope);
+        (!self.expr_derived(operand, &sources, scope)).then_some(sources)
+    }
+
     /// Whether the column `name` (of the item `qualifier`, if given) is derived where it is
     /// found; `true` when it is not found.
     fn ref_derived(&self, qualifier: Option<&str>, name: &str, scope: &Scope<'_>) -> bool {
@@ -689,6 +738,7 @@ impl Ctx<'_> {
             ctx: self,
             scope,
             depth: 0,
+            skip: 0,
             out: BTreeSet::new(),
         };
         let _ = expr.visit(&mut walker);
@@ -853,6 +903,9 @@ struct ExprWalker<'a, 'c, 's> {
     scope: &'a Scope<'s>,
     /// Depth inside nested queries (those are handled when first met).
     depth: usize,
+    /// Depth inside an expression that reveals nothing about its operand's value
+    /// ([`reveals_nothing`]): no source is taken from it.
+    skip: usize,
     out: BTreeSet<Source>,
 }
 
@@ -873,8 +926,28 @@ impl Visitor for ExprWalker<'_, '_, '_> {
         ControlFlow::Continue(())
     }
 
+    fn post_visit_expr(&mut self, _expr: &Expr) -> ControlFlow<()> {
+        if self.depth == 0 {
+            self.skip = self.skip.saturating_sub(1);
+        }
+        ControlFlow::Continue(())
+    }
+
     fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
         if self.depth > 0 {
+            return ControlFlow::Continue(());
+        }
+        if self.skip > 0 {
+            self.skip += 1;
+            return ControlFlow::Continue(());
+        }
+        if let Some(columns) = self.ctx.reveals_nothing(expr, self.scope) {
+            self.out
+                .extend(columns.into_iter().filter_map(|source| match source {
+                    Source::Column { table, column } => Some(Source::Nullness { table, column }),
+                    _ => None,
+                }));
+            self.skip += 1;
             return ControlFlow::Continue(());
         }
         match expr {
@@ -908,6 +981,46 @@ impl Visitor for ExprWalker<'_, '_, '_> {
             _ => {}
         }
         ControlFlow::Continue(())
+    }
+}
+
+/// The argument of `count(arg)` / `count(ALL arg)` / `pg_catalog.count(arg)` with nothing else
+/// (no FILTER, OVER, WITHIN GROUP, ORDER BY inside, DISTINCT, parameters).
+fn plain_count_argument(f: &sqlparser::ast::Function) -> Option<&Expr> {
+    let names: Vec<String> = f
+        .name
+        .0
+        .iter()
+        .map(|p| p.as_ident().map(normalise_ident))
+        .collect::<Option<_>>()?;
+    let is_count = match names.as_slice() {
+        [n] => n == "count",
+        [schema, n] => schema == "pg_catalog" && n == "count",
+        _ => false,
+    };
+    if !is_count
+        || f.uses_odbc_syntax
+        || f.filter.is_some()
+        || f.over.is_some()
+        || f.null_treatment.is_some()
+        || !f.within_group.is_empty()
+        || !matches!(f.parameters, FunctionArguments::None)
+    {
+        return None;
+    }
+    let FunctionArguments::List(list) = &f.args else {
+        return None;
+    };
+    if !matches!(
+        list.duplicate_treatment,
+        None | Some(sqlparser::ast::DuplicateTreatment::All)
+    ) || !list.clauses.is_empty()
+    {
+        return None;
+    }
+    match list.args.as_slice() {
+        [FunctionArg::Unnamed(FunctionArgExpr::Expr(e))] => Some(e),
+        _ => None,
     }
 }
 

@@ -274,3 +274,55 @@ fn derived_outputs_are_marked() {
     let l = trace("SELECT 1");
     assert!(l.columns[0].derived, "a constant is computed");
 }
+
+fn email_nullness() -> Source {
+    Source::Nullness {
+        table: "users".into(),
+        column: "email".into(),
+    }
+}
+
+/// The reviewed list of derivations that reveal nothing but nullness: their output carries no
+/// column source, only a nullness source; every other derivation keeps the column.
+#[test]
+fn the_reveals_nothing_list_keeps_only_nullness() {
+    for sql in [
+        "SELECT count(email) FROM users",
+        "SELECT count(ALL u.email) FROM users u",
+        "SELECT pg_catalog.count(email) FROM users",
+        "SELECT email IS NULL FROM users",
+        "SELECT (email) IS NOT NULL FROM users",
+        "SELECT NOT (users.email IS NULL) FROM users",
+        "SELECT n FROM (SELECT count(email) AS n FROM users) s",
+    ] {
+        let l = trace(sql);
+        assert!(!carries_email(&l, 0), "{sql}: {:?}", l.columns);
+        assert!(
+            l.columns[0].sources.contains(&email_nullness()),
+            "{sql}: {:?}",
+            l.columns
+        );
+    }
+    for sql in [
+        "SELECT count(DISTINCT email) FROM users",
+        "SELECT length(email) FROM users",
+        "SELECT count(email) FILTER (WHERE email LIKE 'a%') FROM users",
+        "SELECT count(email) OVER (ORDER BY email) FROM users",
+        "SELECT count(email ORDER BY email) FROM users",
+        "SELECT count(lower(email)) FROM users",
+        "SELECT lower(email) IS NULL FROM users",
+        "SELECT public.count(email) FROM users",
+        "SELECT count(u) FROM users u",
+        "SELECT count(e) FROM (SELECT NULLIF(email, 'a@b.c') AS e FROM users) s",
+        "WITH x AS (SELECT CASE WHEN email LIKE 'a%' THEN 1 END AS e FROM users) \
+         SELECT count(e) FROM x",
+        "SELECT count(email), email FROM users GROUP BY email",
+    ] {
+        let l = trace(sql);
+        assert!(
+            (0..l.columns.len()).any(|i| carries_email(&l, i)),
+            "{sql}: {:?}",
+            l.columns
+        );
+    }
+}
