@@ -600,3 +600,205 @@ fn an_export_from_a_running_gateway_covers_up_to_the_export() {
         );
     }
 }
+
+/// A token of the dev issuer the config names (the gateway creates its key at start).
+fn token(dir: &Path) -> String {
+    let mut mint = Command::new(EXE);
+    mint.current_dir(dir).args([
+        "token", "--key", "dev.key", "--sub", "agent-1", "--ttl", "10m",
+    ]);
+    let out = run_with_timeout(mint, Duration::from_secs(30)).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Every file under the recordings directory.
+fn recording_files(data: &Path) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&data.join("recordings"), &mut out);
+    out.sort();
+    out
+}
+
+#[test]
+fn one_forged_byte_in_any_recording_fails_verification_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let gw = start(&config);
+    let token = token(dir.path());
+    // Three authenticated connections: three sessions, each with its HTTP recording (the
+    // upstream is unreachable: each request is recorded with its 502).
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(gw.http).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "GET /api/x HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut resp = String::new();
+        let _ = s.read_to_string(&mut resp);
+        assert!(resp.starts_with("HTTP/1.1 "), "{resp}");
+        assert!(!resp.starts_with("HTTP/1.1 401"), "{resp}");
+    }
+    gw.stop();
+    let data = dir.path().join("data");
+    let witness = dir.path().join("witness");
+    let key = public_key(dir.path());
+    let (code, text) = verify(&data, Some(&witness), &key);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("recordings: 3 sealed recording(s)"), "{text}");
+
+    let files = recording_files(&data);
+    assert_eq!(files.len(), 3, "{files:?}");
+    for f in &files {
+        let good = std::fs::read(f).unwrap();
+        for at in [0, good.len() / 2, good.len() - 1] {
+            let mut bad = good.clone();
+            bad[at] ^= 0x01;
+            std::fs::write(f, &bad).unwrap();
+            let (code, text) = verify(&data, Some(&witness), &key);
+            assert_eq!(code, 1, "byte {at} of {}: {text}", f.display());
+            assert!(
+                text.contains(&f.display().to_string()) && text.contains("altered"),
+                "{text}"
+            );
+        }
+        std::fs::write(f, &good).unwrap();
+    }
+    let (code, text) = verify(&data, Some(&witness), &key);
+    assert_eq!(code, 0, "{text}");
+
+    // A recording file no seal covers is named, and the answer is never OK.
+    let planted = data.join("recordings/planted/0.jsonl");
+    std::fs::create_dir_all(planted.parent().unwrap()).unwrap();
+    std::fs::write(&planted, b"{}\n").unwrap();
+    let (code, text) = verify(&data, Some(&witness), &key);
+    assert_eq!(code, 3, "{text}");
+    assert!(
+        text.contains("UNSEALED") && text.contains(&planted.display().to_string()),
+        "{text}"
+    );
+}
+
+/// A session with several recordings (an SSH connection with two channels: each channel's seal
+/// is recorded on its own, the session end carries none), and a session still open, written by
+/// the recorder exactly as the gateway writes them and verified through the binary.
+#[test]
+fn recordings_sealed_per_channel_and_of_open_sessions_are_checked() {
+    use gatehouse_core::{EventBody, Recorder as _, RecordingFrame, RecordingKind, SessionId};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let signer = gatehouse_recorder::CheckpointSigner::from_seed(&[7u8; 32]);
+    let key = hex::encode(signer.verifying_key().as_bytes());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let open = rt.block_on(async {
+        let rec = gatehouse_recorder::AuditRecorder::open(
+            &data,
+            gatehouse_recorder::RecorderConfig::new("gw1"),
+            signer,
+            None,
+        )
+        .await
+        .unwrap();
+        let event = |s: &SessionId, body| gatehouse_core::Event::now(s.clone(), None, None, body);
+        let ssh = SessionId::generate();
+        rec.record(event(
+            &ssh,
+            EventBody::SessionStart {
+                client_addr: "127.0.0.1:1".into(),
+                details: serde_json::json!({ "protocol": "ssh" }),
+            },
+        ))
+        .await
+        .unwrap();
+        for index in 0..2u64 {
+            let mut sink = rec
+                .open_recording(&ssh, RecordingKind::Terminal { cols: 80, rows: 24 })
+                .await
+                .unwrap();
+            sink.write(RecordingFrame::Output {
+                data: format!("channel {index} output\r\n").into_bytes(),
+            })
+            .await
+            .unwrap();
+            let seal = sink.seal().await.unwrap();
+            rec.record(event(
+                &ssh,
+                EventBody::Other {
+                    name: "ssh_recording_sealed".into(),
+                    details: serde_json::json!({ "index": index, "seal": seal }),
+                },
+            ))
+            .await
+            .unwrap();
+        }
+        rec.record(event(
+            &ssh,
+            EventBody::SessionEnd {
+                reason: "client closed".into(),
+                recording: None,
+                operations: 2,
+            },
+        ))
+        .await
+        .unwrap();
+        // A session still open when the log was closed: its recording has no seal yet.
+        let open = SessionId::generate();
+        let mut sink = rec.open_recording(&open, RecordingKind::Sql).await.unwrap();
+        sink.write(RecordingFrame::Output {
+            data: b"select 1".to_vec(),
+        })
+        .await
+        .unwrap();
+        drop(sink);
+        rec.log().close().await.unwrap();
+        open
+    });
+    let files = recording_files(&data);
+    assert_eq!(files.len(), 3, "{files:?}");
+    let open_file = files
+        .iter()
+        .find(|f| f.parent().unwrap().ends_with(&open.0))
+        .unwrap()
+        .clone();
+    let (code, text) = verify(&data, None, &key);
+    assert_eq!(code, 3, "the open session's recording is unsealed: {text}");
+    assert!(
+        text.contains("recordings: 2 sealed recording(s)")
+            && text.contains(&format!("UNSEALED: recording {}", open_file.display())),
+        "{text}"
+    );
+    std::fs::remove_file(&open_file).unwrap();
+    let (code, text) = verify(&data, None, &key);
+    assert_eq!(code, 0, "{text}");
+    for f in files.iter().filter(|f| **f != open_file) {
+        let good = std::fs::read(f).unwrap();
+        let mut bad = good.clone();
+        let last = bad.len() - 2;
+        bad[last] ^= 0x20;
+        std::fs::write(f, &bad).unwrap();
+        let (code, text) = verify(&data, None, &key);
+        assert_eq!(code, 1, "{}: {text}", f.display());
+        assert!(text.contains(&f.display().to_string()), "{text}");
+        std::fs::write(f, &good).unwrap();
+    }
+}

@@ -227,3 +227,49 @@ pub fn export_lines(logs: &[LogData], filter: &ExportFilter) -> Vec<u8> {
     }
     out
 }
+
+/// One recording seal found in a log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedRecording {
+    /// The session the recording belongs to.
+    pub session: SessionId,
+    /// The seal (location, hash, size).
+    pub seal: RecordingSeal,
+}
+
+/// Every recording seal the logs hold: the one a `SessionEnd` carries, and those recorded on their
+/// own while the session goes on (an `other` event whose details carry a `seal`, as the SSH proxy
+/// writes one per channel: a session with several channels carries none in its `SessionEnd`).
+/// The same seal recorded twice is listed once.
+pub fn recording_seals(logs: &[LogData]) -> Vec<SealedRecording> {
+    let mut out: Vec<SealedRecording> = Vec::new();
+    for log in logs {
+        for r in records(log) {
+            let Some(e) = r.event else { continue };
+            let seal = match e.body {
+                EventBody::SessionEnd {
+                    recording: Some(seal),
+                    ..
+                } => seal,
+                EventBody::Other { details, .. } => {
+                    match details
+                        .get("seal")
+                        .map(|s| serde_json::from_value::<RecordingSeal>(s.clone()))
+                    {
+                        Some(Ok(seal)) => seal,
+                        _ => continue,
+                    }
+                }
+                _ => continue,
+            };
+            let found = SealedRecording {
+                session: e.session,
+                seal,
+            };
+            if !out.contains(&found) {
+                out.push(found);
+            }
+        }
+    }
+    out
+}

@@ -23,7 +23,8 @@ pub enum Command {
     /// Verify the audit log. Exit 0: verified and sealed (closed, nothing after the seal);
     /// 3: verified up to the last signed checkpoint, not sealed, the records after it unsigned;
     /// 1: verification failed (the first bad record is named), or a recording sealed in the log
-    /// is missing or does not match its sealed hash; 2: could not run.
+    /// is missing or does not match its sealed hash; 2: could not run. A recording file that no
+    /// seal in the log covers is named as unsealed and never exits 0.
     Verify {
         /// The audit directory.
         dir: PathBuf,
@@ -129,34 +130,72 @@ pub fn verify_dir(
     Ok((verify(&logs, &options), pinned))
 }
 
-/// Checks every recording whose hash a session-end record seals against its file: the problems
-/// found (a missing, cut, extended or edited recording), and how many recordings were checked.
-/// Sessions still open have no seal yet and are not counted.
-pub fn check_recordings(dir: &Path) -> Result<(usize, Vec<String>), CommandError> {
+/// What `audit verify` found about the session recordings.
+#[derive(Debug, Default)]
+pub struct RecordingCheck {
+    /// Recordings sealed in the log and checked against their files.
+    pub checked: usize,
+    /// Sealed recordings that are missing, cut, extended or edited (a failure).
+    pub problems: Vec<String>,
+    /// Recording files no seal in the log covers (a session still open, a recording whose seal
+    /// failed, or a file put there): nothing vouches for their content.
+    pub unsealed: Vec<String>,
+}
+
+/// Checks every recording seal the log holds (a session's end, and each seal recorded on its own,
+/// as for each SSH channel) against its file, and lists every file under the recordings
+/// directory that no seal covers.
+pub fn check_recordings(dir: &Path) -> Result<RecordingCheck, CommandError> {
     let (logs, _, recordings) = load_logs(dir)?;
-    let mut checked = 0;
-    let mut problems = Vec::new();
-    for s in list_sessions(&logs) {
-        let Some(seal) = s.recording.as_ref() else {
-            continue;
-        };
-        checked += 1;
-        let path = recordings.join(&seal.location);
+    let mut out = RecordingCheck::default();
+    let mut sealed_files = std::collections::BTreeSet::new();
+    for s in gatehouse_recorder::read::recording_seals(&logs) {
+        out.checked += 1;
+        let path = recordings.join(&s.seal.location);
+        sealed_files.insert(path.clone());
         match std::fs::read(&path) {
-            Ok(bytes) if gatehouse_recorder::recording::check_seal(&bytes, seal) => {}
-            Ok(_) => problems.push(format!(
+            Ok(bytes) if gatehouse_recorder::recording::check_seal(&bytes, &s.seal) => {}
+            Ok(_) => out.problems.push(format!(
                 "recording {} of session {} does not match the hash sealed in the audit log: it was altered",
                 path.display(),
                 s.session.0
             )),
-            Err(e) => problems.push(format!(
+            Err(e) => out.problems.push(format!(
                 "recording {} of session {} is sealed in the audit log but cannot be read: {e}",
                 path.display(),
                 s.session.0
             )),
         }
     }
-    Ok((checked, problems))
+    let mut files = Vec::new();
+    if recordings.is_dir() {
+        list_files(&recordings, &mut files)
+            .map_err(|e| failed(format!("{}: {e}", recordings.display())))?;
+    }
+    files.sort();
+    for f in files {
+        if !sealed_files.contains(&f) {
+            out.unsealed.push(format!(
+                "recording {} is not sealed in the audit log (a session still open, a recording whose seal failed, or a file put there): nothing vouches for its content",
+                f.display()
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Every file under `dir`, recursively (symbolic links are listed, not followed).
+fn list_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            list_files(&path, out)?;
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(())
 }
 
 /// The exit status for a verification report.
@@ -285,7 +324,8 @@ pub fn run(command: Command) -> CommandResult {
                 }
             }
             let (report, pinned) = verify_dir(&dir, &keys, witness.as_deref())?;
-            let (recordings_checked, recording_problems) = check_recordings(&dir)?;
+            let recordings = check_recordings(&dir)?;
+            let recording_problems = &recordings.problems;
             if json {
                 let mut v = serde_json::to_value(&report).unwrap_or_default();
                 if let Some(o) = v.as_object_mut() {
@@ -297,12 +337,17 @@ pub fn run(command: Command) -> CommandResult {
                     o.insert(
                         "recordings".into(),
                         serde_json::json!({
-                            "checked": recordings_checked,
+                            "checked": recordings.checked,
                             "problems": recording_problems,
+                            "unsealed": recordings.unsealed,
                         }),
                     );
                     if !recording_problems.is_empty() {
                         o.insert("status".into(), serde_json::json!("failed"));
+                    } else if !recordings.unsealed.is_empty()
+                        && report.status() == LogStatus::Sealed
+                    {
+                        o.insert("status".into(), serde_json::json!("unsealed"));
                     }
                 }
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
@@ -314,12 +359,16 @@ pub fn run(command: Command) -> CommandResult {
                 }
                 if recording_problems.is_empty() {
                     println!(
-                        "recordings: {recordings_checked} sealed recording(s), each matches the hash sealed in the audit log"
+                        "recordings: {} sealed recording(s), each matches the hash sealed in the audit log",
+                        recordings.checked
                     );
                 } else {
-                    for p in &recording_problems {
+                    for p in recording_problems {
                         println!("recordings: FAILED: {p}");
                     }
+                }
+                for u in &recordings.unsealed {
+                    println!("recordings: UNSEALED: {u}");
                 }
                 if !pinned {
                     eprintln!(
@@ -335,6 +384,15 @@ pub fn run(command: Command) -> CommandResult {
             if let Some(p) = recording_problems.first() {
                 eprintln!("gatehouse: audit verification failed: {p}");
                 return Ok(ExitCode::from(1));
+            }
+            if report.status() == LogStatus::Sealed
+                && let Some(u) = recordings.unsealed.first()
+            {
+                eprintln!(
+                    "gatehouse: the audit log is sealed, but {} recording(s) are not (exit {EXIT_UNSEALED}): {u}",
+                    recordings.unsealed.len()
+                );
+                return Ok(ExitCode::from(EXIT_UNSEALED));
             }
             match report.status() {
                 LogStatus::Failed => {
