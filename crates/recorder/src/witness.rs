@@ -153,6 +153,150 @@ fn write_atomically(dir: &Path, cp: &Checkpoint) -> Result<(), RecorderError> {
     Ok(())
 }
 
+/// An object-storage bucket (S3-compatible) keeping every checkpoint and the seal as its own
+/// object, `<prefix>/<log>/<sequence, 20 digits>.checkpoint.json`, written only if absent.
+///
+/// What protects the objects is the bucket, not this writer: the operator creates it with object
+/// lock and a default retention, so no one (the gateway's credentials included) can delete or
+/// replace a stored version before the retention ends. See `docs/audit-schema.md` for what someone
+/// holding the gateway's bucket credentials can still do (hide a checkpoint behind a newer version
+/// or a delete marker where the credentials allow it) and how [`ObjectStoreWitness::read_all`]
+/// answers it.
+#[derive(Debug, Clone)]
+pub struct ObjectStoreWitness {
+    store: Arc<dyn object_store::ObjectStore>,
+    prefix: String,
+}
+
+impl ObjectStoreWitness {
+    /// A witness writing into `store` under `prefix` (e.g. `witness`; may be empty).
+    pub fn new(store: Arc<dyn object_store::ObjectStore>, prefix: impl Into<String>) -> Self {
+        Self {
+            store,
+            prefix: prefix.into().trim_matches('/').to_owned(),
+        }
+    }
+
+    /// Sets `builder` up for a bucket with object lock: every upload carries a SHA-256
+    /// checksum and names its algorithm (`x-amz-sdk-checksum-algorithm`), which S3 requires of
+    /// uploads into a bucket with a default retention. `allow_http` permits an `http://`
+    /// endpoint (loopback stand-ins only). Call it before other client options.
+    pub fn prepare_s3(
+        builder: object_store::aws::AmazonS3Builder,
+        allow_http: bool,
+    ) -> object_store::aws::AmazonS3Builder {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::HeaderName::from_static("x-amz-sdk-checksum-algorithm"),
+            http::HeaderValue::from_static("SHA256"),
+        );
+        builder
+            .with_client_options(
+                object_store::ClientOptions::new()
+                    .with_default_headers(headers)
+                    .with_allow_http(allow_http),
+            )
+            .with_checksum_algorithm(object_store::aws::Checksum::SHA256)
+    }
+
+    fn key(prefix: &str, log: &str, sequence: u64) -> object_store::path::Path {
+        let name = witness_file_name(sequence);
+        if prefix.is_empty() {
+            object_store::path::Path::from(format!("{log}/{name}"))
+        } else {
+            object_store::path::Path::from(format!("{prefix}/{log}/{name}"))
+        }
+    }
+
+    /// Reads every checkpoint the bucket holds under `prefix`, in no particular order.
+    ///
+    /// Every object must be the checkpoint its name says (its log and sequence), with a body that
+    /// parses: an object replaced by another checkpoint (an earlier one, copied over a later one
+    /// to hide it) or by anything else is an error, never skipped. Signatures are checked by
+    /// [`verify`](fn@crate::verify) against the trusted keys.
+    pub async fn read_all(
+        store: &dyn object_store::ObjectStore,
+        prefix: &str,
+    ) -> Result<Vec<Checkpoint>, RecorderError> {
+        use futures::TryStreamExt as _;
+        use object_store::ObjectStoreExt as _;
+        let prefix = prefix.trim_matches('/');
+        let list_prefix = (!prefix.is_empty()).then(|| object_store::path::Path::from(prefix));
+        let metas: Vec<_> = store.list(list_prefix.as_ref()).try_collect().await?;
+        let mut out = Vec::new();
+        for meta in metas {
+            let location = meta.location.as_ref().to_owned();
+            let rel = match prefix.is_empty() {
+                true => location.as_str(),
+                false => location
+                    .strip_prefix(prefix)
+                    .and_then(|r| r.strip_prefix('/'))
+                    .unwrap_or(location.as_str()),
+            };
+            let Some((log, name)) = rel.split_once('/') else {
+                continue;
+            };
+            if !name.ends_with(".checkpoint.json") || name.contains('/') {
+                continue;
+            }
+            let bytes = store.get(&meta.location).await?.bytes().await?;
+            let cp: Checkpoint = serde_json::from_slice(&bytes).map_err(|e| {
+                RecorderError::Witness(format!(
+                    "witness object {location} is not a checkpoint ({e}): it was replaced"
+                ))
+            })?;
+            if cp.log != log || witness_file_name(cp.sequence) != name {
+                return Err(RecorderError::Witness(format!(
+                    "witness object {location} holds the checkpoint of log {:?} at sequence {}: it was replaced",
+                    cp.log, cp.sequence
+                )));
+            }
+            out.push(cp);
+        }
+        Ok(out)
+    }
+}
+
+impl Witness for ObjectStoreWitness {
+    fn push<'a>(&'a self, checkpoint: &'a Checkpoint) -> BoxFuture<'a, Result<(), RecorderError>> {
+        Box::pin(async move {
+            use object_store::ObjectStoreExt as _;
+            if !crate::format::valid_log_id(&checkpoint.log) {
+                return Err(RecorderError::Config("invalid log id in checkpoint".into()));
+            }
+            let key = Self::key(&self.prefix, &checkpoint.log, checkpoint.sequence);
+            let body = serde_json::to_vec_pretty(checkpoint)
+                .map_err(|e| RecorderError::Config(e.to_string()))?;
+            let opts = object_store::PutOptions {
+                mode: object_store::PutMode::Create,
+                ..Default::default()
+            };
+            match self
+                .store
+                .put_opts(&key, object_store::PutPayload::from(body), opts)
+                .await
+            {
+                Ok(_) => Ok(()),
+                // Never replaced: the same checkpoint pushed again is fine (a retry whose answer
+                // was lost), a different one is an error.
+                Err(
+                    object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::Precondition { .. },
+                ) => {
+                    let have = self.store.get(&key).await?.bytes().await?;
+                    match serde_json::from_slice::<Checkpoint>(&have) {
+                        Ok(h) if h == *checkpoint => Ok(()),
+                        _ => Err(RecorderError::Witness(format!(
+                            "witness object {key} already holds a different checkpoint"
+                        ))),
+                    }
+                }
+                Err(e) => Err(RecorderError::Witness(format!("put {key}: {e}"))),
+            }
+        })
+    }
+}
+
 /// An HTTP(S) endpoint that receives each checkpoint as a JSON `POST`.
 ///
 /// `http://` URLs use a pooled plain client (for a witness on loopback or a private network).

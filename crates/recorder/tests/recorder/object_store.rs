@@ -10,9 +10,12 @@ use std::time::Duration;
 
 use gatehouse_core::{Recorder as _, RecordingFrame, RecordingKind, SessionId};
 use gatehouse_recorder::recording::{check_seal, parse_recording, read_recording_bytes};
-use gatehouse_recorder::{AuditRecorder, RecorderConfig};
-use object_store::ObjectStore;
+use gatehouse_recorder::witness::Witness as _;
+use gatehouse_recorder::{
+    AuditRecorder, LogStatus, ObjectStoreWitness, RecorderConfig, VerifyOptions,
+};
 use object_store::aws::AmazonS3Builder;
+use object_store::{ObjectStore, ObjectStoreExt as _};
 
 use crate::common::*;
 
@@ -118,16 +121,91 @@ async fn bucket(moto: &Moto) -> Arc<dyn ObjectStore> {
 
 /// `PUT <path>` with an empty body over a raw loopback connection (creates a moto bucket).
 async fn hyper_util_put(endpoint: &str, path: &str) -> bool {
+    raw(endpoint, "PUT", path, &[], b"").await.0 == 200
+}
+
+/// One raw HTTP/1.1 request to moto, which does not check signatures (but treats a request
+/// without an `Authorization` header as anonymous): (status, head, body).
+async fn raw(
+    endpoint: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, String) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let addr = endpoint.trim_start_matches("http://");
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!(
-        "PUT {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\nAuthorization: AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00\r\n",
+        body.len()
     );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
     s.write_all(req.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
     let mut resp = Vec::new();
     s.read_to_end(&mut resp).await.unwrap();
-    resp.starts_with(b"HTTP/1.1 200") || resp.starts_with(b"HTTP/1.0 200")
+    let resp = String::from_utf8_lossy(&resp).into_owned();
+    let status = resp
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_default();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    (status, head.to_owned(), body.to_owned())
+}
+
+/// A header's value in a raw response head.
+fn header(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_owned())
+    })
+}
+
+/// A bucket created with object lock and a default retention (COMPLIANCE, one day), as the
+/// operator sets it up for the witness; and a client for it with the gateway's credentials.
+async fn locked_bucket(moto: &Moto, name: &str) -> Arc<dyn ObjectStore> {
+    let endpoint = format!("http://127.0.0.1:{}", moto.port);
+    let (status, _, body) = raw(
+        &endpoint,
+        "PUT",
+        &format!("/{name}"),
+        &[("x-amz-bucket-object-lock-enabled", "true")],
+        b"",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let config = b"<ObjectLockConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><ObjectLockEnabled>Enabled</ObjectLockEnabled><Rule><DefaultRetention><Mode>COMPLIANCE</Mode><Days>1</Days></DefaultRetention></Rule></ObjectLockConfiguration>";
+    let (status, _, body) = raw(
+        &endpoint,
+        "PUT",
+        &format!("/{name}?object-lock"),
+        &[],
+        config,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, _, body) = raw(&endpoint, "GET", &format!("/{name}?object-lock"), &[], b"").await;
+    assert!(
+        body.contains("<Mode>COMPLIANCE</Mode>") && body.contains("<Days>1</Days>"),
+        "the bucket has a default retention: {body}"
+    );
+    Arc::new(
+        ObjectStoreWitness::prepare_s3(AmazonS3Builder::new(), true)
+            .with_endpoint(&endpoint)
+            .with_bucket_name(name)
+            .with_region("us-east-1")
+            .with_access_key_id("test")
+            .with_secret_access_key("test")
+            .with_virtual_hosted_style_request(false)
+            .build()
+            .unwrap(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,4 +277,146 @@ async fn segments_and_recordings_go_to_s3_and_verify_from_there() {
     let replay = parse_recording(&bytes).unwrap();
     assert_eq!(replay.frames.len(), 80);
     rec.log().close().await.unwrap();
+}
+
+/// The object-storage witness: every checkpoint and the seal become objects of a bucket with a
+/// default retention; a witnessed version can be neither deleted nor replaced in place; a log cut
+/// behind a witnessed checkpoint fails verification against what the bucket holds; an object
+/// replaced by a newer version holding another checkpoint makes the read fail, never skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_witnessed_in_a_locked_bucket_catch_a_cut_log() {
+    let moto = start_moto();
+    let endpoint = format!("http://127.0.0.1:{}", moto.port);
+    let store = within(60, locked_bucket(&moto, "witness")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = RecorderConfig::new(LOG);
+    config.log.checkpoint_every_records = 20;
+    config.log.checkpoint_interval = Duration::from_secs(3600);
+    config.witnesses.push(Arc::new(ObjectStoreWitness::new(
+        store.clone(),
+        "gatehouse/witness",
+    )));
+    let rec = AuditRecorder::open(dir.path(), config, signer(), None)
+        .await
+        .unwrap();
+    let s = SessionId::generate();
+    for i in 0..90 {
+        rec.record(sql_event(&s, i, "select * from orders"))
+            .await
+            .unwrap();
+    }
+    within(60, rec.log().close()).await.unwrap();
+
+    let held = within(
+        60,
+        ObjectStoreWitness::read_all(store.as_ref(), "gatehouse/witness"),
+    )
+    .await
+    .unwrap();
+    // The opening checkpoint, one every 20 records, and the seal, each its own object.
+    assert!(held.len() >= 5, "{held:?}");
+    assert_eq!(held.iter().filter(|c| c.sealed).count(), 1);
+    let log_dir = dir.path().join("audit").join(LOG);
+    let data = gatehouse_recorder::read::load_local_log(&log_dir, LOG).unwrap();
+    let with_witness = VerifyOptions {
+        witnesses: held.clone(),
+        ..options()
+    };
+    let v = gatehouse_recorder::verify::verify_log(&data, &with_witness);
+    assert_eq!(v.status(), LogStatus::Sealed, "{:?}", v.problem);
+    assert_eq!(v.witnesses_matched as usize, held.len());
+
+    // Each object carries the bucket's default retention.
+    let seal = held.iter().find(|c| c.sealed).unwrap();
+    let key = format!(
+        "/witness/gatehouse/witness/{LOG}/{}",
+        gatehouse_recorder::witness::witness_file_name(seal.sequence)
+    );
+    let (status, head, _) = raw(&endpoint, "GET", &key, &[], b"").await;
+    assert_eq!(status, 200, "{head}");
+    assert_eq!(
+        header(&head, "x-amz-object-lock-mode").as_deref(),
+        Some("COMPLIANCE"),
+        "{head}"
+    );
+    assert!(header(&head, "x-amz-object-lock-retain-until-date").is_some());
+    let version = header(&head, "x-amz-version-id").unwrap();
+
+    // The witnessed version cannot be deleted, not even by the credentials that wrote it.
+    let (status, _, body) = raw(
+        &endpoint,
+        "DELETE",
+        &format!("{key}?versionId={version}"),
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(status, 403, "deleting a locked version: {body}");
+    // The writer never replaces an object: a different checkpoint for the same sequence fails.
+    let witness = ObjectStoreWitness::new(store.clone(), "gatehouse/witness");
+    let mut other = seal.clone();
+    other.time = "2026-01-01T00:00:00Z".into();
+    assert!(witness.push(&other).await.is_err());
+    assert!(
+        witness.push(seal).await.is_ok(),
+        "the same one again is fine"
+    );
+
+    // A log cut behind the seal (the seal, or the seal and the last 30 records) fails.
+    for cut in [1usize, 31] {
+        let mut short = data.clone();
+        let mut left = cut;
+        while left > 0 {
+            let seg = short.segments.last_mut().unwrap();
+            let lines: Vec<&[u8]> = seg.bytes.split_inclusive(|b| *b == b'\n').collect();
+            if lines.len() <= left {
+                left -= lines.len();
+                short.segments.pop();
+            } else {
+                let keep: usize = lines[..lines.len() - left].iter().map(|l| l.len()).sum();
+                seg.bytes.truncate(keep);
+                left = 0;
+            }
+        }
+        let v = gatehouse_recorder::verify::verify_log(&short, &options());
+        assert_ne!(v.status(), LogStatus::Sealed, "cut {cut}: never sealed");
+        let v = gatehouse_recorder::verify::verify_log(&short, &with_witness);
+        assert_eq!(v.status(), LogStatus::Failed, "cut {cut}");
+        assert_eq!(
+            v.problem.as_ref().unwrap().kind,
+            gatehouse_recorder::ProblemKind::TruncatedTail,
+            "cut {cut}: {:?}",
+            v.problem
+        );
+    }
+
+    // Someone with the gateway's credentials writes a newer version of the seal's object (an
+    // earlier checkpoint, validly signed, to hide the seal): the locked version stays, and the
+    // witness read fails instead of trusting the newer one.
+    let earlier = held.iter().find(|c| !c.sealed).unwrap();
+    store
+        .put(
+            &object_store::path::Path::from(key.trim_start_matches("/witness/")),
+            serde_json::to_vec(earlier).unwrap().into(),
+        )
+        .await
+        .unwrap();
+    let err = ObjectStoreWitness::read_all(store.as_ref(), "gatehouse/witness")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("replaced"), "{err}");
+    let (status, _, body) = raw(
+        &endpoint,
+        "GET",
+        &format!("{key}?versionId={version}"),
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_str::<gatehouse_recorder::Checkpoint>(&body).unwrap(),
+        *seal,
+        "the witnessed version is still there"
+    );
 }
