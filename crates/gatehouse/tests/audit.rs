@@ -67,7 +67,12 @@ struct Gateway {
 }
 
 fn start(config: &Path) -> Gateway {
+    start_with_env(config, &[])
+}
+
+fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Gateway {
     let mut cmd = Command::new(EXE);
+    cmd.envs(env.iter().copied());
     cmd.args(["serve", "--config"])
         .arg(config)
         .stdin(Stdio::null())
@@ -801,4 +806,124 @@ fn recordings_sealed_per_channel_and_of_open_sessions_are_checked() {
         assert!(text.contains(&f.display().to_string()), "{text}");
         std::fs::write(f, &good).unwrap();
     }
+}
+
+/// The object-storage witness through the binary: the gateway writes every checkpoint and the
+/// seal into a bucket with a default retention; `audit verify --witness s3://…` verifies the
+/// closed log against it (exit 0), fails on a cut behind a witnessed checkpoint, and fails when
+/// an object was replaced by a newer version hiding the witnessed one.
+#[test]
+fn an_object_storage_witness_catches_a_cut_log_through_the_binary() {
+    use gatehouse_testkit::moto::Moto;
+    use sha2::Digest as _;
+    let moto = Moto::start();
+    moto.create_locked_bucket("witness", "COMPLIANCE", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "\n[audit.witness_s3]\nbucket = \"witness\"\nprefix = \"gatehouse\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\nallow_http = true\n",
+        moto.endpoint()
+    ));
+    std::fs::write(&config, text).unwrap();
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+    ];
+    let gw = start_with_env(&config, &env);
+    gw.knock(60);
+    let stderr = gw.stop();
+    assert!(
+        stderr
+            .iter()
+            .any(|l| l.contains("witnessed in s3://witness/gatehouse")),
+        "{stderr:?}"
+    );
+    let data = dir.path().join("data");
+    let key = public_key(dir.path());
+    let endpoint = moto.endpoint();
+    let verify_s3 = |data: &Path| -> (i32, String) {
+        let mut cmd = Command::new(EXE);
+        cmd.envs(env.iter().copied())
+            .env("AWS_ENDPOINT", &endpoint)
+            .env("AWS_ALLOW_HTTP", "true")
+            .args(["audit", "verify"])
+            .arg(data)
+            .args(["--witness", "s3://witness/gatehouse", "--key", &key]);
+        let out = run_with_timeout(cmd, Duration::from_secs(60)).unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (code, text) = verify_s3(&data);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("SEALED") && text.contains("checkpoint(s) matched"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("witness: 0 checkpoint") && !text.contains("holds no checkpoint"),
+        "{text}"
+    );
+
+    // Cuts behind the seal and behind earlier witnessed checkpoints fail.
+    for n in [1, 2, 25] {
+        let cut = dir.path().join(format!("cut-{n}"));
+        copy_dir(&data, &cut);
+        remove_last(&cut, n);
+        let (code, text) = verify(&cut, None, &key);
+        assert_ne!(code, 0, "cut {n}, without the witness: {text}");
+        let (code, text) = verify_s3(&cut);
+        assert_eq!(code, 1, "cut {n}: {text}");
+        assert!(text.contains("TruncatedTail"), "cut {n}: {text}");
+    }
+
+    // Someone with the gateway's bucket credentials writes a newer version of the seal's object
+    // (an earlier checkpoint, validly signed): the read fails, naming the replaced object.
+    let lines = all_lines(&data);
+    let seal = parse_line(&lines.last().unwrap().1).unwrap();
+    assert_eq!(seal.kind, RecordKind::Seal);
+    let first_checkpoint = gatehouse_recorder::witness::witness_file_name(0);
+    let (status, _, earlier) = moto.request(
+        "GET",
+        "/witness?list-type=2&prefix=gatehouse/gw1/",
+        &[],
+        b"",
+    );
+    assert_eq!(status, 200, "{earlier}");
+    let earlier_key = earlier
+        .split("<Key>")
+        .skip(1)
+        .filter_map(|k| k.split("</Key>").next())
+        .find(|k| !k.ends_with(&first_checkpoint))
+        .unwrap()
+        .to_owned();
+    let (_, _, earlier_body) = moto.request("GET", &format!("/witness/{earlier_key}"), &[], b"");
+    let checksum = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        sha2::Sha256::digest(earlier_body.as_bytes()),
+    );
+    let seal_key = format!(
+        "/witness/gatehouse/gw1/{}",
+        gatehouse_recorder::witness::witness_file_name(seal.sequence - 1)
+    );
+    let (status, _, body) = moto.request(
+        "PUT",
+        &seal_key,
+        &[
+            ("x-amz-sdk-checksum-algorithm", "SHA256"),
+            ("x-amz-checksum-sha256", &checksum),
+        ],
+        earlier_body.as_bytes(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (code, text) = verify_s3(&data);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("replaced"), "{text}");
 }

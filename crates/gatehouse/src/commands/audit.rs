@@ -9,7 +9,7 @@ use gatehouse_recorder::read::{list_sessions, load_local_logs, session_events};
 use gatehouse_recorder::verify::{
     LogData, LogStatus, LogVerdict, VerifyOptions, VerifyReport, verify,
 };
-use gatehouse_recorder::{FileWitness, TrustedKeys};
+use gatehouse_recorder::{Checkpoint, FileWitness, ObjectStoreWitness, TrustedKeys};
 
 /// Exit status of `audit verify` for a log that verified up to its last signed checkpoint but is
 /// not sealed (a running gateway, a crash, or an end that was cut or extended).
@@ -32,10 +32,12 @@ pub enum Command {
         /// log are used, which cannot detect a rewrite by someone who also replaced the key.
         #[arg(long = "key")]
         keys: Vec<String>,
-        /// A witness directory holding copies of the signed checkpoints: detects a cut-off tail
-        /// (also one cut back exactly to an earlier run's seal) and a rewritten chain.
+        /// Where the witness keeps the signed checkpoints: a directory, or `s3://<bucket>/<prefix>`
+        /// (endpoint, region and credentials from the `AWS_*` environment; `AWS_ALLOW_HTTP=true`
+        /// for an `http://` endpoint). Detects a cut-off tail (also one cut back exactly to an
+        /// earlier run's seal) and a rewritten chain.
         #[arg(long)]
-        witness: Option<PathBuf>,
+        witness: Option<WitnessSource>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -93,11 +95,109 @@ pub fn load_logs(dir: &Path) -> Result<(Vec<LogData>, PathBuf, PathBuf), Command
     Ok((logs, audit, recordings))
 }
 
+/// Where `--witness` reads the witnessed checkpoints from.
+#[derive(Debug, Clone)]
+pub enum WitnessSource {
+    /// A witness directory (`[audit] witness_dir`, or an export of a webhook receiver).
+    Dir(PathBuf),
+    /// An object-storage witness (`[audit.witness_s3]`): `s3://<bucket>/<prefix>`.
+    S3 {
+        /// Bucket name.
+        bucket: String,
+        /// Key prefix (may be empty).
+        prefix: String,
+    },
+}
+
+impl std::str::FromStr for WitnessSource {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.strip_prefix("s3://") {
+            Some(rest) => {
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                if bucket.is_empty() {
+                    return Err("s3:// witness without a bucket (s3://<bucket>/<prefix>)".into());
+                }
+                Ok(Self::S3 {
+                    bucket: bucket.to_owned(),
+                    prefix: prefix.trim_matches('/').to_owned(),
+                })
+            }
+            None => Ok(Self::Dir(PathBuf::from(s))),
+        }
+    }
+}
+
+impl std::fmt::Display for WitnessSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Dir(d) => write!(f, "{}", d.display()),
+            Self::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+        }
+    }
+}
+
+/// Why the witness could not be read.
+#[derive(Debug)]
+pub enum WitnessReadError {
+    /// The witness holds something that is not what its name says (an object replaced): the
+    /// verification fails.
+    Tampered(String),
+    /// The witness could not be reached or read.
+    Unreadable(String),
+}
+
+impl WitnessSource {
+    /// Every checkpoint the witness holds.
+    pub fn read_all(&self) -> Result<Vec<Checkpoint>, WitnessReadError> {
+        match self {
+            Self::Dir(d) => FileWitness::read_all(d)
+                .map_err(|e| WitnessReadError::Unreadable(format!("witness {}: {e}", d.display()))),
+            Self::S3 { bucket, prefix } => {
+                let allow_http = std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v == "true");
+                let store = ObjectStoreWitness::prepare_s3(
+                    object_store::aws::AmazonS3Builder::from_env(),
+                    allow_http,
+                )
+                .with_bucket_name(bucket)
+                .build()
+                .map_err(|e| WitnessReadError::Unreadable(format!("witness {self}: {e}")))?;
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| WitnessReadError::Unreadable(format!("runtime: {e}")))?;
+                rt.block_on(ObjectStoreWitness::read_all(&store, prefix))
+                    .map_err(|e| match e {
+                        gatehouse_recorder::RecorderError::Witness(m) => {
+                            WitnessReadError::Tampered(format!("witness {self}: {m}"))
+                        }
+                        e => WitnessReadError::Unreadable(format!("witness {self}: {e}")),
+                    })
+            }
+        }
+    }
+}
+
+/// The latest checkpoint per log among `held`.
+pub fn latest_per_log(held: Vec<Checkpoint>) -> Vec<Checkpoint> {
+    let mut latest: std::collections::BTreeMap<String, Checkpoint> = Default::default();
+    for cp in held {
+        match latest.get(&cp.log) {
+            Some(have) if have.sequence >= cp.sequence => {}
+            _ => {
+                latest.insert(cp.log.clone(), cp);
+            }
+        }
+    }
+    latest.into_values().collect()
+}
+
 /// Verifies the logs under `dir` with the given trust anchors.
 pub fn verify_dir(
     dir: &Path,
     keys: &[String],
-    witness: Option<&Path>,
+    witness: Option<&[Checkpoint]>,
 ) -> Result<(VerifyReport, bool), CommandError> {
     let (logs, audit, _) = load_logs(dir)?;
     let mut trusted = TrustedKeys::new();
@@ -124,8 +224,7 @@ pub fn verify_dir(
         ..VerifyOptions::default()
     };
     if let Some(w) = witness {
-        options.witnesses = FileWitness::read_all(w)
-            .map_err(|e| failed(format!("witness {}: {e}", w.display())))?;
+        options.witnesses = w.to_vec();
     }
     Ok((verify(&logs, &options), pinned))
 }
@@ -307,14 +406,23 @@ pub fn run(command: Command) -> CommandResult {
             witness,
             json,
         } => {
+            let held = match witness.as_ref().map(WitnessSource::read_all) {
+                None => None,
+                Some(Ok(held)) => Some(held),
+                Some(Err(WitnessReadError::Tampered(m))) => {
+                    eprintln!("gatehouse: audit verification failed: {m}");
+                    return Ok(ExitCode::from(1));
+                }
+                Some(Err(WitnessReadError::Unreadable(m))) => return Err(failed(m)),
+            };
             // A witness that holds checkpoints of a log that is gone: the log was removed, which
             // is a failed verification (exit 1), not a command that could not run.
-            if let Some(w) = witness.as_deref() {
+            if let Some(held) = &held {
                 let (audit, _) = roots(&dir);
                 let none = load_local_logs(&audit)
                     .map(|l| l.is_empty())
                     .unwrap_or(true);
-                let held = FileWitness::read_all(w).map(|c| c.len()).unwrap_or(0);
+                let held = held.len();
                 if none && held > 0 {
                     eprintln!(
                         "gatehouse: audit verification failed: {}: no audit log found, but the witness holds {held} signed checkpoint(s) of one: the log was removed",
@@ -323,7 +431,7 @@ pub fn run(command: Command) -> CommandResult {
                     return Ok(ExitCode::from(1));
                 }
             }
-            let (report, pinned) = verify_dir(&dir, &keys, witness.as_deref())?;
+            let (report, pinned) = verify_dir(&dir, &keys, held.as_deref())?;
             let recordings = check_recordings(&dir)?;
             let recording_problems = &recordings.problems;
             if json {

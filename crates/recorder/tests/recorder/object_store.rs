@@ -1,10 +1,6 @@
 //! Object storage against a real S3-compatible server: moto, installed into a venv under
 //! `target/` on first use and started on a port of its own choosing (it prints it).
 
-use std::io::{BufRead as _, BufReader};
-use std::os::unix::process::CommandExt as _;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +10,7 @@ use gatehouse_recorder::witness::Witness as _;
 use gatehouse_recorder::{
     AuditRecorder, LogStatus, ObjectStoreWitness, RecorderConfig, VerifyOptions,
 };
+use gatehouse_testkit::moto::{Moto, header};
 use object_store::aws::AmazonS3Builder;
 use object_store::{ObjectStore, ObjectStoreExt as _};
 
@@ -21,93 +18,11 @@ use crate::common::*;
 
 const LOG: &str = "gw-s3";
 
-struct Moto {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
-        let _ = self.child.wait();
-    }
-}
-
-fn venv() -> PathBuf {
-    // crates/recorder -> workspace target dir.
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    let venv = target.join("recorder-moto/venv");
-    let server = venv.join("bin/moto_server");
-    if server.exists() {
-        return venv;
-    }
-    let lock_dir = target.join("recorder-moto");
-    std::fs::create_dir_all(&lock_dir).unwrap();
-    let ok = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .stdin(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-        && Command::new(venv.join("bin/pip"))
-            .args([
-                "install",
-                "-q",
-                "--disable-pip-version-check",
-                "moto[server]",
-            ])
-            .stdin(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-    assert!(
-        ok && server.exists(),
-        "\n\n*** could not install moto[server] into {} (pip failed): the object-store tests \
-         cannot run without it ***\n",
-        venv.display()
-    );
-    venv
-}
-
-fn start_moto() -> Moto {
-    let venv = venv();
-    let mut child = Command::new(venv.join("bin/moto_server"))
-        .args(["-H", "127.0.0.1", "-p", "0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .expect("start moto_server");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if let Some(rest) = line.split("Running on http://127.0.0.1:").nth(1) {
-                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-                let _ = tx.send(digits.parse::<u16>().ok());
-            }
-        }
-    });
-    let port = rx
-        .recv_timeout(Duration::from_secs(60))
-        .ok()
-        .flatten()
-        .expect("moto_server printed its port");
-    Moto { child, port }
-}
-
-async fn bucket(moto: &Moto) -> Arc<dyn ObjectStore> {
-    let endpoint = format!("http://127.0.0.1:{}", moto.port);
-    // moto accepts any credentials; create the bucket with a plain PUT.
-    let client = hyper_util_put(&endpoint, "/gatehouse").await;
-    assert!(client, "bucket creation");
+fn bucket(moto: &Moto) -> Arc<dyn ObjectStore> {
+    moto.create_bucket("gatehouse");
     Arc::new(
         AmazonS3Builder::new()
-            .with_endpoint(&endpoint)
+            .with_endpoint(moto.endpoint())
             .with_allow_http(true)
             .with_bucket_name("gatehouse")
             .with_region("us-east-1")
@@ -119,85 +34,18 @@ async fn bucket(moto: &Moto) -> Arc<dyn ObjectStore> {
     )
 }
 
-/// `PUT <path>` with an empty body over a raw loopback connection (creates a moto bucket).
-async fn hyper_util_put(endpoint: &str, path: &str) -> bool {
-    raw(endpoint, "PUT", path, &[], b"").await.0 == 200
-}
-
-/// One raw HTTP/1.1 request to moto, which does not check signatures (but treats a request
-/// without an `Authorization` header as anonymous): (status, head, body).
-async fn raw(
-    endpoint: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> (u16, String, String) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let addr = endpoint.trim_start_matches("http://");
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\nAuthorization: AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    s.write_all(body).await.unwrap();
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).await.unwrap();
-    let resp = String::from_utf8_lossy(&resp).into_owned();
-    let status = resp
-        .get(9..12)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_default();
-    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
-    (status, head.to_owned(), body.to_owned())
-}
-
-/// A header's value in a raw response head.
-fn header(head: &str, name: &str) -> Option<String> {
-    head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim()
-            .eq_ignore_ascii_case(name)
-            .then(|| v.trim().to_owned())
-    })
-}
-
 /// A bucket created with object lock and a default retention (COMPLIANCE, one day), as the
 /// operator sets it up for the witness; and a client for it with the gateway's credentials.
-async fn locked_bucket(moto: &Moto, name: &str) -> Arc<dyn ObjectStore> {
-    let endpoint = format!("http://127.0.0.1:{}", moto.port);
-    let (status, _, body) = raw(
-        &endpoint,
-        "PUT",
-        &format!("/{name}"),
-        &[("x-amz-bucket-object-lock-enabled", "true")],
-        b"",
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    let config = b"<ObjectLockConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><ObjectLockEnabled>Enabled</ObjectLockEnabled><Rule><DefaultRetention><Mode>COMPLIANCE</Mode><Days>1</Days></DefaultRetention></Rule></ObjectLockConfiguration>";
-    let (status, _, body) = raw(
-        &endpoint,
-        "PUT",
-        &format!("/{name}?object-lock"),
-        &[],
-        config,
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    let (_, _, body) = raw(&endpoint, "GET", &format!("/{name}?object-lock"), &[], b"").await;
+fn locked_bucket(moto: &Moto, name: &str) -> Arc<dyn ObjectStore> {
+    moto.create_locked_bucket(name, "COMPLIANCE", 1);
+    let (_, _, body) = moto.request("GET", &format!("/{name}?object-lock"), &[], b"");
     assert!(
         body.contains("<Mode>COMPLIANCE</Mode>") && body.contains("<Days>1</Days>"),
         "the bucket has a default retention: {body}"
     );
     Arc::new(
         ObjectStoreWitness::prepare_s3(AmazonS3Builder::new(), true)
-            .with_endpoint(&endpoint)
+            .with_endpoint(moto.endpoint())
             .with_bucket_name(name)
             .with_region("us-east-1")
             .with_access_key_id("test")
@@ -210,8 +58,8 @@ async fn locked_bucket(moto: &Moto, name: &str) -> Arc<dyn ObjectStore> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn segments_and_recordings_go_to_s3_and_verify_from_there() {
-    let moto = start_moto();
-    let store = within(60, bucket(&moto)).await;
+    let moto = Moto::start();
+    let store = bucket(&moto);
     let dir = tempfile::tempdir().unwrap();
     let mut config = RecorderConfig::new(LOG);
     config.log.segment_max_bytes = 8 * 1024;
@@ -285,9 +133,8 @@ async fn segments_and_recordings_go_to_s3_and_verify_from_there() {
 /// replaced by a newer version holding another checkpoint makes the read fail, never skipped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoints_witnessed_in_a_locked_bucket_catch_a_cut_log() {
-    let moto = start_moto();
-    let endpoint = format!("http://127.0.0.1:{}", moto.port);
-    let store = within(60, locked_bucket(&moto, "witness")).await;
+    let moto = Moto::start();
+    let store = locked_bucket(&moto, "witness");
     let dir = tempfile::tempdir().unwrap();
     let mut config = RecorderConfig::new(LOG);
     config.log.checkpoint_every_records = 20;
@@ -332,7 +179,7 @@ async fn checkpoints_witnessed_in_a_locked_bucket_catch_a_cut_log() {
         "/witness/gatehouse/witness/{LOG}/{}",
         gatehouse_recorder::witness::witness_file_name(seal.sequence)
     );
-    let (status, head, _) = raw(&endpoint, "GET", &key, &[], b"").await;
+    let (status, head, _) = moto.request("GET", &key, &[], b"");
     assert_eq!(status, 200, "{head}");
     assert_eq!(
         header(&head, "x-amz-object-lock-mode").as_deref(),
@@ -343,14 +190,7 @@ async fn checkpoints_witnessed_in_a_locked_bucket_catch_a_cut_log() {
     let version = header(&head, "x-amz-version-id").unwrap();
 
     // The witnessed version cannot be deleted, not even by the credentials that wrote it.
-    let (status, _, body) = raw(
-        &endpoint,
-        "DELETE",
-        &format!("{key}?versionId={version}"),
-        &[],
-        b"",
-    )
-    .await;
+    let (status, _, body) = moto.request("DELETE", &format!("{key}?versionId={version}"), &[], b"");
     assert_eq!(status, 403, "deleting a locked version: {body}");
     // The writer never replaces an object: a different checkpoint for the same sequence fails.
     let witness = ObjectStoreWitness::new(store.clone(), "gatehouse/witness");
@@ -405,14 +245,7 @@ async fn checkpoints_witnessed_in_a_locked_bucket_catch_a_cut_log() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("replaced"), "{err}");
-    let (status, _, body) = raw(
-        &endpoint,
-        "GET",
-        &format!("{key}?versionId={version}"),
-        &[],
-        b"",
-    )
-    .await;
+    let (status, _, body) = moto.request("GET", &format!("{key}?versionId={version}"), &[], b"");
     assert_eq!(status, 200);
     assert_eq!(
         serde_json::from_str::<gatehouse_recorder::Checkpoint>(&body).unwrap(),
