@@ -884,11 +884,26 @@ fn an_object_storage_witness_catches_a_cut_log_through_the_binary() {
         assert!(text.contains("TruncatedTail"), "cut {n}: {text}");
     }
 
-    // Someone with the gateway's bucket credentials writes a newer version of the seal's object
-    // (an earlier checkpoint, validly signed): the read fails, naming the replaced object.
+    // Someone allowed `s3:DeleteObject` hides the seal's object behind a delete marker and cuts
+    // the seal off the log: verify reads every version and still fails.
     let lines = all_lines(&data);
     let seal = parse_line(&lines.last().unwrap().1).unwrap();
     assert_eq!(seal.kind, RecordKind::Seal);
+    let seal_key = format!(
+        "/witness/gatehouse/gw1/{}",
+        gatehouse_recorder::witness::witness_file_name(seal.sequence - 1)
+    );
+    let (status, head, _) = moto.request("DELETE", &seal_key, &[], b"");
+    assert_eq!(status, 204, "{head}");
+    let cut = dir.path().join("cut-hidden");
+    copy_dir(&data, &cut);
+    remove_last(&cut, 1);
+    let (code, text) = verify_s3(&cut);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("TruncatedTail"), "{text}");
+
+    // Someone with the gateway's bucket credentials writes a newer version of the seal's object
+    // (an earlier checkpoint, validly signed): the read fails, naming the replaced object.
     let first_checkpoint = gatehouse_recorder::witness::witness_file_name(0);
     let (status, _, earlier) = moto.request(
         "GET",
@@ -908,10 +923,6 @@ fn an_object_storage_witness_catches_a_cut_log_through_the_binary() {
     let checksum = base64::Engine::encode(
         &base64::engine::general_purpose::STANDARD,
         sha2::Sha256::digest(earlier_body.as_bytes()),
-    );
-    let seal_key = format!(
-        "/witness/gatehouse/gw1/{}",
-        gatehouse_recorder::witness::witness_file_name(seal.sequence - 1)
     );
     let (status, _, body) = moto.request(
         "PUT",

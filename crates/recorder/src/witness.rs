@@ -240,21 +240,171 @@ impl ObjectStoreWitness {
                 continue;
             }
             let bytes = store.get(&meta.location).await?.bytes().await?;
-            let cp: Checkpoint = serde_json::from_slice(&bytes).map_err(|e| {
-                RecorderError::Witness(format!(
-                    "witness object {location} is not a checkpoint ({e}): it was replaced"
-                ))
-            })?;
-            if cp.log != log || witness_file_name(cp.sequence) != name {
-                return Err(RecorderError::Witness(format!(
-                    "witness object {location} holds the checkpoint of log {:?} at sequence {}: it was replaced",
-                    cp.log, cp.sequence
-                )));
-            }
-            out.push(cp);
+            out.push(checked_checkpoint(&bytes, log, name, &location)?);
         }
         Ok(out)
     }
+}
+
+/// Percent-encodes a query value (everything but RFC 3986 unreserved characters).
+fn query_encode(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The text of the first `<tag>…</tag>` in `xml`, with the five XML entities decoded.
+fn xml_text<'a>(xml: &'a str, tag: &str) -> Option<String> {
+    let open = format!("<{tag}>");
+    let close = format!("</{tag}>");
+    let start = xml.find(&open)? + open.len();
+    let len = xml.get(start..)?.find(&close)?;
+    let raw: &'a str = xml.get(start..start + len)?;
+    Some(
+        raw.replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&apos;", "'")
+            .replace("&amp;", "&"),
+    )
+}
+
+impl ObjectStoreWitness {
+    /// Reads every checkpoint an S3 bucket holds under `prefix`, in **every stored version** of
+    /// every object (`ListObjectVersions`): a checkpoint hidden behind a newer version or a
+    /// delete marker (which anyone allowed `s3:DeleteObject` can place without a version id,
+    /// object lock or not) is still read. Each version must be the checkpoint its name says, as
+    /// for [`ObjectStoreWitness::read_all`]. `builder` names the bucket, endpoint, region and
+    /// credentials, as for writing; `allow_http` permits an `http://` endpoint.
+    pub async fn read_all_versions(
+        builder: object_store::aws::AmazonS3Builder,
+        allow_http: bool,
+        prefix: &str,
+    ) -> Result<Vec<Checkpoint>, RecorderError> {
+        use object_store::ObjectStore as _;
+        use object_store::aws::AmazonS3ConfigKey as Key;
+        use object_store::client::HttpConnector as _;
+        let config = |k: Key| builder.get_config_value(&k).filter(|v| !v.is_empty());
+        let bucket = config(Key::Bucket)
+            .ok_or_else(|| RecorderError::Config("witness bucket not set".into()))?;
+        let region = config(Key::Region).unwrap_or_else(|| "us-east-1".into());
+        let endpoint = config(Key::S3Endpoint)
+            .or_else(|| config(Key::Endpoint))
+            .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
+        let endpoint = endpoint.trim_end_matches('/').to_owned();
+        let store = builder.build()?;
+        let client = object_store::client::ReqwestConnector::default()
+            .connect(&object_store::ClientOptions::new().with_allow_http(allow_http))?;
+        let prefix = prefix.trim_matches('/');
+        let list_prefix = match prefix.is_empty() {
+            true => String::new(),
+            false => format!("{prefix}/"),
+        };
+        let fail = |what: String| RecorderError::Witness(format!("list versions: {what}"));
+        let mut versions: Vec<(String, String)> = Vec::new();
+        let mut marker: Option<(String, String)> = None;
+        loop {
+            let mut url = format!(
+                "{endpoint}/{bucket}?prefix={}&versions=",
+                query_encode(&list_prefix)
+            );
+            if let Some((k, v)) = &marker {
+                url.push_str(&format!(
+                    "&key-marker={}&version-id-marker={}",
+                    query_encode(k),
+                    query_encode(v)
+                ));
+            }
+            let mut req = http::Request::get(url.as_str())
+                .body(object_store::client::HttpRequestBody::empty())
+                .map_err(|e| fail(e.to_string()))?;
+            let credential = store.credentials().get_credential().await?;
+            object_store::aws::AwsAuthorizer::new(&credential, "s3", &region)
+                .try_authorize(&mut req, None)?;
+            let resp = client.execute(req).await.map_err(|e| fail(e.to_string()))?;
+            let status = resp.status();
+            let body = resp
+                .into_body()
+                .bytes()
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            let body = String::from_utf8_lossy(&body).into_owned();
+            if !status.is_success() {
+                return Err(RecorderError::Config(format!(
+                    "witness bucket {bucket}: list versions answered {status}: {body}"
+                )));
+            }
+            // `<Version>` entries only: delete markers (`<DeleteMarker>`) hide nothing here.
+            for entry in body.split("<Version>").skip(1) {
+                let entry = entry.split("</Version>").next().unwrap_or_default();
+                if let (Some(key), Some(version)) =
+                    (xml_text(entry, "Key"), xml_text(entry, "VersionId"))
+                {
+                    versions.push((key, version));
+                }
+            }
+            if xml_text(&body, "IsTruncated").as_deref() != Some("true") {
+                break;
+            }
+            let next = (
+                xml_text(&body, "NextKeyMarker").unwrap_or_default(),
+                xml_text(&body, "NextVersionIdMarker").unwrap_or_default(),
+            );
+            if next.0.is_empty() || marker.as_ref() == Some(&next) {
+                return Err(fail("a truncated listing without a new marker".into()));
+            }
+            marker = Some(next);
+        }
+        let mut out: Vec<Checkpoint> = Vec::new();
+        for (key, version) in versions {
+            let rel = key.strip_prefix(&list_prefix).unwrap_or(key.as_str());
+            let Some((log, name)) = rel.split_once('/') else {
+                continue;
+            };
+            if !name.ends_with(".checkpoint.json") || name.contains('/') {
+                continue;
+            }
+            let location = object_store::path::Path::from(key.as_str());
+            let opts = object_store::GetOptions {
+                version: Some(version.clone()),
+                ..Default::default()
+            };
+            let bytes = store.get_opts(&location, opts).await?.bytes().await?;
+            let cp = checked_checkpoint(&bytes, log, name, &format!("{key} (version {version})"))?;
+            if !out.contains(&cp) {
+                out.push(cp);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Parses a witness object's bytes: it must be the checkpoint of log `log` whose file name is
+/// `name`; anything else was put there by someone else.
+fn checked_checkpoint(
+    bytes: &[u8],
+    log: &str,
+    name: &str,
+    location: &str,
+) -> Result<Checkpoint, RecorderError> {
+    let cp: Checkpoint = serde_json::from_slice(bytes).map_err(|e| {
+        RecorderError::Witness(format!(
+            "witness object {location} is not a checkpoint ({e}): it was replaced"
+        ))
+    })?;
+    if cp.log != log || witness_file_name(cp.sequence) != name {
+        return Err(RecorderError::Witness(format!(
+            "witness object {location} holds the checkpoint of log {:?} at sequence {}: it was replaced",
+            cp.log, cp.sequence
+        )));
+    }
+    Ok(cp)
 }
 
 impl Witness for ObjectStoreWitness {

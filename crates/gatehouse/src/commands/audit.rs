@@ -156,24 +156,26 @@ impl WitnessSource {
                 .map_err(|e| WitnessReadError::Unreadable(format!("witness {}: {e}", d.display()))),
             Self::S3 { bucket, prefix } => {
                 let allow_http = std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v == "true");
-                let store = ObjectStoreWitness::prepare_s3(
+                let builder = ObjectStoreWitness::prepare_s3(
                     object_store::aws::AmazonS3Builder::from_env(),
                     allow_http,
                 )
-                .with_bucket_name(bucket)
-                .build()
-                .map_err(|e| WitnessReadError::Unreadable(format!("witness {self}: {e}")))?;
+                .with_bucket_name(bucket);
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                     .map_err(|e| WitnessReadError::Unreadable(format!("runtime: {e}")))?;
-                rt.block_on(ObjectStoreWitness::read_all(&store, prefix))
-                    .map_err(|e| match e {
-                        gatehouse_recorder::RecorderError::Witness(m) => {
-                            WitnessReadError::Tampered(format!("witness {self}: {m}"))
-                        }
-                        e => WitnessReadError::Unreadable(format!("witness {self}: {e}")),
-                    })
+                // Every version: a checkpoint hidden behind a delete marker or a newer version
+                // is still read.
+                rt.block_on(ObjectStoreWitness::read_all_versions(
+                    builder, allow_http, prefix,
+                ))
+                .map_err(|e| match e {
+                    gatehouse_recorder::RecorderError::Witness(m) => {
+                        WitnessReadError::Tampered(format!("witness {self}: {m}"))
+                    }
+                    e => WitnessReadError::Unreadable(format!("witness {self}: {e}")),
+                })
             }
         }
     }

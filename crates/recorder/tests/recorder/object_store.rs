@@ -230,6 +230,61 @@ async fn checkpoints_witnessed_in_a_locked_bucket_catch_a_cut_log() {
         );
     }
 
+    // Someone allowed `s3:DeleteObject` deletes the seal's object without a version id: S3 places
+    // a delete marker (object lock does not refuse it) and a plain listing no longer shows the
+    // seal, so a log cut back behind it would pass against `read_all`; reading every version
+    // still finds the locked seal.
+    let builder = || {
+        ObjectStoreWitness::prepare_s3(AmazonS3Builder::new(), true)
+            .with_endpoint(moto.endpoint())
+            .with_bucket_name("witness")
+            .with_region("us-east-1")
+            .with_access_key_id("test")
+            .with_secret_access_key("test")
+    };
+    let (status, head, _) = moto.request("DELETE", &key, &[], b"");
+    assert_eq!(status, 204, "{head}");
+    assert_eq!(
+        header(&head, "x-amz-delete-marker").as_deref(),
+        Some("true")
+    );
+    let listed = ObjectStoreWitness::read_all(store.as_ref(), "gatehouse/witness")
+        .await
+        .unwrap();
+    assert!(
+        !listed.iter().any(|c| c.sealed),
+        "the marker hides the seal"
+    );
+    let all = ObjectStoreWitness::read_all_versions(builder(), true, "gatehouse/witness")
+        .await
+        .unwrap();
+    assert_eq!(all.len(), held.len(), "{all:?}");
+    let mut short = data.clone();
+    let seg = short.segments.last_mut().unwrap();
+    let keep = seg.bytes[..seg.bytes.len() - 1]
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .unwrap()
+        + 1;
+    seg.bytes.truncate(keep);
+    let hidden = VerifyOptions {
+        witnesses: listed,
+        ..options()
+    };
+    assert_ne!(
+        gatehouse_recorder::verify::verify_log(&short, &hidden).status(),
+        LogStatus::Failed,
+        "what a plain listing would let through"
+    );
+    let every = VerifyOptions {
+        witnesses: all,
+        ..options()
+    };
+    assert_eq!(
+        gatehouse_recorder::verify::verify_log(&short, &every).status(),
+        LogStatus::Failed
+    );
+
     // Someone with the gateway's credentials writes a newer version of the seal's object (an
     // earlier checkpoint, validly signed, to hide the seal): the locked version stays, and the
     // witness read fails instead of trusting the newer one.
@@ -242,6 +297,10 @@ async fn checkpoints_witnessed_in_a_locked_bucket_catch_a_cut_log() {
         .await
         .unwrap();
     let err = ObjectStoreWitness::read_all(store.as_ref(), "gatehouse/witness")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("replaced"), "{err}");
+    let err = ObjectStoreWitness::read_all_versions(builder(), true, "gatehouse/witness")
         .await
         .unwrap_err();
     assert!(err.to_string().contains("replaced"), "{err}");
