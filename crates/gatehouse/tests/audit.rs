@@ -938,3 +938,36 @@ fn an_object_storage_witness_catches_a_cut_log_through_the_binary() {
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("replaced"), "{text}");
 }
+
+/// A directory with several logs, one of them removed whole: the witness still holds that log's
+/// checkpoints, and verify fails naming it (the other logs verifying says nothing about it).
+#[test]
+fn a_witnessed_log_removed_whole_fails_even_beside_other_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let gw = start(&config);
+    gw.knock(5);
+    gw.stop();
+    let data = dir.path().join("data");
+    let witness = dir.path().join("witness");
+    let key = public_key(dir.path());
+    // A second gateway's log, with its checkpoints in the same witness (as a restart of this one
+    // under another log id writes it).
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("[audit]\n", "[audit]\nlog_id = \"gw2\"\n");
+    std::fs::write(&config, text).unwrap();
+    let gw = start(&config);
+    gw.knock(5);
+    gw.stop();
+    assert!(data.join("audit/gw2").is_dir());
+    let (code, text) = verify(&data, Some(&witness), &key);
+    assert_eq!(code, 0, "{text}");
+    std::fs::remove_dir_all(data.join("audit/gw2")).unwrap();
+    let (code, text) = verify(&data, Some(&witness), &key);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("log gw2") && text.contains("removed"),
+        "{text}"
+    );
+}

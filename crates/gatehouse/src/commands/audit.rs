@@ -424,10 +424,27 @@ pub fn run(command: Command) -> CommandResult {
                 let none = load_local_logs(&audit)
                     .map(|l| l.is_empty())
                     .unwrap_or(true);
-                let held = held.len();
-                if none && held > 0 {
+                let count = held.len();
+                if none && count > 0 {
                     eprintln!(
-                        "gatehouse: audit verification failed: {}: no audit log found, but the witness holds {held} signed checkpoint(s) of one: the log was removed",
+                        "gatehouse: audit verification failed: {}: no audit log found, but the witness holds {count} signed checkpoint(s) of one: the log was removed",
+                        audit.display()
+                    );
+                    return Ok(ExitCode::from(1));
+                }
+                // A log the witness vouches for but the directory lacks was removed whole (the
+                // other logs verifying says nothing about it).
+                let local: std::collections::BTreeSet<String> = load_local_logs(&audit)
+                    .map(|l| l.into_iter().map(|l| l.log).collect())
+                    .unwrap_or_default();
+                let missing: std::collections::BTreeSet<&str> = held
+                    .iter()
+                    .map(|c| c.log.as_str())
+                    .filter(|l| !local.contains(*l))
+                    .collect();
+                if let Some(log) = missing.first() {
+                    eprintln!(
+                        "gatehouse: audit verification failed: the witness holds signed checkpoints of log {log}, which is not in {}: the log was removed (or the witness is shared with another gateway: give each gateway's audit directory its own witness directory or prefix)",
                         audit.display()
                     );
                     return Ok(ExitCode::from(1));
