@@ -872,6 +872,34 @@ fn an_object_storage_witness_catches_a_cut_log_through_the_binary() {
         "{text}"
     );
 
+    // The evidence bundle carries the latest checkpoint the bucket holds: the seal.
+    let bundle = dir.path().join("bundle");
+    let mut cmd = Command::new(EXE);
+    cmd.envs(env.iter().copied())
+        .env("AWS_ENDPOINT", &endpoint)
+        .env("AWS_ALLOW_HTTP", "true")
+        .args(["evidence", "export", "--dir"])
+        .arg(&data)
+        .args(["--witness", "s3://witness/gatehouse", "--key"])
+        .arg(dir.path().join("keys/audit-signing.key"))
+        .arg("--out")
+        .arg(&bundle);
+    let out = run_with_timeout(cmd, Duration::from_secs(60)).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let witnessed: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("witness-checkpoint.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        witnessed["witness"], "s3://witness/gatehouse",
+        "{witnessed}"
+    );
+    assert_eq!(witnessed["latest"][0]["sealed"], true, "{witnessed}");
+    assert_eq!(witnessed["latest"][0]["log"], "gw1", "{witnessed}");
+
     // Cuts behind the seal and behind earlier witnessed checkpoints fail.
     for n in [1, 2, 25] {
         let cut = dir.path().join(format!("cut-{n}"));
