@@ -795,6 +795,36 @@ fn recordings_sealed_per_channel_and_of_open_sessions_are_checked() {
     std::fs::remove_file(&open_file).unwrap();
     let (code, text) = verify(&data, None, &key);
     assert_eq!(code, 0, "{text}");
+    // The evidence bundle lists both recordings of the SSH session with their hashes.
+    let bundle = dir.path().join("bundle");
+    let key_file = dir.path().join("signing.key");
+    std::fs::write(&key_file, hex::encode([7u8; 32])).unwrap();
+    let mut cmd = Command::new(EXE);
+    cmd.args(["evidence", "export", "--dir"])
+        .arg(&data)
+        .arg("--key")
+        .arg(&key_file)
+        .arg("--out")
+        .arg(&bundle);
+    let out = run_with_timeout(cmd, Duration::from_secs(60)).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sessions: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("sessions.json")).unwrap()).unwrap();
+    let ssh_session = sessions["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["end_reason"] == "client closed")
+        .unwrap();
+    assert_eq!(
+        ssh_session["recordings"].as_array().unwrap().len(),
+        2,
+        "{ssh_session}"
+    );
     for f in files.iter().filter(|f| **f != open_file) {
         let good = std::fs::read(f).unwrap();
         let mut bad = good.clone();

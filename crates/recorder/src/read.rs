@@ -124,6 +124,10 @@ pub struct SessionSummary {
     pub login_failures: u64,
     /// The recording seal from `SessionEnd`.
     pub recording: Option<RecordingSeal>,
+    /// Every recording seal of the session: the one in `SessionEnd`, and those recorded on their
+    /// own (one per SSH channel); see [`recording_seals`].
+    #[serde(default)]
+    pub recordings: Vec<RecordingSeal>,
 }
 
 /// Lists sessions across logs, ordered by first event.
@@ -147,6 +151,7 @@ pub fn list_sessions(logs: &[LogData]) -> Vec<SessionSummary> {
                     reviewed: 0,
                     login_failures: 0,
                     recording: None,
+                    recordings: Vec::new(),
                 });
             if s.principal.is_none() {
                 s.principal = e.identity.as_ref().map(|i| i.principal());
@@ -173,6 +178,15 @@ pub fn list_sessions(logs: &[LogData]) -> Vec<SessionSummary> {
                 }
                 _ => {}
             }
+        }
+    }
+    let mut seals: std::collections::HashMap<String, Vec<RecordingSeal>> = Default::default();
+    for sealed in recording_seals(logs) {
+        seals.entry(sealed.session.0).or_default().push(sealed.seal);
+    }
+    for ((_, session), s) in by.iter_mut() {
+        if let Some(v) = seals.get(session) {
+            s.recordings = v.clone();
         }
     }
     let mut out: Vec<_> = by.into_values().collect();

@@ -98,7 +98,7 @@ which is signed (ed25519) by the gateway's audit key in `manifest.sig`.
 | file | what it shows | ISO/IEC 27001:2022 Annex A |
 | --- | --- | --- |
 | `access-summary.json` | per identity: sessions, targets, time connected, operations, denials, reviews | 5.15 access control, 5.18 access rights, 8.2 privileged access rights |
-| `sessions.json` | every session with identity, target, start/end, and its recording's sealed SHA-256 | 8.15 logging, 8.16 monitoring activities |
+| `sessions.json` | every session with identity, target, start/end, and its recordings' sealed SHA-256 (`recordings`: all of them, one per SSH channel; `recording`: the one the session end carries) | 8.15 logging, 8.16 monitoring activities |
 | `approvals.json` | just-in-time approvals: who asked, for which exact operation, who decided, when, why | 5.18 access rights, 8.2 privileged access rights |
 | `masking.json` | masking findings per rule and field (counts only, never values) | 8.11 data masking, 8.12 data leakage prevention |
 | `credentials-statement.json` | what the egress guard checked (patterns, sites, byte counts), what it found and blocked, and what it cannot see (credentials a target transformed) | 5.17 authentication information, 8.5 secure authentication, 8.12 data leakage prevention |
