@@ -102,6 +102,29 @@ pub async fn build(loaded: &LoadedConfig) -> Result<Gateway, CommandError> {
             FileWitness::new(w).map_err(|e| failed("audit.witness_dir", e))?,
         ));
     }
+    if let Some(w) = &c.audit.witness_s3 {
+        let mut b = gatehouse_recorder::ObjectStoreWitness::prepare_s3(
+            object_store::aws::AmazonS3Builder::from_env(),
+            w.allow_http,
+        )
+        .with_bucket_name(&w.bucket);
+        if let Some(endpoint) = &w.endpoint {
+            b = b.with_endpoint(endpoint);
+        }
+        if let Some(region) = &w.region {
+            b = b.with_region(region);
+        }
+        let store = b.build().map_err(|e| failed("audit.witness_s3", e))?;
+        rc.witnesses
+            .push(Arc::new(gatehouse_recorder::ObjectStoreWitness::new(
+                Arc::new(store),
+                w.prefix.clone(),
+            )));
+        eprintln!(
+            "gatehouse: audit checkpoints are witnessed in s3://{}/{} (verify with --witness s3://{}/{})",
+            w.bucket, w.prefix, w.bucket, w.prefix
+        );
+    }
     if let Some(url) = &c.audit.witness_url {
         let witness = match &c.audit.witness_ca {
             Some(ca) => {

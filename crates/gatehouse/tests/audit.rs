@@ -67,7 +67,12 @@ struct Gateway {
 }
 
 fn start(config: &Path) -> Gateway {
+    start_with_env(config, &[])
+}
+
+fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Gateway {
     let mut cmd = Command::new(EXE);
+    cmd.envs(env.iter().copied());
     cmd.args(["serve", "--config"])
         .arg(config)
         .stdin(Stdio::null())
@@ -599,4 +604,428 @@ fn an_export_from_a_running_gateway_covers_up_to_the_export() {
             "{bundle}: {text}"
         );
     }
+}
+
+/// A token of the dev issuer the config names (the gateway creates its key at start).
+fn token(dir: &Path) -> String {
+    let mut mint = Command::new(EXE);
+    mint.current_dir(dir).args([
+        "token", "--key", "dev.key", "--sub", "agent-1", "--ttl", "10m",
+    ]);
+    let out = run_with_timeout(mint, Duration::from_secs(30)).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Every file under the recordings directory.
+fn recording_files(data: &Path) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&data.join("recordings"), &mut out);
+    out.sort();
+    out
+}
+
+#[test]
+fn one_forged_byte_in_any_recording_fails_verification_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let gw = start(&config);
+    let token = token(dir.path());
+    // Three authenticated connections: three sessions, each with its HTTP recording (the
+    // upstream is unreachable: each request is recorded with its 502).
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(gw.http).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "GET /api/x HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut resp = String::new();
+        let _ = s.read_to_string(&mut resp);
+        assert!(resp.starts_with("HTTP/1.1 "), "{resp}");
+        assert!(!resp.starts_with("HTTP/1.1 401"), "{resp}");
+    }
+    gw.stop();
+    let data = dir.path().join("data");
+    let witness = dir.path().join("witness");
+    let key = public_key(dir.path());
+    let (code, text) = verify(&data, Some(&witness), &key);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("recordings: 3 sealed recording(s)"), "{text}");
+
+    let files = recording_files(&data);
+    assert_eq!(files.len(), 3, "{files:?}");
+    for f in &files {
+        let good = std::fs::read(f).unwrap();
+        for at in [0, good.len() / 2, good.len() - 1] {
+            let mut bad = good.clone();
+            bad[at] ^= 0x01;
+            std::fs::write(f, &bad).unwrap();
+            let (code, text) = verify(&data, Some(&witness), &key);
+            assert_eq!(code, 1, "byte {at} of {}: {text}", f.display());
+            assert!(
+                text.contains(&f.display().to_string()) && text.contains("altered"),
+                "{text}"
+            );
+        }
+        std::fs::write(f, &good).unwrap();
+    }
+    let (code, text) = verify(&data, Some(&witness), &key);
+    assert_eq!(code, 0, "{text}");
+
+    // A recording file no seal covers is named, and the answer is never OK.
+    let planted = data.join("recordings/planted/0.jsonl");
+    std::fs::create_dir_all(planted.parent().unwrap()).unwrap();
+    std::fs::write(&planted, b"{}\n").unwrap();
+    let (code, text) = verify(&data, Some(&witness), &key);
+    assert_eq!(code, 3, "{text}");
+    assert!(
+        text.contains("UNSEALED") && text.contains(&planted.display().to_string()),
+        "{text}"
+    );
+}
+
+/// A session with several recordings (an SSH connection with two channels: each channel's seal
+/// is recorded on its own, the session end carries none), and a session still open, written by
+/// the recorder exactly as the gateway writes them and verified through the binary.
+#[test]
+fn recordings_sealed_per_channel_and_of_open_sessions_are_checked() {
+    use gatehouse_core::{EventBody, Recorder as _, RecordingFrame, RecordingKind, SessionId};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let signer = gatehouse_recorder::CheckpointSigner::from_seed(&[7u8; 32]);
+    let key = hex::encode(signer.verifying_key().as_bytes());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let open = rt.block_on(async {
+        let rec = gatehouse_recorder::AuditRecorder::open(
+            &data,
+            gatehouse_recorder::RecorderConfig::new("gw1"),
+            signer,
+            None,
+        )
+        .await
+        .unwrap();
+        let event = |s: &SessionId, body| gatehouse_core::Event::now(s.clone(), None, None, body);
+        let ssh = SessionId::generate();
+        rec.record(event(
+            &ssh,
+            EventBody::SessionStart {
+                client_addr: "127.0.0.1:1".into(),
+                details: serde_json::json!({ "protocol": "ssh" }),
+            },
+        ))
+        .await
+        .unwrap();
+        for index in 0..2u64 {
+            let mut sink = rec
+                .open_recording(&ssh, RecordingKind::Terminal { cols: 80, rows: 24 })
+                .await
+                .unwrap();
+            sink.write(RecordingFrame::Output {
+                data: format!("channel {index} output\r\n").into_bytes(),
+            })
+            .await
+            .unwrap();
+            let seal = sink.seal().await.unwrap();
+            rec.record(event(
+                &ssh,
+                EventBody::Other {
+                    name: "ssh_recording_sealed".into(),
+                    details: serde_json::json!({ "index": index, "seal": seal }),
+                },
+            ))
+            .await
+            .unwrap();
+        }
+        rec.record(event(
+            &ssh,
+            EventBody::SessionEnd {
+                reason: "client closed".into(),
+                recording: None,
+                operations: 2,
+            },
+        ))
+        .await
+        .unwrap();
+        // A session still open when the log was closed: its recording has no seal yet.
+        let open = SessionId::generate();
+        let mut sink = rec.open_recording(&open, RecordingKind::Sql).await.unwrap();
+        sink.write(RecordingFrame::Output {
+            data: b"select 1".to_vec(),
+        })
+        .await
+        .unwrap();
+        drop(sink);
+        rec.log().close().await.unwrap();
+        open
+    });
+    let files = recording_files(&data);
+    assert_eq!(files.len(), 3, "{files:?}");
+    let open_file = files
+        .iter()
+        .find(|f| f.parent().unwrap().ends_with(&open.0))
+        .unwrap()
+        .clone();
+    let (code, text) = verify(&data, None, &key);
+    assert_eq!(code, 3, "the open session's recording is unsealed: {text}");
+    assert!(
+        text.contains("recordings: 2 sealed recording(s)")
+            && text.contains(&format!("UNSEALED: recording {}", open_file.display())),
+        "{text}"
+    );
+    std::fs::remove_file(&open_file).unwrap();
+    let (code, text) = verify(&data, None, &key);
+    assert_eq!(code, 0, "{text}");
+    // The evidence bundle lists both recordings of the SSH session with their hashes.
+    let bundle = dir.path().join("bundle");
+    let key_file = dir.path().join("signing.key");
+    std::fs::write(&key_file, hex::encode([7u8; 32])).unwrap();
+    let mut cmd = Command::new(EXE);
+    cmd.args(["evidence", "export", "--dir"])
+        .arg(&data)
+        .arg("--key")
+        .arg(&key_file)
+        .arg("--out")
+        .arg(&bundle);
+    let out = run_with_timeout(cmd, Duration::from_secs(60)).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sessions: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("sessions.json")).unwrap()).unwrap();
+    let ssh_session = sessions["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["end_reason"] == "client closed")
+        .unwrap();
+    assert_eq!(
+        ssh_session["recordings"].as_array().unwrap().len(),
+        2,
+        "{ssh_session}"
+    );
+    for f in files.iter().filter(|f| **f != open_file) {
+        let good = std::fs::read(f).unwrap();
+        let mut bad = good.clone();
+        let last = bad.len() - 2;
+        bad[last] ^= 0x20;
+        std::fs::write(f, &bad).unwrap();
+        let (code, text) = verify(&data, None, &key);
+        assert_eq!(code, 1, "{}: {text}", f.display());
+        assert!(text.contains(&f.display().to_string()), "{text}");
+        std::fs::write(f, &good).unwrap();
+    }
+}
+
+/// The object-storage witness through the binary: the gateway writes every checkpoint and the
+/// seal into a bucket with a default retention; `audit verify --witness s3://…` verifies the
+/// closed log against it (exit 0), fails on a cut behind a witnessed checkpoint, and fails when
+/// an object was replaced by a newer version hiding the witnessed one.
+#[test]
+fn an_object_storage_witness_catches_a_cut_log_through_the_binary() {
+    use gatehouse_testkit::moto::Moto;
+    use sha2::Digest as _;
+    let moto = Moto::start();
+    moto.create_locked_bucket("witness", "COMPLIANCE", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "\n[audit.witness_s3]\nbucket = \"witness\"\nprefix = \"gatehouse\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\nallow_http = true\n",
+        moto.endpoint()
+    ));
+    std::fs::write(&config, text).unwrap();
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+    ];
+    let gw = start_with_env(&config, &env);
+    gw.knock(60);
+    let stderr = gw.stop();
+    assert!(
+        stderr
+            .iter()
+            .any(|l| l.contains("witnessed in s3://witness/gatehouse")),
+        "{stderr:?}"
+    );
+    let data = dir.path().join("data");
+    let key = public_key(dir.path());
+    let endpoint = moto.endpoint();
+    let verify_s3 = |data: &Path| -> (i32, String) {
+        let mut cmd = Command::new(EXE);
+        cmd.envs(env.iter().copied())
+            .env("AWS_ENDPOINT", &endpoint)
+            .env("AWS_ALLOW_HTTP", "true")
+            .args(["audit", "verify"])
+            .arg(data)
+            .args(["--witness", "s3://witness/gatehouse", "--key", &key]);
+        let out = run_with_timeout(cmd, Duration::from_secs(60)).unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (code, text) = verify_s3(&data);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("SEALED") && text.contains("checkpoint(s) matched"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("witness: 0 checkpoint") && !text.contains("holds no checkpoint"),
+        "{text}"
+    );
+
+    // The evidence bundle carries the latest checkpoint the bucket holds: the seal.
+    let bundle = dir.path().join("bundle");
+    let mut cmd = Command::new(EXE);
+    cmd.envs(env.iter().copied())
+        .env("AWS_ENDPOINT", &endpoint)
+        .env("AWS_ALLOW_HTTP", "true")
+        .args(["evidence", "export", "--dir"])
+        .arg(&data)
+        .args(["--witness", "s3://witness/gatehouse", "--key"])
+        .arg(dir.path().join("keys/audit-signing.key"))
+        .arg("--out")
+        .arg(&bundle);
+    let out = run_with_timeout(cmd, Duration::from_secs(60)).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let witnessed: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("witness-checkpoint.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        witnessed["witness"], "s3://witness/gatehouse",
+        "{witnessed}"
+    );
+    assert_eq!(witnessed["latest"][0]["sealed"], true, "{witnessed}");
+    assert_eq!(witnessed["latest"][0]["log"], "gw1", "{witnessed}");
+
+    // Cuts behind the seal and behind earlier witnessed checkpoints fail.
+    for n in [1, 2, 25] {
+        let cut = dir.path().join(format!("cut-{n}"));
+        copy_dir(&data, &cut);
+        remove_last(&cut, n);
+        let (code, text) = verify(&cut, None, &key);
+        assert_ne!(code, 0, "cut {n}, without the witness: {text}");
+        let (code, text) = verify_s3(&cut);
+        assert_eq!(code, 1, "cut {n}: {text}");
+        assert!(text.contains("TruncatedTail"), "cut {n}: {text}");
+    }
+
+    // Someone allowed `s3:DeleteObject` hides the seal's object behind a delete marker and cuts
+    // the seal off the log: verify reads every version and still fails.
+    let lines = all_lines(&data);
+    let seal = parse_line(&lines.last().unwrap().1).unwrap();
+    assert_eq!(seal.kind, RecordKind::Seal);
+    let seal_key = format!(
+        "/witness/gatehouse/gw1/{}",
+        gatehouse_recorder::witness::witness_file_name(seal.sequence - 1)
+    );
+    let (status, head, _) = moto.request("DELETE", &seal_key, &[], b"");
+    assert_eq!(status, 204, "{head}");
+    let cut = dir.path().join("cut-hidden");
+    copy_dir(&data, &cut);
+    remove_last(&cut, 1);
+    let (code, text) = verify_s3(&cut);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("TruncatedTail"), "{text}");
+
+    // Someone with the gateway's bucket credentials writes a newer version of the seal's object
+    // (an earlier checkpoint, validly signed): the read fails, naming the replaced object.
+    let first_checkpoint = gatehouse_recorder::witness::witness_file_name(0);
+    let (status, _, earlier) = moto.request(
+        "GET",
+        "/witness?list-type=2&prefix=gatehouse/gw1/",
+        &[],
+        b"",
+    );
+    assert_eq!(status, 200, "{earlier}");
+    let earlier_key = earlier
+        .split("<Key>")
+        .skip(1)
+        .filter_map(|k| k.split("</Key>").next())
+        .find(|k| !k.ends_with(&first_checkpoint))
+        .unwrap()
+        .to_owned();
+    let (_, _, earlier_body) = moto.request("GET", &format!("/witness/{earlier_key}"), &[], b"");
+    let checksum = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        sha2::Sha256::digest(earlier_body.as_bytes()),
+    );
+    let (status, _, body) = moto.request(
+        "PUT",
+        &seal_key,
+        &[
+            ("x-amz-sdk-checksum-algorithm", "SHA256"),
+            ("x-amz-checksum-sha256", &checksum),
+        ],
+        earlier_body.as_bytes(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (code, text) = verify_s3(&data);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("replaced"), "{text}");
+}
+
+/// A directory with several logs, one of them removed whole: the witness still holds that log's
+/// checkpoints, and verify fails naming it (the other logs verifying says nothing about it).
+#[test]
+fn a_witnessed_log_removed_whole_fails_even_beside_other_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let gw = start(&config);
+    gw.knock(5);
+    gw.stop();
+    let data = dir.path().join("data");
+    let witness = dir.path().join("witness");
+    let key = public_key(dir.path());
+    // A second gateway's log, with its checkpoints in the same witness (as a restart of this one
+    // under another log id writes it).
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("[audit]\n", "[audit]\nlog_id = \"gw2\"\n");
+    std::fs::write(&config, text).unwrap();
+    let gw = start(&config);
+    gw.knock(5);
+    gw.stop();
+    assert!(data.join("audit/gw2").is_dir());
+    let (code, text) = verify(&data, Some(&witness), &key);
+    assert_eq!(code, 0, "{text}");
+    std::fs::remove_dir_all(data.join("audit/gw2")).unwrap();
+    let (code, text) = verify(&data, Some(&witness), &key);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("log gw2") && text.contains("removed"),
+        "{text}"
+    );
 }

@@ -12,8 +12,9 @@
 //! - [`read`] and [`replay`] turn logs and recordings into session lists, exports, asciicast v2,
 //!   SQL transcripts and HTTP exchange lists.
 //! - [`objstore`] ships closed segments and writes recordings to S3-compatible object storage.
-//! - [`witness`] pushes every checkpoint and the seal to a directory on other storage or to a
-//!   webhook (`http://`, or `https://` with a pinned CA).
+//! - [`witness`] pushes every checkpoint and the seal to a directory on other storage, an
+//!   object-storage bucket (one object each, kept by the bucket's retention), or a webhook
+//!   (`http://`, or `https://` with a pinned CA).
 //!
 //! The schema is documented in `docs/audit-schema.md`.
 
@@ -43,4 +44,4 @@ pub use verify::{
     LogData, LogStatus, LogVerdict, Problem, ProblemKind, RecoveryNote, SegmentData, SignedHead,
     VerifyOptions, VerifyReport, verify,
 };
-pub use witness::{FileWitness, WebhookWitness, Witness};
+pub use witness::{FileWitness, ObjectStoreWitness, WebhookWitness, Witness};

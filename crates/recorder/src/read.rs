@@ -124,6 +124,10 @@ pub struct SessionSummary {
     pub login_failures: u64,
     /// The recording seal from `SessionEnd`.
     pub recording: Option<RecordingSeal>,
+    /// Every recording seal of the session: the one in `SessionEnd`, and those recorded on their
+    /// own (one per SSH channel); see [`recording_seals`].
+    #[serde(default)]
+    pub recordings: Vec<RecordingSeal>,
 }
 
 /// Lists sessions across logs, ordered by first event.
@@ -147,6 +151,7 @@ pub fn list_sessions(logs: &[LogData]) -> Vec<SessionSummary> {
                     reviewed: 0,
                     login_failures: 0,
                     recording: None,
+                    recordings: Vec::new(),
                 });
             if s.principal.is_none() {
                 s.principal = e.identity.as_ref().map(|i| i.principal());
@@ -173,6 +178,15 @@ pub fn list_sessions(logs: &[LogData]) -> Vec<SessionSummary> {
                 }
                 _ => {}
             }
+        }
+    }
+    let mut seals: std::collections::HashMap<String, Vec<RecordingSeal>> = Default::default();
+    for sealed in recording_seals(logs) {
+        seals.entry(sealed.session.0).or_default().push(sealed.seal);
+    }
+    for ((_, session), s) in by.iter_mut() {
+        if let Some(v) = seals.get(session) {
+            s.recordings = v.clone();
         }
     }
     let mut out: Vec<_> = by.into_values().collect();
@@ -222,6 +236,52 @@ pub fn export_lines(logs: &[LogData], filter: &ExportFilter) -> Vec<u8> {
             if keep {
                 out.extend_from_slice(&r.line);
                 out.push(b'\n');
+            }
+        }
+    }
+    out
+}
+
+/// One recording seal found in a log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedRecording {
+    /// The session the recording belongs to.
+    pub session: SessionId,
+    /// The seal (location, hash, size).
+    pub seal: RecordingSeal,
+}
+
+/// Every recording seal the logs hold: the one a `SessionEnd` carries, and those recorded on their
+/// own while the session goes on (an `other` event whose details carry a `seal`, as the SSH proxy
+/// writes one per channel: a session with several channels carries none in its `SessionEnd`).
+/// The same seal recorded twice is listed once.
+pub fn recording_seals(logs: &[LogData]) -> Vec<SealedRecording> {
+    let mut out: Vec<SealedRecording> = Vec::new();
+    for log in logs {
+        for r in records(log) {
+            let Some(e) = r.event else { continue };
+            let seal = match e.body {
+                EventBody::SessionEnd {
+                    recording: Some(seal),
+                    ..
+                } => seal,
+                EventBody::Other { details, .. } => {
+                    match details
+                        .get("seal")
+                        .map(|s| serde_json::from_value::<RecordingSeal>(s.clone()))
+                    {
+                        Some(Ok(seal)) => seal,
+                        _ => continue,
+                    }
+                }
+                _ => continue,
+            };
+            let found = SealedRecording {
+                session: e.session,
+                seal,
+            };
+            if !out.contains(&found) {
+                out.push(found);
             }
         }
     }

@@ -153,6 +153,300 @@ fn write_atomically(dir: &Path, cp: &Checkpoint) -> Result<(), RecorderError> {
     Ok(())
 }
 
+/// An object-storage bucket (S3-compatible) keeping every checkpoint and the seal as its own
+/// object, `<prefix>/<log>/<sequence, 20 digits>.checkpoint.json`, written only if absent.
+///
+/// What protects the objects is the bucket, not this writer: the operator creates it with object
+/// lock and a default retention, so no one (the gateway's credentials included) can delete or
+/// replace a stored version before the retention ends. See `docs/audit-schema.md` for what someone
+/// holding the gateway's bucket credentials can still do (hide a checkpoint behind a newer version
+/// or a delete marker where the credentials allow it) and how [`ObjectStoreWitness::read_all`]
+/// answers it.
+#[derive(Debug, Clone)]
+pub struct ObjectStoreWitness {
+    store: Arc<dyn object_store::ObjectStore>,
+    prefix: String,
+}
+
+impl ObjectStoreWitness {
+    /// A witness writing into `store` under `prefix` (e.g. `witness`; may be empty).
+    pub fn new(store: Arc<dyn object_store::ObjectStore>, prefix: impl Into<String>) -> Self {
+        Self {
+            store,
+            prefix: prefix.into().trim_matches('/').to_owned(),
+        }
+    }
+
+    /// Sets `builder` up for a bucket with object lock: every upload carries a SHA-256
+    /// checksum and names its algorithm (`x-amz-sdk-checksum-algorithm`), which S3 requires of
+    /// uploads into a bucket with a default retention. `allow_http` permits an `http://`
+    /// endpoint (loopback stand-ins only). Call it before other client options.
+    pub fn prepare_s3(
+        builder: object_store::aws::AmazonS3Builder,
+        allow_http: bool,
+    ) -> object_store::aws::AmazonS3Builder {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::HeaderName::from_static("x-amz-sdk-checksum-algorithm"),
+            http::HeaderValue::from_static("SHA256"),
+        );
+        builder
+            .with_client_options(
+                object_store::ClientOptions::new()
+                    .with_default_headers(headers)
+                    .with_allow_http(allow_http),
+            )
+            .with_checksum_algorithm(object_store::aws::Checksum::SHA256)
+    }
+
+    fn key(prefix: &str, log: &str, sequence: u64) -> object_store::path::Path {
+        let name = witness_file_name(sequence);
+        if prefix.is_empty() {
+            object_store::path::Path::from(format!("{log}/{name}"))
+        } else {
+            object_store::path::Path::from(format!("{prefix}/{log}/{name}"))
+        }
+    }
+
+    /// Reads every checkpoint the bucket holds under `prefix`, in no particular order.
+    ///
+    /// Every object must be the checkpoint its name says (its log and sequence), with a body that
+    /// parses: an object replaced by another checkpoint (an earlier one, copied over a later one
+    /// to hide it) or by anything else is an error, never skipped. Signatures are checked by
+    /// [`verify`](fn@crate::verify) against the trusted keys.
+    pub async fn read_all(
+        store: &dyn object_store::ObjectStore,
+        prefix: &str,
+    ) -> Result<Vec<Checkpoint>, RecorderError> {
+        use futures::TryStreamExt as _;
+        use object_store::ObjectStoreExt as _;
+        let prefix = prefix.trim_matches('/');
+        let list_prefix = (!prefix.is_empty()).then(|| object_store::path::Path::from(prefix));
+        let metas: Vec<_> = store.list(list_prefix.as_ref()).try_collect().await?;
+        let mut out = Vec::new();
+        for meta in metas {
+            let location = meta.location.as_ref().to_owned();
+            let rel = match prefix.is_empty() {
+                true => location.as_str(),
+                false => location
+                    .strip_prefix(prefix)
+                    .and_then(|r| r.strip_prefix('/'))
+                    .unwrap_or(location.as_str()),
+            };
+            let Some((log, name)) = rel.split_once('/') else {
+                continue;
+            };
+            if !name.ends_with(".checkpoint.json") || name.contains('/') {
+                continue;
+            }
+            let bytes = store.get(&meta.location).await?.bytes().await?;
+            out.push(checked_checkpoint(&bytes, log, name, &location)?);
+        }
+        Ok(out)
+    }
+}
+
+/// Percent-encodes a query value (everything but RFC 3986 unreserved characters).
+fn query_encode(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The text of the first `<tag>…</tag>` in `xml`, with the five XML entities decoded.
+fn xml_text<'a>(xml: &'a str, tag: &str) -> Option<String> {
+    let open = format!("<{tag}>");
+    let close = format!("</{tag}>");
+    let start = xml.find(&open)? + open.len();
+    let len = xml.get(start..)?.find(&close)?;
+    let raw: &'a str = xml.get(start..start + len)?;
+    Some(
+        raw.replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&apos;", "'")
+            .replace("&amp;", "&"),
+    )
+}
+
+impl ObjectStoreWitness {
+    /// Reads every checkpoint an S3 bucket holds under `prefix`, in **every stored version** of
+    /// every object (`ListObjectVersions`): a checkpoint hidden behind a newer version or a
+    /// delete marker (which anyone allowed `s3:DeleteObject` can place without a version id,
+    /// object lock or not) is still read. Each version must be the checkpoint its name says, as
+    /// for [`ObjectStoreWitness::read_all`]. `builder` names the bucket, endpoint, region and
+    /// credentials, as for writing; `allow_http` permits an `http://` endpoint.
+    pub async fn read_all_versions(
+        builder: object_store::aws::AmazonS3Builder,
+        allow_http: bool,
+        prefix: &str,
+    ) -> Result<Vec<Checkpoint>, RecorderError> {
+        use object_store::ObjectStore as _;
+        use object_store::aws::AmazonS3ConfigKey as Key;
+        use object_store::client::HttpConnector as _;
+        let config = |k: Key| builder.get_config_value(&k).filter(|v| !v.is_empty());
+        let bucket = config(Key::Bucket)
+            .ok_or_else(|| RecorderError::Config("witness bucket not set".into()))?;
+        let region = config(Key::Region).unwrap_or_else(|| "us-east-1".into());
+        let endpoint = config(Key::S3Endpoint)
+            .or_else(|| config(Key::Endpoint))
+            .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
+        let endpoint = endpoint.trim_end_matches('/').to_owned();
+        let store = builder.build()?;
+        let client = object_store::client::ReqwestConnector::default()
+            .connect(&object_store::ClientOptions::new().with_allow_http(allow_http))?;
+        let prefix = prefix.trim_matches('/');
+        let list_prefix = match prefix.is_empty() {
+            true => String::new(),
+            false => format!("{prefix}/"),
+        };
+        let fail = |what: String| RecorderError::Witness(format!("list versions: {what}"));
+        let mut versions: Vec<(String, String)> = Vec::new();
+        let mut marker: Option<(String, String)> = None;
+        loop {
+            let mut url = format!(
+                "{endpoint}/{bucket}?prefix={}&versions=",
+                query_encode(&list_prefix)
+            );
+            if let Some((k, v)) = &marker {
+                url.push_str(&format!(
+                    "&key-marker={}&version-id-marker={}",
+                    query_encode(k),
+                    query_encode(v)
+                ));
+            }
+            let mut req = http::Request::get(url.as_str())
+                .body(object_store::client::HttpRequestBody::empty())
+                .map_err(|e| fail(e.to_string()))?;
+            let credential = store.credentials().get_credential().await?;
+            object_store::aws::AwsAuthorizer::new(&credential, "s3", &region)
+                .try_authorize(&mut req, None)?;
+            let resp = client.execute(req).await.map_err(|e| fail(e.to_string()))?;
+            let status = resp.status();
+            let body = resp
+                .into_body()
+                .bytes()
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            let body = String::from_utf8_lossy(&body).into_owned();
+            if !status.is_success() {
+                return Err(RecorderError::Config(format!(
+                    "witness bucket {bucket}: list versions answered {status}: {body}"
+                )));
+            }
+            // `<Version>` entries only: delete markers (`<DeleteMarker>`) hide nothing here.
+            for entry in body.split("<Version>").skip(1) {
+                let entry = entry.split("</Version>").next().unwrap_or_default();
+                if let (Some(key), Some(version)) =
+                    (xml_text(entry, "Key"), xml_text(entry, "VersionId"))
+                {
+                    versions.push((key, version));
+                }
+            }
+            if xml_text(&body, "IsTruncated").as_deref() != Some("true") {
+                break;
+            }
+            let next = (
+                xml_text(&body, "NextKeyMarker").unwrap_or_default(),
+                xml_text(&body, "NextVersionIdMarker").unwrap_or_default(),
+            );
+            if next.0.is_empty() || marker.as_ref() == Some(&next) {
+                return Err(fail("a truncated listing without a new marker".into()));
+            }
+            marker = Some(next);
+        }
+        let mut out: Vec<Checkpoint> = Vec::new();
+        for (key, version) in versions {
+            let rel = key.strip_prefix(&list_prefix).unwrap_or(key.as_str());
+            let Some((log, name)) = rel.split_once('/') else {
+                continue;
+            };
+            if !name.ends_with(".checkpoint.json") || name.contains('/') {
+                continue;
+            }
+            let location = object_store::path::Path::from(key.as_str());
+            let opts = object_store::GetOptions {
+                version: Some(version.clone()),
+                ..Default::default()
+            };
+            let bytes = store.get_opts(&location, opts).await?.bytes().await?;
+            let cp = checked_checkpoint(&bytes, log, name, &format!("{key} (version {version})"))?;
+            if !out.contains(&cp) {
+                out.push(cp);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Parses a witness object's bytes: it must be the checkpoint of log `log` whose file name is
+/// `name`; anything else was put there by someone else.
+fn checked_checkpoint(
+    bytes: &[u8],
+    log: &str,
+    name: &str,
+    location: &str,
+) -> Result<Checkpoint, RecorderError> {
+    let cp: Checkpoint = serde_json::from_slice(bytes).map_err(|e| {
+        RecorderError::Witness(format!(
+            "witness object {location} is not a checkpoint ({e}): it was replaced"
+        ))
+    })?;
+    if cp.log != log || witness_file_name(cp.sequence) != name {
+        return Err(RecorderError::Witness(format!(
+            "witness object {location} holds the checkpoint of log {:?} at sequence {}: it was replaced",
+            cp.log, cp.sequence
+        )));
+    }
+    Ok(cp)
+}
+
+impl Witness for ObjectStoreWitness {
+    fn push<'a>(&'a self, checkpoint: &'a Checkpoint) -> BoxFuture<'a, Result<(), RecorderError>> {
+        Box::pin(async move {
+            use object_store::ObjectStoreExt as _;
+            if !crate::format::valid_log_id(&checkpoint.log) {
+                return Err(RecorderError::Config("invalid log id in checkpoint".into()));
+            }
+            let key = Self::key(&self.prefix, &checkpoint.log, checkpoint.sequence);
+            let body = serde_json::to_vec_pretty(checkpoint)
+                .map_err(|e| RecorderError::Config(e.to_string()))?;
+            let opts = object_store::PutOptions {
+                mode: object_store::PutMode::Create,
+                ..Default::default()
+            };
+            match self
+                .store
+                .put_opts(&key, object_store::PutPayload::from(body), opts)
+                .await
+            {
+                Ok(_) => Ok(()),
+                // Never replaced: the same checkpoint pushed again is fine (a retry whose answer
+                // was lost), a different one is an error.
+                Err(
+                    object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::Precondition { .. },
+                ) => {
+                    let have = self.store.get(&key).await?.bytes().await?;
+                    match serde_json::from_slice::<Checkpoint>(&have) {
+                        Ok(h) if h == *checkpoint => Ok(()),
+                        _ => Err(RecorderError::Witness(format!(
+                            "witness object {key} already holds a different checkpoint"
+                        ))),
+                    }
+                }
+                Err(e) => Err(RecorderError::Witness(format!("put {key}: {e}"))),
+            }
+        })
+    }
+}
+
 /// An HTTP(S) endpoint that receives each checkpoint as a JSON `POST`.
 ///
 /// `http://` URLs use a pooled plain client (for a witness on loopback or a private network).

@@ -5,6 +5,7 @@
 //!   binary, a fresh database per test, Unix socket and 127.0.0.1 TCP, optional TLS;
 //! - [`sshd`]: a throwaway OpenSSH `sshd` on a listener the test already bound (no port races);
 //! - [`net`]: loopback listeners bound before use;
+//! - [`moto`]: a throwaway S3-compatible server (moto, with versioning and object lock);
 //! - [`process`]: children in their own process group, killed as a group on drop;
 //! - [`within`]: a timeout on anything that can hang;
 //! - [`layers`]: simple in-memory implementations of every core trait, for protocol tests that do not
@@ -17,6 +18,7 @@
 
 pub mod exec_corpus;
 pub mod layers;
+pub mod moto;
 pub mod net;
 pub mod pg;
 pub mod process;

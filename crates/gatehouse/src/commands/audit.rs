@@ -9,7 +9,7 @@ use gatehouse_recorder::read::{list_sessions, load_local_logs, session_events};
 use gatehouse_recorder::verify::{
     LogData, LogStatus, LogVerdict, VerifyOptions, VerifyReport, verify,
 };
-use gatehouse_recorder::{FileWitness, TrustedKeys};
+use gatehouse_recorder::{Checkpoint, FileWitness, ObjectStoreWitness, TrustedKeys};
 
 /// Exit status of `audit verify` for a log that verified up to its last signed checkpoint but is
 /// not sealed (a running gateway, a crash, or an end that was cut or extended).
@@ -23,7 +23,8 @@ pub enum Command {
     /// Verify the audit log. Exit 0: verified and sealed (closed, nothing after the seal);
     /// 3: verified up to the last signed checkpoint, not sealed, the records after it unsigned;
     /// 1: verification failed (the first bad record is named), or a recording sealed in the log
-    /// is missing or does not match its sealed hash; 2: could not run.
+    /// is missing or does not match its sealed hash; 2: could not run. A recording file that no
+    /// seal in the log covers is named as unsealed and never exits 0.
     Verify {
         /// The audit directory.
         dir: PathBuf,
@@ -31,10 +32,12 @@ pub enum Command {
         /// log are used, which cannot detect a rewrite by someone who also replaced the key.
         #[arg(long = "key")]
         keys: Vec<String>,
-        /// A witness directory holding copies of the signed checkpoints: detects a cut-off tail
-        /// (also one cut back exactly to an earlier run's seal) and a rewritten chain.
+        /// Where the witness keeps the signed checkpoints: a directory, or `s3://<bucket>/<prefix>`
+        /// (endpoint, region and credentials from the `AWS_*` environment; `AWS_ALLOW_HTTP=true`
+        /// for an `http://` endpoint). Detects a cut-off tail (also one cut back exactly to an
+        /// earlier run's seal) and a rewritten chain.
         #[arg(long)]
-        witness: Option<PathBuf>,
+        witness: Option<WitnessSource>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -92,11 +95,111 @@ pub fn load_logs(dir: &Path) -> Result<(Vec<LogData>, PathBuf, PathBuf), Command
     Ok((logs, audit, recordings))
 }
 
+/// Where `--witness` reads the witnessed checkpoints from.
+#[derive(Debug, Clone)]
+pub enum WitnessSource {
+    /// A witness directory (`[audit] witness_dir`, or an export of a webhook receiver).
+    Dir(PathBuf),
+    /// An object-storage witness (`[audit.witness_s3]`): `s3://<bucket>/<prefix>`.
+    S3 {
+        /// Bucket name.
+        bucket: String,
+        /// Key prefix (may be empty).
+        prefix: String,
+    },
+}
+
+impl std::str::FromStr for WitnessSource {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.strip_prefix("s3://") {
+            Some(rest) => {
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                if bucket.is_empty() {
+                    return Err("s3:// witness without a bucket (s3://<bucket>/<prefix>)".into());
+                }
+                Ok(Self::S3 {
+                    bucket: bucket.to_owned(),
+                    prefix: prefix.trim_matches('/').to_owned(),
+                })
+            }
+            None => Ok(Self::Dir(PathBuf::from(s))),
+        }
+    }
+}
+
+impl std::fmt::Display for WitnessSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Dir(d) => write!(f, "{}", d.display()),
+            Self::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+        }
+    }
+}
+
+/// Why the witness could not be read.
+#[derive(Debug)]
+pub enum WitnessReadError {
+    /// The witness holds something that is not what its name says (an object replaced): the
+    /// verification fails.
+    Tampered(String),
+    /// The witness could not be reached or read.
+    Unreadable(String),
+}
+
+impl WitnessSource {
+    /// Every checkpoint the witness holds.
+    pub fn read_all(&self) -> Result<Vec<Checkpoint>, WitnessReadError> {
+        match self {
+            Self::Dir(d) => FileWitness::read_all(d)
+                .map_err(|e| WitnessReadError::Unreadable(format!("witness {}: {e}", d.display()))),
+            Self::S3 { bucket, prefix } => {
+                let allow_http = std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v == "true");
+                let builder = ObjectStoreWitness::prepare_s3(
+                    object_store::aws::AmazonS3Builder::from_env(),
+                    allow_http,
+                )
+                .with_bucket_name(bucket);
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| WitnessReadError::Unreadable(format!("runtime: {e}")))?;
+                // Every version: a checkpoint hidden behind a delete marker or a newer version
+                // is still read.
+                rt.block_on(ObjectStoreWitness::read_all_versions(
+                    builder, allow_http, prefix,
+                ))
+                .map_err(|e| match e {
+                    gatehouse_recorder::RecorderError::Witness(m) => {
+                        WitnessReadError::Tampered(format!("witness {self}: {m}"))
+                    }
+                    e => WitnessReadError::Unreadable(format!("witness {self}: {e}")),
+                })
+            }
+        }
+    }
+}
+
+/// The latest checkpoint per log among `held`.
+pub fn latest_per_log(held: Vec<Checkpoint>) -> Vec<Checkpoint> {
+    let mut latest: std::collections::BTreeMap<String, Checkpoint> = Default::default();
+    for cp in held {
+        match latest.get(&cp.log) {
+            Some(have) if have.sequence >= cp.sequence => {}
+            _ => {
+                latest.insert(cp.log.clone(), cp);
+            }
+        }
+    }
+    latest.into_values().collect()
+}
+
 /// Verifies the logs under `dir` with the given trust anchors.
 pub fn verify_dir(
     dir: &Path,
     keys: &[String],
-    witness: Option<&Path>,
+    witness: Option<&[Checkpoint]>,
 ) -> Result<(VerifyReport, bool), CommandError> {
     let (logs, audit, _) = load_logs(dir)?;
     let mut trusted = TrustedKeys::new();
@@ -123,40 +226,77 @@ pub fn verify_dir(
         ..VerifyOptions::default()
     };
     if let Some(w) = witness {
-        options.witnesses = FileWitness::read_all(w)
-            .map_err(|e| failed(format!("witness {}: {e}", w.display())))?;
+        options.witnesses = w.to_vec();
     }
     Ok((verify(&logs, &options), pinned))
 }
 
-/// Checks every recording whose hash a session-end record seals against its file: the problems
-/// found (a missing, cut, extended or edited recording), and how many recordings were checked.
-/// Sessions still open have no seal yet and are not counted.
-pub fn check_recordings(dir: &Path) -> Result<(usize, Vec<String>), CommandError> {
+/// What `audit verify` found about the session recordings.
+#[derive(Debug, Default)]
+pub struct RecordingCheck {
+    /// Recordings sealed in the log and checked against their files.
+    pub checked: usize,
+    /// Sealed recordings that are missing, cut, extended or edited (a failure).
+    pub problems: Vec<String>,
+    /// Recording files no seal in the log covers (a session still open, a recording whose seal
+    /// failed, or a file put there): nothing vouches for their content.
+    pub unsealed: Vec<String>,
+}
+
+/// Checks every recording seal the log holds (a session's end, and each seal recorded on its own,
+/// as for each SSH channel) against its file, and lists every file under the recordings
+/// directory that no seal covers.
+pub fn check_recordings(dir: &Path) -> Result<RecordingCheck, CommandError> {
     let (logs, _, recordings) = load_logs(dir)?;
-    let mut checked = 0;
-    let mut problems = Vec::new();
-    for s in list_sessions(&logs) {
-        let Some(seal) = s.recording.as_ref() else {
-            continue;
-        };
-        checked += 1;
-        let path = recordings.join(&seal.location);
+    let mut out = RecordingCheck::default();
+    let mut sealed_files = std::collections::BTreeSet::new();
+    for s in gatehouse_recorder::read::recording_seals(&logs) {
+        out.checked += 1;
+        let path = recordings.join(&s.seal.location);
+        sealed_files.insert(path.clone());
         match std::fs::read(&path) {
-            Ok(bytes) if gatehouse_recorder::recording::check_seal(&bytes, seal) => {}
-            Ok(_) => problems.push(format!(
+            Ok(bytes) if gatehouse_recorder::recording::check_seal(&bytes, &s.seal) => {}
+            Ok(_) => out.problems.push(format!(
                 "recording {} of session {} does not match the hash sealed in the audit log: it was altered",
                 path.display(),
                 s.session.0
             )),
-            Err(e) => problems.push(format!(
+            Err(e) => out.problems.push(format!(
                 "recording {} of session {} is sealed in the audit log but cannot be read: {e}",
                 path.display(),
                 s.session.0
             )),
         }
     }
-    Ok((checked, problems))
+    let mut files = Vec::new();
+    if recordings.is_dir() {
+        list_files(&recordings, &mut files)
+            .map_err(|e| failed(format!("{}: {e}", recordings.display())))?;
+    }
+    files.sort();
+    for f in files {
+        if !sealed_files.contains(&f) {
+            out.unsealed.push(format!(
+                "recording {} is not sealed in the audit log (a session still open, a recording whose seal failed, or a file put there): nothing vouches for its content",
+                f.display()
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Every file under `dir`, recursively (symbolic links are listed, not followed).
+fn list_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            list_files(&path, out)?;
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(())
 }
 
 /// The exit status for a verification report.
@@ -268,24 +408,51 @@ pub fn run(command: Command) -> CommandResult {
             witness,
             json,
         } => {
+            let held = match witness.as_ref().map(WitnessSource::read_all) {
+                None => None,
+                Some(Ok(held)) => Some(held),
+                Some(Err(WitnessReadError::Tampered(m))) => {
+                    eprintln!("gatehouse: audit verification failed: {m}");
+                    return Ok(ExitCode::from(1));
+                }
+                Some(Err(WitnessReadError::Unreadable(m))) => return Err(failed(m)),
+            };
             // A witness that holds checkpoints of a log that is gone: the log was removed, which
             // is a failed verification (exit 1), not a command that could not run.
-            if let Some(w) = witness.as_deref() {
+            if let Some(held) = &held {
                 let (audit, _) = roots(&dir);
                 let none = load_local_logs(&audit)
                     .map(|l| l.is_empty())
                     .unwrap_or(true);
-                let held = FileWitness::read_all(w).map(|c| c.len()).unwrap_or(0);
-                if none && held > 0 {
+                let count = held.len();
+                if none && count > 0 {
                     eprintln!(
-                        "gatehouse: audit verification failed: {}: no audit log found, but the witness holds {held} signed checkpoint(s) of one: the log was removed",
+                        "gatehouse: audit verification failed: {}: no audit log found, but the witness holds {count} signed checkpoint(s) of one: the log was removed",
+                        audit.display()
+                    );
+                    return Ok(ExitCode::from(1));
+                }
+                // A log the witness vouches for but the directory lacks was removed whole (the
+                // other logs verifying says nothing about it).
+                let local: std::collections::BTreeSet<String> = load_local_logs(&audit)
+                    .map(|l| l.into_iter().map(|l| l.log).collect())
+                    .unwrap_or_default();
+                let missing: std::collections::BTreeSet<&str> = held
+                    .iter()
+                    .map(|c| c.log.as_str())
+                    .filter(|l| !local.contains(*l))
+                    .collect();
+                if let Some(log) = missing.first() {
+                    eprintln!(
+                        "gatehouse: audit verification failed: the witness holds signed checkpoints of log {log}, which is not in {}: the log was removed (or the witness is shared with another gateway: give each gateway's audit directory its own witness directory or prefix)",
                         audit.display()
                     );
                     return Ok(ExitCode::from(1));
                 }
             }
-            let (report, pinned) = verify_dir(&dir, &keys, witness.as_deref())?;
-            let (recordings_checked, recording_problems) = check_recordings(&dir)?;
+            let (report, pinned) = verify_dir(&dir, &keys, held.as_deref())?;
+            let recordings = check_recordings(&dir)?;
+            let recording_problems = &recordings.problems;
             if json {
                 let mut v = serde_json::to_value(&report).unwrap_or_default();
                 if let Some(o) = v.as_object_mut() {
@@ -297,12 +464,17 @@ pub fn run(command: Command) -> CommandResult {
                     o.insert(
                         "recordings".into(),
                         serde_json::json!({
-                            "checked": recordings_checked,
+                            "checked": recordings.checked,
                             "problems": recording_problems,
+                            "unsealed": recordings.unsealed,
                         }),
                     );
                     if !recording_problems.is_empty() {
                         o.insert("status".into(), serde_json::json!("failed"));
+                    } else if !recordings.unsealed.is_empty()
+                        && report.status() == LogStatus::Sealed
+                    {
+                        o.insert("status".into(), serde_json::json!("unsealed"));
                     }
                 }
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
@@ -314,12 +486,16 @@ pub fn run(command: Command) -> CommandResult {
                 }
                 if recording_problems.is_empty() {
                     println!(
-                        "recordings: {recordings_checked} sealed recording(s), each matches the hash sealed in the audit log"
+                        "recordings: {} sealed recording(s), each matches the hash sealed in the audit log",
+                        recordings.checked
                     );
                 } else {
-                    for p in &recording_problems {
+                    for p in recording_problems {
                         println!("recordings: FAILED: {p}");
                     }
+                }
+                for u in &recordings.unsealed {
+                    println!("recordings: UNSEALED: {u}");
                 }
                 if !pinned {
                     eprintln!(
@@ -335,6 +511,15 @@ pub fn run(command: Command) -> CommandResult {
             if let Some(p) = recording_problems.first() {
                 eprintln!("gatehouse: audit verification failed: {p}");
                 return Ok(ExitCode::from(1));
+            }
+            if report.status() == LogStatus::Sealed
+                && let Some(u) = recordings.unsealed.first()
+            {
+                eprintln!(
+                    "gatehouse: the audit log is sealed, but {} recording(s) are not (exit {EXIT_UNSEALED}): {u}",
+                    recordings.unsealed.len()
+                );
+                return Ok(ExitCode::from(EXIT_UNSEALED));
             }
             match report.status() {
                 LogStatus::Failed => {

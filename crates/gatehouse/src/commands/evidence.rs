@@ -43,10 +43,11 @@ pub enum Command {
         /// The gateway's signing key (default: `<dir>/audit-signing.key`).
         #[arg(long)]
         key: Option<PathBuf>,
-        /// The audit witness directory: the log is verified against it, and the bundle carries
-        /// the latest checkpoint it holds for each log.
+        /// The audit witness (a directory, or `s3://<bucket>/<prefix>` as for `audit verify`):
+        /// the log is verified against it, and the bundle carries the latest checkpoint it holds
+        /// for each log.
         #[arg(long)]
-        witness: Option<PathBuf>,
+        witness: Option<super::audit::WitnessSource>,
     },
     /// Verify a bundle offline.
     Verify {
@@ -97,7 +98,7 @@ which is signed (ed25519) by the gateway's audit key in `manifest.sig`.
 | file | what it shows | ISO/IEC 27001:2022 Annex A |
 | --- | --- | --- |
 | `access-summary.json` | per identity: sessions, targets, time connected, operations, denials, reviews | 5.15 access control, 5.18 access rights, 8.2 privileged access rights |
-| `sessions.json` | every session with identity, target, start/end, and its recording's sealed SHA-256 | 8.15 logging, 8.16 monitoring activities |
+| `sessions.json` | every session with identity, target, start/end, and its recordings' sealed SHA-256 (`recordings`: all of them, one per SSH channel; `recording`: the one the session end carries) | 8.15 logging, 8.16 monitoring activities |
 | `approvals.json` | just-in-time approvals: who asked, for which exact operation, who decided, when, why | 5.18 access rights, 8.2 privileged access rights |
 | `masking.json` | masking findings per rule and field (counts only, never values) | 8.11 data masking, 8.12 data leakage prevention |
 | `credentials-statement.json` | what the egress guard checked (patterns, sites, byte counts), what it found and blocked, and what it cannot see (credentials a target transformed) | 5.17 authentication information, 8.5 secure authentication, 8.12 data leakage prevention |
@@ -117,7 +118,7 @@ pub fn run(command: Command) -> CommandResult {
             until,
             key,
             witness,
-        } => export(&dir, &out, since, until, key, witness.as_deref()),
+        } => export(&dir, &out, since, until, key, witness.as_ref()),
         Command::Verify { bundle, key } => verify_bundle(&bundle, key.as_deref()),
     }
 }
@@ -151,7 +152,7 @@ fn export(
     since: Option<String>,
     until: Option<String>,
     key: Option<PathBuf>,
-    witness: Option<&Path>,
+    witness: Option<&super::audit::WitnessSource>,
 ) -> CommandResult {
     let since = parse_time(&since, "--since")?;
     let until = parse_time(&until, "--until")?;
@@ -159,15 +160,17 @@ fn export(
     let signing = load_signing_key(&key_path)?;
     // The moment the log is read: nothing after it is in the bundle.
     let read_at = gatehouse_core::now();
-    let (report, _) = super::audit::verify_dir(dir, &[], witness)?;
-    let (logs, _, _) = super::audit::load_logs(dir)?;
-    let witnessed = match witness {
-        Some(w) => Some(
-            gatehouse_recorder::FileWitness::latest(w)
-                .map_err(|e| failed(format!("witness {}: {e}", w.display())))?,
-        ),
+    let held = match witness.map(super::audit::WitnessSource::read_all) {
         None => None,
+        Some(Ok(held)) => Some(held),
+        Some(Err(
+            super::audit::WitnessReadError::Tampered(m)
+            | super::audit::WitnessReadError::Unreadable(m),
+        )) => return Err(failed(m)),
     };
+    let (report, _) = super::audit::verify_dir(dir, &[], held.as_deref())?;
+    let (logs, _, _) = super::audit::load_logs(dir)?;
+    let witnessed = held.map(super::audit::latest_per_log);
     if out.exists()
         && std::fs::read_dir(out)
             .map(|mut d| d.next().is_some())
@@ -359,7 +362,7 @@ fn export(
         &pretty(json!({
             "ok": report.ok(),
             "status": report.status(),
-            "witness": witness.map(|w| w.display().to_string()),
+            "witness": witness.map(ToString::to_string),
             "period": period,
             "report": report,
         })),
@@ -368,7 +371,7 @@ fn export(
         "witness-checkpoint.json",
         &pretty(match &witnessed {
             Some(latest) => {
-                json!({ "witness": witness.map(|w| w.display().to_string()), "latest": latest })
+                json!({ "witness": witness.map(ToString::to_string), "latest": latest })
             }
             None => json!({
                 "witness": null,

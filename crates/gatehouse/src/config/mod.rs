@@ -183,12 +183,39 @@ pub struct AuditSection {
     /// CA certificate(s) (PEM) an `https://` witness's certificate must chain to (no other roots
     /// are trusted).
     pub witness_ca: Option<PathBuf>,
+    /// Keep every signed checkpoint and the seal as its own object in an S3-compatible bucket
+    /// whose default retention (object lock) the operator sets (`[audit.witness_s3]`).
+    pub witness_s3: Option<WitnessS3>,
     /// This gateway instance's log id (each instance writes its own chain).
     #[serde(default = "default_log_id")]
     pub log_id: String,
     /// Rotate segments at this size.
     #[serde(default = "default_segment_bytes")]
     pub segment_max_bytes: u64,
+}
+
+/// `[audit.witness_s3]`: an object-storage witness. Credentials come from the environment
+/// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, or the instance's role),
+/// never from this file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessS3 {
+    /// The bucket (created by the operator with object lock and a default retention).
+    pub bucket: String,
+    /// Key prefix; objects are `<prefix>/<log id>/<sequence>.checkpoint.json`.
+    #[serde(default = "default_witness_prefix")]
+    pub prefix: String,
+    /// Endpoint URL of an S3-compatible service (default: AWS for `region`).
+    pub endpoint: Option<String>,
+    /// Region (default: `AWS_REGION`, else `us-east-1`).
+    pub region: Option<String>,
+    /// Permit an `http://` endpoint (loopback or a private network only).
+    #[serde(default)]
+    pub allow_http: bool,
+}
+
+fn default_witness_prefix() -> String {
+    "gatehouse-witness".into()
 }
 
 impl Default for AuditSection {
@@ -202,6 +229,7 @@ impl Default for AuditSection {
             witness_dir: None,
             witness_url: None,
             witness_ca: None,
+            witness_s3: None,
             log_id: default_log_id(),
             segment_max_bytes: default_segment_bytes(),
         }
@@ -651,9 +679,9 @@ impl LoadedConfig {
                 ));
             }
         }
-        if witness_dir.is_none() && a.witness_url.is_none() {
+        if witness_dir.is_none() && a.witness_url.is_none() && a.witness_s3.is_none() {
             warnings.push(
-                "no audit witness configured (audit.witness_dir or audit.witness_url): a cut-off end of the audit log cannot be detected".into(),
+                "no audit witness configured (audit.witness_dir, audit.witness_url or audit.witness_s3): a cut-off end of the audit log cannot be detected".into(),
             );
         }
         Ok(AuditPaths {

@@ -1,110 +1,28 @@
 //! Object storage against a real S3-compatible server: moto, installed into a venv under
 //! `target/` on first use and started on a port of its own choosing (it prints it).
 
-use std::io::{BufRead as _, BufReader};
-use std::os::unix::process::CommandExt as _;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use gatehouse_core::{Recorder as _, RecordingFrame, RecordingKind, SessionId};
 use gatehouse_recorder::recording::{check_seal, parse_recording, read_recording_bytes};
-use gatehouse_recorder::{AuditRecorder, RecorderConfig};
-use object_store::ObjectStore;
+use gatehouse_recorder::witness::Witness as _;
+use gatehouse_recorder::{
+    AuditRecorder, LogStatus, ObjectStoreWitness, RecorderConfig, VerifyOptions,
+};
+use gatehouse_testkit::moto::{Moto, header};
 use object_store::aws::AmazonS3Builder;
+use object_store::{ObjectStore, ObjectStoreExt as _};
 
 use crate::common::*;
 
 const LOG: &str = "gw-s3";
 
-struct Moto {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
-        let _ = self.child.wait();
-    }
-}
-
-fn venv() -> PathBuf {
-    // crates/recorder -> workspace target dir.
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    let venv = target.join("recorder-moto/venv");
-    let server = venv.join("bin/moto_server");
-    if server.exists() {
-        return venv;
-    }
-    let lock_dir = target.join("recorder-moto");
-    std::fs::create_dir_all(&lock_dir).unwrap();
-    let ok = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .stdin(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-        && Command::new(venv.join("bin/pip"))
-            .args([
-                "install",
-                "-q",
-                "--disable-pip-version-check",
-                "moto[server]",
-            ])
-            .stdin(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-    assert!(
-        ok && server.exists(),
-        "\n\n*** could not install moto[server] into {} (pip failed): the object-store tests \
-         cannot run without it ***\n",
-        venv.display()
-    );
-    venv
-}
-
-fn start_moto() -> Moto {
-    let venv = venv();
-    let mut child = Command::new(venv.join("bin/moto_server"))
-        .args(["-H", "127.0.0.1", "-p", "0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .expect("start moto_server");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if let Some(rest) = line.split("Running on http://127.0.0.1:").nth(1) {
-                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-                let _ = tx.send(digits.parse::<u16>().ok());
-            }
-        }
-    });
-    let port = rx
-        .recv_timeout(Duration::from_secs(60))
-        .ok()
-        .flatten()
-        .expect("moto_server printed its port");
-    Moto { child, port }
-}
-
-async fn bucket(moto: &Moto) -> Arc<dyn ObjectStore> {
-    let endpoint = format!("http://127.0.0.1:{}", moto.port);
-    // moto accepts any credentials; create the bucket with a plain PUT.
-    let client = hyper_util_put(&endpoint, "/gatehouse").await;
-    assert!(client, "bucket creation");
+fn bucket(moto: &Moto) -> Arc<dyn ObjectStore> {
+    moto.create_bucket("gatehouse");
     Arc::new(
         AmazonS3Builder::new()
-            .with_endpoint(&endpoint)
+            .with_endpoint(moto.endpoint())
             .with_allow_http(true)
             .with_bucket_name("gatehouse")
             .with_region("us-east-1")
@@ -116,24 +34,32 @@ async fn bucket(moto: &Moto) -> Arc<dyn ObjectStore> {
     )
 }
 
-/// `PUT <path>` with an empty body over a raw loopback connection (creates a moto bucket).
-async fn hyper_util_put(endpoint: &str, path: &str) -> bool {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let addr = endpoint.trim_start_matches("http://");
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!(
-        "PUT {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+/// A bucket created with object lock and a default retention (COMPLIANCE, one day), as the
+/// operator sets it up for the witness; and a client for it with the gateway's credentials.
+fn locked_bucket(moto: &Moto, name: &str) -> Arc<dyn ObjectStore> {
+    moto.create_locked_bucket(name, "COMPLIANCE", 1);
+    let (_, _, body) = moto.request("GET", &format!("/{name}?object-lock"), &[], b"");
+    assert!(
+        body.contains("<Mode>COMPLIANCE</Mode>") && body.contains("<Days>1</Days>"),
+        "the bucket has a default retention: {body}"
     );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).await.unwrap();
-    resp.starts_with(b"HTTP/1.1 200") || resp.starts_with(b"HTTP/1.0 200")
+    Arc::new(
+        ObjectStoreWitness::prepare_s3(AmazonS3Builder::new(), true)
+            .with_endpoint(moto.endpoint())
+            .with_bucket_name(name)
+            .with_region("us-east-1")
+            .with_access_key_id("test")
+            .with_secret_access_key("test")
+            .with_virtual_hosted_style_request(false)
+            .build()
+            .unwrap(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn segments_and_recordings_go_to_s3_and_verify_from_there() {
-    let moto = start_moto();
-    let store = within(60, bucket(&moto)).await;
+    let moto = Moto::start();
+    let store = bucket(&moto);
     let dir = tempfile::tempdir().unwrap();
     let mut config = RecorderConfig::new(LOG);
     config.log.segment_max_bytes = 8 * 1024;
@@ -199,4 +125,190 @@ async fn segments_and_recordings_go_to_s3_and_verify_from_there() {
     let replay = parse_recording(&bytes).unwrap();
     assert_eq!(replay.frames.len(), 80);
     rec.log().close().await.unwrap();
+}
+
+/// The object-storage witness: every checkpoint and the seal become objects of a bucket with a
+/// default retention; a witnessed version can be neither deleted nor replaced in place; a log cut
+/// behind a witnessed checkpoint fails verification against what the bucket holds; an object
+/// replaced by a newer version holding another checkpoint makes the read fail, never skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_witnessed_in_a_locked_bucket_catch_a_cut_log() {
+    let moto = Moto::start();
+    let store = locked_bucket(&moto, "witness");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = RecorderConfig::new(LOG);
+    config.log.checkpoint_every_records = 20;
+    config.log.checkpoint_interval = Duration::from_secs(3600);
+    config.witnesses.push(Arc::new(ObjectStoreWitness::new(
+        store.clone(),
+        "gatehouse/witness",
+    )));
+    let rec = AuditRecorder::open(dir.path(), config, signer(), None)
+        .await
+        .unwrap();
+    let s = SessionId::generate();
+    for i in 0..90 {
+        rec.record(sql_event(&s, i, "select * from orders"))
+            .await
+            .unwrap();
+    }
+    within(60, rec.log().close()).await.unwrap();
+
+    let held = within(
+        60,
+        ObjectStoreWitness::read_all(store.as_ref(), "gatehouse/witness"),
+    )
+    .await
+    .unwrap();
+    // The opening checkpoint, one every 20 records, and the seal, each its own object.
+    assert!(held.len() >= 5, "{held:?}");
+    assert_eq!(held.iter().filter(|c| c.sealed).count(), 1);
+    let log_dir = dir.path().join("audit").join(LOG);
+    let data = gatehouse_recorder::read::load_local_log(&log_dir, LOG).unwrap();
+    let with_witness = VerifyOptions {
+        witnesses: held.clone(),
+        ..options()
+    };
+    let v = gatehouse_recorder::verify::verify_log(&data, &with_witness);
+    assert_eq!(v.status(), LogStatus::Sealed, "{:?}", v.problem);
+    assert_eq!(v.witnesses_matched as usize, held.len());
+
+    // Each object carries the bucket's default retention.
+    let seal = held.iter().find(|c| c.sealed).unwrap();
+    let key = format!(
+        "/witness/gatehouse/witness/{LOG}/{}",
+        gatehouse_recorder::witness::witness_file_name(seal.sequence)
+    );
+    let (status, head, _) = moto.request("GET", &key, &[], b"");
+    assert_eq!(status, 200, "{head}");
+    assert_eq!(
+        header(&head, "x-amz-object-lock-mode").as_deref(),
+        Some("COMPLIANCE"),
+        "{head}"
+    );
+    assert!(header(&head, "x-amz-object-lock-retain-until-date").is_some());
+    let version = header(&head, "x-amz-version-id").unwrap();
+
+    // The witnessed version cannot be deleted, not even by the credentials that wrote it.
+    let (status, _, body) = moto.request("DELETE", &format!("{key}?versionId={version}"), &[], b"");
+    assert_eq!(status, 403, "deleting a locked version: {body}");
+    // The writer never replaces an object: a different checkpoint for the same sequence fails.
+    let witness = ObjectStoreWitness::new(store.clone(), "gatehouse/witness");
+    let mut other = seal.clone();
+    other.time = "2026-01-01T00:00:00Z".into();
+    assert!(witness.push(&other).await.is_err());
+    assert!(
+        witness.push(seal).await.is_ok(),
+        "the same one again is fine"
+    );
+
+    // A log cut behind the seal (the seal, or the seal and the last 30 records) fails.
+    for cut in [1usize, 31] {
+        let mut short = data.clone();
+        let mut left = cut;
+        while left > 0 {
+            let seg = short.segments.last_mut().unwrap();
+            let lines: Vec<&[u8]> = seg.bytes.split_inclusive(|b| *b == b'\n').collect();
+            if lines.len() <= left {
+                left -= lines.len();
+                short.segments.pop();
+            } else {
+                let keep: usize = lines[..lines.len() - left].iter().map(|l| l.len()).sum();
+                seg.bytes.truncate(keep);
+                left = 0;
+            }
+        }
+        let v = gatehouse_recorder::verify::verify_log(&short, &options());
+        assert_ne!(v.status(), LogStatus::Sealed, "cut {cut}: never sealed");
+        let v = gatehouse_recorder::verify::verify_log(&short, &with_witness);
+        assert_eq!(v.status(), LogStatus::Failed, "cut {cut}");
+        assert_eq!(
+            v.problem.as_ref().unwrap().kind,
+            gatehouse_recorder::ProblemKind::TruncatedTail,
+            "cut {cut}: {:?}",
+            v.problem
+        );
+    }
+
+    // Someone allowed `s3:DeleteObject` deletes the seal's object without a version id: S3 places
+    // a delete marker (object lock does not refuse it) and a plain listing no longer shows the
+    // seal, so a log cut back behind it would pass against `read_all`; reading every version
+    // still finds the locked seal.
+    let builder = || {
+        ObjectStoreWitness::prepare_s3(AmazonS3Builder::new(), true)
+            .with_endpoint(moto.endpoint())
+            .with_bucket_name("witness")
+            .with_region("us-east-1")
+            .with_access_key_id("test")
+            .with_secret_access_key("test")
+    };
+    let (status, head, _) = moto.request("DELETE", &key, &[], b"");
+    assert_eq!(status, 204, "{head}");
+    assert_eq!(
+        header(&head, "x-amz-delete-marker").as_deref(),
+        Some("true")
+    );
+    let listed = ObjectStoreWitness::read_all(store.as_ref(), "gatehouse/witness")
+        .await
+        .unwrap();
+    assert!(
+        !listed.iter().any(|c| c.sealed),
+        "the marker hides the seal"
+    );
+    let all = ObjectStoreWitness::read_all_versions(builder(), true, "gatehouse/witness")
+        .await
+        .unwrap();
+    assert_eq!(all.len(), held.len(), "{all:?}");
+    let mut short = data.clone();
+    let seg = short.segments.last_mut().unwrap();
+    let keep = seg.bytes[..seg.bytes.len() - 1]
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .unwrap()
+        + 1;
+    seg.bytes.truncate(keep);
+    let hidden = VerifyOptions {
+        witnesses: listed,
+        ..options()
+    };
+    assert_ne!(
+        gatehouse_recorder::verify::verify_log(&short, &hidden).status(),
+        LogStatus::Failed,
+        "what a plain listing would let through"
+    );
+    let every = VerifyOptions {
+        witnesses: all,
+        ..options()
+    };
+    assert_eq!(
+        gatehouse_recorder::verify::verify_log(&short, &every).status(),
+        LogStatus::Failed
+    );
+
+    // Someone with the gateway's credentials writes a newer version of the seal's object (an
+    // earlier checkpoint, validly signed, to hide the seal): the locked version stays, and the
+    // witness read fails instead of trusting the newer one.
+    let earlier = held.iter().find(|c| !c.sealed).unwrap();
+    store
+        .put(
+            &object_store::path::Path::from(key.trim_start_matches("/witness/")),
+            serde_json::to_vec(earlier).unwrap().into(),
+        )
+        .await
+        .unwrap();
+    let err = ObjectStoreWitness::read_all(store.as_ref(), "gatehouse/witness")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("replaced"), "{err}");
+    let err = ObjectStoreWitness::read_all_versions(builder(), true, "gatehouse/witness")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("replaced"), "{err}");
+    let (status, _, body) = moto.request("GET", &format!("{key}?versionId={version}"), &[], b"");
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_str::<gatehouse_recorder::Checkpoint>(&body).unwrap(),
+        *seal,
+        "the witnessed version is still there"
+    );
 }
