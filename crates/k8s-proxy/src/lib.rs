@@ -67,10 +67,11 @@
 //! # }
 //! ```
 //!
-//! Request bodies must be JSON or YAML (`415` otherwise): the privileged-spec check and the
-//! recording read them, and protobuf would carry a pod spec past both. kubectl's typed
-//! generators (`kubectl create configmap …`, `kubectl run`) send protobuf; manifests
-//! (`kubectl create -f`, `kubectl apply -f`) go as JSON.
+//! Request bodies are JSON, YAML or Kubernetes protobuf (`415` otherwise). kubectl's typed
+//! generators (`kubectl create configmap …`, `kubectl run`) send protobuf: kinds that carry a
+//! pod template are decoded for the privileged-spec check ([`protobuf`]), other kinds are
+//! forwarded byte-exact and recorded by digest; a body the check needs and cannot read is
+//! refused with a `400 Status`.
 //!
 //! Large lists stream: JSON responses of resources that never hold Secrets (pods, config maps,
 //! workloads, …) go through the masking profile's JSON stream masker chunk by chunk (the first
@@ -89,6 +90,7 @@ pub mod error;
 mod exec;
 mod kubeconfig;
 pub mod mask;
+pub mod protobuf;
 mod proxy;
 pub mod request;
 mod upstream;

@@ -58,10 +58,16 @@ async fn kubectl_works_directly_against_the_stand_in() {
     assert!(failing.stderr.contains("oops"));
     let logs = run(&["logs", "web-0"]).await;
     assert!(logs.ok().stdout.contains(LOG_LINE_1));
-    // kubectl's typed create sends protobuf, which the stand-in (like the gateway) refuses;
-    // manifests go as JSON.
+    // kubectl's typed create sends protobuf, which the stand-in decodes; manifests go as JSON.
     let typed = run(&["create", "configmap", "typed", "--from-literal=a=b"]).await;
-    assert!(typed.stderr.contains("unknown format"), "{typed:#?}");
+    typed.ok();
+    assert_eq!(
+        api.state.get("configmaps", "default", "typed").unwrap()["data"]["a"],
+        "b"
+    );
+    assert!(api.state.bodies.lock().unwrap().iter().any(|(_, ct, b)| {
+        ct.starts_with("application/vnd.kubernetes.protobuf") && b.starts_with(b"k8s\0")
+    }));
     let manifest = dir.path().join("cm.json");
     std::fs::write(
         &manifest,
@@ -183,14 +189,10 @@ async fn delete_pod_is_denied_with_a_readable_message() {
     ])
     .await
     .ok();
-    // A typed create sends protobuf: refused with a message saying what to do.
-    let typed = rig
-        .kubectl(&["create", "configmap", "typed", "--from-literal=k=v"])
-        .await;
-    assert!(
-        typed.stderr.contains("cannot be inspected by gatehouse"),
-        "{typed:#?}"
-    );
+    // A typed create sends protobuf: a config map carries no pod spec, so it goes through.
+    rig.kubectl(&["create", "configmap", "typed", "--from-literal=k=v"])
+        .await
+        .ok();
     assert!(
         rig.api
             .state
@@ -1146,4 +1148,267 @@ kubernetes = { verbs = ["patch"], resources = ["configmaps"] }
         assert_eq!(code, 429, "{p} {ct}: {answer}");
         assert_eq!(requested(&rig), n + 2, "{p} {ct} opens its own approval");
     }
+}
+
+async fn send_bytes(
+    rig: &Rig,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> (u16, String) {
+    use http_body_util::BodyExt as _;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let req = http::Request::builder()
+        .method(method)
+        .uri(format!("{}{path}", rig.base()))
+        .header("authorization", bearer())
+        .header("content-type", content_type)
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let resp = gatehouse_testkit::within(Duration::from_secs(30), client.request(req))
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// kubectl's typed generators send protobuf: a config map or secret (no pod spec) is forwarded
+/// byte-exact, recorded by digest only, and the response comes back as masked JSON.
+#[tokio::test]
+async fn kubectl_typed_create_sends_protobuf_byte_exact() {
+    let policy = format!(
+        "{POLICY}\n[[rules]]\nid = \"agents-secrets\"\nverdict = \"allow\"\ngroups = [\"agents\"]\nkubernetes = {{ verbs = [\"create\"], resources = [\"secrets\"] }}\n"
+    );
+    let rig = Rig::start_with(&policy, |_| {}).await;
+    rig.kubectl(&[
+        "create",
+        "configmap",
+        "pb-cm",
+        "--from-literal=contact=dana@example.org",
+        "--from-literal=mode=slow",
+    ])
+    .await
+    .ok();
+    let cm = rig.api.state.get("configmaps", "default", "pb-cm").unwrap();
+    assert_eq!(cm["data"]["contact"], "dana@example.org");
+    assert_eq!(cm["data"]["mode"], "slow");
+    let out = rig
+        .kubectl(&[
+            "create",
+            "secret",
+            "generic",
+            "pb-secret",
+            "--from-literal=password=pb-s3cret-value-91",
+            "-o",
+            "json",
+        ])
+        .await;
+    out.ok();
+    // The response was asked for as JSON and masked: the secret value never comes back.
+    assert!(!out.stdout.contains("pb-s3cret-value-91"), "{out:#?}");
+    assert!(!out.stdout.contains(&b64("pb-s3cret-value-91")), "{out:#?}");
+    let secret = rig
+        .api
+        .state
+        .get("secrets", "default", "pb-secret")
+        .unwrap();
+    assert_eq!(secret["data"]["password"], b64("pb-s3cret-value-91"));
+    // The stand-in got kubectl's protobuf bytes and a JSON-only Accept.
+    let bodies = rig.api.state.bodies.lock().unwrap().clone();
+    let protobuf: Vec<_> = bodies
+        .iter()
+        .filter(|(_, ct, _)| ct.starts_with("application/vnd.kubernetes.protobuf"))
+        .collect();
+    assert_eq!(protobuf.len(), 2, "{bodies:?}");
+    for seen in rig.api.state.seen().iter().filter(|s| s.method == "POST") {
+        let accept = seen.headers.get("accept").unwrap().to_str().unwrap();
+        assert!(!accept.contains("protobuf"), "{accept}");
+    }
+    // Recorded by digest: the secret's bytes are not in the recording.
+    let recording = rig.layers.recorder.dump();
+    assert!(recording.contains("<protobuf v1/Secret"), "{recording}");
+    assert!(!recording.contains("pb-s3cret-value-91"));
+    let digest = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(&protobuf[1].2))
+    };
+    assert!(
+        recording.contains(&digest),
+        "byte-exact body digest recorded"
+    );
+}
+
+/// A protobuf pod spec is read like a JSON one: a privileged setting the JSON check would
+/// catch is caught in protobuf too; a body the gateway cannot decode where the check needs it
+/// is refused with a `Status`, never forwarded.
+#[tokio::test]
+async fn protobuf_pod_specs_are_checked_or_refused() {
+    use gatehouse_k8s::protobuf::encode_body;
+    use k8s_pb::api::apps::v1 as apps;
+    use k8s_pb::api::core::v1 as core;
+    use prost::Message as _;
+    let allow_all = "[defaults]\ndefault = \"allow\"\n";
+    let rig = Rig::start_with(allow_all, |_| {}).await;
+    const PB: &str = "application/vnd.kubernetes.protobuf";
+    let meta = |name: &str| {
+        Some(k8s_pb::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        })
+    };
+    let container = |privileged: Option<bool>| core::Container {
+        name: Some("a".into()),
+        image: Some("busybox".into()),
+        security_context: privileged.map(|p| core::SecurityContext {
+            privileged: Some(p),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let host_pid = core::Pod {
+        metadata: meta("pb-hostpid"),
+        spec: Some(core::PodSpec {
+            host_pid: Some(true),
+            containers: vec![container(None)],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let (code, body) = send_bytes(
+        &rig,
+        "POST",
+        "/api/v1/namespaces/default/pods",
+        PB,
+        encode_body("v1", "Pod", &host_pid),
+    )
+    .await;
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("privileged pod spec (hostPID)"), "{body}");
+    assert!(body.contains("\"kind\":\"Status\""), "{body}");
+    // hostPID=false in the first copy of the spec, true in a second one appended: protobuf
+    // (and the API server) take the last value.
+    let first = core::Pod {
+        metadata: meta("pb-twice"),
+        spec: Some(core::PodSpec {
+            host_pid: Some(false),
+            containers: vec![container(None)],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let second = core::Pod {
+        spec: Some(core::PodSpec {
+            host_pid: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut raw = first.encode_to_vec();
+    raw.extend(second.encode_to_vec());
+    let unknown = k8s_pb::apimachinery::pkg::runtime::Unknown {
+        type_meta: Some(k8s_pb::apimachinery::pkg::runtime::TypeMeta {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+        }),
+        raw: Some(raw),
+        ..Default::default()
+    };
+    let mut twice = b"k8s\0".to_vec();
+    twice.extend(unknown.encode_to_vec());
+    let (code, body) = send_bytes(&rig, "POST", "/api/v1/namespaces/default/pods", PB, twice).await;
+    assert_eq!(code, 403, "{body}");
+    // A privileged container in a Deployment's template.
+    let deployment = apps::Deployment {
+        metadata: meta("pb-deploy"),
+        spec: Some(apps::DeploymentSpec {
+            template: Some(core::PodTemplateSpec {
+                spec: Some(core::PodSpec {
+                    containers: vec![container(Some(true))],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let (code, body) = send_bytes(
+        &rig,
+        "POST",
+        "/apis/apps/v1/namespaces/default/deployments",
+        PB,
+        encode_body("apps/v1", "Deployment", &deployment),
+    )
+    .await;
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("securityContext.privileged"), "{body}");
+    // Bodies that cannot be vouched for where the check needs them: refused, 400 Status.
+    let no_kind = encode_body("v1", "", &host_pid);
+    let disguised = encode_body("v1", "ConfigMap", &host_pid);
+    let old_version = encode_body("extensions/v1beta1", "Deployment", &deployment);
+    let mut truncated = encode_body("v1", "Pod", &host_pid);
+    truncated.truncate(truncated.len() - 3);
+    for (path, bytes) in [
+        ("/api/v1/namespaces/default/pods", no_kind),
+        ("/api/v1/namespaces/default/pods", disguised),
+        ("/apis/apps/v1/namespaces/default/deployments", old_version),
+        ("/api/v1/namespaces/default/pods", truncated),
+        (
+            "/api/v1/namespaces/default/pods",
+            b"{\"not\": \"protobuf\"}".to_vec(),
+        ),
+    ] {
+        let (code, body) = send_bytes(&rig, "POST", path, PB, bytes).await;
+        assert_eq!(code, 400, "{path}: {body}");
+        assert!(
+            body.contains("gatehouse cannot vouch for this request body"),
+            "{body}"
+        );
+    }
+    // A JSON pod body that does not parse is not forwarded unchecked either.
+    let (code, body) = send_bytes(
+        &rig,
+        "POST",
+        "/api/v1/namespaces/default/pods",
+        "application/json",
+        b"{\"spec\": {\"hostPID\": true}, ".to_vec(),
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    // Nothing reached the API server.
+    assert!(
+        !rig.api.state.seen().iter().any(|s| s.method == "POST"),
+        "{:?}",
+        rig.api.state.seen()
+    );
+    // A plain protobuf pod is forwarded byte-exact (the stand-in serves no protobuf pods and
+    // says so: the gateway let it through).
+    let plain = encode_body(
+        "v1",
+        "Pod",
+        &core::Pod {
+            metadata: meta("pb-plain"),
+            spec: Some(core::PodSpec {
+                containers: vec![container(None)],
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    );
+    let (code, body) = send_bytes(
+        &rig,
+        "POST",
+        "/api/v1/namespaces/default/pods",
+        PB,
+        plain.clone(),
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("not served by this stand-in"), "{body}");
+    let bodies = rig.api.state.bodies.lock().unwrap().clone();
+    assert_eq!(bodies.len(), 1);
+    assert_eq!(bodies[0].2.as_ref(), plain.as_slice());
 }

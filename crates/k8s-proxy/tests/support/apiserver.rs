@@ -54,6 +54,8 @@ pub struct State {
     pub spdy_requests: AtomicU64,
     pub exec_requests: AtomicU64,
     pub resizes: Mutex<Vec<(u64, u64)>>,
+    /// Request bodies as received: (path, content type, bytes).
+    pub bodies: Mutex<Vec<(String, String, Bytes)>>,
 }
 
 impl State {
@@ -161,6 +163,7 @@ impl ApiServer {
             spdy_requests: AtomicU64::new(0),
             exec_requests: AtomicU64::new(0),
             resizes: Mutex::new(Vec::new()),
+            bodies: Mutex::new(Vec::new()),
         });
         for ns in ["default", "kube-system"] {
             state.insert(
@@ -586,25 +589,33 @@ async fn handle(st: Arc<State>, mut req: Request<Incoming>, has_cert: bool) -> R
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
                 .to_string();
-            if !ct.starts_with("application/json") {
-                // What a real API server says for a body it cannot decode (client-go then
-                // falls back to JSON).
-                return status(
-                    415,
-                    "UnsupportedMediaType",
-                    &format!(
-                        "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {ct:?})"
-                    ),
-                );
-            }
             let body = req
                 .body_mut()
                 .collect()
                 .await
                 .map(|c| c.to_bytes())
                 .unwrap_or_default();
-            let Ok(mut obj) = serde_json::from_slice::<Value>(&body) else {
-                return status(400, "BadRequest", "invalid JSON body");
+            st.bodies
+                .lock()
+                .unwrap()
+                .push((path.clone(), ct.clone(), body.clone()));
+            let decoded = if ct.starts_with("application/vnd.kubernetes.protobuf") {
+                protobuf_object(&body)
+            } else if ct.starts_with("application/json") {
+                serde_json::from_slice::<Value>(&body).map_err(|_| "invalid JSON body".to_string())
+            } else {
+                // What a real API server says for a body it cannot decode.
+                return status(
+                    415,
+                    "UnsupportedMediaType",
+                    &format!(
+                        "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got {ct:?})"
+                    ),
+                );
+            };
+            let mut obj = match decoded {
+                Ok(obj) => obj,
+                Err(e) => return status(400, "BadRequest", &e),
             };
             let Some(n) = obj["metadata"]["name"].as_str().map(str::to_string) else {
                 return status(422, "Invalid", "metadata.name: Required value");
@@ -968,4 +979,62 @@ async fn run_exec<S>(
         )))
         .await;
     let _ = tx.close().await;
+}
+
+/// Decodes a protobuf body the way the API server's protobuf serializer does: the `k8s\0`
+/// magic, a `runtime.Unknown` envelope naming the kind, the object's own message inside.
+/// Config maps and secrets only (what kubectl's typed generators send here).
+fn protobuf_object(body: &[u8]) -> Result<Value, String> {
+    use k8s_pb::api::core::v1 as core;
+    use prost::Message as _;
+    let rest = body
+        .strip_prefix(b"k8s\0".as_slice())
+        .ok_or("protobuf body without the k8s magic")?;
+    let unknown = k8s_pb::apimachinery::pkg::runtime::Unknown::decode(rest)
+        .map_err(|e| format!("protobuf envelope: {e}"))?;
+    let tm = unknown.type_meta.unwrap_or_default();
+    let raw = unknown.raw.unwrap_or_default();
+    let meta = |m: Option<k8s_pb::apimachinery::pkg::apis::meta::v1::ObjectMeta>| {
+        let m = m.unwrap_or_default();
+        json!({"name": m.name, "namespace": m.namespace, "labels": m.labels,
+               "annotations": m.annotations})
+    };
+    match (tm.api_version.as_deref(), tm.kind.as_deref()) {
+        (Some("v1"), Some("ConfigMap")) => {
+            let cm = core::ConfigMap::decode(raw.as_slice()).map_err(|e| e.to_string())?;
+            let binary: BTreeMap<String, String> = cm
+                .binary_data
+                .iter()
+                .map(|(k, v)| {
+                    use base64::Engine as _;
+                    (
+                        k.clone(),
+                        base64::engine::general_purpose::STANDARD.encode(v),
+                    )
+                })
+                .collect();
+            Ok(json!({"metadata": meta(cm.metadata), "data": cm.data, "binaryData": binary}))
+        }
+        (Some("v1"), Some("Secret")) => {
+            let s = core::Secret::decode(raw.as_slice()).map_err(|e| e.to_string())?;
+            let data: BTreeMap<String, String> = s
+                .data
+                .iter()
+                .map(|(k, v)| {
+                    use base64::Engine as _;
+                    (
+                        k.clone(),
+                        base64::engine::general_purpose::STANDARD.encode(v),
+                    )
+                })
+                .chain(s.string_data.iter().map(|(k, v)| (k.clone(), b64(v))))
+                .collect();
+            Ok(json!({"metadata": meta(s.metadata), "data": data, "type": s.r#type}))
+        }
+        (v, k) => Err(format!(
+            "protobuf {}/{} is not served by this stand-in",
+            v.unwrap_or(""),
+            k.unwrap_or("")
+        )),
+    }
 }
