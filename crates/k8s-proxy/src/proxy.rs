@@ -575,6 +575,27 @@ impl ConnCtx {
             .get(target_idx)
             .ok_or(K8sProxyError::NoTarget)?;
         let identity = &ctx.session.identity;
+        if parsed.operation.verb == "portforward" {
+            // kubectl (1.31+) first tunnels SPDY over a WebSocket
+            // (`SPDY/3.1+portforward.k8s.io`), then falls back to a plain SPDY upgrade: both
+            // are decided, so a denial is what kubectl prints, whichever attempt it reports.
+            let decision = self.decide(identity, &target.target, &parsed.operation, None);
+            if decision.verdict == Verdict::Deny {
+                self.record_operation(ctx, &parsed.operation, &decision)
+                    .await?;
+                return Err(K8sProxyError::Denied {
+                    rule: decision.rule_id,
+                    reason: decision.reason,
+                });
+            }
+            let refusal = K8sProxyError::PortForwardNotRelayed {
+                rule: decision.rule_id.clone(),
+            };
+            let recorded = Decision::deny(SPDY_RULE, refusal.to_string());
+            self.record_operation(ctx, &parsed.operation, &recorded)
+                .await?;
+            return Err(refusal);
+        }
         if is_spdy(req.headers()) {
             let decision = Decision::deny(SPDY_RULE, K8sProxyError::SpdyRefused.to_string());
             self.record_operation(ctx, &parsed.operation, &decision)

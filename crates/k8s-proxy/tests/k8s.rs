@@ -803,6 +803,13 @@ default = "allow"
     .await;
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("k8s-sensitive"));
+    let out = rig.kubectl(&["port-forward", "pod/web-0", ":80"]).await;
+    assert!(
+        out.stderr.contains(
+            "denied by gatehouse rule k8s-sensitive: port forwarding needs an explicit allow rule"
+        ),
+        "{out:#?}"
+    );
     let pod = |name: &str, spec: &str| {
         let path = rig.dir.path().join(format!("{name}.json"));
         std::fs::write(
@@ -856,9 +863,84 @@ kubernetes = { verbs = ["portforward"] }
         &[("authorization", &auth)],
     )
     .await;
-    // The stand-in itself wants an upgrade: the gateway let it through.
+    // Allowed, but the gateway does not relay port-forward streams: it says so, and nothing
+    // reaches the API server.
     assert_eq!(code, 400, "{body}");
-    assert!(body.contains("Upgrade request required"));
+    assert!(
+        body.contains("port-forward allowed by gatehouse rule break-glass-portforward"),
+        "{body}"
+    );
+    assert!(
+        !rig.api
+            .state
+            .seen()
+            .iter()
+            .any(|s| s.path.ends_with("/portforward"))
+    );
+}
+
+/// `kubectl port-forward` (WebSocket tunnel first, then its SPDY fallback) is decided by the
+/// policy: denied by default with the rule in kubectl's error, never reaching the API server.
+#[tokio::test]
+async fn kubectl_port_forward_is_a_policy_decision() {
+    let rig = Rig::start().await;
+    let out = rig.kubectl(&["port-forward", "pod/web-0", ":80"]).await;
+    assert_ne!(out.code, Some(0), "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("error upgrading connection: denied by gatehouse rule default"),
+        "{out:#?}"
+    );
+    assert!(
+        !rig.api
+            .state
+            .seen()
+            .iter()
+            .any(|s| s.path.ends_with("/portforward"))
+    );
+    assert_eq!(
+        rig.api
+            .state
+            .spdy_requests
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    let pf: Vec<_> = rig
+        .operations()
+        .into_iter()
+        .filter(|(op, _)| op.verb == "portforward")
+        .collect();
+    assert!(!pf.is_empty());
+    assert!(
+        pf.iter()
+            .all(|(_, d)| d.verdict == Verdict::Deny && d.rule_id == "default")
+    );
+    // An explicit rule for another pod does not allow this one.
+    let policy = format!(
+        "{POLICY}\n[[rules]]\nid = \"pf-web-1\"\nverdict = \"allow\"\nkubernetes = {{ verbs = [\"portforward\"], names = [\"web-1\"] }}\n"
+    );
+    let rig = Rig::start_with(&policy, |_| {}).await;
+    let out = rig.kubectl(&["port-forward", "pod/web-0", ":80"]).await;
+    assert!(
+        out.stderr.contains("denied by gatehouse rule default"),
+        "{out:#?}"
+    );
+    // Allowed: kubectl is told the stream is not relayed, not left hanging.
+    let out = rig.kubectl(&["port-forward", "pod/web-1", ":80"]).await;
+    assert_ne!(out.code, Some(0), "{out:#?}");
+    assert!(
+        out.stderr.contains(
+            "port-forward allowed by gatehouse rule pf-web-1, but gatehouse does not relay"
+        ),
+        "{out:#?}"
+    );
+    assert!(
+        !rig.api
+            .state
+            .seen()
+            .iter()
+            .any(|s| s.path.ends_with("/portforward"))
+    );
 }
 
 #[tokio::test]
