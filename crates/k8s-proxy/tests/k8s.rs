@@ -1494,3 +1494,106 @@ async fn protobuf_pod_specs_are_checked_or_refused() {
     assert_eq!(bodies.len(), 1);
     assert_eq!(bodies[0].2.as_ref(), plain.as_slice());
 }
+
+/// kubectl's write commands work unchanged through the gateway: `apply` (client-side, then
+/// its strategic-merge patch; server-side apply's `application/apply-patch+yaml`), `label`
+/// and `edit` (an editor script). A value masked in what `edit` showed is not written back.
+#[tokio::test]
+async fn kubectl_apply_label_edit_work_unchanged() {
+    let policy = format!(
+        "{POLICY}\n[[rules]]\nid = \"agents-edit-configmaps\"\nverdict = \"allow\"\ngroups = [\"agents\"]\nkubernetes = {{ verbs = [\"patch\", \"update\"], resources = [\"configmaps\"] }}\n"
+    );
+    let rig = Rig::start_with(&policy, |_| {}).await;
+    let dir = rig.dir.path();
+    let manifest = dir.join("applied.yaml");
+    let write = |value: &str| {
+        std::fs::write(
+            &manifest,
+            format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: applied\ndata:\n  level: \"{value}\"\n"),
+        )
+        .unwrap();
+    };
+    let file = manifest.to_str().unwrap();
+    write("1");
+    rig.kubectl(&["apply", "--validate=false", "-f", file])
+        .await
+        .ok();
+    write("2");
+    rig.kubectl(&["apply", "--validate=false", "-f", file])
+        .await
+        .ok();
+    let applied = rig
+        .api
+        .state
+        .get("configmaps", "default", "applied")
+        .unwrap();
+    assert_eq!(applied["data"]["level"], "2", "{applied}");
+    let ssa = dir.join("ssa.yaml");
+    std::fs::write(
+        &ssa,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa-made\ndata:\n  k: v\n",
+    )
+    .unwrap();
+    rig.kubectl(&[
+        "apply",
+        "--server-side",
+        "--validate=false",
+        "-f",
+        ssa.to_str().unwrap(),
+    ])
+    .await
+    .ok();
+    assert_eq!(
+        rig.api
+            .state
+            .get("configmaps", "default", "ssa-made")
+            .unwrap()["data"]["k"],
+        "v"
+    );
+    rig.kubectl(&["label", "configmap", "settings", "tier=gold"])
+        .await
+        .ok();
+    let editor = dir.join("edit.sh");
+    std::fs::write(
+        &editor,
+        "#!/bin/sh\nsed -i 's/mode: fast/mode: edited/' \"$1\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut cmd = kubectl_command(
+        &rig.kubeconfig,
+        dir,
+        &["edit", "--validate=false", "configmap", "settings"],
+    );
+    cmd.env("KUBE_EDITOR", &editor);
+    let out = gatehouse_testkit::within(Duration::from_secs(60), cmd.output())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let settings = rig
+        .api
+        .state
+        .get("configmaps", "default", "settings")
+        .unwrap();
+    assert_eq!(settings["metadata"]["labels"]["tier"], "gold", "{settings}");
+    assert_eq!(settings["data"]["mode"], "edited", "{settings}");
+    // The editor saw the e-mail address masked; the patch left the real one alone.
+    assert_eq!(settings["data"]["contact"], "ops-lead@example.com");
+    let seen = rig.api.state.bodies.lock().unwrap().clone();
+    let types: Vec<&str> = seen.iter().map(|(_, ct, _)| ct.as_str()).collect();
+    assert!(
+        types
+            .iter()
+            .any(|t| t.starts_with("application/apply-patch+yaml"))
+            && types
+                .iter()
+                .any(|t| t.starts_with("application/strategic-merge-patch+json")),
+        "{types:?}"
+    );
+    // Writes the policy does not allow are still refused.
+    let out = rig.kubectl(&["label", "pod", "web-0", "x=y"]).await;
+    assert!(out.stderr.contains("Forbidden"), "{out:#?}");
+    assert!(
+        rig.api.state.get("pods", "default", "web-0").unwrap()["metadata"]["labels"]["x"].is_null()
+    );
+}

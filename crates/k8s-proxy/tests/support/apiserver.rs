@@ -5,6 +5,10 @@
 //! - namespaces, pods, secrets, configmaps: get, list (plain or `Table`, with `includeObject`),
 //!   watch (`ADDED`/`DELETED` events, chunked, one JSON document per line), create, delete,
 //!   `Status` errors (`NotFound`, `AlreadyExists`, `Unauthorized`);
+//! - protobuf create bodies (`k8s\0` + `runtime.Unknown`) of config maps and secrets, decoded
+//!   with the API's own message types; `PATCH` by merge patch, strategic merge patch (read as a
+//!   merge patch) and server-side apply (`application/apply-patch+yaml`, creating what is
+//!   missing); every request body kept in [`State::bodies`];
 //! - `pods/log` with `follow=true` (the second line waits for [`State::release_logs`]);
 //! - `pods/exec` over WebSocket (`v5.channel.k8s.io`, `v4.channel.k8s.io`), running the
 //!   requested command as a local process (`tty=true` gives it a pty through `script`), with
@@ -633,6 +637,62 @@ async fn handle(st: Arc<State>, mut req: Request<Incoming>, has_cert: bool) -> R
             let created = st.get(resource, ns_key, &n).unwrap();
             json_resp(StatusCode::CREATED, &created)
         }
+        ("PATCH", Some(name)) => {
+            let ct = req
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let body = req
+                .body_mut()
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            st.bodies
+                .lock()
+                .unwrap()
+                .push((path.clone(), ct.clone(), body.clone()));
+            let patch: Value = match ct.split(';').next().unwrap_or("").trim() {
+                "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+                    match serde_json::from_slice(&body) {
+                        Ok(v) => v,
+                        Err(_) => return status(400, "BadRequest", "invalid JSON patch body"),
+                    }
+                }
+                "application/apply-patch+yaml" => {
+                    let text = String::from_utf8_lossy(&body);
+                    match serde_saphyr::from_str::<Value>(&text) {
+                        Ok(v) => v,
+                        Err(_) => return status(400, "BadRequest", "invalid apply body"),
+                    }
+                }
+                other => {
+                    return status(
+                        415,
+                        "UnsupportedMediaType",
+                        &format!(
+                            "the body of the request was in an unknown format - accepted media types include: application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml (got {other:?})"
+                        ),
+                    );
+                }
+            };
+            let server_side_apply = ct.starts_with("application/apply-patch+yaml");
+            let mut obj = match st.get(resource, ns_key, name) {
+                Some(obj) => obj,
+                // Server-side apply creates what does not exist.
+                None if server_side_apply => json!({"kind": kind_of(resource), "apiVersion": "v1",
+                    "metadata": {"name": name}}),
+                None => return not_found(resource, name),
+            };
+            merge_patch(&mut obj, &patch);
+            obj["kind"] = json!(kind_of(resource));
+            obj["apiVersion"] = json!("v1");
+            obj["metadata"]["name"] = json!(name);
+            st.insert(resource, ns_key, obj);
+            json_resp(StatusCode::OK, &st.get(resource, ns_key, name).unwrap())
+        }
         ("DELETE", Some(name)) => {
             let removed = st.objects.lock().unwrap().remove(&(
                 resource.to_string(),
@@ -1036,5 +1096,30 @@ fn protobuf_object(body: &[u8]) -> Result<Value, String> {
             v.unwrap_or(""),
             k.unwrap_or("")
         )),
+    }
+}
+
+/// RFC 7386 JSON merge patch (also how this stand-in reads strategic merge patches and
+/// server-side apply bodies: for the maps kubectl label/edit/apply change, they agree).
+fn merge_patch(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(p) => {
+            if !target.is_object() {
+                *target = json!({});
+            }
+            if let Value::Object(t) = target {
+                for (k, v) in p {
+                    if k.starts_with('$') {
+                        continue;
+                    }
+                    if v.is_null() {
+                        t.remove(k);
+                    } else {
+                        merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                    }
+                }
+            }
+        }
+        other => *target = other.clone(),
     }
 }
