@@ -1597,3 +1597,25 @@ async fn kubectl_apply_label_edit_work_unchanged() {
         rig.api.state.get("pods", "default", "web-0").unwrap()["metadata"]["labels"]["x"].is_null()
     );
 }
+
+/// `kubectl scale` patches the `scale` subresource (an `autoscaling/v1` `Scale`): allowed by a
+/// rule for it, refused without one.
+#[tokio::test]
+async fn kubectl_scale_through_the_gateway() {
+    let rig = Rig::start().await;
+    let out = rig.kubectl(&["scale", "rc", "web", "--replicas=3"]).await;
+    assert!(out.stderr.contains("Forbidden"), "{out:#?}");
+    let policy = format!(
+        "{POLICY}\n[[rules]]\nid = \"agents-scale\"\nverdict = \"allow\"\ngroups = [\"agents\"]\nkubernetes = {{ verbs = [\"patch\", \"update\"], resources = [\"replicationcontrollers\"], subresources = [\"scale\"] }}\n"
+    );
+    let rig = Rig::start_with(&policy, |_| {}).await;
+    let out = rig.kubectl(&["scale", "rc", "web", "--replicas=3"]).await;
+    out.ok();
+    assert!(out.stdout.contains("scaled"), "{out:#?}");
+    let rc = rig
+        .api
+        .state
+        .get("replicationcontrollers", "default", "web")
+        .unwrap();
+    assert_eq!(rc["spec"]["replicas"], 3, "{rc}");
+}

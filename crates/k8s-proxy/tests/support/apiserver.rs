@@ -9,6 +9,8 @@
 //!   with the API's own message types; `PATCH` by merge patch, strategic merge patch (read as a
 //!   merge patch) and server-side apply (`application/apply-patch+yaml`, creating what is
 //!   missing); every request body kept in [`State::bodies`];
+//! - `replicationcontrollers` with the `scale` subresource (`autoscaling/v1` `Scale`, GET and
+//!   merge PATCH), for `kubectl scale`;
 //! - `pods/log` with `follow=true` (the second line waits for [`State::release_logs`]);
 //! - `pods/exec` over WebSocket (`v5.channel.k8s.io`, `v4.channel.k8s.io`), running the
 //!   requested command as a local process (`tty=true` gives it a pty through `script`), with
@@ -180,6 +182,13 @@ impl ApiServer {
         for pod in ["web-0", "web-1"] {
             state.insert("pods", "default", pod_object(pod));
         }
+        state.insert(
+            "replicationcontrollers",
+            "default",
+            json!({"kind": "ReplicationController", "apiVersion": "v1", "metadata": {"name": "web"},
+                "spec": {"replicas": 1, "selector": {"app": "web"}},
+                "status": {"replicas": 1}}),
+        );
         let applied = json!({"apiVersion": "v1", "kind": "Secret",
             "metadata": {"name": "db-creds", "namespace": "default"},
             "data": {"password": b64(SECRET_PASSWORD)}})
@@ -283,6 +292,12 @@ const KINDS: &[(&str, &str, bool, &[&str])] = &[
     ("pods", "Pod", true, &["po"]),
     ("secrets", "Secret", true, &[]),
     ("configmaps", "ConfigMap", true, &["cm"]),
+    (
+        "replicationcontrollers",
+        "ReplicationController",
+        true,
+        &["rc"],
+    ),
 ];
 
 fn resource_list() -> Value {
@@ -313,12 +328,22 @@ fn resource_list() -> Value {
             json!(["create", "get"]),
         ),
         (
+            "replicationcontrollers/scale",
+            "Scale",
+            json!(["get", "patch", "update"]),
+        ),
+        (
             "pods/ephemeralcontainers",
             "Pod",
             json!(["get", "patch", "update"]),
         ),
     ] {
-        resources.push(json!({"name": sub, "singularName": "", "namespaced": true, "kind": kind, "verbs": verbs}));
+        let mut r = json!({"name": sub, "singularName": "", "namespaced": true, "kind": kind, "verbs": verbs});
+        if kind == "Scale" {
+            r["group"] = json!("autoscaling");
+            r["version"] = json!("v1");
+        }
+        resources.push(r);
     }
     json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1", "resources": resources})
 }
@@ -512,6 +537,9 @@ async fn handle(st: Arc<State>, mut req: Request<Incoming>, has_cert: bool) -> R
     } else {
         ns.unwrap_or("")
     };
+    if let (Some("scale"), Some(name), "replicationcontrollers") = (sub, name, resource) {
+        return scale(st, &mut req, ns_key, name).await;
+    }
     if let Some(sub) = sub {
         let name = name.unwrap_or_default();
         if resource != "pods" {
@@ -1121,5 +1149,50 @@ fn merge_patch(target: &mut Value, patch: &Value) {
             }
         }
         other => *target = other.clone(),
+    }
+}
+
+/// `replicationcontrollers/{name}/scale`: GET and merge-PATCH an `autoscaling/v1` `Scale`.
+async fn scale(
+    st: Arc<State>,
+    req: &mut Request<Incoming>,
+    ns: &str,
+    name: &str,
+) -> Response<Body> {
+    let Some(mut rc) = st.get("replicationcontrollers", ns, name) else {
+        return not_found("replicationcontrollers", name);
+    };
+    let as_scale = |rc: &Value| {
+        json!({"kind": "Scale", "apiVersion": "autoscaling/v1",
+            "metadata": {"name": name, "namespace": ns,
+                "resourceVersion": rc["metadata"]["resourceVersion"]},
+            "spec": {"replicas": rc["spec"]["replicas"]},
+            "status": {"replicas": rc["status"]["replicas"], "selector": "app=web"}})
+    };
+    match req.method().as_str() {
+        "GET" => json_resp(StatusCode::OK, &as_scale(&rc)),
+        "PATCH" => {
+            let body = req
+                .body_mut()
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
+                return status(400, "BadRequest", "invalid JSON patch body");
+            };
+            let Some(replicas) = patch["spec"]["replicas"].as_u64() else {
+                return status(422, "Invalid", "spec.replicas: Required value");
+            };
+            rc["spec"]["replicas"] = json!(replicas);
+            st.insert("replicationcontrollers", ns, rc);
+            let rc = st.get("replicationcontrollers", ns, name).unwrap();
+            json_resp(StatusCode::OK, &as_scale(&rc))
+        }
+        _ => status(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+        ),
     }
 }
