@@ -762,6 +762,59 @@ async fn protobuf_accept_still_yields_masked_json() {
     assert_eq!(last.headers.get("accept-encoding").unwrap(), "identity");
 }
 
+/// Accept header games never get an unmasked protobuf answer: whatever the caller prefers,
+/// the API server is asked for JSON only (the stand-in answers protobuf to anyone who asks).
+#[tokio::test]
+async fn accept_games_never_yield_protobuf() {
+    let rig = Rig::start().await;
+    let auth = bearer();
+    for accept in [
+        &[("accept", "application/vnd.kubernetes.protobuf")][..],
+        &[(
+            "accept",
+            "application/json;q=0.1, application/vnd.kubernetes.protobuf;q=1",
+        )],
+        &[(
+            "accept",
+            "application/vnd.kubernetes.protobuf;as=Table;v=v1;g=meta.k8s.io",
+        )],
+        &[
+            ("accept", "application/json"),
+            ("accept", "application/vnd.kubernetes.protobuf"),
+        ],
+        &[(
+            "accept",
+            "application/json, APPLICATION/VND.KUBERNETES.PROTOBUF",
+        )],
+    ] {
+        let mut headers = vec![("authorization", auth.as_str())];
+        headers.extend_from_slice(accept);
+        let (code, h, body) = raw(
+            &rig.base(),
+            "GET",
+            "/api/v1/namespaces/default/secrets/db-creds",
+            &headers,
+        )
+        .await;
+        assert_eq!(code, 200, "{accept:?}: {body}");
+        assert_eq!(h.get("content-type").unwrap(), "application/json");
+        assert!(!body.contains(&b64(SECRET_PASSWORD)), "{accept:?}: {body}");
+        assert!(!body.contains("k8s\0"), "{body}");
+        let seen = rig.api.state.seen();
+        let last = seen.last().unwrap();
+        let upstream: Vec<_> = last.headers.get_all("accept").iter().collect();
+        assert_eq!(upstream.len(), 1, "{upstream:?}");
+        assert!(
+            !upstream[0]
+                .to_str()
+                .unwrap()
+                .to_ascii_lowercase()
+                .contains("protobuf"),
+            "{upstream:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn unauthenticated_callers_get_a_status() {
     let rig = Rig::start().await;

@@ -424,6 +424,13 @@ fn wants_table(h: &HeaderMap) -> bool {
         .is_some_and(|v| v.contains("as=Table"))
 }
 
+fn wants_protobuf(h: &HeaderMap) -> bool {
+    h.get_all("accept")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("protobuf"))
+}
+
 fn kind_of(resource: &str) -> &'static str {
     KINDS
         .iter()
@@ -565,6 +572,18 @@ async fn handle(st: Arc<State>, mut req: Request<Incoming>, has_cert: bool) -> R
     }
     match (method.as_str(), name) {
         ("GET", Some(name)) => match st.get(resource, ns_key, name) {
+            // Asked for protobuf, the stand-in answers protobuf (the object's JSON wrapped in
+            // the `k8s\0` envelope bytes): unmaskable, so the gateway must never ask for it.
+            Some(obj) if wants_protobuf(req.headers()) => {
+                let mut body = b"k8s\0".to_vec();
+                body.extend_from_slice(obj.to_string().as_bytes());
+                let mut r = Response::new(full(body));
+                r.headers_mut().insert(
+                    "content-type",
+                    "application/vnd.kubernetes.protobuf".parse().unwrap(),
+                );
+                r
+            }
             Some(obj) if wants_table(req.headers()) => json_resp(
                 StatusCode::OK,
                 &table(resource, &[obj], param(&q, "includeObject")),
