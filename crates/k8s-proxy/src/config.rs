@@ -4,7 +4,7 @@
 //! Deserialises from the binary's TOML with unknown fields refused. As in `gatehouse-http`,
 //! secrets are not read from env vars here: the binary resolves `env:`/`file:` references and
 //! hands the resolved value in `secret`; certificate, key and kubeconfig *files* are read by
-//! [`K8sProxyConfig::resolve`] at startup. No `Debug` output prints a secret.
+//! [`crate::K8sProxy::new`] at startup. No `Debug` output prints a secret.
 //!
 //! ```toml
 //! default_target = "dev"

@@ -61,10 +61,20 @@ pub enum K8sProxyError {
          (v5.channel.k8s.io or v4.channel.k8s.io, kubectl 1.30 or later)"
     )]
     SpdyRefused,
-    /// A request body the gateway cannot inspect (protobuf, CBOR): JSON or YAML only.
+    /// A port forward a rule allowed, which the gateway does not relay (its streams are SPDY,
+    /// plain or tunnelled over a WebSocket, and carry no per-port decision yet).
     #[error(
-        "request body of type {0:?} cannot be inspected by gatehouse: send JSON or YAML \
-         (e.g. `kubectl create -f file.yaml` or `kubectl apply -f`)"
+        "port-forward allowed by gatehouse rule {rule}, but gatehouse does not relay \
+         port-forward streams (SPDY, plain or tunnelled over WebSocket)"
+    )]
+    PortForwardNotRelayed {
+        /// The rule that allowed it.
+        rule: String,
+    },
+    /// A request body the gateway cannot inspect (CBOR, …): JSON, YAML or Kubernetes protobuf.
+    #[error(
+        "request body of type {0:?} cannot be inspected by gatehouse: send JSON, YAML or \
+         Kubernetes protobuf (e.g. `kubectl create -f file.yaml` or `kubectl apply -f`)"
     )]
     UnsupportedBody(String),
     /// The request body is over the limit.
@@ -101,6 +111,7 @@ impl K8sProxyError {
             | K8sProxyError::ApprovalPending { .. }
             | K8sProxyError::ApprovalRefused { .. }
             | K8sProxyError::SpdyRefused
+            | K8sProxyError::PortForwardNotRelayed { .. }
             | K8sProxyError::UnsupportedBody(_)
             | K8sProxyError::BodyTooLarge(_) => Side::Client,
             K8sProxyError::UpstreamUnavailable(_)
@@ -115,7 +126,9 @@ impl K8sProxyError {
         match self {
             K8sProxyError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             K8sProxyError::NoTarget => StatusCode::NOT_FOUND,
-            K8sProxyError::BadRequest(_) | K8sProxyError::SpdyRefused => StatusCode::BAD_REQUEST,
+            K8sProxyError::BadRequest(_)
+            | K8sProxyError::SpdyRefused
+            | K8sProxyError::PortForwardNotRelayed { .. } => StatusCode::BAD_REQUEST,
             K8sProxyError::Denied { .. } | K8sProxyError::ApprovalRefused { .. } => {
                 StatusCode::FORBIDDEN
             }
@@ -165,6 +178,7 @@ impl K8sProxyError {
             K8sProxyError::ApprovalPending { .. } => "approval_pending",
             K8sProxyError::ApprovalRefused { .. } => "approval_refused",
             K8sProxyError::SpdyRefused => "spdy_refused",
+            K8sProxyError::PortForwardNotRelayed { .. } => "portforward_not_relayed",
             K8sProxyError::BodyTooLarge(_) => "body_too_large",
             K8sProxyError::UnsupportedBody(_) => "unsupported_body",
             K8sProxyError::UpstreamUnavailable(_) => "upstream_unavailable",

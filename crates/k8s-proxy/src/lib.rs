@@ -67,19 +67,26 @@
 //! # }
 //! ```
 //!
-//! Request bodies must be JSON or YAML (`415` otherwise): the privileged-spec check and the
-//! recording read them, and protobuf would carry a pod spec past both. kubectl's typed
-//! generators (`kubectl create configmap …`, `kubectl run`) send protobuf; manifests
-//! (`kubectl create -f`, `kubectl apply -f`) go as JSON.
+//! Request bodies are JSON, YAML or Kubernetes protobuf (`415` otherwise). kubectl's typed
+//! generators (`kubectl create configmap …`, `kubectl run`) send protobuf: kinds that carry a
+//! pod template are decoded for the privileged-spec check ([`protobuf`]), other kinds are
+//! forwarded byte-exact and recorded by digest; a body the check needs and cannot read is
+//! refused with a `400 Status`.
 //!
 //! Large lists stream: JSON responses of resources that never hold Secrets (pods, config maps,
 //! workloads, …) go through the masking profile's JSON stream masker chunk by chunk (the first
 //! MiB is collected before the response head, so an egress block there is a clean `502`).
 //!
+//! Port forwarding (`pods/portforward`) is decided like any operation (refused unless a rule
+//! allows it, see step 3), on both of kubectl's attempts — the SPDY-over-WebSocket tunnel
+//! (`SPDY/3.1+portforward.k8s.io`) and its plain SPDY fallback — so kubectl prints
+//! `error upgrading connection: denied by gatehouse rule …`.
+//!
 //! Known limits: responses that may hold Secrets (resource `secrets`, unknown resources,
 //! subresources) are parsed whole, up to `limits.max_response_body`; SPDY-only clients
-//! (kubectl before 1.30 by default) cannot exec; an allowed `portforward` is forwarded as a
-//! plain request, not relayed as a stream.
+//! (kubectl before 1.30 by default) cannot exec; an allowed `portforward` is not relayed
+//! (a `400 Status` says so): its streams are SPDY frames whose `port` headers the gateway does
+//! not read yet, so it could not hold a forward to the ports a rule names.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -89,6 +96,7 @@ pub mod error;
 mod exec;
 mod kubeconfig;
 pub mod mask;
+pub mod protobuf;
 mod proxy;
 pub mod request;
 mod upstream;

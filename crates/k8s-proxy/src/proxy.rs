@@ -30,6 +30,7 @@ use tokio::sync::{Mutex, mpsc, watch};
 use crate::config::{K8sProxyConfig, ms};
 use crate::error::K8sProxyError;
 use crate::mask::mask_document;
+use crate::protobuf;
 use crate::request::{ParsedRequest, parse_request, sensitive_reason};
 use crate::upstream::{self, BoxError, UpstreamClient, UpstreamConnector, UpstreamUrl};
 
@@ -525,6 +526,17 @@ impl ConnCtx {
         op: &KubeOperation,
         body: Option<&serde_json::Value>,
     ) -> Decision {
+        self.decide_with(identity, target, op, sensitive_reason(op, body))
+    }
+
+    /// [`Self::decide`] with the sensitive reason already found (e.g. in a protobuf body).
+    pub(crate) fn decide_with(
+        &self,
+        identity: &Identity,
+        target: &Target,
+        op: &KubeOperation,
+        sensitive: Option<String>,
+    ) -> Decision {
         let decision =
             self.proxy
                 .pipeline
@@ -540,7 +552,7 @@ impl ConnCtx {
         }
         if by_default
             && decision.verdict != Verdict::Deny
-            && let Some(why) = sensitive_reason(op, body)
+            && let Some(why) = sensitive
         {
             return Decision::deny(
                 SENSITIVE_RULE,
@@ -563,6 +575,27 @@ impl ConnCtx {
             .get(target_idx)
             .ok_or(K8sProxyError::NoTarget)?;
         let identity = &ctx.session.identity;
+        if parsed.operation.verb == "portforward" {
+            // kubectl (1.31+) first tunnels SPDY over a WebSocket
+            // (`SPDY/3.1+portforward.k8s.io`), then falls back to a plain SPDY upgrade: both
+            // are decided, so a denial is what kubectl prints, whichever attempt it reports.
+            let decision = self.decide(identity, &target.target, &parsed.operation, None);
+            if decision.verdict == Verdict::Deny {
+                self.record_operation(ctx, &parsed.operation, &decision)
+                    .await?;
+                return Err(K8sProxyError::Denied {
+                    rule: decision.rule_id,
+                    reason: decision.reason,
+                });
+            }
+            let refusal = K8sProxyError::PortForwardNotRelayed {
+                rule: decision.rule_id.clone(),
+            };
+            let recorded = Decision::deny(SPDY_RULE, refusal.to_string());
+            self.record_operation(ctx, &parsed.operation, &recorded)
+                .await?;
+            return Err(refusal);
+        }
         if is_spdy(req.headers()) {
             let decision = Decision::deny(SPDY_RULE, K8sProxyError::SpdyRefused.to_string());
             self.record_operation(ctx, &parsed.operation, &decision)
@@ -583,6 +616,13 @@ impl ConnCtx {
         }
         let (parts, body) = req.into_parts();
         let body = read_capped(body, proxy.config.limits.max_request_body).await?;
+        let content_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let protobuf_body = !body.is_empty() && protobuf::is_protobuf(&content_type);
         let inspectable = body.is_empty() || inspectable_body(&parts.headers);
         let body_json = if inspectable {
             parse_body(&parts.headers, &body)
@@ -590,20 +630,57 @@ impl ConnCtx {
             None
         };
         let mut operation = parsed.operation.clone();
-        let decision = self.decide(identity, &target.target, &operation, body_json.as_ref());
-        if !inspectable && decision.verdict != Verdict::Deny {
-            let ct = parts
-                .headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string();
-            let refusal = Decision::deny(
-                "k8s-uninspectable-body",
-                format!("request body of type {ct:?} cannot be inspected"),
-            );
-            self.record_operation(ctx, &operation, &refusal).await?;
-            return Err(K8sProxyError::UnsupportedBody(ct));
+        let writes = matches!(operation.verb.as_str(), "create" | "update" | "patch");
+        // What the body says, for the privileged-spec check; or why it cannot be vouched for.
+        let mut pod_setting = None;
+        let mut refusal: Option<K8sProxyError> = None;
+        if protobuf_body {
+            match protobuf::read_envelope(&body).and_then(|env| {
+                protobuf::privileged_setting(
+                    &env,
+                    &operation.resource,
+                    operation.subresource.as_deref(),
+                )
+            }) {
+                Ok(found) => pod_setting = found,
+                Err(e) => {
+                    refusal = Some(K8sProxyError::BadRequest(format!(
+                        "gatehouse cannot vouch for this request body: {e}"
+                    )));
+                }
+            }
+        } else if !inspectable {
+            refusal = Some(K8sProxyError::UnsupportedBody(content_type.clone()));
+        } else if writes
+            && !body.is_empty()
+            && body_json.is_none()
+            && protobuf::holds_pod_spec(&operation.resource)
+        {
+            // A pod spec the privileged check could not read is never forwarded.
+            refusal = Some(K8sProxyError::BadRequest(format!(
+                "gatehouse cannot vouch for this request body: it does not parse as {}",
+                if content_type.contains("yaml") {
+                    "YAML"
+                } else {
+                    "JSON"
+                }
+            )));
+        }
+        let decision = match pod_setting.filter(|_| writes) {
+            Some(what) => self.decide_with(
+                identity,
+                &target.target,
+                &operation,
+                Some(format!("privileged pod spec ({what})")),
+            ),
+            None => self.decide(identity, &target.target, &operation, body_json.as_ref()),
+        };
+        if let Some(refusal) = refusal
+            && decision.verdict != Verdict::Deny
+        {
+            let recorded = Decision::deny("k8s-uninspectable-body", refusal.to_string());
+            self.record_operation(ctx, &operation, &recorded).await?;
+            return Err(refusal);
         }
         self.record_operation(ctx, &operation, &decision).await?;
         match decision.verdict {
@@ -995,7 +1072,30 @@ impl ConnCtx {
             .parse()
             .map_err(|_| K8sProxyError::BadRequest("request target cannot be forwarded".into()))?;
         let secrets_ctx = parsed.operation.resource == "secrets";
-        let request_record = self.masked_record(&body, secrets_ctx, decision, "request_body");
+        let protobuf_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .filter(|ct| !body.is_empty() && protobuf::is_protobuf(ct))
+            .map(|_| {
+                protobuf::read_envelope(&body)
+                    .map(|e| e.type_name())
+                    .unwrap_or_default()
+            });
+        let request_record = match protobuf_type {
+            // A protobuf body is forwarded byte-exact and recorded by digest only: its strings
+            // (a Secret's data among them) are never written to the recording.
+            Some(kind) => (
+                format!(
+                    "<protobuf {kind}, {} bytes, sha256 {}>",
+                    body.len(),
+                    hex::encode(Sha256::digest(&body))
+                ),
+                body.len() as u64,
+                Vec::new(),
+            ),
+            None => self.masked_record(&body, secrets_ctx, decision, "request_body"),
+        };
         let mut up = Request::new(
             Full::new(body)
                 .map_err(|never: Infallible| match never {})

@@ -58,10 +58,16 @@ async fn kubectl_works_directly_against_the_stand_in() {
     assert!(failing.stderr.contains("oops"));
     let logs = run(&["logs", "web-0"]).await;
     assert!(logs.ok().stdout.contains(LOG_LINE_1));
-    // kubectl's typed create sends protobuf, which the stand-in (like the gateway) refuses;
-    // manifests go as JSON.
+    // kubectl's typed create sends protobuf, which the stand-in decodes; manifests go as JSON.
     let typed = run(&["create", "configmap", "typed", "--from-literal=a=b"]).await;
-    assert!(typed.stderr.contains("unknown format"), "{typed:#?}");
+    typed.ok();
+    assert_eq!(
+        api.state.get("configmaps", "default", "typed").unwrap()["data"]["a"],
+        "b"
+    );
+    assert!(api.state.bodies.lock().unwrap().iter().any(|(_, ct, b)| {
+        ct.starts_with("application/vnd.kubernetes.protobuf") && b.starts_with(b"k8s\0")
+    }));
     let manifest = dir.path().join("cm.json");
     std::fs::write(
         &manifest,
@@ -183,14 +189,10 @@ async fn delete_pod_is_denied_with_a_readable_message() {
     ])
     .await
     .ok();
-    // A typed create sends protobuf: refused with a message saying what to do.
-    let typed = rig
-        .kubectl(&["create", "configmap", "typed", "--from-literal=k=v"])
-        .await;
-    assert!(
-        typed.stderr.contains("cannot be inspected by gatehouse"),
-        "{typed:#?}"
-    );
+    // A typed create sends protobuf: a config map carries no pod spec, so it goes through.
+    rig.kubectl(&["create", "configmap", "typed", "--from-literal=k=v"])
+        .await
+        .ok();
     assert!(
         rig.api
             .state
@@ -760,6 +762,59 @@ async fn protobuf_accept_still_yields_masked_json() {
     assert_eq!(last.headers.get("accept-encoding").unwrap(), "identity");
 }
 
+/// Accept header games never get an unmasked protobuf answer: whatever the caller prefers,
+/// the API server is asked for JSON only (the stand-in answers protobuf to anyone who asks).
+#[tokio::test]
+async fn accept_games_never_yield_protobuf() {
+    let rig = Rig::start().await;
+    let auth = bearer();
+    for accept in [
+        &[("accept", "application/vnd.kubernetes.protobuf")][..],
+        &[(
+            "accept",
+            "application/json;q=0.1, application/vnd.kubernetes.protobuf;q=1",
+        )],
+        &[(
+            "accept",
+            "application/vnd.kubernetes.protobuf;as=Table;v=v1;g=meta.k8s.io",
+        )],
+        &[
+            ("accept", "application/json"),
+            ("accept", "application/vnd.kubernetes.protobuf"),
+        ],
+        &[(
+            "accept",
+            "application/json, APPLICATION/VND.KUBERNETES.PROTOBUF",
+        )],
+    ] {
+        let mut headers = vec![("authorization", auth.as_str())];
+        headers.extend_from_slice(accept);
+        let (code, h, body) = raw(
+            &rig.base(),
+            "GET",
+            "/api/v1/namespaces/default/secrets/db-creds",
+            &headers,
+        )
+        .await;
+        assert_eq!(code, 200, "{accept:?}: {body}");
+        assert_eq!(h.get("content-type").unwrap(), "application/json");
+        assert!(!body.contains(&b64(SECRET_PASSWORD)), "{accept:?}: {body}");
+        assert!(!body.contains("k8s\0"), "{body}");
+        let seen = rig.api.state.seen();
+        let last = seen.last().unwrap();
+        let upstream: Vec<_> = last.headers.get_all("accept").iter().collect();
+        assert_eq!(upstream.len(), 1, "{upstream:?}");
+        assert!(
+            !upstream[0]
+                .to_str()
+                .unwrap()
+                .to_ascii_lowercase()
+                .contains("protobuf"),
+            "{upstream:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn unauthenticated_callers_get_a_status() {
     let rig = Rig::start().await;
@@ -801,6 +856,13 @@ default = "allow"
     .await;
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("k8s-sensitive"));
+    let out = rig.kubectl(&["port-forward", "pod/web-0", ":80"]).await;
+    assert!(
+        out.stderr.contains(
+            "denied by gatehouse rule k8s-sensitive: port forwarding needs an explicit allow rule"
+        ),
+        "{out:#?}"
+    );
     let pod = |name: &str, spec: &str| {
         let path = rig.dir.path().join(format!("{name}.json"));
         std::fs::write(
@@ -854,9 +916,84 @@ kubernetes = { verbs = ["portforward"] }
         &[("authorization", &auth)],
     )
     .await;
-    // The stand-in itself wants an upgrade: the gateway let it through.
+    // Allowed, but the gateway does not relay port-forward streams: it says so, and nothing
+    // reaches the API server.
     assert_eq!(code, 400, "{body}");
-    assert!(body.contains("Upgrade request required"));
+    assert!(
+        body.contains("port-forward allowed by gatehouse rule break-glass-portforward"),
+        "{body}"
+    );
+    assert!(
+        !rig.api
+            .state
+            .seen()
+            .iter()
+            .any(|s| s.path.ends_with("/portforward"))
+    );
+}
+
+/// `kubectl port-forward` (WebSocket tunnel first, then its SPDY fallback) is decided by the
+/// policy: denied by default with the rule in kubectl's error, never reaching the API server.
+#[tokio::test]
+async fn kubectl_port_forward_is_a_policy_decision() {
+    let rig = Rig::start().await;
+    let out = rig.kubectl(&["port-forward", "pod/web-0", ":80"]).await;
+    assert_ne!(out.code, Some(0), "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("error upgrading connection: denied by gatehouse rule default"),
+        "{out:#?}"
+    );
+    assert!(
+        !rig.api
+            .state
+            .seen()
+            .iter()
+            .any(|s| s.path.ends_with("/portforward"))
+    );
+    assert_eq!(
+        rig.api
+            .state
+            .spdy_requests
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    let pf: Vec<_> = rig
+        .operations()
+        .into_iter()
+        .filter(|(op, _)| op.verb == "portforward")
+        .collect();
+    assert!(!pf.is_empty());
+    assert!(
+        pf.iter()
+            .all(|(_, d)| d.verdict == Verdict::Deny && d.rule_id == "default")
+    );
+    // An explicit rule for another pod does not allow this one.
+    let policy = format!(
+        "{POLICY}\n[[rules]]\nid = \"pf-web-1\"\nverdict = \"allow\"\nkubernetes = {{ verbs = [\"portforward\"], names = [\"web-1\"] }}\n"
+    );
+    let rig = Rig::start_with(&policy, |_| {}).await;
+    let out = rig.kubectl(&["port-forward", "pod/web-0", ":80"]).await;
+    assert!(
+        out.stderr.contains("denied by gatehouse rule default"),
+        "{out:#?}"
+    );
+    // Allowed: kubectl is told the stream is not relayed, not left hanging.
+    let out = rig.kubectl(&["port-forward", "pod/web-1", ":80"]).await;
+    assert_ne!(out.code, Some(0), "{out:#?}");
+    assert!(
+        out.stderr.contains(
+            "port-forward allowed by gatehouse rule pf-web-1, but gatehouse does not relay"
+        ),
+        "{out:#?}"
+    );
+    assert!(
+        !rig.api
+            .state
+            .seen()
+            .iter()
+            .any(|s| s.path.ends_with("/portforward"))
+    );
 }
 
 #[tokio::test]
@@ -1146,4 +1283,392 @@ kubernetes = { verbs = ["patch"], resources = ["configmaps"] }
         assert_eq!(code, 429, "{p} {ct}: {answer}");
         assert_eq!(requested(&rig), n + 2, "{p} {ct} opens its own approval");
     }
+}
+
+async fn send_bytes(
+    rig: &Rig,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> (u16, String) {
+    use http_body_util::BodyExt as _;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let req = http::Request::builder()
+        .method(method)
+        .uri(format!("{}{path}", rig.base()))
+        .header("authorization", bearer())
+        .header("content-type", content_type)
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let resp = gatehouse_testkit::within(Duration::from_secs(30), client.request(req))
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// kubectl's typed generators send protobuf: a config map or secret (no pod spec) is forwarded
+/// byte-exact, recorded by digest only, and the response comes back as masked JSON.
+#[tokio::test]
+async fn kubectl_typed_create_sends_protobuf_byte_exact() {
+    let policy = format!(
+        "{POLICY}\n[[rules]]\nid = \"agents-secrets\"\nverdict = \"allow\"\ngroups = [\"agents\"]\nkubernetes = {{ verbs = [\"create\"], resources = [\"secrets\"] }}\n"
+    );
+    let rig = Rig::start_with(&policy, |_| {}).await;
+    rig.kubectl(&[
+        "create",
+        "configmap",
+        "pb-cm",
+        "--from-literal=contact=dana@example.org",
+        "--from-literal=mode=slow",
+    ])
+    .await
+    .ok();
+    let cm = rig.api.state.get("configmaps", "default", "pb-cm").unwrap();
+    assert_eq!(cm["data"]["contact"], "dana@example.org");
+    assert_eq!(cm["data"]["mode"], "slow");
+    let out = rig
+        .kubectl(&[
+            "create",
+            "secret",
+            "generic",
+            "pb-secret",
+            "--from-literal=password=pb-s3cret-value-91",
+            "-o",
+            "json",
+        ])
+        .await;
+    out.ok();
+    // The response was asked for as JSON and masked: the secret value never comes back.
+    assert!(!out.stdout.contains("pb-s3cret-value-91"), "{out:#?}");
+    assert!(!out.stdout.contains(&b64("pb-s3cret-value-91")), "{out:#?}");
+    let secret = rig
+        .api
+        .state
+        .get("secrets", "default", "pb-secret")
+        .unwrap();
+    assert_eq!(secret["data"]["password"], b64("pb-s3cret-value-91"));
+    // The stand-in got kubectl's protobuf bytes and a JSON-only Accept.
+    let bodies = rig.api.state.bodies.lock().unwrap().clone();
+    let protobuf: Vec<_> = bodies
+        .iter()
+        .filter(|(_, ct, _)| ct.starts_with("application/vnd.kubernetes.protobuf"))
+        .collect();
+    assert_eq!(protobuf.len(), 2, "{bodies:?}");
+    for seen in rig.api.state.seen().iter().filter(|s| s.method == "POST") {
+        let accept = seen.headers.get("accept").unwrap().to_str().unwrap();
+        assert!(!accept.contains("protobuf"), "{accept}");
+    }
+    // Recorded by digest: the secret's bytes are not in the recording.
+    let recording = rig.layers.recorder.dump();
+    assert!(recording.contains("<protobuf v1/Secret"), "{recording}");
+    assert!(!recording.contains("pb-s3cret-value-91"));
+    let digest = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(&protobuf[1].2))
+    };
+    assert!(
+        recording.contains(&digest),
+        "byte-exact body digest recorded"
+    );
+}
+
+/// A protobuf pod spec is read like a JSON one: a privileged setting the JSON check would
+/// catch is caught in protobuf too; a body the gateway cannot decode where the check needs it
+/// is refused with a `Status`, never forwarded.
+#[tokio::test]
+async fn protobuf_pod_specs_are_checked_or_refused() {
+    use gatehouse_k8s::protobuf::encode_body;
+    use k8s_pb::api::apps::v1 as apps;
+    use k8s_pb::api::core::v1 as core;
+    use prost::Message as _;
+    let allow_all = "[defaults]\ndefault = \"allow\"\n";
+    let rig = Rig::start_with(allow_all, |_| {}).await;
+    const PB: &str = "application/vnd.kubernetes.protobuf";
+    let meta = |name: &str| {
+        Some(k8s_pb::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        })
+    };
+    let container = |privileged: Option<bool>| core::Container {
+        name: Some("a".into()),
+        image: Some("busybox".into()),
+        security_context: privileged.map(|p| core::SecurityContext {
+            privileged: Some(p),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let host_pid = core::Pod {
+        metadata: meta("pb-hostpid"),
+        spec: Some(core::PodSpec {
+            host_pid: Some(true),
+            containers: vec![container(None)],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let (code, body) = send_bytes(
+        &rig,
+        "POST",
+        "/api/v1/namespaces/default/pods",
+        PB,
+        encode_body("v1", "Pod", &host_pid),
+    )
+    .await;
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("privileged pod spec (hostPID)"), "{body}");
+    assert!(body.contains("\"kind\":\"Status\""), "{body}");
+    // hostPID=false in the first copy of the spec, true in a second one appended: protobuf
+    // (and the API server) take the last value.
+    let first = core::Pod {
+        metadata: meta("pb-twice"),
+        spec: Some(core::PodSpec {
+            host_pid: Some(false),
+            containers: vec![container(None)],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let second = core::Pod {
+        spec: Some(core::PodSpec {
+            host_pid: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut raw = first.encode_to_vec();
+    raw.extend(second.encode_to_vec());
+    let unknown = k8s_pb::apimachinery::pkg::runtime::Unknown {
+        type_meta: Some(k8s_pb::apimachinery::pkg::runtime::TypeMeta {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+        }),
+        raw: Some(raw),
+        ..Default::default()
+    };
+    let mut twice = b"k8s\0".to_vec();
+    twice.extend(unknown.encode_to_vec());
+    let (code, body) = send_bytes(&rig, "POST", "/api/v1/namespaces/default/pods", PB, twice).await;
+    assert_eq!(code, 403, "{body}");
+    // A privileged container in a Deployment's template.
+    let deployment = apps::Deployment {
+        metadata: meta("pb-deploy"),
+        spec: Some(apps::DeploymentSpec {
+            template: Some(core::PodTemplateSpec {
+                spec: Some(core::PodSpec {
+                    containers: vec![container(Some(true))],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let (code, body) = send_bytes(
+        &rig,
+        "POST",
+        "/apis/apps/v1/namespaces/default/deployments",
+        PB,
+        encode_body("apps/v1", "Deployment", &deployment),
+    )
+    .await;
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("securityContext.privileged"), "{body}");
+    // Bodies that cannot be vouched for where the check needs them: refused, 400 Status.
+    let no_kind = encode_body("v1", "", &host_pid);
+    let disguised = encode_body("v1", "ConfigMap", &host_pid);
+    let old_version = encode_body("extensions/v1beta1", "Deployment", &deployment);
+    let mut truncated = encode_body("v1", "Pod", &host_pid);
+    truncated.truncate(truncated.len() - 3);
+    for (path, bytes) in [
+        ("/api/v1/namespaces/default/pods", no_kind),
+        ("/api/v1/namespaces/default/pods", disguised),
+        ("/apis/apps/v1/namespaces/default/deployments", old_version),
+        ("/api/v1/namespaces/default/pods", truncated),
+        (
+            "/api/v1/namespaces/default/pods",
+            b"{\"not\": \"protobuf\"}".to_vec(),
+        ),
+    ] {
+        let (code, body) = send_bytes(&rig, "POST", path, PB, bytes).await;
+        assert_eq!(code, 400, "{path}: {body}");
+        assert!(
+            body.contains("gatehouse cannot vouch for this request body"),
+            "{body}"
+        );
+    }
+    // A JSON pod body that does not parse is not forwarded unchecked either.
+    let (code, body) = send_bytes(
+        &rig,
+        "POST",
+        "/api/v1/namespaces/default/pods",
+        "application/json",
+        b"{\"spec\": {\"hostPID\": true}, ".to_vec(),
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    // Nothing reached the API server.
+    assert!(
+        !rig.api.state.seen().iter().any(|s| s.method == "POST"),
+        "{:?}",
+        rig.api.state.seen()
+    );
+    // A plain protobuf pod is forwarded byte-exact (the stand-in serves no protobuf pods and
+    // says so: the gateway let it through).
+    let plain = encode_body(
+        "v1",
+        "Pod",
+        &core::Pod {
+            metadata: meta("pb-plain"),
+            spec: Some(core::PodSpec {
+                containers: vec![container(None)],
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    );
+    let (code, body) = send_bytes(
+        &rig,
+        "POST",
+        "/api/v1/namespaces/default/pods",
+        PB,
+        plain.clone(),
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("not served by this stand-in"), "{body}");
+    let bodies = rig.api.state.bodies.lock().unwrap().clone();
+    assert_eq!(bodies.len(), 1);
+    assert_eq!(bodies[0].2.as_ref(), plain.as_slice());
+}
+
+/// kubectl's write commands work unchanged through the gateway: `apply` (client-side, then
+/// its strategic-merge patch; server-side apply's `application/apply-patch+yaml`), `label`
+/// and `edit` (an editor script). A value masked in what `edit` showed is not written back.
+#[tokio::test]
+async fn kubectl_apply_label_edit_work_unchanged() {
+    let policy = format!(
+        "{POLICY}\n[[rules]]\nid = \"agents-edit-configmaps\"\nverdict = \"allow\"\ngroups = [\"agents\"]\nkubernetes = {{ verbs = [\"patch\", \"update\"], resources = [\"configmaps\"] }}\n"
+    );
+    let rig = Rig::start_with(&policy, |_| {}).await;
+    let dir = rig.dir.path();
+    let manifest = dir.join("applied.yaml");
+    let write = |value: &str| {
+        std::fs::write(
+            &manifest,
+            format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: applied\ndata:\n  level: \"{value}\"\n"),
+        )
+        .unwrap();
+    };
+    let file = manifest.to_str().unwrap();
+    write("1");
+    rig.kubectl(&["apply", "--validate=false", "-f", file])
+        .await
+        .ok();
+    write("2");
+    rig.kubectl(&["apply", "--validate=false", "-f", file])
+        .await
+        .ok();
+    let applied = rig
+        .api
+        .state
+        .get("configmaps", "default", "applied")
+        .unwrap();
+    assert_eq!(applied["data"]["level"], "2", "{applied}");
+    let ssa = dir.join("ssa.yaml");
+    std::fs::write(
+        &ssa,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa-made\ndata:\n  k: v\n",
+    )
+    .unwrap();
+    rig.kubectl(&[
+        "apply",
+        "--server-side",
+        "--validate=false",
+        "-f",
+        ssa.to_str().unwrap(),
+    ])
+    .await
+    .ok();
+    assert_eq!(
+        rig.api
+            .state
+            .get("configmaps", "default", "ssa-made")
+            .unwrap()["data"]["k"],
+        "v"
+    );
+    rig.kubectl(&["label", "configmap", "settings", "tier=gold"])
+        .await
+        .ok();
+    let editor = dir.join("edit.sh");
+    std::fs::write(
+        &editor,
+        "#!/bin/sh\nsed -i 's/mode: fast/mode: edited/' \"$1\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut cmd = kubectl_command(
+        &rig.kubeconfig,
+        dir,
+        &["edit", "--validate=false", "configmap", "settings"],
+    );
+    cmd.env("KUBE_EDITOR", &editor);
+    let out = gatehouse_testkit::within(Duration::from_secs(60), cmd.output())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let settings = rig
+        .api
+        .state
+        .get("configmaps", "default", "settings")
+        .unwrap();
+    assert_eq!(settings["metadata"]["labels"]["tier"], "gold", "{settings}");
+    assert_eq!(settings["data"]["mode"], "edited", "{settings}");
+    // The editor saw the e-mail address masked; the patch left the real one alone.
+    assert_eq!(settings["data"]["contact"], "ops-lead@example.com");
+    let seen = rig.api.state.bodies.lock().unwrap().clone();
+    let types: Vec<&str> = seen.iter().map(|(_, ct, _)| ct.as_str()).collect();
+    assert!(
+        types
+            .iter()
+            .any(|t| t.starts_with("application/apply-patch+yaml"))
+            && types
+                .iter()
+                .any(|t| t.starts_with("application/strategic-merge-patch+json")),
+        "{types:?}"
+    );
+    // Writes the policy does not allow are still refused.
+    let out = rig.kubectl(&["label", "pod", "web-0", "x=y"]).await;
+    assert!(out.stderr.contains("Forbidden"), "{out:#?}");
+    assert!(
+        rig.api.state.get("pods", "default", "web-0").unwrap()["metadata"]["labels"]["x"].is_null()
+    );
+}
+
+/// `kubectl scale` patches the `scale` subresource (an `autoscaling/v1` `Scale`): allowed by a
+/// rule for it, refused without one.
+#[tokio::test]
+async fn kubectl_scale_through_the_gateway() {
+    let rig = Rig::start().await;
+    let out = rig.kubectl(&["scale", "rc", "web", "--replicas=3"]).await;
+    assert!(out.stderr.contains("Forbidden"), "{out:#?}");
+    let policy = format!(
+        "{POLICY}\n[[rules]]\nid = \"agents-scale\"\nverdict = \"allow\"\ngroups = [\"agents\"]\nkubernetes = {{ verbs = [\"patch\", \"update\"], resources = [\"replicationcontrollers\"], subresources = [\"scale\"] }}\n"
+    );
+    let rig = Rig::start_with(&policy, |_| {}).await;
+    let out = rig.kubectl(&["scale", "rc", "web", "--replicas=3"]).await;
+    out.ok();
+    assert!(out.stdout.contains("scaled"), "{out:#?}");
+    let rc = rig
+        .api
+        .state
+        .get("replicationcontrollers", "default", "web")
+        .unwrap();
+    assert_eq!(rc["spec"]["replicas"], 3, "{rc}");
 }

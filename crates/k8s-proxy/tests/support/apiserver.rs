@@ -5,6 +5,12 @@
 //! - namespaces, pods, secrets, configmaps: get, list (plain or `Table`, with `includeObject`),
 //!   watch (`ADDED`/`DELETED` events, chunked, one JSON document per line), create, delete,
 //!   `Status` errors (`NotFound`, `AlreadyExists`, `Unauthorized`);
+//! - protobuf create bodies (`k8s\0` + `runtime.Unknown`) of config maps and secrets, decoded
+//!   with the API's own message types; `PATCH` by merge patch, strategic merge patch (read as a
+//!   merge patch) and server-side apply (`application/apply-patch+yaml`, creating what is
+//!   missing); every request body kept in [`State::bodies`];
+//! - `replicationcontrollers` with the `scale` subresource (`autoscaling/v1` `Scale`, GET and
+//!   merge PATCH), for `kubectl scale`;
 //! - `pods/log` with `follow=true` (the second line waits for [`State::release_logs`]);
 //! - `pods/exec` over WebSocket (`v5.channel.k8s.io`, `v4.channel.k8s.io`), running the
 //!   requested command as a local process (`tty=true` gives it a pty through `script`), with
@@ -54,6 +60,8 @@ pub struct State {
     pub spdy_requests: AtomicU64,
     pub exec_requests: AtomicU64,
     pub resizes: Mutex<Vec<(u64, u64)>>,
+    /// Request bodies as received: (path, content type, bytes).
+    pub bodies: Mutex<Vec<(String, String, Bytes)>>,
 }
 
 impl State {
@@ -161,6 +169,7 @@ impl ApiServer {
             spdy_requests: AtomicU64::new(0),
             exec_requests: AtomicU64::new(0),
             resizes: Mutex::new(Vec::new()),
+            bodies: Mutex::new(Vec::new()),
         });
         for ns in ["default", "kube-system"] {
             state.insert(
@@ -173,6 +182,13 @@ impl ApiServer {
         for pod in ["web-0", "web-1"] {
             state.insert("pods", "default", pod_object(pod));
         }
+        state.insert(
+            "replicationcontrollers",
+            "default",
+            json!({"kind": "ReplicationController", "apiVersion": "v1", "metadata": {"name": "web"},
+                "spec": {"replicas": 1, "selector": {"app": "web"}},
+                "status": {"replicas": 1}}),
+        );
         let applied = json!({"apiVersion": "v1", "kind": "Secret",
             "metadata": {"name": "db-creds", "namespace": "default"},
             "data": {"password": b64(SECRET_PASSWORD)}})
@@ -276,6 +292,12 @@ const KINDS: &[(&str, &str, bool, &[&str])] = &[
     ("pods", "Pod", true, &["po"]),
     ("secrets", "Secret", true, &[]),
     ("configmaps", "ConfigMap", true, &["cm"]),
+    (
+        "replicationcontrollers",
+        "ReplicationController",
+        true,
+        &["rc"],
+    ),
 ];
 
 fn resource_list() -> Value {
@@ -306,12 +328,22 @@ fn resource_list() -> Value {
             json!(["create", "get"]),
         ),
         (
+            "replicationcontrollers/scale",
+            "Scale",
+            json!(["get", "patch", "update"]),
+        ),
+        (
             "pods/ephemeralcontainers",
             "Pod",
             json!(["get", "patch", "update"]),
         ),
     ] {
-        resources.push(json!({"name": sub, "singularName": "", "namespaced": true, "kind": kind, "verbs": verbs}));
+        let mut r = json!({"name": sub, "singularName": "", "namespaced": true, "kind": kind, "verbs": verbs});
+        if kind == "Scale" {
+            r["group"] = json!("autoscaling");
+            r["version"] = json!("v1");
+        }
+        resources.push(r);
     }
     json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1", "resources": resources})
 }
@@ -390,6 +422,13 @@ fn wants_table(h: &HeaderMap) -> bool {
     h.get("accept")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("as=Table"))
+}
+
+fn wants_protobuf(h: &HeaderMap) -> bool {
+    h.get_all("accept")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("protobuf"))
 }
 
 fn kind_of(resource: &str) -> &'static str {
@@ -505,6 +544,9 @@ async fn handle(st: Arc<State>, mut req: Request<Incoming>, has_cert: bool) -> R
     } else {
         ns.unwrap_or("")
     };
+    if let (Some("scale"), Some(name), "replicationcontrollers") = (sub, name, resource) {
+        return scale(st, &mut req, ns_key, name).await;
+    }
     if let Some(sub) = sub {
         let name = name.unwrap_or_default();
         if resource != "pods" {
@@ -530,6 +572,18 @@ async fn handle(st: Arc<State>, mut req: Request<Incoming>, has_cert: bool) -> R
     }
     match (method.as_str(), name) {
         ("GET", Some(name)) => match st.get(resource, ns_key, name) {
+            // Asked for protobuf, the stand-in answers protobuf (the object's JSON wrapped in
+            // the `k8s\0` envelope bytes): unmaskable, so the gateway must never ask for it.
+            Some(obj) if wants_protobuf(req.headers()) => {
+                let mut body = b"k8s\0".to_vec();
+                body.extend_from_slice(obj.to_string().as_bytes());
+                let mut r = Response::new(full(body));
+                r.headers_mut().insert(
+                    "content-type",
+                    "application/vnd.kubernetes.protobuf".parse().unwrap(),
+                );
+                r
+            }
             Some(obj) if wants_table(req.headers()) => json_resp(
                 StatusCode::OK,
                 &table(resource, &[obj], param(&q, "includeObject")),
@@ -586,25 +640,33 @@ async fn handle(st: Arc<State>, mut req: Request<Incoming>, has_cert: bool) -> R
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
                 .to_string();
-            if !ct.starts_with("application/json") {
-                // What a real API server says for a body it cannot decode (client-go then
-                // falls back to JSON).
-                return status(
-                    415,
-                    "UnsupportedMediaType",
-                    &format!(
-                        "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {ct:?})"
-                    ),
-                );
-            }
             let body = req
                 .body_mut()
                 .collect()
                 .await
                 .map(|c| c.to_bytes())
                 .unwrap_or_default();
-            let Ok(mut obj) = serde_json::from_slice::<Value>(&body) else {
-                return status(400, "BadRequest", "invalid JSON body");
+            st.bodies
+                .lock()
+                .unwrap()
+                .push((path.clone(), ct.clone(), body.clone()));
+            let decoded = if ct.starts_with("application/vnd.kubernetes.protobuf") {
+                protobuf_object(&body)
+            } else if ct.starts_with("application/json") {
+                serde_json::from_slice::<Value>(&body).map_err(|_| "invalid JSON body".to_string())
+            } else {
+                // What a real API server says for a body it cannot decode.
+                return status(
+                    415,
+                    "UnsupportedMediaType",
+                    &format!(
+                        "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got {ct:?})"
+                    ),
+                );
+            };
+            let mut obj = match decoded {
+                Ok(obj) => obj,
+                Err(e) => return status(400, "BadRequest", &e),
             };
             let Some(n) = obj["metadata"]["name"].as_str().map(str::to_string) else {
                 return status(422, "Invalid", "metadata.name: Required value");
@@ -621,6 +683,62 @@ async fn handle(st: Arc<State>, mut req: Request<Incoming>, has_cert: bool) -> R
             st.insert(resource, ns_key, obj);
             let created = st.get(resource, ns_key, &n).unwrap();
             json_resp(StatusCode::CREATED, &created)
+        }
+        ("PATCH", Some(name)) => {
+            let ct = req
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let body = req
+                .body_mut()
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            st.bodies
+                .lock()
+                .unwrap()
+                .push((path.clone(), ct.clone(), body.clone()));
+            let patch: Value = match ct.split(';').next().unwrap_or("").trim() {
+                "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+                    match serde_json::from_slice(&body) {
+                        Ok(v) => v,
+                        Err(_) => return status(400, "BadRequest", "invalid JSON patch body"),
+                    }
+                }
+                "application/apply-patch+yaml" => {
+                    let text = String::from_utf8_lossy(&body);
+                    match serde_saphyr::from_str::<Value>(&text) {
+                        Ok(v) => v,
+                        Err(_) => return status(400, "BadRequest", "invalid apply body"),
+                    }
+                }
+                other => {
+                    return status(
+                        415,
+                        "UnsupportedMediaType",
+                        &format!(
+                            "the body of the request was in an unknown format - accepted media types include: application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml (got {other:?})"
+                        ),
+                    );
+                }
+            };
+            let server_side_apply = ct.starts_with("application/apply-patch+yaml");
+            let mut obj = match st.get(resource, ns_key, name) {
+                Some(obj) => obj,
+                // Server-side apply creates what does not exist.
+                None if server_side_apply => json!({"kind": kind_of(resource), "apiVersion": "v1",
+                    "metadata": {"name": name}}),
+                None => return not_found(resource, name),
+            };
+            merge_patch(&mut obj, &patch);
+            obj["kind"] = json!(kind_of(resource));
+            obj["apiVersion"] = json!("v1");
+            obj["metadata"]["name"] = json!(name);
+            st.insert(resource, ns_key, obj);
+            json_resp(StatusCode::OK, &st.get(resource, ns_key, name).unwrap())
         }
         ("DELETE", Some(name)) => {
             let removed = st.objects.lock().unwrap().remove(&(
@@ -968,4 +1086,132 @@ async fn run_exec<S>(
         )))
         .await;
     let _ = tx.close().await;
+}
+
+/// Decodes a protobuf body the way the API server's protobuf serializer does: the `k8s\0`
+/// magic, a `runtime.Unknown` envelope naming the kind, the object's own message inside.
+/// Config maps and secrets only (what kubectl's typed generators send here).
+fn protobuf_object(body: &[u8]) -> Result<Value, String> {
+    use k8s_pb::api::core::v1 as core;
+    use prost::Message as _;
+    let rest = body
+        .strip_prefix(b"k8s\0".as_slice())
+        .ok_or("protobuf body without the k8s magic")?;
+    let unknown = k8s_pb::apimachinery::pkg::runtime::Unknown::decode(rest)
+        .map_err(|e| format!("protobuf envelope: {e}"))?;
+    let tm = unknown.type_meta.unwrap_or_default();
+    let raw = unknown.raw.unwrap_or_default();
+    let meta = |m: Option<k8s_pb::apimachinery::pkg::apis::meta::v1::ObjectMeta>| {
+        let m = m.unwrap_or_default();
+        json!({"name": m.name, "namespace": m.namespace, "labels": m.labels,
+               "annotations": m.annotations})
+    };
+    match (tm.api_version.as_deref(), tm.kind.as_deref()) {
+        (Some("v1"), Some("ConfigMap")) => {
+            let cm = core::ConfigMap::decode(raw.as_slice()).map_err(|e| e.to_string())?;
+            let binary: BTreeMap<String, String> = cm
+                .binary_data
+                .iter()
+                .map(|(k, v)| {
+                    use base64::Engine as _;
+                    (
+                        k.clone(),
+                        base64::engine::general_purpose::STANDARD.encode(v),
+                    )
+                })
+                .collect();
+            Ok(json!({"metadata": meta(cm.metadata), "data": cm.data, "binaryData": binary}))
+        }
+        (Some("v1"), Some("Secret")) => {
+            let s = core::Secret::decode(raw.as_slice()).map_err(|e| e.to_string())?;
+            let data: BTreeMap<String, String> = s
+                .data
+                .iter()
+                .map(|(k, v)| {
+                    use base64::Engine as _;
+                    (
+                        k.clone(),
+                        base64::engine::general_purpose::STANDARD.encode(v),
+                    )
+                })
+                .chain(s.string_data.iter().map(|(k, v)| (k.clone(), b64(v))))
+                .collect();
+            Ok(json!({"metadata": meta(s.metadata), "data": data, "type": s.r#type}))
+        }
+        (v, k) => Err(format!(
+            "protobuf {}/{} is not served by this stand-in",
+            v.unwrap_or(""),
+            k.unwrap_or("")
+        )),
+    }
+}
+
+/// RFC 7386 JSON merge patch (also how this stand-in reads strategic merge patches and
+/// server-side apply bodies: for the maps kubectl label/edit/apply change, they agree).
+fn merge_patch(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(p) => {
+            if !target.is_object() {
+                *target = json!({});
+            }
+            if let Value::Object(t) = target {
+                for (k, v) in p {
+                    if k.starts_with('$') {
+                        continue;
+                    }
+                    if v.is_null() {
+                        t.remove(k);
+                    } else {
+                        merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                    }
+                }
+            }
+        }
+        other => *target = other.clone(),
+    }
+}
+
+/// `replicationcontrollers/{name}/scale`: GET and merge-PATCH an `autoscaling/v1` `Scale`.
+async fn scale(
+    st: Arc<State>,
+    req: &mut Request<Incoming>,
+    ns: &str,
+    name: &str,
+) -> Response<Body> {
+    let Some(mut rc) = st.get("replicationcontrollers", ns, name) else {
+        return not_found("replicationcontrollers", name);
+    };
+    let as_scale = |rc: &Value| {
+        json!({"kind": "Scale", "apiVersion": "autoscaling/v1",
+            "metadata": {"name": name, "namespace": ns,
+                "resourceVersion": rc["metadata"]["resourceVersion"]},
+            "spec": {"replicas": rc["spec"]["replicas"]},
+            "status": {"replicas": rc["status"]["replicas"], "selector": "app=web"}})
+    };
+    match req.method().as_str() {
+        "GET" => json_resp(StatusCode::OK, &as_scale(&rc)),
+        "PATCH" => {
+            let body = req
+                .body_mut()
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
+                return status(400, "BadRequest", "invalid JSON patch body");
+            };
+            let Some(replicas) = patch["spec"]["replicas"].as_u64() else {
+                return status(422, "Invalid", "spec.replicas: Required value");
+            };
+            rc["spec"]["replicas"] = json!(replicas);
+            st.insert("replicationcontrollers", ns, rc);
+            let rc = st.get("replicationcontrollers", ns, name).unwrap();
+            json_resp(StatusCode::OK, &as_scale(&rc))
+        }
+        _ => status(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+        ),
+    }
 }
