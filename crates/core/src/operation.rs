@@ -58,6 +58,9 @@ impl Operation {
             }
             Operation::Ssh(SshOperation::Env { name }) => format!("env {}", cap(name)),
             Operation::Ssh(SshOperation::X11) => "x11 forwarding".into(),
+            Operation::Ssh(SshOperation::DirectStreamlocal { socket_path }) => {
+                format!("direct-streamlocal {}", cap(socket_path))
+            }
             Operation::Http(op) => match &op.query {
                 Some(q) => format!("{} {}?{}", op.method, op.path, cap(q)),
                 None => format!("{} {}", op.method, op.path),
@@ -260,6 +263,12 @@ pub enum SshOperation {
     },
     /// X11 forwarding (`ssh -X`/`-Y`).
     X11,
+    /// Local forwarding to a Unix socket on the target (`ssh -L port:/path/to.sock`,
+    /// `direct-streamlocal@openssh.com`). Never relayed by the gateway.
+    DirectStreamlocal {
+        /// The socket path the client asked for.
+        socket_path: String,
+    },
 }
 
 /// An HTTP request, with the path in canonical form ([`crate::http_path`]).
