@@ -36,6 +36,27 @@ pub struct ReviewRequirement {
     pub grant_window_ms: Option<u64>,
 }
 
+/// What happens to output the masker cannot rewrite safely: binary data (NUL bytes or invalid
+/// UTF-8) in a stream that is otherwise masked as text, and framed protocols (SFTP packets, scp's
+/// declared sizes, rsync, git's pack protocol) as a whole. Masking never rewrites such data:
+/// it is refused, or passed through unmasked when the policy says so (recorded with a digest).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BinaryHandling {
+    /// Stop the stream and tell the caller why (the default).
+    #[default]
+    Refuse,
+    /// Pass the bytes through unmasked; the gateway records their size and SHA-256.
+    Raw,
+}
+
+impl BinaryHandling {
+    /// Whether this is the default, [`BinaryHandling::Refuse`] (not serialized).
+    pub fn is_refuse(&self) -> bool {
+        *self == BinaryHandling::Refuse
+    }
+}
+
 /// The policy's answer for (identity, target, operation).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decision {
@@ -51,6 +72,10 @@ pub struct Decision {
     /// Present when `verdict` is `Review`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub review: Option<ReviewRequirement>,
+    /// What happens to binary or framed output (see [`BinaryHandling`]); `Refuse` unless a rule
+    /// says `binary = "raw"`.
+    #[serde(default, skip_serializing_if = "BinaryHandling::is_refuse")]
+    pub binary: BinaryHandling,
 }
 
 impl Decision {
@@ -62,6 +87,7 @@ impl Decision {
             reason: reason.into(),
             masking_profile: None,
             review: None,
+            binary: BinaryHandling::Refuse,
         }
     }
 
@@ -73,6 +99,7 @@ impl Decision {
             reason: reason.into(),
             masking_profile: None,
             review: None,
+            binary: BinaryHandling::Refuse,
         }
     }
 
@@ -88,6 +115,7 @@ impl Decision {
             reason: reason.into(),
             masking_profile: None,
             review: Some(requirement),
+            binary: BinaryHandling::Refuse,
         }
     }
 
@@ -95,5 +123,27 @@ impl Decision {
     pub fn with_masking_profile(mut self, profile: impl Into<String>) -> Self {
         self.masking_profile = Some(profile.into());
         self
+    }
+
+    /// Sets what happens to binary or framed output (builder style).
+    pub fn with_binary(mut self, binary: BinaryHandling) -> Self {
+        self.binary = binary;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binary_handling_is_recorded_only_when_raw_and_old_records_still_read() {
+        let refuse = serde_json::to_value(Decision::allow("r", "x")).unwrap_or_default();
+        assert!(refuse.get("binary").is_none(), "{refuse}");
+        let raw = serde_json::to_value(Decision::allow("r", "x").with_binary(BinaryHandling::Raw))
+            .unwrap_or_default();
+        assert_eq!(raw["binary"], "raw");
+        let old: Result<Decision, _> = serde_json::from_value(refuse);
+        assert_eq!(old.map(|d| d.binary).ok(), Some(BinaryHandling::Refuse));
     }
 }

@@ -30,13 +30,14 @@ pub mod operation;
 pub mod pipeline;
 pub mod shell;
 pub mod target;
+pub mod text;
 pub mod traits;
 
 pub use approval::{
     ApprovalDecision, ApprovalFilter, ApprovalId, ApprovalOutcome, ApprovalRecord, ApprovalRequest,
     ApprovalState, ApprovalTicket, ApproverVote,
 };
-pub use decision::{Decision, ReviewRequirement, Verdict};
+pub use decision::{BinaryHandling, Decision, ReviewRequirement, Verdict};
 pub use error::{ApprovalError, AuthError, AuthErrorKind, RecordError, Side};
 pub use event::{
     Event, EventBody, EventReceipt, OperationResult, RecordingFrame, RecordingKind, RecordingSeal,
@@ -52,6 +53,7 @@ pub use operation::{
 };
 pub use pipeline::Pipeline;
 pub use target::{Protocol, Target};
+pub use text::TextDetector;
 pub use traits::{
     Approvals, Authenticator, BoxFuture, EgressGuard, EgressStream, FieldPlan, Masker, Policy,
     Recorder, RecordingSink, StreamContext, StreamMasker, json_check,

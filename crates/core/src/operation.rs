@@ -58,6 +58,9 @@ impl Operation {
             }
             Operation::Ssh(SshOperation::Env { name }) => format!("env {}", cap(name)),
             Operation::Ssh(SshOperation::X11) => "x11 forwarding".into(),
+            Operation::Ssh(SshOperation::DirectStreamlocal { socket_path }) => {
+                format!("direct-streamlocal {}", cap(socket_path))
+            }
             Operation::Http(op) => match &op.query {
                 Some(q) => format!("{} {}?{}", op.method, op.path, cap(q)),
                 None => format!("{} {}", op.method, op.path),
@@ -191,13 +194,38 @@ impl ExecCommand {
                 if WRAPPERS.contains(&word) || starts_option || assignment || number {
                     continue;
                 }
+                // Only the server sides count: a transfer may pass unmasked (policy `binary =
+                // "raw"`), so `rsync pii.csv /dev/stdout` or `git log -S upload-pack -p` must
+                // stay plain commands, decided and masked as such.
                 return match word {
-                    "scp" => Some("scp"),
-                    "rsync" => Some("rsync"),
+                    // `scp -t` (sink) or `scp -f` (source), flags possibly combined (`-prf`).
+                    "scp" => words
+                        .take_while(|w| *w != "--")
+                        .any(|w| {
+                            w.strip_prefix('-').is_some_and(|f| {
+                                !f.starts_with('-') && f.chars().any(|c| c == 't' || c == 'f')
+                            })
+                        })
+                        .then_some("scp"),
+                    "rsync" => words.any(|w| w == "--server").then_some("rsync"),
                     "git-upload-pack" | "git-receive-pack" | "git-upload-archive" => Some("git"),
-                    "git" => words
-                        .any(|w| matches!(w, "upload-pack" | "receive-pack" | "upload-archive"))
-                        .then_some("git"),
+                    // The subcommand is the first word after git's own options.
+                    "git" => loop {
+                        match words.next() {
+                            Some("-C" | "-c") => {
+                                words.next();
+                            }
+                            Some(w) if w.starts_with('-') => {}
+                            Some(w) => {
+                                break matches!(
+                                    w,
+                                    "upload-pack" | "receive-pack" | "upload-archive"
+                                )
+                                .then_some("git");
+                            }
+                            None => break None,
+                        }
+                    },
                     "sftp-server" | "internal-sftp" => Some("sftp"),
                     _ => None,
                 };
@@ -260,6 +288,12 @@ pub enum SshOperation {
     },
     /// X11 forwarding (`ssh -X`/`-Y`).
     X11,
+    /// Local forwarding to a Unix socket on the target (`ssh -L port:/path/to.sock`,
+    /// `direct-streamlocal@openssh.com`). Never relayed by the gateway.
+    DirectStreamlocal {
+        /// The socket path the client asked for.
+        socket_path: String,
+    },
 }
 
 /// An HTTP request, with the path in canonical form ([`crate::http_path`]).
@@ -371,8 +405,16 @@ mod file_transfer_tests {
             ),
             ("true; scp -f x", Some("scp")),
             ("sh -c 'scp -f x'", Some("scp")),
+            ("scp -prf x", Some("scp")),
+            ("git -c a=b --no-pager upload-archive r", Some("git")),
             ("ls -la", None),
             ("git status", None),
+            // Not server sides: plain commands, decided and masked as such.
+            ("git log -S upload-pack -p", None),
+            ("git -C upload-pack log", None),
+            ("rsync /etc/pii.csv /dev/stdout", None),
+            ("scp /etc/pii.csv /tmp/x", None),
+            ("scp -- -f", None),
             ("echo rsync", None),
         ];
         for (line, want) in cases {

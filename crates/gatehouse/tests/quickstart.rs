@@ -892,7 +892,7 @@ fn allow_sftp_for_agents(policy_path: &std::path::Path, qs: &ChildGuard) {
     std::fs::write(
         policy_path,
         format!(
-            "{policy}\n[[rules]]\nid = \"test-agents-transforms\"\nreason = \"the test reads files in every form\"\nverdict = \"allow\"\ngroups = [\"agents\"]\nexec = {{ program = [\"rev\", \"cut\", \"od\", \"base64\"] }}\n\n[[rules]]\nid = \"test-agents-sftp\"\nreason = \"the test fetches files\"\nverdict = \"allow\"\ngroups = [\"agents\"]\nssh = {{ channels = [\"subsystem\"], subsystems = [\"sftp\"] }}\n\n[[rules]]\nid = \"test-agents-psql\"\nreason = \"the test tries the quickstart's PostgreSQL from the target\"\nverdict = \"allow\"\ngroups = [\"agents\"]\nopaque = true\nexec = {{ program = [\"psql\"] }}\n"
+            "{policy}\n[[rules]]\nid = \"test-agents-transforms\"\nreason = \"the test reads files in every form\"\nverdict = \"allow\"\ngroups = [\"agents\"]\nexec = {{ program = [\"rev\", \"cut\", \"od\", \"base64\"] }}\n\n[[rules]]\nid = \"test-agents-sftp\"\nreason = \"the test fetches files\"\nverdict = \"allow\"\nbinary = \"raw\"\ngroups = [\"agents\"]\nssh = {{ channels = [\"subsystem\"], subsystems = [\"sftp\"] }}\n\n[[rules]]\nid = \"test-agents-psql\"\nreason = \"the test tries the quickstart's PostgreSQL from the target\"\nverdict = \"allow\"\ngroups = [\"agents\"]\nopaque = true\nexec = {{ program = [\"psql\"] }}\n"
         ),
     )
     .unwrap();

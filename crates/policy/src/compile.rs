@@ -73,6 +73,7 @@ pub(crate) fn compile(text: &str, file: &str) -> Result<CompiledPolicy, PolicyEr
         copy_program: d.copy_program.unwrap_or(Verdict::Deny),
         encoding_change: d.encoding_change.unwrap_or(Verdict::Deny),
         masking: d.masking,
+        binary: d.binary,
     };
     let base_review = ReviewRequirement {
         approver_groups: Vec::new(),
@@ -246,6 +247,7 @@ fn compile_rule(
         verdict: r.verdict,
         review,
         masking: r.masking.clone(),
+        binary: r.binary,
         line,
         protocols,
         targets,

@@ -9,8 +9,8 @@ use serde::Serialize;
 
 use gatehouse_core::http_path;
 use gatehouse_core::{
-    Decision, ExecCommand, Identity, KubeOperation, Operation, Policy, Protocol, ReviewRequirement,
-    SqlOperation, SshOperation, Target, Verdict,
+    BinaryHandling, Decision, ExecCommand, Identity, KubeOperation, Operation, Policy, Protocol,
+    ReviewRequirement, SqlOperation, SshOperation, Target, Verdict,
 };
 use gatehouse_sql::{Risk, StatementKind, classify};
 
@@ -31,6 +31,7 @@ pub(crate) struct ResolvedVerdicts {
     pub copy_program: Verdict,
     pub encoding_change: Verdict,
     pub masking: Option<String>,
+    pub binary: Option<BinaryHandling>,
 }
 
 impl ResolvedVerdicts {
@@ -53,6 +54,7 @@ impl ResolvedVerdicts {
             copy_program: v.copy_program.unwrap_or(self.copy_program),
             encoding_change: v.encoding_change.unwrap_or(self.encoding_change),
             masking: v.masking.clone().or_else(|| self.masking.clone()),
+            binary: v.binary.or(self.binary),
         }
     }
 }
@@ -468,6 +470,9 @@ impl CompiledPolicy {
                     }
                     SshOperation::AgentForward => ("agent_forward", None, None),
                     SshOperation::X11 => ("x11", None, None),
+                    SshOperation::DirectStreamlocal { socket_path } => {
+                        ("direct_streamlocal", None, Some(socket_path.clone()))
+                    }
                     _ => ("unknown", None, None),
                 };
                 let subject = Subject::Ssh {
@@ -477,7 +482,7 @@ impl CompiledPolicy {
                 };
                 let mut outcome = match channel {
                     "unknown" => ItemOutcome::floor(Verdict::Deny, Floor::Unsupported, None),
-                    "tcpip_forward" | "agent_forward" | "x11" => {
+                    "tcpip_forward" | "agent_forward" | "x11" | "direct_streamlocal" => {
                         ItemOutcome::floor(Verdict::Deny, Floor::SshNeverAllowed, None)
                     }
                     // Every channel and request type other than exec is its own operation,
@@ -755,6 +760,16 @@ impl CompiledPolicy {
                 .find_map(|(_, o)| o.rule.and_then(|r| r.masking.clone()))
                 .or_else(|| verdicts.masking.clone())
         };
+        // Raw only when every part of the operation says so: `cat pii.txt; scp -f x` under a
+        // raw scp rule still has a `cat` whose output must not pass unmasked.
+        let binary = if outcome.verdict != Verdict::Deny
+            && items.iter().all(|(_, o)| {
+                o.rule.and_then(|r| r.binary).or(verdicts.binary) == Some(BinaryHandling::Raw)
+            }) {
+            BinaryHandling::Raw
+        } else {
+            BinaryHandling::Refuse
+        };
         let review = if outcome.verdict == Verdict::Review {
             Some(match outcome.by {
                 DecidedBy::Rule(r) => r
@@ -772,6 +787,7 @@ impl CompiledPolicy {
             reason,
             masking_profile: masking,
             review,
+            binary,
         }
     }
 

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-use gatehouse_core::Verdict;
+use gatehouse_core::{BinaryHandling, Verdict};
 
 /// A whole policy file.
 #[derive(Debug, Deserialize)]
@@ -40,6 +40,8 @@ pub(crate) struct Verdicts {
     pub encoding_change: Option<Verdict>,
     /// Masking profile for every allowed operation without a rule-level profile.
     pub masking: Option<String>,
+    /// Binary and framed output of allowed operations whose rule does not say (`refuse`).
+    pub binary: Option<BinaryHandling>,
 }
 
 /// `[defaults]`: the verdicts, plus the review requirement of built-in review verdicts.
@@ -54,6 +56,7 @@ pub(crate) struct DefaultsSection {
     pub copy_program: Option<Verdict>,
     pub encoding_change: Option<Verdict>,
     pub masking: Option<String>,
+    pub binary: Option<BinaryHandling>,
     #[serde(default)]
     pub review: Option<ReviewSection>,
 }
@@ -76,6 +79,7 @@ pub(crate) struct TargetSection {
     pub copy_program: Option<Verdict>,
     pub encoding_change: Option<Verdict>,
     pub masking: Option<String>,
+    pub binary: Option<BinaryHandling>,
 }
 
 impl DefaultsSection {
@@ -89,6 +93,7 @@ impl DefaultsSection {
             copy_program: self.copy_program,
             encoding_change: self.encoding_change,
             masking: self.masking.clone(),
+            binary: self.binary,
         }
     }
 }
@@ -104,6 +109,7 @@ impl TargetSection {
             copy_program: self.copy_program,
             encoding_change: self.encoding_change,
             masking: self.masking.clone(),
+            binary: self.binary,
         }
     }
 }
@@ -169,6 +175,9 @@ pub(crate) struct RuleSection {
     /// Masking profile applied to results when this rule allows.
     #[serde(default)]
     pub masking: Option<String>,
+    /// What happens to binary or framed output when this rule allows (`refuse` or `raw`).
+    #[serde(default)]
+    pub binary: Option<BinaryHandling>,
     // Review requirement (verdict = "review").
     #[serde(default)]
     pub approvers: Option<Vec<String>>,

@@ -77,6 +77,8 @@ pub(crate) struct Rule {
     pub verdict: Verdict,
     pub review: Option<ReviewRequirement>,
     pub masking: Option<String>,
+    /// `binary = "refuse" | "raw"` (see [`gatehouse_core::BinaryHandling`]).
+    pub binary: Option<gatehouse_core::BinaryHandling>,
     pub line: usize,
     pub protocols: Option<Vec<Protocol>>,
     pub targets: Option<GlobSet>,

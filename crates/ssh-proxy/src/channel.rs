@@ -12,12 +12,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use gatehouse_core::{
-    ApprovalOutcome, ApprovalRequest, Decision, EgressSite, EgressStream, EventBody, ExecCommand,
-    Finding, Operation, OperationResult, RecordingFrame, RecordingKind, RecordingSink,
-    SshOperation, StreamContext, StreamMasker, Verdict,
+    ApprovalOutcome, ApprovalRequest, BinaryHandling, Decision, EgressSite, EgressStream,
+    EventBody, ExecCommand, Finding, Operation, OperationResult, RecordingFrame, RecordingKind,
+    RecordingSink, SshOperation, StreamContext, StreamMasker, TextDetector, Verdict,
 };
 use russh::server::Msg;
 use russh::{Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
+use sha2::{Digest, Sha256};
 use tokio::sync::{Mutex, watch};
 
 use crate::session::ChannelContext;
@@ -250,6 +251,25 @@ pub(crate) async fn run_session_channel(
         }
     }
 
+    // A transfer's data is framed (SFTP packets, scp's declared sizes, rsync and git's
+    // protocols): masking would corrupt it, so it passes unmasked only where the policy says
+    // `binary = "raw"`. Refused before anything starts: no partial file, no hang.
+    if raw && decision.binary != BinaryHandling::Raw {
+        refusal
+            .send(
+                &format!(
+                    "gatehouse: {}refused: its data cannot be masked without corrupting it, and rule '{}' does not pass it unmasked (binary = \"raw\")",
+                    operation_kind(&operation),
+                    decision.rule_id
+                ),
+                EXIT_DENIED,
+            )
+            .await;
+        ctx.record_result(index, "refused: binary", 0, started_at, Vec::new())
+            .await;
+        return;
+    }
+
     let upstream = match &ctx.upstream {
         Ok(u) => u.clone(),
         Err(reason) => {
@@ -330,6 +350,9 @@ pub(crate) async fn run_session_channel(
         newline: nl,
         profile: decision.masking_profile.clone(),
         raw,
+        binary: decision.binary,
+        rule_id: decision.rule_id.clone(),
+        index,
     };
     let output_task = tokio::spawn(output.run(from_upstream, done_tx));
     input_pump(&mut from_client, &to_upstream, &sink, terminal, done_rx).await;
@@ -738,6 +761,15 @@ enum Stream {
     Stderr,
 }
 
+impl Stream {
+    fn name(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
 /// Target → agent: masked, egress-checked, recorded, window-respecting.
 struct OutputPump {
     ctx: Arc<ChannelContext>,
@@ -747,11 +779,32 @@ struct OutputPump {
     idle_flush: Duration,
     newline: &'static str,
     profile: Option<String>,
+    /// The channel speaks a framed protocol (file transfer, subsystem): stdout is never masked.
     raw: bool,
+    /// What the policy says about binary or framed output.
+    binary: BinaryHandling,
+    rule_id: String,
+    index: u64,
+}
+
+/// How one output stream is treated.
+enum Mode {
+    /// Masked as text while it is text (checked across chunk boundaries).
+    Text {
+        masker: Box<dyn StreamMasker>,
+        detector: TextDetector,
+    },
+    /// Passed unmasked (the policy said `binary = "raw"`): counted and hashed, and the digest
+    /// recorded; the bytes are not written to the recording.
+    Raw {
+        why: &'static str,
+        hasher: Sha256,
+        bytes: u64,
+    },
 }
 
 struct StreamState {
-    masker: Option<Box<dyn StreamMasker>>,
+    mode: Mode,
     egress: Box<dyn EgressStream>,
     finished: bool,
 }
@@ -760,25 +813,72 @@ struct StreamState {
 enum Stop {
     /// The agent went away.
     ClientGone,
-    /// The egress guard or the recorder refused the bytes; message for the agent.
-    Refused(String, &'static str),
+    /// The egress guard, the recorder or the binary check refused the bytes; message for the
+    /// agent, status recorded, exit status.
+    Refused(String, &'static str, u32),
 }
 
 impl OutputPump {
     fn stream_state(&self, field: &str) -> StreamState {
         let pipeline = &self.ctx.conn.proxy.pipeline;
-        let masker = (!self.raw).then(|| {
-            pipeline.masker.stream(&StreamContext {
-                profile: self.profile.clone(),
-                field: Some(field.to_string()),
-                json: false,
-            })
-        });
+        // Only a transfer's stdout carries its protocol; its stderr is text like any other.
+        // (The transfer was refused before it started unless the policy passes it raw.)
+        let mode = if self.raw && field == "stdout" {
+            Mode::Raw {
+                why: "file transfer",
+                hasher: Sha256::new(),
+                bytes: 0,
+            }
+        } else {
+            Mode::Text {
+                masker: pipeline.masker.stream(&StreamContext {
+                    profile: self.profile.clone(),
+                    field: Some(field.to_string()),
+                    json: false,
+                }),
+                detector: TextDetector::new(),
+            }
+        };
         StreamState {
-            masker,
+            mode,
             egress: pipeline.egress.stream(EgressSite::Client),
             finished: false,
         }
+    }
+
+    /// Binary data in a text stream: refused, or (policy `binary = "raw"`) the stream switches
+    /// to raw for good after what the masker still holds of the text before it.
+    async fn on_binary(
+        &self,
+        streams: &mut [StreamState; 2],
+        which: Stream,
+        buf: &mut Vec<u8>,
+        summary: &mut OutputSummary,
+        total_findings: &mut usize,
+    ) -> Result<(), Stop> {
+        let name = which.name();
+        if self.binary != BinaryHandling::Raw {
+            return Err(Stop::Refused(
+                format!(
+                    "gatehouse: output withheld: {name} carries binary data (NUL bytes or invalid UTF-8), which masking cannot rewrite safely, and rule '{}' does not pass it unmasked (binary = \"raw\")",
+                    self.rule_id
+                ),
+                "refused: binary output",
+                EXIT_DENIED,
+            ));
+        }
+        let state = &mut streams[which as usize];
+        buf.clear();
+        if let Mode::Text { masker, .. } = &mut state.mode {
+            masker.flush(buf);
+            collect(masker.as_mut(), summary, total_findings);
+        }
+        state.mode = Mode::Raw {
+            why: "binary output",
+            hasher: Sha256::new(),
+            bytes: 0,
+        };
+        self.send(state, which, buf, summary).await
     }
 
     async fn run(
@@ -852,6 +952,7 @@ impl OutputPump {
                         return Err(Stop::Refused(
                             format!("gatehouse: target '{}' refused the request", self.ctx.target.name),
                             "upstream refused",
+                            EXIT_GATEWAY_ERROR,
                         ));
                     }
                     Some(ChannelMsg::Close) | None => break,
@@ -867,16 +968,19 @@ impl OutputPump {
         match result {
             Ok(()) => {}
             Err(Stop::ClientGone) => summary.status = "client gone".into(),
-            Err(Stop::Refused(message, status)) => {
+            Err(Stop::Refused(message, status, code)) => {
                 summary.status = status.into();
                 let msg = format!("{message}{}", self.newline);
                 let _ = self
                     .to_client
                     .extended_data_bytes(1, msg.into_bytes())
                     .await;
-                let _ = self.to_client.exit_status(EXIT_GATEWAY_ERROR).await;
+                let _ = self.to_client.exit_status(code).await;
                 let _ = self.to_client.eof().await;
             }
+        }
+        for (state, which) in streams.iter_mut().zip([Stream::Stdout, Stream::Stderr]) {
+            self.record_raw(state, which).await;
         }
         if total_findings > summary.findings.len() {
             tracing::info!(
@@ -900,6 +1004,33 @@ impl OutputPump {
         summary
     }
 
+    /// A stream that went out unmasked: its size and SHA-256 go to the audit log, with the rule
+    /// that allowed it.
+    async fn record_raw(&self, state: &mut StreamState, which: Stream) {
+        let Mode::Raw { why, hasher, bytes } = &mut state.mode else {
+            return;
+        };
+        let digest = hex::encode(std::mem::take(hasher).finalize());
+        let details = serde_json::json!({
+            "index": self.index,
+            "stream": which.name(),
+            "why": why,
+            "rule_id": self.rule_id,
+            "bytes": bytes,
+            "sha256": digest,
+        });
+        if let Err(e) = self
+            .ctx
+            .record(EventBody::Other {
+                name: "ssh_raw_output".into(),
+                details,
+            })
+            .await
+        {
+            tracing::error!(error = %e, "could not record raw output digest");
+        }
+    }
+
     /// Masks `data` from `which`, then sends what the masker released.
     async fn emit(
         &self,
@@ -910,19 +1041,25 @@ impl OutputPump {
         summary: &mut OutputSummary,
         total_findings: &mut usize,
     ) -> Result<(), Stop> {
-        let state = &mut streams[which as usize];
-        if state.finished {
+        if streams[which as usize].finished {
             return Ok(());
         }
-        buf.clear();
-        match state.masker.as_mut() {
-            Some(m) => {
-                m.push(data, buf);
-                collect(m.as_mut(), summary, total_findings);
-            }
-            None => buf.extend_from_slice(data),
+        if let Mode::Text { detector, .. } = &mut streams[which as usize].mode
+            && !detector.push(data)
+        {
+            self.on_binary(streams, which, buf, summary, total_findings)
+                .await?;
         }
-        self.send(state, which, buf, summary).await
+        let state = &mut streams[which as usize];
+        buf.clear();
+        match &mut state.mode {
+            Mode::Text { masker, .. } => {
+                masker.push(data, buf);
+                collect(masker.as_mut(), summary, total_findings);
+                self.send(state, which, buf, summary).await
+            }
+            Mode::Raw { .. } => self.send(state, which, data, summary).await,
+        }
     }
 
     async fn drain(
@@ -934,17 +1071,25 @@ impl OutputPump {
         summary: &mut OutputSummary,
         total_findings: &mut usize,
     ) -> Result<(), Stop> {
-        let state = &mut streams[which as usize];
-        if state.finished {
+        if streams[which as usize].finished {
             return Ok(());
         }
+        // A stream that ends inside a multi-byte character is binary.
+        if how == Drain::Finish
+            && let Mode::Text { detector, .. } = &mut streams[which as usize].mode
+            && !detector.finish()
+        {
+            self.on_binary(streams, which, buf, summary, total_findings)
+                .await?;
+        }
+        let state = &mut streams[which as usize];
         buf.clear();
-        if let Some(m) = state.masker.as_mut() {
+        if let Mode::Text { masker, .. } = &mut state.mode {
             match how {
-                Drain::Flush => m.flush(buf),
-                Drain::Finish => m.finish(buf),
+                Drain::Flush => masker.flush(buf),
+                Drain::Finish => masker.finish(buf),
             }
-            collect(m.as_mut(), summary, total_findings);
+            collect(masker.as_mut(), summary, total_findings);
         }
         if how == Drain::Finish {
             state.finished = true;
@@ -975,9 +1120,14 @@ impl OutputPump {
                 "gatehouse: output withheld: it contained credential material the gateway holds"
                     .into(),
                 "egress blocked",
+                EXIT_GATEWAY_ERROR,
             ));
         }
-        if let Some(sink) = self.sink.lock().await.as_mut() {
+        if let Mode::Raw { hasher, bytes, .. } = &mut state.mode {
+            // Unmasked bytes stay out of the recording: their digest is recorded instead.
+            hasher.update(out);
+            *bytes += out.len() as u64;
+        } else if let Some(sink) = self.sink.lock().await.as_mut() {
             let frame = match which {
                 Stream::Stdout => RecordingFrame::Output { data: out.to_vec() },
                 Stream::Stderr => RecordingFrame::ErrorOutput { data: out.to_vec() },
@@ -987,6 +1137,7 @@ impl OutputPump {
                 return Err(Stop::Refused(
                     "gatehouse: the session recording failed; stopping (fail closed)".into(),
                     "recording failed",
+                    EXIT_GATEWAY_ERROR,
                 ));
             }
         }

@@ -74,6 +74,11 @@ pub struct SshProxyConfig {
     /// Idle connections are closed after this many seconds (0: never).
     #[serde(default = "default_inactivity_secs")]
     pub inactivity_timeout_secs: u64,
+    /// Text sent before login (`SSH_MSG_USERAUTH_BANNER`; OpenSSH prints it on stderr). None
+    /// by default: a client's stderr carries nothing from the gateway unless something is
+    /// refused.
+    #[serde(default)]
+    pub banner: Option<String>,
 }
 
 fn default_env_allow() -> Vec<String> {
@@ -116,6 +121,7 @@ impl SshProxyConfig {
             window_size: default_window(),
             maximum_packet_size: default_packet(),
             inactivity_timeout_secs: default_inactivity_secs(),
+            banner: None,
         }
     }
 

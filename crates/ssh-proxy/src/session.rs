@@ -398,6 +398,16 @@ impl ClientHandler {
 impl server::Handler for ClientHandler {
     type Error = SshProxyError;
 
+    async fn authentication_banner(&mut self) -> Result<Option<String>, Self::Error> {
+        Ok(self.proxy().config.banner.as_ref().map(|b| {
+            if b.ends_with('\n') {
+                b.clone()
+            } else {
+                format!("{b}\n")
+            }
+        }))
+    }
+
     async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
         Ok(Auth::Reject {
             proceed_with_methods: Some(MethodSet::from(
@@ -424,8 +434,9 @@ impl server::Handler for ClientHandler {
         response: Option<server::Response<'a>>,
     ) -> Result<Auth, Self::Error> {
         let Some(mut response) = response else {
+            // No name: OpenSSH prints a keyboard-interactive request's name on stderr.
             return Ok(Auth::Partial {
-                name: "Gatehouse".into(),
+                name: "".into(),
                 instructions: "".into(),
                 prompts: std::borrow::Cow::Owned(vec![("Gatehouse token: ".into(), false)]),
             });
@@ -521,6 +532,34 @@ impl server::Handler for ClientHandler {
                 originator_port,
             },
         ));
+        Ok(())
+    }
+
+    async fn channel_open_direct_streamlocal(
+        &mut self,
+        _channel: Channel<Msg>,
+        socket_path: &str,
+        reply: server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // `ssh -L port:/path/to.sock`: the gateway relays TCP destinations a rule allows, never
+        // a Unix socket on the target. The reason goes in the channel-open failure, which is
+        // what `ssh` prints.
+        self.refuse_request(
+            Operation::Ssh(SshOperation::DirectStreamlocal {
+                socket_path: socket_path.to_string(),
+            }),
+            "forwarding to a Unix socket",
+        )
+        .await;
+        reply
+            .reject(russh::ChannelOpenFailure::Other {
+                code: 1, // SSH_OPEN_ADMINISTRATIVELY_PROHIBITED
+                reason: format!(
+                    "gatehouse: forwarding to the Unix socket {socket_path} is refused: the gateway forwards only to TCP destinations a rule allows (direct_tcpip)"
+                ),
+            })
+            .await;
         Ok(())
     }
 

@@ -6,6 +6,8 @@
 mod channels;
 mod common;
 mod corpus;
+#[path = "transfers/mod.rs"]
+mod transfers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -816,4 +818,40 @@ async fn unregistered_keys_offered_first_do_not_use_up_the_login_limit() {
             ..
         }
     )));
+}
+
+/// `ssh` with OpenSSH's default log level (INFO), so anything the gateway sends shows.
+fn ssh_at_info(gw: &Gateway) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new("ssh");
+    cmd.args(gw.ssh_options().into_iter().map(|o| {
+        if o == "LogLevel=ERROR" {
+            "LogLevel=INFO".to_string()
+        } else {
+            o
+        }
+    }));
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stderr_is_empty_by_default_and_a_banner_only_when_configured() {
+    let gw = start(Options::default()).await;
+    let mut cmd = ssh_at_info(&gw);
+    cmd.arg(format!("{TARGET}@127.0.0.1")).arg("true");
+    let run = run_client(&gw, cmd, b"").await;
+    assert_eq!(run.status, Some(0), "{run:?}");
+    assert_eq!(run.stderr, "", "the gateway wrote to a client's stderr");
+    gw.shutdown().await;
+
+    let gw = start(Options {
+        config: Box::new(|c, _| c.banner = Some("Authorised use only.".into())),
+        ..Options::default()
+    })
+    .await;
+    let mut cmd = ssh_at_info(&gw);
+    cmd.arg(format!("{TARGET}@127.0.0.1")).arg("true");
+    let run = run_client(&gw, cmd, b"").await;
+    assert_eq!(run.status, Some(0), "{run:?}");
+    assert_eq!(run.stderr.trim(), "Authorised use only.", "{run:?}");
+    gw.shutdown().await;
 }

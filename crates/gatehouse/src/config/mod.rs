@@ -341,6 +341,9 @@ pub struct SshListenerSection {
     pub end_session_on_identity_expiry: Option<bool>,
     /// Close idle connections after this many seconds (0: never; default 3600).
     pub inactivity_timeout_secs: Option<u64>,
+    /// Text sent to clients before login (OpenSSH prints it on stderr). Default: none, so
+    /// nothing extra appears on a client's stderr.
+    pub banner: Option<String>,
 }
 
 /// `[[listeners.postgres]]`.

@@ -56,6 +56,9 @@ pub fn proxy_config(
         if let Some(v) = l.inactivity_timeout_secs {
             config.inactivity_timeout_secs = v;
         }
+        if let Some(v) = &l.banner {
+            config.banner = Some(v.clone());
+        }
     }
     Ok(config)
 }

@@ -4,6 +4,7 @@
 // Test helpers outside #[test] fns panic on purpose, like the tests themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod binary;
 mod corpus;
 mod file_errors;
 mod handle;

@@ -27,6 +27,7 @@ default = "allow"
 id = "movers-transfer"
 reason = "movers may open shells and move files"
 verdict = "allow"
+binary = "raw"
 groups = ["movers"]
 ssh = {{ channels = ["shell", "subsystem", "scp", "rsync", "git"], subsystems = ["sftp"] }}
 
@@ -175,6 +176,32 @@ impl Who<'_> {
             .path()
             .join(format!("fwd-{port}-{}.sock", rand_suffix()));
         let spec = format!("{}:127.0.0.1:{port}", sock.display());
+        self.forward_through(&["-N", "-L", &spec], |_| async {
+            let mut s = None;
+            for _ in 0..200 {
+                if let Ok(c) = tokio::net::UnixStream::connect(&sock).await {
+                    s = Some(c);
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let mut s = s.expect("ssh -L listens on its socket");
+            let mut out = String::new();
+            let _ = tokio::time::timeout(LIMIT, s.read_to_string(&mut out)).await;
+            out
+        })
+        .await
+    }
+
+    /// `ssh -N -L socket:/remote/socket` (a `direct-streamlocal` channel), then one
+    /// connection through it.
+    async fn socket_forward(&self, remote: &std::path::Path) -> (String, String) {
+        let sock = self
+            .gw
+            .dir
+            .path()
+            .join(format!("fwd-unix-{}.sock", rand_suffix()));
+        let spec = format!("{}:{}", sock.display(), remote.display());
         self.forward_through(&["-N", "-L", &spec], |_| async {
             let mut s = None;
             for _ in 0..200 {
@@ -587,4 +614,45 @@ async fn env_and_x11_requests_are_operations_with_recorded_reasons() {
         .collect();
     assert_eq!(x11.len(), 2, "{ops:?}");
     assert!(x11.iter().all(|d| d.verdict == Verdict::Deny));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_socket_forwarding_is_refused_with_its_reason_whatever_the_policy() {
+    let gw = start(Options {
+        policy: Some(FnPolicy::new(|_, _, _| {
+            Decision::allow("everything", "allowed")
+        })),
+        ..Options::default()
+    })
+    .await;
+    // A Unix socket on the target that would answer.
+    let remote = gw.dir.path().join(format!("target-{}.sock", rand_suffix()));
+    let listener = tokio::net::UnixListener::bind(&remote).unwrap();
+    let _svc = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let _ = s.write_all(b"secret service\n").await;
+        }
+    });
+    let who = Who {
+        gw: &gw,
+        askpass: gw.askpass.clone(),
+    };
+    let (got, stderr) = who.socket_forward(&remote).await;
+    assert_eq!(got, "", "{stderr}");
+    assert!(
+        stderr.contains("administratively prohibited: gatehouse: forwarding to the Unix socket"),
+        "{stderr}"
+    );
+    // One failure per open: OpenSSH stays connected (a second failure would make it disconnect).
+    assert!(!stderr.contains("nonexistent channel"), "{stderr}");
+    let recorder = gw.shutdown().await;
+    let ops = operations(&recorder);
+    assert!(
+        ops.iter().any(|(op, d)| matches!(
+            op,
+            Operation::Ssh(SshOperation::DirectStreamlocal { socket_path })
+                if socket_path == &remote.display().to_string()
+        ) && d.verdict == Verdict::Deny),
+        "{ops:?}"
+    );
 }

@@ -66,7 +66,7 @@ pub fn test_policy() -> FnPolicy {
         }
         Operation::Ssh(SshOperation::Shell { .. }) => Decision::allow("shell", "shells allowed"),
         Operation::Ssh(SshOperation::FileTransfer { .. }) => {
-            Decision::allow("transfers", "file transfers allowed")
+            Decision::allow("transfers", "file transfers allowed").with_binary(BinaryHandling::Raw)
         }
         // The listener's allow-list decides which variables.
         Operation::Ssh(SshOperation::Env { .. }) => Decision::allow("env", "env allowed"),
