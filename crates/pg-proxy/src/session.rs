@@ -443,6 +443,8 @@ struct Shared {
     names: Arc<Names>,
     /// Woken when the backend half has answered a sync group (ReadyForQuery).
     progress: Notify,
+    /// Sync groups sent and answered, for catalog opacity ([`crate::opacity`]).
+    ready: crate::opacity::ReadyTracker,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -451,6 +453,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Shared {
     fn push(&self, e: Expect) {
+        if e.is_synced() {
+            self.ready.sent();
+        }
         lock(&self.expect).push_back(e);
     }
 
@@ -589,6 +594,7 @@ async fn relay(proxy: Arc<ProxyInner>, ready: Ready, client_addr: String, sessio
         done: CancellationToken::new(),
         names: Arc::new(Names::default()),
         progress: Notify::new(),
+        ready: crate::opacity::ReadyTracker::default(),
     });
     // Result summaries are recorded in order by their own task, so no statement's results wait
     // for the audit log's fsync; the operation itself was recorded (awaited) before it ran.
@@ -640,6 +646,7 @@ async fn relay(proxy: Arc<ProxyInner>, ready: Ready, client_addr: String, sessio
         group: 0,
         unsynced_exec: false,
         group_may_change: false,
+        opacity: crate::opacity::SessionOpacity::default(),
     };
     // Both halves run in this one task, as a relay's two copy directions do: a statement's
     // round trip then wakes one task, not two that may sit on different workers.
@@ -784,6 +791,8 @@ struct Frontend {
     unsynced_exec: bool,
     /// An Execute since the last Sync may change the lexer settings.
     group_may_change: bool,
+    /// What the catalog makes opaque, cached for this session.
+    opacity: crate::opacity::SessionOpacity,
 }
 
 /// A statement's verdict after policy, hooks, recording and (for reviews) approvals.
@@ -1071,11 +1080,18 @@ impl Frontend {
         info: Option<&StatementInfo>,
     ) -> Verdicted {
         let operation = Operation::Sql(op.clone());
-        let decision =
-            self.proxy
-                .pipeline
-                .policy
-                .decide(&self.ctx.identity, &self.ctx.target, &operation);
+        let opaque = if op.protocol == SqlProtocol::FunctionCall {
+            Vec::new()
+        } else {
+            let catalog = self.proxy.catalogs.get(&self.ctx.target.name);
+            self.opacity.reasons(catalog, &self.shared.ready, op).await
+        };
+        let decision = self.proxy.pipeline.policy.decide_with_opaque(
+            &self.ctx.identity,
+            &self.ctx.target,
+            &operation,
+            &opaque,
+        );
         let decision = self.proxy.hooks.on_statement(&self.ctx, op, info, decision);
         let decision = if op.protocol == SqlProtocol::FunctionCall
             && !self.proxy.config.allow_function_call
@@ -2477,6 +2493,7 @@ impl Backend {
                 if frame.body.first() == Some(&b'I') {
                     self.shared.names.forget_portals();
                 }
+                self.shared.ready.answered(frame.body.first().copied());
                 self.shared.progress.notify_waiters();
                 frame.encode_into(&mut self.out);
                 Ok(())

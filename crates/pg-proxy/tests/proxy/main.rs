@@ -6,6 +6,7 @@
 mod common;
 
 mod auth;
+mod backstop;
 mod execution;
 mod holds;
 mod hostile;
@@ -13,6 +14,7 @@ mod leaks;
 mod lexer_state;
 mod limits;
 mod masking;
+mod opacity;
 mod psql;
 mod raw;
 mod real_layers;
