@@ -44,6 +44,17 @@ create trigger wipe_on_update before update on accounts
   for each row execute function public.on_update();
 create table inbox (x int);
 create rule wipe_on_insert as on insert to inbox do also delete from victims;
+create view wiping_view as select public.wipe() as w;
+create table defaults_code (id int, n int default public.length(1));
+create table parent (id int primary key);
+create table child (pid int references parent on delete cascade);
+create trigger wipe_on_child_delete before delete on child
+  for each row execute function public.on_update();
+insert into parent values (1); insert into child values (1);
+create table logs (x int) partition by range (x);
+create table logs_1 partition of logs for values from (0) to (100);
+create trigger wipe_on_log before insert on logs_1
+  for each row execute function public.on_update();
 create schema evil;
 create function evil.upper(text) returns text language plpgsql
   as $$ begin delete from victims; return $1; end $$;
@@ -104,6 +115,21 @@ async fn stored_code_makes_ordinary_statements_opaque() {
         // A rule on the table an INSERT writes.
         let m = refused_as_opaque(&c, "insert into inbox values (1)").await;
         assert!(m.contains("wipe_on_insert"), "{m}");
+        // A view that calls user code, read by a plain SELECT.
+        let m = refused_as_opaque(&c, "select * from wiping_view").await;
+        assert!(m.contains("wipe()"), "{m}");
+        // A column default that calls user code.
+        let m = refused_as_opaque(&c, "insert into defaults_code (id) values (1)").await;
+        assert!(m.contains("length(integer)"), "{m}");
+        // A delete that cascades to a table with a trigger.
+        let m = refused_as_opaque(&c, "delete from parent").await;
+        assert!(m.contains("wipe_on_child_delete"), "{m}");
+        // An insert routed to a partition with a trigger.
+        let m = refused_as_opaque(&c, "insert into logs values (5)").await;
+        assert!(m.contains("wipe_on_log"), "{m}");
+        // A schema-qualified or quoted spelling changes nothing.
+        refused_as_opaque(&c, "update public.accounts set bal = 0").await;
+        refused_as_opaque(&c, "update \"accounts\" set bal = 0").await;
         // Hidden in a multi-statement string after a harmless statement.
         refused_as_opaque(&c, "select 1; update accounts set bal = 0 where id = 2").await;
         assert_eq!(victims(&h), "5");
