@@ -68,8 +68,9 @@ impl Catalog {
     }
 
     /// A function named `name` (as written: `f`, `schema.f`, `db.schema.f`, `pg_temp.f`) that
-    /// is not the bootstrap superuser's own in `pg_catalog`, in any schema, with any argument
-    /// types: `schema.f(args)` of the first found, or `None`.
+    /// was not created with the cluster (a built-in has an OID below 16384, PostgreSQL's
+    /// `FirstNormalObjectId`, and is owned by the bootstrap superuser), in any schema, with any
+    /// argument types: `schema.f(args)` of the first found, or `None`.
     pub(crate) async fn user_function(&self, name: &str) -> Result<Option<String>, PgProxyError> {
         let whole = sql_literal(name.strip_prefix("pg_temp.").unwrap_or(name))?;
         let sql = format!(
@@ -79,7 +80,7 @@ impl Catalog {
              JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
              WHERE {whole} IN (p.proname::text, n.nspname || '.' || p.proname, \
                pg_catalog.current_database() || '.' || n.nspname || '.' || p.proname) \
-             AND NOT (n.nspname = 'pg_catalog' AND p.proowner = 10) LIMIT 1"
+             AND NOT (p.oid < 16384 AND p.proowner = 10) LIMIT 1"
         );
         let rows = self.run(&sql).await?;
         Ok(rows.into_iter().next().map(|r| {
@@ -141,8 +142,7 @@ impl Catalog {
                JOIN pg_catalog.pg_depend d ON d.classid = o.classid AND d.objid = o.objid \
                AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
                JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid \
-               WHERE NOT (p.pronamespace = 'pg_catalog'::pg_catalog.regnamespace \
-                 AND p.proowner = 10)) \
+               WHERE NOT (p.oid < 16384 AND p.proowner = 10)) \
              SELECT COALESCE( \
                (SELECT 'trigger ' || t.tgname || ' on ' || t.tgrelid::pg_catalog.regclass::text \
                  FROM writes w JOIN pg_catalog.pg_trigger t ON t.tgrelid = w.oid \

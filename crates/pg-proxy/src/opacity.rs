@@ -10,8 +10,8 @@
 //!   blocked by the client's transaction, whatever state that transaction is in.
 //! - Names are matched in every schema, so `search_path` (set in the session, at connect time
 //!   with `options`, or by `ALTER ROLE … SET`) cannot hide a function or table from the lookup:
-//!   `lower` is opaque when any schema but `pg_catalog` has a `lower`, or when a `lower` in
-//!   `pg_catalog` is owned by a role other than the bootstrap superuser.
+//!   `lower` is opaque when any `lower` exists that was not created with the cluster (built-ins
+//!   have OIDs below 16384 and belong to the bootstrap superuser).
 //! - A failed lookup makes the statement opaque (fail closed).
 //! - The side connection cannot see what the session changed in a transaction that has not
 //!   ended. After the session runs a statement that may change stored code (any opaque

@@ -139,6 +139,10 @@ async fn stored_code_makes_ordinary_statements_opaque() {
             .await
             .unwrap();
         assert!(!rows.is_empty());
+        // The information schema's views call functions created with the cluster: not opaque.
+        c.simple_query("select count(*) from information_schema.columns")
+            .await
+            .unwrap();
         // Plain built-ins stay allowed.
         c.simple_query("select abs(-1), char_length('abc'), now(), coalesce(null, 1)")
             .await
@@ -163,6 +167,17 @@ async fn a_function_earlier_on_the_search_path_is_opaque() {
         assert!(m.contains("evil.upper(text)"), "{m}");
         refused_as_opaque(&c, "select pg_catalog.lower('x'), upper('y')").await;
         assert_eq!(victims(&h), "5");
+        // A function the (bootstrap) superuser added to pg_catalog later is not a built-in.
+        h.db.psql(
+            "create function pg_catalog.split_part(int, int, int) returns int language sql \
+             as $$ select 1 $$",
+        )
+        .unwrap();
+        let m = refused_as_opaque(&c, "select split_part('a,b', ',', 1)").await;
+        assert!(
+            m.contains("pg_catalog.split_part(integer, integer, integer)"),
+            "{m}"
+        );
         // Unaffected built-ins pass.
         c.simple_query("select lower('X')").await.unwrap();
     })
