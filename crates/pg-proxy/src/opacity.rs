@@ -191,6 +191,14 @@ impl SessionOpacity {
         out
     }
 
+    /// A statement decided earlier that may change stored code is about to run (a Bind of a
+    /// statement parsed in an earlier group): unsettled from its group on.
+    pub(crate) fn note_running(&mut self, catalog: Option<&Catalog>, ready: &ReadyTracker) {
+        if let Some(catalog) = catalog {
+            self.mark_unsettled(ready, catalog.opacity());
+        }
+    }
+
     fn mark_unsettled(&mut self, ready: &ReadyTracker, target: &TargetOpacity) {
         // The statement is in the group not yet queued: the next one.
         let group = ready.sent_count() + 1;

@@ -1974,6 +1974,14 @@ impl Frontend {
             .is_some_and(|s| s.described);
         self.portals.insert(bind.portal.clone(), described);
         let stmt = self.resolve_statement(&bind.statement).await?;
+        if let Some(p) = &stmt
+            && p.info
+                .as_ref()
+                .is_none_or(|i| i.opaque || i.kind == StatementKind::Ddl)
+        {
+            let catalog = self.proxy.catalogs.get(&self.ctx.target.name);
+            self.opacity.note_running(catalog, &self.shared.ready);
+        }
         let parameters = bind.params_as_text();
         // A portal of `EXECUTE name` returns the rows of what `name` runs: mask them as that
         // statement's (its lineage, the profile the policy gives it). The Execute is refused if

@@ -347,3 +347,32 @@ async fn pgbench_runs_without_false_opacity() {
     })
     .await;
 }
+
+/// A trigger created by a statement parsed earlier and executed inside a transaction: the
+/// execution (Bind) makes the session unsettled like the parse did.
+#[tokio::test]
+async fn code_created_by_an_earlier_parsed_statement_is_opaque() {
+    within(T, async {
+        let h = start(options()).await;
+        let c = h.connect().await;
+        let create = c
+            .prepare(
+                "create trigger later before update on pgbench_tellers \
+                 for each row execute function public.on_update()",
+            )
+            .await
+            .unwrap();
+        // Settled again: the session is idle outside a transaction.
+        c.simple_query("select abs(-1)").await.unwrap();
+        c.simple_query("update pgbench_tellers set tbalance = 0")
+            .await
+            .unwrap();
+        c.simple_query("begin").await.unwrap();
+        c.execute(&create, &[]).await.unwrap();
+        let m = refused_as_opaque(&c, "update pgbench_tellers set tbalance = 1").await;
+        assert!(m.contains("has not ended"), "{m}");
+        c.simple_query("rollback").await.unwrap();
+        assert_eq!(victims(&h), "5");
+    })
+    .await;
+}
