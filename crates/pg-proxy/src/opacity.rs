@@ -104,7 +104,13 @@ pub(crate) struct SessionOpacity {
     /// `Some(g)`: the session may have changed stored code; settled once group `g` is answered
     /// outside a transaction block.
     unsettled: Option<(u64, PendingGuard)>,
+    /// Statement text → the generation it was last decided under, and whether the catalog made
+    /// it opaque then (bounded).
+    decided: HashMap<String, (u64, bool)>,
 }
+
+/// Most statement texts remembered for [`SessionOpacity::needs_recheck`].
+const DECIDED_MAX: usize = 4096;
 
 const WRITE_KINDS: [StatementKind; 6] = [
     StatementKind::Insert,
@@ -188,7 +194,40 @@ impl SessionOpacity {
                 self.mark_unsettled(ready, target);
             }
         }
+        if self.decided.len() >= DECIDED_MAX {
+            self.decided.clear();
+        }
+        self.decided
+            .insert(text.to_string(), (generation, !out.is_empty()));
         out
+    }
+
+    /// Whether a statement decided earlier (at Parse) as not opaque by the catalog is opaque
+    /// now that it is about to run: stored code may have changed since (the target's
+    /// generation moved, a session has uncommitted changes, or this session is unsettled).
+    /// Statements the catalog already made opaque when they were decided are not decided again.
+    pub(crate) async fn newly_opaque(
+        &mut self,
+        catalog: Option<&Catalog>,
+        ready: &ReadyTracker,
+        op: &SqlOperation,
+    ) -> bool {
+        let before = self.decided.get(&op.text).copied();
+        if let Some((generation, was_opaque)) = before {
+            if was_opaque {
+                return false;
+            }
+            if let Some(c) = catalog {
+                let target = c.opacity();
+                if self.unsettled.is_none()
+                    && target.pending.load(Ordering::SeqCst) == 0
+                    && target.generation.load(Ordering::SeqCst) == generation
+                {
+                    return false;
+                }
+            }
+        }
+        !self.reasons(catalog, ready, op).await.is_empty()
     }
 
     /// A statement decided earlier that may change stored code is about to run (a Bind of a

@@ -2010,6 +2010,22 @@ impl Frontend {
             shown = Some(self.stmt_ctx(index, &target.text, Some(&decision), target.info.as_ref()));
             runs = Some(target);
         }
+        let recheck = match &stmt {
+            Some(p) if p.name_op.is_none() && !p.sql_prepared && p.review.is_none() => {
+                let op = SqlOperation {
+                    text: p.text.clone(),
+                    parameters: parameters.clone(),
+                    protocol: SqlProtocol::Extended,
+                    settings: self.settings(),
+                };
+                let catalog = self.proxy.catalogs.get(&self.ctx.target.name);
+                self.opacity
+                    .newly_opaque(catalog, &self.shared.ready, &op)
+                    .await
+                    .then_some(op)
+            }
+            _ => None,
+        };
         let refusal = match &stmt {
             None => {
                 let index = self.next_index();
@@ -2065,7 +2081,21 @@ impl Frontend {
                         other => Some((p.index, verdict_deny(other))),
                     }
                 }
-                None => None,
+                // Stored code may have changed since the Parse was decided: a statement the
+                // catalog makes opaque now is decided again.
+                None => match recheck {
+                    Some(op) => match self.evaluate(p.index, &op, p.info.as_ref()).await {
+                        Verdicted::Allowed(_) => None,
+                        Verdicted::Review(decision) => {
+                            match self.review(p.index, op, &decision).await {
+                                Verdicted::Allowed(_) => None,
+                                other => Some((p.index, verdict_deny(other))),
+                            }
+                        }
+                        other => Some((p.index, verdict_deny(other))),
+                    },
+                    None => None,
+                },
             },
         };
         let change = match (&stmt, &refusal) {

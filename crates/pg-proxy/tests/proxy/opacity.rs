@@ -376,3 +376,29 @@ async fn code_created_by_an_earlier_parsed_statement_is_opaque() {
     })
     .await;
 }
+
+/// A statement parsed before a trigger existed is decided again when it is executed after.
+#[tokio::test]
+async fn a_statement_parsed_before_a_trigger_is_created_is_decided_again() {
+    within(T, async {
+        let h = start(options()).await;
+        let c = h.connect().await;
+        let update = c
+            .prepare("update pgbench_tellers set tbalance = tbalance + 1")
+            .await
+            .unwrap();
+        c.execute(&update, &[]).await.unwrap();
+        c.simple_query(
+            "create trigger later before update on pgbench_tellers \
+             for each row execute function public.on_update()",
+        )
+        .await
+        .unwrap();
+        let e = c.execute(&update, &[]).await.unwrap_err();
+        let (code, message) = db_error(&e);
+        assert_eq!(code, "42501", "{message}");
+        assert!(message.contains("opaque"), "{message}");
+        assert_eq!(victims(&h), "5");
+    })
+    .await;
+}
