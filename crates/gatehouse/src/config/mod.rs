@@ -381,8 +381,8 @@ pub struct TargetSection {
     /// Send the caller's identity as `Impersonate-User`/`Impersonate-Group` (kubernetes).
     pub impersonate: Option<bool>,
     /// The target only needs reads, so its upstream role should be unable to write (postgres):
-    /// `check-config` and `serve` read the role's privileges from the catalog and warn about
-    /// every way it can write.
+    /// `check-config` reads the role's privileges from the catalog and warns about every way it
+    /// can write (`serve` also logs them at start).
     #[serde(default)]
     pub read_only: bool,
 }
