@@ -42,6 +42,31 @@ pub trait Authenticator: Send + Sync {
 pub trait Policy: Send + Sync {
     /// Decides one operation.
     fn decide(&self, identity: &Identity, target: &Target, operation: &Operation) -> Decision;
+
+    /// Decides a SQL operation of which the caller found more statements opaque than the text
+    /// shows (the PostgreSQL proxy reads the catalog: a call of a function a user defined, a
+    /// write to a table with triggers or rules). `opaque` holds `(statement index, reason)`,
+    /// indexes counted as [`crate::SqlOperation`]'s text splits into statements. Those
+    /// statements are decided as opaque items.
+    ///
+    /// The default, for policies that cannot decide opaque items, fails closed: any decision
+    /// other than deny becomes a deny when `opaque` is not empty.
+    fn decide_with_opaque(
+        &self,
+        identity: &Identity,
+        target: &Target,
+        operation: &Operation,
+        opaque: &[(usize, String)],
+    ) -> Decision {
+        let decision = self.decide(identity, target, operation);
+        match opaque.first() {
+            Some((_, why)) if decision.verdict != crate::Verdict::Deny => Decision::deny(
+                "opaque",
+                format!("runs code the gateway cannot see into: {why}"),
+            ),
+            _ => decision,
+        }
+    }
 }
 
 /// Holds `Review` operations for just-in-time human approval.

@@ -387,3 +387,80 @@ fn a_policy_with_the_old_floors_loads_with_a_deprecation_warning() {
         "{stderr}"
     );
 }
+
+/// A `read_only` postgres target is checked against the upstream's catalog: a role that can
+/// write gets one warning per way it can; a role with only `pg_read_all_data` gets none; the
+/// config still passes (the warnings do not stop the gateway).
+#[test]
+fn read_only_targets_are_checked_against_the_catalog() {
+    let cluster = gatehouse_testkit::pg::PgCluster::shared();
+    let db = cluster.create_database("readonly");
+    let suffix = format!("{}_{}", std::process::id(), db.name.len());
+    let writer = format!("gh_writer_{suffix}");
+    let reader = format!("gh_reader_{suffix}");
+    cluster.create_role(&writer, "writer-pw");
+    cluster.create_role(&reader, "reader-pw");
+    db.psql(&format!(
+        "grant all on schema public to \"{writer}\"; \
+         set role \"{writer}\"; create table t (x int); reset role; \
+         grant pg_read_all_data to \"{reader}\""
+    ))
+    .unwrap();
+    let target = |name: &str, role: &str, password: &str| {
+        format!(
+            r#"
+[[targets]]
+name = "{name}"
+protocol = "postgres"
+address = "127.0.0.1:{port}"
+tls = "disable"
+user = "{role}"
+database = "{db}"
+password = {{ env = "GATEHOUSE_TEST_{password}" }}
+read_only = true
+"#,
+            port = cluster.port(),
+            db = db.name,
+        )
+    };
+    let config = format!(
+        "{}{}{}",
+        base(""),
+        target("writes", &writer, "WRITER"),
+        target("reads", &reader, "READER")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("policy.toml"), POLICY).unwrap();
+    let path = dir.path().join("gatehouse.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(EXE)
+        .args(["check-config"])
+        .arg(&path)
+        .env("GATEHOUSE_TEST_DB_PASSWORD", "s3cret-value")
+        .env("GATEHOUSE_TEST_WRITER", "writer-pw")
+        .env("GATEHOUSE_TEST_READER", "reader-pw")
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let prefix =
+        format!("target `writes` is read_only but its upstream role `{writer}` can write:");
+    assert!(
+        stderr.contains(&format!("{prefix} owns public.t"))
+            || stderr.contains(&format!("{prefix} owns t")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{prefix} may CREATE in schema public")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("target `reads`"), "{stderr}");
+    // A read_only flag on another protocol is an error.
+    let (code, _, stderr) = check(&base("").replace(
+        "[[targets]]\nname = \"db\"",
+        "[[targets]]\nname = \"web\"\nprotocol = \"http\"\nupstream = \"http://127.0.0.1:1\"\nread_only = true\n\n[[targets]]\nname = \"db\"",
+    ));
+    assert_ne!(code, 0);
+    assert!(stderr.contains("read_only"), "{stderr}");
+}

@@ -41,6 +41,8 @@ pub(crate) struct Catalog {
     views: views::ViewCache,
     /// Bumped on every invalidation: plans cached by sessions are dropped when it changes.
     generation: std::sync::atomic::AtomicU64,
+    /// Catalog-opacity generation and pending changes ([`crate::opacity`]).
+    opacity: crate::opacity::TargetOpacity,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -65,6 +67,112 @@ impl Catalog {
             user_functions: Mutex::new(HashMap::new()),
             views: views::ViewCache::default(),
             generation: std::sync::atomic::AtomicU64::new(0),
+            opacity: crate::opacity::TargetOpacity::default(),
+        }
+    }
+
+    pub(crate) fn opacity(&self) -> &crate::opacity::TargetOpacity {
+        &self.opacity
+    }
+
+    /// A function named `name` (as written: `f`, `schema.f`, `db.schema.f`, `pg_temp.f`) that
+    /// was not created with the cluster (a built-in has an OID below 16384, PostgreSQL's
+    /// `FirstNormalObjectId`, and is owned by the bootstrap superuser), in any schema, with any
+    /// argument types: `schema.f(args)` of the first found, or `None`.
+    pub(crate) async fn user_function(&self, name: &str) -> Result<Option<String>, PgProxyError> {
+        let whole = sql_literal(name.strip_prefix("pg_temp.").unwrap_or(name))?;
+        let sql = format!(
+            "SELECT n.nspname || '.' || p.proname || '(' || \
+               pg_catalog.pg_get_function_identity_arguments(p.oid) || ')' \
+             FROM pg_catalog.pg_proc p \
+             JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+             WHERE {whole} IN (p.proname::text, n.nspname || '.' || p.proname, \
+               pg_catalog.current_database() || '.' || n.nspname || '.' || p.proname) \
+             AND NOT (p.oid < 16384 AND p.proowner = 10) LIMIT 1"
+        );
+        let rows = self.run(&sql).await?;
+        Ok(rows.into_iter().next().map(|r| {
+            r.into_iter()
+                .next()
+                .flatten()
+                .unwrap_or_else(|| "an unnamed function".into())
+        }))
+    }
+
+    /// What user code runs when the relation `name` (as written; matched in every schema when
+    /// unqualified) is written and when it is read: `(write, read)`, each the first found.
+    /// A write reaches the relation's inheritance children and partitions, the tables a view
+    /// writes through, and tables whose foreign keys cascade from it; it runs their user
+    /// triggers, rules, and user functions in defaults, constraints, index expressions and
+    /// row-security policies. A read runs user functions in views and row-security policies.
+    pub(crate) async fn relation_code(
+        &self,
+        name: &str,
+    ) -> Result<(Option<String>, Option<String>), PgProxyError> {
+        let whole = sql_literal(name.strip_prefix("pg_temp.").unwrap_or(name))?;
+        let sql = format!(
+            "WITH RECURSIVE \
+             start AS (SELECT c.oid FROM pg_catalog.pg_class c \
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+               WHERE {whole} IN (c.relname::text, n.nspname || '.' || c.relname, \
+                 pg_catalog.current_database() || '.' || n.nspname || '.' || c.relname)), \
+             viewdeps AS (SELECT rw.ev_class AS rel, d.refobjid AS dep \
+               FROM pg_catalog.pg_rewrite rw JOIN pg_catalog.pg_depend d \
+               ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid = rw.oid \
+               AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+               AND d.refobjid <> rw.ev_class), \
+             reads(oid, depth) AS (SELECT oid, 0 FROM start UNION \
+               SELECT v.dep, r.depth + 1 FROM reads r JOIN viewdeps v ON v.rel = r.oid \
+               WHERE r.depth < 16), \
+             edges AS (SELECT inhparent AS rel, inhrelid AS dep FROM pg_catalog.pg_inherits \
+               UNION ALL SELECT confrelid, conrelid FROM pg_catalog.pg_constraint \
+                 WHERE contype = 'f' \
+                 AND (confdeltype NOT IN ('a', 'r') OR confupdtype NOT IN ('a', 'r')) \
+               UNION ALL SELECT rel, dep FROM viewdeps), \
+             writes(oid, depth) AS (SELECT oid, 0 FROM reads UNION \
+               SELECT e.dep, w.depth + 1 FROM writes w JOIN edges e ON e.rel = w.oid \
+               WHERE w.depth < 16), \
+             objs(rel, classid, objid) AS ( \
+               SELECT oid, 'pg_catalog.pg_class'::pg_catalog.regclass, oid FROM pg_catalog.pg_class \
+               UNION ALL SELECT indrelid, 'pg_catalog.pg_class'::pg_catalog.regclass, indexrelid \
+                 FROM pg_catalog.pg_index \
+               UNION ALL SELECT adrelid, 'pg_catalog.pg_attrdef'::pg_catalog.regclass, oid \
+                 FROM pg_catalog.pg_attrdef \
+               UNION ALL SELECT conrelid, 'pg_catalog.pg_constraint'::pg_catalog.regclass, oid \
+                 FROM pg_catalog.pg_constraint WHERE conrelid <> 0 \
+               UNION ALL SELECT polrelid, 'pg_catalog.pg_policy'::pg_catalog.regclass, oid \
+                 FROM pg_catalog.pg_policy \
+               UNION ALL SELECT ev_class, 'pg_catalog.pg_rewrite'::pg_catalog.regclass, oid \
+                 FROM pg_catalog.pg_rewrite \
+               UNION ALL SELECT tgrelid, 'pg_catalog.pg_trigger'::pg_catalog.regclass, oid \
+                 FROM pg_catalog.pg_trigger), \
+             userfn(rel, classid, fn) AS (SELECT o.rel, o.classid, p.oid FROM objs o \
+               JOIN pg_catalog.pg_depend d ON d.classid = o.classid AND d.objid = o.objid \
+               AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
+               JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid \
+               WHERE NOT (p.oid < 16384 AND p.proowner = 10)) \
+             SELECT COALESCE( \
+               (SELECT 'trigger ' || t.tgname || ' on ' || t.tgrelid::pg_catalog.regclass::text \
+                 FROM writes w JOIN pg_catalog.pg_trigger t ON t.tgrelid = w.oid \
+                 WHERE NOT t.tgisinternal LIMIT 1), \
+               (SELECT 'rule ' || rw.rulename || ' on ' || rw.ev_class::pg_catalog.regclass::text \
+                 FROM writes w JOIN pg_catalog.pg_rewrite rw ON rw.ev_class = w.oid \
+                 WHERE rw.rulename <> '_RETURN' LIMIT 1), \
+               (SELECT 'function ' || u.fn::pg_catalog.regprocedure::text || ' (through ' \
+                 || u.rel::pg_catalog.regclass::text || ')' \
+                 FROM writes w JOIN userfn u ON u.rel = w.oid LIMIT 1)), \
+               (SELECT 'function ' || u.fn::pg_catalog.regprocedure::text || ' (through ' \
+                 || u.rel::pg_catalog.regclass::text || ')' \
+                 FROM reads r JOIN userfn u ON u.rel = r.oid \
+                 WHERE u.classid IN ('pg_catalog.pg_rewrite'::pg_catalog.regclass, \
+                   'pg_catalog.pg_policy'::pg_catalog.regclass) LIMIT 1)"
+        );
+        let rows = self.run(&sql).await?;
+        match rows.into_iter().next().as_deref() {
+            Some([write, read]) => Ok((write.clone(), read.clone())),
+            _ => Err(PgProxyError::Gateway(
+                "relation lookup returned no row".into(),
+            )),
         }
     }
 
@@ -150,6 +258,7 @@ impl Catalog {
     }
 
     pub(crate) fn invalidate(&self) {
+        self.opacity.invalidate();
         lock(&self.cache).clear();
         self.relations
             .lock()
@@ -426,8 +535,20 @@ impl Catalog {
     }
 }
 
+/// `text` as a string literal that reads the same whatever `standard_conforming_strings` is
+/// (an `E''` literal: backslashes and quotes escaped). Text with a NUL cannot be a name.
+fn sql_literal(text: &str) -> Result<String, PgProxyError> {
+    if text.contains('\0') {
+        return Err(PgProxyError::Gateway("a name with a NUL byte".into()));
+    }
+    Ok(format!(
+        "E'{}'",
+        text.replace('\\', "\\\\").replace('\'', "''")
+    ))
+}
+
 /// Runs one simple query on a gateway-owned connection; returns text rows.
-async fn query(
+pub(crate) async fn query(
     reader: &mut FrameReader<BoxStream>,
     sql: &str,
 ) -> Result<Vec<Vec<Option<String>>>, PgProxyError> {

@@ -29,6 +29,7 @@
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod backstop;
 pub mod binvalue;
 mod cancel;
 mod catalog;
@@ -37,6 +38,7 @@ mod encoding;
 mod error;
 pub mod frame;
 pub mod hooks;
+mod opacity;
 mod prepared;
 pub mod rowmask;
 pub mod scram;

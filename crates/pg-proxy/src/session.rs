@@ -448,6 +448,8 @@ struct Shared {
     names: Arc<Names>,
     /// Woken when the backend half has answered a sync group (ReadyForQuery).
     progress: Notify,
+    /// Sync groups sent and answered, for catalog opacity ([`crate::opacity`]).
+    ready: crate::opacity::ReadyTracker,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -477,6 +479,9 @@ impl Shared {
     }
 
     fn push(&self, e: Expect) {
+        if e.is_synced() {
+            self.ready.sent();
+        }
         lock(&self.expect).push_back(e);
     }
 
@@ -631,6 +636,7 @@ async fn relay(proxy: Arc<ProxyInner>, ready: Ready, client_addr: String, sessio
         done: CancellationToken::new(),
         names: Arc::new(Names::default()),
         progress: Notify::new(),
+        ready: crate::opacity::ReadyTracker::default(),
     });
     // Result summaries are recorded in order by their own task, so no statement's results wait
     // for the audit log's fsync; the operation itself was recorded (awaited) before it ran.
@@ -683,6 +689,7 @@ async fn relay(proxy: Arc<ProxyInner>, ready: Ready, client_addr: String, sessio
         unsynced_exec: false,
         group_may_change: false,
         copy_columns: HashMap::new(),
+        opacity: crate::opacity::SessionOpacity::default(),
     };
     // Both halves run in this one task, as a relay's two copy directions do: a statement's
     // round trip then wakes one task, not two that may sit on different workers.
@@ -829,6 +836,8 @@ struct Frontend {
     /// Binary `COPY … TO STDOUT` statements by operation index: their columns (see
     /// [`Frontend::describe_binary_copy`]).
     copy_columns: HashMap<u64, Arc<Vec<ColumnDesc>>>,
+    /// What the catalog makes opaque, cached for this session.
+    opacity: crate::opacity::SessionOpacity,
 }
 
 /// A statement's verdict after policy, hooks, recording and (for reviews) approvals.
@@ -1140,11 +1149,18 @@ impl Frontend {
         info: Option<&StatementInfo>,
     ) -> Verdicted {
         let operation = Operation::Sql(op.clone());
-        let decision =
-            self.proxy
-                .pipeline
-                .policy
-                .decide(&self.ctx.identity, &self.ctx.target, &operation);
+        let opaque = if op.protocol == SqlProtocol::FunctionCall {
+            Vec::new()
+        } else {
+            let catalog = self.proxy.catalogs.get(&self.ctx.target.name);
+            self.opacity.reasons(catalog, &self.shared.ready, op).await
+        };
+        let decision = self.proxy.pipeline.policy.decide_with_opaque(
+            &self.ctx.identity,
+            &self.ctx.target,
+            &operation,
+            &opaque,
+        );
         let decision = self.proxy.hooks.on_statement(&self.ctx, op, info, decision);
         let decision = if op.protocol == SqlProtocol::FunctionCall
             && !self.proxy.config.allow_function_call
@@ -2076,6 +2092,14 @@ impl Frontend {
             .is_some_and(|s| s.described);
         self.portals.insert(bind.portal.clone(), described);
         let stmt = self.resolve_statement(&bind.statement).await?;
+        if let Some(p) = &stmt
+            && p.info
+                .as_ref()
+                .is_none_or(|i| i.opaque || i.kind == StatementKind::Ddl)
+        {
+            let catalog = self.proxy.catalogs.get(&self.ctx.target.name);
+            self.opacity.note_running(catalog, &self.shared.ready);
+        }
         let parameters = bind.params_as_text();
         // A portal of `EXECUTE name` returns the rows of what `name` runs: mask them as that
         // statement's (its lineage, the profile the policy gives it). The Execute is refused if
@@ -2104,6 +2128,22 @@ impl Frontend {
             shown = Some(self.stmt_ctx(index, &target.text, Some(&decision), target.info.as_ref()));
             runs = Some(target);
         }
+        let recheck = match &stmt {
+            Some(p) if p.name_op.is_none() && !p.sql_prepared && p.review.is_none() => {
+                let op = SqlOperation {
+                    text: p.text.clone(),
+                    parameters: parameters.clone(),
+                    protocol: SqlProtocol::Extended,
+                    settings: self.settings(),
+                };
+                let catalog = self.proxy.catalogs.get(&self.ctx.target.name);
+                self.opacity
+                    .newly_opaque(catalog, &self.shared.ready, &op)
+                    .await
+                    .then_some(op)
+            }
+            _ => None,
+        };
         let refusal = match &stmt {
             None => {
                 let index = self.next_index();
@@ -2159,7 +2199,21 @@ impl Frontend {
                         other => Some((p.index, verdict_deny(other))),
                     }
                 }
-                None => None,
+                // Stored code may have changed since the Parse was decided: a statement the
+                // catalog makes opaque now is decided again.
+                None => match recheck {
+                    Some(op) => match self.evaluate(p.index, &op, p.info.as_ref()).await {
+                        Verdicted::Allowed(_) => None,
+                        Verdicted::Review(decision) => {
+                            match self.review(p.index, op, &decision).await {
+                                Verdicted::Allowed(_) => None,
+                                other => Some((p.index, verdict_deny(other))),
+                            }
+                        }
+                        other => Some((p.index, verdict_deny(other))),
+                    },
+                    None => None,
+                },
             },
         };
         let change = match (&stmt, &refusal) {
@@ -2600,6 +2654,7 @@ impl Backend {
                 if frame.body.first() == Some(&b'I') {
                     self.shared.names.forget_portals();
                 }
+                self.shared.ready.answered(frame.body.first().copied());
                 self.shared.progress.notify_waiters();
                 frame.encode_into(&mut self.out);
                 Ok(())

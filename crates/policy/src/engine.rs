@@ -414,6 +414,7 @@ impl CompiledPolicy {
         identity: &Identity,
         target: &Target,
         operation: &Operation,
+        extra_opaque: &[(usize, String)],
         mut explain: Option<&mut Vec<ItemExplanation>>,
     ) -> Decision {
         let verdicts = self.verdicts_for(target);
@@ -442,7 +443,14 @@ impl CompiledPolicy {
 
         match operation {
             Operation::Sql(op) => {
-                self.sql_items(op, &candidates, &verdicts, &mut items, &mut push);
+                self.sql_items(
+                    op,
+                    extra_opaque,
+                    &candidates,
+                    &verdicts,
+                    &mut items,
+                    &mut push,
+                );
             }
             Operation::Ssh(SshOperation::Exec(cmd)) => {
                 self.exec_items(cmd, None, &candidates, &verdicts, &mut items, &mut push);
@@ -594,6 +602,7 @@ impl CompiledPolicy {
     fn sql_items<'p>(
         &'p self,
         op: &SqlOperation,
+        extra_opaque: &[(usize, String)],
         candidates: &[&'p Rule],
         verdicts: &ResolvedVerdicts,
         items: &mut Vec<(String, ItemOutcome<'p>)>,
@@ -604,11 +613,18 @@ impl CompiledPolicy {
             &mut Vec<(String, ItemOutcome<'p>)>,
         ),
     ) {
-        let classification = classify(&op.text, &op.settings);
+        let mut classification = classify(&op.text, &op.settings);
         if classification.statements.is_empty() {
             let outcome = ItemOutcome::floor(Verdict::Allow, Floor::EmptyQuery, None);
             push(&|| "(empty)".into(), outcome, None, items);
             return;
+        }
+        // Statements the caller found opaque (from the database's catalog) are opaque code.
+        for (index, why) in extra_opaque {
+            if let Some(stmt) = classification.statements.get_mut(*index) {
+                stmt.risks.insert(Risk::OpaqueCode);
+                stmt.opaque_reasons.insert(why.clone());
+            }
         }
         for stmt in &classification.statements {
             let subject = Subject::Sql(stmt);
@@ -620,9 +636,15 @@ impl CompiledPolicy {
                     (None, StatementKind::Unparseable) => {
                         "the SQL could not be read with certainty".to_string()
                     }
-                    (None, kind) => {
-                        format!("{} runs code the gateway cannot see into", kind.as_str())
-                    }
+                    (None, kind) => match stmt.opaque_reasons.iter().next() {
+                        Some(why) => format!(
+                            "{} runs code the gateway cannot see into: {why}",
+                            kind.as_str()
+                        ),
+                        None => {
+                            format!("{} runs code the gateway cannot see into", kind.as_str())
+                        }
+                    },
                 };
                 outcome.opaque(
                     &subject,
@@ -799,7 +821,7 @@ impl CompiledPolicy {
         operation: &Operation,
     ) -> Explanation {
         let mut items = Vec::new();
-        let decision = self.evaluate(identity, target, operation, Some(&mut items));
+        let decision = self.evaluate(identity, target, operation, &[], Some(&mut items));
         Explanation { decision, items }
     }
 }
@@ -814,6 +836,16 @@ fn verdict_name(v: Verdict) -> &'static str {
 
 impl Policy for CompiledPolicy {
     fn decide(&self, identity: &Identity, target: &Target, operation: &Operation) -> Decision {
-        self.evaluate(identity, target, operation, None)
+        self.evaluate(identity, target, operation, &[], None)
+    }
+
+    fn decide_with_opaque(
+        &self,
+        identity: &Identity,
+        target: &Target,
+        operation: &Operation,
+        opaque: &[(usize, String)],
+    ) -> Decision {
+        self.evaluate(identity, target, operation, opaque, None)
     }
 }

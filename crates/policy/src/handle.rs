@@ -64,4 +64,15 @@ impl Policy for PolicyHandle {
     fn decide(&self, identity: &Identity, target: &Target, operation: &Operation) -> Decision {
         self.load().decide(identity, target, operation)
     }
+
+    fn decide_with_opaque(
+        &self,
+        identity: &Identity,
+        target: &Target,
+        operation: &Operation,
+        opaque: &[(usize, String)],
+    ) -> Decision {
+        self.load()
+            .decide_with_opaque(identity, target, operation, opaque)
+    }
 }

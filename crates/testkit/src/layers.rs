@@ -90,6 +90,18 @@ impl Policy for FnPolicy {
     fn decide(&self, identity: &Identity, target: &Target, operation: &Operation) -> Decision {
         (self.0)(identity, target, operation)
     }
+
+    /// A test policy decides from the operation alone: what the caller found opaque is not
+    /// its concern (use the real policy engine to test opaque items).
+    fn decide_with_opaque(
+        &self,
+        identity: &Identity,
+        target: &Target,
+        operation: &Operation,
+        _opaque: &[(usize, String)],
+    ) -> Decision {
+        (self.0)(identity, target, operation)
+    }
 }
 
 /// In-memory approvals with separation of duties, N approvers, timeouts and abandon-on-drop.

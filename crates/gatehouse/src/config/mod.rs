@@ -411,6 +411,11 @@ pub struct TargetSection {
     pub server: Option<String>,
     /// Send the caller's identity as `Impersonate-User`/`Impersonate-Group` (kubernetes).
     pub impersonate: Option<bool>,
+    /// The target only needs reads, so its upstream role should be unable to write (postgres):
+    /// `check-config` reads the role's privileges from the catalog and warns about every way it
+    /// can write (`serve` also logs them at start).
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 /// An HTTP target's injected credential; the secret comes from an env var or a file.
@@ -501,6 +506,7 @@ const TARGET_FIELDS: &[(&str, &[&str])] = &[
     ("host_key", &["ssh"]),
     ("server", &["kubernetes"]),
     ("impersonate", &["kubernetes"]),
+    ("read_only", &["postgres"]),
 ];
 
 impl TargetSection {
@@ -525,6 +531,7 @@ impl TargetSection {
         check(self.host_key.is_some(), "host_key");
         check(self.server.is_some(), "server");
         check(self.impersonate.is_some(), "impersonate");
+        check(self.read_only, "read_only");
         out
     }
 }

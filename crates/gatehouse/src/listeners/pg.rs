@@ -91,6 +91,34 @@ pub fn pg_target(
     })
 }
 
+/// For a target marked `read_only`: one line per way its upstream role can write (from the
+/// upstream's catalog), or one saying it could not be checked. Empty when the role cannot write.
+pub async fn read_only_findings(t: &PgTarget) -> Vec<String> {
+    let name = &t.target.name;
+    let role = &t.upstream.user;
+    let checked = tokio::time::timeout(
+        Duration::from_secs(15),
+        gatehouse_pg::backstop::write_capabilities(&t.upstream),
+    )
+    .await;
+    match checked {
+        Ok(Ok(found)) => found
+            .into_iter()
+            .map(|what| {
+                format!(
+                    "target `{name}` is read_only but its upstream role `{role}` can write: {what}"
+                )
+            })
+            .collect(),
+        Ok(Err(e)) => vec![format!(
+            "target `{name}` is read_only but its upstream role `{role}` could not be checked: {e}"
+        )],
+        Err(_) => vec![format!(
+            "target `{name}` is read_only but its upstream role `{role}` could not be checked: timed out"
+        )],
+    }
+}
+
 /// Binds one PostgreSQL listener and serves it until shutdown.
 pub async fn start(
     loaded: &LoadedConfig,
@@ -108,6 +136,16 @@ pub async fn start(
         .filter(|t| t.get_ref().protocol == "postgres")
     {
         let pg = pg_target(loaded, t)?;
+        if t.get_ref().read_only {
+            // Checked against the catalog at start; the gateway serves either way (the policy
+            // still decides), but the operator learns the backstop is missing.
+            let check = pg.clone();
+            tokio::spawn(async move {
+                for w in read_only_findings(&check).await {
+                    tracing::warn!("{w}");
+                }
+            });
+        }
         targets.insert(pg.target.name.clone(), pg);
     }
     let mut config = PgProxyConfig::new(targets.into_values());

@@ -170,6 +170,17 @@ impl Policy for PolicyRef {
     fn decide(&self, identity: &Identity, target: &Target, operation: &Operation) -> Decision {
         self.0.decide(identity, target, operation)
     }
+
+    fn decide_with_opaque(
+        &self,
+        identity: &Identity,
+        target: &Target,
+        operation: &Operation,
+        opaque: &[(usize, String)],
+    ) -> Decision {
+        self.0
+            .decide_with_opaque(identity, target, operation, opaque)
+    }
 }
 
 impl Harness {

@@ -6,6 +6,7 @@
 mod common;
 
 mod auth;
+mod backstop;
 mod copy;
 mod encodings;
 mod execution;
@@ -15,6 +16,7 @@ mod leaks;
 mod lexer_state;
 mod limits;
 mod masking;
+mod opacity;
 mod psql;
 mod raw;
 mod real_layers;

@@ -454,3 +454,63 @@ proptest! {
         prop_assert!(d.verdict != Verdict::Allow);
     }
 }
+
+/// Statements the caller found opaque from the database's catalog (`decide_with_opaque`) are
+/// opaque items: never the default, decided by a rule written for opaque items, tripwires apply;
+/// the other statements of the same text are decided as usual.
+#[test]
+fn statements_found_opaque_by_the_caller_never_reach_default() {
+    let p = policy(
+        r#"
+[defaults]
+default = "allow"
+opaque = "review"
+
+[[rules]]
+id = "no-victims"
+reason = "nobody touches victims"
+verdict = "deny"
+sql = { tables = ["victims"] }
+"#,
+    );
+    let target = Target::new("db", Protocol::Postgres);
+    let op = Operation::Sql(SqlOperation::simple("select 1; select length(3)"));
+    assert_eq!(p.decide(&who(), &target, &op).verdict, Verdict::Allow);
+    let opaque = [(
+        1,
+        "function length may call public.length(integer)".to_string(),
+    )];
+    let d = p.decide_with_opaque(&who(), &target, &op, &opaque);
+    assert_eq!(d.verdict, Verdict::Review);
+    assert_eq!(d.rule_id, "opaque");
+    assert!(d.reason.contains("public.length(integer)"), "{}", d.reason);
+    // An index past the statements changes nothing.
+    let d = p.decide_with_opaque(&who(), &target, &op, &[(7, "x".into())]);
+    assert_eq!(d.verdict, Verdict::Allow);
+    // A tripwire on the table still applies to an opaque statement.
+    let op = Operation::Sql(SqlOperation::simple("update victims set id = 1"));
+    let d = p.decide_with_opaque(&who(), &target, &op, &[(0, "trigger t".into())]);
+    assert_eq!(d.verdict, Verdict::Deny);
+    // A rule written for opaque items decides them.
+    let p = policy(
+        r#"
+[defaults]
+default = "deny"
+opaque = "deny"
+
+[[rules]]
+id = "dba-code"
+reason = "stored code is fine here"
+verdict = "allow"
+opaque = true
+sql = { kinds = ["update"] }
+"#,
+    );
+    let op = Operation::Sql(SqlOperation::simple("update t set x = 1"));
+    let d = p.decide_with_opaque(&who(), &target, &op, &[(0, "trigger t".into())]);
+    assert_eq!(
+        (d.verdict, d.rule_id.as_str()),
+        (Verdict::Allow, "dba-code")
+    );
+    assert_eq!(p.decide(&who(), &target, &op).verdict, Verdict::Deny);
+}

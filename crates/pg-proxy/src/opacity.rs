@@ -1,0 +1,314 @@
+//! Catalog opacity: statements whose text the gateway understands but whose effect depends on
+//! code stored in the database — a function a user defined under a built-in's name (`lower`,
+//! overloaded by argument type, in `public`, in `pg_temp`), a trigger or rule on a table a
+//! statement writes, a column default, check constraint, index expression or row-security
+//! policy calling user code, a view that calls user code.
+//!
+//! What it promises:
+//! - Lookups run on the target's catalog connection (a side connection the gateway owns, see
+//!   [`crate::catalog`]), never on the client's backend: a lookup cannot change, abort or be
+//!   blocked by the client's transaction, whatever state that transaction is in.
+//! - Names are matched in every schema, so `search_path` (set in the session, at connect time
+//!   with `options`, or by `ALTER ROLE … SET`) cannot hide a function or table from the lookup:
+//!   `lower` is opaque when any `lower` exists that was not created with the cluster (built-ins
+//!   have OIDs below 16384 and belong to the bootstrap superuser).
+//! - A failed lookup makes the statement opaque (fail closed).
+//! - The side connection cannot see what the session changed in a transaction that has not
+//!   ended. After the session runs a statement that may change stored code (any opaque
+//!   statement, any DDL), every later statement of the session that names a function or a table
+//!   is opaque until the server reports the session idle outside a transaction block after it;
+//!   then the cache is dropped.
+//! - Answers are cached per session and dropped when any session of the target runs DDL or
+//!   settles as above; while any session of the target has such changes pending, nothing is
+//!   cached (every lookup reads the catalog).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use gatehouse_core::{SqlOperation, SqlSessionSettings};
+use gatehouse_sql::{Risk, StatementKind, classify};
+
+use crate::catalog::Catalog;
+
+/// Counts the sync groups a session sent upstream and the ReadyForQuery answers it got, so the
+/// client half knows when a statement has run and its transaction has ended.
+#[derive(Debug, Default)]
+pub(crate) struct ReadyTracker {
+    sent: AtomicU64,
+    answered: AtomicU64,
+    idle: AtomicBool,
+}
+
+impl ReadyTracker {
+    /// A message that the server answers with one ReadyForQuery (Query, Sync, FunctionCall)
+    /// was queued for the backend.
+    pub(crate) fn sent(&self) {
+        self.sent.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// ReadyForQuery arrived with this transaction status byte.
+    pub(crate) fn answered(&self, status: Option<u8>) {
+        self.idle.store(status == Some(b'I'), Ordering::SeqCst);
+        self.answered.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn sent_count(&self) -> u64 {
+        self.sent.load(Ordering::SeqCst)
+    }
+
+    /// Group `group` (1-based) was answered and the session was idle outside a transaction
+    /// block at the latest answer.
+    fn settled_after(&self, group: u64) -> bool {
+        self.answered.load(Ordering::SeqCst) >= group && self.idle.load(Ordering::SeqCst)
+    }
+}
+
+/// Target-wide state: a generation bumped whenever cached answers may be stale, and how many
+/// sessions have catalog changes the side connection may not see yet.
+#[derive(Debug, Default)]
+pub(crate) struct TargetOpacity {
+    generation: AtomicU64,
+    pending: Arc<AtomicUsize>,
+}
+
+impl TargetOpacity {
+    pub(crate) fn invalidate(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Holds one count in [`TargetOpacity::pending`] while a session is unsettled.
+#[derive(Debug)]
+struct PendingGuard(Arc<AtomicUsize>);
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Why the code of a relation runs on a write and on a read (`None`: it runs none).
+#[derive(Debug, Clone, Default)]
+struct RelationCode {
+    write: Option<String>,
+    read: Option<String>,
+}
+
+/// Per-session cache and state.
+#[derive(Debug, Default)]
+pub(crate) struct SessionOpacity {
+    generation: u64,
+    functions: HashMap<String, Option<String>>,
+    relations: HashMap<String, RelationCode>,
+    /// `Some(g)`: the session may have changed stored code; settled once group `g` is answered
+    /// outside a transaction block.
+    unsettled: Option<(u64, PendingGuard)>,
+    /// Statement text → the generation it was last decided under, and whether the catalog made
+    /// it opaque then (bounded).
+    decided: HashMap<String, (u64, bool)>,
+}
+
+/// Most statement texts remembered for [`SessionOpacity::needs_recheck`].
+const DECIDED_MAX: usize = 4096;
+
+const WRITE_KINDS: [StatementKind; 6] = [
+    StatementKind::Insert,
+    StatementKind::Update,
+    StatementKind::Delete,
+    StatementKind::Merge,
+    StatementKind::Copy,
+    StatementKind::Truncate,
+];
+
+fn is_opaque(stmt: &gatehouse_sql::StatementInfo) -> bool {
+    matches!(
+        stmt.kind,
+        StatementKind::Unparseable | StatementKind::DoBlock | StatementKind::Call
+    ) || stmt.has(Risk::OpaqueCode)
+}
+
+impl SessionOpacity {
+    /// `(statement index, reason)` for every statement of `op` that the catalog makes opaque.
+    pub(crate) async fn reasons(
+        &mut self,
+        catalog: Option<&Catalog>,
+        ready: &ReadyTracker,
+        op: &SqlOperation,
+    ) -> Vec<(usize, String)> {
+        self.reasons_for(catalog, ready, &op.text, &op.settings)
+            .await
+    }
+
+    async fn reasons_for(
+        &mut self,
+        catalog: Option<&Catalog>,
+        ready: &ReadyTracker,
+        text: &str,
+        settings: &SqlSessionSettings,
+    ) -> Vec<(usize, String)> {
+        let classification = classify(text, settings);
+        let mut out = Vec::new();
+        let Some(catalog) = catalog else {
+            // No catalog to ask: everything that names code or tables is opaque.
+            for (i, stmt) in classification.statements.iter().enumerate() {
+                if !is_opaque(stmt) && (!stmt.functions.is_empty() || !stmt.tables.is_empty()) {
+                    out.push((i, "the target's catalog cannot be read".to_string()));
+                }
+            }
+            return out;
+        };
+        let target = catalog.opacity();
+        if let Some((group, _)) = &self.unsettled
+            && ready.settled_after(*group)
+        {
+            self.unsettled = None;
+            target.invalidate();
+        }
+        let generation = target.generation.load(Ordering::SeqCst);
+        let cache = target.pending.load(Ordering::SeqCst) == 0 && self.unsettled.is_none();
+        if generation != self.generation || !cache {
+            self.functions.clear();
+            self.relations.clear();
+            self.generation = generation;
+        }
+        for (i, stmt) in classification.statements.iter().enumerate() {
+            let changes_code = is_opaque(stmt)
+                || stmt.kinds.contains(&StatementKind::Ddl)
+                || stmt.kinds.contains(&StatementKind::Drop);
+            if is_opaque(stmt) {
+                // Already opaque from its text.
+            } else if self.unsettled.is_some() {
+                if !stmt.functions.is_empty() || !stmt.tables.is_empty() {
+                    out.push((
+                        i,
+                        "an earlier statement of this session may have changed stored code in a \
+                         transaction that has not ended"
+                            .to_string(),
+                    ));
+                }
+            } else if let Some(why) = self.statement_reason(catalog, stmt).await {
+                out.push((i, why));
+            }
+            if changes_code {
+                self.mark_unsettled(ready, target);
+            }
+        }
+        if self.decided.len() >= DECIDED_MAX {
+            self.decided.clear();
+        }
+        self.decided
+            .insert(text.to_string(), (generation, !out.is_empty()));
+        out
+    }
+
+    /// Whether a statement decided earlier (at Parse) as not opaque by the catalog is opaque
+    /// now that it is about to run: stored code may have changed since (the target's
+    /// generation moved, a session has uncommitted changes, or this session is unsettled).
+    /// Statements the catalog already made opaque when they were decided are not decided again.
+    pub(crate) async fn newly_opaque(
+        &mut self,
+        catalog: Option<&Catalog>,
+        ready: &ReadyTracker,
+        op: &SqlOperation,
+    ) -> bool {
+        let before = self.decided.get(&op.text).copied();
+        if let Some((generation, was_opaque)) = before {
+            if was_opaque {
+                return false;
+            }
+            if let Some(c) = catalog {
+                let target = c.opacity();
+                if self.unsettled.is_none()
+                    && target.pending.load(Ordering::SeqCst) == 0
+                    && target.generation.load(Ordering::SeqCst) == generation
+                {
+                    return false;
+                }
+            }
+        }
+        !self.reasons(catalog, ready, op).await.is_empty()
+    }
+
+    /// A statement decided earlier that may change stored code is about to run (a Bind of a
+    /// statement parsed in an earlier group): unsettled from its group on.
+    pub(crate) fn note_running(&mut self, catalog: Option<&Catalog>, ready: &ReadyTracker) {
+        if let Some(catalog) = catalog {
+            self.mark_unsettled(ready, catalog.opacity());
+        }
+    }
+
+    fn mark_unsettled(&mut self, ready: &ReadyTracker, target: &TargetOpacity) {
+        // The statement is in the group not yet queued: the next one.
+        let group = ready.sent_count() + 1;
+        match &mut self.unsettled {
+            Some((g, _)) => *g = (*g).max(group),
+            None => {
+                target.pending.fetch_add(1, Ordering::SeqCst);
+                self.unsettled = Some((group, PendingGuard(target.pending.clone())));
+            }
+        }
+        target.invalidate();
+        self.functions.clear();
+        self.relations.clear();
+    }
+
+    async fn statement_reason(
+        &mut self,
+        catalog: &Catalog,
+        stmt: &gatehouse_sql::StatementInfo,
+    ) -> Option<String> {
+        for f in &stmt.functions {
+            if let Some(why) = self.function(catalog, f).await {
+                return Some(why);
+            }
+        }
+        let writes = WRITE_KINDS.iter().any(|k| stmt.kinds.contains(k));
+        for t in &stmt.tables {
+            let code = self.relation(catalog, t).await;
+            let why = if writes { code.write } else { code.read };
+            if why.is_some() {
+                return why;
+            }
+        }
+        None
+    }
+
+    async fn function(&mut self, catalog: &Catalog, name: &str) -> Option<String> {
+        if let Some(known) = self.functions.get(name) {
+            return known.clone();
+        }
+        let answer = match catalog.user_function(name).await {
+            Ok(None) => None,
+            Ok(Some(found)) => Some(format!(
+                "function {name} may call {found}, defined in the database by a user"
+            )),
+            Err(e) => Some(format!(
+                "the catalog lookup of function {name} failed ({e})"
+            )),
+        };
+        self.functions.insert(name.to_string(), answer.clone());
+        answer
+    }
+
+    async fn relation(&mut self, catalog: &Catalog, name: &str) -> RelationCode {
+        if let Some(known) = self.relations.get(name) {
+            return known.clone();
+        }
+        let answer = match catalog.relation_code(name).await {
+            Ok((write, read)) => RelationCode {
+                write: write.map(|w| format!("writing {name} runs {w}")),
+                read: read.map(|r| format!("reading {name} runs {r}")),
+            },
+            Err(e) => {
+                let why = format!("the catalog lookup of relation {name} failed ({e})");
+                RelationCode {
+                    write: Some(why.clone()),
+                    read: Some(why),
+                }
+            }
+        };
+        self.relations.insert(name.to_string(), answer.clone());
+        answer
+    }
+}

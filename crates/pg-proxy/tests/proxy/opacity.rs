@@ -1,0 +1,404 @@
+//! Catalog opacity through the gateway against a real PostgreSQL: code stored in the database
+//! (user functions under built-in names, triggers, rules) makes an ordinary-looking statement
+//! opaque, decided by the policy's `opaque` verdict; plain built-ins and plain DML on tables
+//! without stored code stay allowed.
+
+use std::sync::Arc;
+
+use gatehouse_testkit::within;
+
+use crate::common::{Options, T, TOKEN, db_error, start};
+
+/// Everything is allowed except what the gateway cannot see into, which is refused (so a test
+/// sees the opaque verdict as an error instead of a held request). One rule lets the agent
+/// create code, to test what the session itself creates.
+const POLICY: &str = r#"
+version = 1
+
+[defaults]
+default = "allow"
+opaque = "deny"
+
+[[rules]]
+id = "agents-create-code"
+reason = "the agent may define functions in these tests"
+verdict = "allow"
+opaque = true
+sql = { kinds = ["ddl"] }
+"#;
+
+/// Run as the upstream role: every function here is owned by a non-bootstrap role.
+const SETUP: &str = "
+create table victims (id int);
+insert into victims select generate_series(1, 5);
+create function public.wipe() returns int language plpgsql volatile
+  as $$ begin delete from victims; return 1; end $$;
+-- declared IMMUTABLE, deletes through a volatile helper
+create function public.length(int) returns int language plpgsql immutable
+  as $$ begin perform public.wipe(); return $1; end $$;
+create table accounts (id int primary key, bal int);
+insert into accounts select g, 100 from generate_series(1, 3) g;
+create function public.on_update() returns trigger language plpgsql
+  as $$ begin delete from victims; return new; end $$;
+create trigger wipe_on_update before update on accounts
+  for each row execute function public.on_update();
+create table inbox (x int);
+create rule wipe_on_insert as on insert to inbox do also delete from victims;
+create view wiping_view as select public.wipe() as w;
+create table defaults_code (id int, n int default public.length(1));
+create table parent (id int primary key);
+create table child (pid int references parent on delete cascade);
+create trigger wipe_on_child_delete before delete on child
+  for each row execute function public.on_update();
+insert into parent values (1); insert into child values (1);
+create table logs (x int) partition by range (x);
+create table logs_1 partition of logs for values from (0) to (100);
+create trigger wipe_on_log before insert on logs_1
+  for each row execute function public.on_update();
+create schema evil;
+create function evil.upper(text) returns text language plpgsql
+  as $$ begin delete from victims; return $1; end $$;
+create table pgbench_branches (bid int not null primary key, bbalance int, filler char(88));
+create table pgbench_tellers (tid int not null primary key, bid int, tbalance int, filler char(84));
+create table pgbench_accounts (aid int not null primary key, bid int, abalance int, filler char(84));
+create table pgbench_history (tid int, bid int, aid int, delta int, mtime timestamp, filler char(22));
+insert into pgbench_branches values (1, 0, null);
+insert into pgbench_tellers select g, 1, 0, null from generate_series(1, 10) g;
+insert into pgbench_accounts select g, 1, 0, '' from generate_series(1, 1000) g;
+";
+
+fn options() -> Options {
+    Options {
+        policy: Arc::new(
+            gatehouse_policy::CompiledPolicy::from_toml(POLICY, "policy.toml").unwrap(),
+        ),
+        setup_sql: SETUP,
+        ..Options::default()
+    }
+}
+
+fn victims(h: &crate::common::Harness) -> String {
+    h.db.psql("select count(*) from victims")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+async fn refused_as_opaque(c: &tokio_postgres::Client, sql: &str) -> String {
+    let e = c
+        .simple_query(sql)
+        .await
+        .expect_err(&format!("{sql} must be refused"));
+    let (code, message) = db_error(&e);
+    assert_eq!(code, "42501", "{sql}: {message}");
+    assert!(message.contains("opaque"), "{sql}: {message}");
+    message
+}
+
+#[tokio::test]
+async fn stored_code_makes_ordinary_statements_opaque() {
+    within(T, async {
+        let h = start(options()).await;
+        let c = h.connect().await;
+        // A user overload of a built-in name, declared IMMUTABLE, that deletes.
+        let m = refused_as_opaque(&c, "select length(3)").await;
+        assert!(m.contains("public.length(integer)"), "{m}");
+        // Also through the extended protocol.
+        let e = c
+            .query("select length($1::int)", &[&3i32])
+            .await
+            .unwrap_err();
+        assert_eq!(db_error(&e).0, "42501");
+        // A trigger fired by an ordinary UPDATE.
+        let m = refused_as_opaque(&c, "update accounts set bal = bal + 1 where id = 1").await;
+        assert!(m.contains("wipe_on_update"), "{m}");
+        // A rule on the table an INSERT writes.
+        let m = refused_as_opaque(&c, "insert into inbox values (1)").await;
+        assert!(m.contains("wipe_on_insert"), "{m}");
+        // A view that calls user code, read by a plain SELECT.
+        let m = refused_as_opaque(&c, "select * from wiping_view").await;
+        assert!(m.contains("wipe()"), "{m}");
+        // A column default that calls user code.
+        let m = refused_as_opaque(&c, "insert into defaults_code (id) values (1)").await;
+        assert!(m.contains("length(integer)"), "{m}");
+        // A delete that cascades to a table with a trigger.
+        let m = refused_as_opaque(&c, "delete from parent").await;
+        assert!(m.contains("wipe_on_child_delete"), "{m}");
+        // An insert routed to a partition with a trigger.
+        let m = refused_as_opaque(&c, "insert into logs values (5)").await;
+        assert!(m.contains("wipe_on_log"), "{m}");
+        // A schema-qualified or quoted spelling changes nothing.
+        refused_as_opaque(&c, "update public.accounts set bal = 0").await;
+        refused_as_opaque(&c, "update \"accounts\" set bal = 0").await;
+        // Hidden in a multi-statement string after a harmless statement.
+        refused_as_opaque(&c, "select 1; update accounts set bal = 0 where id = 2").await;
+        assert_eq!(victims(&h), "5");
+        // Reading the table with the trigger runs no code: allowed.
+        let rows = c
+            .simple_query("select count(*) from accounts")
+            .await
+            .unwrap();
+        assert!(!rows.is_empty());
+        // The information schema's views call functions created with the cluster: not opaque.
+        c.simple_query("select count(*) from information_schema.columns")
+            .await
+            .unwrap();
+        // Plain built-ins stay allowed.
+        c.simple_query("select abs(-1), char_length('abc'), now(), coalesce(null, 1)")
+            .await
+            .unwrap();
+        assert_eq!(victims(&h), "5");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_function_earlier_on_the_search_path_is_opaque() {
+    within(T, async {
+        let h = start(options()).await;
+        // The administrator's role setting puts a schema with a look-alike before pg_catalog.
+        h.db.psql(&format!(
+            "alter role \"{}\" set search_path = evil, pg_catalog, public",
+            h.role
+        ))
+        .unwrap();
+        let c = h.connect().await;
+        let m = refused_as_opaque(&c, "select upper('x')").await;
+        assert!(m.contains("evil.upper(text)"), "{m}");
+        refused_as_opaque(&c, "select pg_catalog.lower('x'), upper('y')").await;
+        assert_eq!(victims(&h), "5");
+        // A function the (bootstrap) superuser added to pg_catalog later is not a built-in.
+        h.db.psql(
+            "create function pg_catalog.split_part(int, int, int) returns int language sql \
+             as $$ select 1 $$",
+        )
+        .unwrap();
+        let m = refused_as_opaque(&c, "select split_part('a,b', ',', 1)").await;
+        assert!(
+            m.contains("pg_catalog.split_part(integer, integer, integer)"),
+            "{m}"
+        );
+        // Unaffected built-ins pass.
+        c.simple_query("select lower('X')").await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn code_the_session_creates_is_opaque_at_once_and_after_commit() {
+    within(T, async {
+        let h = start(options()).await;
+        h.db.psql(&format!(
+            "alter role \"{}\" set search_path = pg_temp, pg_catalog, public",
+            h.role
+        ))
+        .unwrap();
+        let c = h.connect().await;
+        // Inside a transaction the catalog connection cannot see the new function yet.
+        c.simple_query("begin").await.unwrap();
+        c.simple_query(
+            "create function pg_temp.initcap(text) returns text language plpgsql \
+             as $$ begin delete from victims; return $1; end $$",
+        )
+        .await
+        .unwrap();
+        let m = refused_as_opaque(&c, "select initcap('x') /* in the transaction */").await;
+        assert!(m.contains("has not ended"), "{m}");
+        // The refusal aborted the transaction; create it again and commit.
+        c.simple_query("rollback").await.unwrap();
+        c.simple_query("begin").await.unwrap();
+        c.simple_query(
+            "create function pg_temp.initcap(text) returns text language plpgsql \
+             as $$ begin delete from victims; return $1; end $$",
+        )
+        .await
+        .unwrap();
+        c.simple_query("commit").await.unwrap();
+        // Committed: the catalog shows it.
+        let m = refused_as_opaque(&c, "select initcap('x')").await;
+        assert!(m.contains(".initcap(text)"), "{m}");
+        // In the same string as its creation.
+        let m = refused_as_opaque(
+            &c,
+            "create function pg_temp.md5(text) returns text language sql as $$ select $1 $$; \
+             select md5('x')",
+        )
+        .await;
+        assert!(m.contains("has not ended"), "{m}");
+        assert_eq!(victims(&h), "5");
+        // A trigger created in an open transaction, fired by a plain UPDATE.
+        c.simple_query("begin").await.unwrap();
+        c.simple_query(
+            "create trigger again before update on pgbench_branches \
+             for each row execute function public.on_update()",
+        )
+        .await
+        .unwrap();
+        refused_as_opaque(&c, "update pgbench_branches set bbalance = 1").await;
+        c.simple_query("rollback").await.unwrap();
+        // Rolled back and settled: the table is plain again.
+        c.simple_query("update pgbench_branches set bbalance = 0")
+            .await
+            .unwrap();
+        assert_eq!(victims(&h), "5");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn lookups_leave_the_client_transaction_alone() {
+    within(T, async {
+        let h = start(options()).await;
+        let c = h.connect().await;
+        c.simple_query("begin").await.unwrap();
+        c.simple_query("insert into pgbench_history values (1, 1, 1, 1, now(), '')")
+            .await
+            .unwrap();
+        // An aborted transaction: the server refuses, the gateway's lookups do not break it.
+        let e = c.simple_query("select 1/0").await.unwrap_err();
+        assert_eq!(db_error(&e).0, "22012");
+        let e = c.simple_query("select abs(-1)").await.unwrap_err();
+        assert_eq!(db_error(&e).0, "25P02", "the server's own error");
+        c.simple_query("rollback").await.unwrap();
+        let n = h.db.psql("select count(*) from pgbench_history").unwrap();
+        assert_eq!(n.trim(), "0", "the rolled-back insert stays rolled back");
+        c.simple_query("select abs(-1)").await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_failed_lookup_is_opaque() {
+    within(T, async {
+        let h = start(options()).await;
+        let c = h.connect().await;
+        // Opens the gateway's catalog connection.
+        c.simple_query("select abs(-1)").await.unwrap();
+        h.db.psql(
+            "select pg_terminate_backend(pid) from pg_stat_activity \
+             where application_name = 'gatehouse-catalog' and datname = current_database()",
+        )
+        .unwrap();
+        let m = refused_as_opaque(&c, "select lower('a')").await;
+        assert!(m.contains("failed"), "{m}");
+        // The next lookup reconnects.
+        c.simple_query("select initcap('a')").await.unwrap();
+    })
+    .await;
+}
+
+/// The real pgbench through the gateway: its tables carry no stored code, so nothing is opaque.
+#[tokio::test]
+async fn pgbench_runs_without_false_opacity() {
+    within(T, async {
+        let h = start(options()).await;
+        let bin = gatehouse_testkit::pg::PgCluster::shared()
+            .bin_dir()
+            .join("pgbench");
+        let port = h.port.to_string();
+        let out = tokio::process::Command::new(bin)
+            .args(["-n", "-t", "20", "-c", "2", "-h", "127.0.0.1", "-p", &port])
+            .args(["-U", "agent", "app"])
+            .env("PGPASSWORD", TOKEN)
+            .env("PGCONNECT_TIMEOUT", "10")
+            .kill_on_drop(true)
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "pgbench failed: {stdout}\n{stderr}");
+        assert!(
+            stdout.contains("number of failed transactions: 0"),
+            "{stdout}"
+        );
+        // The extended protocol too.
+        let out = tokio::process::Command::new(
+            gatehouse_testkit::pg::PgCluster::shared()
+                .bin_dir()
+                .join("pgbench"),
+        )
+        .args([
+            "-n",
+            "-t",
+            "10",
+            "-M",
+            "prepared",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+        ])
+        .args(["-U", "agent", "app"])
+        .env("PGPASSWORD", TOKEN)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "pgbench -M prepared failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let n = h.db.psql("select count(*) from pgbench_history").unwrap();
+        assert_eq!(n.trim(), "50");
+        assert_eq!(victims(&h), "5");
+    })
+    .await;
+}
+
+/// A trigger created by a statement parsed earlier and executed inside a transaction: the
+/// execution (Bind) makes the session unsettled like the parse did.
+#[tokio::test]
+async fn code_created_by_an_earlier_parsed_statement_is_opaque() {
+    within(T, async {
+        let h = start(options()).await;
+        let c = h.connect().await;
+        let create = c
+            .prepare(
+                "create trigger later before update on pgbench_tellers \
+                 for each row execute function public.on_update()",
+            )
+            .await
+            .unwrap();
+        // Settled again: the session is idle outside a transaction.
+        c.simple_query("select abs(-1)").await.unwrap();
+        c.simple_query("update pgbench_tellers set tbalance = 0")
+            .await
+            .unwrap();
+        c.simple_query("begin").await.unwrap();
+        c.execute(&create, &[]).await.unwrap();
+        let m = refused_as_opaque(&c, "update pgbench_tellers set tbalance = 1").await;
+        assert!(m.contains("has not ended"), "{m}");
+        c.simple_query("rollback").await.unwrap();
+        assert_eq!(victims(&h), "5");
+    })
+    .await;
+}
+
+/// A statement parsed before a trigger existed is decided again when it is executed after.
+#[tokio::test]
+async fn a_statement_parsed_before_a_trigger_is_created_is_decided_again() {
+    within(T, async {
+        let h = start(options()).await;
+        let c = h.connect().await;
+        let update = c
+            .prepare("update pgbench_tellers set tbalance = tbalance + 1")
+            .await
+            .unwrap();
+        c.execute(&update, &[]).await.unwrap();
+        c.simple_query(
+            "create trigger later before update on pgbench_tellers \
+             for each row execute function public.on_update()",
+        )
+        .await
+        .unwrap();
+        let e = c.execute(&update, &[]).await.unwrap_err();
+        let (code, message) = db_error(&e);
+        assert_eq!(code, "42501", "{message}");
+        assert!(message.contains("opaque"), "{message}");
+        assert_eq!(victims(&h), "5");
+    })
+    .await;
+}
