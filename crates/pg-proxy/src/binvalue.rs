@@ -35,6 +35,10 @@ pub enum TypeForm {
     Record,
     /// A range of the given subtype.
     Range(u32),
+    /// A multirange of ranges of the given subtype.
+    Multirange(u32),
+    /// hstore (an extension's type, known by its send function): key/value text pairs.
+    Hstore,
     /// Fixed-layout values that cannot hold text a detector could find or a masked column's
     /// characters: bool, date and time types, intervals, uuid, network addresses, geometric types,
     /// bit strings, tid/xid and similar. Passed as they are.
@@ -66,6 +70,12 @@ pub fn builtin_form(oid: u32) -> Option<TypeForm> {
         3908 => TypeForm::Range(1114),
         3910 => TypeForm::Range(1184),
         3912 => TypeForm::Range(1082),
+        4451 => TypeForm::Multirange(23),
+        4536 => TypeForm::Multirange(20),
+        4532 => TypeForm::Multirange(1700),
+        4533 => TypeForm::Multirange(1114),
+        4534 => TypeForm::Multirange(1184),
+        4535 => TypeForm::Multirange(1082),
         // bool, date, time, timestamp(tz), interval, timetz, uuid, inet, cidr, macaddr(8),
         // point, lseg, path, box, polygon, line, circle, bit, varbit, tid, xid, xid8, cid,
         // pg_lsn, void.
@@ -113,7 +123,11 @@ pub fn builtin_form(oid: u32) -> Option<TypeForm> {
         | 4097
         | 4192
         | 271
-        | 5039 => TypeForm::Array,
+        | 5039
+        // Arrays of the built-in multiranges.
+        | 6150..=6153
+        | 6155
+        | 6157 => TypeForm::Array,
         _ => return None,
     })
 }
@@ -137,6 +151,8 @@ pub fn form_from_send(send: &str, range_subtype: u32) -> TypeForm {
         "array_send" => TypeForm::Array,
         "record_send" => TypeForm::Record,
         "range_send" if range_subtype != 0 => TypeForm::Range(range_subtype),
+        "multirange_send" if range_subtype != 0 => TypeForm::Multirange(range_subtype),
+        "hstore_send" => TypeForm::Hstore,
         "boolsend" | "date_send" | "time_send" | "timestamp_send" | "timestamptz_send"
         | "interval_send" | "timetz_send" | "uuid_send" | "inet_send" | "cidr_send"
         | "macaddr_send" | "macaddr8_send" => TypeForm::Inert,
@@ -308,6 +324,8 @@ fn walk_at(
         TypeForm::Array => walk_array(value, types, visit, depth),
         TypeForm::Record => walk_record(value, types, visit, depth),
         TypeForm::Range(sub) => walk_range(sub, value, types, visit, depth),
+        TypeForm::Multirange(sub) => walk_multirange(sub, value, types, visit, depth),
+        TypeForm::Hstore => walk_hstore(value, visit),
     }
 }
 
@@ -530,6 +548,84 @@ fn walk_range(
     Ok(Walked::Unchanged)
 }
 
+/// A multirange: the number of ranges, then each range with its length. A bound cannot be
+/// rewritten (it would break the order), so a bound that must change drops the whole value.
+fn walk_multirange(
+    sub: u32,
+    value: &[u8],
+    types: &TypeForms,
+    visit: &mut dyn FnMut(LeafKind, &[u8]) -> Leaf,
+    depth: usize,
+) -> Result<Walked, WalkError> {
+    let mut c = Cursor { buf: value };
+    let n = usize::try_from(c.i32()?).map_err(|_| WalkError::Malformed)?;
+    if n.saturating_mul(4) > c.buf.len() {
+        return Err(WalkError::Malformed);
+    }
+    for _ in 0..n {
+        let Some(range) = c.value()? else {
+            return Err(WalkError::Malformed);
+        };
+        match walk_range(sub, range, types, visit, depth + 1)? {
+            Walked::Unchanged => {}
+            Walked::Rewritten(_) | Walked::Drop => return Ok(Walked::Drop),
+        }
+    }
+    if !c.buf.is_empty() {
+        return Err(WalkError::Malformed);
+    }
+    Ok(Walked::Unchanged)
+}
+
+/// hstore (`hstore_send`): the number of pairs, then per pair a key (never NULL) and a value
+/// (-1: NULL), each length-prefixed text. Keys and values are text leaves.
+fn walk_hstore(
+    value: &[u8],
+    visit: &mut dyn FnMut(LeafKind, &[u8]) -> Leaf,
+) -> Result<Walked, WalkError> {
+    let mut c = Cursor { buf: value };
+    let n = usize::try_from(c.i32()?).map_err(|_| WalkError::Malformed)?;
+    if n.saturating_mul(8) > c.buf.len() {
+        return Err(WalkError::Malformed);
+    }
+    let mut parts: Vec<Part<'_>> = Vec::with_capacity(n * 2);
+    let mut changed = false;
+    for _ in 0..n {
+        let key = c.value()?.ok_or(WalkError::Malformed)?;
+        let val = c.value()?;
+        for v in [Some(key), val] {
+            let new = match v {
+                None => None,
+                Some(b) => match visit(LeafKind::Text, b) {
+                    Leaf::Keep => None,
+                    Leaf::Replace(r) => {
+                        changed = true;
+                        Some(r)
+                    }
+                    Leaf::Drop => return Ok(Walked::Drop),
+                },
+            };
+            parts.push((v, new));
+        }
+    }
+    if !c.buf.is_empty() {
+        return Err(WalkError::Malformed);
+    }
+    if !changed {
+        return Ok(Walked::Unchanged);
+    }
+    let mut out = Vec::with_capacity(value.len());
+    out.extend_from_slice(
+        &i32::try_from(n)
+            .map_err(|_| WalkError::Malformed)?
+            .to_be_bytes(),
+    );
+    for (orig, new) in &parts {
+        put_value(&mut out, new.as_deref().or(*orig))?;
+    }
+    Ok(Walked::Rewritten(out))
+}
+
 fn walk_tsvector(
     value: &[u8],
     visit: &mut dyn FnMut(LeafKind, &[u8]) -> Leaf,
@@ -669,5 +765,103 @@ mod tests {
             assert!(walk(TypeForm::Record, bad, &TypeForms::new(), &mut star_at).is_err());
             assert!(walk(TypeForm::TsVector, bad, &TypeForms::new(), &mut star_at).is_err());
         }
+    }
+
+    fn replace_secret(kind: LeafKind, b: &[u8]) -> Leaf {
+        if kind == LeafKind::Text && b == b"secret" {
+            Leaf::Replace(b"[x]".to_vec())
+        } else if kind == LeafKind::Number && b == b"42" {
+            Leaf::Drop
+        } else {
+            Leaf::Keep
+        }
+    }
+
+    #[test]
+    fn hstore_pairs_are_walked_and_rewritten_with_fresh_lengths() {
+        let mut v = Vec::new();
+        v.extend_from_slice(&2i32.to_be_bytes());
+        put_value(&mut v, Some(b"k")).unwrap();
+        put_value(&mut v, Some(b"secret")).unwrap();
+        put_value(&mut v, Some(b"secret")).unwrap();
+        put_value(&mut v, None).unwrap();
+        let got = walk(TypeForm::Hstore, &v, &TypeForms::new(), &mut replace_secret).unwrap();
+        let mut want = Vec::new();
+        want.extend_from_slice(&2i32.to_be_bytes());
+        put_value(&mut want, Some(b"k")).unwrap();
+        put_value(&mut want, Some(b"[x]")).unwrap();
+        put_value(&mut want, Some(b"[x]")).unwrap();
+        put_value(&mut want, None).unwrap();
+        assert_eq!(got, Walked::Rewritten(want));
+        // A NULL key, a short value and trailing bytes are malformed.
+        let mut bad = 1i32.to_be_bytes().to_vec();
+        put_value(&mut bad, None).unwrap();
+        put_value(&mut bad, None).unwrap();
+        assert!(
+            walk(
+                TypeForm::Hstore,
+                &bad,
+                &TypeForms::new(),
+                &mut replace_secret
+            )
+            .is_err()
+        );
+        assert!(
+            walk(
+                TypeForm::Hstore,
+                &v[..v.len() - 1],
+                &TypeForms::new(),
+                &mut replace_secret
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn multirange_bounds_are_visited_and_a_bound_that_must_change_drops_the_value() {
+        let range = |lo: i32, hi: i32| {
+            let mut r = vec![0x02u8]; // LB_INC
+            put_value(&mut r, Some(&lo.to_be_bytes())).unwrap();
+            put_value(&mut r, Some(&hi.to_be_bytes())).unwrap();
+            r
+        };
+        let multi = |ranges: &[Vec<u8>]| {
+            let mut v = (ranges.len() as i32).to_be_bytes().to_vec();
+            for r in ranges {
+                put_value(&mut v, Some(r)).unwrap();
+            }
+            v
+        };
+        let form = builtin_form(4451).unwrap();
+        assert_eq!(form, TypeForm::Multirange(23));
+        let ok = multi(&[range(1, 3), range(5, 9)]);
+        assert_eq!(
+            walk(form, &ok, &TypeForms::new(), &mut replace_secret).unwrap(),
+            Walked::Unchanged
+        );
+        let hit = multi(&[range(1, 3), range(42, 50)]);
+        assert_eq!(
+            walk(form, &hit, &TypeForms::new(), &mut replace_secret).unwrap(),
+            Walked::Drop
+        );
+        let empty = multi(&[]);
+        assert_eq!(
+            walk(form, &empty, &TypeForms::new(), &mut replace_secret).unwrap(),
+            Walked::Unchanged
+        );
+        assert!(
+            walk(
+                form,
+                &ok[..ok.len() - 2],
+                &TypeForms::new(),
+                &mut replace_secret
+            )
+            .is_err()
+        );
+        assert_eq!(
+            form_from_send("multirange_send", 1082),
+            TypeForm::Multirange(1082)
+        );
+        assert_eq!(form_from_send("hstore_send", 0), TypeForm::Hstore);
     }
 }

@@ -308,6 +308,7 @@ impl Catalog {
                      AND a.attnum > 0 AND NOT a.attisdropped), '') \
                  FROM pg_catalog.pg_type t \
                  LEFT JOIN pg_catalog.pg_range r ON r.rngtypid = t.oid \
+                   OR (pg_catalog.to_jsonb(r) ->> 'rngmultitypid')::oid = t.oid \
                  WHERE t.oid IN ({})",
                 list.join(",")
             );
