@@ -52,6 +52,9 @@ pub enum PgProxyError {
     /// of an extension's type, in an expression column): the session ends rather than pass it.
     #[error("{0}")]
     Unmaskable(String),
+    /// A client encoding the gateway cannot decode exactly (SQLSTATE 0A000).
+    #[error("{0}")]
+    UnsupportedEncoding(String),
     /// A gateway-side failure (configuration, TLS setup).
     #[error("gateway error: {0}")]
     Gateway(String),
@@ -86,7 +89,8 @@ impl PgProxyError {
             PgProxyError::Recorder(_)
             | PgProxyError::EgressBlocked
             | PgProxyError::Gateway(_)
-            | PgProxyError::Unmaskable(_) => Side::Gateway,
+            | PgProxyError::Unmaskable(_)
+            | PgProxyError::UnsupportedEncoding(_) => Side::Gateway,
             PgProxyError::Io { side, .. } => *side,
         }
     }
@@ -105,7 +109,7 @@ impl PgProxyError {
             PgProxyError::Recorder(_) => "58030",
             PgProxyError::EgressBlocked => "42501",
             PgProxyError::Gateway(_) => "XX000",
-            PgProxyError::Unmaskable(_) => "0A000",
+            PgProxyError::Unmaskable(_) | PgProxyError::UnsupportedEncoding(_) => "0A000",
             PgProxyError::TokenExpired => "28P01",
             PgProxyError::Io { .. } => "08006",
         }

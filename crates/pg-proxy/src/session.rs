@@ -196,7 +196,7 @@ async fn startup(
         ));
     }
     if let Some(e) = param("client_encoding").and_then(|v| unsupported_encoding(&v)) {
-        return Err((Some(stream), PgProxyError::Refused(e)));
+        return Err((Some(stream), PgProxyError::UnsupportedEncoding(e)));
     }
     let Some(database) = param("database").filter(|d| !d.is_empty()) else {
         return Err((
@@ -2778,7 +2778,7 @@ impl Backend {
                 Ok(())
             }
             b'V' => self.on_function_result(frame).await,
-            b'A' => self.on_notification(frame),
+            b'A' => self.on_notification(frame).await,
             b'G' | b'W' => {
                 frame.encode_into(&mut self.out);
                 Ok(())
@@ -2969,7 +2969,7 @@ impl Backend {
         if k.eq_ignore_ascii_case("client_encoding")
             && let Some(e) = unsupported_encoding(&v)
         {
-            return Err(PgProxyError::Refused(e));
+            return Err(PgProxyError::UnsupportedEncoding(e));
         }
         track_setting(&mut lock(&self.shared.settings), &k, &v);
         if FIXED_FORM_PARAMETERS
@@ -3017,7 +3017,7 @@ impl Backend {
     /// NotificationResponse: the channel name passes the detectors; the payload is withheld
     /// (any session may build it from any row with `pg_notify`, beyond what the gateway can
     /// trace), keeping only whether there was one.
-    fn on_notification(&mut self, frame: Frame) -> Result<(), PgProxyError> {
+    async fn on_notification(&mut self, frame: Frame) -> Result<(), PgProxyError> {
         let mut r = crate::frame::BodyReader::new(frame.body, "NotificationResponse");
         let parsed = (|| {
             let pid = r.u32()?;
@@ -3036,15 +3036,29 @@ impl Backend {
             Some(m) => String::from_utf8_lossy(&m).into_owned(),
             None => channel,
         };
-        self.add_findings(findings);
+        // Any session may have sent the payload, with anything in it: withheld while the profile
+        // masks any column of the database, else through the content detectors.
+        let profile = self.running_ctx().and_then(|c| c.profile.clone());
         let payload = if payload.is_empty() {
-            ""
+            payload
         } else {
-            WITHHELD_VALUE
+            match self.masked_columns(profile.as_deref()).await {
+                Some(m) if m.is_empty() => {
+                    match self
+                        .text_plan()
+                        .mask_value(0, payload.as_bytes(), &mut findings)
+                    {
+                        Some(m) => String::from_utf8_lossy(&m).into_owned(),
+                        None => payload,
+                    }
+                }
+                _ => WITHHELD_VALUE.to_string(),
+            }
         };
+        self.add_findings(findings);
         let mut body = Vec::with_capacity(channel.len() + payload.len() + 6);
         body.extend_from_slice(&pid.to_be_bytes());
-        for s in [channel.as_str(), payload] {
+        for s in [channel.as_str(), payload.as_str()] {
             body.extend_from_slice(s.replace('\0', "").as_bytes());
             body.push(0);
         }
@@ -3714,24 +3728,25 @@ impl Backend {
         }
     }
 
-    /// Whether server text about `ctx` is withheld: the statement is unknown or opaque, or a
-    /// table it names has a column the masking profile masks (its filters and casts read those
-    /// columns as much as its output does), or — while any column is masked — it calls a
-    /// function that runs a query of its own, or (`strict`, for errors and notices) its reads
-    /// are not traced from its text (`EXECUTE`, `FETCH`: the error of a prepared cast carries
-    /// the value).
+    /// Whether server text about `ctx` is withheld: the statement is unknown, or a table it names
+    /// has a column the masking profile masks (its filters and casts read those columns as much
+    /// as its output does), or — while any column of the database is masked — it is opaque, it
+    /// calls a function that runs a query of its own, or (`strict`, for errors and notices) its
+    /// reads are not traced from its text (`EXECUTE`, `FETCH`: the error of a prepared cast
+    /// carries the value).
     async fn withholds(&mut self, ctx: Option<&StmtCtx>, strict: bool) -> bool {
         let Some(ctx) = ctx else {
             return true;
         };
-        if ctx.opaque {
-            return true;
+        // When the profile masks no column of the database, the content detectors (which see
+        // every message) are all the masking there is: nothing to withhold. A listing that fails
+        // counts as masked columns.
+        if matches!(self.masked_columns(ctx.profile.as_deref()).await, Some(m) if m.is_empty()) {
+            return false;
         }
-        if (strict && ctx.lineage.is_none()) || self.runs_own_queries(ctx).await {
-            match self.masked_columns(ctx.profile.as_deref()).await {
-                Some(m) if m.is_empty() => {}
-                _ => return true,
-            }
+        // Code the gateway cannot see into may read any column.
+        if ctx.opaque || (strict && ctx.lineage.is_none()) || self.runs_own_queries(ctx).await {
+            return true;
         }
         if ctx.tables.is_empty() {
             return false;

@@ -247,3 +247,52 @@ async fn masked_non_text_can_refuse_instead() {
     })
     .await;
 }
+
+/// Notices and notification payloads of code the gateway cannot see into are withheld only
+/// while the profile masks some column of the database; with content detectors alone they pass
+/// through the detectors (psycopg's own suite relies on notices of DO blocks).
+#[tokio::test]
+async fn opaque_notices_pass_the_detectors_when_no_column_is_masked_and_are_withheld_otherwise() {
+    use crate::raw::{RawClient, query};
+    gatehouse_testkit::within(T, async {
+        let notice_sql = "do $$ begin raise notice 'hello %', '4111 1111 1111 1111'; end $$; \
+                          listen ch; select pg_notify('ch', 'pay 4111 1111 1111 1111')";
+        for (masks_a_column, expect_withheld) in [(false, false), (true, true)] {
+            let masker = if masks_a_column {
+                LiteralMasker::new()
+                    .column("public.customers.email")
+                    .literal(CARD, "[card]")
+            } else {
+                LiteralMasker::new().literal(CARD, "[card]")
+            };
+            let h = start(Options {
+                masker,
+                setup_sql: SETUP,
+                ..Options::default()
+            })
+            .await;
+            let mut raw = RawClient::connect(h.port).await;
+            raw.send(&query(notice_sql)).await;
+            let got = raw.until_ready().await;
+            let notice = got
+                .iter()
+                .find(|m| m.tag == b'N')
+                .and_then(|m| m.field(b'M'))
+                .expect("a notice");
+            let note = got.iter().find(|m| m.tag == b'A').expect("a notification");
+            let payload = String::from_utf8_lossy(&note.body[4..]).into_owned();
+            assert!(
+                !notice.contains(CARD) && !payload.contains(CARD),
+                "{notice} / {payload}"
+            );
+            if expect_withheld {
+                assert!(notice.contains("withholds"), "{notice}");
+                assert!(payload.contains("withheld"), "{payload}");
+            } else {
+                assert_eq!(notice, "hello [card]");
+                assert!(payload.contains("pay [card]"), "{payload}");
+            }
+        }
+    })
+    .await;
+}
