@@ -284,3 +284,67 @@ async fn the_client_sees_its_backend_pid_and_can_terminate_its_own_backend() {
     })
     .await;
 }
+
+fn pgbench(port: u16, args: &[&str]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(
+        gatehouse_testkit::pg::PgCluster::shared()
+            .bin_dir()
+            .join("pgbench"),
+    );
+    cmd.args(args)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "agent",
+            "app",
+        ])
+        .env("PGPASSWORD", TOKEN)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .env("PGSSLMODE", "disable");
+    gatehouse_testkit::process::run_with_timeout(cmd, Duration::from_secs(120))
+        .expect("pgbench finishes within 120 s")
+}
+
+/// pgbench as a new user runs it: every initialisation step (drop, tables, client-side COPY …
+/// FREEZE, server-side generation, VACUUM, primary and foreign keys), then select-only runs in
+/// the simple, extended and prepared protocols.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_initialises_with_every_step_and_runs_in_every_protocol() {
+    let h = start(Options::default()).await;
+    let port = h.port;
+    for init in ["dtgvpf", "dtGvp"] {
+        let out =
+            tokio::task::spawn_blocking(move || pgbench(port, &["-i", "-I", init, "-s", "1"]))
+                .await
+                .unwrap();
+        assert!(
+            out.status.success(),
+            "pgbench -i -I {init}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            h.db.psql("select count(*) from pgbench_accounts")
+                .unwrap()
+                .trim(),
+            "100000",
+            "-I {init}"
+        );
+    }
+    for mode in ["simple", "extended", "prepared"] {
+        let out = tokio::task::spawn_blocking(move || {
+            pgbench(port, &["-n", "-S", "-t", "50", "-c", "2", "-M", mode])
+        })
+        .await
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success()
+                && stdout.contains("number of transactions actually processed: 100/100"),
+            "-S -M {mode}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
