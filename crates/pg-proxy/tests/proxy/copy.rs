@@ -206,3 +206,41 @@ async fn binary_copy_the_gateway_cannot_describe_is_refused_and_the_session_goes
     })
     .await;
 }
+
+/// Where masked columns may be copied (`allow_masked_column_copies`), binary COPY masks them by
+/// their column rule, with fresh lengths, and the output still loads back.
+#[tokio::test]
+async fn binary_copy_masks_a_masked_column_by_its_rule_when_copies_are_allowed() {
+    gatehouse_testkit::within(T, async {
+        let h = start(Options {
+            configure: Box::new(|c| c.allow_masked_column_copies = true),
+            ..opts()
+        })
+        .await;
+        let c = h.connect().await;
+        let chunks = copy_chunks(&c, "copy people to stdout (format binary)").await;
+        let raw: Vec<u8> = chunks.concat();
+        assert!(
+            !raw.windows(b"ann@example.com".len()).any(|w| w == b"ann@example.com"),
+            "the masked column left in binary COPY"
+        );
+        let tuples = binary_tuples(&chunks);
+        assert_eq!(tuples.len(), 1);
+        assert_eq!(tuples[0][0].as_deref(), Some(&1i32.to_be_bytes()[..]));
+        c.simple_query("create table people_back (like people)").await.unwrap();
+        let sink = c
+            .copy_in::<_, Bytes>("copy people_back from stdin (format binary)")
+            .await
+            .unwrap();
+        futures::pin_mut!(sink);
+        sink.send(Bytes::from(raw)).await.unwrap();
+        assert_eq!(sink.finish().await.unwrap(), 1);
+        let email: String = c
+            .query_one("select email from people_back", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(!email.contains("ann@"), "{email}");
+    })
+    .await;
+}
