@@ -198,6 +198,11 @@ impl ShapePlan {
         }
     }
 
+    /// The type OID of column `index`.
+    pub fn type_oid(&self, index: usize) -> Option<u32> {
+        self.columns.get(index).map(|c| c.type_oid)
+    }
+
     /// Output column names.
     pub fn column_names(&self) -> &[String] {
         &self.names

@@ -2931,8 +2931,10 @@ impl Backend {
             }
             Some(state) => {
                 let mut body = BytesMut::with_capacity(frame.body.len());
+                let detectors = self.text_plan();
                 let r = mask_binary_copy(
                     &copy.plan,
+                    &detectors,
                     state,
                     &frame.body,
                     &mut body,
@@ -3837,6 +3839,65 @@ fn binary_copy_refused(why: &str) -> PgProxyError {
     ))
 }
 
+/// The described types come from the catalog connection, which may resolve a name otherwise
+/// than the session (a temporary table, a changed `search_path`): what goes out is checked
+/// against them. Every value of a fixed-size type has that size, and no content detector finds
+/// anything in the raw bytes of a value the typed walk passed unchanged; else the COPY fails
+/// rather than pass what the walk may have misread.
+fn check_binary_tuple(
+    plan: &ShapePlan,
+    detectors: &ShapePlan,
+    original: &Bytes,
+    sent: &Bytes,
+) -> Result<(), PgProxyError> {
+    let bad = |e: crate::frame::FrameError| {
+        PgProxyError::UpstreamProtocol(format!("binary COPY data: {e}"))
+    };
+    let before = wire::parse_data_row(original).map_err(bad)?;
+    let values = wire::parse_data_row(sent).map_err(bad)?;
+    let mut findings = Vec::new();
+    for (i, v) in values.iter().enumerate() {
+        let Some(v) = v else { continue };
+        if before.get(i).and_then(Option::as_ref) != Some(v) {
+            // Rewritten by the masker: its output is the profile's.
+            continue;
+        }
+        if let Some(size) = plan.type_oid(i).and_then(fixed_binary_size)
+            && v.len() != size
+        {
+            return Err(binary_copy_refused(&format!(
+                "column {} does not have the size of the type the gateway described",
+                i + 1
+            )));
+        }
+        if detectors.mask_value(0, v, &mut findings).is_some() {
+            return Err(binary_copy_refused(&format!(
+                "column {} still holds data the masking profile hides (its type may differ from \
+                 the one the gateway described)",
+                i + 1
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The size of a fixed-size built-in type's binary value.
+fn fixed_binary_size(oid: u32) -> Option<usize> {
+    Some(match oid {
+        16 | 18 => 1, // bool, "char"
+        21 => 2,      // int2
+        23 | 26 | 28 | 29 | 700 | 1082 | 24 | 2202..=2206 | 3734 | 3769 | 4089 | 4096 | 4191 => 4, // int4, oid, xid, cid, float4, date, reg*
+        829 => 6,                                                     // macaddr
+        27 => 6,                                                      // tid
+        20 | 701 | 790 | 1083 | 1114 | 1184 | 3220 | 5069 | 774 => 8, // int8, float8, money, time, timestamp(tz), pg_lsn, xid8, macaddr8
+        1266 => 12,                                                   // timetz
+        1186 | 2950 | 600 => 16,                                      // interval, uuid, point
+        628 | 718 => 24,                                              // line, circle
+        601 | 603 => 32,                                              // lseg, box
+        _ => return None,
+    })
+}
+
 /// A COPY OUT in progress.
 struct CopyOut {
     /// Text formats: one text column (the whole row through the detectors). Binary: the COPY's
@@ -3861,6 +3922,7 @@ const BINARY_COPY_SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
 /// plan refuses fails the COPY (the session ends: the output cannot be cut short cleanly).
 fn mask_binary_copy(
     plan: &ShapePlan,
+    detectors: &ShapePlan,
     state: &mut BinaryCopy,
     body: &Bytes,
     out: &mut BytesMut,
@@ -3920,8 +3982,15 @@ fn mask_binary_copy(
         let tuple = body.slice(start..pos);
         row.clear();
         match plan.mask_row(&tuple, &mut row, scratch, findings) {
-            Ok(RowOutcome::Unchanged) => out.extend_from_slice(&tuple),
-            Ok(RowOutcome::Masked) => out.extend_from_slice(row.get(5..).unwrap_or_default()),
+            Ok(RowOutcome::Unchanged) => {
+                check_binary_tuple(plan, detectors, &tuple, &tuple)?;
+                out.extend_from_slice(&tuple);
+            }
+            Ok(RowOutcome::Masked) => {
+                let masked = Bytes::copy_from_slice(row.get(5..).unwrap_or_default());
+                check_binary_tuple(plan, detectors, &tuple, &masked)?;
+                out.extend_from_slice(&masked);
+            }
             Ok(RowOutcome::Refused(i)) => {
                 return Err(binary_copy_refused(&format!(
                     "column {} holds a masked value that cannot be replaced",

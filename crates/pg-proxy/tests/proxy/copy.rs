@@ -221,13 +221,16 @@ async fn binary_copy_masks_a_masked_column_by_its_rule_when_copies_are_allowed()
         let chunks = copy_chunks(&c, "copy people to stdout (format binary)").await;
         let raw: Vec<u8> = chunks.concat();
         assert!(
-            !raw.windows(b"ann@example.com".len()).any(|w| w == b"ann@example.com"),
+            !raw.windows(b"ann@example.com".len())
+                .any(|w| w == b"ann@example.com"),
             "the masked column left in binary COPY"
         );
         let tuples = binary_tuples(&chunks);
         assert_eq!(tuples.len(), 1);
         assert_eq!(tuples[0][0].as_deref(), Some(&1i32.to_be_bytes()[..]));
-        c.simple_query("create table people_back (like people)").await.unwrap();
+        c.simple_query("create table people_back (like people)")
+            .await
+            .unwrap();
         let sink = c
             .copy_in::<_, Bytes>("copy people_back from stdin (format binary)")
             .await
@@ -241,6 +244,49 @@ async fn binary_copy_masks_a_masked_column_by_its_rule_when_copies_are_allowed()
             .unwrap()
             .get(0);
         assert!(!email.contains("ann@"), "{email}");
+    })
+    .await;
+}
+
+/// The catalog connection describes a name as it resolves there; a temporary table of the
+/// session may shadow it with other types. What the typed walk would pass unread is checked:
+/// a value without its type's size, or with something a detector finds, fails the COPY.
+#[tokio::test]
+async fn a_temporary_table_shadowing_a_described_one_gets_nothing_past_the_masking() {
+    use crate::raw::{RawClient, query};
+    gatehouse_testkit::within(T, async {
+        let h = start(opts()).await;
+        for (public, n) in [("uuid", 1), ("inet", 2)] {
+            let mut raw = RawClient::connect(h.port).await;
+            raw.send(&query(&format!(
+                "create table shadow{n} (a {public}); create temp table shadow{n} (a text); \
+                 insert into shadow{n} values ('{CARD}')"
+            )))
+            .await;
+            raw.until_ready().await;
+            raw.send(&query(&format!("copy shadow{n} to stdout (format binary)")))
+                .await;
+            let mut got = Vec::new();
+            while let Some(m) = raw.next().await {
+                let ready = m.tag == b'Z';
+                got.push(m);
+                if ready {
+                    break;
+                }
+            }
+            for m in &got {
+                assert!(
+                    !m.body.windows(CARD.len()).any(|w| w == CARD.as_bytes()),
+                    "{public}: the card went out raw"
+                );
+            }
+            let error = got.iter().find_map(|m| m.field(b'M')).unwrap_or_default();
+            assert!(error.contains("binary COPY"), "{public}: {error}");
+            assert!(
+                !h.audit_dump().contains(CARD),
+                "{public}: the card reached the recording"
+            );
+        }
     })
     .await;
 }
