@@ -22,11 +22,12 @@ pub(crate) enum Codec {
     Other(&'static encoding_rs::Encoding),
 }
 
-/// PostgreSQL's name for an encoding, normalised the way the server compares them: case and
-/// the characters `-`, `_` and space ignored.
+/// PostgreSQL's name for an encoding, normalised the way the server compares them
+/// (`clean_encoding_name`): only ASCII letters and digits count, case ignored — asyncpg sends
+/// `'utf-8'`, quotes included.
 fn normalise(name: &str) -> String {
     name.chars()
-        .filter(|c| !matches!(c, '-' | '_' | ' '))
+        .filter(char::is_ascii_alphanumeric)
         .map(|c| c.to_ascii_uppercase())
         .collect()
 }
@@ -144,6 +145,7 @@ mod tests {
     fn names_and_aliases_resolve_as_the_server_compares_them() {
         assert_eq!(Codec::for_name("UTF8"), Some(Codec::Utf8));
         assert_eq!(Codec::for_name("utf-8"), Some(Codec::Utf8));
+        assert_eq!(Codec::for_name("'utf-8'"), Some(Codec::Utf8));
         assert_eq!(
             Codec::for_name("latin9"),
             Some(Codec::Other(encoding_rs::ISO_8859_15))
