@@ -47,6 +47,42 @@ pub struct ShapePlan {
     non_text: NonTextMasking,
 }
 
+/// A field plan for a session whose client encoding is not UTF-8: the masker reads and writes
+/// UTF-8, so a value is decoded from the session's encoding before it is masked, and the masked
+/// text encoded back (a character the encoding lacks becomes `?`). ASCII passes as it is.
+struct Transcoding {
+    inner: Box<dyn FieldPlan>,
+    codec: crate::encoding::Codec,
+}
+
+impl FieldPlan for Transcoding {
+    fn apply(
+        &self,
+        index: usize,
+        value: &[u8],
+        out: &mut Vec<u8>,
+        findings: &mut Vec<Finding>,
+    ) -> MaskOutcome {
+        if value.is_ascii() {
+            return self.inner.apply(index, value, out, findings);
+        }
+        let text = self.codec.decode_lossy(value);
+        let mut masked = Vec::new();
+        let outcome = self
+            .inner
+            .apply(index, text.as_bytes(), &mut masked, findings);
+        if outcome == MaskOutcome::Masked {
+            out.clear();
+            out.extend_from_slice(&self.codec.encode(&String::from_utf8_lossy(&masked)));
+        }
+        outcome
+    }
+
+    fn masks_whole(&self, index: usize) -> bool {
+        self.inner.masks_whole(index)
+    }
+}
+
 impl std::fmt::Debug for ShapePlan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ShapePlan")
@@ -196,6 +232,17 @@ impl ShapePlan {
         if let Some(c) = self.columns.get_mut(index) {
             c.derived = true;
         }
+    }
+
+    /// The plan for a session in `codec`'s client encoding (see [`Transcoding`]).
+    pub(crate) fn in_encoding(mut self, codec: crate::encoding::Codec) -> Self {
+        if !codec.is_utf8() {
+            self.plan = Box::new(Transcoding {
+                inner: self.plan,
+                codec,
+            });
+        }
+        self
     }
 
     /// The type OID of column `index`.

@@ -2891,20 +2891,23 @@ impl Backend {
             }
         } else {
             CopyOut {
-                plan: Arc::new(ShapePlan::new(
-                    self.proxy.pipeline.masker.as_ref(),
-                    &[ColumnDesc {
-                        name: "copy".into(),
-                        table_oid: 0,
-                        attnum: 0,
-                        type_oid: 25,
-                        format: 0,
-                    }],
-                    Vec::new(),
-                    profile.as_deref(),
-                    NonTextMasking::Null,
-                    |_| {},
-                )),
+                plan: Arc::new(
+                    ShapePlan::new(
+                        self.proxy.pipeline.masker.as_ref(),
+                        &[ColumnDesc {
+                            name: "copy".into(),
+                            table_oid: 0,
+                            attnum: 0,
+                            type_oid: 25,
+                            format: 0,
+                        }],
+                        Vec::new(),
+                        profile.as_deref(),
+                        NonTextMasking::Null,
+                        |_| {},
+                    )
+                    .in_encoding(self.shared.codec()),
+                ),
                 binary: None,
             }
         };
@@ -2972,6 +2975,10 @@ impl Backend {
             && let Some(e) = unsupported_encoding(&v)
         {
             return Err(PgProxyError::UnsupportedEncoding(e));
+        }
+        if k.eq_ignore_ascii_case("client_encoding") {
+            // Plans decode and encode values in the session's encoding.
+            self.plan_cache.clear();
         }
         track_setting(&mut lock(&self.shared.settings), &k, &v);
         if FIXED_FORM_PARAMETERS
@@ -3241,7 +3248,8 @@ impl Backend {
             self.proxy.config.non_text_masking,
             Arc::new(types),
             |fields: &mut [FieldDesc]| hooks.on_row_description(&session, fields),
-        );
+        )
+        .in_encoding(self.shared.codec());
         for i in withhold {
             plan.withhold(i);
         }
@@ -3699,6 +3707,8 @@ impl Backend {
             type_oid: 25,
             format: 0,
         }];
+        // Server text reaches this plan already decoded into UTF-8 (errors and notices are
+        // decoded from the session's encoding and encoded back around it).
         let plan = Arc::new(ShapePlan::new(
             self.proxy.pipeline.masker.as_ref(),
             &cols,

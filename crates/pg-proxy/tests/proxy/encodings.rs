@@ -110,3 +110,30 @@ async fn an_encoding_the_gateway_cannot_decode_exactly_is_refused_at_startup() {
         "{stderr}"
     );
 }
+
+/// Values are masked as text, whatever the session's encoding: decoded before the masker reads
+/// them, and its output encoded back, so a replacement is valid LATIN9.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_are_masked_as_text_in_the_sessions_encoding() {
+    let h = start(Options {
+        masker: gatehouse_testkit::layers::LiteralMasker::new()
+            .literal("café", "[drink]")
+            .literal("secret", "§"),
+        ..opts()
+    })
+    .await;
+    let port = h.port;
+    let out = tokio::task::spawn_blocking(move || {
+        psql_file(
+            port,
+            "LATIN9",
+            b"select 'a caf\xe9 here';\nselect 'my secret \xa4';\ncopy (select 'caf\xe9 secret') to stdout;\n",
+        )
+    })
+    .await
+    .unwrap();
+    assert!(contains(&out.stdout, b"a [drink] here"), "{out:?}");
+    assert!(contains(&out.stdout, b"my \xa7 \xa4"), "{out:?}");
+    assert!(contains(&out.stdout, b"[drink] \xa7"), "{out:?}");
+    assert!(!contains(&out.stdout, b"caf\xe9"), "{out:?}");
+}
