@@ -1820,3 +1820,36 @@ async fn binary_exec_output_passes_byte_exact_under_a_raw_rule() {
     let dump = rig.layers.recorder.dump();
     assert!(!dump.contains("bob@example.org"), "raw bytes were recorded");
 }
+
+/// A pod log (text/plain) that turns binary: refused without a raw rule (the stream is cut,
+/// never rewritten), passed byte-exact under one.
+#[tokio::test]
+async fn binary_log_output_is_refused_or_passed_raw() {
+    let blob = binary_blob();
+    for binary in ["refuse", "raw"] {
+        let policy = exec_policy(binary).replace(
+            r#"kubernetes = { verbs = ["get"] }"#,
+            &format!("binary = \"{binary}\"\nkubernetes = {{ verbs = [\"get\", \"log\"] }}"),
+        );
+        let rig = Rig::start_with(&policy, |_| {}).await;
+        *rig.api.state.log_tail.lock().unwrap() = Some(blob.clone().into());
+        let out = rig.kubectl(&["logs", "web-0"]).await;
+        let first = format!("{LOG_LINE_1}\n");
+        if binary == "raw" {
+            out.ok();
+            assert!(out.stdout_bytes.starts_with(first.as_bytes()), "{out:#?}");
+            assert_eq!(
+                sha256_hex(&out.stdout_bytes[first.len()..]),
+                sha256_hex(&blob),
+                "altered"
+            );
+            let dump = rig.layers.recorder.dump();
+            assert!(dump.contains(&sha256_hex(&blob)), "digest recorded");
+            assert!(!dump.contains("bob@example.org"), "raw bytes were recorded");
+        } else {
+            assert_ne!(out.code, Some(0), "{out:#?}");
+            assert!(!out.stdout.contains("jane@example.com"), "{out:#?}");
+            assert!(out.stdout_bytes.len() < 100, "{:?}", out.stdout);
+        }
+    }
+}

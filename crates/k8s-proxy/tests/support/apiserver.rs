@@ -62,6 +62,8 @@ pub struct State {
     pub resizes: Mutex<Vec<(u64, u64)>>,
     /// Request bodies as received: (path, content type, bytes).
     pub bodies: Mutex<Vec<(String, String, Bytes)>>,
+    /// When set, a pod log's second part is these bytes (a container that writes binary).
+    pub log_tail: Mutex<Option<Bytes>>,
 }
 
 impl State {
@@ -170,6 +172,7 @@ impl ApiServer {
             exec_requests: AtomicU64::new(0),
             resizes: Mutex::new(Vec::new()),
             bodies: Mutex::new(Vec::new()),
+            log_tail: Mutex::new(None),
         });
         for ns in ["default", "kube-system"] {
             state.insert(
@@ -849,9 +852,9 @@ fn logs(st: Arc<State>, q: &[(String, String)]) -> Response<Body> {
         if follow {
             st.log_gate.notified().await;
         }
-        let _ = tx
-            .send(Ok(Frame::data(Bytes::from(format!("{LOG_LINE_2}\n")))))
-            .await;
+        let tail = st.log_tail.lock().unwrap().clone();
+        let second = tail.unwrap_or_else(|| Bytes::from(format!("{LOG_LINE_2}\n")));
+        let _ = tx.send(Ok(Frame::data(second))).await;
     });
     let mut r = Response::new(BodyExt::boxed(StreamBody::new(tokio_stream_from(rx))));
     r.headers_mut()
