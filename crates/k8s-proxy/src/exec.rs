@@ -218,9 +218,6 @@ fn exit_status(status: &serde_json::Value) -> String {
     }
 }
 
-/// Exit status reported when output is withheld (as the SSH proxy does: "cannot execute").
-const EXIT_REFUSED: u32 = 126;
-
 /// One output channel (stdout or stderr) of an exec stream.
 enum OutStream {
     /// Masked as text while it is text (checked across frame boundaries).
@@ -834,17 +831,15 @@ impl ExecCtx {
         findings.extend(out_masker.take_findings());
         findings.extend(err_masker.take_findings());
         if let Some(name) = withheld {
-            // Said on stderr (kubectl prints it) and in the final Status with a non-zero exit
-            // code (kubectl exits with it), as the SSH proxy does.
+            // Said in the final Status (kubectl prints its message and exits 1; a
+            // `NonZeroExitCode` Status would hide the message behind "command terminated with
+            // exit code"), and on stderr for clients that show the streams.
             let message = format!(
                 "gatehouse: output withheld: {name} carries binary data (NUL bytes or invalid UTF-8), which masking cannot rewrite safely, and rule '{}' does not pass it unmasked (binary = \"raw\")",
                 self.decision.rule_id
             );
-            status = format!("101 refused: binary output (exit {EXIT_REFUSED})");
-            let mut refusal = status_object(500, "NonZeroExitCode", &message);
-            refusal["details"] = serde_json::json!({
-                "causes": [{"reason": "ExitCode", "message": EXIT_REFUSED.to_string()}]
-            });
+            status = "101 refused: binary output".into();
+            let refusal = status_object(403, "Forbidden", &message);
             let _ = client_tx
                 .send(channel_message(STDERR, format!("{message}\n").as_bytes()))
                 .await;

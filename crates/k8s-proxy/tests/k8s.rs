@@ -1741,7 +1741,7 @@ async fn binary_exec_output_is_refused_without_a_raw_rule() {
         vec!["exec", "web-0", "--", "cat", text.as_str(), file.as_str()],
     ] {
         let out = rig.kubectl(&args).await;
-        assert_eq!(out.code, Some(126), "{args:?}: {out:#?}");
+        assert_eq!(out.code, Some(1), "{args:?}: {out:#?}");
         assert!(
             out.stderr
                 .contains("output withheld: stdout carries binary data")
@@ -1850,6 +1850,40 @@ async fn binary_log_output_is_refused_or_passed_raw() {
             assert_ne!(out.code, Some(0), "{out:#?}");
             assert!(!out.stdout.contains("jane@example.com"), "{out:#?}");
             assert!(out.stdout_bytes.len() < 100, "{:?}", out.stdout);
+        }
+    }
+}
+
+/// A response of a content type the gateway cannot mask: refused with a `Status` naming the rule
+/// and the setting, or passed byte-exact under `binary = "raw"`.
+#[tokio::test]
+async fn binary_content_type_is_refused_or_passed_raw() {
+    let blob = binary_blob();
+    for binary in ["refuse", "raw"] {
+        let policy = exec_policy(binary).replace(
+            r#"kubernetes = { verbs = ["get"] }"#,
+            &format!("binary = \"{binary}\"\nkubernetes = {{ verbs = [\"get\", \"log\"] }}"),
+        );
+        let rig = Rig::start_with(&policy, |_| {}).await;
+        *rig.api.state.log_tail.lock().unwrap() = Some(blob.clone().into());
+        *rig.api.state.log_content_type.lock().unwrap() = Some("application/octet-stream".into());
+        let out = rig.kubectl(&["logs", "web-0"]).await;
+        let first = format!("{LOG_LINE_1}\n");
+        if binary == "raw" {
+            out.ok();
+            assert_eq!(&out.stdout_bytes[..first.len()], first.as_bytes());
+            assert_eq!(
+                sha256_hex(&out.stdout_bytes[first.len()..]),
+                sha256_hex(&blob),
+                "altered"
+            );
+        } else {
+            assert_ne!(out.code, Some(0), "{out:#?}");
+            assert!(out.stdout_bytes.is_empty(), "{out:#?}");
+            assert!(
+                out.stderr.contains("rule 'read'") && out.stderr.contains("binary = \"raw\""),
+                "{out:#?}"
+            );
         }
     }
 }
