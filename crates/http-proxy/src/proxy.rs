@@ -768,6 +768,7 @@ impl ConnCtx {
                     &operation,
                     ctx.clone(),
                     decision.masking_profile,
+                    (decision.binary, decision.rule_id),
                 )
                 .await
             }

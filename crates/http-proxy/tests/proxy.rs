@@ -1237,3 +1237,66 @@ async fn a_text_body_that_turns_binary_is_cut_not_rewritten() {
     })
     .await;
 }
+
+/// A binary WebSocket frame from the upstream cannot be masked: the stream ends with a policy
+/// close naming the rule, unless the rule says `binary = "raw"`; then it arrives unchanged.
+#[tokio::test]
+async fn websocket_binary_frames_are_refused_or_passed_raw() {
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    within(T, async {
+        let up = start_upstream().await;
+        let gw = Gateway::start(config(up.addr, dead_addr()), None).await;
+        let blob = binary_blob();
+        for (path, raw) in [("/api/ws", false), ("/api/raw/ws", true)] {
+            let mut req = format!("ws://{}{path}", gw.addr)
+                .into_client_request()
+                .unwrap();
+            req.headers_mut().insert(
+                "authorization",
+                format!("Bearer {AGENT_TOKEN}").parse().unwrap(),
+            );
+            let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+            let (mut ws, _) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+            let first = ws.next().await.unwrap().unwrap();
+            assert_eq!(first, Message::text("hello [email]"), "{path}");
+            ws.send(Message::binary(blob.clone())).await.unwrap();
+            let next = ws.next().await.unwrap().unwrap();
+            if raw {
+                match next {
+                    Message::Binary(b) => assert_eq!(sha256_hex(&b), sha256_hex(&blob)),
+                    other => panic!("{path}: expected the frame back, got {other:?}"),
+                }
+                ws.close(None).await.unwrap();
+            } else {
+                match next {
+                    Message::Close(Some(f)) => {
+                        assert_eq!(f.code, CloseCode::Policy);
+                        assert!(f.reason.contains("rule 'default-allow'"), "{}", f.reason);
+                        assert!(f.reason.contains("binary = \"raw\""), "{}", f.reason);
+                    }
+                    other => panic!("{path}: expected a policy close, got {other:?}"),
+                }
+            }
+        }
+        // The relays record when they end, after the close: wait for both records.
+        let recorder = gw.layers.recorder.clone();
+        let done = || {
+            recorder.dump().contains(&sha256_hex(&blob))
+                && recorder.events().iter().any(|e| {
+                    matches!(
+                        &e.body,
+                        EventBody::OperationResult(r) if r.status == "101 refused: binary frame"
+                    )
+                })
+        };
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let layers = gw.shutdown().await;
+        let dump = layers.recorder.dump();
+        assert!(!dump.contains("bob@example.org"), "raw bytes were recorded");
+    })
+    .await;
+}

@@ -142,7 +142,7 @@ async fn upstream_service(
         headers: req.headers().clone(),
     });
     let path = req.uri().path().to_string();
-    if path == "/ws" {
+    if path == "/ws" || path == "/raw/ws" {
         return Ok(websocket_upstream(&mut req));
     }
     // `/raw/…` is the same API under a rule that passes binary bodies raw (see `policy`).
@@ -287,6 +287,12 @@ fn websocket_upstream(req: &mut Request<Incoming>) -> Response<UpBody> {
                     .send(Message::text(format!("echo: {}", t.as_str())))
                     .await
                     .unwrap(),
+                // Binary frames come back unchanged.
+                Message::Binary(b) => {
+                    if ws.send(Message::Binary(b)).await.is_err() {
+                        break;
+                    }
+                }
                 Message::Close(_) => break,
                 _ => {}
             }
