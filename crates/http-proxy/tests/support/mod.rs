@@ -288,11 +288,7 @@ fn websocket_upstream(req: &mut Request<Incoming>) -> Response<UpBody> {
                     .await
                     .unwrap(),
                 // Binary frames come back unchanged.
-                Message::Binary(b) => {
-                    if ws.send(Message::Binary(b)).await.is_err() {
-                        break;
-                    }
-                }
+                Message::Binary(b) => ws.send(Message::Binary(b)).await.unwrap(),
                 Message::Close(_) => break,
                 _ => {}
             }
