@@ -6,7 +6,10 @@
 
 use std::io::Write as _;
 
-use gatehouse_core::{EgressSite, EgressStream, Finding, Masker, StreamContext, StreamMasker};
+use gatehouse_core::{
+    BinaryHandling, EgressSite, EgressStream, Finding, Masker, StreamContext, StreamMasker,
+    TextDetector,
+};
 use http::HeaderMap;
 use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use sha2::{Digest, Sha256};
@@ -160,6 +163,12 @@ pub(crate) struct BodyCapture {
     pub total: u64,
     /// For unmaskable content: the SHA-256 of what passed, instead of its bytes.
     pub sha256: Option<String>,
+    /// Why the body (from byte `raw_from` of what was sent) passed unmasked, when it did:
+    /// `"binary content type"`, `"binary body"` (a text body turned out binary under
+    /// `binary = "raw"`), or `"other content"` (the operator's `other_content` pass).
+    pub raw_why: Option<&'static str>,
+    /// Offset in the sent body where the unmasked part starts (0 for a whole raw body).
+    pub raw_from: u64,
 }
 
 /// Decodes, masks, egress-checks and captures one response body.
@@ -174,6 +183,10 @@ pub(crate) struct BodyProcessor {
     findings: Vec<Finding>,
     /// Bytes pushed since the last flush: the idle timer only flushes when this is set.
     dirty: bool,
+    /// Watches a masked body for binary data (NUL bytes, invalid UTF-8) across chunks.
+    detector: TextDetector,
+    binary: BinaryHandling,
+    rule_id: String,
 }
 
 impl std::fmt::Debug for BodyProcessor {
@@ -192,6 +205,12 @@ pub(crate) struct BodySettings<'a> {
     pub other: OtherContentPolicy,
     pub record_cap: usize,
     pub max_decoded: u64,
+    /// What the policy says about a body masking cannot rewrite (the decision's `binary`).
+    pub binary: BinaryHandling,
+    /// The rule that allowed the request (named when a binary body is refused).
+    pub rule_id: String,
+    /// The response has no body (HEAD, 204, 304, `Content-Length: 0`): nothing to refuse.
+    pub bodiless: bool,
 }
 
 impl BodyProcessor {
@@ -200,6 +219,7 @@ impl BodyProcessor {
     pub(crate) fn new(headers: &HeaderMap, s: &BodySettings<'_>) -> Result<Self, HttpProxyError> {
         let decoder = Decoder::for_headers(headers)?;
         let kind = ContentKind::of(headers);
+        let mut capture = BodyCapture::default();
         let masking = match kind {
             ContentKind::Json | ContentKind::Text => {
                 Masking::Stream(s.masker.stream(&StreamContext {
@@ -215,20 +235,69 @@ impl BodyProcessor {
                         "content type cannot be masked and is refused by configuration".into(),
                     ));
                 }
-                _ => Masking::Pass(Box::new(Sha256::new())),
+                // A binary body passes only where the policy says `binary = "raw"`; never
+                // rewritten as text.
+                _ if s.binary != BinaryHandling::Raw && !s.bodiless => {
+                    return Err(HttpProxyError::BinaryRefused {
+                        rule: s.rule_id.clone(),
+                        what: content_type(headers),
+                    });
+                }
+                _ => {
+                    capture.raw_why =
+                        (s.binary == BinaryHandling::Raw).then_some("binary content type");
+                    Masking::Pass(Box::new(Sha256::new()))
+                }
             },
         };
         Ok(Self {
             decoder,
             masking,
             egress: s.egress.stream(EgressSite::Client),
-            capture: BodyCapture::default(),
+            capture,
             cap: s.record_cap,
             max_decoded: s.max_decoded,
             decoded: 0,
             findings: Vec::new(),
             dirty: false,
+            detector: TextDetector::new(),
+            binary: s.binary,
+            rule_id: s.rule_id.clone(),
         })
+    }
+
+    /// Checks decoded bytes of a masked body; on binary data, refuses (no raw rule) or switches
+    /// the rest of the body to pass unmasked after what the masker still holds of the text.
+    fn check_text(
+        &mut self,
+        decoded: &[u8],
+        end: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<(), HttpProxyError> {
+        if matches!(self.masking, Masking::Pass(_)) {
+            return Ok(());
+        }
+        let text = self.detector.push(decoded) && (!end || self.detector.finish());
+        if text {
+            return Ok(());
+        }
+        if self.binary != BinaryHandling::Raw {
+            return Err(HttpProxyError::BinaryRefused {
+                rule: self.rule_id.clone(),
+                what: "NUL bytes or invalid UTF-8 in a text body".into(),
+            });
+        }
+        let start = out.len();
+        match &mut self.masking {
+            Masking::Stream(m) => m.flush(out),
+            Masking::EventStream(_) | Masking::Pass(_) => {}
+        }
+        self.check_and_capture(out, start)?;
+        self.collect_findings();
+        self.capture.raw_why = Some("binary body");
+        self.capture.raw_from = self.capture.total;
+        self.masking = Masking::Pass(Box::new(Sha256::new()));
+        Ok(())
     }
 
     /// Whether the body leaves the gateway in a different length or encoding than it came
@@ -244,7 +313,6 @@ impl BodyProcessor {
         chunk: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), HttpProxyError> {
-        let start = out.len();
         let decoded = self.decoder.decode(chunk)?;
         self.decoded += decoded.len() as u64;
         if self.decoded > self.max_decoded {
@@ -253,12 +321,15 @@ impl BodyProcessor {
                 self.max_decoded
             )));
         }
+        let decoded = decoded.to_vec();
+        self.check_text(&decoded, false, out)?;
+        let start = out.len();
         match &mut self.masking {
-            Masking::Stream(m) => m.push(decoded, out),
-            Masking::EventStream(m) => m.push(masker, decoded, out),
+            Masking::Stream(m) => m.push(&decoded, out),
+            Masking::EventStream(m) => m.push(masker, &decoded, out),
             Masking::Pass(h) => {
-                h.update(decoded);
-                out.extend_from_slice(decoded);
+                h.update(&decoded);
+                out.extend_from_slice(&decoded);
             }
         }
         self.dirty = !decoded.is_empty() || self.dirty;
@@ -289,8 +360,9 @@ impl BodyProcessor {
         masker: &dyn Masker,
         out: &mut Vec<u8>,
     ) -> Result<(), HttpProxyError> {
-        let start = out.len();
         let rest = self.decoder.finish()?;
+        self.check_text(&rest, true, out)?;
+        let start = out.len();
         match &mut self.masking {
             Masking::Stream(m) => {
                 m.push(&rest, out);
@@ -340,11 +412,28 @@ impl BodyProcessor {
     /// empty parts).
     pub(crate) fn take_parts(&mut self) -> (BodyCapture, Vec<Finding>) {
         self.collect_findings();
+        // Cut short: the digest of what did pass.
+        if let Masking::Pass(h) = &self.masking
+            && self.capture.sha256.is_none()
+        {
+            self.capture.sha256 = Some(hex::encode(h.as_ref().clone().finalize()));
+        }
         (
             std::mem::take(&mut self.capture),
             std::mem::take(&mut self.findings),
         )
     }
+}
+
+/// The declared content type, for a refusal message.
+fn content_type(headers: &HeaderMap) -> String {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map_or_else(
+            || "no content type".into(),
+            |ct| format!("content type {ct}"),
+        )
 }
 
 #[cfg(test)]

@@ -255,10 +255,12 @@ pub enum EncodedSeparatorPolicy {
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum OtherContentPolicy {
-    /// Pass it through (still egress-checked) and record its SHA-256 instead of its bytes.
+    /// Follow the policy: pass it through unmasked (still egress-checked, its size and SHA-256
+    /// recorded instead of its bytes) where the rule says `binary = "raw"`, refuse it with `502`
+    /// otherwise.
     #[default]
     PassAndHash,
-    /// Refuse it with `502`.
+    /// Refuse it with `502`, whatever the policy says.
     Refuse,
 }
 

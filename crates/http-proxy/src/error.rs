@@ -90,6 +90,18 @@ pub enum HttpProxyError {
     /// cannot decode for masking, a refused content type).
     #[error("upstream response refused: {0}")]
     UpstreamRefused(String),
+    /// The response body is binary (by content type, or NUL bytes / invalid UTF-8 in a text
+    /// body): masking cannot rewrite it safely and the rule does not pass it unmasked
+    /// (`binary = "raw"`). Refused, never rewritten.
+    #[error(
+        "response withheld: its body is binary ({what}), which masking cannot rewrite safely, and rule '{rule}' does not pass it unmasked (binary = \"raw\")"
+    )]
+    BinaryRefused {
+        /// The rule that allowed the request.
+        rule: String,
+        /// What made it binary.
+        what: String,
+    },
 }
 
 impl HttpProxyError {
@@ -107,7 +119,10 @@ impl HttpProxyError {
             | ApprovalDenied { .. }
             | ApprovalTimedOut { .. }
             | ApprovalPending { .. } => Side::Client,
-            UpstreamUnavailable(_) | UpstreamTimeout | UpstreamRefused(_) => Side::Upstream,
+            UpstreamUnavailable(_)
+            | UpstreamTimeout
+            | UpstreamRefused(_)
+            | BinaryRefused { .. } => Side::Upstream,
             Config(_) | Listener(_) | AuthUnavailable | Approvals(_) | Recorder(_)
             | EgressBlocked => Side::Gateway,
         }
@@ -126,7 +141,9 @@ impl HttpProxyError {
             }
             ApprovalPending { .. } => StatusCode::CONFLICT,
             AuthUnavailable | Approvals(_) | Recorder(_) => StatusCode::SERVICE_UNAVAILABLE,
-            EgressBlocked | UpstreamUnavailable(_) | UpstreamRefused(_) => StatusCode::BAD_GATEWAY,
+            EgressBlocked | UpstreamUnavailable(_) | UpstreamRefused(_) | BinaryRefused { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Config(_) | Listener(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -155,6 +172,7 @@ impl HttpProxyError {
             UpstreamUnavailable(_) => "upstream_unavailable",
             UpstreamTimeout => "upstream_timeout",
             UpstreamRefused(_) => "upstream_refused",
+            BinaryRefused { .. } => "binary_refused",
         }
     }
 
@@ -168,6 +186,7 @@ impl HttpProxyError {
         });
         let extra = match self {
             Denied { rule, .. } => serde_json::json!({ "rule": rule }),
+            BinaryRefused { rule, .. } => serde_json::json!({ "rule": rule, "setting": "binary" }),
             ApprovalDenied { id, rule } | ApprovalTimedOut { id, rule } => {
                 serde_json::json!({ "rule": rule, "approval_id": id })
             }

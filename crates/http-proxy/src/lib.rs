@@ -19,7 +19,11 @@
 //!    credential (bearer, basic, header or query), `Accept-Encoding` narrowed to gzip/deflate;
 //! 6. decodes, masks (JSON token-level; text and NDJSON as streams; server-sent events per event,
 //!    `data:` lines joined as a client joins them) with an idle flush so streams keep streaming,
-//!    and runs every byte through the egress guard — response headers too;
+//!    and runs every byte through the egress guard — response headers too. A body masking cannot
+//!    rewrite (a non-text content type, NUL bytes or invalid UTF-8 in a text body, a binary
+//!    WebSocket frame) is never rewritten: refused (`502 binary_refused`, a cut stream, or a
+//!    policy close) unless the rule says `binary = "raw"`, then passed unchanged and recorded
+//!    by size and SHA-256;
 //! 7. records the exchange (masked, capped bodies; `authorization`, `cookie`, `set-cookie`
 //!    redacted) and the result.
 //!

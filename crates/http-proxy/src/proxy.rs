@@ -768,6 +768,7 @@ impl ConnCtx {
                     &operation,
                     ctx.clone(),
                     decision.masking_profile,
+                    (decision.binary, decision.rule_id),
                 )
                 .await
             }
@@ -1018,6 +1019,16 @@ impl ConnCtx {
                 other: config.other_content,
                 record_cap: config.record_body_cap,
                 max_decoded: config.limits.max_response_body,
+                binary: decision.binary,
+                rule_id: decision.rule_id.clone(),
+                bodiless: operation.method.eq_ignore_ascii_case("HEAD")
+                    || rparts.status == StatusCode::NO_CONTENT
+                    || rparts.status == StatusCode::NOT_MODIFIED
+                    || rparts.status.is_informational()
+                    || rparts
+                        .headers
+                        .get(header::CONTENT_LENGTH)
+                        .is_some_and(|v| v.as_bytes() == b"0"),
             },
         )?;
         if processor.transforms() {
@@ -1355,7 +1366,17 @@ impl MaskedBody {
                     source_text(&e)
                 ))),
                 Some(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => self.processor.push(&*self.masker, &data, &mut out),
+                    Ok(data) => {
+                        let pushed = self.processor.push(&*self.masker, &data, &mut out);
+                        // The last byte of a sized body: finish now, as the caller (which has
+                        // its Content-Length) may never poll again.
+                        if pushed.is_ok() && self.upstream.is_end_stream() {
+                            done = true;
+                            self.processor.finish(&*self.masker, &mut out)
+                        } else {
+                            pushed
+                        }
+                    }
                     Err(_trailers) => Ok(()),
                 },
             };
@@ -1479,6 +1500,10 @@ impl Exchange {
             "response_body": String::from_utf8_lossy(&response.bytes),
             "response_body_bytes": response.total,
             "response_body_sha256": response.sha256,
+            "response_raw": response.raw_why.map(|why| serde_json::json!({
+                "why": why,
+                "from": response.raw_from,
+            })),
             "error": error,
             "duration_us": u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX),
         });

@@ -15,7 +15,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 
 use crate::error::HttpProxyError;
 use crate::headers;
@@ -56,6 +57,7 @@ pub(crate) async fn proxy_upgrade(
     operation: &HttpOperation,
     ctx: OpCtx,
     profile: Option<String>,
+    binary: BinaryPolicy,
 ) -> Result<Response<ResBody>, HttpProxyError> {
     let stream = target
         .connector
@@ -146,10 +148,14 @@ pub(crate) async fn proxy_upgrade(
             WebSocketStream::from_raw_socket(TokioIo::new(client), Role::Server, None).await;
         let upstream =
             WebSocketStream::from_raw_socket(TokioIo::new(upstream), Role::Client, None).await;
-        relay(conn, client, upstream, ctx, profile).await;
+        relay(conn, client, upstream, ctx, profile, binary).await;
     });
     Ok(resp)
 }
+
+/// What the policy says about binary frames from the upstream: the decision's `binary` and the
+/// rule that allowed the upgrade.
+pub(crate) type BinaryPolicy = (gatehouse_core::BinaryHandling, String);
 
 async fn relay<C, U>(
     conn: Arc<ConnCtx>,
@@ -157,6 +163,7 @@ async fn relay<C, U>(
     upstream: WebSocketStream<U>,
     ctx: OpCtx,
     profile: Option<String>,
+    (binary, rule_id): BinaryPolicy,
 ) where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -168,6 +175,9 @@ async fn relay<C, U>(
     let mut bytes_out = 0u64;
     let mut findings = Vec::new();
     let mut status = "101".to_string();
+    // Binary frames passed under `binary = "raw"`: count and SHA-256 (their bytes are not
+    // recorded).
+    let mut raw: Option<(u64, sha2::Sha256)> = None;
     let mask_text = |text: &str, field: &str, findings: &mut Vec<gatehouse_core::Finding>| {
         let json = matches!(text.trim_start().as_bytes().first(), Some(b'{' | b'['));
         let mut m = pipeline.masker.stream(&StreamContext {
@@ -192,7 +202,32 @@ async fn relay<C, U>(
                         let rec = masked.clone().into_bytes();
                         (Message::text(masked), Some(rec))
                     }
-                    Message::Binary(b) => (Message::Binary(b), None),
+                    // Masking cannot rewrite a binary frame: it passes unchanged only under
+                    // `binary = "raw"`; otherwise the stream ends with a policy close.
+                    Message::Binary(b) if binary == gatehouse_core::BinaryHandling::Raw => {
+                        use sha2::Digest as _;
+                        let (n, h) = raw.get_or_insert_with(|| (0, sha2::Sha256::new()));
+                        *n += b.len() as u64;
+                        h.update(&b);
+                        (Message::Binary(b), None)
+                    }
+                    Message::Binary(_) => {
+                        let mut reason = format!(
+                            "gatehouse: binary frame withheld; rule '{rule_id}' does not pass it unmasked (binary = \"raw\")"
+                        );
+                        // A close reason holds at most 123 bytes.
+                        while reason.len() > 123 {
+                            reason.pop();
+                        }
+                        let _ = client_tx
+                            .send(Message::Close(Some(CloseFrame {
+                                code: CloseCode::Policy,
+                                reason: reason.into(),
+                            })))
+                            .await;
+                        status = "101 refused: binary frame".into();
+                        break;
+                    }
                     Message::Close(f) => {
                         let _ = client_tx.send(Message::Close(f)).await;
                         break;
@@ -233,6 +268,29 @@ async fn relay<C, U>(
     }
     let _ = up_tx.close().await;
     let _ = client_tx.close().await;
+    if let Some((bytes, hasher)) = raw {
+        use sha2::Digest as _;
+        // An audit event (the session recording may already be sealed when a relay ends).
+        let details = serde_json::json!({
+            "index": ctx.index,
+            "why": "binary frames",
+            "rule_id": rule_id,
+            "bytes": bytes,
+            "sha256": hex::encode(hasher.finalize()),
+        });
+        let event = gatehouse_core::Event::now(
+            ctx.session.id.clone(),
+            Some(ctx.session.identity.clone()),
+            Some(ctx.target.clone()),
+            gatehouse_core::EventBody::Other {
+                name: "http_ws_raw_output".into(),
+                details,
+            },
+        );
+        if let Err(e) = conn.proxy.pipeline.recorder.record(event).await {
+            tracing::warn!(error = %e, "could not record raw frames digest");
+        }
+    }
     conn.record_ws_result(&ctx, status, bytes_out, findings)
         .await;
 }

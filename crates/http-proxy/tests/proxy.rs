@@ -1053,3 +1053,250 @@ async fn a_small_masked_response_leaves_whole_with_a_content_length() {
     })
     .await;
 }
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+/// The `http_exchange` recording entries of every session.
+fn exchanges(layers: &Layers) -> Vec<serde_json::Value> {
+    let mut sessions: Vec<_> = layers
+        .recorder
+        .events()
+        .iter()
+        .map(|e| e.session.clone())
+        .collect();
+    sessions.dedup();
+    let mut out = Vec::new();
+    for s in sessions {
+        for f in layers.recorder.recording(&s) {
+            if let gatehouse_core::RecordingFrame::Entry { label, body } = f
+                && label == "http_exchange"
+                && !out.contains(&body)
+            {
+                out.push(body);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn binary_bodies_are_refused_without_a_raw_rule_and_never_rewritten() {
+    within(T, async {
+        let up = start_upstream().await;
+        let gw = Gateway::start(config(up.addr, dead_addr()), None).await;
+        // By content type, and by content: a text/plain or JSON body with NUL bytes is binary,
+        // and so is a gzip-encoded one once decoded.
+        for path in [
+            "/api/bin",
+            "/api/bin-as-text",
+            "/api/bin-as-json",
+            "/api/bin-gzip",
+        ] {
+            let (status, head, body) = curl(&[&gw.url(path), "-H", &bearer(AGENT_TOKEN)]).await;
+            assert_eq!(status, 502, "{path}: {head}");
+            let v = json_body(&body);
+            assert_eq!(v["error"], "binary_refused", "{path}: {v}");
+            assert_eq!(v["rule"], "default-allow", "{path}");
+            assert_eq!(v["setting"], "binary", "{path}");
+            let msg = v["message"].as_str().unwrap();
+            assert!(msg.contains("binary = \"raw\""), "{msg}");
+        }
+        // An empty body of a binary type has nothing to refuse.
+        let (status, _, body) =
+            curl(&[&gw.url("/api/empty-bin"), "-H", &bearer(AGENT_TOKEN)]).await;
+        assert_eq!(status, 200);
+        assert!(body.is_empty());
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn binary_bodies_pass_byte_exact_under_a_raw_rule_and_are_recorded_by_digest() {
+    within(T, async {
+        let up = start_upstream().await;
+        let gw = Gateway::start(config(up.addr, dead_addr()), None).await;
+        let blob = binary_blob();
+        let expected = sha256_hex(&blob);
+        for path in [
+            "/api/raw/bin",
+            "/api/raw/bin-as-text",
+            "/api/raw/bin-as-json",
+            "/api/raw/bin-gzip",
+        ] {
+            let (ok, body, err) = curl_output(&[&gw.url(path), "-H", &bearer(AGENT_TOKEN)]).await;
+            assert!(ok, "{path}: {err}");
+            assert_eq!(body.len(), blob.len(), "{path}");
+            assert_eq!(sha256_hex(&body), expected, "{path}: altered");
+        }
+        // Text under the raw rule is still text: masked.
+        let (ok, body, err) =
+            curl_output(&[&gw.url("/api/raw/text-pii"), "-H", &bearer(AGENT_TOKEN)]).await;
+        assert!(ok, "{err}");
+        let text = String::from_utf8_lossy(&body);
+        assert!(!text.contains("jane@example.com"), "{text}");
+        assert!(!text.contains("4111 1111 1111 1111"), "{text}");
+        assert!(text.starts_with("mail [email] card"), "{text}");
+        let layers = gw.shutdown().await;
+        let entries = exchanges(&layers);
+        let raw: Vec<_> = entries
+            .iter()
+            .filter(|e| !e["response_raw"].is_null())
+            .collect();
+        assert_eq!(raw.len(), 4, "{entries:#?}");
+        for e in raw {
+            assert_eq!(e["response_body_sha256"], expected.as_str(), "{e}");
+            assert_eq!(e["response_body_bytes"], blob.len() as u64, "{e}");
+            assert_eq!(e["response_raw"]["from"], 0, "{e}");
+            // The bytes themselves are not in the recording.
+            assert_eq!(e["response_body"], "", "{e}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn masked_text_keeps_content_length_consistent() {
+    within(T, async {
+        let up = start_upstream().await;
+        let gw = Gateway::start(config(up.addr, dead_addr()), None).await;
+        let (status, head, body) =
+            curl(&[&gw.url("/api/text-pii"), "-H", &bearer(AGENT_TOKEN)]).await;
+        assert_eq!(status, 200);
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.starts_with("mail [email] card"), "{text}");
+        if let Some(len) = head.lines().find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().to_string())
+        }) {
+            assert_eq!(len.parse::<usize>().unwrap(), body.len(), "{head}");
+        }
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_text_body_that_turns_binary_is_cut_not_rewritten() {
+    within(T, async {
+        let up = start_upstream().await;
+        let gw = Gateway::start(config(up.addr, dead_addr()), None).await;
+        let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+        let blob = binary_blob();
+        for (path, raw) in [
+            ("/api/turns-binary", false),
+            ("/api/raw/turns-binary", true),
+        ] {
+            let req = http::Request::get(gw.url(path))
+                .header("authorization", format!("Bearer {AGENT_TOKEN}"))
+                .body(Empty::new())
+                .unwrap();
+            let resp = client.request(req).await.unwrap();
+            assert_eq!(resp.status(), 200, "{path}");
+            let mut body = resp.into_body();
+            let mut got = Vec::new();
+            // The text part arrives masked while the upstream holds the binary part back.
+            while !got.ends_with(b"\n") {
+                let frame = body.frame().await.unwrap().unwrap();
+                got.extend_from_slice(frame.data_ref().unwrap());
+            }
+            assert_eq!(String::from_utf8_lossy(&got), "contact [email]\n", "{path}");
+            up.go.notify_one();
+            let rest = body.collect().await;
+            if raw {
+                // Under the raw rule the binary part passes byte-exact after the masked text.
+                let rest = rest.unwrap().to_bytes();
+                assert_eq!(sha256_hex(&rest), sha256_hex(&blob), "{path}");
+            } else {
+                // Otherwise the stream is cut: the caller sees an error, never rewritten bytes.
+                assert!(rest.is_err(), "{path}: the binary part must not arrive");
+            }
+        }
+        let layers = gw.shutdown().await;
+        let entries = exchanges(&layers);
+        assert!(
+            entries
+                .iter()
+                .any(|e| e["error"] == "binary_refused" && e["path"] == "/turns-binary"),
+            "{entries:#?}"
+        );
+        let raw = entries
+            .iter()
+            .find(|e| e["path"] == "/raw/turns-binary")
+            .unwrap();
+        assert_eq!(raw["response_raw"]["why"], "binary body", "{raw}");
+        assert_eq!(
+            raw["response_raw"]["from"],
+            "contact [email]\n".len() as u64
+        );
+        assert_eq!(raw["response_body_sha256"], sha256_hex(&blob).as_str());
+    })
+    .await;
+}
+
+/// A binary WebSocket frame from the upstream cannot be masked: the stream ends with a policy
+/// close naming the rule, unless the rule says `binary = "raw"`; then it arrives unchanged.
+#[tokio::test]
+async fn websocket_binary_frames_are_refused_or_passed_raw() {
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    within(T, async {
+        let up = start_upstream().await;
+        let gw = Gateway::start(config(up.addr, dead_addr()), None).await;
+        let blob = binary_blob();
+        for (path, raw) in [("/api/ws", false), ("/api/raw/ws", true)] {
+            let mut req = format!("ws://{}{path}", gw.addr)
+                .into_client_request()
+                .unwrap();
+            req.headers_mut().insert(
+                "authorization",
+                format!("Bearer {AGENT_TOKEN}").parse().unwrap(),
+            );
+            let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+            let (mut ws, _) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+            let first = ws.next().await.unwrap().unwrap();
+            assert_eq!(first, Message::text("hello [email]"), "{path}");
+            ws.send(Message::binary(blob.clone())).await.unwrap();
+            let next = ws.next().await.unwrap().unwrap();
+            if raw {
+                match next {
+                    Message::Binary(b) => assert_eq!(sha256_hex(&b), sha256_hex(&blob)),
+                    other => panic!("{path}: expected the frame back, got {other:?}"),
+                }
+                ws.close(None).await.unwrap();
+            } else {
+                match next {
+                    Message::Close(Some(f)) => {
+                        assert_eq!(f.code, CloseCode::Policy);
+                        assert!(f.reason.contains("rule 'default-allow'"), "{}", f.reason);
+                        assert!(f.reason.contains("binary = \"raw\""), "{}", f.reason);
+                    }
+                    other => panic!("{path}: expected a policy close, got {other:?}"),
+                }
+            }
+        }
+        // The relays record when they end, after the close: wait for both records.
+        let recorder = gw.layers.recorder.clone();
+        let done = || {
+            recorder.dump().contains(&sha256_hex(&blob))
+                && recorder.events().iter().any(|e| {
+                    matches!(
+                        &e.body,
+                        EventBody::OperationResult(r) if r.status == "101 refused: binary frame"
+                    )
+                })
+        };
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let layers = gw.shutdown().await;
+        let dump = layers.recorder.dump();
+        assert!(!dump.contains("bob@example.org"), "raw bytes were recorded");
+    })
+    .await;
+}

@@ -17,13 +17,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{SinkExt as _, StreamExt as _};
 use gatehouse_core::{
-    ApprovalOutcome, Decision, EgressSite, Event, EventBody, Finding, RecordingFrame,
-    RecordingKind, RecordingSink, SessionId, StreamContext, StreamMasker, Verdict,
+    ApprovalOutcome, BinaryHandling, Decision, EgressSite, Event, EventBody, Finding,
+    RecordingFrame, RecordingKind, RecordingSink, SessionId, StreamContext, StreamMasker,
+    TextDetector, Verdict,
 };
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -212,6 +214,121 @@ fn exit_status(status: &serde_json::Value) -> String {
                     status.get("reason").and_then(|r| r.as_str()).unwrap_or("")
                 ),
             }
+        }
+    }
+}
+
+/// One output channel (stdout or stderr) of an exec stream.
+enum OutStream {
+    /// Masked as text while it is text (checked across frame boundaries).
+    Text {
+        masker: Box<dyn StreamMasker>,
+        detector: TextDetector,
+        /// Masked bytes released so far.
+        released: u64,
+    },
+    /// Binary data under `binary = "raw"`: passed unchanged, counted and hashed; its bytes stay
+    /// out of the recording.
+    Raw {
+        hasher: Box<Sha256>,
+        bytes: u64,
+        /// Bytes of this channel sent (masked) before it turned raw.
+        from: u64,
+    },
+}
+
+/// The channel carries binary data and the rule does not pass it raw.
+struct BinaryOutput;
+
+impl OutStream {
+    fn is_raw(&self) -> bool {
+        matches!(self, OutStream::Raw { .. })
+    }
+
+    /// Feeds `data`; appends what may be sent to `out`. On binary data: refused (no raw rule),
+    /// or the channel turns raw for good after what the masker still holds of the text.
+    fn push(
+        &mut self,
+        data: &[u8],
+        binary: BinaryHandling,
+        out: &mut Vec<u8>,
+    ) -> Result<(), BinaryOutput> {
+        if let OutStream::Text {
+            masker,
+            detector,
+            released,
+        } = self
+        {
+            let start = out.len();
+            if detector.push(data) {
+                masker.push(data, out);
+                *released += (out.len() - start) as u64;
+                return Ok(());
+            }
+            if binary != BinaryHandling::Raw {
+                return Err(BinaryOutput);
+            }
+            masker.flush(out);
+            let from = *released + (out.len() - start) as u64;
+            *self = OutStream::Raw {
+                hasher: Box::new(Sha256::new()),
+                bytes: 0,
+                from,
+            };
+        }
+        if let OutStream::Raw { hasher, bytes, .. } = self {
+            hasher.update(data);
+            *bytes += data.len() as u64;
+            out.extend_from_slice(data);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, out: &mut Vec<u8>) {
+        if let OutStream::Text {
+            masker, released, ..
+        } = self
+        {
+            let start = out.len();
+            masker.flush(out);
+            *released += (out.len() - start) as u64;
+        }
+    }
+
+    /// For a raw channel: (bytes released masked before it turned raw, raw bytes, SHA-256).
+    fn raw_summary(&self) -> Option<(u64, u64, String)> {
+        match self {
+            OutStream::Raw {
+                hasher,
+                bytes,
+                from,
+            } => Some((
+                *from,
+                *bytes,
+                hex::encode(hasher.as_ref().clone().finalize()),
+            )),
+            OutStream::Text { .. } => None,
+        }
+    }
+
+    /// The channel ended: one that stops inside a multi-byte character is binary.
+    fn finish(&mut self, binary: BinaryHandling, out: &mut Vec<u8>) -> Result<(), BinaryOutput> {
+        if let OutStream::Text {
+            masker, detector, ..
+        } = self
+        {
+            if !detector.finish() && binary != BinaryHandling::Raw {
+                return Err(BinaryOutput);
+            }
+            masker.finish(out);
+        }
+        Ok(())
+    }
+
+    fn take_findings(&mut self) -> Vec<Finding> {
+        match self {
+            OutStream::Text { masker, .. } => masker.take_findings(),
+            OutStream::Raw { .. } => Vec::new(),
         }
     }
 }
@@ -471,8 +588,15 @@ impl ExecCtx {
                 json: false,
             })
         };
-        let mut out_masker = new_masker("stdout");
-        let mut err_masker = new_masker("stderr");
+        let text = |field: &str| OutStream::Text {
+            masker: new_masker(field),
+            detector: TextDetector::new(),
+            released: 0,
+        };
+        let mut out_masker = text("stdout");
+        let mut err_masker = text("stderr");
+        let binary = self.decision.binary;
+        let mut withheld: Option<&'static str> = None;
         let mut in_masker = new_masker("stdin");
         let mut egress = pipeline.egress.stream(EgressSite::Client);
         let mut findings: Vec<Finding> = Vec::new();
@@ -512,13 +636,21 @@ impl ExecCtx {
                         break;
                     }
                     bytes_out += data.len() as u64;
-                    recording
-                        .write(if $channel == STDOUT {
-                            RecordingFrame::Output { data: data.clone() }
-                        } else {
-                            RecordingFrame::ErrorOutput { data: data.clone() }
-                        })
-                        .await;
+                    let raw = if $channel == STDOUT {
+                        out_masker.is_raw()
+                    } else {
+                        err_masker.is_raw()
+                    };
+                    // Raw bytes stay out of the recording (their digest is recorded instead).
+                    if !raw {
+                        recording
+                            .write(if $channel == STDOUT {
+                                RecordingFrame::Output { data: data.clone() }
+                            } else {
+                                RecordingFrame::ErrorOutput { data: data.clone() }
+                            })
+                            .await;
+                    }
                     if client_tx
                         .send(channel_message($channel, &data))
                         .await
@@ -554,10 +686,16 @@ impl ExecCtx {
                             status = "101 upstream_closed".into();
                         }
                         let mut o = Vec::new();
-                        out_masker.finish(&mut o);
+                        if out_masker.finish(binary, &mut o).is_err() {
+                            withheld = Some("stdout");
+                            break;
+                        }
                         emit!(STDOUT, o);
                         let mut e = Vec::new();
-                        err_masker.finish(&mut e);
+                        if err_masker.finish(binary, &mut e).is_err() {
+                            withheld = Some("stderr");
+                            break;
+                        }
                         emit!(STDERR, e);
                         let _ = client_tx.send(normal_close()).await;
                         break;
@@ -568,23 +706,35 @@ impl ExecCtx {
                             match channel {
                                 STDOUT => {
                                     let mut o = Vec::new();
-                                    out_masker.push(data, &mut o);
+                                    if out_masker.push(data, binary, &mut o).is_err() {
+                                        withheld = Some("stdout");
+                                        break;
+                                    }
                                     dirty = true;
                                     emit!(STDOUT, o);
                                 }
                                 STDERR => {
                                     let mut o = Vec::new();
-                                    err_masker.push(data, &mut o);
+                                    if err_masker.push(data, binary, &mut o).is_err() {
+                                        withheld = Some("stderr");
+                                        break;
+                                    }
                                     dirty = true;
                                     emit!(STDERR, o);
                                 }
                                 ERROR => {
                                     // Output first, then the final status.
                                     let mut o = Vec::new();
-                                    out_masker.finish(&mut o);
+                                    if out_masker.finish(binary, &mut o).is_err() {
+                                        withheld = Some("stdout");
+                                        break;
+                                    }
                                     emit!(STDOUT, o);
                                     let mut e = Vec::new();
-                                    err_masker.finish(&mut e);
+                                    if err_masker.finish(binary, &mut e).is_err() {
+                                        withheld = Some("stderr");
+                                        break;
+                                    }
                                     emit!(STDERR, e);
                                     let masked = mask_json_with(
                                         &*pipeline.masker, data, false, profile.clone(), &mut findings,
@@ -612,10 +762,16 @@ impl ExecCtx {
                         }
                         Message::Close(frame) => {
                             let mut o = Vec::new();
-                            out_masker.finish(&mut o);
+                            if out_masker.finish(binary, &mut o).is_err() {
+                                withheld = Some("stdout");
+                                break;
+                            }
                             emit!(STDOUT, o);
                             let mut e = Vec::new();
-                            err_masker.finish(&mut e);
+                            if err_masker.finish(binary, &mut e).is_err() {
+                                withheld = Some("stderr");
+                                break;
+                            }
                             emit!(STDERR, e);
                             let close = match frame {
                                 Some(f) => Message::Close(Some(f)),
@@ -674,6 +830,54 @@ impl ExecCtx {
         }
         findings.extend(out_masker.take_findings());
         findings.extend(err_masker.take_findings());
+        if let Some(name) = withheld {
+            // Said in the final Status (kubectl prints its message and exits 1; a
+            // `NonZeroExitCode` Status would hide the message behind "command terminated with
+            // exit code"), and on stderr for clients that show the streams.
+            let message = format!(
+                "gatehouse: output withheld: {name} carries binary data (NUL bytes or invalid UTF-8), which masking cannot rewrite safely, and rule '{}' does not pass it unmasked (binary = \"raw\")",
+                self.decision.rule_id
+            );
+            status = "101 refused: binary output".into();
+            let refusal = status_object(403, "Forbidden", &message);
+            let _ = client_tx
+                .send(channel_message(STDERR, format!("{message}\n").as_bytes()))
+                .await;
+            let _ = client_tx
+                .send(channel_message(ERROR, refusal.to_string().as_bytes()))
+                .await;
+            let _ = client_tx.send(normal_close()).await;
+            recording.entry(refusal).await;
+        }
+        let raw = [
+            (out_masker.raw_summary(), "stdout"),
+            (err_masker.raw_summary(), "stderr"),
+        ];
+        for (summary, name) in raw {
+            if let Some((from, bytes, sha256)) = summary {
+                let details = serde_json::json!({
+                    "index": self.ctx.index,
+                    "stream": name,
+                    "why": "binary output",
+                    "rule_id": self.decision.rule_id,
+                    "from": from,
+                    "bytes": bytes,
+                    "sha256": sha256,
+                });
+                let event = Event::now(
+                    self.ctx.session.id.clone(),
+                    Some(self.ctx.session.identity.clone()),
+                    Some(self.ctx.target.clone()),
+                    EventBody::Other {
+                        name: "k8s_raw_output".into(),
+                        details,
+                    },
+                );
+                if let Err(e) = pipeline.recorder.record(event).await {
+                    tracing::warn!(error = %e, "could not record raw output digest");
+                }
+            }
+        }
         if status == "101 egress_blocked" {
             // Say why the stream ends, in the form client-go prints.
             let blocked = K8sProxyError::EgressBlocked.to_status().to_string();

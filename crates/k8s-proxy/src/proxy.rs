@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use gatehouse_core::{
-    ApprovalFilter, ApprovalOutcome, ApprovalRequest, ApprovalState, AuthErrorKind, Credential,
-    Decision, EgressSite, Event, EventBody, Finding, Identity, KubeOperation, Operation,
-    OperationResult, Pipeline, Protocol, RecordingFrame, RecordingKind, RecordingSink, SessionId,
-    StreamContext, Target, Verdict, http_path,
+    ApprovalFilter, ApprovalOutcome, ApprovalRequest, ApprovalState, AuthErrorKind, BinaryHandling,
+    Credential, Decision, EgressSite, Event, EventBody, Finding, Identity, KubeOperation,
+    Operation, OperationResult, Pipeline, Protocol, RecordingFrame, RecordingKind, RecordingSink,
+    SessionId, StreamContext, Target, TextDetector, Verdict, http_path,
 };
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -1163,9 +1163,12 @@ impl ConnCtx {
             BodyKind::Json
         } else if content_type.starts_with("text/") {
             BodyKind::Text
+        } else if decision.binary == BinaryHandling::Raw {
+            BodyKind::Raw
         } else {
-            return Err(K8sProxyError::UpstreamRefused(format!(
-                "content type {content_type:?} cannot be masked"
+            return Err(K8sProxyError::UpstreamRefused(binary_refusal(
+                &format!("content type {content_type:?}"),
+                &decision.rule_id,
             )));
         };
         rparts.headers = out_headers;
@@ -1184,8 +1187,34 @@ impl ConnCtx {
         } else {
             kind
         };
-        if kind == BodyKind::Json {
+        if kind == BodyKind::Json || kind == BodyKind::Raw {
             let bytes = read_upstream(rbody, config.limits.max_response_body).await?;
+            let mut detector = TextDetector::new();
+            let text = kind == BodyKind::Json && detector.push(&bytes) && detector.finish();
+            if !text {
+                // Binary: never rewritten. Passed unchanged under `binary = "raw"`, its size
+                // and SHA-256 recorded instead of its bytes; refused otherwise.
+                if decision.binary != BinaryHandling::Raw {
+                    return Err(K8sProxyError::UpstreamRefused(binary_refusal(
+                        "NUL bytes or invalid UTF-8 in a JSON body",
+                        &decision.rule_id,
+                    )));
+                }
+                if pipeline.egress.check(EgressSite::Client, &bytes).is_err() {
+                    self.record_block(ctx, "client").await;
+                    return Err(K8sProxyError::EgressBlocked);
+                }
+                let record = format!(
+                    "<unmasked binary body (rule {}, binary = \"raw\"), {} bytes, sha256 {}>",
+                    decision.rule_id,
+                    bytes.len(),
+                    hex::encode(Sha256::digest(&bytes))
+                );
+                exchange
+                    .finish(record, bytes.len() as u64, Vec::new(), None)
+                    .await;
+                return Ok(Response::from_parts(rparts, full(bytes)));
+            }
             let mut findings = Vec::new();
             let masked = self.mask_json_bytes(&bytes, secrets_ctx, decision, &mut findings);
             if pipeline.egress.check(EgressSite::Client, &masked).is_err() {
@@ -1213,6 +1242,8 @@ impl ConnCtx {
             idle,
             max_line: usize::try_from(config.limits.max_response_body).unwrap_or(usize::MAX),
             record_cap: config.record_body_cap,
+            binary: decision.binary,
+            rule_id: decision.rule_id.clone(),
         };
         tokio::spawn(stream.run(rbody, tx, exchange));
         let mut rx = rx;
@@ -1468,6 +1499,15 @@ enum BodyKind {
     JsonStream,
     WatchEvents,
     Text,
+    /// Not text, under `binary = "raw"`: passed unchanged, recorded by digest.
+    Raw,
+}
+
+/// Why a binary response body is refused, naming the rule and the setting that would pass it.
+fn binary_refusal(what: &str, rule: &str) -> String {
+    format!(
+        "the response body is binary ({what}), which masking cannot rewrite safely, and rule '{rule}' does not pass it unmasked (binary = \"raw\")"
+    )
 }
 
 /// What recording the outcome of one forwarded request needs.
@@ -1523,6 +1563,9 @@ struct StreamPump {
     idle: Duration,
     max_line: usize,
     record_cap: usize,
+    /// What the policy says about binary data in the stream.
+    binary: BinaryHandling,
+    rule_id: String,
 }
 
 impl StreamPump {
@@ -1551,6 +1594,9 @@ impl StreamPump {
         let mut total = 0u64;
         let mut findings = Vec::new();
         let mut error: Option<&'static str> = None;
+        let mut detector = TextDetector::new();
+        // Under `binary = "raw"`, once the stream turned binary: (bytes sent before, hasher, raw bytes).
+        let mut raw: Option<(u64, Sha256, u64)> = None;
         loop {
             let step = if dirty {
                 tokio::time::timeout(self.idle, upstream.frame()).await.ok()
@@ -1587,14 +1633,32 @@ impl StreamPump {
                     done = true;
                 }
                 Some(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data() {
+                    let data = frame.into_data().ok();
+                    let data = data.as_deref().unwrap_or_default();
+                    if raw.is_none() && !detector.push(data) {
+                        if self.binary == BinaryHandling::Raw {
+                            // Text before it went out masked; from here on the stream is raw.
+                            if let Some(m) = text.as_mut() {
+                                m.flush(&mut out);
+                            }
+                            raw = Some((total + out.len() as u64, Sha256::new(), 0));
+                        } else {
+                            error = Some("binary_refused");
+                            done = true;
+                        }
+                    }
+                    if let Some((_, hasher, n)) = raw.as_mut() {
+                        hasher.update(data);
+                        *n += data.len() as u64;
+                        out.extend_from_slice(data);
+                    } else if !done && !data.is_empty() {
                         match text.as_mut() {
                             Some(m) => {
-                                m.push(&data, &mut out);
+                                m.push(data, &mut out);
                                 dirty = !json_stream;
                             }
                             None => {
-                                let mut rest: &[u8] = &data;
+                                let mut rest: &[u8] = data;
                                 while let Some(pos) = rest.iter().position(|b| *b == b'\n') {
                                     line.extend_from_slice(rest.get(..pos).unwrap_or_default());
                                     rest = rest.get(pos + 1..).unwrap_or_default();
@@ -1625,6 +1689,15 @@ impl StreamPump {
             if let Some(m) = text.as_mut() {
                 findings.extend(m.take_findings());
             }
+            if error == Some("binary_refused") {
+                let _ = tx
+                    .send(Err(K8sProxyError::UpstreamRefused(binary_refusal(
+                        "NUL bytes or invalid UTF-8 in a text or JSON body",
+                        &self.rule_id,
+                    ))))
+                    .await;
+                break;
+            }
             if !out.is_empty() {
                 if egress.check(&out).is_err() {
                     self.conn.record_block(&exchange.ctx, "client").await;
@@ -1633,7 +1706,8 @@ impl StreamPump {
                     break;
                 }
                 total += out.len() as u64;
-                if record.len() < self.record_cap {
+                // Raw bytes stay out of the recording (their digest is recorded instead).
+                if raw.is_none() && record.len() < self.record_cap {
                     let room = self.record_cap - record.len();
                     record.extend_from_slice(out.get(..room.min(out.len())).unwrap_or_default());
                 }
@@ -1647,14 +1721,15 @@ impl StreamPump {
             }
         }
         drop(tx);
-        exchange
-            .finish(
-                String::from_utf8_lossy(&record).into_owned(),
-                total,
-                findings,
-                error,
-            )
-            .await;
+        let mut record = String::from_utf8_lossy(&record).into_owned();
+        if let Some((from, hasher, n)) = raw {
+            record.push_str(&format!(
+                "<unmasked binary data from byte {from} (rule {}, binary = \"raw\"), {n} bytes, sha256 {}>",
+                self.rule_id,
+                hex::encode(hasher.finalize())
+            ));
+        }
+        exchange.finish(record, total, findings, error).await;
     }
 }
 

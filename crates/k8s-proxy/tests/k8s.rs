@@ -1672,3 +1672,218 @@ async fn kubectl_scale_through_the_gateway() {
         .unwrap();
     assert_eq!(rc["spec"]["replicas"], 3, "{rc}");
 }
+
+/// 64 KiB of pseudo-random bytes (NUL bytes included) with an e-mail address and a card number
+/// in them, as a binary file might happen to contain.
+fn binary_blob() -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut v: Vec<u8> = (0..65_536)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    for (at, pii) in [
+        (100, &b"jane@example.com"[..]),
+        (30_000, b"4111 1111 1111 1111"),
+        (60_000, b"z@v.Oe bob@example.org"),
+    ] {
+        v[at..at + pii.len()].copy_from_slice(pii);
+    }
+    v[7] = 0;
+    v
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+/// One exec rule for web-0, with `binary` as given.
+fn exec_policy(binary: &str) -> String {
+    format!(
+        r#"
+[defaults]
+default = "deny"
+
+[[rules]]
+id = "read"
+reason = "kubectl reads the pod before exec"
+verdict = "allow"
+kubernetes = {{ verbs = ["get"] }}
+
+[[rules]]
+id = "exec-files"
+reason = "reading files in web-0"
+verdict = "allow"
+binary = "{binary}"
+kubernetes = {{ verbs = ["exec"], names = ["web-0"] }}
+exec = {{ program = ["cat", "echo"] }}
+"#
+    )
+}
+
+#[tokio::test]
+async fn binary_exec_output_is_refused_without_a_raw_rule() {
+    let rig = Rig::start_with(&exec_policy("refuse"), |_| {}).await;
+    let blob = binary_blob();
+    let file = rig.dir.path().join("blob.bin");
+    std::fs::write(&file, &blob).unwrap();
+    let file = file.to_str().unwrap().to_string();
+    let text = rig.dir.path().join("text.txt");
+    std::fs::write(&text, b"mail jane@example.com\n").unwrap();
+    let text = text.to_str().unwrap().to_string();
+    for args in [
+        vec!["exec", "web-0", "--", "cat", file.as_str()],
+        // Text, then binary: one stream that turns binary.
+        vec!["exec", "web-0", "--", "cat", text.as_str(), file.as_str()],
+    ] {
+        let out = rig.kubectl(&args).await;
+        assert_eq!(out.code, Some(1), "{args:?}: {out:#?}");
+        assert!(
+            out.stderr
+                .contains("output withheld: stdout carries binary data")
+                && out.stderr.contains("rule 'exec-files'")
+                && out.stderr.contains("binary = \"raw\""),
+            "{out:#?}"
+        );
+        // Nothing of the binary data went out, rewritten or not.
+        assert!(!out.stdout.contains("jane@example.com"), "{out:#?}");
+        assert!(out.stdout_bytes.len() < 100, "{:?}", out.stdout);
+    }
+    let refused = rig
+        .results()
+        .into_iter()
+        .filter(|r| r.status.starts_with("101 refused: binary output"))
+        .count();
+    assert_eq!(refused, 2);
+}
+
+#[tokio::test]
+async fn binary_exec_output_passes_byte_exact_under_a_raw_rule() {
+    let rig = Rig::start_with(&exec_policy("raw"), |_| {}).await;
+    let blob = binary_blob();
+    let file = rig.dir.path().join("blob.bin");
+    std::fs::write(&file, &blob).unwrap();
+    let file = file.to_str().unwrap().to_string();
+    let out = rig.kubectl(&["exec", "web-0", "--", "cat", &file]).await;
+    out.ok();
+    assert_eq!(sha256_hex(&out.stdout_bytes), sha256_hex(&blob), "altered");
+    // Text under the raw rule is still masked; a stream that turns binary is raw from there.
+    let text = rig.dir.path().join("text.txt");
+    std::fs::write(&text, b"mail jane@example.com\n").unwrap();
+    let text = text.to_str().unwrap().to_string();
+    let out = rig
+        .kubectl(&["exec", "web-0", "--", "cat", &text, &file])
+        .await;
+    out.ok();
+    // The binary part is byte-exact; the text before it is masked unless it came in the same
+    // frame as the first binary byte (that frame passes raw as a whole, as on SSH).
+    assert!(out.stdout_bytes.ends_with(&blob), "{:?}", out.stdout);
+    let prefix = out.stdout_bytes[..out.stdout_bytes.len() - blob.len()].to_vec();
+    let mixed_len = out.stdout_bytes.len() as u64;
+    assert!(
+        prefix == b"mail [email]\n" || prefix == b"mail jane@example.com\n",
+        "{:?}",
+        String::from_utf8_lossy(&prefix)
+    );
+    let out = rig
+        .kubectl(&["exec", "web-0", "--", "echo", "card", "4111 1111 1111 1111"])
+        .await;
+    out.ok();
+    assert!(!out.stdout.contains("4111 1111 1111 1111"), "{out:#?}");
+    // The raw bytes are recorded by size and digest, naming the rule; not in the recording.
+    let events = rig.layers.recorder.events();
+    let raw: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.body {
+            EventBody::Other { name, details } if name == "k8s_raw_output" => Some(details),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(raw.len(), 2, "{raw:#?}");
+    assert_eq!(raw[0]["sha256"], sha256_hex(&blob).as_str());
+    assert_eq!(raw[0]["bytes"], blob.len() as u64);
+    for d in &raw {
+        assert_eq!(d["rule_id"], "exec-files");
+        assert_eq!(d["stream"], "stdout");
+    }
+    assert_eq!(raw[0]["from"], 0);
+    let (from, bytes) = (
+        raw[1]["from"].as_u64().unwrap(),
+        raw[1]["bytes"].as_u64().unwrap(),
+    );
+    assert_eq!(from + bytes, mixed_len, "{raw:#?}");
+    assert!(from == 0 || from == prefix.len() as u64, "{raw:#?}");
+    let dump = rig.layers.recorder.dump();
+    assert!(!dump.contains("bob@example.org"), "raw bytes were recorded");
+}
+
+/// A pod log (text/plain) that turns binary: refused without a raw rule (the stream is cut,
+/// never rewritten), passed byte-exact under one.
+#[tokio::test]
+async fn binary_log_output_is_refused_or_passed_raw() {
+    let blob = binary_blob();
+    for binary in ["refuse", "raw"] {
+        let policy = exec_policy(binary).replace(
+            r#"kubernetes = { verbs = ["get"] }"#,
+            &format!("binary = \"{binary}\"\nkubernetes = {{ verbs = [\"get\", \"log\"] }}"),
+        );
+        let rig = Rig::start_with(&policy, |_| {}).await;
+        *rig.api.state.log_tail.lock().unwrap() = Some(blob.clone().into());
+        let out = rig.kubectl(&["logs", "web-0"]).await;
+        let first = format!("{LOG_LINE_1}\n");
+        if binary == "raw" {
+            out.ok();
+            assert!(out.stdout_bytes.starts_with(first.as_bytes()), "{out:#?}");
+            assert_eq!(
+                sha256_hex(&out.stdout_bytes[first.len()..]),
+                sha256_hex(&blob),
+                "altered"
+            );
+            let dump = rig.layers.recorder.dump();
+            assert!(dump.contains(&sha256_hex(&blob)), "digest recorded");
+            assert!(!dump.contains("bob@example.org"), "raw bytes were recorded");
+        } else {
+            assert_ne!(out.code, Some(0), "{out:#?}");
+            assert!(!out.stdout.contains("jane@example.com"), "{out:#?}");
+            assert!(out.stdout_bytes.len() < 100, "{:?}", out.stdout);
+        }
+    }
+}
+
+/// A response of a content type the gateway cannot mask: refused with a `Status` naming the rule
+/// and the setting, or passed byte-exact under `binary = "raw"`.
+#[tokio::test]
+async fn binary_content_type_is_refused_or_passed_raw() {
+    let blob = binary_blob();
+    for binary in ["refuse", "raw"] {
+        let policy = exec_policy(binary).replace(
+            r#"kubernetes = { verbs = ["get"] }"#,
+            &format!("binary = \"{binary}\"\nkubernetes = {{ verbs = [\"get\", \"log\"] }}"),
+        );
+        let rig = Rig::start_with(&policy, |_| {}).await;
+        *rig.api.state.log_tail.lock().unwrap() = Some(blob.clone().into());
+        *rig.api.state.log_content_type.lock().unwrap() = Some("application/octet-stream".into());
+        let out = rig.kubectl(&["logs", "web-0"]).await;
+        let first = format!("{LOG_LINE_1}\n");
+        if binary == "raw" {
+            out.ok();
+            assert_eq!(&out.stdout_bytes[..first.len()], first.as_bytes());
+            assert_eq!(
+                sha256_hex(&out.stdout_bytes[first.len()..]),
+                sha256_hex(&blob),
+                "altered"
+            );
+        } else {
+            assert_ne!(out.code, Some(0), "{out:#?}");
+            assert!(out.stdout_bytes.is_empty(), "{out:#?}");
+            assert!(
+                out.stderr.contains("rule 'read'") && out.stderr.contains("binary = \"raw\""),
+                "{out:#?}"
+            );
+        }
+    }
+}

@@ -312,7 +312,8 @@ pub struct HttpListenerSection {
     pub record_body_cap: Option<usize>,
     /// `%2F`/`%5C` in paths: `opaque` (default) or `reject`.
     pub encoded_separators: Option<gatehouse_http::EncodedSeparatorPolicy>,
-    /// Bodies the gateway cannot mask: see the gatehouse-http docs (default `pass_and_hash`).
+    /// Bodies the gateway cannot mask: `pass_and_hash` (default: passed raw where the rule says
+    /// `binary = "raw"`, refused otherwise) or `refuse` (always); see the gatehouse-http docs.
     pub other_content: Option<gatehouse_http::OtherContentPolicy>,
     /// Header and body size limits (defaults in the gatehouse-http docs).
     pub limits: Option<gatehouse_http::Limits>,

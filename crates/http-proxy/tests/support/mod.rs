@@ -68,24 +68,56 @@ fn json(status: StatusCode, v: serde_json::Value) -> Response<UpBody> {
 
 fn streaming(
     content_type: &str,
-    first: &'static str,
-    second: &'static str,
+    first: impl Into<Bytes>,
+    second: impl Into<Bytes>,
     go: Arc<Notify>,
 ) -> Response<UpBody> {
+    let (first, second): (Bytes, Bytes) = (first.into(), second.into());
     let stream = futures::stream::unfold(0u8, move |state| {
         let go = go.clone();
+        let (first, second) = (first.clone(), second.clone());
         async move {
             match state {
-                0 => Some((Ok::<_, Infallible>(Frame::data(Bytes::from(first))), 1)),
+                0 => Some((Ok::<_, Infallible>(Frame::data(first)), 1)),
                 1 => {
                     go.notified().await;
-                    Some((Ok(Frame::data(Bytes::from(second))), 2))
+                    Some((Ok(Frame::data(second)), 2))
                 }
                 _ => None,
             }
         }
     });
     let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    r.headers_mut()
+        .insert("content-type", content_type.parse().unwrap());
+    r
+}
+
+/// 64 KiB of pseudo-random bytes (NUL bytes included) with an e-mail address and a card
+/// number in them, as a binary file might happen to contain.
+pub fn binary_blob() -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut v: Vec<u8> = (0..65_536)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    for (at, pii) in [
+        (100, &b"jane@example.com"[..]),
+        (30_000, b"4111 1111 1111 1111"),
+        (60_000, b"z@v.Oe bob@example.org"),
+    ] {
+        v[at..at + pii.len()].copy_from_slice(pii);
+    }
+    v[7] = 0;
+    v
+}
+
+fn bytes_response(content_type: &str, body: Vec<u8>) -> Response<UpBody> {
+    let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
     r.headers_mut()
         .insert("content-type", content_type.parse().unwrap());
     r
@@ -110,10 +142,34 @@ async fn upstream_service(
         headers: req.headers().clone(),
     });
     let path = req.uri().path().to_string();
-    if path == "/ws" {
+    if path == "/ws" || path == "/raw/ws" {
         return Ok(websocket_upstream(&mut req));
     }
+    // `/raw/…` is the same API under a rule that passes binary bodies raw (see `policy`).
+    let path = path.strip_prefix("/raw").unwrap_or(&path).to_string();
     let resp = match (req.method().as_str(), path.as_str()) {
+        ("GET", "/bin") => bytes_response("application/octet-stream", binary_blob()),
+        ("GET", "/bin-as-text") => bytes_response("text/plain", binary_blob()),
+        ("GET", "/bin-as-json") => bytes_response("application/json", binary_blob()),
+        ("GET", "/bin-gzip") => {
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            enc.write_all(&binary_blob()).unwrap();
+            let mut r = bytes_response("text/plain", enc.finish().unwrap());
+            r.headers_mut()
+                .insert("content-encoding", "gzip".parse().unwrap());
+            r
+        }
+        ("GET", "/empty-bin") => bytes_response("image/png", Vec::new()),
+        ("GET", "/text-pii") => bytes_response(
+            "text/plain",
+            b"mail jane@example.com card 4111 1111 1111 1111 end\n".to_vec(),
+        ),
+        ("GET", "/turns-binary") => streaming(
+            "text/plain",
+            "contact jane@example.com\n",
+            binary_blob(),
+            go,
+        ),
         (_, "/echo") => {
             // Echoes every header back, as a misbehaving API might.
             let headers: serde_json::Map<String, serde_json::Value> = req
@@ -231,6 +287,8 @@ fn websocket_upstream(req: &mut Request<Incoming>) -> Response<UpBody> {
                     .send(Message::text(format!("echo: {}", t.as_str())))
                     .await
                     .unwrap(),
+                // Binary frames come back unchanged.
+                Message::Binary(b) => ws.send(Message::Binary(b)).await.unwrap(),
                 Message::Close(_) => break,
                 _ => {}
             }
@@ -317,6 +375,10 @@ pub fn policy() -> FnPolicy {
                     grant_window_ms: Some(60_000),
                 },
             );
+        }
+        if op.path.starts_with("/raw/") || op.path.ends_with("/echo-raw") {
+            return Decision::allow("raw-bytes", "binary passes unmasked")
+                .with_binary(BinaryHandling::Raw);
         }
         if op.method == gatehouse_http::WEBSOCKET_METHOD && op.path != "/ws" {
             return Decision::deny("ws-only-on-ws", "websockets only on /ws");
@@ -533,6 +595,24 @@ pub async fn curl(args: &[&str]) -> (u16, String, Vec<u8>) {
         String::from_utf8_lossy(&out.stderr)
     );
     split_response(&out.stdout)
+}
+
+/// Runs the real `curl` (body to stdout, no head) and returns its output whether or not it
+/// succeeded: (success, stdout, stderr).
+pub async fn curl_output(args: &[&str]) -> (bool, Vec<u8>, String) {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-sS", "--max-time", "20"]).args(args);
+    let out = tokio::task::spawn_blocking(move || {
+        gatehouse_testkit::process::run_with_timeout(cmd, Duration::from_secs(30))
+    })
+    .await
+    .unwrap()
+    .expect("curl runs");
+    (
+        out.status.success(),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Splits a raw HTTP/1 or curl `-i` output into (status, head, body); skips `1xx` heads.

@@ -62,6 +62,10 @@ pub struct State {
     pub resizes: Mutex<Vec<(u64, u64)>>,
     /// Request bodies as received: (path, content type, bytes).
     pub bodies: Mutex<Vec<(String, String, Bytes)>>,
+    /// When set, a pod log's second part is these bytes (a container that writes binary).
+    pub log_tail: Mutex<Option<Bytes>>,
+    /// When set, the content type pod logs are served with (default `text/plain`).
+    pub log_content_type: Mutex<Option<String>>,
 }
 
 impl State {
@@ -170,6 +174,8 @@ impl ApiServer {
             exec_requests: AtomicU64::new(0),
             resizes: Mutex::new(Vec::new()),
             bodies: Mutex::new(Vec::new()),
+            log_tail: Mutex::new(None),
+            log_content_type: Mutex::new(None),
         });
         for ns in ["default", "kube-system"] {
             state.insert(
@@ -842,6 +848,7 @@ pub const LOG_LINE_2: &str = "request from jane.doe@example.com done";
 fn logs(st: Arc<State>, q: &[(String, String)]) -> Response<Body> {
     let follow = matches!(param(q, "follow"), Some("true" | "1"));
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+    let st2 = st.clone();
     tokio::spawn(async move {
         let _ = tx
             .send(Ok(Frame::data(Bytes::from(format!("{LOG_LINE_1}\n")))))
@@ -849,13 +856,19 @@ fn logs(st: Arc<State>, q: &[(String, String)]) -> Response<Body> {
         if follow {
             st.log_gate.notified().await;
         }
-        let _ = tx
-            .send(Ok(Frame::data(Bytes::from(format!("{LOG_LINE_2}\n")))))
-            .await;
+        let tail = st.log_tail.lock().unwrap().clone();
+        let second = tail.unwrap_or_else(|| Bytes::from(format!("{LOG_LINE_2}\n")));
+        let _ = tx.send(Ok(Frame::data(second))).await;
     });
+    let content_type = st2
+        .log_content_type
+        .lock()
+        .unwrap()
+        .clone()
+        .unwrap_or_else(|| "text/plain".into());
     let mut r = Response::new(BodyExt::boxed(StreamBody::new(tokio_stream_from(rx))));
     r.headers_mut()
-        .insert("content-type", "text/plain".parse().unwrap());
+        .insert("content-type", content_type.parse().unwrap());
     r
 }
 

@@ -261,6 +261,8 @@ pub struct KubectlOutput {
     pub code: Option<i32>,
     pub stdout: String,
     pub stderr: String,
+    /// stdout as it came, byte for byte.
+    pub stdout_bytes: Vec<u8>,
 }
 
 impl KubectlOutput {
@@ -296,6 +298,7 @@ pub async fn kubectl(kubeconfig: &Path, home: &Path, args: &[&str]) -> KubectlOu
         code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        stdout_bytes: out.stdout,
     }
 }
 
