@@ -533,7 +533,18 @@ fn lexical_effect(stmt: &str, kind: StatementKind) -> SessionEffect {
 /// Exactly which columns a `COPY … TO` reads: the lineage of `COPY (query)`, or the listed
 /// columns of `COPY table (a, b)`, or `table.*`.
 fn copy_reads(stmt: &str, settings: &SqlSessionSettings) -> Option<Vec<String>> {
-    let rest = stmt.trim_start().get(4..)?.trim_start();
+    let mut rest = stmt.trim_start().get(4..)?.trim_start();
+    // The pre-9.0 syntax `COPY BINARY table …`: `binary` is a keyword, never a table name.
+    if rest.len() > 6
+        && rest
+            .get(..6)
+            .is_some_and(|w| w.eq_ignore_ascii_case("binary"))
+        && rest
+            .get(6..7)
+            .is_some_and(|c| c.chars().all(char::is_whitespace))
+    {
+        rest = rest.get(6..)?.trim_start();
+    }
     if let Some(inner) = rest.strip_prefix('(') {
         let end = matching_paren(inner)?;
         let query = inner.get(..end)?;
