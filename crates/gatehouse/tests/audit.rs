@@ -429,7 +429,9 @@ fn a_crash_is_reported_as_the_recovery_cut_it_is() {
     let gw = start(&config);
     let _ = gw.stop();
     let (code, text) = verify(&data, Some(&witness), &key);
-    assert_eq!(code, 0, "{text}");
+    // Records the crashed run had not signed yet keep the log from verifying as sealed.
+    let never_signed = text.contains("never signed by the run that wrote them");
+    assert_eq!(code, if never_signed { 3 } else { 0 }, "{text}");
     assert!(
         text.contains("crash recovery at sequence") && text.contains("torn byte(s)"),
         "{text}"
@@ -441,11 +443,52 @@ fn a_crash_is_reported_as_the_recovery_cut_it_is() {
     gw.guard.stop(Signal::SIGKILL, Duration::from_secs(10));
     let (code, text) = verify(&data, Some(&witness), &key);
     assert_eq!(code, 3, "{text}");
+    let unsigned_at_crash = text.contains("UNSIGNED");
     let gw = start(&config);
     let _ = gw.stop();
     let (code, text) = verify(&data, Some(&witness), &key);
-    assert_eq!(code, 0, "{text}");
     assert!(text.contains("unsealed end before sequence"), "{text}");
+    // Records the crashed run wrote after its last signature were signed by the restart as it
+    // found them (anyone with write access could have changed them in between): they never
+    // verify as sealed.
+    if unsigned_at_crash {
+        assert_eq!(code, 3, "{text}");
+        assert!(
+            text.contains("never signed by the run that wrote them"),
+            "{text}"
+        );
+    } else {
+        assert_eq!(code, 0, "{text}");
+    }
+}
+
+/// The records a crashed run never signed, rewritten before the restart, are never reported
+/// as sealed (outside attacker: the restart's checkpoint used to sign them and verify said 0).
+#[test]
+fn records_a_crashed_run_never_signed_do_not_verify_as_sealed_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let data = dir.path().join("data");
+    let witness = dir.path().join("witness");
+    // Retry until the kill leaves unsigned records (checkpoints come every second).
+    for _ in 0..5 {
+        let mut gw = start(&config);
+        let key = public_key(dir.path());
+        gw.knock(20);
+        gw.guard.stop(Signal::SIGKILL, Duration::from_secs(10));
+        let (code, text) = verify(&data, Some(&witness), &key);
+        if code == 3 && text.contains("UNSIGNED") {
+            let gw = start(&config);
+            let _ = gw.stop();
+            let (code, text) = verify(&data, Some(&witness), &key);
+            assert_eq!(code, 3, "{text}");
+            assert!(text.contains("NOTHING VOUCHES"), "{text}");
+            return;
+        }
+        let gw = start(&config);
+        let _ = gw.stop();
+    }
+    panic!("no kill left unsigned records in 5 tries");
 }
 
 #[test]

@@ -177,6 +177,11 @@ pub struct LogVerdict {
     /// Crash recoveries found: where a torn final line was cut on restart.
     #[serde(default)]
     pub recoveries: Vec<RecoveryNote>,
+    /// Records that a run which ended without a seal wrote after its last signature: the
+    /// restart's checkpoints sign them as they found them, so nothing vouches that they are what
+    /// that run wrote (someone with write access could have changed them in between).
+    #[serde(default)]
+    pub unsigned_before_recovery: u64,
     /// The first problem, if any.
     pub problem: Option<Problem>,
 }
@@ -203,6 +208,9 @@ pub struct RecoveryNote {
     pub segment: String,
     /// How many torn bytes were cut.
     pub torn_bytes: u64,
+    /// Records the run before wrote after its last signature (never signed by it).
+    #[serde(default)]
+    pub unsigned_before: u64,
 }
 
 /// What a verdict amounts to.
@@ -228,7 +236,7 @@ impl LogVerdict {
     pub fn status(&self) -> LogStatus {
         if self.problem.is_some() {
             LogStatus::Failed
-        } else if self.sealed {
+        } else if self.sealed && self.unsigned_before_recovery == 0 {
             LogStatus::Sealed
         } else {
             LogStatus::Unsealed
@@ -381,6 +389,8 @@ pub struct ChainVerifier<'o> {
     witness_records: HashMap<u64, Vec<bool>>,
     last_kind: Option<RecordKind>,
     last_segment: String,
+    /// Records since the last checkpoint or seal.
+    since_signed: u64,
 }
 
 impl<'o> ChainVerifier<'o> {
@@ -403,6 +413,7 @@ impl<'o> ChainVerifier<'o> {
             unsigned_after: 0,
             sealed: false,
             recoveries: Vec::new(),
+            unsigned_before_recovery: 0,
             problem: None,
         };
         let mut witness_heads: HashMap<u64, Vec<[u8; 32]>> = HashMap::new();
@@ -450,6 +461,7 @@ impl<'o> ChainVerifier<'o> {
             witness_records,
             last_kind: None,
             last_segment: String::new(),
+            since_signed: 0,
         }
     }
 
@@ -741,10 +753,12 @@ impl<'o> ChainVerifier<'o> {
                     }
                 };
                 self.verdict.recovery_cuts += 1;
+                self.verdict.unsigned_before_recovery += self.since_signed;
                 self.verdict.recoveries.push(RecoveryNote {
                     sequence: p.sequence,
                     segment: cut.segment,
                     torn_bytes: cut.torn_bytes,
+                    unsigned_before: self.since_signed,
                 });
             }
         }
@@ -762,6 +776,11 @@ impl<'o> ChainVerifier<'o> {
             self.verdict.witnesses_matched += heads.len() as u64;
         }
         self.prev = Some(p.stored_hash);
+        self.since_signed = if matches!(p.kind, RecordKind::Checkpoint | RecordKind::Seal) {
+            0
+        } else {
+            self.since_signed + 1
+        };
         self.last_kind = Some(p.kind);
         self.expected_sequence = p.sequence.checked_add(1);
         self.verdict.records += 1;

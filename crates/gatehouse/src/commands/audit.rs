@@ -334,6 +334,12 @@ pub fn describe(l: &LogVerdict, witnessed: bool) -> Vec<String> {
             .map_or_else(|| "-".into(), |s| s.to_string()),
     );
     let mut lines = vec![match l.status() {
+        LogStatus::Unsealed if l.sealed => format!(
+            "log {}: SEALED, BUT {} record(s) written by a run that ended without a seal were never signed by it (see below) — verified {range}; ends with {}",
+            l.log,
+            l.unsigned_before_recovery,
+            signed_head(l),
+        ),
         LogStatus::Sealed => format!(
             "log {}: SEALED — verified {range}; ends with {}; {} checkpoint(s), {} seal(s); head {}",
             l.log,
@@ -388,6 +394,12 @@ pub fn describe(l: &LogVerdict, witnessed: bool) -> Vec<String> {
                 r.sequence
             )
         });
+        if r.unsigned_before > 0 {
+            lines.push(format!(
+                "  {} record(s) before sequence {} were never signed by the run that wrote them (it ended without a seal): the restart signed them as it found them, so NOTHING VOUCHES that they are what that run wrote",
+                r.unsigned_before, r.sequence
+            ));
+        }
     }
     if witnessed {
         lines.push(if l.witnesses_matched == 0 && l.last_signed.is_some() {
