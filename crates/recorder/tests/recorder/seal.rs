@@ -478,11 +478,22 @@ async fn a_run_that_ended_without_a_seal_is_recorded_at_the_next_start() {
     assert_eq!(status(&before), LogStatus::Unsealed);
     run(dir.path(), None, 5).await;
     let v = verify_log(&load(dir.path(), LOG), &options());
-    assert_eq!(status(&v), LogStatus::Sealed, "{:?}", v.problem);
+    assert!(v.problem.is_none(), "{:?}", v.problem);
+    assert!(v.sealed, "the restart's run ends with its seal");
     assert_eq!(v.recoveries.len(), 1, "{:?}", v.recoveries);
     assert_eq!(v.recoveries[0].torn_bytes, 0);
     assert_eq!(
         Some(v.recoveries[0].sequence),
         before.last_sequence.map(|s| s + 1)
     );
+    // What the killed run wrote after its last signature was never signed by it: the log does
+    // not verify as sealed, and the count is the unsigned tail verify saw before the restart.
+    assert_eq!(v.recoveries[0].unsigned_before, before.unsigned_after);
+    assert_eq!(v.unsigned_before_recovery, before.unsigned_after);
+    let expected = if before.unsigned_after > 0 {
+        LogStatus::Unsealed
+    } else {
+        LogStatus::Sealed
+    };
+    assert_eq!(status(&v), expected);
 }
