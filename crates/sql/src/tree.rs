@@ -209,6 +209,32 @@ fn opaque_form(tag: &str, body: &Value) -> Option<String> {
                 .into()
         }
         "CreateTrigStmt" => "creates a trigger: code that runs on later writes".into(),
+        // A range type's `subtype_diff` / `canonical` functions run inside GiST index builds,
+        // ANALYZE and the planner's estimates of ordinary statements on its columns.
+        "CreateRangeStmt" => {
+            "creates a range type: its subtype_diff and canonical functions run implicitly in \
+             later statements (index builds, ANALYZE, planning)"
+                .into()
+        }
+        // Renaming or moving a routine changes which code a name (a trigger, a default, a range
+        // type, a later call) resolves to.
+        "RenameStmt" | "AlterObjectSchemaStmt"
+            if [
+                ObjectType::ObjectFunction,
+                ObjectType::ObjectProcedure,
+                ObjectType::ObjectRoutine,
+                ObjectType::ObjectAggregate,
+                ObjectType::ObjectOperator,
+            ]
+            .into_iter()
+            .any(|k| {
+                is(i(body, "rename_type"), k) || is(i(body, "object_type"), k) || is(i(body, "objectType"), k)
+            }) =>
+        {
+            "renames a function, procedure or operator or moves it to another schema: changes \
+             which code later statements reach"
+                .into()
+        }
         "RuleStmt" => "creates a rule: it rewrites later statements".into(),
         "CreateEventTrigStmt" | "AlterEventTrigStmt" => {
             "creates or changes an event trigger: code that runs on later DDL".into()

@@ -298,6 +298,16 @@ fn opaque_constructs_are_marked_with_a_reason() {
         "SET backslash_quote = on",
         "RESET ALL",
         "DISCARD ALL",
+        // Outside attacker: a range type's subtype_diff ran a deleting function inside GiST
+        // page splits, ANALYZE and planning of allowed statements; renaming a routine swaps
+        // which code such hooks reach.
+        "CREATE TYPE span3 AS RANGE (subtype = float8, subtype_diff = span_diff3)",
+        "CREATE TYPE r2 AS RANGE (subtype = int4)",
+        "ALTER ROUTINE f(int) RENAME TO g",
+        "ALTER FUNCTION f() RENAME TO abs",
+        "ALTER PROCEDURE p() RENAME TO q",
+        "ALTER FUNCTION f() SET SCHEMA pg_temp",
+        "ALTER ROUTINE f() SET SCHEMA s",
     ];
     let mut failures = Vec::new();
     for sql in opaque {
