@@ -264,6 +264,17 @@ fn put_value(out: &mut Vec<u8>, v: Option<&[u8]>) -> Result<(), WalkError> {
 /// One element of a container: its original bytes (None: NULL) and its rewrite, if any.
 type Part<'a> = (Option<&'a [u8]>, Option<Vec<u8>>);
 
+/// A container rewritten: its `header` as it was, then each part (the rewrite where there is
+/// one) with a fresh length.
+fn rewritten(header: &[u8], parts: &[Part<'_>]) -> Result<Walked, WalkError> {
+    let mut out = Vec::with_capacity(header.len() + parts.len() * 8 + 64);
+    out.extend_from_slice(header);
+    for (orig, new) in parts {
+        put_value(&mut out, new.as_deref().or(*orig))?;
+    }
+    Ok(Walked::Rewritten(out))
+}
+
 /// Nesting limit for arrays of records of arrays…
 const MAX_DEPTH: usize = 16;
 
@@ -462,12 +473,7 @@ fn walk_array(
     if !changed {
         return Ok(Walked::Unchanged);
     }
-    let mut out = Vec::with_capacity(value.len() + 64);
-    out.extend_from_slice(value.get(..header_len).ok_or(WalkError::Malformed)?);
-    for (orig, new) in &parts {
-        put_value(&mut out, new.as_deref().or(*orig))?;
-    }
-    Ok(Walked::Rewritten(out))
+    rewritten(value.get(..header_len).ok_or(WalkError::Malformed)?, &parts)
 }
 
 fn walk_record(
@@ -614,16 +620,8 @@ fn walk_hstore(
     if !changed {
         return Ok(Walked::Unchanged);
     }
-    let mut out = Vec::with_capacity(value.len());
-    out.extend_from_slice(
-        &i32::try_from(n)
-            .map_err(|_| WalkError::Malformed)?
-            .to_be_bytes(),
-    );
-    for (orig, new) in &parts {
-        put_value(&mut out, new.as_deref().or(*orig))?;
-    }
-    Ok(Walked::Rewritten(out))
+    let count = i32::try_from(n).map_err(|_| WalkError::Malformed)?;
+    rewritten(&count.to_be_bytes(), &parts)
 }
 
 fn walk_tsvector(

@@ -430,7 +430,10 @@ impl Catalog {
         Ok(cols)
     }
 
-    async fn run(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>, PgProxyError> {
+    /// The catalog connection, opened on first use (and after a failure dropped it).
+    async fn connection(
+        &self,
+    ) -> Result<tokio::sync::MutexGuard<'_, Option<FrameReader<BoxStream>>>, PgProxyError> {
         let mut guard = self.conn.lock().await;
         if guard.is_none() {
             let conn = crate::upstream::connect(
@@ -440,6 +443,11 @@ impl Catalog {
             .await?;
             *guard = Some(FrameReader::new(conn.stream, conn.leftover, 64 << 20));
         }
+        Ok(guard)
+    }
+
+    async fn run(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>, PgProxyError> {
+        let mut guard = self.connection().await?;
         let Some(reader) = guard.as_mut() else {
             return Err(PgProxyError::Gateway(
                 "catalog connection unavailable".into(),
@@ -604,15 +612,7 @@ impl Catalog {
     /// (never executed). Fails when the server cannot parse it there (a temporary table of the
     /// client's session, a setting the session changed) or it returns no rows.
     pub(crate) async fn describe(&self, sql: &str) -> Result<Vec<ColumnDesc>, PgProxyError> {
-        let mut guard = self.conn.lock().await;
-        if guard.is_none() {
-            let conn = crate::upstream::connect(
-                &self.upstream,
-                &[("application_name".into(), "gatehouse-catalog".into())],
-            )
-            .await?;
-            *guard = Some(FrameReader::new(conn.stream, conn.leftover, 64 << 20));
-        }
+        let mut guard = self.connection().await?;
         let Some(reader) = guard.as_mut() else {
             return Err(PgProxyError::Gateway(
                 "catalog connection unavailable".into(),

@@ -23,17 +23,7 @@ pub struct ErrorFields {
 impl ErrorFields {
     /// Parses an ErrorResponse/NoticeResponse body.
     pub fn parse(body: Bytes) -> Result<Self, FrameError> {
-        let mut r = BodyReader::new(body, "ErrorResponse");
-        let mut fields = Vec::new();
-        loop {
-            let code = r.u8()?;
-            if code == 0 {
-                break;
-            }
-            let value = r.cstr()?;
-            fields.push((code, String::from_utf8_lossy(&value).into_owned()));
-        }
-        Ok(Self { fields })
+        Self::parse_in(body, crate::encoding::Codec::Utf8)
     }
 
     /// A fresh error with severity, SQLSTATE and message.
@@ -67,11 +57,9 @@ impl ErrorFields {
         self.get(b'C')
     }
 
-    /// Parses an ErrorResponse/NoticeResponse body whose text is in `codec`'s encoding.
+    /// Parses an ErrorResponse/NoticeResponse body whose text is in `codec`'s encoding (invalid
+    /// sequences replaced).
     pub(crate) fn parse_in(body: Bytes, codec: crate::encoding::Codec) -> Result<Self, FrameError> {
-        if codec.is_utf8() {
-            return Self::parse(body);
-        }
         let mut r = BodyReader::new(body, "ErrorResponse");
         let mut fields = Vec::new();
         loop {
