@@ -92,6 +92,8 @@ fn request() -> ApprovalRequest {
             timeout_ms: 600_000,
             grant_window_ms: None,
         },
+        index: 0,
+        shown: None,
     }
 }
 

@@ -187,28 +187,10 @@ fn deadline_of(record: &ApprovalRecord) -> Timestamp {
 
 /// The wait outcome of a closed record; `None` while it is pending.
 fn outcome_of(record: &ApprovalRecord) -> Option<Result<ApprovalOutcome, ApprovalError>> {
-    match record.state {
-        ApprovalState::Pending => None,
-        ApprovalState::Approved => Some(Ok(ApprovalOutcome::Approved {
-            approvers: record
-                .votes
-                .iter()
-                .filter(|v| v.decision == ApprovalDecision::Approve)
-                .map(|v| v.approver.clone())
-                .collect(),
-        })),
-        ApprovalState::Denied => {
-            let deny = record
-                .votes
-                .iter()
-                .find(|v| v.decision == ApprovalDecision::Deny);
-            Some(Ok(ApprovalOutcome::Denied {
-                by: deny.map(|v| v.approver.clone()).unwrap_or_default(),
-                justification: deny.map(|v| v.justification.clone()).unwrap_or_default(),
-            }))
-        }
-        ApprovalState::TimedOut => Some(Ok(ApprovalOutcome::TimedOut)),
-        other => Some(Err(ApprovalError::AlreadyClosed(
+    match (record.state, record.outcome()) {
+        (ApprovalState::Pending, _) => None,
+        (_, Some(outcome)) => Some(Ok(outcome)),
+        (other, None) => Some(Err(ApprovalError::AlreadyClosed(
             record.id.0.clone(),
             state_name(other).to_string(),
         ))),
@@ -281,7 +263,25 @@ impl BrokerInner {
             .record(event)
             .await
             .map(|_| ())
-            .map_err(|e| ApprovalError::Store(format!("audit record failed: {e}")))
+            .map_err(|e| ApprovalError::Audit(e.to_string()))
+    }
+
+    /// Records how `record` ended, with its operation index.
+    async fn record_resolved(
+        &self,
+        record: &ApprovalRecord,
+        outcome: ApprovalOutcome,
+    ) -> Result<(), ApprovalError> {
+        self.record(
+            record,
+            &record.request.requester,
+            EventBody::ApprovalResolved {
+                index: record.request.index,
+                id: record.id.clone(),
+                outcome,
+            },
+        )
+        .await
     }
 
     fn notify(&self, notice: ApprovalNotice) {
@@ -307,12 +307,7 @@ impl BrokerInner {
             self.record(
                 &probe,
                 &probe.request.requester,
-                EventBody::ApprovalRequested {
-                    // The broker does not know the session's operation index.
-                    index: 0,
-                    id: grant.id.clone(),
-                    operation_hash: hash.clone(),
-                },
+                requested_event(&probe.request, &grant.id, &hash, true),
             )
             .await?;
             return Ok(ApprovalTicket {
@@ -334,11 +329,7 @@ impl BrokerInner {
         self.record(
             &record,
             &record.request.requester,
-            EventBody::ApprovalRequested {
-                index: 0,
-                id: record.id.clone(),
-                operation_hash: hash.clone(),
-            },
+            requested_event(&record.request, &record.id, &hash, false),
         )
         .await?;
         let stored = self.store.insert(record).await.map_err(store_err)?;
@@ -406,23 +397,18 @@ impl BrokerInner {
             if let Some(outcome) = outcome_of(&stored.record) {
                 guard.disarm();
                 self.held().remove(id);
-                let outcome = outcome?;
-                self.record(
-                    &stored.record,
-                    &stored.record.request.requester,
-                    EventBody::ApprovalResolved {
-                        index: 0,
-                        id: id.clone(),
-                        outcome: outcome.clone(),
-                    },
-                )
-                .await?;
-                return Ok(outcome);
+                // The resolution was recorded by whoever closed the request (the deciding vote
+                // or the timeout), once.
+                return outcome;
             }
             let now = gatehouse_core::now();
             let deadline = deadline_of(&stored.record);
             if now >= deadline {
-                self.close_unvoted(stored, ApprovalState::TimedOut).await?;
+                let snapshot = stored.record.clone();
+                if self.close_unvoted(stored, ApprovalState::TimedOut).await? {
+                    self.record_resolved(&snapshot, ApprovalOutcome::TimedOut)
+                        .await?;
+                }
                 continue;
             }
             let elapsed = started.elapsed();
@@ -528,16 +514,8 @@ impl BrokerInner {
             if now >= deadline_of(record) {
                 let snapshot = record.clone();
                 if self.close_unvoted(stored, ApprovalState::TimedOut).await? {
-                    self.record(
-                        &snapshot,
-                        &snapshot.request.requester,
-                        EventBody::ApprovalResolved {
-                            index: 0,
-                            id: id.clone(),
-                            outcome: ApprovalOutcome::TimedOut,
-                        },
-                    )
-                    .await?;
+                    self.record_resolved(&snapshot, ApprovalOutcome::TimedOut)
+                        .await?;
                 }
                 return Err(ApprovalError::AlreadyClosed(
                     id.0.clone(),
@@ -591,12 +569,35 @@ impl BrokerInner {
                     record: s.record.clone(),
                     vote,
                 });
+                // This vote closed the request: its resolution is recorded here, once.
+                if let Some(Ok(outcome)) = outcome_of(&s.record) {
+                    self.record_resolved(&s.record, outcome).await?;
+                }
                 return Ok(s.record);
             }
         }
         Err(ApprovalError::Store(format!(
             "approval request {id} kept changing; vote not applied"
         )))
+    }
+}
+
+/// The `ApprovalRequested` event of `request`: its index, the operation as the approver sees it,
+/// the rule and its reason.
+fn requested_event(
+    request: &ApprovalRequest,
+    id: &ApprovalId,
+    hash: &str,
+    granted: bool,
+) -> EventBody {
+    EventBody::ApprovalRequested {
+        index: request.index,
+        id: id.clone(),
+        operation_hash: hash.to_string(),
+        operation: Some(request.shown().clone()),
+        rule_id: Some(request.rule_id.clone()),
+        reason: Some(request.reason.clone()),
+        granted,
     }
 }
 

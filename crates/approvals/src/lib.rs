@@ -34,6 +34,8 @@
 //!             timeout_ms: 60_000,
 //!             grant_window_ms: None,
 //!         },
+//!         index: 0,
+//!         shown: None,
 //!     })
 //!     .await?;
 //! // A member of `dba` (never the requester) approves, with a justification.

@@ -32,6 +32,20 @@ pub struct ApprovalRequest {
     pub reason: String,
     /// Approver groups, count, timeout and grant window.
     pub requirement: ReviewRequirement,
+    /// Index of the operation in its session (recorded with the request).
+    #[serde(default)]
+    pub index: u64,
+    /// The operation as it is recorded and shown to approvers: masked as the policy masks it
+    /// (`None`: `operation` itself). Not part of the hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shown: Option<Operation>,
+}
+
+impl ApprovalRequest {
+    /// The operation as approvers and the audit log see it.
+    pub fn shown(&self) -> &Operation {
+        self.shown.as_ref().unwrap_or(&self.operation)
+    }
 }
 
 /// The broker's answer to `open`.
@@ -129,6 +143,34 @@ pub struct ApprovalRecord {
     /// When it stopped being pending.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub closed_at: Option<Timestamp>,
+}
+
+impl ApprovalRecord {
+    /// How the request ended: `None` while it is pending or after it was abandoned.
+    pub fn outcome(&self) -> Option<ApprovalOutcome> {
+        match self.state {
+            ApprovalState::Approved => Some(ApprovalOutcome::Approved {
+                approvers: self
+                    .votes
+                    .iter()
+                    .filter(|v| v.decision == ApprovalDecision::Approve)
+                    .map(|v| v.approver.clone())
+                    .collect(),
+            }),
+            ApprovalState::Denied => {
+                let deny = self
+                    .votes
+                    .iter()
+                    .find(|v| v.decision == ApprovalDecision::Deny);
+                Some(ApprovalOutcome::Denied {
+                    by: deny.map(|v| v.approver.clone()).unwrap_or_default(),
+                    justification: deny.map(|v| v.justification.clone()).unwrap_or_default(),
+                })
+            }
+            ApprovalState::TimedOut => Some(ApprovalOutcome::TimedOut),
+            ApprovalState::Pending | ApprovalState::Abandoned => None,
+        }
+    }
 }
 
 /// Which requests to list.

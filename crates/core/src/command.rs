@@ -78,6 +78,45 @@ pub fn env_name_is_inert(name: &str) -> bool {
     ) || name.starts_with("LC_")
 }
 
+/// What [`analyse`] read from one command line with its environment, made only here and
+/// remembering exactly what it read: the facts a protocol hands the policy with an exec
+/// operation ([`crate::Classified`]). A policy uses them only when [`ExecFacts::is_for`] the
+/// command it decides.
+#[derive(Debug)]
+pub struct ExecFacts {
+    line: String,
+    env: Vec<(String, String)>,
+    plain: bool,
+    items: Vec<ExecItem>,
+}
+
+impl ExecFacts {
+    /// Reads `cmd`'s raw command line (never its `parsed` field) with its environment.
+    pub fn of(cmd: &crate::ExecCommand) -> std::sync::Arc<ExecFacts> {
+        std::sync::Arc::new(ExecFacts {
+            line: cmd.command_line.clone(),
+            env: cmd.env.clone(),
+            plain: crate::shell::parse(&cmd.command_line).is_plain(),
+            items: analyse(&cmd.command_line, &cmd.env),
+        })
+    }
+
+    /// Whether these facts were read from exactly `cmd`'s line and environment.
+    pub fn is_for(&self, cmd: &crate::ExecCommand) -> bool {
+        self.line == cmd.command_line && self.env == cmd.env
+    }
+
+    /// Whether the line is one plain command (no shell syntax).
+    pub fn plain(&self) -> bool {
+        self.plain
+    }
+
+    /// What the line runs, item by item.
+    pub fn items(&self) -> &[ExecItem] {
+        &self.items
+    }
+}
+
 /// Analyses a command line: `env` holds the variables the request itself sets (SSH `env`
 /// requests). Never empty: an empty line is one item with an empty argv.
 pub fn analyse(line: &str, env: &[(String, String)]) -> Vec<ExecItem> {

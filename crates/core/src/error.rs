@@ -135,6 +135,9 @@ pub enum ApprovalError {
     /// Too many operations of this identity or on this target are already held for approval.
     #[error("too many operations waiting for approval: {0}")]
     TooManyPending(String),
+    /// The audit log could not record a state change, so it did not take effect (fail closed).
+    #[error("audit log unavailable: {0}")]
+    Audit(String),
 }
 
 /// A recorder failure. Any error makes the caller refuse the operation or end the session:

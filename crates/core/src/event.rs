@@ -104,7 +104,7 @@ pub enum EventBody {
         /// The decision.
         decision: Decision,
     },
-    /// A review opened an approval request.
+    /// A review opened an approval request (recorded once, by the approvals layer).
     ApprovalRequested {
         /// Operation index in the session.
         index: u64,
@@ -112,6 +112,26 @@ pub enum EventBody {
         id: ApprovalId,
         /// Canonical operation hash.
         operation_hash: String,
+        /// The operation as the approver saw it (masked as the policy masks it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        operation: Option<Operation>,
+        /// The rule that asked for review.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rule_id: Option<String>,
+        /// The rule's reason, as approvers were shown it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        /// An earlier approval's grant window already covered the operation (`id` is that
+        /// approval's): nobody was asked.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        granted: bool,
+    },
+    /// An approval let operation `index` run (recorded by the gate, before it runs).
+    ApprovalUsed {
+        /// Operation index in the session.
+        index: u64,
+        /// Request id.
+        id: ApprovalId,
     },
     /// An approver decided (one vote).
     ApprovalDecided {

@@ -23,6 +23,7 @@ pub mod command;
 pub mod decision;
 pub mod error;
 pub mod event;
+pub mod gate;
 pub mod http_path;
 pub mod identity;
 pub mod masking;
@@ -42,6 +43,10 @@ pub use error::{ApprovalError, AuthError, AuthErrorKind, RecordError, Side};
 pub use event::{
     Event, EventBody, EventReceipt, OperationResult, RecordingFrame, RecordingKind, RecordingSeal,
     SessionId,
+};
+pub use gate::{
+    ChunkVerdict, Classified, Gate, GateContext, GateHooks, HoldMode, NoHooks, Outcome, Review,
+    tighten,
 };
 pub use identity::{AuthMethod, Credential, Identity};
 pub use masking::{

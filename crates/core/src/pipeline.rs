@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::{Approvals, Authenticator, EgressGuard, Masker, Policy, Recorder};
+use crate::{Approvals, Authenticator, EgressGuard, GateHooks, Masker, Policy, Recorder};
 
 /// The layers, as shared trait objects. Built by the binary (or a test, or another team's gateway)
 /// and handed to each protocol listener; cheap to clone.
@@ -20,6 +20,15 @@ pub struct Pipeline {
     pub egress: Arc<dyn EgressGuard + Send + Sync>,
     /// Records control events and session recordings.
     pub recorder: Arc<dyn Recorder + Send + Sync>,
+    /// Phase hooks of every protocol ([`crate::GateHooks`]); [`crate::NoHooks`] changes nothing.
+    pub hooks: Arc<dyn GateHooks + Send + Sync>,
+}
+
+impl Pipeline {
+    /// Hooks that change nothing, for a pipeline without hooks.
+    pub fn no_hooks() -> Arc<dyn GateHooks + Send + Sync> {
+        Arc::new(crate::NoHooks)
+    }
 }
 
 impl std::fmt::Debug for Pipeline {

@@ -67,6 +67,18 @@ pub trait Policy: Send + Sync {
             _ => decision,
         }
     }
+
+    /// Decides an operation the shared classifiers already read ([`crate::Classified`]): a
+    /// policy that understands the attached facts uses them instead of classifying again (and
+    /// only when they were made from this very operation). The default ignores the facts.
+    fn decide_classified(
+        &self,
+        identity: &Identity,
+        target: &Target,
+        operation: &crate::Classified,
+    ) -> Decision {
+        self.decide_with_opaque(identity, target, operation.operation(), operation.opaque())
+    }
 }
 
 /// Holds `Review` operations for just-in-time human approval.
@@ -263,6 +275,7 @@ const _: () = {
         shareable::<dyn FieldPlan>();
         shareable::<dyn EgressGuard>();
         shareable::<dyn Recorder>();
+        shareable::<dyn crate::GateHooks>();
         sendable::<dyn StreamMasker>();
         sendable::<dyn EgressStream>();
         sendable::<dyn RecordingSink>();

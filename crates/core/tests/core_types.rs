@@ -117,6 +117,14 @@ fn serde_round_trips() {
             index: 1,
             id: ApprovalId("a1".into()),
             operation_hash: "h".into(),
+            operation: Some(operations()[0].clone()),
+            rule_id: Some("prod-writes".into()),
+            reason: Some("writes need review".into()),
+            granted: false,
+        },
+        EventBody::ApprovalUsed {
+            index: 1,
+            id: ApprovalId("a1".into()),
         },
         EventBody::ApprovalDecided {
             id: ApprovalId("a1".into()),
@@ -193,6 +201,8 @@ fn serde_round_trips() {
             rule_id: "review-delete".into(),
             reason: "DELETE needs review".into(),
             requirement: review,
+            index: 0,
+            shown: None,
         },
         operation_hash: "00ff".into(),
         state: ApprovalState::Pending,

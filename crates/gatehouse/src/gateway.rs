@@ -219,6 +219,7 @@ pub async fn build(loaded: &LoadedConfig) -> Result<Gateway, CommandError> {
         masker,
         egress,
         recorder,
+        hooks: gatehouse_core::Pipeline::no_hooks(),
     };
     Ok(Gateway {
         pipeline,

@@ -77,6 +77,7 @@ async fn start_gateway(upstream: std::net::SocketAddr) -> std::net::SocketAddr {
         masker: Arc::new(MaskingEngine::with_defaults().unwrap()),
         egress: Arc::new(egress.build().unwrap()),
         recorder: Arc::new(MemoryRecorder::new()),
+        hooks: gatehouse_core::Pipeline::no_hooks(),
     };
     let proxy = HttpProxy::new(config, pipeline).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -142,6 +142,7 @@ async fn run() {
         },
         egress,
         recorder,
+        hooks: gatehouse_core::Pipeline::no_hooks(),
     };
     let threads = std::env::var("BENCH_THREADS")
         .ok()

@@ -838,6 +838,8 @@ impl ConnCtx {
                         rule_id: rule.clone(),
                         reason: decision.reason.clone(),
                         requirement,
+                        index: 0,
+                        shown: None,
                     })
                     .await
                     .map_err(approvals_err)?;

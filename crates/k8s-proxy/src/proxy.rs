@@ -819,6 +819,8 @@ impl ConnCtx {
                 rule_id: decision.rule_id.clone(),
                 reason: decision.reason.clone(),
                 requirement,
+                index: 0,
+                shown: None,
             })
             .await
             .map_err(approvals_err)?;
@@ -830,6 +832,10 @@ impl ConnCtx {
                 index: ctx.index,
                 id: ticket.id.clone(),
                 operation_hash: ticket.operation_hash.clone(),
+                operation: None,
+                rule_id: None,
+                reason: None,
+                granted: false,
             },
         );
         pipeline

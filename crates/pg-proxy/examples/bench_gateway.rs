@@ -168,6 +168,7 @@ async fn run() {
         masker: Arc::new(masker),
         egress,
         recorder: Arc::new(recorder),
+        hooks: gatehouse_core::Pipeline::no_hooks(),
     };
     let mut config = PgProxyConfig::new([PgTarget {
         target: Target::new(database.clone(), Protocol::Postgres),

@@ -1316,6 +1316,8 @@ impl Frontend {
             rule_id: decision.rule_id.clone(),
             reason: decision.reason.clone(),
             requirement,
+            index,
+            shown: None,
         };
         let approvals = self.proxy.pipeline.approvals.clone();
         let ticket = match approvals.open(request).await {
@@ -1346,6 +1348,10 @@ impl Frontend {
                 index,
                 id: ticket.id.clone(),
                 operation_hash: ticket.operation_hash.clone(),
+                operation: None,
+                rule_id: None,
+                reason: None,
+                granted: false,
             }))
             .await
         {

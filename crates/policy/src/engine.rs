@@ -7,12 +7,13 @@
 use globset::GlobMatcher;
 use serde::Serialize;
 
+use gatehouse_core::command::ExecFacts;
 use gatehouse_core::http_path;
 use gatehouse_core::{
-    BinaryHandling, Decision, ExecCommand, Identity, KubeOperation, Operation, Policy, Protocol,
-    ReviewRequirement, SqlOperation, SshOperation, Target, Verdict,
+    BinaryHandling, Classified, Decision, ExecCommand, Identity, KubeOperation, Operation, Policy,
+    Protocol, ReviewRequirement, SqlOperation, SshOperation, Target, Verdict,
 };
-use gatehouse_sql::{Risk, StatementKind, classify};
+use gatehouse_sql::{Risk, SqlFacts, StatementKind, classify};
 
 use crate::file::Verdicts;
 use crate::rules::{Rule, Subject};
@@ -415,6 +416,7 @@ impl CompiledPolicy {
         target: &Target,
         operation: &Operation,
         extra_opaque: &[(usize, String)],
+        facts: Option<&Classified>,
         mut explain: Option<&mut Vec<ItemExplanation>>,
     ) -> Decision {
         let verdicts = self.verdicts_for(target);
@@ -443,8 +445,12 @@ impl CompiledPolicy {
 
         match operation {
             Operation::Sql(op) => {
+                let sql_facts = facts
+                    .and_then(Classified::facts::<SqlFacts>)
+                    .filter(|f| f.is_for(op));
                 self.sql_items(
                     op,
+                    sql_facts,
                     extra_opaque,
                     &candidates,
                     &verdicts,
@@ -453,7 +459,15 @@ impl CompiledPolicy {
                 );
             }
             Operation::Ssh(SshOperation::Exec(cmd)) => {
-                self.exec_items(cmd, None, &candidates, &verdicts, &mut items, &mut push);
+                self.exec_items(
+                    cmd,
+                    facts,
+                    None,
+                    &candidates,
+                    &verdicts,
+                    &mut items,
+                    &mut push,
+                );
             }
             Operation::Ssh(other) => {
                 let (channel, subsystem, destination) = match other {
@@ -519,6 +533,7 @@ impl CompiledPolicy {
                     if !p.is_plain() || p.unwrapped || p.commands.len() > 1 {
                         self.exec_items(
                             command,
+                            facts,
                             None,
                             &candidates,
                             &verdicts,
@@ -567,7 +582,15 @@ impl CompiledPolicy {
             }
             Operation::Kubernetes(op) => match &op.command {
                 Some(cmd) => {
-                    self.exec_items(cmd, Some(op), &candidates, &verdicts, &mut items, &mut push);
+                    self.exec_items(
+                        cmd,
+                        facts,
+                        Some(op),
+                        &candidates,
+                        &verdicts,
+                        &mut items,
+                        &mut push,
+                    );
                 }
                 None => {
                     let subject = Subject::Kube(op);
@@ -598,10 +621,11 @@ impl CompiledPolicy {
         self.combine(&items, target, &verdicts)
     }
 
-    #[allow(clippy::type_complexity)]
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     fn sql_items<'p>(
         &'p self,
         op: &SqlOperation,
+        facts: Option<&SqlFacts>,
         extra_opaque: &[(usize, String)],
         candidates: &[&'p Rule],
         verdicts: &ResolvedVerdicts,
@@ -613,7 +637,11 @@ impl CompiledPolicy {
             &mut Vec<(String, ItemOutcome<'p>)>,
         ),
     ) {
-        let mut classification = classify(&op.text, &op.settings);
+        // The facts the protocol classified with, when they are this operation's; else read it.
+        let mut classification = match facts {
+            Some(f) => f.classification().clone(),
+            None => classify(&op.text, &op.settings),
+        };
         if classification.statements.is_empty() {
             let outcome = ItemOutcome::floor(Verdict::Allow, Floor::EmptyQuery, None);
             push(&|| "(empty)".into(), outcome, None, items);
@@ -674,6 +702,7 @@ impl CompiledPolicy {
     fn exec_items<'p>(
         &'p self,
         cmd: &ExecCommand,
+        facts: Option<&Classified>,
         kube: Option<&KubeOperation>,
         candidates: &[&'p Rule],
         verdicts: &ResolvedVerdicts,
@@ -685,11 +714,20 @@ impl CompiledPolicy {
             &mut Vec<(String, ItemOutcome<'p>)>,
         ),
     ) {
-        // Re-derive the reading from the raw line: what the policy sees must be what the shell
-        // would run, whatever the caller put in `parsed`.
-        let plain = gatehouse_core::shell::parse(&cmd.command_line).is_plain();
-        let analysed = gatehouse_core::command::analyse(&cmd.command_line, &cmd.env);
-        for item in &analysed {
+        // The reading of the raw line (never the caller's `parsed`): what the policy sees must be
+        // what the shell would run. The protocol's facts are used when made from this command.
+        let facts = facts
+            .and_then(Classified::facts::<ExecFacts>)
+            .filter(|f| f.is_for(cmd));
+        let owned;
+        let (plain, analysed) = match facts {
+            Some(f) => (f.plain(), f.items()),
+            None => {
+                owned = ExecFacts::of(cmd);
+                (owned.plain(), owned.items())
+            }
+        };
+        for item in analysed {
             let subject = Subject::Exec {
                 argv: &item.argv,
                 plain,
@@ -821,7 +859,7 @@ impl CompiledPolicy {
         operation: &Operation,
     ) -> Explanation {
         let mut items = Vec::new();
-        let decision = self.evaluate(identity, target, operation, &[], Some(&mut items));
+        let decision = self.evaluate(identity, target, operation, &[], None, Some(&mut items));
         Explanation { decision, items }
     }
 }
@@ -836,7 +874,7 @@ fn verdict_name(v: Verdict) -> &'static str {
 
 impl Policy for CompiledPolicy {
     fn decide(&self, identity: &Identity, target: &Target, operation: &Operation) -> Decision {
-        self.evaluate(identity, target, operation, &[], None)
+        self.evaluate(identity, target, operation, &[], None, None)
     }
 
     fn decide_with_opaque(
@@ -846,6 +884,22 @@ impl Policy for CompiledPolicy {
         operation: &Operation,
         opaque: &[(usize, String)],
     ) -> Decision {
-        self.evaluate(identity, target, operation, opaque, None)
+        self.evaluate(identity, target, operation, opaque, None, None)
+    }
+
+    fn decide_classified(
+        &self,
+        identity: &Identity,
+        target: &Target,
+        operation: &Classified,
+    ) -> Decision {
+        self.evaluate(
+            identity,
+            target,
+            operation.operation(),
+            operation.opaque(),
+            Some(operation),
+            None,
+        )
     }
 }

@@ -75,4 +75,13 @@ impl Policy for PolicyHandle {
         self.load()
             .decide_with_opaque(identity, target, operation, opaque)
     }
+
+    fn decide_classified(
+        &self,
+        identity: &Identity,
+        target: &Target,
+        operation: &gatehouse_core::Classified,
+    ) -> Decision {
+        self.load().decide_classified(identity, target, operation)
+    }
 }

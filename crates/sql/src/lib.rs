@@ -63,6 +63,39 @@ pub use classify::{Classification, Risk, StatementInfo, StatementKind, classify}
 pub use lineage::{Catalog, Lineage, NoCatalog, OutputColumn, Source, lineage};
 pub use tree::{OPAQUE_SETTINGS, is_safe_function};
 
+/// What [`classify`] read from one SQL operation, made only here and remembering exactly what it
+/// read: the facts a protocol hands the policy with the operation
+/// ([`gatehouse_core::Classified`]) so that the SQL is not read twice. A policy uses them only
+/// when [`SqlFacts::is_for`] the operation it decides, so facts of another text cannot be passed
+/// off for this one.
+#[derive(Debug)]
+pub struct SqlFacts {
+    text: String,
+    settings: SqlSessionSettings,
+    classification: Classification,
+}
+
+impl SqlFacts {
+    /// Classifies `op`'s text under its settings.
+    pub fn of(op: &gatehouse_core::SqlOperation) -> std::sync::Arc<SqlFacts> {
+        std::sync::Arc::new(SqlFacts {
+            text: op.text.clone(),
+            settings: op.settings.clone(),
+            classification: classify(&op.text, &op.settings),
+        })
+    }
+
+    /// Whether these facts were read from exactly `op`'s text under `op`'s settings.
+    pub fn is_for(&self, op: &gatehouse_core::SqlOperation) -> bool {
+        self.text == op.text && self.settings == op.settings
+    }
+
+    /// The classification.
+    pub fn classification(&self) -> &Classification {
+        &self.classification
+    }
+}
+
 /// A text up to the values of its integer literals: see [`shape`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Shape {

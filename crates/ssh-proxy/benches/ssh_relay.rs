@@ -120,6 +120,7 @@ fn bench(c: &mut Criterion) {
         masker: Arc::new(MaskingEngine::with_defaults().unwrap()),
         egress: Arc::new(egress.build().unwrap()),
         recorder: Arc::new(DiscardRecorder),
+        hooks: gatehouse_core::Pipeline::no_hooks(),
     };
     let proxy = SshProxy::new(config, pipeline).unwrap();
     let (gateway_addr, direct, through) = rt.block_on(async {

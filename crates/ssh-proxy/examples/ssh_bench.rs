@@ -159,6 +159,7 @@ async fn start_gateway(sshd: &Sshd, dir: &Path, full: bool) -> Gateway {
         masker,
         egress: Arc::new(egress.build().unwrap()),
         recorder,
+        hooks: gatehouse_core::Pipeline::no_hooks(),
     };
     let proxy = SshProxy::new(config, pipeline).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

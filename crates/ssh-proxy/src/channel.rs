@@ -525,6 +525,8 @@ async fn review(
         rule_id: decision.rule_id.clone(),
         reason: decision.reason.clone(),
         requirement,
+        index,
+        shown: None,
     };
     let ticket = match approvals.open(request).await {
         Ok(t) => t,
@@ -543,6 +545,10 @@ async fn review(
             index,
             id: ticket.id.clone(),
             operation_hash: ticket.operation_hash.clone(),
+            operation: None,
+            rule_id: None,
+            reason: None,
+            granted: false,
         })
         .await
         .is_err()

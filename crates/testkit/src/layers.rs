@@ -105,17 +105,69 @@ impl Policy for FnPolicy {
 }
 
 /// In-memory approvals with separation of duties, N approvers, timeouts and abandon-on-drop.
-#[derive(Debug, Default)]
+///
+/// Like the real broker, it records the life of each request (requested, each vote, the
+/// resolution, abandonment) through its recorder, once, when one is given.
+#[derive(Default)]
 pub struct MemoryApprovals {
     records: Mutex<HashMap<ApprovalId, ApprovalRecord>>,
     changed: tokio::sync::Notify,
     next: AtomicU64,
+    recorder: Option<Arc<dyn Recorder + Send + Sync>>,
+}
+
+impl std::fmt::Debug for MemoryApprovals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryApprovals")
+            .field("records", &self.records)
+            .finish_non_exhaustive()
+    }
 }
 
 impl MemoryApprovals {
     /// Empty.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Empty, recording each request's life through `recorder`.
+    pub fn with_recorder(recorder: Arc<dyn Recorder + Send + Sync>) -> Self {
+        Self {
+            recorder: Some(recorder),
+            ..Self::default()
+        }
+    }
+
+    /// Records `body` for `record`'s session; a failure fails the call (fail closed).
+    async fn record(&self, record: &ApprovalRecord, body: EventBody) -> Result<(), ApprovalError> {
+        let Some(recorder) = &self.recorder else {
+            return Ok(());
+        };
+        let event = Event::now(
+            record.request.session.clone(),
+            Some(record.request.requester.clone()),
+            Some(record.request.target.clone()),
+            body,
+        );
+        recorder
+            .record(event)
+            .await
+            .map(|_| ())
+            .map_err(|e| ApprovalError::Audit(e.to_string()))
+    }
+
+    async fn record_resolved(&self, record: &ApprovalRecord) -> Result<(), ApprovalError> {
+        match record.outcome() {
+            Some(outcome) => {
+                let body = EventBody::ApprovalResolved {
+                    index: record.request.index,
+                    id: record.id.clone(),
+                    outcome,
+                };
+                self.record(record, body).await
+            }
+            None => Ok(()),
+        }
     }
 
     /// Ids of pending requests.
@@ -145,14 +197,18 @@ impl MemoryApprovals {
         self.records.lock().unwrap().get(id).cloned()
     }
 
-    fn close(&self, id: &ApprovalId, state: ApprovalState) {
+    /// Closes a pending request; returns it if this call closed it.
+    fn close(&self, id: &ApprovalId, state: ApprovalState) -> Option<ApprovalRecord> {
+        let mut closed = None;
         if let Some(r) = self.records.lock().unwrap().get_mut(id)
             && r.state == ApprovalState::Pending
         {
             r.state = state;
             r.closed_at = Some(now());
+            closed = Some(r.clone());
         }
         self.changed.notify_waiters();
+        closed
     }
 }
 
@@ -164,8 +220,20 @@ struct AbandonOnDrop<'a> {
 
 impl Drop for AbandonOnDrop<'_> {
     fn drop(&mut self) {
-        if self.armed {
-            self.approvals.close(self.id, ApprovalState::Abandoned);
+        if self.armed
+            && let Some(record) = self.approvals.close(self.id, ApprovalState::Abandoned)
+            && let Some(recorder) = self.approvals.recorder.clone()
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            let event = Event::now(
+                record.request.session.clone(),
+                Some(record.request.requester.clone()),
+                Some(record.request.target.clone()),
+                EventBody::ApprovalAbandoned { id: record.id },
+            );
+            handle.spawn(async move {
+                let _ = recorder.record(event).await;
+            });
         }
     }
 }
@@ -188,6 +256,16 @@ impl Approvals for MemoryApprovals {
                 opened_at: now(),
                 closed_at: None,
             };
+            let requested = EventBody::ApprovalRequested {
+                index: record.request.index,
+                id: id.clone(),
+                operation_hash: operation_hash.clone(),
+                operation: Some(record.request.shown().clone()),
+                rule_id: Some(record.request.rule_id.clone()),
+                reason: Some(record.request.reason.clone()),
+                granted: false,
+            };
+            self.record(&record, requested).await?;
             self.records.lock().unwrap().insert(id.clone(), record);
             self.changed.notify_waiters();
             Ok(ApprovalTicket {
@@ -245,7 +323,9 @@ impl Approvals for MemoryApprovals {
                 let elapsed = opened.elapsed();
                 if elapsed >= timeout {
                     guard.armed = false;
-                    self.close(id, ApprovalState::TimedOut);
+                    if let Some(closed) = self.close(id, ApprovalState::TimedOut) {
+                        self.record_resolved(&closed).await?;
+                    }
                     return Ok(ApprovalOutcome::TimedOut);
                 }
                 if elapsed >= max_wait {
@@ -348,6 +428,19 @@ impl Approvals for MemoryApprovals {
                 }
                 r.clone()
             };
+            let vote = updated.votes.last().cloned();
+            if let Some(vote) = vote {
+                let decided = EventBody::ApprovalDecided {
+                    id: id.clone(),
+                    approver: vote.approver,
+                    decision: vote.decision,
+                    justification: vote.justification,
+                };
+                self.record(&updated, decided).await?;
+            }
+            if updated.state != ApprovalState::Pending {
+                self.record_resolved(&updated).await?;
+            }
             self.changed.notify_waiters();
             Ok(updated)
         })
@@ -795,7 +888,7 @@ impl TestPipeline {
         secrets: &[&str],
     ) -> Self {
         let recorder = Arc::new(MemoryRecorder::new());
-        let approvals = Arc::new(MemoryApprovals::new());
+        let approvals = Arc::new(MemoryApprovals::with_recorder(recorder.clone()));
         let egress = Arc::new(LiteralEgressGuard::new(secrets));
         let pipeline = Pipeline {
             authenticator: Arc::new(authenticator),
@@ -804,6 +897,7 @@ impl TestPipeline {
             masker: Arc::new(masker),
             egress: egress.clone(),
             recorder: recorder.clone(),
+            hooks: gatehouse_core::Pipeline::no_hooks(),
         };
         Self {
             pipeline,

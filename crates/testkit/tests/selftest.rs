@@ -196,6 +196,8 @@ fn request(requester: Identity, approvals_required: u32, timeout_ms: u64) -> App
             timeout_ms,
             grant_window_ms: None,
         },
+        index: 0,
+        shown: None,
     }
 }
 

@@ -318,6 +318,8 @@ mod tests {
                     timeout_ms: 1000,
                     grant_window_ms: None,
                 },
+                index: 0,
+                shown: None,
             },
             operation_hash: "00".into(),
             state,

@@ -63,6 +63,8 @@ pub fn request(
         rule_id: "prod-writes".into(),
         reason: "writes to prod need a second pair of eyes".into(),
         requirement: req,
+        index: 0,
+        shown: None,
     }
 }
 

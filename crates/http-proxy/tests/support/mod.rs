@@ -413,6 +413,7 @@ pub fn layers(secrets: &[String]) -> Layers {
         masker: Arc::new(MaskingEngine::with_defaults().unwrap()),
         egress: Arc::new(egress.build().unwrap()),
         recorder: recorder.clone(),
+        hooks: gatehouse_core::Pipeline::no_hooks(),
     };
     Layers {
         pipeline,

@@ -139,6 +139,7 @@ async fn the_full_path_with_the_real_layers() {
             masker: Arc::new(masker),
             egress,
             recorder: recorder.clone(),
+            hooks: gatehouse_core::Pipeline::no_hooks(),
         };
         let mut config = PgProxyConfig::new([PgTarget {
             target: Target::new("shop", Protocol::Postgres),

@@ -160,6 +160,7 @@ pub async fn start(options: Options) -> Gateway {
         masker: Arc::new(MaskingEngine::with_defaults().unwrap()),
         egress,
         recorder,
+        hooks: gatehouse_core::Pipeline::no_hooks(),
     };
     let proxy = SshProxy::new(config, pipeline).expect("proxy");
     let listener = gatehouse_testkit::net::bind_loopback_tokio().await;

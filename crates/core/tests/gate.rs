@@ -1,0 +1,705 @@
+//! The operation gate with in-memory layers: every outcome, hooks that try to loosen a decision,
+//! one execution per approval, abandonment when the client goes, and fail-closed recording.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake};
+use std::time::Duration;
+
+use gatehouse_core::{
+    ApprovalDecision, ApprovalError, ApprovalFilter, ApprovalId, ApprovalOutcome, ApprovalRecord,
+    ApprovalRequest, ApprovalState, ApprovalTicket, Approvals, AuthError, AuthMethod,
+    Authenticator, BinaryHandling, BoxFuture, Classified, Credential, Decision, EgressBlocked,
+    EgressCounters, EgressGuard, EgressSite, EgressStream, Event, EventReceipt, FieldDesc,
+    FieldPlan, Finding, Gate, GateContext, GateHooks, HoldMode, Identity, MaskOutcome, Masker,
+    Operation, Outcome, Pipeline, Policy, Protocol, RecordError, Recorder, RecordingKind,
+    RecordingSink, ReviewRequirement, SessionId, SqlOperation, StreamContext, StreamMasker, Target,
+    Verdict, tighten,
+};
+
+// ---- a minimal executor (the gate needs no runtime) ----
+
+struct Unpark(std::thread::Thread);
+impl Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+fn block_on<F: Future>(f: F) -> F::Output {
+    let waker = Arc::new(Unpark(std::thread::current())).into();
+    let mut cx = Context::from_waker(&waker);
+    let mut f = pin!(f);
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park_timeout(Duration::from_millis(10));
+    }
+}
+
+// ---- in-memory layers ----
+
+struct FixedPolicy(Mutex<Decision>);
+impl Policy for FixedPolicy {
+    fn decide(&self, _: &Identity, _: &Target, _: &Operation) -> Decision {
+        self.0
+            .lock()
+            .map(|d| d.clone())
+            .unwrap_or_else(|_| Decision::deny("x", "poisoned"))
+    }
+}
+
+#[derive(Default)]
+struct MemRecorder {
+    events: Mutex<Vec<Event>>,
+    fail: AtomicBool,
+}
+impl Recorder for MemRecorder {
+    fn record(&self, event: Event) -> BoxFuture<'_, Result<EventReceipt, RecordError>> {
+        Box::pin(async move {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(RecordError::Store("disk full".into()));
+            }
+            let mut e = self.events.lock().map_err(|_| RecordError::Closed)?;
+            e.push(event);
+            Ok(EventReceipt {
+                sequence: e.len() as u64,
+                hash: String::new(),
+            })
+        })
+    }
+    fn open_recording<'a>(
+        &'a self,
+        _: &'a SessionId,
+        _: RecordingKind,
+    ) -> BoxFuture<'a, Result<Box<dyn RecordingSink>, RecordError>> {
+        Box::pin(async { Err(RecordError::Closed) })
+    }
+}
+
+impl MemRecorder {
+    fn names(&self) -> Vec<String> {
+        self.events
+            .lock()
+            .map(|e| {
+                e.iter()
+                    .map(|e| {
+                        serde_json::to_value(&e.body)
+                            .ok()
+                            .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(String::from))
+                            .unwrap_or_default()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// What `wait` answers next.
+#[derive(Clone)]
+enum Script {
+    Outcome(ApprovalOutcome),
+    Never,
+}
+
+struct MemApprovals {
+    records: Mutex<BTreeMap<String, ApprovalRecord>>,
+    open_error: Mutex<Option<ApprovalError>>,
+    wait: Mutex<Script>,
+    opened: AtomicUsize,
+    abandoned: AtomicUsize,
+    grant: AtomicBool,
+}
+
+impl MemApprovals {
+    fn new(wait: Script) -> Self {
+        Self {
+            records: Mutex::new(BTreeMap::new()),
+            open_error: Mutex::new(None),
+            wait: Mutex::new(wait),
+            opened: AtomicUsize::new(0),
+            abandoned: AtomicUsize::new(0),
+            grant: AtomicBool::new(false),
+        }
+    }
+
+    fn set_state(&self, id: &ApprovalId, state: ApprovalState) {
+        if let Ok(mut r) = self.records.lock()
+            && let Some(rec) = r.get_mut(&id.0)
+        {
+            rec.state = state;
+            rec.closed_at = Some(gatehouse_core::now());
+            if state == ApprovalState::Approved {
+                rec.votes.push(gatehouse_core::ApproverVote {
+                    approver: "bob".into(),
+                    decision: ApprovalDecision::Approve,
+                    justification: "ok".into(),
+                    at: gatehouse_core::now(),
+                });
+            }
+        }
+    }
+}
+
+struct DropFlag<'a>(&'a AtomicUsize, bool);
+impl Drop for DropFlag<'_> {
+    fn drop(&mut self) {
+        if self.1 {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Approvals for MemApprovals {
+    fn open(
+        &self,
+        request: ApprovalRequest,
+    ) -> BoxFuture<'_, Result<ApprovalTicket, ApprovalError>> {
+        Box::pin(async move {
+            if let Some(e) = self.open_error.lock().ok().and_then(|e| e.clone()) {
+                return Err(e);
+            }
+            let n = self.opened.fetch_add(1, Ordering::SeqCst) + 1;
+            let id = ApprovalId(format!("apr-{n}"));
+            let record = ApprovalRecord {
+                id: id.clone(),
+                request,
+                operation_hash: format!("h{n}"),
+                state: ApprovalState::Pending,
+                votes: vec![],
+                opened_at: gatehouse_core::now(),
+                closed_at: None,
+            };
+            if let Ok(mut r) = self.records.lock() {
+                r.insert(id.0.clone(), record);
+            }
+            Ok(ApprovalTicket {
+                id,
+                operation_hash: format!("h{n}"),
+                already_granted: self.grant.load(Ordering::SeqCst),
+            })
+        })
+    }
+
+    fn wait<'a>(
+        &'a self,
+        id: &'a ApprovalId,
+        _max_wait: Duration,
+    ) -> BoxFuture<'a, Result<ApprovalOutcome, ApprovalError>> {
+        Box::pin(async move {
+            let mut guard = DropFlag(&self.abandoned, true);
+            let script = self.wait.lock().map(|s| s.clone()).unwrap_or(Script::Never);
+            match script {
+                Script::Never => std::future::pending().await,
+                Script::Outcome(o) => {
+                    guard.1 = false;
+                    let state = match &o {
+                        ApprovalOutcome::Approved { .. } => Some(ApprovalState::Approved),
+                        ApprovalOutcome::Denied { .. } => Some(ApprovalState::Denied),
+                        ApprovalOutcome::TimedOut => Some(ApprovalState::TimedOut),
+                        _ => None,
+                    };
+                    if let Some(state) = state {
+                        self.set_state(id, state);
+                    }
+                    Ok(o)
+                }
+            }
+        })
+    }
+
+    fn list<'a>(
+        &'a self,
+        _: &'a ApprovalFilter,
+    ) -> BoxFuture<'a, Result<Vec<ApprovalRecord>, ApprovalError>> {
+        Box::pin(async move {
+            Ok(self
+                .records
+                .lock()
+                .map(|r| r.values().cloned().collect())
+                .unwrap_or_default())
+        })
+    }
+
+    fn get<'a>(
+        &'a self,
+        id: &'a ApprovalId,
+    ) -> BoxFuture<'a, Result<ApprovalRecord, ApprovalError>> {
+        Box::pin(async move {
+            self.records
+                .lock()
+                .ok()
+                .and_then(|r| r.get(&id.0).cloned())
+                .ok_or_else(|| ApprovalError::NotFound(id.0.clone()))
+        })
+    }
+
+    fn decide<'a>(
+        &'a self,
+        id: &'a ApprovalId,
+        _: &'a Identity,
+        _: ApprovalDecision,
+        _: &'a str,
+    ) -> BoxFuture<'a, Result<ApprovalRecord, ApprovalError>> {
+        Box::pin(async move { Err(ApprovalError::NotFound(id.0.clone())) })
+    }
+}
+
+struct NoAuth;
+impl Authenticator for NoAuth {
+    fn authenticate<'a>(&'a self, _: &'a Credential) -> BoxFuture<'a, Result<Identity, AuthError>> {
+        Box::pin(async { Err(gatehouse_core::AuthErrorKind::Unsupported.into()) })
+    }
+}
+
+struct NoMask;
+struct NoPlan;
+impl FieldPlan for NoPlan {
+    fn apply(&self, _: usize, _: &[u8], _: &mut Vec<u8>, _: &mut Vec<Finding>) -> MaskOutcome {
+        MaskOutcome::Unchanged
+    }
+    fn masks_whole(&self, _: usize) -> bool {
+        false
+    }
+}
+struct NoStream;
+impl StreamMasker for NoStream {
+    fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        out.extend_from_slice(chunk);
+    }
+    fn flush(&mut self, _: &mut Vec<u8>) {}
+    fn finish(&mut self, _: &mut Vec<u8>) {}
+    fn take_findings(&mut self) -> Vec<Finding> {
+        vec![]
+    }
+}
+impl Masker for NoMask {
+    fn plan(&self, _: &[FieldDesc], _: Option<&str>) -> Box<dyn FieldPlan> {
+        Box::new(NoPlan)
+    }
+    fn stream(&self, _: &StreamContext) -> Box<dyn StreamMasker> {
+        Box::new(NoStream)
+    }
+}
+
+struct NoEgress;
+struct NoEgressStream;
+impl EgressStream for NoEgressStream {
+    fn check(&mut self, _: &[u8]) -> Result<(), EgressBlocked> {
+        Ok(())
+    }
+}
+impl EgressGuard for NoEgress {
+    fn check(&self, _: EgressSite, _: &[u8]) -> Result<(), EgressBlocked> {
+        Ok(())
+    }
+    fn stream(&self, _: EgressSite) -> Box<dyn EgressStream> {
+        Box::new(NoEgressStream)
+    }
+    fn counters(&self) -> EgressCounters {
+        EgressCounters::default()
+    }
+}
+
+// ---- fixture ----
+
+struct Fixture {
+    gate: Gate,
+    policy: Arc<FixedPolicy>,
+    approvals: Arc<MemApprovals>,
+    recorder: Arc<MemRecorder>,
+    session: SessionId,
+    identity: Identity,
+    target: Target,
+}
+
+fn requirement() -> ReviewRequirement {
+    ReviewRequirement {
+        approver_groups: vec!["dba".into(), "sre".into()],
+        approvals_required: 2,
+        timeout_ms: 60_000,
+        grant_window_ms: Some(600_000),
+    }
+}
+
+fn review() -> Decision {
+    Decision::review("writes", "writes need review", requirement())
+}
+
+fn fixture(decision: Decision, wait: Script, hooks: Arc<dyn GateHooks + Send + Sync>) -> Fixture {
+    let policy = Arc::new(FixedPolicy(Mutex::new(decision)));
+    let approvals = Arc::new(MemApprovals::new(wait));
+    let recorder = Arc::new(MemRecorder::default());
+    let pipeline = Pipeline {
+        authenticator: Arc::new(NoAuth),
+        policy: policy.clone(),
+        approvals: approvals.clone(),
+        masker: Arc::new(NoMask),
+        egress: Arc::new(NoEgress),
+        recorder: recorder.clone(),
+        hooks,
+    };
+    Fixture {
+        gate: Gate::new(pipeline),
+        policy,
+        approvals,
+        recorder,
+        session: SessionId::generate(),
+        identity: Identity::new("agent", "https://idp", AuthMethod::Test),
+        target: Target::new("db", Protocol::Postgres),
+    }
+}
+
+fn op() -> Operation {
+    Operation::Sql(SqlOperation::simple("DELETE FROM t WHERE id = 1"))
+}
+
+impl Fixture {
+    fn ctx(&self) -> GateContext<'_> {
+        GateContext {
+            session: &self.session,
+            identity: &self.identity,
+            target: &self.target,
+        }
+    }
+
+    fn run(&self, index: u64, mode: HoldMode, gone: impl Future<Output = ()>) -> Outcome {
+        let op = op();
+        block_on(self.gate.run(
+            &self.ctx(),
+            index,
+            &Classified::new(op.clone()),
+            &op,
+            mode,
+            gone,
+        ))
+    }
+}
+
+fn never() -> std::future::Pending<()> {
+    std::future::pending()
+}
+
+// ---- tests ----
+
+#[test]
+fn allow_and_deny_are_recorded_before_they_are_answered() {
+    let f = fixture(
+        Decision::allow("r", "ok"),
+        Script::Never,
+        Pipeline::no_hooks(),
+    );
+    assert!(matches!(
+        f.run(1, HoldMode::UntilDecided, never()),
+        Outcome::Allowed { approval: None, .. }
+    ));
+    *f.policy.0.lock().unwrap() = Decision::deny("no-drop", "never");
+    let out = f.run(2, HoldMode::UntilDecided, never());
+    assert_eq!(out.name(), "denied");
+    assert!(!out.retry_later());
+    assert_eq!(f.recorder.names(), vec!["operation", "operation"]);
+}
+
+#[test]
+fn an_approved_review_runs_once_and_its_use_is_recorded() {
+    let approved = ApprovalOutcome::Approved {
+        approvers: vec!["bob".into()],
+    };
+    let f = fixture(review(), Script::Outcome(approved), Pipeline::no_hooks());
+    let out = f.run(3, HoldMode::UntilDecided, never());
+    assert!(
+        matches!(&out, Outcome::Allowed { approval: Some(id), .. } if id.0 == "apr-1"),
+        "{out:?}"
+    );
+    // The gate records the operation and the approval's use; the approvals layer the rest.
+    assert_eq!(f.recorder.names(), vec!["operation", "approval_used"]);
+    let request = f
+        .approvals
+        .records
+        .lock()
+        .unwrap()
+        .get("apr-1")
+        .cloned()
+        .unwrap();
+    assert_eq!(request.request.index, 3);
+    assert_eq!(request.request.shown(), &op());
+    // The same operation again asks again: an approval covers one execution.
+    let again = f.run(4, HoldMode::UntilDecided, never());
+    assert!(
+        matches!(&again, Outcome::Allowed { approval: Some(id), .. } if id.0 == "apr-2"),
+        "{again:?}"
+    );
+}
+
+#[test]
+fn denied_timed_out_and_abandoned_reviews_run_nothing() {
+    let denied = ApprovalOutcome::Denied {
+        by: "bob".into(),
+        justification: "no".into(),
+    };
+    let f = fixture(review(), Script::Outcome(denied), Pipeline::no_hooks());
+    let out = f.run(1, HoldMode::UntilDecided, never());
+    assert!(
+        matches!(&out, Outcome::ApprovalDenied { by, .. } if by == "bob"),
+        "{out:?}"
+    );
+    assert!(!out.retry_later());
+
+    let f = fixture(
+        review(),
+        Script::Outcome(ApprovalOutcome::TimedOut),
+        Pipeline::no_hooks(),
+    );
+    assert_eq!(
+        f.run(1, HoldMode::UntilDecided, never()).name(),
+        "approval_timed_out"
+    );
+    // In hold-until-decided mode a still-pending answer is a timeout, never a run.
+    let f = fixture(
+        review(),
+        Script::Outcome(ApprovalOutcome::StillPending),
+        Pipeline::no_hooks(),
+    );
+    assert_eq!(
+        f.run(1, HoldMode::UntilDecided, never()).name(),
+        "approval_timed_out"
+    );
+
+    // The client goes away: the wait is dropped (which abandons the request).
+    let f = fixture(review(), Script::Never, Pipeline::no_hooks());
+    let out = f.run(1, HoldMode::UntilDecided, async {});
+    assert_eq!(out.name(), "abandoned");
+    assert_eq!(f.approvals.abandoned.load(Ordering::SeqCst), 1);
+    assert_eq!(f.recorder.names(), vec!["operation"]);
+}
+
+#[test]
+fn unavailable_layers_say_retry_later_never_forbidden() {
+    let f = fixture(review(), Script::Never, Pipeline::no_hooks());
+    *f.approvals.open_error.lock().unwrap() = Some(ApprovalError::Store("down".into()));
+    let out = f.run(1, HoldMode::UntilDecided, never());
+    assert!(
+        matches!(
+            &out,
+            Outcome::ApprovalsUnavailable {
+                capacity: false,
+                ..
+            }
+        ),
+        "{out:?}"
+    );
+    assert!(out.retry_later());
+    *f.approvals.open_error.lock().unwrap() = Some(ApprovalError::TooManyPending("10".into()));
+    let out = f.run(2, HoldMode::UntilDecided, never());
+    assert!(
+        matches!(&out, Outcome::ApprovalsUnavailable { capacity: true, .. }),
+        "{out:?}"
+    );
+    *f.approvals.open_error.lock().unwrap() = Some(ApprovalError::Audit("disk".into()));
+    assert_eq!(
+        f.run(3, HoldMode::UntilDecided, never()).name(),
+        "audit_unavailable"
+    );
+
+    // The recorder fails: nothing is answered as allowed, nothing is held.
+    let f = fixture(
+        Decision::allow("r", "ok"),
+        Script::Never,
+        Pipeline::no_hooks(),
+    );
+    f.recorder.fail.store(true, Ordering::SeqCst);
+    let out = f.run(1, HoldMode::UntilDecided, never());
+    assert_eq!(out.name(), "audit_unavailable");
+    assert!(out.retry_later());
+    let f = fixture(review(), Script::Never, Pipeline::no_hooks());
+    f.recorder.fail.store(true, Ordering::SeqCst);
+    assert_eq!(
+        f.run(1, HoldMode::UntilDecided, never()).name(),
+        "audit_unavailable"
+    );
+    assert_eq!(
+        f.approvals.opened.load(Ordering::SeqCst),
+        0,
+        "nothing held unrecorded"
+    );
+}
+
+#[test]
+fn a_review_without_approvers_is_denied() {
+    let mut d = review();
+    d.review = None;
+    let f = fixture(d, Script::Never, Pipeline::no_hooks());
+    assert_eq!(f.run(1, HoldMode::UntilDecided, never()).name(), "denied");
+    assert_eq!(f.approvals.opened.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn a_retried_request_picks_up_its_own_request_and_one_approval_runs_it_once() {
+    let mut d = review();
+    if let Some(r) = d.review.as_mut() {
+        r.grant_window_ms = None;
+    }
+    let f = fixture(
+        d,
+        Script::Outcome(ApprovalOutcome::StillPending),
+        Pipeline::no_hooks(),
+    );
+    let hold = HoldMode::AtMost(Duration::from_millis(1));
+    let first = f.run(1, hold, never());
+    assert!(
+        matches!(&first, Outcome::Held { approval, .. } if approval.0 == "apr-1"),
+        "{first:?}"
+    );
+    assert!(first.retry_later());
+    // A retry while pending waits on the same request, not a new one.
+    let second = f.run(2, hold, never());
+    assert_eq!(second.approval().map(|a| a.0.as_str()), Some("apr-1"));
+    assert_eq!(f.approvals.opened.load(Ordering::SeqCst), 1);
+    // Approved while the client was away: the next retry runs, once.
+    f.approvals
+        .set_state(&ApprovalId("apr-1".into()), ApprovalState::Approved);
+    let third = f.run(3, hold, never());
+    assert!(
+        matches!(&third, Outcome::Allowed { approval: Some(id), .. } if id.0 == "apr-1"),
+        "{third:?}"
+    );
+    let fourth = f.run(4, hold, never());
+    assert!(
+        matches!(&fourth, Outcome::Held { approval, .. } if approval.0 == "apr-2"),
+        "{fourth:?}"
+    );
+}
+
+#[test]
+fn a_grant_window_runs_without_asking() {
+    let f = fixture(review(), Script::Never, Pipeline::no_hooks());
+    f.approvals.grant.store(true, Ordering::SeqCst);
+    let out = f.run(1, HoldMode::UntilDecided, never());
+    assert!(
+        matches!(
+            &out,
+            Outcome::Allowed {
+                approval: Some(_),
+                ..
+            }
+        ),
+        "{out:?}"
+    );
+    assert_eq!(f.recorder.names(), vec!["operation", "approval_used"]);
+}
+
+/// A hook that proposes a fixed decision at both phases.
+struct Loosen(Decision, bool);
+impl GateHooks for Loosen {
+    fn before_decide(&self, _: &GateContext<'_>, _: &Operation) -> Option<Decision> {
+        self.1.then(|| self.0.clone())
+    }
+    fn after_decide(&self, _: &GateContext<'_>, _: &Operation, _: &Decision) -> Option<Decision> {
+        Some(self.0.clone())
+    }
+}
+
+#[test]
+fn hooks_cannot_loosen_a_verdict_in_either_phase() {
+    let verdicts = [
+        Decision::allow("hook", "let it through"),
+        review(),
+        Decision::deny("hook", "no"),
+    ];
+    for base in &verdicts {
+        for proposed in &verdicts {
+            for early in [false, true] {
+                let hooks = Arc::new(Loosen(proposed.clone(), early));
+                let f = fixture(base.clone(), Script::Never, hooks);
+                let got = f.gate.decide(&f.ctx(), &Classified::new(op()));
+                assert_eq!(
+                    got.verdict,
+                    base.verdict.strictest(proposed.verdict),
+                    "base {:?} proposed {:?}",
+                    base.verdict,
+                    proposed.verdict
+                );
+                if proposed.verdict <= base.verdict {
+                    assert_eq!(got.rule_id, base.rule_id);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn hooks_cannot_weaken_a_review_a_masking_profile_or_binary_handling() {
+    let base = review().with_masking_profile("strict");
+    let loose = Decision::review(
+        "hook",
+        "looser",
+        ReviewRequirement {
+            approver_groups: vec!["interns".into()],
+            approvals_required: 1,
+            timeout_ms: 3_600_000,
+            grant_window_ms: Some(86_400_000),
+        },
+    )
+    .with_masking_profile("none")
+    .with_binary(BinaryHandling::Raw);
+    let got = tighten(&base, loose);
+    let r = got.review.clone().unwrap();
+    assert_eq!(r.approvals_required, 2, "no fewer approvers");
+    assert_eq!(
+        r.approver_groups,
+        vec!["dba".to_string(), "sre".to_string()],
+        "no other groups"
+    );
+    assert_eq!(r.timeout_ms, 60_000);
+    assert_eq!(r.grant_window_ms, Some(600_000), "no wider grant window");
+    assert_eq!(got.masking_profile.as_deref(), Some("strict"));
+    assert_eq!(got.binary, BinaryHandling::Refuse);
+    assert_eq!(got.rule_id, "writes");
+
+    // Stricter proposals are kept: more approvers, a narrower group, no window.
+    let strict = Decision::review(
+        "hook",
+        "stricter",
+        ReviewRequirement {
+            approver_groups: vec!["dba".into()],
+            approvals_required: 3,
+            timeout_ms: 1_000,
+            grant_window_ms: None,
+        },
+    );
+    let r = tighten(&base, strict).review.unwrap();
+    assert_eq!(
+        (r.approvals_required, r.timeout_ms, r.grant_window_ms),
+        (3, 1_000, None)
+    );
+    assert_eq!(r.approver_groups, vec!["dba".to_string()]);
+
+    // Raising the verdict brings the hook's rule, but never its masking profile.
+    let raised = tighten(
+        &Decision::allow("r", "ok").with_masking_profile("strict"),
+        Decision::deny("hook", "no").with_masking_profile("none"),
+    );
+    assert_eq!(
+        (raised.verdict, raised.rule_id.as_str()),
+        (Verdict::Deny, "hook")
+    );
+    assert_eq!(raised.masking_profile.as_deref(), Some("strict"));
+}
+
+#[test]
+fn a_hook_that_denies_before_the_policy_wins_over_an_allow() {
+    let hooks = Arc::new(Loosen(
+        Decision::deny("embedder", "maintenance window"),
+        true,
+    ));
+    let f = fixture(Decision::allow("r", "ok"), Script::Never, hooks);
+    let out = f.run(1, HoldMode::UntilDecided, never());
+    assert!(
+        matches!(&out, Outcome::Denied { decision } if decision.rule_id == "embedder"),
+        "{out:?}"
+    );
+}
