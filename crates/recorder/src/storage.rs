@@ -23,6 +23,59 @@ pub fn is_segment_name(name: &str) -> bool {
         .is_some_and(|d| d.len() == 20 && d.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// What a file that is not a regular file is, in words (`None` for a regular file).
+fn not_regular(t: std::fs::FileType) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt as _;
+    if t.is_file() {
+        None
+    } else if t.is_symlink() {
+        Some("a symbolic link")
+    } else if t.is_dir() {
+        Some("a directory")
+    } else if t.is_fifo() {
+        Some("a FIFO")
+    } else if t.is_socket() {
+        Some("a socket")
+    } else if t.is_block_device() {
+        Some("a block device")
+    } else if t.is_char_device() {
+        Some("a character device")
+    } else {
+        Some("not a regular file")
+    }
+}
+
+/// Reads a file of the audit directory (a segment, a recording, a witnessed checkpoint, a public
+/// key) only if it is a regular file: a FIFO, a device, a socket, a directory or a symbolic link
+/// put in its place is refused (`InvalidData`, "not a regular file (a FIFO)") without being
+/// read, so a reader never blocks on it or follows it elsewhere. The type is checked before
+/// opening and again on the open descriptor (opened with `O_NOFOLLOW | O_NONBLOCK`, so that a
+/// FIFO swapped in between does not block the open either).
+pub fn read_regular_file(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let refuse = |what: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("not a regular file ({what})"),
+        )
+    };
+    if let Some(what) = not_regular(std::fs::symlink_metadata(path)?.file_type()) {
+        return Err(refuse(what));
+    }
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if let Some(what) = not_regular(meta.file_type()) {
+        return Err(refuse(what));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// The directory of one log's segments.
 pub trait SegmentStore: Send + Sync + Debug {
     /// Segment names, sorted.
@@ -114,7 +167,7 @@ impl SegmentStore for LocalSegmentStore {
     }
 
     fn read(&self, name: &str) -> io::Result<Vec<u8>> {
-        std::fs::read(self.path(name)?)
+        read_regular_file(&self.path(name)?)
     }
 
     fn open_append(&self, name: &str) -> io::Result<Box<dyn SegmentFile>> {
@@ -172,6 +225,27 @@ mod tests {
         assert!(is_segment_name(&segment_name(1)));
         assert!(!is_segment_name("seg-1.jsonl"));
         assert!(!is_segment_name("../seg-00000000000000000001.jsonl"));
+    }
+
+    #[test]
+    fn only_regular_files_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"abc").unwrap();
+        assert_eq!(read_regular_file(&file).unwrap(), b"abc");
+        let link = dir.path().join("l");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        let fifo = dir.path().join("p");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        for (path, what) in [
+            (link, "symbolic link"),
+            (fifo, "FIFO"),
+            (dir.path().to_path_buf(), "directory"),
+        ] {
+            let e = read_regular_file(&path).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+            assert!(e.to_string().contains(what), "{e}");
+        }
     }
 
     #[test]

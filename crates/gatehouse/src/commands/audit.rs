@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use gatehouse_core::{RecordingKind, SessionId};
 use gatehouse_recorder::read::{list_sessions, load_local_logs, session_events};
+use gatehouse_recorder::storage::read_regular_file;
 use gatehouse_recorder::verify::{
     LogData, LogStatus, LogVerdict, VerifyOptions, VerifyReport, verify,
 };
@@ -213,7 +214,8 @@ pub fn verify_dir(
     if !pinned {
         for log in &logs {
             let path = audit.join(&log.log).join("checkpoint-key.pub");
-            let hex = std::fs::read_to_string(&path)
+            let hex = read_regular_file(&path)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
                 .map_err(|e| failed(format!("{}: {e}", path.display())))?;
             trusted = trusted.with(
                 TrustedKeys::parse_public_key(hex.trim())
@@ -248,13 +250,23 @@ pub struct RecordingCheck {
 /// directory that no seal covers.
 pub fn check_recordings(dir: &Path) -> Result<RecordingCheck, CommandError> {
     let (logs, _, recordings) = load_logs(dir)?;
+    check_recordings_of(&logs, &recordings)
+}
+
+/// [`check_recordings`] over logs already loaded. A recording is read only if it is a regular
+/// file: a FIFO, device, socket, directory or symbolic link in its place is a failure ("not a
+/// regular file"), never opened for reading.
+pub fn check_recordings_of(
+    logs: &[LogData],
+    recordings: &Path,
+) -> Result<RecordingCheck, CommandError> {
     let mut out = RecordingCheck::default();
     let mut sealed_files = std::collections::BTreeSet::new();
-    for s in gatehouse_recorder::read::recording_seals(&logs) {
+    for s in gatehouse_recorder::read::recording_seals(logs) {
         out.checked += 1;
         let path = recordings.join(&s.seal.location);
         sealed_files.insert(path.clone());
-        match std::fs::read(&path) {
+        match read_regular_file(&path) {
             Ok(bytes) if gatehouse_recorder::recording::check_seal(&bytes, &s.seal) => {}
             Ok(_) => out.problems.push(format!(
                 "recording {} of session {} does not match the hash sealed in the audit log: it was altered",
@@ -270,7 +282,7 @@ pub fn check_recordings(dir: &Path) -> Result<RecordingCheck, CommandError> {
     }
     let mut files = Vec::new();
     if recordings.is_dir() {
-        list_files(&recordings, &mut files)
+        list_files(recordings, &mut files)
             .map_err(|e| failed(format!("{}: {e}", recordings.display())))?;
     }
     files.sort();
@@ -283,6 +295,29 @@ pub fn check_recordings(dir: &Path) -> Result<RecordingCheck, CommandError> {
         }
     }
     Ok(out)
+}
+
+impl RecordingCheck {
+    /// The status of the log and its recordings together: failed when a sealed recording does
+    /// not match (or cannot be read), not sealed when a recording is unsealed, else the log's.
+    pub fn combined(&self, report: &VerifyReport) -> LogStatus {
+        if !self.problems.is_empty() {
+            LogStatus::Failed
+        } else if !self.unsealed.is_empty() && report.status() == LogStatus::Sealed {
+            LogStatus::Unsealed
+        } else {
+            report.status()
+        }
+    }
+
+    /// The recordings part of a JSON report.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "checked": self.checked,
+            "problems": self.problems,
+            "unsealed": self.unsealed,
+        })
+    }
 }
 
 /// Every file under `dir`, recursively (symbolic links are listed, not followed).
@@ -473,21 +508,11 @@ pub fn run(command: Command) -> CommandResult {
                         serde_json::to_value(report.status()).unwrap_or_default(),
                     );
                     o.insert("witness".into(), serde_json::json!(witness.is_some()));
+                    o.insert("recordings".into(), recordings.to_json());
                     o.insert(
-                        "recordings".into(),
-                        serde_json::json!({
-                            "checked": recordings.checked,
-                            "problems": recording_problems,
-                            "unsealed": recordings.unsealed,
-                        }),
+                        "status".into(),
+                        serde_json::to_value(recordings.combined(&report)).unwrap_or_default(),
                     );
-                    if !recording_problems.is_empty() {
-                        o.insert("status".into(), serde_json::json!("failed"));
-                    } else if !recordings.unsealed.is_empty()
-                        && report.status() == LogStatus::Sealed
-                    {
-                        o.insert("status".into(), serde_json::json!("unsealed"));
-                    }
                 }
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else {
@@ -618,7 +643,7 @@ pub fn run(command: Command) -> CommandResult {
             let recording = match summary.as_ref().and_then(|s| s.recording.as_ref()) {
                 Some(seal) => {
                     let path = recordings.join(&seal.location);
-                    let bytes = std::fs::read(&path)
+                    let bytes = read_regular_file(&path)
                         .map_err(|e| failed(format!("recording {}: {e}", path.display())))?;
                     if !gatehouse_recorder::recording::check_seal(&bytes, seal) {
                         return Err(failed(format!(
