@@ -392,16 +392,54 @@ fn a_live_log_is_never_reported_clean_past_its_last_signature() {
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("TruncatedTail"), "{text}");
 
-    // Three made-up records after the last signature: reported unsigned, never OK.
-    forge(&data, 3);
-    let (code, text) = verify(&data, Some(&witness), &key);
+    // Three made-up records after the last signature: reported unsigned, never OK (on a copy:
+    // the running gateway notices them at its next write, below).
+    let forged = tempfile::tempdir().unwrap();
+    copy_dir(&data, forged.path());
+    forge(forged.path(), 3);
+    let (code, text) = verify(forged.path(), Some(&witness), &key);
     assert_eq!(code, 3, "{text}");
     assert!(text.contains("3 record(s) after it are UNSIGNED"), "{text}");
-    // Records keep flowing: the writer's next records and its witnessed checkpoint no longer fit.
+    // Appended to the live log: the writer notices them at its next write, does not chain onto
+    // them, and records what it found; verify fails naming them, while the chain around them
+    // verifies.
+    let seg = segments(&data).pop().unwrap();
+    let mut bytes = Vec::new();
+    {
+        let lines = all_lines(&data);
+        let last = parse_line(&lines.last().unwrap().1).unwrap();
+        let mut prev = last.stored_hash;
+        for k in 1..=3 {
+            prev = encode_line(
+                &mut bytes,
+                "gw1",
+                last.sequence + k,
+                RecordKind::Event,
+                &prev,
+                b"\"time\":\"2026-12-06T00:00:00Z\",\"session\":\"forged\",\"body\":{\"type\":\"other\",\"name\":\"forged\",\"details\":null}",
+            );
+        }
+    }
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&seg)
+        .unwrap()
+        .write_all(&bytes)
+        .unwrap();
     gw.knock(5);
     let (_, text) = verify_until(&data, &witness, &key, |code, _| code == 1);
-    assert!(text.contains("FAILED"), "{text}");
-    let _ = gw.stop();
+    assert!(
+        text.contains("FAILED — written to by someone other than the gateway")
+            && text.contains("FOREIGN DATA: ")
+            && text.contains("(3 line(s), claiming sequences ")
+            && text.contains(".foreign-"),
+        "{text}"
+    );
+    let stderr = gw.stop();
+    // After the stop the log is sealed, and still fails for what was written into it.
+    let (code, text) = verify(&data, Some(&witness), &key);
+    assert_eq!(code, 1, "{text} {stderr:?}");
+    assert!(text.contains("(3 line(s), claiming sequences "), "{text}");
 }
 
 #[test]

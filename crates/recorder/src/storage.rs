@@ -88,6 +88,14 @@ pub trait SegmentStore: Send + Sync + Debug {
     fn remove(&self, name: &str) -> io::Result<()>;
     /// Makes creations and deletions durable (fsync of the directory).
     fn sync_dir(&self) -> io::Result<()>;
+    /// Keeps `bytes` someone else appended to segment `name` after byte `offset` (the writer
+    /// then cuts them from the segment), durably, under a name that is not a segment name.
+    /// Answers the name they are kept under; `None`: this store does not keep them (their
+    /// SHA-256 is still recorded in the chain).
+    fn keep_foreign(&self, name: &str, offset: u64, bytes: &[u8]) -> io::Result<Option<String>> {
+        let _ = (name, offset, bytes);
+        Ok(None)
+    }
 }
 
 /// One segment open for appending.
@@ -184,6 +192,34 @@ impl SegmentStore for LocalSegmentStore {
 
     fn sync_dir(&self) -> io::Result<()> {
         File::open(&self.dir)?.sync_all()
+    }
+
+    fn keep_foreign(&self, name: &str, offset: u64, bytes: &[u8]) -> io::Result<Option<String>> {
+        self.path(name)?;
+        for n in 0..1000u32 {
+            let kept = match n {
+                0 => format!("{name}.foreign-{offset:020}"),
+                n => format!("{name}.foreign-{offset:020}.{n}"),
+            };
+            match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(self.dir.join(&kept))
+            {
+                Ok(mut f) => {
+                    f.write_all(bytes)?;
+                    f.sync_all()?;
+                    self.sync_dir()?;
+                    return Ok(Some(kept));
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("too many files keeping foreign bytes of {name}"),
+        ))
     }
 }
 

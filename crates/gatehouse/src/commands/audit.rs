@@ -403,15 +403,21 @@ pub fn describe(l: &LogVerdict, witnessed: bool) -> Vec<String> {
                 ),
             }
         }
-        LogStatus::Failed => {
-            let p = l
-                .problem
-                .as_ref()
-                .map_or_else(String::new, ToString::to_string);
-            format!("log {}: FAILED — {p}", l.log)
-        }
+        LogStatus::Failed => match (&l.problem, l.foreign.first()) {
+            (Some(p), _) => format!("log {}: FAILED — {p}", l.log),
+            (None, Some(_)) => format!(
+                "log {}: FAILED — written to by someone other than the gateway ({} time(s), below); the chain around it verified {range}, last signature: {}",
+                l.log,
+                l.foreign.len(),
+                signed_head(l)
+            ),
+            (None, None) => format!("log {}: FAILED", l.log),
+        },
     }];
-    if l.status() == LogStatus::Failed && l.records > 0 {
+    for f in &l.foreign {
+        lines.push(format!("  FOREIGN DATA: {f}"));
+    }
+    if l.problem.is_some() && l.records > 0 {
         lines.push(format!(
             "  before the problem: {range}; last signature: {}",
             signed_head(l)
@@ -562,6 +568,8 @@ pub fn run(command: Command) -> CommandResult {
                 LogStatus::Failed => {
                     if let Some(p) = report.first_problem() {
                         eprintln!("gatehouse: audit log verification failed: {p}");
+                    } else if let Some(f) = report.logs.iter().find_map(|l| l.foreign.first()) {
+                        eprintln!("gatehouse: audit log verification failed: {f}");
                     }
                 }
                 LogStatus::Unsealed => eprintln!(

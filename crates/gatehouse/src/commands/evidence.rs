@@ -343,7 +343,13 @@ fn export(
     let failures: Vec<String> = report
         .logs
         .iter()
-        .filter_map(|l| l.problem.as_ref().map(|p| format!("log {}: {p}", l.log)))
+        .flat_map(|l| {
+            l.problem
+                .iter()
+                .map(|p| format!("log {}: {p}", l.log))
+                .chain(l.foreign.iter().map(|f| format!("log {}: {f}", l.log)))
+                .collect::<Vec<_>>()
+        })
         .chain(recordings.problems.iter().cloned())
         .collect();
     let write = |name: &str, bytes: &[u8]| -> Result<(), CommandError> {
