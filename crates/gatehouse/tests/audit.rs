@@ -1296,3 +1296,169 @@ fn a_witnessed_log_removed_whole_fails_even_beside_other_logs() {
         "{text}"
     );
 }
+
+/// Recordings the recorder writes to its object store (the S3 stand-in) are read back by
+/// `audit verify --object-store s3://<bucket>` and `evidence export --object-store …`: checked
+/// against their seals, a changed object fails naming it, an object no seal covers is named as
+/// unsealed; without the bucket such a recording cannot be checked and verification fails.
+#[test]
+fn recordings_in_object_storage_are_read_back_and_checked() {
+    use gatehouse_core::{EventBody, Recorder as _, RecordingFrame, RecordingKind, SessionId};
+    use gatehouse_testkit::moto::Moto;
+    use object_store::ObjectStoreExt as _;
+    let moto = Moto::start();
+    moto.create_bucket("gatehouse");
+    let store: std::sync::Arc<dyn object_store::ObjectStore> = std::sync::Arc::new(
+        object_store::aws::AmazonS3Builder::new()
+            .with_endpoint(moto.endpoint())
+            .with_allow_http(true)
+            .with_bucket_name("gatehouse")
+            .with_region("us-east-1")
+            .with_access_key_id("test")
+            .with_secret_access_key("test")
+            .with_virtual_hosted_style_request(false)
+            .build()
+            .unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let signer = gatehouse_recorder::CheckpointSigner::from_seed(&[5u8; 32]);
+    let key = hex::encode(signer.verifying_key().as_bytes());
+    std::fs::write(dir.path().join("signing.key"), hex::encode([5u8; 32])).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let location = rt.block_on(async {
+        let mut config = gatehouse_recorder::RecorderConfig::new("gw1");
+        config.object_store = Some(store.clone());
+        let rec = gatehouse_recorder::AuditRecorder::open(&data, config, signer, None)
+            .await
+            .unwrap();
+        let s = SessionId::generate();
+        let event = |body| gatehouse_core::Event::now(s.clone(), None, None, body);
+        rec.record(event(EventBody::SessionStart {
+            client_addr: "127.0.0.1:1".into(),
+            details: serde_json::json!({ "protocol": "postgres" }),
+        }))
+        .await
+        .unwrap();
+        let mut sink = rec.open_recording(&s, RecordingKind::Sql).await.unwrap();
+        sink.write(RecordingFrame::Output {
+            data: b"select 1".to_vec(),
+        })
+        .await
+        .unwrap();
+        let seal = sink.seal().await.unwrap();
+        let location = seal.location.clone();
+        rec.record(event(EventBody::SessionEnd {
+            reason: "client closed".into(),
+            recording: Some(seal),
+            operations: 1,
+        }))
+        .await
+        .unwrap();
+        rec.log().close().await.unwrap();
+        location
+    });
+    assert!(location.starts_with("recordings/"), "{location}");
+    assert!(!data.join("recordings").exists(), "nothing written locally");
+    let run = |args: &[&str]| -> (i32, String) {
+        let mut cmd = Command::new(EXE);
+        cmd.env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ENDPOINT", moto.endpoint())
+            .env("AWS_ALLOW_HTTP", "true")
+            .args(args);
+        let out = run_with_timeout(cmd, Duration::from_secs(60)).unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let data_arg = data.to_str().unwrap();
+    let verify_s3 = || {
+        run(&[
+            "audit",
+            "verify",
+            data_arg,
+            "--key",
+            &key,
+            "--object-store",
+            "s3://gatehouse",
+        ])
+    };
+    let object = format!("s3://gatehouse/{location}");
+
+    // Without the bucket the recording cannot be checked: never a pass.
+    let (code, text) = run(&["audit", "verify", data_arg, "--key", &key]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("pass --object-store"), "{text}");
+    // Read back from the bucket: verified and sealed.
+    let (code, text) = verify_s3();
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("recordings: 1 sealed recording(s)"), "{text}");
+    let bundle = dir.path().join("bundle");
+    let key_file = dir.path().join("signing.key");
+    let (code, text) = run(&[
+        "evidence",
+        "export",
+        "--dir",
+        data_arg,
+        "--key",
+        key_file.to_str().unwrap(),
+        "--object-store",
+        "s3://gatehouse",
+        "--out",
+        bundle.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{text}");
+
+    // One byte changed in the object: fails, naming it.
+    let path = object_store::path::Path::from(location.as_str());
+    let good = rt
+        .block_on(async { store.get(&path).await.unwrap().bytes().await.unwrap() })
+        .to_vec();
+    let mut bad = good.clone();
+    let at = bad.len() / 2;
+    bad[at] ^= 0x01;
+    rt.block_on(store.put(&path, bad.into())).unwrap();
+    let (code, text) = verify_s3();
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains(&object) && text.contains("altered"), "{text}");
+    let bundle = dir.path().join("bundle-bad");
+    let (code, text) = run(&[
+        "evidence",
+        "export",
+        "--dir",
+        data_arg,
+        "--key",
+        key_file.to_str().unwrap(),
+        "--object-store",
+        "s3://gatehouse",
+        "--out",
+        bundle.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains(&object), "{text}");
+    rt.block_on(store.put(&path, good.into())).unwrap();
+    let (code, text) = verify_s3();
+    assert_eq!(code, 0, "{text}");
+
+    // An object no seal covers: named as unsealed, never exit 0.
+    let planted = object_store::path::Path::from("recordings/planted/0.jsonl");
+    rt.block_on(store.put(&planted, b"{}\n".to_vec().into()))
+        .unwrap();
+    let (code, text) = verify_s3();
+    assert_eq!(code, 3, "{text}");
+    assert!(
+        text.contains("UNSEALED: recording s3://gatehouse/recordings/planted/0.jsonl"),
+        "{text}"
+    );
+}

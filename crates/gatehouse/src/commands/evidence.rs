@@ -48,6 +48,10 @@ pub enum Command {
         /// for each log.
         #[arg(long)]
         witness: Option<super::audit::WitnessSource>,
+        /// The bucket the recorder writes recordings to, `s3://<bucket>` (as for `audit
+        /// verify`): recordings sealed as objects are read back from it and checked.
+        #[arg(long = "object-store")]
+        object_store: Option<super::audit::RecordingBucket>,
     },
     /// Verify a bundle offline.
     Verify {
@@ -118,7 +122,15 @@ pub fn run(command: Command) -> CommandResult {
             until,
             key,
             witness,
-        } => export(&dir, &out, since, until, key, witness.as_ref()),
+            object_store,
+        } => export(
+            &dir,
+            &out,
+            Period { since, until },
+            key,
+            witness.as_ref(),
+            object_store.as_ref(),
+        ),
         Command::Verify { bundle, key } => verify_bundle(&bundle, key.as_deref()),
     }
 }
@@ -146,16 +158,22 @@ fn approval_entry(e: &Event) -> serde_json::Value {
     })
 }
 
+/// `--since` and `--until` as given.
+struct Period {
+    since: Option<String>,
+    until: Option<String>,
+}
+
 fn export(
     dir: &Path,
     out: &Path,
-    since: Option<String>,
-    until: Option<String>,
+    period: Period,
     key: Option<PathBuf>,
     witness: Option<&super::audit::WitnessSource>,
+    bucket: Option<&super::audit::RecordingBucket>,
 ) -> CommandResult {
-    let since = parse_time(&since, "--since")?;
-    let until = parse_time(&until, "--until")?;
+    let since = parse_time(&period.since, "--since")?;
+    let until = parse_time(&period.until, "--until")?;
     let key_path = key.unwrap_or_else(|| dir.join("audit-signing.key"));
     let signing = load_signing_key(&key_path)?;
     // The moment the log is read: nothing after it is in the bundle.
@@ -172,7 +190,7 @@ fn export(
     let (logs, _, recordings_dir) = super::audit::load_logs(dir)?;
     // The same recording checks as `audit verify`: every sealed recording against its seal, and
     // every recording file no seal covers. A recording that fails makes the whole result fail.
-    let recordings = super::audit::check_recordings_of(&logs, &recordings_dir)?;
+    let recordings = super::audit::check_recordings_of(&logs, &recordings_dir, bucket)?;
     let status = recordings.combined(&report);
     let verified = status != gatehouse_recorder::LogStatus::Failed;
     let witnessed = held.map(super::audit::latest_per_log);
