@@ -392,16 +392,54 @@ fn a_live_log_is_never_reported_clean_past_its_last_signature() {
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("TruncatedTail"), "{text}");
 
-    // Three made-up records after the last signature: reported unsigned, never OK.
-    forge(&data, 3);
-    let (code, text) = verify(&data, Some(&witness), &key);
+    // Three made-up records after the last signature: reported unsigned, never OK (on a copy:
+    // the running gateway notices them at its next write, below).
+    let forged = tempfile::tempdir().unwrap();
+    copy_dir(&data, forged.path());
+    forge(forged.path(), 3);
+    let (code, text) = verify(forged.path(), Some(&witness), &key);
     assert_eq!(code, 3, "{text}");
     assert!(text.contains("3 record(s) after it are UNSIGNED"), "{text}");
-    // Records keep flowing: the writer's next records and its witnessed checkpoint no longer fit.
+    // Appended to the live log: the writer notices them at its next write, does not chain onto
+    // them, and records what it found; verify fails naming them, while the chain around them
+    // verifies.
+    let seg = segments(&data).pop().unwrap();
+    let mut bytes = Vec::new();
+    {
+        let lines = all_lines(&data);
+        let last = parse_line(&lines.last().unwrap().1).unwrap();
+        let mut prev = last.stored_hash;
+        for k in 1..=3 {
+            prev = encode_line(
+                &mut bytes,
+                "gw1",
+                last.sequence + k,
+                RecordKind::Event,
+                &prev,
+                b"\"time\":\"2026-12-06T00:00:00Z\",\"session\":\"forged\",\"body\":{\"type\":\"other\",\"name\":\"forged\",\"details\":null}",
+            );
+        }
+    }
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&seg)
+        .unwrap()
+        .write_all(&bytes)
+        .unwrap();
     gw.knock(5);
     let (_, text) = verify_until(&data, &witness, &key, |code, _| code == 1);
-    assert!(text.contains("FAILED"), "{text}");
-    let _ = gw.stop();
+    assert!(
+        text.contains("FAILED — written to by someone other than the gateway")
+            && text.contains("FOREIGN DATA: ")
+            && text.contains("(3 line(s), claiming sequences ")
+            && text.contains(".foreign-"),
+        "{text}"
+    );
+    let stderr = gw.stop();
+    // After the stop the log is sealed, and still fails for what was written into it.
+    let (code, text) = verify(&data, Some(&witness), &key);
+    assert_eq!(code, 1, "{text} {stderr:?}");
+    assert!(text.contains("(3 line(s), claiming sequences "), "{text}");
 }
 
 #[test]
@@ -881,6 +919,192 @@ fn recordings_sealed_per_channel_and_of_open_sessions_are_checked() {
     }
 }
 
+/// A closed log with one session and its sealed SQL recording, written by the recorder exactly
+/// as the gateway writes them (signing seed `[9; 32]`, also written to `<dir>/signing.key`).
+/// Returns (data directory, public key hex, the recording file).
+fn closed_log_with_a_recording(dir: &Path) -> (PathBuf, String, PathBuf) {
+    use gatehouse_core::{EventBody, Recorder as _, RecordingFrame, RecordingKind, SessionId};
+    let data = dir.join("data");
+    let signer = gatehouse_recorder::CheckpointSigner::from_seed(&[9u8; 32]);
+    let key = hex::encode(signer.verifying_key().as_bytes());
+    std::fs::write(dir.join("signing.key"), hex::encode([9u8; 32])).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let rec = gatehouse_recorder::AuditRecorder::open(
+            &data,
+            gatehouse_recorder::RecorderConfig::new("gw1"),
+            signer,
+            None,
+        )
+        .await
+        .unwrap();
+        let s = SessionId::generate();
+        let event = |body| gatehouse_core::Event::now(s.clone(), None, None, body);
+        rec.record(event(EventBody::SessionStart {
+            client_addr: "127.0.0.1:1".into(),
+            details: serde_json::json!({ "protocol": "postgres" }),
+        }))
+        .await
+        .unwrap();
+        let mut sink = rec.open_recording(&s, RecordingKind::Sql).await.unwrap();
+        sink.write(RecordingFrame::Output {
+            data: b"select secret from t".to_vec(),
+        })
+        .await
+        .unwrap();
+        let seal = sink.seal().await.unwrap();
+        rec.record(event(EventBody::SessionEnd {
+            reason: "client closed".into(),
+            recording: Some(seal),
+            operations: 1,
+        }))
+        .await
+        .unwrap();
+        rec.log().close().await.unwrap();
+    });
+    let files = recording_files(&data);
+    assert_eq!(files.len(), 1, "{files:?}");
+    (data, key, files[0].clone())
+}
+
+/// `gatehouse evidence export --dir <data> --key <dir>/signing.key --out <out>`: (exit code,
+/// output, audit-verify.json, manifest.json).
+fn export_bundle(
+    dir: &Path,
+    data: &Path,
+    out: &Path,
+) -> (i32, String, serde_json::Value, serde_json::Value) {
+    let mut cmd = Command::new(EXE);
+    cmd.args(["evidence", "export", "--dir"])
+        .arg(data)
+        .arg("--key")
+        .arg(dir.join("signing.key"))
+        .arg("--out")
+        .arg(out);
+    let res = run_with_timeout(cmd, Duration::from_secs(60)).unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&res.stdout),
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let read = |name: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(out.join(name)).unwrap()).unwrap()
+    };
+    (
+        res.status.code().unwrap_or(-1),
+        text,
+        read("audit-verify.json"),
+        read("manifest.json"),
+    )
+}
+
+/// The evidence bundle runs the recording checks `audit verify` runs: a recording changed after
+/// its seal makes the export fail (exit 1), and the bundle says what failed instead of
+/// "verified"; `evidence verify` refuses the bundle.
+#[test]
+fn an_export_of_a_log_whose_recording_was_altered_is_not_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _, recording) = closed_log_with_a_recording(dir.path());
+    let (code, text, verified, manifest) =
+        export_bundle(dir.path(), &data, &dir.path().join("good"));
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(verified["ok"], true, "{verified}");
+    assert_eq!(verified["status"], "sealed", "{verified}");
+    assert_eq!(verified["recordings"]["checked"], 1, "{verified}");
+    assert_eq!(manifest["audit_log_verified"], true, "{manifest}");
+
+    let good = std::fs::read(&recording).unwrap();
+    let mut bad = good.clone();
+    let at = bad.len() / 2;
+    bad[at] ^= 0x01;
+    std::fs::write(&recording, &bad).unwrap();
+    let bundle = dir.path().join("bad");
+    let (code, text, verified, manifest) = export_bundle(dir.path(), &data, &bundle);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("FAILED verification") && !text.contains("verified and sealed"),
+        "{text}"
+    );
+    assert_eq!(verified["ok"], false, "{verified}");
+    assert_eq!(verified["status"], "failed", "{verified}");
+    assert_eq!(verified["log_status"], "sealed", "{verified}");
+    let failures = verified["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 1, "{verified}");
+    let failure = failures[0].as_str().unwrap();
+    assert!(
+        failure.contains(&recording.display().to_string()) && failure.contains("altered"),
+        "{failure}"
+    );
+    assert_eq!(manifest["audit_log_verified"], false, "{manifest}");
+    assert_eq!(manifest["audit_log_status"], "failed", "{manifest}");
+    assert_eq!(manifest["recordings_verified"], false, "{manifest}");
+    let mut cmd = Command::new(EXE);
+    cmd.args(["evidence", "verify"]).arg(&bundle);
+    let out = run_with_timeout(cmd, Duration::from_secs(60)).unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("session recording did not verify"), "{said}");
+}
+
+/// A FIFO (or any file that is not a regular file) put in place of a sealed recording is
+/// reported as a failure without being opened for reading: `audit verify` and `evidence export`
+/// finish (within the test's timeout) and fail naming it.
+#[test]
+fn a_recording_replaced_by_a_fifo_fails_verification_without_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, key, recording) = closed_log_with_a_recording(dir.path());
+    let (code, text) = verify(&data, None, &key);
+    assert_eq!(code, 0, "{text}");
+    std::fs::remove_file(&recording).unwrap();
+    nix::unistd::mkfifo(&recording, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let (code, text) = verify(&data, None, &key);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains(&recording.display().to_string())
+            && text.contains("not a regular file (a FIFO)"),
+        "{text}"
+    );
+    let (code, text, verified, _) = export_bundle(dir.path(), &data, &dir.path().join("bundle"));
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        verified["failures"][0]
+            .as_str()
+            .unwrap()
+            .contains("not a regular file"),
+        "{verified}"
+    );
+    // A directory in its place, too.
+    std::fs::remove_file(&recording).unwrap();
+    std::fs::create_dir(&recording).unwrap();
+    let (code, text) = verify(&data, None, &key);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("not a regular file (a directory)"), "{text}");
+    // A segment or a witnessed checkpoint replaced by a FIFO stops the run (exit 2), naming it.
+    let segment = segments(&data).pop().unwrap();
+    std::fs::remove_file(&segment).unwrap();
+    nix::unistd::mkfifo(&segment, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let (code, text) = verify(&data, None, &key);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("not a regular file (a FIFO)"), "{text}");
+    let witness = dir.path().join("witness/gw1");
+    std::fs::create_dir_all(&witness).unwrap();
+    nix::unistd::mkfifo(
+        &witness.join("00000000000000000001.checkpoint.json"),
+        nix::sys::stat::Mode::S_IRWXU,
+    )
+    .unwrap();
+    let (code, text) = verify(&data, Some(&dir.path().join("witness")), &key);
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains("00000000000000000001.checkpoint.json: not a regular file (a FIFO)"),
+        "{text}"
+    );
+}
+
 /// The object-storage witness through the binary: the gateway writes every checkpoint and the
 /// seal into a bucket with a default retention; `audit verify --witness s3://…` verifies the
 /// closed log against it (exit 0), fails on a cut behind a witnessed checkpoint, and fails when
@@ -1069,6 +1293,172 @@ fn a_witnessed_log_removed_whole_fails_even_beside_other_logs() {
     assert_eq!(code, 1, "{text}");
     assert!(
         text.contains("log gw2") && text.contains("removed"),
+        "{text}"
+    );
+}
+
+/// Recordings the recorder writes to its object store (the S3 stand-in) are read back by
+/// `audit verify --object-store s3://<bucket>` and `evidence export --object-store …`: checked
+/// against their seals, a changed object fails naming it, an object no seal covers is named as
+/// unsealed; without the bucket such a recording cannot be checked and verification fails.
+#[test]
+fn recordings_in_object_storage_are_read_back_and_checked() {
+    use gatehouse_core::{EventBody, Recorder as _, RecordingFrame, RecordingKind, SessionId};
+    use gatehouse_testkit::moto::Moto;
+    use object_store::ObjectStoreExt as _;
+    let moto = Moto::start();
+    moto.create_bucket("gatehouse");
+    let store: std::sync::Arc<dyn object_store::ObjectStore> = std::sync::Arc::new(
+        object_store::aws::AmazonS3Builder::new()
+            .with_endpoint(moto.endpoint())
+            .with_allow_http(true)
+            .with_bucket_name("gatehouse")
+            .with_region("us-east-1")
+            .with_access_key_id("test")
+            .with_secret_access_key("test")
+            .with_virtual_hosted_style_request(false)
+            .build()
+            .unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let signer = gatehouse_recorder::CheckpointSigner::from_seed(&[5u8; 32]);
+    let key = hex::encode(signer.verifying_key().as_bytes());
+    std::fs::write(dir.path().join("signing.key"), hex::encode([5u8; 32])).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let location = rt.block_on(async {
+        let mut config = gatehouse_recorder::RecorderConfig::new("gw1");
+        config.object_store = Some(store.clone());
+        let rec = gatehouse_recorder::AuditRecorder::open(&data, config, signer, None)
+            .await
+            .unwrap();
+        let s = SessionId::generate();
+        let event = |body| gatehouse_core::Event::now(s.clone(), None, None, body);
+        rec.record(event(EventBody::SessionStart {
+            client_addr: "127.0.0.1:1".into(),
+            details: serde_json::json!({ "protocol": "postgres" }),
+        }))
+        .await
+        .unwrap();
+        let mut sink = rec.open_recording(&s, RecordingKind::Sql).await.unwrap();
+        sink.write(RecordingFrame::Output {
+            data: b"select 1".to_vec(),
+        })
+        .await
+        .unwrap();
+        let seal = sink.seal().await.unwrap();
+        let location = seal.location.clone();
+        rec.record(event(EventBody::SessionEnd {
+            reason: "client closed".into(),
+            recording: Some(seal),
+            operations: 1,
+        }))
+        .await
+        .unwrap();
+        rec.log().close().await.unwrap();
+        location
+    });
+    assert!(location.starts_with("recordings/"), "{location}");
+    assert!(!data.join("recordings").exists(), "nothing written locally");
+    let run = |args: &[&str]| -> (i32, String) {
+        let mut cmd = Command::new(EXE);
+        cmd.env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ENDPOINT", moto.endpoint())
+            .env("AWS_ALLOW_HTTP", "true")
+            .args(args);
+        let out = run_with_timeout(cmd, Duration::from_secs(60)).unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let data_arg = data.to_str().unwrap();
+    let verify_s3 = || {
+        run(&[
+            "audit",
+            "verify",
+            data_arg,
+            "--key",
+            &key,
+            "--object-store",
+            "s3://gatehouse",
+        ])
+    };
+    let object = format!("s3://gatehouse/{location}");
+
+    // Without the bucket the recording cannot be checked: never a pass.
+    let (code, text) = run(&["audit", "verify", data_arg, "--key", &key]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("pass --object-store"), "{text}");
+    // Read back from the bucket: verified and sealed.
+    let (code, text) = verify_s3();
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("recordings: 1 sealed recording(s)"), "{text}");
+    let bundle = dir.path().join("bundle");
+    let key_file = dir.path().join("signing.key");
+    let (code, text) = run(&[
+        "evidence",
+        "export",
+        "--dir",
+        data_arg,
+        "--key",
+        key_file.to_str().unwrap(),
+        "--object-store",
+        "s3://gatehouse",
+        "--out",
+        bundle.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{text}");
+
+    // One byte changed in the object: fails, naming it.
+    let path = object_store::path::Path::from(location.as_str());
+    let good = rt
+        .block_on(async { store.get(&path).await.unwrap().bytes().await.unwrap() })
+        .to_vec();
+    let mut bad = good.clone();
+    let at = bad.len() / 2;
+    bad[at] ^= 0x01;
+    rt.block_on(store.put(&path, bad.into())).unwrap();
+    let (code, text) = verify_s3();
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains(&object) && text.contains("altered"), "{text}");
+    let bundle = dir.path().join("bundle-bad");
+    let (code, text) = run(&[
+        "evidence",
+        "export",
+        "--dir",
+        data_arg,
+        "--key",
+        key_file.to_str().unwrap(),
+        "--object-store",
+        "s3://gatehouse",
+        "--out",
+        bundle.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains(&object), "{text}");
+    rt.block_on(store.put(&path, good.into())).unwrap();
+    let (code, text) = verify_s3();
+    assert_eq!(code, 0, "{text}");
+
+    // An object no seal covers: named as unsealed, never exit 0.
+    let planted = object_store::path::Path::from("recordings/planted/0.jsonl");
+    rt.block_on(store.put(&planted, b"{}\n".to_vec().into()))
+        .unwrap();
+    let (code, text) = verify_s3();
+    assert_eq!(code, 3, "{text}");
+    assert!(
+        text.contains("UNSEALED: recording s3://gatehouse/recordings/planted/0.jsonl"),
         "{text}"
     );
 }

@@ -42,6 +42,9 @@ pub enum RecordKind {
     /// The log was closed: a signed seal over the final checkpoint. A later run continues the
     /// chain with a signed checkpoint right after it.
     Seal,
+    /// The running writer found its segment changed behind its back (bytes appended, or the
+    /// file cut): this record says what it found and what it did; a signed checkpoint follows.
+    ForeignData,
 }
 
 impl RecordKind {
@@ -53,6 +56,7 @@ impl RecordKind {
             RecordKind::RecoveryCut => "recovery_cut",
             RecordKind::RetentionCut => "retention_cut",
             RecordKind::Seal => "seal",
+            RecordKind::ForeignData => "foreign_data",
         }
     }
 
@@ -63,6 +67,7 @@ impl RecordKind {
             b"recovery_cut" => RecordKind::RecoveryCut,
             b"retention_cut" => RecordKind::RetentionCut,
             b"seal" => RecordKind::Seal,
+            b"foreign_data" => RecordKind::ForeignData,
             _ => return None,
         })
     }

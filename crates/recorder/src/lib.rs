@@ -36,12 +36,12 @@ pub mod witness;
 
 pub use checkpoint::{Checkpoint, CheckpointSigner, RetentionCut, TrustedKeys};
 pub use error::RecorderError;
-pub use log::{AuditLog, AuditLogConfig, Durability, LogHooks};
+pub use log::{AuditLog, AuditLogConfig, Durability, ForeignData, LogHooks};
 pub use recorder::{AuditRecorder, RecorderConfig};
 pub use recording::{RecordingConfig, RecordingStore, SessionRecording};
 pub use storage::{LocalSegmentStore, SegmentFile, SegmentStore};
 pub use verify::{
-    LogData, LogStatus, LogVerdict, Problem, ProblemKind, RecoveryNote, SegmentData, SignedHead,
-    VerifyOptions, VerifyReport, verify,
+    ForeignNote, LogData, LogStatus, LogVerdict, Problem, ProblemKind, RecoveryNote, SegmentData,
+    SignedHead, VerifyOptions, VerifyReport, verify,
 };
 pub use witness::{FileWitness, ObjectStoreWitness, WebhookWitness, Witness};

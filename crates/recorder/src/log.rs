@@ -107,6 +107,30 @@ pub struct RecoveryCut {
     pub torn_sha256: String,
 }
 
+/// The body of a `foreign_data` record: the running writer found its current segment changed
+/// behind its back before a write, and did not chain onto what it found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForeignData {
+    /// The segment.
+    pub segment: String,
+    /// Bytes the gateway had written to it.
+    pub written_bytes: u64,
+    /// Its length when the gateway noticed.
+    pub found_bytes: u64,
+    /// Bytes found after `written_bytes` (someone else's), cut from the segment; 0 when the
+    /// segment was found shorter (then the gateway's own records were removed, and the chain
+    /// continues in a new segment).
+    pub foreign_bytes: u64,
+    /// Hex SHA-256 of those bytes.
+    pub foreign_sha256: String,
+    /// Complete lines among them.
+    pub foreign_lines: u64,
+    /// The sequences the first and last of those lines claim, when they parse as records.
+    pub claimed_sequences: Option<(u64, u64)>,
+    /// The file (in the log's directory) the bytes were kept in, if the store keeps them.
+    pub kept_as: Option<String>,
+}
+
 /// Things that happen beside the log: witnesses and shipping.
 #[derive(Debug, Clone, Default)]
 pub struct LogHooks {
@@ -870,6 +894,7 @@ impl Writer {
 
     /// Writes the signed seal over the current head (the final checkpoint) and publishes it.
     fn write_seal(&mut self) -> Result<(), RecordError> {
+        self.guard_tail().map_err(RecordError::Store)?;
         let time = now_text();
         let seal = self.signer.seal(
             &self.config.log_id,
@@ -999,6 +1024,136 @@ impl Writer {
         }
     }
 
+    /// Before each write: the segment must be exactly as long as what this writer put in it.
+    /// Anything else was done behind its back (someone with write access to the directory):
+    /// the writer never chains onto it. Bytes appended are kept aside (when the store keeps
+    /// them) and cut; a segment found shorter is left as found and the chain continues in a new
+    /// segment. Either way a `foreign_data` record saying what was found, and a signed
+    /// checkpoint over it, are written first. If any of that fails the log refuses every
+    /// further record (fail closed).
+    fn guard_tail(&mut self) -> Result<(), String> {
+        if let Some(p) = &self.poisoned {
+            return Err(p.clone());
+        }
+        let found = match self.file.size() {
+            Ok(n) => n,
+            Err(e) => {
+                let msg = format!("length of {}: {e}", self.segment);
+                self.poison(msg.clone());
+                return Err(msg);
+            }
+        };
+        if found == self.len {
+            return Ok(());
+        }
+        let note = match self.set_foreign_aside(found) {
+            Ok(note) => note,
+            Err(e) => {
+                let msg = format!(
+                    "{} changed behind the gateway's back ({} bytes written, {found} found), and setting it aside failed: {e}",
+                    self.segment, self.len
+                );
+                self.poison(msg.clone());
+                return Err(msg);
+            }
+        };
+        tracing::error!(
+            segment = %note.segment,
+            written_bytes = note.written_bytes,
+            found_bytes = note.found_bytes,
+            foreign_lines = note.foreign_lines,
+            kept_as = ?note.kept_as,
+            "audit log: the segment was changed by someone else; recording it and not chaining onto it"
+        );
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        let (seq0, head0) = (self.next_sequence, self.head);
+        let payload = kind_payload(&now_text(), &note);
+        self.head = encode_line(
+            &mut buf,
+            &self.config.log_id,
+            self.next_sequence,
+            RecordKind::ForeignData,
+            &self.head,
+            &payload,
+        );
+        self.next_sequence += 1;
+        let cp = self.encode_checkpoint(&mut buf);
+        let r = self.write(&buf, true);
+        self.buf = buf;
+        match r {
+            Ok(()) => {
+                self.published(cp);
+                Ok(())
+            }
+            Err(e) => {
+                self.next_sequence = seq0;
+                self.head = head0;
+                let msg = format!("recording foreign data in {}: {e}", note.segment);
+                self.poison(msg.clone());
+                Err(msg)
+            }
+        }
+    }
+
+    /// Sets aside what was found in the segment (see [`Writer::guard_tail`]) and says what it was.
+    fn set_foreign_aside(&mut self, found: u64) -> Result<ForeignData, String> {
+        let segment = self.segment.clone();
+        if found < self.len {
+            // The gateway's own records were removed: leave the segment as found (verify fails
+            // at the cut) and continue the chain in a new one.
+            let written = self.len;
+            if !self.switch_segment(false).0 {
+                return Err("could not start a new segment".into());
+            }
+            return Ok(ForeignData {
+                segment,
+                written_bytes: written,
+                found_bytes: found,
+                foreign_bytes: 0,
+                foreign_sha256: hex::encode(Sha256::digest(b"")),
+                foreign_lines: 0,
+                claimed_sequences: None,
+                kept_as: None,
+            });
+        }
+        let bytes = self
+            .store
+            .read(&segment)
+            .map_err(|e| format!("read {segment}: {e}"))?;
+        let written = usize::try_from(self.len).map_err(|e| e.to_string())?;
+        let foreign = bytes.get(written..).unwrap_or_default();
+        let mut lines = 0u64;
+        let mut claimed: Option<(u64, u64)> = None;
+        for line in foreign.split_inclusive(|b| *b == b'\n') {
+            let Some(line) = line.strip_suffix(b"\n") else {
+                break;
+            };
+            lines += 1;
+            if let Ok(p) = parse_line(line) {
+                claimed = Some(claimed.map_or((p.sequence, p.sequence), |(a, _)| (a, p.sequence)));
+            }
+        }
+        let kept_as = self
+            .store
+            .keep_foreign(&segment, self.len, foreign)
+            .map_err(|e| format!("keep the foreign bytes of {segment}: {e}"))?;
+        self.file
+            .truncate(self.len)
+            .and_then(|()| self.file.sync_data())
+            .map_err(|e| format!("cut the foreign bytes from {segment}: {e}"))?;
+        Ok(ForeignData {
+            segment,
+            written_bytes: self.len,
+            found_bytes: bytes.len() as u64,
+            foreign_bytes: foreign.len() as u64,
+            foreign_sha256: hex::encode(Sha256::digest(foreign)),
+            foreign_lines: lines,
+            claimed_sequences: claimed,
+            kept_as,
+        })
+    }
+
     fn poison(&mut self, reason: String) {
         tracing::error!(%reason, "audit log disabled: every further record is refused");
         self.poisoned = Some(format!("audit log disabled after: {reason}"));
@@ -1045,6 +1200,7 @@ impl Writer {
         if self.ship.is_some() && self.backlog.load(Ordering::Acquire) >= self.config.ship_backlog {
             return Err(RecordError::BacklogFull);
         }
+        self.guard_tail().map_err(RecordError::Store)?;
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
         let (seq0, head0) = (self.next_sequence, self.head);
@@ -1124,6 +1280,7 @@ impl Writer {
         if self.next_sequence == 1 {
             return Err(RecordError::Store("nothing to checkpoint".into()));
         }
+        self.guard_tail().map_err(RecordError::Store)?;
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
         let (seq0, head0) = (self.next_sequence, self.head);
@@ -1160,6 +1317,15 @@ impl Writer {
         if self.len == 0 || !(self.rotation_due() || force) {
             return (true, false);
         }
+        // A segment is closed only as this writer wrote it.
+        if self.guard_tail().is_err() {
+            return (false, false);
+        }
+        self.switch_segment(defer_dir_sync)
+    }
+
+    /// Closes the current segment (synced) and opens the next; see [`Writer::rotate`].
+    fn switch_segment(&mut self, defer_dir_sync: bool) -> (bool, bool) {
         // Closing a segment makes it durable whatever the level, so shipping copies final bytes.
         if let Err(e) = self.file.sync_data() {
             self.poison(format!("fdatasync {} at rotation: {e}", self.segment));
@@ -1222,6 +1388,7 @@ impl Writer {
         if dropped.is_empty() {
             return Ok(None);
         }
+        self.guard_tail().map_err(RecordError::Store)?;
         // Where the retained chain starts: the first record of the first kept segment.
         if let Some(kept) = names.get(dropped.len()) {
             let bytes = if *kept == self.segment && self.len == 0 {

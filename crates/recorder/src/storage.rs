@@ -23,6 +23,59 @@ pub fn is_segment_name(name: &str) -> bool {
         .is_some_and(|d| d.len() == 20 && d.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// What a file that is not a regular file is, in words (`None` for a regular file).
+fn not_regular(t: std::fs::FileType) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt as _;
+    if t.is_file() {
+        None
+    } else if t.is_symlink() {
+        Some("a symbolic link")
+    } else if t.is_dir() {
+        Some("a directory")
+    } else if t.is_fifo() {
+        Some("a FIFO")
+    } else if t.is_socket() {
+        Some("a socket")
+    } else if t.is_block_device() {
+        Some("a block device")
+    } else if t.is_char_device() {
+        Some("a character device")
+    } else {
+        Some("not a regular file")
+    }
+}
+
+/// Reads a file of the audit directory (a segment, a recording, a witnessed checkpoint, a public
+/// key) only if it is a regular file: a FIFO, a device, a socket, a directory or a symbolic link
+/// put in its place is refused (`InvalidData`, "not a regular file (a FIFO)") without being
+/// read, so a reader never blocks on it or follows it elsewhere. The type is checked before
+/// opening and again on the open descriptor (opened with `O_NOFOLLOW | O_NONBLOCK`, so that a
+/// FIFO swapped in between does not block the open either).
+pub fn read_regular_file(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let refuse = |what: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("not a regular file ({what})"),
+        )
+    };
+    if let Some(what) = not_regular(std::fs::symlink_metadata(path)?.file_type()) {
+        return Err(refuse(what));
+    }
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if let Some(what) = not_regular(meta.file_type()) {
+        return Err(refuse(what));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// The directory of one log's segments.
 pub trait SegmentStore: Send + Sync + Debug {
     /// Segment names, sorted.
@@ -35,6 +88,14 @@ pub trait SegmentStore: Send + Sync + Debug {
     fn remove(&self, name: &str) -> io::Result<()>;
     /// Makes creations and deletions durable (fsync of the directory).
     fn sync_dir(&self) -> io::Result<()>;
+    /// Keeps `bytes` someone else appended to segment `name` after byte `offset` (the writer
+    /// then cuts them from the segment), durably, under a name that is not a segment name.
+    /// Answers the name they are kept under; `None`: this store does not keep them (their
+    /// SHA-256 is still recorded in the chain).
+    fn keep_foreign(&self, name: &str, offset: u64, bytes: &[u8]) -> io::Result<Option<String>> {
+        let _ = (name, offset, bytes);
+        Ok(None)
+    }
 }
 
 /// One segment open for appending.
@@ -114,7 +175,7 @@ impl SegmentStore for LocalSegmentStore {
     }
 
     fn read(&self, name: &str) -> io::Result<Vec<u8>> {
-        std::fs::read(self.path(name)?)
+        read_regular_file(&self.path(name)?)
     }
 
     fn open_append(&self, name: &str) -> io::Result<Box<dyn SegmentFile>> {
@@ -131,6 +192,34 @@ impl SegmentStore for LocalSegmentStore {
 
     fn sync_dir(&self) -> io::Result<()> {
         File::open(&self.dir)?.sync_all()
+    }
+
+    fn keep_foreign(&self, name: &str, offset: u64, bytes: &[u8]) -> io::Result<Option<String>> {
+        self.path(name)?;
+        for n in 0..1000u32 {
+            let kept = match n {
+                0 => format!("{name}.foreign-{offset:020}"),
+                n => format!("{name}.foreign-{offset:020}.{n}"),
+            };
+            match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(self.dir.join(&kept))
+            {
+                Ok(mut f) => {
+                    f.write_all(bytes)?;
+                    f.sync_all()?;
+                    self.sync_dir()?;
+                    return Ok(Some(kept));
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("too many files keeping foreign bytes of {name}"),
+        ))
     }
 }
 
@@ -172,6 +261,27 @@ mod tests {
         assert!(is_segment_name(&segment_name(1)));
         assert!(!is_segment_name("seg-1.jsonl"));
         assert!(!is_segment_name("../seg-00000000000000000001.jsonl"));
+    }
+
+    #[test]
+    fn only_regular_files_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"abc").unwrap();
+        assert_eq!(read_regular_file(&file).unwrap(), b"abc");
+        let link = dir.path().join("l");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        let fifo = dir.path().join("p");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        for (path, what) in [
+            (link, "symbolic link"),
+            (fifo, "FIFO"),
+            (dir.path().to_path_buf(), "directory"),
+        ] {
+            let e = read_regular_file(&path).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+            assert!(e.to_string().contains(what), "{e}");
+        }
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::checkpoint::{Checkpoint, RetentionCut, SignatureProblem, TrustedKeys}
 use crate::format::{
     self, GENESIS, LineError, ParsedLine, RecordKind, SCHEMA_VERSION, hex32, parse_line,
 };
-use crate::log::RecoveryCut;
+use crate::log::{ForeignData, RecoveryCut};
 
 /// One stored segment: its name (which orders it) and its bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,6 +182,11 @@ pub struct LogVerdict {
     /// that run wrote (someone with write access could have changed them in between).
     #[serde(default)]
     pub unsigned_before_recovery: u64,
+    /// Changes made to a segment behind the running gateway's back, as the gateway found and
+    /// recorded them (`foreign_data` records): the log was written to by someone else. Any of
+    /// them fails the verdict ([`LogStatus::Failed`]), though the chain around them verifies.
+    #[serde(default)]
+    pub foreign: Vec<ForeignNote>,
     /// The first problem, if any.
     pub problem: Option<Problem>,
 }
@@ -213,6 +218,51 @@ pub struct RecoveryNote {
     pub unsigned_before: u64,
 }
 
+/// A change made behind the running gateway's back, as its `foreign_data` record states it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForeignNote {
+    /// Sequence of the `foreign_data` record.
+    pub sequence: u64,
+    /// When the gateway found it (RFC 3339).
+    pub time: String,
+    /// What it found and did.
+    pub found: ForeignData,
+}
+
+impl std::fmt::Display for ForeignNote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let d = &self.found;
+        if d.found_bytes < d.written_bytes {
+            write!(
+                f,
+                "segment {} was cut behind the gateway's back from {} to {} bytes (its own records were removed); found at {}, recorded at sequence {}; the chain continues in the next segment",
+                d.segment, d.written_bytes, d.found_bytes, self.time, self.sequence
+            )
+        } else {
+            write!(
+                f,
+                "{} byte(s) ({} line(s){}) were appended to segment {} after byte {} by someone other than the gateway; found at {}, recorded at sequence {}, cut from the segment{} (SHA-256 {})",
+                d.foreign_bytes,
+                d.foreign_lines,
+                match d.claimed_sequences {
+                    Some((a, b)) if a == b => format!(", claiming sequence {a}"),
+                    Some((a, b)) => format!(", claiming sequences {a}..{b}"),
+                    None => String::new(),
+                },
+                d.segment,
+                d.written_bytes,
+                self.time,
+                self.sequence,
+                match &d.kept_as {
+                    Some(k) => format!(" and kept in {k}"),
+                    None => String::new(),
+                },
+                d.foreign_sha256
+            )
+        }
+    }
+}
+
 /// What a verdict amounts to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -227,14 +277,15 @@ pub enum LogStatus {
 }
 
 impl LogVerdict {
-    /// No problem found (the log may still be unsealed: see [`LogVerdict::status`]).
+    /// No problem found and nothing written behind the gateway's back (the log may still be
+    /// unsealed: see [`LogVerdict::status`]).
     pub fn ok(&self) -> bool {
-        self.problem.is_none()
+        self.problem.is_none() && self.foreign.is_empty()
     }
 
     /// Sealed, unsealed (with unsigned records) or failed.
     pub fn status(&self) -> LogStatus {
-        if self.problem.is_some() {
+        if self.problem.is_some() || !self.foreign.is_empty() {
             LogStatus::Failed
         } else if self.sealed && self.unsigned_before_recovery == 0 {
             LogStatus::Sealed
@@ -348,6 +399,29 @@ fn check_lines<'a>(
     })
 }
 
+/// For a `foreign_data` record where the chain breaks: what the gateway recorded there.
+fn foreign_hint(p: &ParsedLine<'_>) -> String {
+    #[derive(Deserialize)]
+    struct Timed {
+        time: String,
+        body: ForeignData,
+    }
+    if p.kind != RecordKind::ForeignData {
+        return String::new();
+    }
+    match serde_json::from_slice::<Timed>(&p.payload_object()) {
+        Ok(t) => format!(
+            "; the gateway recorded here: {}",
+            ForeignNote {
+                sequence: p.sequence,
+                time: t.time,
+                found: t.body,
+            }
+        ),
+        Err(_) => String::new(),
+    }
+}
+
 /// Verifies a set of logs.
 pub fn verify(logs: &[LogData], options: &VerifyOptions) -> VerifyReport {
     VerifyReport {
@@ -414,6 +488,7 @@ impl<'o> ChainVerifier<'o> {
             sealed: false,
             recoveries: Vec::new(),
             unsigned_before_recovery: 0,
+            foreign: Vec::new(),
             problem: None,
         };
         let mut witness_heads: HashMap<u64, Vec<[u8; 32]>> = HashMap::new();
@@ -586,7 +661,11 @@ impl<'o> ChainVerifier<'o> {
         if let Some(expected) = self.expected_sequence
             && p.sequence != expected
         {
-            let detail = format!("expected sequence {expected}, found {}", p.sequence);
+            let detail = format!(
+                "expected sequence {expected}, found {}{}",
+                p.sequence,
+                foreign_hint(&p)
+            );
             return self.fail(ProblemKind::SequenceGap, segment, line_no, seq, detail);
         }
         match self.prev {
@@ -597,9 +676,10 @@ impl<'o> ChainVerifier<'o> {
                     line_no,
                     seq,
                     format!(
-                        "prev {} is not the hash of the record before ({})",
+                        "prev {} is not the hash of the record before ({}){}",
                         hex32(&p.prev),
-                        hex32(&prev)
+                        hex32(&prev),
+                        foreign_hint(&p)
                     ),
                 );
             }
@@ -737,6 +817,30 @@ impl<'o> ChainVerifier<'o> {
                 }
                 self.verdict.retention_cuts += 1;
                 self.retention_cuts.push(cut);
+            }
+            RecordKind::ForeignData => {
+                #[derive(Deserialize)]
+                struct Timed {
+                    time: String,
+                    body: ForeignData,
+                }
+                let note = match serde_json::from_slice::<Timed>(&p.payload_object()) {
+                    Ok(t) => ForeignNote {
+                        sequence: p.sequence,
+                        time: t.time,
+                        found: t.body,
+                    },
+                    Err(e) => {
+                        return self.fail(
+                            ProblemKind::Malformed,
+                            segment,
+                            line_no,
+                            seq,
+                            format!("foreign data body: {e}"),
+                        );
+                    }
+                };
+                self.verdict.foreign.push(note);
             }
             RecordKind::RecoveryCut => {
                 let cut = match serde_json::from_slice::<Envelope<RecoveryCut>>(&p.payload_object())

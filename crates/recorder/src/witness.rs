@@ -77,7 +77,7 @@ impl FileWitness {
             if descend && crate::format::valid_log_id(name) && path.is_dir() {
                 Self::read_dir_into(&path, false, out)?;
             } else if name.ends_with(".checkpoint.json") && !name.starts_with('.') {
-                let bytes = std::fs::read(&path)
+                let bytes = crate::storage::read_regular_file(&path)
                     .map_err(|e| RecorderError::io(format!("read {}", path.display()), e))?;
                 let cp = serde_json::from_slice(&bytes).map_err(|e| {
                     RecorderError::Config(format!("{}: not a checkpoint: {e}", path.display()))

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use gatehouse_core::{RecordingKind, SessionId};
 use gatehouse_recorder::read::{list_sessions, load_local_logs, session_events};
+use gatehouse_recorder::storage::read_regular_file;
 use gatehouse_recorder::verify::{
     LogData, LogStatus, LogVerdict, VerifyOptions, VerifyReport, verify,
 };
@@ -38,6 +39,13 @@ pub enum Command {
         /// earlier run's seal) and a rewritten chain.
         #[arg(long)]
         witness: Option<WitnessSource>,
+        /// The bucket the recorder writes recordings to when it has an object store,
+        /// `s3://<bucket>` (`AWS_*` environment as for `--witness`): every recording whose seal
+        /// names an object (`recordings/<session>/<id>.jsonl`) is read back from it and checked,
+        /// and objects there no seal covers are named as unsealed. Without it such recordings
+        /// cannot be checked, and verification fails.
+        #[arg(long = "object-store")]
+        object_store: Option<RecordingBucket>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -213,7 +221,8 @@ pub fn verify_dir(
     if !pinned {
         for log in &logs {
             let path = audit.join(&log.log).join("checkpoint-key.pub");
-            let hex = std::fs::read_to_string(&path)
+            let hex = read_regular_file(&path)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
                 .map_err(|e| failed(format!("{}: {e}", path.display())))?;
             trusted = trusted.with(
                 TrustedKeys::parse_public_key(hex.trim())
@@ -243,18 +252,170 @@ pub struct RecordingCheck {
     pub unsealed: Vec<String>,
 }
 
+/// The bucket recordings are written to (`--object-store s3://<bucket>`).
+#[derive(Debug, Clone)]
+pub struct RecordingBucket {
+    /// Bucket name.
+    pub bucket: String,
+}
+
+impl std::str::FromStr for RecordingBucket {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bucket = s
+            .strip_prefix("s3://")
+            .map(|b| b.trim_end_matches('/'))
+            .ok_or_else(|| format!("{s}: expected s3://<bucket>"))?;
+        if bucket.is_empty() || bucket.contains('/') {
+            return Err(format!(
+                "{s}: expected s3://<bucket> (recordings are at recordings/<session>/<id>.jsonl in it)"
+            ));
+        }
+        Ok(Self {
+            bucket: bucket.to_owned(),
+        })
+    }
+}
+
+/// Where the recorder puts recordings in its object store (see `AuditRecorder::open`).
+const OBJECT_RECORDINGS: &str = "recordings";
+
+/// A seal's location names an object (`recordings/<session>/<id>.jsonl`, the key in the bucket)
+/// rather than a file under the local recordings directory (`<session>/<id>.jsonl`).
+fn is_object_location(location: &str) -> bool {
+    let parts: Vec<&str> = location.split('/').collect();
+    parts.len() == 3 && parts.first() == Some(&OBJECT_RECORDINGS)
+}
+
+/// Reads recordings back from the bucket.
+struct ObjectReader {
+    bucket: String,
+    store: object_store::aws::AmazonS3,
+    rt: tokio::runtime::Runtime,
+}
+
+impl ObjectReader {
+    fn open(b: &RecordingBucket) -> Result<Self, CommandError> {
+        let allow_http = std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v == "true");
+        let store = ObjectStoreWitness::prepare_s3(
+            object_store::aws::AmazonS3Builder::from_env(),
+            allow_http,
+        )
+        .with_bucket_name(&b.bucket)
+        .build()
+        .map_err(|e| failed(format!("--object-store s3://{}: {e}", b.bucket)))?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| failed(format!("runtime: {e}")))?;
+        Ok(Self {
+            bucket: b.bucket.clone(),
+            store,
+            rt,
+        })
+    }
+
+    fn get(&self, key: &str) -> Result<Vec<u8>, String> {
+        use object_store::ObjectStoreExt as _;
+        self.rt
+            .block_on(async {
+                let got = self.store.get(&object_store::path::Path::from(key)).await?;
+                got.bytes().await
+            })
+            .map(|b| b.to_vec())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Every key under `recordings/` (two levels: session, recording).
+    fn list(&self) -> Result<Vec<String>, CommandError> {
+        use object_store::ObjectStore as _;
+        let err = |e: object_store::Error| {
+            failed(format!(
+                "list s3://{}/{OBJECT_RECORDINGS}/: {e}",
+                self.bucket
+            ))
+        };
+        self.rt.block_on(async {
+            let mut keys = Vec::new();
+            let top = object_store::path::Path::from(OBJECT_RECORDINGS);
+            let sessions = self
+                .store
+                .list_with_delimiter(Some(&top))
+                .await
+                .map_err(err)?;
+            keys.extend(sessions.objects.into_iter().map(|o| o.location.to_string()));
+            for session in sessions.common_prefixes {
+                let inner = self
+                    .store
+                    .list_with_delimiter(Some(&session))
+                    .await
+                    .map_err(err)?;
+                keys.extend(inner.objects.into_iter().map(|o| o.location.to_string()));
+                // Anything deeper is listed as a prefix: name it too, it is not a recording.
+                keys.extend(inner.common_prefixes.into_iter().map(|p| format!("{p}/")));
+            }
+            Ok(keys)
+        })
+    }
+}
+
 /// Checks every recording seal the log holds (a session's end, and each seal recorded on its own,
 /// as for each SSH channel) against its file, and lists every file under the recordings
 /// directory that no seal covers.
-pub fn check_recordings(dir: &Path) -> Result<RecordingCheck, CommandError> {
+pub fn check_recordings(
+    dir: &Path,
+    bucket: Option<&RecordingBucket>,
+) -> Result<RecordingCheck, CommandError> {
     let (logs, _, recordings) = load_logs(dir)?;
+    check_recordings_of(&logs, &recordings, bucket)
+}
+
+/// [`check_recordings`] over logs already loaded. A recording is read only if it is a regular
+/// file: a FIFO, device, socket, directory or symbolic link in its place is a failure ("not a
+/// regular file"), never opened for reading.
+///
+/// Seals naming an object (`recordings/<session>/<id>.jsonl`) are read back from `bucket`, and
+/// every object under `recordings/` there that no seal covers is listed as unsealed; without a
+/// bucket such a seal is a failure (it cannot be checked).
+pub fn check_recordings_of(
+    logs: &[LogData],
+    recordings: &Path,
+    bucket: Option<&RecordingBucket>,
+) -> Result<RecordingCheck, CommandError> {
     let mut out = RecordingCheck::default();
     let mut sealed_files = std::collections::BTreeSet::new();
-    for s in gatehouse_recorder::read::recording_seals(&logs) {
+    let mut sealed_objects = std::collections::BTreeSet::new();
+    let reader = bucket.map(ObjectReader::open).transpose()?;
+    for s in gatehouse_recorder::read::recording_seals(logs) {
         out.checked += 1;
+        if is_object_location(&s.seal.location) {
+            let key = s.seal.location.clone();
+            let Some(reader) = &reader else {
+                out.problems.push(format!(
+                    "recording {key} of session {} is sealed in the audit log as an object in the recorder's object store; pass --object-store s3://<bucket> to check it",
+                    s.session.0
+                ));
+                continue;
+            };
+            let url = format!("s3://{}/{key}", reader.bucket);
+            match reader.get(&key) {
+                Ok(bytes) if gatehouse_recorder::recording::check_seal(&bytes, &s.seal) => {}
+                Ok(_) => out.problems.push(format!(
+                    "recording {url} of session {} does not match the hash sealed in the audit log: it was altered",
+                    s.session.0
+                )),
+                Err(e) => out.problems.push(format!(
+                    "recording {url} of session {} is sealed in the audit log but cannot be read: {e}",
+                    s.session.0
+                )),
+            }
+            sealed_objects.insert(key);
+            continue;
+        }
         let path = recordings.join(&s.seal.location);
         sealed_files.insert(path.clone());
-        match std::fs::read(&path) {
+        match read_regular_file(&path) {
             Ok(bytes) if gatehouse_recorder::recording::check_seal(&bytes, &s.seal) => {}
             Ok(_) => out.problems.push(format!(
                 "recording {} of session {} does not match the hash sealed in the audit log: it was altered",
@@ -270,7 +431,7 @@ pub fn check_recordings(dir: &Path) -> Result<RecordingCheck, CommandError> {
     }
     let mut files = Vec::new();
     if recordings.is_dir() {
-        list_files(&recordings, &mut files)
+        list_files(recordings, &mut files)
             .map_err(|e| failed(format!("{}: {e}", recordings.display())))?;
     }
     files.sort();
@@ -282,7 +443,42 @@ pub fn check_recordings(dir: &Path) -> Result<RecordingCheck, CommandError> {
             ));
         }
     }
+    if let Some(reader) = &reader {
+        let mut keys = reader.list()?;
+        keys.sort();
+        for k in keys {
+            if !sealed_objects.contains(&k) {
+                out.unsealed.push(format!(
+                    "recording s3://{}/{k} is not sealed in the audit log (a session still open, a recording whose seal failed, or an object put there): nothing vouches for its content",
+                    reader.bucket
+                ));
+            }
+        }
+    }
     Ok(out)
+}
+
+impl RecordingCheck {
+    /// The status of the log and its recordings together: failed when a sealed recording does
+    /// not match (or cannot be read), not sealed when a recording is unsealed, else the log's.
+    pub fn combined(&self, report: &VerifyReport) -> LogStatus {
+        if !self.problems.is_empty() {
+            LogStatus::Failed
+        } else if !self.unsealed.is_empty() && report.status() == LogStatus::Sealed {
+            LogStatus::Unsealed
+        } else {
+            report.status()
+        }
+    }
+
+    /// The recordings part of a JSON report.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "checked": self.checked,
+            "problems": self.problems,
+            "unsealed": self.unsealed,
+        })
+    }
 }
 
 /// Every file under `dir`, recursively (symbolic links are listed, not followed).
@@ -368,15 +564,21 @@ pub fn describe(l: &LogVerdict, witnessed: bool) -> Vec<String> {
                 ),
             }
         }
-        LogStatus::Failed => {
-            let p = l
-                .problem
-                .as_ref()
-                .map_or_else(String::new, ToString::to_string);
-            format!("log {}: FAILED — {p}", l.log)
-        }
+        LogStatus::Failed => match (&l.problem, l.foreign.first()) {
+            (Some(p), _) => format!("log {}: FAILED — {p}", l.log),
+            (None, Some(_)) => format!(
+                "log {}: FAILED — written to by someone other than the gateway ({} time(s), below); the chain around it verified {range}, last signature: {}",
+                l.log,
+                l.foreign.len(),
+                signed_head(l)
+            ),
+            (None, None) => format!("log {}: FAILED", l.log),
+        },
     }];
-    if l.status() == LogStatus::Failed && l.records > 0 {
+    for f in &l.foreign {
+        lines.push(format!("  FOREIGN DATA: {f}"));
+    }
+    if l.problem.is_some() && l.records > 0 {
         lines.push(format!(
             "  before the problem: {range}; last signature: {}",
             signed_head(l)
@@ -418,6 +620,7 @@ pub fn run(command: Command) -> CommandResult {
             dir,
             keys,
             witness,
+            object_store,
             json,
         } => {
             let held = match witness.as_ref().map(WitnessSource::read_all) {
@@ -463,7 +666,7 @@ pub fn run(command: Command) -> CommandResult {
                 }
             }
             let (report, pinned) = verify_dir(&dir, &keys, held.as_deref())?;
-            let recordings = check_recordings(&dir)?;
+            let recordings = check_recordings(&dir, object_store.as_ref())?;
             let recording_problems = &recordings.problems;
             if json {
                 let mut v = serde_json::to_value(&report).unwrap_or_default();
@@ -473,21 +676,11 @@ pub fn run(command: Command) -> CommandResult {
                         serde_json::to_value(report.status()).unwrap_or_default(),
                     );
                     o.insert("witness".into(), serde_json::json!(witness.is_some()));
+                    o.insert("recordings".into(), recordings.to_json());
                     o.insert(
-                        "recordings".into(),
-                        serde_json::json!({
-                            "checked": recordings.checked,
-                            "problems": recording_problems,
-                            "unsealed": recordings.unsealed,
-                        }),
+                        "status".into(),
+                        serde_json::to_value(recordings.combined(&report)).unwrap_or_default(),
                     );
-                    if !recording_problems.is_empty() {
-                        o.insert("status".into(), serde_json::json!("failed"));
-                    } else if !recordings.unsealed.is_empty()
-                        && report.status() == LogStatus::Sealed
-                    {
-                        o.insert("status".into(), serde_json::json!("unsealed"));
-                    }
                 }
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else {
@@ -537,6 +730,8 @@ pub fn run(command: Command) -> CommandResult {
                 LogStatus::Failed => {
                     if let Some(p) = report.first_problem() {
                         eprintln!("gatehouse: audit log verification failed: {p}");
+                    } else if let Some(f) = report.logs.iter().find_map(|l| l.foreign.first()) {
+                        eprintln!("gatehouse: audit log verification failed: {f}");
                     }
                 }
                 LogStatus::Unsealed => eprintln!(
@@ -618,7 +813,7 @@ pub fn run(command: Command) -> CommandResult {
             let recording = match summary.as_ref().and_then(|s| s.recording.as_ref()) {
                 Some(seal) => {
                     let path = recordings.join(&seal.location);
-                    let bytes = std::fs::read(&path)
+                    let bytes = read_regular_file(&path)
                         .map_err(|e| failed(format!("recording {}: {e}", path.display())))?;
                     if !gatehouse_recorder::recording::check_seal(&bytes, seal) {
                         return Err(failed(format!(

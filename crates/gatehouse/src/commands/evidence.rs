@@ -48,6 +48,10 @@ pub enum Command {
         /// for each log.
         #[arg(long)]
         witness: Option<super::audit::WitnessSource>,
+        /// The bucket the recorder writes recordings to, `s3://<bucket>` (as for `audit
+        /// verify`): recordings sealed as objects are read back from it and checked.
+        #[arg(long = "object-store")]
+        object_store: Option<super::audit::RecordingBucket>,
     },
     /// Verify a bundle offline.
     Verify {
@@ -102,7 +106,7 @@ which is signed (ed25519) by the gateway's audit key in `manifest.sig`.
 | `approvals.json` | just-in-time approvals: who asked, for which exact operation, who decided, when, why | 5.18 access rights, 8.2 privileged access rights |
 | `masking.json` | masking findings per rule and field (counts only, never values) | 8.11 data masking, 8.12 data leakage prevention |
 | `credentials-statement.json` | what the egress guard checked (patterns, sites, byte counts), what it found and blocked, and what it cannot see (credentials a target transformed) | 5.17 authentication information, 8.5 secure authentication, 8.12 data leakage prevention |
-| `audit-verify.json` | hash chain, sequence and checkpoint-signature verification of the audit log: sealed (closed), or verified up to its last signed checkpoint with the number of unsigned records after it; checked against the witness when one was given | 8.15 logging |
+| `audit-verify.json` | hash chain, sequence and checkpoint-signature verification of the audit log: sealed (closed), or verified up to its last signed checkpoint with the number of unsigned records after it; checked against the witness when one was given; every session recording checked against the hash sealed in the log (`recordings`), unsealed recording files named; `ok` is false and `failures` says what failed when the log or any recording did not verify | 8.15 logging, 8.16 monitoring activities |
 | `witness-checkpoint.json` | the latest signed checkpoint (or seal) the witness holds for each log, if a witness was given | 8.15 logging |
 | `audit-events.jsonl` | the exported audit records, byte-for-byte as stored (hash-chained) | 8.15 logging |
 | `manifest.json`, `manifest.sig` | integrity and origin of this bundle | 8.15 logging |
@@ -118,7 +122,15 @@ pub fn run(command: Command) -> CommandResult {
             until,
             key,
             witness,
-        } => export(&dir, &out, since, until, key, witness.as_ref()),
+            object_store,
+        } => export(
+            &dir,
+            &out,
+            Period { since, until },
+            key,
+            witness.as_ref(),
+            object_store.as_ref(),
+        ),
         Command::Verify { bundle, key } => verify_bundle(&bundle, key.as_deref()),
     }
 }
@@ -146,16 +158,22 @@ fn approval_entry(e: &Event) -> serde_json::Value {
     })
 }
 
+/// `--since` and `--until` as given.
+struct Period {
+    since: Option<String>,
+    until: Option<String>,
+}
+
 fn export(
     dir: &Path,
     out: &Path,
-    since: Option<String>,
-    until: Option<String>,
+    period: Period,
     key: Option<PathBuf>,
     witness: Option<&super::audit::WitnessSource>,
+    bucket: Option<&super::audit::RecordingBucket>,
 ) -> CommandResult {
-    let since = parse_time(&since, "--since")?;
-    let until = parse_time(&until, "--until")?;
+    let since = parse_time(&period.since, "--since")?;
+    let until = parse_time(&period.until, "--until")?;
     let key_path = key.unwrap_or_else(|| dir.join("audit-signing.key"));
     let signing = load_signing_key(&key_path)?;
     // The moment the log is read: nothing after it is in the bundle.
@@ -169,7 +187,12 @@ fn export(
         )) => return Err(failed(m)),
     };
     let (report, _) = super::audit::verify_dir(dir, &[], held.as_deref())?;
-    let (logs, _, _) = super::audit::load_logs(dir)?;
+    let (logs, _, recordings_dir) = super::audit::load_logs(dir)?;
+    // The same recording checks as `audit verify`: every sealed recording against its seal, and
+    // every recording file no seal covers. A recording that fails makes the whole result fail.
+    let recordings = super::audit::check_recordings_of(&logs, &recordings_dir, bucket)?;
+    let status = recordings.combined(&report);
+    let verified = status != gatehouse_recorder::LogStatus::Failed;
     let witnessed = held.map(super::audit::latest_per_log);
     if out.exists()
         && std::fs::read_dir(out)
@@ -334,6 +357,19 @@ fn export(
         "note": "Events are counted up to the moment the log was read (log_read_at). A running gateway records egress counters within a second of each change; records after a log's last signed checkpoint are included but not yet vouched for by a signature.",
     });
 
+    // What failed, in words: the log's first problem, then every recording that does not match.
+    let failures: Vec<String> = report
+        .logs
+        .iter()
+        .flat_map(|l| {
+            l.problem
+                .iter()
+                .map(|p| format!("log {}: {p}", l.log))
+                .chain(l.foreign.iter().map(|f| format!("log {}: {f}", l.log)))
+                .collect::<Vec<_>>()
+        })
+        .chain(recordings.problems.iter().cloned())
+        .collect();
     let write = |name: &str, bytes: &[u8]| -> Result<(), CommandError> {
         std::fs::write(out.join(name), bytes)
             .map_err(|e| failed(format!("{}: {e}", out.join(name).display())))
@@ -360,11 +396,14 @@ fn export(
     write(
         "audit-verify.json",
         &pretty(json!({
-            "ok": report.ok(),
-            "status": report.status(),
+            "ok": verified,
+            "status": status,
+            "log_status": report.status(),
             "witness": witness.map(ToString::to_string),
             "period": period,
             "report": report,
+            "recordings": recordings.to_json(),
+            "failures": failures,
         })),
     )?;
     write(
@@ -404,8 +443,9 @@ fn export(
         "created": gatehouse_core::now().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
         "gatehouse_version": env!("CARGO_PKG_VERSION"),
         "signing_key": public,
-        "audit_log_verified": report.ok(),
-        "audit_log_status": report.status(),
+        "audit_log_verified": verified,
+        "audit_log_status": status,
+        "recordings_verified": recordings.problems.is_empty(),
         "files": files,
     }))
     .unwrap_or_default();
@@ -418,17 +458,20 @@ fn export(
             .as_bytes(),
     )?;
     println!(
-        "evidence bundle written to {} ({} files; audit log {}; signed by key {public})",
+        "evidence bundle written to {} ({} files; audit log and recordings {}; signed by key {public})",
         out.display(),
         files.len() + 2,
-        match report.status() {
+        match status {
             gatehouse_recorder::LogStatus::Sealed => "verified and sealed",
             gatehouse_recorder::LogStatus::Unsealed =>
-                "verified up to its last signed checkpoint, not sealed — see audit-verify.json",
+                "verified up to the log's last signed checkpoint, not sealed (or a recording not sealed) — see audit-verify.json",
             gatehouse_recorder::LogStatus::Failed => "FAILED verification — see audit-verify.json",
         }
     );
-    Ok(if report.ok() {
+    for f in &failures {
+        eprintln!("gatehouse: evidence export: verification failed: {f}");
+    }
+    Ok(if verified {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
@@ -507,14 +550,14 @@ fn verify_bundle(bundle: &Path, pinned: Option<&str>) -> CommandResult {
         .unwrap_or(false);
     if !audit_ok {
         problems.push(
-            "the audit log did not verify when the bundle was made (see audit-verify.json)".into(),
+            "the audit log or a session recording did not verify when the bundle was made (see the failures in audit-verify.json)".into(),
         );
     }
     if problems.is_empty() {
         let state = match manifest.get("audit_log_status").and_then(|v| v.as_str()) {
             Some("sealed") => "the audit log was sealed when it was exported",
             Some("unsealed") => {
-                "the audit log was live (not sealed) when it was exported: see audit-verify.json for its last signed checkpoint and the unsigned records after it"
+                "the audit log was live (not sealed), or a recording was not sealed, when it was exported: see audit-verify.json for its last signed checkpoint, the unsigned records after it and the unsealed recordings"
             }
             _ => "the audit log's state is not stated (a bundle of an earlier version)",
         };

@@ -1,6 +1,7 @@
 //! Tamper tests: every kind of edit to a real log written by the real writer is detected, and
 //! reported with its segment and sequence.
 
+use gatehouse_recorder::Durability;
 use gatehouse_recorder::format::{RecordKind, encode_line, parse_line};
 use gatehouse_recorder::verify::verify_log;
 use gatehouse_recorder::{
@@ -496,4 +497,211 @@ async fn parallel_and_sequential_verification_agree() {
         verify_log(&bad, &options()).problem.unwrap().sequence,
         Some(seq_of(&l[4321].1))
     );
+}
+
+/// Two made-up records chaining onto the live log's head with valid hashes, as someone with
+/// write access to the directory would append them.
+fn forge_two(dir: &std::path::Path) -> (String, u64, Vec<u8>, Vec<u8>) {
+    let data = load(dir, LOG);
+    let seg = data
+        .segments
+        .iter()
+        .max_by(|a, b| a.name.cmp(&b.name))
+        .unwrap();
+    let last = seg
+        .bytes
+        .split(|b| *b == b'\n')
+        .rfind(|l| !l.is_empty())
+        .unwrap();
+    let p = parse_line(last).unwrap();
+    let mut forged = Vec::new();
+    let payload = b"\"time\":\"2026-01-01T00:00:00Z\",\"session\":\"forged\",\"body\":{\"type\":\"other\",\"name\":\"forged\",\"details\":{}}";
+    let h = encode_line(
+        &mut forged,
+        LOG,
+        p.sequence + 1,
+        RecordKind::Event,
+        &p.stored_hash,
+        payload,
+    );
+    encode_line(
+        &mut forged,
+        LOG,
+        p.sequence + 2,
+        RecordKind::Event,
+        &h,
+        payload,
+    );
+    (seg.name.clone(), p.sequence + 1, seg.bytes.clone(), forged)
+}
+
+/// The running writer notices records appended to its segment behind its back: it does not
+/// chain onto them, keeps them aside, cuts them, and records what it found (then a signed
+/// checkpoint); verify fails naming the segment, the offset, the lines and the sequences they
+/// claimed, while the chain around them verifies to the seal.
+async fn foreign_records_appended_to_a_live_log_are_found(durability: Durability) {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(LOG);
+    c.durability = durability;
+    let log = open_log(dir.path(), c).await;
+    let session = gatehouse_core::SessionId::generate();
+    for i in 0..5 {
+        log.append(&sql_event(&session, i, "select 1"))
+            .await
+            .unwrap();
+    }
+    let (segment, claimed, before, forged) = forge_two(dir.path());
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.path().join(&segment))
+        .unwrap()
+        .write_all(&forged)
+        .unwrap();
+    for i in 5..8 {
+        log.append(&sql_event(&session, i, "select 2"))
+            .await
+            .unwrap();
+    }
+    within(30, log.close()).await.unwrap();
+
+    let v = verify_log(&load(dir.path(), LOG), &options());
+    assert_eq!(v.problem, None, "{v:?}");
+    assert!(v.sealed, "{v:?}");
+    assert_eq!(v.status(), gatehouse_recorder::LogStatus::Failed, "{v:?}");
+    assert!(!v.ok());
+    assert_eq!(v.foreign.len(), 1, "{v:?}");
+    let note = &v.foreign[0];
+    // The gateway's record takes the place the forged records claimed.
+    assert_eq!(note.sequence, claimed);
+    let f = &note.found;
+    assert_eq!(f.segment, segment);
+    assert_eq!(f.written_bytes, before.len() as u64);
+    assert_eq!(f.found_bytes, (before.len() + forged.len()) as u64);
+    assert_eq!(f.foreign_bytes, forged.len() as u64);
+    assert_eq!(f.foreign_lines, 2);
+    assert_eq!(f.claimed_sequences, Some((claimed, claimed + 1)));
+    let kept = f.kept_as.as_ref().unwrap();
+    assert_eq!(std::fs::read(dir.path().join(kept)).unwrap(), forged);
+    let text = note.to_string();
+    assert!(
+        text.contains(&format!(
+            "2 line(s), claiming sequences {claimed}..{}) were appended to segment {segment} after byte {}",
+            claimed + 1,
+            before.len()
+        )),
+        "{text}"
+    );
+    // Nothing of the forged records is left in the chain.
+    let records = gatehouse_recorder::read::records(&load(dir.path(), LOG));
+    assert!(
+        records
+            .iter()
+            .all(|r| !r.line.windows(6).any(|w| w == b"forged"))
+    );
+    assert_eq!(
+        records
+            .iter()
+            .find(|r| r.sequence == claimed + 1)
+            .unwrap()
+            .kind,
+        RecordKind::Checkpoint
+    );
+}
+
+#[tokio::test]
+async fn foreign_records_appended_to_a_live_log_are_found_fsync() {
+    foreign_records_appended_to_a_live_log_are_found(Durability::Fsync).await;
+}
+
+#[tokio::test]
+async fn foreign_records_appended_to_a_live_log_are_found_os_write() {
+    foreign_records_appended_to_a_live_log_are_found(Durability::OsWrite).await;
+}
+
+/// A live segment cut behind the writer's back: it continues in a new segment after recording
+/// what it found, and verify fails where the chain breaks, saying what the gateway recorded.
+#[tokio::test]
+async fn a_live_segment_cut_behind_the_writer_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(dir.path(), config(LOG)).await;
+    let session = gatehouse_core::SessionId::generate();
+    for i in 0..5 {
+        log.append(&sql_event(&session, i, "select 1"))
+            .await
+            .unwrap();
+    }
+    let (segment, _, before, _) = forge_two(dir.path());
+    let trimmed = before.strip_suffix(b"\n").unwrap();
+    let cut = memchr_last_newline(trimmed) + 1;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.path().join(&segment))
+        .unwrap()
+        .set_len(cut as u64)
+        .unwrap();
+    for i in 5..8 {
+        log.append(&sql_event(&session, i, "select 2"))
+            .await
+            .unwrap();
+    }
+    within(30, log.close()).await.unwrap();
+    let data = load(dir.path(), LOG);
+    assert_eq!(data.segments.len(), 2, "a new segment after the cut");
+    let v = verify_log(&data, &options());
+    let p = v.problem.as_ref().unwrap();
+    assert_eq!(p.segment, data.segments[1].name, "{p}");
+    assert_eq!(p.line, 1, "{p}");
+    assert!(
+        p.detail.contains(&format!(
+            "segment {segment} was cut behind the gateway's back from {} to {cut} bytes",
+            before.len()
+        )),
+        "{p}"
+    );
+}
+
+fn memchr_last_newline(b: &[u8]) -> usize {
+    b.iter().rposition(|c| *c == b'\n').unwrap()
+}
+
+/// When the foreign bytes cannot be kept aside, the writer neither chains onto them nor drops
+/// them: it refuses this and every later record (fail closed).
+#[tokio::test]
+async fn foreign_records_that_cannot_be_set_aside_close_the_log() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(dir.path(), config(LOG)).await;
+    let session = gatehouse_core::SessionId::generate();
+    for i in 0..3 {
+        log.append(&sql_event(&session, i, "select 1"))
+            .await
+            .unwrap();
+    }
+    let (segment, _, before, forged) = forge_two(dir.path());
+    // Every name the writer would keep them under is taken.
+    let base = format!("{segment}.foreign-{:020}", before.len());
+    std::fs::write(dir.path().join(&base), b"").unwrap();
+    for n in 1..1000 {
+        std::fs::write(dir.path().join(format!("{base}.{n}")), b"").unwrap();
+    }
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.path().join(&segment))
+        .unwrap()
+        .write_all(&forged)
+        .unwrap();
+    for i in 3..5 {
+        let e = log
+            .append(&sql_event(&session, i, "select 2"))
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("changed behind the gateway's back"),
+            "{e}"
+        );
+    }
+    // The forged bytes are where they were put; nothing was chained after them.
+    let now = std::fs::read(dir.path().join(&segment)).unwrap();
+    assert_eq!(now, [before, forged].concat());
 }
