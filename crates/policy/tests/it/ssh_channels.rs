@@ -146,6 +146,12 @@ fn remote_forwarding_agent_forwarding_and_x11_are_never_allowed() {
         },
         SshOperation::AgentForward,
         SshOperation::X11,
+        SshOperation::DirectStreamlocal {
+            socket_path: "/run/docker.sock".into(),
+        },
+        SshOperation::OtherChannel {
+            channel_type: "tun@openssh.com".into(),
+        },
     ] {
         assert_eq!(
             decide("movers", op.clone()),
