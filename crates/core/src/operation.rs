@@ -61,6 +61,9 @@ impl Operation {
             Operation::Ssh(SshOperation::DirectStreamlocal { socket_path }) => {
                 format!("direct-streamlocal {}", cap(socket_path))
             }
+            Operation::Ssh(SshOperation::OtherChannel { channel_type }) => {
+                format!("channel {}", cap(channel_type))
+            }
             Operation::Http(op) => match &op.query {
                 Some(q) => format!("{} {}?{}", op.method, op.path, cap(q)),
                 None => format!("{} {}", op.method, op.path),
@@ -293,6 +296,12 @@ pub enum SshOperation {
     DirectStreamlocal {
         /// The socket path the client asked for.
         socket_path: String,
+    },
+    /// A channel of a type the gateway never relays: `tun@openssh.com` (`ssh -w`), or any
+    /// other type it does not know.
+    OtherChannel {
+        /// The channel type the client asked for.
+        channel_type: String,
     },
 }
 

@@ -121,7 +121,7 @@ impl Floor {
                 "SSH channels and requests other than exec (shell, subsystems such as sftp, scp, rsync, git, port forwarding, environment variables) are refused unless a rule allows them"
             }
             Floor::SshNeverAllowed => {
-                "remote port forwarding, agent forwarding and X11 forwarding are never allowed through the gateway"
+                "remote port forwarding, agent forwarding, X11 forwarding, forwarding to a Unix socket, tun forwarding and channel types the gateway does not know are never allowed through the gateway"
             }
         }
     }
@@ -495,6 +495,7 @@ impl CompiledPolicy {
                     SshOperation::DirectStreamlocal { socket_path } => {
                         ("direct_streamlocal", None, Some(socket_path.clone()))
                     }
+                    SshOperation::OtherChannel { .. } => ("other_channel", None, None),
                     _ => ("unknown", None, None),
                 };
                 let subject = Subject::Ssh {
@@ -504,7 +505,8 @@ impl CompiledPolicy {
                 };
                 let mut outcome = match channel {
                     "unknown" => ItemOutcome::floor(Verdict::Deny, Floor::Unsupported, None),
-                    "tcpip_forward" | "agent_forward" | "x11" | "direct_streamlocal" => {
+                    "tcpip_forward" | "agent_forward" | "x11" | "direct_streamlocal"
+                    | "other_channel" => {
                         ItemOutcome::floor(Verdict::Deny, Floor::SshNeverAllowed, None)
                     }
                     // Every channel and request type other than exec is its own operation,

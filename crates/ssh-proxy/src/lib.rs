@@ -11,6 +11,8 @@
 //!     exec → gatehouse_core::shell (sh -c unwrapped once) → Policy → allow | deny (stderr line,
 //!       exit status 126) | review (stderr line with the approval id, then wait)
 //!     shell / subsystem (sftp) / port forwarding / agent forwarding → Policy as a whole
+//!     remote, agent, X11, Unix-socket and tun forwarding, unknown channel types → refused
+//!       whatever the policy, recorded with the decision (vendor/russh adds the hook for the last)
 //!     stdout, stderr → StreamMasker (idle flush) → EgressGuard → client and recording
 //!   Recorder: SessionStart, each Operation + Decision, approvals, results (exit status, findings),
 //!     recordings (exec output; terminals as asciicast frames with input and resizes), SessionEnd

@@ -563,6 +563,38 @@ impl server::Handler for ClientHandler {
         Ok(())
     }
 
+    async fn channel_open_unknown(
+        &mut self,
+        _channel: Channel<Msg>,
+        channel_type: &str,
+        reply: server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // `ssh -w` (`tun@openssh.com`) or any channel type russh does not know: never relayed.
+        // Recorded like the other refused forwardings; one channel-open failure with the
+        // reason (russh is patched for this hook, vendor/russh/GATEHOUSE-PATCH.md), so the
+        // client prints it and its connection stays up.
+        let (code, what) = if channel_type == "tun@openssh.com" {
+            (1, "tun forwarding (ssh -w)".to_string()) // SSH_OPEN_ADMINISTRATIVELY_PROHIBITED
+        } else {
+            (3, format!("the channel type {channel_type:?}")) // SSH_OPEN_UNKNOWN_CHANNEL_TYPE
+        };
+        self.refuse_request(
+            Operation::Ssh(SshOperation::OtherChannel {
+                channel_type: channel_type.to_string(),
+            }),
+            &what,
+        )
+        .await;
+        reply
+            .reject(russh::ChannelOpenFailure::Other {
+                code,
+                reason: format!("gatehouse: {what} is not allowed by the gateway"),
+            })
+            .await;
+        Ok(())
+    }
+
     async fn pty_request(
         &mut self,
         channel: ChannelId,

@@ -138,7 +138,7 @@ fn forwards_are_decided_per_destination_and_env_per_name() {
 }
 
 #[test]
-fn remote_forwarding_agent_forwarding_and_x11_are_never_allowed() {
+fn remote_agent_x11_unix_socket_and_tun_forwarding_are_never_allowed() {
     for op in [
         SshOperation::TcpipForward {
             address: "127.0.0.1".into(),
@@ -146,6 +146,12 @@ fn remote_forwarding_agent_forwarding_and_x11_are_never_allowed() {
         },
         SshOperation::AgentForward,
         SshOperation::X11,
+        SshOperation::DirectStreamlocal {
+            socket_path: "/run/docker.sock".into(),
+        },
+        SshOperation::OtherChannel {
+            channel_type: "tun@openssh.com".into(),
+        },
     ] {
         assert_eq!(
             decide("movers", op.clone()),

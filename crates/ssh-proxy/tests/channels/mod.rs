@@ -656,3 +656,119 @@ async fn unix_socket_forwarding_is_refused_with_its_reason_whatever_the_policy()
         "{ops:?}"
     );
 }
+
+/// `ssh -w any` (a `tun@openssh.com` channel) as the master of a shared connection: the
+/// refusal's reason reaches the client, the connection stays up for an exec through it, and the
+/// refusal is in the audit log. The client opens a local tun device before it asks, so this
+/// needs root and `/dev/net/tun` (as the tests have here and in CI).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tun_forwarding_is_refused_with_its_reason_and_the_connection_stays_usable() {
+    use tokio::io::AsyncBufReadExt;
+
+    // The real engine, exec allowed by default, a rule trying to allow the never-allowed.
+    let gw = start(Options {
+        policy: Some(policy(1)),
+        ..Options::default()
+    })
+    .await;
+    let who = Who {
+        gw: &gw,
+        askpass: gw.askpass.clone(),
+    };
+    let control = gw.dir.path().join(format!("ctl-{}.sock", rand_suffix()));
+    let control_opt = format!("ControlPath={}", control.display());
+    let mut master = who.command("ssh");
+    master
+        .args(who.options())
+        .args(["-M", "-o", &control_opt, "-o", "ControlPersist=no"])
+        .args(["-w", "any", "-o", "ExitOnForwardFailure=no", "-N"])
+        .arg(format!("{TARGET}@127.0.0.1"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut master = master.spawn().expect("ssh");
+    let mut lines = tokio::io::BufReader::new(master.stderr.take().unwrap()).lines();
+    let mut stderr = String::new();
+    // The master logs the channel-open failure (at INFO) when the gateway answers.
+    gatehouse_testkit::within(LIMIT, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            stderr.push_str(&line);
+            stderr.push('\n');
+            if line.contains("open failed") {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        !stderr.contains("Tunnel device open failed"),
+        "the ssh client could not open a local tun device (needs root and /dev/net/tun): {stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "open failed: administratively prohibited: gatehouse: tun forwarding (ssh -w) is not allowed by the gateway"
+        ),
+        "{stderr}"
+    );
+
+    // The same connection carries an exec afterwards.
+    let exec = who
+        .ssh(
+            &["-o", &control_opt, "-o", "ControlMaster=no"],
+            Some("echo still connected"),
+            b"",
+        )
+        .await;
+    let _ = master.start_kill();
+    let rest = gatehouse_testkit::within(LIMIT, async {
+        let mut rest = String::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            rest.push_str(&line);
+            rest.push('\n');
+        }
+        rest
+    })
+    .await;
+    let _ = gatehouse_testkit::within(LIMIT, master.wait()).await;
+    stderr.push_str(&rest);
+    assert_eq!(
+        exec.stdout_text(),
+        "still connected\n",
+        "{exec:?}\n{stderr}"
+    );
+    assert_eq!(exec.status, Some(0), "{exec:?}\n{stderr}");
+    assert!(!stderr.contains("nonexistent channel"), "{stderr}");
+
+    let recorder = gw.shutdown().await;
+    let events = recorder.events();
+    let session_of = |want: &dyn Fn(&Operation) -> bool| {
+        events
+            .iter()
+            .filter_map(|e| match &e.body {
+                EventBody::Operation {
+                    operation,
+                    decision,
+                    ..
+                } if want(operation) => Some((e.session.clone(), decision.clone())),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let tun = session_of(&|op| {
+        matches!(op, Operation::Ssh(SshOperation::OtherChannel { channel_type })
+            if channel_type == "tun@openssh.com")
+    });
+    let exec_ops = session_of(&|op| {
+        matches!(op, Operation::Ssh(SshOperation::Exec(c))
+            if c.command_line == "echo still connected")
+    });
+    assert_eq!(tun.len(), 1, "{events:?}");
+    let (tun_session, decision) = &tun[0];
+    // Refused by the engine whatever the rules say.
+    assert_eq!(decision.verdict, Verdict::Deny, "{decision:?}");
+    assert_eq!(decision.rule_id, "ssh-never-allowed", "{decision:?}");
+    assert_eq!(exec_ops.len(), 1, "{events:?}");
+    assert_eq!(&exec_ops[0].0, tun_session, "one connection: {events:?}");
+}
