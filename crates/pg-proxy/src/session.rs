@@ -3159,10 +3159,10 @@ impl Backend {
         // run by name, a cursor, a function running a query of its own) may derive from any
         // column: it is masked whole when any column of the database is.
         let mut withhold = Vec::new();
-        if untraced && columns.iter().any(|c| c.table_oid == 0) {
+        if untraced && columns.iter().any(|c| !c.is_catalog_column()) {
             let masked = self.masked_columns(profile.as_deref()).await;
             for (i, col) in columns.iter().enumerate() {
-                if col.table_oid != 0 {
+                if col.is_catalog_column() {
                     continue;
                 }
                 match (&masked, sources.get_mut(i)) {
@@ -3172,12 +3172,13 @@ impl Backend {
                 }
             }
         }
-        // Expression columns (no table OID) take their sources from SQL lineage: `lower(email)`,
+        // Expression columns (no table OID) and whole-row references take their sources from
+        // SQL lineage: `lower(email)`,
         // concatenations, CTE outputs, `row_to_json(t)`… Direct columns are exact from the catalog.
         if let Some(lineage) = &lineage {
             let tables = ctx.map(|c| c.tables.clone()).unwrap_or_default();
             for (i, col) in columns.iter().enumerate() {
-                if col.table_oid != 0 {
+                if col.is_catalog_column() {
                     continue;
                 }
                 let names: Vec<String> = match lineage {
@@ -3229,6 +3230,37 @@ impl Backend {
                 }
             }
         }
+        // Statements of other sessions (`pg_stat_activity.query`, …) carry their literals,
+        // values of masked columns among them: while any column is masked, such a column is
+        // shown with its constants masked, and anything computed from one (an expression, a
+        // view's column, a whole row) is withheld.
+        let mut statement_text = Vec::new();
+        if sources
+            .iter()
+            .flatten()
+            .any(|s| crate::rowmask::is_statement_text_source(s))
+        {
+            let masked = self.masked_columns(profile.as_deref()).await;
+            if !masked.is_some_and(|m| m.is_empty()) {
+                for (i, (col, s)) in columns.iter().zip(&sources).enumerate() {
+                    if !s
+                        .iter()
+                        .any(|n| crate::rowmask::is_statement_text_source(n))
+                    {
+                        continue;
+                    }
+                    // A column's own name comes first among its catalog sources.
+                    let direct = col.is_catalog_column()
+                        && s.first()
+                            .is_some_and(|n| crate::rowmask::is_statement_text_source(n));
+                    if direct {
+                        statement_text.push(i);
+                    } else {
+                        withhold.push(i);
+                    }
+                }
+            }
+        }
         let binary_types: Vec<u32> = columns
             .iter()
             .filter(|c| c.format != 0)
@@ -3252,6 +3284,9 @@ impl Backend {
         .in_encoding(self.shared.codec());
         for i in withhold {
             plan.withhold(i);
+        }
+        for i in statement_text {
+            plan.mask_as_statement_text(i);
         }
         // View columns computed by an expression of the view are masked whole, like the
         // client's own expressions.
@@ -3821,6 +3856,12 @@ const SQL_TEXT_FUNCTIONS: &[&str] = &[
     "current_setting",
     "dblink",
     "dblink_exec",
+    // Statements other sessions ran (the functions behind `pg_stat_activity` and the like).
+    "pg_stat_get_activity",
+    "pg_stat_get_backend_activity",
+    "pg_stat_statements",
+    "pg_prepared_statement",
+    "pg_cursor",
 ];
 
 /// What a notification payload or a free-text setting shows in place of a withheld value.
