@@ -1285,6 +1285,9 @@ async fn literals_of_masked_columns_are_recorded_masked() {
             "UPDATE customers SET name = $n$Yolanda Xerxes$n$ WHERE id = 90",
             "DELETE FROM customers WHERE name = 'Yolanda Xerxes' AND id = 90",
             "SELECT id FROM v_customers WHERE id IN (SELECT id FROM customers WHERE name = 'Zebulon Quixote')",
+            // EXECUTE's arguments are recorded as the execution's parameters.
+            "PREPARE pn(text) AS SELECT id FROM customers WHERE name = $1; \
+             EXECUTE pn('Yolanda Xerxes'); DEALLOCATE pn",
         ];
         let port = gw.port;
         let list = statements.to_vec();
@@ -1315,11 +1318,32 @@ async fn literals_of_masked_columns_are_recorded_masked() {
             )
             .await
             .unwrap();
+        // A statement prepared in SQL, run with a protocol Bind: each execution is decided
+        // (and recorded) at Bind with its bound values (text format here), whatever the
+        // execution's outcome.
+        let mut raw = RawClient::connect(gw.port).await;
+        assert!(
+            raw.simple("PREPARE pb(text) AS SELECT id FROM customers WHERE name = $1")
+                .await
+        );
+        let mut bind = b"\0pb\0".to_vec();
+        bind.extend_from_slice(&[0, 0, 0, 1]);
+        let value = b"Zebulon Quixote";
+        bind.extend_from_slice(&(value.len() as i32).to_be_bytes());
+        bind.extend_from_slice(value);
+        bind.extend_from_slice(&[0, 0]);
+        raw.send(b'B', &bind).await;
+        raw.send(b'D', b"P\0").await;
+        raw.send(b'E', &[0, 0, 0, 0, 0]).await;
+        raw.send(b'S', &[]).await;
+        let _ = raw.until_ready().await;
         // A refused-by-the-gateway or unreadable statement is recorded too.
         let _ = client
             .simple_query("SELECT 'Zebulon Quixote' $$ unterminated")
             .await;
         let dump = gw.tp.recorder.dump();
+        std::fs::write("/tmp/h23dump.txt", &dump).unwrap();
+        std::fs::write("/tmp/h23dump.txt", &dump).unwrap();
         let leaked = names_in(dump.as_bytes());
         assert!(leaked.is_empty(), "recorded raw: {leaked:?}");
         // The statements are still recorded, their structure readable.
@@ -1335,6 +1359,7 @@ async fn literals_of_masked_columns_are_recorded_masked() {
             dump.contains("SELECT id FROM customers WHERE name = $1::text OR id = $2"),
             "{dump}"
         );
+        assert!(dump.contains(r#""parameters":["[masked]"]"#), "{dump}");
     })
     .await;
 }
