@@ -1179,7 +1179,8 @@ async fn all_values(client: &tokio_postgres::Client, sql: &str) -> Vec<String> {
 /// masked `name` column, which no detector recognises. Read by a second session through the
 /// gateway — the column itself, through a join, a view, expressions, a whole row, the
 /// functions behind the view — in text and binary format, no byte carries the name; the column
-/// itself still shows the statement, its literals masked.
+/// itself still shows the statement, its literals masked. The session's own cursor
+/// (`pg_cursors.statement`) likewise.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_sessions_statements_come_back_with_their_literals_masked() {
     gatehouse_testkit::within(Duration::from_secs(180), async {
@@ -1251,6 +1252,21 @@ async fn other_sessions_statements_come_back_with_their_literals_masked() {
             let values = all_values(&b, sql).await;
             seen.extend(values);
         }
+        // This session's own cursor, as pg_cursors shows it (text format only: a prepared
+        // statement holds one command).
+        let cursor = all_values(
+            &b,
+            "BEGIN; DECLARE cur CURSOR FOR SELECT id FROM customers WHERE name = 'Zebulon Quixote'; \
+             SELECT statement FROM pg_cursors; COMMIT",
+        )
+        .await;
+        assert!(
+            cursor
+                .iter()
+                .any(|v| v.contains("DECLARE cur CURSOR FOR SELECT id FROM customers WHERE name = '[masked]'")),
+            "{cursor:?}"
+        );
+        seen.extend(cursor);
         let mut wire = Vec::new();
         for conn in captured.lock().unwrap().iter().skip(from) {
             wire.extend_from_slice(&conn.lock().unwrap());
