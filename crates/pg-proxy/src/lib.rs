@@ -340,6 +340,25 @@ impl ProxyInner {
         }
     }
 
+    /// Whether `profile` masks any column of the target's database (`true` when the columns
+    /// cannot be listed).
+    pub(crate) async fn masks_any_column(&self, target: &str, profile: Option<&str>) -> bool {
+        let every = self.all_columns(target).await;
+        if every.iter().any(|c| c == "?.*") {
+            return true;
+        }
+        let fields: Vec<gatehouse_core::FieldDesc> = every
+            .iter()
+            .map(|s| gatehouse_core::FieldDesc {
+                name: s.rsplit('.').next().unwrap_or(s).to_string(),
+                sources: vec![s.clone()],
+                kind: gatehouse_core::FieldKind::Text,
+            })
+            .collect();
+        let plan = self.pipeline.masker.plan(&fields, profile);
+        (0..fields.len()).any(|i| plan.masks_whole(i))
+    }
+
     /// Whether any of `functions` is defined outside `pg_catalog` (a lookup failure counts as
     /// yes).
     pub(crate) async fn user_functions(&self, target: &str, functions: &[String]) -> bool {

@@ -1243,11 +1243,34 @@ impl Frontend {
             .pipeline
             .masker
             .plan(&fields, decision.masking_profile.as_deref());
-        let masked = (0..fields.len()).find(|&i| plan.masks_whole(i))?;
-        let column = sources.get(masked).cloned().unwrap_or_default();
+        if let Some(masked) = (0..fields.len()).find(|&i| plan.masks_whole(i)) {
+            let column = sources.get(masked).cloned().unwrap_or_default();
+            return Some(Decision::deny(
+                "masked-column-copy",
+                format!(
+                    "the statement would copy masked column {column} out of the masking boundary"
+                ),
+            ));
+        }
+        // Other sessions' statements carry literals of masked columns; COPY rows and a table
+        // filled from them are not masked per column as a result column of theirs is (see
+        // `ShapePlan::mask_as_statement_text`).
+        let text = sources
+            .iter()
+            .find(|s| crate::rowmask::is_statement_text_source(s))?;
+        if !self
+            .proxy
+            .masks_any_column(&self.ctx.target.name, decision.masking_profile.as_deref())
+            .await
+        {
+            return None;
+        }
         Some(Decision::deny(
             "masked-column-copy",
-            format!("the statement would copy masked column {column} out of the masking boundary"),
+            format!(
+                "the statement would copy statement text ({text}), which can hold values of \
+                 masked columns, out of the masking boundary"
+            ),
         ))
     }
 

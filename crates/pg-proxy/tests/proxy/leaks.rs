@@ -40,6 +40,7 @@ CREATE VIEW v_sub AS SELECT s.id, s.k FROM (SELECT id, reverse(card_number) AS k
 CREATE VIEW v_union AS SELECT id, card_number AS u FROM customers
     UNION ALL SELECT id, reverse(card_number) FROM customers;
 CREATE MATERIALIZED VIEW m_cards AS SELECT id, card_number, reverse(card_number) AS rc FROM customers;
+CREATE VIEW v_activity AS SELECT pid, query AS q FROM pg_stat_activity;
 ";
 
 /// Every value that must never be seen: the masked columns, and the PII inside `note` that
@@ -1187,12 +1188,6 @@ async fn other_sessions_statements_come_back_with_their_literals_masked() {
         let gw = gateway_masking(false, &["email", "card_number", "phone", "name"]).await;
         let (port, captured) = tap(gw.port).await;
         let setup = connect_driver(port).await;
-        setup
-            .simple_query(
-                "CREATE VIEW v_activity AS SELECT pid, query AS q FROM pg_stat_activity",
-            )
-            .await
-            .unwrap();
         // Session A: simple query, a raw name and a comment; then it stays idle.
         let a = connect_driver(port).await;
         a.simple_query(
@@ -1267,6 +1262,37 @@ async fn other_sessions_statements_come_back_with_their_literals_masked() {
             "{cursor:?}"
         );
         seen.extend(cursor);
+        // COPY out of the same columns (psql: text rows are not masked per column).
+        let copies: Vec<&'static str> = vec![
+            "COPY (SELECT query FROM pg_stat_activity) TO STDOUT",
+            "COPY (SELECT a.query, a.pid FROM pg_stat_activity a) TO STDOUT WITH (FORMAT csv)",
+            "COPY (SELECT substr(query, 1, 500) FROM pg_stat_activity) TO STDOUT",
+            "COPY (SELECT q FROM v_activity) TO STDOUT",
+            "COPY (SELECT c FROM customers c) TO STDOUT",
+        ];
+        let psql_out = tokio::task::spawn_blocking(move || run_psql(port, &copies))
+            .await
+            .unwrap();
+        let printed = String::from_utf8_lossy(&psql_out).into_owned();
+        assert_eq!(
+            printed.matches("masked-column-copy").count(),
+            5,
+            "each COPY is refused: {printed}"
+        );
+        seen.push(printed);
+        // Nor can the text be copied into a table of its own and read back from there.
+        for sql in [
+            "CREATE TABLE act_copy AS SELECT query FROM pg_stat_activity",
+            "INSERT INTO plain SELECT 99, query FROM pg_stat_activity",
+            "SELECT query INTO act_copy2 FROM pg_stat_activity",
+        ] {
+            let err = b.simple_query(sql).await.unwrap_err();
+            let message = err.as_db_error().map(|e| e.message().to_string());
+            assert!(
+                message.as_deref().is_some_and(|m| m.contains("masked-column-copy")),
+                "{sql}: {err:?}"
+            );
+        }
         let mut wire = Vec::new();
         for conn in captured.lock().unwrap().iter().skip(from) {
             wire.extend_from_slice(&conn.lock().unwrap());
