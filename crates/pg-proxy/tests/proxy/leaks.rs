@@ -1285,6 +1285,7 @@ async fn other_sessions_statements_come_back_with_their_literals_masked() {
             "CREATE TABLE act_copy AS SELECT query FROM pg_stat_activity",
             "INSERT INTO plain SELECT 99, query FROM pg_stat_activity",
             "SELECT query INTO act_copy2 FROM pg_stat_activity",
+            "CREATE VIEW act_view AS SELECT query FROM pg_stat_activity",
         ] {
             let err = b.simple_query(sql).await.unwrap_err();
             let message = err.as_db_error().map(|e| e.message().to_string());
