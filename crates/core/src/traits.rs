@@ -147,6 +147,15 @@ pub trait Masker: Send + Sync {
 
     /// A stream masker owned by one stream (an ssh channel, an exec stream, an HTTP body).
     fn stream(&self, context: &StreamContext) -> Box<dyn StreamMasker>;
+
+    /// Whether `profile` has rules that mask by column (or JSON path) rather than by content
+    /// alone: then a value no detector recognises (a name) is still masked data, and SQL text
+    /// that can carry such values (recorded statements, other sessions' statements) is recorded
+    /// and shown with its literals masked. Defaults to `true` (fail closed).
+    fn masks_columns(&self, profile: Option<&str>) -> bool {
+        let _ = profile;
+        true
+    }
 }
 
 /// A per-result-shape masking plan.

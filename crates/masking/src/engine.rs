@@ -108,4 +108,8 @@ impl Masker for MaskingEngine {
             Box::new(self.text_stream(profile, context.field.clone()))
         }
     }
+
+    fn masks_columns(&self, profile: Option<&str>) -> bool {
+        self.profile(profile).masks_columns()
+    }
 }

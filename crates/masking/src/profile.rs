@@ -286,6 +286,12 @@ impl MaskingProfile {
         &self.name
     }
 
+    /// Whether this profile has column or JSON-path rules (see
+    /// [`gatehouse_core::Masker::masks_columns`]).
+    pub fn masks_columns(&self) -> bool {
+        !self.columns.is_empty() || !self.json_paths.is_empty()
+    }
+
     /// Whether a built-in detector is on in this profile.
     pub fn detector_enabled(&self, d: Detector) -> bool {
         self.scanner.is_on(d)

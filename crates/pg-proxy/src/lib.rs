@@ -65,6 +65,31 @@ pub use statements::{
 };
 pub use upstream::{AsyncStream, BoxStream};
 
+/// What stands for SQL text whose literals cannot be found (it cannot be lexed) where its
+/// constants must be masked: recorded statements, other sessions' statements.
+pub(crate) const WITHHELD_STATEMENT: &str =
+    "[statement text withheld: its literals cannot be located]";
+
+/// SQL text with its constants and comments masked ([`gatehouse_sql::mask_constants`]), or
+/// [`WITHHELD_STATEMENT`]. The text is read under both values of `standard_conforming_strings`
+/// (the setting of the session that wrote it is not known here: another session's, or one that
+/// changed it): where the two readings put a literal's end in different places (`'a\' b'`),
+/// no reading can be trusted and the text is withheld.
+pub(crate) fn statement_text_masked(text: &str) -> String {
+    let on = gatehouse_core::SqlSessionSettings::default();
+    let off = gatehouse_core::SqlSessionSettings {
+        standard_conforming_strings: !on.standard_conforming_strings,
+        ..on.clone()
+    };
+    match (
+        gatehouse_sql::mask_constants(text, &on),
+        gatehouse_sql::mask_constants(text, &off),
+    ) {
+        (Some(a), Some(b)) if a == b => a,
+        _ => WITHHELD_STATEMENT.to_string(),
+    }
+}
+
 /// A PostgreSQL listener's shared state.
 pub(crate) struct ProxyInner {
     pub(crate) config: Arc<PgProxyConfig>,
@@ -93,6 +118,12 @@ impl ProxyInner {
     /// `INSERT … VALUES ('4111 1111 1111 1111')`) is recorded masked while the statement's
     /// structure stays readable. A binary parameter (recorded as `\x` hex) is decoded first; one
     /// in which anything matched is recorded as `[masked]`.
+    ///
+    /// Under a profile with column rules ([`gatehouse_core::Masker::masks_columns`]) a value no
+    /// detector recognises is masked data too (`WHERE name = 'Alice Smith'` with `name` masked):
+    /// every constant and comment of the text is recorded as a placeholder
+    /// ([`gatehouse_sql::mask_constants`]; a text that cannot be lexed is recorded as
+    /// [`WITHHELD_STATEMENT`]) and every bound parameter as `[masked]`.
     pub(crate) fn recorded_operation(
         &self,
         op: &gatehouse_core::SqlOperation,
@@ -100,7 +131,12 @@ impl ProxyInner {
     ) -> gatehouse_core::SqlOperation {
         let mut out = op.clone();
         out.text = self.recorded_text(&op.text, profile);
+        let by_column = self.pipeline.masker.masks_columns(profile);
         for p in out.parameters.iter_mut().flatten() {
+            if by_column {
+                *p = "[masked]".to_string();
+                continue;
+            }
             let hex = p.strip_prefix("\\x").and_then(|h| {
                 h.as_bytes()
                     .chunks(2)
@@ -119,9 +155,16 @@ impl ProxyInner {
         out
     }
 
-    /// Statement text as recorded: through the profile's detectors (see
-    /// [`ProxyInner::recorded_operation`]).
+    /// Statement text as recorded (see [`ProxyInner::recorded_operation`]): under a profile with
+    /// column rules its constants masked, then through the profile's detectors.
     pub(crate) fn recorded_text(&self, text: &str, profile: Option<&str>) -> String {
+        let constants_masked;
+        let text = if self.pipeline.masker.masks_columns(profile) {
+            constants_masked = statement_text_masked(text);
+            constants_masked.as_str()
+        } else {
+            text
+        };
         match self.mask_text(text.as_bytes(), profile) {
             Some(m) => String::from_utf8_lossy(&m).into_owned(),
             None => text.to_string(),
@@ -295,6 +338,25 @@ impl ProxyInner {
             },
             None => Arc::new(Vec::new()),
         }
+    }
+
+    /// Whether `profile` masks any column of the target's database (`true` when the columns
+    /// cannot be listed).
+    pub(crate) async fn masks_any_column(&self, target: &str, profile: Option<&str>) -> bool {
+        let every = self.all_columns(target).await;
+        if every.iter().any(|c| c == "?.*") {
+            return true;
+        }
+        let fields: Vec<gatehouse_core::FieldDesc> = every
+            .iter()
+            .map(|s| gatehouse_core::FieldDesc {
+                name: s.rsplit('.').next().unwrap_or(s).to_string(),
+                sources: vec![s.clone()],
+                kind: gatehouse_core::FieldKind::Text,
+            })
+            .collect();
+        let plan = self.pipeline.masker.plan(&fields, profile);
+        (0..fields.len()).any(|i| plan.masks_whole(i))
     }
 
     /// Whether any of `functions` is defined outside `pg_catalog` (a lookup failure counts as

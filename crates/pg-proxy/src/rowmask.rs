@@ -24,7 +24,8 @@ struct ColumnPlan {
     /// Binary format (else text).
     binary: bool,
     type_oid: u32,
-    /// An expression, not a plain column reference (no table OID in RowDescription): when its
+    /// An expression or a whole-row reference, not a plain column reference (see
+    /// [`ColumnDesc::is_catalog_column`]): when its
     /// lineage reaches a masked column, the whole value is replaced by a constant, whatever
     /// the rule's strategy (a partial or keyed-hash form of `reverse(card)` or `substr(email,
     /// i, 1)` would reveal what the rule hides).
@@ -33,6 +34,8 @@ struct ColumnPlan {
     whole: bool,
     /// Masked whole by the caller ([`ShapePlan::withhold`]): always NULL.
     forced: bool,
+    /// SQL text of other sessions ([`ShapePlan::mask_as_statement_text`]).
+    sql_text: bool,
 }
 
 /// Per-shape masking plan.
@@ -201,9 +204,10 @@ impl ShapePlan {
             .map(|(i, c)| ColumnPlan {
                 binary: c.format != 0,
                 type_oid: c.type_oid,
-                derived: c.table_oid == 0,
+                derived: !c.is_catalog_column(),
                 whole: plan.masks_whole(i),
                 forced: false,
+                sql_text: false,
             })
             .collect();
         Self {
@@ -223,6 +227,17 @@ impl ShapePlan {
             c.whole = true;
             c.derived = true;
             c.forced = true;
+        }
+    }
+
+    /// Masks column `index` as SQL text (a statement another session ran, as
+    /// `pg_stat_activity.query` shows it): its constants and comments become placeholders
+    /// ([`crate::statement_text_masked`]; a text that cannot be lexed is withheld), then the
+    /// detectors read what is left. Such a text can carry literals of masked columns
+    /// (`WHERE name = 'Alice Smith'`) that no detector recognises.
+    pub fn mask_as_statement_text(&mut self, index: usize) {
+        if let Some(c) = self.columns.get_mut(index) {
+            c.sql_text = true;
         }
     }
 
@@ -288,6 +303,8 @@ impl ShapePlan {
             let kind = self.kinds.get(i).copied().unwrap_or(FieldKind::NonText);
             let outcome = if col.whole && col.derived {
                 self.mask_derived(i, col, kind, v, &mut scratch.buf, findings)
+            } else if col.sql_text {
+                self.mask_statement_text(i, col, kind, v, &mut scratch.buf, findings)
             } else if col.binary {
                 match self.mask_binary(i, col, v, &mut scratch.buf, findings)? {
                     Some(o) => o,
@@ -373,6 +390,47 @@ impl ShapePlan {
             MaskOutcome::Masked => MaskOutcome::Masked,
             _ => MaskOutcome::MustNull,
         }
+    }
+
+    /// A statement's text (see [`ShapePlan::mask_as_statement_text`]). A value that is not
+    /// plain text in its format is dropped.
+    fn mask_statement_text(
+        &self,
+        i: usize,
+        col: ColumnPlan,
+        kind: FieldKind,
+        value: &[u8],
+        buf: &mut Vec<u8>,
+        findings: &mut Vec<Finding>,
+    ) -> MaskOutcome {
+        let plain_text = kind == FieldKind::Text
+            && if col.binary {
+                builtin_form(col.type_oid) == Some(TypeForm::Text) && col.type_oid != XML
+            } else {
+                !is_array_type(col.type_oid)
+            };
+        if !plain_text {
+            let _ = self.plan.apply(i, value, buf, findings);
+            return MaskOutcome::MustNull;
+        }
+        let masked = match std::str::from_utf8(value) {
+            Ok(text) => crate::statement_text_masked(text),
+            Err(_) => crate::WITHHELD_STATEMENT.to_string(),
+        };
+        let mut detected = Vec::new();
+        let masked = match self
+            .plan
+            .apply(i, masked.as_bytes(), &mut detected, findings)
+        {
+            MaskOutcome::Unchanged => masked.into_bytes(),
+            MaskOutcome::Masked => detected,
+            _ => return MaskOutcome::MustNull,
+        };
+        if masked == value {
+            return MaskOutcome::Unchanged;
+        }
+        *buf = masked;
+        MaskOutcome::Masked
     }
 
     /// A binary value: every leaf that can carry data is checked as text; textual leaves are
@@ -469,6 +527,21 @@ impl ShapePlan {
             _ => Some(b"****".to_vec()),
         }
     }
+}
+
+/// Catalog columns that hold the text of statements other sessions ran (or this one prepared):
+/// their literals can be values of masked columns. Each `schema.table.column`, as the catalog
+/// names a column's sources; `pg_stat_statements` is an extension installed in any schema.
+const STATEMENT_TEXT_COLUMNS: &[&str] = &[
+    "pg_catalog.pg_stat_activity.query",
+    "pg_catalog.pg_prepared_statements.statement",
+    "pg_catalog.pg_cursors.statement",
+];
+
+/// Whether the catalog source `name` is a column of statement text (see
+/// [`ShapePlan::mask_as_statement_text`]).
+pub(crate) fn is_statement_text_source(name: &str) -> bool {
+    STATEMENT_TEXT_COLUMNS.contains(&name) || name.ends_with(".pg_stat_statements.query")
 }
 
 const BYTEA: u32 = 17;

@@ -1243,11 +1243,34 @@ impl Frontend {
             .pipeline
             .masker
             .plan(&fields, decision.masking_profile.as_deref());
-        let masked = (0..fields.len()).find(|&i| plan.masks_whole(i))?;
-        let column = sources.get(masked).cloned().unwrap_or_default();
+        if let Some(masked) = (0..fields.len()).find(|&i| plan.masks_whole(i)) {
+            let column = sources.get(masked).cloned().unwrap_or_default();
+            return Some(Decision::deny(
+                "masked-column-copy",
+                format!(
+                    "the statement would copy masked column {column} out of the masking boundary"
+                ),
+            ));
+        }
+        // Other sessions' statements carry literals of masked columns; COPY rows and a table
+        // filled from them are not masked per column as a result column of theirs is (see
+        // `ShapePlan::mask_as_statement_text`).
+        let text = sources
+            .iter()
+            .find(|s| crate::rowmask::is_statement_text_source(s))?;
+        if !self
+            .proxy
+            .masks_any_column(&self.ctx.target.name, decision.masking_profile.as_deref())
+            .await
+        {
+            return None;
+        }
         Some(Decision::deny(
             "masked-column-copy",
-            format!("the statement would copy masked column {column} out of the masking boundary"),
+            format!(
+                "the statement would copy statement text ({text}), which can hold values of \
+                 masked columns, out of the masking boundary"
+            ),
         ))
     }
 
@@ -3165,10 +3188,10 @@ impl Backend {
         // run by name, a cursor, a function running a query of its own) may derive from any
         // column: it is masked whole when any column of the database is.
         let mut withhold = Vec::new();
-        if untraced && columns.iter().any(|c| c.table_oid == 0) {
+        if untraced && columns.iter().any(|c| !c.is_catalog_column()) {
             let masked = self.masked_columns(profile.as_deref()).await;
             for (i, col) in columns.iter().enumerate() {
-                if col.table_oid != 0 {
+                if col.is_catalog_column() {
                     continue;
                 }
                 match (&masked, sources.get_mut(i)) {
@@ -3178,12 +3201,13 @@ impl Backend {
                 }
             }
         }
-        // Expression columns (no table OID) take their sources from SQL lineage: `lower(email)`,
+        // Expression columns (no table OID) and whole-row references take their sources from
+        // SQL lineage: `lower(email)`,
         // concatenations, CTE outputs, `row_to_json(t)`… Direct columns are exact from the catalog.
         if let Some(lineage) = &lineage {
             let tables = ctx.map(|c| c.tables.clone()).unwrap_or_default();
             for (i, col) in columns.iter().enumerate() {
-                if col.table_oid != 0 {
+                if col.is_catalog_column() {
                     continue;
                 }
                 let names: Vec<String> = match lineage {
@@ -3235,6 +3259,37 @@ impl Backend {
                 }
             }
         }
+        // Statements of other sessions (`pg_stat_activity.query`, …) carry their literals,
+        // values of masked columns among them: while any column is masked, such a column is
+        // shown with its constants masked, and anything computed from one (an expression, a
+        // view's column, a whole row) is withheld.
+        let mut statement_text = Vec::new();
+        if sources
+            .iter()
+            .flatten()
+            .any(|s| crate::rowmask::is_statement_text_source(s))
+        {
+            let masked = self.masked_columns(profile.as_deref()).await;
+            if !masked.is_some_and(|m| m.is_empty()) {
+                for (i, (col, s)) in columns.iter().zip(&sources).enumerate() {
+                    if !s
+                        .iter()
+                        .any(|n| crate::rowmask::is_statement_text_source(n))
+                    {
+                        continue;
+                    }
+                    // A column's own name comes first among its catalog sources.
+                    let direct = col.is_catalog_column()
+                        && s.first()
+                            .is_some_and(|n| crate::rowmask::is_statement_text_source(n));
+                    if direct {
+                        statement_text.push(i);
+                    } else {
+                        withhold.push(i);
+                    }
+                }
+            }
+        }
         let binary_types: Vec<u32> = columns
             .iter()
             .filter(|c| c.format != 0)
@@ -3258,6 +3313,9 @@ impl Backend {
         .in_encoding(self.shared.codec());
         for i in withhold {
             plan.withhold(i);
+        }
+        for i in statement_text {
+            plan.mask_as_statement_text(i);
         }
         // View columns computed by an expression of the view are masked whole, like the
         // client's own expressions.
@@ -3827,6 +3885,12 @@ const SQL_TEXT_FUNCTIONS: &[&str] = &[
     "current_setting",
     "dblink",
     "dblink_exec",
+    // Statements other sessions ran (the functions behind `pg_stat_activity` and the like).
+    "pg_stat_get_activity",
+    "pg_stat_get_backend_activity",
+    "pg_stat_statements",
+    "pg_prepared_statement",
+    "pg_cursor",
 ];
 
 /// What a notification payload or a free-text setting shows in place of a withheld value.

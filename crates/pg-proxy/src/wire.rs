@@ -126,6 +126,16 @@ pub struct ColumnDesc {
     pub format: i16,
 }
 
+impl ColumnDesc {
+    /// Whether the column is a stored (or view) column passed through as it is, which the
+    /// catalog traces; `false` for an expression and for a whole-row reference (`SELECT t FROM
+    /// t`: the table's OID with attribute number 0), whose origin the statement's lineage
+    /// gives.
+    pub fn is_catalog_column(&self) -> bool {
+        self.table_oid != 0 && self.attnum != 0
+    }
+}
+
 /// Parses a RowDescription body.
 pub fn parse_row_description(body: Bytes) -> Result<Vec<ColumnDesc>, FrameError> {
     let mut r = BodyReader::new(body, "RowDescription");

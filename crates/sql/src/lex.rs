@@ -167,6 +167,48 @@ pub(crate) fn shape(
     Some((shaped, spans))
 }
 
+/// `text` with every constant written as a placeholder: quoted, bit and dollar-quoted strings
+/// as `'[masked]'` (a prefix such as `E` or `X` kept), numbers as `[masked]`, comments as
+/// `/*[masked]*/`; keywords, identifiers, operators and `$n` parameters as written. `None` when
+/// the text cannot be split or one of its statements cannot be read with certainty (where a
+/// literal ends is then not known).
+pub(crate) fn mask_constants(text: &str, settings: &SqlSessionSettings) -> Option<String> {
+    if !encoding_is_ascii_safe(&settings.client_encoding) || text.contains('\0') {
+        return None;
+    }
+    let mut lexer = Lexer {
+        text,
+        bytes: text.as_bytes(),
+        pos: 0,
+        scs: settings.standard_conforming_strings,
+        out: Vec::new(),
+        current: StatementBuilder::new(0),
+        zeroed: Vec::new(),
+        constants: Vec::new(),
+    };
+    lexer.run().ok()?;
+    if lexer.out.iter().any(|p| p.problem.is_some()) {
+        return None;
+    }
+    let mut masked = String::with_capacity(text.len());
+    let mut at = 0;
+    for (range, what) in &lexer.constants {
+        // Ranges come in text order and never overlap; anything else is a lexer fault.
+        if range.start < at {
+            return None;
+        }
+        masked.push_str(text.get(at..range.start)?);
+        masked.push_str(match what {
+            Constant::String => "'[masked]'",
+            Constant::Number => "[masked]",
+            Constant::Comment => "/*[masked]*/",
+        });
+        at = range.end;
+    }
+    masked.push_str(text.get(at..)?);
+    Some(masked)
+}
+
 type Lexed = (Vec<LexedStatement>, Vec<Range<usize>>);
 
 /// [`split`], plus the ranges of the integer literals written as `0`, in order.
@@ -200,6 +242,7 @@ fn lex(
         out: Vec::new(),
         current: StatementBuilder::new(0),
         zeroed: Vec::new(),
+        constants: Vec::new(),
     };
     match lexer.run() {
         Ok(()) => {
@@ -294,6 +337,19 @@ struct Lexer<'a> {
     current: StatementBuilder,
     /// Ranges of the integer literals written as `0`.
     zeroed: Vec<Range<usize>>,
+    /// Ranges of every constant and comment, in text order (see [`mask_constants`]).
+    constants: Vec<(Range<usize>, Constant)>,
+}
+
+/// What a range of [`Lexer::constants`] holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Constant {
+    /// A quoted string (any prefix), a bit string or a dollar-quoted string.
+    String,
+    /// A numeric literal.
+    Number,
+    /// A `--` or `/* */` comment.
+    Comment,
 }
 
 /// How a quoted literal treats backslashes.
@@ -427,12 +483,14 @@ impl<'a> Lexer<'a> {
     }
 
     fn line_comment(&mut self) {
+        let start = self.pos;
         while let Some(b) = self.peek(0) {
             if b == b'\n' || b == b'\r' {
                 break;
             }
             self.pos += 1;
         }
+        self.constants.push((start..self.pos, Constant::Comment));
         self.current.rewritten.push(' ');
     }
 
@@ -456,6 +514,7 @@ impl<'a> Lexer<'a> {
                 }
             }
         }
+        self.constants.push((start..self.pos, Constant::Comment));
         self.current.rewritten.push(' ');
         Ok(())
     }
@@ -481,6 +540,7 @@ impl<'a> Lexer<'a> {
                         self.pos = next_quote + 1;
                         continue;
                     }
+                    self.constants.push((start..self.pos, Constant::String));
                     break;
                 }
                 b'\\' if style == QuoteStyle::Escape => {
@@ -728,6 +788,7 @@ impl<'a> Lexer<'a> {
         };
         let body = self.slice(body_start..body_start + rel_end).to_string();
         self.pos = body_start + rel_end + delimiter.len();
+        self.constants.push((start..self.pos, Constant::String));
         // PostgreSQL ends the delimiter scan greedily; `$a$b` right after the closing delimiter
         // would be read as an identifier continuation by some readers.
         self.emit_literal(&body, QuoteStyle::Standard);
@@ -752,6 +813,7 @@ impl<'a> Lexer<'a> {
             );
         }
         self.current.non_word();
+        self.constants.push((start..self.pos, Constant::Number));
         let raw = self.slice(start..self.pos);
         if raw.len() <= MAX_ZEROED_INTEGER
             && raw.bytes().all(|b| b.is_ascii_digit())
@@ -951,5 +1013,37 @@ mod tests {
         assert!(!encoding_is_ascii_safe("big5"));
         assert!(!encoding_is_ascii_safe("GBK"));
         assert!(!encoding_is_ascii_safe("whatever"));
+    }
+
+    #[test]
+    fn mask_constants_hides_every_literal_and_comment() {
+        let on = scs(true);
+        let m = |t: &str| mask_constants(t, &on);
+        assert_eq!(
+            m("INSERT INTO c(name, n) VALUES ('Alice Smith', 42), (E'B\\'ob', 1.5e3)").as_deref(),
+            Some("INSERT INTO c(name, n) VALUES ('[masked]', [masked]), (E'[masked]', [masked])")
+        );
+        assert_eq!(
+            m("SELECT $q$Alice$q$, $$x$$, X'ff', U&'d\\0061t' /* Alice */ -- Smith\n, $1")
+                .as_deref(),
+            Some(
+                "SELECT '[masked]', '[masked]', X'[masked]', U&'[masked]' /*[masked]*/ /*[masked]*/\n, $1"
+            )
+        );
+        // A literal continued across a newline is one literal.
+        assert_eq!(
+            m("SELECT 'Ali'\n'ce' AS \"col\"").as_deref(),
+            Some("SELECT '[masked]' AS \"col\"")
+        );
+        // Under standard_conforming_strings = off the backslash keeps the literal open.
+        assert_eq!(
+            mask_constants(r"SELECT 'it\'s Alice'", &scs(false)).as_deref(),
+            Some("SELECT '[masked]'")
+        );
+        // Where a literal ends is not known: nothing.
+        assert_eq!(m("SELECT 'Alice"), None);
+        assert_eq!(m("SELECT $$Alice"), None);
+        assert_eq!(m("SELECT 1 /* Alice"), None);
+        assert_eq!(m(r"SELECT 'it\'s Alice'"), None);
     }
 }

@@ -118,6 +118,27 @@ pub fn shape(text: &str, settings: &SqlSessionSettings) -> Option<Shape> {
     lex::shape(text, settings).map(|(text, spans)| Shape { text, spans })
 }
 
+/// `text` with every constant and comment written as a placeholder, for a record or a view of
+/// SQL text that must not show the values it carries: quoted, bit and dollar-quoted strings
+/// become `'[masked]'` (a prefix such as `E` kept), numbers `[masked]`, comments
+/// `/*[masked]*/`; keywords, identifiers, operators and `$n` parameters stay as written.
+/// `None` when the text cannot be split or one of its statements cannot be read with certainty
+/// (where a literal ends is then not known): a caller withholds such a text whole.
+///
+/// ```
+/// use gatehouse_core::SqlSessionSettings;
+/// let s = SqlSessionSettings::default();
+/// assert_eq!(
+///     gatehouse_sql::mask_constants("SELECT * FROM t WHERE name = 'Alice' AND id = 7 -- hi", &s)
+///         .as_deref(),
+///     Some("SELECT * FROM t WHERE name = '[masked]' AND id = [masked] /*[masked]*/"),
+/// );
+/// assert_eq!(gatehouse_sql::mask_constants("SELECT 'unterminated", &s), None);
+/// ```
+pub fn mask_constants(text: &str, settings: &SqlSessionSettings) -> Option<String> {
+    lex::mask_constants(text, settings)
+}
+
 /// For a text that is one `COPY … TO STDOUT`, a query with the same output columns (to be
 /// described, never run), and whether its format is binary: see the binary COPY masking in
 /// gatehouse-pg.

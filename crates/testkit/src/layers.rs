@@ -626,6 +626,10 @@ impl Masker for LiteralMasker {
         })
     }
 
+    fn masks_columns(&self, _profile: Option<&str>) -> bool {
+        !self.columns.is_empty()
+    }
+
     fn stream(&self, _context: &StreamContext) -> Box<dyn StreamMasker> {
         Box::new(LiteralStream {
             masker: self.clone(),

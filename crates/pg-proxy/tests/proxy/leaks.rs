@@ -40,6 +40,7 @@ CREATE VIEW v_sub AS SELECT s.id, s.k FROM (SELECT id, reverse(card_number) AS k
 CREATE VIEW v_union AS SELECT id, card_number AS u FROM customers
     UNION ALL SELECT id, reverse(card_number) FROM customers;
 CREATE MATERIALIZED VIEW m_cards AS SELECT id, card_number, reverse(card_number) AS rc FROM customers;
+CREATE VIEW v_activity AS SELECT pid, query AS q FROM pg_stat_activity;
 ";
 
 /// Every value that must never be seen: the masked columns, and the PII inside `note` that
@@ -669,6 +670,11 @@ async fn gateway() -> Gateway {
 
 /// The gateway, connecting upstream as a superuser when `superuser`.
 async fn gateway_as(superuser: bool) -> Gateway {
+    gateway_masking(superuser, &["email", "card_number", "phone"]).await
+}
+
+/// The gateway with column rules (partial strategy) for `columns`.
+async fn gateway_masking(superuser: bool, columns: &[&str]) -> Gateway {
     let cluster = PgCluster::shared();
     let role = format!("gh_leaks_{}", std::process::id());
     let password = format!("{CANARY_PREFIX}leaks-{}", std::process::id());
@@ -687,9 +693,9 @@ async fn gateway_as(superuser: bool) -> Gateway {
     // The quickstart's rules: bare column names, which must match the catalog's qualified
     // sources.
     let mut pii = gatehouse_masking::ProfileConfig::default();
-    for pattern in ["email", "card_number", "phone"] {
+    for pattern in columns {
         pii.columns.push(gatehouse_masking::ColumnRule {
-            pattern: pattern.into(),
+            pattern: (*pattern).into(),
             strategy: Some(gatehouse_masking::Strategy::Partial),
         });
     }
@@ -1106,6 +1112,297 @@ async fn large_object_pages_are_withheld_from_a_superuser_gateway() {
             .await
             .unwrap();
         assert_eq!(row.get::<_, String>(0), "harmless");
+    })
+    .await;
+}
+
+/// The names of the test data: masked by a column rule only (no detector recognises a name).
+const NAMES: &[&str] = &["zebulon", "quixote", "yolanda", "xerxes"];
+
+/// The names (lowercased, also reversed) found in `bytes`.
+fn names_in(bytes: &[u8]) -> Vec<&'static str> {
+    let hay = bytes.to_ascii_lowercase();
+    NAMES
+        .iter()
+        .filter(|n| {
+            let rev: Vec<u8> = n.bytes().rev().collect();
+            memchr::memmem::find(&hay, n.as_bytes()).is_some()
+                || memchr::memmem::find(&hay, &rev).is_some()
+        })
+        .copied()
+        .collect()
+}
+
+async fn connect_driver(port: u16) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={port} user=agent dbname=app password={TOKEN} connect_timeout=10"
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+/// Every value of every row, as text: simple query (text format) and prepared (binary format;
+/// text columns decoded, other types skipped).
+async fn all_values(client: &tokio_postgres::Client, sql: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    match client.simple_query(sql).await {
+        Ok(msgs) => {
+            for m in msgs {
+                if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+                    out.extend((0..r.len()).filter_map(|i| r.get(i).map(str::to_string)));
+                }
+            }
+        }
+        Err(e) => out.push(format!("error: {e}")),
+    }
+    match client.query(sql, &[]).await {
+        Ok(rows) => {
+            for row in rows {
+                for (i, c) in row.columns().iter().enumerate() {
+                    if *c.type_() == tokio_postgres::types::Type::TEXT {
+                        out.extend(row.get::<_, Option<String>>(i));
+                    }
+                }
+            }
+        }
+        Err(e) => out.push(format!("error: {e}")),
+    }
+    out
+}
+
+/// Another session's statement text, as `pg_stat_activity` shows it (its last statement stays
+/// there while it is idle), carries the literals it was written with: a name compared with the
+/// masked `name` column, which no detector recognises. Read by a second session through the
+/// gateway — the column itself, through a join, a view, expressions, a whole row, the
+/// functions behind the view — in text and binary format, no byte carries the name; the column
+/// itself still shows the statement, its literals masked. The session's own cursor
+/// (`pg_cursors.statement`) likewise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_sessions_statements_come_back_with_their_literals_masked() {
+    gatehouse_testkit::within(Duration::from_secs(180), async {
+        let gw = gateway_masking(false, &["email", "card_number", "phone", "name"]).await;
+        let (port, captured) = tap(gw.port).await;
+        let setup = connect_driver(port).await;
+        // Session A: simple query, a raw name and a comment; then it stays idle.
+        let a = connect_driver(port).await;
+        a.simple_query(
+            "SELECT id FROM customers WHERE name = 'Zebulon Quixote' /* Yolanda Xerxes */",
+        )
+        .await
+        .unwrap();
+        // Session A2 through psql's extended-protocol-free path would show the same; a third
+        // session prepares a statement with the name inline (extended protocol).
+        let a2 = connect_driver(port).await;
+        a2.query("SELECT id FROM customers WHERE name IN ('Yolanda Xerxes')", &[])
+            .await
+            .unwrap();
+        let b = connect_driver(port).await;
+        let from = captured.lock().unwrap().len();
+        let mut seen = Vec::new();
+        // The column itself: the statement, its literal masked.
+        let direct = all_values(
+            &b,
+            "SELECT query FROM pg_stat_activity WHERE pid <> pg_backend_pid()",
+        )
+        .await;
+        assert!(
+            direct
+                .iter()
+                .filter(|q| q.contains("FROM customers WHERE name = '[masked]' /*[masked]*/"))
+                .count()
+                == 2,
+            "session A's statement is shown masked in text and binary format: {direct:?}"
+        );
+        assert!(
+            direct
+                .iter()
+                .any(|q| q.contains("FROM customers WHERE name IN ('[masked]')")),
+            "{direct:?}"
+        );
+        seen.extend(direct);
+        for sql in [
+            "SELECT a.query, a.pid FROM pg_catalog.pg_stat_activity a JOIN pg_database d ON d.oid = a.datid",
+            "SELECT * FROM pg_stat_activity",
+            "SELECT substr(query, 1, 200) FROM pg_stat_activity",
+            "SELECT query || '' FROM pg_stat_activity",
+            "SELECT reverse(query) FROM pg_stat_activity",
+            "SELECT string_agg(query, ',') FROM pg_stat_activity",
+            "SELECT row_to_json(a) FROM pg_stat_activity a",
+            "SELECT a FROM pg_stat_activity a",
+            "SELECT q FROM v_activity",
+            "WITH x AS (SELECT query FROM pg_stat_activity) SELECT query FROM x",
+            "SELECT query FROM pg_stat_get_activity(NULL)",
+            "SELECT pg_stat_get_backend_activity(s) FROM pg_stat_get_backend_idset() s",
+            "SELECT statement FROM pg_prepared_statements",
+            // A whole-row reference carries its table's OID (attribute 0): its lineage, not
+            // the catalog, says what it holds.
+            "SELECT c FROM customers c",
+            "SELECT customers FROM customers",
+        ] {
+            let values = all_values(&b, sql).await;
+            seen.extend(values);
+        }
+        // This session's own cursor, as pg_cursors shows it (text format only: a prepared
+        // statement holds one command).
+        let cursor = all_values(
+            &b,
+            "BEGIN; DECLARE cur CURSOR FOR SELECT id FROM customers WHERE name = 'Zebulon Quixote'; \
+             SELECT statement FROM pg_cursors; COMMIT",
+        )
+        .await;
+        assert!(
+            cursor
+                .iter()
+                .any(|v| v.contains("DECLARE cur CURSOR FOR SELECT id FROM customers WHERE name = '[masked]'")),
+            "{cursor:?}"
+        );
+        seen.extend(cursor);
+        // COPY out of the same columns (psql: text rows are not masked per column).
+        let copies: Vec<&'static str> = vec![
+            "COPY (SELECT query FROM pg_stat_activity) TO STDOUT",
+            "COPY (SELECT a.query, a.pid FROM pg_stat_activity a) TO STDOUT WITH (FORMAT csv)",
+            "COPY (SELECT substr(query, 1, 500) FROM pg_stat_activity) TO STDOUT",
+            "COPY (SELECT q FROM v_activity) TO STDOUT",
+            "COPY (SELECT c FROM customers c) TO STDOUT",
+        ];
+        let psql_out = tokio::task::spawn_blocking(move || run_psql(port, &copies))
+            .await
+            .unwrap();
+        let printed = String::from_utf8_lossy(&psql_out).into_owned();
+        assert_eq!(
+            printed.matches("masked-column-copy").count(),
+            5,
+            "each COPY is refused: {printed}"
+        );
+        seen.push(printed);
+        // Nor can the text be copied into a table of its own and read back from there.
+        for sql in [
+            "CREATE TABLE act_copy AS SELECT query FROM pg_stat_activity",
+            "INSERT INTO plain SELECT 99, query FROM pg_stat_activity",
+            "SELECT query INTO act_copy2 FROM pg_stat_activity",
+            "CREATE VIEW act_view AS SELECT query FROM pg_stat_activity",
+        ] {
+            let err = b.simple_query(sql).await.unwrap_err();
+            let message = err.as_db_error().map(|e| e.message().to_string());
+            assert!(
+                message.as_deref().is_some_and(|m| m.contains("masked-column-copy")),
+                "{sql}: {err:?}"
+            );
+        }
+        let mut wire = Vec::new();
+        for conn in captured.lock().unwrap().iter().skip(from) {
+            wire.extend_from_slice(&conn.lock().unwrap());
+        }
+        let leaked: Vec<&str> = names_in(&wire)
+            .into_iter()
+            .chain(names_in(seen.join("\n").as_bytes()))
+            .collect();
+        assert!(
+            leaked.is_empty(),
+            "another session's literal reached the client: {leaked:?}\n{seen:?}"
+        );
+        drop((a, a2, setup));
+    })
+    .await;
+}
+
+/// Literals that only a column rule protects (a name compared with, or written into, the
+/// masked `name` column: no detector recognises it) are recorded masked in the audit log and
+/// the session recordings, whatever the client and protocol: every constant of a statement is
+/// recorded as a placeholder under a profile with column rules, and every bound parameter as
+/// `[masked]`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn literals_of_masked_columns_are_recorded_masked() {
+    gatehouse_testkit::within(Duration::from_secs(180), async {
+        let gw = gateway_masking(false, &["email", "card_number", "phone", "name"]).await;
+        let statements: &[&str] = &[
+            "SELECT id FROM customers WHERE name = 'Zebulon Quixote'",
+            "SELECT id FROM customers WHERE name IN ('Yolanda Xerxes', 'nobody')",
+            "SELECT id FROM customers c WHERE c.name LIKE E'Zebulon%' /* Yolanda Xerxes */",
+            "INSERT INTO customers (id, name) VALUES (90, 'Zebulon Quixote the Second')",
+            "UPDATE customers SET name = $n$Yolanda Xerxes$n$ WHERE id = 90",
+            "DELETE FROM customers WHERE name = 'Yolanda Xerxes' AND id = 90",
+            "SELECT id FROM v_customers WHERE id IN (SELECT id FROM customers WHERE name = 'Zebulon Quixote')",
+            // EXECUTE's arguments are recorded as the execution's parameters.
+            "PREPARE pn(text) AS SELECT id FROM customers WHERE name = $1; \
+             EXECUTE pn('Yolanda Xerxes'); DEALLOCATE pn",
+        ];
+        let port = gw.port;
+        let list = statements.to_vec();
+        let psql_out = tokio::task::spawn_blocking(move || run_psql(port, &list))
+            .await
+            .unwrap();
+        assert!(
+            !String::from_utf8_lossy(&psql_out).contains("ERROR"),
+            "{}",
+            String::from_utf8_lossy(&psql_out)
+        );
+        run_binary_driver(gw.port, statements).await;
+        run_raw(gw.port, statements, true).await;
+        // Bound parameters (extended protocol, binary and text).
+        let client = connect_driver(gw.port).await;
+        let rows = client
+            .query(
+                "SELECT id FROM customers WHERE name = $1",
+                &[&"Zebulon Quixote"],
+            )
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1, "the parameter reached PostgreSQL unmasked");
+        client
+            .query(
+                "SELECT id FROM customers WHERE name = $1::text OR id = $2",
+                &[&"Yolanda Xerxes", &7i32],
+            )
+            .await
+            .unwrap();
+        // A statement prepared in SQL, run with a protocol Bind: each execution is decided
+        // (and recorded) at Bind with its bound values (text format here), whatever the
+        // execution's outcome.
+        let mut raw = RawClient::connect(gw.port).await;
+        assert!(
+            raw.simple("PREPARE pb(text) AS SELECT id FROM customers WHERE name = $1")
+                .await
+        );
+        let mut bind = b"\0pb\0".to_vec();
+        bind.extend_from_slice(&[0, 0, 0, 1]);
+        let value = b"Zebulon Quixote";
+        bind.extend_from_slice(&(value.len() as i32).to_be_bytes());
+        bind.extend_from_slice(value);
+        bind.extend_from_slice(&[0, 0]);
+        raw.send(b'B', &bind).await;
+        raw.send(b'D', b"P\0").await;
+        raw.send(b'E', &[0, 0, 0, 0, 0]).await;
+        raw.send(b'S', &[]).await;
+        let _ = raw.until_ready().await;
+        // A refused-by-the-gateway or unreadable statement is recorded too.
+        let _ = client
+            .simple_query("SELECT 'Zebulon Quixote' $$ unterminated")
+            .await;
+        let dump = gw.tp.recorder.dump();
+        std::fs::write("/tmp/h23dump.txt", &dump).unwrap();
+        std::fs::write("/tmp/h23dump.txt", &dump).unwrap();
+        let leaked = names_in(dump.as_bytes());
+        assert!(leaked.is_empty(), "recorded raw: {leaked:?}");
+        // The statements are still recorded, their structure readable.
+        assert!(
+            dump.contains("SELECT id FROM customers WHERE name = '[masked]'"),
+            "{dump}"
+        );
+        assert!(
+            dump.contains("UPDATE customers SET name = '[masked]' WHERE id = [masked]"),
+            "{dump}"
+        );
+        assert!(
+            dump.contains("SELECT id FROM customers WHERE name = $1::text OR id = $2"),
+            "{dump}"
+        );
+        assert!(dump.contains(r#""parameters":["[masked]"]"#), "{dump}");
     })
     .await;
 }
