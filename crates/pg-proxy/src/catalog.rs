@@ -104,7 +104,12 @@ impl Catalog {
     /// A write reaches the relation's inheritance children and partitions, the tables a view
     /// writes through, and tables whose foreign keys cascade from it; it runs their user
     /// triggers, rules, and user functions in defaults, constraints, index expressions and
-    /// row-security policies. A read runs user functions in views and row-security policies.
+    /// row-security policies, and the support functions of user operator classes of their
+    /// indexes. A read runs user functions in views and row-security policies. Both run the
+    /// support code of the types of the relations' columns (followed through domains, arrays,
+    /// ranges, multiranges and composite fields): input, output, binary I/O, typmod, analyze
+    /// and subscript functions, a range's canonical and subtype_diff functions and its subtype
+    /// operator class, and functions in a domain's constraints.
     pub(crate) async fn relation_code(
         &self,
         name: &str,
@@ -150,6 +155,52 @@ impl Catalog {
                JOIN pg_catalog.pg_depend d ON d.classid = o.classid AND d.objid = o.objid \
                AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
                JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid \
+               WHERE NOT (p.oid < 16384 AND p.proowner = 10)), \
+             typs(rel, typ, depth) AS (SELECT a.attrelid, a.atttypid, 0 \
+               FROM writes w JOIN pg_catalog.pg_attribute a ON a.attrelid = w.oid \
+               WHERE a.attnum > 0 AND NOT a.attisdropped AND a.atttypid >= 16384 \
+               UNION SELECT y.rel, x.sub, y.depth + 1 FROM typs y CROSS JOIN LATERAL ( \
+                 SELECT t.typbasetype AS sub FROM pg_catalog.pg_type t WHERE t.oid = y.typ \
+                 UNION ALL SELECT t.typelem FROM pg_catalog.pg_type t WHERE t.oid = y.typ \
+                 UNION ALL SELECT r.rngsubtype FROM pg_catalog.pg_range r \
+                   WHERE r.rngtypid = y.typ \
+                 UNION ALL SELECT r.rngtypid FROM pg_catalog.pg_range r \
+                   WHERE (pg_catalog.to_jsonb(r) ->> 'rngmultitypid')::pg_catalog.oid = y.typ \
+                 UNION ALL SELECT a.atttypid FROM pg_catalog.pg_type t \
+                   JOIN pg_catalog.pg_attribute a ON a.attrelid = t.typrelid \
+                   WHERE t.oid = y.typ AND t.typrelid <> 0 AND a.attnum > 0 \
+                   AND NOT a.attisdropped) x \
+               WHERE x.sub >= 16384 AND y.depth < 8), \
+             typefn(rel, typ, fn) AS ( \
+               SELECT y.rel, y.typ, f.fn FROM typs y \
+                 JOIN pg_catalog.pg_type t ON t.oid = y.typ CROSS JOIN LATERAL pg_catalog.unnest( \
+                   ARRAY[t.typinput::pg_catalog.oid, t.typoutput::pg_catalog.oid, \
+                   t.typreceive::pg_catalog.oid, t.typsend::pg_catalog.oid, \
+                   t.typmodin::pg_catalog.oid, t.typmodout::pg_catalog.oid, \
+                   t.typanalyze::pg_catalog.oid]) f(fn) \
+               UNION ALL SELECT y.rel, y.typ, f.fn FROM typs y \
+                 JOIN pg_catalog.pg_range r ON r.rngtypid = y.typ \
+                 CROSS JOIN LATERAL pg_catalog.unnest(ARRAY[r.rngcanonical::pg_catalog.oid, \
+                   r.rngsubdiff::pg_catalog.oid]) f(fn) \
+               UNION ALL SELECT y.rel, y.typ, ap.amproc FROM typs y \
+                 JOIN pg_catalog.pg_range r ON r.rngtypid = y.typ \
+                 JOIN pg_catalog.pg_opclass oc ON oc.oid = r.rngsubopc \
+                 JOIN pg_catalog.pg_amproc ap ON ap.amprocfamily = oc.opcfamily \
+               UNION ALL SELECT y.rel, y.typ, d.refobjid FROM typs y \
+                 JOIN pg_catalog.pg_depend d \
+                 ON d.classid = 'pg_catalog.pg_type'::pg_catalog.regclass AND d.objid = y.typ \
+                 AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
+               UNION ALL SELECT y.rel, y.typ, d.refobjid FROM typs y \
+                 JOIN pg_catalog.pg_constraint c ON c.contypid = y.typ \
+                 JOIN pg_catalog.pg_depend d \
+                 ON d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass \
+                 AND d.objid = c.oid \
+                 AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass), \
+             usertype(rel, what) AS (SELECT u.rel, 'function ' \
+                 || u.fn::pg_catalog.regprocedure::text || ' (support code of type ' \
+                 || u.typ::pg_catalog.regtype::text || ', of a column of ' \
+                 || u.rel::pg_catalog.regclass::text || ')' \
+               FROM typefn u JOIN pg_catalog.pg_proc p ON p.oid = u.fn \
                WHERE NOT (p.oid < 16384 AND p.proowner = 10)) \
              SELECT COALESCE( \
                (SELECT 'trigger ' || t.tgname || ' on ' || t.tgrelid::pg_catalog.regclass::text \
@@ -160,12 +211,23 @@ impl Catalog {
                  WHERE rw.rulename <> '_RETURN' LIMIT 1), \
                (SELECT 'function ' || u.fn::pg_catalog.regprocedure::text || ' (through ' \
                  || u.rel::pg_catalog.regclass::text || ')' \
-                 FROM writes w JOIN userfn u ON u.rel = w.oid LIMIT 1)), \
-               (SELECT 'function ' || u.fn::pg_catalog.regprocedure::text || ' (through ' \
-                 || u.rel::pg_catalog.regclass::text || ')' \
+                 FROM writes w JOIN userfn u ON u.rel = w.oid LIMIT 1), \
+               (SELECT t.what FROM usertype t LIMIT 1), \
+               (SELECT 'function ' || p.oid::pg_catalog.regprocedure::text \
+                 || ' (operator class ' || oc.opcname || ' of index ' \
+                 || i.indexrelid::pg_catalog.regclass::text || ')' \
+                 FROM writes w JOIN pg_catalog.pg_index i ON i.indrelid = w.oid \
+                 JOIN pg_catalog.pg_opclass oc \
+                 ON oc.oid = ANY (i.indclass::pg_catalog.oid[]) \
+                 JOIN pg_catalog.pg_amproc ap ON ap.amprocfamily = oc.opcfamily \
+                 JOIN pg_catalog.pg_proc p ON p.oid = ap.amproc \
+                 WHERE NOT (p.oid < 16384 AND p.proowner = 10) LIMIT 1)), \
+               COALESCE((SELECT 'function ' || u.fn::pg_catalog.regprocedure::text \
+                 || ' (through ' || u.rel::pg_catalog.regclass::text || ')' \
                  FROM reads r JOIN userfn u ON u.rel = r.oid \
                  WHERE u.classid IN ('pg_catalog.pg_rewrite'::pg_catalog.regclass, \
-                   'pg_catalog.pg_policy'::pg_catalog.regclass) LIMIT 1)"
+                   'pg_catalog.pg_policy'::pg_catalog.regclass) LIMIT 1), \
+               (SELECT t.what FROM reads r JOIN usertype t ON t.rel = r.oid LIMIT 1))"
         );
         let rows = self.run(&sql).await?;
         match rows.into_iter().next().as_deref() {

@@ -112,13 +112,16 @@ pub(crate) struct SessionOpacity {
 /// Most statement texts remembered for [`SessionOpacity::needs_recheck`].
 const DECIDED_MAX: usize = 4096;
 
-const WRITE_KINDS: [StatementKind; 6] = [
+/// Kinds that write a relation, or rebuild its indexes (`VACUUM FULL`, `REINDEX`, `CLUSTER`,
+/// `REFRESH MATERIALIZED VIEW`): what runs on a write runs for them.
+const WRITE_KINDS: [StatementKind; 7] = [
     StatementKind::Insert,
     StatementKind::Update,
     StatementKind::Delete,
     StatementKind::Merge,
     StatementKind::Copy,
     StatementKind::Truncate,
+    StatementKind::Maintenance,
 ];
 
 fn is_opaque(stmt: &gatehouse_sql::StatementInfo) -> bool {

@@ -265,6 +265,13 @@ fn opaque_form(tag: &str, body: &Value) -> Option<String> {
              that later statements run implicitly"
                 .into()
         }
+        // An operator class's support functions run in every index build and index write
+        // on a column of its type (its default class) or that names it.
+        "CreateOpClassStmt" | "CreateOpFamilyStmt" | "AlterOpFamilyStmt" => {
+            "creates or changes an operator class or family: support functions that index \
+             builds and writes run implicitly"
+                .into()
+        }
         "CreatePlangStmt" | "CreateAmStmt" | "CreateFdwStmt" | "AlterFdwStmt" => {
             "defines a language, access method or foreign-data wrapper: handler code that later \
              statements run"

@@ -402,3 +402,71 @@ async fn a_statement_parsed_before_a_trigger_is_created_is_decided_again() {
     })
     .await;
 }
+
+/// Types whose support code is a user's, created directly on the server before the gateway saw
+/// them: a range type with a subtype_diff function (it runs in GiST builds, ANALYZE and
+/// planning), a domain over it in an array, a domain whose check calls a function, and an
+/// index with a user operator class. Each function deletes.
+const USER_TYPES: &str = "
+create function public.span_diff(float8, float8) returns float8 language plpgsql immutable
+  as $$ begin delete from victims; return $1 - $2; end $$;
+create type span as range (subtype = float8, subtype_diff = public.span_diff);
+create domain span_d as span;
+create table spans (id int, r span);
+create table span_lists (id int, rs span_d[]);
+create function public.positive(int) returns bool language plpgsql immutable
+  as $$ begin delete from victims; return $1 > 0; end $$;
+create domain positive_int as int check (public.positive(value));
+create table checked (x positive_int);
+create table plain_ranges (id int, r numrange, t text);
+";
+
+/// Operator classes need a superuser: created as one.
+const USER_OPCLASS: &str = "
+create function public.int_cmp(int, int) returns int language plpgsql immutable
+  as $$ begin delete from victims; return btint4cmp($1, $2); end $$;
+create operator class int_ops_by_user for type int using btree as
+  operator 1 <, operator 2 <=, operator 3 =, operator 4 >=, operator 5 >,
+  function 1 public.int_cmp(int, int);
+create table sorted (x int);
+create index on sorted (x int_ops_by_user);
+grant all on sorted to public;
+";
+
+#[tokio::test]
+async fn columns_of_types_with_user_support_code_are_opaque() {
+    within(T, async {
+        let h = start(options()).await;
+        h.db.psql(&format!("SET ROLE \"{}\"; {USER_TYPES}", h.role))
+            .unwrap();
+        h.db.psql(USER_OPCLASS).unwrap();
+        let c = h.connect().await;
+        let m = refused_as_opaque(&c, "insert into spans values (1, '[1,2]')").await;
+        assert!(m.contains("span_diff"), "{m}");
+        assert!(m.contains("type span"), "{m}");
+        // ANALYZE and a read of the column run it too (an index build as well, but this
+        // policy lets DDL run opaque code).
+        refused_as_opaque(&c, "analyze spans").await;
+        refused_as_opaque(&c, "select r from spans").await;
+        // Through a domain in an array.
+        let m = refused_as_opaque(&c, "insert into span_lists values (1, null)").await;
+        assert!(m.contains("span_diff"), "{m}");
+        // A domain whose check calls user code.
+        let m = refused_as_opaque(&c, "insert into checked values (1)").await;
+        assert!(m.contains("positive(integer)"), "{m}");
+        // An index with a user operator class.
+        let m = refused_as_opaque(&c, "insert into sorted values (1)").await;
+        assert!(m.contains("int_cmp"), "{m}");
+        refused_as_opaque(&c, "reindex table sorted").await;
+        // Built-in range and text columns: allowed.
+        c.simple_query("insert into plain_ranges values (1, '[1,2]', 'a')")
+            .await
+            .unwrap();
+        c.simple_query("select r from plain_ranges").await.unwrap();
+        c.simple_query("create index on plain_ranges using gist (r)")
+            .await
+            .unwrap();
+        assert_eq!(victims(&h), "5");
+    })
+    .await;
+}

@@ -308,6 +308,10 @@ fn opaque_constructs_are_marked_with_a_reason() {
         "ALTER PROCEDURE p() RENAME TO q",
         "ALTER FUNCTION f() SET SCHEMA pg_temp",
         "ALTER ROUTINE f() SET SCHEMA s",
+        // An operator class's support functions run inside index builds and index writes.
+        "CREATE OPERATOR CLASS my_ops FOR TYPE int USING btree AS FUNCTION 1 mycmp(int, int)",
+        "CREATE OPERATOR FAMILY my_fam USING btree",
+        "ALTER OPERATOR FAMILY my_fam USING btree ADD FUNCTION 1 mycmp(int, int)",
     ];
     let mut failures = Vec::new();
     for sql in opaque {
