@@ -99,6 +99,35 @@ impl Catalog {
         }))
     }
 
+    /// Why using the type `name` (as written in a cast or a column definition, matched in every
+    /// schema when unqualified) may run user code: its support functions or those of the
+    /// types it contains (see [`type_code_ctes`]), the first found; `Ok(None)` when it runs
+    /// none. A name no type has is unknown (a type this connection cannot see yet): it is
+    /// reported as such, not taken as harmless.
+    pub(crate) async fn type_code(&self, name: &str) -> Result<Option<String>, PgProxyError> {
+        let whole = sql_literal(name.strip_prefix("pg_temp.").unwrap_or(name))?;
+        let types = type_code_ctes("SELECT 0::pg_catalog.oid, oid FROM named");
+        let sql = format!(
+            "WITH RECURSIVE named AS (SELECT t.oid FROM pg_catalog.pg_type t \
+               JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace \
+               WHERE {whole} IN (t.typname::text, n.nspname || '.' || t.typname, \
+                 pg_catalog.current_database() || '.' || n.nspname || '.' || t.typname)), \
+             {types} \
+             SELECT (SELECT pg_catalog.count(*) FROM named)::text, \
+               (SELECT 'function ' || u.fn::pg_catalog.regprocedure::text \
+                 || ' (support code of type ' || u.typ::pg_catalog.regtype::text || ')' \
+                 FROM usertype u LIMIT 1)"
+        );
+        let rows = self.run(&sql).await?;
+        match rows.into_iter().next().as_deref() {
+            Some([Some(count), _]) if count == "0" => Ok(Some(format!(
+                "type {name} is not in the catalog the gateway reads"
+            ))),
+            Some([Some(_), why]) => Ok(why.clone()),
+            _ => Err(PgProxyError::Gateway("type lookup returned no row".into())),
+        }
+    }
+
     /// What user code runs when the relation `name` (as written; matched in every schema when
     /// unqualified) is written and when it is read: `(write, read)`, each the first found.
     /// A write reaches the relation's inheritance children and partitions, the tables a view
@@ -115,6 +144,11 @@ impl Catalog {
         name: &str,
     ) -> Result<(Option<String>, Option<String>), PgProxyError> {
         let whole = sql_literal(name.strip_prefix("pg_temp.").unwrap_or(name))?;
+        let types = type_code_ctes(
+            "SELECT a.attrelid, a.atttypid FROM writes w \
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = w.oid \
+             WHERE a.attnum > 0 AND NOT a.attisdropped",
+        );
         let sql = format!(
             "WITH RECURSIVE \
              start AS (SELECT c.oid FROM pg_catalog.pg_class c \
@@ -156,52 +190,7 @@ impl Catalog {
                AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
                JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid \
                WHERE NOT (p.oid < 16384 AND p.proowner = 10)), \
-             typs(rel, typ, depth) AS (SELECT a.attrelid, a.atttypid, 0 \
-               FROM writes w JOIN pg_catalog.pg_attribute a ON a.attrelid = w.oid \
-               WHERE a.attnum > 0 AND NOT a.attisdropped AND a.atttypid >= 16384 \
-               UNION SELECT y.rel, x.sub, y.depth + 1 FROM typs y CROSS JOIN LATERAL ( \
-                 SELECT t.typbasetype AS sub FROM pg_catalog.pg_type t WHERE t.oid = y.typ \
-                 UNION ALL SELECT t.typelem FROM pg_catalog.pg_type t WHERE t.oid = y.typ \
-                 UNION ALL SELECT r.rngsubtype FROM pg_catalog.pg_range r \
-                   WHERE r.rngtypid = y.typ \
-                 UNION ALL SELECT r.rngtypid FROM pg_catalog.pg_range r \
-                   WHERE (pg_catalog.to_jsonb(r) ->> 'rngmultitypid')::pg_catalog.oid = y.typ \
-                 UNION ALL SELECT a.atttypid FROM pg_catalog.pg_type t \
-                   JOIN pg_catalog.pg_attribute a ON a.attrelid = t.typrelid \
-                   WHERE t.oid = y.typ AND t.typrelid <> 0 AND a.attnum > 0 \
-                   AND NOT a.attisdropped) x \
-               WHERE x.sub >= 16384 AND y.depth < 8), \
-             typefn(rel, typ, fn) AS ( \
-               SELECT y.rel, y.typ, f.fn FROM typs y \
-                 JOIN pg_catalog.pg_type t ON t.oid = y.typ CROSS JOIN LATERAL pg_catalog.unnest( \
-                   ARRAY[t.typinput::pg_catalog.oid, t.typoutput::pg_catalog.oid, \
-                   t.typreceive::pg_catalog.oid, t.typsend::pg_catalog.oid, \
-                   t.typmodin::pg_catalog.oid, t.typmodout::pg_catalog.oid, \
-                   t.typanalyze::pg_catalog.oid]) f(fn) \
-               UNION ALL SELECT y.rel, y.typ, f.fn FROM typs y \
-                 JOIN pg_catalog.pg_range r ON r.rngtypid = y.typ \
-                 CROSS JOIN LATERAL pg_catalog.unnest(ARRAY[r.rngcanonical::pg_catalog.oid, \
-                   r.rngsubdiff::pg_catalog.oid]) f(fn) \
-               UNION ALL SELECT y.rel, y.typ, ap.amproc FROM typs y \
-                 JOIN pg_catalog.pg_range r ON r.rngtypid = y.typ \
-                 JOIN pg_catalog.pg_opclass oc ON oc.oid = r.rngsubopc \
-                 JOIN pg_catalog.pg_amproc ap ON ap.amprocfamily = oc.opcfamily \
-               UNION ALL SELECT y.rel, y.typ, d.refobjid FROM typs y \
-                 JOIN pg_catalog.pg_depend d \
-                 ON d.classid = 'pg_catalog.pg_type'::pg_catalog.regclass AND d.objid = y.typ \
-                 AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
-               UNION ALL SELECT y.rel, y.typ, d.refobjid FROM typs y \
-                 JOIN pg_catalog.pg_constraint c ON c.contypid = y.typ \
-                 JOIN pg_catalog.pg_depend d \
-                 ON d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass \
-                 AND d.objid = c.oid \
-                 AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass), \
-             usertype(rel, what) AS (SELECT u.rel, 'function ' \
-                 || u.fn::pg_catalog.regprocedure::text || ' (support code of type ' \
-                 || u.typ::pg_catalog.regtype::text || ', of a column of ' \
-                 || u.rel::pg_catalog.regclass::text || ')' \
-               FROM typefn u JOIN pg_catalog.pg_proc p ON p.oid = u.fn \
-               WHERE NOT (p.oid < 16384 AND p.proowner = 10)) \
+             {types} \
              SELECT COALESCE( \
                (SELECT 'trigger ' || t.tgname || ' on ' || t.tgrelid::pg_catalog.regclass::text \
                  FROM writes w JOIN pg_catalog.pg_trigger t ON t.tgrelid = w.oid \
@@ -212,7 +201,7 @@ impl Catalog {
                (SELECT 'function ' || u.fn::pg_catalog.regprocedure::text || ' (through ' \
                  || u.rel::pg_catalog.regclass::text || ')' \
                  FROM writes w JOIN userfn u ON u.rel = w.oid LIMIT 1), \
-               (SELECT t.what FROM usertype t LIMIT 1), \
+               (SELECT {TYPE_REASON} FROM usertype u LIMIT 1), \
                (SELECT 'function ' || p.oid::pg_catalog.regprocedure::text \
                  || ' (operator class ' || oc.opcname || ' of index ' \
                  || i.indexrelid::pg_catalog.regclass::text || ')' \
@@ -227,7 +216,7 @@ impl Catalog {
                  FROM reads r JOIN userfn u ON u.rel = r.oid \
                  WHERE u.classid IN ('pg_catalog.pg_rewrite'::pg_catalog.regclass, \
                    'pg_catalog.pg_policy'::pg_catalog.regclass) LIMIT 1), \
-               (SELECT t.what FROM reads r JOIN usertype t ON t.rel = r.oid LIMIT 1))"
+               (SELECT {TYPE_REASON} FROM reads r JOIN usertype u ON u.rel = r.oid LIMIT 1))"
         );
         let rows = self.run(&sql).await?;
         match rows.into_iter().next().as_deref() {
@@ -604,6 +593,64 @@ impl Catalog {
         }
         Ok(out)
     }
+}
+
+/// Why a row of `usertype u` runs user code, as SQL text.
+const TYPE_REASON: &str = "'function ' || u.fn::pg_catalog.regprocedure::text \
+    || ' (support code of type ' || u.typ::pg_catalog.regtype::text || ', of a column of ' \
+    || u.rel::pg_catalog.regclass::text || ')'";
+
+/// CTEs `typs(rel, typ, depth)` (the types `start` lists as `(rel, typ)`, then the types they
+/// contain: a domain's base, an array's element, a range's subtype, a multirange's range, a
+/// composite's fields; only types created after the cluster) and `usertype(rel, typ, fn)`
+/// (their support functions that are not built-ins: input, output, binary I/O, typmod,
+/// analyze, subscript — through `pg_depend` and the `pg_type` columns —, a range's canonical
+/// and subtype_diff functions and its subtype operator class, and functions in domain checks).
+fn type_code_ctes(start: &str) -> String {
+    format!(
+        "typs(rel, typ, depth) AS (SELECT s.rel, s.typ, 0 FROM ({start}) s(rel, typ) \
+           WHERE s.typ >= 16384 \
+           UNION SELECT y.rel, x.sub, y.depth + 1 FROM typs y CROSS JOIN LATERAL ( \
+             SELECT t.typbasetype AS sub FROM pg_catalog.pg_type t WHERE t.oid = y.typ \
+             UNION ALL SELECT t.typelem FROM pg_catalog.pg_type t WHERE t.oid = y.typ \
+             UNION ALL SELECT r.rngsubtype FROM pg_catalog.pg_range r \
+               WHERE r.rngtypid = y.typ \
+             UNION ALL SELECT r.rngtypid FROM pg_catalog.pg_range r \
+               WHERE (pg_catalog.to_jsonb(r) ->> 'rngmultitypid')::pg_catalog.oid = y.typ \
+             UNION ALL SELECT a.atttypid FROM pg_catalog.pg_type t \
+               JOIN pg_catalog.pg_attribute a ON a.attrelid = t.typrelid \
+               WHERE t.oid = y.typ AND t.typrelid <> 0 AND a.attnum > 0 \
+               AND NOT a.attisdropped) x \
+           WHERE x.sub >= 16384 AND y.depth < 8), \
+         typefn(rel, typ, fn) AS ( \
+           SELECT y.rel, y.typ, f.fn FROM typs y \
+             JOIN pg_catalog.pg_type t ON t.oid = y.typ CROSS JOIN LATERAL pg_catalog.unnest( \
+               ARRAY[t.typinput::pg_catalog.oid, t.typoutput::pg_catalog.oid, \
+               t.typreceive::pg_catalog.oid, t.typsend::pg_catalog.oid, \
+               t.typmodin::pg_catalog.oid, t.typmodout::pg_catalog.oid, \
+               t.typanalyze::pg_catalog.oid]) f(fn) \
+           UNION ALL SELECT y.rel, y.typ, f.fn FROM typs y \
+             JOIN pg_catalog.pg_range r ON r.rngtypid = y.typ \
+             CROSS JOIN LATERAL pg_catalog.unnest(ARRAY[r.rngcanonical::pg_catalog.oid, \
+               r.rngsubdiff::pg_catalog.oid]) f(fn) \
+           UNION ALL SELECT y.rel, y.typ, ap.amproc FROM typs y \
+             JOIN pg_catalog.pg_range r ON r.rngtypid = y.typ \
+             JOIN pg_catalog.pg_opclass oc ON oc.oid = r.rngsubopc \
+             JOIN pg_catalog.pg_amproc ap ON ap.amprocfamily = oc.opcfamily \
+           UNION ALL SELECT y.rel, y.typ, d.refobjid FROM typs y \
+             JOIN pg_catalog.pg_depend d \
+             ON d.classid = 'pg_catalog.pg_type'::pg_catalog.regclass AND d.objid = y.typ \
+             AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
+           UNION ALL SELECT y.rel, y.typ, d.refobjid FROM typs y \
+             JOIN pg_catalog.pg_constraint c ON c.contypid = y.typ \
+             JOIN pg_catalog.pg_depend d \
+             ON d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass \
+             AND d.objid = c.oid \
+             AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass), \
+         usertype(rel, typ, fn) AS (SELECT u.rel, u.typ, u.fn \
+           FROM typefn u JOIN pg_catalog.pg_proc p ON p.oid = u.fn \
+           WHERE NOT (p.oid < 16384 AND p.proowner = 10))"
+    )
 }
 
 /// `text` as a string literal that reads the same whatever `standard_conforming_strings` is

@@ -60,7 +60,7 @@ mod pg;
 mod tree;
 
 pub use classify::{Classification, Risk, StatementInfo, StatementKind, classify};
-pub use lineage::{Catalog, Lineage, NoCatalog, OutputColumn, Source, lineage};
+pub use lineage::{Catalog, Lineage, NoCatalog, OutputColumn, Source, copied_sources, lineage};
 pub use tree::{OPAQUE_SETTINGS, is_safe_function};
 
 /// A text up to the values of its integer literals: see [`shape`].

@@ -470,3 +470,186 @@ async fn columns_of_types_with_user_support_code_are_opaque() {
     })
     .await;
 }
+
+/// No rule for opaque DDL: whatever the gateway cannot see into is refused, DDL included.
+const STRICT: &str = r#"
+version = 1
+
+[defaults]
+default = "allow"
+opaque = "deny"
+"#;
+
+fn strict() -> Options {
+    Options {
+        policy: Arc::new(
+            gatehouse_policy::CompiledPolicy::from_toml(STRICT, "policy.toml").unwrap(),
+        ),
+        setup_sql: SETUP,
+        ..Options::default()
+    }
+}
+
+/// `nextval`/`setval` resolve to the built-ins: a known effect (the sequence advances), not
+/// opaque, in VALUES, in a SELECT and in a column default; a user's function of that name
+/// anywhere makes them opaque again.
+#[tokio::test]
+async fn sequence_functions_are_not_opaque_unless_shadowed() {
+    within(T, async {
+        let h = start(strict()).await;
+        h.db.psql(&format!(
+            "SET ROLE \"{}\"; create sequence ids_seq; create table ids (id int, x int);",
+            h.role
+        ))
+        .unwrap();
+        let c = h.connect().await;
+        c.simple_query("insert into ids values (nextval('ids_seq'), 1)")
+            .await
+            .unwrap();
+        c.simple_query("select nextval('ids_seq'), setval('ids_seq', 10)")
+            .await
+            .unwrap();
+        c.simple_query(
+            "create table numbered (id int default nextval('ids_seq'), x int); \
+             insert into numbered (x) values (1)",
+        )
+        .await
+        .unwrap();
+        let n = h.db.psql("select id from numbered").unwrap();
+        assert_eq!(n.trim(), "11");
+        // Extended protocol too.
+        c.execute("insert into ids values (nextval('ids_seq'), $1)", &[&2i32])
+            .await
+            .unwrap();
+        // A sequence name that is not a literal: which sequence is unknown.
+        refused_as_opaque(&c, "select nextval(x::text) from ids").await;
+        // A user's nextval in any schema: the call may reach it.
+        h.db.psql(&format!(
+            "SET ROLE \"{}\"; create function public.nextval(regclass) returns bigint \
+             language plpgsql as $$ begin delete from victims; return 1; end $$;",
+            h.role
+        ))
+        .unwrap();
+        let c = h.connect().await;
+        let m = refused_as_opaque(&c, "insert into ids values (nextval('ids_seq'), 3)").await;
+        assert!(m.contains("public.nextval(regclass)"), "{m}");
+        assert_eq!(victims(&h), "5");
+    })
+    .await;
+}
+
+/// A migration's own tables: DDL that cannot attach code (a table of vetted column types, a
+/// sequence, a btree index, a constant default) does not make its later statements in the same
+/// transaction opaque; DDL that can (a table copying another's defaults, which call user code)
+/// still does, and a column of a type with user support code is opaque at once.
+#[tokio::test]
+async fn a_migration_writes_the_tables_it_just_created() {
+    within(T, async {
+        let h = start(strict()).await;
+        h.db.psql(&format!("SET ROLE \"{}\"; {USER_TYPES}", h.role))
+            .unwrap();
+        let c = h.connect().await;
+        c.simple_query("begin").await.unwrap();
+        c.simple_query(
+            "create table migrated (id serial primary key, name text not null default 'x', \
+               n int check (n > 0), at timestamptz default now())",
+        )
+        .await
+        .unwrap();
+        c.simple_query("insert into migrated (name, n) values ('a', 1)")
+            .await
+            .unwrap();
+        c.simple_query(
+            "create index on migrated (name); create sequence migrated_seq; \
+             alter table migrated add column m int default 0",
+        )
+        .await
+        .unwrap();
+        c.simple_query("update migrated set m = nextval('migrated_seq') where id = 1")
+            .await
+            .unwrap();
+        c.execute("insert into migrated (name, n) values ($1, 2)", &[&"b"])
+            .await
+            .unwrap();
+        c.simple_query("commit").await.unwrap();
+        let n = h.db.psql("select count(*) from migrated").unwrap();
+        assert_eq!(n.trim(), "2");
+        // A table that takes another's defaults may carry user code the gateway cannot see yet.
+        c.simple_query("begin").await.unwrap();
+        c.simple_query("create table copied (like defaults_code including defaults)")
+            .await
+            .unwrap();
+        let m = refused_as_opaque(&c, "insert into copied (id) values (1)").await;
+        assert!(m.contains("has not ended"), "{m}");
+        c.simple_query("rollback").await.unwrap();
+        // A column of a type whose support code is a user's.
+        let m = refused_as_opaque(&c, "create table spans2 (r span)").await;
+        assert!(m.contains("span_diff"), "{m}");
+        // So is a literal of that type, with no table involved.
+        let m = refused_as_opaque(&c, "select '[1,2]'::span").await;
+        assert!(m.contains("span_diff"), "{m}");
+        c.simple_query("select '[1,2]'::numrange, 1::int, 'a'::text")
+            .await
+            .unwrap();
+        assert_eq!(victims(&h), "5");
+    })
+    .await;
+}
+
+/// A statement that copies data (`CREATE VIEW/TABLE … AS`, `SELECT … INTO`, `INSERT … SELECT`)
+/// is refused as `masked-column-copy` only when its query outputs a masked column (through `*`,
+/// a whole row, an expression, a subquery, or its nullness), not when it merely names the
+/// table that has one.
+#[tokio::test]
+async fn copies_count_the_columns_their_query_outputs() {
+    within(T, async {
+        let h = start(Options {
+            masker: gatehouse_testkit::layers::LiteralMasker::new()
+                .column("public.customers.email"),
+            policy: crate::common::keyword_policy(&["drop "], &[], 1000),
+            setup_sql: "create table customers (id int primary key, email text, note text); \
+                        insert into customers values (1, 'ann@example.com', 'n');",
+            ..Options::default()
+        })
+        .await;
+        let c = h.connect().await;
+        for sql in [
+            "create view ids as select id from customers",
+            "create view named as select c.id as n, c.note from customers c where c.email <> ''",
+            "create table ids2 as select id, note from customers where email like '%@%'",
+            "create table ids3 (id int); insert into ids3 select id from customers",
+            "select id into ids4 from customers",
+            "insert into ids3 values (1)",
+        ] {
+            c.simple_query(sql)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+        }
+        for sql in [
+            "create view v1 as select * from customers",
+            "create view v2 as select c.* from customers c",
+            "create view v3 as select row_to_json(c) from customers c",
+            "create view v4 as select id, (select email from customers limit 1) from customers",
+            "create table t5 as select lower(email) as e from customers",
+            "create table t6 as select s.e from (select email as e from customers) s",
+            "insert into ids3 select length(email) from customers",
+            "select email into t7 from customers",
+            "create view v8 as select count(email) from customers",
+            "with x as (select email from customers) insert into ids3 select length(e) from x",
+            "create view v9 as select id from customers union select length(email) from customers",
+        ] {
+            let e = c
+                .simple_query(sql)
+                .await
+                .expect_err(&format!("{sql} must be refused"));
+            let (code, message) = db_error(&e);
+            assert_eq!(code, "42501", "{sql}: {message}");
+            assert!(message.contains("masked-column-copy"), "{sql}: {message}");
+        }
+        let made =
+            h.db.psql("select count(*) from pg_class where relname ~ '^(v|t)[0-9]$'")
+                .unwrap();
+        assert_eq!(made.trim(), "0");
+    })
+    .await;
+}
