@@ -37,6 +37,8 @@ pub(crate) struct Catalog {
     all_columns: Mutex<Option<Arc<Vec<String>>>>,
     /// Function name → defined outside `pg_catalog`.
     user_functions: Mutex<HashMap<String, bool>>,
+    /// Name → whether a schema, relation, column or constraint has it.
+    identifiers: Mutex<HashMap<String, bool>>,
     /// Which view columns are computed by an expression (see [`views`]).
     views: views::ViewCache,
     /// Bumped on every invalidation: plans cached by sessions are dropped when it changes.
@@ -65,6 +67,7 @@ impl Catalog {
             types: Mutex::new(HashMap::new()),
             all_columns: Mutex::new(None),
             user_functions: Mutex::new(HashMap::new()),
+            identifiers: Mutex::new(HashMap::new()),
             views: views::ViewCache::default(),
             generation: std::sync::atomic::AtomicU64::new(0),
             opacity: crate::opacity::TargetOpacity::default(),
@@ -126,6 +129,39 @@ impl Catalog {
             Some([Some(_), why]) => Ok(why.clone()),
             _ => Err(PgProxyError::Gateway("type lookup returned no row".into())),
         }
+    }
+
+    /// Whether `name` is the name of a schema, relation (table, view, index, sequence, …),
+    /// column or constraint in the database: an identifier the catalog holds, not a value.
+    pub(crate) async fn is_identifier(&self, name: &str) -> Result<bool, PgProxyError> {
+        if let Some(known) = self
+            .identifiers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            return Ok(*known);
+        }
+        let lit = sql_literal(name)?;
+        let rows = self
+            .run(&format!(
+                "SELECT (EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = {lit}) \
+                 OR EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE relname = {lit}) \
+                 OR EXISTS (SELECT 1 FROM pg_catalog.pg_attribute \
+                   WHERE attname = {lit} AND attnum > 0) \
+                 OR EXISTS (SELECT 1 FROM pg_catalog.pg_constraint WHERE conname = {lit}))::text"
+            ))
+            .await?;
+        let known = rows
+            .first()
+            .and_then(|r| r.first().cloned().flatten())
+            .is_some_and(|v| v == "true");
+        let mut cache = self.identifiers.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= 4096 {
+            cache.clear();
+        }
+        cache.insert(name.to_string(), known);
+        Ok(known)
     }
 
     /// What user code runs when the relation `name` (as written; matched in every schema when
@@ -318,6 +354,10 @@ impl Catalog {
         self.types.lock().unwrap_or_else(|p| p.into_inner()).clear();
         *self.all_columns.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.user_functions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.identifiers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();

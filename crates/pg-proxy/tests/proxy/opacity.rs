@@ -653,3 +653,67 @@ async fn copies_count_the_columns_their_query_outputs() {
     })
     .await;
 }
+
+/// An integrity-constraint error on a table with a masked column keeps its SQLSTATE, severity
+/// and message when the message names only schemas, relations, columns and constraints of the
+/// database; its detail (the key, the failing row) is withheld. Any other error of such a
+/// statement is withheld whole, as before.
+#[tokio::test]
+async fn constraint_errors_keep_their_names_and_withhold_their_values() {
+    within(T, async {
+        let h = start(Options {
+            masker: gatehouse_testkit::layers::LiteralMasker::new()
+                .column("public.customers.email"),
+            policy: crate::common::keyword_policy(&["drop "], &[], 1000),
+            setup_sql: "create table customers (id int primary key, \
+                          email text not null unique, age int check (age > 0)); \
+                        insert into customers values (1, 'ann@example.com', 30);",
+            ..Options::default()
+        })
+        .await;
+        let c = h.connect().await;
+        for (sql, code, names) in [
+            (
+                "insert into customers values (2, 'ann@example.com', 5)",
+                "23505",
+                &["customers_email_key"][..],
+            ),
+            (
+                "insert into customers values (1, 'bob@example.com', 5)",
+                "23505",
+                &["customers_pkey"][..],
+            ),
+            (
+                "insert into customers (id, age) values (3, 5)",
+                "23502",
+                &["email", "customers"][..],
+            ),
+            (
+                "update customers set age = -1 where email = 'ann@example.com'",
+                "23514",
+                &["customers", "customers_age_check"][..],
+            ),
+        ] {
+            let e = c.simple_query(sql).await.expect_err(sql);
+            let db = e.as_db_error().expect("a server error");
+            assert_eq!(db.code().code(), code, "{sql}");
+            for n in names {
+                assert!(db.message().contains(&format!("\"{n}\"")), "{sql}: {db:?}");
+            }
+            let detail = db.detail().unwrap_or_default();
+            assert!(detail.contains("withholds"), "{sql}: {db:?}");
+            assert!(!format!("{db:?}").contains("ann@"), "{sql}: {db:?}");
+            assert!(!format!("{db:?}").contains("bob@"), "{sql}: {db:?}");
+        }
+        // A cast error carries the value in its message: withheld whole.
+        let e = c
+            .simple_query("select cast(email as int) from customers")
+            .await
+            .expect_err("cast");
+        let db = e.as_db_error().expect("a server error");
+        assert_eq!(db.code().code(), "22P02");
+        assert!(db.message().contains("withholds"), "{db:?}");
+        assert!(!format!("{db:?}").contains("ann@"), "{db:?}");
+    })
+    .await;
+}
