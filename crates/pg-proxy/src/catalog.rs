@@ -131,6 +131,31 @@ impl Catalog {
         }
     }
 
+    /// An operator named `name` (as written: `===`, `schema.===`), in any schema, with any
+    /// argument types, whose function or selectivity estimators are not built-ins (see
+    /// [`Catalog::user_function`]): `operator(args) (function)` of the first found, or `None`.
+    pub(crate) async fn user_operator(&self, name: &str) -> Result<Option<String>, PgProxyError> {
+        let whole = sql_literal(name.strip_prefix("pg_temp.").unwrap_or(name))?;
+        let sql = format!(
+            "SELECT o.oid::pg_catalog.regoperator::text || ' (runs ' \
+               || p.oid::pg_catalog.regprocedure::text || ')' \
+             FROM pg_catalog.pg_operator o \
+             JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace \
+             JOIN pg_catalog.pg_proc p ON p.oid IN (o.oprcode::pg_catalog.oid, \
+               o.oprrest::pg_catalog.oid, o.oprjoin::pg_catalog.oid) \
+             WHERE {whole} IN (o.oprname::text, n.nspname || '.' || o.oprname, \
+               pg_catalog.current_database() || '.' || n.nspname || '.' || o.oprname) \
+             AND NOT (p.oid < 16384 AND p.proowner = 10) LIMIT 1"
+        );
+        let rows = self.run(&sql).await?;
+        Ok(rows.into_iter().next().map(|r| {
+            r.into_iter()
+                .next()
+                .flatten()
+                .unwrap_or_else(|| "an unnamed operator".into())
+        }))
+    }
+
     /// Whether `name` is the name of a schema, relation (table, view, index, sequence, …),
     /// column or constraint in the database: an identifier the catalog holds, not a value.
     pub(crate) async fn is_identifier(&self, name: &str) -> Result<bool, PgProxyError> {

@@ -1,5 +1,6 @@
 //! Catalog opacity: statements whose text the gateway understands but whose effect depends on
-//! code stored in the database — a function a user defined under a built-in's name (`lower`,
+//! code stored in the database — an operator or a type whose functions a user wrote, a
+//! function a user defined under a built-in's name (`lower`,
 //! overloaded by argument type, in `public`, in `pg_temp`), a trigger or rule on a table a
 //! statement writes, a column default, check constraint, index expression or row-security
 //! policy calling user code, a view that calls user code.
@@ -105,6 +106,7 @@ pub(crate) struct SessionOpacity {
     functions: HashMap<String, Option<String>>,
     relations: HashMap<String, RelationCode>,
     types: HashMap<String, Option<String>>,
+    operators: HashMap<String, Option<String>>,
     /// `Some(g)`: the session may have changed stored code; settled once group `g` is answered
     /// outside a transaction block.
     unsettled: Option<(u64, PendingGuard)>,
@@ -140,7 +142,10 @@ const SERIAL_TYPES: [&str; 6] = [
 
 /// Whether the statement names something the catalog must vet.
 fn names_stored_objects(stmt: &gatehouse_sql::StatementInfo) -> bool {
-    !stmt.functions.is_empty() || !stmt.tables.is_empty() || !stmt.types.is_empty()
+    !stmt.functions.is_empty()
+        || !stmt.tables.is_empty()
+        || !stmt.types.is_empty()
+        || !stmt.operators.is_empty()
 }
 
 fn is_opaque(stmt: &gatehouse_sql::StatementInfo) -> bool {
@@ -284,6 +289,7 @@ impl SessionOpacity {
         self.functions.clear();
         self.relations.clear();
         self.types.clear();
+        self.operators.clear();
     }
 
     async fn statement_reason(
@@ -293,6 +299,11 @@ impl SessionOpacity {
     ) -> Option<String> {
         for f in &stmt.functions {
             if let Some(why) = self.function(catalog, f).await {
+                return Some(why);
+            }
+        }
+        for o in &stmt.operators {
+            if let Some(why) = self.operator(catalog, o).await {
                 return Some(why);
             }
         }
@@ -326,6 +337,23 @@ impl SessionOpacity {
             )),
         };
         self.functions.insert(name.to_string(), answer.clone());
+        answer
+    }
+
+    async fn operator(&mut self, catalog: &Catalog, name: &str) -> Option<String> {
+        if let Some(known) = self.operators.get(name) {
+            return known.clone();
+        }
+        let answer = match catalog.user_operator(name).await {
+            Ok(None) => None,
+            Ok(Some(found)) => Some(format!(
+                "operator {name} may be {found}, defined in the database by a user"
+            )),
+            Err(e) => Some(format!(
+                "the catalog lookup of operator {name} failed ({e})"
+            )),
+        };
+        self.operators.insert(name.to_string(), answer.clone());
         answer
     }
 

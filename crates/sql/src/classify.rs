@@ -275,6 +275,13 @@ pub struct StatementInfo {
     /// range's `subtype_diff`, …) run where it is used, so the proxy looks them up.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub types: BTreeSet<String>,
+    /// Operators written in the statement (`=`, `===`, `public.@@` from `OPERATOR(public.@@)`,
+    /// the operator of `x = ANY (subquery)`), qualified as written. An operator runs the
+    /// function behind it (and its selectivity estimators while planning), so the proxy looks
+    /// them up like functions. Operators PostgreSQL picks implicitly (`JOIN … USING`, `CASE x
+    /// WHEN`, sorting) are not listed.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub operators: BTreeSet<String>,
     /// The statement is DDL that cannot attach code for later statements to run: `CREATE
     /// TABLE` (no `INHERITS`, `PARTITION OF`/`BY`, `LIKE`, `OF type`, table access method or
     /// exclusion constraint), `CREATE`/`ALTER SEQUENCE`, `CREATE INDEX` with `btree` or `hash`
@@ -307,6 +314,7 @@ impl StatementInfo {
             unparseable_reason: None,
             opaque_reasons: BTreeSet::new(),
             types: BTreeSet::new(),
+            operators: BTreeSet::new(),
             plain_ddl: false,
             prepared_name: None,
         }

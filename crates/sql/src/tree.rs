@@ -634,6 +634,14 @@ impl Walker<'_> {
         if let Some(why) = opaque_form(tag, body) {
             self.opaque(why);
         }
+        let operator = match tag {
+            "AExpr" => body.get("name"),
+            "SubLink" => body.get("oper_name"),
+            _ => None,
+        };
+        if let Some(name) = operator.and_then(name_list) {
+            self.info.operators.insert(name);
+        }
         match tag {
             "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt" => {
                 self.nested_kind(kind_of(tag, body));

@@ -717,3 +717,29 @@ async fn constraint_errors_keep_their_names_and_withhold_their_values() {
     })
     .await;
 }
+
+/// An operator whose function is a user's, created directly on the server: a statement that
+/// writes it is opaque, in a query or in a constraint a new table would carry.
+#[tokio::test]
+async fn operators_with_user_code_are_opaque() {
+    within(T, async {
+        let h = start(strict()).await;
+        h.db.psql(&format!(
+            "SET ROLE \"{}\"; create function public.wipe_eq(int, int) returns bool \
+             language plpgsql immutable as $$ begin delete from victims; return $1 = $2; end $$; \
+             create operator public.=== (leftarg = int, rightarg = int, function = public.wipe_eq);",
+            h.role
+        ))
+        .unwrap();
+        let c = h.connect().await;
+        let m = refused_as_opaque(&c, "select 1 === 2").await;
+        assert!(m.contains("wipe_eq"), "{m}");
+        refused_as_opaque(&c, "select id from victims where id operator(public.===) 1").await;
+        refused_as_opaque(&c, "create table guarded (n int check (n === 1))").await;
+        c.simple_query("select 1 = 1, 2 > 1, 'a' like 'a%'")
+            .await
+            .unwrap();
+        assert_eq!(victims(&h), "5");
+    })
+    .await;
+}

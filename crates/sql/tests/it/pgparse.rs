@@ -589,3 +589,15 @@ fn plain_ddl_is_told_from_ddl_that_can_attach_code() {
         assert!(!one(sql).plain_ddl, "{sql} is not plain DDL");
     }
 }
+
+/// Operators written in a statement are collected for the catalog lookup.
+#[test]
+fn operators_are_collected() {
+    let info = one("SELECT a === b, c OPERATOR(public.@@) d FROM t \
+         WHERE x = ANY (SELECT y FROM u) AND name LIKE 'a%' AND a > 1");
+    for op in ["===", "public.@@", "=", "~~", ">"] {
+        assert!(info.operators.contains(op), "{op}: {:?}", info.operators);
+    }
+    let info = one("CREATE TABLE t (n int CHECK (n <<< 0))");
+    assert!(info.operators.contains("<<<"), "{:?}", info.operators);
+}
