@@ -193,8 +193,8 @@ impl Catalog {
     /// unqualified) is written and when it is read: `(write, read)`, each the first found.
     /// A write reaches the relation's inheritance children and partitions, the tables a view
     /// writes through, and tables whose foreign keys cascade from it; it runs their user
-    /// triggers, rules, and user functions in defaults, constraints, index expressions and
-    /// row-security policies, and the support functions of user operator classes of their
+    /// triggers, rules, and user functions (called, or behind an operator) in defaults,
+    /// constraints, index expressions and row-security policies, and the support functions of user operator classes of their
     /// indexes. A read runs user functions in views and row-security policies. Both run the
     /// support code of the types of the relations' columns (followed through domains, arrays,
     /// ranges, multiranges and composite fields): input, output, binary I/O, typmod, analyze
@@ -250,6 +250,13 @@ impl Catalog {
                JOIN pg_catalog.pg_depend d ON d.classid = o.classid AND d.objid = o.objid \
                AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
                JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid \
+               WHERE NOT (p.oid < 16384 AND p.proowner = 10) \
+               UNION ALL SELECT o.rel, o.classid, p.oid FROM objs o \
+               JOIN pg_catalog.pg_depend d ON d.classid = o.classid AND d.objid = o.objid \
+               AND d.refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass \
+               JOIN pg_catalog.pg_operator op ON op.oid = d.refobjid \
+               JOIN pg_catalog.pg_proc p ON p.oid IN (op.oprcode::pg_catalog.oid, \
+                 op.oprrest::pg_catalog.oid, op.oprjoin::pg_catalog.oid) \
                WHERE NOT (p.oid < 16384 AND p.proowner = 10)), \
              {types} \
              SELECT COALESCE( \

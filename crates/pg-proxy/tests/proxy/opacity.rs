@@ -719,7 +719,8 @@ async fn constraint_errors_keep_their_names_and_withhold_their_values() {
 }
 
 /// An operator whose function is a user's, created directly on the server: a statement that
-/// writes it is opaque, in a query or in a constraint a new table would carry.
+/// writes it is opaque, in a query or in a constraint a new table would carry, and so is one
+/// that writes a table whose constraint uses it or reads a view that does.
 #[tokio::test]
 async fn operators_with_user_code_are_opaque() {
     within(T, async {
@@ -727,7 +728,9 @@ async fn operators_with_user_code_are_opaque() {
         h.db.psql(&format!(
             "SET ROLE \"{}\"; create function public.wipe_eq(int, int) returns bool \
              language plpgsql immutable as $$ begin delete from victims; return $1 = $2; end $$; \
-             create operator public.=== (leftarg = int, rightarg = int, function = public.wipe_eq);",
+             create operator public.=== (leftarg = int, rightarg = int, function = public.wipe_eq); \
+             create table guarded_before (n int check (n === 1)); \
+             create view compares as select id === 1 as one from victims;",
             h.role
         ))
         .unwrap();
@@ -736,6 +739,11 @@ async fn operators_with_user_code_are_opaque() {
         assert!(m.contains("wipe_eq"), "{m}");
         refused_as_opaque(&c, "select id from victims where id operator(public.===) 1").await;
         refused_as_opaque(&c, "create table guarded (n int check (n === 1))").await;
+        // Stored in a constraint or a view before the gateway saw them.
+        let m = refused_as_opaque(&c, "insert into guarded_before values (1)").await;
+        assert!(m.contains("wipe_eq"), "{m}");
+        let m = refused_as_opaque(&c, "select * from compares").await;
+        assert!(m.contains("wipe_eq"), "{m}");
         c.simple_query("select 1 = 1, 2 > 1, 'a' like 'a%'")
             .await
             .unwrap();
