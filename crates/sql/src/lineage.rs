@@ -196,7 +196,11 @@ pub fn copied_sources(
         Statement::CreateView(view) => &view.query,
         Statement::CreateTable(table) => table.query.as_deref()?,
         Statement::Insert(insert) => {
-            if insert.on.is_some() {
+            // `ON CONFLICT DO NOTHING` copies nothing more; an update on conflict may copy
+            // the target's own columns (`SET note = t.email`): not traced here.
+            let nothing = matches!(&insert.on, Some(sqlparser::ast::OnInsert::OnConflict(c))
+                if c.action == sqlparser::ast::OnConflictAction::DoNothing);
+            if insert.on.is_some() && !nothing {
                 return None;
             }
             insert.source.as_deref()?

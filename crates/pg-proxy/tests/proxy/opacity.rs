@@ -620,6 +620,11 @@ async fn copies_count_the_columns_their_query_outputs() {
             "create table ids3 (id int); insert into ids3 select id from customers",
             "select id into ids4 from customers",
             "insert into ids3 values (1)",
+            // A sequence is a table of the statement; its value is no masked column.
+            "create sequence n_seq; \
+             insert into customers values (nextval('n_seq') + 10, 'x@example.com', 'n') \
+             on conflict (id) do nothing",
+            "insert into customers values (nextval('n_seq') + 10, 'y@example.com', 'n')",
         ] {
             c.simple_query(sql)
                 .await
