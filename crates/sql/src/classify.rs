@@ -286,7 +286,8 @@ pub struct StatementInfo {
     /// TABLE` (no `INHERITS`, `PARTITION OF`/`BY`, `LIKE`, `OF type`, table access method or
     /// exclusion constraint), `CREATE`/`ALTER SEQUENCE`, `CREATE INDEX` with `btree` or `hash`
     /// on columns or expressions without a named operator class, `ALTER TABLE` adding or
-    /// dropping columns, defaults, `NOT NULL` and non-exclusion constraints. Code can still
+    /// dropping columns, defaults, `NOT NULL` and non-exclusion constraints (but no foreign
+    /// key that cascades, sets null or sets a default into the existing table). Code can still
     /// come from what it names: functions in its expressions and the types of its columns
     /// (see `functions` and `types`), which the caller must vet.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -441,15 +441,31 @@ fn items<'v>(v: &'v Value, key: &str) -> impl Iterator<Item = &'v Value> {
     v.get(key).and_then(Value::as_array).into_iter().flatten()
 }
 
-fn plain_constraint(c: &Value) -> bool {
-    matches!(tagged(c), Some(("Constraint", body))
-        if !is(i(body, "contype"), ConstrType::ConstrExclusion))
+/// A constraint that runs no code but built-ins and the expressions it holds: not an exclusion
+/// constraint (operator classes), and — on a table that already exists (`existing`), whose
+/// triggers a cascade would fire where the side connection sees no foreign key yet — no
+/// foreign key that cascades, sets null or sets a default.
+fn plain_constraint(c: &Value, existing: bool) -> bool {
+    let Some(("Constraint", body)) = tagged(c) else {
+        return false;
+    };
+    let contype = i(body, "contype");
+    if is(contype, ConstrType::ConstrExclusion) {
+        return false;
+    }
+    if existing && is(contype, ConstrType::ConstrForeign) {
+        let quiet = |action: &str| matches!(action, "" | "a" | "r");
+        return quiet(s(body, "fk_upd_action")) && quiet(s(body, "fk_del_action"));
+    }
+    true
 }
 
-fn plain_column(c: &Value) -> bool {
+fn plain_column(c: &Value, existing: bool) -> bool {
     match tagged(c) {
-        Some(("ColumnDef", body)) => items(body, "constraints").all(plain_constraint),
-        Some(("Constraint", _)) => plain_constraint(c),
+        Some(("ColumnDef", body)) => {
+            items(body, "constraints").all(|k| plain_constraint(k, existing))
+        }
+        Some(("Constraint", _)) => plain_constraint(c, existing),
         _ => false,
     }
 }
@@ -467,8 +483,8 @@ fn plain_ddl(stmt: &Value) -> bool {
                 && !present(body, "of_typename")
                 && items(body, "inh_relations").next().is_none()
                 && matches!(s(body, "access_method"), "" | "heap")
-                && items(body, "table_elts").all(plain_column)
-                && items(body, "constraints").all(plain_constraint)
+                && items(body, "table_elts").all(|c| plain_column(c, false))
+                && items(body, "constraints").all(|c| plain_constraint(c, false))
         }
         "IndexStmt" => {
             matches!(s(body, "access_method"), "" | "btree" | "hash")
@@ -496,7 +512,7 @@ fn plain_ddl(stmt: &Value) -> bool {
                     } else if is(sub, AlterTableType::AtAddColumn)
                         || is(sub, AlterTableType::AtAddConstraint)
                     {
-                        def.is_some_and(plain_column)
+                        def.is_some_and(|d| plain_column(d, true))
                     } else {
                         false
                     }

@@ -582,6 +582,26 @@ async fn a_migration_writes_the_tables_it_just_created() {
         let m = refused_as_opaque(&c, "insert into copied (id) values (1)").await;
         assert!(m.contains("has not ended"), "{m}");
         c.simple_query("rollback").await.unwrap();
+        // A cascading foreign key added to a table with a trigger: a delete on the referenced
+        // table would now fire it, which the catalog connection cannot see yet.
+        h.db.psql(&format!(
+            "SET ROLE \"{}\"; create table roots (id int primary key); \
+             insert into roots values (1); create table leaves (pid int); \
+             insert into leaves values (1); \
+             create trigger wipe_on_leaf before delete on leaves \
+               for each row execute function public.on_update();",
+            h.role
+        ))
+        .unwrap();
+        c.simple_query("begin").await.unwrap();
+        c.simple_query(
+            "alter table leaves add foreign key (pid) references roots on delete cascade",
+        )
+        .await
+        .unwrap();
+        let m = refused_as_opaque(&c, "delete from roots").await;
+        assert!(m.contains("has not ended"), "{m}");
+        c.simple_query("rollback").await.unwrap();
         // A column of a type whose support code is a user's.
         let m = refused_as_opaque(&c, "create table spans2 (r span)").await;
         assert!(m.contains("span_diff"), "{m}");

@@ -564,6 +564,9 @@ fn plain_ddl_is_told_from_ddl_that_can_attach_code() {
         "ALTER TABLE t ALTER COLUMN c SET DEFAULT 1, ALTER COLUMN c SET NOT NULL",
         "ALTER TABLE t ADD CONSTRAINT c CHECK (a > 0)",
         "ALTER TABLE t DROP COLUMN c",
+        "ALTER TABLE t ADD CONSTRAINT f FOREIGN KEY (a) REFERENCES u (id)",
+        "ALTER TABLE t ADD COLUMN p int REFERENCES u ON DELETE RESTRICT",
+        "CREATE TABLE t (p int REFERENCES u ON DELETE CASCADE)",
     ] {
         assert!(one(sql).plain_ddl, "{sql} is plain DDL");
     }
@@ -581,6 +584,9 @@ fn plain_ddl_is_told_from_ddl_that_can_attach_code() {
         "ALTER TABLE t ATTACH PARTITION u FOR VALUES FROM (1) TO (2)",
         "ALTER TABLE t INHERIT u",
         "ALTER TABLE t ENABLE TRIGGER ALL",
+        // A cascade from u would now reach t's triggers, which the lookup cannot see yet.
+        "ALTER TABLE t ADD CONSTRAINT f FOREIGN KEY (a) REFERENCES u (id) ON DELETE CASCADE",
+        "ALTER TABLE t ADD COLUMN p int REFERENCES u ON UPDATE SET NULL",
         "CREATE TABLE t AS SELECT 1",
         "CREATE VIEW v AS SELECT 1",
         "CREATE TYPE e AS ENUM ('a')",
