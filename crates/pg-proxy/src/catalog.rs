@@ -156,6 +156,52 @@ impl Catalog {
         }))
     }
 
+    /// Why an index build with the operator class `name` (as written, any schema) — or, for
+    /// `@method`, with the default classes of that access method — may run user code: a
+    /// support function of the class that is not a built-in, or a user access method's handler;
+    /// the first found, or `None`.
+    pub(crate) async fn opclass_code(&self, name: &str) -> Result<Option<String>, PgProxyError> {
+        let sql = match name.strip_prefix('@') {
+            Some(method) => {
+                let method = sql_literal(method)?;
+                format!(
+                    "SELECT COALESCE( \
+                       (SELECT 'access method ' || am.amname || ' (handler ' \
+                         || p.oid::pg_catalog.regprocedure::text || ')' \
+                        FROM pg_catalog.pg_am am JOIN pg_catalog.pg_proc p ON p.oid = am.amhandler \
+                        WHERE am.amname = {method} AND NOT (p.oid < 16384 AND p.proowner = 10)), \
+                       (SELECT 'default operator class ' || oc.opcname || ' of ' || am.amname \
+                         || ' (runs ' || p.oid::pg_catalog.regprocedure::text || ')' \
+                        FROM pg_catalog.pg_am am \
+                        JOIN pg_catalog.pg_opclass oc ON oc.opcmethod = am.oid AND oc.opcdefault \
+                        JOIN pg_catalog.pg_amproc ap ON ap.amprocfamily = oc.opcfamily \
+                        JOIN pg_catalog.pg_proc p ON p.oid = ap.amproc \
+                        WHERE am.amname = {method} AND NOT (p.oid < 16384 AND p.proowner = 10) \
+                        LIMIT 1))"
+                )
+            }
+            None => {
+                let whole = sql_literal(name.strip_prefix("pg_temp.").unwrap_or(name))?;
+                format!(
+                    "SELECT 'operator class ' || n.nspname || '.' || oc.opcname || ' (runs ' \
+                       || p.oid::pg_catalog.regprocedure::text || ')' \
+                     FROM pg_catalog.pg_opclass oc \
+                     JOIN pg_catalog.pg_namespace n ON n.oid = oc.opcnamespace \
+                     JOIN pg_catalog.pg_amproc ap ON ap.amprocfamily = oc.opcfamily \
+                     JOIN pg_catalog.pg_proc p ON p.oid = ap.amproc \
+                     WHERE {whole} IN (oc.opcname::text, n.nspname || '.' || oc.opcname, \
+                       pg_catalog.current_database() || '.' || n.nspname || '.' || oc.opcname) \
+                     AND NOT (p.oid < 16384 AND p.proowner = 10) LIMIT 1"
+                )
+            }
+        };
+        let rows = self.run(&sql).await?;
+        Ok(rows
+            .into_iter()
+            .next()
+            .and_then(|r| r.into_iter().next().flatten()))
+    }
+
     /// Whether `name` is the name of a schema, relation (table, view, index, sequence, …),
     /// column or constraint in the database: an identifier the catalog holds, not a value.
     pub(crate) async fn is_identifier(&self, name: &str) -> Result<bool, PgProxyError> {

@@ -107,6 +107,7 @@ pub(crate) struct SessionOpacity {
     relations: HashMap<String, RelationCode>,
     types: HashMap<String, Option<String>>,
     operators: HashMap<String, Option<String>>,
+    opclasses: HashMap<String, Option<String>>,
     /// `Some(g)`: the session may have changed stored code; settled once group `g` is answered
     /// outside a transaction block.
     unsettled: Option<(u64, PendingGuard)>,
@@ -146,6 +147,7 @@ fn names_stored_objects(stmt: &gatehouse_sql::StatementInfo) -> bool {
         || !stmt.tables.is_empty()
         || !stmt.types.is_empty()
         || !stmt.operators.is_empty()
+        || !stmt.opclasses.is_empty()
 }
 
 fn is_opaque(stmt: &gatehouse_sql::StatementInfo) -> bool {
@@ -290,6 +292,7 @@ impl SessionOpacity {
         self.relations.clear();
         self.types.clear();
         self.operators.clear();
+        self.opclasses.clear();
     }
 
     async fn statement_reason(
@@ -304,6 +307,11 @@ impl SessionOpacity {
         }
         for o in &stmt.operators {
             if let Some(why) = self.operator(catalog, o).await {
+                return Some(why);
+            }
+        }
+        for o in &stmt.opclasses {
+            if let Some(why) = self.opclass(catalog, o).await {
                 return Some(why);
             }
         }
@@ -354,6 +362,23 @@ impl SessionOpacity {
             )),
         };
         self.operators.insert(name.to_string(), answer.clone());
+        answer
+    }
+
+    async fn opclass(&mut self, catalog: &Catalog, name: &str) -> Option<String> {
+        if let Some(known) = self.opclasses.get(name) {
+            return known.clone();
+        }
+        let what = match name.strip_prefix('@') {
+            Some(method) => format!("an index of access method {method}"),
+            None => format!("an index with operator class {name}"),
+        };
+        let answer = match catalog.opclass_code(name).await {
+            Ok(None) => None,
+            Ok(Some(found)) => Some(format!("building {what} runs {found}")),
+            Err(e) => Some(format!("the catalog lookup of {what} failed ({e})")),
+        };
+        self.opclasses.insert(name.to_string(), answer.clone());
         answer
     }
 

@@ -282,6 +282,12 @@ pub struct StatementInfo {
     /// WHEN`, sorting) are not listed.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub operators: BTreeSet<String>,
+    /// Operator classes named in index, exclusion-constraint and partition-key columns
+    /// (`text_pattern_ops`, `public.my_ops`), and `@` followed by the access method of every
+    /// index or exclusion constraint it creates (`@gist`: its default classes apply to columns
+    /// without one). An index build runs its classes' support functions.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub opclasses: BTreeSet<String>,
     /// The statement is DDL that cannot attach code for later statements to run: `CREATE
     /// TABLE` (no `INHERITS`, `PARTITION OF`/`BY`, `LIKE`, `OF type`, table access method or
     /// exclusion constraint), `CREATE`/`ALTER SEQUENCE`, `CREATE INDEX` with `btree` or `hash`
@@ -316,6 +322,7 @@ impl StatementInfo {
             opaque_reasons: BTreeSet::new(),
             types: BTreeSet::new(),
             operators: BTreeSet::new(),
+            opclasses: BTreeSet::new(),
             plain_ddl: false,
             prepared_name: None,
         }

@@ -658,6 +658,22 @@ impl Walker<'_> {
         if let Some(name) = operator.and_then(name_list) {
             self.info.operators.insert(name);
         }
+        if matches!(tag, "IndexElem" | "PartitionElem")
+            && let Some(name) = body.get("opclass").and_then(name_list)
+        {
+            self.info.opclasses.insert(name);
+        }
+        let method = match tag {
+            "IndexStmt" => Some(s(body, "access_method")),
+            "Constraint" if is(i(body, "contype"), ConstrType::ConstrExclusion) => {
+                Some(s(body, "access_method"))
+            }
+            _ => None,
+        };
+        if let Some(method) = method {
+            let method = if method.is_empty() { "btree" } else { method };
+            self.info.opclasses.insert(format!("@{method}"));
+        }
         match tag {
             "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt" => {
                 self.nested_kind(kind_of(tag, body));

@@ -772,6 +772,13 @@ async fn operators_with_user_code_are_opaque() {
         c.simple_query("select 1 = 1, 2 > 1, 'a' like 'a%'")
             .await
             .unwrap();
+        // An index build with a user operator class.
+        h.db.psql(USER_OPCLASS).unwrap();
+        let m = refused_as_opaque(&c, "create index on victims (id int_ops_by_user)").await;
+        assert!(m.contains("int_cmp"), "{m}");
+        c.simple_query("create index on victims (id); create index on victims using hash (id)")
+            .await
+            .unwrap();
         assert_eq!(victims(&h), "5");
     })
     .await;

@@ -607,3 +607,18 @@ fn operators_are_collected() {
     let info = one("CREATE TABLE t (n int CHECK (n <<< 0))");
     assert!(info.operators.contains("<<<"), "{:?}", info.operators);
 }
+
+/// Operator classes and index access methods are collected for the catalog lookup.
+#[test]
+fn operator_classes_are_collected() {
+    let info = one("CREATE INDEX ON t USING gin (name gin_trgm_ops, (lower(x)) public.my_ops)");
+    for o in ["gin_trgm_ops", "public.my_ops", "@gin"] {
+        assert!(info.opclasses.contains(o), "{o}: {:?}", info.opclasses);
+    }
+    assert!(one("CREATE INDEX ON t (a)").opclasses.contains("@btree"));
+    let info = one("CREATE TABLE t (r int4range, EXCLUDE USING gist (r WITH &&))");
+    assert!(info.opclasses.contains("@gist"), "{:?}", info.opclasses);
+    let info = one("CREATE TABLE t (a int) PARTITION BY RANGE (a my_ops)");
+    assert!(info.opclasses.contains("my_ops"), "{:?}", info.opclasses);
+    assert!(one("SELECT 1 FROM t").opclasses.is_empty());
+}
