@@ -37,6 +37,8 @@ pub(crate) struct Catalog {
     all_columns: Mutex<Option<Arc<Vec<String>>>>,
     /// Function name → defined outside `pg_catalog`.
     user_functions: Mutex<HashMap<String, bool>>,
+    /// Name → whether a schema, relation, column or constraint has it.
+    identifiers: Mutex<HashMap<String, bool>>,
     /// Which view columns are computed by an expression (see [`views`]).
     views: views::ViewCache,
     /// Bumped on every invalidation: plans cached by sessions are dropped when it changes.
@@ -65,6 +67,7 @@ impl Catalog {
             types: Mutex::new(HashMap::new()),
             all_columns: Mutex::new(None),
             user_functions: Mutex::new(HashMap::new()),
+            identifiers: Mutex::new(HashMap::new()),
             views: views::ViewCache::default(),
             generation: std::sync::atomic::AtomicU64::new(0),
             opacity: crate::opacity::TargetOpacity::default(),
@@ -99,17 +102,160 @@ impl Catalog {
         }))
     }
 
+    /// Why using the type `name` (as written in a cast or a column definition, matched in every
+    /// schema when unqualified) may run user code: its support functions or those of the
+    /// types it contains (see [`type_code_ctes`]), the first found; `Ok(None)` when it runs
+    /// none. A name no type has is unknown (a type this connection cannot see yet): it is
+    /// reported as such, not taken as harmless.
+    pub(crate) async fn type_code(&self, name: &str) -> Result<Option<String>, PgProxyError> {
+        let whole = sql_literal(name.strip_prefix("pg_temp.").unwrap_or(name))?;
+        let types = type_code_ctes("SELECT 0::pg_catalog.oid, oid FROM named");
+        let sql = format!(
+            "WITH RECURSIVE named AS (SELECT t.oid FROM pg_catalog.pg_type t \
+               JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace \
+               WHERE {whole} IN (t.typname::text, n.nspname || '.' || t.typname, \
+                 pg_catalog.current_database() || '.' || n.nspname || '.' || t.typname)), \
+             {types} \
+             SELECT (SELECT pg_catalog.count(*) FROM named)::text, \
+               (SELECT 'function ' || u.fn::pg_catalog.regprocedure::text \
+                 || ' (support code of type ' || u.typ::pg_catalog.regtype::text || ')' \
+                 FROM usertype u LIMIT 1)"
+        );
+        let rows = self.run(&sql).await?;
+        match rows.into_iter().next().as_deref() {
+            Some([Some(count), _]) if count == "0" => Ok(Some(format!(
+                "type {name} is not in the catalog the gateway reads"
+            ))),
+            Some([Some(_), why]) => Ok(why.clone()),
+            _ => Err(PgProxyError::Gateway("type lookup returned no row".into())),
+        }
+    }
+
+    /// An operator named `name` (as written: `===`, `schema.===`), in any schema, with any
+    /// argument types, whose function or selectivity estimators are not built-ins (see
+    /// [`Catalog::user_function`]): `operator(args) (function)` of the first found, or `None`.
+    pub(crate) async fn user_operator(&self, name: &str) -> Result<Option<String>, PgProxyError> {
+        let whole = sql_literal(name.strip_prefix("pg_temp.").unwrap_or(name))?;
+        let sql = format!(
+            "SELECT o.oid::pg_catalog.regoperator::text || ' (runs ' \
+               || p.oid::pg_catalog.regprocedure::text || ')' \
+             FROM pg_catalog.pg_operator o \
+             JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace \
+             JOIN pg_catalog.pg_proc p ON p.oid IN (o.oprcode::pg_catalog.oid, \
+               o.oprrest::pg_catalog.oid, o.oprjoin::pg_catalog.oid) \
+             WHERE {whole} IN (o.oprname::text, n.nspname || '.' || o.oprname, \
+               pg_catalog.current_database() || '.' || n.nspname || '.' || o.oprname) \
+             AND NOT (p.oid < 16384 AND p.proowner = 10) LIMIT 1"
+        );
+        let rows = self.run(&sql).await?;
+        Ok(rows.into_iter().next().map(|r| {
+            r.into_iter()
+                .next()
+                .flatten()
+                .unwrap_or_else(|| "an unnamed operator".into())
+        }))
+    }
+
+    /// Why an index build with the operator class `name` (as written, any schema) — or, for
+    /// `@method`, with the default classes of that access method — may run user code: a
+    /// support function of the class that is not a built-in, or a user access method's handler;
+    /// the first found, or `None`.
+    pub(crate) async fn opclass_code(&self, name: &str) -> Result<Option<String>, PgProxyError> {
+        let sql = match name.strip_prefix('@') {
+            Some(method) => {
+                let method = sql_literal(method)?;
+                format!(
+                    "SELECT COALESCE( \
+                       (SELECT 'access method ' || am.amname || ' (handler ' \
+                         || p.oid::pg_catalog.regprocedure::text || ')' \
+                        FROM pg_catalog.pg_am am JOIN pg_catalog.pg_proc p ON p.oid = am.amhandler \
+                        WHERE am.amname = {method} AND NOT (p.oid < 16384 AND p.proowner = 10)), \
+                       (SELECT 'default operator class ' || oc.opcname || ' of ' || am.amname \
+                         || ' (runs ' || p.oid::pg_catalog.regprocedure::text || ')' \
+                        FROM pg_catalog.pg_am am \
+                        JOIN pg_catalog.pg_opclass oc ON oc.opcmethod = am.oid AND oc.opcdefault \
+                        JOIN pg_catalog.pg_amproc ap ON ap.amprocfamily = oc.opcfamily \
+                        JOIN pg_catalog.pg_proc p ON p.oid = ap.amproc \
+                        WHERE am.amname = {method} AND NOT (p.oid < 16384 AND p.proowner = 10) \
+                        LIMIT 1))"
+                )
+            }
+            None => {
+                let whole = sql_literal(name.strip_prefix("pg_temp.").unwrap_or(name))?;
+                format!(
+                    "SELECT 'operator class ' || n.nspname || '.' || oc.opcname || ' (runs ' \
+                       || p.oid::pg_catalog.regprocedure::text || ')' \
+                     FROM pg_catalog.pg_opclass oc \
+                     JOIN pg_catalog.pg_namespace n ON n.oid = oc.opcnamespace \
+                     JOIN pg_catalog.pg_amproc ap ON ap.amprocfamily = oc.opcfamily \
+                     JOIN pg_catalog.pg_proc p ON p.oid = ap.amproc \
+                     WHERE {whole} IN (oc.opcname::text, n.nspname || '.' || oc.opcname, \
+                       pg_catalog.current_database() || '.' || n.nspname || '.' || oc.opcname) \
+                     AND NOT (p.oid < 16384 AND p.proowner = 10) LIMIT 1"
+                )
+            }
+        };
+        let rows = self.run(&sql).await?;
+        Ok(rows
+            .into_iter()
+            .next()
+            .and_then(|r| r.into_iter().next().flatten()))
+    }
+
+    /// Whether `name` is the name of a schema, relation (table, view, index, sequence, …),
+    /// column or constraint in the database: an identifier the catalog holds, not a value.
+    pub(crate) async fn is_identifier(&self, name: &str) -> Result<bool, PgProxyError> {
+        if let Some(known) = self
+            .identifiers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            return Ok(*known);
+        }
+        let lit = sql_literal(name)?;
+        let rows = self
+            .run(&format!(
+                "SELECT (EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = {lit}) \
+                 OR EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE relname = {lit}) \
+                 OR EXISTS (SELECT 1 FROM pg_catalog.pg_attribute \
+                   WHERE attname = {lit} AND attnum > 0) \
+                 OR EXISTS (SELECT 1 FROM pg_catalog.pg_constraint WHERE conname = {lit}))::text"
+            ))
+            .await?;
+        let known = rows
+            .first()
+            .and_then(|r| r.first().cloned().flatten())
+            .is_some_and(|v| v == "true");
+        let mut cache = self.identifiers.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= 4096 {
+            cache.clear();
+        }
+        cache.insert(name.to_string(), known);
+        Ok(known)
+    }
+
     /// What user code runs when the relation `name` (as written; matched in every schema when
     /// unqualified) is written and when it is read: `(write, read)`, each the first found.
     /// A write reaches the relation's inheritance children and partitions, the tables a view
     /// writes through, and tables whose foreign keys cascade from it; it runs their user
-    /// triggers, rules, and user functions in defaults, constraints, index expressions and
-    /// row-security policies. A read runs user functions in views and row-security policies.
+    /// triggers, rules, and user functions (called, or behind an operator) in defaults,
+    /// constraints, index expressions and row-security policies, and the support functions of user operator classes of their
+    /// indexes. A read runs user functions in views and row-security policies. Both run the
+    /// support code of the types of the relations' columns (followed through domains, arrays,
+    /// ranges, multiranges and composite fields): input, output, binary I/O, typmod, analyze
+    /// and subscript functions, a range's canonical and subtype_diff functions and its subtype
+    /// operator class, and functions in a domain's constraints.
     pub(crate) async fn relation_code(
         &self,
         name: &str,
     ) -> Result<(Option<String>, Option<String>), PgProxyError> {
         let whole = sql_literal(name.strip_prefix("pg_temp.").unwrap_or(name))?;
+        let types = type_code_ctes(
+            "SELECT a.attrelid, a.atttypid FROM writes w \
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = w.oid \
+             WHERE a.attnum > 0 AND NOT a.attisdropped",
+        );
         let sql = format!(
             "WITH RECURSIVE \
              start AS (SELECT c.oid FROM pg_catalog.pg_class c \
@@ -150,7 +296,15 @@ impl Catalog {
                JOIN pg_catalog.pg_depend d ON d.classid = o.classid AND d.objid = o.objid \
                AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
                JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid \
-               WHERE NOT (p.oid < 16384 AND p.proowner = 10)) \
+               WHERE NOT (p.oid < 16384 AND p.proowner = 10) \
+               UNION ALL SELECT o.rel, o.classid, p.oid FROM objs o \
+               JOIN pg_catalog.pg_depend d ON d.classid = o.classid AND d.objid = o.objid \
+               AND d.refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass \
+               JOIN pg_catalog.pg_operator op ON op.oid = d.refobjid \
+               JOIN pg_catalog.pg_proc p ON p.oid IN (op.oprcode::pg_catalog.oid, \
+                 op.oprrest::pg_catalog.oid, op.oprjoin::pg_catalog.oid) \
+               WHERE NOT (p.oid < 16384 AND p.proowner = 10)), \
+             {types} \
              SELECT COALESCE( \
                (SELECT 'trigger ' || t.tgname || ' on ' || t.tgrelid::pg_catalog.regclass::text \
                  FROM writes w JOIN pg_catalog.pg_trigger t ON t.tgrelid = w.oid \
@@ -160,12 +314,23 @@ impl Catalog {
                  WHERE rw.rulename <> '_RETURN' LIMIT 1), \
                (SELECT 'function ' || u.fn::pg_catalog.regprocedure::text || ' (through ' \
                  || u.rel::pg_catalog.regclass::text || ')' \
-                 FROM writes w JOIN userfn u ON u.rel = w.oid LIMIT 1)), \
-               (SELECT 'function ' || u.fn::pg_catalog.regprocedure::text || ' (through ' \
-                 || u.rel::pg_catalog.regclass::text || ')' \
+                 FROM writes w JOIN userfn u ON u.rel = w.oid LIMIT 1), \
+               (SELECT {TYPE_REASON} FROM usertype u LIMIT 1), \
+               (SELECT 'function ' || p.oid::pg_catalog.regprocedure::text \
+                 || ' (operator class ' || oc.opcname || ' of index ' \
+                 || i.indexrelid::pg_catalog.regclass::text || ')' \
+                 FROM writes w JOIN pg_catalog.pg_index i ON i.indrelid = w.oid \
+                 JOIN pg_catalog.pg_opclass oc \
+                 ON oc.oid = ANY (i.indclass::pg_catalog.oid[]) \
+                 JOIN pg_catalog.pg_amproc ap ON ap.amprocfamily = oc.opcfamily \
+                 JOIN pg_catalog.pg_proc p ON p.oid = ap.amproc \
+                 WHERE NOT (p.oid < 16384 AND p.proowner = 10) LIMIT 1)), \
+               COALESCE((SELECT 'function ' || u.fn::pg_catalog.regprocedure::text \
+                 || ' (through ' || u.rel::pg_catalog.regclass::text || ')' \
                  FROM reads r JOIN userfn u ON u.rel = r.oid \
                  WHERE u.classid IN ('pg_catalog.pg_rewrite'::pg_catalog.regclass, \
-                   'pg_catalog.pg_policy'::pg_catalog.regclass) LIMIT 1)"
+                   'pg_catalog.pg_policy'::pg_catalog.regclass) LIMIT 1), \
+               (SELECT {TYPE_REASON} FROM reads r JOIN usertype u ON u.rel = r.oid LIMIT 1))"
         );
         let rows = self.run(&sql).await?;
         match rows.into_iter().next().as_deref() {
@@ -267,6 +432,10 @@ impl Catalog {
         self.types.lock().unwrap_or_else(|p| p.into_inner()).clear();
         *self.all_columns.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.user_functions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.identifiers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
@@ -542,6 +711,64 @@ impl Catalog {
         }
         Ok(out)
     }
+}
+
+/// Why a row of `usertype u` runs user code, as SQL text.
+const TYPE_REASON: &str = "'function ' || u.fn::pg_catalog.regprocedure::text \
+    || ' (support code of type ' || u.typ::pg_catalog.regtype::text || ', of a column of ' \
+    || u.rel::pg_catalog.regclass::text || ')'";
+
+/// CTEs `typs(rel, typ, depth)` (the types `start` lists as `(rel, typ)`, then the types they
+/// contain: a domain's base, an array's element, a range's subtype, a multirange's range, a
+/// composite's fields; only types created after the cluster) and `usertype(rel, typ, fn)`
+/// (their support functions that are not built-ins: input, output, binary I/O, typmod,
+/// analyze, subscript — through `pg_depend` and the `pg_type` columns —, a range's canonical
+/// and subtype_diff functions and its subtype operator class, and functions in domain checks).
+fn type_code_ctes(start: &str) -> String {
+    format!(
+        "typs(rel, typ, depth) AS (SELECT s.rel, s.typ, 0 FROM ({start}) s(rel, typ) \
+           WHERE s.typ >= 16384 \
+           UNION SELECT y.rel, x.sub, y.depth + 1 FROM typs y CROSS JOIN LATERAL ( \
+             SELECT t.typbasetype AS sub FROM pg_catalog.pg_type t WHERE t.oid = y.typ \
+             UNION ALL SELECT t.typelem FROM pg_catalog.pg_type t WHERE t.oid = y.typ \
+             UNION ALL SELECT r.rngsubtype FROM pg_catalog.pg_range r \
+               WHERE r.rngtypid = y.typ \
+             UNION ALL SELECT r.rngtypid FROM pg_catalog.pg_range r \
+               WHERE (pg_catalog.to_jsonb(r) ->> 'rngmultitypid')::pg_catalog.oid = y.typ \
+             UNION ALL SELECT a.atttypid FROM pg_catalog.pg_type t \
+               JOIN pg_catalog.pg_attribute a ON a.attrelid = t.typrelid \
+               WHERE t.oid = y.typ AND t.typrelid <> 0 AND a.attnum > 0 \
+               AND NOT a.attisdropped) x \
+           WHERE x.sub >= 16384 AND y.depth < 8), \
+         typefn(rel, typ, fn) AS ( \
+           SELECT y.rel, y.typ, f.fn FROM typs y \
+             JOIN pg_catalog.pg_type t ON t.oid = y.typ CROSS JOIN LATERAL pg_catalog.unnest( \
+               ARRAY[t.typinput::pg_catalog.oid, t.typoutput::pg_catalog.oid, \
+               t.typreceive::pg_catalog.oid, t.typsend::pg_catalog.oid, \
+               t.typmodin::pg_catalog.oid, t.typmodout::pg_catalog.oid, \
+               t.typanalyze::pg_catalog.oid]) f(fn) \
+           UNION ALL SELECT y.rel, y.typ, f.fn FROM typs y \
+             JOIN pg_catalog.pg_range r ON r.rngtypid = y.typ \
+             CROSS JOIN LATERAL pg_catalog.unnest(ARRAY[r.rngcanonical::pg_catalog.oid, \
+               r.rngsubdiff::pg_catalog.oid]) f(fn) \
+           UNION ALL SELECT y.rel, y.typ, ap.amproc FROM typs y \
+             JOIN pg_catalog.pg_range r ON r.rngtypid = y.typ \
+             JOIN pg_catalog.pg_opclass oc ON oc.oid = r.rngsubopc \
+             JOIN pg_catalog.pg_amproc ap ON ap.amprocfamily = oc.opcfamily \
+           UNION ALL SELECT y.rel, y.typ, d.refobjid FROM typs y \
+             JOIN pg_catalog.pg_depend d \
+             ON d.classid = 'pg_catalog.pg_type'::pg_catalog.regclass AND d.objid = y.typ \
+             AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
+           UNION ALL SELECT y.rel, y.typ, d.refobjid FROM typs y \
+             JOIN pg_catalog.pg_constraint c ON c.contypid = y.typ \
+             JOIN pg_catalog.pg_depend d \
+             ON d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass \
+             AND d.objid = c.oid \
+             AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass), \
+         usertype(rel, typ, fn) AS (SELECT u.rel, u.typ, u.fn \
+           FROM typefn u JOIN pg_catalog.pg_proc p ON p.oid = u.fn \
+           WHERE NOT (p.oid < 16384 AND p.proowner = 10))"
+    )
 }
 
 /// `text` as a string literal that reads the same whatever `standard_conforming_strings` is

@@ -1,5 +1,6 @@
 //! Catalog opacity: statements whose text the gateway understands but whose effect depends on
-//! code stored in the database — a function a user defined under a built-in's name (`lower`,
+//! code stored in the database — an operator or a type whose functions a user wrote, a
+//! function a user defined under a built-in's name (`lower`,
 //! overloaded by argument type, in `public`, in `pg_temp`), a trigger or rule on a table a
 //! statement writes, a column default, check constraint, index expression or row-security
 //! policy calling user code, a view that calls user code.
@@ -15,9 +16,12 @@
 //! - A failed lookup makes the statement opaque (fail closed).
 //! - The side connection cannot see what the session changed in a transaction that has not
 //!   ended. After the session runs a statement that may change stored code (any opaque
-//!   statement, any DDL), every later statement of the session that names a function or a table
-//!   is opaque until the server reports the session idle outside a transaction block after it;
-//!   then the cache is dropped.
+//!   statement, any DDL but plain DDL whose functions and types were vetted — see
+//!   `gatehouse_sql::StatementInfo::plain_ddl`), every later statement of the session that
+//!   names a function, a table or a type is opaque until the server reports the session idle
+//!   outside a transaction block after it; then the cache is dropped. Plain DDL (a `CREATE
+//!   TABLE` of columns of vetted types, a sequence, a btree index) cannot attach code, so what
+//!   the side connection does not see of it runs none.
 //! - Answers are cached per session and dropped when any session of the target runs DDL or
 //!   settles as above; while any session of the target has such changes pending, nothing is
 //!   cached (every lookup reads the catalog).
@@ -101,6 +105,9 @@ pub(crate) struct SessionOpacity {
     generation: u64,
     functions: HashMap<String, Option<String>>,
     relations: HashMap<String, RelationCode>,
+    types: HashMap<String, Option<String>>,
+    operators: HashMap<String, Option<String>>,
+    opclasses: HashMap<String, Option<String>>,
     /// `Some(g)`: the session may have changed stored code; settled once group `g` is answered
     /// outside a transaction block.
     unsettled: Option<(u64, PendingGuard)>,
@@ -112,14 +119,36 @@ pub(crate) struct SessionOpacity {
 /// Most statement texts remembered for [`SessionOpacity::needs_recheck`].
 const DECIDED_MAX: usize = 4096;
 
-const WRITE_KINDS: [StatementKind; 6] = [
+/// Kinds that write a relation, or rebuild its indexes (`VACUUM FULL`, `REINDEX`, `CLUSTER`,
+/// `REFRESH MATERIALIZED VIEW`): what runs on a write runs for them.
+const WRITE_KINDS: [StatementKind; 7] = [
     StatementKind::Insert,
     StatementKind::Update,
     StatementKind::Delete,
     StatementKind::Merge,
     StatementKind::Copy,
     StatementKind::Truncate,
+    StatementKind::Maintenance,
 ];
+
+/// `serial` and its spellings name no type: the server writes an integer type and a sequence.
+const SERIAL_TYPES: [&str; 6] = [
+    "serial",
+    "serial2",
+    "serial4",
+    "serial8",
+    "smallserial",
+    "bigserial",
+];
+
+/// Whether the statement names something the catalog must vet.
+fn names_stored_objects(stmt: &gatehouse_sql::StatementInfo) -> bool {
+    !stmt.functions.is_empty()
+        || !stmt.tables.is_empty()
+        || !stmt.types.is_empty()
+        || !stmt.operators.is_empty()
+        || !stmt.opclasses.is_empty()
+}
 
 fn is_opaque(stmt: &gatehouse_sql::StatementInfo) -> bool {
     matches!(
@@ -152,7 +181,7 @@ impl SessionOpacity {
         let Some(catalog) = catalog else {
             // No catalog to ask: everything that names code or tables is opaque.
             for (i, stmt) in classification.statements.iter().enumerate() {
-                if !is_opaque(stmt) && (!stmt.functions.is_empty() || !stmt.tables.is_empty()) {
+                if !is_opaque(stmt) && names_stored_objects(stmt) {
                     out.push((i, "the target's catalog cannot be read".to_string()));
                 }
             }
@@ -168,18 +197,17 @@ impl SessionOpacity {
         let generation = target.generation.load(Ordering::SeqCst);
         let cache = target.pending.load(Ordering::SeqCst) == 0 && self.unsettled.is_none();
         if generation != self.generation || !cache {
-            self.functions.clear();
-            self.relations.clear();
+            self.clear();
             self.generation = generation;
         }
         for (i, stmt) in classification.statements.iter().enumerate() {
-            let changes_code = is_opaque(stmt)
-                || stmt.kinds.contains(&StatementKind::Ddl)
+            let ddl = stmt.kinds.contains(&StatementKind::Ddl)
                 || stmt.kinds.contains(&StatementKind::Drop);
+            let mut vetted = false;
             if is_opaque(stmt) {
                 // Already opaque from its text.
             } else if self.unsettled.is_some() {
-                if !stmt.functions.is_empty() || !stmt.tables.is_empty() {
+                if names_stored_objects(stmt) {
                     out.push((
                         i,
                         "an earlier statement of this session may have changed stored code in a \
@@ -189,9 +217,16 @@ impl SessionOpacity {
                 }
             } else if let Some(why) = self.statement_reason(catalog, stmt).await {
                 out.push((i, why));
+            } else {
+                vetted = true;
             }
-            if changes_code {
+            if is_opaque(stmt) || (ddl && !(vetted && stmt.plain_ddl)) {
                 self.mark_unsettled(ready, target);
+            } else if ddl {
+                // DDL that attaches no code (its functions and types vetted above): later
+                // statements need not wait for it to settle; cached answers are dropped.
+                target.invalidate();
+                self.clear();
             }
         }
         if self.decided.len() >= DECIDED_MAX {
@@ -249,8 +284,15 @@ impl SessionOpacity {
             }
         }
         target.invalidate();
+        self.clear();
+    }
+
+    fn clear(&mut self) {
         self.functions.clear();
         self.relations.clear();
+        self.types.clear();
+        self.operators.clear();
+        self.opclasses.clear();
     }
 
     async fn statement_reason(
@@ -260,6 +302,21 @@ impl SessionOpacity {
     ) -> Option<String> {
         for f in &stmt.functions {
             if let Some(why) = self.function(catalog, f).await {
+                return Some(why);
+            }
+        }
+        for o in &stmt.operators {
+            if let Some(why) = self.operator(catalog, o).await {
+                return Some(why);
+            }
+        }
+        for o in &stmt.opclasses {
+            if let Some(why) = self.opclass(catalog, o).await {
+                return Some(why);
+            }
+        }
+        for t in &stmt.types {
+            if let Some(why) = self.type_code(catalog, t).await {
                 return Some(why);
             }
         }
@@ -288,6 +345,56 @@ impl SessionOpacity {
             )),
         };
         self.functions.insert(name.to_string(), answer.clone());
+        answer
+    }
+
+    async fn operator(&mut self, catalog: &Catalog, name: &str) -> Option<String> {
+        if let Some(known) = self.operators.get(name) {
+            return known.clone();
+        }
+        let answer = match catalog.user_operator(name).await {
+            Ok(None) => None,
+            Ok(Some(found)) => Some(format!(
+                "operator {name} may be {found}, defined in the database by a user"
+            )),
+            Err(e) => Some(format!(
+                "the catalog lookup of operator {name} failed ({e})"
+            )),
+        };
+        self.operators.insert(name.to_string(), answer.clone());
+        answer
+    }
+
+    async fn opclass(&mut self, catalog: &Catalog, name: &str) -> Option<String> {
+        if let Some(known) = self.opclasses.get(name) {
+            return known.clone();
+        }
+        let what = match name.strip_prefix('@') {
+            Some(method) => format!("an index of access method {method}"),
+            None => format!("an index with operator class {name}"),
+        };
+        let answer = match catalog.opclass_code(name).await {
+            Ok(None) => None,
+            Ok(Some(found)) => Some(format!("building {what} runs {found}")),
+            Err(e) => Some(format!("the catalog lookup of {what} failed ({e})")),
+        };
+        self.opclasses.insert(name.to_string(), answer.clone());
+        answer
+    }
+
+    async fn type_code(&mut self, catalog: &Catalog, name: &str) -> Option<String> {
+        if SERIAL_TYPES.contains(&name) {
+            return None;
+        }
+        if let Some(known) = self.types.get(name) {
+            return known.clone();
+        }
+        let answer = match catalog.type_code(name).await {
+            Ok(None) => None,
+            Ok(Some(found)) => Some(format!("using type {name} runs {found}")),
+            Err(e) => Some(format!("the catalog lookup of type {name} failed ({e})")),
+        };
+        self.types.insert(name.to_string(), answer.clone());
         answer
     }
 

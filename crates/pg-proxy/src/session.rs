@@ -3731,6 +3731,9 @@ impl Backend {
     async fn mask_error_fields(&mut self, mut fields: ErrorFields) -> ErrorFields {
         let ctx = self.message_ctx();
         if self.withholds(ctx.as_deref(), true).await {
+            if let Some(kept) = self.identifiers_only(ctx.as_deref(), &fields).await {
+                return kept;
+            }
             let severity = fields.get(b'S').unwrap_or("ERROR").to_string();
             let code = fields.code().unwrap_or("XX000").to_string();
             fields
@@ -3757,6 +3760,62 @@ impl Backend {
         }
         self.add_findings(findings);
         fields
+    }
+
+    /// For an error that would be withheld only because its statement names a table with a
+    /// masked column (it is not opaque, its reads are traced, it calls no function that runs
+    /// queries of its own): when its message is one of PostgreSQL's integrity-constraint
+    /// messages whose only variable parts are quoted names, and each is a name the catalog holds
+    /// (a schema, relation, column or constraint), the error with that message, its fixed fields
+    /// and its schema/table/column/constraint name fields that are such names; every other field
+    /// (the detail with the key or the failing row, hints, context, internal queries) is
+    /// withheld. `None`: withhold as usual.
+    async fn identifiers_only(
+        &mut self,
+        ctx: Option<&StmtCtx>,
+        fields: &ErrorFields,
+    ) -> Option<ErrorFields> {
+        let ctx = ctx?;
+        if ctx.opaque || ctx.lineage.is_none() {
+            return None;
+        }
+        let names = constraint_message_names(fields.code()?, fields.get(b'M')?)?;
+        if self.runs_own_queries(ctx).await {
+            return None;
+        }
+        let catalog = self.proxy.catalogs.get(&self.ctx.target.name)?;
+        for name in &names {
+            if !catalog.is_identifier(name).await.unwrap_or(false) {
+                return None;
+            }
+        }
+        let mut out = ErrorFields { fields: Vec::new() };
+        for (code, value) in &fields.fields {
+            let keep = if is_fixed_error_field(*code) || *code == b'M' {
+                true
+            } else if matches!(code, b's' | b't' | b'c' | b'n') {
+                catalog.is_identifier(value).await.unwrap_or(false)
+            } else {
+                false
+            };
+            if keep {
+                out.fields.push((*code, value.clone()));
+            }
+        }
+        out.fields.push((b'D', WITHHELD_DETAIL.to_string()));
+        // The names pass the detectors like any server text.
+        let mut findings = Vec::new();
+        let plan = self.text_plan();
+        for (code, value) in out.fields.iter_mut() {
+            if is_fixed_error_field(*code) {
+                continue;
+            }
+            if let Some(masked) = plan.mask_value(0, value.as_bytes(), &mut findings) {
+                *value = String::from_utf8_lossy(&masked).into_owned();
+            }
+        }
+        self.add_findings(findings);
+        Some(out)
     }
 
     /// A one-column text plan (detectors only) for server text outside result rows.
@@ -4092,6 +4151,64 @@ fn mask_binary_copy(
 /// What an error or notice says in place of text the gateway withholds.
 const WITHHELD_MESSAGE: &str = "the gateway withholds this message's text: the statement reads \
     masked columns or runs code the gateway cannot see into (the SQLSTATE is PostgreSQL's)";
+
+/// What replaces the detail of a constraint error whose message is kept (see
+/// `identifiers_only`).
+const WITHHELD_DETAIL: &str = "the gateway withholds this error's detail and the fields that may \
+    carry values: the statement reads masked columns";
+
+/// PostgreSQL's integrity-constraint messages (English) whose variable parts are all quoted
+/// names, by SQLSTATE, with each quoted part written as `""`.
+const CONSTRAINT_MESSAGES: &[(&str, &str)] = &[
+    (
+        "23505",
+        "duplicate key value violates unique constraint \"\"",
+    ),
+    (
+        "23502",
+        "null value in column \"\" of relation \"\" violates not-null constraint",
+    ),
+    (
+        "23514",
+        "new row for relation \"\" violates check constraint \"\"",
+    ),
+    (
+        "23514",
+        "check constraint \"\" of relation \"\" is violated by some row",
+    ),
+    (
+        "23503",
+        "insert or update on table \"\" violates foreign key constraint \"\"",
+    ),
+    (
+        "23503",
+        "update or delete on table \"\" violates foreign key constraint \"\" on table \"\"",
+    ),
+    (
+        "23P01",
+        "conflicting key value violates exclusion constraint \"\"",
+    ),
+];
+
+/// The quoted names of `message` when it is one of [`CONSTRAINT_MESSAGES`] for `code`.
+fn constraint_message_names(code: &str, message: &str) -> Option<Vec<String>> {
+    let mut shape = String::with_capacity(message.len());
+    let mut names = Vec::new();
+    let mut rest = message;
+    while let Some(open) = rest.find('"') {
+        shape.push_str(rest.get(..=open)?);
+        let after = rest.get(open + 1..)?;
+        let close = after.find('"')?;
+        names.push(after.get(..close)?.to_string());
+        shape.push('"');
+        rest = after.get(close + 1..)?;
+    }
+    shape.push_str(rest);
+    CONSTRAINT_MESSAGES
+        .iter()
+        .any(|(c, m)| *c == code && *m == shape)
+        .then_some(names)
+}
 
 /// Error and notice fields that carry no data: severity (localised and not), SQLSTATE, the
 /// server's source file, line and routine, and positions in the client's own statement text.

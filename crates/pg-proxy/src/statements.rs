@@ -44,7 +44,9 @@ pub struct StatementInfo {
     /// what it reads would leave the masking boundary.
     pub copies_data: bool,
     /// The source columns a copying statement reads, when known exactly (`COPY (query) TO`,
-    /// `COPY t (a, b) TO`), as `table.column` / `table.*`. `None`: every column of `tables`.
+    /// `COPY t (a, b) TO`, the query of `CREATE VIEW/TABLE … AS`, `SELECT … INTO` and `INSERT
+    /// … SELECT`: its output lineage), as `table.column` / `table.*` / `?.column`. `None`:
+    /// every column of `tables`.
     pub reads: Option<Vec<String>>,
     /// Whether running the statement may change how the server reads the SQL that follows.
     pub effect: SessionEffect,
@@ -205,15 +207,24 @@ impl StatementAnalyzer for SqlAnalyzer {
                 K::Show | K::Explain => Some(ColumnLineage::Positional(Vec::new())),
                 _ => None,
             };
-            let reads = if st.kind == K::Copy {
-                copy_reads(stmt_text, settings)
-            } else {
-                None
-            };
             let effect = session_effect(&st, stmt_text);
             let opaque = st.has(gatehouse_sql::Risk::OpaqueCode)
                 || matches!(st.kind, K::DoBlock | K::Call)
                 || st.kinds.iter().any(|k| matches!(k, K::DoBlock | K::Call));
+            let reads = if st.kind == K::Copy {
+                copy_reads(stmt_text, settings)
+            } else if reads_into_elsewhere
+                && !opaque
+                && !st.has(gatehouse_sql::Risk::WriteFromColumns)
+                && !st.has(gatehouse_sql::Risk::WritableCte)
+            {
+                // What `CREATE VIEW/TABLE … AS`, `SELECT … INTO` and `INSERT … SELECT` copy:
+                // the columns their query outputs, not every column of the tables they name.
+                gatehouse_sql::copied_sources(stmt_text, settings, &gatehouse_sql::NoCatalog)
+                    .map(|sources| sources.into_iter().map(|s| copied_name(&s)).collect())
+            } else {
+                None
+            };
             out.push(StatementInfo {
                 effect,
                 span: trim(text, st.span),
@@ -378,6 +389,15 @@ fn source_name(s: &gatehouse_sql::Source) -> String {
             format!("{NULLNESS_PREFIX}{table}.{column}")
         }
         _ => "?.?".to_string(),
+    }
+}
+
+/// A source of copied data as `table.column`: a column whose nullness alone is read counts as
+/// read (conservative, as for `COPY (query) TO`).
+fn copied_name(s: &gatehouse_sql::Source) -> String {
+    match s {
+        gatehouse_sql::Source::Nullness { table, column } => format!("{table}.{column}"),
+        other => source_name(other),
     }
 }
 

@@ -269,6 +269,35 @@ pub struct StatementInfo {
     /// known side-effect-free built-in, `EXECUTE` of a prepared statement, …).
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub opaque_reasons: BTreeSet<String>,
+    /// Types named in casts, column definitions and domain definitions, normalised like
+    /// `tables` (`span`, `public.span`; built-in spellings as the parser writes them:
+    /// `pg_catalog.int4`, `text`, `serial`). A type's support functions (input, output, a
+    /// range's `subtype_diff`, …) run where it is used, so the proxy looks them up.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub types: BTreeSet<String>,
+    /// Operators written in the statement (`=`, `===`, `public.@@` from `OPERATOR(public.@@)`,
+    /// the operator of `x = ANY (subquery)`), qualified as written. An operator runs the
+    /// function behind it (and its selectivity estimators while planning), so the proxy looks
+    /// them up like functions. Operators PostgreSQL picks implicitly (`JOIN … USING`, `CASE x
+    /// WHEN`, sorting) are not listed.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub operators: BTreeSet<String>,
+    /// Operator classes named in index, exclusion-constraint and partition-key columns
+    /// (`text_pattern_ops`, `public.my_ops`), and `@` followed by the access method of every
+    /// index or exclusion constraint it creates (`@gist`: its default classes apply to columns
+    /// without one). An index build runs its classes' support functions.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub opclasses: BTreeSet<String>,
+    /// The statement is DDL that cannot attach code for later statements to run: `CREATE
+    /// TABLE` (no `INHERITS`, `PARTITION OF`/`BY`, `LIKE`, `OF type`, table access method or
+    /// exclusion constraint), `CREATE`/`ALTER SEQUENCE`, `CREATE INDEX` with `btree` or `hash`
+    /// on columns or expressions without a named operator class, `ALTER TABLE` adding or
+    /// dropping columns, defaults, `NOT NULL` and non-exclusion constraints (but no foreign
+    /// key that cascades, sets null or sets a default into the existing table). Code can still
+    /// come from what it names: functions in its expressions and the types of its columns
+    /// (see `functions` and `types`), which the caller must vet.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub plain_ddl: bool,
     /// The prepared statement named by `PREPARE`, `EXECUTE` or `DEALLOCATE` (as PostgreSQL
     /// reads the name; `None` for `DEALLOCATE ALL`), so the proxy can resolve what an `EXECUTE`
     /// runs.
@@ -291,6 +320,10 @@ impl StatementInfo {
             languages: BTreeSet::new(),
             unparseable_reason: None,
             opaque_reasons: BTreeSet::new(),
+            types: BTreeSet::new(),
+            operators: BTreeSet::new(),
+            opclasses: BTreeSet::new(),
+            plain_ddl: false,
             prepared_name: None,
         }
     }

@@ -60,7 +60,7 @@ mod pg;
 mod tree;
 
 pub use classify::{Classification, Risk, StatementInfo, StatementKind, classify};
-pub use lineage::{Catalog, Lineage, NoCatalog, OutputColumn, Source, lineage};
+pub use lineage::{Catalog, Lineage, NoCatalog, OutputColumn, Source, copied_sources, lineage};
 pub use tree::{OPAQUE_SETTINGS, is_safe_function};
 
 /// What [`classify`] read from one SQL operation, made only here and remembering exactly what it

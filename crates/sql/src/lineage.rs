@@ -170,6 +170,52 @@ pub fn lineage(
     Ok(Lineage { columns })
 }
 
+/// Where the data a copying statement writes elsewhere may come from: the output lineage of the
+/// query of `CREATE VIEW … AS`, `CREATE TABLE … AS` / `CREATE MATERIALIZED VIEW … AS`, `SELECT …
+/// INTO` and `INSERT … SELECT`/`VALUES` (its sources, as for [`Lineage::all_sources`]). Filters
+/// are not counted, as in a query's lineage.
+///
+/// `None` when the statement is none of these or its copy cannot be traced from the text
+/// alone (it does not parse here, an `INSERT` inside `WITH` or with `ON CONFLICT DO UPDATE`,
+/// or anything else): the caller then counts every column of every table it names.
+pub fn copied_sources(
+    text: &str,
+    settings: &SqlSessionSettings,
+    catalog: &dyn Catalog,
+) -> Option<BTreeSet<Source>> {
+    let pieces: Vec<_> = lex::split(text, settings)
+        .ok()?
+        .into_iter()
+        .filter(|p| !p.is_empty)
+        .collect();
+    let [piece] = pieces.as_slice() else {
+        return None;
+    };
+    let statement = parse_piece(piece).ok()?;
+    let query: &Query = match statement.as_ref() {
+        Statement::CreateView(view) => &view.query,
+        Statement::CreateTable(table) => table.query.as_deref()?,
+        Statement::Insert(insert) => {
+            // `ON CONFLICT DO NOTHING` copies nothing more; an update on conflict may copy
+            // the target's own columns (`SET note = t.email`): not traced here.
+            let nothing = matches!(&insert.on, Some(sqlparser::ast::OnInsert::OnConflict(c))
+                if c.action == sqlparser::ast::OnConflictAction::DoNothing);
+            if insert.on.is_some() && !nothing {
+                return None;
+            }
+            insert.source.as_deref()?
+        }
+        Statement::Query(q) => match q.body.as_ref() {
+            SetExpr::Select(select) if select.into.is_some() => q,
+            _ => return None,
+        },
+        _ => return None,
+    };
+    let ctx = Ctx { catalog };
+    let root = Scope::root();
+    Some(union_sources(&ctx.query(query, &root)))
+}
+
 struct Ctx<'c> {
     catalog: &'c dyn Catalog,
 }

@@ -8,7 +8,9 @@
 
 use std::collections::BTreeSet;
 
-use pg_query::protobuf::{AlterTableType, CmdType, DiscardMode, ObjectType, VariableSetKind};
+use pg_query::protobuf::{
+    AlterTableType, CmdType, ConstrType, DiscardMode, ObjectType, VariableSetKind,
+};
 use serde_json::{Map, Value};
 
 use crate::classify::{Risk, StatementInfo, StatementKind as K};
@@ -265,6 +267,13 @@ fn opaque_form(tag: &str, body: &Value) -> Option<String> {
              that later statements run implicitly"
                 .into()
         }
+        // An operator class's support functions run in every index build and index write
+        // on a column of its type (its default class) or that names it.
+        "CreateOpClassStmt" | "CreateOpFamilyStmt" | "AlterOpFamilyStmt" => {
+            "creates or changes an operator class or family: support functions that index \
+             builds and writes run implicitly"
+                .into()
+        }
         "CreatePlangStmt" | "CreateAmStmt" | "CreateFdwStmt" | "AlterFdwStmt" => {
             "defines a language, access method or foreign-data wrapper: handler code that later \
              statements run"
@@ -329,12 +338,196 @@ fn sets_from_columns(body: &Value) -> bool {
 
 /// Fills `info` from the statement node `stmt` (`{"SelectStmt": {…}}`).
 pub fn classify_tree(stmt: &Value, info: &mut StatementInfo) {
-    let mut w = Walker { info };
+    let mut w = Walker {
+        info,
+        defining: 0,
+        advances_sequence: false,
+    };
     w.node(stmt, None);
+    // `SELECT nextval('s')` changes the sequence: a write. In an `INSERT`/`UPDATE`/`MERGE` it
+    // is part of that write (as a `serial` column's default is); in a definition it runs later.
+    let writes = [K::Insert, K::Update, K::Delete, K::Merge, K::Ddl, K::Drop]
+        .iter()
+        .any(|k| w.info.kinds.contains(k));
+    if w.advances_sequence && !writes {
+        w.info.kinds.insert(K::Update);
+    }
+    w.info.plain_ddl = plain_ddl(stmt);
+}
+
+/// Sequence functions with a known effect: they advance or set the sequence their first
+/// argument names (a literal), and do nothing else.
+const SEQUENCE_FUNCTIONS: [&str; 2] = ["nextval", "setval"];
+
+/// Statements whose body is a definition run later, not now (a view's query runs when the view
+/// is read).
+const DEFINITIONS: [&str; 5] = [
+    "ViewStmt",
+    "RuleStmt",
+    "CreateFunctionStmt",
+    "CreateSchemaStmt",
+    "CreateTrigStmt",
+];
+
+/// `'name'`, `'schema.name'`, `'"Quoted"'` as `regclass` input reads it (unquoted parts
+/// lower-cased, cut to 63 bytes); `None` when it is not such a name.
+fn regclass_literal(text: &str) -> Option<String> {
+    let mut parts = Vec::new();
+    let mut chars = text.trim().chars().peekable();
+    loop {
+        let mut part = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next()? {
+                    '"' if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        part.push('"');
+                    }
+                    '"' => break,
+                    c => part.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c.is_ascii_alphanumeric() || c == '_' || c == '$' {
+                    part.push(c.to_ascii_lowercase());
+                    chars.next();
+                } else {
+                    break;
+                }
+            }
+            if part.is_empty() || part.starts_with(|c: char| c.is_ascii_digit() || c == '$') {
+                return None;
+            }
+        }
+        if part.is_empty() || part.contains('.') {
+            return None;
+        }
+        if part.len() > 63 {
+            let mut end = 63;
+            while !part.is_char_boundary(end) {
+                end -= 1;
+            }
+            part.truncate(end);
+        }
+        parts.push(part);
+        match chars.next() {
+            None => break,
+            Some('.') => {}
+            Some(_) => return None,
+        }
+    }
+    (parts.len() <= 3).then(|| parts.join("."))
+}
+
+/// The string of a literal argument: `'s'` or `'s'::regclass`.
+fn literal_text(arg: &Value) -> Option<&str> {
+    let (tag, body) = tagged(arg)?;
+    match tag {
+        "AConst" => body.get("val")?.get("Sval")?.get("sval")?.as_str(),
+        "TypeCast" => {
+            let target = name_list(body.get("type_name")?.get("names")?)?;
+            if !matches!(target.as_str(), "regclass" | "pg_catalog.regclass") {
+                return None;
+            }
+            literal_text(body.get("arg")?)
+        }
+        _ => None,
+    }
+}
+
+fn items<'v>(v: &'v Value, key: &str) -> impl Iterator<Item = &'v Value> {
+    v.get(key).and_then(Value::as_array).into_iter().flatten()
+}
+
+/// A constraint that runs no code but built-ins and the expressions it holds: not an exclusion
+/// constraint (operator classes), and — on a table that already exists (`existing`), whose
+/// triggers a cascade would fire where the side connection sees no foreign key yet — no
+/// foreign key that cascades, sets null or sets a default.
+fn plain_constraint(c: &Value, existing: bool) -> bool {
+    let Some(("Constraint", body)) = tagged(c) else {
+        return false;
+    };
+    let contype = i(body, "contype");
+    if is(contype, ConstrType::ConstrExclusion) {
+        return false;
+    }
+    if existing && is(contype, ConstrType::ConstrForeign) {
+        let quiet = |action: &str| matches!(action, "" | "a" | "r");
+        return quiet(s(body, "fk_upd_action")) && quiet(s(body, "fk_del_action"));
+    }
+    true
+}
+
+fn plain_column(c: &Value, existing: bool) -> bool {
+    match tagged(c) {
+        Some(("ColumnDef", body)) => {
+            items(body, "constraints").all(|k| plain_constraint(k, existing))
+        }
+        Some(("Constraint", _)) => plain_constraint(c, existing),
+        _ => false,
+    }
+}
+
+/// See [`StatementInfo::plain_ddl`].
+fn plain_ddl(stmt: &Value) -> bool {
+    let Some((tag, body)) = tagged(stmt) else {
+        return false;
+    };
+    match tag {
+        "CreateSeqStmt" | "AlterSeqStmt" => true,
+        "CreateStmt" => {
+            !present(body, "partbound")
+                && !present(body, "partspec")
+                && !present(body, "of_typename")
+                && items(body, "inh_relations").next().is_none()
+                && matches!(s(body, "access_method"), "" | "heap")
+                && items(body, "table_elts").all(|c| plain_column(c, false))
+                && items(body, "constraints").all(|c| plain_constraint(c, false))
+        }
+        "IndexStmt" => {
+            matches!(s(body, "access_method"), "" | "btree" | "hash")
+                && items(body, "index_params").all(|p| {
+                    matches!(tagged(p), Some(("IndexElem", e))
+                        if items(e, "opclass").next().is_none()
+                            && items(e, "opclassopts").next().is_none())
+                })
+        }
+        "AlterTableStmt" => {
+            is(i(body, "objtype"), ObjectType::ObjectTable)
+                && items(body, "cmds").all(|c| {
+                    let Some(("AlterTableCmd", cmd)) = tagged(c) else {
+                        return false;
+                    };
+                    let sub = i(cmd, "subtype");
+                    let def = cmd.get("def").filter(|d| !d.is_null());
+                    if is(sub, AlterTableType::AtColumnDefault)
+                        || is(sub, AlterTableType::AtDropNotNull)
+                        || is(sub, AlterTableType::AtSetNotNull)
+                        || is(sub, AlterTableType::AtDropColumn)
+                        || is(sub, AlterTableType::AtDropConstraint)
+                    {
+                        true
+                    } else if is(sub, AlterTableType::AtAddColumn)
+                        || is(sub, AlterTableType::AtAddConstraint)
+                    {
+                        def.is_some_and(|d| plain_column(d, true))
+                    } else {
+                        false
+                    }
+                })
+        }
+        _ => false,
+    }
 }
 
 struct Walker<'a> {
     info: &'a mut StatementInfo,
+    /// Depth of definitions being walked (see [`DEFINITIONS`]).
+    defining: u32,
+    /// A sequence function with a literal sequence is called outside a definition.
+    advances_sequence: bool,
 }
 
 impl Walker<'_> {
@@ -364,8 +557,17 @@ impl Walker<'_> {
                     self.node(inner, parent);
                 } else if let Some((tag, body)) = tagged(v).filter(|_| map.len() == 1) {
                     self.tagged_node(tag, body, parent);
+                    let definition = DEFINITIONS.contains(&tag);
+                    self.defining += u32::from(definition);
                     self.fields(body, Some(tag));
+                    self.defining -= u32::from(definition);
                 } else {
+                    if matches!(parent, Some("TypeCast" | "ColumnDef" | "CreateDomainStmt"))
+                        && map.contains_key("typemod")
+                        && let Some(name) = map.get("names").and_then(name_list)
+                    {
+                        self.info.types.insert(name);
+                    }
                     self.untagged(map);
                     for child in map.values() {
                         self.node(child, parent);
@@ -418,6 +620,21 @@ impl Walker<'_> {
                 .map(str::to_string);
             self.setting(&literal.unwrap_or_default());
         }
+        if SEQUENCE_FUNCTIONS.contains(&base)
+            && matches!(name.split_once('.'), None | Some(("pg_catalog", _)))
+            && self.defining == 0
+            && let Some(sequence) = args
+                .and_then(Value::as_array)
+                .and_then(|a| a.first())
+                .and_then(literal_text)
+                .and_then(regclass_literal)
+        {
+            // A known effect: the sequence advances (or is set). Whether `name` is the
+            // built-in and not a user's function of that name is the catalog's to check.
+            self.info.tables.insert(sequence);
+            self.advances_sequence = true;
+            return;
+        }
         if !is_safe_function(name) {
             self.opaque(format!(
                 "calls {name}, which is not a known side-effect-free built-in"
@@ -432,6 +649,30 @@ impl Walker<'_> {
     fn tagged_node(&mut self, tag: &str, body: &Value, parent: Option<&str>) {
         if let Some(why) = opaque_form(tag, body) {
             self.opaque(why);
+        }
+        let operator = match tag {
+            "AExpr" => body.get("name"),
+            "SubLink" => body.get("oper_name"),
+            _ => None,
+        };
+        if let Some(name) = operator.and_then(name_list) {
+            self.info.operators.insert(name);
+        }
+        if matches!(tag, "IndexElem" | "PartitionElem")
+            && let Some(name) = body.get("opclass").and_then(name_list)
+        {
+            self.info.opclasses.insert(name);
+        }
+        let method = match tag {
+            "IndexStmt" => Some(s(body, "access_method")),
+            "Constraint" if is(i(body, "contype"), ConstrType::ConstrExclusion) => {
+                Some(s(body, "access_method"))
+            }
+            _ => None,
+        };
+        if let Some(method) = method {
+            let method = if method.is_empty() { "btree" } else { method };
+            self.info.opclasses.insert(format!("@{method}"));
         }
         match tag {
             "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt" => {

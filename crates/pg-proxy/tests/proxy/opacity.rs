@@ -402,3 +402,384 @@ async fn a_statement_parsed_before_a_trigger_is_created_is_decided_again() {
     })
     .await;
 }
+
+/// Types whose support code is a user's, created directly on the server before the gateway saw
+/// them: a range type with a subtype_diff function (it runs in GiST builds, ANALYZE and
+/// planning), a domain over it in an array, a domain whose check calls a function, and an
+/// index with a user operator class. Each function deletes.
+const USER_TYPES: &str = "
+create function public.span_diff(float8, float8) returns float8 language plpgsql immutable
+  as $$ begin delete from victims; return $1 - $2; end $$;
+create type span as range (subtype = float8, subtype_diff = public.span_diff);
+create domain span_d as span;
+create table spans (id int, r span);
+create table span_lists (id int, rs span_d[]);
+create function public.positive(int) returns bool language plpgsql immutable
+  as $$ begin delete from victims; return $1 > 0; end $$;
+create domain positive_int as int check (public.positive(value));
+create table checked (x positive_int);
+create table plain_ranges (id int, r numrange, t text);
+";
+
+/// Operator classes need a superuser: created as one.
+const USER_OPCLASS: &str = "
+create function public.int_cmp(int, int) returns int language plpgsql immutable
+  as $$ begin delete from victims; return btint4cmp($1, $2); end $$;
+create operator class int_ops_by_user for type int using btree as
+  operator 1 <, operator 2 <=, operator 3 =, operator 4 >=, operator 5 >,
+  function 1 public.int_cmp(int, int);
+create table sorted (x int);
+create index on sorted (x int_ops_by_user);
+grant all on sorted to public;
+";
+
+#[tokio::test]
+async fn columns_of_types_with_user_support_code_are_opaque() {
+    within(T, async {
+        let h = start(options()).await;
+        h.db.psql(&format!("SET ROLE \"{}\"; {USER_TYPES}", h.role))
+            .unwrap();
+        h.db.psql(USER_OPCLASS).unwrap();
+        let c = h.connect().await;
+        let m = refused_as_opaque(&c, "insert into spans values (1, '[1,2]')").await;
+        assert!(m.contains("span_diff"), "{m}");
+        assert!(m.contains("type span"), "{m}");
+        // ANALYZE and a read of the column run it too (an index build as well, but this
+        // policy lets DDL run opaque code).
+        refused_as_opaque(&c, "analyze spans").await;
+        refused_as_opaque(&c, "select r from spans").await;
+        // Through a domain in an array.
+        let m = refused_as_opaque(&c, "insert into span_lists values (1, null)").await;
+        assert!(m.contains("span_diff"), "{m}");
+        // A domain whose check calls user code.
+        let m = refused_as_opaque(&c, "insert into checked values (1)").await;
+        assert!(m.contains("positive(integer)"), "{m}");
+        // An index with a user operator class.
+        let m = refused_as_opaque(&c, "insert into sorted values (1)").await;
+        assert!(m.contains("int_cmp"), "{m}");
+        refused_as_opaque(&c, "reindex table sorted").await;
+        // Built-in range and text columns: allowed.
+        c.simple_query("insert into plain_ranges values (1, '[1,2]', 'a')")
+            .await
+            .unwrap();
+        c.simple_query("select r from plain_ranges").await.unwrap();
+        c.simple_query("create index on plain_ranges using gist (r)")
+            .await
+            .unwrap();
+        assert_eq!(victims(&h), "5");
+    })
+    .await;
+}
+
+/// No rule for opaque DDL: whatever the gateway cannot see into is refused, DDL included.
+const STRICT: &str = r#"
+version = 1
+
+[defaults]
+default = "allow"
+opaque = "deny"
+"#;
+
+fn strict() -> Options {
+    Options {
+        policy: Arc::new(
+            gatehouse_policy::CompiledPolicy::from_toml(STRICT, "policy.toml").unwrap(),
+        ),
+        setup_sql: SETUP,
+        ..Options::default()
+    }
+}
+
+/// `nextval`/`setval` resolve to the built-ins: a known effect (the sequence advances), not
+/// opaque, in VALUES, in a SELECT and in a column default; a user's function of that name
+/// anywhere makes them opaque again.
+#[tokio::test]
+async fn sequence_functions_are_not_opaque_unless_shadowed() {
+    within(T, async {
+        let h = start(strict()).await;
+        h.db.psql(&format!(
+            "SET ROLE \"{}\"; create sequence ids_seq; create table ids (id int, x int);",
+            h.role
+        ))
+        .unwrap();
+        let c = h.connect().await;
+        c.simple_query("insert into ids values (nextval('ids_seq'), 1)")
+            .await
+            .unwrap();
+        c.simple_query("select nextval('ids_seq'), setval('ids_seq', 10)")
+            .await
+            .unwrap();
+        c.simple_query(
+            "create table numbered (id int default nextval('ids_seq'), x int); \
+             insert into numbered (x) values (1)",
+        )
+        .await
+        .unwrap();
+        let n = h.db.psql("select id from numbered").unwrap();
+        assert_eq!(n.trim(), "11");
+        // Extended protocol too.
+        c.execute("insert into ids values (nextval('ids_seq'), $1)", &[&2i32])
+            .await
+            .unwrap();
+        // A sequence name that is not a literal: which sequence is unknown.
+        refused_as_opaque(&c, "select nextval(x::text) from ids").await;
+        // A user's nextval in any schema: the call may reach it.
+        h.db.psql(&format!(
+            "SET ROLE \"{}\"; create function public.nextval(regclass) returns bigint \
+             language plpgsql as $$ begin delete from victims; return 1; end $$;",
+            h.role
+        ))
+        .unwrap();
+        let c = h.connect().await;
+        let m = refused_as_opaque(&c, "insert into ids values (nextval('ids_seq'), 3)").await;
+        assert!(m.contains("public.nextval(regclass)"), "{m}");
+        assert_eq!(victims(&h), "5");
+    })
+    .await;
+}
+
+/// A migration's own tables: DDL that cannot attach code (a table of vetted column types, a
+/// sequence, a btree index, a constant default) does not make its later statements in the same
+/// transaction opaque; DDL that can (a table copying another's defaults, which call user code)
+/// still does, and a column of a type with user support code is opaque at once.
+#[tokio::test]
+async fn a_migration_writes_the_tables_it_just_created() {
+    within(T, async {
+        let h = start(strict()).await;
+        h.db.psql(&format!("SET ROLE \"{}\"; {USER_TYPES}", h.role))
+            .unwrap();
+        let c = h.connect().await;
+        c.simple_query("begin").await.unwrap();
+        c.simple_query(
+            "create table migrated (id serial primary key, name text not null default 'x', \
+               n int check (n > 0), at timestamptz default now())",
+        )
+        .await
+        .unwrap();
+        c.simple_query("insert into migrated (name, n) values ('a', 1)")
+            .await
+            .unwrap();
+        c.simple_query(
+            "create index on migrated (name); create sequence migrated_seq; \
+             alter table migrated add column m int default 0",
+        )
+        .await
+        .unwrap();
+        c.simple_query("update migrated set m = nextval('migrated_seq') where id = 1")
+            .await
+            .unwrap();
+        c.execute("insert into migrated (name, n) values ($1, 2)", &[&"b"])
+            .await
+            .unwrap();
+        c.simple_query("commit").await.unwrap();
+        let n = h.db.psql("select count(*) from migrated").unwrap();
+        assert_eq!(n.trim(), "2");
+        // A table that takes another's defaults may carry user code the gateway cannot see yet.
+        c.simple_query("begin").await.unwrap();
+        c.simple_query("create table copied (like defaults_code including defaults)")
+            .await
+            .unwrap();
+        let m = refused_as_opaque(&c, "insert into copied (id) values (1)").await;
+        assert!(m.contains("has not ended"), "{m}");
+        c.simple_query("rollback").await.unwrap();
+        // A cascading foreign key added to a table with a trigger: a delete on the referenced
+        // table would now fire it, which the catalog connection cannot see yet.
+        h.db.psql(&format!(
+            "SET ROLE \"{}\"; create table roots (id int primary key); \
+             insert into roots values (1); create table leaves (pid int); \
+             insert into leaves values (1); \
+             create trigger wipe_on_leaf before delete on leaves \
+               for each row execute function public.on_update();",
+            h.role
+        ))
+        .unwrap();
+        c.simple_query("begin").await.unwrap();
+        c.simple_query(
+            "alter table leaves add foreign key (pid) references roots on delete cascade",
+        )
+        .await
+        .unwrap();
+        let m = refused_as_opaque(&c, "delete from roots").await;
+        assert!(m.contains("has not ended"), "{m}");
+        c.simple_query("rollback").await.unwrap();
+        // A column of a type whose support code is a user's.
+        let m = refused_as_opaque(&c, "create table spans2 (r span)").await;
+        assert!(m.contains("span_diff"), "{m}");
+        // So is a literal of that type, with no table involved.
+        let m = refused_as_opaque(&c, "select '[1,2]'::span").await;
+        assert!(m.contains("span_diff"), "{m}");
+        c.simple_query("select '[1,2]'::numrange, 1::int, 'a'::text")
+            .await
+            .unwrap();
+        assert_eq!(victims(&h), "5");
+    })
+    .await;
+}
+
+/// A statement that copies data (`CREATE VIEW/TABLE … AS`, `SELECT … INTO`, `INSERT … SELECT`)
+/// is refused as `masked-column-copy` only when its query outputs a masked column (through `*`,
+/// a whole row, an expression, a subquery, or its nullness), not when it merely names the
+/// table that has one.
+#[tokio::test]
+async fn copies_count_the_columns_their_query_outputs() {
+    within(T, async {
+        let h = start(Options {
+            masker: gatehouse_testkit::layers::LiteralMasker::new()
+                .column("public.customers.email"),
+            policy: crate::common::keyword_policy(&["drop "], &[], 1000),
+            setup_sql: "create table customers (id int primary key, email text, note text); \
+                        insert into customers values (1, 'ann@example.com', 'n');",
+            ..Options::default()
+        })
+        .await;
+        let c = h.connect().await;
+        for sql in [
+            "create view ids as select id from customers",
+            "create view named as select c.id as n, c.note from customers c where c.email <> ''",
+            "create table ids2 as select id, note from customers where email like '%@%'",
+            "create table ids3 (id int); insert into ids3 select id from customers",
+            "select id into ids4 from customers",
+            "insert into ids3 values (1)",
+            // A sequence is a table of the statement; its value is no masked column.
+            "create sequence n_seq; \
+             insert into customers values (nextval('n_seq') + 10, 'x@example.com', 'n') \
+             on conflict (id) do nothing",
+            "insert into customers values (nextval('n_seq') + 10, 'y@example.com', 'n')",
+        ] {
+            c.simple_query(sql)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+        }
+        for sql in [
+            "create view v1 as select * from customers",
+            "create view v2 as select c.* from customers c",
+            "create view v3 as select row_to_json(c) from customers c",
+            "create view v4 as select id, (select email from customers limit 1) from customers",
+            "create table t5 as select lower(email) as e from customers",
+            "create table t6 as select s.e from (select email as e from customers) s",
+            "insert into ids3 select length(email) from customers",
+            "select email into t7 from customers",
+            "create view v8 as select count(email) from customers",
+            "with x as (select email from customers) insert into ids3 select length(e) from x",
+            "create view v9 as select id from customers union select length(email) from customers",
+        ] {
+            let e = c
+                .simple_query(sql)
+                .await
+                .expect_err(&format!("{sql} must be refused"));
+            let (code, message) = db_error(&e);
+            assert_eq!(code, "42501", "{sql}: {message}");
+            assert!(message.contains("masked-column-copy"), "{sql}: {message}");
+        }
+        let made =
+            h.db.psql("select count(*) from pg_class where relname ~ '^(v|t)[0-9]$'")
+                .unwrap();
+        assert_eq!(made.trim(), "0");
+    })
+    .await;
+}
+
+/// An integrity-constraint error on a table with a masked column keeps its SQLSTATE, severity
+/// and message when the message names only schemas, relations, columns and constraints of the
+/// database; its detail (the key, the failing row) is withheld. Any other error of such a
+/// statement is withheld whole, as before.
+#[tokio::test]
+async fn constraint_errors_keep_their_names_and_withhold_their_values() {
+    within(T, async {
+        let h = start(Options {
+            masker: gatehouse_testkit::layers::LiteralMasker::new()
+                .column("public.customers.email"),
+            policy: crate::common::keyword_policy(&["drop "], &[], 1000),
+            setup_sql: "create table customers (id int primary key, \
+                          email text not null unique, age int check (age > 0)); \
+                        insert into customers values (1, 'ann@example.com', 30);",
+            ..Options::default()
+        })
+        .await;
+        let c = h.connect().await;
+        for (sql, code, names) in [
+            (
+                "insert into customers values (2, 'ann@example.com', 5)",
+                "23505",
+                &["customers_email_key"][..],
+            ),
+            (
+                "insert into customers values (1, 'bob@example.com', 5)",
+                "23505",
+                &["customers_pkey"][..],
+            ),
+            (
+                "insert into customers (id, age) values (3, 5)",
+                "23502",
+                &["email", "customers"][..],
+            ),
+            (
+                "update customers set age = -1 where email = 'ann@example.com'",
+                "23514",
+                &["customers", "customers_age_check"][..],
+            ),
+        ] {
+            let e = c.simple_query(sql).await.expect_err(sql);
+            let db = e.as_db_error().expect("a server error");
+            assert_eq!(db.code().code(), code, "{sql}");
+            for n in names {
+                assert!(db.message().contains(&format!("\"{n}\"")), "{sql}: {db:?}");
+            }
+            let detail = db.detail().unwrap_or_default();
+            assert!(detail.contains("withholds"), "{sql}: {db:?}");
+            assert!(!format!("{db:?}").contains("ann@"), "{sql}: {db:?}");
+            assert!(!format!("{db:?}").contains("bob@"), "{sql}: {db:?}");
+        }
+        // A cast error carries the value in its message: withheld whole.
+        let e = c
+            .simple_query("select cast(email as int) from customers")
+            .await
+            .expect_err("cast");
+        let db = e.as_db_error().expect("a server error");
+        assert_eq!(db.code().code(), "22P02");
+        assert!(db.message().contains("withholds"), "{db:?}");
+        assert!(!format!("{db:?}").contains("ann@"), "{db:?}");
+    })
+    .await;
+}
+
+/// An operator whose function is a user's, created directly on the server: a statement that
+/// writes it is opaque, in a query or in a constraint a new table would carry, and so is one
+/// that writes a table whose constraint uses it or reads a view that does.
+#[tokio::test]
+async fn operators_with_user_code_are_opaque() {
+    within(T, async {
+        let h = start(strict()).await;
+        h.db.psql(&format!(
+            "SET ROLE \"{}\"; create function public.wipe_eq(int, int) returns bool \
+             language plpgsql immutable as $$ begin delete from victims; return $1 = $2; end $$; \
+             create operator public.=== (leftarg = int, rightarg = int, function = public.wipe_eq); \
+             create table guarded_before (n int check (n === 1)); \
+             create view compares as select id === 1 as one from victims;",
+            h.role
+        ))
+        .unwrap();
+        let c = h.connect().await;
+        let m = refused_as_opaque(&c, "select 1 === 2").await;
+        assert!(m.contains("wipe_eq"), "{m}");
+        refused_as_opaque(&c, "select id from victims where id operator(public.===) 1").await;
+        refused_as_opaque(&c, "create table guarded (n int check (n === 1))").await;
+        // Stored in a constraint or a view before the gateway saw them.
+        let m = refused_as_opaque(&c, "insert into guarded_before values (1)").await;
+        assert!(m.contains("wipe_eq"), "{m}");
+        let m = refused_as_opaque(&c, "select * from compares").await;
+        assert!(m.contains("wipe_eq"), "{m}");
+        c.simple_query("select 1 = 1, 2 > 1, 'a' like 'a%'")
+            .await
+            .unwrap();
+        // An index build with a user operator class.
+        h.db.psql(USER_OPCLASS).unwrap();
+        let m = refused_as_opaque(&c, "create index on victims (id int_ops_by_user)").await;
+        assert!(m.contains("int_cmp"), "{m}");
+        c.simple_query("create index on victims (id); create index on victims using hash (id)")
+            .await
+            .unwrap();
+        assert_eq!(victims(&h), "5");
+    })
+    .await;
+}

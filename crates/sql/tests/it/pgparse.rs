@@ -283,8 +283,8 @@ fn opaque_constructs_are_marked_with_a_reason() {
         "SELECT pg_advisory_lock(1)",
         "SELECT lo_import('/etc/passwd')",
         "SELECT pg_read_file('/etc/passwd')",
-        "SELECT nextval('s')",
-        "SELECT setval('s', 1)",
+        "SELECT nextval(seq_name) FROM t",
+        "SELECT setval(seq_name, 1) FROM t",
         "SET search_path = evil, public",
         "SET LOCAL search_path TO evil",
         "RESET search_path",
@@ -308,6 +308,10 @@ fn opaque_constructs_are_marked_with_a_reason() {
         "ALTER PROCEDURE p() RENAME TO q",
         "ALTER FUNCTION f() SET SCHEMA pg_temp",
         "ALTER ROUTINE f() SET SCHEMA s",
+        // An operator class's support functions run inside index builds and index writes.
+        "CREATE OPERATOR CLASS my_ops FOR TYPE int USING btree AS FUNCTION 1 mycmp(int, int)",
+        "CREATE OPERATOR FAMILY my_fam USING btree",
+        "ALTER OPERATOR FAMILY my_fam USING btree ADD FUNCTION 1 mycmp(int, int)",
     ];
     let mut failures = Vec::new();
     for sql in opaque {
@@ -484,4 +488,137 @@ fn deep_statements_fail_closed() {
         let sub = format!("SELECT {}1{}", "(SELECT ".repeat(depth), ")".repeat(depth));
         assert_eq!(classify(&sub, &s).statements.len(), 1, "{depth}");
     }
+}
+
+/// `nextval`/`setval` of a literal sequence are built-ins with a known effect (the sequence
+/// advances or is set): not opaque, the sequence is a table of the statement, and a statement
+/// that writes nothing else counts as an update. Anything else about them stays opaque.
+#[test]
+fn sequence_functions_have_a_known_effect() {
+    for (sql, sequence) in [
+        ("INSERT INTO t (id, x) VALUES (nextval('s'), 1)", "s"),
+        ("INSERT INTO t SELECT nextval('public.s'), 2", "public.s"),
+        ("SELECT nextval('S')", "s"),
+        ("SELECT pg_catalog.nextval('\"Seq\"'::regclass)", "Seq"),
+        ("SELECT setval('s', 10)", "s"),
+        ("CREATE TABLE t (id int DEFAULT nextval('s'))", "s"),
+        (
+            "ALTER TABLE t ALTER COLUMN id SET DEFAULT nextval('s')",
+            "s",
+        ),
+    ] {
+        let info = one(sql);
+        assert!(
+            !info.has(Risk::OpaqueCode),
+            "{sql}: {:?}",
+            info.opaque_reasons
+        );
+        assert!(info.tables.contains(sequence), "{sql}: {:?}", info.tables);
+        assert!(info.functions.iter().any(|f| f.ends_with("val")), "{sql}");
+    }
+    assert!(one("SELECT nextval('s')").kinds.contains(&K::Update));
+    assert!(one("SELECT setval('s', 1)").kinds.contains(&K::Update));
+    let insert = one("INSERT INTO t VALUES (nextval('s'))");
+    assert!(!insert.kinds.contains(&K::Update));
+    let ddl = one("CREATE TABLE t (id int DEFAULT nextval('s'))");
+    assert!(!ddl.kinds.contains(&K::Update));
+    for sql in [
+        "SELECT nextval(name) FROM seqs",
+        "SELECT nextval('s' || 'x')",
+        "SELECT public.nextval('s')",
+        "SELECT nextval('a.b.c.d')",
+        "SELECT nextval('s x')",
+        // A view's query runs when the view is read: there it would be hidden.
+        "CREATE VIEW v AS SELECT nextval('s')",
+    ] {
+        assert!(one(sql).has(Risk::OpaqueCode), "{sql} must stay opaque");
+    }
+}
+
+/// Types in casts, column and domain definitions are collected for the catalog lookup.
+#[test]
+fn types_in_casts_and_definitions_are_collected() {
+    let info = one("SELECT '[1,2]'::span, CAST(x AS public.other[]) FROM t");
+    assert!(info.types.contains("span"), "{:?}", info.types);
+    assert!(info.types.contains("public.other"), "{:?}", info.types);
+    let info = one("CREATE TABLE t (a int, b text, c span_d, d serial)");
+    for t in ["pg_catalog.int4", "text", "span_d", "serial"] {
+        assert!(info.types.contains(t), "{t}: {:?}", info.types);
+    }
+    assert!(one("CREATE DOMAIN d AS span").types.contains("span"));
+    assert!(one("SELECT 1 FROM t").types.is_empty());
+}
+
+/// DDL that cannot attach code for later statements, and DDL that can.
+#[test]
+fn plain_ddl_is_told_from_ddl_that_can_attach_code() {
+    for sql in [
+        "CREATE TABLE t (id serial PRIMARY KEY, name text NOT NULL DEFAULT 'x', n int CHECK (n > 0))",
+        "CREATE TABLE t (a int, b int REFERENCES u (id) ON DELETE CASCADE, UNIQUE (a, b))",
+        "CREATE TEMP TABLE t (a int)",
+        "CREATE SEQUENCE s START 5",
+        "ALTER SEQUENCE s RESTART",
+        "CREATE INDEX ON t (a)",
+        "CREATE UNIQUE INDEX i ON t USING hash (lower(b))",
+        "ALTER TABLE t ADD COLUMN c int DEFAULT 0",
+        "ALTER TABLE t ALTER COLUMN c SET DEFAULT 1, ALTER COLUMN c SET NOT NULL",
+        "ALTER TABLE t ADD CONSTRAINT c CHECK (a > 0)",
+        "ALTER TABLE t DROP COLUMN c",
+        "ALTER TABLE t ADD CONSTRAINT f FOREIGN KEY (a) REFERENCES u (id)",
+        "ALTER TABLE t ADD COLUMN p int REFERENCES u ON DELETE RESTRICT",
+        "CREATE TABLE t (p int REFERENCES u ON DELETE CASCADE)",
+    ] {
+        assert!(one(sql).plain_ddl, "{sql} is plain DDL");
+    }
+    for sql in [
+        "CREATE TABLE t (LIKE u INCLUDING ALL)",
+        "CREATE TABLE t () INHERITS (u)",
+        "CREATE TABLE t PARTITION OF u FOR VALUES FROM (1) TO (2)",
+        "CREATE TABLE t (a int) PARTITION BY RANGE (a)",
+        "CREATE TABLE t OF some_type",
+        "CREATE TABLE t (a int) USING some_am",
+        "CREATE TABLE t (r int4range, EXCLUDE USING gist (r WITH &&))",
+        "CREATE INDEX ON t USING gist (r)",
+        "CREATE INDEX ON t (a my_ops)",
+        "ALTER TABLE t ALTER COLUMN a TYPE span USING a::span",
+        "ALTER TABLE t ATTACH PARTITION u FOR VALUES FROM (1) TO (2)",
+        "ALTER TABLE t INHERIT u",
+        "ALTER TABLE t ENABLE TRIGGER ALL",
+        // A cascade from u would now reach t's triggers, which the lookup cannot see yet.
+        "ALTER TABLE t ADD CONSTRAINT f FOREIGN KEY (a) REFERENCES u (id) ON DELETE CASCADE",
+        "ALTER TABLE t ADD COLUMN p int REFERENCES u ON UPDATE SET NULL",
+        "CREATE TABLE t AS SELECT 1",
+        "CREATE VIEW v AS SELECT 1",
+        "CREATE TYPE e AS ENUM ('a')",
+        "SELECT 1",
+    ] {
+        assert!(!one(sql).plain_ddl, "{sql} is not plain DDL");
+    }
+}
+
+/// Operators written in a statement are collected for the catalog lookup.
+#[test]
+fn operators_are_collected() {
+    let info = one("SELECT a === b, c OPERATOR(public.@@) d FROM t \
+         WHERE x = ANY (SELECT y FROM u) AND name LIKE 'a%' AND a > 1");
+    for op in ["===", "public.@@", "=", "~~", ">"] {
+        assert!(info.operators.contains(op), "{op}: {:?}", info.operators);
+    }
+    let info = one("CREATE TABLE t (n int CHECK (n <<< 0))");
+    assert!(info.operators.contains("<<<"), "{:?}", info.operators);
+}
+
+/// Operator classes and index access methods are collected for the catalog lookup.
+#[test]
+fn operator_classes_are_collected() {
+    let info = one("CREATE INDEX ON t USING gin (name gin_trgm_ops, (lower(x)) public.my_ops)");
+    for o in ["gin_trgm_ops", "public.my_ops", "@gin"] {
+        assert!(info.opclasses.contains(o), "{o}: {:?}", info.opclasses);
+    }
+    assert!(one("CREATE INDEX ON t (a)").opclasses.contains("@btree"));
+    let info = one("CREATE TABLE t (r int4range, EXCLUDE USING gist (r WITH &&))");
+    assert!(info.opclasses.contains("@gist"), "{:?}", info.opclasses);
+    let info = one("CREATE TABLE t (a int) PARTITION BY RANGE (a my_ops)");
+    assert!(info.opclasses.contains("my_ops"), "{:?}", info.opclasses);
+    assert!(one("SELECT 1 FROM t").opclasses.is_empty());
 }
