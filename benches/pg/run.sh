@@ -15,6 +15,10 @@
 # and the proxy sharing the cores, the proxy's CPU per transaction is what sets its throughput.
 # Not part of CI. Usage:
 #   benches/pg/run.sh [seconds-per-run (default 20)] [scale (default 10)] [protocols (default "simple prepared")]
+# Env: GATEHOUSE_BENCH_GATEWAY=<binary>: use that build of the bench gateway instead of building one;
+#      GATEHOUSE_BENCH_GATEWAY_B=<binary>: also run a second build as mode "gh-b" (fsync), for A/B
+#      runs of two builds against the same PostgreSQL and PgBouncer (benches/pg/ab.sh);
+#      BENCH_CLIENTS (default "1 8"); BENCH_SKIP: modes to leave out, e.g. "relay gh-oswrite".
 set -euo pipefail
 
 DURATION="${1:-20}"
@@ -38,12 +42,20 @@ as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 PG_PORT=$(free_port); GW_PORT=$(free_port); GW2_PORT=$(free_port); RELAY_PORT=$(free_port); BOUNCER_PORT=$(free_port)
+GW3_PORT=$(free_port)
+GATEWAY_B="${GATEHOUSE_BENCH_GATEWAY_B:-}"
+CLIENTS="${BENCH_CLIENTS:-1 8}"
+SKIP=" ${BENCH_SKIP:-} "
 PASSWORD="bench-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 TOKEN="bench-token"
 
-echo "== building the gateway (release)"
-(cd "$ROOT" && cargo build --release -q -p gatehouse-pg --example bench_gateway)
-GATEWAY="${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/bench_gateway"
+if [ -n "${GATEHOUSE_BENCH_GATEWAY:-}" ]; then
+  GATEWAY="$GATEHOUSE_BENCH_GATEWAY"
+else
+  echo "== building the gateway (release)"
+  (cd "$ROOT" && cargo build --release -q -p gatehouse-pg --example bench_gateway)
+  GATEWAY="${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/bench_gateway"
+fi
 
 echo "== starting PostgreSQL ($BIN_DIR) on 127.0.0.1:$PG_PORT"
 mkdir -p "$WORK/data"; [ "$(id -u)" = 0 ] && chown postgres "$WORK/data"
@@ -73,6 +85,11 @@ echo "== starting relay :$RELAY_PORT and gateways :$GW_PORT (fsync) :$GW2_PORT (
 "$GATEWAY" --listen "127.0.0.1:$GW2_PORT" --upstream "127.0.0.1:$PG_PORT" --user bench \
   --password "$PASSWORD" --database bench --token "$TOKEN" --durability os-write \
   --audit-dir "$WORK/audit-oswrite" 2>"$WORK/gateway2.log" & PIDS+=($!)
+if [ -n "$GATEWAY_B" ]; then
+  "$GATEWAY_B" --listen "127.0.0.1:$GW3_PORT" --upstream "127.0.0.1:$PG_PORT" --user bench \
+    --password "$PASSWORD" --database bench --token "$TOKEN" --durability fsync \
+    --audit-dir "$WORK/audit-b" 2>"$WORK/gateway3.log" & PIDS+=($!)
+fi
 
 HAVE_BOUNCER=0
 if command -v pgbouncer >/dev/null 2>&1; then
@@ -99,7 +116,7 @@ INI
 else
   echo "   (pgbouncer not installed: apt-get install pgbouncer to include it)"
 fi
-for p in $RELAY_PORT $GW_PORT $GW2_PORT $([ $HAVE_BOUNCER = 1 ] && echo $BOUNCER_PORT); do
+for p in $RELAY_PORT $GW_PORT $GW2_PORT $([ -n "$GATEWAY_B" ] && echo $GW3_PORT) $([ $HAVE_BOUNCER = 1 ] && echo $BOUNCER_PORT); do
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
 done
 
@@ -144,7 +161,7 @@ printf "%-11s %-8s %-3s %-11s %10s %9s %9s %8s %12s %9s %11s\n" workload protoco
 for protocol in $PROTOCOLS; do
   for workload in select-only tpcb; do
     stmts=1; [ "$workload" = tpcb ] && stmts=7
-    for clients in 1 8; do
+    for clients in $CLIENTS; do
       read -r dtps dlat dp50 _ < <(run "$PG_PORT" "$PASSWORD" $workload $clients "$protocol")
       printf "%-11s %-8s %-3s %-11s %10s %9s %9s %8s %12s %9s %11s\n" $workload "$protocol" $clients direct "$dtps" "$dlat" "$dp50" "1.00" "-" "-" "-"
       # PgBouncer runs before the others so that each row can be set against it.
@@ -152,9 +169,11 @@ for protocol in $PROTOCOLS; do
       [ $HAVE_BOUNCER = 1 ] && modes="pgbouncer:$BOUNCER_PORT:$PASSWORD:$(cat "$WORK/pgbouncer.pid" 2>/dev/null || echo -)"
       modes="$modes relay:$RELAY_PORT:$PASSWORD:${PIDS[0]}"
       modes="$modes gh-fsync:$GW_PORT:$TOKEN:${PIDS[1]} gh-oswrite:$GW2_PORT:$TOKEN:${PIDS[2]}"
+      [ -n "$GATEWAY_B" ] && modes="$modes gh-b:$GW3_PORT:$TOKEN:${PIDS[3]}"
       btps=""
       for m in $modes; do
         IFS=: read -r name port pw pid <<< "$m"
+        case "$SKIP" in *" $name "*) continue ;; esac
         read -r tps lat p50 cpu < <(run "$port" "$pw" $workload $clients "$protocol" "$pid")
         [ "$name" = pgbouncer ] && btps=$tps
         ratio=$(python3 -c "print(f'{$tps/$dtps:.2f}')" 2>/dev/null || echo "?")
