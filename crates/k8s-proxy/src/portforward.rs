@@ -39,6 +39,12 @@ use crate::spdy::{self, Frame, FrameReader, HeaderInflater};
 /// The WebSocket subprotocol of kubectl's SPDY tunnel.
 pub const TUNNEL_PROTOCOL: &str = "SPDY/3.1+portforward.k8s.io";
 
+/// The rule id recorded when an allowed port forward is refused because its rule does not
+/// pass binary data (`binary = "raw"`).
+pub const BINARY_RULE: &str = "k8s-portforward-binary";
+/// The rule id recorded for a port-forward request the gateway cannot read (bad `ports=`).
+const BAD_REQUEST_RULE: &str = "k8s-portforward-bad-request";
+
 /// Streams one tunnel may open (kubectl opens two per local connection).
 const MAX_STREAMS: usize = 4096;
 
@@ -52,6 +58,7 @@ pub(crate) async fn handle(
     decision: Decision,
     ctx: OpCtx,
 ) -> Result<Response, K8sProxyError> {
+    let ports = requested_ports(parsed.query.as_deref());
     let refusal = match decision.verdict {
         Verdict::Deny => Some(K8sProxyError::Denied {
             rule: decision.rule_id.clone(),
@@ -67,22 +74,28 @@ pub(crate) async fn handle(
         _ if !offers_tunnel(&req) => Some(K8sProxyError::PortForwardNotRelayed {
             rule: decision.rule_id.clone(),
         }),
-        _ => None,
+        _ => ports
+            .as_ref()
+            .err()
+            .map(|e| K8sProxyError::BadRequest(e.clone())),
     };
     if let Some(refusal) = refusal {
-        let recorded = if decision.verdict == Verdict::Allow {
-            Decision::deny(SPDY_RULE, refusal.to_string())
-        } else {
-            decision.clone()
+        // What the audit log says refused it: the policy's own deny, or the gateway's.
+        let recorded = match &refusal {
+            _ if decision.verdict != Verdict::Allow => decision.clone(),
+            K8sProxyError::PortForwardBinary { .. } => {
+                Decision::deny(BINARY_RULE, refusal.to_string())
+            }
+            K8sProxyError::PortForwardNotRelayed { .. } => {
+                Decision::deny(SPDY_RULE, refusal.to_string())
+            }
+            _ => Decision::deny(BAD_REQUEST_RULE, refusal.to_string()),
         };
         conn.record_operation(&ctx, &parsed.operation, &recorded)
             .await?;
         return Err(refusal);
     }
-    let allowed_ports = match requested_ports(parsed.query.as_deref()) {
-        Ok(p) => p,
-        Err(e) => return Err(K8sProxyError::BadRequest(e)),
-    };
+    let allowed_ports = ports.unwrap_or_default();
     conn.record_operation(&ctx, &parsed.operation, &decision)
         .await?;
     let accept = req
@@ -108,8 +121,6 @@ pub(crate) async fn handle(
                 .as_str()
                 .unwrap_or("the API server refused the port-forward tunnel")
                 .to_string();
-            conn.record_status(&ctx, "502 upstream refused".into(), 0, Vec::new())
-                .await;
             return Err(K8sProxyError::UpstreamRefused(message));
         }
     };
