@@ -2092,3 +2092,103 @@ async fn kubectl_port_forward_relays_byte_exact_under_a_raw_rule() {
         0
     );
 }
+
+/// A tunnel whose request names its ports (`?ports=80`) may open streams to those only: a
+/// stream naming another port ends the tunnel (policy close, reason naming the port) before
+/// its frame reaches the API server, and the audit log says why.
+#[tokio::test]
+async fn a_stream_naming_a_port_the_request_did_not_ends_the_tunnel() {
+    use futures::{SinkExt as _, StreamExt as _};
+    use gatehouse_k8s::spdy::{Frame, FrameReader, HeaderDeflater};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let policy = format!(
+        "{POLICY}\n[[rules]]\nid = \"pf-web-0\"\nverdict = \"allow\"\nbinary = \"raw\"\nkubernetes = {{ verbs = [\"portforward\"], names = [\"web-0\"] }}\n"
+    );
+    let rig = Rig::start_with(&policy, |_| {}).await;
+    let echo = echo_server().await;
+    rig.api.state.pod_ports.lock().unwrap().insert(80, echo);
+    rig.api.state.pod_ports.lock().unwrap().insert(22, echo);
+    let url = format!(
+        "ws://{}/api/v1/namespaces/default/pods/web-0/portforward?ports=80",
+        rig.gateway
+    );
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", bearer().parse().unwrap());
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        "SPDY/3.1+portforward.k8s.io".parse().unwrap(),
+    );
+    gatehouse_testkit::within(Duration::from_secs(30), async {
+        let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+        assert_eq!(resp.status(), 101);
+        let mut headers = HeaderDeflater::new().unwrap();
+        let mut syn = |id: u32, kind: &str, port: &str, request: &str| {
+            let block = headers
+                .encode(&[("streamType", kind), ("port", port), ("requestID", request)])
+                .unwrap();
+            Message::Binary(Frame::syn_stream(id, &block, false).encode().into())
+        };
+        ws.send(syn(1, "error", "80", "0")).await.unwrap();
+        ws.send(syn(3, "data", "80", "0")).await.unwrap();
+        ws.send(Message::Binary(
+            Frame::data(3, b"hello\0", false).encode().into(),
+        ))
+        .await
+        .unwrap();
+        // The echo comes back on stream 3.
+        let mut reader = FrameReader::new();
+        let mut echoed = Vec::new();
+        while echoed.len() < 6 {
+            let Some(Ok(Message::Binary(b))) = ws.next().await else {
+                panic!("tunnel ended early");
+            };
+            reader.push(&b);
+            while let Some((f, _)) = reader.next_frame().unwrap() {
+                if let Frame::Data {
+                    stream_id: 3,
+                    payload,
+                    ..
+                } = f
+                {
+                    echoed.extend_from_slice(&payload);
+                }
+            }
+        }
+        assert_eq!(echoed, b"hello\0");
+        // A stream to port 22, which the request did not name: the tunnel ends.
+        ws.send(syn(5, "data", "22", "1")).await.unwrap();
+        let close = loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(f))) => break f,
+                Some(Ok(_)) => continue,
+                other => panic!("no close frame: {other:?}"),
+            }
+        };
+        let close = close.unwrap();
+        assert_eq!(u16::from(close.code), 1008);
+        assert!(close.reason.contains("port 22"), "{close:?}");
+    })
+    .await;
+    assert_eq!(
+        *rig.api.state.portforward_ports.lock().unwrap(),
+        vec![80, 80]
+    );
+    let status = gatehouse_testkit::within(Duration::from_secs(30), async {
+        loop {
+            if let Some(r) = rig
+                .results()
+                .into_iter()
+                .find(|r| r.status.starts_with("101 refused"))
+            {
+                break r.status;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(status.contains("names port 22"), "{status}");
+    let streams = portforward_streams(&rig);
+    assert_eq!(streams.len(), 2, "{streams:#?}");
+}

@@ -76,6 +76,8 @@ pub struct State {
     pub pod_ports: Mutex<BTreeMap<u16, SocketAddr>>,
     /// Port-forward tunnels opened.
     pub portforward_requests: AtomicU64,
+    /// The port of every port-forward stream opened, in order.
+    pub portforward_ports: Mutex<Vec<u16>>,
 }
 
 impl State {
@@ -188,6 +190,7 @@ impl ApiServer {
             log_content_type: Mutex::new(None),
             pod_ports: Mutex::new(BTreeMap::new()),
             portforward_requests: AtomicU64::new(0),
+            portforward_ports: Mutex::new(Vec::new()),
         });
         for ns in ["default", "kube-system"] {
             state.insert(
@@ -1055,6 +1058,7 @@ where
                     let port = spdy::header(&headers, "port")
                         .and_then(|p| p.parse::<u16>().ok())
                         .unwrap_or(0);
+                    st.portforward_ports.lock().unwrap().push(port);
                     let request = spdy::header(&headers, "requestid")
                         .unwrap_or("")
                         .to_string();
