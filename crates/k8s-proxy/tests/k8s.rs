@@ -2192,3 +2192,111 @@ async fn a_stream_naming_a_port_the_request_did_not_ends_the_tunnel() {
     let streams = portforward_streams(&rig);
     assert_eq!(streams.len(), 2, "{streams:#?}");
 }
+
+/// Opens the SPDY-over-WebSocket tunnel to web-0 as kubectl does, without kubectl.
+async fn open_tunnel(
+    rig: &Rig,
+    query: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let url = format!(
+        "ws://{}/api/v1/namespaces/default/pods/web-0/portforward{query}",
+        rig.gateway
+    );
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", bearer().parse().unwrap());
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        "SPDY/3.1+portforward.k8s.io".parse().unwrap(),
+    );
+    let (ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+/// Bytes from the pod pass the egress guard: the gateway's cluster credential echoed back by
+/// the pod ends the tunnel and never reaches the caller.
+#[tokio::test]
+async fn port_forward_bytes_from_the_pod_pass_the_egress_guard() {
+    use futures::{SinkExt as _, StreamExt as _};
+    use gatehouse_k8s::spdy::{Frame, FrameReader, HeaderDeflater};
+    use tokio_tungstenite::tungstenite::Message;
+    let policy = format!(
+        "{POLICY}\n[[rules]]\nid = \"pf-web-0\"\nverdict = \"allow\"\nbinary = \"raw\"\nkubernetes = {{ verbs = [\"portforward\"], names = [\"web-0\"] }}\n"
+    );
+    let rig = Rig::start_with(&policy, |_| {}).await;
+    let echo = echo_server().await;
+    rig.api.state.pod_ports.lock().unwrap().insert(80, echo);
+    let received = gatehouse_testkit::within(Duration::from_secs(30), async {
+        let mut ws = open_tunnel(&rig, "").await;
+        let mut headers = HeaderDeflater::new().unwrap();
+        for (id, kind) in [(1, "error"), (3, "data")] {
+            let block = headers
+                .encode(&[("streamType", kind), ("port", "80"), ("requestID", "0")])
+                .unwrap();
+            ws.send(Message::Binary(
+                Frame::syn_stream(id, &block, false).encode().into(),
+            ))
+            .await
+            .unwrap();
+        }
+        let leak = format!("token={UPSTREAM_TOKEN}\n");
+        ws.send(Message::Binary(
+            Frame::data(3, leak.as_bytes(), false).encode().into(),
+        ))
+        .await
+        .unwrap();
+        let mut reader = FrameReader::new();
+        let mut received = Vec::new();
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Binary(b))) => {
+                    reader.push(&b);
+                    while let Some((f, _)) = reader.next_frame().unwrap() {
+                        if let Frame::Data { payload, .. } = f {
+                            received.extend_from_slice(&payload);
+                        }
+                    }
+                }
+                Some(Ok(Message::Close(f))) => {
+                    let f = f.unwrap();
+                    assert_eq!(u16::from(f.code), 1008);
+                    assert!(f.reason.contains("credential"), "{f:?}");
+                    break received;
+                }
+                Some(Ok(_)) => {}
+                other => panic!("no close frame: {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(
+        !String::from_utf8_lossy(&received).contains(UPSTREAM_TOKEN),
+        "the credential reached the caller"
+    );
+}
+
+/// A review verdict does not hold a port-forward tunnel open for an approver: it is refused.
+#[tokio::test]
+async fn reviewed_port_forward_is_refused() {
+    let policy = format!(
+        "{POLICY}\n[[rules]]\nid = \"pf-reviewed\"\nverdict = \"review\"\napprovers = [\"admins\"]\ntimeout = \"60s\"\nbinary = \"raw\"\nkubernetes = {{ verbs = [\"portforward\"], names = [\"web-0\"] }}\n"
+    );
+    let rig = Rig::start_with(&policy, |_| {}).await;
+    let out = rig.kubectl(&["port-forward", "pod/web-0", ":80"]).await;
+    assert_ne!(out.code, Some(0), "{out:#?}");
+    assert!(
+        out.stderr.contains(
+            "denied by gatehouse rule pf-reviewed: port-forward tunnels cannot wait for approval"
+        ),
+        "{out:#?}"
+    );
+    assert_eq!(
+        rig.api
+            .state
+            .portforward_requests
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+}
