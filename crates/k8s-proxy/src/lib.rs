@@ -87,7 +87,7 @@
 //!
 //! Known limits: responses that may hold Secrets (resource `secrets`, unknown resources,
 //! subresources) are parsed whole, up to `limits.max_response_body`; SPDY-only clients
-//! (kubectl before 1.30 by default) cannot exec or port-forward; a policy rule cannot name
+//! cannot exec (kubectl before 1.30) or port-forward (before 1.31); a policy rule cannot name
 //! ports of a port forward (a request's `ports=` query, when present, bounds its streams).
 
 #![forbid(unsafe_code)]
