@@ -989,7 +989,7 @@ impl ConnCtx {
         {
             Err(_) => return Err(HttpProxyError::UpstreamTimeout),
             Ok(Err(e)) => {
-                if capture.lock().await.too_large {
+                if lock_capture(&capture).too_large {
                     return Err(HttpProxyError::BodyTooLarge(max_body));
                 }
                 return Err(if e.is_connect() {
@@ -1091,7 +1091,7 @@ impl ConnCtx {
         target: &RoutedTarget,
         operation: &HttpOperation,
         decision: &Decision,
-    ) -> Result<(Request<upstream::UpstreamBody>, Arc<Mutex<RequestCapture>>), HttpProxyError> {
+    ) -> Result<(Request<upstream::UpstreamBody>, SharedCapture), HttpProxyError> {
         let mut h = parts.headers;
         headers::strip_hop_by_hop(&mut h);
         h.remove(header::HOST);
@@ -1127,7 +1127,7 @@ impl ConnCtx {
         if let Ok(v) = HeaderValue::from_str(&authority) {
             h.insert(header::HOST, v);
         }
-        let capture = Arc::new(Mutex::new(RequestCapture::new(
+        let capture = Arc::new(std::sync::Mutex::new(RequestCapture::new(
             &*self.proxy.pipeline.masker,
             decision.masking_profile.clone(),
             &h,
@@ -1136,10 +1136,10 @@ impl ConnCtx {
         let max = self.proxy.config.limits.max_request_body;
         let body: upstream::UpstreamBody = match body {
             RequestBody::Buffered(bytes) => {
-                if let Ok(mut c) = capture.try_lock() {
-                    c.push(&bytes);
-                    c.finish();
-                }
+                let mut c = lock_capture(&capture);
+                c.push(&bytes);
+                c.finish();
+                drop(c);
                 Full::new(bytes)
                     .map_err(|never: Infallible| match never {})
                     .boxed_unsync()
@@ -1201,7 +1201,10 @@ enum RequestBody {
     Buffered(Bytes),
 }
 
-/// The masked, capped copy of a request body kept for the recording.
+/// The copy of a request body kept for the recording: text masked and capped; a binary body
+/// (a content type the masker cannot read, or NUL bytes / invalid UTF-8 in a text one) by size
+/// and SHA-256 only, never run through the text masker. The upstream gets the body unchanged
+/// either way.
 pub(crate) struct RequestCapture {
     masker: Option<Box<dyn gatehouse_core::StreamMasker>>,
     bytes: Vec<u8>,
@@ -1209,6 +1212,14 @@ pub(crate) struct RequestCapture {
     cap: usize,
     too_large: bool,
     findings: Vec<gatehouse_core::Finding>,
+    /// Watches a text body for binary data across chunks.
+    detector: gatehouse_core::TextDetector,
+    /// The digest of every byte of the body (finished into `sha256` for a binary body).
+    hasher: Sha256,
+    /// Set when the body is recorded by digest: `"binary content type"` or `"binary body"`.
+    raw_why: Option<&'static str>,
+    sha256: Option<String>,
+    finished: bool,
 }
 
 impl RequestCapture {
@@ -1228,17 +1239,36 @@ impl RequestCapture {
             })),
         };
         Self {
+            raw_why: masker.is_none().then_some("binary content type"),
             masker,
             bytes: Vec::new(),
             total: 0,
             cap,
             too_large: false,
             findings: Vec::new(),
+            detector: gatehouse_core::TextDetector::new(),
+            hasher: Sha256::new(),
+            sha256: None,
+            finished: false,
         }
     }
 
+    /// The body turned out binary: drop what the masker made of it (never recorded).
+    fn switch_to_digest(&mut self) {
+        self.masker = None;
+        self.bytes.clear();
+        self.raw_why = Some("binary body");
+    }
+
     fn push(&mut self, chunk: &[u8]) {
+        if self.finished {
+            return;
+        }
         self.total += chunk.len() as u64;
+        self.hasher.update(chunk);
+        if self.masker.is_some() && !self.detector.push(chunk) {
+            self.switch_to_digest();
+        }
         if self.bytes.len() >= self.cap {
             return;
         }
@@ -1249,6 +1279,13 @@ impl RequestCapture {
     }
 
     fn finish(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        if self.masker.is_some() && !self.detector.finish() {
+            self.switch_to_digest();
+        }
         if let Some(mut m) = self.masker.take() {
             if self.bytes.len() < self.cap {
                 m.finish(&mut self.bytes);
@@ -1256,13 +1293,25 @@ impl RequestCapture {
             }
             self.findings.extend(m.take_findings());
         }
+        if self.raw_why.is_some() && self.total > 0 {
+            self.sha256 = Some(hex::encode(self.hasher.clone().finalize()));
+        }
     }
+}
+
+/// A request capture shared by the body on its way upstream and the exchange's recording. A
+/// plain mutex, held only for a chunk's masking, never across an await: every chunk is captured
+/// (a skipped one would make the recorded digest a lie).
+type SharedCapture = Arc<std::sync::Mutex<RequestCapture>>;
+
+fn lock_capture(c: &SharedCapture) -> std::sync::MutexGuard<'_, RequestCapture> {
+    c.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Passes the caller's body upstream while keeping a masked copy for the recording.
 struct RequestTee {
     inner: Limited<Incoming>,
-    capture: Arc<Mutex<RequestCapture>>,
+    capture: SharedCapture,
 }
 
 impl Body for RequestTee {
@@ -1276,22 +1325,16 @@ impl Body for RequestTee {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(data), Ok(mut c)) = (frame.data_ref(), self.capture.try_lock()) {
-                    c.push(data);
+                if let Some(data) = frame.data_ref() {
+                    lock_capture(&self.capture).push(data);
                 }
             }
             Poll::Ready(Some(Err(e))) => {
-                if e.is::<http_body_util::LengthLimitError>()
-                    && let Ok(mut c) = self.capture.try_lock()
-                {
-                    c.too_large = true;
+                if e.is::<http_body_util::LengthLimitError>() {
+                    lock_capture(&self.capture).too_large = true;
                 }
             }
-            Poll::Ready(None) => {
-                if let Ok(mut c) = self.capture.try_lock() {
-                    c.finish();
-                }
-            }
+            Poll::Ready(None) => lock_capture(&self.capture).finish(),
             Poll::Pending => {}
         }
         polled
@@ -1459,7 +1502,7 @@ struct Exchange {
     path: String,
     query: Option<String>,
     request_headers: serde_json::Value,
-    request_capture: Arc<Mutex<RequestCapture>>,
+    request_capture: SharedCapture,
     status: StatusCode,
     /// Redacted when the entry is built, off the response path.
     response_headers: http::HeaderMap,
@@ -1474,13 +1517,15 @@ impl Exchange {
         client_gone: bool,
     ) {
         let pipeline = &self.conn.proxy.pipeline;
-        let (request_body, request_total, request_findings) = {
-            let mut c = self.request_capture.lock().await;
+        let (request_body, request_total, request_findings, request_sha256, request_raw) = {
+            let mut c = lock_capture(&self.request_capture);
             c.finish();
             (
                 String::from_utf8_lossy(&c.bytes).into_owned(),
                 c.total,
                 std::mem::take(&mut c.findings),
+                c.sha256.clone(),
+                c.sha256.as_ref().and(c.raw_why),
             )
         };
         findings.extend(request_findings);
@@ -1497,6 +1542,8 @@ impl Exchange {
             "request_headers": self.request_headers,
             "request_body": request_body,
             "request_body_bytes": request_total,
+            "request_body_sha256": request_sha256,
+            "request_raw": request_raw.map(|why| serde_json::json!({"why": why, "from": 0})),
             "status": self.status.as_u16(),
             "response_headers": headers::recorded_headers(&self.response_headers, None),
             "response_body": String::from_utf8_lossy(&response.bytes),

@@ -1159,6 +1159,80 @@ async fn binary_bodies_pass_byte_exact_under_a_raw_rule_and_are_recorded_by_dige
 }
 
 #[tokio::test]
+async fn binary_request_bodies_reach_the_upstream_byte_exact_and_are_recorded_by_digest() {
+    within(T, async {
+        let up = start_upstream().await;
+        let gw = Gateway::start(config(up.addr, dead_addr()), None).await;
+        // Random bytes with e-mail addresses and a card number planted in them.
+        let blob = binary_blob();
+        let expected = sha256_hex(&blob);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("blob");
+        std::fs::write(&file, &blob).unwrap();
+        let data = format!("@{}", file.display());
+        // By content type, and by content (a text/plain or JSON body holding NUL bytes).
+        for ct in ["application/octet-stream", "text/plain", "application/json"] {
+            let (status, _, body) = curl(&[
+                &gw.url("/api/upload"),
+                "-H",
+                &bearer(AGENT_TOKEN),
+                "-H",
+                &format!("content-type: {ct}"),
+                "--data-binary",
+                &data,
+            ])
+            .await;
+            assert_eq!(status, 200, "{ct}");
+            let v = json_body(&body);
+            assert_eq!(v["received"], blob.len() as u64, "{ct}");
+            assert_eq!(
+                v["sha256"],
+                expected.as_str(),
+                "{ct}: the upstream got other bytes"
+            );
+        }
+        // A text body is still recorded masked.
+        let (status, _, _) = curl(&[
+            &gw.url("/api/upload"),
+            "-H",
+            &bearer(AGENT_TOKEN),
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            r#"{"email":"jane@example.com"}"#,
+        ])
+        .await;
+        assert_eq!(status, 200);
+        let layers = gw.shutdown().await;
+        let entries: Vec<_> = exchanges(&layers)
+            .into_iter()
+            .filter(|e| e["path"] == "/upload")
+            .collect();
+        assert_eq!(entries.len(), 4, "{entries:#?}");
+        let whys: Vec<_> = entries
+            .iter()
+            .take(3)
+            .map(|e| {
+                assert_eq!(e["request_body_sha256"], expected.as_str(), "{e}");
+                assert_eq!(e["request_body_bytes"], blob.len() as u64, "{e}");
+                // Neither the bytes nor a masked rewrite of them are in the recording.
+                assert_eq!(e["request_body"], "", "{e}");
+                assert_eq!(e["request_raw"]["from"], 0, "{e}");
+                e["request_raw"]["why"].as_str().unwrap().to_string()
+            })
+            .collect();
+        assert_eq!(whys, ["binary content type", "binary body", "binary body"]);
+        let text = &entries[3];
+        assert!(text["request_raw"].is_null(), "{text}");
+        assert!(text["request_body_sha256"].is_null(), "{text}");
+        let recorded = text["request_body"].as_str().unwrap();
+        assert!(!recorded.contains("jane@example.com"), "{recorded}");
+        assert!(recorded.contains("[email]"), "{recorded}");
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn masked_text_keeps_content_length_consistent() {
     within(T, async {
         let up = start_upstream().await;

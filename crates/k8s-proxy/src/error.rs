@@ -61,13 +61,24 @@ pub enum K8sProxyError {
          (v5.channel.k8s.io or v4.channel.k8s.io, kubectl 1.30 or later)"
     )]
     SpdyRefused,
-    /// A port forward a rule allowed, which the gateway does not relay (its streams are SPDY,
-    /// plain or tunnelled over a WebSocket, and carry no per-port decision yet).
+    /// A port forward a rule allowed, asked for as a plain SPDY upgrade: the gateway relays
+    /// port forwarding only as SPDY tunnelled over a WebSocket (kubectl 1.31 and later).
     #[error(
-        "port-forward allowed by gatehouse rule {rule}, but gatehouse does not relay \
-         port-forward streams (SPDY, plain or tunnelled over WebSocket)"
+        "port-forward allowed by gatehouse rule {rule}, but gatehouse relays port-forward only \
+         over WebSocket (subprotocol SPDY/3.1+portforward.k8s.io, kubectl 1.31 or later), not \
+         as a plain SPDY upgrade"
     )]
     PortForwardNotRelayed {
+        /// The rule that allowed it.
+        rule: String,
+    },
+    /// A port forward a rule allowed without `binary = "raw"`: its data is binary, which
+    /// masking cannot rewrite, so it passes only unmasked.
+    #[error(
+        "port-forward refused: its data is binary, which masking cannot rewrite safely, and \
+         gatehouse rule {rule} does not pass it unmasked (binary = \"raw\")"
+    )]
+    PortForwardBinary {
         /// The rule that allowed it.
         rule: String,
     },
@@ -112,6 +123,7 @@ impl K8sProxyError {
             | K8sProxyError::ApprovalRefused { .. }
             | K8sProxyError::SpdyRefused
             | K8sProxyError::PortForwardNotRelayed { .. }
+            | K8sProxyError::PortForwardBinary { .. }
             | K8sProxyError::UnsupportedBody(_)
             | K8sProxyError::BodyTooLarge(_) => Side::Client,
             K8sProxyError::UpstreamUnavailable(_)
@@ -129,9 +141,9 @@ impl K8sProxyError {
             K8sProxyError::BadRequest(_)
             | K8sProxyError::SpdyRefused
             | K8sProxyError::PortForwardNotRelayed { .. } => StatusCode::BAD_REQUEST,
-            K8sProxyError::Denied { .. } | K8sProxyError::ApprovalRefused { .. } => {
-                StatusCode::FORBIDDEN
-            }
+            K8sProxyError::Denied { .. }
+            | K8sProxyError::ApprovalRefused { .. }
+            | K8sProxyError::PortForwardBinary { .. } => StatusCode::FORBIDDEN,
             // client-go retries 429 with Retry-After by itself: kubectl waits transparently.
             K8sProxyError::ApprovalPending { .. } => StatusCode::TOO_MANY_REQUESTS,
             K8sProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -179,6 +191,7 @@ impl K8sProxyError {
             K8sProxyError::ApprovalRefused { .. } => "approval_refused",
             K8sProxyError::SpdyRefused => "spdy_refused",
             K8sProxyError::PortForwardNotRelayed { .. } => "portforward_not_relayed",
+            K8sProxyError::PortForwardBinary { .. } => "binary_refused",
             K8sProxyError::BodyTooLarge(_) => "body_too_large",
             K8sProxyError::UnsupportedBody(_) => "unsupported_body",
             K8sProxyError::UpstreamUnavailable(_) => "upstream_unavailable",

@@ -47,7 +47,7 @@ const STDERR: u8 = 2;
 const ERROR: u8 = 3;
 const RESIZE: u8 = 4;
 
-type Upstream = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+pub(crate) type Upstream = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// Handles one exec/attach WebSocket request.
 pub(crate) async fn handle(
@@ -147,7 +147,7 @@ pub(crate) async fn handle(
     }
 }
 
-fn switching(accept: &str, protocol: &str) -> Response<ResBody> {
+pub(crate) fn switching(accept: &str, protocol: &str) -> Response<ResBody> {
     let mut resp = Response::new(full(Bytes::new()));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();
@@ -162,7 +162,7 @@ fn switching(accept: &str, protocol: &str) -> Response<ResBody> {
     resp
 }
 
-async fn upgrade_client(
+pub(crate) async fn upgrade_client(
     upgrade: hyper::upgrade::OnUpgrade,
 ) -> Option<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>> {
     match upgrade.await {
@@ -350,110 +350,16 @@ impl ExecCtx {
         &self,
         protocols: &[String],
     ) -> Result<(Upstream, String), serde_json::Value> {
-        let proxy = &self.conn.proxy;
-        let gateway_status = |msg: String| status_object(502, "InternalError", &msg);
-        let Some(target) = proxy.targets.get(self.target_idx) else {
-            return Err(gateway_status("target vanished".into()));
-        };
-        let stream = target
-            .connector
-            .connect()
-            .await
-            .map_err(|e| gateway_status(format!("upstream API server unavailable: {e}")))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| gateway_status(format!("upstream API server unavailable: {e}")))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream exec connection ended");
-            }
-        });
-        let mut h =
-            self.conn
-                .upstream_headers(&self.caller_headers, target, &self.ctx.session.identity);
-        let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
-        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        h.insert(
-            header::SEC_WEBSOCKET_VERSION,
-            HeaderValue::from_static("13"),
-        );
-        if let Ok(v) = HeaderValue::from_str(&key) {
-            h.insert(header::SEC_WEBSOCKET_KEY, v);
-        }
-        if let Ok(v) = HeaderValue::from_str(&protocols.join(", ")) {
-            h.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
-        }
-        h.remove(HeaderName::from_static("sec-websocket-extensions"));
-        let mut path = format!("{}{}", target.url.base_path, self.parsed.path);
-        if let Some(q) = &self.parsed.query {
-            path.push('?');
-            path.push_str(q);
-        }
-        let mut up_req = Request::new(http_body_util::Empty::<Bytes>::new());
-        *up_req.uri_mut() = path
-            .parse()
-            .map_err(|_| gateway_status("request target cannot be forwarded".into()))?;
-        *up_req.headers_mut() = h;
-        let mut resp = tokio::time::timeout(
-            ms(proxy.config.timeouts.response_head_ms),
-            sender.send_request(up_req),
+        connect_upstream_ws(
+            &self.conn,
+            &self.ctx,
+            self.target_idx,
+            &self.parsed,
+            &self.decision,
+            &self.caller_headers,
+            protocols,
         )
         .await
-        .map_err(|_| gateway_status("upstream API server timed out".into()))?
-        .map_err(|e| gateway_status(format!("upstream API server unavailable: {e}")))?;
-        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-            use http_body_util::BodyExt as _;
-            let code = resp.status().as_u16();
-            let body = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
-                .collect()
-                .await
-                .map(|c| c.to_bytes())
-                .unwrap_or_default();
-            let mut findings = Vec::new();
-            let masked = mask_json_with(
-                &*proxy.pipeline.masker,
-                &body,
-                false,
-                self.decision.masking_profile.clone(),
-                &mut findings,
-            );
-            return Err(serde_json::from_slice(&masked).unwrap_or_else(|_| {
-                status_object(
-                    code,
-                    "InternalError",
-                    &format!("upstream API server refused the stream with HTTP {code}"),
-                )
-            }));
-        }
-        let accepted = resp
-            .headers()
-            .get(header::SEC_WEBSOCKET_ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        if accepted != derive_accept_key(key.as_bytes())
-            || resp.headers().contains_key("sec-websocket-extensions")
-        {
-            return Err(gateway_status(
-                "upstream API server answered the WebSocket handshake incorrectly".into(),
-            ));
-        }
-        let protocol = resp
-            .headers()
-            .get(header::SEC_WEBSOCKET_PROTOCOL)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        if !protocols.contains(&protocol) {
-            return Err(gateway_status(format!(
-                "upstream API server chose subprotocol {protocol:?}, which was not offered"
-            )));
-        }
-        let upgraded = hyper::upgrade::on(&mut resp)
-            .await
-            .map_err(|e| gateway_status(format!("upstream upgrade failed: {e}")))?;
-        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await;
-        Ok((ws, protocol))
     }
 
     /// Ends the stream with `status` on the error channel.
@@ -1001,6 +907,121 @@ impl ExecRecording {
             tracing::warn!(error = %e, "could not record the end of an exec stream");
         }
     }
+}
+
+/// Opens the WebSocket to the API server offering `protocols`; on refusal returns the
+/// `Status` to send the caller on the error channel (exec/attach and port forwarding).
+pub(crate) async fn connect_upstream_ws(
+    conn: &ConnCtx,
+    ctx: &OpCtx,
+    target_idx: usize,
+    parsed: &ParsedRequest,
+    decision: &Decision,
+    caller_headers: &http::HeaderMap,
+    protocols: &[String],
+) -> Result<(Upstream, String), serde_json::Value> {
+    let proxy = &conn.proxy;
+    let gateway_status = |msg: String| status_object(502, "InternalError", &msg);
+    let Some(target) = proxy.targets.get(target_idx) else {
+        return Err(gateway_status("target vanished".into()));
+    };
+    let stream = target
+        .connector
+        .connect()
+        .await
+        .map_err(|e| gateway_status(format!("upstream API server unavailable: {e}")))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| gateway_status(format!("upstream API server unavailable: {e}")))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream exec connection ended");
+        }
+    });
+    let mut h = conn.upstream_headers(caller_headers, target, &ctx.session.identity);
+    let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(
+        header::SEC_WEBSOCKET_VERSION,
+        HeaderValue::from_static("13"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&key) {
+        h.insert(header::SEC_WEBSOCKET_KEY, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&protocols.join(", ")) {
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
+    }
+    h.remove(HeaderName::from_static("sec-websocket-extensions"));
+    let mut path = format!("{}{}", target.url.base_path, parsed.path);
+    if let Some(q) = &parsed.query {
+        path.push('?');
+        path.push_str(q);
+    }
+    let mut up_req = Request::new(http_body_util::Empty::<Bytes>::new());
+    *up_req.uri_mut() = path
+        .parse()
+        .map_err(|_| gateway_status("request target cannot be forwarded".into()))?;
+    *up_req.headers_mut() = h;
+    let mut resp = tokio::time::timeout(
+        ms(proxy.config.timeouts.response_head_ms),
+        sender.send_request(up_req),
+    )
+    .await
+    .map_err(|_| gateway_status("upstream API server timed out".into()))?
+    .map_err(|e| gateway_status(format!("upstream API server unavailable: {e}")))?;
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        use http_body_util::BodyExt as _;
+        let code = resp.status().as_u16();
+        let body = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        let mut findings = Vec::new();
+        let masked = mask_json_with(
+            &*proxy.pipeline.masker,
+            &body,
+            false,
+            decision.masking_profile.clone(),
+            &mut findings,
+        );
+        return Err(serde_json::from_slice(&masked).unwrap_or_else(|_| {
+            status_object(
+                code,
+                "InternalError",
+                &format!("upstream API server refused the stream with HTTP {code}"),
+            )
+        }));
+    }
+    let accepted = resp
+        .headers()
+        .get(header::SEC_WEBSOCKET_ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if accepted != derive_accept_key(key.as_bytes())
+        || resp.headers().contains_key("sec-websocket-extensions")
+    {
+        return Err(gateway_status(
+            "upstream API server answered the WebSocket handshake incorrectly".into(),
+        ));
+    }
+    let protocol = resp
+        .headers()
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    if !protocols.contains(&protocol) {
+        return Err(gateway_status(format!(
+            "upstream API server chose subprotocol {protocol:?}, which was not offered"
+        )));
+    }
+    let upgraded = hyper::upgrade::on(&mut resp)
+        .await
+        .map_err(|e| gateway_status(format!("upstream upgrade failed: {e}")))?;
+    let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await;
+    Ok((ws, protocol))
 }
 
 #[cfg(test)]

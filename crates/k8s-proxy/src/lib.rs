@@ -80,13 +80,15 @@
 //! Port forwarding (`pods/portforward`) is decided like any operation (refused unless a rule
 //! allows it, see step 3), on both of kubectl's attempts — the SPDY-over-WebSocket tunnel
 //! (`SPDY/3.1+portforward.k8s.io`) and its plain SPDY fallback — so kubectl prints
-//! `error upgrading connection: denied by gatehouse rule …`.
+//! `error upgrading connection: denied by gatehouse rule …`. An allowed tunnel is relayed when
+//! the rule says `binary = "raw"`, reading every SPDY frame the caller sends ([`spdy`]): each
+//! stream's port is checked and recorded, its bytes both ways recorded by size and SHA-256. A
+//! plain SPDY upgrade is never relayed.
 //!
 //! Known limits: responses that may hold Secrets (resource `secrets`, unknown resources,
 //! subresources) are parsed whole, up to `limits.max_response_body`; SPDY-only clients
-//! (kubectl before 1.30 by default) cannot exec; an allowed `portforward` is not relayed
-//! (a `400 Status` says so): its streams are SPDY frames whose `port` headers the gateway does
-//! not read yet, so it could not hold a forward to the ports a rule names.
+//! cannot exec (kubectl before 1.30) or port-forward (before 1.31); a policy rule cannot name
+//! ports of a port forward (a request's `ports=` query, when present, bounds its streams).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -96,9 +98,11 @@ pub mod error;
 mod exec;
 mod kubeconfig;
 pub mod mask;
+mod portforward;
 pub mod protobuf;
 mod proxy;
 pub mod request;
+pub mod spdy;
 mod upstream;
 
 pub use config::{K8sProxyConfig, K8sTargetConfig, Limits, Timeouts, UpstreamCredential};

@@ -576,25 +576,18 @@ impl ConnCtx {
             .ok_or(K8sProxyError::NoTarget)?;
         let identity = &ctx.session.identity;
         if parsed.operation.verb == "portforward" {
-            // kubectl (1.31+) first tunnels SPDY over a WebSocket
-            // (`SPDY/3.1+portforward.k8s.io`), then falls back to a plain SPDY upgrade: both
-            // are decided, so a denial is what kubectl prints, whichever attempt it reports.
+            // Both of kubectl's attempts (the SPDY-over-WebSocket tunnel, then a plain SPDY
+            // upgrade) are decided, so a refusal is what kubectl prints whichever it reports.
             let decision = self.decide(identity, &target.target, &parsed.operation, None);
-            if decision.verdict == Verdict::Deny {
-                self.record_operation(ctx, &parsed.operation, &decision)
-                    .await?;
-                return Err(K8sProxyError::Denied {
-                    rule: decision.rule_id,
-                    reason: decision.reason,
-                });
-            }
-            let refusal = K8sProxyError::PortForwardNotRelayed {
-                rule: decision.rule_id.clone(),
-            };
-            let recorded = Decision::deny(SPDY_RULE, refusal.to_string());
-            self.record_operation(ctx, &parsed.operation, &recorded)
-                .await?;
-            return Err(refusal);
+            return crate::portforward::handle(
+                self.clone(),
+                req,
+                target_idx,
+                parsed,
+                decision,
+                ctx.clone(),
+            )
+            .await;
         }
         if is_spdy(req.headers()) {
             let decision = Decision::deny(SPDY_RULE, K8sProxyError::SpdyRefused.to_string());
@@ -1300,6 +1293,20 @@ impl ConnCtx {
     ) -> (String, u64, Vec<Finding>) {
         if body.is_empty() {
             return (String::new(), 0, Vec::new());
+        }
+        let mut detector = TextDetector::new();
+        if !(detector.push(body) && detector.finish()) {
+            // Binary (NUL bytes, invalid UTF-8): never run through the text masker; the
+            // upstream gets it unchanged, the recording its size and digest.
+            return (
+                format!(
+                    "<binary body, {} bytes, sha256 {}>",
+                    body.len(),
+                    hex::encode(Sha256::digest(body))
+                ),
+                body.len() as u64,
+                Vec::new(),
+            );
         }
         let mut findings = Vec::new();
         let masked = self.mask_json_bytes(body, secrets_ctx, decision, &mut findings);

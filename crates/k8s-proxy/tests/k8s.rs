@@ -916,20 +916,48 @@ kubernetes = { verbs = ["portforward"] }
         &[("authorization", &auth)],
     )
     .await;
-    // Allowed, but the gateway does not relay port-forward streams: it says so, and nothing
-    // reaches the API server.
-    assert_eq!(code, 400, "{body}");
+    // Allowed, but its data is binary and the rule does not say `binary = "raw"`: refused,
+    // and nothing reaches the API server.
+    assert_eq!(code, 403, "{body}");
     assert!(
-        body.contains("port-forward allowed by gatehouse rule break-glass-portforward"),
+        body.contains("gatehouse rule break-glass-portforward does not pass it unmasked"),
         "{body}"
     );
+    // Under `binary = "raw"`, a request that is not the WebSocket tunnel (here a plain GET; a
+    // plain SPDY upgrade alike) is not relayed: the gateway says so.
+    let rig2 = Rig::start_with(
+        &explicit.replace(
+            "verdict = \"allow\"\n",
+            "verdict = \"allow\"\nbinary = \"raw\"\n",
+        ),
+        |_| {},
+    )
+    .await;
+    let (code, _, body) = raw(
+        &rig2.base(),
+        "GET",
+        "/api/v1/namespaces/default/pods/web-0/portforward?ports=80",
+        &[
+            ("authorization", &auth),
+            ("upgrade", "SPDY/3.1"),
+            ("connection", "Upgrade"),
+        ],
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
     assert!(
-        !rig.api
-            .state
-            .seen()
-            .iter()
-            .any(|s| s.path.ends_with("/portforward"))
+        body.contains("relays port-forward only over WebSocket"),
+        "{body}"
     );
+    for rig in [&rig, &rig2] {
+        assert!(
+            !rig.api
+                .state
+                .seen()
+                .iter()
+                .any(|s| s.path.ends_with("/portforward"))
+        );
+    }
 }
 
 /// `kubectl port-forward` (WebSocket tunnel first, then its SPDY fallback) is decided by the
@@ -978,12 +1006,13 @@ async fn kubectl_port_forward_is_a_policy_decision() {
         out.stderr.contains("denied by gatehouse rule default"),
         "{out:#?}"
     );
-    // Allowed: kubectl is told the stream is not relayed, not left hanging.
+    // Allowed, but without `binary = "raw"`: port-forward data is binary, so it is refused
+    // (on both of kubectl's attempts), never left hanging.
     let out = rig.kubectl(&["port-forward", "pod/web-1", ":80"]).await;
     assert_ne!(out.code, Some(0), "{out:#?}");
     assert!(
         out.stderr.contains(
-            "port-forward allowed by gatehouse rule pf-web-1, but gatehouse does not relay"
+            "port-forward refused: its data is binary, which masking cannot rewrite safely, and gatehouse rule pf-web-1 does not pass it unmasked (binary = \"raw\")"
         ),
         "{out:#?}"
     );
@@ -1374,6 +1403,39 @@ async fn kubectl_typed_create_sends_protobuf_byte_exact() {
         recording.contains(&digest),
         "byte-exact body digest recorded"
     );
+}
+
+/// A request body that says JSON but is binary (NUL bytes, invalid UTF-8) is forwarded
+/// byte-exact and recorded by size and digest, never run through the text masker.
+#[tokio::test]
+async fn binary_request_bodies_are_forwarded_byte_exact_and_recorded_by_digest() {
+    let rig = Rig::start().await;
+    let blob = binary_blob();
+    let (code, answer) = send_bytes(
+        &rig,
+        "POST",
+        "/k8s/dev/api/v1/namespaces/default/configmaps",
+        "application/json",
+        blob.clone(),
+    )
+    .await;
+    // The stand-in cannot decode it (what a real API server says too).
+    assert_eq!(code, 400, "{answer}");
+    let bodies = rig.api.state.bodies.lock().unwrap().clone();
+    assert_eq!(bodies.len(), 1, "{bodies:?}");
+    assert_eq!(sha256_hex(&bodies[0].2), sha256_hex(&blob), "altered");
+    let recording = rig.layers.recorder.dump();
+    assert!(
+        recording.contains(&format!(
+            "<binary body, {} bytes, sha256 {}>",
+            blob.len(),
+            sha256_hex(&blob)
+        )),
+        "{recording}"
+    );
+    // Neither the planted address nor a masked rewrite of it is recorded.
+    assert!(!recording.contains("jane@example.com"));
+    assert!(!recording.contains("[email]"), "{recording}");
 }
 
 /// A protobuf pod spec is read like a JSON one: a privileged setting the JSON check would
@@ -1886,4 +1948,355 @@ async fn binary_content_type_is_refused_or_passed_raw() {
             );
         }
     }
+}
+
+/// A TCP echo server on 127.0.0.1 (what the pod's port 80 leads to in the stand-in).
+async fn echo_server() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// The `k8s_portforward_stream` audit events.
+fn portforward_streams(rig: &Rig) -> Vec<serde_json::Value> {
+    rig.layers
+        .recorder
+        .events()
+        .into_iter()
+        .filter_map(|e| match e.body {
+            EventBody::Other { name, details } if name == "k8s_portforward_stream" => Some(details),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A real `kubectl port-forward pod/web-0 0:80` through the gateway, under a rule that allows
+/// it with `binary = "raw"`: the SPDY-over-WebSocket tunnel is relayed, binary data goes both
+/// ways byte-exact, and every stream is recorded with its port and the digests of its bytes.
+#[tokio::test]
+async fn kubectl_port_forward_relays_byte_exact_under_a_raw_rule() {
+    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+    let policy = format!(
+        "{POLICY}\n[[rules]]\nid = \"pf-web-0\"\nverdict = \"allow\"\nbinary = \"raw\"\nkubernetes = {{ verbs = [\"portforward\"], names = [\"web-0\"] }}\n"
+    );
+    let rig = Rig::start_with(&policy, |_| {}).await;
+    let echo = echo_server().await;
+    rig.api.state.pod_ports.lock().unwrap().insert(80, echo);
+    let mut child = kubectl_command(
+        &rig.kubeconfig,
+        rig.dir.path(),
+        &["port-forward", "pod/web-0", "0:80"],
+    )
+    .spawn()
+    .unwrap();
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    // `Forwarding from 127.0.0.1:PORT -> 80`
+    let local: u16 = gatehouse_testkit::within(Duration::from_secs(60), async {
+        loop {
+            let line = stdout
+                .next_line()
+                .await
+                .unwrap()
+                .expect("kubectl ended early");
+            if let Some(rest) = line.strip_prefix("Forwarding from 127.0.0.1:") {
+                break rest.split(' ').next().unwrap().parse().unwrap();
+            }
+        }
+    })
+    .await;
+    let blob = binary_blob();
+    for round in 0..2 {
+        let got = gatehouse_testkit::within(Duration::from_secs(60), async {
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", local))
+                .await
+                .unwrap();
+            let (mut rd, mut wr) = s.split();
+            let write = async {
+                wr.write_all(&blob).await.unwrap();
+            };
+            let mut got = vec![0u8; blob.len()];
+            let read = rd.read_exact(&mut got);
+            let (_, r) = tokio::join!(write, read);
+            r.unwrap();
+            got
+        })
+        .await;
+        assert_eq!(
+            sha256_hex(&got),
+            sha256_hex(&blob),
+            "round {round}: altered"
+        );
+    }
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    // The tunnel's end is recorded once kubectl is gone.
+    let streams = gatehouse_testkit::within(Duration::from_secs(30), async {
+        loop {
+            let s = portforward_streams(&rig);
+            if s.len() >= 4 {
+                break s;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let data: Vec<_> = streams
+        .iter()
+        .filter(|s| s["stream_type"] == "data")
+        .collect();
+    assert_eq!(data.len(), 2, "{streams:#?}");
+    for s in &streams {
+        assert_eq!(s["port"], 80, "{s}");
+        assert_eq!(s["rule_id"], "pf-web-0", "{s}");
+    }
+    for s in data {
+        for dir in ["to_pod", "from_pod"] {
+            assert_eq!(s[dir]["bytes"], blob.len() as u64, "{s}");
+            assert_eq!(s[dir]["sha256"], sha256_hex(&blob).as_str(), "{s}");
+        }
+    }
+    let pf: Vec<_> = rig
+        .operations()
+        .into_iter()
+        .filter(|(op, _)| op.verb == "portforward")
+        .collect();
+    assert!(
+        pf.iter()
+            .all(|(_, d)| d.verdict == Verdict::Allow && d.rule_id == "pf-web-0"),
+        "{pf:?}"
+    );
+    // Nothing ever reached the stand-in as plain SPDY.
+    assert_eq!(
+        rig.api
+            .state
+            .spdy_requests
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+}
+
+/// A tunnel whose request names its ports (`?ports=80`) may open streams to those only: a
+/// stream naming another port ends the tunnel (policy close, reason naming the port) before
+/// its frame reaches the API server, and the audit log says why.
+#[tokio::test]
+async fn a_stream_naming_a_port_the_request_did_not_ends_the_tunnel() {
+    use futures::{SinkExt as _, StreamExt as _};
+    use gatehouse_k8s::spdy::{Frame, FrameReader, HeaderDeflater};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let policy = format!(
+        "{POLICY}\n[[rules]]\nid = \"pf-web-0\"\nverdict = \"allow\"\nbinary = \"raw\"\nkubernetes = {{ verbs = [\"portforward\"], names = [\"web-0\"] }}\n"
+    );
+    let rig = Rig::start_with(&policy, |_| {}).await;
+    let echo = echo_server().await;
+    rig.api.state.pod_ports.lock().unwrap().insert(80, echo);
+    rig.api.state.pod_ports.lock().unwrap().insert(22, echo);
+    let url = format!(
+        "ws://{}/api/v1/namespaces/default/pods/web-0/portforward?ports=80",
+        rig.gateway
+    );
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", bearer().parse().unwrap());
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        "SPDY/3.1+portforward.k8s.io".parse().unwrap(),
+    );
+    gatehouse_testkit::within(Duration::from_secs(30), async {
+        let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+        assert_eq!(resp.status(), 101);
+        let mut headers = HeaderDeflater::new().unwrap();
+        let mut syn = |id: u32, kind: &str, port: &str, request: &str| {
+            let block = headers
+                .encode(&[("streamType", kind), ("port", port), ("requestID", request)])
+                .unwrap();
+            Message::Binary(Frame::syn_stream(id, &block, false).encode().into())
+        };
+        ws.send(syn(1, "error", "80", "0")).await.unwrap();
+        ws.send(syn(3, "data", "80", "0")).await.unwrap();
+        ws.send(Message::Binary(
+            Frame::data(3, b"hello\0", false).encode().into(),
+        ))
+        .await
+        .unwrap();
+        // The echo comes back on stream 3.
+        let mut reader = FrameReader::new();
+        let mut echoed = Vec::new();
+        while echoed.len() < 6 {
+            let Some(Ok(Message::Binary(b))) = ws.next().await else {
+                panic!("tunnel ended early");
+            };
+            reader.push(&b);
+            while let Some((f, _)) = reader.next_frame().unwrap() {
+                if let Frame::Data {
+                    stream_id: 3,
+                    payload,
+                    ..
+                } = f
+                {
+                    echoed.extend_from_slice(&payload);
+                }
+            }
+        }
+        assert_eq!(echoed, b"hello\0");
+        // A stream to port 22, which the request did not name: the tunnel ends.
+        ws.send(syn(5, "data", "22", "1")).await.unwrap();
+        let close = loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(f))) => break f,
+                Some(Ok(_)) => continue,
+                other => panic!("no close frame: {other:?}"),
+            }
+        };
+        let close = close.unwrap();
+        assert_eq!(u16::from(close.code), 1008);
+        assert!(close.reason.contains("port 22"), "{close:?}");
+    })
+    .await;
+    assert_eq!(
+        *rig.api.state.portforward_ports.lock().unwrap(),
+        vec![80, 80]
+    );
+    let status = gatehouse_testkit::within(Duration::from_secs(30), async {
+        loop {
+            if let Some(r) = rig
+                .results()
+                .into_iter()
+                .find(|r| r.status.starts_with("101 refused"))
+            {
+                break r.status;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(status.contains("names port 22"), "{status}");
+    let streams = portforward_streams(&rig);
+    assert_eq!(streams.len(), 2, "{streams:#?}");
+}
+
+/// Opens the SPDY-over-WebSocket tunnel to web-0 as kubectl does, without kubectl.
+async fn open_tunnel(
+    rig: &Rig,
+    query: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let url = format!(
+        "ws://{}/api/v1/namespaces/default/pods/web-0/portforward{query}",
+        rig.gateway
+    );
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", bearer().parse().unwrap());
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        "SPDY/3.1+portforward.k8s.io".parse().unwrap(),
+    );
+    let (ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+/// Bytes from the pod pass the egress guard: the gateway's cluster credential echoed back by
+/// the pod ends the tunnel and never reaches the caller.
+#[tokio::test]
+async fn port_forward_bytes_from_the_pod_pass_the_egress_guard() {
+    use futures::{SinkExt as _, StreamExt as _};
+    use gatehouse_k8s::spdy::{Frame, FrameReader, HeaderDeflater};
+    use tokio_tungstenite::tungstenite::Message;
+    let policy = format!(
+        "{POLICY}\n[[rules]]\nid = \"pf-web-0\"\nverdict = \"allow\"\nbinary = \"raw\"\nkubernetes = {{ verbs = [\"portforward\"], names = [\"web-0\"] }}\n"
+    );
+    let rig = Rig::start_with(&policy, |_| {}).await;
+    let echo = echo_server().await;
+    rig.api.state.pod_ports.lock().unwrap().insert(80, echo);
+    let received = gatehouse_testkit::within(Duration::from_secs(30), async {
+        let mut ws = open_tunnel(&rig, "").await;
+        let mut headers = HeaderDeflater::new().unwrap();
+        for (id, kind) in [(1, "error"), (3, "data")] {
+            let block = headers
+                .encode(&[("streamType", kind), ("port", "80"), ("requestID", "0")])
+                .unwrap();
+            ws.send(Message::Binary(
+                Frame::syn_stream(id, &block, false).encode().into(),
+            ))
+            .await
+            .unwrap();
+        }
+        let leak = format!("token={UPSTREAM_TOKEN}\n");
+        ws.send(Message::Binary(
+            Frame::data(3, leak.as_bytes(), false).encode().into(),
+        ))
+        .await
+        .unwrap();
+        let mut reader = FrameReader::new();
+        let mut received = Vec::new();
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Binary(b))) => {
+                    reader.push(&b);
+                    while let Some((f, _)) = reader.next_frame().unwrap() {
+                        if let Frame::Data { payload, .. } = f {
+                            received.extend_from_slice(&payload);
+                        }
+                    }
+                }
+                Some(Ok(Message::Close(f))) => {
+                    let f = f.unwrap();
+                    assert_eq!(u16::from(f.code), 1008);
+                    assert!(f.reason.contains("credential"), "{f:?}");
+                    break received;
+                }
+                Some(Ok(_)) => {}
+                other => panic!("no close frame: {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(
+        !String::from_utf8_lossy(&received).contains(UPSTREAM_TOKEN),
+        "the credential reached the caller"
+    );
+}
+
+/// A review verdict does not hold a port-forward tunnel open for an approver: it is refused.
+#[tokio::test]
+async fn reviewed_port_forward_is_refused() {
+    let policy = format!(
+        "{POLICY}\n[[rules]]\nid = \"pf-reviewed\"\nverdict = \"review\"\napprovers = [\"admins\"]\ntimeout = \"60s\"\nbinary = \"raw\"\nkubernetes = {{ verbs = [\"portforward\"], names = [\"web-0\"] }}\n"
+    );
+    let rig = Rig::start_with(&policy, |_| {}).await;
+    let out = rig.kubectl(&["port-forward", "pod/web-0", ":80"]).await;
+    assert_ne!(out.code, Some(0), "{out:#?}");
+    assert!(
+        out.stderr.contains(
+            "denied by gatehouse rule pf-reviewed: port-forward tunnels cannot wait for approval"
+        ),
+        "{out:#?}"
+    );
+    assert_eq!(
+        rig.api
+            .state
+            .portforward_requests
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
 }

@@ -252,7 +252,14 @@ async fn upstream_service(
         }
         ("POST", "/upload") => {
             let body = req.into_body().collect().await.unwrap().to_bytes();
-            json(StatusCode::OK, serde_json::json!({"received": body.len()}))
+            let sha256 = {
+                use sha2::Digest as _;
+                hex_lower(&sha2::Sha256::digest(&body))
+            };
+            json(
+                StatusCode::OK,
+                serde_json::json!({"received": body.len(), "sha256": sha256}),
+            )
         }
         _ => json(StatusCode::OK, serde_json::json!({"path": path_and_query})),
     };

@@ -15,6 +15,12 @@
 //! - `pods/exec` over WebSocket (`v5.channel.k8s.io`, `v4.channel.k8s.io`), running the
 //!   requested command as a local process (`tty=true` gives it a pty through `script`), with
 //!   stdin, stdout, stderr, resize, v5 stdin close and the exit `Status` on channel 3;
+//! - `pods/portforward` as kubectl 1.31+ asks for it: SPDY/3.1 tunnelled in WebSocket binary
+//!   messages (`SPDY/3.1+portforward.k8s.io`), served like the kubelet's port-forward handler
+//!   (every stream answered with SYN_REPLY; an `error` and a `data` stream with the same
+//!   `requestID` make one forward to the pod's `port`, which the stand-in maps to a local TCP
+//!   server on 127.0.0.1 through [`State::pod_ports`]; the error stream carries a failure text
+//!   and both streams end with FIN);
 //! - `Upgrade: SPDY/3.1` answered `400` with a `Status` (this stand-in speaks no SPDY) and
 //!   counted, so tests can prove nobody fell back to it.
 
@@ -66,6 +72,12 @@ pub struct State {
     pub log_tail: Mutex<Option<Bytes>>,
     /// When set, the content type pod logs are served with (default `text/plain`).
     pub log_content_type: Mutex<Option<String>>,
+    /// A pod's ports for port forwarding: port → the local (127.0.0.1) server behind it.
+    pub pod_ports: Mutex<BTreeMap<u16, SocketAddr>>,
+    /// Port-forward tunnels opened.
+    pub portforward_requests: AtomicU64,
+    /// The port of every port-forward stream opened, in order.
+    pub portforward_ports: Mutex<Vec<u16>>,
 }
 
 impl State {
@@ -176,6 +188,9 @@ impl ApiServer {
             bodies: Mutex::new(Vec::new()),
             log_tail: Mutex::new(None),
             log_content_type: Mutex::new(None),
+            pod_ports: Mutex::new(BTreeMap::new()),
+            portforward_requests: AtomicU64::new(0),
+            portforward_ports: Mutex::new(Vec::new()),
         });
         for ns in ["default", "kube-system"] {
             state.insert(
@@ -568,7 +583,8 @@ async fn handle(st: Arc<State>, mut req: Request<Incoming>, has_cert: bool) -> R
         return match sub {
             "log" => logs(st, &q),
             "exec" => exec(st, req, &q).await,
-            "attach" | "portforward" => status(400, "BadRequest", "Upgrade request required"),
+            "portforward" => portforward(st, req).await,
+            "attach" => status(400, "BadRequest", "Upgrade request required"),
             _ => status(
                 404,
                 "NotFound",
@@ -935,6 +951,231 @@ async fn exec(
     );
     h.insert("sec-websocket-protocol", protocol.parse().unwrap());
     r
+}
+
+/// The WebSocket subprotocol of the SPDY port-forward tunnel.
+const PORTFORWARD_TUNNEL: &str = "SPDY/3.1+portforward.k8s.io";
+
+async fn portforward(st: Arc<State>, mut req: Request<Incoming>) -> Response<Body> {
+    let offered = req
+        .headers()
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == PORTFORWARD_TUNNEL);
+    let is_ws = req
+        .headers()
+        .get("upgrade")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        return status(400, "BadRequest", "Upgrade request required");
+    };
+    if !is_ws || !offered {
+        return status(400, "BadRequest", "Upgrade request required");
+    }
+    st.portforward_requests.fetch_add(1, Ordering::SeqCst);
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(io) = upgrade.await else { return };
+        let ws = WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, None).await;
+        run_portforward(st, ws).await;
+    });
+    let mut r = Response::new(full(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert("connection", "Upgrade".parse().unwrap());
+    h.insert("upgrade", "websocket".parse().unwrap());
+    h.insert(
+        "sec-websocket-accept",
+        tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes())
+            .parse()
+            .unwrap(),
+    );
+    h.insert(
+        "sec-websocket-protocol",
+        PORTFORWARD_TUNNEL.parse().unwrap(),
+    );
+    r
+}
+
+/// One forward being assembled: its error and data streams (by `requestID`).
+#[derive(Default)]
+struct PendingForward {
+    port: u16,
+    error: Option<u32>,
+    data: Option<u32>,
+}
+
+/// The kubelet side of a port-forward SPDY connection.
+async fn run_portforward<S>(st: Arc<State>, ws: WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use gatehouse_k8s::spdy::{self, Frame, FrameReader, HeaderDeflater, HeaderInflater};
+    use tokio::sync::mpsc;
+    let (mut ws_tx, mut ws_rx) = ws.split();
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let writer = tokio::spawn(async move {
+        while let Some(b) = out_rx.recv().await {
+            if ws_tx.send(Message::Binary(b.into())).await.is_err() {
+                break;
+            }
+        }
+        let _ = ws_tx.close().await;
+    });
+    let mut reader = FrameReader::new();
+    let mut inflater = HeaderInflater::new();
+    let mut deflater = HeaderDeflater::new().unwrap();
+    let mut pending: BTreeMap<String, PendingForward> = BTreeMap::new();
+    let mut to_pod: BTreeMap<u32, mpsc::UnboundedSender<Option<Bytes>>> = BTreeMap::new();
+    'conn: while let Some(Ok(msg)) = ws_rx.next().await {
+        let Message::Binary(b) = msg else {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+            continue;
+        };
+        reader.push(&b);
+        loop {
+            let (frame, raw) = match reader.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(_) => break 'conn,
+            };
+            match &frame {
+                Frame::Control {
+                    kind: spdy::SYN_STREAM,
+                    ..
+                } => {
+                    let id = frame.stream_id().unwrap();
+                    let Ok(headers) = inflater.decode(frame.header_block().unwrap_or(&[])) else {
+                        break 'conn;
+                    };
+                    let reply = deflater.encode(&[]).unwrap();
+                    let _ = out_tx.send(Frame::syn_reply(id, &reply, false).encode());
+                    let port = spdy::header(&headers, "port")
+                        .and_then(|p| p.parse::<u16>().ok())
+                        .unwrap_or(0);
+                    st.portforward_ports.lock().unwrap().push(port);
+                    let request = spdy::header(&headers, "requestid")
+                        .unwrap_or("")
+                        .to_string();
+                    let p = pending.entry(request.clone()).or_default();
+                    p.port = port;
+                    match spdy::header(&headers, "streamtype") {
+                        Some("error") => p.error = Some(id),
+                        Some("data") => p.data = Some(id),
+                        _ => {
+                            let _ = out_tx.send(Frame::rst_stream(id, 1).encode());
+                        }
+                    }
+                    if let (Some(error), Some(data)) = (p.error, p.data) {
+                        let port = p.port;
+                        pending.remove(&request);
+                        let (tx, rx) = mpsc::unbounded_channel();
+                        to_pod.insert(data, tx);
+                        tokio::spawn(forward_to_pod(
+                            st.clone(),
+                            port,
+                            error,
+                            data,
+                            rx,
+                            out_tx.clone(),
+                        ));
+                    }
+                }
+                Frame::Control {
+                    kind: spdy::PING, ..
+                } => {
+                    let _ = out_tx.send(raw.to_vec());
+                }
+                Frame::Control {
+                    kind: spdy::RST_STREAM,
+                    ..
+                } => {
+                    if let Some(tx) = frame.stream_id().and_then(|id| to_pod.remove(&id)) {
+                        let _ = tx.send(None);
+                    }
+                }
+                Frame::Control {
+                    kind: spdy::GOAWAY, ..
+                } => break 'conn,
+                Frame::Control { .. } => {}
+                Frame::Data {
+                    stream_id, payload, ..
+                } => {
+                    if let Some(tx) = to_pod.get(stream_id) {
+                        if !payload.is_empty() {
+                            let _ = tx.send(Some(payload.clone()));
+                        }
+                        if frame.fin() {
+                            let _ = tx.send(None);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for (_, tx) in to_pod {
+        let _ = tx.send(None);
+    }
+    drop(out_tx);
+    let _ = writer.await;
+}
+
+/// One forward: the pod's port (a local server) ↔ the data stream; a failure is written on the
+/// error stream; both streams end with FIN, as the kubelet's handler ends them.
+async fn forward_to_pod(
+    st: Arc<State>,
+    port: u16,
+    error: u32,
+    data: u32,
+    mut from_client: tokio::sync::mpsc::UnboundedReceiver<Option<Bytes>>,
+    out: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+) {
+    use gatehouse_k8s::spdy::Frame;
+    let target = st.pod_ports.lock().unwrap().get(&port).copied();
+    let conn = match target {
+        Some(addr) if addr.ip().is_loopback() => tokio::net::TcpStream::connect(addr).await.ok(),
+        _ => None,
+    };
+    let Some(conn) = conn else {
+        let msg = format!(
+            "an error occurred forwarding {port} -> {port}: error forwarding port {port} to pod: connection refused"
+        );
+        let _ = out.send(Frame::data(error, msg.as_bytes(), false).encode());
+        let _ = out.send(Frame::data(data, &[], true).encode());
+        let _ = out.send(Frame::data(error, &[], true).encode());
+        return;
+    };
+    let (mut rd, mut wr) = conn.into_split();
+    let inbound = tokio::spawn(async move {
+        while let Some(Some(b)) = from_client.recv().await {
+            if wr.write_all(&b).await.is_err() {
+                break;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match rd.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if out
+                    .send(Frame::data(data, &buf[..n], false).encode())
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = out.send(Frame::data(data, &[], true).encode());
+    inbound.abort();
+    let _ = out.send(Frame::data(error, &[], true).encode());
 }
 
 async fn run_exec<S>(
