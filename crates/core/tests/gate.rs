@@ -240,6 +240,19 @@ fn unavailable_layers_say_retry_later_never_forbidden() {
 }
 
 #[test]
+fn an_approval_whose_use_cannot_be_recorded_runs_nothing() {
+    let approved = ApprovalOutcome::Approved {
+        approvers: vec!["bob".into()],
+    };
+    let f = fixture(review(), Script::Outcome(approved), Pipeline::no_hooks());
+    // The operation is recorded; the record of the approval's use is not.
+    f.recorder.keep.store(1, Ordering::SeqCst);
+    let out = f.run(1, HoldMode::UntilDecided, never());
+    assert_eq!(out.name(), "audit_unavailable", "{out:?}");
+    assert!(!out.is_allowed());
+}
+
+#[test]
 fn a_review_without_approvers_is_denied() {
     let mut d = review();
     d.review = None;

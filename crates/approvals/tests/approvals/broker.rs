@@ -15,14 +15,11 @@ use crate::common::*;
 
 pub async fn approve(store: Arc<dyn ApprovalStore>) {
     let (broker, recorder) = broker_with(store);
-    let ticket = broker
-        .open(request(
-            agent(),
-            delete_users("42"),
-            requirement(1, 60_000, None),
-        ))
-        .await
-        .unwrap();
+    let mut asked = request(agent(), delete_users("42"), requirement(1, 60_000, None));
+    // The operation's index in its session, and the operation as the approver is shown it.
+    asked.index = 7;
+    asked.shown = Some(delete_users("[masked]"));
+    let ticket = broker.open(asked).await.unwrap();
     assert!(!ticket.already_granted);
     assert_eq!(
         ticket.operation_hash,
@@ -55,6 +52,37 @@ pub async fn approve(store: Arc<dyn ApprovalStore>) {
     );
     let bodies = recorder.bodies();
     assert!(matches!(bodies[0], EventBody::ApprovalRequested { ref id, .. } if *id == ticket.id));
+    // Who asked for what, why, in one record: the shown (masked) operation, the rule, its reason.
+    match &bodies[0] {
+        EventBody::ApprovalRequested {
+            index,
+            operation,
+            rule_id,
+            reason,
+            granted,
+            ..
+        } => {
+            assert_eq!(*index, 7);
+            assert_eq!(operation.as_ref(), Some(&delete_users("[masked]")));
+            assert_eq!(rule_id.as_deref(), Some("prod-writes"));
+            assert!(
+                reason
+                    .as_deref()
+                    .is_some_and(|r| r.contains("second pair of eyes"))
+            );
+            assert!(!granted);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        recorder.count(|b| matches!(b, EventBody::ApprovalRequested { .. })),
+        1
+    );
+    assert!(
+        bodies
+            .iter()
+            .any(|b| matches!(b, EventBody::ApprovalResolved { index: 7, .. }))
+    );
     assert!(bodies.iter().any(|b| matches!(b, EventBody::ApprovalDecided { approver, decision: ApprovalDecision::Approve, justification, .. } if approver == "alice" && justification == "checked the ticket OPS-1")));
     assert!(bodies.iter().any(|b| matches!(
         b,
@@ -639,7 +667,7 @@ pub async fn recorder_failure_fails_closed(store: Arc<dyn ApprovalStore>) {
             requirement(1, 60_000, None),
         ))
         .await;
-    assert!(matches!(open, Err(ApprovalError::Store(_))), "{open:?}");
+    assert!(matches!(open, Err(ApprovalError::Audit(_))), "{open:?}");
     assert!(
         broker
             .list(&ApprovalFilter::default())
@@ -667,12 +695,13 @@ pub async fn recorder_failure_fails_closed(store: Arc<dyn ApprovalStore>) {
             "ok",
         )
         .await;
-    assert!(matches!(vote, Err(ApprovalError::Store(_))), "{vote:?}");
+    assert!(matches!(vote, Err(ApprovalError::Audit(_))), "{vote:?}");
     let rec = broker.get(&ticket.id).await.unwrap();
     assert_eq!(rec.state, ApprovalState::Pending);
     assert!(rec.votes.is_empty());
 
-    // wait: an approval whose resolution cannot be recorded is not reported as approved.
+    // The deciding vote records the resolution, once, with the operation's index; waiting
+    // records nothing more (the gate records each use of the approval before it runs).
     recorder.fail.store(false, Ordering::SeqCst);
     broker
         .decide(
@@ -683,12 +712,16 @@ pub async fn recorder_failure_fails_closed(store: Arc<dyn ApprovalStore>) {
         )
         .await
         .unwrap();
-    recorder.fail.store(true, Ordering::SeqCst);
-    let outcome = within(LIMIT, broker.wait(&ticket.id, Duration::from_secs(5))).await;
-    assert!(
-        matches!(outcome, Err(ApprovalError::Store(_))),
-        "{outcome:?}"
-    );
+    let resolved = || recorder.count(|b| matches!(b, EventBody::ApprovalResolved { .. }));
+    assert_eq!(resolved(), 1);
+    for _ in 0..2 {
+        let outcome = within(LIMIT, broker.wait(&ticket.id, Duration::from_secs(5))).await;
+        assert!(
+            matches!(outcome, Ok(ApprovalOutcome::Approved { .. })),
+            "{outcome:?}"
+        );
+    }
+    assert_eq!(resolved(), 1, "a wait never records the resolution again");
 }
 
 pub async fn list_and_get(store: Arc<dyn ApprovalStore>) {

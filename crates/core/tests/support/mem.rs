@@ -52,10 +52,21 @@ impl Policy for FixedPolicy {
     }
 }
 
-#[derive(Default)]
 pub struct MemRecorder {
     pub events: Mutex<Vec<Event>>,
     pub fail: AtomicBool,
+    /// Events it takes before it fails.
+    pub keep: AtomicUsize,
+}
+
+impl Default for MemRecorder {
+    fn default() -> Self {
+        Self {
+            events: Mutex::new(Vec::new()),
+            fail: AtomicBool::new(false),
+            keep: AtomicUsize::new(usize::MAX),
+        }
+    }
 }
 impl Recorder for MemRecorder {
     fn record(&self, event: Event) -> BoxFuture<'_, Result<EventReceipt, RecordError>> {
@@ -64,6 +75,9 @@ impl Recorder for MemRecorder {
                 return Err(RecordError::Store("disk full".into()));
             }
             let mut e = self.events.lock().map_err(|_| RecordError::Closed)?;
+            if e.len() >= self.keep.load(Ordering::SeqCst) {
+                return Err(RecordError::Store("disk full".into()));
+            }
             e.push(event);
             Ok(EventReceipt {
                 sequence: e.len() as u64,
