@@ -264,6 +264,7 @@ fn export(
             }
             EventBody::ApprovalRequested { .. }
             | EventBody::ApprovalDecided { .. }
+            | EventBody::ApprovalUsed { .. }
             | EventBody::ApprovalAbandoned { .. } => {
                 approvals.push(approval_entry(e));
             }
