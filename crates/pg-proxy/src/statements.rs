@@ -194,6 +194,7 @@ impl StatementAnalyzer for SqlAnalyzer {
                 || st.has(gatehouse_sql::Risk::SelectInto)
                 || (st.kinds.contains(&K::Insert) && st.tables.len() > 1)
                 || (st.kind == K::Copy && !copy_is_from(stmt_text))
+                || stores_values(&st.functions)
                 || (st.kind == K::Ddl
                     && !st.tables.is_empty()
                     && creates_view_or_function(stmt_text));
@@ -245,6 +246,19 @@ impl StatementAnalyzer for SqlAnalyzer {
     fn integer_invariant(&self) -> bool {
         true
     }
+}
+
+/// Built-ins that store a value where it is read back through channels no column rule covers:
+/// a setting comes back from `SHOW`, `current_setting`, `pg_settings` and (for
+/// `application_name`) every session's `pg_stat_activity`. Writing a masked column into one is
+/// copying it out of the masking boundary.
+const STORING_FUNCTIONS: &[&str] = &["set_config"];
+
+fn stores_values<'a>(functions: impl IntoIterator<Item = &'a String>) -> bool {
+    functions.into_iter().any(|f| {
+        let name = f.rsplit('.').next().unwrap_or(f);
+        STORING_FUNCTIONS.contains(&name)
+    })
 }
 
 /// A bounded memo in front of another analyzer, keyed by the text and the settings that change

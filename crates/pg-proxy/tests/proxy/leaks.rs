@@ -1311,6 +1311,66 @@ async fn other_sessions_statements_come_back_with_their_literals_masked() {
     .await;
 }
 
+/// A setting is a store no column rule covers: `SHOW`, `current_setting`, `pg_settings` and
+/// `pg_stat_activity.application_name` read it back. Writing a masked column's values into one
+/// (`set_config`) is refused as a masked-column copy, and no read of the settings brings a name
+/// back; a setting written from unmasked columns still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn masked_values_cannot_be_stored_in_settings() {
+    gatehouse_testkit::within(Duration::from_secs(180), async {
+        let gw = gateway_masking(false, &["email", "card_number", "phone", "name"]).await;
+        let (port, captured) = tap(gw.port).await;
+        let c = connect_driver(port).await;
+        for sql in [
+            "SELECT set_config('application_name', (SELECT string_agg(name, ',') FROM customers), false)",
+            "SELECT set_config('my.x', (SELECT string_agg(name, ',') FROM customers), false)",
+            "SELECT set_config('my.y', name, false) FROM customers",
+            "SELECT pg_catalog.set_config('my.z', upper(c.name), false) FROM customers c",
+        ] {
+            let err = c.simple_query(sql).await.unwrap_err();
+            let message = err.as_db_error().map(|e| e.message().to_string());
+            assert!(
+                message.as_deref().is_some_and(|m| m.contains("masked-column-copy")),
+                "{sql}: {err:?}"
+            );
+        }
+        // Settings still work: constants, and tables without masked columns. (Reading a table
+        // with a masked column into a setting is refused whatever columns it names: the values
+        // of a `set_config` are not traced column by column.)
+        let stored = c
+            .simple_query(
+                "SELECT set_config('my.note', 'hello', false), \
+                 set_config('my.ids', (SELECT string_agg(id::text, ',') FROM plain), false)",
+            )
+            .await;
+        assert!(
+            stored.is_ok(),
+            "{:?}",
+            stored.err().map(|e| e.as_db_error().map(|d| d.message().to_string()))
+        );
+        let mut seen = Vec::new();
+        for sql in [
+            "SHOW application_name",
+            "SHOW my.x",
+            "SELECT current_setting('my.y', true), current_setting('my.z', true)",
+            "SELECT setting FROM pg_settings WHERE name = 'application_name'",
+            "SELECT application_name FROM pg_stat_activity",
+        ] {
+            seen.extend(all_values(&c, sql).await);
+        }
+        let mut wire = Vec::new();
+        for conn in captured.lock().unwrap().iter() {
+            wire.extend_from_slice(&conn.lock().unwrap());
+        }
+        let leaked: Vec<&str> = names_in(&wire)
+            .into_iter()
+            .chain(names_in(seen.join("\n").as_bytes()))
+            .collect();
+        assert!(leaked.is_empty(), "a masked name came back through a setting: {leaked:?} {seen:?}");
+    })
+    .await;
+}
+
 /// Literals that only a column rule protects (a name compared with, or written into, the
 /// masked `name` column: no detector recognises it) are recorded masked in the audit log and
 /// the session recordings, whatever the client and protocol: every constant of a statement is
