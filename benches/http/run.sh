@@ -19,7 +19,8 @@
 #      hyper relay, "null" a recorder that keeps nothing; a "-nomask" suffix, e.g. "null-nomask",
 #      swaps the masker for one that masks nothing: together they attribute the cost of each
 #      layer), BENCH_PERF (a
-#      directory: profile the gateway runs with perf record -g).
+#      directory: profile the gateway runs with perf record -g), GATEHOUSE_BENCH_GATEWAY (a prebuilt
+#      bench gateway to run instead of building one; benches/http/ab.sh uses it).
 # Needs: nginx, wrk (apt-get install -y nginx wrk), a release build of the bench gateway.
 set -euo pipefail
 
@@ -74,8 +75,12 @@ http {
 NGINX
 nginx -c "$WORK/nginx.conf"
 
-(cd "$ROOT" && cargo build --release -q -p gatehouse-http --example bench_gateway)
-GATEWAY_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/bench_gateway"
+if [ -n "${GATEHOUSE_BENCH_GATEWAY:-}" ]; then
+    GATEWAY_BIN=$GATEHOUSE_BENCH_GATEWAY
+else
+    (cd "$ROOT" && cargo build --release -q -p gatehouse-http --example bench_gateway)
+    GATEWAY_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/bench_gateway"
+fi
 MODES=${BENCH_MODES:-relay fsync os}
 
 start_gateway() { # mode
