@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use gatehouse_core::command::ExecFacts;
 use gatehouse_core::{
-    BinaryHandling, Classified, Decision, EgressSite, EgressStream, EventBody, ExecCommand,
-    Finding, Gate, GateContext, HoldMode, Operation, OperationResult, Outcome, RecordingFrame,
-    RecordingKind, RecordingSink, Review, SshOperation, StreamContext, StreamMasker, TextDetector,
-    Verdict, tighten,
+    BinaryHandling, ChunkVerdict, Classified, Decision, EgressSite, EgressStream, EventBody,
+    ExecCommand, Finding, Gate, GateContext, HoldMode, Operation, OperationResult, Outcome,
+    RecordingFrame, RecordingKind, RecordingSink, Review, SshOperation, StreamContext,
+    StreamMasker, TextDetector, Verdict, tighten,
 };
 use russh::server::Msg;
 use russh::{Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
@@ -339,6 +339,7 @@ pub(crate) async fn run_session_channel(
         binary: decision.binary,
         rule_id: decision.rule_id.clone(),
         index,
+        chunk_hook: pipeline.hooks.wants_chunks(),
     };
     let output_task = tokio::spawn(output.run(from_upstream, done_tx));
     input_pump(&mut from_client, &to_upstream, &sink, terminal, done_rx).await;
@@ -691,6 +692,8 @@ struct OutputPump {
     binary: BinaryHandling,
     rule_id: String,
     index: u64,
+    /// A gate hook observes each chunk ([`gatehouse_core::GateHooks::wants_chunks`]).
+    chunk_hook: bool,
 }
 
 /// How one output stream is treated.
@@ -1013,6 +1016,21 @@ impl OutputPump {
     ) -> Result<(), Stop> {
         if out.is_empty() {
             return Ok(());
+        }
+        // Exactly what the agent will receive (masked), unless a hook stops it here.
+        if self.chunk_hook
+            && self.ctx.conn.proxy.pipeline.hooks.on_chunk(
+                &self.ctx.gate_context(),
+                self.index,
+                out,
+            ) == ChunkVerdict::Stop
+        {
+            return Err(Stop::Refused(
+                "gatehouse: output stopped by the gateway's response hook (GateHooks::on_chunk)"
+                    .into(),
+                "stopped by hook",
+                EXIT_DENIED,
+            ));
         }
         if let Err(blocked) = state.egress.check(out) {
             let _ = self

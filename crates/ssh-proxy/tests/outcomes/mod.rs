@@ -210,3 +210,57 @@ async fn a_hook_cannot_turn_a_deny_into_an_allow() {
     assert_eq!(ops[0].1.verdict, Verdict::Deny, "{ops:?}");
     assert_eq!(ops[0].1.rule_id, "no-rm", "{ops:?}");
 }
+
+/// A response hook that stops the output at the first chunk naming `stop-here`, and keeps every
+/// chunk it saw.
+#[derive(Default)]
+struct StopAtWord {
+    seen: std::sync::Mutex<Vec<u8>>,
+}
+
+impl GateHooks for StopAtWord {
+    fn on_chunk(&self, _: &GateContext<'_>, _: u64, chunk: &[u8]) -> ChunkVerdict {
+        self.seen.lock().unwrap().extend_from_slice(chunk);
+        if contains(chunk, b"stop-here") {
+            ChunkVerdict::Stop
+        } else {
+            ChunkVerdict::Continue
+        }
+    }
+    fn wants_chunks(&self) -> bool {
+        true
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_hook_sees_masked_chunks_and_can_stop_the_output() {
+    let hook = Arc::new(StopAtWord::default());
+    let gw = start(Options {
+        hooks: Some(hook.clone()),
+        ..Options::default()
+    })
+    .await;
+    // The hook sees the output after masking: never the card number itself.
+    let run = gw.ssh("echo customer card 4111 1111 1111 1111", b"").await;
+    assert_eq!(run.status, Some(0), "{run:?}");
+    assert!(
+        !run.stdout_text().contains("4111 1111 1111 1111"),
+        "{run:?}"
+    );
+    assert!(!contains(
+        &hook.seen.lock().unwrap(),
+        b"4111 1111 1111 1111"
+    ));
+    assert!(contains(&hook.seen.lock().unwrap(), b"card"));
+
+    let run = gw.ssh("echo stop-here", b"").await;
+    assert_eq!(run.status, Some(EXIT_DENIED as i32), "{run:?}");
+    assert!(!run.stdout_text().contains("stop-here"), "{run:?}");
+    assert!(run.stderr.contains("GateHooks::on_chunk"), "{run:?}");
+    let recorder = gw.shutdown().await;
+    assert!(
+        statuses(&recorder).iter().any(|s| s == "stopped by hook"),
+        "{:?}",
+        statuses(&recorder)
+    );
+}
