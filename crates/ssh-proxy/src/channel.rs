@@ -11,10 +11,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use gatehouse_core::command::ExecFacts;
 use gatehouse_core::{
-    ApprovalOutcome, ApprovalRequest, BinaryHandling, Decision, EgressSite, EgressStream,
-    EventBody, ExecCommand, Finding, Operation, OperationResult, RecordingFrame, RecordingKind,
-    RecordingSink, SshOperation, StreamContext, StreamMasker, TextDetector, Verdict,
+    BinaryHandling, ChunkVerdict, Classified, Decision, EgressSite, EgressStream, EventBody,
+    ExecCommand, Finding, Gate, GateContext, HoldMode, Operation, OperationResult, Outcome,
+    RecordingFrame, RecordingKind, RecordingSink, Review, SshOperation, StreamContext,
+    StreamMasker, TextDetector, Verdict, tighten,
 };
 use russh::server::Msg;
 use russh::{Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
@@ -22,7 +24,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{Mutex, watch};
 
 use crate::session::ChannelContext;
-use crate::{EXIT_DENIED, EXIT_GATEWAY_ERROR};
+use crate::{EXIT_APPROVAL_TIMED_OUT, EXIT_DENIED, EXIT_GATEWAY_ERROR, EXIT_UNAVAILABLE};
 
 /// Stdin bytes held while a command waits for approval; beyond this the agent's side is simply
 /// not read (backpressure) until the decision.
@@ -175,100 +177,84 @@ pub(crate) async fn run_session_channel(
             true,
         ),
     };
-    let decision = pre_decision.unwrap_or_else(|| {
-        pipeline
-            .policy
-            .decide(&ctx.identity, &ctx.target, &operation)
-    });
+    let gate = &conn.proxy.gate;
+    let gctx = ctx.gate_context();
+    let classified = match &operation {
+        Operation::Ssh(
+            SshOperation::Exec(cmd) | SshOperation::FileTransfer { command: cmd, .. },
+        ) => Classified::new(operation.clone()).with_facts(ExecFacts::of(cmd)),
+        _ => Classified::new(operation.clone()),
+    };
+    let mut decision = gate.decide(&gctx, &classified);
+    if let Some(stricter) = pre_decision {
+        decision = tighten(&decision, stricter);
+    }
+    // A transfer's data is framed (SFTP packets, scp's declared sizes, rsync and git's
+    // protocols): masking would corrupt it, so it passes unmasked only where the policy says
+    // `binary = "raw"`. Refused before anything starts: no partial file, no hang.
+    if raw && decision.binary != BinaryHandling::Raw {
+        let stricter = Decision::deny(
+            RULE_BINARY_NOT_RAW,
+            format!(
+                "its data cannot be masked without corrupting it, and rule '{}' does not pass it unmasked (binary = \"raw\")",
+                decision.rule_id
+            ),
+        );
+        decision = tighten(&decision, stricter);
+    }
     let index = conn.next_operation();
     let started_at = Instant::now();
     let refusal = Refusal {
         to_client: &to_client,
         newline: nl,
     };
-    if let Err(e) = ctx
-        .record(EventBody::Operation {
-            index,
-            operation: operation.clone(),
-            decision: decision.clone(),
-        })
+    let outcome = match gate
+        .record(&gctx, index, operation.clone(), &decision)
         .await
     {
-        tracing::error!(error = %e, "could not record operation");
-        refusal
-            .send(
-                "gatehouse: the audit log is unavailable; refusing to run unrecorded",
-                EXIT_GATEWAY_ERROR,
-            )
-            .await;
-        return;
-    }
-
-    match decision.verdict {
-        Verdict::Allow => {}
-        Verdict::Deny => {
-            // The request itself was accepted (see the session loop): the reason goes to
-            // stderr, then an exit status, so `sftp`, `scp` and `rsync` show it.
+        Err(outcome) => outcome,
+        Ok(()) if decision.verdict == Verdict::Review => {
             refusal
-                .send(
-                    &format!(
-                        "gatehouse: {}denied by rule '{}': {}",
-                        operation_kind(&operation),
-                        decision.rule_id,
-                        decision.reason
-                    ),
-                    EXIT_DENIED,
-                )
+                .line(&format!(
+                    "gatehouse: waiting for approval (rule '{}': {})",
+                    decision.rule_id, decision.reason
+                ))
                 .await;
-            ctx.record_result(index, "denied", 0, started_at, Vec::new())
+            let review = Review {
+                index,
+                operation: &operation,
+                shown: &operation,
+                decision: &decision,
+                mode: HoldMode::UntilDecided,
+            };
+            gate.approve(&gctx, review, held(&mut from_client, &mut setup))
+                .await
+        }
+        Ok(()) => Gate::settle(decision),
+    };
+    let decision = match outcome {
+        Outcome::Allowed { decision, approval } => {
+            if let Some(id) = approval {
+                refusal
+                    .line(&format!("gatehouse: approval {id} granted"))
+                    .await;
+            }
+            decision
+        }
+        Outcome::Abandoned { .. } => {
+            // The channel is gone: nobody to tell.
+            ctx.record_result(index, "abandoned", 0, started_at, Vec::new())
                 .await;
             return;
         }
-        Verdict::Review => {
-            match review(
-                &ctx,
-                index,
-                &operation,
-                &decision,
-                &mut from_client,
-                &mut setup,
-                &refusal,
-            )
-            .await
-            {
-                ReviewEnd::Approved => {}
-                ReviewEnd::Refused(status) => {
-                    ctx.record_result(index, &status, 0, started_at, Vec::new())
-                        .await;
-                    return;
-                }
-                ReviewEnd::ClientGone => {
-                    ctx.record_result(index, "abandoned", 0, started_at, Vec::new())
-                        .await;
-                    return;
-                }
-            }
+        refused => {
+            let (text, code, status) = render_refusal(&refused, &operation);
+            refusal.send(&text, code).await;
+            ctx.record_result(index, status, 0, started_at, Vec::new())
+                .await;
+            return;
         }
-    }
-
-    // A transfer's data is framed (SFTP packets, scp's declared sizes, rsync and git's
-    // protocols): masking would corrupt it, so it passes unmasked only where the policy says
-    // `binary = "raw"`. Refused before anything starts: no partial file, no hang.
-    if raw && decision.binary != BinaryHandling::Raw {
-        refusal
-            .send(
-                &format!(
-                    "gatehouse: {}refused: its data cannot be masked without corrupting it, and rule '{}' does not pass it unmasked (binary = \"raw\")",
-                    operation_kind(&operation),
-                    decision.rule_id
-                ),
-                EXIT_DENIED,
-            )
-            .await;
-        ctx.record_result(index, "refused: binary", 0, started_at, Vec::new())
-            .await;
-        return;
-    }
+    };
 
     let upstream = match &ctx.upstream {
         Ok(u) => u.clone(),
@@ -353,6 +339,7 @@ pub(crate) async fn run_session_channel(
         binary: decision.binary,
         rule_id: decision.rule_id.clone(),
         index,
+        chunk_hook: pipeline.hooks.wants_chunks(),
     };
     let output_task = tokio::spawn(output.run(from_upstream, done_tx));
     input_pump(&mut from_client, &to_upstream, &sink, terminal, done_rx).await;
@@ -399,21 +386,17 @@ pub(crate) async fn run_session_channel(
     .await;
 }
 
-/// Whether an `env` request may set `name`: the listener's allow-list and a policy rule.
+/// Whether an `env` request may set `name`: the listener's allow-list and the gate's decision.
 fn env_allowed(ctx: &ChannelContext, name: &str) -> bool {
+    let operation = Operation::Ssh(SshOperation::Env {
+        name: name.to_string(),
+    });
     ctx.conn.proxy.config.env_allowed(name)
         && ctx
             .conn
             .proxy
-            .pipeline
-            .policy
-            .decide(
-                &ctx.identity,
-                &ctx.target,
-                &Operation::Ssh(SshOperation::Env {
-                    name: name.to_string(),
-                }),
-            )
+            .gate
+            .decide(&ctx.gate_context(), &Classified::new(operation))
             .verdict
             == Verdict::Allow
 }
@@ -431,6 +414,14 @@ fn operation_kind(operation: &Operation) -> String {
 }
 
 impl ChannelContext {
+    pub(crate) fn gate_context(&self) -> GateContext<'_> {
+        GateContext {
+            session: &self.conn.session,
+            identity: &self.identity,
+            target: &self.target,
+        }
+    }
+
     async fn record(&self, body: EventBody) -> Result<(), gatehouse_core::RecordError> {
         self.conn
             .record(Some(&self.identity), Some(&self.target), body)
@@ -486,179 +477,89 @@ impl Refusal<'_> {
     }
 }
 
-enum ReviewEnd {
-    Approved,
-    Refused(String),
-    ClientGone,
+/// The gateway's own rule for a transfer the policy does not pass unmasked.
+const RULE_BINARY_NOT_RAW: &str = "gateway:binary-not-raw";
+
+/// How an outcome other than allowed or abandoned reads on the channel: the stderr line, the
+/// exit status (the table in `docs/DESIGN.md`) and the operation result's status.
+fn render_refusal(outcome: &Outcome, operation: &Operation) -> (String, u32, &'static str) {
+    match outcome {
+        Outcome::Denied { decision } => (
+            format!(
+                "gatehouse: {}denied by rule '{}': {}",
+                operation_kind(operation),
+                decision.rule_id,
+                decision.reason
+            ),
+            EXIT_DENIED,
+            if decision.rule_id == RULE_BINARY_NOT_RAW {
+                "refused: binary"
+            } else {
+                "denied"
+            },
+        ),
+        Outcome::ApprovalDenied {
+            approval,
+            by,
+            justification,
+            ..
+        } => (
+            format!("gatehouse: approval {approval} denied by {by}: {justification}"),
+            EXIT_DENIED,
+            "approval denied",
+        ),
+        Outcome::ApprovalTimedOut { approval, .. } => (
+            format!("gatehouse: approval {approval} timed out; the command did not run"),
+            EXIT_APPROVAL_TIMED_OUT,
+            "approval timed out",
+        ),
+        Outcome::ApprovalsUnavailable { reason, .. } => (
+            format!("gatehouse: approvals are unavailable ({reason}); try again later"),
+            EXIT_UNAVAILABLE,
+            "approvals unavailable",
+        ),
+        Outcome::AuditUnavailable { .. } => (
+            "gatehouse: the audit log is unavailable; refusing to run unrecorded; try again later"
+                .into(),
+            EXIT_UNAVAILABLE,
+            "audit unavailable",
+        ),
+        // Not produced while the session is held until decided; read as "retry later".
+        _ => (
+            format!("gatehouse: {}; try again later", outcome.name()),
+            EXIT_UNAVAILABLE,
+            "unavailable",
+        ),
+    }
 }
 
-/// Opens an approval request, tells the agent its id, waits (still reading the agent's side so the
-/// connection never wedges), and records every step.
-async fn review(
-    ctx: &ChannelContext,
-    index: u64,
-    operation: &Operation,
-    decision: &Decision,
-    from_client: &mut ChannelReadHalf,
-    setup: &mut Setup,
-    refusal: &Refusal<'_>,
-) -> ReviewEnd {
-    let approvals = &ctx.conn.proxy.pipeline.approvals;
-    let Some(requirement) = decision.review.clone() else {
-        refusal
-            .send(
-                &format!(
-                    "gatehouse: rule '{}' asks for review but names no approvers; refusing",
-                    decision.rule_id
-                ),
-                EXIT_DENIED,
-            )
-            .await;
-        return ReviewEnd::Refused("review misconfigured".into());
-    };
-    let timeout = Duration::from_millis(requirement.timeout_ms);
-    let request = ApprovalRequest {
-        requester: ctx.identity.clone(),
-        session: ctx.conn.session.clone(),
-        target: ctx.target.clone(),
-        operation: operation.clone(),
-        rule_id: decision.rule_id.clone(),
-        reason: decision.reason.clone(),
-        requirement,
-        index,
-        shown: None,
-    };
-    let ticket = match approvals.open(request).await {
-        Ok(t) => t,
-        Err(e) => {
-            refusal
-                .send(
-                    &format!("gatehouse: approvals unavailable ({e}); refusing"),
-                    EXIT_DENIED,
-                )
-                .await;
-            return ReviewEnd::Refused("approvals unavailable".into());
+/// Resolves when the agent closes the channel (or the connection ends) while its command is
+/// held for approval: the gate then abandons the request. Meanwhile it keeps reading the agent's
+/// side, so the connection never wedges, buffering stdin, EOF and resizes for the command (up
+/// to [`MAX_EARLY_INPUT`]; beyond that the agent's side is not read until the decision).
+async fn held(from_client: &mut ChannelReadHalf, setup: &mut Setup) {
+    loop {
+        if setup.early_len >= MAX_EARLY_INPUT {
+            std::future::pending::<()>().await;
         }
-    };
-    if ctx
-        .record(EventBody::ApprovalRequested {
-            index,
-            id: ticket.id.clone(),
-            operation_hash: ticket.operation_hash.clone(),
-            operation: None,
-            rule_id: None,
-            reason: None,
-            granted: false,
-        })
-        .await
-        .is_err()
-    {
-        refusal
-            .send(
-                "gatehouse: the audit log is unavailable; refusing to run unrecorded",
-                EXIT_GATEWAY_ERROR,
-            )
-            .await;
-        return ReviewEnd::Refused("audit unavailable".into());
-    }
-    refusal
-        .line(&format!(
-            "gatehouse: waiting for approval {} (rule '{}': {})",
-            ticket.id, decision.rule_id, decision.reason
-        ))
-        .await;
-    let outcome = {
-        // A boxed future: dropping it abandons the request.
-        let mut wait = approvals.wait(&ticket.id, timeout);
-        loop {
-            let room = setup.early_len < MAX_EARLY_INPUT;
-            tokio::select! {
-                outcome = &mut wait => break outcome,
-                msg = from_client.wait(), if room => match msg {
-                    Some(ChannelMsg::Data { data }) => {
-                        setup.early_len += data.len();
-                        setup.early_input.push(data);
-                    }
-                    Some(ChannelMsg::Eof) => setup.early_eof = true,
-                    Some(ChannelMsg::WindowChange { col_width, row_height, .. }) => {
-                        if let Some(p) = setup.pty.as_mut() {
-                            p.cols = col_width;
-                            p.rows = row_height;
-                        }
-                    }
-                    Some(ChannelMsg::Close) | None => {
-                        // Dropping `wait` abandons the request (the broker records that too).
-                        drop(wait);
-                        let _ = ctx
-                            .record(EventBody::ApprovalAbandoned { id: ticket.id.clone() })
-                            .await;
-                        return ReviewEnd::ClientGone;
-                    }
-                    Some(_) => {}
-                },
+        match from_client.wait().await {
+            Some(ChannelMsg::Data { data }) => {
+                setup.early_len += data.len();
+                setup.early_input.push(data);
             }
-        }
-    };
-    let outcome = match outcome {
-        Ok(ApprovalOutcome::StillPending) => ApprovalOutcome::TimedOut,
-        Ok(o) => o,
-        Err(e) => {
-            refusal
-                .send(
-                    &format!("gatehouse: approval {} failed ({e}); refusing", ticket.id),
-                    EXIT_DENIED,
-                )
-                .await;
-            return ReviewEnd::Refused("approval failed".into());
-        }
-    };
-    let recorded = ctx
-        .record(EventBody::ApprovalResolved {
-            index,
-            id: ticket.id.clone(),
-            outcome: outcome.clone(),
-        })
-        .await;
-    if recorded.is_err() {
-        refusal
-            .send(
-                "gatehouse: the audit log is unavailable; refusing to run unrecorded",
-                EXIT_GATEWAY_ERROR,
-            )
-            .await;
-        return ReviewEnd::Refused("audit unavailable".into());
-    }
-    match outcome {
-        ApprovalOutcome::Approved { approvers } => {
-            refusal
-                .line(&format!(
-                    "gatehouse: approval {} granted by {}",
-                    ticket.id,
-                    approvers.join(", ")
-                ))
-                .await;
-            ReviewEnd::Approved
-        }
-        ApprovalOutcome::Denied { by, justification } => {
-            refusal
-                .send(
-                    &format!(
-                        "gatehouse: approval {} denied by {by}: {justification}",
-                        ticket.id
-                    ),
-                    EXIT_DENIED,
-                )
-                .await;
-            ReviewEnd::Refused("approval denied".into())
-        }
-        _ => {
-            refusal
-                .send(
-                    &format!("gatehouse: approval {} timed out; refusing", ticket.id),
-                    EXIT_DENIED,
-                )
-                .await;
-            ReviewEnd::Refused("approval timed out".into())
+            Some(ChannelMsg::Eof) => setup.early_eof = true,
+            Some(ChannelMsg::WindowChange {
+                col_width,
+                row_height,
+                ..
+            }) => {
+                if let Some(p) = setup.pty.as_mut() {
+                    p.cols = col_width;
+                    p.rows = row_height;
+                }
+            }
+            Some(ChannelMsg::Close) | None => return,
+            Some(_) => {}
         }
     }
 }
@@ -791,6 +692,8 @@ struct OutputPump {
     binary: BinaryHandling,
     rule_id: String,
     index: u64,
+    /// A gate hook observes each chunk ([`gatehouse_core::GateHooks::wants_chunks`]).
+    chunk_hook: bool,
 }
 
 /// How one output stream is treated.
@@ -1114,6 +1017,21 @@ impl OutputPump {
         if out.is_empty() {
             return Ok(());
         }
+        // Exactly what the agent will receive (masked), unless a hook stops it here.
+        if self.chunk_hook
+            && self.ctx.conn.proxy.pipeline.hooks.on_chunk(
+                &self.ctx.gate_context(),
+                self.index,
+                out,
+            ) == ChunkVerdict::Stop
+        {
+            return Err(Stop::Refused(
+                "gatehouse: output stopped by the gateway's response hook (GateHooks::on_chunk)"
+                    .into(),
+                "stopped by hook",
+                EXIT_DENIED,
+            ));
+        }
         if let Err(blocked) = state.egress.check(out) {
             let _ = self
                 .ctx
@@ -1194,31 +1112,31 @@ pub(crate) async fn run_direct_tcpip(
         host: request.host.clone(),
         port: request.port,
     });
-    let decision = ctx
-        .conn
-        .proxy
-        .pipeline
-        .policy
-        .decide(&ctx.identity, &ctx.target, &operation);
+    let gate = &ctx.conn.proxy.gate;
+    let gctx = ctx.gate_context();
+    let mut decision = gate.decide(&gctx, &Classified::new(operation.clone()));
+    if decision.verdict == Verdict::Review {
+        // A channel open must be answered now: it cannot wait for approvers.
+        let stricter = Decision::deny(
+            "gateway:forward-review",
+            "port forwarding cannot wait for a review; allow or deny it",
+        );
+        decision = tighten(&decision, stricter);
+    }
     let index = ctx.conn.next_operation();
     let started_at = Instant::now();
-    let recorded = ctx
-        .record(EventBody::Operation {
-            index,
-            operation,
-            decision: decision.clone(),
-        })
-        .await;
+    let recorded = gate.record(&gctx, index, operation, &decision).await;
     let destination = format!("{}:{}", request.host, request.port);
     let refused = match (&ctx.upstream, recorded, decision.verdict) {
-        (Ok(u), Ok(()), Verdict::Allow) => Ok(u.clone()),
+        (_, Err(_), _) => Err(
+            "gatehouse: the audit log is unavailable; refusing to forward unrecorded; try again later"
+                .into(),
+        ),
         (_, Ok(()), Verdict::Deny | Verdict::Review) => Err(format!(
             "gatehouse: forwarding to {destination} denied by rule '{}': {}",
             decision.rule_id, decision.reason
         )),
-        (_, Err(_), _) => {
-            Err("gatehouse: the audit log is unavailable; refusing to forward unrecorded".into())
-        }
+        (Ok(u), Ok(()), Verdict::Allow) => Ok(u.clone()),
         (Err(reason), Ok(()), _) => Err(reason.clone()),
     };
     let upstream = match refused {

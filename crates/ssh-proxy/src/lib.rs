@@ -8,9 +8,11 @@
 //!     own credential (private key or password) — never the caller's
 //!   per session channel:
 //!     pty-req / env (allow-list) / window-change / signal / stdin / EOF forwarded
-//!     exec → gatehouse_core::shell (sh -c unwrapped once) → Policy → allow | deny (stderr line,
-//!       exit status 126) | review (stderr line with the approval id, then wait)
-//!     shell / subsystem (sftp) / port forwarding / agent forwarding → Policy as a whole
+//!     exec (with its ExecFacts) / shell / subsystem → gatehouse_core::Gate (hooks, Policy,
+//!       record, approval) → allowed | denied or approval denied (stderr line, exit 126) |
+//!       approval timed out (124) | approvals or audit unavailable (75, EX_TEMPFAIL) | review
+//!       (stderr line, then wait until decided or the channel closes: abandoned)
+//!     port forwarding / agent forwarding → Gate as a whole
 //!     remote, agent, X11, Unix-socket and tun forwarding, unknown channel types → refused
 //!       whatever the policy, recorded with the decision (vendor/russh adds the hook for the last)
 //!     stdout, stderr → StreamMasker (idle flush) → EgressGuard → client and recording
@@ -41,7 +43,7 @@ mod upstream;
 use std::future::Future;
 use std::sync::Arc;
 
-use gatehouse_core::Pipeline;
+use gatehouse_core::{Gate, Pipeline};
 use russh::keys::PrivateKey;
 
 pub use config::{
@@ -50,8 +52,15 @@ pub use config::{
 pub use error::SshProxyError;
 pub use login::{FailedLoginLimiter, LoginName};
 
-/// Exit status a refused command reports (the shell's "found but not executable").
+/// Exit status a refused command reports (the shell's "found but not executable"): denied by
+/// policy, by a hook or by the gateway's own checks, or by an approver.
 pub const EXIT_DENIED: u32 = 126;
+/// Exit status when nobody decided a reviewed command before its approval request timed out
+/// (`timeout(1)`'s status): the command did not run.
+pub const EXIT_APPROVAL_TIMED_OUT: u32 = 124;
+/// Exit status when the approvals layer or the audit log cannot take the command now
+/// (`EX_TEMPFAIL`): the command did not run; retry later. Never a permission error.
+pub const EXIT_UNAVAILABLE: u32 = 75;
 /// Exit status when the gateway itself cannot run the command (target unreachable, host key
 /// mismatch, audit log unavailable): the same status OpenSSH's client uses for its own errors.
 pub const EXIT_GATEWAY_ERROR: u32 = 255;
@@ -60,6 +69,8 @@ pub const EXIT_GATEWAY_ERROR: u32 = 255;
 pub(crate) struct ProxyInner {
     pub(crate) config: SshProxyConfig,
     pub(crate) pipeline: Pipeline,
+    /// The operation gate over the same layers: every decision and record goes through it.
+    pub(crate) gate: Gate,
     pub(crate) server_config: Arc<russh::server::Config>,
     pub(crate) limiter: FailedLoginLimiter,
     host_fingerprint: String,
@@ -158,6 +169,7 @@ impl SshProxy {
         Self {
             inner: Arc::new(ProxyInner {
                 config,
+                gate: Gate::new(pipeline.clone()),
                 pipeline,
                 server_config: Arc::new(server_config),
                 limiter,

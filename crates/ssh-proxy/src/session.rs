@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use gatehouse_core::{
-    AuthErrorKind, Credential, Decision, Event, EventBody, Identity, Operation, RecordingSeal,
-    SessionId, Side, SshOperation, Target, Verdict,
+    AuthErrorKind, Classified, Credential, Decision, Event, EventBody, GateContext, Identity,
+    Operation, RecordingSeal, SessionId, Side, SshOperation, Target, Verdict, tighten,
 };
 use russh::server::{self, Auth, Msg, Session};
 use russh::{Channel, ChannelId, MethodKind, MethodSet};
@@ -360,38 +360,41 @@ impl ClientHandler {
         st.upstream = Some(upstream_result);
     }
 
-    /// Policy decision for a request the handler answers itself (forwarding, agent).
-    fn decide(&self, operation: &Operation) -> Option<(Identity, Target, Decision)> {
-        let st = self.conn.lock();
-        let identity = st.identity.clone()?;
-        let target = st.target.clone()?;
-        drop(st);
-        let decision = self
-            .proxy()
-            .pipeline
-            .policy
-            .decide(&identity, &target, operation);
-        Some((identity, target, decision))
-    }
-
-    /// Records a request the gateway refuses as a whole (tcpip-forward, agent forwarding).
-    async fn refuse_request(&self, operation: Operation, unsupported: &str) {
-        let Some((identity, target, mut decision)) = self.decide(&operation) else {
-            return;
+    /// The gate's decision for a request the handler answers itself (env, forwarding, agent),
+    /// tightened by `check` (which may only make it stricter), then recorded. `None` before
+    /// login; otherwise whether it is allowed and was recorded.
+    async fn decide_and_record(
+        &self,
+        operation: Operation,
+        check: impl FnOnce(&Decision) -> Option<Decision>,
+    ) -> Option<bool> {
+        let (identity, target) = {
+            let st = self.conn.lock();
+            (st.identity.clone()?, st.target.clone()?)
         };
-        if decision.verdict != Verdict::Deny {
-            decision = Decision::deny(
-                "gateway:unsupported",
-                format!("{unsupported} is not supported by the gateway"),
-            );
+        let gate = &self.proxy().gate;
+        let ctx = GateContext {
+            session: &self.conn.session,
+            identity: &identity,
+            target: &target,
+        };
+        let mut decision = gate.decide(&ctx, &Classified::new(operation.clone()));
+        if let Some(stricter) = check(&decision) {
+            decision = tighten(&decision, stricter);
         }
         let index = self.conn.next_operation();
-        let body = EventBody::Operation {
-            index,
-            operation,
-            decision,
-        };
-        let _ = self.conn.record(Some(&identity), Some(&target), body).await;
+        let recorded = gate.record(&ctx, index, operation, &decision).await;
+        Some(recorded.is_ok() && decision.verdict == Verdict::Allow)
+    }
+
+    /// Records a request the gateway refuses as a whole (tcpip-forward, agent forwarding),
+    /// whatever the policy says.
+    async fn refuse_request(&self, operation: Operation, unsupported: &str) {
+        let stricter = Decision::deny(
+            "gateway:unsupported",
+            format!("{unsupported} is not supported by the gateway"),
+        );
+        self.decide_and_record(operation, |_| Some(stricter)).await;
     }
 }
 
@@ -627,37 +630,31 @@ impl server::Handler for ClientHandler {
         let operation = Operation::Ssh(SshOperation::Env {
             name: variable_name.to_string(),
         });
-        let Some((identity, target, mut decision)) = self.decide(&operation) else {
-            session.channel_failure(channel)?;
-            return Ok(());
-        };
-        if self.started.contains(&channel) {
-            decision = Decision::deny(
-                "gateway:env-after-start",
-                "environment variables must be set before the command starts",
-            );
-        } else if decision.verdict == Verdict::Allow
-            && !self.proxy().config.env_allowed(variable_name)
-        {
-            decision = Decision::deny(
-                "gateway:env-not-accepted",
-                format!("the SSH listener does not accept {variable_name} (accept_env)"),
-            );
-        } else if decision.verdict == Verdict::Review {
-            decision = Decision::deny(
-                "gateway:env-review",
-                "an env request cannot wait for a review; allow or deny it",
-            );
-        }
-        let allowed = decision.verdict == Verdict::Allow;
-        let index = self.conn.next_operation();
-        let body = EventBody::Operation {
-            index,
-            operation,
-            decision,
-        };
-        let recorded = self.conn.record(Some(&identity), Some(&target), body).await;
-        if allowed && recorded.is_ok() {
+        let started = self.started.contains(&channel);
+        let accepted = self.proxy().config.env_allowed(variable_name);
+        let allowed = self
+            .decide_and_record(operation, |decision| {
+                if started {
+                    Some(Decision::deny(
+                        "gateway:env-after-start",
+                        "environment variables must be set before the command starts",
+                    ))
+                } else if decision.verdict == Verdict::Allow && !accepted {
+                    Some(Decision::deny(
+                        "gateway:env-not-accepted",
+                        format!("the SSH listener does not accept {variable_name} (accept_env)"),
+                    ))
+                } else if decision.verdict == Verdict::Review {
+                    Some(Decision::deny(
+                        "gateway:env-review",
+                        "an env request cannot wait for a review; allow or deny it",
+                    ))
+                } else {
+                    None
+                }
+            })
+            .await;
+        if allowed == Some(true) {
             session.channel_success(channel)?;
         } else {
             session.channel_failure(channel)?;

@@ -6,6 +6,8 @@
 mod channels;
 mod common;
 mod corpus;
+#[path = "outcomes/mod.rs"]
+mod outcomes;
 #[path = "transfers/mod.rs"]
 mod transfers;
 
@@ -166,7 +168,7 @@ async fn reviewed_command_waits_for_approval_then_runs() {
     write_script(
         &bin.join("systemctl"),
         &format!(
-            "#!/bin/sh\necho \"$@\" > {}\necho restarted \"$2\"\n",
+            "#!/bin/sh\necho \"$@\" > {}\necho restarted \"$2\"\ncat\n",
             marker.display()
         ),
     );
@@ -187,16 +189,26 @@ async fn reviewed_command_waits_for_approval_then_runs() {
             .unwrap();
         id
     });
-    let run = gw.ssh(&format!("{systemctl} restart x"), b"").await;
+    // The agent's stdin (sent at once, with EOF) is held while the command waits, then given to
+    // it.
+    let run = gw
+        .ssh(&format!("{systemctl} restart x"), b"early input\n")
+        .await;
     let id = within(LIMIT, approver_task).await.unwrap();
     assert_eq!(run.status, Some(0), "{run:?}");
     assert!(
         run.stderr
-            .contains(&format!("gatehouse: waiting for approval {id}")),
+            .contains("gatehouse: waiting for approval (rule 'review-systemctl'"),
         "{}",
         run.stderr
     );
-    assert_eq!(run.stdout_text(), "restarted x\n");
+    assert!(
+        run.stderr
+            .contains(&format!("gatehouse: approval {id} granted")),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.stdout_text(), "restarted x\nearly input\n");
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "restart x\n");
 
     // A denial: refused with 126 and the approver's reason; the command never ran.
@@ -235,12 +247,32 @@ async fn reviewed_command_waits_for_approval_then_runs() {
         .collect();
     assert!(matches!(resolved[0], ApprovalOutcome::Approved { .. }));
     assert!(matches!(resolved[1], ApprovalOutcome::Denied { .. }));
+    // One request per held command, recorded once (by the approvals layer), with the index of
+    // the operation it holds.
+    let held: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match &e.body {
+            EventBody::Operation {
+                index, decision, ..
+            } if decision.verdict == Verdict::Review => Some(*index),
+            _ => None,
+        })
+        .collect();
+    let requested: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match &e.body {
+            EventBody::ApprovalRequested { index, .. } => Some(*index),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(held.len(), 2, "{}", recorder.dump());
+    assert_eq!(requested, held, "{}", recorder.dump());
     assert_eq!(
         events
             .iter()
-            .filter(|e| matches!(e.body, EventBody::ApprovalRequested { .. }))
+            .filter(|e| matches!(e.body, EventBody::ApprovalUsed { .. }))
             .count(),
-        2
+        1
     );
 }
 
@@ -465,7 +497,8 @@ async fn recorder_failure_fails_closed() {
     .await;
     let marker = gw.dir.path().join("ran");
     let run = gw.ssh(&format!("touch {}", marker.display()), b"").await;
-    assert_eq!(run.status, Some(255), "{run:?}");
+    // Unavailable, not forbidden: EX_TEMPFAIL, retry later.
+    assert_eq!(run.status, Some(75), "{run:?}");
     assert!(
         run.stderr.contains("audit log is unavailable"),
         "{}",

@@ -84,6 +84,9 @@ pub struct Options {
     pub recorder: Option<Arc<dyn Recorder + Send + Sync>>,
     pub authenticator: Option<StaticAuthenticator>,
     pub policy: Option<FnPolicy>,
+    /// Replaces the in-memory approvals (which the tests decide through `Gateway::approvals`).
+    pub approvals: Option<Arc<dyn Approvals + Send + Sync>>,
+    pub hooks: Option<Arc<dyn GateHooks + Send + Sync>>,
 }
 
 impl Default for Options {
@@ -93,6 +96,8 @@ impl Default for Options {
             recorder: None,
             authenticator: None,
             policy: None,
+            approvals: None,
+            hooks: None,
         }
     }
 }
@@ -145,22 +150,26 @@ pub async fn start(options: Options) -> Gateway {
     }
     let egress = Arc::new(egress.build().unwrap());
     let memory = Arc::new(MemoryRecorder::new());
-    let approvals = Arc::new(MemoryApprovals::new());
     let recorder: Arc<dyn Recorder + Send + Sync> = match options.recorder {
         Some(r) => r,
         None => memory.clone(),
     };
+    // Like the broker, the approvals layer records each request's life itself.
+    let approvals = Arc::new(MemoryApprovals::with_recorder(recorder.clone()));
     let authenticator = options
         .authenticator
         .unwrap_or_else(|| StaticAuthenticator::new().with_token(TOKEN, agent()));
     let pipeline = Pipeline {
         authenticator: Arc::new(authenticator),
         policy: Arc::new(options.policy.unwrap_or_else(test_policy)),
-        approvals: approvals.clone(),
+        approvals: match options.approvals {
+            Some(a) => a,
+            None => approvals.clone(),
+        },
         masker: Arc::new(MaskingEngine::with_defaults().unwrap()),
         egress,
         recorder,
-        hooks: gatehouse_core::Pipeline::no_hooks(),
+        hooks: options.hooks.unwrap_or_else(Pipeline::no_hooks),
     };
     let proxy = SshProxy::new(config, pipeline).expect("proxy");
     let listener = gatehouse_testkit::net::bind_loopback_tokio().await;
