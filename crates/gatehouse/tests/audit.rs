@@ -675,9 +675,17 @@ fn an_export_from_a_running_gateway_covers_up_to_the_export() {
     assert_eq!(e["witness-checkpoint.json"]["latest"][0]["sealed"], true);
     // `evidence verify` says which it was.
     for (bundle, said) in [("now", "was live (not sealed)"), ("after", "was sealed")] {
+        // The key the gateway signed with (here read from the bundle; a checker has it from the
+        // gateway's config): only a pinned key vouches for a bundle.
+        let manifest: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(outs.path().join(bundle).join("manifest.json")).unwrap(),
+        )
+        .unwrap();
+        let key = manifest["signing_key"].as_str().unwrap().to_string();
         let mut cmd = Command::new(EXE);
         cmd.args(["evidence", "verify"])
-            .arg(outs.path().join(bundle));
+            .arg(outs.path().join(bundle))
+            .args(["--key", &key]);
         let out = run_with_timeout(cmd, Duration::from_secs(60)).unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(

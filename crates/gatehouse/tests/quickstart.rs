@@ -592,11 +592,22 @@ fn quickstart_as_a_new_user() {
     assert!(out.status.success(), "{}", text(&out));
     let held = std::fs::read_to_string(evidence.join("witness-checkpoint.json")).unwrap();
     assert!(held.contains("\"sealed\": true"), "{held}");
+    // The printed check pins the gateway's key; without a key the bundle is not vouched for
+    // (anyone can sign a bundle with a key of their own and name it).
+    let verify_bundle = printed
+        .iter()
+        .find(|l| l.contains(" evidence verify "))
+        .expect("evidence verify command")
+        .clone();
+    assert!(verify_bundle.contains(" --key "), "{verify_bundle}");
+    let out = sh(&verify_bundle, &[]);
+    assert!(out.status.success(), "{}", text(&out));
     let out = sh(
         &format!("{EXE} evidence verify {}", evidence.display()),
         &[],
     );
-    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("NOT VOUCHED FOR"), "{}", text(&out));
     let approvals = std::fs::read_to_string(evidence.join("approvals.json")).unwrap();
     assert!(
         approvals.contains(&id) && approvals.contains("alice"),

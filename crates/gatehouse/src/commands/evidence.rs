@@ -96,7 +96,7 @@ fn load_signing_key(path: &Path) -> Result<SigningKey, CommandError> {
 const README: &str = "# Gatehouse evidence bundle
 
 Produced by `gatehouse evidence export` from the gateway's tamper-evident audit log. Check it offline
-with `gatehouse evidence verify <this directory>`: every file's SHA-256 is listed in `manifest.json`,
+with `gatehouse evidence verify <this directory> --key <the gateway's audit public key>`: every file's SHA-256 is listed in `manifest.json`,
 which is signed (ed25519) by the gateway's audit key in `manifest.sig`.
 
 | file | what it shows | ISO/IEC 27001:2022 Annex A |
@@ -186,7 +186,10 @@ fn export(
             | super::audit::WitnessReadError::Unreadable(m),
         )) => return Err(failed(m)),
     };
-    let (report, _) = super::audit::verify_dir(dir, &[], held.as_deref())?;
+    // Checkpoints are checked against the gateway's own key (the one that signs the bundle),
+    // never against a public key file in the audit directory, which its writer could replace.
+    let own_key = hex::encode(signing.verifying_key().to_bytes());
+    let (report, _) = super::audit::verify_dir(dir, &[own_key], held.as_deref())?;
     let (logs, _, recordings_dir) = super::audit::load_logs(dir)?;
     // The same recording checks as `audit verify`: every sealed recording against its seal, and
     // every recording file no seal covers. A recording that fails makes the whole result fail.
@@ -480,8 +483,10 @@ fn export(
 }
 
 fn verify_bundle(bundle: &Path, pinned: Option<&str>) -> CommandResult {
+    // Regular files only: a FIFO or device in a bundle must not hang the check, and a symlink
+    // could point anywhere.
     let read = |name: &str| {
-        std::fs::read(bundle.join(name))
+        gatehouse_recorder::storage::read_regular_file(&bundle.join(name))
             .map_err(|e| failed(format!("{}: {e}", bundle.join(name).display())))
     };
     let manifest_bytes = read("manifest.json")?;
@@ -525,7 +530,7 @@ fn verify_bundle(bundle: &Path, pinned: Option<&str>) -> CommandResult {
         .ok_or_else(|| failed("manifest.json lists no files"))?;
     let mut problems = Vec::new();
     for (name, want) in files {
-        match std::fs::read(bundle.join(name)) {
+        match gatehouse_recorder::storage::read_regular_file(&bundle.join(name)) {
             Ok(bytes) => {
                 if Some(hex::encode(Sha256::digest(&bytes)).as_str()) != want.as_str() {
                     problems.push(format!(
@@ -562,8 +567,18 @@ fn verify_bundle(bundle: &Path, pinned: Option<&str>) -> CommandResult {
             }
             _ => "the audit log's state is not stated (a bundle of an earlier version)",
         };
+        if pinned.is_none() {
+            // The bundle names its own key: anyone can make a bundle that verifies under the
+            // key it names. Only the gateway's key, given by the checker, vouches for it.
+            println!(
+                "evidence bundle {}: NOT VOUCHED FOR ({} files, consistent and signed by the key the bundle itself names, {key_hex}); {state}. Anyone can produce such a bundle: check it with --key <the gateway's audit public key> (from the quickstart's printed command or the gateway's config)",
+                bundle.display(),
+                files.len()
+            );
+            return Ok(ExitCode::from(3));
+        }
         println!(
-            "evidence bundle {}: OK ({} files, signature by {key_hex}); {state}",
+            "evidence bundle {}: OK ({} files, signature by the pinned key {key_hex}); {state}",
             bundle.display(),
             files.len()
         );

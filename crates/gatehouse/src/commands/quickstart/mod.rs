@@ -440,7 +440,11 @@ fn print_instructions(i: &Instructions<'_>) {
             i.audit_key.display(),
             evidence.display()
         ),
-        format!("{exe} evidence verify {}", evidence.display()),
+        format!(
+            "{exe} evidence verify {} --key {}",
+            evidence.display(),
+            i.audit_public_key
+        ),
     ]);
     use std::io::Write;
     let mut out = std::io::stdout().lock();
