@@ -94,6 +94,9 @@ pub(crate) fn statement_text_masked(text: &str) -> String {
 pub(crate) struct ProxyInner {
     pub(crate) config: Arc<PgProxyConfig>,
     pub(crate) pipeline: Pipeline,
+    /// Decides, records and holds every statement (policy, [`gatehouse_core::GateHooks`],
+    /// audit, approvals).
+    pub(crate) gate: Arc<gatehouse_core::Gate>,
     pub(crate) hooks: Arc<dyn PgHooks>,
     pub(crate) analyzer: Arc<dyn StatementAnalyzer>,
     pub(crate) cancels: cancel::CancelRegistry,
@@ -441,6 +444,7 @@ impl PgProxy {
         Self {
             inner: Arc::new(ProxyInner {
                 config: Arc::new(config),
+                gate: Arc::new(gatehouse_core::Gate::new(pipeline.clone())),
                 pipeline,
                 hooks,
                 analyzer,
