@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use gatehouse_core::{
-    Classified, Credential, Decision, EgressSite, EgressStream, Event, EventBody, FieldDesc,
-    Finding, Gate, GateContext, HoldMode, Identity, Operation, OperationResult, Outcome,
+    ChunkVerdict, Classified, Credential, Decision, EgressSite, EgressStream, Event, EventBody,
+    FieldDesc, Finding, Gate, GateContext, HoldMode, Identity, Operation, OperationResult, Outcome,
     RecordingFrame, RecordingKind, RecordingSink, Review, SessionId, SqlOperation, SqlProtocol,
     SqlSessionSettings, Verdict, tighten,
 };
@@ -2892,6 +2892,7 @@ impl Backend {
             ));
         };
         let mut findings = Vec::new();
+        let before = self.out.len();
         let result = match copy.binary.as_mut() {
             None => {
                 match copy.plan.mask_value(0, &frame.body, &mut findings) {
@@ -2920,7 +2921,36 @@ impl Backend {
         };
         self.add_findings(findings);
         self.copy = Some(copy);
-        result
+        result?;
+        if self.proxy.pipeline.hooks.wants_chunks() {
+            let index = self.running_ctx().map_or(0, |c| c.index);
+            self.chunk_hook(index, before)?;
+        }
+        Ok(())
+    }
+
+    /// Shows the message just written to `out` from `before` on (after masking: exactly what
+    /// the client will receive) to [`gatehouse_core::GateHooks::on_chunk`], when a hook wants
+    /// chunks. A `Stop` withdraws it and ends the response with an error naming the hook.
+    fn chunk_hook(&mut self, index: u64, before: usize) -> Result<(), PgProxyError> {
+        let hooks = &self.proxy.pipeline.hooks;
+        if !hooks.wants_chunks() {
+            return Ok(());
+        }
+        let ctx = GateContext {
+            session: &self.ctx.session,
+            identity: &self.ctx.identity,
+            target: &self.ctx.target,
+        };
+        let chunk = self.out.get(before..).unwrap_or_default();
+        if hooks.on_chunk(&ctx, index, chunk) == ChunkVerdict::Stop {
+            self.out.truncate(before);
+            return Err(PgProxyError::HookStopped(format!(
+                "the result of statement {index} was stopped by a gateway hook \
+                 (GateHooks::on_chunk)"
+            )));
+        }
+        Ok(())
     }
 
     /// ParameterStatus: settings whose values the server validates into a fixed form pass as
@@ -3459,6 +3489,13 @@ impl Backend {
         }
         running.rows += 1;
         running.bytes_out += (self.out.len() - before) as u64;
+        let index = running.ctx.index;
+        self.chunk_hook(index, before)?;
+        let Some(running) = self.running.as_mut() else {
+            return Err(PgProxyError::UpstreamProtocol(
+                "DataRow outside a result".into(),
+            ));
+        };
         let room = MAX_FINDINGS_PER_STATEMENT.saturating_sub(running.findings.len());
         running.findings.extend(findings.into_iter().take(room));
         let record = running.recorded.len() < self.proxy.config.limits.recording_rows_per_statement;

@@ -47,6 +47,8 @@ pub struct Options {
     pub identity_expiry: Option<time::OffsetDateTime>,
     /// Approvals in place of the testkit's (e.g. the real broker).
     pub approvals: Option<Arc<dyn gatehouse_core::Approvals + Send + Sync>>,
+    /// Gate hooks in place of none.
+    pub hooks: Option<Arc<dyn gatehouse_core::GateHooks + Send + Sync>>,
 }
 
 impl Default for Options {
@@ -59,6 +61,7 @@ impl Default for Options {
             setup_sql: "",
             identity_expiry: None,
             approvals: None,
+            hooks: None,
         }
     }
 }
@@ -116,6 +119,9 @@ pub async fn start(opts: Options) -> Harness {
     );
     if let Some(a) = opts.approvals {
         tp.pipeline.approvals = a;
+    }
+    if let Some(hooks) = opts.hooks {
+        tp.pipeline.hooks = hooks;
     }
     let upstream = UpstreamConfig {
         address: UpstreamAddress::Tcp {
