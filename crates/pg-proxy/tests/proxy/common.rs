@@ -49,6 +49,9 @@ pub struct Options {
     pub approvals: Option<Arc<dyn gatehouse_core::Approvals + Send + Sync>>,
     /// Gate hooks in place of none.
     pub hooks: Option<Arc<dyn gatehouse_core::GateHooks + Send + Sync>>,
+    /// The proxy's recorder in place of the testkit's (the approvals layer keeps recording into
+    /// `tp.recorder`).
+    pub recorder: Option<Arc<dyn gatehouse_core::Recorder + Send + Sync>>,
 }
 
 impl Default for Options {
@@ -62,6 +65,7 @@ impl Default for Options {
             identity_expiry: None,
             approvals: None,
             hooks: None,
+            recorder: None,
         }
     }
 }
@@ -122,6 +126,9 @@ pub async fn start(opts: Options) -> Harness {
     }
     if let Some(hooks) = opts.hooks {
         tp.pipeline.hooks = hooks;
+    }
+    if let Some(recorder) = opts.recorder {
+        tp.pipeline.recorder = recorder;
     }
     let upstream = UpstreamConfig {
         address: UpstreamAddress::Tcp {

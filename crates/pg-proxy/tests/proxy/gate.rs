@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use gatehouse_core::{
     ApprovalDecision, ApprovalError, ApprovalFilter, ApprovalId, ApprovalOutcome, ApprovalRecord,
-    ApprovalRequest, ApprovalTicket, Approvals, BoxFuture, ChunkVerdict, Decision, EventBody,
-    GateContext, GateHooks, Identity, Operation,
+    ApprovalRequest, ApprovalState, ApprovalTicket, Approvals, BoxFuture, ChunkVerdict, Decision,
+    Event, EventBody, EventReceipt, GateContext, GateHooks, Identity, Operation, RecordError,
+    Recorder, RecordingKind, RecordingSink, SessionId,
 };
+use gatehouse_testkit::layers::MemoryRecorder;
 
 use crate::common::*;
 
@@ -266,6 +268,57 @@ async fn a_chunk_hook_sees_each_row_and_can_stop_the_response() {
         assert_eq!(code, "42501", "{msg}");
         assert!(msg.contains("GateHooks::on_chunk"), "{msg}");
         assert_eq!(hook.0.load(Ordering::SeqCst), 2);
+    })
+    .await;
+}
+
+/// Records everything but the use of an approval.
+struct NoApprovalUse(MemoryRecorder);
+
+impl Recorder for NoApprovalUse {
+    fn record(&self, event: Event) -> BoxFuture<'_, Result<EventReceipt, RecordError>> {
+        if matches!(event.body, EventBody::ApprovalUsed { .. }) {
+            return Box::pin(async { Err(RecordError::Store("injected failure".into())) });
+        }
+        self.0.record(event)
+    }
+    fn open_recording<'a>(
+        &'a self,
+        session: &'a SessionId,
+        kind: RecordingKind,
+    ) -> BoxFuture<'a, Result<Box<dyn RecordingSink>, RecordError>> {
+        self.0.open_recording(session, kind)
+    }
+}
+
+#[tokio::test]
+async fn an_approval_whose_use_cannot_be_recorded_runs_nothing_and_is_58030() {
+    gatehouse_testkit::within(T, async {
+        let h = start(Options {
+            recorder: Some(Arc::new(NoApprovalUse(MemoryRecorder::new()))),
+            ..opts(30_000)
+        })
+        .await;
+        let c = h.connect().await;
+        let approvals = h.tp.approvals.clone();
+        let approver = tokio::spawn(async move {
+            let id = approvals.next_pending().await;
+            approvals
+                .decide(&id, &approver(), ApprovalDecision::Approve, "ticket OPS-3")
+                .await
+                .unwrap();
+            id
+        });
+        let err = c.simple_query("delete from jobs").await.err().unwrap();
+        let (code, msg) = db_error(&err);
+        assert_eq!(code, "58030", "{msg}");
+        let id = approver.await.unwrap();
+        assert_eq!(
+            h.tp.approvals.get(&id).await.unwrap().state,
+            ApprovalState::Approved
+        );
+        assert_eq!(jobs(&h), "10");
+        c.simple_query("select 1").await.unwrap();
     })
     .await;
 }
