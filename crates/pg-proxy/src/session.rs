@@ -2766,6 +2766,16 @@ impl Backend {
     /// (NULL). Otherwise the value, whatever its format, runs through the content detectors
     /// as raw bytes.
     async fn on_function_result(&mut self, frame: Frame) -> Result<(), PgProxyError> {
+        let before = self.out.len();
+        self.mask_function_result(frame).await?;
+        if self.proxy.pipeline.hooks.wants_chunks() {
+            let index = self.running_ctx().map_or(0, |c| c.index);
+            self.chunk_hook(index, before)?;
+        }
+        Ok(())
+    }
+
+    async fn mask_function_result(&mut self, frame: Frame) -> Result<(), PgProxyError> {
         let mut r = crate::frame::BodyReader::new(frame.body.clone(), "FunctionCallResponse");
         let value = r
             .value()

@@ -229,16 +229,16 @@ async fn each_held_statement_is_requested_once_with_its_index() {
     .await;
 }
 
-/// Stops the response at its second row, counting what it saw.
-struct StopSecondRow(AtomicUsize);
+/// Stops the response at its second message with tag `.1` (DataRow `D`, CopyData `d`),
+/// counting what it saw.
+struct StopSecondRow(AtomicUsize, u8);
 
 impl GateHooks for StopSecondRow {
     fn wants_chunks(&self) -> bool {
         true
     }
     fn on_chunk(&self, _: &GateContext<'_>, _: u64, chunk: &[u8]) -> ChunkVerdict {
-        // DataRow messages only (tag 'D'); the masked value is what the client would see.
-        if chunk.first() != Some(&b'D') {
+        if chunk.first() != Some(&self.1) {
             return ChunkVerdict::Continue;
         }
         if self.0.fetch_add(1, Ordering::SeqCst) >= 1 {
@@ -252,7 +252,7 @@ impl GateHooks for StopSecondRow {
 #[tokio::test]
 async fn a_chunk_hook_sees_each_row_and_can_stop_the_response() {
     gatehouse_testkit::within(T, async {
-        let hook = Arc::new(StopSecondRow(AtomicUsize::new(0)));
+        let hook = Arc::new(StopSecondRow(AtomicUsize::new(0), b'D'));
         let h = start(Options {
             hooks: Some(hook.clone()),
             ..opts(300)
