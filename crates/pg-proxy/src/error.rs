@@ -61,6 +61,10 @@ pub enum PgProxyError {
     /// The session's token expired.
     #[error("token expired")]
     TokenExpired,
+    /// A [`gatehouse_core::GateHooks::on_chunk`] hook stopped a response: what it had not seen
+    /// is withheld and the session ends.
+    #[error("{0}")]
+    HookStopped(String),
     /// An I/O error on one side.
     #[error("{side:?} I/O error: {source}")]
     Io {
@@ -90,6 +94,7 @@ impl PgProxyError {
             | PgProxyError::EgressBlocked
             | PgProxyError::Gateway(_)
             | PgProxyError::Unmaskable(_)
+            | PgProxyError::HookStopped(_)
             | PgProxyError::UnsupportedEncoding(_) => Side::Gateway,
             PgProxyError::Io { side, .. } => *side,
         }
@@ -107,7 +112,7 @@ impl PgProxyError {
             PgProxyError::UpstreamProtocol(_) | PgProxyError::UpstreamConnect(_) => "08006",
             PgProxyError::UpstreamAuth(_) => "08004",
             PgProxyError::Recorder(_) => "58030",
-            PgProxyError::EgressBlocked => "42501",
+            PgProxyError::EgressBlocked | PgProxyError::HookStopped(_) => "42501",
             PgProxyError::Gateway(_) => "XX000",
             PgProxyError::Unmaskable(_) | PgProxyError::UnsupportedEncoding(_) => "0A000",
             PgProxyError::TokenExpired => "28P01",

@@ -2,12 +2,13 @@
 //! and lets an embedder observe or tighten what the gateway does without forking the proxy.
 //!
 //! The gateway's own behaviour (policy, approvals, masking, recording) runs around these hooks;
-//! a hook can make a decision stricter or add knowledge (sources of a column), never bypass a layer.
+//! a hook can add knowledge (sources of a column) or observe, never bypass a layer. Decisions
+//! about statements go through the operation gate's [`gatehouse_core::GateHooks`] (set in the
+//! [`gatehouse_core::Pipeline`]), which can only make them stricter.
 
-use gatehouse_core::{BoxFuture, Decision, FieldDesc, Identity, SessionId, SqlOperation, Target};
+use gatehouse_core::{BoxFuture, FieldDesc, Identity, SessionId, Target};
 
 use crate::PgProxyError;
-use crate::statements::StatementInfo;
 
 /// Who and what a session is about, handed to every hook.
 #[derive(Debug, Clone)]
@@ -31,18 +32,6 @@ pub trait PgHooks: Send + Sync {
         _session: &'a SessionContext,
     ) -> BoxFuture<'a, Result<(), PgProxyError>> {
         Box::pin(async { Ok(()) })
-    }
-
-    /// For each statement, after the policy decided and before anything is recorded or sent. The
-    /// returned decision is the one enforced; a hook should only make it stricter.
-    fn on_statement(
-        &self,
-        _session: &SessionContext,
-        _operation: &SqlOperation,
-        _statement: Option<&StatementInfo>,
-        decision: Decision,
-    ) -> Decision {
-        decision
     }
 
     /// For each result shape, after the catalog and lineage filled in the columns' sources and

@@ -12,8 +12,20 @@
 //!
 //! A refused statement is replaced upstream by one certain to fail, so PostgreSQL's own
 //! transaction and pipeline state matches what the client is told; the error is rewritten to
-//! SQLSTATE 42501 naming the rule. See [`PgProxy`] to run a listener and [`PgHooks`] to observe or
-//! tighten each phase.
+//! SQLSTATE 42501 naming the rule. See [`PgProxy`] to run a listener and [`PgHooks`] to observe
+//! each phase of a session.
+//!
+//! Every statement is decided, recorded and held for approval by the operation gate
+//! ([`gatehouse_core::Gate`]): the policy and the pipeline's [`gatehouse_core::GateHooks`], which
+//! can only make a decision stricter, then the gateway's own checks (the fast-path FunctionCall
+//! refusal, masked columns copied out, a binary COPY it cannot describe), which only tighten too.
+//! A review holds the statement until approvers decide, the request times out, or the client
+//! cancels it or closes its connection (the request is then abandoned and nothing runs). Outcomes are the
+//! SQLSTATEs of the table in `docs/DESIGN.md`: denied and approval denied 42501, approval timed
+//! out and abandoned 57014, approvals unavailable 58000 (53400 when too many are held), audit
+//! unavailable 58030. A `GateHooks::on_chunk` hook sees each masked row (each DataRow message as
+//! the client will receive it); `Stop` withholds it and ends the session with 42501 naming the
+//! hook.
 //!
 //! Audit: each statement's `Operation` control event is recorded — at the recorder's durability,
 //! OS write or fsync — *before* the statement goes upstream (a statement whose record cannot be
@@ -94,6 +106,9 @@ pub(crate) fn statement_text_masked(text: &str) -> String {
 pub(crate) struct ProxyInner {
     pub(crate) config: Arc<PgProxyConfig>,
     pub(crate) pipeline: Pipeline,
+    /// Decides, records and holds every statement (policy, [`gatehouse_core::GateHooks`],
+    /// audit, approvals).
+    pub(crate) gate: Arc<gatehouse_core::Gate>,
     pub(crate) hooks: Arc<dyn PgHooks>,
     pub(crate) analyzer: Arc<dyn StatementAnalyzer>,
     pub(crate) cancels: cancel::CancelRegistry,
@@ -441,6 +456,7 @@ impl PgProxy {
         Self {
             inner: Arc::new(ProxyInner {
                 config: Arc::new(config),
+                gate: Arc::new(gatehouse_core::Gate::new(pipeline.clone())),
                 pipeline,
                 hooks,
                 analyzer,

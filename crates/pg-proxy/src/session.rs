@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use gatehouse_core::{
-    ApprovalOutcome, ApprovalRequest, Credential, Decision, EgressSite, EgressStream, Event,
-    EventBody, FieldDesc, Finding, Identity, Operation, OperationResult, RecordingFrame,
-    RecordingKind, RecordingSink, SessionId, SqlOperation, SqlProtocol, SqlSessionSettings,
-    Verdict,
+    ChunkVerdict, Classified, Credential, Decision, EgressSite, EgressStream, Event, EventBody,
+    FieldDesc, Finding, Gate, GateContext, HoldMode, Identity, Operation, OperationResult, Outcome,
+    RecordingFrame, RecordingKind, RecordingSink, Review, SessionId, SqlOperation, SqlProtocol,
+    SqlSessionSettings, Verdict, tighten,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::Notify;
@@ -1140,70 +1140,65 @@ impl Frontend {
         }
     }
 
-    /// Policy → hook → record; a review is returned for the caller to run (at once for simple
-    /// queries, at Bind for prepared statements).
+    /// The gate's context for this session.
+    fn gate_ctx(&self) -> GateContext<'_> {
+        GateContext {
+            session: &self.ctx.session,
+            identity: &self.ctx.identity,
+            target: &self.ctx.target,
+        }
+    }
+
+    /// The gate's decision (policy and [`gatehouse_core::GateHooks`]), tightened by the
+    /// gateway's own checks, then recorded; a review is returned for the caller to hold (at once
+    /// for simple queries, at Bind for prepared statements).
     async fn evaluate(
         &mut self,
         index: u64,
         op: &SqlOperation,
         info: Option<&StatementInfo>,
     ) -> Verdicted {
-        let operation = Operation::Sql(op.clone());
-        let opaque = if op.protocol == SqlProtocol::FunctionCall {
+        let function_call = op.protocol == SqlProtocol::FunctionCall;
+        let opaque = if function_call {
             Vec::new()
         } else {
             let catalog = self.proxy.catalogs.get(&self.ctx.target.name);
             self.opacity.reasons(catalog, &self.shared.ready, op).await
         };
-        let decision = self.proxy.pipeline.policy.decide_with_opaque(
-            &self.ctx.identity,
-            &self.ctx.target,
-            &operation,
-            &opaque,
-        );
-        let decision = self.proxy.hooks.on_statement(&self.ctx, op, info, decision);
-        let decision = if op.protocol == SqlProtocol::FunctionCall
-            && !self.proxy.config.allow_function_call
-        {
-            Decision::deny(
-                "function-call",
-                "the fast-path FunctionCall interface is not served (its results escape column masking)",
-            )
-        } else {
-            decision
-        };
-        let decision = match self.masked_copy_check(info, &decision).await {
-            Some(d) => d,
-            None => decision,
-        };
-        let decision = match self.describe_binary_copy(index, op, &decision).await {
-            Some(d) => d,
-            None => decision,
-        };
+        let classified = Classified::new(Operation::Sql(op.clone()))
+            .with_facts(gatehouse_sql::SqlFacts::of(op))
+            .with_opaque(opaque);
+        let gate = self.proxy.gate.clone();
+        let mut decision = gate.decide(&self.gate_ctx(), &classified);
+        if function_call && !self.proxy.config.allow_function_call {
+            decision = tighten(
+                &decision,
+                Decision::deny(
+                    "function-call",
+                    "the fast-path FunctionCall interface is not served (its results escape column masking)",
+                ),
+            );
+        }
+        if let Some(d) = self.masked_copy_check(info, &decision).await {
+            decision = tighten(&decision, d);
+        }
+        if let Some(d) = self.describe_binary_copy(index, op, &decision).await {
+            decision = tighten(&decision, d);
+        }
         // The audit log keeps the statement with its literals and parameters masked.
-        let recorded = match &operation {
-            Operation::Sql(op) => Operation::Sql(
-                self.proxy
-                    .recorded_operation(op, decision.masking_profile.as_deref()),
-            ),
-            other => other.clone(),
-        };
-        let event = self.event(EventBody::Operation {
-            index,
-            operation: recorded,
-            decision: decision.clone(),
-        });
-        if let Err(e) = self.proxy.pipeline.recorder.record(event).await {
-            return Verdicted::Denied(DenyInfo {
-                code: "58030",
-                message: format!("statement refused: audit recorder unavailable ({e})"),
-                detail: None,
-            });
+        let shown = Operation::Sql(
+            self.proxy
+                .recorded_operation(op, decision.masking_profile.as_deref()),
+        );
+        if let Err(outcome) = gate.record(&self.gate_ctx(), index, shown, &decision).await {
+            return Verdicted::Denied(outcome_deny(&outcome));
         }
         match decision.verdict {
-            Verdict::Allow => Verdicted::Allowed(decision),
             Verdict::Review => Verdicted::Review(decision),
-            Verdict::Deny => Verdicted::Denied(deny_info(&decision)),
+            _ => match Gate::settle(decision) {
+                Outcome::Allowed { decision, .. } => Verdicted::Allowed(decision),
+                other => Verdicted::Denied(outcome_deny(&other)),
+            },
         }
     }
 
@@ -1309,166 +1304,55 @@ impl Frontend {
         }
     }
 
-    fn event(&self, body: EventBody) -> Event {
-        Event::now(
-            self.ctx.session.clone(),
-            Some(self.ctx.identity.clone()),
-            Some(self.ctx.target.clone()),
-            body,
-        )
-    }
-
-    /// Opens an approval request and waits; a client cancel abandons it.
+    /// Holds a recorded review at the gate until approvers decide, the request times out, or
+    /// the client goes away (a cancel request, the session ending, or the client closing its
+    /// connection): the request is then abandoned and nothing of the statement has gone
+    /// upstream, so a later approval runs nothing.
     async fn review(&mut self, index: u64, op: SqlOperation, decision: &Decision) -> Verdicted {
-        let Some(requirement) = decision.review.clone() else {
-            return Verdicted::Denied(DenyInfo {
-                code: "42501",
-                message: format!(
-                    "permission denied by policy rule \"{}\": review without approvers",
-                    decision.rule_id
-                ),
-                detail: None,
-            });
-        };
-        let timeout = Duration::from_millis(requirement.timeout_ms);
-        let request = ApprovalRequest {
-            requester: self.ctx.identity.clone(),
-            session: self.ctx.session.clone(),
-            target: self.ctx.target.clone(),
-            operation: Operation::Sql(op),
-            rule_id: decision.rule_id.clone(),
-            reason: decision.reason.clone(),
-            requirement,
-            index,
-            shown: None,
-        };
-        let approvals = self.proxy.pipeline.approvals.clone();
-        let ticket = match approvals.open(request).await {
-            Ok(t) => t,
-            Err(e @ gatehouse_core::ApprovalError::TooManyPending(_)) => {
-                return Verdicted::Denied(DenyInfo {
-                    code: "53400",
-                    message: format!("statement refused: {e}"),
-                    detail: Some(format!(
-                        "rule \"{}\": {}",
-                        decision.rule_id, decision.reason
-                    )),
-                });
-            }
-            Err(e) => {
-                return Verdicted::Denied(DenyInfo {
-                    code: "42501",
-                    message: format!("statement refused: approvals unavailable ({e})"),
-                    detail: None,
-                });
-            }
-        };
-        if let Err(e) = self
-            .proxy
-            .pipeline
-            .recorder
-            .record(self.event(EventBody::ApprovalRequested {
-                index,
-                id: ticket.id.clone(),
-                operation_hash: ticket.operation_hash.clone(),
-                operation: None,
-                rule_id: None,
-                reason: None,
-                granted: false,
-            }))
-            .await
-        {
-            return Verdicted::Denied(DenyInfo {
-                code: "58030",
-                message: format!("statement refused: audit recorder unavailable ({e})"),
-                detail: None,
-            });
-        }
-        if !ticket.already_granted {
+        let shown = Operation::Sql(
+            self.proxy
+                .recorded_operation(&op, decision.masking_profile.as_deref()),
+        );
+        let operation = Operation::Sql(op);
+        if decision.review.is_some() {
             self.notice(format!(
-                "waiting for approval {} (rule \"{}\": {})",
-                ticket.id, decision.rule_id, decision.reason
+                "waiting for approval (rule \"{}\": {})",
+                decision.rule_id, decision.reason
             ))
             .await;
         }
-        let cancel = self.cancel.clone();
-        // Nothing of this statement has gone upstream. If the client goes away meanwhile, the
-        // wait is dropped, which abandons the request: a later approval runs nothing.
+        let gate = self.proxy.gate.clone();
         let watch_limit = self
             .proxy
             .config
             .limits
             .max_client_message
             .saturating_add(1 << 16);
-        let outcome = tokio::select! {
-            o = approvals.wait(&ticket.id, timeout) => Some(o),
-            _ = cancel.notified() => None,
-            _ = self.shared.done.cancelled() => None,
-            () = self.reader.gone(watch_limit) => None,
-        };
-        let Some(outcome) = outcome else {
-            let _ = self
-                .proxy
-                .pipeline
-                .recorder
-                .record(self.event(EventBody::ApprovalAbandoned {
-                    id: ticket.id.clone(),
-                }))
-                .await;
-            return Verdicted::Denied(DenyInfo {
-                code: "57014",
-                message: format!(
-                    "canceling statement due to user request (approval {} abandoned)",
-                    ticket.id
-                ),
-                detail: None,
-            });
-        };
-        let outcome = match outcome {
-            Ok(o) => o,
-            Err(e) => {
-                return Verdicted::Denied(DenyInfo {
-                    code: "42501",
-                    message: format!("statement refused: approvals failed ({e})"),
-                    detail: None,
-                });
+        let cancel = self.cancel.clone();
+        let shared = self.shared.clone();
+        let reader = &mut self.reader;
+        let gone = async move {
+            tokio::select! {
+                _ = cancel.notified() => {}
+                _ = shared.done.cancelled() => {}
+                () = reader.gone(watch_limit) => {}
             }
         };
-        let recorded = self
-            .proxy
-            .pipeline
-            .recorder
-            .record(self.event(EventBody::ApprovalResolved {
-                index,
-                id: ticket.id.clone(),
-                outcome: outcome.clone(),
-            }))
-            .await;
-        if let Err(e) = recorded {
-            return Verdicted::Denied(DenyInfo {
-                code: "58030",
-                message: format!("statement refused: audit recorder unavailable ({e})"),
-                detail: None,
-            });
-        }
-        match outcome {
-            ApprovalOutcome::Approved { .. } => Verdicted::Allowed(decision.clone()),
-            ApprovalOutcome::Denied { by, justification } => Verdicted::Denied(DenyInfo {
-                code: "42501",
-                message: format!("approval {} denied by {by}: {justification}", ticket.id),
-                detail: Some(format!(
-                    "rule \"{}\": {}",
-                    decision.rule_id, decision.reason
-                )),
-            }),
-            _ => Verdicted::Denied(DenyInfo {
-                code: "42501",
-                message: format!("approval {} timed out", ticket.id),
-                detail: Some(format!(
-                    "rule \"{}\": {}",
-                    decision.rule_id, decision.reason
-                )),
-            }),
+        let ctx = GateContext {
+            session: &self.ctx.session,
+            identity: &self.ctx.identity,
+            target: &self.ctx.target,
+        };
+        let review = Review {
+            index,
+            operation: &operation,
+            shown: &shown,
+            decision,
+            mode: HoldMode::UntilDecided,
+        };
+        match gate.approve(&ctx, review, gone).await {
+            Outcome::Allowed { decision, .. } => Verdicted::Allowed(decision),
+            other => Verdicted::Denied(outcome_deny(&other)),
         }
     }
 
@@ -1601,17 +1485,10 @@ impl Frontend {
         reason: String,
     ) -> Verdicted {
         let decision = Decision::deny(rule, reason.clone());
-        let event = self.event(EventBody::Operation {
-            index,
-            operation: Operation::Sql(self.proxy.recorded_operation(op, None)),
-            decision,
-        });
-        if let Err(e) = self.proxy.pipeline.recorder.record(event).await {
-            return Verdicted::Denied(DenyInfo {
-                code: "58030",
-                message: format!("statement refused: audit recorder unavailable ({e})"),
-                detail: None,
-            });
+        let shown = Operation::Sql(self.proxy.recorded_operation(op, None));
+        let gate = self.proxy.gate.clone();
+        if let Err(outcome) = gate.record(&self.gate_ctx(), index, shown, &decision).await {
+            return Verdicted::Denied(outcome_deny(&outcome));
         }
         Verdicted::Denied(DenyInfo {
             code,
@@ -2411,6 +2288,68 @@ fn verdict_deny(v: Verdicted) -> DenyInfo {
     }
 }
 
+/// How PostgreSQL is told each gate outcome that does not run the statement (the table in
+/// `docs/DESIGN.md`): a refusal is a permission error, a timeout or a cancel is 57014, and an
+/// unavailable layer is never a permission error (retry later).
+fn outcome_deny(outcome: &Outcome) -> DenyInfo {
+    let rule = |d: &Decision| Some(format!("rule \"{}\": {}", d.rule_id, d.reason));
+    match outcome {
+        Outcome::Denied { decision } => deny_info(decision),
+        Outcome::ApprovalDenied {
+            decision,
+            approval,
+            by,
+            justification,
+        } => DenyInfo {
+            code: "42501",
+            message: format!("approval {approval} denied by {by}: {justification}"),
+            detail: rule(decision),
+        },
+        Outcome::ApprovalTimedOut { decision, approval } => DenyInfo {
+            code: "57014",
+            message: format!("canceling statement: approval {approval} timed out"),
+            detail: rule(decision),
+        },
+        Outcome::Abandoned { approval, .. } => DenyInfo {
+            code: "57014",
+            message: format!(
+                "canceling statement due to user request (approval {approval} abandoned)"
+            ),
+            detail: None,
+        },
+        Outcome::ApprovalsUnavailable {
+            decision,
+            reason,
+            capacity: true,
+        } => DenyInfo {
+            code: "53400",
+            message: format!("statement refused: {reason}"),
+            detail: rule(decision),
+        },
+        Outcome::ApprovalsUnavailable {
+            decision, reason, ..
+        } => DenyInfo {
+            code: "58000",
+            message: format!("statement refused: approvals unavailable ({reason})"),
+            detail: rule(decision),
+        },
+        Outcome::AuditUnavailable { reason } => DenyInfo {
+            code: "58030",
+            message: format!("statement refused: audit recorder unavailable ({reason})"),
+            detail: None,
+        },
+        // Not reached in `HoldMode::UntilDecided`; an outcome that does not say "run" refuses.
+        other => DenyInfo {
+            code: "58000",
+            message: format!(
+                "statement refused: the approval could not be completed ({})",
+                other.name()
+            ),
+            detail: None,
+        },
+    }
+}
+
 fn deny_info(decision: &Decision) -> DenyInfo {
     DenyInfo {
         code: "42501",
@@ -2827,6 +2766,16 @@ impl Backend {
     /// (NULL). Otherwise the value, whatever its format, runs through the content detectors
     /// as raw bytes.
     async fn on_function_result(&mut self, frame: Frame) -> Result<(), PgProxyError> {
+        let before = self.out.len();
+        self.mask_function_result(frame).await?;
+        if self.proxy.pipeline.hooks.wants_chunks() {
+            let index = self.running_ctx().map_or(0, |c| c.index);
+            self.chunk_hook(index, before)?;
+        }
+        Ok(())
+    }
+
+    async fn mask_function_result(&mut self, frame: Frame) -> Result<(), PgProxyError> {
         let mut r = crate::frame::BodyReader::new(frame.body.clone(), "FunctionCallResponse");
         let value = r
             .value()
@@ -2953,6 +2902,7 @@ impl Backend {
             ));
         };
         let mut findings = Vec::new();
+        let before = self.out.len();
         let result = match copy.binary.as_mut() {
             None => {
                 match copy.plan.mask_value(0, &frame.body, &mut findings) {
@@ -2981,7 +2931,36 @@ impl Backend {
         };
         self.add_findings(findings);
         self.copy = Some(copy);
-        result
+        result?;
+        if self.proxy.pipeline.hooks.wants_chunks() {
+            let index = self.running_ctx().map_or(0, |c| c.index);
+            self.chunk_hook(index, before)?;
+        }
+        Ok(())
+    }
+
+    /// Shows the message just written to `out` from `before` on (after masking: exactly what
+    /// the client will receive) to [`gatehouse_core::GateHooks::on_chunk`], when a hook wants
+    /// chunks. A `Stop` withdraws it and ends the response with an error naming the hook.
+    fn chunk_hook(&mut self, index: u64, before: usize) -> Result<(), PgProxyError> {
+        let hooks = &self.proxy.pipeline.hooks;
+        if !hooks.wants_chunks() {
+            return Ok(());
+        }
+        let ctx = GateContext {
+            session: &self.ctx.session,
+            identity: &self.ctx.identity,
+            target: &self.ctx.target,
+        };
+        let chunk = self.out.get(before..).unwrap_or_default();
+        if hooks.on_chunk(&ctx, index, chunk) == ChunkVerdict::Stop {
+            self.out.truncate(before);
+            return Err(PgProxyError::HookStopped(format!(
+                "the result of statement {index} was stopped by a gateway hook \
+                 (GateHooks::on_chunk)"
+            )));
+        }
+        Ok(())
     }
 
     /// ParameterStatus: settings whose values the server validates into a fixed form pass as
@@ -3520,6 +3499,13 @@ impl Backend {
         }
         running.rows += 1;
         running.bytes_out += (self.out.len() - before) as u64;
+        let index = running.ctx.index;
+        self.chunk_hook(index, before)?;
+        let Some(running) = self.running.as_mut() else {
+            return Err(PgProxyError::UpstreamProtocol(
+                "DataRow outside a result".into(),
+            ));
+        };
         let room = MAX_FINDINGS_PER_STATEMENT.saturating_sub(running.findings.len());
         running.findings.extend(findings.into_iter().take(room));
         let record = running.recorded.len() < self.proxy.config.limits.recording_rows_per_statement;

@@ -47,6 +47,11 @@ pub struct Options {
     pub identity_expiry: Option<time::OffsetDateTime>,
     /// Approvals in place of the testkit's (e.g. the real broker).
     pub approvals: Option<Arc<dyn gatehouse_core::Approvals + Send + Sync>>,
+    /// Gate hooks in place of none.
+    pub hooks: Option<Arc<dyn gatehouse_core::GateHooks + Send + Sync>>,
+    /// The proxy's recorder in place of the testkit's (the approvals layer keeps recording into
+    /// `tp.recorder`).
+    pub recorder: Option<Arc<dyn gatehouse_core::Recorder + Send + Sync>>,
 }
 
 impl Default for Options {
@@ -59,6 +64,8 @@ impl Default for Options {
             setup_sql: "",
             identity_expiry: None,
             approvals: None,
+            hooks: None,
+            recorder: None,
         }
     }
 }
@@ -116,6 +123,12 @@ pub async fn start(opts: Options) -> Harness {
     );
     if let Some(a) = opts.approvals {
         tp.pipeline.approvals = a;
+    }
+    if let Some(hooks) = opts.hooks {
+        tp.pipeline.hooks = hooks;
+    }
+    if let Some(recorder) = opts.recorder {
+        tp.pipeline.recorder = recorder;
     }
     let upstream = UpstreamConfig {
         address: UpstreamAddress::Tcp {

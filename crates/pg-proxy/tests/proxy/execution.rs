@@ -45,13 +45,13 @@ async fn a_rejected_second_parse_does_not_change_what_a_name_runs() {
         )
         .await;
         let answers = c.until_ready_n(3).await;
-        assert_eq!(errors(&answers), ["42P05", "42501"], "{answers:?}");
+        assert_eq!(errors(&answers), ["42P05", "57014"], "{answers:?}");
         assert_eq!(jobs(&h), "10");
         // The session is usable, and the name still runs the DELETE: reviewed again.
         c.send(&[bind("", "s1", &[]), execute(""), sync()].concat())
             .await;
         let answers = c.until_ready().await;
-        assert_eq!(errors(&answers), ["42501"], "{answers:?}");
+        assert_eq!(errors(&answers), ["57014"], "{answers:?}");
         assert_eq!(jobs(&h), "10");
     })
     .await;
@@ -68,7 +68,7 @@ async fn sql_execute_of_a_parse_only_delete_is_decided_as_the_delete() {
         assert!(errors(&raw.until_ready().await).is_empty());
         raw.send(&query("execute d1")).await;
         let answers = raw.until_ready().await;
-        assert_eq!(errors(&answers), ["42501"], "{answers:?}");
+        assert_eq!(errors(&answers), ["57014"], "{answers:?}");
         let e = answers.iter().find(|m| m.tag == b'E').unwrap();
         assert!(e.field(b'M').unwrap().contains("timed out"), "{e:?}");
         assert_eq!(jobs(&h), "10");
@@ -88,7 +88,7 @@ async fn sql_execute_of_a_parse_only_delete_is_decided_as_the_delete() {
         )
         .await;
         let answers = raw.until_ready_n(2).await;
-        assert_eq!(errors(&answers), ["42501"], "{answers:?}");
+        assert_eq!(errors(&answers), ["57014"], "{answers:?}");
         assert_eq!(jobs(&h), "10");
     })
     .await;

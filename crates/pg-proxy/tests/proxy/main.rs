@@ -10,6 +10,7 @@ mod backstop;
 mod copy;
 mod encodings;
 mod execution;
+mod gate;
 mod holds;
 mod hostile;
 mod leaks;

@@ -38,6 +38,14 @@ async fn approved_delete_runs_after_the_wait() {
         let id = approver.await.unwrap();
         assert_eq!(h.db.psql("select count(*) from jobs").unwrap(), "7");
         let events = h.tp.recorder.events();
+        // Recorded once, by the approvals layer.
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| matches!(&e.body, EventBody::ApprovalRequested { .. }))
+                .count(),
+            1
+        );
         assert!(
             events
                 .iter()
@@ -98,7 +106,8 @@ async fn unanswered_review_times_out() {
             .err()
             .unwrap();
         let (code, msg) = db_error(&err);
-        assert_eq!(code, "42501");
+        // Not a permission error: nobody answered in time.
+        assert_eq!(code, "57014");
         assert!(msg.contains("timed out"), "{msg}");
         assert_eq!(h.db.psql("select count(*) from jobs").unwrap(), "10");
         // Extended protocol state is intact: the next prepared statement works.
@@ -130,11 +139,13 @@ async fn cancel_during_the_wait_abandons_the_request() {
         assert_eq!(db_error(&err).0, "57014");
         let rec = h.tp.approvals.get(&id).await.unwrap();
         assert_eq!(rec.state, gatehouse_core::ApprovalState::Abandoned);
-        assert!(
+        assert_eq!(
             h.tp.recorder
                 .events()
                 .iter()
-                .any(|e| matches!(&e.body, EventBody::ApprovalAbandoned { id: i } if *i == id))
+                .filter(|e| matches!(&e.body, EventBody::ApprovalAbandoned { id: i } if *i == id))
+                .count(),
+            1
         );
         assert_eq!(h.db.psql("select count(*) from jobs").unwrap(), "10");
     })
