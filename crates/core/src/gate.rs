@@ -365,6 +365,29 @@ impl Outcome {
     }
 }
 
+/// An approval request [`Gate::open`] opened or found, to be held with [`Gate::hold`].
+#[derive(Debug, Clone)]
+pub struct Opened {
+    id: ApprovalId,
+    /// Already decided (a grant window, or a retry picking up a decided request).
+    done: Option<ApprovalOutcome>,
+    retry: bool,
+    timeout: Duration,
+}
+
+impl Opened {
+    /// The request's id (printed to the client, typed by the approver).
+    pub fn id(&self) -> &ApprovalId {
+        &self.id
+    }
+
+    /// Whether the client will wait for approvers (false: already decided, e.g. by a grant
+    /// window).
+    pub fn waits(&self) -> bool {
+        self.done.is_none()
+    }
+}
+
 /// Approval ids a retry has used, remembered so that one approval runs one retried request.
 const USED_MEMORY: usize = 65_536;
 
@@ -529,20 +552,32 @@ impl Gate {
         self.approve(ctx, review, gone).await
     }
 
-    /// Holds a recorded review decision for approval: opens a request bound to the exact
-    /// operation (or, in [`HoldMode::AtMost`], picks up the client's own earlier one), waits, and
-    /// says how it ended. `gone` resolves when the client has gone away; the request is then
-    /// abandoned (the approvals layer records that) and nothing runs.
+    /// Holds a recorded review decision for approval: [`Gate::open`], then [`Gate::hold`]. Use
+    /// the two steps to tell the client the request's id in between.
     pub async fn approve<G: Future<Output = ()>>(
         &self,
         ctx: &GateContext<'_>,
         review: Review<'_>,
         gone: G,
     ) -> Outcome {
+        match self.open(ctx, &review).await {
+            Ok(opened) => self.hold(ctx, review, opened, gone).await,
+            Err(outcome) => outcome,
+        }
+    }
+
+    /// Opens the approval request of a recorded review decision, bound to the exact operation
+    /// (or, in [`HoldMode::AtMost`], picks up the client's own earlier one). `Err` is the outcome
+    /// to render at once (no approvers configured, approvals unavailable).
+    pub async fn open(
+        &self,
+        ctx: &GateContext<'_>,
+        review: &Review<'_>,
+    ) -> Result<Opened, Outcome> {
         let decision = review.decision.clone();
         let Some(requirement) = decision.review.clone() else {
             let rule = decision.rule_id.clone();
-            return Outcome::Denied {
+            return Err(Outcome::Denied {
                 decision: Decision::deny(
                     rule,
                     format!(
@@ -550,28 +585,32 @@ impl Gate {
                         decision.reason
                     ),
                 ),
-            };
+            });
         };
-        let approvals = &self.pipeline.approvals;
         let timeout = Duration::from_millis(requirement.timeout_ms);
         let retry = matches!(review.mode, HoldMode::AtMost(_));
         let earlier = if retry {
-            match self.earlier_request(ctx, &review, timeout).await {
+            match self.earlier_request(ctx, review, timeout).await {
                 Ok(found) => found,
-                Err(e) => return unavailable(decision, &e),
+                Err(e) => return Err(unavailable(decision, &e)),
             }
         } else {
             None
         };
-        let id = match earlier {
-            Some(record) if record.state != ApprovalState::Pending => {
-                // Decided while the client was away: its retry gets the answer, once.
-                let outcome = closed_outcome(&record);
-                return self
-                    .finish(ctx, review.index, decision, record.id, outcome, retry)
-                    .await;
-            }
-            Some(record) => record.id,
+        match earlier {
+            // Decided while the client was away: its retry gets the answer, once.
+            Some(record) if record.state != ApprovalState::Pending => Ok(Opened {
+                id: record.id.clone(),
+                done: Some(closed_outcome(&record)),
+                retry,
+                timeout,
+            }),
+            Some(record) => Ok(Opened {
+                id: record.id,
+                done: None,
+                retry,
+                timeout,
+            }),
             None => {
                 let request = ApprovalRequest {
                     requester: ctx.identity.clone(),
@@ -584,25 +623,54 @@ impl Gate {
                     index: review.index,
                     shown: Some(review.shown.clone()),
                 };
-                let ticket = match approvals.open(request).await {
-                    Ok(t) => t,
-                    Err(e) => return unavailable(decision, &e),
-                };
-                if ticket.already_granted {
-                    let outcome = ApprovalOutcome::Approved { approvers: vec![] };
-                    return self
-                        .finish(ctx, review.index, decision, ticket.id, outcome, false)
-                        .await;
+                match self.pipeline.approvals.open(request).await {
+                    Ok(ticket) if ticket.already_granted => Ok(Opened {
+                        id: ticket.id,
+                        done: Some(ApprovalOutcome::Approved { approvers: vec![] }),
+                        // A grant window covers repeated executions by design.
+                        retry: false,
+                        timeout,
+                    }),
+                    Ok(ticket) => Ok(Opened {
+                        id: ticket.id,
+                        done: None,
+                        retry,
+                        timeout,
+                    }),
+                    Err(e) => Err(unavailable(decision, &e)),
                 }
-                ticket.id
             }
-        };
+        }
+    }
+
+    /// Waits on an opened request (unless it was already decided) and says how it ended. `gone`
+    /// resolves when the client has gone away; the request is then abandoned (the approvals
+    /// layer records that) and nothing runs.
+    pub async fn hold<G: Future<Output = ()>>(
+        &self,
+        ctx: &GateContext<'_>,
+        review: Review<'_>,
+        opened: Opened,
+        gone: G,
+    ) -> Outcome {
+        let decision = review.decision.clone();
+        let Opened {
+            id,
+            done,
+            retry,
+            timeout,
+        } = opened;
+        if let Some(outcome) = done {
+            return self
+                .finish(ctx, review.index, decision, id, outcome, retry)
+                .await;
+        }
         let max_wait = match review.mode {
             HoldMode::AtMost(hold) => hold,
             // Never past the request's own timeout: the approvals layer says TimedOut then.
             HoldMode::UntilDecided => timeout.saturating_add(Duration::from_secs(1)),
         };
-        let waited = first(approvals.wait(&id, max_wait), gone).await;
+        let waited = first(self.pipeline.approvals.wait(&id, max_wait), gone).await;
         let outcome = match waited {
             // The wait future was dropped when `first` returned: the request is abandoned.
             None => {

@@ -45,8 +45,8 @@ pub use event::{
     SessionId,
 };
 pub use gate::{
-    ChunkVerdict, Classified, Gate, GateContext, GateHooks, HoldMode, NoHooks, Outcome, Review,
-    tighten,
+    ChunkVerdict, Classified, Gate, GateContext, GateHooks, HoldMode, NoHooks, Opened, Outcome,
+    Review, tighten,
 };
 pub use identity::{AuthMethod, Credential, Identity};
 pub use masking::{

@@ -1314,14 +1314,36 @@ impl Frontend {
                 .recorded_operation(&op, decision.masking_profile.as_deref()),
         );
         let operation = Operation::Sql(op);
-        if decision.review.is_some() {
+        let gate = self.proxy.gate.clone();
+        let review = Review {
+            index,
+            operation: &operation,
+            shown: &shown,
+            decision,
+            mode: HoldMode::UntilDecided,
+        };
+        let opened = {
+            let ctx = GateContext {
+                session: &self.ctx.session,
+                identity: &self.ctx.identity,
+                target: &self.ctx.target,
+            };
+            gate.open(&ctx, &review).await
+        };
+        let opened = match opened {
+            Ok(opened) => opened,
+            Err(outcome) => return Verdicted::Denied(outcome_deny(&outcome)),
+        };
+        if opened.waits() {
+            // The id is what the agent hands its approvers.
             self.notice(format!(
-                "waiting for approval (rule \"{}\": {})",
-                decision.rule_id, decision.reason
+                "waiting for approval {} (rule \"{}\": {})",
+                opened.id(),
+                decision.rule_id,
+                decision.reason
             ))
             .await;
         }
-        let gate = self.proxy.gate.clone();
         let watch_limit = self
             .proxy
             .config
@@ -1343,14 +1365,7 @@ impl Frontend {
             identity: &self.ctx.identity,
             target: &self.ctx.target,
         };
-        let review = Review {
-            index,
-            operation: &operation,
-            shown: &shown,
-            decision,
-            mode: HoldMode::UntilDecided,
-        };
-        match gate.approve(&ctx, review, gone).await {
+        match gate.hold(&ctx, review, opened, gone).await {
             Outcome::Allowed { decision, .. } => Verdicted::Allowed(decision),
             other => Verdicted::Denied(outcome_deny(&other)),
         }

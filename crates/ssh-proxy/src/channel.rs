@@ -214,12 +214,6 @@ pub(crate) async fn run_session_channel(
     {
         Err(outcome) => outcome,
         Ok(()) if decision.verdict == Verdict::Review => {
-            refusal
-                .line(&format!(
-                    "gatehouse: waiting for approval (rule '{}': {})",
-                    decision.rule_id, decision.reason
-                ))
-                .await;
             let review = Review {
                 index,
                 operation: &operation,
@@ -227,8 +221,24 @@ pub(crate) async fn run_session_channel(
                 decision: &decision,
                 mode: HoldMode::UntilDecided,
             };
-            gate.approve(&gctx, review, held(&mut from_client, &mut setup))
-                .await
+            match gate.open(&gctx, &review).await {
+                Err(outcome) => outcome,
+                Ok(opened) => {
+                    if opened.waits() {
+                        // The id is what the agent hands its approvers.
+                        refusal
+                            .line(&format!(
+                                "gatehouse: waiting for approval {} (rule '{}': {})",
+                                opened.id(),
+                                decision.rule_id,
+                                decision.reason
+                            ))
+                            .await;
+                    }
+                    gate.hold(&gctx, review, opened, held(&mut from_client, &mut setup))
+                        .await
+                }
+            }
         }
         Ok(()) => Gate::settle(decision),
     };

@@ -197,8 +197,9 @@ async fn reviewed_command_waits_for_approval_then_runs() {
     let id = within(LIMIT, approver_task).await.unwrap();
     assert_eq!(run.status, Some(0), "{run:?}");
     assert!(
-        run.stderr
-            .contains("gatehouse: waiting for approval (rule 'review-systemctl'"),
+        run.stderr.contains(&format!(
+            "gatehouse: waiting for approval {id} (rule 'review-systemctl'"
+        )),
         "{}",
         run.stderr
     );
