@@ -6,6 +6,10 @@ use bytes::Bytes;
 use gatehouse_core::{AuthErrorKind, Side};
 use http::{HeaderValue, StatusCode, header};
 
+/// `Retry-After` seconds on a 503 for unavailable approvals or audit, unless the proxy's
+/// configuration says otherwise.
+pub const UNAVAILABLE_RETRY_AFTER_S: u64 = 5;
+
 /// What went wrong, and on which side.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -206,7 +210,8 @@ impl HttpProxyError {
     }
 
     /// The whole response: status, JSON body and the headers that go with it
-    /// (`WWW-Authenticate` for 401, `Retry-After` for a pending approval).
+    /// (`WWW-Authenticate` for 401, `Retry-After` for a pending approval and for approvals or
+    /// audit unavailable).
     pub fn to_response(&self) -> http::Response<Bytes> {
         let body = Bytes::from(self.json().to_string());
         let mut resp = http::Response::new(body);
@@ -226,6 +231,14 @@ impl HttpProxyError {
             }
             HttpProxyError::ApprovalPending { retry_after_s, .. } => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_s));
+            }
+            // Unavailable, not forbidden: the client may try again later (the proxy replaces
+            // this default with its configured `retry_after_s`).
+            HttpProxyError::Approvals(_) | HttpProxyError::Recorder(_) => {
+                h.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(UNAVAILABLE_RETRY_AFTER_S),
+                );
             }
             _ => {}
         }

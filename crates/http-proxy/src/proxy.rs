@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use gatehouse_core::http_path;
 use gatehouse_core::{
-    ApprovalFilter, ApprovalOutcome, ApprovalRequest, ApprovalState, AuthErrorKind, Credential,
-    Decision, EgressSite, Event, EventBody, HttpOperation, Identity, Operation, OperationResult,
-    Pipeline, Protocol, RecordingFrame, RecordingKind, RecordingSink, SessionId, Target, Verdict,
+    AuthErrorKind, Classified, Credential, Decision, EgressSite, Event, EventBody, Gate,
+    GateContext, HoldMode, HttpOperation, Identity, Operation, OperationResult, Outcome, Pipeline,
+    Protocol, RecordingFrame, RecordingKind, RecordingSink, Review, SessionId, Target, Verdict,
+    tighten,
 };
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -60,6 +61,8 @@ impl std::fmt::Debug for HttpProxy {
 pub(crate) struct Inner {
     pub(crate) config: HttpProxyConfig,
     pub(crate) pipeline: Pipeline,
+    /// Shared by every serving thread, so a retry finds its own request wherever it lands.
+    pub(crate) gate: Arc<Gate>,
     pub(crate) targets: Vec<RoutedTarget>,
 }
 
@@ -79,6 +82,15 @@ impl HttpProxy {
     /// Checks the configuration and prepares one pooled upstream client per target. The
     /// pipeline's egress guard should watch [`HttpProxyConfig::held_secrets`].
     pub fn new(config: HttpProxyConfig, pipeline: Pipeline) -> Result<HttpProxy, HttpProxyError> {
+        let gate = Arc::new(Gate::new(pipeline.clone()));
+        Self::with_gate(config, pipeline, gate)
+    }
+
+    fn with_gate(
+        config: HttpProxyConfig,
+        pipeline: Pipeline,
+        gate: Arc<Gate>,
+    ) -> Result<HttpProxy, HttpProxyError> {
         config.validate()?;
         let mut targets = Vec::with_capacity(config.targets.len());
         for t in &config.targets {
@@ -120,6 +132,7 @@ impl HttpProxy {
             inner: Arc::new(Inner {
                 config,
                 pipeline,
+                gate,
                 targets,
             }),
         })
@@ -177,6 +190,7 @@ impl HttpProxy {
             let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
             let config = self.inner.config.clone();
             let pipeline = self.inner.pipeline.clone();
+            let gate = self.inner.gate.clone();
             let (acceptor, stop) = (acceptor.clone(), stop_rx.clone());
             std::thread::Builder::new()
                 .name(format!("gatehouse-http-{i}"))
@@ -193,7 +207,7 @@ impl HttpProxy {
                     };
                     runtime.block_on(async move {
                         // Its own upstream clients, bound to this thread's runtime.
-                        match HttpProxy::new(config, pipeline) {
+                        match HttpProxy::with_gate(config, pipeline, gate) {
                             Ok(p) => serve_handed(p.inner, rx, acceptor, stop).await,
                             Err(e) => tracing::error!(error = %e, "http serving thread"),
                         }
@@ -440,6 +454,38 @@ pub(crate) fn full(body: impl Into<Bytes>) -> ResBody {
         .boxed_unsync()
 }
 
+/// The gate's outcome as this crate's error (rendered per the table in `docs/DESIGN.md`).
+fn outcome_error(outcome: Outcome, retry_after_s: u64) -> HttpProxyError {
+    match outcome {
+        Outcome::Denied { decision } => HttpProxyError::Denied {
+            rule: decision.rule_id,
+            reason: decision.reason,
+        },
+        Outcome::Held { decision, approval } => HttpProxyError::ApprovalPending {
+            id: approval.0,
+            rule: decision.rule_id,
+            retry_after_s,
+        },
+        Outcome::ApprovalDenied {
+            decision, approval, ..
+        } => HttpProxyError::ApprovalDenied {
+            id: approval.0,
+            rule: decision.rule_id,
+        },
+        Outcome::ApprovalTimedOut { decision, approval } => HttpProxyError::ApprovalTimedOut {
+            id: approval.0,
+            rule: decision.rule_id,
+        },
+        Outcome::ApprovalsUnavailable { reason, .. } => HttpProxyError::Approvals(reason),
+        Outcome::AuditUnavailable { reason } => HttpProxyError::Recorder(reason),
+        // The connection is gone (hyper dropped the request); nobody reads this.
+        Outcome::Abandoned { approval, .. } => {
+            HttpProxyError::Approvals(format!("approval {approval} was abandoned"))
+        }
+        other => HttpProxyError::Approvals(format!("unexpected gate outcome: {}", other.name())),
+    }
+}
+
 pub(crate) fn error_response(e: &HttpProxyError) -> Response<ResBody> {
     e.to_response().map(full)
 }
@@ -484,7 +530,19 @@ impl ConnCtx {
         }
         match self.clone().handle_inner(req, started).await {
             Ok(resp) => resp,
-            Err(e) => error_response(&e),
+            Err(e) => {
+                let mut resp = error_response(&e);
+                if matches!(
+                    e,
+                    HttpProxyError::Approvals(_) | HttpProxyError::Recorder(_)
+                ) {
+                    resp.headers_mut().insert(
+                        header::RETRY_AFTER,
+                        HeaderValue::from(self.proxy.config.retry_after_s),
+                    );
+                }
+                resp
+            }
         }
     }
 
@@ -719,7 +777,7 @@ impl ConnCtx {
         Ok((t, rel.to_string(), query))
     }
 
-    /// Stage two: decide, hold for approval, record, forward, mask.
+    /// Stage two: the gate (decide, record, hold for approval), then forward and mask.
     async fn operate(
         self: Arc<Self>,
         req: Request<Incoming>,
@@ -728,39 +786,57 @@ impl ConnCtx {
         ctx: &OpCtx,
         upgrade: bool,
     ) -> Result<Response<ResBody>, HttpProxyError> {
-        let pipeline = &self.proxy.pipeline;
+        let gate = &self.proxy.gate;
         let config = &self.proxy.config;
-        let identity = &ctx.session.identity;
-        let decision = pipeline.policy.decide(
-            identity,
-            &target.target,
-            &Operation::Http(operation.clone()),
-        );
+        let gctx = GateContext {
+            session: &ctx.session.id,
+            identity: &ctx.session.identity,
+            target: &target.target,
+        };
+        let mut decision = gate.decide(&gctx, &Classified::new(Operation::Http(operation.clone())));
         let (parts, body) = req.into_parts();
-        // A reviewed request is bound to its exact body: read it (capped) before asking.
-        if decision.verdict == Verdict::Review && !upgrade {
+        let held = decision.verdict == Verdict::Review && !upgrade;
+        if decision.verdict == Verdict::Review && upgrade {
+            // Upgrades are not held (a held handshake would time out in most clients).
+            let rule = decision.rule_id.clone();
+            decision = tighten(
+                &decision,
+                Decision::deny(rule, "WebSocket upgrades cannot wait for approval"),
+            );
+        }
+        let body = if held {
+            // A reviewed request is bound to its exact body: read it (capped) before asking.
             let bytes = read_capped(body, config.limits.max_request_body).await?;
             if !bytes.is_empty() {
                 operation.body_sha256 = Some(hex::encode(Sha256::digest(&bytes)));
             }
-            return self
-                .reviewed(parts, bytes, target, operation, decision, ctx)
-                .await;
-        }
-        self.record_operation(ctx, &operation, &decision).await?;
-        match decision.verdict {
-            Verdict::Deny => Err(HttpProxyError::Denied {
-                rule: decision.rule_id,
-                reason: decision.reason,
-            }),
-            Verdict::Review => {
-                // Upgrades are not held (a held handshake would time out in most clients).
-                Err(HttpProxyError::Denied {
-                    rule: decision.rule_id,
-                    reason: "WebSocket upgrades cannot wait for approval".into(),
-                })
-            }
-            Verdict::Allow if upgrade => {
+            RequestBody::Buffered(bytes)
+        } else {
+            RequestBody::Stream(body)
+        };
+        let op = Operation::Http(operation.clone());
+        gate.record(&gctx, ctx.index, op.clone(), &decision)
+            .await
+            .map_err(|o| outcome_error(o, config.retry_after_s))?;
+        let outcome = if held {
+            let review = Review {
+                index: ctx.index,
+                operation: &op,
+                shown: &op,
+                decision: &decision,
+                mode: HoldMode::AtMost(ms(config.review_hold_ms)),
+            };
+            // hyper drops this future when the connection closes: that is "the client has gone".
+            gate.approve(&gctx, review, std::future::pending()).await
+        } else {
+            Gate::settle(decision)
+        };
+        let decision = match outcome {
+            Outcome::Allowed { decision, .. } => decision,
+            other => return Err(outcome_error(other, config.retry_after_s)),
+        };
+        match body {
+            RequestBody::Stream(body) if upgrade => {
                 crate::websocket::proxy_upgrade(
                     self.clone(),
                     Request::from_parts(parts, body),
@@ -772,153 +848,11 @@ impl ConnCtx {
                 )
                 .await
             }
-            Verdict::Allow => {
-                self.forward(
-                    parts,
-                    RequestBody::Stream(body),
-                    target,
-                    &operation,
-                    &decision,
-                    ctx,
-                )
-                .await
-            }
-        }
-    }
-
-    async fn reviewed(
-        self: Arc<Self>,
-        parts: http::request::Parts,
-        body: Bytes,
-        target: &RoutedTarget,
-        operation: HttpOperation,
-        decision: Decision,
-        ctx: &OpCtx,
-    ) -> Result<Response<ResBody>, HttpProxyError> {
-        let pipeline = &self.proxy.pipeline;
-        let config = &self.proxy.config;
-        self.record_operation(ctx, &operation, &decision).await?;
-        let identity = &ctx.session.identity;
-        let op = Operation::Http(operation.clone());
-        let rule = decision.rule_id.clone();
-        let approvals_err =
-            |e: gatehouse_core::ApprovalError| HttpProxyError::Approvals(e.to_string());
-        let Some(requirement) = decision.review.clone() else {
-            // A review without a requirement cannot be approved by anyone: refuse.
-            return Err(HttpProxyError::Denied {
-                rule,
-                reason: "review required but no approvers configured".into(),
-            });
-        };
-        // A retried request waits on its own pending approval instead of opening another.
-        let filter = ApprovalFilter {
-            state: Some(ApprovalState::Pending),
-            requester: Some(identity.subject.clone()),
-            target: Some(target.target.name.clone()),
-        };
-        let pending = pipeline
-            .approvals
-            .list(&filter)
-            .await
-            .map_err(approvals_err)?
-            .into_iter()
-            .find(|r| {
-                r.request.operation == op && r.request.requester.principal() == identity.principal()
-            });
-        let (id, granted) = match pending {
-            Some(r) => (r.id, false),
-            None => {
-                let ticket = pipeline
-                    .approvals
-                    .open(ApprovalRequest {
-                        requester: identity.clone(),
-                        session: ctx.session.id.clone(),
-                        target: target.target.clone(),
-                        operation: op.clone(),
-                        rule_id: rule.clone(),
-                        reason: decision.reason.clone(),
-                        requirement,
-                        index: 0,
-                        shown: None,
-                    })
+            body => {
+                self.forward(parts, body, target, &operation, &decision, ctx)
                     .await
-                    .map_err(approvals_err)?;
-                (ticket.id, ticket.already_granted)
             }
-        };
-        let outcome = if granted {
-            ApprovalOutcome::Approved { approvers: vec![] }
-        } else {
-            pipeline
-                .approvals
-                .wait(&id, ms(config.review_hold_ms))
-                .await
-                .map_err(approvals_err)?
-        };
-        let resolved = Event::now(
-            ctx.session.id.clone(),
-            Some(identity.clone()),
-            Some(target.target.clone()),
-            EventBody::ApprovalResolved {
-                index: ctx.index,
-                id: id.clone(),
-                outcome: outcome.clone(),
-            },
-        );
-        if !matches!(outcome, ApprovalOutcome::StillPending) {
-            pipeline
-                .recorder
-                .record(resolved)
-                .await
-                .map_err(|e| HttpProxyError::Recorder(e.to_string()))?;
         }
-        match outcome {
-            ApprovalOutcome::Approved { .. } => {
-                self.forward(
-                    parts,
-                    RequestBody::Buffered(body),
-                    target,
-                    &operation,
-                    &decision,
-                    ctx,
-                )
-                .await
-            }
-            ApprovalOutcome::Denied { .. } => {
-                Err(HttpProxyError::ApprovalDenied { id: id.0, rule })
-            }
-            ApprovalOutcome::StillPending => Err(HttpProxyError::ApprovalPending {
-                id: id.0,
-                rule,
-                retry_after_s: config.retry_after_s,
-            }),
-            _ => Err(HttpProxyError::ApprovalTimedOut { id: id.0, rule }),
-        }
-    }
-
-    async fn record_operation(
-        &self,
-        ctx: &OpCtx,
-        operation: &HttpOperation,
-        decision: &Decision,
-    ) -> Result<(), HttpProxyError> {
-        let event = Event::now(
-            ctx.session.id.clone(),
-            Some(ctx.session.identity.clone()),
-            Some(ctx.target.clone()),
-            EventBody::Operation {
-                index: ctx.index,
-                operation: Operation::Http(operation.clone()),
-                decision: decision.clone(),
-            },
-        );
-        self.proxy
-            .pipeline
-            .recorder
-            .record(event)
-            .await
-            .map(|_| ())
-            .map_err(|e| HttpProxyError::Recorder(e.to_string()))
     }
 
     async fn record_result(

@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -198,9 +199,13 @@ async fn recorder_failure_fails_closed() {
         let up = start_upstream().await;
         let gw = Gateway::start(config(up.addr, dead_addr()), None).await;
         gw.layers.recorder.set_failing(true);
-        let (status, _, body) = curl(&[&gw.url("/api/users"), "-H", &bearer(AGENT_TOKEN)]).await;
+        let (status, head, body) = curl(&[&gw.url("/api/users"), "-H", &bearer(AGENT_TOKEN)]).await;
         assert_eq!(status, 503);
         assert_eq!(json_body(&body)["error"], "audit_unavailable");
+        assert!(
+            head.to_ascii_lowercase().contains("retry-after: 5"),
+            "audit unavailable is retry-later: {head}"
+        );
         assert!(up.seen().is_empty(), "nothing runs unrecorded");
         gw.shutdown().await;
     })
@@ -314,7 +319,43 @@ async fn reviewed_delete_gets_409_then_the_retry_passes_once_approved() {
         .await;
         assert_eq!(status, 409);
         assert_eq!(up.deletes.load(std::sync::atomic::Ordering::SeqCst), 1);
-        gw.shutdown().await;
+        let layers = gw.shutdown().await;
+
+        // One approval request for /users/7, recorded once (by the broker), with the index of
+        // the operation that asked for it.
+        let events = layers.recorder.events();
+        let requested: Vec<_> = events
+            .iter()
+            .filter_map(|e| match &e.body {
+                EventBody::ApprovalRequested { index, id: rid, .. } if rid.0 == id => Some(*index),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            requested.len(),
+            1,
+            "one approval_requested per held operation"
+        );
+        let first_delete = events
+            .iter()
+            .find_map(|e| match &e.body {
+                EventBody::Operation {
+                    index,
+                    operation: gatehouse_core::Operation::Http(op),
+                    ..
+                } if op.method == "DELETE" && op.path == "/users/7" => Some(*index),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(requested[0], first_delete);
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| matches!(e.body, EventBody::ApprovalRequested { .. }))
+                .count(),
+            2,
+            "/users/7 and /users/8, each once"
+        );
     })
     .await;
 }
@@ -357,12 +398,21 @@ async fn denied_approval_gets_403() {
             &bearer(AGENT_TOKEN),
         ])
         .await;
-        // The denied request is closed; the retry opens a new one (still pending) — never runs.
-        assert!(
-            status == 409 || status == 403,
-            "{status}: {}",
-            String::from_utf8_lossy(&body)
-        );
+        // The retry picks up its own request, decided while it was away: denied.
+        assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
+        let v = json_body(&body);
+        assert_eq!(v["error"], "approval_denied");
+        assert_eq!(v["rule"], "review-delete");
+        // That answer is given once; a further retry asks again (pending), and never runs.
+        let (status, _, _) = curl(&[
+            "-X",
+            "DELETE",
+            &gw.url("/api/users/9"),
+            "-H",
+            &bearer(AGENT_TOKEN),
+        ])
+        .await;
+        assert_eq!(status, 409);
         assert_eq!(up.deletes.load(std::sync::atomic::Ordering::SeqCst), 0);
         gw.shutdown().await;
     })
@@ -1371,6 +1421,145 @@ async fn websocket_binary_frames_are_refused_or_passed_raw() {
         let layers = gw.shutdown().await;
         let dump = layers.recorder.dump();
         assert!(!dump.contains("bob@example.org"), "raw bytes were recorded");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn approval_timed_out_gets_403() {
+    within(T, async {
+        let up = start_upstream().await;
+        let cfg = config(up.addr, dead_addr());
+        let layers = layers(&cfg.held_secrets());
+        let mut pipeline = layers.pipeline.clone();
+        // Every DELETE needs a review that nobody can give in time.
+        pipeline.policy = Arc::new(gatehouse_testkit::layers::FnPolicy::new(
+            |_, _, op| match op {
+                gatehouse_core::Operation::Http(h) if h.method == "DELETE" => {
+                    gatehouse_core::Decision::review(
+                        "review-quick",
+                        "deletions need a human, quickly",
+                        gatehouse_core::ReviewRequirement {
+                            approver_groups: vec!["approvers".into()],
+                            approvals_required: 1,
+                            timeout_ms: 1,
+                            grant_window_ms: None,
+                        },
+                    )
+                }
+                _ => gatehouse_core::Decision::allow("default-allow", "allowed"),
+            },
+        ));
+        let gw = Gateway::start_with(cfg, None, layers, pipeline).await;
+        let (status, _, body) = curl(&[
+            "-X",
+            "DELETE",
+            &gw.url("/api/users/3"),
+            "-H",
+            &bearer(AGENT_TOKEN),
+        ])
+        .await;
+        assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
+        let v = json_body(&body);
+        assert_eq!(v["error"], "approval_timed_out");
+        assert_eq!(v["rule"], "review-quick");
+        assert_eq!(up.deletes.load(std::sync::atomic::Ordering::SeqCst), 0);
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn approvals_at_capacity_get_503_with_retry_after() {
+    within(T, async {
+        let up = start_upstream().await;
+        let mut cfg = config(up.addr, dead_addr());
+        cfg.review_hold_ms = 0;
+        cfg.retry_after_s = 4;
+        let mut layers = layers(&cfg.held_secrets());
+        // At most one pending request per requester.
+        let approvals = Arc::new(
+            gatehouse_approvals::ApprovalBroker::builder(Arc::new(
+                gatehouse_approvals::MemoryStore::new(),
+            ))
+            .recorder(layers.recorder.clone())
+            .limits(gatehouse_approvals::HoldLimits {
+                per_identity: 1,
+                per_target: 50,
+            })
+            .build(),
+        );
+        layers.approvals = approvals.clone();
+        let mut pipeline = layers.pipeline.clone();
+        pipeline.approvals = approvals;
+        let gw = Gateway::start_with(cfg, None, layers, pipeline).await;
+        let del = |path: &'static str| {
+            let url = gw.url(path);
+            async move { curl(&["-X", "DELETE", &url, "-H", &bearer(AGENT_TOKEN)]).await }
+        };
+        let (status, _, _) = del("/api/users/1").await;
+        assert_eq!(status, 409);
+        let (status, head, body) = del("/api/users/2").await;
+        assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+        assert_eq!(json_body(&body)["error"], "approvals_unavailable");
+        assert!(
+            head.to_ascii_lowercase().contains("retry-after: 4"),
+            "approvals unavailable is retry-later: {head}"
+        );
+        assert_eq!(up.deletes.load(std::sync::atomic::Ordering::SeqCst), 0);
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+/// A hook that tries to let everything through.
+struct LetEverythingThrough;
+
+impl gatehouse_core::GateHooks for LetEverythingThrough {
+    fn before_decide(
+        &self,
+        _: &gatehouse_core::GateContext<'_>,
+        _: &gatehouse_core::Operation,
+    ) -> Option<gatehouse_core::Decision> {
+        Some(gatehouse_core::Decision::allow("hook", "the hook says yes"))
+    }
+
+    fn after_decide(
+        &self,
+        _: &gatehouse_core::GateContext<'_>,
+        _: &gatehouse_core::Operation,
+        _: &gatehouse_core::Decision,
+    ) -> Option<gatehouse_core::Decision> {
+        Some(gatehouse_core::Decision::allow("hook", "the hook says yes"))
+    }
+}
+
+#[tokio::test]
+async fn a_hook_cannot_turn_a_deny_or_a_review_into_an_allow() {
+    within(T, async {
+        let up = start_upstream().await;
+        let mut cfg = config(up.addr, dead_addr());
+        cfg.review_hold_ms = 0;
+        let layers = layers(&cfg.held_secrets());
+        let mut pipeline = layers.pipeline.clone();
+        pipeline.hooks = Arc::new(LetEverythingThrough);
+        let gw = Gateway::start_with(cfg, None, layers, pipeline).await;
+        let (status, _, body) = curl(&[&gw.url("/api/admin/x"), "-H", &bearer(AGENT_TOKEN)]).await;
+        assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
+        let v = json_body(&body);
+        assert_eq!(v["error"], "denied");
+        assert_eq!(v["rule"], "no-admin");
+        let (status, _, body) = curl(&[
+            "-X",
+            "DELETE",
+            &gw.url("/api/users/5"),
+            "-H",
+            &bearer(AGENT_TOKEN),
+        ])
+        .await;
+        assert_eq!(status, 409, "{}", String::from_utf8_lossy(&body));
+        assert!(up.seen().is_empty(), "{:?}", up.seen());
+        gw.shutdown().await;
     })
     .await;
 }

@@ -198,8 +198,8 @@ impl K8sProxyError {
             K8sProxyError::UpstreamRefused(_) => "upstream_refused",
             K8sProxyError::UpstreamTimeout => "upstream_timeout",
             K8sProxyError::EgressBlocked => "egress_blocked",
-            K8sProxyError::Recorder(_) => "recorder",
-            K8sProxyError::Approvals(_) => "approvals",
+            K8sProxyError::Recorder(_) => "audit_unavailable",
+            K8sProxyError::Approvals(_) => "approvals_unavailable",
         }
     }
 

@@ -17,9 +17,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{SinkExt as _, StreamExt as _};
 use gatehouse_core::{
-    ApprovalOutcome, BinaryHandling, Decision, EgressSite, Event, EventBody, Finding,
-    RecordingFrame, RecordingKind, RecordingSink, SessionId, StreamContext, StreamMasker,
-    TextDetector, Verdict,
+    ApprovalFilter, ApprovalState, BinaryHandling, Decision, EgressSite, Event, EventBody, Finding,
+    HoldMode, Operation, Outcome, RecordingFrame, RecordingKind, RecordingSink, Review, SessionId,
+    StreamContext, StreamMasker, TextDetector, Verdict,
 };
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -407,54 +407,57 @@ impl ExecCtx {
             None,
             &[],
         ));
-        let (id, granted) = match self
-            .conn
-            .open_approval(&self.ctx, &operation, &self.decision)
-            .await
-        {
-            Ok(x) => x,
-            Err(e) => return self.refuse(client, e.to_status()).await,
+        let op = Operation::Kubernetes(operation);
+        let gate = self.conn.proxy.gate.clone();
+        let gctx = ConnCtx::gate_ctx(&self.ctx, &self.ctx.target);
+        let review = Review {
+            index: self.ctx.index,
+            operation: &op,
+            shown: &op,
+            decision: &self.decision,
+            mode: HoldMode::UntilDecided,
         };
-        let notice = format!(
-            "gatehouse: waiting for approval {id} (rule {rule}: {})\r\n",
-            self.decision.reason
-        );
-        let _ = client
-            .send(channel_message(STDERR, notice.as_bytes()))
-            .await;
-        let timeout = self
-            .decision
-            .review
-            .as_ref()
-            .map_or(Duration::from_secs(300), |r| ms(r.timeout_ms));
-        // Keep reading while waiting: the caller's pings are answered (client-go gives up
-        // after about a minute without a pong) and its early input (stdin, resizes) is kept
-        // for the command. A caller that goes away abandons the request.
+        // Held like an SSH exec (the stream is upgraded: nobody retries). While waiting, the
+        // caller's pings are answered (client-go gives up after about a minute without a pong)
+        // and its early input (stdin, resizes) is kept for the command; a caller that goes away
+        // abandons the request. `gone` is first polled once the request is open: it tells the
+        // caller which request to have approved.
         let mut early: Vec<Bytes> = Vec::new();
-        let mut wait = Box::pin(self.conn.await_approval(&self.ctx, &id, granted, timeout));
-        let outcome = loop {
-            tokio::select! {
-                o = &mut wait => break o,
-                m = client.next() => match m {
+        let approvals = self.conn.proxy.pipeline.approvals.clone();
+        let reason = self.decision.reason.clone();
+        let gone = async {
+            let filter = ApprovalFilter {
+                state: Some(ApprovalState::Pending),
+                requester: Some(self.ctx.session.identity.subject.clone()),
+                target: Some(self.ctx.target.name.clone()),
+            };
+            let id = approvals
+                .list(&filter)
+                .await
+                .ok()
+                .and_then(|l| l.into_iter().find(|r| r.request.operation == op))
+                .map(|r| format!(" {}", r.id))
+                .unwrap_or_default();
+            let notice = format!("gatehouse: waiting for approval{id} (rule {rule}: {reason})\r\n");
+            let _ = client
+                .send(channel_message(STDERR, notice.as_bytes()))
+                .await;
+            loop {
+                match client.next().await {
                     Some(Ok(Message::Binary(b))) if early.len() < 1024 => early.push(b),
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
-                        drop(wait);
-                        self.conn
-                            .record_status(&self.ctx, "101 client_gone_waiting_for_approval".into(), 0, Vec::new())
-                            .await;
-                        return;
-                    }
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
                     _ => {}
-                },
+                }
             }
         };
-        drop(wait);
+        let outcome = gate.approve(&gctx, review, gone).await;
         match outcome {
-            Ok(ApprovalOutcome::Approved { .. }) => {
+            Outcome::Allowed { approval, .. } => {
+                let id = approval.map(|a| format!(" {a}")).unwrap_or_default();
                 let _ = client
                     .send(channel_message(
                         STDERR,
-                        format!("gatehouse: approval {id} granted\r\n").as_bytes(),
+                        format!("gatehouse: approval{id} granted\r\n").as_bytes(),
                     ))
                     .await;
                 match self.connect_upstream(&[protocol]).await {
@@ -462,17 +465,26 @@ impl ExecCtx {
                     Err(status) => self.refuse(client, status).await,
                 }
             }
-            Ok(ApprovalOutcome::Denied { by, .. }) => {
+            Outcome::Abandoned { .. } => {
+                self.conn
+                    .record_status(
+                        &self.ctx,
+                        "101 client_gone_waiting_for_approval".into(),
+                        0,
+                        Vec::new(),
+                    )
+                    .await;
+            }
+            Outcome::ApprovalDenied { approval, by, .. } => {
                 let status = refuse(format!(
-                    "approval {id} was denied by {by} (gatehouse rule {rule})"
+                    "approval {approval} was denied by {by} (gatehouse rule {rule})"
                 ));
                 self.refuse(client, status).await
             }
-            Ok(_) => {
-                let status = refuse(format!("approval {id} timed out (gatehouse rule {rule})"));
-                self.refuse(client, status).await
+            other => {
+                let e = crate::proxy::outcome_error(other, self.conn.proxy.config.retry_after_s);
+                self.refuse(client, e.to_status()).await
             }
-            Err(e) => self.refuse(client, e.to_status()).await,
         }
     }
 

@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use gatehouse_core::{
-    ApprovalFilter, ApprovalOutcome, ApprovalRequest, ApprovalState, AuthErrorKind, BinaryHandling,
-    Credential, Decision, EgressSite, Event, EventBody, Finding, Identity, KubeOperation,
-    Operation, OperationResult, Pipeline, Protocol, RecordingFrame, RecordingKind, RecordingSink,
-    SessionId, StreamContext, Target, TextDetector, Verdict, http_path,
+    AuthErrorKind, BinaryHandling, Classified, Credential, Decision, EgressSite, Event, EventBody,
+    Finding, Gate, GateContext, HoldMode, Identity, KubeOperation, Operation, OperationResult,
+    Outcome, Pipeline, Protocol, RecordingFrame, RecordingKind, RecordingSink, Review, SessionId,
+    StreamContext, Target, TextDetector, Verdict, http_path, tighten,
 };
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -39,13 +39,6 @@ pub(crate) type ResBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// How long a verified bearer token is trusted on one connection before it is verified again.
 const REAUTH_AFTER: Duration = Duration::from_secs(30);
-
-/// How long a decided approval still answers the caller's retry of the same request.
-const RETRY_DECISION_MINUTES: i64 = 10;
-
-fn time_minutes(m: i64) -> std::time::Duration {
-    std::time::Duration::from_secs(u64::try_from(m.max(0)).unwrap_or(0) * 60)
-}
 
 /// Rule id of the built-in allowance for discovery and non-resource `GET`s.
 pub const DISCOVERY_RULE: &str = "k8s-discovery";
@@ -73,9 +66,8 @@ pub(crate) struct Inner {
     pub(crate) pipeline: Pipeline,
     pub(crate) targets: Vec<Cluster>,
     default_target: Option<usize>,
-    /// Decided approval requests whose outcome a retried request already used: each decision
-    /// lets exactly one retry through (or refuses it), later attempts open a new request.
-    consumed: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Decides, records and holds every operation (a retry picks up its own request there).
+    pub(crate) gate: Arc<Gate>,
 }
 
 /// A configured cluster, ready to forward to.
@@ -126,10 +118,10 @@ impl K8sProxy {
         Ok(K8sProxy {
             inner: Arc::new(Inner {
                 config,
-                pipeline,
                 targets,
                 default_target,
-                consumed: std::sync::Mutex::new(std::collections::HashSet::new()),
+                gate: Arc::new(Gate::new(pipeline.clone())),
+                pipeline,
             }),
         })
     }
@@ -301,6 +293,46 @@ pub(crate) fn error_response(e: &K8sProxyError) -> Response<ResBody> {
     r
 }
 
+/// The gate's outcome as this crate's error, rendered per the table in `docs/DESIGN.md`: a
+/// `Status` 403 Forbidden for denied, approval denied and timed out; 429 + `Retry-After` while
+/// held; 503 ServiceUnavailable + `Retry-After` when approvals or the audit log are unavailable.
+pub(crate) fn outcome_error(outcome: Outcome, retry_after_s: u64) -> K8sProxyError {
+    match outcome {
+        Outcome::Denied { decision } => K8sProxyError::Denied {
+            rule: decision.rule_id,
+            reason: decision.reason,
+        },
+        Outcome::Held { decision, approval } => K8sProxyError::ApprovalPending {
+            id: approval.0,
+            rule: decision.rule_id,
+            retry_after_s,
+        },
+        Outcome::ApprovalDenied {
+            decision,
+            approval,
+            by,
+            ..
+        } => K8sProxyError::ApprovalRefused {
+            id: approval.0,
+            outcome: format!("was denied by {by}"),
+            rule: decision.rule_id,
+        },
+        Outcome::ApprovalTimedOut { decision, approval } => K8sProxyError::ApprovalRefused {
+            id: approval.0,
+            outcome: "timed out".into(),
+            rule: decision.rule_id,
+        },
+        Outcome::Abandoned { decision, approval } => K8sProxyError::ApprovalRefused {
+            id: approval.0,
+            outcome: "was abandoned".into(),
+            rule: decision.rule_id,
+        },
+        Outcome::ApprovalsUnavailable { reason, .. } => K8sProxyError::Approvals(reason),
+        Outcome::AuditUnavailable { reason } => K8sProxyError::Recorder(reason),
+        other => K8sProxyError::Approvals(format!("unexpected gate outcome: {}", other.name())),
+    }
+}
+
 /// The bearer token of an `Authorization: Bearer …` header.
 fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
@@ -340,7 +372,17 @@ impl ConnCtx {
         let started = Instant::now();
         match self.clone().handle_inner(req, started).await {
             Ok(resp) => resp,
-            Err(e) => error_response(&e),
+            Err(e) => {
+                let mut resp = error_response(&e);
+                if matches!(e, K8sProxyError::Approvals(_) | K8sProxyError::Recorder(_)) {
+                    // Unavailable, not forbidden: retry later.
+                    resp.headers_mut().insert(
+                        header::RETRY_AFTER,
+                        HeaderValue::from(self.proxy.config.retry_after_s),
+                    );
+                }
+                resp
+            }
         }
     }
 
@@ -516,32 +558,44 @@ impl ConnCtx {
         }
     }
 
-    /// The policy's decision, with the built-in defaults: discovery and non-resource `GET`s are
-    /// allowed when no rule matched; sensitive operations are denied unless a rule (not the
-    /// default verdict) allowed them.
+    /// Who asks, on which target, in which session: what the gate and its hooks are given.
+    pub(crate) fn gate_ctx<'a>(ctx: &'a OpCtx, target: &'a Target) -> GateContext<'a> {
+        GateContext {
+            session: &ctx.session.id,
+            identity: &ctx.session.identity,
+            target,
+        }
+    }
+
+    /// The gate's decision (policy and hooks), with the built-in defaults: discovery and
+    /// non-resource `GET`s are allowed when no rule matched (the default verdict only);
+    /// sensitive operations are denied unless a rule (not the default verdict) allowed them.
     pub(crate) fn decide(
         &self,
-        identity: &Identity,
+        ctx: &OpCtx,
         target: &Target,
         op: &KubeOperation,
         body: Option<&serde_json::Value>,
     ) -> Decision {
-        self.decide_with(identity, target, op, sensitive_reason(op, body))
+        self.decide_with(ctx, target, op, sensitive_reason(op, body))
     }
 
     /// [`Self::decide`] with the sensitive reason already found (e.g. in a protobuf body).
     pub(crate) fn decide_with(
         &self,
-        identity: &Identity,
+        ctx: &OpCtx,
         target: &Target,
         op: &KubeOperation,
         sensitive: Option<String>,
     ) -> Decision {
-        let decision =
-            self.proxy
-                .pipeline
-                .policy
-                .decide(identity, target, &Operation::Kubernetes(op.clone()));
+        let mut classified = Classified::new(Operation::Kubernetes(op.clone()));
+        if let Some(cmd) = &op.command {
+            classified = classified.with_facts(gatehouse_core::command::ExecFacts::of(cmd));
+        }
+        let decision = self
+            .proxy
+            .gate
+            .decide(&Self::gate_ctx(ctx, target), &classified);
         let by_default = decision.rule_id == "default";
         if by_default
             && decision.verdict != Verdict::Allow
@@ -550,13 +604,13 @@ impl ConnCtx {
         {
             return Decision::allow(DISCOVERY_RULE, "discovery and non-resource reads");
         }
-        if by_default
-            && decision.verdict != Verdict::Deny
-            && let Some(why) = sensitive
-        {
-            return Decision::deny(
-                SENSITIVE_RULE,
-                format!("{why} needs an explicit allow rule"),
+        if by_default && let Some(why) = sensitive {
+            return tighten(
+                &decision,
+                Decision::deny(
+                    SENSITIVE_RULE,
+                    format!("{why} needs an explicit allow rule"),
+                ),
             );
         }
         decision
@@ -574,7 +628,9 @@ impl ConnCtx {
             .targets
             .get(target_idx)
             .ok_or(K8sProxyError::NoTarget)?;
-        let identity = &ctx.session.identity;
+        // Named for the port-forward and exec call sites below: the operation's context (session
+        // and identity), which the gate's decision needs.
+        let identity = ctx;
         if parsed.operation.verb == "portforward" {
             // Both of kubectl's attempts (the SPDY-over-WebSocket tunnel, then a plain SPDY
             // upgrade) are decided, so a refusal is what kubectl prints whichever it reports.
@@ -661,17 +717,20 @@ impl ConnCtx {
         }
         let decision = match pod_setting.filter(|_| writes) {
             Some(what) => self.decide_with(
-                identity,
+                ctx,
                 &target.target,
                 &operation,
                 Some(format!("privileged pod spec ({what})")),
             ),
-            None => self.decide(identity, &target.target, &operation, body_json.as_ref()),
+            None => self.decide(ctx, &target.target, &operation, body_json.as_ref()),
         };
         if let Some(refusal) = refusal
             && decision.verdict != Verdict::Deny
         {
-            let recorded = Decision::deny("k8s-uninspectable-body", refusal.to_string());
+            let recorded = tighten(
+                &decision,
+                Decision::deny("k8s-uninspectable-body", refusal.to_string()),
+            );
             self.record_operation(ctx, &operation, &recorded).await?;
             return Err(refusal);
         }
@@ -697,33 +756,23 @@ impl ConnCtx {
                     content_type,
                     &body,
                 ));
-                let hold = ms(proxy.config.review_hold_ms);
-                let outcome = self
-                    .wait_for_approval(ctx, &operation, &decision, hold)
-                    .await?;
-                match outcome {
-                    (_, ApprovalOutcome::Approved { .. }) => {}
-                    (id, ApprovalOutcome::StillPending) => {
-                        return Err(K8sProxyError::ApprovalPending {
-                            id: id.0,
-                            rule: decision.rule_id,
-                            retry_after_s: proxy.config.retry_after_s,
-                        });
-                    }
-                    (id, ApprovalOutcome::Denied { .. }) => {
-                        return Err(K8sProxyError::ApprovalRefused {
-                            id: id.0,
-                            outcome: "was denied".into(),
-                            rule: decision.rule_id,
-                        });
-                    }
-                    (id, _) => {
-                        return Err(K8sProxyError::ApprovalRefused {
-                            id: id.0,
-                            outcome: "timed out".into(),
-                            rule: decision.rule_id,
-                        });
-                    }
+                let op = Operation::Kubernetes(operation.clone());
+                let review = Review {
+                    index: ctx.index,
+                    operation: &op,
+                    shown: &op,
+                    decision: &decision,
+                    mode: HoldMode::AtMost(ms(proxy.config.review_hold_ms)),
+                };
+                // hyper drops this future when the connection closes: "the client has gone".
+                let gctx = Self::gate_ctx(ctx, &target.target);
+                match proxy
+                    .gate
+                    .approve(&gctx, review, std::future::pending())
+                    .await
+                {
+                    Outcome::Allowed { .. } => {}
+                    other => return Err(outcome_error(other, proxy.config.retry_after_s)),
                 }
             }
             Verdict::Allow => {}
@@ -732,180 +781,23 @@ impl ConnCtx {
             .await
     }
 
-    /// Opens (or finds the caller's pending) approval request and waits up to `hold`. The
-    /// resolution is recorded.
-    pub(crate) async fn wait_for_approval(
-        &self,
-        ctx: &OpCtx,
-        operation: &KubeOperation,
-        decision: &Decision,
-        hold: Duration,
-    ) -> Result<(gatehouse_core::ApprovalId, ApprovalOutcome), K8sProxyError> {
-        let (id, granted) = self.open_approval(ctx, operation, decision).await?;
-        let outcome = self.await_approval(ctx, &id, granted, hold).await?;
-        Ok((id, outcome))
-    }
-
-    /// Opens an approval request, or finds the caller's pending one for the same operation.
-    /// Returns the id and whether a grant window already covers it.
-    pub(crate) async fn open_approval(
-        &self,
-        ctx: &OpCtx,
-        operation: &KubeOperation,
-        decision: &Decision,
-    ) -> Result<(gatehouse_core::ApprovalId, bool), K8sProxyError> {
-        let pipeline = &self.proxy.pipeline;
-        let identity = &ctx.session.identity;
-        let op = Operation::Kubernetes(operation.clone());
-        let approvals_err =
-            |e: gatehouse_core::ApprovalError| K8sProxyError::Approvals(e.to_string());
-        let Some(requirement) = decision.review.clone() else {
-            return Err(K8sProxyError::Denied {
-                rule: decision.rule_id.clone(),
-                reason: "review required but no approvers configured".into(),
-            });
-        };
-        // A retried request (client-go retries a 429 by itself) picks up its own earlier
-        // request: still pending, or decided and not yet used by a retry.
-        let filter = ApprovalFilter {
-            state: None,
-            requester: Some(identity.subject.clone()),
-            target: Some(ctx.target.name.clone()),
-        };
-        let mut earlier: Vec<_> = pipeline
-            .approvals
-            .list(&filter)
-            .await
-            .map_err(approvals_err)?
-            .into_iter()
-            .filter(|r| {
-                r.request.operation == op && r.request.requester.principal() == identity.principal()
-            })
-            .collect();
-        earlier.sort_by_key(|r| std::cmp::Reverse(r.opened_at));
-        if let Some(r) = earlier.into_iter().find(|r| match r.state {
-            ApprovalState::Pending => true,
-            ApprovalState::Approved | ApprovalState::Denied | ApprovalState::TimedOut => {
-                // Only a decision from the last ten minutes answers a retry.
-                let fresh = r.closed_at.is_some_and(|t| {
-                    gatehouse_core::now() - t < time_minutes(RETRY_DECISION_MINUTES)
-                });
-                fresh
-                    && self
-                        .proxy
-                        .consumed
-                        .lock()
-                        .map(|c| !c.contains(&r.id.0))
-                        .unwrap_or(false)
-            }
-            _ => false,
-        }) {
-            return Ok((r.id, false));
-        }
-        let ticket = pipeline
-            .approvals
-            .open(ApprovalRequest {
-                requester: identity.clone(),
-                session: ctx.session.id.clone(),
-                target: ctx.target.clone(),
-                operation: op.clone(),
-                rule_id: decision.rule_id.clone(),
-                reason: decision.reason.clone(),
-                requirement,
-                index: 0,
-                shown: None,
-            })
-            .await
-            .map_err(approvals_err)?;
-        let requested = Event::now(
-            ctx.session.id.clone(),
-            Some(identity.clone()),
-            Some(ctx.target.clone()),
-            EventBody::ApprovalRequested {
-                index: ctx.index,
-                id: ticket.id.clone(),
-                operation_hash: ticket.operation_hash.clone(),
-                operation: None,
-                rule_id: None,
-                reason: None,
-                granted: false,
-            },
-        );
-        pipeline
-            .recorder
-            .record(requested)
-            .await
-            .map_err(|e| K8sProxyError::Recorder(e.to_string()))?;
-        Ok((ticket.id, ticket.already_granted))
-    }
-
-    /// Waits for a decision at most `hold`; records the resolution (not a still-pending one).
-    pub(crate) async fn await_approval(
-        &self,
-        ctx: &OpCtx,
-        id: &gatehouse_core::ApprovalId,
-        granted: bool,
-        hold: Duration,
-    ) -> Result<ApprovalOutcome, K8sProxyError> {
-        let pipeline = &self.proxy.pipeline;
-        let outcome = if granted {
-            ApprovalOutcome::Approved { approvers: vec![] }
-        } else {
-            pipeline
-                .approvals
-                .wait(id, hold)
-                .await
-                .map_err(|e| K8sProxyError::Approvals(e.to_string()))?
-        };
-        if !matches!(outcome, ApprovalOutcome::StillPending) {
-            if let Ok(mut consumed) = self.proxy.consumed.lock() {
-                if consumed.len() > 100_000 {
-                    consumed.clear();
-                }
-                consumed.insert(id.0.clone());
-            }
-            let resolved = Event::now(
-                ctx.session.id.clone(),
-                Some(ctx.session.identity.clone()),
-                Some(ctx.target.clone()),
-                EventBody::ApprovalResolved {
-                    index: ctx.index,
-                    id: id.clone(),
-                    outcome: outcome.clone(),
-                },
-            );
-            pipeline
-                .recorder
-                .record(resolved)
-                .await
-                .map_err(|e| K8sProxyError::Recorder(e.to_string()))?;
-        }
-        Ok(outcome)
-    }
-
+    /// Records the operation and its decision through the gate; durable before anything runs.
     pub(crate) async fn record_operation(
         &self,
         ctx: &OpCtx,
         operation: &KubeOperation,
         decision: &Decision,
     ) -> Result<(), K8sProxyError> {
-        let event = Event::now(
-            ctx.session.id.clone(),
-            Some(ctx.session.identity.clone()),
-            Some(ctx.target.clone()),
-            EventBody::Operation {
-                index: ctx.index,
-                operation: Operation::Kubernetes(operation.clone()),
-                decision: decision.clone(),
-            },
-        );
         self.proxy
-            .pipeline
-            .recorder
-            .record(event)
+            .gate
+            .record(
+                &Self::gate_ctx(ctx, &ctx.target),
+                ctx.index,
+                Operation::Kubernetes(operation.clone()),
+                decision,
+            )
             .await
-            .map(|_| ())
-            .map_err(|e| K8sProxyError::Recorder(e.to_string()))
+            .map_err(|o| outcome_error(o, self.proxy.config.retry_after_s))
     }
 
     pub(crate) async fn record_result(

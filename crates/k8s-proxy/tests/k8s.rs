@@ -2300,3 +2300,200 @@ async fn reviewed_port_forward_is_refused() {
         0
     );
 }
+
+/// Approvals that cannot take a request (the store is down).
+struct ApprovalsDown;
+
+impl gatehouse_core::Approvals for ApprovalsDown {
+    fn open(
+        &self,
+        _: gatehouse_core::ApprovalRequest,
+    ) -> gatehouse_core::BoxFuture<
+        '_,
+        Result<gatehouse_core::ApprovalTicket, gatehouse_core::ApprovalError>,
+    > {
+        Box::pin(async { Err(gatehouse_core::ApprovalError::Store("store down".into())) })
+    }
+
+    fn wait<'a>(
+        &'a self,
+        _: &'a gatehouse_core::ApprovalId,
+        _: Duration,
+    ) -> gatehouse_core::BoxFuture<
+        'a,
+        Result<gatehouse_core::ApprovalOutcome, gatehouse_core::ApprovalError>,
+    > {
+        Box::pin(async { Err(gatehouse_core::ApprovalError::Store("store down".into())) })
+    }
+
+    fn list<'a>(
+        &'a self,
+        _: &'a gatehouse_core::ApprovalFilter,
+    ) -> gatehouse_core::BoxFuture<
+        'a,
+        Result<Vec<gatehouse_core::ApprovalRecord>, gatehouse_core::ApprovalError>,
+    > {
+        Box::pin(async { Err(gatehouse_core::ApprovalError::Store("store down".into())) })
+    }
+
+    fn get<'a>(
+        &'a self,
+        _: &'a gatehouse_core::ApprovalId,
+    ) -> gatehouse_core::BoxFuture<
+        'a,
+        Result<gatehouse_core::ApprovalRecord, gatehouse_core::ApprovalError>,
+    > {
+        Box::pin(async { Err(gatehouse_core::ApprovalError::Store("store down".into())) })
+    }
+
+    fn decide<'a>(
+        &'a self,
+        _: &'a gatehouse_core::ApprovalId,
+        _: &'a gatehouse_core::Identity,
+        _: gatehouse_core::ApprovalDecision,
+        _: &'a str,
+    ) -> gatehouse_core::BoxFuture<
+        'a,
+        Result<gatehouse_core::ApprovalRecord, gatehouse_core::ApprovalError>,
+    > {
+        Box::pin(async { Err(gatehouse_core::ApprovalError::Store("store down".into())) })
+    }
+}
+
+const REVIEW_CM_DELETE: &str = r#"
+[defaults]
+default = "allow"
+
+[[rules]]
+id = "no-pod-delete"
+reason = "agents never delete pods"
+verdict = "deny"
+kubernetes = { verbs = ["delete"], resources = ["pods"] }
+
+[[rules]]
+id = "review-cm-delete"
+reason = "config maps feed production"
+verdict = "review"
+approvers = ["admins"]
+timeout = "60s"
+kubernetes = { verbs = ["delete"], resources = ["configmaps"] }
+"#;
+
+const CM: &str = "/k8s/dev/api/v1/namespaces/default/configmaps/settings";
+
+#[tokio::test]
+async fn approvals_unavailable_is_503_service_unavailable_with_retry_after() {
+    let rig = Rig::start_full(
+        REVIEW_CM_DELETE,
+        |c| {
+            c.review_hold_ms = 0;
+            c.retry_after_s = 4;
+        },
+        |p| p.approvals = std::sync::Arc::new(ApprovalsDown),
+    )
+    .await;
+    let auth = bearer();
+    let (code, headers, body) = raw(&rig.base(), "DELETE", CM, &[("authorization", &auth)]).await;
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(headers["retry-after"], "4");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["kind"], "Status");
+    assert_eq!(status["reason"], "ServiceUnavailable");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("approvals unavailable"),
+        "{body}"
+    );
+    assert!(
+        rig.api
+            .state
+            .get("configmaps", "default", "settings")
+            .is_some()
+    );
+    assert!(
+        rig.results()
+            .iter()
+            .any(|r| r.status == "503 approvals_unavailable"),
+        "{:?}",
+        rig.results()
+    );
+}
+
+#[tokio::test]
+async fn audit_unavailable_is_503_service_unavailable_with_retry_after() {
+    let rig = Rig::start_with(REVIEW_CM_DELETE, |c| c.retry_after_s = 6).await;
+    rig.layers.recorder.set_failing(true);
+    let auth = bearer();
+    let (code, headers, body) = raw(
+        &rig.base(),
+        "GET",
+        "/k8s/dev/api/v1/namespaces/default/configmaps",
+        &[("authorization", &auth)],
+    )
+    .await;
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(headers["retry-after"], "6");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["reason"], "ServiceUnavailable");
+    assert!(
+        status["message"].as_str().unwrap().contains("audit"),
+        "{body}"
+    );
+    assert!(
+        !rig.api
+            .state
+            .seen()
+            .iter()
+            .any(|s| s.path.contains("configmaps")),
+        "nothing runs unrecorded"
+    );
+}
+
+/// A hook that tries to let everything through.
+struct LetEverythingThrough;
+
+impl gatehouse_core::GateHooks for LetEverythingThrough {
+    fn before_decide(
+        &self,
+        _: &gatehouse_core::GateContext<'_>,
+        _: &gatehouse_core::Operation,
+    ) -> Option<gatehouse_core::Decision> {
+        Some(gatehouse_core::Decision::allow("hook", "the hook says yes"))
+    }
+
+    fn after_decide(
+        &self,
+        _: &gatehouse_core::GateContext<'_>,
+        _: &gatehouse_core::Operation,
+        _: &gatehouse_core::Decision,
+    ) -> Option<gatehouse_core::Decision> {
+        Some(gatehouse_core::Decision::allow("hook", "the hook says yes"))
+    }
+}
+
+#[tokio::test]
+async fn a_hook_cannot_turn_a_deny_or_a_review_into_an_allow() {
+    let rig = Rig::start_full(
+        REVIEW_CM_DELETE,
+        |c| c.review_hold_ms = 0,
+        |p| p.hooks = std::sync::Arc::new(LetEverythingThrough),
+    )
+    .await;
+    let auth = bearer();
+    let (code, _, body) = raw(
+        &rig.base(),
+        "DELETE",
+        "/k8s/dev/api/v1/namespaces/default/pods/web-0",
+        &[("authorization", &auth)],
+    )
+    .await;
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("no-pod-delete"), "{body}");
+    let (code, headers, body) = raw(&rig.base(), "DELETE", CM, &[("authorization", &auth)]).await;
+    assert_eq!(code, 429, "{body}");
+    assert!(headers.contains_key("retry-after"));
+    assert!(!rig.api.state.seen().iter().any(|s| s.method == "DELETE"));
+    assert!(rig.api.state.get("pods", "default", "web-0").is_some());
+}

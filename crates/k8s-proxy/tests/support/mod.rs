@@ -107,6 +107,15 @@ impl Rig {
     }
 
     pub async fn start_with(policy: &str, tweak: impl FnOnce(&mut K8sProxyConfig)) -> Rig {
+        Rig::start_full(policy, tweak, |_| {}).await
+    }
+
+    /// Like [`Rig::start_with`], with some of the gateway's layers replaced.
+    pub async fn start_full(
+        policy: &str,
+        tweak: impl FnOnce(&mut K8sProxyConfig),
+        layers_tweak: impl FnOnce(&mut gatehouse_core::Pipeline),
+    ) -> Rig {
         let api = ApiServer::start(UPSTREAM_TOKEN).await;
         let target = |name: &str, impersonate: bool| K8sTargetConfig {
             name: name.into(),
@@ -130,7 +139,9 @@ impl Rig {
         let policy = CompiledPolicy::from_toml(policy, "policy.toml").unwrap();
         let masker = MaskingEngine::with_defaults().unwrap();
         let layers = TestPipeline::new(auth, policy, masker, &held);
-        let proxy = K8sProxy::new(config, layers.pipeline.clone()).unwrap();
+        let mut pipeline = layers.pipeline.clone();
+        layers_tweak(&mut pipeline);
+        let proxy = K8sProxy::new(config, pipeline).unwrap();
         // kubectl sends a token over TLS only: one TLS listener for it, one plain listener for
         // the raw HTTP checks and kube-rs.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
