@@ -461,12 +461,25 @@ impl Gate {
 
     /// The policy's decision, tightened by the hooks (never loosened).
     pub fn decide(&self, ctx: &GateContext<'_>, op: &Classified) -> Decision {
+        self.decide_adjusted(ctx, op, |d| d)
+    }
+
+    /// [`Gate::decide`] with a protocol's built-in defaults applied to the policy's own decision,
+    /// before any hook sees it (Kubernetes allows discovery where only the policy's `default`
+    /// verdict spoke): so a hook's decision is never adjusted, and can still only tighten.
+    pub fn decide_adjusted(
+        &self,
+        ctx: &GateContext<'_>,
+        op: &Classified,
+        adjust: impl FnOnce(Decision) -> Decision,
+    ) -> Decision {
         let hooks = &self.pipeline.hooks;
         let early = hooks.before_decide(ctx, op.operation());
-        let decision = self
-            .pipeline
-            .policy
-            .decide_classified(ctx.identity, ctx.target, op);
+        let decision = adjust(
+            self.pipeline
+                .policy
+                .decide_classified(ctx.identity, ctx.target, op),
+        );
         let decision = match early {
             Some(d) => tighten(&decision, d),
             None => decision,

@@ -427,3 +427,39 @@ fn a_hook_that_denies_before_the_policy_wins_over_an_allow() {
         "{out:?}"
     );
 }
+
+#[test]
+fn a_protocol_default_adjusts_the_policy_decision_never_a_hooks() {
+    // A hook denies, naming the rule `default`; the protocol's built-in default would allow
+    // what only the policy's default verdict denied. The hook's deny stands.
+    let hooks = Arc::new(Loosen(Decision::deny("default", "hook says no"), false));
+    let f = fixture(
+        Decision::deny("default", "no rule matched"),
+        Script::Never,
+        hooks,
+    );
+    let loosen_default = |d: Decision| {
+        if d.rule_id == "default" {
+            Decision::allow("discovery", "discovery reads")
+        } else {
+            d
+        }
+    };
+    let got = f
+        .gate
+        .decide_adjusted(&f.ctx(), &Classified::new(op()), loosen_default);
+    assert_eq!(got.verdict, Verdict::Deny, "{got:?}");
+    // Without the hook the adjustment applies to the policy's decision.
+    let f = fixture(
+        Decision::deny("default", "no rule matched"),
+        Script::Never,
+        Pipeline::no_hooks(),
+    );
+    let got = f
+        .gate
+        .decide_adjusted(&f.ctx(), &Classified::new(op()), loosen_default);
+    assert_eq!(
+        (got.verdict, got.rule_id.as_str()),
+        (Verdict::Allow, "discovery")
+    );
+}

@@ -592,28 +592,31 @@ impl ConnCtx {
         if let Some(cmd) = &op.command {
             classified = classified.with_facts(gatehouse_core::command::ExecFacts::of(cmd));
         }
-        let decision = self
-            .proxy
+        // The built-in defaults adjust the policy's own `default` verdict, before any hook
+        // sees it: a hook's decision is never loosened.
+        let adjust = |decision: Decision| {
+            let by_default = decision.rule_id == "default";
+            if by_default
+                && decision.verdict != Verdict::Allow
+                && op.resource.is_empty()
+                && matches!(op.verb.as_str(), "get" | "head")
+            {
+                return Decision::allow(DISCOVERY_RULE, "discovery and non-resource reads");
+            }
+            if by_default && let Some(why) = sensitive {
+                return tighten(
+                    &decision,
+                    Decision::deny(
+                        SENSITIVE_RULE,
+                        format!("{why} needs an explicit allow rule"),
+                    ),
+                );
+            }
+            decision
+        };
+        self.proxy
             .gate
-            .decide(&Self::gate_ctx(ctx, target), &classified);
-        let by_default = decision.rule_id == "default";
-        if by_default
-            && decision.verdict != Verdict::Allow
-            && op.resource.is_empty()
-            && matches!(op.verb.as_str(), "get" | "head")
-        {
-            return Decision::allow(DISCOVERY_RULE, "discovery and non-resource reads");
-        }
-        if by_default && let Some(why) = sensitive {
-            return tighten(
-                &decision,
-                Decision::deny(
-                    SENSITIVE_RULE,
-                    format!("{why} needs an explicit allow rule"),
-                ),
-            );
-        }
-        decision
+            .decide_adjusted(&Self::gate_ctx(ctx, target), &classified, adjust)
     }
 
     async fn operate(
