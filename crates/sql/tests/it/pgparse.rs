@@ -622,3 +622,22 @@ fn operator_classes_are_collected() {
     assert!(info.opclasses.contains("my_ops"), "{:?}", info.opclasses);
     assert!(one("SELECT 1 FROM t").opclasses.is_empty());
 }
+
+/// psql's `\d table` reads extended statistics, triggers, rules and partition keys through the
+/// catalog deparsers: those calls change nothing and must not be held as opaque.
+#[test]
+fn psql_describe_queries_are_not_opaque() {
+    for sql in [
+        "SELECT oid, stxrelid::pg_catalog.regclass, stxnamespace::pg_catalog.regnamespace::pg_catalog.text AS nsp, stxname,\n  pg_catalog.pg_get_statisticsobjdef_columns(oid) AS columns,\n  'd' = any(stxkind) AS ndist_enabled\nFROM pg_catalog.pg_statistic_ext\nWHERE stxrelid = '16385'\nORDER BY nsp, stxname;",
+        "SELECT t.tgname, pg_catalog.pg_get_triggerdef(t.oid, true), t.tgenabled FROM pg_catalog.pg_trigger t WHERE t.tgrelid = '16385'",
+        "SELECT pg_catalog.pg_get_partkeydef('16385'::pg_catalog.oid)",
+        "SELECT r.rulename, trim(trailing ';' from pg_catalog.pg_get_ruledef(r.oid, true)) FROM pg_catalog.pg_rewrite r WHERE r.ev_class = '16385'",
+        "SELECT pg_catalog.pg_get_function_result(p.oid), pg_catalog.pg_get_function_arguments(p.oid) FROM pg_catalog.pg_proc p",
+    ] {
+        let s = one(sql);
+        assert!(!s.has(Risk::OpaqueCode), "{sql}: {:?}", s.opaque_reasons);
+    }
+    // Still opaque: anything not reviewed as side-effect-free.
+    assert!(!is_safe_function("pg_notify"));
+    assert!(one("SELECT pg_catalog.pg_notify('c', 'x')").has(Risk::OpaqueCode));
+}
