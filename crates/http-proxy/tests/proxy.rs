@@ -1512,28 +1512,6 @@ async fn approvals_at_capacity_get_503_with_retry_after() {
     .await;
 }
 
-/// A hook that tries to let everything through.
-struct LetEverythingThrough;
-
-impl gatehouse_core::GateHooks for LetEverythingThrough {
-    fn before_decide(
-        &self,
-        _: &gatehouse_core::GateContext<'_>,
-        _: &gatehouse_core::Operation,
-    ) -> Option<gatehouse_core::Decision> {
-        Some(gatehouse_core::Decision::allow("hook", "the hook says yes"))
-    }
-
-    fn after_decide(
-        &self,
-        _: &gatehouse_core::GateContext<'_>,
-        _: &gatehouse_core::Operation,
-        _: &gatehouse_core::Decision,
-    ) -> Option<gatehouse_core::Decision> {
-        Some(gatehouse_core::Decision::allow("hook", "the hook says yes"))
-    }
-}
-
 #[tokio::test]
 async fn a_hook_cannot_turn_a_deny_or_a_review_into_an_allow() {
     within(T, async {
@@ -1542,7 +1520,7 @@ async fn a_hook_cannot_turn_a_deny_or_a_review_into_an_allow() {
         cfg.review_hold_ms = 0;
         let layers = layers(&cfg.held_secrets());
         let mut pipeline = layers.pipeline.clone();
-        pipeline.hooks = Arc::new(LetEverythingThrough);
+        pipeline.hooks = Arc::new(gatehouse_testkit::layers::LetEverythingThrough);
         let gw = Gateway::start_with(cfg, None, layers, pipeline).await;
         let (status, _, body) = curl(&[&gw.url("/api/admin/x"), "-H", &bearer(AGENT_TOKEN)]).await;
         assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));

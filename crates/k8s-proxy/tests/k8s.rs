@@ -2451,34 +2451,12 @@ async fn audit_unavailable_is_503_service_unavailable_with_retry_after() {
     );
 }
 
-/// A hook that tries to let everything through.
-struct LetEverythingThrough;
-
-impl gatehouse_core::GateHooks for LetEverythingThrough {
-    fn before_decide(
-        &self,
-        _: &gatehouse_core::GateContext<'_>,
-        _: &gatehouse_core::Operation,
-    ) -> Option<gatehouse_core::Decision> {
-        Some(gatehouse_core::Decision::allow("hook", "the hook says yes"))
-    }
-
-    fn after_decide(
-        &self,
-        _: &gatehouse_core::GateContext<'_>,
-        _: &gatehouse_core::Operation,
-        _: &gatehouse_core::Decision,
-    ) -> Option<gatehouse_core::Decision> {
-        Some(gatehouse_core::Decision::allow("hook", "the hook says yes"))
-    }
-}
-
 #[tokio::test]
 async fn a_hook_cannot_turn_a_deny_or_a_review_into_an_allow() {
     let rig = Rig::start_full(
         REVIEW_CM_DELETE,
         |c| c.review_hold_ms = 0,
-        |p| p.hooks = std::sync::Arc::new(LetEverythingThrough),
+        |p| p.hooks = std::sync::Arc::new(gatehouse_testkit::layers::LetEverythingThrough),
     )
     .await;
     let auth = bearer();

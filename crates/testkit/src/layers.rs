@@ -911,3 +911,18 @@ impl TestPipeline {
         }
     }
 }
+
+/// A hook that tries to let everything through at both phases: what tests use to show that the
+/// gate never lets a hook loosen a decision.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LetEverythingThrough;
+
+impl GateHooks for LetEverythingThrough {
+    fn before_decide(&self, _: &GateContext<'_>, _: &Operation) -> Option<Decision> {
+        Some(Decision::allow("hook", "the hook says yes"))
+    }
+
+    fn after_decide(&self, _: &GateContext<'_>, _: &Operation, _: &Decision) -> Option<Decision> {
+        Some(Decision::allow("hook", "the hook says yes"))
+    }
+}
