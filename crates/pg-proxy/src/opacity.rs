@@ -61,6 +61,12 @@ impl ReadyTracker {
         self.sent.load(Ordering::SeqCst)
     }
 
+    /// Whether the server has answered group `group`, or the group is not queued upstream yet
+    /// (so there is no answer to wait for).
+    pub(crate) fn answered_or_unsent(&self, group: u64) -> bool {
+        self.answered.load(Ordering::SeqCst) >= group || self.sent_count() < group
+    }
+
     /// Group `group` (1-based) was answered and the session was idle outside a transaction
     /// block at the latest answer.
     fn settled_after(&self, group: u64) -> bool {
@@ -271,6 +277,11 @@ impl SessionOpacity {
         if let Some(catalog) = catalog {
             self.mark_unsettled(ready, catalog.opacity());
         }
+    }
+
+    /// The sync group after whose answer this session may settle, while it is unsettled.
+    pub(crate) fn unsettled_group(&self) -> Option<u64> {
+        self.unsettled.as_ref().map(|(g, _)| *g)
     }
 
     fn mark_unsettled(&mut self, ready: &ReadyTracker, target: &TargetOpacity) {

@@ -1162,6 +1162,15 @@ impl Frontend {
         let opaque = if function_call {
             Vec::new()
         } else {
+            // A client may send its next statement as soon as it reads an error, before the
+            // ReadyForQuery that ends the group has passed the gateway: wait for that answer
+            // rather than decide as if the earlier statement were still running. (If the
+            // session ends meanwhile, the statement is decided as unsettled: fail closed.)
+            if let Some(group) = self.opacity.unsettled_group() {
+                let _ = self
+                    .wait_for(move |sh| sh.ready.answered_or_unsent(group))
+                    .await;
+            }
             let catalog = self.proxy.catalogs.get(&self.ctx.target.name);
             self.opacity.reasons(catalog, &self.shared.ready, op).await
         };

@@ -783,3 +783,55 @@ async fn operators_with_user_code_are_opaque() {
     })
     .await;
 }
+
+/// A refused statement that may change stored code, with the next statement pipelined behind
+/// it in the same write: the next one waits for the server's answer to the first (which ends
+/// it, idle) instead of being decided as if the first were still running. (A client that sends
+/// its next statement as soon as it reads an error races the same way.) Inside a transaction
+/// block the next statement stays opaque until the block ends.
+#[tokio::test]
+async fn a_statement_pipelined_behind_refused_ddl_waits_for_its_answer() {
+    use crate::raw::{Message, RawClient, query, tags};
+    fn texts(m: &[Message]) -> Vec<String> {
+        m.iter()
+            .filter(|m| m.tag == b'E')
+            .filter_map(|m| m.field(b'M'))
+            .collect()
+    }
+    within(T, async {
+        let h = start(strict()).await;
+        h.db.psql(&format!("SET ROLE \"{}\"; {USER_TYPES}", h.role))
+            .unwrap();
+        let mut c = RawClient::connect(h.port).await;
+        let mut both = query("create table spans3 (r span)");
+        both.extend(query("select '[1,2]'::numrange, 1::int, 'a'::text"));
+        c.send(&both).await;
+        let first = texts(&c.until_ready().await);
+        assert_eq!(first.len(), 1, "{first:?}");
+        assert!(first[0].contains("span_diff"), "{first:?}");
+        let second = c.until_ready().await;
+        assert!(texts(&second).is_empty(), "{:?}", texts(&second));
+        assert!(
+            tags(&second).iter().any(|t| t == "SELECT 1"),
+            "{:?}",
+            tags(&second)
+        );
+        // In a transaction block: DDL that may attach code runs, and the statement pipelined
+        // behind it is opaque, whatever the answer's timing: the block has not ended.
+        let mut block =
+            query("begin; create table copied2 (like defaults_code including defaults)");
+        block.extend(query("insert into copied2 (id) values (1)"));
+        c.send(&block).await;
+        let first = c.until_ready().await;
+        assert!(texts(&first).is_empty(), "{:?}", texts(&first));
+        let second = texts(&c.until_ready().await);
+        assert!(
+            second.len() == 1 && second[0].contains("has not ended"),
+            "{second:?}"
+        );
+        c.send(&query("rollback")).await;
+        c.until_ready().await;
+        assert_eq!(victims(&h), "5");
+    })
+    .await;
+}
