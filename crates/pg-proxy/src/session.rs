@@ -2111,7 +2111,13 @@ impl Frontend {
                     )
                     .await
                 {
-                    Verdicted::Allowed(_) => None,
+                    Verdicted::Allowed(decision) => {
+                        // Its rows are masked as the statement it runs (no protocol Parse of
+                        // the name exists for the backend half to take them from).
+                        shown =
+                            Some(self.stmt_ctx(index, &p.text, Some(&decision), p.info.as_ref()));
+                        None
+                    }
                     other => Some((index, verdict_deny(other))),
                 }
             }

@@ -232,3 +232,51 @@ async fn rows_of_an_executed_prepared_statement_are_masked_as_that_statement() {
     })
     .await;
 }
+
+/// A statement prepared with SQL `PREPARE` and run through the extended protocol (Bind of its
+/// name, with or without a Describe of the portal, then Execute), as drivers do with a name
+/// they did not parse themselves: rows come back masked as that statement's, and the session
+/// stays usable.
+#[tokio::test]
+async fn a_sql_prepared_name_bound_and_executed_returns_its_rows_masked() {
+    gatehouse_testkit::within(T, async {
+        let h = start(Options {
+            masker: gatehouse_testkit::layers::LiteralMasker::new()
+                .column("public.customers.email"),
+            policy: kind_policy(&[], &[], 1_000),
+            setup_sql: "CREATE TABLE customers (id int, email text);
+                INSERT INTO customers VALUES (1, 'ann@example.com'), (2, 'bob@example.com');",
+            ..Options::default()
+        })
+        .await;
+        let mut raw = RawClient::connect(h.port).await;
+        raw.send(&query(
+            "prepare sel(int) as select id + $1 as n, upper(email) as e from customers order by id",
+        ))
+        .await;
+        assert!(errors(&raw.until_ready().await).is_empty());
+        for describe in [true, false] {
+            let mut msgs = vec![bind("", "sel", &["40"])];
+            if describe {
+                msgs.push(describe_portal(""));
+            }
+            msgs.extend([execute(""), sync()]);
+            raw.send(&msgs.concat()).await;
+            let got = raw.until_ready().await;
+            assert!(errors(&got).is_empty(), "{:?}", errors(&got));
+            let t: Vec<u8> = got.iter().map(|m| m.tag).collect();
+            let want: &[u8] = if describe { b"2TDDCZ" } else { b"2DDCZ" };
+            assert_eq!(t, want, "{got:?}");
+            let rows: Vec<String> = got
+                .iter()
+                .filter(|m| m.tag == b'D')
+                .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+                .collect();
+            assert!(rows[0].contains("41") && rows[1].contains("42"), "{rows:?}");
+            assert!(rows.iter().all(|r| !r.contains('@')), "{rows:?}");
+        }
+        raw.send(&query("select 1")).await;
+        assert!(errors(&raw.until_ready().await).is_empty());
+    })
+    .await;
+}
