@@ -19,7 +19,10 @@
 //!   statement, any DDL but plain DDL whose functions and types were vetted — see
 //!   `gatehouse_sql::StatementInfo::plain_ddl`), every later statement of the session that
 //!   names a function, a table or a type is opaque until the server reports the session idle
-//!   outside a transaction block after it; then the cache is dropped. Plain DDL (a `CREATE
+//!   outside a transaction block after it; then the cache is dropped. A statement decided
+//!   after that group was sent upstream first waits for its answer (the session's
+//!   `evaluate`), so a client that pipelines, or sends as soon as it reads an error, is not
+//!   refused for a race. Plain DDL (a `CREATE
 //!   TABLE` of columns of vetted types, a sequence, a btree index) cannot attach code, so what
 //!   the side connection does not see of it runs none.
 //! - Answers are cached per session and dropped when any session of the target runs DDL or
