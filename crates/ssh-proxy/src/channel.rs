@@ -31,6 +31,10 @@ use crate::{EXIT_APPROVAL_TIMED_OUT, EXIT_DENIED, EXIT_GATEWAY_ERROR, EXIT_UNAVA
 const MAX_EARLY_INPUT: usize = 1024 * 1024;
 /// Findings kept per operation result (the rest are counted in the message only).
 const MAX_FINDINGS: usize = 1000;
+/// How long the target's EOF is held back waiting for its exit status (see `OutputPump::run`):
+/// a command that closes its output and keeps running gets its EOF passed on after this, so a
+/// client waiting for that EOF before it ends its input cannot deadlock with it.
+const EOF_HOLD: Duration = Duration::from_secs(5);
 
 type SharedSink = Arc<Mutex<Option<Box<dyn RecordingSink>>>>;
 
@@ -812,12 +816,20 @@ impl OutputPump {
         };
         let mut total_findings = 0usize;
         let mut flush_at: Option<tokio::time::Instant> = None;
+        // The target's EOF, held until its exit status is passed on (until when).
+        let mut eof_held: Option<tokio::time::Instant> = None;
         let mut confirmed = false;
         let mut buf = Vec::with_capacity(64 * 1024);
         let result: Result<(), Stop> = async {
             loop {
                 let idle = async {
                     match flush_at {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let hold_over = async {
+                    match eof_held {
                         Some(t) => tokio::time::sleep_until(t).await,
                         None => std::future::pending().await,
                     }
@@ -829,6 +841,11 @@ impl OutputPump {
                         for which in [Stream::Stdout, Stream::Stderr] {
                             self.drain(&mut streams, which, Drain::Flush, &mut buf, &mut summary, &mut total_findings).await?;
                         }
+                        continue;
+                    }
+                    _ = hold_over => {
+                        eof_held = None;
+                        let _ = self.to_client.eof().await;
                         continue;
                     }
                 };
@@ -843,11 +860,19 @@ impl OutputPump {
                             flush_at = Some(tokio::time::Instant::now() + self.idle_flush);
                         }
                     }
+                    // The target (OpenSSH's sshd) sends EOF when the command's output ends, and
+                    // the exit status when it has reaped the command, often a little later.
+                    // Passed on in that order, a client may close before the status arrives:
+                    // OpenSSH's ControlMaster closes a multiplexed session channel once both
+                    // sides sent EOF, and russh answers a close at once, so the status would
+                    // be dropped and the multiplexed `ssh` exit 255. sshd itself answers a
+                    // close only after the exit status; here the EOF waits for the status
+                    // instead (bounded by `EOF_HOLD`), so the client has it before it can close.
                     Some(ChannelMsg::Eof) => {
                         for which in [Stream::Stdout, Stream::Stderr] {
                             self.drain(&mut streams, which, Drain::Finish, &mut buf, &mut summary, &mut total_findings).await?;
                         }
-                        let _ = self.to_client.eof().await;
+                        eof_held = Some(tokio::time::Instant::now() + EOF_HOLD);
                     }
                     Some(ChannelMsg::ExitStatus { exit_status }) => {
                         for which in [Stream::Stdout, Stream::Stderr] {
@@ -855,6 +880,9 @@ impl OutputPump {
                         }
                         summary.status = exit_status.to_string();
                         let _ = self.to_client.exit_status(exit_status).await;
+                        if eof_held.take().is_some() {
+                            let _ = self.to_client.eof().await;
+                        }
                     }
                     Some(ChannelMsg::ExitSignal { signal_name, core_dumped, error_message, lang_tag }) => {
                         for which in [Stream::Stdout, Stream::Stderr] {
@@ -865,6 +893,9 @@ impl OutputPump {
                             .handle
                             .exit_signal_request(self.to_client.id(), signal_name, core_dumped, error_message, lang_tag)
                             .await;
+                        if eof_held.take().is_some() {
+                            let _ = self.to_client.eof().await;
+                        }
                     }
                     Some(ChannelMsg::Success) => confirmed = true,
                     Some(ChannelMsg::Failure) if !confirmed => {
@@ -880,6 +911,10 @@ impl OutputPump {
             }
             for which in [Stream::Stdout, Stream::Stderr] {
                 self.drain(&mut streams, which, Drain::Finish, &mut buf, &mut summary, &mut total_findings).await?;
+            }
+            // The target closed without an exit status.
+            if eof_held.take().is_some() {
+                let _ = self.to_client.eof().await;
             }
             Ok(())
         }

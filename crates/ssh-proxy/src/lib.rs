@@ -16,6 +16,8 @@
 //!     remote, agent, X11, Unix-socket and tun forwarding, unknown channel types → refused
 //!       whatever the policy, recorded with the decision (vendor/russh adds the hook for the last)
 //!     stdout, stderr → StreamMasker (idle flush) → EgressGuard → client and recording
+//!     the target's exit status before its EOF (the EOF waits for it, at most 5 s), so a
+//!       client that closes on EOF (OpenSSH's ControlMaster) still gets it
 //!   Recorder: SessionStart, each Operation + Decision, approvals, results (exit status, findings),
 //!     recordings (exec output; terminals as asciicast frames with input and resizes), SessionEnd
 //! ```

@@ -74,6 +74,69 @@ async fn exec_output_and_exit_statuses_propagate() {
     );
 }
 
+/// Exit statuses through a shared connection (`ssh -M`, then `ssh -S`). The master closes a
+/// multiplexed session channel as soon as both sides have sent EOF, without waiting for the
+/// exit status; what it has not received by then, its client reports as 255. So the gateway
+/// sends the exit status before the EOF, also when the target sends them the other way round
+/// (a command that closes its output before it exits: the target's EOF, then a pause, then
+/// the exit status).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_statuses_reach_a_multiplexed_client_also_when_the_output_ends_first() {
+    let gw = start(Options::default()).await;
+    let control = gw.dir.path().join("ctl.sock");
+    let control_opt = format!("ControlPath={}", control.display());
+    let mut master = tokio::process::Command::new("ssh");
+    master
+        .args(gw.ssh_options())
+        .args(["-M", "-N", "-o", &control_opt, "-o", "ControlPersist=no"])
+        .arg(format!("{TARGET}@127.0.0.1"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .kill_on_drop(true);
+    gw.askpass_env(&mut master);
+    let mut master = master.spawn().expect("ssh");
+    // The master listens on its control socket once it is logged in.
+    within(LIMIT, async {
+        while !control.exists() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let mut runs = Vec::new();
+    for command in [
+        "echo out; exit 3",
+        "echo out; exec >&- 2>&-; sleep 1; exit 4",
+    ] {
+        runs.push(
+            gw.ssh_with(
+                &["-o", &control_opt, "-o", "ControlMaster=no"],
+                &format!("{TARGET}@127.0.0.1"),
+                command,
+                b"",
+            )
+            .await,
+        );
+    }
+    let _ = master.start_kill();
+    let _ = within(LIMIT, master.wait()).await;
+    for (run, status) in runs.iter().zip([3, 4]) {
+        assert_eq!(run.stdout_text(), "out\n", "{run:?}");
+        assert_eq!(run.status, Some(status), "{run:?}");
+    }
+    let recorder = gw.shutdown().await;
+    let statuses: Vec<String> = results(&recorder).into_iter().map(|r| r.status).collect();
+    assert_eq!(statuses, ["3", "4"]);
+    // Both ran through the master's one connection.
+    let starts = recorder
+        .events()
+        .iter()
+        .filter(|e| matches!(e.body, EventBody::SessionStart { .. }))
+        .count();
+    assert_eq!(starts, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stdin_is_piped_through() {
     let gw = start(Options::default()).await;

@@ -35,6 +35,8 @@ pub fn decode_pkcs5(
         }
         #[cfg(not(feature = "rsa"))]
         {
+            // Deciphered but not decodable without the `rsa` feature.
+            let _ = sec;
             Err(Error::UnsupportedKeyType {
                 key_type_string: "RSA".to_string(),
                 key_type_raw: vec![],
