@@ -18,9 +18,9 @@ for r in $(seq "$ROUNDS"); do
     echo "== round $r, build $who (load $(cut -d' ' -f1-3 /proc/loadavg))"
     GATEHOUSE_BENCH_GATEWAY=$bin BENCH_MODES=fsync bash "$HERE/run.sh" "$DUR" | tee "$OUT/$r-$who.txt" |
       awk -v who="$who" '
-        $1 == "direct" { d = $(NF-2) }
-        $1 == "nginx" { n = $(NF-2) }
-        $1 == "gw-fsync" { g = $(NF-2); rps = $2 }
+        $1 == "direct" && $3 == "req/s" { d = $(NF-2) }
+        $1 == "nginx" && $3 == "req/s" { n = $(NF-2) }
+        $1 == "gw-fsync" && $3 == "req/s" { g = $(NF-2); rps = $2 }
         END { print who, g, n - d, rps }' >> "$OUT/cpu"
   done
 done
