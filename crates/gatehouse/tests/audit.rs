@@ -361,6 +361,68 @@ fn a_closed_log_is_sealed_and_every_edit_of_its_end_fails() {
         assert_eq!(code, 1, "{text}");
         assert!(text.contains("UnsignedAfterSeal"), "{text}");
     }
+
+    // The seal record itself, edited and re-hashed: every byte of it is signed.
+    type PayloadEdit = fn(&str) -> String;
+    let seal_edits: [(&str, PayloadEdit, &str); 3] = [
+        (
+            "a member added to the seal's body",
+            |p| {
+                p.replacen(
+                    "\"sealed\":true",
+                    "\"sealed\":true,\"closed_by\":\"ops\"",
+                    1,
+                )
+            },
+            "unknown field `closed_by`",
+        ),
+        (
+            "a member added to the seal record",
+            |p| format!("{p},\"reason\":\"maintenance\""),
+            "unknown field `reason`",
+        ),
+        (
+            "the seal record's time changed",
+            |p| {
+                let start = p.find("\"time\":\"").unwrap() + 8;
+                let end = start + p[start..].find('"').unwrap();
+                format!("{}2020-01-01T00:00:00Z{}", &p[..start], &p[end..])
+            },
+            "is not the signed time",
+        ),
+    ];
+    for (what, edit, says) in seal_edits {
+        let copy = tempfile::tempdir().unwrap();
+        copy_dir(&data, copy.path());
+        edit_last_record(copy.path(), edit);
+        for w in [Some(witness.as_path()), None] {
+            let (code, text) = verify(copy.path(), w, &key);
+            assert_eq!(code, 1, "{what}: {text}");
+            assert!(text.contains("UnsignedContent"), "{what}: {text}");
+            assert!(text.contains(says), "{what}: {text}");
+        }
+    }
+}
+
+/// Replaces the last record's payload by `edit(payload)` and recomputes its hash, as someone
+/// holding the audit directory (not the key) can.
+fn edit_last_record(data: &Path, edit: impl Fn(&str) -> String) {
+    let lines = all_lines(data);
+    let (seg, last) = lines.last().unwrap();
+    let p = parse_line(last).unwrap();
+    assert_eq!(p.kind, RecordKind::Seal);
+    let payload = edit(std::str::from_utf8(p.payload).unwrap());
+    let bytes = std::fs::read(seg).unwrap();
+    let mut out = bytes[..bytes.len() - last.len() - 1].to_vec();
+    encode_line(
+        &mut out,
+        "gw1",
+        p.sequence,
+        p.kind,
+        &p.prev,
+        payload.as_bytes(),
+    );
+    std::fs::write(seg, out).unwrap();
 }
 
 #[test]

@@ -115,6 +115,13 @@ pub trait SegmentFile: Send + Debug {
     fn sync_handle(&self) -> io::Result<Option<Box<dyn SegmentSync>>> {
         Ok(None)
     }
+    /// Whether the segment's name still leads to the file this handle writes: `Some(what was
+    /// found)` when it does not (another file renamed over it, or the name removed), so that
+    /// what is appended through this handle would not be in the log. `None`: it does, or the
+    /// store cannot tell.
+    fn displaced(&self) -> io::Result<Option<String>> {
+        Ok(None)
+    }
 }
 
 /// Makes a segment's data durable (fdatasync) without holding its [`SegmentFile`].
@@ -179,11 +186,9 @@ impl SegmentStore for LocalSegmentStore {
     }
 
     fn open_append(&self, name: &str) -> io::Result<Box<dyn SegmentFile>> {
-        let file = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(self.path(name)?)?;
-        Ok(Box::new(LocalSegmentFile { file }))
+        let path = self.path(name)?;
+        let file = OpenOptions::new().append(true).create(true).open(&path)?;
+        Ok(Box::new(LocalSegmentFile { file, path }))
     }
 
     fn remove(&self, name: &str) -> io::Result<()> {
@@ -226,6 +231,8 @@ impl SegmentStore for LocalSegmentStore {
 #[derive(Debug)]
 struct LocalSegmentFile {
     file: File,
+    /// The name it was opened by (to notice another file renamed over it).
+    path: PathBuf,
 }
 
 impl SegmentFile for LocalSegmentFile {
@@ -248,6 +255,31 @@ impl SegmentFile for LocalSegmentFile {
     fn sync_handle(&self) -> io::Result<Option<Box<dyn SegmentSync>>> {
         // A second descriptor of the same open file: fdatasync through it covers every append.
         Ok(Some(Box::new(self.file.try_clone()?)))
+    }
+
+    fn displaced(&self) -> io::Result<Option<String>> {
+        use std::os::unix::fs::MetadataExt as _;
+        let open = self.file.metadata()?;
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(at) if at.dev() == open.dev() && at.ino() == open.ino() => Ok(None),
+            Ok(at) => Ok(Some(format!(
+                "{} is now another file (device {}, inode {}, {} bytes) than the one the gateway writes (device {}, inode {}, {} bytes): a file was renamed over it",
+                self.path.display(),
+                at.dev(),
+                at.ino(),
+                at.len(),
+                open.dev(),
+                open.ino(),
+                open.len()
+            ))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Some(format!(
+                "{} no longer exists (renamed away or deleted) while the gateway writes it (device {}, inode {})",
+                self.path.display(),
+                open.dev(),
+                open.ino()
+            ))),
+            Err(e) => Err(e),
+        }
     }
 }
 
