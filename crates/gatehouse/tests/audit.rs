@@ -1153,7 +1153,8 @@ fn a_recording_replaced_by_a_fifo_fails_verification_without_hanging() {
     let (code, text) = verify(&data, None, &key);
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("not a regular file (a directory)"), "{text}");
-    // A segment or a witnessed checkpoint replaced by a FIFO stops the run (exit 2), naming it.
+    // A segment replaced by a FIFO stops the run (exit 2), naming it; a witnessed checkpoint
+    // replaced by one fails verification (exit 1: the witness was tampered with), naming it.
     let segment = segments(&data).pop().unwrap();
     std::fs::remove_file(&segment).unwrap();
     nix::unistd::mkfifo(&segment, nix::sys::stat::Mode::S_IRWXU).unwrap();
@@ -1168,9 +1169,9 @@ fn a_recording_replaced_by_a_fifo_fails_verification_without_hanging() {
     )
     .unwrap();
     let (code, text) = verify(&data, Some(&dir.path().join("witness")), &key);
-    assert_eq!(code, 2, "{text}");
+    assert_eq!(code, 1, "{text}");
     assert!(
-        text.contains("00000000000000000001.checkpoint.json: not a regular file (a FIFO)"),
+        text.contains("00000000000000000001.checkpoint.json is not a regular file (a FIFO)"),
         "{text}"
     );
 }
@@ -1531,4 +1532,128 @@ fn recordings_in_object_storage_are_read_back_and_checked() {
         text.contains("UNSEALED: recording s3://gatehouse/recordings/planted/0.jsonl"),
         "{text}"
     );
+}
+
+/// `gatehouse audit verify --witness`: a witness directory holding anything the witness does not
+/// write (a FIFO, a symbolic link, a misnamed or unexpected entry) fails verification (exit 1)
+/// naming it, never answers 0 and never hangs; and each exit status means what the CLI help and
+/// `docs/audit-schema.md` say: 0 verified and sealed, 3 verified up to a checkpoint, 1 failed,
+/// 2 could not run.
+#[test]
+fn a_witness_with_entries_it_never_writes_fails_and_every_exit_status_is_as_documented() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let gw = start(&config);
+    gw.knock(30);
+    gw.stop();
+    let data = dir.path().join("data");
+    let witness = dir.path().join("witness");
+    let key = public_key(dir.path());
+    let (code, text) = verify(&data, Some(&witness), &key);
+    assert_eq!(code, 0, "{text}");
+    let mut held: Vec<PathBuf> = std::fs::read_dir(witness.join("gw1"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    held.sort();
+    assert!(held.len() >= 2, "{held:?}");
+    let first = held[0].file_name().unwrap().to_str().unwrap().to_owned();
+    let fifo = |p: &Path| nix::unistd::mkfifo(p, nix::sys::stat::Mode::S_IRWXU).unwrap();
+
+    type Edit = Box<dyn Fn(&Path)>;
+    let f = first.clone();
+    let g = first.clone();
+    let h = first.clone();
+    let original = witness.join("gw1");
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        (
+            "the log's directory replaced by a FIFO",
+            Box::new(move |w: &Path| {
+                std::fs::remove_dir_all(w.join("gw1")).unwrap();
+                fifo(&w.join("gw1"));
+            }),
+            "unexpected entry",
+        ),
+        (
+            "a checkpoint file replaced by a FIFO",
+            Box::new(move |w: &Path| {
+                let p = w.join("gw1").join(&f);
+                std::fs::remove_file(&p).unwrap();
+                fifo(&p);
+            }),
+            "not a regular file (a FIFO)",
+        ),
+        (
+            "a checkpoint file renamed out of the witness's names",
+            Box::new(move |w: &Path| {
+                let p = w.join("gw1").join(&g);
+                std::fs::rename(&p, p.with_extension("json.bak")).unwrap();
+            }),
+            "unexpected entry",
+        ),
+        (
+            "a checkpoint file renamed to another sequence",
+            Box::new(move |w: &Path| {
+                let p = w.join("gw1").join(&h);
+                std::fs::rename(&p, w.join("gw1/00000000000000099999.checkpoint.json")).unwrap();
+            }),
+            "misnamed",
+        ),
+        (
+            "the log's directory renamed",
+            Box::new(|w: &Path| std::fs::rename(w.join("gw1"), w.join("gw1-old")).unwrap()),
+            "misnamed",
+        ),
+        (
+            "the log's directory replaced by a symbolic link",
+            Box::new(move |w: &Path| {
+                std::fs::remove_dir_all(w.join("gw1")).unwrap();
+                std::os::unix::fs::symlink(&original, w.join("gw1")).unwrap();
+            }),
+            "a symbolic link",
+        ),
+    ];
+    for (what, edit, says) in cases {
+        let copy = tempfile::tempdir().unwrap();
+        copy_dir(&witness, copy.path());
+        edit(copy.path());
+        let (code, text) = verify(&data, Some(copy.path()), &key);
+        assert_eq!(code, 1, "{what}: {text}");
+        assert!(text.contains("audit verification failed"), "{what}: {text}");
+        assert!(text.contains(says), "{what}: {text}");
+    }
+    // The temporary file of an interrupted witness write is passed over.
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(&witness, copy.path());
+    std::fs::write(copy.path().join(format!("gw1/.{first}.tmp")), b"{").unwrap();
+    let (code, text) = verify(&data, Some(copy.path()), &key);
+    assert_eq!(code, 0, "{text}");
+
+    // 3: verified up to the last checkpoint, not sealed (the seal cut off, no witness).
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(&data, copy.path());
+    remove_last(copy.path(), 1);
+    let (code, text) = verify(copy.path(), None, &key);
+    assert_eq!(code, 3, "{text}");
+    assert!(text.contains("NOT SEALED"), "{text}");
+    // 1: failed (the same cut, against the witness).
+    let (code, text) = verify(copy.path(), Some(&witness), &key);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("TruncatedTail"), "{text}");
+
+    // 2: could not run — a directory that does not exist (with or without a witness), a
+    // witness that is not a directory, a bad key.
+    let missing = dir.path().join("no-such-dir");
+    for w in [None, Some(witness.as_path())] {
+        let (code, text) = verify(&missing, w, &key);
+        assert_eq!(code, 2, "{text}");
+        assert!(text.contains("No such file or directory"), "{text}");
+    }
+    let pipe = dir.path().join("witness-fifo");
+    fifo(&pipe);
+    let (code, text) = verify(&data, Some(&pipe), &key);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("not a directory (a FIFO)"), "{text}");
+    let (code, text) = verify(&data, Some(&witness), "not-a-key");
+    assert_eq!(code, 2, "{text}");
 }

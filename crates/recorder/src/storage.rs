@@ -45,6 +45,11 @@ fn not_regular(t: std::fs::FileType) -> Option<&'static str> {
     }
 }
 
+/// What a file is, in words: "a regular file", "a FIFO", "a symbolic link", …
+pub fn file_kind(t: std::fs::FileType) -> &'static str {
+    not_regular(t).unwrap_or("a regular file")
+}
+
 /// Reads a file of the audit directory (a segment, a recording, a witnessed checkpoint, a public
 /// key) only if it is a regular file: a FIFO, a device, a socket, a directory or a symbolic link
 /// put in its place is refused (`InvalidData`, "not a regular file (a FIFO)") without being
