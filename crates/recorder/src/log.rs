@@ -1039,10 +1039,27 @@ impl Writer {
         }
         let msg = match self.file.displaced() {
             Ok(None) => return Ok(()),
-            Ok(Some(what)) => format!(
-                "segment {} was replaced behind the gateway's back: {what}; the records written since the last check are only in the file the gateway still holds open",
-                self.segment
-            ),
+            Ok(Some(what)) => {
+                // What this writer wrote is now only in the file it holds open: keep a copy.
+                let kept = match self.file.read_back() {
+                    Ok(Some(bytes)) => self
+                        .store
+                        .keep_displaced(&self.segment, &bytes)
+                        .map_err(|e| e.to_string()),
+                    Ok(None) => Ok(None),
+                    Err(e) => Err(format!("reading it back: {e}")),
+                };
+                format!(
+                    "segment {} was replaced behind the gateway's back: {what}; {}",
+                    self.segment,
+                    match kept {
+                        Ok(Some(k)) => format!("the gateway's own file was kept as {k}"),
+                        Ok(None) =>
+                            "the gateway's own file is only in the handle it holds open".to_owned(),
+                        Err(e) => format!("keeping the gateway's own file failed: {e}"),
+                    }
+                )
+            }
             Err(e) => format!(
                 "checking that segment {} is still in place: {e}",
                 self.segment

@@ -101,6 +101,13 @@ pub trait SegmentStore: Send + Sync + Debug {
         let _ = (name, offset, bytes);
         Ok(None)
     }
+    /// Keeps the bytes of the file this writer wrote as segment `name` after another file took
+    /// its name (see [`SegmentFile::displaced`]), durably, under a name that is not a segment
+    /// name. Answers that name; `None`: this store does not keep them.
+    fn keep_displaced(&self, name: &str, bytes: &[u8]) -> io::Result<Option<String>> {
+        let _ = (name, bytes);
+        Ok(None)
+    }
 }
 
 /// One segment open for appending.
@@ -125,6 +132,11 @@ pub trait SegmentFile: Send + Debug {
     /// what is appended through this handle would not be in the log. `None`: it does, or the
     /// store cannot tell.
     fn displaced(&self) -> io::Result<Option<String>> {
+        Ok(None)
+    }
+    /// Everything written to this file, read back through the open handle (also when its name
+    /// now leads elsewhere). `None`: the store cannot read it back.
+    fn read_back(&self) -> io::Result<Option<Vec<u8>>> {
         Ok(None)
     }
 }
@@ -192,7 +204,12 @@ impl SegmentStore for LocalSegmentStore {
 
     fn open_append(&self, name: &str) -> io::Result<Box<dyn SegmentFile>> {
         let path = self.path(name)?;
-        let file = OpenOptions::new().append(true).create(true).open(&path)?;
+        // Readable too, so that a file whose name was taken over can still be read back.
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)?;
         Ok(Box::new(LocalSegmentFile { file, path }))
     }
 
@@ -205,11 +222,22 @@ impl SegmentStore for LocalSegmentStore {
     }
 
     fn keep_foreign(&self, name: &str, offset: u64, bytes: &[u8]) -> io::Result<Option<String>> {
+        self.keep_as(name, &format!("{name}.foreign-{offset:020}"), bytes)
+    }
+
+    fn keep_displaced(&self, name: &str, bytes: &[u8]) -> io::Result<Option<String>> {
+        self.keep_as(name, &format!("{name}.displaced"), bytes)
+    }
+}
+
+impl LocalSegmentStore {
+    /// Writes `bytes` durably to a new file `base` (or `base.<n>` when taken) in the directory.
+    fn keep_as(&self, name: &str, base: &str, bytes: &[u8]) -> io::Result<Option<String>> {
         self.path(name)?;
         for n in 0..1000u32 {
             let kept = match n {
-                0 => format!("{name}.foreign-{offset:020}"),
-                n => format!("{name}.foreign-{offset:020}.{n}"),
+                0 => base.to_owned(),
+                n => format!("{base}.{n}"),
             };
             match OpenOptions::new()
                 .write(true)
@@ -228,7 +256,7 @@ impl SegmentStore for LocalSegmentStore {
         }
         Err(io::Error::new(
             io::ErrorKind::AlreadyExists,
-            format!("too many files keeping foreign bytes of {name}"),
+            format!("too many files named {base}"),
         ))
     }
 }
@@ -260,6 +288,15 @@ impl SegmentFile for LocalSegmentFile {
     fn sync_handle(&self) -> io::Result<Option<Box<dyn SegmentSync>>> {
         // A second descriptor of the same open file: fdatasync through it covers every append.
         Ok(Some(Box::new(self.file.try_clone()?)))
+    }
+
+    fn read_back(&self) -> io::Result<Option<Vec<u8>>> {
+        use std::os::unix::fs::FileExt as _;
+        let len = usize::try_from(self.file.metadata()?.len())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let mut bytes = vec![0u8; len];
+        self.file.read_exact_at(&mut bytes, 0)?;
+        Ok(Some(bytes))
     }
 
     fn displaced(&self) -> io::Result<Option<String>> {

@@ -749,8 +749,18 @@ async fn a_live_segment_replaced_by_a_rename_closes_the_log(durability: Durabili
         assert!(e.to_string().contains("audit log disabled"), "{e}");
     }
     assert!(within(30, log.close()).await.is_err());
-    // Nothing was chained onto the forged file, nor written into it.
-    assert_eq!(std::fs::read(&path).unwrap(), [before, forged].concat());
+    // Nothing was chained onto the forged file, nor written into it; the gateway's own file
+    // was kept beside it (not under a segment name).
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        [before.clone(), forged].concat()
+    );
+    let kept = format!("{segment}.displaced");
+    assert!(
+        text.contains(&format!("the gateway's own file was kept as {kept}")),
+        "{text}"
+    );
+    assert_eq!(std::fs::read(dir.path().join(&kept)).unwrap(), before);
 }
 
 #[tokio::test]
