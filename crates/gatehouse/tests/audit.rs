@@ -1657,3 +1657,75 @@ fn a_witness_with_entries_it_never_writes_fails_and_every_exit_status_is_as_docu
     let (code, text) = verify(&data, Some(&witness), "not-a-key");
     assert_eq!(code, 2, "{text}");
 }
+
+/// One authenticated request: the response's status line and body.
+fn request(gw: &Gateway, token: &str) -> String {
+    let mut s = TcpStream::connect(gw.http).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /api/x HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    resp
+}
+
+/// A forged file renamed over the segment the running gateway writes: the gateway notices at
+/// its next write, refuses operations as audit unavailable (503) saying why, keeps its own file
+/// beside the forged one, and does not seal the log on shutdown.
+#[test]
+fn a_live_segment_replaced_by_a_rename_makes_the_gateway_refuse_as_audit_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let gw = start(&config);
+    let token = token(dir.path());
+    let resp = request(&gw, &token);
+    assert!(
+        resp.starts_with("HTTP/1.1 ") && !resp.starts_with("HTTP/1.1 401"),
+        "{resp}"
+    );
+    let data = dir.path().join("data");
+    let witness = dir.path().join("witness");
+    // Wait until the gateway is quiet: everything signed and witnessed (no rotation pending).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !witnessed_to_the_end(&data, &witness) {
+        assert!(Instant::now() < deadline, "the log never went quiet");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let live = segments(&data).pop().unwrap();
+    let own = std::fs::read(&live).unwrap();
+    let forged = live.with_extension("forged");
+    std::fs::write(&forged, &own).unwrap();
+    std::fs::rename(&forged, &live).unwrap();
+
+    let resp = request(&gw, &token);
+    assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
+    assert!(resp.contains("audit_unavailable"), "{resp}");
+    // Every later operation too.
+    let resp = request(&gw, &token);
+    assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
+    let stderr = gw.stop();
+    let name = live.file_name().unwrap().to_str().unwrap().to_owned();
+    assert!(
+        stderr.iter().any(|l| l.contains(&format!(
+            "segment {name} was replaced behind the gateway's back"
+        )) && l.contains("a file was renamed over it")
+            && l.contains(&format!("kept as {name}.displaced"))),
+        "{stderr:?}"
+    );
+    assert!(
+        !stderr
+            .iter()
+            .any(|l| l.contains("audit log sealed at sequence")),
+        "{stderr:?}"
+    );
+    let kept = std::fs::read(live.with_file_name(format!("{name}.displaced"))).unwrap();
+    assert!(kept.starts_with(&own), "the gateway's own records are kept");
+    // The forged file is what the directory holds; the log is not sealed.
+    assert_eq!(std::fs::read(&live).unwrap(), own);
+    let (code, text) = verify(&data, Some(&witness), &public_key(dir.path()));
+    assert_ne!(code, 0, "{text}");
+    assert!(!text.contains(": SEALED"), "{text}");
+}
