@@ -361,6 +361,68 @@ fn a_closed_log_is_sealed_and_every_edit_of_its_end_fails() {
         assert_eq!(code, 1, "{text}");
         assert!(text.contains("UnsignedAfterSeal"), "{text}");
     }
+
+    // The seal record itself, edited and re-hashed: every byte of it is signed.
+    type PayloadEdit = fn(&str) -> String;
+    let seal_edits: [(&str, PayloadEdit, &str); 3] = [
+        (
+            "a member added to the seal's body",
+            |p| {
+                p.replacen(
+                    "\"sealed\":true",
+                    "\"sealed\":true,\"closed_by\":\"ops\"",
+                    1,
+                )
+            },
+            "unknown field `closed_by`",
+        ),
+        (
+            "a member added to the seal record",
+            |p| format!("{p},\"reason\":\"maintenance\""),
+            "unknown field `reason`",
+        ),
+        (
+            "the seal record's time changed",
+            |p| {
+                let start = p.find("\"time\":\"").unwrap() + 8;
+                let end = start + p[start..].find('"').unwrap();
+                format!("{}2020-01-01T00:00:00Z{}", &p[..start], &p[end..])
+            },
+            "is not the signed time",
+        ),
+    ];
+    for (what, edit, says) in seal_edits {
+        let copy = tempfile::tempdir().unwrap();
+        copy_dir(&data, copy.path());
+        edit_last_record(copy.path(), edit);
+        for w in [Some(witness.as_path()), None] {
+            let (code, text) = verify(copy.path(), w, &key);
+            assert_eq!(code, 1, "{what}: {text}");
+            assert!(text.contains("UnsignedContent"), "{what}: {text}");
+            assert!(text.contains(says), "{what}: {text}");
+        }
+    }
+}
+
+/// Replaces the last record's payload by `edit(payload)` and recomputes its hash, as someone
+/// holding the audit directory (not the key) can.
+fn edit_last_record(data: &Path, edit: impl Fn(&str) -> String) {
+    let lines = all_lines(data);
+    let (seg, last) = lines.last().unwrap();
+    let p = parse_line(last).unwrap();
+    assert_eq!(p.kind, RecordKind::Seal);
+    let payload = edit(std::str::from_utf8(p.payload).unwrap());
+    let bytes = std::fs::read(seg).unwrap();
+    let mut out = bytes[..bytes.len() - last.len() - 1].to_vec();
+    encode_line(
+        &mut out,
+        "gw1",
+        p.sequence,
+        p.kind,
+        &p.prev,
+        payload.as_bytes(),
+    );
+    std::fs::write(seg, out).unwrap();
 }
 
 #[test]
@@ -1091,7 +1153,8 @@ fn a_recording_replaced_by_a_fifo_fails_verification_without_hanging() {
     let (code, text) = verify(&data, None, &key);
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("not a regular file (a directory)"), "{text}");
-    // A segment or a witnessed checkpoint replaced by a FIFO stops the run (exit 2), naming it.
+    // A segment replaced by a FIFO stops the run (exit 2), naming it; a witnessed checkpoint
+    // replaced by one fails verification (exit 1: the witness was tampered with), naming it.
     let segment = segments(&data).pop().unwrap();
     std::fs::remove_file(&segment).unwrap();
     nix::unistd::mkfifo(&segment, nix::sys::stat::Mode::S_IRWXU).unwrap();
@@ -1106,9 +1169,9 @@ fn a_recording_replaced_by_a_fifo_fails_verification_without_hanging() {
     )
     .unwrap();
     let (code, text) = verify(&data, Some(&dir.path().join("witness")), &key);
-    assert_eq!(code, 2, "{text}");
+    assert_eq!(code, 1, "{text}");
     assert!(
-        text.contains("00000000000000000001.checkpoint.json: not a regular file (a FIFO)"),
+        text.contains("00000000000000000001.checkpoint.json is not a regular file (a FIFO)"),
         "{text}"
     );
 }
@@ -1469,4 +1532,200 @@ fn recordings_in_object_storage_are_read_back_and_checked() {
         text.contains("UNSEALED: recording s3://gatehouse/recordings/planted/0.jsonl"),
         "{text}"
     );
+}
+
+/// `gatehouse audit verify --witness`: a witness directory holding anything the witness does not
+/// write (a FIFO, a symbolic link, a misnamed or unexpected entry) fails verification (exit 1)
+/// naming it, never answers 0 and never hangs; and each exit status means what the CLI help and
+/// `docs/audit-schema.md` say: 0 verified and sealed, 3 verified up to a checkpoint, 1 failed,
+/// 2 could not run.
+#[test]
+fn a_witness_with_entries_it_never_writes_fails_and_every_exit_status_is_as_documented() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let gw = start(&config);
+    gw.knock(30);
+    gw.stop();
+    let data = dir.path().join("data");
+    let witness = dir.path().join("witness");
+    let key = public_key(dir.path());
+    let (code, text) = verify(&data, Some(&witness), &key);
+    assert_eq!(code, 0, "{text}");
+    let mut held: Vec<PathBuf> = std::fs::read_dir(witness.join("gw1"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    held.sort();
+    assert!(held.len() >= 2, "{held:?}");
+    let first = held[0].file_name().unwrap().to_str().unwrap().to_owned();
+    let fifo = |p: &Path| nix::unistd::mkfifo(p, nix::sys::stat::Mode::S_IRWXU).unwrap();
+
+    type Edit = Box<dyn Fn(&Path)>;
+    let f = first.clone();
+    let g = first.clone();
+    let h = first.clone();
+    let original = witness.join("gw1");
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        (
+            "the log's directory replaced by a FIFO",
+            Box::new(move |w: &Path| {
+                std::fs::remove_dir_all(w.join("gw1")).unwrap();
+                fifo(&w.join("gw1"));
+            }),
+            "unexpected entry",
+        ),
+        (
+            "a checkpoint file replaced by a FIFO",
+            Box::new(move |w: &Path| {
+                let p = w.join("gw1").join(&f);
+                std::fs::remove_file(&p).unwrap();
+                fifo(&p);
+            }),
+            "not a regular file (a FIFO)",
+        ),
+        (
+            "a checkpoint file renamed out of the witness's names",
+            Box::new(move |w: &Path| {
+                let p = w.join("gw1").join(&g);
+                std::fs::rename(&p, p.with_extension("json.bak")).unwrap();
+            }),
+            "unexpected entry",
+        ),
+        (
+            "a checkpoint file renamed to another sequence",
+            Box::new(move |w: &Path| {
+                let p = w.join("gw1").join(&h);
+                std::fs::rename(&p, w.join("gw1/00000000000000099999.checkpoint.json")).unwrap();
+            }),
+            "misnamed",
+        ),
+        (
+            "the log's directory renamed",
+            Box::new(|w: &Path| std::fs::rename(w.join("gw1"), w.join("gw1-old")).unwrap()),
+            "misnamed",
+        ),
+        (
+            "the log's directory replaced by a symbolic link",
+            Box::new(move |w: &Path| {
+                std::fs::remove_dir_all(w.join("gw1")).unwrap();
+                std::os::unix::fs::symlink(&original, w.join("gw1")).unwrap();
+            }),
+            "a symbolic link",
+        ),
+    ];
+    for (what, edit, says) in cases {
+        let copy = tempfile::tempdir().unwrap();
+        copy_dir(&witness, copy.path());
+        edit(copy.path());
+        let (code, text) = verify(&data, Some(copy.path()), &key);
+        assert_eq!(code, 1, "{what}: {text}");
+        assert!(text.contains("audit verification failed"), "{what}: {text}");
+        assert!(text.contains(says), "{what}: {text}");
+    }
+    // The temporary file of an interrupted witness write is passed over.
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(&witness, copy.path());
+    std::fs::write(copy.path().join(format!("gw1/.{first}.tmp")), b"{").unwrap();
+    let (code, text) = verify(&data, Some(copy.path()), &key);
+    assert_eq!(code, 0, "{text}");
+
+    // 3: verified up to the last checkpoint, not sealed (the seal cut off, no witness).
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(&data, copy.path());
+    remove_last(copy.path(), 1);
+    let (code, text) = verify(copy.path(), None, &key);
+    assert_eq!(code, 3, "{text}");
+    assert!(text.contains("NOT SEALED"), "{text}");
+    // 1: failed (the same cut, against the witness).
+    let (code, text) = verify(copy.path(), Some(&witness), &key);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("TruncatedTail"), "{text}");
+
+    // 2: could not run — a directory that does not exist (with or without a witness), a
+    // witness that is not a directory, a bad key.
+    let missing = dir.path().join("no-such-dir");
+    for w in [None, Some(witness.as_path())] {
+        let (code, text) = verify(&missing, w, &key);
+        assert_eq!(code, 2, "{text}");
+        assert!(text.contains("No such file or directory"), "{text}");
+    }
+    let pipe = dir.path().join("witness-fifo");
+    fifo(&pipe);
+    let (code, text) = verify(&data, Some(&pipe), &key);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("not a directory (a FIFO)"), "{text}");
+    let (code, text) = verify(&data, Some(&witness), "not-a-key");
+    assert_eq!(code, 2, "{text}");
+}
+
+/// One authenticated request: the response's status line and body.
+fn request(gw: &Gateway, token: &str) -> String {
+    let mut s = TcpStream::connect(gw.http).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /api/x HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    resp
+}
+
+/// A forged file renamed over the segment the running gateway writes: the gateway notices at
+/// its next write, refuses operations as audit unavailable (503) saying why, keeps its own file
+/// beside the forged one, and does not seal the log on shutdown.
+#[test]
+fn a_live_segment_replaced_by_a_rename_makes_the_gateway_refuse_as_audit_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let gw = start(&config);
+    let token = token(dir.path());
+    let resp = request(&gw, &token);
+    assert!(
+        resp.starts_with("HTTP/1.1 ") && !resp.starts_with("HTTP/1.1 401"),
+        "{resp}"
+    );
+    let data = dir.path().join("data");
+    let witness = dir.path().join("witness");
+    // Wait until the gateway is quiet: everything signed and witnessed (no rotation pending).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !witnessed_to_the_end(&data, &witness) {
+        assert!(Instant::now() < deadline, "the log never went quiet");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let live = segments(&data).pop().unwrap();
+    let own = std::fs::read(&live).unwrap();
+    let forged = live.with_extension("forged");
+    std::fs::write(&forged, &own).unwrap();
+    std::fs::rename(&forged, &live).unwrap();
+
+    let resp = request(&gw, &token);
+    assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
+    assert!(resp.contains("audit_unavailable"), "{resp}");
+    // Every later operation too.
+    let resp = request(&gw, &token);
+    assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
+    let stderr = gw.stop();
+    let name = live.file_name().unwrap().to_str().unwrap().to_owned();
+    assert!(
+        stderr.iter().any(|l| l.contains(&format!(
+            "segment {name} was replaced behind the gateway's back"
+        )) && l.contains("a file was renamed over it")
+            && l.contains(&format!("kept as {name}.displaced"))),
+        "{stderr:?}"
+    );
+    assert!(
+        !stderr
+            .iter()
+            .any(|l| l.contains("audit log sealed at sequence")),
+        "{stderr:?}"
+    );
+    let kept = std::fs::read(live.with_file_name(format!("{name}.displaced"))).unwrap();
+    assert!(kept.starts_with(&own), "the gateway's own records are kept");
+    // The forged file is what the directory holds; the log is not sealed.
+    assert_eq!(std::fs::read(&live).unwrap(), own);
+    let (code, text) = verify(&data, Some(&witness), &public_key(dir.path()));
+    assert_ne!(code, 0, "{text}");
+    assert!(!text.contains(": SEALED"), "{text}");
 }

@@ -6,6 +6,9 @@
 //! A **seal** is the checkpoint a log ends with when it is closed on purpose; its signature is over
 //! a different message (`gatehouse-audit-seal-v1`), so a checkpoint cannot pass for a seal.
 //! The signature covers a fixed text message built from the fields, never a JSON serialisation.
+//! Since format 2 (`"format":2`) that message names every field of the checkpoint or seal,
+//! `key_id` included; the verifier also requires the record in the chain to be exactly the
+//! canonical encoding of those fields, so no byte of a checkpoint or seal record is unsigned.
 
 use std::path::Path;
 
@@ -145,6 +148,7 @@ impl CheckpointSigner {
             key_id: self.key_id.clone(),
             signature: String::new(),
             sealed,
+            format: CHECKPOINT_FORMAT,
         };
         cp.signature = self.sign_message(&cp.signed_message());
         cp
@@ -233,9 +237,24 @@ pub enum SignatureProblem {
     Invalid,
 }
 
+/// The format of the checkpoints and seals this version signs (see [`Checkpoint::format`]).
+pub const CHECKPOINT_FORMAT: u32 = 2;
+
+fn format_1() -> u32 {
+    1
+}
+
+fn is_format_1(v: &u32) -> bool {
+    *v == 1
+}
+
 /// A signed checkpoint: "log `log` had record `sequence` with hash `head` at `time`" — or, with
 /// `sealed`, a seal: "… and was closed there".
+///
+/// Unknown members are refused when it is read (in the chain, from a witness): nothing a
+/// signature does not cover passes as part of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Checkpoint {
     /// Log id.
     pub log: String,
@@ -252,16 +271,28 @@ pub struct Checkpoint {
     /// A seal (the log was closed after record `sequence`), signed over a different message.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sealed: bool,
+    /// What the signature covers: 1 (absent; written before format 2): log, sequence, head and
+    /// time; 2: every member (`key_id` too). Any other value never verifies.
+    #[serde(default = "format_1", skip_serializing_if = "is_format_1")]
+    pub format: u32,
 }
 
 impl Checkpoint {
     /// The exact bytes the signature covers.
     pub fn signed_message(&self) -> Vec<u8> {
         let what = if self.sealed { "seal" } else { "checkpoint" };
-        format!(
-            "gatehouse-audit-{what}-v1\nlog={}\nsequence={}\nhead={}\ntime={}\n",
-            self.log, self.sequence, self.head, self.time
-        )
+        match self.format {
+            1 => format!(
+                "gatehouse-audit-{what}-v1\nlog={}\nsequence={}\nhead={}\ntime={}\n",
+                self.log, self.sequence, self.head, self.time
+            ),
+            // Format 2, and any later number (which nothing signs, so it never verifies): every
+            // member but the signature itself.
+            v => format!(
+                "gatehouse-audit-{what}-v{v}\nlog={}\nsequence={}\nhead={}\ntime={}\nkey_id={}\n",
+                self.log, self.sequence, self.head, self.time, self.key_id
+            ),
+        }
         .into_bytes()
     }
 
@@ -345,6 +376,37 @@ mod tests {
         let other = CheckpointSigner::from_seed(&[4u8; 32]);
         let keys2 = TrustedKeys::new().with(other.verifying_key());
         assert_eq!(cp.verify(&keys2), Err(SignatureProblem::UnknownKey));
+        // Format 2 signs the key id too, and the format cannot be changed either way.
+        assert_eq!(seal.format, CHECKPOINT_FORMAT);
+        let both = keys.clone().with(other.verifying_key());
+        let mut bad = seal.clone();
+        bad.key_id = other.key_id().to_owned();
+        assert_eq!(bad.verify(&both), Err(SignatureProblem::Invalid));
+        for f in [0, 1, 3] {
+            let mut bad = seal.clone();
+            bad.format = f;
+            assert_eq!(bad.verify(&keys), Err(SignatureProblem::Invalid), "{f}");
+        }
+    }
+
+    #[test]
+    fn format_1_checkpoints_still_verify_and_unknown_members_are_refused() {
+        let signer = CheckpointSigner::from_seed(&[3u8; 32]);
+        let keys = TrustedKeys::new().with(signer.verifying_key());
+        // A seal as earlier versions wrote it: no `format`, signed over the v1 message.
+        let mut old = signer.seal("gw", 10, &[9u8; 32], "2026-01-01T00:00:00Z".into());
+        old.format = 1;
+        old.signature = signer.sign_message(&old.signed_message());
+        let text = serde_json::to_string(&old).unwrap();
+        assert!(!text.contains("format"), "{text}");
+        let back: Checkpoint = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.verify(&keys), Ok(()));
+        let new =
+            serde_json::to_string(&signer.checkpoint("gw", 1, &[1u8; 32], "t".into())).unwrap();
+        assert!(new.contains("\"format\":2"), "{new}");
+        let extra = text.replacen('{', "{\"note\":\"added\",", 1);
+        let e = serde_json::from_str::<Checkpoint>(&extra).unwrap_err();
+        assert!(e.to_string().contains("unknown field `note`"), "{e}");
     }
 
     #[test]

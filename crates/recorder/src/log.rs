@@ -211,7 +211,10 @@ pub fn event_payload(event: &Event) -> Result<Vec<u8>, RecordError> {
     Ok(v)
 }
 
-fn kind_payload<T: Serialize>(time: &str, body: &T) -> Vec<u8> {
+/// The payload members of a `checkpoint`, `seal`, `recovery_cut`, `retention_cut` or
+/// `foreign_data` record. For checkpoints and seals this is the canonical encoding the verifier
+/// requires, byte for byte.
+pub(crate) fn kind_payload<T: Serialize>(time: &str, body: &T) -> Vec<u8> {
     // Serialising our own plain structs cannot fail; an empty body would still hash and verify.
     let body = serde_json::to_string(body).unwrap_or_else(|_| "null".into());
     format!("\"time\":\"{time}\",\"body\":{body}").into_bytes()
@@ -894,6 +897,7 @@ impl Writer {
 
     /// Writes the signed seal over the current head (the final checkpoint) and publishes it.
     fn write_seal(&mut self) -> Result<(), RecordError> {
+        self.guard_identity().map_err(RecordError::Store)?;
         self.guard_tail().map_err(RecordError::Store)?;
         let time = now_text();
         let seal = self.signer.seal(
@@ -1022,6 +1026,47 @@ impl Writer {
             }
             Err(_) => None,
         }
+    }
+
+    /// Before every write at `fsync` durability, and before every checkpoint, seal, retention
+    /// cut and rotation at any durability: the segment's name must still lead to the file this
+    /// writer holds open. Another file renamed over it (or the name removed) means what the
+    /// writer appends would land in a file that is no longer in the log: the log refuses every
+    /// further record (fail closed, as after a failed write it cannot cut back).
+    fn guard_identity(&mut self) -> Result<(), String> {
+        if let Some(p) = &self.poisoned {
+            return Err(p.clone());
+        }
+        let msg = match self.file.displaced() {
+            Ok(None) => return Ok(()),
+            Ok(Some(what)) => {
+                // What this writer wrote is now only in the file it holds open: keep a copy.
+                let kept = match self.file.read_back() {
+                    Ok(Some(bytes)) => self
+                        .store
+                        .keep_displaced(&self.segment, &bytes)
+                        .map_err(|e| e.to_string()),
+                    Ok(None) => Ok(None),
+                    Err(e) => Err(format!("reading it back: {e}")),
+                };
+                format!(
+                    "segment {} was replaced behind the gateway's back: {what}; {}",
+                    self.segment,
+                    match kept {
+                        Ok(Some(k)) => format!("the gateway's own file was kept as {k}"),
+                        Ok(None) =>
+                            "the gateway's own file is only in the handle it holds open".to_owned(),
+                        Err(e) => format!("keeping the gateway's own file failed: {e}"),
+                    }
+                )
+            }
+            Err(e) => format!(
+                "checking that segment {} is still in place: {e}",
+                self.segment
+            ),
+        };
+        self.poison(msg.clone());
+        Err(msg)
     }
 
     /// Before each write: the segment must be exactly as long as what this writer put in it.
@@ -1200,6 +1245,13 @@ impl Writer {
         if self.ship.is_some() && self.backlog.load(Ordering::Acquire) >= self.config.ship_backlog {
             return Err(RecordError::BacklogFull);
         }
+        let pending = self.since_checkpoint + payloads.len() as u64;
+        // By count, or by time even under a steady load that never lets the queue time out.
+        let due = pending >= self.config.checkpoint_every_records
+            || self.last_checkpoint.elapsed() >= self.config.checkpoint_interval;
+        if due || self.sync_level() {
+            self.guard_identity().map_err(RecordError::Store)?;
+        }
         self.guard_tail().map_err(RecordError::Store)?;
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
@@ -1221,10 +1273,6 @@ impl Writer {
             self.next_sequence += 1;
             self.head = hash;
         }
-        let pending = self.since_checkpoint + receipts.len() as u64;
-        // By count, or by time even under a steady load that never lets the queue time out.
-        let due = pending >= self.config.checkpoint_every_records
-            || self.last_checkpoint.elapsed() >= self.config.checkpoint_interval;
         let checkpoint = due.then(|| self.encode_checkpoint(&mut buf));
         let written = self.write(&buf, self.sync_level());
         self.buf = buf;
@@ -1280,6 +1328,7 @@ impl Writer {
         if self.next_sequence == 1 {
             return Err(RecordError::Store("nothing to checkpoint".into()));
         }
+        self.guard_identity().map_err(RecordError::Store)?;
         self.guard_tail().map_err(RecordError::Store)?;
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
@@ -1318,7 +1367,7 @@ impl Writer {
             return (true, false);
         }
         // A segment is closed only as this writer wrote it.
-        if self.guard_tail().is_err() {
+        if self.guard_identity().is_err() || self.guard_tail().is_err() {
             return (false, false);
         }
         self.switch_segment(defer_dir_sync)
@@ -1388,6 +1437,7 @@ impl Writer {
         if dropped.is_empty() {
             return Ok(None);
         }
+        self.guard_identity().map_err(RecordError::Store)?;
         self.guard_tail().map_err(RecordError::Store)?;
         // Where the retained chain starts: the first record of the first kept segment.
         if let Some(kept) = names.get(dropped.len()) {

@@ -45,6 +45,11 @@ fn not_regular(t: std::fs::FileType) -> Option<&'static str> {
     }
 }
 
+/// What a file is, in words: "a regular file", "a FIFO", "a symbolic link", …
+pub fn file_kind(t: std::fs::FileType) -> &'static str {
+    not_regular(t).unwrap_or("a regular file")
+}
+
 /// Reads a file of the audit directory (a segment, a recording, a witnessed checkpoint, a public
 /// key) only if it is a regular file: a FIFO, a device, a socket, a directory or a symbolic link
 /// put in its place is refused (`InvalidData`, "not a regular file (a FIFO)") without being
@@ -96,6 +101,13 @@ pub trait SegmentStore: Send + Sync + Debug {
         let _ = (name, offset, bytes);
         Ok(None)
     }
+    /// Keeps the bytes of the file this writer wrote as segment `name` after another file took
+    /// its name (see [`SegmentFile::displaced`]), durably, under a name that is not a segment
+    /// name. Answers that name; `None`: this store does not keep them.
+    fn keep_displaced(&self, name: &str, bytes: &[u8]) -> io::Result<Option<String>> {
+        let _ = (name, bytes);
+        Ok(None)
+    }
 }
 
 /// One segment open for appending.
@@ -113,6 +125,18 @@ pub trait SegmentFile: Send + Debug {
     /// appends go on (the writer's background sync at `os-write` durability). `None`: the store
     /// has no such handle, and every sync happens under the writer's lock.
     fn sync_handle(&self) -> io::Result<Option<Box<dyn SegmentSync>>> {
+        Ok(None)
+    }
+    /// Whether the segment's name still leads to the file this handle writes: `Some(what was
+    /// found)` when it does not (another file renamed over it, or the name removed), so that
+    /// what is appended through this handle would not be in the log. `None`: it does, or the
+    /// store cannot tell.
+    fn displaced(&self) -> io::Result<Option<String>> {
+        Ok(None)
+    }
+    /// Everything written to this file, read back through the open handle (also when its name
+    /// now leads elsewhere). `None`: the store cannot read it back.
+    fn read_back(&self) -> io::Result<Option<Vec<u8>>> {
         Ok(None)
     }
 }
@@ -179,11 +203,14 @@ impl SegmentStore for LocalSegmentStore {
     }
 
     fn open_append(&self, name: &str) -> io::Result<Box<dyn SegmentFile>> {
+        let path = self.path(name)?;
+        // Readable too, so that a file whose name was taken over can still be read back.
         let file = OpenOptions::new()
+            .read(true)
             .append(true)
             .create(true)
-            .open(self.path(name)?)?;
-        Ok(Box::new(LocalSegmentFile { file }))
+            .open(&path)?;
+        Ok(Box::new(LocalSegmentFile { file, path }))
     }
 
     fn remove(&self, name: &str) -> io::Result<()> {
@@ -195,11 +222,22 @@ impl SegmentStore for LocalSegmentStore {
     }
 
     fn keep_foreign(&self, name: &str, offset: u64, bytes: &[u8]) -> io::Result<Option<String>> {
+        self.keep_as(name, &format!("{name}.foreign-{offset:020}"), bytes)
+    }
+
+    fn keep_displaced(&self, name: &str, bytes: &[u8]) -> io::Result<Option<String>> {
+        self.keep_as(name, &format!("{name}.displaced"), bytes)
+    }
+}
+
+impl LocalSegmentStore {
+    /// Writes `bytes` durably to a new file `base` (or `base.<n>` when taken) in the directory.
+    fn keep_as(&self, name: &str, base: &str, bytes: &[u8]) -> io::Result<Option<String>> {
         self.path(name)?;
         for n in 0..1000u32 {
             let kept = match n {
-                0 => format!("{name}.foreign-{offset:020}"),
-                n => format!("{name}.foreign-{offset:020}.{n}"),
+                0 => base.to_owned(),
+                n => format!("{base}.{n}"),
             };
             match OpenOptions::new()
                 .write(true)
@@ -218,7 +256,7 @@ impl SegmentStore for LocalSegmentStore {
         }
         Err(io::Error::new(
             io::ErrorKind::AlreadyExists,
-            format!("too many files keeping foreign bytes of {name}"),
+            format!("too many files named {base}"),
         ))
     }
 }
@@ -226,6 +264,8 @@ impl SegmentStore for LocalSegmentStore {
 #[derive(Debug)]
 struct LocalSegmentFile {
     file: File,
+    /// The name it was opened by (to notice another file renamed over it).
+    path: PathBuf,
 }
 
 impl SegmentFile for LocalSegmentFile {
@@ -248,6 +288,40 @@ impl SegmentFile for LocalSegmentFile {
     fn sync_handle(&self) -> io::Result<Option<Box<dyn SegmentSync>>> {
         // A second descriptor of the same open file: fdatasync through it covers every append.
         Ok(Some(Box::new(self.file.try_clone()?)))
+    }
+
+    fn read_back(&self) -> io::Result<Option<Vec<u8>>> {
+        use std::os::unix::fs::FileExt as _;
+        let len = usize::try_from(self.file.metadata()?.len())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let mut bytes = vec![0u8; len];
+        self.file.read_exact_at(&mut bytes, 0)?;
+        Ok(Some(bytes))
+    }
+
+    fn displaced(&self) -> io::Result<Option<String>> {
+        use std::os::unix::fs::MetadataExt as _;
+        let open = self.file.metadata()?;
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(at) if at.dev() == open.dev() && at.ino() == open.ino() => Ok(None),
+            Ok(at) => Ok(Some(format!(
+                "{} is now another file (device {}, inode {}, {} bytes) than the one the gateway writes (device {}, inode {}, {} bytes): a file was renamed over it",
+                self.path.display(),
+                at.dev(),
+                at.ino(),
+                at.len(),
+                open.dev(),
+                open.ino(),
+                open.len()
+            ))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Some(format!(
+                "{} no longer exists (renamed away or deleted) while the gateway writes it (device {}, inode {})",
+                self.path.display(),
+                open.dev(),
+                open.ino()
+            ))),
+            Err(e) => Err(e),
+        }
     }
 }
 

@@ -109,6 +109,10 @@ pub enum ProblemKind {
     /// Records follow a seal without the signed checkpoint a new run writes first (appended by
     /// someone without the signing key).
     UnsignedAfterSeal,
+    /// A checkpoint or seal record holds something its signature does not cover: an unknown
+    /// member, a `time` other than the signed one, or bytes other than the canonical encoding of
+    /// its signed fields (an edit with a recomputed hash).
+    UnsignedContent,
 }
 
 /// The first problem in a log.
@@ -448,6 +452,45 @@ struct Envelope<T> {
     body: T,
 }
 
+/// A checkpoint or seal record's payload: exactly `time` and `body`, nothing else.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignedEnvelope {
+    time: String,
+    body: Checkpoint,
+}
+
+/// Why a checkpoint or seal record's payload is not the canonical encoding of its signed
+/// fields (`None`: it is).
+fn unsigned_content(payload: &[u8], env: &SignedEnvelope) -> Option<String> {
+    if env.time != env.body.time {
+        return Some(format!(
+            "its time {:?} is not the signed time {:?}",
+            env.time, env.body.time
+        ));
+    }
+    let canonical = crate::log::kind_payload(&env.body.time, &env.body);
+    if canonical == payload {
+        return None;
+    }
+    let at = canonical
+        .iter()
+        .zip(payload)
+        .position(|(a, b)| a != b)
+        .unwrap_or(canonical.len().min(payload.len()));
+    let near = |b: &[u8]| {
+        String::from_utf8_lossy(b.get(at..).unwrap_or_default())
+            .chars()
+            .take(24)
+            .collect::<String>()
+    };
+    Some(format!(
+        "its bytes are not the canonical encoding of its signed fields (from byte {at} of the payload: found {:?}, expected {:?})",
+        near(payload),
+        near(&canonical)
+    ))
+}
+
 /// Verifies one log segment by segment (feed segments in name order).
 #[derive(Debug)]
 pub struct ChainVerifier<'o> {
@@ -740,18 +783,34 @@ impl<'o> ChainVerifier<'o> {
             RecordKind::Checkpoint | RecordKind::Seal => {
                 let is_seal = p.kind == RecordKind::Seal;
                 let what = if is_seal { "seal" } else { "checkpoint" };
-                let cp = match serde_json::from_slice::<Envelope<Checkpoint>>(&p.payload_object()) {
-                    Ok(e) => e.body,
+                let env = match serde_json::from_slice::<SignedEnvelope>(&p.payload_object()) {
+                    Ok(e) => e,
                     Err(e) => {
+                        // An unknown member (serde names it) is content no signature covers.
+                        let kind = if e.to_string().contains("unknown field") {
+                            ProblemKind::UnsignedContent
+                        } else {
+                            ProblemKind::Malformed
+                        };
                         return self.fail(
-                            ProblemKind::Malformed,
+                            kind,
                             segment,
                             line_no,
                             seq,
-                            format!("{what} body: {e}"),
+                            format!("{what} record: {e}"),
                         );
                     }
                 };
+                if let Some(why) = unsigned_content(p.payload, &env) {
+                    return self.fail(
+                        ProblemKind::UnsignedContent,
+                        segment,
+                        line_no,
+                        seq,
+                        format!("{what} record: {why}: content its signature does not cover"),
+                    );
+                }
+                let cp = env.body;
                 if cp.log != p.log
                     || cp.sequence.checked_add(1) != Some(p.sequence)
                     || cp.head != hex32(&p.prev)

@@ -56,36 +56,119 @@ impl FileWitness {
 
     /// Reads every checkpoint a file witness directory holds: the per-log sub-directories, and
     /// `<log>.checkpoint.json` files at the top (the layout of earlier versions, latest only).
+    ///
+    /// Strict, because whoever can write the witness directory could otherwise hide a
+    /// checkpoint from the verifier: anything that is not what the witness writes is an error
+    /// ([`RecorderError::Witness`], naming it), never skipped — a FIFO, socket, device or
+    /// symbolic link in place of a log directory or a checkpoint file (never opened), a file or
+    /// directory under any other name, a checkpoint file holding another log's checkpoint or
+    /// another sequence than its name says, or one that is not a checkpoint. Only the temporary
+    /// files of a write that was interrupted (`.<name>.tmp`, regular files) are passed over.
+    /// `dir` itself may be a symbolic link to the directory; it must be a directory
+    /// ([`RecorderError::Io`] otherwise, as when it is missing: nothing was read).
     pub fn read_all(dir: &Path) -> Result<Vec<Checkpoint>, RecorderError> {
+        let meta = std::fs::metadata(dir)
+            .map_err(|e| RecorderError::io(format!("read {}", dir.display()), e))?;
+        if !meta.is_dir() {
+            return Err(RecorderError::io(
+                format!("read {}", dir.display()),
+                std::io::Error::new(
+                    std::io::ErrorKind::NotADirectory,
+                    format!(
+                        "not a directory ({})",
+                        crate::storage::file_kind(meta.file_type())
+                    ),
+                ),
+            ));
+        }
         let mut out = Vec::new();
-        Self::read_dir_into(dir, true, &mut out)?;
+        for (name, path, kind) in Self::entries(dir)? {
+            if kind.is_dir() && crate::format::valid_log_id(&name) {
+                for (file, path, kind) in Self::entries(&path)? {
+                    let is_tmp = file.starts_with('.') && file.ends_with(".checkpoint.json.tmp");
+                    if is_tmp && kind.is_file() {
+                        continue;
+                    }
+                    out.push(Self::read_file(&path, &name, &file, kind, false)?);
+                }
+            } else if let Some(log) = name.strip_suffix(".checkpoint.json")
+                && crate::format::valid_log_id(log)
+            {
+                out.push(Self::read_file(&path, log, &name, kind, true)?);
+            } else {
+                return Err(unexpected(&path, kind, "a directory named by a log id"));
+            }
+        }
         Ok(out)
     }
 
-    fn read_dir_into(
-        dir: &Path,
-        descend: bool,
-        out: &mut Vec<Checkpoint>,
-    ) -> Result<(), RecorderError> {
-        let entries = std::fs::read_dir(dir)
-            .map_err(|e| RecorderError::io(format!("read {}", dir.display()), e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| RecorderError::io("read witness directory", e))?;
+    /// The entries of a witness directory: (name, path, type, not following symbolic links).
+    fn entries(dir: &Path) -> Result<Vec<(String, PathBuf, std::fs::FileType)>, RecorderError> {
+        let read = |e| RecorderError::io(format!("read {}", dir.display()), e);
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(read)? {
+            let entry = entry.map_err(read)?;
             let path = entry.path();
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if descend && crate::format::valid_log_id(name) && path.is_dir() {
-                Self::read_dir_into(&path, false, out)?;
-            } else if name.ends_with(".checkpoint.json") && !name.starts_with('.') {
-                let bytes = crate::storage::read_regular_file(&path)
-                    .map_err(|e| RecorderError::io(format!("read {}", path.display()), e))?;
-                let cp = serde_json::from_slice(&bytes).map_err(|e| {
-                    RecorderError::Config(format!("{}: not a checkpoint: {e}", path.display()))
-                })?;
-                out.push(cp);
-            }
+            let kind = entry.file_type().map_err(read)?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                return Err(unexpected(&path, kind, "a name in UTF-8"));
+            };
+            out.push((name, path, kind));
         }
-        Ok(())
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// One checkpoint file, which must be a regular file holding the checkpoint its name (and
+    /// its directory's) says: `<sequence>.checkpoint.json` in `<log>/`, or (`legacy`) the
+    /// latest checkpoint of `<log>` as `<log>.checkpoint.json`.
+    fn read_file(
+        path: &Path,
+        log: &str,
+        name: &str,
+        kind: std::fs::FileType,
+        legacy: bool,
+    ) -> Result<Checkpoint, RecorderError> {
+        let named = legacy
+            || name
+                .strip_suffix(".checkpoint.json")
+                .is_some_and(|d| d.len() == 20 && d.bytes().all(|b| b.is_ascii_digit()));
+        if !named {
+            return Err(unexpected(
+                path,
+                kind,
+                "<sequence, 20 digits>.checkpoint.json",
+            ));
+        }
+        if !kind.is_file() {
+            return Err(RecorderError::Witness(format!(
+                "witness file {} is not a regular file ({}): it was replaced",
+                path.display(),
+                crate::storage::file_kind(kind)
+            )));
+        }
+        let bytes = crate::storage::read_regular_file(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::InvalidData {
+                RecorderError::Witness(format!("witness file {}: {e}", path.display()))
+            } else {
+                RecorderError::io(format!("read {}", path.display()), e)
+            }
+        })?;
+        let cp: Checkpoint = serde_json::from_slice(&bytes).map_err(|e| {
+            RecorderError::Witness(format!(
+                "witness file {} is not a checkpoint ({e}): it was replaced",
+                path.display()
+            ))
+        })?;
+        if cp.log != log || (!legacy && witness_file_name(cp.sequence) != name) {
+            return Err(RecorderError::Witness(format!(
+                "witness file {} holds the checkpoint of log {:?} at sequence {}: misnamed (moved or replaced)",
+                path.display(),
+                cp.log,
+                cp.sequence
+            )));
+        }
+        Ok(cp)
     }
 
     /// The latest checkpoint (highest sequence) a witness directory holds for each log.
@@ -113,6 +196,15 @@ impl Witness for FileWitness {
                 .map_err(|e| RecorderError::Config(format!("witness task: {e}")))?
         })
     }
+}
+
+/// An entry a file witness never writes.
+fn unexpected(path: &Path, kind: std::fs::FileType, expected: &str) -> RecorderError {
+    RecorderError::Witness(format!(
+        "unexpected entry {} in the witness ({}; the witness holds only {expected} there)",
+        path.display(),
+        crate::storage::file_kind(kind)
+    ))
 }
 
 /// Writes the checkpoint's own file durably; never replaces a file already there (the same

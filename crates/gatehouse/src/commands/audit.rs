@@ -23,9 +23,12 @@ use super::{CommandError, CommandResult};
 pub enum Command {
     /// Verify the audit log. Exit 0: verified and sealed (closed, nothing after the seal);
     /// 3: verified up to the last signed checkpoint, not sealed, the records after it unsigned;
-    /// 1: verification failed (the first bad record is named), or a recording sealed in the log
-    /// is missing or does not match its sealed hash; 2: could not run. A recording file that no
-    /// seal in the log covers is named as unsealed and never exits 0.
+    /// 1: verification failed (the first bad record is named), a recording sealed in the log
+    /// is missing or does not match its sealed hash, or the witness holds something it never
+    /// writes (a FIFO, a misnamed or unexpected entry) or checkpoints of a log that is gone;
+    /// 2: could not run (bad arguments, an audit or witness directory that does not exist or
+    /// cannot be read). A recording file that no seal in the log covers is named as unsealed
+    /// and never exits 0.
     Verify {
         /// The audit directory.
         dir: PathBuf,
@@ -36,7 +39,9 @@ pub enum Command {
         /// Where the witness keeps the signed checkpoints: a directory, or `s3://<bucket>/<prefix>`
         /// (endpoint, region and credentials from the `AWS_*` environment; `AWS_ALLOW_HTTP=true`
         /// for an `http://` endpoint). Detects a cut-off tail (also one cut back exactly to an
-        /// earlier run's seal) and a rewritten chain.
+        /// earlier run's seal) and a rewritten chain. A witness directory may hold only
+        /// `<log>/<sequence>.checkpoint.json` regular files, each the checkpoint its name says;
+        /// anything else fails verification.
         #[arg(long)]
         witness: Option<WitnessSource>,
         /// The bucket the recorder writes recordings to when it has an object store,
@@ -160,8 +165,14 @@ impl WitnessSource {
     /// Every checkpoint the witness holds.
     pub fn read_all(&self) -> Result<Vec<Checkpoint>, WitnessReadError> {
         match self {
-            Self::Dir(d) => FileWitness::read_all(d)
-                .map_err(|e| WitnessReadError::Unreadable(format!("witness {}: {e}", d.display()))),
+            // Anything in the directory that the witness does not write (a FIFO, a misnamed
+            // or unexpected entry) is tampering: a failed verification, not a failed run.
+            Self::Dir(d) => FileWitness::read_all(d).map_err(|e| match e {
+                gatehouse_recorder::RecorderError::Witness(m) => {
+                    WitnessReadError::Tampered(format!("witness {}: {m}", d.display()))
+                }
+                e => WitnessReadError::Unreadable(format!("witness {}: {e}", d.display())),
+            }),
             Self::S3 { bucket, prefix } => {
                 let allow_http = std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v == "true");
                 let builder = ObjectStoreWitness::prepare_s3(
@@ -636,9 +647,11 @@ pub fn run(command: Command) -> CommandResult {
             // is a failed verification (exit 1), not a command that could not run.
             if let Some(held) = &held {
                 let (audit, _) = roots(&dir);
-                let none = load_local_logs(&audit)
-                    .map(|l| l.is_empty())
-                    .unwrap_or(true);
+                // A directory that cannot be read (missing, a typo, no permission): the command
+                // could not run (exit 2), as without a witness.
+                let found = load_local_logs(&audit)
+                    .map_err(|e| failed(format!("{}: {e}", audit.display())))?;
+                let none = found.is_empty();
                 let count = held.len();
                 if none && count > 0 {
                     eprintln!(
@@ -649,9 +662,8 @@ pub fn run(command: Command) -> CommandResult {
                 }
                 // A log the witness vouches for but the directory lacks was removed whole (the
                 // other logs verifying says nothing about it).
-                let local: std::collections::BTreeSet<String> = load_local_logs(&audit)
-                    .map(|l| l.into_iter().map(|l| l.log).collect())
-                    .unwrap_or_default();
+                let local: std::collections::BTreeSet<String> =
+                    found.into_iter().map(|l| l.log).collect();
                 let missing: std::collections::BTreeSet<&str> = held
                     .iter()
                     .map(|c| c.log.as_str())

@@ -497,3 +497,158 @@ async fn a_run_that_ended_without_a_seal_is_recorded_at_the_next_start() {
     };
     assert_eq!(status(&v), expected);
 }
+
+/// The log with its last record replaced by `edit(payload)`, re-hashed (the hash chain is
+/// public: anyone holding the audit directory can do this).
+fn edit_last_record(data: &LogData, edit: impl Fn(&str) -> String) -> LogData {
+    let all = lines(data);
+    let last = parse_line(&all.last().unwrap().1).unwrap();
+    let payload = edit(std::str::from_utf8(last.payload).unwrap());
+    let mut out = keep_lines(data, all.len() - 1);
+    let seg = all.last().unwrap().0;
+    encode_line(
+        &mut out.segments[seg].bytes,
+        LOG,
+        last.sequence,
+        last.kind,
+        &last.prev,
+        payload.as_bytes(),
+    );
+    out
+}
+
+#[tokio::test]
+async fn no_byte_of_the_seal_record_is_unsigned() {
+    let dir = tempfile::tempdir().unwrap();
+    run(dir.path(), None, 30).await;
+    let data = load(dir.path(), LOG);
+    assert_eq!(status(&verify_log(&data, &options())), LogStatus::Sealed);
+    let last = lines(&data).last().unwrap().1.clone();
+    let text = String::from_utf8(last).unwrap();
+    assert!(text.contains("\"format\":2"), "{text}");
+
+    type Edit = fn(&str) -> String;
+    let edits: [(&str, Edit, ProblemKind, &str); 7] = [
+        (
+            "a member added to the seal's body",
+            |p| {
+                p.replacen(
+                    "\"sealed\":true",
+                    "\"sealed\":true,\"note\":\"closed by ops\"",
+                    1,
+                )
+            },
+            ProblemKind::UnsignedContent,
+            "unknown field `note`",
+        ),
+        (
+            "a member added to the record",
+            |p| format!("{p},\"reason\":\"maintenance\""),
+            ProblemKind::UnsignedContent,
+            "unknown field `reason`",
+        ),
+        (
+            "the record's time changed",
+            |p| {
+                let start = p.find("\"time\":\"").unwrap() + 8;
+                format!(
+                    "{}2020-01-01T00:00:00Z{}",
+                    &p[..start],
+                    &p[p[start..].find('"').unwrap() + start..]
+                )
+            },
+            ProblemKind::UnsignedContent,
+            "is not the signed time",
+        ),
+        (
+            "whitespace added inside the body",
+            |p| p.replacen("\"sealed\":true", "\"sealed\": true", 1),
+            ProblemKind::UnsignedContent,
+            "canonical encoding",
+        ),
+        (
+            "the body's members reordered",
+            |p| {
+                p.replacen(",\"sealed\":true", "", 1).replacen(
+                    "\"body\":{",
+                    "\"body\":{\"sealed\":true,",
+                    1,
+                )
+            },
+            ProblemKind::UnsignedContent,
+            "canonical encoding",
+        ),
+        (
+            "the format member removed (a downgrade to format 1)",
+            |p| p.replacen(",\"format\":2", "", 1),
+            ProblemKind::BadSignature,
+            "signature does not verify",
+        ),
+        (
+            "the key id changed",
+            |p| {
+                let start = p.find("\"key_id\":\"").unwrap() + 10;
+                format!("{}0000000000000000{}", &p[..start], &p[start + 16..])
+            },
+            ProblemKind::UnknownKey,
+            "untrusted key",
+        ),
+    ];
+    for (what, edit, kind, says) in edits {
+        let edited = edit_last_record(&data, edit);
+        let v = verify_log(&edited, &options());
+        assert_ne!(status(&v), LogStatus::Sealed, "{what}");
+        let p = v.problem.unwrap_or_else(|| panic!("{what}: no problem"));
+        assert_eq!(p.kind, kind, "{what}: {p}");
+        assert!(p.detail.contains(says), "{what}: {p}");
+        assert_eq!(
+            p.sequence,
+            parse_line(&lines(&data).last().unwrap().1)
+                .ok()
+                .map(|l| l.sequence)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_seal_of_format_1_written_by_earlier_versions_still_verifies() {
+    use ed25519_dalek::Signer as _;
+    let dir = tempfile::tempdir().unwrap();
+    run(dir.path(), None, 30).await;
+    let data = load(dir.path(), LOG);
+    // The seal as earlier versions wrote it: no `format` member, signed over the v1 message.
+    let all = lines(&data);
+    let last = parse_line(&all.last().unwrap().1).unwrap();
+    let env: serde_json::Value = serde_json::from_slice(&last.payload_object()).unwrap();
+    let mut seal: Checkpoint = serde_json::from_value(env["body"].clone()).unwrap();
+    seal.format = 1;
+    let key = ed25519_dalek::SigningKey::from_bytes(&SEED);
+    use base64::Engine as _;
+    seal.signature = base64::engine::general_purpose::STANDARD
+        .encode(key.sign(&seal.signed_message()).to_bytes());
+    let old = edit_last_record(&data, |_| {
+        format!(
+            "\"time\":\"{}\",\"body\":{}",
+            seal.time,
+            serde_json::to_string(&seal).unwrap()
+        )
+    });
+    assert!(
+        !lines(&old)
+            .last()
+            .unwrap()
+            .1
+            .windows(8)
+            .any(|w| w == b"\"format\"")
+    );
+    let v = verify_log(&old, &options());
+    assert_eq!(status(&v), LogStatus::Sealed, "{:?}", v.problem);
+    // Its unsigned bytes are held to the canonical encoding too.
+    let edited = edit_last_record(&old, |p| {
+        p.replacen("\"sealed\":true", "\"sealed\":true,\"x\":1", 1)
+    });
+    let p = verify_log(&edited, &options())
+        .problem
+        .expect("member added");
+    assert_eq!(p.kind, ProblemKind::UnsignedContent, "{p}");
+}

@@ -705,3 +705,89 @@ async fn foreign_records_that_cannot_be_set_aside_close_the_log() {
     let now = std::fs::read(dir.path().join(&segment)).unwrap();
     assert_eq!(now, [before, forged].concat());
 }
+
+/// A live segment replaced by a rename (a forged file renamed over the one the writer holds
+/// open): the writer notices that the name no longer leads to its file and refuses this and
+/// every later record (fail closed), instead of appending to a file no longer in the log.
+/// At `fsync` durability at the very next write; at `os-write` at the next checkpoint.
+async fn a_live_segment_replaced_by_a_rename_closes_the_log(durability: Durability) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(LOG);
+    c.durability = durability;
+    let log = open_log(dir.path(), c).await;
+    let session = gatehouse_core::SessionId::generate();
+    for i in 0..5 {
+        log.append(&sql_event(&session, i, "select 1"))
+            .await
+            .unwrap();
+    }
+    let (segment, _, before, forged) = forge_two(dir.path());
+    let path = dir.path().join(&segment);
+    let replacement = dir.path().join("replacement.tmp");
+    std::fs::write(&replacement, [before.clone(), forged.clone()].concat()).unwrap();
+    std::fs::rename(&replacement, &path).unwrap();
+    let e = match durability {
+        Durability::Fsync => log
+            .append(&sql_event(&session, 5, "select 2"))
+            .await
+            .unwrap_err(),
+        _ => log.checkpoint().await.unwrap_err(),
+    };
+    let text = e.to_string();
+    assert!(
+        text.contains(&format!(
+            "segment {segment} was replaced behind the gateway's back"
+        )) && text.contains("a file was renamed over it"),
+        "{text}"
+    );
+    // Every later record is refused too, and closing says so.
+    for i in 6..8 {
+        let e = log
+            .append(&sql_event(&session, i, "select 3"))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("audit log disabled"), "{e}");
+    }
+    assert!(within(30, log.close()).await.is_err());
+    // Nothing was chained onto the forged file, nor written into it; the gateway's own file
+    // was kept beside it (not under a segment name).
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        [before.clone(), forged].concat()
+    );
+    let kept = format!("{segment}.displaced");
+    assert!(
+        text.contains(&format!("the gateway's own file was kept as {kept}")),
+        "{text}"
+    );
+    assert_eq!(std::fs::read(dir.path().join(&kept)).unwrap(), before);
+}
+
+#[tokio::test]
+async fn a_live_segment_replaced_by_a_rename_closes_the_log_fsync() {
+    a_live_segment_replaced_by_a_rename_closes_the_log(Durability::Fsync).await;
+}
+
+#[tokio::test]
+async fn a_live_segment_replaced_by_a_rename_closes_the_log_os_write() {
+    a_live_segment_replaced_by_a_rename_closes_the_log(Durability::OsWrite).await;
+}
+
+/// The segment's name removed while the writer holds it open: the same.
+#[tokio::test]
+async fn a_live_segment_renamed_away_closes_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(dir.path(), config(LOG)).await;
+    let session = gatehouse_core::SessionId::generate();
+    log.append(&sql_event(&session, 0, "select 1"))
+        .await
+        .unwrap();
+    let (segment, _, _, _) = forge_two(dir.path());
+    std::fs::rename(dir.path().join(&segment), dir.path().join("elsewhere")).unwrap();
+    let e = log
+        .append(&sql_event(&session, 1, "select 2"))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("no longer exists"), "{e}");
+    assert!(!dir.path().join(&segment).exists());
+}
