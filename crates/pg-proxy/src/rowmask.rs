@@ -32,6 +32,9 @@ struct ColumnPlan {
     derived: bool,
     /// Masked whole by the plan.
     whole: bool,
+    /// Masked whole by the plan when `derived` (a `detect` rule: plain values pass the
+    /// detectors, anything computed from the column is hidden).
+    whole_if_derived: bool,
     /// Masked whole by the caller ([`ShapePlan::withhold`]): always NULL.
     forced: bool,
     /// SQL text of other sessions ([`ShapePlan::mask_as_statement_text`]).
@@ -83,6 +86,29 @@ impl FieldPlan for Transcoding {
 
     fn masks_whole(&self, index: usize) -> bool {
         self.inner.masks_whole(index)
+    }
+
+    fn masks_derived(&self, index: usize) -> bool {
+        self.inner.masks_derived(index)
+    }
+
+    fn apply_derived(
+        &self,
+        index: usize,
+        value: &[u8],
+        out: &mut Vec<u8>,
+        findings: &mut Vec<Finding>,
+    ) -> MaskOutcome {
+        let text = self.codec.decode_lossy(value);
+        let mut masked = Vec::new();
+        let outcome = self
+            .inner
+            .apply_derived(index, text.as_bytes(), &mut masked, findings);
+        if outcome == MaskOutcome::Masked {
+            out.clear();
+            out.extend_from_slice(&self.codec.encode(&String::from_utf8_lossy(&masked)));
+        }
+        outcome
     }
 }
 
@@ -206,6 +232,7 @@ impl ShapePlan {
                 type_oid: c.type_oid,
                 derived: !c.is_catalog_column(),
                 whole: plan.masks_whole(i),
+                whole_if_derived: plan.masks_derived(i),
                 forced: false,
                 sql_text: false,
             })
@@ -272,7 +299,9 @@ impl ShapePlan {
 
     /// Whether any column of this shape is masked whole.
     pub fn masks_any(&self) -> bool {
-        self.columns.iter().any(|c| c.whole)
+        self.columns
+            .iter()
+            .any(|c| c.whole || (c.derived && c.whole_if_derived))
     }
 
     /// Masks one DataRow body. Appends the (possibly rewritten) DataRow message to `out`;
@@ -301,7 +330,7 @@ impl ShapePlan {
                 return Err(FrameError::Malformed("DataRow"));
             };
             let kind = self.kinds.get(i).copied().unwrap_or(FieldKind::NonText);
-            let outcome = if col.whole && col.derived {
+            let outcome = if col.derived && (col.whole || col.whole_if_derived) {
                 self.mask_derived(i, col, kind, v, &mut scratch.buf, findings)
             } else if col.sql_text {
                 self.mask_statement_text(i, col, kind, v, &mut scratch.buf, findings)
@@ -372,7 +401,7 @@ impl ShapePlan {
         buf: &mut Vec<u8>,
         findings: &mut Vec<Finding>,
     ) -> MaskOutcome {
-        let _ = self.plan.apply(i, value, buf, findings);
+        let outcome = self.plan.apply_derived(i, value, buf, findings);
         if col.forced {
             return MaskOutcome::MustNull;
         }
@@ -385,8 +414,7 @@ impl ShapePlan {
         if !plain_text {
             return MaskOutcome::MustNull;
         }
-        let mut ignored = Vec::new();
-        match self.plan.apply(i, b"", buf, &mut ignored) {
+        match outcome {
             MaskOutcome::Masked => MaskOutcome::Masked,
             _ => MaskOutcome::MustNull,
         }
