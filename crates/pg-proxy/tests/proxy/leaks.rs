@@ -42,6 +42,10 @@ CREATE VIEW v_union AS SELECT id, card_number AS u FROM customers
 CREATE MATERIALIZED VIEW m_cards AS SELECT id, card_number, reverse(card_number) AS rc FROM customers;
 CREATE VIEW v_activity AS SELECT pid, query AS q FROM pg_stat_activity;
 CREATE VIEW v_notes AS SELECT id, note, reverse(note) AS rn FROM customers;
+CREATE TABLE customer_gen (id int, note text, email text,
+    rn text GENERATED ALWAYS AS (reverse(note)) STORED,
+    re text GENERATED ALWAYS AS (reverse(email)) STORED);
+INSERT INTO customer_gen (id, note, email) SELECT id, note, email FROM customers;
 ";
 
 /// Every value that must never be seen: the masked columns, and the PII inside `note` that
@@ -1507,6 +1511,9 @@ const NOTE_DERIVED: &[&str] = &[
     "SELECT (SELECT reverse(note) FROM customers c2 WHERE c2.id = c.id) FROM customers c",
     "SELECT label FROM plain UNION ALL SELECT reverse(note) FROM customers",
     "SELECT rn FROM v_notes",
+    "SELECT rn, re FROM customer_gen",
+    "SELECT * FROM customer_gen",
+    "SELECT string_agg(rn, ',') FROM customer_gen",
     "SELECT * FROM v_notes",
     "SELECT CAST(reverse(note) AS int) FROM customers",
     "SELECT CAST(translate(note, '0123456789', 'abcdefghij') AS int) FROM customers",
@@ -1517,6 +1524,11 @@ const NOTE_DERIVED: &[&str] = &[
     "SELECT set_config('application_name', string_agg(reverse(note), ','), false) FROM customers",
     "COPY (SELECT reverse(note) FROM customers) TO STDOUT",
     "CREATE TEMP TABLE note_copy AS SELECT note FROM customers; SELECT reverse(note) FROM note_copy",
+    "UPDATE plain SET label = (SELECT string_agg(reverse(note), ',') FROM customers); SELECT label FROM plain",
+    "UPDATE customers SET name = reverse(note); SELECT name FROM customers",
+    "ALTER TABLE customers ADD COLUMN gen text GENERATED ALWAYS AS (reverse(note)) STORED; SELECT gen FROM customers",
+    "INSERT INTO plain SELECT id, reverse(note) FROM customers; SELECT label FROM plain",
+    "UPDATE plain SET label = (SELECT string_agg(reverse(email), ',') FROM customers); SELECT label FROM plain",
 ];
 
 /// The PII of the `note` column (and its digits) as `translate(…, '0123456789',
@@ -1612,6 +1624,7 @@ async fn a_detect_column_shows_plain_values_through_the_detectors_and_hides_deri
         let client = connect_driver(gw.port).await;
         for sql in [
             "SELECT note FROM customers ORDER BY id",
+            "SELECT note FROM customer_gen ORDER BY id",
             "SELECT n FROM (SELECT id, note AS n FROM customers) s ORDER BY id",
             "SELECT note FROM v_notes ORDER BY id",
         ] {
@@ -1636,10 +1649,14 @@ async fn a_detect_column_shows_plain_values_through_the_detectors_and_hides_deri
             "SELECT note || '' FROM customers ORDER BY id",
             "SELECT n FROM (SELECT reverse(note) AS n FROM customers) s ORDER BY 1",
             "SELECT rn FROM v_notes ORDER BY id",
+            "SELECT rn FROM customer_gen ORDER BY id",
         ] {
             let values = all_values(&client, sql).await;
             assert_eq!(values, ["[masked]"; 4], "{sql}: {values:?}");
         }
+        // A generated column computed from a masked column: the rule's constant (partial: `*`).
+        let values = all_values(&client, "SELECT re FROM customer_gen ORDER BY id").await;
+        assert_eq!(values, ["*"; 4], "{values:?}");
         // What reveals nothing still passes.
         let values = all_values(&client, "SELECT count(note)::text FROM customers").await;
         assert_eq!(values, ["2", "2"], "{values:?}");
