@@ -1528,6 +1528,10 @@ const NOTE_DERIVED: &[&str] = &[
     "UPDATE customers SET name = reverse(note); SELECT name FROM customers",
     "ALTER TABLE customers ADD COLUMN gen text GENERATED ALWAYS AS (reverse(note)) STORED; SELECT gen FROM customers",
     "INSERT INTO plain SELECT id, reverse(note) FROM customers; SELECT label FROM plain",
+    "UPDATE customers SET note = reverse(note) WHERE id = 1; SELECT note FROM customers",
+    "INSERT INTO customers (id, name) SELECT id + 200, reverse(email) FROM customers; SELECT name FROM customers",
+    "INSERT INTO customers (id, note) SELECT id + 100, reverse(note) FROM customers; SELECT note FROM customers",
+    "UPDATE customers SET note = translate(note, '0123456789', 'abcdefghij') WHERE id = 2; SELECT note FROM customers",
     "UPDATE plain SET label = (SELECT string_agg(reverse(email), ',') FROM customers); SELECT label FROM plain",
 ];
 
