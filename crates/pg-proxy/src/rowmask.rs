@@ -615,6 +615,58 @@ mod tests {
         Bytes::copy_from_slice(&framed[5..])
     }
 
+    /// A value derived from a `detect` column is the rule's constant in any client encoding; a
+    /// plain one passes the detectors and goes back in the session's encoding.
+    #[test]
+    fn a_derived_value_of_a_detect_column_is_masked_whole_in_a_latin1_session() {
+        let mut profile = gatehouse_masking::ProfileConfig::default();
+        profile.columns.push(gatehouse_masking::ColumnRule {
+            pattern: "note".into(),
+            strategy: Some(gatehouse_masking::Strategy::Detect),
+        });
+        let mut config = gatehouse_masking::MaskingConfig::default();
+        config.profiles.insert("default".into(), profile);
+        let engine = gatehouse_masking::MaskingEngine::new(&config).unwrap();
+        let plain = ColumnDesc {
+            name: "note".into(),
+            table_oid: 16384,
+            attnum: 2,
+            type_oid: 25,
+            format: 0,
+        };
+        let derived = text_column(0);
+        let sources = vec![
+            vec!["public.customers.note".to_string()],
+            vec!["public.customers.note".to_string()],
+        ];
+        let plan = ShapePlan::new(
+            &engine,
+            &[plain, derived],
+            sources,
+            None,
+            NonTextMasking::Null,
+            |_| {},
+        )
+        .in_encoding(crate::encoding::Codec::for_name("LATIN1").unwrap());
+        // "café 4012 8888 8888 1881" in LATIN1, and reversed.
+        let value = b"caf\xe9 4012 8888 8888 1881".to_vec();
+        let reversed: Vec<u8> = value.iter().rev().copied().collect();
+        let body = row_body(&[Some(&value), Some(&reversed)]);
+        let mut out = BytesMut::new();
+        let mut findings = Vec::new();
+        let outcome = plan
+            .mask_row(&body, &mut out, &mut RowScratch::default(), &mut findings)
+            .unwrap();
+        assert_eq!(outcome, RowOutcome::Masked);
+        let values = crate::wire::parse_data_row(&Bytes::copy_from_slice(&out[5..])).unwrap();
+        assert_eq!(values[0].as_deref(), Some(&b"caf\xe9 [card]"[..]));
+        assert_eq!(values[1].as_deref(), Some(&b"[masked]"[..]));
+        assert!(
+            findings.iter().any(|f| f.rule == "column:note"),
+            "{findings:?}"
+        );
+    }
+
     #[test]
     fn a_withheld_column_goes_out_as_null_whatever_the_masker_says() {
         let masker = LiteralMasker::new();
