@@ -174,6 +174,36 @@ pub trait FieldPlan: Send + Sync {
     /// Whether field `index` is masked whole regardless of content (lets callers refuse early,
     /// e.g. a masked non-text column).
     fn masks_whole(&self, index: usize) -> bool;
+
+    /// Whether a value computed from field `index`'s sources by an expression (not the field
+    /// returned as it is) must be masked whole: true for every field masked whole, and for a
+    /// field whose rule shows its plain values through the detectors but hides anything derived
+    /// from them (a free-text column, whose transformed values no detector recognises). Callers
+    /// also use it to ask whether a source is protected at all. Defaults to
+    /// [`FieldPlan::masks_whole`].
+    fn masks_derived(&self, index: usize) -> bool {
+        self.masks_whole(index)
+    }
+
+    /// Masks a value of field `index` that an expression computed from the field's sources
+    /// (see [`FieldPlan::masks_derived`]): findings come from the real value, the output is a
+    /// constant that reveals nothing of it. Returns [`MaskOutcome::Masked`] with the constant in
+    /// `out`, or [`MaskOutcome::MustNull`] when the plan has no constant for the field.
+    /// Defaults to the plan's replacement of the empty value.
+    fn apply_derived(
+        &self,
+        index: usize,
+        value: &[u8],
+        out: &mut Vec<u8>,
+        findings: &mut Vec<Finding>,
+    ) -> MaskOutcome {
+        let _ = self.apply(index, value, out, findings);
+        let mut ignored = Vec::new();
+        match self.apply(index, b"", out, &mut ignored) {
+            MaskOutcome::Masked => MaskOutcome::Masked,
+            _ => MaskOutcome::MustNull,
+        }
+    }
 }
 
 /// A masker for one stream. Output never contains a detected value.

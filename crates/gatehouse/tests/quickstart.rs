@@ -140,6 +140,35 @@ fn quickstart_as_a_new_user() {
         "{rows}"
     );
 
+    // The free-text `notes` column (a `detect` rule): read plainly its card number was masked
+    // by the detectors (above); transformed past them, the value is masked whole.
+    let out = sh(
+        &format!(
+            "{psql_line} -XAt -F '|' \
+             -c \"SELECT reverse(notes), translate(notes, '0123456789', 'abcdefghij') FROM customers WHERE id = 2\" \
+             -c \"SELECT encode(convert_to(notes, 'UTF8'), 'base64') FROM customers WHERE id = 2\" \
+             -c \"SELECT string_agg(substr(notes, i, 1), '' ORDER BY i) FROM customers, generate_series(1, 40) i WHERE id = 2\""
+        ),
+        &[],
+    );
+    let rows = text(&out);
+    assert!(out.status.success(), "{rows}");
+    for leaked in [
+        "1881 8888 8888 2104",
+        "eabc iiii iiii biib",
+        // base64 of "card on file: 4012"
+        "Y2FyZCBvbiBmaWxlOiA0MDEy",
+        "4012888888881881",
+        "4012 8888 8888 1881",
+    ] {
+        assert!(!rows.contains(leaked), "{leaked} leaked: {rows}");
+    }
+    assert_eq!(
+        rows.lines().collect::<Vec<_>>(),
+        ["[masked]|[masked]", "[masked]", "[masked]"],
+        "{rows}"
+    );
+
     // A DROP is denied with the rule named; the session stays usable afterwards.
     let out = sh(
         &format!(

@@ -11,7 +11,8 @@
 //! strategy = "redact"
 //! hmac_key = "a long random key from a secret file"
 //! detectors = { phone = false, email = { strategy = "keyed_hash" } }
-//! columns = [{ pattern = "*password*" }, { pattern = "public.customers.ssn", strategy = "partial" }]
+//! columns = [{ pattern = "*password*" }, { pattern = "public.customers.ssn", strategy = "partial" },
+//!            { pattern = "customers.notes", strategy = "detect" }]
 //! json_paths = [{ path = "$.users[*].email" }, { path = "$..token" }]
 //! dictionaries = [{ name = "codename", words = ["bluebird", "nightjar"] }]
 //! regexes = [{ name = "employee-id", pattern = "EMP-[0-9]{6}" }]
@@ -49,6 +50,14 @@ pub enum Strategy {
     KeyedHash,
     /// A fixed text chosen by the operator.
     Placeholder(String),
+    /// Column rules only: a free-text column that may carry personal data. Returned as it is
+    /// (a plain column reference), its value passes the content detectors like an unruled
+    /// column; any value computed from it by an expression (`reverse(notes)`,
+    /// `translate(notes, …)`, `encode(…, 'base64')`, `substr(notes, i, 1)`, `array_agg`) is
+    /// masked whole as `[masked]` (NULL for non-text types), since no detector recognises a
+    /// transformed value. Refused for detectors, dictionaries, regexes, JSON paths and as a
+    /// profile's default.
+    Detect,
 }
 
 /// One profile: which detectors run, how matches are replaced, and which fields are masked whole.

@@ -228,6 +228,30 @@ impl MaskingProfile {
             ));
         }
 
+        // `detect` says how a column is returned, not how a match is replaced: column rules
+        // only.
+        if config.strategy == Strategy::Detect {
+            return Err(bad(
+                "strategy \"detect\" is for column rules only, not a profile's default".into(),
+            ));
+        }
+        if let Some(r) = rules
+            .iter()
+            .map(|r| &r.name)
+            .chain(json_paths.iter().map(|p| &p.1.name))
+            .zip(
+                rules
+                    .iter()
+                    .map(|r| &r.strategy)
+                    .chain(json_paths.iter().map(|p| &p.1.strategy)),
+            )
+            .find(|(_, s)| **s == Strategy::Detect)
+            .map(|(n, _)| n)
+        {
+            return Err(bad(format!(
+                "{r}: strategy \"detect\" is for column rules only"
+            )));
+        }
         let all_strategies = rules
             .iter()
             .map(|r| &r.strategy)

@@ -19,7 +19,8 @@ pub(crate) fn write_replacement(
     out: &mut Vec<u8>,
 ) {
     match strategy {
-        Strategy::Redact => {
+        // A `detect` column rule replaces only values derived from its column, whole.
+        Strategy::Redact | Strategy::Detect => {
             out.push(b'[');
             out.extend_from_slice(label.as_bytes());
             out.push(b']');

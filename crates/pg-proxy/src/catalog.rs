@@ -630,7 +630,9 @@ impl Catalog {
         result
     }
 
-    /// Sources per column; columns without a table (expressions) get none. If the lookup fails,
+    /// Sources per column: the column itself, then what it reads (a view column's base columns
+    /// through the view's rules, a generated column's expression's columns through its
+    /// `pg_attrdef` entry); columns without a table (expressions) get none. If the lookup fails,
     /// every table-backed column is marked with a source the masker cannot mistake for safe
     /// (`?.<oid>.<attnum>`), and the failure is returned for the caller to decide.
     async fn resolve_dependencies(
@@ -679,12 +681,23 @@ impl Catalog {
              deps(root_rel, root_att, relid, attnum, depth) AS ( \
                SELECT relid, attnum, relid, attnum, 0 FROM cols \
                UNION \
-               SELECT d0.root_rel, d0.root_att, d.refobjid, d.refobjsubid::int2, d0.depth + 1 \
+               SELECT d0.root_rel, d0.root_att, e.refobjid, e.refobjsubid, d0.depth + 1 \
                FROM deps d0 \
-               JOIN pg_catalog.pg_rewrite r ON r.ev_class = d0.relid \
-               JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass \
-                 AND d.objid = r.oid AND d.refclassid = 'pg_catalog.pg_class'::regclass \
-                 AND d.refobjsubid > 0 AND d.refobjid <> d0.relid \
+               CROSS JOIN LATERAL ( \
+                 SELECT d.refobjid, d.refobjsubid::int2 AS refobjsubid \
+                 FROM pg_catalog.pg_rewrite r \
+                 JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass \
+                   AND d.objid = r.oid AND d.refclassid = 'pg_catalog.pg_class'::regclass \
+                   AND d.refobjsubid > 0 AND d.refobjid <> d0.relid \
+                 WHERE r.ev_class = d0.relid \
+                 UNION ALL \
+                 SELECT d.refobjid, d.refobjsubid::int2 \
+                 FROM pg_catalog.pg_attrdef ad \
+                 JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_attrdef'::regclass \
+                   AND d.objid = ad.oid AND d.refclassid = 'pg_catalog.pg_class'::regclass \
+                   AND d.refobjid = d0.relid AND d.refobjsubid > 0 \
+                   AND d.refobjsubid <> d0.attnum \
+                 WHERE ad.adrelid = d0.relid AND ad.adnum = d0.attnum) e \
                WHERE d0.depth < 8) \
              SELECT deps.root_rel::text, deps.root_att::text, \
                n.nspname || '.' || c.relname || '.' || a.attname, deps.depth::text \

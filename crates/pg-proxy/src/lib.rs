@@ -371,7 +371,7 @@ impl ProxyInner {
             })
             .collect();
         let plan = self.pipeline.masker.plan(&fields, profile);
-        (0..fields.len()).any(|i| plan.masks_whole(i))
+        (0..fields.len()).any(|i| plan.masks_derived(i))
     }
 
     /// Whether any of `functions` is defined outside `pg_catalog` (a lookup failure counts as

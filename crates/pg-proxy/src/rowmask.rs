@@ -32,6 +32,9 @@ struct ColumnPlan {
     derived: bool,
     /// Masked whole by the plan.
     whole: bool,
+    /// Masked whole by the plan when `derived` (a `detect` rule: plain values pass the
+    /// detectors, anything computed from the column is hidden).
+    whole_if_derived: bool,
     /// Masked whole by the caller ([`ShapePlan::withhold`]): always NULL.
     forced: bool,
     /// SQL text of other sessions ([`ShapePlan::mask_as_statement_text`]).
@@ -83,6 +86,29 @@ impl FieldPlan for Transcoding {
 
     fn masks_whole(&self, index: usize) -> bool {
         self.inner.masks_whole(index)
+    }
+
+    fn masks_derived(&self, index: usize) -> bool {
+        self.inner.masks_derived(index)
+    }
+
+    fn apply_derived(
+        &self,
+        index: usize,
+        value: &[u8],
+        out: &mut Vec<u8>,
+        findings: &mut Vec<Finding>,
+    ) -> MaskOutcome {
+        let text = self.codec.decode_lossy(value);
+        let mut masked = Vec::new();
+        let outcome = self
+            .inner
+            .apply_derived(index, text.as_bytes(), &mut masked, findings);
+        if outcome == MaskOutcome::Masked {
+            out.clear();
+            out.extend_from_slice(&self.codec.encode(&String::from_utf8_lossy(&masked)));
+        }
+        outcome
     }
 }
 
@@ -206,6 +232,7 @@ impl ShapePlan {
                 type_oid: c.type_oid,
                 derived: !c.is_catalog_column(),
                 whole: plan.masks_whole(i),
+                whole_if_derived: plan.masks_derived(i),
                 forced: false,
                 sql_text: false,
             })
@@ -272,7 +299,9 @@ impl ShapePlan {
 
     /// Whether any column of this shape is masked whole.
     pub fn masks_any(&self) -> bool {
-        self.columns.iter().any(|c| c.whole)
+        self.columns
+            .iter()
+            .any(|c| c.whole || (c.derived && c.whole_if_derived))
     }
 
     /// Masks one DataRow body. Appends the (possibly rewritten) DataRow message to `out`;
@@ -301,7 +330,7 @@ impl ShapePlan {
                 return Err(FrameError::Malformed("DataRow"));
             };
             let kind = self.kinds.get(i).copied().unwrap_or(FieldKind::NonText);
-            let outcome = if col.whole && col.derived {
+            let outcome = if col.derived && (col.whole || col.whole_if_derived) {
                 self.mask_derived(i, col, kind, v, &mut scratch.buf, findings)
             } else if col.sql_text {
                 self.mask_statement_text(i, col, kind, v, &mut scratch.buf, findings)
@@ -372,7 +401,7 @@ impl ShapePlan {
         buf: &mut Vec<u8>,
         findings: &mut Vec<Finding>,
     ) -> MaskOutcome {
-        let _ = self.plan.apply(i, value, buf, findings);
+        let outcome = self.plan.apply_derived(i, value, buf, findings);
         if col.forced {
             return MaskOutcome::MustNull;
         }
@@ -385,8 +414,7 @@ impl ShapePlan {
         if !plain_text {
             return MaskOutcome::MustNull;
         }
-        let mut ignored = Vec::new();
-        match self.plan.apply(i, b"", buf, &mut ignored) {
+        match outcome {
             MaskOutcome::Masked => MaskOutcome::Masked,
             _ => MaskOutcome::MustNull,
         }
@@ -585,6 +613,58 @@ mod tests {
         let mut framed = BytesMut::new();
         encode_data_row(values, &mut framed);
         Bytes::copy_from_slice(&framed[5..])
+    }
+
+    /// A value derived from a `detect` column is the rule's constant in any client encoding; a
+    /// plain one passes the detectors and goes back in the session's encoding.
+    #[test]
+    fn a_derived_value_of_a_detect_column_is_masked_whole_in_a_latin1_session() {
+        let mut profile = gatehouse_masking::ProfileConfig::default();
+        profile.columns.push(gatehouse_masking::ColumnRule {
+            pattern: "note".into(),
+            strategy: Some(gatehouse_masking::Strategy::Detect),
+        });
+        let mut config = gatehouse_masking::MaskingConfig::default();
+        config.profiles.insert("default".into(), profile);
+        let engine = gatehouse_masking::MaskingEngine::new(&config).unwrap();
+        let plain = ColumnDesc {
+            name: "note".into(),
+            table_oid: 16384,
+            attnum: 2,
+            type_oid: 25,
+            format: 0,
+        };
+        let derived = text_column(0);
+        let sources = vec![
+            vec!["public.customers.note".to_string()],
+            vec!["public.customers.note".to_string()],
+        ];
+        let plan = ShapePlan::new(
+            &engine,
+            &[plain, derived],
+            sources,
+            None,
+            NonTextMasking::Null,
+            |_| {},
+        )
+        .in_encoding(crate::encoding::Codec::for_name("LATIN1").unwrap());
+        // "café 4012 8888 8888 1881" in LATIN1, and reversed.
+        let value = b"caf\xe9 4012 8888 8888 1881".to_vec();
+        let reversed: Vec<u8> = value.iter().rev().copied().collect();
+        let body = row_body(&[Some(&value), Some(&reversed)]);
+        let mut out = BytesMut::new();
+        let mut findings = Vec::new();
+        let outcome = plan
+            .mask_row(&body, &mut out, &mut RowScratch::default(), &mut findings)
+            .unwrap();
+        assert_eq!(outcome, RowOutcome::Masked);
+        let values = crate::wire::parse_data_row(&Bytes::copy_from_slice(&out[5..])).unwrap();
+        assert_eq!(values[0].as_deref(), Some(&b"caf\xe9 [card]"[..]));
+        assert_eq!(values[1].as_deref(), Some(&b"[masked]"[..]));
+        assert!(
+            findings.iter().any(|f| f.rule == "column:note"),
+            "{findings:?}"
+        );
     }
 
     #[test]

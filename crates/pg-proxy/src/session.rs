@@ -1247,7 +1247,7 @@ impl Frontend {
             .pipeline
             .masker
             .plan(&fields, decision.masking_profile.as_deref());
-        if let Some(masked) = (0..fields.len()).find(|&i| plan.masks_whole(i)) {
+        if let Some(masked) = (0..fields.len()).find(|&i| plan.masks_derived(i)) {
             let column = sources.get(masked).cloned().unwrap_or_default();
             return Some(Decision::deny(
                 "masked-column-copy",
@@ -3370,7 +3370,7 @@ impl Backend {
             every
                 .iter()
                 .enumerate()
-                .filter(|(i, _)| plan.masks_whole(*i))
+                .filter(|(i, _)| plan.masks_derived(*i))
                 .map(|(_, s)| s.clone())
                 .collect(),
         );
@@ -3933,7 +3933,7 @@ impl Backend {
             .pipeline
             .masker
             .plan(&fields, ctx.profile.as_deref());
-        let answer = unlisted || (0..fields.len()).any(|i| plan.masks_whole(i));
+        let answer = unlisted || (0..fields.len()).any(|i| plan.masks_derived(i));
         self.withheld_cache = Some((ctx.index, answer));
         answer
     }

@@ -193,6 +193,16 @@ impl StatementAnalyzer for SqlAnalyzer {
                 || st.has(gatehouse_sql::Risk::WriteFromColumns)
                 || st.has(gatehouse_sql::Risk::SelectInto)
                 || (st.kinds.contains(&K::Insert) && st.tables.len() > 1)
+                // `INSERT INTO t (name) SELECT reverse(email) FROM t`: one table named, still a
+                // copy of its columns into others.
+                || (st.kinds.contains(&K::Insert)
+                    && st.tables.len() == 1
+                    && gatehouse_sql::copied_sources(
+                        text.get(st.span.clone()).unwrap_or(""),
+                        settings,
+                        &gatehouse_sql::NoCatalog,
+                    )
+                    .is_some_and(|sources| !sources.is_empty()))
                 || (st.kind == K::Copy && !copy_is_from(stmt_text))
                 || stores_values(&st.functions)
                 || (st.kind == K::Ddl

@@ -189,3 +189,105 @@ fn column_rules_match_qualified_sources_by_suffix_and_ignore_quotes() {
     }
     assert!(!plan.masks_whole(4) && !plan.masks_whole(5));
 }
+
+/// A `detect` column rule: the column's plain values get the detectors only, a value derived
+/// from it is masked whole, and the rule counts as protecting the column.
+#[test]
+fn a_detect_rule_shows_plain_values_through_the_detectors_and_hides_derived_ones() {
+    let mut p = ProfileConfig::default();
+    p.columns.push(ColumnRule {
+        pattern: "customers.notes".into(),
+        strategy: Some(Strategy::Detect),
+    });
+    let mut c = MaskingConfig::default();
+    c.profiles.insert("pii".into(), p);
+    let e = MaskingEngine::new(&c).unwrap();
+    let fields = vec![
+        FieldDesc {
+            name: "notes".into(),
+            sources: vec!["public.customers.notes".into()],
+            kind: FieldKind::Text,
+        },
+        FieldDesc {
+            name: "other".into(),
+            sources: vec!["public.customers.other".into()],
+            kind: FieldKind::Text,
+        },
+    ];
+    let plan = e.plan(&fields, Some("pii"));
+    assert!(!plan.masks_whole(0), "a plain value is not replaced whole");
+    assert!(plan.masks_derived(0), "a derived value is");
+    assert!(!plan.masks_whole(1) && !plan.masks_derived(1));
+
+    let mut out = Vec::new();
+    let mut f = Vec::new();
+    let v = b"card on file: 4012 8888 8888 1881";
+    assert_eq!(plan.apply(0, v, &mut out, &mut f), MaskOutcome::Masked);
+    assert_eq!(out, b"card on file: [card]");
+    assert_eq!(
+        plan.apply(0, b"prefers email", &mut out, &mut f),
+        MaskOutcome::Unchanged
+    );
+
+    // Reversed, no detector recognises the card; derived, the value is hidden whole.
+    let reversed: Vec<u8> = v.iter().rev().copied().collect();
+    assert_eq!(
+        plan.apply(0, &reversed, &mut out, &mut f),
+        MaskOutcome::Unchanged,
+        "the detectors alone cannot see through a transformation"
+    );
+    let mut f = Vec::new();
+    assert_eq!(
+        plan.apply_derived(0, &reversed, &mut out, &mut f),
+        MaskOutcome::Masked
+    );
+    assert_eq!(out, b"[masked]");
+    assert!(
+        f.iter().any(|x| x.rule == "column:customers.notes"),
+        "{f:?}"
+    );
+    // A field no rule hides has no constant: the caller NULLs it.
+    assert_eq!(
+        plan.apply_derived(1, &reversed, &mut out, &mut f),
+        MaskOutcome::MustNull
+    );
+}
+
+#[test]
+fn detect_is_a_strategy_for_column_rules_only() {
+    for bad in [
+        ProfileConfig {
+            strategy: Strategy::Detect,
+            ..Default::default()
+        },
+        {
+            let mut p = ProfileConfig::default();
+            p.json_paths.push(gatehouse_masking::JsonPathRule {
+                path: "$.notes".into(),
+                strategy: Some(Strategy::Detect),
+            });
+            p
+        },
+        {
+            let mut p = ProfileConfig::default();
+            p.detectors.insert(
+                "email".into(),
+                gatehouse_masking::DetectorSetting::Settings(gatehouse_masking::DetectorConfig {
+                    enabled: true,
+                    strategy: Some(Strategy::Detect),
+                    max_len: None,
+                }),
+            );
+            p
+        },
+    ] {
+        let mut c = MaskingConfig::default();
+        c.profiles.insert("pii".into(), bad);
+        let err = MaskingEngine::new(&c).unwrap_err().to_string();
+        assert!(err.contains("detect"), "{err}");
+    }
+    let parsed: ProfileConfig =
+        serde_json::from_str(r#"{"columns": [{"pattern": "notes", "strategy": "detect"}]}"#)
+            .unwrap();
+    assert_eq!(parsed.columns[0].strategy, Some(Strategy::Detect));
+}

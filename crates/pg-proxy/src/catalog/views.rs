@@ -1,5 +1,6 @@
 //! Which columns of views (and materialized views) are computed by an expression of the view's
-//! definition rather than passed through from a column.
+//! definition rather than passed through from a column; and which columns of tables are
+//! generated (`GENERATED ALWAYS AS (…) STORED`), computed from other columns of their row.
 //!
 //! RowDescription gives a view column a table OID like any table column, and the catalog follows
 //! it to every base column the view reads; a partial or keyed-hash strategy would then be applied
@@ -29,8 +30,9 @@ type ViewColumn = Option<Vec<(u32, i16)>>;
 /// What a relation's columns are.
 #[derive(Debug)]
 pub(crate) enum RelationKind {
-    /// Not a view: its columns are stored values.
-    Stored,
+    /// Not a view: its columns are stored values; those listed (attnums) are generated columns,
+    /// computed from other columns of their row (`GENERATED ALWAYS AS (reverse(email))`).
+    Stored(Vec<i16>),
     /// A view: each column (attnum - 1); columns beyond the list are computed.
     View(Vec<ViewColumn>),
 }
@@ -39,7 +41,7 @@ impl RelationKind {
     /// Whether column `attnum` is computed by the view.
     fn derived(&self, attnum: i16) -> bool {
         match self {
-            RelationKind::Stored => false,
+            RelationKind::Stored(generated) => generated.contains(&attnum),
             RelationKind::View(cols) => view_column(cols, attnum).is_none(),
         }
     }
@@ -48,7 +50,8 @@ impl RelationKind {
     /// itself for a stored relation; `None` when the view computes it.
     fn column(&self, oid: u32, attnum: i16) -> ViewColumn {
         match self {
-            RelationKind::Stored => Some(vec![(oid, attnum)]),
+            RelationKind::Stored(generated) if generated.contains(&attnum) => None,
+            RelationKind::Stored(_) => Some(vec![(oid, attnum)]),
             RelationKind::View(cols) => view_column(cols, attnum).cloned(),
         }
     }
@@ -150,13 +153,28 @@ impl Catalog {
         let rows = self
             .run(&format!(
                 "SELECT c.relkind::text, CASE WHEN c.relkind IN ('v', 'm') \
-                 THEN pg_catalog.pg_get_viewdef(c.oid) END \
+                 THEN pg_catalog.pg_get_viewdef(c.oid) END, \
+                 (SELECT pg_catalog.string_agg(a.attnum::text, ',') FROM pg_catalog.pg_attribute a \
+                  WHERE a.attrelid = c.oid AND a.attgenerated <> '' AND NOT a.attisdropped) \
                  FROM pg_catalog.pg_class c WHERE c.oid = {oid}::oid"
             ))
             .await?;
         let kind = match rows.first().map(Vec::as_slice) {
-            Some([Some(relkind), _]) if relkind != "v" && relkind != "m" => RelationKind::Stored,
-            Some([Some(_), Some(def)]) => {
+            Some([Some(relkind), _, generated]) if relkind != "v" && relkind != "m" => {
+                let mut attnums = Vec::new();
+                for a in generated.as_deref().unwrap_or("").split(',') {
+                    if a.is_empty() {
+                        continue;
+                    }
+                    match a.parse::<i16>() {
+                        Ok(n) => attnums.push(n),
+                        // Unreadable: every column computed (fail closed).
+                        Err(_) => return Ok(Arc::new(RelationKind::View(Vec::new()))),
+                    }
+                }
+                RelationKind::Stored(attnums)
+            }
+            Some([Some(_), Some(def), _]) => {
                 RelationKind::View(Box::pin(self.view_columns(def, depth)).await?)
             }
             // Gone, or a view whose definition cannot be read: every column derived.

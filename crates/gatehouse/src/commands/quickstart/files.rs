@@ -396,7 +396,10 @@ default_profile = "pii"
 
 [masking.profiles.pii]
 strategy = "redact"
-columns = [{{ pattern = "email" }}, {{ pattern = "card_number" }}, {{ pattern = "phone" }}]
+# `notes` is free text: read plainly it passes the detectors (a card number in it is masked,
+# the rest shown); anything computed from it (reverse, translate, base64, one character per
+# row) is masked whole, since no detector recognises a transformed value.
+columns = [{{ pattern = "email" }}, {{ pattern = "card_number" }}, {{ pattern = "phone" }}, {{ pattern = "notes", strategy = "detect" }}]
 
 [audit]
 durability = "fsync"
