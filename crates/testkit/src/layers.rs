@@ -286,6 +286,9 @@ impl Approvals for MemoryApprovals {
                 .state(id)
                 .ok_or_else(|| ApprovalError::NotFound(id.0.clone()))?;
             let timeout = Duration::from_millis(record.request.requirement.timeout_ms);
+            // The request's timeout runs from its opening (as in the broker), not from this
+            // wait: a retried request held `max_wait` at a time still times out.
+            let age = Duration::try_from(now() - record.opened_at).unwrap_or(Duration::ZERO);
             let opened = Instant::now();
             let mut guard = AbandonOnDrop {
                 approvals: self,
@@ -321,7 +324,7 @@ impl Approvals for MemoryApprovals {
                     return Ok(outcome);
                 }
                 let elapsed = opened.elapsed();
-                if elapsed >= timeout {
+                if age + elapsed >= timeout {
                     guard.armed = false;
                     if let Some(closed) = self.close(id, ApprovalState::TimedOut) {
                         self.record_resolved(&closed).await?;
@@ -332,7 +335,9 @@ impl Approvals for MemoryApprovals {
                     guard.armed = false;
                     return Ok(ApprovalOutcome::StillPending);
                 }
-                let left = timeout.min(max_wait).saturating_sub(elapsed);
+                let left = timeout
+                    .saturating_sub(age + elapsed)
+                    .min(max_wait.saturating_sub(elapsed));
                 let _ = tokio::time::timeout(left, notified).await;
             }
         })
