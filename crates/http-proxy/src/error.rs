@@ -84,6 +84,10 @@ pub enum HttpProxyError {
     /// The egress guard found held credential material in the response; it was withheld.
     #[error("response withheld: it contained held credential material")]
     EgressBlocked,
+    /// A [`gatehouse_core::GateHooks::on_chunk`] hook stopped the response: what it had not
+    /// seen is withheld (403 before the response head left; a cut body after).
+    #[error("response stopped by a gateway hook (GateHooks::on_chunk)")]
+    HookStopped,
     /// The upstream could not be reached.
     #[error("upstream unavailable: {0}")]
     UpstreamUnavailable(String),
@@ -128,7 +132,7 @@ impl HttpProxyError {
             | UpstreamRefused(_)
             | BinaryRefused { .. } => Side::Upstream,
             Config(_) | Listener(_) | AuthUnavailable | Approvals(_) | Recorder(_)
-            | EgressBlocked => Side::Gateway,
+            | EgressBlocked | HookStopped => Side::Gateway,
         }
     }
 
@@ -140,7 +144,7 @@ impl HttpProxyError {
             Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             NoTarget => StatusCode::NOT_FOUND,
             BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Denied { .. } | ApprovalDenied { .. } | ApprovalTimedOut { .. } => {
+            Denied { .. } | ApprovalDenied { .. } | ApprovalTimedOut { .. } | HookStopped => {
                 StatusCode::FORBIDDEN
             }
             ApprovalPending { .. } => StatusCode::CONFLICT,
@@ -173,6 +177,7 @@ impl HttpProxyError {
             Approvals(_) => "approvals_unavailable",
             Recorder(_) => "audit_unavailable",
             EgressBlocked => "egress_blocked",
+            HookStopped => "hook_stopped",
             UpstreamUnavailable(_) => "upstream_unavailable",
             UpstreamTimeout => "upstream_timeout",
             UpstreamRefused(_) => "upstream_refused",

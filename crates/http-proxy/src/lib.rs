@@ -23,7 +23,10 @@
 //!    rewrite (a non-text content type, NUL bytes or invalid UTF-8 in a text body, a binary
 //!    WebSocket frame) is never rewritten: refused (`502 binary_refused`, a cut stream, or a
 //!    policy close) unless the rule says `binary = "raw"`, then passed unchanged and recorded
-//!    by size and SHA-256;
+//!    by size and SHA-256. A [`gatehouse_core::GateHooks::on_chunk`] hook is then shown each piece of the body and
+//!    each upstream WebSocket message as the caller receives it; its `Stop` is a
+//!    `403 hook_stopped` before the response head left, a cut body after it, a policy close on
+//!    a WebSocket;
 //! 7. records the exchange (masked, capped bodies; `authorization`, `cookie`, `set-cookie`
 //!    redacted) and the result.
 //!

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use gatehouse_core::http_path;
 use gatehouse_core::{
-    AuthErrorKind, Classified, Credential, Decision, EgressSite, Event, EventBody, Gate,
-    GateContext, HoldMode, HttpOperation, Identity, Operation, OperationResult, Outcome, Pipeline,
-    Protocol, RecordingFrame, RecordingKind, RecordingSink, Review, SessionId, Target, Verdict,
-    tighten,
+    AuthErrorKind, ChunkVerdict, Classified, Credential, Decision, EgressSite, Event, EventBody,
+    Gate, GateContext, HoldMode, HttpOperation, Identity, Operation, OperationResult, Outcome,
+    Pipeline, Protocol, RecordingFrame, RecordingKind, RecordingSink, Review, SessionId, Target,
+    Verdict, tighten,
 };
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -998,15 +998,17 @@ impl ConnCtx {
         // Wait briefly for the first safe bytes, so a response the egress guard blocks at once
         // becomes a clean 502 rather than a cut stream. What is already there after them is
         // taken too: a small response then leaves whole, with a `Content-Length`.
+        // The body has recorded the outcome of an error already: it is answered, not returned
+        // (which would record the operation's result a second time).
         let first = std::future::poll_fn(|cx| body.poll_next(cx));
         match tokio::time::timeout(idle.max(Duration::from_millis(100)), first).await {
-            Ok(Some(Err(e))) => return Err(e),
+            Ok(Some(Err(e))) => return Ok(error_response(&e)),
             Ok(Some(Ok(mut chunk))) => {
                 while !body.is_done() {
                     let more = std::future::poll_fn(|cx| body.poll_next(cx));
                     match futures::FutureExt::now_or_never(more) {
                         Some(Some(Ok(next))) => chunk.extend_from_slice(&next),
-                        Some(Some(Err(e))) => return Err(e),
+                        Some(Some(Err(e))) => return Ok(error_response(&e)),
                         Some(None) | None => break,
                     }
                 }
@@ -1359,6 +1361,7 @@ impl MaskedBody {
                     Err(_trailers) => Ok(()),
                 },
             };
+            let result = result.and_then(|()| self.chunk_hook(&out));
             if let Err(e) = result {
                 self.complete(Err(e.clone()), false);
                 return Poll::Ready(Some(Err(e)));
@@ -1370,6 +1373,28 @@ impl MaskedBody {
             if !out.is_empty() {
                 return Poll::Ready(Some(Ok(out)));
             }
+        }
+    }
+
+    /// Shows `out` (masked and egress-checked: exactly what the caller will receive) to
+    /// [`gatehouse_core::GateHooks::on_chunk`], when a hook wants chunks. A `Stop` withholds it
+    /// and ends the response ([`HttpProxyError::HookStopped`]).
+    fn chunk_hook(&self, out: &[u8]) -> Result<(), HttpProxyError> {
+        let Some(ex) = &self.exchange else {
+            return Ok(());
+        };
+        let hooks = &ex.conn.proxy.pipeline.hooks;
+        if out.is_empty() || !hooks.wants_chunks() {
+            return Ok(());
+        }
+        let ctx = GateContext {
+            session: &ex.session.id,
+            identity: &ex.session.identity,
+            target: &ex.target,
+        };
+        match hooks.on_chunk(&ctx, ex.index, out) {
+            ChunkVerdict::Continue => Ok(()),
+            ChunkVerdict::Stop => Err(HttpProxyError::HookStopped),
         }
     }
 

@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{SinkExt as _, StreamExt as _};
-use gatehouse_core::{EgressSite, HttpOperation, RecordingFrame, StreamContext};
+use gatehouse_core::{
+    ChunkVerdict, EgressSite, GateContext, HttpOperation, RecordingFrame, StreamContext,
+};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -178,6 +180,12 @@ async fn relay<C, U>(
     // Binary frames passed under `binary = "raw"`: count and SHA-256 (their bytes are not
     // recorded).
     let mut raw: Option<(u64, sha2::Sha256)> = None;
+    let hooks = pipeline.hooks.clone();
+    let gctx = GateContext {
+        session: &ctx.session.id,
+        identity: &ctx.session.identity,
+        target: &ctx.target,
+    };
     let mask_text = |text: &str, field: &str, findings: &mut Vec<gatehouse_core::Finding>| {
         let json = matches!(text.trim_start().as_bytes().first(), Some(b'{' | b'['));
         let mut m = pipeline.masker.stream(&StreamContext {
@@ -243,6 +251,22 @@ async fn relay<C, U>(
                     conn.record_block(&ctx.session, &ctx.target, "client").await;
                     status = "101 egress_blocked".into();
                     let _ = client_tx.send(Message::Close(None)).await;
+                    break;
+                }
+                // The message as the client will receive it (masked), shown to the chunk hook;
+                // a `Stop` withholds it and ends the stream with a policy close.
+                if matches!(out, Message::Text(_) | Message::Binary(_))
+                    && hooks.wants_chunks()
+                    && hooks.on_chunk(&gctx, ctx.index, payload) == ChunkVerdict::Stop
+                {
+                    let _ = client_tx
+                        .send(Message::Close(Some(CloseFrame {
+                            code: CloseCode::Policy,
+                            reason: "gatehouse: stopped by a gateway hook (GateHooks::on_chunk)"
+                                .into(),
+                        })))
+                        .await;
+                    status = "101 hook_stopped".into();
                     break;
                 }
                 bytes_out += payload.len() as u64;

@@ -1541,3 +1541,146 @@ async fn a_hook_cannot_turn_a_deny_or_a_review_into_an_allow() {
     })
     .await;
 }
+
+/// A gateway whose pipeline has `hook` as its gate hooks.
+async fn gateway_with_hook(
+    up: &Upstream,
+    hook: Arc<gatehouse_testkit::layers::RecordChunks>,
+) -> Gateway {
+    let cfg = config(up.addr, dead_addr());
+    let layers = layers(&cfg.held_secrets());
+    let mut pipeline = layers.pipeline.clone();
+    pipeline.hooks = hook;
+    Gateway::start_with(cfg, None, layers, pipeline).await
+}
+
+#[tokio::test]
+async fn a_chunk_hook_sees_the_response_body_as_the_client_gets_it_masked() {
+    within(T, async {
+        let up = start_upstream().await;
+        let hook = Arc::new(gatehouse_testkit::layers::RecordChunks::new());
+        let gw = gateway_with_hook(&up, hook.clone()).await;
+        let (status, _, body) = curl(&[&gw.url("/api/users"), "-H", &bearer(AGENT_TOKEN)]).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        assert!(String::from_utf8_lossy(&body).contains("[email]"));
+        // Exactly what the client received, and never the unmasked value.
+        assert_eq!(hook.seen(), body);
+        assert!(!String::from_utf8_lossy(&hook.seen()).contains("jane@example.com"));
+        // Streamed (gzip-decoded, masked) bodies too.
+        let (status, _, body) = curl(&[&gw.url("/api/gzip"), "-H", &bearer(AGENT_TOKEN)]).await;
+        assert_eq!(status, 200);
+        let seen = String::from_utf8_lossy(&hook.seen()).into_owned();
+        assert!(seen.ends_with(&*String::from_utf8_lossy(&body)), "{seen}");
+        assert!(!seen.contains("jane@example.com"), "{seen}");
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_chunk_hook_stopping_the_first_chunk_is_a_403_and_nothing_of_the_body_leaves() {
+    within(T, async {
+        let up = start_upstream().await;
+        let hook = Arc::new(gatehouse_testkit::layers::RecordChunks::stopping_on(
+            "[email]",
+        ));
+        let gw = gateway_with_hook(&up, hook.clone()).await;
+        let (status, _, body) = curl(&[&gw.url("/api/users"), "-H", &bearer(AGENT_TOKEN)]).await;
+        assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
+        let v = json_body(&body);
+        assert_eq!(v["error"], "hook_stopped");
+        assert!(!String::from_utf8_lossy(&body).contains("[email]"));
+        assert!(hook.stopped());
+        // The hook was shown the masked body only.
+        assert!(!String::from_utf8_lossy(&hook.seen()).contains("jane@example.com"));
+        let layers = gw.shutdown().await;
+        let stopped = layers
+            .recorder
+            .events()
+            .into_iter()
+            .filter(|e| {
+                matches!(&e.body, EventBody::OperationResult(r)
+                    if r.status.ends_with(" hook_stopped"))
+            })
+            .count();
+        assert_eq!(stopped, 1, "{}", layers.recorder.dump());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_chunk_hook_stopping_mid_stream_cuts_the_body() {
+    within(T, async {
+        let up = start_upstream().await;
+        let hook = Arc::new(gatehouse_testkit::layers::RecordChunks::stopping_on(
+            "second",
+        ));
+        let gw = gateway_with_hook(&up, hook.clone()).await;
+        let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+        let req = http::Request::get(gw.url("/api/sse"))
+            .header("authorization", format!("Bearer {AGENT_TOKEN}"))
+            .body(Empty::new())
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        let mut got = Vec::new();
+        while !String::from_utf8_lossy(&got).contains("\n\n") {
+            let frame = body.frame().await.unwrap().unwrap();
+            got.extend_from_slice(frame.data_ref().unwrap());
+        }
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            "event: msg\ndata: {\"to\": \"[email]\"}\n\n"
+        );
+        up.go.notify_one();
+        // The response head has left: the body is cut (no terminating chunk), so the client
+        // sees an incomplete message rather than a complete, shortened one.
+        let rest = body.collect().await;
+        assert!(rest.is_err(), "the body ended cleanly: {rest:?}");
+        assert!(hook.stopped());
+        assert!(String::from_utf8_lossy(&hook.seen()).contains("data: second [email]"));
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_chunk_hook_sees_websocket_messages_masked_and_its_stop_is_a_policy_close() {
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    within(T, async {
+        let up = start_upstream().await;
+        let hook = Arc::new(gatehouse_testkit::layers::RecordChunks::stopping_on("echo"));
+        let gw = gateway_with_hook(&up, hook.clone()).await;
+        let mut req = format!("ws://{}/api/ws", gw.addr)
+            .into_client_request()
+            .unwrap();
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {AGENT_TOKEN}").parse().unwrap(),
+        );
+        let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let (mut ws, _) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+        let first = ws.next().await.unwrap().unwrap();
+        assert_eq!(first, Message::text("hello [email]"));
+        assert_eq!(hook.seen(), b"hello [email]");
+        ws.send(Message::text("ping jane@example.com"))
+            .await
+            .unwrap();
+        match ws.next().await.unwrap().unwrap() {
+            Message::Close(Some(f)) => {
+                assert_eq!(f.code, CloseCode::Policy);
+                assert!(f.reason.contains("GateHooks::on_chunk"), "{f:?}");
+            }
+            other => panic!("expected a policy close, got {other:?}"),
+        }
+        assert!(hook.stopped());
+        assert!(!String::from_utf8_lossy(&hook.seen()).contains("jane@example.com"));
+        let layers = gw.shutdown().await;
+        let dump = layers.recorder.dump();
+        assert!(dump.contains("101 hook_stopped"), "{dump}");
+    })
+    .await;
+}

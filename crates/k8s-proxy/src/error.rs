@@ -103,6 +103,10 @@ pub enum K8sProxyError {
     /// The egress guard found held secret material.
     #[error("response blocked: it contained gateway-held credential material")]
     EgressBlocked,
+    /// A [`gatehouse_core::GateHooks::on_chunk`] hook stopped the response or stream: what it
+    /// had not seen is withheld.
+    #[error("response stopped by a gateway hook (GateHooks::on_chunk)")]
+    HookStopped,
     /// The recorder failed (fail closed).
     #[error("audit recorder unavailable: {0}")]
     Recorder(String),
@@ -143,7 +147,8 @@ impl K8sProxyError {
             | K8sProxyError::PortForwardNotRelayed { .. } => StatusCode::BAD_REQUEST,
             K8sProxyError::Denied { .. }
             | K8sProxyError::ApprovalRefused { .. }
-            | K8sProxyError::PortForwardBinary { .. } => StatusCode::FORBIDDEN,
+            | K8sProxyError::PortForwardBinary { .. }
+            | K8sProxyError::HookStopped => StatusCode::FORBIDDEN,
             // client-go retries 429 with Retry-After by itself: kubectl waits transparently.
             K8sProxyError::ApprovalPending { .. } => StatusCode::TOO_MANY_REQUESTS,
             K8sProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -198,6 +203,7 @@ impl K8sProxyError {
             K8sProxyError::UpstreamRefused(_) => "upstream_refused",
             K8sProxyError::UpstreamTimeout => "upstream_timeout",
             K8sProxyError::EgressBlocked => "egress_blocked",
+            K8sProxyError::HookStopped => "hook_stopped",
             K8sProxyError::Recorder(_) => "audit_unavailable",
             K8sProxyError::Approvals(_) => "approvals_unavailable",
         }

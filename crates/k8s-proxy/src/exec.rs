@@ -553,6 +553,10 @@ impl ExecCtx {
                         status = "101 egress_blocked".into();
                         break;
                     }
+                    if self.conn.chunk_hook(&self.ctx, &data).is_err() {
+                        status = "101 hook_stopped".into();
+                        break;
+                    }
                     bytes_out += data.len() as u64;
                     let raw = if $channel == STDOUT {
                         out_masker.is_raw()
@@ -796,9 +800,14 @@ impl ExecCtx {
                 }
             }
         }
-        if status == "101 egress_blocked" {
+        let ended_by = match status.as_str() {
+            "101 egress_blocked" => Some(K8sProxyError::EgressBlocked),
+            "101 hook_stopped" => Some(K8sProxyError::HookStopped),
+            _ => None,
+        };
+        if let Some(e) = ended_by {
             // Say why the stream ends, in the form client-go prints.
-            let blocked = K8sProxyError::EgressBlocked.to_status().to_string();
+            let blocked = e.to_status().to_string();
             let _ = client_tx
                 .send(channel_message(ERROR, blocked.as_bytes()))
                 .await;

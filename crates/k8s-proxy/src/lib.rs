@@ -52,6 +52,11 @@
 //! 8. streams watches (event by event) and `logs -f` without buffering;
 //! 9. records the exchange (masked, capped bodies) and the result.
 //!
+//! A [`gatehouse_core::GateHooks::on_chunk`] hook is shown each response body, each piece of a
+//! stream (watch, logs) and of exec/attach output, after masking and the egress guard; its
+//! `Stop` is a `403` Forbidden `Status` before the response head left, a cut stream after it,
+//! and a `Status` on the error channel of an exec stream.
+//!
 //! exec/attach over WebSocket are described in the `exec` module: `v5.channel.k8s.io` /
 //! `v4.channel.k8s.io` as the API server negotiates, `Upgrade: SPDY/3.1` refused with a
 //! `400 Status` and never relayed; every WebSocket request is upgraded so that a denial or a

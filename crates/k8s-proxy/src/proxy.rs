@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use gatehouse_core::{
-    AuthErrorKind, BinaryHandling, Classified, Credential, Decision, EgressSite, Event, EventBody,
-    Finding, Gate, GateContext, HoldMode, Identity, KubeOperation, Operation, OperationResult,
-    Outcome, Pipeline, Protocol, RecordingFrame, RecordingKind, RecordingSink, Review, SessionId,
-    StreamContext, Target, TextDetector, Verdict, http_path, tighten,
+    AuthErrorKind, BinaryHandling, ChunkVerdict, Classified, Credential, Decision, EgressSite,
+    Event, EventBody, Finding, Gate, GateContext, HoldMode, Identity, KubeOperation, Operation,
+    OperationResult, Outcome, Pipeline, Protocol, RecordingFrame, RecordingKind, RecordingSink,
+    Review, SessionId, StreamContext, Target, TextDetector, Verdict, http_path, tighten,
 };
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -567,6 +567,21 @@ impl ConnCtx {
         }
     }
 
+    /// Shows `chunk` (masked and egress-checked: exactly what the caller will receive) to
+    /// [`gatehouse_core::GateHooks::on_chunk`], when a hook wants chunks. A `Stop` withholds it
+    /// ([`K8sProxyError::HookStopped`]).
+    pub(crate) fn chunk_hook(&self, ctx: &OpCtx, chunk: &[u8]) -> Result<(), K8sProxyError> {
+        let hooks = &self.proxy.pipeline.hooks;
+        if chunk.is_empty() || !hooks.wants_chunks() {
+            return Ok(());
+        }
+        let gctx = Self::gate_ctx(ctx, &ctx.target);
+        match hooks.on_chunk(&gctx, ctx.index, chunk) {
+            ChunkVerdict::Continue => Ok(()),
+            ChunkVerdict::Stop => Err(K8sProxyError::HookStopped),
+        }
+    }
+
     /// The gate's decision (policy and hooks), with the built-in defaults: discovery and
     /// non-resource `GET`s are allowed when no rule matched (the default verdict only);
     /// sensitive operations are denied unless a rule (not the default verdict) allowed them.
@@ -1098,6 +1113,12 @@ impl ConnCtx {
                     self.record_block(ctx, "client").await;
                     return Err(K8sProxyError::EgressBlocked);
                 }
+                if let Err(e) = self.chunk_hook(ctx, &bytes) {
+                    exchange
+                        .finish(String::new(), 0, Vec::new(), Some(e.code()))
+                        .await;
+                    return Err(e);
+                }
                 let record = format!(
                     "<unmasked binary body (rule {}, binary = \"raw\"), {} bytes, sha256 {}>",
                     decision.rule_id,
@@ -1114,6 +1135,12 @@ impl ConnCtx {
             if pipeline.egress.check(EgressSite::Client, &masked).is_err() {
                 self.record_block(ctx, "client").await;
                 return Err(K8sProxyError::EgressBlocked);
+            }
+            if let Err(e) = self.chunk_hook(ctx, &masked) {
+                exchange
+                    .finish(String::new(), 0, findings, Some(e.code()))
+                    .await;
+                return Err(e);
             }
             let record = cap(&masked, config.record_body_cap);
             let total = masked.len() as u64;
@@ -1611,6 +1638,11 @@ impl StreamPump {
                     self.conn.record_block(&exchange.ctx, "client").await;
                     error = Some("egress_blocked");
                     let _ = tx.send(Err(K8sProxyError::EgressBlocked)).await;
+                    break;
+                }
+                if let Err(e) = self.conn.chunk_hook(&exchange.ctx, &out) {
+                    error = Some(e.code());
+                    let _ = tx.send(Err(e)).await;
                     break;
                 }
                 total += out.len() as u64;

@@ -2475,3 +2475,278 @@ async fn a_hook_cannot_turn_a_deny_or_a_review_into_an_allow() {
     assert!(!rig.api.state.seen().iter().any(|s| s.method == "DELETE"));
     assert!(rig.api.state.get("pods", "default", "web-0").is_some());
 }
+
+/// A rig whose gate hooks are `hook`.
+async fn rig_with_hook(hook: std::sync::Arc<gatehouse_testkit::layers::RecordChunks>) -> Rig {
+    Rig::start_full(POLICY, |_| {}, move |p| p.hooks = hook).await
+}
+
+#[tokio::test]
+async fn a_chunk_hook_sees_responses_after_masking() {
+    gatehouse_testkit::within(Duration::from_secs(120), async {
+        let hook = std::sync::Arc::new(gatehouse_testkit::layers::RecordChunks::new());
+        let rig = rig_with_hook(hook.clone()).await;
+        // A whole JSON document with a Secret in it: masked structurally before the hook.
+        let out = rig
+            .kubectl(&["get", "secret", "db-creds", "-o", "json"])
+            .await;
+        out.ok();
+        let seen = String::from_utf8_lossy(&hook.seen()).into_owned();
+        assert!(seen.contains("db-creds"), "{seen}");
+        assert!(seen.contains("W21hc2tlZF0="), "the masked value: {seen}");
+        assert!(!seen.contains(&b64(SECRET_PASSWORD)), "{seen}");
+        assert!(!seen.contains(SECRET_PASSWORD), "{seen}");
+        // A streamed text response (logs), masked.
+        let mut child = kubectl_command(&rig.kubeconfig, rig.dir.path(), &["logs", "-f", "web-0"])
+            .spawn()
+            .unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        rig.api.state.release_logs();
+        let mut logs = Vec::new();
+        stdout.read_to_end(&mut logs).await.unwrap();
+        child.wait().await.unwrap();
+        let logs = String::from_utf8_lossy(&logs).into_owned();
+        assert!(logs.contains("request from"), "{logs}");
+        let seen = String::from_utf8_lossy(&hook.seen()).into_owned();
+        assert!(seen.contains(LOG_LINE_1), "{seen}");
+        assert!(seen.contains("request from"), "{seen}");
+        assert!(!seen.contains("jane.doe@example.com"), "{seen}");
+        // Exec output, masked, as the caller receives it.
+        let out = rig
+            .kubectl(&[
+                "exec",
+                "web-0",
+                "--",
+                "echo",
+                "mail",
+                "jane.doe@example.com",
+                "now",
+            ])
+            .await;
+        out.ok();
+        let seen = String::from_utf8_lossy(&hook.seen()).into_owned();
+        assert!(seen.contains("mail ") && seen.contains(" now"), "{seen}");
+        assert!(!seen.contains("jane.doe@example.com"), "{seen}");
+        // Every chunk carries its operation's index.
+        let indexes: std::collections::BTreeSet<u64> =
+            hook.chunks().into_iter().map(|(i, _)| i).collect();
+        assert!(indexes.len() >= 3, "{indexes:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_chunk_hook_stopping_a_response_is_a_403_status() {
+    gatehouse_testkit::within(Duration::from_secs(120), async {
+        let hook = std::sync::Arc::new(gatehouse_testkit::layers::RecordChunks::stopping_on(
+            "db-creds",
+        ));
+        let rig = rig_with_hook(hook.clone()).await;
+        let auth = bearer();
+        let (code, _, body) = raw(
+            &rig.base(),
+            "GET",
+            "/k8s/dev/api/v1/namespaces/default/secrets/db-creds",
+            &[("authorization", &auth)],
+        )
+        .await;
+        assert_eq!(code, 403, "{body}");
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(status["kind"], "Status");
+        assert_eq!(status["reason"], "Forbidden");
+        assert!(
+            status["message"]
+                .as_str()
+                .unwrap()
+                .contains("GateHooks::on_chunk"),
+            "{body}"
+        );
+        assert!(!body.contains("db-creds"), "{body}");
+        assert!(hook.stopped());
+        // kubectl prints it as a server error.
+        let out = rig.kubectl(&["get", "secret", "db-creds"]).await;
+        assert_ne!(out.code, Some(0), "{out:#?}");
+        assert!(out.stderr.contains("Forbidden"), "{out:#?}");
+        assert!(
+            rig.results().iter().any(|r| r.status == "200 hook_stopped"),
+            "{:?}",
+            rig.results()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_chunk_hook_stopping_a_log_stream_cuts_it_after_what_it_let_through() {
+    gatehouse_testkit::within(Duration::from_secs(120), async {
+        let hook = std::sync::Arc::new(gatehouse_testkit::layers::RecordChunks::stopping_on(
+            "request from",
+        ));
+        let rig = rig_with_hook(hook.clone()).await;
+        let mut child = kubectl_command(&rig.kubeconfig, rig.dir.path(), &["logs", "-f", "web-0"])
+            .spawn()
+            .unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !String::from_utf8_lossy(&seen).contains(LOG_LINE_1) {
+            let n = stdout.read(&mut buf).await.unwrap();
+            assert!(n > 0, "kubectl ended early");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        rig.api.state.release_logs();
+        stdout.read_to_end(&mut seen).await.unwrap();
+        // The stream is cut (kubectl's exit status after a cut stream is its own business).
+        child.wait().await.unwrap();
+        let all = String::from_utf8_lossy(&seen).into_owned();
+        assert!(!all.contains("request from"), "{all}");
+        assert!(hook.stopped());
+        assert!(
+            rig.results()
+                .iter()
+                .any(|r| r.status.ends_with(" hook_stopped")),
+            "{:?}",
+            rig.results()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_chunk_hook_stopping_exec_output_ends_the_stream_with_a_status() {
+    gatehouse_testkit::within(Duration::from_secs(120), async {
+        let hook = std::sync::Arc::new(gatehouse_testkit::layers::RecordChunks::stopping_on(
+            "[email]",
+        ));
+        let rig = rig_with_hook(hook.clone()).await;
+        let out = rig
+            .kubectl(&[
+                "exec",
+                "web-0",
+                "--",
+                "echo",
+                "mail",
+                "jane.doe@example.com",
+                "now",
+            ])
+            .await;
+        assert_ne!(out.code, Some(0), "{out:#?}");
+        assert!(!out.stdout.contains("mail"), "{out:#?}");
+        assert!(out.stderr.contains("GateHooks::on_chunk"), "{out:#?}");
+        assert!(hook.stopped());
+        assert!(!String::from_utf8_lossy(&hook.seen()).contains("jane.doe@example.com"));
+        assert!(
+            rig.results().iter().any(|r| r.status == "101 hook_stopped"),
+            "{:?}",
+            rig.results()
+        );
+    })
+    .await;
+}
+
+const REVIEW_CM_DELETE_QUICK: &str = r#"
+[defaults]
+default = "allow"
+
+[[rules]]
+id = "review-cm-delete"
+reason = "config maps feed production"
+verdict = "review"
+approvers = ["admins"]
+timeout = "1s"
+kubernetes = { verbs = ["delete"], resources = ["configmaps"] }
+"#;
+
+/// The approval events of the recorder: (requested, resolved as timed out).
+fn approval_counts(rig: &Rig) -> (usize, usize) {
+    let events = rig.layers.recorder.events();
+    let requested = events
+        .iter()
+        .filter(|e| matches!(e.body, EventBody::ApprovalRequested { .. }))
+        .count();
+    let timed_out = events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.body,
+                EventBody::ApprovalResolved {
+                    outcome: gatehouse_core::ApprovalOutcome::TimedOut,
+                    ..
+                }
+            )
+        })
+        .count();
+    (requested, timed_out)
+}
+
+#[tokio::test]
+async fn approval_timed_out_is_403_forbidden_and_recorded_once() {
+    gatehouse_testkit::within(Duration::from_secs(60), async {
+        // Held longer than the request's own timeout: the hold ends with the timeout.
+        let rig = Rig::start_with(REVIEW_CM_DELETE_QUICK, |c| c.review_hold_ms = 30_000).await;
+        let auth = bearer();
+        let (code, headers, body) =
+            raw(&rig.base(), "DELETE", CM, &[("authorization", &auth)]).await;
+        assert_eq!(code, 403, "{body}");
+        assert!(!headers.contains_key("retry-after"), "{headers:?}");
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(status["kind"], "Status");
+        assert_eq!(status["reason"], "Forbidden");
+        let message = status["message"].as_str().unwrap();
+        assert!(message.contains("timed out"), "{body}");
+        assert!(message.contains("review-cm-delete"), "{body}");
+        assert!(
+            rig.api
+                .state
+                .get("configmaps", "default", "settings")
+                .is_some()
+        );
+        assert!(!rig.api.state.seen().iter().any(|s| s.method == "DELETE"));
+        assert_eq!(
+            approval_counts(&rig),
+            (1, 1),
+            "{}",
+            rig.layers.recorder.dump()
+        );
+        assert!(
+            rig.results()
+                .iter()
+                .any(|r| r.status == "403 approval_refused"),
+            "{:?}",
+            rig.results()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn approval_timed_out_reaches_kubectl_through_its_retries_as_forbidden() {
+    gatehouse_testkit::within(Duration::from_secs(90), async {
+        // No hold: client-go is told to retry (429) until the request has timed out.
+        let rig = Rig::start_with(REVIEW_CM_DELETE_QUICK, |c| {
+            c.review_hold_ms = 0;
+            c.retry_after_s = 1;
+        })
+        .await;
+        let out = rig.kubectl(&["delete", "configmap", "settings"]).await;
+        assert_ne!(out.code, Some(0), "{out:#?}");
+        assert!(
+            out.stderr.contains("Forbidden") && out.stderr.contains("timed out"),
+            "{out:#?}"
+        );
+        assert!(
+            rig.api
+                .state
+                .get("configmaps", "default", "settings")
+                .is_some()
+        );
+        // One request for all the retries, and its timeout recorded once.
+        assert_eq!(
+            approval_counts(&rig),
+            (1, 1),
+            "{}",
+            rig.layers.recorder.dump()
+        );
+    })
+    .await;
+}

@@ -23,9 +23,9 @@
 //! cancels it or closes its connection (the request is then abandoned and nothing runs). Outcomes are the
 //! SQLSTATEs of the table in `docs/DESIGN.md`: denied and approval denied 42501, approval timed
 //! out and abandoned 57014, approvals unavailable 58000 (53400 when too many are held), audit
-//! unavailable 58030. A `GateHooks::on_chunk` hook sees each masked row (each DataRow message as
-//! the client will receive it); `Stop` withholds it and ends the session with 42501 naming the
-//! hook.
+//! unavailable 58030. A `GateHooks::on_chunk` hook sees each masked row, COPY TO STDOUT row and
+//! FunctionCall result (each DataRow, CopyData and FunctionCallResponse message as the client
+//! will receive it); `Stop` withholds it and ends the session with 42501 naming the hook.
 //!
 //! Audit: each statement's `Operation` control event is recorded — at the recorder's durability,
 //! OS write or fsync — *before* the statement goes upstream (a statement whose record cannot be

@@ -286,6 +286,9 @@ impl Approvals for MemoryApprovals {
                 .state(id)
                 .ok_or_else(|| ApprovalError::NotFound(id.0.clone()))?;
             let timeout = Duration::from_millis(record.request.requirement.timeout_ms);
+            // The request's timeout runs from its opening (as in the broker), not from this
+            // wait: a retried request held `max_wait` at a time still times out.
+            let age = Duration::try_from(now() - record.opened_at).unwrap_or(Duration::ZERO);
             let opened = Instant::now();
             let mut guard = AbandonOnDrop {
                 approvals: self,
@@ -321,7 +324,7 @@ impl Approvals for MemoryApprovals {
                     return Ok(outcome);
                 }
                 let elapsed = opened.elapsed();
-                if elapsed >= timeout {
+                if age + elapsed >= timeout {
                     guard.armed = false;
                     if let Some(closed) = self.close(id, ApprovalState::TimedOut) {
                         self.record_resolved(&closed).await?;
@@ -332,7 +335,9 @@ impl Approvals for MemoryApprovals {
                     guard.armed = false;
                     return Ok(ApprovalOutcome::StillPending);
                 }
-                let left = timeout.min(max_wait).saturating_sub(elapsed);
+                let left = timeout
+                    .saturating_sub(age + elapsed)
+                    .min(max_wait.saturating_sub(elapsed));
                 let _ = tokio::time::timeout(left, notified).await;
             }
         })
@@ -924,5 +929,70 @@ impl GateHooks for LetEverythingThrough {
 
     fn after_decide(&self, _: &GateContext<'_>, _: &Operation, _: &Decision) -> Option<Decision> {
         Some(Decision::allow("hook", "the hook says yes"))
+    }
+}
+
+/// A hook that keeps a copy of every response chunk it is shown ([`GateHooks::on_chunk`]) and,
+/// when built with [`RecordChunks::stopping_on`], stops the response at the first chunk that
+/// contains the given bytes (that chunk is recorded too).
+#[derive(Debug, Default)]
+pub struct RecordChunks {
+    chunks: Mutex<Vec<(u64, Vec<u8>)>>,
+    stop_on: Option<Vec<u8>>,
+    stopped: AtomicBool,
+}
+
+impl RecordChunks {
+    /// Records every chunk and stops nothing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records every chunk and stops the response at the first one containing `needle`.
+    pub fn stopping_on(needle: &str) -> Self {
+        Self {
+            stop_on: Some(needle.as_bytes().to_vec()),
+            ..Self::default()
+        }
+    }
+
+    /// The chunks seen so far, each with its operation index.
+    pub fn chunks(&self) -> Vec<(u64, Vec<u8>)> {
+        self.chunks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Everything seen so far, concatenated.
+    pub fn seen(&self) -> Vec<u8> {
+        self.chunks().into_iter().flat_map(|(_, c)| c).collect()
+    }
+
+    /// Whether the hook has stopped a response.
+    pub fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+}
+
+impl GateHooks for RecordChunks {
+    fn wants_chunks(&self) -> bool {
+        true
+    }
+
+    fn on_chunk(&self, _: &GateContext<'_>, index: u64, chunk: &[u8]) -> ChunkVerdict {
+        self.chunks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((index, chunk.to_vec()));
+        match &self.stop_on {
+            Some(needle)
+                if !needle.is_empty() && chunk.windows(needle.len()).any(|w| w == &needle[..]) =>
+            {
+                self.stopped.store(true, Ordering::SeqCst);
+                ChunkVerdict::Stop
+            }
+            _ => ChunkVerdict::Continue,
+        }
     }
 }

@@ -295,3 +295,84 @@ async fn a_temporary_table_shadowing_a_described_one_gets_nothing_past_the_maski
     })
     .await;
 }
+
+/// The CopyData payloads among the messages a chunk hook was shown.
+fn copy_data_seen(hook: &gatehouse_testkit::layers::RecordChunks) -> Vec<Vec<u8>> {
+    hook.chunks()
+        .into_iter()
+        .filter(|(_, m)| m.first() == Some(&b'd'))
+        .map(|(_, m)| m.get(5..).unwrap_or_default().to_vec())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_chunk_hook_sees_each_copy_row_masked_as_the_client_gets_it() {
+    gatehouse_testkit::within(T, async {
+        let hook = std::sync::Arc::new(gatehouse_testkit::layers::RecordChunks::new());
+        let h = start(Options {
+            hooks: Some(hook.clone()),
+            ..opts()
+        })
+        .await;
+        let c = h.connect().await;
+        for format in ["text", "csv", "binary"] {
+            let before = copy_data_seen(&hook).len();
+            let chunks = copy_chunks(
+                &c,
+                &format!("copy (select * from notes order by id) to stdout (format {format})"),
+            )
+            .await;
+            let seen = copy_data_seen(&hook);
+            let seen = seen.get(before..).unwrap();
+            // One message per row (and the binary trailer), exactly what the client received.
+            let received: Vec<Vec<u8>> = chunks.iter().map(|c| c.to_vec()).collect();
+            assert_eq!(seen, &received[..], "{format}");
+            let all = seen.concat();
+            assert!(
+                !all.windows(CARD.len()).any(|w| w == CARD.as_bytes()),
+                "{format}: the hook saw the card number"
+            );
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_chunk_hook_stopping_mid_copy_ends_the_copy_with_42501_and_the_session() {
+    gatehouse_testkit::within(T, async {
+        // Row 2 of three.
+        let hook = std::sync::Arc::new(gatehouse_testkit::layers::RecordChunks::stopping_on(
+            "nothing to see",
+        ));
+        let h = start(Options {
+            hooks: Some(hook.clone()),
+            ..opts()
+        })
+        .await;
+        let c = h.connect().await;
+        let stream = c
+            .copy_out("copy (select id, t from notes order by id) to stdout")
+            .await
+            .unwrap();
+        // Up to the first error (tokio-postgres's stream keeps yielding the closed
+        // connection's error after it).
+        futures::pin_mut!(stream);
+        let mut rows = Vec::new();
+        let err = loop {
+            match stream.next().await {
+                Some(Ok(row)) => rows.push(row),
+                Some(Err(e)) => break e,
+                None => panic!("the COPY ended without an error: {rows:?}"),
+            }
+        };
+        assert_eq!(rows.len(), 1, "only the row before the stop: {rows:?}");
+        assert!(String::from_utf8_lossy(&rows[0]).contains("[card]"));
+        let (code, msg) = db_error(&err);
+        assert_eq!(code, "42501", "{msg}");
+        assert!(msg.contains("GateHooks::on_chunk"), "{msg}");
+        assert!(hook.stopped());
+        // As documented: the session ends (what the hook had not seen is never sent).
+        assert!(c.simple_query("select 1").await.is_err());
+    })
+    .await;
+}

@@ -430,3 +430,53 @@ async fn an_idle_session_is_ended_with_a_fatal_and_recorded() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_chunk_hook_sees_function_call_results_masked_and_its_stop_ends_the_session() {
+    gatehouse_testkit::within(T, async {
+        let hook = std::sync::Arc::new(gatehouse_testkit::layers::RecordChunks::stopping_on(
+            "stop-here",
+        ));
+        let h = start(Options {
+            masker: gatehouse_testkit::layers::LiteralMasker::new()
+                .literal("4111111111111111", "[card]"),
+            configure: Box::new(|c| c.allow_function_call = true),
+            hooks: Some(hook.clone()),
+            ..Options::default()
+        })
+        .await;
+        let (mut s, _) = logged_in(h.port).await;
+        s.write_all(&function_call_btrim(" paid 4111111111111111 "))
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        read_until(&mut s, &mut got, &[b'Z', 0, 0, 0, 5]).await;
+        assert!(String::from_utf8_lossy(&got).contains("paid [card]"));
+        // The hook was shown the FunctionCallResponse as the client received it: masked.
+        let results: Vec<Vec<u8>> = hook
+            .chunks()
+            .into_iter()
+            .filter(|(_, m)| m.first() == Some(&b'V'))
+            .map(|(_, m)| m)
+            .collect();
+        assert_eq!(results.len(), 1, "{results:?}");
+        let shown = String::from_utf8_lossy(&results[0]).into_owned();
+        assert!(shown.contains("paid [card]"), "{shown}");
+        assert!(!shown.contains("4111111111111111"), "{shown}");
+        assert!(
+            got.windows(results[0].len()).any(|w| w == &results[0][..]),
+            "the client got what the hook saw"
+        );
+        // A stopped result is withheld; the session ends with 42501 naming the hook.
+        s.write_all(&function_call_btrim(" stop-here "))
+            .await
+            .unwrap();
+        let got = read_all(&mut s).await;
+        assert_eq!(error_code(&got).as_deref(), Some("42501"), "{got:?}");
+        let text = String::from_utf8_lossy(&got).into_owned();
+        assert!(text.contains("GateHooks::on_chunk"), "{text}");
+        assert!(!text.contains("stop-here"), "{text}");
+        assert!(hook.stopped());
+    })
+    .await;
+}
