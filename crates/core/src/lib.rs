@@ -54,7 +54,7 @@ pub use masking::{
 };
 pub use operation::{
     ExecCommand, HttpOperation, KubeOperation, Operation, SqlOperation, SqlProtocol,
-    SqlSessionSettings, SshOperation,
+    SqlSessionSettings, SshOperation, printable,
 };
 pub use pipeline::Pipeline;
 pub use target::{Protocol, Target};

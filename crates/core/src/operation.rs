@@ -22,8 +22,14 @@ pub enum Operation {
 
 impl Operation {
     /// A short human-readable summary for notices, logs and approval prompts. Never truncated
-    /// silently: long texts end with `…(N bytes)`.
+    /// silently: long texts end with `…(N bytes)`. Safe to print on a terminal: control and
+    /// invisible formatting characters are escaped ([`printable`]), so an operation cannot
+    /// redraw or hide what an approver reads.
     pub fn summary(&self) -> String {
+        printable(&self.raw_summary())
+    }
+
+    fn raw_summary(&self) -> String {
         fn cap(s: &str) -> String {
             const MAX: usize = 200;
             if s.len() <= MAX {
@@ -71,6 +77,30 @@ impl Operation {
             Operation::Kubernetes(op) => op.summary(),
         }
     }
+}
+
+/// `s` with every control character (C0, DEL, C1: escape sequences, carriage returns, line
+/// breaks) and every invisible formatting character (bidirectional overrides and isolates,
+/// zero-width characters, the BOM) escaped as `\n`, `\r`, `\t` or `\u{…}`, and backslashes
+/// doubled, so that what a terminal shows is the text itself, one line.
+pub fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control()
+                || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+                    | '\u{2060}'..='\u{2069}' | '\u{FEFF}' | '\u{00AD}' | '\u{061C}') =>
+            {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Which PostgreSQL sub-protocol carried the SQL.

@@ -330,6 +330,38 @@ fn quickstart_as_a_new_user() {
     let t = text(&locked);
     assert_ne!(locked.status.code(), Some(0), "{t}");
     assert!(t.contains("denied") && t.contains("no locks today"), "{t}");
+    // What the approver reads is what runs: terminal control characters in the statement
+    // (a carriage return, cursor movement, a line break, a bidirectional override) are shown
+    // escaped, on the statement's own line, and cannot redraw it as a harmless one.
+    let disguised = {
+        let line = psql_line.clone();
+        std::thread::spawn(move || {
+            sh(
+                &format!("{line} -XAt -c \"$Q\""),
+                &[(
+                    "Q",
+                    "DELETE FROM customers /*\r\u{1b}[84CDELETE FROM customers WHERE id = 19\u{1b}[K\nx\u{202e}*/",
+                )],
+            )
+        })
+    };
+    let (id, shown) = pending_approval(&approver_env, "DELETE FROM customers /*")
+        .expect("the disguised DELETE shows up as a pending approval");
+    assert!(
+        !shown.contains('\u{1b}') && !shown.contains('\r') && !shown.contains('\u{202e}'),
+        "{shown:?}"
+    );
+    assert!(
+        shown.contains("/*\\r\\u{1b}[84CDELETE") && shown.contains("\\nx\\u{202e}*/"),
+        "{shown:?}"
+    );
+    let out = sh(
+        &approver_env(&format!("{EXE} approvals deny {id} --reason 'disguised'")),
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let out = disguised.join().unwrap();
+    assert!(text(&out).contains("disguised"), "{}", text(&out));
     // Locks the policy lets through (row locks of an UPDATE left in an open transaction) end
     // with the transaction, which the database ends once left idle.
     let out = sh(

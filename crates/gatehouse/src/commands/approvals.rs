@@ -153,8 +153,13 @@ async fn decide(
     Ok(ExitCode::SUCCESS)
 }
 
+/// One request per line. Every field comes from the agent or the policy: each is escaped
+/// ([`gatehouse_core::printable`]) so that control characters in an operation cannot redraw
+/// the line, add a row or hide what the approver approves.
 fn one_line(r: &serde_json::Value) -> String {
-    let s = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()).unwrap_or("").to_string();
+    let s = |v: Option<&serde_json::Value>| {
+        gatehouse_core::printable(v.and_then(|v| v.as_str()).unwrap_or(""))
+    };
     let id = s(r.get("id"));
     let state = s(r.get("state"));
     let req = r.get("request");
@@ -166,14 +171,23 @@ fn one_line(r: &serde_json::Value) -> String {
         .and_then(|t| t.get("name")));
     let rule = s(req.and_then(|q| q.get("rule_id")));
     let op = req.and_then(|q| q.get("operation"));
-    let text = op
-        .and_then(|o| {
-            o.get("text")
-                .or_else(|| o.get("command_line"))
-                .or_else(|| o.get("path"))
-        })
-        .and_then(|t| t.as_str())
-        .map(str::to_string)
-        .unwrap_or_else(|| op.map(|o| o.to_string()).unwrap_or_default());
+    let parsed =
+        op.and_then(|o| serde_json::from_value::<gatehouse_core::Operation>(o.clone()).ok());
+    let text = match parsed {
+        Some(o) => o.summary(),
+        None => gatehouse_core::printable(&fallback_text(op)),
+    };
     format!("{id}  {state}  {who} on {target}  rule {rule}  {text}")
+}
+
+/// The operation's text when it is not one this build knows how to read.
+fn fallback_text(op: Option<&serde_json::Value>) -> String {
+    op.and_then(|o| {
+        o.get("text")
+            .or_else(|| o.get("command_line"))
+            .or_else(|| o.get("path"))
+    })
+    .and_then(|t| t.as_str())
+    .map(str::to_string)
+    .unwrap_or_else(|| op.map(|o| o.to_string()).unwrap_or_default())
 }
