@@ -3653,10 +3653,11 @@ impl Backend {
                 self.cycle_overflow = true;
             }
             self.record_rows(&r).await;
+            // A command tag ends with its row count (`DELETE 15`, `INSERT 0 1`); an error's
+            // status is its SQLSTATE (`42501`), which is no count: the rows sent before it are.
             let rows = status
-                .rsplit(' ')
-                .next()
-                .and_then(|n| n.parse::<u64>().ok())
+                .rsplit_once(' ')
+                .and_then(|(_, n)| n.parse::<u64>().ok())
                 .or(Some(r.rows));
             self.write_recording(RecordingFrame::Entry {
                 label: "statement".into(),

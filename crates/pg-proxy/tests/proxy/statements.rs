@@ -236,6 +236,16 @@ async fn results_are_recorded_with_status_and_rows() {
             .await;
         assert_eq!(r.rows, Some(2));
         assert!(r.bytes_out > 0);
+        // A failed statement's status is its SQLSTATE, and its rows are the rows it sent (none
+        // here), never the SQLSTATE read as a number.
+        c.simple_query("select 1 / 0").await.unwrap_err();
+        let r = h
+            .wait_for_event("error result", |e| match e.body {
+                EventBody::OperationResult(r) if r.status == "22012" => Some(r),
+                _ => None,
+            })
+            .await;
+        assert_eq!(r.rows, Some(0));
     })
     .await;
 }
