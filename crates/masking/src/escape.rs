@@ -70,12 +70,25 @@ fn escape_at(raw: &[u8], i: usize) -> (usize, Unit) {
     }
 }
 
-/// Length of the raw unit starting at `raw[i]`: an escape sequence, or one byte.
+/// Length of the raw unit starting at `raw[i]`: an escape sequence, or one byte. An escape that
+/// `raw` cuts short counts at the length it may still reach (a string being read is cut only
+/// where what follows cannot extend the unit).
 pub(crate) fn unit_len(raw: &[u8], i: usize) -> usize {
-    if raw.get(i) == Some(&b'\\') {
-        escape_at(raw, i).0
-    } else {
-        1
+    if raw.get(i) != Some(&b'\\') {
+        return 1;
+    }
+    match raw.get(i + 1) {
+        None => 2,
+        Some(b'u') if raw.len() < i + 6 => 6,
+        Some(b'u')
+            if raw.len() < i + 12
+                && matches!(hex4(raw, i + 2), Some(0xD800..=0xDBFF))
+                && raw.get(i + 6).is_none_or(|&b| b == b'\\')
+                && raw.get(i + 7).is_none_or(|&b| b == b'u') =>
+        {
+            12
+        }
+        _ => escape_at(raw, i).0,
     }
 }
 
@@ -228,6 +241,19 @@ mod tests {
         // Half of a decoded character still covers its whole unit.
         let (s, e) = u.raw_range(raw.len(), at + 1, at + 2);
         assert_eq!(&raw[s..e], br"\uD83D\uDE00");
+    }
+
+    #[test]
+    fn unfinished_escapes_are_never_cut() {
+        assert_eq!(unit_len(b"\\", 0), 2);
+        assert_eq!(unit_len(b"\\u00", 0), 6);
+        assert_eq!(unit_len(b"\\uD83D", 0), 12);
+        assert_eq!(unit_len(b"\\uD83D\\u", 0), 12);
+        assert_eq!(unit_len(b"\\uD83Dx", 0), 6);
+        assert_eq!(unit_len(b"\\u0040", 0), 6);
+        assert_eq!(unit_len(b"\\uD83D\\uDE00", 0), 12);
+        assert_eq!(unit_len(b"\\n", 0), 2);
+        assert_eq!(unit_len(b"a", 0), 1);
     }
 
     #[test]
