@@ -24,6 +24,8 @@ pub struct LocalPostgres {
     /// Directory of the Unix socket (superuser access for setup).
     pub socket_dir: PathBuf,
     bin_dir: PathBuf,
+    /// The cluster's data directory (its `postmaster.pid` says whether the server still runs).
+    data: PathBuf,
 }
 
 fn is_root() -> bool {
@@ -249,6 +251,7 @@ impl LocalPostgres {
             port,
             socket_dir,
             bin_dir,
+            data: data.clone(),
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -312,8 +315,11 @@ impl Drop for LocalPostgres {
             let pgid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
             let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGINT);
             let deadline = Instant::now() + Duration::from_secs(20);
+            // The watchdog shell ends at once; the server has stopped when it has removed its
+            // `postmaster.pid` (so its directory can be removed after this).
+            let pid_file = self.data.join("postmaster.pid");
             while Instant::now() < deadline {
-                if matches!(child.try_wait(), Ok(Some(_))) {
+                if matches!(child.try_wait(), Ok(Some(_))) && !pid_file.exists() {
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(50));
