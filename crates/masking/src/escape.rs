@@ -14,9 +14,6 @@
 
 use std::borrow::Cow;
 
-/// The longest escape unit: a surrogate pair, `\uD83D\uDE00`.
-pub(crate) const MAX_UNIT: usize = 12;
-
 fn hex4(raw: &[u8], at: usize) -> Option<u32> {
     let digits = raw.get(at..at + 4)?;
     let mut v = 0u32;
@@ -34,7 +31,7 @@ enum Unit {
 }
 
 /// The escape unit at `raw[i]` (a backslash): its length and what it stands for.
-/// `raw` must hold the whole unit (up to [`MAX_UNIT`] bytes) unless it ends the input.
+/// `raw` must hold the whole unit (up to 12 bytes, a surrogate pair) unless it ends the input.
 fn escape_at(raw: &[u8], i: usize) -> (usize, Unit) {
     use Unit::{Byte, Char};
     match raw.get(i + 1) {
@@ -171,8 +168,8 @@ pub(crate) fn unescape_bytes(raw: &[u8]) -> Cow<'_, [u8]> {
     }
 }
 
-/// Decodes JSON escapes in a byte stream of any chunking; holds back at most one unfinished
-/// escape unit.
+/// Decodes JSON escapes in a byte stream of any chunking; holds back only an escape unit that
+/// the next bytes may still complete (at most 11 bytes).
 #[derive(Debug, Default)]
 pub(crate) struct EscapeDecoder {
     pending: Vec<u8>,
@@ -193,7 +190,7 @@ impl EscapeDecoder {
                 Some(k) => {
                     out.extend_from_slice(buf.get(i..i + k).unwrap_or(&[]));
                     i += k;
-                    if buf.len() - i < MAX_UNIT {
+                    if i + unit_len(&buf, i) > buf.len() {
                         // The unit may go on in the next chunk.
                         self.pending = buf.get(i..).unwrap_or(&[]).to_vec();
                         return;
