@@ -1538,3 +1538,25 @@ fn two_quickstarts_as_root_trust_only_their_own_keys() {
     );
     assert!(!pg_b.exists(), "{} left behind", pg_b.display());
 }
+
+/// A quickstart killed outright (SIGKILL: no cleanup of its own) still leaves no temporary
+/// PostgreSQL directory behind: its watchdog stops the server, then removes it.
+#[test]
+fn a_killed_quickstart_leaves_no_temporary_postgres_directory() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: only a root quickstart keeps PostgreSQL in a temporary directory");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let qs_dir = dir.path().join("qs");
+    let mut cmd = quickstart_command(&qs_dir);
+    cmd.arg("--no-ssh");
+    let (mut qs, _, _) = start_quickstart(cmd);
+    let pg_tmp = pg_temp_root(&qs_dir);
+    qs.stop(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pg_tmp.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!pg_tmp.exists(), "{} left behind", pg_tmp.display());
+}

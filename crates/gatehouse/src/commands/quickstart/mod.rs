@@ -60,8 +60,8 @@ fn postgres_root(dir: &Path) -> PathBuf {
 
 /// The quickstart's PostgreSQL directory when it is a temporary one (as root, under the temp
 /// dir): removed when the quickstart stops — ctrl-c, SIGTERM, or an error after it was created —
-/// once the server is down. (A quickstart killed outright cannot clean up; its watchdog still
-/// stops the server, and the next run from the same directory re-uses what is left.)
+/// once the server is down. (A quickstart killed outright cannot clean up; its PostgreSQL
+/// watchdog then stops the server and removes the directory.)
 struct TempPgRoot(Option<PathBuf>);
 
 impl Drop for TempPgRoot {
@@ -130,9 +130,10 @@ pub fn run(args: Args) -> CommandResult {
 
     let pg_root = postgres_root(&dir);
     // Declared before the server, so dropped after it: the directory goes once the server stopped.
-    let _pg_root_cleanup = TempPgRoot(nix::unistd::geteuid().is_root().then(|| pg_root.clone()));
+    let pg_temporary = nix::unistd::geteuid().is_root();
+    let _pg_root_cleanup = TempPgRoot(pg_temporary.then(|| pg_root.clone()));
     std::fs::create_dir_all(&pg_root).map_err(|e| failed(format!("{}: {e}", pg_root.display())))?;
-    let pg = postgres::LocalPostgres::start(&pg_root)?;
+    let pg = postgres::LocalPostgres::start(&pg_root, pg_temporary)?;
     files::seed_database(&dir, &pg)?;
     files::write_tls(&dir)?;
     files::write_policy(&dir)?;
