@@ -626,8 +626,16 @@ fn quickstart_as_a_new_user() {
     }
     assert!(reloaded, "SIGHUP did not load the new policy");
 
+    // As root its PostgreSQL lives in a temporary directory, which stopping removes.
+    let pg_tmp = nix::unistd::geteuid()
+        .is_root()
+        .then(|| pg_temp_root(&qs_dir));
+
     // Stop the gateway (SIGTERM drains and flushes the audit log).
     qs.stop(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(30));
+    if let Some(pg_tmp) = &pg_tmp {
+        assert!(!pg_tmp.exists(), "{} left behind", pg_tmp.display());
+    }
 
     // The printed verify command (witness and pinned key) finds the log sealed: exit 0.
     let data = qs_dir.join("data");
@@ -1173,6 +1181,17 @@ fn root_pg_socket_dir(port: u16) -> std::path::PathBuf {
         .expect("the quickstart PostgreSQL's socket directory")
 }
 
+/// The running quickstart's temporary PostgreSQL directory (as root), checked to be the one
+/// holding its cluster.
+fn pg_temp_root(qs_dir: &std::path::Path) -> std::path::PathBuf {
+    let root = root_pg_socket_dir(local_pg_port(qs_dir))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    assert!(root.join("data/PG_VERSION").exists(), "{}", root.display());
+    root
+}
+
 /// A local user created for one test, removed (with its home) on drop.
 struct TempUser {
     name: String,
@@ -1560,12 +1579,17 @@ fn two_quickstarts_as_root_trust_only_their_own_keys() {
             text(&out)
         );
     }
-    // A stopped quickstart leaves no key trusted behind; the other's target is unaffected.
+    // A stopped quickstart leaves no key trusted behind, and no PostgreSQL directory; the
+    // other's target and database are unaffected.
+    let (pg_a, pg_b) = (pg_temp_root(&dirs[0]), pg_temp_root(&dirs[1]));
+    assert_ne!(pg_a, pg_b);
     qs_a.stop(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(30));
     assert!(
         !std::path::Path::new(&file_a).exists(),
         "{file_a} left behind"
     );
+    assert!(!pg_a.exists(), "{} left behind", pg_a.display());
+    assert!(pg_b.join("data/PG_VERSION").exists(), "{}", pg_b.display());
     let out = direct(&dirs[1], &dirs[1]);
     assert!(out.status.success(), "{}", text(&out));
     qs_b.stop(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(30));
@@ -1573,4 +1597,27 @@ fn two_quickstarts_as_root_trust_only_their_own_keys() {
         !std::path::Path::new(&file_b).exists(),
         "{file_b} left behind"
     );
+    assert!(!pg_b.exists(), "{} left behind", pg_b.display());
+}
+
+/// A quickstart killed outright (SIGKILL: no cleanup of its own) still leaves no temporary
+/// PostgreSQL directory behind: its watchdog stops the server, then removes it.
+#[test]
+fn a_killed_quickstart_leaves_no_temporary_postgres_directory() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: only a root quickstart keeps PostgreSQL in a temporary directory");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let qs_dir = dir.path().join("qs");
+    let mut cmd = quickstart_command(&qs_dir);
+    cmd.arg("--no-ssh");
+    let (mut qs, _, _) = start_quickstart(cmd);
+    let pg_tmp = pg_temp_root(&qs_dir);
+    qs.stop(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pg_tmp.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!pg_tmp.exists(), "{} left behind", pg_tmp.display());
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{SinkExt as _, StreamExt as _};
 use gatehouse_core::{ApprovalDecision, Approvals as _, EventBody};
+use gatehouse_testkit::json_escapes::decode_json_escapes;
 use gatehouse_testkit::within;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
@@ -1681,6 +1682,97 @@ async fn a_chunk_hook_sees_websocket_messages_masked_and_its_stop_is_a_policy_cl
         let layers = gw.shutdown().await;
         let dump = layers.recorder.dump();
         assert!(dump.contains("101 hook_stopped"), "{dump}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn escaped_json_pii_is_masked_in_the_recording_and_for_the_caller() {
+    within(T, async {
+        let up = start_upstream().await;
+        let gw = Gateway::start(config(up.addr, dead_addr()), None).await;
+        let every =
+            |s: &str| -> String { s.chars().map(|c| format!("\\u{:04x}", c as u32)).collect() };
+        let every_upper =
+            |s: &str| -> String { s.chars().map(|c| format!("\\u{:04X}", c as u32)).collect() };
+        // (JSON body, the value it spells, which must never be readable)
+        let cases: Vec<(String, &str)> = vec![
+            (
+                r#"{"email":"jane\u0040example.com"}"#.into(),
+                "jane@example.com",
+            ),
+            (
+                format!(r#"{{"email":"{}"}}"#, every("jane@example.com")),
+                "jane@example.com",
+            ),
+            (
+                format!(r#"{{"card":"{}"}}"#, every_upper("4111111111111111")),
+                "4111111111111111",
+            ),
+            (
+                r#"{"url":"postgres:\/\/u:hunter2pw@db\/x"}"#.into(),
+                "hunter2pw",
+            ),
+            (
+                r#"{"n":"\uD83D\uDE00jane\u0040example.com\uD83D\uDE00"}"#.into(),
+                "jane@example.com",
+            ),
+            (
+                r#"{"jane\u0040example.com":"key"}"#.into(),
+                "jane@example.com",
+            ),
+            (
+                r#"{"pass\u0077ord":"hunter2hunter2"}"#.into(),
+                "hunter2hunter2",
+            ),
+            // Claims JSON, does not parse: masked as text, escapes decoded first.
+            (
+                r#"{"a": ] "jane\u0040example.com" x"#.into(),
+                "jane@example.com",
+            ),
+        ];
+        for (doc, value) in &cases {
+            let (status, _, body) = curl(&[
+                &gw.url("/api/echo-body"),
+                "-H",
+                &bearer(AGENT_TOKEN),
+                "-H",
+                "content-type: application/json",
+                "--data-binary",
+                doc,
+            ])
+            .await;
+            assert_eq!(status, 200, "{doc}");
+            let text = String::from_utf8_lossy(&body);
+            assert!(
+                !decode_json_escapes(&text).contains(value),
+                "{doc}: the caller got {text}"
+            );
+            // A body that was JSON is still JSON.
+            if serde_json::from_str::<serde_json::Value>(doc).is_ok() {
+                json_body(&body);
+            }
+        }
+        let layers = gw.shutdown().await;
+        let entries: Vec<_> = exchanges(&layers)
+            .into_iter()
+            .filter(|e| e["path"] == "/echo-body")
+            .collect();
+        assert_eq!(entries.len(), cases.len(), "{entries:#?}");
+        for (e, (doc, value)) in entries.iter().zip(&cases) {
+            for field in ["request_body", "response_body"] {
+                let recorded = e[field].as_str().unwrap();
+                assert!(!recorded.is_empty(), "{doc}: {field} not recorded: {e}");
+                assert!(
+                    !decode_json_escapes(recorded).contains(value),
+                    "{doc}: {field} recorded as {recorded}"
+                );
+            }
+        }
+        let dump = decode_json_escapes(&layers.recorder.dump());
+        for (doc, value) in &cases {
+            assert!(!dump.contains(value), "{doc}: in the record");
+        }
     })
     .await;
 }

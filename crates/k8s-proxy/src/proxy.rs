@@ -1189,7 +1189,7 @@ impl ConnCtx {
     }
 
     /// Masks a JSON document: Secret material first (structurally), then the masking profile.
-    /// Something that is not JSON is masked as text (never passed raw).
+    /// Something that is not JSON is masked as text, JSON escapes decoded (never passed raw).
     pub(crate) fn mask_json_bytes(
         &self,
         bytes: &[u8],
@@ -1255,7 +1255,9 @@ pub fn mask_json_with(
             (serde_json::to_vec(&v).unwrap_or_default(), true)
         }
         Err(_) if bytes.iter().all(u8::is_ascii_whitespace) => (Vec::new(), false),
-        Err(_) => (bytes.to_vec(), false),
+        // Not JSON after all: the JSON masker masks what parses and text-masks the rest with
+        // its JSON escapes decoded, so `\u0040` cannot hide an address from the detectors.
+        Err(_) => (bytes.to_vec(), true),
     };
     let mut m = masker.stream(&StreamContext {
         profile,

@@ -2750,3 +2750,44 @@ async fn approval_timed_out_reaches_kubectl_through_its_retries_as_forbidden() {
     })
     .await;
 }
+
+/// A JSON request body whose PII is written with `\u` escapes is recorded masked, whether it
+/// parses or not; a parsed one comes back to the caller masked.
+#[tokio::test]
+async fn escaped_json_pii_in_bodies_is_masked_in_the_record_and_the_response() {
+    use gatehouse_testkit::json_escapes::decode_json_escapes;
+    let rig = Rig::start().await;
+    let every: String = "jane@example.com"
+        .chars()
+        .map(|c| format!("\\u{:04x}", c as u32))
+        .collect();
+    let cases = [
+        format!(
+            r#"{{"kind":"ConfigMap","apiVersion":"v1","metadata":{{"name":"esc-a"}},"data":{{"owner":"{every}","card":"\u0034111111111111111"}}}}"#
+        ),
+        // Claims JSON, does not parse.
+        r#"{"kind":"ConfigMap", ] "owner": "jane\u0040example.com" "\u0034111111111111111""#
+            .to_string(),
+    ];
+    for (i, doc) in cases.iter().enumerate() {
+        let (code, answer) = send(
+            &rig,
+            "POST",
+            "/k8s/dev/api/v1/namespaces/default/configmaps",
+            "application/json",
+            doc,
+        )
+        .await;
+        assert!(
+            code == 201 || code == 200 || (i == 1 && code == 400),
+            "{code} {answer}"
+        );
+        let answer = decode_json_escapes(&answer);
+        assert!(!answer.contains("jane@example.com"), "{answer}");
+        assert!(!answer.contains("4111111111111111"), "{answer}");
+    }
+    let record = decode_json_escapes(&rig.layers.recorder.dump());
+    assert!(!record.contains("jane@example.com"), "{record}");
+    assert!(!record.contains("4111111111111111"), "{record}");
+    assert!(record.contains("[email]"), "{record}");
+}

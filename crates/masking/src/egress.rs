@@ -4,7 +4,8 @@
 //! in: raw; hex (lower and upper case); base64, standard and URL-safe alphabets, at all three
 //! byte alignments (the part of the encoding that does not depend on neighbouring bytes, so the
 //! secret is caught inside any larger base64 blob, e.g. a `Basic` header); and percent-encoded
-//! (upper and lower case hex, with and without the unreserved characters left alone). Counters
+//! (upper and lower case hex, with and without the unreserved characters left alone); and JSON
+//! string escapes (`\/`, `\uXXXX`), by also checking the text with them decoded. Counters
 //! per site record bytes checked and hits: the signed evidence statement is derived from them.
 //! Hits say where (offset, site), never what.
 
@@ -19,6 +20,7 @@ use gatehouse_core::{EgressBlocked, EgressCounters, EgressGuard, EgressSite, Egr
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_encode};
 
 use crate::error::MaskingError;
+use crate::escape::EscapeDecoder;
 
 /// Shortest secret the guard accepts: shorter ones would block ordinary traffic.
 pub const MIN_SECRET_LEN: usize = 6;
@@ -239,7 +241,12 @@ impl std::fmt::Debug for SecretEgressGuard {
 
 impl EgressGuard for SecretEgressGuard {
     fn check(&self, site: EgressSite, data: &[u8]) -> Result<(), EgressBlocked> {
-        let (hits, first) = self.inner.scan(data, 0);
+        let (mut hits, mut first) = self.inner.scan(data, 0);
+        if hits == 0 && memchr::memchr(b'\\', data).is_some() {
+            // JSON escapes (`\/`, `\u0041`) spell the secret too: check the decoded text.
+            // Offsets are then those of the decoded text.
+            (hits, first) = self.inner.scan(&crate::escape::unescape_bytes(data), 0);
+        }
         self.inner.record(site, data.len(), hits);
         if hits == 0 {
             Ok(())
@@ -259,6 +266,7 @@ impl EgressGuard for SecretEgressGuard {
             window: Vec::new(),
             tail: 0,
             sent: 0,
+            decoded: None,
         })
     }
 
@@ -290,20 +298,65 @@ impl EgressGuard for SecretEgressGuard {
 }
 
 /// Egress checking for one stream: keeps the last `longest - 1` bytes that were let through, so
-/// a secret split across chunks is still caught.
+/// a secret split across chunks is still caught. From the first backslash on, the stream is also
+/// checked with its JSON escapes decoded (a secret written `\/` or `\u0041` is the secret).
 struct SecretEgressStream {
     inner: Arc<Inner>,
     site: EgressSite,
     window: Vec<u8>,
     tail: usize,
     sent: u64,
+    decoded: Option<DecodedWindow>,
+}
+
+/// The decoded view of a stream: its decoder and window, like the raw one.
+struct DecodedWindow {
+    decoder: EscapeDecoder,
+    window: Vec<u8>,
+    tail: usize,
+}
+
+impl SecretEgressStream {
+    /// Checks `chunk` in the decoded view (started at the first backslash); (hits, offset).
+    fn check_decoded(&mut self, chunk: &[u8]) -> (u64, usize) {
+        if self.decoded.is_none() {
+            if memchr::memchr(b'\\', chunk).is_none() {
+                return (0, 0);
+            }
+            // Up to here the stream held no backslash: its decoded tail is the raw tail.
+            self.decoded = Some(DecodedWindow {
+                decoder: EscapeDecoder::default(),
+                window: self.window.get(..self.tail).unwrap_or(&[]).to_vec(),
+                tail: self.tail,
+            });
+        }
+        let Some(d) = self.decoded.as_mut() else {
+            return (0, 0);
+        };
+        d.window.truncate(d.tail);
+        let before = d.window.len();
+        d.decoder.push(chunk, &mut d.window);
+        let (hits, first) = self.inner.scan(&d.window, d.tail);
+        if hits > 0 {
+            d.window.truncate(before);
+            return (hits, first);
+        }
+        let keep = self.inner.longest.saturating_sub(1).min(d.window.len());
+        let drop = d.window.len() - keep;
+        d.window.drain(..drop);
+        d.tail = keep;
+        (0, 0)
+    }
 }
 
 impl EgressStream for SecretEgressStream {
     fn check(&mut self, chunk: &[u8]) -> Result<(), EgressBlocked> {
         self.window.truncate(self.tail);
         self.window.extend_from_slice(chunk);
-        let (hits, first) = self.inner.scan(&self.window, self.tail);
+        let (mut hits, mut first) = self.inner.scan(&self.window, self.tail);
+        if hits == 0 {
+            (hits, first) = self.check_decoded(chunk);
+        }
         self.inner.record(self.site, chunk.len(), hits);
         if hits > 0 {
             // The chunk is not sent, so it does not become part of the tail.

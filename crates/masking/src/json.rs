@@ -2,15 +2,18 @@
 //!
 //! Structural bytes, whitespace, numbers and strings that need no masking are copied verbatim, so
 //! a document with nothing to mask comes out byte-identical. String values (and keys) get content
-//! detection on their raw, still-escaped bytes; matches are widened to whole escape sequences so
-//! the output stays valid JSON. A value selected by a path rule (or held under a secret-looking
+//! detection on their *decoded* text, as a JSON parser reads it (`\u0040`, `\/`, surrogate pairs:
+//! see `escape`), so escaping a value cannot hide it; a match is replaced over the whole escape
+//! sequences it came from, so the output stays valid JSON. Keys are decoded before secret-name
+//! and path matching too (`"pass\u0077ord"` is `password`). A value selected by a path rule (or held under a secret-looking
 //! key such as `"password"`) is masked whole: strings become a token, other scalars `null`,
 //! containers have every scalar inside masked.
 //!
 //! Memory is bounded: strings are buffered at most 64 KiB at a time (longer strings are masked in
 //! pieces cut at content-determined places), literals at most 512 bytes, nesting at most 128
 //! levels. Input that is not JSON, or nests deeper, switches the rest of the stream to the text
-//! masker: still masked, never passed through raw.
+//! masker: still masked, never passed through raw. That rest has its JSON escapes decoded before
+//! the text masker sees it (so it comes out decoded, not byte-identical).
 
 use std::sync::Arc;
 
@@ -18,6 +21,7 @@ use gatehouse_core::{Finding, StreamMasker};
 
 use crate::detect::Detector;
 use crate::detect::scan::{Span, Stop, is_secret_key_name};
+use crate::escape::{self, EscapeDecoder};
 use crate::jsonpath::PathElem;
 use crate::profile::{MaskingProfile, Rule};
 use crate::stream::TextStreamMasker;
@@ -66,7 +70,7 @@ pub struct JsonStreamMasker {
     escape: bool,
     token_emitted: bool,
     findings: Vec<Finding>,
-    fallback: Option<TextStreamMasker>,
+    fallback: Option<Fallback>,
 }
 
 impl std::fmt::Debug for JsonStreamMasker {
@@ -156,8 +160,14 @@ impl JsonStreamMasker {
         });
     }
 
-    /// Masks raw string content by detection, widening matches to whole escape sequences.
+    /// Masks raw string content by detection. Content with escape sequences is decoded first
+    /// (detectors see what a JSON parser reads); matches map back to whole escape sequences of
+    /// the raw text, which are replaced, so the output stays valid JSON.
     fn detect_string(&mut self, content: &[u8], base: u64, out: &mut Vec<u8>) {
+        if memchr::memchr(b'\\', content).is_some() {
+            self.detect_escaped(content, base, out);
+            return;
+        }
         // Disjoint borrows of the fields: no reference-count traffic per string.
         let JsonStreamMasker {
             profile,
@@ -177,10 +187,9 @@ impl JsonStreamMasker {
             if r.spans.is_empty() {
                 out.extend_from_slice(seg);
             } else {
-                let spans = snap_to_escapes(seg, &r.spans);
                 profile.apply_spans(
                     seg,
-                    &spans,
+                    &r.spans,
                     base + pos as u64,
                     field.as_deref(),
                     true,
@@ -193,6 +202,64 @@ impl JsonStreamMasker {
             }
             pos = end;
         }
+    }
+
+    /// [`Self::detect_string`] for content holding escape sequences.
+    fn detect_escaped(&mut self, content: &[u8], base: u64, out: &mut Vec<u8>) {
+        let dec = escape::unescape(content);
+        // Every match, in decoded coordinates.
+        let mut spans: Vec<Span> = Vec::new();
+        let mut pos = 0;
+        loop {
+            let seg = dec.bytes.get(pos..).unwrap_or(&[]);
+            let r = self.profile.scanner.scan(seg, true);
+            let end = match r.stop {
+                Stop::Restart(e) => pos + e,
+                _ => dec.bytes.len(),
+            };
+            spans.extend(r.spans.iter().map(|s| Span {
+                start: s.start + pos,
+                end: s.end + pos,
+                ..*s
+            }));
+            if end <= pos || end >= dec.bytes.len() {
+                break;
+            }
+            pos = end;
+        }
+        if spans.is_empty() {
+            out.extend_from_slice(content);
+            return;
+        }
+        // Raw ranges, widened to whole escape units; ranges that then share a unit merge.
+        // (raw start, raw end, decoded start, decoded end, rule)
+        let mut ranges: Vec<(usize, usize, usize, usize, u16)> = Vec::with_capacity(spans.len());
+        for s in &spans {
+            let (rs, re) = dec.raw_range(content.len(), s.start, s.end);
+            match ranges.last_mut() {
+                Some(prev) if rs < prev.1 => {
+                    prev.1 = prev.1.max(re);
+                    prev.3 = prev.3.max(s.end);
+                }
+                _ => ranges.push((rs, re, s.start, s.end, s.rule)),
+            }
+        }
+        let mut copied = 0;
+        for (rs, re, ds, de, rule) in ranges {
+            out.extend_from_slice(content.get(copied..rs).unwrap_or(&[]));
+            let value = dec.bytes.get(ds..de).unwrap_or(&[]);
+            if let Some(rule) = self.profile.rules.get(usize::from(rule)) {
+                // The decoded value: the same value hashes the same however it was escaped.
+                self.profile.replace(rule, value, true, out);
+                let name = rule.name.clone();
+                self.finding(&name, base + rs as u64, re - rs);
+            } else {
+                // Cannot happen (spans name the profile's rules); never let the value through.
+                out.extend(std::iter::repeat_n(b'*', value.len().max(1)));
+            }
+            copied = re;
+        }
+        out.extend_from_slice(content.get(copied..).unwrap_or(&[]));
     }
 
     /// Emits `tok[..cut]` of the current string (a piece, or all of it at the end).
@@ -216,10 +283,12 @@ impl JsonStreamMasker {
         self.tok_offset += part.len() as u64;
         if self.is_key && !self.key_set {
             let secret_names = self.profile.detector_enabled(Detector::SecretAssignment);
+            // The key as a parser reads it: `"pass\\u0077ord"` is `password`.
+            let key = escape::unescape_bytes(part);
             if let Some(f) = self.frames.last_mut() {
                 f.key.clear();
                 f.key
-                    .extend_from_slice(part.get(..part.len().min(MAX_KEY)).unwrap_or(&[]));
+                    .extend_from_slice(key.get(..key.len().min(MAX_KEY)).unwrap_or(&[]));
                 f.key_is_secret = secret_names && is_secret_key_name(&f.key);
             }
             self.key_set = true;
@@ -231,7 +300,8 @@ impl JsonStreamMasker {
                     let Some(rule) = self.rule(r).cloned() else {
                         return;
                     };
-                    self.profile.replace(&rule, part, true, out);
+                    let value = escape::unescape_bytes(part);
+                    self.profile.replace(&rule, &value, true, out);
                     self.finding(&rule.name, base, part.len());
                 }
             }
@@ -307,8 +377,15 @@ impl JsonStreamMasker {
     /// Switches the rest of the stream to text masking, starting with the unfinished token.
     fn fall_back(&mut self, rest: &[u8], out: &mut Vec<u8>) {
         let start = self.tok_offset;
-        let mut fb =
-            TextStreamMasker::starting_at(Arc::clone(&self.profile), self.field.clone(), start);
+        let mut fb = Fallback {
+            decoder: EscapeDecoder::default(),
+            text: TextStreamMasker::starting_at(
+                Arc::clone(&self.profile),
+                self.field.clone(),
+                start,
+            ),
+            decoded: Vec::new(),
+        };
         let tok = std::mem::take(&mut self.tok);
         if self.state == State::Str && self.whole.is_some() && self.token_emitted {
             // The token for this string is already out; the rest of it stays hidden.
@@ -325,11 +402,7 @@ impl JsonStreamMasker {
         let mut last_ok = 0;
         while i < want && i < self.tok.len() {
             last_ok = i;
-            i += match self.tok.get(i) {
-                Some(b'\\') if self.tok.get(i + 1) == Some(&b'u') => 6,
-                Some(b'\\') => 2,
-                _ => 1,
-            };
+            i += escape::unit_len(&self.tok, i).max(1);
         }
         if i <= want.min(self.tok.len()) {
             i
@@ -471,39 +544,36 @@ impl JsonStreamMasker {
     }
 }
 
-/// Widens spans so none starts or ends inside a JSON escape sequence; merges any that then
-/// overlap.
-fn snap_to_escapes(content: &[u8], spans: &[Span]) -> Vec<Span> {
-    let mut units = Vec::new();
-    let mut i = 0;
-    while i < content.len() {
-        let len = match content.get(i) {
-            Some(b'\\') if content.get(i + 1) == Some(&b'u') => 6,
-            Some(b'\\') => 2,
-            _ => 1,
-        };
-        if len > 1 {
-            units.push((i, (i + len).min(content.len())));
-        }
-        i += len;
+/// The rest of a stream that stopped being JSON: JSON escapes decoded (so `\\u0040` cannot hide
+/// an `@` from the detectors), then text-masked. Its output is the decoded, masked text.
+struct Fallback {
+    decoder: EscapeDecoder,
+    text: TextStreamMasker,
+    decoded: Vec<u8>,
+}
+
+impl Fallback {
+    fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        self.decoded.clear();
+        self.decoder.push(chunk, &mut self.decoded);
+        self.text.push(&self.decoded, out);
     }
-    let mut out: Vec<Span> = Vec::with_capacity(spans.len());
-    for s in spans {
-        let mut s = *s;
-        for &(a, b) in &units {
-            if s.start > a && s.start < b {
-                s.start = a;
-            }
-            if s.end > a && s.end < b {
-                s.end = b;
-            }
-        }
-        match out.last_mut() {
-            Some(prev) if s.start < prev.end => prev.end = prev.end.max(s.end),
-            _ => out.push(s),
-        }
+
+    fn flush(&mut self, out: &mut Vec<u8>) {
+        // An unfinished escape unit (at most 11 bytes) stays held.
+        self.text.flush(out);
     }
-    out
+
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        self.decoded.clear();
+        self.decoder.finish(&mut self.decoded);
+        self.text.push(&self.decoded, out);
+        self.text.finish(out);
+    }
+
+    fn take_findings(&mut self) -> Vec<Finding> {
+        self.text.take_findings()
+    }
 }
 
 impl StreamMasker for JsonStreamMasker {

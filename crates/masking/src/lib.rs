@@ -21,9 +21,11 @@
 //! - **Streaming equals one-shot.** A [`TextStreamMasker`] fed any chunking (and no forced flush)
 //!   emits exactly what [`MaskingProfile::mask_bytes`] gives for the whole input, holding back
 //!   at most the current line (bounded).
+//! - **Escapes hide nothing.** JSON strings and keys are matched as a parser decodes them
+//!   (`"a\u0040b.com"` is an e-mail address); the replacement covers the whole escape sequences.
 //! - **Fail closed.** A PEM private-key block whose END never comes is masked from BEGIN to the
-//!   cap; malformed JSON falls back to text masking, never to raw passthrough; an unknown profile
-//!   name gets the default profile.
+//!   cap; malformed JSON falls back to text masking (with its JSON escapes decoded), never to raw
+//!   passthrough; an unknown profile name gets the default profile.
 //! - **Idempotent.** Masking masked output changes nothing: tokens contain no anchor.
 //! - **Findings carry rule, field, offset and length, never the value.**
 
@@ -35,6 +37,7 @@ pub mod detect;
 pub mod egress;
 pub mod engine;
 pub mod error;
+mod escape;
 pub mod json;
 mod jsonpath;
 pub mod plan;

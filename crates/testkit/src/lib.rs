@@ -17,6 +17,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod exec_corpus;
+pub mod json_escapes;
 pub mod layers;
 pub mod moto;
 pub mod net;

@@ -250,6 +250,17 @@ async fn upstream_service(
             r.headers_mut().insert("location", loc.parse().unwrap());
             r
         }
+        ("POST", "/echo-body") => {
+            // Sends the request body back as it came, under the request's content type.
+            let ct = req
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("application/octet-stream")
+                .to_string();
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            bytes_response(&ct, body.to_vec())
+        }
         ("POST", "/upload") => {
             let body = req.into_body().collect().await.unwrap().to_bytes();
             let sha256 = {

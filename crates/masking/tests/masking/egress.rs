@@ -121,3 +121,53 @@ proptest! {
         prop_assert!(blocked);
     }
 }
+
+/// The secret as a JSON string would carry it: `\/` for the slash (PHP's `json_encode`), every
+/// character as `\uXXXX`, or a mix.
+fn json_escaped_forms() -> Vec<Vec<u8>> {
+    let s = String::from_utf8(SECRET.to_vec()).unwrap();
+    let every: String = s.chars().map(|c| format!("\\u{:04x}", c as u32)).collect();
+    let mixed: String = s
+        .chars()
+        .enumerate()
+        .map(|(i, c)| {
+            if i % 2 == 0 {
+                format!("\\u{:04X}", c as u32)
+            } else if c == '/' {
+                "\\/".to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect();
+    [s.replace('/', "\\/"), every, mixed]
+        .into_iter()
+        .map(|f| format!("{{\"echo\":\"{f}\"}}").into_bytes())
+        .collect()
+}
+
+#[test]
+fn json_escaped_secrets_are_blocked_one_shot_and_in_any_chunking() {
+    let g = guard();
+    for form in json_escaped_forms() {
+        assert!(
+            g.check(EgressSite::Client, &form).is_err(),
+            "{}",
+            String::from_utf8_lossy(&form)
+        );
+        for cut in 0..=form.len() {
+            let mut s = g.stream(EgressSite::Client);
+            let blocked = s.check(&form[..cut]).is_err() || s.check(&form[cut..]).is_err();
+            assert!(blocked, "cut {cut}: {}", String::from_utf8_lossy(&form));
+        }
+        // A stream that had escapes-free traffic first still catches it.
+        let mut s = g.stream(EgressSite::Client);
+        s.check(b"{\"a\":\"plain text before\"}\n").unwrap();
+        assert!(s.check(&form).is_err());
+    }
+    // Escapes that spell something else pass.
+    let mut s = g.stream(EgressSite::Client);
+    s.check(br#"{"a":"x\/y \u0041 \"q\""}"#).unwrap();
+    g.check(EgressSite::Client, br#"{"a":"x\/y \u0041"}"#)
+        .unwrap();
+}

@@ -169,7 +169,10 @@ fn same_structure(
         (V::String(a), V::String(b)) => {
             let raw = serde_json::to_string(a).unwrap();
             let inner = &raw.as_bytes()[1..raw.len() - 1];
-            let changed_by_detection = e.mask_bytes(inner).0 != inner;
+            // Detectors read the decoded string (what a JSON parser sees); the escaped form is
+            // checked too, for matches that span an escape.
+            let changed_by_detection =
+                e.mask_bytes(inner).0 != inner || e.mask_bytes(a.as_bytes()).0 != a.as_bytes();
             if a == b || under_secret || changed_by_detection {
                 Ok(())
             } else {
@@ -200,5 +203,102 @@ proptest! {
         }
         let (twice, _) = e.mask_json(None, &once);
         prop_assert_eq!(String::from_utf8_lossy(&twice), String::from_utf8_lossy(&once));
+    }
+}
+
+/// Values each detector finds on their own (as a whole JSON string).
+const DETECTED: &[&str] = &[
+    "jane.doe@example.com",
+    "4111 1111 1111 1111",
+    "4111111111111111",
+    "5500-0055-5555-5559",
+    "DE89 3704 0044 0532 0130 00",
+    "GB82WEST12345698765432",
+    "536-22-1234",
+    "+1 415 555 2671",
+    "AKIAIOSFODNN7EXAMPLE",
+    "ghp_16C7e42F292c6912E7710c838347Ae178B4a",
+    "sk_live_4eC39HqLyjWDarjtT1zdp7dc",
+    "xoxb-123456789012-abcdefghijkl",
+    "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+    "password=hunter2",
+    "postgres://u:pw@h/d",
+];
+
+/// `value` written as a JSON string body, each character in a form chosen by `forms`: as is,
+/// `\uXXXX` (lower or upper hex; a surrogate pair beyond the BMP), or a short escape (`\/`).
+fn escape_json(value: &str, forms: &[u8]) -> String {
+    let mut s = String::new();
+    for (i, c) in value.chars().enumerate() {
+        let form = forms.get(i % forms.len().max(1)).copied().unwrap_or(0) % 4;
+        let mut units = [0u16; 2];
+        let units = c.encode_utf16(&mut units);
+        match form {
+            1 => units
+                .iter()
+                .for_each(|u| s.push_str(&format!("\\u{u:04x}"))),
+            2 => units
+                .iter()
+                .for_each(|u| s.push_str(&format!("\\u{u:04X}"))),
+            3 if c == '/' => s.push_str("\\/"),
+            _ => match c {
+                '"' => s.push_str("\\\""),
+                '\\' => s.push_str("\\\\"),
+                c => s.push(c),
+            },
+        }
+    }
+    s
+}
+
+proptest! {
+    #![proptest_config(cases())]
+
+    /// However a detected value is escaped, as a string value or as an object key, in any
+    /// chunking, no form of it comes out of the JSON masker, and the output stays valid JSON.
+    #[test]
+    fn escaping_a_detected_value_never_lets_it_through_the_json_masker(
+        value in prop::sample::select(DETECTED),
+        forms in prop::collection::vec(any::<u8>(), 1..16),
+        as_key in any::<bool>(),
+        before in "[a-z \u{e9}\u{1F600}]{0,6}",
+        mut cuts in prop::collection::vec(any::<usize>(), 0..6),
+    ) {
+        let escaped = escape_json(value, &forms);
+        // Characters beyond the BMP (surrogate pairs when escaped) before the value.
+        let body = format!("{} {escaped} end", escape_json(before.trim_end(), &forms));
+        let doc = if as_key {
+            format!(r#"{{"{body}": 1, "k": "v"}}"#)
+        } else {
+            format!(r#"{{"k": ["{body}"]}}"#)
+        };
+        // The document is what a client would parse: the value is really in it.
+        let parsed: serde_json::Value = serde_json::from_str(&doc).unwrap();
+        let mut strings = Vec::new();
+        collect_strings(&parsed, &mut strings);
+        prop_assert!(strings.iter().any(|s| s.contains(value)), "{doc}");
+        cuts.sort_unstable_by_key(|c| c % (doc.len() + 1));
+        let out = chunked(doc.as_bytes(), &cuts, true);
+        let out_text = String::from_utf8_lossy(&out).into_owned();
+        let masked: serde_json::Value = serde_json::from_slice(&out)
+            .map_err(|err| TestCaseError::fail(format!("{err}: {out_text}")))?;
+        let mut strings = Vec::new();
+        collect_strings(&masked, &mut strings);
+        for s in &strings {
+            prop_assert!(!s.contains(value), "{value:?} survived as {s:?} in {out_text}");
+        }
+        prop_assert!(!out_text.contains(&escaped), "escaped form survived in {out_text}");
+    }
+}
+
+fn collect_strings(v: &serde_json::Value, acc: &mut Vec<String>) {
+    match v {
+        serde_json::Value::String(s) => acc.push(s.clone()),
+        serde_json::Value::Array(a) => a.iter().for_each(|x| collect_strings(x, acc)),
+        serde_json::Value::Object(m) => m.iter().for_each(|(k, x)| {
+            acc.push(k.clone());
+            collect_strings(x, acc);
+        }),
+        _ => {}
     }
 }

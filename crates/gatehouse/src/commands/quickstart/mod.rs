@@ -2,7 +2,8 @@
 //! a TLS CA and certificate, a throwaway PostgreSQL seeded with a `customers` table (names, emails,
 //! card numbers, phone numbers), a policy that denies DROP/TRUNCATE, reviews DELETE and masks PII —
 //! and the gateway in the foreground, with ready-to-paste client commands. Re-running re-uses the
-//! directory (keys, database, audit log); ctrl-c stops everything and seals the audit log.
+//! directory (keys, database, audit log); ctrl-c stops everything and seals the audit log. As
+//! root the database lives in a temporary directory, removed on stop (see `postgres_root`).
 
 mod demo_api;
 mod files;
@@ -47,12 +48,33 @@ fn failed(msg: impl Into<String>) -> CommandError {
 }
 
 /// Where the quickstart's PostgreSQL lives: inside the quickstart directory, except as root, where
-/// the `postgres` user must be able to reach it (home directories are often private).
+/// the `postgres` user must be able to reach it (home directories are often private, and the
+/// quickstart directory is 0700): there it is a temporary directory, removed on stop.
 fn postgres_root(dir: &Path) -> PathBuf {
     if nix::unistd::geteuid().is_root() {
         std::env::temp_dir().join(format!("gatehouse-quickstart-pg-{}", dir_id(dir)))
     } else {
         dir.join("postgres")
+    }
+}
+
+/// The quickstart's PostgreSQL directory when it is a temporary one (as root, under the temp
+/// dir): removed when the quickstart stops — ctrl-c, SIGTERM, or an error after it was created —
+/// once the server is down. (A quickstart killed outright cannot clean up; its PostgreSQL
+/// watchdog then stops the server and removes the directory.)
+struct TempPgRoot(Option<PathBuf>);
+
+impl Drop for TempPgRoot {
+    fn drop(&mut self) {
+        if let Some(root) = self.0.take()
+            && let Err(e) = std::fs::remove_dir_all(&root)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            eprintln!(
+                "gatehouse quickstart: could not remove {}: {e}",
+                root.display()
+            );
+        }
     }
 }
 
@@ -107,8 +129,11 @@ pub fn run(args: Args) -> CommandResult {
     make_private(&dir)?;
 
     let pg_root = postgres_root(&dir);
+    // Declared before the server, so dropped after it: the directory goes once the server stopped.
+    let pg_temporary = nix::unistd::geteuid().is_root();
+    let _pg_root_cleanup = TempPgRoot(pg_temporary.then(|| pg_root.clone()));
     std::fs::create_dir_all(&pg_root).map_err(|e| failed(format!("{}: {e}", pg_root.display())))?;
-    let pg = postgres::LocalPostgres::start(&pg_root)?;
+    let pg = postgres::LocalPostgres::start(&pg_root, pg_temporary)?;
     files::seed_database(&dir, &pg)?;
     files::write_tls(&dir)?;
     files::write_policy(&dir)?;

@@ -24,6 +24,8 @@ pub struct LocalPostgres {
     /// Directory of the Unix socket (superuser access for setup).
     pub socket_dir: PathBuf,
     bin_dir: PathBuf,
+    /// The cluster's data directory (its `postmaster.pid` says whether the server still runs).
+    data: PathBuf,
 }
 
 fn is_root() -> bool {
@@ -158,8 +160,9 @@ fn write_auth_config(data: &Path) -> Result<(), CommandError> {
 }
 
 impl LocalPostgres {
-    /// Starts (initialising on first use) the cluster in `root`.
-    pub fn start(root: &Path) -> Result<LocalPostgres, CommandError> {
+    /// Starts (initialising on first use) the cluster in `root`. A `temporary` root is removed
+    /// by the watchdog once the server stopped, should this process die without cleaning up.
+    pub fn start(root: &Path, temporary: bool) -> Result<LocalPostgres, CommandError> {
         let bin_dir = match find_bin_dir() {
             Ok(dir) => dir,
             Err(e) => {
@@ -215,17 +218,25 @@ impl LocalPostgres {
             .map_err(|e| failed(e.to_string()))?;
         let log2 = log.try_clone().map_err(|e| failed(e.to_string()))?;
         // A small watchdog shell owns the server: if this process dies without cleaning up (even
-        // SIGKILL), the server is stopped too instead of lingering.
+        // SIGKILL), the server is stopped too instead of lingering, and a temporary root is
+        // removed once it has stopped. (When this process stops it, the shell ends at once and
+        // the caller removes the root.)
         let run_as = if is_root() {
             "runuser -u postgres -- "
         } else {
             ""
         };
+        let cleanup = if temporary {
+            "trap '' INT\nkill -INT 0\nwait \"$server\"\nrm -rf -- \"$4\"\n"
+        } else {
+            "kill -INT 0\n"
+        };
         let script = format!(
             "{run_as}\"$1\" -D \"$2\" -c listen_addresses=127.0.0.1 -c port={port} \
              -c unix_socket_directories=\"$3\" -c password_encryption=scram-sha-256 &\n\
+             server=$!\n\
              while kill -0 {parent} 2>/dev/null; do sleep 0.5; done\n\
-             kill -INT 0\n",
+             {cleanup}",
             parent = std::process::id()
         );
         let child = {
@@ -237,6 +248,7 @@ impl LocalPostgres {
                 .arg(bin_dir.join("postgres"))
                 .arg(&data)
                 .arg(&socket_dir)
+                .arg(root)
                 .stdin(Stdio::null())
                 .stdout(log)
                 .stderr(log2)
@@ -249,6 +261,7 @@ impl LocalPostgres {
             port,
             socket_dir,
             bin_dir,
+            data: data.clone(),
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -312,8 +325,11 @@ impl Drop for LocalPostgres {
             let pgid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
             let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGINT);
             let deadline = Instant::now() + Duration::from_secs(20);
+            // The watchdog shell ends at once; the server has stopped when it has removed its
+            // `postmaster.pid` (so its directory can be removed after this).
+            let pid_file = self.data.join("postmaster.pid");
             while Instant::now() < deadline {
-                if matches!(child.try_wait(), Ok(Some(_))) {
+                if matches!(child.try_wait(), Ok(Some(_))) && !pid_file.exists() {
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(50));
