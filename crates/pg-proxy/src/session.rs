@@ -851,22 +851,7 @@ impl Frontend {
     /// Runs until the client leaves or the session must end; returns the reason.
     async fn run(&mut self) -> String {
         let idle = self.proxy.config.limits.idle_timeout;
-        let expiry = self
-            .ctx
-            .identity
-            .expires_at
-            .filter(|_| self.proxy.config.limits.end_at_token_expiry)
-            .map(|exp| {
-                let left = exp - gatehouse_core::now();
-                let secs = left.as_seconds_f64().max(0.0);
-                tokio::time::Instant::now() + Duration::from_secs_f64(secs)
-            });
-        let expiry_sleep = async move {
-            match expiry {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
+        let expiry_sleep = expiry_sleep(self.expiry());
         tokio::pin!(expiry_sleep);
         // One idle timer for the session, pushed back before each read (extending a timer's
         // deadline is an atomic update, not a timer-wheel insert and removal per message), and
@@ -954,6 +939,19 @@ impl Frontend {
                 return "client closed".into();
             }
         }
+    }
+
+    /// When the session ends because its token expires, if it does.
+    fn expiry(&self) -> Option<tokio::time::Instant> {
+        self.ctx
+            .identity
+            .expires_at
+            .filter(|_| self.proxy.config.limits.end_at_token_expiry)
+            .map(|exp| {
+                let left = exp - gatehouse_core::now();
+                let secs = left.as_seconds_f64().max(0.0);
+                tokio::time::Instant::now() + Duration::from_secs_f64(secs)
+            })
     }
 
     /// Answers a message over the size limit that was read past: the server is sent a message
@@ -1314,9 +1312,11 @@ impl Frontend {
     }
 
     /// Holds a recorded review at the gate until approvers decide, the request times out, or
-    /// the client goes away (a cancel request, the session ending, or the client closing its
-    /// connection): the request is then abandoned and nothing of the statement has gone
-    /// upstream, so a later approval runs nothing.
+    /// the client goes away (a cancel request, a Terminate message, the client closing its
+    /// connection, or the session ending: the server connection closing or the token
+    /// expiring): the request is then abandoned and nothing of the statement has gone
+    /// upstream, so a later approval runs nothing. After a hold ended by the token's expiry
+    /// the session loop ends the session before it reads anything else.
     async fn review(&mut self, index: u64, op: SqlOperation, decision: &Decision) -> Verdicted {
         let shown = Operation::Sql(
             self.proxy
@@ -1361,11 +1361,13 @@ impl Frontend {
             .saturating_add(1 << 16);
         let cancel = self.cancel.clone();
         let shared = self.shared.clone();
+        let expired = expiry_sleep(self.expiry());
         let reader = &mut self.reader;
         let gone = async move {
             tokio::select! {
                 _ = cancel.notified() => {}
                 _ = shared.done.cancelled() => {}
+                () = expired => {}
                 () = reader.gone(watch_limit) => {}
             }
         };
@@ -2302,6 +2304,14 @@ impl Frontend {
 /// Why a statement that changes `backslash_quote` is refused.
 const BACKSLASH_QUOTE: &str = "backslash_quote cannot be changed through the gateway: the server \
      never reports it, so the gateway could not read later statements as the server does";
+
+/// Resolves at `at` (never without one): the token's expiry.
+async fn expiry_sleep(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
 
 /// The refusal carried by a verdict; a `Review` still unresolved at this point is refused.
 fn verdict_deny(v: Verdicted) -> DenyInfo {
