@@ -688,6 +688,7 @@ async fn relay(proxy: Arc<ProxyInner>, ready: Ready, client_addr: String, sessio
         group: 0,
         unsynced_exec: false,
         group_may_change: false,
+        refused_in_group: None,
         copy_columns: HashMap::new(),
         opacity: crate::opacity::SessionOpacity::default(),
     };
@@ -833,6 +834,10 @@ struct Frontend {
     unsynced_exec: bool,
     /// An Execute since the last Sync may change the lexer settings.
     group_may_change: bool,
+    /// The index of a message of this sync group the gateway refused with a substitute certain
+    /// to fail upstream: the server skips everything after it up to Sync, so the group's later
+    /// Binds and Executes are neither decided nor held (nothing of them would run).
+    refused_in_group: Option<u64>,
     /// Binary `COPY … TO STDOUT` statements by operation index: their columns (see
     /// [`Frontend::describe_binary_copy`]).
     copy_columns: HashMap<u64, Arc<Vec<ColumnDesc>>>,
@@ -981,6 +986,7 @@ impl Frontend {
                 wire::encode_query(&deny_sql(&marker), &mut self.out)
             }
             b'P' => {
+                self.refused_in_group = Some(index);
                 self.shared.push(Expect::Parse {
                     name: String::new(),
                     statement: ctx,
@@ -989,6 +995,7 @@ impl Frontend {
                 wire::encode_parse("", &deny_sql(&marker), &[], &mut self.out)
             }
             b'B' => {
+                self.refused_in_group = Some(index);
                 self.shared.push(Expect::Bind {
                     portal: String::new(),
                     statement: marker.clone(),
@@ -1416,6 +1423,7 @@ impl Frontend {
         self.group += 1;
         self.unsynced_exec = false;
         self.group_may_change = false;
+        self.refused_in_group = None;
     }
 
     /// Writes everything held for the upstream, then waits until `ready` holds, checking again
@@ -2008,6 +2016,7 @@ impl Frontend {
             }
             Some(deny) => {
                 self.record_denial(index, deny);
+                self.refused_in_group = Some(index);
                 let sql = deny_sql(&self.shared.marker(index));
                 wire::encode_parse(&parse.name, &sql, &[], &mut self.out)
             }
@@ -2023,6 +2032,22 @@ impl Frontend {
             .get(&bind.statement)
             .is_some_and(|s| s.described);
         self.portals.insert(bind.portal.clone(), described);
+        if let Some(refused) = self.refused_in_group {
+            // The server skips this Bind (an earlier message of the group failed): nothing is
+            // decided or held for it, and what goes upstream in its place fails as well.
+            self.shared.push(Expect::Bind {
+                portal: bind.portal.clone(),
+                statement: bind.statement.clone(),
+                result_formats: bind.result_formats.clone(),
+                change: None,
+                ctx: None,
+            });
+            return wire::encode_bare_bind(
+                &bind.portal,
+                &self.shared.marker(refused),
+                &mut self.out,
+            );
+        }
         let stmt = self.resolve_statement(&bind.statement).await?;
         if let Some(p) = &stmt
             && p.info
@@ -2124,7 +2149,9 @@ impl Frontend {
                 }
             }
             Some(p) => match &p.review {
-                // Approvals bind to the exact text and parameters of this execution.
+                // Approvals bind to the exact text and parameters of this execution: each is an
+                // operation of its own (its index, recorded with its parameters), and its rows
+                // are counted under that index.
                 Some(decision) => {
                     let op = SqlOperation {
                         text: p.text.clone(),
@@ -2132,24 +2159,32 @@ impl Frontend {
                         protocol: SqlProtocol::Extended,
                         settings: self.settings(),
                     };
-                    match self.review(p.index, op, decision).await {
-                        Verdicted::Allowed(_) => None,
-                        other => Some((p.index, verdict_deny(other))),
-                    }
+                    let index = self.next_index();
+                    let recorded = Operation::Sql(
+                        self.proxy
+                            .recorded_operation(&op, decision.masking_profile.as_deref()),
+                    );
+                    let gate = self.proxy.gate.clone();
+                    let verdict = match gate
+                        .record(&self.gate_ctx(), index, recorded, decision)
+                        .await
+                    {
+                        Ok(()) => self.review(index, op, decision).await,
+                        Err(outcome) => Verdicted::Denied(outcome_deny(&outcome)),
+                    };
+                    self.execution_ctx(index, p, verdict, &mut shown)
                 }
                 // Stored code may have changed since the Parse was decided: a statement the
-                // catalog makes opaque now is decided again.
+                // catalog makes opaque now is decided again, as an operation of its own.
                 None => match recheck {
-                    Some(op) => match self.evaluate(p.index, &op, p.info.as_ref()).await {
-                        Verdicted::Allowed(_) => None,
-                        Verdicted::Review(decision) => {
-                            match self.review(p.index, op, &decision).await {
-                                Verdicted::Allowed(_) => None,
-                                other => Some((p.index, verdict_deny(other))),
-                            }
-                        }
-                        other => Some((p.index, verdict_deny(other))),
-                    },
+                    Some(op) => {
+                        let index = self.next_index();
+                        let verdict = match self.evaluate(index, &op, p.info.as_ref()).await {
+                            Verdicted::Review(decision) => self.review(index, op, &decision).await,
+                            other => other,
+                        };
+                        self.execution_ctx(index, p, verdict, &mut shown)
+                    }
                     None => None,
                 },
             },
@@ -2174,6 +2209,7 @@ impl Frontend {
         });
         if let Some((index, deny)) = refusal {
             self.record_denial(index, deny);
+            self.refused_in_group = Some(index);
             // A Bind of a statement that cannot exist fails upstream and skips to Sync.
             return wire::encode_bare_bind(&bind.portal, &self.shared.marker(index), &mut self.out);
         }
@@ -2181,9 +2217,31 @@ impl Frontend {
         Ok(())
     }
 
+    /// For an execution decided at Bind as operation `index`: its refusal, or (allowed) the
+    /// context its portal's rows are masked and counted in, set in `shown`.
+    fn execution_ctx(
+        &mut self,
+        index: u64,
+        p: &Prepared,
+        verdict: Verdicted,
+        shown: &mut Option<Arc<StmtCtx>>,
+    ) -> Option<(u64, DenyInfo)> {
+        match verdict {
+            Verdicted::Allowed(decision) => {
+                if let Some(columns) = self.copy_columns.get(&p.index).cloned() {
+                    self.copy_columns.entry(index).or_insert(columns);
+                }
+                *shown = Some(self.stmt_ctx(index, &p.text, Some(&decision), p.info.as_ref()));
+                None
+            }
+            other => Some((index, verdict_deny(other))),
+        }
+    }
+
     /// Sends, in place of a refused Execute, an Execute of a portal that cannot exist: it fails
     /// upstream (its error names the marker) and the server skips to Sync.
     fn refuse_execute(&mut self, index: u64) -> Result<(), PgProxyError> {
+        self.refused_in_group = Some(index);
         let marker = self.shared.marker(index);
         let mut body = Vec::with_capacity(marker.len() + 5);
         body.extend_from_slice(marker.as_bytes());
@@ -2200,6 +2258,10 @@ impl Frontend {
     async fn on_execute(&mut self, frame: Frame) -> Result<(), PgProxyError> {
         let (portal, _) = wire::parse_execute(frame.body.clone())?;
         self.unsynced_exec = true;
+        if let Some(refused) = self.refused_in_group {
+            // Skipped by the server after the group's earlier failure: not decided, not held.
+            return self.refuse_execute(refused);
+        }
         let bound = self.resolve_portal(&portal).await?;
         let mut change = None;
         if let Some(b) = &bound {

@@ -228,3 +228,73 @@ async fn what_a_client_sends_while_held_runs_after_the_hold_in_order() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn after_a_refusal_the_rest_of_the_sync_group_is_not_held() {
+    gatehouse_testkit::within(T, async {
+        let h = start(Options {
+            policy: kind_policy(&[], &[K::Delete], 60_000),
+            setup_sql: SETUP,
+            ..Options::default()
+        })
+        .await;
+        let mut c = RawClient::connect(h.port).await;
+        let mut pipeline = parse("s1", "delete from jobs where id = $1");
+        pipeline.extend(bind("", "s1", &["3"]));
+        pipeline.extend(execute(""));
+        pipeline.extend(bind("", "s1", &["2"]));
+        pipeline.extend(execute(""));
+        pipeline.extend(sync());
+        c.send(&pipeline).await;
+        let id = h.tp.approvals.next_pending().await;
+        h.tp.approvals
+            .decide(&id, &approver(), ApprovalDecision::Deny, "no")
+            .await
+            .unwrap();
+        // The server skips the second Bind and Execute: no second request is opened, and the
+        // client sees the refusal and ReadyForQuery without waiting on one.
+        let got = c.until_ready().await;
+        assert_eq!(errors(&got), ["42501"], "{got:?}");
+        let all = ApprovalFilter {
+            state: None,
+            requester: None,
+            target: None,
+        };
+        assert_eq!(h.tp.approvals.list(&all).await.unwrap().len(), 1);
+        assert_eq!(h.db.psql("select count(*) from jobs").unwrap(), "10");
+        // The next group is decided again.
+        let mut again = bind("", "s1", &["2"]);
+        again.extend(execute(""));
+        again.extend(sync());
+        c.send(&again).await;
+        let id2 = h.tp.approvals.next_pending().await;
+        assert_ne!(id2, id);
+        h.tp.approvals
+            .decide(&id2, &approver(), ApprovalDecision::Approve, "ok")
+            .await
+            .unwrap();
+        let got = c.until_ready().await;
+        assert_eq!(tags(&got), ["DELETE 1"], "{got:?}");
+        assert_eq!(h.db.psql("select count(*) from jobs").unwrap(), "9");
+        // Each Bind-time decision is an operation of its own: its request, the approval's use
+        // and the result name its index, not the Parse's.
+        let first = h.tp.approvals.get(&id).await.unwrap().request.index;
+        let second = h.tp.approvals.get(&id2).await.unwrap().request.index;
+        assert!(first > 0 && second > first, "{first} {second}");
+        let used = h
+            .wait_for_event("the approval's use", |e| match e.body {
+                EventBody::ApprovalUsed { index, id } if id == id2 => Some(index),
+                _ => None,
+            })
+            .await;
+        assert_eq!(used, second);
+        let result = h
+            .wait_for_event("the result", |e| match e.body {
+                EventBody::OperationResult(r) if r.status == "DELETE 1" => Some(r.index),
+                _ => None,
+            })
+            .await;
+        assert_eq!(result, second);
+    })
+    .await;
+}
