@@ -688,6 +688,7 @@ async fn relay(proxy: Arc<ProxyInner>, ready: Ready, client_addr: String, sessio
         group: 0,
         unsynced_exec: false,
         group_may_change: false,
+        refused_in_group: None,
         copy_columns: HashMap::new(),
         opacity: crate::opacity::SessionOpacity::default(),
     };
@@ -833,6 +834,10 @@ struct Frontend {
     unsynced_exec: bool,
     /// An Execute since the last Sync may change the lexer settings.
     group_may_change: bool,
+    /// The index of a message of this sync group the gateway refused with a substitute certain
+    /// to fail upstream: the server skips everything after it up to Sync, so the group's later
+    /// Binds and Executes are neither decided nor held (nothing of them would run).
+    refused_in_group: Option<u64>,
     /// Binary `COPY … TO STDOUT` statements by operation index: their columns (see
     /// [`Frontend::describe_binary_copy`]).
     copy_columns: HashMap<u64, Arc<Vec<ColumnDesc>>>,
@@ -851,22 +856,7 @@ impl Frontend {
     /// Runs until the client leaves or the session must end; returns the reason.
     async fn run(&mut self) -> String {
         let idle = self.proxy.config.limits.idle_timeout;
-        let expiry = self
-            .ctx
-            .identity
-            .expires_at
-            .filter(|_| self.proxy.config.limits.end_at_token_expiry)
-            .map(|exp| {
-                let left = exp - gatehouse_core::now();
-                let secs = left.as_seconds_f64().max(0.0);
-                tokio::time::Instant::now() + Duration::from_secs_f64(secs)
-            });
-        let expiry_sleep = async move {
-            match expiry {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
+        let expiry_sleep = expiry_sleep(self.expiry());
         tokio::pin!(expiry_sleep);
         // One idle timer for the session, pushed back before each read (extending a timer's
         // deadline is an atomic update, not a timer-wheel insert and removal per message), and
@@ -956,6 +946,19 @@ impl Frontend {
         }
     }
 
+    /// When the session ends because its token expires, if it does.
+    fn expiry(&self) -> Option<tokio::time::Instant> {
+        self.ctx
+            .identity
+            .expires_at
+            .filter(|_| self.proxy.config.limits.end_at_token_expiry)
+            .map(|exp| {
+                let left = exp - gatehouse_core::now();
+                let secs = left.as_seconds_f64().max(0.0);
+                tokio::time::Instant::now() + Duration::from_secs_f64(secs)
+            })
+    }
+
     /// Answers a message over the size limit that was read past: the server is sent a message
     /// certain to fail in its place (a failing Query, Parse or Bind, or CopyFail), so the client
     /// gets an ErrorResponse (54000) in protocol order and the session stays usable.
@@ -983,6 +986,7 @@ impl Frontend {
                 wire::encode_query(&deny_sql(&marker), &mut self.out)
             }
             b'P' => {
+                self.refused_in_group = Some(index);
                 self.shared.push(Expect::Parse {
                     name: String::new(),
                     statement: ctx,
@@ -991,6 +995,7 @@ impl Frontend {
                 wire::encode_parse("", &deny_sql(&marker), &[], &mut self.out)
             }
             b'B' => {
+                self.refused_in_group = Some(index);
                 self.shared.push(Expect::Bind {
                     portal: String::new(),
                     statement: marker.clone(),
@@ -1314,9 +1319,11 @@ impl Frontend {
     }
 
     /// Holds a recorded review at the gate until approvers decide, the request times out, or
-    /// the client goes away (a cancel request, the session ending, or the client closing its
-    /// connection): the request is then abandoned and nothing of the statement has gone
-    /// upstream, so a later approval runs nothing.
+    /// the client goes away (a cancel request, a Terminate message, the client closing its
+    /// connection, or the session ending: the server connection closing or the token
+    /// expiring): the request is then abandoned and nothing of the statement has gone
+    /// upstream, so a later approval runs nothing. After a hold ended by the token's expiry
+    /// the session loop ends the session before it reads anything else.
     async fn review(&mut self, index: u64, op: SqlOperation, decision: &Decision) -> Verdicted {
         let shown = Operation::Sql(
             self.proxy
@@ -1361,11 +1368,13 @@ impl Frontend {
             .saturating_add(1 << 16);
         let cancel = self.cancel.clone();
         let shared = self.shared.clone();
+        let expired = expiry_sleep(self.expiry());
         let reader = &mut self.reader;
         let gone = async move {
             tokio::select! {
                 _ = cancel.notified() => {}
                 _ = shared.done.cancelled() => {}
+                () = expired => {}
                 () = reader.gone(watch_limit) => {}
             }
         };
@@ -1414,6 +1423,7 @@ impl Frontend {
         self.group += 1;
         self.unsynced_exec = false;
         self.group_may_change = false;
+        self.refused_in_group = None;
     }
 
     /// Writes everything held for the upstream, then waits until `ready` holds, checking again
@@ -2006,6 +2016,7 @@ impl Frontend {
             }
             Some(deny) => {
                 self.record_denial(index, deny);
+                self.refused_in_group = Some(index);
                 let sql = deny_sql(&self.shared.marker(index));
                 wire::encode_parse(&parse.name, &sql, &[], &mut self.out)
             }
@@ -2021,6 +2032,22 @@ impl Frontend {
             .get(&bind.statement)
             .is_some_and(|s| s.described);
         self.portals.insert(bind.portal.clone(), described);
+        if let Some(refused) = self.refused_in_group {
+            // The server skips this Bind (an earlier message of the group failed): nothing is
+            // decided or held for it, and what goes upstream in its place fails as well.
+            self.shared.push(Expect::Bind {
+                portal: bind.portal.clone(),
+                statement: bind.statement.clone(),
+                result_formats: bind.result_formats.clone(),
+                change: None,
+                ctx: None,
+            });
+            return wire::encode_bare_bind(
+                &bind.portal,
+                &self.shared.marker(refused),
+                &mut self.out,
+            );
+        }
         let stmt = self.resolve_statement(&bind.statement).await?;
         if let Some(p) = &stmt
             && p.info
@@ -2122,7 +2149,9 @@ impl Frontend {
                 }
             }
             Some(p) => match &p.review {
-                // Approvals bind to the exact text and parameters of this execution.
+                // Approvals bind to the exact text and parameters of this execution: each is an
+                // operation of its own (its index, recorded with its parameters), and its rows
+                // are counted under that index.
                 Some(decision) => {
                     let op = SqlOperation {
                         text: p.text.clone(),
@@ -2130,24 +2159,32 @@ impl Frontend {
                         protocol: SqlProtocol::Extended,
                         settings: self.settings(),
                     };
-                    match self.review(p.index, op, decision).await {
-                        Verdicted::Allowed(_) => None,
-                        other => Some((p.index, verdict_deny(other))),
-                    }
+                    let index = self.next_index();
+                    let recorded = Operation::Sql(
+                        self.proxy
+                            .recorded_operation(&op, decision.masking_profile.as_deref()),
+                    );
+                    let gate = self.proxy.gate.clone();
+                    let verdict = match gate
+                        .record(&self.gate_ctx(), index, recorded, decision)
+                        .await
+                    {
+                        Ok(()) => self.review(index, op, decision).await,
+                        Err(outcome) => Verdicted::Denied(outcome_deny(&outcome)),
+                    };
+                    self.execution_ctx(index, p, verdict, &mut shown)
                 }
                 // Stored code may have changed since the Parse was decided: a statement the
-                // catalog makes opaque now is decided again.
+                // catalog makes opaque now is decided again, as an operation of its own.
                 None => match recheck {
-                    Some(op) => match self.evaluate(p.index, &op, p.info.as_ref()).await {
-                        Verdicted::Allowed(_) => None,
-                        Verdicted::Review(decision) => {
-                            match self.review(p.index, op, &decision).await {
-                                Verdicted::Allowed(_) => None,
-                                other => Some((p.index, verdict_deny(other))),
-                            }
-                        }
-                        other => Some((p.index, verdict_deny(other))),
-                    },
+                    Some(op) => {
+                        let index = self.next_index();
+                        let verdict = match self.evaluate(index, &op, p.info.as_ref()).await {
+                            Verdicted::Review(decision) => self.review(index, op, &decision).await,
+                            other => other,
+                        };
+                        self.execution_ctx(index, p, verdict, &mut shown)
+                    }
                     None => None,
                 },
             },
@@ -2172,6 +2209,7 @@ impl Frontend {
         });
         if let Some((index, deny)) = refusal {
             self.record_denial(index, deny);
+            self.refused_in_group = Some(index);
             // A Bind of a statement that cannot exist fails upstream and skips to Sync.
             return wire::encode_bare_bind(&bind.portal, &self.shared.marker(index), &mut self.out);
         }
@@ -2179,9 +2217,31 @@ impl Frontend {
         Ok(())
     }
 
+    /// For an execution decided at Bind as operation `index`: its refusal, or (allowed) the
+    /// context its portal's rows are masked and counted in, set in `shown`.
+    fn execution_ctx(
+        &mut self,
+        index: u64,
+        p: &Prepared,
+        verdict: Verdicted,
+        shown: &mut Option<Arc<StmtCtx>>,
+    ) -> Option<(u64, DenyInfo)> {
+        match verdict {
+            Verdicted::Allowed(decision) => {
+                if let Some(columns) = self.copy_columns.get(&p.index).cloned() {
+                    self.copy_columns.entry(index).or_insert(columns);
+                }
+                *shown = Some(self.stmt_ctx(index, &p.text, Some(&decision), p.info.as_ref()));
+                None
+            }
+            other => Some((index, verdict_deny(other))),
+        }
+    }
+
     /// Sends, in place of a refused Execute, an Execute of a portal that cannot exist: it fails
     /// upstream (its error names the marker) and the server skips to Sync.
     fn refuse_execute(&mut self, index: u64) -> Result<(), PgProxyError> {
+        self.refused_in_group = Some(index);
         let marker = self.shared.marker(index);
         let mut body = Vec::with_capacity(marker.len() + 5);
         body.extend_from_slice(marker.as_bytes());
@@ -2198,6 +2258,10 @@ impl Frontend {
     async fn on_execute(&mut self, frame: Frame) -> Result<(), PgProxyError> {
         let (portal, _) = wire::parse_execute(frame.body.clone())?;
         self.unsynced_exec = true;
+        if let Some(refused) = self.refused_in_group {
+            // Skipped by the server after the group's earlier failure: not decided, not held.
+            return self.refuse_execute(refused);
+        }
         let bound = self.resolve_portal(&portal).await?;
         let mut change = None;
         if let Some(b) = &bound {
@@ -2302,6 +2366,14 @@ impl Frontend {
 /// Why a statement that changes `backslash_quote` is refused.
 const BACKSLASH_QUOTE: &str = "backslash_quote cannot be changed through the gateway: the server \
      never reports it, so the gateway could not read later statements as the server does";
+
+/// Resolves at `at` (never without one): the token's expiry.
+async fn expiry_sleep(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
 
 /// The refusal carried by a verdict; a `Review` still unresolved at this point is refused.
 fn verdict_deny(v: Verdicted) -> DenyInfo {

@@ -82,11 +82,17 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
-    /// Resolves when the peer has gone (end of stream or a read error), buffering whatever it
-    /// sends meanwhile for [`FrameReader::next`]; past `max_buffered` bytes it stops reading
-    /// (and so stops watching).
+    /// Resolves when the peer has gone (end of stream, a read error, or a Terminate message
+    /// among what it sent), buffering whatever it sends meanwhile for [`FrameReader::next`]
+    /// (nothing is consumed: every byte is processed later, in order); past `max_buffered`
+    /// bytes it stops reading (and so stops watching). The buffer must start at a message
+    /// boundary (it does between frames).
     pub(crate) async fn gone(&mut self, max_buffered: usize) {
+        let mut scanned = 0;
         loop {
+            if self.terminate_buffered(&mut scanned) {
+                return;
+            }
             if self.buf.len() >= max_buffered {
                 return std::future::pending().await;
             }
@@ -97,6 +103,29 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
             }
+        }
+    }
+
+    /// Whether a Terminate message starts at a message boundary at or after `*from` (itself a
+    /// boundary) in the buffer; `*from` advances past the whole messages looked at. A message
+    /// with an impossible length stops the scan (the framer refuses it when it gets there).
+    fn terminate_buffered(&self, from: &mut usize) -> bool {
+        loop {
+            let Some(head) = self.buf.get(*from..from.saturating_add(5)) else {
+                return false;
+            };
+            if head[0] == b'X' {
+                return true;
+            }
+            let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+            if len < 4 {
+                return false;
+            }
+            let next = from.saturating_add(1).saturating_add(len);
+            if next > self.buf.len() {
+                return false;
+            }
+            *from = next;
         }
     }
 

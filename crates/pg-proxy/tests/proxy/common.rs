@@ -45,6 +45,9 @@ pub struct Options {
     pub configure: Box<dyn FnOnce(&mut PgProxyConfig) + Send>,
     pub setup_sql: &'static str,
     pub identity_expiry: Option<time::OffsetDateTime>,
+    /// The token's lifetime counted from when the gateway is ready (the database is made
+    /// first); in place of `identity_expiry`.
+    pub identity_ttl: Option<time::Duration>,
     /// Approvals in place of the testkit's (e.g. the real broker).
     pub approvals: Option<Arc<dyn gatehouse_core::Approvals + Send + Sync>>,
     /// Gate hooks in place of none.
@@ -63,6 +66,7 @@ impl Default for Options {
             configure: Box::new(|_| {}),
             setup_sql: "",
             identity_expiry: None,
+            identity_ttl: None,
             approvals: None,
             hooks: None,
             recorder: None,
@@ -113,7 +117,10 @@ pub async fn start(opts: Options) -> Harness {
             .unwrap();
     }
     let mut identity = agent();
-    identity.expires_at = opts.identity_expiry;
+    identity.expires_at = match opts.identity_ttl {
+        Some(ttl) => Some(time::OffsetDateTime::now_utc() + ttl),
+        None => opts.identity_expiry,
+    };
     let auth = StaticAuthenticator::new().with_token(TOKEN, identity);
     let mut tp = TestPipeline::new(
         auth,

@@ -207,11 +207,13 @@ async fn each_held_statement_is_requested_once_with_its_index() {
                 _ => None,
             })
             .collect();
-        assert_eq!(deletes.len(), 2, "{deletes:?}");
+        // The extended-protocol statement is recorded at Parse (held until Bind) and again,
+        // with its parameters, as the execution its Bind decides.
+        assert_eq!(deletes.len(), 3, "{deletes:?}");
         assert_eq!(
             requested.iter().map(|r| r.0).collect::<Vec<_>>(),
-            deletes,
-            "one request per held statement, with its index: {requested:?}"
+            [deletes[0], deletes[2]],
+            "one request per held execution, with its index: {requested:?}"
         );
         // The approver saw the operation as the audit log keeps it.
         for (_, shown) in &requested {
