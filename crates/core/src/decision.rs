@@ -36,6 +36,30 @@ pub struct ReviewRequirement {
     pub grant_window_ms: Option<u64>,
 }
 
+impl ReviewRequirement {
+    /// Whether an approval given under `self` (with `approvals` distinct approvers) still meets
+    /// `current`, the requirement the policy asks for now: at least as many approvers, approver
+    /// groups all named by `current` (a vote records who voted, not as which group member, so
+    /// every group the approval accepted must still be accepted), and no wider grant window
+    /// (none is the narrowest). A policy tightened after the approval is never met by it.
+    pub fn meets(&self, current: &ReviewRequirement, approvals: usize) -> bool {
+        let needed = usize::try_from(current.approvals_required.max(1)).unwrap_or(usize::MAX);
+        let asked = usize::try_from(self.approvals_required.max(1)).unwrap_or(usize::MAX);
+        approvals >= needed
+            && asked >= needed
+            && !self.approver_groups.is_empty()
+            && self
+                .approver_groups
+                .iter()
+                .all(|g| current.approver_groups.contains(g))
+            && match (self.grant_window_ms, current.grant_window_ms) {
+                (None, _) => true,
+                (Some(old), Some(now)) => old <= now,
+                (Some(_), None) => false,
+            }
+    }
+}
+
 /// What happens to output the masker cannot rewrite safely: binary data (NUL bytes or invalid
 /// UTF-8) in a stream that is otherwise masked as text, and framed protocols (SFTP packets, scp's
 /// declared sizes, rsync, git's pack protocol) as a whole. Masking never rewrites such data:
