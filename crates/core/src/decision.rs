@@ -170,4 +170,39 @@ mod tests {
         let old: Result<Decision, _> = serde_json::from_value(refuse);
         assert_eq!(old.map(|d| d.binary).ok(), Some(BinaryHandling::Refuse));
     }
+
+    #[test]
+    fn an_approval_meets_only_a_rule_no_stricter_than_its_own() {
+        let req = |groups: &[&str], n: u32, window: Option<u64>| ReviewRequirement {
+            approver_groups: groups.iter().map(|g| g.to_string()).collect(),
+            approvals_required: n,
+            timeout_ms: 60_000,
+            grant_window_ms: window,
+        };
+        let given = req(&["ops", "dba"], 1, Some(60_000));
+        assert!(given.meets(&req(&["ops", "dba"], 1, Some(60_000)), 1));
+        assert!(given.meets(&req(&["ops", "dba", "sre"], 1, Some(120_000)), 1));
+        assert!(
+            !given.meets(&req(&["ops", "dba"], 2, Some(60_000)), 1),
+            "more approvals"
+        );
+        assert!(
+            !given.meets(&req(&["dba"], 1, Some(60_000)), 1),
+            "fewer groups"
+        );
+        assert!(
+            !given.meets(&req(&["ops", "dba"], 1, Some(1_000)), 1),
+            "narrower window"
+        );
+        assert!(!given.meets(&req(&["ops", "dba"], 1, None), 1), "no window");
+        assert!(
+            !given.meets(&req(&["ops", "dba"], 1, Some(60_000)), 0),
+            "no vote"
+        );
+        assert!(req(&["dba"], 2, None).meets(&req(&["dba"], 2, Some(5)), 2));
+        assert!(
+            !req(&[], 1, None).meets(&req(&[], 1, None), 1),
+            "nobody approves"
+        );
+    }
 }

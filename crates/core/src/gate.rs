@@ -23,7 +23,10 @@
 //! [`crate::ApprovalTicket::already_granted`]). In [`HoldMode::AtMost`] (HTTP, Kubernetes: the
 //! client is told to retry), a retried identical request picks up its own earlier request —
 //! still pending, or decided less than the request's own timeout ago and not yet used by a
-//! retry — so one approval still runs the operation once.
+//! retry — so one approval still runs the operation once. Concurrent identical retries take
+//! turns, so they share one request; an approval is used only while it meets the current
+//! rule ([`crate::ReviewRequirement::meets`]) and no later denial of the operation overrode it
+//! (see `docs/DESIGN.md`, "The operation gate").
 
 use std::any::Any;
 use std::collections::{HashMap, HashSet, VecDeque};
