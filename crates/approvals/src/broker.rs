@@ -9,7 +9,11 @@
 //!   one, whatever the rule says); one deny closes the request; a justification is required.
 //! - **Grant window**: an approval also covers a later request with the same operation hash, by the
 //!   same principal, on the same target, from the same rule, while `closed_at + window` lies in the
-//!   future — the window is the smaller of the approving rule's and the new rule's, never wider.
+//!   future — the window is the smaller of the approving rule's and the new rule's, never wider —
+//!   and only while the approval still meets the new rule's requirement (as many approvers,
+//!   approver groups the new rule names: [`gatehouse_core::ReviewRequirement::meets`]), and
+//!   unless the approvers denied the same operation (same principal, target and rule) after it
+//!   was approved: after a denial only a later approval runs the operation.
 //! - **Timeouts**: nothing is approved after the request's own timeout; the first to notice (a
 //!   waiter, or an approver trying to decide) closes it as timed out.
 //! - **Abandonment**: dropping a [`Approvals::wait`] future before it resolves closes the request
@@ -32,7 +36,7 @@ use std::time::{Duration, Instant};
 use gatehouse_core::{
     ApprovalDecision, ApprovalError, ApprovalFilter, ApprovalId, ApprovalOutcome, ApprovalRecord,
     ApprovalRequest, ApprovalState, ApprovalTicket, Approvals, ApproverVote, BoxFuture, Event,
-    EventBody, Identity, Recorder, Timestamp,
+    EventBody, Identity, Recorder, ReviewRequirement, Timestamp,
 };
 use tokio::sync::broadcast;
 
@@ -357,12 +361,50 @@ impl BrokerInner {
             .grants(&principal, &request.target.name, hash, now)
             .await
             .map_err(store_err)?;
+        if candidates.is_empty() {
+            return Ok(None);
+        }
+        // The approvers' latest denial of this operation ends every grant approved before it.
+        let last_denial = self
+            .store
+            .list(&ApprovalFilter {
+                state: Some(ApprovalState::Denied),
+                requester: Some(request.requester.subject.clone()),
+                target: Some(request.target.name.clone()),
+            })
+            .await
+            .map_err(store_err)?
+            .into_iter()
+            .filter(|d| {
+                d.operation_hash == hash
+                    && d.request.rule_id == request.rule_id
+                    && d.request.requester.principal() == principal
+            })
+            .filter_map(|d| d.closed_at)
+            .max();
         Ok(candidates.into_iter().find(|g| {
+            if let (Some(denied), Some(closed)) = (last_denial, g.closed_at)
+                && closed <= denied
+            {
+                return false;
+            }
             let Some(old_window) = g.request.requirement.grant_window_ms else {
                 return false;
             };
             let window = i64::try_from(old_window.min(new_window)).unwrap_or(i64::MAX);
+            // The approval must still meet the rule as it stands now (approver count and
+            // groups); the window is narrowed to the smaller one below.
+            let current = ReviewRequirement {
+                grant_window_ms: Some(old_window),
+                ..request.requirement.clone()
+            };
+            let approvals = g
+                .votes
+                .iter()
+                .filter(|v| v.decision == ApprovalDecision::Approve)
+                .count();
             g.state == ApprovalState::Approved
+                && g.request.requirement.meets(&current, approvals)
                 && g.operation_hash == hash
                 && g.request.rule_id == request.rule_id
                 && g.request.target.name == request.target.name

@@ -36,6 +36,30 @@ pub struct ReviewRequirement {
     pub grant_window_ms: Option<u64>,
 }
 
+impl ReviewRequirement {
+    /// Whether an approval given under `self` (with `approvals` distinct approvers) still meets
+    /// `current`, the requirement the policy asks for now: at least as many approvers, approver
+    /// groups all named by `current` (a vote records who voted, not as which group member, so
+    /// every group the approval accepted must still be accepted), and no wider grant window
+    /// (none is the narrowest). A policy tightened after the approval is never met by it.
+    pub fn meets(&self, current: &ReviewRequirement, approvals: usize) -> bool {
+        let needed = usize::try_from(current.approvals_required.max(1)).unwrap_or(usize::MAX);
+        let asked = usize::try_from(self.approvals_required.max(1)).unwrap_or(usize::MAX);
+        approvals >= needed
+            && asked >= needed
+            && !self.approver_groups.is_empty()
+            && self
+                .approver_groups
+                .iter()
+                .all(|g| current.approver_groups.contains(g))
+            && match (self.grant_window_ms, current.grant_window_ms) {
+                (None, _) => true,
+                (Some(old), Some(now)) => old <= now,
+                (Some(_), None) => false,
+            }
+    }
+}
+
 /// What happens to output the masker cannot rewrite safely: binary data (NUL bytes or invalid
 /// UTF-8) in a stream that is otherwise masked as text, and framed protocols (SFTP packets, scp's
 /// declared sizes, rsync, git's pack protocol) as a whole. Masking never rewrites such data:
@@ -145,5 +169,40 @@ mod tests {
         assert_eq!(raw["binary"], "raw");
         let old: Result<Decision, _> = serde_json::from_value(refuse);
         assert_eq!(old.map(|d| d.binary).ok(), Some(BinaryHandling::Refuse));
+    }
+
+    #[test]
+    fn an_approval_meets_only_a_rule_no_stricter_than_its_own() {
+        let req = |groups: &[&str], n: u32, window: Option<u64>| ReviewRequirement {
+            approver_groups: groups.iter().map(|g| g.to_string()).collect(),
+            approvals_required: n,
+            timeout_ms: 60_000,
+            grant_window_ms: window,
+        };
+        let given = req(&["ops", "dba"], 1, Some(60_000));
+        assert!(given.meets(&req(&["ops", "dba"], 1, Some(60_000)), 1));
+        assert!(given.meets(&req(&["ops", "dba", "sre"], 1, Some(120_000)), 1));
+        assert!(
+            !given.meets(&req(&["ops", "dba"], 2, Some(60_000)), 1),
+            "more approvals"
+        );
+        assert!(
+            !given.meets(&req(&["dba"], 1, Some(60_000)), 1),
+            "fewer groups"
+        );
+        assert!(
+            !given.meets(&req(&["ops", "dba"], 1, Some(1_000)), 1),
+            "narrower window"
+        );
+        assert!(!given.meets(&req(&["ops", "dba"], 1, None), 1), "no window");
+        assert!(
+            !given.meets(&req(&["ops", "dba"], 1, Some(60_000)), 0),
+            "no vote"
+        );
+        assert!(req(&["dba"], 2, None).meets(&req(&["dba"], 2, Some(5)), 2));
+        assert!(
+            !req(&[], 1, None).meets(&req(&[], 1, None), 1),
+            "nobody approves"
+        );
     }
 }

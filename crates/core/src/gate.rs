@@ -23,10 +23,13 @@
 //! [`crate::ApprovalTicket::already_granted`]). In [`HoldMode::AtMost`] (HTTP, Kubernetes: the
 //! client is told to retry), a retried identical request picks up its own earlier request —
 //! still pending, or decided less than the request's own timeout ago and not yet used by a
-//! retry — so one approval still runs the operation once.
+//! retry — so one approval still runs the operation once. Concurrent identical retries take
+//! turns, so they share one request; an approval is used only while it meets the current
+//! rule ([`crate::ReviewRequirement::meets`]) and no later denial of the operation overrode it
+//! (see `docs/DESIGN.md`, "The operation gate").
 
 use std::any::Any;
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::pin;
 use std::sync::{Arc, Mutex};
@@ -34,9 +37,9 @@ use std::task::Poll;
 use std::time::Duration;
 
 use crate::{
-    ApprovalError, ApprovalFilter, ApprovalId, ApprovalOutcome, ApprovalRecord, ApprovalRequest,
-    ApprovalState, BinaryHandling, Decision, Event, EventBody, Identity, Operation, Pipeline,
-    ReviewRequirement, SessionId, Target, Verdict,
+    ApprovalDecision, ApprovalError, ApprovalFilter, ApprovalId, ApprovalOutcome, ApprovalRecord,
+    ApprovalRequest, ApprovalState, BinaryHandling, Decision, Event, EventBody, Identity,
+    Operation, Pipeline, ReviewRequirement, SessionId, Target, Verdict,
 };
 
 /// Who asks, on which target, in which session: what every gate call and hook is given.
@@ -422,6 +425,9 @@ impl UsedApprovals {
 pub struct Gate {
     pipeline: Pipeline,
     used: Mutex<UsedApprovals>,
+    /// One turn at a time per (principal, target, rule, operation) while a retried request
+    /// looks for its earlier request and opens one if there is none (see [`Gate::open`]).
+    turns: Arc<Mutex<HashMap<String, Arc<futures::lock::Mutex<()>>>>>,
 }
 
 impl std::fmt::Debug for Gate {
@@ -451,6 +457,7 @@ impl Gate {
         Self {
             pipeline,
             used: Mutex::new(UsedApprovals::default()),
+            turns: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -602,8 +609,21 @@ impl Gate {
         };
         let timeout = Duration::from_millis(requirement.timeout_ms);
         let retry = matches!(review.mode, HoldMode::AtMost(_));
+        // Concurrent identical retried requests take turns, so that they share one request
+        // instead of each opening its own (the turn ends when this call returns).
+        let _turn = if retry {
+            match self.turn(ctx, review).await {
+                Ok(turn) => Some(turn),
+                Err(e) => return Err(unavailable(decision, &e)),
+            }
+        } else {
+            None
+        };
         let earlier = if retry {
-            match self.earlier_request(ctx, review, timeout).await {
+            match self
+                .earlier_request(ctx, review, &requirement, timeout)
+                .await
+            {
                 Ok(found) => found,
                 Err(e) => return Err(unavailable(decision, &e)),
             }
@@ -706,12 +726,49 @@ impl Gate {
             .await
     }
 
-    /// The client's own earlier request for the same operation under the same rule: pending, or
-    /// decided less than `timeout` ago and not yet used.
+    /// Waits for this principal's turn on this operation (see [`Gate::open`]).
+    async fn turn(
+        &self,
+        ctx: &GateContext<'_>,
+        review: &Review<'_>,
+    ) -> Result<Turn, ApprovalError> {
+        let key = serde_json::to_string(&(
+            ctx.identity.principal(),
+            &ctx.target.name,
+            &review.decision.rule_id,
+            review.operation,
+        ))
+        .map_err(|e| ApprovalError::Store(format!("operation key: {e}")))?;
+        let lock = {
+            let mut turns = self.turns.lock().map_err(|_| {
+                ApprovalError::Store("the gate's table of open requests is unavailable".into())
+            })?;
+            Arc::clone(turns.entry(key.clone()).or_default())
+        };
+        let guard = Arc::clone(&lock).lock_owned().await;
+        Ok(Turn {
+            turns: Arc::clone(&self.turns),
+            key,
+            lock,
+            guard: Some(guard),
+        })
+    }
+
+    /// The request a retried operation is answered by, among the client's own requests for the
+    /// same operation under the same rule (same principal, same target):
+    ///
+    /// 1. the most recently decided one, decided less than `timeout` ago and not yet used by a
+    ///    retry — except an approval that no longer meets the current `requirement`
+    ///    ([`ReviewRequirement::meets`]) or that was decided before the approvers' latest
+    ///    denial of this operation: after a denial, only a later approval runs it;
+    /// 2. else the newest pending one whose requirement is at least as strict as the current
+    ///    one (so its approval will meet it);
+    /// 3. else none: the caller opens a new request under the current requirement.
     async fn earlier_request(
         &self,
         ctx: &GateContext<'_>,
         review: &Review<'_>,
+        requirement: &ReviewRequirement,
         timeout: Duration,
     ) -> Result<Option<ApprovalRecord>, ApprovalError> {
         let filter = ApprovalFilter {
@@ -722,7 +779,7 @@ impl Gate {
         let principal = ctx.identity.principal();
         let now = crate::now();
         let fresh = time::Duration::try_from(timeout).unwrap_or(time::Duration::MAX);
-        let mut found: Vec<ApprovalRecord> = self
+        let found: Vec<ApprovalRecord> = self
             .pipeline
             .approvals
             .list(&filter)
@@ -732,19 +789,54 @@ impl Gate {
                 &r.request.operation == review.operation
                     && r.request.requester.principal() == principal
                     && r.request.rule_id == review.decision.rule_id
+                    && r.request.target.name == ctx.target.name
             })
             .collect();
-        found.sort_by_key(|r| std::cmp::Reverse(r.opened_at));
         let used = self.used.lock().map_err(|_| {
             ApprovalError::Store("the gate's record of used approvals is unavailable".into())
         })?;
-        Ok(found.into_iter().find(|r| match r.state {
-            ApprovalState::Pending => true,
-            ApprovalState::Approved | ApprovalState::Denied | ApprovalState::TimedOut => {
-                !used.contains(&r.id) && r.closed_at.is_some_and(|t| now - t < fresh)
-            }
-            _ => false,
-        }))
+        let last_denial = found
+            .iter()
+            .filter(|r| r.state == ApprovalState::Denied)
+            .filter_map(|r| r.closed_at)
+            .max();
+        let decided = found
+            .iter()
+            .filter(|r| {
+                let Some(closed) = r.closed_at else {
+                    return false;
+                };
+                if used.contains(&r.id) || now - closed >= fresh {
+                    return false;
+                }
+                match r.state {
+                    ApprovalState::Approved => {
+                        let approvals = r
+                            .votes
+                            .iter()
+                            .filter(|v| v.decision == ApprovalDecision::Approve)
+                            .count();
+                        last_denial.is_none_or(|denied| closed > denied)
+                            && r.request.requirement.meets(requirement, approvals)
+                    }
+                    ApprovalState::Denied | ApprovalState::TimedOut => true,
+                    _ => false,
+                }
+            })
+            .max_by_key(|r| r.closed_at);
+        if let Some(record) = decided {
+            return Ok(Some(record.clone()));
+        }
+        Ok(found
+            .into_iter()
+            .filter(|r| {
+                let asked = usize::try_from(r.request.requirement.approvals_required.max(1))
+                    .unwrap_or(usize::MAX);
+                r.state == ApprovalState::Pending
+                    && r.request.requirement.meets(requirement, asked)
+                    && r.request.requirement.timeout_ms <= requirement.timeout_ms
+            })
+            .max_by_key(|r| r.opened_at))
     }
 
     /// Turns a final approval outcome into the gate's, records the use of an approval, and in
@@ -801,6 +893,27 @@ impl Gate {
                 decision,
                 approval: id,
             },
+        }
+    }
+}
+
+/// A principal's turn on one operation; dropping it lets the next concurrent retry look.
+struct Turn {
+    turns: Arc<Mutex<HashMap<String, Arc<futures::lock::Mutex<()>>>>>,
+    key: String,
+    lock: Arc<futures::lock::Mutex<()>>,
+    guard: Option<futures::lock::OwnedMutexGuard<()>>,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        // Forget the key when nobody else holds or waits for it (the table holds one
+        // reference, this turn another).
+        if let Ok(mut turns) = self.turns.lock()
+            && Arc::strong_count(&self.lock) <= 2
+        {
+            turns.remove(&self.key);
         }
     }
 }

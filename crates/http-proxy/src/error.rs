@@ -6,8 +6,8 @@ use bytes::Bytes;
 use gatehouse_core::{AuthErrorKind, Side};
 use http::{HeaderValue, StatusCode, header};
 
-/// `Retry-After` seconds on a 503 for unavailable approvals or audit, unless the proxy's
-/// configuration says otherwise.
+/// `Retry-After` seconds on a 503 for unavailable approvals or audit and on a 504 for a timed-out
+/// approval, unless the proxy's configuration says otherwise.
 pub const UNAVAILABLE_RETRY_AFTER_S: u64 = 5;
 
 /// What went wrong, and on which side.
@@ -54,8 +54,9 @@ pub enum HttpProxyError {
         /// Rule that asked for review.
         rule: String,
     },
-    /// Nobody approved the reviewed request before its timeout.
-    #[error("approval {id} timed out")]
+    /// Nobody decided the reviewed request before its timeout: `504` with `Retry-After`
+    /// (retry later, a new approval request is opened), never a permission error.
+    #[error("approval {id} timed out; retry to ask again")]
     ApprovalTimedOut {
         /// Approval id.
         id: String,
@@ -144,9 +145,9 @@ impl HttpProxyError {
             Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             NoTarget => StatusCode::NOT_FOUND,
             BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Denied { .. } | ApprovalDenied { .. } | ApprovalTimedOut { .. } | HookStopped => {
-                StatusCode::FORBIDDEN
-            }
+            Denied { .. } | ApprovalDenied { .. } | HookStopped => StatusCode::FORBIDDEN,
+            // The gateway waited on its approvers, as it waits on an upstream: retry later.
+            ApprovalTimedOut { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApprovalPending { .. } => StatusCode::CONFLICT,
             AuthUnavailable | Approvals(_) | Recorder(_) => StatusCode::SERVICE_UNAVAILABLE,
             EgressBlocked | UpstreamUnavailable(_) | UpstreamRefused(_) | BinaryRefused { .. } => {
@@ -215,8 +216,8 @@ impl HttpProxyError {
     }
 
     /// The whole response: status, JSON body and the headers that go with it
-    /// (`WWW-Authenticate` for 401, `Retry-After` for a pending approval and for approvals or
-    /// audit unavailable).
+    /// (`WWW-Authenticate` for 401, `Retry-After` for a pending or timed-out approval and for
+    /// approvals or audit unavailable).
     pub fn to_response(&self) -> http::Response<Bytes> {
         let body = Bytes::from(self.json().to_string());
         let mut resp = http::Response::new(body);
@@ -239,7 +240,9 @@ impl HttpProxyError {
             }
             // Unavailable, not forbidden: the client may try again later (the proxy replaces
             // this default with its configured `retry_after_s`).
-            HttpProxyError::Approvals(_) | HttpProxyError::Recorder(_) => {
+            HttpProxyError::Approvals(_)
+            | HttpProxyError::Recorder(_)
+            | HttpProxyError::ApprovalTimedOut { .. } => {
                 h.insert(
                     header::RETRY_AFTER,
                     HeaderValue::from(UNAVAILABLE_RETRY_AFTER_S),
@@ -281,5 +284,18 @@ mod tests {
         assert_eq!(r.headers()[header::RETRY_AFTER], "7");
         let v: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
         assert_eq!(v["approval_id"], "apr-1");
+    }
+
+    #[test]
+    fn timed_out_is_retry_later_not_forbidden() {
+        let e = HttpProxyError::ApprovalTimedOut {
+            id: "apr-2".into(),
+            rule: "review-delete".into(),
+        };
+        let r = e.to_response();
+        assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert!(r.headers().contains_key(header::RETRY_AFTER));
+        let v: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
+        assert_eq!(v["error"], "approval_timed_out");
     }
 }

@@ -13,7 +13,10 @@
 //!    upgrade is decided as method [`WEBSOCKET_METHOD`]. Deny → `403` JSON naming the rule.
 //!    Review → the request (bound to its body hash) is held up to `review_hold_ms`; past that the
 //!    caller gets `409` + `Retry-After` + the approval id, and the retried request goes through
-//!    once approved (the rule's grant window);
+//!    once approved (the rule's grant window) — only on an approval that still meets the rule as
+//!    it stands and that no later denial overrode; an approver's denial is `403`
+//!    `approval_denied`, a request nobody decided in time `504` `approval_timed_out` +
+//!    `Retry-After` (retry later: a new request is opened);
 //! 4. records the operation and decision before anything is forwarded (fail closed);
 //! 5. forwards with hop-by-hop headers removed, the caller's token replaced by the target's
 //!    credential (bearer, basic, header or query), `Accept-Encoding` narrowed to gzip/deflate;

@@ -534,7 +534,9 @@ impl ConnCtx {
                 let mut resp = error_response(&e);
                 if matches!(
                     e,
-                    HttpProxyError::Approvals(_) | HttpProxyError::Recorder(_)
+                    HttpProxyError::Approvals(_)
+                        | HttpProxyError::Recorder(_)
+                        | HttpProxyError::ApprovalTimedOut { .. }
                 ) {
                     resp.headers_mut().insert(
                         header::RETRY_AFTER,

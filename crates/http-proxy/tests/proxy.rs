@@ -1427,10 +1427,11 @@ async fn websocket_binary_frames_are_refused_or_passed_raw() {
 }
 
 #[tokio::test]
-async fn approval_timed_out_gets_403() {
+async fn approval_timed_out_gets_504_with_retry_after() {
     within(T, async {
         let up = start_upstream().await;
-        let cfg = config(up.addr, dead_addr());
+        let mut cfg = config(up.addr, dead_addr());
+        cfg.retry_after_s = 6;
         let layers = layers(&cfg.held_secrets());
         let mut pipeline = layers.pipeline.clone();
         // Every DELETE needs a review that nobody can give in time.
@@ -1452,7 +1453,7 @@ async fn approval_timed_out_gets_403() {
             },
         ));
         let gw = Gateway::start_with(cfg, None, layers, pipeline).await;
-        let (status, _, body) = curl(&[
+        let (status, head, body) = curl(&[
             "-X",
             "DELETE",
             &gw.url("/api/users/3"),
@@ -1460,7 +1461,12 @@ async fn approval_timed_out_gets_403() {
             &bearer(AGENT_TOKEN),
         ])
         .await;
-        assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
+        // Retry later, not forbidden: a client tells it from a denial by the status alone.
+        assert_eq!(status, 504, "{}", String::from_utf8_lossy(&body));
+        assert!(
+            head.to_ascii_lowercase().contains("retry-after: 6"),
+            "a timed-out approval is retry-later: {head}"
+        );
         let v = json_body(&body);
         assert_eq!(v["error"], "approval_timed_out");
         assert_eq!(v["rule"], "review-quick");

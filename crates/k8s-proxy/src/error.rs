@@ -45,7 +45,7 @@ pub enum K8sProxyError {
         /// Seconds.
         retry_after_s: u64,
     },
-    /// An approver denied, or nobody decided in time.
+    /// An approver denied (or the request was abandoned).
     #[error("approval {id} {outcome} (rule {rule})")]
     ApprovalRefused {
         /// Approval id.
@@ -54,6 +54,17 @@ pub enum K8sProxyError {
         outcome: String,
         /// Rule id.
         rule: String,
+    },
+    /// Nobody decided in time: `504` Timeout with `Retry-After` (retry later; a retry opens a
+    /// new approval request), never Forbidden.
+    #[error("approval {id} timed out (rule {rule}); retry in {retry_after_s}s to ask again")]
+    ApprovalTimedOut {
+        /// Approval id.
+        id: String,
+        /// Rule id.
+        rule: String,
+        /// Seconds.
+        retry_after_s: u64,
     },
     /// SPDY streams are never relayed.
     #[error(
@@ -125,6 +136,7 @@ impl K8sProxyError {
             | K8sProxyError::Denied { .. }
             | K8sProxyError::ApprovalPending { .. }
             | K8sProxyError::ApprovalRefused { .. }
+            | K8sProxyError::ApprovalTimedOut { .. }
             | K8sProxyError::SpdyRefused
             | K8sProxyError::PortForwardNotRelayed { .. }
             | K8sProxyError::PortForwardBinary { .. }
@@ -156,7 +168,10 @@ impl K8sProxyError {
             K8sProxyError::UpstreamUnavailable(_)
             | K8sProxyError::UpstreamRefused(_)
             | K8sProxyError::EgressBlocked => StatusCode::BAD_GATEWAY,
-            K8sProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            // `Timeout`: client-go's `IsTimeout`; it retries a 5xx with `Retry-After` by itself.
+            K8sProxyError::UpstreamTimeout | K8sProxyError::ApprovalTimedOut { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
             K8sProxyError::AuthUnavailable
             | K8sProxyError::Recorder(_)
             | K8sProxyError::Approvals(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -194,6 +209,7 @@ impl K8sProxyError {
             K8sProxyError::Denied { .. } => "denied",
             K8sProxyError::ApprovalPending { .. } => "approval_pending",
             K8sProxyError::ApprovalRefused { .. } => "approval_refused",
+            K8sProxyError::ApprovalTimedOut { .. } => "approval_timed_out",
             K8sProxyError::SpdyRefused => "spdy_refused",
             K8sProxyError::PortForwardNotRelayed { .. } => "portforward_not_relayed",
             K8sProxyError::PortForwardBinary { .. } => "binary_refused",
@@ -211,7 +227,21 @@ impl K8sProxyError {
 
     /// The Kubernetes `Status` object for this error.
     pub fn to_status(&self) -> serde_json::Value {
-        status_object(self.status().as_u16(), self.reason(), &self.to_string())
+        let mut status = status_object(self.status().as_u16(), self.reason(), &self.to_string());
+        if let K8sProxyError::ApprovalPending { retry_after_s, .. } = self {
+            status["details"] = serde_json::json!({ "retryAfterSeconds": retry_after_s });
+        }
+        status
+    }
+
+    /// The `Retry-After` seconds that go with this error, if any. A timed-out approval has
+    /// none: client-go would retry it by itself, and each retry would open a new request for
+    /// the approvers that nobody asked for.
+    pub fn retry_after_s(&self) -> Option<u64> {
+        match self {
+            K8sProxyError::ApprovalPending { retry_after_s, .. } => Some(*retry_after_s),
+            _ => None,
+        }
     }
 }
 
@@ -250,5 +280,19 @@ mod tests {
             401
         );
         assert_eq!(K8sProxyError::SpdyRefused.side(), Side::Client);
+    }
+
+    #[test]
+    fn timed_out_approval_is_a_timeout_not_forbidden() {
+        let e = K8sProxyError::ApprovalTimedOut {
+            id: "apr-1".into(),
+            rule: "review".into(),
+            retry_after_s: 4,
+        };
+        let s = e.to_status();
+        assert_eq!(s["code"], 504);
+        assert_eq!(s["reason"], "Timeout");
+        assert!(s.get("details").is_none(), "{s}");
+        assert_eq!(e.retry_after_s(), None);
     }
 }

@@ -285,7 +285,7 @@ pub(crate) fn json_response(status: StatusCode, v: &serde_json::Value) -> Respon
 
 pub(crate) fn error_response(e: &K8sProxyError) -> Response<ResBody> {
     let mut r = json_response(e.status(), &e.to_status());
-    if let K8sProxyError::ApprovalPending { retry_after_s, .. } = e
+    if let Some(retry_after_s) = e.retry_after_s()
         && let Ok(v) = HeaderValue::from_str(&retry_after_s.to_string())
     {
         r.headers_mut().insert(header::RETRY_AFTER, v);
@@ -294,8 +294,8 @@ pub(crate) fn error_response(e: &K8sProxyError) -> Response<ResBody> {
 }
 
 /// The gate's outcome as this crate's error, rendered per the table in `docs/DESIGN.md`: a
-/// `Status` 403 Forbidden for denied, approval denied and timed out; 429 + `Retry-After` while
-/// held; 503 ServiceUnavailable + `Retry-After` when approvals or the audit log are unavailable.
+/// `Status` 403 Forbidden for denied and approval denied; 504 Timeout + `Retry-After` for an
+/// approval that timed out; 429 + `Retry-After` while held; 503 ServiceUnavailable + `Retry-After` when approvals or the audit log are unavailable.
 pub(crate) fn outcome_error(outcome: Outcome, retry_after_s: u64) -> K8sProxyError {
     match outcome {
         Outcome::Denied { decision } => K8sProxyError::Denied {
@@ -317,10 +317,10 @@ pub(crate) fn outcome_error(outcome: Outcome, retry_after_s: u64) -> K8sProxyErr
             outcome: format!("was denied by {by}"),
             rule: decision.rule_id,
         },
-        Outcome::ApprovalTimedOut { decision, approval } => K8sProxyError::ApprovalRefused {
+        Outcome::ApprovalTimedOut { decision, approval } => K8sProxyError::ApprovalTimedOut {
             id: approval.0,
-            outcome: "timed out".into(),
             rule: decision.rule_id,
+            retry_after_s,
         },
         Outcome::Abandoned { decision, approval } => K8sProxyError::ApprovalRefused {
             id: approval.0,

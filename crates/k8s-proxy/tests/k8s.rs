@@ -2680,18 +2680,18 @@ fn approval_counts(rig: &Rig) -> (usize, usize) {
 }
 
 #[tokio::test]
-async fn approval_timed_out_is_403_forbidden_and_recorded_once() {
+async fn approval_timed_out_is_a_504_timeout_and_recorded_once() {
     gatehouse_testkit::within(Duration::from_secs(60), async {
         // Held longer than the request's own timeout: the hold ends with the timeout.
         let rig = Rig::start_with(REVIEW_CM_DELETE_QUICK, |c| c.review_hold_ms = 30_000).await;
         let auth = bearer();
         let (code, headers, body) =
             raw(&rig.base(), "DELETE", CM, &[("authorization", &auth)]).await;
-        assert_eq!(code, 403, "{body}");
+        assert_eq!(code, 504, "{body}");
         assert!(!headers.contains_key("retry-after"), "{headers:?}");
         let status: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(status["kind"], "Status");
-        assert_eq!(status["reason"], "Forbidden");
+        assert_eq!(status["reason"], "Timeout");
         let message = status["message"].as_str().unwrap();
         assert!(message.contains("timed out"), "{body}");
         assert!(message.contains("review-cm-delete"), "{body}");
@@ -2711,7 +2711,7 @@ async fn approval_timed_out_is_403_forbidden_and_recorded_once() {
         assert!(
             rig.results()
                 .iter()
-                .any(|r| r.status == "403 approval_refused"),
+                .any(|r| r.status == "504 approval_timed_out"),
             "{:?}",
             rig.results()
         );
@@ -2720,7 +2720,7 @@ async fn approval_timed_out_is_403_forbidden_and_recorded_once() {
 }
 
 #[tokio::test]
-async fn approval_timed_out_reaches_kubectl_through_its_retries_as_forbidden() {
+async fn approval_timed_out_reaches_kubectl_through_its_retries_as_a_timeout() {
     gatehouse_testkit::within(Duration::from_secs(90), async {
         // No hold: client-go is told to retry (429) until the request has timed out.
         let rig = Rig::start_with(REVIEW_CM_DELETE_QUICK, |c| {
@@ -2730,10 +2730,8 @@ async fn approval_timed_out_reaches_kubectl_through_its_retries_as_forbidden() {
         .await;
         let out = rig.kubectl(&["delete", "configmap", "settings"]).await;
         assert_ne!(out.code, Some(0), "{out:#?}");
-        assert!(
-            out.stderr.contains("Forbidden") && out.stderr.contains("timed out"),
-            "{out:#?}"
-        );
+        assert!(out.stderr.contains("timed out"), "{out:#?}");
+        assert!(!out.stderr.contains("Forbidden"), "{out:#?}");
         assert!(
             rig.api
                 .state

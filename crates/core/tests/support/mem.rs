@@ -147,12 +147,19 @@ impl MemApprovals {
             rec.state = state;
             rec.closed_at = Some(gatehouse_core::now());
             if state == ApprovalState::Approved {
-                rec.votes.push(gatehouse_core::ApproverVote {
-                    approver: "bob".into(),
-                    decision: ApprovalDecision::Approve,
-                    justification: "ok".into(),
-                    at: gatehouse_core::now(),
-                });
+                // As many distinct approvers as the request asks for, as the broker requires.
+                for n in 0..rec.request.requirement.approvals_required.max(1) {
+                    rec.votes.push(gatehouse_core::ApproverVote {
+                        approver: if n == 0 {
+                            "bob".into()
+                        } else {
+                            format!("bob{n}")
+                        },
+                        decision: ApprovalDecision::Approve,
+                        justification: "ok".into(),
+                        at: gatehouse_core::now(),
+                    });
+                }
             }
         }
     }
