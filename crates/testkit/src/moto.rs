@@ -37,6 +37,15 @@ fn venv() -> PathBuf {
     }
     let lock_dir = target.join("recorder-moto");
     std::fs::create_dir_all(&lock_dir).unwrap();
+    // Tests run as separate processes: one installs, the others wait for it on this lock.
+    let lock = std::fs::File::create(lock_dir.join("install.lock")).unwrap();
+    let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .expect("lock the moto install");
+    if server.exists() {
+        return venv;
+    }
+    let _ = std::fs::remove_dir_all(&venv);
     let ok = Command::new("python3")
         .args(["-m", "venv"])
         .arg(&venv)
