@@ -60,6 +60,11 @@ impl ReadyTracker {
         self.answered.fetch_add(1, Ordering::SeqCst);
     }
 
+    /// A queued Sync the server ignores (sent during copy-in mode): no answer will come.
+    pub(crate) fn ignored(&self) {
+        self.sent.fetch_sub(1, Ordering::SeqCst);
+    }
+
     fn sent_count(&self) -> u64 {
         self.sent.load(Ordering::SeqCst)
     }

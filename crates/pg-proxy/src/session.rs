@@ -450,7 +450,13 @@ struct Shared {
     progress: Notify,
     /// Sync groups sent and answered, for catalog opacity ([`crate::opacity`]).
     ready: crate::opacity::ReadyTracker,
+    /// CopyDone and CopyFail messages the client half has forwarded.
+    copy_ends: AtomicU64,
 }
+
+/// How long a statement waits for the server's answer to an earlier group that may have
+/// changed stored code, before it is decided without it (see [`Frontend::evaluate`]).
+const ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -637,6 +643,7 @@ async fn relay(proxy: Arc<ProxyInner>, ready: Ready, client_addr: String, sessio
         names: Arc::new(Names::default()),
         progress: Notify::new(),
         ready: crate::opacity::ReadyTracker::default(),
+        copy_ends: AtomicU64::new(0),
     });
     // Result summaries are recorded in order by their own task, so no statement's results wait
     // for the audit log's fsync; the operation itself was recorded (awaited) before it ran.
@@ -655,6 +662,7 @@ async fn relay(proxy: Arc<ProxyInner>, ready: Ready, client_addr: String, sessio
         statements: HashMap::new(),
         portals: HashMap::new(),
         running: None,
+        copy_ends_seen: 0,
         copy: None,
         cycle: Vec::new(),
         cycle_overflow: false,
@@ -1133,7 +1141,12 @@ impl Frontend {
                 frame.encode_into(&mut self.out);
                 Ok(())
             }
-            b'H' | b'd' | b'c' | b'f' | b'X' => {
+            b'c' | b'f' => {
+                self.shared.copy_ends.fetch_add(1, Ordering::SeqCst);
+                frame.encode_into(&mut self.out);
+                Ok(())
+            }
+            b'H' | b'd' | b'X' => {
                 frame.encode_into(&mut self.out);
                 Ok(())
             }
@@ -1171,10 +1184,15 @@ impl Frontend {
             // ReadyForQuery that ends the group has passed the gateway: wait for that answer
             // rather than decide as if the earlier statement were still running. (If the
             // session ends meanwhile, the statement is decided as unsettled: fail closed.)
+            // Bounded: should the count of groups the server answers ever be wrong (a Sync it
+            // ignored that the gateway could not tell apart), the statement is decided without
+            // the answer after a while, as unsettled.
             if let Some(group) = self.opacity.unsettled_group() {
-                let _ = self
-                    .wait_for(move |sh| sh.ready.answered_or_unsent(group))
-                    .await;
+                let _ = tokio::time::timeout(
+                    ANSWER_WAIT,
+                    self.wait_for(move |sh| sh.ready.answered_or_unsent(group)),
+                )
+                .await;
             }
             let catalog = self.proxy.catalogs.get(&self.ctx.target.name);
             self.opacity.reasons(catalog, &self.shared.ready, op).await
@@ -2521,6 +2539,8 @@ struct Backend {
     portals: HashMap<String, BePortal>,
     running: Option<Running>,
     /// The COPY OUT in progress.
+    /// `Shared::copy_ends` as it will be once the latest copy-in has ended.
+    copy_ends_seen: u64,
     copy: Option<CopyOut>,
     /// Statements finished since the last ReadyForQuery (settings they changed are reported
     /// just before it), at most [`MAX_CYCLE_STATEMENTS`]; `cycle_overflow` when there were more.
@@ -2668,6 +2688,37 @@ impl Backend {
 
     fn pop(&self) -> Option<Expect> {
         lock(&self.shared.expect).pop_front()
+    }
+
+    /// The server entered copy-in mode, in which it ignores Sync. A Sync the client sent
+    /// after the COPY's Execute and before ending the copy (drivers send Bind, Execute and Sync
+    /// together, then the data, CopyDone and another Sync) gets no ReadyForQuery: it is not a
+    /// group the server will answer. Known only when no CopyDone or CopyFail has been
+    /// forwarded since the previous copy began (otherwise the queued Syncs may belong after
+    /// it, and stay counted: opacity then waits on them only up to its bound).
+    fn on_copy_in_started(&mut self) {
+        let ends = self.shared.copy_ends.load(Ordering::SeqCst);
+        let pending = ends == self.copy_ends_seen;
+        self.copy_ends_seen = ends + 1;
+        if !pending {
+            return;
+        }
+        let mut q = lock(&self.shared.expect);
+        if !matches!(q.front(), Some(Expect::Execute { .. })) {
+            return;
+        }
+        let before = q.len();
+        let mut first = true;
+        q.retain(|e| {
+            if first {
+                first = false;
+                return true;
+            }
+            !matches!(e, Expect::Sync { .. })
+        });
+        for _ in q.len()..before {
+            self.shared.ready.ignored();
+        }
     }
 
     async fn handle(&mut self, frame: Frame) -> Result<(), PgProxyError> {
@@ -2850,6 +2901,7 @@ impl Backend {
             b'V' => self.on_function_result(frame).await,
             b'A' => self.on_notification(frame).await,
             b'G' | b'W' => {
+                self.on_copy_in_started();
                 frame.encode_into(&mut self.out);
                 Ok(())
             }
