@@ -40,7 +40,8 @@
 //!    `Retry-After` (client-go retries it by itself, up to ten times); the retry picks up its
 //!    own request, and a decision answers exactly one retry (within ten minutes): an approval
 //!    that still meets the rule as it stands runs it, a denial is `403 Forbidden`, a request
-//!    nobody decided in time `504 Timeout` + `Retry-After`;
+//!    nobody decided in time `504 Timeout` without `Retry-After` (client-go would retry it by
+//!    itself, opening a new request each time);
 //! 5. records the operation and decision before anything is forwarded (fail closed);
 //! 6. forwards with the caller's `Authorization`, `Impersonate-*` and `X-Remote-*` headers
 //!    removed, the cluster's credential added (and, with `impersonate = true`, the caller's
