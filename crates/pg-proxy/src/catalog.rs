@@ -568,6 +568,33 @@ impl Catalog {
         Ok(out)
     }
 
+    /// Every relation `name` reads through its rewrite rules (a view, recursively: the views
+    /// and tables its query names, in any clause), each as `schema.relation`; empty for a
+    /// plain table or a name that does not resolve.
+    pub(crate) async fn relation_reads(&self, name: &str) -> Result<Vec<String>, PgProxyError> {
+        let literal = name.replace('\'', "''");
+        let sql = format!(
+            "WITH RECURSIVE deps(oid) AS ( \
+               SELECT pg_catalog.to_regclass('{literal}')::oid \
+               UNION \
+               SELECT d.refobjid FROM pg_catalog.pg_depend d \
+                 JOIN pg_catalog.pg_rewrite r ON d.objid = r.oid \
+                 JOIN deps ON r.ev_class = deps.oid \
+               WHERE d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+                 AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+                 AND d.refobjid <> deps.oid) \
+             SELECT n.nspname::text || '.' || c.relname::text \
+             FROM deps JOIN pg_catalog.pg_class c ON c.oid = deps.oid \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE deps.oid <> pg_catalog.to_regclass('{literal}')::oid"
+        );
+        let rows = self.run(&sql).await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| r.into_iter().next().flatten())
+            .collect())
+    }
+
     /// Columns of a relation named as in SQL (resolved with the upstream's search_path).
     async fn relation(&self, name: &str) -> Result<Vec<(u32, i16, String)>, PgProxyError> {
         if let Some(r) = self

@@ -322,6 +322,33 @@ impl ProxyInner {
         }
     }
 
+    /// `tables` and every relation they read through views, recursively; `None` when the
+    /// catalog cannot be asked (the caller fails closed).
+    pub(crate) async fn with_view_reads(
+        &self,
+        target: &str,
+        tables: &[String],
+    ) -> Option<Vec<String>> {
+        let cat = self.catalogs.get(target)?;
+        let mut out = tables.to_vec();
+        for t in tables {
+            match cat.relation_reads(t).await {
+                Ok(reads) => {
+                    for r in reads {
+                        if !out.contains(&r) {
+                            out.push(r);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(target = %target, error = %e, "view dependency lookup failed");
+                    return None;
+                }
+            }
+        }
+        Some(out)
+    }
+
     /// Binary layouts of the non-built-in types among `oids` (empty when all are built-in or
     /// the lookup fails: such types are then unknown, and an expression of one is refused).
     pub(crate) async fn type_forms(&self, target: &str, oids: &[u32]) -> binvalue::TypeForms {

@@ -4033,8 +4033,16 @@ impl Backend {
             return answer;
         }
         let mut sources = Vec::new();
-        let mut unlisted = false;
-        for table in &ctx.tables {
+        // A view's filters and casts read what its query reads, whatever it outputs.
+        let (tables, mut unlisted) = match self
+            .proxy
+            .with_view_reads(&self.ctx.target.name, &ctx.tables)
+            .await
+        {
+            Some(t) => (t, false),
+            None => (ctx.tables.clone(), true),
+        };
+        for table in &tables {
             let names = [format!("{table}.*")];
             let found = self
                 .proxy

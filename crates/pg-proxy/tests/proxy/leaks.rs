@@ -1672,3 +1672,37 @@ async fn a_detect_column_shows_plain_values_through_the_detectors_and_hides_deri
     })
     .await;
 }
+
+/// A view that outputs no masked column but reads one in its filter: an error its cast raises
+/// carries the value. Errors of a statement naming the view are withheld as if it named the
+/// tables the view reads (also through a view over the view, and in `EXPLAIN ANALYZE`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_raised_inside_a_view_are_withheld_like_the_tables_it_reads() {
+    gatehouse_testkit::within(Duration::from_secs(120), async {
+        let gw = gateway().await;
+        let c = connect_driver(gw.port).await;
+        c.simple_query(
+            "CREATE VIEW leak_cast AS SELECT id FROM customers \
+             WHERE (CASE WHEN id = 1 THEN replace(reverse(email), '@', ' AT ') ELSE '1' END)::int > 0",
+        )
+        .await
+        .unwrap();
+        c.simple_query("CREATE VIEW leak_cast2 AS SELECT * FROM leak_cast")
+            .await
+            .unwrap();
+        for sql in [
+            "SELECT * FROM leak_cast",
+            "EXPLAIN ANALYZE SELECT * FROM leak_cast",
+            "SELECT * FROM leak_cast2",
+        ] {
+            let e = c.simple_query(sql).await.unwrap_err();
+            let db = e.as_db_error().unwrap_or_else(|| panic!("{sql}: {e}"));
+            assert_eq!(db.code().code(), "22P02", "{sql}: {db:?}");
+            let shown = format!("{db:?}");
+            assert!(leaks_in(shown.as_bytes()).is_empty(), "{sql}: {shown}");
+            assert!(!shown.contains(" AT "), "{sql}: {shown}");
+        }
+        drop(gw);
+    })
+    .await;
+}
