@@ -31,6 +31,8 @@ pub(crate) struct Catalog {
     conn: tokio::sync::Mutex<Option<FrameReader<BoxStream>>>,
     cache: Mutex<Cache>,
     relations: Mutex<Relations>,
+    /// What each relation reads through its rewrite rules ([`Catalog::relation_reads`]).
+    reads: Mutex<HashMap<String, Vec<String>>>,
     /// Binary layouts of non-built-in types seen so far.
     types: Mutex<TypeForms>,
     /// Every column of the database, once listed.
@@ -64,6 +66,7 @@ impl Catalog {
             conn: tokio::sync::Mutex::new(None),
             cache: Mutex::new(HashMap::new()),
             relations: Mutex::new(HashMap::new()),
+            reads: Mutex::new(HashMap::new()),
             types: Mutex::new(HashMap::new()),
             all_columns: Mutex::new(None),
             user_functions: Mutex::new(HashMap::new()),
@@ -429,6 +432,7 @@ impl Catalog {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        self.reads.lock().unwrap_or_else(|p| p.into_inner()).clear();
         self.types.lock().unwrap_or_else(|p| p.into_inner()).clear();
         *self.all_columns.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.user_functions
@@ -572,6 +576,14 @@ impl Catalog {
     /// and tables its query names, in any clause), each as `schema.relation`; empty for a
     /// plain table or a name that does not resolve.
     pub(crate) async fn relation_reads(&self, name: &str) -> Result<Vec<String>, PgProxyError> {
+        if let Some(r) = self
+            .reads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            return Ok(r.clone());
+        }
         let literal = name.replace('\'', "''");
         let sql = format!(
             "WITH RECURSIVE deps(oid) AS ( \
@@ -589,10 +601,16 @@ impl Catalog {
              WHERE deps.oid <> pg_catalog.to_regclass('{literal}')::oid"
         );
         let rows = self.run(&sql).await?;
-        Ok(rows
+        let reads: Vec<String> = rows
             .into_iter()
             .filter_map(|r| r.into_iter().next().flatten())
-            .collect())
+            .collect();
+        let mut cache = self.reads.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() > 4096 {
+            cache.clear();
+        }
+        cache.insert(name.to_string(), reads.clone());
+        Ok(reads)
     }
 
     /// Columns of a relation named as in SQL (resolved with the upstream's search_path).

@@ -1214,6 +1214,9 @@ impl Frontend {
         if let Some(d) = self.masked_copy_check(info, &decision).await {
             decision = tighten(&decision, d);
         }
+        if let Some(d) = self.statistics_check(info, &decision).await {
+            decision = tighten(&decision, d);
+        }
         if let Some(d) = self.describe_binary_copy(index, op, &decision).await {
             decision = tighten(&decision, d);
         }
@@ -1237,6 +1240,57 @@ impl Frontend {
     /// Refuses, unless configured otherwise, statements that copy a masked column somewhere the
     /// masking boundary does not reach (`CREATE TABLE AS`, `INSERT … SELECT`, `COPY … TO`,
     /// `CREATE VIEW/FUNCTION`).
+    /// Planner statistics (`pg_stats` and the like) hold sample values of every column —
+    /// masked ones included — that no lineage traces to their table: reading them, directly or
+    /// through a view, is refused while the masking profile masks any column of the database
+    /// (or the columns cannot be listed).
+    async fn statistics_check(
+        &mut self,
+        info: Option<&StatementInfo>,
+        decision: &Decision,
+    ) -> Option<Decision> {
+        let info = info?;
+        if info.tables.is_empty() || decision.verdict == Verdict::Deny {
+            return None;
+        }
+        let target = self.ctx.target.name.clone();
+        let tables = self
+            .proxy
+            .with_view_reads(&target, &info.tables)
+            .await
+            .unwrap_or_else(|| info.tables.clone());
+        let reads_statistics = tables.iter().any(|t| {
+            let name = t.rsplit('.').next().unwrap_or(t).trim_matches('"');
+            STATISTICS_RELATIONS.contains(&name.to_ascii_lowercase().as_str())
+        });
+        if !reads_statistics {
+            return None;
+        }
+        let every = self.proxy.all_columns(&target).await;
+        let listed = !every.iter().any(|c| c == "?.*");
+        let fields: Vec<FieldDesc> = every
+            .iter()
+            .map(|s| FieldDesc {
+                name: s.rsplit('.').next().unwrap_or(s).to_string(),
+                sources: vec![s.clone()],
+                kind: gatehouse_core::FieldKind::Text,
+            })
+            .collect();
+        let plan = self
+            .proxy
+            .pipeline
+            .masker
+            .plan(&fields, decision.masking_profile.as_deref());
+        if listed && !(0..fields.len()).any(|i| plan.masks_derived(i)) {
+            return None;
+        }
+        Some(Decision::deny(
+            "masked-statistics",
+            "planner statistics hold sample values of the database's columns, masked ones \
+             included: they are not served while the masking profile masks any column",
+        ))
+    }
+
     async fn masked_copy_check(
         &mut self,
         info: Option<&StatementInfo>,
@@ -4071,6 +4125,16 @@ impl Backend {
         answer
     }
 }
+
+/// Catalog relations holding planner statistics: sample values of columns.
+const STATISTICS_RELATIONS: &[&str] = &[
+    "pg_statistic",
+    "pg_stats",
+    "pg_stats_ext",
+    "pg_stats_ext_exprs",
+    "pg_statistic_ext",
+    "pg_statistic_ext_data",
+];
 
 /// Built-in functions that run a query given as text, or return what a session stored
 /// (`current_setting`): their output's origin is not in the statement's text.

@@ -1706,3 +1706,41 @@ async fn errors_raised_inside_a_view_are_withheld_like_the_tables_it_reads() {
     })
     .await;
 }
+
+/// Planner statistics hold sample values of every column (`histogram_bounds`,
+/// `most_common_vals`), which no lineage traces to their table: while any column is masked,
+/// reading them is refused, directly or into a view; with nothing masked they are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planner_statistics_are_refused_while_columns_are_masked() {
+    gatehouse_testkit::within(Duration::from_secs(120), async {
+        let gw = gateway().await;
+        let c = connect_driver(gw.port).await;
+        for sql in [
+            "SELECT histogram_bounds::text FROM pg_stats WHERE tablename = 'customers'",
+            "SELECT most_common_vals::text FROM pg_catalog.pg_stats",
+            "SELECT * FROM pg_stats_ext",
+            // Nor can a view keep them for later.
+            "CREATE VIEW stats_again AS SELECT * FROM pg_catalog.pg_stats",
+        ] {
+            let e = c.simple_query(sql).await.unwrap_err();
+            let db = e.as_db_error().unwrap_or_else(|| panic!("{sql}: {e}"));
+            assert_eq!(db.code().code(), "42501", "{sql}: {db:?}");
+            assert!(db.message().contains("masked-statistics"), "{sql}: {db:?}");
+        }
+        drop(gw);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planner_statistics_are_served_when_nothing_is_masked() {
+    gatehouse_testkit::within(Duration::from_secs(120), async {
+        let gw = gateway_masking(false, &[]).await;
+        let c = connect_driver(gw.port).await;
+        c.simple_query("SELECT histogram_bounds::text FROM pg_stats WHERE tablename = 'customers'")
+            .await
+            .unwrap();
+        drop(gw);
+    })
+    .await;
+}
