@@ -4132,7 +4132,7 @@ const STATISTICS_RELATIONS: &[&str] = &[
     "pg_stats",
     "pg_stats_ext",
     "pg_stats_ext_exprs",
-    "pg_statistic_ext",
+    // (Not `pg_statistic_ext`: it holds the definitions psql's `\d` lists, no values.)
     "pg_statistic_ext_data",
 ];
 
