@@ -1268,14 +1268,7 @@ impl Frontend {
         }
         let every = self.proxy.all_columns(&target).await;
         let listed = !every.iter().any(|c| c == "?.*");
-        let fields: Vec<FieldDesc> = every
-            .iter()
-            .map(|s| FieldDesc {
-                name: s.rsplit('.').next().unwrap_or(s).to_string(),
-                sources: vec![s.clone()],
-                kind: gatehouse_core::FieldKind::Text,
-            })
-            .collect();
+        let fields = source_fields(&every);
         let plan = self
             .proxy
             .pipeline
@@ -1311,14 +1304,7 @@ impl Frontend {
             .proxy
             .expand_sources(&self.ctx.target.name, &names, &info.tables)
             .await;
-        let fields: Vec<FieldDesc> = sources
-            .iter()
-            .map(|s| FieldDesc {
-                name: s.rsplit('.').next().unwrap_or(s).to_string(),
-                sources: vec![s.clone()],
-                kind: gatehouse_core::FieldKind::Text,
-            })
-            .collect();
+        let fields = source_fields(&sources);
         let plan = self
             .proxy
             .pipeline
@@ -3535,14 +3521,7 @@ impl Backend {
         {
             return Some(m.clone());
         }
-        let fields: Vec<FieldDesc> = every
-            .iter()
-            .map(|s| FieldDesc {
-                name: s.rsplit('.').next().unwrap_or(s).to_string(),
-                sources: vec![s.clone()],
-                kind: gatehouse_core::FieldKind::Text,
-            })
-            .collect();
+        let fields = source_fields(&every);
         let plan = self.proxy.pipeline.masker.plan(&fields, profile);
         let masked: Arc<Vec<String>> = Arc::new(
             every
@@ -4124,6 +4103,19 @@ impl Backend {
         self.withheld_cache = Some((ctx.index, answer));
         answer
     }
+}
+
+/// One text field per catalog source (`schema.table.column`), named by its column: what the
+/// masking plan is asked about a set of columns.
+fn source_fields(sources: &[String]) -> Vec<FieldDesc> {
+    sources
+        .iter()
+        .map(|s| FieldDesc {
+            name: s.rsplit('.').next().unwrap_or(s).to_string(),
+            sources: vec![s.clone()],
+            kind: gatehouse_core::FieldKind::Text,
+        })
+        .collect()
 }
 
 /// Catalog relations holding planner statistics: sample values of columns.
