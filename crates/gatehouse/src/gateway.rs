@@ -257,6 +257,16 @@ async fn record_gateway_event(
     }
 }
 
+/// Closes every operation this gateway holds for approval as abandoned (each recorded), at
+/// shutdown: their clients go away with this process.
+async fn abandon_held(gateway: &Gateway) {
+    match gateway.broker.abandon_held().await {
+        Ok(0) => {}
+        Ok(n) => eprintln!("gatehouse: {n} held operation(s) closed as abandoned"),
+        Err(e) => eprintln!("gatehouse: could not abandon held approval requests: {e}"),
+    }
+}
+
 /// Runs the gateway until SIGTERM/ctrl-c. `ready` receives the bound addresses once listening.
 pub async fn run(
     loaded: LoadedConfig,
@@ -335,19 +345,16 @@ pub async fn run(
     }
     eprintln!("gatehouse: shutting down: draining sessions");
     let _ = shutdown_tx.send(true);
+    // Operations held for approval lose their clients with this process: close them as abandoned
+    // (recorded) first, so their clients get an answer now instead of waiting out the grace, and
+    // an approval given later runs nothing. Again after the drain, for holds opened during it.
+    abandon_held(&gateway).await;
     let grace = Duration::from_secs(loaded.config.gateway.shutdown_grace_secs);
     bound.drain(grace).await;
-    // Operations still held for approval lose their clients now: close them as abandoned
-    // (recorded), so an approval given later runs nothing.
-    if let Err(e) = gateway.broker.abandon_held().await {
-        eprintln!("gatehouse: could not abandon held approval requests: {e}");
-    }
+    abandon_held(&gateway).await;
     counters_task.abort();
-    // Held operations: a session ended by the drain drops its approval wait, and the broker
-    // closes that request as abandoned and records it on a task of its own. The broker offers no
-    // way yet to abandon every pending request of this gateway and await the records, so an
-    // abandonment still in flight when the log is sealed is refused (the request then stays
-    // pending until it times out). Give those tasks a moment before sealing.
+    // A session the drain ended may still be recording its last records (its operation's result,
+    // its end) on tasks of its own: give them a moment before the log is sealed.
     tokio::task::yield_now().await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let counters = serde_json::to_value(gateway.pipeline.egress.counters()).unwrap_or_default();

@@ -631,8 +631,29 @@ fn quickstart_as_a_new_user() {
         .is_root()
         .then(|| pg_temp_root(&qs_dir));
 
+    // A DELETE still held when the gateway stops: its client gets an answer (no hang), and the
+    // request is closed as abandoned and recorded before the log is sealed (checked below), so
+    // approving it later runs nothing.
+    let held_at_stop = {
+        let line = psql_line.clone();
+        std::thread::spawn(move || {
+            sh(
+                &format!("{line} -XAt -c 'DELETE FROM customers WHERE id = 4'"),
+                &[],
+            )
+        })
+    };
+    let (held_id, _) = pending_approval(&approver_env, "WHERE id = 4")
+        .expect("the DELETE held at shutdown shows up as a pending approval");
+
     // Stop the gateway (SIGTERM drains and flushes the audit log).
     qs.stop(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(30));
+    let held_at_stop = held_at_stop.join().unwrap();
+    assert!(
+        !held_at_stop.status.success() && !text(&held_at_stop).contains("DELETE 1"),
+        "{}",
+        text(&held_at_stop)
+    );
     if let Some(pg_tmp) = &pg_tmp {
         assert!(!pg_tmp.exists(), "{} left behind", pg_tmp.display());
     }
@@ -651,6 +672,15 @@ fn quickstart_as_a_new_user() {
     let out = sh(&verify_line, &[]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains(": SEALED"), "{}", text(&out));
+    // The DELETE held at shutdown was closed as abandoned, and that is in the sealed log.
+    let abandoned = walk(&data.join("audit")).into_iter().any(|p| {
+        std::fs::read_to_string(&p).is_ok_and(|s| {
+            s.lines().any(|l| {
+                l.contains("\"type\":\"approval_abandoned\"") && l.contains(held_id.as_str())
+            })
+        })
+    });
+    assert!(abandoned, "no approval_abandoned record for {held_id}");
     let export_line = printed
         .iter()
         .find(|l| l.contains(" evidence export "))
