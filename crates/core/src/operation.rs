@@ -26,21 +26,50 @@ impl Operation {
     /// invisible formatting characters are escaped ([`printable`]), so an operation cannot
     /// redraw or hide what an approver reads.
     pub fn summary(&self) -> String {
-        printable(&self.raw_summary())
+        printable(&self.raw_summary(Some(SUMMARY_MAX)))
     }
 
-    fn raw_summary(&self) -> String {
-        fn cap(s: &str) -> String {
-            const MAX: usize = 200;
-            if s.len() <= MAX {
+    /// Everything an approver needs to read to decide, on one line and safe to print: the whole
+    /// operation (never cut, unlike [`Operation::summary`]) with the parameters bound to a SQL
+    /// statement and the digest of an HTTP body, every field escaped ([`printable`]).
+    pub fn describe(&self) -> String {
+        let mut text = printable(&self.raw_summary(None));
+        match self {
+            Operation::Sql(op) if !op.parameters.is_empty() => {
+                let params: Vec<String> = op
+                    .parameters
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| match p {
+                        Some(v) => format!("${}='{}'", i + 1, printable(v)),
+                        None => format!("${}=NULL", i + 1),
+                    })
+                    .collect();
+                text.push_str(&format!("  [parameters: {}]", params.join(", ")));
+            }
+            Operation::Http(HttpOperation {
+                body_sha256: Some(sha),
+                ..
+            }) => text.push_str(&format!("  [body sha256 {}]", printable(sha))),
+            _ => {}
+        }
+        text
+    }
+
+    fn raw_summary(&self, max: Option<usize>) -> String {
+        let cap = |s: &str| -> String {
+            let Some(max) = max else {
+                return s.to_string();
+            };
+            if s.len() <= max {
                 return s.to_string();
             }
-            let mut end = MAX;
+            let mut end = max;
             while !s.is_char_boundary(end) {
                 end -= 1;
             }
             format!("{}…({} bytes)", &s[..end], s.len())
-        }
+        };
         match self {
             Operation::Sql(op) => cap(&op.text),
             Operation::Ssh(SshOperation::Exec(cmd)) => format!("exec {}", cap(&cmd.command_line)),
@@ -80,9 +109,11 @@ impl Operation {
 }
 
 /// `s` with every control character (C0, DEL, C1: escape sequences, carriage returns, line
-/// breaks) and every invisible formatting character (bidirectional overrides and isolates,
-/// zero-width characters, the BOM) escaped as `\n`, `\r`, `\t` or `\u{…}`, and backslashes
-/// doubled, so that what a terminal shows is the text itself, one line.
+/// breaks), every blank other than a plain space (line and paragraph separators, no-break and
+/// wide spaces) and every invisible character (bidirectional overrides and isolates, zero-width
+/// characters, the BOM, fillers, tag characters, variation selectors) escaped as `\n`, `\r`,
+/// `\t` or `\u{…}`, and backslashes doubled, so that what a terminal shows is the text itself,
+/// one line.
 pub fn printable(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -91,16 +122,30 @@ pub fn printable(s: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if c.is_control()
-                || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
-                    | '\u{2060}'..='\u{2069}' | '\u{FEFF}' | '\u{00AD}' | '\u{061C}') =>
-            {
+            c if c.is_control() || (c.is_whitespace() && c != ' ') || invisible(c) => {
                 out.push_str(&format!("\\u{{{:x}}}", c as u32));
             }
             c => out.push(c),
         }
     }
     out
+}
+
+/// Longest text [`Operation::summary`] shows of one field before it cuts it.
+const SUMMARY_MAX: usize = 200;
+
+/// Characters a terminal draws as nothing, or as blank space that is not a plain space, or that
+/// change how their neighbours are drawn: formatting characters (bidirectional controls,
+/// zero-width characters, the BOM, the soft hyphen, interlinear annotation, tag characters),
+/// fillers and blank glyphs (the Hangul fillers, the braille blank, the Khmer inherent vowels, the
+/// Mongolian vowel separator), the combining grapheme joiner and the variation selectors.
+fn invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
+        | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{206F}' | '\u{2800}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}'
+        | '\u{FEFF}' | '\u{FFA0}' | '\u{FFF9}'..='\u{FFFB}' | '\u{1D173}'..='\u{1D17A}'
+        | '\u{E0000}'..='\u{E007F}' | '\u{E0100}'..='\u{E01EF}')
 }
 
 /// Which PostgreSQL sub-protocol carried the SQL.

@@ -351,3 +351,63 @@ proptest! {
         let _ = parsed.unwrap_shell();
     }
 }
+
+/// What a terminal would draw as nothing, or as a blank that is not a space, is escaped: an
+/// agent cannot make an approver's line look like another statement.
+#[test]
+fn printable_escapes_every_blank_and_invisible_character() {
+    for c in [
+        '\r',
+        '\n',
+        '\u{1b}',
+        '\u{85}',
+        '\u{a0}',
+        '\u{ad}',
+        '\u{34f}',
+        '\u{115f}',
+        '\u{1680}',
+        '\u{180e}',
+        '\u{2000}',
+        '\u{200b}',
+        '\u{200d}',
+        '\u{2028}',
+        '\u{2029}',
+        '\u{202e}',
+        '\u{2066}',
+        '\u{206f}',
+        '\u{2800}',
+        '\u{3000}',
+        '\u{3164}',
+        '\u{fe0f}',
+        '\u{feff}',
+        '\u{ffa0}',
+        '\u{fffb}',
+        '\u{e0001}',
+        '\u{e0041}',
+        '\u{e0100}',
+    ] {
+        let shown = printable(&format!("a{c}b"));
+        assert!(!shown.contains(c), "{c:?} shown raw: {shown:?}");
+        assert!(shown.starts_with('a') && shown.ends_with('b'), "{shown:?}");
+    }
+    assert_eq!(printable("SELECT 'é', 1 \\ 2"), "SELECT 'é', 1 \\\\ 2");
+}
+
+/// The approver's description is the whole operation, with the values bound to it; the
+/// summary for notices and logs is cut, and says so.
+#[test]
+fn describe_shows_the_whole_operation_and_its_parameters() {
+    let tail = " OR id > 0";
+    let text = format!("DELETE FROM t WHERE note = '{}'{tail}", "x".repeat(300));
+    let mut op = SqlOperation::simple(text.clone());
+    op.parameters = vec![Some("3\u{2028}".into()), None];
+    let op = Operation::Sql(op);
+    assert!(!op.summary().contains(tail), "{}", op.summary());
+    assert!(op.summary().contains("bytes)"), "{}", op.summary());
+    let described = op.describe();
+    assert!(described.contains(&text), "{described}");
+    assert!(
+        described.ends_with("[parameters: $1='3\\u{2028}', $2=NULL]"),
+        "{described}"
+    );
+}

@@ -340,7 +340,10 @@ fn quickstart_as_a_new_user() {
                 &format!("{line} -XAt -c \"$Q\""),
                 &[(
                     "Q",
-                    "DELETE FROM customers /*\r\u{1b}[84CDELETE FROM customers WHERE id = 19\u{1b}[K\nx\u{202e}*/",
+                    &format!(
+                        "DELETE FROM customers /*\r\u{1b}[84CDELETE FROM customers WHERE id = 19\u{1b}[K\nx\u{202e}*/ /*{}\u{2028}\u{3164}*/ WHERE id > 0",
+                        " ".repeat(300)
+                    ),
                 )],
             )
         })
@@ -353,6 +356,11 @@ fn quickstart_as_a_new_user() {
     );
     assert!(
         shown.contains("/*\\r\\u{1b}[84CDELETE") && shown.contains("\\nx\\u{202e}*/"),
+        "{shown:?}"
+    );
+    // Nothing of it is cut or drawn blank: the tail after a long comment is on the line.
+    assert!(
+        shown.ends_with("\\u{2028}\\u{3164}*/ WHERE id > 0"),
         "{shown:?}"
     );
     let out = sh(

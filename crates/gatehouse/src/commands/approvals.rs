@@ -155,7 +155,8 @@ async fn decide(
 
 /// One request per line. Every field comes from the agent or the policy: each is escaped
 /// ([`gatehouse_core::printable`]) so that control characters in an operation cannot redraw
-/// the line, add a row or hide what the approver approves.
+/// the line, add a row or hide what the approver approves. The operation is shown whole, with
+/// its bound parameters ([`gatehouse_core::Operation::describe`]): nothing of what runs is cut.
 fn one_line(r: &serde_json::Value) -> String {
     let s = |v: Option<&serde_json::Value>| {
         gatehouse_core::printable(v.and_then(|v| v.as_str()).unwrap_or(""))
@@ -174,7 +175,7 @@ fn one_line(r: &serde_json::Value) -> String {
     let parsed =
         op.and_then(|o| serde_json::from_value::<gatehouse_core::Operation>(o.clone()).ok());
     let text = match parsed {
-        Some(o) => o.summary(),
+        Some(o) => o.describe(),
         None => gatehouse_core::printable(&fallback_text(op)),
     };
     format!("{id}  {state}  {who} on {target}  rule {rule}  {text}")
