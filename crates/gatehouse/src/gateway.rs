@@ -267,6 +267,15 @@ async fn abandon_held(gateway: &Gateway) {
     }
 }
 
+/// The gateway's tokio runtime: one worker per core, each with a stack on which SQL is parsed in
+/// place ([`gatehouse_sql::PARSER_THREAD_STACK`]).
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(gatehouse_sql::PARSER_THREAD_STACK)
+        .build()
+}
+
 /// Runs the gateway until SIGTERM/ctrl-c. `ready` receives the bound addresses once listening.
 pub async fn run(
     loaded: LoadedConfig,

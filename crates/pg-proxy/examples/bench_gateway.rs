@@ -111,6 +111,8 @@ async fn relay(listen: &str, upstream: &str) {
 fn main() {
     // BENCH_WORKERS=n: tokio worker threads (default: one per core, tokio's own default).
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    // As the gatehouse binary does: statements are parsed on the worker's own stack.
+    runtime.thread_stack_size(gatehouse_sql::PARSER_THREAD_STACK);
     if let Some(n) = std::env::var("BENCH_WORKERS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())

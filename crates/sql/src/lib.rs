@@ -59,6 +59,12 @@ mod lineage;
 mod pg;
 mod tree;
 
+/// Stack size for threads that classify SQL (a tokio runtime's `thread_stack_size`): a thread
+/// with at least this much stack parses statements on its own stack; on a smaller one each parse
+/// first allocates a stack of its own, which costs more than the parse. Only reserved address
+/// space: pages are touched as the parse needs them.
+pub const PARSER_THREAD_STACK: usize = 24 << 20;
+
 pub use classify::{Classification, Risk, StatementInfo, StatementKind, classify};
 pub use lineage::{Catalog, Lineage, NoCatalog, OutputColumn, Source, copied_sources, lineage};
 pub use tree::{OPAQUE_SETTINGS, is_safe_function};

@@ -40,14 +40,20 @@ pub(crate) fn parse_one(
     // On a stack of its own: decoding and walking the tree recurse once per nesting level
     // (at most about 100: the decoder refuses deeper trees), and libpg_query's own stack check
     // allows it up to 2 MB more; a proxy's worker thread may have only 2 MB in all.
-    std::panic::catch_unwind(|| {
-        stacker::grow(PARSER_STACK, || parse_and_read(text, options, code_start))
-    })
-    .unwrap_or_else(|_| Err("PostgreSQL's parser failed on this statement".into()))
+    std::panic::catch_unwind(|| on_parser_stack(|| parse_and_read(text, options, code_start)))
+        .unwrap_or_else(|_| Err("PostgreSQL's parser failed on this statement".into()))
 }
 
-/// Stack for one parse (see [`parse_one`]).
+/// Stack one parse may use (see [`parse_one`]).
 const PARSER_STACK: usize = 16 << 20;
+
+/// Runs `f` where [`PARSER_STACK`] bytes of stack are free: on the calling thread's own stack
+/// when it has that much left (threads built with [`crate::PARSER_THREAD_STACK`]), otherwise on
+/// a stack allocated for the call (an mmap and munmap per parse, which costs more than the parse
+/// itself on a busy machine).
+fn on_parser_stack<R>(f: impl FnOnce() -> R) -> R {
+    stacker::maybe_grow(PARSER_STACK, PARSER_STACK, f)
+}
 
 fn parse_and_read(
     text: &str,
@@ -83,6 +89,15 @@ fn parse_and_read(
 /// only ever described (Parse and Describe), never run. `None` for anything else.
 pub(crate) fn copy_out_query(text: &str, settings: &SqlSessionSettings) -> Option<(String, bool)> {
     use pg_query::NodeEnum;
+    // A COPY statement spells its keyword (keywords have no escaped form): text without it is
+    // not one, and needs no second parse.
+    if !text
+        .as_bytes()
+        .windows(4)
+        .any(|w| w.eq_ignore_ascii_case(b"copy"))
+    {
+        return None;
+    }
     let mut options = pg_query::ParserOptions::DISABLE_ESCAPE_STRING_WARNING;
     if !settings.standard_conforming_strings {
         options |= pg_query::ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS;
@@ -91,7 +106,7 @@ pub(crate) fn copy_out_query(text: &str, settings: &SqlSessionSettings) -> Optio
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     std::panic::catch_unwind(|| {
-        stacker::grow(PARSER_STACK, || {
+        on_parser_stack(|| {
             let parsed = pg_query::parse(text, options).ok()?;
             let [one] = parsed.protobuf.stmts.as_slice() else {
                 return None;

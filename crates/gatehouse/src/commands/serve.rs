@@ -18,7 +18,7 @@ pub struct Args {
 /// Runs the command.
 pub fn run(args: Args) -> CommandResult {
     let loaded = crate::config::LoadedConfig::load(&args.config)?;
-    let runtime = tokio::runtime::Runtime::new()
+    let runtime = crate::gateway::runtime()
         .map_err(|e| CommandError::Failed(format!("tokio runtime: {e}")))?;
     runtime.block_on(crate::gateway::run(loaded, None))?;
     Ok(ExitCode::SUCCESS)

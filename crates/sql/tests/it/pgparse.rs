@@ -471,6 +471,19 @@ fn the_splitter_and_the_parser_must_agree() {
 /// bounded before it is walked.
 #[test]
 fn deep_statements_fail_closed() {
+    // Parsed on the thread's own stack (a thread with the recommended stack), and on a stack
+    // allocated per parse (threads with less: the test harness's, a small one).
+    for stack in [gatehouse_sql::PARSER_THREAD_STACK, 2 << 20, 512 << 10] {
+        std::thread::Builder::new()
+            .stack_size(stack)
+            .spawn(deep_statements_fail_closed_on_this_thread)
+            .unwrap()
+            .join()
+            .unwrap_or_else(|_| panic!("failed on a thread with {stack} bytes of stack"));
+    }
+}
+
+fn deep_statements_fail_closed_on_this_thread() {
     let s = SqlSessionSettings::default();
     // Up to 40 chained operators are read; 60 are beyond the tree decoder's nesting limit.
     let chain = |n: usize| format!("SELECT {}", vec!["a"; n].join(" || "));

@@ -137,8 +137,7 @@ pub fn run(args: Args) -> CommandResult {
     files::seed_database(&dir, &pg)?;
     files::write_tls(&dir)?;
     files::write_policy(&dir)?;
-    let runtime =
-        tokio::runtime::Runtime::new().map_err(|e| failed(format!("tokio runtime: {e}")))?;
+    let runtime = crate::gateway::runtime().map_err(|e| failed(format!("tokio runtime: {e}")))?;
     let api_key = files::demo_api_key(&dir)?;
     let demo_api = runtime.block_on(demo_api::start(api_key))?;
     let sshd = match sshd::find_sshd() {
