@@ -469,6 +469,24 @@ fn tokenize(text: &str, scs: bool, limit: usize) -> Option<Vec<Token>> {
                     });
                     continue;
                 }
+                // `U&"…"` is an identifier written with Unicode escapes (and maybe a UESCAPE
+                // clause): this reader does not decode them, so it reads nothing here rather
+                // than a name PostgreSQL does not read (`U&"\0073\0031"` is `s1`, not `u`).
+                // A `U&'…'` string is a string like any other (no backslash-quote escape).
+                if end - i == 1 && matches!(c, b'u' | b'U') && b.get(end) == Some(&b'&') {
+                    match b.get(end + 1) {
+                        Some(b'"') => return None,
+                        Some(b'\'') => {
+                            i = skip_quoted(b, end + 2, b'\'', false)?;
+                            out.push(Token {
+                                tok: Tok::Other,
+                                span: start..i,
+                            });
+                            continue;
+                        }
+                        _ => {}
+                    }
+                }
                 i = end;
                 out.push(Token {
                     tok: Tok::Word {
@@ -651,6 +669,15 @@ mod tests {
         assert_eq!(name, "Del");
         assert!(!nested);
         assert_eq!(&s[args.unwrap()], "1, ')', (select 2)");
+        // Names written with Unicode escapes are not read (PostgreSQL reads `s1`); strings
+        // written so are strings.
+        assert_eq!(name_op(r#"EXECUTE U&"\0073\0031""#, true), Err(()));
+        assert_eq!(name_op(r#"deallocate u&"\0073""#, true), Err(()));
+        let s = r#"PREPARE p AS SELECT U&'\0041 ''x'' EXECUTE u'"#;
+        let Ok(Some(NameOp::Prepare { name, .. })) = name_op(s, true) else {
+            panic!()
+        };
+        assert_eq!(name, "p");
         assert_eq!(
             name_op("execute p", true),
             Ok(Some(NameOp::Execute {

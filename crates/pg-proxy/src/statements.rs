@@ -189,6 +189,9 @@ impl StatementAnalyzer for SqlAnalyzer {
                 _ => StatementKind::Other,
             };
             let stmt_text = text.get(st.span.clone()).unwrap_or("");
+            if let Some(why) = prepared_name_disagrees(&st, stmt_text, settings) {
+                return Err(AnalyzeError::Unparseable(why));
+            }
             let reads_into_elsewhere = st.has(gatehouse_sql::Risk::CreateTableAs)
                 || st.has(gatehouse_sql::Risk::WriteFromColumns)
                 || st.has(gatehouse_sql::Risk::SelectInto)
@@ -525,6 +528,35 @@ fn names_backslash_quote(stmt: &str) -> bool {
 }
 
 /// The session effect of a statement classified by gatehouse-sql.
+/// The proxy resolves `PREPARE`/`EXECUTE`/`DEALLOCATE` names with its own reader
+/// ([`crate::prepared::name_op`]); PostgreSQL's parser must read the same name, or the statement
+/// is not understood (an `EXECUTE` would otherwise be decided as another statement than the one
+/// the server runs).
+fn prepared_name_disagrees(
+    st: &gatehouse_sql::StatementInfo,
+    stmt: &str,
+    settings: &SqlSessionSettings,
+) -> Option<String> {
+    use crate::prepared::NameOp;
+    let ours = match crate::prepared::name_op(stmt, settings.standard_conforming_strings) {
+        Ok(Some(
+            NameOp::Prepare { name, .. }
+            | NameOp::Execute { name, .. }
+            | NameOp::Deallocate { name },
+        )) => Some(name),
+        Ok(Some(NameOp::DeallocateAll) | None) => None,
+        // Refused where it is resolved, as a statement that cannot be read.
+        Err(()) => return None,
+    };
+    (ours != st.prepared_name).then(|| {
+        format!(
+            "the gateway reads the prepared statement's name as {ours:?} where PostgreSQL reads \
+             {:?}",
+            st.prepared_name
+        )
+    })
+}
+
 fn session_effect(st: &gatehouse_sql::StatementInfo, stmt: &str) -> SessionEffect {
     use gatehouse_sql::StatementKind as K;
     if st.settings_changed.contains("backslash_quote")

@@ -280,3 +280,55 @@ async fn a_sql_prepared_name_bound_and_executed_returns_its_rows_masked() {
     })
     .await;
 }
+
+/// A name written with Unicode escapes (`U&"\0073\0031"` is `s1` to PostgreSQL) cannot make the
+/// gateway decide an `EXECUTE` as another prepared statement than the one the server runs: it is
+/// refused as unreadable, in either protocol, and nothing runs.
+#[tokio::test]
+async fn execute_of_a_unicode_escaped_name_runs_nothing_it_did_not_decide() {
+    gatehouse_testkit::within(T, async {
+        let h = start(opts(300)).await;
+        let mut raw = RawClient::connect(h.port).await;
+        raw.send(
+            &[
+                parse("s1", "delete from jobs"),
+                parse("u", "select 1"),
+                sync(),
+            ]
+            .concat(),
+        )
+        .await;
+        assert!(errors(&raw.until_ready().await).is_empty());
+        raw.send(&query(
+            "prepare s2 as delete from jobs; prepare u2 as select 1",
+        ))
+        .await;
+        assert!(errors(&raw.until_ready().await).is_empty());
+        for text in [
+            r#"EXECUTE U&"\0073\0031""#,
+            r#"execute u&"s\0032""#,
+            r#"EXECUTE U&"!0073!0031" UESCAPE '!'"#,
+            r#"EXPLAIN ANALYZE EXECUTE U&"\0073\0031""#,
+            r#"CREATE TABLE t2 AS EXECUTE U&"\0073\0032""#,
+        ] {
+            raw.send(&query(text)).await;
+            let answers = raw.until_ready().await;
+            assert_eq!(errors(&answers).len(), 1, "{text}: {answers:?}");
+            assert!(
+                !answers.iter().any(|m| m.tag == b'C'),
+                "{text} completed: {answers:?}"
+            );
+            // Through the extended protocol too.
+            raw.send(&[parse("", text), bind("", "", &[]), execute(""), sync()].concat())
+                .await;
+            let answers = raw.until_ready().await;
+            assert_eq!(errors(&answers).len(), 1, "{text}: {answers:?}");
+            assert_eq!(jobs(&h), "10", "{text}");
+        }
+        // The session goes on, and plain names still work.
+        raw.send(&query("execute u")).await;
+        let answers = raw.until_ready().await;
+        assert!(errors(&answers).is_empty(), "{answers:?}");
+    })
+    .await;
+}
