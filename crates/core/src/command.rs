@@ -585,11 +585,19 @@ fn step(base: &str, args: &[String]) -> Step {
         "tar" | "gtar" => return tar_step(args),
         "git" => return git_step(args),
         "rsync" => {
+            // The server side (`rsync --server`) gets the client's protocol flags as the
+            // argument of `-e` in its short-option group (`-logDtpre.iLsfxCIvu`): `-e.…` there
+            // runs nothing.
+            let server = args.iter().any(|a| a == "--server");
             return if args.iter().any(|a| {
                 a == "-e"
                     || a.starts_with("--rsh")
                     || a.starts_with("--rsync-path")
-                    || (a.starts_with('-') && !a.starts_with("--") && a.contains('e'))
+                    || (a.starts_with('-')
+                        && !a.starts_with("--")
+                        && a.find('e').is_some_and(|at| {
+                            !(server && a.get(at + 1..).is_some_and(|v| v.starts_with('.')))
+                        }))
             }) {
                 opaque("rsync -e/--rsh/--rsync-path runs a command")
             } else {
@@ -1924,9 +1932,25 @@ mod tests {
             "echo 'unterminated",
             "env -C / rm -rf D",
             "chroot /tmp/x ls",
+            "rsync -e 'sh -c id' a b:c",
+            "rsync -ave ssh a b:c",
+            "rsync --rsh=sh a b:c",
+            "rsync --server -e sh . x",
+            "rsync --server -logDtpre'sh' . x",
         ] {
             assert!(
                 items(line).iter().any(|i| i.opaque.is_some()),
+                "{line}: {:?}",
+                items(line)
+            );
+        }
+        // The server side's protocol flags ride on `-e.` in its short-option group.
+        for line in [
+            "rsync --server --sender -logDtpre.iLsfxCIvu . /srv/",
+            "flock /tmp rsync --server -e.iLsfxCIvu . x",
+        ] {
+            assert!(
+                items(line).iter().all(|i| i.opaque.is_none()),
                 "{line}: {:?}",
                 items(line)
             );

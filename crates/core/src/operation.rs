@@ -315,6 +315,14 @@ impl ExecCommand {
             .iter()
             .chain(std::iter::once(&self.parsed.argv))
             .find_map(|c| tool_of(c))
+            // Past every wrapper the policy reads (`flock FILE scp -f …`, `xargs`, …): what
+            // each program of the line runs.
+            .or_else(|| {
+                self.analyse()
+                    .iter()
+                    .filter(|item| !item.wrapper)
+                    .find_map(|item| tool_of(&item.argv))
+            })
     }
 }
 
@@ -490,6 +498,8 @@ mod file_transfer_tests {
             ("true; scp -f x", Some("scp")),
             ("sh -c 'scp -f x'", Some("scp")),
             ("scp -prf x", Some("scp")),
+            ("flock /tmp scp -f x", Some("scp")),
+            ("flock -w 5 /tmp/l rsync --server . x", Some("rsync")),
             ("git -c a=b --no-pager upload-archive r", Some("git")),
             ("ls -la", None),
             ("git status", None),
