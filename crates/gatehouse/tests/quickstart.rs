@@ -370,6 +370,43 @@ fn quickstart_as_a_new_user() {
     assert!(out.status.success(), "{}", text(&out));
     let out = disguised.join().unwrap();
     assert!(text(&out).contains("disguised"), "{}", text(&out));
+    // An opaque statement (code the gateway cannot see into) waits for an approval, as the
+    // printed instructions say; denied, nothing of it runs.
+    assert!(
+        printed
+            .iter()
+            .any(|l| l.contains("DO $$ BEGIN DELETE FROM customers; END $$;  -- opaque")),
+        "{printed:?}"
+    );
+    let opaque = {
+        let line = psql_line.clone();
+        std::thread::spawn(move || {
+            sh(
+                &format!("{line} -XAt -c \"$Q\""),
+                &[("Q", "DO $$ BEGIN DELETE FROM customers; END $$")],
+            )
+        })
+    };
+    let (id, shown) = pending_approval(&approver_env, "DO $$ BEGIN DELETE")
+        .expect("the DO block shows up as a pending approval");
+    assert!(shown.contains("opaque"), "{shown}");
+    let out = sh(
+        &approver_env(&format!("{EXE} approvals deny {id} --reason 'not today'")),
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let out = opaque.join().unwrap();
+    assert!(text(&out).contains("not today"), "{}", text(&out));
+    let out = sh(
+        &format!("{psql_line} -XAt -c 'SELECT count(*) FROM customers'"),
+        &[],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "4",
+        "{}",
+        text(&out)
+    );
     // Locks the policy lets through (row locks of an UPDATE left in an open transaction) end
     // with the transaction, which the database ends once left idle.
     let out = sh(

@@ -406,6 +406,8 @@ fn print_instructions(i: &Instructions<'_>) {
         "     SELECT * FROM customers;             -- email, card_number and phone come back masked".to_string(),
         "     DROP TABLE customers;                -- denied by rule `no-drop` (SQLSTATE 42501)".to_string(),
         "     DELETE FROM customers WHERE id = 3;  -- waits for a human approval".to_string(),
+        "     DO $$ BEGIN DELETE FROM customers; END $$;  -- opaque (code the gateway cannot see".to_string(),
+        "                                          -- into): waits for a human approval too".to_string(),
         String::new(),
         "   The HTTP target `demo-api` (a JSON API holding users; only the gateway has its API key):".to_string(),
         String::new(),
