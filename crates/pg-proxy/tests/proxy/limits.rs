@@ -75,3 +75,42 @@ async fn a_query_of_too_many_statements_is_refused_with_one_record() {
     })
     .await;
 }
+
+/// A statement PostgreSQL's parser rejects is decided the same way in both protocols: one
+/// operation the policy sees, refused (42601, naming the parser's reason), and the session
+/// goes on.
+#[tokio::test]
+async fn unparseable_sql_is_refused_alike_in_both_protocols() {
+    gatehouse_testkit::within(T, async {
+        let h = start(opts()).await;
+        let mut c = RawClient::connect(h.port).await;
+        let text = "delete from jobs where id = 1 +";
+        let mut seen = Vec::new();
+        for simple in [true, false] {
+            let before = h.tp.recorder.events().len();
+            if simple {
+                c.send(&query(text)).await;
+            } else {
+                c.send(&[parse("", text), bind("", "", &[]), execute(""), sync()].concat())
+                    .await;
+            }
+            let answers = c.until_ready().await;
+            assert_eq!(errors(&answers), ["42601"], "{answers:?}");
+            let e = answers.iter().find(|m| m.tag == b'E').unwrap();
+            let message = e.field(b'M').unwrap().to_string();
+            assert!(message.contains("cannot parse"), "{message}");
+            seen.push(message);
+            let ops = h.tp.recorder.events()[before..]
+                .iter()
+                .filter(|e| matches!(e.body, EventBody::Operation { .. }))
+                .count();
+            assert_eq!(ops, 1, "simple: {simple}");
+            c.send(&query("select count(*) from jobs")).await;
+            let answers = c.until_ready().await;
+            assert!(errors(&answers).is_empty(), "{answers:?}");
+        }
+        assert_eq!(seen[0], seen[1]);
+        assert_eq!(h.db.psql("select count(*) from jobs").unwrap(), "10");
+    })
+    .await;
+}
