@@ -258,16 +258,56 @@ impl StatementAnalyzer for SqlAnalyzer {
     }
 }
 
-/// Built-ins that store a value where it is read back through channels no column rule covers:
-/// a setting comes back from `SHOW`, `current_setting`, `pg_settings` and (for
-/// `application_name`) every session's `pg_stat_activity`. Writing a masked column into one is
-/// copying it out of the masking boundary.
-const STORING_FUNCTIONS: &[&str] = &["set_config"];
+/// Built-ins that store an argument's value where it is read back through channels no column
+/// rule covers. Writing a masked column into one is copying it out of the masking boundary:
+/// - a setting (`set_config`) comes back from `SHOW`, `current_setting`, `pg_settings` and (for
+///   `application_name`) every session's `pg_stat_activity`;
+/// - a sequence's value (`setval`) from `SELECT last_value FROM s`, `currval`, `nextval`,
+///   `pg_sequences`;
+/// - the random seed (`setseed`) from the numbers `random()` returns after it;
+/// - an advisory lock's key (`pg_advisory_lock*`, `pg_try_advisory_*`) from `pg_locks`;
+/// - a notification's payload (`pg_notify`) from every listening session;
+/// - a large object's content, OID or size (`lo_from_bytea`, `lo_put`, `lowrite`, `lo_create`,
+///   `lo_truncate`, `lo_import`, `lo_export`, every `lo_*`) from `lo_get`, `loread`,
+///   `pg_largeobject`;
+/// - a logical decoding message (`pg_logical_emit_message`) from a replication slot;
+/// - names of replication slots and origins, restore points and backup labels
+///   (`pg_create_*`, `pg_copy_*_slot`, `pg_replication_origin_*`, `pg_backup_start`) from their
+///   views;
+/// - a server file's content (`pg_file_write`, adminpack) from `pg_read_file`;
+/// - SQL text sent to another server (`dblink*`).
+///
+/// Names match whatever schema qualifies them: a user's function of one of these names is
+/// counted too (fail closed).
+const STORING_FUNCTIONS: &[&str] = &[
+    "set_config",
+    "setval",
+    "setseed",
+    "pg_notify",
+    "lowrite",
+    "pg_logical_emit_message",
+    "pg_start_backup",
+    "pg_backup_start",
+];
+
+/// Prefixes of such built-ins' names (see [`STORING_FUNCTIONS`]).
+const STORING_PREFIXES: &[&str] = &[
+    "pg_advisory_",
+    "pg_try_advisory_",
+    "lo_",
+    "pg_create_",
+    "pg_copy_",
+    "pg_replication_origin_",
+    "pg_replication_slot_",
+    "pg_file_",
+    "pg_write",
+    "dblink",
+];
 
 fn stores_values<'a>(functions: impl IntoIterator<Item = &'a String>) -> bool {
     functions.into_iter().any(|f| {
-        let name = f.rsplit('.').next().unwrap_or(f);
-        STORING_FUNCTIONS.contains(&name)
+        let name = f.rsplit('.').next().unwrap_or(f).trim_matches('"');
+        STORING_FUNCTIONS.contains(&name) || STORING_PREFIXES.iter().any(|p| name.starts_with(p))
     })
 }
 
