@@ -207,7 +207,8 @@ impl StatementAnalyzer for SqlAnalyzer {
                 || stores_values(&st.functions)
                 || (st.kind == K::Ddl
                     && !st.tables.is_empty()
-                    && creates_view_or_function(stmt_text));
+                    && creates_view_or_function(stmt_text)
+                    && !creates_non_copying_trigger(stmt_text, &st.functions));
             let lineage = match st.kind {
                 K::Select | K::Insert | K::Update | K::Delete | K::Merge => {
                     gatehouse_sql::lineage(stmt_text, settings, &gatehouse_sql::NoCatalog)
@@ -713,6 +714,60 @@ fn creates_view_or_function(stmt: &str) -> bool {
         && head
             .iter()
             .any(|w| matches!(*w, "view" | "function" | "procedure" | "rule" | "trigger"))
+}
+
+/// Built-in trigger functions that write no column from another (`tsvector_update_trigger`,
+/// which fills a column from text columns, is not one).
+const NON_COPYING_TRIGGER_FUNCTIONS: &[&str] = &["suppress_redundant_updates_trigger"];
+
+/// Whether `functions` names one of [`NON_COPYING_TRIGGER_FUNCTIONS`] (unqualified or in
+/// `pg_catalog`): the session checks that no function of that name is defined outside
+/// `pg_catalog`, where an unqualified call could resolve to it.
+pub(crate) fn names_non_copying_trigger<'a>(
+    functions: impl IntoIterator<Item = &'a String>,
+) -> bool {
+    functions.into_iter().any(|f| {
+        let builtin = matches!(f.split_once('.'), None | Some(("pg_catalog", _)));
+        builtin && NON_COPYING_TRIGGER_FUNCTIONS.contains(&f.rsplit('.').next().unwrap_or(f))
+    })
+}
+
+/// Whether `stmt` is a `CREATE [OR REPLACE] [CONSTRAINT] TRIGGER` that runs a built-in trigger
+/// function writing no column from another, and calls nothing else but side-effect-free
+/// built-ins (in its `WHEN` condition): it copies no column, so it is not a masked-column copy
+/// (it stays code the gateway cannot see into, held as the policy holds such code).
+fn creates_non_copying_trigger<'a>(
+    stmt: &str,
+    functions: impl IntoIterator<Item = &'a String>,
+) -> bool {
+    let lower = stmt.to_ascii_lowercase();
+    let mut words = lower.split_whitespace().peekable();
+    if words.next() != Some("create") {
+        return false;
+    }
+    if words.peek() == Some(&"or") {
+        words.next();
+        if words.next() != Some("replace") {
+            return false;
+        }
+    }
+    if words.peek() == Some(&"constraint") {
+        words.next();
+    }
+    if words.next() != Some("trigger") {
+        return false;
+    }
+    let mut trigger_function = false;
+    for f in functions {
+        let builtin = matches!(f.split_once('.'), None | Some(("pg_catalog", _)));
+        let base = f.rsplit('.').next().unwrap_or(f);
+        if builtin && NON_COPYING_TRIGGER_FUNCTIONS.contains(&base) {
+            trigger_function = true;
+        } else if !gatehouse_sql::is_safe_function(f) {
+            return false;
+        }
+    }
+    trigger_function
 }
 
 /// Byte ranges of the statements of `text`, split on top-level `;` the way PostgreSQL's own

@@ -1539,6 +1539,68 @@ async fn merge_cannot_copy_masked_columns() {
     .await;
 }
 
+/// A trigger on a table with masked columns can copy them (its function writes `NEW` columns):
+/// creating one is a masked-column copy, unless it runs a built-in trigger function that
+/// copies no column (`suppress_redundant_updates_trigger`) and calls nothing else but
+/// side-effect-free built-ins. `tsvector_update_trigger` (fills a column from others), a `WHEN`
+/// condition that stores a masked value, and a function of that name defined outside
+/// `pg_catalog` are still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trigger_that_copies_no_column_is_not_a_masked_copy() {
+    gatehouse_testkit::within(Duration::from_secs(180), async {
+        let gw = gateway_masking(false, &["email", "card_number", "phone", "name"]).await;
+        let c = connect_driver(gw.port).await;
+        for sql in [
+            "CREATE TRIGGER t_sup BEFORE UPDATE ON customers FOR EACH ROW \
+             EXECUTE FUNCTION suppress_redundant_updates_trigger()",
+            "CREATE TRIGGER t_sup2 BEFORE UPDATE ON customers FOR EACH ROW \
+             WHEN (OLD.id <> 0) EXECUTE FUNCTION pg_catalog.suppress_redundant_updates_trigger()",
+        ] {
+            let done = c.simple_query(sql).await;
+            assert!(
+                done.is_ok(),
+                "{sql}: {:?}",
+                done.err()
+                    .map(|e| e.as_db_error().map(|d| d.message().to_string()))
+            );
+        }
+        for sql in [
+            "CREATE TRIGGER t_tsv BEFORE UPDATE ON customers FOR EACH ROW \
+             EXECUTE FUNCTION tsvector_update_trigger(note, 'pg_catalog.simple', name)",
+            "CREATE TRIGGER t_when BEFORE UPDATE ON customers FOR EACH ROW \
+             WHEN (pg_try_advisory_lock(ascii(NEW.name))) \
+             EXECUTE FUNCTION suppress_redundant_updates_trigger()",
+        ] {
+            assert_refused_as_copy(&c, sql).await;
+        }
+        c.simple_query(
+            "CREATE FUNCTION public.suppress_redundant_updates_trigger() RETURNS trigger \
+             LANGUAGE plpgsql AS $$BEGIN NEW.note := reverse(NEW.name); RETURN NEW; END$$",
+        )
+        .await
+        .unwrap();
+        c.simple_query("SET search_path = public, pg_catalog")
+            .await
+            .unwrap();
+        assert_refused_as_copy(
+            &c,
+            "CREATE TRIGGER t_shadow BEFORE UPDATE ON customers FOR EACH ROW \
+             EXECUTE FUNCTION suppress_redundant_updates_trigger()",
+        )
+        .await;
+        assert_eq!(
+            first_value(
+                &c,
+                "SELECT string_agg(tgname::text, ',' ORDER BY tgname) FROM pg_catalog.pg_trigger \
+                 WHERE tgrelid = 'public.customers'::pg_catalog.regclass"
+            )
+            .await,
+            Some("t_sup,t_sup2".into())
+        );
+    })
+    .await;
+}
+
 /// Literals that only a column rule protects (a name compared with, or written into, the
 /// masked `name` column: no detector recognises it) are recorded masked in the audit log and
 /// the session recordings, whatever the client and protocol: every constant of a statement is
