@@ -1317,6 +1317,28 @@ impl Frontend {
             }
             return None;
         }
+        // A stored value computed by a function that runs queries of its own (a user's
+        // function, `query_to_xml`) may come from any table, not only those the text names.
+        if crate::statements::stores_values(&info.functions)
+            && (info
+                .functions
+                .iter()
+                .any(|f| SQL_TEXT_FUNCTIONS.contains(&f.rsplit('.').next().unwrap_or(f)))
+                || self
+                    .proxy
+                    .user_functions(&self.ctx.target.name, &info.functions)
+                    .await)
+            && self
+                .proxy
+                .masks_any_column(&self.ctx.target.name, decision.masking_profile.as_deref())
+                .await
+        {
+            return Some(Decision::deny(
+                "masked-column-copy",
+                "the statement stores a value computed by a function that runs queries of its \
+                 own, which may read masked columns, where no column rule covers it",
+            ));
+        }
         let names: Vec<String> = match &info.reads {
             Some(reads) => reads.clone(),
             None => info.tables.iter().map(|t| format!("{t}.*")).collect(),

@@ -305,7 +305,7 @@ const STORING_PREFIXES: &[&str] = &[
     "dblink",
 ];
 
-fn stores_values<'a>(functions: impl IntoIterator<Item = &'a String>) -> bool {
+pub(crate) fn stores_values<'a>(functions: impl IntoIterator<Item = &'a String>) -> bool {
     functions.into_iter().any(|f| {
         let name = f.rsplit('.').next().unwrap_or(f).trim_matches('"');
         STORING_FUNCTIONS.contains(&name) || STORING_PREFIXES.iter().any(|p| name.starts_with(p))

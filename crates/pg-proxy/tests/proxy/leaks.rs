@@ -1441,6 +1441,10 @@ async fn masked_values_cannot_be_stored_through_builtins() {
             "SELECT lo_create(ascii(name)) FROM customers WHERE id = 2",
             "SELECT pg_logical_emit_message(false, 'p', name) FROM customers",
             "SELECT pg_advisory_lock(ascii(substr(email, 1, 1))) FROM v_customers",
+            // A function that reads the table itself, named nowhere in the text.
+            "SELECT setval('sx', ascii(customer_dump()))",
+            "SELECT pg_notify('leak', public.customer_dump())",
+            "SELECT set_config('my.d', customer_dump(), false)",
         ] {
             assert_refused_as_copy(&c, sql).await;
         }
