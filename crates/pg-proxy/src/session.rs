@@ -1290,11 +1290,54 @@ impl Frontend {
         decision: &Decision,
     ) -> Option<Decision> {
         let info = info?;
-        if !info.copies_data
-            || self.proxy.config.allow_masked_column_copies
-            || decision.verdict == Verdict::Deny
-        {
+        if self.proxy.config.allow_masked_column_copies || decision.verdict == Verdict::Deny {
             return None;
+        }
+        if !info.copies_data {
+            // A trigger running a built-in trigger function that copies no column is not a
+            // copy (see `statements::creates_non_copying_trigger`), unless a function of that
+            // name defined elsewhere may be what an unqualified call runs.
+            if info.kind == StatementKind::Ddl
+                && !info.tables.is_empty()
+                && crate::statements::names_non_copying_trigger(&info.functions)
+                && self
+                    .proxy
+                    .user_functions(&self.ctx.target.name, &info.functions)
+                    .await
+                && self
+                    .proxy
+                    .masks_any_column(&self.ctx.target.name, decision.masking_profile.as_deref())
+                    .await
+            {
+                return Some(Decision::deny(
+                    "masked-column-copy",
+                    "the statement runs a trigger function defined outside pg_catalog, which \
+                     could copy masked columns out of the masking boundary",
+                ));
+            }
+            return None;
+        }
+        // A stored value computed by a function that runs queries of its own (a user's
+        // function, `query_to_xml`) may come from any table, not only those the text names.
+        if crate::statements::stores_values(&info.functions)
+            && (info
+                .functions
+                .iter()
+                .any(|f| SQL_TEXT_FUNCTIONS.contains(&f.rsplit('.').next().unwrap_or(f)))
+                || self
+                    .proxy
+                    .user_functions(&self.ctx.target.name, &info.functions)
+                    .await)
+            && self
+                .proxy
+                .masks_any_column(&self.ctx.target.name, decision.masking_profile.as_deref())
+                .await
+        {
+            return Some(Decision::deny(
+                "masked-column-copy",
+                "the statement stores a value computed by a function that runs queries of its \
+                 own, which may read masked columns, where no column rule covers it",
+            ));
         }
         let names: Vec<String> = match &info.reads {
             Some(reads) => reads.clone(),

@@ -210,7 +210,8 @@ impl StatementAnalyzer for SqlAnalyzer {
                 || stores_values(&st.functions)
                 || (st.kind == K::Ddl
                     && !st.tables.is_empty()
-                    && creates_view_or_function(stmt_text));
+                    && creates_view_or_function(stmt_text)
+                    && !creates_non_copying_trigger(stmt_text, &st.functions));
             let lineage = match st.kind {
                 K::Select | K::Insert | K::Update | K::Delete | K::Merge => {
                     gatehouse_sql::lineage(stmt_text, settings, &gatehouse_sql::NoCatalog)
@@ -261,16 +262,56 @@ impl StatementAnalyzer for SqlAnalyzer {
     }
 }
 
-/// Built-ins that store a value where it is read back through channels no column rule covers:
-/// a setting comes back from `SHOW`, `current_setting`, `pg_settings` and (for
-/// `application_name`) every session's `pg_stat_activity`. Writing a masked column into one is
-/// copying it out of the masking boundary.
-const STORING_FUNCTIONS: &[&str] = &["set_config"];
+/// Built-ins that store an argument's value where it is read back through channels no column
+/// rule covers. Writing a masked column into one is copying it out of the masking boundary:
+/// - a setting (`set_config`) comes back from `SHOW`, `current_setting`, `pg_settings` and (for
+///   `application_name`) every session's `pg_stat_activity`;
+/// - a sequence's value (`setval`) from `SELECT last_value FROM s`, `currval`, `nextval`,
+///   `pg_sequences`;
+/// - the random seed (`setseed`) from the numbers `random()` returns after it;
+/// - an advisory lock's key (`pg_advisory_lock*`, `pg_try_advisory_*`) from `pg_locks`;
+/// - a notification's payload (`pg_notify`) from every listening session;
+/// - a large object's content, OID or size (`lo_from_bytea`, `lo_put`, `lowrite`, `lo_create`,
+///   `lo_truncate`, `lo_import`, `lo_export`, every `lo_*`) from `lo_get`, `loread`,
+///   `pg_largeobject`;
+/// - a logical decoding message (`pg_logical_emit_message`) from a replication slot;
+/// - names of replication slots and origins, restore points and backup labels
+///   (`pg_create_*`, `pg_copy_*_slot`, `pg_replication_origin_*`, `pg_backup_start`) from their
+///   views;
+/// - a server file's content (`pg_file_write`, adminpack) from `pg_read_file`;
+/// - SQL text sent to another server (`dblink*`).
+///
+/// Names match whatever schema qualifies them: a user's function of one of these names is
+/// counted too (fail closed).
+const STORING_FUNCTIONS: &[&str] = &[
+    "set_config",
+    "setval",
+    "setseed",
+    "pg_notify",
+    "lowrite",
+    "pg_logical_emit_message",
+    "pg_start_backup",
+    "pg_backup_start",
+];
 
-fn stores_values<'a>(functions: impl IntoIterator<Item = &'a String>) -> bool {
+/// Prefixes of such built-ins' names (see [`STORING_FUNCTIONS`]).
+const STORING_PREFIXES: &[&str] = &[
+    "pg_advisory_",
+    "pg_try_advisory_",
+    "lo_",
+    "pg_create_",
+    "pg_copy_",
+    "pg_replication_origin_",
+    "pg_replication_slot_",
+    "pg_file_",
+    "pg_write",
+    "dblink",
+];
+
+pub(crate) fn stores_values<'a>(functions: impl IntoIterator<Item = &'a String>) -> bool {
     functions.into_iter().any(|f| {
-        let name = f.rsplit('.').next().unwrap_or(f);
-        STORING_FUNCTIONS.contains(&name)
+        let name = f.rsplit('.').next().unwrap_or(f).trim_matches('"');
+        STORING_FUNCTIONS.contains(&name) || STORING_PREFIXES.iter().any(|p| name.starts_with(p))
     })
 }
 
@@ -705,6 +746,60 @@ fn creates_view_or_function(stmt: &str) -> bool {
         && head
             .iter()
             .any(|w| matches!(*w, "view" | "function" | "procedure" | "rule" | "trigger"))
+}
+
+/// Built-in trigger functions that write no column from another (`tsvector_update_trigger`,
+/// which fills a column from text columns, is not one).
+const NON_COPYING_TRIGGER_FUNCTIONS: &[&str] = &["suppress_redundant_updates_trigger"];
+
+/// Whether `functions` names one of [`NON_COPYING_TRIGGER_FUNCTIONS`] (unqualified or in
+/// `pg_catalog`): the session checks that no function of that name is defined outside
+/// `pg_catalog`, where an unqualified call could resolve to it.
+pub(crate) fn names_non_copying_trigger<'a>(
+    functions: impl IntoIterator<Item = &'a String>,
+) -> bool {
+    functions.into_iter().any(|f| {
+        let builtin = matches!(f.split_once('.'), None | Some(("pg_catalog", _)));
+        builtin && NON_COPYING_TRIGGER_FUNCTIONS.contains(&f.rsplit('.').next().unwrap_or(f))
+    })
+}
+
+/// Whether `stmt` is a `CREATE [OR REPLACE] [CONSTRAINT] TRIGGER` that runs a built-in trigger
+/// function writing no column from another, and calls nothing else but side-effect-free
+/// built-ins (in its `WHEN` condition): it copies no column, so it is not a masked-column copy
+/// (it stays code the gateway cannot see into, held as the policy holds such code).
+fn creates_non_copying_trigger<'a>(
+    stmt: &str,
+    functions: impl IntoIterator<Item = &'a String>,
+) -> bool {
+    let lower = stmt.to_ascii_lowercase();
+    let mut words = lower.split_whitespace().peekable();
+    if words.next() != Some("create") {
+        return false;
+    }
+    if words.peek() == Some(&"or") {
+        words.next();
+        if words.next() != Some("replace") {
+            return false;
+        }
+    }
+    if words.peek() == Some(&"constraint") {
+        words.next();
+    }
+    if words.next() != Some("trigger") {
+        return false;
+    }
+    let mut trigger_function = false;
+    for f in functions {
+        let builtin = matches!(f.split_once('.'), None | Some(("pg_catalog", _)));
+        let base = f.rsplit('.').next().unwrap_or(f);
+        if builtin && NON_COPYING_TRIGGER_FUNCTIONS.contains(&base) {
+            trigger_function = true;
+        } else if !gatehouse_sql::is_safe_function(f) {
+            return false;
+        }
+    }
+    trigger_function
 }
 
 /// Byte ranges of the statements of `text`, split on top-level `;` the way PostgreSQL's own

@@ -188,9 +188,10 @@ pub enum Risk {
     /// changes what later statements run or how they are read (`search_path`, `role`, …). See
     /// [`StatementInfo::opaque_reasons`].
     OpaqueCode,
-    /// An `UPDATE` (or the update of a `MERGE` or `ON CONFLICT`) that sets columns from other
-    /// columns or subqueries (`SET notes = encode(phone, …)`): it can copy one column's content
-    /// into another.
+    /// An `UPDATE` (or the update or insert of a `MERGE`, or the update of an `ON CONFLICT`)
+    /// that sets columns from other columns or subqueries (`SET notes = encode(phone, …)`,
+    /// `WHEN NOT MATCHED THEN INSERT VALUES (s.id, reverse(s.email))`): it can copy one
+    /// column's content into another.
     WriteFromColumns,
 }
 

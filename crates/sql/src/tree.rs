@@ -324,16 +324,18 @@ fn opaque_form(tag: &str, body: &Value) -> Option<String> {
 /// `MergeWhenClause`) takes a value from a column or a subquery rather than from constants and
 /// parameters alone.
 fn sets_from_columns(body: &Value) -> bool {
-    fn reads(v: &Value) -> bool {
-        match v {
-            Value::Array(items) => items.iter().any(reads),
-            Value::Object(map) => map
-                .iter()
-                .any(|(k, child)| k == "ColumnRef" || k == "SubLink" || reads(child)),
-            _ => false,
-        }
+    body.get("target_list").is_some_and(reads_columns)
+}
+
+/// Whether an expression (or list of them) reads a column or runs a subquery.
+fn reads_columns(v: &Value) -> bool {
+    match v {
+        Value::Array(items) => items.iter().any(reads_columns),
+        Value::Object(map) => map
+            .iter()
+            .any(|(k, child)| k == "ColumnRef" || k == "SubLink" || reads_columns(child)),
+        _ => false,
     }
-    body.get("target_list").is_some_and(reads)
 }
 
 /// Fills `info` from the statement node `stmt` (`{"SelectStmt": {…}}`).
@@ -691,7 +693,9 @@ impl Walker<'_> {
                 }
             }
             "MergeWhenClause" => {
-                if sets_from_columns(body) {
+                // `WHEN MATCHED THEN UPDATE SET notes = s.email` and `WHEN NOT MATCHED THEN
+                // INSERT … VALUES (s.id, reverse(s.email))`: both write values read from columns.
+                if sets_from_columns(body) || body.get("values").is_some_and(reads_columns) {
                     self.info.risks.insert(Risk::WriteFromColumns);
                 }
                 let cmd = i(body, "command_type");

@@ -1076,9 +1076,11 @@ async fn view_expressions_are_masked_whole_and_the_reveals_nothing_list_passes()
     .await;
 }
 
-/// Large-object pages (`pg_largeobject`, readable by a superuser) hold whatever a statement
-/// copied into them: with a gateway connected as a superuser, their data is withheld while any
-/// column is masked, read directly or through an expression, in text and binary format.
+/// Large-object pages (`pg_largeobject`, readable by a superuser) hold whatever a session
+/// wrote into them (copying a masked column into one through the gateway is refused, see
+/// `masked_values_cannot_be_stored_through_builtins`; another client may have): with a gateway
+/// connected as a superuser, their data is withheld while any column is masked, read directly
+/// or through an expression, in text and binary format.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_object_pages_are_withheld_from_a_superuser_gateway() {
     gatehouse_testkit::within(Duration::from_secs(120), async {
@@ -1095,8 +1097,8 @@ async fn large_object_pages_are_withheld_from_a_superuser_gateway() {
         tokio::spawn(conn);
         client
             .simple_query(
-                "SELECT lo_from_bytea(515151, convert_to((SELECT string_agg(reverse(email), ',') \
-                 FROM customers), 'UTF8'))",
+                "SELECT lo_from_bytea(515151, \
+                 convert_to('gro.elpmaxe-proc@1tsetkael.qz,gro.elpmaxe-proc@2tsetkael.xy', 'UTF8'))",
             )
             .await
             .unwrap();
@@ -1384,6 +1386,221 @@ async fn masked_values_cannot_be_stored_in_settings() {
             .chain(names_in(seen.join("\n").as_bytes()))
             .collect();
         assert!(leaked.is_empty(), "a masked name came back through a setting: {leaked:?} {seen:?}");
+    })
+    .await;
+}
+
+/// Asserts the gateway refuses `sql` as a masked-column copy.
+async fn assert_refused_as_copy(c: &tokio_postgres::Client, sql: &str) {
+    let err = c.simple_query(sql).await.unwrap_err();
+    let message = err.as_db_error().map(|e| e.message().to_string());
+    assert!(
+        message
+            .as_deref()
+            .is_some_and(|m| m.contains("masked-column-copy")),
+        "{sql}: {err:?}"
+    );
+}
+
+/// The first value of the first row of `sql`, as text.
+async fn first_value(c: &tokio_postgres::Client, sql: &str) -> Option<String> {
+    c.simple_query(sql)
+        .await
+        .unwrap()
+        .into_iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+}
+
+/// Built-ins that store an argument where it can be read back later (a sequence's value, an
+/// advisory lock's key in `pg_locks`, a notification's payload, a large object, the random
+/// seed, a logical decoding message) are stores no column rule covers, as settings are: a
+/// statement that writes a masked column's values into one is refused as a masked-column copy,
+/// wherever the call stands (result list, `WHERE`, a subquery argument), and nothing was stored
+/// when it is read back. The same built-ins with constants still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn masked_values_cannot_be_stored_through_builtins() {
+    gatehouse_testkit::within(Duration::from_secs(180), async {
+        let gw = gateway_masking(false, &["email", "card_number", "phone", "name"]).await;
+        let c = connect_driver(gw.port).await;
+        c.simple_query("CREATE SEQUENCE sx").await.unwrap();
+        for sql in [
+            // The attacker's encoding: three bytes of the value as the sequence's number.
+            "SELECT setval('sx', ('x'||rpad(encode(convert_to(substr(name,1,3),'UTF8'),'hex'),6,'0'))::bit(24)::int + 1) FROM customers WHERE id=1",
+            "SELECT setval('sx', ascii(substr(email, 1, 1))) FROM customers WHERE id = 1",
+            "SELECT pg_catalog.setval('sx', (SELECT ascii(name) FROM customers WHERE id = 1))",
+            "SELECT 1 FROM customers WHERE setval('sx', ascii(name)) > 0",
+            "SELECT setseed(ascii(name) / 256.0) FROM customers WHERE id = 1",
+            "SELECT pg_advisory_lock(ascii(name)) FROM customers WHERE id = 1",
+            "SELECT pg_try_advisory_lock(ascii(name), 1) FROM customers",
+            "SELECT pg_advisory_xact_lock_shared(ascii(card_number)::bigint) FROM customers",
+            "SELECT pg_notify('leak', name) FROM customers",
+            "SELECT lo_from_bytea(0, convert_to(name, 'UTF8')) FROM customers",
+            "SELECT lo_create(ascii(name)) FROM customers WHERE id = 2",
+            "SELECT pg_logical_emit_message(false, 'p', name) FROM customers",
+            "SELECT pg_advisory_lock(ascii(substr(email, 1, 1))) FROM v_customers",
+            // A function that reads the table itself, named nowhere in the text.
+            "SELECT setval('sx', ascii(customer_dump()))",
+            "SELECT pg_notify('leak', public.customer_dump())",
+            "SELECT set_config('my.d', customer_dump(), false)",
+        ] {
+            assert_refused_as_copy(&c, sql).await;
+        }
+        // Nothing was stored.
+        assert_eq!(
+            first_value(&c, "SELECT last_value::text || ' ' || is_called::text FROM sx").await,
+            Some("1 false".into())
+        );
+        assert_eq!(
+            first_value(&c, "SELECT count(*)::text FROM pg_locks WHERE locktype = 'advisory' \
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())").await,
+            Some("0".into())
+        );
+        assert_eq!(
+            first_value(&c, "SELECT count(*)::text FROM pg_largeobject_metadata").await,
+            Some("0".into())
+        );
+        // The same built-ins with constants, or over tables without masked columns, work.
+        let stored = c
+            .simple_query(
+                "SELECT setval('sx', 42), pg_advisory_lock(7), pg_notify('ok', 'hello'), \
+                 setval('sx', (SELECT max(id) + 41 FROM plain))",
+            )
+            .await;
+        assert!(
+            stored.is_ok(),
+            "{:?}",
+            stored.err().map(|e| e.as_db_error().map(|d| d.message().to_string()))
+        );
+        assert_eq!(
+            first_value(&c, "SELECT last_value::text FROM sx").await,
+            Some("42".into())
+        );
+    })
+    .await;
+}
+
+/// `MERGE` writes values as `INSERT` and `UPDATE` do: one whose `INSERT … VALUES` or `UPDATE
+/// SET` takes a masked column's values (through its source query, a subquery in `VALUES`) is
+/// refused as a masked-column copy, into the table it reads as into another, and so are
+/// `INSERT … VALUES` and `UPDATE … SET` with a subquery over a masked column. Nothing reaches
+/// an unmasked column; a `MERGE` of constants or of unmasked tables still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merge_cannot_copy_masked_columns() {
+    gatehouse_testkit::within(Duration::from_secs(180), async {
+        let gw = gateway_masking(false, &["email", "card_number", "phone", "name"]).await;
+        let c = connect_driver(gw.port).await;
+        for sql in [
+            "MERGE INTO customers USING (SELECT id + 100 AS id, name FROM customers) s ON false \
+             WHEN NOT MATCHED THEN INSERT (id, name, card_number, phone, note) \
+             VALUES (s.id, 'x', 'c', 'p', reverse(s.name))",
+            "MERGE INTO customers USING (SELECT id + 200 AS id, card_number FROM customers) s \
+             ON false WHEN NOT MATCHED THEN INSERT (id, name) VALUES (s.id, reverse(s.card_number))",
+            "MERGE INTO customers USING (SELECT 1) s ON false WHEN NOT MATCHED THEN \
+             INSERT (id, note) VALUES (900, (SELECT reverse(name) FROM customers WHERE id = 2))",
+            "MERGE INTO customers t USING customers s ON t.id = s.id \
+             WHEN MATCHED THEN UPDATE SET note = reverse(s.name)",
+            "MERGE INTO plain p USING customers s ON false \
+             WHEN NOT MATCHED THEN INSERT VALUES (s.id + 10, reverse(s.name))",
+            "INSERT INTO customers (id, note) VALUES (901, (SELECT reverse(name) FROM customers WHERE id = 1))",
+            "INSERT INTO customers VALUES (902, (SELECT reverse(name) FROM customers WHERE id = 1))",
+            "INSERT INTO plain VALUES (5, (SELECT reverse(name) FROM customers WHERE id = 1))",
+            "UPDATE customers SET note = (SELECT reverse(name) FROM customers WHERE id = 2) WHERE id = 1",
+            "UPDATE customers SET name = (SELECT reverse(email) FROM customers WHERE id = 2) WHERE id = 1",
+        ] {
+            assert_refused_as_copy(&c, sql).await;
+        }
+        assert_eq!(
+            first_value(&c, "SELECT count(*)::text FROM customers").await,
+            Some("2".into())
+        );
+        let mut seen = Vec::new();
+        for sql in ["SELECT note FROM customers", "SELECT label FROM plain"] {
+            seen.extend(all_values(&c, sql).await);
+        }
+        let leaked = names_in(seen.join("\n").as_bytes());
+        assert!(leaked.is_empty(), "a masked name was copied: {leaked:?} {seen:?}");
+        // A MERGE of constants, or between tables without masked columns, works.
+        for sql in [
+            "MERGE INTO customers t USING plain p ON t.id = p.id WHEN MATCHED THEN UPDATE SET note = 'n'",
+            "MERGE INTO plain p USING (SELECT 2 AS id) s ON p.id = s.id \
+             WHEN NOT MATCHED THEN INSERT VALUES (s.id, 'merged')",
+        ] {
+            let done = c.simple_query(sql).await;
+            assert!(
+                done.is_ok(),
+                "{sql}: {:?}",
+                done.err().map(|e| e.as_db_error().map(|d| d.message().to_string()))
+            );
+        }
+        assert_eq!(
+            first_value(&c, "SELECT label FROM plain WHERE id = 2").await,
+            Some("merged".into())
+        );
+    })
+    .await;
+}
+
+/// A trigger on a table with masked columns can copy them (its function writes `NEW` columns):
+/// creating one is a masked-column copy, unless it runs a built-in trigger function that
+/// copies no column (`suppress_redundant_updates_trigger`) and calls nothing else but
+/// side-effect-free built-ins. `tsvector_update_trigger` (fills a column from others), a `WHEN`
+/// condition that stores a masked value, and a function of that name defined outside
+/// `pg_catalog` are still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trigger_that_copies_no_column_is_not_a_masked_copy() {
+    gatehouse_testkit::within(Duration::from_secs(180), async {
+        let gw = gateway_masking(false, &["email", "card_number", "phone", "name"]).await;
+        let c = connect_driver(gw.port).await;
+        for sql in [
+            "CREATE TRIGGER t_sup BEFORE UPDATE ON customers FOR EACH ROW \
+             EXECUTE FUNCTION suppress_redundant_updates_trigger()",
+            "CREATE TRIGGER t_sup2 BEFORE UPDATE ON customers FOR EACH ROW \
+             WHEN (OLD.id <> 0) EXECUTE FUNCTION pg_catalog.suppress_redundant_updates_trigger()",
+        ] {
+            let done = c.simple_query(sql).await;
+            assert!(
+                done.is_ok(),
+                "{sql}: {:?}",
+                done.err()
+                    .map(|e| e.as_db_error().map(|d| d.message().to_string()))
+            );
+        }
+        for sql in [
+            "CREATE TRIGGER t_tsv BEFORE UPDATE ON customers FOR EACH ROW \
+             EXECUTE FUNCTION tsvector_update_trigger(note, 'pg_catalog.simple', name)",
+            "CREATE TRIGGER t_when BEFORE UPDATE ON customers FOR EACH ROW \
+             WHEN (pg_try_advisory_lock(ascii(NEW.name))) \
+             EXECUTE FUNCTION suppress_redundant_updates_trigger()",
+        ] {
+            assert_refused_as_copy(&c, sql).await;
+        }
+        c.simple_query(
+            "CREATE FUNCTION public.suppress_redundant_updates_trigger() RETURNS trigger \
+             LANGUAGE plpgsql AS $$BEGIN NEW.note := reverse(NEW.name); RETURN NEW; END$$",
+        )
+        .await
+        .unwrap();
+        c.simple_query("SET search_path = public, pg_catalog")
+            .await
+            .unwrap();
+        assert_refused_as_copy(
+            &c,
+            "CREATE TRIGGER t_shadow BEFORE UPDATE ON customers FOR EACH ROW \
+             EXECUTE FUNCTION suppress_redundant_updates_trigger()",
+        )
+        .await;
+        assert_eq!(
+            first_value(
+                &c,
+                "SELECT string_agg(tgname::text, ',' ORDER BY tgname) FROM pg_catalog.pg_trigger \
+                 WHERE tgrelid = 'public.customers'::pg_catalog.regclass"
+            )
+            .await,
+            Some("t_sup,t_sup2".into())
+        );
     })
     .await;
 }

@@ -397,6 +397,8 @@ fn updates_that_set_from_columns_are_marked() {
         "UPDATE t SET a = b",
         "INSERT INTO t (id, a) VALUES (1, 'x') ON CONFLICT (id) DO UPDATE SET a = t.b",
         "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN UPDATE SET a = s.email",
+        "MERGE INTO t USING s ON false WHEN NOT MATCHED THEN INSERT (id, a) VALUES (s.id, reverse(s.email))",
+        "MERGE INTO t USING s ON false WHEN NOT MATCHED THEN INSERT VALUES (1, (SELECT email FROM c))",
         "WITH u AS (UPDATE t SET a = b RETURNING 1) SELECT 1",
     ] {
         let c = classify(sql, &settings);
@@ -407,6 +409,9 @@ fn updates_that_set_from_columns_are_marked() {
         "UPDATE t SET a = $1 WHERE id = $2",
         "INSERT INTO t (id, a) VALUES (1, 'x') ON CONFLICT (id) DO UPDATE SET a = 'y'",
         "DELETE FROM t WHERE a = b",
+        "MERGE INTO t USING s ON t.id = s.id WHEN NOT MATCHED THEN INSERT (id, a) VALUES (7, 'x')",
+        "MERGE INTO t USING s ON t.id = s.id WHEN NOT MATCHED THEN INSERT DEFAULT VALUES",
+        "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE",
     ] {
         let c = classify(sql, &settings);
         assert!(!c.statements[0].has(Risk::WriteFromColumns), "{sql}");
