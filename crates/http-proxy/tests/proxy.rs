@@ -140,6 +140,44 @@ async fn a_reflected_credential_never_reaches_the_caller_or_the_record() {
 }
 
 #[tokio::test]
+async fn a_held_key_as_utf16_reversed_or_in_parts_never_reaches_the_caller() {
+    within(T, async {
+        let up = start_upstream().await;
+        let gw = Gateway::start(config(up.addr, dead_addr()), None).await;
+        let utf16: Vec<u8> = SECRET.encode_utf16().flat_map(u16::to_le_bytes).collect();
+        let reversed: String = SECRET.chars().rev().collect();
+        // Under a raw rule (`/raw/…`): the body is opaque bytes, only the egress guard stands
+        // between the echoed `X-Api-Key` and the caller.
+        for form in ["utf16", "utf16be", "reversed", "parts"] {
+            let path = format!("/hdr/raw/echo-key-{form}");
+            let (status, head, body) = curl(&[&gw.url(&path), "-H", &bearer(AGENT_TOKEN)]).await;
+            assert_eq!(status, 502, "{path}: {}", String::from_utf8_lossy(&body));
+            assert_eq!(json_body(&body)["error"], "egress_blocked", "{path}");
+            let mut all = head.into_bytes();
+            all.extend_from_slice(&body);
+            assert!(!all.windows(utf16.len()).any(|w| w == utf16), "{path}");
+            assert!(!String::from_utf8_lossy(&all).contains(&reversed), "{path}");
+            assert!(
+                !String::from_utf8_lossy(&all).contains(&SECRET[..16]),
+                "{path}"
+            );
+        }
+        assert!(
+            up.seen()
+                .iter()
+                .filter(|s| s.path_and_query.contains("echo-key-"))
+                .all(|s| s.headers["x-api-key"] == SECRET),
+            "the upstream did get the key"
+        );
+        let layers = gw.shutdown().await;
+        let dump = layers.recorder.dump();
+        assert!(!dump.contains(&reversed));
+        assert!(!dump.contains(&SECRET[..16]));
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn denied_path_gets_403_json_naming_the_rule_and_never_reaches_upstream() {
     within(T, async {
         let up = start_upstream().await;

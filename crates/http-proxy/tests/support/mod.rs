@@ -193,6 +193,30 @@ async fn upstream_service(
                 .insert("content-type", "application/octet-stream".parse().unwrap());
             r
         }
+        ("GET", p) if p.starts_with("/echo-key-") => {
+            // Echoes the injected `X-Api-Key` in a form a plain-text search misses: UTF-16 with
+            // a BOM (Python's `.encode('utf-16')`), UTF-16BE, reversed, or its first and last
+            // parts (each shorter than the key) with other text between.
+            let key = req
+                .headers()
+                .get("x-api-key")
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .unwrap_or_default();
+            let line = format!("key={key}\n");
+            let body: Vec<u8> = match p.trim_start_matches("/echo-key-") {
+                "utf16" => [0xff, 0xfe]
+                    .into_iter()
+                    .chain(line.encode_utf16().flat_map(u16::to_le_bytes))
+                    .collect(),
+                "utf16be" => line.encode_utf16().flat_map(u16::to_be_bytes).collect(),
+                "reversed" => key.chars().rev().collect::<String>().into_bytes(),
+                _ => {
+                    let n = key.len() * 3 / 4;
+                    format!("a={}\nb={}\n", &key[..n], &key[key.len() - n..]).into_bytes()
+                }
+            };
+            bytes_response("application/octet-stream", body)
+        }
         ("GET", "/users") => {
             let mut r = json(StatusCode::OK, serde_json::from_str(USERS).unwrap());
             r.headers_mut()
