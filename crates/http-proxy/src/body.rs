@@ -96,10 +96,12 @@ impl Decoder {
             [c] if c == "deflate" => Ok(Decoder::Deflate(flate2::write::ZlibDecoder::new(
                 Vec::new(),
             ))),
-            _ => Err(HttpProxyError::UpstreamRefused(format!(
-                "content encoding {:?} cannot be decoded for masking",
-                codings.join(", ")
-            ))),
+            // The codings are the upstream's text: not echoed.
+            _ => Err(HttpProxyError::UpstreamRefused(
+                "the response's content encoding cannot be decoded for masking (only gzip or \
+                 deflate, once)"
+                    .into(),
+            )),
         }
     }
 
@@ -425,15 +427,13 @@ impl BodyProcessor {
     }
 }
 
-/// The declared content type, for a refusal message.
+/// What the declared content type is, for a refusal message: its kind, never its text (the
+/// value is the upstream's, and may carry anything: personal data, part of a held key).
 fn content_type(headers: &HeaderMap) -> String {
-    headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map_or_else(
-            || "no content type".into(),
-            |ct| format!("content type {ct}"),
-        )
+    match headers.get(CONTENT_TYPE) {
+        None => "no content type".into(),
+        Some(_) => "a content type that is not text, JSON or an event stream".into(),
+    }
 }
 
 #[cfg(test)]

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use gatehouse_core::http_path;
 use gatehouse_core::{
-    AuthErrorKind, ChunkVerdict, Classified, Credential, Decision, EgressSite, Event, EventBody,
-    Gate, GateContext, HoldMode, HttpOperation, Identity, Operation, OperationResult, Outcome,
-    Pipeline, Protocol, RecordingFrame, RecordingKind, RecordingSink, Review, SessionId, Target,
-    Verdict, tighten,
+    AuthErrorKind, BinaryHandling, ChunkVerdict, Classified, Credential, Decision, EgressSite,
+    Event, EventBody, Gate, GateContext, HoldMode, HttpOperation, Identity, Operation,
+    OperationResult, Outcome, Pipeline, Protocol, RecordingFrame, RecordingKind, RecordingSink,
+    Review, SessionId, Target, Verdict, tighten,
 };
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -937,17 +937,16 @@ impl ConnCtx {
             Ok(Ok(r)) => r,
         };
         let (mut rparts, rbody) = response.into_parts();
-        headers::strip_hop_by_hop(&mut rparts.headers);
-        for value in rparts.headers.values() {
-            if pipeline
-                .egress
-                .check(EgressSite::Client, value.as_bytes())
-                .is_err()
-            {
-                self.record_block(&ctx.session, &ctx.target, "client").await;
-                return Err(HttpProxyError::EgressBlocked);
-            }
+        if rparts.status == StatusCode::PARTIAL_CONTENT && decision.binary != BinaryHandling::Raw {
+            // `Range` was not forwarded; a part of a body cannot be masked as a whole.
+            return Err(HttpProxyError::UpstreamRefused(
+                "the upstream sent a partial response (206) to a request without a range; a \
+                 part of a body cannot be masked, and only rules with binary = \"raw\" pass \
+                 ranges"
+                    .into(),
+            ));
         }
+        headers::strip_hop_by_hop(&mut rparts.headers);
         let processor = BodyProcessor::new(
             &rparts.headers,
             &BodySettings {
@@ -972,6 +971,22 @@ impl ConnCtx {
         if processor.transforms() {
             rparts.headers.remove(header::CONTENT_LENGTH);
             rparts.headers.remove(header::CONTENT_ENCODING);
+        }
+        // After the body's kind was read from the upstream's `Content-Type`.
+        headers::mask_response_headers(
+            &mut rparts.headers,
+            &*pipeline.masker,
+            decision.masking_profile.as_deref(),
+        );
+        for value in rparts.headers.values() {
+            if pipeline
+                .egress
+                .check(EgressSite::Client, value.as_bytes())
+                .is_err()
+            {
+                self.record_block(&ctx.session, &ctx.target, "client").await;
+                return Err(HttpProxyError::EgressBlocked);
+            }
         }
         let exchange = Exchange {
             conn: self.clone(),
@@ -1036,6 +1051,13 @@ impl ConnCtx {
         h.remove(header::CONTENT_LENGTH);
         headers::restrict_accept_encoding(&mut h);
         h.remove(header::AUTHORIZATION);
+        if decision.binary != BinaryHandling::Raw {
+            // A byte range of a masked body would be cut from the upstream's bytes, past the
+            // masker (`bytes=100-108` gives `alice@exa`, the next range the rest): the caller
+            // gets the whole representation, masked, with 200.
+            h.remove(header::RANGE);
+            h.remove(header::IF_RANGE);
+        }
         let query_cred = target
             .credential
             .as_ref()

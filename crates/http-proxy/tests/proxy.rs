@@ -104,13 +104,19 @@ async fn a_reflected_credential_never_reaches_the_caller_or_the_record() {
             every_byte.extend_from_slice(head.as_bytes());
             every_byte.extend_from_slice(&body);
         }
-        // A header carrying the secret, and a redirect whose Location carries the query credential.
-        for path in ["/api/leak-header", "/qry/redirect"] {
-            let (status, head, body) = curl(&[&gw.url(path), "-H", &bearer(AGENT_TOKEN)]).await;
-            assert_eq!(status, 502, "{path}");
-            every_byte.extend_from_slice(head.as_bytes());
-            every_byte.extend_from_slice(&body);
-        }
+        // A header carrying the secret: withheld.
+        let (status, head, body) =
+            curl(&[&gw.url("/api/leak-header"), "-H", &bearer(AGENT_TOKEN)]).await;
+        assert_eq!(status, 502);
+        every_byte.extend_from_slice(head.as_bytes());
+        every_byte.extend_from_slice(&body);
+        // A redirect whose Location carries the query credential (`api_key=…`): the header
+        // masker hides the value, or the egress guard withholds the response.
+        let (status, head, body) =
+            curl(&[&gw.url("/qry/redirect"), "-H", &bearer(AGENT_TOKEN)]).await;
+        assert!(status == 302 || status == 502, "{status}: {head}");
+        every_byte.extend_from_slice(head.as_bytes());
+        every_byte.extend_from_slice(&body);
         // The same with a Rust client.
         let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
         let req = http::Request::get(gw.url("/api/echo-raw"))
@@ -172,6 +178,94 @@ async fn a_held_key_as_utf16_reversed_or_in_parts_never_reaches_the_caller() {
         let layers = gw.shutdown().await;
         let dump = layers.recorder.dump();
         assert!(!dump.contains(&reversed));
+        assert!(!dump.contains(&SECRET[..16]));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn ranges_never_slice_a_masked_body() {
+    within(T, async {
+        let up = start_upstream().await;
+        let gw = Gateway::start(config(up.addr, dead_addr()), None).await;
+        assert_eq!(&RANGE_BODY[20..29], "alice@exa");
+        // The range is not forwarded: the whole body comes back masked, with 200.
+        for extra in [
+            vec!["-H", "Range: bytes=20-28"],
+            vec!["-H", "Range: bytes=29-36", "-H", "If-Range: \"x\""],
+        ] {
+            let mut args = vec![gw.url("/api/range-pii"), "-H".into(), bearer(AGENT_TOKEN)];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (status, head, body) = curl(&args).await;
+            assert_eq!(status, 200, "{head}");
+            let text = String::from_utf8_lossy(&body);
+            assert!(text.starts_with("contact the owner:"), "{text}");
+            assert!(!text.contains("alice@"), "{text}");
+            assert!(!text.contains("example.com"), "{text}");
+            assert!(
+                !head.to_ascii_lowercase().contains("content-range"),
+                "{head}"
+            );
+            let seen = up.last();
+            assert!(seen.headers.get("range").is_none());
+            assert!(seen.headers.get("if-range").is_none());
+        }
+        // An upstream that answers 206 anyway is refused, naming why.
+        let (status, _, body) =
+            curl(&[&gw.url("/api/always-206"), "-H", &bearer(AGENT_TOKEN)]).await;
+        assert_eq!(status, 502);
+        let v = json_body(&body);
+        assert_eq!(v["error"], "upstream_refused", "{v}");
+        assert!(v["message"].as_str().unwrap().contains("206"), "{v}");
+        assert!(!String::from_utf8_lossy(&body).contains("alice"));
+        // Under a raw rule, ranges pass as they are.
+        let (status, head, _) = curl(&[
+            &gw.url("/api/raw/range-pii"),
+            "-H",
+            &bearer(AGENT_TOKEN),
+            "-H",
+            "Range: bytes=0-6",
+        ])
+        .await;
+        assert_eq!(status, 206, "{head}");
+        assert_eq!(up.last().headers["range"], "bytes=0-6");
+        let layers = gw.shutdown().await;
+        assert!(!layers.recorder.dump().contains("alice@exa"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn response_headers_are_masked_for_the_caller_and_the_recording() {
+    within(T, async {
+        let up = start_upstream().await;
+        let gw = Gateway::start(config(up.addr, dead_addr()), None).await;
+        let (status, head, _) =
+            curl(&[&gw.url("/api/pii-headers"), "-H", &bearer(AGENT_TOKEN)]).await;
+        assert_eq!(status, 302, "{head}");
+        assert!(!head.contains("alice@example.com"), "{head}");
+        assert!(!head.contains("4111111111111111"), "{head}");
+        let lower = head.to_ascii_lowercase();
+        assert!(lower.contains("location: http://x.example/?e="), "{head}");
+        assert!(lower.contains("x-card: "), "{head}");
+        assert!(lower.contains("x-plain: nothing personal"), "{head}");
+        // The gateway's refusal does not echo the upstream's content type.
+        for path in ["/api/ct-leak", "/hdr/ct-key"] {
+            let (status, head, body) = curl(&[&gw.url(path), "-H", &bearer(AGENT_TOKEN)]).await;
+            assert_eq!(status, 502, "{path}");
+            let v = json_body(&body);
+            assert_eq!(v["error"], "binary_refused", "{path}: {v}");
+            let all = format!("{head}{}", String::from_utf8_lossy(&body));
+            assert!(!all.contains("alice@example.com"), "{path}: {all}");
+            assert!(!all.contains("4111111111111111"), "{path}: {all}");
+            assert!(!all.contains(&SECRET[..16]), "{path}: {all}");
+        }
+        let layers = gw.shutdown().await;
+        let dump = layers.recorder.dump();
+        assert!(dump.contains("x.example"), "the exchange was recorded");
+        assert!(!dump.contains("alice@example.com"));
+        assert!(!dump.contains("4111111111111111"));
         assert!(!dump.contains(&SECRET[..16]));
     })
     .await;

@@ -123,6 +123,9 @@ fn bytes_response(content_type: &str, body: Vec<u8>) -> Response<UpBody> {
     r
 }
 
+/// A text body with an e-mail address at bytes 20..37, for range requests.
+pub const RANGE_BODY: &str = "contact the owner:  alice@example.com for access\n";
+
 pub const USERS: &str = r#"{"users":[{"name":"Jane Doe","email":"jane@example.com","card":"4111 1111 1111 1111","note":"ok"}]}"#;
 
 async fn upstream_service(
@@ -216,6 +219,65 @@ async fn upstream_service(
                 }
             };
             bytes_response("application/octet-stream", body)
+        }
+        ("GET", "/range-pii") => {
+            // Honours `Range: bytes=a-b` as a file server would: 206 with that slice.
+            let body = RANGE_BODY.as_bytes();
+            let range = req
+                .headers()
+                .get("range")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("bytes="))
+                .and_then(|v| v.split_once('-'))
+                .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)));
+            match range {
+                Some((a, b)) if a <= b && b < body.len() => {
+                    let mut r = bytes_response("text/plain", body[a..=b].to_vec());
+                    *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+                    r.headers_mut().insert(
+                        "content-range",
+                        format!("bytes {a}-{b}/{}", body.len()).parse().unwrap(),
+                    );
+                    r
+                }
+                _ => bytes_response("text/plain", body.to_vec()),
+            }
+        }
+        ("GET", "/always-206") => {
+            // A broken upstream: a part whatever was asked.
+            let mut r = bytes_response("text/plain", RANGE_BODY.as_bytes()[20..29].to_vec());
+            *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+            r.headers_mut().insert(
+                "content-range",
+                format!("bytes 20-28/{}", RANGE_BODY.len()).parse().unwrap(),
+            );
+            r
+        }
+        ("GET", "/pii-headers") => {
+            let mut r = json(StatusCode::FOUND, serde_json::json!({"ok": true}));
+            r.headers_mut().insert(
+                "location",
+                "http://x.example/?e=alice@example.com".parse().unwrap(),
+            );
+            r.headers_mut()
+                .insert("x-card", "4111111111111111".parse().unwrap());
+            r.headers_mut()
+                .insert("x-plain", "nothing personal".parse().unwrap());
+            r
+        }
+        ("GET", "/ct-leak") => bytes_response(
+            "application/x-alice@example.com-4111111111111111",
+            b"opaque".to_vec(),
+        ),
+        ("GET", "/ct-key") => {
+            // The upstream puts 20 characters of the held key in its content type.
+            let key = req
+                .headers()
+                .get("x-api-key")
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .unwrap_or_default();
+            let part = key.get(..20).unwrap_or(&key).to_string();
+            bytes_response(&format!("application/x-{part}"), b"opaque".to_vec())
         }
         ("GET", "/users") => {
             let mut r = json(StatusCode::OK, serde_json::from_str(USERS).unwrap());
