@@ -1021,7 +1021,8 @@ impl ConnCtx {
         match tokio::time::timeout(idle.max(Duration::from_millis(100)), first).await {
             Ok(Some(Err(e))) => return Ok(error_response(&e)),
             Ok(Some(Ok(mut chunk))) => {
-                while !body.is_done() {
+                // Bounded: a body that keeps coming (or decodes to much more) streams.
+                while !body.is_done() && chunk.len() < PREREAD_MAX {
                     let more = std::future::poll_fn(|cx| body.poll_next(cx));
                     match futures::FutureExt::now_or_never(more) {
                         Some(Some(Ok(next))) => chunk.extend_from_slice(&next),
@@ -1309,6 +1310,10 @@ impl Body for RequestTee {
     }
 }
 
+/// At most this much of a response is gathered before its head leaves (so a small response
+/// leaves whole, with a `Content-Length`); a larger one streams.
+const PREREAD_MAX: usize = 256 * 1024;
+
 /// A response body driven by hyper's own polling (no task, no channel): upstream frames →
 /// decode → mask → egress → caller, with the idle flush armed only while the masker holds bytes
 /// back. When it ends, fails, or is dropped early (the caller went away), the exchange is handed
@@ -1338,7 +1343,14 @@ impl MaskedBody {
             return Poll::Ready(None);
         }
         loop {
-            let step = match Pin::new(&mut self.upstream).poll_frame(cx) {
+            // Decoded bytes of an earlier frame first (a compressed frame is emitted in bounded
+            // pieces, see `BodyProcessor::push`): an empty frame continues it.
+            let backlog = self
+                .processor
+                .has_backlog()
+                .then(|| Poll::Ready(Some(Ok(Frame::data(Bytes::new())))));
+            let step = match backlog.unwrap_or_else(|| Pin::new(&mut self.upstream).poll_frame(cx))
+            {
                 Poll::Ready(frame) => {
                     self.timer = None;
                     Some(frame)
@@ -1375,7 +1387,10 @@ impl MaskedBody {
                         let pushed = self.processor.push(&*self.masker, &data, &mut out);
                         // The last byte of a sized body: finish now, as the caller (which has
                         // its Content-Length) may never poll again.
-                        if pushed.is_ok() && self.upstream.is_end_stream() {
+                        if pushed.is_ok()
+                            && !self.processor.has_backlog()
+                            && self.upstream.is_end_stream()
+                        {
                             done = true;
                             self.processor.finish(&*self.masker, &mut out)
                         } else {

@@ -271,6 +271,75 @@ async fn response_headers_are_masked_for_the_caller_and_the_recording() {
     .await;
 }
 
+/// The process's peak resident set (`VmHWM`), bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
+}
+
+#[tokio::test]
+async fn a_gzip_bomb_streams_in_bounded_memory_and_is_cut_at_the_limit() {
+    within(Duration::from_secs(120), async {
+        let up = start_upstream().await;
+        // Built before measuring: the test's own upstream holds the compressed body.
+        let compressed = gzip_bomb().len();
+        assert!(compressed < 2 * 1024 * 1024, "{compressed}");
+        let mut cfg = config(up.addr, dead_addr());
+        let limit = 128 * 1024 * 1024u64;
+        cfg.limits.max_response_body = limit;
+        let gw = Gateway::start(cfg, None).await;
+        let before = peak_rss();
+        // Through the real curl, the body to /dev/null: `%{size_download}` is what arrived.
+        let mut cmd = std::process::Command::new("curl");
+        cmd.args([
+            "-sS",
+            "--max-time",
+            "60",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{size_download}",
+        ])
+        .arg(gw.url("/api/gzip-bomb"))
+        .args(["-H", &bearer(AGENT_TOKEN)]);
+        let out = tokio::task::spawn_blocking(move || {
+            gatehouse_testkit::process::run_with_timeout(cmd, Duration::from_secs(90))
+        })
+        .await
+        .unwrap()
+        .expect("curl runs");
+        let report = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (code, size) = report.split_once(' ').unwrap();
+        let size: u64 = size.parse().unwrap();
+        // Streamed: the head left with 200, then the body was cut at the limit (curl reports a
+        // transfer error), never the whole half gigabyte.
+        assert_eq!(code, "200", "{report}");
+        assert!(
+            !out.status.success(),
+            "the cut is visible to curl: {report}"
+        );
+        assert!(size <= limit, "{report}");
+        assert!(size > 0, "{report}");
+        let grown = peak_rss().saturating_sub(before);
+        assert!(
+            grown < 64 * 1024 * 1024,
+            "peak RSS grew by {} MiB decoding the bomb",
+            grown / (1024 * 1024)
+        );
+        // The gateway keeps serving.
+        let (status, _, body) = curl(&[&gw.url("/api/users"), "-H", &bearer(AGENT_TOKEN)]).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        gw.shutdown().await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn denied_path_gets_403_json_naming_the_rule_and_never_reaches_upstream() {
     within(T, async {

@@ -123,6 +123,23 @@ fn bytes_response(content_type: &str, body: Vec<u8>) -> Response<UpBody> {
     r
 }
 
+/// Bytes of `a` in [`gzip_bomb`].
+pub const BOMB_DECODED: usize = 512 * 1024 * 1024;
+
+/// A gzip body of [`BOMB_DECODED`] bytes of `a` (about half a megabyte compressed), built once
+/// without ever holding the decoded bytes.
+pub fn gzip_bomb() -> &'static [u8] {
+    static BOMB: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    BOMB.get_or_init(|| {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        let block = vec![b'a'; 1024 * 1024];
+        for _ in 0..BOMB_DECODED / block.len() {
+            enc.write_all(&block).unwrap();
+        }
+        enc.finish().unwrap()
+    })
+}
+
 /// A text body with an e-mail address at bytes 20..37, for range requests.
 pub const RANGE_BODY: &str = "contact the owner:  alice@example.com for access\n";
 
@@ -278,6 +295,12 @@ async fn upstream_service(
                 .unwrap_or_default();
             let part = key.get(..20).unwrap_or(&key).to_string();
             bytes_response(&format!("application/x-{part}"), b"opaque".to_vec())
+        }
+        ("GET", "/gzip-bomb") => {
+            let mut r = bytes_response("text/plain", gzip_bomb().to_vec());
+            r.headers_mut()
+                .insert("content-encoding", "gzip".parse().unwrap());
+            r
         }
         ("GET", "/users") => {
             let mut r = json(StatusCode::OK, serde_json::from_str(USERS).unwrap());
