@@ -96,10 +96,12 @@ impl Decoder {
             [c] if c == "deflate" => Ok(Decoder::Deflate(flate2::write::ZlibDecoder::new(
                 Vec::new(),
             ))),
-            _ => Err(HttpProxyError::UpstreamRefused(format!(
-                "content encoding {:?} cannot be decoded for masking",
-                codings.join(", ")
-            ))),
+            // The codings are the upstream's text: not echoed.
+            _ => Err(HttpProxyError::UpstreamRefused(
+                "the response's content encoding cannot be decoded for masking (only gzip or \
+                 deflate, once)"
+                    .into(),
+            )),
         }
     }
 
@@ -187,7 +189,21 @@ pub(crate) struct BodyProcessor {
     detector: TextDetector,
     binary: BinaryHandling,
     rule_id: String,
+    /// Compressed bytes received but not decoded yet (see [`DECODE_SLICE`]).
+    backlog: Vec<u8>,
+    /// How far into `backlog` decoding has gone.
+    backlog_pos: usize,
 }
+
+/// Compressed input is decoded this many bytes at a time: gzip and deflate expand at most about
+/// 1032:1, so one slice decodes to about 1 MiB at worst, never to a whole frame's worth (a
+/// 400 KB frame of a "gzip bomb" is 400 MB decoded).
+const DECODE_SLICE: usize = 1024;
+
+/// One push emits at most about this many decoded bytes (plus one slice's worth); the rest of
+/// the frame waits in the backlog until the caller took what was emitted, so memory per
+/// response stays bounded however well the body compresses.
+const PUSH_BUDGET: usize = 256 * 1024;
 
 impl std::fmt::Debug for BodyProcessor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -263,6 +279,8 @@ impl BodyProcessor {
             detector: TextDetector::new(),
             binary: s.binary,
             rule_id: s.rule_id.clone(),
+            backlog: Vec::new(),
+            backlog_pos: 0,
         })
     }
 
@@ -306,8 +324,50 @@ impl BodyProcessor {
         !self.decoder.is_identity() || !matches!(self.masking, Masking::Pass(_))
     }
 
-    /// Feeds an upstream chunk; appends what is safe to send to `out`.
+    /// Feeds an upstream chunk; appends what is safe to send to `out`. A compressed chunk is
+    /// decoded in slices, and only until about [`PUSH_BUDGET`] bytes came out: what is left
+    /// waits in the backlog ([`has_backlog`](Self::has_backlog)), for the next push (an empty
+    /// chunk continues it).
     pub(crate) fn push(
+        &mut self,
+        masker: &dyn Masker,
+        chunk: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), HttpProxyError> {
+        if self.decoder.is_identity() {
+            return self.push_decoded_from(masker, chunk, out);
+        }
+        if self.backlog_pos >= self.backlog.len() {
+            self.backlog.clear();
+            self.backlog_pos = 0;
+        }
+        self.backlog.extend_from_slice(chunk);
+        let start = out.len();
+        while self.backlog_pos < self.backlog.len() && out.len() - start < PUSH_BUDGET {
+            let end = (self.backlog_pos + DECODE_SLICE).min(self.backlog.len());
+            let slice = self
+                .backlog
+                .get(self.backlog_pos..end)
+                .unwrap_or(&[])
+                .to_vec();
+            self.backlog_pos = end;
+            self.push_decoded_from(masker, &slice, out)?;
+        }
+        if self.backlog_pos >= self.backlog.len() {
+            self.backlog = Vec::new();
+            self.backlog_pos = 0;
+        }
+        Ok(())
+    }
+
+    /// Whether compressed bytes received earlier still wait to be decoded: push an empty chunk
+    /// (before reading more from the upstream, and before finishing).
+    pub(crate) fn has_backlog(&self) -> bool {
+        self.backlog_pos < self.backlog.len()
+    }
+
+    /// Decodes, checks, masks and egress-checks one piece of upstream bytes.
+    fn push_decoded_from(
         &mut self,
         masker: &dyn Masker,
         chunk: &[u8],
@@ -317,7 +377,7 @@ impl BodyProcessor {
         self.decoded += decoded.len() as u64;
         if self.decoded > self.max_decoded {
             return Err(HttpProxyError::UpstreamRefused(format!(
-                "response body larger than {} bytes",
+                "response body larger than {} bytes once decoded (limits.max_response_body)",
                 self.max_decoded
             )));
         }
@@ -425,15 +485,13 @@ impl BodyProcessor {
     }
 }
 
-/// The declared content type, for a refusal message.
+/// What the declared content type is, for a refusal message: its kind, never its text (the
+/// value is the upstream's, and may carry anything: personal data, part of a held key).
 fn content_type(headers: &HeaderMap) -> String {
-    headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map_or_else(
-            || "no content type".into(),
-            |ct| format!("content type {ct}"),
-        )
+    match headers.get(CONTENT_TYPE) {
+        None => "no content type".into(),
+        Some(_) => "a content type that is not text, JSON or an event stream".into(),
+    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,8 @@
 use base64::Engine as _;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use gatehouse_core::{Masker, StreamContext};
+
 use crate::body::DECODABLE;
 use crate::config::InjectedCredential;
 
@@ -37,6 +39,58 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     headers.remove("keep-alive");
     headers.remove("proxy-connection");
+}
+
+/// Response headers the gateway itself manages (message framing): never rewritten by masking.
+const FRAMING: &[HeaderName] = &[
+    header::CONTENT_LENGTH,
+    header::CONTENT_ENCODING,
+    header::CONTENT_RANGE,
+    header::TRANSFER_ENCODING,
+];
+
+/// Masks every response header value but the framing ones with the text masker, as a body of
+/// text would be (`Location: /?e=jane@example.com`, `X-Card: 4111…`), before the caller or the
+/// recording sees them. A value the masker makes unusable as a header value is dropped.
+pub(crate) fn mask_response_headers(
+    headers: &mut HeaderMap,
+    masker: &dyn Masker,
+    profile: Option<&str>,
+) {
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| !FRAMING.contains(n))
+        .cloned()
+        .collect();
+    for name in names {
+        let values: Vec<HeaderValue> = headers.get_all(&name).iter().cloned().collect();
+        let mut masked = Vec::with_capacity(values.len());
+        let mut changed = false;
+        for v in values {
+            let mut m = masker.stream(&StreamContext {
+                profile: profile.map(str::to_string),
+                field: Some(format!("header {name}")),
+                json: false,
+            });
+            let mut out = Vec::with_capacity(v.len());
+            m.push(v.as_bytes(), &mut out);
+            m.finish(&mut out);
+            if out.as_slice() == v.as_bytes() {
+                masked.push(v);
+                continue;
+            }
+            changed = true;
+            if let Ok(new) = HeaderValue::from_bytes(&out) {
+                masked.push(new);
+            }
+        }
+        if changed {
+            headers.remove(&name);
+            for v in masked {
+                headers.append(name.clone(), v);
+            }
+        }
+    }
 }
 
 /// The bearer token of an `Authorization: Bearer …` header (scheme case-insensitive).

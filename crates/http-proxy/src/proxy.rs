@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use gatehouse_core::http_path;
 use gatehouse_core::{
-    AuthErrorKind, ChunkVerdict, Classified, Credential, Decision, EgressSite, Event, EventBody,
-    Gate, GateContext, HoldMode, HttpOperation, Identity, Operation, OperationResult, Outcome,
-    Pipeline, Protocol, RecordingFrame, RecordingKind, RecordingSink, Review, SessionId, Target,
-    Verdict, tighten,
+    AuthErrorKind, BinaryHandling, ChunkVerdict, Classified, Credential, Decision, EgressSite,
+    Event, EventBody, Gate, GateContext, HoldMode, HttpOperation, Identity, Operation,
+    OperationResult, Outcome, Pipeline, Protocol, RecordingFrame, RecordingKind, RecordingSink,
+    Review, SessionId, Target, Verdict, tighten,
 };
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -937,17 +937,16 @@ impl ConnCtx {
             Ok(Ok(r)) => r,
         };
         let (mut rparts, rbody) = response.into_parts();
-        headers::strip_hop_by_hop(&mut rparts.headers);
-        for value in rparts.headers.values() {
-            if pipeline
-                .egress
-                .check(EgressSite::Client, value.as_bytes())
-                .is_err()
-            {
-                self.record_block(&ctx.session, &ctx.target, "client").await;
-                return Err(HttpProxyError::EgressBlocked);
-            }
+        if rparts.status == StatusCode::PARTIAL_CONTENT && decision.binary != BinaryHandling::Raw {
+            // `Range` was not forwarded; a part of a body cannot be masked as a whole.
+            return Err(HttpProxyError::UpstreamRefused(
+                "the upstream sent a partial response (206) to a request without a range; a \
+                 part of a body cannot be masked, and only rules with binary = \"raw\" pass \
+                 ranges"
+                    .into(),
+            ));
         }
+        headers::strip_hop_by_hop(&mut rparts.headers);
         let processor = BodyProcessor::new(
             &rparts.headers,
             &BodySettings {
@@ -972,6 +971,22 @@ impl ConnCtx {
         if processor.transforms() {
             rparts.headers.remove(header::CONTENT_LENGTH);
             rparts.headers.remove(header::CONTENT_ENCODING);
+        }
+        // After the body's kind was read from the upstream's `Content-Type`.
+        headers::mask_response_headers(
+            &mut rparts.headers,
+            &*pipeline.masker,
+            decision.masking_profile.as_deref(),
+        );
+        for value in rparts.headers.values() {
+            if pipeline
+                .egress
+                .check(EgressSite::Client, value.as_bytes())
+                .is_err()
+            {
+                self.record_block(&ctx.session, &ctx.target, "client").await;
+                return Err(HttpProxyError::EgressBlocked);
+            }
         }
         let exchange = Exchange {
             conn: self.clone(),
@@ -1006,7 +1021,8 @@ impl ConnCtx {
         match tokio::time::timeout(idle.max(Duration::from_millis(100)), first).await {
             Ok(Some(Err(e))) => return Ok(error_response(&e)),
             Ok(Some(Ok(mut chunk))) => {
-                while !body.is_done() {
+                // Bounded: a body that keeps coming (or decodes to much more) streams.
+                while !body.is_done() && chunk.len() < PREREAD_MAX {
                     let more = std::future::poll_fn(|cx| body.poll_next(cx));
                     match futures::FutureExt::now_or_never(more) {
                         Some(Some(Ok(next))) => chunk.extend_from_slice(&next),
@@ -1036,6 +1052,13 @@ impl ConnCtx {
         h.remove(header::CONTENT_LENGTH);
         headers::restrict_accept_encoding(&mut h);
         h.remove(header::AUTHORIZATION);
+        if decision.binary != BinaryHandling::Raw {
+            // A byte range of a masked body would be cut from the upstream's bytes, past the
+            // masker (`bytes=100-108` gives `alice@exa`, the next range the rest): the caller
+            // gets the whole representation, masked, with 200.
+            h.remove(header::RANGE);
+            h.remove(header::IF_RANGE);
+        }
         let query_cred = target
             .credential
             .as_ref()
@@ -1287,6 +1310,10 @@ impl Body for RequestTee {
     }
 }
 
+/// At most this much of a response is gathered before its head leaves (so a small response
+/// leaves whole, with a `Content-Length`); a larger one streams.
+const PREREAD_MAX: usize = 256 * 1024;
+
 /// A response body driven by hyper's own polling (no task, no channel): upstream frames →
 /// decode → mask → egress → caller, with the idle flush armed only while the masker holds bytes
 /// back. When it ends, fails, or is dropped early (the caller went away), the exchange is handed
@@ -1316,7 +1343,14 @@ impl MaskedBody {
             return Poll::Ready(None);
         }
         loop {
-            let step = match Pin::new(&mut self.upstream).poll_frame(cx) {
+            // Decoded bytes of an earlier frame first (a compressed frame is emitted in bounded
+            // pieces, see `BodyProcessor::push`): an empty frame continues it.
+            let backlog = self
+                .processor
+                .has_backlog()
+                .then(|| Poll::Ready(Some(Ok(Frame::data(Bytes::new())))));
+            let step = match backlog.unwrap_or_else(|| Pin::new(&mut self.upstream).poll_frame(cx))
+            {
                 Poll::Ready(frame) => {
                     self.timer = None;
                     Some(frame)
@@ -1353,7 +1387,10 @@ impl MaskedBody {
                         let pushed = self.processor.push(&*self.masker, &data, &mut out);
                         // The last byte of a sized body: finish now, as the caller (which has
                         // its Content-Length) may never poll again.
-                        if pushed.is_ok() && self.upstream.is_end_stream() {
+                        if pushed.is_ok()
+                            && !self.processor.has_backlog()
+                            && self.upstream.is_end_stream()
+                        {
                             done = true;
                             self.processor.finish(&*self.masker, &mut out)
                         } else {

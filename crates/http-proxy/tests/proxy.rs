@@ -104,13 +104,19 @@ async fn a_reflected_credential_never_reaches_the_caller_or_the_record() {
             every_byte.extend_from_slice(head.as_bytes());
             every_byte.extend_from_slice(&body);
         }
-        // A header carrying the secret, and a redirect whose Location carries the query credential.
-        for path in ["/api/leak-header", "/qry/redirect"] {
-            let (status, head, body) = curl(&[&gw.url(path), "-H", &bearer(AGENT_TOKEN)]).await;
-            assert_eq!(status, 502, "{path}");
-            every_byte.extend_from_slice(head.as_bytes());
-            every_byte.extend_from_slice(&body);
-        }
+        // A header carrying the secret: withheld.
+        let (status, head, body) =
+            curl(&[&gw.url("/api/leak-header"), "-H", &bearer(AGENT_TOKEN)]).await;
+        assert_eq!(status, 502);
+        every_byte.extend_from_slice(head.as_bytes());
+        every_byte.extend_from_slice(&body);
+        // A redirect whose Location carries the query credential (`api_key=…`): the header
+        // masker hides the value, or the egress guard withholds the response.
+        let (status, head, body) =
+            curl(&[&gw.url("/qry/redirect"), "-H", &bearer(AGENT_TOKEN)]).await;
+        assert!(status == 302 || status == 502, "{status}: {head}");
+        every_byte.extend_from_slice(head.as_bytes());
+        every_byte.extend_from_slice(&body);
         // The same with a Rust client.
         let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
         let req = http::Request::get(gw.url("/api/echo-raw"))
@@ -135,6 +141,201 @@ async fn a_reflected_credential_never_reaches_the_caller_or_the_record() {
         // The upstream did get the credential every time (it was injected, then withheld).
         assert!(up.seen().len() >= 9);
         assert!(up.seen().iter().all(|s| s.method == "GET"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_held_key_as_utf16_reversed_or_in_parts_never_reaches_the_caller() {
+    within(T, async {
+        let up = start_upstream().await;
+        let gw = Gateway::start(config(up.addr, dead_addr()), None).await;
+        let utf16: Vec<u8> = SECRET.encode_utf16().flat_map(u16::to_le_bytes).collect();
+        let reversed: String = SECRET.chars().rev().collect();
+        // Under a raw rule (`/raw/…`): the body is opaque bytes, only the egress guard stands
+        // between the echoed `X-Api-Key` and the caller.
+        for form in ["utf16", "utf16be", "reversed", "parts"] {
+            let path = format!("/hdr/raw/echo-key-{form}");
+            let (status, head, body) = curl(&[&gw.url(&path), "-H", &bearer(AGENT_TOKEN)]).await;
+            assert_eq!(status, 502, "{path}: {}", String::from_utf8_lossy(&body));
+            assert_eq!(json_body(&body)["error"], "egress_blocked", "{path}");
+            let mut all = head.into_bytes();
+            all.extend_from_slice(&body);
+            assert!(!all.windows(utf16.len()).any(|w| w == utf16), "{path}");
+            assert!(!String::from_utf8_lossy(&all).contains(&reversed), "{path}");
+            assert!(
+                !String::from_utf8_lossy(&all).contains(&SECRET[..16]),
+                "{path}"
+            );
+        }
+        assert!(
+            up.seen()
+                .iter()
+                .filter(|s| s.path_and_query.contains("echo-key-"))
+                .all(|s| s.headers["x-api-key"] == SECRET),
+            "the upstream did get the key"
+        );
+        let layers = gw.shutdown().await;
+        let dump = layers.recorder.dump();
+        assert!(!dump.contains(&reversed));
+        assert!(!dump.contains(&SECRET[..16]));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn ranges_never_slice_a_masked_body() {
+    within(T, async {
+        let up = start_upstream().await;
+        let gw = Gateway::start(config(up.addr, dead_addr()), None).await;
+        assert_eq!(&RANGE_BODY[20..29], "alice@exa");
+        // The range is not forwarded: the whole body comes back masked, with 200.
+        for extra in [
+            vec!["-H", "Range: bytes=20-28"],
+            vec!["-H", "Range: bytes=29-36", "-H", "If-Range: \"x\""],
+        ] {
+            let mut args = vec![gw.url("/api/range-pii"), "-H".into(), bearer(AGENT_TOKEN)];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (status, head, body) = curl(&args).await;
+            assert_eq!(status, 200, "{head}");
+            let text = String::from_utf8_lossy(&body);
+            assert!(text.starts_with("contact the owner:"), "{text}");
+            assert!(!text.contains("alice@"), "{text}");
+            assert!(!text.contains("example.com"), "{text}");
+            assert!(
+                !head.to_ascii_lowercase().contains("content-range"),
+                "{head}"
+            );
+            let seen = up.last();
+            assert!(seen.headers.get("range").is_none());
+            assert!(seen.headers.get("if-range").is_none());
+        }
+        // An upstream that answers 206 anyway is refused, naming why.
+        let (status, _, body) =
+            curl(&[&gw.url("/api/always-206"), "-H", &bearer(AGENT_TOKEN)]).await;
+        assert_eq!(status, 502);
+        let v = json_body(&body);
+        assert_eq!(v["error"], "upstream_refused", "{v}");
+        assert!(v["message"].as_str().unwrap().contains("206"), "{v}");
+        assert!(!String::from_utf8_lossy(&body).contains("alice"));
+        // Under a raw rule, ranges pass as they are.
+        let (status, head, _) = curl(&[
+            &gw.url("/api/raw/range-pii"),
+            "-H",
+            &bearer(AGENT_TOKEN),
+            "-H",
+            "Range: bytes=0-6",
+        ])
+        .await;
+        assert_eq!(status, 206, "{head}");
+        assert_eq!(up.last().headers["range"], "bytes=0-6");
+        let layers = gw.shutdown().await;
+        assert!(!layers.recorder.dump().contains("alice@exa"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn response_headers_are_masked_for_the_caller_and_the_recording() {
+    within(T, async {
+        let up = start_upstream().await;
+        let gw = Gateway::start(config(up.addr, dead_addr()), None).await;
+        let (status, head, _) =
+            curl(&[&gw.url("/api/pii-headers"), "-H", &bearer(AGENT_TOKEN)]).await;
+        assert_eq!(status, 302, "{head}");
+        assert!(!head.contains("alice@example.com"), "{head}");
+        assert!(!head.contains("4111111111111111"), "{head}");
+        let lower = head.to_ascii_lowercase();
+        assert!(lower.contains("location: http://x.example/?e="), "{head}");
+        assert!(lower.contains("x-card: "), "{head}");
+        assert!(lower.contains("x-plain: nothing personal"), "{head}");
+        // The gateway's refusal does not echo the upstream's content type.
+        for path in ["/api/ct-leak", "/hdr/ct-key"] {
+            let (status, head, body) = curl(&[&gw.url(path), "-H", &bearer(AGENT_TOKEN)]).await;
+            assert_eq!(status, 502, "{path}");
+            let v = json_body(&body);
+            assert_eq!(v["error"], "binary_refused", "{path}: {v}");
+            let all = format!("{head}{}", String::from_utf8_lossy(&body));
+            assert!(!all.contains("alice@example.com"), "{path}: {all}");
+            assert!(!all.contains("4111111111111111"), "{path}: {all}");
+            assert!(!all.contains(&SECRET[..16]), "{path}: {all}");
+        }
+        let layers = gw.shutdown().await;
+        let dump = layers.recorder.dump();
+        assert!(dump.contains("x.example"), "the exchange was recorded");
+        assert!(!dump.contains("alice@example.com"));
+        assert!(!dump.contains("4111111111111111"));
+        assert!(!dump.contains(&SECRET[..16]));
+    })
+    .await;
+}
+
+/// The process's peak resident set (`VmHWM`), bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
+}
+
+#[tokio::test]
+async fn a_gzip_bomb_streams_in_bounded_memory_and_is_cut_at_the_limit() {
+    within(Duration::from_secs(120), async {
+        let up = start_upstream().await;
+        // Built before measuring: the test's own upstream holds the compressed body.
+        let compressed = gzip_bomb().len();
+        assert!(compressed < 2 * 1024 * 1024, "{compressed}");
+        let mut cfg = config(up.addr, dead_addr());
+        let limit = 128 * 1024 * 1024u64;
+        cfg.limits.max_response_body = limit;
+        let gw = Gateway::start(cfg, None).await;
+        let before = peak_rss();
+        // Through the real curl, the body to /dev/null: `%{size_download}` is what arrived.
+        let mut cmd = std::process::Command::new("curl");
+        cmd.args([
+            "-sS",
+            "--max-time",
+            "60",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{size_download}",
+        ])
+        .arg(gw.url("/api/gzip-bomb"))
+        .args(["-H", &bearer(AGENT_TOKEN)]);
+        let out = tokio::task::spawn_blocking(move || {
+            gatehouse_testkit::process::run_with_timeout(cmd, Duration::from_secs(90))
+        })
+        .await
+        .unwrap()
+        .expect("curl runs");
+        let report = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (code, size) = report.split_once(' ').unwrap();
+        let size: u64 = size.parse().unwrap();
+        // Streamed: the head left with 200, then the body was cut at the limit (curl reports a
+        // transfer error), never the whole half gigabyte.
+        assert_eq!(code, "200", "{report}");
+        assert!(
+            !out.status.success(),
+            "the cut is visible to curl: {report}"
+        );
+        assert!(size <= limit, "{report}");
+        assert!(size > 0, "{report}");
+        let grown = peak_rss().saturating_sub(before);
+        assert!(
+            grown < 64 * 1024 * 1024,
+            "peak RSS grew by {} MiB decoding the bomb",
+            grown / (1024 * 1024)
+        );
+        // The gateway keeps serving.
+        let (status, _, body) = curl(&[&gw.url("/api/users"), "-H", &bearer(AGENT_TOKEN)]).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        gw.shutdown().await;
     })
     .await;
 }

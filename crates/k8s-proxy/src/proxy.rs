@@ -918,6 +918,10 @@ impl ConnCtx {
                 || n == "content-length"
                 || n == "accept"
                 || n == "accept-encoding"
+                // Responses are masked whole: a byte range of one (through a proxy
+                // subresource) would be cut past the masker.
+                || n == "range"
+                || n == "if-range"
                 || n.starts_with("impersonate-")
                 || n.starts_with("x-remote-")
                 || n.starts_with("sec-websocket-")

@@ -699,6 +699,28 @@ async fn path_tricks_decide_like_the_plain_path() {
 }
 
 #[tokio::test]
+async fn byte_ranges_are_not_forwarded() {
+    let rig = Rig::start().await;
+    let auth = bearer();
+    let (code, _, _) = raw(
+        &rig.base(),
+        "GET",
+        "/k8s/dev/api/v1/namespaces/default/pods",
+        &[
+            ("authorization", &auth),
+            ("range", "bytes=100-108"),
+            ("if-range", "\"x\""),
+        ],
+    )
+    .await;
+    assert_eq!(code, 200);
+    let seen = rig.api.state.seen();
+    let last = seen.last().unwrap();
+    assert!(last.headers.get("range").is_none());
+    assert!(last.headers.get("if-range").is_none());
+}
+
+#[tokio::test]
 async fn caller_impersonation_headers_have_no_effect() {
     let rig = Rig::start().await;
     let auth = bearer();

@@ -5,7 +5,11 @@
 //! byte alignments (the part of the encoding that does not depend on neighbouring bytes, so the
 //! secret is caught inside any larger base64 blob, e.g. a `Basic` header); and percent-encoded
 //! (upper and lower case hex, with and without the unreserved characters left alone); and JSON
-//! string escapes (`\/`, `\uXXXX`), by also checking the text with them decoded. Counters
+//! string escapes (`\/`, `\uXXXX`), by also checking the text with them decoded. Each of those
+//! forms is also watched for the secret written backwards, for the secret as UTF-16 (little and
+//! big endian, so with or without a byte-order mark), and for every window of
+//! [`WINDOW_LEN`] consecutive bytes of the secret (a file holding the key's first and last
+//! parts, each shorter than the key, is the key). Counters
 //! per site record bytes checked and hits: the signed evidence statement is derived from them.
 //! Hits say where (offset, site), never what.
 
@@ -27,6 +31,19 @@ pub const MIN_SECRET_LEN: usize = 6;
 
 /// Shortest encoded fragment worth watching.
 const MIN_FRAGMENT: usize = 6;
+
+/// Length, in bytes of the secret (UTF-16 code units for the UTF-16 forms), of the windows the
+/// guard watches besides the whole secret; a secret this short or shorter is watched whole only.
+///
+/// Why 16: the held secrets are credentials (API keys, tokens, passwords). Sixteen characters of
+/// a random key drawn from a base64/base62 alphabet carry about 95 bits, so a chance match in
+/// ordinary traffic (which would block that response) is negligible even across terabytes; a
+/// 16-byte window of a hex key still carries 64 bits. Shorter windows would make leaking a key
+/// piecemeal harder still but begin to match ordinary text for human-chosen passwords (8 to 12
+/// characters of a dictionary word), and each window adds patterns: a 64-byte key gives 49
+/// windows per direction and form, a few thousand patterns in all, which aho-corasick builds in
+/// milliseconds. What a window cannot catch: a key leaked in pieces of at most 15 bytes each.
+pub const WINDOW_LEN: usize = 16;
 
 /// RFC 3986 unreserved characters stay as they are.
 const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -83,12 +100,14 @@ impl EgressGuardBuilder {
         Ok(self)
     }
 
-    /// The byte strings the guard will search for: every secret in each of its encoded forms
-    /// (raw, hex, base64 at each alignment), deduplicated, shortest fragments left out.
+    /// The byte strings the guard will search for: every secret, forwards and backwards, whole
+    /// and in every [`WINDOW_LEN`]-byte window, in each of its encoded forms (raw, hex, base64
+    /// at each alignment, percent-encoded, UTF-16LE/BE), deduplicated, shortest fragments left
+    /// out.
     pub fn patterns(&self) -> Vec<Vec<u8>> {
         let mut forms: BTreeSet<Vec<u8>> = BTreeSet::new();
         for s in &self.secrets {
-            for f in encoded_forms(s) {
+            for f in watched_forms(s) {
                 if f.len() >= MIN_FRAGMENT {
                     forms.insert(f);
                 }
@@ -104,16 +123,14 @@ impl EgressGuardBuilder {
         let ac = if patterns.is_empty() {
             None
         } else {
-            let build = |kind| {
+            // Leftmost-longest: an occurrence of the whole secret is one hit, not one per
+            // window it contains.
+            Some(
                 AhoCorasick::builder()
-                    .match_kind(kind)
+                    .match_kind(aho_corasick::MatchKind::LeftmostLongest)
                     .build(&patterns)
-                    .map_err(|e| MaskingError::EgressBuild(e.to_string()))
-            };
-            Some(Automata {
-                any: build(aho_corasick::MatchKind::LeftmostFirst)?,
-                all: build(aho_corasick::MatchKind::Standard)?,
-            })
+                    .map_err(|e| MaskingError::EgressBuild(e.to_string()))?,
+            )
         };
         Ok(SecretEgressGuard {
             inner: Arc::new(Inner {
@@ -127,7 +144,63 @@ impl EgressGuardBuilder {
     }
 }
 
-/// Every form of `secret` the guard watches.
+/// Every byte string the guard watches for `secret`: the secret and its reverse, whole and in
+/// every window of [`WINDOW_LEN`] bytes, each in every encoded form; and the UTF-16 forms of the
+/// secret and its reverse, whole and in every window of [`WINDOW_LEN`] code units.
+fn watched_forms(secret: &[u8]) -> Vec<Vec<u8>> {
+    let reversed = reversed(secret);
+    let mut forms = Vec::new();
+    for text in [secret, reversed.as_slice()] {
+        for piece in windows(text, WINDOW_LEN) {
+            forms.extend(encoded_forms(piece));
+        }
+        for units in utf16_forms(text) {
+            for piece in windows(&units, WINDOW_LEN) {
+                forms.push(piece.iter().flat_map(|u| u.to_le_bytes()).collect());
+                forms.push(piece.iter().flat_map(|u| u.to_be_bytes()).collect());
+            }
+        }
+    }
+    forms
+}
+
+/// The whole of `s` and every window of `len` items in it (`s` alone when it is no longer).
+fn windows<T>(s: &[T], len: usize) -> impl Iterator<Item = &[T]> {
+    let pieces = if s.len() > len {
+        s.windows(len)
+    } else {
+        s.windows(s.len().max(1))
+    };
+    std::iter::once(s).chain(pieces)
+}
+
+/// `secret` written backwards: by characters when it is UTF-8 (so a reversed multi-byte
+/// character is still that character), else by bytes.
+fn reversed(secret: &[u8]) -> Vec<u8> {
+    match std::str::from_utf8(secret) {
+        Ok(s) => s.chars().rev().collect::<String>().into_bytes(),
+        Err(_) => secret.iter().rev().copied().collect(),
+    }
+}
+
+/// `secret` as UTF-16 code units: as text when it is UTF-8, and each byte widened (the Latin-1
+/// reading, which is also what a byte string widened naively gives) when that differs.
+fn utf16_forms(secret: &[u8]) -> Vec<Vec<u16>> {
+    let widened: Vec<u16> = secret.iter().map(|&b| u16::from(b)).collect();
+    match std::str::from_utf8(secret) {
+        Ok(s) => {
+            let text: Vec<u16> = s.encode_utf16().collect();
+            if text == widened {
+                vec![text]
+            } else {
+                vec![text, widened]
+            }
+        }
+        Err(_) => vec![widened],
+    }
+}
+
+/// Every encoded form of `secret` (raw, hex, base64 fragments, percent-encoded).
 fn encoded_forms(secret: &[u8]) -> Vec<Vec<u8>> {
     let mut forms = vec![
         secret.to_vec(),
@@ -174,18 +247,11 @@ fn encoded_forms(secret: &[u8]) -> Vec<Vec<u8>> {
 }
 
 struct Inner {
-    ac: Option<Automata>,
+    ac: Option<AhoCorasick>,
     patterns: usize,
     longest: usize,
     bytes: [AtomicU64; SITES],
     hits: [AtomicU64; SITES],
-}
-
-/// The held patterns, twice: `any` answers "does any occur" fast; `all` finds every occurrence,
-/// overlapping, to count the hits once something was found.
-struct Automata {
-    any: AhoCorasick,
-    all: AhoCorasick,
 }
 
 impl Inner {
@@ -194,16 +260,15 @@ impl Inner {
         let Some(ac) = &self.ac else {
             return (0, 0);
         };
-        // Fast path for the common case, no secret at all: a leftmost search says whether any
-        // pattern occurs, and it runs on the SIMD (Teddy) searcher, which overlapping search
-        // cannot use. A match cannot lie wholly before `from`: those bytes are the tail of a
-        // stream chunk that was let through, so any secret in them was blocked then.
-        if !ac.any.is_match(data) {
+        // Fast path for the common case, no secret at all. A match cannot lie wholly before
+        // `from`: those bytes are the tail of a stream chunk that was let through, so any
+        // secret in them was blocked then.
+        if !ac.is_match(data) {
             return (0, 0);
         }
         let mut count = 0u64;
         let mut first = None;
-        for m in ac.all.find_overlapping_iter(data) {
+        for m in ac.find_iter(data) {
             if m.end() > from {
                 count += 1;
                 first.get_or_insert(m.start());

@@ -319,12 +319,12 @@ fn export(
         "statement": credentials_statement(established, hits, egress_blocked_events, &sites),
         "what_was_checked": {
             "mechanism": "the gateway's egress guard: every byte the gateway sends to a caller (SQL results and errors, HTTP responses, SSH output, subsystems, file transfers and forwarded ports) or writes to a session recording, an audit record or a log line is searched for the target credentials the gateway holds",
-            "patterns": "each held credential (database passwords, API keys and tokens, the SSH keys and passwords the gateway logs in to targets with) in its raw form, lower and upper-case hex, standard and URL-safe base64 at each of the three alignments, and percent-encoded",
+            "patterns": "each held credential (database passwords, API keys and tokens, the SSH keys and passwords the gateway logs in to targets with) in its raw form, lower and upper-case hex, standard and URL-safe base64 at each of the three alignments, percent-encoded, with JSON escapes decoded, and as UTF-16 (little and big endian); each of these also written backwards, and for every window of 16 consecutive bytes of the credential",
             "patterns_watched": patterns,
             "sites_checked": sites,
         },
         "what_it_cannot_see": [
-            "a credential a target transformed before sending it (reversed, split into pieces, re-encoded, compressed or encrypted): the guard recognises only the forms listed above",
+            "a credential a target transformed before sending it in other ways (split into pieces of 15 bytes or fewer, re-encoded otherwise, compressed or encrypted): the guard recognises only the forms listed above",
             "anything that left by a path that does not cross the gateway, for example a target that can itself read a credential and send it elsewhere",
             "credentials the gateway does not hold (for example the agent's own tokens)"
         ],

@@ -123,6 +123,26 @@ fn bytes_response(content_type: &str, body: Vec<u8>) -> Response<UpBody> {
     r
 }
 
+/// Bytes of `a` in [`gzip_bomb`].
+pub const BOMB_DECODED: usize = 512 * 1024 * 1024;
+
+/// A gzip body of [`BOMB_DECODED`] bytes of `a` (about half a megabyte compressed), built once
+/// without ever holding the decoded bytes.
+pub fn gzip_bomb() -> &'static [u8] {
+    static BOMB: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    BOMB.get_or_init(|| {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        let block = vec![b'a'; 1024 * 1024];
+        for _ in 0..BOMB_DECODED / block.len() {
+            enc.write_all(&block).unwrap();
+        }
+        enc.finish().unwrap()
+    })
+}
+
+/// A text body with an e-mail address at bytes 20..37, for range requests.
+pub const RANGE_BODY: &str = "contact the owner:  alice@example.com for access\n";
+
 pub const USERS: &str = r#"{"users":[{"name":"Jane Doe","email":"jane@example.com","card":"4111 1111 1111 1111","note":"ok"}]}"#;
 
 async fn upstream_service(
@@ -191,6 +211,95 @@ async fn upstream_service(
             let mut r = Response::new(Full::new(Bytes::from(text)).boxed());
             r.headers_mut()
                 .insert("content-type", "application/octet-stream".parse().unwrap());
+            r
+        }
+        ("GET", p) if p.starts_with("/echo-key-") => {
+            // Echoes the injected `X-Api-Key` in a form a plain-text search misses: UTF-16 with
+            // a BOM (Python's `.encode('utf-16')`), UTF-16BE, reversed, or its first and last
+            // parts (each shorter than the key) with other text between.
+            let key = req
+                .headers()
+                .get("x-api-key")
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .unwrap_or_default();
+            let line = format!("key={key}\n");
+            let body: Vec<u8> = match p.trim_start_matches("/echo-key-") {
+                "utf16" => [0xff, 0xfe]
+                    .into_iter()
+                    .chain(line.encode_utf16().flat_map(u16::to_le_bytes))
+                    .collect(),
+                "utf16be" => line.encode_utf16().flat_map(u16::to_be_bytes).collect(),
+                "reversed" => key.chars().rev().collect::<String>().into_bytes(),
+                _ => {
+                    let n = key.len() * 3 / 4;
+                    format!("a={}\nb={}\n", &key[..n], &key[key.len() - n..]).into_bytes()
+                }
+            };
+            bytes_response("application/octet-stream", body)
+        }
+        ("GET", "/range-pii") => {
+            // Honours `Range: bytes=a-b` as a file server would: 206 with that slice.
+            let body = RANGE_BODY.as_bytes();
+            let range = req
+                .headers()
+                .get("range")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("bytes="))
+                .and_then(|v| v.split_once('-'))
+                .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)));
+            match range {
+                Some((a, b)) if a <= b && b < body.len() => {
+                    let mut r = bytes_response("text/plain", body[a..=b].to_vec());
+                    *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+                    r.headers_mut().insert(
+                        "content-range",
+                        format!("bytes {a}-{b}/{}", body.len()).parse().unwrap(),
+                    );
+                    r
+                }
+                _ => bytes_response("text/plain", body.to_vec()),
+            }
+        }
+        ("GET", "/always-206") => {
+            // A broken upstream: a part whatever was asked.
+            let mut r = bytes_response("text/plain", RANGE_BODY.as_bytes()[20..29].to_vec());
+            *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+            r.headers_mut().insert(
+                "content-range",
+                format!("bytes 20-28/{}", RANGE_BODY.len()).parse().unwrap(),
+            );
+            r
+        }
+        ("GET", "/pii-headers") => {
+            let mut r = json(StatusCode::FOUND, serde_json::json!({"ok": true}));
+            r.headers_mut().insert(
+                "location",
+                "http://x.example/?e=alice@example.com".parse().unwrap(),
+            );
+            r.headers_mut()
+                .insert("x-card", "4111111111111111".parse().unwrap());
+            r.headers_mut()
+                .insert("x-plain", "nothing personal".parse().unwrap());
+            r
+        }
+        ("GET", "/ct-leak") => bytes_response(
+            "application/x-alice@example.com-4111111111111111",
+            b"opaque".to_vec(),
+        ),
+        ("GET", "/ct-key") => {
+            // The upstream puts 20 characters of the held key in its content type.
+            let key = req
+                .headers()
+                .get("x-api-key")
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .unwrap_or_default();
+            let part = key.get(..20).unwrap_or(&key).to_string();
+            bytes_response(&format!("application/x-{part}"), b"opaque".to_vec())
+        }
+        ("GET", "/gzip-bomb") => {
+            let mut r = bytes_response("text/plain", gzip_bomb().to_vec());
+            r.headers_mut()
+                .insert("content-encoding", "gzip".parse().unwrap());
             r
         }
         ("GET", "/users") => {
