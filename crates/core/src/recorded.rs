@@ -192,6 +192,22 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// An SSH channel type or subsystem name as recorded: OpenSSH's own extension names
+/// (`tun@openssh.com`) are protocol vocabulary, kept as they are; anything else passes the
+/// detectors.
+fn protocol_name(m: &RecordedText, name: &str) -> String {
+    let openssh = name.strip_suffix("@openssh.com").is_some_and(|n| {
+        !n.is_empty()
+            && n.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    });
+    if openssh {
+        name.to_string()
+    } else {
+        m.text(name)
+    }
+}
+
 impl Operation {
     /// The copy of this operation that is recorded and shown to approvers: the caller's free
     /// text through `profile`'s detectors (see the module documentation). HTTP: path and query
@@ -250,7 +266,9 @@ impl Operation {
                     tool: tool.clone(),
                     command: m.exec(command),
                 },
-                SshOperation::Subsystem { name } => SshOperation::Subsystem { name: m.text(name) },
+                SshOperation::Subsystem { name } => SshOperation::Subsystem {
+                    name: protocol_name(&m, name),
+                },
                 SshOperation::DirectTcpip { host, port } => SshOperation::DirectTcpip {
                     host: m.text(host),
                     port: *port,
@@ -266,7 +284,7 @@ impl Operation {
                     }
                 }
                 SshOperation::OtherChannel { channel_type } => SshOperation::OtherChannel {
-                    channel_type: m.text(channel_type),
+                    channel_type: protocol_name(&m, channel_type),
                 },
                 other => other.clone(),
             }),
