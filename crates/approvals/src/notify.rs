@@ -49,7 +49,7 @@ impl ApprovalNotice {
                     id = r.id,
                     who = req.requester.subject,
                     target = req.target.name,
-                    op = req.operation.summary(),
+                    op = req.shown().summary(),
                     rule = req.rule_id,
                     reason = req.reason,
                     n = req.requirement.approvals_required.max(1),
@@ -382,5 +382,46 @@ where
         Ok(())
     } else {
         Err(format!("receiver answered {}", response.status()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gatehouse_core::{
+        ApprovalId, ApprovalRequest, ApprovalState, AuthMethod, ExecCommand, Identity, Operation,
+        Protocol, ReviewRequirement, SessionId, SshOperation, Target,
+    };
+
+    #[test]
+    fn the_notice_shows_the_operation_as_recorded_not_the_real_one() {
+        let exec = |line: &str| Operation::Ssh(SshOperation::Exec(ExecCommand::parse(line)));
+        let record = ApprovalRecord {
+            id: ApprovalId("req-1".into()),
+            request: ApprovalRequest {
+                requester: Identity::new("agent", "https://idp", AuthMethod::Test),
+                session: SessionId("s".into()),
+                target: Target::new("web", Protocol::Ssh),
+                operation: exec("notify alice@example.com"),
+                rule_id: "r".into(),
+                reason: "why".into(),
+                requirement: ReviewRequirement {
+                    approver_groups: vec!["ops".into()],
+                    approvals_required: 1,
+                    timeout_ms: 1000,
+                    grant_window_ms: None,
+                },
+                index: 0,
+                shown: Some(exec("notify [email]")),
+            },
+            operation_hash: "00".into(),
+            state: ApprovalState::Pending,
+            votes: Vec::new(),
+            opened_at: gatehouse_core::now(),
+            closed_at: None,
+        };
+        let text = ApprovalNotice::Opened(record).text();
+        assert!(text.contains("exec notify [email]"), "{text}");
+        assert!(!text.contains("alice@"), "{text}");
     }
 }

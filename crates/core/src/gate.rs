@@ -443,7 +443,8 @@ pub struct Review<'a> {
     pub index: u64,
     /// The exact operation (the approval is bound to its canonical hash).
     pub operation: &'a Operation,
-    /// The operation as it is recorded and shown to approvers (masked as the policy masks it).
+    /// The operation as it is recorded and shown to approvers (masked as the policy masks it;
+    /// the gate masks an HTTP, SSH or Kubernetes operation itself, see [`Gate::recorded`]).
     pub shown: &'a Operation,
     /// The review decision.
     pub decision: &'a Decision,
@@ -506,8 +507,20 @@ impl Gate {
         )
     }
 
-    /// Records the operation (as `shown`, masked) and its decision; durable before anything
-    /// runs. `Err` is the [`Outcome::AuditUnavailable`] to render.
+    /// The copy of `shown` that is recorded and shown to approvers: an HTTP, SSH or Kubernetes
+    /// operation passes the decision's masking profile's detectors here
+    /// ([`Operation::recorded_copy`]), whatever the caller passed; a SQL operation is kept as
+    /// given (the PostgreSQL proxy passes its own masked copy, built with the statement's
+    /// grammar). The real operation is never changed: the policy and the approval hash use it.
+    pub fn recorded(&self, shown: &Operation, profile: Option<&str>) -> Operation {
+        match shown {
+            Operation::Sql(_) => shown.clone(),
+            _ => shown.recorded_copy(&*self.pipeline.masker, profile),
+        }
+    }
+
+    /// Records the operation (as `shown`, masked: see [`Gate::recorded`]) and its decision;
+    /// durable before anything runs. `Err` is the [`Outcome::AuditUnavailable`] to render.
     pub async fn record(
         &self,
         ctx: &GateContext<'_>,
@@ -515,11 +528,12 @@ impl Gate {
         shown: Operation,
         decision: &Decision,
     ) -> Result<(), Outcome> {
+        let operation = self.recorded(&shown, decision.masking_profile.as_deref());
         let event = self.event(
             ctx,
             EventBody::Operation {
                 index,
-                operation: shown,
+                operation,
                 decision: decision.clone(),
             },
         );
@@ -654,7 +668,7 @@ impl Gate {
                     reason: decision.reason.clone(),
                     requirement,
                     index: review.index,
-                    shown: Some(review.shown.clone()),
+                    shown: Some(self.recorded(review.shown, decision.masking_profile.as_deref())),
                 };
                 match self.pipeline.approvals.open(request).await {
                     Ok(ticket) if ticket.already_granted => Ok(Opened {

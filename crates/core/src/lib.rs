@@ -29,6 +29,7 @@ pub mod identity;
 pub mod masking;
 pub mod operation;
 pub mod pipeline;
+pub mod recorded;
 pub mod shell;
 pub mod target;
 pub mod text;
@@ -57,6 +58,7 @@ pub use operation::{
     SqlSessionSettings, SshOperation, printable,
 };
 pub use pipeline::Pipeline;
+pub use recorded::RecordedText;
 pub use target::{Protocol, Target};
 pub use text::TextDetector;
 pub use traits::{

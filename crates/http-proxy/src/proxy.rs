@@ -913,8 +913,18 @@ impl ConnCtx {
         {
             return Err(HttpProxyError::BodyTooLarge(max_body));
         }
-        let recorded_request_headers =
+        // The recording keeps the request's free text (header values, path, query) as the
+        // masking profile's detectors leave it; what goes upstream is the real request.
+        let recorded = gatehouse_core::RecordedText::new(
+            &*pipeline.masker,
+            decision.masking_profile.as_deref(),
+        );
+        let mut recorded_request_headers =
             headers::recorded_headers(&parts.headers, injected_header(target));
+        recorded.json(&mut recorded_request_headers);
+        let recorded_path = recorded.text(&operation.path);
+        let recorded_query = operation.query.as_deref().map(|q| recorded.query(q));
+        drop(recorded);
         let (upstream_req, capture) =
             self.upstream_request(parts, body, target, operation, decision)?;
         let response = match tokio::time::timeout(
@@ -995,8 +1005,8 @@ impl ConnCtx {
             index: ctx.index,
             started: ctx.started,
             method: operation.method.clone(),
-            path: operation.path.clone(),
-            query: operation.query.clone(),
+            path: recorded_path,
+            query: recorded_query,
             request_headers: recorded_request_headers,
             request_capture: capture,
             status: rparts.status,

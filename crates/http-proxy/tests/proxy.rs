@@ -1983,3 +1983,127 @@ async fn escaped_json_pii_is_masked_in_the_recording_and_for_the_caller() {
     })
     .await;
 }
+
+/// PII a caller writes into a query string or a request header reaches the upstream and the
+/// policy as written, while the audit log (`operation` events, the approval request) and the
+/// recording keep it masked; an approval still binds the real request.
+#[tokio::test]
+async fn query_and_header_pii_is_masked_in_the_audit_log_and_recording_only() {
+    within(T, async {
+        const PII: [&str; 4] = [
+            "carol@example.net",
+            "carol%40example.net",
+            "dave@example.net",
+            "4012888888881881",
+        ];
+        let up = start_upstream().await;
+        let mut cfg = config(up.addr, dead_addr());
+        cfg.review_hold_ms = 0;
+        let layers = layers(&cfg.held_secrets());
+        let mut pipeline = layers.pipeline.clone();
+        // Rules that only the real query can match.
+        pipeline.policy = Arc::new(gatehouse_testkit::layers::FnPolicy::new(|_, _, op| {
+            let gatehouse_core::Operation::Http(op) = op else {
+                return gatehouse_core::Decision::deny("not-http", "only HTTP here");
+            };
+            let query = op.query.as_deref().unwrap_or("");
+            if op.method == "DELETE" && query.contains("owner=carol%40example.net") {
+                return gatehouse_core::Decision::review(
+                    "review-carol",
+                    "deleting carol's data needs a human",
+                    gatehouse_core::ReviewRequirement {
+                        approver_groups: vec!["approvers".into()],
+                        approvals_required: 1,
+                        timeout_ms: 60_000,
+                        grant_window_ms: None,
+                    },
+                );
+            }
+            if query.contains("email=carol@example.net&card=4012888888881881") {
+                return gatehouse_core::Decision::allow("saw-real-query", "the real query");
+            }
+            gatehouse_core::Decision::deny("masked-query", "the policy saw a masked query")
+        }));
+        let gw = Gateway::start_with(cfg, None, layers, pipeline).await;
+
+        let query = "email=carol@example.net&card=4012888888881881";
+        let (status, _, _) = curl(&[
+            &gw.url(&format!("/api/echo?{query}")),
+            "-H",
+            &bearer(AGENT_TOKEN),
+            "-H",
+            "X-Note: dave@example.net 4012888888881881",
+        ])
+        .await;
+        assert_eq!(status, 200, "the policy matched on the real query");
+        let seen = up.last();
+        assert_eq!(seen.path_and_query, format!("/echo?{query}"));
+        assert_eq!(
+            seen.headers.get("x-note").unwrap(),
+            "dave@example.net 4012888888881881"
+        );
+
+        // Held for review: the approver sees the query masked; the approval binds the real one.
+        let url = gw.url("/api/users/9?owner=carol%40example.net");
+        let auth = bearer(AGENT_TOKEN);
+        let delete = ["-X", "DELETE", url.as_str(), "-H", auth.as_str()];
+        let (status, _, body) = curl(&delete).await;
+        assert_eq!(status, 409, "{}", String::from_utf8_lossy(&body));
+        let id = json_body(&body)["approval_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let id = gatehouse_core::ApprovalId(id);
+        let record = gw.layers.approvals.get(&id).await.unwrap();
+        let shown = serde_json::to_string(record.request.shown()).unwrap();
+        assert!(shown.contains("owner=["), "{shown}");
+        let gatehouse_core::Operation::Http(real) = &record.request.operation else {
+            panic!("not HTTP");
+        };
+        assert_eq!(real.query.as_deref(), Some("owner=carol%40example.net"));
+        gw.layers
+            .approvals
+            .decide(&id, &approver(), ApprovalDecision::Approve, "ok")
+            .await
+            .unwrap();
+        let (status, _, _) = curl(&delete).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            up.last().path_and_query,
+            "/users/9?owner=carol%40example.net"
+        );
+
+        let layers = gw.shutdown().await;
+        let events = layers.recorder.events();
+        let operations: Vec<_> = events
+            .iter()
+            .filter_map(|e| match &e.body {
+                EventBody::Operation {
+                    operation: gatehouse_core::Operation::Http(op),
+                    decision,
+                    ..
+                } => Some((op.clone(), decision.rule_id.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(operations.len(), 3, "{operations:?}");
+        assert_eq!(operations[0].1, "saw-real-query");
+        assert!(
+            operations[0]
+                .0
+                .query
+                .as_deref()
+                .is_some_and(|q| q.starts_with("email=[")),
+            "{operations:?}"
+        );
+        let dump = layers.recorder.dump();
+        assert!(dump.contains("x-note"), "the header is recorded");
+        for pii in PII {
+            assert!(
+                !dump.contains(pii),
+                "{pii} in the audit log or recording: {dump}"
+            );
+        }
+    })
+    .await;
+}

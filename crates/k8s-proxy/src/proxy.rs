@@ -1085,13 +1085,19 @@ impl ConnCtx {
             )));
         };
         rparts.headers = out_headers;
+        let recorded = gatehouse_core::RecordedText::new(
+            &*pipeline.masker,
+            decision.masking_profile.as_deref(),
+        );
         let exchange = Exchange {
             conn: self.clone(),
             ctx: ctx.clone(),
             verb: parsed.operation.verb.clone(),
             method: parts.method.to_string(),
-            path: parsed.path.clone(),
-            query: parsed.query.clone(),
+            // The recording keeps the path and query as the masking profile's detectors leave
+            // them (a `labelSelector=owner=carol@example.net`); the API server got them whole.
+            path: recorded.text(&parsed.path),
+            query: parsed.query.as_deref().map(|q| recorded.query(q)),
             status: rparts.status,
             request: request_record,
         };

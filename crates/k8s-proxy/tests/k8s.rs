@@ -2811,3 +2811,87 @@ async fn escaped_json_pii_in_bodies_is_masked_in_the_record_and_the_response() {
     assert!(!record.contains("4111111111111111"), "{record}");
     assert!(record.contains("[email]"), "{record}");
 }
+
+/// PII in an exec command or a query string reaches the API server and the policy as written,
+/// while the audit log (`operation` events, the approval request) and the recording keep it
+/// masked; the approval binds the real command.
+#[tokio::test]
+async fn query_and_exec_command_pii_is_masked_in_the_audit_log_and_recording_only() {
+    let rig = Rig::start().await;
+    // A query string with PII (percent-encoded, as clients send it).
+    let query =
+        "labelSelector=owner%3Dcarol%40example.net&fieldSelector=spec.nodeName%3D4012888888881881";
+    let (code, _, body) = raw(
+        &rig.base(),
+        "GET",
+        &format!("/api/v1/namespaces/default/pods?{query}"),
+        &[("authorization", &bearer())],
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        rig.api.state.seen().iter().any(|s| s.query == query),
+        "the API server got the query unchanged"
+    );
+
+    // A reviewed exec (rule `exec-web-1-reviewed` matches the real program).
+    let kubeconfig = rig.kubeconfig.clone();
+    let home = rig.dir.path().to_path_buf();
+    let run = tokio::spawn(async move {
+        kubectl(
+            &kubeconfig,
+            &home,
+            &[
+                "exec",
+                "web-1",
+                "--",
+                "echo",
+                "alice@example.com",
+                "4111111111111111",
+            ],
+        )
+        .await
+    });
+    let id = rig.approve_next().await;
+    let out = gatehouse_testkit::within(Duration::from_secs(60), run)
+        .await
+        .unwrap();
+    out.ok();
+    let record = rig.layers.approvals.get(&id).await.unwrap();
+    let gatehouse_core::Operation::Kubernetes(real) = &record.request.operation else {
+        panic!("{record:?}");
+    };
+    let argv = &real.command.as_ref().unwrap().parsed.argv;
+    assert_eq!(argv, &["echo", "alice@example.com", "4111111111111111"]);
+    let shown = serde_json::to_string(record.request.shown()).unwrap();
+    assert!(shown.contains("echo"), "{shown}");
+    assert!(
+        rig.api
+            .state
+            .seen()
+            .iter()
+            .any(|s| s.path.ends_with("/exec") && s.query.contains("alice%40example.com")),
+        "the API server got the real command"
+    );
+
+    let ops = rig.operations();
+    assert!(
+        ops.iter().any(|(_, d)| d.rule_id == "exec-web-1-reviewed"),
+        "{ops:?}"
+    );
+    let dump = rig.layers.recorder.dump();
+    assert!(dump.contains("labelSelector"), "the query is recorded");
+    for pii in [
+        "carol@example.net",
+        "carol%40example.net",
+        "4012888888881881",
+        "alice@example.com",
+        "alice%40example.com",
+        "4111111111111111",
+    ] {
+        assert!(
+            !dump.contains(pii) && !shown.contains(pii),
+            "{pii} in the audit log or recording: {dump}"
+        );
+    }
+}

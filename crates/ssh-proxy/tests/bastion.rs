@@ -952,3 +952,107 @@ async fn stderr_is_empty_by_default_and_a_banner_only_when_configured() {
     assert_eq!(run.stderr.trim(), "Authorised use only.", "{run:?}");
     gw.shutdown().await;
 }
+
+/// PII in a command line, its argv and its environment reaches sshd and the policy as written,
+/// while the audit log (`operation` events, the approval request) keeps it masked; the approval
+/// binds the real command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_line_pii_is_masked_in_the_audit_log_only() {
+    let policy = gatehouse_testkit::layers::FnPolicy::new(|_, _, op| match op {
+        Operation::Ssh(SshOperation::Exec(cmd)) => {
+            let words: Vec<&str> = cmd.parsed.argv.iter().map(String::as_str).collect();
+            let env_seen = cmd
+                .env
+                .iter()
+                .any(|(k, v)| k == "LC_NOTE" && v == "bob@example.org");
+            if words.get(1..) != Some(&["alice@example.com", "4111111111111111"][..]) || !env_seen {
+                return Decision::deny("masked-argv", "the policy saw a masked command");
+            }
+            Decision::review(
+                "review-note",
+                "notes need a human",
+                ReviewRequirement {
+                    approver_groups: vec!["ops".into()],
+                    approvals_required: 1,
+                    timeout_ms: 30_000,
+                    grant_window_ms: None,
+                },
+            )
+        }
+        Operation::Ssh(SshOperation::Env { .. }) => Decision::allow("env", "env allowed"),
+        _ => Decision::deny("default-deny", "not allowed"),
+    });
+    let gw = start(Options {
+        policy: Some(policy),
+        ..Options::default()
+    })
+    .await;
+    let bin = gw.dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let marker = gw.dir.path().join("noted");
+    write_script(
+        &bin.join("note"),
+        &format!(
+            "#!/bin/sh\necho \"$@\" \"$LC_NOTE\" > {}\n",
+            marker.display()
+        ),
+    );
+    let note = bin.join("note").display().to_string();
+
+    let approvals = gw.approvals.clone();
+    let approver_task = tokio::spawn(async move {
+        let id = approvals.next_pending().await;
+        let record = approvals.get(&id).await.unwrap();
+        approvals
+            .decide(&id, &approver(), ApprovalDecision::Approve, "ok")
+            .await
+            .unwrap();
+        record
+    });
+    let run = gw
+        .ssh_with(
+            &["-o", "SetEnv=LC_NOTE=bob@example.org"],
+            &format!("{TARGET}@127.0.0.1"),
+            &format!("{note} alice@example.com 4111111111111111"),
+            b"",
+        )
+        .await;
+    let record = within(LIMIT, approver_task).await.unwrap();
+    assert_eq!(run.status, Some(0), "{run:?}");
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap(),
+        "alice@example.com 4111111111111111 bob@example.org\n",
+        "sshd ran the real command"
+    );
+    let Operation::Ssh(SshOperation::Exec(real)) = &record.request.operation else {
+        panic!("{record:?}");
+    };
+    assert!(
+        real.command_line
+            .ends_with("alice@example.com 4111111111111111")
+    );
+    let Operation::Ssh(SshOperation::Exec(shown)) = record.request.shown() else {
+        panic!("{record:?}");
+    };
+    let shown_text = serde_json::to_string(shown).unwrap();
+    assert!(
+        !shown_text.contains("alice@example.com") && !shown_text.contains("bob@example.org"),
+        "{shown_text}"
+    );
+    assert!(shown.command_line.starts_with(&note), "{shown:?}");
+
+    let recorder = gw.shutdown().await;
+    let ops = operations(&recorder);
+    assert!(
+        ops.iter().any(|(_, d)| d.rule_id == "review-note"),
+        "{ops:?}"
+    );
+    let dump = recorder.dump();
+    assert!(dump.contains("LC_NOTE"), "the variable is recorded");
+    for pii in ["alice@example.com", "4111111111111111", "bob@example.org"] {
+        assert!(
+            !dump.contains(pii),
+            "{pii} in the audit log or recording: {dump}"
+        );
+    }
+}
