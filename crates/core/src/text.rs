@@ -31,38 +31,67 @@ impl TextDetector {
     }
 
     /// Feeds the next chunk; returns whether the stream is still text.
-    pub fn push(&mut self, mut data: &[u8]) -> bool {
+    pub fn push(&mut self, data: &[u8]) -> bool {
+        self.push_at(data).is_none()
+    }
+
+    /// Feeds the next chunk and says where it stops being text: `None` while the stream is
+    /// text; `Some(i)` when byte `i` of `data` starts the first byte that is not text. `Some(0)`
+    /// also when the character begun at the end of an earlier chunk (see [`Self::pending`]) is
+    /// broken: those earlier bytes are then not text either. Once binary, always `Some(0)`.
+    pub fn push_at(&mut self, data: &[u8]) -> Option<usize> {
         if self.binary {
-            return false;
+            return Some(0);
         }
-        if data.contains(&0) {
-            self.binary = true;
-            return false;
-        }
+        let mut base = 0;
+        let mut data = data;
         if let Some(&lead) = self.pending.first() {
             let need = sequence_len(lead);
             let take = need.saturating_sub(self.pending.len()).min(data.len());
             let (head, rest) = data.split_at(take);
+            if head.contains(&0) {
+                self.binary = true;
+                return Some(0);
+            }
             self.pending.extend_from_slice(head);
             if self.pending.len() < need {
-                return true;
+                return None;
             }
             if std::str::from_utf8(&self.pending).is_err() {
                 self.binary = true;
-                return false;
+                return Some(0);
             }
             self.pending.clear();
             data = rest;
+            base = take;
         }
-        match std::str::from_utf8(data) {
-            Ok(_) => {}
-            // Cut short at the end of the chunk: wait for the rest of the character.
-            Err(e) if e.error_len().is_none() => {
-                self.pending = data.get(e.valid_up_to()..).unwrap_or_default().to_vec();
+        let at = match memchr_nul(data) {
+            Some(n) => {
+                let before = data.get(..n).unwrap_or_default();
+                Some(match std::str::from_utf8(before) {
+                    Ok(_) => n,
+                    Err(e) => e.valid_up_to(),
+                })
             }
-            Err(_) => self.binary = true,
-        }
-        !self.binary
+            None => match std::str::from_utf8(data) {
+                Ok(_) => None,
+                // Cut short at the end of the chunk: wait for the rest of the character.
+                Err(e) if e.error_len().is_none() => {
+                    self.pending = data.get(e.valid_up_to()..).unwrap_or_default().to_vec();
+                    None
+                }
+                Err(e) => Some(e.valid_up_to()),
+            },
+        };
+        let at = at?;
+        self.binary = true;
+        Some(base + at)
+    }
+
+    /// How many bytes at the end of what was pushed start a character whose rest has not
+    /// arrived yet (0 to 3): not yet known to be text.
+    pub fn pending(&self) -> usize {
+        if self.binary { 0 } else { self.pending.len() }
     }
 
     /// The stream ended: it is text only if it did not stop inside a character.
@@ -77,6 +106,10 @@ impl TextDetector {
     pub fn is_binary(&self) -> bool {
         self.binary
     }
+}
+
+fn memchr_nul(data: &[u8]) -> Option<usize> {
+    data.iter().position(|&b| b == 0)
 }
 
 #[cfg(test)]
@@ -160,5 +193,23 @@ mod tests {
             })
             .collect();
         assert!(!whole(&data));
+    }
+
+    #[test]
+    fn push_at_says_where_text_stops() {
+        let mut d = TextDetector::new();
+        assert_eq!(d.push_at(b"mail a@b.c\n\0rest"), Some(11));
+        let mut d = TextDetector::new();
+        assert_eq!(d.push_at(b"ok \xe2\x82"), None);
+        assert_eq!(d.pending(), 2);
+        assert_eq!(d.push_at(b"\xac euro \xff"), Some(7));
+        let mut d = TextDetector::new();
+        assert_eq!(d.push_at(b"ok \xe2\x82"), None);
+        assert_eq!(d.push_at(b"x"), Some(0));
+        let mut d = TextDetector::new();
+        assert_eq!(d.push_at(b"\xe2"), None);
+        assert_eq!(d.push_at(b"\0"), Some(0));
+        let mut d = TextDetector::new();
+        assert_eq!(d.push_at(b"caf\xc3\0"), Some(3));
     }
 }

@@ -210,8 +210,9 @@ pub trait FieldPlan: Send + Sync {
 pub trait StreamMasker: Send {
     /// Feeds a chunk; appends to `out` whatever is already safe to emit (all but a bounded tail).
     fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>);
-    /// Emits the held-back tail, masked as it stands (called on a short idle timer so prompts and
-    /// single tokens are not held back).
+    /// Emits the held-back tail, masked as it stands. Only interactive terminals call it (on a
+    /// short idle timer, so prompts and echo appear): a value split across the flush can miss
+    /// a detector, so non-interactive streams never flush, they `push` and `finish`.
     fn flush(&mut self, out: &mut Vec<u8>);
     /// End of stream: emits everything left.
     fn finish(&mut self, out: &mut Vec<u8>);

@@ -2,7 +2,7 @@
 //! (JSON, text/NDJSON, server-sent events), checked by the egress guard, and captured (capped)
 //! for the recording. Sans-IO: [`BodyProcessor`] is fed upstream bytes and returns bytes that are
 //! safe to send; the response body in `proxy.rs` (`MaskedBody`) drives it from hyper's
-//! own polling, with its idle flush.
+//! own polling; nothing is released on a timer.
 
 use std::io::Write as _;
 
@@ -163,13 +163,15 @@ pub(crate) struct BodyCapture {
     pub bytes: Vec<u8>,
     /// Total (masked) bytes sent.
     pub total: u64,
-    /// For unmaskable content: the SHA-256 of what passed, instead of its bytes.
+    /// For unmaskable content: the SHA-256 of what passed, instead of its bytes (of the whole
+    /// body, also when it turned binary part-way: the text before was passed unaltered).
     pub sha256: Option<String>,
     /// Why the body (from byte `raw_from` of what was sent) passed unmasked, when it did:
     /// `"binary content type"`, `"binary body"` (a text body turned out binary under
     /// `binary = "raw"`), or `"other content"` (the operator's `other_content` pass).
     pub raw_why: Option<&'static str>,
-    /// Offset in the sent body where the unmasked part starts (0 for a whole raw body).
+    /// Offset in the sent body where the unmasked part starts (0 for a whole raw body); the
+    /// text before it is in the recording.
     pub raw_from: u64,
 }
 
@@ -183,10 +185,11 @@ pub(crate) struct BodyProcessor {
     max_decoded: u64,
     decoded: u64,
     findings: Vec<Finding>,
-    /// Bytes pushed since the last flush: the idle timer only flushes when this is set.
-    dirty: bool,
     /// Watches a masked body for binary data (NUL bytes, invalid UTF-8) across chunks.
     detector: TextDetector,
+    /// Under `binary = "raw"`: the digest of the text sent so far, so that a body that turns
+    /// raw is recorded with the digest of all of it.
+    sent: Option<Box<Sha256>>,
     binary: BinaryHandling,
     rule_id: String,
     /// Compressed bytes received but not decoded yet (see [`DECODE_SLICE`]).
@@ -275,8 +278,8 @@ impl BodyProcessor {
             max_decoded: s.max_decoded,
             decoded: 0,
             findings: Vec::new(),
-            dirty: false,
             detector: TextDetector::new(),
+            sent: (s.binary == BinaryHandling::Raw).then(|| Box::new(Sha256::new())),
             binary: s.binary,
             rule_id: s.rule_id.clone(),
             backlog: Vec::new(),
@@ -284,38 +287,60 @@ impl BodyProcessor {
         })
     }
 
-    /// Checks decoded bytes of a masked body; on binary data, refuses (no raw rule) or switches
-    /// the rest of the body to pass unmasked after what the masker still holds of the text.
+    /// Checks decoded bytes of a masked body and returns from which offset of `decoded` the
+    /// current masking goes on (0: all of it). On binary data: refused (no raw rule); under
+    /// `binary = "raw"`, the text before the first binary byte is masked to its end, and then
+    /// the rest passes unmasked only if masking changed nothing in the body — a body already
+    /// altered would otherwise arrive silently corrupted, so it is refused.
     fn check_text(
         &mut self,
+        masker: &dyn Masker,
         decoded: &[u8],
         end: bool,
         out: &mut Vec<u8>,
-    ) -> Result<(), HttpProxyError> {
+    ) -> Result<usize, HttpProxyError> {
         if matches!(self.masking, Masking::Pass(_)) {
-            return Ok(());
+            return Ok(0);
         }
-        let text = self.detector.push(decoded) && (!end || self.detector.finish());
-        if text {
-            return Ok(());
-        }
+        let at = match self.detector.push_at(decoded) {
+            Some(at) => at,
+            None if !end || self.detector.finish() => return Ok(0),
+            None => decoded.len(),
+        };
         if self.binary != BinaryHandling::Raw {
             return Err(HttpProxyError::BinaryRefused {
                 rule: self.rule_id.clone(),
                 what: "NUL bytes or invalid UTF-8 in a text body".into(),
             });
         }
+        let text = decoded.get(..at).unwrap_or_default();
         let start = out.len();
         match &mut self.masking {
-            Masking::Stream(m) => m.flush(out),
-            Masking::EventStream(_) | Masking::Pass(_) => {}
+            Masking::Stream(m) => {
+                m.push(text, out);
+                m.finish(out);
+            }
+            Masking::EventStream(m) => {
+                m.push(masker, text, out);
+                m.finish(masker, out);
+            }
+            Masking::Pass(_) => {}
+        }
+        self.collect_findings();
+        if !self.findings.is_empty() {
+            return Err(HttpProxyError::BinaryRefused {
+                rule: self.rule_id.clone(),
+                what: "binary data after text that masking changed (passing the rest raw would deliver a silently altered body)".into(),
+            });
         }
         self.check_and_capture(out, start)?;
-        self.collect_findings();
         self.capture.raw_why = Some("binary body");
         self.capture.raw_from = self.capture.total;
-        self.masking = Masking::Pass(Box::new(Sha256::new()));
-        Ok(())
+        // Masking changed nothing: the text sent so far is the body's own bytes, and the digest
+        // goes on over the raw rest (so it covers the whole body).
+        let sent = self.sent.take().unwrap_or_default();
+        self.masking = Masking::Pass(sent);
+        Ok(at)
     }
 
     /// Whether the body leaves the gateway in a different length or encoding than it came
@@ -382,34 +407,16 @@ impl BodyProcessor {
             )));
         }
         let decoded = decoded.to_vec();
-        self.check_text(&decoded, false, out)?;
+        let from = self.check_text(masker, &decoded, false, out)?;
+        let decoded = decoded.get(from..).unwrap_or_default();
         let start = out.len();
         match &mut self.masking {
-            Masking::Stream(m) => m.push(&decoded, out),
-            Masking::EventStream(m) => m.push(masker, &decoded, out),
+            Masking::Stream(m) => m.push(decoded, out),
+            Masking::EventStream(m) => m.push(masker, decoded, out),
             Masking::Pass(h) => {
-                h.update(&decoded);
-                out.extend_from_slice(&decoded);
+                h.update(decoded);
+                out.extend_from_slice(decoded);
             }
-        }
-        self.dirty = !decoded.is_empty() || self.dirty;
-        self.check_and_capture(out, start)
-    }
-
-    /// Whether the masker may hold bytes back (the idle timer is only armed then).
-    pub(crate) fn is_dirty(&self) -> bool {
-        self.dirty
-    }
-
-    /// The idle timer fired: emit what the masker holds back (masked as it stands).
-    pub(crate) fn idle_flush(&mut self, out: &mut Vec<u8>) -> Result<(), HttpProxyError> {
-        if !self.dirty {
-            return Ok(());
-        }
-        self.dirty = false;
-        let start = out.len();
-        if let Masking::Stream(m) = &mut self.masking {
-            m.flush(out);
         }
         self.check_and_capture(out, start)
     }
@@ -420,21 +427,22 @@ impl BodyProcessor {
         masker: &dyn Masker,
         out: &mut Vec<u8>,
     ) -> Result<(), HttpProxyError> {
-        let rest = self.decoder.finish()?;
-        self.check_text(&rest, true, out)?;
+        let rest = self.decoder.finish()?.to_vec();
+        let from = self.check_text(masker, &rest, true, out)?;
+        let rest = rest.get(from..).unwrap_or_default();
         let start = out.len();
         match &mut self.masking {
             Masking::Stream(m) => {
-                m.push(&rest, out);
+                m.push(rest, out);
                 m.finish(out);
             }
             Masking::EventStream(m) => {
-                m.push(masker, &rest, out);
+                m.push(masker, rest, out);
                 m.finish(masker, out);
             }
             Masking::Pass(h) => {
-                h.update(&rest);
-                out.extend_from_slice(&rest);
+                h.update(rest);
+                out.extend_from_slice(rest);
                 self.capture.sha256 = Some(hex::encode(h.clone().finalize()));
             }
         }
@@ -451,6 +459,9 @@ impl BodyProcessor {
             .map_err(|_| HttpProxyError::EgressBlocked)?;
         self.capture.total += new.len() as u64;
         if !matches!(self.masking, Masking::Pass(_)) {
+            if let Some(h) = self.sent.as_mut() {
+                h.update(new);
+            }
             let room = self.cap.saturating_sub(self.capture.bytes.len());
             self.capture
                 .bytes

@@ -57,8 +57,9 @@ pub struct HttpProxyConfig {
     /// Timeouts.
     #[serde(default)]
     pub timeouts: Timeouts,
-    /// With no new upstream bytes for this long, a streamed response's masker emits its held-back
-    /// tail, so prompts and single tokens are not held back.
+    /// How long the gateway waits for a response body's first safe bytes before it sends the
+    /// head (a small response then leaves whole, with a `Content-Length`). Held-back bytes of a
+    /// body are never released on a timer: they wait for the bytes that decide them, or the end.
     #[serde(default = "default_idle_flush_ms")]
     pub idle_flush_ms: u64,
     /// At most this many bytes of each (masked) request and response body go into the session

@@ -1017,8 +1017,6 @@ impl ConnCtx {
             upstream: rbody,
             processor,
             masker: pipeline.masker.clone(),
-            idle,
-            timer: None,
             ready: None,
             exchange: Some(exchange),
         };
@@ -1325,16 +1323,15 @@ impl Body for RequestTee {
 const PREREAD_MAX: usize = 256 * 1024;
 
 /// A response body driven by hyper's own polling (no task, no channel): upstream frames →
-/// decode → mask → egress → caller, with the idle flush armed only while the masker holds bytes
-/// back. When it ends, fails, or is dropped early (the caller went away), the exchange is handed
-/// to the connection's recording tasks.
+/// decode → mask → egress → caller. Nothing is released on a timer: bytes the masker holds back
+/// (a line not yet ended, a JSON string not yet closed) wait for the bytes that decide them or
+/// the end of the body, so a value split across upstream writes, however far apart, is masked
+/// whole. When it ends, fails, or is dropped early (the caller went away), the exchange is
+/// handed to the connection's recording tasks.
 struct MaskedBody {
     upstream: Incoming,
     processor: BodyProcessor,
     masker: Arc<dyn gatehouse_core::Masker + Send + Sync>,
-    idle: Duration,
-    /// Armed while the masker holds bytes back and the upstream is quiet.
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Safe bytes produced before the response head left (see `forward`).
     ready: Option<Bytes>,
     /// `None` once the body has ended and the exchange has been handed over.
@@ -1354,45 +1351,29 @@ impl MaskedBody {
         }
         loop {
             // Decoded bytes of an earlier frame first (a compressed frame is emitted in bounded
-            // pieces, see `BodyProcessor::push`): an empty frame continues it.
+            // pieces, see `BodyProcessor::push`): an empty frame continues it. Nothing is
+            // released on a timer: a held-back tail waits for the bytes that decide it.
             let backlog = self
                 .processor
                 .has_backlog()
                 .then(|| Poll::Ready(Some(Ok(Frame::data(Bytes::new())))));
-            let step = match backlog.unwrap_or_else(|| Pin::new(&mut self.upstream).poll_frame(cx))
-            {
-                Poll::Ready(frame) => {
-                    self.timer = None;
-                    Some(frame)
-                }
-                Poll::Pending => {
-                    if !self.processor.is_dirty() {
-                        return Poll::Pending;
-                    }
-                    let idle = self.idle;
-                    let timer = self
-                        .timer
-                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-                    if timer.as_mut().poll(cx).is_pending() {
-                        return Poll::Pending;
-                    }
-                    self.timer = None;
-                    None
-                }
+            let Poll::Ready(step) =
+                backlog.unwrap_or_else(|| Pin::new(&mut self.upstream).poll_frame(cx))
+            else {
+                return Poll::Pending;
             };
             let mut out = Vec::new();
             let mut done = false;
             let result = match step {
-                None => self.processor.idle_flush(&mut out),
-                Some(None) => {
+                None => {
                     done = true;
                     self.processor.finish(&*self.masker, &mut out)
                 }
-                Some(Some(Err(e))) => Err(HttpProxyError::UpstreamRefused(format!(
+                Some(Err(e)) => Err(HttpProxyError::UpstreamRefused(format!(
                     "upstream body: {}",
                     source_text(&e)
                 ))),
-                Some(Some(Ok(frame))) => match frame.into_data() {
+                Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
                         let pushed = self.processor.push(&*self.masker, &data, &mut out);
                         // The last byte of a sized body: finish now, as the caller (which has
@@ -1452,7 +1433,6 @@ impl MaskedBody {
         let Some(exchange) = self.exchange.take() else {
             return;
         };
-        self.timer = None;
         let (capture, findings) = self.processor.take_parts();
         let conn = exchange.conn.clone();
         conn.spawn_recording(exchange.finish(capture, findings, outcome, client_gone));

@@ -59,8 +59,9 @@ pub struct K8sProxyConfig {
     /// Timeouts.
     #[serde(default)]
     pub timeouts: Timeouts,
-    /// With no new upstream bytes for this long, log and exec stream maskers emit their
-    /// held-back tail (prompts and single characters are not held back).
+    /// With no new upstream bytes for this long, a tty exec session's stream maskers emit their
+    /// held-back tail (so prompts and echo appear). Logs and exec without a tty never release
+    /// held bytes on a timer: they wait for the bytes that decide them, or the stream's end.
     #[serde(default = "default_idle_flush_ms")]
     pub idle_flush_ms: u64,
     /// At most this many bytes of each masked request/response body go into the recording.

@@ -585,8 +585,10 @@ impl ExecCtx {
             }};
         }
         loop {
+            // Only a terminal (tty) session releases a partial line on a timer (a prompt,
+            // echo); otherwise held bytes wait for what decides them, or the stream's end.
             let idle_tick = async {
-                if dirty {
+                if dirty && self.tty {
                     tokio::time::sleep(idle).await
                 } else {
                     std::future::pending::<()>().await

@@ -50,7 +50,7 @@
 //!    masking — a non-JSON, non-text answer is refused;
 //! 7. masks: `Secret` `data`/`stringData` and the last-applied annotation always ([`mask`]), in
 //!    objects, lists, `Table` rows and watch events; then the decision's masking profile; logs
-//!    and exec output through stream maskers with an idle flush; every byte (headers too)
+//!    and exec output through stream maskers (an idle flush only for a tty); every byte (headers too)
 //!    through the egress guard;
 //! 8. streams watches (event by event) and `logs -f` without buffering;
 //! 9. records the exchange (masked, capped bodies) and the result.

@@ -1164,13 +1164,11 @@ impl ConnCtx {
         }
         // Streams: watch events (one JSON document per line) and text (logs).
         let (tx, rx) = mpsc::channel::<Result<Bytes, K8sProxyError>>(16);
-        let idle = ms(config.idle_flush_ms).max(Duration::from_millis(1));
         let stream = StreamPump {
             conn: self.clone(),
             kind,
             secrets_ctx,
             profile: decision.masking_profile.clone(),
-            idle,
             max_line: usize::try_from(config.limits.max_response_body).unwrap_or(usize::MAX),
             record_cap: config.record_body_cap,
             binary: decision.binary,
@@ -1507,7 +1505,6 @@ struct StreamPump {
     kind: BodyKind,
     secrets_ctx: bool,
     profile: Option<String>,
-    idle: Duration,
     max_line: usize,
     record_cap: usize,
     /// What the policy says about binary data in the stream.
@@ -1524,8 +1521,7 @@ impl StreamPump {
     ) {
         let pipeline = self.conn.proxy.pipeline.clone();
         // Text (logs) and whole JSON documents of resources that never hold Secrets go through
-        // one stream masker each; only text is flushed on idle (a JSON value is never emitted
-        // half-read).
+        // one stream masker each; nothing is released on a timer.
         let json_stream = self.kind == BodyKind::JsonStream;
         let mut text = matches!(self.kind, BodyKind::Text | BodyKind::JsonStream).then(|| {
             pipeline.masker.stream(&StreamContext {
@@ -1536,7 +1532,6 @@ impl StreamPump {
         });
         let mut egress = pipeline.egress.stream(EgressSite::Client);
         let mut line = Vec::new();
-        let mut dirty = false;
         let mut record = Vec::new();
         let mut total = 0u64;
         let mut findings = Vec::new();
@@ -1545,21 +1540,13 @@ impl StreamPump {
         // Under `binary = "raw"`, once the stream turned binary: (bytes sent before, hasher, raw bytes).
         let mut raw: Option<(u64, Sha256, u64)> = None;
         loop {
-            let step = if dirty {
-                tokio::time::timeout(self.idle, upstream.frame()).await.ok()
-            } else {
-                Some(upstream.frame().await)
-            };
+            // Nothing is released on a timer: a held partial line waits for the bytes that
+            // decide it or the end of the stream (a value cut across writes is masked whole).
+            let step = upstream.frame().await;
             let mut out = Vec::new();
             let mut done = false;
             match step {
                 None => {
-                    if let Some(m) = text.as_mut() {
-                        m.flush(&mut out);
-                    }
-                    dirty = false;
-                }
-                Some(None) => {
                     done = true;
                     if let Some(m) = text.as_mut() {
                         m.finish(&mut out);
@@ -1575,11 +1562,11 @@ impl StreamPump {
                         line.clear();
                     }
                 }
-                Some(Some(Err(_))) => {
+                Some(Err(_)) => {
                     error = Some("upstream_stream_error");
                     done = true;
                 }
-                Some(Some(Ok(frame))) => {
+                Some(Ok(frame)) => {
                     let data = frame.into_data().ok();
                     let data = data.as_deref().unwrap_or_default();
                     if raw.is_none() && !detector.push(data) {
@@ -1602,7 +1589,6 @@ impl StreamPump {
                         match text.as_mut() {
                             Some(m) => {
                                 m.push(data, &mut out);
-                                dirty = !json_stream;
                             }
                             None => {
                                 let mut rest: &[u8] = data;

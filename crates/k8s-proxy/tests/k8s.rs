@@ -2812,6 +2812,7 @@ async fn escaped_json_pii_in_bodies_is_masked_in_the_record_and_the_response() {
     assert!(record.contains("[email]"), "{record}");
 }
 
+<<<<<<< HEAD
 /// PII in an exec command or a query string reaches the API server and the policy as written,
 /// while the audit log (`operation` events, the approval request) and the recording keep it
 /// masked; the approval binds the real command.
@@ -2894,4 +2895,36 @@ async fn query_and_exec_command_pii_is_masked_in_the_audit_log_and_recording_onl
             "{pii} in the audit log or recording: {dump}"
         );
     }
+=======
+/// A log line cut across two writes with a pause between them is masked whole: the stream
+/// masker never releases a held partial line on a timer.
+#[tokio::test]
+async fn a_log_value_split_across_paused_writes_is_masked_whole() {
+    gatehouse_testkit::within(Duration::from_secs(120), async {
+        let rig = Rig::start().await;
+        *rig.api.state.log_head.lock().unwrap() = Some(bytes::Bytes::from_static(b"to alice@exam"));
+        *rig.api.state.log_tail.lock().unwrap() = Some(bytes::Bytes::from_static(
+            b"ple.com card 4111111111111111 done\n",
+        ));
+        let mut child = kubectl_command(&rig.kubeconfig, rig.dir.path(), &["logs", "-f", "web-0"])
+            .spawn()
+            .unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        // The upstream pauses mid-value (far longer than the idle flush), then goes on.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        rig.api.state.release_logs();
+        let mut logs = Vec::new();
+        stdout.read_to_end(&mut logs).await.unwrap();
+        child.wait().await.unwrap();
+        let logs = String::from_utf8_lossy(&logs).into_owned();
+        for p in ["alice", "exam", "ple.com", "4111111111111111"] {
+            assert!(!logs.contains(p), "{p:?} leaked: {logs}");
+        }
+        assert!(
+            logs.starts_with("to ") && logs.ends_with(" done\n"),
+            "{logs}"
+        );
+    })
+    .await;
+>>>>>>> h-stream
 }

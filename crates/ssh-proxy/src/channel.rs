@@ -347,6 +347,7 @@ pub(crate) async fn run_session_channel(
         handle,
         sink: sink.clone(),
         idle_flush: conn.proxy.config.idle_flush(),
+        interactive: setup.pty.is_some(),
         newline: nl,
         profile: decision.masking_profile.clone(),
         raw,
@@ -698,6 +699,9 @@ struct OutputPump {
     handle: russh::server::Handle,
     sink: SharedSink,
     idle_flush: Duration,
+    /// The channel has a pty: a partial line (a prompt, echo) is released after `idle_flush`.
+    /// Without one, held bytes wait for the bytes that decide them, or the end of the stream.
+    interactive: bool,
     newline: &'static str,
     profile: Option<String>,
     /// The channel speaks a framed protocol (file transfer, subsystem): stdout is never masked.
@@ -716,13 +720,16 @@ enum Mode {
     Text {
         masker: Box<dyn StreamMasker>,
         detector: TextDetector,
+        /// The start of a character whose rest has not arrived (at most 3 bytes): kept from
+        /// the masker until it is known to be text.
+        carry: Vec<u8>,
     },
     /// Passed unmasked (the policy said `binary = "raw"`): counted and hashed, and the digest
     /// recorded; the bytes are not written to the recording.
     Raw {
         why: &'static str,
-        hasher: Sha256,
-        bytes: u64,
+        /// Bytes that went out as (unaltered) text before the stream turned raw.
+        text_bytes: u64,
     },
 }
 
@@ -730,6 +737,10 @@ struct StreamState {
     mode: Mode,
     egress: Box<dyn EgressStream>,
     finished: bool,
+    /// Masking changed (or found) something in this stream.
+    altered: bool,
+    /// SHA-256 and size of every byte sent on this stream, kept when it may turn raw.
+    digest: Option<(Sha256, u64)>,
 }
 
 /// Why output stopped early.
@@ -749,8 +760,7 @@ impl OutputPump {
         let mode = if self.raw && field == "stdout" {
             Mode::Raw {
                 why: "file transfer",
-                hasher: Sha256::new(),
-                bytes: 0,
+                text_bytes: 0,
             }
         } else {
             Mode::Text {
@@ -760,21 +770,32 @@ impl OutputPump {
                     json: false,
                 }),
                 detector: TextDetector::new(),
+                carry: Vec::new(),
             }
         };
+        let digest = (matches!(mode, Mode::Raw { .. }) || self.binary == BinaryHandling::Raw)
+            .then(|| (Sha256::new(), 0));
         StreamState {
             mode,
             egress: pipeline.egress.stream(EgressSite::Client),
             finished: false,
+            altered: false,
+            digest,
         }
     }
 
     /// Binary data in a text stream: refused, or (policy `binary = "raw"`) the stream switches
-    /// to raw for good after what the masker still holds of the text before it.
+    /// to raw for good — but only if masking changed nothing in it: `text` (the rest of the text
+    /// before the first binary byte) is masked to the end first, and a stream whose text masking
+    /// altered is refused rather than continued raw (that would deliver a silently altered
+    /// stream). `rest` (from the first binary byte) then goes out raw.
+    #[allow(clippy::too_many_arguments)]
     async fn on_binary(
         &self,
         streams: &mut [StreamState; 2],
         which: Stream,
+        text: &[u8],
+        rest: &[u8],
         buf: &mut Vec<u8>,
         summary: &mut OutputSummary,
         total_findings: &mut usize,
@@ -793,15 +814,29 @@ impl OutputPump {
         let state = &mut streams[which as usize];
         buf.clear();
         if let Mode::Text { masker, .. } = &mut state.mode {
-            masker.flush(buf);
-            collect(masker.as_mut(), summary, total_findings);
+            masker.push(text, buf);
+            masker.finish(buf);
+            if collect(masker.as_mut(), summary, total_findings) > 0 {
+                state.altered = true;
+            }
         }
+        if state.altered {
+            return Err(Stop::Refused(
+                format!(
+                    "gatehouse: output withheld: {name} turned binary after text that masking changed; rule '{}' passes binary data raw, but the rest of a stream already altered would arrive silently corrupted",
+                    self.rule_id
+                ),
+                "refused: binary output after masked text",
+                EXIT_DENIED,
+            ));
+        }
+        self.send(state, which, buf, summary).await?;
+        let text_bytes = state.digest.as_ref().map_or(0, |(_, n)| *n);
         state.mode = Mode::Raw {
             why: "binary output",
-            hasher: Sha256::new(),
-            bytes: 0,
+            text_bytes,
         };
-        self.send(state, which, buf, summary).await
+        self.send(state, which, rest, summary).await
     }
 
     async fn run(
@@ -852,12 +887,16 @@ impl OutputPump {
                 match msg {
                     Some(ChannelMsg::Data { data }) => {
                         self.emit(&mut streams, Stream::Stdout, &data, &mut buf, &mut summary, &mut total_findings).await?;
-                        flush_at = Some(tokio::time::Instant::now() + self.idle_flush);
+                        if self.interactive {
+                            flush_at = Some(tokio::time::Instant::now() + self.idle_flush);
+                        }
                     }
                     Some(ChannelMsg::ExtendedData { data, ext }) => {
                         if ext == 1 {
                             self.emit(&mut streams, Stream::Stderr, &data, &mut buf, &mut summary, &mut total_findings).await?;
-                            flush_at = Some(tokio::time::Instant::now() + self.idle_flush);
+                            if self.interactive {
+                                flush_at = Some(tokio::time::Instant::now() + self.idle_flush);
+                            }
                         }
                     }
                     // The target (OpenSSH's sshd) sends EOF when the command's output ends, and
@@ -875,8 +914,12 @@ impl OutputPump {
                         eof_held = Some(tokio::time::Instant::now() + EOF_HOLD);
                     }
                     Some(ChannelMsg::ExitStatus { exit_status }) => {
-                        for which in [Stream::Stdout, Stream::Stderr] {
-                            self.drain(&mut streams, which, Drain::Flush, &mut buf, &mut summary, &mut total_findings).await?;
+                        // Output may still follow (the target's EOF comes later): without a pty
+                        // a held tail waits for it, never released unfinished.
+                        if self.interactive {
+                            for which in [Stream::Stdout, Stream::Stderr] {
+                                self.drain(&mut streams, which, Drain::Flush, &mut buf, &mut summary, &mut total_findings).await?;
+                            }
                         }
                         summary.status = exit_status.to_string();
                         let _ = self.to_client.exit_status(exit_status).await;
@@ -885,8 +928,10 @@ impl OutputPump {
                         }
                     }
                     Some(ChannelMsg::ExitSignal { signal_name, core_dumped, error_message, lang_tag }) => {
-                        for which in [Stream::Stdout, Stream::Stderr] {
-                            self.drain(&mut streams, which, Drain::Flush, &mut buf, &mut summary, &mut total_findings).await?;
+                        if self.interactive {
+                            for which in [Stream::Stdout, Stream::Stderr] {
+                                self.drain(&mut streams, which, Drain::Flush, &mut buf, &mut summary, &mut total_findings).await?;
+                            }
                         }
                         summary.status = format!("signal {signal_name:?}");
                         let _ = self
@@ -961,16 +1006,22 @@ impl OutputPump {
     /// A stream that went out unmasked: its size and SHA-256 go to the audit log, with the rule
     /// that allowed it.
     async fn record_raw(&self, state: &mut StreamState, which: Stream) {
-        let Mode::Raw { why, hasher, bytes } = &mut state.mode else {
+        let Mode::Raw { why, text_bytes } = &state.mode else {
             return;
         };
-        let digest = hex::encode(std::mem::take(hasher).finalize());
+        let Some((hasher, bytes)) = state.digest.take() else {
+            return;
+        };
+        // The digest covers the whole stream as sent: the text before it turned raw (passed
+        // unaltered, and in the recording) and the raw rest.
+        let digest = hex::encode(hasher.finalize());
         let details = serde_json::json!({
             "index": self.index,
             "stream": which.name(),
             "why": why,
             "rule_id": self.rule_id,
             "bytes": bytes,
+            "text_bytes": text_bytes,
             "sha256": digest,
         });
         if let Err(e) = self
@@ -998,18 +1049,46 @@ impl OutputPump {
         if streams[which as usize].finished {
             return Ok(());
         }
-        if let Mode::Text { detector, .. } = &mut streams[which as usize].mode
-            && !detector.push(data)
-        {
-            self.on_binary(streams, which, buf, summary, total_findings)
-                .await?;
-        }
         let state = &mut streams[which as usize];
         buf.clear();
         match &mut state.mode {
-            Mode::Text { masker, .. } => {
-                masker.push(data, buf);
-                collect(masker.as_mut(), summary, total_findings);
+            Mode::Text {
+                masker,
+                detector,
+                carry,
+            } => {
+                if let Some(at) = detector.push_at(data) {
+                    // The text before the first binary byte (with a completed character carried
+                    // over) is text like any other; a broken carried character is binary.
+                    let (text, rest) = if at == 0 {
+                        let mut rest = std::mem::take(carry);
+                        rest.extend_from_slice(data);
+                        (Vec::new(), rest)
+                    } else {
+                        let mut text = std::mem::take(carry);
+                        text.extend_from_slice(data.get(..at).unwrap_or_default());
+                        (text, data.get(at..).unwrap_or_default().to_vec())
+                    };
+                    return self
+                        .on_binary(streams, which, &text, &rest, buf, summary, total_findings)
+                        .await;
+                }
+                // A character cut at the end of the chunk waits here until it is complete, so
+                // no flush can release half of it.
+                let keep = detector.pending();
+                if carry.is_empty() {
+                    let cut = data.len().saturating_sub(keep);
+                    masker.push(data.get(..cut).unwrap_or_default(), buf);
+                    carry.extend_from_slice(data.get(cut..).unwrap_or_default());
+                } else {
+                    carry.extend_from_slice(data);
+                    let cut = carry.len().saturating_sub(keep);
+                    masker.push(carry.get(..cut).unwrap_or_default(), buf);
+                    carry.drain(..cut);
+                }
+                if collect(masker.as_mut(), summary, total_findings) > 0 {
+                    state.altered = true;
+                }
                 self.send(state, which, buf, summary).await
             }
             Mode::Raw { .. } => self.send(state, which, data, summary).await,
@@ -1030,10 +1109,13 @@ impl OutputPump {
         }
         // A stream that ends inside a multi-byte character is binary.
         if how == Drain::Finish
-            && let Mode::Text { detector, .. } = &mut streams[which as usize].mode
+            && let Mode::Text {
+                detector, carry, ..
+            } = &mut streams[which as usize].mode
             && !detector.finish()
         {
-            self.on_binary(streams, which, buf, summary, total_findings)
+            let rest = std::mem::take(carry);
+            self.on_binary(streams, which, &[], &rest, buf, summary, total_findings)
                 .await?;
         }
         let state = &mut streams[which as usize];
@@ -1043,7 +1125,9 @@ impl OutputPump {
                 Drain::Flush => masker.flush(buf),
                 Drain::Finish => masker.finish(buf),
             }
-            collect(masker.as_mut(), summary, total_findings);
+            if collect(masker.as_mut(), summary, total_findings) > 0 {
+                state.altered = true;
+            }
         }
         if how == Drain::Finish {
             state.finished = true;
@@ -1092,10 +1176,12 @@ impl OutputPump {
                 EXIT_GATEWAY_ERROR,
             ));
         }
-        if let Mode::Raw { hasher, bytes, .. } = &mut state.mode {
-            // Unmasked bytes stay out of the recording: their digest is recorded instead.
+        if let Some((hasher, bytes)) = state.digest.as_mut() {
             hasher.update(out);
             *bytes += out.len() as u64;
+        }
+        if matches!(state.mode, Mode::Raw { .. }) {
+            // Unmasked bytes stay out of the recording: their digest is recorded instead.
         } else if let Some(sink) = self.sink.lock().await.as_mut() {
             let frame = match which {
                 Stream::Stdout => RecordingFrame::Output { data: out.to_vec() },
@@ -1129,11 +1215,14 @@ enum Drain {
     Finish,
 }
 
-fn collect(masker: &mut dyn StreamMasker, summary: &mut OutputSummary, total: &mut usize) {
+/// Moves the masker's findings into the summary; returns how many there were.
+fn collect(masker: &mut dyn StreamMasker, summary: &mut OutputSummary, total: &mut usize) -> usize {
     let found = masker.take_findings();
-    *total += found.len();
+    let n = found.len();
+    *total += n;
     let room = MAX_FINDINGS.saturating_sub(summary.findings.len());
     summary.findings.extend(found.into_iter().take(room));
+    n
 }
 
 /// A `direct-tcpip` (local forwarding) request.

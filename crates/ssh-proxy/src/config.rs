@@ -54,8 +54,10 @@ pub struct SshProxyConfig {
     /// How long a rejected authentication takes (constant, against timing probes). Tests lower it.
     #[serde(default = "default_auth_rejection_ms")]
     pub auth_rejection_time_ms: u64,
-    /// How long output may sit in the stream masker's held-back tail before it is flushed, so a
-    /// shell prompt appears without waiting for more output.
+    /// In a channel with a pty: how long output may sit in the stream masker's held-back tail
+    /// before it is flushed, so a shell prompt and echo appear without waiting for more output.
+    /// Without a pty, held bytes are never released on a timer: they wait for the bytes that
+    /// decide them (a line end) or the end of the stream.
     #[serde(default = "default_idle_flush_ms")]
     pub idle_flush_ms: u64,
     /// End the connection when the caller's identity expires (default: yes).

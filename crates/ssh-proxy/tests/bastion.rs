@@ -8,6 +8,8 @@ mod common;
 mod corpus;
 #[path = "outcomes/mod.rs"]
 mod outcomes;
+#[path = "streaming/mod.rs"]
+mod streaming;
 #[path = "transfers/mod.rs"]
 mod transfers;
 

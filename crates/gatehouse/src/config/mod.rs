@@ -288,7 +288,8 @@ pub struct K8sListenerSection {
     pub retry_after_s: Option<u64>,
     /// Bytes of each masked body kept in the session recording.
     pub record_body_cap: Option<usize>,
-    /// Idle time after which log and exec stream maskers emit their held-back tail, ms.
+    /// Idle time after which a tty exec session's stream maskers emit their held-back tail, ms
+    /// (logs and exec without a tty never release held bytes on a timer).
     pub idle_flush_ms: Option<u64>,
     /// Size limits (defaults in the gatehouse-k8s docs).
     pub limits: Option<gatehouse_k8s::Limits>,

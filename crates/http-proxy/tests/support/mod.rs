@@ -93,6 +93,43 @@ fn streaming(
     r
 }
 
+/// A body written in `pieces`, with a pause before each but the first (as a slow upstream
+/// writes); `sized` declares its `Content-Length` up front, otherwise it goes chunked (HTTP/1.1).
+fn paced(content_type: &str, pieces: &'static [&'static [u8]], sized: bool) -> Response<UpBody> {
+    let stream = futures::stream::unfold(0usize, move |i| async move {
+        let piece = pieces.get(i)?;
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        Some((
+            Ok::<_, Infallible>(Frame::data(Bytes::from_static(piece))),
+            i + 1,
+        ))
+    });
+    let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    r.headers_mut()
+        .insert("content-type", content_type.parse().unwrap());
+    if sized {
+        let len: usize = pieces.iter().map(|p| p.len()).sum();
+        r.headers_mut()
+            .insert("content-length", len.to_string().parse().unwrap());
+    }
+    r
+}
+
+/// An e-mail address and a card number cut across three writes.
+pub const PIECES_TEXT: &[&[u8]] = &[
+    b"to alice@exam",
+    b"ple.com card 41111111",
+    b"11111111 end\n",
+];
+/// The same in a JSON string value.
+pub const PIECES_JSON: &[&[u8]] = &[
+    b"{\"note\":\"to alice@exam",
+    b"ple.com card 41111111",
+    b"11111111 end\"}",
+];
+
 /// 64 KiB of pseudo-random bytes (NUL bytes included) with an e-mail address and a card
 /// number in them, as a binary file might happen to contain.
 pub fn binary_blob() -> Vec<u8> {
@@ -340,6 +377,25 @@ async fn upstream_service(
             "event: msg\ndata: {\"to\": \"jane@example.com\"}\n\n",
             "data: second jane@example.com\n\n",
             go,
+        ),
+        ("GET", "/pieces-chunked") => paced("text/plain", PIECES_TEXT, false),
+        ("GET", "/pieces-sized") => paced("text/plain", PIECES_TEXT, true),
+        ("GET", "/pieces-json") => paced("application/json", PIECES_JSON, true),
+        ("GET", "/pieces-json-chunked") => paced("application/json", PIECES_JSON, false),
+        ("GET", "/late-binary") => paced(
+            "text/plain",
+            &[b"mail alice@example.com\n\x00\x01bin"],
+            false,
+        ),
+        ("GET", "/late-binary-nl") => paced(
+            "text/plain",
+            &[b"mail alice@example.com\n", b"\x00\x01bin"],
+            false,
+        ),
+        ("GET", "/late-binary-clean") => paced(
+            "text/plain",
+            &[b"plain text\nmore", b"\x00\x01\xffend"],
+            false,
         ),
         ("GET", "/prompt") => streaming(
             "text/plain",

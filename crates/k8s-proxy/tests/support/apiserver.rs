@@ -70,6 +70,8 @@ pub struct State {
     pub bodies: Mutex<Vec<(String, String, Bytes)>>,
     /// When set, a pod log's second part is these bytes (a container that writes binary).
     pub log_tail: Mutex<Option<Bytes>>,
+    /// Replaces the first log line (with its line end) when set.
+    pub log_head: Mutex<Option<Bytes>>,
     /// When set, the content type pod logs are served with (default `text/plain`).
     pub log_content_type: Mutex<Option<String>>,
     /// A pod's ports for port forwarding: port → the local (127.0.0.1) server behind it.
@@ -187,6 +189,7 @@ impl ApiServer {
             resizes: Mutex::new(Vec::new()),
             bodies: Mutex::new(Vec::new()),
             log_tail: Mutex::new(None),
+            log_head: Mutex::new(None),
             log_content_type: Mutex::new(None),
             pod_ports: Mutex::new(BTreeMap::new()),
             portforward_requests: AtomicU64::new(0),
@@ -866,9 +869,9 @@ fn logs(st: Arc<State>, q: &[(String, String)]) -> Response<Body> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
     let st2 = st.clone();
     tokio::spawn(async move {
-        let _ = tx
-            .send(Ok(Frame::data(Bytes::from(format!("{LOG_LINE_1}\n")))))
-            .await;
+        let head = st.log_head.lock().unwrap().clone();
+        let head = head.unwrap_or_else(|| Bytes::from(format!("{LOG_LINE_1}\n")));
+        let _ = tx.send(Ok(Frame::data(head))).await;
         if follow {
             st.log_gate.notified().await;
         }

@@ -532,3 +532,90 @@ async fn binary_exec_output_passes_raw_only_by_rule_and_is_recorded_with_its_dig
     assert!(!contains(&recorded_output(&recorder), b"alice@example.com"));
     assert!(!contains(&recorded_output(&recorder), &big[..64]));
 }
+
+/// Under `binary = "raw"`, a stream that turns binary after text is never silently altered:
+/// if masking changed any of its text (also text in the same write as the first binary byte),
+/// it ends with a refusal; if masking changed nothing, it continues raw, byte-exact, and the
+/// recorded digest covers the whole stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_turning_binary_after_masked_text_is_refused_not_altered() {
+    let gw = start(Options {
+        policy: Some(policy(false, true)),
+        ..Options::default()
+    })
+    .await;
+    let reason = "turned binary after text that masking changed";
+    // PII, then binary, in one write.
+    let run = gw
+        .ssh("printf 'mail alice@example.com\\n\\000\\001bin'", b"")
+        .await;
+    assert_eq!(run.status, Some(126), "{run:?}");
+    assert!(run.stderr.contains(reason), "{run:?}");
+    assert!(!contains(&run.stdout, b"alice@example.com"), "{run:?}");
+    assert!(!contains(&run.stdout, b"bin"), "{run:?}");
+    // PII right before the binary byte, no line break: masked like any text, then refused.
+    let run = gw.ssh("printf 'mail alice@example.com\\000'", b"").await;
+    assert_eq!(run.status, Some(126), "{run:?}");
+    assert!(!contains(&run.stdout, b"alice@example.com"), "{run:?}");
+    // PII in an earlier write, binary later.
+    let run = gw
+        .ssh(
+            "printf 'card 4111111111111111\\n'; sleep 0.3; printf 'x\\377y'",
+            b"",
+        )
+        .await;
+    assert_eq!(run.status, Some(126), "{run:?}");
+    assert!(run.stderr.contains(reason), "{run:?}");
+    assert!(!contains(&run.stdout, b"4111111111111111"), "{run:?}");
+    assert!(!contains(&run.stdout, b"x\xffy"), "{run:?}");
+
+    // Text that masking leaves alone, then binary: passed on byte-exact.
+    let expected = b"plain text\nmore\x00\x01\xffend".to_vec();
+    let run = gw
+        .ssh(
+            "printf 'plain text\\n'; sleep 0.3; printf 'more\\000\\001\\377end'",
+            b"",
+        )
+        .await;
+    assert_eq!(run.status, Some(0), "{run:?}");
+    assert_eq!(run.stdout, expected);
+
+    let recorder = gw.shutdown().await;
+    assert!(!contains(&recorded_output(&recorder), b"alice@example.com"));
+    assert!(!contains(&recorded_output(&recorder), b"4111111111111111"));
+    let digests = raw_digests(&recorder);
+    assert_eq!(digests.len(), 1, "{digests:?}");
+    assert_eq!(digests[0]["sha256"], sha(&expected), "{digests:?}");
+    assert_eq!(digests[0]["bytes"], expected.len(), "{digests:?}");
+    assert_eq!(
+        digests[0]["text_bytes"],
+        "plain text\nmore".len(),
+        "{digests:?}"
+    );
+    assert!(
+        results(&recorder)
+            .iter()
+            .filter(|r| r.status == "refused: binary output after masked text")
+            .count()
+            == 3
+    );
+}
+
+/// Without a raw rule, a stream that ends inside a character, or pauses there, lets none of
+/// that character out before it is refused, and the text before it is masked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_character_at_the_end_is_refused_without_leaking() {
+    let gw = start(Options::default()).await;
+    for command in [
+        "printf 'mail alice@example.com\\n\\342\\202'",
+        "printf 'card 4111111111111111\\342'; sleep 0.3",
+    ] {
+        let run = gw.ssh(command, b"").await;
+        assert_eq!(run.status, Some(126), "{command}: {run:?}");
+        assert!(run.stderr.contains("carries binary data"), "{run:?}");
+        assert!(!contains(&run.stdout, b"\xe2"), "{command}: {run:?}");
+        assert!(!contains(&run.stdout, b"alice@example.com"), "{run:?}");
+        assert!(!contains(&run.stdout, b"4111111111111111"), "{run:?}");
+    }
+    gw.shutdown().await;
+}
