@@ -77,6 +77,8 @@ struct Ready {
     identity: Identity,
     target: PgTarget,
     application_name: Option<String>,
+    /// This session's place in the per-identity and per-target counts (released at its end).
+    slot: crate::slots::SessionSlot,
 }
 
 type StartupResult = Result<Option<Ready>, (Option<BoxStream>, PgProxyError)>;
@@ -279,6 +281,32 @@ async fn startup(
     if let Err(e) = proxy.hooks.on_startup(&ctx).await {
         return Err((Some(stream_back(reader)), e));
     }
+    // Counted before the upstream connection is opened: one identity must not be able to take
+    // every connection the server has.
+    let limits = &proxy.config.limits;
+    let slot = match proxy.sessions.acquire(
+        &format!("{}\u{0}{}", identity.issuer, identity.subject),
+        &target.target.name,
+        limits.max_sessions_per_identity,
+        limits.max_sessions_per_target,
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            let event = Event::now(
+                session.clone(),
+                Some(identity.clone()),
+                Some(target.target.clone()),
+                EventBody::Error {
+                    side: e.side(),
+                    message: format!("session refused: {e}"),
+                },
+            );
+            if let Err(r) = proxy.pipeline.recorder.record(event).await {
+                return Err((Some(stream_back(reader)), r.into()));
+            }
+            return Err((Some(stream_back(reader)), e));
+        }
+    };
     let extra: Vec<(String, String)> = parameters
         .iter()
         .filter(|(k, _)| PASSTHROUGH_PARAMS.iter().any(|p| k.eq_ignore_ascii_case(p)))
@@ -308,6 +336,7 @@ async fn startup(
         identity,
         target,
         application_name: param("application_name"),
+        slot,
     }))
 }
 
@@ -530,6 +559,7 @@ async fn relay(proxy: Arc<ProxyInner>, ready: Ready, client_addr: String, sessio
         identity,
         target,
         application_name,
+        slot: _slot,
     } = ready;
     let ctx = SessionContext {
         session: session.clone(),
