@@ -42,6 +42,7 @@ const WRITES: &[&str] = &[
     "comment on table victims is 'x'",
     "create index on victims (id)",
     "reindex table victims",
+    "create temp table scratch (id int)",
 ];
 
 fn read_only_role(cluster: &PgCluster, db: &str) -> (String, String) {
@@ -49,7 +50,13 @@ fn read_only_role(cluster: &PgCluster, db: &str) -> (String, String) {
     let password = format!("reader-{}", rand::random::<u64>());
     cluster.create_role(&role, &password);
     cluster
-        .psql_in(db, &format!("grant pg_read_all_data to \"{role}\""))
+        .psql_in(
+            db,
+            &format!(
+                "grant pg_read_all_data to \"{role}\"; \
+                 revoke temporary on database \"{db}\" from public"
+            ),
+        )
         .unwrap();
     (role, password)
 }
