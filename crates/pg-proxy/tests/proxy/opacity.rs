@@ -878,3 +878,26 @@ opaque = "deny"
     })
     .await;
 }
+
+/// A SQL-standard function body (`BEGIN ATOMIC … END`, with `;` inside) is one statement,
+/// decided as the opaque creation of a function (it was refused as unparseable, 42601).
+#[tokio::test]
+async fn a_begin_atomic_function_is_created_as_opaque_code() {
+    within(T, async {
+        let h = start(options()).await;
+        let c = h.connect().await;
+        // The test policy lets the agent create code (rule `agents-create-code`, opaque ddl).
+        c.simple_query("create function f1() returns int language sql begin atomic select 1; end")
+            .await
+            .unwrap();
+        // Calling it is opaque (a function owned by the agent's role).
+        refused_as_opaque(&c, "select f1()").await;
+        assert_eq!(
+            h.db.psql("select count(*) from pg_proc where proname = 'f1'")
+                .unwrap()
+                .trim(),
+            "1"
+        );
+    })
+    .await;
+}
