@@ -403,7 +403,12 @@ fn read_only_targets_are_checked_against_the_catalog() {
     db.psql(&format!(
         "grant all on schema public to \"{writer}\"; \
          set role \"{writer}\"; create table t (x int); reset role; \
-         grant pg_read_all_data to \"{reader}\""
+         grant pg_read_all_data to \"{reader}\"; \
+         revoke temporary on database \"{db}\" from public; \
+         create table u (x int primary key); \
+         grant trigger, references on u to \"{writer}\"; \
+         grant temporary on database \"{db}\" to \"{writer}\"",
+        db = db.name
     ))
     .unwrap();
     let target = |name: &str, role: &str, password: &str| {
@@ -455,6 +460,17 @@ read_only = true
         stderr.contains(&format!("{prefix} may CREATE in schema public")),
         "{stderr}"
     );
+    for what in [
+        "may TRIGGER public.u",
+        "may REFERENCES public.u",
+        "may create TEMP tables in database",
+    ] {
+        assert!(
+            stderr.contains(&format!("{prefix} {what}"))
+                || stderr.contains(&format!("{prefix} {}", what.replace("public.", ""))),
+            "{what}: {stderr}"
+        );
+    }
     assert!(!stderr.contains("target `reads`"), "{stderr}");
     // A read_only flag on another protocol is an error.
     let (code, _, stderr) = check(&base("").replace(

@@ -13,9 +13,11 @@ use crate::upstream::FrameReader;
 ///
 /// Checked: superuser, `BYPASSRLS`, `CREATEROLE`, `CREATEDB`, membership of
 /// `pg_write_all_data` or of any role that owns relations; relations, schemas and functions it
-/// owns (an owner can grant itself anything on them); `INSERT`, `UPDATE`, `DELETE` or
-/// `TRUNCATE` on any table, view or sequence `USAGE`/`UPDATE`; `CREATE` on any schema or on the
-/// database; `SECURITY DEFINER` functions it may run that another role owns (they run with that
+/// owns (an owner can grant itself anything on them); `INSERT`, `UPDATE`, `DELETE`,
+/// `TRUNCATE`, `TRIGGER` (attach code that runs on others' writes) or `REFERENCES` (a foreign
+/// key to a table locks and checks its rows on every write) on any table, view or sequence
+/// `USAGE`/`UPDATE`; `CREATE` on any schema or on the database; `TEMP` on the database (temporary
+/// tables and functions); `SECURITY DEFINER` functions it may run that another role owns (they run with that
 /// role's rights).
 pub async fn write_capabilities(upstream: &UpstreamConfig) -> Result<Vec<String>, PgProxyError> {
     let conn = crate::upstream::connect(
@@ -57,6 +59,14 @@ UNION ALL (SELECT 'may ' || p.priv || ' ' || c.oid::pg_catalog.regclass::text \
   AND c.relnamespace <> 'pg_catalog'::pg_catalog.regnamespace \
   AND c.relnamespace <> 'information_schema'::pg_catalog.regnamespace \
   AND pg_catalog.has_table_privilege(current_user, c.oid, p.priv) LIMIT 5) \
+UNION ALL (SELECT 'may ' || p.priv || ' ' || c.oid::pg_catalog.regclass::text \
+  FROM pg_catalog.pg_class c \
+  CROSS JOIN (VALUES ('TRIGGER'), ('REFERENCES')) AS p(priv) \
+  WHERE c.relkind IN ('r', 'p', 'v', 'f') \
+  AND c.relnamespace <> 'pg_catalog'::pg_catalog.regnamespace \
+  AND c.relnamespace <> 'information_schema'::pg_catalog.regnamespace \
+  AND NOT pg_catalog.pg_has_role(current_user, c.relowner, 'USAGE') \
+  AND pg_catalog.has_table_privilege(current_user, c.oid, p.priv) LIMIT 5) \
 UNION ALL (SELECT 'may use sequence ' || c.oid::pg_catalog.regclass::text \
   FROM pg_catalog.pg_class c WHERE c.relkind = 'S' \
   AND pg_catalog.has_sequence_privilege(current_user, c.oid, 'USAGE, UPDATE') LIMIT 5) \
@@ -66,6 +76,9 @@ UNION ALL (SELECT 'may CREATE in schema ' || pg_catalog.quote_ident(n.nspname) \
   AND pg_catalog.has_schema_privilege(current_user, n.oid, 'CREATE') LIMIT 5) \
 UNION ALL SELECT 'may CREATE in database ' || pg_catalog.quote_ident(pg_catalog.current_database()) \
   WHERE pg_catalog.has_database_privilege(current_user, pg_catalog.current_database(), 'CREATE') \
+UNION ALL SELECT 'may create TEMP tables in database ' \
+  || pg_catalog.quote_ident(pg_catalog.current_database()) \
+  WHERE pg_catalog.has_database_privilege(current_user, pg_catalog.current_database(), 'TEMP') \
 UNION ALL (SELECT 'may run SECURITY DEFINER function ' || p.oid::pg_catalog.regprocedure::text \
   || ' as ' || pg_catalog.pg_get_userbyid(p.proowner) \
   FROM pg_catalog.pg_proc p WHERE p.prosecdef \

@@ -135,6 +135,14 @@ pub struct Limits {
     pub end_at_token_expiry: bool,
     /// Rows per statement copied into the session recording.
     pub recording_rows_per_statement: usize,
+    /// Most concurrent sessions of one identity (issuer and subject) on this listener, across
+    /// its targets; a further login is refused at startup with FATAL 53300 (recorded). Each
+    /// session holds one upstream connection, so without a cap one identity can take every
+    /// connection the server has. `None`: no cap.
+    pub max_sessions_per_identity: Option<usize>,
+    /// Most concurrent sessions on one target (all identities); past it, FATAL 53300. `None`:
+    /// no cap.
+    pub max_sessions_per_target: Option<usize>,
 }
 
 impl Default for Limits {
@@ -147,6 +155,8 @@ impl Default for Limits {
             idle_timeout: None,
             end_at_token_expiry: true,
             recording_rows_per_statement: 100,
+            max_sessions_per_identity: Some(20),
+            max_sessions_per_target: None,
         }
     }
 }

@@ -65,6 +65,10 @@ pub enum PgProxyError {
     /// is withheld and the session ends.
     #[error("{0}")]
     HookStopped(String),
+    /// The identity or the target already has as many concurrent sessions as the listener
+    /// allows (SQLSTATE 53300, too_many_connections).
+    #[error("{0}")]
+    TooManySessions(String),
     /// An I/O error on one side.
     #[error("{side:?} I/O error: {source}")]
     Io {
@@ -86,6 +90,7 @@ impl PgProxyError {
             | PgProxyError::Auth(_)
             | PgProxyError::UnknownTarget(_)
             | PgProxyError::Refused(_)
+            | PgProxyError::TooManySessions(_)
             | PgProxyError::TokenExpired => Side::Client,
             PgProxyError::UpstreamProtocol(_)
             | PgProxyError::UpstreamAuth(_)
@@ -116,6 +121,7 @@ impl PgProxyError {
             PgProxyError::Gateway(_) => "XX000",
             PgProxyError::Unmaskable(_) | PgProxyError::UnsupportedEncoding(_) => "0A000",
             PgProxyError::TokenExpired => "28P01",
+            PgProxyError::TooManySessions(_) => "53300",
             PgProxyError::Io { .. } => "08006",
         }
     }

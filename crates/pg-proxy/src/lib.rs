@@ -56,6 +56,7 @@ pub mod rowmask;
 pub mod scram;
 mod session;
 mod settings;
+mod slots;
 pub mod statements;
 mod upstream;
 pub mod wire;
@@ -112,6 +113,8 @@ pub(crate) struct ProxyInner {
     pub(crate) hooks: Arc<dyn PgHooks>,
     pub(crate) analyzer: Arc<dyn StatementAnalyzer>,
     pub(crate) cancels: cancel::CancelRegistry,
+    /// Live sessions per identity and per target (the session caps of [`Limits`]).
+    pub(crate) sessions: Arc<slots::SessionCounts>,
     catalogs: HashMap<String, catalog::Catalog>,
     secrets: Vec<String>,
 }
@@ -488,6 +491,7 @@ impl PgProxy {
                 hooks,
                 analyzer,
                 cancels: cancel::CancelRegistry::default(),
+                sessions: Arc::default(),
                 catalogs,
                 secrets,
             }),

@@ -77,6 +77,8 @@ struct Ready {
     identity: Identity,
     target: PgTarget,
     application_name: Option<String>,
+    /// This session's place in the per-identity and per-target counts (released at its end).
+    slot: crate::slots::SessionSlot,
 }
 
 type StartupResult = Result<Option<Ready>, (Option<BoxStream>, PgProxyError)>;
@@ -279,6 +281,32 @@ async fn startup(
     if let Err(e) = proxy.hooks.on_startup(&ctx).await {
         return Err((Some(stream_back(reader)), e));
     }
+    // Counted before the upstream connection is opened: one identity must not be able to take
+    // every connection the server has.
+    let limits = &proxy.config.limits;
+    let slot = match proxy.sessions.acquire(
+        &format!("{}\u{0}{}", identity.issuer, identity.subject),
+        &target.target.name,
+        limits.max_sessions_per_identity,
+        limits.max_sessions_per_target,
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            let event = Event::now(
+                session.clone(),
+                Some(identity.clone()),
+                Some(target.target.clone()),
+                EventBody::Error {
+                    side: e.side(),
+                    message: format!("session refused: {e}"),
+                },
+            );
+            if let Err(r) = proxy.pipeline.recorder.record(event).await {
+                return Err((Some(stream_back(reader)), r.into()));
+            }
+            return Err((Some(stream_back(reader)), e));
+        }
+    };
     let extra: Vec<(String, String)> = parameters
         .iter()
         .filter(|(k, _)| PASSTHROUGH_PARAMS.iter().any(|p| k.eq_ignore_ascii_case(p)))
@@ -308,6 +336,7 @@ async fn startup(
         identity,
         target,
         application_name: param("application_name"),
+        slot,
     }))
 }
 
@@ -376,6 +405,9 @@ enum Expect {
     DescribePortal {
         name: String,
         swallow: bool,
+        /// The statement the portal's rows belong to, when the gateway did not bind it (a
+        /// cursor declared in SQL): set on the portal as its context.
+        ctx: Option<Arc<StmtCtx>>,
     },
     Execute {
         portal: String,
@@ -530,6 +562,7 @@ async fn relay(proxy: Arc<ProxyInner>, ready: Ready, client_addr: String, sessio
         identity,
         target,
         application_name,
+        slot: _slot,
     } = ready;
     let ctx = SessionContext {
         session: session.clone(),
@@ -1111,6 +1144,7 @@ impl Frontend {
                     self.shared.push(Expect::DescribePortal {
                         name,
                         swallow: false,
+                        ctx: None,
                     });
                 }
                 frame.encode_into(&mut self.out);
@@ -2357,7 +2391,7 @@ impl Frontend {
     }
 
     async fn on_execute(&mut self, frame: Frame) -> Result<(), PgProxyError> {
-        let (portal, _) = wire::parse_execute(frame.body.clone())?;
+        let (portal, max_rows) = wire::parse_execute(frame.body.clone())?;
         self.unsynced_exec = true;
         if let Some(refused) = self.refused_in_group {
             // Skipped by the server after the group's earlier failure: not decided, not held.
@@ -2412,13 +2446,57 @@ impl Frontend {
                 change = c.map(|c| self.send_change(c));
             }
         }
-        if !self.portals.get(&portal).copied().unwrap_or(false) {
-            // The client never asked for the row shape: ask ourselves and keep the answer,
-            // so every row is masked with a plan.
+        let mut cursor = None;
+        if bound.is_none() && !portal.is_empty() {
+            // A portal the gateway did not bind: a cursor declared in SQL (`DECLARE c CURSOR
+            // FOR …`). Its execution is decided as the FETCH it is, and its rows are masked as a
+            // FETCH's (their origin untraced: masked whole where any column of the database is).
+            let index = self.next_index();
+            let count = if max_rows > 0 {
+                max_rows.to_string()
+            } else {
+                "ALL".to_string()
+            };
+            let text = format!(
+                "FETCH FORWARD {count} FROM \"{}\"",
+                portal.replace('"', "\"\"")
+            );
+            let settings = self.settings();
+            let info = self
+                .proxy
+                .analyzer
+                .analyze(&text, &settings)
+                .ok()
+                .and_then(|v| v.first().cloned());
+            let op = SqlOperation {
+                text: text.clone(),
+                parameters: Vec::new(),
+                protocol: SqlProtocol::Extended,
+                settings,
+            };
+            let verdict = match self.evaluate(index, &op, info.as_ref()).await {
+                Verdicted::Review(d) => self.review(index, op, &d).await,
+                other => other,
+            };
+            match verdict {
+                Verdicted::Allowed(d) => {
+                    cursor = Some(self.stmt_ctx(index, &text, Some(&d), info.as_ref()));
+                }
+                other => {
+                    self.record_denial(index, verdict_deny(other));
+                    return self.refuse_execute(index);
+                }
+            }
+        }
+        if cursor.is_some() || !self.portals.get(&portal).copied().unwrap_or(false) {
+            // The client never asked for the row shape (or its answer came before the
+            // gateway knew what the portal runs): ask ourselves and keep the answer, so every
+            // row is masked with a plan.
             wire::encode_describe(b'P', &portal, &mut self.out)?;
             self.shared.push(Expect::DescribePortal {
                 name: portal.clone(),
                 swallow: true,
+                ctx: cursor,
             });
             self.portals.insert(portal.clone(), true);
         }
@@ -2946,8 +3024,17 @@ impl Backend {
                         }
                         swallow
                     }
-                    Some(Expect::DescribePortal { name, swallow }) => {
-                        if let Some(p) = self.portals.get_mut(&name) {
+                    Some(Expect::DescribePortal { name, swallow, ctx }) => {
+                        if let Some(ctx) = ctx {
+                            self.portals.insert(
+                                name,
+                                BePortal {
+                                    ctx: Some(ctx),
+                                    columns: Some(Vec::new()),
+                                    plan: None,
+                                },
+                            );
+                        } else if let Some(p) = self.portals.get_mut(&name) {
                             p.columns = Some(Vec::new());
                         }
                         swallow
@@ -3603,7 +3690,7 @@ impl Backend {
             .map_err(|e| PgProxyError::UpstreamProtocol(e.to_string()))?;
         enum Owner {
             Statement(String, bool),
-            Portal(String, bool),
+            Portal(String, bool, Option<Arc<StmtCtx>>),
             Results,
         }
         let owner = {
@@ -3612,8 +3699,8 @@ impl Backend {
                 Some(Expect::DescribeStatement { name, swallow, .. }) => {
                     Owner::Statement(name.clone(), *swallow)
                 }
-                Some(Expect::DescribePortal { name, swallow }) => {
-                    Owner::Portal(name.clone(), *swallow)
+                Some(Expect::DescribePortal { name, swallow, ctx }) => {
+                    Owner::Portal(name.clone(), *swallow, ctx.clone())
                 }
                 _ => Owner::Results,
             }
@@ -3628,15 +3715,16 @@ impl Backend {
                     frame.encode_into(&mut self.out);
                 }
             }
-            Owner::Portal(name, swallow) => {
+            Owner::Portal(name, swallow, given) => {
                 self.pop();
-                let ctx = self.portals.get(&name).and_then(|p| p.ctx.clone());
+                let ctx = given.or_else(|| self.portals.get(&name).and_then(|p| p.ctx.clone()));
                 let plan = self.plan_for(&frame.body, &columns, ctx.as_deref()).await;
                 let entry = self.portals.entry(name).or_insert(BePortal {
-                    ctx,
+                    ctx: None,
                     columns: None,
                     plan: None,
                 });
+                entry.ctx = ctx;
                 entry.columns = Some(columns);
                 entry.plan = Some(plan);
                 if !swallow {

@@ -295,11 +295,25 @@ struct StatementBuilder {
     rewrite_problem: Option<String>,
     has_code: bool,
     code_start: Option<usize>,
+    /// psql's heuristic for `BEGIN ATOMIC … END` bodies (psqlscan.l): the first letters of
+    /// the statement's leading words among CREATE, OR, REPLACE, FUNCTION, PROCEDURE …
+    leading: [u8; 4],
+    /// … how many words so far …
+    words: usize,
+    /// … parentheses open at this point …
+    paren_depth: usize,
+    /// … and `BEGIN` (or `CASE` inside one) not yet closed by `END`: a `;` inside ends nothing.
+    /// PostgreSQL's parser checks the result (one statement per piece).
+    begin_depth: usize,
 }
 
 impl StatementBuilder {
     fn new(start: usize) -> Self {
         Self {
+            leading: [0; 4],
+            words: 0,
+            paren_depth: 0,
+            begin_depth: 0,
             code_start: None,
             start,
             rewritten: String::new(),
@@ -325,6 +339,37 @@ impl StatementBuilder {
 
     fn non_word(&mut self) {
         self.has_code = true;
+    }
+
+    /// A plain word (keyword or unquoted identifier), as psql counts it.
+    fn plain_word(&mut self, word: &str) {
+        let lower = word.to_ascii_lowercase();
+        if matches!(
+            lower.as_str(),
+            "create" | "function" | "procedure" | "or" | "replace"
+        ) && let Some(slot) = self.leading.get_mut(self.words)
+        {
+            *slot = lower.as_bytes().first().copied().unwrap_or(0);
+        }
+        self.words += 1;
+        let l = self.leading;
+        let routine = l[0] == b'c'
+            && (l[1] == b'f'
+                || l[1] == b'p'
+                || (l[1] == b'o' && l[2] == b'r' && (l[3] == b'f' || l[3] == b'p')));
+        if routine && self.paren_depth == 0 {
+            match lower.as_str() {
+                "begin" => self.begin_depth += 1,
+                "case" if self.begin_depth >= 1 => self.begin_depth += 1,
+                "end" => self.begin_depth = self.begin_depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+    }
+
+    /// Whether a `;` here ends the statement.
+    fn ends_at_semicolon(&self) -> bool {
+        self.paren_depth == 0 && self.begin_depth == 0
     }
 }
 
@@ -428,7 +473,7 @@ impl<'a> Lexer<'a> {
                 self.current.code_start = Some(self.pos);
             }
             match b {
-                b';' => {
+                b';' if self.current.ends_at_semicolon() => {
                     self.finish_statement(self.pos);
                     self.pos += 1;
                 }
@@ -471,6 +516,13 @@ impl<'a> Lexer<'a> {
                     // Operators and punctuation: copied verbatim. A non-ASCII byte cannot get
                     // here (it starts a word).
                     self.current.non_word();
+                    match b {
+                        b'(' => self.current.paren_depth += 1,
+                        b')' => {
+                            self.current.paren_depth = self.current.paren_depth.saturating_sub(1)
+                        }
+                        _ => {}
+                    }
                     self.current.rewritten.push(char::from(b));
                     self.pos += 1;
                 }
@@ -890,6 +942,7 @@ impl<'a> Lexer<'a> {
             }
         }
         self.current.has_code = true;
+        self.current.plain_word(raw);
         self.current.rewritten.push_str(raw);
         Ok(())
     }

@@ -48,6 +48,12 @@ pub const OPAQUE_SETTINGS: &[&str] = &[
     "backslash_quote",
     "local_preload_libraries",
     "session_preload_libraries",
+    // Database-side backstops (a lock held in an idle transaction, a statement that runs or
+    // waits forever): turning one off removes a limit the deployment relies on.
+    "idle_in_transaction_session_timeout",
+    "statement_timeout",
+    "lock_timeout",
+    "transaction_timeout",
     "all",
     "*",
 ];
@@ -775,9 +781,25 @@ impl Walker<'_> {
             "AlterRoleSetStmt" | "AlterDatabaseSetStmt" => {
                 // Defaults for later sessions, recorded so a policy can see them.
                 if let Some(set) = body.get("setstmt") {
-                    let name = s(set, "name");
-                    if matches!(name, "standard_conforming_strings" | "client_encoding") {
-                        self.setting(name);
+                    let name = s(set, "name").to_ascii_lowercase();
+                    // `backslash_quote` too: the gateway's later sessions would read text under a
+                    // setting the server never reports (refused, as `SET backslash_quote` is).
+                    if matches!(
+                        name.as_str(),
+                        "standard_conforming_strings" | "client_encoding" | "backslash_quote"
+                    ) {
+                        self.setting(&name);
+                    }
+                    if name.is_empty() || OPAQUE_SETTINGS.contains(&name.as_str()) {
+                        let which = if name.is_empty() {
+                            "every setting"
+                        } else {
+                            name.as_str()
+                        };
+                        self.opaque(format!(
+                            "changes the default of {which} for later sessions, which changes \
+                             what they run, how they are read or a database-side backstop"
+                        ));
                     }
                 }
             }

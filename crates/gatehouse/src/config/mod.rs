@@ -370,6 +370,12 @@ pub struct PgListenerSection {
     pub non_text_masking: Option<String>,
     /// End sessions when the caller's token expires (default true).
     pub end_at_token_expiry: Option<bool>,
+    /// Most concurrent sessions of one identity on this listener (default 20; 0: no cap). Each
+    /// session holds one upstream connection; past the cap a login is refused with FATAL 53300.
+    pub max_sessions_per_identity: Option<usize>,
+    /// Most concurrent sessions on each of its targets, all identities together (default: no
+    /// cap; 0: no cap). Set it below the server's `max_connections` minus what others need.
+    pub max_sessions_per_target: Option<usize>,
 }
 
 /// `[[targets]]`.

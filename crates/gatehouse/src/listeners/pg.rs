@@ -168,6 +168,12 @@ pub async fn start(
     if let Some(end) = l.end_at_token_expiry {
         limits.end_at_token_expiry = end;
     }
+    if let Some(max) = l.max_sessions_per_identity {
+        limits.max_sessions_per_identity = (max > 0).then_some(max);
+    }
+    if let Some(max) = l.max_sessions_per_target {
+        limits.max_sessions_per_target = (max > 0).then_some(max);
+    }
     config.limits = limits;
     if l.non_text_masking.as_deref() == Some("refuse") {
         config.non_text_masking = NonTextMasking::Refuse;

@@ -111,7 +111,13 @@ async fn a_read_only_role_refuses_every_write_whatever_the_policy() {
             "1"
         );
         let (role, password) = reader.lock().unwrap().clone().unwrap();
-        // The capability check finds nothing for the reader, and the writer's ways to write.
+        // The capability check finds nothing for the reader (once TEMP, granted to PUBLIC by
+        // default, is revoked), and the writer's ways to write.
+        h.db.psql(&format!(
+            "revoke temporary on database \"{}\" from public",
+            h.db.name
+        ))
+        .unwrap();
         let upstream = h_upstream(&h);
         let found =
             gatehouse_pg::backstop::write_capabilities(&with_role(&upstream, &role, &password))

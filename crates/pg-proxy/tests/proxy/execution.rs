@@ -332,3 +332,66 @@ async fn execute_of_a_unicode_escaped_name_runs_nothing_it_did_not_decide() {
     })
     .await;
 }
+
+/// A cursor declared in SQL and run as a protocol portal (Describe / Execute of its name): the
+/// execution is decided as the FETCH it is, its rows come back masked (a column as the catalog
+/// names it, an expression whole since its origin is not traced), and the session stays usable
+/// (it ended with 08006, DataRow outside a result).
+#[tokio::test]
+async fn a_sql_cursor_executed_as_a_portal_returns_its_rows_masked() {
+    gatehouse_testkit::within(T, async {
+        let h = start(Options {
+            masker: gatehouse_testkit::layers::LiteralMasker::new()
+                .column("public.customers.email"),
+            policy: kind_policy(&[], &[], 1_000),
+            setup_sql: "CREATE TABLE customers (id int, email text);
+                INSERT INTO customers VALUES (1, 'ann@example.com'), (2, 'bob@example.com');",
+            ..Options::default()
+        })
+        .await;
+        let mut raw = RawClient::connect(h.port).await;
+        raw.send(&query(
+            "begin; declare c1 cursor for select * from customers order by id; \
+             declare c2 cursor for select id, upper(email) as e from customers order by id",
+        ))
+        .await;
+        assert!(errors(&raw.until_ready().await).is_empty());
+        for (portal, describe) in [("c1", true), ("c2", false)] {
+            let mut msgs = Vec::new();
+            if describe {
+                msgs.push(describe_portal(portal));
+            }
+            msgs.extend([execute(portal), sync()]);
+            raw.send(&msgs.concat()).await;
+            let got = raw.until_ready().await;
+            assert!(errors(&got).is_empty(), "{portal}: {:?}", errors(&got));
+            let rows: Vec<String> = got
+                .iter()
+                .filter(|m| m.tag == b'D')
+                .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+                .collect();
+            assert_eq!(rows.len(), 2, "{portal}: {got:?}");
+            assert!(
+                rows.iter()
+                    .all(|r| !r.contains('@') && !r.contains("EXAMPLE")),
+                "{portal}: {rows:?}"
+            );
+        }
+        raw.send(&query("commit; select 1")).await;
+        assert!(errors(&raw.until_ready().await).is_empty());
+        let fetches =
+            h.tp.recorder
+                .events()
+                .into_iter()
+                .filter(|e| match &e.body {
+                    gatehouse_core::EventBody::Operation {
+                        operation: Operation::Sql(s),
+                        ..
+                    } => s.text.starts_with("FETCH FORWARD ALL FROM \"c"),
+                    _ => false,
+                })
+                .count();
+        assert_eq!(fetches, 2, "each cursor execution is decided and recorded");
+    })
+    .await;
+}

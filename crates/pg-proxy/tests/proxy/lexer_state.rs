@@ -113,6 +113,10 @@ async fn backslash_quote_cannot_be_changed() {
             "set backslash_quote = on",
             "select set_config('backslash_quote', 'on', false)",
             "reset backslash_quote",
+            // Defaults of later sessions (the gateway's own among them).
+            "alter role current_user set backslash_quote = on",
+            "alter role current_user in database pgproxy set backslash_quote to on",
+            &format!("alter database \"{}\" set backslash_quote = on", h.db.name),
         ] {
             let Err(err) = c.simple_query(sql).await else {
                 panic!("{sql} refused")

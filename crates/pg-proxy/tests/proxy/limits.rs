@@ -114,3 +114,93 @@ async fn unparseable_sql_is_refused_alike_in_both_protocols() {
     })
     .await;
 }
+
+/// One identity cannot take every upstream connection: past `max_sessions_per_identity` a login
+/// is refused at startup with FATAL 53300 naming the cap, recorded; a closed session frees its
+/// place.
+#[tokio::test]
+async fn sessions_are_capped_per_identity() {
+    gatehouse_testkit::within(T, async {
+        let h = start(Options {
+            configure: Box::new(|c| {
+                c.limits.max_sessions_per_identity = Some(3);
+                c.limits.max_sessions_per_target = None;
+            }),
+            ..Options::default()
+        })
+        .await;
+        let mut open = Vec::new();
+        for _ in 0..3 {
+            let c = h.connect().await;
+            c.simple_query("select 1").await.unwrap();
+            open.push(c);
+        }
+        let Err(err) = h.try_connect(TOKEN).await else {
+            panic!("not refused past the cap");
+        };
+        let (code, msg) = db_error(&err);
+        assert_eq!(code, "53300", "{msg}");
+        assert!(
+            msg.contains("at most 3 concurrent sessions per identity"),
+            "{msg}"
+        );
+        h.wait_for_event("refused session", |e| match e.body {
+            EventBody::Error { message, .. }
+                if message.contains("53300") || message.contains("at most 3") =>
+            {
+                Some(())
+            }
+            _ => None,
+        })
+        .await;
+        // The sessions already open are untouched; one closed frees its place.
+        open[0].simple_query("select 1").await.unwrap();
+        drop(open.pop());
+        let mut again = None;
+        for _ in 0..500 {
+            if let Ok(c) = h.try_connect(TOKEN).await {
+                again = Some(c);
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        again
+            .expect("a closed session frees its place")
+            .simple_query("select 1")
+            .await
+            .unwrap();
+    })
+    .await;
+}
+
+/// `max_sessions_per_target` caps every identity's sessions on one target together.
+#[tokio::test]
+async fn sessions_are_capped_per_target() {
+    gatehouse_testkit::within(T, async {
+        let h = start(Options {
+            configure: Box::new(|c| {
+                c.limits.max_sessions_per_identity = None;
+                c.limits.max_sessions_per_target = Some(2);
+            }),
+            ..Options::default()
+        })
+        .await;
+        let a = h.connect().await;
+        let b = h.connect().await;
+        let Err(err) = h.try_connect(TOKEN).await else {
+            panic!("not refused past the cap");
+        };
+        let (code, msg) = db_error(&err);
+        assert_eq!(code, "53300", "{msg}");
+        assert!(msg.contains("target \"app\": at most 2"), "{msg}");
+        a.simple_query("select 1").await.unwrap();
+        b.simple_query("select 1").await.unwrap();
+    })
+    .await;
+}
+
+#[test]
+fn twenty_sessions_per_identity_by_default() {
+    let l = gatehouse_pg::Limits::default();
+    assert_eq!(l.max_sessions_per_identity, Some(20));
+}

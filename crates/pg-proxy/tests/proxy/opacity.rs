@@ -835,3 +835,69 @@ async fn a_statement_pipelined_behind_refused_ddl_waits_for_its_answer() {
     })
     .await;
 }
+
+/// The settings that are the database's backstops (a lock held by an idle transaction, a
+/// statement that waits or runs forever) cannot be changed without the `opaque` verdict: by
+/// `SET`, `RESET`, `set_config`, or as a role's or database's default. Other settings stay
+/// plain.
+#[tokio::test]
+async fn changing_a_backstop_setting_is_opaque() {
+    const NO_DDL_RULE: &str = r#"
+version = 1
+
+[defaults]
+default = "allow"
+opaque = "deny"
+"#;
+    within(T, async {
+        let h = start(Options {
+            policy: Arc::new(
+                gatehouse_policy::CompiledPolicy::from_toml(NO_DDL_RULE, "policy.toml").unwrap(),
+            ),
+            ..Options::default()
+        })
+        .await;
+        let c = h.connect().await;
+        let db = h.db.name.clone();
+        for sql in [
+            "set idle_in_transaction_session_timeout = 0".to_string(),
+            "set session idle_in_transaction_session_timeout to 0".to_string(),
+            "reset idle_in_transaction_session_timeout".to_string(),
+            "select set_config('idle_in_transaction_session_timeout', '0', false)".to_string(),
+            "set statement_timeout = 0".to_string(),
+            "set lock_timeout = 0".to_string(),
+            "select set_config('lock_timeout', '0', false)".to_string(),
+            "alter role current_user set idle_in_transaction_session_timeout = 0".to_string(),
+            format!("alter database \"{db}\" set idle_in_transaction_session_timeout = 0"),
+            format!("alter database \"{db}\" reset all"),
+        ] {
+            refused_as_opaque(&c, &sql).await;
+        }
+        c.simple_query("set work_mem = '8MB'").await.unwrap();
+        c.simple_query("select 1").await.unwrap();
+    })
+    .await;
+}
+
+/// A SQL-standard function body (`BEGIN ATOMIC … END`, with `;` inside) is one statement,
+/// decided as the opaque creation of a function (it was refused as unparseable, 42601).
+#[tokio::test]
+async fn a_begin_atomic_function_is_created_as_opaque_code() {
+    within(T, async {
+        let h = start(options()).await;
+        let c = h.connect().await;
+        // The test policy lets the agent create code (rule `agents-create-code`, opaque ddl).
+        c.simple_query("create function f1() returns int language sql begin atomic select 1; end")
+            .await
+            .unwrap();
+        // Calling it is opaque (a function owned by the agent's role).
+        refused_as_opaque(&c, "select f1()").await;
+        assert_eq!(
+            h.db.psql("select count(*) from pg_proc where proname = 'f1'")
+                .unwrap()
+                .trim(),
+            "1"
+        );
+    })
+    .await;
+}

@@ -265,6 +265,15 @@ fn opaque_constructs_are_marked_with_a_reason() {
         "GRANT pg_write_all_data TO current_user",
         "ALTER ROLE r SET search_path = evil",
         "ALTER ROLE r RENAME TO s",
+        // The database's backstops (locks held by an idle transaction, statements that run or
+        // wait forever), now or as later sessions' defaults.
+        "SET idle_in_transaction_session_timeout = 0",
+        "SET statement_timeout = 5000",
+        "SET LOCAL lock_timeout = 0",
+        "RESET transaction_timeout",
+        "SELECT set_config('idle_in_transaction_session_timeout', '0', false)",
+        "ALTER DATABASE d SET idle_in_transaction_session_timeout = 0",
+        "ALTER DATABASE d RESET ALL",
         "EXECUTE p(1)",
         "CREATE TABLE x AS EXECUTE p",
         "SELECT f()",
@@ -336,7 +345,7 @@ fn opaque_constructs_are_marked_with_a_reason() {
         "UPDATE pgbench_accounts SET abalance = abalance + 5 WHERE aid = 7",
         "ALTER TABLE t RENAME TO u",
         "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 1, 1, 1, CURRENT_TIMESTAMP)",
-        "SET statement_timeout = 5000",
+        "SET work_mem = '8MB'",
         "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
         "SHOW search_path",
         "BEGIN",
@@ -442,12 +451,18 @@ fn settings_changed() {
 #[test]
 fn the_splitter_and_the_parser_must_agree() {
     let s = SqlSessionSettings::default();
-    // A multi-action rule has `;` inside parentheses: the splitter cuts there, the parser does
-    // not. Refused, not guessed.
+    // A multi-action rule has `;` inside parentheses: like psql, the splitter does not cut
+    // there, and the parser reads one (opaque) statement.
     let c = classify(
         "CREATE RULE r AS ON INSERT TO t DO ALSO (INSERT INTO a VALUES (1); DELETE FROM b)",
         &s,
     );
+    assert!(c.is_fully_parsed());
+    assert_eq!(c.statements.len(), 1);
+    assert!(c.statements[0].has(Risk::OpaqueCode));
+    // A `)` too many does not let a later `;` be skipped: the pieces still end there.
+    let c = classify("SELECT 1); DELETE FROM b", &s);
+    assert_eq!(c.statements.len(), 2, "{:?}", c.statements);
     assert!(!c.is_fully_parsed());
     // Syntax errors are unparseable with PostgreSQL's message.
     let c = classify("SELEC 1", &s);
@@ -658,4 +673,33 @@ fn psql_describe_queries_are_not_opaque() {
     // Still opaque: anything not reviewed as side-effect-free.
     assert!(!is_safe_function("pg_notify"));
     assert!(one("SELECT pg_catalog.pg_notify('c', 'x')").has(Risk::OpaqueCode));
+}
+
+/// A SQL-standard routine body (`BEGIN ATOMIC … END`) holds `;`s that end nothing: the splitter
+/// follows psql's rule and PostgreSQL's parser confirms one statement; what follows it is a
+/// statement of its own.
+#[test]
+fn begin_atomic_bodies_are_one_statement() {
+    let s = one("CREATE FUNCTION f1() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END");
+    assert!(s.is_parsed(), "{:?}", s.unparseable_reason);
+    assert!(s.has(Risk::OpaqueCode), "{:?}", s.opaque_reasons);
+    let s = one(
+        "create or replace procedure p(n int) language sql begin atomic \
+         insert into t values (n); select case when n > 0 then 1 else 0 end; delete from t; end",
+    );
+    assert!(s.is_parsed(), "{:?}", s.unparseable_reason);
+    assert!(s.has(Risk::OpaqueCode), "{:?}", s.opaque_reasons);
+    let c = classify(
+        "CREATE FUNCTION f2() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END; DELETE FROM t",
+        &SqlSessionSettings::default(),
+    );
+    assert_eq!(c.statements.len(), 2, "{:?}", c.statements);
+    assert_eq!(c.statements[1].kind, K::Delete);
+    // Outside a routine definition, BEGIN is a transaction start and `;` ends it.
+    let c = classify("BEGIN; DELETE FROM t; END", &SqlSessionSettings::default());
+    assert_eq!(c.statements.len(), 3, "{:?}", c.statements);
+    // A body that never ends is one unparseable statement, never a guess.
+    let s =
+        one("CREATE FUNCTION f3() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; DELETE FROM t");
+    assert!(!s.is_parsed());
 }
