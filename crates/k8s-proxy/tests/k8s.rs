@@ -2812,7 +2812,6 @@ async fn escaped_json_pii_in_bodies_is_masked_in_the_record_and_the_response() {
     assert!(record.contains("[email]"), "{record}");
 }
 
-<<<<<<< HEAD
 /// PII in an exec command or a query string reaches the API server and the policy as written,
 /// while the audit log (`operation` events, the approval request) and the recording keep it
 /// masked; the approval binds the real command.
@@ -2895,7 +2894,8 @@ async fn query_and_exec_command_pii_is_masked_in_the_audit_log_and_recording_onl
             "{pii} in the audit log or recording: {dump}"
         );
     }
-=======
+}
+
 /// A log line cut across two writes with a pause between them is masked whole: the stream
 /// masker never releases a held partial line on a timer.
 #[tokio::test]
@@ -2926,5 +2926,4 @@ async fn a_log_value_split_across_paused_writes_is_masked_whole() {
         );
     })
     .await;
->>>>>>> h-stream
 }
