@@ -777,11 +777,16 @@ fn quickstart_as_a_new_user() {
         "{statement}"
     );
     assert!(
-        parsed["what_it_cannot_see"].as_array().is_some_and(|a| a
-            .iter()
-            .any(|s| s.as_str().unwrap_or("").contains("reversed"))),
+        parsed["what_it_cannot_see"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|s| s
+                .as_str()
+                .unwrap_or("")
+                .contains("pieces of 15 bytes or fewer"))),
         "{statement}"
     );
+    // What it now watches (a key written backwards) is not listed as what it cannot see.
+    assert!(!text_of("statement").contains("reversed"), "{statement}");
     // No upstream credential (database password, API key, the SSH key the gateway logs in with)
     // reached the audit log or the evidence.
     let mut secrets = vec![

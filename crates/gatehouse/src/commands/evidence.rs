@@ -624,6 +624,6 @@ fn credentials_statement(established: bool, hits: u64, blocked: u64, sites: &[St
         )
     };
     format!(
-        "The egress guard checked {over}. {found} It cannot recognise a credential a target transformed before sending it (reversed, split, re-encoded) or one that left without crossing the gateway, so this is a statement about those checks, not proof that no credential was exposed (see what_it_cannot_see)."
+        "The egress guard checked {over}. {found} It cannot recognise a credential a target transformed before sending it in a way it does not know (split into short pieces, re-encoded otherwise) or one that left without crossing the gateway, so this is a statement about those checks, not proof that no credential was exposed (see what_it_cannot_see)."
     )
 }
